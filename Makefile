@@ -1,0 +1,28 @@
+# The two commands: `make demo` and `make test`. Each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp wasm -type f 2>/dev/null)
+
+.PHONY: test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Reinstall only when the build inputs change; Python sources are picked up editable.
+$(VENV)/.installed: $(BIN)/python $(SOURCES)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -p no:cacheprovider --cov=sllm --cov-report=term --cov-fail-under=70 tests
+
+demo: $(VENV)/.installed
+	$(BIN)/python examples/demo.py
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m pytest bench --benchmark-only --benchmark-json=bench/results/latest.json
+
+clean:
+	rm -rf $(VENV) build .coverage

@@ -1,0 +1,38 @@
+"""sllm: small transformer language models, trained and run fast on ordinary CPUs.
+
+The public API: ModelConfig, SLLM, load, the error types, the plugin marker `hookimpl`,
+and the submodules backends, optim, schedule and tokenizer.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ModelConfig
+from .errors import BackendError, ConfigError, DataError, FormatError, SLLMError
+from .model import SLLM
+from .plugins import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = ["ModelConfig", "SLLM", "load", "load_json", "hookimpl", "BackendError",
+           "ConfigError", "DataError", "FormatError", "SLLMError", "__version__"]
+
+
+def load(path: Any, backend: Any = "auto", mmap: bool = True) -> SLLM:
+    """Load a model saved by `SLLM.save` (the SLLM binary format)."""
+    from .serialize import load_model
+    return load_model(path, backend=backend, mmap=mmap)
+
+
+def load_json(path: Any, backend: Any = "auto") -> SLLM:
+    """Load a model from the roadmap's JSON interchange format."""
+    from .serialize import load_json as _load_json
+    return _load_json(path, backend=backend)
+
+
+def __getattr__(name: str) -> Any:
+    # Submodules load on first use so `import sllm` stays fast.
+    if name in ("optim", "schedule", "tokenizer", "backends", "train", "data", "generate"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'sllm' has no attribute {name!r}")

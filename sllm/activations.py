@@ -1,0 +1,70 @@
+"""Preallocated activation and activation-gradient buffers for one (B, T) shape.
+
+Fresh memory is slow to touch, so the model allocates these once per batch shape and
+reuses them every step. Each buffer is an array owned by the backend.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from .backends.base import Backend
+from .config import ModelConfig
+
+
+class Activations:
+    """Forward activations per layer (kept for backward) plus shared gradient scratch."""
+
+    def __init__(self, backend: Backend, cfg: ModelConfig, B: int, T: int, train: bool):
+        self.backend = backend
+        self.shape = (B, T)
+        C, F, V, H = cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads
+        self._owned: list[np.ndarray] = []
+        new = self._new
+        self.tokens = new((B, T), np.int32)
+        self.targets = new((B, T), np.int32)
+        self.x0 = new((B, T, C))
+        self.layers = [SimpleNamespace(
+            ln1=new((B, T, C)), ln1_mean=new((B, T)), ln1_rstd=new((B, T)),
+            qkv=new((B, T, 3 * C)), att=new(backend.attention_saved_shape(B, T, H)),
+            atty=new((B, T, C)), attproj=new((B, T, C)), res2=new((B, T, C)),
+            ln2=new((B, T, C)), ln2_mean=new((B, T)), ln2_rstd=new((B, T)),
+            fch=new((B, T, F)), fch_act=new((B, T, F)), fcproj=new((B, T, C)),
+            res3=new((B, T, C)),
+        ) for _ in range(cfg.num_layers)]
+        self.lnf, self.lnf_mean, self.lnf_rstd = new((B, T, C)), new((B, T)), new((B, T))
+        self.logits = new((B, T, V))  # overwritten in place by dlogits in backward
+        self.losses = new((B, T))
+        if train:  # gradient scratch, shared by all layers
+            self.dres, self.dbranch, self.dln = new((B, T, C)), new((B, T, C)), new((B, T, C))
+            self.datty, self.dqkv, self.dfch = new((B, T, C)), new((B, T, 3 * C)), new((B, T, F))
+        self.has_grads = train
+
+    def _new(self, shape, dtype=None) -> np.ndarray:
+        arr = self.backend.empty(shape, dtype)
+        self._owned.append(arr)
+        return arr
+
+    def release(self) -> None:
+        """Give every buffer back to the backend."""
+        for arr in self._owned:
+            self.backend.free(arr)
+        self._owned.clear()
+
+
+class KVCache:
+    """Keys and values of past positions, per layer: (B, H, max_seq_len, D) each."""
+
+    def __init__(self, backend: Backend, cfg: ModelConfig, B: int):
+        shape = (B, cfg.num_heads, cfg.max_seq_len, cfg.head_dim)
+        self.backend = backend
+        self.k = [backend.zeros(shape) for _ in range(cfg.num_layers)]
+        self.v = [backend.zeros(shape) for _ in range(cfg.num_layers)]
+        self.pos = 0  # number of positions stored
+
+    def release(self) -> None:
+        """Give the cache's memory back to the backend."""
+        for arr in self.k + self.v:
+            self.backend.free(arr)
+        self.k, self.v = [], []

@@ -1,0 +1,124 @@
+"""Backend registry: `available()`, `get(name)`, `info()`.
+
+Backends come from plugins (see sllm.plugins). Each is probed once, lazily; a backend
+whose import, registration or probe fails is listed as unavailable with its reason and
+breaks nothing else. `backend="auto"` (or `get()`) picks the available backend with the
+highest priority; the environment variable SLLM_BACKEND overrides that choice.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BackendError
+from .base import KERNELS, Backend
+
+__all__ = ["Backend", "KERNELS", "available", "get", "info", "reset"]
+
+
+@dataclass
+class _Entry:
+    name: str
+    cls: type | None
+    plugin: str
+    priority: int = 0
+    reason: str | None = None  # why unavailable, None when available
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    instance: Backend | None = None
+
+
+_registry: dict[str, _Entry] | None = None
+
+
+def _discover() -> dict[str, _Entry]:
+    from ..plugins import plugin_manager
+    pm, load_errors = plugin_manager()
+    entries: dict[str, _Entry] = {}
+    for plugin, error in load_errors.items():
+        entries[plugin] = _Entry(plugin, None, plugin, reason=error)
+    for impl in pm.hook.register_backends.get_hookimpls():
+        def register(cls: type, _plugin: str = impl.plugin_name) -> None:
+            entries[cls.name] = _Entry(cls.name, cls, _plugin, int(getattr(cls, "priority", 0)))
+        try:
+            impl.function(register=register)
+        except Exception as e:  # noqa: BLE001 - a broken plugin is reported, not fatal
+            entries[impl.plugin_name] = _Entry(
+                impl.plugin_name, None, impl.plugin_name,
+                reason=f"plugin {impl.plugin_name!r} failed to register: {type(e).__name__}: {e}")
+    for entry in entries.values():
+        if entry.cls is not None:
+            _probe(entry)
+    return entries
+
+
+def _probe(entry: _Entry) -> None:
+    try:
+        entry.capabilities = dict(entry.cls.probe() or {})
+    except Exception as e:  # noqa: BLE001 - the reason is shown to the user
+        entry.reason = f"{type(e).__name__}: {e}"
+
+
+def _entries() -> dict[str, _Entry]:
+    global _registry
+    if _registry is None:
+        _registry = _discover()
+    return _registry
+
+
+def reset() -> None:
+    """Forget discovered backends (tests and plugin installs call this to rediscover)."""
+    global _registry
+    _registry = None
+
+
+def available() -> list[str]:
+    """Names of the backends usable on this machine, best (highest priority) first."""
+    usable = [e for e in _entries().values() if e.reason is None]
+    return [e.name for e in sorted(usable, key=lambda e: -e.priority)]
+
+
+def get(name: str = "auto") -> Backend:
+    """The backend called `name` ("auto": SLLM_BACKEND if set, else the best available)."""
+    if isinstance(name, Backend):
+        return name
+    if name == "auto":
+        name = os.environ.get("SLLM_BACKEND") or "auto"
+    entries = _entries()
+    if name == "auto":
+        for candidate in available():
+            try:
+                return _instance(entries[candidate])
+            except BackendError as e:
+                warnings.warn(f"backend {candidate!r} skipped: {e}", RuntimeWarning, stacklevel=2)
+        raise BackendError("no backend is available")
+    entry = entries.get(name)
+    if entry is None or entry.reason is not None:
+        why = "is not registered" if entry is None else f"is unavailable: {entry.reason}"
+        raise BackendError(f"backend {name!r} {why}; available backends: "
+                           f"{', '.join(available()) or 'none'}")
+    return _instance(entry)
+
+
+def _instance(entry: _Entry) -> Backend:
+    if entry.instance is None:
+        try:
+            entry.instance = entry.cls()
+        except Exception as e:  # noqa: BLE001 - construction failure makes it unavailable
+            entry.reason = f"{type(e).__name__}: {e}"
+            raise BackendError(f"backend {entry.name!r} failed to start: {entry.reason}") from e
+    return entry.instance
+
+
+def info() -> list[dict[str, Any]]:
+    """For every registered backend: name, available, reason, capabilities, priority,
+    plugin, and the kernels it leaves to the numpy reference."""
+    rows = []
+    for e in sorted(_entries().values(), key=lambda e: -e.priority):
+        ref = sorted(getattr(e.cls, "reference_kernels", ())) if e.cls else []
+        rows.append({"name": e.name, "available": e.reason is None, "reason": e.reason,
+                     "capabilities": e.capabilities, "priority": e.priority,
+                     "plugin": e.plugin,
+                     "reference_kernels": [] if e.name == "numpy" else ref})
+    return rows

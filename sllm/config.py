@@ -1,0 +1,137 @@
+"""ModelConfig: the shape of a model, validated, loadable from the roadmap's JSON files."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+# JSON files in configs/ use the roadmap's camelCase keys; Python uses snake_case.
+_CAMEL = {
+    "vocabSize": "vocab_size",
+    "embeddingDim": "embedding_dim",
+    "numLayers": "num_layers",
+    "numHeads": "num_heads",
+    "ffnHiddenDim": "ffn_hidden_dim",
+    "dropout": "dropout",
+    "maxSeqLen": "max_seq_len",
+    "activation": "activation",
+    "tieEmbeddings": "tie_embeddings",
+}
+_SNAKE_TO_CAMEL = {v: k for k, v in _CAMEL.items()}
+ACTIVATIONS = ("gelu", "relu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture of a GPT-style model.
+
+    vocab_size: number of token ids; embedding_dim: width C of the residual stream;
+    num_layers: transformer blocks; num_heads: attention heads (C must divide evenly);
+    ffn_hidden_dim: MLP width F; dropout: probability in [0, 1) used in train mode;
+    max_seq_len: longest context; activation: "gelu" (GPT-2 tanh form) or "relu";
+    tie_embeddings: reuse wte as the output projection.
+    """
+
+    vocab_size: int = 5000
+    embedding_dim: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    ffn_hidden_dim: int = 512
+    dropout: float = 0.1
+    max_seq_len: int = 256
+    activation: str = "gelu"
+    tie_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "embedding_dim", "num_layers", "num_heads",
+                    "ffn_hidden_dim", "max_seq_len"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if self.embedding_dim % self.num_heads != 0:
+            raise ConfigError(
+                f"embedding_dim ({self.embedding_dim}) must be divisible by "
+                f"num_heads ({self.num_heads})")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ConfigError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width D of one attention head."""
+        return self.embedding_dim // self.num_heads
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build a config from a dict with snake_case or camelCase keys."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = _CAMEL.get(key, key)
+            if name not in fields:
+                raise ConfigError(f"unknown config key {key!r}; known keys: "
+                                  f"{', '.join(sorted(_CAMEL))}")
+            if name in kwargs:
+                raise ConfigError(f"config key {key!r} given twice (camelCase and snake_case)")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, source: "str | os.PathLike[str] | dict[str, Any]") -> "ModelConfig":
+        """Load a config from a JSON file path or an already parsed dict."""
+        if isinstance(source, dict):
+            return cls.from_dict(source)
+        try:
+            with open(source, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {source}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {source} is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self, camel: bool = True) -> dict[str, Any]:
+        """The config as a dict, with the roadmap's camelCase keys by default."""
+        data = dataclasses.asdict(self)
+        return {_SNAKE_TO_CAMEL[k]: v for k, v in data.items()} if camel else data
+
+    def to_json(self, path: "str | os.PathLike[str] | None" = None) -> str:
+        """The config as JSON text; also written to `path` when one is given."""
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def num_parameters(self) -> int:
+        """Parameter count implied by this config (matches SLLM.num_parameters())."""
+        from .layout import parameter_shapes
+        return sum(_prod(shape) for _, shape in parameter_shapes(self))
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def resolve_config(config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]") -> ModelConfig:
+    """Accept a ModelConfig, a dict, or a path to a JSON file."""
+    if isinstance(config, ModelConfig):
+        return config
+    return ModelConfig.from_json(config)

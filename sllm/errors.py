@@ -1,0 +1,21 @@
+"""The exceptions sllm raises on bad input: each names what is wrong and what to do."""
+
+
+class SLLMError(Exception):
+    """Base class of every error sllm raises on purpose."""
+
+
+class ConfigError(SLLMError, ValueError):
+    """A model or training configuration is invalid; the message names the key."""
+
+
+class FormatError(SLLMError, ValueError):
+    """A model file is malformed: truncated, corrupt, or of an unknown version."""
+
+
+class BackendError(SLLMError, RuntimeError):
+    """A backend is unknown, unavailable, or failed while running a kernel."""
+
+
+class DataError(SLLMError, ValueError):
+    """A corpus or tokenizer input cannot be used (empty, not UTF-8, too short)."""

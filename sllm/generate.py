@@ -1,0 +1,80 @@
+"""Sampling with a KV cache: temperature, top-k, top-p, a seed, a stop token."""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+
+def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None) -> int:
+    """One token id from a (V,) row of logits. temperature 0 means greedy."""
+    z = np.asarray(logits, dtype=np.float64)
+    if temperature <= 0:
+        return int(np.argmax(z))
+    z = z / temperature
+    if top_k is not None and 0 < top_k < z.size:
+        kth = np.partition(z, -top_k)[-top_k]
+        z = np.where(z < kth, -np.inf, z)
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if top_p is not None and 0 < top_p < 1:
+        order = np.argsort(-probs)
+        cumulative = np.cumsum(probs[order])
+        cut = int(np.searchsorted(cumulative, top_p)) + 1  # smallest set reaching top_p
+        keep = np.zeros_like(probs, dtype=bool)
+        keep[order[:cut]] = True
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum()
+    return int(rng.choice(probs.size, p=probs))
+
+
+def stream(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+           eos_id: int | None = None) -> Iterator[int]:
+    """Yield new token ids one at a time. When the context fills up, the oldest tokens
+    are dropped (with a warning) and the cache is rebuilt from the newest half."""
+    ids = [int(t) for t in np.asarray(prompt_ids).reshape(-1)]
+    if not ids:
+        raise ValueError("the prompt must contain at least one token id")
+    limit = model.config.max_seq_len
+    if len(ids) > limit:
+        warnings.warn(f"prompt of {len(ids)} tokens truncated to the last {limit} "
+                      f"(max_seq_len)", stacklevel=2)
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model.new_cache(1)
+        context = ids[-limit:]
+        logits = model.decode(np.array([context]), cache)[0]
+        for _ in range(max_new_tokens):
+            token = sample_next(logits, rng, temperature, top_k, top_p)
+            yield token
+            if eos_id is not None and token == eos_id:
+                return
+            context.append(token)
+            if cache.pos >= limit:
+                warnings.warn("context full: dropping the oldest tokens", stacklevel=2)
+                context = context[-(limit // 2 + 1):]
+                cache.pos = 0
+                logits = model.decode(np.array([context]), cache)[0]
+            else:
+                logits = model.decode(np.array([[token]]), cache)[0]
+        cache.release()
+    finally:
+        model.training = was_training
+
+
+def generate(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             eos_id: int | None = None, on_token: Callable[[int], None] | None = None
+             ) -> list[int]:
+    """prompt_ids + up to max_new_tokens sampled ids; on_token is called with each new id."""
+    out = [int(t) for t in np.asarray(prompt_ids).reshape(-1)]
+    for token in stream(model, out, max_new_tokens, temperature, top_k, top_p, seed, eos_id):
+        out.append(token)
+        if on_token is not None:
+            on_token(token)
+    return out

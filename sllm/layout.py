@@ -1,0 +1,76 @@
+"""The parameter layout: every tensor's name -> (offset, shape) in one flat buffer.
+
+All parameters live in one float32 buffer (and gradients, Adam m and v in buffers of
+the same layout), so an optimizer step, zeroing the gradients, a checkpoint and an
+all-reduce are each one call. Tensors with ndim >= 2 come first: weight decay applies
+to exactly the prefix [0, decay_count). Offsets are aligned to 16 floats (64 bytes) so
+SIMD kernels may use aligned loads and a file can be memory-mapped tensor by tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ModelConfig
+
+ALIGN = 16  # floats
+
+
+def parameter_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every parameter, in GPT-2 naming, matrices first."""
+    V, C, F, L = cfg.vocab_size, cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.num_layers
+    matrices = [("wte", (V, C)), ("wpe", (cfg.max_seq_len, C))]
+    vectors = []
+    for i in range(L):
+        p = f"h.{i}."
+        matrices += [(p + "attn.c_attn.weight", (C, 3 * C)), (p + "attn.c_proj.weight", (C, C)),
+                     (p + "mlp.c_fc.weight", (C, F)), (p + "mlp.c_proj.weight", (F, C))]
+        vectors += [(p + "ln_1.weight", (C,)), (p + "ln_1.bias", (C,)),
+                    (p + "attn.c_attn.bias", (3 * C,)), (p + "attn.c_proj.bias", (C,)),
+                    (p + "ln_2.weight", (C,)), (p + "ln_2.bias", (C,)),
+                    (p + "mlp.c_fc.bias", (F,)), (p + "mlp.c_proj.bias", (C,))]
+    if not cfg.tie_embeddings:
+        matrices.append(("lm_head.weight", (C, V)))
+    vectors += [("ln_f.weight", (C,)), ("ln_f.bias", (C,))]
+    return matrices + vectors
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one tensor sits in the flat buffer."""
+
+    offset: int
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class Layout:
+    """Name -> Slot table for a config; `total` floats, decay applies to [0, decay_count)."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.slots: dict[str, Slot] = {}
+        offset = 0
+        self.decay_count = 0
+        for name, shape in parameter_shapes(cfg):
+            slot = Slot(offset, shape)
+            self.slots[name] = slot
+            offset = _align(offset + slot.size)
+            if len(shape) >= 2:
+                self.decay_count = offset
+        self.total = offset
+        self.num_parameters = sum(s.size for s in self.slots.values())
+
+    def views(self, flat) -> dict:
+        """Shaped views of each tensor into `flat` (a 1-D array of `total` elements)."""
+        return {name: flat[s.offset:s.offset + s.size].reshape(s.shape)
+                for name, s in self.slots.items()}
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN

@@ -1,0 +1,266 @@
+"""SLLM: a GPT-style language model whose forward and backward are straight lines of
+backend kernel calls over one flat parameter buffer."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from . import backends
+from .activations import Activations, KVCache
+from .backends.base import Backend
+from .config import ModelConfig, resolve_config
+from .init import initialize
+from .layout import Layout
+
+
+def _layer(views: dict[str, np.ndarray], i: int) -> SimpleNamespace:
+    """Short names for the tensors of block i (parameters or gradients)."""
+    p = f"h.{i}."
+    return SimpleNamespace(
+        ln1_w=views[p + "ln_1.weight"], ln1_b=views[p + "ln_1.bias"],
+        attn_w=views[p + "attn.c_attn.weight"], attn_b=views[p + "attn.c_attn.bias"],
+        proj_w=views[p + "attn.c_proj.weight"], proj_b=views[p + "attn.c_proj.bias"],
+        ln2_w=views[p + "ln_2.weight"], ln2_b=views[p + "ln_2.bias"],
+        fc_w=views[p + "mlp.c_fc.weight"], fc_b=views[p + "mlp.c_fc.bias"],
+        fcproj_w=views[p + "mlp.c_proj.weight"], fcproj_b=views[p + "mlp.c_proj.bias"])
+
+
+def _mix_seed(*parts: int) -> int:
+    """A 32-bit seed from integers (splitmix64 steps), for per-call dropout masks."""
+    x = 0
+    for part in parts:
+        x = (x + (part & 0xFFFFFFFFFFFFFFFF) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0xFFFFFFFF
+
+
+class SLLM:
+    """A GPT-style transformer language model running on a pluggable backend.
+
+    `SLLM(config, backend="auto", seed=0, init="gpt2")`: config is a ModelConfig, a dict
+    or a path to a JSON file; backend is a name (see sllm.backends.available()) or a
+    Backend instance. The model starts in train mode, as a PyTorch module does.
+    """
+
+    def __init__(self, config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]",
+                 backend: "str | Backend" = "auto", seed: int = 0, init: str = "gpt2"):
+        self.config = resolve_config(config)
+        self.backend = backends.get(backend)
+        self.layout = Layout(self.config)
+        self.seed = seed
+        self.training = True
+        self.dropout_step = 0  # counts training forwards; part of each dropout seed
+        self.flat_params = self.backend.zeros(self.layout.total)
+        self.flat_grads = self.backend.zeros(self.layout.total)
+        self._params = self.layout.views(self.flat_params)
+        self._grads = self.layout.views(self.flat_grads)
+        self._p_layers = [_layer(self._params, i) for i in range(self.config.num_layers)]
+        self._g_layers = [_layer(self._grads, i) for i in range(self.config.num_layers)]
+        self._acts: dict[tuple[int, int, bool], Activations] = {}
+        self._last_seed = 0
+        initialize(self._params, self.config, init, seed)
+
+    @classmethod
+    def from_config(cls, config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]",
+                    backend: "str | Backend" = "auto", **kwargs: Any) -> "SLLM":
+        """Build a freshly initialised model from a config, dict or JSON path."""
+        return cls(config, backend=backend, **kwargs)
+
+    # ---- the public surface ---------------------------------------------------------
+    def num_parameters(self) -> int:
+        """Number of trainable scalars."""
+        return self.layout.num_parameters
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Live views of the weights by GPT-2 name; writing into them changes the model."""
+        return dict(self._params)
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        """Views of the gradients filled by forward_backward, same names as parameters()."""
+        return dict(self._grads)
+
+    def train(self) -> "SLLM":
+        """Train mode: dropout active."""
+        self.training = True
+        return self
+
+    def eval(self) -> "SLLM":
+        """Eval mode: dropout off, forward is deterministic."""
+        self.training = False
+        return self
+
+    def forward(self, tokens: Any) -> np.ndarray:
+        """Logits (B, T, vocab_size) for int tokens (B, T); a copy the caller owns."""
+        acts = self._run_forward(tokens, grads=False)
+        return np.array(acts.logits)
+
+    def loss(self, tokens: Any, targets: Any) -> float:
+        """Mean cross-entropy over targets != -1, without computing gradients."""
+        acts = self._run_forward(tokens, grads=False)
+        count = self._load_targets(acts, targets)
+        self.backend.softmax_xent(acts.losses, None, acts.logits, acts.targets, 1.0)
+        return float(np.sum(acts.losses, dtype=np.float64) / max(count, 1))
+
+    def forward_backward(self, tokens: Any, targets: Any) -> float:
+        """Mean cross-entropy over targets != -1; fills gradients() (overwriting them)."""
+        acts = self._run_forward(tokens, grads=True)
+        count = self._load_targets(acts, targets)
+        self.backend.softmax_xent(acts.losses, acts.logits, acts.logits, acts.targets,
+                                  1.0 / max(count, 1))
+        loss = float(np.sum(acts.losses, dtype=np.float64) / max(count, 1))
+        self._backward(acts)
+        return loss
+
+    def generate(self, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, **kwargs: Any) -> list[int]:
+        """Prompt + up to max_new_tokens sampled ids, using a KV cache (see sllm.generate)."""
+        from .generate import generate
+        return generate(self, prompt_ids, max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, seed=seed, **kwargs)
+
+    def save(self, path: "str | os.PathLike[str]", dtype: str = "f32", **kwargs: Any) -> None:
+        """Write the model to `path` in the SLLM binary format (atomically)."""
+        from .serialize import save_model
+        save_model(self, path, dtype=dtype, **kwargs)
+
+    # ---- forward ---------------------------------------------------------------------
+    def _check_tokens(self, tokens: Any) -> np.ndarray:
+        t = np.asarray(tokens)
+        if t.ndim == 1:
+            t = t[None, :]
+        if t.ndim != 2 or not np.issubdtype(t.dtype, np.integer):
+            raise ValueError(f"tokens must be integers of shape (B, T), got {t.dtype} {t.shape}")
+        if not 1 <= t.shape[1] <= self.config.max_seq_len or t.shape[0] < 1:
+            raise ValueError(f"tokens shape {t.shape}: need B >= 1 and 1 <= T <= "
+                             f"max_seq_len ({self.config.max_seq_len})")
+        if t.size and (t.min() < 0 or t.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), "
+                             f"got range [{t.min()}, {t.max()}]")
+        return t
+
+    def _activations(self, B: int, T: int, grads: bool) -> Activations:
+        key = (B, T, grads)
+        acts = self._acts.get(key)
+        if acts is None:
+            if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
+                old = self._acts.pop(next(iter(self._acts)))
+                old.release()
+            acts = self._acts[key] = Activations(self.backend, self.config, B, T, grads)
+        return acts
+
+    def _load_targets(self, acts: Activations, targets: Any) -> int:
+        t = np.asarray(targets)
+        if t.shape != acts.shape:
+            raise ValueError(f"targets shape {t.shape} must match tokens shape {acts.shape}")
+        if t.size and (t.min() < -1 or t.max() >= self.config.vocab_size):
+            raise ValueError(f"targets must be in [-1, {self.config.vocab_size})")
+        acts.targets[...] = t
+        return int(np.count_nonzero(t >= 0))
+
+    def _run_forward(self, tokens: Any, grads: bool, cache: KVCache | None = None
+                     ) -> Activations:
+        t = self._check_tokens(tokens)
+        acts = self._activations(t.shape[0], t.shape[1], grads)
+        acts.tokens[...] = t
+        dropout = self.config.dropout if self.training and cache is None else 0.0
+        if dropout:
+            self.dropout_step += 1
+            self._last_seed = _mix_seed(self.seed, self.dropout_step)
+        self._forward(acts, dropout, cache)
+        return acts
+
+    def _forward(self, a: Activations, dropout: float, cache: KVCache | None) -> None:
+        k, cfg, P = self.backend, self.config, self._params
+        H, pos = cfg.num_heads, (cache.pos if cache else 0)
+        k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
+        x = a.x0
+        for i, (L, la) in enumerate(zip(self._p_layers, a.layers)):
+            k.layernorm_fwd(la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b)
+            k.matmul_fwd(la.qkv, la.ln1, L.attn_w, L.attn_b)
+            if cache is None:
+                k.attention_fwd(la.atty, la.att, la.qkv, H)
+            else:
+                k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H)
+            k.matmul_fwd(la.attproj, la.atty, L.proj_w, L.proj_b)
+            if dropout:
+                k.dropout_fwd(la.attproj, la.attproj, dropout, _mix_seed(self._last_seed, i, 0))
+            k.residual_fwd(la.res2, x, la.attproj)
+            k.layernorm_fwd(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2, L.ln2_w, L.ln2_b)
+            k.matmul_fwd(la.fch, la.ln2, L.fc_w, L.fc_b)
+            self._act_fwd(la.fch_act, la.fch)
+            k.matmul_fwd(la.fcproj, la.fch_act, L.fcproj_w, L.fcproj_b)
+            if dropout:
+                k.dropout_fwd(la.fcproj, la.fcproj, dropout, _mix_seed(self._last_seed, i, 1))
+            k.residual_fwd(la.res3, la.res2, la.fcproj)
+            x = la.res3
+        k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
+        k.matmul_fwd(a.logits, a.lnf, self._lm_head(P), None, cfg.tie_embeddings)
+        a.dropout = dropout
+
+    def _lm_head(self, views: dict[str, np.ndarray]) -> np.ndarray:
+        return views["wte"] if self.config.tie_embeddings else views["lm_head.weight"]
+
+    def _act_fwd(self, out: np.ndarray, inp: np.ndarray) -> None:
+        kernel = self.backend.gelu_fwd if self.config.activation == "gelu" else self.backend.relu_fwd
+        kernel(out, inp)
+
+    def _act_bwd(self, dinp: np.ndarray, dout: np.ndarray, inp: np.ndarray) -> None:
+        kernel = self.backend.gelu_bwd if self.config.activation == "gelu" else self.backend.relu_bwd
+        kernel(dinp, dout, inp)
+
+    # ---- backward: the forward line, reversed ------------------------------------------
+    def _backward(self, a: Activations) -> None:
+        k, cfg, P, G = self.backend, self.config, self._params, self._grads
+        H, p = cfg.num_heads, a.dropout
+        self.flat_grads.fill(0)
+        dlogits = a.logits  # softmax_xent wrote the gradient over the logits
+        x_last = a.layers[-1].res3
+        k.matmul_bwd(a.dln, self._lm_head(G), None, dlogits, a.lnf, self._lm_head(P),
+                     cfg.tie_embeddings)
+        a.dres.fill(0)
+        k.layernorm_bwd(a.dres, G["ln_f.weight"], G["ln_f.bias"], a.dln, x_last,
+                        P["ln_f.weight"], a.lnf_mean, a.lnf_rstd)
+        for i in reversed(range(cfg.num_layers)):
+            L, D, la = self._p_layers[i], self._g_layers[i], a.layers[i]
+            x_in = a.layers[i - 1].res3 if i > 0 else a.x0
+            dbranch = a.dres
+            if p:
+                k.dropout_bwd(a.dbranch, a.dres, p, _mix_seed(self._last_seed, i, 1))
+                dbranch = a.dbranch
+            k.matmul_bwd(a.dfch, D.fcproj_w, D.fcproj_b, dbranch, la.fch_act, L.fcproj_w)
+            self._act_bwd(a.dfch, a.dfch, la.fch)
+            k.matmul_bwd(a.dln, D.fc_w, D.fc_b, a.dfch, la.ln2, L.fc_w)
+            k.layernorm_bwd(a.dres, D.ln2_w, D.ln2_b, a.dln, la.res2, L.ln2_w,
+                            la.ln2_mean, la.ln2_rstd)
+            dbranch = a.dres
+            if p:
+                k.dropout_bwd(a.dbranch, a.dres, p, _mix_seed(self._last_seed, i, 0))
+                dbranch = a.dbranch
+            k.matmul_bwd(a.datty, D.proj_w, D.proj_b, dbranch, la.atty, L.proj_w)
+            k.attention_bwd(a.dqkv, a.datty, la.qkv, la.atty, la.att, H)
+            k.matmul_bwd(a.dln, D.attn_w, D.attn_b, a.dqkv, la.ln1, L.attn_w)
+            k.layernorm_bwd(a.dres, D.ln1_w, D.ln1_b, a.dln, x_in, L.ln1_w,
+                            la.ln1_mean, la.ln1_rstd)
+        k.encoder_bwd(G["wte"], G["wpe"], a.dres, a.tokens, 0)
+
+    # ---- incremental decoding (used by sllm.generate) ------------------------------------
+    def new_cache(self, batch: int = 1) -> KVCache:
+        """An empty KV cache for `batch` sequences."""
+        return KVCache(self.backend, self.config, batch)
+
+    def decode(self, tokens: Any, cache: KVCache) -> np.ndarray:
+        """Run new tokens (B, Tn) at positions cache.pos.. through the model, appending their
+        keys and values to the cache; returns the logits of the last position (B, V)."""
+        t = np.asarray(tokens)
+        if cache.pos + t.shape[-1] > self.config.max_seq_len:
+            raise ValueError(f"KV cache full: {cache.pos} + {t.shape[-1]} positions exceed "
+                             f"max_seq_len {self.config.max_seq_len}")
+        acts = self._run_forward(t, grads=False, cache=cache)
+        cache.pos += acts.shape[1]
+        return np.array(acts.logits[:, -1, :])
