@@ -65,8 +65,9 @@ def load_checkpoint(path: "str | os.PathLike[str]", backend: str = "auto") -> Ch
         raise RunError(f"{path} is a model file, not a training checkpoint")
     optim_meta = dict(meta["optimizer"])
     optim_meta["buffers"] = {name[len("optim."):]: np.array(t)
-                             for name, t in mf.tensors.items() if name.startswith("optim.")}
+                             for name, t in mf.extra_tensors.items() if name.startswith("optim.")}
     model = load_model(path, backend=backend, mmap=False)
+    model.metadata = {}  # the checkpoint's own metadata must not leak into later saves
     trainer = dict(meta["trainer"])
     model.dropout_step = int(trainer.pop("dropout_step"))
     model.seed = int(trainer.pop("model_seed"))
