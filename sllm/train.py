@@ -34,6 +34,9 @@ from .train_config import TrainConfig
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "RunError", "prepare", "resume", "train"]
 
+# Settings that shaped the data or the model; a resumed run keeps them.
+_FIXED_ON_RESUME = {"model", "corpus", "demo_chars", "tokenizer", "vocab_size", "encoding_errors",
+                    "documents", "seq_len", "dropout", "optimizer", "val_fraction", "out"}
 CHECKPOINT, BEST, FINAL, METRICS = "checkpoint.sllm", "best.sllm", "model.sllm", "metrics.jsonl"
 
 
@@ -143,6 +146,11 @@ def resume(run_dir: "str | os.PathLike[str]", progress: bool = True, backend: st
         ckpt = load_checkpoint(path, backend=backend or cfg.backend)
     except (ConfigError, FormatError) as e:
         raise RunError(f"--resume {run_dir}: the run directory is corrupt: {e}") from None
+    fixed = sorted(k for k, v in overrides.items() if k in _FIXED_ON_RESUME and v is not None
+                   and v != getattr(cfg, k))
+    if fixed:
+        raise RunError(f"--resume {run_dir}: {', '.join(fixed)} cannot change when resuming "
+                       f"(the data and model are fixed); start a new run instead")
     cfg = cfg.replace(out=run_dir, backend=backend, **overrides)
     tok = tokenizers.from_dict(ckpt.model.tokenizer)
     data = TokenData.load(os.path.join(run_dir, "data"), cfg.seq_len or
