@@ -18,8 +18,8 @@ app = typer.Typer(help="Train and run small GPT-style language models on CPUs.",
                   no_args_is_help=True, add_completion=False)
 vocab_app = typer.Typer(help="Build and inspect vocabularies (tokenizers).", no_args_is_help=True)
 app.add_typer(vocab_app, name="vocab")
-out = Console()
-err = Console(stderr=True)
+term = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int,
@@ -90,7 +90,7 @@ def train(
     if resume:
         trainer = training.resume(resume, progress=not quiet, backend=given.pop("backend", None),
                                   **given)
-        out.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
+        term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
     else:
         base = (training.TrainConfig.from_json(train_config) if train_config
                 else training.TrainConfig())
@@ -110,7 +110,7 @@ def _parse_betas(text: str) -> tuple[float, float]:
 
 def _describe_run(trainer: Any) -> None:
     m, d = trainer.model, trainer.data
-    out.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}; "
+    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}; "
               f"tokenizer {trainer.tok.kind} ({trainer.tok.vocab_size} ids); "
               f"{len(d.train.ids):,} train / {len(d.val.ids):,} val tokens; "
               f"{trainer.total} steps of {d.batch_size}x{d.seq_len} -> {trainer.cfg.out}",
@@ -124,8 +124,8 @@ def _report(result: Any, trainer: Any) -> None:
     if result.status == "diverged":
         err.print(f"[red]error:[/] {result.message}", highlight=False)
         raise typer.Exit(1)
-    out.print(line, highlight=False)
-    out.print(result.message, highlight=False)
+    term.print(line, highlight=False)
+    term.print(result.message, highlight=False)
 
 
 # ---- generate / chat -----------------------------------------------------------------------
@@ -176,10 +176,10 @@ def generate(
     from .generate import encode_prompt, stream_text
     m, tok = _load(model, backend, tokenizer)
     ids = encode_prompt(tok, prompt)
-    out.print(tok.decode(ids), end="", style="bold", highlight=False)
+    term.print(tok.decode(ids), end="", style="bold", highlight=False)
     for piece in stream_text(m, tok, ids, max_tokens, **_sampling(temperature, top_k, top_p, seed)):
-        out.print(piece, end="", highlight=False, markup=False)
-    out.print()
+        term.print(piece, end="", highlight=False, markup=False)
+    term.print()
 
 
 @app.command()
@@ -209,12 +209,13 @@ def chat(
         if not line.strip():
             continue
         if not interactive:
-            out.print(f"A: {line}", highlight=False, markup=False)
-        out.print("B:", end=" ", style="bold")
-        for piece in session.reply(line):
-            out.print(piece.lstrip() if piece is not None else "", end="", highlight=False,
-                      markup=False)
-        out.print()
+            term.print(f"A: {line}", highlight=False, markup=False)
+        pieces = session.reply(line)
+        first = next(pieces, "")  # any [UNK] warning appears before the answer starts
+        term.print("B:", end=" ", style="bold")
+        for piece in (first.lstrip(), *pieces):
+            term.print(piece, end="", highlight=False, markup=False)
+        term.print()
 
 
 # ---- vocab -------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def vocab_build(
     from . import tokenizer as tokenizers
     tok = tokenizers.train(kind, Path(corpus), size, encoding_errors=encoding_errors)
     tok.save(output)
-    out.print(f"{kind} vocabulary of {tok.vocab_size} tokens written to {output}",
+    term.print(f"{kind} vocabulary of {tok.vocab_size} tokens written to {output}",
               highlight=False)
 
 
@@ -243,10 +244,10 @@ def vocab_encode(vocab: str = typer.Argument(..., help="vocab.json"),
     from . import tokenizer as tokenizers
     tok = tokenizers.load(vocab)
     ids = tok.encode(text)
-    out.print(f"{len(ids)} tokens: {ids}", highlight=False)
-    out.print("pieces: " + " | ".join(tok.decode([i]) for i in ids), highlight=False,
+    term.print(f"{len(ids)} tokens: {ids}", highlight=False)
+    term.print("pieces: " + " | ".join(tok.decode([i]) for i in ids), highlight=False,
               markup=False)
-    out.print(f"decoded: {tok.decode(ids)}", highlight=False, markup=False)
+    term.print(f"decoded: {tok.decode(ids)}", highlight=False, markup=False)
 
 
 # ---- backends / plot / corpus ------------------------------------------------------------
@@ -260,8 +261,8 @@ def backends() -> None:
         caps = ", ".join(f"{k}={v}" for k, v in (entry.get("capabilities") or {}).items())
         table.add_row(entry["name"], "yes" if entry["available"] else "no",
                       caps if entry["available"] else str(entry.get("reason")))
-    out.print(table)
-    out.print(f"auto picks: {(registry.available() or ['none'])[0]}")
+    term.print(table)
+    term.print(f"auto picks: {(registry.available() or ['none'])[0]}")
 
 
 @app.command()
@@ -272,7 +273,7 @@ def plot(run_dir: str = typer.Argument(..., help="A run directory (with metrics.
     """Draw train/val loss and learning rate against step (needs matplotlib: sllm[plot])."""
     from .plot import plot_run
     plot_run(run_dir, output)
-    out.print(f"wrote {output}")
+    term.print(f"wrote {output}")
 
 
 @app.command()
@@ -283,4 +284,4 @@ def corpus(output: Path = typer.Option(Path("demo-corpus.txt"), "-o", "--output"
     """Write the built-in demo corpus (dialogues and short stories) to a file."""
     from .corpus import write_corpus
     write_corpus(output, chars, seed)
-    out.print(f"wrote {output.stat().st_size:,} bytes to {output}")
+    term.print(f"wrote {output.stat().st_size:,} bytes to {output}")
