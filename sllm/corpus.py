@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import random
 
-from .corpus_words import (ACTIONS, ACTIVITIES, ADJECTIVES, ANIMALS, COLORS, DAYS, FAMILY,
-                           FEELINGS, FOODS, HOMES, JOBS, LANDMARKS, MOVES, NAMES, NUMBERS,
-                           OBJECTS, PLACES, SEASONS, SOUNDS, TIMES, WEATHER, article, plural)
+from .corpus_words import (ACTIONS, ACTIVITIES, ADJECTIVES, AILMENTS, ANIMALS, BODY, CLOTHES,
+                           COLORS, DAYS, FAMILY, FEELINGS, FOODS, HOMES, INSTRUMENTS, JOBS,
+                           LANDMARKS, MONTHS, MOVES, NAMES, NUMBERS, OBJECTS, PLACES, PLANTS,
+                           SEASONS, SOUNDS, SPORTS, SUBJECTS, TIMES, TOWNS, WEATHER, article,
+                           plural)
 
 USER_PREFIX, BOT_PREFIX = "A:", "B:"
 
@@ -43,7 +45,7 @@ class _Writer:
             f"Every {self.pick(TIMES)}, {name} liked to {hobby[0]}.",
         ]
         plot = r.choice([self._lost_thing, self._visit, self._storm, self._market,
-                         self._new_skill, self._helping])
+                         self._new_skill, self._helping, self._garden, self._concert])
         lines += plot(name, he, his, hobby)
         lines.append(r.choice([
             f"From that day on, {name} was never {self.pick(['sad', 'lonely', 'afraid'])} again.",
@@ -118,10 +120,33 @@ class _Writer:
                 f"{other} smiled and said, thank you, you are a good friend.",
                 f"Now {name} and {other} {hobby[0]} together every {self.pick(DAYS)}."]
 
+    def _garden(self, name: str, he: str, his: str, hobby: tuple) -> list[str]:
+        plant, plant2, month = self.pick(PLANTS), self.pick(PLANTS), self.pick(MONTHS)
+        pest = self.pick(ANIMALS)
+        return [f"In {month}, {name} planted {_a(plant)} and some {plural(plant2)} in the garden.",
+                f"{he.capitalize()} watered them every {self.pick(TIMES)} with a {self.pick(COLORS)} can.",
+                f"One day, {_a(pest)} came and started to eat the {plural(plant2)}.",
+                f"{name} did not shout. {he.capitalize()} gave the {pest} some "
+                f"{plural(self.pick(FOODS))} instead.",
+                f"The {pest} was {self.pick(['happy', 'thankful', 'surprised'])} and never ate "
+                f"the {plural(plant2)} again.",
+                f"By {self.pick(SEASONS)}, the {plant} was {self.pick(['tall', 'tall and strong', 'full of flowers'])}."]
+
+    def _concert(self, name: str, he: str, his: str, hobby: tuple) -> list[str]:
+        inst, town, friend = self.pick(INSTRUMENTS), self.pick(TOWNS), self.pick(NAMES)
+        return [f"{name} wanted to play the {inst} at the big concert in {town}.",
+                f"Every evening, {he} practiced with {his} friend {friend}, who played the "
+                f"{self.pick(INSTRUMENTS)}.",
+                f"On the day of the concert, {name} felt {self.pick(['nervous', 'scared', 'excited'])}.",
+                f"But when the music started, {he} played {self.pick(['beautifully', 'very well', 'with a big smile'])}.",
+                f"Everyone in {town} clapped, and {friend} gave {name} {_a(self.pick(COLORS))} flower."]
+
     # ---- dialogues --------------------------------------------------------------------
     def dialogue(self) -> str:
         topic = self.r.choice([self._greeting, self._food, self._weekend, self._shopping,
-                               self._weather, self._pets, self._work, self._directions])
+                               self._weather, self._pets, self._work, self._directions,
+                               self._school, self._hobby, self._health, self._clothes,
+                               self._trip])
         turns = topic()
         return "\n".join(f"{USER_PREFIX if i % 2 == 0 else BOT_PREFIX} {t}"
                          for i, t in enumerate(turns))
@@ -202,6 +227,53 @@ class _Writer:
                 f"No, it is about {self.pick(NUMBERS)} minutes on foot.",
                 "Thank you very much!",
                 "You are welcome."]
+
+
+    def _school(self) -> list[str]:
+        subj, subj2 = self.pick(SUBJECTS), self.pick(SUBJECTS)
+        return ["What is your favorite subject at school?",
+                f"I like {subj} best. It is {self.pick(['fun', 'easy', 'interesting', 'exciting'])}.",
+                f"Really? I think {subj} is {self.pick(['hard', 'boring', 'difficult'])}. I like {subj2}.",
+                f"Our {subj2} teacher is very {self.pick(ADJECTIVES)}.",
+                f"Do you have homework today?",
+                self.r.choice([f"Yes, I have to finish my {subj} homework.", "No, not today.",
+                               f"Only a little. I will do it after {self.pick(['lunch', 'dinner', 'school'])}."])]
+
+    def _hobby(self) -> list[str]:
+        sport, inst = self.pick(SPORTS), self.pick(INSTRUMENTS)
+        return ["What do you do in your free time?",
+                f"I play {sport} with my {self.pick(FAMILY)}. Do you play {sport}?",
+                f"No, but I play the {inst}.",
+                f"That is cool! How long have you played the {inst}?",
+                f"For {self.pick(NUMBERS)} years. I practice every {self.pick(DAYS)}.",
+                "Maybe you can teach me one day."]
+
+    def _health(self) -> list[str]:
+        part, ail = self.pick(BODY), self.pick(AILMENTS)
+        return ["You look tired. Are you okay?",
+                f"Not really. I have {ail}, and my {part} hurts.",
+                f"Oh no! Did you see a doctor?",
+                f"Yes. The doctor said I should rest and drink {self.pick(['water', 'tea', 'warm milk'])}.",
+                "I hope you feel better soon.",
+                "Thank you. You are very kind."]
+
+    def _clothes(self) -> list[str]:
+        item, color, color2 = self.pick(CLOTHES), self.pick(COLORS), self.pick(COLORS)
+        return [f"I like your {item}. Is it new?",
+                f"Yes, I bought it at the shop in {self.pick(TOWNS)} last {self.pick(DAYS)}.",
+                f"Did they have it in {color2}?",
+                f"No, only in {color} and {self.pick(COLORS)}.",
+                f"It looks {self.pick(['great', 'nice', 'warm', 'pretty'])} on you."]
+
+    def _trip(self) -> list[str]:
+        town, month, who = self.pick(TOWNS), self.pick(MONTHS), self.pick(FAMILY)
+        return [f"Where are you going in {month}?",
+                f"I am going to {town} with my {who}.",
+                "How will you get there?",
+                f"We will go by {self.r.choice(['train', 'bus', 'car', 'boat', 'bike'])}. "
+                f"It takes {self.pick(NUMBERS)} hours.",
+                f"What will you do in {town}?",
+                f"We will visit the {self.pick(PLACES)} and eat {plural(self.pick(FOODS))}."]
 
 
 def generate_corpus(size_chars: int = 3_000_000, seed: int = 0) -> str:

@@ -131,7 +131,11 @@ IRREGULAR_PLURALS = {
     "milk": "milk", "honey": "honey", "jam": "jam", "yogurt": "yogurt", "water": "water",
     "juice": "juice", "tea": "tea", "coffee": "coffee", "chocolate": "chocolate",
     "candy": "candy", "corn": "corn", "soup": "soup", "pasta": "pasta", "cereal": "cereal",
-    "lettuce": "lettuce", "cabbage": "cabbages", "pizza": "pizzas",
+    "lettuce": "lettuce", "cabbage": "cabbages", "pizza": "pizzas", "foot": "feet",
+    "tooth": "teeth", "cocoa": "cocoa", "lemonade": "lemonade", "porridge": "porridge",
+    "garlic": "garlic", "spinach": "spinach", "ginger": "ginger", "sushi": "sushi",
+    "curry": "curry", "custard": "custard", "barley": "barley", "celery": "celery",
+    "mango": "mangoes", "cactus": "cacti",
 }
 
 
@@ -152,3 +156,74 @@ def plural(noun: str) -> str:
 def article(noun: str) -> str:
     """'a' or 'an' for a noun phrase."""
     return "an" if noun[:1].lower() in "aeiou" else "a"
+
+# ---- more words, used by the school, hobby, health, clothes and garden templates ----------
+FOODS += words("""
+avocado apricot blueberry coconut fig kiwi lime mango papaya pineapple raspberry watermelon
+broccoli cauliflower celery garlic ginger spinach radish beet zucchini eggplant olive
+almond peanut walnut oat barley bagel croissant dumpling omelet burger taco sushi curry
+stew porridge toast waffle donut pudding custard sorbet lemonade smoothie cocoa
+""")
+ANIMALS += words("""
+beetle cricket dragonfly ladybug moth worm octopus shark starfish jellyfish eagle hawk
+pigeon robin peacock flamingo pelican stork heron gorilla leopard cheetah hippo rhino
+buffalo moose bat hamster ferret chipmunk walrus puffin toad newt salamander
+""")
+OBJECTS += words("""
+hammock lantern kettle teapot toaster oven fridge sofa cushion carpet curtain shelf
+drawer cupboard vase bench fence gate mailbox envelope parcel calendar diary
+magnet marble button ribbon thread needle scissors glue tape ruler eraser crayon
+paintbrush easel globe telescope microscope binoculars flashlight battery helmet
+skateboard scooter surfboard racket trophy medal crown wand mask costume puppet
+""")
+PLACES += words("""
+bus_stop train_station gas_station bakery_corner flower_shop toy_shop shoe_shop barber_shop
+swimming_pool ice_rink football_field tennis_court concert_hall art_gallery aquarium
+campsite lighthouse windmill orchard vineyard greenhouse stadium
+""")
+ADJECTIVES += words("""
+gentle fierce fluffy tiny enormous ancient modern cozy chilly sunny muddy dusty sparkly
+smooth rough sticky crunchy juicy sweet sour salty bitter spicy fresh rotten ripe
+colorful plain fancy simple tidy messy clean dirty empty full heavy light narrow wide
+deep shallow tall short long round square sharp dull loyal patient generous clumsy
+graceful daring timid jolly gloomy eager fearless playful thoughtful stubborn
+""")
+JOBS += words("""
+astronaut sailor mechanic plumber electrician architect photographer journalist judge
+lawyer banker barber chef potter beekeeper shepherd ranger lifeguard zookeeper
+""")
+
+SUBJECTS = words("""
+math science history geography music art reading writing spelling biology chemistry
+physics drawing dancing cooking computing languages
+""")
+SPORTS = words("""
+football basketball tennis volleyball baseball hockey swimming running cycling skiing
+skating climbing rowing sailing boxing karate yoga golf badminton
+""")
+INSTRUMENTS = words("""
+piano guitar violin flute drum trumpet cello harp clarinet saxophone trombone ukulele
+accordion harmonica banjo
+""")
+CLOTHES = words("""
+shirt sweater jacket dress skirt jeans shorts trousers pajamas raincoat cap beanie
+sandal sneaker slipper belt tie vest apron uniform
+""")
+BODY = words("""
+head arm leg knee elbow foot hand finger toe ear eye nose mouth tooth throat back
+shoulder stomach neck wrist ankle
+""")
+AILMENTS = words("""
+a_cold a_cough a_headache a_fever a_sore_throat a_toothache a_stomachache a_runny_nose
+""")
+PLANTS = words("""
+rose tulip daisy sunflower lily violet poppy orchid lavender daffodil cactus fern
+oak maple pine birch willow apple_tree cherry_tree palm bamboo ivy clover mint basil
+""")
+TOWNS = words("""
+Brookfield Millbrook Stonebridge Oakvale Riverton Maplewood Pinehill Fairhaven Greenwich
+Ashford Willowby Redcliff Lakeside Sunnydale Westport Northgate Eastwood Southby
+""")
+MONTHS = words("""
+January February March April May June July August September October November December
+""")
