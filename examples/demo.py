@@ -60,7 +60,7 @@ def train(args: argparse.Namespace) -> sllm.SLLM:
     if out.exists():
         shutil.rmtree(out)  # the demo's own scratch directory
     cfg = TrainConfig(model=model_cfg, demo_chars=60_000 if args.smoke else 3_000_000,
-                      tokenizer="word", vocab_size=1000, backend=backend, steps=steps,
+                      tokenizer="word", vocab_size=2000, backend=backend, steps=steps,
                       batch_size=batch, seq_len=seq, lr=2e-3, min_lr=2e-4,
                       warmup=min(50, steps // 10), weight_decay=0.1, eval_every=max(steps // 6, 1),
                       eval_batches=4, checkpoint_every=max(steps // 3, 1), out=str(out))

@@ -47,7 +47,7 @@ def train(
     config: Optional[str] = typer.Option(None, help="Model config JSON (e.g. configs/small-model.json); its vocabSize follows the tokenizer."),
     corpus: Optional[str] = typer.Option(None, help="UTF-8 text file to train on; default: the built-in demo corpus."),
     tokenizer: Optional[str] = typer.Option(None, help="word | char | bpe, or a vocab.json to reuse. [default: word]"),
-    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary size to build (shrunk with a warning if the corpus has fewer). [default: 4000]"),
+    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary size to build (shrunk with a warning if the corpus has fewer). [default: 4000; char: all characters]"),
     backend: Optional[str] = typer.Option(None, help="Compute backend (see `sllm backends`). [default: auto = fastest]"),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps. [default: 1000]"),
     epochs: Optional[float] = typer.Option(None, help="Passes over the training tokens (instead of --steps)."),

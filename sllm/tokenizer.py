@@ -318,9 +318,10 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
     "word": WordTokenizer, "char": CharTokenizer, "bpe": BPETokenizer}
 
 
-def train(kind: str, text_or_path: "str | os.PathLike[str]", vocab_size: int,
+def train(kind: str, text_or_path: "str | os.PathLike[str]", vocab_size: int | None,
           encoding_errors: str = "strict") -> Tokenizer:
-    """Train a tokenizer of `kind` ("word", "char" or "bpe")."""
+    """Train a tokenizer of `kind` ("word", "char" or "bpe"); vocab_size None (char only)
+    keeps every character."""
     if kind not in TOKENIZERS:
         raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {sorted(TOKENIZERS)}")
     return TOKENIZERS[kind].train(text_or_path, vocab_size,  # type: ignore[attr-defined]

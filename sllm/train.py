@@ -37,6 +37,7 @@ __all__ = ["TrainConfig", "Trainer", "TrainResult", "RunError", "prepare", "resu
 # Settings that shaped the data or the model; a resumed run keeps them.
 _FIXED_ON_RESUME = {"model", "corpus", "demo_chars", "tokenizer", "vocab_size", "encoding_errors",
                     "documents", "seq_len", "dropout", "optimizer", "val_fraction", "out"}
+DEFAULT_VOCAB = 4000
 CHECKPOINT, BEST, FINAL, METRICS = "checkpoint.sllm", "best.sllm", "model.sllm", "metrics.jsonl"
 
 
@@ -55,7 +56,8 @@ class TrainResult:
 # ---- setting a run up -------------------------------------------------------------------
 def _tokenizer_for(cfg: TrainConfig, text: str) -> tokenizers.Tokenizer:
     if cfg.tokenizer in tokenizers.TOKENIZERS:
-        return tokenizers.train(cfg.tokenizer, text, cfg.vocab_size)
+        size = cfg.vocab_size or (None if cfg.tokenizer == "char" else DEFAULT_VOCAB)
+        return tokenizers.train(cfg.tokenizer, text, size)
     return tokenizers.load(cfg.tokenizer)
 
 

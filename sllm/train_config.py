@@ -17,14 +17,15 @@ class TrainConfig:
     corpus: UTF-8 text file, or None for the built-in demo corpus (demo_chars long);
     tokenizer: "word" | "char" | "bpe" or a path to a vocab.json; model: a model-config
     path or dict (its vocab_size is replaced by the tokenizer's); steps or epochs: run
-    length; seq_len: window length T (default: the model's max_seq_len).
+    length; seq_len: window length T (default: the model's max_seq_len); vocab_size: the
+    tokenizer's size (default: 4000 for word and bpe, every character for char).
     """
 
     model: "str | dict[str, Any] | None" = None
     corpus: str | None = None
     demo_chars: int = 3_000_000
     tokenizer: str = "word"
-    vocab_size: int = 4000
+    vocab_size: int | None = None
     encoding_errors: str = "strict"
     documents: bool = False
     backend: str = "auto"
@@ -61,7 +62,7 @@ class TrainConfig:
                   "eval_every": self.eval_every >= 0, "log_every": self.log_every >= 1,
                   "checkpoint_every": self.checkpoint_every >= 0,
                   "val_fraction": 0.0 <= self.val_fraction < 1.0,
-                  "vocab_size": self.vocab_size >= 2,
+                  "vocab_size": self.vocab_size is None or self.vocab_size >= 2,
                   "steps": self.steps is None or self.steps >= 1,
                   "epochs": self.epochs is None or self.epochs > 0,
                   "seq_len": self.seq_len is None or self.seq_len >= 1,
