@@ -11,6 +11,7 @@ import argparse
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny and fast (for tests)")
     args = p.parse_args(argv)
-    trainer = train(args)
-    show(trainer, args.seed)
+    plain, warnings.formatwarning = (warnings.formatwarning,
+                                     lambda message, *rest, **kw: f"note: {message}\n")
+    try:
+        trainer = train(args)
+        show(trainer, args.seed)
+    finally:
+        warnings.formatwarning = plain
     print(f"\nmodel saved in {args.out}/model.sllm; try: sllm chat {args.out}")
 
 
