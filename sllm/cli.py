@@ -177,9 +177,14 @@ def generate(
     m, tok = _load(model, backend, tokenizer)
     ids = encode_prompt(tok, prompt)
     term.print(tok.decode(ids), end="", style="bold", highlight=False)
-    for piece in stream_text(m, tok, ids, max_tokens, **_sampling(temperature, top_k, top_p, seed)):
-        term.print(piece, end="", highlight=False, markup=False)
+    with warnings.catch_warnings(record=True) as later:  # shown after the text, not inside it
+        warnings.simplefilter("default")
+        for piece in stream_text(m, tok, ids, max_tokens,
+                                 **_sampling(temperature, top_k, top_p, seed)):
+            term.print(piece, end="", highlight=False, markup=False)
     term.print()
+    for w in later:
+        _show_warning(w.message, w.category, w.filename, w.lineno)
 
 
 @app.command()
