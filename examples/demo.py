@@ -79,10 +79,10 @@ def show(trainer, seed: int) -> None:
     print("\n--- generations ---")
     for i, prompt in enumerate(PROMPTS):
         ids = encode_prompt(tok, prompt)
-        text = "".join(stream_text(model, tok, ids, 60, temperature=0.7, top_k=40, seed=seed + i))
+        text = "".join(stream_text(model, tok, ids, 60, temperature=0.6, top_k=20, seed=seed + i))
         print(f"{prompt}{text}\n")
     print("--- chat ---")
-    session = ChatSession(model, tok, max_new_tokens=30, temperature=0.7, top_k=40, seed=seed)
+    session = ChatSession(model, tok, max_new_tokens=30, temperature=0.6, top_k=20, seed=seed)
     for line in CHAT:
         print(f"A: {line}")
         print(f"B: {''.join(session.reply(line)).strip()}")

@@ -5,7 +5,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+                           TimeRemainingColumn)
 
 
 class TrainProgress:
@@ -20,10 +20,10 @@ class TrainProgress:
     def __enter__(self) -> "TrainProgress":
         if self.enabled:
             self._progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                BarColumn(bar_width=12), MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
                 TextColumn("lr {task.fields[lr]}"), TextColumn("{task.fields[tps]} tok/s"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TextColumn("eta"), TimeRemainingColumn(compact=True),
                 console=self._console)
             self._progress.start()
             self._task = self._progress.add_task("train", total=self.total, completed=self.start,
