@@ -64,7 +64,8 @@ def train(args: argparse.Namespace) -> sllm.SLLM:
                       tokenizer="word", vocab_size=2000, backend=backend, steps=steps,
                       batch_size=batch, seq_len=seq, lr=2e-3, min_lr=2e-4,
                       warmup=min(50, steps // 10), weight_decay=0.1, eval_every=max(steps // 6, 1),
-                      eval_batches=4, checkpoint_every=max(steps // 3, 1), out=str(out))
+                      eval_batches=4, checkpoint_every=max(steps // 3, 1), out=str(out),
+                      max_minutes=None if args.smoke else args.minutes * 1.1)
     trainer = prepare(cfg, progress=not args.smoke)
     print(f"{trainer.model.num_parameters():,} parameters, {trainer.tok.vocab_size} words, "
           f"{len(trainer.data.train.ids):,} training tokens")

@@ -43,7 +43,7 @@ CHECKPOINT, BEST, FINAL, METRICS = "checkpoint.sllm", "best.sllm", "model.sllm",
 
 @dataclass
 class TrainResult:
-    """How a run ended: status is "done", "early_stopped", "interrupted" or "diverged"."""
+    """How a run ended: "done", "early_stopped", "time_up", "interrupted" or "diverged"."""
 
     status: str
     step: int
@@ -105,8 +105,8 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> Schedule:
 
 
 def total_steps(cfg: TrainConfig, data: TokenData) -> int:
-    """cfg.steps, or the steps that cover cfg.epochs passes over the training tokens."""
-    if cfg.steps is not None:
+    """The steps that cover cfg.epochs passes over the training tokens, else cfg.steps."""
+    if cfg.epochs is None:
         return int(cfg.steps)
     per_epoch = len(data.train.ids) / data.tokens_per_batch
     return max(1, math.ceil(float(cfg.epochs) * per_epoch))
@@ -186,6 +186,7 @@ class Trainer:
         self.show_progress = progress
         self.stop_requested = False
         self._window = [0, 0.0]  # steps and compute seconds since the last metrics line
+        self._deadline: float | None = None
         self.on_step: Callable[["Trainer"], None] | None = None  # test and example hook
 
     # ---- state for checkpoints ------------------------------------------------------------
@@ -223,6 +224,7 @@ class Trainer:
         self._trim_metrics()
         start, status, message = time.perf_counter(), "done", ""
         self.model.train()
+        self._deadline = start + 60 * self.cfg.max_minutes if self.cfg.max_minutes else None
         with _interrupt_flag(self), TrainProgress(self.show_progress, self.step,
                                                   self.total) as bar:
             self._bar = bar
@@ -234,7 +236,8 @@ class Trainer:
                 status = "done"
         if status != "diverged":
             self.save_checkpoint()
-            if status == "early_stopped" or (status == "done" and self.step >= self.total):
+            if status in ("early_stopped", "time_up") or (status == "done"
+                                                          and self.step >= self.total):
                 self._save_model(FINAL)
         message = message or self._done_message(status)
         return TrainResult(status, self.step, self.last_loss, self.best_val, message,
@@ -244,6 +247,9 @@ class Trainer:
         if status == "interrupted":
             return (f"interrupted at step {self.step}; checkpoint saved; continue with "
                     f"--resume {self.cfg.out}")
+        if status == "time_up":
+            return (f"time budget of {self.cfg.max_minutes:g} min reached at step {self.step} "
+                    f"of {self.total}; model in {self._path(FINAL)}")
         if self.step < self.total:
             return f"stopped at step {self.step} of {self.total}; checkpoint saved"
         return f"finished {self.step} steps; model in {self._path(FINAL)}"
@@ -277,6 +283,8 @@ class Trainer:
             self.on_step(self)
         if self.stop_requested:
             return "interrupted", ""
+        if status == "running" and self._deadline and time.perf_counter() > self._deadline:
+            return "time_up", ""
         return status, ""
 
     def _diverged_message(self, step: int, loss: float, norm: float | None) -> str:

@@ -15,6 +15,7 @@ class TrainConfig:
     """A training run's settings (the `sllm train` options; see `sllm train --help`).
 
     corpus: UTF-8 text file, or None for the built-in demo corpus (demo_chars long);
+    epochs, when set, overrides steps; max_minutes: stop (and save) when the time is up;
     tokenizer: "word" | "char" | "bpe" or a path to a vocab.json; model: a model-config
     path or dict (its vocab_size is replaced by the tokenizer's); steps or epochs: run
     length; seq_len: window length T (default: the model's max_seq_len); vocab_size: the
@@ -49,6 +50,7 @@ class TrainConfig:
     patience: int | None = None
     min_delta: float = 0.0
     checkpoint_every: int = 500
+    max_minutes: float | None = None
     log_every: int = 10
     out: str = "runs/latest"
     seed: int = 0
@@ -67,6 +69,7 @@ class TrainConfig:
                   "epochs": self.epochs is None or self.epochs > 0,
                   "seq_len": self.seq_len is None or self.seq_len >= 1,
                   "patience": self.patience is None or self.patience >= 1,
+                  "max_minutes": self.max_minutes is None or self.max_minutes > 0,
                   "encoding_errors": self.encoding_errors in ("strict", "replace", "ignore")}
         for key, ok in checks.items():
             if not ok:

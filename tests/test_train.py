@@ -69,6 +69,13 @@ def test_early_stopping(tmp_path):
     assert (tmp_path / "model.sllm").exists()
 
 
+def test_time_budget_stops_and_saves(tmp_path):
+    trainer = T.prepare(_cfg(tmp_path, max_minutes=1e-9), progress=False)
+    result = trainer.run()
+    assert result.status == "time_up" and result.step == 1
+    assert "time budget" in result.message and (tmp_path / "model.sllm").exists()
+
+
 def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
     trainer = T.prepare(_cfg(tmp_path), progress=False)
 
@@ -100,7 +107,7 @@ def test_ctrl_c_saves_and_stops(tmp_path):
 
 
 def test_epochs_set_the_step_count(tmp_path):
-    trainer = T.prepare(_cfg(tmp_path, steps=None, epochs=0.5), progress=False)
+    trainer = T.prepare(_cfg(tmp_path, steps=1000, epochs=0.5), progress=False)
     per_epoch = len(trainer.data.train.ids) / (4 * 16)
     assert trainer.total == math.ceil(0.5 * per_epoch)
 
