@@ -12,9 +12,11 @@ growth that the base address is unchanged and raises if it ever is not.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import importlib.util
 import os
+import weakref
 from typing import Callable
 
 WASM_PAGE = 65536
@@ -73,12 +75,14 @@ class WasmtimeRuntime(Runtime):
         config.wasm_relaxed_simd = relaxed_simd
         config.memory_reservation = RESERVATION
         config.memory_may_move = False
-        self._store = wasmtime.Store(wasmtime.Engine(config))
+        self._engine = wasmtime.Engine(config)
+        self._store = wasmtime.Store(self._engine)
         try:
-            module = wasmtime.Module(self._store.engine, wasm)
-            self._instance = wasmtime.Instance(self._store, module, [])
+            self._module = wasmtime.Module(self._engine, wasm)
+            self._instance = wasmtime.Instance(self._store, self._module, [])
         except wasmtime.WasmtimeError as e:
             raise RuntimeUnavailable(f"wasmtime rejects the module: {_first_line(e)}") from e
+        _LIVE_WASMTIME.add(self)
         self._exports = self._instance.exports(self._store)
         self._memory = self._exports["memory"]
         self._ffi, self._wasmtime = ffi, wasmtime
@@ -163,6 +167,18 @@ class WasmerRuntime(Runtime):
 
     def call_i32(self, name: str) -> int:
         return int(getattr(self._exports, name)())
+
+
+_LIVE_WASMTIME: "weakref.WeakSet[WasmtimeRuntime]" = weakref.WeakSet()
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    # numpy views may outlive the interpreter's teardown of wasmtime's ffi module, whose
+    # destructors would then fail noisily; at exit the process frees the memory anyway.
+    for runtime in list(_LIVE_WASMTIME):
+        for owner in (runtime._store, runtime._module, runtime._engine):
+            owner._consume()
 
 
 RUNTIMES: dict[str, type[Runtime]] = {"wasmtime": WasmtimeRuntime, "wasmer": WasmerRuntime}
