@@ -96,3 +96,23 @@ EXPORT(dropout_fwd) { dropout(); }
 
 /* Backward recomputes the same mask from the seed: the same computation on dout. */
 EXPORT(dropout_bwd) { dropout(); }
+
+/* vec_exp(out, inp, n) and vec_tanh(out, inp, n): the approximations of mathfn.h applied
+ * elementwise (SIMD body + scalar tail), exported so their error bounds can be measured. */
+EXPORT(vec_exp) {
+    float *out = ARG_F32P(0), *inp = ARG_F32P(1);
+    int n = ARG_INT(2), i = 0;
+#ifdef __wasm_simd128__
+    for (; i + 4 <= n; i += 4) wasm_v128_store(out + i, exp_approx4(wasm_v128_load(inp + i)));
+#endif
+    for (; i < n; i++) out[i] = exp_approx(inp[i]);
+}
+
+EXPORT(vec_tanh) {
+    float *out = ARG_F32P(0), *inp = ARG_F32P(1);
+    int n = ARG_INT(2), i = 0;
+#ifdef __wasm_simd128__
+    for (; i + 4 <= n; i += 4) wasm_v128_store(out + i, tanh_approx4(wasm_v128_load(inp + i)));
+#endif
+    for (; i < n; i++) out[i] = tanh_approx(inp[i]);
+}

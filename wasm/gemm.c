@@ -40,8 +40,12 @@ static void edge_block(const gemm_operands *g, int i0, int i1, int j0, int j1,
 }
 
 #ifdef __wasm_simd128__
+#ifndef MR
 #define MR 4
-#define NV 3 /* vectors per row: NR = 12 columns; 12 accumulators + 3 B + 1 A fit 16 registers */
+#endif
+#ifndef NV
+#define NV 4 /* vectors per row: NR = 16 columns (best measured of 4x2..8x2, 2x4..6x4, 2x6) */
+#endif
 #define NR (4 * NV)
 
 /* One MR x NR tile of c over k in [k0,k1); init: start from bias (or 0), else from c. */

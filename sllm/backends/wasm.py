@@ -262,6 +262,14 @@ class _WasmBase(Backend):
         self._call(name, "<IIIIfI", self._ptr(out, write=True), self._ptr(inp), _size(out, inp),
                    dropout_threshold(p), 1.0 - p, seed & 0xFFFFFFFF)
 
+    def vec_exp(self, out, inp):
+        """out = exp(inp) by the module's approximation (see wasm/mathfn.h for its error)."""
+        self._call("vec_exp", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
+
+    def vec_tanh(self, out, inp):
+        """out = tanh(inp) by the module's approximation (see wasm/mathfn.h for its error)."""
+        self._call("vec_tanh", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
+
     def softmax_xent(self, losses, dlogits, logits, targets, dloss):
         """Fused softmax + cross-entropy; targets of -1 give zero loss and gradient."""
         V = logits.shape[-1]

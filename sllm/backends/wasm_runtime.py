@@ -17,7 +17,7 @@ import ctypes
 import importlib.util
 import os
 import weakref
-from typing import Callable
+from typing import Any, Callable
 
 WASM_PAGE = 65536
 MAX_PAGES = 65536  # a 32-bit memory: 4 GiB
@@ -70,12 +70,7 @@ class WasmtimeRuntime(Runtime):
             from wasmtime import _ffi as ffi
         except ImportError as e:
             raise RuntimeUnavailable(f"wasmtime is not importable: {e}") from e
-        config = wasmtime.Config()
-        config.wasm_simd = True
-        config.wasm_relaxed_simd = relaxed_simd
-        config.memory_reservation = RESERVATION
-        config.memory_may_move = False
-        self._engine = wasmtime.Engine(config)
+        self._engine = wasmtime.Engine(self._config(wasmtime, relaxed_simd))
         self._store = wasmtime.Store(self._engine)
         try:
             self._module = wasmtime.Module(self._engine, wasm)
@@ -87,6 +82,16 @@ class WasmtimeRuntime(Runtime):
         self._memory = self._exports["memory"]
         self._ffi, self._wasmtime = ffi, wasmtime
         self._context = self._store._context()
+
+    @staticmethod
+    def _config(wasmtime: Any, relaxed_simd: bool) -> Any:
+        """SIMD on; linear memory reserved at its 4 GiB maximum so that it never moves."""
+        config = wasmtime.Config()
+        config.wasm_simd = True
+        config.wasm_relaxed_simd = relaxed_simd
+        config.memory_reservation = RESERVATION
+        config.memory_may_move = False
+        return config
 
     def base_address(self) -> int:
         ptr = self._memory.data_ptr(self._store)
