@@ -4,8 +4,18 @@
 /* One row: returns the loss; writes dloss * (softmax - onehot) into drow when given. */
 static float xent_row(float *drow, const float *z, int V, int target, float dloss) {
     float mx = -3.0e38f, zt = z[target], total = 0.0f;
-    for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
-    for (int j = 0; j < V; j++) {
+    for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx; /* vectorised by the compiler */
+    int j = 0;
+#ifdef __wasm_simd128__
+    v128_t vmx = wasm_f32x4_splat(mx), vtotal = wasm_f32x4_splat(0.0f);
+    for (; j + 4 <= V; j += 4) {
+        v128_t e = exp_approx4(wasm_f32x4_sub(wasm_v128_load(z + j), vmx));
+        vtotal = wasm_f32x4_add(vtotal, e);
+        if (drow) wasm_v128_store(drow + j, e);
+    }
+    total = hsum4(vtotal);
+#endif
+    for (; j < V; j++) {
         float e = exp_approx(z[j] - mx);
         total += e;
         if (drow) drow[j] = e; /* drow may alias z: zt and mx are already read */
