@@ -11,8 +11,18 @@ static void softmax_scores(float *probs, const float *q, const float *keys, int 
         probs[s] = scale * dot(q, keys + (size_t)s * ks, D);
         mx = probs[s] > mx ? probs[s] : mx;
     }
+    int s = 0;
     float total = 0.0f;
-    for (int s = 0; s < n; s++) {
+#ifdef __wasm_simd128__
+    v128_t vmx = wasm_f32x4_splat(mx), vtotal = wasm_f32x4_splat(0.0f);
+    for (; s + 4 <= n; s += 4) {
+        v128_t e = exp_approx4(wasm_f32x4_sub(wasm_v128_load(probs + s), vmx));
+        wasm_v128_store(probs + s, e);
+        vtotal = wasm_f32x4_add(vtotal, e);
+    }
+    total = hsum4(vtotal);
+#endif
+    for (; s < n; s++) {
         probs[s] = exp_approx(probs[s] - mx);
         total += probs[s];
     }
