@@ -25,6 +25,7 @@ from .wasm_memory import LinearMemory
 from .wasm_runtime import RUNTIMES, Runtime, RuntimeUnavailable, runtime_name
 
 F32, I32 = np.dtype(np.float32), np.dtype(np.int32)
+OFFSET_CACHE = 4096
 
 
 def module_dirs() -> list[Path]:
@@ -58,6 +59,7 @@ class _WasmBase(Backend):
         self._args = self.runtime.call_i32("args_address")
         self._kernels = {}
         self._staged: list[tuple[np.ndarray, Any]] = []
+        self._offsets: dict[int, tuple[np.ndarray, int]] = {}
         self._scratch_offset, self._scratch_bytes = 0, 0
 
     @classmethod
@@ -119,15 +121,27 @@ class _WasmBase(Backend):
         """Byte offset of `array` in linear memory, staging a copy when it lives elsewhere."""
         if array is None:
             return 0
+        known = self._offsets.get(id(array))
+        if known is not None and known[0] is array and array.dtype == dtype:
+            return known[1]
         if isinstance(array, np.ndarray) and array.dtype == dtype and array.flags.c_contiguous:
             offset = self.memory.offset_of(array)
             if offset >= 0:
+                self._remember(array, offset)
                 return offset
         source = np.ascontiguousarray(array, dtype=dtype)
         staged = self.memory.array(source.shape, dtype)
         staged[...] = source
         self._staged.append((staged, array if write else None))
         return self.memory.offset_of(staged)
+
+    def _remember(self, array: np.ndarray, offset: int) -> None:
+        # Finding an array's address costs more than a small kernel; the model passes the
+        # same array objects every step, so their offsets are cached (holding the array
+        # keeps its id unique). Bounded: cleared when it grows past OFFSET_CACHE entries.
+        if len(self._offsets) >= OFFSET_CACHE:
+            self._offsets.clear()
+        self._offsets[id(array)] = (array, offset)
 
     def _scratch(self, nfloats: int) -> int:
         """Offset of a scratch area of at least nfloats, reused across calls."""

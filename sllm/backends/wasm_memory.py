@@ -34,15 +34,11 @@ class LinearMemory:
         self.limit = min(limit_bytes, RESERVATION)
         self.arena = _Arena.from_address(runtime.base_address())
         self.arena.runtime = runtime
+        self.base = ctypes.addressof(self.arena)  # host address of byte 0; never moves
         start = _align(heap_base)
         self.end = runtime.memory_size()
         self._free: list[tuple[int, int]] = [(start, self.end - start)] if self.end > start else []
         self._used: dict[int, int] = {}
-
-    @property
-    def base(self) -> int:
-        """Host address of linear memory's byte 0."""
-        return ctypes.addressof(self.arena)
 
     def in_use(self) -> int:
         """Bytes currently allocated."""
