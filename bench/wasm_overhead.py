@@ -35,7 +35,7 @@ def main():
     parser.add_argument("--calls", type=int, default=20000)
     args = parser.parse_args()
     be = WasmSimdBackend(args.runtime)
-    out, a, b = be.zeros(4), be.ones(4) if hasattr(be, "ones") else be.zeros(4), be.zeros(4)
+    out, a, b = be.zeros(4), be.zeros(4), be.zeros(4)
     be.residual_fwd(out, a, b)  # fills the parameter block for the raw calls below
     raw = be.runtime.kernel("residual_fwd")
     rows = {"raw": per_call_us(raw, args.calls)}

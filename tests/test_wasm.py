@@ -147,6 +147,14 @@ def test_simd_rejected_by_the_runtime_leaves_scalar_working(monkeypatch):
     assert WasmBackend.probe()["simd"] is None
 
 
+def test_missing_modules_make_the_backends_unavailable_with_the_reason(monkeypatch, tmp_path):
+    import sllm.backends.wasm as wasm_backend
+    monkeypatch.setattr(wasm_backend, "module_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(WasmBackend, "_probed", {})
+    with pytest.raises(RuntimeUnavailable, match="sllm_scalar.wasm was not built"):
+        WasmBackend.probe()
+
+
 def test_unknown_runtime_name_is_reported(monkeypatch):
     monkeypatch.setenv("SLLM_WASM_RUNTIME", "v8")
     with pytest.raises(RuntimeUnavailable, match="SLLM_WASM_RUNTIME='v8'"):
