@@ -125,6 +125,36 @@ def test_bad_input_gives_clear_errors(be, rng):
         be.matmul_fwd(be.zeros((2, 3)), be.zeros((2, 4)), be.zeros((5, 3)), None)
 
 
+TRAP_SCRIPT = """
+import numpy as np, sys
+from sllm import BackendError
+from sllm.backends.wasm import WasmBackend, WasmSimdBackend
+be = {"wasm": WasmBackend, "wasm-simd": WasmSimdBackend}[sys.argv[1]]()
+try:
+    be._call("gelu_fwd", "<IIi", 0xFFFFFF00, 0xFFFFFF00, 1024)  # out of bounds: traps
+except BackendError as e:
+    assert "gelu_fwd failed" in str(e), e
+else:
+    raise SystemExit("no trap")
+x = be.from_numpy(np.arange(-4, 5, dtype=np.float32))
+out = be.empty(9)
+be.relu_fwd(out, x)
+assert (out == np.maximum(x, 0)).all()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("name", WASM)
+def test_a_trap_is_a_backend_error_and_the_backend_keeps_working(name):
+    # In a child process: wasm traps arrive as signals, and pytest's faulthandler, re-armed
+    # after the runtime installed its handler, would take them as a crash.
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", TRAP_SCRIPT, name], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 class _NoSimdWasmtime(wasm_runtime.WasmtimeRuntime):
     """wasmtime configured without SIMD: stands in for a host that lacks it."""
 

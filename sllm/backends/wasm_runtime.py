@@ -123,7 +123,9 @@ class WasmtimeRuntime(Runtime):
             if error:
                 raise wasmtime.WasmtimeError._from_ptr(error)
             if trap:
-                raise wasmtime.Trap._from_ptr(trap)
+                owned = ctypes.cast(ctypes.addressof(trap.contents), type(trap))
+                ctypes.memset(ctypes.addressof(trap), 0, ctypes.sizeof(trap))  # reuse: clear
+                raise wasmtime.Trap._from_ptr(owned)
         return run
 
     def call_i32(self, name: str) -> int:
