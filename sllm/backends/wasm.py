@@ -80,11 +80,8 @@ class _WasmBase(Backend):
         runtime = runtime_name()
         if runtime not in cls._probed:
             try:
-                instance, (filename, relaxed, simd) = cls._instantiate(runtime)
-                cls._probed[runtime] = {
-                    "runtime": runtime, "simd": simd, "relaxed_simd": relaxed,
-                    "module": filename, "threads": 1,
-                    "simd_level": instance.call_i32("simd_level")}
+                instance, module = cls._instantiate(runtime)
+                cls._probed[runtime] = _capabilities(instance, module)
             except RuntimeUnavailable as e:
                 cls._probed[runtime] = e
         result = cls._probed[runtime]
@@ -95,9 +92,7 @@ class _WasmBase(Backend):
     @property
     def capabilities(self) -> dict[str, Any]:
         """Capabilities of this instance: runtime, SIMD level, module, memory in use."""
-        filename, relaxed, simd = self.module
-        return {"runtime": self.runtime.name, "simd": simd, "relaxed_simd": relaxed,
-                "module": filename, "threads": 1, "memory_bytes": self.memory.end}
+        return {**_capabilities(self.runtime, self.module), "memory_bytes": self.memory.end}
 
     # ---- storage ---------------------------------------------------------------------
     def empty(self, shape: "int | tuple[int, ...]", dtype: Any = None) -> np.ndarray:
@@ -305,6 +300,12 @@ class _WasmBase(Backend):
                    self._ptr(grads), self._ptr(m, write=True), self._ptr(v, write=True),
                    params.size, lr, beta1, beta2, eps, weight_decay, decay_count,
                    int(decoupled), 1.0 - beta1 ** step, 1.0 - beta2 ** step)
+
+
+def _capabilities(runtime: Runtime, module: tuple[str, bool, str | None]) -> dict[str, Any]:
+    filename, relaxed, simd = module
+    return {"runtime": runtime.name, "simd": simd, "relaxed_simd": relaxed, "module": filename,
+            "threads": 1, "simd_level": runtime.call_i32("simd_level")}
 
 
 def _check(ok: bool, message: str) -> None:
