@@ -92,6 +92,35 @@ def test_out_of_memory_under_a_model_is_clear():
         sllm.SLLM(cfg, backend=small)
 
 
+class _MovingRuntime(wasm_runtime.Runtime):
+    """A runtime whose memory moves when it grows (what the backend must never allow)."""
+
+    name = "moving"
+
+    def __init__(self):
+        self.base, self.size = 1 << 20, wasm_runtime.WASM_PAGE
+
+    def base_address(self):
+        return self.base
+
+    def memory_size(self):
+        return self.size
+
+    def grow(self, pages):
+        before = self.base
+        self.base, self.size = self.base + (1 << 20), self.size + pages * wasm_runtime.WASM_PAGE
+        self._check_base(before)
+        return True
+
+
+def test_memory_that_moves_on_growth_is_refused():
+    from sllm.backends.wasm_memory import LinearMemory
+    memory = LinearMemory(_MovingRuntime(), heap_base=1024)
+    assert memory.alloc(1000) > 0  # fits without growing
+    with pytest.raises(BackendError, match="moved on growth"):
+        memory.alloc(1 << 20)
+
+
 def test_exp_and_tanh_error_bounds(be):
     x = be.from_numpy(np.linspace(-87.0, 88.0, 400_003, dtype=np.float32))
     out = be.empty(x.shape)

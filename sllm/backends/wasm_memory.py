@@ -99,7 +99,11 @@ class LinearMemory:
     def _grow_for(self, size: int) -> None:
         tail = self._free[-1][1] if self._free and sum(self._free[-1]) == self.end else 0
         pages = -(-(size - tail) // WASM_PAGE)
-        if self.end + pages * WASM_PAGE > self.limit or not self.runtime.grow(pages):
+        try:
+            grown = self.end + pages * WASM_PAGE <= self.limit and self.runtime.grow(pages)
+        except RuntimeError as e:  # the runtime moved linear memory: views would dangle
+            raise BackendError(f"WebAssembly memory growth failed: {e}") from e
+        if not grown:
             raise BackendError(
                 f"out of WebAssembly linear memory: cannot allocate {size / 2**20:.1f} MiB "
                 f"({self.in_use() / 2**20:.1f} MiB in use, limit {self.limit / 2**20:.0f} MiB "
