@@ -26,7 +26,7 @@ def load(path: Any, backend: Any = "auto", mmap: bool = True) -> SLLM:
 
 def load_json(path: Any, backend: Any = "auto") -> SLLM:
     """Load a model from the roadmap's JSON interchange format."""
-    from .serialize import load_json as _load_json
+    from .interchange import load_json as _load_json
     return _load_json(path, backend=backend)
 
 

@@ -48,7 +48,7 @@ class SLLM:
     """
 
     def __init__(self, config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]",
-                 backend: "str | Backend" = "auto", seed: int = 0, init: str = "gpt2"):
+                 backend: "str | Backend" = "auto", seed: int = 0, init: str | None = "gpt2"):
         self.config = resolve_config(config)
         self.backend = backends.get(backend)
         self.layout = Layout(self.config)
@@ -63,7 +63,10 @@ class SLLM:
         self._g_layers = [_layer(self._grads, i) for i in range(self.config.num_layers)]
         self._acts: dict[tuple[int, int, bool], Activations] = {}
         self._last_seed = 0
-        initialize(self._params, self.config, init, seed)
+        self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
+        self.metadata: dict[str, Any] = {}
+        if init is not None:  # None: leave zeros (a loader fills the weights)
+            initialize(self._params, self.config, init, seed)
 
     @classmethod
     def from_config(cls, config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]",
@@ -128,6 +131,11 @@ class SLLM:
         """Write the model to `path` in the SLLM binary format (atomically)."""
         from .serialize import save_model
         save_model(self, path, dtype=dtype, **kwargs)
+
+    def save_json(self, path: "str | os.PathLike[str]") -> None:
+        """Write the model in the roadmap's JSON interchange format (config, vocab, weights)."""
+        from .interchange import save_json
+        save_json(self, path)
 
     # ---- forward ---------------------------------------------------------------------
     def _check_tokens(self, tokens: Any) -> np.ndarray:

@@ -144,13 +144,13 @@ def attention_decode(out, qkv, kcache, vcache, pos, n_head):
 def gelu_fwd(out, inp):
     """GPT-2's tanh-approximated GELU."""
     x = inp
-    out[...] = 0.5 * x * (1.0 + np.tanh(GELU_SCALE * (x + 0.044715 * x ** 3)))
+    out[...] = 0.5 * x * (1.0 + np.tanh(GELU_SCALE * (x + 0.044715 * (x * x * x))))
 
 
 def gelu_bwd(dinp, dout, inp):
     """dinp = dout * gelu'(inp); dinp may alias dout."""
     x = inp
-    t = np.tanh(GELU_SCALE * (x + 0.044715 * x ** 3))
+    t = np.tanh(GELU_SCALE * (x + 0.044715 * (x * x * x)))
     dt = GELU_SCALE * (1.0 + 3 * 0.044715 * x * x)
     dinp[...] = dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt)
 

@@ -1,0 +1,77 @@
+"""The roadmap's JSON interchange format: config, vocabulary and weights as nested lists.
+
+It is large and slow (see docs/binary-format.md for the measured size ratios) but any
+language can read it; `sllm convert` turns it into the binary format and back.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import ConfigError, FormatError
+from .fileio import atomic_write
+from .layout import Layout
+
+FORMAT = "sllm-json"
+
+
+def save_json(model: Any, path: "str | os.PathLike[str]") -> None:
+    """Write {"format", "config", "vocab", "metadata", "weights": {name: nested lists}}."""
+    doc = {"format": FORMAT, "version": 1, "config": model.config.to_dict(),
+           "vocab": getattr(model, "tokenizer", None), "metadata": getattr(model, "metadata", {}),
+           "weights": {name: p.tolist() for name, p in model.parameters().items()}}
+    with atomic_write(path) as f:
+        f.write(json.dumps(doc, separators=(",", ":")).encode("utf-8"))
+
+
+def load_json(path: "str | os.PathLike[str]", backend: Any = "auto") -> Any:
+    """Read a JSON model; any malformation raises FormatError naming what is wrong."""
+    from .model import SLLM
+    doc = _read(path)
+    try:
+        config = ModelConfig.from_dict(doc.get("config"))
+    except (ConfigError, TypeError) as e:
+        raise FormatError(f"{path}: config: {e}") from None
+    weights = doc.get("weights")
+    if not isinstance(weights, dict):
+        raise FormatError(f"{path}: 'weights' must be an object of name -> nested lists")
+    layout = Layout(config)
+    missing = sorted(set(layout.slots) - set(weights))
+    if missing:
+        raise FormatError(f"{path}: weights missing: {', '.join(missing[:5])}")
+    model = SLLM(config, backend=backend, init=None)
+    for name, param in model.parameters().items():
+        param[...] = _tensor(weights[name], layout.slots[name].shape, name, path)
+    model.tokenizer = doc.get("vocab")
+    model.metadata = doc.get("metadata") or {}
+    return model.eval()
+
+
+def _read(path: Any) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: not valid UTF-8 JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format", FORMAT) != FORMAT:
+        raise FormatError(f"{path}: not an sllm JSON model (expected an object with "
+                          f"format {FORMAT!r})")
+    return doc
+
+
+def _tensor(value: Any, shape: tuple[int, ...], name: str, path: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise FormatError(f"{path}: weight {name!r} is not a rectangular array of numbers") \
+            from None
+    if arr.shape != shape:
+        raise FormatError(f"{path}: weight {name!r} has shape {arr.shape}, the config needs "
+                          f"{shape}")
+    return arr

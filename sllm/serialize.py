@@ -1,0 +1,371 @@
+"""The SLLM binary model format (docs/binary-format.md): writer and validating reader.
+
+Layout: a 24-byte header, then sections. Each section is a 16-byte section header (kind,
+CRC32 of the payload, payload length) followed by its payload; every payload starts at a
+multiple of 64 bytes from the start of the file (zero padding before the section header),
+so the tensor data can be memory-mapped and viewed without copies. The reader checks every
+size against the file before it allocates or reads anything, and raises FormatError
+naming the section, offset, and what it expected versus found.
+"""
+from __future__ import annotations
+
+import json
+import mmap as mmap_module
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import ConfigError, FormatError
+from .fileio import atomic_write
+from .layout import Layout
+
+MAGIC = b"SLLM"
+VERSION = 1
+ALIGN = 64
+HEADER = struct.Struct("<4sIIIII")  # magic, version, vocab_size, embedding_dim, sections, crc
+SECTION = struct.Struct("<IIQ")     # kind, crc32 of payload, payload length
+ENTRY_FIXED = struct.Struct("<BBH")  # dtype code, ndim, reserved (0)
+ENTRY_SPAN = struct.Struct("<QQ")   # offset within the data payload, byte length
+MAX_NDIM = 4
+
+
+class Section(IntEnum):
+    """Section kinds. Unknown kinds are skipped (after their checksum is verified)."""
+
+    CONFIG = 1
+    TOKENIZER = 2
+    METADATA = 3
+    TENSORS = 4
+    DATA = 5
+
+
+DTYPES = {0: ("f32", np.dtype("<f4")), 1: ("f16", np.dtype("<f2"))}
+DTYPE_CODES = {name: code for code, (name, _) in DTYPES.items()}
+RESERVED_DTYPES = {2: "q8_0", 3: "q4_0"}  # quantized block formats, not yet readable
+
+
+@dataclass
+class ModelFile:
+    """What a model file holds, validated: config, tokenizer and metadata dicts, and the
+    tensors (read-only views into the file when memory-mapped)."""
+
+    config: ModelConfig
+    tokenizer: "dict[str, Any] | None"
+    metadata: dict[str, Any]
+    tensors: dict[str, np.ndarray]
+    version: int
+    dtype: str
+    file_size: int
+    sections: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def extra_tensors(self) -> dict[str, np.ndarray]:
+        """Tensors that are not model parameters (e.g. optimizer state in checkpoints)."""
+        names = set(Layout(self.config).slots)
+        return {k: v for k, v in self.tensors.items() if k not in names}
+
+
+# ---- writer -------------------------------------------------------------------------------
+def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
+               tokenizer: "dict[str, Any] | None" = None,
+               metadata: "dict[str, Any] | None" = None,
+               extra_tensors: "dict[str, np.ndarray] | None" = None) -> None:
+    """Write `model` atomically; parameters in `dtype` ("f32" or "f16"), extras in f32.
+
+    tokenizer and metadata default to model.tokenizer and model.metadata.
+    """
+    if dtype not in DTYPE_CODES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPE_CODES)}, got {dtype!r}")
+    np_dtype = DTYPES[DTYPE_CODES[dtype]][1]
+    tensors = [(n, np.ascontiguousarray(p, np_dtype)) for n, p in model.parameters().items()]
+    tensors += [(n, np.ascontiguousarray(a, "<f4")) for n, a in (extra_tensors or {}).items()]
+    tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    meta = {"sllm_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                  time.gmtime()),
+            "num_parameters": model.num_parameters(), "dtype": dtype,
+            **getattr(model, "metadata", {}), **(metadata or {})}
+    sections = [(Section.CONFIG, _json_bytes(model.config.to_dict()))]
+    if tokenizer is not None:
+        sections.append((Section.TOKENIZER, _json_bytes(tokenizer)))
+    sections.append((Section.METADATA, _json_bytes(meta)))
+    table, spans = _tensor_table(tensors)
+    sections.append((Section.TENSORS, table))
+    with atomic_write(path) as f:
+        head = HEADER.pack(MAGIC, VERSION, model.config.vocab_size, model.config.embedding_dim,
+                           len(sections) + 1, 0)[:20]
+        f.write(head + struct.pack("<I", zlib.crc32(head)))  # the header's own checksum
+        for kind, payload in sections:
+            _write_section(f, kind, zlib.crc32(payload), len(payload))
+            f.write(payload)
+        _write_data(f, tensors, spans)
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _tensor_table(tensors: list[tuple[str, np.ndarray]]) -> tuple[bytes, list[tuple[int, int]]]:
+    parts, spans, offset = [struct.pack("<I", len(tensors))], [], 0
+    for name, arr in tensors:
+        raw = name.encode("utf-8")
+        code = {"<f4": 0, "<f2": 1}[arr.dtype.str]
+        parts += [struct.pack("<H", len(raw)), raw, ENTRY_FIXED.pack(code, arr.ndim, 0),
+                  struct.pack(f"<{arr.ndim}I", *arr.shape), ENTRY_SPAN.pack(offset, arr.nbytes)]
+        spans.append((offset, arr.nbytes))
+        offset = _align(offset + arr.nbytes)
+    return b"".join(parts), spans
+
+
+def _write_section(f: Any, kind: int, crc: int, length: int) -> None:
+    pad = _align(f.tell() + SECTION.size) - SECTION.size - f.tell()
+    f.write(b"\0" * pad)
+    f.write(SECTION.pack(kind, crc, length))
+
+
+def _write_data(f: Any, tensors: list[tuple[str, np.ndarray]], spans: list[tuple[int, int]]
+                ) -> None:
+    length = spans[-1][0] + spans[-1][1] if spans else 0
+    crc, pos = 0, 0
+    for (_, arr), (offset, _) in zip(tensors, spans):  # first pass: the checksum
+        crc = zlib.crc32(memoryview(arr).cast("B"), zlib.crc32(b"\0" * (offset - pos), crc))
+        pos = offset + arr.nbytes
+    _write_section(f, Section.DATA, crc, length)
+    pos = 0
+    for (_, arr), (offset, _) in zip(tensors, spans):
+        f.write(b"\0" * (offset - pos))
+        f.write(memoryview(arr).cast("B"))
+        pos = offset + arr.nbytes
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+# ---- reader -------------------------------------------------------------------------------
+def read_model_file(path: "str | os.PathLike[str]", mmap: bool = True,
+                    verify: bool = True) -> ModelFile:
+    """Read and validate a model file. Any malformation raises FormatError."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if mmap and size > 0:
+                buf: Any = mmap_module.mmap(f.fileno(), 0, access=mmap_module.ACCESS_READ)
+            else:
+                buf = f.read()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a directory, not a model file") from None
+    return _parse(memoryview(buf), path, verify)
+
+
+def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
+    size = len(buf)
+    if size < HEADER.size:
+        raise FormatError(f"{path}: truncated header: file has {size} bytes, "
+                          f"the header needs {HEADER.size}")
+    magic, version, vocab, emb, count, header_crc = HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise FormatError(f"{path}: not an SLLM model file: magic {bytes(magic)!r} at offset 0, "
+                          f"expected {MAGIC!r}")
+    if version == 0 or version > VERSION:
+        raise FormatError(f"{path}: file format version {version} is not supported: this sllm "
+                          f"reads versions 1 to {VERSION}; upgrade sllm to read it")
+    if zlib.crc32(buf[:20]) != header_crc:
+        raise FormatError(f"{path}: header checksum mismatch at offset 20")
+    payloads, sections = _read_sections(buf, path, count, verify)
+    config = _read_config(payloads, path, vocab, emb)
+    tokenizer = _read_json(payloads, Section.TOKENIZER, path) if Section.TOKENIZER in payloads \
+        else None
+    metadata = _read_json(payloads, Section.METADATA, path) \
+        if Section.METADATA in payloads else {}
+    if tokenizer is not None and not isinstance(tokenizer, dict):
+        raise FormatError(f"{path}: tokenizer section: expected a JSON object")
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{path}: metadata section: expected a JSON object")
+    tensors, dtype = _read_tensors(payloads, path, config)
+    return ModelFile(config, tokenizer, metadata, tensors, version, dtype, size, sections)
+
+
+def _read_sections(buf: memoryview, path: Any, count: int, verify: bool):
+    size, pos = len(buf), HEADER.size
+    payloads: dict[int, memoryview] = {}
+    sections = []
+    for i in range(count):
+        start = _align(pos + SECTION.size) - SECTION.size
+        if start + SECTION.size > size:
+            raise FormatError(f"{path}: truncated: section {i + 1} of {count} should start at "
+                              f"offset {start}, but the file ends at {size}")
+        if any(buf[pos:start]):
+            raise FormatError(f"{path}: non-zero padding before section {i + 1} at offset {pos}")
+        kind, crc, length = SECTION.unpack_from(buf, start)
+        name = Section(kind).name.lower() if kind in Section._value2member_map_ else f"#{kind}"
+        begin = start + SECTION.size
+        if length > size - begin:
+            raise FormatError(f"{path}: truncated: {name} section at offset {start} declares "
+                              f"{length} bytes, only {size - begin} remain in the file")
+        payload = buf[begin:begin + length]
+        if verify and zlib.crc32(payload) != crc:
+            raise FormatError(f"{path}: bad checksum in the {name} section (offset {start}): "
+                              f"stored {crc:#010x}, computed {zlib.crc32(payload):#010x}")
+        if kind in payloads:
+            raise FormatError(f"{path}: duplicate {name} section at offset {start}")
+        if kind in Section._value2member_map_:
+            payloads[kind] = payload
+        sections.append({"kind": name, "offset": start, "length": length, "crc32": crc})
+        pos = begin + length
+    if pos != size:
+        raise FormatError(f"{path}: {size - pos} unexpected bytes after the last section "
+                          f"(offset {pos})")
+    for required in (Section.CONFIG, Section.TENSORS, Section.DATA):
+        if required not in payloads:
+            raise FormatError(f"{path}: missing the {required.name.lower()} section")
+    return payloads, sections
+
+
+def _read_json(payloads: dict[int, memoryview], kind: Section, path: Any) -> Any:
+    try:
+        return json.loads(bytes(payloads[kind]).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: {kind.name.lower()} section is not valid UTF-8 "
+                          f"(byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{path}: {kind.name.lower()} section is not valid JSON: {e}") from None
+
+
+def _read_config(payloads, path, vocab: int, emb: int) -> ModelConfig:
+    try:
+        config = ModelConfig.from_dict(_read_json(payloads, Section.CONFIG, path))
+    except ConfigError as e:
+        raise FormatError(f"{path}: config section: {e}") from None
+    except TypeError as e:
+        raise FormatError(f"{path}: config section: {e}") from None
+    if (config.vocab_size, config.embedding_dim) != (vocab, emb):
+        raise FormatError(f"{path}: header says vocab_size {vocab}, embedding_dim {emb}; the "
+                          f"config section says {config.vocab_size}, {config.embedding_dim}")
+    return config
+
+
+class _Cursor:
+    """Bounds-checked reads from the tensor table."""
+
+    def __init__(self, buf: memoryview, path: Any):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, fmt: str) -> tuple:
+        n = struct.calcsize(fmt)
+        if self.pos + n > len(self.buf):
+            raise FormatError(f"{self.path}: tensor table truncated at byte {self.pos} of "
+                              f"{len(self.buf)} (needs {n} more)")
+        values = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return values
+
+    def name(self) -> str:
+        (n,) = self.take("<H")
+        raw = bytes(self.take(f"<{n}s")[0])
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError(f"{self.path}: tensor name at table byte {self.pos - n} is not "
+                              f"valid UTF-8") from None
+
+
+def _read_tensors(payloads, path, config: ModelConfig) -> tuple[dict[str, np.ndarray], str]:
+    table, data = _Cursor(payloads[Section.TENSORS], path), payloads[Section.DATA]
+    (count,) = table.take("<I")
+    min_entry = 2 + ENTRY_FIXED.size + ENTRY_SPAN.size
+    if count * min_entry > len(table.buf):
+        raise FormatError(f"{path}: tensor table declares {count} tensors but holds only "
+                          f"{len(table.buf)} bytes")
+    entries = [_read_entry(table, path, len(data)) for _ in range(count)]
+    _check_overlaps(entries, path)
+    tensors = {}
+    for name, dtype, shape, offset, nbytes in entries:
+        if name in tensors:
+            raise FormatError(f"{path}: tensor {name!r} appears twice in the tensor table")
+        arr = np.frombuffer(data, dtype=DTYPES[dtype][1], count=nbytes // DTYPES[dtype][1].itemsize,
+                            offset=offset)
+        tensors[name] = arr.reshape(shape)
+    param_dtypes = _check_shapes(tensors, entries, config, path)
+    return tensors, param_dtypes
+
+
+def _read_entry(table: _Cursor, path: Any, data_len: int):
+    name = table.name()
+    dtype, ndim, reserved = table.take(ENTRY_FIXED.format)
+    if dtype in RESERVED_DTYPES:
+        raise FormatError(f"{path}: tensor {name!r} uses dtype {RESERVED_DTYPES[dtype]} "
+                          f"(code {dtype}), which this version of sllm cannot read")
+    if dtype not in DTYPES:
+        raise FormatError(f"{path}: tensor {name!r} has unknown dtype code {dtype}")
+    if not 1 <= ndim <= MAX_NDIM or reserved:
+        raise FormatError(f"{path}: tensor {name!r} has invalid ndim {ndim} (1..{MAX_NDIM})")
+    shape = table.take(f"<{ndim}I")
+    offset, nbytes = table.take(ENTRY_SPAN.format)
+    elements = 1
+    for d in shape:
+        elements *= d
+    if elements * DTYPES[dtype][1].itemsize != nbytes:
+        raise FormatError(f"{path}: tensor {name!r}: shape {tuple(shape)} of "
+                          f"{DTYPES[dtype][0]} needs {elements * DTYPES[dtype][1].itemsize} "
+                          f"bytes, the table says {nbytes}")
+    if offset % ALIGN or offset + nbytes > data_len:
+        raise FormatError(f"{path}: tensor {name!r} at data offset {offset} with {nbytes} bytes "
+                          f"is misaligned or runs past the end of the data ({data_len} bytes)")
+    return name, dtype, tuple(shape), offset, nbytes
+
+
+def _check_overlaps(entries, path) -> None:
+    spans = sorted((offset, offset + nbytes, name) for name, _, _, offset, nbytes in entries)
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise FormatError(f"{path}: tensors {a!r} and {b!r} overlap in the data section")
+
+
+def _check_shapes(tensors, entries, config: ModelConfig, path) -> str:
+    layout = Layout(config)
+    for name, slot in layout.slots.items():
+        if name not in tensors:
+            raise FormatError(f"{path}: tensor {name!r} is missing")
+        if tensors[name].shape != slot.shape:
+            raise FormatError(f"{path}: tensor {name!r} has shape {tensors[name].shape}, the "
+                              f"config needs {slot.shape}")
+    codes = {dtype for name, dtype, *_ in entries if name in layout.slots}
+    return "/".join(sorted(DTYPES[c][0] for c in codes))
+
+
+# ---- loading into a model -----------------------------------------------------------------
+def load_model(path: "str | os.PathLike[str]", backend: Any = "auto", mmap: bool = True) -> Any:
+    """Read a model file into a new SLLM on `backend` (eval mode), with .tokenizer and
+    .metadata attached."""
+    from .model import SLLM
+    mf = read_model_file(path, mmap=mmap)
+    model = SLLM(mf.config, backend=backend, init=None)
+    for name, param in model.parameters().items():
+        param[...] = mf.tensors[name]
+    model.tokenizer, model.metadata = mf.tokenizer, mf.metadata
+    return model.eval()
+
+
+def describe(path: "str | os.PathLike[str]") -> dict[str, Any]:
+    """What `sllm info` shows: config, parameter count, dtype, sizes and checksum status."""
+    mf = read_model_file(path, mmap=True)
+    return {"path": str(path), "version": mf.version, "file_size": mf.file_size,
+            "dtype": mf.dtype, "num_parameters": Layout(mf.config).num_parameters,
+            "config": mf.config.to_dict(), "vocab_size": mf.config.vocab_size,
+            "tokenizer": (mf.tokenizer or {}).get("type"), "checksums": "ok",
+            "sections": mf.sections, "extra_tensors": sorted(mf.extra_tensors),
+            "metadata": mf.metadata}

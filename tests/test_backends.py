@@ -1,0 +1,131 @@
+"""The backend registry and plugin discovery through real entry points."""
+import textwrap
+
+import numpy as np
+import pytest
+
+import sllm
+from sllm import BackendError, backends
+from sllm.backends.base import KERNELS, Backend
+
+PLUGIN = '''
+import sllm
+from sllm.backends.base import Backend, KERNELS
+
+class Fast(Backend):
+    """A plugin backend that leaves every kernel to the reference."""
+    name = "fast"
+    priority = 1000
+    reference_kernels = frozenset(KERNELS)
+
+class Broken(Backend):
+    name = "broken"
+    @classmethod
+    def probe(cls):
+        raise RuntimeError("needs a GPU")
+
+@sllm.hookimpl
+def register_backends(register):
+    register(Fast)
+    register(Broken)
+'''
+
+
+def _install_plugin(tmp_path, monkeypatch, name, source):
+    """Write module `name` and a dist-info whose entry point (group sllm) names it."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+    dist = tmp_path / f"{name}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[sllm]\n{name} = {name}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(monkeypatch):
+    monkeypatch.delenv("SLLM_BACKEND", raising=False)
+    monkeypatch.delenv("SLLM_LOAD_PLUGINS", raising=False)
+    backends.reset()
+    yield
+    backends.reset()
+
+
+def test_numpy_always_available():
+    assert "numpy" in backends.available()
+    rows = {r["name"]: r for r in backends.info()}
+    assert rows["numpy"]["available"] and rows["numpy"]["reason"] is None
+    assert "blas" in rows["numpy"]["capabilities"]
+    assert {"cpp", "wasm", "wasm-simd"} & set(rows) == {"cpp", "wasm", "wasm-simd"} & set(rows)
+
+
+def test_unknown_backend_lists_available():
+    with pytest.raises(BackendError, match="available backends: .*numpy"):
+        backends.get("no-such-backend")
+
+
+def test_env_override(monkeypatch):
+    monkeypatch.setenv("SLLM_BACKEND", "numpy")
+    assert backends.get().name == "numpy"
+    assert sllm.SLLM(sllm.ModelConfig(vocab_size=5, embedding_dim=4, num_heads=1,
+                                      num_layers=1, ffn_hidden_dim=4)).backend.name == "numpy"
+
+
+def test_entry_point_plugin(tmp_path, monkeypatch):
+    _install_plugin(tmp_path, monkeypatch, "sllm_fake_plugin", PLUGIN)
+    assert backends.available()[0] == "fast"
+    assert backends.get().name == "fast"  # auto takes the highest priority
+    rows = {r["name"]: r for r in backends.info()}
+    assert rows["fast"]["plugin"] == "sllm_fake_plugin"
+    assert rows["fast"]["reference_kernels"] == sorted(KERNELS)
+    assert not rows["broken"]["available"] and "needs a GPU" in rows["broken"]["reason"]
+    with pytest.raises(BackendError, match="needs a GPU"):
+        backends.get("broken")
+    cfg = sllm.ModelConfig(vocab_size=7, embedding_dim=4, num_heads=2, num_layers=1,
+                           ffn_hidden_dim=4, max_seq_len=4)
+    x = np.array([[1, 2, 3]])
+    np.testing.assert_allclose(sllm.SLLM(cfg, backend="fast").eval().forward(x),
+                               sllm.SLLM(cfg, backend="numpy").eval().forward(x))
+
+
+def test_load_plugins_filter(tmp_path, monkeypatch):
+    _install_plugin(tmp_path, monkeypatch, "sllm_fake_plugin2", PLUGIN)
+    monkeypatch.setenv("SLLM_LOAD_PLUGINS", "")
+    assert "fast" not in backends.available() and "numpy" in backends.available()
+
+
+def test_plugin_import_error_is_reported(tmp_path, monkeypatch):
+    _install_plugin(tmp_path, monkeypatch, "sllm_bad_import", "raise ImportError('no libfoo')")
+    rows = {r["name"]: r for r in backends.info()}
+    assert not rows["sllm_bad_import"]["available"]
+    assert "no libfoo" in rows["sllm_bad_import"]["reason"]
+    assert "numpy" in backends.available()
+
+
+def test_plugin_register_error_is_reported(tmp_path, monkeypatch):
+    source = "import sllm\n@sllm.hookimpl\ndef register_backends(register):\n    1 / 0\n"
+    _install_plugin(tmp_path, monkeypatch, "sllm_bad_hook", source)
+    rows = {r["name"]: r for r in backends.info()}
+    assert "ZeroDivisionError" in rows["sllm_bad_hook"]["reason"]
+    assert "numpy" in backends.available()
+
+
+def test_required_kernels_name_themselves():
+    class Partial(Backend):
+        name = "partial"
+        reference_kernels = frozenset({"gelu_fwd"})
+
+    b = Partial()
+    with pytest.raises(NotImplementedError, match="'layernorm_fwd'"):
+        b.layernorm_fwd(None, None, None, None, None, None)
+    assert "layernorm_fwd" in b.missing_kernels() and "gelu_fwd" not in b.missing_kernels()
+    out = np.zeros(3, np.float32)
+    b.gelu_fwd(out, np.ones(3, np.float32))
+    assert out[0] == pytest.approx(0.8412, abs=1e-4)
+
+
+def test_backend_storage():
+    b = backends.get("numpy")
+    z = b.zeros((2, 3))
+    assert z.dtype == np.float32 and not z.any()
+    c = b.from_numpy(np.arange(4), np.int32)
+    assert c.dtype == np.int32 and list(c) == [0, 1, 2, 3]
