@@ -55,7 +55,10 @@ def test_round_trip_every_backend(model, tmp_path, name):
     for load_on in {name, "numpy"}:  # and across backends
         loaded = sllm.load(path, backend=load_on)
         assert loaded.backend.name == load_on and not loaded.training
-        np.testing.assert_array_equal(loaded.forward(X), saved_on.forward(X))
+        # bit-exact on the same backend; across backends only float rounding may differ
+        check = (np.testing.assert_array_equal if load_on == name else
+                 lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6))
+        check(loaded.forward(X), saved_on.forward(X))
 
 
 def test_metadata_tokenizer_and_extras(model, tmp_path):
@@ -89,7 +92,7 @@ def test_mmap_views_the_file(good_file):
 def test_json_interchange(model, tmp_path):
     path = tmp_path / "m.json"
     model.save_json(path)
-    loaded = sllm.load_json(path)
+    loaded = sllm.load_json(path, backend="numpy")
     np.testing.assert_array_equal(loaded.forward(X), model.forward(X))
     assert loaded.tokenizer == model.tokenizer
 
@@ -357,7 +360,7 @@ def test_kill_mid_save_keeps_the_old_file(model, tmp_path):
     assert leftovers and all(".tmp-" in n for n in leftovers)  # only the dead writer's temp
     model.save(path)  # the next save removes what the killed writer left
     assert [p.name for p in tmp_path.iterdir()] == ["m.sllm"]
-    np.testing.assert_array_equal(sllm.load(path).forward(X), model.forward(X))
+    np.testing.assert_array_equal(sllm.load(path, backend="numpy").forward(X), model.forward(X))
 
 
 def test_failed_save_leaves_nothing(model, tmp_path):
