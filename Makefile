@@ -22,7 +22,10 @@ demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m pytest bench --benchmark-only --benchmark-json=bench/results/latest.json
+	mkdir -p bench/results
+	$(BIN)/python -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/results/latest.json
+	$(BIN)/python bench/summarize.py bench/results/latest.json > bench/results/latest.md
+	cat bench/results/latest.md
 
 clean:
 	rm -rf $(VENV) build .coverage

@@ -1,0 +1,213 @@
+"""Benchmarks behind `sllm bench`: kernels, a training step, generation, per backend.
+
+Each backend runs in its own worker process (`python -m sllm.bench WORKER_JSON`), so its
+peak resident memory is its own and a crash in one backend cannot take the others down.
+Results are medians with their spread (min..max) over repeats; ratios to numpy are
+computed from figures measured in the same run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+SUITES = ("kernels", "train", "generate")
+
+
+@dataclass
+class Job:
+    """What one worker measures."""
+
+    backend: str
+    suites: list[str]
+    config: dict[str, Any]
+    batch: int = 16
+    seq_len: int = 128
+    threads: int | None = None
+    repeats: int = 5
+    gen_tokens: int = 64
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall times of `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _row(suite: str, name: str, times: list[float], work: float, unit: str,
+         flops: float | None = None) -> dict[str, Any]:
+    med = float(np.median(times))
+    row = {"suite": suite, "name": name, "median_s": med, "min_s": float(min(times)),
+           "max_s": float(max(times)), "repeats": len(times), unit: work / med}
+    if flops is not None:
+        row["gflops"] = flops / med / 1e9
+    return row
+
+
+# ---- the suites (run inside a worker) ----------------------------------------------------------
+def kernel_suite(backend: Any, cfg: Any, B: int, T: int, repeats: int) -> list[dict[str, Any]]:
+    """GEMMs on the model's shapes, attention, layernorm and the fused loss."""
+    rng = np.random.default_rng(0)
+    N, C, F, V, H = B * T, cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads
+
+    def arr(*shape):
+        return backend.from_numpy(rng.standard_normal(shape).astype(np.float32))
+
+    rows = []
+    for label, K, M in (("qkv", C, 3 * C), ("fc", C, F), ("fc_proj", F, C), ("lm_head", C, V)):
+        x, w, b, out = arr(N, K), arr(K, M), arr(M), arr(N, M)
+        rows.append(_row("kernels", f"matmul_fwd {label} {N}x{K}x{M}",
+                         timed(lambda: backend.matmul_fwd(out, x, w, b), repeats),
+                         N, "rows_per_s", 2.0 * N * K * M))
+    qkv, out = arr(B, T, 3 * C), arr(B, T, C)
+    saved = backend.zeros(backend.attention_saved_shape(B, T, H))
+    rows.append(_row("kernels", f"attention_fwd B{B} T{T} H{H}",
+                     timed(lambda: backend.attention_fwd(out, saved, qkv, H), repeats),
+                     N, "rows_per_s", 2.0 * C * T * (T + 1) * B))
+    x, w, b, y, mean, rstd = arr(N, C), arr(C), arr(C), arr(N, C), arr(N), arr(N)
+    rows.append(_row("kernels", f"layernorm_fwd {N}x{C}",
+                     timed(lambda: backend.layernorm_fwd(y, mean, rstd, x, w, b), repeats),
+                     N, "rows_per_s"))
+    logits, losses = arr(N, V), backend.zeros(N)
+    targets = backend.from_numpy(rng.integers(0, V, N), np.int32)
+    rows.append(_row("kernels", f"softmax_xent {N}x{V}",
+                     timed(lambda: backend.softmax_xent(losses, logits, logits, targets, 1.0 / N),
+                           repeats), N, "rows_per_s"))
+    return rows
+
+
+def train_suite(model: Any, B: int, T: int, repeats: int) -> list[dict[str, Any]]:
+    """One training step: forward, backward, gradient clipping and an AdamW update."""
+    from .flops import train_flops_per_token
+    from .optim import AdamW
+    rng = np.random.default_rng(0)
+    V = model.config.vocab_size
+    x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    opt = AdamW(model, lr=1e-4)
+    model.train()
+
+    def step():
+        model.forward_backward(x, y)
+        opt.clip_grad_norm(1.0)
+        opt.step()
+
+    times = timed(step, repeats, warmup=2)
+    return [_row("train", f"step B{B} T{T}", times, B * T, "tokens_per_s",
+                 train_flops_per_token(model.config, T) * B * T)]
+
+
+def generate_suite(model: Any, tokens: int, repeats: int) -> list[dict[str, Any]]:
+    """Batch-1 sampling with the KV cache after a 16-token prompt."""
+    from .flops import decode_flops_per_token
+    cfg = model.config
+    tokens = min(tokens, cfg.max_seq_len - 16)
+    prompt = list(range(16))
+    times = timed(lambda: model.generate(prompt, tokens, temperature=0), max(1, repeats // 2))
+    flops = sum(decode_flops_per_token(cfg, 16 + i) for i in range(tokens))
+    return [_row("generate", f"decode {tokens} tokens, batch 1", times, tokens,
+                 "tokens_per_s", flops)]
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Measure one backend (in this process); returns rows, memory and capabilities."""
+    import sllm
+    from .activations import Activations
+    if job.threads:
+        os.environ["SLLM_NUM_THREADS"] = str(job.threads)
+    backend = sllm.backends.get(job.backend)
+    if job.threads:
+        backend.set_num_threads(job.threads)
+    cfg = sllm.ModelConfig.from_dict(job.config)
+    T = min(job.seq_len, cfg.max_seq_len)
+    rows: list[dict[str, Any]] = []
+    model = sllm.SLLM(cfg, backend=backend)
+    if "kernels" in job.suites:
+        rows += kernel_suite(backend, cfg, job.batch, T, job.repeats)
+    if "train" in job.suites:
+        rows += train_suite(model, job.batch, T, job.repeats)
+    if "generate" in job.suites:
+        rows += generate_suite(model, job.gen_tokens, job.repeats)
+    acts = Activations(backend, cfg, job.batch, T, train=True)
+    analytic = 4 * model.layout.total * 4 + sum(a.nbytes for a in acts._owned)
+    acts.release()
+    return {"backend": job.backend, "rows": rows, "capabilities": dict(backend.capabilities),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "analytic_mb": analytic / 2 ** 20}
+
+
+# ---- the driver ----------------------------------------------------------------------------------
+def run_in_worker(job: Job, timeout: float = 1800) -> dict[str, Any]:
+    """Run `job` in a fresh Python process; failures come back as {"error": ...}."""
+    cmd = [sys.executable, "-m", "sllm.bench", json.dumps(job.__dict__)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"backend": job.backend, "error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"backend": job.backend, "error": f"worker failed: {tail[0]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def torch_reference() -> Path | None:
+    """bench/torch_ref.py of a source checkout, when present."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "torch_ref.py"
+    return path if path.exists() else None
+
+
+def peak_gflops() -> tuple[float | None, str]:
+    """This machine's FP32 peak (all threads) from the cpp backend's FMA loop, or why not."""
+    import sllm
+    try:
+        backend = sllm.backends.get("cpp")
+    except sllm.BackendError as e:
+        return None, f"peak unknown: {e}"
+    measure = getattr(backend, "peak_gflops", None)
+    if measure is None:
+        return None, "peak unknown: the cpp backend has no FMA loop"
+    return float(measure()), "measured by the cpp backend's FMA loop"
+
+
+def add_ratios(results: list[dict[str, Any]], peak: float | None) -> None:
+    """Ratio to numpy for every row numpy also has; MFU where a peak is known."""
+    base = {r["name"]: r for res in results if res.get("backend") == "numpy"
+            for r in res.get("rows", [])}
+    for res in results:
+        for r in res.get("rows", []):
+            ref = base.get(r["name"])
+            r["vs_numpy"] = ref["median_s"] / r["median_s"] if ref else None
+            r["mfu"] = r["gflops"] / peak if peak and "gflops" in r else None
+
+
+def main() -> None:
+    """Worker entry point: one Job as JSON in argv[1], results as one JSON line on stdout."""
+    job = Job(**json.loads(sys.argv[1]))
+    if job.backend == "torch":
+        ref = torch_reference()
+        if ref is None:
+            raise SystemExit("bench/torch_ref.py not found: run from a source checkout")
+        sys.path.insert(0, str(ref.parent))
+        import torch_ref  # type: ignore[import-not-found]
+        result = torch_ref.run_job(job)
+    else:
+        result = run_job(job)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`sllm bench`: run the suites on each backend, show a table per suite, write JSON."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from typing import Any
+
+from .bench import Job, add_ratios, peak_gflops, run_in_worker, torch_reference
+
+
+def run_bench(names: list[str], suites: list[str], config: dict[str, Any], batch: int,
+              seq_len: int, threads: int | None, repeats: int, vs_torch: bool,
+              console: Any = None) -> dict[str, Any]:
+    """Measure every named backend (each in its own process) and return the report."""
+    import sllm
+    from rich.progress import Progress
+    info = {r["name"]: r for r in sllm.backends.info()}
+    results: list[dict[str, Any]] = []
+    runnable = [n for n in names if info.get(n, {}).get("available")]
+    for n in names:
+        if n not in runnable:
+            why = info[n]["reason"] if n in info else "not registered"
+            results.append({"backend": n, "error": f"unavailable: {why}"})
+    if vs_torch:
+        runnable.append("torch")
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(runnable))
+        for n in runnable:
+            progress.update(task, description=f"benchmarking {n}")
+            job_suites = ["train"] if n == "torch" else suites
+            results.append(run_in_worker(Job(n, job_suites, config, batch, seq_len, threads,
+                                             repeats)))
+            progress.advance(task)
+    peak, peak_note = peak_gflops()
+    add_ratios(results, peak)
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "python": platform.python_version()},
+            "config": config, "batch": batch, "seq_len": seq_len, "threads": threads,
+            "peak_gflops": peak, "peak_note": peak_note, "results": results,
+            "torch_available": torch_reference() is not None}
+
+
+def render(report: dict[str, Any], console: Any) -> None:
+    """One rich table per suite, plus the unavailable backends and their reasons."""
+    from rich.table import Table
+    rows = [(res["backend"], r) for res in report["results"] for r in res.get("rows", [])]
+    for suite in dict.fromkeys(r["suite"] for _, r in rows):
+        table = Table(title=f"{suite} (B={report['batch']}, T={report['seq_len']})")
+        for col in ("backend", "benchmark", "median", "spread", "rate", "GFLOP/s", "vs numpy",
+                    "MFU"):
+            table.add_column(col, justify="left" if col in ("backend", "benchmark") else "right")
+        for backend, r in rows:
+            if r["suite"] != suite:
+                continue
+            rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '/s')}" for k in
+                         ("tokens_per_s", "rows_per_s") if k in r), "")
+            table.add_row(backend, r["name"], f"{r['median_s'] * 1e3:.2f} ms",
+                          f"{r['min_s'] * 1e3:.2f}..{r['max_s'] * 1e3:.2f}", rate,
+                          f"{r['gflops']:.1f}" if "gflops" in r else "",
+                          f"{r['vs_numpy']:.2f}x" if r.get("vs_numpy") else "",
+                          f"{r['mfu']:.0%}" if r.get("mfu") else "")
+        console.print(table)
+    for res in report["results"]:
+        if "error" in res:
+            console.print(f"[yellow]{res['backend']}[/]: {res['error']}")
+        else:
+            console.print(f"{res['backend']}: peak RSS {res['peak_rss_mb']:.0f} MB "
+                          f"(parameters + gradients + AdamW state + activations: "
+                          f"{res['analytic_mb']:.0f} MB)")
+    note = f"{report['peak_gflops']:.0f} GFLOP/s" if report["peak_gflops"] else ""
+    console.print(f"FP32 peak: {note} ({report['peak_note']})")
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    """Write the report as JSON (atomically)."""
+    from .fileio import atomic_write
+    with atomic_write(path) as f:
+        f.write(json.dumps(report, indent=1).encode("utf-8"))

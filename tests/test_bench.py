@@ -1,0 +1,38 @@
+"""The benchmark driver in smoke mode: every available backend, the documented fields."""
+import json
+
+import pytest
+from rich.console import Console
+
+import sllm
+from sllm.bench_report import render, run_bench, write_json
+
+TINY = sllm.ModelConfig(vocab_size=50, embedding_dim=16, num_layers=1, num_heads=2,
+                        ffn_hidden_dim=32, max_seq_len=16).to_dict()
+
+
+def test_bench_smoke(tmp_path):
+    names = [r["name"] for r in sllm.backends.info()] + ["no-such-backend"]
+    report = run_bench(names, ["kernels", "train", "generate"], TINY, batch=2, seq_len=8,
+                       threads=1, repeats=1, vs_torch=False)
+    by_backend = {r["backend"]: r for r in report["results"]}
+    assert "not registered" in by_backend["no-such-backend"]["error"]
+    for name in sllm.backends.available():
+        res = by_backend[name]
+        assert "error" not in res, res
+        suites = {r["suite"] for r in res["rows"]}
+        assert suites == {"kernels", "train", "generate"}
+        for r in res["rows"]:
+            assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        train = next(r for r in res["rows"] if r["suite"] == "train")
+        assert train["tokens_per_s"] > 0 and train["gflops"] > 0
+        assert res["peak_rss_mb"] > 0 and res["analytic_mb"] > 0
+    numpy_train = next(r for r in by_backend["numpy"]["rows"] if r["suite"] == "train")
+    assert numpy_train["vs_numpy"] == pytest.approx(1.0)
+    path = tmp_path / "bench.json"
+    write_json(report, str(path))
+    assert json.loads(path.read_text())["results"]
+    console = Console(record=True, width=160)
+    render(report, console)
+    text = console.export_text()
+    assert "train" in text and "numpy" in text and "FP32 peak" in text
