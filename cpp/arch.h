@@ -32,20 +32,11 @@ struct Ops {
   float (*softmax_xent_row)(float* dl, const float* logits, int64_t V, int32_t target,
                             float dloss);
 
-  // causal attention of nq query rows at positions q_pos0.. over keys 0..q_pos0+nq-1;
-  // writes lse (logsumexp per row) when lse != nullptr. scratch: attention_scratch floats.
-  void (*attention_rows)(float* out, int64_t ld_out, float* lse, const float* q, int64_t ld_q,
-                         const float* k, int64_t ld_k, const float* v, int64_t ld_v,
-                         int64_t nq, int64_t q_pos0, int64_t D, float* scratch);
-  // gradient of one head: dq, dk, dv (T x D rows at stride ld_d) are overwritten.
-  void (*attention_bwd_rows)(float* dq, float* dk, float* dv, int64_t ld_d, const float* dout,
-                             const float* out, int64_t ld_o, const float* q, const float* k,
-                             const float* v, int64_t ld_qkv, const float* lse, int64_t T,
-                             int64_t D, float* scratch);
+  // attention rows: see attention_rows.inc
+  float (*softmax_row)(float* s, int64_t n, float scale);
+  void (*attention_grad_row)(float* p, float* dp, int64_t n, float scale, float lse,
+                             float delta);
 };
-
-// Floats of scratch one thread needs for attention over nk keys of width D.
-inline int64_t attention_scratch(int64_t nk, int64_t D) { return 2 * D * nk + 2 * nk + 64; }
 
 extern const Ops ops_scalar;
 #if SLLM_X86

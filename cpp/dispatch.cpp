@@ -75,6 +75,14 @@ int num_threads() {
 #endif
 }
 
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 void set_num_threads(int n) {
 #ifdef _OPENMP
   omp_set_num_threads(n < 1 ? 1 : n);

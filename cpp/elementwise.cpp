@@ -9,11 +9,13 @@
 namespace sllm {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 15;  // below this, threads cost more than they save
+// Below these sizes a fork/join costs more than it saves (and far more when another
+// process holds a core): memory-bound kernels, and GELU's exp-heavy loops.
+constexpr int64_t kMemoryBoundMin = 1 << 20, kComputeBoundMin = 1 << 15;
 
 template <class F>
-void for_chunks(int64_t n, F body) {
-  const int parts = n < kParallelMin ? 1 : num_threads();
+void for_chunks(int64_t n, F body, int64_t parallel_min = kMemoryBoundMin) {
+  const int parts = n < parallel_min ? 1 : num_threads();
 #pragma omp parallel for num_threads(parts) schedule(static)
   for (int t = 0; t < parts; ++t) {
     int64_t i0, i1;
@@ -43,14 +45,15 @@ uint32_t dropout_threshold(double p) {
 
 void gelu_fwd(float* out, const float* inp, int64_t n) {
   const Ops& o = ops();
-  for_chunks(n, [&](int64_t i0, int64_t i1) { o.gelu_fwd(out + i0, inp + i0, i1 - i0); });
+  for_chunks(n, [&](int64_t i0, int64_t i1) { o.gelu_fwd(out + i0, inp + i0, i1 - i0); },
+             kComputeBoundMin);
 }
 
 void gelu_bwd(float* dinp, const float* dout, const float* inp, int64_t n) {
   const Ops& o = ops();
   for_chunks(n, [&](int64_t i0, int64_t i1) {
     o.gelu_bwd(dinp + i0, dout + i0, inp + i0, i1 - i0);
-  });
+  }, kComputeBoundMin);
 }
 
 void relu_fwd(float* out, const float* inp, int64_t n) {

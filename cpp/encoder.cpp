@@ -8,7 +8,7 @@ namespace sllm {
 
 void encoder_fwd(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                  int64_t BT, int64_t T, int64_t C, int64_t pos) {
-#pragma omp parallel for schedule(static) if (BT * C > 65536)
+#pragma omp parallel for schedule(static) if (BT * C > (1 << 20))
   for (int64_t r = 0; r < BT; ++r) {
     const float* e = wte + (int64_t)tokens[r] * C;
     const float* p = wpe + (pos + r % T) * C;
@@ -21,7 +21,7 @@ void encoder_fwd(float* out, const int32_t* tokens, const float* wte, const floa
 void encoder_bwd(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                  int64_t B, int64_t T, int64_t C, int64_t pos) {
   const int64_t blocks = (C + 31) / 32;
-#pragma omp parallel for schedule(static) if (B * T * C > 65536)
+#pragma omp parallel for schedule(static) if (B * T * C > (1 << 20))
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t c0 = blk * 32, c1 = std::min(C, c0 + 32);
     for (int64_t r = 0; r < B * T; ++r) {

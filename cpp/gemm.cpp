@@ -1,9 +1,8 @@
 // Cache-blocked GEMM over packed panels (Goto/BLIS loop order) and the matmul kernels.
 //
-// For each depth block of kc: op(B) is packed into nr-wide column panels and op(A) into
-// mr-tall row panels (zero-padded, so the register tile never branches), then threads
-// take (mc x nb) tiles of C. Each tile of C is computed by one thread with a fixed depth
-// order, so the result does not depend on the thread count.
+// Per block of kc x nc, op(B) is packed into nr-wide column panels, then per block of mc
+// rows op(A) into mr-tall row panels (both zero-padded, so the register tile never
+// branches), and the register tile sweeps the block.
 #include <algorithm>
 
 #include "arch.h"
@@ -14,6 +13,8 @@ namespace sllm {
 namespace {
 
 constexpr int64_t kSmallM = 4;  // at most this many rows: no packing (decode, GEMV)
+constexpr int64_t kMc = 96;     // rows of A packed at once (stays in L2)
+constexpr int64_t kNc = 512;    // columns of B packed at once
 
 Scratch g_pack;
 
@@ -61,6 +62,45 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
 
 }  // namespace
 
+// The single-thread BLIS loops over one region of C, packing into `pack` (gemm_pack_size).
+void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
+                 const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc,
+                 bool accumulate, const float* bias, float* pack) {
+  const Ops& o = ops();
+  const int mr = o.mr, nr = o.nr;
+  float* a_packed = pack;
+  float* b_packed = pack + kMc * o.kc;
+  for (int64_t j0 = 0; j0 < N; j0 += kNc) {
+    const int64_t nc = std::min(kNc, N - j0);
+    for (int64_t k0 = 0; k0 < std::max<int64_t>(K, 1); k0 += o.kc) {
+      const int64_t kc = std::min<int64_t>(o.kc, K - k0);
+      const bool acc = accumulate || k0 > 0;
+      const float* bias_now = k0 == 0 && bias ? bias + j0 : nullptr;
+      for (int64_t jp = 0; jp * nr < nc; ++jp)
+        pack_b(b_packed + jp * nr * kc, B, ldb, trans_b, N, j0 + jp * nr, k0, kc, nr);
+      for (int64_t i0 = 0; i0 < M; i0 += kMc) {
+        const int64_t mc = std::min(kMc, M - i0);
+        for (int64_t ip = 0; ip * mr < mc; ++ip)
+          pack_a(a_packed + ip * mr * kc, A, lda, trans_a, M, i0 + ip * mr, k0, kc, mr);
+        for (int64_t jp = 0; jp * nr < nc; ++jp)
+          for (int64_t ip = 0; ip * mr < mc; ++ip) {
+            const int64_t i = i0 + ip * mr, j = j0 + jp * nr;
+            o.gemm_micro(kc, a_packed + ip * mr * kc, b_packed + jp * nr * kc, C + i * ldc + j,
+                         ldc, (int)std::min<int64_t>(mr, M - i), (int)std::min<int64_t>(nr, N - j),
+                         acc, bias_now ? bias_now + jp * nr : nullptr);
+          }
+      }
+    }
+  }
+}
+
+int64_t gemm_pack_size() { return (kMc + kNc) * ops().kc + 64; }
+
+// C is cut into a few row (or, when C is short and wide, column) chunks that threads take
+// dynamically, each running the serial loops with that thread's own packing buffer: one
+// fork/join per call and no barrier inside, and a thread that loses its core to another
+// process delays only its current chunk. Each element of C is one fixed-order sum whatever
+// the chunking, so results do not depend on the thread count.
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
           const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc, bool accumulate,
           const float* bias) {
@@ -72,38 +112,31 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool tra
                  g_pack.get(K + 1));
     return;
   }
-  const int mr = o.mr, nr = o.nr;
-  const int64_t kc_max = std::min<int64_t>(o.kc, K);
-  const int64_t m_panels = (M + mr - 1) / mr, n_panels = (N + nr - 1) / nr;
-  float* a_packed = g_pack.get((m_panels * mr + n_panels * nr) * kc_max);
-  float* b_packed = a_packed + m_panels * mr * kc_max;
-  const int64_t mc = 16, nb = std::max<int64_t>(1, 256 / nr);  // tile: panels of A x of B
-  const int64_t m_tiles = (m_panels + mc - 1) / mc, n_tiles = (n_panels + nb - 1) / nb;
-  const int64_t flops = M * N * K;
-  const int threads = flops < 200000 ? 1 : num_threads();
-  for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
-    const int64_t kc = std::min(kc_max, K - k0);
-    const bool acc = accumulate || k0 > 0;
-    const float* bias_now = k0 == 0 ? bias : nullptr;
-#pragma omp parallel num_threads(threads)
-    {
-#pragma omp for schedule(static)
-      for (int64_t p = 0; p < n_panels; ++p)
-        pack_b(b_packed + p * nr * kc, B, ldb, trans_b, N, p * nr, k0, kc, nr);
-#pragma omp for schedule(static)
-      for (int64_t p = 0; p < m_panels; ++p)
-        pack_a(a_packed + p * mr * kc, A, lda, trans_a, M, p * mr, k0, kc, mr);
-#pragma omp for collapse(2) schedule(static)
-      for (int64_t tm = 0; tm < m_tiles; ++tm)
-        for (int64_t tn = 0; tn < n_tiles; ++tn)
-          for (int64_t jp = tn * nb; jp < std::min(n_panels, (tn + 1) * nb); ++jp)
-            for (int64_t ip = tm * mc; ip < std::min(m_panels, (tm + 1) * mc); ++ip) {
-              const int64_t i0 = ip * mr, j0 = jp * nr;
-              o.gemm_micro(kc, a_packed + ip * mr * kc, b_packed + jp * nr * kc,
-                           C + i0 * ldc + j0, ldc, (int)std::min<int64_t>(mr, M - i0),
-                           (int)std::min<int64_t>(nr, N - j0), acc,
-                           bias_now ? bias_now + j0 : nullptr);
-            }
+  const int64_t m_panels = (M + o.mr - 1) / o.mr, n_panels = (N + o.nr - 1) / o.nr;
+  const int threads = M * N * K < 400000 ? 1 : num_threads();
+  const bool split_rows = m_panels * o.mr >= kMc * threads || m_panels >= n_panels;
+  const int64_t panels = split_rows ? m_panels : n_panels;
+  const int64_t block = split_rows ? kMc / o.mr : kNc / o.nr;  // panels one packing serves
+  const int64_t chunks = std::max<int64_t>(
+      1, std::min<int64_t>(threads * 3, (panels + block - 1) / block));
+  const int64_t per_thread = gemm_pack_size();
+  float* pack = g_pack.get(per_thread * threads);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t t = 0; t < chunks; ++t) {
+    int64_t p0, p1;
+    split_range(panels, (int)chunks, (int)t, 1, &p0, &p1);
+    if (p0 >= p1) continue;
+    float* buf = pack + thread_id() * per_thread;
+    if (split_rows) {
+      const int64_t i0 = p0 * o.mr, i1 = std::min(M, p1 * o.mr);
+      const float* a = trans_a ? A + i0 : A + i0 * lda;
+      gemm_serial(i1 - i0, N, K, a, lda, trans_a, B, ldb, trans_b, C + i0 * ldc, ldc,
+                  accumulate, bias, buf);
+    } else {
+      const int64_t j0 = p0 * o.nr, j1 = std::min(N, p1 * o.nr);
+      const float* b = trans_b ? B + j0 * ldb : B + j0;
+      gemm_serial(M, j1 - j0, K, A, lda, trans_a, b, ldb, trans_b, C + j0, ldc, accumulate,
+                  bias ? bias + j0 : nullptr, buf);
     }
   }
 }
@@ -124,7 +157,7 @@ void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, co
     gemm(C, OC, N, inp, C, true, dout, OC, false, dweight, OC, true, nullptr);
   if (dbias) {
     const int64_t blocks = (OC + 63) / 64;
-#pragma omp parallel for schedule(static) if (N * OC > 65536)
+#pragma omp parallel for schedule(static) if (N * OC > (1 << 20))
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t c0 = blk * 64, c1 = std::min(OC, c0 + 64);
       float sum[64] = {0};

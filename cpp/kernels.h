@@ -52,3 +52,14 @@ void adam_update(float* params, const float* grads, float* m, float* v, float lr
                  bool decoupled, int64_t n);
 
 }  // namespace sllm
+
+namespace sllm {
+
+// gemm's single-thread loops over a region, with a caller-owned packing buffer of
+// gemm_pack_size() floats (attention runs one per (batch, head) task).
+void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
+                 const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc,
+                 bool accumulate, const float* bias, float* pack);
+int64_t gemm_pack_size();
+
+}  // namespace sllm

@@ -11,7 +11,7 @@ namespace sllm {
 void layernorm_fwd(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                    const float* bias, int64_t N, int64_t C) {
   const Ops& o = ops();
-#pragma omp parallel for schedule(static) if (N * C > 16384)
+#pragma omp parallel for schedule(static) if (N * C > (1 << 19))
   for (int64_t r = 0; r < N; ++r)
     o.layernorm_fwd_row(out + r * C, mean + r, rstd + r, inp + r * C, weight, bias, C);
 }
@@ -21,7 +21,7 @@ void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
                    int64_t N, int64_t C) {
   const Ops& o = ops();
   const int64_t blocks = (C + 63) / 64;
-#pragma omp parallel if (N * C > 16384)
+#pragma omp parallel if (N * C > (1 << 19))
   {
 #pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < N; ++r)

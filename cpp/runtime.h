@@ -7,6 +7,7 @@
 namespace sllm {
 
 int num_threads();
+int thread_id();  // this thread's index inside a parallel region (0 outside)
 void set_num_threads(int n);
 
 // A grow-only, 64-byte aligned float buffer. Fresh memory is slow to touch on the VMs we
