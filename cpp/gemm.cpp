@@ -15,6 +15,9 @@ namespace {
 constexpr int64_t kSmallM = 4;  // at most this many rows: no packing (decode, GEMV)
 constexpr int64_t kMc = 96;     // rows of A packed at once (stays in L2)
 constexpr int64_t kNc = 512;    // columns of B packed at once
+// Below this many multiply-adds (~80 us on one core) waking a second thread costs more
+// than it saves.
+constexpr int64_t kParallelMacs = 4 << 20;
 
 Scratch g_pack;
 
@@ -113,12 +116,10 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool tra
     return;
   }
   const int64_t m_panels = (M + o.mr - 1) / o.mr, n_panels = (N + o.nr - 1) / o.nr;
-  const int threads = M * N * K < 400000 ? 1 : num_threads();
+  const int threads = M * N * K < kParallelMacs ? 1 : num_threads();
   const bool split_rows = m_panels * o.mr >= kMc * threads || m_panels >= n_panels;
   const int64_t panels = split_rows ? m_panels : n_panels;
-  const int64_t block = split_rows ? kMc / o.mr : kNc / o.nr;  // panels one packing serves
-  const int64_t chunks = std::max<int64_t>(
-      1, std::min<int64_t>(threads * 3, (panels + block - 1) / block));
+  const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(threads * 3, panels);
   const int64_t per_thread = gemm_pack_size();
   float* pack = g_pack.get(per_thread * threads);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
