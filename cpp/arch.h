@@ -9,6 +9,15 @@
 
 namespace sllm {
 
+// The scalars of one Adam/AdamW step, in float32 as the numpy reference rounds them.
+struct AdamStep {
+  float lr, beta1, beta2, eps, weight_decay;
+  float bc1, bc2;                      // 1 - beta^step
+  float shrink;                        // 1 - lr * weight_decay (AdamW)
+  float one_minus_b1, one_minus_b2;
+  bool decoupled;
+};
+
 struct Ops {
   const char* name;  // "scalar" | "avx2" | "avx512"
   int mr, nr, kc;    // GEMM micro-tile rows, columns, and depth of one packed block
@@ -31,6 +40,10 @@ struct Ops {
   // returns the row's loss; writes dloss * (softmax - onehot) into dl when dl != nullptr
   float (*softmax_xent_row)(float* dl, const float* logits, int64_t V, int32_t target,
                             float dloss);
+
+  // Adam over n contiguous parameters, with weight decay when `decay`
+  void (*adam_range)(float* p, const float* g, float* m, float* v, int64_t n,
+                     const AdamStep& s, bool decay);
 
   // attention rows: see attention_rows.inc
   float (*softmax_row)(float* s, int64_t n, float scale);

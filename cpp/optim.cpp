@@ -1,9 +1,12 @@
 // Optimizer updates over the flat parameter buffer, in float32 arithmetic matching the
 // numpy reference (torch.optim.SGD / Adam / AdamW). Weight decay applies to the prefix
 // [0, decay_count) where the matrices live.
+#include <algorithm>
 #include <cmath>
 
+#include "arch.h"
 #include "kernels.h"
+#include "runtime.h"
 
 namespace sllm {
 
@@ -23,20 +26,20 @@ void sgd_update(float* params, const float* grads, float* momentum_buf, float lr
 void adam_update(float* params, const float* grads, float* m, float* v, float lr, float beta1,
                  float beta2, float eps, float weight_decay, int64_t step, int64_t decay_count,
                  bool decoupled, int64_t n) {
-  const float bc1 = (float)(1.0 - std::pow((double)beta1, (double)step));
-  const float bc2 = (float)(1.0 - std::pow((double)beta2, (double)step));
-  const float shrink = (float)(1.0 - (double)lr * (double)weight_decay);
-  const float one_minus_b1 = (float)(1.0 - (double)beta1);
-  const float one_minus_b2 = (float)(1.0 - (double)beta2);
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    const bool decays = i < decay_count;
-    float g = grads[i];
-    if (decoupled && decays) params[i] *= shrink;
-    if (!decoupled && decays) g += weight_decay * params[i];
-    m[i] = m[i] * beta1 + one_minus_b1 * g;
-    v[i] = v[i] * beta2 + one_minus_b2 * g * g;
-    params[i] -= lr * (m[i] / bc1) / (std::sqrt(v[i] / bc2) + eps);
+  const AdamStep s{lr, beta1, beta2, eps, weight_decay,
+                   (float)(1.0 - std::pow((double)beta1, (double)step)),
+                   (float)(1.0 - std::pow((double)beta2, (double)step)),
+                   (float)(1.0 - (double)lr * (double)weight_decay),
+                   (float)(1.0 - (double)beta1), (float)(1.0 - (double)beta2), decoupled};
+  const Ops& o = ops();
+  const int parts = n < (1 << 18) ? 1 : num_threads();
+#pragma omp parallel for num_threads(parts) schedule(static)
+  for (int t = 0; t < parts; ++t) {
+    int64_t i0, i1;
+    split_range(n, parts, t, 16, &i0, &i1);
+    const int64_t d1 = std::min(std::max(decay_count, i0), i1);  // [i0, d1) decays
+    if (d1 > i0) o.adam_range(params + i0, grads + i0, m + i0, v + i0, d1 - i0, s, true);
+    if (i1 > d1) o.adam_range(params + d1, grads + d1, m + d1, v + d1, i1 - d1, s, false);
   }
 }
 
