@@ -5,7 +5,7 @@ Each (config, backend) runs in its own worker process with the same thread count
 Training: tokens/s of forward_backward + AdamW step (median over steps after warm-up).
 Generation: tokens/s sampling with the KV cache, batch 1.
 
-    python bench/cpp_train.py [--threads 2] [--steps 5]
+    python bench/cpp_train.py [--threads 2] [--steps 5] [--omp-wait-policy passive]
 """
 from __future__ import annotations
 
@@ -99,9 +99,12 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps(rate(args.backend, args.config, **kwargs)))
 
 
-def _spawn(what: str, backend: str, config: str, threads: int, steps: int) -> float:
+def _spawn(what: str, backend: str, config: str, threads: int, steps: int,
+           wait_policy: str) -> float:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
            "SLLM_NUM_THREADS": str(threads)}
+    if wait_policy != "default":  # the same OpenMP policy for torch and cpp
+        env["OMP_WAIT_POLICY"] = wait_policy
     cmd = [sys.executable, __file__, "--worker", what, backend, config, "--threads",
            str(threads), "--steps", str(steps)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -114,17 +117,23 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--configs", default="A,B,C,seed")
+    p.add_argument("--omp-wait-policy", default="default", choices=["default", "passive"],
+                   help="default: each library's own (sllm's cpp loads OpenMP passive unless "
+                        "told otherwise, torch spins); passive: OMP_WAIT_POLICY=passive for all")
     args = p.parse_args()
     if args.worker:
         args.what, args.backend, args.config = args.worker
         _worker(args)
         return
-    print(f"| run | cpp tok/s | numpy tok/s | torch tok/s | cpp/numpy | cpp/torch |  "
-          f"(threads={args.threads})")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"threads={args.threads}, OMP wait policy {args.omp_wait_policy}, "
+          f"load average at start {load:.2f}")
+    print("| run | cpp tok/s | numpy tok/s | torch tok/s | cpp/numpy | cpp/torch |")
     print("|---|---|---|---|---|---|")
     jobs = [("train", c) for c in args.configs.split(",")] + [("generate", "B")]
     for what, config in jobs:
-        r = {b: _spawn(what, b, config, args.threads, args.steps) for b in ("cpp", "numpy", "torch")}
+        r = {b: _spawn(what, b, config, args.threads, args.steps, args.omp_wait_policy)
+             for b in ("cpp", "numpy", "torch")}
         print(f"| {what} {config} | {r['cpp']:.0f} | {r['numpy']:.0f} | {r['torch']:.0f} | "
               f"{r['cpp'] / r['numpy']:.2f} | {r['cpp'] / r['torch']:.2f} |", flush=True)
 
