@@ -59,7 +59,7 @@ def measure(threads: int) -> list[dict]:
             cases = {
                 "fwd": (lambda: cpp.matmul_fwd(out, x, w, b),
                         lambda: np.add(np.matmul(x, w, out=out), b, out=out)),
-                "bwd dx": (lambda: cpp.matmul_bwd(dx, dw, None, dy, x, w),
+                "bwd dx+dW": (lambda: cpp.matmul_bwd(dx, dw, None, dy, x, w),
                            lambda: (np.matmul(dy, w.T, out=dx), np.add(dw, x.T @ dy, out=dw))),
             }
             for form, (mine, ref) in cases.items():

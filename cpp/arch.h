@@ -59,6 +59,5 @@ extern const Ops ops_avx512;
 
 const Ops& ops();                // the selected tier
 const char* simd_error();       // why the forced tier cannot run here, or "" when fine
-bool select_simd(const char* name);  // pick a tier by name; false if unknown/unsupported
 
 }  // namespace sllm

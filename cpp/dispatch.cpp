@@ -51,21 +51,12 @@ const Ops* initial_tier() {
   return &ops_scalar;
 }
 
-const Ops* g_ops = initial_tier();
+const Ops* const g_ops = initial_tier();
 
 }  // namespace
 
 const Ops& ops() { return *g_ops; }
 const char* simd_error() { return g_error.c_str(); }
-
-bool select_simd(const char* name) {
-  for (const Ops* o : kTiers)
-    if (std::strcmp(o->name, name) == 0 && cpu_supports(*o)) {
-      g_ops = o;
-      return true;
-    }
-  return false;
-}
 
 int num_threads() {
 #ifdef _OPENMP

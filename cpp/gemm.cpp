@@ -24,10 +24,19 @@ Scratch g_pack;
 void pack_a(float* dst, const float* A, int64_t lda, bool trans_a, int64_t M, int64_t i0,
             int64_t k0, int64_t kc, int mr) {
   const int64_t m = std::min<int64_t>(mr, M - i0);
+  if (!trans_a) {  // read rows of A contiguously, write the panel's columns
+    for (int64_t i = 0; i < m; ++i) {
+      const float* src = A + (i0 + i) * lda + k0;
+      for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = src[k];
+    }
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t i = m; i < mr; ++i) dst[k * mr + i] = 0.0f;
+    return;
+  }
   for (int64_t k = 0; k < kc; ++k) {
     float* d = dst + k * mr;
-    for (int64_t i = 0; i < m; ++i)
-      d[i] = trans_a ? A[(k0 + k) * lda + i0 + i] : A[(i0 + i) * lda + k0 + k];
+    const float* src = A + (k0 + k) * lda + i0;
+    for (int64_t i = 0; i < m; ++i) d[i] = src[i];
     for (int64_t i = m; i < mr; ++i) d[i] = 0.0f;
   }
 }
@@ -35,10 +44,19 @@ void pack_a(float* dst, const float* A, int64_t lda, bool trans_a, int64_t M, in
 void pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t j0,
             int64_t k0, int64_t kc, int nr) {
   const int64_t n = std::min<int64_t>(nr, N - j0);
+  if (trans_b) {  // read rows of B contiguously, write the panel's columns
+    for (int64_t j = 0; j < n; ++j) {
+      const float* src = B + (j0 + j) * ldb + k0;
+      for (int64_t k = 0; k < kc; ++k) dst[k * nr + j] = src[k];
+    }
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t j = n; j < nr; ++j) dst[k * nr + j] = 0.0f;
+    return;
+  }
   for (int64_t k = 0; k < kc; ++k) {
     float* d = dst + k * nr;
-    for (int64_t j = 0; j < n; ++j)
-      d[j] = trans_b ? B[(j0 + j) * ldb + k0 + k] : B[(k0 + k) * ldb + j0 + j];
+    const float* src = B + (k0 + k) * ldb + j0;
+    for (int64_t j = 0; j < n; ++j) d[j] = src[j];
     for (int64_t j = n; j < nr; ++j) d[j] = 0.0f;
   }
 }
