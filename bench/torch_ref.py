@@ -79,7 +79,7 @@ def train_step(model: TorchGPT, opt: torch.optim.Optimizer, x: torch.Tensor,
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss)
+    return loss.item()
 
 
 @torch.no_grad()
