@@ -1,0 +1,357 @@
+"""The `wasm` and `wasm-simd` backends: the C kernels of wasm/ compiled to WebAssembly.
+
+Tensors live in the module's linear memory; empty/zeros/from_numpy return numpy views
+into it, so kernels run with no copies in or out. A kernel call writes its arguments
+(byte offsets, sizes, floats) into the module's parameter block and calls a zero-argument
+export, the cheapest call the runtime offers. Arrays that live elsewhere (a plain numpy
+array a caller passes in) are staged through linear memory and copied back if written.
+
+`wasm` runs the scalar (MVP) module; `wasm-simd` runs the SIMD128 module, preferring the
+build with relaxed-SIMD fused multiply-add where the runtime accepts it. The runtime is
+wasmtime unless SLLM_WASM_RUNTIME=wasmer selects wasmer (see wasm_runtime.py).
+"""
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import BackendError
+from .base import Backend, dropout_threshold
+from .wasm_memory import LinearMemory
+from .wasm_runtime import RUNTIMES, Runtime, RuntimeUnavailable, runtime_name
+
+F32, I32 = np.dtype(np.float32), np.dtype(np.int32)
+OFFSET_CACHE = 4096
+
+
+def module_dirs() -> list[Path]:
+    """Where the built .wasm files may be: the installed package's sllm/wasm/ (an editable
+    install keeps them in site-packages, apart from the sources)."""
+    here = Path(__file__).resolve().parent.parent / "wasm"
+    return [here] + [Path(p) / "sllm" / "wasm" for p in sys.path if p]
+
+
+def find_module(filename: str) -> Path:
+    """Path of a built module, or RuntimeUnavailable saying where it was looked for."""
+    for folder in module_dirs():
+        if (folder / filename).is_file():
+            return folder / filename
+    raise RuntimeUnavailable(f"{filename} was not built (no WebAssembly toolchain at install "
+                             f"time? reinstall with the ziglang package available)")
+
+
+class _WasmBase(Backend):
+    """Storage in linear memory plus the kernel wrappers; subclasses pick the modules."""
+
+    # (file name, needs relaxed SIMD, capability "simd" value), most preferred first
+    modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = ()
+    _probed: ClassVar[dict[str, Any]]
+
+    def __init__(self, runtime: str | None = None, memory_limit: int | None = None) -> None:
+        super().__init__()
+        self.runtime, self.module = self._instantiate(runtime or runtime_name())
+        limit = {} if memory_limit is None else {"limit_bytes": memory_limit}
+        self.memory = LinearMemory(self.runtime, self.runtime.call_i32("heap_base"), **limit)
+        self._args = self.runtime.call_i32("args_address")
+        self._kernels = {}
+        self._staged: list[tuple[np.ndarray, Any]] = []
+        self._offsets: dict[int, tuple[np.ndarray, int]] = {}
+        self._scratch_offset, self._scratch_bytes = 0, 0
+
+    @classmethod
+    def _instantiate(cls, runtime: str) -> tuple[Runtime, tuple[str, bool, str | None]]:
+        reasons = []
+        for module in cls.modules:
+            filename, relaxed, _ = module
+            try:
+                wasm = find_module(filename).read_bytes()
+                return RUNTIMES[runtime](wasm, relaxed_simd=relaxed), module
+            except RuntimeUnavailable as e:
+                reasons.append(str(e))
+        raise RuntimeUnavailable("; ".join(reasons))
+
+    @classmethod
+    def probe(cls) -> dict[str, Any]:
+        """Instantiate the module once in the selected runtime; capabilities as data."""
+        runtime = runtime_name()
+        if runtime not in cls._probed:
+            try:
+                instance, module = cls._instantiate(runtime)
+                cls._probed[runtime] = _capabilities(instance, module)
+            except RuntimeUnavailable as e:
+                cls._probed[runtime] = e
+        result = cls._probed[runtime]
+        if isinstance(result, Exception):
+            raise result
+        return dict(result)
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        """Capabilities of this instance: runtime, SIMD level, module, memory in use."""
+        return {**_capabilities(self.runtime, self.module), "memory_bytes": self.memory.end}
+
+    # ---- storage ---------------------------------------------------------------------
+    def empty(self, shape: "int | tuple[int, ...]", dtype: Any = None) -> np.ndarray:
+        """A new uninitialised array in linear memory (a numpy view, no copy)."""
+        return self.memory.array(shape, self.dtype if dtype is None else dtype)
+
+    def zeros(self, shape: "int | tuple[int, ...]", dtype: Any = None) -> np.ndarray:
+        """A new zero-filled array in linear memory."""
+        out = self.empty(shape, dtype)
+        out.fill(0)
+        return out
+
+    def free(self, array: np.ndarray) -> None:
+        """Give an array from empty/zeros/from_numpy back; arrays from elsewhere are ignored."""
+        offset = self.memory.offset_of(array)
+        if offset >= 0:
+            self.memory.free(offset)
+
+    # ---- the call path ---------------------------------------------------------------
+    def _ptr(self, array: Any, dtype: np.dtype = F32, write: bool = False) -> int:
+        """Byte offset of `array` in linear memory, staging a copy when it lives elsewhere."""
+        if array is None:
+            return 0
+        known = self._offsets.get(id(array))
+        if known is not None and known[0] is array and array.dtype == dtype:
+            return known[1]
+        if isinstance(array, np.ndarray) and array.dtype == dtype and array.flags.c_contiguous:
+            offset = self.memory.offset_of(array)
+            if offset >= 0:
+                self._remember(array, offset)
+                return offset
+        source = np.ascontiguousarray(array, dtype=dtype)
+        staged = self.memory.array(source.shape, dtype)
+        staged[...] = source
+        self._staged.append((staged, array if write else None))
+        return self.memory.offset_of(staged)
+
+    def _remember(self, array: np.ndarray, offset: int) -> None:
+        # Finding an array's address costs more than a small kernel; the model passes the
+        # same array objects every step, so their offsets are cached (holding the array
+        # keeps its id unique). Bounded: cleared when it grows past OFFSET_CACHE entries.
+        if len(self._offsets) >= OFFSET_CACHE:
+            self._offsets.clear()
+        self._offsets[id(array)] = (array, offset)
+
+    def _scratch(self, nfloats: int) -> int:
+        """Offset of a scratch area of at least nfloats, reused across calls."""
+        nbytes = 4 * nfloats
+        if nbytes > self._scratch_bytes:
+            if self._scratch_bytes:
+                self.memory.free(self._scratch_offset)
+            self._scratch_offset = self.memory.alloc(nbytes)
+            self._scratch_bytes = nbytes
+        return self._scratch_offset
+
+    def _call(self, name: str, fmt: str, *values: Any) -> None:
+        """Write the parameter block, run the kernel, copy staged outputs back."""
+        try:
+            struct.pack_into(fmt, self.memory.arena, self._args, *values)
+            kernel = self._kernels.get(name) or self._kernels.setdefault(name, self.runtime.kernel(name))
+            kernel()
+            for staged, original in self._staged:
+                if original is not None:
+                    original[...] = staged.reshape(np.shape(original))
+        except Exception as e:  # noqa: BLE001 - traps and runtime errors become BackendError
+            raise BackendError(f"{self.name} kernel {name} failed: {e}") from e
+        finally:
+            for staged, _ in self._staged:
+                self.memory.free(self.memory.offset_of(staged))
+            self._staged.clear()
+
+    # ---- kernels (semantics: sllm/backends/numpy_ref.py) ---------------------------------
+    def encoder_fwd(self, out, tokens, wte, wpe, pos=0):
+        """out (B,T,C) = wte[tokens] + wpe[pos:pos+T]."""
+        B, T = np.shape(tokens)
+        _check_tokens(tokens, wte.shape[0])
+        _check(pos + T <= wpe.shape[0], f"positions {pos}..{pos + T} exceed wpe rows {wpe.shape[0]}")
+        self._call("encoder_fwd", "<IIIIiiii", self._ptr(out, write=True), self._ptr(tokens, I32),
+                   self._ptr(wte), self._ptr(wpe), B * T, T, wte.shape[1], pos)
+
+    def encoder_bwd(self, dwte, dwpe, dout, tokens, pos=0):
+        """dwte[tokens] += dout; dwpe[pos:pos+T] += dout summed over the batch."""
+        B, T = np.shape(tokens)
+        _check_tokens(tokens, dwte.shape[0])
+        self._call("encoder_bwd", "<IIIIiiii", self._ptr(dwte, write=True),
+                   self._ptr(dwpe, write=True), self._ptr(dout), self._ptr(tokens, I32),
+                   B * T, T, dwte.shape[1], pos)
+
+    def layernorm_fwd(self, out, mean, rstd, inp, weight, bias):
+        """LayerNorm over the last axis; saves mean and 1/std per row."""
+        C = inp.shape[-1]
+        self._call("layernorm_fwd", "<IIIIIIii", self._ptr(out, write=True),
+                   self._ptr(mean, write=True), self._ptr(rstd, write=True), self._ptr(inp),
+                   self._ptr(weight), self._ptr(bias), inp.size // C, C)
+
+    def layernorm_bwd(self, dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+        """Accumulates into dinp, dweight and dbias."""
+        C = inp.shape[-1]
+        self._call("layernorm_bwd", "<IIIIIIIIii", self._ptr(dinp, write=True),
+                   self._ptr(dweight, write=True), self._ptr(dbias, write=True), self._ptr(dout),
+                   self._ptr(inp), self._ptr(weight), self._ptr(mean), self._ptr(rstd),
+                   inp.size // C, C)
+
+    def matmul_fwd(self, out, inp, weight, bias, trans_w=False):
+        """out = inp @ weight (+ bias); weight (OC, C) used transposed when trans_w."""
+        C, OC = _matmul_dims(inp, weight, trans_w)
+        scratch = self._scratch(C * OC) if trans_w else 0
+        self._call("matmul_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
+                   self._ptr(weight), self._ptr(bias), inp.size // C, C, OC, int(trans_w),
+                   scratch)
+
+    def matmul_bwd(self, dinp, dweight, dbias, dout, inp, weight, trans_w=False):
+        """dinp = dout @ W^T (overwritten); dweight += inp^T @ dout; dbias += column sums."""
+        C, OC = _matmul_dims(inp, weight, trans_w)
+        scratch = self._scratch(C * OC) if dinp is not None and not trans_w else 0
+        self._call("matmul_bwd", "<IIIIIIiiiiI", self._ptr(dinp, write=True),
+                   self._ptr(dweight, write=True), self._ptr(dbias, write=True),
+                   self._ptr(dout), self._ptr(inp), self._ptr(weight), inp.size // C, C, OC,
+                   int(trans_w), scratch)
+
+    def attention_fwd(self, out, saved, qkv, n_head):
+        """Causal multi-head attention; saves the probabilities (B,H,T,T)."""
+        B, T, C = _attention_dims(qkv, n_head)
+        self._call("attention_fwd", "<IIIiiii", self._ptr(out, write=True),
+                   self._ptr(saved, write=True), self._ptr(qkv), B, T, C, n_head)
+
+    def attention_bwd(self, dqkv, dout, qkv, out, saved, n_head):
+        """Gradient of attention_fwd with respect to qkv (overwritten)."""
+        B, T, C = _attention_dims(qkv, n_head)
+        scratch = self._scratch(T)
+        self._call("attention_bwd", "<IIIIiiiiI", self._ptr(dqkv, write=True), self._ptr(dout),
+                   self._ptr(qkv), self._ptr(saved), B, T, C, n_head, scratch)
+
+    def attention_decode(self, out, qkv, kcache, vcache, pos, n_head):
+        """Store new keys/values at pos.., then attend causally over the cache."""
+        B, Tn, C = _attention_dims(qkv, n_head)
+        max_t = kcache.shape[2]
+        _check(pos + Tn <= max_t, f"KV cache holds {max_t} positions, need {pos + Tn}")
+        scratch = self._scratch(max_t)
+        self._call("attention_decode", "<IIIIiiiiiiI", self._ptr(out, write=True),
+                   self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
+                   B, Tn, C, n_head, max_t, pos, scratch)
+
+    def gelu_fwd(self, out, inp):
+        """GPT-2's tanh-approximated GELU."""
+        self._call("gelu_fwd", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
+
+    def gelu_bwd(self, dinp, dout, inp):
+        """dinp = dout * gelu'(inp); dinp may alias dout."""
+        self._call("gelu_bwd", "<IIIi", self._ptr(dinp, write=True), self._ptr(dout),
+                   self._ptr(inp), _size(dinp, inp))
+
+    def relu_fwd(self, out, inp):
+        """out = max(inp, 0)."""
+        self._call("relu_fwd", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
+
+    def relu_bwd(self, dinp, dout, inp):
+        """dinp = dout where inp > 0, else 0."""
+        self._call("relu_bwd", "<IIIi", self._ptr(dinp, write=True), self._ptr(dout),
+                   self._ptr(inp), _size(dinp, inp))
+
+    def residual_fwd(self, out, a, b):
+        """out = a + b."""
+        self._call("residual_fwd", "<IIIi", self._ptr(out, write=True), self._ptr(a),
+                   self._ptr(b), _size(out, a))
+
+    def dropout_fwd(self, out, inp, p, seed):
+        """Inverted dropout with the counter-based mask of base.dropout_keep_mask."""
+        self._dropout("dropout_fwd", out, inp, p, seed)
+
+    def dropout_bwd(self, dinp, dout, p, seed):
+        """The same mask, recomputed from the seed."""
+        self._dropout("dropout_bwd", dinp, dout, p, seed)
+
+    def _dropout(self, name, out, inp, p, seed):
+        self._call(name, "<IIIIfI", self._ptr(out, write=True), self._ptr(inp), _size(out, inp),
+                   dropout_threshold(p), 1.0 - p, seed & 0xFFFFFFFF)
+
+    def vec_exp(self, out, inp):
+        """out = exp(inp) by the module's approximation (see wasm/mathfn.h for its error)."""
+        self._call("vec_exp", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
+
+    def vec_tanh(self, out, inp):
+        """out = tanh(inp) by the module's approximation (see wasm/mathfn.h for its error)."""
+        self._call("vec_tanh", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
+
+    def softmax_xent(self, losses, dlogits, logits, targets, dloss):
+        """Fused softmax + cross-entropy; targets of -1 give zero loss and gradient."""
+        V = logits.shape[-1]
+        _check_tokens(targets, V, allow_ignore=True)
+        self._call("softmax_xent", "<IIIIiif", self._ptr(losses, write=True),
+                   self._ptr(dlogits, write=True), self._ptr(logits), self._ptr(targets, I32),
+                   logits.size // V, V, dloss)
+
+    def sgd_update(self, params, grads, momentum_buf, lr, momentum, weight_decay, decay_count):
+        """torch.optim.SGD over a flat buffer."""
+        buf = self._ptr(momentum_buf, write=True) if momentum else 0
+        self._call("sgd_update", "<IIIifffi", self._ptr(params, write=True), self._ptr(grads),
+                   buf, params.size, lr, momentum, weight_decay, decay_count)
+
+    def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                    decay_count, decoupled):
+        """torch Adam (L2 in the gradient) or AdamW (decoupled decay)."""
+        self._call("adam_update", "<IIIIifffffiiff", self._ptr(params, write=True),
+                   self._ptr(grads), self._ptr(m, write=True), self._ptr(v, write=True),
+                   params.size, lr, beta1, beta2, eps, weight_decay, decay_count,
+                   int(decoupled), 1.0 - beta1 ** step, 1.0 - beta2 ** step)
+
+
+def _capabilities(runtime: Runtime, module: tuple[str, bool, str | None]) -> dict[str, Any]:
+    filename, relaxed, simd = module
+    return {"runtime": runtime.name, "simd": simd, "relaxed_simd": relaxed, "module": filename,
+            "threads": 1, "simd_level": runtime.call_i32("simd_level")}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_tokens(ids: Any, limit: int, allow_ignore: bool = False) -> None:
+    ids = np.asarray(ids)
+    low = -1 if allow_ignore else 0
+    _check(ids.size == 0 or (ids.min() >= low and ids.max() < limit),
+           f"ids must be in [{low}, {limit}), got [{ids.min()}, {ids.max()}]")
+
+
+def _size(out: np.ndarray, inp: np.ndarray) -> int:
+    _check(np.size(out) == np.size(inp), f"size mismatch: {np.shape(out)} vs {np.shape(inp)}")
+    return int(np.size(inp))
+
+
+def _matmul_dims(inp: np.ndarray, weight: np.ndarray, trans_w: bool) -> tuple[int, int]:
+    C = inp.shape[-1]
+    w_in, OC = (weight.shape[1], weight.shape[0]) if trans_w else weight.shape
+    _check(w_in == C, f"matmul: input width {C} does not match weight {weight.shape}"
+           f"{' (transposed)' if trans_w else ''}")
+    return C, OC
+
+
+def _attention_dims(qkv: np.ndarray, n_head: int) -> tuple[int, int, int]:
+    B, T, C3 = qkv.shape
+    _check(C3 % (3 * n_head) == 0, f"qkv width {C3} is not 3 * heads ({n_head}) * head size")
+    return B, T, C3 // 3
+
+
+class WasmBackend(_WasmBase):
+    """The scalar (MVP) WebAssembly module: runs in any WebAssembly host."""
+
+    name: ClassVar[str] = "wasm"
+    priority: ClassVar[int] = 10
+    modules = (("sllm_scalar.wasm", False, None),)
+    _probed: ClassVar[dict[str, Any]] = {}
+
+
+class WasmSimdBackend(_WasmBase):
+    """The SIMD128 WebAssembly module (with relaxed-SIMD FMA where the runtime accepts it)."""
+
+    name: ClassVar[str] = "wasm-simd"
+    priority: ClassVar[int] = 20
+    modules = (("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
+    _probed: ClassVar[dict[str, Any]] = {}

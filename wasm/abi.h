@@ -1,0 +1,41 @@
+/* The kernel ABI shared by every export of the sllm WebAssembly modules.
+ *
+ * Calls across the host boundary are expensive (each argument costs the host
+ * time to convert), so every kernel is a zero-argument export that reads its
+ * arguments from one parameter block in linear memory: the host writes
+ * pointers (byte offsets), sizes and floats into ARGS, then calls the kernel.
+ * The block's address is returned by the export `args_address`.
+ */
+#ifndef SLLM_WASM_ABI_H
+#define SLLM_WASM_ABI_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __wasm_simd128__
+#include <wasm_simd128.h>
+#endif
+
+#define ARGS_SLOTS 32
+
+typedef union {
+    uint32_t u;
+    int32_t i;
+    float f;
+} arg_slot;
+
+extern arg_slot ARGS[ARGS_SLOTS];
+
+#define EXPORT(name) __attribute__((export_name(#name))) void name(void)
+
+/* Argument n read as a float pointer, int32 pointer, size or float. */
+#define ARG_F32P(n) ((float *)(uintptr_t)ARGS[n].u)
+#define ARG_I32P(n) ((int32_t *)(uintptr_t)ARGS[n].u)
+#define ARG_INT(n) ((int)ARGS[n].i)
+#define ARG_FLT(n) (ARGS[n].f)
+
+/* Freestanding helpers (no libc): used instead of memset/memcpy. */
+void zero_floats(float *dst, size_t n);
+void copy_floats(float *dst, const float *src, size_t n);
+
+#endif
