@@ -135,9 +135,13 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool tra
   }
   const int64_t m_panels = (M + o.mr - 1) / o.mr, n_panels = (N + o.nr - 1) / o.nr;
   const int threads = M * N * K < kParallelMacs ? 1 : num_threads();
-  const bool split_rows = m_panels * o.mr >= kMc * threads || m_panels >= n_panels;
+  // Splitting rows makes every chunk pack all of op(B), splitting columns all of op(A):
+  // split the longer side. Chunks of at least one packing block each, a few per thread.
+  const bool split_rows = M >= N ? m_panels >= threads : n_panels < threads;
   const int64_t panels = split_rows ? m_panels : n_panels;
-  const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(threads * 3, panels);
+  const int64_t block = split_rows ? kMc / o.mr : kNc / o.nr;
+  const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(
+      panels, std::min<int64_t>(threads * 3, std::max<int64_t>(threads, panels / block)));
   const int64_t per_thread = gemm_pack_size();
   float* pack = g_pack.get(per_thread * threads);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
@@ -176,7 +180,7 @@ void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, co
     gemm(C, OC, N, inp, C, true, dout, OC, false, dweight, OC, true, nullptr);
   if (dbias) {
     const int64_t blocks = (OC + 63) / 64;
-#pragma omp parallel for schedule(static) if (N * OC > (1 << 20))
+#pragma omp parallel for schedule(static) if (N * OC > (1 << 16))
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t c0 = blk * 64, c1 = std::min(OC, c0 + 64);
       float sum[64] = {0};

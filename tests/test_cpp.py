@@ -196,3 +196,16 @@ def test_training_curves_agree_with_numpy():
     ref, mine = np.array(curves["numpy"]), np.array(curves["cpp"])
     assert ref[-1] < ref[0] - 1.0  # it learned
     np.testing.assert_allclose(mine, ref, rtol=2e-3)
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_bad_thread_count_in_environment(monkeypatch, value):
+    from sllm.backends import cpp as cpp_module
+    monkeypatch.setenv("SLLM_NUM_THREADS", value)
+    with pytest.raises(ValueError, match="SLLM_NUM_THREADS must be a positive integer"):
+        cpp_module.CppBackend()
+
+
+def test_set_num_threads_rejects_zero(cpp):
+    with pytest.raises(ValueError, match="must be >= 1"):
+        cpp.set_num_threads(0)
