@@ -36,10 +36,12 @@ class Check {
   Arr arr(py::handle h, const char* name, bool is_int, bool writable) const {
     if (!py::isinstance<py::array>(h))
       fail(std::string(name) + " must be a numpy array, got " +
-           std::string(py::str(h.get_type().attr("__name__"))), true);
+           std::string(py::str(py::type::handle_of(h).attr("__name__"))), true);
     auto a = py::reinterpret_borrow<py::array>(h);
-    static const py::dtype f32 = py::dtype::of<float>(), i32 = py::dtype::of<int32_t>();
-    if (!a.dtype().equal(is_int ? i32 : f32))
+    // leaked on purpose: a static py::object would be released after Python shuts down
+    static const py::dtype* f32 = new py::dtype(py::dtype::of<float>());
+    static const py::dtype* i32 = new py::dtype(py::dtype::of<int32_t>());
+    if (!a.dtype().equal(is_int ? *i32 : *f32))
       fail(std::string(name) + " must be " + (is_int ? "int32" : "float32") + ", got " +
            std::string(py::str(a.dtype())), true);
     if (!(a.flags() & py::array::c_style))
