@@ -2,7 +2,7 @@
 
 Same architecture as sllm/model.py (GPT-2: learned positions, pre-LayerNorm blocks,
 tanh-GELU MLP, causal multi-head attention, untied lm_head without bias), trained with
-torch.optim.AdamW on the same number of threads. Also greedy-free sampling with a KV cache,
+torch.optim.AdamW on the same number of threads; and sampling with a KV cache,
 for the generation comparison. torch is never a dependency of sllm: `pip install torch`
 into a benchmark environment to use this file.
 """

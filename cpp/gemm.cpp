@@ -5,6 +5,10 @@
 // branches), and the register tile sweeps the block.
 #include <algorithm>
 
+#if SLLM_X86
+#include <xmmintrin.h>
+#endif
+
 #include "arch.h"
 #include "kernels.h"
 #include "runtime.h"
@@ -21,14 +25,37 @@ constexpr int64_t kParallelMacs = 4 << 20;
 
 Scratch g_pack;
 
+// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: 4x4 blocks in SSE
+// registers (baseline on every x86-64), so packing stores 4 floats at a time.
+void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
+               int64_t cols) {
+  int64_t r = 0;
+#if SLLM_X86
+  for (; r + 4 <= rows; r += 4) {
+    const float* s = src + r * ld_src;
+    int64_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      __m128 a = _mm_loadu_ps(s + c), b = _mm_loadu_ps(s + ld_src + c);
+      __m128 x = _mm_loadu_ps(s + 2 * ld_src + c), y = _mm_loadu_ps(s + 3 * ld_src + c);
+      _MM_TRANSPOSE4_PS(a, b, x, y);
+      _mm_storeu_ps(dst + c * ld_dst + r, a);
+      _mm_storeu_ps(dst + (c + 1) * ld_dst + r, b);
+      _mm_storeu_ps(dst + (c + 2) * ld_dst + r, x);
+      _mm_storeu_ps(dst + (c + 3) * ld_dst + r, y);
+    }
+    for (; c < cols; ++c)
+      for (int64_t i = 0; i < 4; ++i) dst[c * ld_dst + r + i] = s[i * ld_src + c];
+  }
+#endif
+  for (; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
 void pack_a(float* dst, const float* A, int64_t lda, bool trans_a, int64_t M, int64_t i0,
             int64_t k0, int64_t kc, int mr) {
   const int64_t m = std::min<int64_t>(mr, M - i0);
-  if (!trans_a) {  // read rows of A contiguously, write the panel's columns
-    for (int64_t i = 0; i < m; ++i) {
-      const float* src = A + (i0 + i) * lda + k0;
-      for (int64_t k = 0; k < kc; ++k) dst[k * mr + i] = src[k];
-    }
+  if (!trans_a) {  // rows of A become the panel's columns
+    transpose(dst, mr, A + i0 * lda + k0, lda, m, kc);
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t i = m; i < mr; ++i) dst[k * mr + i] = 0.0f;
     return;
@@ -44,11 +71,8 @@ void pack_a(float* dst, const float* A, int64_t lda, bool trans_a, int64_t M, in
 void pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t j0,
             int64_t k0, int64_t kc, int nr) {
   const int64_t n = std::min<int64_t>(nr, N - j0);
-  if (trans_b) {  // read rows of B contiguously, write the panel's columns
-    for (int64_t j = 0; j < n; ++j) {
-      const float* src = B + (j0 + j) * ldb + k0;
-      for (int64_t k = 0; k < kc; ++k) dst[k * nr + j] = src[k];
-    }
+  if (trans_b) {  // rows of B become the panel's columns
+    transpose(dst, nr, B + j0 * ldb + k0, ldb, n, kc);
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t j = n; j < nr; ++j) dst[k * nr + j] = 0.0f;
     return;
