@@ -141,51 +141,106 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
 
 int64_t gemm_pack_size() { return (kMc + kNc) * ops().kc + 64; }
 
+// One GEMM: C (M x N) = [C +] op(A) @ op(B) [+ bias].
+struct Gemm {
+  int64_t M, N, K;
+  const float* A;
+  int64_t lda;
+  bool trans_a;
+  const float* B;
+  int64_t ldb;
+  bool trans_b;
+  float* C;
+  int64_t ldc;
+  bool accumulate;
+  const float* bias;
+};
+
+namespace {
+
 // C is cut into a few row (or, when C is short and wide, column) chunks that threads take
-// dynamically, each running the serial loops with that thread's own packing buffer: one
-// fork/join per call and no barrier inside, and a thread that loses its core to another
-// process delays only its current chunk. Each element of C is one fixed-order sum whatever
-// the chunking, so results do not depend on the thread count.
-void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
-          const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc, bool accumulate,
-          const float* bias) {
-  if (M == 0 || N == 0) return;
+// dynamically, each running the serial loops with that thread's own packing buffer: no
+// barrier inside, and a thread that loses its core to another process delays only its
+// current chunk. Each element of C is one fixed-order sum whatever the chunking, so
+// results do not depend on the thread count.
+struct Plan {
+  bool split_rows;
+  int64_t panels, chunks;
+};
+
+Plan plan(const Gemm& g, int threads) {
   const Ops& o = ops();
-  auto guard = g_pack.lock();
-  if (M <= kSmallM || K == 0) {
-    gemm_small_m(M, N, K, A, lda, trans_a, B, ldb, trans_b, C, ldc, accumulate, bias,
-                 g_pack.get(K + 1));
-    return;
-  }
-  const int64_t m_panels = (M + o.mr - 1) / o.mr, n_panels = (N + o.nr - 1) / o.nr;
-  const int threads = M * N * K < kParallelMacs ? 1 : num_threads();
+  const int64_t m_panels = (g.M + o.mr - 1) / o.mr, n_panels = (g.N + o.nr - 1) / o.nr;
   // Splitting rows makes every chunk pack all of op(B), splitting columns all of op(A):
   // split the longer side. Chunks of at least one packing block each, a few per thread.
-  const bool split_rows = M >= N ? m_panels >= threads : n_panels < threads;
+  const bool split_rows = g.M >= g.N ? m_panels >= threads : n_panels < threads;
   const int64_t panels = split_rows ? m_panels : n_panels;
   const int64_t block = split_rows ? kMc / o.mr : kNc / o.nr;
   const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(
       panels, std::min<int64_t>(threads * 3, std::max<int64_t>(threads, panels / block)));
+  return {split_rows, panels, chunks};
+}
+
+void run_chunk(const Gemm& g, const Plan& p, int64_t chunk, float* buf) {
+  const Ops& o = ops();
+  int64_t p0, p1;
+  split_range(p.panels, (int)p.chunks, (int)chunk, 1, &p0, &p1);
+  if (p0 >= p1) return;
+  if (p.split_rows) {
+    const int64_t i0 = p0 * o.mr, i1 = std::min(g.M, p1 * o.mr);
+    const float* a = g.trans_a ? g.A + i0 : g.A + i0 * g.lda;
+    gemm_serial(i1 - i0, g.N, g.K, a, g.lda, g.trans_a, g.B, g.ldb, g.trans_b,
+                g.C + i0 * g.ldc, g.ldc, g.accumulate, g.bias, buf);
+  } else {
+    const int64_t j0 = p0 * o.nr, j1 = std::min(g.N, p1 * o.nr);
+    const float* b = g.trans_b ? g.B + j0 * g.ldb : g.B + j0;
+    gemm_serial(g.M, j1 - j0, g.K, g.A, g.lda, g.trans_a, b, g.ldb, g.trans_b, g.C + j0,
+                g.ldc, g.accumulate, g.bias ? g.bias + j0 : nullptr, buf);
+  }
+}
+
+// Up to kMaxJobs independent GEMMs (none writes what another reads) in one fork/join:
+// backward's dx and dW share it, which halves the thread wake-ups per matmul_bwd.
+constexpr int kMaxJobs = 2;
+
+void gemm_many(const Gemm* jobs, int count) {
+  auto guard = g_pack.lock();
+  int64_t macs = 0;
+  for (int j = 0; j < count; ++j) {
+    const Gemm& g = jobs[j];
+    if (g.M > 0 && g.N > 0 && (g.M <= kSmallM || g.K == 0))
+      gemm_small_m(g.M, g.N, g.K, g.A, g.lda, g.trans_a, g.B, g.ldb, g.trans_b, g.C, g.ldc,
+                   g.accumulate, g.bias, g_pack.get(g.K + 1));
+    else if (g.M > 0 && g.N > 0)
+      macs += g.M * g.N * g.K;
+  }
+  if (macs == 0) return;
+  const int threads = macs < kParallelMacs ? 1 : num_threads();
+  Plan plans[kMaxJobs];
+  int64_t first[kMaxJobs + 1] = {0};  // chunk index where each job starts
+  for (int j = 0; j < count; ++j) {
+    const Gemm& g = jobs[j];
+    const bool packed = g.M > kSmallM && g.N > 0 && g.K > 0;
+    plans[j] = packed ? plan(g, threads) : Plan{true, 0, 0};
+    first[j + 1] = first[j] + plans[j].chunks;
+  }
   const int64_t per_thread = gemm_pack_size();
   float* pack = g_pack.get(per_thread * threads);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t t = 0; t < chunks; ++t) {
-    int64_t p0, p1;
-    split_range(panels, (int)chunks, (int)t, 1, &p0, &p1);
-    if (p0 >= p1) continue;
-    float* buf = pack + thread_id() * per_thread;
-    if (split_rows) {
-      const int64_t i0 = p0 * o.mr, i1 = std::min(M, p1 * o.mr);
-      const float* a = trans_a ? A + i0 : A + i0 * lda;
-      gemm_serial(i1 - i0, N, K, a, lda, trans_a, B, ldb, trans_b, C + i0 * ldc, ldc,
-                  accumulate, bias, buf);
-    } else {
-      const int64_t j0 = p0 * o.nr, j1 = std::min(N, p1 * o.nr);
-      const float* b = trans_b ? B + j0 * ldb : B + j0;
-      gemm_serial(M, j1 - j0, K, A, lda, trans_a, b, ldb, trans_b, C + j0, ldc, accumulate,
-                  bias ? bias + j0 : nullptr, buf);
-    }
+  for (int64_t c = 0; c < first[count]; ++c) {
+    int j = 0;
+    while (c >= first[j + 1]) ++j;
+    run_chunk(jobs[j], plans[j], c - first[j], pack + thread_id() * per_thread);
   }
+}
+
+}  // namespace
+
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
+          const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc, bool accumulate,
+          const float* bias) {
+  const Gemm g{M, N, K, A, lda, trans_a, B, ldb, trans_b, C, ldc, accumulate, bias};
+  gemm_many(&g, 1);
 }
 
 void matmul_fwd(float* out, const float* inp, const float* weight, const float* bias,
@@ -196,12 +251,16 @@ void matmul_fwd(float* out, const float* inp, const float* weight, const float* 
 
 void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                 const float* weight, bool trans_w, int64_t N, int64_t C, int64_t OC) {
-  if (dinp)  // dinp (N,C) = dout (N,OC) @ W^T
-    gemm(N, C, OC, dout, OC, false, weight, trans_w ? C : OC, !trans_w, dinp, C, false, nullptr);
+  Gemm jobs[kMaxJobs];
+  int count = 0;
   if (trans_w)  // dW (OC,C) += dout^T @ inp
-    gemm(OC, C, N, dout, OC, true, inp, C, false, dweight, C, true, nullptr);
+    jobs[count++] = {OC, C, N, dout, OC, true, inp, C, false, dweight, C, true, nullptr};
   else  // dW (C,OC) += inp^T @ dout
-    gemm(C, OC, N, inp, C, true, dout, OC, false, dweight, OC, true, nullptr);
+    jobs[count++] = {C, OC, N, inp, C, true, dout, OC, false, dweight, OC, true, nullptr};
+  if (dinp)  // dinp (N,C) = dout (N,OC) @ W^T
+    jobs[count++] = {N, C, OC, dout, OC, false, weight, trans_w ? C : OC, !trans_w, dinp, C,
+                     false, nullptr};
+  gemm_many(jobs, count);
   if (dbias) {
     const int64_t blocks = (OC + 63) / 64;
 #pragma omp parallel for schedule(static) if (N * OC > (1 << 16))
