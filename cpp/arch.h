@@ -1,0 +1,63 @@
+// The per-SIMD-tier kernel bodies, as a table of function pointers.
+//
+// Each tier (scalar, avx2, avx512) compiles the same bodies (arch_body.inc) in its own
+// translation unit with its own -m flags; dispatch.cpp picks one table at run time from
+// the CPU's features, or from SLLM_CPP_SIMD. The drivers (gemm.cpp, attention.cpp, ...)
+// hold the shape logic and the threading and call through this table.
+#pragma once
+#include <cstdint>
+
+namespace sllm {
+
+// The scalars of one Adam/AdamW step, in float32 as the numpy reference rounds them.
+struct AdamStep {
+  float lr, beta1, beta2, eps, weight_decay;
+  float bc1, bc2;                      // 1 - beta^step
+  float shrink;                        // 1 - lr * weight_decay (AdamW)
+  float one_minus_b1, one_minus_b2;
+  bool decoupled;
+};
+
+struct Ops {
+  const char* name;  // "scalar" | "avx2" | "avx512"
+  int mr, nr, kc;    // GEMM micro-tile rows, columns, and depth of one packed block
+
+  // c (m<=mr, n<=nr, row stride ldc) = [c +] a_panel (mr x kc) @ b_panel (kc x nr) [+ bias]
+  void (*gemm_micro)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                     int m, int n, bool accumulate, const float* bias);
+  // one output row over columns [j0, j1): c = [c +] a (K) @ op(B) [+ bias]
+  void (*gemm_row)(float* c, const float* a, const float* B, int64_t ldb, bool trans_b,
+                   int64_t K, int64_t j0, int64_t j1, bool accumulate, const float* bias);
+
+  void (*gelu_fwd)(float* out, const float* inp, int64_t n);
+  void (*gelu_bwd)(float* dinp, const float* dout, const float* inp, int64_t n);
+
+  void (*layernorm_fwd_row)(float* out, float* mean, float* rstd, const float* x,
+                            const float* w, const float* b, int64_t C);
+  void (*layernorm_bwd_row)(float* dinp, const float* dout, const float* x, const float* w,
+                            float mean, float rstd, int64_t C);
+
+  // returns the row's loss; writes dloss * (softmax - onehot) into dl when dl != nullptr
+  float (*softmax_xent_row)(float* dl, const float* logits, int64_t V, int32_t target,
+                            float dloss);
+
+  // Adam over n contiguous parameters, with weight decay when `decay`
+  void (*adam_range)(float* p, const float* g, float* m, float* v, int64_t n,
+                     const AdamStep& s, bool decay);
+
+  // attention rows: see attention_rows.inc
+  float (*softmax_row)(float* s, int64_t n, float scale);
+  void (*attention_grad_row)(float* p, float* dp, int64_t n, float scale, float lse,
+                             float delta);
+};
+
+extern const Ops ops_scalar;
+#if SLLM_X86
+extern const Ops ops_avx2;
+extern const Ops ops_avx512;
+#endif
+
+const Ops& ops();                // the selected tier
+const char* simd_error();       // why the forced tier cannot run here, or "" when fine
+
+}  // namespace sllm

@@ -1,0 +1,152 @@
+// Causal multi-head attention as small GEMMs per (batch, head), flash-attention style:
+// forward saves only the logsumexp of each score row, (B, H, T); backward recomputes the
+// probabilities from it and uses rowsum(dO * O) instead of storing anything T x T.
+// Queries go in blocks of kRowBlock rows, each touching only keys up to its last row.
+// One task per (batch, head), each writing only its own columns with its own scratch,
+// so results do not depend on the thread count.
+#include <math.h>
+
+#include <algorithm>
+
+#include "arch.h"
+#include "kernels.h"
+#include "runtime.h"
+
+namespace sllm {
+namespace {
+
+constexpr int64_t kRowBlock = 32;
+
+Scratch g_attention;
+
+// One head: query rows at stride ldq, key and value rows (0..q_pos0+nq-1) at stride
+// ldkv, output rows at stride ldo.
+struct Head {
+  const float* q;
+  int64_t ldq;
+  const float *k, *v;
+  int64_t ldkv;
+  float* out;
+  int64_t ldo, nq, q_pos0, D;
+};
+
+// Forward of one head into out (and lse when given); s: kRowBlock x nk scratch.
+void head_fwd(const Head& h, float* lse, float* s, float* pack) {
+  const Ops& o = ops();
+  const int64_t nk = h.q_pos0 + h.nq;
+  const float scale = 1.0f / sqrtf((float)h.D);
+  for (int64_t r0 = 0; r0 < h.nq; r0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, h.nq - r0), cols = h.q_pos0 + r0 + rows;
+    gemm_serial(rows, cols, h.D, h.q + r0 * h.ldq, h.ldq, false, h.k, h.ldkv, true, s, nk, false,
+                nullptr, pack);
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t n = h.q_pos0 + r0 + i + 1;
+      const float l = o.softmax_row(s + i * nk, n, scale);
+      if (lse) lse[r0 + i] = l;
+      std::fill(s + i * nk + n, s + i * nk + cols, 0.0f);  // the causal mask
+    }
+    gemm_serial(rows, h.D, cols, s, nk, false, h.v, h.ldkv, false, h.out + r0 * h.ldo, h.ldo,
+                false, nullptr, pack);
+  }
+}
+
+// Backward of one head (T = nq, q_pos0 = 0). p, ds: T x T scratch.
+void head_bwd(const Head& h, float* dq, float* dk, float* dv, int64_t ldd, const float* dout,
+              const float* lse, float* p, float* ds, float* pack) {
+  const Ops& o = ops();
+  const int64_t T = h.nq, D = h.D;
+  const float scale = 1.0f / sqrtf((float)D);
+  for (int64_t r0 = 0; r0 < T; r0 += kRowBlock) {
+    const int64_t rows = std::min(kRowBlock, T - r0), cols = r0 + rows;
+    gemm_serial(rows, cols, D, h.q + r0 * h.ldq, h.ldq, false, h.k, h.ldkv, true, p + r0 * T, T,
+                false, nullptr, pack);
+    gemm_serial(rows, cols, D, dout + r0 * h.ldo, h.ldo, false, h.v, h.ldkv, true, ds + r0 * T,
+                T, false, nullptr, pack);
+    for (int64_t i = r0; i < r0 + rows; ++i) {
+      float delta = 0.0f;  // rowsum(dO * O)
+      for (int64_t d = 0; d < D; ++d) delta += dout[i * h.ldo + d] * h.out[i * h.ldo + d];
+      o.attention_grad_row(p + i * T, ds + i * T, i + 1, scale, lse[i], delta);
+      std::fill(p + i * T + i + 1, p + i * T + T, 0.0f);
+      std::fill(ds + i * T + i + 1, ds + i * T + T, 0.0f);
+    }
+    // dQ rows = dS rows @ K (keys up to the block's last row)
+    gemm_serial(rows, D, cols, ds + r0 * T, T, false, h.k, h.ldkv, false, dq + r0 * ldd, ldd,
+                false, nullptr, pack);
+  }
+  for (int64_t c0 = 0; c0 < T; c0 += kRowBlock) {  // dK = dS^T Q, dV = P^T dO, queries >= c0
+    const int64_t keys = std::min(kRowBlock, T - c0), n = T - c0;
+    const int64_t off = c0 * T + c0;
+    gemm_serial(keys, D, n, ds + off, T, true, h.q + c0 * h.ldq, h.ldq, false, dk + c0 * ldd, ldd,
+                false, nullptr, pack);
+    gemm_serial(keys, D, n, p + off, T, true, dout + c0 * h.ldo, h.ldo, false, dv + c0 * ldd,
+                ldd, false, nullptr, pack);
+  }
+}
+
+// Per-thread scratch: `floats` for the task plus a GEMM packing buffer.
+float* thread_scratch(int64_t floats, int64_t* per_thread) {
+  *per_thread = floats + gemm_pack_size();
+  return g_attention.get(*per_thread * num_threads());
+}
+
+}  // namespace
+
+void attention_fwd(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
+                   int64_t H) {
+  const int64_t D = C / H;
+  auto guard = g_attention.lock();
+  int64_t per_thread;
+  float* scratch = thread_scratch(kRowBlock * T, &per_thread);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* q = qkv + b * T * 3 * C + h * D;
+      float* s = scratch + thread_id() * per_thread;
+      head_fwd({q, 3 * C, q + C, q + 2 * C, 3 * C, out + b * T * C + h * D, C, T, 0, D},
+               lse + (b * H + h) * T, s, s + kRowBlock * T);
+    }
+}
+
+void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float* out,
+                   const float* lse, int64_t B, int64_t T, int64_t C, int64_t H) {
+  const int64_t D = C / H;
+  auto guard = g_attention.lock();
+  int64_t per_thread;
+  float* scratch = thread_scratch(2 * T * T, &per_thread);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t base = b * T * 3 * C + h * D, obase = b * T * C + h * D;
+      const float* q = qkv + base;
+      float* s = scratch + thread_id() * per_thread;
+      head_bwd({q, 3 * C, q + C, q + 2 * C, 3 * C, const_cast<float*>(out + obase), C, T, 0, D},
+               dqkv + base, dqkv + base + C, dqkv + base + 2 * C, 3 * C, dout + obase,
+               lse + (b * H + h) * T, s, s + T * T, s + 2 * T * T);
+    }
+}
+
+void attention_decode(float* out, const float* qkv, float* kcache, float* vcache, int64_t pos,
+                      int64_t B, int64_t Tn, int64_t C, int64_t H, int64_t maxT) {
+  const int64_t D = C / H, nk = pos + Tn;
+  auto guard = g_attention.lock();
+  int64_t per_thread;
+  float* scratch = thread_scratch(kRowBlock * nk, &per_thread);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (B * H * nk * D > 65536)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      float* kc = kcache + (b * H + h) * maxT * D;
+      float* vc = vcache + (b * H + h) * maxT * D;
+      const float* q = qkv + b * Tn * 3 * C + h * D;
+      for (int64_t t = 0; t < Tn; ++t)
+        for (int64_t d = 0; d < D; ++d) {
+          kc[(pos + t) * D + d] = q[t * 3 * C + C + d];
+          vc[(pos + t) * D + d] = q[t * 3 * C + 2 * C + d];
+        }
+      float* s = scratch + thread_id() * per_thread;
+      // keys/values are rows of the cache (stride D); queries rows of qkv (stride 3C)
+      head_fwd({q, 3 * C, kc, vc, D, out + b * Tn * C + h * D, C, Tn, pos, D}, nullptr, s,
+               s + kRowBlock * nk);
+    }
+}
+
+}  // namespace sllm

@@ -1,0 +1,277 @@
+// Cache-blocked GEMM over packed panels (Goto/BLIS loop order) and the matmul kernels.
+//
+// Per block of kc x nc, op(B) is packed into nr-wide column panels, then per block of mc
+// rows op(A) into mr-tall row panels (both zero-padded, so the register tile never
+// branches), and the register tile sweeps the block.
+#include <algorithm>
+
+#if SLLM_X86
+#include <xmmintrin.h>
+#endif
+
+#include "arch.h"
+#include "kernels.h"
+#include "runtime.h"
+
+namespace sllm {
+namespace {
+
+constexpr int64_t kSmallM = 4;  // at most this many rows: no packing (decode, GEMV)
+constexpr int64_t kMc = 96;     // rows of A packed at once (stays in L2)
+constexpr int64_t kNc = 512;    // columns of B packed at once
+// Below this many multiply-adds (~80 us on one core) waking a second thread costs more
+// than it saves.
+constexpr int64_t kParallelMacs = 4 << 20;
+
+Scratch g_pack;
+
+// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: 4x4 blocks in SSE
+// registers (baseline on every x86-64), so packing stores 4 floats at a time.
+void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
+               int64_t cols) {
+  int64_t r = 0;
+#if SLLM_X86
+  for (; r + 4 <= rows; r += 4) {
+    const float* s = src + r * ld_src;
+    int64_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      __m128 a = _mm_loadu_ps(s + c), b = _mm_loadu_ps(s + ld_src + c);
+      __m128 x = _mm_loadu_ps(s + 2 * ld_src + c), y = _mm_loadu_ps(s + 3 * ld_src + c);
+      _MM_TRANSPOSE4_PS(a, b, x, y);
+      _mm_storeu_ps(dst + c * ld_dst + r, a);
+      _mm_storeu_ps(dst + (c + 1) * ld_dst + r, b);
+      _mm_storeu_ps(dst + (c + 2) * ld_dst + r, x);
+      _mm_storeu_ps(dst + (c + 3) * ld_dst + r, y);
+    }
+    for (; c < cols; ++c)
+      for (int64_t i = 0; i < 4; ++i) dst[c * ld_dst + r + i] = s[i * ld_src + c];
+  }
+#endif
+  for (; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
+void pack_a(float* dst, const float* A, int64_t lda, bool trans_a, int64_t M, int64_t i0,
+            int64_t k0, int64_t kc, int mr) {
+  const int64_t m = std::min<int64_t>(mr, M - i0);
+  if (!trans_a) {  // rows of A become the panel's columns
+    transpose(dst, mr, A + i0 * lda + k0, lda, m, kc);
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t i = m; i < mr; ++i) dst[k * mr + i] = 0.0f;
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    float* d = dst + k * mr;
+    const float* src = A + (k0 + k) * lda + i0;
+    for (int64_t i = 0; i < m; ++i) d[i] = src[i];
+    for (int64_t i = m; i < mr; ++i) d[i] = 0.0f;
+  }
+}
+
+void pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t j0,
+            int64_t k0, int64_t kc, int nr) {
+  const int64_t n = std::min<int64_t>(nr, N - j0);
+  if (trans_b) {  // rows of B become the panel's columns
+    transpose(dst, nr, B + j0 * ldb + k0, ldb, n, kc);
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t j = n; j < nr; ++j) dst[k * nr + j] = 0.0f;
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    float* d = dst + k * nr;
+    const float* src = B + (k0 + k) * ldb + j0;
+    for (int64_t j = 0; j < n; ++j) d[j] = src[j];
+    for (int64_t j = n; j < nr; ++j) d[j] = 0.0f;
+  }
+}
+
+void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
+                  const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc,
+                  bool accumulate, const float* bias, float* arow) {
+  const Ops& o = ops();
+  for (int64_t i = 0; i < M; ++i) {
+    const float* a = A + i * lda;
+    if (trans_a) {  // gather the strided row once
+      for (int64_t k = 0; k < K; ++k) arow[k] = A[k * lda + i];
+      a = arow;
+    }
+    const int parts = (int)std::min<int64_t>(num_threads(), std::max<int64_t>(1, N * K / 32768));
+#pragma omp parallel for num_threads(parts) schedule(static)
+    for (int t = 0; t < parts; ++t) {
+      int64_t j0, j1;
+      split_range(N, parts, t, 16, &j0, &j1);
+      if (j0 < j1) o.gemm_row(C + i * ldc, a, B, ldb, trans_b, K, j0, j1, accumulate, bias);
+    }
+  }
+}
+
+}  // namespace
+
+// The single-thread BLIS loops over one region of C, packing into `pack` (gemm_pack_size).
+void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
+                 const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc,
+                 bool accumulate, const float* bias, float* pack) {
+  const Ops& o = ops();
+  const int mr = o.mr, nr = o.nr;
+  float* a_packed = pack;
+  float* b_packed = pack + kMc * o.kc;
+  for (int64_t j0 = 0; j0 < N; j0 += kNc) {
+    const int64_t nc = std::min(kNc, N - j0);
+    for (int64_t k0 = 0; k0 < std::max<int64_t>(K, 1); k0 += o.kc) {
+      const int64_t kc = std::min<int64_t>(o.kc, K - k0);
+      const bool acc = accumulate || k0 > 0;
+      const float* bias_now = k0 == 0 && bias ? bias + j0 : nullptr;
+      for (int64_t jp = 0; jp * nr < nc; ++jp)
+        pack_b(b_packed + jp * nr * kc, B, ldb, trans_b, N, j0 + jp * nr, k0, kc, nr);
+      for (int64_t i0 = 0; i0 < M; i0 += kMc) {
+        const int64_t mc = std::min(kMc, M - i0);
+        for (int64_t ip = 0; ip * mr < mc; ++ip)
+          pack_a(a_packed + ip * mr * kc, A, lda, trans_a, M, i0 + ip * mr, k0, kc, mr);
+        for (int64_t jp = 0; jp * nr < nc; ++jp)
+          for (int64_t ip = 0; ip * mr < mc; ++ip) {
+            const int64_t i = i0 + ip * mr, j = j0 + jp * nr;
+            o.gemm_micro(kc, a_packed + ip * mr * kc, b_packed + jp * nr * kc, C + i * ldc + j,
+                         ldc, (int)std::min<int64_t>(mr, M - i), (int)std::min<int64_t>(nr, N - j),
+                         acc, bias_now ? bias_now + jp * nr : nullptr);
+          }
+      }
+    }
+  }
+}
+
+int64_t gemm_pack_size() { return (kMc + kNc) * ops().kc + 64; }
+
+// One GEMM: C (M x N) = [C +] op(A) @ op(B) [+ bias].
+struct Gemm {
+  int64_t M, N, K;
+  const float* A;
+  int64_t lda;
+  bool trans_a;
+  const float* B;
+  int64_t ldb;
+  bool trans_b;
+  float* C;
+  int64_t ldc;
+  bool accumulate;
+  const float* bias;
+};
+
+namespace {
+
+// C is cut into a few row (or, when C is short and wide, column) chunks that threads take
+// dynamically, each running the serial loops with that thread's own packing buffer: no
+// barrier inside, and a thread that loses its core to another process delays only its
+// current chunk. Each element of C is one fixed-order sum whatever the chunking, so
+// results do not depend on the thread count.
+struct Plan {
+  bool split_rows;
+  int64_t panels, chunks;
+};
+
+Plan plan(const Gemm& g, int threads) {
+  const Ops& o = ops();
+  const int64_t m_panels = (g.M + o.mr - 1) / o.mr, n_panels = (g.N + o.nr - 1) / o.nr;
+  // Splitting rows makes every chunk pack all of op(B), splitting columns all of op(A):
+  // split the longer side. Chunks of at least one packing block each, a few per thread.
+  const bool split_rows = g.M >= g.N ? m_panels >= threads : n_panels < threads;
+  const int64_t panels = split_rows ? m_panels : n_panels;
+  const int64_t block = split_rows ? kMc / o.mr : kNc / o.nr;
+  const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(
+      panels, std::min<int64_t>(threads * 3, std::max<int64_t>(threads, panels / block)));
+  return {split_rows, panels, chunks};
+}
+
+void run_chunk(const Gemm& g, const Plan& p, int64_t chunk, float* buf) {
+  const Ops& o = ops();
+  int64_t p0, p1;
+  split_range(p.panels, (int)p.chunks, (int)chunk, 1, &p0, &p1);
+  if (p0 >= p1) return;
+  if (p.split_rows) {
+    const int64_t i0 = p0 * o.mr, i1 = std::min(g.M, p1 * o.mr);
+    const float* a = g.trans_a ? g.A + i0 : g.A + i0 * g.lda;
+    gemm_serial(i1 - i0, g.N, g.K, a, g.lda, g.trans_a, g.B, g.ldb, g.trans_b,
+                g.C + i0 * g.ldc, g.ldc, g.accumulate, g.bias, buf);
+  } else {
+    const int64_t j0 = p0 * o.nr, j1 = std::min(g.N, p1 * o.nr);
+    const float* b = g.trans_b ? g.B + j0 * g.ldb : g.B + j0;
+    gemm_serial(g.M, j1 - j0, g.K, g.A, g.lda, g.trans_a, b, g.ldb, g.trans_b, g.C + j0,
+                g.ldc, g.accumulate, g.bias ? g.bias + j0 : nullptr, buf);
+  }
+}
+
+// Up to kMaxJobs independent GEMMs (none writes what another reads) in one fork/join:
+// backward's dx and dW share it, which halves the thread wake-ups per matmul_bwd.
+constexpr int kMaxJobs = 2;
+
+void gemm_many(const Gemm* jobs, int count) {
+  auto guard = g_pack.lock();
+  int64_t macs = 0;
+  for (int j = 0; j < count; ++j) {
+    const Gemm& g = jobs[j];
+    if (g.M > 0 && g.N > 0 && (g.M <= kSmallM || g.K == 0))
+      gemm_small_m(g.M, g.N, g.K, g.A, g.lda, g.trans_a, g.B, g.ldb, g.trans_b, g.C, g.ldc,
+                   g.accumulate, g.bias, g_pack.get(g.K + 1));
+    else if (g.M > 0 && g.N > 0)
+      macs += g.M * g.N * g.K;
+  }
+  if (macs == 0) return;
+  const int threads = macs < kParallelMacs ? 1 : num_threads();
+  Plan plans[kMaxJobs];
+  int64_t first[kMaxJobs + 1] = {0};  // chunk index where each job starts
+  for (int j = 0; j < count; ++j) {
+    const Gemm& g = jobs[j];
+    const bool packed = g.M > kSmallM && g.N > 0 && g.K > 0;
+    plans[j] = packed ? plan(g, threads) : Plan{true, 0, 0};
+    first[j + 1] = first[j] + plans[j].chunks;
+  }
+  const int64_t per_thread = gemm_pack_size();
+  float* pack = g_pack.get(per_thread * threads);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t c = 0; c < first[count]; ++c) {
+    int j = 0;
+    while (c >= first[j + 1]) ++j;
+    run_chunk(jobs[j], plans[j], c - first[j], pack + thread_id() * per_thread);
+  }
+}
+
+}  // namespace
+
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
+          const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc, bool accumulate,
+          const float* bias) {
+  const Gemm g{M, N, K, A, lda, trans_a, B, ldb, trans_b, C, ldc, accumulate, bias};
+  gemm_many(&g, 1);
+}
+
+void matmul_fwd(float* out, const float* inp, const float* weight, const float* bias,
+                bool trans_w, int64_t N, int64_t C, int64_t OC) {
+  // weight is (C, OC), or (OC, C) used transposed
+  gemm(N, OC, C, inp, C, false, weight, trans_w ? C : OC, trans_w, out, OC, false, bias);
+}
+
+void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                const float* weight, bool trans_w, int64_t N, int64_t C, int64_t OC) {
+  Gemm jobs[kMaxJobs];
+  int count = 0;
+  if (trans_w)  // dW (OC,C) += dout^T @ inp
+    jobs[count++] = {OC, C, N, dout, OC, true, inp, C, false, dweight, C, true, nullptr};
+  else  // dW (C,OC) += inp^T @ dout
+    jobs[count++] = {C, OC, N, inp, C, true, dout, OC, false, dweight, OC, true, nullptr};
+  if (dinp)  // dinp (N,C) = dout (N,OC) @ W^T
+    jobs[count++] = {N, C, OC, dout, OC, false, weight, trans_w ? C : OC, !trans_w, dinp, C,
+                     false, nullptr};
+  gemm_many(jobs, count);
+  if (dbias) {
+    const int64_t blocks = (OC + 63) / 64;
+#pragma omp parallel for schedule(static) if (N * OC > (1 << 16))
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t c0 = blk * 64, c1 = std::min(OC, c0 + 64);
+      float sum[64] = {0};
+      for (int64_t r = 0; r < N; ++r)
+        for (int64_t c = c0; c < c1; ++c) sum[c - c0] += dout[r * OC + c];
+      for (int64_t c = c0; c < c1; ++c) dbias[c] += sum[c - c0];
+    }
+  }
+}
+
+}  // namespace sllm

@@ -1,0 +1,65 @@
+// The kernels of the Backend contract (sllm/backends/base.py) on raw, validated buffers.
+// Same names and argument order as the Python contract; sizes come last. bindings.cpp
+// checks dtypes, contiguity and shapes before calling these without the GIL.
+#pragma once
+#include <cstdint>
+
+namespace sllm {
+
+// op(A) (M x K) @ op(B) (K x N) into C (M x N, row stride ldc), overwritten or accumulated,
+// plus bias (N) when given. op(A)(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k]; same for B.
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
+          const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc, bool accumulate,
+          const float* bias);
+
+void encoder_fwd(float* out, const int32_t* tokens, const float* wte, const float* wpe,
+                 int64_t BT, int64_t T, int64_t C, int64_t pos);
+void encoder_bwd(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
+                 int64_t B, int64_t T, int64_t C, int64_t pos);
+
+void layernorm_fwd(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                   const float* bias, int64_t N, int64_t C);
+void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
+                   const float* inp, const float* weight, const float* mean, const float* rstd,
+                   int64_t N, int64_t C);
+
+void matmul_fwd(float* out, const float* inp, const float* weight, const float* bias,
+                bool trans_w, int64_t N, int64_t C, int64_t OC);
+void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                const float* weight, bool trans_w, int64_t N, int64_t C, int64_t OC);
+
+void attention_fwd(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
+                   int64_t H);
+void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float* out,
+                   const float* lse, int64_t B, int64_t T, int64_t C, int64_t H);
+void attention_decode(float* out, const float* qkv, float* kcache, float* vcache, int64_t pos,
+                      int64_t B, int64_t Tn, int64_t C, int64_t H, int64_t maxT);
+
+void gelu_fwd(float* out, const float* inp, int64_t n);
+void gelu_bwd(float* dinp, const float* dout, const float* inp, int64_t n);
+void relu_fwd(float* out, const float* inp, int64_t n);
+void relu_bwd(float* dinp, const float* dout, const float* inp, int64_t n);
+void residual_fwd(float* out, const float* a, const float* b, int64_t n);
+void dropout_fwd(float* out, const float* inp, double p, uint32_t seed, int64_t n);
+
+void softmax_xent(float* losses, float* dlogits, const float* logits, const int32_t* targets,
+                  float dloss, int64_t N, int64_t V);
+
+void sgd_update(float* params, const float* grads, float* momentum_buf, float lr,
+                float momentum, float weight_decay, int64_t decay_count, int64_t n);
+void adam_update(float* params, const float* grads, float* m, float* v, float lr, float beta1,
+                 float beta2, float eps, float weight_decay, int64_t step, int64_t decay_count,
+                 bool decoupled, int64_t n);
+
+}  // namespace sllm
+
+namespace sllm {
+
+// gemm's single-thread loops over a region, with a caller-owned packing buffer of
+// gemm_pack_size() floats (attention runs one per (batch, head) task).
+void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
+                 const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc,
+                 bool accumulate, const float* bias, float* pack);
+int64_t gemm_pack_size();
+
+}  // namespace sllm

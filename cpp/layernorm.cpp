@@ -1,0 +1,49 @@
+// LayerNorm forward/backward. Rows run in parallel; the weight and bias gradients are
+// summed per column block over all rows in row order, so they do not depend on threads.
+#include <algorithm>
+
+#include "arch.h"
+#include "kernels.h"
+#include "runtime.h"
+
+namespace sllm {
+
+void layernorm_fwd(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                   const float* bias, int64_t N, int64_t C) {
+  const Ops& o = ops();
+#pragma omp parallel for schedule(static) if (N * C > (1 << 19))
+  for (int64_t r = 0; r < N; ++r)
+    o.layernorm_fwd_row(out + r * C, mean + r, rstd + r, inp + r * C, weight, bias, C);
+}
+
+void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
+                   const float* inp, const float* weight, const float* mean, const float* rstd,
+                   int64_t N, int64_t C) {
+  const Ops& o = ops();
+  const int64_t blocks = (C + 63) / 64;
+#pragma omp parallel if (N * C > (1 << 19))
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t r = 0; r < N; ++r)
+      o.layernorm_bwd_row(dinp + r * C, dout + r * C, inp + r * C, weight, mean[r], rstd[r], C);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t c0 = blk * 64, n = std::min<int64_t>(64, C - c0);
+      float db[64] = {0}, dw[64] = {0};
+      for (int64_t r = 0; r < N; ++r) {
+        const float* dy = dout + r * C + c0;
+        const float* x = inp + r * C + c0;
+        for (int64_t c = 0; c < n; ++c) {
+          db[c] += dy[c];
+          dw[c] += dy[c] * ((x[c] - mean[r]) * rstd[r]);
+        }
+      }
+      for (int64_t c = 0; c < n; ++c) {
+        dbias[c0 + c] += db[c];
+        dweight[c0 + c] += dw[c];
+      }
+    }
+  }
+}
+
+}  // namespace sllm

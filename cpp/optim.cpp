@@ -1,0 +1,46 @@
+// Optimizer updates over the flat parameter buffer, in float32 arithmetic matching the
+// numpy reference (torch.optim.SGD / Adam / AdamW). Weight decay applies to the prefix
+// [0, decay_count) where the matrices live.
+#include <algorithm>
+#include <cmath>
+
+#include "arch.h"
+#include "kernels.h"
+#include "runtime.h"
+
+namespace sllm {
+
+void sgd_update(float* params, const float* grads, float* momentum_buf, float lr,
+                float momentum, float weight_decay, int64_t decay_count, int64_t n) {
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    float g = grads[i] + (i < decay_count ? weight_decay * params[i] : 0.0f);
+    if (momentum_buf) {
+      momentum_buf[i] = momentum_buf[i] * momentum + g;
+      g = momentum_buf[i];
+    }
+    params[i] -= lr * g;
+  }
+}
+
+void adam_update(float* params, const float* grads, float* m, float* v, float lr, float beta1,
+                 float beta2, float eps, float weight_decay, int64_t step, int64_t decay_count,
+                 bool decoupled, int64_t n) {
+  const AdamStep s{lr, beta1, beta2, eps, weight_decay,
+                   (float)(1.0 - std::pow((double)beta1, (double)step)),
+                   (float)(1.0 - std::pow((double)beta2, (double)step)),
+                   (float)(1.0 - (double)lr * (double)weight_decay),
+                   (float)(1.0 - (double)beta1), (float)(1.0 - (double)beta2), decoupled};
+  const Ops& o = ops();
+  const int parts = n < (1 << 18) ? 1 : num_threads();
+#pragma omp parallel for num_threads(parts) schedule(static)
+  for (int t = 0; t < parts; ++t) {
+    int64_t i0, i1;
+    split_range(n, parts, t, 16, &i0, &i1);
+    const int64_t d1 = std::min(std::max(decay_count, i0), i1);  // [i0, d1) decays
+    if (d1 > i0) o.adam_range(params + i0, grads + i0, m + i0, v + i0, d1 - i0, s, true);
+    if (i1 > d1) o.adam_range(params + d1, grads + d1, m + d1, v + d1, i1 - d1, s, false);
+  }
+}
+
+}  // namespace sllm

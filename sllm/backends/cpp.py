@@ -1,0 +1,98 @@
+"""The `cpp` backend: the C++ kernels of the extension `sllm._cpp` (built from cpp/).
+
+Each kernel of the contract is the compiled function itself, bound as a class attribute,
+so a kernel call costs one pybind11 dispatch and no Python frame. The extension checks
+dtypes, contiguity and shapes, works in place on the numpy buffers and releases the GIL.
+
+The extension picks its SIMD tier (avx512, avx2, scalar) from the CPU at import time;
+SLLM_CPP_SIMD forces one. Kernels use SLLM_NUM_THREADS threads (default: every core this
+process may run on); `set_num_threads` changes it. Results do not depend on the thread
+count beyond float rounding.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from .base import KERNELS, Backend
+
+
+
+def _import_extension() -> tuple[Any, str]:
+    """Import sllm._cpp, returning (module, "") or (None, why not).
+
+    OpenMP reads its wait policy once, when the extension loads it. Unless the user chose
+    one, load it with the passive policy: idle threads sleep instead of spinning, which on
+    a machine whose cores are shared (CI, small VMs) is 10-40x faster for the short
+    kernels of small models, and costs a few microseconds per kernel otherwise. The
+    variable is removed again so other OpenMP libraries (e.g. torch) keep their defaults.
+    """
+    added = "OMP_WAIT_POLICY" not in os.environ
+    if added:
+        os.environ["OMP_WAIT_POLICY"] = "passive"
+    try:
+        from .. import _cpp as module
+        return module, ""
+    except ImportError as error:  # built without a compiler, or a broken build
+        return None, f"the C++ extension sllm._cpp is not built or failed to load ({error})"
+    finally:
+        if added:
+            del os.environ["OMP_WAIT_POLICY"]
+
+
+_cpp, _IMPORT_ERROR = _import_extension()
+
+
+def _default_threads() -> int:
+    """SLLM_NUM_THREADS if set, else the cores this process may use."""
+    env = os.environ.get("SLLM_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"SLLM_NUM_THREADS must be a positive integer, got {env!r}") from None
+        if n < 1:
+            raise ValueError(f"SLLM_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class CppBackend(Backend):
+    """pybind11 C++ kernels with run-time SIMD dispatch and OpenMP threads."""
+
+    name: ClassVar[str] = "cpp"
+    priority: ClassVar[int] = 100
+
+    def __init__(self) -> None:
+        self.probe()
+        super().__init__()
+        self.set_num_threads(_default_threads())
+
+    @classmethod
+    def probe(cls) -> dict[str, Any]:
+        """Capabilities of the extension here, or raise RuntimeError saying why it cannot run."""
+        if _cpp is None:
+            raise RuntimeError(_IMPORT_ERROR)
+        if _cpp.simd_error():
+            raise RuntimeError(_cpp.simd_error())
+        return {"simd": _cpp.simd_level(), "threads": _cpp.get_num_threads(),
+                "openmp": bool(_cpp.openmp), "attention": "flash (saves logsumexp)",
+                "dtype": "float32"}
+
+    def set_num_threads(self, n: int) -> None:
+        """Use n >= 1 threads in every kernel (process-wide: OpenMP's setting)."""
+        if int(n) < 1:
+            raise ValueError(f"number of threads must be >= 1, got {n}")
+        _cpp.set_num_threads(int(n))
+
+    def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
+        """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""
+        return (B, n_head, T)
+
+
+if _cpp is not None:
+    for _kernel in KERNELS:
+        setattr(CppBackend, _kernel, getattr(_cpp, _kernel))
