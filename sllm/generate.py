@@ -78,3 +78,47 @@ def generate(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: floa
         if on_token is not None:
             on_token(token)
     return out
+
+
+def warn_unknown(tok: Any, text: str) -> None:
+    """Warn about the words or characters of `text` that will be encoded as [UNK]."""
+    unknown = tok.unknown_pieces(text)
+    if unknown:
+        shown = ", ".join(repr(u) for u in dict.fromkeys(unknown))
+        warnings.warn(f"not in the vocabulary, encoded as [UNK]: {shown}", stacklevel=3)
+
+
+def encode_prompt(tok: Any, text: str, warn: bool = True) -> list[int]:
+    """[BOS] (when the tokenizer has one) + the prompt's ids; warns (unless warn=False)
+    about words or characters that are not in the vocabulary (they become [UNK])."""
+    if warn:
+        warn_unknown(tok, text)
+    bos = [tok.bos_id] if tok.bos_id is not None else []
+    ids = bos + tok.encode(text)
+    if not ids:
+        raise ValueError("the prompt is empty and the tokenizer has no [BOS] to start from")
+    return ids
+
+
+def stream_text(model: Any, tok: Any, prompt_ids: list[int], max_new_tokens: int,
+                stop_at_newline: bool = False, **sampling: Any) -> Iterator[str]:
+    """Yield the generated text piece by piece as tokens arrive. Stops at [EOS], after
+    max_new_tokens, or (stop_at_newline) at the end of the first generated line.
+
+    Each piece is the growth of decode(prompt + new ids), held back while it ends in an
+    incomplete UTF-8 sequence (a byte-level token can split a character)."""
+    ids = list(prompt_ids)
+    shown = tok.decode(ids)
+    for token in stream(model, ids, max_new_tokens, eos_id=tok.eos_id, **sampling):
+        if token == tok.eos_id:
+            return
+        ids.append(token)
+        text = tok.decode(ids)
+        if text.endswith("\ufffd") or not text.startswith(shown):
+            continue
+        piece, shown = text[len(shown):], text
+        if stop_at_newline and "\n" in piece:
+            yield piece[:piece.index("\n")]
+            return
+        if piece:
+            yield piece

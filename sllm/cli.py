@@ -1,0 +1,293 @@
+"""The `sllm` command line (typer): parse, call the library, print. Nothing else lives here."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SLLMError
+
+app = typer.Typer(help="Train and run small GPT-style language models on CPUs.",
+                  no_args_is_help=True, add_completion=False)
+vocab_app = typer.Typer(help="Build and inspect vocabularies (tokenizers).", no_args_is_help=True)
+app.add_typer(vocab_app, name="vocab")
+term = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def command(fn: Callable) -> Callable:
+    """Turn sllm's own errors into a one-line message and exit status 1."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        warnings.showwarning = _show_warning
+        try:
+            return fn(*args, **kwargs)
+        except (SLLMError, ValueError, OSError) as e:
+            err.print(f"[red]error:[/] {e}", highlight=False)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+# ---- train ---------------------------------------------------------------------------------
+@app.command()
+@command
+def train(
+    config: Optional[str] = typer.Option(None, help="Model config JSON (e.g. configs/small-model.json); its vocabSize follows the tokenizer."),
+    corpus: Optional[str] = typer.Option(None, help="UTF-8 text file to train on; default: the built-in demo corpus."),
+    tokenizer: Optional[str] = typer.Option(None, help="word | char | bpe, or a vocab.json to reuse. (default: word)"),
+    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary size to build (shrunk with a warning if the corpus has fewer). (default: 4000; char: all characters)"),
+    backend: Optional[str] = typer.Option(None, help="Compute backend (see `sllm backends`). (default: auto = fastest)"),
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps. (default: 1000)"),
+    epochs: Optional[float] = typer.Option(None, help="Passes over the training tokens (overrides --steps)."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per step (B). (default: 16)"),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence (T). (default: the model's maxSeqLen)"),
+    dropout: Optional[float] = typer.Option(None, help="Override the model config's dropout."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate. (default: 1e-3)"),
+    min_lr: Optional[float] = typer.Option(None, help="Learning rate at the end of the decay. (default: 1e-4)"),
+    optimizer: Optional[str] = typer.Option(None, help="adam | adamw | sgd. (default: adamw)"),
+    betas: Optional[str] = typer.Option(None, help="Adam betas as 'b1,b2'. (default: 0.9,0.99)"),
+    momentum: Optional[float] = typer.Option(None, help="SGD momentum. (default: 0.9)"),
+    schedule: Optional[str] = typer.Option(None, help="cosine | linear | constant. (default: cosine)"),
+    warmup: Optional[int] = typer.Option(None, help="Linear warmup steps. (default: 100)"),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay on matrices. (default: 0.1)"),
+    grad_clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm (0 = off). (default: 1.0)"),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of the corpus held out for validation. (default: 0.2)"),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate every N steps (0 = only at the end). (default: 100)"),
+    eval_batches: Optional[int] = typer.Option(None, help="Validation batches per evaluation. (default: 10)"),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: evaluations without improvement before stopping."),
+    min_delta: Optional[float] = typer.Option(None, help="Early stopping: the improvement that counts. (default: 0)"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Write checkpoint.sllm every N steps (0 = only at the end). (default: 500)"),
+    log_every: Optional[int] = typer.Option(None, help="Write a metrics.jsonl line every N steps. (default: 10)"),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop and save when this much time has passed."),
+    documents: Optional[bool] = typer.Option(None, "--documents/--windows", help="One padded document per row instead of random windows."),
+    encoding_errors: Optional[str] = typer.Option(None, help="strict (error naming the byte) | replace | ignore, for non-UTF-8 corpora."),
+    demo_chars: Optional[int] = typer.Option(None, help="Size of the built-in demo corpus in characters. (default: 3000000)"),
+    out: Optional[str] = typer.Option(None, help="Run directory to write. (default: runs/latest)"),
+    resume: Optional[str] = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
+    seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
+    train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags override it)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
+    from . import train as training
+    given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
+                                                          "training", "config")}
+    given["model"] = config
+    if betas is not None:
+        given["betas"] = _parse_betas(betas)
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume:
+        trainer = training.resume(resume, progress=not quiet, backend=given.pop("backend", None),
+                                  **given)
+        term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
+    else:
+        base = (training.TrainConfig.from_json(train_config) if train_config
+                else training.TrainConfig())
+        trainer = training.prepare(base.replace(**given), progress=not quiet)
+        _describe_run(trainer)
+    result = trainer.run()
+    _report(result, trainer)
+
+
+def _parse_betas(text: str) -> tuple[float, float]:
+    try:
+        b1, b2 = (float(x) for x in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--betas must look like 0.9,0.99, got {text!r}") from None
+    return b1, b2
+
+
+def _describe_run(trainer: Any) -> None:
+    m, d = trainer.model, trainer.data
+    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}; "
+              f"tokenizer {trainer.tok.kind} ({trainer.tok.vocab_size} ids); "
+              f"{len(d.train.ids):,} train / {len(d.val.ids):,} val tokens; "
+              f"{trainer.total} steps of {d.batch_size}x{d.seq_len} -> {trainer.cfg.out}",
+              highlight=False)
+
+
+def _report(result: Any, trainer: Any) -> None:
+    val = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    loss = f"train loss {result.train_loss:.4f}" if result.train_loss is not None else ""
+    line = f"{result.status}: step {result.step}, {loss}{val}, {result.seconds:.1f}s"
+    if result.status == "diverged":
+        err.print(f"[red]error:[/] {result.message}", highlight=False)
+        raise typer.Exit(1)
+    term.print(line, highlight=False)
+    term.print(result.message, highlight=False)
+
+
+# ---- generate / chat -----------------------------------------------------------------------
+def _load(model_path: str, backend: str, tokenizer: Optional[str]) -> tuple[Any, Any]:
+    import sllm
+
+    from . import tokenizer as tokenizers
+    path = _resolve_model(model_path)
+    model = sllm.load(path, backend=backend)
+    if tokenizer:
+        tok = tokenizers.load(tokenizer)
+    elif model.tokenizer:
+        tok = tokenizers.from_dict(model.tokenizer)
+    else:
+        raise SLLMError(f"{path} has no tokenizer inside; pass --tokenizer vocab.json")
+    return model, tok
+
+
+def _resolve_model(path: str) -> str:
+    """A model file, or the best file in a run directory."""
+    if os.path.isdir(path):
+        for name in ("model.sllm", "best.sllm", "checkpoint.sllm"):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise SLLMError(f"{path}: no model.sllm, best.sllm or checkpoint.sllm in this directory")
+    return path
+
+
+def _sampling(temperature: float, top_k: Optional[int], top_p: Optional[float],
+              seed: Optional[int]) -> dict[str, Any]:
+    return {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+
+
+@app.command()
+@command
+def generate(
+    model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+    prompt: str = typer.Option("", help="Text to continue."),
+    max_tokens: int = typer.Option(100, help="Most new tokens to generate."),
+    temperature: float = typer.Option(0.8, help="0 = greedy; higher = more random."),
+    top_k: Optional[int] = typer.Option(None, help="Sample only from the k likeliest tokens."),
+    top_p: Optional[float] = typer.Option(None, help="Sample from the smallest set with this probability."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible samples."),
+    backend: str = typer.Option("auto", help="Compute backend."),
+    tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
+) -> None:
+    """Continue a prompt, printing tokens as they are generated (stops at [EOS])."""
+    from .generate import encode_prompt, stream_text
+    m, tok = _load(model, backend, tokenizer)
+    ids = encode_prompt(tok, prompt)
+    term.print(tok.decode(ids), end="", style="bold", highlight=False)
+    with warnings.catch_warnings(record=True) as later:  # shown after the text, not inside it
+        warnings.simplefilter("default")
+        for piece in stream_text(m, tok, ids, max_tokens,
+                                 **_sampling(temperature, top_k, top_p, seed)):
+            term.print(piece, end="", highlight=False, markup=False)
+    term.print()
+    for w in later:
+        _show_warning(w.message, w.category, w.filename, w.lineno)
+
+
+@app.command()
+@command
+def chat(
+    model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+    max_tokens: int = typer.Option(48, help="Most tokens per answer."),
+    temperature: float = typer.Option(0.7, help="0 = greedy; higher = more random."),
+    top_k: Optional[int] = typer.Option(40, help="Sample only from the k likeliest tokens."),
+    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible answers."),
+    backend: str = typer.Option("auto", help="Compute backend."),
+    tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
+) -> None:
+    """Talk to a model trained on dialogues (you are A:, the model is B:). Ctrl-D or /quit ends."""
+    from .chat import ChatSession
+    m, tok = _load(model, backend, tokenizer)
+    session = ChatSession(m, tok, max_tokens, **_sampling(temperature, top_k, top_p, seed))
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("A: " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if line.strip() in ("/quit", "/exit"):
+            break
+        if not line.strip():
+            continue
+        if not interactive:
+            term.print(f"A: {line}", highlight=False, markup=False)
+        pieces = session.reply(line)
+        first = next(pieces, "")  # any [UNK] warning appears before the answer starts
+        term.print("B:", end=" ", style="bold")
+        for piece in (first.lstrip(), *pieces):
+            term.print(piece, end="", highlight=False, markup=False)
+        term.print()
+
+
+# ---- vocab -------------------------------------------------------------------------------
+@vocab_app.command("build")
+@command
+def vocab_build(
+    corpus: str = typer.Argument(..., help="UTF-8 text file."),
+    kind: str = typer.Option("word", help="word | char | bpe."),
+    size: int = typer.Option(4000, help="Vocabulary size (including the special tokens)."),
+    output: Path = typer.Option(Path("vocab.json"), "-o", "--output", help="Where to write it."),
+    encoding_errors: str = typer.Option("strict", help="strict | replace | ignore."),
+) -> None:
+    """Build a vocabulary from a corpus and write vocab.json."""
+    from . import tokenizer as tokenizers
+    tok = tokenizers.train(kind, Path(corpus), size, encoding_errors=encoding_errors)
+    tok.save(output)
+    term.print(f"{kind} vocabulary of {tok.vocab_size} tokens written to {output}",
+              highlight=False)
+
+
+@vocab_app.command("encode")
+@command
+def vocab_encode(vocab: str = typer.Argument(..., help="vocab.json"),
+                 text: str = typer.Argument(..., help="Text to encode.")) -> None:
+    """Show how a vocabulary splits a text into tokens."""
+    from . import tokenizer as tokenizers
+    tok = tokenizers.load(vocab)
+    ids = tok.encode(text)
+    term.print(f"{len(ids)} tokens: {ids}", highlight=False)
+    term.print("pieces: " + " | ".join(tok.decode([i]) for i in ids), highlight=False,
+              markup=False)
+    term.print(f"decoded: {tok.decode(ids)}", highlight=False, markup=False)
+
+
+# ---- backends / plot / corpus ------------------------------------------------------------
+@app.command()
+@command
+def backends() -> None:
+    """List the compute backends, whether each is usable here, and why not."""
+    from . import backends as registry
+    table = Table("name", "available", "capabilities / reason")
+    for entry in registry.info():
+        caps = ", ".join(f"{k}={v}" for k, v in (entry.get("capabilities") or {}).items())
+        table.add_row(entry["name"], "yes" if entry["available"] else "no",
+                      caps if entry["available"] else str(entry.get("reason")))
+    term.print(table)
+    term.print(f"auto picks: {(registry.available() or ['none'])[0]}")
+
+
+@app.command()
+@command
+def plot(run_dir: str = typer.Argument(..., help="A run directory (with metrics.jsonl)."),
+         output: Path = typer.Option(Path("curve.png"), "-o", "--output", help="PNG to write.")
+         ) -> None:
+    """Draw train/val loss and learning rate against step (needs matplotlib: the plot extra)."""
+    from .plot import plot_run
+    plot_run(run_dir, output)
+    term.print(f"wrote {output}")
+
+
+@app.command()
+@command
+def corpus(output: Path = typer.Option(Path("demo-corpus.txt"), "-o", "--output"),
+           chars: int = typer.Option(3_000_000, help="Approximate size in characters."),
+           seed: int = typer.Option(0, help="Seed of the generator.")) -> None:
+    """Write the built-in demo corpus (dialogues and short stories) to a file."""
+    from .corpus import write_corpus
+    write_corpus(output, chars, seed)
+    term.print(f"wrote {output.stat().st_size:,} bytes to {output}")

@@ -1,0 +1,366 @@
+"""The training loop: schedule, clipping, evaluation, early stopping, checkpoints, resume.
+
+A run directory holds train_config.json, vocab.json, data/ (the token ids, memory-mapped),
+metrics.jsonl (one JSON object per logged step), checkpoint.sllm (model + optimizer +
+trainer state, rewritten atomically every checkpoint_every steps and at the end),
+best.sllm (the weights with the lowest validation loss) and model.sllm (the final weights).
+`resume(run_dir)` continues so that the losses equal those of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from . import tokenizer as tokenizers
+from .checkpoint import RunError, load_checkpoint, save_checkpoint
+from .config import ModelConfig, resolve_config
+from .data import TokenData
+from .errors import ConfigError, FormatError
+from .model import SLLM
+from .optim import OPTIMIZERS, Optimizer
+from .progress import TrainProgress
+from .schedule import SCHEDULES, Constant, Schedule
+from .train_config import TrainConfig
+
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "RunError", "prepare", "resume", "train"]
+
+# Settings that shaped the data or the model; a resumed run keeps them.
+_FIXED_ON_RESUME = {"model", "corpus", "demo_chars", "tokenizer", "vocab_size", "encoding_errors",
+                    "documents", "seq_len", "dropout", "optimizer", "val_fraction", "out"}
+DEFAULT_VOCAB = 4000
+CHECKPOINT, BEST, FINAL, METRICS = "checkpoint.sllm", "best.sllm", "model.sllm", "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: "done", "early_stopped", "time_up", "interrupted" or "diverged"."""
+
+    status: str
+    step: int
+    train_loss: float | None
+    best_val_loss: float | None
+    message: str
+    seconds: float
+
+
+# ---- setting a run up -------------------------------------------------------------------
+def _tokenizer_for(cfg: TrainConfig, text: str) -> tokenizers.Tokenizer:
+    if cfg.tokenizer in tokenizers.TOKENIZERS:
+        size = cfg.vocab_size or (None if cfg.tokenizer == "char" else DEFAULT_VOCAB)
+        return tokenizers.train(cfg.tokenizer, text, size)
+    return tokenizers.load(cfg.tokenizer)
+
+
+def _model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    base = resolve_config(cfg.model) if cfg.model is not None else ModelConfig()
+    if cfg.model is not None and base.vocab_size != vocab_size:
+        warnings.warn(f"the model config says vocab_size {base.vocab_size}; using the "
+                      f"tokenizer's {vocab_size}", stacklevel=3)
+    changes: dict[str, Any] = {"vocab_size": vocab_size}
+    if cfg.dropout is not None:
+        changes["dropout"] = cfg.dropout
+    if cfg.seq_len is not None and cfg.seq_len > base.max_seq_len:
+        raise ConfigError(f"seq_len {cfg.seq_len} is longer than the model's max_seq_len "
+                          f"{base.max_seq_len}")
+    return dataclasses.replace(base, **changes)
+
+
+def _corpus_text(cfg: TrainConfig) -> str:
+    if cfg.corpus is None:
+        from .corpus import generate_corpus
+        return generate_corpus(cfg.demo_chars, cfg.seed)
+    if not os.path.isfile(cfg.corpus):
+        raise RunError(f"{cfg.corpus}: no such corpus file")
+    return tokenizers.read_text(os.fspath(cfg.corpus), cfg.encoding_errors)
+
+
+def make_optimizer(cfg: TrainConfig, model: SLLM) -> Optimizer:
+    """The optimizer named by cfg.optimizer with cfg's hyper-parameters."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.optimizer == "sgd":
+        return OPTIMIZERS["sgd"](model, cfg.lr, momentum=cfg.momentum,
+                                 weight_decay=cfg.weight_decay)
+    return OPTIMIZERS[cfg.optimizer](model, cfg.lr, betas=cfg.betas,
+                                     weight_decay=cfg.weight_decay)
+
+
+def make_schedule(cfg: TrainConfig, total_steps: int) -> Schedule:
+    """The learning-rate schedule named by cfg.schedule, over total_steps."""
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {sorted(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.schedule == "constant":
+        return Constant(cfg.lr)
+    return SCHEDULES[cfg.schedule](cfg.lr, cfg.warmup, total_steps, cfg.min_lr)
+
+
+def total_steps(cfg: TrainConfig, data: TokenData) -> int:
+    """The steps that cover cfg.epochs passes over the training tokens, else cfg.steps."""
+    if cfg.epochs is None:
+        return int(cfg.steps)
+    per_epoch = len(data.train.ids) / data.tokens_per_batch
+    return max(1, math.ceil(float(cfg.epochs) * per_epoch))
+
+
+def prepare(cfg: TrainConfig, progress: bool = True) -> "Trainer":
+    """A new run in cfg.out: tokenizer, data, model and optimizer, ready to run()."""
+    out = cfg.out
+    if os.path.exists(os.path.join(out, CHECKPOINT)):
+        raise RunError(f"{out} already holds a run; continue it with --resume {out} or "
+                       f"choose another --out")
+    text = _corpus_text(cfg)
+    tok = _tokenizer_for(cfg, text)
+    mcfg = _model_config(cfg, tok.vocab_size)
+    seq_len = cfg.seq_len or mcfg.max_seq_len
+    data = TokenData.from_text(text, tok, seq_len, cfg.batch_size, cfg.val_fraction,
+                               cfg.seed, cfg.documents)
+    model = SLLM(mcfg, backend=cfg.backend, seed=cfg.seed)
+    os.makedirs(out, exist_ok=True)
+    data.save(os.path.join(out, "data"))
+    tok.save(os.path.join(out, "vocab.json"))
+    cfg.save(os.path.join(out, "train_config.json"))
+    return Trainer(model, tok, data, cfg, make_optimizer(cfg, model), progress=progress)
+
+
+def resume(run_dir: "str | os.PathLike[str]", progress: bool = True, backend: str | None = None,
+           **overrides: Any) -> "Trainer":
+    """Continue the run in run_dir from its checkpoint; overrides (e.g. steps=...) change
+    the saved training config."""
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise RunError(f"--resume {run_dir}: no such run directory")
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.isfile(path):
+        raise RunError(f"--resume {run_dir}: no {CHECKPOINT} in it, so there is nothing to "
+                       f"resume; start a new run with --out")
+    try:
+        cfg = TrainConfig.from_json(os.path.join(run_dir, "train_config.json"))
+        ckpt = load_checkpoint(path, backend=backend or cfg.backend)
+    except (ConfigError, FormatError) as e:
+        raise RunError(f"--resume {run_dir}: the run directory is corrupt: {e}") from None
+    fixed = sorted(k for k, v in overrides.items() if k in _FIXED_ON_RESUME and v is not None
+                   and v != getattr(cfg, k))
+    if fixed:
+        raise RunError(f"--resume {run_dir}: {', '.join(fixed)} cannot change when resuming "
+                       f"(the data and model are fixed); start a new run instead")
+    cfg = cfg.replace(out=run_dir, backend=backend, **overrides)
+    tok = tokenizers.from_dict(ckpt.model.tokenizer)
+    data = TokenData.load(os.path.join(run_dir, "data"), cfg.seq_len or
+                          ckpt.model.config.max_seq_len, cfg.batch_size, cfg.seed, cfg.documents)
+    opt = make_optimizer(cfg, ckpt.model)
+    opt.load_state_dict(ckpt.optimizer_state)
+    trainer = Trainer(ckpt.model, tok, data, cfg, opt, progress=progress)
+    trainer.load_state(ckpt.trainer_state)
+    return trainer
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    """prepare(cfg).run()."""
+    return prepare(cfg, progress).run()
+
+
+# ---- the loop ---------------------------------------------------------------------------
+class Trainer:
+    """Runs the optimisation steps of one run and writes its directory."""
+
+    def __init__(self, model: SLLM, tok: tokenizers.Tokenizer, data: TokenData,
+                 cfg: TrainConfig, optimizer: Optimizer, progress: bool = True):
+        self.model, self.tok, self.data, self.cfg, self.opt = model, tok, data, cfg, optimizer
+        self.total = total_steps(cfg, data)
+        self.schedule = make_schedule(cfg, self.total)
+        self.step = 0
+        self.best_val: float | None = None
+        self.bad_evals = 0
+        self.last_loss: float | None = None
+        self.saved_step: int | None = None  # step of the checkpoint on disk
+        self.show_progress = progress
+        self.stop_requested = False
+        self._window = [0, 0.0]  # steps and compute seconds since the last metrics line
+        self._deadline: float | None = None
+        self.on_step: Callable[["Trainer"], None] | None = None  # test and example hook
+
+    # ---- state for checkpoints ------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The trainer's counters (the model and optimizer save their own state)."""
+        return {"step": self.step, "best_val": self.best_val, "bad_evals": self.bad_evals,
+                "last_loss": self.last_loss}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what state() returned."""
+        self.step = int(state["step"])
+        self.best_val = state.get("best_val")
+        self.bad_evals = int(state.get("bad_evals", 0))
+        self.last_loss = state.get("last_loss")
+        self.saved_step = self.step
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.cfg.out, name)
+
+    def save_checkpoint(self) -> None:
+        """Write checkpoint.sllm atomically."""
+        save_checkpoint(self._path(CHECKPOINT), self.model, self.opt, self.tok.to_dict(),
+                        self.state(), self.cfg.to_dict())
+        self.saved_step = self.step
+
+    def _save_model(self, name: str) -> None:
+        self.model.save(self._path(name), tokenizer=self.tok.to_dict(),
+                        metadata={"kind": "model", "step": self.step,
+                                  "best_val_loss": self.best_val})
+
+    # ---- running ----------------------------------------------------------------------------
+    def run(self, stop_at: int | None = None) -> TrainResult:
+        """Train until the total step count (or stop_at, or early stopping, or Ctrl-C)."""
+        until = min(self.total, stop_at) if stop_at is not None else self.total
+        self._trim_metrics()
+        start, status, message = time.perf_counter(), "done", ""
+        self.model.train()
+        self._deadline = start + 60 * self.cfg.max_minutes if self.cfg.max_minutes else None
+        with _interrupt_flag(self), TrainProgress(self.show_progress, self.step,
+                                                  self.total) as bar:
+            self._bar = bar
+            while self.step < until:
+                status, message = self._one_step()
+                if status != "running":
+                    break
+            else:
+                status = "done"
+        if status != "diverged":
+            self.save_checkpoint()
+            if status in ("early_stopped", "time_up") or (status == "done"
+                                                          and self.step >= self.total):
+                self._save_model(FINAL)
+        message = message or self._done_message(status)
+        return TrainResult(status, self.step, self.last_loss, self.best_val, message,
+                           time.perf_counter() - start)
+
+    def _done_message(self, status: str) -> str:
+        if status == "interrupted":
+            return (f"interrupted at step {self.step}; checkpoint saved; continue with "
+                    f"--resume {self.cfg.out}")
+        if status == "time_up":
+            return (f"time budget of {self.cfg.max_minutes:g} min reached at step {self.step} "
+                    f"of {self.total}; model in {self._path(FINAL)}")
+        if self.step < self.total:
+            return f"stopped at step {self.step} of {self.total}; checkpoint saved"
+        return f"finished {self.step} steps; model in {self._path(FINAL)}"
+
+    def _one_step(self) -> tuple[str, str]:
+        s, t0 = self.step, time.perf_counter()
+        lr = self.schedule.lr_at(s)
+        self.opt.lr = lr
+        x, y = self.data.train_batch(s)
+        loss = self.model.forward_backward(x, y)
+        norm = self.opt.clip_grad_norm(self.cfg.grad_clip) if self.cfg.grad_clip else None
+        if not math.isfinite(loss) or (norm is not None and not math.isfinite(norm)):
+            return "diverged", self._diverged_message(s, loss, norm)
+        self.opt.step()
+        self.step, self.last_loss = s + 1, loss
+        self._window[0] += 1
+        self._window[1] += time.perf_counter() - t0
+        record = {"step": self.step, "loss": loss, "lr": lr,
+                  "tokens_per_s": self._window[0] * self.data.tokens_per_batch
+                  / max(self._window[1], 1e-9)}
+        if norm is not None:
+            record["grad_norm"] = norm
+        status = self._maybe_evaluate(record)
+        if self.step % self.cfg.log_every == 0 or "val_loss" in record or self.step == self.total:
+            self._log(record)
+            self._window = [0, 0.0]
+        self._bar.update(self.step, record)
+        if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        if self.on_step is not None:
+            self.on_step(self)
+        if self.stop_requested:
+            return "interrupted", ""
+        if status == "running" and self._deadline and time.perf_counter() > self._deadline:
+            return "time_up", ""
+        return status, ""
+
+    def _diverged_message(self, step: int, loss: float, norm: float | None) -> str:
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+        kept = (f"the last good checkpoint (step {self.saved_step}) is kept in "
+                f"{self._path(CHECKPOINT)}" if self.saved_step is not None
+                else "no checkpoint had been written yet")
+        return (f"training diverged at step {step + 1}: {what}. The run stopped; {kept}. "
+                f"Try a lower --lr, a --grad-clip, or a longer --warmup.")
+
+    # ---- evaluation and early stopping ---------------------------------------------------
+    def evaluate(self) -> float | None:
+        """Mean validation loss over the fixed validation batches (None without a split)."""
+        batches = self.data.val_batches(self.cfg.eval_batches)
+        if not batches:
+            return None
+        self.model.eval()
+        try:
+            losses = [self.model.loss(x, y) for x, y in batches]
+        finally:
+            self.model.train()
+        return float(np.mean(losses))
+
+    def _maybe_evaluate(self, record: dict[str, Any]) -> str:
+        due = self.cfg.eval_every and self.step % self.cfg.eval_every == 0
+        if not (due or self.step == self.total):
+            return "running"
+        val = self.evaluate()
+        if val is None:
+            return "running"
+        record["val_loss"], record["val_ppl"] = val, math.exp(min(val, 700.0))
+        if self.best_val is None or val < self.best_val - self.cfg.min_delta:
+            self.best_val, self.bad_evals = val, 0
+            self._save_model(BEST)
+            return "running"
+        self.bad_evals += 1
+        if self.cfg.patience is not None and self.bad_evals >= self.cfg.patience:
+            return "early_stopped"
+        return "running"
+
+    # ---- metrics.jsonl ----------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self._path(METRICS), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _trim_metrics(self) -> None:
+        """Drop lines logged after the checkpoint we restart from (a crash can leave some)."""
+        path = self._path(METRICS)
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            lines = [ln for ln in f if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
+        if len(keep) != len(lines):
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(keep)
+            os.replace(tmp, path)
+
+
+class _interrupt_flag:
+    """While active, Ctrl-C asks the trainer to stop after the current step (a second
+    Ctrl-C interrupts at once)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.previous = trainer, None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.trainer.stop_requested = True
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+    def __enter__(self) -> "_interrupt_flag":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

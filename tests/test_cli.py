@@ -1,0 +1,115 @@
+"""End to end through the `sllm` command line: train, resume, generate, chat, vocab, plot."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sllm.cli import app
+from sllm.corpus import write_corpus
+
+runner = CliRunner()
+TINY = {"vocabSize": 500, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,
+        "ffnHiddenDim": 64, "dropout": 0.0, "maxSeqLen": 32}
+
+
+def run(*args, input=None):
+    result = runner.invoke(app, [str(a) for a in args], input=input)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for 100 steps through the CLI, then resumed to 120."""
+    d = tmp_path_factory.mktemp("cli")
+    corpus = write_corpus(d / "corpus.txt", 60_000, seed=1)
+    (d / "model.json").write_text(json.dumps(TINY))
+    code, out = run("train", "--config", d / "model.json", "--corpus", corpus,
+                    "--vocab-size", 400, "--steps", 100, "--batch-size", 8, "--seq-len", 32,
+                    "--lr", 3e-3, "--eval-every", 50, "--eval-batches", 4, "--log-every", 10,
+                    "--checkpoint-every", 50, "--out", d / "run", "--backend", "numpy", "-q")
+    assert code == 0, out
+    first = [json.loads(x) for x in (d / "run" / "metrics.jsonl").read_text().splitlines()]
+    code, resumed = run("train", "--resume", d / "run", "--steps", 120, "-q")
+    assert code == 0, resumed
+    return d, out, first, resumed
+
+
+def test_train_reports_and_val_loss_falls(trained):
+    d, out, first, _ = trained
+    assert "says vocab_size 500; using the tokenizer's 400" in out
+    assert "done: step 100" in out
+    vals = [r["val_loss"] for r in first if "val_loss" in r]
+    assert len(vals) == 2 and vals[1] < vals[0]
+
+
+def test_resume_continues(trained):
+    d, _, _, resumed = trained
+    assert "resuming" in resumed and "at step 100 of 120" in resumed
+    steps = [json.loads(x)["step"] for x in (d / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 120 and steps == sorted(steps)
+
+
+def test_generate_streams_text(trained):
+    d = trained[0]
+    code, out = run("generate", d / "run", "--prompt", "Once upon a time", "--max-tokens", 20,
+                    "--seed", 1, "--backend", "numpy")
+    assert code == 0, out
+    assert out.startswith("Once upon a time") and len(out.split()) > 6
+    code2, out2 = run("generate", d / "run" / "model.sllm", "--prompt", "Once upon a time",
+                      "--max-tokens", 20, "--seed", 1)
+    assert out2 == out
+
+
+def test_generate_warns_on_unknown_words(trained):
+    code, out = run("generate", trained[0] / "run", "--prompt", "Xylophones quaver",
+                    "--max-tokens", 3)
+    assert code == 0 and "encoded as [UNK]: 'Xylophones', 'quaver'" in out
+
+
+def test_chat_with_piped_input(trained):
+    code, out = run("chat", trained[0] / "run", "--seed", 0, "--max-tokens", 12,
+                    input="Hello! How are you?\nWhat do you like to eat?\n/quit\nignored\n")
+    assert code == 0, out
+    assert "warning: not in the vocabulary, encoded as [UNK]: 'Hello'\nB: " in out
+    lines = [x for x in out.strip().splitlines() if not x.startswith("warning:")]
+    assert len(lines) == 4
+    assert lines[0] == "A: Hello! How are you?" and lines[1].startswith("B: ")
+    assert lines[2] == "A: What do you like to eat?" and lines[3].startswith("B: ")
+
+
+def test_vocab_build_and_encode(tmp_path, trained):
+    corpus = trained[0] / "corpus.txt"
+    code, out = run("vocab", "build", corpus, "--kind", "bpe", "--size", 300, "-o",
+                    tmp_path / "v.json")
+    assert code == 0 and "bpe vocabulary of 300 tokens" in out
+    code, out = run("vocab", "encode", tmp_path / "v.json", "日本語 hello")
+    assert code == 0 and "decoded: 日本語 hello" in out
+
+
+def test_backends_and_plot(tmp_path, trained):
+    code, out = run("backends")
+    assert code == 0 and "numpy" in out and "auto picks:" in out
+    pytest.importorskip("matplotlib")
+    code, out = run("plot", trained[0] / "run", "-o", tmp_path / "c.png")
+    assert code == 0 and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine text\n" * 50 + b"\xc3\x28 broken")
+    code, out = run("train", "--corpus", bad, "--out", tmp_path / "r1", "-q")
+    assert code == 1 and "bad.txt: not valid UTF-8 at byte offset 500" in out
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    code, out = run("train", "--corpus", empty, "--out", tmp_path / "r2", "-q")
+    assert code == 1 and "corpus is empty" in out
+    short = tmp_path / "short.txt"
+    short.write_text("A: hi there.\n")
+    code, out = run("train", "--corpus", short, "--seq-len", 64, "--out", tmp_path / "r3", "-q")
+    assert code == 1 and "fewer than seq_len + 1" in out
+    code, out = run("train", "--resume", tmp_path / "nothing", "-q")
+    assert code == 1 and "no such run directory" in out
+    code, out = run("generate", tmp_path, "--prompt", "hi")
+    assert code == 1 and "no model.sllm" in out
+    code, out = run("train", "--betas", "0.9", "-q")
+    assert code != 0 and "--betas must look like" in out
