@@ -364,7 +364,7 @@ def bench(
     cfg = ModelConfig.from_json(config).to_dict()
     report = run_bench(names, suites, cfg, batch_size, seq_len, threads, repeats,
                        vs == "torch", console=err)
-    render(report, term)
+    render(report, Console(soft_wrap=True, width=max(term.width, 150)))  # tables need room
     if json_out:
         write_json(report, json_out)
         term.print(f"results written to {json_out}")
