@@ -94,3 +94,37 @@ def generate(model: TorchGPT, prompt: list[int], new_tokens: int, seed: int = 0)
         ids.append(token)
         logits = model(torch.tensor([[token]]), caches, len(ids) - 1)[0, -1]
     return ids
+
+
+def run_job(job) -> dict:
+    """`sllm bench --vs torch`: the train and generate suites of sllm.bench.Job, in PyTorch,
+    reported in the same row format as the sllm backends."""
+    import os
+    import resource
+
+    import numpy as np
+    import sllm
+    from sllm.bench import _row, timed
+    from sllm.flops import decode_flops_per_token, train_flops_per_token
+
+    cfg = sllm.ModelConfig.from_dict(job.config)
+    T = min(job.seq_len, cfg.max_seq_len)
+    model, opt = make(cfg, job.threads or len(os.sched_getaffinity(0)))
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, cfg.vocab_size, (job.batch, T)))
+    y = torch.from_numpy(rng.integers(0, cfg.vocab_size, (job.batch, T)))
+    rows = []
+    if "train" in job.suites:
+        times = timed(lambda: train_step(model, opt, x, y), job.repeats, warmup=2)
+        rows.append(_row("train", f"step B{job.batch} T{T}", times, job.batch * T,
+                         "tokens_per_s", train_flops_per_token(cfg, T) * job.batch * T))
+    if "generate" in job.suites:
+        n = min(job.gen_tokens, cfg.max_seq_len - 16)
+        times = timed(lambda: generate(model, list(range(16)), n), max(1, job.repeats // 2))
+        flops = sum(decode_flops_per_token(cfg, 16 + i) for i in range(n))
+        rows.append(_row("generate", f"decode {n} tokens, batch 1", times, n, "tokens_per_s",
+                         flops))
+    return {"backend": "torch", "rows": rows,
+            "capabilities": {"torch": torch.__version__, "threads": torch.get_num_threads()},
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "analytic_mb": 4 * 4 * sum(p.numel() for p in model.parameters()) / 2 ** 20}

@@ -274,6 +274,9 @@ PYBIND11_MODULE(_cpp, m) {
         "Why SLLM_CPP_SIMD cannot be honoured here, or '' when it can.");
   m.def("get_num_threads", &sllm::num_threads, "Threads the kernels use.");
   m.def("set_num_threads", &sllm::set_num_threads, arg("n"), "Use n threads in kernels.");
+  m.def("peak_gflops", &sllm::peak_gflops, arg("seconds") = 0.2,
+        py::call_guard<py::gil_scoped_release>(),
+        "FP32 GFLOP/s of FMA chains on every kernel thread: the machine's peak.");
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

@@ -51,6 +51,9 @@ void adam_update(float* params, const float* grads, float* m, float* v, float lr
                  float beta2, float eps, float weight_decay, int64_t step, int64_t decay_count,
                  bool decoupled, int64_t n);
 
+// FP32 FLOP/s of FMA chains on every kernel thread, timed for at least `seconds` (peak.cpp).
+double peak_gflops(double seconds);
+
 }  // namespace sllm
 
 namespace sllm {

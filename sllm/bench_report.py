@@ -28,7 +28,7 @@ def run_bench(names: list[str], suites: list[str], config: dict[str, Any], batch
         task = progress.add_task("benchmarking", total=len(runnable))
         for n in runnable:
             progress.update(task, description=f"benchmarking {n}")
-            job_suites = ["train"] if n == "torch" else suites
+            job_suites = [s for s in suites if s != "kernels"] if n == "torch" else suites
             results.append(run_in_worker(Job(n, job_suites, config, batch, seq_len, threads,
                                              repeats)))
             progress.advance(task)

@@ -262,11 +262,12 @@ def vocab_encode(vocab: str = typer.Argument(..., help="vocab.json"),
 def backends() -> None:
     """List the compute backends, whether each is usable here, and why not."""
     from . import backends as registry
-    table = Table("name", "available", "capabilities / reason")
+    table = Table("name", "available", "capabilities / reason", "kernels left to numpy")
     for entry in registry.info():
         caps = ", ".join(f"{k}={v}" for k, v in (entry.get("capabilities") or {}).items())
         table.add_row(entry["name"], "yes" if entry["available"] else "no",
-                      caps if entry["available"] else str(entry.get("reason")))
+                      caps if entry["available"] else str(entry.get("reason")),
+                      ", ".join(entry.get("reference_kernels") or []) or "none")
     term.print(table)
     term.print(f"auto picks: {(registry.available() or ['none'])[0]}")
 
@@ -291,3 +292,79 @@ def corpus(output: Path = typer.Option(Path("demo-corpus.txt"), "-o", "--output"
     from .corpus import write_corpus
     write_corpus(output, chars, seed)
     term.print(f"wrote {output.stat().st_size:,} bytes to {output}")
+
+
+# ---- model files ---------------------------------------------------------------------------
+@app.command()
+@command
+def info(model: str = typer.Argument(..., help="A .sllm model file, or a run directory.")) -> None:
+    """Show a model file's config, parameter count, dtype, sizes and checksum status."""
+    from .serialize import describe
+    d = describe(_resolve_model(model))
+    table = Table("field", "value", show_header=False)
+    rows = [("file", d["path"]), ("format version", str(d["version"])),
+            ("file size", f"{d['file_size']:,} bytes"), ("dtype", d["dtype"]),
+            ("parameters", f"{d['num_parameters']:,}"), ("vocabulary", f"{d['vocab_size']:,}"),
+            ("tokenizer", str(d["tokenizer"] or "none")), ("checksums", d["checksums"])]
+    rows += [(f"config.{k}", str(v)) for k, v in d["config"].items()]
+    rows += [("extra tensors", ", ".join(d["extra_tensors"]))] if d["extra_tensors"] else []
+    rows += [(f"metadata.{k}", str(v)) for k, v in d["metadata"].items() if k != "trainer"]
+    for row in rows:
+        table.add_row(*row)
+    term.print(table)
+
+
+@app.command()
+@command
+def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) or .json."),
+            dest: str = typer.Argument(..., help="Output model: .sllm (binary) or .json."),
+            dtype: str = typer.Option("f32", help="Binary output precision: f32 or f16.")) -> None:
+    """Convert a model between the binary format and the roadmap's JSON format."""
+    import sllm
+    model = sllm.load_json(source, backend="numpy") if source.endswith(".json") \
+        else sllm.load(_resolve_model(source), backend="numpy")
+    if dest.endswith(".json"):
+        model.save_json(dest)
+    else:
+        model.save(dest, dtype=dtype)
+    size_in, size_out = os.path.getsize(_resolve_model(source)), os.path.getsize(dest)
+    term.print(f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes, "
+               f"{size_in / size_out:.1f}x smaller)" if size_out < size_in else
+               f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes)")
+
+
+# ---- bench ---------------------------------------------------------------------------------
+@app.command()
+@command
+def bench(
+    backends: str = typer.Option("all", help="'all' or a comma list, e.g. numpy,cpp,wasm-simd."),
+    suite: str = typer.Option("all", help="kernels | train | generate | all."),
+    config: str = typer.Option("configs/small-model.json",
+                               help="Model config JSON to benchmark (its shapes drive the GEMMs)."),
+    batch_size: int = typer.Option(16, help="Sequences per step (B)."),
+    seq_len: int = typer.Option(128, help="Tokens per sequence (T)."),
+    threads: Optional[int] = typer.Option(None, help="Threads for the backends (default: all cores)."),
+    repeats: int = typer.Option(5, help="Timed repetitions per benchmark (median reported)."),
+    vs: Optional[str] = typer.Option(None, help="'torch': also time bench/torch_ref.py (PyTorch)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the results to this JSON file."),
+) -> None:
+    """Compare the backends side by side: kernels (GFLOP/s), a training step (tokens/s),
+    generation with the KV cache (tokens/s), each with its ratio to numpy and MFU."""
+    from . import backends as registry
+    from .bench import SUITES
+    from .bench_report import render, run_bench, write_json
+    from .config import ModelConfig
+    names = [r["name"] for r in registry.info()] if backends == "all" else \
+        [n.strip() for n in backends.split(",") if n.strip()]
+    suites = list(SUITES) if suite == "all" else [s.strip() for s in suite.split(",")]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown or (vs not in (None, "torch")):
+        raise SLLMError(f"unknown suite {unknown} or --vs {vs!r}: suites are {', '.join(SUITES)}; "
+                        f"--vs takes 'torch'")
+    cfg = ModelConfig.from_json(config).to_dict()
+    report = run_bench(names, suites, cfg, batch_size, seq_len, threads, repeats,
+                       vs == "torch", console=err)
+    render(report, Console(soft_wrap=True, width=max(term.width, 150)))  # tables need room
+    if json_out:
+        write_json(report, json_out)
+        term.print(f"results written to {json_out}")

@@ -36,3 +36,30 @@ def test_bench_smoke(tmp_path):
     render(report, console)
     text = console.export_text()
     assert "train" in text and "numpy" in text and "FP32 peak" in text
+
+
+def test_bench_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from sllm.cli import app
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(app, ["bench", "--backends", "numpy", "--suite", "train",
+                                      "--config", str(config), "--batch-size", "2",
+                                      "--seq-len", "8", "--repeats", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["results"][0]["rows"][0]["tokens_per_s"] > 0
+    assert "FP32 peak" in result.output
+    bad = CliRunner().invoke(app, ["bench", "--suite", "nope", "--config", str(config)])
+    assert bad.exit_code == 1 and "unknown suite" in bad.output
+
+
+def test_peak_is_measured_when_cpp_is_available():
+    from sllm.bench import peak_gflops
+    peak, note = peak_gflops()
+    if "cpp" in sllm.backends.available():
+        assert peak > 1 and "FMA" in note
+    else:
+        assert peak is None and "unknown" in note

@@ -368,3 +368,23 @@ def test_failed_save_leaves_nothing(model, tmp_path):
     with pytest.raises(ValueError, match="dtype"):
         model.save(path, dtype="q3")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_info_and_convert(model, tmp_path):
+    from typer.testing import CliRunner
+
+    from sllm.cli import app
+    runner = CliRunner()
+    binary, js, back = tmp_path / "m.sllm", tmp_path / "m.json", tmp_path / "back.sllm"
+    model.save(binary)
+    result = runner.invoke(app, ["info", str(binary)])
+    assert result.exit_code == 0, result.output
+    assert "parameters" in result.output and f"{model.num_parameters():,}" in result.output
+    assert "checksums" in result.output and "ok" in result.output
+    assert runner.invoke(app, ["convert", str(binary), str(js)]).exit_code == 0
+    result = runner.invoke(app, ["convert", str(js), str(back), "--dtype", "f16"])
+    assert result.exit_code == 0 and "smaller" in result.output
+    np.testing.assert_allclose(sllm.load(back).forward(X), model.forward(X), atol=2e-3)
+    binary.write_bytes(binary.read_bytes()[:100])
+    result = runner.invoke(app, ["info", str(binary)])
+    assert result.exit_code == 1 and "truncated" in result.output

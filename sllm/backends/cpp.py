@@ -88,6 +88,10 @@ class CppBackend(Backend):
             raise ValueError(f"number of threads must be >= 1, got {n}")
         _cpp.set_num_threads(int(n))
 
+    def peak_gflops(self, seconds: float = 0.2) -> float:
+        """This machine's FP32 peak on the kernel threads (FMA chains, widest vectors)."""
+        return float(_cpp.peak_gflops(seconds))
+
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""
         return (B, n_head, T)
