@@ -66,9 +66,10 @@ def render(report: dict[str, Any], console: Any) -> None:
         if "error" in res:
             console.print(f"[yellow]{res['backend']}[/]: {res['error']}")
         else:
-            console.print(f"{res['backend']}: peak RSS {res['peak_rss_mb']:.0f} MB "
-                          f"(parameters + gradients + AdamW state + activations: "
-                          f"{res['analytic_mb']:.0f} MB)")
+            analytic = "" if res.get("analytic_mb") is None else (
+                f" (parameters + gradients + AdamW state + activations: "
+                f"{res['analytic_mb']:.0f} MB)")
+            console.print(f"{res['backend']}: peak RSS {res['peak_rss_mb']:.0f} MB{analytic}")
     note = f"{report['peak_gflops']:.0f} GFLOP/s" if report["peak_gflops"] else ""
     console.print(f"FP32 peak: {note} ({report['peak_note']})")
 
