@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,9 @@ class ModelConfig:
         for key in ("vocab_size", "embedding_dim", "num_layers", "num_heads",
                     "ffn_hidden_dim", "max_seq_len"):
             value = getattr(self, key)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, key, int(value))  # accept numpy integers
+                value = int(value)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
         if self.embedding_dim % self.num_heads != 0:

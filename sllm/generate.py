@@ -45,8 +45,8 @@ def stream(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: float 
     rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()
+    cache = model.new_cache(1)
     try:
-        cache = model.new_cache(1)
         context = ids[-limit:]
         logits = model.decode(np.array([context]), cache)[0]
         for _ in range(max_new_tokens):
@@ -62,8 +62,8 @@ def stream(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: float 
                 logits = model.decode(np.array([context]), cache)[0]
             else:
                 logits = model.decode(np.array([[token]]), cache)[0]
+    finally:  # also on [EOS] and when the caller stops early: backend memory is not GC'd
         cache.release()
-    finally:
         model.training = was_training
 
 

@@ -57,7 +57,7 @@ def _read(path: Any) -> dict[str, Any]:
             doc = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FormatError(f"{path}: not valid UTF-8 JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format", FORMAT) != FORMAT:
         raise FormatError(f"{path}: not an sllm JSON model (expected an object with "

@@ -164,6 +164,8 @@ class SLLM:
 
     def _load_targets(self, acts: Activations, targets: Any) -> int:
         t = np.asarray(targets)
+        if t.ndim == 1 and acts.shape[0] == 1:  # 1-D, like the tokens it goes with
+            t = t[None, :]
         if t.shape != acts.shape:
             raise ValueError(f"targets shape {t.shape} must match tokens shape {acts.shape}")
         if t.size and (t.min() < -1 or t.max() >= self.config.vocab_size):

@@ -87,10 +87,10 @@ def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
     tensors = [(n, np.ascontiguousarray(p, np_dtype)) for n, p in model.parameters().items()]
     tensors += [(n, np.ascontiguousarray(a, "<f4")) for n, a in (extra_tensors or {}).items()]
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-    meta = {"sllm_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+    meta = {**getattr(model, "metadata", {}),  # what a loaded model carried, refreshed below
+            "sllm_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                   time.gmtime()),
-            "num_parameters": model.num_parameters(), "dtype": dtype,
-            **getattr(model, "metadata", {}), **(metadata or {})}
+            "num_parameters": model.num_parameters(), "dtype": dtype, **(metadata or {})}
     sections = [(Section.CONFIG, _json_bytes(model.config.to_dict()))]
     if tokenizer is not None:
         sections.append((Section.TOKENIZER, _json_bytes(tokenizer)))
@@ -195,6 +195,7 @@ def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
         raise FormatError(f"{path}: tokenizer section: expected a JSON object")
     if not isinstance(metadata, dict):
         raise FormatError(f"{path}: metadata section: expected a JSON object")
+    _check_config_fits(config, len(payloads[Section.DATA]), path)
     tensors, dtype = _read_tensors(payloads, path, config)
     return ModelFile(config, tokenizer, metadata, tensors, version, dtype, size, sections)
 
@@ -241,8 +242,9 @@ def _read_json(payloads: dict[int, memoryview], kind: Section, path: Any) -> Any
     except UnicodeDecodeError as e:
         raise FormatError(f"{path}: {kind.name.lower()} section is not valid UTF-8 "
                           f"(byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise FormatError(f"{path}: {kind.name.lower()} section is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise FormatError(f"{path}: {kind.name.lower()} section is not valid JSON: "
+                          f"{e or 'nested too deeply'}") from None
 
 
 def _read_config(payloads, path, vocab: int, emb: int) -> ModelConfig:
@@ -256,6 +258,20 @@ def _read_config(payloads, path, vocab: int, emb: int) -> ModelConfig:
         raise FormatError(f"{path}: header says vocab_size {vocab}, embedding_dim {emb}; the "
                           f"config section says {config.vocab_size}, {config.embedding_dim}")
     return config
+
+
+def _check_config_fits(config: ModelConfig, data_len: int, path: Any) -> None:
+    """Refuse a config whose parameters cannot be in the data section, before building its
+    layout (a forged numLayers of 10^7 would otherwise allocate a huge table)."""
+    C, F, V, L = (config.embedding_dim, config.ffn_hidden_dim, config.vocab_size,
+                  config.num_layers)
+    block = 4 * C * C + 2 * C * F + 9 * C + F
+    count = V * C + config.max_seq_len * C + L * block + 2 * C + (0 if config.tie_embeddings
+                                                                    else C * V)
+    smallest = min(dt.itemsize for _, dt in DTYPES.values())
+    if count * smallest > data_len:
+        raise FormatError(f"{path}: the config needs {count:,} parameters, but the data "
+                          f"section holds only {data_len:,} bytes")
 
 
 class _Cursor:

@@ -253,6 +253,7 @@ class BPETokenizer(Tokenizer):
     min_vocab = 256 + len(SPECIALS)
 
     def __init__(self, hf: Any):
+        hf.encode_special_tokens = True  # user text "[PAD]" stays text: exact round trips
         self._hf = hf
 
     @classmethod

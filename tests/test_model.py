@@ -152,3 +152,36 @@ def test_inits(tiny_config, init):
         assert ratio == pytest.approx(1 / np.sqrt(8), rel=0.2)
     with pytest.raises(ValueError, match="init"):
         sllm.SLLM(tiny_config, backend="numpy", init="bogus")
+
+
+def test_generation_releases_the_kv_cache_on_every_exit(tiny_config):
+    """Backend memory (wasm linear memory) is not garbage collected: the cache must be
+    given back on [EOS] and when a caller stops the stream early."""
+    model = sllm.SLLM(tiny_config, backend="numpy")
+    released, make_cache = [], model.new_cache
+
+    def tracking_cache(batch=1):
+        cache = make_cache(batch)
+        release = cache.release
+        cache.release = lambda: (released.append(1), release())
+        return cache
+
+    model.new_cache = tracking_cache
+    first = model.generate([1, 2], 1, temperature=0)[-1]
+    assert model.generate([1, 2], 10, temperature=0, eos_id=first)[-1] == first
+    assert len(released) == 2
+    tokens = sllm.generate.stream(model, [1, 2], 10)
+    next(tokens)
+    tokens.close()
+    assert len(released) == 3
+
+
+def test_one_dimensional_tokens_and_targets(tiny_config):
+    model = sllm.SLLM(tiny_config, backend="numpy")
+    assert model.forward_backward([1, 2, 3], [2, 3, -1]) == pytest.approx(
+        model.forward_backward([[1, 2, 3]], [[2, 3, -1]]))
+
+
+def test_numpy_integers_in_config(tiny_config):
+    cfg = sllm.ModelConfig(vocab_size=np.int64(11), embedding_dim=np.int32(8), num_heads=2)
+    assert cfg.vocab_size == 11 and type(cfg.vocab_size) is int

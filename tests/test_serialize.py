@@ -388,3 +388,26 @@ def test_cli_info_and_convert(model, tmp_path):
     binary.write_bytes(binary.read_bytes()[:100])
     result = runner.invoke(app, ["info", str(binary)])
     assert result.exit_code == 1 and "truncated" in result.output
+
+
+def test_resave_refreshes_metadata(model, tmp_path):
+    model.save(tmp_path / "a.sllm")
+    sllm.load(tmp_path / "a.sllm").save(tmp_path / "b.sllm", dtype="f16")
+    assert read_model_file(tmp_path / "b.sllm").metadata["dtype"] == "f16"
+
+
+def test_forged_huge_config_is_refused_before_building_it(good_bytes, tmp_path):
+    import time
+    forged = json.dumps({**CFG.to_dict(), "numLayers": 10 ** 7}).encode()
+    start = time.perf_counter()
+    _bad(_replace_section(good_bytes, "config", forged), tmp_path, "needs .* parameters")
+    assert time.perf_counter() - start < 2
+
+
+def test_deeply_nested_json_is_a_format_error(good_bytes, tmp_path):
+    _bad(_replace_section(good_bytes, "metadata", b"[" * 100000 + b"]" * 100000), tmp_path,
+         "metadata section is not valid JSON")
+    path = tmp_path / "deep.json"
+    path.write_bytes(b"[" * 100000 + b"]" * 100000)
+    with pytest.raises(FormatError):
+        sllm.load_json(path)

@@ -62,8 +62,10 @@ def test_char_vocab_size_keeps_most_frequent():
 def test_bpe_round_trips_japanese_and_any_utf8():
     tok = T.BPETokenizer.train(JAPANESE + ENGLISH, 330)
     for text in (JAPANESE, ENGLISH, "未知の漢字：鬱 🎉 emoji, tabs\tand  double  spaces\r\n",
-                 "Ünïcödé — “quotes” ½"):
+                 "Ünïcödé — “quotes” ½", "literal specials: [PAD] [UNK] [BOS] [EOS]"):
         assert tok.decode(tok.encode(text)) == text
+    reloaded = T.from_dict(tok.to_dict())  # the setting survives a save
+    assert 0 not in reloaded.encode("x[PAD]y")
     assert tok.vocab_size == 330
     # merges happened: Japanese takes fewer tokens than its UTF-8 bytes
     assert len(tok.encode(JAPANESE)) < len(JAPANESE.encode("utf-8")) / 2
