@@ -122,16 +122,12 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def num_parameters(self) -> int:
-        """Parameter count implied by this config (matches SLLM.num_parameters())."""
-        from .layout import parameter_shapes
-        return sum(_prod(shape) for _, shape in parameter_shapes(self))
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+        """Parameter count implied by this config (matches SLLM.num_parameters()), in closed
+        form so that a reader can bound a forged config before building its layout."""
+        C, F, V = self.embedding_dim, self.ffn_hidden_dim, self.vocab_size
+        block = 4 * C * C + 2 * C * F + 9 * C + F  # qkv, proj, fc, fc_proj (+ biases), 2 LN
+        head = 0 if self.tie_embeddings else C * V
+        return V * C + self.max_seq_len * C + self.num_layers * block + 2 * C + head
 
 
 def resolve_config(config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]") -> ModelConfig:

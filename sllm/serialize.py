@@ -263,11 +263,7 @@ def _read_config(payloads, path, vocab: int, emb: int) -> ModelConfig:
 def _check_config_fits(config: ModelConfig, data_len: int, path: Any) -> None:
     """Refuse a config whose parameters cannot be in the data section, before building its
     layout (a forged numLayers of 10^7 would otherwise allocate a huge table)."""
-    C, F, V, L = (config.embedding_dim, config.ffn_hidden_dim, config.vocab_size,
-                  config.num_layers)
-    block = 4 * C * C + 2 * C * F + 9 * C + F
-    count = V * C + config.max_seq_len * C + L * block + 2 * C + (0 if config.tie_embeddings
-                                                                    else C * V)
+    count = config.num_parameters()
     smallest = min(dt.itemsize for _, dt in DTYPES.values())
     if count * smallest > data_len:
         raise FormatError(f"{path}: the config needs {count:,} parameters, but the data "

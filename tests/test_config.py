@@ -64,3 +64,10 @@ def test_shipped_configs(name):
         assert (cfg.vocab_size, cfg.embedding_dim, cfg.num_layers, cfg.num_heads) == (400, 32, 2, 1)
         model = sllm.SLLM.from_config(CONFIGS / f"{name}.json", backend="numpy")
         assert model.num_parameters() == cfg.num_parameters() == 53_120
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_closed_form_count_matches_the_layout(tie):
+    cfg = ModelConfig(vocab_size=13, embedding_dim=12, num_layers=3, num_heads=4,
+                      ffn_hidden_dim=20, max_seq_len=7, tie_embeddings=tie)
+    assert cfg.num_parameters() == sllm.SLLM(cfg, backend="numpy", init=None).num_parameters()
