@@ -189,3 +189,12 @@ def test_whole_model_matches_reference(be, rng, tie, act):
         scale = float(np.abs(g).max()) + 1e-6
         err = float(np.abs(mine.gradients()[name] - g).max()) / scale
         assert err <= 1e-4, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("n", [1, 7, 1003, 32768 * 3 + 5, (1 << 17) + 9])
+def test_grad_norm_sq(be, rng, n):
+    """The sum of squares in float64 over awkward lengths (tails, several blocks, threads)."""
+    g = _f(rng, n) * 3
+    ref = numpy_ref.grad_norm_sq(g)
+    assert be.grad_norm_sq(be.from_numpy(g)) == pytest.approx(ref, rel=1e-12)
+    assert ref == pytest.approx(float(np.dot(g.astype(np.float64), g)), rel=1e-12)

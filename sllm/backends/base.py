@@ -31,7 +31,7 @@ KERNELS: tuple[str, ...] = (
     "residual_fwd",
     "dropout_fwd", "dropout_bwd",
     "softmax_xent",
-    "sgd_update", "adam_update",
+    "sgd_update", "adam_update", "grad_norm_sq",
 )
 
 LAYERNORM_EPS = 1e-5
@@ -128,6 +128,8 @@ class Backend:
     torch.optim.SGD over a flat buffer; weight decay (L2) applies to [0, decay_count).""")
     adam_update = _required("adam_update", """adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decay_count,
     decoupled): torch Adam (decoupled=False, L2 in the gradient) or AdamW (True).""")
+    grad_norm_sq = _required("grad_norm_sq", """grad_norm_sq(grads) -> float: the sum of squares of a flat buffer, accumulated in
+    float64 (gradient clipping reads the global norm from it; no copy of the buffer).""")
 
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """Shape of the state attention_fwd saves for backward (reference: the probabilities)."""

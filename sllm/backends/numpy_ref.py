@@ -13,6 +13,7 @@ import numpy as np
 from .base import KERNELS, LAYERNORM_EPS, Backend, dropout_keep_mask
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)
+NORM_BLOCK = 1 << 16  # grad_norm_sq converts this many floats to float64 at a time
 
 
 def _rows(a: np.ndarray) -> np.ndarray:
@@ -228,6 +229,16 @@ def adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step,
     m_hat = m / (1.0 - beta1 ** step)
     v_hat = v / (1.0 - beta2 ** step)
     params -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def grad_norm_sq(grads):
+    """Sum of squares of a flat buffer in float64, a block at a time (no full-size copy)."""
+    g = grads.reshape(-1)
+    total = 0.0
+    for i in range(0, g.size, NORM_BLOCK):
+        block = g[i:i + NORM_BLOCK].astype(np.float64)
+        total += float(np.square(block, out=block).sum())
+    return total
 
 
 class NumpyBackend(Backend):
