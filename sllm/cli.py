@@ -272,6 +272,27 @@ def backends() -> None:
     term.print(f"auto picks: {(registry.available() or ['none'])[0]}")
 
 
+@app.command("check-backend")
+@command
+def check_backend(
+    name: str = typer.Argument(..., help="The backend to check, e.g. cpp or a plugin's name."),
+    kernel: Optional[list[str]] = typer.Option(
+        None, "-k", "--kernel", help="Only kernels whose name contains this (repeatable); "
+        "'model' and 'generate' select the whole-model checks."),
+    perf: bool = typer.Option(False, "--perf", help="Also time each kernel against numpy."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show every check, not only failures."),
+) -> None:
+    """Check a backend against the numpy reference, kernel by kernel (exit status 1 on any
+    failure): every kernel of the contract on awkward shapes, forward and backward, then the
+    whole model's logits, loss and gradients, and generation. Writing a backend plugin: see
+    docs/plugins.md."""
+    from .backends import conformance
+    report = conformance.run(name, kernel, perf=perf)
+    term.print(conformance.render(report, verbose), highlight=False, markup=False)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 @app.command()
 @command
 def plot(run_dir: str = typer.Argument(..., help="A run directory (with metrics.jsonl)."),

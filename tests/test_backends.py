@@ -1,12 +1,12 @@
 """The backend registry and plugin discovery through real entry points."""
-import textwrap
-
 import numpy as np
 import pytest
 
 import sllm
 from sllm import BackendError, backends
 from sllm.backends.base import KERNELS, Backend
+
+from conftest import install_plugin as _install_plugin
 
 PLUGIN = '''
 import sllm
@@ -29,16 +29,6 @@ def register_backends(register):
     register(Fast)
     register(Broken)
 '''
-
-
-def _install_plugin(tmp_path, monkeypatch, name, source):
-    """Write module `name` and a dist-info whose entry point (group sllm) names it."""
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-    dist = tmp_path / f"{name}-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[sllm]\n{name} = {name}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
 
 
 @pytest.fixture(autouse=True)
