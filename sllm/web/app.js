@@ -88,7 +88,9 @@ async function loadModel(source, origin = "") {
   $("model-info").textContent = "loading…";
   try {
     const transfer = source instanceof Uint8Array ? [source.buffer] : [];
-    const info = await state.worker.call("load", { source }, null, transfer);
+    // Feature detection happens here, in the page, and the worker is told the result.
+    const wasm = new URLSearchParams(location.search).get("wasm") || "auto";
+    const info = await state.worker.call("load", { source, wasm, features: features() }, null, transfer);
     state.info = info;
     $("model-info").textContent = describe(info, origin);
     $("wasm-kind").textContent = WASM_NAMES[info.wasm];
@@ -190,9 +192,9 @@ function drawLoss(losses, steps) {
   const x = (i) => pad.l + ((w - pad.l - pad.r) * i) / Math.max(steps - 1, 1);
   const y = (v) => pad.t + (h - pad.t - pad.b) * (1 - (v - lo) / span);
   for (const v of [lo, (lo + hi) / 2, hi]) g.fillText(v.toFixed(2), 6, y(v) + 4);
-  g.fillText("step", w - pad.r - 26, h - 8);
-  g.fillText(String(steps), x(steps - 1) - 12, h - 8);
-  g.fillText("1", pad.l, h - 8);
+  g.fillText("step", (pad.l + w - pad.r) / 2 - 12, h - 8);
+  g.fillText(String(steps), x(steps - 1) - 4 * String(steps).length, h - 8);
+  g.fillText("1", pad.l - 2, h - 8);
   g.strokeStyle = "#2f6fec";
   g.lineWidth = 2;
   g.beginPath();

@@ -21,11 +21,15 @@ export function features() {
   return { simd: v(SIMD_PROBE), relaxed: v(RELAXED_PROBE) };
 }
 
-/** The module variants to try, best first: ["relaxed", "simd128", "scalar"] or fewer. */
-export function variants(prefer = "auto") {
+/**
+ * The module variants to try, best first: ["relaxed", "simd128", "scalar"] or fewer.
+ * prefer names one variant; feats ({simd, relaxed}, default: this realm's features()) lets
+ * a page that detected them pass them on to a worker.
+ */
+export function variants(prefer = "auto", feats = null) {
   if (prefer !== "auto") return [prefer];
-  const f = features();
-  return [...(f.relaxed ? ["relaxed"] : []), ...(f.simd ? ["simd128"] : []), "scalar"];
+  const f = feats || features();
+  return [...(f.relaxed && f.simd ? ["relaxed"] : []), ...(f.simd ? ["simd128"] : []), "scalar"];
 }
 
 const PAGE = 65536;
@@ -98,9 +102,9 @@ export const F = (x) => ({ f: x });
 
 /** One instance of one module: heap, parameter block, and the kernels by name. */
 export class Kernels {
-  static async create(source, prefer = "auto") {
+  static async create(source, prefer = "auto", feats = null) {
     const errors = [];
-    for (const variant of variants(prefer)) {
+    for (const variant of variants(prefer, feats)) {
       try {
         const bytes = await source(MODULES[variant]);
         const { instance } = await WebAssembly.instantiate(bytes, {});

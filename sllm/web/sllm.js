@@ -21,14 +21,16 @@ const USER_PREFIX = "A:", BOT_PREFIX = "B:";
 
 /**
  * Load a model: `source` is a URL (string or URL) or the bytes of a .sllm file.
- * options: {wasm: "auto" | "relaxed" | "simd128" | "scalar", wasmBase: URL of the .wasm files}.
+ * options: {wasm: "auto" | "relaxed" | "simd128" | "scalar", features: {simd, relaxed} as
+ * detected elsewhere (default: detected here), wasmBase: URL of the .wasm files}.
  * Throws FormatError for a file that is not a valid SLLM model.
  */
 export async function load(source, options = {}) {
   const bytes = await fetchBytes(source);
   const file = readModel(bytes, typeof source === "string" || source instanceof URL ? String(source) : "model");
   const base = options.wasmBase ? new URL(options.wasmBase, location.href) : new URL(".", import.meta.url);
-  const kernels = await Kernels.create((name) => fetchBytes(new URL(name, base)), options.wasm || "auto");
+  const kernels = await Kernels.create((name) => fetchBytes(new URL(name, base)), options.wasm || "auto",
+    options.features || null);
   return new Model(kernels, file);
 }
 
@@ -187,6 +189,7 @@ export class Model {
     const norm = clip > 0 ? this.net.clipGradNorm(clip) : NaN;
     this.net.adamwStep({ lr, betas, eps, weightDecay });
     this.net.training = false;
+    this.finetuned += 1;
     return { loss, norm };
   }
 
@@ -218,7 +221,6 @@ export class Model {
       }
       const { loss } = this.trainStep(x, y, B, T, { lr, ...opt });
       losses.push(loss);
-      this.finetuned += 1;
       const seconds = (performance.now() - start) / 1000;
       if (onProgress) await onProgress({ step, steps, loss, seconds, tokensPerSecond: (step * B * T) / seconds });
     }

@@ -1,5 +1,5 @@
 // The page's model runs here, so the page never freezes. Messages in:
-//   {id, type: "load", source (URL or bytes), wasm}      -> {id, type: "done", result: info}
+//   {id, type: "load", source, wasm, features}     -> {id, type: "done", result: info}
 //   {id, type: "generate", prompt, options}              -> pieces, then done
 //   {id, type: "chat", text, options} / {type: "reset"}  -> pieces, then done
 //   {id, type: "finetune", text, options}                -> progress per step, then done
@@ -26,7 +26,7 @@ async function streamOut(id, pieces, extra) {
 
 const handlers = {
   async load(msg) {
-    const m = await load(msg.source, { wasm: msg.wasm || "auto" });
+    const m = await load(msg.source, { wasm: msg.wasm || "auto", features: msg.features });
     model = m;
     session = m.chat(msg.chat || {});
     return info(m);
