@@ -23,7 +23,7 @@ WASM_FILES = ("sllm_relaxed.wasm", "sllm_simd128.wasm", "sllm_scalar.wasm")
 MODEL_NAME = "model.sllm"
 
 
-def resolve_model(path: "str | os.PathLike[str]") -> Path:
+def resolve_model(path: str | os.PathLike[str]) -> Path:
     """A model file, or the best model file of a run directory."""
     p = Path(path)
     if p.is_dir():
@@ -53,7 +53,7 @@ def wasm_modules() -> dict[str, Path]:
     return found
 
 
-def export_site(source: "str | os.PathLike[str]", out_dir: "str | os.PathLike[str]",
+def export_site(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 dtype: str | None = None) -> dict[str, Any]:
     """Write the site for `source` (a .sllm file or run directory) into `out_dir`.
 

@@ -9,7 +9,6 @@ import importlib.util
 import os
 import shutil
 import threading
-from pathlib import Path
 from typing import Any
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -18,9 +17,11 @@ DRIVERS = ("chromedriver",)
 
 def _which(names: tuple[str, ...]) -> str | None:
     for name in names:
-        path = shutil.which(name) or (f"/usr/lib/chromium/{name}" if os.path.exists(f"/usr/lib/chromium/{name}") else None)
+        path = shutil.which(name)
         if path:
             return path
+        if os.path.exists(f"/usr/lib/chromium/{name}"):
+            return f"/usr/lib/chromium/{name}"
     return None
 
 
@@ -46,7 +47,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 class StaticServer:
     """Serves `root` on 127.0.0.1 (a free port) in a thread until close()."""
 
-    def __init__(self, root: "str | os.PathLike[str]"):
+    def __init__(self, root: str | os.PathLike[str]):
         handler = functools.partial(_Quiet, directory=str(root))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
@@ -80,10 +81,10 @@ const done = arguments[arguments.length - 1];
 const args = Array.from(arguments).slice(0, -1);
 (async () => {
   const sllm = await import(new URL("sllm.js", location.href).href);
-  %s
+  BODY
 })().then((value) => done({ok: true, value}),
           (e) => done({ok: false, error: (e && e.name ? e.name + ": " : "") + (e && e.message || String(e))}));
-""" % body
+""".replace("BODY", body)
     result = driver.execute_async_script(script, *args)
     if not result["ok"]:
         raise AssertionError(f"in the browser: {result['error']}")

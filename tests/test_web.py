@@ -250,7 +250,7 @@ for (const [name, d] of Object.entries(args[0])) {
 return out;
 """, {k: t.to_dict() for k, t in toks.items()}, samples)
     for name, tok in toks.items():
-        for sample, (ids, text, unknown) in zip(samples, got[name]):
+        for sample, (ids, text, unknown) in zip(samples, got[name], strict=True):
             assert ids == tok.encode(sample), (name, sample)
             assert text == tok.decode(ids), (name, sample)
             assert unknown == tok.unknown_pieces(sample), (name, sample)
@@ -302,7 +302,7 @@ const { tokenizerFromDict } = await import(new URL("tokenizers.js", location.hre
 const t = tokenizerFromDict(args[0]);
 return args[1].map((s) => t.encode(s));
 """, tok.to_dict(), samples)
-    bad = [s for s, ids in zip(samples, got) if ids != tok.encode(s)]
+    bad = [s for s, ids in zip(samples, got, strict=True) if ids != tok.encode(s)]
     assert not bad, f"{len(bad)} of {len(samples)} chunks differ, first: {bad[0][:20]!r}"
 
 
