@@ -155,7 +155,7 @@ async function send(event) {
     });
     const s = result.stats;
     if (s && s.tokens) {
-      $("speed").textContent = `${s.tokens} tokens · ${s.tokensPerSecond.toFixed(0)} tokens/s · first token ${s.firstTokenMs.toFixed(0)} ms`;
+      $("speed").textContent = `${s.tokens} token${s.tokens === 1 ? "" : "s"} · ${s.tokensPerSecond.toFixed(0)} tokens/s · first token ${s.firstTokenMs.toFixed(0)} ms`;
     }
     $("unknown").textContent = result.unknown.length
       ? `not in the vocabulary, read as [UNK]: ${[...new Set(result.unknown)].join(", ")}` : "";
