@@ -34,6 +34,17 @@ class ExportError(SLLMError, ValueError):
     """A model cannot be written in, or read from, another format; says why."""
 
 
+def require(module: str) -> Any:
+    """Import an optional dependency of interop, or say how to install it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise ExportError(f"this needs the {package} package: pip install 'sllm[interop]' "
+                          f"(or pip install {package})") from None
+
+
 # ---- names -------------------------------------------------------------------------------
 def hf_name(name: str) -> str:
     """transformers' GPT2LMHeadModel name of an sllm parameter."""
@@ -73,7 +84,7 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
 # ---- export --------------------------------------------------------------------------------
 def export_hf(model: Any, directory: "str | os.PathLike[str]", dtype: str = "f32") -> list[str]:
     """Write `model` as a Hugging Face GPT-2 directory; returns the files written."""
-    from safetensors.numpy import save
+    save = require("safetensors.numpy").save
 
     from . import tokenizer as tokenizers
     from .hf_tokenizer import special_tokens, to_tokenizer_json
@@ -144,11 +155,10 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
 
 def read_hf_weights(path: "str | os.PathLike[str]") -> dict[str, np.ndarray]:
     """The tensors of a safetensors file as float32, named without "transformer."."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    load_file = require("safetensors.numpy").load_file
     try:
         raw = load_file(os.fspath(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
+    except (require("safetensors").SafetensorError, OSError, ValueError, TypeError) as e:
         raise FormatError(f"{path}: not a readable safetensors file: {e}") from None
     out = {}
     for name, arr in raw.items():

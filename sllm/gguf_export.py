@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
-from .export import ExportError
+from .export import ExportError, require
 from .fileio import atomic_write
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
@@ -87,7 +87,7 @@ def gguf_tensors(model: Any, qtype: str = "f32") -> dict[str, tuple[np.ndarray, 
 def export_gguf(model: Any, path: "str | os.PathLike[str]", qtype: str = "f32",
                 name: str = "sllm") -> dict[str, int]:
     """Write `model` as a GGUF file (atomically); returns how many tensors got each type."""
-    import gguf
+    gguf = require("gguf")
     if qtype not in GGUF_TYPES:
         raise ExportError(f"--dtype for gguf must be one of {', '.join(GGUF_TYPES)}, "
                           f"got {qtype!r}")
@@ -162,7 +162,7 @@ def _add_tokenizer(writer: Any, tok_dict: dict[str, Any], vocab_size: int) -> No
 def read_gguf(path: "str | os.PathLike[str]") -> dict[str, Any]:
     """{"tensors": {name: (type, data)}, "fields": {key: value}} of a GGUF file, for checks
     and `import`: data as GGUFReader gives it (floats, or uint8 blocks)."""
-    import gguf
+    gguf = require("gguf")
     try:
         reader = gguf.GGUFReader(os.fspath(path))
     except (ValueError, OSError, KeyError) as e:
