@@ -82,7 +82,7 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
 
 
 # ---- export --------------------------------------------------------------------------------
-def export_hf(model: Any, directory: "str | os.PathLike[str]", dtype: str = "f32") -> list[str]:
+def export_hf(model: Any, directory: str | os.PathLike[str], dtype: str = "f32") -> list[str]:
     """Write `model` as a Hugging Face GPT-2 directory; returns the files written."""
     save = require("safetensors.numpy").save
 
@@ -140,20 +140,21 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     for key, (bad, why) in refused.items():
         if hf.get(key, not bad) == bad:
             raise ExportError(f"{where}: {key} = {bad}: {why}")
-    n_embd = hf.get("n_embd")
+    size: dict[str, Any] = {k: hf.get(k) for k in ("vocab_size", "n_embd", "n_layer", "n_head",
+                                                  "n_inner", "n_positions")}
     try:
         return ModelConfig(
-            vocab_size=hf.get("vocab_size"), embedding_dim=n_embd,
-            num_layers=hf.get("n_layer"), num_heads=hf.get("n_head"),
-            ffn_hidden_dim=hf.get("n_inner") or 4 * int(n_embd or 0),
-            max_seq_len=hf.get("n_positions"), dropout=float(hf.get("resid_pdrop", 0.0)),
+            vocab_size=size["vocab_size"], embedding_dim=size["n_embd"],
+            num_layers=size["n_layer"], num_heads=size["n_head"],
+            ffn_hidden_dim=size["n_inner"] or 4 * int(size["n_embd"] or 0),
+            max_seq_len=size["n_positions"], dropout=float(hf.get("resid_pdrop", 0.0)),
             activation="relu" if act == "relu" else "gelu",
             tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
     except (ConfigError, TypeError, ValueError) as e:
         raise ExportError(f"{where}: {e}") from None
 
 
-def read_hf_weights(path: "str | os.PathLike[str]") -> dict[str, np.ndarray]:
+def read_hf_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The tensors of a safetensors file as float32, named without "transformer."."""
     load_file = require("safetensors.numpy").load_file
     try:
@@ -185,7 +186,7 @@ def _sllm_tensors(weights: dict[str, np.ndarray], config: ModelConfig,
     return out
 
 
-def import_hf(directory: "str | os.PathLike[str]", backend: Any = "numpy") -> Any:
+def import_hf(directory: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     """An SLLM (eval mode) from a Hugging Face GPT-2 directory holding config.json and
     model.safetensors, with its tokenizer when it has one sllm can represent."""
     from .hf_tokenizer import read_hf_tokenizer
@@ -221,7 +222,7 @@ def import_hf(directory: "str | os.PathLike[str]", backend: Any = "numpy") -> An
 FORMATS = ("hf", "gguf")
 
 
-def export_model(model: Any, to: str, path: "str | os.PathLike[str]",
+def export_model(model: Any, to: str, path: str | os.PathLike[str],
                  dtype: str = "f32") -> str:
     """Write `model` as `to` ("hf": a directory, "gguf": a file); a one-line summary."""
     if to == "hf":
@@ -235,7 +236,7 @@ def export_model(model: Any, to: str, path: "str | os.PathLike[str]",
     raise ExportError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
 
 
-def import_model(source: "str | os.PathLike[str]", backend: Any = "numpy") -> Any:
+def import_model(source: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     """An SLLM from a Hugging Face GPT-2 directory (or its model.safetensors) or from a
     GGUF file of architecture gpt2."""
     src = Path(source)

@@ -84,7 +84,7 @@ def gguf_tensors(model: Any, qtype: str = "f32") -> dict[str, tuple[np.ndarray, 
     return out
 
 
-def export_gguf(model: Any, path: "str | os.PathLike[str]", qtype: str = "f32",
+def export_gguf(model: Any, path: str | os.PathLike[str], qtype: str = "f32",
                 name: str = "sllm") -> dict[str, int]:
     """Write `model` as a GGUF file (atomically); returns how many tensors got each type."""
     gguf = require("gguf")
@@ -159,7 +159,7 @@ def _add_tokenizer(writer: Any, tok_dict: dict[str, Any], vocab_size: int) -> No
     writer.add_add_bos_token(tok.bos_id is not None)  # sllm's prompts start with [BOS]
 
 
-def read_gguf(path: "str | os.PathLike[str]") -> dict[str, Any]:
+def read_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
     """{"tensors": {name: (type, data)}, "fields": {key: value}} of a GGUF file, for checks
     and `import`: data as GGUFReader gives it (floats, or uint8 blocks)."""
     gguf = require("gguf")
@@ -175,7 +175,7 @@ def read_gguf(path: "str | os.PathLike[str]") -> dict[str, Any]:
     return {"tensors": tensors, "fields": fields}
 
 
-def import_gguf(path: "str | os.PathLike[str]", backend: Any = "numpy") -> Any:
+def import_gguf(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     """An SLLM from a GGUF file of architecture gpt2 (f32 and f16 exactly; q8_0 / q4_0
     dequantized), with the tokenizer sllm wrote into it."""
     from .config import ModelConfig

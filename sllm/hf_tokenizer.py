@@ -95,7 +95,7 @@ def _token_text(tok: Tokenizer, i: int) -> str:
 
 
 # ---- back to sllm --------------------------------------------------------------------------
-def from_tokenizer_json(doc: dict[str, Any], config: "dict[str, Any] | None" = None,
+def from_tokenizer_json(doc: dict[str, Any], config: dict[str, Any] | None = None,
                         where: str = "tokenizer.json") -> Tokenizer:
     """The sllm tokenizer for a `tokenizer.json` document: one exported by sllm, or a
     byte-level BPE (GPT-2's kind). `config` is tokenizer_config.json, for special tokens.
@@ -162,13 +162,13 @@ def _bpe_back(doc: dict[str, Any], config: dict[str, Any], where: str) -> BPETok
     return BPETokenizer(hf, specials)
 
 
-def _special_text(value: Any) -> "str | None":
+def _special_text(value: Any) -> str | None:
     if isinstance(value, dict):  # {"content": "<|endoftext|>", ...}
         value = value.get("content")
     return value if isinstance(value, str) else None
 
 
-def read_hf_tokenizer(directory: "str | os.PathLike[str]") -> "Tokenizer | None":
+def read_hf_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer | None:
     """The tokenizer of a Hugging Face model directory: tokenizer.json, else GPT-2's
     vocab.json + merges.txt; None when it has neither."""
     d = os.fspath(directory)
@@ -178,7 +178,8 @@ def read_hf_tokenizer(directory: "str | os.PathLike[str]") -> "Tokenizer | None"
         return from_tokenizer_json(doc, config, os.path.join(d, "tokenizer.json"))
     vocab, merges = os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt")
     if os.path.isfile(vocab) and os.path.isfile(merges):
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
         hf = HFTokenizer(models.BPE.from_file(vocab, merges))
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         hf.decoder = decoders.ByteLevel()

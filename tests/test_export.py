@@ -127,7 +127,8 @@ def test_tied_export_has_no_lm_head_and_f16_halves(toks, tmp_path):
 def test_gpt2_shaped_checkpoint_imports(toks, tmp_path, corpus):
     """A directory as published GPT-2 checkpoints are: no "transformer." prefix, the
     causal-mask buffers, vocab.json + merges.txt with <|endoftext|> as the last id."""
-    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.train_from_iterator([corpus], trainers.BpeTrainer(
