@@ -353,3 +353,14 @@ def test_cli_export_import_and_init_from(toks, tmp_path, corpus):
     clash = runner.invoke(app, ["train", "--init-from", str(tmp_path / "back.sllm"),
                                 "--config", "configs/small-model.json", "--out", str(tmp_path / "r2")])
     assert clash.exit_code == 1 and "drop --config" in clash.output
+
+
+def test_a_model_without_tokenizer_exports_weights_only(toks, tmp_path):
+    m = make_model(toks["word"])
+    m.tokenizer = None
+    assert export_hf(m, tmp_path / "hf") == ["config.json", "model.safetensors"]
+    assert import_hf(tmp_path / "hf").tokenizer is None
+    export_gguf(m, tmp_path / "m.gguf")
+    back = import_gguf(tmp_path / "m.gguf")
+    assert back.tokenizer is None
+    assert np.array_equal(back.parameters()["wte"], m.parameters()["wte"])
