@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from sllm.quant import quantize_q8_0_activations, unpack_q  # block formats: numpy only
+
 Array = np.ndarray
 
 LAYERNORM_EPS = 1e-5
@@ -91,6 +93,26 @@ def matmul_fwd(out: Array, inp: Array, weight: Array, bias: Array | None,
     w = weight.T if trans_w else weight
     o = _rows(out)
     np.matmul(_rows(inp), w, out=o)
+    if bias is not None:
+        o += bias
+
+
+def matmul_q_fwd(out: Array, inp: Array, wq: Array, bias: Array | None, qtype: str) -> None:
+    """out (N,OC) = q8_0(inp) . W^T (+ bias) for quantized rows wq, as ggml's vec_dot_*_q8_0."""
+    x, o = _rows(inp), _rows(out)
+    qw, dw, mw = unpack_q(wq, qtype, x.shape[1])  # (OC, nb, 32) int8, (OC, nb) float32
+    OC, nb = dw.shape
+    wf = np.ascontiguousarray(qw.transpose(1, 2, 0), dtype=np.float32)  # (nb, 32, OC)
+    chunk = max(1, (1 << 22) // (nb * OC))
+    for start in range(0, len(x), chunk):
+        qx, dx = quantize_q8_0_activations(x[start:start + chunk])  # (n, nb, 32), (n, nb)
+        # Integer block sums, exact in float32 (|sum| <= 32 * 127 * 128 < 2^24).
+        isum = np.matmul(qx.transpose(1, 0, 2).astype(np.float32), wf)  # (nb, n, OC)
+        acc = (isum * (dw.T[:, None, :] * dx.T[:, :, None])).sum(axis=0)
+        if mw is not None:  # q4_1: sum_j (q_j d + m) x_j = d (q . x) + m sum_j x_j
+            xs = qx.sum(axis=2, dtype=np.int32).astype(np.float32) * dx  # (n, nb)
+            acc += xs @ mw.T
+        o[start:start + chunk] = acc
     if bias is not None:
         o += bias
 

@@ -48,6 +48,7 @@ def find_module(filename: str) -> Path:
 class _WasmBase(Backend):
     """Storage in linear memory plus the kernel wrappers; subclasses pick the modules."""
 
+    reference_kernels: ClassVar[frozenset[str]] = frozenset({"matmul_q_fwd"})
     # (file name, needs relaxed SIMD, capability "simd" value), most preferred first
     modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = ()
     _probed: ClassVar[dict[str, Any]]
