@@ -196,6 +196,12 @@ def _matmul_bwd(rng, N, C, OC, bias, trans_w):
             _f(rng, N, C), w, trans_w]
 
 
+def _matmul_q_fwd(rng, N, K, OC, qtype, bias):
+    from ..quant import quantize
+    return [_f(rng, N, OC), _f(rng, N, K), quantize(_f(rng, OC, K), qtype),
+            _f(rng, OC) if bias else None, qtype]
+
+
 def _attention_fwd(rng, B, T, H, D):
     return [_f(rng, B, T, H * D), np.zeros(0, np.float32), _f(rng, B, T, 3 * H * D), H]
 
@@ -277,6 +283,9 @@ _LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128))
 _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (7, 17, 19), (37, 33, 70),
                                    (130, 128, 384), (20, 64, 5003))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
+_MMQ = [{**s, "qtype": q, "bias": b} for s in _shapes("N K OC", (1, 32, 3), (7, 33, 19),
+                                                       (37, 96, 70), (20, 64, 5003))
+        for q in ("q8_0", "q4_0", "q4_1") for b in (True, False)]
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
 _DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
                (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64))
@@ -295,6 +304,7 @@ CASES: dict[str, KernelCases] = {
     "layernorm_bwd": KernelCases(_LN, _layernorm_bwd, (0, 1, 2)),
     "matmul_fwd": KernelCases(_MM, _matmul_fwd, (0,)),
     "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2)),
+    "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,)),
     "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved),
     "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state),
     "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3)),
