@@ -294,6 +294,19 @@ def backends() -> None:
                    (chosen if chosen else f"nothing, {chosen_error}"), highlight=False)
 
 
+@app.command()
+@command
+def docs(topic: Optional[str] = typer.Argument(None, help="A page, e.g. plugins; none lists them.")
+         ) -> None:
+    """Print a page of sllm's documentation (shipped with the package), or list the pages."""
+    from . import docs as pages
+    if topic is None:
+        for name, path in pages.topics().items():
+            term.print(f"{name:<20} {path}", highlight=False)
+        return
+    term.print(pages.read(topic), highlight=False, markup=False)
+
+
 @app.command("check-backend")
 @command
 def check_backend(
@@ -306,8 +319,8 @@ def check_backend(
 ) -> None:
     """Check a backend against the numpy reference, kernel by kernel (exit status 1 on any
     failure): every kernel of the contract on awkward shapes, forward and backward, then the
-    whole model's logits, loss and gradients, and generation. Writing a backend plugin: see
-    docs/plugins.md."""
+    whole model's logits, loss and gradients, and generation. Writing a backend plugin:
+    `sllm docs plugins` (docs/plugins.md)."""
     from .backends import conformance
     report = conformance.run(name, kernel, perf=perf)
     term.print(conformance.render(report, verbose), highlight=False, markup=False)
