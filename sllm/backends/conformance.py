@@ -49,6 +49,7 @@ class KernelCases:
     atol: float = ATOL
     aliases: tuple[tuple[int, int], ...] = ()
     setup: Callable[[Backend, Args], None] | None = None
+    returns: bool = False  # the kernel returns a value (grad_norm_sq), compared too
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,16 @@ def check_kernel(backend: Backend, kernel: str, index: int) -> list[Check]:
     args = spec.args(_rng(kernel, index), **shape)
     reference = _reference_backend()
     ref, mine = _on(reference, args, spec, in_place), _on(backend, args, spec, in_place)
-    getattr(reference, kernel)(*ref)
-    getattr(backend, kernel)(*mine)
+    ref_value = getattr(reference, kernel)(*ref)
+    value = getattr(backend, kernel)(*mine)
     names = output_names(kernel)
     label = case_label(spec.shapes[index])
-    return [compare(kernel, label, names[i], mine[i], ref[i], spec.rtol, spec.atol)
-            for i in spec.outputs if ref[i] is not None]
+    checks = [compare(kernel, label, names[i], mine[i], ref[i], spec.rtol, spec.atol)
+              for i in spec.outputs if ref[i] is not None]
+    if spec.returns:
+        checks.append(compare(kernel, label, "returned value", value, ref_value, spec.rtol,
+                              0.0))
+    return checks
 
 
 # ---- argument builders ---------------------------------------------------------------------
@@ -266,6 +271,10 @@ def _adam(rng, n, decoupled, step):
             step, n // 2 + 16, decoupled]
 
 
+def _norm(rng, n):
+    return [_f(rng, n) * 3]
+
+
 def _grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
     """Every combination of the given axes, as shape dicts (the last axis varies fastest)."""
     shapes: list[dict[str, Any]] = [{}]
@@ -283,9 +292,11 @@ _LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128))
 _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (7, 17, 19), (37, 33, 70),
                                    (130, 128, 384), (20, 64, 5003))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
-_MMQ = [{**s, "qtype": q, "bias": b} for s in _shapes("N K OC", (1, 32, 3), (7, 33, 19),
-                                                       (37, 96, 70), (20, 64, 5003))
-        for q in ("q8_0", "q4_0", "q4_1") for b in (True, False)]
+# K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
+_MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
+        for i, s in enumerate(_shapes("N K OC", (1, 32, 1), (1, 45, 7), (3, 96, 33), (7, 17, 19),
+                                      (1, 384, 1152), (37, 1536, 70), (5, 64, 5003)))
+        for q in ("q8_0", "q4_0", "q4_1")]
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
 _DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
                (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64))
@@ -321,6 +332,10 @@ CASES: dict[str, KernelCases] = {
     "sgd_update": KernelCases(_grid(n=(1003,), momentum=(0.0, 0.9)), _sgd, (0, 2)),
     "adam_update": KernelCases(_grid(n=(1003,), decoupled=(False, True), step=(1, 3)), _adam,
                                (0, 2, 3)),
+    # tails of every SIMD width, several fixed-size blocks, the threaded path
+    "grad_norm_sq": KernelCases(_shapes("n", (1,), (7,), (1003,), (32768 * 3 + 5,),
+                                        ((1 << 17) + 9,)), _norm, (), rtol=1e-12,
+                                returns=True),
 }
 
 
