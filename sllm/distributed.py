@@ -328,7 +328,9 @@ def guarded(group: Group, fn: Callable[[], Any]) -> Any:
             raise
         group.abort(int(e.code) if isinstance(e.code, int) else 1)
     except BaseException as e:  # noqa: BLE001 - every error must end the job
-        if isinstance(e, (SLLMError, ValueError, OSError)):
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C before training started, or twice
+            print(f"rank {group.rank}: interrupted", file=sys.stderr, flush=True)
+        elif isinstance(e, (SLLMError, ValueError, OSError)):
             print(f"rank {group.rank}: error: {e}", file=sys.stderr, flush=True)
         else:
             print(f"rank {group.rank}: {type(e).__name__}: {e}", file=sys.stderr)
