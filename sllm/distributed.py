@@ -28,9 +28,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -246,7 +247,7 @@ def replicate(trainer: Any, group: Group) -> Any:
         raise DistributedError(header["error"])
     if not group.is_root:
         trainer = _build(header, group)
-    for name, arr in _arrays(trainer):
+    for _name, arr in _arrays(trainer):
         group.bcast_array(arr)
     if not group.is_root:
         trainer.model.seed = _rank_seed(trainer.model.seed, group.rank)  # own dropout masks
@@ -291,7 +292,7 @@ def _build(header: dict[str, Any], group: Group) -> Any:
     from .config import ModelConfig
     from .data import Split, TokenData
     from .model import SLLM
-    from .train import Trainer, TrainConfig, make_optimizer
+    from .train import TrainConfig, Trainer, make_optimizer
     cfg = TrainConfig.from_dict(header["train_config"])
     d = header["data"]
     arrays = {k: np.empty(n, dtype=np.dtype(dt)) for k, (dt, n) in d["arrays"].items()}
@@ -397,7 +398,7 @@ def parse_ranks(text: str) -> int | None:
 
 
 def launch_cli(ranks: str, argv: Sequence[str], console: Any,
-               plan: Callable[[], "Split"] | None = None) -> int:
+               plan: Callable[[], Split] | None = None) -> int:
     """`sllm train --ranks N|auto ...`: run the same command under mpiexec (without --ranks);
     `plan` measures the split for 'auto'. Returns the exit status."""
     n = parse_ranks(ranks)

@@ -118,7 +118,7 @@ def _metrics(run_dir):
 
 def _assert_same_losses(a, b, rel=1e-5):
     assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert math.isclose(ra["loss"], rb["loss"], rel_tol=rel), (ra, rb)
         assert ("val_loss" in ra) == ("val_loss" in rb)
         if "val_loss" in ra:
