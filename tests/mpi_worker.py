@@ -11,7 +11,7 @@ import time
 from sllm import distributed
 from sllm import train as T
 
-TINY = dict(vocab_size=99, embedding_dim=16, num_layers=2, num_heads=2, ffn_hidden_dim=32,
+TINY = dict(vocab_size=300, embedding_dim=16, num_layers=2, num_heads=2, ffn_hidden_dim=32,
             max_seq_len=16, dropout=0.0)
 
 

@@ -21,7 +21,7 @@ from sllm import train as T
 from sllm.checkpoint import load_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TINY = dict(vocab_size=99, embedding_dim=16, num_layers=2, num_heads=2, ffn_hidden_dim=32,
+TINY = dict(vocab_size=300, embedding_dim=16, num_layers=2, num_heads=2, ffn_hidden_dim=32,
             max_seq_len=16, dropout=0.0)
 TIMEOUT = 300  # seconds for any one job: generous, the machine is shared
 
