@@ -24,6 +24,9 @@ Choices for input ggml leaves undefined:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 QK = 32  # elements per block, as ggml's QK8_0 / QK4_0 / QK4_1
@@ -114,8 +117,12 @@ def _pack_nibbles(q: np.ndarray) -> np.ndarray:
 
 
 def _quantize_q8_0(b: np.ndarray, out: np.ndarray, nb: int) -> None:
+    _check_f16(np.abs(b).max(axis=1) / np.float32(127), "scale", "q8_0", nb)
+    _quantize_q8_0_unchecked(b, out)
+
+
+def _quantize_q8_0_unchecked(b: np.ndarray, out: np.ndarray) -> None:
     d = np.abs(b).max(axis=1) / np.float32(127)
-    _check_f16(d, "scale", "q8_0", nb)
     inv = _inverse(d)
     with np.errstate(invalid="ignore"):
         v = b * inv[:, None]
@@ -205,3 +212,63 @@ def dequantize(data: np.ndarray, qtype: str, K: int) -> np.ndarray:
     if m is not None:
         x += m[..., None]
     return x.reshape(len(x), -1)[:, :K]
+
+
+def quantize_q8_0_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Activations (N, K) as q8_0 blocks for integer dot products, without input checks.
+
+    Returns (q (N, nb, 32) int8, d (N, nb) float32 holding the float16-rounded scales):
+    what a matmul kernel computes on the fly (ggml's quantize_row_q8_0), K zero-padded.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    N, K = x.shape
+    nb = blocks_per_row(K)
+    if nb * QK != K:
+        x = np.concatenate([x, np.zeros((N, nb * QK - K), np.float32)], axis=1)
+    b = x.reshape(N * nb, QK)
+    out = np.zeros(len(b), BLOCK_Q8_0)
+    with np.errstate(all="ignore"):
+        _quantize_q8_0_unchecked(b, out)
+    return out["qs"].reshape(N, nb, QK), out["d"].astype(np.float32).reshape(N, nb)
+
+
+# ---- quantized model weights ------------------------------------------------------------
+@dataclass
+class QTensor:
+    """A quantized weight: `data` uint8 (rows, bytes_per_row) holding rows of K values.
+
+    Matmul weights are stored (in, out) = (K, OC) in sllm, so their quantized form holds
+    the transpose, (OC, K): each row runs along the reduction axis. A tied `wte` (V, C) is
+    already rows along C.
+    """
+
+    qtype: str
+    data: np.ndarray
+    shape: tuple[int, int]  # (rows, K) of the float matrix the rows came from
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the quantized data."""
+        return int(self.data.nbytes)
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 (rows, K) matrix these blocks stand for."""
+        return dequantize(self.data, self.qtype, self.shape[1])
+
+
+def matmul_weight_names(cfg: Any) -> list[str]:
+    """The weights `SLLM.quantize` quantizes: four per layer and the output head (the
+    tied `wte` when embeddings are tied). Embeddings, LayerNorm and biases stay float32."""
+    names = [f"h.{i}.{w}" for i in range(cfg.num_layers)
+             for w in ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
+                       "mlp.c_proj.weight")]
+    return names + ["wte" if cfg.tie_embeddings else "lm_head.weight"]
+
+
+def quantize_weight(name: str, w: np.ndarray, qtype: str) -> np.ndarray:
+    """Quantize parameter `name` to (rows along K) blocks; errors name the tensor."""
+    rows = w if name == "wte" else w.T
+    try:
+        return quantize(rows, qtype)
+    except QuantizationError as e:
+        raise QuantizationError(f"tensor {name!r}: {e}") from None

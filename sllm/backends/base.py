@@ -46,13 +46,13 @@ Array = np.ndarray
 KERNELS: tuple[str, ...] = (
     "encoder_fwd", "encoder_bwd",
     "layernorm_fwd", "layernorm_bwd",
-    "matmul_fwd", "matmul_bwd",
+    "matmul_fwd", "matmul_bwd", "matmul_q_fwd",
     "attention_fwd", "attention_bwd", "attention_decode",
     "gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd",
     "residual_fwd",
     "dropout_fwd", "dropout_bwd",
     "softmax_xent",
-    "sgd_update", "adam_update",
+    "sgd_update", "adam_update", "grad_norm_sq",
 )
 
 
@@ -187,6 +187,19 @@ class Backend:
         """
         raise _not_implemented(self, "matmul_bwd")
 
+    def matmul_q_fwd(self, out: Array, inp: Array, wq: Array, bias: Array | None,
+                     qtype: str) -> None:
+        """out (N,OC) = inp (N,K) @ W^T + bias, W (OC,K) held as quantized rows (inference).
+
+        wq uint8 (OC, bytes_per_row): rows of ggml blocks of 32 along K, qtype "q8_0",
+        "q4_0" or "q4_1" (layouts in sllm/quant.py; K % 32 != 0 is zero-padded). inp is
+        quantized on the fly to q8_0 blocks (d = amax/127 rounded to float16, q =
+        roundf(x/d)); each block's integer dot product is summed in int32 and scaled by
+        d_w * d_x in float32 (q4_1 adds m_w * d_x * sum(q_x)), as ggml's
+        vec_dot_{q8_0,q4_0,q4_1}_q8_0. bias (OC,) or None.
+        """
+        raise _not_implemented(self, "matmul_q_fwd")
+
     def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int) -> None:
         """Causal multi-head attention: per head softmax(Q K^T / sqrt(D) + mask) V.
 
@@ -270,3 +283,10 @@ class Backend:
         params[:decay_count].
         """
         raise _not_implemented(self, "adam_update")
+
+    def grad_norm_sq(self, grads: Array) -> float:
+        """The sum of squares of a flat buffer, accumulated in float64.
+
+        Gradient clipping reads the global norm from it: one pass, no copy of the buffer.
+        """
+        raise _not_implemented(self, "grad_norm_sq")

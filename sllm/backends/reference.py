@@ -12,10 +12,13 @@ import math
 
 import numpy as np
 
+from sllm.quant import quantize_q8_0_activations, unpack_q  # block formats: numpy only
+
 Array = np.ndarray
 
 LAYERNORM_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)
+NORM_BLOCK = 1 << 16  # grad_norm_sq converts this many floats to float64 at a time
 
 
 def dropout_threshold(p: float) -> int:
@@ -91,6 +94,26 @@ def matmul_fwd(out: Array, inp: Array, weight: Array, bias: Array | None,
     w = weight.T if trans_w else weight
     o = _rows(out)
     np.matmul(_rows(inp), w, out=o)
+    if bias is not None:
+        o += bias
+
+
+def matmul_q_fwd(out: Array, inp: Array, wq: Array, bias: Array | None, qtype: str) -> None:
+    """out (N,OC) = q8_0(inp) . W^T (+ bias) for quantized rows wq, as ggml's vec_dot_*_q8_0."""
+    x, o = _rows(inp), _rows(out)
+    qw, dw, mw = unpack_q(wq, qtype, x.shape[1])  # (OC, nb, 32) int8, (OC, nb) float32
+    OC, nb = dw.shape
+    wf = np.ascontiguousarray(qw.transpose(1, 2, 0), dtype=np.float32)  # (nb, 32, OC)
+    chunk = max(1, (1 << 22) // (nb * OC))
+    for start in range(0, len(x), chunk):
+        qx, dx = quantize_q8_0_activations(x[start:start + chunk])  # (n, nb, 32), (n, nb)
+        # Integer block sums, exact in float32 (|sum| <= 32 * 127 * 128 < 2^24).
+        isum = np.matmul(qx.transpose(1, 0, 2).astype(np.float32), wf)  # (nb, n, OC)
+        acc = (isum * (dw.T[:, None, :] * dx.T[:, :, None])).sum(axis=0)
+        if mw is not None:  # q4_1: sum_j (q_j d + m) x_j = d (q . x) + m sum_j x_j
+            xs = qx.sum(axis=2, dtype=np.int32).astype(np.float32) * dx  # (n, nb)
+            acc += xs @ mw.T
+        o[start:start + chunk] = acc
     if bias is not None:
         o += bias
 
@@ -261,3 +284,13 @@ def adam_update(params: Array, grads: Array, m: Array, v: Array, lr: float, beta
     m_hat = m / (1.0 - beta1 ** step)
     v_hat = v / (1.0 - beta2 ** step)
     params -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def grad_norm_sq(grads: Array) -> float:
+    """Sum of squares of a flat buffer in float64, a block at a time (no full-size copy)."""
+    g = grads.reshape(-1)
+    total = 0.0
+    for i in range(0, g.size, NORM_BLOCK):
+        block = g[i:i + NORM_BLOCK].astype(np.float64)
+        total += float(np.square(block, out=block).sum())
+    return total

@@ -48,6 +48,7 @@ def find_module(filename: str) -> Path:
 class _WasmBase(Backend):
     """Storage in linear memory plus the kernel wrappers; subclasses pick the modules."""
 
+    reference_kernels: ClassVar[frozenset[str]] = frozenset({"matmul_q_fwd"})
     # (file name, needs relaxed SIMD, capability "simd" value), most preferred first
     modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = ()
     _probed: ClassVar[dict[str, Any]]
@@ -301,6 +302,12 @@ class _WasmBase(Backend):
                    self._ptr(grads), self._ptr(m, write=True), self._ptr(v, write=True),
                    params.size, lr, beta1, beta2, eps, weight_decay, decay_count,
                    int(decoupled), 1.0 - beta1 ** step, 1.0 - beta2 ** step)
+
+    def grad_norm_sq(self, grads):
+        """Sum of squares of a flat buffer, accumulated in float64."""
+        out = self._scratch(2)
+        self._call("grad_norm_sq", "<IiI", self._ptr(grads), grads.size, out)
+        return float(struct.unpack_from("<d", self.memory.arena, out)[0])
 
 
 def _capabilities(runtime: Runtime, module: tuple[str, bool, str | None]) -> dict[str, Any]:
