@@ -307,7 +307,13 @@ export class Network {
   clipGradNorm(maxNorm) {
     const g = this.k.heap.f32(this.grads, this.layout.total);
     let sq = 0;
-    for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+    if (this.k.exports.grad_norm_sq) { // the kernel Python's optimizer uses (float64 sums)
+      const out = this.k.scratch(2);
+      this.k.call("grad_norm_sq", this.grads, this.layout.total, out);
+      sq = new Float64Array(this.k.heap.memory.buffer, out, 1)[0];
+    } else {
+      for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+    }
     const norm = Math.sqrt(sq);
     if (Number.isFinite(norm) && norm > maxNorm) {
       const s = Math.fround(maxNorm / (norm + 1e-6));
