@@ -1,12 +1,13 @@
 """The `sllm` command line (typer): parse, call the library, print. Nothing else lives here."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -257,19 +258,53 @@ def vocab_encode(vocab: str = typer.Argument(..., help="vocab.json"),
 
 
 # ---- backends / plot / corpus ------------------------------------------------------------
+@contextlib.contextmanager
+def _env_removed(name: str) -> Iterator[None]:
+    """Run a block with environment variable `name` unset, then restore it."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
 @app.command()
 @command
 def backends() -> None:
     """List the compute backends, whether each is usable here, and why not."""
     from . import backends as registry
+    env = os.environ.get("SLLM_BACKEND")
+    with _env_removed("SLLM_BACKEND"):  # what auto alone picks, constructed
+        auto, auto_error = registry.resolve("auto")
+    chosen, chosen_error = registry.resolve(env) if env else (auto, auto_error)
     table = Table("name", "available", "capabilities / reason", "kernels left to numpy")
     for entry in registry.info():
         caps = ", ".join(f"{k}={v}" for k, v in (entry.get("capabilities") or {}).items())
-        table.add_row(entry["name"], "yes" if entry["available"] else "no",
-                      caps if entry["available"] else str(entry.get("reason")),
+        detail = caps if entry["available"] else str(entry.get("reason"))
+        if entry.get("note"):
+            detail = f"{detail} ({entry['note']})"
+        table.add_row(entry["name"], "yes" if entry["available"] else "no", detail,
                       ", ".join(entry.get("reference_kernels") or []) or "none")
     term.print(table)
-    term.print(f"auto picks: {(registry.available() or ['none'])[0]}")
+    term.print(f"auto picks: {auto or 'none'}" + (f" ({auto_error})" if auto_error else ""),
+               highlight=False)
+    if env:
+        term.print(f"SLLM_BACKEND={env}: models use " +
+                   (chosen if chosen else f"nothing, {chosen_error}"), highlight=False)
+
+
+@app.command()
+@command
+def docs(topic: Optional[str] = typer.Argument(None, help="A page, e.g. plugins; none lists them.")
+         ) -> None:
+    """Print a page of sllm's documentation (shipped with the package), or list the pages."""
+    from . import docs as pages
+    if topic is None:
+        for name, path in pages.topics().items():
+            term.print(f"{name:<20} {path}", highlight=False)
+        return
+    term.print(pages.read(topic), highlight=False, markup=False)
 
 
 @app.command("check-backend")
@@ -284,8 +319,8 @@ def check_backend(
 ) -> None:
     """Check a backend against the numpy reference, kernel by kernel (exit status 1 on any
     failure): every kernel of the contract on awkward shapes, forward and backward, then the
-    whole model's logits, loss and gradients, and generation. Writing a backend plugin: see
-    docs/plugins.md."""
+    whole model's logits, loss and gradients, and generation. Writing a backend plugin:
+    `sllm docs plugins` (docs/plugins.md)."""
     from .backends import conformance
     report = conformance.run(name, kernel, perf=perf)
     term.print(conformance.render(report, verbose), highlight=False, markup=False)
