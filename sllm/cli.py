@@ -488,7 +488,8 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
 def export_web(
     model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
     out: Path = typer.Option(..., "-o", "--out", help="Directory to write the site into."),
-    dtype: Optional[str] = typer.Option(None, help="Re-save the model as f32 or f16."),
+    dtype: Optional[str] = typer.Option(None, help="Re-save the model: f32, f16, or q8_0/q4_0/q4_1 "
+                                        "(quantized matmul weights, the rest f16)."),
 ) -> None:
     """Write a static site that chats with, and fine-tunes, the model in the browser."""
     from .export_web import export_site
