@@ -80,26 +80,40 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags override it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ranks: Optional[str] = typer.Option(None, help="Data-parallel ranks on this machine: N or 'auto' (runs mpiexec; needs sllm[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
+    from . import distributed
     from . import train as training
     given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
-                                                          "training", "config")}
+                                                          "training", "config", "ranks",
+                                                          "distributed")}
     given["model"] = config
+    if ranks is not None:
+        plan = functools.partial(distributed.plan_for, given, resume, train_config)
+        raise typer.Exit(distributed.launch_cli(ranks, sys.argv[1:], term, plan))
     if betas is not None:
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
-    if resume:
-        trainer = training.resume(resume, progress=not quiet, backend=given.pop("backend", None),
-                                  **given)
-        term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
-    else:
-        base = (training.TrainConfig.from_json(train_config) if train_config
-                else training.TrainConfig())
-        trainer = training.prepare(base.replace(**given), progress=not quiet)
-        _describe_run(trainer)
-    result = trainer.run()
-    _report(result, trainer)
+    group = distributed.world()  # the single process, or this rank of an mpiexec job
+
+    def run() -> tuple[Any, Any]:
+        trainer = None
+        if group.is_root and resume:
+            trainer = training.resume(resume, progress=not quiet,
+                                      backend=given.pop("backend", None), **given)
+            term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
+        elif group.is_root:
+            base = (training.TrainConfig.from_json(train_config) if train_config
+                    else training.TrainConfig())
+            trainer = training.prepare(base.replace(**given), progress=not quiet)
+            _describe_run(trainer)
+        trainer = distributed.replicate(trainer, group)
+        return trainer.run(), trainer
+
+    result, trainer = distributed.guarded(group, run)
+    if group.is_root:
+        _report(result, trainer)
 
 
 def _parse_betas(text: str) -> tuple[float, float]:
@@ -112,11 +126,22 @@ def _parse_betas(text: str) -> tuple[float, float]:
 
 def _describe_run(trainer: Any) -> None:
     m, d = trainer.model, trainer.data
-    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}; "
+    ranks = _ranks_note()
+    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}{ranks}; "
               f"tokenizer {trainer.tok.kind} ({trainer.tok.vocab_size} ids); "
               f"{len(d.train.ids):,} train / {len(d.val.ids):,} val tokens; "
               f"{trainer.total} steps of {d.batch_size}x{d.seq_len} -> {trainer.cfg.out}",
               highlight=False)
+
+
+def _ranks_note() -> str:
+    """', N ranks x T threads' under MPI, else nothing."""
+    from .distributed import world
+    group = world()
+    if group.size == 1:
+        return ""
+    threads = os.environ.get("SLLM_NUM_THREADS", "?")
+    return f", {group.size} ranks x {threads} thread{'' if threads == '1' else 's'}"
 
 
 def _report(result: Any, trainer: Any) -> None:
@@ -463,7 +488,8 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
 def export_web(
     model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
     out: Path = typer.Option(..., "-o", "--out", help="Directory to write the site into."),
-    dtype: Optional[str] = typer.Option(None, help="Re-save the model as f32 or f16."),
+    dtype: Optional[str] = typer.Option(None, help="Re-save the model: f32, f16, or q8_0/q4_0/q4_1 "
+                                        "(quantized matmul weights, the rest f16)."),
 ) -> None:
     """Write a static site that chats with, and fine-tunes, the model in the browser."""
     from .export_web import export_site
@@ -509,3 +535,7 @@ def bench(
     if json_out:
         write_json(report, json_out)
         term.print(f"results written to {json_out}")
+
+
+if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
+    app()
