@@ -77,29 +77,44 @@ def train(
     demo_chars: Optional[int] = typer.Option(None, help="Size of the built-in demo corpus in characters. (default: 3000000)"),
     out: Optional[str] = typer.Option(None, help="Run directory to write. (default: runs/latest)"),
     resume: Optional[str] = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
+    init_from: Optional[str] = typer.Option(None, help="Start from this model's weights, config and tokenizer (e.g. one made by `sllm import`)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags override it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ranks: Optional[str] = typer.Option(None, help="Data-parallel ranks on this machine: N or 'auto' (runs mpiexec; needs sllm[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
+    from . import distributed
     from . import train as training
     given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
-                                                          "training", "config")}
+                                                          "training", "config", "ranks",
+                                                          "distributed")}
     given["model"] = config
+    if ranks is not None:
+        plan = functools.partial(distributed.plan_for, given, resume, train_config)
+        raise typer.Exit(distributed.launch_cli(ranks, sys.argv[1:], term, plan))
     if betas is not None:
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
-    if resume:
-        trainer = training.resume(resume, progress=not quiet, backend=given.pop("backend", None),
-                                  **given)
-        term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
-    else:
-        base = (training.TrainConfig.from_json(train_config) if train_config
-                else training.TrainConfig())
-        trainer = training.prepare(base.replace(**given), progress=not quiet)
-        _describe_run(trainer)
-    result = trainer.run()
-    _report(result, trainer)
+    group = distributed.world()  # the single process, or this rank of an mpiexec job
+
+    def run() -> tuple[Any, Any]:
+        trainer = None
+        if group.is_root and resume:
+            trainer = training.resume(resume, progress=not quiet,
+                                      backend=given.pop("backend", None), **given)
+            term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
+        elif group.is_root:
+            base = (training.TrainConfig.from_json(train_config) if train_config
+                    else training.TrainConfig())
+            trainer = training.prepare(base.replace(**given), progress=not quiet)
+            _describe_run(trainer)
+        trainer = distributed.replicate(trainer, group)
+        return trainer.run(), trainer
+
+    result, trainer = distributed.guarded(group, run)
+    if group.is_root:
+        _report(result, trainer)
 
 
 def _parse_betas(text: str) -> tuple[float, float]:
@@ -112,11 +127,22 @@ def _parse_betas(text: str) -> tuple[float, float]:
 
 def _describe_run(trainer: Any) -> None:
     m, d = trainer.model, trainer.data
-    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}; "
+    ranks = _ranks_note()
+    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}{ranks}; "
               f"tokenizer {trainer.tok.kind} ({trainer.tok.vocab_size} ids); "
               f"{len(d.train.ids):,} train / {len(d.val.ids):,} val tokens; "
               f"{trainer.total} steps of {d.batch_size}x{d.seq_len} -> {trainer.cfg.out}",
               highlight=False)
+
+
+def _ranks_note() -> str:
+    """', N ranks x T threads' under MPI, else nothing."""
+    from .distributed import world
+    group = world()
+    if group.size == 1:
+        return ""
+    threads = os.environ.get("SLLM_NUM_THREADS", "?")
+    return f", {group.size} ranks x {threads} thread{'' if threads == '1' else 's'}"
 
 
 def _report(result: Any, trainer: Any) -> None:
@@ -458,6 +484,35 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
                f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes)")
 
 
+@app.command("export")
+@command
+def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+               to: str = typer.Option(..., "--to", help="hf (a transformers directory) | gguf (llama.cpp)."),
+               output: Path = typer.Option(..., "-o", "--output", help="Directory (hf) or .gguf file to write."),
+               dtype: str = typer.Option("f32", help="hf: f32 | f16; gguf: f32 | f16 | q8_0 | q4_0."),
+               ) -> None:
+    """Export a model to Hugging Face (GPT2LMHeadModel, safetensors) or GGUF (llama.cpp)."""
+    import sllm
+    from .export import export_model
+    m = sllm.load(_resolve_model(model), backend="numpy")
+    term.print(export_model(m, to, output, dtype), highlight=False)
+
+
+@app.command("import")
+@command
+def import_cmd(source: str = typer.Argument(..., help="A Hugging Face GPT-2 directory (config.json + model.safetensors) or a .gguf file."),
+               output: Path = typer.Option(..., "-o", "--output", help="The .sllm file to write."),
+               dtype: str = typer.Option("f32", help="Precision of the .sllm file: f32 | f16."),
+               ) -> None:
+    """Import a GPT-2-shaped checkpoint as an sllm model (fine-tune it with train --init-from)."""
+    from .export import import_model
+    m = import_model(source)
+    m.save(output, dtype=dtype)
+    tok = (m.tokenizer or {}).get("type", "none")
+    term.print(f"wrote {output}: {m.num_parameters():,} parameters, tokenizer {tok}",
+               highlight=False)
+
+
 @app.command("export-web")
 @command
 def export_web(
@@ -510,3 +565,7 @@ def bench(
     if json_out:
         write_json(report, json_out)
         term.print(f"results written to {json_out}")
+
+
+if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
+    app()
