@@ -32,9 +32,9 @@ class JsonModel:
     metadata: dict[str, Any]
 
 
-def write_json(path: "str | os.PathLike[str]", config: dict[str, Any],
+def write_json(path: str | os.PathLike[str], config: dict[str, Any],
                weights: dict[str, np.ndarray], vocab: Any = None,
-               metadata: "dict[str, Any] | None" = None) -> None:
+               metadata: dict[str, Any] | None = None) -> None:
     """Write {"format", "config", "vocab", "metadata", "weights": {name: nested lists}}."""
     doc = {"format": FORMAT, "version": 1, "config": config, "vocab": vocab,
            "metadata": metadata or {},
@@ -43,7 +43,7 @@ def write_json(path: "str | os.PathLike[str]", config: dict[str, Any],
         f.write(json.dumps(doc, separators=(",", ":")).encode("utf-8"))
 
 
-def read_json(path: "str | os.PathLike[str]") -> JsonModel:
+def read_json(path: str | os.PathLike[str]) -> JsonModel:
     """Read and check a JSON model; any malformation raises FormatError naming what is wrong."""
     doc = _read(path)
     try:

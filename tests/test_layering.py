@@ -127,3 +127,12 @@ def test_layers(module, forbidden):
 
 def test_the_checker_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_files_are_written_through_fileio():
+    """One atomic-write helper (temp file, fsync of file and directory, rename): no module
+    renames temp files into place by hand."""
+    offenders = [path.name for path in PACKAGE.rglob("*.py") if path.name != "fileio.py"
+                 and ("os.replace(" in path.read_text(encoding="utf-8")
+                      or "os.rename(" in path.read_text(encoding="utf-8"))]
+    assert offenders == []
