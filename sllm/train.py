@@ -81,7 +81,7 @@ def _model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
 
 def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
     """The model (weights, config, tokenizer) a fine-tuning run starts from."""
-    from .serialize import load_model
+    from .model import load_model
     if cfg.model is not None:
         raise ConfigError("--init-from brings its own model config; drop --config")
     if not os.path.isfile(os.fspath(cfg.init_from)):

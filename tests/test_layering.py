@@ -107,6 +107,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 KNOWN = [
     # the MPI launcher (distributed.main_worker) starts a Trainer; train uses the Group
     ["sllm.distributed", "sllm.train"],
+    # export dispatches to gguf_export lazily; gguf_export takes ExportError and require
+    ["sllm.export", "sllm.gguf_export"],
 ]
 
 
