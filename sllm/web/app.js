@@ -21,6 +21,14 @@ class ModelWorker {
         p.reject(e);
       } else if (p.onMessage) p.onMessage(data);
     };
+    // A worker that cannot start (e.g. the page opened as a file:// URL) fails every call.
+    this.worker.onerror = (event) => {
+      const reason = location.protocol === "file:"
+        ? "the page must be served over HTTP (python -m http.server -d SITE), not opened as a file"
+        : `the model worker failed: ${event.message || "it could not be started"}`;
+      for (const p of this.pending.values()) p.reject(new Error(reason));
+      this.pending.clear();
+    };
   }
   call(type, fields = {}, onMessage = null, transfer = []) {
     const id = this.next++;
