@@ -473,3 +473,9 @@ WebAssembly.validate = (bytes) => bytes.byteLength < 64 ? false : validate(bytes
     finally:
         browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
                                 {"identifier": script["identifier"]})
+
+
+def test_page_opened_as_a_file_says_to_serve_it(browser, site):
+    browser.get((site / "index.html").as_uri())
+    error = browser.find_element("id", "error")
+    assert error.is_displayed() and "served over HTTP" in error.text
