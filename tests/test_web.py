@@ -479,3 +479,25 @@ def test_page_opened_as_a_file_says_to_serve_it(browser, site):
     browser.get((site / "index.html").as_uri())
     error = browser.find_element("id", "error")
     assert error.is_displayed() and "served over HTTP" in error.text
+
+
+@pytest.mark.filterwarnings("ignore:not in the vocabulary")
+def test_chat_turns_match_python(browser, site):
+    """The browser's ChatSession builds the same A:/B: dialogue as sllm.chat (greedy)."""
+    from sllm.chat import ChatSession
+    m = sllm.load(site / "model.sllm", backend="wasm-simd")
+    session = ChatSession(m, tokenizers.from_dict(m.tokenizer), max_new_tokens=20, temperature=0)
+    lines = ["Hello! How are you?", "Do you have a pet?", "What do you like to eat?"] * 3
+    expected = ["".join(session.reply(line)) for line in lines]
+    got = run_js(browser, """
+const m = await sllm.load("model.sllm");
+const chat = m.chat({maxTokens: 20, temperature: 0});
+const out = [];
+for (const line of args[0]) {
+  let text = "";
+  for await (const piece of chat.reply(line)) text += piece;
+  out.push(text);
+}
+return out;
+""", lines)
+    assert got == expected
