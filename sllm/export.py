@@ -178,11 +178,12 @@ def _sllm_tensors(weights: dict[str, np.ndarray], config: ModelConfig,
         key = {"wte": "wte.weight", "wpe": "wpe.weight"}.get(name, name)
         if key not in weights:
             raise FormatError(f"{where}: tensor {key!r} is missing")
-        arr = weights[key].T if name == "lm_head.weight" else weights[key]
-        if arr.shape != slot.shape:
+        linear = name == "lm_head.weight"  # nn.Linear: stored (out, in)
+        want = slot.shape[::-1] if linear else slot.shape
+        if weights[key].shape != want:
             raise FormatError(f"{where}: tensor {key!r} has shape {weights[key].shape}; "
-                              f"the config needs {slot.shape if name != 'lm_head.weight' else slot.shape[::-1]}")
-        out[name] = arr
+                              f"the config needs {want}")
+        out[name] = weights[key].T if linear else weights[key]
     return out
 
 
