@@ -149,4 +149,33 @@ void attention_decode(float* out, const float* qkv, float* kcache, float* vcache
     }
 }
 
+// Continuous batching: one new position per sequence, sequence b in cache slot slots[b] at
+// position positions[b]. Each (sequence, head) is the B = Tn = 1 case of attention_decode
+// on its own slot, so a sequence's output does not depend on what else is in the batch.
+void attention_decode_batch(float* out, const float* qkv, float* kcache, float* vcache,
+                            const int32_t* slots, const int32_t* positions, int64_t B,
+                            int64_t C, int64_t H, int64_t maxT) {
+  const int64_t D = C / H;
+  int64_t nk = 1;
+  for (int64_t b = 0; b < B; ++b) nk = std::max<int64_t>(nk, positions[b] + 1);
+  auto guard = g_attention.lock();
+  int64_t per_thread;
+  float* scratch = thread_scratch(kRowBlock * nk, &per_thread);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (B * H * nk * D > 65536)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t pos = positions[b];
+      float* kc = kcache + ((int64_t)slots[b] * H + h) * maxT * D;
+      float* vc = vcache + ((int64_t)slots[b] * H + h) * maxT * D;
+      const float* q = qkv + b * 3 * C + h * D;
+      for (int64_t d = 0; d < D; ++d) {
+        kc[pos * D + d] = q[C + d];
+        vc[pos * D + d] = q[2 * C + d];
+      }
+      float* s = scratch + thread_id() * per_thread;
+      head_fwd({q, 3 * C, kc, vc, D, out + b * C + h * D, C, 1, pos, D}, nullptr, s,
+               s + kRowBlock * (pos + 1));
+    }
+}
+
 }  // namespace sllm

@@ -62,6 +62,7 @@ class SLLM:
         self._p_layers = [_layer(self._params, i) for i in range(self.config.num_layers)]
         self._g_layers = [_layer(self._grads, i) for i in range(self.config.num_layers)]
         self._acts: dict[tuple[int, int, bool], Activations] = {}
+        self._batch_acts: dict[int, Activations] = {}  # decode_batch, by batch size
         self._last_seed = 0
         self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
         self.metadata: dict[str, Any] = {}
@@ -185,16 +186,23 @@ class SLLM:
         self._forward(acts, dropout, cache)
         return acts
 
-    def _forward(self, a: Activations, dropout: float, cache: KVCache | None) -> None:
+    def _forward(self, a: Activations, dropout: float, cache: KVCache | None,
+                 rows: "tuple[np.ndarray, np.ndarray] | None" = None) -> None:
+        """rows = (slots, positions): a continuous-batching step (see decode_batch)."""
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
-        k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
+        if rows is None:
+            k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
+        else:  # each row at its own position: a (B, C) gather, no kernel needed
+            np.add(P["wte"][a.tokens[:, 0]], P["wpe"][rows[1]], out=a.x0[:, 0])
         x = a.x0
         for i, (L, la) in enumerate(zip(self._p_layers, a.layers)):
             k.layernorm_fwd(la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b)
             k.matmul_fwd(la.qkv, la.ln1, L.attn_w, L.attn_b)
             if cache is None:
                 k.attention_fwd(la.atty, la.att, la.qkv, H)
+            elif rows is not None:
+                k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H)
             else:
                 k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H)
             k.matmul_fwd(la.attproj, la.atty, L.proj_w, L.proj_b)
@@ -274,3 +282,26 @@ class SLLM:
         acts = self._run_forward(t, grads=False, cache=cache)
         cache.pos += acts.shape[1]
         return np.array(acts.logits[:, -1, :])
+
+    def decode_batch(self, tokens: Any, cache: KVCache, slots: Any, positions: Any
+                     ) -> np.ndarray:
+        """One continuous-batching step: sequence b feeds tokens[b] at positions[b] of cache
+        slot slots[b] (its own length; slots distinct). Returns the next-token logits (B, V).
+        Row b equals decode() of that sequence alone, whatever else is in the batch."""
+        t = self._check_tokens(np.asarray(tokens).reshape(-1, 1))
+        B, S, limit = t.shape[0], len(cache.k[0]) if cache.k else 0, self.config.max_seq_len
+        sl = np.ascontiguousarray(slots, dtype=np.int32).reshape(-1)
+        ps = np.ascontiguousarray(positions, dtype=np.int32).reshape(-1)
+        if sl.shape != (B,) or ps.shape != (B,):
+            raise ValueError(f"need one slot and one position per token ({B}), "
+                             f"got {sl.size} and {ps.size}")
+        if sl.min() < 0 or sl.max() >= S or len(set(sl.tolist())) != B:
+            raise ValueError(f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
+        if ps.min() < 0 or ps.max() >= limit:
+            raise ValueError(f"positions must be in [0, max_seq_len {limit}), got {ps.tolist()}")
+        acts = self._batch_acts.get(B)
+        if acts is None:
+            acts = self._batch_acts[B] = Activations(self.backend, self.config, B, 1, False)
+        acts.tokens[...] = t
+        self._forward(acts, 0.0, cache, (sl, ps))
+        return np.array(acts.logits[:, 0, :])

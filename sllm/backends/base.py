@@ -26,7 +26,7 @@ KERNELS: tuple[str, ...] = (
     "encoder_fwd", "encoder_bwd",
     "layernorm_fwd", "layernorm_bwd",
     "matmul_fwd", "matmul_bwd",
-    "attention_fwd", "attention_bwd", "attention_decode",
+    "attention_fwd", "attention_bwd", "attention_decode", "attention_decode_batch",
     "gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd",
     "residual_fwd",
     "dropout_fwd", "dropout_bwd",
@@ -113,6 +113,11 @@ class Backend:
     attention_bwd = _required("attention_bwd", """attention_bwd(dqkv (B,T,3C), dout (B,T,C), qkv, out (B,T,C), saved, n_head).""")
     attention_decode = _required("attention_decode", """attention_decode(out (B,Tn,C), qkv (B,Tn,3C), kcache (B,H,maxT,D), vcache, pos, n_head):
     stores the new keys/values at positions pos..pos+Tn-1, then attends causally.""")
+    attention_decode_batch = _required("attention_decode_batch", """attention_decode_batch(out (B,1,C), qkv (B,1,3C), kcache (S,H,maxT,D), vcache,
+    slots (B,) int32, positions (B,) int32, n_head): continuous batching, one new position
+    per sequence: row b stores its key/value in cache slot slots[b] at positions[b], then
+    attends over positions 0..positions[b] of that slot. Slots are distinct; row b's output
+    equals attention_decode on slot slots[b] alone (B = Tn = 1, pos = positions[b]).""")
     gelu_fwd = _required("gelu_fwd", """gelu_fwd(out, inp): GPT-2's tanh approximation, elementwise.""")
     gelu_bwd = _required("gelu_bwd", """gelu_bwd(dinp, dout, inp): dinp may alias dout.""")
     relu_fwd = _required("relu_fwd", """relu_fwd(out, inp).""")
