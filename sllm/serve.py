@@ -150,7 +150,7 @@ class Server:
         b = await self.body(request, api.CHAT_FIELDS, ("model", "messages"))
         ids = api.prompt_ids(self.engine.tok, api.render_chat(b["messages"]), self.vocab_size)
         param = "max_completion_tokens" if "max_completion_tokens" in b else "max_tokens"
-        budget = api.token_budget(len(ids), b.get(param), self.context, param)
+        budget = api.token_budget(len(ids), b.get(param), self.context, param, "messages")
         req, events = self.start(ids, self.sampling(b, budget, extra_stop=("\n",)))
         rid = api.new_id("chatcmpl")
         if b.get("stream"):

@@ -234,14 +234,14 @@ def prompt_ids(tok: Any, prompt: "str | list[int]", vocab_size: int) -> list[int
         raise ApiError(str(e), "prompt") from None
 
 
-def token_budget(n_prompt: int, max_tokens: int | None, context: int, param: str) -> int:
+def token_budget(n_prompt: int, max_tokens: int | None, context: int, param: str,
+                 prompt_param: str = "prompt") -> int:
     """max_tokens checked against the context (None: all the room left)."""
     room = context - n_prompt
     if room < 1:
         raise ApiError(f"This model's maximum context length is {context} tokens; the prompt "
                        f"has {n_prompt} tokens, which leaves no room to generate.",
-                       "messages" if param == "max_completion_tokens" else "prompt",
-                       code="context_length_exceeded")
+                       prompt_param, code="context_length_exceeded")
     if max_tokens is not None and max_tokens > room:
         raise ApiError(f"'{param}' is too large: {max_tokens}. This model's maximum context "
                        f"length is {context} tokens and the prompt has {n_prompt}, so at most "
