@@ -30,6 +30,10 @@ RETRY_AFTER_S = 1
 ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
 
 
+class ClientGone(Exception):
+    """The client disconnected before its (non-streamed) answer was ready."""
+
+
 class Server:
     """The app's state: the engine, the model's name, the API key, request counters."""
 
@@ -93,22 +97,19 @@ class Server:
 
     async def collect(self, request: Request, req: GenRequest, events: asyncio.Queue
                       ) -> tuple[str, Event]:
-        """Wait for the whole answer; a client that goes away cancels it."""
+        """Wait for the whole answer; a client that goes away meanwhile cancels it."""
+        gone = asyncio.ensure_future(_disconnected(request))
         pieces = []
-        while True:
-            try:
-                event = await asyncio.wait_for(events.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    self.engine.cancel(req)
-                    raise
-                continue
-            if event.kind == "text":
-                pieces.append(event.text)
-            elif event.kind == "error":
-                raise RuntimeError(event.text)
-            else:
-                return "".join(pieces), event
+        try:
+            async for event in _until_done(events, gone):
+                if event.kind == "text":
+                    pieces.append(event.text)
+                else:
+                    return "".join(pieces), event
+        finally:
+            gone.cancel()
+        self.engine.cancel(req)
+        raise ClientGone()
 
     # ---- endpoints ---------------------------------------------------------------------
     async def models(self, request: Request) -> Response:
@@ -232,10 +233,26 @@ class Server:
         return "\n".join(lines) + "\n"
 
 
-async def _until_done(events: asyncio.Queue) -> AsyncIterator[Event]:
-    """The engine's events for one request up to its end; an error raises RuntimeError."""
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects (the body has been read: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _until_done(events: asyncio.Queue, stop: "asyncio.Future[None] | None" = None
+                      ) -> AsyncIterator[Event]:
+    """The engine's events for one request up to its end (or until `stop` is done); an
+    error event raises RuntimeError."""
     while True:
-        event = await events.get()
+        if stop is None:
+            event = await events.get()
+        else:
+            get = asyncio.ensure_future(events.get())
+            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                return
+            event = get.result()
         if event.kind == "error":
             raise RuntimeError(event.text)
         yield event
@@ -255,7 +272,7 @@ def _guard(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
             return await handler(request)
         except api.ApiError as e:
             return _error_response(e)
-        except asyncio.TimeoutError:  # the client went away while we waited
+        except ClientGone:  # nobody reads the answer; nginx's code for it
             return Response(status_code=499)
         except Exception as e:  # noqa: BLE001 - report, keep serving
             return _error_response(api.ApiError(f"internal error: {e}", status=500,

@@ -347,6 +347,21 @@ def test_disconnect_mid_stream_frees_the_slot(model_path):
         server.stop()
 
 
+def test_disconnect_while_waiting_for_a_whole_answer_frees_the_slot(model_path):
+    server = ThreadServer(model_path, max_batch=1, max_queue=0, step_delay=0.05)  # 3 s of work
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/completions", timeout=httpx.Timeout(5, read=0.3),
+                       json={"model": "tiny", "prompt": "the cat", "max_tokens": 60})
+        t0 = time.monotonic()
+        while server.engine.busy_slots() and time.monotonic() - t0 < 3:
+            time.sleep(0.01)
+        assert server.engine.busy_slots() == 0
+        assert time.monotonic() - t0 < 1.0  # noticed within a 0.5 s poll, not after 60 steps
+    finally:
+        server.stop()
+
+
 def test_api_key_is_required_when_set(model_path):
     server = ThreadServer(model_path, api_key="s3cret")
     try:
