@@ -6,7 +6,7 @@ import pytest
 
 import sllm
 from sllm import backends
-from sllm.backends import numpy_ref
+from sllm.backends import reference as numpy_ref
 
 RTOL, ATOL = 1e-4, 1e-5
 
