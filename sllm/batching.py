@@ -67,21 +67,30 @@ class Request:
 class TextStream:
     """Turns new token ids into text pieces: each piece is the growth of decode(prompt +
     new ids) (as `sllm generate` prints it), held back while it ends in an incomplete UTF-8
-    sequence or could be the start of a stop string; text from a stop string on is cut."""
+    sequence or could be the start of a stop string; text from a stop string on is cut.
+
+    The growth is computed over the last CONTEXT ids already shown plus the new ones (the
+    tokenizers' decode is local: spacing and byte sequences depend on a few neighbours),
+    so a token costs the same at position 10 and at position 1,000."""
+
+    CONTEXT = 16
 
     def __init__(self, tok: Any, prompt_ids: list[int], stop: tuple[str, ...]):
         self.tok, self.ids, self.stop = tok, list(prompt_ids), stop
-        self.base = tok.decode(self.ids)
-        self.text = ""  # the completion so far (last complete decode)
+        self.shown = len(self.ids)  # ids whose text is in self.text (or the prompt)
+        self.text = ""  # the completion so far
         self.sent = 0   # characters of self.text already handed out
 
     def push(self, token: int) -> tuple[str, bool]:
         """Add a token; return (text that is safe to send now, whether a stop string hit)."""
         self.ids.append(token)
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd") or not text.startswith(self.base):
+        context = self.ids[max(0, self.shown - self.CONTEXT):self.shown]
+        before = self.tok.decode(context)
+        after = self.tok.decode(context + self.ids[self.shown:])
+        if after.endswith("\ufffd") or not after.startswith(before):
             return "", False
-        self.text = text[len(self.base):]
+        self.text += after[len(before):]
+        self.shown = len(self.ids)
         hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
         if hits:
             return self._send(min(hits)), True
@@ -280,10 +289,10 @@ class Engine:
         rest = seq.text.flush() if flush else ""
         if rest:
             seq.request.emit(Event("text", rest))
+        self._leave(seq, reason)  # the slot is free before the client hears of the end
         seq.request.emit(Event("done", finish_reason=reason,
                                prompt_tokens=len(seq.request.prompt_ids),
                                completion_tokens=seq.generated))
-        self._leave(seq, reason)
 
     def _leave(self, seq: Sequence, reason: str) -> None:
         self.active.remove(seq)

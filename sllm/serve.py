@@ -10,10 +10,13 @@ its answer streams is cancelled and its KV-cache slot is free before the next st
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import socket
+import threading
 import time
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -30,6 +33,34 @@ RETRY_AFTER_S = 1
 ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
 
 
+class Mailbox:
+    """Hands the engine thread's events to the event loop, one wake-up for all the events
+    posted meanwhile (a decode step makes one per active request), not one per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: deque[tuple[asyncio.Queue, Event]] = deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, events: asyncio.Queue, event: Event) -> None:
+        """From any thread: deliver `event` to `events` on the loop."""
+        self.items.append((events, event))
+        with self.lock:
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self.deliver)
+
+    def deliver(self) -> None:
+        """On the loop: put everything posted so far into its queue."""
+        with self.lock:
+            self.scheduled = False
+        while self.items:
+            events, event = self.items.popleft()
+            events.put_nowait(event)
+
+
 class ClientGone(Exception):
     """The client disconnected before its (non-streamed) answer was ready."""
 
@@ -43,6 +74,7 @@ class Server:
         self.vocab_size = engine.model.config.vocab_size
         self.started = time.time()
         self.requests: dict[tuple[str, int], int] = {}
+        self.mailbox: Mailbox | None = None
 
     # ---- plumbing ----------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -83,11 +115,10 @@ class Server:
 
     def start(self, ids: list[int], sampling: Sampling) -> tuple[GenRequest, asyncio.Queue]:
         """Submit to the engine; its events arrive on the returned asyncio queue."""
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
-
-        def emit(event: Event) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-        req = GenRequest(ids, sampling, emit)
+        if self.mailbox is None:
+            self.mailbox = Mailbox(asyncio.get_running_loop())
+        events: asyncio.Queue = asyncio.Queue()
+        req = GenRequest(ids, sampling, functools.partial(self.mailbox.post, events))
         try:
             self.engine.submit(req)
         except QueueFull as e:
