@@ -454,6 +454,22 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
                f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes)")
 
 
+@app.command("export-web")
+@command
+def export_web(
+    model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+    out: Path = typer.Option(..., "-o", "--out", help="Directory to write the site into."),
+    dtype: Optional[str] = typer.Option(None, help="Re-save the model as f32 or f16."),
+) -> None:
+    """Write a static site that chats with, and fine-tunes, the model in the browser."""
+    from .export_web import export_site
+    site = export_site(model, out, dtype=dtype)
+    for name, size in site["files"].items():
+        term.print(f"  {name:<20} {size:>10,} bytes", highlight=False)
+    term.print(f"wrote {len(site['files'])} files ({site['total_bytes']:,} bytes) to {out}; "
+               f"serve it with: python -m http.server -d {out}", highlight=False)
+
+
 # ---- bench ---------------------------------------------------------------------------------
 @app.command()
 @command

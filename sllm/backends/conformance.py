@@ -49,6 +49,7 @@ class KernelCases:
     atol: float = ATOL
     aliases: tuple[tuple[int, int], ...] = ()
     setup: Callable[[Backend, Args], None] | None = None
+    returns: bool = False  # the kernel returns a value (grad_norm_sq), compared too
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,16 @@ def check_kernel(backend: Backend, kernel: str, index: int) -> list[Check]:
     args = spec.args(_rng(kernel, index), **shape)
     reference = _reference_backend()
     ref, mine = _on(reference, args, spec, in_place), _on(backend, args, spec, in_place)
-    getattr(reference, kernel)(*ref)
-    getattr(backend, kernel)(*mine)
+    ref_value = getattr(reference, kernel)(*ref)
+    value = getattr(backend, kernel)(*mine)
     names = output_names(kernel)
     label = case_label(spec.shapes[index])
-    return [compare(kernel, label, names[i], mine[i], ref[i], spec.rtol, spec.atol)
-            for i in spec.outputs if ref[i] is not None]
+    checks = [compare(kernel, label, names[i], mine[i], ref[i], spec.rtol, spec.atol)
+              for i in spec.outputs if ref[i] is not None]
+    if spec.returns:
+        checks.append(compare(kernel, label, "returned value", value, ref_value, spec.rtol,
+                              0.0))
+    return checks
 
 
 # ---- argument builders ---------------------------------------------------------------------
@@ -194,6 +199,12 @@ def _matmul_bwd(rng, N, C, OC, bias, trans_w):
     w = _weight(rng, C, OC, trans_w)
     return [_f(rng, N, C), _f(rng, *w.shape), _f(rng, OC) if bias else None, _f(rng, N, OC),
             _f(rng, N, C), w, trans_w]
+
+
+def _matmul_q_fwd(rng, N, K, OC, qtype, bias):
+    from ..quant import quantize
+    return [_f(rng, N, OC), _f(rng, N, K), quantize(_f(rng, OC, K), qtype),
+            _f(rng, OC) if bias else None, qtype]
 
 
 def _attention_fwd(rng, B, T, H, D):
@@ -267,6 +278,10 @@ def _adam(rng, n, decoupled, step):
             step, n // 2 + 16, decoupled]
 
 
+def _norm(rng, n):
+    return [_f(rng, n) * 3]
+
+
 def _grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
     """Every combination of the given axes, as shape dicts (the last axis varies fastest)."""
     shapes: list[dict[str, Any]] = [{}]
@@ -284,6 +299,11 @@ _LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128))
 _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (7, 17, 19), (37, 33, 70),
                                    (130, 128, 384), (20, 64, 5003))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
+# K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
+_MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
+        for i, s in enumerate(_shapes("N K OC", (1, 32, 1), (1, 45, 7), (3, 96, 33), (7, 17, 19),
+                                      (1, 384, 1152), (37, 1536, 70), (5, 64, 5003)))
+        for q in ("q8_0", "q4_0", "q4_1")]
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
 _DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
                (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64))
@@ -305,6 +325,7 @@ CASES: dict[str, KernelCases] = {
     "layernorm_bwd": KernelCases(_LN, _layernorm_bwd, (0, 1, 2)),
     "matmul_fwd": KernelCases(_MM, _matmul_fwd, (0,)),
     "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2)),
+    "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,)),
     "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved),
     "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state),
     "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3)),
@@ -322,6 +343,10 @@ CASES: dict[str, KernelCases] = {
     "sgd_update": KernelCases(_grid(n=(1003,), momentum=(0.0, 0.9)), _sgd, (0, 2)),
     "adam_update": KernelCases(_grid(n=(1003,), decoupled=(False, True), step=(1, 3)), _adam,
                                (0, 2, 3)),
+    # tails of every SIMD width, several fixed-size blocks, the threaded path
+    "grad_norm_sq": KernelCases(_shapes("n", (1,), (7,), (1003,), (32768 * 3 + 5,),
+                                        ((1 << 17) + 9,)), _norm, (), rtol=1e-12,
+                                returns=True),
 }
 
 
