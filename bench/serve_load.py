@@ -67,10 +67,12 @@ def prompts(n: int, seed: int = 0) -> list[str]:
 class ServerProcess:
     """`python -m sllm serve` on a free loopback port."""
 
-    def __init__(self, model: Path, backend: str, max_batch: int, max_queue: int):
+    def __init__(self, model: Path, backend: str, max_batch: int, max_queue: int,
+                 threads: int | None):
+        extra = ["--threads", str(threads)] if threads else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sllm", "serve", str(model), "--port", "0", "--backend",
-             backend, "--max-batch", str(max_batch), "--max-queue", str(max_queue)],
+             backend, "--max-batch", str(max_batch), "--max-queue", str(max_queue), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
         m = re.search(r"http://([\d.]+):(\d+)/v1", line)
@@ -150,29 +152,37 @@ async def clients_run(url: str, model_id: str, clients: int, requests_each: int,
 
 
 def throughput(args: argparse.Namespace, model: Path) -> None:
-    server = ServerProcess(model, args.backend, args.max_batch, args.max_queue)
+    """Rounds of 1 and N clients, interleaved so each ratio compares neighbours in time."""
+    server = ServerProcess(model, args.backend, args.max_batch, args.max_queue, args.threads)
     texts = prompts(64)
-    rows = []
+    counts = [int(x) for x in args.clients.split(",")]
+    rows: dict[int, list[dict[str, float]]] = {n: [] for n in counts}
     load_before = os.getloadavg()
     try:
         asyncio.run(clients_run(server.url, server.model_id, 2, 1, 8, texts))  # warm up
-        for n in [int(x) for x in args.clients.split(",")]:
-            rows.append(asyncio.run(clients_run(server.url, server.model_id, n,
-                                                args.requests_each, args.tokens, texts)))
+        for _ in range(args.rounds):
+            for n in counts:
+                rows[n].append(asyncio.run(clients_run(server.url, server.model_id, n,
+                                                       args.requests_each, args.tokens, texts)))
     finally:
         server.stop()
-    base = rows[0]["tok_s"]
-    print(f"\n{model.name}, backend {args.backend}, --max-batch {args.max_batch}, "
-          f"{args.tokens} tokens per request, {args.requests_each} requests per client; "
-          f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} "
-          f"({os.cpu_count()} cores)\n")
-    print("| streaming clients | tokens | seconds | aggregate tokens/s | vs 1 client "
+    print(f"\n{model.name}, backend {args.backend} with {args.threads} kernel thread(s), "
+          f"--max-batch {args.max_batch}, {args.tokens} tokens per request, "
+          f"{args.requests_each} requests per client, {args.rounds} rounds; load average "
+          f"before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
+    print("| round | streaming clients | tokens | seconds | aggregate tokens/s | vs 1 client "
           "| first token p50 (ms) | between tokens p50 (ms) | p99 (ms) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['clients']} | {r['tokens']} | {r['seconds']:.1f} | {r['tok_s']:.0f} | "
-              f"{r['tok_s'] / base:.1f}x | {r['ttft_p50']:.0f} | {r['gap_p50']:.1f} | "
-              f"{r['gap_p99']:.1f} |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for i in range(args.rounds):
+        base = rows[counts[0]][i]["tok_s"]
+        for n in counts:
+            r = rows[n][i]
+            print(f"| {i + 1} | {n} | {r['tokens']} | {r['seconds']:.1f} | {r['tok_s']:.0f} | "
+                  f"{r['tok_s'] / base:.1f}x | {r['ttft_p50']:.0f} | {r['gap_p50']:.1f} | "
+                  f"{r['gap_p99']:.1f} |")
+    med = {n: float(np.median([r["tok_s"] for r in rows[n]])) for n in counts}
+    print("\nmedian aggregate tokens/s: " + ", ".join(
+        f"{n} client(s) {med[n]:.0f} ({med[n] / med[counts[0]]:.1f}x)" for n in counts))
 
 
 # ---- load test -------------------------------------------------------------------------
@@ -288,7 +298,7 @@ def load(args: argparse.Namespace, model: Path) -> None:
                                                       for r in reqs if "prompt" in r})
     print(f"{len(expected)} expected outputs computed without the server in "
           f"{time.perf_counter() - t0:.0f} s")
-    server = ServerProcess(model, args.backend, args.max_batch, args.max_queue)
+    server = ServerProcess(model, args.backend, args.max_batch, args.max_queue, args.threads)
     load_before = os.getloadavg()
     try:
         t0 = time.perf_counter()
@@ -326,7 +336,9 @@ def main() -> None:
     p.add_argument("--backend", default="cpp")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-queue", type=int, default=8)
-    p.add_argument("--clients", default="1,4,8,16")
+    p.add_argument("--threads", type=int, default=1, help="the server's kernel threads")
+    p.add_argument("--rounds", type=int, default=3, help="throughput: rounds of all counts")
+    p.add_argument("--clients", default="1,16")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--requests-each", type=int, default=2)
     p.add_argument("--requests", type=int, default=2000)

@@ -233,6 +233,7 @@ def serve(
     backend: str = typer.Option("auto", help="Compute backend."),
     max_batch: int = typer.Option(16, help="Sequences decoded together (KV-cache slots)."),
     max_queue: int = typer.Option(64, help="Requests that may wait for a slot; more get 503."),
+    threads: Optional[int] = typer.Option(None, help="Kernel threads (default: the backend's)."),
     api_key: Optional[str] = typer.Option(None, envvar="SLLM_API_KEY",
                                           help="Require 'Authorization: Bearer KEY'."),
     tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
@@ -245,6 +246,8 @@ def serve(
             from None
     from .batching import Engine
     m, tok = _load(model, backend, tokenizer)
+    if threads is not None:
+        m.backend.set_num_threads(threads)
     engine = Engine(m, tok, max_batch=max_batch, max_queue=max_queue)
     model_id = Path(_resolve_model(model)).stem if not os.path.isdir(model) \
         else Path(model).resolve().name
