@@ -38,7 +38,7 @@ def demo_model(folder: Path) -> Path:
     """The demo shape with a trained 2000-word tokenizer, saved as f32."""
     cfg = {**json.loads((ROOT / "configs" / "small-model.json").read_text()),
            "maxSeqLen": 128, "dropout": 0.0, "vocabSize": 2000}
-    tok = tokenizers.WordTokenizer.train(generate_corpus(400_000), 2000)
+    tok = tokenizers.WordTokenizer.train(generate_corpus(3_000_000), 2000)
     model = sllm.SLLM(cfg, backend="numpy", seed=0)
     model.tokenizer = tok.to_dict()
     model.save(folder / "demo.sllm")
@@ -67,7 +67,7 @@ def python_side(path: Path, batches: list) -> dict:
         opt.step()
         times.append(time.perf_counter() - t0)
     return {"module": m.backend.capabilities["module"], "tokens_per_s": NEW_TOKENS / gen,
-            "first_token_ms": first * 1000, "step_ms": 1000 * float(np.median(times[1:]))}
+            "first_token_ms": first * 1000, "step_ms": 1000 * min(times[1:])}
 
 
 BROWSER_JS = """
@@ -87,16 +87,14 @@ for (const [x, y] of args[2]) {
   times.push(performance.now() - s);
 }
 times.shift();
-times.sort((a, b) => a - b);
-return {module: m.wasm, tokens_per_s: args[1] / gen, first_token_ms: first,
-        step_ms: times[Math.floor(times.length / 2)]};
+return {module: m.wasm, tokens_per_s: args[1] / gen, first_token_ms: first, step_ms: Math.min(...times)};
 """
 
 
 def main() -> None:
     """Export the demo-shaped model, then time both sides alternately."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
     from browser import StaticServer, chromium, run_js, why_no_browser
     reason = why_no_browser()
@@ -106,12 +104,12 @@ def main() -> None:
         folder = Path(tmp)
         path = demo_model(folder)
         sizes = {dt: export_site(path, folder / f"site-{dt}", dtype=dt)["total_bytes"]
-                 for dt in ("f32", "f16")}
+                 for dt in ("f32", "f16", "q8_0", "q4_0")}
         tok = tokenizers.from_dict(sllm.load(path, backend="numpy").tokenizer)
         ids = np.array(tok.encode(generate_corpus(50_000, seed=4)))
         rng = np.random.default_rng(0)
         batches = []
-        for _ in range(6):
+        for _ in range(8):
             offs = rng.integers(0, len(ids) - T - 1, B)
             batches.append((np.stack([ids[o:o + T] for o in offs]),
                             np.stack([ids[o + 1:o + T + 1] for o in offs])))
@@ -129,16 +127,18 @@ def main() -> None:
             driver.quit()
             server.close()
         load_after = os.getloadavg()
-    report(rows, sizes, load_before, load_after)
+    report(rows, sizes, load_before, load_after, tok.vocab_size)
 
 
-def report(rows: dict, sizes: dict, before: tuple, after: tuple) -> None:
-    """Best of the rounds per side, and the ratios."""
+def report(rows: dict, sizes: dict, before: tuple, after: tuple, vocab: int) -> None:
+    """Best of the rounds per side (the fastest step of each: the machine is shared, and
+    the minimum is what load disturbs least), and the ratios."""
     best = {side: {"module": r[0]["module"],
                    "tokens_per_s": max(x["tokens_per_s"] for x in r),
                    "first_token_ms": min(x["first_token_ms"] for x in r),
                    "step_ms": min(x["step_ms"] for x in r)} for side, r in rows.items()}
-    print(f"demo model shape (C=128, 4 layers, F=512, V=2000, T<=128); train step B={B} T={T}")
+    print(f"demo model shape (C=128, 4 layers, F=512, V={vocab} words, T<=128); "
+          f"train step B={B} T={T}; {NEW_TOKENS} greedy tokens")
     print(f"{'side':<10}{'module':<20}{'gen tok/s':>10}{'1st token ms':>14}{'step ms':>10}")
     for side, b in best.items():
         print(f"{side:<10}{b['module']:<20}{b['tokens_per_s']:>10.0f}{b['first_token_ms']:>14.1f}"
