@@ -69,7 +69,7 @@ class KVCache:
             self.backend.free(arr)
         self.k, self.v = [], []
 
-    def slot(self, s: int) -> "KVCacheSlot":
+    def slot(self, s: int) -> KVCacheSlot:
         """Sequence s of this cache alone (a view sharing its memory), empty (pos 0): the
         continuous-batching server prefills a new request's prompt into it with decode()."""
         return KVCacheSlot(self, s)

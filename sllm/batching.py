@@ -14,12 +14,14 @@ else is in the batch, and greedy output equals `sllm generate --temperature 0`.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -222,10 +224,10 @@ class Engine:
                 while self.waiting and self.free:
                     admitted.append((self.waiting.popleft(), self.free.pop()))
             for request, slot in admitted:
-                self._guarded([request], lambda: self._prefill(request, slot), [slot])
+                self._guarded([request], functools.partial(self._prefill, request, slot), [slot])
             if self.active:
                 seqs = list(self.active)
-                self._guarded([s.request for s in seqs], lambda: self._step(seqs),
+                self._guarded([s.request for s in seqs], functools.partial(self._step, seqs),
                               [s.slot for s in seqs])
 
     def _drop_cancelled(self) -> None:
@@ -263,7 +265,7 @@ class Engine:
                                          [s.slot for s in seqs], [s.pos for s in seqs])
         self.stats.steps += 1
         self.stats.batched_rows += len(seqs)
-        for seq, row in zip(seqs, logits):
+        for seq, row in zip(seqs, logits, strict=True):
             seq.pos += 1
             self._advance(seq, row)
 

@@ -258,7 +258,7 @@ class SLLM:
         return acts
 
     def _forward(self, a: Activations, dropout: float, cache: KVCache | None,
-                 rows: "tuple[np.ndarray, np.ndarray] | None" = None) -> None:
+                 rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """rows = (slots, positions): a continuous-batching step (see decode_batch)."""
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)

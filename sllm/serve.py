@@ -17,8 +17,9 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,7 +27,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from . import serve_api as api
-from .batching import Engine, Event, QueueFull, Request as GenRequest, Sampling
+from .batching import Engine, Event, QueueFull, Sampling
+from .batching import Request as GenRequest
 
 MAX_BODY = 1 << 20  # bytes; a request body larger than this is refused
 RETRY_AFTER_S = 1
@@ -270,7 +272,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _until_done(events: asyncio.Queue, stop: "asyncio.Future[None] | None" = None
+async def _until_done(events: asyncio.Queue, stop: asyncio.Future[None] | None = None
                       ) -> AsyncIterator[Event]:
     """The engine's events for one request up to its end (or until `stop` is done); an
     error event raises RuntimeError."""

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .corpus import BOT_PREFIX, USER_PREFIX
 from .generate import encode_prompt
@@ -127,7 +128,7 @@ def stream_options(name: str, v: Any) -> dict[str, bool]:
     return {"include_usage": boolean(f"{name}.include_usage", v.get("include_usage", False))}
 
 
-def prompt_field(name: str, v: Any) -> "str | list[int]":
+def prompt_field(name: str, v: Any) -> str | list[int]:
     """One prompt: a string, or token ids (as [str] or [[ids]] of length 1 too)."""
     if isinstance(v, list) and len(v) == 1 and isinstance(v[0], (str, list)):
         v = v[0]
@@ -220,7 +221,7 @@ def render_chat(messages: list[tuple[str, str]]) -> str:
     return "\n".join(lines + [BOT_PREFIX])
 
 
-def prompt_ids(tok: Any, prompt: "str | list[int]", vocab_size: int) -> list[int]:
+def prompt_ids(tok: Any, prompt: str | list[int], vocab_size: int) -> list[int]:
     """Token ids of a prompt: text as `sllm generate` encodes it ([BOS] + ids), or ids."""
     if isinstance(prompt, list):
         bad = [t for t in prompt if not 0 <= t < vocab_size]

@@ -84,7 +84,7 @@ def test_batched_greedy_equals_unbatched(backend_name, tie):
     n_new = [12, 7, 10, 15, 11]
     joins = [0, 0, 2, 3, 6]  # step at which each sequence is prefilled
     slots = [4, 0, 2, 5, 1]
-    expected = [model.generate(p, n, temperature=0)[len(p):] for p, n in zip(prompts, n_new)]
+    expected = [model.generate(p, n, temperature=0)[len(p):] for p, n in zip(prompts, n_new, strict=True)]
     cache = model.new_cache(6)
     got: list[list[int]] = [[] for _ in prompts]
     pos = [0] * len(prompts)
@@ -100,7 +100,7 @@ def test_batched_greedy_equals_unbatched(backend_name, tie):
             if live:
                 logits = model.decode_batch([got[i][-1] for i in live], cache,
                                             [slots[i] for i in live], [pos[i] for i in live])
-                for i, row in zip(live, logits):
+                for i, row in zip(live, logits, strict=True):
                     got[i].append(int(np.argmax(row)))
                     pos[i] += 1
     finally:
@@ -113,7 +113,7 @@ def test_batched_logits_match_unbatched(backend_name):
     prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10]]
     nxt = [11, 12, 13]
     solo = []
-    for p, t in zip(prompts, nxt):
+    for p, t in zip(prompts, nxt, strict=True):
         cache = model.new_cache(1)
         model.decode(np.array([p]), cache)
         solo.append(model.decode(np.array([[t]]), cache)[0])
