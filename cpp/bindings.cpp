@@ -318,11 +318,7 @@ PYBIND11_MODULE(_cpp, m) {
   m.def("peak_gflops", &sllm::peak_gflops, arg("seconds") = 0.2,
         py::call_guard<py::gil_scoped_release>(),
         "FP32 GFLOP/s of FMA chains on every kernel thread: the machine's peak.");
-#ifdef _OPENMP
-  m.attr("openmp") = true;
-#else
-  m.attr("openmp") = false;
-#endif
+  m.attr("thread_pool") = "spin-then-sleep (cpp/pool.h)";
   bind_embedding_and_norm(m);
   bind_matmul(m);
   bind_attention(m);

@@ -77,6 +77,7 @@ def train(
     demo_chars: Optional[int] = typer.Option(None, help="Size of the built-in demo corpus in characters. (default: 3000000)"),
     out: Optional[str] = typer.Option(None, help="Run directory to write. (default: runs/latest)"),
     resume: Optional[str] = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
+    init_from: Optional[str] = typer.Option(None, help="Start from this model's weights, config and tokenizer (e.g. one made by `sllm import`)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags override it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -515,6 +516,35 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
     term.print(f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes, "
                f"{size_in / size_out:.1f}x smaller)" if size_out < size_in else
                f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes)")
+
+
+@app.command("export")
+@command
+def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+               to: str = typer.Option(..., "--to", help="hf (a transformers directory) | gguf (llama.cpp)."),
+               output: Path = typer.Option(..., "-o", "--output", help="Directory (hf) or .gguf file to write."),
+               dtype: str = typer.Option("f32", help="hf: f32 | f16; gguf: f32 | f16 | q8_0 | q4_0."),
+               ) -> None:
+    """Export a model to Hugging Face (GPT2LMHeadModel, safetensors) or GGUF (llama.cpp)."""
+    import sllm
+    from .export import export_model
+    m = sllm.load(_resolve_model(model), backend="numpy")
+    term.print(export_model(m, to, output, dtype), highlight=False)
+
+
+@app.command("import")
+@command
+def import_cmd(source: str = typer.Argument(..., help="A Hugging Face GPT-2 directory (config.json + model.safetensors) or a .gguf file."),
+               output: Path = typer.Option(..., "-o", "--output", help="The .sllm file to write."),
+               dtype: str = typer.Option("f32", help="Precision of the .sllm file: f32 | f16."),
+               ) -> None:
+    """Import a GPT-2-shaped checkpoint as an sllm model (fine-tune it with train --init-from)."""
+    from .export import import_model
+    m = import_model(source)
+    m.save(output, dtype=dtype)
+    tok = (m.tokenizer or {}).get("type", "none")
+    term.print(f"wrote {output}: {m.num_parameters():,} parameters, tokenizer {tok}",
+               highlight=False)
 
 
 @app.command("export-web")
