@@ -320,7 +320,8 @@ def test_full_queue_answers_503_with_retry_after(model_path):
         assert e.status_code == 503
         for t in busy:
             t.join(30)
-        ok = server.client().completions.create(model="tiny", prompt="x", max_tokens=2)
+        ok = server.client().completions.create(model="tiny", prompt="x", max_tokens=2,
+                                                 temperature=0)
         assert ok.usage.completion_tokens == 2
     finally:
         server.stop()
@@ -344,7 +345,8 @@ def test_disconnect_mid_stream_frees_the_slot(model_path):
         assert freed < 1.0  # at the next step boundary, not after the remaining 55 steps
         assert _metric(server, "sllm_sequences_finished_total", '{reason="cancelled"}') == 1
         # with max_queue 0 and one slot, a new request is only accepted if the slot is free
-        r = server.client().completions.create(model="tiny", prompt="x", max_tokens=2)
+        r = server.client().completions.create(model="tiny", prompt="x", max_tokens=2,
+                                                temperature=0)
         assert r.choices[0].finish_reason == "length"
     finally:
         server.stop()
@@ -373,7 +375,7 @@ def test_api_key_is_required_when_set(model_path):
         assert httpx.get(server.url + "/v1/models").status_code == 401
         assert httpx.get(server.url + "/health").status_code == 200
         ok = server.client(api_key="s3cret").completions.create(model="tiny", prompt="he",
-                                                                max_tokens=2)
+                                                                max_tokens=2, temperature=0)
         assert ok.usage.completion_tokens == 2
     finally:
         server.stop()
@@ -385,10 +387,11 @@ def test_engine_errors_do_not_kill_the_server(model_path):
         real = server.model.decode_batch
         server.model.decode_batch = lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
         e = _status(lambda: server.client().completions.create(model="tiny", prompt="he",
-                                                               max_tokens=5))
+                                                               max_tokens=5, temperature=0))
         assert e.status_code == 500 and "boom" in e.body["message"]
         server.model.decode_batch = real
-        ok = server.client().completions.create(model="tiny", prompt="he", max_tokens=5)
+        ok = server.client().completions.create(model="tiny", prompt="he", max_tokens=5,
+                                                 temperature=0)
         assert ok.usage.completion_tokens == 5 and server.engine.busy_slots() == 0
     finally:
         server.stop()
