@@ -1,7 +1,7 @@
 // pybind11 bindings of sllm._cpp: argument checks (check.h), then the kernel without the
 // GIL. Every kernel works in place on the caller's numpy buffers: a wrong dtype is a
 // TypeError, a non-contiguous, read-only or mis-shaped buffer a ValueError; nothing is
-// copied. Argument names and defaults match sllm/backends/numpy_ref.py.
+// copied. Argument names and defaults match sllm/backends/reference.py.
 #include <cstdint>
 #include <string>
 

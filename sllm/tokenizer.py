@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import DataError
+from .fileio import atomic_write_text
 
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -99,12 +100,8 @@ class Tokenizer:
         raise NotImplementedError("_payload")
 
     def save(self, path: "str | os.PathLike[str]") -> None:
-        """Write vocab.json atomically (temp file, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False)
-        os.replace(tmp, path)
+        """Write vocab.json atomically (temp file, fsync, rename)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     def dtype(self) -> type:
         """The smallest unsigned numpy type that holds every id."""

@@ -27,6 +27,7 @@ from .config import ModelConfig, resolve_config
 from .data import TokenData
 from .distributed import Group
 from .errors import ConfigError, FormatError
+from .fileio import atomic_write_text
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .progress import TrainProgress
@@ -80,7 +81,7 @@ def _model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
 
 def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
     """The model (weights, config, tokenizer) a fine-tuning run starts from."""
-    from .serialize import load_model
+    from .model import load_model
     if cfg.model is not None:
         raise ConfigError("--init-from brings its own model config; drop --config")
     if not os.path.isfile(os.fspath(cfg.init_from)):
@@ -371,10 +372,7 @@ class Trainer:
             lines = [ln for ln in f if ln.strip()]
         keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
         if len(keep) != len(lines):
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(keep)
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(keep))
 
 
 class _interrupt_flag:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 
 @dataclass
@@ -115,7 +116,4 @@ class TrainConfig:
 
     def save(self, path: "str | os.PathLike[str]") -> None:
         """Write as JSON atomically."""
-        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
