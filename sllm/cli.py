@@ -78,24 +78,30 @@ def train(
     resume: Optional[str] = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags override it)."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are refused. (default: the memory available now)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
     from . import train as training
     given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
-                                                          "training", "config")}
+                                                          "training", "config", "overwrite")}
     given["model"] = config
     if betas is not None:
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
     if resume:
+        if overwrite:
+            raise SLLMError("--overwrite starts a new run; it cannot be combined with --resume")
+        from_file = training.TrainConfig.read_overrides(train_config) if train_config else {}
+        given = {**from_file, **given}
         trainer = training.resume(resume, progress=not quiet, backend=given.pop("backend", None),
                                   **given)
         term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
     else:
         base = (training.TrainConfig.from_json(train_config) if train_config
                 else training.TrainConfig())
-        trainer = training.prepare(base.replace(**given), progress=not quiet)
+        trainer = training.prepare(base.replace(**given), progress=not quiet, overwrite=overwrite)
         _describe_run(trainer)
     result = trainer.run()
     _report(result, trainer)
@@ -174,7 +180,8 @@ def generate(
     tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
 ) -> None:
     """Continue a prompt, printing tokens as they are generated (stops at [EOS])."""
-    from .generate import encode_prompt, stream_text
+    from .generate import check_sampling, encode_prompt, stream_text
+    check_sampling(max_tokens, temperature, top_k, top_p, seed)
     m, tok = _load(model, backend, tokenizer)
     ids = encode_prompt(tok, prompt)
     term.print(tok.decode(ids), end="", style="bold", highlight=False)
@@ -202,6 +209,8 @@ def chat(
 ) -> None:
     """Talk to a model trained on dialogues (you are A:, the model is B:). Ctrl-D or /quit ends."""
     from .chat import ChatSession
+    from .generate import check_sampling
+    check_sampling(max_tokens, temperature, top_k, top_p, seed)
     m, tok = _load(model, backend, tokenizer)
     session = ChatSession(m, tok, max_tokens, **_sampling(temperature, top_k, top_p, seed))
     interactive = sys.stdin.isatty()
@@ -368,3 +377,7 @@ def bench(
     if json_out:
         write_json(report, json_out)
         term.print(f"results written to {json_out}")
+    failed = [r["backend"] for r in report["results"] if "error" in r
+              and (backends != "all" or not r["error"].startswith("unavailable"))]
+    if failed:  # with --backends all, a backend this machine lacks is not a failure
+        raise SLLMError(f"benchmark failed for {', '.join(failed)} (see above)")

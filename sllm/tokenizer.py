@@ -11,11 +11,13 @@ import collections
 import json
 import os
 import re
+import stat
 import warnings
 from typing import Any, Iterable
 
 import numpy as np
 
+from . import budget
 from .errors import DataError
 
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
@@ -302,7 +304,10 @@ class BPETokenizer(Tokenizer):
     def from_dict(cls, d: dict[str, Any]) -> "BPETokenizer":
         """Rebuild from to_dict()."""
         from tokenizers import Tokenizer as HFTokenizer
-        return cls(HFTokenizer.from_str(json.dumps(d["hf"])))
+        try:
+            return cls(HFTokenizer.from_str(json.dumps(d["hf"])))
+        except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception
+            raise DataError(f"corrupt bpe tokenizer description: {e}") from None
 
 
 def _chunks(text: str, size: int = 1 << 16) -> Iterable[str]:
@@ -350,9 +355,14 @@ def load(path: "str | os.PathLike[str]") -> Tokenizer:
     """Load a vocab.json written by `Tokenizer.save`."""
     try:
         with open(path, encoding="utf-8") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DataError(f"{os.fspath(path)}: not a regular file")
+            budget.check_read(path, os.fstat(f.fileno()).st_size, 12, "tokenizer file")
             data = json.load(f)
     except FileNotFoundError:
         raise DataError(f"{os.fspath(path)}: no such tokenizer file") from None
+    except IsADirectoryError:
+        raise DataError(f"{os.fspath(path)}: is a directory, not a tokenizer file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{os.fspath(path)}: not a tokenizer JSON file ({e})") from None
     return from_dict(data)
