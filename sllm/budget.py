@@ -6,8 +6,8 @@ SGD momentum), the activations kept for one batch (sllm/activations.py's buffers
 attention state has the backend's own attention_saved_shape), the temporaries a backend's
 kernels create (the numpy reference makes several (B,H,T,T) and (B*T,V) arrays), the
 Python objects per tensor, and the corpus while it is tokenized. It is compared with the
-budget: `--max-memory` / SLLM_MAX_MEMORY when given, else the memory available now
-(MemAvailable, within the cgroup's limit), and for a wasm backend never more than its
+budget: `--max-memory` / SLLM_MAX_MEMORY when given, else 90% of the memory available
+now (MemAvailable, within the cgroup's limit), and for a wasm backend never more than its
 linear memory can still hold. A request over the budget raises BudgetError with the size
 it needs and the largest batch that fits, in well under a millisecond.
 
@@ -30,6 +30,7 @@ TENSOR_OVERHEAD = 1024  # bytes of Python objects per parameter tensor (views, d
 BUFFER_OVERHEAD = 256   # per activation buffer
 BASELINE = 64 << 20     # the interpreter, numpy and the backend's own code and tables
 CORPUS_FACTOR = 16      # bytes held per corpus byte while tokenizing (text, words, ids)
+SHARE = 0.9             # of the available memory: the rest is left to the machine
 OPTIMIZER_BUFFERS = {"adam": 2, "adamw": 2, "sgd": 1}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _limit: int | None = None
@@ -85,6 +86,7 @@ def available(backend: Any = None) -> tuple[int, str]:
 
 
 def _machine_available() -> tuple[int, str]:
+    """SHARE of MemAvailable (or of the free pages), capped by the cgroup's room."""
     avail = None
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -99,8 +101,9 @@ def _machine_available() -> tuple[int, str]:
         except (OSError, ValueError, AttributeError):
             return 1 << 62, "unknown (no limit applied)"
     cgroup = _cgroup_room()
-    return (cgroup, "the cgroup memory limit") if cgroup is not None and cgroup < avail \
-        else (avail, "available memory")
+    if cgroup is not None and cgroup < avail:
+        return int(cgroup * SHARE), "90% of the cgroup's remaining memory"
+    return int(avail * SHARE), "90% of the available memory"
 
 
 def _cgroup_room() -> int | None:
@@ -137,10 +140,14 @@ def _num_tensors(cfg: ModelConfig) -> int:
 
 
 def model_estimate(cfg: ModelConfig) -> Estimate:
-    """A built model: parameters and gradients in float32, plus their Python objects."""
+    """A built model: parameters and gradients in float32, their Python objects, and the
+    initializer's float64 temporary for the largest matrix."""
     n = cfg.num_parameters()
+    C, V, F = cfg.embedding_dim, cfg.vocab_size, cfg.ffn_hidden_dim
+    largest = max(V * C, cfg.max_seq_len * C, 3 * C * C, C * F)
     return Estimate({"parameters": n * F32, "gradients": n * F32,
-                     "tensor objects": 2 * _num_tensors(cfg) * TENSOR_OVERHEAD})
+                     "tensor objects": 2 * _num_tensors(cfg) * TENSOR_OVERHEAD,
+                     "initialization": 2 * largest * F32})
 
 
 def _attention_saved(backend: Any, B: int, T: int, H: int) -> int:
