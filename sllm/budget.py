@@ -177,25 +177,29 @@ def activation_estimate(cfg: ModelConfig, B: int, T: int, backend: Any = None,
 
 
 def train_estimate(cfg: ModelConfig, B: int, T: int, backend: Any = None,
-                   optimizer: str = "adamw", corpus_bytes: int = 0) -> Estimate:
-    """Everything a training run holds at its peak."""
+                   optimizer: str = "adamw", corpus_bytes: int = 0,
+                   eval_batches: int = 0) -> Estimate:
+    """Everything a training run holds at its peak (eval_batches: the fixed validation
+    batches, kept as int32 inputs and targets)."""
     est = model_estimate(cfg)
     est.parts["optimizer state"] = OPTIMIZER_BUFFERS.get(optimizer, 2) * \
         cfg.num_parameters() * F32
     acts = activation_estimate(cfg, B, T, backend, train=True)
     est.parts.update(acts.parts)
     est.parts["corpus"] = corpus_bytes * CORPUS_FACTOR
+    est.parts["validation batches"] = eval_batches * B * T * 2 * F32
     est.parts["runtime"] = BASELINE
     est.per_row = activation_estimate(cfg, 1, T, backend, train=True).total - BUFFER_OVERHEAD \
-        * (15 * cfg.num_layers + 8)
+        * (15 * cfg.num_layers + 8) + eval_batches * T * 2 * F32
     return est
 
 
 # ---- the checks ------------------------------------------------------------------------
 def check_train(cfg: ModelConfig, B: int, T: int, backend: Any = None,
-                optimizer: str = "adamw", corpus_bytes: int = 0) -> Estimate:
+                optimizer: str = "adamw", corpus_bytes: int = 0,
+                eval_batches: int = 0) -> Estimate:
     """Refuse (BudgetError) a training run that cannot fit; returns the estimate."""
-    est = train_estimate(cfg, B, T, backend, optimizer, corpus_bytes)
+    est = train_estimate(cfg, B, T, backend, optimizer, corpus_bytes, eval_batches)
     budget, source = available(backend)
     if est.total <= budget:
         return est

@@ -88,7 +88,8 @@ def check_memory(cfg: TrainConfig, mcfg: ModelConfig, corpus_bytes: int = 0) -> 
     if cfg.max_memory is not None:
         budget.set_limit(cfg.max_memory)
     budget.check_train(mcfg, cfg.batch_size, cfg.seq_len or mcfg.max_seq_len,
-                       backends.get(cfg.backend), cfg.optimizer, corpus_bytes)
+                       backends.get(cfg.backend), cfg.optimizer, corpus_bytes,
+                       cfg.eval_batches if cfg.val_fraction > 0 else 0)
 
 
 def _corpus_bytes(cfg: TrainConfig) -> int:
