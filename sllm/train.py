@@ -8,6 +8,7 @@ best.sllm (the weights with the lowest validation loss) and model.sllm (the fina
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -141,12 +142,16 @@ def prepare(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) ->
     The run directory is locked for this process first (RunLockedError if another process
     writes it); a directory that already holds a run is refused unless overwrite=True,
     which removes that run's files (and only those) first."""
+    created = not os.path.exists(cfg.out)
     lock = acquire(cfg.out)
     try:
         _claim_run_dir(cfg.out, overwrite)
         return _prepare(cfg, progress, lock)
     except BaseException:
         lock.release()
+        if created:  # a refused run leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                os.rmdir(cfg.out)
         raise
 
 

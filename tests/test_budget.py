@@ -61,6 +61,10 @@ def test_huge_training_configs_refused_before_reading_the_corpus(tmp_path, chang
     msg = _refused_fast(lambda: T.prepare(cfg, progress=False))
     assert "use a smaller config" in msg and "optimizer state" in msg
     assert not (tmp_path / "run.lock").exists()
+    cfg.out = str(tmp_path / "new")
+    with pytest.raises(BudgetError):
+        T.prepare(cfg, progress=False)
+    assert not (tmp_path / "new").exists()  # no empty run directory left behind
 
 
 def test_huge_model_refused_by_the_machines_own_budget():
