@@ -281,6 +281,27 @@ def backends() -> None:
     term.print(f"auto picks: {(registry.available() or ['none'])[0]}")
 
 
+@app.command("check-backend")
+@command
+def check_backend(
+    name: str = typer.Argument(..., help="The backend to check, e.g. cpp or a plugin's name."),
+    kernel: Optional[list[str]] = typer.Option(
+        None, "-k", "--kernel", help="Only kernels whose name contains this (repeatable); "
+        "'model' and 'generate' select the whole-model checks."),
+    perf: bool = typer.Option(False, "--perf", help="Also time each kernel against numpy."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Show every check, not only failures."),
+) -> None:
+    """Check a backend against the numpy reference, kernel by kernel (exit status 1 on any
+    failure): every kernel of the contract on awkward shapes, forward and backward, then the
+    whole model's logits, loss and gradients, and generation. Writing a backend plugin: see
+    docs/plugins.md."""
+    from .backends import conformance
+    report = conformance.run(name, kernel, perf=perf)
+    term.print(conformance.render(report, verbose), highlight=False, markup=False)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 @app.command()
 @command
 def plot(run_dir: str = typer.Argument(..., help="A run directory (with metrics.jsonl)."),
@@ -321,6 +342,75 @@ def info(model: str = typer.Argument(..., help="A .sllm model file, or a run dir
     for row in rows:
         table.add_row(*row)
     term.print(table)
+    if any(t["dtype"] in ("q8_0", "q4_0", "q4_1") for t in d["tensors"]):
+        _print_tensor_sizes(d["tensors"])
+
+
+def _print_tensor_sizes(tensors: list[dict[str, Any]]) -> None:
+    """Each tensor's stored type and bytes, and what quantization saved against f32."""
+    table = Table("tensor", "type", "shape", "bytes", "saved vs f32")
+    for t in tensors:
+        table.add_row(t["name"], t["dtype"], "x".join(map(str, t["shape"])),
+                      f"{t['bytes']:,}", f"{t['saved']:,}")
+    stored = sum(t["bytes"] for t in tensors)
+    saved = sum(t["saved"] for t in tensors)
+    table.add_row("total", "", "", f"{stored:,}",
+                  f"{saved:,} ({(stored + saved) / stored:.2f}x smaller)")
+    term.print(table)
+
+
+@app.command()
+@command
+def quantize(model: str = typer.Argument(..., help="A float .sllm model file, or a run directory."),
+             qtype: str = typer.Option(..., "--type", "-t", help="q8_0 | q4_0 | q4_1."),
+             output: str = typer.Option(..., "--output", "-o", help="The quantized .sllm to write.")
+             ) -> None:
+    """Quantize a model's matmul weights to ggml's q8_0, q4_0 or q4_1 blocks (inference only)."""
+    import sllm
+    src = _resolve_model(model)
+    m = sllm.load(src, backend="numpy")
+    m.quantize(qtype)
+    m.save(output)
+    size_in, size_out = os.path.getsize(src), os.path.getsize(output)
+    term.print(f"{src} ({size_in:,} bytes) -> {output} ({qtype}, {size_out:,} bytes, "
+               f"{size_in / size_out:.2f}x smaller)")
+
+
+@app.command("eval")
+@command
+def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run directory."),
+          corpus: Optional[str] = typer.Option(None, help="UTF-8 text to evaluate on. Default: the held-out split of the run directory (MODEL's, or --run's)."),
+          run: Optional[str] = typer.Option(None, help="Run directory whose held-out split to use (e.g. when MODEL is a quantized copy)."),
+          backend: str = typer.Option("auto", help="Compute backend."),
+          batch_size: int = typer.Option(8, help="Windows per forward pass."),
+          max_tokens: Optional[int] = typer.Option(None, help="Evaluate only the first N tokens."),
+          json_out: Optional[str] = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
+          tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model has none inside.")) -> None:
+    """Mean loss and perplexity of a model on held-out text (to judge a quantized model)."""
+    import json
+
+    from .evaluate import corpus_ids, evaluate, held_out_ids
+    from .fileio import atomic_write
+    m, tok = _load(model, backend, tokenizer) if corpus else (_load_model_only(model, backend), None)
+    if corpus:
+        ids, source = corpus_ids(corpus, tok), corpus
+    else:
+        run_dir = run or (model if os.path.isdir(model) else None)
+        if run_dir is None:
+            raise SLLMError("pass --corpus FILE, or --run DIR for a run directory's held-out split")
+        ids, source = held_out_ids(run_dir), f"{run_dir} (held-out split)"
+    r = evaluate(m, ids, batch_size=batch_size, max_tokens=max_tokens)
+    r.update(model=_resolve_model(model), corpus=source)
+    term.print(f"{r['model']} ({r['dtype']}, {r['backend']}) on {source}: loss {r['loss']:.4f}, "
+               f"perplexity {r['ppl']:.3f} over {r['tokens']:,} tokens ({r['seconds']:.1f} s)")
+    if json_out:
+        with atomic_write(json_out) as f:
+            f.write(json.dumps(r, indent=2).encode("utf-8"))
+
+
+def _load_model_only(model_path: str, backend: str) -> Any:
+    import sllm
+    return sllm.load(_resolve_model(model_path), backend=backend)
 
 
 @app.command()
@@ -340,6 +430,22 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
     term.print(f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes, "
                f"{size_in / size_out:.1f}x smaller)" if size_out < size_in else
                f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes)")
+
+
+@app.command("export-web")
+@command
+def export_web(
+    model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+    out: Path = typer.Option(..., "-o", "--out", help="Directory to write the site into."),
+    dtype: Optional[str] = typer.Option(None, help="Re-save the model as f32 or f16."),
+) -> None:
+    """Write a static site that chats with, and fine-tunes, the model in the browser."""
+    from .export_web import export_site
+    site = export_site(model, out, dtype=dtype)
+    for name, size in site["files"].items():
+        term.print(f"  {name:<20} {size:>10,} bytes", highlight=False)
+    term.print(f"wrote {len(site['files'])} files ({site['total_bytes']:,} bytes) to {out}; "
+               f"serve it with: python -m http.server -d {out}", highlight=False)
 
 
 # ---- bench ---------------------------------------------------------------------------------

@@ -51,13 +51,19 @@ class Slot:
 
 
 class Layout:
-    """Name -> Slot table for a config; `total` floats, decay applies to [0, decay_count)."""
+    """Name -> Slot table for a config; `total` floats, decay applies to [0, decay_count).
 
-    def __init__(self, cfg: ModelConfig):
+    `exclude` leaves tensors out (a quantized model keeps only its float32 tensors in the
+    flat buffer); num_parameters then counts the tensors the layout holds.
+    """
+
+    def __init__(self, cfg: ModelConfig, exclude: "frozenset[str] | set[str]" = frozenset()):
         self.slots: dict[str, Slot] = {}
         offset = 0
         self.decay_count = 0
         for name, shape in parameter_shapes(cfg):
+            if name in exclude:
+                continue
             slot = Slot(offset, shape)
             self.slots[name] = slot
             offset = _align(offset + slot.size)

@@ -14,6 +14,7 @@ from .backends.base import Backend
 from .config import ModelConfig, resolve_config
 from .init import initialize
 from .layout import Layout
+from .quant import QTensor, bytes_per_row, dequantize
 
 
 def _layer(views: dict[str, np.ndarray], i: int) -> SimpleNamespace:
@@ -45,10 +46,13 @@ class SLLM:
     `SLLM(config, backend="auto", seed=0, init="gpt2")`: config is a ModelConfig, a dict
     or a path to a JSON file; backend is a name (see sllm.backends.available()) or a
     Backend instance. The model starts in train mode, as a PyTorch module does.
+    `quantized` ({name: (qtype, uint8 rows)}, used by the loader) builds an inference-only
+    model whose matmul weights are those quantized rows (see `quantize`).
     """
 
     def __init__(self, config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]",
-                 backend: "str | Backend" = "auto", seed: int = 0, init: str | None = "gpt2"):
+                 backend: "str | Backend" = "auto", seed: int = 0, init: str | None = "gpt2",
+                 quantized: "dict[str, tuple[str, np.ndarray]] | None" = None):
         self.config = resolve_config(config)
         self.backend = backends.get(backend)
         budget.check_model(self.config, self.backend)  # before the layout or any buffer
@@ -56,17 +60,21 @@ class SLLM:
         self.seed = seed
         self.training = True
         self.dropout_step = 0  # counts training forwards; part of each dropout seed
-        self.flat_params = self.backend.zeros(self.layout.total)
-        self.flat_grads = self.backend.zeros(self.layout.total)
-        self._params = self.layout.views(self.flat_params)
-        self._grads = self.layout.views(self.flat_grads)
-        self._p_layers = [_layer(self._params, i) for i in range(self.config.num_layers)]
-        self._g_layers = [_layer(self._grads, i) for i in range(self.config.num_layers)]
         self._acts: dict[tuple[int, int, bool], Activations] = {}
+        self._qweights: dict[str, QTensor] = {}
+        if quantized:
+            self._use_quantized(quantized, {})
+        else:
+            self.flat_params = self.backend.zeros(self.layout.total)
+            self.flat_grads = self.backend.zeros(self.layout.total)
+            self._params = self.layout.views(self.flat_params)
+            self._grads = self.layout.views(self.flat_grads)
+            self._p_layers = [_layer(self._params, i) for i in range(self.config.num_layers)]
+            self._g_layers = [_layer(self._grads, i) for i in range(self.config.num_layers)]
         self._last_seed = 0
         self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
         self.metadata: dict[str, Any] = {}
-        if init is not None:  # None: leave zeros (a loader fills the weights)
+        if init is not None and not quantized:  # None: leave zeros (a loader fills them)
             initialize(self._params, self.config, init, seed)
 
     @classmethod
@@ -81,8 +89,65 @@ class SLLM:
         return self.layout.num_parameters
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """Live views of the weights by GPT-2 name; writing into them changes the model."""
+        """Live views of the weights by GPT-2 name; writing into them changes the model.
+
+        On a quantized model: the float32 tensors only (see quantized_weights())."""
         return dict(self._params)
+
+    def quantized_weights(self) -> dict[str, QTensor]:
+        """The quantized matmul weights by GPT-2 name ({} unless quantize() ran)."""
+        return dict(self._qweights)
+
+    @property
+    def qtype(self) -> str | None:
+        """The quantization type of the matmul weights, or None for a float model."""
+        return next(iter(self._qweights.values())).qtype if self._qweights else None
+
+    def quantize(self, qtype: str) -> "SLLM":
+        """Quantize every matmul weight in place to "q8_0", "q4_0" or "q4_1"; returns self.
+
+        The four matrices of each layer and the output head (the tied wte when
+        embeddings are tied) become rows of ggml blocks along their reduction axis (see
+        sllm.quant); embeddings, LayerNorm and biases stay float32. The float copies are
+        freed, and the model becomes inference-only (forward, loss, decode, generate).
+        """
+        from .quant import block_dtype, matmul_weight_names, quantize_weight
+        if self._qweights:
+            raise ValueError(f"this model is already quantized ({self.qtype}); quantize the "
+                             f"float32 model instead")
+        block_dtype(qtype)  # a clear error for an unknown type before any work
+        rows = {n: (qtype, quantize_weight(n, self._params[n], qtype))
+                for n in matmul_weight_names(self.config)}
+        self._use_quantized(rows, self._params)
+        return self
+
+    def _use_quantized(self, rows: "dict[str, tuple[str, np.ndarray]]",
+                       floats: dict[str, np.ndarray]) -> None:
+        """Hold `rows` as the quantized weights and the remaining float32 tensors (copied
+        from `floats` when given) in a smaller flat buffer; drop the gradients."""
+        dense = Layout(self.config, exclude=set(rows))
+        flat = self.backend.zeros(dense.total)
+        views = dense.views(flat)
+        for name, view in views.items():
+            if name in floats:
+                view[...] = floats[name]
+        qweights = {}
+        for name, (qtype, data) in rows.items():
+            slot = self.layout.slots[name]
+            shape = slot.shape if name == "wte" else slot.shape[::-1]
+            if data.shape != (shape[0], bytes_per_row(qtype, shape[1])):
+                raise ValueError(f"{name}: {qtype} rows of shape {data.shape} do not hold "
+                                 f"a {shape} matrix")
+            qweights[name] = QTensor(qtype, self.backend.from_numpy(data, np.uint8), shape)
+        for old in (getattr(self, "flat_params", None), getattr(self, "flat_grads", None)):
+            if old is not None:
+                self.backend.free(old)
+        for acts in self._acts.values():
+            acts.release()
+        self._acts.clear()
+        self.flat_params, self._params, self._qweights = flat, views, qweights
+        self.flat_grads, self._grads, self._g_layers = self.backend.zeros(1), {}, []
+        self._p_layers = [_layer({**views, **qweights}, i) for i in range(self.config.num_layers)]
 
     def gradients(self) -> dict[str, np.ndarray]:
         """Views of the gradients filled by forward_backward, same names as parameters()."""
@@ -112,6 +177,9 @@ class SLLM:
 
     def forward_backward(self, tokens: Any, targets: Any) -> float:
         """Mean cross-entropy over targets != -1; fills gradients() (overwriting them)."""
+        if self._qweights:
+            raise RuntimeError(f"forward_backward: this model is quantized ({self.qtype}) and "
+                               f"runs inference only; train the float32 model")
         acts = self._run_forward(tokens, grads=True)
         count = self._load_targets(acts, targets)
         self.backend.softmax_xent(acts.losses, acts.logits, acts.logits, acts.targets,
@@ -135,6 +203,9 @@ class SLLM:
 
     def save_json(self, path: "str | os.PathLike[str]") -> None:
         """Write the model in the roadmap's JSON interchange format (config, vocab, weights)."""
+        if self._qweights:
+            raise ValueError(f"a quantized model ({self.qtype}) cannot be written as JSON; "
+                             f"save it with model.save, or export the float32 model")
         from .interchange import save_json
         save_json(self, path)
 
@@ -190,32 +261,48 @@ class SLLM:
     def _forward(self, a: Activations, dropout: float, cache: KVCache | None) -> None:
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
-        k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
+        mm = self._matmul
+        if "wte" in self._qweights:  # tied and quantized: dequantize the rows we need
+            wte = self._qweights["wte"]
+            rows = wte.data[a.tokens.reshape(-1)]
+            emb = dequantize(rows, wte.qtype, cfg.embedding_dim).reshape(a.x0.shape)
+            a.x0[...] = emb + P["wpe"][pos:pos + a.tokens.shape[1]]
+        else:
+            k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
         x = a.x0
         for i, (L, la) in enumerate(zip(self._p_layers, a.layers)):
             k.layernorm_fwd(la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b)
-            k.matmul_fwd(la.qkv, la.ln1, L.attn_w, L.attn_b)
+            mm(la.qkv, la.ln1, L.attn_w, L.attn_b)
             if cache is None:
                 k.attention_fwd(la.atty, la.att, la.qkv, H)
             else:
                 k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H)
-            k.matmul_fwd(la.attproj, la.atty, L.proj_w, L.proj_b)
+            mm(la.attproj, la.atty, L.proj_w, L.proj_b)
             if dropout:
                 k.dropout_fwd(la.attproj, la.attproj, dropout, _mix_seed(self._last_seed, i, 0))
             k.residual_fwd(la.res2, x, la.attproj)
             k.layernorm_fwd(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2, L.ln2_w, L.ln2_b)
-            k.matmul_fwd(la.fch, la.ln2, L.fc_w, L.fc_b)
+            mm(la.fch, la.ln2, L.fc_w, L.fc_b)
             self._act_fwd(la.fch_act, la.fch)
-            k.matmul_fwd(la.fcproj, la.fch_act, L.fcproj_w, L.fcproj_b)
+            mm(la.fcproj, la.fch_act, L.fcproj_w, L.fcproj_b)
             if dropout:
                 k.dropout_fwd(la.fcproj, la.fcproj, dropout, _mix_seed(self._last_seed, i, 1))
             k.residual_fwd(la.res3, la.res2, la.fcproj)
             x = la.res3
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
-        k.matmul_fwd(a.logits, a.lnf, self._lm_head(P), None, cfg.tie_embeddings)
+        mm(a.logits, a.lnf, self._lm_head({**P, **self._qweights}), None,
+           cfg.tie_embeddings)
         a.dropout = dropout
 
-    def _lm_head(self, views: dict[str, np.ndarray]) -> np.ndarray:
+    def _matmul(self, out: np.ndarray, inp: np.ndarray, weight: "np.ndarray | QTensor",
+                bias: np.ndarray | None, trans_w: bool = False) -> None:
+        """matmul_fwd, or matmul_q_fwd when the weight is quantized (rows along K)."""
+        if isinstance(weight, QTensor):
+            self.backend.matmul_q_fwd(out, inp, weight.data, bias, weight.qtype)
+        else:
+            self.backend.matmul_fwd(out, inp, weight, bias, trans_w)
+
+    def _lm_head(self, views: dict[str, Any]) -> Any:
         return views["wte"] if self.config.tie_embeddings else views["lm_head.weight"]
 
     def _act_fwd(self, out: np.ndarray, inp: np.ndarray) -> None:

@@ -27,6 +27,7 @@ from .config import ModelConfig
 from .errors import ConfigError, FormatError
 from .fileio import atomic_write
 from .layout import Layout
+from .quant import BLOCKS, QK, matmul_weight_names
 
 MAGIC = b"SLLM"
 VERSION = 1
@@ -50,7 +51,8 @@ class Section(IntEnum):
 
 DTYPES = {0: ("f32", np.dtype("<f4")), 1: ("f16", np.dtype("<f2"))}
 DTYPE_CODES = {name: code for code, (name, _) in DTYPES.items()}
-RESERVED_DTYPES = {2: "q8_0", 3: "q4_0"}  # quantized block formats, not yet readable
+QDTYPES = {2: "q8_0", 3: "q4_0", 4: "q4_1"}  # ggml block formats (sllm.quant), 2-D only
+QDTYPE_CODES = {name: code for code, name in QDTYPES.items()}
 
 
 @dataclass
@@ -66,6 +68,9 @@ class ModelFile:
     dtype: str
     file_size: int
     sections: list[dict[str, Any]] = field(default_factory=list)
+    quantized: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    """name -> (qtype, (rows, K)) for quantized tensors; tensors[name] is then uint8
+    (rows, bytes_per_row)."""
 
     @property
     def extra_tensors(self) -> dict[str, np.ndarray]:
@@ -81,6 +86,7 @@ def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
                extra_tensors: "dict[str, np.ndarray] | None" = None) -> None:
     """Write `model` atomically; parameters in `dtype` ("f32" or "f16"), extras in f32.
 
+    The quantized weights of a quantized model are written in their block format.
     tokenizer and metadata default to model.tokenizer and model.metadata.
     """
     if dtype not in DTYPE_CODES:
@@ -88,8 +94,15 @@ def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
     np_dtype = DTYPES[DTYPE_CODES[dtype]][1]
     if dtype == "f16":
         _check_f16_range(model.parameters())
-    tensors = [(n, np.ascontiguousarray(p, np_dtype)) for n, p in model.parameters().items()]
-    tensors += [(n, np.ascontiguousarray(a, "<f4")) for n, a in (extra_tensors or {}).items()]
+    tensors = [(n, np.ascontiguousarray(p, np_dtype), DTYPE_CODES[dtype], p.shape)
+               for n, p in model.parameters().items()]
+    qweights = getattr(model, "quantized_weights", dict)()
+    tensors += [(n, np.ascontiguousarray(q.data), QDTYPE_CODES[q.qtype], q.shape)
+                for n, q in qweights.items()]
+    tensors += [(n, np.ascontiguousarray(a, "<f4"), 0, a.shape)
+                for n, a in (extra_tensors or {}).items()]
+    if qweights:
+        dtype = "/".join(sorted({dtype} | {q.qtype for q in qweights.values()}))
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     meta = {**getattr(model, "metadata", {}),  # what a loaded model carried, refreshed below
             "sllm_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -131,13 +144,13 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _tensor_table(tensors: list[tuple[str, np.ndarray]]) -> tuple[bytes, list[tuple[int, int]]]:
+def _tensor_table(tensors: list[tuple[str, np.ndarray, int, tuple[int, ...]]]
+                  ) -> tuple[bytes, list[tuple[int, int]]]:
     parts, spans, offset = [struct.pack("<I", len(tensors))], [], 0
-    for name, arr in tensors:
+    for name, arr, code, shape in tensors:
         raw = name.encode("utf-8")
-        code = {"<f4": 0, "<f2": 1}[arr.dtype.str]
-        parts += [struct.pack("<H", len(raw)), raw, ENTRY_FIXED.pack(code, arr.ndim, 0),
-                  struct.pack(f"<{arr.ndim}I", *arr.shape), ENTRY_SPAN.pack(offset, arr.nbytes)]
+        parts += [struct.pack("<H", len(raw)), raw, ENTRY_FIXED.pack(code, len(shape), 0),
+                  struct.pack(f"<{len(shape)}I", *shape), ENTRY_SPAN.pack(offset, arr.nbytes)]
         spans.append((offset, arr.nbytes))
         offset = _align(offset + arr.nbytes)
     return b"".join(parts), spans
@@ -149,16 +162,15 @@ def _write_section(f: Any, kind: int, crc: int, length: int) -> None:
     f.write(SECTION.pack(kind, crc, length))
 
 
-def _write_data(f: Any, tensors: list[tuple[str, np.ndarray]], spans: list[tuple[int, int]]
-                ) -> None:
+def _write_data(f: Any, tensors: list[tuple[Any, ...]], spans: list[tuple[int, int]]) -> None:
     length = spans[-1][0] + spans[-1][1] if spans else 0
     crc, pos = 0, 0
-    for (_, arr), (offset, _) in zip(tensors, spans):  # first pass: the checksum
+    for (_, arr, *_), (offset, _) in zip(tensors, spans):  # first pass: the checksum
         crc = zlib.crc32(memoryview(arr).cast("B"), zlib.crc32(b"\0" * (offset - pos), crc))
         pos = offset + arr.nbytes
     _write_section(f, Section.DATA, crc, length)
     pos = 0
-    for (_, arr), (offset, _) in zip(tensors, spans):
+    for (_, arr, *_), (offset, _) in zip(tensors, spans):
         f.write(b"\0" * (offset - pos))
         f.write(memoryview(arr).cast("B"))
         pos = offset + arr.nbytes
@@ -229,8 +241,9 @@ def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
     if not isinstance(metadata, dict):
         raise FormatError(f"{path}: metadata section: expected a JSON object")
     _check_config_fits(config, len(payloads[Section.DATA]), path)
-    tensors, dtype = _read_tensors(payloads, path, config)
-    return ModelFile(config, tokenizer, metadata, tensors, version, dtype, size, sections)
+    tensors, dtype, quantized = _read_tensors(payloads, path, config)
+    return ModelFile(config, tokenizer, metadata, tensors, version, dtype, size, sections,
+                     quantized)
 
 
 def _read_sections(buf: memoryview, path: Any, count: int, verify: bool):
@@ -297,8 +310,7 @@ def _check_config_fits(config: ModelConfig, data_len: int, path: Any) -> None:
     """Refuse a config whose parameters cannot be in the data section, before building its
     layout (a forged numLayers of 10^7 would otherwise allocate a huge table)."""
     count = config.num_parameters()
-    smallest = min(dt.itemsize for _, dt in DTYPES.values())
-    if count * smallest > data_len:
+    if count * 9 // 16 > data_len:  # the smallest element: q4_0's 18 bytes per 32
         raise FormatError(f"{path}: the config needs {count:,} parameters, but the data "
                           f"section holds only {data_len:,} bytes")
 
@@ -328,7 +340,7 @@ class _Cursor:
                               f"valid UTF-8") from None
 
 
-def _read_tensors(payloads, path, config: ModelConfig) -> tuple[dict[str, np.ndarray], str]:
+def _read_tensors(payloads, path, config: ModelConfig):
     table, data = _Cursor(payloads[Section.TENSORS], path), payloads[Section.DATA]
     (count,) = table.take("<I")
     min_entry = 2 + ENTRY_FIXED.size + ENTRY_SPAN.size
@@ -337,40 +349,59 @@ def _read_tensors(payloads, path, config: ModelConfig) -> tuple[dict[str, np.nda
                           f"{len(table.buf)} bytes")
     entries = [_read_entry(table, path, len(data)) for _ in range(count)]
     _check_overlaps(entries, path)
-    tensors = {}
+    tensors, quantized = {}, {}
     for name, dtype, shape, offset, nbytes in entries:
         if name in tensors:
             raise FormatError(f"{path}: tensor {name!r} appears twice in the tensor table")
+        if dtype in QDTYPES:
+            arr = np.frombuffer(data, dtype=np.uint8, count=nbytes, offset=offset)
+            tensors[name] = arr.reshape(shape[0], nbytes // shape[0])
+            quantized[name] = (QDTYPES[dtype], shape)
+            continue
         arr = np.frombuffer(data, dtype=DTYPES[dtype][1], count=nbytes // DTYPES[dtype][1].itemsize,
                             offset=offset)
         tensors[name] = arr.reshape(shape)
-    param_dtypes = _check_shapes(tensors, entries, config, path)
-    return tensors, param_dtypes
+    param_dtypes = _check_shapes(tensors, entries, config, path, quantized)
+    return tensors, param_dtypes, quantized
 
 
 def _read_entry(table: _Cursor, path: Any, data_len: int):
     name = table.name()
     dtype, ndim, reserved = table.take(ENTRY_FIXED.format)
-    if dtype in RESERVED_DTYPES:
-        raise FormatError(f"{path}: tensor {name!r} uses dtype {RESERVED_DTYPES[dtype]} "
-                          f"(code {dtype}), which this version of sllm cannot read")
-    if dtype not in DTYPES:
+    if dtype not in DTYPES and dtype not in QDTYPES:
         raise FormatError(f"{path}: tensor {name!r} has unknown dtype code {dtype}")
     if not 1 <= ndim <= MAX_NDIM or reserved:
         raise FormatError(f"{path}: tensor {name!r} has invalid ndim {ndim} (1..{MAX_NDIM})")
     shape = table.take(f"<{ndim}I")
     offset, nbytes = table.take(ENTRY_SPAN.format)
-    elements = 1
-    for d in shape:
-        elements *= d
-    if elements * DTYPES[dtype][1].itemsize != nbytes:
-        raise FormatError(f"{path}: tensor {name!r}: shape {tuple(shape)} of "
-                          f"{DTYPES[dtype][0]} needs {elements * DTYPES[dtype][1].itemsize} "
-                          f"bytes, the table says {nbytes}")
+    if dtype in QDTYPES:
+        _check_quantized_entry(name, QDTYPES[dtype], shape, nbytes, path)
+    else:
+        elements = 1
+        for d in shape:
+            elements *= d
+        if elements * DTYPES[dtype][1].itemsize != nbytes:
+            raise FormatError(f"{path}: tensor {name!r}: shape {tuple(shape)} of "
+                              f"{DTYPES[dtype][0]} needs {elements * DTYPES[dtype][1].itemsize} "
+                              f"bytes, the table says {nbytes}")
     if offset % ALIGN or offset + nbytes > data_len:
         raise FormatError(f"{path}: tensor {name!r} at data offset {offset} with {nbytes} bytes "
                           f"is misaligned or runs past the end of the data ({data_len} bytes)")
     return name, dtype, tuple(shape), offset, nbytes
+
+
+def _check_quantized_entry(name: str, qtype: str, shape: tuple[int, ...], nbytes: int,
+                           path: Any) -> None:
+    """A quantized tensor is (rows, K) stored as rows of ceil(K / 32) blocks."""
+    if len(shape) != 2 or 0 in shape:
+        raise FormatError(f"{path}: tensor {name!r}: a {qtype} tensor must have 2 non-zero "
+                          f"dimensions (rows, K), got shape {tuple(shape)}")
+    rows, K = shape
+    blocks, size = -(-K // QK), BLOCKS[qtype].itemsize
+    if rows * blocks * size != nbytes:
+        raise FormatError(f"{path}: tensor {name!r}: {rows} rows of K={K} in {qtype} are "
+                          f"{rows} x {blocks} blocks of {size} bytes = {rows * blocks * size} "
+                          f"bytes, the table says {nbytes}")
 
 
 def _check_overlaps(entries, path) -> None:
@@ -380,16 +411,28 @@ def _check_overlaps(entries, path) -> None:
             raise FormatError(f"{path}: tensors {a!r} and {b!r} overlap in the data section")
 
 
-def _check_shapes(tensors, entries, config: ModelConfig, path) -> str:
+def _check_shapes(tensors, entries, config: ModelConfig, path, quantized) -> str:
     layout = Layout(config)
+    matmuls = set(matmul_weight_names(config))
     for name, slot in layout.slots.items():
         if name not in tensors:
             raise FormatError(f"{path}: tensor {name!r} is missing")
-        if tensors[name].shape != slot.shape:
-            raise FormatError(f"{path}: tensor {name!r} has shape {tensors[name].shape}, the "
-                              f"config needs {slot.shape}")
+        shape, need = tensors[name].shape, slot.shape
+        if name in quantized:
+            shape = quantized[name][1]
+            need = slot.shape if name == "wte" else slot.shape[::-1]
+            if name not in matmuls:
+                raise FormatError(f"{path}: tensor {name!r} is {quantized[name][0]}, but only "
+                                  f"matmul weights may be quantized")
+        if shape != need:
+            raise FormatError(f"{path}: tensor {name!r} has shape {shape}, the config needs "
+                              f"{need}" + (" (quantized rows run along K)" if name in quantized
+                                           else ""))
+    extra = sorted(set(quantized) - set(layout.slots))
+    if extra:
+        raise FormatError(f"{path}: tensor {extra[0]!r} is quantized but not a model weight")
     codes = {dtype for name, dtype, *_ in entries if name in layout.slots}
-    return "/".join(sorted(DTYPES[c][0] for c in codes))
+    return "/".join(sorted(DTYPES[c][0] if c in DTYPES else QDTYPES[c] for c in codes))
 
 
 # ---- loading into a model -----------------------------------------------------------------
@@ -398,7 +441,8 @@ def load_model(path: "str | os.PathLike[str]", backend: Any = "auto", mmap: bool
     .metadata attached."""
     from .model import SLLM
     mf = read_model_file(path, mmap=mmap)
-    model = SLLM(mf.config, backend=backend, init=None)
+    quantized = {n: (qtype, mf.tensors[n]) for n, (qtype, _) in mf.quantized.items()}
+    model = SLLM(mf.config, backend=backend, init=None, quantized=quantized)
     for name, param in model.parameters().items():
         param[...] = mf.tensors[name]
     model.tokenizer, model.metadata = mf.tokenizer, mf.metadata
@@ -413,4 +457,19 @@ def describe(path: "str | os.PathLike[str]") -> dict[str, Any]:
             "config": mf.config.to_dict(), "vocab_size": mf.config.vocab_size,
             "tokenizer": (mf.tokenizer or {}).get("type"), "checksums": "ok",
             "sections": mf.sections, "extra_tensors": sorted(mf.extra_tensors),
-            "metadata": mf.metadata}
+            "metadata": mf.metadata, "tensors": _tensor_sizes(mf)}
+
+
+def _tensor_sizes(mf: ModelFile) -> list[dict[str, Any]]:
+    """Each parameter's stored type, shape and bytes, and the bytes it saves against f32."""
+    rows = []
+    for name in Layout(mf.config).slots:
+        arr = mf.tensors[name]
+        if name in mf.quantized:
+            dtype, shape = mf.quantized[name]
+        else:
+            dtype, shape = {"<f4": "f32", "<f2": "f16"}[arr.dtype.str], arr.shape
+        f32_bytes = int(np.prod(shape)) * 4
+        rows.append({"name": name, "dtype": dtype, "shape": list(shape),
+                     "bytes": int(arr.nbytes), "saved": f32_bytes - int(arr.nbytes)})
+    return rows

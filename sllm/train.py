@@ -36,6 +36,7 @@ from .progress import TrainProgress
 from .runlock import RunLock, acquire
 from .serialize import read_model_file
 from .schedule import SCHEDULES, Constant, Schedule
+from .threads import blas_limited
 from .train_config import TrainConfig
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "RunError", "prepare", "resume", "train"]
@@ -314,8 +315,8 @@ class Trainer:
         start, status, message = time.perf_counter(), "done", ""
         self.model.train()
         self._deadline = start + 60 * self.cfg.max_minutes if self.cfg.max_minutes else None
-        with _interrupt_flag(self), TrainProgress(self.show_progress, self.step,
-                                                  self.total) as bar:
+        with _interrupt_flag(self), blas_limited(self.model.backend), \
+                TrainProgress(self.show_progress, self.step, self.total) as bar:
             self._bar = bar
             while self.step < until:
                 status, message = self._one_step()

@@ -1,4 +1,6 @@
-"""Shared fixtures: the backends under test, and small configs."""
+"""Shared fixtures: the backends under test, small configs, and installing a fake plugin."""
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -27,3 +29,13 @@ def tiny_config():
 def rng():
     """A seeded generator."""
     return np.random.default_rng(1234)
+
+
+def install_plugin(tmp_path, monkeypatch, name, source):
+    """Write module `name` and a dist-info whose entry point (group sllm) names it."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+    dist = tmp_path / f"{name}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[sllm]\n{name} = {name}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))

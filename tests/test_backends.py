@@ -1,12 +1,12 @@
 """The backend registry and plugin discovery through real entry points."""
-import textwrap
-
 import numpy as np
 import pytest
 
 import sllm
 from sllm import BackendError, backends
 from sllm.backends.base import KERNELS, Backend
+
+from conftest import install_plugin as _install_plugin
 
 PLUGIN = '''
 import sllm
@@ -29,16 +29,6 @@ def register_backends(register):
     register(Fast)
     register(Broken)
 '''
-
-
-def _install_plugin(tmp_path, monkeypatch, name, source):
-    """Write module `name` and a dist-info whose entry point (group sllm) names it."""
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-    dist = tmp_path / f"{name}-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[sllm]\n{name} = {name}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
 
 
 @pytest.fixture(autouse=True)
@@ -129,3 +119,83 @@ def test_backend_storage():
     assert z.dtype == np.float32 and not z.any()
     c = b.from_numpy(np.arange(4), np.int32)
     assert c.dtype == np.int32 and list(c) == [0, 1, 2, 3]
+
+
+# ---- the contract: declared signatures, one way of attaching kernels ----------------------
+def test_contract_declares_every_kernel_with_the_reference_signature():
+    import inspect
+
+    from sllm.backends import reference
+    for kernel in KERNELS:
+        declared = inspect.signature(getattr(Backend, kernel))
+        params = list(declared.parameters)[1:]  # without self
+        assert params == list(inspect.signature(getattr(reference, kernel)).parameters), kernel
+        assert getattr(Backend, kernel).__doc__, f"{kernel} has no docstring"
+        with pytest.raises(NotImplementedError, match=repr(kernel)):
+            getattr(Backend(), kernel)(*[None] * len(params))
+
+
+def test_reference_module_imports_nothing_of_the_registry():
+    import ast
+
+    from sllm.backends import reference
+    tree = ast.parse(open(reference.__file__).read())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                 and n.level == 0}
+    relative = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+    # sllm.quant: the block formats (numpy only), which matmul_q_fwd decodes
+    assert not relative and imported <= {"math", "numpy", "__future__", "sllm.quant"}, \
+        (imported, relative)
+
+
+def test_kernels_are_attached_on_the_class():
+    from sllm.backends import reference
+    from sllm.backends.numpy_ref import NumpyBackend
+    for kernel in KERNELS:  # no per-instance copies, no stub left on the class
+        assert getattr(NumpyBackend, kernel) is getattr(reference, kernel)
+    assert NumpyBackend.missing_kernels() == [] and NumpyBackend.reference_kernels == frozenset()
+    rows = {r["name"]: r for r in backends.info()}
+    assert rows["numpy"]["reference_kernels"] == []
+    for row in rows.values():
+        if row["available"]:
+            assert backends.get(row["name"]).missing_kernels() == [], row["name"]
+
+
+def test_cpp_kernels_are_the_compiled_functions():
+    if "cpp" not in backends.available():
+        pytest.skip("the cpp backend is not built here")
+    from sllm import _cpp
+    from sllm.backends.cpp import CppBackend
+    assert all(getattr(CppBackend, k) is getattr(_cpp, k) for k in KERNELS
+               if k not in CppBackend.reference_kernels)
+
+
+INCOMPLETE = '''
+import sllm
+from sllm.backends.base import Backend
+
+class Half(Backend):
+    """Implements gelu_fwd, leaves relu_fwd to the reference, forgets the rest."""
+    name = "half"
+    priority = 2000
+    reference_kernels = frozenset({"relu_fwd"})
+    def gelu_fwd(self, out, inp):
+        out[...] = inp
+
+@sllm.hookimpl
+def register_backends(register):
+    register(Half)
+'''
+
+
+def test_backend_missing_kernels_is_refused_at_registration(tmp_path, monkeypatch):
+    _install_plugin(tmp_path, monkeypatch, "sllm_half_plugin", INCOMPLETE)
+    rows = {r["name"]: r for r in backends.info()}
+    assert not rows["half"]["available"]
+    reason = rows["half"]["reason"]
+    named = reason.split("kernels ", 1)[1].split(" (", 1)[0].split(", ")
+    assert named == [k for k in KERNELS if k not in ("gelu_fwd", "relu_fwd")]
+    assert "half" not in backends.available() and backends.get().name != "half"
+    with pytest.raises(BackendError, match="attention_decode"):
+        backends.get("half")

@@ -54,10 +54,16 @@ def _discover() -> dict[str, _Entry]:
 
 
 def _probe(entry: _Entry) -> None:
+    """Run the backend's probe, then refuse it if it leaves a kernel of the contract unprovided."""
     try:
         entry.capabilities = dict(entry.cls.probe() or {})
     except Exception as e:  # noqa: BLE001 - the reason is shown to the user
         entry.reason = f"{type(e).__name__}: {e}"
+        return
+    missing = entry.cls.missing_kernels()
+    if missing:
+        entry.reason = (f"does not provide kernels {', '.join(missing)} (implement them, or "
+                        f"list them in reference_kernels to use the numpy reference)")
 
 
 def _entries() -> dict[str, _Entry]:
@@ -119,6 +125,5 @@ def info() -> list[dict[str, Any]]:
         ref = sorted(getattr(e.cls, "reference_kernels", ())) if e.cls else []
         rows.append({"name": e.name, "available": e.reason is None, "reason": e.reason,
                      "capabilities": e.capabilities, "priority": e.priority,
-                     "plugin": e.plugin,
-                     "reference_kernels": [] if e.name == "numpy" else ref})
+                     "plugin": e.plugin, "reference_kernels": ref})
     return rows

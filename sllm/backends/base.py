@@ -1,4 +1,4 @@
-"""The Backend contract: storage, a table of layer-grain kernels, and capabilities.
+"""The Backend contract: storage, the layer-grain kernels with their signatures, capabilities.
 
 A backend owns the memory of a model (parameters, gradients, optimizer state and
 activations are arrays it hands out: plain float32 numpy arrays, or numpy views into
@@ -11,9 +11,22 @@ Shapes use N = B*T rows; C width; OC output width; H heads; V vocabulary. Arrays
 C-contiguous. "+=" marks outputs a kernel accumulates into (parameter gradients, and the
 residual-stream gradient in layernorm_bwd); every other output is overwritten.
 
-A backend may leave any kernel to the numpy reference by naming it in
-`reference_kernels`: since every backend's arrays are numpy arrays, the reference runs on
-them directly. `sllm.backends.info()` lists which kernels each backend leaves.
+`Backend` declares every kernel as a method with its real signature; the declaration
+raises NotImplementedError naming the kernel. A backend provides each kernel in one of
+three ways, all resolved once, when its class is created (`Backend.__init_subclass__`):
+  1. a method of the class body (the wasm backends);
+  2. `kernel_module`: a module (or any object) holding functions named after the kernels,
+     bound as static methods so a call costs no extra Python frame (cpp: the compiled
+     extension; numpy: sllm.backends.reference);
+  3. `reference_kernels`: names left to the numpy reference (sllm/backends/reference.py);
+     since every backend's arrays are numpy arrays, the reference runs on them directly.
+A backend that leaves a kernel unprovided is refused when it is registered: listed as
+unavailable, with the missing kernels named. `sllm check-backend NAME` checks every kernel
+against the reference.
+
+Adding a kernel to the contract: declare it below (signature and docstring), add its name
+to KERNELS, write the numpy version in reference.py, then implement it on each backend or
+list it in that backend's `reference_kernels`.
 """
 from __future__ import annotations
 
@@ -21,48 +34,65 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import reference
+from .reference import LAYERNORM_EPS, dropout_keep_mask, dropout_threshold
+
+__all__ = ["KERNELS", "LAYERNORM_EPS", "Array", "Backend", "dropout_keep_mask",
+           "dropout_threshold"]
+
+Array = np.ndarray
+
 # Every kernel of the contract, in the order a training step uses them.
 KERNELS: tuple[str, ...] = (
     "encoder_fwd", "encoder_bwd",
     "layernorm_fwd", "layernorm_bwd",
-    "matmul_fwd", "matmul_bwd",
+    "matmul_fwd", "matmul_bwd", "matmul_q_fwd",
     "attention_fwd", "attention_bwd", "attention_decode",
     "gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd",
     "residual_fwd",
     "dropout_fwd", "dropout_bwd",
     "softmax_xent",
-    "sgd_update", "adam_update",
+    "sgd_update", "adam_update", "grad_norm_sq",
 )
 
-LAYERNORM_EPS = 1e-5
 
-
-def _required(name: str, doc: str):
-    def kernel(self, *args, **kwargs):
-        raise NotImplementedError(f"backend {self.name!r} does not implement kernel {name!r}")
-    kernel.__name__ = name
-    kernel.__doc__ = doc
-    return kernel
+def _not_implemented(backend: Any, kernel: str) -> NotImplementedError:
+    """The error a declared but unprovided kernel raises."""
+    return NotImplementedError(f"backend {backend.name!r} does not implement kernel {kernel!r}")
 
 
 class Backend:
-    """Base class of every backend: storage methods plus the kernel table.
+    """Base class of every backend: storage methods plus the kernel contract.
 
     Subclasses set `name` and `priority` (higher wins under backend="auto"), override
-    `probe()` to check that they can run here, and implement the kernels or list them
-    in `reference_kernels`.
+    `probe()` to check that they can run here, and provide every kernel (see the module
+    docstring for the three ways).
     """
 
     name: ClassVar[str] = "base"
     priority: ClassVar[int] = 0
     reference_kernels: ClassVar[frozenset[str]] = frozenset()
+    kernel_module: ClassVar[Any] = None
     dtype: np.dtype = np.dtype(np.float32)
 
-    def __init__(self) -> None:
-        if self.reference_kernels:
-            from . import numpy_ref
-            for kernel in self.reference_kernels:
-                setattr(self, kernel, getattr(numpy_ref, kernel))
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Attach the kernels this class takes from `reference_kernels` or `kernel_module`."""
+        super().__init_subclass__(**kwargs)
+        # Names this version does not know are ignored: a plugin written for a later
+        # contract still loads, and a misspelt name shows up as a missing kernel.
+        own = vars(cls)
+        for kernel in KERNELS:
+            if kernel in own:  # a method of this class body
+                continue
+            if kernel in cls.reference_kernels:
+                setattr(cls, kernel, staticmethod(getattr(reference, kernel)))
+            elif "kernel_module" in own and hasattr(cls.kernel_module, kernel):
+                setattr(cls, kernel, staticmethod(getattr(cls.kernel_module, kernel)))
+
+    @classmethod
+    def missing_kernels(cls) -> list[str]:
+        """Kernels this backend neither implements nor leaves to the reference."""
+        return [k for k in KERNELS if getattr(cls, k) is getattr(Backend, k)]
 
     # ---- discovery -------------------------------------------------------------------
     @classmethod
@@ -98,63 +128,165 @@ class Backend:
     def free(self, array: np.ndarray) -> None:
         """Optional: give an array's memory back. Arrays must not be used afterwards."""
 
-    # ---- kernels (documented here; the reference is sllm/backends/numpy_ref.py) --------
-    encoder_fwd = _required("encoder_fwd", """encoder_fwd(out (B,T,C), tokens (B,T) int32, wte (V,C), wpe (maxT,C), pos):
-    out[b,t] = wte[tokens[b,t]] + wpe[pos+t].""")
-    encoder_bwd = _required("encoder_bwd", """encoder_bwd(dwte +=, dwpe +=, dout (B,T,C), tokens (B,T), pos).""")
-    layernorm_fwd = _required("layernorm_fwd", """layernorm_fwd(out (N,C), mean (N,), rstd (N,), inp (N,C), weight (C,), bias (C,)).""")
-    layernorm_bwd = _required("layernorm_bwd", """layernorm_bwd(dinp +=, dweight +=, dbias +=, dout, inp, weight, mean, rstd).""")
-    matmul_fwd = _required("matmul_fwd", """matmul_fwd(out (N,OC), inp (N,C), weight, bias (OC,) or None, trans_w=False):
-    out = inp @ weight + bias; weight is (C,OC), or (OC,C) used transposed if trans_w.""")
-    matmul_bwd = _required("matmul_bwd", """matmul_bwd(dinp or None, dweight +=, dbias += or None, dout (N,OC), inp (N,C), weight,
-    trans_w=False): dinp = dout @ weight^T (overwritten).""")
-    attention_fwd = _required("attention_fwd", """attention_fwd(out (B,T,C), saved, qkv (B,T,3C), n_head): causal softmax(QK^T/sqrt(D))V
-    per head; `saved` has the backend's attention_saved_shape and keeps what backward needs.""")
-    attention_bwd = _required("attention_bwd", """attention_bwd(dqkv (B,T,3C), dout (B,T,C), qkv, out (B,T,C), saved, n_head).""")
-    attention_decode = _required("attention_decode", """attention_decode(out (B,Tn,C), qkv (B,Tn,3C), kcache (B,H,maxT,D), vcache, pos, n_head):
-    stores the new keys/values at positions pos..pos+Tn-1, then attends causally.""")
-    gelu_fwd = _required("gelu_fwd", """gelu_fwd(out, inp): GPT-2's tanh approximation, elementwise.""")
-    gelu_bwd = _required("gelu_bwd", """gelu_bwd(dinp, dout, inp): dinp may alias dout.""")
-    relu_fwd = _required("relu_fwd", """relu_fwd(out, inp).""")
-    relu_bwd = _required("relu_bwd", """relu_bwd(dinp, dout, inp): dinp may alias dout.""")
-    residual_fwd = _required("residual_fwd", """residual_fwd(out, a, b): out = a + b.""")
-    dropout_fwd = _required("dropout_fwd", """dropout_fwd(out, inp, p, seed): out = inp * keep / (1-p), keep from dropout_keep_mask;
-    out may alias inp.""")
-    dropout_bwd = _required("dropout_bwd", """dropout_bwd(dinp, dout, p, seed): the same mask, recomputed; dinp may alias dout.""")
-    softmax_xent = _required("softmax_xent", """softmax_xent(losses (N,), dlogits (N,V) or None, logits (N,V), targets (N,) int32, dloss):
-    losses = -log softmax(logits)[target] (0 where target == -1); dlogits = dloss *
-    (softmax - onehot) (0 rows where target == -1); dlogits may alias logits.""")
-    sgd_update = _required("sgd_update", """sgd_update(params, grads, momentum_buf, lr, momentum, weight_decay, decay_count):
-    torch.optim.SGD over a flat buffer; weight decay (L2) applies to [0, decay_count).""")
-    adam_update = _required("adam_update", """adam_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step, decay_count,
-    decoupled): torch Adam (decoupled=False, L2 in the gradient) or AdamW (True).""")
-
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """Shape of the state attention_fwd saves for backward (reference: the probabilities)."""
         return (B, n_head, T, T)
 
-    def missing_kernels(self) -> list[str]:
-        """Kernels this backend neither implements nor leaves to the reference."""
-        return [k for k in KERNELS if getattr(type(self), k) is getattr(Backend, k)
-                and k not in self.reference_kernels]
+    # ---- kernels: the contract (numpy versions in reference.py) ------------------------
+    def encoder_fwd(self, out: Array, tokens: Array, wte: Array, wpe: Array,
+                    pos: int = 0) -> None:
+        """Token plus position embedding.
 
+        out (B,T,C); tokens (B,T) int32 in [0, V); wte (V,C); wpe (maxT,C).
+        out[b,t] = wte[tokens[b,t]] + wpe[pos+t].
+        """
+        raise _not_implemented(self, "encoder_fwd")
 
-def dropout_threshold(p: float) -> int:
-    """The uint32 threshold below which an element is dropped."""
-    return min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1)
+    def encoder_bwd(self, dwte: Array, dwpe: Array, dout: Array, tokens: Array,
+                    pos: int = 0) -> None:
+        """Backward of encoder_fwd.
 
+        dwte (V,C) +=: dout summed per token id (repeats add up); dwpe (maxT,C) +=:
+        dout summed over the batch into rows pos..pos+T-1; dout (B,T,C); tokens (B,T).
+        """
+        raise _not_implemented(self, "encoder_bwd")
 
-def dropout_keep_mask(n: int, p: float, seed: int) -> np.ndarray:
-    """The counter-based dropout mask every backend reproduces bit for bit.
+    def layernorm_fwd(self, out: Array, mean: Array, rstd: Array, inp: Array,
+                      weight: Array, bias: Array) -> None:
+        """LayerNorm over the last axis (eps = LAYERNORM_EPS).
 
-    Element i is kept when hash32(i * 0x9E3779B1 + seed) >= p * 2^32, where hash32 is
-    the murmur3 finaliser. Depending only on (seed, i), the mask is the same for any
-    thread count, tiling or backend, and backward recomputes it instead of storing it.
-    """
-    x = np.arange(n, dtype=np.uint32) * np.uint32(0x9E3779B1) + np.uint32(seed & 0xFFFFFFFF)
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x85EBCA6B)
-    x ^= x >> np.uint32(13)
-    x *= np.uint32(0xC2B2AE35)
-    x ^= x >> np.uint32(16)
-    return x >= np.uint32(dropout_threshold(p))
+        out (N,C); mean (N,) and rstd (N,) = 1/sqrt(var + eps), saved for backward;
+        inp (N,C); weight (C,); bias (C,).
+        """
+        raise _not_implemented(self, "layernorm_fwd")
+
+    def layernorm_bwd(self, dinp: Array, dweight: Array, dbias: Array, dout: Array,
+                      inp: Array, weight: Array, mean: Array, rstd: Array) -> None:
+        """Backward of layernorm_fwd; accumulates into dinp (N,C), dweight (C,), dbias (C,).
+
+        dout (N,C); inp (N,C); weight (C,); mean, rstd (N,) as saved by layernorm_fwd.
+        """
+        raise _not_implemented(self, "layernorm_bwd")
+
+    def matmul_fwd(self, out: Array, inp: Array, weight: Array, bias: Array | None,
+                   trans_w: bool = False) -> None:
+        """out (N,OC) = inp (N,C) @ weight + bias.
+
+        weight is (C,OC), or (OC,C) used transposed when trans_w (the tied lm_head);
+        bias (OC,) or None.
+        """
+        raise _not_implemented(self, "matmul_fwd")
+
+    def matmul_bwd(self, dinp: Array | None, dweight: Array, dbias: Array | None,
+                   dout: Array, inp: Array, weight: Array, trans_w: bool = False) -> None:
+        """Backward of matmul_fwd.
+
+        dinp (N,C) = dout @ weight^T, overwritten (skipped when None); dweight += inp^T @
+        dout (its transpose when trans_w); dbias (OC,) += column sums of dout (or None);
+        dout (N,OC); inp (N,C).
+        """
+        raise _not_implemented(self, "matmul_bwd")
+
+    def matmul_q_fwd(self, out: Array, inp: Array, wq: Array, bias: Array | None,
+                     qtype: str) -> None:
+        """out (N,OC) = inp (N,K) @ W^T + bias, W (OC,K) held as quantized rows (inference).
+
+        wq uint8 (OC, bytes_per_row): rows of ggml blocks of 32 along K, qtype "q8_0",
+        "q4_0" or "q4_1" (layouts in sllm/quant.py; K % 32 != 0 is zero-padded). inp is
+        quantized on the fly to q8_0 blocks (d = amax/127 rounded to float16, q =
+        roundf(x/d)); each block's integer dot product is summed in int32 and scaled by
+        d_w * d_x in float32 (q4_1 adds m_w * d_x * sum(q_x)), as ggml's
+        vec_dot_{q8_0,q4_0,q4_1}_q8_0. bias (OC,) or None.
+        """
+        raise _not_implemented(self, "matmul_q_fwd")
+
+    def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int) -> None:
+        """Causal multi-head attention: per head softmax(Q K^T / sqrt(D) + mask) V.
+
+        out (B,T,C); qkv (B,T,3C) with columns [Q | K | V], head h at h*D:(h+1)*D of each;
+        saved has this backend's attention_saved_shape and keeps what backward needs
+        (the reference keeps the probabilities (B,H,T,T)).
+        """
+        raise _not_implemented(self, "attention_fwd")
+
+    def attention_bwd(self, dqkv: Array, dout: Array, qkv: Array, out: Array, saved: Array,
+                      n_head: int) -> None:
+        """Backward of attention_fwd: dqkv (B,T,3C), overwritten; dout, out (B,T,C)."""
+        raise _not_implemented(self, "attention_bwd")
+
+    def attention_decode(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
+                         pos: int, n_head: int) -> None:
+        """Incremental attention with a KV cache (generation).
+
+        Stores the new keys and values of qkv (B,Tn,3C) at positions pos..pos+Tn-1 of
+        kcache, vcache (B,H,maxT,D), then attends causally over positions 0..pos+Tn-1;
+        out (B,Tn,C).
+        """
+        raise _not_implemented(self, "attention_decode")
+
+    def gelu_fwd(self, out: Array, inp: Array) -> None:
+        """out = GELU(inp), GPT-2's tanh approximation, elementwise (any shape)."""
+        raise _not_implemented(self, "gelu_fwd")
+
+    def gelu_bwd(self, dinp: Array, dout: Array, inp: Array) -> None:
+        """dinp = dout * GELU'(inp), overwritten; dinp may alias dout."""
+        raise _not_implemented(self, "gelu_bwd")
+
+    def relu_fwd(self, out: Array, inp: Array) -> None:
+        """out = max(inp, 0), elementwise."""
+        raise _not_implemented(self, "relu_fwd")
+
+    def relu_bwd(self, dinp: Array, dout: Array, inp: Array) -> None:
+        """dinp = dout where inp > 0, else 0; dinp may alias dout."""
+        raise _not_implemented(self, "relu_bwd")
+
+    def residual_fwd(self, out: Array, a: Array, b: Array) -> None:
+        """out = a + b, elementwise."""
+        raise _not_implemented(self, "residual_fwd")
+
+    def dropout_fwd(self, out: Array, inp: Array, p: float, seed: int) -> None:
+        """Inverted dropout: out = inp * keep / (1 - p), keep = dropout_keep_mask(size, p, seed).
+
+        The mask must match dropout_keep_mask bit for bit; out may alias inp.
+        """
+        raise _not_implemented(self, "dropout_fwd")
+
+    def dropout_bwd(self, dinp: Array, dout: Array, p: float, seed: int) -> None:
+        """Backward of dropout_fwd: the same mask, recomputed; dinp may alias dout."""
+        raise _not_implemented(self, "dropout_bwd")
+
+    def softmax_xent(self, losses: Array, dlogits: Array | None, logits: Array,
+                     targets: Array, dloss: float) -> None:
+        """Fused softmax and cross-entropy per row.
+
+        losses (N,) = -log softmax(logits)[target], 0 where target == -1; dlogits (N,V) =
+        dloss * (softmax - onehot), zero rows where target == -1 (skipped when None; may
+        alias logits); logits (N,V); targets (N,) int32.
+        """
+        raise _not_implemented(self, "softmax_xent")
+
+    def sgd_update(self, params: Array, grads: Array, momentum_buf: Array | None, lr: float,
+                   momentum: float, weight_decay: float, decay_count: int) -> None:
+        """torch.optim.SGD (no dampening, no Nesterov) over flat buffers, in place.
+
+        L2 weight decay applies to params[:decay_count]; momentum_buf is used (and may be
+        None) only when momentum != 0.
+        """
+        raise _not_implemented(self, "sgd_update")
+
+    def adam_update(self, params: Array, grads: Array, m: Array, v: Array, lr: float,
+                    beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
+                    decay_count: int, decoupled: bool) -> None:
+        """torch Adam (decoupled=False: L2 in the gradient) or AdamW (True), in place.
+
+        Flat buffers; step >= 1 is the bias-correction step; weight decay applies to
+        params[:decay_count].
+        """
+        raise _not_implemented(self, "adam_update")
+
+    def grad_norm_sq(self, grads: Array) -> float:
+        """The sum of squares of a flat buffer, accumulated in float64.
+
+        Gradient clipping reads the global norm from it: one pass, no copy of the buffer.
+        """
+        raise _not_implemented(self, "grad_norm_sq")

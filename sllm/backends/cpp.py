@@ -1,7 +1,8 @@
 """The `cpp` backend: the C++ kernels of the extension `sllm._cpp` (built from cpp/).
 
-Each kernel of the contract is the compiled function itself, bound as a class attribute,
-so a kernel call costs one pybind11 dispatch and no Python frame. The extension checks
+Each kernel of the contract is the compiled function itself (`kernel_module = sllm._cpp`,
+bound as a static method when the class is created), so a kernel call costs one pybind11
+dispatch and no Python frame. The extension checks
 dtypes, contiguity and shapes, works in place on the numpy buffers and releases the GIL.
 
 The extension picks its SIMD tier (avx512, avx2, scalar) from the CPU at import time;
@@ -14,8 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-from .base import KERNELS, Backend
-
+from .base import Backend
 
 
 def _import_extension() -> tuple[Any, str]:
@@ -65,6 +65,8 @@ class CppBackend(Backend):
 
     name: ClassVar[str] = "cpp"
     priority: ClassVar[int] = 100
+    reference_kernels: ClassVar[frozenset[str]] = frozenset({"matmul_q_fwd"})
+    kernel_module: ClassVar[Any] = _cpp  # None when not built: probe() then says why
 
     def __init__(self) -> None:
         self.probe()
@@ -96,7 +98,3 @@ class CppBackend(Backend):
         """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""
         return (B, n_head, T)
 
-
-if _cpp is not None:
-    for _kernel in KERNELS:
-        setattr(CppBackend, _kernel, getattr(_cpp, _kernel))

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import BackendError
-from .base import Backend, dropout_threshold
+from .base import Backend
+from .reference import dropout_threshold
 from .wasm_memory import LinearMemory
 from .wasm_runtime import RUNTIMES, Runtime, RuntimeUnavailable, runtime_name
 
@@ -47,6 +48,7 @@ def find_module(filename: str) -> Path:
 class _WasmBase(Backend):
     """Storage in linear memory plus the kernel wrappers; subclasses pick the modules."""
 
+    reference_kernels: ClassVar[frozenset[str]] = frozenset({"matmul_q_fwd"})
     # (file name, needs relaxed SIMD, capability "simd" value), most preferred first
     modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = ()
     _probed: ClassVar[dict[str, Any]]
@@ -164,7 +166,7 @@ class _WasmBase(Backend):
                 self.memory.free(self.memory.offset_of(staged))
             self._staged.clear()
 
-    # ---- kernels (semantics: sllm/backends/numpy_ref.py) ---------------------------------
+    # ---- kernels (semantics: sllm/backends/reference.py) ---------------------------------
     def encoder_fwd(self, out, tokens, wte, wpe, pos=0):
         """out (B,T,C) = wte[tokens] + wpe[pos:pos+T]."""
         B, T = np.shape(tokens)
@@ -260,7 +262,7 @@ class _WasmBase(Backend):
                    self._ptr(b), _size(out, a))
 
     def dropout_fwd(self, out, inp, p, seed):
-        """Inverted dropout with the counter-based mask of base.dropout_keep_mask."""
+        """Inverted dropout with the counter-based mask of reference.dropout_keep_mask."""
         self._dropout("dropout_fwd", out, inp, p, seed)
 
     def dropout_bwd(self, dinp, dout, p, seed):
@@ -300,6 +302,12 @@ class _WasmBase(Backend):
                    self._ptr(grads), self._ptr(m, write=True), self._ptr(v, write=True),
                    params.size, lr, beta1, beta2, eps, weight_decay, decay_count,
                    int(decoupled), 1.0 - beta1 ** step, 1.0 - beta2 ** step)
+
+    def grad_norm_sq(self, grads):
+        """Sum of squares of a flat buffer, accumulated in float64."""
+        out = self._scratch(2)
+        self._call("grad_norm_sq", "<IiI", self._ptr(grads), grads.size, out)
+        return float(struct.unpack_from("<d", self.memory.arena, out)[0])
 
 
 def _capabilities(runtime: Runtime, module: tuple[str, bool, str | None]) -> dict[str, Any]:

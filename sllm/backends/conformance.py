@@ -1,0 +1,532 @@
+"""The conformance suite: every kernel of a backend against the numpy reference.
+
+Modelled on ggml's test-backend-ops. Each kernel of the contract has an entry in `CASES`:
+the awkward shapes to try (sizes that are not multiples of a SIMD width, T = 1, one head,
+a large vocabulary) and a builder of its arguments. The checker runs the kernel on the
+backend and on the reference with the same arguments and compares every output element:
+
+    |mine - ref| <= atol * scale + rtol * |ref|,   scale = max(1, max |ref|)
+
+Beyond single kernels it checks the whole model (logits, loss, every gradient, with
+dropout on) and generation (KV-cache decode logits, greedy ids) against the numpy backend.
+`sllm check-backend NAME [-k KERNEL] [--perf]` prints the report and exits non-zero on any
+failure; `--perf` also times each kernel against the reference.
+
+Adding a kernel to the contract: add one `KernelCases` entry to `CASES` (a test fails
+until every name in KERNELS has one).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .base import KERNELS, Backend
+
+RTOL, ATOL = 1e-4, 1e-5
+Args = list[Any]
+
+
+@dataclass(frozen=True)
+class KernelCases:
+    """How to check one kernel: the shapes to try and how to build its arguments.
+
+    `args(rng, **shape)` returns the argument list for the reference (numpy arrays and
+    scalars); `outputs` are the indices of the arguments to compare afterwards. `aliases`
+    lists (i, j) pairs: argument j is the same array as argument i (in-place use).
+    `setup(backend, args)` may replace arguments with state that backend produces itself
+    (attention_bwd takes the `saved` state of the backend's own attention_fwd).
+    """
+
+    shapes: list[dict[str, Any]]
+    args: Callable[..., Args]
+    outputs: tuple[int, ...]
+    rtol: float = RTOL
+    atol: float = ATOL
+    aliases: tuple[tuple[int, int], ...] = ()
+    setup: Callable[[Backend, Args], None] | None = None
+    returns: bool = False  # the kernel returns a value (grad_norm_sq), compared too
+
+
+@dataclass(frozen=True)
+class Check:
+    """One output of one case compared with the reference."""
+
+    kernel: str
+    case: str
+    output: str
+    error: float     # |mine - ref| at the element that used most of its tolerance
+    allowed: float   # the tolerance at that element
+    passed: bool
+
+
+@dataclass
+class Report:
+    """Every check of a run, and the timings when --perf was asked for."""
+
+    backend: str
+    checks: list[Check] = field(default_factory=list)
+    timings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """True when every check passed (and at least one ran)."""
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def failures(self) -> list[Check]:
+        """The checks that failed."""
+        return [c for c in self.checks if not c.passed]
+
+
+def compare(kernel: str, case: str, output: str, mine: Any, ref: Any, rtol: float = RTOL,
+            atol: float = ATOL, scale: float | None = None) -> Check:
+    """Compare arrays elementwise: |mine - ref| <= atol * scale + rtol * |ref|."""
+    mine = np.atleast_1d(np.asarray(mine, dtype=np.float64))
+    ref = np.atleast_1d(np.asarray(ref, dtype=np.float64))
+    if mine.shape != ref.shape:
+        return Check(kernel, case, f"{output} shape {mine.shape} != {ref.shape}",
+                     math.inf, 0.0, False)
+    if ref.size == 0:
+        return Check(kernel, case, output, 0.0, 0.0, True)
+    if scale is None:
+        scale = max(1.0, float(np.nanmax(np.abs(ref))))
+    diff = np.abs(mine - ref)
+    diff[np.isnan(mine) != np.isnan(ref)] = math.inf
+    diff[np.isnan(mine) & np.isnan(ref)] = 0.0
+    allowed = atol * scale + rtol * np.nan_to_num(np.abs(ref))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(diff == 0, 0.0, diff / allowed)
+    worst = int(np.argmax(ratio))
+    return Check(kernel, case, output, float(diff.flat[worst]), float(allowed.flat[worst]),
+                 bool(ratio.flat[worst] <= 1.0))
+
+
+# ---- running one kernel on a backend and on the reference ----------------------------------
+def _reference_backend() -> Backend:
+    from .numpy_ref import NumpyBackend
+    return NumpyBackend()
+
+
+def _on(backend: Backend, args: Args, spec: KernelCases, in_place: bool) -> Args:
+    """Copies of args owned by `backend`, with the spec's aliases and setup applied."""
+    out = [backend.from_numpy(a, a.dtype) if isinstance(a, np.ndarray) else a for a in args]
+    for i, j in spec.aliases if in_place else ():
+        out[j] = out[i]
+    if spec.setup is not None:
+        spec.setup(backend, out)
+    return out
+
+
+def output_names(kernel: str) -> list[str]:
+    """The parameter names of a kernel, from its declaration in base.Backend."""
+    return list(inspect.signature(getattr(Backend, kernel)).parameters)[1:]
+
+
+def case_label(shape: dict[str, Any]) -> str:
+    """A short label for a shape: "N=7 C=17"."""
+    return " ".join(f"{k}={v}" for k, v in shape.items())
+
+
+def _rng(kernel: str, index: int) -> np.random.Generator:
+    """A generator seeded by the case, so every run (and every backend) sees the same data."""
+    return np.random.default_rng(zlib.crc32(f"{kernel}:{index}".encode()))
+
+
+def check_kernel(backend: Backend, kernel: str, index: int) -> list[Check]:
+    """Run case `index` of `kernel` on the backend and on the reference; compare outputs."""
+    spec = CASES[kernel]
+    shape = dict(spec.shapes[index])
+    in_place = bool(shape.pop("in_place", False))
+    args = spec.args(_rng(kernel, index), **shape)
+    reference = _reference_backend()
+    ref, mine = _on(reference, args, spec, in_place), _on(backend, args, spec, in_place)
+    ref_value = getattr(reference, kernel)(*ref)
+    value = getattr(backend, kernel)(*mine)
+    names = output_names(kernel)
+    label = case_label(spec.shapes[index])
+    checks = [compare(kernel, label, names[i], mine[i], ref[i], spec.rtol, spec.atol)
+              for i in spec.outputs if ref[i] is not None]
+    if spec.returns:
+        checks.append(compare(kernel, label, "returned value", value, ref_value, spec.rtol,
+                              0.0))
+    return checks
+
+
+# ---- argument builders ---------------------------------------------------------------------
+def _f(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _tokens(rng: np.random.Generator, V: int, *shape: int) -> np.ndarray:
+    tokens = rng.integers(0, V, shape).astype(np.int32)
+    tokens.flat[0] = tokens.flat[-1]  # a repeated token accumulates twice in backward
+    return tokens
+
+
+def _encoder_fwd(rng, B, T, V, C, pos):
+    return [_f(rng, B, T, C), _tokens(rng, V, B, T), _f(rng, V, C), _f(rng, T + pos + 2, C), pos]
+
+
+def _encoder_bwd(rng, B, T, V, C, pos):
+    return [_f(rng, V, C), _f(rng, T + pos + 2, C), _f(rng, B, T, C), _tokens(rng, V, B, T), pos]
+
+
+def _layernorm_fwd(rng, N, C):
+    return [_f(rng, N, C), _f(rng, N), _f(rng, N), _f(rng, N, C) * 3 + 1, _f(rng, C), _f(rng, C)]
+
+
+def _layernorm_bwd(rng, N, C):
+    x = _f(rng, N, C) * 3 + 1
+    mean, rstd = x.mean(1), 1 / np.sqrt(x.var(1) + 1e-5)
+    return [_f(rng, N, C), _f(rng, C), _f(rng, C), _f(rng, N, C), x, _f(rng, C),
+            mean.astype(np.float32), rstd.astype(np.float32)]
+
+
+def _weight(rng, C, OC, trans_w):
+    return _f(rng, OC, C) if trans_w else _f(rng, C, OC)
+
+
+def _matmul_fwd(rng, N, C, OC, bias, trans_w):
+    return [_f(rng, N, OC), _f(rng, N, C), _weight(rng, C, OC, trans_w),
+            _f(rng, OC) if bias else None, trans_w]
+
+
+def _matmul_bwd(rng, N, C, OC, bias, trans_w):
+    w = _weight(rng, C, OC, trans_w)
+    return [_f(rng, N, C), _f(rng, *w.shape), _f(rng, OC) if bias else None, _f(rng, N, OC),
+            _f(rng, N, C), w, trans_w]
+
+
+def _matmul_q_fwd(rng, N, K, OC, qtype, bias):
+    from ..quant import quantize
+    return [_f(rng, N, OC), _f(rng, N, K), quantize(_f(rng, OC, K), qtype),
+            _f(rng, OC) if bias else None, qtype]
+
+
+def _attention_fwd(rng, B, T, H, D):
+    return [_f(rng, B, T, H * D), np.zeros(0, np.float32), _f(rng, B, T, 3 * H * D), H]
+
+
+def _attention_saved(backend: Backend, args: Args) -> None:
+    """attention_fwd: give `saved` this backend's shape (it keeps what it likes there)."""
+    B, T, C3 = args[2].shape
+    args[1] = backend.zeros(backend.attention_saved_shape(B, T, args[3]))
+
+
+def _attention_bwd(rng, B, T, H, D):
+    C = H * D
+    return [_f(rng, B, T, 3 * C), _f(rng, B, T, C), _f(rng, B, T, 3 * C), np.zeros(0, np.float32),
+            np.zeros(0, np.float32), H]
+
+
+def _attention_forward_state(backend: Backend, args: Args) -> None:
+    """attention_bwd: `out` and `saved` from this backend's own attention_fwd."""
+    qkv, H = args[2], args[5]
+    B, T, C3 = qkv.shape
+    args[3] = backend.zeros((B, T, C3 // 3))
+    args[4] = backend.zeros(backend.attention_saved_shape(B, T, H))
+    backend.attention_fwd(args[3], args[4], qkv, H)
+
+
+def _attention_decode(rng, B, H, D, Tn, pos, maxT):
+    # The cache holds earlier keys/values before pos and stale data after: masking must hide it.
+    return [_f(rng, B, Tn, H * D), _f(rng, B, Tn, 3 * H * D), _f(rng, B, H, maxT, D),
+            _f(rng, B, H, maxT, D), pos, H]
+
+
+def _unary(rng, n):
+    return [_f(rng, n), _f(rng, n) * 4]
+
+
+def _unary_bwd(rng, n):
+    return [_f(rng, n), _f(rng, n), _f(rng, n) * 4]
+
+
+def _residual(rng, n):
+    return [_f(rng, n), _f(rng, n), _f(rng, n)]
+
+
+def _dropout(rng, n, p, seed):
+    return [_f(rng, n), _f(rng, n), p, seed]
+
+
+def _softmax_xent(rng, N, V, with_grad):
+    targets = rng.integers(0, V, N).astype(np.int32)
+    if N > 1:
+        targets[0] = -1
+    return [_f(rng, N), _f(rng, N, V) if with_grad else None, _f(rng, N, V) * 5, targets, 1.0 / N]
+
+
+def _sgd(rng, n, momentum):
+    return [_f(rng, n), _f(rng, n), _f(rng, n) if momentum else None, 0.1, momentum, 0.01,
+            n // 2 + 16]
+
+
+def _adam(rng, n, decoupled, step):
+    return [_f(rng, n), _f(rng, n), _f(rng, n), np.abs(_f(rng, n)), 1e-2, 0.9, 0.99, 1e-8, 0.1,
+            step, n // 2 + 16, decoupled]
+
+
+def _norm(rng, n):
+    return [_f(rng, n) * 3]
+
+
+def _grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
+    """Every combination of the given axes, as shape dicts (the last axis varies fastest)."""
+    shapes: list[dict[str, Any]] = [{}]
+    for name, values in axes.items():
+        shapes = [{**s, name: v} for s in shapes for v in values]
+    return shapes
+
+
+def _shapes(names: str, *rows: tuple[Any, ...]) -> list[dict[str, Any]]:
+    return [dict(zip(names.split(), row)) for row in rows]
+
+
+_ENC = _shapes("B T V C pos", (1, 1, 3, 5, 0), (2, 5, 13, 17, 3), (3, 9, 70, 33, 0))
+_LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128))
+_MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (7, 17, 19), (37, 33, 70),
+                                   (130, 128, 384), (20, 64, 5003))
+       for o in _grid(bias=(True, False), trans_w=(False, True))]
+# K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
+_MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
+        for i, s in enumerate(_shapes("N K OC", (1, 32, 1), (1, 45, 7), (3, 96, 33), (7, 17, 19),
+                                      (1, 384, 1152), (37, 1536, 70), (5, 64, 5003)))
+        for q in ("q8_0", "q4_0", "q4_1")]
+_ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
+_DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
+               (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64))
+_N = _shapes("n", (1,), (15,), (1001,))
+_IN_PLACE = [{"n": 1001, "in_place": True}]
+_DROP = _shapes("n p seed", (1, 0.5, 0), (1000, 0.1, 7), (4099, 0.5, 2 ** 32 - 1))
+_XENT = [{**s, "with_grad": g} for s in _shapes("N V", (1, 3), (7, 5003), (33, 65))
+         for g in (True, False)] + [{"N": 5, "V": 70, "with_grad": True, "in_place": True}]
+
+# One entry per kernel of the contract; every name in KERNELS must have one. A shape with
+# in_place=True runs the kernel with the spec's aliases (an output sharing an input's array).
+CASES: dict[str, KernelCases] = {
+    "encoder_fwd": KernelCases(_ENC, _encoder_fwd, (0,)),
+    "encoder_bwd": KernelCases(_ENC, _encoder_bwd, (0, 1)),
+    "layernorm_fwd": KernelCases(_LN, _layernorm_fwd, (0, 1, 2)),
+    "layernorm_bwd": KernelCases(_LN, _layernorm_bwd, (0, 1, 2)),
+    "matmul_fwd": KernelCases(_MM, _matmul_fwd, (0,)),
+    "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2)),
+    "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,)),
+    "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved),
+    "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state),
+    "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3)),
+    "gelu_fwd": KernelCases(_N, _unary, (0,)),
+    "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),)),
+    "relu_fwd": KernelCases(_N, _unary, (0,)),
+    "relu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),)),
+    "residual_fwd": KernelCases(_N + _shapes("n", (3 * 37,)), _residual, (0,)),
+    "dropout_fwd": KernelCases(_DROP + [{**_DROP[1], "in_place": True}], _dropout, (0,),
+                               rtol=1e-6, atol=0.0, aliases=((1, 0),)),
+    "dropout_bwd": KernelCases(_DROP + [{**_DROP[1], "in_place": True}], _dropout, (0,),
+                               rtol=1e-6, atol=0.0, aliases=((1, 0),)),
+    "softmax_xent": KernelCases(_XENT, _softmax_xent, (0, 1), aliases=((2, 1),)),
+    "sgd_update": KernelCases(_grid(n=(1003,), momentum=(0.0, 0.9)), _sgd, (0, 2)),
+    "adam_update": KernelCases(_grid(n=(1003,), decoupled=(False, True), step=(1, 3)), _adam,
+                               (0, 2, 3)),
+    # tails of every SIMD width, several fixed-size blocks, the threaded path
+    "grad_norm_sq": KernelCases(_shapes("n", (1,), (7,), (1003,), (32768 * 3 + 5,),
+                                        ((1 << 17) + 9,)), _norm, (), rtol=1e-12,
+                                returns=True),
+}
+
+
+# ---- the whole model and generation ----------------------------------------------------------
+MODEL_CASES: list[dict[str, Any]] = [{"tie": False, "act": "gelu"}, {"tie": True, "act": "relu"}]
+
+
+def _model_pair(backend: Backend, tie: bool, act: str) -> tuple[Any, Any]:
+    """The same small model (dropout 0.1) on the numpy backend and on `backend`."""
+    from ..config import ModelConfig
+    from ..model import SLLM
+    cfg = ModelConfig(vocab_size=67, embedding_dim=24, num_layers=2, num_heads=3,
+                      ffn_hidden_dim=40, dropout=0.1, max_seq_len=16, activation=act,
+                      tie_embeddings=tie)
+    return SLLM(cfg, backend=_reference_backend(), seed=3), SLLM(cfg, backend=backend, seed=3)
+
+
+def check_model(backend: Backend, index: int) -> list[Check]:
+    """Logits (eval), loss and every gradient (train mode, dropout on) against numpy."""
+    case = MODEL_CASES[index]
+    label = case_label(case)
+    ref, mine = _model_pair(backend, **case)
+    rng = _rng("model", index)
+    x, y = rng.integers(0, 67, (2, 13)), rng.integers(0, 67, (2, 13))
+    y[1, :4] = -1
+    checks = [compare("model", label, "logits", mine.eval().forward(x), ref.eval().forward(x),
+                      rtol=1e-4, atol=1e-4, scale=1.0)]
+    ref.train(), mine.train()  # dropout on: the counter-based masks must agree too
+    checks.append(compare("model", label, "loss", mine.forward_backward(x, y),
+                          ref.forward_backward(x, y), rtol=1e-5, atol=0.0))
+    for name, g in ref.gradients().items():
+        scale = float(np.abs(g).max()) + 1e-6  # relative to the tensor's largest gradient
+        checks.append(compare("model", label, f"grad {name}", mine.gradients()[name], g,
+                              rtol=0.0, atol=1e-4, scale=scale))
+    return checks
+
+
+def check_generate(backend: Backend, index: int) -> list[Check]:
+    """Generation: logits of KV-cache decoding, step by step, and greedy ids against numpy."""
+    case = MODEL_CASES[index]
+    label = case_label(case)
+    ref, mine = (m.eval() for m in _model_pair(backend, **case))
+    tokens = _rng("generate", index).integers(0, 67, (1, 16))
+
+    def decode_rows(model: Any) -> np.ndarray:
+        cache = model.new_cache(1)
+        rows = [model.decode(tokens[:, :5], cache)[0]]
+        rows += [model.decode(tokens[:, t:t + 1], cache)[0] for t in range(5, 16)]
+        return np.concatenate(rows)
+
+    checks = [compare("generate", label, "decode logits", decode_rows(mine), decode_rows(ref),
+                      rtol=1e-4, atol=1e-4, scale=1.0)]
+    prompt = [int(t) for t in tokens[0, :3]]
+    want, got = ref.generate(prompt, 9, temperature=0), mine.generate(prompt, 9, temperature=0)
+    differ = sum(a != b for a, b in zip(want, got)) + abs(len(want) - len(got))
+    checks.append(Check("generate", label, "greedy ids (count differing)", float(differ), 0.0,
+                        differ == 0))
+    return checks
+
+
+# ---- selecting and running cases -----------------------------------------------------------
+WHOLE_MODEL = {"model": check_model, "generate": check_generate}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of the suite: a kernel (or "model", "generate") and a shape index."""
+
+    section: str
+    index: int
+
+    @property
+    def label(self) -> str:
+        """The shape, as printed in reports and test ids."""
+        shapes = CASES[self.section].shapes if self.section in CASES else MODEL_CASES
+        return case_label(shapes[self.index])
+
+    def run(self, backend: Backend) -> list[Check]:
+        """Run this case on `backend`; an exception in the backend is a failed check."""
+        try:
+            if self.section in CASES:
+                return check_kernel(backend, self.section, self.index)
+            return WHOLE_MODEL[self.section](backend, self.index)
+        except Exception as e:  # noqa: BLE001 - a crashing kernel is reported as a failure
+            return [Check(self.section, self.label, f"raised {type(e).__name__}: {e}",
+                          math.inf, 0.0, False)]
+
+
+def sections() -> list[str]:
+    """Every section of the suite: the kernels of the contract, then model and generate."""
+    return [*KERNELS, *WHOLE_MODEL]
+
+
+def select(patterns: Iterable[str] | None = None) -> list[str]:
+    """Sections whose name contains one of `patterns` (all when none); unknown ones raise."""
+    patterns = [p for p in (patterns or []) if p]
+    if not patterns:
+        return sections()
+    chosen = [s for s in sections() if any(p in s for p in patterns)]
+    unmatched = [p for p in patterns if not any(p in s for s in sections())]
+    if unmatched:
+        raise ValueError(f"no kernel matches {', '.join(map(repr, unmatched))}; the suite has "
+                         f"{', '.join(sections())}")
+    return chosen
+
+
+def cases(patterns: Iterable[str] | None = None) -> list[Case]:
+    """The cases of the selected sections."""
+    out = []
+    for section in select(patterns):
+        if section not in CASES and section not in WHOLE_MODEL:
+            raise KeyError(f"kernel {section!r} of the contract has no entry in "
+                           f"conformance.CASES")
+        count = len(CASES[section].shapes) if section in CASES else len(MODEL_CASES)
+        out.extend(Case(section, i) for i in range(count))
+    return out
+
+
+def run(backend: Backend | str, patterns: Iterable[str] | None = None, perf: bool = False,
+        repeats: int = 20) -> Report:
+    """Check `backend` (a name or an instance) against the reference; time it if perf."""
+    from . import get
+    be = get(backend) if isinstance(backend, str) else backend
+    report = Report(be.name)
+    for case in cases(patterns):
+        report.checks.extend(case.run(be))
+    if perf:
+        report.timings = [time_kernel(be, k, repeats) for k in select(patterns) if k in CASES]
+    return report
+
+
+def time_kernel(backend: Backend, kernel: str, repeats: int = 20) -> dict[str, Any]:
+    """Median time of `kernel` on its largest case, on the backend and on the reference."""
+    from ..bench import timed
+    spec = CASES[kernel]
+    index = max(range(len(spec.shapes)), key=lambda i: _work(spec.shapes[i]))
+    shape = {k: v for k, v in spec.shapes[index].items() if k != "in_place"}
+    args = spec.args(_rng(kernel, index), **shape)
+    row: dict[str, Any] = {"kernel": kernel, "case": case_label(shape)}
+    for who, be in (("reference", _reference_backend()), ("backend", backend)):
+        call_args = _on(be, args, spec, in_place=False)
+        fn = getattr(be, kernel)
+        row[f"{who}_s"] = float(np.median(timed(lambda: fn(*call_args), repeats)))
+    row["speedup"] = row["reference_s"] / row["backend_s"] if row["backend_s"] else math.inf
+    return row
+
+
+def _work(shape: dict[str, Any]) -> float:
+    """A rough size of a case, to pick the largest one for timing."""
+    sizes = [max(v, 1) for k, v in shape.items() if isinstance(v, int)
+             and not isinstance(v, bool) and k not in ("seed", "step")]
+    return float(np.prod(sizes))
+
+
+# ---- the report ----------------------------------------------------------------------------
+def render(report: Report, verbose: bool = False) -> str:
+    """The report as text: one line per kernel (all its cases), then failures in detail."""
+    lines = [f"conformance of backend {report.backend!r} against the numpy reference",
+             f"{'kernel':<18} {'cases':>5} {'checks':>6} {'max error':>10} {'tolerance':>10}  result"]
+    by_section: dict[str, list[Check]] = {}
+    for check in report.checks:
+        by_section.setdefault(check.kernel, []).append(check)
+    for section, checks in by_section.items():
+        worst = max(checks, key=_used)
+        ok = all(c.passed for c in checks)
+        ncases = len({c.case for c in checks})
+        lines.append(f"{section:<18} {ncases:>5} {len(checks):>6} {worst.error:>10.2e} "
+                     f"{worst.allowed:>10.2e}  {'ok' if ok else 'FAIL'}")
+    shown = report.checks if verbose else report.failures()
+    if shown:
+        lines.append("")
+        lines.append("details:" if verbose else "failures:")
+        lines += [f"  {c.kernel} [{c.case}] {c.output}: error {c.error:.3e}, allowed "
+                  f"{c.allowed:.3e}  {'ok' if c.passed else 'FAIL'}" for c in shown]
+    if report.timings:
+        lines += ["", f"{'kernel':<18} {'case':<44} {'numpy':>10} {report.backend:>10} {'speedup':>8}"]
+        lines += [f"{t['kernel']:<18} {t['case']:<44} {_us(t['reference_s']):>10} "
+                  f"{_us(t['backend_s']):>10} {t['speedup']:>7.2f}x" for t in report.timings]
+    failed = len(report.failures())
+    lines.append("")
+    lines.append(f"{len(report.checks) - failed} of {len(report.checks)} checks passed" +
+                 ("" if not failed else f"; {failed} FAILED"))
+    return "\n".join(lines)
+
+
+def _used(check: Check) -> float:
+    """How much of its tolerance a check used (inf for a failure with no tolerance)."""
+    if check.error == 0:
+        return 0.0
+    return check.error / check.allowed if check.allowed else math.inf
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.1f}us" if seconds < 1e-3 else f"{seconds * 1e3:.2f}ms"

@@ -1,0 +1,296 @@
+"""The numpy reference kernels: every kernel of the contract, plain and readable. The oracle.
+
+Each function has the signature `Backend` declares in base.py (outputs first, then inputs,
+weights, sizes/options). The kernels work in the dtype of the arrays they are given, so the
+same code runs in float64 for gradient checks. This module imports nothing of the backend
+registry or contract: base.py, every backend and the conformance checker depend on it, not
+the other way round.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sllm.quant import quantize_q8_0_activations, unpack_q  # block formats: numpy only
+
+Array = np.ndarray
+
+LAYERNORM_EPS = 1e-5
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+NORM_BLOCK = 1 << 16  # grad_norm_sq converts this many floats to float64 at a time
+
+
+def dropout_threshold(p: float) -> int:
+    """The uint32 threshold below which an element is dropped."""
+    return min(int(round(p * 2.0 ** 32)), 2 ** 32 - 1)
+
+
+def dropout_keep_mask(n: int, p: float, seed: int) -> np.ndarray:
+    """The counter-based dropout mask every backend reproduces bit for bit.
+
+    Element i is kept when hash32(i * 0x9E3779B1 + seed) >= p * 2^32, where hash32 is
+    the murmur3 finaliser. Depending only on (seed, i), the mask is the same for any
+    thread count, tiling or backend, and backward recomputes it instead of storing it.
+    """
+    x = np.arange(n, dtype=np.uint32) * np.uint32(0x9E3779B1) + np.uint32(seed & 0xFFFFFFFF)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x85EBCA6B)
+    x ^= x >> np.uint32(13)
+    x *= np.uint32(0xC2B2AE35)
+    x ^= x >> np.uint32(16)
+    return x >= np.uint32(dropout_threshold(p))
+
+
+def _rows(a: Array) -> Array:
+    """A (N, C) view of a (..., C) array."""
+    return a.reshape(-1, a.shape[-1])
+
+
+# ---- embedding ---------------------------------------------------------------------------
+def encoder_fwd(out: Array, tokens: Array, wte: Array, wpe: Array, pos: int = 0) -> None:
+    """out (B,T,C) = wte[tokens] + wpe[pos:pos+T]."""
+    T = tokens.shape[1]
+    out[...] = wte[tokens] + wpe[pos:pos + T]
+
+
+def encoder_bwd(dwte: Array, dwpe: Array, dout: Array, tokens: Array, pos: int = 0) -> None:
+    """dwte[tokens] += dout (summing repeats); dwpe[pos:pos+T] += dout summed over batch."""
+    C = dout.shape[-1]
+    np.add.at(dwte, tokens.reshape(-1), dout.reshape(-1, C))
+    dwpe[pos:pos + tokens.shape[1]] += dout.sum(axis=0)
+
+
+# ---- layernorm ---------------------------------------------------------------------------
+def layernorm_fwd(out: Array, mean: Array, rstd: Array, inp: Array, weight: Array,
+                  bias: Array) -> None:
+    """LayerNorm over the last axis; saves mean and 1/std per row for backward."""
+    x = _rows(inp)
+    mu = x.mean(axis=1)
+    xc = x - mu[:, None]
+    rs = 1.0 / np.sqrt((xc * xc).mean(axis=1) + LAYERNORM_EPS)
+    _rows(out)[...] = xc * rs[:, None] * weight + bias
+    mean.reshape(-1)[...] = mu
+    rstd.reshape(-1)[...] = rs
+
+
+def layernorm_bwd(dinp: Array, dweight: Array, dbias: Array, dout: Array, inp: Array,
+                  weight: Array, mean: Array, rstd: Array) -> None:
+    """Accumulates into dinp, dweight and dbias."""
+    dy, x = _rows(dout), _rows(inp)
+    rs = rstd.reshape(-1)[:, None]
+    norm = (x - mean.reshape(-1)[:, None]) * rs
+    dnorm = dy * weight
+    dbias += dy.sum(axis=0)
+    dweight += (dy * norm).sum(axis=0)
+    _rows(dinp)[...] += rs * (dnorm - dnorm.mean(axis=1, keepdims=True)
+                              - norm * (dnorm * norm).mean(axis=1, keepdims=True))
+
+
+# ---- matmul ------------------------------------------------------------------------------
+def matmul_fwd(out: Array, inp: Array, weight: Array, bias: Array | None,
+               trans_w: bool = False) -> None:
+    """out = inp @ weight (+ bias); weight is (OC, C) and used transposed when trans_w."""
+    w = weight.T if trans_w else weight
+    o = _rows(out)
+    np.matmul(_rows(inp), w, out=o)
+    if bias is not None:
+        o += bias
+
+
+def matmul_q_fwd(out: Array, inp: Array, wq: Array, bias: Array | None, qtype: str) -> None:
+    """out (N,OC) = q8_0(inp) . W^T (+ bias) for quantized rows wq, as ggml's vec_dot_*_q8_0."""
+    x, o = _rows(inp), _rows(out)
+    qw, dw, mw = unpack_q(wq, qtype, x.shape[1])  # (OC, nb, 32) int8, (OC, nb) float32
+    OC, nb = dw.shape
+    wf = np.ascontiguousarray(qw.transpose(1, 2, 0), dtype=np.float32)  # (nb, 32, OC)
+    chunk = max(1, (1 << 22) // (nb * OC))
+    for start in range(0, len(x), chunk):
+        qx, dx = quantize_q8_0_activations(x[start:start + chunk])  # (n, nb, 32), (n, nb)
+        # Integer block sums, exact in float32 (|sum| <= 32 * 127 * 128 < 2^24).
+        isum = np.matmul(qx.transpose(1, 0, 2).astype(np.float32), wf)  # (nb, n, OC)
+        acc = (isum * (dw.T[:, None, :] * dx.T[:, :, None])).sum(axis=0)
+        if mw is not None:  # q4_1: sum_j (q_j d + m) x_j = d (q . x) + m sum_j x_j
+            xs = qx.sum(axis=2, dtype=np.int32).astype(np.float32) * dx  # (n, nb)
+            acc += xs @ mw.T
+        o[start:start + chunk] = acc
+    if bias is not None:
+        o += bias
+
+
+def matmul_bwd(dinp: Array | None, dweight: Array, dbias: Array | None, dout: Array,
+               inp: Array, weight: Array, trans_w: bool = False) -> None:
+    """dinp = dout @ W^T (overwritten); dweight += inp^T @ dout (or its transpose); dbias += sum."""
+    dy, x = _rows(dout), _rows(inp)
+    if dinp is not None:
+        np.matmul(dy, weight if trans_w else weight.T, out=_rows(dinp))
+    dweight += (dy.T @ x) if trans_w else (x.T @ dy)
+    if dbias is not None:
+        dbias += dy.sum(axis=0)
+
+
+# ---- attention ---------------------------------------------------------------------------
+def _split_heads(qkv: Array, n_head: int) -> tuple[Array, Array, Array]:
+    """(B,T,3C) -> q, k, v each (B,H,T,D)."""
+    B, T, C3 = qkv.shape
+    D = C3 // 3 // n_head
+    parts = qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)
+    return parts[0], parts[1], parts[2]
+
+
+def _merge_heads(y: Array) -> Array:
+    """(B,H,T,D) -> (B,T,H*D)."""
+    B, H, T, D = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def _causal_softmax(scores: Array, q_pos0: int = 0) -> Array:
+    """Softmax over keys, masking key j > query position (q_pos0 + i)."""
+    Tq, Tk = scores.shape[-2:]
+    mask = np.arange(Tk)[None, :] > (q_pos0 + np.arange(Tq))[:, None]
+    scores = np.where(mask, -np.inf, scores)
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    e = np.exp(scores)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def attention_fwd(out: Array, saved: Array, qkv: Array, n_head: int) -> None:
+    """Causal multi-head attention; saves the attention probabilities (B,H,T,T)."""
+    q, k, v = _split_heads(qkv, n_head)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    att = _causal_softmax(q @ k.transpose(0, 1, 3, 2) * scale)
+    saved[...] = att
+    out[...] = _merge_heads(att @ v)
+
+
+def attention_bwd(dqkv: Array, dout: Array, qkv: Array, out: Array, saved: Array,
+                  n_head: int) -> None:
+    """Gradient of attention_fwd with respect to qkv (overwritten)."""
+    q, k, v = _split_heads(qkv, n_head)
+    B, H, T, D = q.shape
+    scale = 1.0 / math.sqrt(D)
+    att = saved
+    dy = dout.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+    datt = dy @ v.transpose(0, 1, 3, 2)
+    dv = att.transpose(0, 1, 3, 2) @ dy
+    dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * scale
+    dq = dscores @ k
+    dk = dscores.transpose(0, 1, 3, 2) @ q
+    grads = np.stack([dq, dk, dv])  # (3,B,H,T,D)
+    dqkv[...] = grads.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D)
+
+
+def attention_decode(out: Array, qkv: Array, kcache: Array, vcache: Array, pos: int,
+                     n_head: int) -> None:
+    """Incremental attention with a KV cache: store new k, v at pos.., attend causally."""
+    q, k, v = _split_heads(qkv, n_head)
+    Tn = q.shape[2]
+    kcache[:, :, pos:pos + Tn] = k
+    vcache[:, :, pos:pos + Tn] = v
+    keys, values = kcache[:, :, :pos + Tn], vcache[:, :, :pos + Tn]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    att = _causal_softmax(q @ keys.transpose(0, 1, 3, 2) * scale, q_pos0=pos)
+    out[...] = _merge_heads(att @ values)
+
+
+# ---- activations, residual, dropout --------------------------------------------------------
+def gelu_fwd(out: Array, inp: Array) -> None:
+    """GPT-2's tanh-approximated GELU."""
+    x = inp
+    out[...] = 0.5 * x * (1.0 + np.tanh(GELU_SCALE * (x + 0.044715 * (x * x * x))))
+
+
+def gelu_bwd(dinp: Array, dout: Array, inp: Array) -> None:
+    """dinp = dout * gelu'(inp); dinp may alias dout."""
+    x = inp
+    t = np.tanh(GELU_SCALE * (x + 0.044715 * (x * x * x)))
+    dt = GELU_SCALE * (1.0 + 3 * 0.044715 * x * x)
+    dinp[...] = dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dt)
+
+
+def relu_fwd(out: Array, inp: Array) -> None:
+    """out = max(inp, 0)."""
+    np.maximum(inp, 0, out=out)
+
+
+def relu_bwd(dinp: Array, dout: Array, inp: Array) -> None:
+    """dinp = dout where inp > 0, else 0; dinp may alias dout."""
+    dinp[...] = np.where(inp > 0, dout, 0)
+
+
+def residual_fwd(out: Array, a: Array, b: Array) -> None:
+    """out = a + b."""
+    np.add(a, b, out=out)
+
+
+def dropout_fwd(out: Array, inp: Array, p: float, seed: int) -> None:
+    """Inverted dropout with the counter-based mask of dropout_keep_mask."""
+    keep = dropout_keep_mask(inp.size, p, seed).reshape(inp.shape)
+    out[...] = np.where(keep, inp / (1.0 - p), 0)
+
+
+def dropout_bwd(dinp: Array, dout: Array, p: float, seed: int) -> None:
+    """Backward of dropout_fwd: the same mask, recomputed from the seed."""
+    dropout_fwd(dinp, dout, p, seed)
+
+
+# ---- loss --------------------------------------------------------------------------------
+def softmax_xent(losses: Array, dlogits: Array | None, logits: Array, targets: Array,
+                 dloss: float) -> None:
+    """Fused softmax + cross-entropy per row; targets of -1 give zero loss and gradient."""
+    z = _rows(logits)
+    t = targets.reshape(-1)
+    valid = t >= 0
+    tt = np.where(valid, t, 0)
+    rows = np.arange(z.shape[0])
+    zmax = z.max(axis=1, keepdims=True)
+    e = np.exp(z - zmax)
+    s = e.sum(axis=1, keepdims=True)
+    logp = z[rows, tt] - zmax[:, 0] - np.log(s[:, 0])
+    losses.reshape(-1)[...] = np.where(valid, -logp, 0)
+    if dlogits is not None:
+        probs = e / s
+        probs[rows, tt] -= 1.0
+        probs *= np.where(valid, dloss, 0)[:, None]
+        _rows(dlogits)[...] = probs
+
+
+# ---- optimizers --------------------------------------------------------------------------
+def sgd_update(params: Array, grads: Array, momentum_buf: Array | None, lr: float,
+               momentum: float, weight_decay: float, decay_count: int) -> None:
+    """torch.optim.SGD (dampening 0, no Nesterov) with L2 decay on params[:decay_count]."""
+    g = grads.copy()
+    g[:decay_count] += weight_decay * params[:decay_count]
+    if momentum:
+        momentum_buf *= momentum
+        momentum_buf += g
+        g = momentum_buf
+    params -= lr * g
+
+
+def adam_update(params: Array, grads: Array, m: Array, v: Array, lr: float, beta1: float,
+                beta2: float, eps: float, weight_decay: float, step: int, decay_count: int,
+                decoupled: bool) -> None:
+    """torch.optim.Adam (L2 added to the gradient) or AdamW (decoupled decay), step >= 1."""
+    g = grads.copy()
+    if decoupled:
+        params[:decay_count] *= 1.0 - lr * weight_decay
+    else:
+        g[:decay_count] += weight_decay * params[:decay_count]
+    m *= beta1
+    m += (1.0 - beta1) * g
+    v *= beta2
+    v += (1.0 - beta2) * g * g
+    m_hat = m / (1.0 - beta1 ** step)
+    v_hat = v / (1.0 - beta2 ** step)
+    params -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def grad_norm_sq(grads: Array) -> float:
+    """Sum of squares of a flat buffer in float64, a block at a time (no full-size copy)."""
+    g = grads.reshape(-1)
+    total = 0.0
+    for i in range(0, g.size, NORM_BLOCK):
+        block = g[i:i + NORM_BLOCK].astype(np.float64)
+        total += float(np.square(block, out=block).sum())
+    return total
