@@ -15,12 +15,13 @@ Loaders use the same budget for the bytes they are about to read (`check_read`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from .config import ModelConfig
 from .errors import ConfigError, SLLMError
@@ -57,6 +58,19 @@ def set_limit(value: Any) -> None:
     """Use `value` (bytes or "8G"; None: back to what the machine has) as the budget."""
     global _limit
     _limit = None if value is None else parse_size(value)
+
+
+@contextlib.contextmanager
+def limited(value: Any) -> Iterator[None]:
+    """Within the block, `value` (when not None) is the budget; the previous one after."""
+    global _limit
+    previous = _limit
+    if value is not None:
+        _limit = parse_size(value)
+    try:
+        yield
+    finally:
+        _limit = previous
 
 
 def fmt(n: float) -> str:

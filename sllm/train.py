@@ -86,9 +86,8 @@ def _model_config(cfg: TrainConfig, vocab_size: int, warn: bool = True) -> Model
 
 def check_memory(cfg: TrainConfig, mcfg: ModelConfig, corpus_bytes: int = 0) -> None:
     """Refuse (budget.BudgetError) a run whose model, optimizer state and activations
-    cannot fit in the memory budget; cfg.max_memory, when set, becomes the budget."""
-    if cfg.max_memory is not None:
-        budget.set_limit(cfg.max_memory)
+    cannot fit in the memory budget (cfg.max_memory, when set, is the budget: prepare,
+    resume and run apply it with budget.limited)."""
     budget.check_train(mcfg, cfg.batch_size, cfg.seq_len or mcfg.max_seq_len,
                        backends.get(cfg.backend), cfg.optimizer, corpus_bytes,
                        cfg.eval_batches if cfg.val_fraction > 0 else 0)
@@ -147,7 +146,8 @@ def prepare(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) ->
     lock = acquire(cfg.out)
     try:
         _claim_run_dir(cfg.out, overwrite)
-        return _prepare(cfg, progress, lock)
+        with budget.limited(cfg.max_memory):
+            return _prepare(cfg, progress, lock)
     except BaseException:
         lock.release()
         if created:  # a refused run leaves no empty directory behind
@@ -223,12 +223,13 @@ def _resume(run_dir: str, progress: bool, backend: str | None,
         raise RunError(f"--resume {run_dir}: {', '.join(fixed)} cannot change when resuming "
                        f"(the data and model are fixed); start a new run instead")
     cfg = cfg.replace(out=run_dir, backend=backend, **overrides)
-    check_memory(cfg, header.config)
-    del header  # releases the file's memory map
-    try:
-        ckpt = load_checkpoint(path, backend=cfg.backend)
-    except FormatError as e:
-        raise RunError(f"--resume {run_dir}: the run directory is corrupt: {e}") from None
+    with budget.limited(cfg.max_memory):
+        check_memory(cfg, header.config)
+        del header  # releases the file's memory map
+        try:
+            ckpt = load_checkpoint(path, backend=cfg.backend)
+        except FormatError as e:
+            raise RunError(f"--resume {run_dir}: the run directory is corrupt: {e}") from None
     tok = tokenizers.from_dict(ckpt.model.tokenizer)
     data = TokenData.load(os.path.join(run_dir, "data"), cfg.seq_len or
                           ckpt.model.config.max_seq_len, cfg.batch_size, cfg.seed, cfg.documents)
@@ -305,7 +306,8 @@ class Trainer:
         if self.lock is None or not self.lock.held:
             self.lock = acquire(self.cfg.out)
         try:
-            return self._run(stop_at)
+            with budget.limited(self.cfg.max_memory):
+                return self._run(stop_at)
         finally:
             self.lock.release()
 

@@ -87,6 +87,7 @@ def test_max_memory_sets_the_budget(tmp_path):
                         max_memory="1G")
     msg = _refused_fast(lambda: T.prepare(cfg, progress=False))
     assert "the budget is 1.0 GiB (--max-memory)" in msg
+    assert budget.available()[0] == 16 << 30  # the run's budget does not outlive the call
     largest = int(msg.split("the largest --batch-size that fits is ")[1].split(".")[0])
     assert 0 < largest < 4096
     est = budget.train_estimate(T._model_config(cfg, 4, warn=False), largest, 256,
