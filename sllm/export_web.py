@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import SLLMError
 from .fileio import atomic_write
+from .quant import QTYPES
 from .serialize import DTYPE_CODES, read_model_file
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -21,6 +22,7 @@ WEB_FILES = ("index.html", "style.css", "app.js", "worker.js", "sllm.js", "model
              "kernels.js", "format.js", "tokenizers.js")
 WASM_FILES = ("sllm_relaxed.wasm", "sllm_simd128.wasm", "sllm_scalar.wasm")
 MODEL_NAME = "model.sllm"
+DTYPES = (*DTYPE_CODES, *QTYPES)  # what --dtype accepts
 
 
 def resolve_model(path: str | os.PathLike[str]) -> Path:
@@ -57,16 +59,18 @@ def export_site(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 dtype: str | None = None) -> dict[str, Any]:
     """Write the site for `source` (a .sllm file or run directory) into `out_dir`.
 
-    dtype ("f32", "f16") re-saves the model in that precision; None keeps the file as it
-    is. Returns {"dir", "files": {name: bytes}, "total_bytes", "model"}.
+    dtype re-saves the model: "f32" or "f16" for every tensor, or a quantized type
+    ("q8_0", "q4_0", "q4_1") for the matmul weights with the other tensors in f16 (the
+    smallest download; the page then runs inference only). None keeps the file as it is.
+    Returns {"dir", "files": {name: bytes}, "total_bytes", "model"}.
     """
     model_path = resolve_model(source)
     mf = read_model_file(model_path)  # refuse a malformed model before writing anything
     if mf.tokenizer is None:
         raise SLLMError(f"{model_path} has no tokenizer inside; the page could not read text "
                         f"(train with sllm train, which stores it)")
-    if dtype is not None and dtype not in DTYPE_CODES:
-        raise SLLMError(f"--dtype must be one of {', '.join(sorted(DTYPE_CODES))}, got {dtype!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise SLLMError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, int] = {}
@@ -85,7 +89,16 @@ def _write_model(source: Path, dest: Path, dtype: str | None, current: str) -> i
     if dtype is None or dtype == current:
         return _write(dest, source.read_bytes())
     from .serialize import load_model
-    load_model(source, backend="numpy").save(dest, dtype=dtype)
+    model = load_model(source, backend="numpy")
+    if dtype in QTYPES:
+        if model.qtype is not None:
+            raise SLLMError(f"{source} is already quantized ({model.qtype}); export it as it is")
+        model.quantize(dtype)
+        model.save(dest, dtype="f16")
+    else:
+        if model.qtype is not None:
+            raise SLLMError(f"{source} is quantized ({model.qtype}); it cannot be widened to {dtype}")
+        model.save(dest, dtype=dtype)
     return dest.stat().st_size
 
 

@@ -254,9 +254,14 @@ class BPETokenizer(Tokenizer):
     kind = "bpe"
     min_vocab = 256 + len(SPECIALS)
 
-    def __init__(self, hf: Any):
+    def __init__(self, hf: Any, specials: "dict[str, int | None] | None" = None):
         hf.encode_special_tokens = True  # user text "[PAD]" stays text: exact round trips
         self._hf = hf
+        # An imported vocabulary (e.g. GPT-2's) has its specials elsewhere: {"bos": 50256, ...}
+        self.specials = _check_specials(specials, self.vocab_size) if specials else None
+        if self.specials:
+            self.bos_id, self.eos_id = self.specials["bos"], self.specials["eos"]
+            self.pad_id, self.unk_id = self.specials["pad"], self.specials["unk"]
 
     @classmethod
     def train(cls, text_or_path: "str | os.PathLike[str]", vocab_size: int,
@@ -294,20 +299,37 @@ class BPETokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text; [PAD]/[BOS]/[EOS] dropped."""
-        keep = [int(i) for i in ids if int(i) not in (PAD_ID, BOS_ID, EOS_ID)]
+        drop = (self.pad_id, self.bos_id, self.eos_id)
+        keep = [int(i) for i in ids if int(i) not in drop]
         return self._hf.decode(keep, skip_special_tokens=False)
 
     def _payload(self) -> dict[str, Any]:
-        return {"hf": json.loads(self._hf.to_str())}
+        specials = {"specials": self.specials} if self.specials else {}
+        return {"hf": json.loads(self._hf.to_str()), **specials}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BPETokenizer":
         """Rebuild from to_dict()."""
         from tokenizers import Tokenizer as HFTokenizer
         try:
-            return cls(HFTokenizer.from_str(json.dumps(d["hf"])))
+            hf = HFTokenizer.from_str(json.dumps(d["hf"]))
         except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception
             raise DataError(f"corrupt bpe tokenizer description: {e}") from None
+        return cls(hf, d.get("specials"))
+
+
+def _check_specials(specials: Any, vocab_size: int) -> dict[str, int | None]:
+    """{"bos", "eos", "pad", "unk"} -> an id in [0, vocab_size) or None, validated."""
+    if not isinstance(specials, dict) or set(specials) - {"bos", "eos", "pad", "unk"}:
+        raise DataError(f"bpe specials must map bos/eos/pad/unk to ids, got {specials!r}")
+    out: dict[str, int | None] = {}
+    for key in ("bos", "eos", "pad", "unk"):
+        i = specials.get(key)
+        if i is not None and (isinstance(i, bool) or not isinstance(i, int)
+                              or not 0 <= i < vocab_size):
+            raise DataError(f"bpe special {key} id {i!r} is not in [0, {vocab_size})")
+        out[key] = i
+    return out
 
 
 def _chunks(text: str, size: int = 1 << 16) -> Iterable[str]:

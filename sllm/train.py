@@ -28,6 +28,7 @@ from . import tokenizer as tokenizers
 from .checkpoint import RunError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, resolve_config
 from .data import TokenData
+from .distributed import Group
 from .errors import ConfigError, FormatError
 from .fileio import atomic_write
 from .model import SLLM
@@ -43,7 +44,8 @@ __all__ = ["TrainConfig", "Trainer", "TrainResult", "RunError", "prepare", "resu
 
 # Settings that shaped the data or the model; a resumed run keeps them.
 _FIXED_ON_RESUME = {"model", "corpus", "demo_chars", "tokenizer", "vocab_size", "encoding_errors",
-                    "documents", "seq_len", "dropout", "optimizer", "val_fraction", "out"}
+                    "documents", "seq_len", "dropout", "optimizer", "val_fraction", "out",
+                    "init_from"}
 DEFAULT_VOCAB = 4000
 CHECKPOINT, BEST, FINAL, METRICS = "checkpoint.sllm", "best.sllm", "model.sllm", "metrics.jsonl"
 # What a run writes into its directory; --overwrite removes exactly these.
@@ -97,6 +99,26 @@ def _corpus_bytes(cfg: TrainConfig) -> int:
     if cfg.corpus is None:
         return cfg.demo_chars
     return os.path.getsize(cfg.corpus) if os.path.isfile(cfg.corpus) else 0
+
+
+def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
+    """The model (weights, config, tokenizer) a fine-tuning run starts from."""
+    from .serialize import load_model
+    if cfg.model is not None:
+        raise ConfigError("--init-from brings its own model config; drop --config")
+    if not os.path.isfile(os.fspath(cfg.init_from)):
+        raise RunError(f"--init-from {cfg.init_from}: no such model file")
+    model = load_model(cfg.init_from, backend=cfg.backend, mmap=False)
+    if not model.tokenizer:
+        raise RunError(f"--init-from {cfg.init_from}: the model has no tokenizer inside, "
+                       f"so its token ids mean nothing to this corpus")
+    if cfg.dropout is not None:
+        model.config = model.config.replace(dropout=cfg.dropout)
+    if cfg.seq_len is not None and cfg.seq_len > model.config.max_seq_len:
+        raise ConfigError(f"seq_len {cfg.seq_len} is longer than the model's max_seq_len "
+                          f"{model.config.max_seq_len}")
+    model.seed, model.metadata = cfg.seed, {"init_from": os.fspath(cfg.init_from)}
+    return model.train(), tokenizers.from_dict(model.tokenizer)
 
 
 def _corpus_text(cfg: TrainConfig) -> str:
@@ -168,16 +190,22 @@ def _claim_run_dir(out: str, overwrite: bool) -> None:
 
 def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> "Trainer":
     out = cfg.out
-    smallest_vocab = len(tokenizers.SPECIALS)  # the real size is known after tokenizing
-    check_memory(cfg, _model_config(cfg, smallest_vocab, warn=False), _corpus_bytes(cfg))
+    if not cfg.init_from:  # a first bound before the corpus is read: the vocabulary at its
+        smallest = len(tokenizers.SPECIALS)  # smallest, as its size is known after tokenizing
+        check_memory(cfg, _model_config(cfg, smallest, warn=False), _corpus_bytes(cfg))
     text = _corpus_text(cfg)
-    tok = _tokenizer_for(cfg, text)
-    mcfg = _model_config(cfg, tok.vocab_size)
-    check_memory(cfg, mcfg)
-    seq_len = cfg.seq_len or mcfg.max_seq_len
+    if cfg.init_from:
+        model, tok = _init_from(cfg)
+        check_memory(cfg, model.config)  # counts the loaded weights twice: errs on the safe side
+    else:
+        tok = _tokenizer_for(cfg, text)
+        mcfg = _model_config(cfg, tok.vocab_size)
+        check_memory(cfg, mcfg)
+        model = SLLM(mcfg, backend=cfg.backend, seed=cfg.seed)
+    seq_len = cfg.seq_len or model.config.max_seq_len
     data = TokenData.from_text(text, tok, seq_len, cfg.batch_size, cfg.val_fraction,
                                cfg.seed, cfg.documents)
-    model = SLLM(mcfg, backend=cfg.backend, seed=cfg.seed)
+    os.makedirs(out, exist_ok=True)
     data.save(os.path.join(out, "data"))
     tok.save(os.path.join(out, "vocab.json"))
     cfg.save(os.path.join(out, "train_config.json"))
@@ -266,6 +294,7 @@ class Trainer:
         self._deadline: float | None = None
         self.on_step: Callable[["Trainer"], None] | None = None  # test and example hook
         self.lock: RunLock | None = None  # this process's lock on cfg.out (see runlock)
+        self.dist = Group()  # the ranks of a data-parallel job (sllm.distributed.replicate)
 
     # ---- state for checkpoints ------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -285,14 +314,17 @@ class Trainer:
         return os.path.join(self.cfg.out, name)
 
     def save_checkpoint(self) -> None:
-        """Write checkpoint.sllm, then train_config.json, each atomically (the checkpoint
-        also embeds the config it was trained under)."""
-        save_checkpoint(self._path(CHECKPOINT), self.model, self.opt, self.tok.to_dict(),
-                        self.state(), self.cfg.to_dict())
-        self.cfg.save(self._path("train_config.json"))
+        """Write checkpoint.sllm, then train_config.json, each atomically (rank 0 only under
+        MPI; the checkpoint also embeds the config it was trained under)."""
+        if self.dist.is_root:
+            save_checkpoint(self._path(CHECKPOINT), self.model, self.opt, self.tok.to_dict(),
+                            self.state(), self.cfg.to_dict())
+            self.cfg.save(self._path("train_config.json"))
         self.saved_step = self.step
 
     def _save_model(self, name: str) -> None:
+        if not self.dist.is_root:
+            return
         self.model.save(self._path(name), tokenizer=self.tok.to_dict(),
                         metadata={"kind": "model", "step": self.step,
                                   "best_val_loss": self.best_val})
@@ -303,13 +335,14 @@ class Trainer:
 
         Holds the run directory's lock while running and releases it at the end (a later
         run() of the same trainer takes it again)."""
-        if self.lock is None or not self.lock.held:
-            self.lock = acquire(self.cfg.out)
+        if self.dist.is_root and (self.lock is None or not self.lock.held):
+            self.lock = acquire(self.cfg.out)  # under MPI only rank 0 writes, so only it locks
         try:
             with budget.limited(self.cfg.max_memory):
                 return self._run(stop_at)
         finally:
-            self.lock.release()
+            if self.lock is not None:
+                self.lock.release()
 
     def _run(self, stop_at: int | None) -> TrainResult:
         until = min(self.total, stop_at) if stop_at is not None else self.total
@@ -351,7 +384,7 @@ class Trainer:
         lr = self.schedule.lr_at(s)
         self.opt.lr = lr
         x, y = self.data.train_batch(s)
-        loss = self.model.forward_backward(x, y)
+        loss = self.dist.forward_backward(self.model, x, y)  # all ranks' rows under MPI
         norm = self.opt.clip_grad_norm(self.cfg.grad_clip) if self.cfg.grad_clip else None
         if not math.isfinite(loss) or (norm is not None and not math.isfinite(norm)):
             return "diverged", self._diverged_message(s, loss, norm)
@@ -373,9 +406,10 @@ class Trainer:
             self.save_checkpoint()
         if self.on_step is not None:
             self.on_step(self)
-        if self.stop_requested:
+        if self.dist.agree(self.stop_requested):
             return "interrupted", ""
-        if status == "running" and self._deadline and time.perf_counter() > self._deadline:
+        if status == "running" and self._deadline and self.dist.agree(
+                time.perf_counter() > self._deadline):
             return "time_up", ""
         return status, ""
 
@@ -395,7 +429,7 @@ class Trainer:
             return None
         self.model.eval()
         try:
-            losses = [self.model.loss(x, y) for x, y in batches]
+            losses = self.dist.eval_losses(self.model, batches)
         finally:
             self.model.train()
         return float(np.mean(losses))
@@ -419,6 +453,8 @@ class Trainer:
 
     # ---- metrics.jsonl ----------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_root:
+            return
         with open(self._path(METRICS), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -426,7 +462,7 @@ class Trainer:
         """Drop lines logged after the checkpoint we restart from (a crash can leave some),
         and a torn last line (a kill in the middle of a write), with a notice."""
         path = self._path(METRICS)
-        if not os.path.isfile(path):
+        if not self.dist.is_root or not os.path.isfile(path):
             return
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.readlines()

@@ -23,6 +23,8 @@ class TrainConfig:
     path or dict (its vocab_size is replaced by the tokenizer's); steps or epochs: run
     length; seq_len: window length T (default: the model's max_seq_len); vocab_size: the
     tokenizer's size (default: 4000 for word and bpe, every character for char);
+    init_from: a model file whose weights, config and tokenizer the run starts from (then
+    model, tokenizer and vocab_size are not used);
     max_memory: the memory budget ("8G", "512M"; default: what the machine has available).
     Every value is checked on construction (ConfigError names the key and its range).
     """
@@ -60,6 +62,7 @@ class TrainConfig:
     log_every: int = 10
     out: str = "runs/latest"
     seed: int = 0
+    init_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -147,6 +150,7 @@ def _memory(name: str, value: Any) -> Any:
 # name -> check(name, value) returning the canonical value; messages give the range.
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "corpus": lambda n, v: V.check_text(n, v, optional=True),
+    "init_from": lambda n, v: V.check_text(n, v, optional=True),
     "demo_chars": _int(1, 10**9),
     "tokenizer": lambda n, v: V.check_text(n, v),
     "vocab_size": _int(2, optional=True),

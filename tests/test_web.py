@@ -56,7 +56,20 @@ def site(word_model, tmp_path_factory):
     export_site(word_model, out)
     m = sllm.load(word_model, backend="numpy")
     m.save(out / "f16.sllm", dtype="f16")
+    for qtype in ("q8_0", "q4_0", "q4_1"):
+        export_site(word_model, out / qtype, dtype=qtype)
+        (out / f"{qtype}.sllm").write_bytes((out / qtype / "model.sllm").read_bytes())
     return out
+
+
+def _wasm_has_quantized_matmul() -> bool:
+    """Whether the built modules export matmul_q_fwd (the quantized matmul kernel)."""
+    import wasmtime
+
+    from sllm.backends.wasm import find_module
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, find_module("sllm_scalar.wasm").read_bytes())
+    return any(e.name == "matmul_q_fwd" for e in module.exports)
 
 
 # ---- export-web without a browser -------------------------------------------------------
@@ -69,6 +82,11 @@ def test_export_web_writes_a_complete_site(word_model, tmp_path):
     half = export_site(word_model, tmp_path / "h", dtype="f16")
     assert read_model_file(tmp_path / "h" / "model.sllm").dtype == "f16"
     assert half["files"]["model.sllm"] < result["files"]["model.sllm"] * 0.6
+    q8 = export_site(word_model, tmp_path / "q", dtype="q8_0")
+    mf = read_model_file(tmp_path / "q" / "model.sllm")
+    assert "q8_0" in mf.dtype and q8["files"]["model.sllm"] < half["files"]["model.sllm"]
+    with pytest.raises(SLLMError, match="already quantized"):
+        export_site(tmp_path / "q" / "model.sllm", tmp_path / "q2", dtype="q4_0")
 
 
 def test_export_web_refuses_bad_input(tmp_path, word_model):
@@ -130,8 +148,12 @@ def _python_greedy(path, backend, prompt, n):
 
 @pytest.mark.parametrize("file,module,backend", [
     ("model.sllm", "auto", "wasm-simd"), ("f16.sllm", "auto", "wasm-simd"),
-    ("model.sllm", "scalar", "wasm")])
+    ("model.sllm", "scalar", "wasm"), ("q8_0.sllm", "auto", "wasm-simd"),
+    ("q4_0.sllm", "auto", "wasm-simd"), ("q4_1.sllm", "auto", "wasm-simd"),
+    ("q8_0.sllm", "scalar", "wasm")])
 def test_greedy_generation_matches_python(browser, site, file, module, backend):
+    if file.startswith("q") and not _wasm_has_quantized_matmul():
+        pytest.skip("the WebAssembly modules have no quantized matmul (matmul_q_fwd) yet")
     prompt = "Once upon a time, there was a"
     m, tok, ids, expected = _python_greedy(site / file, backend, prompt, 80)
     got = run_js(browser, """
@@ -317,9 +339,50 @@ def _corrupt_files(good: bytes):
             "trailing bytes": good + b"\0" * 5, "header only": good[:24]}
 
 
-def test_reader_rejects_what_python_rejects(browser, site):
-    good = (site / "model.sllm").read_bytes()
-    cases = _corrupt_files(good)
+def _edit_table(good: bytes, edit) -> bytes:
+    """The file with edit(table: bytearray) applied to its tensor table (CRC rewritten)."""
+    out, pos = bytearray(good), 24
+    for _ in range(struct.unpack_from("<I", good, 16)[0]):
+        start = -(-(pos + 16) // 64) * 64 - 16
+        kind, _, length = struct.unpack_from("<IIQ", good, start)
+        if kind == 4:
+            table = bytearray(good[start + 16:start + 16 + length])
+            edit(table)
+            out[start + 16:start + 16 + length] = table
+            struct.pack_into("<I", out, start + 4, zlib.crc32(bytes(table)))
+        pos = start + 16 + length
+    return bytes(out)
+
+
+def _first_quantized_entry(table: bytearray) -> int:
+    """Offset of the dtype byte of the first entry with a quantized dtype code."""
+    pos = 4
+    while True:
+        (n,) = struct.unpack_from("<H", table, pos)
+        code, ndim = table[pos + 2 + n], table[pos + 3 + n]
+        if code >= 2:
+            return pos + 2 + n
+        pos += 2 + n + 4 + 4 * ndim + 16
+
+
+def _corrupt_quantized(good: bytes):
+    def wrong_k(t):
+        at = _first_quantized_entry(t)
+        struct.pack_into("<I", t, at + 8, struct.unpack_from("<I", t, at + 8)[0] + 32)
+
+    def unknown_code(t):
+        t[_first_quantized_entry(t)] = 9
+
+    def one_dim(t):
+        t[_first_quantized_entry(t) + 1] = 1
+    return {"quantized size": _edit_table(good, wrong_k), "unknown dtype": _edit_table(good, unknown_code),
+            "quantized 1-D": _edit_table(good, one_dim)}
+
+
+@pytest.mark.parametrize("file", ["model.sllm", "q4_1.sllm"])
+def test_reader_rejects_what_python_rejects(browser, site, file):
+    good = (site / file).read_bytes()
+    cases = {**_corrupt_files(good), **(_corrupt_quantized(good) if file != "model.sllm" else {})}
     got = run_js(browser, """
 const out = {};
 for (const [name, b64] of Object.entries(args[0])) {
@@ -353,8 +416,9 @@ def _open(driver, query=""):
     ("not SLLM", "not an SLLM model file"), ("truncated", "truncated"),
     ("unknown version", "version 7 is not supported")])
 def test_page_shows_a_clear_message_for_bad_files(browser, site, name, message):
-    (site / "bad.sllm").write_bytes(_corrupt_files((site / "model.sllm").read_bytes())[name])
-    _open(browser, "?model=bad.sllm")
+    bad = f"bad-{name.replace(' ', '-')}.sllm"  # one name per case: no cached copy is reused
+    (site / bad).write_bytes(_corrupt_files((site / "model.sllm").read_bytes())[name])
+    _open(browser, f"?model={bad}")
     error = browser.find_element("id", "error")
     assert error.is_displayed() and message in error.text and "FormatError" in error.text
     assert browser.find_element("id", "send").get_attribute("disabled")

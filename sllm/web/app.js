@@ -72,6 +72,7 @@ function setBusy(busy) {
   state.busy = busy;
   const ready = Boolean(state.info) && !busy;
   for (const id of ["send", "chat-input", "tune", "download", "reset-model"]) $(id).disabled = !ready;
+  if (state.info && state.info.qtype) $("tune").disabled = true; // quantized: inference only
 }
 
 function describe(info, origin) {
@@ -97,6 +98,8 @@ async function loadModel(source, origin = "") {
     notice(info.wasm === "scalar"
       ? "This browser has no WebAssembly SIMD: running the scalar module, which is several times slower." : "");
     document.body.dataset.wasm = info.wasm;
+    $("tune-status").textContent = info.qtype
+      ? `This model's weights are ${info.qtype} (quantized): it chats, but fine-tuning needs a float model (sllm export-web --dtype f32).` : "";
     clearChat();
     return info;
   } catch (e) {

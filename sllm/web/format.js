@@ -12,10 +12,11 @@ const MAX_NDIM = 4;
 export const SECTION = { config: 1, tokenizer: 2, metadata: 3, tensors: 4, data: 5 };
 const SECTION_NAMES = { 1: "config", 2: "tokenizer", 3: "metadata", 4: "tensors", 5: "data" };
 
-// dtype code -> name and bytes per element (f32, f16). The quantized block formats have
-// reserved codes that this reader refuses by name, as the Python reader does.
+// dtype code -> name and bytes per element (f32, f16); the quantized block formats of
+// sllm/quant.py (ggml's q8_0, q4_0, q4_1: blocks of 32 along K) -> bytes per block.
 export const DTYPES = { 0: { name: "f32", size: 4 }, 1: { name: "f16", size: 2 } };
-const RESERVED_DTYPES = { 2: "q8_0", 3: "q4_0" };
+export const QDTYPES = { 2: { name: "q8_0", block: 34 }, 3: { name: "q4_0", block: 18 }, 4: { name: "q4_1", block: 20 } };
+export const QK = 32;
 
 /** A malformed model file; `message` says what is wrong and where. */
 export class FormatError extends Error {
@@ -191,7 +192,7 @@ export function readModel(input, name = "model") {
   if (!isObject(metadata)) throw new FormatError(`${name}: metadata section: expected a JSON object`);
   const dataLen = payloads[SECTION.data].length;
   const need = numParameters(config);
-  if (need * 2 > dataLen) {
+  if (Math.floor((need * 9) / 16) > dataLen) { // the smallest element: q4_0's 18 bytes per 32
     throw new FormatError(`${name}: the config needs ${need.toLocaleString("en")} parameters, but the data section holds only ${dataLen.toLocaleString("en")} bytes`);
   }
   const { tensors, dtype } = readTensors(payloads, name, config);
@@ -263,42 +264,76 @@ function readTensors(payloads, name, config) {
   const tensors = {};
   for (const e of entries) {
     if (e.name in tensors) throw new FormatError(`${name}: tensor '${e.name}' appears twice in the tensor table`);
-    tensors[e.name] = { dtype: DTYPES[e.dtype].name, shape: e.shape, bytes: data.subarray(e.offset, e.offset + e.nbytes) };
+    const q = QDTYPES[e.dtype];
+    tensors[e.name] = { dtype: q ? q.name : DTYPES[e.dtype].name, quantized: Boolean(q), shape: e.shape,
+      bytes: data.subarray(e.offset, e.offset + e.nbytes) };
   }
   const lay = layout(config);
+  const matmuls = new Set(matmulWeightNames(config));
   const codes = new Set();
   for (const [pname, slot] of Object.entries(lay.slots)) {
     const t = tensors[pname];
     if (!t) throw new FormatError(`${name}: tensor '${pname}' is missing`);
-    if (t.shape.join(",") !== slot.shape.join(",")) {
-      throw new FormatError(`${name}: tensor '${pname}' has shape ${pyShape(t.shape)}, the config needs ${pyShape(slot.shape)}`);
+    let need = slot.shape;
+    if (t.quantized) {
+      need = pname === "wte" ? slot.shape : slot.shape.slice().reverse();
+      if (!matmuls.has(pname)) {
+        throw new FormatError(`${name}: tensor '${pname}' is ${t.dtype}, but only matmul weights may be quantized`);
+      }
+    }
+    if (t.shape.join(",") !== need.join(",")) {
+      throw new FormatError(`${name}: tensor '${pname}' has shape ${pyShape(t.shape)}, the config needs ${pyShape(need)}${t.quantized ? " (quantized rows run along K)" : ""}`);
     }
     codes.add(t.dtype);
   }
+  const extra = Object.keys(tensors).filter((n) => tensors[n].quantized && !(n in lay.slots)).sort();
+  if (extra.length) throw new FormatError(`${name}: tensor '${extra[0]}' is quantized but not a model weight`);
   return { tensors, dtype: [...codes].sort().join("/") };
+}
+
+/** The weights a quantized model holds as quantized rows (sllm.quant.matmul_weight_names). */
+export function matmulWeightNames(c) {
+  const names = [];
+  for (let i = 0; i < c.num_layers; i++) {
+    for (const w of ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]) names.push(`h.${i}.${w}`);
+  }
+  names.push(c.tie_embeddings ? "wte" : "lm_head.weight");
+  return names;
 }
 
 function readEntry(cur, name, dataLen) {
   const tname = cur.name();
   const dtype = cur.u8(), ndim = cur.u8(), reserved = cur.u16();
-  if (dtype in RESERVED_DTYPES) {
-    throw new FormatError(`${name}: tensor '${tname}' uses dtype ${RESERVED_DTYPES[dtype]} (code ${dtype}), which this version of sllm cannot read`);
-  }
-  if (!(dtype in DTYPES)) throw new FormatError(`${name}: tensor '${tname}' has unknown dtype code ${dtype}`);
+  if (!(dtype in DTYPES) && !(dtype in QDTYPES)) throw new FormatError(`${name}: tensor '${tname}' has unknown dtype code ${dtype}`);
   if (ndim < 1 || ndim > MAX_NDIM || reserved) {
     throw new FormatError(`${name}: tensor '${tname}' has invalid ndim ${ndim} (1..${MAX_NDIM})`);
   }
   const shape = [];
   for (let d = 0; d < ndim; d++) shape.push(cur.u32());
   const offset = cur.u64(), nbytes = cur.u64();
-  const need = shape.reduce((a, b) => a * b, 1) * DTYPES[dtype].size;
-  if (need !== nbytes) {
-    throw new FormatError(`${name}: tensor '${tname}': shape ${pyShape(shape)} of ${DTYPES[dtype].name} needs ${need} bytes, the table says ${nbytes}`);
+  if (dtype in QDTYPES) {
+    checkQuantizedEntry(tname, QDTYPES[dtype], shape, nbytes, name);
+  } else {
+    const need = shape.reduce((a, b) => a * b, 1) * DTYPES[dtype].size;
+    if (need !== nbytes) {
+      throw new FormatError(`${name}: tensor '${tname}': shape ${pyShape(shape)} of ${DTYPES[dtype].name} needs ${need} bytes, the table says ${nbytes}`);
+    }
   }
   if (offset % ALIGN || offset + nbytes > dataLen) {
     throw new FormatError(`${name}: tensor '${tname}' at data offset ${offset} with ${nbytes} bytes is misaligned or runs past the end of the data (${dataLen} bytes)`);
   }
   return { name: tname, dtype, shape, offset, nbytes };
+}
+
+/** A quantized tensor is (rows, K) stored as rows of ceil(K / 32) blocks. */
+function checkQuantizedEntry(tname, q, shape, nbytes, name) {
+  if (shape.length !== 2 || shape.includes(0)) {
+    throw new FormatError(`${name}: tensor '${tname}': a ${q.name} tensor must have 2 non-zero dimensions (rows, K), got shape ${pyShape(shape)}`);
+  }
+  const [rows, K] = shape, blocks = Math.ceil(K / QK);
+  if (rows * blocks * q.block !== nbytes) {
+    throw new FormatError(`${name}: tensor '${tname}': ${rows} rows of K=${K} in ${q.name} are ${rows} x ${blocks} blocks of ${q.block} bytes = ${rows * blocks * q.block} bytes, the table says ${nbytes}`);
+  }
 }
 
 function checkOverlaps(entries, name) {
@@ -370,7 +405,7 @@ export function tensorToF32(tensor, out) {
 // ---- writer ----------------------------------------------------------------------------
 /**
  * The bytes of a model file (f32 tensors), as sllm/serialize.py writes them.
- * tensors: [[name, Float32Array, shape], ...] in layout order.
+ * tensors: [[name, Float32Array or Uint8Array, shape, dtype code (0 f32, 2..4 quantized)], ...].
  */
 export function writeModel({ configDict, tokenizer, metadata, tensors }) {
   const enc = new TextEncoder();
@@ -412,14 +447,14 @@ function tensorTable(tensors, enc) {
   const parts = [];
   const spans = [];
   let offset = 0, size = 4;
-  for (const [name, arr, shape] of tensors) {
+  for (const [name, arr, shape, code = 0] of tensors) {
     const raw = enc.encode(name);
     const entry = new Uint8Array(2 + raw.length + 4 + 4 * shape.length + 16);
     const v = new DataView(entry.buffer);
     v.setUint16(0, raw.length, true);
     entry.set(raw, 2);
     let p = 2 + raw.length;
-    v.setUint8(p, 0); v.setUint8(p + 1, shape.length); v.setUint16(p + 2, 0, true);
+    v.setUint8(p, code); v.setUint8(p + 1, shape.length); v.setUint16(p + 2, 0, true);
     p += 4;
     for (const d of shape) { v.setUint32(p, d, true); p += 4; }
     v.setBigUint64(p, BigInt(offset), true);

@@ -4,7 +4,10 @@
 // backward line reversed. Offsets are bytes into linear memory.
 
 import { F } from "./kernels.js";
-import { layout, tensorToF32 } from "./format.js";
+import { layout, tensorToF32, f16ToF32, QK } from "./format.js";
+
+const QTYPE_CODES = { q8_0: 0, q4_0: 1, q4_1: 2 }; // wasm/quant.c's qtype argument
+const FILE_CODES = { q8_0: 2, q4_0: 3, q4_1: 4 }; // dtype codes in the model file
 
 const LAYER_TENSORS = {
   ln1_w: "ln_1.weight", ln1_b: "ln_1.bias", attn_w: "attn.c_attn.weight", attn_b: "attn.c_attn.bias",
@@ -40,9 +43,21 @@ export class Network {
     this.grads = heap.alloc(4 * total);
     heap.f32(this.params, total).fill(0);
     heap.f32(this.grads, total).fill(0);
+    this.quantized = {}; // name -> {off, qtype, rows, K, nbytes}: matmul weights as ggml blocks
+    this.qByOffset = new Map();
     for (const [name, slot] of Object.entries(this.layout.slots)) {
-      tensorToF32(tensors[name], heap.f32(this.params + 4 * slot.offset, slot.size));
+      const t = tensors[name];
+      if (t.quantized) {
+        const off = heap.alloc(t.bytes.length);
+        new Uint8Array(heap.memory.buffer, off, t.bytes.length).set(t.bytes);
+        const q = { off, qtype: t.dtype, rows: t.shape[0], K: t.shape[1], nbytes: t.bytes.length };
+        this.quantized[name] = q;
+        this.qByOffset.set(this.params + 4 * slot.offset, q);
+      } else {
+        tensorToF32(t, heap.f32(this.params + 4 * slot.offset, slot.size));
+      }
     }
+    this.qtype = Object.values(this.quantized).map((q) => q.qtype)[0] || null;
     this.P = this.offsets(this.params);
     this.G = this.offsets(this.grads);
     this.acts = new Map();
@@ -152,7 +167,8 @@ export class Network {
     const k = this.k, c = this.config, P = this.P;
     const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Fh = c.ffn_hidden_dim;
     const V = c.vocab_size, pos = cache ? cache.pos : 0;
-    k.call("encoder_fwd", a.x0, a.tokens, P.wte, P.wpe, N, T, C, pos);
+    if (this.quantized.wte) this.quantizedEmbedding(a, N, T, C, pos);
+    else k.call("encoder_fwd", a.x0, a.tokens, P.wte, P.wpe, N, T, C, pos);
     let x = a.x0;
     for (let i = 0; i < c.num_layers; i++) {
       const L = P.layers[i], la = a.layers[i];
@@ -177,12 +193,56 @@ export class Network {
     }
     k.call("layernorm_fwd", a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"], N, C);
     const tie = c.tie_embeddings ? 1 : 0;
-    k.call("matmul_fwd", a.logits, a.lnf, P.lm_head, 0, N, C, V, tie, tie ? k.scratch(C * V) : 0);
+    if (this.qByOffset.has(P.lm_head)) this.matmul(a.logits, a.lnf, P.lm_head, 0, N, C, V);
+    else k.call("matmul_fwd", a.logits, a.lnf, P.lm_head, 0, N, C, V, tie, tie ? k.scratch(C * V) : 0);
     a.dropout = dropout;
   }
 
+  /** out = inp @ W + bias; a quantized W runs the quantized matmul (rows along K). */
   matmul(out, inp, w, bias, N, C, OC) {
-    this.k.call("matmul_fwd", out, inp, w, bias, N, C, OC, 0, 0);
+    const q = this.qByOffset.get(w);
+    if (!q) {
+      this.k.call("matmul_fwd", out, inp, w, bias, N, C, OC, 0, 0);
+      return;
+    }
+    if (!this.k.exports.matmul_q_fwd) {
+      throw new Error(`this model's weights are ${q.qtype}, but the WebAssembly module has no quantized matmul (matmul_q_fwd); export the model with --dtype f32 or f16`);
+    }
+    const nb = Math.ceil(C / QK);
+    this.k.call("matmul_q_fwd", out, inp, q.off, bias, N, C, OC, QTYPE_CODES[q.qtype], this.k.scratch(N * nb * 8 + 2 * N * nb));
+  }
+
+  /** x0 = dequantized wte rows + wpe (a tied, quantized embedding), as sllm/model.py does. */
+  quantizedEmbedding(a, N, T, C, pos) {
+    const heap = this.k.heap, q = this.quantized.wte, block = { q8_0: 34, q4_0: 18, q4_1: 20 }[q.qtype];
+    const rowBytes = Math.ceil(C / QK) * block, bytes = new Uint8Array(heap.memory.buffer);
+    const tokens = heap.i32(a.tokens, N), x0 = heap.f32(a.x0, N * C), wpe = heap.f32(this.P.wpe, this.config.max_seq_len * C);
+    const half = new Float32Array(2);
+    for (let n = 0; n < N; n++) {
+      const row = q.off + tokens[n] * rowBytes;
+      for (let j = 0; j < C; j++) {
+        const b = row + Math.floor(j / QK) * block, i = j % QK;
+        f16ToF32(bytes.subarray(b, b + 4), half);
+        let v;
+        if (q.qtype === "q8_0") v = Math.fround(((bytes[b + 2 + i] << 24) >> 24) * half[0]);
+        else {
+          const byte = bytes[b + (q.qtype === "q4_0" ? 2 : 4) + (i % 16)], nib = i < 16 ? byte & 15 : byte >> 4;
+          v = q.qtype === "q4_0" ? Math.fround((nib - 8) * half[0]) : Math.fround(Math.fround(nib * half[0]) + half[1]);
+        }
+        x0[n * C + j] = Math.fround(v + wpe[(pos + (n % T)) * C + j]);
+      }
+    }
+  }
+
+  /** The tensors to save: [name, data, shape, file dtype code] (quantized rows kept as they are). */
+  savedTensors() {
+    const heap = this.k.heap, out = [];
+    for (const [name, slot] of Object.entries(this.layout.slots)) {
+      const q = this.quantized[name];
+      if (q) out.push([name, new Uint8Array(heap.memory.buffer, q.off, q.nbytes).slice(), [q.rows, q.K], FILE_CODES[q.qtype]]);
+      else out.push([name, this.parameter(name), slot.shape, 0]);
+    }
+    return out;
   }
 
   dropout(out, inp, n, p, seed) {
@@ -192,6 +252,9 @@ export class Network {
   /** Mean cross-entropy over targets != -1; with grads, fills the gradient buffer. */
   lossAndGrads(tokens, targets, B, T, grads) {
     const c = this.config, V = c.vocab_size, N = B * T;
+    if (grads && this.qtype) {
+      throw new Error(`this model is quantized (${this.qtype}): it runs inference only; fine-tune a float model (sllm export-web --dtype f32)`);
+    }
     for (const t of targets) {
       if (!(Number.isInteger(t) && t >= -1 && t < V)) throw new Error(`targets must be in [-1, ${V}), got ${t}`);
     }
@@ -244,7 +307,13 @@ export class Network {
   clipGradNorm(maxNorm) {
     const g = this.k.heap.f32(this.grads, this.layout.total);
     let sq = 0;
-    for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+    if (this.k.exports.grad_norm_sq) { // the kernel Python's optimizer uses (float64 sums)
+      const out = this.k.scratch(2);
+      this.k.call("grad_norm_sq", this.grads, this.layout.total, out);
+      sq = new Float64Array(this.k.heap.memory.buffer, out, 1)[0];
+    } else {
+      for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+    }
     const norm = Math.sqrt(sq);
     if (Number.isFinite(norm) && norm > maxNorm) {
       const s = Math.fround(maxNorm / (norm + 1e-6));

@@ -40,7 +40,7 @@ async function fetchBytes(source) {
   if (typeof source !== "string" && !(source instanceof URL)) {
     throw new TypeError(`load() takes a URL or the bytes of a .sllm file, got ${typeof source}`);
   }
-  const response = await fetch(source);
+  const response = await fetch(source, { cache: "no-cache" }); // a re-exported model is picked up
   if (!response.ok) throw new Error(`${source}: HTTP ${response.status} ${response.statusText}`);
   return new Uint8Array(await response.arrayBuffer());
 }
@@ -227,13 +227,12 @@ export class Model {
     return { losses, seconds: (performance.now() - start) / 1000 };
   }
 
-  /** The model as SLLM bytes (f32), with the tokenizer and updated metadata. */
+  /** The model as SLLM bytes (f32; quantized weights stay quantized), with the tokenizer and updated metadata. */
   async save() {
-    const net = this.net, tensors = [];
-    for (const [name, slot] of Object.entries(net.layout.slots)) tensors.push([name, net.parameter(name), slot.shape]);
+    const net = this.net, tensors = net.savedTensors();
     const metadata = {
       ...this.metadata, created: new Date().toISOString().slice(0, 19) + "Z",
-      num_parameters: this.numParameters(), dtype: "f32",
+      num_parameters: this.numParameters(), dtype: net.qtype ? `f32/${net.qtype}` : "f32",
       ...(this.finetuned ? { finetuned_in_browser: { steps: this.finetuned, wasm: this.wasm } } : {}),
     };
     return writeModel({ configDict: configToDict(this.config), tokenizer: this.file.tokenizer, metadata, tensors });

@@ -15,7 +15,7 @@ function info(m) {
   return {
     config: c, parameters: m.numParameters(), wasm: m.wasm, features: features(),
     tokenizer: m.tokenizer ? m.tokenizer.kind : null, vocab: c.vocab_size, dtype: m.file.dtype,
-    metadata: m.metadata, fileSize: m.file.fileSize,
+    metadata: m.metadata, fileSize: m.file.fileSize, qtype: m.net.qtype,
   };
 }
 
