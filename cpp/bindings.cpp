@@ -1,7 +1,7 @@
 // pybind11 bindings of sllm._cpp: argument checks (check.h), then the kernel without the
 // GIL. Every kernel works in place on the caller's numpy buffers: a wrong dtype is a
 // TypeError, a non-contiguous, read-only or mis-shaped buffer a ValueError; nothing is
-// copied. Argument names and defaults match sllm/backends/numpy_ref.py.
+// copied. Argument names and defaults match sllm/backends/reference.py.
 #include <cstdint>
 #include <string>
 
@@ -284,11 +284,7 @@ PYBIND11_MODULE(_cpp, m) {
   m.def("peak_gflops", &sllm::peak_gflops, arg("seconds") = 0.2,
         py::call_guard<py::gil_scoped_release>(),
         "FP32 GFLOP/s of FMA chains on every kernel thread: the machine's peak.");
-#ifdef _OPENMP
-  m.attr("openmp") = true;
-#else
-  m.attr("openmp") = false;
-#endif
+  m.attr("thread_pool") = "spin-then-sleep (cpp/pool.h)";
   bind_embedding_and_norm(m);
   bind_matmul(m);
   bind_attention(m);

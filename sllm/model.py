@@ -206,8 +206,9 @@ class SLLM:
         if self._qweights:
             raise ValueError(f"a quantized model ({self.qtype}) cannot be written as JSON; "
                              f"save it with model.save, or export the float32 model")
-        from .interchange import save_json
-        save_json(self, path)
+        from .interchange import write_json
+        write_json(path, self.config.to_dict(), self.parameters(),
+                   getattr(self, "tokenizer", None), getattr(self, "metadata", {}))
 
     # ---- forward ---------------------------------------------------------------------
     def _check_tokens(self, tokens: Any) -> np.ndarray:
@@ -367,3 +368,28 @@ class SLLM:
         acts = self._run_forward(t, grads=False, cache=cache)
         cache.pos += acts.shape[1]
         return np.array(acts.logits[:, -1, :])
+
+
+# ---- building a model from a file (the formats themselves read plain data) ----------------
+def load_model(path: "str | os.PathLike[str]", backend: Any = "auto", mmap: bool = True) -> SLLM:
+    """Read a model file (sllm.serialize) into a new SLLM on `backend` (eval mode), with
+    .tokenizer and .metadata attached."""
+    from .serialize import read_model_file
+    mf = read_model_file(path, mmap=mmap)
+    quantized = {n: (qtype, mf.tensors[n]) for n, (qtype, _) in mf.quantized.items()}
+    model = SLLM(mf.config, backend=backend, init=None, quantized=quantized)
+    for name, param in model.parameters().items():
+        param[...] = mf.tensors[name]
+    model.tokenizer, model.metadata = mf.tokenizer, mf.metadata
+    return model.eval()
+
+
+def load_json(path: "str | os.PathLike[str]", backend: Any = "auto") -> SLLM:
+    """Read a JSON interchange model (sllm.interchange) into a new SLLM on `backend`."""
+    from .interchange import read_json
+    doc = read_json(path)
+    model = SLLM(doc.config, backend=backend, init=None)
+    for name, param in model.parameters().items():
+        param[...] = doc.weights[name]
+    model.tokenizer, model.metadata = doc.vocab, doc.metadata
+    return model.eval()

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import budget
 from .errors import DataError
+from .fileio import atomic_write_text
 
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -101,12 +102,8 @@ class Tokenizer:
         raise NotImplementedError("_payload")
 
     def save(self, path: "str | os.PathLike[str]") -> None:
-        """Write vocab.json atomically (temp file, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False)
-        os.replace(tmp, path)
+        """Write vocab.json atomically (temp file, fsync, rename)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     def dtype(self) -> type:
         """The smallest unsigned numpy type that holds every id."""

@@ -30,7 +30,7 @@ from .config import ModelConfig, resolve_config
 from .data import TokenData
 from .distributed import Group
 from .errors import ConfigError, FormatError
-from .fileio import atomic_write
+from .fileio import atomic_write_text
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .progress import TrainProgress
@@ -103,7 +103,7 @@ def _corpus_bytes(cfg: TrainConfig) -> int:
 
 def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
     """The model (weights, config, tokenizer) a fine-tuning run starts from."""
-    from .serialize import load_model
+    from .model import load_model
     if cfg.model is not None:
         raise ConfigError("--init-from brings its own model config; drop --config")
     if not os.path.isfile(os.fspath(cfg.init_from)):
@@ -482,8 +482,7 @@ class Trainer:
             records.append((record["step"], line))
         keep = [line for step, line in records if step <= self.step]
         if len(keep) != len(lines):
-            with atomic_write(path) as f:
-                f.write("".join(keep).encode("utf-8"))
+            atomic_write_text(path, "".join(keep))
 
 
 def _metrics_record(line: str) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from . import validate as V
 from .errors import ConfigError
-from .fileio import atomic_write
+from .fileio import atomic_write_text
 
 
 @dataclass
@@ -111,8 +111,7 @@ class TrainConfig:
 
     def save(self, path: "str | os.PathLike[str]") -> None:
         """Write as JSON atomically."""
-        with atomic_write(path) as f:
-            f.write(json.dumps(self.to_dict(), indent=2).encode("utf-8"))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
 def _read_json(path: "str | os.PathLike[str]") -> Any:

@@ -109,11 +109,11 @@ class Backend:
         """Optional: use n threads in kernels. The default backend is single-purpose and ignores it."""
 
     # ---- storage ---------------------------------------------------------------------
-    def empty(self, shape: "int | tuple[int, ...]", dtype: Any = None) -> np.ndarray:
+    def empty(self, shape: int | tuple[int, ...], dtype: Any = None) -> np.ndarray:
         """A new uninitialised array owned by this backend (float by default)."""
         return np.empty(shape, dtype=self.dtype if dtype is None else dtype)
 
-    def zeros(self, shape: "int | tuple[int, ...]", dtype: Any = None) -> np.ndarray:
+    def zeros(self, shape: int | tuple[int, ...], dtype: Any = None) -> np.ndarray:
         """A new zero-filled array owned by this backend."""
         out = self.empty(shape, dtype)
         out.fill(0)

@@ -17,11 +17,13 @@ until every name in KERNELS has one).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -284,7 +286,7 @@ def _grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def _shapes(names: str, *rows: tuple[Any, ...]) -> list[dict[str, Any]]:
-    return [dict(zip(names.split(), row)) for row in rows]
+    return [dict(zip(names.split(), row, strict=True)) for row in rows]
 
 
 _ENC = _shapes("B T V C pos", (1, 1, 3, 5, 0), (2, 5, 13, 17, 3), (3, 9, 70, 33, 0))
@@ -390,7 +392,7 @@ def check_generate(backend: Backend, index: int) -> list[Check]:
                       rtol=1e-4, atol=1e-4, scale=1.0)]
     prompt = [int(t) for t in tokens[0, :3]]
     want, got = ref.generate(prompt, 9, temperature=0), mine.generate(prompt, 9, temperature=0)
-    differ = sum(a != b for a, b in zip(want, got)) + abs(len(want) - len(got))
+    differ = sum(a != b for a, b in zip(want, got, strict=False)) + abs(len(want) - len(got))
     checks.append(Check("generate", label, "greedy ids (count differing)", float(differ), 0.0,
                         differ == 0))
     return checks
@@ -476,9 +478,8 @@ def time_kernel(backend: Backend, kernel: str, repeats: int = 20) -> dict[str, A
     args = spec.args(_rng(kernel, index), **shape)
     row: dict[str, Any] = {"kernel": kernel, "case": case_label(shape)}
     for who, be in (("reference", _reference_backend()), ("backend", backend)):
-        call_args = _on(be, args, spec, in_place=False)
-        fn = getattr(be, kernel)
-        row[f"{who}_s"] = float(np.median(timed(lambda: fn(*call_args), repeats)))
+        call = functools.partial(getattr(be, kernel), *_on(be, args, spec, in_place=False))
+        row[f"{who}_s"] = float(np.median(timed(call, repeats)))
     row["speedup"] = row["reference_s"] / row["backend_s"] if row["backend_s"] else math.inf
     return row
 
