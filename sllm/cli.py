@@ -261,6 +261,40 @@ def chat(
         term.print()
 
 
+@app.command()
+@command
+def serve(
+    model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port (0: any free port)."),
+    backend: str = typer.Option("auto", help="Compute backend."),
+    max_batch: int = typer.Option(16, help="Sequences decoded together (KV-cache slots)."),
+    max_queue: int = typer.Option(64, help="Requests that may wait for a slot; more get 503."),
+    threads: Optional[int] = typer.Option(None, help="Kernel threads (default: the backend's)."),
+    api_key: Optional[str] = typer.Option(None, envvar="SLLM_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY'."),
+    tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
+) -> None:
+    """Serve the model over the OpenAI HTTP API (completions, chat, streaming)."""
+    try:
+        from . import serve as server
+    except ImportError as e:
+        raise SLLMError(f"sllm serve needs the serve extra: pip install 'sllm[serve]' ({e})") \
+            from None
+    from .batching import Engine
+    m, tok = _load(model, backend, tokenizer)
+    if threads is not None:
+        m.backend.set_num_threads(threads)
+    engine = Engine(m, tok, max_batch=max_batch, max_queue=max_queue)
+    model_id = Path(_resolve_model(model)).stem if not os.path.isdir(model) \
+        else Path(model).resolve().name
+    sock = server.bind(host, port)
+    where = sock.getsockname()
+    term.print(f"serving {model_id} ({m.backend.name}, {max_batch} slots, queue {max_queue}) "
+               f"on http://{where[0]}:{where[1]}/v1", highlight=False)
+    server.run(server.build_app(engine, model_id, api_key), sock)
+
+
 # ---- vocab -------------------------------------------------------------------------------
 @vocab_app.command("build")
 @command
