@@ -64,6 +64,47 @@ def test_reference_matmul_q_refuses_wrong_row_bytes():
                                wq, None, "q8_0")
 
 
+@pytest.mark.parametrize("qtype", quant.QTYPES)
+def test_every_backend_matches_the_reference_kernel(backend_name, qtype):
+    """Awkward shapes (K % 32 != 0, one row, OC of 1) on each backend vs the reference."""
+    from sllm.backends import conformance
+    be = sllm.backends.get(backend_name)
+    for i, shape in enumerate(conformance.CASES["matmul_q_fwd"].shapes):
+        if shape["qtype"] == qtype:
+            for check in conformance.check_kernel(be, "matmul_q_fwd", i):
+                assert check.passed, check
+
+
+def test_wasm_simd128_module_without_relaxed_simd():
+    """The plain SIMD128 module (browsers without relaxed SIMD) runs the extmul path."""
+    from sllm.backends import conformance
+    from sllm.backends.wasm import WasmSimdBackend
+    if "wasm-simd" not in sllm.backends.available():
+        pytest.skip("wasm-simd is not available here")
+
+    class Simd128Only(WasmSimdBackend):
+        modules = (("sllm_simd128.wasm", False, "simd128"),)
+        _probed = {}
+
+    be = Simd128Only()
+    assert be.capabilities["module"] == "sllm_simd128.wasm"
+    for i in range(len(conformance.CASES["matmul_q_fwd"].shapes)):
+        for check in conformance.check_kernel(be, "matmul_q_fwd", i):
+            assert check.passed, check
+
+
+@pytest.mark.parametrize("qtype", quant.QTYPES)
+def test_quantized_model_greedy_tokens_agree_on_every_backend(tmp_path, qtype):
+    cfg = sllm.ModelConfig(vocab_size=61, embedding_dim=72, num_layers=2, num_heads=3,
+                           ffn_hidden_dim=160, max_seq_len=32, dropout=0.0)
+    _model(cfg, seed=11).quantize(qtype).save(tmp_path / "q.sllm")
+    runs = {}
+    for name in sllm.backends.available():
+        m = sllm.load(tmp_path / "q.sllm", backend=name)
+        runs[name] = m.generate([3, 1, 4, 1, 5], 20, temperature=0.0)
+    assert len({tuple(r) for r in runs.values()}) == 1, runs
+
+
 # ---- model.quantize -------------------------------------------------------------------------
 @pytest.mark.parametrize("cfg", [CFG, TIED], ids=["untied", "tied"])
 @pytest.mark.parametrize("qtype", quant.QTYPES)

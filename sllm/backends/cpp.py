@@ -65,7 +65,6 @@ class CppBackend(Backend):
 
     name: ClassVar[str] = "cpp"
     priority: ClassVar[int] = 100
-    reference_kernels: ClassVar[frozenset[str]] = frozenset({"matmul_q_fwd"})
     kernel_module: ClassVar[Any] = _cpp  # None when not built: probe() then says why
 
     def __init__(self) -> None:
