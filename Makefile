@@ -12,7 +12,7 @@ $(BIN)/python:
 
 # Reinstall only when the build inputs change; Python sources are picked up editable.
 $(VENV)/.installed: $(BIN)/python $(SOURCES)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,mpi]'
 	touch $@
 
 test: $(VENV)/.installed

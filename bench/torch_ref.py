@@ -44,7 +44,8 @@ class Block(nn.Module):
 class TorchGPT(nn.Module):
     """The sllm model in PyTorch (dropout 0), GPT-2 initialisation."""
 
-    def __init__(self, V: int, C: int, L: int, H: int, Fh: int, max_T: int):
+    def __init__(self, V: int, C: int, L: int, H: int, Fh: int, max_T: int,
+                 tie: bool = False):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(max_T, C)
         self.h = nn.ModuleList(Block(C, H, Fh) for _ in range(L))
@@ -54,6 +55,8 @@ class TorchGPT(nn.Module):
                 nn.init.normal_(p, std=0.02)
         for b in self.h:
             nn.init.normal_(b.c_proj.weight, std=0.02 / math.sqrt(2 * L))
+        if tie:  # as nanoGPT: the output projection is the token embedding
+            self.lm_head.weight = self.wte.weight
 
     def forward(self, idx: torch.Tensor, caches: list | None = None, pos: int = 0):
         x = self.wte(idx) + self.wpe(torch.arange(pos, pos + idx.shape[1]))
@@ -62,13 +65,70 @@ class TorchGPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
-def make(cfg, threads: int) -> tuple[TorchGPT, torch.optim.Optimizer]:
-    """A model and AdamW for an sllm ModelConfig, on `threads` threads."""
+def make(cfg, threads: int, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+         weight_decay: float = 0.01) -> tuple[TorchGPT, torch.optim.Optimizer]:
+    """A model and AdamW for an sllm ModelConfig, on `threads` threads; weight decay on
+    the matrices only (as sllm and nanoGPT)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = TorchGPT(cfg.vocab_size, cfg.embedding_dim, cfg.num_layers, cfg.num_heads,
-                     cfg.ffn_hidden_dim, cfg.max_seq_len)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+                     cfg.ffn_hidden_dim, cfg.max_seq_len, cfg.tie_embeddings)
+    params = list(model.parameters())  # tied weights appear once
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return model, torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def lr_at(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """Linear warmup, then cosine decay to min_lr (nanoGPT's get_lr, sllm's WarmupCosine)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if step >= total:
+        return min_lr
+    ratio = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def train_loop(model: TorchGPT, opt: torch.optim.Optimizer, train_ids: torch.Tensor,
+               val_ids: torch.Tensor, B: int, T: int, steps: int, eval_every: int,
+               eval_batches: int, out: str, lr: float = 1e-3, min_lr: float = 1e-4,
+               warmup: int = 100, clip: float = 1.0, seed: int = 0) -> dict:
+    """A plain PyTorch training loop, nanoGPT's shape: random windows, the lr schedule,
+    clipping, AdamW, an evaluation every eval_every steps over fixed validation windows,
+    a metrics line per step and a checkpoint at the end. Returns the last losses."""
+    import json
+    import os
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.arange(T + 1)
+    val_starts = torch.linspace(0, len(val_ids) - T - 2, eval_batches * B).long()
+    val_x = val_ids[val_starts[:, None] + offsets[:-1]].view(eval_batches, B, T)
+    val_y = val_ids[val_starts[:, None] + offsets[1:]].view(eval_batches, B, T)
+    losses = {"val_loss": None}
+    with open(os.path.join(out, "metrics.jsonl"), "w", encoding="utf-8") as log:
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, lr, min_lr, warmup, steps)
+            ix = torch.randint(len(train_ids) - T - 1, (B,), generator=gen)
+            x, y = train_ids[ix[:, None] + offsets[:-1]], train_ids[ix[:, None] + offsets[1:]]
+            logits = model(x)
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            record = {"step": step + 1, "loss": loss.item(), "grad_norm": float(norm)}
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                model.eval()
+                with torch.no_grad():
+                    vals = [F.cross_entropy(model(vx).view(-1, logits.shape[-1]), vy.view(-1))
+                            .item() for vx, vy in zip(val_x, val_y)]
+                model.train()
+                record["val_loss"] = losses["val_loss"] = sum(vals) / len(vals)
+            losses["loss"] = record["loss"]
+            log.write(json.dumps(record) + "\n")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()},
+               os.path.join(out, "checkpoint.pt"))
+    return losses
 
 
 def train_step(model: TorchGPT, opt: torch.optim.Optimizer, x: torch.Tensor,
@@ -118,6 +178,7 @@ def run_job(job) -> dict:
         times = timed(lambda: train_step(model, opt, x, y), job.repeats, warmup=2)
         rows.append(_row("train", f"step B{job.batch} T{T}", times, job.batch * T,
                          "tokens_per_s", train_flops_per_token(cfg, T) * job.batch * T))
+        rows.append(_train_loop_row(job, cfg, T, rows[-1]))
     if "generate" in job.suites:
         n = min(job.gen_tokens, cfg.max_seq_len - 16)
         times = timed(lambda: generate(model, list(range(16)), n), max(1, job.repeats // 2))
@@ -128,3 +189,28 @@ def run_job(job) -> dict:
             "capabilities": {"torch": torch.__version__, "threads": torch.get_num_threads()},
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "analytic_mb": None}  # torch's activation memory is not ours to count
+
+
+def _train_loop_row(job, cfg, T: int, bare: dict) -> dict:
+    """The end-to-end row of sllm.bench.train_loop_row, as a plain PyTorch loop on the same
+    data (same steps, evaluations, clipping and final checkpoint)."""
+    import tempfile
+    import time
+
+    from sllm.bench import _row, e2e_steps, loop_setup
+    from sllm.flops import train_flops_per_token
+    steps = e2e_steps(job.repeats)
+    with tempfile.TemporaryDirectory(prefix="torch-bench-") as out:
+        tcfg, _, data = loop_setup(job.batch, T, steps, cfg.vocab_size, out)
+        model, opt = make(cfg, torch.get_num_threads(), tcfg.lr, tcfg.betas, tcfg.weight_decay)
+        train_ids = torch.from_numpy(data.train.ids.astype("int64"))
+        val_ids = torch.from_numpy(data.val.ids.astype("int64"))
+        t0 = time.perf_counter()
+        train_loop(model, opt, train_ids, val_ids, job.batch, T, steps, tcfg.eval_every,
+                   tcfg.eval_batches, out, tcfg.lr, tcfg.min_lr, tcfg.warmup, tcfg.grad_clip)
+        wall = time.perf_counter() - t0
+    row = _row("train", f"train loop B{job.batch} T{T}, {steps} steps", [wall],
+               steps * job.batch * T, "tokens_per_s",
+               train_flops_per_token(cfg, T) * job.batch * T * steps)
+    row["vs_step"] = row["tokens_per_s"] / bare["tokens_per_s"]
+    return row

@@ -262,6 +262,13 @@ void bind_loss_and_optim(py::module_& m) {
                       decay_count, decoupled, p.size);
   }, arg("params"), arg("grads"), arg("m"), arg("v"), arg("lr"), arg("beta1"), arg("beta2"),
      arg("eps"), arg("weight_decay"), arg("step"), arg("decay_count"), arg("decoupled"));
+
+  m.def("grad_norm_sq", [](py::handle grads) {
+    Check k("grad_norm_sq");
+    Arr g = k.in(grads, "grads");
+    Nogil nogil;
+    return sllm::grad_norm_sq(g.f(), g.size);
+  }, arg("grads"));
 }
 
 }  // namespace

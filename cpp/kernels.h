@@ -51,6 +51,10 @@ void adam_update(float* params, const float* grads, float* m, float* v, float lr
                  float beta2, float eps, float weight_decay, int64_t step, int64_t decay_count,
                  bool decoupled, int64_t n);
 
+// Sum of squares of n floats in float64, in blocks of a fixed size summed in order, so
+// the result does not depend on the thread count.
+double grad_norm_sq(const float* grads, int64_t n);
+
 // FP32 FLOP/s of FMA chains on every kernel thread, timed for at least `seconds` (peak.cpp).
 double peak_gflops(double seconds);
 

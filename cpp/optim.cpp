@@ -3,6 +3,7 @@
 // [0, decay_count) where the matrices live.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "arch.h"
 #include "kernels.h"
@@ -41,6 +42,21 @@ void adam_update(float* params, const float* grads, float* m, float* v, float lr
     if (d1 > i0) o.adam_range(params + i0, grads + i0, m + i0, v + i0, d1 - i0, s, true);
     if (i1 > d1) o.adam_range(params + d1, grads + d1, m + d1, v + d1, i1 - d1, s, false);
   }
+}
+
+double grad_norm_sq(const float* grads, int64_t n) {
+  constexpr int64_t kBlock = 1 << 15;  // fixed, so the sum's order never depends on threads
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  double partial_small[64];
+  std::vector<double> partial_big(blocks > 64 ? blocks : 0);
+  double* partial = blocks > 64 ? partial_big.data() : partial_small;
+  const Ops& o = ops();
+#pragma omp parallel for schedule(static) if (n > (1 << 17))
+  for (int64_t b = 0; b < blocks; ++b)
+    partial[b] = o.sum_squares(grads + b * kBlock, std::min(kBlock, n - b * kBlock));
+  double total = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) total += partial[b];
+  return total;
 }
 
 }  // namespace sllm

@@ -10,7 +10,7 @@ from typing import Any
 from .config import ModelConfig
 from .errors import BackendError, ConfigError, DataError, FormatError, SLLMError
 from .model import SLLM
-from .plugins import hookimpl
+from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

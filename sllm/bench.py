@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .threads import blas_limited
+
 SUITES = ("kernels", "train", "generate")
 
 
@@ -107,8 +109,51 @@ def train_suite(model: Any, B: int, T: int, repeats: int) -> list[dict[str, Any]
         opt.step()
 
     times = timed(step, repeats, warmup=2)
-    return [_row("train", f"step B{B} T{T}", times, B * T, "tokens_per_s",
-                 train_flops_per_token(model.config, T) * B * T)]
+    flops = train_flops_per_token(model.config, T) * B * T
+    bare = _row("train", f"step B{B} T{T}", times, B * T, "tokens_per_s", flops)
+    return [bare, train_loop_row(model, B, T, e2e_steps(repeats), flops, bare)]
+
+
+def e2e_steps(repeats: int) -> int:
+    """Steps of the end-to-end training-loop row: enough for two evaluations."""
+    return max(12, 4 * repeats)
+
+
+def train_loop_row(model: Any, B: int, T: int, steps: int, step_flops: float,
+                   bare: dict[str, Any]) -> dict[str, Any]:
+    """`sllm train`'s loop end to end (sllm.train.Trainer): batches from a corpus, the
+    schedule, clipping, AdamW, metrics.jsonl, two evaluations and the final checkpoint.
+    Its tokens/s next to the bare step's shows what the loop around the step costs."""
+    import tempfile
+
+    from .train import Trainer, make_optimizer
+    with tempfile.TemporaryDirectory(prefix="sllm-bench-") as out:
+        cfg, tok, data = loop_setup(B, T, steps, model.config.vocab_size, out)
+        trainer = Trainer(model, tok, data, cfg, make_optimizer(cfg, model), progress=False)
+        t0 = time.perf_counter()
+        trainer.run()
+        wall = time.perf_counter() - t0
+    row = _row("train", f"train loop B{B} T{T}, {steps} steps", [wall], steps * B * T,
+               "tokens_per_s", step_flops * steps)
+    row["vs_step"] = row["tokens_per_s"] / bare["tokens_per_s"]
+    return row
+
+
+def loop_setup(B: int, T: int, steps: int, vocab_size: int, out: str
+               ) -> tuple[Any, Any, Any]:
+    """The training config, character tokenizer and data of the end-to-end row (the
+    built-in demo corpus; ids index the model's vocabulary, whatever its size)."""
+    from .corpus import generate_corpus
+    from .data import TokenData
+    from .tokenizer import CharTokenizer
+    from .train_config import TrainConfig
+    text = generate_corpus(200_000, seed=0)
+    tok = CharTokenizer.train(text, min(vocab_size, len(set(text)) + 1))
+    data = TokenData.from_text(text, tok, T, B, val_fraction=0.1)
+    cfg = TrainConfig(out=out, steps=steps, batch_size=B, seq_len=T, eval_every=steps // 2,
+                      eval_batches=2, grad_clip=1.0, warmup=2, checkpoint_every=0,
+                      log_every=1)
+    return cfg, tok, data
 
 
 def generate_suite(model: Any, tokens: int, repeats: int) -> list[dict[str, Any]]:
@@ -132,6 +177,13 @@ def run_job(job: Job) -> dict[str, Any]:
     backend = sllm.backends.get(job.backend)
     if job.threads:
         backend.set_num_threads(job.threads)
+    with blas_limited(backend):
+        return _run_job(job, backend)
+
+
+def _run_job(job: Job, backend: Any) -> dict[str, Any]:
+    import sllm
+    from .activations import Activations
     cfg = sllm.ModelConfig.from_dict(job.config)
     T = min(job.seq_len, cfg.max_seq_len)
     rows: list[dict[str, Any]] = []
@@ -184,13 +236,17 @@ def peak_gflops() -> tuple[float | None, str]:
 
 
 def add_ratios(results: list[dict[str, Any]], peak: float | None) -> None:
-    """Ratio to numpy for every row numpy also has; MFU where a peak is known."""
+    """Speed ratio to numpy (and to torch) for every row they also have (> 1: faster);
+    MFU where a peak is known."""
     base = {r["name"]: r for res in results if res.get("backend") == "numpy"
             for r in res.get("rows", [])}
+    torch = {r["name"]: r for res in results if res.get("backend") == "torch"
+             for r in res.get("rows", [])}
     for res in results:
         for r in res.get("rows", []):
-            ref = base.get(r["name"])
+            ref, tref = base.get(r["name"]), torch.get(r["name"])
             r["vs_numpy"] = ref["median_s"] / r["median_s"] if ref else None
+            r["vs_torch"] = tref["median_s"] / r["median_s"] if tref else None
             r["mfu"] = r["gflops"] / peak if peak and "gflops" in r else None
 
 

@@ -49,7 +49,7 @@ def render(report: dict[str, Any], console: Any) -> None:
     for suite in dict.fromkeys(r["suite"] for _, r in rows):
         table = Table(title=f"{suite} (B={report['batch']}, T={report['seq_len']})")
         for col in ("backend", "benchmark", "median", "spread", "rate", "GFLOP/s", "vs numpy",
-                    "MFU"):
+                    "vs torch", "MFU"):
             table.add_column(col, justify="left" if col in ("backend", "benchmark") else "right")
         for backend, r in rows:
             if r["suite"] != suite:
@@ -60,8 +60,13 @@ def render(report: dict[str, Any], console: Any) -> None:
                           f"{r['min_s'] * 1e3:.2f}..{r['max_s'] * 1e3:.2f}", rate,
                           f"{r['gflops']:.1f}" if "gflops" in r else "",
                           f"{r['vs_numpy']:.2f}x" if r.get("vs_numpy") else "",
+                          f"{r['vs_torch']:.2f}x" if r.get("vs_torch") else "",
                           f"{r['mfu']:.0%}" if r.get("mfu") else "")
         console.print(table)
+    for backend, r in rows:
+        if "vs_step" in r:
+            console.print(f"{backend}: the training loop runs at {r['vs_step']:.0%} of the bare "
+                          f"step's tokens/s ({r['name']})")
     for res in report["results"]:
         if "error" in res:
             console.print(f"[yellow]{res['backend']}[/]: {res['error']}")

@@ -1,12 +1,13 @@
 """The `sllm` command line (typer): parse, call the library, print. Nothing else lives here."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -79,26 +80,40 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags override it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ranks: Optional[str] = typer.Option(None, help="Data-parallel ranks on this machine: N or 'auto' (runs mpiexec; needs sllm[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
+    from . import distributed
     from . import train as training
     given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
-                                                          "training", "config")}
+                                                          "training", "config", "ranks",
+                                                          "distributed")}
     given["model"] = config
+    if ranks is not None:
+        plan = functools.partial(distributed.plan_for, given, resume, train_config)
+        raise typer.Exit(distributed.launch_cli(ranks, sys.argv[1:], term, plan))
     if betas is not None:
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
-    if resume:
-        trainer = training.resume(resume, progress=not quiet, backend=given.pop("backend", None),
-                                  **given)
-        term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
-    else:
-        base = (training.TrainConfig.from_json(train_config) if train_config
-                else training.TrainConfig())
-        trainer = training.prepare(base.replace(**given), progress=not quiet)
-        _describe_run(trainer)
-    result = trainer.run()
-    _report(result, trainer)
+    group = distributed.world()  # the single process, or this rank of an mpiexec job
+
+    def run() -> tuple[Any, Any]:
+        trainer = None
+        if group.is_root and resume:
+            trainer = training.resume(resume, progress=not quiet,
+                                      backend=given.pop("backend", None), **given)
+            term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
+        elif group.is_root:
+            base = (training.TrainConfig.from_json(train_config) if train_config
+                    else training.TrainConfig())
+            trainer = training.prepare(base.replace(**given), progress=not quiet)
+            _describe_run(trainer)
+        trainer = distributed.replicate(trainer, group)
+        return trainer.run(), trainer
+
+    result, trainer = distributed.guarded(group, run)
+    if group.is_root:
+        _report(result, trainer)
 
 
 def _parse_betas(text: str) -> tuple[float, float]:
@@ -111,11 +126,22 @@ def _parse_betas(text: str) -> tuple[float, float]:
 
 def _describe_run(trainer: Any) -> None:
     m, d = trainer.model, trainer.data
-    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}; "
+    ranks = _ranks_note()
+    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}{ranks}; "
               f"tokenizer {trainer.tok.kind} ({trainer.tok.vocab_size} ids); "
               f"{len(d.train.ids):,} train / {len(d.val.ids):,} val tokens; "
               f"{trainer.total} steps of {d.batch_size}x{d.seq_len} -> {trainer.cfg.out}",
               highlight=False)
+
+
+def _ranks_note() -> str:
+    """', N ranks x T threads' under MPI, else nothing."""
+    from .distributed import world
+    group = world()
+    if group.size == 1:
+        return ""
+    threads = os.environ.get("SLLM_NUM_THREADS", "?")
+    return f", {group.size} ranks x {threads} thread{'' if threads == '1' else 's'}"
 
 
 def _report(result: Any, trainer: Any) -> None:
@@ -257,19 +283,53 @@ def vocab_encode(vocab: str = typer.Argument(..., help="vocab.json"),
 
 
 # ---- backends / plot / corpus ------------------------------------------------------------
+@contextlib.contextmanager
+def _env_removed(name: str) -> Iterator[None]:
+    """Run a block with environment variable `name` unset, then restore it."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
 @app.command()
 @command
 def backends() -> None:
     """List the compute backends, whether each is usable here, and why not."""
     from . import backends as registry
+    env = os.environ.get("SLLM_BACKEND")
+    with _env_removed("SLLM_BACKEND"):  # what auto alone picks, constructed
+        auto, auto_error = registry.resolve("auto")
+    chosen, chosen_error = registry.resolve(env) if env else (auto, auto_error)
     table = Table("name", "available", "capabilities / reason", "kernels left to numpy")
     for entry in registry.info():
         caps = ", ".join(f"{k}={v}" for k, v in (entry.get("capabilities") or {}).items())
-        table.add_row(entry["name"], "yes" if entry["available"] else "no",
-                      caps if entry["available"] else str(entry.get("reason")),
+        detail = caps if entry["available"] else str(entry.get("reason"))
+        if entry.get("note"):
+            detail = f"{detail} ({entry['note']})"
+        table.add_row(entry["name"], "yes" if entry["available"] else "no", detail,
                       ", ".join(entry.get("reference_kernels") or []) or "none")
     term.print(table)
-    term.print(f"auto picks: {(registry.available() or ['none'])[0]}")
+    term.print(f"auto picks: {auto or 'none'}" + (f" ({auto_error})" if auto_error else ""),
+               highlight=False)
+    if env:
+        term.print(f"SLLM_BACKEND={env}: models use " +
+                   (chosen if chosen else f"nothing, {chosen_error}"), highlight=False)
+
+
+@app.command()
+@command
+def docs(topic: Optional[str] = typer.Argument(None, help="A page, e.g. plugins; none lists them.")
+         ) -> None:
+    """Print a page of sllm's documentation (shipped with the package), or list the pages."""
+    from . import docs as pages
+    if topic is None:
+        for name, path in pages.topics().items():
+            term.print(f"{name:<20} {path}", highlight=False)
+        return
+    term.print(pages.read(topic), highlight=False, markup=False)
 
 
 @app.command("check-backend")
@@ -284,8 +344,8 @@ def check_backend(
 ) -> None:
     """Check a backend against the numpy reference, kernel by kernel (exit status 1 on any
     failure): every kernel of the contract on awkward shapes, forward and backward, then the
-    whole model's logits, loss and gradients, and generation. Writing a backend plugin: see
-    docs/plugins.md."""
+    whole model's logits, loss and gradients, and generation. Writing a backend plugin:
+    `sllm docs plugins` (docs/plugins.md)."""
     from .backends import conformance
     report = conformance.run(name, kernel, perf=perf)
     term.print(conformance.render(report, verbose), highlight=False, markup=False)
@@ -423,6 +483,23 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
                f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes)")
 
 
+@app.command("export-web")
+@command
+def export_web(
+    model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+    out: Path = typer.Option(..., "-o", "--out", help="Directory to write the site into."),
+    dtype: Optional[str] = typer.Option(None, help="Re-save the model: f32, f16, or q8_0/q4_0/q4_1 "
+                                        "(quantized matmul weights, the rest f16)."),
+) -> None:
+    """Write a static site that chats with, and fine-tunes, the model in the browser."""
+    from .export_web import export_site
+    site = export_site(model, out, dtype=dtype)
+    for name, size in site["files"].items():
+        term.print(f"  {name:<20} {size:>10,} bytes", highlight=False)
+    term.print(f"wrote {len(site['files'])} files ({site['total_bytes']:,} bytes) to {out}; "
+               f"serve it with: python -m http.server -d {out}", highlight=False)
+
+
 # ---- bench ---------------------------------------------------------------------------------
 @app.command()
 @command
@@ -458,3 +535,7 @@ def bench(
     if json_out:
         write_json(report, json_out)
         term.print(f"results written to {json_out}")
+
+
+if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
+    app()

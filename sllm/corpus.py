@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
+from typing import TypeVar
 
 from .corpus_words import (ACTIONS, ACTIVITIES, ADJECTIVES, AILMENTS, ANIMALS, BODY, CLOTHES,
                            COLORS, DAYS, FAMILY, FEELINGS, FOODS, HOMES, INSTRUMENTS, JOBS,
@@ -17,6 +19,8 @@ from .corpus_words import (ACTIONS, ACTIVITIES, ADJECTIVES, AILMENTS, ANIMALS, B
                            plural)
 
 USER_PREFIX, BOT_PREFIX = "A:", "B:"
+
+T = TypeVar("T")
 
 
 def _a(noun: str) -> str:
@@ -29,7 +33,7 @@ class _Writer:
     def __init__(self, seed: int):
         self.r = random.Random(seed)
 
-    def pick(self, items: list) -> "str | tuple":
+    def pick(self, items: Sequence[T]) -> T:
         return self.r.choice(items)
 
     # ---- stories --------------------------------------------------------------------

@@ -26,11 +26,15 @@ class Optimizer:
 
     def clip_grad_norm(self, max_norm: float) -> float:
         """Scale the gradients so their global L2 norm is at most max_norm; return the
-        norm before clipping (as torch.nn.utils.clip_grad_norm_)."""
+        norm before clipping (as torch.nn.utils.clip_grad_norm_).
+
+        The norm is the backend's grad_norm_sq kernel (one pass, float64 sums, on the
+        backend's own threads); the scaling is one in-place pass over the flat buffer.
+        """
         g = self.model.flat_grads
-        norm = math.sqrt(float(np.dot(g.astype(np.float64), g)))
+        norm = math.sqrt(self.model.backend.grad_norm_sq(g))
         if math.isfinite(norm) and norm > max_norm:
-            g *= max_norm / (norm + 1e-6)
+            np.multiply(g, np.float32(max_norm / (norm + 1e-6)), out=g)
         return norm
 
     def step(self) -> None:

@@ -1,44 +1,42 @@
-"""Plugins: the pluggy hook specification and the loading of entry points (group "sllm").
+"""The plugin manager: the built-in backends plus the entry points of the group "sllm".
 
-A plugin is a module with a function decorated by `sllm.hookimpl`:
-
-    @sllm.hookimpl
-    def register_backends(register):
-        register(MyBackend)
-
-The built-in backends register through this same hook (sllm/backends/builtin.py).
-`SLLM_LOAD_PLUGINS` (comma-separated entry-point names, empty for none) limits which
-third-party plugins load; a plugin that fails to import or to register is reported, never
-fatal.
+The hook specification is sllm/hookspecs.py. The built-in backends (sllm/backends/builtin.py)
+are registered directly, once, under the plugin name "builtin", and reach the registry
+through the same hook a third-party plugin implements. `SLLM_LOAD_PLUGINS` (a
+comma-separated list of entry-point names, empty for none) limits which third-party plugins
+load. Importing a plugin runs under a guard: an exception or a `sys.exit` is reported as that
+plugin's load error and is never fatal (KeyboardInterrupt still stops the program).
 """
 from __future__ import annotations
 
 import os
 from importlib import metadata
-from typing import Callable
 
 import pluggy
 
-hookspec = pluggy.HookspecMarker("sllm")
-hookimpl = pluggy.HookimplMarker("sllm")
+from . import hookspecs
+from .hookspecs import hookimpl, hookspec
+
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "hookimpl", "hookspec", "plugin_manager",
+           "describe_failure"]
 
 ENTRY_POINT_GROUP = "sllm"
+BUILTIN = "builtin"  # the plugin name of the built-in backends
 
 
-class Hooks:
-    """The hooks a plugin may implement."""
-
-    @hookspec
-    def register_backends(self, register: Callable[[type], None]) -> None:
-        """Call register(BackendClass) once for each backend the plugin provides."""
+def describe_failure(error: BaseException) -> str:
+    """`Type: message`, saying so when a plugin tried to exit the program."""
+    if isinstance(error, SystemExit):
+        return f"called sys.exit({error.code!r})"
+    return f"{type(error).__name__}: {error}"
 
 
 def plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
     """A manager with the built-ins and the allowed entry points; also {plugin: load error}."""
     from .backends import builtin
     pm = pluggy.PluginManager("sllm")
-    pm.add_hookspecs(Hooks)
-    pm.register(builtin, name="builtin")
+    pm.add_hookspecs(hookspecs)
+    pm.register(builtin, name=BUILTIN)
     errors: dict[str, str] = {}
     allowed = os.environ.get("SLLM_LOAD_PLUGINS")
     allow = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
@@ -47,7 +45,7 @@ def plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
             continue
         try:
             pm.register(ep.load(), name=ep.name)
-        except Exception as e:  # noqa: BLE001 - any plugin failure is reported, not fatal
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - reported, never fatal
             errors[ep.name] = f"plugin {ep.name!r} ({ep.value}) failed to load: " \
-                              f"{type(e).__name__}: {e}"
+                              f"{describe_failure(e)}"
     return pm, errors

@@ -25,11 +25,13 @@ from . import tokenizer as tokenizers
 from .checkpoint import RunError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, resolve_config
 from .data import TokenData
+from .distributed import Group
 from .errors import ConfigError, FormatError
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .progress import TrainProgress
 from .schedule import SCHEDULES, Constant, Schedule
+from .threads import blas_limited
 from .train_config import TrainConfig
 
 __all__ = ["TrainConfig", "Trainer", "TrainResult", "RunError", "prepare", "resume", "train"]
@@ -188,6 +190,7 @@ class Trainer:
         self._window = [0, 0.0]  # steps and compute seconds since the last metrics line
         self._deadline: float | None = None
         self.on_step: Callable[["Trainer"], None] | None = None  # test and example hook
+        self.dist = Group()  # the ranks of a data-parallel job (sllm.distributed.replicate)
 
     # ---- state for checkpoints ------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -207,12 +210,15 @@ class Trainer:
         return os.path.join(self.cfg.out, name)
 
     def save_checkpoint(self) -> None:
-        """Write checkpoint.sllm atomically."""
-        save_checkpoint(self._path(CHECKPOINT), self.model, self.opt, self.tok.to_dict(),
-                        self.state(), self.cfg.to_dict())
+        """Write checkpoint.sllm atomically (rank 0 only under MPI)."""
+        if self.dist.is_root:
+            save_checkpoint(self._path(CHECKPOINT), self.model, self.opt, self.tok.to_dict(),
+                            self.state(), self.cfg.to_dict())
         self.saved_step = self.step
 
     def _save_model(self, name: str) -> None:
+        if not self.dist.is_root:
+            return
         self.model.save(self._path(name), tokenizer=self.tok.to_dict(),
                         metadata={"kind": "model", "step": self.step,
                                   "best_val_loss": self.best_val})
@@ -225,8 +231,8 @@ class Trainer:
         start, status, message = time.perf_counter(), "done", ""
         self.model.train()
         self._deadline = start + 60 * self.cfg.max_minutes if self.cfg.max_minutes else None
-        with _interrupt_flag(self), TrainProgress(self.show_progress, self.step,
-                                                  self.total) as bar:
+        with _interrupt_flag(self), blas_limited(self.model.backend), \
+                TrainProgress(self.show_progress, self.step, self.total) as bar:
             self._bar = bar
             while self.step < until:
                 status, message = self._one_step()
@@ -259,7 +265,7 @@ class Trainer:
         lr = self.schedule.lr_at(s)
         self.opt.lr = lr
         x, y = self.data.train_batch(s)
-        loss = self.model.forward_backward(x, y)
+        loss = self.dist.forward_backward(self.model, x, y)  # all ranks' rows under MPI
         norm = self.opt.clip_grad_norm(self.cfg.grad_clip) if self.cfg.grad_clip else None
         if not math.isfinite(loss) or (norm is not None and not math.isfinite(norm)):
             return "diverged", self._diverged_message(s, loss, norm)
@@ -281,9 +287,10 @@ class Trainer:
             self.save_checkpoint()
         if self.on_step is not None:
             self.on_step(self)
-        if self.stop_requested:
+        if self.dist.agree(self.stop_requested):
             return "interrupted", ""
-        if status == "running" and self._deadline and time.perf_counter() > self._deadline:
+        if status == "running" and self._deadline and self.dist.agree(
+                time.perf_counter() > self._deadline):
             return "time_up", ""
         return status, ""
 
@@ -303,7 +310,7 @@ class Trainer:
             return None
         self.model.eval()
         try:
-            losses = [self.model.loss(x, y) for x, y in batches]
+            losses = self.dist.eval_losses(self.model, batches)
         finally:
             self.model.train()
         return float(np.mean(losses))
@@ -327,13 +334,15 @@ class Trainer:
 
     # ---- metrics.jsonl ----------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_root:
+            return
         with open(self._path(METRICS), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def _trim_metrics(self) -> None:
         """Drop lines logged after the checkpoint we restart from (a crash can leave some)."""
         path = self._path(METRICS)
-        if not os.path.isfile(path):
+        if not self.dist.is_root or not os.path.isfile(path):
             return
         with open(path, encoding="utf-8") as f:
             lines = [ln for ln in f if ln.strip()]

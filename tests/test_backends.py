@@ -198,3 +198,119 @@ def test_backend_missing_kernels_is_refused_at_registration(tmp_path, monkeypatc
     assert "half" not in backends.available() and backends.get().name != "half"
     with pytest.raises(BackendError, match="attention_decode"):
         backends.get("half")
+
+
+# ---- plugin guards (issue 17, item 5) -------------------------------------------------------
+def test_plugin_sys_exit_at_import_is_reported(tmp_path, monkeypatch):
+    _install_plugin(tmp_path, monkeypatch, "sllm_exit_import", "import sys\nsys.exit(3)\n")
+    rows = {r["name"]: r for r in backends.info()}
+    assert not rows["sllm_exit_import"]["available"]
+    assert "sys.exit(3)" in rows["sllm_exit_import"]["reason"]
+    assert backends.get("numpy").name == "numpy"
+
+
+def test_plugin_sys_exit_at_registration_and_probe_is_reported(tmp_path, monkeypatch):
+    source = '''
+import sys
+import sllm
+from sllm.backends.base import Backend, KERNELS
+
+class Quits(Backend):
+    name = "quits"
+    reference_kernels = frozenset(KERNELS)
+    @classmethod
+    def probe(cls):
+        sys.exit("no GPU here")
+
+@sllm.hookimpl
+def register_backends(register):
+    register(Quits)
+'''
+    _install_plugin(tmp_path, monkeypatch, "sllm_exit_probe", source)
+    _install_plugin(tmp_path, monkeypatch, "sllm_exit_hook",
+                    "import sys, sllm\n@sllm.hookimpl\ndef register_backends(register):\n"
+                    "    sys.exit(1)\n")
+    rows = {r["name"]: r for r in backends.info()}
+    assert "sys.exit('no GPU here')" in rows["quits"]["reason"]
+    assert "failed to register: called sys.exit(1)" in rows["sllm_exit_hook"]["reason"]
+    assert "numpy" in backends.available() and "quits" not in backends.available()
+
+
+def test_keyboard_interrupt_in_a_plugin_still_stops(tmp_path, monkeypatch):
+    _install_plugin(tmp_path, monkeypatch, "sllm_ctrl_c", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        backends.available()
+
+
+SHADOW = '''
+import sllm
+from sllm.backends.base import Backend, KERNELS
+
+class FakeNumpy(Backend):
+    """Claims the built-in name, with a priority that would win auto."""
+    name = "numpy"
+    priority = 5000
+    reference_kernels = frozenset(KERNELS)
+
+@sllm.hookimpl
+def register_backends(register):
+    register(FakeNumpy)
+'''
+
+
+def test_plugin_cannot_replace_a_builtin_name(tmp_path, monkeypatch):
+    from sllm.backends.numpy_ref import NumpyBackend
+    _install_plugin(tmp_path, monkeypatch, "sllm_shadow", SHADOW)
+    assert type(backends.get("numpy")) is NumpyBackend
+    assert "sllm_shadow:numpy" not in backends.available()  # never picked by auto
+    assert type(backends.get()).__name__ != "FakeNumpy"
+    rows = {r["name"]: r for r in backends.info()}
+    assert rows["numpy"]["plugin"] == "builtin"
+    assert "select it as 'sllm_shadow:numpy'" in rows["sllm_shadow:numpy"]["note"]
+    assert type(backends.get("sllm_shadow:numpy")).__name__ == "FakeNumpy"  # explicit choice
+
+
+FAILS_TO_START = '''
+import sllm
+from sllm.backends.base import Backend, KERNELS
+
+class Flaky(Backend):
+    """Probes fine, but its constructor fails (a device that vanished, say)."""
+    name = "flaky"
+    priority = 5000
+    reference_kernels = frozenset(KERNELS)
+    def __init__(self):
+        raise RuntimeError("device lost")
+
+@sllm.hookimpl
+def register_backends(register):
+    register(Flaky)
+'''
+
+
+def test_sllm_backends_reports_what_auto_and_the_env_resolve_to(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sllm.cli import app
+    _install_plugin(tmp_path, monkeypatch, "sllm_flaky", FAILS_TO_START)
+    assert backends.available()[0] == "flaky"  # it probes fine...
+    out = CliRunner().invoke(app, ["backends"]).output
+    best = [n for n in backends.available() if n != "flaky"][0]
+    assert f"auto picks: {best}" in out and "auto picks: flaky" not in out  # ...but cannot start
+    assert "RuntimeError: device lost" in out
+    monkeypatch.setenv("SLLM_BACKEND", "numpy")
+    backends.reset()
+    out = CliRunner().invoke(app, ["backends"]).output
+    assert "SLLM_BACKEND=numpy: models use numpy" in out
+    monkeypatch.setenv("SLLM_BACKEND", "flaky")
+    backends.reset()
+    out = CliRunner().invoke(app, ["backends"]).output
+    assert "SLLM_BACKEND=flaky: models use nothing" in out and "device lost" in out
+
+
+def test_builtins_registered_once_through_the_hook():
+    from sllm import hookspecs, plugins
+    pm, errors = plugins.plugin_manager()
+    names = [impl.plugin_name for impl in pm.hook.register_backends.get_hookimpls()]
+    assert names.count("builtin") == 1 and not errors
+    assert sllm.hookimpl is hookspecs.hookimpl is plugins.hookimpl

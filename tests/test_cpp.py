@@ -111,6 +111,33 @@ def test_results_do_not_depend_on_thread_count(rng):
             np.testing.assert_array_equal(g, results[0][1][name], err_msg=name)
 
 
+def test_training_losses_bit_identical_for_1_2_3_threads(rng):
+    """Whole steps (dropout, clipping, AdamW) give the same losses and weights bit for bit
+    at 1, 2 and 3 threads: every reduction has a fixed order whatever the thread count."""
+    from sllm.optim import AdamW
+    cfg = sllm.ModelConfig(vocab_size=97, embedding_dim=72, num_layers=2, num_heads=3,
+                           ffn_hidden_dim=200, dropout=0.1, max_seq_len=40)
+    batches = [(rng.integers(0, 97, (5, 37)), rng.integers(0, 97, (5, 37))) for _ in range(4)]
+    be = backends.get("cpp")
+    before, runs = be.capabilities["threads"], []
+    try:
+        for threads in (1, 2, 3):
+            be.set_num_threads(threads)
+            model = sllm.SLLM(cfg, backend=be, seed=2)
+            opt = AdamW(model, lr=3e-3)
+            losses = []
+            for x, y in batches:
+                losses.append(model.forward_backward(x, y))
+                losses.append(opt.clip_grad_norm(0.5))
+                opt.step()
+            runs.append((losses, model.flat_params.copy()))
+    finally:
+        be.set_num_threads(before)
+    for losses, params in runs[1:]:
+        assert losses == runs[0][0]
+        np.testing.assert_array_equal(params, runs[0][1])
+
+
 @pytest.fixture
 def cpp():
     return backends.get("cpp")

@@ -78,3 +78,17 @@ EXPORT(adam_update) {
         p[i] -= lr * mhat / (__builtin_sqrtf(vhat) + eps);
     }
 }
+
+/* grad_norm_sq(grads, n, out) -> *(double *)out = sum of grads[i]^2, accumulated in
+ * float64 in four independent lanes. */
+EXPORT(grad_norm_sq) {
+    const float *g = ARG_F32P(0);
+    int n = ARG_INT(1);
+    double *out = (double *)(uintptr_t)ARGS[2].u;
+    double lane[4] = {0.0, 0.0, 0.0, 0.0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) lane[j] += (double)g[i + j] * (double)g[i + j];
+    for (; i < n; i++) lane[0] += (double)g[i] * (double)g[i];
+    *out = (lane[0] + lane[2]) + (lane[1] + lane[3]);
+}

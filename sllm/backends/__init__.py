@@ -1,9 +1,13 @@
-"""Backend registry: `available()`, `get(name)`, `info()`.
+"""Backend registry: `available()`, `get(name)`, `info()`, `resolve(name)`.
 
 Backends come from plugins (see sllm.plugins). Each is probed once, lazily; a backend
-whose import, registration or probe fails is listed as unavailable with its reason and
-breaks nothing else. `backend="auto"` (or `get()`) picks the available backend with the
-highest priority; the environment variable SLLM_BACKEND overrides that choice.
+whose import, registration, probe or construction fails (an exception or a sys.exit) is
+listed as unavailable with its reason and breaks nothing else, and so is a backend that
+leaves a kernel of the contract unprovided. `backend="auto"` (or `get()`) picks the
+available backend with the highest priority that starts; the environment variable
+SLLM_BACKEND overrides that choice. A plugin cannot take a name already registered (the
+built-ins' names above all): its backend is kept as "plugin:name", used only when selected
+by that full name.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from typing import Any
 from ..errors import BackendError
 from .base import KERNELS, Backend
 
-__all__ = ["Backend", "KERNELS", "available", "get", "info", "reset"]
+__all__ = ["Backend", "KERNELS", "available", "get", "info", "reset", "resolve"]
 
 
 @dataclass
@@ -27,38 +31,56 @@ class _Entry:
     reason: str | None = None  # why unavailable, None when available
     capabilities: dict[str, Any] = field(default_factory=dict)
     instance: Backend | None = None
+    explicit_only: bool = False  # selectable by its full name only, never by auto
 
 
 _registry: dict[str, _Entry] | None = None
 
 
 def _discover() -> dict[str, _Entry]:
-    from ..plugins import plugin_manager
+    """Collect every plugin's backends (built-ins first), then probe each once."""
+    from ..plugins import BUILTIN, describe_failure, plugin_manager
     pm, load_errors = plugin_manager()
     entries: dict[str, _Entry] = {}
     for plugin, error in load_errors.items():
         entries[plugin] = _Entry(plugin, None, plugin, reason=error)
-    for impl in pm.hook.register_backends.get_hookimpls():
+    impls = sorted(pm.hook.register_backends.get_hookimpls(),
+                   key=lambda impl: impl.plugin_name != BUILTIN)
+    for impl in impls:
         def register(cls: type, _plugin: str = impl.plugin_name) -> None:
-            entries[cls.name] = _Entry(cls.name, cls, _plugin, int(getattr(cls, "priority", 0)))
+            _add(entries, cls, _plugin)
         try:
             impl.function(register=register)
-        except Exception as e:  # noqa: BLE001 - a broken plugin is reported, not fatal
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - a broken plugin is reported
             entries[impl.plugin_name] = _Entry(
                 impl.plugin_name, None, impl.plugin_name,
-                reason=f"plugin {impl.plugin_name!r} failed to register: {type(e).__name__}: {e}")
+                reason=f"plugin {impl.plugin_name!r} failed to register: {describe_failure(e)}")
     for entry in entries.values():
         if entry.cls is not None:
             _probe(entry)
     return entries
 
 
+def _add(entries: dict[str, _Entry], cls: type, plugin: str) -> None:
+    """Register `cls`; a name already taken (a built-in's, say) is not replaced: the newcomer
+    is kept as "plugin:name", usable only when selected by that full name."""
+    name = str(getattr(cls, "name", "") or "")
+    entry = _Entry(name, cls, plugin, int(getattr(cls, "priority", 0)))
+    if not name:
+        entry.name, entry.cls, entry.reason = f"{plugin}:{cls!r}", None, \
+            f"plugin {plugin!r} registered {cls!r}, which has no name"
+    elif name in entries and entries[name].plugin != plugin:
+        entry.name, entry.explicit_only = f"{plugin}:{name}", True
+    entries[entry.name] = entry
+
+
 def _probe(entry: _Entry) -> None:
     """Run the backend's probe, then refuse it if it leaves a kernel of the contract unprovided."""
+    from ..plugins import describe_failure
     try:
         entry.capabilities = dict(entry.cls.probe() or {})
-    except Exception as e:  # noqa: BLE001 - the reason is shown to the user
-        entry.reason = f"{type(e).__name__}: {e}"
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the reason is shown to the user
+        entry.reason = describe_failure(e)
         return
     missing = entry.cls.missing_kernels()
     if missing:
@@ -81,7 +103,7 @@ def reset() -> None:
 
 def available() -> list[str]:
     """Names of the backends usable on this machine, best (highest priority) first."""
-    usable = [e for e in _entries().values() if e.reason is None]
+    usable = [e for e in _entries().values() if e.reason is None and not e.explicit_only]
     return [e.name for e in sorted(usable, key=lambda e: -e.priority)]
 
 
@@ -109,10 +131,11 @@ def get(name: str = "auto") -> Backend:
 
 def _instance(entry: _Entry) -> Backend:
     if entry.instance is None:
+        from ..plugins import describe_failure
         try:
             entry.instance = entry.cls()
-        except Exception as e:  # noqa: BLE001 - construction failure makes it unavailable
-            entry.reason = f"{type(e).__name__}: {e}"
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - it becomes unavailable
+            entry.reason = describe_failure(e)
             raise BackendError(f"backend {entry.name!r} failed to start: {entry.reason}") from e
     return entry.instance
 
@@ -126,4 +149,21 @@ def info() -> list[dict[str, Any]]:
         rows.append({"name": e.name, "available": e.reason is None, "reason": e.reason,
                      "capabilities": e.capabilities, "priority": e.priority,
                      "plugin": e.plugin, "reference_kernels": ref})
+        if e.explicit_only and e.reason is None:
+            rows[-1]["note"] = (f"not used by auto: the name {e.cls.name!r} belongs to plugin "
+                                f"{_entries()[e.cls.name].plugin!r}; select it as {e.name!r}")
     return rows
+
+
+def resolve(name: str = "auto") -> tuple[str | None, str | None]:
+    """What `get(name)` really gives, after construction: (backend name, None) or (None, why not).
+
+    For "auto" this honours SLLM_BACKEND, as get() does; a backend whose constructor fails
+    is skipped (and marked unavailable) exactly as when a model is built.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return get(name).name, None
+        except BackendError as e:
+            return None, str(e)

@@ -52,7 +52,7 @@ KERNELS: tuple[str, ...] = (
     "residual_fwd",
     "dropout_fwd", "dropout_bwd",
     "softmax_xent",
-    "sgd_update", "adam_update",
+    "sgd_update", "adam_update", "grad_norm_sq",
 )
 
 
@@ -283,3 +283,10 @@ class Backend:
         params[:decay_count].
         """
         raise _not_implemented(self, "adam_update")
+
+    def grad_norm_sq(self, grads: Array) -> float:
+        """The sum of squares of a flat buffer, accumulated in float64.
+
+        Gradient clipping reads the global norm from it: one pass, no copy of the buffer.
+        """
+        raise _not_implemented(self, "grad_norm_sq")

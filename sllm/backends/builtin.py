@@ -1,5 +1,5 @@
 """The built-in backends, registered through the same hook a third-party plugin uses."""
-from ..plugins import hookimpl
+from ..hookspecs import hookimpl
 
 
 @hookimpl

@@ -49,6 +49,7 @@ class KernelCases:
     atol: float = ATOL
     aliases: tuple[tuple[int, int], ...] = ()
     setup: Callable[[Backend, Args], None] | None = None
+    returns: bool = False  # the kernel returns a value (grad_norm_sq), compared too
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,16 @@ def check_kernel(backend: Backend, kernel: str, index: int) -> list[Check]:
     args = spec.args(_rng(kernel, index), **shape)
     reference = _reference_backend()
     ref, mine = _on(reference, args, spec, in_place), _on(backend, args, spec, in_place)
-    getattr(reference, kernel)(*ref)
-    getattr(backend, kernel)(*mine)
+    ref_value = getattr(reference, kernel)(*ref)
+    value = getattr(backend, kernel)(*mine)
     names = output_names(kernel)
     label = case_label(spec.shapes[index])
-    return [compare(kernel, label, names[i], mine[i], ref[i], spec.rtol, spec.atol)
-            for i in spec.outputs if ref[i] is not None]
+    checks = [compare(kernel, label, names[i], mine[i], ref[i], spec.rtol, spec.atol)
+              for i in spec.outputs if ref[i] is not None]
+    if spec.returns:
+        checks.append(compare(kernel, label, "returned value", value, ref_value, spec.rtol,
+                              0.0))
+    return checks
 
 
 # ---- argument builders ---------------------------------------------------------------------
@@ -266,6 +271,10 @@ def _adam(rng, n, decoupled, step):
             step, n // 2 + 16, decoupled]
 
 
+def _norm(rng, n):
+    return [_f(rng, n) * 3]
+
+
 def _grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
     """Every combination of the given axes, as shape dicts (the last axis varies fastest)."""
     shapes: list[dict[str, Any]] = [{}]
@@ -323,6 +332,10 @@ CASES: dict[str, KernelCases] = {
     "sgd_update": KernelCases(_grid(n=(1003,), momentum=(0.0, 0.9)), _sgd, (0, 2)),
     "adam_update": KernelCases(_grid(n=(1003,), decoupled=(False, True), step=(1, 3)), _adam,
                                (0, 2, 3)),
+    # tails of every SIMD width, several fixed-size blocks, the threaded path
+    "grad_norm_sq": KernelCases(_shapes("n", (1,), (7,), (1003,), (32768 * 3 + 5,),
+                                        ((1 << 17) + 9,)), _norm, (), rtol=1e-12,
+                                returns=True),
 }
 
 

@@ -18,6 +18,7 @@ Array = np.ndarray
 
 LAYERNORM_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)
+NORM_BLOCK = 1 << 16  # grad_norm_sq converts this many floats to float64 at a time
 
 
 def dropout_threshold(p: float) -> int:
@@ -283,3 +284,13 @@ def adam_update(params: Array, grads: Array, m: Array, v: Array, lr: float, beta
     m_hat = m / (1.0 - beta1 ** step)
     v_hat = v / (1.0 - beta2 ** step)
     params -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def grad_norm_sq(grads: Array) -> float:
+    """Sum of squares of a flat buffer in float64, a block at a time (no full-size copy)."""
+    g = grads.reshape(-1)
+    total = 0.0
+    for i in range(0, g.size, NORM_BLOCK):
+        block = g[i:i + NORM_BLOCK].astype(np.float64)
+        total += float(np.square(block, out=block).sum())
+    return total

@@ -319,6 +319,12 @@ class _WasmBase(Backend):
                    params.size, lr, beta1, beta2, eps, weight_decay, decay_count,
                    int(decoupled), 1.0 - beta1 ** step, 1.0 - beta2 ** step)
 
+    def grad_norm_sq(self, grads):
+        """Sum of squares of a flat buffer, accumulated in float64."""
+        out = self._scratch(2)
+        self._call("grad_norm_sq", "<IiI", self._ptr(grads), grads.size, out)
+        return float(struct.unpack_from("<d", self.memory.arena, out)[0])
+
 
 def _capabilities(runtime: Runtime, module: tuple[str, bool, str | None]) -> dict[str, Any]:
     filename, relaxed, simd = module

@@ -1,0 +1,292 @@
+// The page: talks to the model in worker.js, keeps a fine-tuned model in IndexedDB
+// (ModelStorage), draws the loss curve. No framework, no build step.
+import { features } from "./sllm.js";
+
+const $ = (id) => document.getElementById(id);
+
+/** Request/response over the worker: call(type, fields, onMessage) -> Promise of the result. */
+class ModelWorker {
+  constructor() {
+    this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    this.pending = new Map();
+    this.next = 1;
+    this.worker.onmessage = ({ data }) => {
+      const p = this.pending.get(data.id);
+      if (!p) return;
+      if (data.type === "done") { this.pending.delete(data.id); p.resolve(data.result); }
+      else if (data.type === "error") {
+        this.pending.delete(data.id);
+        const e = new Error(data.message);
+        e.name = data.name;
+        p.reject(e);
+      } else if (p.onMessage) p.onMessage(data);
+    };
+  }
+  call(type, fields = {}, onMessage = null, transfer = []) {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, onMessage });
+      this.worker.postMessage({ id, type, ...fields }, transfer);
+    });
+  }
+}
+
+/** The roadmap's ModelStorage: model bytes by key, in IndexedDB. */
+export const ModelStorage = {
+  open() {
+    return new Promise((resolve, reject) => {
+      const req = indexedDB.open("sllm", 1);
+      req.onupgradeneeded = () => req.result.createObjectStore("models");
+      req.onsuccess = () => resolve(req.result);
+      req.onerror = () => reject(req.error);
+    });
+  },
+  async run(mode, fn) {
+    const db = await this.open();
+    return new Promise((resolve, reject) => {
+      const tx = db.transaction("models", mode);
+      const req = fn(tx.objectStore("models"));
+      tx.oncomplete = () => { db.close(); resolve(req.result); };
+      tx.onerror = () => { db.close(); reject(tx.error); };
+    });
+  },
+  get(key) { return this.run("readonly", (s) => s.get(key)); },
+  put(key, bytes) { return this.run("readwrite", (s) => s.put({ bytes, saved: Date.now() }, key)); },
+  delete(key) { return this.run("readwrite", (s) => s.delete(key)); },
+};
+
+const state = { worker: new ModelWorker(), info: null, busy: false, siteModel: "model.sllm", storageKey: null, name: "model" };
+
+function showError(e) {
+  const box = $("error");
+  box.hidden = !e;
+  box.textContent = e ? `${e.name && e.name !== "Error" ? e.name + ": " : ""}${e.message || e}` : "";
+}
+
+function notice(text) {
+  $("notice").hidden = !text;
+  $("notice").textContent = text || "";
+}
+
+function setBusy(busy) {
+  state.busy = busy;
+  const ready = Boolean(state.info) && !busy;
+  for (const id of ["send", "chat-input", "tune", "download", "reset-model"]) $(id).disabled = !ready;
+  if (state.info && state.info.qtype) $("tune").disabled = true; // quantized: inference only
+}
+
+function describe(info, origin) {
+  const c = info.config;
+  const params = info.parameters >= 1e6 ? `${(info.parameters / 1e6).toFixed(2)}M` : `${(info.parameters / 1e3).toFixed(0)}k`;
+  return `${state.name}${origin} · ${params} parameters · ${c.num_layers} layers × ${c.embedding_dim} · ${info.tokenizer || "no"} tokenizer (${info.vocab}) · ${info.dtype}`;
+}
+
+const WASM_NAMES = { relaxed: "SIMD128 + relaxed SIMD", simd128: "SIMD128", scalar: "scalar (no SIMD)" };
+
+async function loadModel(source, origin = "") {
+  setBusy(true);
+  showError(null);
+  $("model-info").textContent = "loading…";
+  try {
+    const transfer = source instanceof Uint8Array ? [source.buffer] : [];
+    // Feature detection happens here, in the page, and the worker is told the result.
+    const wasm = new URLSearchParams(location.search).get("wasm") || "auto";
+    const info = await state.worker.call("load", { source, wasm, features: features() }, null, transfer);
+    state.info = info;
+    $("model-info").textContent = describe(info, origin);
+    $("wasm-kind").textContent = WASM_NAMES[info.wasm];
+    notice(info.wasm === "scalar"
+      ? "This browser has no WebAssembly SIMD: running the scalar module, which is several times slower." : "");
+    document.body.dataset.wasm = info.wasm;
+    $("tune-status").textContent = info.qtype
+      ? `This model's weights are ${info.qtype} (quantized): it chats, but fine-tuning needs a float model (sllm export-web --dtype f32).` : "";
+    clearChat();
+    return info;
+  } catch (e) {
+    state.info = null;
+    $("model-info").textContent = "no model loaded";
+    showError(e);
+    throw e;
+  } finally {
+    setBusy(false);
+    document.body.dataset.ready = "1";
+  }
+}
+
+// ---- chat ------------------------------------------------------------------------------
+function addMessage(who, text) {
+  const div = document.createElement("div");
+  div.className = `msg ${who === "A" ? "user" : "bot"}`;
+  const label = document.createElement("span");
+  label.className = "who";
+  label.textContent = who;
+  const body = document.createElement("span");
+  body.textContent = text;
+  div.append(label, body);
+  $("messages").append(div);
+  $("messages").scrollTop = $("messages").scrollHeight;
+  return { div, body };
+}
+
+function clearChat() {
+  for (const m of [...document.querySelectorAll(".msg")]) m.remove();
+  if (state.info) state.worker.call("reset").catch(showError);
+}
+
+function sampling() {
+  const num = (id) => Number($(id).value);
+  return { temperature: num("temperature"), topK: num("top-k") || null, maxTokens: num("max-tokens") };
+}
+
+async function send(event) {
+  event.preventDefault();
+  const text = $("chat-input").value.trim();
+  if (!text || state.busy) return;
+  $("chat-input").value = "";
+  addMessage("A", text);
+  const { div, body } = addMessage("B", "");
+  div.classList.add("typing");
+  setBusy(true);
+  showError(null);
+  let first = true;
+  try {
+    const { maxTokens, ...opts } = sampling();
+    const result = await state.worker.call("chat", { text, options: opts, maxTokens }, (m) => {
+      body.textContent += first ? m.text.trimStart() : m.text;
+      first = false;
+      $("messages").scrollTop = $("messages").scrollHeight;
+    });
+    const s = result.stats;
+    if (s && s.tokens) {
+      $("speed").textContent = `${s.tokens} token${s.tokens === 1 ? "" : "s"} · ${s.tokensPerSecond.toFixed(0)} tokens/s · first token ${s.firstTokenMs.toFixed(0)} ms`;
+    }
+    $("unknown").textContent = result.unknown.length
+      ? `not in the vocabulary, read as [UNK]: ${[...new Set(result.unknown)].join(", ")}` : "";
+    if (!body.textContent) body.textContent = "…";
+  } catch (e) {
+    showError(e);
+  } finally {
+    div.classList.remove("typing");
+    setBusy(false);
+    $("chat-input").focus();
+  }
+}
+
+// ---- fine-tuning -------------------------------------------------------------------------
+function drawLoss(losses, steps) {
+  const canvas = $("loss-curve");
+  const scale = window.devicePixelRatio || 1;
+  const w = canvas.clientWidth, h = canvas.clientHeight;
+  canvas.width = w * scale;
+  canvas.height = h * scale;
+  const g = canvas.getContext("2d");
+  g.scale(scale, scale);
+  g.clearRect(0, 0, w, h);
+  const pad = { l: 44, r: 12, t: 12, b: 26 };
+  g.strokeStyle = "#e3e6eb";
+  g.fillStyle = "#6b7280";
+  g.font = "11px system-ui, sans-serif";
+  g.strokeRect(pad.l, pad.t, w - pad.l - pad.r, h - pad.t - pad.b);
+  if (!losses.length) {
+    g.fillText("the loss per step appears here while fine-tuning", pad.l + 10, h / 2);
+    return;
+  }
+  const lo = Math.min(...losses), hi = Math.max(...losses), span = hi - lo || 1;
+  const x = (i) => pad.l + ((w - pad.l - pad.r) * i) / Math.max(steps - 1, 1);
+  const y = (v) => pad.t + (h - pad.t - pad.b) * (1 - (v - lo) / span);
+  for (const v of [lo, (lo + hi) / 2, hi]) g.fillText(v.toFixed(2), 6, y(v) + 4);
+  g.fillText("step", (pad.l + w - pad.r) / 2 - 12, h - 8);
+  g.fillText(String(steps), x(steps - 1) - 4 * String(steps).length, h - 8);
+  g.fillText("1", pad.l - 2, h - 8);
+  g.strokeStyle = "#2f6fec";
+  g.lineWidth = 2;
+  g.beginPath();
+  losses.forEach((v, i) => (i ? g.lineTo(x(i), y(v)) : g.moveTo(x(i), y(v))));
+  g.stroke();
+}
+
+async function finetune() {
+  const text = $("tune-text").value;
+  const steps = Number($("steps").value), lr = Number($("lr").value), batchSize = Number($("batch").value);
+  const losses = [];
+  setBusy(true);
+  showError(null);
+  $("progress-bar").style.width = "0";
+  drawLoss(losses, steps);
+  try {
+    const result = await state.worker.call("finetune", { text, options: { steps, lr, batchSize } }, (p) => {
+      losses.push(p.loss);
+      $("progress-bar").style.width = `${(100 * p.step) / p.steps}%`;
+      $("tune-status").textContent = `step ${p.step}/${p.steps} · loss ${p.loss.toFixed(3)} · ${p.tokensPerSecond.toFixed(0)} tokens/s`;
+      drawLoss(losses, steps);
+    });
+    const bytes = await state.worker.call("save");
+    await ModelStorage.put(state.storageKey, bytes);
+    $("tune-status").textContent = `done: ${steps} steps in ${result.seconds.toFixed(1)} s, loss ${result.losses[0].toFixed(3)} → ${result.losses[result.losses.length - 1].toFixed(3)} · saved in this browser`;
+    $("model-info").textContent = describe(state.info, " (fine-tuned here)");
+  } catch (e) {
+    showError(e);
+    $("tune-status").textContent = "";
+  } finally {
+    setBusy(false);
+  }
+}
+
+async function download() {
+  setBusy(true);
+  try {
+    const bytes = await state.worker.call("save");
+    const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = state.name.replace(/\.sllm$/, "") + "-browser.sllm";
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (e) {
+    showError(e);
+  } finally {
+    setBusy(false);
+  }
+}
+
+async function openFile(event) {
+  const file = event.target.files[0];
+  if (!file) return;
+  state.name = file.name;
+  state.storageKey = `file:${file.name}`;
+  await loadModel(new Uint8Array(await file.arrayBuffer())).catch(() => {});
+  event.target.value = "";
+}
+
+async function resetModel() {
+  await ModelStorage.delete(state.storageKey).catch(() => {});
+  await start(true);
+}
+
+async function start(forceSite = false) {
+  try {
+    const site = await fetch("site.json").then((r) => (r.ok ? r.json() : {})).catch(() => ({}));
+    const params = new URLSearchParams(location.search);
+    state.siteModel = params.get("model") || site.model || "model.sllm";
+    state.name = state.siteModel.split("/").pop();
+    state.storageKey = `site:${new URL(state.siteModel, location.href).pathname}`;
+    const stored = forceSite ? null : await ModelStorage.get(state.storageKey).catch(() => null);
+    if (stored && stored.bytes) {
+      await loadModel(stored.bytes, " (fine-tuned here)");
+    } else {
+      await loadModel(state.siteModel);
+    }
+  } catch {
+    // loadModel has shown the error on the page
+  }
+}
+
+$("chat-form").addEventListener("submit", send);
+$("clear-chat").addEventListener("click", clearChat);
+$("tune").addEventListener("click", finetune);
+$("download").addEventListener("click", download);
+$("file-input").addEventListener("change", openFile);
+$("reset-model").addEventListener("click", resetModel);
+if (!features().simd) notice("This browser has no WebAssembly SIMD: the scalar module will be used.");
+drawLoss([], 1);
+start();

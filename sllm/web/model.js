@@ -1,0 +1,337 @@
+// The model as the same straight line of kernel calls as sllm/model.py, over the same
+// WebAssembly kernels: one flat parameter buffer (and gradients, AdamW m and v) in linear
+// memory, activations preallocated per (B, T) shape, a KV cache for decoding, and the
+// backward line reversed. Offsets are bytes into linear memory.
+
+import { F } from "./kernels.js";
+import { layout, tensorToF32, f16ToF32, QK } from "./format.js";
+
+const QTYPE_CODES = { q8_0: 0, q4_0: 1, q4_1: 2 }; // wasm/quant.c's qtype argument
+const FILE_CODES = { q8_0: 2, q4_0: 3, q4_1: 4 }; // dtype codes in the model file
+
+const LAYER_TENSORS = {
+  ln1_w: "ln_1.weight", ln1_b: "ln_1.bias", attn_w: "attn.c_attn.weight", attn_b: "attn.c_attn.bias",
+  proj_w: "attn.c_proj.weight", proj_b: "attn.c_proj.bias", ln2_w: "ln_2.weight", ln2_b: "ln_2.bias",
+  fc_w: "mlp.c_fc.weight", fc_b: "mlp.c_fc.bias", fcproj_w: "mlp.c_proj.weight", fcproj_b: "mlp.c_proj.bias",
+};
+
+const MASK64 = (1n << 64n) - 1n;
+
+/** sllm.model._mix_seed: a 32-bit seed from integers (splitmix64 steps). */
+export function mixSeed(...parts) {
+  let x = 0n;
+  for (const part of parts) {
+    x = (x + (BigInt(part) & MASK64) + 0x9E3779B97F4A7C15n) & MASK64;
+    x = ((x ^ (x >> 30n)) * 0xBF58476D1CE4E5B9n) & MASK64;
+    x = ((x ^ (x >> 27n)) * 0x94D049BB133111EBn) & MASK64;
+    x ^= x >> 31n;
+  }
+  return Number(x & 0xFFFFFFFFn);
+}
+
+/** sllm.backends.base.dropout_threshold: the uint32 below which an element is dropped. */
+function dropoutThreshold(p) { return Math.min(Math.round(p * 2 ** 32), 2 ** 32 - 1); }
+
+/** Parameters, gradients and optimizer state of one model in one kernel instance. */
+export class Network {
+  constructor(kernels, config, tensors) {
+    this.k = kernels;
+    this.config = config;
+    this.layout = layout(config);
+    const heap = kernels.heap, total = this.layout.total;
+    this.params = heap.alloc(4 * total);
+    this.grads = heap.alloc(4 * total);
+    heap.f32(this.params, total).fill(0);
+    heap.f32(this.grads, total).fill(0);
+    this.quantized = {}; // name -> {off, qtype, rows, K, nbytes}: matmul weights as ggml blocks
+    this.qByOffset = new Map();
+    for (const [name, slot] of Object.entries(this.layout.slots)) {
+      const t = tensors[name];
+      if (t.quantized) {
+        const off = heap.alloc(t.bytes.length);
+        new Uint8Array(heap.memory.buffer, off, t.bytes.length).set(t.bytes);
+        const q = { off, qtype: t.dtype, rows: t.shape[0], K: t.shape[1], nbytes: t.bytes.length };
+        this.quantized[name] = q;
+        this.qByOffset.set(this.params + 4 * slot.offset, q);
+      } else {
+        tensorToF32(t, heap.f32(this.params + 4 * slot.offset, slot.size));
+      }
+    }
+    this.qtype = Object.values(this.quantized).map((q) => q.qtype)[0] || null;
+    this.P = this.offsets(this.params);
+    this.G = this.offsets(this.grads);
+    this.acts = new Map();
+    this.training = false;
+    this.seed = 0;
+    this.dropoutStep = 0;
+    this.lastSeed = 0;
+    this.adam = null;
+  }
+
+  offsets(base) {
+    const out = {};
+    for (const [name, slot] of Object.entries(this.layout.slots)) out[name] = base + 4 * slot.offset;
+    out.layers = [];
+    for (let i = 0; i < this.config.num_layers; i++) {
+      const L = {};
+      for (const [short, name] of Object.entries(LAYER_TENSORS)) L[short] = out[`h.${i}.${name}`];
+      out.layers.push(L);
+    }
+    out.lm_head = this.config.tie_embeddings ? out.wte : out["lm_head.weight"];
+    return out;
+  }
+
+  /** Float32Array copy of one parameter (by GPT-2 name). */
+  parameter(name) {
+    const slot = this.layout.slots[name];
+    return this.k.heap.f32(this.P[name], slot.size).slice();
+  }
+
+  // ---- activations ------------------------------------------------------------------
+  activations(B, T, grads) {
+    const key = `${B},${T},${grads}`;
+    let a = this.acts.get(key);
+    if (!a) {
+      if (this.acts.size >= 3) {
+        const [oldKey, old] = this.acts.entries().next().value;
+        old.owned.forEach((off) => this.k.heap.release(off));
+        this.acts.delete(oldKey);
+      }
+      a = this.newActivations(B, T, grads);
+      this.acts.set(key, a);
+    }
+    return a;
+  }
+
+  newActivations(B, T, grads) {
+    const c = this.config, C = c.embedding_dim, F3 = c.ffn_hidden_dim, V = c.vocab_size, H = c.num_heads;
+    const owned = [], N = B * T;
+    const nw = (n) => { const off = this.k.heap.alloc(4 * n); owned.push(off); return off; };
+    const a = { B, T, owned, tokens: nw(N), targets: nw(N), x0: nw(N * C), layers: [] };
+    for (let i = 0; i < c.num_layers; i++) {
+      a.layers.push({
+        ln1: nw(N * C), ln1_mean: nw(N), ln1_rstd: nw(N), qkv: nw(N * 3 * C), att: nw(B * H * T * T),
+        atty: nw(N * C), attproj: nw(N * C), res2: nw(N * C), ln2: nw(N * C), ln2_mean: nw(N),
+        ln2_rstd: nw(N), fch: nw(N * F3), fch_act: nw(N * F3), fcproj: nw(N * C), res3: nw(N * C),
+      });
+    }
+    Object.assign(a, { lnf: nw(N * C), lnf_mean: nw(N), lnf_rstd: nw(N), logits: nw(N * V), losses: nw(N) });
+    if (grads) {
+      Object.assign(a, { dres: nw(N * C), dbranch: nw(N * C), dln: nw(N * C), datty: nw(N * C),
+        dqkv: nw(N * 3 * C), dfch: nw(N * F3) });
+    }
+    return a;
+  }
+
+  /** A KV cache: per layer keys and values (1, H, max_seq_len, D). */
+  newCache() {
+    const c = this.config, n = c.num_heads * c.max_seq_len * c.head_dim, heap = this.k.heap;
+    const cache = { k: [], v: [], pos: 0 };
+    for (let i = 0; i < c.num_layers; i++) {
+      for (const kind of ["k", "v"]) {
+        const off = heap.alloc(4 * n);
+        heap.f32(off, n).fill(0);
+        cache[kind].push(off);
+      }
+    }
+    return cache;
+  }
+
+  releaseCache(cache) {
+    for (const off of cache.k.concat(cache.v)) this.k.heap.release(off);
+    cache.k = cache.v = [];
+  }
+
+  // ---- forward ------------------------------------------------------------------------
+  /** Run tokens (B rows of T ids) through the model; returns the activations. */
+  run(tokens, B, T, grads, cache = null) {
+    const c = this.config;
+    if (!(T >= 1 && T <= c.max_seq_len) || B < 1) {
+      throw new Error(`tokens shape (${B}, ${T}): need B >= 1 and 1 <= T <= max_seq_len (${c.max_seq_len})`);
+    }
+    for (const t of tokens) {
+      if (!(Number.isInteger(t) && t >= 0 && t < c.vocab_size)) throw new Error(`token ids must be in [0, ${c.vocab_size}), got ${t}`);
+    }
+    const a = this.activations(B, T, grads);
+    this.k.heap.i32(a.tokens, B * T).set(tokens);
+    const dropout = this.training && cache === null ? c.dropout : 0;
+    if (dropout) {
+      this.dropoutStep += 1;
+      this.lastSeed = mixSeed(this.seed, this.dropoutStep);
+    }
+    this.forward(a, dropout, cache);
+    return a;
+  }
+
+  forward(a, dropout, cache) {
+    const k = this.k, c = this.config, P = this.P;
+    const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Fh = c.ffn_hidden_dim;
+    const V = c.vocab_size, pos = cache ? cache.pos : 0;
+    if (this.quantized.wte) this.quantizedEmbedding(a, N, T, C, pos);
+    else k.call("encoder_fwd", a.x0, a.tokens, P.wte, P.wpe, N, T, C, pos);
+    let x = a.x0;
+    for (let i = 0; i < c.num_layers; i++) {
+      const L = P.layers[i], la = a.layers[i];
+      k.call("layernorm_fwd", la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b, N, C);
+      this.matmul(la.qkv, la.ln1, L.attn_w, L.attn_b, N, C, 3 * C);
+      if (cache === null) {
+        k.call("attention_fwd", la.atty, la.att, la.qkv, B, T, C, H);
+      } else {
+        const maxT = c.max_seq_len;
+        k.call("attention_decode", la.atty, la.qkv, cache.k[i], cache.v[i], B, T, C, H, maxT, pos, k.scratch(maxT));
+      }
+      this.matmul(la.attproj, la.atty, L.proj_w, L.proj_b, N, C, C);
+      if (dropout) this.dropout(la.attproj, la.attproj, N * C, dropout, mixSeed(this.lastSeed, i, 0));
+      k.call("residual_fwd", la.res2, x, la.attproj, N * C);
+      k.call("layernorm_fwd", la.ln2, la.ln2_mean, la.ln2_rstd, la.res2, L.ln2_w, L.ln2_b, N, C);
+      this.matmul(la.fch, la.ln2, L.fc_w, L.fc_b, N, C, Fh);
+      k.call(c.activation === "gelu" ? "gelu_fwd" : "relu_fwd", la.fch_act, la.fch, N * Fh);
+      this.matmul(la.fcproj, la.fch_act, L.fcproj_w, L.fcproj_b, N, Fh, C);
+      if (dropout) this.dropout(la.fcproj, la.fcproj, N * C, dropout, mixSeed(this.lastSeed, i, 1));
+      k.call("residual_fwd", la.res3, la.res2, la.fcproj, N * C);
+      x = la.res3;
+    }
+    k.call("layernorm_fwd", a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"], N, C);
+    const tie = c.tie_embeddings ? 1 : 0;
+    if (this.qByOffset.has(P.lm_head)) this.matmul(a.logits, a.lnf, P.lm_head, 0, N, C, V);
+    else k.call("matmul_fwd", a.logits, a.lnf, P.lm_head, 0, N, C, V, tie, tie ? k.scratch(C * V) : 0);
+    a.dropout = dropout;
+  }
+
+  /** out = inp @ W + bias; a quantized W runs the quantized matmul (rows along K). */
+  matmul(out, inp, w, bias, N, C, OC) {
+    const q = this.qByOffset.get(w);
+    if (!q) {
+      this.k.call("matmul_fwd", out, inp, w, bias, N, C, OC, 0, 0);
+      return;
+    }
+    if (!this.k.exports.matmul_q_fwd) {
+      throw new Error(`this model's weights are ${q.qtype}, but the WebAssembly module has no quantized matmul (matmul_q_fwd); export the model with --dtype f32 or f16`);
+    }
+    const nb = Math.ceil(C / QK);
+    this.k.call("matmul_q_fwd", out, inp, q.off, bias, N, C, OC, QTYPE_CODES[q.qtype], this.k.scratch(N * nb * 8 + 2 * N * nb));
+  }
+
+  /** x0 = dequantized wte rows + wpe (a tied, quantized embedding), as sllm/model.py does. */
+  quantizedEmbedding(a, N, T, C, pos) {
+    const heap = this.k.heap, q = this.quantized.wte, block = { q8_0: 34, q4_0: 18, q4_1: 20 }[q.qtype];
+    const rowBytes = Math.ceil(C / QK) * block, bytes = new Uint8Array(heap.memory.buffer);
+    const tokens = heap.i32(a.tokens, N), x0 = heap.f32(a.x0, N * C), wpe = heap.f32(this.P.wpe, this.config.max_seq_len * C);
+    const half = new Float32Array(2);
+    for (let n = 0; n < N; n++) {
+      const row = q.off + tokens[n] * rowBytes;
+      for (let j = 0; j < C; j++) {
+        const b = row + Math.floor(j / QK) * block, i = j % QK;
+        f16ToF32(bytes.subarray(b, b + 4), half);
+        let v;
+        if (q.qtype === "q8_0") v = Math.fround(((bytes[b + 2 + i] << 24) >> 24) * half[0]);
+        else {
+          const byte = bytes[b + (q.qtype === "q4_0" ? 2 : 4) + (i % 16)], nib = i < 16 ? byte & 15 : byte >> 4;
+          v = q.qtype === "q4_0" ? Math.fround((nib - 8) * half[0]) : Math.fround(Math.fround(nib * half[0]) + half[1]);
+        }
+        x0[n * C + j] = Math.fround(v + wpe[(pos + (n % T)) * C + j]);
+      }
+    }
+  }
+
+  /** The tensors to save: [name, data, shape, file dtype code] (quantized rows kept as they are). */
+  savedTensors() {
+    const heap = this.k.heap, out = [];
+    for (const [name, slot] of Object.entries(this.layout.slots)) {
+      const q = this.quantized[name];
+      if (q) out.push([name, new Uint8Array(heap.memory.buffer, q.off, q.nbytes).slice(), [q.rows, q.K], FILE_CODES[q.qtype]]);
+      else out.push([name, this.parameter(name), slot.shape, 0]);
+    }
+    return out;
+  }
+
+  dropout(out, inp, n, p, seed) {
+    this.k.call("dropout_fwd", out, inp, n, dropoutThreshold(p), F(1 - p), seed >>> 0);
+  }
+
+  /** Mean cross-entropy over targets != -1; with grads, fills the gradient buffer. */
+  lossAndGrads(tokens, targets, B, T, grads) {
+    const c = this.config, V = c.vocab_size, N = B * T;
+    if (grads && this.qtype) {
+      throw new Error(`this model is quantized (${this.qtype}): it runs inference only; fine-tune a float model (sllm export-web --dtype f32)`);
+    }
+    for (const t of targets) {
+      if (!(Number.isInteger(t) && t >= -1 && t < V)) throw new Error(`targets must be in [-1, ${V}), got ${t}`);
+    }
+    const a = this.run(tokens, B, T, grads);
+    this.k.heap.i32(a.targets, N).set(targets);
+    const count = Math.max(targets.filter((t) => t >= 0).length, 1);
+    this.k.call("softmax_xent", a.losses, grads ? a.logits : 0, a.logits, a.targets, N, V, F(grads ? 1 / count : 1));
+    let sum = 0;
+    for (const l of this.k.heap.f32(a.losses, N)) sum += l;
+    if (grads) this.backward(a);
+    return sum / count;
+  }
+
+  // ---- backward: the forward line, reversed --------------------------------------------
+  backward(a) {
+    const k = this.k, c = this.config, P = this.P, G = this.G, heap = k.heap;
+    const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Fh = c.ffn_hidden_dim;
+    const V = c.vocab_size, p = a.dropout, tie = c.tie_embeddings ? 1 : 0;
+    heap.f32(this.grads, this.layout.total).fill(0);
+    const xLast = a.layers[c.num_layers - 1].res3;
+    k.call("matmul_bwd", a.dln, G.lm_head, 0, a.logits, a.lnf, P.lm_head, N, C, V, tie, tie ? 0 : k.scratch(C * V));
+    heap.f32(a.dres, N * C).fill(0);
+    k.call("layernorm_bwd", a.dres, G["ln_f.weight"], G["ln_f.bias"], a.dln, xLast, P["ln_f.weight"],
+      a.lnf_mean, a.lnf_rstd, N, C);
+    for (let i = c.num_layers - 1; i >= 0; i--) {
+      const L = P.layers[i], D = G.layers[i], la = a.layers[i];
+      const xIn = i > 0 ? a.layers[i - 1].res3 : a.x0;
+      let dbranch = a.dres;
+      if (p) { this.dropout(a.dbranch, a.dres, N * C, p, mixSeed(this.lastSeed, i, 1)); dbranch = a.dbranch; }
+      this.matmulBwd(a.dfch, D.fcproj_w, D.fcproj_b, dbranch, la.fch_act, L.fcproj_w, N, Fh, C);
+      k.call(c.activation === "gelu" ? "gelu_bwd" : "relu_bwd", a.dfch, a.dfch, la.fch, N * Fh);
+      this.matmulBwd(a.dln, D.fc_w, D.fc_b, a.dfch, la.ln2, L.fc_w, N, C, Fh);
+      k.call("layernorm_bwd", a.dres, D.ln2_w, D.ln2_b, a.dln, la.res2, L.ln2_w, la.ln2_mean, la.ln2_rstd, N, C);
+      dbranch = a.dres;
+      if (p) { this.dropout(a.dbranch, a.dres, N * C, p, mixSeed(this.lastSeed, i, 0)); dbranch = a.dbranch; }
+      this.matmulBwd(a.datty, D.proj_w, D.proj_b, dbranch, la.atty, L.proj_w, N, C, C);
+      k.call("attention_bwd", a.dqkv, a.datty, la.qkv, la.att, B, T, C, H, k.scratch(T));
+      this.matmulBwd(a.dln, D.attn_w, D.attn_b, a.dqkv, la.ln1, L.attn_w, N, C, 3 * C);
+      k.call("layernorm_bwd", a.dres, D.ln1_w, D.ln1_b, a.dln, xIn, L.ln1_w, la.ln1_mean, la.ln1_rstd, N, C);
+    }
+    k.call("encoder_bwd", G.wte, G.wpe, a.dres, a.tokens, N, T, C, 0);
+  }
+
+  matmulBwd(dinp, dw, db, dout, inp, w, N, C, OC) {
+    this.k.call("matmul_bwd", dinp, dw, db, dout, inp, w, N, C, OC, 0, this.k.scratch(C * OC));
+  }
+
+  // ---- optimizer: sllm.optim.AdamW + clip_grad_norm ------------------------------------
+  /** Scale the gradients to a global L2 norm of at most maxNorm; returns the norm before. */
+  clipGradNorm(maxNorm) {
+    const g = this.k.heap.f32(this.grads, this.layout.total);
+    let sq = 0;
+    if (this.k.exports.grad_norm_sq) { // the kernel Python's optimizer uses (float64 sums)
+      const out = this.k.scratch(2);
+      this.k.call("grad_norm_sq", this.grads, this.layout.total, out);
+      sq = new Float64Array(this.k.heap.memory.buffer, out, 1)[0];
+    } else {
+      for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
+    }
+    const norm = Math.sqrt(sq);
+    if (Number.isFinite(norm) && norm > maxNorm) {
+      const s = Math.fround(maxNorm / (norm + 1e-6));
+      for (let i = 0; i < g.length; i++) g[i] *= s;
+    }
+    return norm;
+  }
+
+  /** One AdamW step (decoupled weight decay on matrices only) from the gradient buffer. */
+  adamwStep({ lr, betas = [0.9, 0.99], eps = 1e-8, weightDecay = 0.1 }) {
+    const heap = this.k.heap, total = this.layout.total;
+    if (!this.adam) {
+      this.adam = { m: heap.alloc(4 * total), v: heap.alloc(4 * total), step: 0 };
+      heap.f32(this.adam.m, total).fill(0);
+      heap.f32(this.adam.v, total).fill(0);
+    }
+    const s = ++this.adam.step, [b1, b2] = betas;
+    this.k.call("adam_update", this.params, this.grads, this.adam.m, this.adam.v, total, F(lr), F(b1), F(b2),
+      F(eps), F(weightDecay), this.layout.decayCount, 1, F(1 - b1 ** s), F(1 - b2 ** s));
+  }
+}

@@ -1,0 +1,188 @@
+// The tokenizers of sllm/tokenizer.py, rebuilt from the vocabulary stored in a model file,
+// encoding and decoding exactly as Python does: words (Python's `re` word classes), Unicode
+// characters, and byte-level BPE (the Hugging Face `tokenizers` GPT-2 pre-tokenizer and
+// merge order). Word and BPE reserve [PAD]=0 [UNK]=1 [BOS]=2 [EOS]=3; char reserves [UNK]=0.
+
+export const SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"];
+export const PAD_ID = 0, UNK_ID = 1, BOS_ID = 2, EOS_ID = 3;
+
+// Python's `\w` (str.isalnum() or "_") and `\s` (str.isspace()) as JS classes.
+const PY_W = "\\p{L}\\p{N}_";
+const PY_S = "\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+// sllm.tokenizer._WORD_RE: a newline, a word with inner apostrophes, or one symbol.
+const WORD_RE = new RegExp(`\\n|[${PY_W}]+(?:['\\u2019][${PY_W}]+)*|[^${PY_W}${PY_S}]`, "gu");
+const ATTACH_LEFT = new Set([...".,!?;:)]}%'\u2019\u2026"]);
+const NO_SPACE_AFTER = new Set(["\n", "(", "[", "{", "$"]);
+
+/** A vocabulary that is not a tokenizer description sllm knows. */
+export class TokenizerError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "TokenizerError";
+  }
+}
+
+class WordTokenizer {
+  constructor(d) {
+    if (!Array.isArray(d.tokens) || SPECIALS.some((s, i) => d.tokens[i] !== s)) {
+      throw new TokenizerError(`a word vocabulary must start with ${SPECIALS.join(", ")}`);
+    }
+    this.kind = "word";
+    this.tokens = d.tokens;
+    this.lowercase = Boolean(d.lowercase);
+    this.ids = new Map(this.tokens.map((t, i) => [t, i]));
+    Object.assign(this, { bosId: BOS_ID, eosId: EOS_ID, padId: PAD_ID, unkId: UNK_ID });
+  }
+  get vocabSize() { return this.tokens.length; }
+  words(text) { return (this.lowercase ? text.toLowerCase() : text).match(WORD_RE) || []; }
+  encode(text) { return this.words(text).map((w) => this.ids.get(w) ?? UNK_ID); }
+  unknownPieces(text) { return this.words(text).filter((w) => !this.ids.has(w)); }
+  decode(ids) {
+    const out = [];
+    let prev = "\n";
+    for (const i of ids) {
+      if (i === PAD_ID || i === BOS_ID || i === EOS_ID) continue;
+      const tok = i >= 0 && i < this.tokens.length ? this.tokens[i] : SPECIALS[UNK_ID];
+      if (out.length && !NO_SPACE_AFTER.has(prev) && tok !== "\n" && !ATTACH_LEFT.has(tok[0])) out.push(" ");
+      out.push(tok);
+      prev = tok;
+    }
+    return out.join("");
+  }
+}
+
+class CharTokenizer {
+  constructor(d) {
+    if (!Array.isArray(d.chars) || d.chars[0] !== "[UNK]") {
+      throw new TokenizerError("a char vocabulary must start with [UNK]");
+    }
+    this.kind = "char";
+    this.chars = d.chars;
+    this.ids = new Map(this.chars.map((c, i) => [c, i]));
+    Object.assign(this, { bosId: null, eosId: null, padId: null, unkId: 0 });
+  }
+  get vocabSize() { return this.chars.length; }
+  // Python iterates a str by code point; so does for..of ("[UNK]" is never one character).
+  encode(text) {
+    const out = [];
+    for (const ch of text) out.push(this.ids.get(ch) ?? 0);
+    return out;
+  }
+  unknownPieces(text) { return [...text].filter((c) => !this.ids.has(c)); }
+  decode(ids) {
+    const n = this.chars.length;
+    return ids.map((i) => (i >= 0 && i < n ? this.chars[i] : "[UNK]")).join("");
+  }
+}
+
+// ---- byte-level BPE ----------------------------------------------------------------------
+const HF_S = "\\t\\n\\v\\f\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+// The GPT-2 pattern of tokenizers' ByteLevel pre-tokenizer (use_regex=True).
+const GPT2_RE = new RegExp(
+  `'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^${HF_S}\\p{L}\\p{N}]+|[${HF_S}]+(?![^${HF_S}])|[${HF_S}]+`, "gu");
+// Python's str.splitlines(keepends=True) boundaries: BPETokenizer encodes line by line.
+const LINE_RE = /[^\n\r\v\f\x1c-\x1e\x85\u2028\u2029]*(?:\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029])?/gu;
+
+/** GPT-2's bytes_to_unicode: byte -> printable character. */
+function byteChars() {
+  const bs = [];
+  for (let b = 33; b <= 126; b++) bs.push(b);
+  for (let b = 161; b <= 172; b++) bs.push(b);
+  for (let b = 174; b <= 255; b++) bs.push(b);
+  const cs = bs.slice();
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bs.includes(b)) { bs.push(b); cs.push(256 + n); n++; }
+  }
+  const table = new Array(256);
+  bs.forEach((b, i) => { table[b] = String.fromCodePoint(cs[i]); });
+  return table;
+}
+const BYTE_CHAR = byteChars();
+const CHAR_BYTE = new Map(BYTE_CHAR.map((c, b) => [c, b]));
+
+class BPETokenizer {
+  constructor(d) {
+    const model = d.hf && d.hf.model;
+    if (!model || model.type !== "BPE" || typeof model.vocab !== "object") {
+      throw new TokenizerError("corrupt bpe tokenizer description: no BPE model with a vocab");
+    }
+    this.kind = "bpe";
+    this.vocab = new Map(Object.entries(model.vocab));
+    this.idToToken = [];
+    for (const [tok, id] of this.vocab) this.idToToken[id] = tok;
+    for (const added of d.hf.added_tokens || []) this.idToToken[added.id] = added.content;
+    this.ranks = new Map();
+    (model.merges || []).forEach((m, i) => {
+      const [a, b] = Array.isArray(m) ? m : m.split(" ");
+      this.ranks.set(a + " " + b, i);
+    });
+    this.ignoreMerges = Boolean(model.ignore_merges);
+    this.cache = new Map();
+    Object.assign(this, { bosId: BOS_ID, eosId: EOS_ID, padId: PAD_ID, unkId: UNK_ID });
+  }
+  get vocabSize() { return this.idToToken.length; }
+  encode(text) {
+    const out = [];
+    const enc = new TextEncoder();
+    const lines = text.match(LINE_RE).filter((l) => l.length);
+    for (const line of lines.length ? lines : [text]) {
+      for (const piece of line.match(GPT2_RE) || []) {
+        const word = Array.from(enc.encode(piece), (b) => BYTE_CHAR[b]).join("");
+        for (const id of this.encodeWord(word)) out.push(id);
+      }
+    }
+    return out;
+  }
+  encodeWord(word) {
+    const hit = this.cache.get(word);
+    if (hit) return hit;
+    let ids;
+    if (this.ignoreMerges && this.vocab.has(word)) {
+      ids = [this.vocab.get(word)];
+    } else {
+      const symbols = [...word];
+      for (;;) {
+        let best = -1, bestRank = Infinity;
+        for (let i = 0; i + 1 < symbols.length; i++) {
+          const r = this.ranks.get(symbols[i] + " " + symbols[i + 1]);
+          if (r !== undefined && r < bestRank) { bestRank = r; best = i; }
+        }
+        if (best < 0) break;
+        symbols.splice(best, 2, symbols[best] + symbols[best + 1]);
+      }
+      ids = symbols.map((s) => this.vocab.get(s) ?? UNK_ID);
+    }
+    if (this.cache.size < 10000) this.cache.set(word, ids);
+    return ids;
+  }
+  unknownPieces() { return []; }
+  decode(ids) {
+    const bytes = [];
+    for (const i of ids) {
+      if (i === PAD_ID || i === BOS_ID || i === EOS_ID) continue;
+      const tok = this.idToToken[i];
+      if (tok === undefined) continue;
+      for (const ch of tok) {
+        const b = CHAR_BYTE.get(ch);
+        if (b !== undefined) bytes.push(b);
+        else bytes.push(...new TextEncoder().encode(ch));
+      }
+    }
+    return new TextDecoder("utf-8").decode(new Uint8Array(bytes));
+  }
+}
+
+const KINDS = { word: WordTokenizer, char: CharTokenizer, bpe: BPETokenizer };
+
+/** Rebuild a tokenizer from its to_dict() description (as stored in a model file). */
+export function tokenizerFromDict(d) {
+  if (d === null || typeof d !== "object" || !(d.type in KINDS)) {
+    const kind = d && typeof d === "object" ? d.type : typeof d;
+    throw new TokenizerError(`not a tokenizer description (type ${JSON.stringify(kind)}); expected one of bpe, char, word`);
+  }
+  if (Number(d.version ?? 1) > 1) {
+    throw new TokenizerError(`tokenizer format version ${d.version} is newer than this sllm supports (1)`);
+  }
+  return new KINDS[d.type](d);
+}

@@ -1,0 +1,68 @@
+// The page's model runs here, so the page never freezes. Messages in:
+//   {id, type: "load", source, wasm, features}     -> {id, type: "done", result: info}
+//   {id, type: "generate", prompt, options}              -> pieces, then done
+//   {id, type: "chat", text, options} / {type: "reset"}  -> pieces, then done
+//   {id, type: "finetune", text, options}                -> progress per step, then done
+//   {id, type: "save"}                                   -> done with the SLLM bytes
+// Every failure comes back as {id, type: "error", name, message}.
+import { load, features } from "./sllm.js";
+
+let model = null;
+let session = null;
+
+function info(m) {
+  const c = m.config;
+  return {
+    config: c, parameters: m.numParameters(), wasm: m.wasm, features: features(),
+    tokenizer: m.tokenizer ? m.tokenizer.kind : null, vocab: c.vocab_size, dtype: m.file.dtype,
+    metadata: m.metadata, fileSize: m.file.fileSize, qtype: m.net.qtype,
+  };
+}
+
+async function streamOut(id, pieces, extra) {
+  for await (const piece of pieces) postMessage({ id, type: "piece", text: piece });
+  postMessage({ id, type: "done", result: { stats: model.stats, ...extra } });
+}
+
+const handlers = {
+  async load(msg) {
+    const m = await load(msg.source, { wasm: msg.wasm || "auto", features: msg.features });
+    model = m;
+    session = m.chat(msg.chat || {});
+    return info(m);
+  },
+  async generate(msg) {
+    const unknown = model.unknownPieces(msg.prompt);
+    await streamOut(msg.id, model.stream(msg.prompt, msg.options || {}), { unknown });
+  },
+  async chat(msg) {
+    const unknown = model.unknownPieces(msg.text);
+    if (msg.maxTokens) session.maxTokens = msg.maxTokens;
+    await streamOut(msg.id, session.reply(msg.text, msg.options || {}), { unknown });
+  },
+  async reset() {
+    session = model.chat();
+    return {};
+  },
+  async finetune(msg) {
+    const onProgress = (p) => postMessage({ id: msg.id, type: "progress", ...p });
+    return model.finetune(msg.text, { ...(msg.options || {}), onProgress });
+  },
+  async save() {
+    return model.save();
+  },
+};
+
+onmessage = async (event) => {
+  const msg = event.data;
+  try {
+    if (msg.type !== "load" && !model) throw new Error("no model is loaded");
+    const result = await handlers[msg.type](msg);
+    if (result !== undefined) {
+      const transfer = result instanceof Uint8Array ? [result.buffer] : [];
+      postMessage({ id: msg.id, type: "done", result }, transfer);
+    }
+  } catch (e) {
+    postMessage({ id: msg.id, type: "error", name: e.name || "Error", message: e.message || String(e) });
+  }
+};

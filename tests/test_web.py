@@ -1,0 +1,475 @@
+"""sllm in the browser: `sllm export-web`, and sllm.js in a real headless Chromium checked
+against Python (same tokens, same losses, same bytes). The browser tests skip, with the
+reason, when Chromium, chromedriver or selenium is missing; `.ci/run` installs them."""
+from __future__ import annotations
+
+import base64
+import struct
+import sys
+import unicodedata
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sllm
+from sllm import tokenizer as tokenizers
+from sllm.corpus import generate_corpus
+from sllm.errors import SLLMError
+from sllm.export_web import WEB_FILES, export_site
+from sllm.generate import encode_prompt, stream_text
+from sllm.optim import AdamW
+from sllm.serialize import read_model_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from browser import StaticServer, chromium, run_js, why_no_browser  # noqa: E402
+
+WORD_CFG = {"vocabSize": 300, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,
+            "ffnHiddenDim": 64, "dropout": 0.0, "maxSeqLen": 96}
+ODD_TEXT = ("Hello, world! Don't stop… it's 3.5 km (or 2,000 m)?\n\n  Tabs\tand\r\nCRLF\x1c"
+            "\x85line ｶﾀｶﾅ ① ² ﬁ İstanbul ÉCOLE naïve 😀 under_score\u00a0nbsp\u3000")
+JAPANESE = "日本語のテキストです。東京は大きい！きょうは、いい天気ですね。カタカナとひらがな。"
+
+
+def _trained(tmp_path_factory, name, cfg, tokenizer="word", steps=60):
+    """A small model trained for a few steps on the demo corpus, with its tokenizer."""
+    from sllm.train import TrainConfig, prepare
+    out = tmp_path_factory.mktemp(name)
+    tc = TrainConfig(model=cfg, demo_chars=40_000, tokenizer=tokenizer, vocab_size=cfg["vocabSize"],
+                     backend="numpy", steps=steps, batch_size=8, seq_len=32, lr=3e-3, warmup=5,
+                     eval_every=10_000, checkpoint_every=10_000, out=str(out / "run"))
+    prepare(tc, progress=False).run()
+    return out / "run" / "model.sllm"
+
+
+@pytest.fixture(scope="module")
+def word_model(tmp_path_factory):
+    """A trained word-level model file."""
+    return _trained(tmp_path_factory, "word", WORD_CFG)
+
+
+@pytest.fixture(scope="module")
+def site(word_model, tmp_path_factory):
+    """The exported site of word_model, plus extra model files tests drop beside it."""
+    out = tmp_path_factory.mktemp("site")
+    export_site(word_model, out)
+    m = sllm.load(word_model, backend="numpy")
+    m.save(out / "f16.sllm", dtype="f16")
+    for qtype in ("q8_0", "q4_0", "q4_1"):
+        export_site(word_model, out / qtype, dtype=qtype)
+        (out / f"{qtype}.sllm").write_bytes((out / qtype / "model.sllm").read_bytes())
+    return out
+
+
+def _wasm_has_quantized_matmul() -> bool:
+    """Whether the built modules export matmul_q_fwd (the quantized matmul kernel)."""
+    import wasmtime
+
+    from sllm.backends.wasm import find_module
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, find_module("sllm_scalar.wasm").read_bytes())
+    return any(e.name == "matmul_q_fwd" for e in module.exports)
+
+
+# ---- export-web without a browser -------------------------------------------------------
+def test_export_web_writes_a_complete_site(word_model, tmp_path):
+    result = export_site(word_model.parent, tmp_path / "s")  # a run directory works too
+    names = set(result["files"])
+    assert set(WEB_FILES) <= names and {"model.sllm", "site.json", "sllm_scalar.wasm"} <= names
+    assert (tmp_path / "s" / "model.sllm").read_bytes() == word_model.read_bytes()
+    assert result["total_bytes"] == sum(p.stat().st_size for p in (tmp_path / "s").iterdir())
+    half = export_site(word_model, tmp_path / "h", dtype="f16")
+    assert read_model_file(tmp_path / "h" / "model.sllm").dtype == "f16"
+    assert half["files"]["model.sllm"] < result["files"]["model.sllm"] * 0.6
+    q8 = export_site(word_model, tmp_path / "q", dtype="q8_0")
+    mf = read_model_file(tmp_path / "q" / "model.sllm")
+    assert "q8_0" in mf.dtype and q8["files"]["model.sllm"] < half["files"]["model.sllm"]
+    with pytest.raises(SLLMError, match="already quantized"):
+        export_site(tmp_path / "q" / "model.sllm", tmp_path / "q2", dtype="q4_0")
+
+
+def test_export_web_refuses_bad_input(tmp_path, word_model):
+    bad = tmp_path / "bad.sllm"
+    bad.write_bytes(b"not a model at all, just text" * 3)
+    with pytest.raises(sllm.FormatError, match="not an SLLM model file"):
+        export_site(bad, tmp_path / "out")
+    with pytest.raises(SLLMError, match="no such model"):
+        export_site(tmp_path / "missing", tmp_path / "out")
+    with pytest.raises(SLLMError, match="dtype"):
+        export_site(word_model, tmp_path / "out", dtype="f8")
+    bare = sllm.SLLM(WORD_CFG, backend="numpy")
+    bare.save(tmp_path / "bare.sllm")
+    with pytest.raises(SLLMError, match="no tokenizer"):
+        export_site(tmp_path / "bare.sllm", tmp_path / "out")
+
+
+def test_export_web_cli(word_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from sllm.cli import app
+    result = CliRunner().invoke(app, ["export-web", str(word_model), "-o", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    assert "sllm.js" in result.output and (tmp_path / "c" / "index.html").is_file()
+
+
+def test_web_assets_are_package_data():
+    """The site's files ship inside the package (and so the wheel)."""
+    web = Path(sllm.__file__).parent / "web"
+    for name in WEB_FILES:
+        assert (web / name).is_file(), name
+    text = (web / "sllm.js").read_text()
+    assert "export async function load" in text and "import(" not in text
+
+
+# ---- the browser -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser(site):
+    """Headless Chromium on the exported site; skips (saying why) without a browser."""
+    reason = why_no_browser()
+    if reason:
+        print(f"\nSKIP browser tests: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    server = StaticServer(site)
+    driver = chromium()
+    driver.get(server.url + "index.html")
+    driver.server_url = server.url
+    yield driver
+    driver.quit()
+    server.close()
+
+
+def _python_greedy(path, backend, prompt, n):
+    m = sllm.load(path, backend=backend)
+    tok = tokenizers.from_dict(m.tokenizer)
+    ids = encode_prompt(tok, prompt, warn=False)
+    return m, tok, ids, m.generate(ids, n, temperature=0)[len(ids):]
+
+
+@pytest.mark.parametrize("file,module,backend", [
+    ("model.sllm", "auto", "wasm-simd"), ("f16.sllm", "auto", "wasm-simd"),
+    ("model.sllm", "scalar", "wasm"), ("q8_0.sllm", "auto", "wasm-simd"),
+    ("q4_0.sllm", "auto", "wasm-simd"), ("q4_1.sllm", "auto", "wasm-simd"),
+    ("q8_0.sllm", "scalar", "wasm")])
+def test_greedy_generation_matches_python(browser, site, file, module, backend):
+    if file.startswith("q") and not _wasm_has_quantized_matmul():
+        pytest.skip("the WebAssembly modules have no quantized matmul (matmul_q_fwd) yet")
+    prompt = "Once upon a time, there was a"
+    m, tok, ids, expected = _python_greedy(site / file, backend, prompt, 80)
+    got = run_js(browser, """
+const m = await sllm.load(args[0], {wasm: args[1]});
+const ids = m.encodePrompt(args[2]);
+const tokens = [...m.tokens(ids, {maxTokens: 80, temperature: 0})];
+return {ids, tokens, text: await m.generate(args[2], {maxTokens: 80, temperature: 0}), wasm: m.wasm};
+""", file, module, prompt)
+    python_module = m.backend.capabilities["module"]
+    assert f"sllm_{got['wasm']}.wasm" == python_module  # the same kernels on both sides
+    assert got["ids"] == ids
+    assert got["tokens"] == expected and len(expected) >= 64
+    python_text = "".join(stream_text(m, tok, ids, 80, temperature=0))
+    assert got["text"] == python_text
+
+
+def test_sampling_options_and_stream(browser):
+    got = run_js(browser, """
+const m = await sllm.load("model.sllm");
+const opts = {maxTokens: 30, temperature: 0.9, topK: 20, topP: 0.9, seed: 7};
+const a = await m.generate("One day, Anna", opts), b = await m.generate("One day, Anna", opts);
+const pieces = [];
+for await (const p of m.stream("One day, Anna", opts)) pieces.push(p);
+const greedy = await m.generate("One day, Anna", {maxTokens: 30, temperature: 0});
+return {a, b, joined: pieces.join(""), greedy, stats: m.stats};
+""")
+    assert got["a"] == got["b"] == got["joined"]  # seeded: reproducible, streaming == whole
+    assert got["a"] != got["greedy"]
+    assert got["stats"]["tokens"] >= 1 and got["stats"]["tokensPerSecond"] > 0
+
+
+def _batch(tok, text, B, T, seed):
+    ids = np.array(tok.encode(text))
+    rng = np.random.default_rng(seed)
+    offs = rng.integers(0, len(ids) - T - 1, B)
+    x = np.stack([ids[o:o + T] for o in offs])
+    return x, np.stack([ids[o + 1:o + T + 1] for o in offs])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_finetune_steps_match_python_and_save_loads(browser, site, tmp_path, dropout):
+    py = sllm.load(site / "model.sllm", backend="wasm-simd")
+    if dropout:  # the same model with dropout on: the counter-based masks must agree too
+        cfg = py.config.replace(dropout=dropout)
+        m2 = sllm.SLLM(cfg, backend="wasm-simd", init=None)
+        for k, v in py.parameters().items():
+            m2.parameters()[k][...] = v
+        m2.tokenizer, py = py.tokenizer, m2
+        py.save(tmp_path / "drop.sllm")
+        (site / "drop.sllm").write_bytes((tmp_path / "drop.sllm").read_bytes())
+    name = "drop.sllm" if dropout else "model.sllm"
+    tok = tokenizers.from_dict(py.tokenizer)
+    batches = [_batch(tok, generate_corpus(20_000, seed=5), 4, 24, s) for s in range(3)]
+    opt = AdamW(py, lr=2e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    py.train()
+    expected = []
+    for x, y in batches:
+        expected.append(py.forward_backward(x, y))
+        opt.clip_grad_norm(1.0)
+        opt.step()
+    py.eval()
+    got = run_js(browser, """
+const m = await sllm.load(args[0]);
+const losses = args[1].map(([x, y]) => m.trainStep(x.flat(), y.flat(), 4, 24, {lr: 2e-3}).loss);
+const probe = m.encodePrompt("A: Do you have a pet?");
+const logits = Array.from(m.forward(probe));
+const bytes = await m.save();
+let s = ""; for (const b of bytes) s += String.fromCharCode(b);
+return {losses, logits, probe, saved: btoa(s)};
+""", name, [[x.tolist(), y.tolist()] for x, y in batches])
+    assert np.allclose(got["losses"], expected, rtol=1e-4, atol=0), (got["losses"], expected)
+    path = tmp_path / "browser.sllm"
+    path.write_bytes(base64.b64decode(got["saved"]))
+    loaded = sllm.load(path, backend="wasm-simd")
+    browser_logits = np.array(got["logits"], dtype=np.float32).reshape(1, len(got["probe"]), -1)
+    assert np.array_equal(loaded.forward([got["probe"]]), browser_logits)
+    assert np.allclose(py.forward([got["probe"]]), browser_logits, rtol=1e-4, atol=1e-4)
+    assert loaded.tokenizer == py.tokenizer and "finetuned_in_browser" in loaded.metadata
+
+
+def test_finetune_api_and_short_text(browser):
+    got = run_js(browser, """
+const m = await sllm.load("model.sllm");
+const text = args[0];
+const seen = [];
+const r = await m.finetune(text, {steps: 12, lr: 3e-3, seqLen: 32, onProgress: (p) => seen.push(p.step)});
+let refused = null;
+try { await m.finetune("too short", {steps: 2}); } catch (e) { refused = e.message; }
+return {losses: r.losses, seen, refused};
+""", generate_corpus(6000, seed=3))
+    assert got["seen"] == list(range(1, 13))
+    assert np.mean(got["losses"][-4:]) < np.mean(got["losses"][:4])
+    assert "too short" in got["refused"] and "need at least 65" in got["refused"]
+
+
+# ---- tokenizers and the format reader, exactly as Python ---------------------------------
+def _tokenizers():
+    text = generate_corpus(30_000, seed=1) + "\n" + JAPANESE * 20
+    return {"word": tokenizers.WordTokenizer.train(text, 400),
+            "word-lower": tokenizers.WordTokenizer.train(text, 400, lowercase=True),
+            "char": tokenizers.CharTokenizer.train(text),
+            "bpe": tokenizers.BPETokenizer.train(text, 420)}
+
+
+def test_tokenizers_encode_and_decode_as_python(browser):
+    toks = _tokenizers()
+    samples = [ODD_TEXT, JAPANESE, "Once upon a time, a zyzzyva met Qwertyuiop.",
+               generate_corpus(3000, seed=9), "", "  leading spaces\n\n\nand blank lines\n"]
+    got = run_js(browser, """
+const { tokenizerFromDict } = await import(new URL("tokenizers.js", location.href).href);
+const out = {};
+for (const [name, d] of Object.entries(args[0])) {
+  const t = tokenizerFromDict(d);
+  out[name] = args[1].map((s) => { const ids = t.encode(s); return [ids, t.decode(ids), t.unknownPieces(s)]; });
+}
+return out;
+""", {k: t.to_dict() for k, t in toks.items()}, samples)
+    for name, tok in toks.items():
+        for sample, (ids, text, unknown) in zip(samples, got[name], strict=True):
+            assert ids == tok.encode(sample), (name, sample)
+            assert text == tok.decode(ids), (name, sample)
+            assert unknown == tok.unknown_pieces(sample), (name, sample)
+    assert tokenizers.UNK_ID in got["word"][2][0]  # unknown words are [UNK], as in Python
+
+
+def _python_classes(limit):
+    """Per code point: how sllm's word regex splits 'a' + c (1: joins the word, 2: a
+    separate symbol, 0: dropped as space, 3: other)."""
+    word_re = tokenizers._WORD_RE
+    out = bytearray()
+    for cp in range(limit):
+        if 0xD800 <= cp < 0xE000:
+            out.append(ord("0") + 9)
+            continue
+        parts = word_re.findall("a" + chr(cp))
+        out.append(ord("0") + {1: 1 if len(parts[0]) == 2 else 0, 2: 2}.get(len(parts), 3))
+    return out.decode()
+
+
+def test_word_classes_match_python_for_every_assigned_code_point(browser):
+    limit = 0x110000
+    got = run_js(browser, """
+const { tokenizerFromDict } = await import(new URL("tokenizers.js", location.href).href);
+const t = tokenizerFromDict({type: "word", tokens: ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]});
+const out = new Array(args[0]);
+for (let cp = 0; cp < args[0]; cp++) {
+  if (cp >= 0xD800 && cp < 0xE000) { out[cp] = "9"; continue; }
+  const parts = t.words("a" + String.fromCodePoint(cp));
+  out[cp] = parts.length === 1 ? (parts[0].length > 1 ? "1" : "0") : parts.length === 2 ? "2" : "3";
+}
+return out.join("");
+""", limit)
+    expected = _python_classes(limit)
+    # Characters that Python's Unicode tables do not know yet (unicodedata.unidata_version is
+    # older than the browser's) are not compared: Python calls them symbols, the browser letters.
+    bad = [i for i in range(limit) if got[i] != expected[i]
+           and unicodedata.category(chr(i)) != "Cn"]
+    shown = [(hex(i), unicodedata.name(chr(i), "?"), expected[i], got[i]) for i in bad[:10]]
+    assert not bad, f"{len(bad)} code points split differently: {shown}"
+
+
+def test_bpe_matches_python_for_every_bmp_character(browser):
+    tok = _tokenizers()["bpe"]
+    chars = [chr(c) for c in range(1, 0x10000) if not 0xD800 <= c < 0xE000]
+    samples = ["x" + "".join(chars[i:i + 64]) + " y" for i in range(0, len(chars), 64)]
+    got = run_js(browser, """
+const { tokenizerFromDict } = await import(new URL("tokenizers.js", location.href).href);
+const t = tokenizerFromDict(args[0]);
+return args[1].map((s) => t.encode(s));
+""", tok.to_dict(), samples)
+    bad = [s for s, ids in zip(samples, got, strict=True) if ids != tok.encode(s)]
+    assert not bad, f"{len(bad)} of {len(samples)} chunks differ, first: {bad[0][:20]!r}"
+
+
+def _corrupt_files(good: bytes):
+    version = bytearray(good)
+    version[4:8] = struct.pack("<I", 7)
+    version[20:24] = struct.pack("<I", zlib.crc32(bytes(version[:20])))
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0x40
+    return {"not SLLM": b"GGUF" + good[4:], "truncated": good[: len(good) // 3],
+            "unknown version": bytes(version), "bit flip": bytes(flipped), "empty": b"",
+            "trailing bytes": good + b"\0" * 5, "header only": good[:24]}
+
+
+def _edit_table(good: bytes, edit) -> bytes:
+    """The file with edit(table: bytearray) applied to its tensor table (CRC rewritten)."""
+    out, pos = bytearray(good), 24
+    for _ in range(struct.unpack_from("<I", good, 16)[0]):
+        start = -(-(pos + 16) // 64) * 64 - 16
+        kind, _, length = struct.unpack_from("<IIQ", good, start)
+        if kind == 4:
+            table = bytearray(good[start + 16:start + 16 + length])
+            edit(table)
+            out[start + 16:start + 16 + length] = table
+            struct.pack_into("<I", out, start + 4, zlib.crc32(bytes(table)))
+        pos = start + 16 + length
+    return bytes(out)
+
+
+def _first_quantized_entry(table: bytearray) -> int:
+    """Offset of the dtype byte of the first entry with a quantized dtype code."""
+    pos = 4
+    while True:
+        (n,) = struct.unpack_from("<H", table, pos)
+        code, ndim = table[pos + 2 + n], table[pos + 3 + n]
+        if code >= 2:
+            return pos + 2 + n
+        pos += 2 + n + 4 + 4 * ndim + 16
+
+
+def _corrupt_quantized(good: bytes):
+    def wrong_k(t):
+        at = _first_quantized_entry(t)
+        struct.pack_into("<I", t, at + 8, struct.unpack_from("<I", t, at + 8)[0] + 32)
+
+    def unknown_code(t):
+        t[_first_quantized_entry(t)] = 9
+
+    def one_dim(t):
+        t[_first_quantized_entry(t) + 1] = 1
+    return {"quantized size": _edit_table(good, wrong_k), "unknown dtype": _edit_table(good, unknown_code),
+            "quantized 1-D": _edit_table(good, one_dim)}
+
+
+@pytest.mark.parametrize("file", ["model.sllm", "q4_1.sllm"])
+def test_reader_rejects_what_python_rejects(browser, site, file):
+    good = (site / file).read_bytes()
+    cases = {**_corrupt_files(good), **(_corrupt_quantized(good) if file != "model.sllm" else {})}
+    got = run_js(browser, """
+const out = {};
+for (const [name, b64] of Object.entries(args[0])) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  try { sllm.readModel(bytes, "f"); out[name] = "ok"; } catch (e) { out[name] = e.name + ": " + e.message; }
+}
+return out;
+""", {k: base64.b64encode(v).decode() for k, v in {**cases, "good": good}.items()})
+    assert got.pop("good") == "ok"
+    for name, message in got.items():
+        path = site / "corrupt.sllm"
+        path.write_bytes(cases[name])
+        with pytest.raises(sllm.FormatError) as info:
+            read_model_file(path)
+        py = str(info.value).replace(str(path), "f")
+        assert message == f"FormatError: {py}", name
+
+
+# ---- the page ------------------------------------------------------------------------------
+def _wait(driver, condition, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+
+
+def _open(driver, query=""):
+    driver.get(driver.server_url + "index.html" + query)
+    _wait(driver, lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+
+
+@pytest.mark.parametrize("name,message", [
+    ("not SLLM", "not an SLLM model file"), ("truncated", "truncated"),
+    ("unknown version", "version 7 is not supported")])
+def test_page_shows_a_clear_message_for_bad_files(browser, site, name, message):
+    bad = f"bad-{name.replace(' ', '-')}.sllm"  # one name per case: no cached copy is reused
+    (site / bad).write_bytes(_corrupt_files((site / "model.sllm").read_bytes())[name])
+    _open(browser, f"?model={bad}")
+    error = browser.find_element("id", "error")
+    assert error.is_displayed() and message in error.text and "FormatError" in error.text
+    assert browser.find_element("id", "send").get_attribute("disabled")
+
+
+def test_page_chat_finetune_store_and_reload(browser, site, tmp_path):
+    from selenium.webdriver.common.by import By
+    _open(browser)
+    browser.execute_script("indexedDB.deleteDatabase('sllm')")
+    _open(browser)
+    assert "word tokenizer" in browser.find_element(By.ID, "model-info").text
+    browser.find_element(By.ID, "chat-input").send_keys("Hello! How are you, Zzyzx?")
+    browser.find_element(By.ID, "send").click()
+    _wait(browser, lambda d: "tokens/s" in d.find_element(By.ID, "speed").text)
+    bot = browser.find_elements(By.CSS_SELECTOR, ".msg.bot span:last-child")[-1].text
+    assert bot.strip()
+    assert "[UNK]" in browser.find_element(By.ID, "unknown").text
+    assert "Zzyzx" in browser.find_element(By.ID, "unknown").text
+    text = browser.find_element(By.ID, "tune-text")
+    text.send_keys("too short")
+    browser.find_element(By.ID, "tune").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert "too short" in browser.find_element(By.ID, "error").text
+    text.clear()
+    browser.execute_script("arguments[0].value = arguments[1]", text, generate_corpus(4000, seed=2))
+    steps = browser.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("8")
+    browser.find_element(By.ID, "tune").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "tune-status").text.startswith("done"))
+    assert browser.find_element(By.ID, "progress-bar").get_attribute("style").endswith("100%;")
+    shot = Path(__file__).parent / "artifacts"
+    shot.mkdir(exist_ok=True)
+    browser.save_screenshot(str(shot / "page.png"))
+    _open(browser)  # a reload keeps the fine-tuned model (IndexedDB)
+    assert "fine-tuned here" in browser.find_element(By.ID, "model-info").text
+    browser.find_element(By.ID, "reset-model").click()
+    _wait(browser, lambda d: "fine-tuned" not in d.find_element(By.ID, "model-info").text
+          and "parameters" in d.find_element(By.ID, "model-info").text)
+
+
+def test_page_without_simd_falls_back_to_scalar(browser):
+    """A browser without WebAssembly SIMD (the probe modules fail to validate)."""
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+const validate = WebAssembly.validate;
+WebAssembly.validate = (bytes) => bytes.byteLength < 64 ? false : validate(bytes);
+"""})
+    try:
+        _open(browser)
+        assert browser.execute_script("return document.body.dataset.wasm") == "scalar"
+        assert "no WebAssembly SIMD" in browser.find_element("id", "notice").text
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
+                                {"identifier": script["identifier"]})
