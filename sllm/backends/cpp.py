@@ -93,6 +93,10 @@ class CppBackend(Backend):
         """This machine's FP32 peak on the kernel threads (FMA chains, widest vectors)."""
         return float(_cpp.peak_gflops(seconds))
 
+    def stream_read_gbps(self, seconds: float = 0.3, nbytes: int = 1 << 30) -> float:
+        """Memory bandwidth: GB/s of a streaming read of nbytes on the kernel threads."""
+        return float(_cpp.stream_read_gbps(seconds, nbytes))
+
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""
         return (B, n_head, T)
