@@ -113,7 +113,7 @@ def test_quantized_model_tracks_float(cfg, qtype):
     ref_logits, ref_loss = m.forward(X), m.loss(X, X)
     m.quantize(qtype)
     assert m.qtype == qtype
-    assert set(m.quantized_weights()) == set(quant.matmul_weight_names(cfg))
+    assert set(m.quantized_weights()) == set(quant.matmul_weight_names(cfg)) | {"wte"}
     assert _rel(m.forward(X), ref_logits) < REL_TOL[qtype]
     assert abs(m.loss(X, X) - ref_loss) < 0.1 * ref_loss
     out = m.generate([1, 2, 3], 8, temperature=0.0)
@@ -316,3 +316,9 @@ def test_eval_matches_model_loss():
     pieces = [(ids[s:min(s + 16, 39)], ids[s + 1:s + 17]) for s in range(0, 39, 16)]
     total = sum(m.loss(x[None], y[None]) * len(y) for x, y in pieces)
     assert r["loss"] == pytest.approx(total / 39, rel=1e-5)
+
+
+def test_keep_embeddings_leaves_wte_float():
+    m = _model().quantize("q8_0", embeddings=False)
+    assert "wte" in m.parameters() and "wte" not in m.quantized_weights()
+    assert "lm_head.weight" in m.quantized_weights()
