@@ -45,7 +45,17 @@ static uint32_t float_to_half(float f) {
     return sign | r;
 }
 
-static float load_half(const uint8_t *p) { return half_to_float(p[0] | ((uint32_t)p[1] << 8)); }
+/* float16 -> float32 by table (ggml's table_f32_f16): the per-block scale conversion is
+ * otherwise the costliest part of a block's dot product here. Filled on first use. */
+static float HALF_TABLE[65536];
+static int half_table_ready;
+
+static void fill_half_table(void) {
+    for (uint32_t h = 0; h < 65536; h++) HALF_TABLE[h] = half_to_float(h);
+    half_table_ready = 1;
+}
+
+static inline float load_half(const uint8_t *p) { return HALF_TABLE[p[0] | ((uint32_t)p[1] << 8)]; }
 
 /* C's roundf: half away from zero (wasm's f32.nearest rounds half to even). */
 static float round_away(float v) {
@@ -107,7 +117,8 @@ static inline v128_t block(v128_t w0, v128_t w1, const int8_t *x, float scale, v
     return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(isum), wasm_f32x4_splat(scale)));
 }
 
-static float dot_row(const uint8_t *w, const qrow *x, int nb, int qtype) {
+static inline __attribute__((always_inline)) float dot_row(const uint8_t *w, const qrow *x, int nb,
+                                                           int qtype) {
     v128_t acc = wasm_f32x4_splat(0.0f), low = wasm_i8x16_splat(0x0F), eight = wasm_i8x16_splat(8);
     float msum = 0.0f;
     for (int b = 0; b < nb; b++, w += BLOCK_BYTES[qtype]) {
@@ -126,7 +137,8 @@ static float dot_row(const uint8_t *w, const qrow *x, int nb, int qtype) {
     return hsum(acc) + msum;
 }
 #else
-static float dot_row(const uint8_t *w, const qrow *x, int nb, int qtype) {
+static inline __attribute__((always_inline)) float dot_row(const uint8_t *w, const qrow *x, int nb,
+                                                           int qtype) {
     float sum = 0.0f;
     for (int b = 0; b < nb; b++, w += BLOCK_BYTES[qtype]) {
         const int8_t *qx = x->q + b * QK;
@@ -147,24 +159,35 @@ static float dot_row(const uint8_t *w, const qrow *x, int nb, int qtype) {
 }
 #endif
 
+/* Output rows [o0, o1) for every input row; qtype is a constant after inlining. */
+static inline __attribute__((always_inline)) void rows(float *out, const uint8_t *wq, const float *bias,
+                                                       const int8_t *q, const float *d, const float *s,
+                                                       int N, int nb, int OC, int o0, int o1, int qtype) {
+    int row_bytes = nb * BLOCK_BYTES[qtype];
+    for (int n = 0; n < N; n++) {
+        qrow x = {q + (size_t)n * nb * QK, d + n * nb, s + n * nb};
+        float *y = out + (size_t)n * OC;
+        for (int o = o0; o < o1; o++)
+            y[o] = dot_row(wq + (size_t)o * row_bytes, &x, nb, qtype) + (bias ? bias[o] : 0.0f);
+    }
+}
+
 EXPORT(matmul_q_fwd) {
     float *out = ARG_F32P(0);
     const float *inp = ARG_F32P(1), *bias = ARG_F32P(3);
     const uint8_t *wq = (const uint8_t *)(uintptr_t)ARGS[2].u;
     int N = ARG_INT(4), K = ARG_INT(5), OC = ARG_INT(6), qtype = ARG_INT(7);
     float *scratch = ARG_F32P(8);
-    int nb = (K + QK - 1) / QK, row_bytes = nb * BLOCK_BYTES[qtype];
+    int nb = (K + QK - 1) / QK;
+    if (!half_table_ready) fill_half_table();
     int8_t *q = (int8_t *)scratch;
     float *d = scratch + (size_t)N * nb * (QK / 4), *s = d + (size_t)N * nb;
     for (int n = 0; n < N; n++)
         quantize_row_q8_0(inp + (size_t)n * K, K, q + (size_t)n * nb * QK, d + n * nb, s + n * nb);
     for (int o0 = 0; o0 < OC; o0 += 16) { /* 16 weight rows stay in cache across the inputs */
         int o1 = o0 + 16 < OC ? o0 + 16 : OC;
-        for (int n = 0; n < N; n++) {
-            qrow x = {q + (size_t)n * nb * QK, d + n * nb, s + n * nb};
-            float *y = out + (size_t)n * OC;
-            for (int o = o0; o < o1; o++)
-                y[o] = dot_row(wq + (size_t)o * row_bytes, &x, nb, qtype) + (bias ? bias[o] : 0.0f);
-        }
+        if (qtype == 0) rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 0);
+        else if (qtype == 1) rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 1);
+        else rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 2);
     }
 }
