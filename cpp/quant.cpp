@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "arch.h"
+#include "kernels.h"
 #include "quant.h"
 #include "runtime.h"
 
@@ -60,6 +61,51 @@ void quantize_row_q8_0(const float* x, int64_t K, int8_t* q, float* d, float* s)
 }
 
 Scratch g_scratch;
+constexpr int64_t kGemmRows = 16;  // from this many input rows on, the float GEMM path
+
+// One quantized weight row as floats (its first K values).
+void dequantize_row(const uint8_t* w, int qtype, int64_t K, float* out) {
+  const int64_t nb = (K + QK - 1) / QK;
+  for (int64_t b = 0; b < nb; ++b, w += kBlockBytes[qtype]) {
+    uint16_t dh;
+    std::memcpy(&dh, w, 2);
+    const float d = half_to_float(dh);
+    float m = 0;
+    if (qtype == Q4_1) {
+      uint16_t mh;
+      std::memcpy(&mh, w + 2, 2);
+      m = half_to_float(mh);
+    }
+    for (int64_t j = 0; j < QK && b * QK + j < K; ++j) {
+      float v;
+      if (qtype == Q8_0) {
+        v = (float)reinterpret_cast<const int8_t*>(w + 2)[j] * d;
+      } else {
+        const uint8_t byte = w[(qtype == Q4_0 ? 2 : 4) + (j % 16)];
+        const int nib = j < 16 ? (byte & 0x0F) : (byte >> 4);
+        v = qtype == Q4_0 ? (float)(nib - 8) * d : (float)nib * d + m;
+      }
+      out[b * QK + j] = v;
+    }
+  }
+}
+
+// Many input rows (prefill, evaluation): the same products as the integer path, but
+// through the float GEMM: weights dequantized once per call, activations quantized to
+// q8_0 and dequantized (q_x * d_x), so only the float summation order differs.
+void matmul_q_gemm(float* out, const float* inp, const uint8_t* wq, const float* bias,
+                   int qtype, int64_t N, int64_t K, int64_t OC, const int8_t* q, const float* d) {
+  static Scratch floats;
+  auto lock = floats.lock();
+  float* w = floats.get((size_t)(OC * K + N * K));
+  float* x = w + OC * K;
+  const int64_t nb = (K + QK - 1) / QK, row_bytes = nb * kBlockBytes[qtype];
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t o = 0; o < OC; ++o) dequantize_row(wq + o * row_bytes, qtype, K, w + o * K);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) x[n * K + k] = (float)q[n * nb * QK + k] * d[n * nb + k / QK];
+  gemm(N, OC, K, x, K, false, w, K, true, out, OC, false, bias);
+}
 
 }  // namespace
 
@@ -82,6 +128,7 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
   float* s = d + N * nb;
   for (int64_t n = 0; n < N; ++n)
     quantize_row_q8_0(inp + n * K, K, q + n * nb * QK, d + n * nb, s + n * nb);
+  if (N >= kGemmRows) return matmul_q_gemm(out, inp, wq, bias, qtype, N, K, OC, q, d);
   const QDot dot = qops().dot[qtype];
   // chunks of output rows; each chunk's weights stay in cache while every input row passes
   const int threads = (N * OC * K < (1 << 16)) ? 1 : num_threads();
