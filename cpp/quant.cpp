@@ -95,16 +95,23 @@ void dequantize_row(const uint8_t* w, int qtype, int64_t K, float* out) {
 // q8_0 and dequantized (q_x * d_x), so only the float summation order differs.
 void matmul_q_gemm(float* out, const float* inp, const uint8_t* wq, const float* bias,
                    int qtype, int64_t N, int64_t K, int64_t OC, const int8_t* q, const float* d) {
+  // weights in slices of kSlice rows, so the float copy stays small (it is kept for reuse)
+  constexpr int64_t kSlice = 256;
   static Scratch floats;
   auto lock = floats.lock();
-  float* w = floats.get((size_t)(OC * K + N * K));
-  float* x = w + OC * K;
+  const int64_t rows = std::min(OC, kSlice);
+  float* w = floats.get((size_t)(rows * K + N * K));
+  float* x = w + rows * K;
   const int64_t nb = (K + QK - 1) / QK, row_bytes = nb * kBlockBytes[qtype];
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-  for (int64_t o = 0; o < OC; ++o) dequantize_row(wq + o * row_bytes, qtype, K, w + o * K);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) x[n * K + k] = (float)q[n * nb * QK + k] * d[n * nb + k / QK];
-  gemm(N, OC, K, x, K, false, w, K, true, out, OC, false, bias);
+  for (int64_t o0 = 0; o0 < OC; o0 += kSlice) {
+    const int64_t o1 = std::min(OC, o0 + kSlice);
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+    for (int64_t o = o0; o < o1; ++o)
+      dequantize_row(wq + o * row_bytes, qtype, K, w + (o - o0) * K);
+    gemm(N, o1 - o0, K, x, K, false, w, K, true, out + o0, OC, false, bias ? bias + o0 : nullptr);
+  }
 }
 
 }  // namespace
