@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp wasm -type f 2>/dev/null)
 
-.PHONY: test demo bench clean
+.PHONY: test test-interop demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,19 @@ $(VENV)/.installed: $(BIN)/python $(SOURCES)
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -p no:cacheprovider --cov=sllm --cov-report=term --cov-fail-under=70 tests
 
+# transformers + torch against sllm's exports, in an environment of their own (the main one
+# stays light). sllm runs from the source tree on its numpy backend: no native build here.
+IVENV := .venv-interop
+$(IVENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(IVENV)
+	$(IVENV)/bin/python -m pip install -q --upgrade pip
+	$(IVENV)/bin/python -m pip install -q torch==2.13.0 transformers pytest \
+		numpy pluggy typer rich wasmtime tokenizers safetensors gguf
+	touch $@
+
+test-interop: $(IVENV)/.installed
+	PYTHONPATH=$(CURDIR) $(IVENV)/bin/python -m pytest -p no:cacheprovider tests/interop
+
 demo: $(VENV)/.installed
 	$(BIN)/python examples/demo.py
 
@@ -28,4 +41,4 @@ bench: $(VENV)/.installed
 	cat bench/results/latest.md
 
 clean:
-	rm -rf $(VENV) build .coverage
+	rm -rf $(VENV) $(IVENV) build .coverage

@@ -107,9 +107,9 @@ void matmul_q_gemm(float* out, const float* inp, const uint8_t* wq, const float*
     for (int64_t k = 0; k < K; ++k) x[n * K + k] = (float)q[n * nb * QK + k] * d[n * nb + k / QK];
   for (int64_t o0 = 0; o0 < OC; o0 += kSlice) {
     const int64_t o1 = std::min(OC, o0 + kSlice);
-#pragma omp parallel for num_threads(num_threads()) schedule(static)
-    for (int64_t o = o0; o < o1; ++o)
-      dequantize_row(wq + o * row_bytes, qtype, K, w + (o - o0) * K);
+    parallel_for(o1 - o0, [&](int64_t i, int) {
+      dequantize_row(wq + (o0 + i) * row_bytes, qtype, K, w + i * K);
+    });
     gemm(N, o1 - o0, K, x, K, false, w, K, true, out + o0, OC, false, bias ? bias + o0 : nullptr);
   }
 }
@@ -141,8 +141,7 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
   const int threads = (N * OC * K < (1 << 16)) ? 1 : num_threads();
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(16, OC / (4 * threads)));
   const int64_t chunks = (OC + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_for(chunks, [&](int64_t c, int) {
     const int64_t o0 = c * chunk, o1 = std::min(OC, o0 + chunk);
     for (int64_t n = 0; n < N; ++n) {
       const QRow x{q + n * nb * QK, d + n * nb, s + n * nb};
@@ -150,7 +149,7 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
       for (int64_t o = o0; o < o1; ++o)
         y[o] = dot(wq + o * row_bytes, x, nb) + (bias ? bias[o] : 0.0f);
     }
-  }
+  }, threads);
 }
 
 double stream_read_gbps(double seconds, int64_t bytes) {
@@ -163,16 +162,15 @@ double stream_read_gbps(double seconds, int64_t bytes) {
   int passes = 0;
   while (elapsed < seconds || passes < 3) {
     auto start = std::chrono::steady_clock::now();
-#pragma omp parallel num_threads(threads)
-    {
+    parallel_for(threads, [&](int64_t part, int) {
       int64_t b, e;
-      split_range(n, threads, thread_id(), 8, &b, &e);
+      split_range(n, threads, (int)part, 8, &b, &e);
       uint64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
       for (int64_t i = b; i + 4 <= e; i += 4) {  // 4 independent streams of 8-byte loads
         acc0 ^= buf[i]; acc1 ^= buf[i + 1]; acc2 ^= buf[i + 2]; acc3 ^= buf[i + 3];
       }
       sink = sink + (acc0 ^ acc1 ^ acc2 ^ acc3);
-    }
+    }, threads);
     const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     elapsed += t;
     ++passes;

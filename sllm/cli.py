@@ -77,6 +77,7 @@ def train(
     demo_chars: Optional[int] = typer.Option(None, help="Size of the built-in demo corpus in characters. (default: 3000000)"),
     out: Optional[str] = typer.Option(None, help="Run directory to write. (default: runs/latest)"),
     resume: Optional[str] = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
+    init_from: Optional[str] = typer.Option(None, help="Start from this model's weights, config and tokenizer (e.g. one made by `sllm import`)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags override it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -248,6 +249,40 @@ def chat(
         for piece in (first.lstrip(), *pieces):
             term.print(piece, end="", highlight=False, markup=False)
         term.print()
+
+
+@app.command()
+@command
+def serve(
+    model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port (0: any free port)."),
+    backend: str = typer.Option("auto", help="Compute backend."),
+    max_batch: int = typer.Option(16, help="Sequences decoded together (KV-cache slots)."),
+    max_queue: int = typer.Option(64, help="Requests that may wait for a slot; more get 503."),
+    threads: Optional[int] = typer.Option(None, help="Kernel threads (default: the backend's)."),
+    api_key: Optional[str] = typer.Option(None, envvar="SLLM_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY'."),
+    tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
+) -> None:
+    """Serve the model over the OpenAI HTTP API (completions, chat, streaming)."""
+    try:
+        from . import serve as server
+    except ImportError as e:
+        raise SLLMError(f"sllm serve needs the serve extra: pip install 'sllm[serve]' ({e})") \
+            from None
+    from .batching import Engine
+    m, tok = _load(model, backend, tokenizer)
+    if threads is not None:
+        m.backend.set_num_threads(threads)
+    engine = Engine(m, tok, max_batch=max_batch, max_queue=max_queue)
+    model_id = Path(_resolve_model(model)).stem if not os.path.isdir(model) \
+        else Path(model).resolve().name
+    sock = server.bind(host, port)
+    where = sock.getsockname()
+    term.print(f"serving {model_id} ({m.backend.name}, {max_batch} slots, queue {max_queue}) "
+               f"on http://{where[0]}:{where[1]}/v1", highlight=False)
+    server.run(server.build_app(engine, model_id, api_key), sock)
 
 
 # ---- vocab -------------------------------------------------------------------------------
@@ -482,6 +517,35 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
     term.print(f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes, "
                f"{size_in / size_out:.1f}x smaller)" if size_out < size_in else
                f"{source} ({size_in:,} bytes) -> {dest} ({size_out:,} bytes)")
+
+
+@app.command("export")
+@command
+def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+               to: str = typer.Option(..., "--to", help="hf (a transformers directory) | gguf (llama.cpp)."),
+               output: Path = typer.Option(..., "-o", "--output", help="Directory (hf) or .gguf file to write."),
+               dtype: str = typer.Option("f32", help="hf: f32 | f16; gguf: f32 | f16 | q8_0 | q4_0."),
+               ) -> None:
+    """Export a model to Hugging Face (GPT2LMHeadModel, safetensors) or GGUF (llama.cpp)."""
+    import sllm
+    from .export import export_model
+    m = sllm.load(_resolve_model(model), backend="numpy")
+    term.print(export_model(m, to, output, dtype), highlight=False)
+
+
+@app.command("import")
+@command
+def import_cmd(source: str = typer.Argument(..., help="A Hugging Face GPT-2 directory (config.json + model.safetensors) or a .gguf file."),
+               output: Path = typer.Option(..., "-o", "--output", help="The .sllm file to write."),
+               dtype: str = typer.Option("f32", help="Precision of the .sllm file: f32 | f16."),
+               ) -> None:
+    """Import a GPT-2-shaped checkpoint as an sllm model (fine-tune it with train --init-from)."""
+    from .export import import_model
+    m = import_model(source)
+    m.save(output, dtype=dtype)
+    tok = (m.tokenizer or {}).get("type", "none")
+    term.print(f"wrote {output}: {m.num_parameters():,} parameters, tokenizer {tok}",
+               highlight=False)
 
 
 @app.command("export-web")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 # JSON files in configs/ use the roadmap's camelCase keys; Python uses snake_case.
 _CAMEL = {
@@ -113,8 +114,7 @@ class ModelConfig:
         """The config as JSON text; also written to `path` when one is given."""
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
+            atomic_write_text(path, text)
         return text
 
     def replace(self, **changes: Any) -> "ModelConfig":

@@ -402,6 +402,9 @@ def launch_cli(ranks: str, argv: Sequence[str], console: Any,
     """`sllm train --ranks N|auto ...`: run the same command under mpiexec (without --ranks);
     `plan` measures the split for 'auto'. Returns the exit status."""
     n = parse_ranks(ranks)
+    if _detect_size() > 1:
+        raise DistributedError("--ranks starts mpiexec itself; under mpiexec, leave it out "
+                               "(mpiexec -n N sllm train ...)")
     threads = None
     if n is None:
         if plan is None:
@@ -432,8 +435,14 @@ class Split:
         """One line: each candidate's measured step time, the chosen one first."""
         order = sorted(self.seconds.items(), key=lambda kv: kv[1])
         parts = [f"{r} rank{'s' if r > 1 else ''} x {t} thread{'s' if t > 1 else ''} "
-                 f"{s * 1000:.3g} ms/step" for (r, t), s in order]
+                 f"{_ms(s)} ms/step" for (r, t), s in order]
         return f"on {self.backend}: " + " < ".join(parts)
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds with three significant digits, without exponents."""
+    ms = seconds * 1000
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
 
 
 @contextmanager

@@ -1,12 +1,14 @@
 """The roadmap's JSON interchange format: config, vocabulary and weights as nested lists.
 
 It is large and slow (see docs/binary-format.md for the measured size ratios) but any
-language can read it; `sllm convert` turns it into the binary format and back.
+language can read it; `sllm convert` turns it into the binary format and back. This module
+reads and writes plain data (a config, arrays, dicts); sllm.model builds the SLLM from it.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,18 +21,30 @@ from .layout import Layout
 FORMAT = "sllm-json"
 
 
-def save_json(model: Any, path: "str | os.PathLike[str]") -> None:
+@dataclass
+class JsonModel:
+    """A JSON model file's contents, checked: the config, every weight as a float32 array
+    of the shape the config gives it, the vocabulary and the metadata."""
+
+    config: ModelConfig
+    weights: dict[str, np.ndarray]
+    vocab: Any
+    metadata: dict[str, Any]
+
+
+def write_json(path: str | os.PathLike[str], config: dict[str, Any],
+               weights: dict[str, np.ndarray], vocab: Any = None,
+               metadata: dict[str, Any] | None = None) -> None:
     """Write {"format", "config", "vocab", "metadata", "weights": {name: nested lists}}."""
-    doc = {"format": FORMAT, "version": 1, "config": model.config.to_dict(),
-           "vocab": getattr(model, "tokenizer", None), "metadata": getattr(model, "metadata", {}),
-           "weights": {name: p.tolist() for name, p in model.parameters().items()}}
+    doc = {"format": FORMAT, "version": 1, "config": config, "vocab": vocab,
+           "metadata": metadata or {},
+           "weights": {name: np.asarray(w).tolist() for name, w in weights.items()}}
     with atomic_write(path) as f:
         f.write(json.dumps(doc, separators=(",", ":")).encode("utf-8"))
 
 
-def load_json(path: "str | os.PathLike[str]", backend: Any = "auto") -> Any:
-    """Read a JSON model; any malformation raises FormatError naming what is wrong."""
-    from .model import SLLM
+def read_json(path: str | os.PathLike[str]) -> JsonModel:
+    """Read and check a JSON model; any malformation raises FormatError naming what is wrong."""
     doc = _read(path)
     try:
         config = ModelConfig.from_dict(doc.get("config"))
@@ -43,12 +57,9 @@ def load_json(path: "str | os.PathLike[str]", backend: Any = "auto") -> Any:
     missing = sorted(set(layout.slots) - set(weights))
     if missing:
         raise FormatError(f"{path}: weights missing: {', '.join(missing[:5])}")
-    model = SLLM(config, backend=backend, init=None)
-    for name, param in model.parameters().items():
-        param[...] = _tensor(weights[name], layout.slots[name].shape, name, path)
-    model.tokenizer = doc.get("vocab")
-    model.metadata = doc.get("metadata") or {}
-    return model.eval()
+    arrays = {name: _tensor(weights[name], slot.shape, name, path)
+              for name, slot in layout.slots.items()}
+    return JsonModel(config, arrays, doc.get("vocab"), doc.get("metadata") or {})
 
 
 def _read(path: Any) -> dict[str, Any]:

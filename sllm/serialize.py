@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
 from .config import ModelConfig
 from .errors import ConfigError, FormatError
 from .fileio import atomic_write
@@ -101,7 +102,7 @@ def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
         dtype = "/".join(sorted({dtype} | {q.qtype for q in qweights.values()}))
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     meta = {**getattr(model, "metadata", {}),  # what a loaded model carried, refreshed below
-            "sllm_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+            "sllm_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                   time.gmtime()),
             "num_parameters": model.num_parameters(), "dtype": dtype, **(metadata or {})}
     sections = [(Section.CONFIG, _json_bytes(model.config.to_dict()))]
@@ -118,11 +119,6 @@ def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
             _write_section(f, kind, zlib.crc32(payload), len(payload))
             f.write(payload)
         _write_data(f, tensors, spans)
-
-
-def _version() -> str:
-    from . import __version__
-    return __version__
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -402,20 +398,7 @@ def _check_shapes(tensors, entries, config: ModelConfig, path, quantized) -> str
     return "/".join(sorted(DTYPES[c][0] if c in DTYPES else QDTYPES[c] for c in codes))
 
 
-# ---- loading into a model -----------------------------------------------------------------
-def load_model(path: "str | os.PathLike[str]", backend: Any = "auto", mmap: bool = True) -> Any:
-    """Read a model file into a new SLLM on `backend` (eval mode), with .tokenizer and
-    .metadata attached."""
-    from .model import SLLM
-    mf = read_model_file(path, mmap=mmap)
-    quantized = {n: (qtype, mf.tensors[n]) for n, (qtype, _) in mf.quantized.items()}
-    model = SLLM(mf.config, backend=backend, init=None, quantized=quantized)
-    for name, param in model.parameters().items():
-        param[...] = mf.tensors[name]
-    model.tokenizer, model.metadata = mf.tokenizer, mf.metadata
-    return model.eval()
-
-
+# ---- inspection ----------------------------------------------------------------------------
 def describe(path: "str | os.PathLike[str]") -> dict[str, Any]:
     """What `sllm info` shows: config, parameter count, dtype, sizes and checksum status."""
     mf = read_model_file(path, mmap=True)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import DataError
+from .fileio import atomic_write_text
 
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -99,12 +100,8 @@ class Tokenizer:
         raise NotImplementedError("_payload")
 
     def save(self, path: "str | os.PathLike[str]") -> None:
-        """Write vocab.json atomically (temp file, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False)
-        os.replace(tmp, path)
+        """Write vocab.json atomically (temp file, fsync, rename)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     def dtype(self) -> type:
         """The smallest unsigned numpy type that holds every id."""
@@ -252,9 +249,14 @@ class BPETokenizer(Tokenizer):
     kind = "bpe"
     min_vocab = 256 + len(SPECIALS)
 
-    def __init__(self, hf: Any):
+    def __init__(self, hf: Any, specials: "dict[str, int | None] | None" = None):
         hf.encode_special_tokens = True  # user text "[PAD]" stays text: exact round trips
         self._hf = hf
+        # An imported vocabulary (e.g. GPT-2's) has its specials elsewhere: {"bos": 50256, ...}
+        self.specials = _check_specials(specials, self.vocab_size) if specials else None
+        if self.specials:
+            self.bos_id, self.eos_id = self.specials["bos"], self.specials["eos"]
+            self.pad_id, self.unk_id = self.specials["pad"], self.specials["unk"]
 
     @classmethod
     def train(cls, text_or_path: "str | os.PathLike[str]", vocab_size: int,
@@ -292,17 +294,33 @@ class BPETokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text; [PAD]/[BOS]/[EOS] dropped."""
-        keep = [int(i) for i in ids if int(i) not in (PAD_ID, BOS_ID, EOS_ID)]
+        drop = (self.pad_id, self.bos_id, self.eos_id)
+        keep = [int(i) for i in ids if int(i) not in drop]
         return self._hf.decode(keep, skip_special_tokens=False)
 
     def _payload(self) -> dict[str, Any]:
-        return {"hf": json.loads(self._hf.to_str())}
+        specials = {"specials": self.specials} if self.specials else {}
+        return {"hf": json.loads(self._hf.to_str()), **specials}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BPETokenizer":
         """Rebuild from to_dict()."""
         from tokenizers import Tokenizer as HFTokenizer
-        return cls(HFTokenizer.from_str(json.dumps(d["hf"])))
+        return cls(HFTokenizer.from_str(json.dumps(d["hf"])), d.get("specials"))
+
+
+def _check_specials(specials: Any, vocab_size: int) -> dict[str, int | None]:
+    """{"bos", "eos", "pad", "unk"} -> an id in [0, vocab_size) or None, validated."""
+    if not isinstance(specials, dict) or set(specials) - {"bos", "eos", "pad", "unk"}:
+        raise DataError(f"bpe specials must map bos/eos/pad/unk to ids, got {specials!r}")
+    out: dict[str, int | None] = {}
+    for key in ("bos", "eos", "pad", "unk"):
+        i = specials.get(key)
+        if i is not None and (isinstance(i, bool) or not isinstance(i, int)
+                              or not 0 <= i < vocab_size):
+            raise DataError(f"bpe special {key} id {i!r} is not in [0, {vocab_size})")
+        out[key] = i
+    return out
 
 
 def _chunks(text: str, size: int = 1 << 16) -> Iterable[str]:

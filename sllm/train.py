@@ -27,6 +27,7 @@ from .config import ModelConfig, resolve_config
 from .data import TokenData
 from .distributed import Group
 from .errors import ConfigError, FormatError
+from .fileio import atomic_write_text
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .progress import TrainProgress
@@ -38,7 +39,8 @@ __all__ = ["TrainConfig", "Trainer", "TrainResult", "RunError", "prepare", "resu
 
 # Settings that shaped the data or the model; a resumed run keeps them.
 _FIXED_ON_RESUME = {"model", "corpus", "demo_chars", "tokenizer", "vocab_size", "encoding_errors",
-                    "documents", "seq_len", "dropout", "optimizer", "val_fraction", "out"}
+                    "documents", "seq_len", "dropout", "optimizer", "val_fraction", "out",
+                    "init_from"}
 DEFAULT_VOCAB = 4000
 CHECKPOINT, BEST, FINAL, METRICS = "checkpoint.sllm", "best.sllm", "model.sllm", "metrics.jsonl"
 
@@ -75,6 +77,26 @@ def _model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
         raise ConfigError(f"seq_len {cfg.seq_len} is longer than the model's max_seq_len "
                           f"{base.max_seq_len}")
     return dataclasses.replace(base, **changes)
+
+
+def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
+    """The model (weights, config, tokenizer) a fine-tuning run starts from."""
+    from .model import load_model
+    if cfg.model is not None:
+        raise ConfigError("--init-from brings its own model config; drop --config")
+    if not os.path.isfile(os.fspath(cfg.init_from)):
+        raise RunError(f"--init-from {cfg.init_from}: no such model file")
+    model = load_model(cfg.init_from, backend=cfg.backend, mmap=False)
+    if not model.tokenizer:
+        raise RunError(f"--init-from {cfg.init_from}: the model has no tokenizer inside, "
+                       f"so its token ids mean nothing to this corpus")
+    if cfg.dropout is not None:
+        model.config = model.config.replace(dropout=cfg.dropout)
+    if cfg.seq_len is not None and cfg.seq_len > model.config.max_seq_len:
+        raise ConfigError(f"seq_len {cfg.seq_len} is longer than the model's max_seq_len "
+                          f"{model.config.max_seq_len}")
+    model.seed, model.metadata = cfg.seed, {"init_from": os.fspath(cfg.init_from)}
+    return model.train(), tokenizers.from_dict(model.tokenizer)
 
 
 def _corpus_text(cfg: TrainConfig) -> str:
@@ -121,12 +143,14 @@ def prepare(cfg: TrainConfig, progress: bool = True) -> "Trainer":
         raise RunError(f"{out} already holds a run; continue it with --resume {out} or "
                        f"choose another --out")
     text = _corpus_text(cfg)
-    tok = _tokenizer_for(cfg, text)
-    mcfg = _model_config(cfg, tok.vocab_size)
-    seq_len = cfg.seq_len or mcfg.max_seq_len
+    if cfg.init_from:
+        model, tok = _init_from(cfg)
+    else:
+        tok = _tokenizer_for(cfg, text)
+        model = SLLM(_model_config(cfg, tok.vocab_size), backend=cfg.backend, seed=cfg.seed)
+    seq_len = cfg.seq_len or model.config.max_seq_len
     data = TokenData.from_text(text, tok, seq_len, cfg.batch_size, cfg.val_fraction,
                                cfg.seed, cfg.documents)
-    model = SLLM(mcfg, backend=cfg.backend, seed=cfg.seed)
     os.makedirs(out, exist_ok=True)
     data.save(os.path.join(out, "data"))
     tok.save(os.path.join(out, "vocab.json"))
@@ -348,10 +372,7 @@ class Trainer:
             lines = [ln for ln in f if ln.strip()]
         keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
         if len(keep) != len(lines):
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(keep)
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(keep))
 
 
 class _interrupt_flag:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 
 @dataclass
@@ -19,7 +20,9 @@ class TrainConfig:
     tokenizer: "word" | "char" | "bpe" or a path to a vocab.json; model: a model-config
     path or dict (its vocab_size is replaced by the tokenizer's); steps or epochs: run
     length; seq_len: window length T (default: the model's max_seq_len); vocab_size: the
-    tokenizer's size (default: 4000 for word and bpe, every character for char).
+    tokenizer's size (default: 4000 for word and bpe, every character for char);
+    init_from: a model file whose weights, config and tokenizer the run starts from (then
+    model, tokenizer and vocab_size are not used).
     """
 
     model: "str | dict[str, Any] | None" = None
@@ -54,6 +57,7 @@ class TrainConfig:
     log_every: int = 10
     out: str = "runs/latest"
     seed: int = 0
+    init_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,7 +116,4 @@ class TrainConfig:
 
     def save(self, path: "str | os.PathLike[str]") -> None:
         """Write as JSON atomically."""
-        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))

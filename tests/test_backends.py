@@ -1,12 +1,11 @@
 """The backend registry and plugin discovery through real entry points."""
 import numpy as np
 import pytest
+from conftest import install_plugin as _install_plugin
 
 import sllm
 from sllm import BackendError, backends
 from sllm.backends.base import KERNELS, Backend
-
-from conftest import install_plugin as _install_plugin
 
 PLUGIN = '''
 import sllm

@@ -1,0 +1,233 @@
+"""An sllm model as a GGUF file for llama.cpp (architecture "gpt2"), with the `gguf` package.
+
+Tensor names and metadata follow llama.cpp's gpt2 loader (what its convert_hf_to_gguf.py
+writes for GPT2LMHeadModel): weights go in transformers' nn.Linear orientation
+(out, in) — numpy shape (out, in) is GGUF's ne = [in, out] — so sllm's (in, out) matrices
+are transposed; wte and wpe keep their shape. A tied model has no `output.weight` (llama.cpp
+then reads token_embd). Types: f32; f16 for matrices; q8_0 / q4_0 blocks (ggml's exact
+bytes, from sllm.quant) for matrices whose rows are a multiple of 32, f16 otherwise; 1-D
+tensors and position_embd stay f32, as llama.cpp's converter keeps them.
+The tokenizer: a byte-level BPE as tokenizer.ggml.model "gpt2" (tokens, merges, types);
+word and char vocabularies have no llama.cpp equivalent and are written as "no_vocab"
+(llama.cpp then takes token ids). Every file also carries sllm's own tokenizer JSON under
+`sllm.tokenizer` and the config under `sllm.config`, which llama.cpp ignores.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError
+from .export import ExportError, require
+from .fileio import atomic_write
+
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}  # gguf.LlamaFileType
+QK = 32  # elements per quantized block
+_LAYER_NAMES = {"ln_1.weight": "attn_norm.weight", "ln_1.bias": "attn_norm.bias",
+                "attn.c_attn.weight": "attn_qkv.weight", "attn.c_attn.bias": "attn_qkv.bias",
+                "attn.c_proj.weight": "attn_output.weight", "attn.c_proj.bias": "attn_output.bias",
+                "ln_2.weight": "ffn_norm.weight", "ln_2.bias": "ffn_norm.bias",
+                "mlp.c_fc.weight": "ffn_up.weight", "mlp.c_fc.bias": "ffn_up.bias",
+                "mlp.c_proj.weight": "ffn_down.weight", "mlp.c_proj.bias": "ffn_down.bias"}
+_TOP_NAMES = {"wte": "token_embd.weight", "wpe": "position_embd.weight",
+              "ln_f.weight": "output_norm.weight", "ln_f.bias": "output_norm.bias",
+              "lm_head.weight": "output.weight"}
+
+
+def gguf_name(name: str) -> str:
+    """llama.cpp's gpt2 tensor name for an sllm parameter name."""
+    if name in _TOP_NAMES:
+        return _TOP_NAMES[name]
+    _, layer, rest = name.split(".", 2)  # "h.3.ln_1.weight"
+    return f"blk.{layer}.{_LAYER_NAMES[rest]}"
+
+
+def gguf_orientation(name: str, p: np.ndarray) -> np.ndarray:
+    """The parameter as llama.cpp stores it: matrices (out, in), embeddings as they are."""
+    return p if p.ndim == 1 or name in ("wte", "wpe") else p.T
+
+
+def tensor_type(name: str, arr: np.ndarray, qtype: str) -> str:
+    """The GGUF type a tensor gets in a file of type `qtype` (see the module docstring)."""
+    if qtype == "f32" or arr.ndim == 1 or name == "wpe":
+        return "f32"
+    if qtype == "f16" or arr.shape[-1] % QK:
+        return "f16"
+    return qtype
+
+
+def encode_tensor(arr: np.ndarray, ttype: str) -> np.ndarray:
+    """The tensor's bytes as GGUF holds them: float arrays, or (rows, bytes_per_row) uint8
+    blocks for q8_0 / q4_0."""
+    if ttype == "f32":
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    if ttype == "f16":
+        return np.ascontiguousarray(arr, dtype=np.float16)
+    try:
+        from .quant import quantize
+    except ImportError:
+        raise ExportError(f"{ttype} needs sllm.quant, which this build of sllm lacks") from None
+    return quantize(np.ascontiguousarray(arr, dtype=np.float32), ttype)
+
+
+def gguf_tensors(model: Any, qtype: str = "f32") -> dict[str, tuple[np.ndarray, str]]:
+    """{gguf name: (data, type)} for every parameter of `model`."""
+    out = {}
+    for name, p in model.parameters().items():
+        arr = gguf_orientation(name, p)
+        ttype = tensor_type(name, arr, qtype)
+        out[gguf_name(name)] = (encode_tensor(arr, ttype), ttype)
+    return out
+
+
+def export_gguf(model: Any, path: str | os.PathLike[str], qtype: str = "f32",
+                name: str = "sllm") -> dict[str, int]:
+    """Write `model` as a GGUF file (atomically); returns how many tensors got each type."""
+    gguf = require("gguf")
+    if qtype not in GGUF_TYPES:
+        raise ExportError(f"--dtype for gguf must be one of {', '.join(GGUF_TYPES)}, "
+                          f"got {qtype!r}")
+    if model.config.activation != "gelu":
+        raise ExportError(f"llama.cpp's gpt2 architecture uses GELU; this model's activation "
+                          f"is {model.config.activation!r}, which it cannot express")
+    tensors = gguf_tensors(model, qtype)
+    with atomic_write(path) as f:
+        writer = gguf.GGUFWriter(f.name, "gpt2")
+        _add_metadata(writer, model, qtype, name)
+        for tname, (data, ttype) in tensors.items():
+            raw = gguf.GGMLQuantizationType[ttype.upper()]
+            writer.add_tensor(tname, data, raw_dtype=raw if ttype.startswith("q") else None)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()  # its own handle on the temp file; atomic_write fsyncs and renames
+    counts: dict[str, int] = {}
+    for _, ttype in tensors.values():
+        counts[ttype] = counts.get(ttype, 0) + 1
+    return counts
+
+
+def _add_metadata(writer: Any, model: Any, qtype: str, name: str) -> None:
+    cfg = model.config
+    writer.add_name(name)
+    writer.add_context_length(cfg.max_seq_len)
+    writer.add_embedding_length(cfg.embedding_dim)
+    writer.add_feed_forward_length(cfg.ffn_hidden_dim)
+    writer.add_block_count(cfg.num_layers)
+    writer.add_head_count(cfg.num_heads)
+    writer.add_layer_norm_eps(1e-5)
+    writer.add_file_type(FILE_TYPES[qtype])
+    writer.add_string("sllm.config", json.dumps(cfg.to_dict()))
+    if model.tokenizer:
+        writer.add_string("sllm.tokenizer", json.dumps(model.tokenizer, ensure_ascii=False))
+        _add_tokenizer(writer, model.tokenizer, cfg.vocab_size)
+    else:
+        writer.add_tokenizer_model("no_vocab")
+
+
+def _add_tokenizer(writer: Any, tok_dict: dict[str, Any], vocab_size: int) -> None:
+    from . import tokenizer as tokenizers
+    tok = tokenizers.from_dict(tok_dict)
+    if not isinstance(tok, tokenizers.BPETokenizer):
+        writer.add_tokenizer_model("no_vocab")  # llama.cpp has no word or char tokenizer
+        return
+    hf = json.loads(tok._hf.to_str())
+    vocab: dict[str, int] = hf["model"]["vocab"]
+    for added in hf.get("added_tokens") or []:
+        vocab[added["content"]] = added["id"]
+    if sorted(vocab.values()) != list(range(len(vocab))) or len(vocab) > vocab_size:
+        raise DataError(f"the BPE vocabulary's ids are not 0..{len(vocab) - 1} within the "
+                        f"model's {vocab_size}")
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]  # llama.cpp wants V
+    special = {a["id"] for a in hf.get("added_tokens") or [] if a.get("special")}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if i in special else (5 if i >= len(vocab) else 1)
+                            for i in range(len(tokens))])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m)
+                             for m in hf["model"]["merges"]])
+    for key, value in (("bos", tok.bos_id), ("eos", tok.eos_id), ("unk", tok.unk_id),
+                       ("pad", tok.pad_id)):
+        if value is not None:
+            getattr(writer, f"add_{key}_token_id")(value)
+    writer.add_add_bos_token(tok.bos_id is not None)  # sllm's prompts start with [BOS]
+
+
+def read_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """{"tensors": {name: (type, data)}, "fields": {key: value}} of a GGUF file, for checks
+    and `import`: data as GGUFReader gives it (floats, or uint8 blocks)."""
+    gguf = require("gguf")
+    try:
+        reader = gguf.GGUFReader(os.fspath(path))
+    except (ValueError, OSError, KeyError) as e:
+        raise ExportError(f"{path}: not a readable GGUF file: {e}") from None
+    tensors = {t.name: (t.tensor_type.name.lower(), np.asarray(t.data)) for t in reader.tensors}
+    fields = {}
+    for key, field in reader.fields.items():
+        if key.startswith(("sllm.", "general.", "gpt2.")) or key == "tokenizer.ggml.model":
+            fields[key] = field.contents()
+    return {"tensors": tensors, "fields": fields}
+
+
+def import_gguf(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
+    """An SLLM from a GGUF file of architecture gpt2 (f32 and f16 exactly; q8_0 / q4_0
+    dequantized), with the tokenizer sllm wrote into it."""
+    from .config import ModelConfig
+    from .errors import ConfigError, FormatError
+    from .model import SLLM
+    data = read_gguf(path)
+    fields, tensors = data["fields"], data["tensors"]
+    if fields.get("general.architecture") != "gpt2":
+        raise ExportError(f"{path}: architecture {fields.get('general.architecture')!r}; sllm "
+                          f"imports gpt2 GGUF files only")
+    try:
+        config = ModelConfig.from_dict(json.loads(fields["sllm.config"])) \
+            if "sllm.config" in fields else _config_from_fields(fields, tensors)
+    except (ConfigError, KeyError, ValueError) as e:
+        raise FormatError(f"{path}: cannot build a config from its metadata: {e}") from None
+    model = SLLM(config, backend=backend, init=None)
+    for name, param in model.parameters().items():
+        gname = gguf_name(name)
+        if gname not in tensors:
+            raise FormatError(f"{path}: tensor {gname!r} is missing")
+        ttype, raw = tensors[gname]
+        arr = _decode_tensor(raw, ttype, gguf_orientation(name, param).shape, gname, path)
+        param[...] = gguf_orientation(name, arr)
+    tok = fields.get("sllm.tokenizer")
+    model.tokenizer = json.loads(tok) if tok else None
+    model.metadata = {"imported_from": os.fspath(path)}
+    return model.eval()
+
+
+def _decode_tensor(raw: np.ndarray, ttype: str, shape: tuple[int, ...], name: str,
+                   path: Any) -> np.ndarray:
+    from .errors import FormatError
+    if ttype in ("f32", "f16"):
+        arr = raw.astype(np.float32)
+    elif ttype in ("q8_0", "q4_0"):
+        from .quant import dequantize
+        arr = dequantize(raw.reshape(-1, raw.shape[-1]), ttype, shape[-1])
+    else:
+        raise FormatError(f"{path}: tensor {name!r} has type {ttype}; sllm reads f32, f16, "
+                          f"q8_0 and q4_0")
+    if arr.size != int(np.prod(shape)):
+        raise FormatError(f"{path}: tensor {name!r} has {arr.size} values, the config needs "
+                          f"shape {shape}")
+    return arr.reshape(shape)
+
+
+def _config_from_fields(fields: dict[str, Any], tensors: dict[str, Any]) -> Any:
+    from .config import ModelConfig
+    return ModelConfig(vocab_size=tensors["token_embd.weight"][1].shape[0],
+                       embedding_dim=fields["gpt2.embedding_length"],
+                       num_layers=fields["gpt2.block_count"],
+                       num_heads=fields["gpt2.attention.head_count"],
+                       ffn_hidden_dim=fields["gpt2.feed_forward_length"],
+                       max_seq_len=fields["gpt2.context_length"], dropout=0.0,
+                       tie_embeddings="output.weight" not in tensors)
