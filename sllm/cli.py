@@ -38,6 +38,10 @@ def command(fn: Callable) -> Callable:
         except (SLLMError, ValueError, OSError) as e:
             err.print(f"[red]error:[/] {e}", highlight=False)
             raise typer.Exit(1) from None
+        except MemoryError as e:  # a last resort: the memory budget refuses before this
+            err.print(f"[red]error:[/] out of memory ({e or 'no detail'}); try a smaller "
+                      f"model or batch, or set --max-memory", highlight=False)
+            raise typer.Exit(1) from None
     return wrapper
 
 

@@ -15,6 +15,7 @@ from .config import ModelConfig, resolve_config
 from .init import initialize
 from .layout import Layout
 from .quant import QTensor, bytes_per_row, dequantize
+from .validate import check_int
 
 
 def _layer(views: dict[str, np.ndarray], i: int) -> SimpleNamespace:
@@ -54,6 +55,7 @@ class SLLM:
                  backend: "str | Backend" = "auto", seed: int = 0, init: str | None = "gpt2",
                  quantized: "dict[str, tuple[str, np.ndarray]] | None" = None):
         self.config = resolve_config(config)
+        check_int("seed", seed, 0, 2**63 - 1)
         self.backend = backends.get(backend)
         budget.check_model(self.config, self.backend)  # before the layout or any buffer
         self.layout = Layout(self.config)
