@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from . import backends
+from . import backends, budget
 from .activations import Activations, KVCache
 from .backends.base import Backend
 from .config import ModelConfig, resolve_config
 from .init import initialize
 from .layout import Layout
 from .quant import QTensor, bytes_per_row, dequantize
+from .validate import check_int
 
 
 def _layer(views: dict[str, np.ndarray], i: int) -> SimpleNamespace:
@@ -54,7 +55,9 @@ class SLLM:
                  backend: "str | Backend" = "auto", seed: int = 0, init: str | None = "gpt2",
                  quantized: "dict[str, tuple[str, np.ndarray]] | None" = None):
         self.config = resolve_config(config)
+        check_int("seed", seed, 0, 2**63 - 1)
         self.backend = backends.get(backend)
+        budget.check_model(self.config, self.backend)  # before the layout or any buffer
         self.layout = Layout(self.config)
         self.seed = seed
         self.training = True
@@ -233,6 +236,7 @@ class SLLM:
             if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
+            budget.check_activations(self.config, B, T, self.backend, grads)
             acts = self._acts[key] = Activations(self.backend, self.config, B, T, grads)
         return acts
 
@@ -366,6 +370,10 @@ class SLLM:
     # ---- incremental decoding (used by sllm.generate) ------------------------------------
     def new_cache(self, batch: int = 1) -> KVCache:
         """An empty KV cache for `batch` sequences."""
+        cfg = self.config
+        budget.check_bytes(2 * cfg.num_layers * batch * cfg.max_seq_len * cfg.embedding_dim
+                           * 4, f"a KV cache for {batch} x {cfg.max_seq_len} positions",
+                           self.backend)
         return KVCache(self.backend, self.config, batch)
 
     def decode(self, tokens: Any, cache: KVCache) -> np.ndarray:
