@@ -58,6 +58,12 @@ def test_strip_option_and_parse_ranks():
             distributed.parse_ranks(bad)
 
 
+def test_ranks_under_mpiexec_is_refused(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(distributed.DistributedError, match="leave it out"):
+        distributed.launch_cli("2", ["train"], None)
+
+
 def test_single_process_group_is_the_identity(tmp_path):
     group = distributed.world()
     assert group.size == 1 and group.is_root and group.rows(5) == slice(0, 5)
