@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .threads import blas_limited
+from .timing import timed
 
 SUITES = ("kernels", "train", "generate")
 
@@ -38,18 +39,6 @@ class Job:
     repeats: int = 5
     gen_tokens: int = 64
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
-    """Wall times of `repeats` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def train_step(model: Any, opt: Any, x: Any, y: Any, grad_clip: float = 1.0) -> float:
@@ -182,7 +171,6 @@ def generate_suite(model: Any, tokens: int, repeats: int) -> list[dict[str, Any]
 def run_job(job: Job) -> dict[str, Any]:
     """Measure one backend (in this process); returns rows, memory and capabilities."""
     import sllm
-    from .activations import Activations
     if job.threads:
         os.environ["SLLM_NUM_THREADS"] = str(job.threads)
     backend = sllm.backends.get(job.backend)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..timing import timed
 from .base import KERNELS, Backend
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -569,7 +570,6 @@ def run(backend: Backend | str, patterns: Iterable[str] | None = None, perf: boo
 
 def time_kernel(backend: Backend, kernel: str, repeats: int = 20) -> dict[str, Any]:
     """Median time of `kernel` on its largest case, on the backend and on the reference."""
-    from ..bench import timed
     spec = CASES[kernel]
     index = max(range(len(spec.shapes)), key=lambda i: _work(spec.shapes[i]))
     shape = {k: v for k, v in spec.shapes[index].items() if k != "in_place"}
