@@ -19,6 +19,10 @@ namespace {
 constexpr int64_t kSmallM = 4;  // at most this many rows: no packing (decode, GEMV)
 constexpr int64_t kMc = 96;     // rows of A packed at once (stays in L2)
 constexpr int64_t kNc = 512;    // columns of B packed at once
+// Non-transposed GEMMs up to this depth, over at most this many column panels, skip
+// packing: a packed A panel would be reused by too few column panels to pay for itself
+// (attention's P V and dS K, narrow projections). Same results either way.
+constexpr int64_t kDirectMaxK = 256, kDirectMaxPanels = 4;
 // Below this many multiply-adds (~80 us on one core) waking a second thread costs more
 // than it saves.
 constexpr int64_t kParallelMacs = 4 << 20;
@@ -103,6 +107,31 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
   });
 }
 
+// Small K and few column panels, neither operand transposed: the register tile reads A
+// and B in place. Only a last, narrower column panel is copied (zero-padded) so loads
+// stay in bounds.
+void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                 int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias,
+                 float* pack) {
+  const Ops& o = ops();
+  const int mr = o.mr, nr = o.nr;
+  for (int64_t j = 0; j < N; j += nr) {
+    const int n = (int)std::min<int64_t>(nr, N - j);
+    const float* b = B + j;
+    int64_t stride = ldb;
+    if (n < nr) {
+      for (int64_t k = 0; k < K; ++k)
+        for (int jj = 0; jj < nr; ++jj) pack[k * nr + jj] = jj < n ? B[k * ldb + j + jj] : 0.0f;
+      b = pack;
+      stride = nr;
+    }
+    for (int64_t i = 0; i < M; i += mr)
+      o.gemm_micro_direct(K, A + i * lda, lda, b, stride, C + i * ldc + j, ldc,
+                          (int)std::min<int64_t>(mr, M - i), n, accumulate,
+                          bias ? bias + j : nullptr);
+  }
+}
+
 }  // namespace
 
 // The single-thread BLIS loops over one region of C, packing into `pack` (gemm_pack_size).
@@ -111,6 +140,9 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
                  bool accumulate, const float* bias, float* pack) {
   const Ops& o = ops();
   const int mr = o.mr, nr = o.nr;
+  if (!trans_a && !trans_b && K > 0 && K <= std::min<int64_t>(o.kc, kDirectMaxK) &&
+      N <= kDirectMaxPanels * nr)
+    return gemm_direct(M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, pack);
   float* a_packed = pack;
   float* b_packed = pack + kMc * o.kc;
   for (int64_t j0 = 0; j0 < N; j0 += kNc) {

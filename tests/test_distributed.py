@@ -160,6 +160,15 @@ def test_two_ranks_match_one_process(tmp_path, backend, kw):
 
 
 @needs_mpi
+def test_ranks_auto_measures_then_trains(tmp_path):
+    cfg = _cfg(tmp_path / "auto", steps=4, eval_every=0)
+    proc = _sllm(*_args(cfg), "--ranks", "auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "--ranks auto: on numpy:" in proc.stdout and "ms/step" in proc.stdout
+    assert [r["step"] for r in _metrics(cfg.out)] == [1, 2, 3, 4]
+
+
+@needs_mpi
 def test_batch_smaller_than_ranks_is_refused(tmp_path):
     proc = _sllm(*_args(_cfg(tmp_path / "r", batch_size=1)), "--ranks", "2")
     assert proc.returncode != 0

@@ -305,8 +305,9 @@ def _shapes(names: str, *rows: tuple[Any, ...]) -> list[dict[str, Any]]:
 
 _ENC = _shapes("B T V C pos", (1, 1, 3, 5, 0), (2, 5, 13, 17, 3), (3, 9, 70, 33, 0))
 _LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128))
-_MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (7, 17, 19), (37, 33, 70),
-                                   (130, 128, 384), (20, 64, 5003))
+# (5, 3, 41): just past the few-row (GEMV) path, tiny K (the unpacked small-K tiles)
+_MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (7, 17, 19), (37, 33, 70),
+                                   (130, 128, 384), (20, 64, 5003), (13, 300, 33))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
 # K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
 _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
