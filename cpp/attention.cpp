@@ -146,4 +146,31 @@ void attention_decode(float* out, const float* qkv, float* kcache, float* vcache
   }, B * H * nk * D > 65536 ? 0 : 1);
 }
 
+// Continuous batching: one new position per sequence, sequence b in cache slot slots[b] at
+// position positions[b]. Each (sequence, head) is the B = Tn = 1 case of attention_decode
+// on its own slot, so a sequence's output does not depend on what else is in the batch.
+void attention_decode_batch(float* out, const float* qkv, float* kcache, float* vcache,
+                            const int32_t* slots, const int32_t* positions, int64_t B,
+                            int64_t C, int64_t H, int64_t maxT) {
+  const int64_t D = C / H;
+  int64_t nk = 1;
+  for (int64_t b = 0; b < B; ++b) nk = std::max<int64_t>(nk, positions[b] + 1);
+  auto guard = g_attention.lock();
+  int64_t per_thread;
+  float* scratch = thread_scratch(kRowBlock * nk, &per_thread);
+  parallel_for(B * H, [&](int64_t bh, int thread) {
+    const int64_t b = bh / H, h = bh % H, pos = positions[b];
+    float* kc = kcache + ((int64_t)slots[b] * H + h) * maxT * D;
+    float* vc = vcache + ((int64_t)slots[b] * H + h) * maxT * D;
+    const float* q = qkv + b * 3 * C + h * D;
+    for (int64_t d = 0; d < D; ++d) {
+      kc[pos * D + d] = q[C + d];
+      vc[pos * D + d] = q[2 * C + d];
+    }
+    float* s = scratch + thread * per_thread;
+    head_fwd({q, 3 * C, kc, vc, D, out + b * C + h * D, C, 1, pos, D}, nullptr, s,
+             s + kRowBlock * (pos + 1));
+  }, B * H * nk * D > 65536 ? 0 : 1);
+}
+
 }  // namespace sllm

@@ -101,6 +101,9 @@ class ModelConfig:
                 data = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {source}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{source} is a directory, not a config file (a model file "
+                              f"is loaded with sllm.load)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {source} is not valid JSON: {e}") from None
         return cls.from_dict(data)

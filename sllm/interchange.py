@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import budget
 from .config import ModelConfig
 from .errors import ConfigError, FormatError
 from .fileio import atomic_write
 from .layout import Layout
 
 FORMAT = "sllm-json"
+JSON_FACTOR = 12  # bytes of Python objects per byte of JSON numbers while parsing
 
 
 @dataclass
@@ -53,21 +56,43 @@ def read_json(path: str | os.PathLike[str]) -> JsonModel:
     weights = doc.get("weights")
     if not isinstance(weights, dict):
         raise FormatError(f"{path}: 'weights' must be an object of name -> nested lists")
+    if 2 * config.num_parameters() > os.path.getsize(path):  # each number takes >= 2 bytes
+        raise FormatError(f"{path}: weights missing or truncated: the config needs "
+                          f"{config.num_parameters():,} parameters, more than a file of "
+                          f"{os.path.getsize(path):,} bytes can hold")
+    vocab, metadata = _vocab_and_metadata(doc, path)
     layout = Layout(config)
     missing = sorted(set(layout.slots) - set(weights))
     if missing:
         raise FormatError(f"{path}: weights missing: {', '.join(missing[:5])}")
     arrays = {name: _tensor(weights[name], slot.shape, name, path)
               for name, slot in layout.slots.items()}
-    return JsonModel(config, arrays, doc.get("vocab"), doc.get("metadata") or {})
+    return JsonModel(config, arrays, vocab, metadata)
+
+
+def _vocab_and_metadata(doc: dict[str, Any], path: Any) -> tuple[Any, dict[str, Any]]:
+    """The "vocab" (null or a tokenizer object) and "metadata" (an object), as the binary
+    format's reader requires them."""
+    vocab, metadata = doc.get("vocab"), doc.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise FormatError(f"{path}: 'metadata' must be an object, got {type(metadata).__name__}")
+    if vocab is not None and not (isinstance(vocab, dict) and isinstance(vocab.get("type"), str)):
+        raise FormatError(f"{path}: 'vocab' must be null or a tokenizer object with a "
+                          f"\"type\", got {type(vocab).__name__}")
+    return vocab, metadata or {}
 
 
 def _read(path: Any) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise FormatError(f"{path}: not a regular file")
+            budget.check_read(path, os.fstat(f.fileno()).st_size, JSON_FACTOR, "JSON model")
             doc = json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a directory, not a JSON model file") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FormatError(f"{path}: not valid UTF-8 JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format", FORMAT) != FORMAT:

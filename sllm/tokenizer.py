@@ -11,11 +11,13 @@ import collections
 import json
 import os
 import re
+import stat
 import warnings
 from typing import Any, Iterable
 
 import numpy as np
 
+from . import budget
 from .errors import DataError
 from .fileio import atomic_write_text
 
@@ -306,7 +308,11 @@ class BPETokenizer(Tokenizer):
     def from_dict(cls, d: dict[str, Any]) -> "BPETokenizer":
         """Rebuild from to_dict()."""
         from tokenizers import Tokenizer as HFTokenizer
-        return cls(HFTokenizer.from_str(json.dumps(d["hf"])), d.get("specials"))
+        try:
+            hf = HFTokenizer.from_str(json.dumps(d["hf"]))
+        except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception
+            raise DataError(f"corrupt bpe tokenizer description: {e}") from None
+        return cls(hf, d.get("specials"))
 
 
 def _check_specials(specials: Any, vocab_size: int) -> dict[str, int | None]:
@@ -368,9 +374,14 @@ def load(path: "str | os.PathLike[str]") -> Tokenizer:
     """Load a vocab.json written by `Tokenizer.save`."""
     try:
         with open(path, encoding="utf-8") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DataError(f"{os.fspath(path)}: not a regular file")
+            budget.check_read(path, os.fstat(f.fileno()).st_size, 12, "tokenizer file")
             data = json.load(f)
     except FileNotFoundError:
         raise DataError(f"{os.fspath(path)}: no such tokenizer file") from None
+    except IsADirectoryError:
+        raise DataError(f"{os.fspath(path)}: is a directory, not a tokenizer file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{os.fspath(path)}: not a tokenizer JSON file ({e})") from None
     return from_dict(data)

@@ -10,6 +10,7 @@ from sllm import BackendError, backends
 from sllm.backends import KERNELS, wasm_runtime
 from sllm.backends.wasm import WasmBackend, WasmSimdBackend, find_module
 from sllm.backends.wasm_runtime import RuntimeUnavailable, wasmer_importable
+from sllm.budget import BudgetError
 
 WASM = [n for n in ("wasm", "wasm-simd") if n in backends.available()]
 pytestmark = pytest.mark.skipif(not WASM, reason="the wasm modules were not built or no runtime")
@@ -89,8 +90,10 @@ def test_out_of_memory_under_a_model_is_clear():
     small = WasmBackend(memory_limit=2 * 2**20)
     cfg = sllm.ModelConfig(vocab_size=5000, embedding_dim=128, num_layers=1, num_heads=4,
                            ffn_hidden_dim=512, max_seq_len=64)
+    with pytest.raises(BudgetError, match=r"needs 16.3 MiB .* \(wasm linear memory\)"):
+        sllm.SLLM(cfg, backend=small)  # refused by the budget, before any allocation
     with pytest.raises(BackendError, match="out of WebAssembly linear memory"):
-        sllm.SLLM(cfg, backend=small)
+        small.empty((1 << 20,))  # the allocator's own message, below the budget
 
 
 class _MovingRuntime(wasm_runtime.Runtime):

@@ -254,6 +254,13 @@ def _attention_decode(rng, B, H, D, Tn, pos, maxT):
             _f(rng, B, H, maxT, D), pos, H]
 
 
+def _attention_decode_batch(rng, S, H, D, maxT, slots, positions):
+    # Other slots and later positions hold stale data: only each row's own slot may be read.
+    B = len(slots)
+    return [_f(rng, B, 1, H * D), _f(rng, B, 1, 3 * H * D), _f(rng, S, H, maxT, D),
+            _f(rng, S, H, maxT, D), np.array(slots, np.int32), np.array(positions, np.int32), H]
+
+
 def _unary(rng, n):
     return [_f(rng, n), _f(rng, n) * 4]
 
@@ -317,6 +324,9 @@ _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
 _DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
                (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64))
+_DECB = _shapes("S H D maxT slots positions", (1, 1, 8, 4, (0,), (0,)),
+                (3, 1, 5, 12, (2, 0), (5, 0)), (5, 3, 5, 9, (4, 1, 3), (8, 0, 3)),
+                (4, 4, 32, 70, (3, 0, 2, 1), (69, 31, 32, 1)))
 _N = _shapes("n", (1,), (15,), (1001,))
 _IN_PLACE = [{"n": 1001, "in_place": True}]
 _DROP = _shapes("n p seed", (1, 0.5, 0), (1000, 0.1, 7), (4099, 0.5, 2 ** 32 - 1))
@@ -417,13 +427,15 @@ CASES: dict[str, KernelCases] = {
     "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state,
                                model_shapes=_att_m),
     "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3), model_shapes=_dec_m),
+    "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3)),
     "gelu_fwd": KernelCases(_N, _unary, (0,), model_shapes=_ffn_m),
     "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),),
                           model_shapes=_ffn_m),
     "relu_fwd": KernelCases(_N, _unary, (0,), model_shapes=_ffn_m),
     "relu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),),
                           model_shapes=_ffn_m),
-    "residual_fwd": KernelCases(_N + _shapes("n", (3 * 37,)), _residual, (0,), model_shapes=_res_m),
+    "residual_fwd": KernelCases(_N + _shapes("n", (3 * 37,)), _residual, (0,),
+                                model_shapes=_res_m),
     "dropout_fwd": KernelCases(_DROP + [{**_DROP[1], "in_place": True}], _dropout, (0,),
                                rtol=1e-6, atol=0.0, aliases=((1, 0),), model_shapes=_drop_m),
     "dropout_bwd": KernelCases(_DROP + [{**_DROP[1], "in_place": True}], _dropout, (0,),

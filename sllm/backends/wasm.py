@@ -238,6 +238,26 @@ class _WasmBase(Backend):
                    self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
                    B, Tn, C, n_head, max_t, pos, scratch)
 
+    def attention_decode_batch(self, out, qkv, kcache, vcache, slots, positions, n_head):
+        """One new position per sequence, row b in cache slot slots[b] at positions[b]."""
+        B, Tn, C = _attention_dims(qkv, n_head)
+        _check(Tn == 1, f"qkv must be (B, 1, 3C), got {np.shape(qkv)}")
+        S, max_t = kcache.shape[0], kcache.shape[2]
+        _check(tuple(kcache.shape) == (S, n_head, max_t, C // n_head) == tuple(vcache.shape),
+               f"kcache and vcache must be (slots, {n_head}, max_T, {C // n_head}), "
+               f"got {kcache.shape} and {vcache.shape}")
+        _check(np.size(out) == B * C, f"out must be (B, 1, C) = ({B}, 1, {C})")
+        sl, ps = np.asarray(slots), np.asarray(positions)
+        _check(sl.shape == ps.shape == (B,), f"slots and positions must have {B} entries")
+        _check(bool(np.all((sl >= 0) & (sl < S))) and len(set(sl.tolist())) == B,
+               f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
+        _check(bool(np.all((ps >= 0) & (ps < max_t))),
+               f"positions must be in [0, {max_t}), got {ps.tolist()}")
+        scratch = self._scratch(max_t)
+        self._call("attention_decode_batch", "<IIIIIIiiiiI", self._ptr(out, write=True),
+                   self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
+                   self._ptr(sl, I32), self._ptr(ps, I32), B, C, n_head, max_t, scratch)
+
     def gelu_fwd(self, out, inp):
         """GPT-2's tanh-approximated GELU."""
         self._call("gelu_fwd", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
