@@ -96,7 +96,11 @@ def _work(shape: dict[str, Any]) -> tuple[float, str]:
         return shape["N"], "rows_per_s"
     if "B" in shape:
         return shape["B"] * shape.get("T", shape.get("Tn", 1)), "rows_per_s"
-    return shape["n"], "elements_per_s"
+    if "slots" in shape:
+        return len(shape["slots"]), "rows_per_s"
+    if "n" in shape:
+        return shape["n"], "elements_per_s"
+    return 1, "calls_per_s"
 
 
 def train_suite(model: Any, B: int, T: int, repeats: int) -> list[dict[str, Any]]:

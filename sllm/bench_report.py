@@ -70,7 +70,7 @@ def render(report: dict[str, Any], console: Any) -> None:
             if r["suite"] != suite:
                 continue
             rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '/s')}" for k in
-                         ("tokens_per_s", "rows_per_s", "elements_per_s") if k in r), "")
+                         ("tokens_per_s", "rows_per_s", "elements_per_s", "calls_per_s") if k in r), "")
             table.add_row(backend, r["name"], f"{r['median_s'] * 1e3:.2f} ms",
                           f"{r['min_s'] * 1e3:.2f}..{r['max_s'] * 1e3:.2f}", rate,
                           f"{r['gflops']:.1f}" if "gflops" in r else "",

@@ -376,6 +376,13 @@ def _dec_m(cfg, B, T):
                                           maxT=T))]
 
 
+def _decb_m(cfg, B, T):
+    H = cfg.num_heads
+    positions = tuple((T - 1 - 7 * i) % T for i in range(B))  # sequences at mixed lengths
+    return [(f"{B} sequences maxT{T} H{H}", dict(S=B, H=H, D=cfg.embedding_dim // H, maxT=T,
+                                                  slots=tuple(range(B)), positions=positions))]
+
+
 def _ffn_m(cfg, B, T):
     N, _, F, *_ = _sizes(cfg, B, T)
     return [(f"{N}x{F}", dict(n=N * F))]
@@ -427,7 +434,8 @@ CASES: dict[str, KernelCases] = {
     "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state,
                                model_shapes=_att_m),
     "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3), model_shapes=_dec_m),
-    "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3)),
+    "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3),
+                                          model_shapes=_decb_m),
     "gelu_fwd": KernelCases(_N, _unary, (0,), model_shapes=_ffn_m),
     "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),),
                           model_shapes=_ffn_m),
