@@ -88,6 +88,11 @@ class ServerProcess:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         """Terminate it and wait."""
         self.proc.terminate()
@@ -166,8 +171,12 @@ def throughput(args: argparse.Namespace, model: Path) -> None:
         for _ in range(args.rounds):
             for n in counts:
                 each = max(1, args.requests // n)  # the same work for every count
-                rows[n].append(asyncio.run(clients_run(server.url, server.model_id, n, each,
-                                                       args.tokens, texts)))
+                cpu0, mine0 = server.cpu_s(), sum(os.times()[:2])
+                row = asyncio.run(clients_run(server.url, server.model_id, n, each,
+                                              args.tokens, texts))
+                row["server_cpu"] = (server.cpu_s() - cpu0) / row["seconds"]
+                row["client_cpu"] = (sum(os.times()[:2]) - mine0) / row["seconds"]
+                rows[n].append(row)
     finally:
         server.stop()
     print(f"\n{model.name}, backend {args.backend} with {args.threads} kernel thread(s), "
@@ -175,18 +184,24 @@ def throughput(args: argparse.Namespace, model: Path) -> None:
           f"per configuration, {args.rounds} rounds; load average "
           f"before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
     print("| round | streaming clients | tokens | seconds | aggregate tokens/s | vs 1 client "
-          "| first token p50 (ms) | per token p50 (ms) | per token p99 (ms) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| first token p50 (ms) | per token p50 (ms) | per token p99 (ms) "
+          "| server CPU (cores) | clients CPU (cores) | tokens per server CPU-second |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for i in range(args.rounds):
         base = rows[counts[0]][i]["tok_s"]
         for n in counts:
             r = rows[n][i]
             print(f"| {i + 1} | {n} | {r['tokens']} | {r['seconds']:.1f} | {r['tok_s']:.0f} | "
                   f"{r['tok_s'] / base:.1f}x | {r['ttft_p50']:.0f} | {r['tok_p50']:.1f} | "
-                  f"{r['tok_p99']:.1f} |")
+                  f"{r['tok_p99']:.1f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} | "
+                  f"{r['tok_s'] / max(r['server_cpu'], 1e-9):.0f} |")
     med = {n: float(np.median([r["tok_s"] for r in rows[n]])) for n in counts}
     print("\nmedian aggregate tokens/s: " + ", ".join(
         f"{n} client(s) {med[n]:.0f} ({med[n] / med[counts[0]]:.1f}x)" for n in counts))
+    eff = {n: float(np.median([r["tok_s"] / max(r["server_cpu"], 1e-9) for r in rows[n]]))
+           for n in counts}
+    print("median tokens per server CPU-second: " + ", ".join(
+        f"{n} client(s) {eff[n]:.0f} ({eff[n] / eff[counts[0]]:.1f}x)" for n in counts))
 
 
 # ---- the engine alone ------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_kernel_suite_covers_every_kernel_and_headings_match_rows(tmp_path):
                        threads=1, repeats=1, vs_torch=False)
     rows = report["results"][0]["rows"]
     kernels = {r["name"].split()[0] for r in rows if r["suite"] == "kernels"}
-    assert kernels == set(KERNELS)
+    assert set(KERNELS) <= kernels
     train = next(r for r in rows if r["suite"] == "train")
     assert train["name"] == "step B2 T16"  # max_seq_len 16 caps the asked-for T=64
     console = Console(record=True, width=200)
