@@ -614,7 +614,7 @@ def _work(shape: dict[str, Any]) -> float:
 def render(report: Report, verbose: bool = False) -> str:
     """The report as text: one line per kernel (all its cases), then failures in detail."""
     lines = [f"conformance of backend {report.backend!r} against the numpy reference",
-             f"{'kernel':<18} {'cases':>5} {'checks':>6} {'max error':>10} {'tolerance':>10}  result"]
+             f"{'kernel':<22} {'cases':>5} {'checks':>6} {'max error':>10} {'tolerance':>10}  result"]
     by_section: dict[str, list[Check]] = {}
     for check in report.checks:
         by_section.setdefault(check.kernel, []).append(check)
@@ -622,7 +622,7 @@ def render(report: Report, verbose: bool = False) -> str:
         worst = max(checks, key=_used)
         ok = all(c.passed for c in checks)
         ncases = len({c.case for c in checks})
-        lines.append(f"{section:<18} {ncases:>5} {len(checks):>6} {worst.error:>10.2e} "
+        lines.append(f"{section:<22} {ncases:>5} {len(checks):>6} {worst.error:>10.2e} "
                      f"{worst.allowed:>10.2e}  {'ok' if ok else 'FAIL'}")
     shown = report.checks if verbose else report.failures()
     if shown:
@@ -631,8 +631,8 @@ def render(report: Report, verbose: bool = False) -> str:
         lines += [f"  {c.kernel} [{c.case}] {c.output}: error {c.error:.3e}, allowed "
                   f"{c.allowed:.3e}  {'ok' if c.passed else 'FAIL'}" for c in shown]
     if report.timings:
-        lines += ["", f"{'kernel':<18} {'case':<44} {'numpy':>10} {report.backend:>10} {'speedup':>8}"]
-        lines += [f"{t['kernel']:<18} {t['case']:<44} {_us(t['reference_s']):>10} "
+        lines += ["", f"{'kernel':<22} {'case':<44} {'numpy':>10} {report.backend:>10} {'speedup':>8}"]
+        lines += [f"{t['kernel']:<22} {t['case']:<44} {_us(t['reference_s']):>10} "
                   f"{_us(t['backend_s']):>10} {t['speedup']:>7.2f}x" for t in report.timings]
     failed = len(report.failures())
     lines.append("")
