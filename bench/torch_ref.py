@@ -121,7 +121,7 @@ def train_loop(model: TorchGPT, opt: torch.optim.Optimizer, train_ids: torch.Ten
                 model.eval()
                 with torch.no_grad():
                     vals = [F.cross_entropy(model(vx).view(-1, logits.shape[-1]), vy.view(-1))
-                            .item() for vx, vy in zip(val_x, val_y)]
+                            .item() for vx, vy in zip(val_x, val_y, strict=True)]
                 model.train()
                 record["val_loss"] = losses["val_loss"] = sum(vals) / len(vals)
             losses["loss"] = record["loss"]

@@ -171,7 +171,6 @@ def generate_suite(model: Any, tokens: int, repeats: int) -> list[dict[str, Any]
 def run_job(job: Job) -> dict[str, Any]:
     """Measure one backend (in this process); returns rows, memory and capabilities."""
     import sllm
-    from .activations import Activations
     if job.threads:
         os.environ["SLLM_NUM_THREADS"] = str(job.threads)
     backend = sllm.backends.get(job.backend)
@@ -258,7 +257,7 @@ def main() -> None:
         if ref is None:
             raise SystemExit("bench/torch_ref.py not found: run from a source checkout")
         sys.path.insert(0, str(ref.parent))
-        import torch_ref  # type: ignore[import-not-found]
+        import torch_ref
         result = torch_ref.run_job(job)
     else:
         result = run_job(job)

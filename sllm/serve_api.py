@@ -274,7 +274,7 @@ def completion(rid: str, model: str, text: str, finish: str | None,
     return out
 
 
-def chat_completion(rid: str, model: str, text: str, finish: str,
+def chat_completion(rid: str, model: str, text: str, finish: str | None,
                     use: dict[str, int]) -> dict[str, Any]:
     """A chat.completion."""
     return {"id": rid, "object": "chat.completion", "created": int(time.time()),
