@@ -2,6 +2,7 @@
 
     python bench/serve_load.py throughput [--clients 1,4,8,16] [--tokens 128]
     python bench/serve_load.py load [--requests 2000] [--concurrency 32]
+    python bench/serve_load.py engine [--clients 1,16]   (the batching engine, no HTTP)
 
 The server is `python -m sllm serve MODEL` in a subprocess (cpp backend, --max-batch 16).
 MODEL defaults to configs/small-model.json with random weights and a 5,000-word vocabulary
@@ -87,6 +88,11 @@ class ServerProcess:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         """Terminate it and wait."""
         self.proc.terminate()
@@ -124,8 +130,9 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any]
 # ---- throughput ------------------------------------------------------------------------
 async def clients_run(url: str, model_id: str, clients: int, requests_each: int,
                       tokens: int, texts: list[str]) -> dict[str, float]:
-    """`clients` concurrent streaming clients, each making requests_each requests."""
-    gaps: list[float] = []
+    """`clients` concurrent streaming clients, each making requests_each requests one
+    after the other. Per-token latency: each stream's time per token after its first."""
+    per_token: list[float] = []
     ttft: list[float] = []
     total = 0
 
@@ -139,7 +146,8 @@ async def clients_run(url: str, model_id: str, clients: int, requests_each: int,
             assert r["status"] == 200 and r["done"], r
             total += r["usage"]["completion_tokens"]
             ttft.append(r["times"][0])
-            gaps.extend(np.diff(r["times"]).tolist())
+            if len(r["times"]) > 1:  # this stream's time per token after the first
+                per_token.append((r["times"][-1] - r["times"][0]) / (len(r["times"]) - 1))
 
     async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as c:
         t0 = time.perf_counter()
@@ -147,8 +155,8 @@ async def clients_run(url: str, model_id: str, clients: int, requests_each: int,
         wall = time.perf_counter() - t0
     return {"clients": clients, "tokens": total, "seconds": wall, "tok_s": total / wall,
             "ttft_p50": float(np.percentile(ttft, 50)) * 1e3,
-            "gap_p50": float(np.percentile(gaps, 50)) * 1e3,
-            "gap_p99": float(np.percentile(gaps, 99)) * 1e3}
+            "tok_p50": float(np.percentile(per_token, 50)) * 1e3,
+            "tok_p99": float(np.percentile(per_token, 99)) * 1e3}
 
 
 def throughput(args: argparse.Namespace, model: Path) -> None:
@@ -162,27 +170,84 @@ def throughput(args: argparse.Namespace, model: Path) -> None:
         asyncio.run(clients_run(server.url, server.model_id, 2, 1, 8, texts))  # warm up
         for _ in range(args.rounds):
             for n in counts:
-                rows[n].append(asyncio.run(clients_run(server.url, server.model_id, n,
-                                                       args.requests_each, args.tokens, texts)))
+                each = max(1, args.requests // n)  # the same work for every count
+                cpu0, mine0 = server.cpu_s(), sum(os.times()[:2])
+                row = asyncio.run(clients_run(server.url, server.model_id, n, each,
+                                              args.tokens, texts))
+                row["server_cpu"] = (server.cpu_s() - cpu0) / row["seconds"]
+                row["client_cpu"] = (sum(os.times()[:2]) - mine0) / row["seconds"]
+                rows[n].append(row)
     finally:
         server.stop()
     print(f"\n{model.name}, backend {args.backend} with {args.threads} kernel thread(s), "
-          f"--max-batch {args.max_batch}, {args.tokens} tokens per request, "
-          f"{args.requests_each} requests per client, {args.rounds} rounds; load average "
+          f"--max-batch {args.max_batch}, {args.requests} requests of {args.tokens} tokens "
+          f"per configuration, {args.rounds} rounds; load average "
           f"before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)\n")
     print("| round | streaming clients | tokens | seconds | aggregate tokens/s | vs 1 client "
-          "| first token p50 (ms) | between tokens p50 (ms) | p99 (ms) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| first token p50 (ms) | per token p50 (ms) | per token p99 (ms) "
+          "| server CPU (cores) | clients CPU (cores) | tokens per server CPU-second |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for i in range(args.rounds):
         base = rows[counts[0]][i]["tok_s"]
         for n in counts:
             r = rows[n][i]
             print(f"| {i + 1} | {n} | {r['tokens']} | {r['seconds']:.1f} | {r['tok_s']:.0f} | "
-                  f"{r['tok_s'] / base:.1f}x | {r['ttft_p50']:.0f} | {r['gap_p50']:.1f} | "
-                  f"{r['gap_p99']:.1f} |")
+                  f"{r['tok_s'] / base:.1f}x | {r['ttft_p50']:.0f} | {r['tok_p50']:.1f} | "
+                  f"{r['tok_p99']:.1f} | {r['server_cpu']:.2f} | {r['client_cpu']:.2f} | "
+                  f"{r['tok_s'] / max(r['server_cpu'], 1e-9):.0f} |")
     med = {n: float(np.median([r["tok_s"] for r in rows[n]])) for n in counts}
     print("\nmedian aggregate tokens/s: " + ", ".join(
         f"{n} client(s) {med[n]:.0f} ({med[n] / med[counts[0]]:.1f}x)" for n in counts))
+    eff = {n: float(np.median([r["tok_s"] / max(r["server_cpu"], 1e-9) for r in rows[n]]))
+           for n in counts}
+    print("median tokens per server CPU-second: " + ", ".join(
+        f"{n} client(s) {eff[n]:.0f} ({eff[n] / eff[counts[0]]:.1f}x)" for n in counts))
+
+
+# ---- the engine alone ------------------------------------------------------------------
+def engine(args: argparse.Namespace, model_path: Path) -> None:
+    """The batching engine without HTTP: the same requests one at a time vs all at once."""
+    import threading
+
+    from sllm.batching import Engine, Request, Sampling
+    model = sllm.load(model_path, backend=args.backend)
+    if args.threads:
+        model.backend.set_num_threads(args.threads)
+    tok = from_dict(model.tokenizer)
+    ids = [encode_prompt(tok, t, warn=False) for t in prompts(64)]
+    eng = Engine(model, tok, max_batch=args.max_batch, max_queue=args.requests)
+    eng.start()
+
+    def wave(n: int, first: int) -> int:
+        done, count = threading.Semaphore(0), [0]
+
+        def emit(event: Any) -> None:
+            if event.kind != "text":
+                count[0] += event.completion_tokens
+                done.release()
+        for i in range(n):
+            eng.submit(Request(ids[(first + i) % len(ids)],
+                               Sampling(max_tokens=args.tokens, temperature=0), emit))
+        for _ in range(n):
+            done.acquire()
+        return count[0]
+    load_before = os.getloadavg()
+    print("| round | requests at once | tokens | seconds | tokens/s | vs one at a time |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    try:
+        for r in range(args.rounds):
+            base = 0.0
+            for n in [int(x) for x in args.clients.split(",")]:
+                t0 = time.perf_counter()
+                tokens = sum(wave(n, i * n) for i in range(max(1, args.requests // n)))
+                rate = tokens / (time.perf_counter() - t0)
+                base = base or rate
+                print(f"| {r + 1} | {n} | {tokens} | {time.perf_counter() - t0:.1f} | "
+                      f"{rate:.0f} | {rate / base:.1f}x |")
+    finally:
+        eng.stop()
+    print(f"\n{model_path.name}, backend {args.backend} with {args.threads} kernel thread(s); "
+          f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
 
 
 # ---- load test -------------------------------------------------------------------------
@@ -331,7 +396,7 @@ def load(args: argparse.Namespace, model: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["throughput", "load"])
+    p.add_argument("mode", choices=["throughput", "load", "engine"])
     p.add_argument("--model", type=Path, help="a .sllm model (default: small-model, random)")
     p.add_argument("--backend", default="cpp")
     p.add_argument("--max-batch", type=int, default=16)
@@ -340,13 +405,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="throughput: rounds of all counts")
     p.add_argument("--clients", default="1,16")
     p.add_argument("--tokens", type=int, default=128)
-    p.add_argument("--requests-each", type=int, default=2)
-    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--requests", type=int, default=None,
+                   help="load: requests in all (2000); throughput: per configuration (32)")
     p.add_argument("--concurrency", type=int, default=32)
     args = p.parse_args()
+    if args.requests is None:
+        args.requests = 2000 if args.mode == "load" else 32
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_model(Path(tmp) / "small-model.sllm")
-        (throughput if args.mode == "throughput" else load)(args, model)
+        {"throughput": throughput, "load": load, "engine": engine}[args.mode](args, model)
 
 
 if __name__ == "__main__":

@@ -307,6 +307,10 @@ void bind_loss_and_optim(py::module_& m) {
 
 }  // namespace
 
+namespace sllm {
+void bind_quant(py::module_& m);  // quant_bindings.cpp
+}
+
 PYBIND11_MODULE(_cpp, m) {
   m.doc() = "sllm's C++ kernels (the contract is documented in sllm/backends/base.py)";
   m.def("simd_level", [] { return std::string(sllm::ops().name); },
@@ -324,4 +328,5 @@ PYBIND11_MODULE(_cpp, m) {
   bind_attention(m);
   bind_elementwise(m);
   bind_loss_and_optim(m);
+  sllm::bind_quant(m);
 }

@@ -38,6 +38,10 @@ def command(fn: Callable) -> Callable:
         except (SLLMError, ValueError, OSError) as e:
             err.print(f"[red]error:[/] {e}", highlight=False)
             raise typer.Exit(1) from None
+        except MemoryError as e:  # a last resort: the memory budget refuses before this
+            err.print(f"[red]error:[/] out of memory ({e or 'no detail'}); try a smaller "
+                      f"model or batch, or set --max-memory", highlight=False)
+            raise typer.Exit(1) from None
     return wrapper
 
 
@@ -459,13 +463,14 @@ def _print_tensor_sizes(tensors: list[dict[str, Any]]) -> None:
 @command
 def quantize(model: str = typer.Argument(..., help="A float .sllm model file, or a run directory."),
              qtype: str = typer.Option(..., "--type", "-t", help="q8_0 | q4_0 | q4_1."),
-             output: str = typer.Option(..., "--output", "-o", help="The quantized .sllm to write.")
+             output: str = typer.Option(..., "--output", "-o", help="The quantized .sllm to write."),
+             keep_embeddings: bool = typer.Option(False, "--keep-embeddings", help="Keep the token embedding wte in float32 (larger file, no embedding rounding).")
              ) -> None:
     """Quantize a model's matmul weights to ggml's q8_0, q4_0 or q4_1 blocks (inference only)."""
     import sllm
     src = _resolve_model(model)
     m = sllm.load(src, backend="numpy")
-    m.quantize(qtype)
+    m.quantize(qtype, embeddings=not keep_embeddings)
     m.save(output)
     size_in, size_out = os.path.getsize(src), os.path.getsize(output)
     term.print(f"{src} ({size_in:,} bytes) -> {output} ({qtype}, {size_out:,} bytes, "

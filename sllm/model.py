@@ -16,6 +16,7 @@ from .config import ModelConfig, resolve_config
 from .init import initialize
 from .layout import Layout
 from .quant import QTensor, bytes_per_row, dequantize
+from .validate import check_int
 
 
 def _layer(views: Mapping[str, np.ndarray | QTensor], i: int) -> SimpleNamespace:
@@ -55,6 +56,7 @@ class SLLM:
                  backend: "str | Backend" = "auto", seed: int = 0, init: str | None = "gpt2",
                  quantized: "dict[str, tuple[str, np.ndarray]] | None" = None):
         self.config = resolve_config(config)
+        check_int("seed", seed, 0, 2**63 - 1)
         self.backend = backends.get(backend)
         budget.check_model(self.config, self.backend)  # before the layout or any buffer
         self.layout = Layout(self.config)
@@ -105,21 +107,22 @@ class SLLM:
         """The quantization type of the matmul weights, or None for a float model."""
         return next(iter(self._qweights.values())).qtype if self._qweights else None
 
-    def quantize(self, qtype: str) -> "SLLM":
-        """Quantize every matmul weight in place to "q8_0", "q4_0" or "q4_1"; returns self.
+    def quantize(self, qtype: str, embeddings: bool = True) -> "SLLM":
+        """Quantize the weights in place to "q8_0", "q4_0" or "q4_1"; returns self.
 
-        The four matrices of each layer and the output head (the tied wte when
-        embeddings are tied) become rows of ggml blocks along their reduction axis (see
-        sllm.quant); embeddings, LayerNorm and biases stay float32. The float copies are
-        freed, and the model becomes inference-only (forward, loss, decode, generate).
+        The four matrices of each layer, the output head and (unless embeddings=False)
+        the token embedding wte become rows of ggml blocks along their reduction axis (see
+        sllm.quant; an embedding lookup dequantizes the rows it needs). wpe, LayerNorm and
+        biases stay float32. The float copies are freed, and the model becomes
+        inference-only (forward, loss, decode, generate).
         """
-        from .quant import block_dtype, matmul_weight_names, quantize_weight
+        from .quant import block_dtype, quantize_weight, quantized_weight_names
         if self._qweights:
             raise ValueError(f"this model is already quantized ({self.qtype}); quantize the "
                              f"float32 model instead")
         block_dtype(qtype)  # a clear error for an unknown type before any work
         rows = {n: (qtype, quantize_weight(n, self._params[n], qtype))
-                for n in matmul_weight_names(self.config)}
+                for n in quantized_weight_names(self.config, embeddings)}
         self._use_quantized(rows, self._params)
         return self
 

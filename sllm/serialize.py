@@ -28,7 +28,7 @@ from .config import ModelConfig
 from .errors import ConfigError, FormatError
 from .fileio import atomic_write
 from .layout import Layout
-from .quant import BLOCKS, QK, matmul_weight_names
+from .quant import BLOCKS, QK, quantized_weight_names
 
 MAGIC = b"SLLM"
 VERSION = 1
@@ -412,7 +412,7 @@ def _check_overlaps(entries: list[tuple[str, int, tuple[int, ...], int, int]], p
 
 def _check_shapes(tensors, entries, config: ModelConfig, path, quantized) -> str:
     layout = Layout(config)
-    matmuls = set(matmul_weight_names(config))
+    matmuls = set(quantized_weight_names(config))
     for name, slot in layout.slots.items():
         if name not in tensors:
             raise FormatError(f"{path}: tensor {name!r} is missing")
@@ -422,7 +422,7 @@ def _check_shapes(tensors, entries, config: ModelConfig, path, quantized) -> str
             need = slot.shape if name == "wte" else slot.shape[::-1]
             if name not in matmuls:
                 raise FormatError(f"{path}: tensor {name!r} is {quantized[name][0]}, but only "
-                                  f"matmul weights may be quantized")
+                                  f"matmul weights and wte may be quantized")
         if shape != need:
             raise FormatError(f"{path}: tensor {name!r} has shape {shape}, the config needs "
                               f"{need}" + (" (quantized rows run along K)" if name in quantized

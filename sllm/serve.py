@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import serve_api as api
 from .batching import Engine, Event, QueueFull, Sampling
@@ -313,7 +314,7 @@ def _guard(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
-def build_app(engine: Engine, model_id: str, api_key: str | None = None) -> Starlette:
+def build_app(engine: Engine, model_id: str, api_key: str | None = None) -> ASGIApp:
     """The ASGI app over a (not yet started) engine; the app's lifespan starts and stops it."""
     server = Server(engine, model_id, api_key)
     routes = [Route("/v1/models", _guard(server.models), methods=["GET"]),
@@ -348,13 +349,13 @@ class _CountRequests:
         self.app, self.server = app, server
         self.state = app.state
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope["path"] if scope["path"] in ENDPOINTS else "other"
 
-        async def counting_send(message: dict) -> None:
+        async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 key = (path, int(message["status"]))
                 self.server.requests[key] = self.server.requests.get(key, 0) + 1

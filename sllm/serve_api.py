@@ -176,7 +176,7 @@ def _content(name: str, v: Any) -> str:
 
 SAMPLING: dict[str, Check] = {
     "model": string, "temperature": number(0.0, 2.0), "top_p": number(0.0, 1.0, lo_open=True),
-    "top_k": integer(1), "seed": integer(), "stop": stop_strings, "n": neutral(1),
+    "top_k": integer(1), "seed": integer(0, 2**63 - 1), "stop": stop_strings, "n": neutral(1),
     "stream": boolean, "stream_options": stream_options, "user": string,
     "frequency_penalty": neutral(0), "presence_penalty": neutral(0), "logit_bias": neutral({}),
 }

@@ -143,3 +143,21 @@ def test_bad_metrics_line_names_file_and_line(tmp_path):
     with pytest.raises(RunError, match=r"metrics.jsonl, line 3: not a JSON object"):
         T.resume(tmp_path, progress=False, steps=8).run()
     assert not (tmp_path / "run.lock").exists()  # released on the error
+
+
+def test_resume_takes_overrides_from_a_train_config_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from sllm.cli import app
+    T.prepare(_cfg(tmp_path / "r", steps=3), progress=False).run()
+    (tmp_path / "more.json").write_text(json.dumps({"steps": 5, "lr": 2e-3}))
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "r"),
+                                      "--train-config", str(tmp_path / "more.json"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and "at step 3 of 5" in result.output
+    saved = json.loads((tmp_path / "r" / "train_config.json").read_text())
+    assert (saved["steps"], saved["lr"]) == (5, 2e-3)
+    (tmp_path / "bad.json").write_text(json.dumps({"seq_len": 8}))
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "r"),
+                                      "--train-config", str(tmp_path / "bad.json"), "-q"])
+    assert result.exit_code == 1 and "seq_len cannot change when resuming" in result.output

@@ -212,6 +212,8 @@ BAD = [  # (what, request kwargs, param named in the error)
     ("stream_options without stream", {"stream_options": {"include_usage": True}},
      "stream_options"),
     ("seed float", {"seed": 1.5}, "seed"),
+    ("negative seed", {"seed": -1}, "seed"),
+    ("huge seed", {"seed": 10 ** 30}, "seed"),
 ]
 
 

@@ -33,8 +33,7 @@ def test_modules_need_no_imports(filename):
     module = wasmtime.Module(engine, find_module(filename).read_bytes())
     assert list(module.imports) == []  # instantiable in a browser with {}
     exports = {e.name for e in module.exports}
-    from sllm.backends.wasm import WasmBackend
-    assert set(KERNELS) - WasmBackend.reference_kernels <= exports
+    assert set(KERNELS) <= exports
     assert {"memory", "args_address", "heap_base"} <= exports
     wasmtime.Instance(wasmtime.Store(engine), module, [])
 
@@ -43,7 +42,7 @@ def test_capabilities_are_data(be):
     caps = be.capabilities
     assert caps["runtime"] in ("wasmtime", "wasmer")
     assert caps["simd"] == (None if be.name == "wasm" else "simd128")
-    assert be.missing_kernels() == [] and not be.reference_kernels - {"matmul_q_fwd"}
+    assert be.missing_kernels() == [] and not be.reference_kernels
 
 
 def test_storage_is_zero_copy_and_reused(be):

@@ -52,7 +52,6 @@ class CppBackend(Backend):
 
     name: ClassVar[str] = "cpp"
     priority: ClassVar[int] = 100
-    reference_kernels: ClassVar[frozenset[str]] = frozenset({"matmul_q_fwd"})
     kernel_module: ClassVar[Any] = _cpp  # None when not built: probe() then says why
 
     def __init__(self) -> None:
@@ -80,6 +79,10 @@ class CppBackend(Backend):
     def peak_gflops(self, seconds: float = 0.2) -> float:
         """This machine's FP32 peak on the kernel threads (FMA chains, widest vectors)."""
         return float(_cpp.peak_gflops(seconds))
+
+    def stream_read_gbps(self, seconds: float = 0.3, nbytes: int = 1 << 30) -> float:
+        """Memory bandwidth: GB/s of a streaming read of nbytes on the kernel threads."""
+        return float(_cpp.stream_read_gbps(seconds, nbytes))
 
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""
