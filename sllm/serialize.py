@@ -410,7 +410,8 @@ def _check_overlaps(entries: list[tuple[str, int, tuple[int, ...], int, int]], p
             raise FormatError(f"{path}: tensors {a!r} and {b!r} overlap in the data section")
 
 
-def _check_shapes(tensors, entries, config: ModelConfig, path, quantized) -> str:
+def _check_shapes(tensors: dict[str, np.ndarray], entries: list[tuple[str, int, tuple[int, ...], int, int]],
+                  config: ModelConfig, path: Any, quantized: dict[str, tuple[str, tuple[int, ...]]]) -> str:
     layout = Layout(config)
     matmuls = set(quantized_weight_names(config))
     for name, slot in layout.slots.items():
