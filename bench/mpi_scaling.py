@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def worker(args: argparse.Namespace) -> None:
                           "params": model.num_parameters()}), flush=True)
 
 
-def _allreduce_alone(group, grads: np.ndarray, repeats: int = 5) -> float:
+def _allreduce_alone(group: Any, grads: np.ndarray, repeats: int = 5) -> float:
     """Median time of the gradient Allreduce with every rank ready (after a Barrier)."""
     times = []
     for _ in range(repeats):

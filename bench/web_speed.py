@@ -70,6 +70,7 @@ class PythonSide:
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         """Seconds for forward, backward, clipping and AdamW on one batch."""
+        assert self.opt is not None, "a quantized model does not train"
         self.m.train()
         start = time.perf_counter()
         self.m.forward_backward(x, y)

@@ -353,8 +353,9 @@ def train(kind: str, text_or_path: "str | os.PathLike[str]", vocab_size: int | N
                                   encoding_errors=encoding_errors)
 
 
-def from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild any tokenizer from its to_dict() (e.g. embedded in a model file)."""
+def from_dict(d: Any) -> Tokenizer:
+    """Rebuild any tokenizer from its to_dict() (e.g. embedded in a model file); anything
+    else is a DataError."""
     if not isinstance(d, dict) or d.get("type") not in TOKENIZERS:
         kind = d.get("type") if isinstance(d, dict) else type(d).__name__
         raise DataError(f"not a tokenizer description (type {kind!r}); "

@@ -12,7 +12,7 @@ from sllm.backends.wasm import WasmBackend, WasmSimdBackend, find_module
 from sllm.backends.wasm_runtime import RuntimeUnavailable, wasmer_importable
 from sllm.budget import BudgetError
 
-WASM = [n for n in ("wasm", "wasm-simd") if n in backends.available()]
+WASM: list[str] = [n for n in ("wasm", "wasm-simd") if n in backends.available()]
 pytestmark = pytest.mark.skipif(not WASM, reason="the wasm modules were not built or no runtime")
 CLASSES = {"wasm": WasmBackend, "wasm-simd": WasmSimdBackend}
 MODULES = ["sllm_scalar.wasm", "sllm_simd128.wasm", "sllm_relaxed.wasm"]

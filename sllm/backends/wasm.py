@@ -397,5 +397,6 @@ class WasmSimdBackend(_WasmBase):
 
     name: ClassVar[str] = "wasm-simd"
     priority: ClassVar[int] = 20
-    modules = (("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
+    modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = (
+        ("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
     _probed: ClassVar[dict[str, Any]] = {}
