@@ -9,13 +9,15 @@ bytes, from sllm.quant) for matrices whose rows are a multiple of 32, f16 otherw
 tensors and position_embd stay f32, as llama.cpp's converter keeps them.
 The tokenizer: a byte-level BPE as tokenizer.ggml.model "gpt2" (tokens, merges, types);
 word and char vocabularies have no llama.cpp equivalent and are written as "no_vocab"
-(llama.cpp then takes token ids). Every file also carries sllm's own tokenizer JSON under
-`sllm.tokenizer` and the config under `sllm.config`, which llama.cpp ignores.
+(with a warning: llama.cpp refuses such a file, gguf readers and `sllm import` read it).
+Every file also carries sllm's own tokenizer JSON under `sllm.tokenizer` and the config
+under `sllm.config`, which llama.cpp ignores.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -134,6 +136,10 @@ def _add_tokenizer(writer: Any, tok_dict: dict[str, Any], vocab_size: int) -> No
     tok = tokenizers.from_dict(tok_dict)
     if not isinstance(tok, tokenizers.BPETokenizer):
         writer.add_tokenizer_model("no_vocab")  # llama.cpp has no word or char tokenizer
+        warnings.warn(f"llama.cpp has no {tok.kind} tokenizer: this GGUF file is written with "
+                      f"tokenizer 'no_vocab', which llama.cpp refuses to load (it then counts "
+                      f"0 tokens); gguf tools and `sllm import` read it. Train with --tokenizer "
+                      f"bpe for a model llama.cpp runs", stacklevel=3)
         return
     hf = json.loads(tok._hf.to_str())
     vocab: dict[str, int] = hf["model"]["vocab"]

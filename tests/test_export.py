@@ -267,7 +267,8 @@ def test_gguf_metadata_is_what_llama_cpp_reads(toks, tmp_path):
 
 
 def test_gguf_word_vocabulary_is_no_vocab(toks, tmp_path):
-    export_gguf(make_model(toks["word"]), tmp_path / "m.gguf")
+    with pytest.warns(UserWarning, match="llama.cpp has no word tokenizer"):
+        export_gguf(make_model(toks["word"]), tmp_path / "m.gguf")
     r, _ = _reader(tmp_path / "m.gguf")
     assert r.fields["tokenizer.ggml.model"].contents() == "no_vocab"
 
