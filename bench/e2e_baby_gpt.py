@@ -25,7 +25,7 @@ SLLM_ARGS = ["--config", str(HERE.parent / "configs" / "baby-gpt.json"), "--toke
              "--val-fraction", "0.1", "--batch-size", "12", "--seq-len", "64",
              "--optimizer", "adamw", "--lr", "1e-3", "--min-lr", "1e-4", "--warmup", "100",
              "--betas", "0.9,0.99", "--weight-decay", "0.1", "--grad-clip", "1.0",
-             "--eval-every", "250", "--eval-batches", "20"]
+             "--eval-batches", "20"]
 
 
 def load() -> float:
@@ -33,26 +33,28 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def run_sllm(corpus: str, steps: int, threads: int, backend: str, out: str) -> dict:
+def run_sllm(corpus: str, steps: int, eval_every: int, threads: int, backend: str,
+             out: str) -> dict:
     """One `sllm train` run; wall time of the whole command, final losses from metrics.jsonl."""
     sllm = shutil.which("sllm", path=str(Path(sys.executable).parent)) or "sllm"
     env = {**os.environ, "SLLM_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
-    subprocess.run([sllm, "train", "--corpus", corpus, "--steps", str(steps), "--backend",
-                    backend, "--out", out, *SLLM_ARGS], env=env, check=True,
-                   capture_output=True)
+    subprocess.run([sllm, "train", "--corpus", corpus, "--steps", str(steps), "--eval-every",
+                    str(eval_every), "--backend", backend, "--out", out, *SLLM_ARGS], env=env,
+                   check=True, capture_output=True)
     seconds = time.perf_counter() - t0
     lines = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in lines if "val_loss" in r]
     return {"seconds": seconds, "loss": lines[-1]["loss"], "val_loss": val[-1]}
 
 
-def run_torch(python: str, corpus: str, steps: int, threads: int, out: str) -> dict:
+def run_torch(python: str, corpus: str, steps: int, eval_every: int, threads: int,
+              out: str) -> dict:
     """One bench/torch_loop.py run; wall time of the whole process."""
     t0 = time.perf_counter()
     done = subprocess.run([python, str(HERE / "torch_loop.py"), corpus, "--steps", str(steps),
-                           "--threads", str(threads), "--out", out], check=True,
-                          capture_output=True, text=True)
+                           "--eval-every", str(eval_every), "--threads", str(threads),
+                           "--out", out], check=True, capture_output=True, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return {**result, "seconds": time.perf_counter() - t0}
 
@@ -61,6 +63,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("corpus")
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backend", default="cpp")
@@ -71,8 +74,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="e2e-") as tmp:
         for r in range(a.rounds):
             before = load()
-            s = run_sllm(a.corpus, a.steps, a.threads, a.backend, f"{tmp}/sllm{r}")
-            t = run_torch(a.torch_python, a.corpus, a.steps, a.threads, f"{tmp}/torch{r}")
+            s = run_sllm(a.corpus, a.steps, a.eval_every, a.threads, a.backend, f"{tmp}/sllm{r}")
+            t = run_torch(a.torch_python, a.corpus, a.steps, a.eval_every, a.threads,
+                          f"{tmp}/torch{r}")
             print(f"| {r + 1} | {s['seconds']:.1f} | {s['val_loss']:.3f} | {t['seconds']:.1f} | "
                   f"{t['val_loss']:.3f} | {s['seconds'] / t['seconds']:.2f}x | "
                   f"{before:.1f}..{load():.1f} |", flush=True)

@@ -56,7 +56,8 @@ class PythonSide:
         self.m = sllm.load(path, backend="wasm-simd")
         tok = tokenizers.from_dict(self.m.tokenizer)
         self.ids = encode_prompt(tok, PROMPT, warn=False)
-        self.opt = AdamW(self.m, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+        self.opt = AdamW(self.m, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1) \
+            if self.m.qtype is None else None
         self.module = self.m.backend.capabilities["module"]
 
     def generate(self) -> dict:
@@ -102,6 +103,8 @@ def main() -> None:
     """Export the demo-shaped model, then time both sides alternately, call by call."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--dtype", default="f32", help="the site's model: f32, f16, q8_0, q4_0 or "
+                   "q4_1 (quantized models run generation only; both sides load the same file)")
     args = p.parse_args()
     from browser import StaticServer, chromium, run_js, why_no_browser
     reason = why_no_browser()
@@ -112,11 +115,15 @@ def main() -> None:
         path = demo_model(folder)
         sizes = {dt: export_site(path, folder / f"site-{dt}", dtype=dt)["total_bytes"]
                  for dt in ("f32", "f16", "q8_0", "q4_0")}
+        path = folder / f"site-{args.dtype}" / "model.sllm"
+        if not path.exists():
+            export_site(folder / "demo.sllm", path.parent, dtype=args.dtype)
         py = PythonSide(path)
+        train = py.m.qtype is None
         tok = tokenizers.from_dict(py.m.tokenizer)
         ids = np.array(tok.encode(generate_corpus(50_000, seed=4)))
         rng = np.random.default_rng(0)
-        server = StaticServer(folder / "site-f32")
+        server = StaticServer(path.parent)
         driver = chromium()
         load_before = os.getloadavg()
         rows: dict = {"python": {"gen": [], "step": []}, "chromium": {"gen": [], "step": []}}
@@ -127,9 +134,10 @@ def main() -> None:
                 offs = rng.integers(0, len(ids) - T - 1, B)
                 x = np.stack([ids[o:o + T] for o in offs])
                 y = np.stack([ids[o + 1:o + T + 1] for o in offs])
-                sample = {"python": (py.generate(), py.step(x, y)),
+                sample = {"python": (py.generate(), py.step(x, y) if train else None),
                           "chromium": (run_js(driver, BROWSER_GENERATE, NEW_TOKENS),
-                                       run_js(driver, BROWSER_STEP, x.tolist(), y.tolist()))}
+                                       run_js(driver, BROWSER_STEP, x.tolist(), y.tolist())
+                                       if train else None)}
                 for side, (gen, step) in sample.items():
                     if r:
                         rows[side]["gen"].append(gen)
@@ -138,14 +146,14 @@ def main() -> None:
             driver.quit()
             server.close()
         load_after = os.getloadavg()
-    report(rows, modules, sizes, load_before, load_after, py.m.config.vocab_size)
+    report(rows, modules, sizes, load_before, load_after, py.m.config.vocab_size, args.dtype)
 
 
 def report(rows: dict, modules: dict, sizes: dict, before: tuple, after: tuple,
-           vocab: int) -> None:
+           vocab: int, dtype: str) -> None:
     """Fastest call per side (the machine is shared; the minimum is what load disturbs
     least), the median beside it, and the ratios."""
-    print(f"demo model shape (C=128, 4 layers, F=512, V={vocab} words, T<=128); "
+    print(f"demo model shape (C=128, 4 layers, F=512, V={vocab} words, T<=128), {dtype}; "
           f"train step B={B} T={T}; {NEW_TOKENS} greedy tokens; {len(rows['python']['gen'])} "
           f"alternating rounds")
     print(f"{'side':<10}{'module':<20}{'gen tok/s best/median':>24}{'1st token ms':>14}"
@@ -153,7 +161,7 @@ def report(rows: dict, modules: dict, sizes: dict, before: tuple, after: tuple,
     best = {}
     for side, r in rows.items():
         gen = sorted(g["gen_s"] for g in r["gen"])
-        steps = sorted(r["step"])
+        steps = sorted(s for s in r["step"] if s is not None) or [float("nan")]
         first = min(g["first_s"] for g in r["gen"])
         best[side] = (NEW_TOKENS / gen[0], steps[0])
         print(f"{side:<10}{modules[side]:<20}{NEW_TOKENS / gen[0]:>13.0f} / "

@@ -25,6 +25,11 @@ struct Ops {
   // c (m<=mr, n<=nr, row stride ldc) = [c +] a_panel (mr x kc) @ b_panel (kc x nr) [+ bias]
   void (*gemm_micro)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                      int m, int n, bool accumulate, const float* bias);
+  // the same tile read in place (no packing): A rows at stride lda, B rows at stride ldb
+  // with nr readable columns; for K <= kc, neither operand transposed
+  void (*gemm_micro_direct)(int64_t K, const float* a, int64_t lda, const float* b,
+                            int64_t ldb, float* c, int64_t ldc, int m, int n,
+                            bool accumulate, const float* bias);
   // one output row over columns [j0, j1): c = [c +] a (K) @ op(B) [+ bias]
   void (*gemm_row)(float* c, const float* a, const float* B, int64_t ldb, bool trans_b,
                    int64_t K, int64_t j0, int64_t j1, bool accumulate, const float* bias);

@@ -97,14 +97,13 @@ void attention_fwd(float* out, float* lse, const float* qkv, int64_t B, int64_t 
   auto guard = g_attention.lock();
   int64_t per_thread;
   float* scratch = thread_scratch(kRowBlock * T, &per_thread);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* q = qkv + b * T * 3 * C + h * D;
-      float* s = scratch + thread_id() * per_thread;
-      head_fwd({q, 3 * C, q + C, q + 2 * C, 3 * C, out + b * T * C + h * D, C, T, 0, D},
-               lse + (b * H + h) * T, s, s + kRowBlock * T);
-    }
+  parallel_for(B * H, [&](int64_t bh, int thread) {
+    const int64_t b = bh / H, h = bh % H;
+    const float* q = qkv + b * T * 3 * C + h * D;
+    float* s = scratch + thread * per_thread;
+    head_fwd({q, 3 * C, q + C, q + 2 * C, 3 * C, out + b * T * C + h * D, C, T, 0, D},
+             lse + (b * H + h) * T, s, s + kRowBlock * T);
+  });
 }
 
 void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float* out,
@@ -113,16 +112,15 @@ void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float
   auto guard = g_attention.lock();
   int64_t per_thread;
   float* scratch = thread_scratch(2 * T * T, &per_thread);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t base = b * T * 3 * C + h * D, obase = b * T * C + h * D;
-      const float* q = qkv + base;
-      float* s = scratch + thread_id() * per_thread;
-      head_bwd({q, 3 * C, q + C, q + 2 * C, 3 * C, const_cast<float*>(out + obase), C, T, 0, D},
-               dqkv + base, dqkv + base + C, dqkv + base + 2 * C, 3 * C, dout + obase,
-               lse + (b * H + h) * T, s, s + T * T, s + 2 * T * T);
-    }
+  parallel_for(B * H, [&](int64_t bh, int thread) {
+    const int64_t b = bh / H, h = bh % H;
+    const int64_t base = b * T * 3 * C + h * D, obase = b * T * C + h * D;
+    const float* q = qkv + base;
+    float* s = scratch + thread * per_thread;
+    head_bwd({q, 3 * C, q + C, q + 2 * C, 3 * C, const_cast<float*>(out + obase), C, T, 0, D},
+             dqkv + base, dqkv + base + C, dqkv + base + 2 * C, 3 * C, dout + obase,
+             lse + (b * H + h) * T, s, s + T * T, s + 2 * T * T);
+  });
 }
 
 void attention_decode(float* out, const float* qkv, float* kcache, float* vcache, int64_t pos,
@@ -131,9 +129,8 @@ void attention_decode(float* out, const float* qkv, float* kcache, float* vcache
   auto guard = g_attention.lock();
   int64_t per_thread;
   float* scratch = thread_scratch(kRowBlock * nk, &per_thread);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (B * H * nk * D > 65536)
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
+  parallel_for(B * H, [&](int64_t bh, int thread) {
+      const int64_t b = bh / H, h = bh % H;
       float* kc = kcache + (b * H + h) * maxT * D;
       float* vc = vcache + (b * H + h) * maxT * D;
       const float* q = qkv + b * Tn * 3 * C + h * D;
@@ -142,11 +139,38 @@ void attention_decode(float* out, const float* qkv, float* kcache, float* vcache
           kc[(pos + t) * D + d] = q[t * 3 * C + C + d];
           vc[(pos + t) * D + d] = q[t * 3 * C + 2 * C + d];
         }
-      float* s = scratch + thread_id() * per_thread;
+      float* s = scratch + thread * per_thread;
       // keys/values are rows of the cache (stride D); queries rows of qkv (stride 3C)
       head_fwd({q, 3 * C, kc, vc, D, out + b * Tn * C + h * D, C, Tn, pos, D}, nullptr, s,
                s + kRowBlock * nk);
+  }, B * H * nk * D > 65536 ? 0 : 1);
+}
+
+// Continuous batching: one new position per sequence, sequence b in cache slot slots[b] at
+// position positions[b]. Each (sequence, head) is the B = Tn = 1 case of attention_decode
+// on its own slot, so a sequence's output does not depend on what else is in the batch.
+void attention_decode_batch(float* out, const float* qkv, float* kcache, float* vcache,
+                            const int32_t* slots, const int32_t* positions, int64_t B,
+                            int64_t C, int64_t H, int64_t maxT) {
+  const int64_t D = C / H;
+  int64_t nk = 1;
+  for (int64_t b = 0; b < B; ++b) nk = std::max<int64_t>(nk, positions[b] + 1);
+  auto guard = g_attention.lock();
+  int64_t per_thread;
+  float* scratch = thread_scratch(kRowBlock * nk, &per_thread);
+  parallel_for(B * H, [&](int64_t bh, int thread) {
+    const int64_t b = bh / H, h = bh % H, pos = positions[b];
+    float* kc = kcache + ((int64_t)slots[b] * H + h) * maxT * D;
+    float* vc = vcache + ((int64_t)slots[b] * H + h) * maxT * D;
+    const float* q = qkv + b * 3 * C + h * D;
+    for (int64_t d = 0; d < D; ++d) {
+      kc[pos * D + d] = q[C + d];
+      vc[pos * D + d] = q[2 * C + d];
     }
+    float* s = scratch + thread * per_thread;
+    head_fwd({q, 3 * C, kc, vc, D, out + b * C + h * D, C, 1, pos, D}, nullptr, s,
+             s + kRowBlock * (pos + 1));
+  }, B * H * nk * D > 65536 ? 0 : 1);
 }
 
 }  // namespace sllm

@@ -1,7 +1,7 @@
 // pybind11 bindings of sllm._cpp: argument checks (check.h), then the kernel without the
 // GIL. Every kernel works in place on the caller's numpy buffers: a wrong dtype is a
 // TypeError, a non-contiguous, read-only or mis-shaped buffer a ValueError; nothing is
-// copied. Argument names and defaults match sllm/backends/numpy_ref.py.
+// copied. Argument names and defaults match sllm/backends/reference.py.
 #include <cstdint>
 #include <string>
 
@@ -175,6 +175,40 @@ void bind_attention(py::module_& m) {
     Nogil nogil;
     sllm::attention_decode(o.f(), q.f(), kc.f(), vc.f(), pos, B, Tn, C, n_head, maxT);
   }, arg("out"), arg("qkv"), arg("kcache"), arg("vcache"), arg("pos"), arg("n_head"));
+
+  m.def("attention_decode_batch", [](py::handle out, py::handle qkv, py::handle kcache,
+                                     py::handle vcache, py::handle slots, py::handle positions,
+                                     int64_t n_head) {
+    Check k("attention_decode_batch");
+    Arr q = k.in(qkv, "qkv"), kc = k.out(kcache, "kcache"), vc = k.out(vcache, "vcache");
+    int64_t B, Tn, C;
+    qkv_dims(k, q, n_head, &B, &Tn, &C);
+    k.expect(Tn == 1, "qkv must be (B, 1, 3C): one new position per sequence");
+    k.dims(kc, "kcache", 4);
+    k.expect(kc.shape == vc.shape, "kcache and vcache shapes differ");
+    k.expect(kc.shape[1] == n_head && kc.shape[3] == C / n_head,
+             "kcache must be (slots, n_head, max_T, C / n_head)");
+    const int64_t S = kc.shape[0], maxT = kc.shape[2];
+    Arr sl = k.ints(slots, "slots"), ps = k.ints(positions, "positions");
+    k.expect(sl.size == B && ps.size == B, "slots and positions must have B entries");
+    std::vector<char> used(S, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      const int32_t s = sl.i()[b], p = ps.i()[b];
+      k.expect(s >= 0 && s < S, "slot " + std::to_string(s) + " outside [0, " +
+                                std::to_string(S) + ")");
+      k.expect(!used[s], "slot " + std::to_string(s) + " appears twice");
+      used[s] = 1;
+      k.expect(p >= 0 && p < maxT, "position " + std::to_string(p) + " outside [0, " +
+                                   std::to_string(maxT) + ")");
+    }
+    Arr o = k.out(out, "out");
+    k.expect(o.size == B * C, "out must be (B, 1, C)");
+    k.disjoint(o, "out", q, "qkv");
+    Nogil nogil;
+    sllm::attention_decode_batch(o.f(), q.f(), kc.f(), vc.f(), sl.i(), ps.i(), B, C, n_head,
+                                 maxT);
+  }, arg("out"), arg("qkv"), arg("kcache"), arg("vcache"), arg("slots"), arg("positions"),
+     arg("n_head"));
 }
 
 template <void (*Kernel)(float*, const float*, int64_t)>
@@ -273,6 +307,10 @@ void bind_loss_and_optim(py::module_& m) {
 
 }  // namespace
 
+namespace sllm {
+void bind_quant(py::module_& m);  // quant_bindings.cpp
+}
+
 PYBIND11_MODULE(_cpp, m) {
   m.doc() = "sllm's C++ kernels (the contract is documented in sllm/backends/base.py)";
   m.def("simd_level", [] { return std::string(sllm::ops().name); },
@@ -284,14 +322,11 @@ PYBIND11_MODULE(_cpp, m) {
   m.def("peak_gflops", &sllm::peak_gflops, arg("seconds") = 0.2,
         py::call_guard<py::gil_scoped_release>(),
         "FP32 GFLOP/s of FMA chains on every kernel thread: the machine's peak.");
-#ifdef _OPENMP
-  m.attr("openmp") = true;
-#else
-  m.attr("openmp") = false;
-#endif
+  m.attr("thread_pool") = "spin-then-sleep (cpp/pool.h)";
   bind_embedding_and_norm(m);
   bind_matmul(m);
   bind_attention(m);
   bind_elementwise(m);
   bind_loss_and_optim(m);
+  sllm::bind_quant(m);
 }

@@ -1,4 +1,4 @@
-// Run-time choice of the SIMD tier and the thread count.
+// Run-time choice of the SIMD tier; the scratch buffers.
 #include <cstdlib>
 #include <cstring>
 #include <cstdio>
@@ -7,10 +7,6 @@
 
 #include "arch.h"
 #include "runtime.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace sllm {
 namespace {
@@ -57,30 +53,6 @@ const Ops* const g_ops = initial_tier();
 
 const Ops& ops() { return *g_ops; }
 const char* simd_error() { return g_error.c_str(); }
-
-int num_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-void set_num_threads(int n) {
-#ifdef _OPENMP
-  omp_set_num_threads(n < 1 ? 1 : n);
-#else
-  (void)n;
-#endif
-}
 
 Scratch::~Scratch() { std::free(data_); }
 

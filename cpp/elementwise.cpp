@@ -15,13 +15,7 @@ constexpr int64_t kMemoryBoundMin = 1 << 20, kComputeBoundMin = 1 << 15;
 
 template <class F>
 void for_chunks(int64_t n, F body, int64_t parallel_min = kMemoryBoundMin) {
-  const int parts = n < parallel_min ? 1 : num_threads();
-#pragma omp parallel for num_threads(parts) schedule(static)
-  for (int t = 0; t < parts; ++t) {
-    int64_t i0, i1;
-    split_range(n, parts, t, 16, &i0, &i1);
-    if (i0 < i1) body(i0, i1);
-  }
+  parallel_ranges(n, n < parallel_min ? 1 : num_threads(), 16, body);
 }
 
 // base.dropout_keep_mask: murmur3's finaliser of i * 0x9E3779B1 + seed, bit for bit.

@@ -3,17 +3,19 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "runtime.h"
 
 namespace sllm {
 
 void encoder_fwd(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                  int64_t BT, int64_t T, int64_t C, int64_t pos) {
-#pragma omp parallel for schedule(static) if (BT * C > (1 << 20))
-  for (int64_t r = 0; r < BT; ++r) {
-    const float* e = wte + (int64_t)tokens[r] * C;
-    const float* p = wpe + (pos + r % T) * C;
-    for (int64_t c = 0; c < C; ++c) out[r * C + c] = e[c] + p[c];
-  }
+  parallel_ranges(BT, BT * C > (1 << 20) ? num_threads() : 1, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* e = wte + (int64_t)tokens[r] * C;
+      const float* p = wpe + (pos + r % T) * C;
+      for (int64_t c = 0; c < C; ++c) out[r * C + c] = e[c] + p[c];
+    }
+  });
 }
 
 // Parallel over column blocks: every thread walks all rows in order, so repeated tokens
@@ -21,8 +23,7 @@ void encoder_fwd(float* out, const int32_t* tokens, const float* wte, const floa
 void encoder_bwd(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                  int64_t B, int64_t T, int64_t C, int64_t pos) {
   const int64_t blocks = (C + 31) / 32;
-#pragma omp parallel for schedule(static) if (B * T * C > (1 << 20))
-  for (int64_t blk = 0; blk < blocks; ++blk) {
+  parallel_for(blocks, [&](int64_t blk, int) {
     const int64_t c0 = blk * 32, c1 = std::min(C, c0 + 32);
     for (int64_t r = 0; r < B * T; ++r) {
       float* d = dwte + (int64_t)tokens[r] * C;
@@ -34,7 +35,7 @@ void encoder_bwd(float* dwte, float* dwpe, const float* dout, const int32_t* tok
         for (int64_t c = c0; c < c1; ++c) sum[c - c0] += dout[(b * T + t) * C + c];
       for (int64_t c = c0; c < c1; ++c) dwpe[(pos + t) * C + c] += sum[c - c0];
     }
-  }
+  }, B * T * C > (1 << 20) ? 0 : 1);
 }
 
 }  // namespace sllm

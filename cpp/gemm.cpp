@@ -19,6 +19,10 @@ namespace {
 constexpr int64_t kSmallM = 4;  // at most this many rows: no packing (decode, GEMV)
 constexpr int64_t kMc = 96;     // rows of A packed at once (stays in L2)
 constexpr int64_t kNc = 512;    // columns of B packed at once
+// Non-transposed GEMMs up to this depth, over at most this many column panels, skip
+// packing: a packed A panel would be reused by too few column panels to pay for itself
+// (attention's P V and dS K, narrow projections). Same results either way.
+constexpr int64_t kDirectMaxK = 256, kDirectMaxPanels = 4;
 // Below this many multiply-adds (~80 us on one core) waking a second thread costs more
 // than it saves.
 constexpr int64_t kParallelMacs = 4 << 20;
@@ -85,23 +89,46 @@ void pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t N, in
   }
 }
 
+// GEMV-like path for a few rows (decoding: M = 1): no packing; the columns are split over
+// the threads in one fork/join for all rows (arows: M * K floats when trans_a).
 void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, bool trans_a,
                   const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc,
-                  bool accumulate, const float* bias, float* arow) {
+                  bool accumulate, const float* bias, float* arows) {
   const Ops& o = ops();
-  for (int64_t i = 0; i < M; ++i) {
-    const float* a = A + i * lda;
-    if (trans_a) {  // gather the strided row once
-      for (int64_t k = 0; k < K; ++k) arow[k] = A[k * lda + i];
-      a = arow;
+  if (trans_a)  // gather the strided rows once
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t k = 0; k < K; ++k) arows[i * K + k] = A[k * lda + i];
+  const int64_t parts = std::min<int64_t>(num_threads(), std::max<int64_t>(1, M * N * K / 32768));
+  parallel_ranges(N, (int)parts, 16, [&](int64_t j0, int64_t j1) {
+    for (int64_t i = 0; i < M; ++i) {
+      const float* a = trans_a ? arows + i * K : A + i * lda;
+      o.gemm_row(C + i * ldc, a, B, ldb, trans_b, K, j0, j1, accumulate, bias);
     }
-    const int parts = (int)std::min<int64_t>(num_threads(), std::max<int64_t>(1, N * K / 32768));
-#pragma omp parallel for num_threads(parts) schedule(static)
-    for (int t = 0; t < parts; ++t) {
-      int64_t j0, j1;
-      split_range(N, parts, t, 16, &j0, &j1);
-      if (j0 < j1) o.gemm_row(C + i * ldc, a, B, ldb, trans_b, K, j0, j1, accumulate, bias);
+  });
+}
+
+// Small K and few column panels, neither operand transposed: the register tile reads A
+// and B in place. Only a last, narrower column panel is copied (zero-padded) so loads
+// stay in bounds.
+void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                 int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias,
+                 float* pack) {
+  const Ops& o = ops();
+  const int mr = o.mr, nr = o.nr;
+  for (int64_t j = 0; j < N; j += nr) {
+    const int n = (int)std::min<int64_t>(nr, N - j);
+    const float* b = B + j;
+    int64_t stride = ldb;
+    if (n < nr) {
+      for (int64_t k = 0; k < K; ++k)
+        for (int jj = 0; jj < nr; ++jj) pack[k * nr + jj] = jj < n ? B[k * ldb + j + jj] : 0.0f;
+      b = pack;
+      stride = nr;
     }
+    for (int64_t i = 0; i < M; i += mr)
+      o.gemm_micro_direct(K, A + i * lda, lda, b, stride, C + i * ldc + j, ldc,
+                          (int)std::min<int64_t>(mr, M - i), n, accumulate,
+                          bias ? bias + j : nullptr);
   }
 }
 
@@ -113,6 +140,9 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
                  bool accumulate, const float* bias, float* pack) {
   const Ops& o = ops();
   const int mr = o.mr, nr = o.nr;
+  if (!trans_a && !trans_b && K > 0 && K <= std::min<int64_t>(o.kc, kDirectMaxK) &&
+      N <= kDirectMaxPanels * nr)
+    return gemm_direct(M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, pack);
   float* a_packed = pack;
   float* b_packed = pack + kMc * o.kc;
   for (int64_t j0 = 0; j0 < N; j0 += kNc) {
@@ -210,7 +240,7 @@ void gemm_many(const Gemm* jobs, int count) {
     const Gemm& g = jobs[j];
     if (g.M > 0 && g.N > 0 && (g.M <= kSmallM || g.K == 0))
       gemm_small_m(g.M, g.N, g.K, g.A, g.lda, g.trans_a, g.B, g.ldb, g.trans_b, g.C, g.ldc,
-                   g.accumulate, g.bias, g_pack.get(g.K + 1));
+                   g.accumulate, g.bias, g_pack.get(g.M * g.K + 1));
     else if (g.M > 0 && g.N > 0)
       macs += g.M * g.N * g.K;
   }
@@ -226,12 +256,11 @@ void gemm_many(const Gemm* jobs, int count) {
   }
   const int64_t per_thread = gemm_pack_size();
   float* pack = g_pack.get(per_thread * threads);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (int64_t c = 0; c < first[count]; ++c) {
+  parallel_for(first[count], [&](int64_t c, int thread) {
     int j = 0;
     while (c >= first[j + 1]) ++j;
-    run_chunk(jobs[j], plans[j], c - first[j], pack + thread_id() * per_thread);
-  }
+    run_chunk(jobs[j], plans[j], c - first[j], pack + thread * per_thread);
+  }, threads);
 }
 
 }  // namespace
@@ -263,14 +292,13 @@ void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, co
   gemm_many(jobs, count);
   if (dbias) {
     const int64_t blocks = (OC + 63) / 64;
-#pragma omp parallel for schedule(static) if (N * OC > (1 << 16))
-    for (int64_t blk = 0; blk < blocks; ++blk) {
+    parallel_for(blocks, [&](int64_t blk, int) {
       const int64_t c0 = blk * 64, c1 = std::min(OC, c0 + 64);
       float sum[64] = {0};
       for (int64_t r = 0; r < N; ++r)
         for (int64_t c = c0; c < c1; ++c) sum[c - c0] += dout[r * OC + c];
       for (int64_t c = c0; c < c1; ++c) dbias[c] += sum[c - c0];
-    }
+    }, N * OC > (1 << 16) ? 0 : 1);
   }
 }
 

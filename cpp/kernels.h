@@ -34,6 +34,9 @@ void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float
                    const float* lse, int64_t B, int64_t T, int64_t C, int64_t H);
 void attention_decode(float* out, const float* qkv, float* kcache, float* vcache, int64_t pos,
                       int64_t B, int64_t Tn, int64_t C, int64_t H, int64_t maxT);
+void attention_decode_batch(float* out, const float* qkv, float* kcache, float* vcache,
+                            const int32_t* slots, const int32_t* positions, int64_t B,
+                            int64_t C, int64_t H, int64_t maxT);
 
 void gelu_fwd(float* out, const float* inp, int64_t n);
 void gelu_bwd(float* dinp, const float* dout, const float* inp, int64_t n);

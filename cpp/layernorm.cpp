@@ -11,9 +11,10 @@ namespace sllm {
 void layernorm_fwd(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                    const float* bias, int64_t N, int64_t C) {
   const Ops& o = ops();
-#pragma omp parallel for schedule(static) if (N * C > (1 << 19))
-  for (int64_t r = 0; r < N; ++r)
-    o.layernorm_fwd_row(out + r * C, mean + r, rstd + r, inp + r * C, weight, bias, C);
+  parallel_ranges(N, N * C > (1 << 19) ? num_threads() : 1, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      o.layernorm_fwd_row(out + r * C, mean + r, rstd + r, inp + r * C, weight, bias, C);
+  });
 }
 
 void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
@@ -21,13 +22,19 @@ void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
                    int64_t N, int64_t C) {
   const Ops& o = ops();
   const int64_t blocks = (C + 63) / 64;
-#pragma omp parallel if (N * C > (1 << 19))
-  {
-#pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < N; ++r)
-      o.layernorm_bwd_row(dinp + r * C, dout + r * C, inp + r * C, weight, mean[r], rstd[r], C);
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < blocks; ++blk) {
+  // one fork/join: row chunks (dinp) and column blocks (dweight, dbias) as tasks
+  const int row_parts = N * C > (1 << 19) ? num_threads() : 1;
+  parallel_for(row_parts + blocks, [&](int64_t task, int) {
+    if (task < row_parts) {
+      int64_t r0, r1;
+      split_range(N, row_parts, (int)task, 1, &r0, &r1);
+      for (int64_t r = r0; r < r1; ++r)
+        o.layernorm_bwd_row(dinp + r * C, dout + r * C, inp + r * C, weight, mean[r], rstd[r],
+                            C);
+      return;
+    }
+    {
+      const int64_t blk = task - row_parts;
       const int64_t c0 = blk * 64, n = std::min<int64_t>(64, C - c0);
       float db[64] = {0}, dw[64] = {0};
       for (int64_t r = 0; r < N; ++r) {
@@ -43,7 +50,7 @@ void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
         dweight[c0 + c] += dw[c];
       }
     }
-  }
+  }, N * C > (1 << 19) ? 0 : 1);
 }
 
 }  // namespace sllm

@@ -13,15 +13,16 @@ namespace sllm {
 
 void sgd_update(float* params, const float* grads, float* momentum_buf, float lr,
                 float momentum, float weight_decay, int64_t decay_count, int64_t n) {
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) {
-    float g = grads[i] + (i < decay_count ? weight_decay * params[i] : 0.0f);
-    if (momentum_buf) {
-      momentum_buf[i] = momentum_buf[i] * momentum + g;
-      g = momentum_buf[i];
+  parallel_ranges(n, n > 65536 ? num_threads() : 1, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float g = grads[i] + (i < decay_count ? weight_decay * params[i] : 0.0f);
+      if (momentum_buf) {
+        momentum_buf[i] = momentum_buf[i] * momentum + g;
+        g = momentum_buf[i];
+      }
+      params[i] -= lr * g;
     }
-    params[i] -= lr * g;
-  }
+  });
 }
 
 void adam_update(float* params, const float* grads, float* m, float* v, float lr, float beta1,
@@ -33,15 +34,11 @@ void adam_update(float* params, const float* grads, float* m, float* v, float lr
                    (float)(1.0 - (double)lr * (double)weight_decay),
                    (float)(1.0 - (double)beta1), (float)(1.0 - (double)beta2), decoupled};
   const Ops& o = ops();
-  const int parts = n < (1 << 18) ? 1 : num_threads();
-#pragma omp parallel for num_threads(parts) schedule(static)
-  for (int t = 0; t < parts; ++t) {
-    int64_t i0, i1;
-    split_range(n, parts, t, 16, &i0, &i1);
+  parallel_ranges(n, n < (1 << 18) ? 1 : num_threads(), 16, [&](int64_t i0, int64_t i1) {
     const int64_t d1 = std::min(std::max(decay_count, i0), i1);  // [i0, d1) decays
     if (d1 > i0) o.adam_range(params + i0, grads + i0, m + i0, v + i0, d1 - i0, s, true);
     if (i1 > d1) o.adam_range(params + d1, grads + d1, m + d1, v + d1, i1 - d1, s, false);
-  }
+  });
 }
 
 double grad_norm_sq(const float* grads, int64_t n) {
@@ -51,9 +48,9 @@ double grad_norm_sq(const float* grads, int64_t n) {
   std::vector<double> partial_big(blocks > 64 ? blocks : 0);
   double* partial = blocks > 64 ? partial_big.data() : partial_small;
   const Ops& o = ops();
-#pragma omp parallel for schedule(static) if (n > (1 << 17))
-  for (int64_t b = 0; b < blocks; ++b)
+  parallel_for(blocks, [&](int64_t b, int) {
     partial[b] = o.sum_squares(grads + b * kBlock, std::min(kBlock, n - b * kBlock));
+  }, n > (1 << 17) ? 0 : 1);
   double total = 0.0;
   for (int64_t b = 0; b < blocks; ++b) total += partial[b];
   return total;

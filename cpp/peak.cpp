@@ -62,8 +62,7 @@ double peak_gflops(double seconds) {
   while (elapsed < seconds) {  // grow the work until one run lasts long enough to time
     iters *= 2;
     auto start = std::chrono::steady_clock::now();
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-    for (int t = 0; t < threads; ++t) sink = sink + fn(iters);
+    parallel_for(threads, [&](int64_t, int) { sink = sink + fn(iters); });
     elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   const double flops = 2.0 * kChains * lanes * (double)iters * threads;

@@ -1,14 +1,12 @@
-// Threads and reusable scratch memory shared by the drivers.
+// Threads (pool.h) and reusable scratch memory shared by the drivers.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
 
-namespace sllm {
+#include "pool.h"
 
-int num_threads();
-int thread_id();  // this thread's index inside a parallel region (0 outside)
-void set_num_threads(int n);
+namespace sllm {
 
 // A grow-only, 64-byte aligned float buffer. Fresh memory is slow to touch on the VMs we
 // target, so each driver keeps one and reuses it across calls; `lock()` guards it when
@@ -24,14 +22,5 @@ class Scratch {
   float* data_ = nullptr;
   size_t size_ = 0;
 };
-
-// [begin, end) of part `i` of `parts` near-equal parts of [0, n), aligned to `align`.
-inline void split_range(int64_t n, int parts, int i, int64_t align, int64_t* begin,
-                        int64_t* end) {
-  int64_t chunk = (n + parts - 1) / parts;
-  chunk = (chunk + align - 1) / align * align;
-  *begin = i * chunk < n ? i * chunk : n;
-  *end = *begin + chunk < n ? *begin + chunk : n;
-}
 
 }  // namespace sllm

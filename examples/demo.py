@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -105,7 +107,21 @@ def main(argv: list[str] | None = None) -> None:
         show(trainer, args.seed)
     finally:
         warnings.formatwarning = plain
-    print(f"\nmodel saved in {args.out}/model.sllm; try: sllm chat {args.out}")
+    print(f"\nmodel saved in {args.out}/model.sllm; try: {sllm_command()} chat {args.out}")
+
+
+def sllm_command() -> str:
+    """How to run `sllm` from here: its name when it is on PATH, else its full path (it is
+    installed next to this Python, e.g. .venv/bin/sllm; `source .venv/bin/activate` puts
+    it on PATH)."""
+    here = Path(sys.executable).parent / "sllm"
+    on_path = shutil.which("sllm")
+    if on_path and Path(on_path).resolve() == here.resolve():
+        return "sllm"
+    if not here.exists():
+        return "sllm"
+    relative = os.path.relpath(here)
+    return str(here) if relative.startswith("..") else relative
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from typing import Any
 from .config import ModelConfig
 from .errors import BackendError, ConfigError, DataError, FormatError, SLLMError
 from .model import SLLM
+from ._version import __version__
 from .hookspecs import hookimpl
 
-__version__ = "0.1.0"
 
 __all__ = ["ModelConfig", "SLLM", "load", "load_json", "hookimpl", "BackendError",
            "ConfigError", "DataError", "FormatError", "SLLMError", "__version__"]
@@ -20,13 +20,13 @@ __all__ = ["ModelConfig", "SLLM", "load", "load_json", "hookimpl", "BackendError
 
 def load(path: Any, backend: Any = "auto", mmap: bool = True) -> SLLM:
     """Load a model saved by `SLLM.save` (the SLLM binary format)."""
-    from .serialize import load_model
+    from .model import load_model
     return load_model(path, backend=backend, mmap=mmap)
 
 
 def load_json(path: Any, backend: Any = "auto") -> SLLM:
     """Load a model from the roadmap's JSON interchange format."""
-    from .interchange import load_json as _load_json
+    from .model import load_json as _load_json
     return _load_json(path, backend=backend)
 
 

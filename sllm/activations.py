@@ -68,3 +68,22 @@ class KVCache:
         for arr in self.k + self.v:
             self.backend.free(arr)
         self.k, self.v = [], []
+
+    def slot(self, s: int) -> KVCacheSlot:
+        """Sequence s of this cache alone (a view sharing its memory), empty (pos 0): the
+        continuous-batching server prefills a new request's prompt into it with decode()."""
+        return KVCacheSlot(self, s)
+
+
+class KVCacheSlot(KVCache):
+    """A one-sequence view of a KVCache slot; releasing it frees nothing (the owner does)."""
+
+    def __init__(self, owner: KVCache, s: int):  # shares the owner's arrays, allocates none
+        self.backend = owner.backend
+        self.k = [k[s:s + 1] for k in owner.k]
+        self.v = [v[s:s + 1] for v in owner.v]
+        self.pos = 0
+
+    def release(self) -> None:
+        """Forget the views; the memory belongs to the owning cache."""
+        self.k, self.v = [], []

@@ -168,6 +168,46 @@ def generate_suite(model: Any, tokens: int, repeats: int) -> list[dict[str, Any]
                  "tokens_per_s", flops)]
 
 
+QUANT_TYPES = ("q8_0", "q4_0", "q4_1")
+
+
+def quant_generate_suite(backend: Any, cfg: Any, tokens: int, repeats: int
+                         ) -> list[dict[str, Any]]:
+    """The generation benchmark again with the matmul weights in each quantized type."""
+    import sllm
+    rows = []
+    for qtype in QUANT_TYPES:
+        model = sllm.SLLM(cfg, backend=backend).quantize(qtype)
+        rows += [{**r, "name": f"{r['name']}, {qtype}"}
+                 for r in generate_suite(model, tokens, repeats)]
+    return rows
+
+
+def quant_gemv_suite(backend: Any, cfg: Any, repeats: int) -> list[dict[str, Any]]:
+    """Batch-1 quantized matmul (GEMV) on the model's largest matrix: GB/s of weights read."""
+    from .quant import quantize
+    rng = np.random.default_rng(0)
+    K, M = max(((cfg.embedding_dim, cfg.vocab_size), (cfg.embedding_dim, cfg.ffn_hidden_dim)),
+               key=lambda s: s[0] * s[1])
+    x, out = backend.from_numpy(rng.standard_normal((1, K)).astype(np.float32)), backend.zeros((1, M))
+    w = rng.standard_normal((M, K)).astype(np.float32)
+    rows = []
+    for qtype in ("f32",) + QUANT_TYPES:
+        if qtype == "f32":
+            wt = backend.from_numpy(np.ascontiguousarray(w.T))
+            call: Callable[[], Any] = lambda: backend.matmul_fwd(out, x, wt, None)  # noqa: E731
+            nbytes = wt.nbytes
+        else:
+            wq = backend.from_numpy(quantize(w, qtype), np.uint8)
+            call = lambda wq=wq, qtype=qtype: backend.matmul_q_fwd(out, x, wq, None, qtype)  # noqa: E731
+            nbytes = wq.nbytes
+        times = timed(call, max(repeats, 20), warmup=3)
+        row = _row("kernels", f"GEMV 1x{K}x{M} {qtype}", times, 1, "rows_per_s", 2.0 * K * M)
+        row["gb_per_s"] = nbytes / row["median_s"] / 1e9
+        rows.append(row)
+    return rows
+
+
 def run_job(job: Job) -> dict[str, Any]:
     """Measure one backend (in this process); returns rows, memory and capabilities."""
     import sllm
@@ -190,10 +230,12 @@ def _run_job(job: Job, backend: Any) -> dict[str, Any]:
     model = sllm.SLLM(cfg, backend=backend)
     if "kernels" in job.suites:
         rows += kernel_suite(backend, cfg, job.batch, T, job.repeats)
+        rows += quant_gemv_suite(backend, cfg, job.repeats)
     if "train" in job.suites:
         rows += train_suite(model, job.batch, T, job.repeats)
     if "generate" in job.suites:
         rows += generate_suite(model, job.gen_tokens, job.repeats)
+        rows += quant_generate_suite(backend, cfg, job.gen_tokens, job.repeats)
     acts = Activations(backend, cfg, job.batch, T, train=True)
     analytic = 4 * model.layout.total * 4 + sum(a.nbytes for a in acts._owned)
     acts.release()
@@ -235,9 +277,23 @@ def peak_gflops() -> tuple[float | None, str]:
     return float(measure()), "measured by the cpp backend's FMA loop"
 
 
-def add_ratios(results: list[dict[str, Any]], peak: float | None) -> None:
+def memory_bandwidth(nbytes: int = 1 << 30) -> tuple[float | None, str]:
+    """GB/s of a streaming read of nbytes by the cpp backend's threads, or why unknown."""
+    import sllm
+    try:
+        backend = sllm.backends.get("cpp")
+    except sllm.BackendError as e:
+        return None, f"bandwidth unknown: {e}"
+    measure = getattr(backend, "stream_read_gbps", None)
+    if measure is None:
+        return None, "bandwidth unknown: the cpp backend has no streaming-read loop"
+    return float(measure(0.3, nbytes)), f"streaming read of {nbytes >> 20} MB by the cpp backend"
+
+
+def add_ratios(results: list[dict[str, Any]], peak: float | None,
+               bandwidth: float | None = None) -> None:
     """Speed ratio to numpy (and to torch) for every row they also have (> 1: faster);
-    MFU where a peak is known."""
+    MFU where a peak is known; the share of memory bandwidth for rows that report GB/s."""
     base = {r["name"]: r for res in results if res.get("backend") == "numpy"
             for r in res.get("rows", [])}
     torch = {r["name"]: r for res in results if res.get("backend") == "torch"
@@ -248,6 +304,8 @@ def add_ratios(results: list[dict[str, Any]], peak: float | None) -> None:
             r["vs_numpy"] = ref["median_s"] / r["median_s"] if ref else None
             r["vs_torch"] = tref["median_s"] / r["median_s"] if tref else None
             r["mfu"] = r["gflops"] / peak if peak and "gflops" in r else None
+            if bandwidth and "gb_per_s" in r:
+                r["bw"] = r["gb_per_s"] / bandwidth
 
 
 def main() -> None:

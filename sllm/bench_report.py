@@ -6,7 +6,7 @@ import platform
 import time
 from typing import Any
 
-from .bench import Job, add_ratios, peak_gflops, run_in_worker, torch_reference
+from .bench import Job, add_ratios, memory_bandwidth, peak_gflops, run_in_worker, torch_reference
 
 
 def run_bench(names: list[str], suites: list[str], config: dict[str, Any], batch: int,
@@ -33,12 +33,14 @@ def run_bench(names: list[str], suites: list[str], config: dict[str, Any], batch
                                              repeats)))
             progress.advance(task)
     peak, peak_note = peak_gflops()
-    add_ratios(results, peak)
+    bandwidth, bandwidth_note = memory_bandwidth()
+    add_ratios(results, peak, bandwidth)
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "python": platform.python_version()},
             "config": config, "batch": batch, "seq_len": seq_len, "threads": threads,
             "peak_gflops": peak, "peak_note": peak_note, "results": results,
+            "bandwidth_gbps": bandwidth, "bandwidth_note": bandwidth_note,
             "torch_available": torch_reference() is not None}
 
 
@@ -56,6 +58,9 @@ def render(report: dict[str, Any], console: Any) -> None:
                 continue
             rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '/s')}" for k in
                          ("tokens_per_s", "rows_per_s") if k in r), "")
+            if "gb_per_s" in r:
+                rate = f"{r['gb_per_s']:.1f} GB/s" + (f" ({r['bw']:.0%} of BW)" if r.get("bw")
+                                                      else "")
             table.add_row(backend, r["name"], f"{r['median_s'] * 1e3:.2f} ms",
                           f"{r['min_s'] * 1e3:.2f}..{r['max_s'] * 1e3:.2f}", rate,
                           f"{r['gflops']:.1f}" if "gflops" in r else "",
@@ -77,6 +82,9 @@ def render(report: dict[str, Any], console: Any) -> None:
             console.print(f"{res['backend']}: peak RSS {res['peak_rss_mb']:.0f} MB{analytic}")
     note = f"{report['peak_gflops']:.0f} GFLOP/s" if report["peak_gflops"] else ""
     console.print(f"FP32 peak: {note} ({report['peak_note']})")
+    if report.get("bandwidth_gbps"):
+        console.print(f"memory bandwidth: {report['bandwidth_gbps']:.1f} GB/s "
+                      f"({report['bandwidth_note']})")
 
 
 def write_json(report: dict[str, Any], path: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from .corpus import BOT_PREFIX, USER_PREFIX
-from .generate import encode_prompt, stream_text, warn_unknown
+from .generate import check_sampling, encode_prompt, stream_text, warn_unknown
 
 
 class ChatSession:
@@ -17,6 +17,7 @@ class ChatSession:
 
     def __init__(self, model: Any, tok: Any, max_new_tokens: int = 48,
                  user_prefix: str = USER_PREFIX, bot_prefix: str = BOT_PREFIX, **sampling: Any):
+        check_sampling(max_new_tokens, **sampling)
         self.model, self.tok = model, tok
         self.max_new_tokens = max_new_tokens
         self.user_prefix, self.bot_prefix = user_prefix, bot_prefix

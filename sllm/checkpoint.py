@@ -52,7 +52,8 @@ def save_checkpoint(path: "str | os.PathLike[str]", model: Any, optimizer: Any,
 def load_checkpoint(path: "str | os.PathLike[str]", backend: str = "auto") -> Checkpoint:
     """Read a checkpoint written by save_checkpoint; RunError when it is missing or is a
     plain model file, FormatError (from sllm.serialize) when it is corrupt."""
-    from .serialize import load_model, read_model_file
+    from .model import load_model
+    from .serialize import read_model_file
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise RunError(f"{path}: no checkpoint here")

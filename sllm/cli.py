@@ -38,6 +38,10 @@ def command(fn: Callable) -> Callable:
         except (SLLMError, ValueError, OSError) as e:
             err.print(f"[red]error:[/] {e}", highlight=False)
             raise typer.Exit(1) from None
+        except MemoryError as e:  # a last resort: the memory budget refuses before this
+            err.print(f"[red]error:[/] out of memory ({e or 'no detail'}); try a smaller "
+                      f"model or batch, or set --max-memory", highlight=False)
+            raise typer.Exit(1) from None
     return wrapper
 
 
@@ -80,6 +84,8 @@ def train(
     init_from: Optional[str] = typer.Option(None, help="Start from this model's weights, config and tokenizer (e.g. one made by `sllm import`)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags override it)."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are refused. (default: the memory available now)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ranks: Optional[str] = typer.Option(None, help="Data-parallel ranks on this machine: N or 'auto' (runs mpiexec; needs sllm[mpi]). Under mpiexec, leave it out."),
 ) -> None:
@@ -88,7 +94,7 @@ def train(
     from . import train as training
     given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
                                                           "training", "config", "ranks",
-                                                          "distributed")}
+                                                          "distributed", "overwrite")}
     given["model"] = config
     if ranks is not None:
         plan = functools.partial(distributed.plan_for, given, resume, train_config)
@@ -97,17 +103,22 @@ def train(
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
     group = distributed.world()  # the single process, or this rank of an mpiexec job
+    if resume and overwrite:
+        raise SLLMError("--overwrite starts a new run; it cannot be combined with --resume")
 
     def run() -> tuple[Any, Any]:
         trainer = None
         if group.is_root and resume:
+            from_file = training.TrainConfig.read_overrides(train_config) if train_config else {}
+            options = {**from_file, **given}
             trainer = training.resume(resume, progress=not quiet,
-                                      backend=given.pop("backend", None), **given)
+                                      backend=options.pop("backend", None), **options)
             term.print(f"resuming {resume} at step {trainer.step} of {trainer.total}")
         elif group.is_root:
             base = (training.TrainConfig.from_json(train_config) if train_config
                     else training.TrainConfig())
-            trainer = training.prepare(base.replace(**given), progress=not quiet)
+            trainer = training.prepare(base.replace(**given), progress=not quiet,
+                                       overwrite=overwrite)
             _describe_run(trainer)
         trainer = distributed.replicate(trainer, group)
         return trainer.run(), trainer
@@ -201,7 +212,8 @@ def generate(
     tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
 ) -> None:
     """Continue a prompt, printing tokens as they are generated (stops at [EOS])."""
-    from .generate import encode_prompt, stream_text
+    from .generate import check_sampling, encode_prompt, stream_text
+    check_sampling(max_tokens, temperature, top_k, top_p, seed)
     m, tok = _load(model, backend, tokenizer)
     ids = encode_prompt(tok, prompt)
     term.print(tok.decode(ids), end="", style="bold", highlight=False)
@@ -229,6 +241,8 @@ def chat(
 ) -> None:
     """Talk to a model trained on dialogues (you are A:, the model is B:). Ctrl-D or /quit ends."""
     from .chat import ChatSession
+    from .generate import check_sampling
+    check_sampling(max_tokens, temperature, top_k, top_p, seed)
     m, tok = _load(model, backend, tokenizer)
     session = ChatSession(m, tok, max_tokens, **_sampling(temperature, top_k, top_p, seed))
     interactive = sys.stdin.isatty()
@@ -249,6 +263,40 @@ def chat(
         for piece in (first.lstrip(), *pieces):
             term.print(piece, end="", highlight=False, markup=False)
         term.print()
+
+
+@app.command()
+@command
+def serve(
+    model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="TCP port (0: any free port)."),
+    backend: str = typer.Option("auto", help="Compute backend."),
+    max_batch: int = typer.Option(16, help="Sequences decoded together (KV-cache slots)."),
+    max_queue: int = typer.Option(64, help="Requests that may wait for a slot; more get 503."),
+    threads: Optional[int] = typer.Option(None, help="Kernel threads (default: the backend's)."),
+    api_key: Optional[str] = typer.Option(None, envvar="SLLM_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY'."),
+    tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
+) -> None:
+    """Serve the model over the OpenAI HTTP API (completions, chat, streaming)."""
+    try:
+        from . import serve as server
+    except ImportError as e:
+        raise SLLMError(f"sllm serve needs the serve extra: pip install 'sllm[serve]' ({e})") \
+            from None
+    from .batching import Engine
+    m, tok = _load(model, backend, tokenizer)
+    if threads is not None:
+        m.backend.set_num_threads(threads)
+    engine = Engine(m, tok, max_batch=max_batch, max_queue=max_queue)
+    model_id = Path(_resolve_model(model)).stem if not os.path.isdir(model) \
+        else Path(model).resolve().name
+    sock = server.bind(host, port)
+    where = sock.getsockname()
+    term.print(f"serving {model_id} ({m.backend.name}, {max_batch} slots, queue {max_queue}) "
+               f"on http://{where[0]}:{where[1]}/v1", highlight=False)
+    server.run(server.build_app(engine, model_id, api_key), sock)
 
 
 # ---- vocab -------------------------------------------------------------------------------
@@ -415,13 +463,14 @@ def _print_tensor_sizes(tensors: list[dict[str, Any]]) -> None:
 @command
 def quantize(model: str = typer.Argument(..., help="A float .sllm model file, or a run directory."),
              qtype: str = typer.Option(..., "--type", "-t", help="q8_0 | q4_0 | q4_1."),
-             output: str = typer.Option(..., "--output", "-o", help="The quantized .sllm to write.")
+             output: str = typer.Option(..., "--output", "-o", help="The quantized .sllm to write."),
+             keep_embeddings: bool = typer.Option(False, "--keep-embeddings", help="Keep the token embedding wte in float32 (larger file, no embedding rounding).")
              ) -> None:
     """Quantize a model's matmul weights to ggml's q8_0, q4_0 or q4_1 blocks (inference only)."""
     import sllm
     src = _resolve_model(model)
     m = sllm.load(src, backend="numpy")
-    m.quantize(qtype)
+    m.quantize(qtype, embeddings=not keep_embeddings)
     m.save(output)
     size_in, size_out = os.path.getsize(src), os.path.getsize(output)
     term.print(f"{src} ({size_in:,} bytes) -> {output} ({qtype}, {size_out:,} bytes, "
@@ -565,6 +614,10 @@ def bench(
     if json_out:
         write_json(report, json_out)
         term.print(f"results written to {json_out}")
+    failed = [r["backend"] for r in report["results"] if "error" in r
+              and (backends != "all" or not r["error"].startswith("unavailable"))]
+    if failed:  # with --backends all, a backend this machine lacks is not a failure
+        raise SLLMError(f"benchmark failed for {', '.join(failed)} (see above)")
 
 
 if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank

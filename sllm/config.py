@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 # JSON files in configs/ use the roadmap's camelCase keys; Python uses snake_case.
 _CAMEL = {
@@ -100,6 +101,9 @@ class ModelConfig:
                 data = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {source}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{source} is a directory, not a config file (a model file "
+                              f"is loaded with sllm.load)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {source} is not valid JSON: {e}") from None
         return cls.from_dict(data)
@@ -113,8 +117,7 @@ class ModelConfig:
         """The config as JSON text; also written to `path` when one is given."""
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
+            atomic_write_text(path, text)
         return text
 
     def replace(self, **changes: Any) -> "ModelConfig":

@@ -17,6 +17,7 @@ from .corpus_words import (ACTIONS, ACTIVITIES, ADJECTIVES, AILMENTS, ANIMALS, B
                            LANDMARKS, MONTHS, MOVES, NAMES, NUMBERS, OBJECTS, PLACES, PLANTS,
                            SEASONS, SOUNDS, SPORTS, SUBJECTS, TIMES, TOWNS, WEATHER, article,
                            plural)
+from .fileio import atomic_write_text
 
 USER_PREFIX, BOT_PREFIX = "A:", "B:"
 
@@ -297,8 +298,5 @@ def generate_corpus(size_chars: int = 3_000_000, seed: int = 0) -> str:
 def write_corpus(path: "str | os.PathLike[str]", size_chars: int = 3_000_000, seed: int = 0) -> str:
     """Write generate_corpus(...) to `path` atomically; returns the path."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(generate_corpus(size_chars, seed))
-    os.replace(tmp, path)
+    atomic_write_text(path, generate_corpus(size_chars, seed))
     return path

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .fileio import atomic_write
 from .tokenizer import PAD_ID, Tokenizer, read_text
 
 _DOC_SPLIT = re.compile(r"\n[ \t]*\n\s*")
@@ -142,9 +143,8 @@ class TokenData:
         os.makedirs(directory, exist_ok=True)
         for name, arr in self._arrays().items():
             path = os.path.join(directory, f"{name}.npy")
-            tmp = f"{path}.tmp{os.getpid()}.npy"
-            np.save(tmp, arr)
-            os.replace(tmp, path)
+            with atomic_write(path) as f:
+                np.save(f, arr)
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"train_ids": self.train.ids, "train_offsets": self.train.offsets,

@@ -402,6 +402,9 @@ def launch_cli(ranks: str, argv: Sequence[str], console: Any,
     """`sllm train --ranks N|auto ...`: run the same command under mpiexec (without --ranks);
     `plan` measures the split for 'auto'. Returns the exit status."""
     n = parse_ranks(ranks)
+    if _detect_size() > 1:
+        raise DistributedError("--ranks starts mpiexec itself; under mpiexec, leave it out "
+                               "(mpiexec -n N sllm train ...)")
     threads = None
     if n is None:
         if plan is None:

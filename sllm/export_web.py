@@ -88,7 +88,7 @@ def export_site(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
 def _write_model(source: Path, dest: Path, dtype: str | None, current: str) -> int:
     if dtype is None or dtype == current:
         return _write(dest, source.read_bytes())
-    from .serialize import load_model
+    from .model import load_model
     model = load_model(source, backend="numpy")
     if dtype in QTYPES:
         if model.qtype is not None:

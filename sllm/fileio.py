@@ -35,6 +35,12 @@ def atomic_write(path: "str | os.PathLike[str]") -> Iterator[BinaryIO]:
         raise
 
 
+def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically, as atomic_write."""
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
+
+
 def _remove_stale_temps(dest: Path) -> None:
     prefix = f".{dest.name}{TMP_MARK}"
     with contextlib.suppress(OSError):

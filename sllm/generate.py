@@ -6,6 +6,18 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from . import validate as V
+
+
+def check_sampling(max_new_tokens: Any = 0, temperature: Any = 1.0, top_k: Any = None,
+                   top_p: Any = None, seed: Any = None) -> None:
+    """Refuse sampling settings outside their range (ConfigError naming the option)."""
+    V.check_int("max_tokens", max_new_tokens, 0)
+    V.check_number("temperature", temperature, 0.0, 1e6)
+    V.check_int("top_k", top_k, 1, optional=True)
+    V.check_number("top_p", top_p, 0.0, 1.0, lo_open=True, optional=True)
+    V.check_int("seed", seed, 0, 2**63 - 1, optional=True)
+
 
 def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None) -> int:
@@ -34,10 +46,18 @@ def stream(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: float 
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
            eos_id: int | None = None) -> Iterator[int]:
     """Yield new token ids one at a time. When the context fills up, the oldest tokens
-    are dropped (with a warning) and the cache is rebuilt from the newest half."""
+    are dropped (with a warning) and the cache is rebuilt from the newest half. The
+    settings are checked here, before the first token is asked for."""
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     ids = [int(t) for t in np.asarray(prompt_ids).reshape(-1)]
     if not ids:
         raise ValueError("the prompt must contain at least one token id")
+    return _stream(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id)
+
+
+def _stream(model: Any, ids: list[int], max_new_tokens: int, temperature: float,
+            top_k: int | None, top_p: float | None, seed: int | None,
+            eos_id: int | None) -> Iterator[int]:
     limit = model.config.max_seq_len
     if len(ids) > limit:
         warnings.warn(f"prompt of {len(ids)} tokens truncated to the last {limit} "

@@ -8,7 +8,7 @@ A plugin is a module with functions decorated by `sllm.hookimpl`:
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

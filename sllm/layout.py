@@ -1,8 +1,8 @@
 """The parameter layout: every tensor's name -> (offset, shape) in one flat buffer.
 
 All parameters live in one float32 buffer (and gradients, Adam m and v in buffers of
-the same layout), so an optimizer step, zeroing the gradients, a checkpoint and an
-all-reduce are each one call. Tensors with ndim >= 2 come first: weight decay applies
+the same layout), so an optimizer step, zeroing the gradients, a checkpoint and the
+data-parallel gradient all-reduce (sllm/distributed.py) are each one call. Tensors with ndim >= 2 come first: weight decay applies
 to exactly the prefix [0, decay_count). Offsets are aligned to 16 floats (64 bytes) so
 SIMD kernels may use aligned loads and a file can be memory-mapped tensor by tensor.
 """

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from . import backends
+from . import backends, budget
 from .activations import Activations, KVCache
 from .backends.base import Backend
 from .config import ModelConfig, resolve_config
 from .init import initialize
 from .layout import Layout
 from .quant import QTensor, bytes_per_row, dequantize
+from .validate import check_int
 
 
 def _layer(views: dict[str, np.ndarray], i: int) -> SimpleNamespace:
@@ -54,12 +55,15 @@ class SLLM:
                  backend: "str | Backend" = "auto", seed: int = 0, init: str | None = "gpt2",
                  quantized: "dict[str, tuple[str, np.ndarray]] | None" = None):
         self.config = resolve_config(config)
+        check_int("seed", seed, 0, 2**63 - 1)
         self.backend = backends.get(backend)
+        budget.check_model(self.config, self.backend)  # before the layout or any buffer
         self.layout = Layout(self.config)
         self.seed = seed
         self.training = True
         self.dropout_step = 0  # counts training forwards; part of each dropout seed
         self._acts: dict[tuple[int, int, bool], Activations] = {}
+        self._batch_acts: dict[int, Activations] = {}  # decode_batch, by batch size
         self._qweights: dict[str, QTensor] = {}
         if quantized:
             self._use_quantized(quantized, {})
@@ -102,21 +106,22 @@ class SLLM:
         """The quantization type of the matmul weights, or None for a float model."""
         return next(iter(self._qweights.values())).qtype if self._qweights else None
 
-    def quantize(self, qtype: str) -> "SLLM":
-        """Quantize every matmul weight in place to "q8_0", "q4_0" or "q4_1"; returns self.
+    def quantize(self, qtype: str, embeddings: bool = True) -> "SLLM":
+        """Quantize the weights in place to "q8_0", "q4_0" or "q4_1"; returns self.
 
-        The four matrices of each layer and the output head (the tied wte when
-        embeddings are tied) become rows of ggml blocks along their reduction axis (see
-        sllm.quant); embeddings, LayerNorm and biases stay float32. The float copies are
-        freed, and the model becomes inference-only (forward, loss, decode, generate).
+        The four matrices of each layer, the output head and (unless embeddings=False)
+        the token embedding wte become rows of ggml blocks along their reduction axis (see
+        sllm.quant; an embedding lookup dequantizes the rows it needs). wpe, LayerNorm and
+        biases stay float32. The float copies are freed, and the model becomes
+        inference-only (forward, loss, decode, generate).
         """
-        from .quant import block_dtype, matmul_weight_names, quantize_weight
+        from .quant import block_dtype, quantize_weight, quantized_weight_names
         if self._qweights:
             raise ValueError(f"this model is already quantized ({self.qtype}); quantize the "
                              f"float32 model instead")
         block_dtype(qtype)  # a clear error for an unknown type before any work
         rows = {n: (qtype, quantize_weight(n, self._params[n], qtype))
-                for n in matmul_weight_names(self.config)}
+                for n in quantized_weight_names(self.config, embeddings)}
         self._use_quantized(rows, self._params)
         return self
 
@@ -205,8 +210,9 @@ class SLLM:
         if self._qweights:
             raise ValueError(f"a quantized model ({self.qtype}) cannot be written as JSON; "
                              f"save it with model.save, or export the float32 model")
-        from .interchange import save_json
-        save_json(self, path)
+        from .interchange import write_json
+        write_json(path, self.config.to_dict(), self.parameters(),
+                   getattr(self, "tokenizer", None), getattr(self, "metadata", {}))
 
     # ---- forward ---------------------------------------------------------------------
     def _check_tokens(self, tokens: Any) -> np.ndarray:
@@ -230,6 +236,7 @@ class SLLM:
             if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
+            budget.check_activations(self.config, B, T, self.backend, grads)
             acts = self._acts[key] = Activations(self.backend, self.config, B, T, grads)
         return acts
 
@@ -256,15 +263,14 @@ class SLLM:
         self._forward(acts, dropout, cache)
         return acts
 
-    def _forward(self, a: Activations, dropout: float, cache: KVCache | None) -> None:
+    def _forward(self, a: Activations, dropout: float, cache: KVCache | None,
+                 rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """rows = (slots, positions): a continuous-batching step (see decode_batch)."""
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
         mm = self._matmul
-        if "wte" in self._qweights:  # tied and quantized: dequantize the rows we need
-            wte = self._qweights["wte"]
-            rows = wte.data[a.tokens.reshape(-1)]
-            emb = dequantize(rows, wte.qtype, cfg.embedding_dim).reshape(a.x0.shape)
-            a.x0[...] = emb + P["wpe"][pos:pos + a.tokens.shape[1]]
+        if "wte" in self._qweights or rows is not None:
+            self._embed_rows(a, pos, None if rows is None else rows[1])
         else:
             k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
         x = a.x0
@@ -273,6 +279,8 @@ class SLLM:
             mm(la.qkv, la.ln1, L.attn_w, L.attn_b)
             if cache is None:
                 k.attention_fwd(la.atty, la.att, la.qkv, H)
+            elif rows is not None:
+                k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H)
             else:
                 k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H)
             mm(la.attproj, la.atty, L.proj_w, L.proj_b)
@@ -299,6 +307,19 @@ class SLLM:
             self.backend.matmul_q_fwd(out, inp, weight.data, bias, weight.qtype)
         else:
             self.backend.matmul_fwd(out, inp, weight, bias, trans_w)
+
+    def _embed_rows(self, a: Activations, pos: int, positions: np.ndarray | None) -> None:
+        """x0 = wte[tokens] + wpe[positions] as a numpy gather, for a quantized tied wte
+        (its rows dequantized) or a decode_batch step (each row at its own position)."""
+        tokens, C = a.tokens.reshape(-1), self.config.embedding_dim
+        if "wte" in self._qweights:
+            wte = self._qweights["wte"]
+            emb = dequantize(wte.data[tokens], wte.qtype, C)
+        else:
+            emb = self._params["wte"][tokens]
+        where = positions[:, None] if positions is not None else \
+            np.arange(pos, pos + a.tokens.shape[1])[None, :]
+        a.x0[...] = emb.reshape(a.x0.shape) + self._params["wpe"][where]
 
     def _lm_head(self, views: dict[str, Any]) -> Any:
         return views["wte"] if self.config.tie_embeddings else views["lm_head.weight"]
@@ -349,6 +370,10 @@ class SLLM:
     # ---- incremental decoding (used by sllm.generate) ------------------------------------
     def new_cache(self, batch: int = 1) -> KVCache:
         """An empty KV cache for `batch` sequences."""
+        cfg = self.config
+        budget.check_bytes(2 * cfg.num_layers * batch * cfg.max_seq_len * cfg.embedding_dim
+                           * 4, f"a KV cache for {batch} x {cfg.max_seq_len} positions",
+                           self.backend)
         return KVCache(self.backend, self.config, batch)
 
     def decode(self, tokens: Any, cache: KVCache) -> np.ndarray:
@@ -361,3 +386,50 @@ class SLLM:
         acts = self._run_forward(t, grads=False, cache=cache)
         cache.pos += acts.shape[1]
         return np.array(acts.logits[:, -1, :])
+
+    def decode_batch(self, tokens: Any, cache: KVCache, slots: Any, positions: Any
+                     ) -> np.ndarray:
+        """One continuous-batching step: sequence b feeds tokens[b] at positions[b] of cache
+        slot slots[b] (its own length; slots distinct). Returns the next-token logits (B, V).
+        Row b equals decode() of that sequence alone, whatever else is in the batch."""
+        t = self._check_tokens(np.asarray(tokens).reshape(-1, 1))
+        B, S, limit = t.shape[0], len(cache.k[0]) if cache.k else 0, self.config.max_seq_len
+        sl = np.ascontiguousarray(slots, dtype=np.int32).reshape(-1)
+        ps = np.ascontiguousarray(positions, dtype=np.int32).reshape(-1)
+        if sl.shape != (B,) or ps.shape != (B,):
+            raise ValueError(f"need one slot and one position per token ({B}), "
+                             f"got {sl.size} and {ps.size}")
+        if sl.min() < 0 or sl.max() >= S or len(set(sl.tolist())) != B:
+            raise ValueError(f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
+        if ps.min() < 0 or ps.max() >= limit:
+            raise ValueError(f"positions must be in [0, max_seq_len {limit}), got {ps.tolist()}")
+        acts = self._batch_acts.get(B)
+        if acts is None:
+            acts = self._batch_acts[B] = Activations(self.backend, self.config, B, 1, False)
+        acts.tokens[...] = t
+        self._forward(acts, 0.0, cache, (sl, ps))
+        return np.array(acts.logits[:, 0, :])
+
+# ---- building a model from a file (the formats themselves read plain data) ----------------
+def load_model(path: "str | os.PathLike[str]", backend: Any = "auto", mmap: bool = True) -> SLLM:
+    """Read a model file (sllm.serialize) into a new SLLM on `backend` (eval mode), with
+    .tokenizer and .metadata attached."""
+    from .serialize import read_model_file
+    mf = read_model_file(path, mmap=mmap)
+    quantized = {n: (qtype, mf.tensors[n]) for n, (qtype, _) in mf.quantized.items()}
+    model = SLLM(mf.config, backend=backend, init=None, quantized=quantized)
+    for name, param in model.parameters().items():
+        param[...] = mf.tensors[name]
+    model.tokenizer, model.metadata = mf.tokenizer, mf.metadata
+    return model.eval()
+
+
+def load_json(path: "str | os.PathLike[str]", backend: Any = "auto") -> SLLM:
+    """Read a JSON interchange model (sllm.interchange) into a new SLLM on `backend`."""
+    from .interchange import read_json
+    doc = read_json(path)
+    model = SLLM(doc.config, backend=backend, init=None)
+    for name, param in model.parameters().items():
+        param[...] = doc.weights[name]
+    model.tokenizer, model.metadata = doc.vocab, doc.metadata
+    return model.eval()

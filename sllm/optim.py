@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from . import validate as V
+
 
 class Optimizer:
     """Common parts: the model, the learning rate, the step count, gradient clipping, state."""
@@ -17,8 +19,8 @@ class Optimizer:
     state_buffers: tuple[str, ...] = ()
 
     def __init__(self, model: Any, lr: float, weight_decay: float):
-        if lr < 0 or weight_decay < 0:
-            raise ValueError("lr and weight_decay must be >= 0")
+        lr = V.check_number("lr", lr, 0.0)
+        weight_decay = V.check_number("weight_decay", weight_decay, 0.0)
         self.model, self.lr, self.weight_decay = model, float(lr), float(weight_decay)
         self.step_count = 0
         self.buffers = {name: model.backend.zeros(model.layout.total)
@@ -63,6 +65,7 @@ class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum and L2 weight decay."""
 
     def __init__(self, model: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        momentum = V.check_number("momentum", momentum, 0.0, 1.0, hi_open=True)
         self.state_buffers = ("momentum",) if momentum else ()
         super().__init__(model, lr, weight_decay)
         self.momentum = float(momentum)
@@ -81,8 +84,9 @@ class Adam(Optimizer):
 
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
+        self.betas = V.check_betas(betas)
+        self.eps = float(V.check_number("eps", eps, 0.0, lo_open=True))  # type: ignore[arg-type]
         super().__init__(model, lr, weight_decay)
-        self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
     def _update(self) -> None:
         m = self.model

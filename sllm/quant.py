@@ -265,6 +265,14 @@ def matmul_weight_names(cfg: Any) -> list[str]:
     return names + ["wte" if cfg.tie_embeddings else "lm_head.weight"]
 
 
+def quantized_weight_names(cfg: Any, embeddings: bool = True) -> list[str]:
+    """The weights `SLLM.quantize` quantizes: the matmul weights and, unless `embeddings`
+    is False, the token embedding `wte` (lookups dequantize the rows they need, as
+    ggml's get_rows). wpe, LayerNorm and biases always stay float32."""
+    names = matmul_weight_names(cfg)
+    return names + ["wte"] if embeddings and "wte" not in names else names
+
+
 def quantize_weight(name: str, w: np.ndarray, qtype: str) -> np.ndarray:
     """Quantize parameter `name` to (rows along K) blocks; errors name the tensor."""
     rows = w if name == "wte" else w.T

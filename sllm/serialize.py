@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import mmap as mmap_module
 import os
+import stat
 import struct
 import time
 import zlib
@@ -21,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from . import budget
+from ._version import __version__
 from .config import ModelConfig
 from .errors import ConfigError, FormatError
 from .fileio import atomic_write
 from .layout import Layout
-from .quant import BLOCKS, QK, matmul_weight_names
+from .quant import BLOCKS, QK, quantized_weight_names
 
 MAGIC = b"SLLM"
 VERSION = 1
@@ -90,6 +93,8 @@ def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
     if dtype not in DTYPE_CODES:
         raise ValueError(f"dtype must be one of {sorted(DTYPE_CODES)}, got {dtype!r}")
     np_dtype = DTYPES[DTYPE_CODES[dtype]][1]
+    if dtype == "f16":
+        _check_f16_range(model.parameters())
     tensors = [(n, np.ascontiguousarray(p, np_dtype), DTYPE_CODES[dtype], p.shape)
                for n, p in model.parameters().items()]
     qweights = getattr(model, "quantized_weights", dict)()
@@ -101,7 +106,7 @@ def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
         dtype = "/".join(sorted({dtype} | {q.qtype for q in qweights.values()}))
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     meta = {**getattr(model, "metadata", {}),  # what a loaded model carried, refreshed below
-            "sllm_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+            "sllm_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                   time.gmtime()),
             "num_parameters": model.num_parameters(), "dtype": dtype, **(metadata or {})}
     sections = [(Section.CONFIG, _json_bytes(model.config.to_dict()))]
@@ -120,9 +125,15 @@ def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
         _write_data(f, tensors, spans)
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
+def _check_f16_range(params: dict[str, np.ndarray]) -> None:
+    """Refuse to store a weight f16 cannot hold (it would become inf and the model NaN)."""
+    limit = float(np.finfo(np.float16).max)
+    for name, p in params.items():
+        largest = float(np.max(np.abs(p))) if p.size else 0.0
+        if not largest <= limit:  # also catches NaN
+            raise ValueError(f"cannot save as f16: tensor {name!r} holds a value of magnitude "
+                             f"{largest:g}, beyond f16's largest finite value {limit:g}; "
+                             f"save as f32 (the default) instead")
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -171,16 +182,34 @@ def read_model_file(path: "str | os.PathLike[str]", mmap: bool = True,
     """Read and validate a model file. Any malformation raises FormatError."""
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if mmap and size > 0:
-                buf: Any = mmap_module.mmap(f.fileno(), 0, access=mmap_module.ACCESS_READ)
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                buf: Any = _read_stream(f, path)
+            elif mmap and info.st_size > 0:
+                buf = mmap_module.mmap(f.fileno(), 0, access=mmap_module.ACCESS_READ)
             else:
+                budget.check_read(path, info.st_size, what="model file")
                 buf = f.read()
     except FileNotFoundError:
         raise FormatError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise FormatError(f"{path}: is a directory, not a model file") from None
     return _parse(memoryview(buf), path, verify)
+
+
+def _read_stream(f: Any, path: Any) -> bytes:
+    """A pipe or device (no size to check first): read the header, and only when it is a
+    model file's, the rest, within the memory budget (`sllm info /dev/zero` fails fast)."""
+    head = f.read(HEADER.size)
+    if len(head) == HEADER.size and head[:4] != MAGIC:
+        raise FormatError(f"{path}: not an SLLM model file: magic {head[:4]!r} at offset 0, "
+                          f"expected {MAGIC!r}")
+    limit, _ = budget.available()
+    rest = f.read(limit + 1) if len(head) == HEADER.size else b""
+    if len(rest) > limit:
+        raise FormatError(f"{path}: a stream longer than the memory budget ({limit:,} bytes) "
+                          f"is not a model file this machine can load")
+    return head + rest
 
 
 def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
@@ -380,7 +409,7 @@ def _check_overlaps(entries, path) -> None:
 
 def _check_shapes(tensors, entries, config: ModelConfig, path, quantized) -> str:
     layout = Layout(config)
-    matmuls = set(matmul_weight_names(config))
+    matmuls = set(quantized_weight_names(config))
     for name, slot in layout.slots.items():
         if name not in tensors:
             raise FormatError(f"{path}: tensor {name!r} is missing")
@@ -390,7 +419,7 @@ def _check_shapes(tensors, entries, config: ModelConfig, path, quantized) -> str
             need = slot.shape if name == "wte" else slot.shape[::-1]
             if name not in matmuls:
                 raise FormatError(f"{path}: tensor {name!r} is {quantized[name][0]}, but only "
-                                  f"matmul weights may be quantized")
+                                  f"matmul weights and wte may be quantized")
         if shape != need:
             raise FormatError(f"{path}: tensor {name!r} has shape {shape}, the config needs "
                               f"{need}" + (" (quantized rows run along K)" if name in quantized
@@ -402,20 +431,7 @@ def _check_shapes(tensors, entries, config: ModelConfig, path, quantized) -> str
     return "/".join(sorted(DTYPES[c][0] if c in DTYPES else QDTYPES[c] for c in codes))
 
 
-# ---- loading into a model -----------------------------------------------------------------
-def load_model(path: "str | os.PathLike[str]", backend: Any = "auto", mmap: bool = True) -> Any:
-    """Read a model file into a new SLLM on `backend` (eval mode), with .tokenizer and
-    .metadata attached."""
-    from .model import SLLM
-    mf = read_model_file(path, mmap=mmap)
-    quantized = {n: (qtype, mf.tensors[n]) for n, (qtype, _) in mf.quantized.items()}
-    model = SLLM(mf.config, backend=backend, init=None, quantized=quantized)
-    for name, param in model.parameters().items():
-        param[...] = mf.tensors[name]
-    model.tokenizer, model.metadata = mf.tokenizer, mf.metadata
-    return model.eval()
-
-
+# ---- inspection ----------------------------------------------------------------------------
 def describe(path: "str | os.PathLike[str]") -> dict[str, Any]:
     """What `sllm info` shows: config, parameter count, dtype, sizes and checksum status."""
     mf = read_model_file(path, mmap=True)

@@ -11,12 +11,15 @@ import collections
 import json
 import os
 import re
+import stat
 import warnings
 from typing import Any, Iterable
 
 import numpy as np
 
+from . import budget
 from .errors import DataError
+from .fileio import atomic_write_text
 
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -99,12 +102,8 @@ class Tokenizer:
         raise NotImplementedError("_payload")
 
     def save(self, path: "str | os.PathLike[str]") -> None:
-        """Write vocab.json atomically (temp file, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, ensure_ascii=False)
-        os.replace(tmp, path)
+        """Write vocab.json atomically (temp file, fsync, rename)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     def dtype(self) -> type:
         """The smallest unsigned numpy type that holds every id."""
@@ -309,7 +308,11 @@ class BPETokenizer(Tokenizer):
     def from_dict(cls, d: dict[str, Any]) -> "BPETokenizer":
         """Rebuild from to_dict()."""
         from tokenizers import Tokenizer as HFTokenizer
-        return cls(HFTokenizer.from_str(json.dumps(d["hf"])), d.get("specials"))
+        try:
+            hf = HFTokenizer.from_str(json.dumps(d["hf"]))
+        except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception
+            raise DataError(f"corrupt bpe tokenizer description: {e}") from None
+        return cls(hf, d.get("specials"))
 
 
 def _check_specials(specials: Any, vocab_size: int) -> dict[str, int | None]:
@@ -371,9 +374,14 @@ def load(path: "str | os.PathLike[str]") -> Tokenizer:
     """Load a vocab.json written by `Tokenizer.save`."""
     try:
         with open(path, encoding="utf-8") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DataError(f"{os.fspath(path)}: not a regular file")
+            budget.check_read(path, os.fstat(f.fileno()).st_size, 12, "tokenizer file")
             data = json.load(f)
     except FileNotFoundError:
         raise DataError(f"{os.fspath(path)}: no such tokenizer file") from None
+    except IsADirectoryError:
+        raise DataError(f"{os.fspath(path)}: is a directory, not a tokenizer file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{os.fspath(path)}: not a tokenizer JSON file ({e})") from None
     return from_dict(data)

@@ -8,10 +8,12 @@ best.sllm (the weights with the lowest validation loss) and model.sllm (the fina
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -21,15 +23,19 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import backends, budget
 from . import tokenizer as tokenizers
 from .checkpoint import RunError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, resolve_config
 from .data import TokenData
 from .distributed import Group
 from .errors import ConfigError, FormatError
+from .fileio import atomic_write_text
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .progress import TrainProgress
+from .runlock import RunLock, acquire
+from .serialize import read_model_file
 from .schedule import SCHEDULES, Constant, Schedule
 from .threads import blas_limited
 from .train_config import TrainConfig
@@ -42,6 +48,8 @@ _FIXED_ON_RESUME = {"model", "corpus", "demo_chars", "tokenizer", "vocab_size", 
                     "init_from"}
 DEFAULT_VOCAB = 4000
 CHECKPOINT, BEST, FINAL, METRICS = "checkpoint.sllm", "best.sllm", "model.sllm", "metrics.jsonl"
+# What a run writes into its directory; --overwrite removes exactly these.
+RUN_FILES = (CHECKPOINT, BEST, FINAL, METRICS, "train_config.json", "vocab.json", "data")
 
 
 @dataclass
@@ -64,11 +72,11 @@ def _tokenizer_for(cfg: TrainConfig, text: str) -> tokenizers.Tokenizer:
     return tokenizers.load(cfg.tokenizer)
 
 
-def _model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+def _model_config(cfg: TrainConfig, vocab_size: int, warn: bool = True) -> ModelConfig:
     base = resolve_config(cfg.model) if cfg.model is not None else ModelConfig()
-    if cfg.model is not None and base.vocab_size != vocab_size:
+    if warn and cfg.model is not None and base.vocab_size != vocab_size:
         warnings.warn(f"the model config says vocab_size {base.vocab_size}; using the "
-                      f"tokenizer's {vocab_size}", stacklevel=3)
+                      f"tokenizer's {vocab_size}", stacklevel=4)
     changes: dict[str, Any] = {"vocab_size": vocab_size}
     if cfg.dropout is not None:
         changes["dropout"] = cfg.dropout
@@ -78,9 +86,24 @@ def _model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     return dataclasses.replace(base, **changes)
 
 
+def check_memory(cfg: TrainConfig, mcfg: ModelConfig, corpus_bytes: int = 0) -> None:
+    """Refuse (budget.BudgetError) a run whose model, optimizer state and activations
+    cannot fit in the memory budget (cfg.max_memory, when set, is the budget: prepare,
+    resume and run apply it with budget.limited)."""
+    budget.check_train(mcfg, cfg.batch_size, cfg.seq_len or mcfg.max_seq_len,
+                       backends.get(cfg.backend), cfg.optimizer, corpus_bytes,
+                       cfg.eval_batches if cfg.val_fraction > 0 else 0)
+
+
+def _corpus_bytes(cfg: TrainConfig) -> int:
+    if cfg.corpus is None:
+        return cfg.demo_chars
+    return os.path.getsize(cfg.corpus) if os.path.isfile(cfg.corpus) else 0
+
+
 def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
     """The model (weights, config, tokenizer) a fine-tuning run starts from."""
-    from .serialize import load_model
+    from .model import load_model
     if cfg.model is not None:
         raise ConfigError("--init-from brings its own model config; drop --config")
     if not os.path.isfile(os.fspath(cfg.init_from)):
@@ -135,18 +158,50 @@ def total_steps(cfg: TrainConfig, data: TokenData) -> int:
     return max(1, math.ceil(float(cfg.epochs) * per_epoch))
 
 
-def prepare(cfg: TrainConfig, progress: bool = True) -> "Trainer":
-    """A new run in cfg.out: tokenizer, data, model and optimizer, ready to run()."""
+def prepare(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> "Trainer":
+    """A new run in cfg.out: tokenizer, data, model and optimizer, ready to run().
+
+    The run directory is locked for this process first (RunLockedError if another process
+    writes it); a directory that already holds a run is refused unless overwrite=True,
+    which removes that run's files (and only those) first."""
+    created = not os.path.exists(cfg.out)
+    lock = acquire(cfg.out)
+    try:
+        _claim_run_dir(cfg.out, overwrite)
+        with budget.limited(cfg.max_memory):
+            return _prepare(cfg, progress, lock)
+    except BaseException:
+        lock.release()
+        if created:  # a refused run leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                os.rmdir(cfg.out)
+        raise
+
+
+def _claim_run_dir(out: str, overwrite: bool) -> None:
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    if found and not overwrite:
+        raise RunError(f"{out} already holds a run ({', '.join(found)}); continue it with "
+                       f"--resume {out}, replace it with --overwrite, or choose another --out")
+    for name in found:
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+
+
+def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> "Trainer":
     out = cfg.out
-    if os.path.exists(os.path.join(out, CHECKPOINT)):
-        raise RunError(f"{out} already holds a run; continue it with --resume {out} or "
-                       f"choose another --out")
+    if not cfg.init_from:  # a first bound before the corpus is read: the vocabulary at its
+        smallest = len(tokenizers.SPECIALS)  # smallest, as its size is known after tokenizing
+        check_memory(cfg, _model_config(cfg, smallest, warn=False), _corpus_bytes(cfg))
     text = _corpus_text(cfg)
     if cfg.init_from:
         model, tok = _init_from(cfg)
+        check_memory(cfg, model.config)  # counts the loaded weights twice: errs on the safe side
     else:
         tok = _tokenizer_for(cfg, text)
-        model = SLLM(_model_config(cfg, tok.vocab_size), backend=cfg.backend, seed=cfg.seed)
+        mcfg = _model_config(cfg, tok.vocab_size)
+        check_memory(cfg, mcfg)
+        model = SLLM(mcfg, backend=cfg.backend, seed=cfg.seed)
     seq_len = cfg.seq_len or model.config.max_seq_len
     data = TokenData.from_text(text, tok, seq_len, cfg.batch_size, cfg.val_fraction,
                                cfg.seed, cfg.documents)
@@ -154,23 +209,40 @@ def prepare(cfg: TrainConfig, progress: bool = True) -> "Trainer":
     data.save(os.path.join(out, "data"))
     tok.save(os.path.join(out, "vocab.json"))
     cfg.save(os.path.join(out, "train_config.json"))
-    return Trainer(model, tok, data, cfg, make_optimizer(cfg, model), progress=progress)
+    trainer = Trainer(model, tok, data, cfg, make_optimizer(cfg, model), progress=progress)
+    trainer.lock = lock
+    return trainer
 
 
 def resume(run_dir: "str | os.PathLike[str]", progress: bool = True, backend: str | None = None,
            **overrides: Any) -> "Trainer":
-    """Continue the run in run_dir from its checkpoint; overrides (e.g. steps=...) change
-    the saved training config."""
+    """Continue the run in run_dir from its checkpoint (locking the directory first).
+
+    overrides (steps=..., lr=..., any TrainConfig field except those in _FIXED_ON_RESUME)
+    change the saved plan and are recorded in train_config.json at once, so a later
+    resume without them continues the same plan."""
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
         raise RunError(f"--resume {run_dir}: no such run directory")
+    lock = acquire(run_dir)
+    try:
+        trainer = _resume(run_dir, progress, backend, overrides)
+    except BaseException:
+        lock.release()
+        raise
+    trainer.lock = lock
+    return trainer
+
+
+def _resume(run_dir: str, progress: bool, backend: str | None,
+            overrides: dict[str, Any]) -> "Trainer":
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.isfile(path):
         raise RunError(f"--resume {run_dir}: no {CHECKPOINT} in it, so there is nothing to "
                        f"resume; start a new run with --out")
     try:
         cfg = TrainConfig.from_json(os.path.join(run_dir, "train_config.json"))
-        ckpt = load_checkpoint(path, backend=backend or cfg.backend)
+        header = read_model_file(path, mmap=True, verify=False)
     except (ConfigError, FormatError) as e:
         raise RunError(f"--resume {run_dir}: the run directory is corrupt: {e}") from None
     fixed = sorted(k for k, v in overrides.items() if k in _FIXED_ON_RESUME and v is not None
@@ -179,6 +251,13 @@ def resume(run_dir: "str | os.PathLike[str]", progress: bool = True, backend: st
         raise RunError(f"--resume {run_dir}: {', '.join(fixed)} cannot change when resuming "
                        f"(the data and model are fixed); start a new run instead")
     cfg = cfg.replace(out=run_dir, backend=backend, **overrides)
+    with budget.limited(cfg.max_memory):
+        check_memory(cfg, header.config)
+        del header  # releases the file's memory map
+        try:
+            ckpt = load_checkpoint(path, backend=cfg.backend)
+        except FormatError as e:
+            raise RunError(f"--resume {run_dir}: the run directory is corrupt: {e}") from None
     tok = tokenizers.from_dict(ckpt.model.tokenizer)
     data = TokenData.load(os.path.join(run_dir, "data"), cfg.seq_len or
                           ckpt.model.config.max_seq_len, cfg.batch_size, cfg.seed, cfg.documents)
@@ -186,6 +265,7 @@ def resume(run_dir: "str | os.PathLike[str]", progress: bool = True, backend: st
     opt.load_state_dict(ckpt.optimizer_state)
     trainer = Trainer(ckpt.model, tok, data, cfg, opt, progress=progress)
     trainer.load_state(ckpt.trainer_state)
+    cfg.save(os.path.join(run_dir, "train_config.json"))  # the plan now includes overrides
     return trainer
 
 
@@ -213,6 +293,7 @@ class Trainer:
         self._window = [0, 0.0]  # steps and compute seconds since the last metrics line
         self._deadline: float | None = None
         self.on_step: Callable[["Trainer"], None] | None = None  # test and example hook
+        self.lock: RunLock | None = None  # this process's lock on cfg.out (see runlock)
         self.dist = Group()  # the ranks of a data-parallel job (sllm.distributed.replicate)
 
     # ---- state for checkpoints ------------------------------------------------------------
@@ -233,10 +314,12 @@ class Trainer:
         return os.path.join(self.cfg.out, name)
 
     def save_checkpoint(self) -> None:
-        """Write checkpoint.sllm atomically (rank 0 only under MPI)."""
+        """Write checkpoint.sllm, then train_config.json, each atomically (rank 0 only under
+        MPI; the checkpoint also embeds the config it was trained under)."""
         if self.dist.is_root:
             save_checkpoint(self._path(CHECKPOINT), self.model, self.opt, self.tok.to_dict(),
                             self.state(), self.cfg.to_dict())
+            self.cfg.save(self._path("train_config.json"))
         self.saved_step = self.step
 
     def _save_model(self, name: str) -> None:
@@ -248,7 +331,20 @@ class Trainer:
 
     # ---- running ----------------------------------------------------------------------------
     def run(self, stop_at: int | None = None) -> TrainResult:
-        """Train until the total step count (or stop_at, or early stopping, or Ctrl-C)."""
+        """Train until the total step count (or stop_at, or early stopping, or Ctrl-C).
+
+        Holds the run directory's lock while running and releases it at the end (a later
+        run() of the same trainer takes it again)."""
+        if self.dist.is_root and (self.lock is None or not self.lock.held):
+            self.lock = acquire(self.cfg.out)  # under MPI only rank 0 writes, so only it locks
+        try:
+            with budget.limited(self.cfg.max_memory):
+                return self._run(stop_at)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _run(self, stop_at: int | None) -> TrainResult:
         until = min(self.total, stop_at) if stop_at is not None else self.total
         self._trim_metrics()
         start, status, message = time.perf_counter(), "done", ""
@@ -363,18 +459,40 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _trim_metrics(self) -> None:
-        """Drop lines logged after the checkpoint we restart from (a crash can leave some)."""
+        """Drop lines logged after the checkpoint we restart from (a crash can leave some),
+        and a torn last line (a kill in the middle of a write), with a notice."""
         path = self._path(METRICS)
         if not self.dist.is_root or not os.path.isfile(path):
             return
-        with open(path, encoding="utf-8") as f:
-            lines = [ln for ln in f if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            record = _metrics_record(line)
+            if record is None and number == len(lines) and not line.endswith("\n"):
+                warnings.warn(f"{path}: dropped a partial last line (line {number}, "
+                              f"{len(line)} characters) left by an interrupted write",
+                              stacklevel=3)
+                continue
+            if record is None:
+                raise RunError(f"{path}, line {number}: not a JSON object with a numeric "
+                               f"'step': {line.strip()[:80]!r}; fix or delete that line")
+            records.append((record["step"], line))
+        keep = [line for step, line in records if step <= self.step]
         if len(keep) != len(lines):
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(keep)
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(keep))
+
+
+def _metrics_record(line: str) -> dict[str, Any] | None:
+    """The JSON object on one metrics line, or None when it is not a valid record."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("step"), int)
+    return record if ok else None
 
 
 class _interrupt_flag:

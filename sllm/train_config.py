@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from . import validate as V
 from .errors import ConfigError
+from .fileio import atomic_write_text
 
 
 @dataclass
@@ -21,7 +24,9 @@ class TrainConfig:
     length; seq_len: window length T (default: the model's max_seq_len); vocab_size: the
     tokenizer's size (default: 4000 for word and bpe, every character for char);
     init_from: a model file whose weights, config and tokenizer the run starts from (then
-    model, tokenizer and vocab_size are not used).
+    model, tokenizer and vocab_size are not used);
+    max_memory: the memory budget ("8G", "512M"; default: what the machine has available).
+    Every value is checked on construction (ConfigError names the key and its range).
     """
 
     model: "str | dict[str, Any] | None" = None
@@ -53,6 +58,7 @@ class TrainConfig:
     min_delta: float = 0.0
     checkpoint_every: int = 500
     max_minutes: float | None = None
+    max_memory: str | None = None
     log_every: int = 10
     out: str = "runs/latest"
     seed: int = 0
@@ -60,23 +66,12 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        checks = {"batch_size": self.batch_size >= 1, "lr": self.lr >= 0,
-                  "min_lr": self.min_lr >= 0, "warmup": self.warmup >= 0,
-                  "grad_clip": self.grad_clip >= 0, "eval_batches": self.eval_batches >= 1,
-                  "eval_every": self.eval_every >= 0, "log_every": self.log_every >= 1,
-                  "checkpoint_every": self.checkpoint_every >= 0,
-                  "val_fraction": 0.0 <= self.val_fraction < 1.0,
-                  "vocab_size": self.vocab_size is None or self.vocab_size >= 2,
-                  "steps": self.steps is None or self.steps >= 1,
-                  "epochs": self.epochs is None or self.epochs > 0,
-                  "seq_len": self.seq_len is None or self.seq_len >= 1,
-                  "patience": self.patience is None or self.patience >= 1,
-                  "max_minutes": self.max_minutes is None or self.max_minutes > 0,
-                  "encoding_errors": self.encoding_errors in ("strict", "replace", "ignore")}
-        for key, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"training config: invalid {key} = {getattr(self, key)!r}")
+        for name, check in _CHECKS.items():
+            setattr(self, name, check(name, getattr(self, name)))
+        if self.model is not None and not isinstance(self.model, (str, dict)):
+            self.model = V.check_text("model", self.model)  # a path-like, or an error
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"training config: extra must be an object, got {self.extra!r}")
         if self.steps is None and self.epochs is None:
             raise ConfigError("training config: give steps or epochs")
 
@@ -101,13 +96,14 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: "str | os.PathLike[str]") -> "TrainConfig":
         """Read a training-config JSON file."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                return cls.from_dict(json.load(f))
-        except FileNotFoundError:
-            raise ConfigError(f"{os.fspath(path)}: no such training config") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{os.fspath(path)}: not valid JSON ({e})") from None
+        return cls.from_dict(_read_json(path))
+
+    @classmethod
+    def read_overrides(cls, path: "str | os.PathLike[str]") -> dict[str, Any]:
+        """The settings a training-config JSON file gives, by field name (for --resume)."""
+        data = _read_json(path)
+        cls.from_dict({**data, "steps": 1} if data.get("steps") is None else data)  # checks
+        return {k.replace("-", "_"): v for k, v in data.items()}
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (None values are ignored)."""
@@ -115,7 +111,74 @@ class TrainConfig:
 
     def save(self, path: "str | os.PathLike[str]") -> None:
         """Write as JSON atomically."""
-        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+
+def _read_json(path: "str | os.PathLike[str]") -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{os.fspath(path)}: no such training config") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{os.fspath(path)}: is a directory, not a training config") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{os.fspath(path)}: not valid JSON ({e})") from None
+
+
+def _int(lo: int, hi: int = V.INT_MAX, optional: bool = False) -> Callable[[str, Any], Any]:
+    return lambda name, v: V.check_int(name, v, lo, hi, optional)
+
+
+def _num(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False,
+         optional: bool = False) -> Callable[[str, Any], Any]:
+    return lambda name, v: V.check_number(name, v, lo, hi, lo_open, hi_open, optional)
+
+
+def _choice(*choices: str) -> Callable[[str, Any], Any]:
+    return lambda name, v: V.check_choice(name, v, choices)
+
+
+def _memory(name: str, value: Any) -> Any:
+    from .budget import parse_size
+    if value is not None:
+        parse_size(value, name)
+    return value
+
+
+# name -> check(name, value) returning the canonical value; messages give the range.
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "corpus": lambda n, v: V.check_text(n, v, optional=True),
+    "init_from": lambda n, v: V.check_text(n, v, optional=True),
+    "demo_chars": _int(1, 10**9),
+    "tokenizer": lambda n, v: V.check_text(n, v),
+    "vocab_size": _int(2, optional=True),
+    "encoding_errors": _choice("strict", "replace", "ignore"),
+    "documents": V.check_bool,
+    "backend": lambda n, v: V.check_text(n, v),
+    "steps": _int(1, optional=True),
+    "epochs": _num(0.0, 1e6, lo_open=True, optional=True),
+    "batch_size": _int(1),
+    "seq_len": _int(1, optional=True),
+    "dropout": _num(0.0, 1.0, hi_open=True, optional=True),
+    "optimizer": _choice("adam", "adamw", "sgd"),
+    "lr": _num(0.0),
+    "min_lr": _num(0.0),
+    "betas": lambda n, v: V.check_betas(v),
+    "momentum": _num(0.0, 1.0, hi_open=True),
+    "weight_decay": _num(0.0),
+    "schedule": _choice("cosine", "linear", "constant"),
+    "warmup": _int(0),
+    "grad_clip": _num(0.0),
+    "val_fraction": _num(0.0, 1.0, hi_open=True),
+    "eval_every": _int(0),
+    "eval_batches": _int(1),
+    "patience": _int(1, optional=True),
+    "min_delta": _num(0.0),
+    "checkpoint_every": _int(0),
+    "max_minutes": _num(0.0, lo_open=True, optional=True),
+    "max_memory": _memory,
+    "log_every": _int(1),
+    "out": lambda n, v: V.check_text(n, v),
+    "seed": _int(0, 2**63 - 1),
+}

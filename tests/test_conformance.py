@@ -4,14 +4,13 @@ import math
 
 import numpy as np
 import pytest
+from conftest import install_plugin
 from typer.testing import CliRunner
 
 from sllm import backends
 from sllm.backends import conformance, reference
 from sllm.backends.base import KERNELS, Backend
 from sllm.cli import app
-
-from conftest import install_plugin
 
 
 @pytest.fixture(autouse=True)

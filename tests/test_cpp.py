@@ -138,6 +138,51 @@ def test_training_losses_bit_identical_for_1_2_3_threads(rng):
         np.testing.assert_array_equal(params, runs[0][1])
 
 
+def test_kernels_from_concurrent_python_threads_are_exact(rng):
+    """Two Python threads calling kernels at once (the GIL is released): the pool runs one
+    job at a time and the other serially; both match a lone call bit for bit."""
+    import threading
+    be = backends.get("cpp")
+    x, w = rng.standard_normal((97, 130)).astype(np.float32), rng.standard_normal(
+        (130, 211)).astype(np.float32)
+    expected = np.empty((97, 211), np.float32)
+    be.matmul_fwd(expected, x, w, None)
+    outs, errors = [np.empty_like(expected) for _ in range(4)], []
+
+    def work(out):
+        try:
+            for _ in range(20):
+                be.matmul_fwd(out, x, w, None)
+                np.testing.assert_array_equal(out, expected)
+        except AssertionError as e:  # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(o,)) for o in outs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_pool_survives_fork():
+    """A child forked after the pool started (multiprocessing's default on Linux) has no
+    workers; its kernels still finish (the caller runs every task)."""
+    code = textwrap.dedent("""
+        import json, os, numpy as np
+        from sllm import backends
+        be = backends.get("cpp"); be.set_num_threads(2)
+        x = np.ones((300, 300), np.float32); out = np.empty_like(x)
+        be.matmul_fwd(out, x, x, None)
+        pid = os.fork()
+        if pid == 0:
+            be.matmul_fwd(out, x, x, None)
+            os._exit(0 if out[0, 0] == 300 else 1)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"status": status}))
+    """)
+    assert _run_python(code)["status"] == 0
+
+
 @pytest.fixture
 def cpp():
     return backends.get("cpp")

@@ -58,6 +58,12 @@ def test_strip_option_and_parse_ranks():
             distributed.parse_ranks(bad)
 
 
+def test_ranks_under_mpiexec_is_refused(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(distributed.DistributedError, match="leave it out"):
+        distributed.launch_cli("2", ["train"], None)
+
+
 def test_single_process_group_is_the_identity(tmp_path):
     group = distributed.world()
     assert group.size == 1 and group.is_root and group.rows(5) == slice(0, 5)
@@ -151,6 +157,15 @@ def test_two_ranks_match_one_process(tmp_path, backend, kw):
     pb = sllm.load(tmp_path / "two" / "model.sllm").parameters()
     for k in pa:
         assert np.linalg.norm(pa[k] - pb[k]) <= 1e-3 * np.linalg.norm(pa[k]), k
+
+
+@needs_mpi
+def test_ranks_auto_measures_then_trains(tmp_path):
+    cfg = _cfg(tmp_path / "auto", steps=4, eval_every=0)
+    proc = _sllm(*_args(cfg), "--ranks", "auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "--ranks auto: on numpy:" in proc.stdout and "ms/step" in proc.stdout
+    assert [r["step"] for r in _metrics(cfg.out)] == [1, 2, 3, 4]
 
 
 @needs_mpi

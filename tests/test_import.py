@@ -1,17 +1,20 @@
-"""`import sllm` stays fast: heavy pieces load on first use."""
+"""`import sllm` stays light: heavy pieces load on first use.
+
+How long the import takes is measured (`python -X importtime -c "import sllm"`), not
+asserted: on a shared machine a wall-clock bound fails for reasons that are not sllm's.
+What is asserted is the cause of a slow import: a heavy module pulled in at import time.
+"""
 import subprocess
 import sys
 
+LAZY = ("typer", "rich", "tokenizers", "wasmtime", "mpi4py", "threadpoolctl", "safetensors",
+        "gguf", "starlette", "uvicorn", "fastapi", "matplotlib", "selenium", "torch")
 
-def test_import_under_half_a_second():
-    code = ("import time; t = time.perf_counter(); import sllm; "
-            "print(time.perf_counter() - t); import sys; "
-            "print(all(m not in sys.modules for m in ('typer', 'rich', 'tokenizers', 'wasmtime')))")
-    best = min(float(subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                    text=True, check=True).stdout.split()[0]) for _ in range(3))
-    assert best < 0.5
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-    assert out.split()[1] == "True"  # the CLI, tokenizer and wasm runtimes load lazily
+
+def test_heavy_modules_load_lazily():
+    code = f"import sys, sllm; print(' '.join(m for m in {LAZY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []  # the CLI, runtimes and optional extras load on first use
 
 
 def test_public_names():

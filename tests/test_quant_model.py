@@ -64,6 +64,47 @@ def test_reference_matmul_q_refuses_wrong_row_bytes():
                                wq, None, "q8_0")
 
 
+@pytest.mark.parametrize("qtype", quant.QTYPES)
+def test_every_backend_matches_the_reference_kernel(backend_name, qtype):
+    """Awkward shapes (K % 32 != 0, one row, OC of 1) on each backend vs the reference."""
+    from sllm.backends import conformance
+    be = sllm.backends.get(backend_name)
+    for i, shape in enumerate(conformance.CASES["matmul_q_fwd"].shapes):
+        if shape["qtype"] == qtype:
+            for check in conformance.check_kernel(be, "matmul_q_fwd", i):
+                assert check.passed, check
+
+
+def test_wasm_simd128_module_without_relaxed_simd():
+    """The plain SIMD128 module (browsers without relaxed SIMD) runs the extmul path."""
+    from sllm.backends import conformance
+    from sllm.backends.wasm import WasmSimdBackend
+    if "wasm-simd" not in sllm.backends.available():
+        pytest.skip("wasm-simd is not available here")
+
+    class Simd128Only(WasmSimdBackend):
+        modules = (("sllm_simd128.wasm", False, "simd128"),)
+        _probed = {}
+
+    be = Simd128Only()
+    assert be.capabilities["module"] == "sllm_simd128.wasm"
+    for i in range(len(conformance.CASES["matmul_q_fwd"].shapes)):
+        for check in conformance.check_kernel(be, "matmul_q_fwd", i):
+            assert check.passed, check
+
+
+@pytest.mark.parametrize("qtype", quant.QTYPES)
+def test_quantized_model_greedy_tokens_agree_on_every_backend(tmp_path, qtype):
+    cfg = sllm.ModelConfig(vocab_size=61, embedding_dim=72, num_layers=2, num_heads=3,
+                           ffn_hidden_dim=160, max_seq_len=32, dropout=0.0)
+    _model(cfg, seed=11).quantize(qtype).save(tmp_path / "q.sllm")
+    runs = {}
+    for name in sllm.backends.available():
+        m = sllm.load(tmp_path / "q.sllm", backend=name)
+        runs[name] = m.generate([3, 1, 4, 1, 5], 20, temperature=0.0)
+    assert len({tuple(r) for r in runs.values()}) == 1, runs
+
+
 # ---- model.quantize -------------------------------------------------------------------------
 @pytest.mark.parametrize("cfg", [CFG, TIED], ids=["untied", "tied"])
 @pytest.mark.parametrize("qtype", quant.QTYPES)
@@ -72,7 +113,7 @@ def test_quantized_model_tracks_float(cfg, qtype):
     ref_logits, ref_loss = m.forward(X), m.loss(X, X)
     m.quantize(qtype)
     assert m.qtype == qtype
-    assert set(m.quantized_weights()) == set(quant.matmul_weight_names(cfg))
+    assert set(m.quantized_weights()) == set(quant.matmul_weight_names(cfg)) | {"wte"}
     assert _rel(m.forward(X), ref_logits) < REL_TOL[qtype]
     assert abs(m.loss(X, X) - ref_loss) < 0.1 * ref_loss
     out = m.generate([1, 2, 3], 8, temperature=0.0)
@@ -275,3 +316,9 @@ def test_eval_matches_model_loss():
     pieces = [(ids[s:min(s + 16, 39)], ids[s + 1:s + 17]) for s in range(0, 39, 16)]
     total = sum(m.loss(x[None], y[None]) * len(y) for x, y in pieces)
     assert r["loss"] == pytest.approx(total / 39, rel=1e-5)
+
+
+def test_keep_embeddings_leaves_wte_float():
+    m = _model().quantize("q8_0", embeddings=False)
+    assert "wte" in m.parameters() and "wte" not in m.quantized_weights()
+    assert "lm_head.weight" in m.quantized_weights()

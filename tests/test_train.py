@@ -137,11 +137,11 @@ def test_model_vocab_follows_tokenizer_with_warning(tmp_path):
 def test_bad_training_settings(tmp_path):
     with pytest.raises(sllm.ConfigError, match="longer than the model's max_seq_len"):
         T.prepare(_cfg(tmp_path, seq_len=64), progress=False)
-    with pytest.raises(sllm.ConfigError, match="optimizer must be one of"):
+    with pytest.raises(sllm.ConfigError, match=r"optimizer \(--optimizer\) must be one of"):
         T.prepare(_cfg(tmp_path / "o", optimizer="lion"), progress=False)
     with pytest.raises(sllm.ConfigError, match="unknown key"):
         T.TrainConfig.from_dict({"stepz": 3})
-    with pytest.raises(sllm.ConfigError, match="invalid batch_size"):
+    with pytest.raises(sllm.ConfigError, match=r"batch_size \(--batch-size\) must be an integer in \[1, "):
         T.TrainConfig(batch_size=0)
     with pytest.raises(RunError, match="no such corpus file"):
         T.prepare(_cfg(tmp_path / "c", corpus=str(tmp_path / "missing.txt")), progress=False)

@@ -10,6 +10,7 @@ from sllm import BackendError, backends
 from sllm.backends import KERNELS, wasm_runtime
 from sllm.backends.wasm import WasmBackend, WasmSimdBackend, find_module
 from sllm.backends.wasm_runtime import RuntimeUnavailable, wasmer_importable
+from sllm.budget import BudgetError
 
 WASM = [n for n in ("wasm", "wasm-simd") if n in backends.available()]
 pytestmark = pytest.mark.skipif(not WASM, reason="the wasm modules were not built or no runtime")
@@ -32,8 +33,7 @@ def test_modules_need_no_imports(filename):
     module = wasmtime.Module(engine, find_module(filename).read_bytes())
     assert list(module.imports) == []  # instantiable in a browser with {}
     exports = {e.name for e in module.exports}
-    from sllm.backends.wasm import WasmBackend
-    assert set(KERNELS) - WasmBackend.reference_kernels <= exports and {"memory", "args_address", "heap_base"} <= exports
+    assert set(KERNELS) <= exports and {"memory", "args_address", "heap_base"} <= exports
     wasmtime.Instance(wasmtime.Store(engine), module, [])
 
 
@@ -41,7 +41,7 @@ def test_capabilities_are_data(be):
     caps = be.capabilities
     assert caps["runtime"] in ("wasmtime", "wasmer")
     assert caps["simd"] == (None if be.name == "wasm" else "simd128")
-    assert be.missing_kernels() == [] and not be.reference_kernels - {"matmul_q_fwd"}
+    assert be.missing_kernels() == [] and not be.reference_kernels
 
 
 def test_storage_is_zero_copy_and_reused(be):
@@ -89,8 +89,10 @@ def test_out_of_memory_under_a_model_is_clear():
     small = WasmBackend(memory_limit=2 * 2**20)
     cfg = sllm.ModelConfig(vocab_size=5000, embedding_dim=128, num_layers=1, num_heads=4,
                            ffn_hidden_dim=512, max_seq_len=64)
+    with pytest.raises(BudgetError, match=r"needs 16.3 MiB .* \(wasm linear memory\)"):
+        sllm.SLLM(cfg, backend=small)  # refused by the budget, before any allocation
     with pytest.raises(BackendError, match="out of WebAssembly linear memory"):
-        sllm.SLLM(cfg, backend=small)
+        small.empty((1 << 20,))  # the allocator's own message, below the budget
 
 
 class _MovingRuntime(wasm_runtime.Runtime):

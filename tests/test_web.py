@@ -32,11 +32,15 @@ ODD_TEXT = ("Hello, world! Don't stop… it's 3.5 km (or 2,000 m)?\n\n  Tabs\tan
 JAPANESE = "日本語のテキストです。東京は大きい！きょうは、いい天気ですね。カタカナとひらがな。"
 
 
-def _trained(tmp_path_factory, name, cfg, tokenizer="word", steps=60):
-    """A small model trained for a few steps on the demo corpus, with its tokenizer."""
+def _trained(tmp_path_factory, name, cfg, tokenizer="word", steps=60, corpus=None):
+    """A small model trained for a few steps (on the demo corpus unless a corpus text is
+    given), with its tokenizer."""
     from sllm.train import TrainConfig, prepare
     out = tmp_path_factory.mktemp(name)
+    if corpus is not None:
+        (out / "corpus.txt").write_text(corpus, encoding="utf-8")
     tc = TrainConfig(model=cfg, demo_chars=40_000, tokenizer=tokenizer, vocab_size=cfg["vocabSize"],
+                     corpus=str(out / "corpus.txt") if corpus is not None else None,
                      backend="numpy", steps=steps, batch_size=8, seq_len=32, lr=3e-3, warmup=5,
                      eval_every=10_000, checkpoint_every=10_000, out=str(out / "run"))
     prepare(tc, progress=False).run()
@@ -50,12 +54,20 @@ def word_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def site(word_model, tmp_path_factory):
+def bpe_model(tmp_path_factory):
+    """A byte-level BPE model trained on English and Japanese (tokens split characters)."""
+    text = generate_corpus(20_000, seed=2) + "\n" + (JAPANESE + "\n") * 60
+    return _trained(tmp_path_factory, "bpe", {**WORD_CFG, "vocabSize": 300}, "bpe", 40, text)
+
+
+@pytest.fixture(scope="module")
+def site(word_model, bpe_model, tmp_path_factory):
     """The exported site of word_model, plus extra model files tests drop beside it."""
     out = tmp_path_factory.mktemp("site")
     export_site(word_model, out)
     m = sllm.load(word_model, backend="numpy")
     m.save(out / "f16.sllm", dtype="f16")
+    (out / "bpe.sllm").write_bytes(bpe_model.read_bytes())
     for qtype in ("q8_0", "q4_0", "q4_1"):
         export_site(word_model, out / qtype, dtype=qtype)
         (out / f"{qtype}.sllm").write_bytes((out / qtype / "model.sllm").read_bytes())
@@ -148,13 +160,13 @@ def _python_greedy(path, backend, prompt, n):
 
 @pytest.mark.parametrize("file,module,backend", [
     ("model.sllm", "auto", "wasm-simd"), ("f16.sllm", "auto", "wasm-simd"),
-    ("model.sllm", "scalar", "wasm"), ("q8_0.sllm", "auto", "wasm-simd"),
+    ("model.sllm", "scalar", "wasm"), ("bpe.sllm", "auto", "wasm-simd"), ("q8_0.sllm", "auto", "wasm-simd"),
     ("q4_0.sllm", "auto", "wasm-simd"), ("q4_1.sllm", "auto", "wasm-simd"),
     ("q8_0.sllm", "scalar", "wasm")])
 def test_greedy_generation_matches_python(browser, site, file, module, backend):
     if file.startswith("q") and not _wasm_has_quantized_matmul():
         pytest.skip("the WebAssembly modules have no quantized matmul (matmul_q_fwd) yet")
-    prompt = "Once upon a time, there was a"
+    prompt = "東京は大きい" if file == "bpe.sllm" else "Once upon a time, there was a"
     m, tok, ids, expected = _python_greedy(site / file, backend, prompt, 80)
     got = run_js(browser, """
 const m = await sllm.load(args[0], {wasm: args[1]});
@@ -177,12 +189,13 @@ const opts = {maxTokens: 30, temperature: 0.9, topK: 20, topP: 0.9, seed: 7};
 const a = await m.generate("One day, Anna", opts), b = await m.generate("One day, Anna", opts);
 const pieces = [];
 for await (const p of m.stream("One day, Anna", opts)) pieces.push(p);
+const stats = {...m.stats};
 const greedy = await m.generate("One day, Anna", {maxTokens: 30, temperature: 0});
-return {a, b, joined: pieces.join(""), greedy, stats: m.stats};
+return {a, b, joined: pieces.join(""), greedy, stats};
 """)
     assert got["a"] == got["b"] == got["joined"]  # seeded: reproducible, streaming == whole
     assert got["a"] != got["greedy"]
-    assert got["stats"]["tokens"] >= 1 and got["stats"]["tokensPerSecond"] > 0
+    assert got["stats"]["tokens"] >= 1 and got["stats"]["tokensPerSecond"] >= 0
 
 
 def _batch(tok, text, B, T, seed):
@@ -473,3 +486,34 @@ WebAssembly.validate = (bytes) => bytes.byteLength < 64 ? false : validate(bytes
     finally:
         browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
                                 {"identifier": script["identifier"]})
+
+
+def test_page_opened_as_a_file_says_to_serve_it(browser, site):
+    browser.get((site / "index.html").as_uri())
+    try:
+        error = browser.find_element("id", "error")
+        assert error.is_displayed() and "served over HTTP" in error.text
+    finally:
+        browser.get(browser.server_url + "index.html")  # later tests run on the served page
+
+
+@pytest.mark.filterwarnings("ignore:not in the vocabulary")
+def test_chat_turns_match_python(browser, site):
+    """The browser's ChatSession builds the same A:/B: dialogue as sllm.chat (greedy)."""
+    from sllm.chat import ChatSession
+    m = sllm.load(site / "model.sllm", backend="wasm-simd")
+    session = ChatSession(m, tokenizers.from_dict(m.tokenizer), max_new_tokens=20, temperature=0)
+    lines = ["Hello! How are you?", "Do you have a pet?", "What do you like to eat?"] * 3
+    expected = ["".join(session.reply(line)) for line in lines]
+    got = run_js(browser, """
+const m = await sllm.load("model.sllm");
+const chat = m.chat({maxTokens: 20, temperature: 0});
+const out = [];
+for (const line of args[0]) {
+  let text = "";
+  for await (const piece of chat.reply(line)) text += piece;
+  out.push(text);
+}
+return out;
+""", lines)
+    assert got == expected

@@ -115,3 +115,27 @@ EXPORT(attention_decode) {
         }
     }
 }
+
+/* attention_decode_batch(out (B,1,C), qkv (B,1,3C), kcache, vcache (S,H,maxT,D), slots (B,),
+ *                        positions (B,), B, C, H, maxT, scratch (maxT))
+ * Continuous batching: row b stores its key/value in slot slots[b] at positions[b], then
+ * attends over that slot's positions 0..positions[b] (attention_decode with B = Tn = 1). */
+EXPORT(attention_decode_batch) {
+    float *out = ARG_F32P(0), *qkv = ARG_F32P(1), *kc = ARG_F32P(2), *vc = ARG_F32P(3);
+    const int32_t *slots = ARG_I32P(4), *positions = ARG_I32P(5);
+    int B = ARG_INT(6), C = ARG_INT(7), H = ARG_INT(8), D = C / H, maxT = ARG_INT(9);
+    float *probs = ARG_F32P(10);
+    float scale = 1.0f / __builtin_sqrtf((float)D);
+    for (int b = 0; b < B; b++) {
+        int pos = positions[b];
+        for (int h = 0; h < H; h++) {
+            size_t head = ((size_t)slots[b] * H + h) * maxT * D;
+            float *kh = kc + head, *vh = vc + head;
+            const float *q = qkv + (size_t)b * 3 * C + h * D;
+            copy_floats(kh + (size_t)pos * D, q + C, D);
+            copy_floats(vh + (size_t)pos * D, q + 2 * C, D);
+            softmax_scores(probs, q, kh, D, pos + 1, D, scale);
+            weighted_sum(out + (size_t)b * C + h * D, probs, vh, D, pos + 1, D);
+        }
+    }
+}

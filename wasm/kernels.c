@@ -1,7 +1,9 @@
-/* The sllm kernels for WebAssembly: module plumbing, embedding, layernorm, elementwise
- * activations, dropout, the fused softmax + cross-entropy, and the optimizers. GEMM is in
- * gemm.c, attention in attention.c. Semantics follow sllm/backends/numpy_ref.py; argument
- * slots are listed above each export (see abi.h for the calling convention). */
+/* The sllm kernels for WebAssembly, this file: module plumbing (argument block, heap base,
+ * SIMD level, memset/memcpy) plus the embedding and layernorm kernels. The other kernels
+ * live by concern: elementwise.c (GELU, ReLU, residual, dropout), loss_optim.c (softmax +
+ * cross-entropy, the optimizers), gemm.c (matmul), attention.c. Semantics follow
+ * sllm/backends/reference.py; argument slots are listed above each export (see abi.h for
+ * the calling convention). */
 #include "vec.h"
 
 arg_slot ARGS[ARGS_SLOTS];

@@ -47,7 +47,7 @@ KERNELS: tuple[str, ...] = (
     "encoder_fwd", "encoder_bwd",
     "layernorm_fwd", "layernorm_bwd",
     "matmul_fwd", "matmul_bwd", "matmul_q_fwd",
-    "attention_fwd", "attention_bwd", "attention_decode",
+    "attention_fwd", "attention_bwd", "attention_decode", "attention_decode_batch",
     "gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd",
     "residual_fwd",
     "dropout_fwd", "dropout_bwd",
@@ -109,11 +109,11 @@ class Backend:
         """Optional: use n threads in kernels. The default backend is single-purpose and ignores it."""
 
     # ---- storage ---------------------------------------------------------------------
-    def empty(self, shape: "int | tuple[int, ...]", dtype: Any = None) -> np.ndarray:
+    def empty(self, shape: int | tuple[int, ...], dtype: Any = None) -> np.ndarray:
         """A new uninitialised array owned by this backend (float by default)."""
         return np.empty(shape, dtype=self.dtype if dtype is None else dtype)
 
-    def zeros(self, shape: "int | tuple[int, ...]", dtype: Any = None) -> np.ndarray:
+    def zeros(self, shape: int | tuple[int, ...], dtype: Any = None) -> np.ndarray:
         """A new zero-filled array owned by this backend."""
         out = self.empty(shape, dtype)
         out.fill(0)
@@ -223,6 +223,19 @@ class Backend:
         out (B,Tn,C).
         """
         raise _not_implemented(self, "attention_decode")
+
+    def attention_decode_batch(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
+                               slots: Array, positions: Array, n_head: int) -> None:
+        """Continuous batching: one new position for each of B sequences (serving).
+
+        Row b of qkv (B,1,3C) belongs to the sequence in cache slot slots[b] of kcache,
+        vcache (S,H,maxT,D), where it is at position positions[b] (slots, positions: (B,)
+        int32; slots distinct, each sequence its own length). Stores row b's key and value
+        at that slot and position, then attends over the slot's positions
+        0..positions[b]; out (B,1,C). Row b's output equals attention_decode on slot
+        slots[b] alone (B = Tn = 1, pos = positions[b]).
+        """
+        raise _not_implemented(self, "attention_decode_batch")
 
     def gelu_fwd(self, out: Array, inp: Array) -> None:
         """out = GELU(inp), GPT-2's tanh approximation, elementwise (any shape)."""

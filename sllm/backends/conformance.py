@@ -17,11 +17,13 @@ until every name in KERNELS has one).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -238,6 +240,13 @@ def _attention_decode(rng, B, H, D, Tn, pos, maxT):
             _f(rng, B, H, maxT, D), pos, H]
 
 
+def _attention_decode_batch(rng, S, H, D, maxT, slots, positions):
+    # Other slots and later positions hold stale data: only each row's own slot may be read.
+    B = len(slots)
+    return [_f(rng, B, 1, H * D), _f(rng, B, 1, 3 * H * D), _f(rng, S, H, maxT, D),
+            _f(rng, S, H, maxT, D), np.array(slots, np.int32), np.array(positions, np.int32), H]
+
+
 def _unary(rng, n):
     return [_f(rng, n), _f(rng, n) * 4]
 
@@ -284,13 +293,14 @@ def _grid(**axes: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def _shapes(names: str, *rows: tuple[Any, ...]) -> list[dict[str, Any]]:
-    return [dict(zip(names.split(), row)) for row in rows]
+    return [dict(zip(names.split(), row, strict=True)) for row in rows]
 
 
 _ENC = _shapes("B T V C pos", (1, 1, 3, 5, 0), (2, 5, 13, 17, 3), (3, 9, 70, 33, 0))
 _LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128))
-_MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (7, 17, 19), (37, 33, 70),
-                                   (130, 128, 384), (20, 64, 5003))
+# (5, 3, 41): just past the few-row (GEMV) path, tiny K (the unpacked small-K tiles)
+_MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (7, 17, 19), (37, 33, 70),
+                                   (130, 128, 384), (20, 64, 5003), (13, 300, 33))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
 # K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
 _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
@@ -300,6 +310,9 @@ _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
 _DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
                (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64))
+_DECB = _shapes("S H D maxT slots positions", (1, 1, 8, 4, (0,), (0,)),
+                (3, 1, 5, 12, (2, 0), (5, 0)), (5, 3, 5, 9, (4, 1, 3), (8, 0, 3)),
+                (4, 4, 32, 70, (3, 0, 2, 1), (69, 31, 32, 1)))
 _N = _shapes("n", (1,), (15,), (1001,))
 _IN_PLACE = [{"n": 1001, "in_place": True}]
 _DROP = _shapes("n p seed", (1, 0.5, 0), (1000, 0.1, 7), (4099, 0.5, 2 ** 32 - 1))
@@ -319,6 +332,7 @@ CASES: dict[str, KernelCases] = {
     "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved),
     "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state),
     "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3)),
+    "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3)),
     "gelu_fwd": KernelCases(_N, _unary, (0,)),
     "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),)),
     "relu_fwd": KernelCases(_N, _unary, (0,)),
@@ -390,7 +404,7 @@ def check_generate(backend: Backend, index: int) -> list[Check]:
                       rtol=1e-4, atol=1e-4, scale=1.0)]
     prompt = [int(t) for t in tokens[0, :3]]
     want, got = ref.generate(prompt, 9, temperature=0), mine.generate(prompt, 9, temperature=0)
-    differ = sum(a != b for a, b in zip(want, got)) + abs(len(want) - len(got))
+    differ = sum(a != b for a, b in zip(want, got, strict=False)) + abs(len(want) - len(got))
     checks.append(Check("generate", label, "greedy ids (count differing)", float(differ), 0.0,
                         differ == 0))
     return checks
@@ -476,9 +490,8 @@ def time_kernel(backend: Backend, kernel: str, repeats: int = 20) -> dict[str, A
     args = spec.args(_rng(kernel, index), **shape)
     row: dict[str, Any] = {"kernel": kernel, "case": case_label(shape)}
     for who, be in (("reference", _reference_backend()), ("backend", backend)):
-        call_args = _on(be, args, spec, in_place=False)
-        fn = getattr(be, kernel)
-        row[f"{who}_s"] = float(np.median(timed(lambda: fn(*call_args), repeats)))
+        call = functools.partial(getattr(be, kernel), *_on(be, args, spec, in_place=False))
+        row[f"{who}_s"] = float(np.median(timed(call, repeats)))
     row["speedup"] = row["reference_s"] / row["backend_s"] if row["backend_s"] else math.inf
     return row
 

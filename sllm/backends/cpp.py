@@ -19,25 +19,12 @@ from .base import Backend
 
 
 def _import_extension() -> tuple[Any, str]:
-    """Import sllm._cpp, returning (module, "") or (None, why not).
-
-    OpenMP reads its wait policy once, when the extension loads it. Unless the user chose
-    one, load it with the passive policy: idle threads sleep instead of spinning, which on
-    a machine whose cores are shared (CI, small VMs) is 10-40x faster for the short
-    kernels of small models, and costs a few microseconds per kernel otherwise. The
-    variable is removed again so other OpenMP libraries (e.g. torch) keep their defaults.
-    """
-    added = "OMP_WAIT_POLICY" not in os.environ
-    if added:
-        os.environ["OMP_WAIT_POLICY"] = "passive"
+    """Import sllm._cpp, returning (module, "") or (None, why not)."""
     try:
         from .. import _cpp as module
         return module, ""
     except ImportError as error:  # built without a compiler, or a broken build
         return None, f"the C++ extension sllm._cpp is not built or failed to load ({error})"
-    finally:
-        if added:
-            del os.environ["OMP_WAIT_POLICY"]
 
 
 _cpp, _IMPORT_ERROR = _import_extension()
@@ -61,11 +48,10 @@ def _default_threads() -> int:
 
 
 class CppBackend(Backend):
-    """pybind11 C++ kernels with run-time SIMD dispatch and OpenMP threads."""
+    """pybind11 C++ kernels with run-time SIMD dispatch and their own thread pool."""
 
     name: ClassVar[str] = "cpp"
     priority: ClassVar[int] = 100
-    reference_kernels: ClassVar[frozenset[str]] = frozenset({"matmul_q_fwd"})
     kernel_module: ClassVar[Any] = _cpp  # None when not built: probe() then says why
 
     def __init__(self) -> None:
@@ -81,11 +67,11 @@ class CppBackend(Backend):
         if _cpp.simd_error():
             raise RuntimeError(_cpp.simd_error())
         return {"simd": _cpp.simd_level(), "threads": _cpp.get_num_threads(),
-                "openmp": bool(_cpp.openmp), "attention": "flash (saves logsumexp)",
+                "thread_pool": getattr(_cpp, "thread_pool", "openmp"), "attention": "flash (saves logsumexp)",
                 "dtype": "float32"}
 
     def set_num_threads(self, n: int) -> None:
-        """Use n >= 1 threads in every kernel (process-wide: OpenMP's setting)."""
+        """Use n >= 1 threads in every kernel (process-wide: the pool's setting)."""
         if int(n) < 1:
             raise ValueError(f"number of threads must be >= 1, got {n}")
         _cpp.set_num_threads(int(n))
@@ -93,6 +79,10 @@ class CppBackend(Backend):
     def peak_gflops(self, seconds: float = 0.2) -> float:
         """This machine's FP32 peak on the kernel threads (FMA chains, widest vectors)."""
         return float(_cpp.peak_gflops(seconds))
+
+    def stream_read_gbps(self, seconds: float = 0.3, nbytes: int = 1 << 30) -> float:
+        """Memory bandwidth: GB/s of a streaming read of nbytes on the kernel threads."""
+        return float(_cpp.stream_read_gbps(seconds, nbytes))
 
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""

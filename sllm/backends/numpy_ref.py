@@ -12,10 +12,28 @@ import numpy as np
 from . import reference
 from .base import Backend
 from .reference import (  # noqa: F401 - re-exported: the kernels under their old module
-    adam_update, attention_bwd, attention_decode, attention_fwd, dropout_bwd, dropout_fwd,
-    encoder_bwd, encoder_fwd, gelu_bwd, gelu_fwd, grad_norm_sq, layernorm_bwd, layernorm_fwd,
-    matmul_bwd, matmul_fwd, matmul_q_fwd, relu_bwd, relu_fwd, residual_fwd, sgd_update,
-    softmax_xent)
+    adam_update,
+    attention_bwd,
+    attention_decode,
+    attention_fwd,
+    dropout_bwd,
+    dropout_fwd,
+    encoder_bwd,
+    encoder_fwd,
+    gelu_bwd,
+    gelu_fwd,
+    grad_norm_sq,
+    layernorm_bwd,
+    layernorm_fwd,
+    matmul_bwd,
+    matmul_fwd,
+    matmul_q_fwd,
+    relu_bwd,
+    relu_fwd,
+    residual_fwd,
+    sgd_update,
+    softmax_xent,
+)
 
 
 class NumpyBackend(Backend):

@@ -193,6 +193,22 @@ def attention_decode(out: Array, qkv: Array, kcache: Array, vcache: Array, pos: 
     out[...] = _merge_heads(att @ values)
 
 
+def attention_decode_batch(out: Array, qkv: Array, kcache: Array, vcache: Array,
+                           slots: Array, positions: Array, n_head: int) -> None:
+    """One new position per sequence, each in its own cache slot at its own position."""
+    B, C = qkv.shape[0], qkv.shape[-1] // 3
+    q, k, v = _split_heads(qkv.reshape(B, 1, 3 * C), n_head)  # (B,H,1,D) each
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    rows = out.reshape(B, C)
+    for b, (slot, pos) in enumerate(zip(np.asarray(slots).tolist(),
+                                        np.asarray(positions).tolist())):
+        kcache[slot, :, pos] = k[b, :, 0]
+        vcache[slot, :, pos] = v[b, :, 0]
+        keys, values = kcache[slot, :, :pos + 1], vcache[slot, :, :pos + 1]  # (H,pos+1,D)
+        att = _causal_softmax(q[b] @ keys.transpose(0, 2, 1) * scale, q_pos0=pos)
+        rows[b] = (att @ values).reshape(C)
+
+
 # ---- activations, residual, dropout --------------------------------------------------------
 def gelu_fwd(out: Array, inp: Array) -> None:
     """GPT-2's tanh-approximated GELU."""

@@ -25,7 +25,9 @@ from .reference import dropout_threshold
 from .wasm_memory import LinearMemory
 from .wasm_runtime import RUNTIMES, Runtime, RuntimeUnavailable, runtime_name
 
-F32, I32 = np.dtype(np.float32), np.dtype(np.int32)
+F32, I32, U8 = np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint8)
+_QTYPE_CODES = {"q8_0": 0, "q4_0": 1, "q4_1": 2}  # wasm/quant.c's qtype argument
+_QBLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
 OFFSET_CACHE = 4096
 
 
@@ -48,7 +50,6 @@ def find_module(filename: str) -> Path:
 class _WasmBase(Backend):
     """Storage in linear memory plus the kernel wrappers; subclasses pick the modules."""
 
-    reference_kernels: ClassVar[frozenset[str]] = frozenset({"matmul_q_fwd"})
     # (file name, needs relaxed SIMD, capability "simd" value), most preferred first
     modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = ()
     _probed: ClassVar[dict[str, Any]]
@@ -215,6 +216,21 @@ class _WasmBase(Backend):
                    self._ptr(dout), self._ptr(inp), self._ptr(weight), inp.size // C, C, OC,
                    int(trans_w), scratch)
 
+    def matmul_q_fwd(self, out, inp, wq, bias, qtype):
+        """out = q8_0(inp) . W^T (+ bias) for W held as quantized rows wq (sllm.quant)."""
+        K, OC = inp.shape[-1], out.shape[-1]
+        _check(qtype in _QTYPE_CODES, f"qtype must be one of {', '.join(_QTYPE_CODES)}, got {qtype!r}")
+        nb = -(-K // 32)
+        row_bytes = nb * _QBLOCK_BYTES[qtype]
+        _check(np.shape(wq) == (OC, row_bytes) and np.asarray(wq).dtype == U8,
+               f"wq must be uint8 ({OC}, {row_bytes}) for {qtype} rows of K={K}, "
+               f"got {np.asarray(wq).dtype} {np.shape(wq)}")
+        N = inp.size // K
+        _check(out.size == N * OC, f"out must be ({N}, {OC})")
+        scratch = self._scratch(N * nb * 8 + 2 * N * nb)
+        self._call("matmul_q_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
+                   self._ptr(wq, U8), self._ptr(bias), N, K, OC, _QTYPE_CODES[qtype], scratch)
+
     def attention_fwd(self, out, saved, qkv, n_head):
         """Causal multi-head attention; saves the probabilities (B,H,T,T)."""
         B, T, C = _attention_dims(qkv, n_head)
@@ -237,6 +253,26 @@ class _WasmBase(Backend):
         self._call("attention_decode", "<IIIIiiiiiiI", self._ptr(out, write=True),
                    self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
                    B, Tn, C, n_head, max_t, pos, scratch)
+
+    def attention_decode_batch(self, out, qkv, kcache, vcache, slots, positions, n_head):
+        """One new position per sequence, row b in cache slot slots[b] at positions[b]."""
+        B, Tn, C = _attention_dims(qkv, n_head)
+        _check(Tn == 1, f"qkv must be (B, 1, 3C), got {np.shape(qkv)}")
+        S, max_t = kcache.shape[0], kcache.shape[2]
+        _check(tuple(kcache.shape) == (S, n_head, max_t, C // n_head) == tuple(vcache.shape),
+               f"kcache and vcache must be (slots, {n_head}, max_T, {C // n_head}), "
+               f"got {kcache.shape} and {vcache.shape}")
+        _check(np.size(out) == B * C, f"out must be (B, 1, C) = ({B}, 1, {C})")
+        sl, ps = np.asarray(slots), np.asarray(positions)
+        _check(sl.shape == ps.shape == (B,), f"slots and positions must have {B} entries")
+        _check(bool(np.all((sl >= 0) & (sl < S))) and len(set(sl.tolist())) == B,
+               f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
+        _check(bool(np.all((ps >= 0) & (ps < max_t))),
+               f"positions must be in [0, {max_t}), got {ps.tolist()}")
+        scratch = self._scratch(max_t)
+        self._call("attention_decode_batch", "<IIIIIIiiiiI", self._ptr(out, write=True),
+                   self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
+                   self._ptr(sl, I32), self._ptr(ps, I32), B, C, n_head, max_t, scratch)
 
     def gelu_fwd(self, out, inp):
         """GPT-2's tanh-approximated GELU."""

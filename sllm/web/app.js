@@ -7,9 +7,16 @@ const $ = (id) => document.getElementById(id);
 /** Request/response over the worker: call(type, fields, onMessage) -> Promise of the result. */
 class ModelWorker {
   constructor() {
-    this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
     this.pending = new Map();
     this.next = 1;
+    try {
+      this.worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module" });
+    } catch (e) {
+      this.failure = new Error(location.protocol === "file:"
+        ? "the page must be served over HTTP (python -m http.server -d SITE), not opened as a file"
+        : `the model worker could not be started: ${e.message}`);
+      return;
+    }
     this.worker.onmessage = ({ data }) => {
       const p = this.pending.get(data.id);
       if (!p) return;
@@ -21,8 +28,17 @@ class ModelWorker {
         p.reject(e);
       } else if (p.onMessage) p.onMessage(data);
     };
+    // A worker that cannot start (e.g. the page opened as a file:// URL) fails every call.
+    this.worker.onerror = (event) => {
+      const reason = location.protocol === "file:"
+        ? "the page must be served over HTTP (python -m http.server -d SITE), not opened as a file"
+        : `the model worker failed: ${event.message || "it could not be started"}`;
+      for (const p of this.pending.values()) p.reject(new Error(reason));
+      this.pending.clear();
+    };
   }
   call(type, fields = {}, onMessage = null, transfer = []) {
+    if (this.failure) return Promise.reject(this.failure);
     const id = this.next++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, onMessage });

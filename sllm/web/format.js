@@ -269,7 +269,7 @@ function readTensors(payloads, name, config) {
       bytes: data.subarray(e.offset, e.offset + e.nbytes) };
   }
   const lay = layout(config);
-  const matmuls = new Set(matmulWeightNames(config));
+  const quantizable = new Set([...matmulWeightNames(config), "wte"]); // sllm.quant.quantized_weight_names
   const codes = new Set();
   for (const [pname, slot] of Object.entries(lay.slots)) {
     const t = tensors[pname];
@@ -277,8 +277,8 @@ function readTensors(payloads, name, config) {
     let need = slot.shape;
     if (t.quantized) {
       need = pname === "wte" ? slot.shape : slot.shape.slice().reverse();
-      if (!matmuls.has(pname)) {
-        throw new FormatError(`${name}: tensor '${pname}' is ${t.dtype}, but only matmul weights may be quantized`);
+      if (!quantizable.has(pname)) {
+        throw new FormatError(`${name}: tensor '${pname}' is ${t.dtype}, but only matmul weights and wte may be quantized`);
       }
     }
     if (t.shape.join(",") !== need.join(",")) {

@@ -212,7 +212,7 @@ export class Network {
     this.k.call("matmul_q_fwd", out, inp, q.off, bias, N, C, OC, QTYPE_CODES[q.qtype], this.k.scratch(N * nb * 8 + 2 * N * nb));
   }
 
-  /** x0 = dequantized wte rows + wpe (a tied, quantized embedding), as sllm/model.py does. */
+  /** x0 = dequantized wte rows + wpe (a quantized embedding), as sllm/model.py does. */
   quantizedEmbedding(a, N, T, C, pos) {
     const heap = this.k.heap, q = this.quantized.wte, block = { q8_0: 34, q4_0: 18, q4_1: 20 }[q.qtype];
     const rowBytes = Math.ceil(C / QK) * block, bytes = new Uint8Array(heap.memory.buffer);

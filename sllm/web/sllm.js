@@ -152,7 +152,7 @@ export class Model {
       stats.tokens += 1;
       if (stats.firstTokenMs === null) stats.firstTokenMs = performance.now() - start;
       stats.seconds = (performance.now() - start) / 1000;
-      stats.tokensPerSecond = stats.tokens / stats.seconds;
+      stats.tokensPerSecond = stats.seconds > 0 ? stats.tokens / stats.seconds : 0;
       if (token === tok.eosId) return;
       ids.push(token);
       const text = tok.decode(ids);

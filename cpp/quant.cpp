@@ -1,0 +1,182 @@
+// Driver of the quantized matmul: quantizes the activations to q8_0 (exactly as
+// sllm.quant.quantize_q8_0_activations), then runs the tier's dot products over
+// (output row, activation row) pairs on the kernel threads. Also the streaming-read
+// bandwidth probe that `sllm bench` compares the quantized GEMV against.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "arch.h"
+#include "kernels.h"
+#include "quant.h"
+#include "runtime.h"
+
+namespace sllm {
+namespace {
+
+bool vnni_cpu() {
+#if SLLM_X86
+  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+// Follows the float kernels' tier (SLLM_CPP_SIMD included): avx512 -> VNNI when the CPU
+// has it, else the AVX2 body; scalar stays scalar.
+const QuantOps* pick() {
+#if SLLM_X86
+  const std::string tier = ops().name;
+  if (tier == "avx512" && vnni_cpu()) return &qops_avx512vnni;
+  if (tier != "scalar" && __builtin_cpu_supports("f16c")) return &qops_avx2;
+#endif
+  return &qops_scalar;
+}
+
+// ggml's quantize_row_q8_0_ref for one row (zero-padded to nb blocks), plus the block sums.
+void quantize_row_q8_0(const float* x, int64_t K, int8_t* q, float* d, float* s) {
+  const int64_t nb = (K + QK - 1) / QK;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t j0 = b * QK, n = std::min<int64_t>(QK, K - j0);
+    float amax = 0;
+    for (int64_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(x[j0 + j]));
+    const float db = amax / 127.0f;
+    const float id = db != 0.0f ? 1.0f / db : 0.0f;
+    int32_t sum = 0;
+    for (int64_t j = 0; j < QK; ++j) {
+      const float v = j < n ? x[j0 + j] * id : 0.0f;
+      // roundf, as the reference; a non-finite product (subnormal db) gives 0, as ggml on x86
+      const int8_t c = std::isfinite(v) ? (int8_t)std::round(v) : 0;
+      q[j0 + j] = c;
+      sum += c;
+    }
+    d[b] = half_to_float(float_to_half(db));
+    s[b] = (float)sum * d[b];
+  }
+}
+
+Scratch g_scratch;
+constexpr int64_t kGemmRows = 16;  // from this many input rows on, the float GEMM path
+
+// One quantized weight row as floats (its first K values).
+void dequantize_row(const uint8_t* w, int qtype, int64_t K, float* out) {
+  const int64_t nb = (K + QK - 1) / QK;
+  for (int64_t b = 0; b < nb; ++b, w += kBlockBytes[qtype]) {
+    uint16_t dh;
+    std::memcpy(&dh, w, 2);
+    const float d = half_to_float(dh);
+    float m = 0;
+    if (qtype == Q4_1) {
+      uint16_t mh;
+      std::memcpy(&mh, w + 2, 2);
+      m = half_to_float(mh);
+    }
+    for (int64_t j = 0; j < QK && b * QK + j < K; ++j) {
+      float v;
+      if (qtype == Q8_0) {
+        v = (float)reinterpret_cast<const int8_t*>(w + 2)[j] * d;
+      } else {
+        const uint8_t byte = w[(qtype == Q4_0 ? 2 : 4) + (j % 16)];
+        const int nib = j < 16 ? (byte & 0x0F) : (byte >> 4);
+        v = qtype == Q4_0 ? (float)(nib - 8) * d : (float)nib * d + m;
+      }
+      out[b * QK + j] = v;
+    }
+  }
+}
+
+// Many input rows (prefill, evaluation): the same products as the integer path, but
+// through the float GEMM: weights dequantized once per call, activations quantized to
+// q8_0 and dequantized (q_x * d_x), so only the float summation order differs.
+void matmul_q_gemm(float* out, const float* inp, const uint8_t* wq, const float* bias,
+                   int qtype, int64_t N, int64_t K, int64_t OC, const int8_t* q, const float* d) {
+  // weights in slices of kSlice rows, so the float copy stays small (it is kept for reuse)
+  constexpr int64_t kSlice = 256;
+  static Scratch floats;
+  auto lock = floats.lock();
+  const int64_t rows = std::min(OC, kSlice);
+  float* w = floats.get((size_t)(rows * K + N * K));
+  float* x = w + rows * K;
+  const int64_t nb = (K + QK - 1) / QK, row_bytes = nb * kBlockBytes[qtype];
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) x[n * K + k] = (float)q[n * nb * QK + k] * d[n * nb + k / QK];
+  for (int64_t o0 = 0; o0 < OC; o0 += kSlice) {
+    const int64_t o1 = std::min(OC, o0 + kSlice);
+    parallel_for(o1 - o0, [&](int64_t i, int) {
+      dequantize_row(wq + (o0 + i) * row_bytes, qtype, K, w + i * K);
+    });
+    gemm(N, o1 - o0, K, x, K, false, w, K, true, out + o0, OC, false, bias ? bias + o0 : nullptr);
+  }
+}
+
+}  // namespace
+
+// Chosen on first use: ops() lives in another translation unit, whose statics may not be
+// initialised yet while this one's are.
+const QuantOps& qops() {
+  static const QuantOps* const chosen = pick();
+  return *chosen;
+}
+
+void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* bias,
+                  int qtype, int64_t N, int64_t K, int64_t OC) {
+  const int64_t nb = (K + QK - 1) / QK, row_bytes = nb * kBlockBytes[qtype];
+  // scratch: N rows of nb*32 int8 codes, then N*nb scales and N*nb block sums (floats)
+  const int64_t code_floats = (N * nb * QK + 3) / 4;
+  auto lock = g_scratch.lock();
+  float* scratch = g_scratch.get((size_t)(code_floats + 2 * N * nb));
+  int8_t* q = reinterpret_cast<int8_t*>(scratch);
+  float* d = scratch + code_floats;
+  float* s = d + N * nb;
+  for (int64_t n = 0; n < N; ++n)
+    quantize_row_q8_0(inp + n * K, K, q + n * nb * QK, d + n * nb, s + n * nb);
+  if (N >= kGemmRows) return matmul_q_gemm(out, inp, wq, bias, qtype, N, K, OC, q, d);
+  const QDot dot = qops().dot[qtype];
+  // chunks of output rows; each chunk's weights stay in cache while every input row passes
+  const int threads = (N * OC * K < (1 << 16)) ? 1 : num_threads();
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(16, OC / (4 * threads)));
+  const int64_t chunks = (OC + chunk - 1) / chunk;
+  parallel_for(chunks, [&](int64_t c, int) {
+    const int64_t o0 = c * chunk, o1 = std::min(OC, o0 + chunk);
+    for (int64_t n = 0; n < N; ++n) {
+      const QRow x{q + n * nb * QK, d + n * nb, s + n * nb};
+      float* y = out + n * OC;
+      for (int64_t o = o0; o < o1; ++o)
+        y[o] = dot(wq + o * row_bytes, x, nb) + (bias ? bias[o] : 0.0f);
+    }
+  }, threads);
+}
+
+double stream_read_gbps(double seconds, int64_t bytes) {
+  const int threads = num_threads();
+  const int64_t n = std::max<int64_t>(bytes / 8, 1 << 12);
+  std::vector<uint64_t> buf((size_t)n);
+  for (int64_t i = 0; i < n; ++i) buf[i] = (uint64_t)i;  // touch every page
+  volatile uint64_t sink = 0;
+  double best = 0, elapsed = 0;
+  int passes = 0;
+  while (elapsed < seconds || passes < 3) {
+    auto start = std::chrono::steady_clock::now();
+    parallel_for(threads, [&](int64_t part, int) {
+      int64_t b, e;
+      split_range(n, threads, (int)part, 8, &b, &e);
+      uint64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+      for (int64_t i = b; i + 4 <= e; i += 4) {  // 4 independent streams of 8-byte loads
+        acc0 ^= buf[i]; acc1 ^= buf[i + 1]; acc2 ^= buf[i + 2]; acc3 ^= buf[i + 3];
+      }
+      sink = sink + (acc0 ^ acc1 ^ acc2 ^ acc3);
+    }, threads);
+    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    elapsed += t;
+    ++passes;
+    best = std::max(best, (double)n * 8 / t / 1e9);
+  }
+  return best;
+}
+
+}  // namespace sllm

@@ -1,0 +1,185 @@
+"""One writer per run directory: an exclusive lock file naming its owner.
+
+`acquire(run_dir)` creates RUN_DIR/run.lock with O_CREAT|O_EXCL (atomic: of two processes
+racing, exactly one creates it) and writes the owner's pid, host, start time and command
+into it. A second writer gets RunLockedError naming that owner. A lock left by a process
+that no longer runs (same host; the pid is gone or now belongs to a process started
+later) is stale: it is taken over, with a warning naming the dead owner. Takeovers are
+serialised by an flock on the directory, so two processes cannot both take over the same
+stale lock. A lock from another host is never presumed dead: the message says how to
+remove it by hand.
+
+The API is one context manager (`run_lock`) and one function (`acquire`) returning a
+`RunLock` with `release()`; a data-parallel run takes the lock on rank 0 only.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+import warnings
+import weakref
+from typing import Any, Iterator
+
+from .checkpoint import RunError
+
+LOCK_NAME = "run.lock"
+_EMPTY_GRACE_S = 5.0  # an empty lock file younger than this is being written right now
+
+
+class RunLockedError(RunError):
+    """Another live process is writing this run directory."""
+
+
+class RunLock:
+    """A held lock on one run directory; release() (or garbage collection) frees it."""
+
+    def __init__(self, run_dir: str, owner: dict[str, Any]):
+        self.run_dir, self.path, self.owner = run_dir, os.path.join(run_dir, LOCK_NAME), owner
+        self._finalizer = weakref.finalize(self, _remove_if_ours, self.path, owner["token"])
+
+    @property
+    def held(self) -> bool:
+        """True until release()."""
+        return self._finalizer.alive
+
+    def release(self) -> None:
+        """Remove the lock file (only if it is still ours). Safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def acquire(run_dir: "str | os.PathLike[str]") -> RunLock:
+    """Lock run_dir (created if missing) for this process, or raise RunLockedError."""
+    run_dir = os.fspath(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, LOCK_NAME)
+    owner = _me()
+    for _ in range(10):  # each pass either succeeds, refuses, or removes a stale lock
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            _take_over_if_stale(run_dir, path)
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(owner, f)
+            f.flush()
+            os.fsync(f.fileno())
+        return RunLock(run_dir, owner)
+    raise RunLockedError(f"{run_dir}: could not take {path} (it keeps reappearing)")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: "str | os.PathLike[str]") -> Iterator[RunLock]:
+    """`with run_lock(dir):` hold the run directory's lock for the block."""
+    lock = acquire(run_dir)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def read_owner(run_dir: "str | os.PathLike[str]") -> dict[str, Any] | None:
+    """The lock file's owner record, or None when the directory is not locked."""
+    try:
+        with open(os.path.join(os.fspath(run_dir), LOCK_NAME), encoding="utf-8") as f:
+            data = json.loads(f.read() or "null")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_owner(owner: dict[str, Any]) -> str:
+    """'pid 123 on host h, started 2026-01-01T10:00:00Z (sllm train ...)'."""
+    if not owner:
+        return "an unknown process (the lock file is empty or unreadable)"
+    cmd = f" ({owner['command']})" if owner.get("command") else ""
+    return (f"pid {owner.get('pid')} on host {owner.get('host')}, started "
+            f"{owner.get('started')}{cmd}")
+
+
+# ---- internals -------------------------------------------------------------------------
+def _me() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"pid": pid, "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "proc_start": _proc_start(pid), "command": " ".join(["sllm", *sys.argv[1:]])[:200],
+            "token": f"{pid}-{time.time_ns()}"}
+
+
+def _proc_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = owner.get("proc_start")
+    now = _proc_start(pid)
+    return started is None or now is None or started == now  # else: the pid was reused
+
+
+def _take_over_if_stale(run_dir: str, path: str) -> None:
+    """Remove the lock at `path` if its owner is dead, else raise RunLockedError."""
+    dir_fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)  # one takeover at a time; released on close
+        owner = read_owner(run_dir)
+        if owner is None:
+            return  # released meanwhile: try again
+        if not owner and _age(path) < _EMPTY_GRACE_S:
+            time.sleep(0.05)  # its creator is writing it
+            return
+        if owner and owner.get("host") != socket.gethostname():
+            raise RunLockedError(
+                f"{run_dir} is being written by {describe_owner(owner)}; another host's "
+                f"process cannot be checked from here: if it is not running, remove {path}")
+        if owner and _alive(owner):
+            raise RunLockedError(
+                f"{run_dir} is being written by {describe_owner(owner)}; wait for it to "
+                f"finish or stop it, or use another --out")
+        warnings.warn(f"{run_dir}: taking over the lock left by {describe_owner(owner)}, "
+                      f"which is no longer running", stacklevel=4)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    finally:
+        os.close(dir_fd)
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove_if_ours(path: str, token: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        with open(path, encoding="utf-8") as f:
+            if json.load(f).get("token") != token:
+                return
+        os.unlink(path)

@@ -1,0 +1,296 @@
+"""The OpenAI API's request checks and response shapes, for `sllm serve` (plain data in,
+plain data out; no HTTP here).
+
+Every request field is checked by type and range; a bad one raises ApiError naming the
+field, which the server answers with 400 and OpenAI's error body. Fields of the OpenAI
+API that sllm does not implement (logprobs, penalties, tools...) are accepted only with
+their neutral values; fields the API does not have are refused, as OpenAI refuses them.
+
+Chat template: `messages` become the dialogue form `sllm chat` uses (the demo corpus's):
+[BOS], then one line per message, `A: <text>` for "user", `B: <text>` for "assistant",
+the bare text for "system"/"developer" (first), then `B:`; the model's answer is the rest
+of that line (generation stops at the newline). Whitespace inside a message (newlines
+too) is collapsed to single spaces so each message stays one line.
+"""
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .corpus import BOT_PREFIX, USER_PREFIX
+from .generate import encode_prompt
+
+MAX_STOP = 4
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP status plus OpenAI's error fields."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 code: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message, self.param, self.status, self.code, self.kind = (
+            message, param, status, code, kind)
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
+                          "code": self.code}}
+
+
+# ---- field checks: each returns the cleaned value or raises ApiError ---------------------
+Check = Callable[[str, Any], Any]
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Check:
+    """An integer (not a boolean, not 1.0) in [lo, hi]."""
+    def check(name: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ApiError(f"'{name}' must be an integer, got {_type_name(v)} {v!r}", name)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ApiError(f"'{name}' must be in [{lo}, {hi}], got {v}", name)
+        return v
+    return check
+
+
+def number(lo: float, hi: float, lo_open: bool = False) -> Check:
+    """A finite number in [lo, hi] ((lo, hi] when lo_open)."""
+    def check(name: str, v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ApiError(f"'{name}' must be a number, got {_type_name(v)} {v!r}", name)
+        if v > hi or v < lo or (lo_open and v == lo):
+            raise ApiError(f"'{name}' must be in {'(' if lo_open else '['}{lo}, {hi}], "
+                           f"got {v}", name)
+        return float(v)
+    return check
+
+
+def boolean(name: str, v: Any) -> bool:
+    """true or false."""
+    if not isinstance(v, bool):
+        raise ApiError(f"'{name}' must be a boolean, got {_type_name(v)} {v!r}", name)
+    return v
+
+
+def string(name: str, v: Any) -> str:
+    """A string."""
+    if not isinstance(v, str):
+        raise ApiError(f"'{name}' must be a string, got {_type_name(v)}", name)
+    return v
+
+
+def neutral(*allowed: Any) -> Check:
+    """An OpenAI field sllm does not implement: only its neutral values are accepted."""
+    def same(v: Any, a: Any) -> bool:
+        if isinstance(a, bool) or isinstance(v, bool):
+            return type(v) is type(a) and v == a
+        if isinstance(a, (int, float)):
+            return isinstance(v, (int, float)) and v == a
+        return bool(v == a)
+
+    def check(name: str, v: Any) -> Any:
+        if not any(same(v, a) for a in allowed):
+            raise ApiError(f"'{name}' is not supported by this server (only "
+                           f"{' or '.join(repr(a) for a in allowed)}), got {v!r}", name,
+                           code="unsupported_parameter")
+        return v
+    return check
+
+
+def stop_strings(name: str, v: Any) -> tuple[str, ...]:
+    """A string or up to 4 non-empty strings."""
+    stops = [v] if isinstance(v, str) else v
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ApiError(f"'{name}' must be a string or an array of strings, got "
+                       f"{_type_name(v)}", name)
+    if len(stops) > MAX_STOP or any(not s for s in stops):
+        raise ApiError(f"'{name}' takes at most {MAX_STOP} non-empty strings, got {stops!r}",
+                       name)
+    return tuple(stops)
+
+
+def stream_options(name: str, v: Any) -> dict[str, bool]:
+    """{"include_usage": bool}."""
+    if not isinstance(v, dict):
+        raise ApiError(f"'{name}' must be an object, got {_type_name(v)}", name)
+    unknown = sorted(set(v) - {"include_usage"})
+    if unknown:
+        raise ApiError(f"Unrecognized request argument supplied: {name}.{unknown[0]}",
+                       f"{name}.{unknown[0]}")
+    return {"include_usage": boolean(f"{name}.include_usage", v.get("include_usage", False))}
+
+
+def prompt_field(name: str, v: Any) -> str | list[int]:
+    """One prompt: a string, or token ids (as [str] or [[ids]] of length 1 too)."""
+    if isinstance(v, list) and len(v) == 1 and isinstance(v[0], (str, list)):
+        v = v[0]
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool)
+                                         for t in v):
+        return list(v)
+    raise ApiError(f"'{name}' must be a string or an array of token ids (one prompt per "
+                   f"request), got {_type_name(v)} {str(v)[:60]}", name)
+
+
+def messages_field(name: str, v: Any) -> list[tuple[str, str]]:
+    """[{"role", "content", "name"?}, ...] -> [(role, text)]."""
+    if not isinstance(v, list) or not v:
+        raise ApiError(f"'{name}' must be a non-empty array of messages", name)
+    out = []
+    for i, m in enumerate(v):
+        where = f"{name}[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(f"'{where}' must be an object, got {_type_name(m)}", where)
+        unknown = sorted(set(m) - {"role", "content", "name"})
+        if unknown:
+            raise ApiError(f"Unrecognized request argument supplied: {where}.{unknown[0]}",
+                           f"{where}.{unknown[0]}")
+        role = m.get("role")
+        if role not in ("system", "developer", "user", "assistant"):
+            raise ApiError(f"'{where}.role' must be one of system, developer, user, assistant;"
+                           f" got {role!r}", f"{where}.role")
+        out.append((role, _content(f"{where}.content", m.get("content"))))
+    return out
+
+
+def _content(name: str, v: Any) -> str:
+    """A message's text: a string or an array of {"type": "text", "text": ...} parts."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                   and isinstance(p.get("text"), str) and len(p) == 2
+                                   for p in v):
+        return " ".join(p["text"] for p in v)
+    raise ApiError(f"'{name}' must be a string or an array of text parts, got "
+                   f"{_type_name(v)}", name)
+
+
+SAMPLING: dict[str, Check] = {
+    "model": string, "temperature": number(0.0, 2.0), "top_p": number(0.0, 1.0, lo_open=True),
+    "top_k": integer(1), "seed": integer(0, 2**63 - 1), "stop": stop_strings, "n": neutral(1),
+    "stream": boolean, "stream_options": stream_options, "user": string,
+    "frequency_penalty": neutral(0), "presence_penalty": neutral(0), "logit_bias": neutral({}),
+}
+COMPLETION_FIELDS: dict[str, Check] = {
+    **SAMPLING, "prompt": prompt_field, "max_tokens": integer(1), "echo": neutral(False),
+    "best_of": neutral(1), "logprobs": neutral(0), "suffix": neutral(""),
+}
+CHAT_FIELDS: dict[str, Check] = {
+    **SAMPLING, "messages": messages_field, "max_tokens": integer(1),
+    "max_completion_tokens": integer(1), "logprobs": neutral(False), "top_logprobs": neutral(0),
+    "response_format": neutral({"type": "text"}), "tools": neutral([]),
+    "tool_choice": neutral("none"), "parallel_tool_calls": boolean, "store": neutral(False),
+    "metadata": neutral({}),
+}
+
+
+def check_body(body: Any, fields: dict[str, Check], required: tuple[str, ...]) -> dict[str, Any]:
+    """The request's fields, checked and cleaned; null means "not given"."""
+    if not isinstance(body, dict):
+        raise ApiError(f"the request body must be a JSON object, got {_type_name(body)}")
+    for name in body:
+        if name not in fields:
+            raise ApiError(f"Unrecognized request argument supplied: {name}", name)
+    out = {name: fields[name](name, v) for name, v in body.items() if v is not None}
+    for name in required:
+        if name not in out:
+            raise ApiError(f"you must provide '{name}'", name)
+    if "stream_options" in out and not out.get("stream"):
+        raise ApiError("'stream_options' is only allowed when 'stream' is true",
+                       "stream_options")
+    return out
+
+
+# ---- prompts -----------------------------------------------------------------------
+def render_chat(messages: list[tuple[str, str]]) -> str:
+    """The dialogue text (without [BOS]) that `sllm chat` would feed the model."""
+    lines = []
+    for role, text in messages:
+        text = " ".join(text.split())
+        prefix = {"user": USER_PREFIX + " ", "assistant": BOT_PREFIX + " "}.get(role, "")
+        lines.append(prefix + text)
+    return "\n".join(lines + [BOT_PREFIX])
+
+
+def prompt_ids(tok: Any, prompt: str | list[int], vocab_size: int) -> list[int]:
+    """Token ids of a prompt: text as `sllm generate` encodes it ([BOS] + ids), or ids."""
+    if isinstance(prompt, list):
+        bad = [t for t in prompt if not 0 <= t < vocab_size]
+        if bad:
+            raise ApiError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})",
+                           "prompt")
+        return prompt
+    try:
+        return encode_prompt(tok, prompt, warn=False)
+    except ValueError as e:
+        raise ApiError(str(e), "prompt") from None
+
+
+def token_budget(n_prompt: int, max_tokens: int | None, context: int, param: str,
+                 prompt_param: str = "prompt") -> int:
+    """max_tokens checked against the context (None: all the room left)."""
+    room = context - n_prompt
+    if room < 1:
+        raise ApiError(f"This model's maximum context length is {context} tokens; the prompt "
+                       f"has {n_prompt} tokens, which leaves no room to generate.",
+                       prompt_param, code="context_length_exceeded")
+    if max_tokens is not None and max_tokens > room:
+        raise ApiError(f"'{param}' is too large: {max_tokens}. This model's maximum context "
+                       f"length is {context} tokens and the prompt has {n_prompt}, so at most "
+                       f"{room} can be generated.", param, code="context_length_exceeded")
+    return room if max_tokens is None else max_tokens
+
+
+# ---- response shapes ---------------------------------------------------------------
+def new_id(prefix: str) -> str:
+    """A response id such as cmpl-3f2a...; unique per request."""
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's usage object."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion(rid: str, model: str, text: str, finish: str | None,
+               use: dict[str, int] | None, chunk: bool = False) -> dict[str, Any]:
+    """A text_completion (or one of its stream chunks)."""
+    out: dict[str, Any] = {"id": rid, "object": "text_completion", "created": int(time.time()),
+                           "model": model, "choices": [{"text": text, "index": 0,
+                                                        "logprobs": None,
+                                                        "finish_reason": finish}]}
+    if use is not None or not chunk:
+        out["usage"] = use
+    return out
+
+
+def chat_completion(rid: str, model: str, text: str, finish: str | None,
+                    use: dict[str, int]) -> dict[str, Any]:
+    """A chat.completion."""
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant",
+                                                                 "content": text},
+                                         "logprobs": None, "finish_reason": finish}],
+            "usage": use}
+
+
+def chat_chunk(rid: str, model: str, delta: dict[str, str], finish: str | None,
+               use: dict[str, int] | None = None, choices: bool = True) -> dict[str, Any]:
+    """A chat.completion.chunk: a delta, the finish, or (choices=False) the usage."""
+    out: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk",
+                           "created": int(time.time()), "model": model,
+                           "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                        "finish_reason": finish}] if choices else []}
+    if use is not None:
+        out["usage"] = use
+    return out

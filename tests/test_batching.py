@@ -1,0 +1,121 @@
+"""The continuous-batching engine without HTTP: text pieces, stop strings, the queue bound,
+cancellation, and answers that do not depend on what else is in the batch."""
+import threading
+
+import numpy as np
+import pytest
+
+import sllm
+from sllm.batching import Engine, QueueFull, Request, Sampling, TextStream
+from sllm.corpus import generate_corpus
+from sllm.generate import encode_prompt, stream_text
+from sllm.tokenizer import BPETokenizer, WordTokenizer
+
+JAPANESE = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 20
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return BPETokenizer.train(JAPANESE + generate_corpus(5000, seed=2), 300)
+
+
+def test_text_stream_pieces_add_up_to_the_full_decode(bpe):
+    rng = np.random.default_rng(0)
+    prompt = encode_prompt(bpe, "吾輩は", warn=False)
+    new = rng.integers(4, bpe.vocab_size, 200).tolist()
+    ts = TextStream(bpe, prompt, ())
+    pieces = [ts.push(t)[0] for t in new] + [ts.flush()]
+    whole = bpe.decode(prompt + new)
+    assert "".join(pieces) == whole[len(bpe.decode(prompt)):].rstrip("\ufffd")
+
+
+def test_text_stream_never_sends_half_a_character(bpe):
+    text = "名前はまだ無い。どこで生れたかとんと見当がつかぬ。"
+    ids = bpe.encode(text)
+    assert len(ids) > 5
+    ts = TextStream(bpe, [bpe.bos_id], ())
+    pieces = [ts.push(t)[0] for t in ids] + [ts.flush()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+def test_text_stream_cuts_at_the_first_stop_string():
+    tok = WordTokenizer.train("the cat sat on the mat . the dog ran", 12)
+    ids = tok.encode("the cat sat on the mat . the dog ran")
+    ts = TextStream(tok, ids[:1], ("on the", "dog"))
+    out, stopped = [], False
+    for t in ids[1:]:
+        piece, stopped = ts.push(t)
+        out.append(piece)
+        if stopped:
+            break
+    assert stopped and "".join(out) == " cat sat "
+
+
+@pytest.fixture(scope="module")
+def model_and_tok():
+    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 200)
+    cfg = sllm.ModelConfig(vocab_size=tok.vocab_size, embedding_dim=16, num_layers=1,
+                           num_heads=2, ffn_hidden_dim=32, dropout=0.0, max_seq_len=48)
+    return sllm.SLLM(cfg, backend=sllm.backends.available()[0], seed=2), tok
+
+
+def _collect(engine, prompt_ids, sampling):
+    """Submit and return (text, done event) once finished."""
+    done, pieces, end = threading.Event(), [], []
+
+    def emit(event):
+        if event.kind == "text":
+            pieces.append(event.text)
+        else:
+            end.append(event)
+            done.set()
+    engine.submit(Request(prompt_ids, sampling, emit))
+    return done, pieces, end
+
+
+def test_engine_answers_equal_stream_text(model_and_tok):
+    model, tok = model_and_tok
+    engine = Engine(model, tok, max_batch=3, max_queue=10)
+    engine.start()
+    try:
+        prompts = ["the boat", "a girl said", "they", "in the morning", "one day he",
+                   "she went"]
+        kinds = [dict(temperature=0), dict(temperature=0.9, seed=5), dict(temperature=0.7,
+                                                                          top_p=0.8, seed=1)]
+        jobs = []
+        for i, p in enumerate(prompts):  # 6 requests, 3 slots: some wait, then join
+            ids = encode_prompt(tok, p, warn=False)
+            kw = kinds[i % 3]
+            jobs.append((ids, kw, _collect(engine, ids, Sampling(max_tokens=20, **kw))))
+        for ids, kw, (done, pieces, end) in jobs:
+            assert done.wait(30)
+            assert "".join(pieces) == "".join(stream_text(model, tok, ids, 20, **kw))
+            assert end[0].completion_tokens <= 20
+        assert engine.stats.batched_rows > engine.stats.steps  # batches of more than one
+    finally:
+        engine.stop()
+
+
+def test_engine_queue_bound_and_cancel(model_and_tok):
+    model, tok = model_and_tok
+    engine = Engine(model, tok, max_batch=1, max_queue=1)  # not started: nothing moves
+    ids = encode_prompt(tok, "the boat", warn=False)
+    a = Request(ids, Sampling(max_tokens=3), lambda e: None)
+    b = Request(ids, Sampling(max_tokens=3), lambda e: None)
+    engine.submit(a)  # room: one free slot + a queue of one
+    engine.submit(b)
+    with pytest.raises(QueueFull, match="max-queue 1"):
+        engine.submit(Request(ids, Sampling(max_tokens=3), lambda e: None))
+    engine.cancel(a)
+    assert engine.queue_depth() == 1
+    engine.submit(Request(ids, Sampling(max_tokens=3), lambda e: None))
+    engine.stop()
+
+
+def test_engine_stop_fails_what_is_left(model_and_tok):
+    model, tok = model_and_tok
+    engine = Engine(model, tok, max_batch=1, max_queue=4)
+    events = []
+    engine.submit(Request([1, 2], Sampling(max_tokens=3), events.append))
+    engine.stop()
+    assert events[-1].kind == "error" and "shutting down" in events[-1].text
