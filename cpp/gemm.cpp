@@ -98,7 +98,10 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
   if (trans_a)  // gather the strided rows once
     for (int64_t i = 0; i < M; ++i)
       for (int64_t k = 0; k < K; ++k) arows[i * K + k] = A[k * lda + i];
-  const int64_t parts = std::min<int64_t>(num_threads(), std::max<int64_t>(1, M * N * K / 32768));
+  // A part of >= 256K multiply-adds (~20 us): decoding's per-layer GEMVs run on one thread,
+  // so a second thread that another process keeps off its core cannot stall each kernel;
+  // the wide lm_head still splits.
+  const int64_t parts = std::min<int64_t>(num_threads(), std::max<int64_t>(1, M * N * K >> 18));
   parallel_ranges(N, (int)parts, 16, [&](int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < M; ++i) {
       const float* a = trans_a ? arows + i * K : A + i * lda;
