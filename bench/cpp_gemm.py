@@ -57,10 +57,11 @@ def measure(threads: int) -> list[dict]:
             dx, dw = np.empty((M, K), np.float32), np.zeros((K, N), np.float32)
             flops = 2.0 * M * K * N
             cases = {
-                "fwd": (lambda: cpp.matmul_fwd(out, x, w, b),
-                        lambda: np.add(np.matmul(x, w, out=out), b, out=out)),
-                "bwd dx+dW": (lambda: cpp.matmul_bwd(dx, dw, None, dy, x, w),
-                           lambda: (np.matmul(dy, w.T, out=dx), np.add(dw, x.T @ dy, out=dw))),
+                "fwd": (lambda out=out, x=x, w=w, b=b: cpp.matmul_fwd(out, x, w, b),
+                        lambda out=out, x=x, w=w, b=b: np.add(np.matmul(x, w, out=out), b, out=out)),
+                "bwd dx+dW": (lambda dx=dx, dw=dw, dy=dy, x=x, w=w: cpp.matmul_bwd(dx, dw, None, dy, x, w),
+                           lambda dx=dx, dw=dw, dy=dy, x=x, w=w: (np.matmul(dy, w.T, out=dx),
+                                                                  np.add(dw, x.T @ dy, out=dw))),
             }
             for form, (mine, ref) in cases.items():
                 t_cpp, t_np = best_time(mine), best_time(ref)

@@ -5,7 +5,7 @@ runs in its own long-lived worker process (same thread count for OpenMP, OpenBLA
 torch), and the parent interleaves them: in every round each worker times a few steps,
 in rotating order. Reported: tokens/s of the best step (closest to an idle machine) and
 of the median step, per backend, and their ratios.
-Training: forward_backward + AdamW step. Generation: sampling 100 tokens after a 16-token
+Training: sllm.bench.train_step (forward_backward, clip, AdamW). Generation: sampling 100 tokens after a 16-token
 prompt with the KV cache, batch 1.
 
     python bench/cpp_train.py [--threads 2] [--rounds 8] [--configs A,B,C,seed]
@@ -69,10 +69,8 @@ def train_runner(backend: str, name: str, threads: int) -> tuple[Callable[[], No
         model.backend.set_num_threads(threads)
     opt = sllm.optim.AdamW(model, lr=1e-3)
 
-    def step() -> None:
-        model.forward_backward(x, y)
-        opt.step()
-    return step, B * T
+    from sllm.bench import train_step
+    return (lambda: train_step(model, opt, x, y)), B * T
 
 
 def generate_runner(backend: str, name: str, threads: int) -> tuple[Callable[[], None], int]:

@@ -121,7 +121,7 @@ def train_loop(model: TorchGPT, opt: torch.optim.Optimizer, train_ids: torch.Ten
                 model.eval()
                 with torch.no_grad():
                     vals = [F.cross_entropy(model(vx).view(-1, logits.shape[-1]), vy.view(-1))
-                            .item() for vx, vy in zip(val_x, val_y)]
+                            .item() for vx, vy in zip(val_x, val_y, strict=True)]
                 model.train()
                 record["val_loss"] = losses["val_loss"] = sum(vals) / len(vals)
             losses["loss"] = record["loss"]
@@ -133,11 +133,13 @@ def train_loop(model: TorchGPT, opt: torch.optim.Optimizer, train_ids: torch.Ten
 
 def train_step(model: TorchGPT, opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor) -> float:
-    """One forward + backward + AdamW step; returns the loss."""
+    """The step sllm.bench.train_step times: forward, backward, the gradient norm clipped
+    to 1.0, AdamW; returns the loss."""
     logits = model(x)
     loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return loss.item()
 

@@ -290,7 +290,7 @@ class BPETokenizer(Tokenizer):
     def encode_array(self, text: str) -> np.ndarray:
         """Token ids as an array (encoded line by line in batches, for speed)."""
         lines = text.splitlines(keepends=True) or [text]
-        parts = [np.asarray(e.ids, dtype=self.dtype())
+        parts: list[np.ndarray] = [np.asarray(e.ids, dtype=self.dtype())
                  for e in self._hf.encode_batch(lines, add_special_tokens=False)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype())
 

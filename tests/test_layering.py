@@ -122,6 +122,7 @@ def test_no_import_cycles():
     ("sllm.backends.reference", {"sllm.backends", "sllm.backends.base"}),
     ("sllm.hookspecs", {"sllm.plugins", "sllm.backends"}),
     ("sllm.backends.builtin", {"sllm.plugins"}),
+    ("sllm.backends.conformance", {"sllm.bench"}),  # both use sllm.timing
 ])
 def test_layers(module, forbidden):
     assert not import_graph()[module] & forbidden

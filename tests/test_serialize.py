@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import sllm
 from sllm import FormatError, backends
-from sllm.serialize import HEADER, SECTION, read_model_file
+from sllm.serialize import SECTION, read_model_file
 
 CFG = sllm.ModelConfig(vocab_size=37, embedding_dim=16, num_layers=2, num_heads=2,
                        ffn_hidden_dim=24, max_seq_len=8, dropout=0.0)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..timing import timed
 from .base import KERNELS, Backend
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -39,7 +40,9 @@ class KernelCases:
 
     `args(rng, **shape)` returns the argument list for the reference (numpy arrays and
     scalars); `outputs` are the indices of the arguments to compare afterwards. `aliases`
-    lists (i, j) pairs: argument j is the same array as argument i (in-place use).
+    lists (i, j) pairs applied to shapes marked in_place=True: argument j becomes the same
+    array as argument i. `model_shapes(cfg, B, T)` gives the (label, shape) pairs a model
+    uses, which `sllm bench` times.
     `setup(backend, args)` may replace arguments with state that backend produces itself
     (attention_bwd takes the `saved` state of the backend's own attention_fwd).
     """
@@ -52,6 +55,16 @@ class KernelCases:
     aliases: tuple[tuple[int, int], ...] = ()
     setup: Callable[[Backend, Args], None] | None = None
     returns: bool = False  # the kernel returns a value (grad_norm_sq), compared too
+    model_shapes: Callable[[Any, int, int], list[tuple[str, dict[str, Any]]]] | None = None
+
+    def bench_shapes(self, cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+        """(label, shape) pairs a model of config cfg uses at batch B, length T (for `sllm
+        bench`); without model_shapes, the largest conformance case."""
+        if self.model_shapes is not None:
+            return self.model_shapes(cfg, B, T)
+        shape = max(self.shapes, key=_work)
+        shape = {k: v for k, v in shape.items() if k != "in_place"}
+        return [(case_label(shape), shape)]
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,8 @@ def _reference_backend() -> Backend:
     return NumpyBackend()
 
 
-def _on(backend: Backend, args: Args, spec: KernelCases, in_place: bool) -> Args:
+def on_backend(backend: Backend, args: Args, spec: KernelCases,
+               in_place: bool = False) -> Args:
     """Copies of args owned by `backend`, with the spec's aliases and setup applied."""
     out = [backend.from_numpy(a, a.dtype) if isinstance(a, np.ndarray) else a for a in args]
     for i, j in spec.aliases if in_place else ():
@@ -145,7 +159,7 @@ def check_kernel(backend: Backend, kernel: str, index: int) -> list[Check]:
     in_place = bool(shape.pop("in_place", False))
     args = spec.args(_rng(kernel, index), **shape)
     reference = _reference_backend()
-    ref, mine = _on(reference, args, spec, in_place), _on(backend, args, spec, in_place)
+    ref, mine = on_backend(reference, args, spec, in_place), on_backend(backend, args, spec, in_place)
     ref_value = getattr(reference, kernel)(*ref)
     value = getattr(backend, kernel)(*mine)
     names = output_names(kernel)
@@ -319,37 +333,131 @@ _DROP = _shapes("n p seed", (1, 0.5, 0), (1000, 0.1, 7), (4099, 0.5, 2 ** 32 - 1
 _XENT = [{**s, "with_grad": g} for s in _shapes("N V", (1, 3), (7, 5003), (33, 65))
          for g in (True, False)] + [{"N": 5, "V": 70, "with_grad": True, "in_place": True}]
 
+# ---- the shapes a model uses (what `sllm bench` times) --------------------------------------
+def _sizes(cfg: Any, B: int, T: int) -> tuple[int, int, int, int, int]:
+    """N = B*T rows, C, F, V, H of a model config."""
+    return B * T, cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads
+
+
+def _enc_m(cfg, B, T):
+    return [(f"B{B} T{T}", dict(B=B, T=T, V=cfg.vocab_size, C=cfg.embedding_dim, pos=0))]
+
+
+def _ln_m(cfg, B, T):
+    N, C, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{C}", dict(N=N, C=C))]
+
+
+def _gemms(cfg, B, T):
+    N, C, F, V, _ = _sizes(cfg, B, T)
+    return [("qkv", N, C, 3 * C), ("fc", N, C, F), ("fc_proj", N, F, C), ("lm_head", N, C, V)]
+
+
+def _mm_m(cfg, B, T):
+    return [(f"{label} {N}x{K}x{M}", dict(N=N, C=K, OC=M, bias=True, trans_w=False))
+            for label, N, K, M in _gemms(cfg, B, T)]
+
+
+def _mmq_m(cfg, B, T):
+    # a training-batch GEMM, and the GEMV of one decoded token through the output layer
+    N, C, F, V, _ = _sizes(cfg, B, T)
+    return [(f"q8_0 {label} {n}x{K}x{M}", dict(N=n, K=K, OC=M, qtype="q8_0", bias=True))
+            for label, n, K, M in (("fc", N, C, F), ("lm_head decode", 1, C, V))]
+
+
+def _att_m(cfg, B, T):
+    H = cfg.num_heads
+    return [(f"B{B} T{T} H{H}", dict(B=B, T=T, H=H, D=cfg.embedding_dim // H))]
+
+
+def _dec_m(cfg, B, T):
+    H = cfg.num_heads
+    return [(f"B1 pos{T - 1} H{H}", dict(B=1, H=H, D=cfg.embedding_dim // H, Tn=1, pos=T - 1,
+                                          maxT=T))]
+
+
+def _decb_m(cfg, B, T):
+    H = cfg.num_heads
+    positions = tuple((T - 1 - 7 * i) % T for i in range(B))  # sequences at mixed lengths
+    return [(f"{B} sequences maxT{T} H{H}", dict(S=B, H=H, D=cfg.embedding_dim // H, maxT=T,
+                                                  slots=tuple(range(B)), positions=positions))]
+
+
+def _ffn_m(cfg, B, T):
+    N, _, F, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{F}", dict(n=N * F))]
+
+
+def _res_m(cfg, B, T):
+    N, C, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{C}", dict(n=N * C))]
+
+
+def _drop_m(cfg, B, T):
+    N, C, *_ = _sizes(cfg, B, T)
+    p = cfg.dropout or 0.1
+    return [(f"{N}x{C} p={p:g}", dict(n=N * C, p=p, seed=1))]
+
+
+def _xent_m(cfg, B, T):
+    N, _, _, V, _ = _sizes(cfg, B, T)
+    return [(f"{N}x{V}", dict(N=N, V=V, with_grad=True))]
+
+
+def _sgd_m(cfg, B, T):
+    n = cfg.num_parameters()
+    return [(f"{n} params momentum", dict(n=n, momentum=0.9))]
+
+
+def _adam_m(cfg, B, T):
+    n = cfg.num_parameters()
+    return [(f"{n} params AdamW", dict(n=n, decoupled=True, step=3))]
+
+
+def _norm_m(cfg, B, T):
+    n = cfg.num_parameters()
+    return [(f"{n} params", dict(n=n))]
+
+
 # One entry per kernel of the contract; every name in KERNELS must have one. A shape with
 # in_place=True runs the kernel with the spec's aliases (an output sharing an input's array).
 CASES: dict[str, KernelCases] = {
-    "encoder_fwd": KernelCases(_ENC, _encoder_fwd, (0,)),
-    "encoder_bwd": KernelCases(_ENC, _encoder_bwd, (0, 1)),
-    "layernorm_fwd": KernelCases(_LN, _layernorm_fwd, (0, 1, 2)),
-    "layernorm_bwd": KernelCases(_LN, _layernorm_bwd, (0, 1, 2)),
-    "matmul_fwd": KernelCases(_MM, _matmul_fwd, (0,)),
-    "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2)),
-    "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,)),
-    "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved),
-    "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state),
-    "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3)),
-    "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3)),
-    "gelu_fwd": KernelCases(_N, _unary, (0,)),
-    "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),)),
-    "relu_fwd": KernelCases(_N, _unary, (0,)),
-    "relu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),)),
-    "residual_fwd": KernelCases(_N + _shapes("n", (3 * 37,)), _residual, (0,)),
+    "encoder_fwd": KernelCases(_ENC, _encoder_fwd, (0,), model_shapes=_enc_m),
+    "encoder_bwd": KernelCases(_ENC, _encoder_bwd, (0, 1), model_shapes=_enc_m),
+    "layernorm_fwd": KernelCases(_LN, _layernorm_fwd, (0, 1, 2), model_shapes=_ln_m),
+    "layernorm_bwd": KernelCases(_LN, _layernorm_bwd, (0, 1, 2), model_shapes=_ln_m),
+    "matmul_fwd": KernelCases(_MM, _matmul_fwd, (0,), model_shapes=_mm_m),
+    "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2), model_shapes=_mm_m),
+    "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,), model_shapes=_mmq_m),
+    "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved,
+                               model_shapes=_att_m),
+    "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state,
+                               model_shapes=_att_m),
+    "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3), model_shapes=_dec_m),
+    "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3),
+                                          model_shapes=_decb_m),
+    "gelu_fwd": KernelCases(_N, _unary, (0,), model_shapes=_ffn_m),
+    "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),),
+                          model_shapes=_ffn_m),
+    "relu_fwd": KernelCases(_N, _unary, (0,), model_shapes=_ffn_m),
+    "relu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),),
+                          model_shapes=_ffn_m),
+    "residual_fwd": KernelCases(_N + _shapes("n", (3 * 37,)), _residual, (0,),
+                                model_shapes=_res_m),
     "dropout_fwd": KernelCases(_DROP + [{**_DROP[1], "in_place": True}], _dropout, (0,),
-                               rtol=1e-6, atol=0.0, aliases=((1, 0),)),
+                               rtol=1e-6, atol=0.0, aliases=((1, 0),), model_shapes=_drop_m),
     "dropout_bwd": KernelCases(_DROP + [{**_DROP[1], "in_place": True}], _dropout, (0,),
-                               rtol=1e-6, atol=0.0, aliases=((1, 0),)),
-    "softmax_xent": KernelCases(_XENT, _softmax_xent, (0, 1), aliases=((2, 1),)),
-    "sgd_update": KernelCases(_grid(n=(1003,), momentum=(0.0, 0.9)), _sgd, (0, 2)),
+                               rtol=1e-6, atol=0.0, aliases=((1, 0),), model_shapes=_drop_m),
+    "softmax_xent": KernelCases(_XENT, _softmax_xent, (0, 1), aliases=((2, 1),),
+                              model_shapes=_xent_m),
+    "sgd_update": KernelCases(_grid(n=(1003,), momentum=(0.0, 0.9)), _sgd, (0, 2),
+                            model_shapes=_sgd_m),
     "adam_update": KernelCases(_grid(n=(1003,), decoupled=(False, True), step=(1, 3)), _adam,
-                               (0, 2, 3)),
+                               (0, 2, 3), model_shapes=_adam_m),
     # tails of every SIMD width, several fixed-size blocks, the threaded path
     "grad_norm_sq": KernelCases(_shapes("n", (1,), (7,), (1003,), (32768 * 3 + 5,),
                                         ((1 << 17) + 9,)), _norm, (), rtol=1e-12,
-                                returns=True),
+                                returns=True, model_shapes=_norm_m),
 }
 
 
@@ -458,7 +566,7 @@ def select(patterns: Iterable[str] | None = None) -> list[str]:
 
 def cases(patterns: Iterable[str] | None = None) -> list[Case]:
     """The cases of the selected sections."""
-    out = []
+    out: list[Case] = []
     for section in select(patterns):
         if section not in CASES and section not in WHOLE_MODEL:
             raise KeyError(f"kernel {section!r} of the contract has no entry in "
@@ -483,14 +591,13 @@ def run(backend: Backend | str, patterns: Iterable[str] | None = None, perf: boo
 
 def time_kernel(backend: Backend, kernel: str, repeats: int = 20) -> dict[str, Any]:
     """Median time of `kernel` on its largest case, on the backend and on the reference."""
-    from ..bench import timed
     spec = CASES[kernel]
     index = max(range(len(spec.shapes)), key=lambda i: _work(spec.shapes[i]))
     shape = {k: v for k, v in spec.shapes[index].items() if k != "in_place"}
     args = spec.args(_rng(kernel, index), **shape)
     row: dict[str, Any] = {"kernel": kernel, "case": case_label(shape)}
     for who, be in (("reference", _reference_backend()), ("backend", backend)):
-        call = functools.partial(getattr(be, kernel), *_on(be, args, spec, in_place=False))
+        call = functools.partial(getattr(be, kernel), *on_backend(be, args, spec))
         row[f"{who}_s"] = float(np.median(timed(call, repeats)))
     row["speedup"] = row["reference_s"] / row["backend_s"] if row["backend_s"] else math.inf
     return row
