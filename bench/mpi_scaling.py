@@ -33,7 +33,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg = ModelConfig.from_json(args.config)
     model = SLLM(cfg, backend=args.backend, seed=0, init="gpt2" if group.is_root else None)
     if group.size > 1:
-        group.bcast_array(model.flat_params)  # type: ignore[attr-defined]
+        group.bcast_array(model.flat_params)  # type: ignore[attr-defined]  # an MPIGroup when size > 1
     opt = AdamW(model, lr=1e-4)
     rng = np.random.default_rng(0)
     times = []

@@ -80,7 +80,7 @@ def gguf_tensors(model: Any, qtype: str = "f32") -> dict[str, tuple[np.ndarray, 
     """{gguf name: (data, type)} for every parameter of `model`. A quantized model's blocks
     go in as they are: sllm keeps them as rows along the reduction axis, GGUF's layout."""
     out = {}
-    quantized = getattr(model, "quantized_weights", dict)()
+    quantized: dict[str, Any] = getattr(model, "quantized_weights", dict)()
     for name, q in quantized.items():
         out[gguf_name(name)] = (np.asarray(q.data), q.qtype)
     for name, p in model.parameters().items():  # a quantized model's floats stay f32

@@ -349,7 +349,7 @@ def train(kind: str, text_or_path: "str | os.PathLike[str]", vocab_size: int | N
     keeps every character."""
     if kind not in TOKENIZERS:
         raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {sorted(TOKENIZERS)}")
-    return TOKENIZERS[kind].train(text_or_path, vocab_size,  # type: ignore[attr-defined]
+    return TOKENIZERS[kind].train(text_or_path, vocab_size,  # type: ignore[attr-defined]  # each kind has its own signature
                                   encoding_errors=encoding_errors)
 
 
@@ -364,7 +364,7 @@ def from_dict(d: Any) -> Tokenizer:
         raise DataError(f"tokenizer format version {d['version']} is newer than this sllm "
                         f"supports ({FORMAT_VERSION})")
     try:
-        return TOKENIZERS[d["type"]].from_dict(d)  # type: ignore[attr-defined]
+        return TOKENIZERS[d["type"]].from_dict(d)  # type: ignore[attr-defined]  # each kind has its own signature
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, DataError):
             raise

@@ -19,7 +19,7 @@ from sllm.hf_tokenizer import from_tokenizer_json, read_hf_tokenizer, to_tokeniz
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 gguf = pytest.importorskip("gguf")
-from sllm.gguf_export import export_gguf, gguf_name, import_gguf  # noqa: E402
+from sllm.gguf_export import export_gguf, gguf_name, import_gguf  # noqa: E402 - after pytest.importorskip
 
 # Text that stresses the pre-tokenizers: runs of spaces and tabs, CRLF, blank lines,
 # apostrophes (ASCII and U+2019), Japanese, literal special-token strings, a form feed.

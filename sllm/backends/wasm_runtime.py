@@ -223,8 +223,8 @@ def runtime_name() -> str:
 def wasmer_importable() -> bool:
     """True when wasmer and its Cranelift compiler import (not the stub wheel of 3.11+)."""
     try:
-        import wasmer  # noqa: F401
-        import wasmer_compiler_cranelift  # noqa: F401
+        import wasmer  # noqa: F401 - imported only to see that it imports
+        import wasmer_compiler_cranelift  # noqa: F401 - imported only to see that it imports
     except ImportError:
         return False
     return True
