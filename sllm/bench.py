@@ -199,11 +199,11 @@ def quant_gemv_suite(backend: Any, cfg: Any, repeats: int) -> list[dict[str, Any
     for qtype in ("f32",) + QUANT_TYPES:
         if qtype == "f32":
             wt = backend.from_numpy(np.ascontiguousarray(w.T))
-            call: Callable[[], Any] = lambda: backend.matmul_fwd(out, x, wt, None)  # noqa: E731
+            call: Callable[[], Any] = functools.partial(backend.matmul_fwd, out, x, wt, None)
             nbytes = wt.nbytes
         else:
             wq = backend.from_numpy(quantize(w, qtype), np.uint8)
-            call = lambda wq=wq, qtype=qtype: backend.matmul_q_fwd(out, x, wq, None, qtype)  # noqa: E731
+            call = functools.partial(backend.matmul_q_fwd, out, x, wq, None, qtype)
             nbytes = wq.nbytes
         times = timed(call, max(repeats, 20), warmup=3)
         row = _row("kernels", f"GEMV 1x{K}x{M} {qtype}", times, 1, "rows_per_s", 2.0 * K * M)
@@ -320,7 +320,7 @@ def main() -> None:
         if ref is None:
             raise SystemExit("bench/torch_ref.py not found: run from a source checkout")
         sys.path.insert(0, str(ref.parent))
-        import torch_ref  # type: ignore[import-not-found]
+        import torch_ref
         result = torch_ref.run_job(job)
     else:
         result = run_job(job)

@@ -91,7 +91,7 @@ def _token_text(tok: Tokenizer, i: int) -> str:
         return tok.tokens[i]
     if isinstance(tok, CharTokenizer):
         return tok.chars[i]
-    return str(tok._hf.id_to_token(i))  # type: ignore[attr-defined]
+    return str(tok._hf.id_to_token(i))  # type: ignore[attr-defined]  # a BPETokenizer: the other kinds are above
 
 
 # ---- back to sllm --------------------------------------------------------------------------

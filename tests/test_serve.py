@@ -16,13 +16,13 @@ import pytest
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-import sllm  # noqa: E402
-from sllm import backends, serve  # noqa: E402
-from sllm.batching import Engine  # noqa: E402
-from sllm.chat import ChatSession  # noqa: E402
-from sllm.corpus import generate_corpus  # noqa: E402
-from sllm.generate import encode_prompt, stream_text  # noqa: E402
-from sllm.tokenizer import WordTokenizer, from_dict  # noqa: E402
+import sllm  # noqa: E402 - after pytest.importorskip
+from sllm import backends, serve  # noqa: E402 - after pytest.importorskip
+from sllm.batching import Engine  # noqa: E402 - after pytest.importorskip
+from sllm.chat import ChatSession  # noqa: E402 - after pytest.importorskip
+from sllm.corpus import generate_corpus  # noqa: E402 - after pytest.importorskip
+from sllm.generate import encode_prompt, stream_text  # noqa: E402 - after pytest.importorskip
+from sllm.tokenizer import WordTokenizer, from_dict  # noqa: E402 - after pytest.importorskip
 
 BACKEND = backends.available()[0]
 CONTEXT = 64

@@ -566,7 +566,7 @@ def select(patterns: Iterable[str] | None = None) -> list[str]:
 
 def cases(patterns: Iterable[str] | None = None) -> list[Case]:
     """The cases of the selected sections."""
-    out = []
+    out: list[Case] = []
     for section in select(patterns):
         if section not in CASES and section not in WHOLE_MODEL:
             raise KeyError(f"kernel {section!r} of the contract has no entry in "

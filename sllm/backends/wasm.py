@@ -60,7 +60,7 @@ class _WasmBase(Backend):
         limit = {} if memory_limit is None else {"limit_bytes": memory_limit}
         self.memory = LinearMemory(self.runtime, self.runtime.call_i32("heap_base"), **limit)
         self._args = self.runtime.call_i32("args_address")
-        self._kernels = {}
+        self._kernels: dict[str, Any] = {}
         self._staged: list[tuple[np.ndarray, Any]] = []
         self._offsets: dict[int, tuple[np.ndarray, int]] = {}
         self._scratch_offset, self._scratch_bytes = 0, 0
@@ -397,5 +397,6 @@ class WasmSimdBackend(_WasmBase):
 
     name: ClassVar[str] = "wasm-simd"
     priority: ClassVar[int] = 20
-    modules = (("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
+    modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = (
+        ("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
     _probed: ClassVar[dict[str, Any]] = {}
