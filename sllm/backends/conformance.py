@@ -183,47 +183,47 @@ def _tokens(rng: np.random.Generator, V: int, *shape: int) -> np.ndarray:
     return tokens
 
 
-def _encoder_fwd(rng, B, T, V, C, pos):
+def _encoder_fwd(rng: np.random.Generator, B: int, T: int, V: int, C: int, pos: int) -> Args:
     return [_f(rng, B, T, C), _tokens(rng, V, B, T), _f(rng, V, C), _f(rng, T + pos + 2, C), pos]
 
 
-def _encoder_bwd(rng, B, T, V, C, pos):
+def _encoder_bwd(rng: np.random.Generator, B: int, T: int, V: int, C: int, pos: int) -> Args:
     return [_f(rng, V, C), _f(rng, T + pos + 2, C), _f(rng, B, T, C), _tokens(rng, V, B, T), pos]
 
 
-def _layernorm_fwd(rng, N, C):
+def _layernorm_fwd(rng: np.random.Generator, N: int, C: int) -> Args:
     return [_f(rng, N, C), _f(rng, N), _f(rng, N), _f(rng, N, C) * 3 + 1, _f(rng, C), _f(rng, C)]
 
 
-def _layernorm_bwd(rng, N, C):
+def _layernorm_bwd(rng: np.random.Generator, N: int, C: int) -> Args:
     x = _f(rng, N, C) * 3 + 1
     mean, rstd = x.mean(1), 1 / np.sqrt(x.var(1) + 1e-5)
     return [_f(rng, N, C), _f(rng, C), _f(rng, C), _f(rng, N, C), x, _f(rng, C),
             mean.astype(np.float32), rstd.astype(np.float32)]
 
 
-def _weight(rng, C, OC, trans_w):
+def _weight(rng: np.random.Generator, C: int, OC: int, trans_w: bool) -> np.ndarray:
     return _f(rng, OC, C) if trans_w else _f(rng, C, OC)
 
 
-def _matmul_fwd(rng, N, C, OC, bias, trans_w):
+def _matmul_fwd(rng: np.random.Generator, N: int, C: int, OC: int, bias: bool, trans_w: bool) -> Args:
     return [_f(rng, N, OC), _f(rng, N, C), _weight(rng, C, OC, trans_w),
             _f(rng, OC) if bias else None, trans_w]
 
 
-def _matmul_bwd(rng, N, C, OC, bias, trans_w):
+def _matmul_bwd(rng: np.random.Generator, N: int, C: int, OC: int, bias: bool, trans_w: bool) -> Args:
     w = _weight(rng, C, OC, trans_w)
     return [_f(rng, N, C), _f(rng, *w.shape), _f(rng, OC) if bias else None, _f(rng, N, OC),
             _f(rng, N, C), w, trans_w]
 
 
-def _matmul_q_fwd(rng, N, K, OC, qtype, bias):
+def _matmul_q_fwd(rng: np.random.Generator, N: int, K: int, OC: int, qtype: str, bias: bool) -> Args:
     from ..quant import quantize
     return [_f(rng, N, OC), _f(rng, N, K), quantize(_f(rng, OC, K), qtype),
             _f(rng, OC) if bias else None, qtype]
 
 
-def _attention_fwd(rng, B, T, H, D):
+def _attention_fwd(rng: np.random.Generator, B: int, T: int, H: int, D: int) -> Args:
     return [_f(rng, B, T, H * D), np.zeros(0, np.float32), _f(rng, B, T, 3 * H * D), H]
 
 
@@ -233,7 +233,7 @@ def _attention_saved(backend: Backend, args: Args) -> None:
     args[1] = backend.zeros(backend.attention_saved_shape(B, T, args[3]))
 
 
-def _attention_bwd(rng, B, T, H, D):
+def _attention_bwd(rng: np.random.Generator, B: int, T: int, H: int, D: int) -> Args:
     C = H * D
     return [_f(rng, B, T, 3 * C), _f(rng, B, T, C), _f(rng, B, T, 3 * C), np.zeros(0, np.float32),
             np.zeros(0, np.float32), H]
@@ -248,53 +248,55 @@ def _attention_forward_state(backend: Backend, args: Args) -> None:
     backend.attention_fwd(args[3], args[4], qkv, H)
 
 
-def _attention_decode(rng, B, H, D, Tn, pos, maxT):
+def _attention_decode(rng: np.random.Generator, B: int, H: int, D: int, Tn: int, pos: int,
+                      maxT: int) -> Args:
     # The cache holds earlier keys/values before pos and stale data after: masking must hide it.
     return [_f(rng, B, Tn, H * D), _f(rng, B, Tn, 3 * H * D), _f(rng, B, H, maxT, D),
             _f(rng, B, H, maxT, D), pos, H]
 
 
-def _attention_decode_batch(rng, S, H, D, maxT, slots, positions):
+def _attention_decode_batch(rng: np.random.Generator, S: int, H: int, D: int, maxT: int,
+                            slots: tuple[int, ...], positions: tuple[int, ...]) -> Args:
     # Other slots and later positions hold stale data: only each row's own slot may be read.
     B = len(slots)
     return [_f(rng, B, 1, H * D), _f(rng, B, 1, 3 * H * D), _f(rng, S, H, maxT, D),
             _f(rng, S, H, maxT, D), np.array(slots, np.int32), np.array(positions, np.int32), H]
 
 
-def _unary(rng, n):
+def _unary(rng: np.random.Generator, n: int) -> Args:
     return [_f(rng, n), _f(rng, n) * 4]
 
 
-def _unary_bwd(rng, n):
+def _unary_bwd(rng: np.random.Generator, n: int) -> Args:
     return [_f(rng, n), _f(rng, n), _f(rng, n) * 4]
 
 
-def _residual(rng, n):
+def _residual(rng: np.random.Generator, n: int) -> Args:
     return [_f(rng, n), _f(rng, n), _f(rng, n)]
 
 
-def _dropout(rng, n, p, seed):
+def _dropout(rng: np.random.Generator, n: int, p: float, seed: int) -> Args:
     return [_f(rng, n), _f(rng, n), p, seed]
 
 
-def _softmax_xent(rng, N, V, with_grad):
+def _softmax_xent(rng: np.random.Generator, N: int, V: int, with_grad: bool) -> Args:
     targets = rng.integers(0, V, N).astype(np.int32)
     if N > 1:
         targets[0] = -1
     return [_f(rng, N), _f(rng, N, V) if with_grad else None, _f(rng, N, V) * 5, targets, 1.0 / N]
 
 
-def _sgd(rng, n, momentum):
+def _sgd(rng: np.random.Generator, n: int, momentum: float) -> Args:
     return [_f(rng, n), _f(rng, n), _f(rng, n) if momentum else None, 0.1, momentum, 0.01,
             n // 2 + 16]
 
 
-def _adam(rng, n, decoupled, step):
+def _adam(rng: np.random.Generator, n: int, decoupled: bool, step: int) -> Args:
     return [_f(rng, n), _f(rng, n), _f(rng, n), np.abs(_f(rng, n)), 1e-2, 0.9, 0.99, 1e-8, 0.1,
             step, n // 2 + 16, decoupled]
 
 
-def _norm(rng, n):
+def _norm(rng: np.random.Generator, n: int) -> Args:
     return [_f(rng, n) * 3]
 
 
@@ -339,82 +341,82 @@ def _sizes(cfg: Any, B: int, T: int) -> tuple[int, int, int, int, int]:
     return B * T, cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads
 
 
-def _enc_m(cfg, B, T):
+def _enc_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     return [(f"B{B} T{T}", dict(B=B, T=T, V=cfg.vocab_size, C=cfg.embedding_dim, pos=0))]
 
 
-def _ln_m(cfg, B, T):
+def _ln_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     N, C, *_ = _sizes(cfg, B, T)
     return [(f"{N}x{C}", dict(N=N, C=C))]
 
 
-def _gemms(cfg, B, T):
+def _gemms(cfg: Any, B: int, T: int) -> list[tuple[str, int, int, int]]:
     N, C, F, V, _ = _sizes(cfg, B, T)
     return [("qkv", N, C, 3 * C), ("fc", N, C, F), ("fc_proj", N, F, C), ("lm_head", N, C, V)]
 
 
-def _mm_m(cfg, B, T):
+def _mm_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     return [(f"{label} {N}x{K}x{M}", dict(N=N, C=K, OC=M, bias=True, trans_w=False))
             for label, N, K, M in _gemms(cfg, B, T)]
 
 
-def _mmq_m(cfg, B, T):
+def _mmq_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     # a training-batch GEMM, and the GEMV of one decoded token through the output layer
     N, C, F, V, _ = _sizes(cfg, B, T)
     return [(f"q8_0 {label} {n}x{K}x{M}", dict(N=n, K=K, OC=M, qtype="q8_0", bias=True))
             for label, n, K, M in (("fc", N, C, F), ("lm_head decode", 1, C, V))]
 
 
-def _att_m(cfg, B, T):
+def _att_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     H = cfg.num_heads
     return [(f"B{B} T{T} H{H}", dict(B=B, T=T, H=H, D=cfg.embedding_dim // H))]
 
 
-def _dec_m(cfg, B, T):
+def _dec_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     H = cfg.num_heads
     return [(f"B1 pos{T - 1} H{H}", dict(B=1, H=H, D=cfg.embedding_dim // H, Tn=1, pos=T - 1,
                                           maxT=T))]
 
 
-def _decb_m(cfg, B, T):
+def _decb_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     H = cfg.num_heads
     positions = tuple((T - 1 - 7 * i) % T for i in range(B))  # sequences at mixed lengths
     return [(f"{B} sequences maxT{T} H{H}", dict(S=B, H=H, D=cfg.embedding_dim // H, maxT=T,
                                                   slots=tuple(range(B)), positions=positions))]
 
 
-def _ffn_m(cfg, B, T):
+def _ffn_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     N, _, F, *_ = _sizes(cfg, B, T)
     return [(f"{N}x{F}", dict(n=N * F))]
 
 
-def _res_m(cfg, B, T):
+def _res_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     N, C, *_ = _sizes(cfg, B, T)
     return [(f"{N}x{C}", dict(n=N * C))]
 
 
-def _drop_m(cfg, B, T):
+def _drop_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     N, C, *_ = _sizes(cfg, B, T)
     p = cfg.dropout or 0.1
     return [(f"{N}x{C} p={p:g}", dict(n=N * C, p=p, seed=1))]
 
 
-def _xent_m(cfg, B, T):
+def _xent_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     N, _, _, V, _ = _sizes(cfg, B, T)
     return [(f"{N}x{V}", dict(N=N, V=V, with_grad=True))]
 
 
-def _sgd_m(cfg, B, T):
+def _sgd_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     n = cfg.num_parameters()
     return [(f"{n} params momentum", dict(n=n, momentum=0.9))]
 
 
-def _adam_m(cfg, B, T):
+def _adam_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     n = cfg.num_parameters()
     return [(f"{n} params AdamW", dict(n=n, decoupled=True, step=3))]
 
 
-def _norm_m(cfg, B, T):
+def _norm_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     n = cfg.num_parameters()
     return [(f"{n} params", dict(n=n))]
 
