@@ -71,7 +71,7 @@ def _check_loads(doc: dict[str, Any]) -> Any:
     from tokenizers import Tokenizer as HFTokenizer
     try:
         return HFTokenizer.from_str(json.dumps(doc))
-    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on malformed JSON
         raise DataError(f"tokenizer.json is not a valid Hugging Face tokenizer: {e}") from None
 
 

@@ -24,7 +24,7 @@ from sllm.optim import AdamW
 from sllm.serialize import read_model_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser import StaticServer, chromium, run_js, why_no_browser  # noqa: E402 - after the sys.path insert
+from browser import StaticServer, chromium, run_js, why_no_browser
 
 WORD_CFG = {"vocabSize": 300, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,
             "ffnHiddenDim": 64, "dropout": 0.0, "maxSeqLen": 96}

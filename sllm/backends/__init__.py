@@ -141,7 +141,7 @@ def _instance(entry: _Entry) -> Backend:
         assert entry.cls is not None  # get() instantiates available entries only
         try:
             entry.instance = entry.cls()
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - it becomes unavailable
+        except (Exception, SystemExit) as e:  # it becomes unavailable
             entry.reason = describe_failure(e)
             raise BackendError(f"backend {entry.name!r} failed to start: {entry.reason}") from e
     return entry.instance

@@ -160,7 +160,7 @@ class _WasmBase(Backend):
             for staged, original in self._staged:
                 if original is not None:
                     original[...] = staged.reshape(np.shape(original))
-        except Exception as e:  # noqa: BLE001 - traps and runtime errors become BackendError
+        except Exception as e:  # traps and runtime errors become BackendError
             raise BackendError(f"{self.name} kernel {name} failed: {e}") from e
         finally:
             for staged, _ in self._staged:

@@ -164,7 +164,7 @@ class WasmerRuntime(Runtime):
         store = wasmer.Store(wasmer.engine.Universal(wasmer_compiler_cranelift.Compiler))
         try:
             self._instance = wasmer.Instance(wasmer.Module(store, wasm), wasmer.ImportObject())
-        except Exception as e:  # noqa: BLE001 - wasmer raises plain RuntimeError/TypeError
+        except Exception as e:  # wasmer raises plain RuntimeError/TypeError
             raise RuntimeUnavailable(f"wasmer rejects the module: {_first_line(e)}") from e
         self._exports = self._instance.exports
         self._memory = self._exports.memory
