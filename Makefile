@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp wasm -type f 2>/dev/null)
 
-.PHONY: test test-interop demo bench clean
+.PHONY: test test-interop demo bench clean lint lint-ruff lint-mypy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,23 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python $(SOURCES)
 	$(BIN)/python -m pip install -q -e '.[test,mpi]'
 	touch $@
+
+# Static checks, zero findings expected: ruff and mypy (config in pyproject.toml), pinned so
+# that a new release's rules do not fail a build; mypy runs twice as tests/ and bench/ each
+# have a conftest.py. The pre-commit hooks (.pre-commit-config.yaml) call these targets.
+LINT_TOOLS := ruff==0.17.6 mypy==2.4.1
+$(VENV)/.lint-tools: | $(VENV)/.installed
+	$(BIN)/python -m pip install -q $(LINT_TOOLS)
+	touch $@
+
+lint: lint-ruff lint-mypy
+
+lint-ruff: $(VENV)/.lint-tools
+	$(BIN)/ruff check sllm tests bench examples
+
+lint-mypy: $(VENV)/.lint-tools
+	$(BIN)/mypy
+	$(BIN)/mypy bench
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -p no:cacheprovider --cov=sllm --cov-report=term --cov-fail-under=70 tests

@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +31,7 @@ def shapes(rows: int, C: int, F: int, V: int) -> list[tuple[str, int, int, int]]
             ("fc_proj", rows, F, C), ("lm_head", rows, C, V)]
 
 
-def best_time(fn, min_time: float = 0.3) -> float:
+def best_time(fn: Callable[[], object], min_time: float = 0.3) -> float:
     """Best wall time of fn over repeated calls (one warm-up) lasting at least min_time."""
     fn()
     best, spent = float("inf"), 0.0
@@ -39,6 +41,17 @@ def best_time(fn, min_time: float = 0.3) -> float:
         dt = time.perf_counter() - t
         best, spent = min(best, dt), spent + dt
     return best
+
+
+def _cases(cpp: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray, dy: np.ndarray,
+           out: np.ndarray, dx: np.ndarray, dw: np.ndarray) -> dict[str, tuple[Callable[[], object], ...]]:
+    """form -> (the cpp kernel call, the numpy equivalent) on these arrays."""
+    return {
+        "fwd": (lambda: cpp.matmul_fwd(out, x, w, b),
+                lambda: np.add(np.matmul(x, w, out=out), b, out=out)),
+        "bwd dx+dW": (lambda: cpp.matmul_bwd(dx, dw, None, dy, x, w),
+                      lambda: (np.matmul(dy, w.T, out=dx), np.add(dw, x.T @ dy, out=dw))),
+    }
 
 
 def measure(threads: int) -> list[dict]:
@@ -56,13 +69,7 @@ def measure(threads: int) -> list[dict]:
             dy, out = rng.standard_normal((M, N), np.float32), np.empty((M, N), np.float32)
             dx, dw = np.empty((M, K), np.float32), np.zeros((K, N), np.float32)
             flops = 2.0 * M * K * N
-            cases = {
-                "fwd": (lambda: cpp.matmul_fwd(out, x, w, b),
-                        lambda: np.add(np.matmul(x, w, out=out), b, out=out)),
-                "bwd dx+dW": (lambda: cpp.matmul_bwd(dx, dw, None, dy, x, w),
-                           lambda: (np.matmul(dy, w.T, out=dx), np.add(dw, x.T @ dy, out=dw))),
-            }
-            for form, (mine, ref) in cases.items():
+            for form, (mine, ref) in _cases(cpp, x, w, b, dy, out, dx, dw).items():
                 t_cpp, t_np = best_time(mine), best_time(ref)
                 rows.append({"config": cfg, "shape": f"{label} {M}x{K}x{N}", "form": form,
                              "threads": threads, "cpp": flops * (2 if form != "fwd" else 1)

@@ -5,7 +5,7 @@ runs in its own long-lived worker process (same thread count for OpenMP, OpenBLA
 torch), and the parent interleaves them: in every round each worker times a few steps,
 in rotating order. Reported: tokens/s of the best step (closest to an idle machine) and
 of the median step, per backend, and their ratios.
-Training: forward_backward + AdamW step. Generation: sampling 100 tokens after a 16-token
+Training: sllm.bench.train_step (forward_backward, clip, AdamW). Generation: sampling 100 tokens after a 16-token
 prompt with the KV cache, batch 1.
 
     python bench/cpp_train.py [--threads 2] [--rounds 8] [--configs A,B,C,seed]
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,7 +32,7 @@ BACKENDS = ("cpp", "cpp-spin", "numpy", "torch", "torch-passive")
 # torch-passive: torch with OMP_WAIT_POLICY=passive.
 WORKER_ENV = {"cpp-spin": {"OMP_WAIT_POLICY": "active", "GOMP_SPINCOUNT": "300000"},
               "torch-passive": {"OMP_WAIT_POLICY": "passive"}}
-CONFIGS = {  # name: (model config, batch, seq_len)
+CONFIGS: dict[str, tuple[dict[str, Any], int, int]] = {  # name: (model config, batch, seq_len)
     "A": (dict(vocab_size=65, embedding_dim=128, num_layers=4, num_heads=4,
                ffn_hidden_dim=512), 12, 64),
     "B": (dict(vocab_size=5000, embedding_dim=128, num_layers=4, num_heads=4,
@@ -45,13 +45,13 @@ CONFIGS = {  # name: (model config, batch, seq_len)
 GEN_PROMPT, GEN_TOKENS = list(range(1, 17)), 100
 
 
-def _config(name: str):
+def _config(name: str) -> tuple[Any, int, int]:
     import sllm
     cfg, B, T = CONFIGS[name]
     return sllm.ModelConfig(**cfg, dropout=0.0, max_seq_len=max(T, 128)), B, T
 
 
-def train_runner(backend: str, name: str, threads: int) -> tuple[Callable[[], None], int]:
+def train_runner(backend: str, name: str, threads: int) -> tuple[Callable[[], object], int]:
     """(one training step, tokens per step) for `backend` on config `name`."""
     cfg, B, T = _config(name)
     rng = np.random.default_rng(0)
@@ -60,29 +60,27 @@ def train_runner(backend: str, name: str, threads: int) -> tuple[Callable[[], No
         import torch
         sys.path.insert(0, str(HERE))
         import torch_ref
-        model, opt = torch_ref.make(cfg, threads)
+        tmodel, topt = torch_ref.make(cfg, threads)
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        return (lambda: torch_ref.train_step(model, opt, tx, ty)), B * T
+        return (lambda: torch_ref.train_step(tmodel, topt, tx, ty)), B * T
     import sllm
     model = sllm.SLLM(cfg, backend=backend.split("-")[0])
     if backend.startswith("cpp"):
         model.backend.set_num_threads(threads)
     opt = sllm.optim.AdamW(model, lr=1e-3)
 
-    def step() -> None:
-        model.forward_backward(x, y)
-        opt.step()
-    return step, B * T
+    from sllm.bench import train_step
+    return (lambda: train_step(model, opt, x, y)), B * T
 
 
-def generate_runner(backend: str, name: str, threads: int) -> tuple[Callable[[], None], int]:
+def generate_runner(backend: str, name: str, threads: int) -> tuple[Callable[[], object], int]:
     """(one generation of GEN_TOKENS tokens with the KV cache, GEN_TOKENS)."""
     cfg, _, _ = _config(name)
     if backend.startswith("torch"):
         sys.path.insert(0, str(HERE))
         import torch_ref
-        model, _ = torch_ref.make(cfg, threads)
-        return (lambda: torch_ref.generate(model, GEN_PROMPT, GEN_TOKENS)), GEN_TOKENS
+        tmodel, _ = torch_ref.make(cfg, threads)
+        return (lambda: torch_ref.generate(tmodel, GEN_PROMPT, GEN_TOKENS)), GEN_TOKENS
     import sllm
     model = sllm.SLLM(cfg, backend=backend.split("-")[0]).eval()
     if backend.startswith("cpp"):
@@ -115,17 +113,19 @@ def compare(what: str, config: str, threads: int, rounds: int, per_round: int) -
                                    env={**env, **WORKER_ENV.get(b, {})},
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                for b in BACKENDS}
+    ins = {b: w.stdin for b, w in workers.items() if w.stdin}  # both pipes exist: PIPE above
+    outs = {b: w.stdout for b, w in workers.items() if w.stdout}
     try:
-        tokens = {b: json.loads(w.stdout.readline())["tokens"] for b, w in workers.items()}
+        tokens = {b: json.loads(outs[b].readline())["tokens"] for b in workers}
         times: dict[str, list[float]] = {b: [] for b in BACKENDS}
         for r in range(rounds):
             for b in BACKENDS[r % len(BACKENDS):] + BACKENDS[:r % len(BACKENDS)]:
-                workers[b].stdin.write(f"{per_round}\n")
-                workers[b].stdin.flush()
-                times[b] += json.loads(workers[b].stdout.readline())
+                ins[b].write(f"{per_round}\n")
+                ins[b].flush()
+                times[b] += json.loads(outs[b].readline())
     finally:
-        for w in workers.values():
-            w.stdin.close()
+        for b, w in workers.items():
+            ins[b].close()
             w.wait()
     return {b: (tokens[b] / min(t), tokens[b] / float(np.median(t))) for b, t in times.items()}
 
@@ -138,7 +138,8 @@ def main() -> None:
     p.add_argument("--configs", default="A,B,C,seed")
     args = p.parse_args()
     if args.serve:
-        serve(*args.serve, args.threads)
+        what, backend, config = args.serve
+        serve(what, backend, config, args.threads)
         return
     print(f"threads={args.threads}, rounds={args.rounds}, load average at start "
           f"{os.getloadavg()[0]:.2f}; tokens/s of the best step (median step in brackets)")

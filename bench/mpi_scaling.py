@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def worker(args: argparse.Namespace) -> None:
     cfg = ModelConfig.from_json(args.config)
     model = SLLM(cfg, backend=args.backend, seed=0, init="gpt2" if group.is_root else None)
     if group.size > 1:
-        group.bcast_array(model.flat_params)  # type: ignore[attr-defined]
+        group.bcast_array(model.flat_params)  # type: ignore[attr-defined]  # an MPIGroup when size > 1
     opt = AdamW(model, lr=1e-4)
     rng = np.random.default_rng(0)
     times = []
@@ -57,7 +58,7 @@ def worker(args: argparse.Namespace) -> None:
                           "params": model.num_parameters()}), flush=True)
 
 
-def _allreduce_alone(group, grads: np.ndarray, repeats: int = 5) -> float:
+def _allreduce_alone(group: Any, grads: np.ndarray, repeats: int = 5) -> float:
     """Median time of the gradient Allreduce with every rank ready (after a Barrier)."""
     times = []
     for _ in range(repeats):

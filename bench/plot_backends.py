@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 PHASES = [("wasm", "numpy"), ("wasm-simd", "wasm"), ("cpp", "numpy"), ("cpp", "torch")]
 

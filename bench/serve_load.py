@@ -75,6 +75,7 @@ class ServerProcess:
             [sys.executable, "-m", "sllm", "serve", str(model), "--port", "0", "--backend",
              backend, "--max-batch", str(max_batch), "--max-queue", str(max_queue), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.proc.stdout is not None  # stdout=PIPE
         line = self.proc.stdout.readline()
         m = re.search(r"http://([\d.]+):(\d+)/v1", line)
         if not m:
@@ -86,7 +87,7 @@ class ServerProcess:
     def rss_mb(self) -> float:
         """The server's resident memory now."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+        return int(_field(r"VmRSS:\s+(\d+)", status)) / 1024
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the server has used so far."""
@@ -331,6 +332,14 @@ async def run_load(server: ServerProcess, reqs: list[dict[str, Any]],
     return stats
 
 
+def _field(pattern: str, text: str) -> str:
+    """The first group of `pattern`'s first match in text; an error naming it if none."""
+    m = re.search(pattern, text)
+    if m is None:
+        raise RuntimeError(f"no {pattern!r} in {text[:200]!r}")
+    return m.group(1)
+
+
 async def send(req: dict[str, Any], client: httpx.AsyncClient, server: ServerProcess
                ) -> tuple[int, str, str | None]:
     """One request of the plan: (status, text, finish_reason)."""
@@ -346,8 +355,8 @@ async def send(req: dict[str, Any], client: httpx.AsyncClient, server: ServerPro
     body.update({"temperature": 0.8, "seed": req["seed"]} if req["seed"] is not None
                 else {"temperature": 0})
     if req["kind"] == "stream":
-        r = await stream_one(client, url, {**body, "stream": True})
-        return r["status"], r["text"], r["finish"] if r["done"] else None
+        s = await stream_one(client, url, {**body, "stream": True})
+        return s["status"], s["text"], s["finish"] if s["done"] else None
     resp = await client.post(url, json=body)
     if resp.status_code != 200:
         return resp.status_code, "", None
@@ -373,8 +382,8 @@ def load(args: argparse.Namespace, model: Path) -> None:
     finally:
         server.stop()
     kinds = {k: sum(r["kind"] == k for r in reqs) for k in ("stream", "plain", "malformed")}
-    active = re.search(r"^sllm_active_sequences (\S+)", metrics, re.M).group(1)
-    queued = re.search(r"^sllm_queue_depth (\S+)", metrics, re.M).group(1)
+    active = _field(r"(?m)^sllm_active_sequences (\S+)", metrics)
+    queued = _field(r"(?m)^sllm_queue_depth (\S+)", metrics)
     rss = stats["rss"]
     print(f"\n{len(reqs)} requests ({kinds['stream']} streaming, {kinds['plain']} non-streaming, "
           f"{kinds['malformed']} malformed) in {wall:.0f} s, {args.concurrency} at once, "

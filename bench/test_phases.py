@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import sllm
+from sllm.bench import train_step
 from sllm.flops import train_flops_per_token
 from sllm.optim import AdamW
 
@@ -34,8 +35,7 @@ def test_train_step(benchmark, backend_name, config_name):
     x, y = rng.integers(0, cfg.vocab_size, (B, T)), rng.integers(0, cfg.vocab_size, (B, T))
 
     def step():
-        model.forward_backward(x, y)
-        opt.step()
+        train_step(model, opt, x, y)
 
     _label(benchmark, backend_name, config_name, f"train step B{B} T{T}",
            train_flops_per_token(cfg, T) * B * T)

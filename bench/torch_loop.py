@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch_ref  # noqa: E402
+import torch_ref
 
 
 def main() -> None:

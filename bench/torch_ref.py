@@ -9,6 +9,7 @@ into a benchmark environment to use this file.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,14 +59,14 @@ class TorchGPT(nn.Module):
         if tie:  # as nanoGPT: the output projection is the token embedding
             self.lm_head.weight = self.wte.weight
 
-    def forward(self, idx: torch.Tensor, caches: list | None = None, pos: int = 0):
+    def forward(self, idx: torch.Tensor, caches: list | None = None, pos: int = 0) -> torch.Tensor:
         x = self.wte(idx) + self.wpe(torch.arange(pos, pos + idx.shape[1]))
         for i, block in enumerate(self.h):
             x = block(x, caches[i] if caches is not None else None)
         return self.lm_head(self.ln_f(x))
 
 
-def make(cfg, threads: int, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+def make(cfg: Any, threads: int, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
          weight_decay: float = 0.01) -> tuple[TorchGPT, torch.optim.Optimizer]:
     """A model and AdamW for an sllm ModelConfig, on `threads` threads; weight decay on
     the matrices only (as sllm and nanoGPT)."""
@@ -121,7 +122,7 @@ def train_loop(model: TorchGPT, opt: torch.optim.Optimizer, train_ids: torch.Ten
                 model.eval()
                 with torch.no_grad():
                     vals = [F.cross_entropy(model(vx).view(-1, logits.shape[-1]), vy.view(-1))
-                            .item() for vx, vy in zip(val_x, val_y)]
+                            .item() for vx, vy in zip(val_x, val_y, strict=True)]
                 model.train()
                 record["val_loss"] = losses["val_loss"] = sum(vals) / len(vals)
             losses["loss"] = record["loss"]
@@ -133,11 +134,13 @@ def train_loop(model: TorchGPT, opt: torch.optim.Optimizer, train_ids: torch.Ten
 
 def train_step(model: TorchGPT, opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor) -> float:
-    """One forward + backward + AdamW step; returns the loss."""
+    """The step sllm.bench.train_step times: forward, backward, the gradient norm clipped
+    to 1.0, AdamW; returns the loss."""
     logits = model(x)
     loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return loss.item()
 
@@ -146,7 +149,7 @@ def train_step(model: TorchGPT, opt: torch.optim.Optimizer, x: torch.Tensor,
 def generate(model: TorchGPT, prompt: list[int], new_tokens: int, seed: int = 0) -> list[int]:
     """Sample new_tokens after prompt (batch 1) with a KV cache."""
     gen = torch.Generator().manual_seed(seed)
-    caches = [[] for _ in model.h]
+    caches: list[list] = [[] for _ in model.h]
     ids = list(prompt)
     logits = model(torch.tensor([ids]), caches, 0)[0, -1]
     for _ in range(new_tokens):
@@ -156,7 +159,7 @@ def generate(model: TorchGPT, prompt: list[int], new_tokens: int, seed: int = 0)
     return ids
 
 
-def run_job(job) -> dict:
+def run_job(job: Any) -> dict:
     """`sllm bench --vs torch`: the train and generate suites of sllm.bench.Job, in PyTorch,
     reported in the same row format as the sllm backends."""
     import os
@@ -191,7 +194,7 @@ def run_job(job) -> dict:
             "analytic_mb": None}  # torch's activation memory is not ours to count
 
 
-def _train_loop_row(job, cfg, T: int, bare: dict) -> dict:
+def _train_loop_row(job: Any, cfg: Any, T: int, bare: dict) -> dict:
     """The end-to-end row of sllm.bench.train_loop_row, as a plain PyTorch loop on the same
     data (same steps, evaluations, clipping and final checkpoint)."""
     import tempfile

@@ -11,6 +11,7 @@ import argparse
 import time
 
 import sllm
+from sllm.bench import train_step
 from sllm.data import TokenData
 from sllm.optim import AdamW
 from sllm.tokenizer import CharTokenizer, read_text
@@ -22,10 +23,7 @@ def seconds_for(backend: str, cfg: dict, data: TokenData, steps: int) -> float:
     opt = AdamW(model, 1e-3, betas=(0.9, 0.99), weight_decay=0.1)
     start = time.perf_counter()
     for step in range(steps):
-        x, y = data.train_batch(step)
-        model.forward_backward(x, y)
-        opt.clip_grad_norm(1.0)
-        opt.step()
+        train_step(model, opt, *data.train_batch(step))
     return time.perf_counter() - start
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import sllm
 from sllm.backends.numpy_ref import NumpyBackend
 from sllm.backends.wasm import WasmBackend, WasmSimdBackend
+from sllm.bench import train_step
 from sllm.optim import AdamW
 
 CONFIG_B = sllm.ModelConfig(vocab_size=5000, embedding_dim=128, num_layers=4, num_heads=4,
@@ -23,7 +24,7 @@ B, T = 16, 128
 
 
 def tokens_per_second(backend, steps):
-    """Best-of-steps tokens/s of forward_backward + optimizer step (after one warm-up)."""
+    """Best-of-steps tokens/s of sllm.bench.train_step (after one warm-up)."""
     model = sllm.SLLM(CONFIG_B, backend=backend, seed=0)
     opt = AdamW(model, lr=1e-3)
     rng = np.random.default_rng(0)
@@ -32,8 +33,7 @@ def tokens_per_second(backend, steps):
     best = float("inf")
     for _ in range(steps + 1):
         t0 = time.perf_counter()
-        model.forward_backward(x, y)
-        opt.step()
+        train_step(model, opt, x, y)
         best = min(best, time.perf_counter() - t0)
     return B * T / best
 

@@ -25,12 +25,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import sllm  # noqa: E402
-from sllm import tokenizer as tokenizers  # noqa: E402
-from sllm.corpus import generate_corpus  # noqa: E402
-from sllm.export_web import export_site  # noqa: E402
-from sllm.generate import encode_prompt, stream  # noqa: E402
-from sllm.optim import AdamW  # noqa: E402
+import sllm  # noqa: E402 - after the sys.path insert
+from sllm import tokenizer as tokenizers  # noqa: E402 - after the sys.path insert
+from sllm.corpus import generate_corpus  # noqa: E402 - after the sys.path insert
+from sllm.export_web import export_site  # noqa: E402 - after the sys.path insert
+from sllm.generate import encode_prompt, stream  # noqa: E402 - after the sys.path insert
+from sllm.optim import AdamW  # noqa: E402 - after the sys.path insert
 
 PROMPT = "A: Hello! How are you today? Do you want to play with me in the park?\nB:"
 NEW_TOKENS, B, T = 100, 8, 64
@@ -70,6 +70,7 @@ class PythonSide:
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         """Seconds for forward, backward, clipping and AdamW on one batch."""
+        assert self.opt is not None, "a quantized model does not train"
         self.m.train()
         start = time.perf_counter()
         self.m.forward_backward(x, y)

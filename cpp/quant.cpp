@@ -93,8 +93,8 @@ void dequantize_row(const uint8_t* w, int qtype, int64_t K, float* out) {
 // Many input rows (prefill, evaluation): the same products as the integer path, but
 // through the float GEMM: weights dequantized once per call, activations quantized to
 // q8_0 and dequantized (q_x * d_x), so only the float summation order differs.
-void matmul_q_gemm(float* out, const float* inp, const uint8_t* wq, const float* bias,
-                   int qtype, int64_t N, int64_t K, int64_t OC, const int8_t* q, const float* d) {
+void matmul_q_gemm(float* out, const uint8_t* wq, const float* bias, int qtype, int64_t N,
+                   int64_t K, int64_t OC, const int8_t* q, const float* d) {
   // weights in slices of kSlice rows, so the float copy stays small (it is kept for reuse)
   constexpr int64_t kSlice = 256;
   static Scratch floats;
@@ -135,7 +135,7 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
   float* s = d + N * nb;
   for (int64_t n = 0; n < N; ++n)
     quantize_row_q8_0(inp + n * K, K, q + n * nb * QK, d + n * nb, s + n * nb);
-  if (N >= kGemmRows) return matmul_q_gemm(out, inp, wq, bias, qtype, N, K, OC, q, d);
+  if (N >= kGemmRows) return matmul_q_gemm(out, wq, bias, qtype, N, K, OC, q, d);
   const QDot dot = qops().dot[qtype];
   // chunks of output rows; each chunk's weights stay in cache while every input row passes
   const int threads = (N * OC * K < (1 << 16)) ? 1 : num_threads();

@@ -40,8 +40,9 @@ class Activations:
             self.dres, self.dbranch, self.dln = new((B, T, C)), new((B, T, C)), new((B, T, C))
             self.datty, self.dqkv, self.dfch = new((B, T, C)), new((B, T, 3 * C)), new((B, T, F))
         self.has_grads = train
+        self.dropout = 0.0  # the rate the last forward used; backward replays its masks
 
-    def _new(self, shape, dtype=None) -> np.ndarray:
+    def _new(self, shape: tuple[int, ...], dtype: type[np.generic] | None = None) -> np.ndarray:
         arr = self.backend.empty(shape, dtype)
         self._owned.append(arr)
         return arr

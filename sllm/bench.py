@@ -7,6 +7,7 @@ computed from figures measured in the same run.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .threads import blas_limited
+from .timing import timed
 
 SUITES = ("kernels", "train", "generate")
 
@@ -39,16 +41,15 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
-    """Wall times of `repeats` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
+def train_step(model: Any, opt: Any, x: Any, y: Any, grad_clip: float = 1.0) -> float:
+    """One training step as `sllm train` takes it by default: forward_backward, the gradient
+    norm clipped to grad_clip (0: no clipping), the optimizer step. Every benchmark of a
+    training step (sllm bench, bench/*.py) times this function; returns the loss."""
+    loss = model.forward_backward(x, y)
+    if grad_clip:
+        opt.clip_grad_norm(grad_clip)
+    opt.step()
+    return loss
 
 
 def _row(suite: str, name: str, times: list[float], work: float, unit: str,
@@ -62,35 +63,44 @@ def _row(suite: str, name: str, times: list[float], work: float, unit: str,
 
 
 # ---- the suites (run inside a worker) ----------------------------------------------------------
+# FLOPs of the kernels dominated by multiply-adds (for GFLOP/s and MFU), from their shapes.
+KERNEL_FLOPS: dict[str, Callable[..., float]] = {
+    "matmul_fwd": lambda N, C, OC, **_: 2.0 * N * C * OC,
+    "matmul_bwd": lambda N, C, OC, **_: 4.0 * N * C * OC,
+    "matmul_q_fwd": lambda N, K, OC, **_: 2.0 * N * K * OC,
+    "attention_fwd": lambda B, T, H, D, **_: 2.0 * H * D * T * (T + 1) * B,
+    "attention_bwd": lambda B, T, H, D, **_: 4.0 * H * D * T * (T + 1) * B,
+}
+
+
 def kernel_suite(backend: Any, cfg: Any, B: int, T: int, repeats: int) -> list[dict[str, Any]]:
-    """GEMMs on the model's shapes, attention, layernorm and the fused loss."""
-    rng = np.random.default_rng(0)
-    N, C, F, V, H = B * T, cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads
-
-    def arr(*shape):
-        return backend.from_numpy(rng.standard_normal(shape).astype(np.float32))
-
+    """Every kernel of the contract on the shapes this model uses at batch B, length T
+    (from the conformance table's model_shapes: sllm/backends/conformance.py)."""
+    from .backends import KERNELS, conformance
     rows = []
-    for label, K, M in (("qkv", C, 3 * C), ("fc", C, F), ("fc_proj", F, C), ("lm_head", C, V)):
-        x, w, b, out = arr(N, K), arr(K, M), arr(M), arr(N, M)
-        rows.append(_row("kernels", f"matmul_fwd {label} {N}x{K}x{M}",
-                         timed(lambda: backend.matmul_fwd(out, x, w, b), repeats),
-                         N, "rows_per_s", 2.0 * N * K * M))
-    qkv, out = arr(B, T, 3 * C), arr(B, T, C)
-    saved = backend.zeros(backend.attention_saved_shape(B, T, H))
-    rows.append(_row("kernels", f"attention_fwd B{B} T{T} H{H}",
-                     timed(lambda: backend.attention_fwd(out, saved, qkv, H), repeats),
-                     N, "rows_per_s", 2.0 * C * T * (T + 1) * B))
-    x, w, b, y, mean, rstd = arr(N, C), arr(C), arr(C), arr(N, C), arr(N), arr(N)
-    rows.append(_row("kernels", f"layernorm_fwd {N}x{C}",
-                     timed(lambda: backend.layernorm_fwd(y, mean, rstd, x, w, b), repeats),
-                     N, "rows_per_s"))
-    logits, losses = arr(N, V), backend.zeros(N)
-    targets = backend.from_numpy(rng.integers(0, V, N), np.int32)
-    rows.append(_row("kernels", f"softmax_xent {N}x{V}",
-                     timed(lambda: backend.softmax_xent(losses, logits, logits, targets, 1.0 / N),
-                           repeats), N, "rows_per_s"))
+    for kernel in KERNELS:
+        spec = conformance.CASES[kernel]
+        for label, shape in spec.bench_shapes(cfg, B, T):
+            args = spec.args(np.random.default_rng(0), **shape)
+            call = functools.partial(getattr(backend, kernel),
+                                     *conformance.on_backend(backend, args, spec))
+            flops = KERNEL_FLOPS[kernel](**shape) if kernel in KERNEL_FLOPS else None
+            rows.append(_row("kernels", f"{kernel} {label}", timed(call, repeats),
+                             *_work(shape), flops))
     return rows
+
+
+def _work(shape: dict[str, Any]) -> tuple[float, str]:
+    """What a kernel call processes: rows (N, or B*T) or, for flat kernels, elements."""
+    if "N" in shape:
+        return shape["N"], "rows_per_s"
+    if "B" in shape:
+        return shape["B"] * shape.get("T", shape.get("Tn", 1)), "rows_per_s"
+    if "slots" in shape:
+        return len(shape["slots"]), "rows_per_s"
+    if "n" in shape:
+        return shape["n"], "elements_per_s"
+    return 1, "calls_per_s"
 
 
 def train_suite(model: Any, B: int, T: int, repeats: int) -> list[dict[str, Any]]:
@@ -102,13 +112,7 @@ def train_suite(model: Any, B: int, T: int, repeats: int) -> list[dict[str, Any]
     x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
     opt = AdamW(model, lr=1e-4)
     model.train()
-
-    def step():
-        model.forward_backward(x, y)
-        opt.clip_grad_norm(1.0)
-        opt.step()
-
-    times = timed(step, repeats, warmup=2)
+    times = timed(lambda: train_step(model, opt, x, y), repeats, warmup=2)
     flops = train_flops_per_token(model.config, T) * B * T
     bare = _row("train", f"step B{B} T{T}", times, B * T, "tokens_per_s", flops)
     return [bare, train_loop_row(model, B, T, e2e_steps(repeats), flops, bare)]
@@ -195,11 +199,11 @@ def quant_gemv_suite(backend: Any, cfg: Any, repeats: int) -> list[dict[str, Any
     for qtype in ("f32",) + QUANT_TYPES:
         if qtype == "f32":
             wt = backend.from_numpy(np.ascontiguousarray(w.T))
-            call: Callable[[], Any] = lambda: backend.matmul_fwd(out, x, wt, None)  # noqa: E731
+            call: Callable[[], Any] = functools.partial(backend.matmul_fwd, out, x, wt, None)
             nbytes = wt.nbytes
         else:
             wq = backend.from_numpy(quantize(w, qtype), np.uint8)
-            call = lambda wq=wq, qtype=qtype: backend.matmul_q_fwd(out, x, wq, None, qtype)  # noqa: E731
+            call = functools.partial(backend.matmul_q_fwd, out, x, wq, None, qtype)
             nbytes = wq.nbytes
         times = timed(call, max(repeats, 20), warmup=3)
         row = _row("kernels", f"GEMV 1x{K}x{M} {qtype}", times, 1, "rows_per_s", 2.0 * K * M)
@@ -211,7 +215,6 @@ def quant_gemv_suite(backend: Any, cfg: Any, repeats: int) -> list[dict[str, Any
 def run_job(job: Job) -> dict[str, Any]:
     """Measure one backend (in this process); returns rows, memory and capabilities."""
     import sllm
-    from .activations import Activations
     if job.threads:
         os.environ["SLLM_NUM_THREADS"] = str(job.threads)
     backend = sllm.backends.get(job.backend)
@@ -239,7 +242,8 @@ def _run_job(job: Job, backend: Any) -> dict[str, Any]:
     acts = Activations(backend, cfg, job.batch, T, train=True)
     analytic = 4 * model.layout.total * 4 + sum(a.nbytes for a in acts._owned)
     acts.release()
-    return {"backend": job.backend, "rows": rows, "capabilities": dict(backend.capabilities),
+    return {"backend": job.backend, "rows": rows, "batch": job.batch, "seq_len": T,
+            "capabilities": dict(backend.capabilities),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "analytic_mb": analytic / 2 ** 20}
 
@@ -316,7 +320,7 @@ def main() -> None:
         if ref is None:
             raise SystemExit("bench/torch_ref.py not found: run from a source checkout")
         sys.path.insert(0, str(ref.parent))
-        import torch_ref  # type: ignore[import-not-found]
+        import torch_ref
         result = torch_ref.run_job(job)
     else:
         result = run_job(job)

@@ -44,12 +44,27 @@ def run_bench(names: list[str], suites: list[str], config: dict[str, Any], batch
             "torch_available": torch_reference() is not None}
 
 
+def suite_title(suite: str, report: dict[str, Any]) -> str:
+    """A suite's heading, with the sizes its rows really used (T is capped by the model's
+    max_seq_len, so it can be less than the T asked for)."""
+    used = [r for r in report["results"] if "seq_len" in r]
+    B = used[0]["batch"] if used else report["batch"]
+    T = used[0]["seq_len"] if used else report["seq_len"]
+    if suite == "kernels":
+        return f"kernels (the model's shapes at B={B}, T={T}: N = B*T = {B * T} rows)"
+    if suite == "train":
+        return f"train (one step: forward, backward, clip, AdamW at B={B}, T={T})"
+    if suite == "generate":
+        return "generate (batch 1, greedy, after a 16-token prompt)"
+    return suite
+
+
 def render(report: dict[str, Any], console: Any) -> None:
     """One rich table per suite, plus the unavailable backends and their reasons."""
     from rich.table import Table
     rows = [(res["backend"], r) for res in report["results"] for r in res.get("rows", [])]
     for suite in dict.fromkeys(r["suite"] for _, r in rows):
-        table = Table(title=f"{suite} (B={report['batch']}, T={report['seq_len']})")
+        table = Table(title=suite_title(suite, report))
         for col in ("backend", "benchmark", "median", "spread", "rate", "GFLOP/s", "vs numpy",
                     "vs torch", "MFU"):
             table.add_column(col, justify="left" if col in ("backend", "benchmark") else "right")
@@ -57,7 +72,8 @@ def render(report: dict[str, Any], console: Any) -> None:
             if r["suite"] != suite:
                 continue
             rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '/s')}" for k in
-                         ("tokens_per_s", "rows_per_s") if k in r), "")
+                         ("tokens_per_s", "rows_per_s", "elements_per_s", "calls_per_s")
+                         if k in r), "")
             if "gb_per_s" in r:
                 rate = f"{r['gb_per_s']:.1f} GB/s" + (f" ({r['bw']:.0%} of BW)" if r.get("bw")
                                                       else "")

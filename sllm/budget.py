@@ -43,7 +43,7 @@ class BudgetError(SLLMError, MemoryError):
 
 def parse_size(value: Any, name: str = "max_memory") -> int:
     """Bytes from 123456, "512M", "8G", "1.5GiB" (binary units); ConfigError naming name."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) > 0:
         return int(value)
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.I) \
         if isinstance(value, str) else None

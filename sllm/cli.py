@@ -49,11 +49,14 @@ def command(fn: Callable) -> Callable:
 @app.command()
 @command
 def train(
-    config: Optional[str] = typer.Option(None, help="Model config JSON (e.g. configs/small-model.json); its vocabSize follows the tokenizer."),
+    config: Optional[str] = typer.Option(None, help="Model config JSON (e.g. configs/small-model.json); its vocabSize "
+                                                    "follows the tokenizer."),
     corpus: Optional[str] = typer.Option(None, help="UTF-8 text file to train on; default: the built-in demo corpus."),
     tokenizer: Optional[str] = typer.Option(None, help="word | char | bpe, or a vocab.json to reuse. (default: word)"),
-    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary size to build (shrunk with a warning if the corpus has fewer). (default: 4000; char: all characters)"),
-    backend: Optional[str] = typer.Option(None, help="Compute backend (see `sllm backends`). (default: auto = fastest)"),
+    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary size to build (shrunk with a warning if the corpus "
+                                                        "has fewer). (default: 4000; char: all characters)"),
+    backend: Optional[str] = typer.Option(None, help="Compute backend (see `sllm backends`). (default: auto = "
+                                                     "fastest)"),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps. (default: 1000)"),
     epochs: Optional[float] = typer.Option(None, help="Passes over the training tokens (overrides --steps)."),
     batch_size: Optional[int] = typer.Option(None, help="Sequences per step (B). (default: 16)"),
@@ -68,26 +71,37 @@ def train(
     warmup: Optional[int] = typer.Option(None, help="Linear warmup steps. (default: 100)"),
     weight_decay: Optional[float] = typer.Option(None, help="Weight decay on matrices. (default: 0.1)"),
     grad_clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm (0 = off). (default: 1.0)"),
-    val_fraction: Optional[float] = typer.Option(None, help="Share of the corpus held out for validation. (default: 0.2)"),
+    val_fraction: Optional[float] = typer.Option(None, help="Share of the corpus held out for validation. (default: "
+                                                            "0.2)"),
     eval_every: Optional[int] = typer.Option(None, help="Evaluate every N steps (0 = only at the end). (default: 100)"),
     eval_batches: Optional[int] = typer.Option(None, help="Validation batches per evaluation. (default: 10)"),
-    patience: Optional[int] = typer.Option(None, help="Early stopping: evaluations without improvement before stopping."),
+    patience: Optional[int] = typer.Option(None, help="Early stopping: evaluations without improvement before "
+                                                      "stopping."),
     min_delta: Optional[float] = typer.Option(None, help="Early stopping: the improvement that counts. (default: 0)"),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Write checkpoint.sllm every N steps (0 = only at the end). (default: 500)"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Write checkpoint.sllm every N steps (0 = only at the "
+                                                              "end). (default: 500)"),
     log_every: Optional[int] = typer.Option(None, help="Write a metrics.jsonl line every N steps. (default: 10)"),
     max_minutes: Optional[float] = typer.Option(None, help="Stop and save when this much time has passed."),
-    documents: Optional[bool] = typer.Option(None, "--documents/--windows", help="One padded document per row instead of random windows."),
-    encoding_errors: Optional[str] = typer.Option(None, help="strict (error naming the byte) | replace | ignore, for non-UTF-8 corpora."),
-    demo_chars: Optional[int] = typer.Option(None, help="Size of the built-in demo corpus in characters. (default: 3000000)"),
+    documents: Optional[bool] = typer.Option(None, "--documents/--windows", help="One padded document per row instead "
+                                                                                 "of random windows."),
+    encoding_errors: Optional[str] = typer.Option(None, help="strict (error naming the byte) | replace | ignore, for "
+                                                             "non-UTF-8 corpora."),
+    demo_chars: Optional[int] = typer.Option(None, help="Size of the built-in demo corpus in characters. (default: "
+                                                        "3000000)"),
     out: Optional[str] = typer.Option(None, help="Run directory to write. (default: runs/latest)"),
     resume: Optional[str] = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
-    init_from: Optional[str] = typer.Option(None, help="Start from this model's weights, config and tokenizer (e.g. one made by `sllm import`)."),
+    init_from: Optional[str] = typer.Option(None, help="Start from this model's weights, config and tokenizer (e.g. "
+                                                       "one made by `sllm import`)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
-    train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags override it)."),
-    max_memory: Optional[str] = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are refused. (default: the memory available now)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed first)."),
+    train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags "
+                                                          "override it)."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are "
+                                                        "refused. (default: the memory available now)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed "
+                                                              "first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    ranks: Optional[str] = typer.Option(None, help="Data-parallel ranks on this machine: N or 'auto' (runs mpiexec; needs sllm[mpi]). Under mpiexec, leave it out."),
+    ranks: Optional[str] = typer.Option(None, help="Data-parallel ranks on this machine: N or 'auto' (runs mpiexec; "
+                                                   "needs sllm[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
     from . import distributed
@@ -464,7 +478,9 @@ def _print_tensor_sizes(tensors: list[dict[str, Any]]) -> None:
 def quantize(model: str = typer.Argument(..., help="A float .sllm model file, or a run directory."),
              qtype: str = typer.Option(..., "--type", "-t", help="q8_0 | q4_0 | q4_1."),
              output: str = typer.Option(..., "--output", "-o", help="The quantized .sllm to write."),
-             keep_embeddings: bool = typer.Option(False, "--keep-embeddings", help="Keep the token embedding wte in float32 (larger file, no embedding rounding).")
+             keep_embeddings: bool = typer.Option(False, "--keep-embeddings", help="Keep the token embedding wte in "
+                                                                                   "float32 (larger file, no embedding "
+                                                                                   "rounding).")
              ) -> None:
     """Quantize a model's matmul weights to ggml's q8_0, q4_0 or q4_1 blocks (inference only)."""
     import sllm
@@ -480,8 +496,10 @@ def quantize(model: str = typer.Argument(..., help="A float .sllm model file, or
 @app.command("eval")
 @command
 def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run directory."),
-          corpus: Optional[str] = typer.Option(None, help="UTF-8 text to evaluate on. Default: the held-out split of the run directory (MODEL's, or --run's)."),
-          run: Optional[str] = typer.Option(None, help="Run directory whose held-out split to use (e.g. when MODEL is a quantized copy)."),
+          corpus: Optional[str] = typer.Option(None, help="UTF-8 text to evaluate on. Default: the held-out split of "
+                                                          "the run directory (MODEL's, or --run's)."),
+          run: Optional[str] = typer.Option(None, help="Run directory whose held-out split to use (e.g. when MODEL is "
+                                                       "a quantized copy)."),
           backend: str = typer.Option("auto", help="Compute backend."),
           batch_size: int = typer.Option(8, help="Windows per forward pass."),
           max_tokens: Optional[int] = typer.Option(None, help="Evaluate only the first N tokens."),
@@ -549,7 +567,8 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
 
 @app.command("import")
 @command
-def import_cmd(source: str = typer.Argument(..., help="A Hugging Face GPT-2 directory (config.json + model.safetensors) or a .gguf file."),
+def import_cmd(source: str = typer.Argument(..., help="A Hugging Face GPT-2 directory (config.json + "
+                                                      "model.safetensors) or a .gguf file."),
                output: Path = typer.Option(..., "-o", "--output", help="The .sllm file to write."),
                dtype: str = typer.Option("f32", help="Precision of the .sllm file: f32 | f16."),
                ) -> None:

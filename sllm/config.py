@@ -75,8 +75,8 @@ class ModelConfig:
         return self.embedding_dim // self.num_heads
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Build a config from a dict with snake_case or camelCase keys."""
+    def from_dict(cls, data: Any) -> "ModelConfig":
+        """Build a config from a dict with snake_case or camelCase keys (anything else: ConfigError)."""
         if not isinstance(data, dict):
             raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}

@@ -85,11 +85,11 @@ class _Writer:
     def _storm(self, name: str, he: str, his: str, hobby: tuple) -> list[str]:
         friend, fanimal = self.pick(NAMES), self.pick(ANIMALS)
         return [f"One {self.pick(TIMES)}, a big storm came to the {self.pick(LANDMARKS)}.",
-                f"The wind was loud and the rain was cold.",
+                "The wind was loud and the rain was cold.",
                 f"{name} heard {self.pick(SOUNDS)} outside.",
                 f"It was {friend} the {fanimal}, who was wet and {self.pick(['scared', 'cold', 'tired'])}.",
                 f"{name} opened the door and gave {friend} {_a(self.pick(['blanket', 'towel', 'cup of tea']))}.",
-                f"They sat by the fire and told stories until the storm was over.",
+                "They sat by the fire and told stories until the storm was over.",
                 f"In the {self.pick(TIMES)}, the sky was {self.pick(['blue', 'clear', 'bright'])} again."]
 
     def _market(self, name: str, he: str, his: str, hobby: tuple) -> list[str]:
@@ -135,7 +135,8 @@ class _Writer:
                 f"{plural(self.pick(FOODS))} instead.",
                 f"The {pest} was {self.pick(['happy', 'thankful', 'surprised'])} and never ate "
                 f"the {plural(plant2)} again.",
-                f"By {self.pick(SEASONS)}, the {plant} was {self.pick(['tall', 'tall and strong', 'full of flowers'])}."]
+                f"By {self.pick(SEASONS)}, the {plant} was "
+                f"{self.pick(['tall', 'tall and strong', 'full of flowers'])}."]
 
     def _concert(self, name: str, he: str, his: str, hobby: tuple) -> list[str]:
         inst, town, friend = self.pick(INSTRUMENTS), self.pick(TOWNS), self.pick(NAMES)
@@ -143,7 +144,8 @@ class _Writer:
                 f"Every evening, {he} practiced with {his} friend {friend}, who played the "
                 f"{self.pick(INSTRUMENTS)}.",
                 f"On the day of the concert, {name} felt {self.pick(['nervous', 'scared', 'excited'])}.",
-                f"But when the music started, {he} played {self.pick(['beautifully', 'very well', 'with a big smile'])}.",
+                f"But when the music started, {he} played "
+                f"{self.pick(['beautifully', 'very well', 'with a big smile'])}.",
                 f"Everyone in {town} clapped, and {friend} gave {name} {_a(self.pick(COLORS))} flower."]
 
     # ---- dialogues --------------------------------------------------------------------
@@ -189,7 +191,7 @@ class _Writer:
         n, food, price = self.pick(NUMBERS), self.pick(FOODS), self.pick(NUMBERS)
         return [f"Good {self.pick(TIMES)}. Can I help you?",
                 f"Yes, please. I would like {n} {plural(food)}.",
-                f"Here you are. Anything else?",
+                "Here you are. Anything else?",
                 f"How much is {_a(self.pick(OBJECTS))}?",
                 f"It is {price} dollars.",
                 self.r.choice(["I will take it, thank you.", "That is too much, sorry.",
@@ -197,7 +199,7 @@ class _Writer:
 
     def _weather(self) -> list[str]:
         w, w2, act = self.pick(WEATHER), self.pick(WEATHER), self.pick(ACTIVITIES)
-        return [f"What is the weather like today?",
+        return ["What is the weather like today?",
                 f"It is {w} today.",
                 f"Will it be {w2} tomorrow?",
                 self.r.choice([f"I think so. Take your {self.pick(['umbrella', 'coat', 'hat'])}.",
@@ -220,7 +222,7 @@ class _Writer:
                 "Do you like your job?",
                 self.r.choice(["Yes, I love it.", "It is hard, but I like it.",
                                "Sometimes. It makes me tired."]),
-                f"When do you start work?",
+                "When do you start work?",
                 f"I start at {self.pick(NUMBERS)} in the {self.pick(TIMES[:2])}."]
 
     def _directions(self) -> list[str]:
@@ -240,7 +242,7 @@ class _Writer:
                 f"I like {subj} best. It is {self.pick(['fun', 'easy', 'interesting', 'exciting'])}.",
                 f"Really? I think {subj} is {self.pick(['hard', 'boring', 'difficult'])}. I like {subj2}.",
                 f"Our {subj2} teacher is very {self.pick(ADJECTIVES)}.",
-                f"Do you have homework today?",
+                "Do you have homework today?",
                 self.r.choice([f"Yes, I have to finish my {subj} homework.", "No, not today.",
                                f"Only a little. I will do it after {self.pick(['lunch', 'dinner', 'school'])}."])]
 
@@ -257,7 +259,7 @@ class _Writer:
         part, ail = self.pick(BODY), self.pick(AILMENTS)
         return ["You look tired. Are you okay?",
                 f"Not really. I have {ail}, and my {part} hurts.",
-                f"Oh no! Did you see a doctor?",
+                "Oh no! Did you see a doctor?",
                 f"Yes. The doctor said I should rest and drink {self.pick(['water', 'tea', 'warm milk'])}.",
                 "I hope you feel better soon.",
                 "Thank you. You are very kind."]

@@ -48,7 +48,7 @@ class Split:
     def documents(self) -> list[np.ndarray]:
         """Each document's ids (views, no copies)."""
         ends = np.append(self.offsets[1:], len(self.ids))
-        return [self.ids[s:e] for s, e in zip(self.offsets, ends)]
+        return [self.ids[s:e] for s, e in zip(self.offsets, ends, strict=True)]
 
 
 class TokenData:

@@ -90,6 +90,9 @@ def export_hf(model: Any, directory: str | os.PathLike[str], dtype: str = "f32")
     from .hf_tokenizer import special_tokens, to_tokenizer_json
     if dtype not in HF_DTYPES:
         raise ExportError(f"--dtype for hf must be one of {sorted(HF_DTYPES)}, got {dtype!r}")
+    if getattr(model, "qtype", None):
+        raise ExportError(f"this model is quantized ({model.qtype}); a GPT2LMHeadModel holds "
+                          f"float weights: export the float model (or use --to gguf)")
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise ExportError(f"{d} exists and is not a directory")

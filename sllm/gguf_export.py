@@ -9,13 +9,15 @@ bytes, from sllm.quant) for matrices whose rows are a multiple of 32, f16 otherw
 tensors and position_embd stay f32, as llama.cpp's converter keeps them.
 The tokenizer: a byte-level BPE as tokenizer.ggml.model "gpt2" (tokens, merges, types);
 word and char vocabularies have no llama.cpp equivalent and are written as "no_vocab"
-(llama.cpp then takes token ids). Every file also carries sllm's own tokenizer JSON under
-`sllm.tokenizer` and the config under `sllm.config`, which llama.cpp ignores.
+(with a warning: llama.cpp refuses such a file, gguf readers and `sllm import` read it).
+Every file also carries sllm's own tokenizer JSON under `sllm.tokenizer` and the config
+under `sllm.config`, which llama.cpp ignores.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,8 +26,8 @@ from .errors import DataError
 from .export import ExportError, require
 from .fileio import atomic_write
 
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}  # gguf.LlamaFileType
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}  # gguf.LlamaFileType
 QK = 32  # elements per quantized block
 _LAYER_NAMES = {"ln_1.weight": "attn_norm.weight", "ln_1.bias": "attn_norm.bias",
                 "attn.c_attn.weight": "attn_qkv.weight", "attn.c_attn.bias": "attn_qkv.bias",
@@ -62,7 +64,7 @@ def tensor_type(name: str, arr: np.ndarray, qtype: str) -> str:
 
 def encode_tensor(arr: np.ndarray, ttype: str) -> np.ndarray:
     """The tensor's bytes as GGUF holds them: float arrays, or (rows, bytes_per_row) uint8
-    blocks for q8_0 / q4_0."""
+    blocks for q8_0 / q4_0 / q4_1."""
     if ttype == "f32":
         return np.ascontiguousarray(arr, dtype=np.float32)
     if ttype == "f16":
@@ -75,11 +77,15 @@ def encode_tensor(arr: np.ndarray, ttype: str) -> np.ndarray:
 
 
 def gguf_tensors(model: Any, qtype: str = "f32") -> dict[str, tuple[np.ndarray, str]]:
-    """{gguf name: (data, type)} for every parameter of `model`."""
+    """{gguf name: (data, type)} for every parameter of `model`. A quantized model's blocks
+    go in as they are: sllm keeps them as rows along the reduction axis, GGUF's layout."""
     out = {}
-    for name, p in model.parameters().items():
+    quantized: dict[str, Any] = getattr(model, "quantized_weights", dict)()
+    for name, q in quantized.items():
+        out[gguf_name(name)] = (np.asarray(q.data), q.qtype)
+    for name, p in model.parameters().items():  # a quantized model's floats stay f32
         arr = gguf_orientation(name, p)
-        ttype = tensor_type(name, arr, qtype)
+        ttype = tensor_type(name, arr, "f32" if quantized else qtype)
         out[gguf_name(name)] = (encode_tensor(arr, ttype), ttype)
     return out
 
@@ -94,6 +100,11 @@ def export_gguf(model: Any, path: str | os.PathLike[str], qtype: str = "f32",
     if model.config.activation != "gelu":
         raise ExportError(f"llama.cpp's gpt2 architecture uses GELU; this model's activation "
                           f"is {model.config.activation!r}, which it cannot express")
+    model_qtype = getattr(model, "qtype", None)
+    if model_qtype is not None and qtype not in ("f32", model_qtype):
+        raise ExportError(f"this model is quantized to {model_qtype}; its GGUF file keeps "
+                          f"those blocks (--dtype {model_qtype}), it cannot become {qtype}")
+    qtype = model_qtype or qtype
     tensors = gguf_tensors(model, qtype)
     with atomic_write(path) as f:
         writer = gguf.GGUFWriter(f.name, "gpt2")
@@ -134,6 +145,10 @@ def _add_tokenizer(writer: Any, tok_dict: dict[str, Any], vocab_size: int) -> No
     tok = tokenizers.from_dict(tok_dict)
     if not isinstance(tok, tokenizers.BPETokenizer):
         writer.add_tokenizer_model("no_vocab")  # llama.cpp has no word or char tokenizer
+        warnings.warn(f"llama.cpp has no {tok.kind} tokenizer: this GGUF file is written with "
+                      f"tokenizer 'no_vocab', which llama.cpp refuses to load (it then counts "
+                      f"0 tokens); gguf tools and `sllm import` read it. Train with --tokenizer "
+                      f"bpe for a model llama.cpp runs", stacklevel=3)
         return
     hf = json.loads(tok._hf.to_str())
     vocab: dict[str, int] = hf["model"]["vocab"]
@@ -210,12 +225,12 @@ def _decode_tensor(raw: np.ndarray, ttype: str, shape: tuple[int, ...], name: st
     from .errors import FormatError
     if ttype in ("f32", "f16"):
         arr = raw.astype(np.float32)
-    elif ttype in ("q8_0", "q4_0"):
+    elif ttype in ("q8_0", "q4_0", "q4_1"):
         from .quant import dequantize
         arr = dequantize(raw.reshape(-1, raw.shape[-1]), ttype, shape[-1])
     else:
         raise FormatError(f"{path}: tensor {name!r} has type {ttype}; sllm reads f32, f16, "
-                          f"q8_0 and q4_0")
+                          f"q8_0, q4_0 and q4_1")
     if arr.size != int(np.prod(shape)):
         raise FormatError(f"{path}: tensor {name!r} has {arr.size} values, the config needs "
                           f"shape {shape}")

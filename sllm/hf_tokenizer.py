@@ -71,7 +71,7 @@ def _check_loads(doc: dict[str, Any]) -> Any:
     from tokenizers import Tokenizer as HFTokenizer
     try:
         return HFTokenizer.from_str(json.dumps(doc))
-    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on malformed JSON
         raise DataError(f"tokenizer.json is not a valid Hugging Face tokenizer: {e}") from None
 
 
@@ -91,7 +91,7 @@ def _token_text(tok: Tokenizer, i: int) -> str:
         return tok.tokens[i]
     if isinstance(tok, CharTokenizer):
         return tok.chars[i]
-    return str(tok._hf.id_to_token(i))  # type: ignore[attr-defined]
+    return str(tok._hf.id_to_token(i))  # type: ignore[attr-defined]  # a BPETokenizer: the other kinds are above
 
 
 # ---- back to sllm --------------------------------------------------------------------------

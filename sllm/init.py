@@ -33,7 +33,8 @@ def initialize(params: dict[str, np.ndarray], cfg: ModelConfig, scheme: str, see
             p[...] = _linear(rng, p.shape, scheme, name, cfg.num_layers)
 
 
-def _linear(rng, shape, scheme, name, num_layers):
+def _linear(rng: np.random.Generator, shape: tuple[int, ...], scheme: str, name: str,
+            num_layers: int) -> np.ndarray:
     fan_in, fan_out = shape
     if scheme == "xavier":
         bound = math.sqrt(6.0 / (fan_in + fan_out))

@@ -2,13 +2,16 @@
 
 All parameters live in one float32 buffer (and gradients, Adam m and v in buffers of
 the same layout), so an optimizer step, zeroing the gradients, a checkpoint and the
-data-parallel gradient all-reduce (sllm/distributed.py) are each one call. Tensors with ndim >= 2 come first: weight decay applies
-to exactly the prefix [0, decay_count). Offsets are aligned to 16 floats (64 bytes) so
-SIMD kernels may use aligned loads and a file can be memory-mapped tensor by tensor.
+data-parallel gradient all-reduce (sllm/distributed.py) are each one call. Tensors with
+ndim >= 2 come first: weight decay applies to exactly the prefix [0, decay_count). Offsets
+are aligned to 16 floats (64 bytes) so SIMD kernels may use aligned loads and a file can
+be memory-mapped tensor by tensor.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from .config import ModelConfig
 
@@ -18,8 +21,8 @@ ALIGN = 16  # floats
 def parameter_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every parameter, in GPT-2 naming, matrices first."""
     V, C, F, L = cfg.vocab_size, cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.num_layers
-    matrices = [("wte", (V, C)), ("wpe", (cfg.max_seq_len, C))]
-    vectors = []
+    matrices: list[tuple[str, tuple[int, ...]]] = [("wte", (V, C)), ("wpe", (cfg.max_seq_len, C))]
+    vectors: list[tuple[str, tuple[int, ...]]] = []
     for i in range(L):
         p = f"h.{i}."
         matrices += [(p + "attn.c_attn.weight", (C, 3 * C)), (p + "attn.c_proj.weight", (C, C)),
@@ -72,7 +75,7 @@ class Layout:
         self.total = offset
         self.num_parameters = sum(s.size for s in self.slots.values())
 
-    def views(self, flat) -> dict:
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Shaped views of each tensor into `flat` (a 1-D array of `total` elements)."""
         return {name: flat[s.offset:s.offset + s.size].reshape(s.shape)
                 for name, s in self.slots.items()}

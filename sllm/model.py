@@ -3,6 +3,7 @@ backend kernel calls over one flat parameter buffer."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +19,7 @@ from .quant import QTensor, bytes_per_row, dequantize
 from .validate import check_int
 
 
-def _layer(views: dict[str, np.ndarray], i: int) -> SimpleNamespace:
+def _layer(views: Mapping[str, np.ndarray | QTensor], i: int) -> SimpleNamespace:
     """Short names for the tensors of block i (parameters or gradients)."""
     p = f"h.{i}."
     return SimpleNamespace(
@@ -142,7 +143,7 @@ class SLLM:
             if data.shape != (shape[0], bytes_per_row(qtype, shape[1])):
                 raise ValueError(f"{name}: {qtype} rows of shape {data.shape} do not hold "
                                  f"a {shape} matrix")
-            qweights[name] = QTensor(qtype, self.backend.from_numpy(data, np.uint8), shape)
+            qweights[name] = QTensor(qtype, self.backend.from_numpy(data, np.uint8), (shape[0], shape[1]))
         for old in (getattr(self, "flat_params", None), getattr(self, "flat_grads", None)):
             if old is not None:
                 self.backend.free(old)
@@ -274,7 +275,7 @@ class SLLM:
         else:
             k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
         x = a.x0
-        for i, (L, la) in enumerate(zip(self._p_layers, a.layers)):
+        for i, (L, la) in enumerate(zip(self._p_layers, a.layers, strict=True)):
             k.layernorm_fwd(la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b)
             mm(la.qkv, la.ln1, L.attn_w, L.attn_b)
             if cache is None:

@@ -85,7 +85,7 @@ class Adam(Optimizer):
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
         self.betas = V.check_betas(betas)
-        self.eps = float(V.check_number("eps", eps, 0.0, lo_open=True))  # type: ignore[arg-type]
+        self.eps = float(V.check_number("eps", eps, 0.0, lo_open=True))
         super().__init__(model, lr, weight_decay)
 
     def _update(self) -> None:

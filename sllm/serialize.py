@@ -50,7 +50,7 @@ class Section(IntEnum):
     DATA = 5
 
 
-DTYPES = {0: ("f32", np.dtype("<f4")), 1: ("f16", np.dtype("<f2"))}
+DTYPES: dict[int, tuple[str, np.dtype[Any]]] = {0: ("f32", np.dtype("<f4")), 1: ("f16", np.dtype("<f2"))}
 DTYPE_CODES = {name: code for code, (name, _) in DTYPES.items()}
 QDTYPES = {2: "q8_0", 3: "q4_0", 4: "q4_1"}  # ggml block formats (sllm.quant), 2-D only
 QDTYPE_CODES = {name: code for code, name in QDTYPES.items()}
@@ -97,7 +97,7 @@ def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
         _check_f16_range(model.parameters())
     tensors = [(n, np.ascontiguousarray(p, np_dtype), DTYPE_CODES[dtype], p.shape)
                for n, p in model.parameters().items()]
-    qweights = getattr(model, "quantized_weights", dict)()
+    qweights: dict[str, Any] = getattr(model, "quantized_weights", dict)()
     tensors += [(n, np.ascontiguousarray(q.data), QDTYPE_CODES[q.qtype], q.shape)
                 for n, q in qweights.items()]
     tensors += [(n, np.ascontiguousarray(a, "<f4"), 0, a.shape)
@@ -161,12 +161,12 @@ def _write_section(f: Any, kind: int, crc: int, length: int) -> None:
 def _write_data(f: Any, tensors: list[tuple[Any, ...]], spans: list[tuple[int, int]]) -> None:
     length = spans[-1][0] + spans[-1][1] if spans else 0
     crc, pos = 0, 0
-    for (_, arr, *_), (offset, _) in zip(tensors, spans):  # first pass: the checksum
+    for (_, arr, *_), (offset, _) in zip(tensors, spans, strict=True):  # first pass: the checksum
         crc = zlib.crc32(memoryview(arr).cast("B"), zlib.crc32(b"\0" * (offset - pos), crc))
         pos = offset + arr.nbytes
     _write_section(f, Section.DATA, crc, length)
     pos = 0
-    for (_, arr, *_), (offset, _) in zip(tensors, spans):
+    for (_, arr, *_), (offset, _) in zip(tensors, spans, strict=True):
         f.write(b"\0" * (offset - pos))
         f.write(memoryview(arr).cast("B"))
         pos = offset + arr.nbytes
@@ -242,7 +242,8 @@ def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
                      quantized)
 
 
-def _read_sections(buf: memoryview, path: Any, count: int, verify: bool):
+def _read_sections(buf: memoryview, path: Any, count: int, verify: bool
+                   ) -> tuple[dict[int, memoryview], list[dict[str, Any]]]:
     size, pos = len(buf), HEADER.size
     payloads: dict[int, memoryview] = {}
     sections = []
@@ -289,7 +290,7 @@ def _read_json(payloads: dict[int, memoryview], kind: Section, path: Any) -> Any
                           f"{e or 'nested too deeply'}") from None
 
 
-def _read_config(payloads, path, vocab: int, emb: int) -> ModelConfig:
+def _read_config(payloads: dict[int, memoryview], path: Any, vocab: int, emb: int) -> ModelConfig:
     try:
         config = ModelConfig.from_dict(_read_json(payloads, Section.CONFIG, path))
     except ConfigError as e:
@@ -336,7 +337,8 @@ class _Cursor:
                               f"valid UTF-8") from None
 
 
-def _read_tensors(payloads, path, config: ModelConfig):
+def _read_tensors(payloads: dict[int, memoryview], path: Any, config: ModelConfig
+                  ) -> tuple[dict[str, np.ndarray], str, dict[str, tuple[str, tuple[int, ...]]]]:
     table, data = _Cursor(payloads[Section.TENSORS], path), payloads[Section.DATA]
     (count,) = table.take("<I")
     min_entry = 2 + ENTRY_FIXED.size + ENTRY_SPAN.size
@@ -345,7 +347,8 @@ def _read_tensors(payloads, path, config: ModelConfig):
                           f"{len(table.buf)} bytes")
     entries = [_read_entry(table, path, len(data)) for _ in range(count)]
     _check_overlaps(entries, path)
-    tensors, quantized = {}, {}
+    tensors: dict[str, np.ndarray] = {}
+    quantized: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, dtype, shape, offset, nbytes in entries:
         if name in tensors:
             raise FormatError(f"{path}: tensor {name!r} appears twice in the tensor table")
@@ -361,7 +364,7 @@ def _read_tensors(payloads, path, config: ModelConfig):
     return tensors, param_dtypes, quantized
 
 
-def _read_entry(table: _Cursor, path: Any, data_len: int):
+def _read_entry(table: _Cursor, path: Any, data_len: int) -> tuple[str, int, tuple[int, ...], int, int]:
     name = table.name()
     dtype, ndim, reserved = table.take(ENTRY_FIXED.format)
     if dtype not in DTYPES and dtype not in QDTYPES:
@@ -400,14 +403,15 @@ def _check_quantized_entry(name: str, qtype: str, shape: tuple[int, ...], nbytes
                           f"bytes, the table says {nbytes}")
 
 
-def _check_overlaps(entries, path) -> None:
+def _check_overlaps(entries: list[tuple[str, int, tuple[int, ...], int, int]], path: Any) -> None:
     spans = sorted((offset, offset + nbytes, name) for name, _, _, offset, nbytes in entries)
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):  # neighbours
         if start < end:
             raise FormatError(f"{path}: tensors {a!r} and {b!r} overlap in the data section")
 
 
-def _check_shapes(tensors, entries, config: ModelConfig, path, quantized) -> str:
+def _check_shapes(tensors: dict[str, np.ndarray], entries: list[tuple[str, int, tuple[int, ...], int, int]],
+                  config: ModelConfig, path: Any, quantized: dict[str, tuple[str, tuple[int, ...]]]) -> str:
     layout = Layout(config)
     matmuls = set(quantized_weight_names(config))
     for name, slot in layout.slots.items():

@@ -290,7 +290,7 @@ class BPETokenizer(Tokenizer):
     def encode_array(self, text: str) -> np.ndarray:
         """Token ids as an array (encoded line by line in batches, for speed)."""
         lines = text.splitlines(keepends=True) or [text]
-        parts = [np.asarray(e.ids, dtype=self.dtype())
+        parts: list[np.ndarray] = [np.asarray(e.ids, dtype=self.dtype())
                  for e in self._hf.encode_batch(lines, add_special_tokens=False)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype())
 
@@ -349,12 +349,13 @@ def train(kind: str, text_or_path: "str | os.PathLike[str]", vocab_size: int | N
     keeps every character."""
     if kind not in TOKENIZERS:
         raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {sorted(TOKENIZERS)}")
-    return TOKENIZERS[kind].train(text_or_path, vocab_size,  # type: ignore[attr-defined]
+    return TOKENIZERS[kind].train(text_or_path, vocab_size,  # type: ignore[attr-defined]  # each kind has its own signature
                                   encoding_errors=encoding_errors)
 
 
-def from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuild any tokenizer from its to_dict() (e.g. embedded in a model file)."""
+def from_dict(d: Any) -> Tokenizer:
+    """Rebuild any tokenizer from its to_dict() (e.g. embedded in a model file); anything
+    else is a DataError."""
     if not isinstance(d, dict) or d.get("type") not in TOKENIZERS:
         kind = d.get("type") if isinstance(d, dict) else type(d).__name__
         raise DataError(f"not a tokenizer description (type {kind!r}); "
@@ -363,7 +364,7 @@ def from_dict(d: dict[str, Any]) -> Tokenizer:
         raise DataError(f"tokenizer format version {d['version']} is newer than this sllm "
                         f"supports ({FORMAT_VERSION})")
     try:
-        return TOKENIZERS[d["type"]].from_dict(d)  # type: ignore[attr-defined]
+        return TOKENIZERS[d["type"]].from_dict(d)  # type: ignore[attr-defined]  # each kind has its own signature
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, DataError):
             raise

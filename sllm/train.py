@@ -104,6 +104,7 @@ def _corpus_bytes(cfg: TrainConfig) -> int:
 def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
     """The model (weights, config, tokenizer) a fine-tuning run starts from."""
     from .model import load_model
+    assert cfg.init_from is not None  # _prepare calls this only for --init-from
     if cfg.model is not None:
         raise ConfigError("--init-from brings its own model config; drop --config")
     if not os.path.isfile(os.fspath(cfg.init_from)):
@@ -153,6 +154,7 @@ def make_schedule(cfg: TrainConfig, total_steps: int) -> Schedule:
 def total_steps(cfg: TrainConfig, data: TokenData) -> int:
     """The steps that cover cfg.epochs passes over the training tokens, else cfg.steps."""
     if cfg.epochs is None:
+        assert cfg.steps is not None  # TrainConfig refuses a config with neither
         return int(cfg.steps)
     per_epoch = len(data.train.ids) / data.tokens_per_batch
     return max(1, math.ceil(float(cfg.epochs) * per_epoch))
@@ -500,7 +502,8 @@ class _interrupt_flag:
     Ctrl-C interrupts at once)."""
 
     def __init__(self, trainer: Trainer):
-        self.trainer, self.previous = trainer, None
+        self.trainer = trainer
+        self.previous: Any = None  # the SIGINT handler to restore, as signal.signal gave it
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.trainer.stop_requested = True

@@ -106,7 +106,10 @@ class TrainConfig:
         return {k.replace("-", "_"): v for k, v in data.items()}
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with some fields changed (None values are ignored)."""
+        """A copy with some fields changed (None values are ignored), checked again."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"training config: unknown setting(s) {unknown}")
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def save(self, path: "str | os.PathLike[str]") -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, overload
 
 from .errors import ConfigError
 
@@ -25,6 +25,12 @@ def _kind(value: Any) -> str:
     return f" (a {type(value).__name__})" if isinstance(value, (str, bool, list, dict)) else ""
 
 
+@overload
+def check_int(name: str, value: Any, lo: int = ..., hi: int = ...,
+              optional: Literal[False] = ...) -> int: ...
+@overload
+def check_int(name: str, value: Any, lo: int = ..., hi: int = ...,
+              optional: bool = ...) -> int | None: ...
 def check_int(name: str, value: Any, lo: int = 0, hi: int = INT_MAX,
               optional: bool = False) -> int | None:
     """An integer in [lo, hi] (an integral float such as 1e3 is accepted)."""
@@ -39,6 +45,12 @@ def check_int(name: str, value: Any, lo: int = 0, hi: int = INT_MAX,
     return int(value)
 
 
+@overload
+def check_number(name: str, value: Any, lo: float = ..., hi: float = ..., lo_open: bool = ...,
+                 hi_open: bool = ..., optional: Literal[False] = ...) -> float: ...
+@overload
+def check_number(name: str, value: Any, lo: float = ..., hi: float = ..., lo_open: bool = ...,
+                 hi_open: bool = ..., optional: bool = ...) -> float | None: ...
 def check_number(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf,
                  lo_open: bool = False, hi_open: bool = False,
                  optional: bool = False) -> float | None:
@@ -89,4 +101,4 @@ def check_betas(value: Any) -> tuple[float, float]:
                           f"got {value!r}")
     b1 = check_number("betas", value[0], 0.0, 1.0, hi_open=True)
     b2 = check_number("betas", value[1], 0.0, 1.0, hi_open=True)
-    return float(b1), float(b2)  # type: ignore[arg-type]
+    return float(b1), float(b2)

@@ -98,6 +98,16 @@ def test_plugin_register_error_is_reported(tmp_path, monkeypatch):
     assert "numpy" in backends.available()
 
 
+def test_plugin_registering_a_non_backend_class_is_reported(tmp_path, monkeypatch):
+    source = ("import sllm\nclass Plain:\n    name = 'numpy'\n    @classmethod\n"
+              "    def probe(cls):\n        return {}\n"
+              "@sllm.hookimpl\ndef register_backends(register):\n    register(Plain)\n")
+    _install_plugin(tmp_path, monkeypatch, "sllm_plain", source)
+    rows = {r["name"]: r for r in backends.info()}
+    assert "not a subclass of sllm.backends.Backend" in rows["sllm_plain:numpy"]["reason"]
+    assert backends.get("numpy").name == "numpy" and rows["numpy"]["plugin"] != "sllm_plain"
+
+
 def test_required_kernels_name_themselves():
     class Partial(Backend):
         name = "partial"

@@ -63,3 +63,29 @@ def test_peak_is_measured_when_cpp_is_available():
         assert peak > 1 and "FMA" in note
     else:
         assert peak is None and "unknown" in note
+
+
+def test_kernel_suite_covers_every_kernel_and_headings_match_rows(tmp_path):
+    """Every kernel of the contract has a row (a plugin speeding up GELU sees its figure),
+    and the headings state the B and T the rows really used (T capped by max_seq_len)."""
+    from sllm.backends import KERNELS
+    report = run_bench(["numpy"], ["kernels", "train"], TINY, batch=2, seq_len=64,
+                       threads=1, repeats=1, vs_torch=False)
+    rows = report["results"][0]["rows"]
+    kernels = {r["name"].split()[0] for r in rows if r["suite"] == "kernels"}
+    assert set(KERNELS) <= kernels
+    train = next(r for r in rows if r["suite"] == "train")
+    assert train["name"] == "step B2 T16"  # max_seq_len 16 caps the asked-for T=64
+    console = Console(record=True, width=200)
+    render(report, console)
+    text = console.export_text()
+    assert "B=2, T=16" in text and "T=64" not in text
+
+
+def test_every_benchmark_times_one_step_definition():
+    """sllm bench and the scripts in bench/ time sllm.bench.train_step, nothing else."""
+    from pathlib import Path
+    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    for script in ("cpp_train.py", "train_backends.py", "test_phases.py", "wasm_step.py"):
+        text = (bench_dir / script).read_text()
+        assert "train_step(model, opt" in text and "model.forward_backward" not in text, script

@@ -13,7 +13,6 @@ import pytest
 
 import sllm
 from sllm import backends
-from sllm.backends import numpy_ref
 
 pytestmark = pytest.mark.skipif("cpp" not in backends.available(),
                                 reason="the cpp backend is not built here")

@@ -45,11 +45,11 @@ def test_batches_are_shifted_windows_and_deterministic(tok):
     x, y = a.train_batch(5)
     assert x.shape == y.shape == (4, 16)
     assert np.array_equal(x[:, 1:], y[:, :-1])
-    assert all(np.array_equal(p, q) for p, q in zip(a.train_batch(5), b.train_batch(5)))
+    assert all(np.array_equal(p, q) for p, q in zip(a.train_batch(5), b.train_batch(5), strict=True))
     assert not np.array_equal(a.train_batch(5)[0], a.train_batch(6)[0])
     assert not np.array_equal(a.train_batch(5)[0], c.train_batch(5)[0])
     v1, v2 = a.val_batches(3), a.val_batches(3)
-    assert len(v1) == 3 and all(np.array_equal(p[0], q[0]) for p, q in zip(v1, v2))
+    assert len(v1) == 3 and all(np.array_equal(p[0], q[0]) for p, q in zip(v1, v2, strict=True))
 
 
 def test_document_mode_pads_and_masks(tok):

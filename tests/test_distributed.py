@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,7 +113,7 @@ def _args(cfg: T.TrainConfig) -> list[str]:
     return args + (["--documents"] if cfg.documents else [])
 
 
-def _sllm(*args: str, **kw) -> subprocess.CompletedProcess:
+def _sllm(*args: str, **kw: Any) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sllm.cli", "train", *args],
                           capture_output=True, text=True, timeout=TIMEOUT, **kw)
 

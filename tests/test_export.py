@@ -19,7 +19,7 @@ from sllm.hf_tokenizer import from_tokenizer_json, read_hf_tokenizer, to_tokeniz
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 gguf = pytest.importorskip("gguf")
-from sllm.gguf_export import export_gguf, gguf_name, import_gguf  # noqa: E402
+from sllm.gguf_export import export_gguf, gguf_name, import_gguf  # noqa: E402 - after pytest.importorskip
 
 # Text that stresses the pre-tokenizers: runs of spaces and tabs, CRLF, blank lines,
 # apostrophes (ASCII and U+2019), Japanese, literal special-token strings, a form feed.
@@ -267,7 +267,8 @@ def test_gguf_metadata_is_what_llama_cpp_reads(toks, tmp_path):
 
 
 def test_gguf_word_vocabulary_is_no_vocab(toks, tmp_path):
-    export_gguf(make_model(toks["word"]), tmp_path / "m.gguf")
+    with pytest.warns(UserWarning, match="llama.cpp has no word tokenizer"):
+        export_gguf(make_model(toks["word"]), tmp_path / "m.gguf")
     r, _ = _reader(tmp_path / "m.gguf")
     assert r.fields["tokenizer.ggml.model"].contents() == "no_vocab"
 
@@ -364,3 +365,22 @@ def test_a_model_without_tokenizer_exports_weights_only(toks, tmp_path):
     back = import_gguf(tmp_path / "m.gguf")
     assert back.tokenizer is None
     assert np.array_equal(back.parameters()["wte"], m.parameters()["wte"])
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_1"])
+def test_a_quantized_model_keeps_its_blocks_in_gguf(toks, tmp_path, qtype):
+    m = make_model(toks["bpe"], tie=True)
+    if not hasattr(m, "quantize"):
+        pytest.skip("this sllm has no model.quantize")
+    m.quantize(qtype)
+    counts = export_gguf(m, tmp_path / "m.gguf")
+    _, tensors = _reader(tmp_path / "m.gguf")
+    for name, q in m.quantized_weights().items():
+        t = tensors[gguf_name(name)]
+        assert t.tensor_type.name == qtype.upper(), name
+        assert np.array_equal(np.asarray(t.data).reshape(np.shape(q.data)), np.asarray(q.data)), name
+    assert counts[qtype] == len(m.quantized_weights()) and set(counts) == {qtype, "f32"}
+    with pytest.raises(ExportError, match=f"quantized to {qtype}"):
+        export_gguf(m, tmp_path / "x.gguf", "f16")
+    with pytest.raises(ExportError, match="GPT2LMHeadModel holds float weights"):
+        export_hf(m, tmp_path / "hf")

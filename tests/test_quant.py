@@ -7,7 +7,7 @@ from sllm import quant
 from sllm.quant import QK, QuantizationError, dequantize, quantize
 
 gguf_quants = pytest.importorskip("gguf.quants")
-from gguf import GGMLQuantizationType  # noqa: E402
+from gguf import GGMLQuantizationType  # noqa: E402 - after pytest.importorskip
 
 GGML = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0,
         "q4_1": GGMLQuantizationType.Q4_1}

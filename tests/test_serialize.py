@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 import sllm
 from sllm import FormatError, backends
-from sllm.serialize import HEADER, SECTION, read_model_file
+from sllm.serialize import SECTION, ModelFile, read_model_file
 
 CFG = sllm.ModelConfig(vocab_size=37, embedding_dim=16, num_layers=2, num_heads=2,
                        ffn_hidden_dim=24, max_seq_len=8, dropout=0.0)
@@ -97,7 +98,7 @@ def test_json_interchange(model, tmp_path):
     assert loaded.tokenizer == model.tokenizer
 
 
-def _rewrite(data: bytes, offset: int, fmt: str, *values) -> bytes:
+def _rewrite(data: bytes, offset: int, fmt: str, *values: int) -> bytes:
     out = bytearray(data)
     struct.pack_into(fmt, out, offset, *values)
     return bytes(out)
@@ -107,11 +108,11 @@ def _fix_header_crc(data: bytes) -> bytes:
     return _rewrite(data, 20, "<I", zlib.crc32(data[:20]))
 
 
-def _sections(data: bytes):
+def _sections(data: bytes) -> list[dict]:
     return read_model_file_bytes(data).sections
 
 
-def read_model_file_bytes(data: bytes):
+def read_model_file_bytes(data: bytes) -> ModelFile:
     from sllm.serialize import _parse
     return _parse(memoryview(data), "<bytes>", True)
 
@@ -141,7 +142,7 @@ def _pad_join(prefix, sections, data):
     return bytes(out)
 
 
-def _bad(data: bytes, tmp_path, match: str):
+def _bad(data: bytes, tmp_path: Path, match: str) -> None:
     path = tmp_path / "bad.sllm"
     path.write_bytes(data)
     with pytest.raises(FormatError, match=match):

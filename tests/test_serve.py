@@ -16,13 +16,13 @@ import pytest
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-import sllm  # noqa: E402
-from sllm import backends, serve  # noqa: E402
-from sllm.batching import Engine  # noqa: E402
-from sllm.chat import ChatSession  # noqa: E402
-from sllm.corpus import generate_corpus  # noqa: E402
-from sllm.generate import encode_prompt, stream_text  # noqa: E402
-from sllm.tokenizer import WordTokenizer, from_dict  # noqa: E402
+import sllm  # noqa: E402 - after pytest.importorskip
+from sllm import backends, serve  # noqa: E402 - after pytest.importorskip
+from sllm.batching import Engine  # noqa: E402 - after pytest.importorskip
+from sllm.chat import ChatSession  # noqa: E402 - after pytest.importorskip
+from sllm.corpus import generate_corpus  # noqa: E402 - after pytest.importorskip
+from sllm.generate import encode_prompt, stream_text  # noqa: E402 - after pytest.importorskip
+from sllm.tokenizer import WordTokenizer, from_dict  # noqa: E402 - after pytest.importorskip
 
 BACKEND = backends.available()[0]
 CONTEXT = 64
@@ -307,7 +307,7 @@ def test_full_queue_answers_503_with_retry_after(model_path):
     server = ThreadServer(model_path, max_batch=1, max_queue=1, step_delay=0.1)  # 4 s busy
     try:
         busy = [threading.Thread(target=lambda: server.client().completions.create(
-            model="tiny", prompt="the cat", max_tokens=40)) for _ in range(2)]
+            model="tiny", prompt="the cat", max_tokens=40, temperature=0)) for _ in range(2)]
         for t in busy:  # one decodes, one waits in the queue
             t.start()
         t0 = time.monotonic()
@@ -335,7 +335,7 @@ def test_disconnect_mid_stream_frees_the_slot(model_path):
         with httpx.Client() as http:
             with http.stream("POST", server.url + "/v1/completions",
                              json={"model": "tiny", "prompt": "the cat", "max_tokens": 60,
-                                   "stream": True}) as r:
+                                   "temperature": 0, "stream": True}) as r:
                 lines = itertools.islice(r.iter_lines(), 5)
                 got = [line for line in lines if line.startswith("data:")]
                 assert got and server.engine.busy_slots() == 1
@@ -359,7 +359,7 @@ def test_disconnect_while_waiting_for_a_whole_answer_frees_the_slot(model_path):
     try:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(server.url + "/v1/completions", timeout=httpx.Timeout(5, read=0.3),
-                       json={"model": "tiny", "prompt": "the cat", "max_tokens": 60})
+                       json={"model": "tiny", "prompt": "the cat", "max_tokens": 60, "temperature": 0})
         t0 = time.monotonic()
         while server.engine.busy_slots() and time.monotonic() - t0 < 3:
             time.sleep(0.01)

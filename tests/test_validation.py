@@ -195,3 +195,8 @@ def test_demo_says_how_to_run_sllm():
 def test_model_seed_is_checked():
     with pytest.raises(sllm.ConfigError, match=r"seed \(--seed\) must be an integer in \[0, "):
         sllm.SLLM({**TINY}, backend="numpy", seed=-1)
+
+
+def test_unknown_settings_in_the_python_api():
+    with pytest.raises(sllm.ConfigError, match=r"unknown setting\(s\) \['stepz'\]"):
+        TrainConfig().replace(stepz=3)

@@ -12,7 +12,7 @@ from sllm.backends.wasm import WasmBackend, WasmSimdBackend, find_module
 from sllm.backends.wasm_runtime import RuntimeUnavailable, wasmer_importable
 from sllm.budget import BudgetError
 
-WASM = [n for n in ("wasm", "wasm-simd") if n in backends.available()]
+WASM: list[str] = [n for n in ("wasm", "wasm-simd") if n in backends.available()]
 pytestmark = pytest.mark.skipif(not WASM, reason="the wasm modules were not built or no runtime")
 CLASSES = {"wasm": WasmBackend, "wasm-simd": WasmSimdBackend}
 MODULES = ["sllm_scalar.wasm", "sllm_simd128.wasm", "sllm_relaxed.wasm"]
@@ -33,7 +33,8 @@ def test_modules_need_no_imports(filename):
     module = wasmtime.Module(engine, find_module(filename).read_bytes())
     assert list(module.imports) == []  # instantiable in a browser with {}
     exports = {e.name for e in module.exports}
-    assert set(KERNELS) <= exports and {"memory", "args_address", "heap_base"} <= exports
+    assert set(KERNELS) <= exports
+    assert {"memory", "args_address", "heap_base"} <= exports
     wasmtime.Instance(wasmtime.Store(engine), module, [])
 
 

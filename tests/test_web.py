@@ -8,6 +8,7 @@ import struct
 import sys
 import unicodedata
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from sllm.optim import AdamW
 from sllm.serialize import read_model_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser import StaticServer, chromium, run_js, why_no_browser  # noqa: E402
+from browser import StaticServer, chromium, run_js, why_no_browser
 
 WORD_CFG = {"vocabSize": 300, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,
             "ffnHiddenDim": 64, "dropout": 0.0, "maxSeqLen": 96}
@@ -341,7 +342,7 @@ return args[1].map((s) => t.encode(s));
     assert not bad, f"{len(bad)} of {len(samples)} chunks differ, first: {bad[0][:20]!r}"
 
 
-def _corrupt_files(good: bytes):
+def _corrupt_files(good: bytes) -> dict[str, bytes]:
     version = bytearray(good)
     version[4:8] = struct.pack("<I", 7)
     version[20:24] = struct.pack("<I", zlib.crc32(bytes(version[:20])))
@@ -352,7 +353,7 @@ def _corrupt_files(good: bytes):
             "trailing bytes": good + b"\0" * 5, "header only": good[:24]}
 
 
-def _edit_table(good: bytes, edit) -> bytes:
+def _edit_table(good: bytes, edit: Callable[[bytearray], None]) -> bytes:
     """The file with edit(table: bytearray) applied to its tensor table (CRC rewritten)."""
     out, pos = bytearray(good), 24
     for _ in range(struct.unpack_from("<I", good, 16)[0]):
@@ -378,7 +379,7 @@ def _first_quantized_entry(table: bytearray) -> int:
         pos += 2 + n + 4 + 4 * ndim + 16
 
 
-def _corrupt_quantized(good: bytes):
+def _corrupt_quantized(good: bytes) -> dict[str, bytes]:
     def wrong_k(t):
         at = _first_quantized_entry(t)
         struct.pack_into("<I", t, at + 8, struct.unpack_from("<I", t, at + 8)[0] + 32)

@@ -25,7 +25,7 @@ __all__ = ["Backend", "KERNELS", "available", "get", "info", "reset", "resolve"]
 @dataclass
 class _Entry:
     name: str
-    cls: type | None
+    cls: type[Backend] | None  # None when the plugin's registration was refused
     plugin: str
     priority: int = 0
     reason: str | None = None  # why unavailable, None when available
@@ -65,18 +65,24 @@ def _add(entries: dict[str, _Entry], cls: type, plugin: str) -> None:
     """Register `cls`; a name already taken (a built-in's, say) is not replaced: the newcomer
     is kept as "plugin:name", usable only when selected by that full name."""
     name = str(getattr(cls, "name", "") or "")
-    entry = _Entry(name, cls, plugin, int(getattr(cls, "priority", 0)))
+    entry = _Entry(name, None, plugin, int(getattr(cls, "priority", 0)))
     if not name:
-        entry.name, entry.cls, entry.reason = f"{plugin}:{cls!r}", None, \
+        entry.name, entry.reason = f"{plugin}:{cls!r}", \
             f"plugin {plugin!r} registered {cls!r}, which has no name"
-    elif name in entries and entries[name].plugin != plugin:
-        entry.name, entry.explicit_only = f"{plugin}:{name}", True
+    elif not (isinstance(cls, type) and issubclass(cls, Backend)):
+        entry.name, entry.reason = f"{plugin}:{name}", \
+            f"plugin {plugin!r} registered {cls!r}, which is not a subclass of sllm.backends.Backend"
+    else:
+        entry.cls = cls
+        if name in entries and entries[name].plugin != plugin:
+            entry.name, entry.explicit_only = f"{plugin}:{name}", True
     entries[entry.name] = entry
 
 
 def _probe(entry: _Entry) -> None:
     """Run the backend's probe, then refuse it if it leaves a kernel of the contract unprovided."""
     from ..plugins import describe_failure
+    assert entry.cls is not None  # _discover probes the registered classes only
     try:
         entry.capabilities = dict(entry.cls.probe() or {})
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the reason is shown to the user
@@ -107,7 +113,7 @@ def available() -> list[str]:
     return [e.name for e in sorted(usable, key=lambda e: -e.priority)]
 
 
-def get(name: str = "auto") -> Backend:
+def get(name: str | Backend = "auto") -> Backend:
     """The backend called `name` ("auto": SLLM_BACKEND if set, else the best available)."""
     if isinstance(name, Backend):
         return name
@@ -132,9 +138,10 @@ def get(name: str = "auto") -> Backend:
 def _instance(entry: _Entry) -> Backend:
     if entry.instance is None:
         from ..plugins import describe_failure
+        assert entry.cls is not None  # get() instantiates available entries only
         try:
             entry.instance = entry.cls()
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - it becomes unavailable
+        except (Exception, SystemExit) as e:  # it becomes unavailable
             entry.reason = describe_failure(e)
             raise BackendError(f"backend {entry.name!r} failed to start: {entry.reason}") from e
     return entry.instance
@@ -149,7 +156,7 @@ def info() -> list[dict[str, Any]]:
         rows.append({"name": e.name, "available": e.reason is None, "reason": e.reason,
                      "capabilities": e.capabilities, "priority": e.priority,
                      "plugin": e.plugin, "reference_kernels": ref})
-        if e.explicit_only and e.reason is None:
+        if e.cls is not None and e.explicit_only and e.reason is None:
             rows[-1]["note"] = (f"not used by auto: the name {e.cls.name!r} belongs to plugin "
                                 f"{_entries()[e.cls.name].plugin!r}; select it as {e.name!r}")
     return rows

@@ -1,9 +1,14 @@
 """The built-in backends, registered through the same hook a third-party plugin uses."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
 from ..hookspecs import hookimpl
+from .base import Backend
 
 
 @hookimpl
-def register_backends(register):
+def register_backends(register: Callable[[type], None]) -> None:
     """Register numpy, cpp, wasm and wasm-simd; cpp and wasm probe lazily for their binaries."""
     from .numpy_ref import NumpyBackend
     register(NumpyBackend)
@@ -12,7 +17,7 @@ def register_backends(register):
             register(cls)
 
 
-def _cpp_backends():
+def _cpp_backends() -> list[type[Backend]]:
     try:
         from .cpp import CppBackend
     except ImportError:
@@ -20,7 +25,7 @@ def _cpp_backends():
     return [CppBackend]
 
 
-def _wasm_backends():
+def _wasm_backends() -> list[type[Backend]]:
     try:
         from .wasm import WasmBackend, WasmSimdBackend
     except ImportError:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..timing import timed
 from .base import KERNELS, Backend
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -39,7 +40,9 @@ class KernelCases:
 
     `args(rng, **shape)` returns the argument list for the reference (numpy arrays and
     scalars); `outputs` are the indices of the arguments to compare afterwards. `aliases`
-    lists (i, j) pairs: argument j is the same array as argument i (in-place use).
+    lists (i, j) pairs applied to shapes marked in_place=True: argument j becomes the same
+    array as argument i. `model_shapes(cfg, B, T)` gives the (label, shape) pairs a model
+    uses, which `sllm bench` times.
     `setup(backend, args)` may replace arguments with state that backend produces itself
     (attention_bwd takes the `saved` state of the backend's own attention_fwd).
     """
@@ -52,6 +55,16 @@ class KernelCases:
     aliases: tuple[tuple[int, int], ...] = ()
     setup: Callable[[Backend, Args], None] | None = None
     returns: bool = False  # the kernel returns a value (grad_norm_sq), compared too
+    model_shapes: Callable[[Any, int, int], list[tuple[str, dict[str, Any]]]] | None = None
+
+    def bench_shapes(self, cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+        """(label, shape) pairs a model of config cfg uses at batch B, length T (for `sllm
+        bench`); without model_shapes, the largest conformance case."""
+        if self.model_shapes is not None:
+            return self.model_shapes(cfg, B, T)
+        shape = max(self.shapes, key=_work)
+        shape = {k: v for k, v in shape.items() if k != "in_place"}
+        return [(case_label(shape), shape)]
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,8 @@ def _reference_backend() -> Backend:
     return NumpyBackend()
 
 
-def _on(backend: Backend, args: Args, spec: KernelCases, in_place: bool) -> Args:
+def on_backend(backend: Backend, args: Args, spec: KernelCases,
+               in_place: bool = False) -> Args:
     """Copies of args owned by `backend`, with the spec's aliases and setup applied."""
     out = [backend.from_numpy(a, a.dtype) if isinstance(a, np.ndarray) else a for a in args]
     for i, j in spec.aliases if in_place else ():
@@ -145,7 +159,7 @@ def check_kernel(backend: Backend, kernel: str, index: int) -> list[Check]:
     in_place = bool(shape.pop("in_place", False))
     args = spec.args(_rng(kernel, index), **shape)
     reference = _reference_backend()
-    ref, mine = _on(reference, args, spec, in_place), _on(backend, args, spec, in_place)
+    ref, mine = on_backend(reference, args, spec, in_place), on_backend(backend, args, spec, in_place)
     ref_value = getattr(reference, kernel)(*ref)
     value = getattr(backend, kernel)(*mine)
     names = output_names(kernel)
@@ -169,47 +183,47 @@ def _tokens(rng: np.random.Generator, V: int, *shape: int) -> np.ndarray:
     return tokens
 
 
-def _encoder_fwd(rng, B, T, V, C, pos):
+def _encoder_fwd(rng: np.random.Generator, B: int, T: int, V: int, C: int, pos: int) -> Args:
     return [_f(rng, B, T, C), _tokens(rng, V, B, T), _f(rng, V, C), _f(rng, T + pos + 2, C), pos]
 
 
-def _encoder_bwd(rng, B, T, V, C, pos):
+def _encoder_bwd(rng: np.random.Generator, B: int, T: int, V: int, C: int, pos: int) -> Args:
     return [_f(rng, V, C), _f(rng, T + pos + 2, C), _f(rng, B, T, C), _tokens(rng, V, B, T), pos]
 
 
-def _layernorm_fwd(rng, N, C):
+def _layernorm_fwd(rng: np.random.Generator, N: int, C: int) -> Args:
     return [_f(rng, N, C), _f(rng, N), _f(rng, N), _f(rng, N, C) * 3 + 1, _f(rng, C), _f(rng, C)]
 
 
-def _layernorm_bwd(rng, N, C):
+def _layernorm_bwd(rng: np.random.Generator, N: int, C: int) -> Args:
     x = _f(rng, N, C) * 3 + 1
     mean, rstd = x.mean(1), 1 / np.sqrt(x.var(1) + 1e-5)
     return [_f(rng, N, C), _f(rng, C), _f(rng, C), _f(rng, N, C), x, _f(rng, C),
             mean.astype(np.float32), rstd.astype(np.float32)]
 
 
-def _weight(rng, C, OC, trans_w):
+def _weight(rng: np.random.Generator, C: int, OC: int, trans_w: bool) -> np.ndarray:
     return _f(rng, OC, C) if trans_w else _f(rng, C, OC)
 
 
-def _matmul_fwd(rng, N, C, OC, bias, trans_w):
+def _matmul_fwd(rng: np.random.Generator, N: int, C: int, OC: int, bias: bool, trans_w: bool) -> Args:
     return [_f(rng, N, OC), _f(rng, N, C), _weight(rng, C, OC, trans_w),
             _f(rng, OC) if bias else None, trans_w]
 
 
-def _matmul_bwd(rng, N, C, OC, bias, trans_w):
+def _matmul_bwd(rng: np.random.Generator, N: int, C: int, OC: int, bias: bool, trans_w: bool) -> Args:
     w = _weight(rng, C, OC, trans_w)
     return [_f(rng, N, C), _f(rng, *w.shape), _f(rng, OC) if bias else None, _f(rng, N, OC),
             _f(rng, N, C), w, trans_w]
 
 
-def _matmul_q_fwd(rng, N, K, OC, qtype, bias):
+def _matmul_q_fwd(rng: np.random.Generator, N: int, K: int, OC: int, qtype: str, bias: bool) -> Args:
     from ..quant import quantize
     return [_f(rng, N, OC), _f(rng, N, K), quantize(_f(rng, OC, K), qtype),
             _f(rng, OC) if bias else None, qtype]
 
 
-def _attention_fwd(rng, B, T, H, D):
+def _attention_fwd(rng: np.random.Generator, B: int, T: int, H: int, D: int) -> Args:
     return [_f(rng, B, T, H * D), np.zeros(0, np.float32), _f(rng, B, T, 3 * H * D), H]
 
 
@@ -219,7 +233,7 @@ def _attention_saved(backend: Backend, args: Args) -> None:
     args[1] = backend.zeros(backend.attention_saved_shape(B, T, args[3]))
 
 
-def _attention_bwd(rng, B, T, H, D):
+def _attention_bwd(rng: np.random.Generator, B: int, T: int, H: int, D: int) -> Args:
     C = H * D
     return [_f(rng, B, T, 3 * C), _f(rng, B, T, C), _f(rng, B, T, 3 * C), np.zeros(0, np.float32),
             np.zeros(0, np.float32), H]
@@ -234,53 +248,55 @@ def _attention_forward_state(backend: Backend, args: Args) -> None:
     backend.attention_fwd(args[3], args[4], qkv, H)
 
 
-def _attention_decode(rng, B, H, D, Tn, pos, maxT):
+def _attention_decode(rng: np.random.Generator, B: int, H: int, D: int, Tn: int, pos: int,
+                      maxT: int) -> Args:
     # The cache holds earlier keys/values before pos and stale data after: masking must hide it.
     return [_f(rng, B, Tn, H * D), _f(rng, B, Tn, 3 * H * D), _f(rng, B, H, maxT, D),
             _f(rng, B, H, maxT, D), pos, H]
 
 
-def _attention_decode_batch(rng, S, H, D, maxT, slots, positions):
+def _attention_decode_batch(rng: np.random.Generator, S: int, H: int, D: int, maxT: int,
+                            slots: tuple[int, ...], positions: tuple[int, ...]) -> Args:
     # Other slots and later positions hold stale data: only each row's own slot may be read.
     B = len(slots)
     return [_f(rng, B, 1, H * D), _f(rng, B, 1, 3 * H * D), _f(rng, S, H, maxT, D),
             _f(rng, S, H, maxT, D), np.array(slots, np.int32), np.array(positions, np.int32), H]
 
 
-def _unary(rng, n):
+def _unary(rng: np.random.Generator, n: int) -> Args:
     return [_f(rng, n), _f(rng, n) * 4]
 
 
-def _unary_bwd(rng, n):
+def _unary_bwd(rng: np.random.Generator, n: int) -> Args:
     return [_f(rng, n), _f(rng, n), _f(rng, n) * 4]
 
 
-def _residual(rng, n):
+def _residual(rng: np.random.Generator, n: int) -> Args:
     return [_f(rng, n), _f(rng, n), _f(rng, n)]
 
 
-def _dropout(rng, n, p, seed):
+def _dropout(rng: np.random.Generator, n: int, p: float, seed: int) -> Args:
     return [_f(rng, n), _f(rng, n), p, seed]
 
 
-def _softmax_xent(rng, N, V, with_grad):
+def _softmax_xent(rng: np.random.Generator, N: int, V: int, with_grad: bool) -> Args:
     targets = rng.integers(0, V, N).astype(np.int32)
     if N > 1:
         targets[0] = -1
     return [_f(rng, N), _f(rng, N, V) if with_grad else None, _f(rng, N, V) * 5, targets, 1.0 / N]
 
 
-def _sgd(rng, n, momentum):
+def _sgd(rng: np.random.Generator, n: int, momentum: float) -> Args:
     return [_f(rng, n), _f(rng, n), _f(rng, n) if momentum else None, 0.1, momentum, 0.01,
             n // 2 + 16]
 
 
-def _adam(rng, n, decoupled, step):
+def _adam(rng: np.random.Generator, n: int, decoupled: bool, step: int) -> Args:
     return [_f(rng, n), _f(rng, n), _f(rng, n), np.abs(_f(rng, n)), 1e-2, 0.9, 0.99, 1e-8, 0.1,
             step, n // 2 + 16, decoupled]
 
 
-def _norm(rng, n):
+def _norm(rng: np.random.Generator, n: int) -> Args:
     return [_f(rng, n) * 3]
 
 
@@ -319,37 +335,131 @@ _DROP = _shapes("n p seed", (1, 0.5, 0), (1000, 0.1, 7), (4099, 0.5, 2 ** 32 - 1
 _XENT = [{**s, "with_grad": g} for s in _shapes("N V", (1, 3), (7, 5003), (33, 65))
          for g in (True, False)] + [{"N": 5, "V": 70, "with_grad": True, "in_place": True}]
 
+# ---- the shapes a model uses (what `sllm bench` times) --------------------------------------
+def _sizes(cfg: Any, B: int, T: int) -> tuple[int, int, int, int, int]:
+    """N = B*T rows, C, F, V, H of a model config."""
+    return B * T, cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads
+
+
+def _enc_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"B{B} T{T}", dict(B=B, T=T, V=cfg.vocab_size, C=cfg.embedding_dim, pos=0))]
+
+
+def _ln_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    N, C, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{C}", dict(N=N, C=C))]
+
+
+def _gemms(cfg: Any, B: int, T: int) -> list[tuple[str, int, int, int]]:
+    N, C, F, V, _ = _sizes(cfg, B, T)
+    return [("qkv", N, C, 3 * C), ("fc", N, C, F), ("fc_proj", N, F, C), ("lm_head", N, C, V)]
+
+
+def _mm_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{label} {N}x{K}x{M}", dict(N=N, C=K, OC=M, bias=True, trans_w=False))
+            for label, N, K, M in _gemms(cfg, B, T)]
+
+
+def _mmq_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    # a training-batch GEMM, and the GEMV of one decoded token through the output layer
+    N, C, F, V, _ = _sizes(cfg, B, T)
+    return [(f"q8_0 {label} {n}x{K}x{M}", dict(N=n, K=K, OC=M, qtype="q8_0", bias=True))
+            for label, n, K, M in (("fc", N, C, F), ("lm_head decode", 1, C, V))]
+
+
+def _att_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    H = cfg.num_heads
+    return [(f"B{B} T{T} H{H}", dict(B=B, T=T, H=H, D=cfg.embedding_dim // H))]
+
+
+def _dec_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    H = cfg.num_heads
+    return [(f"B1 pos{T - 1} H{H}", dict(B=1, H=H, D=cfg.embedding_dim // H, Tn=1, pos=T - 1,
+                                          maxT=T))]
+
+
+def _decb_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    H = cfg.num_heads
+    positions = tuple((T - 1 - 7 * i) % T for i in range(B))  # sequences at mixed lengths
+    return [(f"{B} sequences maxT{T} H{H}", dict(S=B, H=H, D=cfg.embedding_dim // H, maxT=T,
+                                                  slots=tuple(range(B)), positions=positions))]
+
+
+def _ffn_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    N, _, F, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{F}", dict(n=N * F))]
+
+
+def _res_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    N, C, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{C}", dict(n=N * C))]
+
+
+def _drop_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    N, C, *_ = _sizes(cfg, B, T)
+    p = cfg.dropout or 0.1
+    return [(f"{N}x{C} p={p:g}", dict(n=N * C, p=p, seed=1))]
+
+
+def _xent_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    N, _, _, V, _ = _sizes(cfg, B, T)
+    return [(f"{N}x{V}", dict(N=N, V=V, with_grad=True))]
+
+
+def _sgd_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    n = cfg.num_parameters()
+    return [(f"{n} params momentum", dict(n=n, momentum=0.9))]
+
+
+def _adam_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    n = cfg.num_parameters()
+    return [(f"{n} params AdamW", dict(n=n, decoupled=True, step=3))]
+
+
+def _norm_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    n = cfg.num_parameters()
+    return [(f"{n} params", dict(n=n))]
+
+
 # One entry per kernel of the contract; every name in KERNELS must have one. A shape with
 # in_place=True runs the kernel with the spec's aliases (an output sharing an input's array).
 CASES: dict[str, KernelCases] = {
-    "encoder_fwd": KernelCases(_ENC, _encoder_fwd, (0,)),
-    "encoder_bwd": KernelCases(_ENC, _encoder_bwd, (0, 1)),
-    "layernorm_fwd": KernelCases(_LN, _layernorm_fwd, (0, 1, 2)),
-    "layernorm_bwd": KernelCases(_LN, _layernorm_bwd, (0, 1, 2)),
-    "matmul_fwd": KernelCases(_MM, _matmul_fwd, (0,)),
-    "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2)),
-    "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,)),
-    "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved),
-    "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state),
-    "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3)),
-    "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3)),
-    "gelu_fwd": KernelCases(_N, _unary, (0,)),
-    "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),)),
-    "relu_fwd": KernelCases(_N, _unary, (0,)),
-    "relu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),)),
-    "residual_fwd": KernelCases(_N + _shapes("n", (3 * 37,)), _residual, (0,)),
+    "encoder_fwd": KernelCases(_ENC, _encoder_fwd, (0,), model_shapes=_enc_m),
+    "encoder_bwd": KernelCases(_ENC, _encoder_bwd, (0, 1), model_shapes=_enc_m),
+    "layernorm_fwd": KernelCases(_LN, _layernorm_fwd, (0, 1, 2), model_shapes=_ln_m),
+    "layernorm_bwd": KernelCases(_LN, _layernorm_bwd, (0, 1, 2), model_shapes=_ln_m),
+    "matmul_fwd": KernelCases(_MM, _matmul_fwd, (0,), model_shapes=_mm_m),
+    "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2), model_shapes=_mm_m),
+    "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,), model_shapes=_mmq_m),
+    "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved,
+                               model_shapes=_att_m),
+    "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state,
+                               model_shapes=_att_m),
+    "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3), model_shapes=_dec_m),
+    "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3),
+                                          model_shapes=_decb_m),
+    "gelu_fwd": KernelCases(_N, _unary, (0,), model_shapes=_ffn_m),
+    "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),),
+                          model_shapes=_ffn_m),
+    "relu_fwd": KernelCases(_N, _unary, (0,), model_shapes=_ffn_m),
+    "relu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),),
+                          model_shapes=_ffn_m),
+    "residual_fwd": KernelCases(_N + _shapes("n", (3 * 37,)), _residual, (0,),
+                                model_shapes=_res_m),
     "dropout_fwd": KernelCases(_DROP + [{**_DROP[1], "in_place": True}], _dropout, (0,),
-                               rtol=1e-6, atol=0.0, aliases=((1, 0),)),
+                               rtol=1e-6, atol=0.0, aliases=((1, 0),), model_shapes=_drop_m),
     "dropout_bwd": KernelCases(_DROP + [{**_DROP[1], "in_place": True}], _dropout, (0,),
-                               rtol=1e-6, atol=0.0, aliases=((1, 0),)),
-    "softmax_xent": KernelCases(_XENT, _softmax_xent, (0, 1), aliases=((2, 1),)),
-    "sgd_update": KernelCases(_grid(n=(1003,), momentum=(0.0, 0.9)), _sgd, (0, 2)),
+                               rtol=1e-6, atol=0.0, aliases=((1, 0),), model_shapes=_drop_m),
+    "softmax_xent": KernelCases(_XENT, _softmax_xent, (0, 1), aliases=((2, 1),),
+                              model_shapes=_xent_m),
+    "sgd_update": KernelCases(_grid(n=(1003,), momentum=(0.0, 0.9)), _sgd, (0, 2),
+                            model_shapes=_sgd_m),
     "adam_update": KernelCases(_grid(n=(1003,), decoupled=(False, True), step=(1, 3)), _adam,
-                               (0, 2, 3)),
+                               (0, 2, 3), model_shapes=_adam_m),
     # tails of every SIMD width, several fixed-size blocks, the threaded path
     "grad_norm_sq": KernelCases(_shapes("n", (1,), (7,), (1003,), (32768 * 3 + 5,),
                                         ((1 << 17) + 9,)), _norm, (), rtol=1e-12,
-                                returns=True),
+                                returns=True, model_shapes=_norm_m),
 }
 
 
@@ -458,7 +568,7 @@ def select(patterns: Iterable[str] | None = None) -> list[str]:
 
 def cases(patterns: Iterable[str] | None = None) -> list[Case]:
     """The cases of the selected sections."""
-    out = []
+    out: list[Case] = []
     for section in select(patterns):
         if section not in CASES and section not in WHOLE_MODEL:
             raise KeyError(f"kernel {section!r} of the contract has no entry in "
@@ -483,14 +593,13 @@ def run(backend: Backend | str, patterns: Iterable[str] | None = None, perf: boo
 
 def time_kernel(backend: Backend, kernel: str, repeats: int = 20) -> dict[str, Any]:
     """Median time of `kernel` on its largest case, on the backend and on the reference."""
-    from ..bench import timed
     spec = CASES[kernel]
     index = max(range(len(spec.shapes)), key=lambda i: _work(spec.shapes[i]))
     shape = {k: v for k, v in spec.shapes[index].items() if k != "in_place"}
     args = spec.args(_rng(kernel, index), **shape)
     row: dict[str, Any] = {"kernel": kernel, "case": case_label(shape)}
     for who, be in (("reference", _reference_backend()), ("backend", backend)):
-        call = functools.partial(getattr(be, kernel), *_on(be, args, spec, in_place=False))
+        call = functools.partial(getattr(be, kernel), *on_backend(be, args, spec))
         row[f"{who}_s"] = float(np.median(timed(call, repeats)))
     row["speedup"] = row["reference_s"] / row["backend_s"] if row["backend_s"] else math.inf
     return row
@@ -507,7 +616,7 @@ def _work(shape: dict[str, Any]) -> float:
 def render(report: Report, verbose: bool = False) -> str:
     """The report as text: one line per kernel (all its cases), then failures in detail."""
     lines = [f"conformance of backend {report.backend!r} against the numpy reference",
-             f"{'kernel':<18} {'cases':>5} {'checks':>6} {'max error':>10} {'tolerance':>10}  result"]
+             f"{'kernel':<22} {'cases':>5} {'checks':>6} {'max error':>10} {'tolerance':>10}  result"]
     by_section: dict[str, list[Check]] = {}
     for check in report.checks:
         by_section.setdefault(check.kernel, []).append(check)
@@ -515,7 +624,7 @@ def render(report: Report, verbose: bool = False) -> str:
         worst = max(checks, key=_used)
         ok = all(c.passed for c in checks)
         ncases = len({c.case for c in checks})
-        lines.append(f"{section:<18} {ncases:>5} {len(checks):>6} {worst.error:>10.2e} "
+        lines.append(f"{section:<22} {ncases:>5} {len(checks):>6} {worst.error:>10.2e} "
                      f"{worst.allowed:>10.2e}  {'ok' if ok else 'FAIL'}")
     shown = report.checks if verbose else report.failures()
     if shown:
@@ -524,8 +633,8 @@ def render(report: Report, verbose: bool = False) -> str:
         lines += [f"  {c.kernel} [{c.case}] {c.output}: error {c.error:.3e}, allowed "
                   f"{c.allowed:.3e}  {'ok' if c.passed else 'FAIL'}" for c in shown]
     if report.timings:
-        lines += ["", f"{'kernel':<18} {'case':<44} {'numpy':>10} {report.backend:>10} {'speedup':>8}"]
-        lines += [f"{t['kernel']:<18} {t['case']:<44} {_us(t['reference_s']):>10} "
+        lines += ["", f"{'kernel':<22} {'case':<44} {'numpy':>10} {report.backend:>10} {'speedup':>8}"]
+        lines += [f"{t['kernel']:<22} {t['case']:<44} {_us(t['reference_s']):>10} "
                   f"{_us(t['backend_s']):>10} {t['speedup']:>7.2f}x" for t in report.timings]
     failed = len(report.failures())
     lines.append("")

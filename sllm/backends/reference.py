@@ -201,7 +201,7 @@ def attention_decode_batch(out: Array, qkv: Array, kcache: Array, vcache: Array,
     scale = 1.0 / math.sqrt(q.shape[-1])
     rows = out.reshape(B, C)
     for b, (slot, pos) in enumerate(zip(np.asarray(slots).tolist(),
-                                        np.asarray(positions).tolist())):
+                                        np.asarray(positions).tolist(), strict=True)):
         kcache[slot, :, pos] = k[b, :, 0]
         vcache[slot, :, pos] = v[b, :, 0]
         keys, values = kcache[slot, :, :pos + 1], vcache[slot, :, :pos + 1]  # (H,pos+1,D)
@@ -278,6 +278,8 @@ def sgd_update(params: Array, grads: Array, momentum_buf: Array | None, lr: floa
     g = grads.copy()
     g[:decay_count] += weight_decay * params[:decay_count]
     if momentum:
+        if momentum_buf is None:
+            raise ValueError("sgd_update: momentum needs a momentum buffer, got None")
         momentum_buf *= momentum
         momentum_buf += g
         g = momentum_buf

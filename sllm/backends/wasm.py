@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import BackendError
-from .base import Backend
+from .base import Array, Backend
 from .reference import dropout_threshold
 from .wasm_memory import LinearMemory
 from .wasm_runtime import RUNTIMES, Runtime, RuntimeUnavailable, runtime_name
@@ -60,7 +60,7 @@ class _WasmBase(Backend):
         limit = {} if memory_limit is None else {"limit_bytes": memory_limit}
         self.memory = LinearMemory(self.runtime, self.runtime.call_i32("heap_base"), **limit)
         self._args = self.runtime.call_i32("args_address")
-        self._kernels = {}
+        self._kernels: dict[str, Any] = {}
         self._staged: list[tuple[np.ndarray, Any]] = []
         self._offsets: dict[int, tuple[np.ndarray, int]] = {}
         self._scratch_offset, self._scratch_bytes = 0, 0
@@ -160,7 +160,7 @@ class _WasmBase(Backend):
             for staged, original in self._staged:
                 if original is not None:
                     original[...] = staged.reshape(np.shape(original))
-        except Exception as e:  # noqa: BLE001 - traps and runtime errors become BackendError
+        except Exception as e:  # traps and runtime errors become BackendError
             raise BackendError(f"{self.name} kernel {name} failed: {e}") from e
         finally:
             for staged, _ in self._staged:
@@ -168,7 +168,8 @@ class _WasmBase(Backend):
             self._staged.clear()
 
     # ---- kernels (semantics: sllm/backends/reference.py) ---------------------------------
-    def encoder_fwd(self, out, tokens, wte, wpe, pos=0):
+    def encoder_fwd(self, out: Array, tokens: Array, wte: Array, wpe: Array,
+                    pos: int = 0) -> None:
         """out (B,T,C) = wte[tokens] + wpe[pos:pos+T]."""
         B, T = np.shape(tokens)
         _check_tokens(tokens, wte.shape[0])
@@ -176,7 +177,8 @@ class _WasmBase(Backend):
         self._call("encoder_fwd", "<IIIIiiii", self._ptr(out, write=True), self._ptr(tokens, I32),
                    self._ptr(wte), self._ptr(wpe), B * T, T, wte.shape[1], pos)
 
-    def encoder_bwd(self, dwte, dwpe, dout, tokens, pos=0):
+    def encoder_bwd(self, dwte: Array, dwpe: Array, dout: Array, tokens: Array,
+                    pos: int = 0) -> None:
         """dwte[tokens] += dout; dwpe[pos:pos+T] += dout summed over the batch."""
         B, T = np.shape(tokens)
         _check_tokens(tokens, dwte.shape[0])
@@ -184,14 +186,16 @@ class _WasmBase(Backend):
                    self._ptr(dwpe, write=True), self._ptr(dout), self._ptr(tokens, I32),
                    B * T, T, dwte.shape[1], pos)
 
-    def layernorm_fwd(self, out, mean, rstd, inp, weight, bias):
+    def layernorm_fwd(self, out: Array, mean: Array, rstd: Array, inp: Array,
+                      weight: Array, bias: Array) -> None:
         """LayerNorm over the last axis; saves mean and 1/std per row."""
         C = inp.shape[-1]
         self._call("layernorm_fwd", "<IIIIIIii", self._ptr(out, write=True),
                    self._ptr(mean, write=True), self._ptr(rstd, write=True), self._ptr(inp),
                    self._ptr(weight), self._ptr(bias), inp.size // C, C)
 
-    def layernorm_bwd(self, dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+    def layernorm_bwd(self, dinp: Array, dweight: Array, dbias: Array, dout: Array,
+                      inp: Array, weight: Array, mean: Array, rstd: Array) -> None:
         """Accumulates into dinp, dweight and dbias."""
         C = inp.shape[-1]
         self._call("layernorm_bwd", "<IIIIIIIIii", self._ptr(dinp, write=True),
@@ -199,7 +203,8 @@ class _WasmBase(Backend):
                    self._ptr(inp), self._ptr(weight), self._ptr(mean), self._ptr(rstd),
                    inp.size // C, C)
 
-    def matmul_fwd(self, out, inp, weight, bias, trans_w=False):
+    def matmul_fwd(self, out: Array, inp: Array, weight: Array, bias: Array | None,
+                   trans_w: bool = False) -> None:
         """out = inp @ weight (+ bias); weight (OC, C) used transposed when trans_w."""
         C, OC = _matmul_dims(inp, weight, trans_w)
         scratch = self._scratch(C * OC) if trans_w else 0
@@ -207,7 +212,8 @@ class _WasmBase(Backend):
                    self._ptr(weight), self._ptr(bias), inp.size // C, C, OC, int(trans_w),
                    scratch)
 
-    def matmul_bwd(self, dinp, dweight, dbias, dout, inp, weight, trans_w=False):
+    def matmul_bwd(self, dinp: Array | None, dweight: Array, dbias: Array | None,
+                   dout: Array, inp: Array, weight: Array, trans_w: bool = False) -> None:
         """dinp = dout @ W^T (overwritten); dweight += inp^T @ dout; dbias += column sums."""
         C, OC = _matmul_dims(inp, weight, trans_w)
         scratch = self._scratch(C * OC) if dinp is not None and not trans_w else 0
@@ -216,7 +222,8 @@ class _WasmBase(Backend):
                    self._ptr(dout), self._ptr(inp), self._ptr(weight), inp.size // C, C, OC,
                    int(trans_w), scratch)
 
-    def matmul_q_fwd(self, out, inp, wq, bias, qtype):
+    def matmul_q_fwd(self, out: Array, inp: Array, wq: Array, bias: Array | None,
+                     qtype: str) -> None:
         """out = q8_0(inp) . W^T (+ bias) for W held as quantized rows wq (sllm.quant)."""
         K, OC = inp.shape[-1], out.shape[-1]
         _check(qtype in _QTYPE_CODES, f"qtype must be one of {', '.join(_QTYPE_CODES)}, got {qtype!r}")
@@ -231,20 +238,22 @@ class _WasmBase(Backend):
         self._call("matmul_q_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
                    self._ptr(wq, U8), self._ptr(bias), N, K, OC, _QTYPE_CODES[qtype], scratch)
 
-    def attention_fwd(self, out, saved, qkv, n_head):
+    def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int) -> None:
         """Causal multi-head attention; saves the probabilities (B,H,T,T)."""
         B, T, C = _attention_dims(qkv, n_head)
         self._call("attention_fwd", "<IIIiiii", self._ptr(out, write=True),
                    self._ptr(saved, write=True), self._ptr(qkv), B, T, C, n_head)
 
-    def attention_bwd(self, dqkv, dout, qkv, out, saved, n_head):
+    def attention_bwd(self, dqkv: Array, dout: Array, qkv: Array, out: Array, saved: Array,
+                      n_head: int) -> None:
         """Gradient of attention_fwd with respect to qkv (overwritten)."""
         B, T, C = _attention_dims(qkv, n_head)
         scratch = self._scratch(T)
         self._call("attention_bwd", "<IIIIiiiiI", self._ptr(dqkv, write=True), self._ptr(dout),
                    self._ptr(qkv), self._ptr(saved), B, T, C, n_head, scratch)
 
-    def attention_decode(self, out, qkv, kcache, vcache, pos, n_head):
+    def attention_decode(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
+                         pos: int, n_head: int) -> None:
         """Store new keys/values at pos.., then attend causally over the cache."""
         B, Tn, C = _attention_dims(qkv, n_head)
         max_t = kcache.shape[2]
@@ -254,7 +263,8 @@ class _WasmBase(Backend):
                    self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
                    B, Tn, C, n_head, max_t, pos, scratch)
 
-    def attention_decode_batch(self, out, qkv, kcache, vcache, slots, positions, n_head):
+    def attention_decode_batch(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
+                               slots: Array, positions: Array, n_head: int) -> None:
         """One new position per sequence, row b in cache slot slots[b] at positions[b]."""
         B, Tn, C = _attention_dims(qkv, n_head)
         _check(Tn == 1, f"qkv must be (B, 1, 3C), got {np.shape(qkv)}")
@@ -274,50 +284,51 @@ class _WasmBase(Backend):
                    self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
                    self._ptr(sl, I32), self._ptr(ps, I32), B, C, n_head, max_t, scratch)
 
-    def gelu_fwd(self, out, inp):
+    def gelu_fwd(self, out: Array, inp: Array) -> None:
         """GPT-2's tanh-approximated GELU."""
         self._call("gelu_fwd", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
 
-    def gelu_bwd(self, dinp, dout, inp):
+    def gelu_bwd(self, dinp: Array, dout: Array, inp: Array) -> None:
         """dinp = dout * gelu'(inp); dinp may alias dout."""
         self._call("gelu_bwd", "<IIIi", self._ptr(dinp, write=True), self._ptr(dout),
                    self._ptr(inp), _size(dinp, inp))
 
-    def relu_fwd(self, out, inp):
+    def relu_fwd(self, out: Array, inp: Array) -> None:
         """out = max(inp, 0)."""
         self._call("relu_fwd", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
 
-    def relu_bwd(self, dinp, dout, inp):
+    def relu_bwd(self, dinp: Array, dout: Array, inp: Array) -> None:
         """dinp = dout where inp > 0, else 0."""
         self._call("relu_bwd", "<IIIi", self._ptr(dinp, write=True), self._ptr(dout),
                    self._ptr(inp), _size(dinp, inp))
 
-    def residual_fwd(self, out, a, b):
+    def residual_fwd(self, out: Array, a: Array, b: Array) -> None:
         """out = a + b."""
         self._call("residual_fwd", "<IIIi", self._ptr(out, write=True), self._ptr(a),
                    self._ptr(b), _size(out, a))
 
-    def dropout_fwd(self, out, inp, p, seed):
+    def dropout_fwd(self, out: Array, inp: Array, p: float, seed: int) -> None:
         """Inverted dropout with the counter-based mask of reference.dropout_keep_mask."""
         self._dropout("dropout_fwd", out, inp, p, seed)
 
-    def dropout_bwd(self, dinp, dout, p, seed):
+    def dropout_bwd(self, dinp: Array, dout: Array, p: float, seed: int) -> None:
         """The same mask, recomputed from the seed."""
         self._dropout("dropout_bwd", dinp, dout, p, seed)
 
-    def _dropout(self, name, out, inp, p, seed):
+    def _dropout(self, name: str, out: Array, inp: Array, p: float, seed: int) -> None:
         self._call(name, "<IIIIfI", self._ptr(out, write=True), self._ptr(inp), _size(out, inp),
                    dropout_threshold(p), 1.0 - p, seed & 0xFFFFFFFF)
 
-    def vec_exp(self, out, inp):
+    def vec_exp(self, out: Array, inp: Array) -> None:
         """out = exp(inp) by the module's approximation (see wasm/mathfn.h for its error)."""
         self._call("vec_exp", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
 
-    def vec_tanh(self, out, inp):
+    def vec_tanh(self, out: Array, inp: Array) -> None:
         """out = tanh(inp) by the module's approximation (see wasm/mathfn.h for its error)."""
         self._call("vec_tanh", "<IIi", self._ptr(out, write=True), self._ptr(inp), _size(out, inp))
 
-    def softmax_xent(self, losses, dlogits, logits, targets, dloss):
+    def softmax_xent(self, losses: Array, dlogits: Array | None, logits: Array,
+                     targets: Array, dloss: float) -> None:
         """Fused softmax + cross-entropy; targets of -1 give zero loss and gradient."""
         V = logits.shape[-1]
         _check_tokens(targets, V, allow_ignore=True)
@@ -325,21 +336,23 @@ class _WasmBase(Backend):
                    self._ptr(dlogits, write=True), self._ptr(logits), self._ptr(targets, I32),
                    logits.size // V, V, dloss)
 
-    def sgd_update(self, params, grads, momentum_buf, lr, momentum, weight_decay, decay_count):
+    def sgd_update(self, params: Array, grads: Array, momentum_buf: Array | None, lr: float,
+                   momentum: float, weight_decay: float, decay_count: int) -> None:
         """torch.optim.SGD over a flat buffer."""
         buf = self._ptr(momentum_buf, write=True) if momentum else 0
         self._call("sgd_update", "<IIIifffi", self._ptr(params, write=True), self._ptr(grads),
                    buf, params.size, lr, momentum, weight_decay, decay_count)
 
-    def adam_update(self, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step,
-                    decay_count, decoupled):
+    def adam_update(self, params: Array, grads: Array, m: Array, v: Array, lr: float,
+                    beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
+                    decay_count: int, decoupled: bool) -> None:
         """torch Adam (L2 in the gradient) or AdamW (decoupled decay)."""
         self._call("adam_update", "<IIIIifffffiiff", self._ptr(params, write=True),
                    self._ptr(grads), self._ptr(m, write=True), self._ptr(v, write=True),
                    params.size, lr, beta1, beta2, eps, weight_decay, decay_count,
                    int(decoupled), 1.0 - beta1 ** step, 1.0 - beta2 ** step)
 
-    def grad_norm_sq(self, grads):
+    def grad_norm_sq(self, grads: Array) -> float:
         """Sum of squares of a flat buffer, accumulated in float64."""
         out = self._scratch(2)
         self._call("grad_norm_sq", "<IiI", self._ptr(grads), grads.size, out)
@@ -397,5 +410,6 @@ class WasmSimdBackend(_WasmBase):
 
     name: ClassVar[str] = "wasm-simd"
     priority: ClassVar[int] = 20
-    modules = (("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
+    modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = (
+        ("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
     _probed: ClassVar[dict[str, Any]] = {}

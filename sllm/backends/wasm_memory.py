@@ -19,7 +19,7 @@ from .wasm_runtime import RESERVATION, WASM_PAGE, Runtime
 ALIGN = 64  # bytes: a cache line, and a multiple of every SIMD width
 
 
-class _Arena(ctypes.c_ubyte * RESERVATION):
+class _Arena(ctypes.c_ubyte * RESERVATION):  # type: ignore[misc]  # a ctypes array type; mypy takes it for a value
     """The whole 4 GiB address range of linear memory as one buffer; views slice it.
 
     Only the committed prefix is ever touched. It holds the runtime, so numpy views keep

@@ -17,7 +17,10 @@ import ctypes
 import importlib.util
 import os
 import weakref
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # imported lazily at run time: wasmtime is optional
+    import wasmtime
 
 WASM_PAGE = 65536
 MAX_PAGES = 65536  # a 32-bit memory: 4 GiB
@@ -32,6 +35,9 @@ class Runtime:
     """One instance of one module in one runtime."""
 
     name = "base"
+
+    def __init__(self, wasm: bytes, relaxed_simd: bool = False) -> None:
+        """Compile and instantiate `wasm` (relaxed_simd: it uses the relaxed-SIMD proposal)."""
 
     def base_address(self) -> int:
         """Host address of byte 0 of linear memory."""
@@ -79,7 +85,10 @@ class WasmtimeRuntime(Runtime):
             raise RuntimeUnavailable(f"wasmtime rejects the module: {_first_line(e)}") from e
         _LIVE_WASMTIME.add(self)
         self._exports = self._instance.exports(self._store)
-        self._memory = self._exports["memory"]
+        memory = self._exports["memory"]
+        if not isinstance(memory, wasmtime.Memory):
+            raise RuntimeUnavailable(f"the module's export 'memory' is a {type(memory).__name__}")
+        self._memory = memory
         self._ffi, self._wasmtime = ffi, wasmtime
         self._context = self._store._context()
 
@@ -110,7 +119,7 @@ class WasmtimeRuntime(Runtime):
         return True
 
     def kernel(self, name: str) -> Callable[[], None]:
-        func = self._exports[name]
+        func = self._func(name)
         ffi, context, wasmtime = self._ffi, self._context, self._wasmtime
         call = ffi.dll.wasmtime_func_call_unchecked
         func_ref = ctypes.byref(func._func)
@@ -129,7 +138,14 @@ class WasmtimeRuntime(Runtime):
         return run
 
     def call_i32(self, name: str) -> int:
-        return int(self._exports[name](self._store))
+        return int(self._func(name)(self._store))
+
+    def _func(self, name: str) -> wasmtime.Func:
+        """The exported function `name`."""
+        func = self._exports[name]
+        if not isinstance(func, self._wasmtime.Func):
+            raise RuntimeError(f"wasm export {name!r} is a {type(func).__name__}, not a function")
+        return func
 
 
 class WasmerRuntime(Runtime):
@@ -148,7 +164,7 @@ class WasmerRuntime(Runtime):
         store = wasmer.Store(wasmer.engine.Universal(wasmer_compiler_cranelift.Compiler))
         try:
             self._instance = wasmer.Instance(wasmer.Module(store, wasm), wasmer.ImportObject())
-        except Exception as e:  # noqa: BLE001 - wasmer raises plain RuntimeError/TypeError
+        except Exception as e:  # wasmer raises plain RuntimeError/TypeError
             raise RuntimeUnavailable(f"wasmer rejects the module: {_first_line(e)}") from e
         self._exports = self._instance.exports
         self._memory = self._exports.memory
@@ -207,8 +223,8 @@ def runtime_name() -> str:
 def wasmer_importable() -> bool:
     """True when wasmer and its Cranelift compiler import (not the stub wheel of 3.11+)."""
     try:
-        import wasmer  # noqa: F401
-        import wasmer_compiler_cranelift  # noqa: F401
+        import wasmer  # noqa: F401 - imported only to see that it imports
+        import wasmer_compiler_cranelift  # noqa: F401 - imported only to see that it imports
     except ImportError:
         return False
     return True

@@ -13,11 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import sllm  # noqa: E402
-from sllm import tokenizer as tokenizers  # noqa: E402
-from sllm.corpus import generate_corpus  # noqa: E402
-from sllm.export import export_hf  # noqa: E402
-from sllm.optim import AdamW  # noqa: E402
+import sllm  # noqa: E402 - after pytest.importorskip
+from sllm import tokenizer as tokenizers  # noqa: E402 - after pytest.importorskip
+from sllm.corpus import generate_corpus  # noqa: E402 - after pytest.importorskip
+from sllm.export import export_hf  # noqa: E402 - after pytest.importorskip
+from sllm.optim import AdamW  # noqa: E402 - after pytest.importorskip
 
 TEXT = ("A: What is your favorite  subject?\r\nB: I don't know… maybe music!\n\n"
         "日本語も少し。 [EOS] the end (really).\n")
