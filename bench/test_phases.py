@@ -3,13 +3,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CONFIGS, PHASES
 
 import sllm
 from sllm.bench import train_step
 from sllm.flops import train_flops_per_token
 from sllm.optim import AdamW
-
-from conftest import CONFIGS, PHASES
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -166,6 +166,7 @@ def run_job(job: Any) -> dict:
     import resource
 
     import numpy as np
+
     import sllm
     from sllm.bench import _row, timed
     from sllm.flops import decode_flops_per_token, train_flops_per_token

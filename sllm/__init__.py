@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._version import __version__
 from .config import ModelConfig
 from .errors import BackendError, ConfigError, DataError, FormatError, SLLMError
-from .model import SLLM
-from ._version import __version__
 from .hookspecs import hookimpl
-
+from .model import SLLM
 
 __all__ = ["ModelConfig", "SLLM", "load", "load_json", "hookimpl", "BackendError",
            "ConfigError", "DataError", "FormatError", "SLLMError", "__version__"]

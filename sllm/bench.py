@@ -14,9 +14,10 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -226,6 +227,7 @@ def run_job(job: Job) -> dict[str, Any]:
 
 def _run_job(job: Job, backend: Any) -> dict[str, Any]:
     import sllm
+
     from .activations import Activations
     cfg = sllm.ModelConfig.from_dict(job.config)
     T = min(job.seq_len, cfg.max_seq_len)

@@ -13,8 +13,9 @@ def run_bench(names: list[str], suites: list[str], config: dict[str, Any], batch
               seq_len: int, threads: int | None, repeats: int, vs_torch: bool,
               console: Any = None) -> dict[str, Any]:
     """Measure every named backend (each in its own process) and return the report."""
-    import sllm
     from rich.progress import Progress
+
+    import sllm
     info = {r["name"]: r for r in sllm.backends.info()}
     results: list[dict[str, Any]] = []
     runnable = [n for n in names if info.get(n, {}).get("available")]

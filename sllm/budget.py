@@ -20,8 +20,9 @@ import math
 import numbers
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from .config import ModelConfig
 from .errors import ConfigError, SLLMError

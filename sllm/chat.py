@@ -6,7 +6,8 @@ dialogue no longer fits in the model's context.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .corpus import BOT_PREFIX, USER_PREFIX
 from .generate import check_sampling, encode_prompt, stream_text, warn_unknown

@@ -32,7 +32,7 @@ class Checkpoint:
     train_config: dict[str, Any]
 
 
-def save_checkpoint(path: "str | os.PathLike[str]", model: Any, optimizer: Any,
+def save_checkpoint(path: str | os.PathLike[str], model: Any, optimizer: Any,
                     tokenizer: dict[str, Any] | None, trainer_state: dict[str, Any],
                     train_config: dict[str, Any]) -> None:
     """Write everything needed to continue training exactly, atomically."""
@@ -49,7 +49,7 @@ def save_checkpoint(path: "str | os.PathLike[str]", model: Any, optimizer: Any,
                extra_tensors=extra)
 
 
-def load_checkpoint(path: "str | os.PathLike[str]", backend: str = "auto") -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike[str], backend: str = "auto") -> Checkpoint:
     """Read a checkpoint written by save_checkpoint; RunError when it is missing or is a
     plain model file, FormatError (from sllm.serialize) when it is corrupt."""
     from .model import load_model

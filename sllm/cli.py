@@ -6,8 +6,9 @@ import functools
 import os
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -49,58 +50,58 @@ def command(fn: Callable) -> Callable:
 @app.command()
 @command
 def train(
-    config: Optional[str] = typer.Option(None, help="Model config JSON (e.g. configs/small-model.json); its vocabSize "
+    config: str | None = typer.Option(None, help="Model config JSON (e.g. configs/small-model.json); its vocabSize "
                                                     "follows the tokenizer."),
-    corpus: Optional[str] = typer.Option(None, help="UTF-8 text file to train on; default: the built-in demo corpus."),
-    tokenizer: Optional[str] = typer.Option(None, help="word | char | bpe, or a vocab.json to reuse. (default: word)"),
-    vocab_size: Optional[int] = typer.Option(None, help="Vocabulary size to build (shrunk with a warning if the corpus "
+    corpus: str | None = typer.Option(None, help="UTF-8 text file to train on; default: the built-in demo corpus."),
+    tokenizer: str | None = typer.Option(None, help="word | char | bpe, or a vocab.json to reuse. (default: word)"),
+    vocab_size: int | None = typer.Option(None, help="Vocabulary size to build (shrunk with a warning if the corpus "
                                                         "has fewer). (default: 4000; char: all characters)"),
-    backend: Optional[str] = typer.Option(None, help="Compute backend (see `sllm backends`). (default: auto = "
+    backend: str | None = typer.Option(None, help="Compute backend (see `sllm backends`). (default: auto = "
                                                      "fastest)"),
-    steps: Optional[int] = typer.Option(None, help="Optimisation steps. (default: 1000)"),
-    epochs: Optional[float] = typer.Option(None, help="Passes over the training tokens (overrides --steps)."),
-    batch_size: Optional[int] = typer.Option(None, help="Sequences per step (B). (default: 16)"),
-    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence (T). (default: the model's maxSeqLen)"),
-    dropout: Optional[float] = typer.Option(None, help="Override the model config's dropout."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate. (default: 1e-3)"),
-    min_lr: Optional[float] = typer.Option(None, help="Learning rate at the end of the decay. (default: 1e-4)"),
-    optimizer: Optional[str] = typer.Option(None, help="adam | adamw | sgd. (default: adamw)"),
-    betas: Optional[str] = typer.Option(None, help="Adam betas as 'b1,b2'. (default: 0.9,0.99)"),
-    momentum: Optional[float] = typer.Option(None, help="SGD momentum. (default: 0.9)"),
-    schedule: Optional[str] = typer.Option(None, help="cosine | linear | constant. (default: cosine)"),
-    warmup: Optional[int] = typer.Option(None, help="Linear warmup steps. (default: 100)"),
-    weight_decay: Optional[float] = typer.Option(None, help="Weight decay on matrices. (default: 0.1)"),
-    grad_clip: Optional[float] = typer.Option(None, help="Clip the global gradient norm (0 = off). (default: 1.0)"),
-    val_fraction: Optional[float] = typer.Option(None, help="Share of the corpus held out for validation. (default: "
+    steps: int | None = typer.Option(None, help="Optimisation steps. (default: 1000)"),
+    epochs: float | None = typer.Option(None, help="Passes over the training tokens (overrides --steps)."),
+    batch_size: int | None = typer.Option(None, help="Sequences per step (B). (default: 16)"),
+    seq_len: int | None = typer.Option(None, help="Tokens per sequence (T). (default: the model's maxSeqLen)"),
+    dropout: float | None = typer.Option(None, help="Override the model config's dropout."),
+    lr: float | None = typer.Option(None, help="Peak learning rate. (default: 1e-3)"),
+    min_lr: float | None = typer.Option(None, help="Learning rate at the end of the decay. (default: 1e-4)"),
+    optimizer: str | None = typer.Option(None, help="adam | adamw | sgd. (default: adamw)"),
+    betas: str | None = typer.Option(None, help="Adam betas as 'b1,b2'. (default: 0.9,0.99)"),
+    momentum: float | None = typer.Option(None, help="SGD momentum. (default: 0.9)"),
+    schedule: str | None = typer.Option(None, help="cosine | linear | constant. (default: cosine)"),
+    warmup: int | None = typer.Option(None, help="Linear warmup steps. (default: 100)"),
+    weight_decay: float | None = typer.Option(None, help="Weight decay on matrices. (default: 0.1)"),
+    grad_clip: float | None = typer.Option(None, help="Clip the global gradient norm (0 = off). (default: 1.0)"),
+    val_fraction: float | None = typer.Option(None, help="Share of the corpus held out for validation. (default: "
                                                             "0.2)"),
-    eval_every: Optional[int] = typer.Option(None, help="Evaluate every N steps (0 = only at the end). (default: 100)"),
-    eval_batches: Optional[int] = typer.Option(None, help="Validation batches per evaluation. (default: 10)"),
-    patience: Optional[int] = typer.Option(None, help="Early stopping: evaluations without improvement before "
+    eval_every: int | None = typer.Option(None, help="Evaluate every N steps (0 = only at the end). (default: 100)"),
+    eval_batches: int | None = typer.Option(None, help="Validation batches per evaluation. (default: 10)"),
+    patience: int | None = typer.Option(None, help="Early stopping: evaluations without improvement before "
                                                       "stopping."),
-    min_delta: Optional[float] = typer.Option(None, help="Early stopping: the improvement that counts. (default: 0)"),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Write checkpoint.sllm every N steps (0 = only at the "
+    min_delta: float | None = typer.Option(None, help="Early stopping: the improvement that counts. (default: 0)"),
+    checkpoint_every: int | None = typer.Option(None, help="Write checkpoint.sllm every N steps (0 = only at the "
                                                               "end). (default: 500)"),
-    log_every: Optional[int] = typer.Option(None, help="Write a metrics.jsonl line every N steps. (default: 10)"),
-    max_minutes: Optional[float] = typer.Option(None, help="Stop and save when this much time has passed."),
-    documents: Optional[bool] = typer.Option(None, "--documents/--windows", help="One padded document per row instead "
+    log_every: int | None = typer.Option(None, help="Write a metrics.jsonl line every N steps. (default: 10)"),
+    max_minutes: float | None = typer.Option(None, help="Stop and save when this much time has passed."),
+    documents: bool | None = typer.Option(None, "--documents/--windows", help="One padded document per row instead "
                                                                                  "of random windows."),
-    encoding_errors: Optional[str] = typer.Option(None, help="strict (error naming the byte) | replace | ignore, for "
+    encoding_errors: str | None = typer.Option(None, help="strict (error naming the byte) | replace | ignore, for "
                                                              "non-UTF-8 corpora."),
-    demo_chars: Optional[int] = typer.Option(None, help="Size of the built-in demo corpus in characters. (default: "
+    demo_chars: int | None = typer.Option(None, help="Size of the built-in demo corpus in characters. (default: "
                                                         "3000000)"),
-    out: Optional[str] = typer.Option(None, help="Run directory to write. (default: runs/latest)"),
-    resume: Optional[str] = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
-    init_from: Optional[str] = typer.Option(None, help="Start from this model's weights, config and tokenizer (e.g. "
+    out: str | None = typer.Option(None, help="Run directory to write. (default: runs/latest)"),
+    resume: str | None = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
+    init_from: str | None = typer.Option(None, help="Start from this model's weights, config and tokenizer (e.g. "
                                                        "one made by `sllm import`)."),
-    seed: Optional[int] = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
-    train_config: Optional[str] = typer.Option(None, help="Training-config JSON with any of these options (flags "
+    seed: int | None = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
+    train_config: str | None = typer.Option(None, help="Training-config JSON with any of these options (flags "
                                                           "override it)."),
-    max_memory: Optional[str] = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are "
+    max_memory: str | None = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are "
                                                         "refused. (default: the memory available now)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed "
                                                               "first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    ranks: Optional[str] = typer.Option(None, help="Data-parallel ranks on this machine: N or 'auto' (runs mpiexec; "
+    ranks: str | None = typer.Option(None, help="Data-parallel ranks on this machine: N or 'auto' (runs mpiexec; "
                                                    "needs sllm[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
@@ -182,7 +183,7 @@ def _report(result: Any, trainer: Any) -> None:
 
 
 # ---- generate / chat -----------------------------------------------------------------------
-def _load(model_path: str, backend: str, tokenizer: Optional[str]) -> tuple[Any, Any]:
+def _load(model_path: str, backend: str, tokenizer: str | None) -> tuple[Any, Any]:
     import sllm
 
     from . import tokenizer as tokenizers
@@ -207,8 +208,8 @@ def _resolve_model(path: str) -> str:
     return path
 
 
-def _sampling(temperature: float, top_k: Optional[int], top_p: Optional[float],
-              seed: Optional[int]) -> dict[str, Any]:
+def _sampling(temperature: float, top_k: int | None, top_p: float | None,
+              seed: int | None) -> dict[str, Any]:
     return {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
 
 
@@ -219,11 +220,11 @@ def generate(
     prompt: str = typer.Option("", help="Text to continue."),
     max_tokens: int = typer.Option(100, help="Most new tokens to generate."),
     temperature: float = typer.Option(0.8, help="0 = greedy; higher = more random."),
-    top_k: Optional[int] = typer.Option(None, help="Sample only from the k likeliest tokens."),
-    top_p: Optional[float] = typer.Option(None, help="Sample from the smallest set with this probability."),
-    seed: Optional[int] = typer.Option(None, help="Seed for reproducible samples."),
+    top_k: int | None = typer.Option(None, help="Sample only from the k likeliest tokens."),
+    top_p: float | None = typer.Option(None, help="Sample from the smallest set with this probability."),
+    seed: int | None = typer.Option(None, help="Seed for reproducible samples."),
     backend: str = typer.Option("auto", help="Compute backend."),
-    tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
+    tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
 ) -> None:
     """Continue a prompt, printing tokens as they are generated (stops at [EOS])."""
     from .generate import check_sampling, encode_prompt, stream_text
@@ -247,11 +248,11 @@ def chat(
     model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
     max_tokens: int = typer.Option(48, help="Most tokens per answer."),
     temperature: float = typer.Option(0.7, help="0 = greedy; higher = more random."),
-    top_k: Optional[int] = typer.Option(40, help="Sample only from the k likeliest tokens."),
-    top_p: Optional[float] = typer.Option(None, help="Nucleus sampling threshold."),
-    seed: Optional[int] = typer.Option(None, help="Seed for reproducible answers."),
+    top_k: int | None = typer.Option(40, help="Sample only from the k likeliest tokens."),
+    top_p: float | None = typer.Option(None, help="Nucleus sampling threshold."),
+    seed: int | None = typer.Option(None, help="Seed for reproducible answers."),
     backend: str = typer.Option("auto", help="Compute backend."),
-    tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
+    tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
 ) -> None:
     """Talk to a model trained on dialogues (you are A:, the model is B:). Ctrl-D or /quit ends."""
     from .chat import ChatSession
@@ -288,10 +289,10 @@ def serve(
     backend: str = typer.Option("auto", help="Compute backend."),
     max_batch: int = typer.Option(16, help="Sequences decoded together (KV-cache slots)."),
     max_queue: int = typer.Option(64, help="Requests that may wait for a slot; more get 503."),
-    threads: Optional[int] = typer.Option(None, help="Kernel threads (default: the backend's)."),
-    api_key: Optional[str] = typer.Option(None, envvar="SLLM_API_KEY",
+    threads: int | None = typer.Option(None, help="Kernel threads (default: the backend's)."),
+    api_key: str | None = typer.Option(None, envvar="SLLM_API_KEY",
                                           help="Require 'Authorization: Bearer KEY'."),
-    tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model file has none."),
+    tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
 ) -> None:
     """Serve the model over the OpenAI HTTP API (completions, chat, streaming)."""
     try:
@@ -384,7 +385,7 @@ def backends() -> None:
 
 @app.command()
 @command
-def docs(topic: Optional[str] = typer.Argument(None, help="A page, e.g. plugins; none lists them.")
+def docs(topic: str | None = typer.Argument(None, help="A page, e.g. plugins; none lists them.")
          ) -> None:
     """Print a page of sllm's documentation (shipped with the package), or list the pages."""
     from . import docs as pages
@@ -399,7 +400,7 @@ def docs(topic: Optional[str] = typer.Argument(None, help="A page, e.g. plugins;
 @command
 def check_backend(
     name: str = typer.Argument(..., help="The backend to check, e.g. cpp or a plugin's name."),
-    kernel: Optional[list[str]] = typer.Option(
+    kernel: list[str] | None = typer.Option(
         None, "-k", "--kernel", help="Only kernels whose name contains this (repeatable); "
         "'model' and 'generate' select the whole-model checks."),
     perf: bool = typer.Option(False, "--perf", help="Also time each kernel against numpy."),
@@ -496,15 +497,15 @@ def quantize(model: str = typer.Argument(..., help="A float .sllm model file, or
 @app.command("eval")
 @command
 def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run directory."),
-          corpus: Optional[str] = typer.Option(None, help="UTF-8 text to evaluate on. Default: the held-out split of "
+          corpus: str | None = typer.Option(None, help="UTF-8 text to evaluate on. Default: the held-out split of "
                                                           "the run directory (MODEL's, or --run's)."),
-          run: Optional[str] = typer.Option(None, help="Run directory whose held-out split to use (e.g. when MODEL is "
+          run: str | None = typer.Option(None, help="Run directory whose held-out split to use (e.g. when MODEL is "
                                                        "a quantized copy)."),
           backend: str = typer.Option("auto", help="Compute backend."),
           batch_size: int = typer.Option(8, help="Windows per forward pass."),
-          max_tokens: Optional[int] = typer.Option(None, help="Evaluate only the first N tokens."),
-          json_out: Optional[str] = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
-          tokenizer: Optional[str] = typer.Option(None, help="vocab.json, when the model has none inside.")) -> None:
+          max_tokens: int | None = typer.Option(None, help="Evaluate only the first N tokens."),
+          json_out: str | None = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
+          tokenizer: str | None = typer.Option(None, help="vocab.json, when the model has none inside.")) -> None:
     """Mean loss and perplexity of a model on held-out text (to judge a quantized model)."""
     import json
 
@@ -560,6 +561,7 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
                ) -> None:
     """Export a model to Hugging Face (GPT2LMHeadModel, safetensors) or GGUF (llama.cpp)."""
     import sllm
+
     from .export import export_model
     m = sllm.load(_resolve_model(model), backend="numpy")
     term.print(export_model(m, to, output, dtype), highlight=False)
@@ -586,7 +588,7 @@ def import_cmd(source: str = typer.Argument(..., help="A Hugging Face GPT-2 dire
 def export_web(
     model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
     out: Path = typer.Option(..., "-o", "--out", help="Directory to write the site into."),
-    dtype: Optional[str] = typer.Option(None, help="Re-save the model: f32, f16, or q8_0/q4_0/q4_1 "
+    dtype: str | None = typer.Option(None, help="Re-save the model: f32, f16, or q8_0/q4_0/q4_1 "
                                         "(quantized matmul weights, the rest f16)."),
 ) -> None:
     """Write a static site that chats with, and fine-tunes, the model in the browser."""
@@ -608,10 +610,10 @@ def bench(
                                help="Model config JSON to benchmark (its shapes drive the GEMMs)."),
     batch_size: int = typer.Option(16, help="Sequences per step (B)."),
     seq_len: int = typer.Option(128, help="Tokens per sequence (T)."),
-    threads: Optional[int] = typer.Option(None, help="Threads for the backends (default: all cores)."),
+    threads: int | None = typer.Option(None, help="Threads for the backends (default: all cores)."),
     repeats: int = typer.Option(5, help="Timed repetitions per benchmark (median reported)."),
-    vs: Optional[str] = typer.Option(None, help="'torch': also time bench/torch_ref.py (PyTorch)."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write the results to this JSON file."),
+    vs: str | None = typer.Option(None, help="'torch': also time bench/torch_ref.py (PyTorch)."),
+    json_out: str | None = typer.Option(None, "--json", help="Write the results to this JSON file."),
 ) -> None:
     """Compare the backends side by side: kernels (GFLOP/s), a training step (tokens/s),
     generation with the KV cache (tokens/s), each with its ratio to numpy and MFU."""

@@ -75,7 +75,7 @@ class ModelConfig:
         return self.embedding_dim // self.num_heads
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ModelConfig":
+    def from_dict(cls, data: Any) -> ModelConfig:
         """Build a config from a dict with snake_case or camelCase keys (anything else: ConfigError)."""
         if not isinstance(data, dict):
             raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
@@ -92,7 +92,7 @@ class ModelConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, source: "str | os.PathLike[str] | dict[str, Any]") -> "ModelConfig":
+    def from_json(cls, source: str | os.PathLike[str] | dict[str, Any]) -> ModelConfig:
         """Load a config from a JSON file path or an already parsed dict."""
         if isinstance(source, dict):
             return cls.from_dict(source)
@@ -113,14 +113,14 @@ class ModelConfig:
         data = dataclasses.asdict(self)
         return {_SNAKE_TO_CAMEL[k]: v for k, v in data.items()} if camel else data
 
-    def to_json(self, path: "str | os.PathLike[str] | None" = None) -> str:
+    def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """The config as JSON text; also written to `path` when one is given."""
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
             atomic_write_text(path, text)
         return text
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -133,7 +133,7 @@ class ModelConfig:
         return V * C + self.max_seq_len * C + self.num_layers * block + 2 * C + head
 
 
-def resolve_config(config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]") -> ModelConfig:
+def resolve_config(config: ModelConfig | dict[str, Any] | str | os.PathLike[str]) -> ModelConfig:
     """Accept a ModelConfig, a dict, or a path to a JSON file."""
     if isinstance(config, ModelConfig):
         return config

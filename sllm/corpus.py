@@ -12,11 +12,40 @@ import random
 from collections.abc import Sequence
 from typing import TypeVar
 
-from .corpus_words import (ACTIONS, ACTIVITIES, ADJECTIVES, AILMENTS, ANIMALS, BODY, CLOTHES,
-                           COLORS, DAYS, FAMILY, FEELINGS, FOODS, HOMES, INSTRUMENTS, JOBS,
-                           LANDMARKS, MONTHS, MOVES, NAMES, NUMBERS, OBJECTS, PLACES, PLANTS,
-                           SEASONS, SOUNDS, SPORTS, SUBJECTS, TIMES, TOWNS, WEATHER, article,
-                           plural)
+from .corpus_words import (
+    ACTIONS,
+    ACTIVITIES,
+    ADJECTIVES,
+    AILMENTS,
+    ANIMALS,
+    BODY,
+    CLOTHES,
+    COLORS,
+    DAYS,
+    FAMILY,
+    FEELINGS,
+    FOODS,
+    HOMES,
+    INSTRUMENTS,
+    JOBS,
+    LANDMARKS,
+    MONTHS,
+    MOVES,
+    NAMES,
+    NUMBERS,
+    OBJECTS,
+    PLACES,
+    PLANTS,
+    SEASONS,
+    SOUNDS,
+    SPORTS,
+    SUBJECTS,
+    TIMES,
+    TOWNS,
+    WEATHER,
+    article,
+    plural,
+)
 from .fileio import atomic_write_text
 
 USER_PREFIX, BOT_PREFIX = "A:", "B:"
@@ -297,7 +326,7 @@ def generate_corpus(size_chars: int = 3_000_000, seed: int = 0) -> str:
     return "\n\n".join(docs) + "\n"
 
 
-def write_corpus(path: "str | os.PathLike[str]", size_chars: int = 3_000_000, seed: int = 0) -> str:
+def write_corpus(path: str | os.PathLike[str], size_chars: int = 3_000_000, seed: int = 0) -> str:
     """Write generate_corpus(...) to `path` atomically; returns the path."""
     path = os.fspath(path)
     atomic_write_text(path, generate_corpus(size_chars, seed))

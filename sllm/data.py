@@ -75,7 +75,7 @@ class TokenData:
     @classmethod
     def from_text(cls, text: str, tok: Tokenizer, seq_len: int, batch_size: int,
                   val_fraction: float = 0.2, seed: int = 0, documents: bool = False
-                  ) -> "TokenData":
+                  ) -> TokenData:
         """Encode the text and split it: the first (1 - val_fraction) of the tokens train."""
         if not 0.0 <= val_fraction < 1.0:
             raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -84,9 +84,9 @@ class TokenData:
         return cls(train, val, seq_len, batch_size, seed, documents)
 
     @classmethod
-    def from_file(cls, path: "str | os.PathLike[str]", tok: Tokenizer, seq_len: int,
+    def from_file(cls, path: str | os.PathLike[str], tok: Tokenizer, seq_len: int,
                   batch_size: int, val_fraction: float = 0.2, seed: int = 0,
-                  documents: bool = False, encoding_errors: str = "strict") -> "TokenData":
+                  documents: bool = False, encoding_errors: str = "strict") -> TokenData:
         """from_text on a UTF-8 file (see tokenizer.read_text for encoding errors)."""
         text = read_text(os.fspath(path), encoding_errors)
         return cls.from_text(text, tok, seq_len, batch_size, val_fraction, seed, documents)
@@ -138,7 +138,7 @@ class TokenData:
         return self.batch_size * self.seq_len
 
     # ---- cache in a run directory -------------------------------------------------------
-    def save(self, directory: "str | os.PathLike[str]") -> None:
+    def save(self, directory: str | os.PathLike[str]) -> None:
         """Write the ids as .npy files (atomically) so a resumed run reads the same data."""
         os.makedirs(directory, exist_ok=True)
         for name, arr in self._arrays().items():
@@ -151,8 +151,8 @@ class TokenData:
                 "val_ids": self.val.ids, "val_offsets": self.val.offsets}
 
     @classmethod
-    def load(cls, directory: "str | os.PathLike[str]", seq_len: int, batch_size: int,
-             seed: int = 0, documents: bool = False) -> "TokenData":
+    def load(cls, directory: str | os.PathLike[str], seq_len: int, batch_size: int,
+             seed: int = 0, documents: bool = False) -> TokenData:
         """Memory-map what save() wrote."""
         arrays: dict[str, Any] = {}
         for name in ("train_ids", "train_offsets", "val_ids", "val_offsets"):

@@ -56,7 +56,7 @@ def evaluate(model: Any, ids: np.ndarray, batch_size: int = 8,
             "dtype": model.qtype or "f32"}
 
 
-def held_out_ids(run_dir: "str | os.PathLike[str]") -> np.ndarray:
+def held_out_ids(run_dir: str | os.PathLike[str]) -> np.ndarray:
     """The validation split that `sllm train` held out in a run directory."""
     path = os.path.join(run_dir, "data", "val_ids.npy")
     if not os.path.isfile(path):
@@ -67,7 +67,7 @@ def held_out_ids(run_dir: "str | os.PathLike[str]") -> np.ndarray:
     return np.asarray(ids)
 
 
-def corpus_ids(path: "str | os.PathLike[str]", tokenizer: Any) -> np.ndarray:
+def corpus_ids(path: str | os.PathLike[str], tokenizer: Any) -> np.ndarray:
     """A UTF-8 text file encoded with the model's tokenizer."""
     with open(path, encoding="utf-8") as f:
         return np.asarray(tokenizer.encode(f.read()), dtype=np.int64)

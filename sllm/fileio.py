@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 TMP_MARK = ".tmp-"
 
 
 @contextlib.contextmanager
-def atomic_write(path: "str | os.PathLike[str]") -> Iterator[BinaryIO]:
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a binary file that appears at `path` only once fully written and fsynced.
 
     The data goes to a hidden temp file beside the destination (".NAME.tmp-PID"), which
@@ -35,7 +36,7 @@ def atomic_write(path: "str | os.PathLike[str]") -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically, as atomic_write."""
     with atomic_write(path) as f:
         f.write(text.encode("utf-8"))

@@ -60,7 +60,7 @@ class Layout:
     flat buffer); num_parameters then counts the tensors the layout holds.
     """
 
-    def __init__(self, cfg: ModelConfig, exclude: "frozenset[str] | set[str]" = frozenset()):
+    def __init__(self, cfg: ModelConfig, exclude: frozenset[str] | set[str] = frozenset()):
         self.slots: dict[str, Slot] = {}
         offset = 0
         self.decay_count = 0

@@ -52,9 +52,9 @@ class SLLM:
     model whose matmul weights are those quantized rows (see `quantize`).
     """
 
-    def __init__(self, config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]",
-                 backend: "str | Backend" = "auto", seed: int = 0, init: str | None = "gpt2",
-                 quantized: "dict[str, tuple[str, np.ndarray]] | None" = None):
+    def __init__(self, config: ModelConfig | dict[str, Any] | str | os.PathLike[str],
+                 backend: str | Backend = "auto", seed: int = 0, init: str | None = "gpt2",
+                 quantized: dict[str, tuple[str, np.ndarray]] | None = None):
         self.config = resolve_config(config)
         check_int("seed", seed, 0, 2**63 - 1)
         self.backend = backends.get(backend)
@@ -82,8 +82,8 @@ class SLLM:
             initialize(self._params, self.config, init, seed)
 
     @classmethod
-    def from_config(cls, config: "ModelConfig | dict[str, Any] | str | os.PathLike[str]",
-                    backend: "str | Backend" = "auto", **kwargs: Any) -> "SLLM":
+    def from_config(cls, config: ModelConfig | dict[str, Any] | str | os.PathLike[str],
+                    backend: str | Backend = "auto", **kwargs: Any) -> SLLM:
         """Build a freshly initialised model from a config, dict or JSON path."""
         return cls(config, backend=backend, **kwargs)
 
@@ -107,7 +107,7 @@ class SLLM:
         """The quantization type of the matmul weights, or None for a float model."""
         return next(iter(self._qweights.values())).qtype if self._qweights else None
 
-    def quantize(self, qtype: str, embeddings: bool = True) -> "SLLM":
+    def quantize(self, qtype: str, embeddings: bool = True) -> SLLM:
         """Quantize the weights in place to "q8_0", "q4_0" or "q4_1"; returns self.
 
         The four matrices of each layer, the output head and (unless embeddings=False)
@@ -126,7 +126,7 @@ class SLLM:
         self._use_quantized(rows, self._params)
         return self
 
-    def _use_quantized(self, rows: "dict[str, tuple[str, np.ndarray]]",
+    def _use_quantized(self, rows: dict[str, tuple[str, np.ndarray]],
                        floats: dict[str, np.ndarray]) -> None:
         """Hold `rows` as the quantized weights and the remaining float32 tensors (copied
         from `floats` when given) in a smaller flat buffer; drop the gradients."""
@@ -158,12 +158,12 @@ class SLLM:
         """Views of the gradients filled by forward_backward, same names as parameters()."""
         return dict(self._grads)
 
-    def train(self) -> "SLLM":
+    def train(self) -> SLLM:
         """Train mode: dropout active."""
         self.training = True
         return self
 
-    def eval(self) -> "SLLM":
+    def eval(self) -> SLLM:
         """Eval mode: dropout off, forward is deterministic."""
         self.training = False
         return self
@@ -201,12 +201,12 @@ class SLLM:
         return generate(self, prompt_ids, max_new_tokens, temperature=temperature,
                         top_k=top_k, top_p=top_p, seed=seed, **kwargs)
 
-    def save(self, path: "str | os.PathLike[str]", dtype: str = "f32", **kwargs: Any) -> None:
+    def save(self, path: str | os.PathLike[str], dtype: str = "f32", **kwargs: Any) -> None:
         """Write the model to `path` in the SLLM binary format (atomically)."""
         from .serialize import save_model
         save_model(self, path, dtype=dtype, **kwargs)
 
-    def save_json(self, path: "str | os.PathLike[str]") -> None:
+    def save_json(self, path: str | os.PathLike[str]) -> None:
         """Write the model in the roadmap's JSON interchange format (config, vocab, weights)."""
         if self._qweights:
             raise ValueError(f"a quantized model ({self.qtype}) cannot be written as JSON; "
@@ -301,7 +301,7 @@ class SLLM:
            cfg.tie_embeddings)
         a.dropout = dropout
 
-    def _matmul(self, out: np.ndarray, inp: np.ndarray, weight: "np.ndarray | QTensor",
+    def _matmul(self, out: np.ndarray, inp: np.ndarray, weight: np.ndarray | QTensor,
                 bias: np.ndarray | None, trans_w: bool = False) -> None:
         """matmul_fwd, or matmul_q_fwd when the weight is quantized (rows along K)."""
         if isinstance(weight, QTensor):
@@ -412,7 +412,7 @@ class SLLM:
         return np.array(acts.logits[:, 0, :])
 
 # ---- building a model from a file (the formats themselves read plain data) ----------------
-def load_model(path: "str | os.PathLike[str]", backend: Any = "auto", mmap: bool = True) -> SLLM:
+def load_model(path: str | os.PathLike[str], backend: Any = "auto", mmap: bool = True) -> SLLM:
     """Read a model file (sllm.serialize) into a new SLLM on `backend` (eval mode), with
     .tokenizer and .metadata attached."""
     from .serialize import read_model_file
@@ -425,7 +425,7 @@ def load_model(path: "str | os.PathLike[str]", backend: Any = "auto", mmap: bool
     return model.eval()
 
 
-def load_json(path: "str | os.PathLike[str]", backend: Any = "auto") -> SLLM:
+def load_json(path: str | os.PathLike[str], backend: Any = "auto") -> SLLM:
     """Read a JSON interchange model (sllm.interchange) into a new SLLM on `backend`."""
     from .interchange import read_json
     doc = read_json(path)

@@ -8,7 +8,7 @@ from typing import Any
 from .errors import SLLMError
 
 
-def read_metrics(run_dir: "str | os.PathLike[str]") -> list[dict[str, Any]]:
+def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The records of run_dir/metrics.jsonl (or of a metrics file given directly)."""
     path = os.fspath(run_dir)
     if os.path.isdir(path):
@@ -35,7 +35,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_runs(runs: dict[str, "str | os.PathLike[str]"], output: "str | os.PathLike[str]",
+def plot_runs(runs: dict[str, str | os.PathLike[str]], output: str | os.PathLike[str],
               title: str = "") -> None:
     """One figure: train (thin) and validation (markers) loss per run, and the lr."""
     plt = _pyplot()
@@ -63,7 +63,7 @@ def plot_runs(runs: dict[str, "str | os.PathLike[str]"], output: "str | os.PathL
     plt.close(fig)
 
 
-def plot_run(run_dir: "str | os.PathLike[str]", output: "str | os.PathLike[str]") -> None:
+def plot_run(run_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
     """Train/val loss and lr of one run."""
     plot_runs({os.path.basename(os.path.normpath(os.fspath(run_dir))) or "run": run_dir},
               output, title=os.fspath(run_dir))

@@ -4,8 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class TrainProgress:
@@ -17,7 +16,7 @@ class TrainProgress:
         self._progress: Progress | None = None
         self._console = console
 
-    def __enter__(self) -> "TrainProgress":
+    def __enter__(self) -> TrainProgress:
         if self.enabled:
             self._progress = Progress(
                 BarColumn(bar_width=12), MofNCompleteColumn(),

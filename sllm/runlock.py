@@ -23,7 +23,8 @@ import sys
 import time
 import warnings
 import weakref
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .checkpoint import RunError
 
@@ -51,14 +52,14 @@ class RunLock:
         """Remove the lock file (only if it is still ours). Safe to call twice."""
         self._finalizer()
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
 
-def acquire(run_dir: "str | os.PathLike[str]") -> RunLock:
+def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
     """Lock run_dir (created if missing) for this process, or raise RunLockedError."""
     run_dir = os.fspath(run_dir)
     os.makedirs(run_dir, exist_ok=True)
@@ -79,7 +80,7 @@ def acquire(run_dir: "str | os.PathLike[str]") -> RunLock:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: "str | os.PathLike[str]") -> Iterator[RunLock]:
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[RunLock]:
     """`with run_lock(dir):` hold the run directory's lock for the block."""
     lock = acquire(run_dir)
     try:
@@ -88,7 +89,7 @@ def run_lock(run_dir: "str | os.PathLike[str]") -> Iterator[RunLock]:
         lock.release()
 
 
-def read_owner(run_dir: "str | os.PathLike[str]") -> dict[str, Any] | None:
+def read_owner(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The lock file's owner record, or None when the directory is not locked."""
     try:
         with open(os.path.join(os.fspath(run_dir), LOCK_NAME), encoding="utf-8") as f:

@@ -62,7 +62,7 @@ class ModelFile:
     tensors (read-only views into the file when memory-mapped)."""
 
     config: ModelConfig
-    tokenizer: "dict[str, Any] | None"
+    tokenizer: dict[str, Any] | None
     metadata: dict[str, Any]
     tensors: dict[str, np.ndarray]
     version: int
@@ -81,10 +81,10 @@ class ModelFile:
 
 
 # ---- writer -------------------------------------------------------------------------------
-def save_model(model: Any, path: "str | os.PathLike[str]", dtype: str = "f32",
-               tokenizer: "dict[str, Any] | None" = None,
-               metadata: "dict[str, Any] | None" = None,
-               extra_tensors: "dict[str, np.ndarray] | None" = None) -> None:
+def save_model(model: Any, path: str | os.PathLike[str], dtype: str = "f32",
+               tokenizer: dict[str, Any] | None = None,
+               metadata: dict[str, Any] | None = None,
+               extra_tensors: dict[str, np.ndarray] | None = None) -> None:
     """Write `model` atomically; parameters in `dtype` ("f32" or "f16"), extras in f32.
 
     The quantized weights of a quantized model are written in their block format.
@@ -177,7 +177,7 @@ def _align(n: int) -> int:
 
 
 # ---- reader -------------------------------------------------------------------------------
-def read_model_file(path: "str | os.PathLike[str]", mmap: bool = True,
+def read_model_file(path: str | os.PathLike[str], mmap: bool = True,
                     verify: bool = True) -> ModelFile:
     """Read and validate a model file. Any malformation raises FormatError."""
     try:
@@ -436,7 +436,7 @@ def _check_shapes(tensors: dict[str, np.ndarray], entries: list[tuple[str, int, 
 
 
 # ---- inspection ----------------------------------------------------------------------------
-def describe(path: "str | os.PathLike[str]") -> dict[str, Any]:
+def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What `sllm info` shows: config, parameter count, dtype, sizes and checksum status."""
     mf = read_model_file(path, mmap=True)
     return {"path": str(path), "version": mf.version, "file_size": mf.file_size,

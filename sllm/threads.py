@@ -10,7 +10,8 @@ compute.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 _controller: Any = None
 

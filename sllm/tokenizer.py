@@ -13,7 +13,8 @@ import os
 import re
 import stat
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ _ATTACH_LEFT = set(".,!?;:)]}%'\u2019\u2026")
 _NO_SPACE_AFTER = {"\n", "(", "[", "{", "$"}
 
 
-def read_text(text_or_path: "str | os.PathLike[str]", encoding_errors: str = "strict") -> str:
+def read_text(text_or_path: str | os.PathLike[str], encoding_errors: str = "strict") -> str:
     """The text itself, or the contents of a file when given a path to an existing file.
 
     Invalid UTF-8 raises DataError naming the file and the byte offset, unless
@@ -101,7 +102,7 @@ class Tokenizer:
     def _payload(self) -> dict[str, Any]:
         raise NotImplementedError("_payload")
 
-    def save(self, path: "str | os.PathLike[str]") -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write vocab.json atomically (temp file, fsync, rename)."""
         atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
@@ -127,9 +128,9 @@ class WordTokenizer(Tokenizer):
         self._ids = {t: i for i, t in enumerate(self.tokens)}
 
     @classmethod
-    def train(cls, text_or_path: "str | os.PathLike[str]", vocab_size: int,
+    def train(cls, text_or_path: str | os.PathLike[str], vocab_size: int,
               min_frequency: int = 1, lowercase: bool = False,
-              encoding_errors: str = "strict") -> "WordTokenizer":
+              encoding_errors: str = "strict") -> WordTokenizer:
         """Keep the vocab_size - 4 most frequent words (ties: alphabetical)."""
         text = read_text(text_or_path, encoding_errors)
         _require_text(text)
@@ -177,7 +178,7 @@ class WordTokenizer(Tokenizer):
         return {"tokens": self.tokens, "lowercase": self.lowercase}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "WordTokenizer":
+    def from_dict(cls, d: dict[str, Any]) -> WordTokenizer:
         """Rebuild from to_dict()."""
         return cls(list(d["tokens"]), bool(d.get("lowercase", False)))
 
@@ -200,8 +201,8 @@ class CharTokenizer(Tokenizer):
         self._points = points[self._order]
 
     @classmethod
-    def train(cls, text_or_path: "str | os.PathLike[str]", vocab_size: int | None = None,
-              encoding_errors: str = "strict") -> "CharTokenizer":
+    def train(cls, text_or_path: str | os.PathLike[str], vocab_size: int | None = None,
+              encoding_errors: str = "strict") -> CharTokenizer:
         """Every distinct character (the vocab_size - 1 most frequent when it is smaller)."""
         text = read_text(text_or_path, encoding_errors)
         _require_text(text)
@@ -240,7 +241,7 @@ class CharTokenizer(Tokenizer):
         return {"chars": self.chars}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CharTokenizer":
+    def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
         """Rebuild from to_dict()."""
         return cls(list(d["chars"]))
 
@@ -251,7 +252,7 @@ class BPETokenizer(Tokenizer):
     kind = "bpe"
     min_vocab = 256 + len(SPECIALS)
 
-    def __init__(self, hf: Any, specials: "dict[str, int | None] | None" = None):
+    def __init__(self, hf: Any, specials: dict[str, int | None] | None = None):
         hf.encode_special_tokens = True  # user text "[PAD]" stays text: exact round trips
         self._hf = hf
         # An imported vocabulary (e.g. GPT-2's) has its specials elsewhere: {"bos": 50256, ...}
@@ -261,10 +262,11 @@ class BPETokenizer(Tokenizer):
             self.pad_id, self.unk_id = self.specials["pad"], self.specials["unk"]
 
     @classmethod
-    def train(cls, text_or_path: "str | os.PathLike[str]", vocab_size: int,
-              min_frequency: int = 2, encoding_errors: str = "strict") -> "BPETokenizer":
+    def train(cls, text_or_path: str | os.PathLike[str], vocab_size: int,
+              min_frequency: int = 2, encoding_errors: str = "strict") -> BPETokenizer:
         """Learn merges until vocab_size ids (at least 260: 4 specials + 256 bytes)."""
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
         if vocab_size < cls.min_vocab:
             raise DataError(f"bpe vocab_size must be at least {cls.min_vocab} "
                             f"(4 specials + 256 bytes), got {vocab_size}")
@@ -305,7 +307,7 @@ class BPETokenizer(Tokenizer):
         return {"hf": json.loads(self._hf.to_str()), **specials}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BPETokenizer":
+    def from_dict(cls, d: dict[str, Any]) -> BPETokenizer:
         """Rebuild from to_dict()."""
         from tokenizers import Tokenizer as HFTokenizer
         try:
@@ -343,7 +345,7 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
     "word": WordTokenizer, "char": CharTokenizer, "bpe": BPETokenizer}
 
 
-def train(kind: str, text_or_path: "str | os.PathLike[str]", vocab_size: int | None,
+def train(kind: str, text_or_path: str | os.PathLike[str], vocab_size: int | None,
           encoding_errors: str = "strict") -> Tokenizer:
     """Train a tokenizer of `kind` ("word", "char" or "bpe"); vocab_size None (char only)
     keeps every character."""
@@ -371,7 +373,7 @@ def from_dict(d: Any) -> Tokenizer:
         raise DataError(f"corrupt {d['type']} tokenizer description: {e}") from None
 
 
-def load(path: "str | os.PathLike[str]") -> Tokenizer:
+def load(path: str | os.PathLike[str]) -> Tokenizer:
     """Load a vocab.json written by `Tokenizer.save`."""
     try:
         with open(path, encoding="utf-8") as f:

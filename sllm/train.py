@@ -18,8 +18,9 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +36,8 @@ from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .progress import TrainProgress
 from .runlock import RunLock, acquire
-from .serialize import read_model_file
 from .schedule import SCHEDULES, Constant, Schedule
+from .serialize import read_model_file
 from .threads import blas_limited
 from .train_config import TrainConfig
 
@@ -160,7 +161,7 @@ def total_steps(cfg: TrainConfig, data: TokenData) -> int:
     return max(1, math.ceil(float(cfg.epochs) * per_epoch))
 
 
-def prepare(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> "Trainer":
+def prepare(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) -> Trainer:
     """A new run in cfg.out: tokenizer, data, model and optimizer, ready to run().
 
     The run directory is locked for this process first (RunLockedError if another process
@@ -190,7 +191,7 @@ def _claim_run_dir(out: str, overwrite: bool) -> None:
         shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
 
 
-def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> "Trainer":
+def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> Trainer:
     out = cfg.out
     if not cfg.init_from:  # a first bound before the corpus is read: the vocabulary at its
         smallest = len(tokenizers.SPECIALS)  # smallest, as its size is known after tokenizing
@@ -216,8 +217,8 @@ def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> "Trainer":
     return trainer
 
 
-def resume(run_dir: "str | os.PathLike[str]", progress: bool = True, backend: str | None = None,
-           **overrides: Any) -> "Trainer":
+def resume(run_dir: str | os.PathLike[str], progress: bool = True, backend: str | None = None,
+           **overrides: Any) -> Trainer:
     """Continue the run in run_dir from its checkpoint (locking the directory first).
 
     overrides (steps=..., lr=..., any TrainConfig field except those in _FIXED_ON_RESUME)
@@ -237,7 +238,7 @@ def resume(run_dir: "str | os.PathLike[str]", progress: bool = True, backend: st
 
 
 def _resume(run_dir: str, progress: bool, backend: str | None,
-            overrides: dict[str, Any]) -> "Trainer":
+            overrides: dict[str, Any]) -> Trainer:
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.isfile(path):
         raise RunError(f"--resume {run_dir}: no {CHECKPOINT} in it, so there is nothing to "
@@ -294,7 +295,7 @@ class Trainer:
         self.stop_requested = False
         self._window = [0, 0.0]  # steps and compute seconds since the last metrics line
         self._deadline: float | None = None
-        self.on_step: Callable[["Trainer"], None] | None = None  # test and example hook
+        self.on_step: Callable[[Trainer], None] | None = None  # test and example hook
         self.lock: RunLock | None = None  # this process's lock on cfg.out (see runlock)
         self.dist = Group()  # the ranks of a data-parallel job (sllm.distributed.replicate)
 
@@ -509,7 +510,7 @@ class _interrupt_flag:
         self.trainer.stop_requested = True
         signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
 
-    def __enter__(self) -> "_interrupt_flag":
+    def __enter__(self) -> _interrupt_flag:
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handler)
         return self

@@ -5,8 +5,9 @@ import dataclasses
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from . import validate as V
 from .errors import ConfigError
@@ -29,7 +30,7 @@ class TrainConfig:
     Every value is checked on construction (ConfigError names the key and its range).
     """
 
-    model: "str | dict[str, Any] | None" = None
+    model: str | dict[str, Any] | None = None
     corpus: str | None = None
     demo_chars: int = 3_000_000
     tokenizer: str = "word"
@@ -82,7 +83,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict with snake_case keys (dashes are accepted: "batch-size")."""
         if not isinstance(data, dict):
             raise ConfigError("a training config must be a JSON object")
@@ -94,30 +95,30 @@ class TrainConfig:
         return cls(**clean)
 
     @classmethod
-    def from_json(cls, path: "str | os.PathLike[str]") -> "TrainConfig":
+    def from_json(cls, path: str | os.PathLike[str]) -> TrainConfig:
         """Read a training-config JSON file."""
         return cls.from_dict(_read_json(path))
 
     @classmethod
-    def read_overrides(cls, path: "str | os.PathLike[str]") -> dict[str, Any]:
+    def read_overrides(cls, path: str | os.PathLike[str]) -> dict[str, Any]:
         """The settings a training-config JSON file gives, by field name (for --resume)."""
         data = _read_json(path)
         cls.from_dict({**data, "steps": 1} if data.get("steps") is None else data)  # checks
         return {k.replace("-", "_"): v for k, v in data.items()}
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (None values are ignored), checked again."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise ConfigError(f"training config: unknown setting(s) {unknown}")
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def save(self, path: "str | os.PathLike[str]") -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write as JSON atomically."""
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
-def _read_json(path: "str | os.PathLike[str]") -> Any:
+def _read_json(path: str | os.PathLike[str]) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

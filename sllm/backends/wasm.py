@@ -98,11 +98,11 @@ class _WasmBase(Backend):
         return {**_capabilities(self.runtime, self.module), "memory_bytes": self.memory.end}
 
     # ---- storage ---------------------------------------------------------------------
-    def empty(self, shape: "int | tuple[int, ...]", dtype: Any = None) -> np.ndarray:
+    def empty(self, shape: int | tuple[int, ...], dtype: Any = None) -> np.ndarray:
         """A new uninitialised array in linear memory (a numpy view, no copy)."""
         return self.memory.array(shape, self.dtype if dtype is None else dtype)
 
-    def zeros(self, shape: "int | tuple[int, ...]", dtype: Any = None) -> np.ndarray:
+    def zeros(self, shape: int | tuple[int, ...], dtype: Any = None) -> np.ndarray:
         """A new zero-filled array in linear memory."""
         out = self.empty(shape, dtype)
         out.fill(0)

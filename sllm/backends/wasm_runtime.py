@@ -17,7 +17,8 @@ import ctypes
 import importlib.util
 import os
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported lazily at run time: wasmtime is optional
     import wasmtime
@@ -192,7 +193,7 @@ class WasmerRuntime(Runtime):
         return int(getattr(self._exports, name)())
 
 
-_LIVE_WASMTIME: "weakref.WeakSet[WasmtimeRuntime]" = weakref.WeakSet()
+_LIVE_WASMTIME: weakref.WeakSet[WasmtimeRuntime] = weakref.WeakSet()
 
 
 @atexit.register
