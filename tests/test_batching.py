@@ -86,12 +86,16 @@ def test_engine_answers_equal_stream_text(model_and_tok):
             ids = encode_prompt(tok, p, warn=False)
             kw = kinds[i % 3]
             jobs.append((ids, kw, _collect(engine, ids, Sampling(max_tokens=20, **kw))))
+        # The answers to expect are computed before the engine runs: the engine's thread owns
+        # the model while it runs (an SLLM is not shared between threads: its activation
+        # buffers are reused by every forward, and the cpp kernels run without the GIL).
+        expected = ["".join(stream_text(model, tok, ids, 20, **kw)) for ids, kw, _ in jobs]
         # Started after all six are queued, so three share the first steps on any machine
         # load (started first, a starved test thread could feed them in one at a time).
         engine.start()
-        for ids, kw, (done, pieces, end) in jobs:
+        for (ids, kw, (done, pieces, end)), want in zip(jobs, expected, strict=True):
             assert done.wait(30)
-            assert "".join(pieces) == "".join(stream_text(model, tok, ids, 20, **kw))
+            assert "".join(pieces) == want
             assert end[0].completion_tokens <= 20
         assert engine.stats.batched_rows > engine.stats.steps  # batches of more than one
     finally:

@@ -234,8 +234,15 @@ def test_wasmer_host_matches_wasmtime(tiny_config, rng):
         assert model.backend.capabilities["runtime"] == runtime
         logits[runtime] = model.forward(x)
     np.testing.assert_array_equal(logits["wasmer"], logits["wasmtime"])
-    simd = WasmSimdBackend("wasmer")
-    assert simd.capabilities["relaxed_simd"] is False  # wasmer 1.x: SIMD128 only
+    # wasmer 1.x knows only the early SIMD128 operators: since the quantized matmul uses
+    # i16x8.extmul, it refuses the SIMD module, and wasm-simd under wasmer says so plainly
+    # (the scalar wasm backend above still runs there).
+    try:
+        simd = WasmSimdBackend("wasmer")
+    except RuntimeUnavailable as e:
+        assert "wasmer rejects the module" in str(e) and "Unsupported feature" in str(e)
+    else:
+        assert simd.capabilities["relaxed_simd"] is False  # wasmer 1.x: SIMD128 only
 
 
 AWKWARD = sllm.ModelConfig(vocab_size=67, embedding_dim=12, num_layers=2, num_heads=3,
