@@ -93,7 +93,7 @@ def test_engine_answers_equal_stream_text(model_and_tok):
         # Started after all six are queued, so three share the first steps on any machine
         # load (started first, a starved test thread could feed them in one at a time).
         engine.start()
-        for (ids, kw, (done, pieces, end)), want in zip(jobs, expected, strict=True):
+        for (_, _, (done, pieces, end)), want in zip(jobs, expected, strict=True):
             assert done.wait(30)
             assert "".join(pieces) == want
             assert end[0].completion_tokens <= 20
