@@ -112,6 +112,11 @@ def train(
                                                           "distributed", "overwrite")}
     given["model"] = config
     if ranks is not None:
+        n = distributed.parse_ranks(ranks)
+        if n is not None and batch_size is not None and batch_size < n:
+            # Refused before mpiexec starts: an error printed by a rank just before MPI Abort
+            # can be lost with the job, and this one is known from the command line alone.
+            raise distributed.DistributedError(distributed.batch_too_small(batch_size, n))
         plan = functools.partial(distributed.plan_for, given, resume, train_config)
         raise typer.Exit(distributed.launch_cli(ranks, sys.argv[1:], term, plan))
     if betas is not None:

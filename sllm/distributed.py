@@ -255,12 +255,17 @@ def replicate(trainer: Any, group: Group) -> Any:
     return trainer
 
 
+def batch_too_small(batch_size: int, ranks: int) -> str:
+    """The refusal of a global batch that cannot give every rank a row."""
+    return (f"--batch-size {batch_size} is smaller than the {ranks} ranks: every rank needs at "
+            f"least one row of the global batch")
+
+
 def _header(trainer: Any, group: Group) -> dict[str, Any]:
     """What the other ranks need to rebuild rank 0's trainer (the arrays follow)."""
     B = trainer.data.batch_size
     if B < group.size:
-        return {"error": f"--batch-size {B} is smaller than the {group.size} ranks: every "
-                         f"rank needs at least one row of the global batch"}
+        return {"error": batch_too_small(B, group.size)}
     opt = trainer.opt.state_dict()
     data = trainer.data
     return {"train_config": trainer.cfg.to_dict(), "tokenizer": trainer.tok.to_dict(),
