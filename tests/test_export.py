@@ -370,8 +370,6 @@ def test_a_model_without_tokenizer_exports_weights_only(toks, tmp_path):
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_1"])
 def test_a_quantized_model_keeps_its_blocks_in_gguf(toks, tmp_path, qtype):
     m = make_model(toks["bpe"], tie=True)
-    if not hasattr(m, "quantize"):
-        pytest.skip("this sllm has no model.quantize")
     m.quantize(qtype)
     counts = export_gguf(m, tmp_path / "m.gguf")
     _, tensors = _reader(tmp_path / "m.gguf")
