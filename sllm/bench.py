@@ -270,30 +270,34 @@ def torch_reference() -> Path | None:
     return path if path.exists() else None
 
 
-def peak_gflops() -> tuple[float | None, str]:
-    """This machine's FP32 peak (all threads) from the cpp backend's FMA loop, or why not."""
+def _cpp_measure(method: str, what: str, *args: Any) -> float | None:
+    """Run the cpp backend's measuring loop `method`; raises LookupError with why it can't."""
     import sllm
     try:
         backend = sllm.backends.get("cpp")
     except sllm.BackendError as e:
-        return None, f"peak unknown: {e}"
-    measure = getattr(backend, "peak_gflops", None)
+        raise LookupError(f"{what} unknown: {e}") from e
+    measure = getattr(backend, method, None)
     if measure is None:
-        return None, "peak unknown: the cpp backend has no FMA loop"
-    return float(measure()), "measured by the cpp backend's FMA loop"
+        raise LookupError(f"{what} unknown: the cpp backend has no {method} loop")
+    return float(measure(*args))
+
+
+def peak_gflops() -> tuple[float | None, str]:
+    """This machine's FP32 peak (all threads) from the cpp backend's FMA loop, or why not."""
+    try:
+        return _cpp_measure("peak_gflops", "peak"), "measured by the cpp backend's FMA loop"
+    except LookupError as e:
+        return None, str(e)
 
 
 def memory_bandwidth(nbytes: int = 1 << 30) -> tuple[float | None, str]:
     """GB/s of a streaming read of nbytes by the cpp backend's threads, or why unknown."""
-    import sllm
     try:
-        backend = sllm.backends.get("cpp")
-    except sllm.BackendError as e:
-        return None, f"bandwidth unknown: {e}"
-    measure = getattr(backend, "stream_read_gbps", None)
-    if measure is None:
-        return None, "bandwidth unknown: the cpp backend has no streaming-read loop"
-    return float(measure(0.3, nbytes)), f"streaming read of {nbytes >> 20} MB by the cpp backend"
+        gbps = _cpp_measure("stream_read_gbps", "bandwidth", 0.3, nbytes)
+    except LookupError as e:
+        return None, str(e)
+    return gbps, f"streaming read of {nbytes >> 20} MB by the cpp backend"
 
 
 def add_ratios(results: list[dict[str, Any]], peak: float | None,
