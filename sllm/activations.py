@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, decode_block_workspace
 from .config import ModelConfig
 
 
@@ -21,6 +21,8 @@ class Activations:
         self.shape = (B, T)
         C, F, V, H = cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads
         self._owned: list[np.ndarray] = []
+        self._dims = (C, F)
+        self._decode_work: np.ndarray | None = None
         new = self._new
         self.tokens = new((B, T), np.int32)
         self.targets = new((B, T), np.int32)
@@ -42,6 +44,15 @@ class Activations:
         self.has_grads = train
         self.dropout = 0.0  # the rate the last forward used; backward replays its masks
 
+    def decode_work(self) -> np.ndarray:
+        """The scratch of the fused decode_block kernel for this shape, allocated on first
+        use (decode steps only: training shapes never pay for it)."""
+        if self._decode_work is None:
+            B, T = self.shape
+            self._decode_work = self._new(
+                decode_block_workspace(B, T, self._dims[0], self._dims[1]))
+        return self._decode_work
+
     def _new(self, shape: tuple[int, ...], dtype: type[np.generic] | None = None) -> np.ndarray:
         arr = self.backend.empty(shape, dtype)
         self._owned.append(arr)
@@ -52,6 +63,7 @@ class Activations:
         for arr in self._owned:
             self.backend.free(arr)
         self._owned.clear()
+        self._decode_work = None
 
 
 class KVCache:

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import backends, budget
 from .activations import Activations, KVCache
-from .backends.base import Backend
+from .backends.base import DECODE_BLOCK_PARAMS, Backend
 from .config import ModelConfig, resolve_config
 from .init import initialize
 from .layout import Layout
@@ -29,6 +29,18 @@ def _layer(views: Mapping[str, np.ndarray | QTensor], i: int) -> SimpleNamespace
         ln2_w=views[p + "ln_2.weight"], ln2_b=views[p + "ln_2.bias"],
         fc_w=views[p + "mlp.c_fc.weight"], fc_b=views[p + "mlp.c_fc.bias"],
         fcproj_w=views[p + "mlp.c_proj.weight"], fcproj_b=views[p + "mlp.c_proj.bias"])
+
+
+def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None] | None:
+    """Block i's tensors in DECODE_BLOCK_PARAMS order and the qtype of its four matmul
+    weights (None: float32), for the fused decode_block kernel; None when the weights mix
+    types (a hand-built file), which decode then runs kernel by kernel."""
+    weights = (L.attn_w, L.proj_w, L.fc_w, L.fcproj_w)
+    qtypes = {w.qtype if isinstance(w, QTensor) else None for w in weights}
+    if len(qtypes) != 1:
+        return None
+    params = tuple(getattr(L, name) for name in DECODE_BLOCK_PARAMS)
+    return tuple(p.data if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
 def _mix_seed(*parts: int) -> int:
@@ -75,6 +87,7 @@ class SLLM:
             self._grads = self.layout.views(self.flat_grads)
             self._p_layers = [_layer(self._params, i) for i in range(self.config.num_layers)]
             self._g_layers = [_layer(self._grads, i) for i in range(self.config.num_layers)]
+            self._blocks = [_decode_block_args(L) for L in self._p_layers]
         self._last_seed = 0
         self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
         self.metadata: dict[str, Any] = {}
@@ -153,6 +166,7 @@ class SLLM:
         self.flat_params, self._params, self._qweights = flat, views, qweights
         self.flat_grads, self._grads, self._g_layers = self.backend.zeros(1), {}, []
         self._p_layers = [_layer({**views, **qweights}, i) for i in range(self.config.num_layers)]
+        self._blocks = [_decode_block_args(L) for L in self._p_layers]
 
     def gradients(self) -> dict[str, np.ndarray]:
         """Views of the gradients filled by forward_backward, same names as parameters()."""
@@ -276,6 +290,13 @@ class SLLM:
             k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
         x = a.x0
         for i, (L, la) in enumerate(zip(self._p_layers, a.layers, strict=True)):
+            if cache is not None and rows is None and (block := self._blocks[i]) is not None:
+                # a decode step: the whole block in one call (the lines below, fused)
+                params, qtype = block
+                k.decode_block(la.res3, x, cache.k[i], cache.v[i], a.decode_work(), params,
+                               pos, H, cfg.activation, qtype)
+                x = la.res3
+                continue
             k.layernorm_fwd(la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b)
             mm(la.qkv, la.ln1, L.attn_w, L.attn_b)
             if cache is None:

@@ -27,18 +27,32 @@ against the reference.
 Adding a kernel to the contract: declare it below (signature and docstring), add its name
 to KERNELS, write the numpy version in reference.py, then implement it on each backend or
 list it in that backend's `reference_kernels`.
+
+Optional kernels (OPTIONAL_KERNELS) are fusions of required ones. `Backend` gives each a
+working default built from the backend's own required kernels, so a backend (or plugin)
+that does not know them still runs and `missing_kernels` never names them; a backend
+overrides one in any of the three ways above to save the calls in between (cpp runs the
+whole decode block in one C++ call).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from . import reference
-from .reference import LAYERNORM_EPS, dropout_keep_mask, dropout_threshold
+from .reference import (
+    DECODE_BLOCK_PARAMS,
+    LAYERNORM_EPS,
+    compose_decode_block,
+    decode_block_workspace,
+    dropout_keep_mask,
+    dropout_threshold,
+)
 
-__all__ = ["KERNELS", "LAYERNORM_EPS", "Array", "Backend", "dropout_keep_mask",
-           "dropout_threshold"]
+__all__ = ["DECODE_BLOCK_PARAMS", "KERNELS", "LAYERNORM_EPS", "OPTIONAL_KERNELS", "Array",
+           "Backend", "decode_block_workspace", "dropout_keep_mask", "dropout_threshold"]
 
 Array = np.ndarray
 
@@ -54,6 +68,9 @@ KERNELS: tuple[str, ...] = (
     "softmax_xent",
     "sgd_update", "adam_update", "grad_norm_sq",
 )
+
+# Fused kernels a backend may provide; Backend's default composes the required ones.
+OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block",)
 
 
 def _not_implemented(backend: Any, kernel: str) -> NotImplementedError:
@@ -81,7 +98,7 @@ class Backend:
         # Names this version does not know are ignored: a plugin written for a later
         # contract still loads, and a misspelt name shows up as a missing kernel.
         own = vars(cls)
-        for kernel in KERNELS:
+        for kernel in KERNELS + OPTIONAL_KERNELS:
             if kernel in own:  # a method of this class body
                 continue
             if kernel in cls.reference_kernels:
@@ -91,7 +108,8 @@ class Backend:
 
     @classmethod
     def missing_kernels(cls) -> list[str]:
-        """Kernels this backend neither implements nor leaves to the reference."""
+        """Kernels this backend neither implements nor leaves to the reference (never an
+        optional kernel: those have working defaults)."""
         return [k for k in KERNELS if getattr(cls, k) is getattr(Backend, k)]
 
     # ---- discovery -------------------------------------------------------------------
@@ -303,3 +321,26 @@ class Backend:
         Gradient clipping reads the global norm from it: one pass, no copy of the buffer.
         """
         raise _not_implemented(self, "grad_norm_sq")
+
+    # ---- optional kernels: fusions with a default made of the kernels above ----------------
+    def decode_block(self, out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
+                     params: Sequence[Any], pos: int, n_head: int, activation: str,
+                     qtype: str | None = None) -> None:
+        """One transformer block over the new rows of a KV-cache decode step (optional).
+
+        out (B,Tn,C) = the block applied to x (B,Tn,C), the rows at positions
+        pos..pos+Tn-1; out may alias x. kcache, vcache (B,H,maxT,D) receive the new keys
+        and values as in attention_decode. work: a float array of at least
+        decode_block_workspace(B, Tn, C, F) elements (N*(8C + 2F + 2), N = B*Tn, F the
+        FFN width), scratch the caller owns; its contents afterwards are unspecified.
+        params: the block's 12 tensors in DECODE_BLOCK_PARAMS order (ln1_w, ln1_b, attn_w,
+        attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b); with qtype
+        None the four matmul weights are float (C_in, C_out) as matmul_fwd takes them,
+        with qtype "q8_0", "q4_0" or "q4_1" they are the uint8 rows matmul_q_fwd takes.
+        activation: "gelu" or "relu". The result equals, exactly, this sequence (no
+        dropout): layernorm_fwd, matmul (qkv), attention_decode, matmul (proj),
+        residual_fwd, layernorm_fwd, matmul (fc), gelu_fwd/relu_fwd, matmul (fc proj),
+        residual_fwd, which is what this default runs on the backend's own kernels.
+        """
+        compose_decode_block(self, out, x, kcache, vcache, work, params, pos, n_head,
+                             activation, qtype)

@@ -9,6 +9,10 @@ the other way round.
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
@@ -312,3 +316,75 @@ def grad_norm_sq(grads: Array) -> float:
         block = g[i:i + NORM_BLOCK].astype(np.float64)
         total += float(np.square(block, out=block).sum())
     return total
+
+
+# ---- the fused decode block (an optional kernel: composed of the layer kernels above) -------
+DECODE_BLOCK_PARAMS = ("ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
+                       "ln2_w", "ln2_b", "fc_w", "fc_b", "fcproj_w", "fcproj_b")
+_WORK_VIEWS: dict[int, tuple[Array, tuple[int, ...], SimpleNamespace]] = {}
+
+
+def decode_block_workspace(B: int, Tn: int, C: int, F: int) -> int:
+    """Floats of the workspace decode_block needs: N = B*Tn rows times (8C + 2F + 2)."""
+    return B * Tn * (8 * C + 2 * F + 2)
+
+
+def decode_block_views(work: Array, B: int, Tn: int, C: int, F: int) -> SimpleNamespace:
+    """The workspace cut into the block's intermediates, in this order: ln (B,Tn,C) for both
+    LayerNorms, mean and rstd (N,), qkv (B,Tn,3C), atty, attproj, res2 (B,Tn,C), fch and
+    fch_act (B,Tn,F), fcproj (B,Tn,C). Views are cached per workspace array, so a backend
+    that looks arrays up by identity (wasm) sees the same objects every token."""
+    key = (B, Tn, C, F)
+    known = _WORK_VIEWS.get(id(work))
+    if known is not None and known[0] is work and known[1] == key:
+        return known[2]
+    N, flat = B * Tn, work.reshape(-1)
+    sizes = [("ln", C), ("mean", 1), ("rstd", 1), ("qkv", 3 * C), ("atty", C),
+             ("attproj", C), ("res2", C), ("fch", F), ("fch_act", F), ("fcproj", C)]
+    views, start = {}, 0
+    for name, width in sizes:
+        part = flat[start:start + N * width]
+        views[name] = part if width == 1 else part.reshape(B, Tn, width)
+        start += N * width
+    if len(_WORK_VIEWS) >= 64:  # a few live workspaces per process; never grows unbounded
+        _WORK_VIEWS.clear()
+    _WORK_VIEWS[id(work)] = (work, key, SimpleNamespace(**views))
+    return _WORK_VIEWS[id(work)][2]
+
+
+def compose_decode_block(k: Any, out: Array, x: Array, kcache: Array, vcache: Array,
+                         work: Array, params: Sequence[Any], pos: int, n_head: int,
+                         activation: str, qtype: str | None = None) -> None:
+    """decode_block as the sequence of layer kernels of `k` (a backend or this module), the
+    same calls SLLM._forward makes for a decode step; every backend's default."""
+    ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b = params
+    B, Tn, C = x.shape
+    F = fc_w.shape[0] if qtype else fc_w.shape[1]  # quantized rows are (F, bytes)
+    if activation not in ("gelu", "relu"):
+        raise ValueError(f"decode_block: activation must be 'gelu' or 'relu', got {activation!r}")
+    w = decode_block_views(work, B, Tn, C, F)
+
+    def mm(o: Array, inp: Array, weight: Any, bias: Array | None) -> None:
+        if qtype:
+            k.matmul_q_fwd(o, inp, weight, bias, qtype)
+        else:
+            k.matmul_fwd(o, inp, weight, bias, False)
+
+    k.layernorm_fwd(w.ln, w.mean, w.rstd, x, ln1_w, ln1_b)
+    mm(w.qkv, w.ln, attn_w, attn_b)
+    k.attention_decode(w.atty, w.qkv, kcache, vcache, pos, n_head)
+    mm(w.attproj, w.atty, proj_w, proj_b)
+    k.residual_fwd(w.res2, x, w.attproj)
+    k.layernorm_fwd(w.ln, w.mean, w.rstd, w.res2, ln2_w, ln2_b)
+    mm(w.fch, w.ln, fc_w, fc_b)
+    (k.gelu_fwd if activation == "gelu" else k.relu_fwd)(w.fch_act, w.fch)
+    mm(w.fcproj, w.fch_act, fcproj_w, fcproj_b)
+    k.residual_fwd(out, w.res2, w.fcproj)
+
+
+def decode_block(out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
+                 params: Sequence[Any], pos: int, n_head: int, activation: str,
+                 qtype: str | None = None) -> None:
+    """One transformer block over new decode rows (see base.Backend.decode_block)."""
+    compose_decode_block(sys.modules[__name__], out, x, kcache, vcache, work, params, pos,
+                         n_head, activation, qtype)
