@@ -308,7 +308,8 @@ void bind_loss_and_optim(py::module_& m) {
 }  // namespace
 
 namespace sllm {
-void bind_quant(py::module_& m);  // quant_bindings.cpp
+void bind_quant(py::module_& m);   // quant_bindings.cpp
+void bind_decode(py::module_& m);  // decode_bindings.cpp
 }
 
 PYBIND11_MODULE(_cpp, m) {
@@ -329,4 +330,5 @@ PYBIND11_MODULE(_cpp, m) {
   bind_elementwise(m);
   bind_loss_and_optim(m);
   sllm::bind_quant(m);
+  sllm::bind_decode(m);
 }

@@ -1,0 +1,50 @@
+// The fused decode block: the layer kernels of one transformer block called in sequence
+// from C++, so a decoded token crosses from Python once per block instead of ten times.
+#include "decode.h"
+
+#include "kernels.h"
+#include "quant.h"
+
+namespace sllm {
+namespace {
+
+// matmul_fwd on float weights (C_in, C_out), matmul_q_fwd on quantized rows
+void matmul(float* out, const float* inp, const void* weight, const float* bias, int qtype,
+            int64_t N, int64_t K, int64_t OC) {
+  if (qtype < 0)
+    matmul_fwd(out, inp, static_cast<const float*>(weight), bias, false, N, K, OC);
+  else
+    matmul_q_fwd(out, inp, static_cast<const uint8_t*>(weight), bias, qtype, N, K, OC);
+}
+
+}  // namespace
+
+void decode_block(float* out, const float* x, float* kcache, float* vcache, float* work,
+                  const BlockWeights& w, int qtype, bool gelu, int64_t pos, int64_t B,
+                  int64_t Tn, int64_t C, int64_t F, int64_t H, int64_t maxT) {
+  // the workspace, as sllm.backends.reference.decode_block_views cuts it
+  const int64_t N = B * Tn;
+  float* ln = work;              // (N, C): ln_1's output, then ln_2's
+  float* mean = ln + N * C;      // (N)
+  float* rstd = mean + N;        // (N)
+  float* qkv = rstd + N;         // (N, 3C)
+  float* atty = qkv + 3 * N * C; // (N, C)
+  float* attproj = atty + N * C; // (N, C)
+  float* res2 = attproj + N * C; // (N, C)
+  float* fch = res2 + N * C;     // (N, F)
+  float* fch_act = fch + N * F;  // (N, F)
+  float* fcproj = fch_act + N * F;  // (N, C)
+
+  layernorm_fwd(ln, mean, rstd, x, w.ln1_w, w.ln1_b, N, C);
+  matmul(qkv, ln, w.attn_w, w.attn_b, qtype, N, C, 3 * C);
+  attention_decode(atty, qkv, kcache, vcache, pos, B, Tn, C, H, maxT);
+  matmul(attproj, atty, w.proj_w, w.proj_b, qtype, N, C, C);
+  residual_fwd(res2, x, attproj, N * C);
+  layernorm_fwd(ln, mean, rstd, res2, w.ln2_w, w.ln2_b, N, C);
+  matmul(fch, ln, w.fc_w, w.fc_b, qtype, N, C, F);
+  (gelu ? gelu_fwd : relu_fwd)(fch_act, fch, N * F);
+  matmul(fcproj, fch_act, w.fcproj_w, w.fcproj_b, qtype, N, F, C);
+  residual_fwd(out, res2, fcproj, N * C);
+}
+
+}  // namespace sllm

@@ -1,0 +1,35 @@
+// decode_block: one transformer block over the new rows of a KV-cache decode step, in one
+// call (the optional kernel of sllm/backends/base.py). Same layer kernels, same order, as
+// SLLM._forward makes one by one, so the result is bit-identical to the unfused sequence.
+#pragma once
+#include <cstdint>
+
+namespace sllm {
+
+// The block's tensors. The four matmul weights are float (C_in, C_out) when qtype < 0,
+// else (C_out, bytes) rows of ggml blocks of that QType (quant.h); biases may be null.
+struct BlockWeights {
+  const float *ln1_w, *ln1_b;
+  const void* attn_w;
+  const float* attn_b;
+  const void* proj_w;
+  const float* proj_b;
+  const float *ln2_w, *ln2_b;
+  const void* fc_w;
+  const float* fc_b;
+  const void* fcproj_w;
+  const float* fcproj_b;
+};
+
+// Floats of decode_block's workspace for N = B*Tn rows: N * (8C + 2F + 2).
+inline int64_t decode_block_workspace(int64_t N, int64_t C, int64_t F) {
+  return N * (8 * C + 2 * F + 2);
+}
+
+// out (B,Tn,C) = block(x (B,Tn,C)) at positions pos..pos+Tn-1 (out may alias x); the new
+// keys and values go to kcache, vcache (B,H,maxT,C/H); work holds the intermediates.
+void decode_block(float* out, const float* x, float* kcache, float* vcache, float* work,
+                  const BlockWeights& w, int qtype, bool gelu, int64_t pos, int64_t B,
+                  int64_t Tn, int64_t C, int64_t F, int64_t H, int64_t maxT);
+
+}  // namespace sllm

@@ -1,0 +1,101 @@
+// pybind11 binding of decode_block: every argument checked (dtype, contiguity, shapes,
+// overlap; the messages name the kernel and the argument), then the block without the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "check.h"
+#include "decode.h"
+#include "quant_check.h"
+
+namespace py = pybind11;
+using py::arg;
+
+namespace sllm {
+namespace {
+
+const char* const kParams[12] = {"ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
+                                 "ln2_w", "ln2_b", "fc_w", "fc_b", "fcproj_w", "fcproj_b"};
+
+// A matmul weight taking K inputs to OC outputs: float (K, OC), or quantized (OC, bytes).
+const void* matmul_weight(const Check& k, py::handle h, const char* name, int qtype,
+                          int64_t K, int64_t OC) {
+  if (qtype >= 0) return weight_rows(k, h, OC, qrow_bytes(qtype, K), name);
+  Arr w = k.in(h, name);
+  k.dims(w, name, 2);
+  k.expect(w.shape[0] == K && w.shape[1] == OC, std::string(name) + " must be (" +
+           std::to_string(K) + ", " + std::to_string(OC) + "), got (" +
+           std::to_string(w.shape[0]) + ", " + std::to_string(w.shape[1]) + ")");
+  return w.data;
+}
+
+// The FFN width from fc_w: (C, F) float, or F rows when quantized.
+int64_t ffn_width(const Check& k, py::handle fc_w, int qtype) {
+  if (!py::isinstance<py::array>(fc_w)) k.fail("fc_w must be a numpy array", true);
+  auto a = py::reinterpret_borrow<py::array>(fc_w);
+  k.expect(a.ndim() == 2, "fc_w must have 2 dimensions");
+  return (int64_t)a.shape(qtype >= 0 ? 0 : 1);
+}
+
+BlockWeights block_weights(const Check& k, const py::sequence& p, int qtype, int64_t C,
+                           int64_t F) {
+  auto vec = [&](int i, int64_t n, bool optional) {
+    return k.sized(p[i], kParams[i], n, false, optional);
+  };
+  auto mat = [&](int i, int64_t K, int64_t OC) {
+    return matmul_weight(k, p[i], kParams[i], qtype, K, OC);
+  };
+  return BlockWeights{vec(0, C, false), vec(1, C, false), mat(2, C, 3 * C),
+                      vec(3, 3 * C, true), mat(4, C, C), vec(5, C, true),
+                      vec(6, C, false), vec(7, C, false), mat(8, C, F),
+                      vec(9, F, true), mat(10, F, C), vec(11, C, true)};
+}
+
+}  // namespace
+
+void bind_decode(py::module_& m) {
+  m.def("decode_block", [](py::handle out, py::handle x, py::handle kcache, py::handle vcache,
+                           py::handle work, py::sequence params, int64_t pos, int64_t n_head,
+                           const std::string& activation, py::object qtype) {
+    Check k("decode_block");
+    k.expect(py::len(params) == 12, "params must hold the block's 12 tensors, got " +
+             std::to_string(py::len(params)));
+    k.expect(activation == "gelu" || activation == "relu",
+             "activation must be 'gelu' or 'relu', got '" + activation + "'");
+    const int code = qtype.is_none() ? -1 : qtype_code(k, py::cast<std::string>(qtype));
+    Arr xi = k.in(x, "x"), o = k.out(out, "out");
+    k.dims(xi, "x", 3);
+    const int64_t B = xi.shape[0], Tn = xi.shape[1], C = xi.last, N = B * Tn;
+    k.expect(N >= 1 && C >= 1, "x must be (B, Tn, C) with B, Tn, C >= 1");
+    k.expect(o.size == N * C, "out must be (B, Tn, C), x's shape");
+    k.expect(o.data == xi.data || o.end() <= (const char*)xi.data ||
+             xi.end() <= (const char*)o.data, "out must be x itself or not overlap it");
+    k.expect(n_head > 0 && C % n_head == 0, "n_head must divide C");
+    Arr kc = k.out(kcache, "kcache"), vc = k.out(vcache, "vcache");
+    k.dims(kc, "kcache", 4);
+    k.expect(kc.shape == vc.shape, "kcache and vcache shapes differ");
+    k.expect(kc.shape[0] == B && kc.shape[1] == n_head && kc.shape[3] == C / n_head,
+             "kcache must be (B, n_head, max_T, C / n_head)");
+    const int64_t maxT = kc.shape[2];
+    k.expect(pos >= 0 && pos + Tn <= maxT, "pos + new positions exceed the cache length");
+    k.disjoint(kc, "kcache", vc, "vcache");
+    const int64_t F = ffn_width(k, params[8], code);
+    k.expect(F >= 1, "fc_w must have at least one output");
+    const BlockWeights w = block_weights(k, params, code, C, F);
+    Arr ws = k.out(work, "work");
+    const int64_t need = decode_block_workspace(N, C, F);
+    k.expect(ws.size >= need, "work has " + std::to_string(ws.size) + " floats, needs " +
+             std::to_string(need) + " (decode_block_workspace)");
+    k.disjoint(ws, "work", o, "out"); k.disjoint(ws, "work", xi, "x");
+    k.disjoint(ws, "work", kc, "kcache"); k.disjoint(ws, "work", vc, "vcache");
+    k.disjoint(o, "out", kc, "kcache"); k.disjoint(o, "out", vc, "vcache");
+    py::gil_scoped_release nogil;
+    decode_block(o.f(), xi.f(), kc.f(), vc.f(), ws.f(), w, code, activation == "gelu", pos,
+                 B, Tn, C, F, n_head, maxT);
+  }, arg("out"), arg("x"), arg("kcache"), arg("vcache"), arg("work"), arg("params"),
+     arg("pos"), arg("n_head"), arg("activation"), arg("qtype") = py::none(),
+     "One transformer block over the new rows of a KV-cache decode step (base.Backend).");
+}
+
+}  // namespace sllm
