@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from sllm import backends
 from sllm.backends import conformance, reference
-from sllm.backends.base import KERNELS, Backend
+from sllm.backends.base import KERNELS, OPTIONAL_KERNELS, Backend
 from sllm.cli import app
 
 
@@ -48,7 +48,8 @@ class Sloppy(Backend):
 def test_reference_passes_everything():
     report = conformance.run("numpy")
     assert report.passed and len(report.checks) > 200
-    assert {c.kernel for c in report.checks} == set(KERNELS) | {"model", "generate"}
+    assert {c.kernel for c in report.checks} == set(KERNELS) | set(OPTIONAL_KERNELS) | {
+        "model", "generate"}
 
 
 def test_wrong_kernels_are_caught_by_name():

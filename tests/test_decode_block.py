@@ -1,0 +1,177 @@
+"""The fused decode_block kernel: cpp's one-call block equals the kernel-by-kernel line bit
+for bit (f32 and every quantized type), backends without it still decode through the
+contract's default, and the binding refuses bad arguments by name. Kernel-level agreement
+with the reference on awkward shapes is in the conformance suite (tests/test_kernels.py)."""
+import numpy as np
+import pytest
+
+import sllm
+from sllm import backends
+from sllm.backends import reference
+from sllm.backends.base import KERNELS, Backend, decode_block_workspace
+from sllm.quant import quantize_weight, quantized_weight_names
+
+CFG = dict(vocab_size=53, embedding_dim=40, num_layers=2, num_heads=5, ffn_hidden_dim=72,
+           dropout=0.1, max_seq_len=24)
+needs_cpp = pytest.mark.skipif("cpp" not in backends.available(), reason="cpp not built")
+
+
+def _model(backend, activation="gelu", qtype=None):
+    model = sllm.SLLM(sllm.ModelConfig(**CFG, activation=activation), backend=backend, seed=7)
+    return (model.quantize(qtype) if qtype else model).eval()
+
+
+def _decode_run(model):
+    """Logits of a 6-token prefill and 10 single-token steps, the cache, greedy ids."""
+    tokens = np.random.default_rng(1).integers(0, CFG["vocab_size"], (1, 16))
+    cache = model.new_cache(1)
+    rows = [model.decode(tokens[:, :6], cache)]
+    rows += [model.decode(tokens[:, t:t + 1], cache) for t in range(6, 16)]
+    ids = model.generate([int(t) for t in tokens[0, :4]], 12, temperature=0)
+    return np.concatenate(rows), np.stack(cache.k + cache.v), ids
+
+
+@needs_cpp
+@pytest.mark.parametrize("qtype", [None, "q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_cpp_fused_block_is_bit_identical_to_the_kernel_line(qtype, activation, monkeypatch):
+    model = _model("cpp", activation, qtype)
+    assert type(model.backend).decode_block is not Backend.decode_block  # the C++ kernel
+    fused = _decode_run(model)
+    monkeypatch.setattr(model, "_blocks", [None] * CFG["num_layers"])  # the unfused line
+    unfused = _decode_run(model)
+    np.testing.assert_array_equal(fused[0], unfused[0])
+    np.testing.assert_array_equal(fused[1], unfused[1])
+    assert fused[2] == unfused[2]
+
+
+class ContractOnly(Backend):
+    """A plugin written before decode_block existed: every required kernel, no fusion."""
+
+    name = "contract-only"
+    reference_kernels = frozenset(KERNELS)
+
+
+@pytest.mark.parametrize("name", [n for n in ("numpy", "wasm", "wasm-simd")
+                                  if n in backends.available()] + ["contract-only"])
+def test_backends_without_the_fused_kernel_still_decode(name):
+    be = ContractOnly() if name == "contract-only" else backends.get(name)
+    assert type(be).missing_kernels() == []  # optional: never demanded
+    if name != "numpy":
+        assert type(be).decode_block is Backend.decode_block  # the composing default
+    model, ref = _model(be), _model("numpy")
+    mine, want = _decode_run(model), _decode_run(ref)
+    np.testing.assert_allclose(mine[0], want[0], rtol=1e-4, atol=1e-4)
+    assert mine[2] == want[2]
+
+
+def test_decode_equals_full_forward_with_the_fused_block(backend_name):
+    model = _model(backend_name)
+    tokens = np.random.default_rng(2).integers(0, CFG["vocab_size"], (2, 9))
+    cache = model.new_cache(2)
+    rows = [model.decode(tokens[:, :4], cache)] + [model.decode(tokens[:, t:t + 1], cache)
+                                                   for t in range(4, 9)]
+    np.testing.assert_allclose(np.stack(rows, 1), model.forward(tokens)[:, 3:], rtol=0,
+                               atol=2e-5)
+
+
+def test_a_layer_of_mixed_weight_types_decodes_kernel_by_kernel(backend_name):
+    cfg = sllm.ModelConfig(**CFG)
+    float_model = sllm.SLLM(cfg, backend="numpy", seed=7)
+    params = float_model.parameters()
+    qtypes = {n: ("q4_0" if n == "h.0.mlp.c_fc.weight" else "q8_0")
+              for n in quantized_weight_names(cfg)}
+    rows = {n: (q, quantize_weight(n, params[n], q)) for n, q in qtypes.items()}
+    model = sllm.SLLM(cfg, backend=backend_name, init=None, quantized=rows).eval()
+    for name, p in model.parameters().items():
+        p[...] = params[name]
+    assert model._blocks[0] is None and model._blocks[1] is not None
+    tokens = np.random.default_rng(3).integers(0, CFG["vocab_size"], (1, 7))
+    cache = model.new_cache(1)
+    rows_out = [model.decode(tokens[:, :3], cache)] + [model.decode(tokens[:, t:t + 1], cache)
+                                                       for t in range(3, 7)]
+    np.testing.assert_allclose(np.stack(rows_out, 1), model.forward(tokens)[:, 2:], rtol=0,
+                               atol=1e-4)
+
+
+def _block_args(B=1, Tn=2, H=2, D=4, F=11, pos=3, maxT=8):
+    rng = np.random.default_rng(0)
+    C = H * D
+
+    def f(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    params = (f(C), f(C), f(C, 3 * C), f(3 * C), f(C, C), f(C), f(C), f(C), f(C, F), f(F),
+              f(F, C), f(C))
+    work = np.zeros(decode_block_workspace(B, Tn, C, F), np.float32)
+    return [f(B, Tn, C), f(B, Tn, C), f(B, H, maxT, D), f(B, H, maxT, D), work, params, pos,
+            H, "gelu", None]
+
+
+def test_workspace_size_and_reference_agree_with_the_kernel_line():
+    assert decode_block_workspace(2, 3, 8, 20) == 6 * (8 * 8 + 2 * 20 + 2)
+    args = _block_args()
+    out, x, kc, vc, work, p, pos, H = args[:8]
+    want_k, want_v = kc.copy(), vc.copy()
+    N, C, F = 2, 8, 11
+    ln, mean, rstd = np.empty((1, 2, C), np.float32), np.empty(N, np.float32), np.empty(N, np.float32)
+    qkv, atty, proj = np.empty((1, 2, 3 * C), np.float32), np.empty_like(x), np.empty_like(x)
+    res2, fch, act, fcp = np.empty_like(x), np.empty((1, 2, F), np.float32), np.empty((1, 2, F), np.float32), np.empty_like(x)
+    reference.layernorm_fwd(ln, mean, rstd, x, p[0], p[1])
+    reference.matmul_fwd(qkv, ln, p[2], p[3])
+    reference.attention_decode(atty, qkv, want_k, want_v, pos, H)
+    reference.matmul_fwd(proj, atty, p[4], p[5])
+    reference.residual_fwd(res2, x, proj)
+    reference.layernorm_fwd(ln, mean, rstd, res2, p[6], p[7])
+    reference.matmul_fwd(fch, ln, p[8], p[9])
+    reference.gelu_fwd(act, fch)
+    reference.matmul_fwd(fcp, act, p[10], p[11])
+    want = res2 + fcp
+    reference.decode_block(*args)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(kc, want_k)
+    np.testing.assert_array_equal(vc, want_v)
+
+
+def _share(args, i, j, offset):
+    """Make argument i a view that starts `offset` floats into argument j's memory."""
+    a, b = args[i], args[j]
+    base = np.zeros(offset + max(a.size, b.size - offset) + b.size, np.float32)
+    args[j] = base[:b.size].reshape(b.shape)
+    args[i] = base[offset:offset + a.size].reshape(a.shape)
+
+
+@needs_cpp
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.__setitem__(4, a[4][:-1]), "work has .* needs"),
+    (lambda a: a.__setitem__(5, a[5][:11]), "params must hold the block's 12 tensors"),
+    (lambda a: a.__setitem__(8, "swish"), "activation must be 'gelu' or 'relu'"),
+    (lambda a: a.__setitem__(9, "q5_0"), "qtype must be q8_0, q4_0 or q4_1"),
+    (lambda a: a.__setitem__(9, "q8_0"), "attn_w must be uint8"),
+    (lambda a: a.__setitem__(5, a[5][:2] + (np.ascontiguousarray(a[5][2][:, :-1]),) + a[5][3:]), r"attn_w must be \(8, 24\)"),
+    (lambda a: a.__setitem__(5, a[5][:9] + (a[5][9][:-1],) + a[5][10:]), "fc_b has 10 elements"),
+    (lambda a: a.__setitem__(6, 7), "pos \\+ new positions exceed the cache length"),
+    (lambda a: a.__setitem__(7, 3), "n_head must divide C"),
+    (lambda a: _share(a, 0, 1, 1), "out must be x itself or not overlap it"),
+    (lambda a: _share(a, 4, 1, 8), "work must not overlap x"),
+    (lambda a: a.__setitem__(3, a[2]), "kcache must not overlap vcache"),
+    (lambda a: a.__setitem__(2, a[2][:, :1]), "kcache and vcache shapes differ"),
+])
+def test_cpp_binding_refuses_bad_arguments_by_name(change, message):
+    args = _block_args()
+    change(args)
+    with pytest.raises((ValueError, TypeError), match="decode_block: " + message):
+        backends.get("cpp").decode_block(*args)
+
+
+@needs_cpp
+def test_cpp_binding_checks_dtype_and_contiguity():
+    be = backends.get("cpp")
+    args = _block_args()
+    args[1] = args[1].astype(np.float64)
+    with pytest.raises(TypeError, match="decode_block: x must be float32"):
+        be.decode_block(*args)
+    args = _block_args()
+    args[4] = np.zeros(2 * args[4].size, np.float32)[::2]
+    with pytest.raises(ValueError, match="decode_block: work must be C-contiguous"):
+        be.decode_block(*args)
