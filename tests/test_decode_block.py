@@ -175,3 +175,13 @@ def test_cpp_binding_checks_dtype_and_contiguity():
     args[4] = np.zeros(2 * args[4].size, np.float32)[::2]
     with pytest.raises(ValueError, match="decode_block: work must be C-contiguous"):
         be.decode_block(*args)
+
+
+def test_declared_signature_is_the_reference_and_cpp_signature():
+    import inspect
+    import re
+    declared = list(inspect.signature(Backend.decode_block).parameters)[1:]
+    assert declared == list(inspect.signature(reference.decode_block).parameters)
+    if "cpp" in backends.available():
+        first_line = backends.get("cpp").decode_block.__doc__.splitlines()[0]
+        assert re.findall(r"(\w+): ", first_line) == declared
