@@ -50,7 +50,7 @@ class Activations:
         if self._decode_work is None:
             B, T = self.shape
             self._decode_work = self._new(
-                decode_block_workspace(B, T, self._dims[0], self._dims[1]))
+                (decode_block_workspace(B, T, self._dims[0], self._dims[1]),))
         return self._decode_work
 
     def _new(self, shape: tuple[int, ...], dtype: type[np.generic] | None = None) -> np.ndarray:

@@ -114,9 +114,9 @@ def test_workspace_size_and_reference_agree_with_the_kernel_line():
     out, x, kc, vc, work, p, pos, H = args[:8]
     want_k, want_v = kc.copy(), vc.copy()
     N, C, F = 2, 8, 11
-    ln, mean, rstd = np.empty((1, 2, C), np.float32), np.empty(N, np.float32), np.empty(N, np.float32)
-    qkv, atty, proj = np.empty((1, 2, 3 * C), np.float32), np.empty_like(x), np.empty_like(x)
-    res2, fch, act, fcp = np.empty_like(x), np.empty((1, 2, F), np.float32), np.empty((1, 2, F), np.float32), np.empty_like(x)
+    ln, atty, proj, res2, fcp = (np.empty_like(x) for _ in range(5))
+    mean, rstd = np.empty(N, np.float32), np.empty(N, np.float32)
+    qkv, fch, act = (np.empty((1, 2, w), np.float32) for w in (3 * C, F, F))
     reference.layernorm_fwd(ln, mean, rstd, x, p[0], p[1])
     reference.matmul_fwd(qkv, ln, p[2], p[3])
     reference.attention_decode(atty, qkv, want_k, want_v, pos, H)
@@ -131,6 +131,11 @@ def test_workspace_size_and_reference_agree_with_the_kernel_line():
     np.testing.assert_array_equal(out, want)
     np.testing.assert_array_equal(kc, want_k)
     np.testing.assert_array_equal(vc, want_v)
+
+
+def _param(args, i, value):
+    """Replace tensor i of the block's params."""
+    args[5] = args[5][:i] + (value,) + args[5][i + 1:]
 
 
 def _share(args, i, j, offset):
@@ -148,8 +153,8 @@ def _share(args, i, j, offset):
     (lambda a: a.__setitem__(8, "swish"), "activation must be 'gelu' or 'relu'"),
     (lambda a: a.__setitem__(9, "q5_0"), "qtype must be q8_0, q4_0 or q4_1"),
     (lambda a: a.__setitem__(9, "q8_0"), "attn_w must be uint8"),
-    (lambda a: a.__setitem__(5, a[5][:2] + (np.ascontiguousarray(a[5][2][:, :-1]),) + a[5][3:]), r"attn_w must be \(8, 24\)"),
-    (lambda a: a.__setitem__(5, a[5][:9] + (a[5][9][:-1],) + a[5][10:]), "fc_b has 10 elements"),
+    (lambda a: _param(a, 2, np.zeros((8, 23), np.float32)), r"attn_w must be \(8, 24\)"),
+    (lambda a: _param(a, 9, np.zeros(10, np.float32)), "fc_b has 10 elements"),
     (lambda a: a.__setitem__(6, 7), "pos \\+ new positions exceed the cache length"),
     (lambda a: a.__setitem__(7, 3), "n_head must divide C"),
     (lambda a: _share(a, 0, 1, 1), "out must be x itself or not overlap it"),
