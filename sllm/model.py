@@ -34,7 +34,7 @@ def _layer(views: Mapping[str, np.ndarray | QTensor], i: int) -> SimpleNamespace
 def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None] | None:
     """Block i's tensors in DECODE_BLOCK_PARAMS order and the qtype of its four matmul
     weights (None: float32), for the fused decode_block kernel; None when the weights mix
-    types (a hand-built file), which decode then runs kernel by kernel."""
+    types (a hand-built file)."""
     weights = (L.attn_w, L.proj_w, L.fc_w, L.fcproj_w)
     qtypes = {w.qtype if isinstance(w, QTensor) else None for w in weights}
     if len(qtypes) != 1:
@@ -87,7 +87,7 @@ class SLLM:
             self._grads = self.layout.views(self.flat_grads)
             self._p_layers = [_layer(self._params, i) for i in range(self.config.num_layers)]
             self._g_layers = [_layer(self._grads, i) for i in range(self.config.num_layers)]
-            self._blocks = [_decode_block_args(L) for L in self._p_layers]
+            self._blocks = self._fused_blocks()
         self._last_seed = 0
         self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
         self.metadata: dict[str, Any] = {}
@@ -166,7 +166,14 @@ class SLLM:
         self.flat_params, self._params, self._qweights = flat, views, qweights
         self.flat_grads, self._grads, self._g_layers = self.backend.zeros(1), {}, []
         self._p_layers = [_layer({**views, **qweights}, i) for i in range(self.config.num_layers)]
-        self._blocks = [_decode_block_args(L) for L in self._p_layers]
+        self._blocks = self._fused_blocks()
+
+    def _fused_blocks(self) -> list[tuple[tuple[Any, ...], str | None] | None]:
+        """Per layer, the arguments of the backend's own decode_block, or None where a decode
+        step runs the layer kernel by kernel: the backend has only the contract's default
+        (the same kernels, behind one more Python call) or the layer mixes weight types."""
+        own = type(self.backend).decode_block is not Backend.decode_block
+        return [_decode_block_args(L) if own else None for L in self._p_layers]
 
     def gradients(self) -> dict[str, np.ndarray]:
         """Views of the gradients filled by forward_backward, same names as parameters()."""

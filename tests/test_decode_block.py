@@ -52,14 +52,25 @@ class ContractOnly(Backend):
     reference_kernels = frozenset(KERNELS)
 
 
+def test_the_contract_default_equals_the_kernel_line(backend_name):
+    be = backends.get(backend_name)
+    args = _block_args()
+    mine = [be.from_numpy(a) if isinstance(a, np.ndarray) else a for a in args]
+    mine[5] = tuple(be.from_numpy(p) for p in args[5])
+    Backend.decode_block(be, *mine)
+    reference.decode_block(*args)
+    for i in (0, 2, 3):
+        np.testing.assert_allclose(mine[i], args[i], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", [n for n in ("numpy", "wasm", "wasm-simd")
                                   if n in backends.available()] + ["contract-only"])
 def test_backends_without_the_fused_kernel_still_decode(name):
     be = ContractOnly() if name == "contract-only" else backends.get(name)
     assert type(be).missing_kernels() == []  # optional: never demanded
-    if name != "numpy":
-        assert type(be).decode_block is Backend.decode_block  # the composing default
     model, ref = _model(be), _model("numpy")
+    if name != "numpy":  # the composing default, which the model leaves for the kernel line
+        assert type(be).decode_block is Backend.decode_block and model._blocks == [None, None]
     mine, want = _decode_run(model), _decode_run(ref)
     np.testing.assert_allclose(mine[0], want[0], rtol=1e-4, atol=1e-4)
     assert mine[2] == want[2]
@@ -85,7 +96,8 @@ def test_a_layer_of_mixed_weight_types_decodes_kernel_by_kernel(backend_name):
     model = sllm.SLLM(cfg, backend=backend_name, init=None, quantized=rows).eval()
     for name, p in model.parameters().items():
         p[...] = params[name]
-    assert model._blocks[0] is None and model._blocks[1] is not None
+    fused = type(model.backend).decode_block is not Backend.decode_block
+    assert model._blocks[0] is None and (model._blocks[1] is not None) == fused
     tokens = np.random.default_rng(3).integers(0, CFG["vocab_size"], (1, 7))
     cache = model.new_cache(1)
     rows_out = [model.decode(tokens[:, :3], cache)] + [model.decode(tokens[:, t:t + 1], cache)

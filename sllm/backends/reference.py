@@ -321,6 +321,7 @@ def grad_norm_sq(grads: Array) -> float:
 # ---- the fused decode block (an optional kernel: composed of the layer kernels above) -------
 DECODE_BLOCK_PARAMS = ("ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
                        "ln2_w", "ln2_b", "fc_w", "fc_b", "fcproj_w", "fcproj_b")
+WORK_VIEWS_KEPT = 8  # workspaces whose views decode_block_views keeps (by identity)
 _WORK_VIEWS: dict[int, tuple[Array, tuple[int, ...], SimpleNamespace]] = {}
 
 
@@ -332,8 +333,11 @@ def decode_block_workspace(B: int, Tn: int, C: int, F: int) -> int:
 def decode_block_views(work: Array, B: int, Tn: int, C: int, F: int) -> SimpleNamespace:
     """The workspace cut into the block's intermediates, in this order: ln (B,Tn,C) for both
     LayerNorms, mean and rstd (N,), qkv (B,Tn,3C), atty, attproj, res2 (B,Tn,C), fch and
-    fch_act (B,Tn,F), fcproj (B,Tn,C). Views are cached per workspace array, so a backend
-    that looks arrays up by identity (wasm) sees the same objects every token."""
+    fch_act (B,Tn,F), fcproj (B,Tn,C) (cpp's decode.cpp cuts it the same way).
+
+    The views of the last few workspaces are kept: every decoded token then passes the
+    same array objects, which a backend that looks arrays up by identity (wasm) finds in
+    its cache instead of locating each new view again (that cost wasm ~20% per token)."""
     key = (B, Tn, C, F)
     known = _WORK_VIEWS.get(id(work))
     if known is not None and known[0] is work and known[1] == key:
@@ -346,7 +350,7 @@ def decode_block_views(work: Array, B: int, Tn: int, C: int, F: int) -> SimpleNa
         part = flat[start:start + N * width]
         views[name] = part if width == 1 else part.reshape(B, Tn, width)
         start += N * width
-    if len(_WORK_VIEWS) >= 64:  # a few live workspaces per process; never grows unbounded
+    if len(_WORK_VIEWS) >= WORK_VIEWS_KEPT:  # bounded: holds at most a few old workspaces
         _WORK_VIEWS.clear()
     _WORK_VIEWS[id(work)] = (work, key, SimpleNamespace(**views))
     return _WORK_VIEWS[id(work)][2]
@@ -363,22 +367,17 @@ def compose_decode_block(k: Any, out: Array, x: Array, kcache: Array, vcache: Ar
     if activation not in ("gelu", "relu"):
         raise ValueError(f"decode_block: activation must be 'gelu' or 'relu', got {activation!r}")
     w = decode_block_views(work, B, Tn, C, F)
-
-    def mm(o: Array, inp: Array, weight: Any, bias: Array | None) -> None:
-        if qtype:
-            k.matmul_q_fwd(o, inp, weight, bias, qtype)
-        else:
-            k.matmul_fwd(o, inp, weight, bias, False)
-
+    # matmul_fwd(out, inp, weight, bias, False), or matmul_q_fwd(..., qtype) on quantized rows
+    mm, last = (k.matmul_q_fwd, qtype) if qtype else (k.matmul_fwd, False)
     k.layernorm_fwd(w.ln, w.mean, w.rstd, x, ln1_w, ln1_b)
-    mm(w.qkv, w.ln, attn_w, attn_b)
+    mm(w.qkv, w.ln, attn_w, attn_b, last)
     k.attention_decode(w.atty, w.qkv, kcache, vcache, pos, n_head)
-    mm(w.attproj, w.atty, proj_w, proj_b)
+    mm(w.attproj, w.atty, proj_w, proj_b, last)
     k.residual_fwd(w.res2, x, w.attproj)
     k.layernorm_fwd(w.ln, w.mean, w.rstd, w.res2, ln2_w, ln2_b)
-    mm(w.fch, w.ln, fc_w, fc_b)
+    mm(w.fch, w.ln, fc_w, fc_b, last)
     (k.gelu_fwd if activation == "gelu" else k.relu_fwd)(w.fch_act, w.fch)
-    mm(w.fcproj, w.fch_act, fcproj_w, fcproj_b)
+    mm(w.fcproj, w.fch_act, fcproj_w, fcproj_b, last)
     k.residual_fwd(out, w.res2, w.fcproj)
 
 
