@@ -100,7 +100,11 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
       for (int64_t k = 0; k < K; ++k) arows[i * K + k] = A[k * lda + i];
   // A part of >= 256K multiply-adds (~20 us): decoding's per-layer GEMVs run on one thread,
   // so a second thread that another process keeps off its core cannot stall each kernel;
-  // the wide lm_head still splits.
+  // the wide lm_head still splits. Splitting every decode GEMV (a lower threshold) was
+  // slower end to end (2026-11-30, modes interleaved in one process): with 2 threads,
+  // 0.81-0.84x (small-model) and 0.87x (medium) of this threshold's tokens/s on a quiet
+  // machine, 0.55-0.7x with another process on a core; timing both modes per size and
+  // keeping the faster gave 0.9x.
   const int64_t parts = std::min<int64_t>(num_threads(), std::max<int64_t>(1, M * N * K >> 18));
   parallel_ranges(N, (int)parts, 16, [&](int64_t j0, int64_t j1) {
     for (int64_t i = 0; i < M; ++i) {
