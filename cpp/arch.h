@@ -25,11 +25,17 @@ struct Ops {
   // c (m<=mr, n<=nr, row stride ldc) = [c +] a_panel (mr x kc) @ b_panel (kc x nr) [+ bias]
   void (*gemm_micro)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                      int m, int n, bool accumulate, const float* bias);
-  // the same tile read in place (no packing): A rows at stride lda, B rows at stride ldb
-  // with nr readable columns; for K <= kc, neither operand transposed
-  void (*gemm_micro_direct)(int64_t K, const float* a, int64_t lda, const float* b,
-                            int64_t ldb, float* c, int64_t ldc, int m, int n,
+  // the same tile with A read in place, op(A)(i, k) = a[i * a_is + k * a_ks], and B rows
+  // at stride ldb with nr readable columns (a packed panel: ldb = nr)
+  void (*gemm_micro_direct)(int64_t K, const float* a, int64_t a_is, int64_t a_ks,
+                            const float* b, int64_t ldb, float* c, int64_t ldc, int m, int n,
                             bool accumulate, const float* bias);
+  // pack rows k0..k0+kc, columns j0..j0+n (n <= nr) of a row-major B into an nr-wide panel
+  void (*pack_b_rows)(float* dst, const float* B, int64_t ldb, int64_t j0, int64_t k0,
+                      int64_t kc, int n);
+  // pack the mc x kc block at (i0, k0) of op(A) = A^T into mr-tall panels (kc x mr each)
+  void (*pack_a_trans_block)(float* dst, const float* A, int64_t lda, int64_t i0, int64_t mc,
+                             int64_t k0, int64_t kc);
   // one output row over columns [j0, j1): c = [c +] a (K) @ op(B) [+ bias]
   void (*gemm_row)(float* c, const float* a, const float* B, int64_t ldb, bool trans_b,
                    int64_t K, int64_t j0, int64_t j1, bool accumulate, const float* bias);
