@@ -189,12 +189,10 @@ struct Plan {
 Plan plan(const Gemm& g, int threads) {
   const Ops& o = ops();
   const int64_t m_panels = (g.M + o.mr - 1) / o.mr, n_panels = (g.N + o.nr - 1) / o.nr;
-  // A chunk packs the op(B) columns it covers, and the op(A) rows it covers when A is
-  // transposed (a row-major A is read in place). Without that copy, splitting columns
-  // packs op(B) once in all: split columns unless C has too few column panels to share.
-  // With it, one operand is copied per chunk whichever way: split the longer side.
-  const bool split_rows = g.trans_a ? (g.M >= g.N ? m_panels >= threads : n_panels < threads)
-                                    : n_panels < 2 * threads && m_panels >= n_panels;
+  // Splitting rows makes every chunk pack all of op(B), splitting columns read (or, when
+  // transposed, pack) all of op(A): split the longer side. Chunks of at least one packing
+  // block each, a few per thread.
+  const bool split_rows = g.M >= g.N ? m_panels >= threads : n_panels < threads;
   const int64_t panels = split_rows ? m_panels : n_panels;
   const int64_t block = split_rows ? kMc / o.mr : kNc / o.nr;
   const int64_t chunks = threads == 1 ? 1 : std::min<int64_t>(
