@@ -30,6 +30,7 @@ constexpr int64_t kDirectMaxK = 256, kDirectMaxPanels = 4;
 constexpr int64_t kParallelMacs = 4 << 20;
 
 Scratch g_pack;
+Scratch g_dweight;  // matmul_bwd's dW^T when the weight is stored transposed
 
 // dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: 4x4 blocks in SSE
 // registers (baseline on every x86-64), so packing stores 4 floats at a time.
@@ -271,14 +272,26 @@ void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, co
                 const float* weight, bool trans_w, int64_t N, int64_t C, int64_t OC) {
   Gemm jobs[kMaxJobs];
   int count = 0;
-  if (trans_w)  // dW (OC,C) += dout^T @ inp
-    jobs[count++] = {OC, C, N, dout, OC, true, inp, C, false, dweight, C, true, nullptr};
-  else  // dW (C,OC) += inp^T @ dout
-    jobs[count++] = {C, OC, N, inp, C, true, dout, OC, false, dweight, OC, true, nullptr};
+  auto guard = g_dweight.lock();
+  float* dw_t = trans_w ? g_dweight.get(C * OC) : nullptr;
+  // dW (C,OC) += inp^T @ dout. A weight stored transposed (OC,C), such as a tied lm_head,
+  // gets the same product in a scratch and then dW += scratch^T: as dout^T @ inp the
+  // whole of dout (N x OC, the logits' size) would be the transposed operand and be
+  // copied into panels, against inp (N x C) this way.
+  jobs[count++] = {C, OC, N, inp, C, true, dout, OC, false, trans_w ? dw_t : dweight, OC,
+                   !trans_w, nullptr};
   if (dinp)  // dinp (N,C) = dout (N,OC) @ W^T
     jobs[count++] = {N, C, OC, dout, OC, false, weight, trans_w ? C : OC, !trans_w, dinp, C,
                      false, nullptr};
   gemm_many(jobs, count);
+  if (trans_w)
+    parallel_for((OC + 63) / 64, [&](int64_t blk, int) {
+      const int64_t o0 = blk * 64, o1 = std::min(OC, o0 + 64);
+      for (int64_t c0 = 0; c0 < C; c0 += 8)  // 8 columns of dW at a time: rows of dw_t
+        for (int64_t o = o0; o < o1; ++o)
+          for (int64_t c = c0; c < std::min(C, c0 + 8); ++c)
+            dweight[o * C + c] += dw_t[c * OC + o];
+    }, C * OC > (1 << 16) ? 0 : 1);
   if (dbias) {
     const int64_t blocks = (OC + 63) / 64;
     parallel_for(blocks, [&](int64_t blk, int) {
