@@ -43,6 +43,11 @@ struct Ops {
   void (*gelu_fwd)(float* out, const float* inp, int64_t n);
   void (*gelu_bwd)(float* dinp, const float* dout, const float* inp, int64_t n);
 
+  void (*relu_bwd)(float* dinp, const float* dout, const float* inp, int64_t n);
+  // inverted dropout of elements i0..i0+n (base.dropout_keep_mask's hash of the index)
+  void (*dropout_range)(float* out, const float* inp, int64_t i0, int64_t n, uint32_t seed,
+                        uint32_t threshold, float keep_scale);
+
   void (*layernorm_fwd_row)(float* out, float* mean, float* rstd, const float* x,
                             const float* w, const float* b, int64_t C);
   void (*layernorm_bwd_row)(float* dinp, const float* dout, const float* x, const float* w,
