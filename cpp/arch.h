@@ -22,14 +22,12 @@ struct Ops {
   const char* name;  // "scalar" | "avx2" | "avx512"
   int mr, nr, kc;    // GEMM micro-tile rows, columns, and depth of one packed block
 
-  // c (m<=mr, n<=nr, row stride ldc) = [c +] a_panel (mr x kc) @ b_panel (kc x nr) [+ bias]
-  void (*gemm_micro)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
-                     int m, int n, bool accumulate, const float* bias);
-  // the same tile with A read in place, op(A)(i, k) = a[i * a_is + k * a_ks], and B rows
-  // at stride ldb with nr readable columns (a packed panel: ldb = nr)
-  void (*gemm_micro_direct)(int64_t K, const float* a, int64_t a_is, int64_t a_ks,
-                            const float* b, int64_t ldb, float* c, int64_t ldc, int m, int n,
-                            bool accumulate, const float* bias);
+  // the register tile, c (m<=mr, n<=nr, row stride ldc) = [c +] op(A) @ B [+ bias] over
+  // depth K: op(A)(i, k) = a[i * a_is + k * a_ks] (A in place, or a packed panel with
+  // a_is = 1, a_ks = mr), B rows at stride ldb with nr readable columns (packed: ldb = nr)
+  void (*gemm_micro)(int64_t K, const float* a, int64_t a_is, int64_t a_ks, const float* b,
+                     int64_t ldb, float* c, int64_t ldc, int m, int n, bool accumulate,
+                     const float* bias);
   // pack rows k0..k0+kc, columns j0..j0+n (n <= nr) of a row-major B into an nr-wide panel
   void (*pack_b_rows)(float* dst, const float* B, int64_t ldb, int64_t j0, int64_t k0,
                       int64_t kc, int n);

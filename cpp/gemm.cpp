@@ -110,7 +110,7 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
       stride = nr;
     }
     for (int64_t i = 0; i < M; i += mr)
-      o.gemm_micro_direct(K, A + i * lda, lda, 1, b, stride, C + i * ldc + j, ldc,
+      o.gemm_micro(K, A + i * lda, lda, 1, b, stride, C + i * ldc + j, ldc,
                           (int)std::min<int64_t>(mr, M - i), n, accumulate,
                           bias ? bias + j : nullptr);
   }
@@ -147,7 +147,7 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
             const int64_t j = j0 + jp * nr;
             // op(A)(i, k): packed at [k * mr + i], or in place at A[i * lda + k]
             const float* a = trans_a ? a_packed + (i - i0) * kc : A + i * lda + k0;
-            o.gemm_micro_direct(kc, a, trans_a ? 1 : lda, trans_a ? mr : 1,
+            o.gemm_micro(kc, a, trans_a ? 1 : lda, trans_a ? mr : 1,
                                 b_packed + jp * nr * kc, nr, C + i * ldc + j, ldc,
                                 (int)std::min<int64_t>(mr, M - i),
                                 (int)std::min<int64_t>(nr, N - j), acc,
