@@ -16,6 +16,10 @@ namespace sllm {
 namespace {
 
 constexpr int64_t kRowBlock = 32;
+// Up to this many query rows per head (decoding), attention is dot products with the
+// cached keys and a weighted sum of the cached values, read where they are: no GEMM
+// panels to pack for a row or two.
+constexpr int64_t kDecodeRows = 2;
 
 // Scratch rows are padded to a multiple of the widest vector (16 floats), so the row
 // kernels (attention_rows.inc) run over whole vectors.
@@ -39,6 +43,17 @@ void head_fwd(const Head& h, float* lse, float* s, float* pack) {
   const Ops& o = ops();
   const int64_t nk = h.q_pos0 + h.nq, ld = padded(nk);
   const float scale = 1.0f / sqrtf((float)h.D);
+  if (h.nq <= kDecodeRows) {  // decoding: read the cached keys and values in place
+    for (int64_t i = 0; i < h.nq; ++i) {
+      const int64_t n = h.q_pos0 + i + 1;
+      o.gemm_row(s, h.q + i * h.ldq, h.k, h.ldkv, true, h.D, 0, n, false, nullptr);  // q.k_j
+      const float l = o.softmax_row(s, n, scale);
+      if (lse) lse[i] = l;
+      float* out = h.out + i * h.ldo;  // sum_j p_j v_j
+      o.gemm_row(out, s, h.v, h.ldkv, false, n, 0, h.D, false, nullptr);
+    }
+    return;
+  }
   for (int64_t r0 = 0; r0 < h.nq; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, h.nq - r0), cols = h.q_pos0 + r0 + rows;
     gemm_serial(rows, cols, h.D, h.q + r0 * h.ldq, h.ldq, false, h.k, h.ldkv, true, s, ld, false,
