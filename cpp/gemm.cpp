@@ -30,7 +30,7 @@ constexpr int64_t kDirectMaxK = 256, kDirectMaxPanels = 4;
 constexpr int64_t kParallelMacs = 4 << 20;
 
 Scratch g_pack;
-Scratch g_dweight;  // matmul_bwd's dW^T when the weight is stored transposed
+Scratch g_dweight;  // matmul_bwd's dW product when it is computed transposed
 
 // dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: 4x4 blocks in SSE
 // registers (baseline on every x86-64), so packing stores 4 floats at a time.
@@ -270,27 +270,33 @@ void matmul_fwd(float* out, const float* inp, const float* weight, const float* 
 
 void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                 const float* weight, bool trans_w, int64_t N, int64_t C, int64_t OC) {
+  // dW = inp^T @ dout (C x OC), stored as (C,OC), or as (OC,C) for a transposed weight
+  // (a tied lm_head). Both factors are transposed reads over the N rows, and the GEMM
+  // copies its op(A) into panels: make op(A) the narrower of inp and dout (the other side
+  // is packed in whole vectors). When that orientation is not the stored one, the product
+  // goes to a scratch and is added transposed: for the lm_head that spares copying the
+  // logits' gradient (N x vocabulary), for the MLP's down projection 4x less copying.
+  const bool stored_c_rows = !trans_w;              // dW's rows run over C
+  const bool c_rows = C <= OC;                      // the product's rows run over C
+  const int64_t rows = c_rows ? C : OC, cols = c_rows ? OC : C;
   Gemm jobs[kMaxJobs];
   int count = 0;
   auto guard = g_dweight.lock();
-  float* dw_t = trans_w ? g_dweight.get(C * OC) : nullptr;
-  // dW (C,OC) += inp^T @ dout. A weight stored transposed (OC,C), such as a tied lm_head,
-  // gets the same product in a scratch and then dW += scratch^T: as dout^T @ inp the
-  // whole of dout (N x OC, the logits' size) would be the transposed operand and be
-  // copied into panels, against inp (N x C) this way.
-  jobs[count++] = {C, OC, N, inp, C, true, dout, OC, false, trans_w ? dw_t : dweight, OC,
-                   !trans_w, nullptr};
+  float* product = c_rows == stored_c_rows ? dweight : g_dweight.get(C * OC);
+  jobs[count++] = {rows, cols, N, c_rows ? inp : dout, c_rows ? C : OC, true,
+                   c_rows ? dout : inp, c_rows ? OC : C, false, product, cols,
+                   product == dweight, nullptr};
   if (dinp)  // dinp (N,C) = dout (N,OC) @ W^T
     jobs[count++] = {N, C, OC, dout, OC, false, weight, trans_w ? C : OC, !trans_w, dinp, C,
                      false, nullptr};
   gemm_many(jobs, count);
-  if (trans_w)
-    parallel_for((OC + 63) / 64, [&](int64_t blk, int) {
-      const int64_t o0 = blk * 64, o1 = std::min(OC, o0 + 64);
-      for (int64_t c0 = 0; c0 < C; c0 += 8)  // 8 columns of dW at a time: rows of dw_t
-        for (int64_t o = o0; o < o1; ++o)
-          for (int64_t c = c0; c < std::min(C, c0 + 8); ++c)
-            dweight[o * C + c] += dw_t[c * OC + o];
+  if (product != dweight)  // dweight (cols x rows) += product^T
+    parallel_for((cols + 63) / 64, [&](int64_t blk, int) {
+      const int64_t r0 = blk * 64, r1 = std::min(cols, r0 + 64);
+      for (int64_t c0 = 0; c0 < rows; c0 += 8)  // 8 columns of dW at a time
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < std::min(rows, c0 + 8); ++c)
+            dweight[r * rows + c] += product[c * cols + r];
     }, C * OC > (1 << 16) ? 0 : 1);
   if (dbias) {
     const int64_t blocks = (OC + 63) / 64;
