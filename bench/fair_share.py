@@ -94,7 +94,7 @@ def main() -> None:
     if a.worker:
         return worker(a.worker, a.config, a.batch_size, a.seq_len, a.seconds, a.threads)
     contenders = ["cpp"] + (["torch"] if a.vs == "torch" else [])
-    print(f"| measured | alone steps/s | shared steps/s | shared / fair share | load before..after |")
+    print("| measured | alone steps/s | shared steps/s | shared / fair share | load before..after |")
     print("| --- | ---: | ---: | ---: | --- |")
     for kind in contenders:
         before = os.getloadavg()[0]
