@@ -55,6 +55,7 @@ class TorchGPT(nn.Module):
             if p.dim() >= 2:
                 nn.init.normal_(p, std=0.02)
         for b in self.h:
+            assert isinstance(b, Block)
             nn.init.normal_(b.c_proj.weight, std=0.02 / math.sqrt(2 * L))
         if tie:  # as nanoGPT: the output projection is the token embedding
             self.lm_head.weight = self.wte.weight
@@ -104,7 +105,7 @@ def train_loop(model: TorchGPT, opt: torch.optim.Optimizer, train_ids: torch.Ten
     val_starts = torch.linspace(0, len(val_ids) - T - 2, eval_batches * B).long()
     val_x = val_ids[val_starts[:, None] + offsets[:-1]].view(eval_batches, B, T)
     val_y = val_ids[val_starts[:, None] + offsets[1:]].view(eval_batches, B, T)
-    losses = {"val_loss": None}
+    losses: dict[str, float | None] = {"val_loss": None}
     with open(os.path.join(out, "metrics.jsonl"), "w", encoding="utf-8") as log:
         for step in range(steps):
             for group in opt.param_groups:

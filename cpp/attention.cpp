@@ -16,6 +16,14 @@ namespace sllm {
 namespace {
 
 constexpr int64_t kRowBlock = 32;
+// Up to this many query rows per head (decoding), attention is dot products with the
+// cached keys and a weighted sum of the cached values, read where they are: no GEMM
+// panels to pack for a row or two.
+constexpr int64_t kDecodeRows = 2;
+
+// Scratch rows are padded to a multiple of the widest vector (16 floats), so the row
+// kernels (attention_rows.inc) run over whole vectors.
+int64_t padded(int64_t n) { return (n + 15) / 16 * 16; }
 
 Scratch g_attention;
 
@@ -30,55 +38,66 @@ struct Head {
   int64_t ldo, nq, q_pos0, D;
 };
 
-// Forward of one head into out (and lse when given); s: kRowBlock x nk scratch.
+// Forward of one head into out (and lse when given); s: kRowBlock x padded(nk) scratch.
 void head_fwd(const Head& h, float* lse, float* s, float* pack) {
   const Ops& o = ops();
-  const int64_t nk = h.q_pos0 + h.nq;
+  const int64_t nk = h.q_pos0 + h.nq, ld = padded(nk);
   const float scale = 1.0f / sqrtf((float)h.D);
+  if (h.nq <= kDecodeRows) {  // decoding: read the cached keys and values in place
+    for (int64_t i = 0; i < h.nq; ++i) {
+      const int64_t n = h.q_pos0 + i + 1;
+      o.gemm_row(s, h.q + i * h.ldq, h.k, h.ldkv, true, h.D, 0, n, false, nullptr);  // q.k_j
+      const float l = o.softmax_row(s, n, scale);
+      if (lse) lse[i] = l;
+      float* out = h.out + i * h.ldo;  // sum_j p_j v_j
+      o.gemm_row(out, s, h.v, h.ldkv, false, n, 0, h.D, false, nullptr);
+    }
+    return;
+  }
   for (int64_t r0 = 0; r0 < h.nq; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, h.nq - r0), cols = h.q_pos0 + r0 + rows;
-    gemm_serial(rows, cols, h.D, h.q + r0 * h.ldq, h.ldq, false, h.k, h.ldkv, true, s, nk, false,
+    gemm_serial(rows, cols, h.D, h.q + r0 * h.ldq, h.ldq, false, h.k, h.ldkv, true, s, ld, false,
                 nullptr, pack);
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t n = h.q_pos0 + r0 + i + 1;
-      const float l = o.softmax_row(s + i * nk, n, scale);
+      const float l = o.softmax_row(s + i * ld, n, scale);
       if (lse) lse[r0 + i] = l;
-      std::fill(s + i * nk + n, s + i * nk + cols, 0.0f);  // the causal mask
+      if (n < cols) std::fill(s + i * ld + n, s + i * ld + cols, 0.0f);  // the causal mask
     }
-    gemm_serial(rows, h.D, cols, s, nk, false, h.v, h.ldkv, false, h.out + r0 * h.ldo, h.ldo,
+    gemm_serial(rows, h.D, cols, s, ld, false, h.v, h.ldkv, false, h.out + r0 * h.ldo, h.ldo,
                 false, nullptr, pack);
   }
 }
 
-// Backward of one head (T = nq, q_pos0 = 0). p, ds: T x T scratch.
+// Backward of one head (T = nq, q_pos0 = 0). p, ds: T x padded(T) scratch each.
 void head_bwd(const Head& h, float* dq, float* dk, float* dv, int64_t ldd, const float* dout,
               const float* lse, float* p, float* ds, float* pack) {
   const Ops& o = ops();
-  const int64_t T = h.nq, D = h.D;
+  const int64_t T = h.nq, D = h.D, ld = padded(T);
   const float scale = 1.0f / sqrtf((float)D);
   for (int64_t r0 = 0; r0 < T; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, T - r0), cols = r0 + rows;
-    gemm_serial(rows, cols, D, h.q + r0 * h.ldq, h.ldq, false, h.k, h.ldkv, true, p + r0 * T, T,
+    gemm_serial(rows, cols, D, h.q + r0 * h.ldq, h.ldq, false, h.k, h.ldkv, true, p + r0 * ld, ld,
                 false, nullptr, pack);
-    gemm_serial(rows, cols, D, dout + r0 * h.ldo, h.ldo, false, h.v, h.ldkv, true, ds + r0 * T,
-                T, false, nullptr, pack);
+    gemm_serial(rows, cols, D, dout + r0 * h.ldo, h.ldo, false, h.v, h.ldkv, true, ds + r0 * ld,
+                ld, false, nullptr, pack);
     for (int64_t i = r0; i < r0 + rows; ++i) {
       float delta = 0.0f;  // rowsum(dO * O)
       for (int64_t d = 0; d < D; ++d) delta += dout[i * h.ldo + d] * h.out[i * h.ldo + d];
-      o.attention_grad_row(p + i * T, ds + i * T, i + 1, scale, lse[i], delta);
-      std::fill(p + i * T + i + 1, p + i * T + T, 0.0f);
-      std::fill(ds + i * T + i + 1, ds + i * T + T, 0.0f);
+      o.attention_grad_row(p + i * ld, ds + i * ld, i + 1, scale, lse[i], delta);
+      std::fill(p + i * ld + i + 1, p + i * ld + T, 0.0f);
+      std::fill(ds + i * ld + i + 1, ds + i * ld + T, 0.0f);
     }
     // dQ rows = dS rows @ K (keys up to the block's last row)
-    gemm_serial(rows, D, cols, ds + r0 * T, T, false, h.k, h.ldkv, false, dq + r0 * ldd, ldd,
+    gemm_serial(rows, D, cols, ds + r0 * ld, ld, false, h.k, h.ldkv, false, dq + r0 * ldd, ldd,
                 false, nullptr, pack);
   }
   for (int64_t c0 = 0; c0 < T; c0 += kRowBlock) {  // dK = dS^T Q, dV = P^T dO, queries >= c0
     const int64_t keys = std::min(kRowBlock, T - c0), n = T - c0;
-    const int64_t off = c0 * T + c0;
-    gemm_serial(keys, D, n, ds + off, T, true, h.q + c0 * h.ldq, h.ldq, false, dk + c0 * ldd, ldd,
+    const int64_t off = c0 * ld + c0;
+    gemm_serial(keys, D, n, ds + off, ld, true, h.q + c0 * h.ldq, h.ldq, false, dk + c0 * ldd, ldd,
                 false, nullptr, pack);
-    gemm_serial(keys, D, n, p + off, T, true, dout + c0 * h.ldo, h.ldo, false, dv + c0 * ldd,
+    gemm_serial(keys, D, n, p + off, ld, true, dout + c0 * h.ldo, h.ldo, false, dv + c0 * ldd,
                 ldd, false, nullptr, pack);
   }
 }
@@ -96,13 +115,13 @@ void attention_fwd(float* out, float* lse, const float* qkv, int64_t B, int64_t 
   const int64_t D = C / H;
   auto guard = g_attention.lock();
   int64_t per_thread;
-  float* scratch = thread_scratch(kRowBlock * T, &per_thread);
+  float* scratch = thread_scratch(kRowBlock * padded(T), &per_thread);
   parallel_for(B * H, [&](int64_t bh, int thread) {
     const int64_t b = bh / H, h = bh % H;
     const float* q = qkv + b * T * 3 * C + h * D;
     float* s = scratch + thread * per_thread;
     head_fwd({q, 3 * C, q + C, q + 2 * C, 3 * C, out + b * T * C + h * D, C, T, 0, D},
-             lse + (b * H + h) * T, s, s + kRowBlock * T);
+             lse + (b * H + h) * T, s, s + kRowBlock * padded(T));
   });
 }
 
@@ -111,7 +130,7 @@ void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float
   const int64_t D = C / H;
   auto guard = g_attention.lock();
   int64_t per_thread;
-  float* scratch = thread_scratch(2 * T * T, &per_thread);
+  float* scratch = thread_scratch(2 * T * padded(T), &per_thread);
   parallel_for(B * H, [&](int64_t bh, int thread) {
     const int64_t b = bh / H, h = bh % H;
     const int64_t base = b * T * 3 * C + h * D, obase = b * T * C + h * D;
@@ -119,7 +138,7 @@ void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float
     float* s = scratch + thread * per_thread;
     head_bwd({q, 3 * C, q + C, q + 2 * C, 3 * C, const_cast<float*>(out + obase), C, T, 0, D},
              dqkv + base, dqkv + base + C, dqkv + base + 2 * C, 3 * C, dout + obase,
-             lse + (b * H + h) * T, s, s + T * T, s + 2 * T * T);
+             lse + (b * H + h) * T, s, s + T * padded(T), s + 2 * T * padded(T));
   });
 }
 
@@ -128,7 +147,7 @@ void attention_decode(float* out, const float* qkv, float* kcache, float* vcache
   const int64_t D = C / H, nk = pos + Tn;
   auto guard = g_attention.lock();
   int64_t per_thread;
-  float* scratch = thread_scratch(kRowBlock * nk, &per_thread);
+  float* scratch = thread_scratch(kRowBlock * padded(nk), &per_thread);
   parallel_for(B * H, [&](int64_t bh, int thread) {
       const int64_t b = bh / H, h = bh % H;
       float* kc = kcache + (b * H + h) * maxT * D;
@@ -142,7 +161,7 @@ void attention_decode(float* out, const float* qkv, float* kcache, float* vcache
       float* s = scratch + thread * per_thread;
       // keys/values are rows of the cache (stride D); queries rows of qkv (stride 3C)
       head_fwd({q, 3 * C, kc, vc, D, out + b * Tn * C + h * D, C, Tn, pos, D}, nullptr, s,
-               s + kRowBlock * nk);
+               s + kRowBlock * padded(nk));
   }, B * H * nk * D > 65536 ? 0 : 1);
 }
 
@@ -157,7 +176,7 @@ void attention_decode_batch(float* out, const float* qkv, float* kcache, float* 
   for (int64_t b = 0; b < B; ++b) nk = std::max<int64_t>(nk, positions[b] + 1);
   auto guard = g_attention.lock();
   int64_t per_thread;
-  float* scratch = thread_scratch(kRowBlock * nk, &per_thread);
+  float* scratch = thread_scratch(kRowBlock * padded(nk), &per_thread);
   parallel_for(B * H, [&](int64_t bh, int thread) {
     const int64_t b = bh / H, h = bh % H, pos = positions[b];
     float* kc = kcache + ((int64_t)slots[b] * H + h) * maxT * D;
@@ -169,7 +188,7 @@ void attention_decode_batch(float* out, const float* qkv, float* kcache, float* 
     }
     float* s = scratch + thread * per_thread;
     head_fwd({q, 3 * C, kc, vc, D, out + b * C + h * D, C, 1, pos, D}, nullptr, s,
-             s + kRowBlock * (pos + 1));
+             s + kRowBlock * padded(pos + 1));
   }, B * H * nk * D > 65536 ? 0 : 1);
 }
 

@@ -18,17 +18,6 @@ void for_chunks(int64_t n, F body, int64_t parallel_min = kMemoryBoundMin) {
   parallel_ranges(n, n < parallel_min ? 1 : num_threads(), 16, body);
 }
 
-// base.dropout_keep_mask: murmur3's finaliser of i * 0x9E3779B1 + seed, bit for bit.
-inline uint32_t dropout_hash(uint32_t i, uint32_t seed) {
-  uint32_t x = i * 0x9E3779B1u + seed;
-  x ^= x >> 16;
-  x *= 0x85EBCA6Bu;
-  x ^= x >> 13;
-  x *= 0xC2B2AE35u;
-  x ^= x >> 16;
-  return x;
-}
-
 // base.dropout_threshold: round(p * 2^32) (half to even, as Python), capped at 2^32 - 1.
 uint32_t dropout_threshold(double p) {
   double t = std::nearbyint(p * 4294967296.0);
@@ -57,8 +46,9 @@ void relu_fwd(float* out, const float* inp, int64_t n) {
 }
 
 void relu_bwd(float* dinp, const float* dout, const float* inp, int64_t n) {
+  const Ops& o = ops();
   for_chunks(n, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) dinp[i] = inp[i] > 0.0f ? dout[i] : 0.0f;
+    o.relu_bwd(dinp + i0, dout + i0, inp + i0, i1 - i0);
   });
 }
 
@@ -71,10 +61,10 @@ void residual_fwd(float* out, const float* a, const float* b, int64_t n) {
 void dropout_fwd(float* out, const float* inp, double p, uint32_t seed, int64_t n) {
   const uint32_t threshold = dropout_threshold(p);
   const float keep_scale = (float)(1.0 - p);  // numpy divides by float32(1 - p)
+  const Ops& o = ops();
   for_chunks(n, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      out[i] = dropout_hash((uint32_t)i, seed) >= threshold ? inp[i] / keep_scale : 0.0f;
-  });
+    o.dropout_range(out + i0, inp + i0, i0, i1 - i0, seed, threshold, keep_scale);
+  }, kComputeBoundMin);
 }
 
 }  // namespace sllm

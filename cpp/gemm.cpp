@@ -1,8 +1,10 @@
-// Cache-blocked GEMM over packed panels (Goto/BLIS loop order) and the matmul kernels.
+// Cache-blocked GEMM (Goto/BLIS loop order) and the matmul kernels.
 //
-// Per block of kc x nc, op(B) is packed into nr-wide column panels, then per block of mc
-// rows op(A) into mr-tall row panels (both zero-padded, so the register tile never
-// branches), and the register tile sweeps the block.
+// Per block of kc x nc, op(B) is packed into nr-wide, zero-padded column panels (so the
+// register tile never branches and a panel sits in L1 at unit stride). A row-major op(A)
+// is read in place by the register tile (its mc x kc block stays in L2 without a copy;
+// copying it cost more than it saved at the model's sizes); a transposed one is copied
+// into mr-tall panels (see pack_a_trans).
 #include <algorithm>
 
 #if SLLM_X86
@@ -17,7 +19,7 @@ namespace sllm {
 namespace {
 
 constexpr int64_t kSmallM = 4;  // at most this many rows: no packing (decode, GEMV)
-constexpr int64_t kMc = 96;     // rows of A packed at once (stays in L2)
+constexpr int64_t kMc = 96;     // rows of A swept per packed B block (stays in L2)
 constexpr int64_t kNc = 512;    // columns of B packed at once
 // Non-transposed GEMMs up to this depth, over at most this many column panels, skip
 // packing: a packed A panel would be reused by too few column panels to pay for itself
@@ -28,6 +30,7 @@ constexpr int64_t kDirectMaxK = 256, kDirectMaxPanels = 4;
 constexpr int64_t kParallelMacs = 4 << 20;
 
 Scratch g_pack;
+Scratch g_dweight;  // matmul_bwd's dW product when it is computed transposed
 
 // dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: 4x4 blocks in SSE
 // registers (baseline on every x86-64), so packing stores 4 floats at a time.
@@ -55,23 +58,6 @@ void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int
     for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
 }
 
-void pack_a(float* dst, const float* A, int64_t lda, bool trans_a, int64_t M, int64_t i0,
-            int64_t k0, int64_t kc, int mr) {
-  const int64_t m = std::min<int64_t>(mr, M - i0);
-  if (!trans_a) {  // rows of A become the panel's columns
-    transpose(dst, mr, A + i0 * lda + k0, lda, m, kc);
-    for (int64_t k = 0; k < kc; ++k)
-      for (int64_t i = m; i < mr; ++i) dst[k * mr + i] = 0.0f;
-    return;
-  }
-  for (int64_t k = 0; k < kc; ++k) {
-    float* d = dst + k * mr;
-    const float* src = A + (k0 + k) * lda + i0;
-    for (int64_t i = 0; i < m; ++i) d[i] = src[i];
-    for (int64_t i = m; i < mr; ++i) d[i] = 0.0f;
-  }
-}
-
 void pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t j0,
             int64_t k0, int64_t kc, int nr) {
   const int64_t n = std::min<int64_t>(nr, N - j0);
@@ -81,12 +67,7 @@ void pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t N, in
       for (int64_t j = n; j < nr; ++j) dst[k * nr + j] = 0.0f;
     return;
   }
-  for (int64_t k = 0; k < kc; ++k) {
-    float* d = dst + k * nr;
-    const float* src = B + (k0 + k) * ldb + j0;
-    for (int64_t j = 0; j < n; ++j) d[j] = src[j];
-    for (int64_t j = n; j < nr; ++j) d[j] = 0.0f;
-  }
+  ops().pack_b_rows(dst, B, ldb, j0, k0, kc, (int)n);
 }
 
 // GEMV-like path for a few rows (decoding: M = 1): no packing; the columns are split over
@@ -133,7 +114,7 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
       stride = nr;
     }
     for (int64_t i = 0; i < M; i += mr)
-      o.gemm_micro_direct(K, A + i * lda, lda, b, stride, C + i * ldc + j, ldc,
+      o.gemm_micro(K, A + i * lda, lda, 1, b, stride, C + i * ldc + j, ldc,
                           (int)std::min<int64_t>(mr, M - i), n, accumulate,
                           bias ? bias + j : nullptr);
   }
@@ -150,7 +131,7 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
   if (!trans_a && !trans_b && K > 0 && K <= std::min<int64_t>(o.kc, kDirectMaxK) &&
       N <= kDirectMaxPanels * nr)
     return gemm_direct(M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, pack);
-  float* a_packed = pack;
+  float* a_packed = pack;  // op(A) rows when A is transposed (kMc x kc)
   float* b_packed = pack + kMc * o.kc;
   for (int64_t j0 = 0; j0 < N; j0 += kNc) {
     const int64_t nc = std::min(kNc, N - j0);
@@ -162,14 +143,19 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
         pack_b(b_packed + jp * nr * kc, B, ldb, trans_b, N, j0 + jp * nr, k0, kc, nr);
       for (int64_t i0 = 0; i0 < M; i0 += kMc) {
         const int64_t mc = std::min(kMc, M - i0);
-        for (int64_t ip = 0; ip * mr < mc; ++ip)
-          pack_a(a_packed + ip * mr * kc, A, lda, trans_a, M, i0 + ip * mr, k0, kc, mr);
+        // A transposed: the mr values of one k are contiguous in A, but consecutive k lie
+        // a row of A apart, so reading them in place would touch kc cache lines per tile
+        if (trans_a) o.pack_a_trans_block(a_packed, A, lda, i0, mc, k0, kc);
         for (int64_t jp = 0; jp * nr < nc; ++jp)
-          for (int64_t ip = 0; ip * mr < mc; ++ip) {
-            const int64_t i = i0 + ip * mr, j = j0 + jp * nr;
-            o.gemm_micro(kc, a_packed + ip * mr * kc, b_packed + jp * nr * kc, C + i * ldc + j,
-                         ldc, (int)std::min<int64_t>(mr, M - i), (int)std::min<int64_t>(nr, N - j),
-                         acc, bias_now ? bias_now + jp * nr : nullptr);
+          for (int64_t i = i0; i < i0 + mc; i += mr) {
+            const int64_t j = j0 + jp * nr;
+            // op(A)(i, k): packed at [k * mr + i], or in place at A[i * lda + k]
+            const float* a = trans_a ? a_packed + (i - i0) * kc : A + i * lda + k0;
+            o.gemm_micro(kc, a, trans_a ? 1 : lda, trans_a ? mr : 1,
+                                b_packed + jp * nr * kc, nr, C + i * ldc + j, ldc,
+                                (int)std::min<int64_t>(mr, M - i),
+                                (int)std::min<int64_t>(nr, N - j), acc,
+                                bias_now ? bias_now + jp * nr : nullptr);
           }
       }
     }
@@ -208,8 +194,9 @@ struct Plan {
 Plan plan(const Gemm& g, int threads) {
   const Ops& o = ops();
   const int64_t m_panels = (g.M + o.mr - 1) / o.mr, n_panels = (g.N + o.nr - 1) / o.nr;
-  // Splitting rows makes every chunk pack all of op(B), splitting columns all of op(A):
-  // split the longer side. Chunks of at least one packing block each, a few per thread.
+  // Splitting rows makes every chunk pack all of op(B), splitting columns read (or, when
+  // transposed, pack) all of op(A): split the longer side. Chunks of at least one packing
+  // block each, a few per thread.
   const bool split_rows = g.M >= g.N ? m_panels >= threads : n_panels < threads;
   const int64_t panels = split_rows ? m_panels : n_panels;
   const int64_t block = split_rows ? kMc / o.mr : kNc / o.nr;
@@ -287,16 +274,34 @@ void matmul_fwd(float* out, const float* inp, const float* weight, const float* 
 
 void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                 const float* weight, bool trans_w, int64_t N, int64_t C, int64_t OC) {
+  // dW = inp^T @ dout (C x OC), stored as (C,OC), or as (OC,C) for a transposed weight
+  // (a tied lm_head). Both factors are transposed reads over the N rows, and the GEMM
+  // copies its op(A) into panels: make op(A) the narrower of inp and dout (the other side
+  // is packed in whole vectors). When that orientation is not the stored one, the product
+  // goes to a scratch and is added transposed: for the lm_head that spares copying the
+  // logits' gradient (N x vocabulary), for the MLP's down projection 4x less copying.
+  const bool stored_c_rows = !trans_w;              // dW's rows run over C
+  const bool c_rows = C <= OC;                      // the product's rows run over C
+  const int64_t rows = c_rows ? C : OC, cols = c_rows ? OC : C;
   Gemm jobs[kMaxJobs];
   int count = 0;
-  if (trans_w)  // dW (OC,C) += dout^T @ inp
-    jobs[count++] = {OC, C, N, dout, OC, true, inp, C, false, dweight, C, true, nullptr};
-  else  // dW (C,OC) += inp^T @ dout
-    jobs[count++] = {C, OC, N, inp, C, true, dout, OC, false, dweight, OC, true, nullptr};
+  auto guard = g_dweight.lock();
+  float* product = c_rows == stored_c_rows ? dweight : g_dweight.get(C * OC);
+  jobs[count++] = {rows, cols, N, c_rows ? inp : dout, c_rows ? C : OC, true,
+                   c_rows ? dout : inp, c_rows ? OC : C, false, product, cols,
+                   product == dweight, nullptr};
   if (dinp)  // dinp (N,C) = dout (N,OC) @ W^T
     jobs[count++] = {N, C, OC, dout, OC, false, weight, trans_w ? C : OC, !trans_w, dinp, C,
                      false, nullptr};
   gemm_many(jobs, count);
+  if (product != dweight)  // dweight (cols x rows) += product^T
+    parallel_for((cols + 63) / 64, [&](int64_t blk, int) {
+      const int64_t r0 = blk * 64, r1 = std::min(cols, r0 + 64);
+      for (int64_t c0 = 0; c0 < rows; c0 += 8)  // 8 columns of dW at a time
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < std::min(rows, c0 + 8); ++c)
+            dweight[r * rows + c] += product[c * cols + r];
+    }, C * OC > (1 << 16) ? 0 : 1);
   if (dbias) {
     const int64_t blocks = (OC + 63) / 64;
     parallel_for(blocks, [&](int64_t blk, int) {

@@ -128,7 +128,9 @@ def train_loop_row(model: Any, B: int, T: int, steps: int, step_flops: float,
                    bare: dict[str, Any]) -> dict[str, Any]:
     """`sllm train`'s loop end to end (sllm.train.Trainer): batches from a corpus, the
     schedule, clipping, AdamW, metrics.jsonl, two evaluations and the final checkpoint.
-    Its tokens/s next to the bare step's shows what the loop around the step costs."""
+    Its tokens/s next to the bare step's shows what the loop around the step costs; the
+    steps' own times (metrics.jsonl) split that into the steps and the fixed costs."""
+    import json
     import tempfile
 
     from .train import Trainer, make_optimizer
@@ -138,9 +140,14 @@ def train_loop_row(model: Any, B: int, T: int, steps: int, step_flops: float,
         t0 = time.perf_counter()
         trainer.run()
         wall = time.perf_counter() - t0
+        with open(os.path.join(out, "metrics.jsonl"), encoding="utf-8") as f:
+            rates = [json.loads(line)["tokens_per_s"] for line in f if line.strip()]
     row = _row("train", f"train loop B{B} T{T}, {steps} steps", [wall], steps * B * T,
                "tokens_per_s", step_flops * steps)
     row["vs_step"] = row["tokens_per_s"] / bare["tokens_per_s"]
+    step_seconds = sum(B * T / r for r in rates)  # log_every=1: one line per step
+    row["steps_vs_step"] = steps * B * T / step_seconds / bare["tokens_per_s"]
+    row["fixed_s"] = wall - step_seconds
     return row
 
 

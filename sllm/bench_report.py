@@ -87,8 +87,10 @@ def render(report: dict[str, Any], console: Any) -> None:
         console.print(table)
     for backend, r in rows:
         if "vs_step" in r:
+            detail = (f": its steps at {r['steps_vs_step']:.0%}, plus {r['fixed_s']:.2f} s of "
+                      "evaluations, checkpoint and first-step setup") if "steps_vs_step" in r else ""
             console.print(f"{backend}: the training loop runs at {r['vs_step']:.0%} of the bare "
-                          f"step's tokens/s ({r['name']})")
+                          f"step's tokens/s ({r['name']}){detail}")
     for res in report["results"]:
         if "error" in res:
             console.print(f"[yellow]{res['backend']}[/]: {res['error']}")

@@ -26,6 +26,10 @@ def test_bench_smoke(tmp_path):
             assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
         train = next(r for r in res["rows"] if r["suite"] == "train")
         assert train["tokens_per_s"] > 0 and train["gflops"] > 0
+        loop = next(r for r in res["rows"] if r["name"].startswith("train loop"))
+        # the loop's wall time = its steps (metrics.jsonl) + evaluations and checkpoint
+        steps_s = loop["median_s"] - loop["fixed_s"]
+        assert 0 < steps_s < loop["median_s"] and loop["steps_vs_step"] > 0
         assert res["peak_rss_mb"] > 0 and res["analytic_mb"] > 0
     numpy_train = next(r for r in by_backend["numpy"]["rows"] if r["suite"] == "train")
     assert numpy_train["vs_numpy"] == pytest.approx(1.0)
@@ -36,6 +40,7 @@ def test_bench_smoke(tmp_path):
     render(report, console)
     text = console.export_text()
     assert "train" in text and "numpy" in text and "FP32 peak" in text
+    assert "its steps at" in text
 
 
 def test_bench_cli(tmp_path):

@@ -343,9 +343,12 @@ def _shapes(names: str, *rows: tuple[Any, ...]) -> list[dict[str, Any]]:
 
 _ENC = _shapes("B T V C pos", (1, 1, 3, 5, 0), (2, 5, 13, 17, 3), (3, 9, 70, 33, 0))
 _LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128))
-# (5, 3, 41): just past the few-row (GEMV) path, tiny K (the unpacked small-K tiles)
+# (5, 3, 41): just past the few-row (GEMV) path, tiny K (the unpacked small-K tiles);
+# (300, 40, 70) and (300, 70, 40): dW's product over two depth blocks, computed in both
+# orientations (cpp packs the narrower of inp and dout and may add the product transposed)
 _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (7, 17, 19), (37, 33, 70),
-                                   (130, 128, 384), (20, 64, 5003), (13, 300, 33))
+                                   (130, 128, 384), (20, 64, 5003), (13, 300, 33),
+                                   (300, 40, 70), (300, 70, 40))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
 # K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
 _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
@@ -353,8 +356,10 @@ _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
                                       (1, 384, 1152), (37, 1536, 70), (5, 64, 5003)))
         for q in ("q8_0", "q4_0", "q4_1")]
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
+# Tn = 1, 2: rows read the cache in place (cpp); Tn = 3, 6: through the GEMM tiles
 _DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
-               (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64))
+               (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64),
+               (1, 2, 7, 2, 5, 12), (2, 1, 9, 3, 4, 12))
 _DECB = _shapes("S H D maxT slots positions", (1, 1, 8, 4, (0,), (0,)),
                 (3, 1, 5, 12, (2, 0), (5, 0)), (5, 3, 5, 9, (4, 1, 3), (8, 0, 3)),
                 (4, 4, 32, 70, (3, 0, 2, 1), (69, 31, 32, 1)))
