@@ -138,7 +138,11 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
   if (N >= kGemmRows) return matmul_q_gemm(out, wq, bias, qtype, N, K, OC, q, d);
   const QDot dot = qops().dot[qtype];
   // chunks of output rows; each chunk's weights stay in cache while every input row passes
-  const int threads = (N * OC * K < (1 << 16)) ? 1 : num_threads();
+  // As the f32 GEMV (gemm.cpp's gemm_small_m): below 256K multiply-adds a product stays on
+  // one thread, so a decode step's per-layer GEMVs never wait for a second thread that
+  // another process keeps off its core (2 threads were 0.55x of 1 under load); the wide
+  // lm_head still splits.
+  const int threads = (N * OC * K < (1 << 18)) ? 1 : num_threads();
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(16, OC / (4 * threads)));
   const int64_t chunks = (OC + chunk - 1) / chunk;
   parallel_for(chunks, [&](int64_t c, int) {
