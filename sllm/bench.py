@@ -169,15 +169,29 @@ def loop_setup(B: int, T: int, steps: int, vocab_size: int, out: str
 
 
 def generate_suite(model: Any, tokens: int, repeats: int) -> list[dict[str, Any]]:
-    """Batch-1 sampling with the KV cache after a 16-token prompt."""
+    """Batch-1 sampling with the KV cache after a 16-token prompt (half the context when
+    that is shorter)."""
     from .flops import decode_flops_per_token
     cfg = model.config
-    tokens = min(tokens, cfg.max_seq_len - 16)
-    prompt = list(range(16))
+    n_prompt = min(16, cfg.max_seq_len // 2)
+    tokens = min(tokens, cfg.max_seq_len - n_prompt)
+    prompt = list(range(n_prompt))
     times = timed(lambda: model.generate(prompt, tokens, temperature=0), max(1, repeats // 2))
-    flops = sum(decode_flops_per_token(cfg, 16 + i) for i in range(tokens))
-    return [_row("generate", f"decode {tokens} tokens, batch 1", times, tokens,
-                 "tokens_per_s", flops)]
+    flops = sum(decode_flops_per_token(cfg, n_prompt + i) for i in range(tokens))
+    row = _row("generate", f"decode {tokens} tokens, batch 1", times, tokens,
+               "tokens_per_s", flops)
+    row["weights_gb_per_s"] = row["tokens_per_s"] * decode_weight_bytes(model) / 1e9
+    return [row]
+
+
+def decode_weight_bytes(model: Any) -> int:
+    """Bytes of weights one decoded token reads: every parameter (quantized ones as
+    stored) but the embedding tables, of which it reads a row, unless the token embedding
+    is also the output projection (tied), which reads all of it."""
+    sizes = {name: p.nbytes for name, p in model.parameters().items()}
+    sizes.update({name: q.data.nbytes for name, q in model.quantized_weights().items()})
+    skip = {"wpe"} | (set() if model.config.tie_embeddings else {"wte"})
+    return sum(n for name, n in sizes.items() if name not in skip)
 
 
 QUANT_TYPES = ("q8_0", "q4_0", "q4_1")
@@ -321,8 +335,8 @@ def add_ratios(results: list[dict[str, Any]], peak: float | None,
             r["vs_numpy"] = ref["median_s"] / r["median_s"] if ref else None
             r["vs_torch"] = tref["median_s"] / r["median_s"] if tref else None
             r["mfu"] = r["gflops"] / peak if peak and "gflops" in r else None
-            if bandwidth and "gb_per_s" in r:
-                r["bw"] = r["gb_per_s"] / bandwidth
+            if bandwidth and ("gb_per_s" in r or "weights_gb_per_s" in r):
+                r["bw"] = r.get("gb_per_s", r.get("weights_gb_per_s", 0.0)) / bandwidth
 
 
 def main() -> None:

@@ -78,6 +78,8 @@ def render(report: dict[str, Any], console: Any) -> None:
             if "gb_per_s" in r:
                 rate = f"{r['gb_per_s']:.1f} GB/s" + (f" ({r['bw']:.0%} of BW)" if r.get("bw")
                                                       else "")
+            elif r.get("bw"):  # decoding: the weights it streams per second, against BW
+                rate += f" ({r['bw']:.0%} of BW)"
             table.add_row(backend, r["name"], f"{r['median_s'] * 1e3:.2f} ms",
                           f"{r['min_s'] * 1e3:.2f}..{r['max_s'] * 1e3:.2f}", rate,
                           f"{r['gflops']:.1f}" if "gflops" in r else "",

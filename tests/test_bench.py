@@ -26,6 +26,8 @@ def test_bench_smoke(tmp_path):
             assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
         train = next(r for r in res["rows"] if r["suite"] == "train")
         assert train["tokens_per_s"] > 0 and train["gflops"] > 0
+        decode = next(r for r in res["rows"] if r["suite"] == "generate")
+        assert decode["weights_gb_per_s"] > 0  # the weights it reads, for "% of BW"
         loop = next(r for r in res["rows"] if r["name"].startswith("train loop"))
         # the loop's wall time = its steps (metrics.jsonl) + evaluations and checkpoint
         steps_s = loop["median_s"] - loop["fixed_s"]
@@ -94,3 +96,21 @@ def test_every_benchmark_times_one_step_definition():
     for script in ("cpp_train.py", "train_backends.py", "test_phases.py", "wasm_step.py"):
         text = (bench_dir / script).read_text()
         assert "train_step(model, opt" in text and "model.forward_backward" not in text, script
+
+
+def test_decode_weight_bytes_counts_what_a_token_reads():
+    """Every parameter but the embedding tables (one row each), unless wte is also the
+    output projection; quantized weights as stored."""
+    from sllm.bench import decode_weight_bytes
+    for tied in (True, False):
+        model = sllm.SLLM({**TINY, "tieEmbeddings": tied}, backend="numpy")
+        skip = {"wpe"} | (set() if tied else {"wte"})
+        params = model.parameters()
+        assert decode_weight_bytes(model) == sum(p.nbytes for n, p in params.items()
+                                                 if n not in skip)
+        q = model.quantize("q8_0").quantized_weights()
+        floats = model.parameters()
+        assert q and not set(q) & set(floats)
+        assert decode_weight_bytes(model) == sum(
+            p.nbytes for n, p in floats.items() if n not in skip) + sum(
+            t.data.nbytes for n, t in q.items() if n not in skip)
