@@ -164,12 +164,7 @@ void bind_attention(py::module_& m) {
     Arr q = k.in(qkv, "qkv"), kc = k.out(kcache, "kcache"), vc = k.out(vcache, "vcache");
     int64_t B, Tn, C;
     qkv_dims(k, q, n_head, &B, &Tn, &C);
-    k.dims(kc, "kcache", 4);
-    k.expect(kc.shape == vc.shape, "kcache and vcache shapes differ");
-    k.expect(kc.shape[0] == B && kc.shape[1] == n_head && kc.shape[3] == C / n_head,
-             "kcache must be (B, n_head, max_T, C / n_head)");
-    const int64_t maxT = kc.shape[2];
-    k.expect(pos >= 0 && pos + Tn <= maxT, "pos + new positions exceed the cache length");
+    const int64_t maxT = k.kv_cache(kc, vc, B, n_head, C, pos, Tn);
     Arr o = k.out(out, "out");
     k.expect(o.size == B * Tn * C, "out must be (B, Tn, C)");
     Nogil nogil;

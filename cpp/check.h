@@ -77,6 +77,17 @@ class Check {
     if (pa < b.end() && pb < a.end())
       fail(std::string(an) + " must not overlap " + bn);
   }
+  // A layer's KV cache for B sequences: kcache and vcache (B, n_head, max_T, C / n_head)
+  // with room for Tn new positions at pos. Returns max_T.
+  int64_t kv_cache(const Arr& kc, const Arr& vc, int64_t B, int64_t n_head, int64_t C,
+                   int64_t pos, int64_t Tn) const {
+    dims(kc, "kcache", 4);
+    expect(kc.shape == vc.shape, "kcache and vcache shapes differ");
+    expect(kc.shape[0] == B && kc.shape[1] == n_head && kc.shape[3] == C / n_head,
+           "kcache must be (B, n_head, max_T, C / n_head)");
+    expect(pos >= 0 && pos + Tn <= kc.shape[2], "pos + new positions exceed the cache length");
+    return kc.shape[2];
+  }
   void ids(const Arr& t, int64_t lo, int64_t hi, const char* name) const {
     for (int64_t i = 0; i < t.size; ++i)
       if (t.i()[i] < lo || t.i()[i] >= hi)

@@ -73,12 +73,7 @@ void bind_decode(py::module_& m) {
              xi.end() <= (const char*)o.data, "out must be x itself or not overlap it");
     k.expect(n_head > 0 && C % n_head == 0, "n_head must divide C");
     Arr kc = k.out(kcache, "kcache"), vc = k.out(vcache, "vcache");
-    k.dims(kc, "kcache", 4);
-    k.expect(kc.shape == vc.shape, "kcache and vcache shapes differ");
-    k.expect(kc.shape[0] == B && kc.shape[1] == n_head && kc.shape[3] == C / n_head,
-             "kcache must be (B, n_head, max_T, C / n_head)");
-    const int64_t maxT = kc.shape[2];
-    k.expect(pos >= 0 && pos + Tn <= maxT, "pos + new positions exceed the cache length");
+    const int64_t maxT = k.kv_cache(kc, vc, B, n_head, C, pos, Tn);
     k.disjoint(kc, "kcache", vc, "vcache");
     const int64_t F = ffn_width(k, params[8], code);
     k.expect(F >= 1, "fc_w must have at least one output");

@@ -325,7 +325,7 @@ class SLLM:
             k.residual_fwd(la.res3, la.res2, la.fcproj)
             x = la.res3
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
-        mm(a.logits, a.lnf, self._lm_head({**P, **self._qweights}), None,
+        mm(a.logits, a.lnf, self._lm_head(self._qweights, P), None,
            cfg.tie_embeddings)
         a.dropout = dropout
 
@@ -350,8 +350,11 @@ class SLLM:
             np.arange(pos, pos + a.tokens.shape[1])[None, :]
         a.x0[...] = emb.reshape(a.x0.shape) + self._params["wpe"][where]
 
-    def _lm_head(self, views: dict[str, Any]) -> Any:
-        return views["wte"] if self.config.tie_embeddings else views["lm_head.weight"]
+    def _lm_head(self, *views: Mapping[str, Any]) -> Any:
+        """The output projection's tensor in the first of `views` that has it (per decoded
+        token: no merged dict of every tensor)."""
+        name = "wte" if self.config.tie_embeddings else "lm_head.weight"
+        return next(v[name] for v in views if name in v)
 
     def _act_fwd(self, out: np.ndarray, inp: np.ndarray) -> None:
         kernel = self.backend.gelu_fwd if self.config.activation == "gelu" else self.backend.relu_fwd
