@@ -76,14 +76,19 @@ def test_backends_without_the_fused_kernel_still_decode(name):
     assert mine[2] == want[2]
 
 
+def _assert_decode_equals_forward(model, tokens, prefill, atol):
+    """Prefill `prefill` positions, then decode one at a time: each step's logits are the
+    full forward's at that position."""
+    cache = model.new_cache(tokens.shape[0])
+    rows = [model.decode(tokens[:, :prefill], cache)] + [
+        model.decode(tokens[:, t:t + 1], cache) for t in range(prefill, tokens.shape[1])]
+    np.testing.assert_allclose(np.stack(rows, 1), model.forward(tokens)[:, prefill - 1:],
+                               rtol=0, atol=atol)
+
+
 def test_decode_equals_full_forward_with_the_fused_block(backend_name):
-    model = _model(backend_name)
     tokens = np.random.default_rng(2).integers(0, CFG["vocab_size"], (2, 9))
-    cache = model.new_cache(2)
-    rows = [model.decode(tokens[:, :4], cache)] + [model.decode(tokens[:, t:t + 1], cache)
-                                                   for t in range(4, 9)]
-    np.testing.assert_allclose(np.stack(rows, 1), model.forward(tokens)[:, 3:], rtol=0,
-                               atol=2e-5)
+    _assert_decode_equals_forward(_model(backend_name), tokens, 4, 2e-5)
 
 
 def test_a_layer_of_mixed_weight_types_decodes_kernel_by_kernel(backend_name):
@@ -99,11 +104,7 @@ def test_a_layer_of_mixed_weight_types_decodes_kernel_by_kernel(backend_name):
     fused = type(model.backend).decode_block is not Backend.decode_block
     assert model._blocks[0] is None and (model._blocks[1] is not None) == fused
     tokens = np.random.default_rng(3).integers(0, CFG["vocab_size"], (1, 7))
-    cache = model.new_cache(1)
-    rows_out = [model.decode(tokens[:, :3], cache)] + [model.decode(tokens[:, t:t + 1], cache)
-                                                       for t in range(3, 7)]
-    np.testing.assert_allclose(np.stack(rows_out, 1), model.forward(tokens)[:, 2:], rtol=0,
-                               atol=1e-4)
+    _assert_decode_equals_forward(model, tokens, 3, 1e-4)
 
 
 def _block_args(B=1, Tn=2, H=2, D=4, F=11, pos=3, maxT=8):
