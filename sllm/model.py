@@ -241,14 +241,17 @@ class SLLM:
         t = np.asarray(tokens)
         if t.ndim == 1:
             t = t[None, :]
-        if t.ndim != 2 or not np.issubdtype(t.dtype, np.integer):
+        if t.ndim != 2 or t.dtype.kind not in "iu":
             raise ValueError(f"tokens must be integers of shape (B, T), got {t.dtype} {t.shape}")
         if not 1 <= t.shape[1] <= self.config.max_seq_len or t.shape[0] < 1:
             raise ValueError(f"tokens shape {t.shape}: need B >= 1 and 1 <= T <= "
                              f"max_seq_len ({self.config.max_seq_len})")
-        if t.size and (t.min() < 0 or t.max() >= self.config.vocab_size):
+        # a decode step checks one id: Python's min/max of a short list beat two reductions
+        ids = t.ravel().tolist() if t.size <= 16 else None
+        lo, hi = (min(ids), max(ids)) if ids is not None else (int(t.min()), int(t.max()))
+        if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), "
-                             f"got range [{t.min()}, {t.max()}]")
+                             f"got range [{lo}, {hi}]")
         return t
 
     def _activations(self, B: int, T: int, grads: bool) -> Activations:
