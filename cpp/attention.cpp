@@ -38,8 +38,22 @@ struct Head {
   int64_t ldo, nq, q_pos0, D;
 };
 
-// Forward of one head into out (and lse when given); s: kRowBlock x padded(nk) scratch.
-void head_fwd(const Head& h, float* lse, float* s, float* pack) {
+// K^T (or V^T) of a head packed once into GEMM panels, for every 32-row block of queries
+// (packing it per block cost as much as the block's product at D = 32); heads wider
+// than a packing block go through gemm_serial. kt: packed_keys(nk, D) floats.
+bool packs_keys(int64_t D) { return D <= ops().kc; }
+int64_t packed_keys(int64_t nk, int64_t D) { return packs_keys(D) ? gemm_packed_b_size(nk, D) : 0; }
+
+// S (rows x cols, row stride ld) = Q rows @ K^T, from K^T packed in kt when there is one.
+void scores(int64_t rows, int64_t cols, int64_t D, const float* q, int64_t ldq, const float* k,
+            int64_t ldk, const float* kt, float* s, int64_t ld, float* pack) {
+  if (kt) return gemm_rows_packed_b(rows, cols, D, q, ldq, kt, s, ld);
+  gemm_serial(rows, cols, D, q, ldq, false, k, ldk, true, s, ld, false, nullptr, pack);
+}
+
+// Forward of one head into out (and lse when given); s: kRowBlock x padded(nk) scratch,
+// kt: packed_keys(nk, D) floats.
+void head_fwd(const Head& h, float* lse, float* s, float* kt, float* pack) {
   const Ops& o = ops();
   const int64_t nk = h.q_pos0 + h.nq, ld = padded(nk);
   const float scale = 1.0f / sqrtf((float)h.D);
@@ -54,10 +68,11 @@ void head_fwd(const Head& h, float* lse, float* s, float* pack) {
     }
     return;
   }
+  if (packs_keys(h.D)) gemm_pack_b(kt, h.k, h.ldkv, true, nk, h.D);
+  else kt = nullptr;
   for (int64_t r0 = 0; r0 < h.nq; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, h.nq - r0), cols = h.q_pos0 + r0 + rows;
-    gemm_serial(rows, cols, h.D, h.q + r0 * h.ldq, h.ldq, false, h.k, h.ldkv, true, s, ld, false,
-                nullptr, pack);
+    scores(rows, cols, h.D, h.q + r0 * h.ldq, h.ldq, h.k, h.ldkv, kt, s, ld, pack);
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t n = h.q_pos0 + r0 + i + 1;
       const float l = o.softmax_row(s + i * ld, n, scale);
@@ -69,18 +84,23 @@ void head_fwd(const Head& h, float* lse, float* s, float* pack) {
   }
 }
 
-// Backward of one head (T = nq, q_pos0 = 0). p, ds: T x padded(T) scratch each.
+// Backward of one head (T = nq, q_pos0 = 0). p, ds: T x padded(T) scratch each; kt, vt:
+// packed_keys(T, D) floats each.
 void head_bwd(const Head& h, float* dq, float* dk, float* dv, int64_t ldd, const float* dout,
-              const float* lse, float* p, float* ds, float* pack) {
+              const float* lse, float* p, float* ds, float* kt, float* vt, float* pack) {
   const Ops& o = ops();
   const int64_t T = h.nq, D = h.D, ld = padded(T);
   const float scale = 1.0f / sqrtf((float)D);
+  if (packs_keys(D)) {
+    gemm_pack_b(kt, h.k, h.ldkv, true, T, D);
+    gemm_pack_b(vt, h.v, h.ldkv, true, T, D);
+  } else {
+    kt = vt = nullptr;
+  }
   for (int64_t r0 = 0; r0 < T; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, T - r0), cols = r0 + rows;
-    gemm_serial(rows, cols, D, h.q + r0 * h.ldq, h.ldq, false, h.k, h.ldkv, true, p + r0 * ld, ld,
-                false, nullptr, pack);
-    gemm_serial(rows, cols, D, dout + r0 * h.ldo, h.ldo, false, h.v, h.ldkv, true, ds + r0 * ld,
-                ld, false, nullptr, pack);
+    scores(rows, cols, D, h.q + r0 * h.ldq, h.ldq, h.k, h.ldkv, kt, p + r0 * ld, ld, pack);
+    scores(rows, cols, D, dout + r0 * h.ldo, h.ldo, h.v, h.ldkv, vt, ds + r0 * ld, ld, pack);
     for (int64_t i = r0; i < r0 + rows; ++i) {
       float delta = 0.0f;  // rowsum(dO * O)
       for (int64_t d = 0; d < D; ++d) delta += dout[i * h.ldo + d] * h.out[i * h.ldo + d];
@@ -115,13 +135,15 @@ void attention_fwd(float* out, float* lse, const float* qkv, int64_t B, int64_t 
   const int64_t D = C / H;
   auto guard = g_attention.lock();
   int64_t per_thread;
-  float* scratch = thread_scratch(kRowBlock * padded(T), &per_thread);
+  const int64_t kt_size = packed_keys(T, D);
+  float* scratch = thread_scratch(kRowBlock * padded(T) + kt_size, &per_thread);
   parallel_for(B * H, [&](int64_t bh, int thread) {
     const int64_t b = bh / H, h = bh % H;
     const float* q = qkv + b * T * 3 * C + h * D;
     float* s = scratch + thread * per_thread;
+    float* kt = s + kRowBlock * padded(T);
     head_fwd({q, 3 * C, q + C, q + 2 * C, 3 * C, out + b * T * C + h * D, C, T, 0, D},
-             lse + (b * H + h) * T, s, s + kRowBlock * padded(T));
+             lse + (b * H + h) * T, s, kt, kt + kt_size);
   });
 }
 
@@ -130,7 +152,8 @@ void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float
   const int64_t D = C / H;
   auto guard = g_attention.lock();
   int64_t per_thread;
-  float* scratch = thread_scratch(2 * T * padded(T), &per_thread);
+  const int64_t kt_size = packed_keys(T, D);
+  float* scratch = thread_scratch(2 * T * padded(T) + 2 * kt_size, &per_thread);
   parallel_for(B * H, [&](int64_t bh, int thread) {
     const int64_t b = bh / H, h = bh % H;
     const int64_t base = b * T * 3 * C + h * D, obase = b * T * C + h * D;
@@ -138,7 +161,8 @@ void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float
     float* s = scratch + thread * per_thread;
     head_bwd({q, 3 * C, q + C, q + 2 * C, 3 * C, const_cast<float*>(out + obase), C, T, 0, D},
              dqkv + base, dqkv + base + C, dqkv + base + 2 * C, 3 * C, dout + obase,
-             lse + (b * H + h) * T, s, s + T * padded(T), s + 2 * T * padded(T));
+             lse + (b * H + h) * T, s, s + T * padded(T), s + 2 * T * padded(T),
+             s + 2 * T * padded(T) + kt_size, s + 2 * T * padded(T) + 2 * kt_size);
   });
 }
 
@@ -147,7 +171,8 @@ void attention_decode(float* out, const float* qkv, float* kcache, float* vcache
   const int64_t D = C / H, nk = pos + Tn;
   auto guard = g_attention.lock();
   int64_t per_thread;
-  float* scratch = thread_scratch(kRowBlock * padded(nk), &per_thread);
+  const int64_t kt_size = Tn > kDecodeRows ? packed_keys(nk, D) : 0;
+  float* scratch = thread_scratch(kRowBlock * padded(nk) + kt_size, &per_thread);
   parallel_for(B * H, [&](int64_t bh, int thread) {
       const int64_t b = bh / H, h = bh % H;
       float* kc = kcache + (b * H + h) * maxT * D;
@@ -160,8 +185,9 @@ void attention_decode(float* out, const float* qkv, float* kcache, float* vcache
         }
       float* s = scratch + thread * per_thread;
       // keys/values are rows of the cache (stride D); queries rows of qkv (stride 3C)
-      head_fwd({q, 3 * C, kc, vc, D, out + b * Tn * C + h * D, C, Tn, pos, D}, nullptr, s,
-               s + kRowBlock * padded(nk));
+      float* kt = s + kRowBlock * padded(nk);
+      head_fwd({q, 3 * C, kc, vc, D, out + b * Tn * C + h * D, C, Tn, pos, D}, nullptr, s, kt,
+               kt + kt_size);
   }, B * H * nk * D > 65536 ? 0 : 1);
 }
 
@@ -187,8 +213,8 @@ void attention_decode_batch(float* out, const float* qkv, float* kcache, float* 
       vc[pos * D + d] = q[2 * C + d];
     }
     float* s = scratch + thread * per_thread;
-    head_fwd({q, 3 * C, kc, vc, D, out + b * C + h * D, C, 1, pos, D}, nullptr, s,
-             s + kRowBlock * padded(pos + 1));
+    head_fwd({q, 3 * C, kc, vc, D, out + b * C + h * D, C, 1, pos, D}, nullptr, s, nullptr,
+             s + kRowBlock * padded(pos + 1));  // one row: the in-place decode path
   }, B * H * nk * D > 65536 ? 0 : 1);
 }
 

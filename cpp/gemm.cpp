@@ -164,6 +164,28 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
 
 int64_t gemm_pack_size() { return (kMc + kNc) * ops().kc + 64; }
 
+int64_t gemm_packed_b_size(int64_t N, int64_t K) {
+  const int nr = ops().nr;
+  return (N + nr - 1) / nr * nr * K;
+}
+
+void gemm_pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K) {
+  const int nr = ops().nr;
+  for (int64_t j = 0; j < N; j += nr) pack_b(dst + j * K, B, ldb, trans_b, N, j, 0, K, nr);
+}
+
+void gemm_rows_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const float* packed, float* C, int64_t ldc) {
+  const Ops& o = ops();
+  const int mr = o.mr, nr = o.nr;
+  for (int64_t i0 = 0; i0 < M; i0 += kMc)  // an mc x K block of A stays in L2 across panels
+    for (int64_t j = 0; j < N; j += nr)
+      for (int64_t i = i0; i < std::min(M, i0 + kMc); i += mr)
+        o.gemm_micro(K, A + i * lda, lda, 1, packed + j * K, nr, C + i * ldc + j, ldc,
+                     (int)std::min<int64_t>(mr, M - i), (int)std::min<int64_t>(nr, N - j),
+                     false, nullptr);
+}
+
 // One GEMM: C (M x N) = [C +] op(A) @ op(B) [+ bias].
 struct Gemm {
   int64_t M, N, K;

@@ -72,4 +72,13 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
                  bool accumulate, const float* bias, float* pack);
 int64_t gemm_pack_size();
 
+// One op(B) reused by many row blocks (attention's K^T and V^T, per head): gemm_pack_b
+// packs op(B) (K x N, K <= Ops::kc) into panels once, gemm_packed_b_size(N, K) floats;
+// gemm_rows_packed_b computes C (M x N) = A (row-major, M x K) @ the first N columns.
+// Same tiles and order as gemm_serial, so the same results.
+int64_t gemm_packed_b_size(int64_t N, int64_t K);
+void gemm_pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t K);
+void gemm_rows_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const float* packed, float* C, int64_t ldc);
+
 }  // namespace sllm
