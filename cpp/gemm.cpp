@@ -32,30 +32,33 @@ constexpr int64_t kParallelMacs = 4 << 20;
 Scratch g_pack;
 Scratch g_dweight;  // matmul_bwd's dW product when it is computed transposed
 
-// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols: 4x4 blocks in SSE
-// registers (baseline on every x86-64), so packing stores 4 floats at a time.
+// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols (or += with add):
+// 4x4 blocks in SSE registers (baseline on every x86-64), 4 floats per load and store.
 void transpose(float* dst, int64_t ld_dst, const float* src, int64_t ld_src, int64_t rows,
-               int64_t cols) {
+               int64_t cols, bool add = false) {
   int64_t r = 0;
 #if SLLM_X86
   for (; r + 4 <= rows; r += 4) {
     const float* s = src + r * ld_src;
     int64_t c = 0;
     for (; c + 4 <= cols; c += 4) {
-      __m128 a = _mm_loadu_ps(s + c), b = _mm_loadu_ps(s + ld_src + c);
-      __m128 x = _mm_loadu_ps(s + 2 * ld_src + c), y = _mm_loadu_ps(s + 3 * ld_src + c);
-      _MM_TRANSPOSE4_PS(a, b, x, y);
-      _mm_storeu_ps(dst + c * ld_dst + r, a);
-      _mm_storeu_ps(dst + (c + 1) * ld_dst + r, b);
-      _mm_storeu_ps(dst + (c + 2) * ld_dst + r, x);
-      _mm_storeu_ps(dst + (c + 3) * ld_dst + r, y);
+      __m128 v[4] = {_mm_loadu_ps(s + c), _mm_loadu_ps(s + ld_src + c),
+                     _mm_loadu_ps(s + 2 * ld_src + c), _mm_loadu_ps(s + 3 * ld_src + c)};
+      _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);
+      for (int i = 0; i < 4; ++i) {
+        float* d = dst + (c + i) * ld_dst + r;
+        _mm_storeu_ps(d, add ? _mm_add_ps(_mm_loadu_ps(d), v[i]) : v[i]);
+      }
     }
     for (; c < cols; ++c)
-      for (int64_t i = 0; i < 4; ++i) dst[c * ld_dst + r + i] = s[i * ld_src + c];
+      for (int64_t i = 0; i < 4; ++i)
+        dst[c * ld_dst + r + i] = add ? dst[c * ld_dst + r + i] + s[i * ld_src + c]
+                                      : s[i * ld_src + c];
   }
 #endif
   for (; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+    for (int64_t c = 0; c < cols; ++c)
+      dst[c * ld_dst + r] = add ? dst[c * ld_dst + r] + src[r * ld_src + c] : src[r * ld_src + c];
 }
 
 void pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t N, int64_t j0,
@@ -316,13 +319,10 @@ void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, co
     jobs[count++] = {N, C, OC, dout, OC, false, weight, trans_w ? C : OC, !trans_w, dinp, C,
                      false, nullptr};
   gemm_many(jobs, count);
-  if (product != dweight)  // dweight (cols x rows) += product^T
+  if (product != dweight)  // dweight (cols x rows) += product^T, 64 of its rows per task
     parallel_for((cols + 63) / 64, [&](int64_t blk, int) {
-      const int64_t r0 = blk * 64, r1 = std::min(cols, r0 + 64);
-      for (int64_t c0 = 0; c0 < rows; c0 += 8)  // 8 columns of dW at a time
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = c0; c < std::min(rows, c0 + 8); ++c)
-            dweight[r * rows + c] += product[c * cols + r];
+      const int64_t r0 = blk * 64, n = std::min<int64_t>(64, cols - r0);
+      transpose(dweight + r0 * rows, rows, product + r0, cols, rows, n, true);
     }, C * OC > (1 << 16) ? 0 : 1);
   if (dbias) {
     const int64_t blocks = (OC + 63) / 64;
