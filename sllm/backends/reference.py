@@ -204,8 +204,14 @@ def attention_decode_batch(out: Array, qkv: Array, kcache: Array, vcache: Array,
     q, k, v = _split_heads(qkv.reshape(B, 1, 3 * C), n_head)  # (B,H,1,D) each
     scale = 1.0 / math.sqrt(q.shape[-1])
     rows = out.reshape(B, C)
-    for b, (slot, pos) in enumerate(zip(np.asarray(slots).tolist(),
-                                        np.asarray(positions).tolist(), strict=True)):
+    sl, ps = np.asarray(slots).tolist(), np.asarray(positions).tolist()
+    S, maxT = kcache.shape[0], kcache.shape[2]
+    # checked here too: numpy would take slot -1 as the last one, a repeated slot twice
+    if len(set(sl)) != len(sl) or any(not 0 <= x < S for x in sl):
+        raise ValueError(f"slots must be distinct and in [0, {S}), got {sl}")
+    if any(not 0 <= x < maxT for x in ps):
+        raise ValueError(f"positions must be in [0, {maxT}), got {ps}")
+    for b, (slot, pos) in enumerate(zip(sl, ps, strict=True)):
         kcache[slot, :, pos] = k[b, :, 0]
         vcache[slot, :, pos] = v[b, :, 0]
         keys, values = kcache[slot, :, :pos + 1], vcache[slot, :, :pos + 1]  # (H,pos+1,D)
