@@ -91,6 +91,8 @@ def main() -> None:
     p.add_argument("--vs", default="", help="'torch': measure PyTorch the same way")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.seconds <= 0 or a.threads < 1 or a.batch_size < 1 or a.seq_len < 1:
+        p.error("--seconds must be > 0 and --threads, --batch-size, --seq-len >= 1")
     if a.worker:
         return worker(a.worker, a.config, a.batch_size, a.seq_len, a.seconds, a.threads)
     contenders = ["cpp"] + (["torch"] if a.vs == "torch" else [])
