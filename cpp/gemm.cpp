@@ -123,6 +123,20 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
   }
 }
 
+// The register tile over an M x N block of C (M <= kMc, so op(A)'s rows stay in L2): row
+// i of op(A) starts at a + i * a_row, read with gemm_micro's strides a_is, a_ks; op(B) is
+// packed into nr-wide panels of depth kc; bias (when given) for the block's columns.
+void sweep(int64_t M, int64_t N, int64_t kc, const float* a, int64_t a_row, int64_t a_is,
+           int64_t a_ks, const float* panels, float* C, int64_t ldc, bool accumulate,
+           const float* bias) {
+  const Ops& o = ops();
+  for (int64_t j = 0; j < N; j += o.nr)
+    for (int64_t i = 0; i < M; i += o.mr)
+      o.gemm_micro(kc, a + i * a_row, a_is, a_ks, panels + j * kc, o.nr, C + i * ldc + j, ldc,
+                   (int)std::min<int64_t>(o.mr, M - i), (int)std::min<int64_t>(o.nr, N - j),
+                   accumulate, bias ? bias + j : nullptr);
+}
+
 }  // namespace
 
 // The single-thread BLIS loops over one region of C, packing into `pack` (gemm_pack_size).
@@ -149,17 +163,10 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
         // A transposed: the mr values of one k are contiguous in A, but consecutive k lie
         // a row of A apart, so reading them in place would touch kc cache lines per tile
         if (trans_a) o.pack_a_trans_block(a_packed, A, lda, i0, mc, k0, kc);
-        for (int64_t jp = 0; jp * nr < nc; ++jp)
-          for (int64_t i = i0; i < i0 + mc; i += mr) {
-            const int64_t j = j0 + jp * nr;
-            // op(A)(i, k): packed at [k * mr + i], or in place at A[i * lda + k]
-            const float* a = trans_a ? a_packed + (i - i0) * kc : A + i * lda + k0;
-            o.gemm_micro(kc, a, trans_a ? 1 : lda, trans_a ? mr : 1,
-                                b_packed + jp * nr * kc, nr, C + i * ldc + j, ldc,
-                                (int)std::min<int64_t>(mr, M - i),
-                                (int)std::min<int64_t>(nr, N - j), acc,
-                                bias_now ? bias_now + jp * nr : nullptr);
-          }
+        // op(A)'s rows: packed panels (kc per row), or in place (lda per row)
+        sweep(mc, nc, kc, trans_a ? a_packed : A + i0 * lda + k0, trans_a ? kc : lda,
+              trans_a ? 1 : lda, trans_a ? mr : 1, b_packed, C + i0 * ldc + j0, ldc, acc,
+              bias_now);
       }
     }
   }
@@ -179,14 +186,9 @@ void gemm_pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t 
 
 void gemm_rows_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                         const float* packed, float* C, int64_t ldc) {
-  const Ops& o = ops();
-  const int mr = o.mr, nr = o.nr;
-  for (int64_t i0 = 0; i0 < M; i0 += kMc)  // an mc x K block of A stays in L2 across panels
-    for (int64_t j = 0; j < N; j += nr)
-      for (int64_t i = i0; i < std::min(M, i0 + kMc); i += mr)
-        o.gemm_micro(K, A + i * lda, lda, 1, packed + j * K, nr, C + i * ldc + j, ldc,
-                     (int)std::min<int64_t>(mr, M - i), (int)std::min<int64_t>(nr, N - j),
-                     false, nullptr);
+  for (int64_t i0 = 0; i0 < M; i0 += kMc)
+    sweep(std::min(kMc, M - i0), N, K, A + i0 * lda, lda, lda, 1, packed, C + i0 * ldc, ldc,
+          false, nullptr);
 }
 
 // One GEMM: C (M x N) = [C +] op(A) @ op(B) [+ bias].
