@@ -9,13 +9,11 @@
 namespace sllm {
 namespace {
 
-// Below these sizes a fork/join costs more than it saves (and far more when another
-// process holds a core): memory-bound kernels, and GELU's exp-heavy loops.
-constexpr int64_t kMemoryBoundMin = 1 << 20, kComputeBoundMin = 1 << 15;
-
+// Memory-bound loops go parallel from kParallelFloats (pool.h); GELU's and dropout's
+// exp- and hash-heavy loops from the same size, in tasks of kTaskFloats.
 template <class F>
-void for_chunks(int64_t n, F body, int64_t parallel_min = kMemoryBoundMin) {
-  parallel_ranges(n, n < parallel_min ? 1 : num_threads(), 16, body);
+void for_chunks(int64_t n, F body) {
+  parallel_grains(n, kTaskFloats, n >= kParallelFloats, body);
 }
 
 // base.dropout_threshold: round(p * 2^32) (half to even, as Python), capped at 2^32 - 1.
@@ -28,15 +26,14 @@ uint32_t dropout_threshold(double p) {
 
 void gelu_fwd(float* out, const float* inp, int64_t n) {
   const Ops& o = ops();
-  for_chunks(n, [&](int64_t i0, int64_t i1) { o.gelu_fwd(out + i0, inp + i0, i1 - i0); },
-             kComputeBoundMin);
+  for_chunks(n, [&](int64_t i0, int64_t i1) { o.gelu_fwd(out + i0, inp + i0, i1 - i0); });
 }
 
 void gelu_bwd(float* dinp, const float* dout, const float* inp, int64_t n) {
   const Ops& o = ops();
   for_chunks(n, [&](int64_t i0, int64_t i1) {
     o.gelu_bwd(dinp + i0, dout + i0, inp + i0, i1 - i0);
-  }, kComputeBoundMin);
+  });
 }
 
 void relu_fwd(float* out, const float* inp, int64_t n) {
@@ -64,7 +61,7 @@ void dropout_fwd(float* out, const float* inp, double p, uint32_t seed, int64_t 
   const Ops& o = ops();
   for_chunks(n, [&](int64_t i0, int64_t i1) {
     o.dropout_range(out + i0, inp + i0, i0, i1 - i0, seed, threshold, keep_scale);
-  }, kComputeBoundMin);
+  });
 }
 
 }  // namespace sllm

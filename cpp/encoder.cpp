@@ -9,7 +9,7 @@ namespace sllm {
 
 void encoder_fwd(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                  int64_t BT, int64_t T, int64_t C, int64_t pos) {
-  parallel_ranges(BT, BT * C > (1 << 20) ? num_threads() : 1, 1, [&](int64_t r0, int64_t r1) {
+  parallel_rows(BT, C, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* e = wte + (int64_t)tokens[r] * C;
       const float* p = wpe + (pos + r % T) * C;
@@ -35,7 +35,7 @@ void encoder_bwd(float* dwte, float* dwpe, const float* dout, const int32_t* tok
         for (int64_t c = c0; c < c1; ++c) sum[c - c0] += dout[(b * T + t) * C + c];
       for (int64_t c = c0; c < c1; ++c) dwpe[(pos + t) * C + c] += sum[c - c0];
     }
-  }, B * T * C > (1 << 20) ? 0 : 1);
+  }, B * T * C >= kParallelFloats ? 0 : 1);
 }
 
 }  // namespace sllm

@@ -11,7 +11,7 @@ namespace sllm {
 void layernorm_fwd(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                    const float* bias, int64_t N, int64_t C) {
   const Ops& o = ops();
-  parallel_ranges(N, N * C > (1 << 19) ? num_threads() : 1, 1, [&](int64_t r0, int64_t r1) {
+  parallel_rows(N, C, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       o.layernorm_fwd_row(out + r * C, mean + r, rstd + r, inp + r * C, weight, bias, C);
   });
@@ -23,18 +23,17 @@ void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
   const Ops& o = ops();
   const int64_t blocks = (C + 63) / 64;
   // one fork/join: row chunks (dinp) and column blocks (dweight, dbias) as tasks
-  const int row_parts = N * C > (1 << 19) ? num_threads() : 1;
-  parallel_for(row_parts + blocks, [&](int64_t task, int) {
-    if (task < row_parts) {
-      int64_t r0, r1;
-      split_range(N, row_parts, (int)task, 1, &r0, &r1);
+  const int64_t grain = rows_per_task(C), row_tasks = (N + grain - 1) / grain;
+  parallel_for(row_tasks + blocks, [&](int64_t task, int) {
+    if (task < row_tasks) {
+      const int64_t r0 = task * grain, r1 = std::min(N, r0 + grain);
       for (int64_t r = r0; r < r1; ++r)
         o.layernorm_bwd_row(dinp + r * C, dout + r * C, inp + r * C, weight, mean[r], rstd[r],
                             C);
       return;
     }
     {
-      const int64_t blk = task - row_parts;
+      const int64_t blk = task - row_tasks;
       const int64_t c0 = blk * 64, n = std::min<int64_t>(64, C - c0);
       float db[64] = {0}, dw[64] = {0};
       for (int64_t r = 0; r < N; ++r) {
@@ -50,7 +49,7 @@ void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
         dweight[c0 + c] += dw[c];
       }
     }
-  }, N * C > (1 << 19) ? 0 : 1);
+  }, N * C >= kParallelFloats ? 0 : 1);
 }
 
 }  // namespace sllm

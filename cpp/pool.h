@@ -21,6 +21,7 @@
 // With tasks <= 1 or max_threads == 1 no worker is involved at all.
 #pragma once
 #include <cstdint>
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
@@ -63,6 +64,37 @@ void parallel_ranges(int64_t n, int parts, int64_t align, Body&& body) {
     split_range(n, parts, (int)part, align, &b, &e);
     if (b < e) body(b, e);
   }, parts);
+}
+
+// Memory-bound kernels (elementwise, per-row) go parallel from kParallelFloats floats, in
+// tasks of about kTaskFloats: two threads read and write twice the bandwidth of one, and
+// the data a step's previous kernel left in the other core's cache is read there. (The
+// threshold was 1M floats; at 32K, layernorm and the residual adds run 1.4-2.2x faster in
+// a training step, measured alternating both in one process, 2026-11-30.)
+constexpr int64_t kParallelFloats = 1 << 15, kTaskFloats = 1 << 14;
+
+// parallel_for over [0, n) in tasks of `grain` items each (the last one shorter):
+// body(begin, end). Tasks have a fixed size, not one per thread, so a thread that loses
+// its core delays only the task it holds; `parallel` false runs everything inline.
+template <class Body>
+void parallel_grains(int64_t n, int64_t grain, bool parallel, Body&& body) {
+  const int64_t tasks = (n + grain - 1) / grain;
+  if (!parallel || tasks <= 1) {
+    if (n > 0) body(int64_t{0}, n);
+    return;
+  }
+  parallel_for(tasks, [&](int64_t t, int) { body(t * grain, std::min(n, t * grain + grain)); });
+}
+
+// Rows per task for rows of `width` floats.
+inline int64_t rows_per_task(int64_t width) {
+  return std::max<int64_t>(1, kTaskFloats / std::max<int64_t>(width, 1));
+}
+
+// parallel_grains over the N rows (of `width` floats) of a memory-bound kernel.
+template <class Body>
+void parallel_rows(int64_t N, int64_t width, Body&& body) {
+  parallel_grains(N, rows_per_task(width), N * width >= kParallelFloats, body);
 }
 
 }  // namespace sllm
