@@ -66,6 +66,8 @@ struct Ops {
 
   // sum of x[i]^2 over n floats, accumulated in float64 (grad_norm_sq)
   double (*sum_squares)(const float* x, int64_t n);
+  // sum[c] += src[r * ld + c] over rows r < rows in order, for c < n <= 64
+  void (*column_sums)(float* sum, const float* src, int64_t rows, int64_t ld, int64_t n);
 };
 
 extern const Ops ops_scalar;

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "arch.h"
 #include "kernels.h"
 #include "runtime.h"
 
@@ -23,16 +24,16 @@ void encoder_fwd(float* out, const int32_t* tokens, const float* wte, const floa
 void encoder_bwd(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                  int64_t B, int64_t T, int64_t C, int64_t pos) {
   const int64_t blocks = (C + 31) / 32;
+  const Ops& o = ops();
   parallel_for(blocks, [&](int64_t blk, int) {
     const int64_t c0 = blk * 32, c1 = std::min(C, c0 + 32);
     for (int64_t r = 0; r < B * T; ++r) {
       float* d = dwte + (int64_t)tokens[r] * C;
       for (int64_t c = c0; c < c1; ++c) d[c] += dout[r * C + c];
     }
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < T; ++t) {  // position t's rows are T * C apart
       float sum[32] = {0};
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t c = c0; c < c1; ++c) sum[c - c0] += dout[(b * T + t) * C + c];
+      o.column_sums(sum, dout + t * C + c0, B, T * C, c1 - c0);
       for (int64_t c = c0; c < c1; ++c) dwpe[(pos + t) * C + c] += sum[c - c0];
     }
   }, B * T * C >= kParallelFloats ? 0 : 1);

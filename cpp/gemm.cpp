@@ -328,12 +328,12 @@ void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, co
     }, C * OC > (1 << 16) ? 0 : 1);
   if (dbias) {
     const int64_t blocks = (OC + 63) / 64;
+    const Ops& o = ops();
     parallel_for(blocks, [&](int64_t blk, int) {
-      const int64_t c0 = blk * 64, c1 = std::min(OC, c0 + 64);
+      const int64_t c0 = blk * 64, n = std::min<int64_t>(64, OC - c0);
       float sum[64] = {0};
-      for (int64_t r = 0; r < N; ++r)
-        for (int64_t c = c0; c < c1; ++c) sum[c - c0] += dout[r * OC + c];
-      for (int64_t c = c0; c < c1; ++c) dbias[c] += sum[c - c0];
+      o.column_sums(sum, dout + c0, N, OC, n);
+      for (int64_t c = 0; c < n; ++c) dbias[c0 + c] += sum[c];
     }, N * OC > (1 << 16) ? 0 : 1);
   }
 }
