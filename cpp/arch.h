@@ -50,6 +50,10 @@ struct Ops {
                             const float* w, const float* b, int64_t C);
   void (*layernorm_bwd_row)(float* dinp, const float* dout, const float* x, const float* w,
                             float mean, float rstd, int64_t C);
+  // dweight and dbias of columns c < n <= 64 over `rows` rows at stride ld, in row order
+  void (*layernorm_param_grads)(float* dw, float* db, const float* dout, const float* x,
+                                const float* mean, const float* rstd, int64_t rows,
+                                int64_t ld, int64_t n);
 
   // returns the row's loss; writes dloss * (softmax - onehot) into dl when dl != nullptr
   float (*softmax_xent_row)(float* dl, const float* logits, int64_t V, int32_t target,

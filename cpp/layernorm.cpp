@@ -36,14 +36,7 @@ void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
       const int64_t blk = task - row_tasks;
       const int64_t c0 = blk * 64, n = std::min<int64_t>(64, C - c0);
       float db[64] = {0}, dw[64] = {0};
-      for (int64_t r = 0; r < N; ++r) {
-        const float* dy = dout + r * C + c0;
-        const float* x = inp + r * C + c0;
-        for (int64_t c = 0; c < n; ++c) {
-          db[c] += dy[c];
-          dw[c] += dy[c] * ((x[c] - mean[r]) * rstd[r]);
-        }
-      }
+      o.layernorm_param_grads(dw, db, dout + c0, inp + c0, mean, rstd, N, C, n);
       for (int64_t c = 0; c < n; ++c) {
         dbias[c0 + c] += db[c];
         dweight[c0 + c] += dw[c];
