@@ -341,8 +341,11 @@ def _shapes(names: str, *rows: tuple[Any, ...]) -> list[dict[str, Any]]:
     return [dict(zip(names.split(), row, strict=True)) for row in rows]
 
 
-_ENC = _shapes("B T V C pos", (1, 1, 3, 5, 0), (2, 5, 13, 17, 3), (3, 9, 70, 33, 0))
-_LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128))
+# the last of each: above 32K floats, where cpp splits rows into fixed tasks (a partial
+# last task, a partial last column block)
+_ENC = _shapes("B T V C pos", (1, 1, 3, 5, 0), (2, 5, 13, 17, 3), (3, 9, 70, 33, 0),
+               (4, 70, 90, 130, 1))
+_LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128), (300, 130))
 # (5, 3, 41): just past the few-row (GEMV) path, tiny K (the unpacked small-K tiles);
 # (300, 40, 70) and (300, 70, 40): dW's product over two depth blocks, computed in both
 # orientations (cpp packs the narrower of inp and dout and may add the product transposed)
@@ -371,7 +374,7 @@ _DBLK = _shapes("B Tn H D F pos maxT qtype act",
                 (1, 1, 3, 15, 70, 6, 8, "q8_0", "gelu"), (2, 2, 2, 16, 96, 3, 7, "q4_0", "relu"),
                 (1, 5, 3, 15, 40, 2, 9, "q4_1", "gelu"), (1, 1, 4, 32, 512, 40, 64, "q8_0", "relu"))
 _DBLK += [{**_DBLK[0], "in_place": True}, {**_DBLK[4], "in_place": True}]
-_N = _shapes("n", (1,), (15,), (1001,))
+_N = _shapes("n", (1,), (15,), (1001,), (40003,))
 _IN_PLACE = [{"n": 1001, "in_place": True}]
 _DROP = _shapes("n p seed", (1, 0.5, 0), (1000, 0.1, 7), (4099, 0.5, 2 ** 32 - 1))
 _XENT = [{**s, "with_grad": g} for s in _shapes("N V", (1, 3), (7, 5003), (33, 65))
