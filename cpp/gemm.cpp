@@ -25,9 +25,11 @@ constexpr int64_t kNc = 512;    // columns of B packed at once
 // packing: a packed A panel would be reused by too few column panels to pay for itself
 // (attention's P V and dS K, narrow projections). Same results either way.
 constexpr int64_t kDirectMaxK = 256, kDirectMaxPanels = 4;
-// Below this many multiply-adds (~80 us on one core) waking a second thread costs more
-// than it saves.
-constexpr int64_t kParallelMacs = 4 << 20;
+// Below this many multiply-adds (~20 us on one core) waking a second thread costs more
+// than it saves. (At 4M, the seed model's smaller GEMMs ran on one thread: 1M made its
+// forward matmuls 13-19% and its step 4-5% faster, both settings alternating in one
+// training process, 4 runs, 2026-11-30.)
+constexpr int64_t kParallelMacs = 1 << 20;
 
 Scratch g_pack;
 Scratch g_dweight;  // matmul_bwd's dW product when it is computed transposed
