@@ -13,7 +13,7 @@ namespace sllm {
 
 void sgd_update(float* params, const float* grads, float* momentum_buf, float lr,
                 float momentum, float weight_decay, int64_t decay_count, int64_t n) {
-  parallel_ranges(n, n > 65536 ? num_threads() : 1, 16, [&](int64_t i0, int64_t i1) {
+  parallel_grains(n, kTaskFloats, n >= kParallelFloats, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       float g = grads[i] + (i < decay_count ? weight_decay * params[i] : 0.0f);
       if (momentum_buf) {
@@ -34,7 +34,8 @@ void adam_update(float* params, const float* grads, float* m, float* v, float lr
                    (float)(1.0 - (double)lr * (double)weight_decay),
                    (float)(1.0 - (double)beta1), (float)(1.0 - (double)beta2), decoupled};
   const Ops& o = ops();
-  parallel_ranges(n, n < (1 << 18) ? 1 : num_threads(), 16, [&](int64_t i0, int64_t i1) {
+  // memory-bound: the parameters, gradients and both moments stream once (pool.h)
+  parallel_grains(n, kTaskFloats, n >= kParallelFloats, [&](int64_t i0, int64_t i1) {
     const int64_t d1 = std::min(std::max(decay_count, i0), i1);  // [i0, d1) decays
     if (d1 > i0) o.adam_range(params + i0, grads + i0, m + i0, v + i0, d1 - i0, s, true);
     if (i1 > d1) o.adam_range(params + d1, grads + d1, m + d1, v + d1, i1 - d1, s, false);
@@ -50,7 +51,7 @@ double grad_norm_sq(const float* grads, int64_t n) {
   const Ops& o = ops();
   parallel_for(blocks, [&](int64_t b, int) {
     partial[b] = o.sum_squares(grads + b * kBlock, std::min(kBlock, n - b * kBlock));
-  }, n > (1 << 17) ? 0 : 1);
+  }, blocks > 1 ? 0 : 1);
   double total = 0.0;
   for (int64_t b = 0; b < blocks; ++b) total += partial[b];
   return total;

@@ -506,10 +506,11 @@ CASES: dict[str, KernelCases] = {
                                rtol=1e-6, atol=0.0, aliases=((1, 0),), model_shapes=_drop_m),
     "softmax_xent": KernelCases(_XENT, _softmax_xent, (0, 1), aliases=((2, 1),),
                               model_shapes=_xent_m),
-    "sgd_update": KernelCases(_grid(n=(1003,), momentum=(0.0, 0.9)), _sgd, (0, 2),
+    # n = 40003: the threaded path, the weight-decay boundary inside a task
+    "sgd_update": KernelCases(_grid(n=(1003, 40003), momentum=(0.0, 0.9)), _sgd, (0, 2),
                             model_shapes=_sgd_m),
-    "adam_update": KernelCases(_grid(n=(1003,), decoupled=(False, True), step=(1, 3)), _adam,
-                               (0, 2, 3), model_shapes=_adam_m),
+    "adam_update": KernelCases(_grid(n=(1003, 40003), decoupled=(False, True), step=(1, 3)),
+                               _adam, (0, 2, 3), model_shapes=_adam_m),
     # tails of every SIMD width, several fixed-size blocks, the threaded path
     "grad_norm_sq": KernelCases(_shapes("n", (1,), (7,), (1003,), (32768 * 3 + 5,),
                                         ((1 << 17) + 9,)), _norm, (), rtol=1e-12,
