@@ -1,5 +1,6 @@
 // Elementwise kernels: activations, residual add, and counter-based dropout.
-// Each element depends only on its own inputs, so any split over threads is exact.
+// Each element depends only on its own inputs, so any split over threads is exact; all
+// split from kParallelFloats (pool.h), GELU's and dropout's exp- and hash-heavy loops too.
 #include <cmath>
 
 #include "arch.h"
@@ -8,13 +9,6 @@
 
 namespace sllm {
 namespace {
-
-// Memory-bound loops go parallel from kParallelFloats (pool.h); GELU's and dropout's
-// exp- and hash-heavy loops from the same size, in tasks of kTaskFloats.
-template <class F>
-void for_chunks(int64_t n, F body) {
-  parallel_grains(n, kTaskFloats, n >= kParallelFloats, body);
-}
 
 // base.dropout_threshold: round(p * 2^32) (half to even, as Python), capped at 2^32 - 1.
 uint32_t dropout_threshold(double p) {
@@ -26,31 +20,31 @@ uint32_t dropout_threshold(double p) {
 
 void gelu_fwd(float* out, const float* inp, int64_t n) {
   const Ops& o = ops();
-  for_chunks(n, [&](int64_t i0, int64_t i1) { o.gelu_fwd(out + i0, inp + i0, i1 - i0); });
+  parallel_floats(n, [&](int64_t i0, int64_t i1) { o.gelu_fwd(out + i0, inp + i0, i1 - i0); });
 }
 
 void gelu_bwd(float* dinp, const float* dout, const float* inp, int64_t n) {
   const Ops& o = ops();
-  for_chunks(n, [&](int64_t i0, int64_t i1) {
+  parallel_floats(n, [&](int64_t i0, int64_t i1) {
     o.gelu_bwd(dinp + i0, dout + i0, inp + i0, i1 - i0);
   });
 }
 
 void relu_fwd(float* out, const float* inp, int64_t n) {
-  for_chunks(n, [&](int64_t i0, int64_t i1) {
+  parallel_floats(n, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
   });
 }
 
 void relu_bwd(float* dinp, const float* dout, const float* inp, int64_t n) {
   const Ops& o = ops();
-  for_chunks(n, [&](int64_t i0, int64_t i1) {
+  parallel_floats(n, [&](int64_t i0, int64_t i1) {
     o.relu_bwd(dinp + i0, dout + i0, inp + i0, i1 - i0);
   });
 }
 
 void residual_fwd(float* out, const float* a, const float* b, int64_t n) {
-  for_chunks(n, [&](int64_t i0, int64_t i1) {
+  parallel_floats(n, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) out[i] = a[i] + b[i];
   });
 }
@@ -59,7 +53,7 @@ void dropout_fwd(float* out, const float* inp, double p, uint32_t seed, int64_t 
   const uint32_t threshold = dropout_threshold(p);
   const float keep_scale = (float)(1.0 - p);  // numpy divides by float32(1 - p)
   const Ops& o = ops();
-  for_chunks(n, [&](int64_t i0, int64_t i1) {
+  parallel_floats(n, [&](int64_t i0, int64_t i1) {
     o.dropout_range(out + i0, inp + i0, i0, i1 - i0, seed, threshold, keep_scale);
   });
 }

@@ -13,7 +13,7 @@ namespace sllm {
 
 void sgd_update(float* params, const float* grads, float* momentum_buf, float lr,
                 float momentum, float weight_decay, int64_t decay_count, int64_t n) {
-  parallel_grains(n, kTaskFloats, n >= kParallelFloats, [&](int64_t i0, int64_t i1) {
+  parallel_floats(n, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       float g = grads[i] + (i < decay_count ? weight_decay * params[i] : 0.0f);
       if (momentum_buf) {
@@ -35,7 +35,7 @@ void adam_update(float* params, const float* grads, float* m, float* v, float lr
                    (float)(1.0 - (double)beta1), (float)(1.0 - (double)beta2), decoupled};
   const Ops& o = ops();
   // memory-bound: the parameters, gradients and both moments stream once (pool.h)
-  parallel_grains(n, kTaskFloats, n >= kParallelFloats, [&](int64_t i0, int64_t i1) {
+  parallel_floats(n, [&](int64_t i0, int64_t i1) {
     const int64_t d1 = std::min(std::max(decay_count, i0), i1);  // [i0, d1) decays
     if (d1 > i0) o.adam_range(params + i0, grads + i0, m + i0, v + i0, d1 - i0, s, true);
     if (i1 > d1) o.adam_range(params + d1, grads + d1, m + d1, v + d1, i1 - d1, s, false);

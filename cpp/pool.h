@@ -20,8 +20,8 @@
 // runs its tasks serially on the calling thread: parallel_for never blocks on the pool.
 // With tasks <= 1 or max_threads == 1 no worker is involved at all.
 #pragma once
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -95,6 +95,12 @@ inline int64_t rows_per_task(int64_t width) {
 template <class Body>
 void parallel_rows(int64_t N, int64_t width, Body&& body) {
   parallel_grains(N, rows_per_task(width), N * width >= kParallelFloats, body);
+}
+
+// parallel_grains over n floats of a memory-bound (elementwise) kernel: body(i0, i1).
+template <class Body>
+void parallel_floats(int64_t n, Body&& body) {
+  parallel_rows(n, 1, body);
 }
 
 }  // namespace sllm
