@@ -61,6 +61,9 @@ def test_bench_cli(tmp_path):
     assert "FP32 peak" in result.output
     bad = CliRunner().invoke(app, ["bench", "--suite", "nope", "--config", str(config)])
     assert bad.exit_code == 1 and "unknown suite" in bad.output
+    for option in ("--batch-size", "--seq-len", "--repeats", "--threads"):
+        bad = CliRunner().invoke(app, ["bench", "--config", str(config), option, "0"])
+        assert bad.exit_code == 1 and option in bad.output and "must be" in bad.output, option
 
 
 def test_peak_is_measured_when_cpp_is_available():
