@@ -102,7 +102,7 @@ def train(
                                                               "first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ranks: str | None = typer.Option(None, help="Data-parallel ranks on this machine: N or 'auto' (runs mpiexec; "
-                                                   "needs sllm[mpi]). Under mpiexec, leave it out."),
+                                                   "needs sllm\\[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
     from . import distributed
