@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from doc_blocks import Block, Expectation, blocks, commands, mismatch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,7 +125,7 @@ def test_output_blocks_follow_a_python_block():
     """An `output` marker belongs right after the python block it is the output of."""
     for page in PAGES:
         found = blocks(page)
-        for prev, block in zip([None, *found], found):
+        for prev, block in zip([None, *found], found, strict=False):
             if block.action == "output":
                 assert prev is not None and prev.lang == "python", f"{block.where}: output of what?"
 
