@@ -103,8 +103,10 @@ def _has_runs(page: Path) -> bool:
 @pytest.mark.parametrize("page", [p for p in PAGES if _has_runs(p)], ids=lambda p: p.name)
 def test_page_prints_what_it_shows(page, tmp_path):
     """Every marked block of the page runs and prints the output the page shows."""
-    # The shipped configs, as seen from the repository root where the README starts.
-    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    # The shipped configs and the examples, as seen from the repository root where the
+    # README starts.
+    for name in ("configs", "examples"):
+        (tmp_path / name).symlink_to(ROOT / name)
     failures, skipped = run_page(page, tmp_path)
     assert not failures, "\n\n".join(failures)
     if skipped:
