@@ -1,4 +1,7 @@
-"""Sampling with a KV cache: temperature, top-k, top-p, a seed, a stop token."""
+"""Sampling with a KV cache: temperature, top-k, top-p, a seed, a stop token.
+
+JavaScript twin: sllm/web/sllm.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
+"""
 from __future__ import annotations
 
 import warnings

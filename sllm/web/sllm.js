@@ -1,3 +1,4 @@
+// JavaScript twin of sllm/generate.py, sllm/chat.py: tests/test_node_parity.py checks them equal under Node.
 // sllm in the browser: load a .sllm model, generate text, chat, fine-tune, save.
 //
 //   import { load } from "./sllm.js";
