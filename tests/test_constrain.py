@@ -61,8 +61,12 @@ def _containers(inner):
     return arrays | objects
 
 
-SCHEMAS = st.recursive(SCALAR, _containers, max_leaves=6).filter(
-    lambda s: s.get("type") == "object") | _containers(SCALAR)
+def _is_object(schema: dict) -> bool:
+    return schema.get("type") == "object"
+
+
+SCHEMAS = st.recursive(SCALAR, _containers, max_leaves=6).filter(_is_object) | \
+    _containers(SCALAR)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
