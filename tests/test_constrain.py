@@ -50,23 +50,21 @@ SCALAR = st.sampled_from([{"type": "string"}, {"type": "integer"}, {"type": "num
                           {"enum": ["red", "green", 3, None]}])
 
 
-def _containers(inner):
-    arrays = st.builds(lambda items, lo, extra: {"type": "array", "items": items,
-                                                 "minItems": lo, "maxItems": lo + extra},
-                       inner, st.integers(0, 2), st.integers(0, 2))
-    objects = st.dictionaries(NAMES, inner, min_size=1, max_size=4).flatmap(
+def _arrays(inner):
+    return st.builds(lambda items, lo, extra: {"type": "array", "items": items,
+                                               "minItems": lo, "maxItems": lo + extra},
+                     inner, st.integers(0, 2), st.integers(0, 2))
+
+
+def _objects(inner):
+    return st.dictionaries(NAMES, inner, min_size=1, max_size=4).flatmap(
         lambda props: st.builds(lambda req: {"type": "object", "properties": props,
                                              "required": req},
                                 st.lists(st.sampled_from(sorted(props)), unique=True)))
-    return arrays | objects
 
 
-def _is_object(schema: dict) -> bool:
-    return schema.get("type") == "object"
-
-
-SCHEMAS = st.recursive(SCALAR, _containers, max_leaves=6).filter(_is_object) | \
-    _containers(SCALAR)
+SCHEMAS = _objects(st.recursive(SCALAR, lambda inner: _arrays(inner) | _objects(inner),
+                                max_leaves=6))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
