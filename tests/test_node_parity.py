@@ -25,7 +25,8 @@ from twins import JAPANESE, JS_TRAIN_STEPS, ODD_TEXT, corrupt_files, corrupt_qua
 import sllm
 from sllm import tokenizer as tokenizers
 from sllm.corpus import generate_corpus
-from sllm.generate import encode_prompt, sample_next
+from sllm.generate import encode_prompt
+from sllm.sampler import sample_next
 from sllm.serialize import read_model_file
 
 
