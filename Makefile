@@ -7,12 +7,17 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp wasm -type f 2>/dev/nu
 .PHONY: test test-interop demo bench clean lint lint-ruff lint-mypy
 
 $(BIN)/python:
+	@echo "creating $(VENV) (a virtual environment for sllm and its dependencies)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # Reinstall only when the build inputs change; Python sources are picked up editable.
+# pip is quiet, so say first what it is doing and for how long.
 $(VENV)/.installed: $(BIN)/python $(SOURCES)
+	@echo "installing sllm into $(VENV): downloading its dependencies, then building the C++"
+	@echo "extension and the WebAssembly modules from source (about 2 minutes on 2 cores)..."
 	$(BIN)/python -m pip install -q -e '.[test,mpi]'
+	@echo "sllm installed; backends: $$($(BIN)/python -c 'import sllm.backends as b; print(", ".join(b.available()))')"
 	touch $@
 
 # Static checks, zero findings expected: ruff and mypy (config in pyproject.toml), pinned so
@@ -20,6 +25,7 @@ $(VENV)/.installed: $(BIN)/python $(SOURCES)
 # have a conftest.py. The pre-commit hooks (.pre-commit-config.yaml) call these targets.
 LINT_TOOLS := ruff==0.17.6 mypy==2.4.1
 $(VENV)/.lint-tools: | $(VENV)/.installed
+	@echo "installing the pinned lint tools: $(LINT_TOOLS)"
 	$(BIN)/python -m pip install -q $(LINT_TOOLS)
 	touch $@
 
@@ -33,12 +39,14 @@ lint-mypy: $(VENV)/.lint-tools
 	$(BIN)/mypy bench
 
 test: $(VENV)/.installed
+	@echo "running the test suite with coverage (several minutes on 2 cores; a dot per test)"
 	$(BIN)/python -m pytest -p no:cacheprovider --cov=sllm --cov-report=term --cov-fail-under=70 tests
 
 # transformers + torch against sllm's exports, in an environment of their own (the main one
 # stays light). sllm runs from the source tree on its numpy backend: no native build here.
 IVENV := .venv-interop
 $(IVENV)/.installed: pyproject.toml
+	@echo "creating $(IVENV) with torch and transformers (a large download, several minutes)"
 	$(PYTHON) -m venv $(IVENV)
 	$(IVENV)/bin/python -m pip install -q --upgrade pip
 	$(IVENV)/bin/python -m pip install -q torch==2.13.0 transformers pytest \

@@ -60,15 +60,14 @@ def train(args: argparse.Namespace) -> sllm.SLLM:
         steps = int(max(100, min(3000, args.minutes * 60 / per_step)))
         print(f"backend {backend}: {per_step:.2f} s/step -> {steps} steps in ~{args.minutes} min")
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)  # the demo's own scratch directory
     cfg = TrainConfig(model=model_cfg, demo_chars=60_000 if args.smoke else 3_000_000,
                       tokenizer="word", vocab_size=2000, backend=backend, steps=steps,
                       batch_size=batch, seq_len=seq, lr=2e-3, min_lr=2e-4,
                       warmup=min(50, steps // 10), weight_decay=0.1, eval_every=max(steps // 6, 1),
                       eval_batches=4, checkpoint_every=max(steps // 3, 1), out=str(out),
                       max_minutes=None if args.smoke else args.minutes * 1.1)
-    trainer = prepare(cfg, progress=not args.smoke)
+    # A rerun replaces the previous demo's run files, and nothing else in the directory.
+    trainer = prepare(cfg, progress=not args.smoke, overwrite=True)
     print(f"{trainer.model.num_parameters():,} parameters, {trainer.tok.vocab_size} words, "
           f"{len(trainer.data.train.ids):,} training tokens")
     result = trainer.run()
@@ -96,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--out", default=str(ROOT / "runs" / "demo"))
+    p.add_argument("--out", default=str(ROOT / "runs" / "demo"),
+                   help="run directory (default: runs/demo of the checkout, which git ignores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny and fast (for tests)")
     args = p.parse_args(argv)

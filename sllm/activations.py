@@ -82,6 +82,12 @@ class KVCache:
             self.backend.free(arr)
         self.k, self.v = [], []
 
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` positions of slot src into slot dst (the n choices of
+        one prompt share its prefill)."""
+        for arr in self.k + self.v:
+            arr[dst, :, :length] = arr[src, :, :length]
+
     def slot(self, s: int) -> KVCacheSlot:
         """Sequence s of this cache alone (a view sharing its memory), empty (pos 0): the
         continuous-batching server prefills a new request's prompt into it with decode()."""

@@ -8,9 +8,15 @@ view of the cache), then runs one `model.decode_batch` over every active sequenc
 its own position in its own slot, and hands each its next token. A sequence that is
 finished leaves at once and its slot is reused by the next waiting request.
 
-Sampling per sequence is exactly `sllm.generate.stream`'s: the same `sample_next` with a
-generator seeded by the request's seed, so a request's output does not depend on what
-else is in the batch, and greedy output equals `sllm generate --temperature 0`.
+Sampling per sequence is exactly `sllm.generate.stream`'s: the same sllm.sampler.Sampler
+with a generator seeded by the request's seed, so a request's output does not depend on
+what else is in the batch, and greedy output equals `sllm generate --temperature 0`. Each
+sequence carries its own constraint (sllm.constrain) when its request has a grammar.
+
+A request for n choices waits for n free slots: its prompt is prefilled once and the KV
+cache copied to the other n - 1 slots; choice i > 0 draws from a generator seeded by
+(seed, i), so choice 0 is the answer the same request with n = 1 gets. With `echo`, the
+prompt's own log-probabilities come first (one full forward of the prompt).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .generate import sample_next
+from .sampler import Choice, Sampler, SamplingParams, log_softmax, top_logprobs
 
 
 class QueueFull(Exception):
@@ -34,7 +40,9 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one request is decoded (OpenAI's names; top_k is an extension)."""
+    """How one request is decoded (OpenAI's names; top_k, min_p, repetition_penalty as
+    in vLLM). logprobs: None for none, k >= 0 for the chosen token's and the k likeliest;
+    grammar: a sllm.constrain.Grammar every choice is held to."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -42,17 +50,49 @@ class Sampling:
     top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    min_p: float | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None
+    n: int = 1
+    echo: bool = False
+    grammar: Any = None
+
+    def params(self) -> SamplingParams:
+        """The sampler's settings."""
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.min_p, self.seed,
+                              self.frequency_penalty, self.presence_penalty,
+                              self.repetition_penalty, self.logit_bias, self.logprobs)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token of the answer (or of the prompt, with echo): its id, its text as decoded in
+    place, its log-probability (None for the prompt's first token) and the likeliest
+    alternatives as (id, text, logprob)."""
+
+    token: int
+    text: str
+    logprob: float | None
+    top: tuple[tuple[int, str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class Event:
-    """What the engine tells a request: a text piece, the end, or an error."""
+    """What the engine tells a request: a text piece (with its tokens' log-probabilities
+    when asked), the prompt's log-probabilities (echo), the end of one choice, or an
+    error. `index` is the choice (0..n-1)."""
 
-    kind: str  # "text" | "done" | "error"
+    kind: str  # "text" | "prompt" | "done" | "error"
     text: str = ""
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    index: int = 0
+    tokens: tuple[TokenLogprob, ...] = ()
+    note: str | None = None
 
 
 @dataclass(eq=False)
@@ -112,15 +152,41 @@ class TextStream:
 
 @dataclass(eq=False)
 class Sequence:
-    """An admitted request: its cache slot, its length so far and its sampler state."""
+    """One choice of an admitted request: its cache slot, its length so far, its sampler."""
 
     request: Request
     slot: int
     pos: int
-    rng: np.random.Generator
+    sampler: Sampler
     text: TextStream
+    index: int = 0
     last: int = -1
     generated: int = 0
+
+
+def token_text(tok: Any, context: list[int], token: int) -> str:
+    """The text `token` adds after `context` (its last few ids), as decode() writes it."""
+    ctx = context[-TextStream.CONTEXT:]
+    before, after = tok.decode(ctx), tok.decode(ctx + [token])
+    return after[len(before):] if after.startswith(before) else tok.decode([token])
+
+
+def logprob_entry(tok: Any, context: list[int], token: int, logprob: float | None,
+                  top: list[tuple[int, float]]) -> TokenLogprob:
+    """A TokenLogprob with every text decoded in place after `context`."""
+    return TokenLogprob(token, token_text(tok, context, token), logprob,
+                        tuple((t, token_text(tok, context, t), lp) for t, lp in top))
+
+
+def prompt_logprobs(model: Any, tok: Any, ids: list[int], k: int) -> tuple[TokenLogprob, ...]:
+    """Each prompt token's log-probability given the ones before it (echo), from one
+    forward of the whole prompt; the first token has none."""
+    logp = log_softmax(model.forward(np.array([ids]))[0])
+    out = [logprob_entry(tok, [], ids[0], None, [])]
+    for i in range(1, len(ids)):
+        row = logp[i - 1]
+        out.append(logprob_entry(tok, ids[:i], ids[i], float(row[ids[i]]), top_logprobs(row, k)))
+    return tuple(out)
 
 
 class Stats:
@@ -184,7 +250,11 @@ class Engine:
         self.cache.release()
 
     def submit(self, request: Request) -> None:
-        """Queue a request; raises QueueFull when max_queue requests wait for a slot."""
+        """Queue a request; raises QueueFull when max_queue requests wait for a slot,
+        ValueError when it asks for more choices than there are slots."""
+        if request.sampling.n > self.max_batch:
+            raise ValueError(f"n = {request.sampling.n} choices need as many KV-cache slots; "
+                             f"this engine has {self.max_batch}")
         with self._cond:
             room = self.max_queue + len(self.free)
             if len(self.waiting) >= room:
@@ -221,14 +291,17 @@ class Engine:
                     return
                 self._drop_cancelled()
                 admitted = []
-                while self.waiting and self.free:
-                    admitted.append((self.waiting.popleft(), self.free.pop()))
-            for request, slot in admitted:
-                self._guarded([request], functools.partial(self._prefill, request, slot), [slot])
+                while self.waiting and len(self.free) >= self.waiting[0].sampling.n:
+                    request = self.waiting.popleft()
+                    admitted.append((request, [self.free.pop() for _ in
+                                               range(request.sampling.n)]))
+            for request, slots in admitted:
+                self._guarded([request], functools.partial(self._prefill, request, slots),
+                              slots)
             if self.active:
                 seqs = list(self.active)
-                self._guarded([s.request for s in seqs], functools.partial(self._step, seqs),
-                              [s.slot for s in seqs])
+                self._guarded(list({s.request: None for s in seqs}),
+                              functools.partial(self._step, seqs), [s.slot for s in seqs])
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.active if s.request.cancelled]:
@@ -247,18 +320,39 @@ class Engine:
             for req in requests:
                 req.emit(Event("error", f"generation failed: {e}"))
 
-    def _prefill(self, request: Request, slot: int) -> None:
-        p = request.sampling
+    def _prefill(self, request: Request, slots: list[int]) -> None:
+        p, ids = request.sampling, request.prompt_ids
         if request.cancelled:
             with self._cond:
-                self.free.append(slot)
+                self.free.extend(slots)
             return
-        logits = self.model.decode(np.array([request.prompt_ids]), self.cache.slot(slot))
-        seq = Sequence(request, slot, len(request.prompt_ids), np.random.default_rng(p.seed),
-                       TextStream(self.tok, request.prompt_ids, p.stop))
-        self.stats.prompt_tokens += len(request.prompt_ids)
-        self.active.append(seq)
-        self._advance(seq, logits[0])
+        if p.echo:
+            k = p.logprobs or 0
+            request.emit(Event("prompt", tokens=prompt_logprobs(self.model, self.tok, ids, k)))
+        self.stats.prompt_tokens += len(ids)
+        if p.max_tokens == 0:  # scoring the prompt only (echo)
+            with self._cond:
+                self.free.extend(slots)
+            for i in range(p.n):
+                request.emit(Event("done", finish_reason="length", prompt_tokens=len(ids),
+                                   index=i))
+            return
+        logits = self.model.decode(np.array([ids]), self.cache.slot(slots[0]))[0]
+        for i, slot in enumerate(slots):
+            if i:
+                self.cache.copy_slot(slots[0], slot, len(ids))
+            seq = Sequence(request, slot, len(ids), self._sampler(request, i),
+                           TextStream(self.tok, [] if p.grammar else ids, p.stop), index=i)
+            self.active.append(seq)
+            self._advance(seq, logits)
+
+    def _sampler(self, request: Request, i: int) -> Sampler:
+        """Choice i's sampler: seed for choice 0, (seed, i) for the others."""
+        p = request.sampling
+        seed = p.seed if i == 0 or p.seed is None else [p.seed, i]
+        constraint = p.grammar.start() if p.grammar is not None else None
+        return Sampler(p.params(), self.model.config.vocab_size, request.prompt_ids,
+                       constraint, self.tok.eos_id, np.random.default_rng(seed))
 
     def _step(self, seqs: list[Sequence]) -> None:
         logits = self.model.decode_batch([s.last for s in seqs], self.cache,
@@ -272,29 +366,44 @@ class Engine:
     def _advance(self, seq: Sequence, logits: np.ndarray) -> None:
         """Sample the sequence's next token, send its text, finish it when it is done."""
         p = seq.request.sampling
-        token = sample_next(logits, seq.rng, p.temperature, p.top_k, p.top_p)
-        if token == self.tok.eos_id:
+        choice = seq.sampler.next(logits, p.max_tokens - seq.generated)
+        if choice is None:
+            self._finish(seq, "stop", note="the grammar allows no token of this vocabulary "
+                                           "here; the output stops where it could not go on")
+            return
+        if choice.token == self.tok.eos_id:
             self._finish(seq, "stop")
             return
-        seq.last, seq.generated = token, seq.generated + 1
+        entry = self._entry(seq, choice)
+        seq.last, seq.generated = choice.token, seq.generated + 1
         self.stats.tokens(1)
-        piece, stopped = seq.text.push(token)
-        if piece:
-            seq.request.emit(Event("text", piece))
+        piece, stopped = seq.text.push(choice.token)
+        if piece or entry:
+            seq.request.emit(Event("text", piece, index=seq.index,
+                                   tokens=(entry,) if entry else ()))
+        constraint = seq.sampler.constraint
         if stopped:
             self._finish(seq, "stop", flush=False)
+        elif constraint is not None and constraint.finished():
+            self._finish(seq, "stop")
         elif seq.generated >= p.max_tokens:
             self._finish(seq, "length")
 
-    def _finish(self, seq: Sequence, reason: str, flush: bool = True) -> None:
+    def _entry(self, seq: Sequence, choice: Choice) -> TokenLogprob | None:
+        if choice.logprob is None:
+            return None
+        return logprob_entry(self.tok, seq.text.ids, choice.token, choice.logprob, choice.top)
+
+    def _finish(self, seq: Sequence, reason: str, flush: bool = True,
+                note: str | None = None) -> None:
         """Send the held-back text (unless a stop string cut it), then the end."""
         rest = seq.text.flush() if flush else ""
         if rest:
-            seq.request.emit(Event("text", rest))
+            seq.request.emit(Event("text", rest, index=seq.index))
         self._leave(seq, reason)  # the slot is free before the client hears of the end
         seq.request.emit(Event("done", finish_reason=reason,
                                prompt_tokens=len(seq.request.prompt_ids),
-                               completion_tokens=seq.generated))
+                               completion_tokens=seq.generated, index=seq.index, note=note))
 
     def _leave(self, seq: Sequence, reason: str) -> None:
         self.active.remove(seq)

@@ -60,39 +60,25 @@ def suite_title(suite: str, report: dict[str, Any]) -> str:
     return suite
 
 
-def render(report: dict[str, Any], console: Any) -> None:
-    """One rich table per suite, plus the unavailable backends and their reasons."""
-    from rich.table import Table
+WIDE_COLUMNS = ("backend", "benchmark", "median", "spread", "rate", "of BW", "GFLOP/s",
+                "vs numpy", "vs torch", "MFU")
+NARROW_COLUMNS = ("backend", "benchmark", "median", "rate", "of BW", "vs numpy", "vs torch", "MFU")
+# Columns left out when no row has a value for them.
+OPTIONAL = {"of BW": "bw", "vs torch": "vs_torch", "MFU": "mfu"}
+RATES = ("tokens_per_s", "rows_per_s", "elements_per_s", "calls_per_s")
+
+
+def render(report: dict[str, Any], console: Any, wide: bool = False) -> None:
+    """One rich table per suite, a footer saying what the ratios mean, then the machine's
+    peaks and the unavailable backends with their reasons. Narrow (the default) fits 100
+    columns: no spread or GFLOP/s column, rates in k/M/G. Either way a column no row fills
+    (vs torch without --vs torch, say) is left out."""
     rows = [(res["backend"], r) for res in report["results"] for r in res.get("rows", [])]
     for suite in dict.fromkeys(r["suite"] for _, r in rows):
-        table = Table(title=suite_title(suite, report))
-        for col in ("backend", "benchmark", "median", "spread", "rate", "GFLOP/s", "vs numpy",
-                    "vs torch", "MFU"):
-            table.add_column(col, justify="left" if col in ("backend", "benchmark") else "right")
-        for backend, r in rows:
-            if r["suite"] != suite:
-                continue
-            rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '/s')}" for k in
-                         ("tokens_per_s", "rows_per_s", "elements_per_s", "calls_per_s")
-                         if k in r), "")
-            if "gb_per_s" in r:
-                rate = f"{r['gb_per_s']:.1f} GB/s" + (f" ({r['bw']:.0%} of BW)" if r.get("bw")
-                                                      else "")
-            elif r.get("bw"):  # decoding: the weights it streams per second, against BW
-                rate += f" ({r['bw']:.0%} of BW)"
-            table.add_row(backend, r["name"], f"{r['median_s'] * 1e3:.2f} ms",
-                          f"{r['min_s'] * 1e3:.2f}..{r['max_s'] * 1e3:.2f}", rate,
-                          f"{r['gflops']:.1f}" if "gflops" in r else "",
-                          f"{r['vs_numpy']:.2f}x" if r.get("vs_numpy") else "",
-                          f"{r['vs_torch']:.2f}x" if r.get("vs_torch") else "",
-                          f"{r['mfu']:.0%}" if r.get("mfu") else "")
-        console.print(table)
-    for backend, r in rows:
-        if "vs_step" in r:
-            detail = (f": its steps at {r['steps_vs_step']:.0%}, plus {r['fixed_s']:.2f} s of "
-                      "evaluations, checkpoint and first-step setup") if "steps_vs_step" in r else ""
-            console.print(f"{backend}: the training loop runs at {r['vs_step']:.0%} of the bare "
-                          f"step's tokens/s ({r['name']}){detail}")
+        in_suite = [(b, r) for b, r in rows if r["suite"] == suite]
+        console.print(_table(suite_title(suite, report), _columns(in_suite, wide), in_suite, wide))
+    for line in _footer(rows, wide):
+        console.print(line, highlight=False, soft_wrap=False)
     for res in report["results"]:
         if "error" in res:
             console.print(f"[yellow]{res['backend']}[/]: {res['error']}")
@@ -106,6 +92,76 @@ def render(report: dict[str, Any], console: Any) -> None:
     if report.get("bandwidth_gbps"):
         console.print(f"memory bandwidth: {report['bandwidth_gbps']:.1f} GB/s "
                       f"({report['bandwidth_note']})")
+
+
+def _columns(rows: list[tuple[str, dict[str, Any]]], wide: bool) -> tuple[str, ...]:
+    return tuple(c for c in (WIDE_COLUMNS if wide else NARROW_COLUMNS)
+                 if c not in OPTIONAL or any(r.get(OPTIONAL[c]) for _, r in rows))
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, dict[str, Any]]],
+           wide: bool) -> Any:
+    from rich import box
+    from rich.table import Table
+    table = Table(title=title, box=box.HEAVY_HEAD if wide else box.SIMPLE_HEAD)
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("backend", "benchmark") else "right")
+    for backend, r in rows:
+        cells = {"backend": backend, "benchmark": r["name"],
+                 "median": f"{r['median_s'] * 1e3:.2f} ms",
+                 "spread": f"{r['min_s'] * 1e3:.2f}..{r['max_s'] * 1e3:.2f}",
+                 "rate": _rate(r, wide), "of BW": f"{r['bw']:.0%}" if r.get("bw") else "",
+                 "GFLOP/s": f"{r['gflops']:.1f}" if "gflops" in r else "",
+                 "vs numpy": f"{r['vs_numpy']:.2f}x" if r.get("vs_numpy") else "",
+                 "vs torch": f"{r['vs_torch']:.2f}x" if r.get("vs_torch") else "",
+                 "MFU": f"{r['mfu']:.0%}" if r.get("mfu") else ""}
+        table.add_row(*(cells[c] for c in columns))
+    return table
+
+
+def _rate(r: dict[str, Any], wide: bool) -> str:
+    """tokens/s (or rows, elements, calls), or GB/s."""
+    if "gb_per_s" in r:
+        return f"{r['gb_per_s']:.1f} GB/s"
+    key = next((k for k in RATES if k in r), None)
+    return "" if key is None else f"{_count(r[key], wide)} {key.replace('_per_s', '/s')}"
+
+
+def _count(x: float, wide: bool) -> str:
+    """12,345,678 as it is (wide) or as 12.3M: a narrow column."""
+    if wide or x < 100_000:
+        return f"{x:,.0f}"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:,.0f}"
+
+
+def _footer(rows: list[tuple[str, dict[str, Any]]], wide: bool) -> list[str]:
+    """What the ratios mean, then how the training loop compares with the bare step."""
+    lines = ["vs numpy, vs torch: numpy's (torch's) median time for the same row divided by "
+             "this one's; above 1.00x is faster."]
+    if any(r.get("mfu") for _, r in rows):
+        lines.append("MFU: the row's GFLOP/s as a share of the FP32 peak measured below.")
+    if any(r.get("bw") for _, r in rows):
+        lines.append("of BW: bytes read per second (a decode step reads every weight) as a "
+                     "share of the streaming-read bandwidth below; above 100% the data came "
+                     "from cache, not memory.")
+    if not wide:
+        lines.append("--wide adds the spread (fastest..slowest repeat) and GFLOP/s columns.")
+    for backend, r in rows:
+        if "vs_step" in r:
+            lines.append(f"{backend}: `sllm train`'s loop ({r['name']}) gives {r['vs_step']:.0%} "
+                         "of the bare step's tokens/s" + _loop_detail(r))
+    return lines
+
+
+def _loop_detail(r: dict[str, Any]) -> str:
+    if "steps_vs_step" not in r:
+        return "."
+    return (f"; its steps, timed inside the loop, ran at {r['steps_vs_step']:.0%} of the bare "
+            "step's speed (above 100%: faster), and evaluations, the checkpoint and first-step "
+            f"setup took {r['fixed_s']:.2f} s.")
 
 
 def write_json(report: dict[str, Any], path: str) -> None:

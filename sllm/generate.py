@@ -1,79 +1,92 @@
-"""Sampling with a KV cache: temperature, top-k, top-p, a seed, a stop token."""
+"""Generation with a KV cache: the prompt's prefill, then one token at a time drawn by
+sllm.sampler (temperature, top-k, top-p, min-p, penalties, logit bias, a seed) and, when
+asked, held to a grammar by sllm.constrain (a JSON schema, a regex, a choice of strings).
+
+JavaScript twin: sllm/web/sllm.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
+"""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from . import validate as V
+from .sampler import Choice, Sampler, SamplingParams, sample_next
+
+__all__ = ["check_sampling", "sample_next", "stream", "stream_choices", "generate",
+           "encode_prompt", "stream_text", "warn_unknown", "sampling_params"]
+
+
+def sampling_params(temperature: Any = 1.0, top_k: Any = None, top_p: Any = None,
+                    seed: Any = None, min_p: Any = None, frequency_penalty: Any = 0.0,
+                    presence_penalty: Any = 0.0, repetition_penalty: Any = 1.0,
+                    logit_bias: Mapping[int, float] | None = None, logprobs: Any = None,
+                    vocab_size: int | None = None) -> SamplingParams:
+    """The checked SamplingParams (ConfigError naming the first bad setting)."""
+    bias = tuple(sorted((logit_bias or {}).items()))
+    return SamplingParams(temperature, top_k, top_p, min_p, seed, frequency_penalty,
+                          presence_penalty, repetition_penalty, bias, logprobs
+                          ).check(vocab_size)
 
 
 def check_sampling(max_new_tokens: Any = 0, temperature: Any = 1.0, top_k: Any = None,
-                   top_p: Any = None, seed: Any = None) -> None:
+                   top_p: Any = None, seed: Any = None, **more: Any) -> None:
     """Refuse sampling settings outside their range (ConfigError naming the option)."""
     V.check_int("max_tokens", max_new_tokens, 0)
-    V.check_number("temperature", temperature, 0.0, 1e6)
-    V.check_int("top_k", top_k, 1, optional=True)
-    V.check_number("top_p", top_p, 0.0, 1.0, lo_open=True, optional=True)
-    V.check_int("seed", seed, 0, 2**63 - 1, optional=True)
-
-
-def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None) -> int:
-    """One token id from a (V,) row of logits. temperature 0 means greedy."""
-    z = np.asarray(logits, dtype=np.float64)
-    if temperature <= 0:
-        return int(np.argmax(z))
-    z = z / temperature
-    if top_k is not None and 0 < top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z < kth, -np.inf, z)
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
-    if top_p is not None and 0 < top_p < 1:
-        order = np.argsort(-probs)
-        cumulative = np.cumsum(probs[order])
-        cut = int(np.searchsorted(cumulative, top_p)) + 1  # smallest set reaching top_p
-        keep = np.zeros_like(probs, dtype=bool)
-        keep[order[:cut]] = True
-        probs = np.where(keep, probs, 0.0)
-        probs /= probs.sum()
-    return int(rng.choice(probs.size, p=probs))
+    sampling_params(temperature, top_k, top_p, seed, **more)
 
 
 def stream(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           eos_id: int | None = None) -> Iterator[int]:
+           eos_id: int | None = None, constraint: Any = None, **more: Any) -> Iterator[int]:
     """Yield new token ids one at a time. When the context fills up, the oldest tokens
     are dropped (with a warning) and the cache is rebuilt from the newest half. The
-    settings are checked here, before the first token is asked for."""
-    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
+    settings are checked here, before the first token is asked for. `more`: min_p,
+    frequency_penalty, presence_penalty, repetition_penalty, logit_bias ({id: bias})."""
+    choices = stream_choices(model, prompt_ids, max_new_tokens, temperature, top_k, top_p,
+                             seed, eos_id, constraint, **more)
+    return (c.token for c in choices)
+
+
+def stream_choices(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
+                   top_k: int | None = None, top_p: float | None = None,
+                   seed: int | None = None, eos_id: int | None = None,
+                   constraint: Any = None, **more: Any) -> Iterator[Choice]:
+    """stream(), yielding sllm.sampler.Choice (the token and, with logprobs=k, its
+    log-probability and the k likeliest). Ends early when a constraint allows nothing."""
+    V.check_int("max_tokens", max_new_tokens, 0)
+    params = sampling_params(temperature, top_k, top_p, seed, vocab_size=model.config.vocab_size,
+                             **more)
     ids = [int(t) for t in np.asarray(prompt_ids).reshape(-1)]
     if not ids:
         raise ValueError("the prompt must contain at least one token id")
-    return _stream(model, ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id)
+    sampler = Sampler(params, model.config.vocab_size, ids, constraint, eos_id)
+    return _stream(model, ids, max_new_tokens, sampler, eos_id)
 
 
-def _stream(model: Any, ids: list[int], max_new_tokens: int, temperature: float,
-            top_k: int | None, top_p: float | None, seed: int | None,
-            eos_id: int | None) -> Iterator[int]:
+def _stream(model: Any, ids: list[int], max_new_tokens: int, sampler: Sampler,
+            eos_id: int | None) -> Iterator[Choice]:
     limit = model.config.max_seq_len
     if len(ids) > limit:
         warnings.warn(f"prompt of {len(ids)} tokens truncated to the last {limit} "
                       f"(max_seq_len)", stacklevel=2)
-    rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()
     cache = model.new_cache(1)
     try:
         context = ids[-limit:]
         logits = model.decode(np.array([context]), cache)[0]
-        for _ in range(max_new_tokens):
-            token = sample_next(logits, rng, temperature, top_k, top_p)
-            yield token
+        for i in range(max_new_tokens):
+            choice = sampler.next(logits, max_new_tokens - i)
+            if choice is None:
+                return
+            yield choice
+            token = choice.token
             if eos_id is not None and token == eos_id:
+                return
+            if sampler.constraint is not None and sampler.constraint.finished():
                 return
             context.append(token)
             if cache.pos >= limit:
@@ -90,15 +103,39 @@ def _stream(model: Any, ids: list[int], max_new_tokens: int, temperature: float,
 
 def generate(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             eos_id: int | None = None, on_token: Callable[[int], None] | None = None
+             eos_id: int | None = None, on_token: Callable[[int], None] | None = None,
+             *, json_schema: dict[str, Any] | None = None, regex: str | None = None,
+             choices: list[str] | None = None, tokenizer: Any = None, **more: Any
              ) -> list[int]:
-    """prompt_ids + up to max_new_tokens sampled ids; on_token is called with each new id."""
+    """prompt_ids + up to max_new_tokens sampled ids; on_token is called with each new id.
+
+    json_schema / regex / choices hold the new text to a grammar (sllm.constrain): it
+    always parses when generation ends at [EOS] or when the grammar is complete, and the
+    budget steers toward completion as max_new_tokens runs out. The text is
+    `tokenizer.decode(new ids)` (the model's own tokenizer when none is given). `more`:
+    min_p, frequency_penalty, presence_penalty, repetition_penalty, logit_bias."""
     out = [int(t) for t in np.asarray(prompt_ids).reshape(-1)]
-    for token in stream(model, out, max_new_tokens, temperature, top_k, top_p, seed, eos_id):
+    constraint = None
+    if json_schema is not None or regex is not None or choices is not None:
+        from . import constrain
+        tok = tokenizer if tokenizer is not None else _model_tokenizer(model)
+        constraint = constrain.compile_for(tok, json_schema=json_schema, regex=regex,
+                                           choices=choices).start()
+        eos_id = tok.eos_id if eos_id is None else eos_id
+    for token in stream(model, out, max_new_tokens, temperature, top_k, top_p, seed, eos_id,
+                        constraint, **more):
         out.append(token)
         if on_token is not None:
             on_token(token)
     return out
+
+
+def _model_tokenizer(model: Any) -> Any:
+    from .tokenizer import from_dict
+    if not model.tokenizer:
+        raise ValueError("a constraint needs the tokenizer: pass tokenizer=, the model file "
+                         "has none inside")
+    return from_dict(model.tokenizer)
 
 
 def warn_unknown(tok: Any, text: str) -> None:

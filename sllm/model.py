@@ -1,5 +1,8 @@
 """SLLM: a GPT-style language model whose forward and backward are straight lines of
-backend kernel calls over one flat parameter buffer."""
+backend kernel calls over one flat parameter buffer.
+
+JavaScript twin: sllm/web/model.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
+"""
 from __future__ import annotations
 
 import os

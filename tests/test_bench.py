@@ -42,7 +42,36 @@ def test_bench_smoke(tmp_path):
     render(report, console)
     text = console.export_text()
     assert "train" in text and "numpy" in text and "FP32 peak" in text
-    assert "its steps at" in text
+    assert "its steps, timed inside the loop, ran at" in text
+
+
+def _report_of(rows):
+    return {"results": [{"backend": b, "rows": rs, "peak_rss_mb": 80.0} for b, rs in rows.items()],
+            "batch": 16, "seq_len": 128, "peak_gflops": 225.0, "peak_note": "measured",
+            "bandwidth_gbps": 33.0, "bandwidth_note": "measured"}
+
+
+def test_tables_fit_100_columns_and_wide_shows_all():
+    """The default tables fit 100 columns and say what their ratios mean; --wide has every
+    column, including the spread the narrow table drops."""
+    row = {"suite": "kernels", "name": "attention_decode_batch 16 sequences maxT64 H1",
+           "median_s": 1e-5, "min_s": 9e-6, "max_s": 2e-5, "rows_per_s": 1_234_567.0,
+           "gflops": 12.5, "vs_numpy": 19.76, "vs_torch": 1.5, "mfu": 0.1}
+    decode = {"suite": "generate", "name": "decode 48 tokens, batch 1, q4_1", "median_s": 0.002,
+              "min_s": 0.002, "max_s": 0.003, "tokens_per_s": 22_031.0, "bw": 4.17,
+              "vs_numpy": 19.47, "vs_torch": None, "mfu": 0.01}
+    report = _report_of({"cpp": [row, decode], "numpy": [dict(row, vs_numpy=1.0)]})
+    narrow = Console(record=True, width=100)
+    render(report, narrow)
+    text = narrow.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "0.01..0.02" not in text and "1.2M rows/s" in text and "417%" in text
+    flat = " ".join(text.split())  # the footer wraps at 100 columns
+    assert "above 1.00x is faster" in flat and "above 100% the data came from cache" in flat
+    wide = Console(record=True, width=200)
+    render(report, wide, wide=True)
+    text = wide.export_text()
+    assert "0.01..0.02" in text and "1,234,567 rows/s" in text and "12.5" in text
 
 
 def test_bench_cli(tmp_path):

@@ -113,3 +113,10 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     assert code == 1 and "no model.sllm" in out
     code, out = run("train", "--betas", "0.9", "-q")
     assert code != 0 and "--betas must look like" in out
+
+
+def test_help_shows_square_brackets():
+    """Help texts are rich markup, where `[mpi]` is a tag and vanishes unless escaped."""
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    assert "needs sllm[mpi])" in result.output

@@ -24,7 +24,13 @@ def test_demo_smoke(tmp_path, capsys):
 
 def test_sgd_vs_adam_smoke(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    _load("sgd_vs_adam").main(["--steps", "4", "--chars", "60000", "--out", str(tmp_path / "runs"),
-                               "--plot", str(tmp_path / "p.png"), "--backend", "numpy"])
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")  # a directory the user named: kept
+    for _ in range(2):  # a rerun replaces the example's own runs
+        _load("sgd_vs_adam").main(["--steps", "4", "--chars", "60000", "--out", str(out),
+                                   "--backend", "numpy"])
     assert "SGD" in capsys.readouterr().out
-    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "sgd-vs-adam.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert {p.name for p in out.iterdir()} == {"sgd", "adam", "sgd-vs-adam.png", "notes.txt"}
