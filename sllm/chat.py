@@ -3,6 +3,8 @@
 The user speaks as `A:` and the model answers as `B:`, one line per turn, the whole
 dialogue after a [BOS] (as each corpus document starts). Old turns are dropped when the
 dialogue no longer fits in the model's context.
+
+JavaScript twin: sllm/web/sllm.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
 """
 from __future__ import annotations
 

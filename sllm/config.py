@@ -1,4 +1,7 @@
-"""ModelConfig: the shape of a model, validated, loadable from the roadmap's JSON files."""
+"""ModelConfig: the shape of a model, validated, loadable from the roadmap's JSON files.
+
+JavaScript twin: sllm/web/format.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
+"""
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,9 @@
 """Generation with a KV cache: the prompt's prefill, then one token at a time drawn by
 sllm.sampler (temperature, top-k, top-p, min-p, penalties, logit bias, a seed) and, when
-asked, held to a grammar by sllm.constrain (a JSON schema, a regex, a choice of strings)."""
+asked, held to a grammar by sllm.constrain (a JSON schema, a regex, a choice of strings).
+
+JavaScript twin: sllm/web/sllm.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
+"""
 from __future__ import annotations
 
 import warnings

@@ -6,6 +6,8 @@ data-parallel gradient all-reduce (sllm/distributed.py) are each one call. Tenso
 ndim >= 2 come first: weight decay applies to exactly the prefix [0, decay_count). Offsets
 are aligned to 16 floats (64 bytes) so SIMD kernels may use aligned loads and a file can
 be memory-mapped tensor by tensor.
+
+JavaScript twin: sllm/web/format.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """SLLM: a GPT-style language model whose forward and backward are straight lines of
-backend kernel calls over one flat parameter buffer."""
+backend kernel calls over one flat parameter buffer.
+
+JavaScript twin: sllm/web/model.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
+"""
 from __future__ import annotations
 
 import os
@@ -40,7 +43,7 @@ def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None]
     if len(qtypes) != 1:
         return None
     params = tuple(getattr(L, name) for name in DECODE_BLOCK_PARAMS)
-    return tuple(p.data if isinstance(p, QTensor) else p for p in params), qtypes.pop()
+    return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
 def _mix_seed(*parts: int) -> int:
@@ -156,7 +159,9 @@ class SLLM:
             if data.shape != (shape[0], bytes_per_row(qtype, shape[1])):
                 raise ValueError(f"{name}: {qtype} rows of shape {data.shape} do not hold "
                                  f"a {shape} matrix")
-            qweights[name] = QTensor(qtype, self.backend.from_numpy(data, np.uint8), (shape[0], shape[1]))
+            rows_here = self.backend.from_numpy(data, np.uint8)
+            qweights[name] = QTensor(qtype, rows_here, (shape[0], shape[1]),
+                                     packed=self.backend.pack_q(rows_here, qtype))
         for old in (getattr(self, "flat_params", None), getattr(self, "flat_grads", None)):
             if old is not None:
                 self.backend.free(old)
@@ -336,7 +341,7 @@ class SLLM:
                 bias: np.ndarray | None, trans_w: bool = False) -> None:
         """matmul_fwd, or matmul_q_fwd when the weight is quantized (rows along K)."""
         if isinstance(weight, QTensor):
-            self.backend.matmul_q_fwd(out, inp, weight.data, bias, weight.qtype)
+            self.backend.matmul_q_fwd(out, inp, weight.kernel_rows, bias, weight.qtype)
         else:
             self.backend.matmul_fwd(out, inp, weight, bias, trans_w)
 

@@ -2,6 +2,8 @@
 
 Each step is one backend call over the whole buffer. Weight decay applies only to
 tensors with ndim >= 2, which the layout places first (`layout.decay_count`).
+
+JavaScript twin: sllm/web/model.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
 """
 from __future__ import annotations
 

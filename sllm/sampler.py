@@ -9,6 +9,9 @@ Log-probabilities reported with a token (`logprobs`) are the model's own: log-so
 the raw logits, before any of the above, as vLLM reports them by default, so that the
 log-probability of a text is the same however it was sampled and equals what `sllm eval`
 computes.
+
+JavaScript twin: sllm/web/sllm.js's sampleNext (temperature, top-k, top-p; the browser's copy;
+tests/test_node_parity.py checks them equal under Node).
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ multiple of 64 bytes from the start of the file (zero padding before the section
 so the tensor data can be memory-mapped and viewed without copies. The reader checks every
 size against the file before it allocates or reads anything, and raises FormatError
 naming the section, offset, and what it expected versus found.
+
+JavaScript twin: sllm/web/format.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
 """
 from __future__ import annotations
 

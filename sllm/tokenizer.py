@@ -4,6 +4,8 @@ Every tokenizer has `train(text_or_path, vocab_size)`, `encode`, `decode`, `voca
 `save(path)` and `to_dict()`; `load(path)` and `from_dict(d)` rebuild any of them from the
 `type` field. Word and BPE reserve [PAD]=0 [UNK]=1 [BOS]=2 [EOS]=3; the character
 tokenizer reserves only [UNK]=0 so its vocabulary matches the text's alphabet.
+
+JavaScript twin: sllm/web/tokenizers.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
 """
 from __future__ import annotations
 

@@ -4,11 +4,7 @@ reason, when Chromium, chromedriver or selenium is missing; `.ci/run` installs t
 from __future__ import annotations
 
 import base64
-import struct
 import sys
-import unicodedata
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +16,14 @@ from sllm.corpus import generate_corpus
 from sllm.errors import SLLMError
 from sllm.export_web import WEB_FILES, export_site
 from sllm.generate import encode_prompt, stream_text
-from sllm.optim import AdamW
 from sllm.serialize import read_model_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import StaticServer, chromium, run_js, why_no_browser
+from twins import JAPANESE, JS_TRAIN_STEPS, TWINS, corrupt_files, python_train_steps
 
 WORD_CFG = {"vocabSize": 300, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,
             "ffnHiddenDim": 64, "dropout": 0.0, "maxSeqLen": 96}
-ODD_TEXT = ("Hello, world! Don't stop… it's 3.5 km (or 2,000 m)?\n\n  Tabs\tand\r\nCRLF\x1c"
-            "\x85line ｶﾀｶﾅ ① ² ﬁ İstanbul ÉCOLE naïve 😀 under_score\u00a0nbsp\u3000")
-JAPANESE = "日本語のテキストです。東京は大きい！きょうは、いい天気ですね。カタカナとひらがな。"
 
 
 def _trained(tmp_path_factory, name, cfg, tokenizer="word", steps=60, corpus=None):
@@ -125,6 +118,19 @@ def test_web_assets_are_package_data():
     assert "export async function load" in text and "import(" not in text
 
 
+def test_javascript_twins_and_their_python_sources_name_each_other():
+    """Each JS module says which Python modules it re-implements, and each of those says
+    so in its docstring, so a change on one side leads to the other."""
+    root = Path(__file__).resolve().parent.parent
+    for js, sources in TWINS.items():
+        header = (root / "sllm" / "web" / js).read_text(encoding="utf-8").split("\n\n")[0]
+        for source in sources:
+            assert source in header, (js, source)
+            module = source.removesuffix(".py").replace("/", ".")
+            doc = __import__(module, fromlist=["_"]).__doc__ or ""
+            assert f"sllm/web/{js}" in doc, (source, js)
+
+
 # ---- the browser -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser(site):
@@ -209,17 +215,10 @@ def test_finetune_steps_match_python_and_save_loads(browser, site, tmp_path, dro
     name = "drop.sllm" if dropout else "model.sllm"
     tok = tokenizers.from_dict(py.tokenizer)
     batches = [_batch(tok, generate_corpus(20_000, seed=5), 4, 24, s) for s in range(3)]
-    opt = AdamW(py, lr=2e-3, betas=(0.9, 0.99), weight_decay=0.1)
-    py.train()
-    expected = []
-    for x, y in batches:
-        expected.append(py.forward_backward(x, y))
-        opt.clip_grad_norm(1.0)
-        opt.step()
-    py.eval()
+    expected = python_train_steps(py, batches)
     got = run_js(browser, """
 const m = await sllm.load(args[0]);
-const losses = args[1].map(([x, y]) => m.trainStep(x.flat(), y.flat(), 4, 24, {lr: 2e-3}).loss);
+const losses = """ + JS_TRAIN_STEPS + """;
 const probe = m.encodePrompt("A: Do you have a pet?");
 const logits = Array.from(m.forward(probe));
 const bytes = await m.save();
@@ -251,156 +250,8 @@ return {losses: r.losses, seen, refused};
     assert "too short" in got["refused"] and "need at least 65" in got["refused"]
 
 
-# ---- tokenizers and the format reader, exactly as Python ---------------------------------
-def _tokenizers():
-    text = generate_corpus(30_000, seed=1) + "\n" + JAPANESE * 20
-    return {"word": tokenizers.WordTokenizer.train(text, 400),
-            "word-lower": tokenizers.WordTokenizer.train(text, 400, lowercase=True),
-            "char": tokenizers.CharTokenizer.train(text),
-            "bpe": tokenizers.BPETokenizer.train(text, 420)}
-
-
-def test_tokenizers_encode_and_decode_as_python(browser):
-    toks = _tokenizers()
-    samples = [ODD_TEXT, JAPANESE, "Once upon a time, a zyzzyva met Qwertyuiop.",
-               generate_corpus(3000, seed=9), "", "  leading spaces\n\n\nand blank lines\n"]
-    got = run_js(browser, """
-const { tokenizerFromDict } = await import(new URL("tokenizers.js", location.href).href);
-const out = {};
-for (const [name, d] of Object.entries(args[0])) {
-  const t = tokenizerFromDict(d);
-  out[name] = args[1].map((s) => { const ids = t.encode(s); return [ids, t.decode(ids), t.unknownPieces(s)]; });
-}
-return out;
-""", {k: t.to_dict() for k, t in toks.items()}, samples)
-    for name, tok in toks.items():
-        for sample, (ids, text, unknown) in zip(samples, got[name], strict=True):
-            assert ids == tok.encode(sample), (name, sample)
-            assert text == tok.decode(ids), (name, sample)
-            assert unknown == tok.unknown_pieces(sample), (name, sample)
-    assert tokenizers.UNK_ID in got["word"][2][0]  # unknown words are [UNK], as in Python
-
-
-def _python_classes(limit):
-    """Per code point: how sllm's word regex splits 'a' + c (1: joins the word, 2: a
-    separate symbol, 0: dropped as space, 3: other)."""
-    word_re = tokenizers._WORD_RE
-    out = bytearray()
-    for cp in range(limit):
-        if 0xD800 <= cp < 0xE000:
-            out.append(ord("0") + 9)
-            continue
-        parts = word_re.findall("a" + chr(cp))
-        out.append(ord("0") + {1: 1 if len(parts[0]) == 2 else 0, 2: 2}.get(len(parts), 3))
-    return out.decode()
-
-
-def test_word_classes_match_python_for_every_assigned_code_point(browser):
-    limit = 0x110000
-    got = run_js(browser, """
-const { tokenizerFromDict } = await import(new URL("tokenizers.js", location.href).href);
-const t = tokenizerFromDict({type: "word", tokens: ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]});
-const out = new Array(args[0]);
-for (let cp = 0; cp < args[0]; cp++) {
-  if (cp >= 0xD800 && cp < 0xE000) { out[cp] = "9"; continue; }
-  const parts = t.words("a" + String.fromCodePoint(cp));
-  out[cp] = parts.length === 1 ? (parts[0].length > 1 ? "1" : "0") : parts.length === 2 ? "2" : "3";
-}
-return out.join("");
-""", limit)
-    expected = _python_classes(limit)
-    # Characters that Python's Unicode tables do not know yet (unicodedata.unidata_version is
-    # older than the browser's) are not compared: Python calls them symbols, the browser letters.
-    bad = [i for i in range(limit) if got[i] != expected[i]
-           and unicodedata.category(chr(i)) != "Cn"]
-    shown = [(hex(i), unicodedata.name(chr(i), "?"), expected[i], got[i]) for i in bad[:10]]
-    assert not bad, f"{len(bad)} code points split differently: {shown}"
-
-
-def test_bpe_matches_python_for_every_bmp_character(browser):
-    tok = _tokenizers()["bpe"]
-    chars = [chr(c) for c in range(1, 0x10000) if not 0xD800 <= c < 0xE000]
-    samples = ["x" + "".join(chars[i:i + 64]) + " y" for i in range(0, len(chars), 64)]
-    got = run_js(browser, """
-const { tokenizerFromDict } = await import(new URL("tokenizers.js", location.href).href);
-const t = tokenizerFromDict(args[0]);
-return args[1].map((s) => t.encode(s));
-""", tok.to_dict(), samples)
-    bad = [s for s, ids in zip(samples, got, strict=True) if ids != tok.encode(s)]
-    assert not bad, f"{len(bad)} of {len(samples)} chunks differ, first: {bad[0][:20]!r}"
-
-
-def _corrupt_files(good: bytes) -> dict[str, bytes]:
-    version = bytearray(good)
-    version[4:8] = struct.pack("<I", 7)
-    version[20:24] = struct.pack("<I", zlib.crc32(bytes(version[:20])))
-    flipped = bytearray(good)
-    flipped[len(good) // 2] ^= 0x40
-    return {"not SLLM": b"GGUF" + good[4:], "truncated": good[: len(good) // 3],
-            "unknown version": bytes(version), "bit flip": bytes(flipped), "empty": b"",
-            "trailing bytes": good + b"\0" * 5, "header only": good[:24]}
-
-
-def _edit_table(good: bytes, edit: Callable[[bytearray], None]) -> bytes:
-    """The file with edit(table: bytearray) applied to its tensor table (CRC rewritten)."""
-    out, pos = bytearray(good), 24
-    for _ in range(struct.unpack_from("<I", good, 16)[0]):
-        start = -(-(pos + 16) // 64) * 64 - 16
-        kind, _, length = struct.unpack_from("<IIQ", good, start)
-        if kind == 4:
-            table = bytearray(good[start + 16:start + 16 + length])
-            edit(table)
-            out[start + 16:start + 16 + length] = table
-            struct.pack_into("<I", out, start + 4, zlib.crc32(bytes(table)))
-        pos = start + 16 + length
-    return bytes(out)
-
-
-def _first_quantized_entry(table: bytearray) -> int:
-    """Offset of the dtype byte of the first entry with a quantized dtype code."""
-    pos = 4
-    while True:
-        (n,) = struct.unpack_from("<H", table, pos)
-        code, ndim = table[pos + 2 + n], table[pos + 3 + n]
-        if code >= 2:
-            return pos + 2 + n
-        pos += 2 + n + 4 + 4 * ndim + 16
-
-
-def _corrupt_quantized(good: bytes) -> dict[str, bytes]:
-    def wrong_k(t):
-        at = _first_quantized_entry(t)
-        struct.pack_into("<I", t, at + 8, struct.unpack_from("<I", t, at + 8)[0] + 32)
-
-    def unknown_code(t):
-        t[_first_quantized_entry(t)] = 9
-
-    def one_dim(t):
-        t[_first_quantized_entry(t) + 1] = 1
-    return {"quantized size": _edit_table(good, wrong_k), "unknown dtype": _edit_table(good, unknown_code),
-            "quantized 1-D": _edit_table(good, one_dim)}
-
-
-@pytest.mark.parametrize("file", ["model.sllm", "q4_1.sllm"])
-def test_reader_rejects_what_python_rejects(browser, site, file):
-    good = (site / file).read_bytes()
-    cases = {**_corrupt_files(good), **(_corrupt_quantized(good) if file != "model.sllm" else {})}
-    got = run_js(browser, """
-const out = {};
-for (const [name, b64] of Object.entries(args[0])) {
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  try { sllm.readModel(bytes, "f"); out[name] = "ok"; } catch (e) { out[name] = e.name + ": " + e.message; }
-}
-return out;
-""", {k: base64.b64encode(v).decode() for k, v in {**cases, "good": good}.items()})
-    assert got.pop("good") == "ok"
-    for name, message in got.items():
-        path = site / "corrupt.sllm"
-        path.write_bytes(cases[name])
-        with pytest.raises(sllm.FormatError) as info:
-            read_model_file(path)
-        py = str(info.value).replace(str(path), "f")
-        assert message == f"FormatError: {py}", name
+# Tokenizers, the format reader and writer, sampling and the model's forward are checked
+# against Python under Node, without a browser: tests/test_node_parity.py.
 
 
 # ---- the page ------------------------------------------------------------------------------
@@ -419,7 +270,7 @@ def _open(driver, query=""):
     ("unknown version", "version 7 is not supported")])
 def test_page_shows_a_clear_message_for_bad_files(browser, site, name, message):
     bad = f"bad-{name.replace(' ', '-')}.sllm"  # one name per case: no cached copy is reused
-    (site / bad).write_bytes(_corrupt_files((site / "model.sllm").read_bytes())[name])
+    (site / bad).write_bytes(corrupt_files((site / "model.sllm").read_bytes())[name])
     _open(browser, f"?model={bad}")
     error = browser.find_element("id", "error")
     assert error.is_displayed() and message in error.text and "FormatError" in error.text
@@ -484,25 +335,3 @@ def test_page_opened_as_a_file_says_to_serve_it(browser, site):
         assert error.is_displayed() and "served over HTTP" in error.text
     finally:
         browser.get(browser.server_url + "index.html")  # later tests run on the served page
-
-
-@pytest.mark.filterwarnings("ignore:not in the vocabulary")
-def test_chat_turns_match_python(browser, site):
-    """The browser's ChatSession builds the same A:/B: dialogue as sllm.chat (greedy)."""
-    from sllm.chat import ChatSession
-    m = sllm.load(site / "model.sllm", backend="wasm-simd")
-    session = ChatSession(m, tokenizers.from_dict(m.tokenizer), max_new_tokens=20, temperature=0)
-    lines = ["Hello! How are you?", "Do you have a pet?", "What do you like to eat?"] * 3
-    expected = ["".join(session.reply(line)) for line in lines]
-    got = run_js(browser, """
-const m = await sllm.load("model.sllm");
-const chat = m.chat({maxTokens: 20, temperature: 0});
-const out = [];
-for (const line of args[0]) {
-  let text = "";
-  for await (const piece of chat.reply(line)) text += piece;
-  out.push(text);
-}
-return out;
-""", lines)
-    assert got == expected

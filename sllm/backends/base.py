@@ -146,6 +146,15 @@ class Backend:
     def free(self, array: np.ndarray) -> None:
         """Optional: give an array's memory back. Arrays must not be used afterwards."""
 
+    def pack_q(self, wq: np.ndarray, qtype: str) -> Any:
+        """Quantized rows `wq` as this backend's kernels read them fastest (optional).
+
+        matmul_q_fwd and decode_block accept what this returns wherever they accept ggml's
+        rows; a model packs its quantized weights once, when it is quantized or loaded.
+        The default keeps ggml's rows (wq itself); cpp interleaves rows for its SIMD tier.
+        """
+        return wq
+
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """Shape of the state attention_fwd saves for backward (reference: the probabilities)."""
         return (B, n_head, T, T)

@@ -137,11 +137,22 @@ def on_backend(backend: Backend, args: Args, spec: KernelCases,
     return out
 
 
+@dataclass(frozen=True)
+class PackedRows:
+    """Quantized rows a case gives each backend as that backend stores a model's weights
+    (Backend.pack_q of its own copy): the reference gets ggml's rows, cpp its packed form."""
+
+    rows: np.ndarray
+    qtype: str
+
+
 def _own(backend: Backend, arg: Any) -> Any:
     """A backend-owned copy of an array argument (each array of a tuple: decode_block's
-    params); anything else as it is."""
+    params; quantized rows packed as the backend packs them); anything else as it is."""
     if isinstance(arg, np.ndarray):
         return backend.from_numpy(arg, arg.dtype)
+    if isinstance(arg, PackedRows):
+        return backend.pack_q(backend.from_numpy(arg.rows, np.uint8), arg.qtype)
     if isinstance(arg, tuple):
         return tuple(_own(backend, a) for a in arg)
     return arg
@@ -227,9 +238,16 @@ def _matmul_bwd(rng: np.random.Generator, N: int, C: int, OC: int, bias: bool, t
             _f(rng, N, C), w, trans_w]
 
 
-def _matmul_q_fwd(rng: np.random.Generator, N: int, K: int, OC: int, qtype: str, bias: bool) -> Args:
+def _q_rows(w: np.ndarray, qtype: str, packed: bool) -> np.ndarray | PackedRows:
+    """w (rows, K) quantized; `packed`: as each backend packs a model's weights."""
     from ..quant import quantize
-    return [_f(rng, N, OC), _f(rng, N, K), quantize(_f(rng, OC, K), qtype),
+    rows = quantize(w, qtype)
+    return PackedRows(rows, qtype) if packed else rows
+
+
+def _matmul_q_fwd(rng: np.random.Generator, N: int, K: int, OC: int, qtype: str, bias: bool,
+                  packed: bool) -> Args:
+    return [_f(rng, N, OC), _f(rng, N, K), _q_rows(_f(rng, OC, K), qtype, packed),
             _f(rng, OC) if bias else None, qtype]
 
 
@@ -274,15 +292,14 @@ def _attention_decode_batch(rng: np.random.Generator, S: int, H: int, D: int, ma
 
 
 def _decode_block(rng: np.random.Generator, B: int, Tn: int, H: int, D: int, F: int, pos: int,
-                  maxT: int, qtype: str | None, act: str) -> Args:
+                  maxT: int, qtype: str | None, act: str, packed: bool = True) -> Args:
     # Weights scaled by 1/sqrt(fan-in), as a trained model's, so the residual stream stays
     # O(1); the cache holds stale data past pos, which the block must not read.
-    from ..quant import quantize
     C = H * D
 
-    def weight(K: int, OC: int) -> np.ndarray:
+    def weight(K: int, OC: int) -> np.ndarray | PackedRows:
         w = _f(rng, K, OC) / np.float32(math.sqrt(K))
-        return quantize(np.ascontiguousarray(w.T), qtype) if qtype else w
+        return _q_rows(np.ascontiguousarray(w.T), qtype, packed) if qtype else w
 
     params = (1 + _f(rng, C) / 4, _f(rng, C) / 4, weight(C, 3 * C), _f(rng, 3 * C) / 4,
               weight(C, C), _f(rng, C) / 4, 1 + _f(rng, C) / 4, _f(rng, C) / 4,
@@ -354,10 +371,13 @@ _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (7, 17, 19),
                                    (300, 40, 70), (300, 70, 40))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
 # K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
-_MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
+# ggml's rows and the backend's packed rows (cpp: groups of 8 or 16 rows; OC of 1, 17 and
+# 5003 leave a partial group, 37 rows take the GEMM path through unpacked rows)
+_MMQ = [{**s, "qtype": q, "bias": i % 2 == 0, "packed": packed}
         for i, s in enumerate(_shapes("N K OC", (1, 32, 1), (1, 45, 7), (3, 96, 33), (7, 17, 19),
-                                      (1, 384, 1152), (37, 1536, 70), (5, 64, 5003)))
-        for q in ("q8_0", "q4_0", "q4_1")]
+                                      (1, 384, 1152), (37, 1536, 70), (5, 64, 5003),
+                                      (2, 256, 17)))
+        for q in ("q8_0", "q4_0", "q4_1") for packed in (False, True)]
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
 # Tn = 1, 2: rows read the cache in place (cpp); Tn = 3, 6: through the GEMM tiles
 _DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
@@ -373,7 +393,8 @@ _DBLK = _shapes("B Tn H D F pos maxT qtype act",
                 (1, 1, 4, 32, 512, 40, 64, None, "gelu"),
                 (1, 1, 3, 15, 70, 6, 8, "q8_0", "gelu"), (2, 2, 2, 16, 96, 3, 7, "q4_0", "relu"),
                 (1, 5, 3, 15, 40, 2, 9, "q4_1", "gelu"), (1, 1, 4, 32, 512, 40, 64, "q8_0", "relu"))
-_DBLK += [{**_DBLK[0], "in_place": True}, {**_DBLK[4], "in_place": True}]
+_DBLK += [{**_DBLK[0], "in_place": True}, {**_DBLK[4], "in_place": True},
+          {**_DBLK[3], "packed": False}, {**_DBLK[5], "packed": False}]
 _N = _shapes("n", (1,), (15,), (1001,), (40003,))
 _IN_PLACE = [{"n": 1001, "in_place": True}]
 _DROP = _shapes("n p seed", (1, 0.5, 0), (1000, 0.1, 7), (4099, 0.5, 2 ** 32 - 1))
@@ -408,7 +429,8 @@ def _mm_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
 def _mmq_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     # a training-batch GEMM, and the GEMV of one decoded token through the output layer
     N, C, F, V, _ = _sizes(cfg, B, T)
-    return [(f"q8_0 {label} {n}x{K}x{M}", dict(N=n, K=K, OC=M, qtype="q8_0", bias=True))
+    return [(f"q8_0 {label} {n}x{K}x{M}", dict(N=n, K=K, OC=M, qtype="q8_0", bias=True,
+                                                packed=True))
             for label, n, K, M in (("fc", N, C, F), ("lm_head decode", 1, C, V))]
 
 

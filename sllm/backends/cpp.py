@@ -84,6 +84,11 @@ class CppBackend(Backend):
         """Memory bandwidth: GB/s of a streaming read of nbytes on the kernel threads."""
         return float(_cpp.stream_read_gbps(seconds, nbytes))
 
+    def pack_q(self, wq: Any, qtype: str) -> Any:
+        """wq's rows interleaved for the quantized kernels' SIMD tier (an opaque
+        sllm._cpp.PackedQ), made once per model; wq itself on the scalar tier."""
+        return _cpp.pack_q(wq, qtype)
+
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""
         return (B, n_head, T)

@@ -9,6 +9,8 @@ array a caller passes in) are staged through linear memory and copied back if wr
 `wasm` runs the scalar (MVP) module; `wasm-simd` runs the SIMD128 module, preferring the
 build with relaxed-SIMD fused multiply-add where the runtime accepts it. The runtime is
 wasmtime unless SLLM_WASM_RUNTIME=wasmer selects wasmer (see wasm_runtime.py).
+
+JavaScript twin: sllm/web/kernels.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
 """
 from __future__ import annotations
 

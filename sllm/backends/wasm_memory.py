@@ -4,6 +4,8 @@ The host owns the heap (from the module's __heap_base up): allocation needs no c
 into the module, and freed blocks are merged with their neighbours. When no free block
 fits, linear memory grows by whole pages; when it cannot grow, BackendError says how much
 was asked for, how much is in use and what the limit is.
+
+JavaScript twin: sllm/web/kernels.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
 """
 from __future__ import annotations
 

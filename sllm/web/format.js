@@ -1,3 +1,4 @@
+// JavaScript twin of sllm/serialize.py, sllm/config.py, sllm/layout.py: tests/test_node_parity.py checks them equal under Node.
 // The SLLM binary model format (docs/binary-format.md), read and written in the browser
 // with the same validation as sllm/serialize.py: every size is checked against the file
 // before anything is allocated, and any malformation throws a FormatError naming the

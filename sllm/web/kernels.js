@@ -1,3 +1,4 @@
+// JavaScript twin of sllm/backends/wasm.py, sllm/backends/wasm_memory.py: tests/test_node_parity.py checks them equal under Node.
 // The JavaScript host of the sllm WebAssembly kernels (docs/wasm-abi.md): picks the module
 // the browser can run (relaxed SIMD, SIMD128 or scalar, by WebAssembly.validate on tiny
 // probe modules), owns the heap in linear memory, and calls kernels by writing their

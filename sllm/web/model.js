@@ -1,3 +1,4 @@
+// JavaScript twin of sllm/model.py, sllm/optim.py: tests/test_node_parity.py checks them equal under Node.
 // The model as the same straight line of kernel calls as sllm/model.py, over the same
 // WebAssembly kernels: one flat parameter buffer (and gradients, AdamW m and v) in linear
 // memory, activations preallocated per (B, T) shape, a KV cache for decoding, and the

@@ -1,3 +1,4 @@
+// JavaScript twin of sllm/generate.py, sllm/sampler.py, sllm/chat.py: tests/test_node_parity.py checks them equal under Node.
 // sllm in the browser: load a .sllm model, generate text, chat, fine-tune, save.
 //
 //   import { load } from "./sllm.js";
@@ -268,7 +269,7 @@ export class ChatSession {
   }
 }
 
-// ---- sampling (sllm.generate.sample_next) ----------------------------------------------
+// ---- sampling (sllm.sampler.sample_next) ----------------------------------------------
 /** One token id from a row of V logits; temperature 0 is greedy. */
 export function sampleNext(logits, V, random, temperature = 1, topK = null, topP = null) {
   if (!(temperature > 0)) {

@@ -1,3 +1,4 @@
+// JavaScript twin of sllm/tokenizer.py: tests/test_node_parity.py checks them equal under Node.
 // The tokenizers of sllm/tokenizer.py, rebuilt from the vocabulary stored in a model file,
 // encoding and decoding exactly as Python does: words (Python's `re` word classes), Unicode
 // characters, and byte-level BPE (the Hugging Face `tokenizers` GPT-2 pre-tokenizer and
