@@ -10,7 +10,6 @@ its answer streams is cancelled and its KV-cache slot is free before the next st
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import json
 import socket
@@ -23,13 +22,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import serve_api as api
-from .batching import Engine, Event, QueueFull, Sampling
-from .batching import Request as GenRequest
+from .batching import Engine
+from .serve_generate import ClientGone, GenerationEndpoints
 
 MAX_BODY = 1 << 20  # bytes; a request body larger than this is refused
 RETRY_AFTER_S = 1
@@ -42,11 +41,11 @@ class Mailbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.items: deque[tuple[asyncio.Queue, Event]] = deque()
+        self.items: deque[tuple[asyncio.Queue, Any]] = deque()
         self.lock = threading.Lock()
         self.scheduled = False
 
-    def post(self, events: asyncio.Queue, event: Event) -> None:
+    def post(self, events: asyncio.Queue, event: Any) -> None:
         """From any thread: deliver `event` to `events` on the loop."""
         self.items.append((events, event))
         with self.lock:
@@ -64,15 +63,15 @@ class Mailbox:
             events.put_nowait(event)
 
 
-class ClientGone(Exception):
-    """The client disconnected before its (non-streamed) answer was ready."""
-
-
-class Server:
+class Server(GenerationEndpoints):
     """The app's state: the engine, the model's name, the API key, request counters."""
 
-    def __init__(self, engine: Engine, model_id: str, api_key: str | None = None):
+    def __init__(self, engine: Engine, model_id: str, api_key: str | None = None,
+                 context_overflow: str = "trim"):
+        if context_overflow not in ("trim", "error"):
+            raise ValueError(f"context_overflow must be trim or error, got {context_overflow!r}")
         self.engine, self.model_id, self.api_key = engine, model_id, api_key
+        self.context_overflow = context_overflow
         self.context = engine.model.config.max_seq_len
         self.vocab_size = engine.model.config.vocab_size
         self.started = time.time()
@@ -108,43 +107,6 @@ class Server:
                                code="model_not_found")
         return checked
 
-    def sampling(self, b: dict[str, Any], max_tokens: int, extra_stop: tuple[str, ...] = ()
-                 ) -> Sampling:
-        """The engine's Sampling from a checked body."""
-        top_p = b.get("top_p", 1.0)
-        return Sampling(max_tokens=max_tokens, temperature=b.get("temperature", 1.0),
-                        top_p=None if top_p >= 1.0 else top_p, top_k=b.get("top_k"),
-                        seed=b.get("seed"), stop=b.get("stop", ()) + extra_stop)
-
-    def start(self, ids: list[int], sampling: Sampling) -> tuple[GenRequest, asyncio.Queue]:
-        """Submit to the engine; its events arrive on the returned asyncio queue."""
-        if self.mailbox is None:
-            self.mailbox = Mailbox(asyncio.get_running_loop())
-        events: asyncio.Queue = asyncio.Queue()
-        req = GenRequest(ids, sampling, functools.partial(self.mailbox.post, events))
-        try:
-            self.engine.submit(req)
-        except QueueFull as e:
-            raise api.ApiError(f"The server is busy: {e}. Retry later.", status=503,
-                               code="queue_full", kind="server_busy") from None
-        return req, events
-
-    async def collect(self, request: Request, req: GenRequest, events: asyncio.Queue
-                      ) -> tuple[str, Event]:
-        """Wait for the whole answer; a client that goes away meanwhile cancels it."""
-        gone = asyncio.ensure_future(_disconnected(request))
-        pieces = []
-        try:
-            async for event in _until_done(events, gone):
-                if event.kind == "text":
-                    pieces.append(event.text)
-                else:
-                    return "".join(pieces), event
-        finally:
-            gone.cancel()
-        self.engine.cancel(req)
-        raise ClientGone()
-
     # ---- endpoints ---------------------------------------------------------------------
     async def models(self, request: Request) -> Response:
         """GET /v1/models."""
@@ -152,80 +114,6 @@ class Server:
         return JSONResponse({"object": "list", "data": [
             {"id": self.model_id, "object": "model", "created": int(self.started),
              "owned_by": "sllm", "max_model_len": self.context}]})
-
-    async def completions(self, request: Request) -> Response:
-        """POST /v1/completions."""
-        b = await self.body(request, api.COMPLETION_FIELDS, ("model", "prompt"))
-        ids = api.prompt_ids(self.engine.tok, b["prompt"], self.vocab_size)
-        budget = api.token_budget(len(ids), b.get("max_tokens", 16), self.context, "max_tokens")
-        req, events = self.start(ids, self.sampling(b, budget))
-        rid = api.new_id("cmpl")
-        if b.get("stream"):
-            usage = b.get("stream_options", {}).get("include_usage", False)
-            return self.sse(self.completion_chunks(rid, req, events, usage), req)
-        text, end = await self.collect(request, req, events)
-        return JSONResponse(api.completion(rid, self.model_id, text, end.finish_reason,
-                                           api.usage(end.prompt_tokens, end.completion_tokens)))
-
-    async def completion_chunks(self, rid: str, req: GenRequest, events: asyncio.Queue,
-                                include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-        """The stream of a completion: text chunks, the finish, the usage when asked."""
-        async for event in _until_done(events):
-            if event.kind == "text":
-                yield api.completion(rid, self.model_id, event.text, None, None, chunk=True)
-            else:
-                yield api.completion(rid, self.model_id, "", event.finish_reason, None, True)
-                if include_usage:
-                    yield {**api.completion(rid, self.model_id, "", None, None, True),
-                           "choices": [], "usage": api.usage(event.prompt_tokens,
-                                                             event.completion_tokens)}
-
-    async def chat(self, request: Request) -> Response:
-        """POST /v1/chat/completions: the dialogue rendered as `sllm chat` renders it."""
-        b = await self.body(request, api.CHAT_FIELDS, ("model", "messages"))
-        ids = api.prompt_ids(self.engine.tok, api.render_chat(b["messages"]), self.vocab_size)
-        param = "max_completion_tokens" if "max_completion_tokens" in b else "max_tokens"
-        budget = api.token_budget(len(ids), b.get(param), self.context, param, "messages")
-        req, events = self.start(ids, self.sampling(b, budget, extra_stop=("\n",)))
-        rid = api.new_id("chatcmpl")
-        if b.get("stream"):
-            usage = b.get("stream_options", {}).get("include_usage", False)
-            return self.sse(self.chat_chunks(rid, req, events, usage), req)
-        text, end = await self.collect(request, req, events)
-        return JSONResponse(api.chat_completion(
-            rid, self.model_id, text.strip(), end.finish_reason,
-            api.usage(end.prompt_tokens, end.completion_tokens)))
-
-    async def chat_chunks(self, rid: str, req: GenRequest, events: asyncio.Queue,
-                          include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-        """The stream of a chat answer: role, content deltas, the finish, the usage."""
-        yield api.chat_chunk(rid, self.model_id, {"role": "assistant", "content": ""}, None)
-        started = False
-        async for event in _until_done(events):
-            if event.kind == "text":
-                text = event.text if started else event.text.lstrip()
-                started = started or bool(text)
-                if text:
-                    yield api.chat_chunk(rid, self.model_id, {"content": text}, None)
-            else:
-                yield api.chat_chunk(rid, self.model_id, {}, event.finish_reason)
-                if include_usage:
-                    yield api.chat_chunk(rid, self.model_id, {}, None, api.usage(
-                        event.prompt_tokens, event.completion_tokens), choices=False)
-
-    def sse(self, chunks: AsyncIterator[dict[str, Any]], req: GenRequest) -> Response:
-        """Server-sent events; the request is cancelled when the stream stops early."""
-        async def events() -> AsyncIterator[str]:
-            try:
-                async for chunk in chunks:
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                yield "data: [DONE]\n\n"
-            except RuntimeError as e:  # the engine failed this request
-                yield f"data: {json.dumps(api.ApiError(str(e), kind='server_error').body())}\n\n"
-            finally:  # also when the client disconnects (cancelled / send fails)
-                self.engine.cancel(req)
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
 
     async def health(self, request: Request) -> Response:
         """GET /health: 200 while the engine runs."""
@@ -267,33 +155,6 @@ class Server:
         return "\n".join(lines) + "\n"
 
 
-async def _disconnected(request: Request) -> None:
-    """Return when the client disconnects (the body has been read: nothing else arrives)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _until_done(events: asyncio.Queue, stop: asyncio.Future[None] | None = None
-                      ) -> AsyncIterator[Event]:
-    """The engine's events for one request up to its end (or until `stop` is done); an
-    error event raises RuntimeError."""
-    while True:
-        if stop is None:
-            event = await events.get()
-        else:
-            get = asyncio.ensure_future(events.get())
-            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not get.done():
-                get.cancel()
-                return
-            event = get.result()
-        if event.kind == "error":
-            raise RuntimeError(event.text)
-        yield event
-        if event.kind == "done":
-            return
-
-
 def _error_response(e: api.ApiError) -> Response:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if e.status == 503 else None
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
@@ -314,9 +175,12 @@ def _guard(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
-def build_app(engine: Engine, model_id: str, api_key: str | None = None) -> ASGIApp:
-    """The ASGI app over a (not yet started) engine; the app's lifespan starts and stops it."""
-    server = Server(engine, model_id, api_key)
+def build_app(engine: Engine, model_id: str, api_key: str | None = None,
+              context_overflow: str = "trim") -> ASGIApp:
+    """The ASGI app over a (not yet started) engine; the app's lifespan starts and stops it.
+    context_overflow: "trim" drops a chat's oldest turns to fit the context, "error"
+    refuses it."""
+    server = Server(engine, model_id, api_key, context_overflow)
     routes = [Route("/v1/models", _guard(server.models), methods=["GET"]),
               Route("/v1/completions", _guard(server.completions), methods=["POST"]),
               Route("/v1/chat/completions", _guard(server.chat), methods=["POST"]),
