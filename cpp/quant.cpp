@@ -39,7 +39,7 @@ const QuantOps* pick() {
 }
 
 Scratch g_scratch;
-constexpr int64_t kGemmRows = 16;  // from this many input rows on, the float GEMM path
+constexpr int64_t kGemmRows = 16;  // from this many input rows on, ggml's rows take the float GEMM
 
 // One quantized weight row as floats (its first K values).
 void dequantize_row(const uint8_t* w, int qtype, int64_t K, float* out) {
@@ -68,34 +68,26 @@ void dequantize_row(const uint8_t* w, int qtype, int64_t K, float* out) {
   }
 }
 
-// Many input rows (prefill, evaluation): the same products as the integer path, but
-// through the float GEMM: weights dequantized once per call, activations quantized to
-// q8_0 and dequantized (q_x * d_x), so only the float summation order differs.
-void matmul_q_gemm(float* out, const uint8_t* wq, bool packed, const float* bias, int qtype,
-                   int64_t N, int64_t K, int64_t OC, const int8_t* q, const float* d) {
+// Many input rows (prefill, evaluation) on ggml's rows: the same products as the integer
+// path, but through the float GEMM: weights dequantized once per call, activations
+// quantized to q8_0 and dequantized (q_x * d_x), so only the float summation order
+// differs. (Packed weights take the integer kernels at every N: 3-15x faster.)
+void matmul_q_gemm(float* out, const uint8_t* wq, const float* bias, int qtype, int64_t N,
+                   int64_t K, int64_t OC, const int8_t* q, const float* d) {
   // weights in slices of kSlice rows, so the float copy stays small (it is kept for reuse)
   constexpr int64_t kSlice = 256;
   static Scratch floats;
   auto lock = floats.lock();
   const int64_t rows = std::min(OC, kSlice);
-  const int64_t nb = (K + QK - 1) / QK, row_bytes = nb * kBlockBytes[qtype];
-  // the float rows, the activations, and one ggml row per thread (unpacked from a group)
-  const int64_t row_floats = (row_bytes + 3) / 4;
-  float* w = floats.get((size_t)(rows * K + N * K + num_threads() * row_floats));
+  float* w = floats.get((size_t)(rows * K + N * K));
   float* x = w + rows * K;
-  uint8_t* unpacked = reinterpret_cast<uint8_t*>(x + N * K);
+  const int64_t nb = (K + QK - 1) / QK, row_bytes = nb * kBlockBytes[qtype];
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) x[n * K + k] = (float)q[n * nb * QK + k] * d[n * nb + k / QK];
   for (int64_t o0 = 0; o0 < OC; o0 += kSlice) {
     const int64_t o1 = std::min(OC, o0 + kSlice);
-    parallel_for(o1 - o0, [&](int64_t i, int thread) {
-      const uint8_t* row = wq + (o0 + i) * row_bytes;
-      if (packed) {
-        uint8_t* mine = unpacked + thread * row_floats * 4;
-        unpack_q_row(mine, wq, qtype, nb, o0 + i);
-        row = mine;
-      }
-      dequantize_row(row, qtype, K, w + i * K);
+    parallel_for(o1 - o0, [&](int64_t i, int) {
+      dequantize_row(wq + (o0 + i) * row_bytes, qtype, K, w + i * K);
     });
     gemm(N, o1 - o0, K, x, K, false, w, K, true, out + o0, OC, false, bias ? bias + o0 : nullptr);
   }
@@ -126,9 +118,10 @@ void gemv_rows(float* out, const uint8_t* wq, const float* bias, int qtype, int6
   }, threads);
 }
 
-// Few input rows on packed weights: the tier's group kernel, R output rows per call;
-// tasks of whole groups, every input row passing while a group's weights are in cache.
-void gemv_packed(float* out, const uint8_t* wq, const float* bias, int qtype, int64_t N,
+// Input rows on packed weights: the tier's group kernel, R output rows by up to
+// kGroupRows input rows per call; tasks of whole groups, every input row passing while a
+// group's weights are in cache.
+void gemm_packed(float* out, const uint8_t* wq, const float* bias, int qtype, int64_t N,
                  int64_t nb, int64_t OC, const QRow* xs) {
   const QuantOps& t = qops();
   const int R = t.rows;
@@ -137,14 +130,17 @@ void gemv_packed(float* out, const uint8_t* wq, const float* bias, int qtype, in
   const int threads = gemv_threads(N, nb * QK, OC, true);
   const int64_t per_task = std::max<int64_t>(1, std::min<int64_t>(4, groups / (4 * threads)));
   parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
-    float y[64];
+    float y[kGroupRows * 16];
     const int64_t g1 = std::min(groups, (task + 1) * per_task);
     for (int64_t g = task * per_task; g < g1; ++g) {
       const int64_t o0 = g * R, n_out = std::min<int64_t>(R, OC - o0);
-      for (int64_t n = 0; n < N; ++n) {
-        group(y, wq + g * gbytes, xs[n], nb);
-        float* row = out + n * OC + o0;
-        for (int64_t i = 0; i < n_out; ++i) row[i] = y[i] + (bias ? bias[o0 + i] : 0.0f);
+      for (int64_t n0 = 0; n0 < N; n0 += kGroupRows) {
+        const int rows = (int)std::min<int64_t>(kGroupRows, N - n0);
+        group(y, R, wq + g * gbytes, xs + n0, rows, nb);
+        for (int m = 0; m < rows; ++m) {
+          float* row = out + (n0 + m) * OC + o0;
+          for (int64_t i = 0; i < n_out; ++i) row[i] = y[m * R + i] + (bias ? bias[o0 + i] : 0.0f);
+        }
       }
     }
   }, threads);
@@ -180,8 +176,8 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
     qops().quantize(inp + n * K, K, q + o * QK, d + o, s + o, sums + o);
     xs[n] = QRow{q + o * QK, d + o, s + o, sums + o};
   }
-  if (N >= kGemmRows) return matmul_q_gemm(out, wq, packed, bias, qtype, N, K, OC, q, d);
-  (packed ? gemv_packed : gemv_rows)(out, wq, bias, qtype, N, nb, OC, xs);
+  if (!packed && N >= kGemmRows) return matmul_q_gemm(out, wq, bias, qtype, N, K, OC, q, d);
+  (packed ? gemm_packed : gemv_rows)(out, wq, bias, qtype, N, nb, OC, xs);
 }
 
 double stream_read_gbps(double seconds, int64_t bytes) {

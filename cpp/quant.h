@@ -38,10 +38,13 @@ typedef float (*QDot)(const uint8_t* w, const QRow& x, int64_t nb);
 // and with nb even the code chunks are 64-byte aligned. With `offset`, q8_0 codes are
 // stored + 128 as unsigned bytes (VNNI wants one unsigned operand; the kernel subtracts
 // 128 * sum(x codes)).
-// Group kernel: y[0..R) = the R rows' dot products with x, in the scalar tier's order
-// (per block, (float)isum * (d_w * d_x) [+ m_w * s_x] added in sequence), so packed
-// results equal the scalar tier's bit for bit.
-typedef void (*QGroup)(float* y, const uint8_t* group, const QRow& x, int64_t nb);
+// Group kernel: y[m * ystride + 0..R) = the R rows' dot products with activation row
+// xs[m], m < rows <= kGroupRows (each weight vector loaded once for all of them), in the
+// scalar tier's order (per block, (float)isum * (d_w * d_x) [+ m_w * s_x] added in
+// sequence), so packed results equal the scalar tier's bit for bit.
+constexpr int kGroupRows = 4;
+typedef void (*QGroup)(float* y, int64_t ystride, const uint8_t* group, const QRow* xs,
+                       int rows, int64_t nb);
 
 // One activation row to q8_0 (zero-padded to nb blocks) with its block sums: ggml's
 // quantize_row_q8_0_ref, exactly (sllm.quant.quantize_q8_0_activations), on every tier.
@@ -74,8 +77,6 @@ inline int64_t qgroup_bytes(int qtype, int64_t nb, int R) { return nb * kBlockBy
 
 // dst (ceil(OC/R) groups) = src (OC ggml rows of nb blocks) in the tier's packed layout.
 void pack_q(uint8_t* dst, const uint8_t* src, int qtype, int64_t OC, int64_t nb);
-// row (nb ggml blocks) = row o of packed weights, as it was before pack_q.
-void unpack_q_row(uint8_t* row, const uint8_t* packed, int qtype, int64_t nb, int64_t o);
 
 // out (N, OC) = q8_0(inp (N, K)) . W^T + bias; wq holds OC rows of ceil(K/32) blocks,
 // as ggml's rows or (packed) as pack_q made them.

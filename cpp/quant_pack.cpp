@@ -1,6 +1,6 @@
 // The packed layout of quantized weights (quant.h): ggml's rows regrouped R at a time for
-// the tier in use, once, when a model is loaded or quantized; and a row back out of a
-// group (the many-row GEMM path dequantizes rows). The file on disk keeps ggml's rows.
+// the tier in use, once, when a model is loaded or quantized. The file on disk keeps
+// ggml's rows.
 #include <cstring>
 
 #include "pool.h"
@@ -44,18 +44,6 @@ void pack_q(uint8_t* dst, const uint8_t* src, int qtype, int64_t OC, int64_t nb)
         });
       }
   });
-}
-
-void unpack_q_row(uint8_t* row, const uint8_t* packed, int qtype, int64_t nb, int64_t o) {
-  const int R = qops().rows;
-  const uint8_t* group = packed + (o / R) * qgroup_bytes(qtype, nb, R);
-  const uint8_t flip = flip_of(qtype);
-  for (int64_t b = 0; b < nb; ++b) {
-    uint8_t* block = row + b * kBlockBytes[qtype];
-    each_byte(qtype, R, nb, b, (int)(o % R), [&](int64_t at, int64_t from, bool code) {
-      block[from] = group[at] ^ (code ? flip : 0);
-    });
-  }
 }
 
 }  // namespace sllm
