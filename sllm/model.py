@@ -199,6 +199,16 @@ class SLLM:
         acts = self._run_forward(tokens, grads=False)
         return np.array(acts.logits)
 
+    def hidden_states(self, tokens: Any) -> np.ndarray:
+        """The final normalized hidden states (B, T, C) that the LM head reads (eval mode:
+        no dropout); `sllm serve`'s /v1/embeddings pools them. A copy the caller owns."""
+        was = self.training
+        self.training = False
+        try:
+            return np.array(self._run_forward(tokens, grads=False).lnf)
+        finally:
+            self.training = was
+
     def loss(self, tokens: Any, targets: Any) -> float:
         """Mean cross-entropy over targets != -1, without computing gradients."""
         acts = self._run_forward(tokens, grads=False)

@@ -1,9 +1,10 @@
 """`sllm serve`: the OpenAI HTTP API (starlette + uvicorn) over the continuous-batching
 engine of sllm.batching.
 
-Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (both with
-`stream: true` as server-sent events), GET /health, GET /metrics (Prometheus text).
-Request checks and response shapes live in sllm.serve_api. A full queue answers 503 with
+Endpoints: GET /v1/models and /v1/models/{id}, POST /v1/completions and
+/v1/chat/completions (both with `stream: true` as server-sent events; sllm.serve_generate),
+POST /v1/embeddings, GET /health, GET /metrics (Prometheus text; sllm.serve_ops, which
+also writes the access log). Request checks and response shapes live in sllm.serve_api. A full queue answers 503 with
 Retry-After; a bad request 400 with OpenAI's error body; a client that goes away while
 its answer streams is cancelled and its KV-cache slot is free before the next step.
 """
@@ -20,19 +21,22 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from . import serve_api as api
 from .batching import Engine
 from .serve_generate import ClientGone, GenerationEndpoints
+from .serve_ops import Observe, Observer, Record
 
 MAX_BODY = 1 << 20  # bytes; a request body larger than this is refused
 RETRY_AFTER_S = 1
-ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
+ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings",
+             "/health", "/metrics")
 
 
 class Mailbox:
@@ -67,7 +71,7 @@ class Server(GenerationEndpoints):
     """The app's state: the engine, the model's name, the API key, request counters."""
 
     def __init__(self, engine: Engine, model_id: str, api_key: str | None = None,
-                 context_overflow: str = "trim"):
+                 context_overflow: str = "trim", observer: Observer | None = None):
         if context_overflow not in ("trim", "error"):
             raise ValueError(f"context_overflow must be trim or error, got {context_overflow!r}")
         self.engine, self.model_id, self.api_key = engine, model_id, api_key
@@ -75,7 +79,7 @@ class Server(GenerationEndpoints):
         self.context = engine.model.config.max_seq_len
         self.vocab_size = engine.model.config.vocab_size
         self.started = time.time()
-        self.requests: dict[tuple[str, int], int] = {}
+        self.observer = observer or Observer(model_id)
         self.mailbox: Mailbox | None = None
 
     # ---- plumbing ----------------------------------------------------------------------
@@ -108,12 +112,41 @@ class Server(GenerationEndpoints):
         return checked
 
     # ---- endpoints ---------------------------------------------------------------------
+    def model_card(self) -> dict[str, Any]:
+        """The served model as OpenAI's model object (max_model_len as vLLM adds it)."""
+        return {"id": self.model_id, "object": "model", "created": int(self.started),
+                "owned_by": "sllm", "max_model_len": self.context}
+
     async def models(self, request: Request) -> Response:
         """GET /v1/models."""
         self.authorize(request)
-        return JSONResponse({"object": "list", "data": [
-            {"id": self.model_id, "object": "model", "created": int(self.started),
-             "owned_by": "sllm", "max_model_len": self.context}]})
+        return JSONResponse({"object": "list", "data": [self.model_card()]})
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{id} (the client's models.retrieve)."""
+        self.authorize(request)
+        wanted = request.path_params["model"]
+        if wanted != self.model_id:
+            raise api.ApiError(f"The model '{wanted}' does not exist; this server serves "
+                               f"'{self.model_id}'", "model", status=404,
+                               code="model_not_found")
+        return JSONResponse(self.model_card())
+
+    async def embeddings(self, request: Request) -> Response:
+        """POST /v1/embeddings: each input's final hidden states, mean-pooled over its
+        tokens and L2-normalised; the inputs run as one batch on the engine thread."""
+        b = await self.body(request, api.EMBEDDING_FIELDS, ("model", "input"))
+        ids = [api.embedding_ids(self.engine.tok, x, self.vocab_size, self.context, i)
+               for i, x in enumerate(b["input"])]
+        try:
+            vectors = await asyncio.wrap_future(self.engine.run_job(
+                lambda: embed(self.engine.model, ids)))
+        except RuntimeError as e:
+            raise api.ApiError(str(e), status=503, kind="server_error") from None
+        request.state.sllm = Record(prompt_tokens=sum(len(x) for x in ids))
+        return JSONResponse(api.embedding_list(self.model_id, vectors,
+                                               b.get("encoding_format", "float"),
+                                               sum(len(x) for x in ids)))
 
     async def health(self, request: Request) -> Response:
         """GET /health: 200 while the engine runs."""
@@ -134,8 +167,7 @@ class Server(GenerationEndpoints):
         def metric(name: str, kind: str, doc: str, samples: dict[str, float]) -> None:
             lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} {kind}"])
             lines.extend(f"{name}{labels} {value:g}" for labels, value in samples.items())
-        metric("sllm_requests_total", "counter", "HTTP requests answered, by path and status.",
-               {f'{{path="{p}",code="{c}"}}': n for (p, c), n in sorted(self.requests.items())})
+        lines.extend(self.observer.prometheus())
         metric("sllm_prompt_tokens_total", "counter", "Prompt tokens prefilled.",
                {"": s.prompt_tokens})
         metric("sllm_completion_tokens_total", "counter", "Tokens generated.",
@@ -176,12 +208,15 @@ def _guard(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
 
 
 def build_app(engine: Engine, model_id: str, api_key: str | None = None,
-              context_overflow: str = "trim") -> ASGIApp:
-    """The ASGI app over a (not yet started) engine; the app's lifespan starts and stops it.
-    context_overflow: "trim" drops a chat's oldest turns to fit the context, "error"
-    refuses it."""
-    server = Server(engine, model_id, api_key, context_overflow)
+              context_overflow: str = "trim", observer: Observer | None = None) -> ASGIApp:
+    """The ASGI app over a (not yet started) engine; the app's lifespan starts and stops it
+    (and writes the shutdown line). context_overflow: "trim" drops a chat's oldest turns to
+    fit the context, "error" refuses it. observer: where access lines go (default: text
+    lines on stderr)."""
+    server = Server(engine, model_id, api_key, context_overflow, observer)
     routes = [Route("/v1/models", _guard(server.models), methods=["GET"]),
+              Route("/v1/models/{model:path}", _guard(server.model), methods=["GET"]),
+              Route("/v1/embeddings", _guard(server.embeddings), methods=["POST"]),
               Route("/v1/completions", _guard(server.completions), methods=["POST"]),
               Route("/v1/chat/completions", _guard(server.chat), methods=["POST"]),
               Route("/health", server.health, methods=["GET"]),
@@ -200,31 +235,26 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
             yield
         finally:
             engine.stop()
+            server.observer.event("stopped", model=model_id,
+                                  requests=sum(server.observer.requests.values()),
+                                  uptime_s=round(time.time() - server.started, 1))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})
     app.state.server = server
-    return _CountRequests(app, server)
+    return Observe(app, server.observer, ENDPOINTS)
 
 
-class _CountRequests:
-    """ASGI middleware: counts answered requests by path and status for /metrics."""
-
-    def __init__(self, app: Starlette, server: Server):
-        self.app, self.server = app, server
-        self.state = app.state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"] if scope["path"] in ENDPOINTS else "other"
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                key = (path, int(message["status"]))
-                self.server.requests[key] = self.server.requests.get(key, 0) + 1
-            await send(message)
-        await self.app(scope, receive, counting_send)
+def embed(model: Any, ids: list[list[int]]) -> np.ndarray:
+    """(len(ids), C) mean-pooled final hidden states, L2-normalised. One right-padded batch:
+    attention is causal, so padding after a sequence does not change its states."""
+    width = max(len(x) for x in ids)
+    tokens = np.zeros((len(ids), width), np.int64)
+    for row, x in enumerate(ids):
+        tokens[row, :len(x)] = x
+    hidden = model.hidden_states(tokens)
+    pooled = np.stack([hidden[row, :len(x)].mean(axis=0) for row, x in enumerate(ids)])
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return pooled / np.maximum(norms, 1e-12)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -16,11 +16,14 @@ too) is collapsed to single spaces so each message stays one line.
 """
 from __future__ import annotations
 
+import base64
 import math
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from .corpus import BOT_PREFIX, USER_PREFIX
 from .generate import encode_prompt
@@ -261,6 +264,28 @@ CHAT_FIELDS: dict[str, Check] = {
 GRAMMAR_FIELDS = ("response_format", "regex", "choices")
 
 
+def embedding_input(name: str, v: Any) -> list[str | list[int]]:
+    """A string, token ids, or a non-empty list of either (at most MAX_PROMPTS)."""
+    if isinstance(v, list) and not v:
+        raise ApiError(f"'{name}' must not be empty", name)
+    return prompt_field(name, v)
+
+
+def one_of(*allowed: str) -> Check:
+    """One of a few strings."""
+    def check(name: str, v: Any) -> str:
+        if v not in allowed:
+            raise ApiError(f"'{name}' must be one of {', '.join(allowed)}, got {v!r}", name)
+        return str(v)
+    return check
+
+
+EMBEDDING_FIELDS: dict[str, Check] = {
+    "model": string, "input": embedding_input, "encoding_format": one_of("float", "base64"),
+    "dimensions": neutral(None), "user": string,
+}
+
+
 def check_body(body: Any, fields: dict[str, Check], required: tuple[str, ...]) -> dict[str, Any]:
     """The request's fields, checked and cleaned; null means "not given"."""
     if not isinstance(body, dict):
@@ -373,6 +398,23 @@ def token_budget(n_prompt: int, max_tokens: int | None, context: int, param: str
     return room if max_tokens is None else max_tokens
 
 
+def embedding_ids(tok: Any, x: str | list[int], vocab_size: int, context: int, i: int
+                  ) -> list[int]:
+    """An embedding input's ids: the text's tokens (no [BOS]) or the ids given; it must
+    have at least one token and fit the context."""
+    name = f"input[{i}]"
+    if isinstance(x, list):
+        ids = prompt_ids(tok, x, vocab_size)
+    else:
+        ids = tok.encode(x)
+    if not ids:
+        raise ApiError(f"'{name}' has no tokens", name)
+    if len(ids) > context:
+        raise ApiError(f"'{name}' has {len(ids)} tokens; this model's context holds "
+                       f"{context}", name, code="context_length_exceeded")
+    return ids
+
+
 # ---- response shapes ---------------------------------------------------------------
 def new_id(prefix: str) -> str:
     """A response id such as cmpl-3f2a...; unique per request."""
@@ -455,3 +497,16 @@ def completion_logprobs(entries: list[Any], k: int, offset: int = 0) -> dict[str
             "top_logprobs": [None if e.logprob is None else
                              {text: lp for _, text, lp in e.top[:k]} for e in entries],
             "text_offset": offsets, "token_ids": [e.token for e in entries]}
+
+
+def embedding_list(model: str, vectors: Any, encoding: str, tokens: int) -> dict[str, Any]:
+    """OpenAI's embedding list; base64 is the float32 little-endian bytes, as OpenAI
+    sends them."""
+    def encode(v: Any) -> Any:
+        if encoding == "base64":
+            return base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
+        return [float(x) for x in v]
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)}
+                     for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

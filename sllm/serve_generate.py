@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from . import serve_api as api
 from .batching import Engine, Event, QueueFull, Sampling, TokenLogprob
 from .batching import Request as GenRequest
 from .grammar import GrammarError
+from .serve_ops import Record
 
 
 class ClientGone(Exception):
@@ -49,6 +51,7 @@ class Call:
     requests: list[GenRequest]
     events: asyncio.Queue
     n: int
+    record: Record = field(default_factory=Record)
 
     @property
     def total(self) -> int:
@@ -113,6 +116,7 @@ class GenerationEndpoints:
             self.mailbox = Mailbox(asyncio.get_running_loop())
         events: asyncio.Queue = asyncio.Queue()
         call = Call([], events, jobs[0][1].n)
+        call.record.prompt_tokens = sum(len(ids) for ids, _ in jobs)
         for i, (ids, sampling) in enumerate(jobs):
             def emit(event: Event, i: int = i) -> None:
                 self.mailbox.post(events, (i, event))
@@ -167,6 +171,7 @@ class GenerationEndpoints:
         call = self.start([(p, self.sampling(
             b, api.token_budget(len(p), b.get("max_tokens", 16), self.context, "max_tokens"),
             grammar, "max_tokens", logprobs=k, echo=echo)) for p in ids])
+        request.state.sllm = call.record
         rid = api.new_id("cmpl")
         if b.get("stream"):
             usage = b.get("stream_options", {}).get("include_usage", False)
@@ -219,6 +224,7 @@ class GenerationEndpoints:
         k = b.get("top_logprobs", 0) if b.get("logprobs") else None
         call = self.start([(ids, self.sampling(b, budget, grammar, param,
                                                () if grammar else ("\n",), logprobs=k))])
+        request.state.sllm = call.record
         rid = api.new_id("chatcmpl")
         if b.get("stream"):
             usage = b.get("stream_options", {}).get("include_usage", False)
@@ -303,7 +309,20 @@ async def until_done(call: Call, stop: asyncio.Future[None] | None = None
                 get.cancel()
                 return
             item = get.result()
-        if item[1].kind == "error":
-            raise RuntimeError(item[1].text)
+        event = item[1]
+        if event.kind == "error":
+            raise RuntimeError(event.text)
+        _note(call, event)
         yield item
-        left -= item[1].kind == "done"
+        left -= event.kind == "done"
+
+
+def _note(call: Call, event: Event) -> None:
+    """Keep the call's Record (for the access log and /metrics) up to date."""
+    rec = call.record
+    if event.kind == "text" and rec.first_token is None:
+        rec.first_token = time.monotonic()
+    elif event.kind == "done":
+        rec.completion_tokens += event.completion_tokens
+        waits = [r.admitted - r.submitted for r in call.requests if r.admitted is not None]
+        rec.queue_wait = max(waits, default=None)

@@ -284,7 +284,7 @@ def test_metrics_are_prometheus_text(srv):
     for name in ("sllm_requests_total", "sllm_completion_tokens_total", "sllm_queue_depth",
                  "sllm_tokens_per_second", "sllm_active_sequences"):
         assert f"# TYPE {name} " in r.text
-    assert _metric(srv, "sllm_requests_total", '{path="/v1/completions",code="200"}') >= 1
+    assert _metric(srv, "sllm_requests_total", '{path="/v1/completions",code="200",model="tiny"}') >= 1
 
 
 def test_full_queue_answers_503_with_retry_after(model_path):
@@ -401,6 +401,11 @@ def test_cli_serve_on_a_free_port(model_path, reference):
         proc.terminate()
         proc.wait(20)
     assert proc.returncode is not None
+    assert "sllm serve started: url=http://127.0.0.1:" in line and "model=tiny" in line
+    rest = proc.stdout.read()
+    assert re.search(r'"POST /v1/completions" 200 prompt=\d+ completion=9 first_token=[\d.]+ms '
+                     r'total=[\d.]+ms', rest), rest
+    assert "sllm serve stopped: model=tiny requests=1" in rest, rest
 
 
 def test_engine_refuses_bad_sizes(model_path):

@@ -3,9 +3,11 @@
 prompt lists, penalties and logit_bias equal to the library's sampler, JSON-schema /
 json_object / regex / choice constrained output (jsonschema validates every answer, also
 16 at once), chats longer than the context, tool requests refused clearly."""
+import base64
 import json
 import threading
 
+import httpx
 import numpy as np
 import pytest
 
@@ -229,3 +231,63 @@ def test_tool_requests_say_there_is_no_tool_template(word_server):
 
 def test_backend_is_the_suites(word_server):
     assert word_server.model.backend.name == BACKEND
+
+
+def test_models_retrieve_and_unknown_model(word_server):
+    c = word_server.client()
+    m = c.models.retrieve("tiny")
+    assert m.id == "tiny" and m.owned_by == "sllm"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-9")
+
+
+def test_embeddings_are_pooled_normalised_and_batched(word_server):
+    model, tok = word_server.model, word_server.tok
+    texts = ["the cat sat", "one day the man went to the river", "hello"]
+    c = word_server.client()
+    batch = c.embeddings.create(model="tiny", input=texts)
+    assert [d.index for d in batch.data] == [0, 1, 2]
+    assert batch.usage.prompt_tokens == sum(len(tok.encode(t)) for t in texts)
+    for text, d in zip(texts, batch.data, strict=True):
+        v = np.array(d.embedding)
+        assert abs(np.linalg.norm(v) - 1) < 1e-5
+        alone = c.embeddings.create(model="tiny", input=text).data[0].embedding
+        assert np.allclose(alone, v, atol=1e-5)
+        h = model.hidden_states(np.array([tok.encode(text)]))[0].mean(axis=0)
+        assert np.allclose(v, h / np.linalg.norm(h), atol=1e-5)
+    b64 = c.embeddings.create(model="tiny", input=texts[0], encoding_format="base64")
+    raw = b64.data[0].embedding  # the client hands back the string when asked for base64
+    decoded = np.frombuffer(base64.b64decode(raw), "<f4")
+    assert np.allclose(decoded, batch.data[0].embedding, atol=1e-6)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.embeddings.create(model="tiny", input=["ok", "the " * 200])
+    assert e.value.body["param"] == "input[1]"
+
+
+def test_json_access_log_and_latency_histograms(tmp_path):
+    from sllm.serve_ops import Observer
+    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 300)
+    lines: list[str] = []
+    server = ThreadServer(_save(tok, tmp_path / "tiny.sllm"),
+                          observer=Observer("tiny", "json", lines.append))
+    try:
+        c = server.client()
+        c.completions.create(model="tiny", prompt="the cat", max_tokens=5)
+        list(c.chat.completions.create(model="tiny", max_tokens=4, stream=True,
+                                       messages=[{"role": "user", "content": "hi"}]))
+        metrics = httpx.get(server.url + "/metrics").text
+    finally:
+        server.stop()
+    logged = [json.loads(line) for line in lines]
+    first, second = logged[0], logged[1]
+    assert first["method"] == "POST" and first["path"] == "/v1/completions"
+    assert first["status"] == 200 and first["completion_tokens"] == 5
+    assert first["prompt_tokens"] > 0 and 0 < first["first_token_ms"] <= first["total_ms"]
+    assert second["path"] == "/v1/chat/completions" and second["first_token_ms"] is not None
+    assert logged[-1]["event"] == "stopped"
+    for name in ("sllm_queue_wait_seconds", "sllm_time_to_first_token_seconds",
+                 "sllm_request_duration_seconds"):
+        assert f"# TYPE {name} histogram" in metrics
+        assert f'{name}_count{{model="tiny"}} 2' in metrics
+        assert f'{name}_bucket{{model="tiny",le="+Inf"}} 2' in metrics
+    assert 'sllm_model_completion_tokens_total{model="tiny"} ' in metrics
