@@ -16,6 +16,7 @@ from . import backends, budget
 from .activations import Activations, KVCache
 from .backends.base import DECODE_BLOCK_PARAMS, Backend
 from .config import ModelConfig, resolve_config
+from .errors import BackendError
 from .init import initialize
 from .layout import Layout
 from .quant import QTensor, bytes_per_row, dequantize
@@ -73,6 +74,10 @@ class SLLM:
         self.config = resolve_config(config)
         check_int("seed", seed, 0, 2**63 - 1)
         self.backend = backends.get(backend)
+        if self.config.architecture == "llama" and (missing := self.backend.missing_llama_kernels()):
+            raise BackendError(f"backend {self.backend.name!r} cannot build a llama model: it "
+                               f"lacks the llama kernels {', '.join(missing)} (it runs GPT-2 "
+                               f"models; see LLAMA_KERNELS in sllm/backends/base.py)")
         budget.check_model(self.config, self.backend)  # before the layout or any buffer
         self.layout = Layout(self.config)
         self.seed = seed
