@@ -29,6 +29,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,14 @@ class ServerProcess:
             raise RuntimeError(f"the server did not start: {line}{self.proc.stdout.read()}")
         self.url = f"http://{m.group(1)}:{m.group(2)}"
         self.model_id = Path(model).stem
+        # the server writes an access line per request: read them, or its pipe fills up
+        self.log_lines = 0
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None  # stdout=PIPE
+        for _ in self.proc.stdout:
+            self.log_lines += 1
 
     def rss_mb(self) -> float:
         """The server's resident memory now."""
@@ -208,7 +217,6 @@ def throughput(args: argparse.Namespace, model: Path) -> None:
 # ---- the engine alone ------------------------------------------------------------------
 def engine(args: argparse.Namespace, model_path: Path) -> None:
     """The batching engine without HTTP: the same requests one at a time vs all at once."""
-    import threading
 
     from sllm.batching import Engine, Request, Sampling
     model = sllm.load(model_path, backend=args.backend)

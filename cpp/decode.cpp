@@ -10,11 +10,11 @@ namespace {
 
 // matmul_fwd on float weights (C_in, C_out), matmul_q_fwd on quantized rows
 void matmul(float* out, const float* inp, const void* weight, const float* bias, int qtype,
-            int64_t N, int64_t K, int64_t OC) {
+            bool packed, int64_t N, int64_t K, int64_t OC) {
   if (qtype < 0)
     matmul_fwd(out, inp, static_cast<const float*>(weight), bias, false, N, K, OC);
   else
-    matmul_q_fwd(out, inp, static_cast<const uint8_t*>(weight), bias, qtype, N, K, OC);
+    matmul_q_fwd(out, inp, static_cast<const uint8_t*>(weight), bias, qtype, N, K, OC, packed);
 }
 
 }  // namespace
@@ -36,14 +36,14 @@ void decode_block(float* out, const float* x, float* kcache, float* vcache, floa
   float* fcproj = fch_act + N * F;  // (N, C)
 
   layernorm_fwd(ln, mean, rstd, x, w.ln1_w, w.ln1_b, N, C);
-  matmul(qkv, ln, w.attn_w, w.attn_b, qtype, N, C, 3 * C);
+  matmul(qkv, ln, w.attn_w, w.attn_b, qtype, w.packed, N, C, 3 * C);
   attention_decode(atty, qkv, kcache, vcache, pos, B, Tn, C, H, maxT);
-  matmul(attproj, atty, w.proj_w, w.proj_b, qtype, N, C, C);
+  matmul(attproj, atty, w.proj_w, w.proj_b, qtype, w.packed, N, C, C);
   residual_fwd(res2, x, attproj, N * C);
   layernorm_fwd(ln, mean, rstd, res2, w.ln2_w, w.ln2_b, N, C);
-  matmul(fch, ln, w.fc_w, w.fc_b, qtype, N, C, F);
+  matmul(fch, ln, w.fc_w, w.fc_b, qtype, w.packed, N, C, F);
   (gelu ? gelu_fwd : relu_fwd)(fch_act, fch, N * F);
-  matmul(fcproj, fch_act, w.fcproj_w, w.fcproj_b, qtype, N, F, C);
+  matmul(fcproj, fch_act, w.fcproj_w, w.fcproj_b, qtype, w.packed, N, F, C);
   residual_fwd(out, res2, fcproj, N * C);
 }
 

@@ -20,8 +20,12 @@ const char* const kParams[12] = {"ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w",
 
 // A matmul weight taking K inputs to OC outputs: float (K, OC), or quantized (OC, bytes).
 const void* matmul_weight(const Check& k, py::handle h, const char* name, int qtype,
-                          int64_t K, int64_t OC) {
-  if (qtype >= 0) return weight_rows(k, h, OC, qrow_bytes(qtype, K), name);
+                          int64_t K, int64_t OC, bool* packed) {
+  if (qtype >= 0) {
+    const QWeights w = weight_rows(k, h, OC, qrow_bytes(qtype, K), name, qtype);
+    *packed = w.packed;
+    return w.data;
+  }
   Arr w = k.in(h, name);
   k.dims(w, name, 2);
   k.expect(w.shape[0] == K && w.shape[1] == OC, std::string(name) + " must be (" +
@@ -32,10 +36,11 @@ const void* matmul_weight(const Check& k, py::handle h, const char* name, int qt
 
 // The FFN width from fc_w: (C, F) float, or F rows when quantized.
 int64_t ffn_width(const Check& k, py::handle fc_w, int qtype) {
+  if (qtype >= 0) return weight_row_count(k, fc_w, "fc_w");
   if (!py::isinstance<py::array>(fc_w)) k.fail("fc_w must be a numpy array", true);
   auto a = py::reinterpret_borrow<py::array>(fc_w);
   k.expect(a.ndim() == 2, "fc_w must have 2 dimensions");
-  return (int64_t)a.shape(qtype >= 0 ? 0 : 1);
+  return (int64_t)a.shape(1);
 }
 
 BlockWeights block_weights(const Check& k, const py::sequence& p, int qtype, int64_t C,
@@ -43,13 +48,18 @@ BlockWeights block_weights(const Check& k, const py::sequence& p, int qtype, int
   auto vec = [&](int i, int64_t n, bool optional) {
     return k.sized(p[i], kParams[i], n, false, optional);
   };
+  bool packed[4] = {false, false, false, false};
+  int n = 0;
   auto mat = [&](int i, int64_t K, int64_t OC) {
-    return matmul_weight(k, p[i], kParams[i], qtype, K, OC);
+    return matmul_weight(k, p[i], kParams[i], qtype, K, OC, &packed[n++]);
   };
-  return BlockWeights{vec(0, C, false), vec(1, C, false), mat(2, C, 3 * C),
-                      vec(3, 3 * C, true), mat(4, C, C), vec(5, C, true),
-                      vec(6, C, false), vec(7, C, false), mat(8, C, F),
-                      vec(9, F, true), mat(10, F, C), vec(11, C, true)};
+  BlockWeights w{vec(0, C, false), vec(1, C, false), mat(2, C, 3 * C),
+                 vec(3, 3 * C, true), mat(4, C, C), vec(5, C, true),
+                 vec(6, C, false), vec(7, C, false), mat(8, C, F),
+                 vec(9, F, true), mat(10, F, C), vec(11, C, true), packed[0]};
+  k.expect(packed[1] == w.packed && packed[2] == w.packed && packed[3] == w.packed,
+           "the four matmul weights must be all packed (PackedQ) or all ggml rows");
+  return w;
 }
 
 }  // namespace

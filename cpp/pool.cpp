@@ -58,6 +58,7 @@ class Pool {
     std::unique_lock<std::mutex> busy(call_mu_, std::try_to_lock);
     if (!busy.owns_lock()) return serial(tasks, fn, ctx);
     grow(threads - 1);
+    threads_.store(threads);
     fn_ = fn;
     ctx_ = ctx;
     tasks_ = tasks;
@@ -135,7 +136,10 @@ class Pool {
         sleepers_.fetch_sub(1);
       }
       if (!join(&seen)) continue;
-      work(id);
+      // A worker made when the pool had more threads sits out a job for fewer, so `thread`
+      // stays below num_threads(), which sizes per-thread scratch. threads_ is this job's:
+      // the next job cannot start while this worker counts as running.
+      if (id < threads_.load()) work(id);
       const uint64_t after = state_.fetch_sub(1);  // running - 1
       if (running_of(after) == 1 && caller_waiting_.load()) {
         std::lock_guard<std::mutex> lock(mu_);
@@ -155,6 +159,7 @@ class Pool {
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   int64_t tasks_ = 0;
+  std::atomic<int> threads_{0};
   std::atomic<int64_t> next_{0};
 };
 

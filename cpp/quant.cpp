@@ -38,30 +38,8 @@ const QuantOps* pick() {
   return &qops_scalar;
 }
 
-// ggml's quantize_row_q8_0_ref for one row (zero-padded to nb blocks), plus the block sums.
-void quantize_row_q8_0(const float* x, int64_t K, int8_t* q, float* d, float* s) {
-  const int64_t nb = (K + QK - 1) / QK;
-  for (int64_t b = 0; b < nb; ++b) {
-    const int64_t j0 = b * QK, n = std::min<int64_t>(QK, K - j0);
-    float amax = 0;
-    for (int64_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(x[j0 + j]));
-    const float db = amax / 127.0f;
-    const float id = db != 0.0f ? 1.0f / db : 0.0f;
-    int32_t sum = 0;
-    for (int64_t j = 0; j < QK; ++j) {
-      const float v = j < n ? x[j0 + j] * id : 0.0f;
-      // roundf, as the reference; a non-finite product (subnormal db) gives 0, as ggml on x86
-      const int8_t c = std::isfinite(v) ? (int8_t)std::round(v) : 0;
-      q[j0 + j] = c;
-      sum += c;
-    }
-    d[b] = half_to_float(float_to_half(db));
-    s[b] = (float)sum * d[b];
-  }
-}
-
 Scratch g_scratch;
-constexpr int64_t kGemmRows = 16;  // from this many input rows on, the float GEMM path
+constexpr int64_t kGemmRows = 16;  // from this many input rows on, ggml's rows take the float GEMM
 
 // One quantized weight row as floats (its first K values).
 void dequantize_row(const uint8_t* w, int qtype, int64_t K, float* out) {
@@ -90,9 +68,10 @@ void dequantize_row(const uint8_t* w, int qtype, int64_t K, float* out) {
   }
 }
 
-// Many input rows (prefill, evaluation): the same products as the integer path, but
-// through the float GEMM: weights dequantized once per call, activations quantized to
-// q8_0 and dequantized (q_x * d_x), so only the float summation order differs.
+// Many input rows (prefill, evaluation) on ggml's rows: the same products as the integer
+// path, but through the float GEMM: weights dequantized once per call, activations
+// quantized to q8_0 and dequantized (q_x * d_x), so only the float summation order
+// differs. (Packed weights take the integer kernels at every N: 3-15x faster.)
 void matmul_q_gemm(float* out, const uint8_t* wq, const float* bias, int qtype, int64_t N,
                    int64_t K, int64_t OC, const int8_t* q, const float* d) {
   // weights in slices of kSlice rows, so the float copy stays small (it is kept for reuse)
@@ -114,6 +93,59 @@ void matmul_q_gemm(float* out, const uint8_t* wq, const float* bias, int qtype, 
   }
 }
 
+// As the f32 GEMV (gemm.cpp's gemm_small_m): small products stay on one thread, so a
+// decode step's per-layer GEMVs never wait for a second thread that another process keeps
+// off its core (2 threads were 0.55x of 1 under load). ggml's rows split from 256K
+// multiply-adds; the packed kernels, 3-4x faster, from 4M (measured alternating 1 and 2
+// threads in one process, load 1.4: 2 threads 20-35% slower at 2M, 13-20% faster at 8M).
+int gemv_threads(int64_t N, int64_t K, int64_t OC, bool packed) {
+  return (N * OC * K < (packed ? (1 << 22) : (1 << 18))) ? 1 : num_threads();
+}
+
+// Few input rows on ggml's rows: one dot product per (output row, input row); chunks of
+// output rows, each chunk's weights staying in cache while every input row passes.
+void gemv_rows(float* out, const uint8_t* wq, const float* bias, int qtype, int64_t N,
+               int64_t nb, int64_t OC, const QRow* xs) {
+  const QDot dot = qops().dot[qtype];
+  const int64_t row_bytes = nb * kBlockBytes[qtype];
+  const int threads = gemv_threads(N, nb * QK, OC, false);
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(16, OC / (4 * threads)));
+  parallel_for((OC + chunk - 1) / chunk, [&](int64_t c, int) {
+    const int64_t o0 = c * chunk, o1 = std::min(OC, o0 + chunk);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t o = o0; o < o1; ++o)
+        out[n * OC + o] = dot(wq + o * row_bytes, xs[n], nb) + (bias ? bias[o] : 0.0f);
+  }, threads);
+}
+
+// Input rows on packed weights: the tier's group kernel, R output rows by up to
+// kGroupRows input rows per call; tasks of whole groups, every input row passing while a
+// group's weights are in cache.
+void gemm_packed(float* out, const uint8_t* wq, const float* bias, int qtype, int64_t N,
+                 int64_t nb, int64_t OC, const QRow* xs) {
+  const QuantOps& t = qops();
+  const int R = t.rows;
+  const QGroup group = t.group[qtype];
+  const int64_t groups = (OC + R - 1) / R, gbytes = qgroup_bytes(qtype, nb, R);
+  const int threads = gemv_threads(N, nb * QK, OC, true);
+  const int64_t per_task = std::max<int64_t>(1, std::min<int64_t>(4, groups / (4 * threads)));
+  parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
+    float y[kGroupRows * 16];
+    const int64_t g1 = std::min(groups, (task + 1) * per_task);
+    for (int64_t g = task * per_task; g < g1; ++g) {
+      const int64_t o0 = g * R, n_out = std::min<int64_t>(R, OC - o0);
+      for (int64_t n0 = 0; n0 < N; n0 += kGroupRows) {
+        const int rows = (int)std::min<int64_t>(kGroupRows, N - n0);
+        group(y, R, wq + g * gbytes, xs + n0, rows, nb);
+        for (int m = 0; m < rows; ++m) {
+          float* row = out + (n0 + m) * OC + o0;
+          for (int64_t i = 0; i < n_out; ++i) row[i] = y[m * R + i] + (bias ? bias[o0 + i] : 0.0f);
+        }
+      }
+    }
+  }, threads);
+}
+
 }  // namespace
 
 // Chosen on first use: ops() lives in another translation unit, whose statics may not be
@@ -124,36 +156,28 @@ const QuantOps& qops() {
 }
 
 void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* bias,
-                  int qtype, int64_t N, int64_t K, int64_t OC) {
-  const int64_t nb = (K + QK - 1) / QK, row_bytes = nb * kBlockBytes[qtype];
-  // scratch: N rows of nb*32 int8 codes, then N*nb scales and N*nb block sums (floats)
+                  int qtype, int64_t N, int64_t K, int64_t OC, bool packed) {
+  const int64_t nb = (K + QK - 1) / QK;
+  // scratch: N rows of nb*32 int8 codes, then N*nb scales, float block sums and integer
+  // block sums, then N QRows
   const int64_t code_floats = (N * nb * QK + 3) / 4;
+  const int64_t row_floats = (N * (int64_t)sizeof(QRow) + 3) / 4;
   auto lock = g_scratch.lock();
-  float* scratch = g_scratch.get((size_t)(code_floats + 2 * N * nb));
+  float* scratch = g_scratch.get((size_t)(code_floats + 3 * N * nb + row_floats + 16));
   int8_t* q = reinterpret_cast<int8_t*>(scratch);
   float* d = scratch + code_floats;
   float* s = d + N * nb;
-  for (int64_t n = 0; n < N; ++n)
-    quantize_row_q8_0(inp + n * K, K, q + n * nb * QK, d + n * nb, s + n * nb);
-  if (N >= kGemmRows) return matmul_q_gemm(out, wq, bias, qtype, N, K, OC, q, d);
-  const QDot dot = qops().dot[qtype];
-  // chunks of output rows; each chunk's weights stay in cache while every input row passes
-  // As the f32 GEMV (gemm.cpp's gemm_small_m): below 256K multiply-adds a product stays on
-  // one thread, so a decode step's per-layer GEMVs never wait for a second thread that
-  // another process keeps off its core (2 threads were 0.55x of 1 under load); the wide
-  // lm_head still splits.
-  const int threads = (N * OC * K < (1 << 18)) ? 1 : num_threads();
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(16, OC / (4 * threads)));
-  const int64_t chunks = (OC + chunk - 1) / chunk;
-  parallel_for(chunks, [&](int64_t c, int) {
-    const int64_t o0 = c * chunk, o1 = std::min(OC, o0 + chunk);
-    for (int64_t n = 0; n < N; ++n) {
-      const QRow x{q + n * nb * QK, d + n * nb, s + n * nb};
-      float* y = out + n * OC;
-      for (int64_t o = o0; o < o1; ++o)
-        y[o] = dot(wq + o * row_bytes, x, nb) + (bias ? bias[o] : 0.0f);
-    }
-  }, threads);
+  int32_t* sums = reinterpret_cast<int32_t*>(s + N * nb);
+  // QRow holds pointers: align its slot to 8 bytes (scratch is float-aligned)
+  const uintptr_t at = reinterpret_cast<uintptr_t>(sums + N * nb);
+  QRow* xs = reinterpret_cast<QRow*>((at + 7) & ~uintptr_t(7));
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t o = n * nb;
+    qops().quantize(inp + n * K, K, q + o * QK, d + o, s + o, sums + o);
+    xs[n] = QRow{q + o * QK, d + o, s + o, sums + o};
+  }
+  if (!packed && N >= kGemmRows) return matmul_q_gemm(out, wq, bias, qtype, N, K, OC, q, d);
+  (packed ? gemm_packed : gemv_rows)(out, wq, bias, qtype, N, nb, OC, xs);
 }
 
 double stream_read_gbps(double seconds, int64_t bytes) {

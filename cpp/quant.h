@@ -15,20 +15,54 @@ enum QType : int { Q8_0 = 0, Q4_0 = 1, Q4_1 = 2 };
 constexpr int64_t kBlockBytes[3] = {34, 18, 20};  // sizeof block_q8_0, block_q4_0, block_q4_1
 
 // One activation row quantized to q8_0: nb blocks of 32 int8 codes, the float16-rounded
-// scale d of each block, and s = d * sum(codes) (what q4_1's minimum multiplies).
+// scale d of each block, s = d * sum(codes) (what q4_1's minimum multiplies) and the
+// integer sum(codes) itself (what the packed kernels subtract for q4_0's and q8_0's offset).
 struct QRow {
   const int8_t* q;
   const float* d;
   const float* s;
+  const int32_t* sum;
 };
 
 // dot of one quantized weight row (nb blocks of kBlockBytes[type] bytes) with a q8_0 row:
 // sum over blocks of int32 sum(q_w * q_x) * (d_w * d_x) [+ m_w * s_x for q4_1].
 typedef float (*QDot)(const uint8_t* w, const QRow& x, int64_t nb);
 
+// Packed weights (pack_q): the same blocks with R rows interleaved, made once at load for
+// the tier's vector width. Group g holds rows g*R .. g*R+R-1 (zero rows pad the last):
+// first every block's head (R float16 scales d, then for q4_1 R float16 minima m), then
+// every block's codes as chunks of R x 4 bytes: chunk c holds bytes 4c..4c+3 of each row's
+// codes (q8_0: 8 chunks; the 4-bit types: 4 chunks of ggml's nibble bytes, so a low nibble
+// is element 4c+i and the high one 16+4c+i). One vector load is then 4 codes of every row,
+// against one broadcast of 4 activation codes: no per-block shuffles or horizontal sums,
+// and with nb even the code chunks are 64-byte aligned. With `offset`, q8_0 codes are
+// stored + 128 as unsigned bytes (VNNI wants one unsigned operand; the kernel subtracts
+// 128 * sum(x codes)).
+// Group kernel: y[m * ystride + 0..R) = the R rows' dot products with activation row
+// xs[m], m < rows <= kGroupRows (each weight vector loaded once for all of them), in the
+// scalar tier's order (per block, (float)isum * (d_w * d_x) [+ m_w * s_x] added in
+// sequence), so packed results equal the scalar tier's bit for bit.
+constexpr int kGroupRows = 4;
+typedef void (*QGroup)(float* y, int64_t ystride, const uint8_t* group, const QRow* xs,
+                       int rows, int64_t nb);
+
+// One activation row to q8_0 (zero-padded to nb blocks) with its block sums: ggml's
+// quantize_row_q8_0_ref, exactly (sllm.quant.quantize_q8_0_activations), on every tier.
+typedef void (*QRowQuantize)(const float* x, int64_t K, int8_t* q, float* d, float* s,
+                             int32_t* sum);
+
+// One block of an activation row (n <= 32 values, zero-padded): the scalar steps, which
+// every tier takes for a block it does not vectorize.
+void quantize_block_q8_0(const float* x, int64_t n, int8_t* q, float* d, float* s,
+                         int32_t* sum);
+
 struct QuantOps {
   const char* name;  // "scalar" | "avx2" | "avx512vnni"
+  QRowQuantize quantize;
   QDot dot[3];       // by QType
+  int rows;          // R of the packed layout; 0: the tier reads ggml's rows only
+  bool offset;       // q8_0 codes packed + 128 (unsigned)
+  QGroup group[3];   // by QType; null when rows == 0
 };
 
 extern const QuantOps qops_scalar;
@@ -38,9 +72,16 @@ extern const QuantOps qops_avx512vnni;
 #endif
 const QuantOps& qops();  // the tier in use
 
-// out (N, OC) = q8_0(inp (N, K)) . W^T + bias; wq holds OC rows of ceil(K/32) blocks.
+// Bytes of one packed group of R rows of nb blocks.
+inline int64_t qgroup_bytes(int qtype, int64_t nb, int R) { return nb * kBlockBytes[qtype] * R; }
+
+// dst (ceil(OC/R) groups) = src (OC ggml rows of nb blocks) in the tier's packed layout.
+void pack_q(uint8_t* dst, const uint8_t* src, int qtype, int64_t OC, int64_t nb);
+
+// out (N, OC) = q8_0(inp (N, K)) . W^T + bias; wq holds OC rows of ceil(K/32) blocks,
+// as ggml's rows or (packed) as pack_q made them.
 void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* bias,
-                  int qtype, int64_t N, int64_t K, int64_t OC);
+                  int qtype, int64_t N, int64_t K, int64_t OC, bool packed = false);
 
 // GB/s of a streaming read of `bytes` bytes by every kernel thread, timed for >= seconds.
 double stream_read_gbps(double seconds, int64_t bytes);

@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <string>
 
 #include "check.h"
@@ -22,13 +23,49 @@ void bind_quant(py::module_& m) {
     Arr x = k.in(inp, "inp"), o = k.out(out, "out");
     const int64_t K = x.last, OC = o.last, N = x.rows();
     k.expect(K >= 1 && o.size == N * OC, "out must be (N, OC) for inp (N, K)");
-    const uint8_t* w = weight_rows(k, wq, OC, qrow_bytes(code, K));
+    const QWeights w = weight_rows(k, wq, OC, qrow_bytes(code, K), "wq", code);
     k.disjoint(o, "out", x, "inp");
     const float* b = k.sized(bias, "bias", OC, false, true);
     py::gil_scoped_release nogil;
-    matmul_q_fwd(o.f(), x.f(), w, b, code, N, K, OC);
+    matmul_q_fwd(o.f(), x.f(), w.data, b, code, N, K, OC, w.packed);
   }, arg("out"), arg("inp"), arg("wq"), arg("bias"), arg("qtype"),
      "out (N,OC) = q8_0(inp) . W^T + bias for W held as quantized rows (sllm.quant).");
+  py::class_<PackedQ>(m, "PackedQ",
+      "Quantized weights packed for this machine (pack_q); matmul_q_fwd and decode_block "
+      "take it wherever they take ggml's rows.")
+      .def_property_readonly("qtype", [](const PackedQ& p) {
+        return std::string(p.qtype == Q8_0 ? "q8_0" : p.qtype == Q4_0 ? "q4_0" : "q4_1");
+      })
+      .def_property_readonly("shape", [](const PackedQ& p) {
+        return py::make_tuple(p.rows, p.nb * kBlockBytes[p.qtype]);
+      }, "(rows, bytes per row) of the ggml rows it was packed from")
+      .def_property_readonly("nbytes", &PackedQ::nbytes, "bytes held (padding rows included)");
+  m.def("pack_q", [](py::handle wq, const std::string& qtype) -> py::object {
+    Check k("pack_q");
+    const int code = qtype_code(k, qtype);
+    if (!py::isinstance<py::array>(wq)) k.fail("wq must be a numpy array", true);
+    auto a = py::reinterpret_borrow<py::array>(wq);
+    k.expect(a.ndim() == 2 && a.shape(0) >= 1 && a.shape(1) >= 1 &&
+             a.shape(1) % kBlockBytes[code] == 0,
+             "wq must be (OC, bytes) rows of whole " + qtype + " blocks");
+    const int64_t OC = a.shape(0), nb = a.shape(1) / kBlockBytes[code];
+    const QWeights w = weight_rows(k, wq, OC, nb * kBlockBytes[code]);
+    if (qops().rows == 0) return py::reinterpret_borrow<py::object>(wq);  // ggml's rows
+    auto p = std::make_unique<PackedQ>();
+    p->qtype = code, p->rows = OC, p->nb = nb;
+    const size_t bytes = (size_t)(p->nbytes() + 63) / 64 * 64;
+    p->data.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
+    if (!p->data) throw std::bad_alloc();
+    {
+      py::gil_scoped_release nogil;
+      pack_q(p->data.get(), w.data, code, OC, nb);
+    }
+    return py::cast(std::move(p));
+  }, arg("wq"), arg("qtype"),
+     "wq's ggml rows packed for this machine's tier (a PackedQ, what matmul_q_fwd reads "
+     "fastest); wq itself where the tier reads ggml's rows.");
+  m.def("quant_pack_rows", [] { return qops().rows; },
+        "Rows interleaved per packed group on this tier (0: the tier reads ggml's rows).");
   m.def("quant_simd_level", [] { return std::string(qops().name); },
         "The tier of the quantized dot products: avx512vnni, avx2 or scalar.");
   m.def("stream_read_gbps", &stream_read_gbps, arg("seconds") = 0.3,

@@ -1,9 +1,20 @@
 // Scalar tier of the quantized dot products: ggml's vec_dot_{q8_0,q4_0,q4_1}_q8_0 in
 // portable C++. The SIMD tiers (quant_x86.inc) compute the same sums and end the same way.
+#include <algorithm>
+#include <cmath>
+
 #include "quant.h"
 
 namespace sllm {
 namespace {
+
+// ggml's quantize_row_q8_0_ref for one row (zero-padded to nb blocks)
+void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* s, int32_t* sum) {
+  const int64_t nb = (K + QK - 1) / QK;
+  for (int64_t b = 0; b < nb; ++b)
+    quantize_block_q8_0(x + b * QK, std::min<int64_t>(QK, K - b * QK), q + b * QK, d + b,
+                        s + b, sum + b);
+}
 
 float dot_q8_0(const uint8_t* w, const QRow& x, int64_t nb) {
   float sum = 0;
@@ -52,6 +63,26 @@ float dot_q4_1(const uint8_t* w, const QRow& x, int64_t nb) {
 
 }  // namespace
 
-const QuantOps qops_scalar = {"scalar", {dot_q8_0, dot_q4_0, dot_q4_1}};
+void quantize_block_q8_0(const float* x, int64_t n, int8_t* q, float* d, float* s,
+                         int32_t* sum) {
+  float amax = 0;
+  for (int64_t j = 0; j < n; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float db = amax / 127.0f;
+  const float id = db != 0.0f ? 1.0f / db : 0.0f;
+  int32_t total = 0;
+  for (int64_t j = 0; j < QK; ++j) {
+    const float v = j < n ? x[j] * id : 0.0f;
+    // roundf, as the reference; a non-finite product (subnormal db) gives 0, as ggml on x86
+    const int8_t c = std::isfinite(v) ? (int8_t)std::round(v) : 0;
+    q[j] = c;
+    total += c;
+  }
+  *d = half_to_float(float_to_half(db));
+  *s = (float)total * *d;
+  *sum = total;
+}
+
+const QuantOps qops_scalar = {"scalar", quantize_row, {dot_q8_0, dot_q4_0, dot_q4_1}, 0, false,
+                               {nullptr, nullptr, nullptr}};
 
 }  // namespace sllm

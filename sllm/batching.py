@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,8 @@ class Request:
     emit: Callable[[Event], None]
     cancelled: bool = False
     id: int = field(default_factory=itertools.count().__next__)
+    submitted: float = field(default_factory=time.monotonic)
+    admitted: float | None = None  # when its prefill began (time.monotonic())
 
 
 class TextStream:
@@ -224,6 +227,7 @@ class Engine:
         self.free = list(reversed(range(max_batch)))
         self.active: list[Sequence] = []
         self.waiting: deque[Request] = deque()
+        self.jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self.stats = Stats()
         self._cond = threading.Condition()
         self._running = False
@@ -245,6 +249,9 @@ class Engine:
             self._thread.join()
         for req in list(self.waiting) + [s.request for s in self.active]:
             req.emit(Event("error", "the server is shutting down"))
+        for _, future in self.jobs:
+            future.set_exception(RuntimeError("the server is shutting down"))
+        self.jobs.clear()
         self.waiting.clear()
         self.active.clear()
         self.cache.release()
@@ -273,6 +280,17 @@ class Engine:
                 pass
             self._cond.notify()
 
+    def run_job(self, fn: Callable[[], Any]) -> Future:
+        """Run fn() on the engine thread between decode steps (the model is not shared
+        across threads); its result or exception arrives on the returned Future."""
+        future: Future = Future()
+        with self._cond:
+            if not self._running:
+                raise RuntimeError("the engine is not running")
+            self.jobs.append((fn, future))
+            self._cond.notify()
+        return future
+
     def queue_depth(self) -> int:
         """Requests waiting for a slot."""
         return len(self.waiting)
@@ -285,16 +303,20 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._running and not self.waiting and not self.active:
+                while self._running and not (self.waiting or self.active or self.jobs):
                     self._cond.wait()
                 if not self._running:
                     return
+                jobs = list(self.jobs)
+                self.jobs.clear()
                 self._drop_cancelled()
                 admitted = []
                 while self.waiting and len(self.free) >= self.waiting[0].sampling.n:
                     request = self.waiting.popleft()
                     admitted.append((request, [self.free.pop() for _ in
                                                range(request.sampling.n)]))
+            for fn, future in jobs:
+                _run_job(fn, future)
             for request, slots in admitted:
                 self._guarded([request], functools.partial(self._prefill, request, slots),
                               slots)
@@ -322,6 +344,7 @@ class Engine:
 
     def _prefill(self, request: Request, slots: list[int]) -> None:
         p, ids = request.sampling, request.prompt_ids
+        request.admitted = time.monotonic()
         if request.cancelled:
             with self._cond:
                 self.free.extend(slots)
@@ -410,3 +433,12 @@ class Engine:
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         with self._cond:
             self.free.append(seq.slot)
+
+
+def _run_job(fn: Callable[[], Any], future: Future) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(fn())
+    except Exception as e:  # noqa: BLE001 - the caller receives it
+        future.set_exception(e)

@@ -204,7 +204,7 @@ def quant_generate_suite(backend: Any, cfg: Any, tokens: int, repeats: int
     rows = []
     for qtype in QUANT_TYPES:
         model = sllm.SLLM(cfg, backend=backend).quantize(qtype)
-        rows += [{**r, "name": f"{r['name']}, {qtype}"}
+        rows += [{**r, "name": f"{r['name']}, {qtype}", "f32_row": r["name"]}
                  for r in generate_suite(model, tokens, repeats)]
     return rows
 
@@ -230,6 +230,8 @@ def quant_gemv_suite(backend: Any, cfg: Any, repeats: int) -> list[dict[str, Any
         times = timed(call, max(repeats, 20), warmup=3)
         row = _row("kernels", f"GEMV 1x{K}x{M} {qtype}", times, 1, "rows_per_s", 2.0 * K * M)
         row["gb_per_s"] = nbytes / row["median_s"] / 1e9
+        if qtype != "f32":
+            row["f32_row"] = f"GEMV 1x{K}x{M} f32"
         rows.append(row)
     return rows
 
@@ -324,7 +326,8 @@ def memory_bandwidth(nbytes: int = 1 << 30) -> tuple[float | None, str]:
 def add_ratios(results: list[dict[str, Any]], peak: float | None,
                bandwidth: float | None = None) -> None:
     """Speed ratio to numpy (and to torch) for every row they also have (> 1: faster);
-    MFU where a peak is known; the share of memory bandwidth for rows that report GB/s."""
+    MFU where a peak is known; the share of memory bandwidth for rows that report GB/s;
+    a quantized row's speed ratio to the same backend's float32 row."""
     base = {r["name"]: r for res in results if res.get("backend") == "numpy"
             for r in res.get("rows", [])}
     torch = {r["name"]: r for res in results if res.get("backend") == "torch"
@@ -337,6 +340,10 @@ def add_ratios(results: list[dict[str, Any]], peak: float | None,
             r["mfu"] = r["gflops"] / peak if peak and "gflops" in r else None
             if bandwidth and ("gb_per_s" in r or "weights_gb_per_s" in r):
                 r["bw"] = r.get("gb_per_s", r.get("weights_gb_per_s", 0.0)) / bandwidth
+        own = {r["name"]: r for r in res.get("rows", [])}
+        for r in res.get("rows", []):
+            if r.get("f32_row") in own:
+                r["vs_f32"] = own[r["f32_row"]]["median_s"] / r["median_s"]
 
 
 def main() -> None:

@@ -61,10 +61,11 @@ def suite_title(suite: str, report: dict[str, Any]) -> str:
 
 
 WIDE_COLUMNS = ("backend", "benchmark", "median", "spread", "rate", "of BW", "GFLOP/s",
-                "vs numpy", "vs torch", "MFU")
-NARROW_COLUMNS = ("backend", "benchmark", "median", "rate", "of BW", "vs numpy", "vs torch", "MFU")
+                "vs f32", "vs numpy", "vs torch", "MFU")
+NARROW_COLUMNS = ("backend", "benchmark", "median", "rate", "of BW", "vs f32", "vs numpy",
+                  "vs torch", "MFU")
 # Columns left out when no row has a value for them.
-OPTIONAL = {"of BW": "bw", "vs torch": "vs_torch", "MFU": "mfu"}
+OPTIONAL = {"of BW": "bw", "vs f32": "vs_f32", "vs torch": "vs_torch", "MFU": "mfu"}
 RATES = ("tokens_per_s", "rows_per_s", "elements_per_s", "calls_per_s")
 
 
@@ -112,6 +113,7 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, dict[str,
                  "spread": f"{r['min_s'] * 1e3:.2f}..{r['max_s'] * 1e3:.2f}",
                  "rate": _rate(r, wide), "of BW": f"{r['bw']:.0%}" if r.get("bw") else "",
                  "GFLOP/s": f"{r['gflops']:.1f}" if "gflops" in r else "",
+                 "vs f32": f"{r['vs_f32']:.2f}x" if r.get("vs_f32") else "",
                  "vs numpy": f"{r['vs_numpy']:.2f}x" if r.get("vs_numpy") else "",
                  "vs torch": f"{r['vs_torch']:.2f}x" if r.get("vs_torch") else "",
                  "MFU": f"{r['mfu']:.0%}" if r.get("mfu") else ""}
@@ -143,6 +145,9 @@ def _footer(rows: list[tuple[str, dict[str, Any]]], wide: bool) -> list[str]:
              "this one's; above 1.00x is faster."]
     if any(r.get("mfu") for _, r in rows):
         lines.append("MFU: the row's GFLOP/s as a share of the FP32 peak measured below.")
+    if any(r.get("vs_f32") for _, r in rows):
+        lines.append("vs f32: the same backend's float32 row's median time divided by this "
+                     "quantized row's.")
     if any(r.get("bw") for _, r in rows):
         lines.append("of BW: bytes read per second (a decode step reads every weight) as a "
                      "share of the streaming-read bandwidth below; above 100% the data came "

@@ -12,15 +12,25 @@ from collections.abc import Iterator
 from typing import Any
 
 from .corpus import BOT_PREFIX, USER_PREFIX
+from .errors import SLLMError
 from .generate import check_sampling, encode_prompt, stream_text, warn_unknown
+
+
+class ContextOverflow(SLLMError, ValueError):
+    """The dialogue (or, when trimming, the last user line alone) does not fit the context."""
 
 
 class ChatSession:
     """Keeps the dialogue so far; reply(text) streams the model's answer."""
 
     def __init__(self, model: Any, tok: Any, max_new_tokens: int = 48,
-                 user_prefix: str = USER_PREFIX, bot_prefix: str = BOT_PREFIX, **sampling: Any):
+                 user_prefix: str = USER_PREFIX, bot_prefix: str = BOT_PREFIX,
+                 context_overflow: str = "trim", **sampling: Any):
         check_sampling(max_new_tokens, **sampling)
+        if context_overflow not in ("trim", "error"):
+            raise ValueError(f"context_overflow must be trim or error, got "
+                             f"{context_overflow!r}")
+        self.context_overflow = context_overflow
         self.model, self.tok = model, tok
         self.max_new_tokens = max_new_tokens
         self.user_prefix, self.bot_prefix = user_prefix, bot_prefix
@@ -28,20 +38,31 @@ class ChatSession:
         self.turns: list[str] = []
 
     def _prompt(self) -> list[int]:
-        room = self.model.config.max_seq_len - self.max_new_tokens
+        """The dialogue's ids with the oldest turns dropped until it fits (trim)."""
+        context = self.model.config.max_seq_len
+        room = context - min(self.max_new_tokens, context // 2)
         while True:
             text = "\n".join(self.turns + [self.bot_prefix])
             ids = encode_prompt(self.tok, text, warn=False)
-            if len(ids) <= room or len(self.turns) <= 1:
-                return ids[-max(room, 1):]
+            if len(ids) <= room:
+                return ids
+            if len(self.turns) <= 1 or self.context_overflow == "error":
+                what = "the dialogue" if len(self.turns) > 1 else "this line alone"
+                self.turns.pop()
+                raise ContextOverflow(f"{what} takes {len(ids)} tokens; the context holds "
+                                      f"{context} with {context - room} kept for the answer")
             self.turns = self.turns[2:] if len(self.turns) > 2 else self.turns[1:]
 
     def reply(self, user_text: str) -> Iterator[str]:
-        """Add the user's line, then yield the answer's text as it is generated."""
+        """Add the user's line, then yield the answer's text as it is generated
+        (ContextOverflow, raised at once, when it cannot fit; the line is not kept)."""
         warn_unknown(self.tok, user_text)
         self.turns.append(f"{self.user_prefix} {user_text.strip()}")
+        return self._answer(self._prompt())
+
+    def _answer(self, prompt: list[int]) -> Iterator[str]:
         pieces: list[str] = []
-        for piece in stream_text(self.model, self.tok, self._prompt(), self.max_new_tokens,
+        for piece in stream_text(self.model, self.tok, prompt, self.max_new_tokens,
                                  stop_at_newline=True, **self.sampling):
             pieces.append(piece)
             yield piece

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sys
 import warnings
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import SLLMError
+from .errors import ConfigError, SLLMError
 
 app = typer.Typer(help="Train and run small GPT-style language models on CPUs.",
                   no_args_is_help=True, add_completion=False)
@@ -216,8 +217,40 @@ def _resolve_model(path: str) -> str:
 
 
 def _sampling(temperature: float, top_k: int | None, top_p: float | None,
-              seed: int | None) -> dict[str, Any]:
-    return {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+              seed: int | None, **more: Any) -> dict[str, Any]:
+    return {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+            **{k: v for k, v in more.items() if v is not None}}
+
+
+def _logit_bias(items: list[str]) -> dict[int, float] | None:
+    """["ID=BIAS", ...] -> {id: bias} (ConfigError naming --logit-bias)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[int(key)] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"--logit-bias takes TOKEN_ID=BIAS, got {item!r}")
+    return out or None
+
+
+def _constraint(tok: Any, json_schema: str | None, regex: str | None,
+                choice: list[str]) -> Any:
+    """The constraint asked for on the command line, or None."""
+    if json_schema is None and regex is None and not choice:
+        return None
+    from . import constrain
+    schema = None
+    if json_schema is not None:
+        try:
+            with open(json_schema, encoding="utf-8") as f:
+                schema = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--json-schema {json_schema}: {e}") from None
+    return constrain.compile_for(tok, json_schema=schema, regex=regex,
+                                 choices=choice or None).start()
 
 
 @app.command()
@@ -230,23 +263,41 @@ def generate(
     top_k: int | None = typer.Option(None, help="Sample only from the k likeliest tokens."),
     top_p: float | None = typer.Option(None, help="Sample from the smallest set with this probability."),
     seed: int | None = typer.Option(None, help="Seed for reproducible samples."),
+    min_p: float | None = typer.Option(None, help="Drop tokens less likely than this times the likeliest."),
+    frequency_penalty: float | None = typer.Option(None, help="Subtract this times a token's count so far (-2..2)."),
+    presence_penalty: float | None = typer.Option(None, help="Subtract this from tokens already generated (-2..2)."),
+    repetition_penalty: float | None = typer.Option(None, help="Divide logits of tokens already seen (1 = off)."),
+    logit_bias: list[str] = typer.Option([], help="TOKEN_ID=BIAS added to that token's logit (repeatable)."),
+    json_schema: str | None = typer.Option(None, help="A JSON Schema file: the output is JSON that validates."),
+    regex: str | None = typer.Option(None, help="The output matches this regular expression."),
+    choice: list[str] = typer.Option([], help="The output is one of these strings (repeatable)."),
     backend: str = typer.Option("auto", help="Compute backend."),
     tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
 ) -> None:
     """Continue a prompt, printing tokens as they are generated (stops at [EOS])."""
     from .generate import check_sampling, encode_prompt, stream_text
-    check_sampling(max_tokens, temperature, top_k, top_p, seed)
+    more = {"min_p": min_p, "frequency_penalty": frequency_penalty,
+            "presence_penalty": presence_penalty, "repetition_penalty": repetition_penalty,
+            "logit_bias": _logit_bias(logit_bias)}
+    check_sampling(max_tokens, temperature, top_k, top_p, seed,
+                   **{k: v for k, v in more.items() if v is not None})
     m, tok = _load(model, backend, tokenizer)
+    constraint = _constraint(tok, json_schema, regex, choice)
     ids = encode_prompt(tok, prompt)
     term.print(tok.decode(ids), end="", style="bold", highlight=False)
     with warnings.catch_warnings(record=True) as later:  # shown after the text, not inside it
         warnings.simplefilter("default")
-        for piece in stream_text(m, tok, ids, max_tokens,
-                                 **_sampling(temperature, top_k, top_p, seed)):
+        for piece in stream_text(m, tok, ids, max_tokens, constraint=constraint,
+                                 **_sampling(temperature, top_k, top_p, seed, **more)):
             term.print(piece, end="", highlight=False, markup=False)
     term.print()
     for w in later:
         _show_warning(w.message, w.category, w.filename, w.lineno)
+
+
+def _check_overflow(value: str) -> None:
+    if value not in ("trim", "error"):
+        raise ConfigError(f"--context-overflow must be trim or error, got {value!r}")
 
 
 @app.command()
@@ -258,15 +309,18 @@ def chat(
     top_k: int | None = typer.Option(40, help="Sample only from the k likeliest tokens."),
     top_p: float | None = typer.Option(None, help="Nucleus sampling threshold."),
     seed: int | None = typer.Option(None, help="Seed for reproducible answers."),
+    context_overflow: str = typer.Option("trim", help="trim: drop the oldest turns that do not fit; error: refuse."),
     backend: str = typer.Option("auto", help="Compute backend."),
     tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
 ) -> None:
     """Talk to a model trained on dialogues (you are A:, the model is B:). Ctrl-D or /quit ends."""
-    from .chat import ChatSession
+    from .chat import ChatSession, ContextOverflow
     from .generate import check_sampling
     check_sampling(max_tokens, temperature, top_k, top_p, seed)
+    _check_overflow(context_overflow)
     m, tok = _load(model, backend, tokenizer)
-    session = ChatSession(m, tok, max_tokens, **_sampling(temperature, top_k, top_p, seed))
+    session = ChatSession(m, tok, max_tokens, context_overflow=context_overflow,
+                          **_sampling(temperature, top_k, top_p, seed))
     interactive = sys.stdin.isatty()
     while True:
         try:
@@ -279,7 +333,11 @@ def chat(
             continue
         if not interactive:
             term.print(f"A: {line}", highlight=False, markup=False)
-        pieces = session.reply(line)
+        try:
+            pieces = session.reply(line)
+        except ContextOverflow as e:
+            term.print(f"(not sent: {e})", style="yellow", highlight=False)
+            continue
         first = next(pieces, "")  # any [UNK] warning appears before the answer starts
         term.print("B:", end=" ", style="bold")
         for piece in (first.lstrip(), *pieces):
@@ -300,14 +358,20 @@ def serve(
     api_key: str | None = typer.Option(None, envvar="SLLM_API_KEY",
                                           help="Require 'Authorization: Bearer KEY'."),
     tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
+    context_overflow: str = typer.Option("trim", help="Chats past the context: trim the oldest turns, or error."),
+    log_format: str = typer.Option("text", help="Access and startup/shutdown lines on stderr: text or json."),
 ) -> None:
-    """Serve the model over the OpenAI HTTP API (completions, chat, streaming)."""
+    """Serve the model over the OpenAI HTTP API (completions, chat, embeddings, streaming)."""
     try:
         from . import serve as server
     except ImportError as e:
         raise SLLMError(f"sllm serve needs the serve extra: pip install 'sllm[serve]' ({e})") \
             from None
     from .batching import Engine
+    from .serve_ops import LOG_FORMATS, Observer
+    _check_overflow(context_overflow)
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
     m, tok = _load(model, backend, tokenizer)
     if threads is not None:
         m.backend.set_num_threads(threads)
@@ -316,9 +380,11 @@ def serve(
         else Path(model).resolve().name
     sock = server.bind(host, port)
     where = sock.getsockname()
-    term.print(f"serving {model_id} ({m.backend.name}, {max_batch} slots, queue {max_queue}) "
-               f"on http://{where[0]}:{where[1]}/v1", highlight=False)
-    server.run(server.build_app(engine, model_id, api_key), sock)
+    observer = Observer(model_id, log_format)
+    observer.event("started", url=f"http://{where[0]}:{where[1]}/v1", model=model_id,
+                   backend=m.backend.name, slots=max_batch, queue=max_queue,
+                   context=m.config.max_seq_len)
+    server.run(server.build_app(engine, model_id, api_key, context_overflow, observer), sock)
 
 
 # ---- vocab -------------------------------------------------------------------------------

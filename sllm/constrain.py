@@ -32,7 +32,6 @@ from __future__ import annotations
 import collections
 import json
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -230,14 +229,26 @@ class _Trie:
 
 
 # ---- grammar x vocabulary --------------------------------------------------------------
-@dataclass(frozen=True)
 class Mask:
-    """From one decoding state: the allowed token ids, the decoding state each leads to,
-    and the most tokens each then needs to finish."""
+    """From one decoding state, over the whole vocabulary (so that a decoding step costs a
+    few vectorized operations, not a search): which tokens are allowed, the decoding state
+    each leads to (-1: not allowed) and the most tokens each then needs to finish (INF: not
+    allowed); the same with [EOS] allowed too, for complete states."""
 
-    ids: np.ndarray
-    states: np.ndarray
-    bound: np.ndarray
+    def __init__(self, V: int, ids: np.ndarray, states: np.ndarray, bound: np.ndarray,
+                 eos_id: int | None, complete: bool):
+        self.ids = ids
+        self.allow = np.zeros(V, bool)
+        self.allow[ids] = True
+        self.next = np.full(V, -1, np.int64)
+        self.next[ids] = states
+        self.bound = np.full(V, INF, np.int64)
+        self.bound[ids] = bound
+        self.max_bound = int(bound.max()) if len(ids) else 0
+        self.allow_eos = self.allow
+        if complete and eos_id is not None:
+            self.allow_eos = self.allow.copy()
+            self.allow_eos[eos_id] = True
 
 
 class Grammar:
@@ -283,8 +294,8 @@ class Grammar:
                     for b in range(lo, hi + 1):
                         targets.setdefault(b, set()).add(t)
             got = [DEAD] * 256
-            for b, ts in targets.items():
-                got[b] = self.intern(self.nfa.closure(ts))
+            for b in sorted(targets):  # new states numbered in byte order (as constrain.js)
+                got[b] = self.intern(self.nfa.closure(targets[b]))
             self.rows[d] = got
         return got
 
@@ -335,7 +346,7 @@ class Grammar:
                     found = True
                     continue
                 edges[s] = set(self.walk(s)[1].tolist())
-                nxt.extend(t for t in edges[s] if t not in edges and t not in nxt)
+                nxt.extend(t for t in sorted(edges[s]) if t not in edges and t not in nxt)
             frontier = nxt
         changed = True
         while changed:
@@ -355,12 +366,13 @@ class Grammar:
             return got
         with self.lock:
             ids, states = self.walk(p)
-            for s in set(states.tolist()):
+            for s in sorted(set(states.tolist())):  # in order: bounds are found as in the JS twin
                 if s not in self.bound:
                     self.explore(s)
             bound = np.array([self.bound.get(s, INF) for s in states.tolist()], np.int64)
             live = bound < INF
-            got = self.masks[p] = Mask(ids[live], states[live], bound[live])
+            got = self.masks[p] = Mask(self.table.vocab_size, ids[live], states[live],
+                                       bound[live], self.table.eos_id, self.accepting(p))
             return got
 
     def min_tokens(self) -> int:
@@ -368,7 +380,7 @@ class Grammar:
         a bound found by search, not always the minimum)."""
         if self.accepting(self.start_state):
             return 0
-        return int(self.mask(self.start_state).bound.min()) + 1
+        return int(self.mask(self.start_state).bound.min()) + 1  # INF when none finishes
 
     def finished(self, p: int) -> bool:
         """Complete, and no token can follow."""
@@ -385,25 +397,29 @@ class Constraint:
     def __init__(self, grammar: Grammar):
         self.g, self.state = grammar, grammar.start_state
 
-    def allowed(self, remaining: int, eos_id: int | None = None) -> np.ndarray:
-        """Token ids that keep the text on the grammar and can finish within `remaining`
-        tokens ([EOS] where it is complete); empty when nothing is."""
+    def allowed_mask(self, remaining: int, eos_id: int | None = None) -> np.ndarray:
+        """(V,) bool: the tokens that keep the text on the grammar and can finish within
+        `remaining` tokens ([EOS] where it is complete, when eos_id is given). Shared:
+        do not modify it."""
         m = self.g.mask(self.state)
-        ids = m.ids
-        if len(ids) and m.bound.max() > remaining - 1:  # the budget decides
+        allow = m.allow_eos if eos_id is not None else m.allow
+        if len(m.ids) and m.max_bound > remaining - 1:  # the budget decides
             fits = m.bound <= remaining - 1
-            ids = ids[fits] if fits.any() else ids[m.bound == m.bound.min()]
-        if eos_id is not None and self.g.accepting(self.state):
-            ids = np.append(ids, eos_id)
-        return ids
+            if not fits.any():  # nothing finishes in time: take the quickest
+                fits = m.bound == m.bound.min()
+            allow = fits | (allow & ~m.allow)  # [EOS] stays as it was
+        return allow
+
+    def allowed(self, remaining: int, eos_id: int | None = None) -> np.ndarray:
+        """The allowed token ids (see allowed_mask)."""
+        return np.flatnonzero(self.allowed_mask(remaining, eos_id))
 
     def advance(self, token: int) -> None:
         """Move past `token` (one of allowed())."""
-        m = self.g.mask(self.state)
-        where = np.flatnonzero(m.ids == token)
-        if not len(where):
+        nxt = int(self.g.mask(self.state).next[token])
+        if nxt < 0:
             raise ValueError(f"token {token} is not allowed by the grammar here")
-        self.state = int(m.states[where[0]])
+        self.state = nxt
 
     def accepting(self) -> bool:
         """The text so far is complete."""

@@ -16,6 +16,7 @@ from . import backends, budget
 from .activations import Activations, KVCache
 from .backends.base import DECODE_BLOCK_PARAMS, Backend
 from .config import ModelConfig, resolve_config
+from .errors import BackendError
 from .init import initialize
 from .layout import Layout
 from .quant import QTensor, bytes_per_row, dequantize
@@ -43,7 +44,7 @@ def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None]
     if len(qtypes) != 1:
         return None
     params = tuple(getattr(L, name) for name in DECODE_BLOCK_PARAMS)
-    return tuple(p.data if isinstance(p, QTensor) else p for p in params), qtypes.pop()
+    return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
 def _mix_seed(*parts: int) -> int:
@@ -73,6 +74,10 @@ class SLLM:
         self.config = resolve_config(config)
         check_int("seed", seed, 0, 2**63 - 1)
         self.backend = backends.get(backend)
+        if self.config.architecture == "llama" and (missing := self.backend.missing_llama_kernels()):
+            raise BackendError(f"backend {self.backend.name!r} cannot build a llama model: it "
+                               f"lacks the llama kernels {', '.join(missing)} (it runs GPT-2 "
+                               f"models; see LLAMA_KERNELS in sllm/backends/base.py)")
         budget.check_model(self.config, self.backend)  # before the layout or any buffer
         self.layout = Layout(self.config)
         self.seed = seed
@@ -159,7 +164,9 @@ class SLLM:
             if data.shape != (shape[0], bytes_per_row(qtype, shape[1])):
                 raise ValueError(f"{name}: {qtype} rows of shape {data.shape} do not hold "
                                  f"a {shape} matrix")
-            qweights[name] = QTensor(qtype, self.backend.from_numpy(data, np.uint8), (shape[0], shape[1]))
+            rows_here = self.backend.from_numpy(data, np.uint8)
+            qweights[name] = QTensor(qtype, rows_here, (shape[0], shape[1]),
+                                     packed=self.backend.pack_q(rows_here, qtype))
         for old in (getattr(self, "flat_params", None), getattr(self, "flat_grads", None)):
             if old is not None:
                 self.backend.free(old)
@@ -196,6 +203,16 @@ class SLLM:
         """Logits (B, T, vocab_size) for int tokens (B, T); a copy the caller owns."""
         acts = self._run_forward(tokens, grads=False)
         return np.array(acts.logits)
+
+    def hidden_states(self, tokens: Any) -> np.ndarray:
+        """The final normalized hidden states (B, T, C) that the LM head reads (eval mode:
+        no dropout); `sllm serve`'s /v1/embeddings pools them. A copy the caller owns."""
+        was = self.training
+        self.training = False
+        try:
+            return np.array(self._run_forward(tokens, grads=False).lnf)
+        finally:
+            self.training = was
 
     def loss(self, tokens: Any, targets: Any) -> float:
         """Mean cross-entropy over targets != -1, without computing gradients."""
@@ -339,7 +356,7 @@ class SLLM:
                 bias: np.ndarray | None, trans_w: bool = False) -> None:
         """matmul_fwd, or matmul_q_fwd when the weight is quantized (rows along K)."""
         if isinstance(weight, QTensor):
-            self.backend.matmul_q_fwd(out, inp, weight.data, bias, weight.qtype)
+            self.backend.matmul_q_fwd(out, inp, weight.kernel_rows, bias, weight.qtype)
         else:
             self.backend.matmul_fwd(out, inp, weight, bias, trans_w)
 

@@ -245,11 +245,17 @@ class QTensor:
     qtype: str
     data: np.ndarray
     shape: tuple[int, int]  # (rows, K) of the float matrix the rows came from
+    packed: Any = None  # the same rows as the backend's kernels read them (Backend.pack_q)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the quantized data."""
         return int(self.data.nbytes)
+
+    @property
+    def kernel_rows(self) -> Any:
+        """What matmul_q_fwd and decode_block are given: the packed rows, else ggml's."""
+        return self.data if self.packed is None else self.packed
 
     def dequantize(self) -> np.ndarray:
         """The float32 (rows, K) matrix these blocks stand for."""

@@ -134,8 +134,9 @@ class Sampler:
             for token, b in params.logit_bias:
                 self.bias[token] += b
 
-    def adjusted(self, logits: np.ndarray, remaining: int) -> np.ndarray:
-        """The logits after bias, penalties and the constraint's mask (float64)."""
+    def adjusted(self, logits: np.ndarray, remaining: int) -> np.ndarray | None:
+        """The logits after bias, penalties and the constraint's mask (float64); None
+        when the constraint allows no token at all."""
         p, z = self.p, np.array(logits, dtype=np.float64)
         if self.bias is not None:
             z += self.bias
@@ -146,12 +147,10 @@ class Sampler:
             z -= p.frequency_penalty * self.output_counts
             z -= p.presence_penalty * (self.output_counts > 0)
         if self.constraint is not None:
-            allowed = self.constraint.allowed(remaining, self.eos_id)
-            if allowed.size == 0:
-                return np.full_like(z, -np.inf)
-            masked = np.full_like(z, -np.inf)
-            masked[allowed] = z[allowed]
-            z = masked
+            allow = self.constraint.allowed_mask(remaining, self.eos_id)
+            if not allow.any():
+                return None
+            z = np.where(allow, z, -np.inf)
         return z
 
     def next(self, logits: np.ndarray, remaining: int = 1 << 30) -> Choice | None:
@@ -159,7 +158,7 @@ class Sampler:
         allowed (the constraint's grammar cannot continue with this vocabulary)."""
         p = self.p
         z = self.adjusted(logits, remaining)
-        if not np.isfinite(z).any():
+        if z is None:
             return None
         token = sample_next(z, self.rng, p.temperature, p.top_k, p.top_p, p.min_p)
         self.output_counts[token] += 1

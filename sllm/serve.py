@@ -1,16 +1,16 @@
 """`sllm serve`: the OpenAI HTTP API (starlette + uvicorn) over the continuous-batching
 engine of sllm.batching.
 
-Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (both with
-`stream: true` as server-sent events), GET /health, GET /metrics (Prometheus text).
-Request checks and response shapes live in sllm.serve_api. A full queue answers 503 with
+Endpoints: GET /v1/models and /v1/models/{id}, POST /v1/completions and
+/v1/chat/completions (both with `stream: true` as server-sent events; sllm.serve_generate),
+POST /v1/embeddings, GET /health, GET /metrics (Prometheus text; sllm.serve_ops, which
+also writes the access log). Request checks and response shapes live in sllm.serve_api. A full queue answers 503 with
 Retry-After; a bad request 400 with OpenAI's error body; a client that goes away while
 its answer streams is cancelled and its KV-cache slot is free before the next step.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import json
 import socket
@@ -21,19 +21,22 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from . import serve_api as api
-from .batching import Engine, Event, QueueFull, Sampling
-from .batching import Request as GenRequest
+from .batching import Engine
+from .serve_generate import ClientGone, GenerationEndpoints
+from .serve_ops import Observe, Observer, Record
 
 MAX_BODY = 1 << 20  # bytes; a request body larger than this is refused
 RETRY_AFTER_S = 1
-ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/health", "/metrics")
+ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings",
+             "/health", "/metrics")
 
 
 class Mailbox:
@@ -42,11 +45,11 @@ class Mailbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.items: deque[tuple[asyncio.Queue, Event]] = deque()
+        self.items: deque[tuple[asyncio.Queue, Any]] = deque()
         self.lock = threading.Lock()
         self.scheduled = False
 
-    def post(self, events: asyncio.Queue, event: Event) -> None:
+    def post(self, events: asyncio.Queue, event: Any) -> None:
         """From any thread: deliver `event` to `events` on the loop."""
         self.items.append((events, event))
         with self.lock:
@@ -64,19 +67,19 @@ class Mailbox:
             events.put_nowait(event)
 
 
-class ClientGone(Exception):
-    """The client disconnected before its (non-streamed) answer was ready."""
-
-
-class Server:
+class Server(GenerationEndpoints):
     """The app's state: the engine, the model's name, the API key, request counters."""
 
-    def __init__(self, engine: Engine, model_id: str, api_key: str | None = None):
+    def __init__(self, engine: Engine, model_id: str, api_key: str | None = None,
+                 context_overflow: str = "trim", observer: Observer | None = None):
+        if context_overflow not in ("trim", "error"):
+            raise ValueError(f"context_overflow must be trim or error, got {context_overflow!r}")
         self.engine, self.model_id, self.api_key = engine, model_id, api_key
+        self.context_overflow = context_overflow
         self.context = engine.model.config.max_seq_len
         self.vocab_size = engine.model.config.vocab_size
         self.started = time.time()
-        self.requests: dict[tuple[str, int], int] = {}
+        self.observer = observer or Observer(model_id)
         self.mailbox: Mailbox | None = None
 
     # ---- plumbing ----------------------------------------------------------------------
@@ -108,124 +111,42 @@ class Server:
                                code="model_not_found")
         return checked
 
-    def sampling(self, b: dict[str, Any], max_tokens: int, extra_stop: tuple[str, ...] = ()
-                 ) -> Sampling:
-        """The engine's Sampling from a checked body."""
-        top_p = b.get("top_p", 1.0)
-        return Sampling(max_tokens=max_tokens, temperature=b.get("temperature", 1.0),
-                        top_p=None if top_p >= 1.0 else top_p, top_k=b.get("top_k"),
-                        seed=b.get("seed"), stop=b.get("stop", ()) + extra_stop)
-
-    def start(self, ids: list[int], sampling: Sampling) -> tuple[GenRequest, asyncio.Queue]:
-        """Submit to the engine; its events arrive on the returned asyncio queue."""
-        if self.mailbox is None:
-            self.mailbox = Mailbox(asyncio.get_running_loop())
-        events: asyncio.Queue = asyncio.Queue()
-        req = GenRequest(ids, sampling, functools.partial(self.mailbox.post, events))
-        try:
-            self.engine.submit(req)
-        except QueueFull as e:
-            raise api.ApiError(f"The server is busy: {e}. Retry later.", status=503,
-                               code="queue_full", kind="server_busy") from None
-        return req, events
-
-    async def collect(self, request: Request, req: GenRequest, events: asyncio.Queue
-                      ) -> tuple[str, Event]:
-        """Wait for the whole answer; a client that goes away meanwhile cancels it."""
-        gone = asyncio.ensure_future(_disconnected(request))
-        pieces = []
-        try:
-            async for event in _until_done(events, gone):
-                if event.kind == "text":
-                    pieces.append(event.text)
-                else:
-                    return "".join(pieces), event
-        finally:
-            gone.cancel()
-        self.engine.cancel(req)
-        raise ClientGone()
-
     # ---- endpoints ---------------------------------------------------------------------
+    def model_card(self) -> dict[str, Any]:
+        """The served model as OpenAI's model object (max_model_len as vLLM adds it)."""
+        return {"id": self.model_id, "object": "model", "created": int(self.started),
+                "owned_by": "sllm", "max_model_len": self.context}
+
     async def models(self, request: Request) -> Response:
         """GET /v1/models."""
         self.authorize(request)
-        return JSONResponse({"object": "list", "data": [
-            {"id": self.model_id, "object": "model", "created": int(self.started),
-             "owned_by": "sllm", "max_model_len": self.context}]})
+        return JSONResponse({"object": "list", "data": [self.model_card()]})
 
-    async def completions(self, request: Request) -> Response:
-        """POST /v1/completions."""
-        b = await self.body(request, api.COMPLETION_FIELDS, ("model", "prompt"))
-        ids = api.prompt_ids(self.engine.tok, b["prompt"], self.vocab_size)
-        budget = api.token_budget(len(ids), b.get("max_tokens", 16), self.context, "max_tokens")
-        req, events = self.start(ids, self.sampling(b, budget))
-        rid = api.new_id("cmpl")
-        if b.get("stream"):
-            usage = b.get("stream_options", {}).get("include_usage", False)
-            return self.sse(self.completion_chunks(rid, req, events, usage), req)
-        text, end = await self.collect(request, req, events)
-        return JSONResponse(api.completion(rid, self.model_id, text, end.finish_reason,
-                                           api.usage(end.prompt_tokens, end.completion_tokens)))
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{id} (the client's models.retrieve)."""
+        self.authorize(request)
+        wanted = request.path_params["model"]
+        if wanted != self.model_id:
+            raise api.ApiError(f"The model '{wanted}' does not exist; this server serves "
+                               f"'{self.model_id}'", "model", status=404,
+                               code="model_not_found")
+        return JSONResponse(self.model_card())
 
-    async def completion_chunks(self, rid: str, req: GenRequest, events: asyncio.Queue,
-                                include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-        """The stream of a completion: text chunks, the finish, the usage when asked."""
-        async for event in _until_done(events):
-            if event.kind == "text":
-                yield api.completion(rid, self.model_id, event.text, None, None, chunk=True)
-            else:
-                yield api.completion(rid, self.model_id, "", event.finish_reason, None, True)
-                if include_usage:
-                    yield {**api.completion(rid, self.model_id, "", None, None, True),
-                           "choices": [], "usage": api.usage(event.prompt_tokens,
-                                                             event.completion_tokens)}
-
-    async def chat(self, request: Request) -> Response:
-        """POST /v1/chat/completions: the dialogue rendered as `sllm chat` renders it."""
-        b = await self.body(request, api.CHAT_FIELDS, ("model", "messages"))
-        ids = api.prompt_ids(self.engine.tok, api.render_chat(b["messages"]), self.vocab_size)
-        param = "max_completion_tokens" if "max_completion_tokens" in b else "max_tokens"
-        budget = api.token_budget(len(ids), b.get(param), self.context, param, "messages")
-        req, events = self.start(ids, self.sampling(b, budget, extra_stop=("\n",)))
-        rid = api.new_id("chatcmpl")
-        if b.get("stream"):
-            usage = b.get("stream_options", {}).get("include_usage", False)
-            return self.sse(self.chat_chunks(rid, req, events, usage), req)
-        text, end = await self.collect(request, req, events)
-        return JSONResponse(api.chat_completion(
-            rid, self.model_id, text.strip(), end.finish_reason,
-            api.usage(end.prompt_tokens, end.completion_tokens)))
-
-    async def chat_chunks(self, rid: str, req: GenRequest, events: asyncio.Queue,
-                          include_usage: bool) -> AsyncIterator[dict[str, Any]]:
-        """The stream of a chat answer: role, content deltas, the finish, the usage."""
-        yield api.chat_chunk(rid, self.model_id, {"role": "assistant", "content": ""}, None)
-        started = False
-        async for event in _until_done(events):
-            if event.kind == "text":
-                text = event.text if started else event.text.lstrip()
-                started = started or bool(text)
-                if text:
-                    yield api.chat_chunk(rid, self.model_id, {"content": text}, None)
-            else:
-                yield api.chat_chunk(rid, self.model_id, {}, event.finish_reason)
-                if include_usage:
-                    yield api.chat_chunk(rid, self.model_id, {}, None, api.usage(
-                        event.prompt_tokens, event.completion_tokens), choices=False)
-
-    def sse(self, chunks: AsyncIterator[dict[str, Any]], req: GenRequest) -> Response:
-        """Server-sent events; the request is cancelled when the stream stops early."""
-        async def events() -> AsyncIterator[str]:
-            try:
-                async for chunk in chunks:
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                yield "data: [DONE]\n\n"
-            except RuntimeError as e:  # the engine failed this request
-                yield f"data: {json.dumps(api.ApiError(str(e), kind='server_error').body())}\n\n"
-            finally:  # also when the client disconnects (cancelled / send fails)
-                self.engine.cancel(req)
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+    async def embeddings(self, request: Request) -> Response:
+        """POST /v1/embeddings: each input's final hidden states, mean-pooled over its
+        tokens and L2-normalised; the inputs run as one batch on the engine thread."""
+        b = await self.body(request, api.EMBEDDING_FIELDS, ("model", "input"))
+        ids = [api.embedding_ids(self.engine.tok, x, self.vocab_size, self.context, i)
+               for i, x in enumerate(b["input"])]
+        try:
+            vectors = await asyncio.wrap_future(self.engine.run_job(
+                lambda: embed(self.engine.model, ids)))
+        except RuntimeError as e:
+            raise api.ApiError(str(e), status=503, kind="server_error") from None
+        request.state.sllm = Record(prompt_tokens=sum(len(x) for x in ids))
+        return JSONResponse(api.embedding_list(self.model_id, vectors,
+                                               b.get("encoding_format", "float"),
+                                               sum(len(x) for x in ids)))
 
     async def health(self, request: Request) -> Response:
         """GET /health: 200 while the engine runs."""
@@ -246,8 +167,7 @@ class Server:
         def metric(name: str, kind: str, doc: str, samples: dict[str, float]) -> None:
             lines.extend([f"# HELP {name} {doc}", f"# TYPE {name} {kind}"])
             lines.extend(f"{name}{labels} {value:g}" for labels, value in samples.items())
-        metric("sllm_requests_total", "counter", "HTTP requests answered, by path and status.",
-               {f'{{path="{p}",code="{c}"}}': n for (p, c), n in sorted(self.requests.items())})
+        lines.extend(self.observer.prometheus())
         metric("sllm_prompt_tokens_total", "counter", "Prompt tokens prefilled.",
                {"": s.prompt_tokens})
         metric("sllm_completion_tokens_total", "counter", "Tokens generated.",
@@ -265,33 +185,6 @@ class Server:
         metric("sllm_tokens_per_second", "gauge", "Tokens generated per second, last 10 s.",
                {"": s.tokens_per_s()})
         return "\n".join(lines) + "\n"
-
-
-async def _disconnected(request: Request) -> None:
-    """Return when the client disconnects (the body has been read: nothing else arrives)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _until_done(events: asyncio.Queue, stop: asyncio.Future[None] | None = None
-                      ) -> AsyncIterator[Event]:
-    """The engine's events for one request up to its end (or until `stop` is done); an
-    error event raises RuntimeError."""
-    while True:
-        if stop is None:
-            event = await events.get()
-        else:
-            get = asyncio.ensure_future(events.get())
-            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not get.done():
-                get.cancel()
-                return
-            event = get.result()
-        if event.kind == "error":
-            raise RuntimeError(event.text)
-        yield event
-        if event.kind == "done":
-            return
 
 
 def _error_response(e: api.ApiError) -> Response:
@@ -314,10 +207,16 @@ def _guard(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
     return endpoint
 
 
-def build_app(engine: Engine, model_id: str, api_key: str | None = None) -> ASGIApp:
-    """The ASGI app over a (not yet started) engine; the app's lifespan starts and stops it."""
-    server = Server(engine, model_id, api_key)
+def build_app(engine: Engine, model_id: str, api_key: str | None = None,
+              context_overflow: str = "trim", observer: Observer | None = None) -> ASGIApp:
+    """The ASGI app over a (not yet started) engine; the app's lifespan starts and stops it
+    (and writes the shutdown line). context_overflow: "trim" drops a chat's oldest turns to
+    fit the context, "error" refuses it. observer: where access lines go (default: text
+    lines on stderr)."""
+    server = Server(engine, model_id, api_key, context_overflow, observer)
     routes = [Route("/v1/models", _guard(server.models), methods=["GET"]),
+              Route("/v1/models/{model:path}", _guard(server.model), methods=["GET"]),
+              Route("/v1/embeddings", _guard(server.embeddings), methods=["POST"]),
               Route("/v1/completions", _guard(server.completions), methods=["POST"]),
               Route("/v1/chat/completions", _guard(server.chat), methods=["POST"]),
               Route("/health", server.health, methods=["GET"]),
@@ -336,31 +235,26 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None) -> ASGI
             yield
         finally:
             engine.stop()
+            server.observer.event("stopped", model=model_id,
+                                  requests=sum(server.observer.requests.values()),
+                                  uptime_s=round(time.time() - server.started, 1))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})
     app.state.server = server
-    return _CountRequests(app, server)
+    return Observe(app, server.observer, ENDPOINTS)
 
 
-class _CountRequests:
-    """ASGI middleware: counts answered requests by path and status for /metrics."""
-
-    def __init__(self, app: Starlette, server: Server):
-        self.app, self.server = app, server
-        self.state = app.state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"] if scope["path"] in ENDPOINTS else "other"
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                key = (path, int(message["status"]))
-                self.server.requests[key] = self.server.requests.get(key, 0) + 1
-            await send(message)
-        await self.app(scope, receive, counting_send)
+def embed(model: Any, ids: list[list[int]]) -> np.ndarray:
+    """(len(ids), C) mean-pooled final hidden states, L2-normalised. One right-padded batch:
+    attention is causal, so padding after a sequence does not change its states."""
+    width = max(len(x) for x in ids)
+    tokens = np.zeros((len(ids), width), np.int64)
+    for row, x in enumerate(ids):
+        tokens[row, :len(x)] = x
+    hidden = model.hidden_states(tokens)
+    pooled = np.stack([hidden[row, :len(x)].mean(axis=0) for row, x in enumerate(ids)])
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return pooled / np.maximum(norms, 1e-12)
 
 
 def bind(host: str, port: int) -> socket.socket:

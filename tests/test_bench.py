@@ -28,6 +28,11 @@ def test_bench_smoke(tmp_path):
         assert train["tokens_per_s"] > 0 and train["gflops"] > 0
         decode = next(r for r in res["rows"] if r["suite"] == "generate")
         assert decode["weights_gb_per_s"] > 0  # the weights it reads, for "% of BW"
+        quantized = [r for r in res["rows"] if r["suite"] == "generate" and "f32_row" in r]
+        assert [r["name"].rsplit(", ", 1)[1] for r in quantized] == ["q8_0", "q4_0", "q4_1"]
+        for r in quantized:  # the float row's median over this one's
+            f32 = next(f for f in res["rows"] if f["name"] == r["f32_row"])
+            assert r["vs_f32"] == pytest.approx(f32["median_s"] / r["median_s"])
         loop = next(r for r in res["rows"] if r["name"].startswith("train loop"))
         # the loop's wall time = its steps (metrics.jsonl) + evaluations and checkpoint
         steps_s = loop["median_s"] - loop["fixed_s"]
@@ -59,13 +64,14 @@ def test_tables_fit_100_columns_and_wide_shows_all():
            "gflops": 12.5, "vs_numpy": 19.76, "vs_torch": 1.5, "mfu": 0.1}
     decode = {"suite": "generate", "name": "decode 48 tokens, batch 1, q4_1", "median_s": 0.002,
               "min_s": 0.002, "max_s": 0.003, "tokens_per_s": 22_031.0, "bw": 4.17,
-              "vs_numpy": 19.47, "vs_torch": None, "mfu": 0.01}
+              "vs_numpy": 19.47, "vs_torch": None, "mfu": 0.01, "vs_f32": 1.37}
     report = _report_of({"cpp": [row, decode], "numpy": [dict(row, vs_numpy=1.0)]})
     narrow = Console(record=True, width=100)
     render(report, narrow)
     text = narrow.export_text()
     assert max(len(line) for line in text.splitlines()) <= 100
     assert "0.01..0.02" not in text and "1.2M rows/s" in text and "417%" in text
+    assert "vs f32" in text and "1.37x" in text
     flat = " ".join(text.split())  # the footer wraps at 100 columns
     assert "above 1.00x is faster" in flat and "above 100% the data came from cache" in flat
     wide = Console(record=True, width=200)

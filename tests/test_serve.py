@@ -16,8 +16,10 @@ import pytest
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
+from serving import ThreadServer  # noqa: E402 - after pytest.importorskip
+
 import sllm  # noqa: E402 - after pytest.importorskip
-from sllm import backends, serve  # noqa: E402 - after pytest.importorskip
+from sllm import backends  # noqa: E402 - after pytest.importorskip
 from sllm.batching import Engine  # noqa: E402 - after pytest.importorskip
 from sllm.chat import ChatSession  # noqa: E402 - after pytest.importorskip
 from sllm.corpus import generate_corpus  # noqa: E402 - after pytest.importorskip
@@ -39,43 +41,6 @@ def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("serve") / "tiny.sllm"
     model.save(path)
     return path
-
-
-class ThreadServer:
-    """uvicorn serving the app in a thread, on a free loopback port."""
-
-    def __init__(self, model_path, max_batch=4, max_queue=8, api_key=None, step_delay=0.0):
-        self.model = sllm.load(model_path, backend=BACKEND)
-        self.tok = from_dict(self.model.tokenizer)
-        if step_delay:  # a slow model, so that slots stay busy while the test looks
-            decode_batch = self.model.decode_batch
-
-            def slow(*args):
-                time.sleep(step_delay)
-                return decode_batch(*args)
-            self.model.decode_batch = slow
-        self.engine = Engine(self.model, self.tok, max_batch=max_batch, max_queue=max_queue)
-        sock = serve.bind("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(
-            serve.build_app(self.engine, "tiny", api_key), log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
-                                       daemon=True)
-        self.thread.start()
-        for _ in range(500):
-            if self.server.started:
-                break
-            time.sleep(0.01)
-
-    def client(self, **kw):
-        """An openai client for this server (no retries: the test sees every status)."""
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "none"),
-                             max_retries=0, **kw)
-
-    def stop(self):
-        """Shut uvicorn (and with it the engine) down."""
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -199,16 +164,32 @@ BAD = [  # (what, request kwargs, param named in the error)
     ("bool for int", {"max_tokens": True}, "max_tokens"),
     ("temperature range", {"temperature": 2.5}, "temperature"),
     ("top_p zero", {"top_p": 0}, "top_p"),
-    ("n > 1", {"n": 2}, "n"),
+    ("n > 8", {"n": 9}, "n"),
+    ("n > slots", {"n": 5}, "n"),
     ("unknown field", {"extra_body": {"frobnicate": 1}}, "frobnicate"),
     ("too many stops", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ("unsupported feature", {"logprobs": 2}, "logprobs"),
-    ("penalty", {"presence_penalty": 0.5}, "presence_penalty"),
+    ("logprobs > 20", {"logprobs": 21}, "logprobs"),
+    ("unsupported feature", {"suffix": "x"}, "suffix"),
+    ("penalty range", {"presence_penalty": 2.5}, "presence_penalty"),
+    ("min_p range", {"extra_body": {"min_p": 1.5}}, "min_p"),
+    ("logit_bias id out of range", {"logit_bias": {"99999": 1}}, "logit_bias"),
+    ("logit_bias value", {"logit_bias": {"5": 101}}, "logit_bias"),
+    ("invalid regex", {"extra_body": {"regex": "(ab"}}, "regex"),
+    ("bad choices", {"extra_body": {"choices": []}}, "choices"),
+    ("invalid schema", {"extra_body": {"response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "thing"}}}}},
+     "response_format"),
+    ("unsatisfiable schema", {"extra_body": {"response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "array", "minItems": 3, "maxItems": 1}}}}}, "response_format"),
+    ("grammar the vocabulary cannot write", {"extra_body": {"response_format": {
+        "type": "json_object"}}}, "response_format"),
+    ("two grammars", {"extra_body": {"regex": "a", "choices": ["a"]}}, "choices"),
     ("max_tokens too large", {"max_tokens": 1000}, "max_tokens"),
     ("max_tokens zero", {"max_tokens": 0}, "max_tokens"),
     ("prompt too long", {"prompt": "the " * 80}, "prompt"),
     ("token id out of vocab", {"prompt": [1, 2, 99999]}, "prompt"),
-    ("prompt batch", {"prompt": ["a", "b"]}, "prompt"),
+    ("prompt list with a bad item", {"prompt": ["a", 5]}, "prompt"),
     ("stream_options without stream", {"stream_options": {"include_usage": True}},
      "stream_options"),
     ("seed float", {"seed": 1.5}, "seed"),
@@ -233,6 +214,9 @@ CHAT_BAD = [
     ("unknown message key", {"messages": [{"role": "user", "content": "x", "mood": 1}]},
      "mood"),
     ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("tool_choice", {"tool_choice": "required"}, "tool_choice"),
+    ("top_logprobs > 20", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ("top_logprobs without logprobs", {"top_logprobs": 2}, "top_logprobs"),
     ("long prompt", {"messages": [{"role": "user", "content": "the " * 80}]}, "messages"),
     ("max_completion_tokens", {"max_completion_tokens": 500}, "max_completion_tokens"),
 ]
@@ -300,7 +284,7 @@ def test_metrics_are_prometheus_text(srv):
     for name in ("sllm_requests_total", "sllm_completion_tokens_total", "sllm_queue_depth",
                  "sllm_tokens_per_second", "sllm_active_sequences"):
         assert f"# TYPE {name} " in r.text
-    assert _metric(srv, "sllm_requests_total", '{path="/v1/completions",code="200"}') >= 1
+    assert _metric(srv, "sllm_requests_total", '{path="/v1/completions",code="200",model="tiny"}') >= 1
 
 
 def test_full_queue_answers_503_with_retry_after(model_path):
@@ -417,6 +401,11 @@ def test_cli_serve_on_a_free_port(model_path, reference):
         proc.terminate()
         proc.wait(20)
     assert proc.returncode is not None
+    assert "sllm serve started: url=http://127.0.0.1:" in line and "model=tiny" in line
+    rest = proc.stdout.read()
+    assert re.search(r'"POST /v1/completions" 200 prompt=\d+ completion=9 first_token=[\d.]+ms '
+                     r'total=[\d.]+ms', rest), rest
+    assert "sllm serve stopped: model=tiny requests=1" in rest, rest
 
 
 def test_engine_refuses_bad_sizes(model_path):

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..timing import timed
-from .base import KERNELS, OPTIONAL_KERNELS, Backend, decode_block_workspace
+from .base import KERNELS, LLAMA_KERNELS, OPTIONAL_KERNELS, Backend, decode_block_workspace
 
 RTOL, ATOL = 1e-4, 1e-5
 Args = list[Any]
@@ -86,6 +86,7 @@ class Report:
     backend: str
     checks: list[Check] = field(default_factory=list)
     timings: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # llama cases of a GPT-2-only backend
 
     @property
     def passed(self) -> bool:
@@ -137,11 +138,22 @@ def on_backend(backend: Backend, args: Args, spec: KernelCases,
     return out
 
 
+@dataclass(frozen=True)
+class PackedRows:
+    """Quantized rows a case gives each backend as that backend stores a model's weights
+    (Backend.pack_q of its own copy): the reference gets ggml's rows, cpp its packed form."""
+
+    rows: np.ndarray
+    qtype: str
+
+
 def _own(backend: Backend, arg: Any) -> Any:
     """A backend-owned copy of an array argument (each array of a tuple: decode_block's
-    params); anything else as it is."""
+    params; quantized rows packed as the backend packs them); anything else as it is."""
     if isinstance(arg, np.ndarray):
         return backend.from_numpy(arg, arg.dtype)
+    if isinstance(arg, PackedRows):
+        return backend.pack_q(backend.from_numpy(arg.rows, np.uint8), arg.qtype)
     if isinstance(arg, tuple):
         return tuple(_own(backend, a) for a in arg)
     return arg
@@ -227,14 +239,29 @@ def _matmul_bwd(rng: np.random.Generator, N: int, C: int, OC: int, bias: bool, t
             _f(rng, N, C), w, trans_w]
 
 
-def _matmul_q_fwd(rng: np.random.Generator, N: int, K: int, OC: int, qtype: str, bias: bool) -> Args:
+def _q_rows(w: np.ndarray, qtype: str, packed: bool) -> np.ndarray | PackedRows:
+    """w (rows, K) quantized; `packed`: as each backend packs a model's weights."""
     from ..quant import quantize
-    return [_f(rng, N, OC), _f(rng, N, K), quantize(_f(rng, OC, K), qtype),
+    rows = quantize(w, qtype)
+    return PackedRows(rows, qtype) if packed else rows
+
+
+def _matmul_q_fwd(rng: np.random.Generator, N: int, K: int, OC: int, qtype: str, bias: bool,
+                  packed: bool) -> Args:
+    return [_f(rng, N, OC), _f(rng, N, K), _q_rows(_f(rng, OC, K), qtype, packed),
             _f(rng, OC) if bias else None, qtype]
 
 
-def _attention_fwd(rng: np.random.Generator, B: int, T: int, H: int, D: int) -> Args:
-    return [_f(rng, B, T, H * D), np.zeros(0, np.float32), _f(rng, B, T, 3 * H * D), H]
+def _kv(H: int, Hkv: int | None) -> tuple[int, list[int]]:
+    """Heads of q, k and v together (H + 2*Hkv), and the n_kv_head argument: none for a GPT-2
+    case (a backend that predates grouped-query attention still passes those)."""
+    return (H + 2 * (Hkv or H)), ([] if Hkv is None else [Hkv])
+
+
+def _attention_fwd(rng: np.random.Generator, B: int, T: int, H: int, D: int,
+                   Hkv: int | None = None) -> Args:
+    heads, kv = _kv(H, Hkv)
+    return [_f(rng, B, T, H * D), np.zeros(0, np.float32), _f(rng, B, T, heads * D), H, *kv]
 
 
 def _attention_saved(backend: Backend, args: Args) -> None:
@@ -243,46 +270,50 @@ def _attention_saved(backend: Backend, args: Args) -> None:
     args[1] = backend.zeros(backend.attention_saved_shape(B, T, args[3]))
 
 
-def _attention_bwd(rng: np.random.Generator, B: int, T: int, H: int, D: int) -> Args:
-    C = H * D
-    return [_f(rng, B, T, 3 * C), _f(rng, B, T, C), _f(rng, B, T, 3 * C), np.zeros(0, np.float32),
-            np.zeros(0, np.float32), H]
+def _attention_bwd(rng: np.random.Generator, B: int, T: int, H: int, D: int,
+                   Hkv: int | None = None) -> Args:
+    heads, kv = _kv(H, Hkv)
+    return [_f(rng, B, T, heads * D), _f(rng, B, T, H * D), _f(rng, B, T, heads * D),
+            np.zeros(0, np.float32), np.zeros(0, np.float32), H, *kv]
 
 
 def _attention_forward_state(backend: Backend, args: Args) -> None:
     """attention_bwd: `out` and `saved` from this backend's own attention_fwd."""
-    qkv, H = args[2], args[5]
-    B, T, C3 = qkv.shape
-    args[3] = backend.zeros((B, T, C3 // 3))
+    qkv, H, kv = args[2], args[5], args[6:]
+    B, T, W = qkv.shape
+    args[3] = backend.zeros((B, T, W // _kv(H, kv[0] if kv else None)[0] * H))
     args[4] = backend.zeros(backend.attention_saved_shape(B, T, H))
-    backend.attention_fwd(args[3], args[4], qkv, H)
+    backend.attention_fwd(args[3], args[4], qkv, H, *kv)
 
 
 def _attention_decode(rng: np.random.Generator, B: int, H: int, D: int, Tn: int, pos: int,
-                      maxT: int) -> Args:
+                      maxT: int, Hkv: int | None = None) -> Args:
     # The cache holds earlier keys/values before pos and stale data after: masking must hide it.
-    return [_f(rng, B, Tn, H * D), _f(rng, B, Tn, 3 * H * D), _f(rng, B, H, maxT, D),
-            _f(rng, B, H, maxT, D), pos, H]
+    heads, kv = _kv(H, Hkv)
+    return [_f(rng, B, Tn, H * D), _f(rng, B, Tn, heads * D), _f(rng, B, Hkv or H, maxT, D),
+            _f(rng, B, Hkv or H, maxT, D), pos, H, *kv]
 
 
 def _attention_decode_batch(rng: np.random.Generator, S: int, H: int, D: int, maxT: int,
-                            slots: tuple[int, ...], positions: tuple[int, ...]) -> Args:
+                            slots: tuple[int, ...], positions: tuple[int, ...],
+                            Hkv: int | None = None) -> Args:
     # Other slots and later positions hold stale data: only each row's own slot may be read.
     B = len(slots)
-    return [_f(rng, B, 1, H * D), _f(rng, B, 1, 3 * H * D), _f(rng, S, H, maxT, D),
-            _f(rng, S, H, maxT, D), np.array(slots, np.int32), np.array(positions, np.int32), H]
+    heads, kv = _kv(H, Hkv)
+    return [_f(rng, B, 1, H * D), _f(rng, B, 1, heads * D), _f(rng, S, Hkv or H, maxT, D),
+            _f(rng, S, Hkv or H, maxT, D), np.array(slots, np.int32),
+            np.array(positions, np.int32), H, *kv]
 
 
 def _decode_block(rng: np.random.Generator, B: int, Tn: int, H: int, D: int, F: int, pos: int,
-                  maxT: int, qtype: str | None, act: str) -> Args:
+                  maxT: int, qtype: str | None, act: str, packed: bool = True) -> Args:
     # Weights scaled by 1/sqrt(fan-in), as a trained model's, so the residual stream stays
     # O(1); the cache holds stale data past pos, which the block must not read.
-    from ..quant import quantize
     C = H * D
 
-    def weight(K: int, OC: int) -> np.ndarray:
+    def weight(K: int, OC: int) -> np.ndarray | PackedRows:
         w = _f(rng, K, OC) / np.float32(math.sqrt(K))
-        return quantize(np.ascontiguousarray(w.T), qtype) if qtype else w
+        return _q_rows(np.ascontiguousarray(w.T), qtype, packed) if qtype else w
 
     params = (1 + _f(rng, C) / 4, _f(rng, C) / 4, weight(C, 3 * C), _f(rng, 3 * C) / 4,
               weight(C, C), _f(rng, C) / 4, 1 + _f(rng, C) / 4, _f(rng, C) / 4,
@@ -290,6 +321,32 @@ def _decode_block(rng: np.random.Generator, B: int, Tn: int, H: int, D: int, F: 
     return [_f(rng, B, Tn, C), _f(rng, B, Tn, C), _f(rng, B, H, maxT, D), _f(rng, B, H, maxT, D),
             np.full(decode_block_workspace(B, Tn, C, F), np.nan, np.float32), params, pos, H,
             act, qtype]
+
+
+def _rmsnorm_fwd(rng: np.random.Generator, N: int, C: int, eps: float) -> Args:
+    return [_f(rng, N, C), _f(rng, N), _f(rng, N, C) * 3, 1 + _f(rng, C) / 4, eps]
+
+
+def _rmsnorm_bwd(rng: np.random.Generator, N: int, C: int, eps: float) -> Args:
+    x = _f(rng, N, C) * 3
+    rstd = (1.0 / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1) + eps)).astype(np.float32)
+    return [_f(rng, N, C), _f(rng, C), _f(rng, N, C), x, 1 + _f(rng, C) / 4, rstd]
+
+
+def _rope(rng: np.random.Generator, N: int, H: int, Hkv: int, D: int, pos0: int,
+          theta: float) -> Args:
+    # rows at scattered positions from pos0 (a KV-cache step's offset, up to near max_seq_len)
+    positions = (pos0 + rng.permutation(N)).astype(np.int32)
+    return [_f(rng, N, (H + 2 * Hkv) * D), positions, H, Hkv, theta]
+
+
+def _swiglu_fwd(rng: np.random.Generator, N: int, F: int) -> Args:
+    # gate spans +-40: exp(-gate) overflows float32 for the most negative ones
+    return [_f(rng, N, F), _f(rng, N, F) * 10, _f(rng, N, F)]
+
+
+def _swiglu_bwd(rng: np.random.Generator, N: int, F: int) -> Args:
+    return [_f(rng, N, F), _f(rng, N, F), _f(rng, N, F), _f(rng, N, F) * 10, _f(rng, N, F)]
 
 
 def _unary(rng: np.random.Generator, n: int) -> Args:
@@ -354,18 +411,31 @@ _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (7, 17, 19),
                                    (300, 40, 70), (300, 70, 40))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
 # K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
-_MMQ = [{**s, "qtype": q, "bias": i % 2 == 0}
+# ggml's rows and the backend's packed rows (cpp: groups of 8 or 16 rows; OC of 1, 17 and
+# 5003 leave a partial group, 37 rows take the GEMM path through unpacked rows)
+_MMQ = [{**s, "qtype": q, "bias": i % 2 == 0, "packed": packed}
         for i, s in enumerate(_shapes("N K OC", (1, 32, 1), (1, 45, 7), (3, 96, 33), (7, 17, 19),
-                                      (1, 384, 1152), (37, 1536, 70), (5, 64, 5003)))
-        for q in ("q8_0", "q4_0", "q4_1")]
+                                      (1, 384, 1152), (37, 1536, 70), (5, 64, 5003),
+                                      (2, 256, 17)))
+        for q in ("q8_0", "q4_0", "q4_1") for packed in (False, True)]
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
+# grouped-query: multi-query (Hkv 1), groups of 2 and 3, Hkv = H given explicitly; head dims
+# 2, 6 and 66, odd T
+_ATT += _shapes("B T H D Hkv", (1, 1, 2, 2, 1), (2, 7, 4, 6, 1), (2, 9, 6, 6, 2),
+                (1, 33, 6, 66, 3), (2, 5, 3, 2, 3))
 # Tn = 1, 2: rows read the cache in place (cpp); Tn = 3, 6: through the GEMM tiles
 _DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
                (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64),
                (1, 2, 7, 2, 5, 12), (2, 1, 9, 3, 4, 12))
+# grouped-query: the cache holds Hkv heads; the last positions of the cache (pos + Tn = maxT)
+_DEC += _shapes("B H D Tn pos maxT Hkv", (1, 4, 6, 1, 63, 64, 1), (2, 4, 2, 3, 9, 12, 2),
+                (1, 6, 66, 1, 10, 11, 3), (2, 3, 6, 2, 0, 12, 3), (1, 4, 8, 6, 0, 6, 1))
 _DECB = _shapes("S H D maxT slots positions", (1, 1, 8, 4, (0,), (0,)),
                 (3, 1, 5, 12, (2, 0), (5, 0)), (5, 3, 5, 9, (4, 1, 3), (8, 0, 3)),
                 (4, 4, 32, 70, (3, 0, 2, 1), (69, 31, 32, 1)))
+_DECB += _shapes("S H D maxT slots positions Hkv", (2, 4, 6, 12, (1,), (11,), 1),
+                 (5, 6, 66, 9, (4, 1, 3), (8, 0, 3), 2), (4, 4, 2, 70, (3, 0, 2, 1),
+                                                          (69, 31, 32, 1), 4))
 # C not a multiple of 8 or 16, one and three heads, Tn = 1 and a prefill of several rows,
 # pos 0 and later, out aliasing x, each weight type; the last rows are small-model sized.
 _DBLK = _shapes("B Tn H D F pos maxT qtype act",
@@ -373,8 +443,18 @@ _DBLK = _shapes("B Tn H D F pos maxT qtype act",
                 (1, 1, 4, 32, 512, 40, 64, None, "gelu"),
                 (1, 1, 3, 15, 70, 6, 8, "q8_0", "gelu"), (2, 2, 2, 16, 96, 3, 7, "q4_0", "relu"),
                 (1, 5, 3, 15, 40, 2, 9, "q4_1", "gelu"), (1, 1, 4, 32, 512, 40, 64, "q8_0", "relu"))
-_DBLK += [{**_DBLK[0], "in_place": True}, {**_DBLK[4], "in_place": True}]
+_DBLK += [{**_DBLK[0], "in_place": True}, {**_DBLK[4], "in_place": True},
+          {**_DBLK[3], "packed": False}, {**_DBLK[5], "packed": False}]
 _N = _shapes("n", (1,), (15,), (1001,), (40003,))
+_RMS = _shapes("N C eps", (1, 5, 1e-5), (7, 17, 1e-6), (37, 33, 1e-5), (64, 128, 1e-5),
+               (300, 130, 1e-6))
+# head dims 2, 6, 66; multi-query, grouped and Hkv = H; positions from 0 and near a
+# max_seq_len of 2048 (float32 angles there lose digits: the table must be float64-made);
+# rope_theta of llama 2 and llama 3
+_ROPE = _shapes("N H Hkv D pos0 theta", (1, 1, 1, 2, 0, 10000.0), (5, 3, 1, 6, 0, 10000.0),
+                (7, 4, 4, 66, 3, 10000.0), (9, 6, 2, 8, 2040, 10000.0),
+                (33, 2, 1, 66, 1990, 500000.0), (3, 5, 5, 6, 255, 10000.0))
+_SWIGLU = _shapes("N F", (1, 1), (7, 15), (33, 1001), (20, 2051))
 _IN_PLACE = [{"n": 1001, "in_place": True}]
 _DROP = _shapes("n p seed", (1, 0.5, 0), (1000, 0.1, 7), (4099, 0.5, 2 ** 32 - 1))
 _XENT = [{**s, "with_grad": g} for s in _shapes("N V", (1, 3), (7, 5003), (33, 65))
@@ -408,7 +488,8 @@ def _mm_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
 def _mmq_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     # a training-batch GEMM, and the GEMV of one decoded token through the output layer
     N, C, F, V, _ = _sizes(cfg, B, T)
-    return [(f"q8_0 {label} {n}x{K}x{M}", dict(N=n, K=K, OC=M, qtype="q8_0", bias=True))
+    return [(f"q8_0 {label} {n}x{K}x{M}", dict(N=n, K=K, OC=M, qtype="q8_0", bias=True,
+                                                packed=True))
             for label, n, K, M in (("fc", N, C, F), ("lm_head decode", 1, C, V))]
 
 
@@ -435,6 +516,22 @@ def _dblk_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     return [(f"B1 pos{T - 1} H{H} {act}", dict(B=1, Tn=1, H=H, D=cfg.embedding_dim // H,
                                                F=cfg.ffn_hidden_dim, pos=T - 1, maxT=T,
                                                qtype=None, act=act))]
+
+
+def _rms_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    N, C, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{C}", dict(N=N, C=C, eps=getattr(cfg, "norm_eps", 1e-5)))]
+
+
+def _rope_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    H, Hkv = cfg.num_heads, getattr(cfg, "kv_heads", cfg.num_heads)
+    return [(f"{B * T} rows H{H} Hkv{Hkv}", dict(N=B * T, H=H, Hkv=Hkv, D=cfg.head_dim, pos0=0,
+                                                 theta=getattr(cfg, "rope_theta", 10000.0)))]
+
+
+def _swiglu_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    N, _, F, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{F}", dict(N=N, F=F))]
 
 
 def _ffn_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
@@ -492,6 +589,12 @@ CASES: dict[str, KernelCases] = {
                                           model_shapes=_decb_m),
     "decode_block": KernelCases(_DBLK, _decode_block, (0, 2, 3), aliases=((1, 0),),
                                 model_shapes=_dblk_m),
+    "rmsnorm_fwd": KernelCases(_RMS, _rmsnorm_fwd, (0, 1), model_shapes=_rms_m),
+    "rmsnorm_bwd": KernelCases(_RMS, _rmsnorm_bwd, (0, 1), model_shapes=_rms_m),
+    "rope_fwd": KernelCases(_ROPE, _rope, (0,), rtol=1e-5, model_shapes=_rope_m),
+    "rope_bwd": KernelCases(_ROPE, _rope, (0,), rtol=1e-5, model_shapes=_rope_m),
+    "swiglu_fwd": KernelCases(_SWIGLU, _swiglu_fwd, (0,), model_shapes=_swiglu_m),
+    "swiglu_bwd": KernelCases(_SWIGLU, _swiglu_bwd, (0, 1), model_shapes=_swiglu_m),
     "gelu_fwd": KernelCases(_N, _unary, (0,), model_shapes=_ffn_m),
     "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),),
                           model_shapes=_ffn_m),
@@ -592,6 +695,16 @@ class Case:
         shapes = CASES[self.section].shapes if self.section in CASES else MODEL_CASES
         return case_label(shapes[self.index])
 
+    @property
+    def needs_llama(self) -> bool:
+        """A llama kernel, a grouped-query attention shape or a llama model: checked only on
+        a backend that provides the llama kernels (a GPT-2-only backend skips it)."""
+        if self.section in LLAMA_KERNELS:
+            return True
+        shapes = CASES[self.section].shapes if self.section in CASES else MODEL_CASES
+        shape = shapes[self.index]
+        return shape.get("Hkv") is not None or shape.get("arch") == "llama"
+
     def run(self, backend: Backend) -> list[Check]:
         """Run this case on `backend`; an exception in the backend is a failed check."""
         try:
@@ -606,7 +719,7 @@ class Case:
 def sections() -> list[str]:
     """Every section of the suite: the kernels of the contract (required, then optional),
     then model and generate."""
-    return [*KERNELS, *OPTIONAL_KERNELS, *WHOLE_MODEL]
+    return [*KERNELS, *LLAMA_KERNELS, *OPTIONAL_KERNELS, *WHOLE_MODEL]
 
 
 def select(patterns: Iterable[str] | None = None) -> list[str]:
@@ -640,7 +753,11 @@ def run(backend: Backend | str, patterns: Iterable[str] | None = None, perf: boo
     from . import get
     be = get(backend) if isinstance(backend, str) else backend
     report = Report(be.name)
+    llama = not be.missing_llama_kernels()
     for case in cases(patterns):
+        if case.needs_llama and not llama:
+            report.skipped.append(f"{case.section} [{case.label}]")
+            continue
         report.checks.extend(case.run(be))
     if perf:
         report.timings = [time_kernel(be, k, repeats) for k in select(patterns) if k in CASES]
@@ -692,6 +809,9 @@ def render(report: Report, verbose: bool = False) -> str:
         lines += ["", f"{'kernel':<22} {'case':<44} {'numpy':>10} {report.backend:>10} {'speedup':>8}"]
         lines += [f"{t['kernel']:<22} {t['case']:<44} {_us(t['reference_s']):>10} "
                   f"{_us(t['backend_s']):>10} {t['speedup']:>7.2f}x" for t in report.timings]
+    if report.skipped:
+        lines += ["", f"skipped {len(report.skipped)} llama cases: the backend lacks the llama "
+                      f"kernels (it runs GPT-2 models only)"]
     failed = len(report.failures())
     lines.append("")
     lines.append(f"{len(report.checks) - failed} of {len(report.checks)} checks passed" +

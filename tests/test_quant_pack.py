@@ -1,0 +1,125 @@
+"""cpp's packed quantized weights (Backend.pack_q): every SIMD tier's packed kernels give
+the scalar tier's results bit for bit, a packed model decodes the same greedy tokens as the
+same model on ggml's rows, and packed weights are checked where they enter."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import sllm
+from sllm import backends, quant
+
+pytestmark = pytest.mark.skipif("cpp" not in backends.available(),
+                                reason="the cpp backend is not built here")
+
+# Rows that stress the activation quantizer as well: exact .5 ties after scaling (amax
+# 127 gives d = 1), an all-zero block, a block of subnormals (1/d overflows: codes 0), a
+# partial last block (K = 75), and ordinary values.
+TIER_RUN = textwrap.dedent("""
+    import json
+    import numpy as np
+    from sllm import _cpp, quant
+    rng = np.random.default_rng(5)
+    K = 75
+    x = rng.standard_normal((5, K)).astype(np.float32)
+    x[0, :32] = np.arange(32) - 15.5
+    x[0, 0] = 127.0
+    x[1, :32] = 0.0
+    x[2, 32:64] = np.float32(1e-41)
+    out = {"tier": _cpp.quant_simd_level(), "rows": _cpp.quant_pack_rows()}
+    for qtype in quant.QTYPES:
+        for OC in (1, 19, 40):
+            w = quant.quantize(rng.standard_normal((OC, K)).astype(np.float32), qtype)
+            b = rng.standard_normal(OC).astype(np.float32)
+            y = np.zeros((len(x), OC), np.float32)
+            _cpp.matmul_q_fwd(y, x, _cpp.pack_q(w, qtype), b, qtype)
+            out[f"{qtype} {OC}"] = y.view(np.uint32).ravel().tolist()
+    print(json.dumps(out))
+""")
+
+
+def _tier_run(tier):
+    env = {**os.environ, "SLLM_CPP_SIMD": tier}
+    done = subprocess.run([sys.executable, "-c", TIER_RUN], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _cpu_has(flag):
+    return os.path.exists("/proc/cpuinfo") and f" {flag}" in open("/proc/cpuinfo").read()
+
+
+@pytest.mark.parametrize("tier,flags", [("avx2", ("avx2", "fma", "f16c")),
+                                        ("avx512", ("avx512f", "avx512bw", "avx512_vnni"))])
+def test_packed_kernels_equal_the_scalar_tier_bit_for_bit(tier, flags):
+    if not all(_cpu_has(f) for f in flags):
+        pytest.skip(f"this CPU cannot run the {tier} quantized kernels")
+    scalar, packed = _tier_run("scalar"), _tier_run(tier)
+    assert scalar["rows"] == 0 and packed["rows"] in (8, 16), (scalar["tier"], packed["tier"])
+    for case in scalar:
+        if case not in ("tier", "rows"):
+            assert packed[case] == scalar[case], f"{packed['tier']} {case}"
+
+
+@pytest.mark.parametrize("qtype", quant.QTYPES)
+def test_repacking_leaves_greedy_decoding_unchanged(qtype):
+    """The same quantized model, decoding from its packed weights and from ggml's rows."""
+    cfg = sllm.ModelConfig(vocab_size=300, embedding_dim=96, num_layers=2, num_heads=3,
+                           ffn_hidden_dim=200, max_seq_len=64, dropout=0.0)
+    model = sllm.SLLM(cfg, backend="cpp", seed=4).quantize(qtype).eval()
+    weights = model.quantized_weights()
+    assert all(type(w.packed).__name__ == "PackedQ" for w in weights.values())
+    prompt = [5, 17, 250, 3, 99]
+    packed_ids, packed_logits = model.generate(prompt, 40, temperature=0), model.forward([prompt])
+    for w in weights.values():
+        w.packed = None  # kernels now read ggml's rows
+    model._blocks = model._fused_blocks()
+    assert model.generate(prompt, 40, temperature=0) == packed_ids
+    np.testing.assert_allclose(model.forward([prompt]), packed_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_weights_are_checked_where_they_enter():
+    cpp = backends.get("cpp")
+    w = quant.quantize(np.ones((20, 64), np.float32), "q4_0")
+    packed = cpp.pack_q(w, "q4_0")
+    if packed is w:
+        pytest.skip("the scalar tier keeps ggml's rows")
+    assert packed.qtype == "q4_0" and packed.shape == (20, 36) and packed.nbytes >= w.nbytes
+    x, out = np.ones((1, 64), np.float32), np.zeros((1, 20), np.float32)
+    cpp.matmul_q_fwd(out, x, packed, None, "q4_0")
+    np.testing.assert_allclose(out, 64.0, rtol=0.01)
+    with pytest.raises(ValueError, match="matmul_q_fwd: wq is packed from another qtype"):
+        cpp.matmul_q_fwd(out, x, packed, None, "q4_1")
+    with pytest.raises(ValueError, match=r"wq is packed from \(20, 36\) rows, must be \(21, 36\)"):
+        cpp.matmul_q_fwd(np.zeros((1, 21), np.float32), x, packed, None, "q4_0")
+    with pytest.raises(ValueError, match="pack_q: wq must be .* rows of whole q8_0 blocks"):
+        cpp.pack_q(w, "q8_0")
+    with pytest.raises(TypeError, match="pack_q: wq must be a numpy array"):
+        cpp.pack_q([1, 2], "q8_0")
+
+
+def test_decode_block_refuses_packed_and_unpacked_weights_mixed():
+    from sllm.backends import conformance
+    spec = conformance.CASES["decode_block"]
+    index = next(i for i, s in enumerate(spec.shapes) if s["qtype"] == "q8_0")
+    cpp = backends.get("cpp")
+    args = conformance.on_backend(cpp, spec.args(np.random.default_rng(0), **spec.shapes[index]),
+                                  spec)
+    params = list(args[5])
+    if type(params[2]).__name__ != "PackedQ":
+        pytest.skip("the scalar tier keeps ggml's rows")
+    C = spec.shapes[index]["H"] * spec.shapes[index]["D"]
+    params[4] = quant.quantize(np.ones((C, C), np.float32), "q8_0")  # proj_w as ggml rows
+    args[5] = tuple(params)
+    with pytest.raises(ValueError, match="all packed .* or all ggml rows"):
+        cpp.decode_block(*args)
+
+
+def test_backends_without_packing_keep_ggml_rows():
+    w = quant.quantize(np.ones((3, 32), np.float32), "q8_0")
+    assert backends.get("numpy").pack_q(w, "q8_0") is w
