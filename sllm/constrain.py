@@ -294,8 +294,8 @@ class Grammar:
                     for b in range(lo, hi + 1):
                         targets.setdefault(b, set()).add(t)
             got = [DEAD] * 256
-            for b, ts in targets.items():
-                got[b] = self.intern(self.nfa.closure(ts))
+            for b in sorted(targets):  # new states numbered in byte order (as constrain.js)
+                got[b] = self.intern(self.nfa.closure(targets[b]))
             self.rows[d] = got
         return got
 
@@ -346,7 +346,7 @@ class Grammar:
                     found = True
                     continue
                 edges[s] = set(self.walk(s)[1].tolist())
-                nxt.extend(t for t in edges[s] if t not in edges and t not in nxt)
+                nxt.extend(t for t in sorted(edges[s]) if t not in edges and t not in nxt)
             frontier = nxt
         changed = True
         while changed:
@@ -366,7 +366,7 @@ class Grammar:
             return got
         with self.lock:
             ids, states = self.walk(p)
-            for s in set(states.tolist()):
+            for s in sorted(set(states.tolist())):  # in order: bounds are found as in the JS twin
                 if s not in self.bound:
                     self.explore(s)
             bound = np.array([self.bound.get(s, INF) for s in states.tolist()], np.int64)

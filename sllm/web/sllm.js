@@ -1,9 +1,12 @@
-// JavaScript twin of sllm/generate.py, sllm/sampler.py, sllm/chat.py: tests/test_node_parity.py checks them equal under Node.
+// JavaScript twin of sllm/generate.py, sllm/sampler.py, sllm/chat.py: tests/test_node_parity.py checks them equal under Node
+// (constrained output: constrain.js, twin of sllm/constrain.py, tests/test_constrain_node.py).
 // sllm in the browser: load a .sllm model, generate text, chat, fine-tune, save.
 //
 //   import { load } from "./sllm.js";
 //   const m = await load("model.sllm");          // a URL, or the file's bytes
 //   const text = await m.generate("Once upon a time", { maxTokens: 40, temperature: 0 });
+//   const json = await m.generate("A person:", { maxTokens: 60, jsonSchema: {type: "object", ...} });
+//   (also { regex: "[a-z]+" }, { choices: ["yes", "no"] }, { jsonObject: true })
 //   for await (const piece of m.stream("One day", { maxTokens: 40 })) show(piece);
 //   await m.finetune(text, { steps: 20, lr: 1e-3, onProgress: ({ step, loss }) => ... });
 //   const bytes = await m.save();                 // SLLM bytes that Python's sllm.load reads
@@ -15,8 +18,9 @@ import { readModel, writeModel, configToDict, FormatError, ConfigError } from ".
 import { tokenizerFromDict, TokenizerError } from "./tokenizers.js";
 import { Kernels, features, MODULES } from "./kernels.js";
 import { Network } from "./model.js";
+import { compileFor, GrammarError, ConstraintError } from "./constrain.js";
 
-export { FormatError, ConfigError, TokenizerError, features, readModel };
+export { FormatError, ConfigError, TokenizerError, GrammarError, ConstraintError, features, readModel };
 export const VERSION = "0.1.0";
 const USER_PREFIX = "A:", BOT_PREFIX = "B:";
 
@@ -95,10 +99,23 @@ export class Model {
   }
 
   /**
-   * Yield new token ids one at a time (sllm.generate.stream): a KV cache, greedy when
-   * temperature is 0, else temperature / top-k / top-p sampling with a seeded generator.
+   * The constraint (constrain.js) that options {jsonSchema | regex | choices | jsonObject}
+   * ask for, or null (GrammarError for a grammar sllm cannot build, ConstraintError for
+   * one this vocabulary cannot write).
    */
-  *tokens(promptIds, { maxTokens = 100, temperature = 1, topK = null, topP = null, seed = null, eosId = null } = {}) {
+  constraintFor({ jsonSchema = null, regex = null, choices = null, jsonObject = false } = {}) {
+    if (jsonSchema === null && regex === null && choices === null && !jsonObject) return null;
+    return compileFor(this.requireTokenizer(), { jsonSchema, regex, choices, jsonObject }).start();
+  }
+
+  /**
+   * Yield new token ids one at a time (sllm.generate.stream): a KV cache, greedy when
+   * temperature is 0, else temperature / top-k / top-p sampling with a seeded generator;
+   * with a constraint, only the tokens its grammar allows (sllm.sampler.Sampler), ending
+   * when the grammar is complete or allows nothing more.
+   */
+  *tokens(promptIds, { maxTokens = 100, temperature = 1, topK = null, topP = null, seed = null, eosId = null,
+    constraint = null } = {}) {
     const net = this.net, limit = this.config.max_seq_len, V = this.config.vocab_size;
     if (!promptIds.length) throw new Error("the prompt must contain at least one token id");
     const random = rng(seed);
@@ -108,9 +125,19 @@ export class Model {
       let context = promptIds.slice(-limit);
       let logits = this.decodeStep(context, cache);
       for (let n = 0; n < maxTokens; n++) {
-        const token = sampleNext(logits, V, random, temperature, topK, topP);
+        let row = logits;
+        if (constraint) {
+          const allow = constraint.allowedMask(maxTokens - n, eosId);
+          if (!allow.some((v) => v)) return;
+          row = Float32Array.from(logits.subarray(0, V), (v, i) => (allow[i] ? v : -Infinity));
+        }
+        const token = sampleNext(row, V, random, temperature, topK, topP);
         yield token;
         if (eosId !== null && token === eosId) return;
+        if (constraint) {
+          constraint.advance(token);
+          if (constraint.finished()) return;
+        }
         context.push(token);
         if (cache.pos >= limit) {
           context = context.slice(-(Math.floor(limit / 2) + 1));
@@ -143,13 +170,22 @@ export class Model {
     yield* this.streamIds(ids, options);
   }
 
-  async *streamIds(ids, { stopAtNewline = false, ...sampling } = {}) {
+  /**
+   * streamIds's pieces. With a grammar (options jsonSchema / regex / choices / jsonObject)
+   * the pieces are the text of the new tokens alone, as the server sends it: the text that
+   * parses, without the space a word tokenizer would put after the prompt.
+   */
+  async *streamIds(ids, { stopAtNewline = false, jsonSchema = null, regex = null, choices = null, jsonObject = false,
+    ...sampling } = {}) {
     const tok = this.requireTokenizer();
+    const constraint = this.constraintFor({ jsonSchema, regex, choices, jsonObject });
+    const prompt = ids.slice();
+    if (constraint) ids = [];
     let shown = tok.decode(ids);
     const start = performance.now();
     const stats = { tokens: 0, seconds: 0, firstTokenMs: null, tokensPerSecond: 0 };
     this.stats = stats;
-    for (const token of this.tokens(ids, { ...sampling, eosId: tok.eosId })) {
+    for (const token of this.tokens(prompt, { ...sampling, eosId: tok.eosId, constraint })) {
       stats.tokens += 1;
       if (stats.firstTokenMs === null) stats.firstTokenMs = performance.now() - start;
       stats.seconds = (performance.now() - start) / 1000;

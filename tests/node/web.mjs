@@ -10,6 +10,7 @@ export * as tokenizers from "../../sllm/web/tokenizers.js";
 export * as kernels from "../../sllm/web/kernels.js";
 export * as model from "../../sllm/web/model.js";
 export * as sllm from "../../sllm/web/sllm.js";
+export * as constrain from "../../sllm/web/constrain.js";
 import { Kernels } from "../../sllm/web/kernels.js";
 import { readModel } from "../../sllm/web/format.js";
 import { Model } from "../../sllm/web/sllm.js";
