@@ -37,6 +37,7 @@ from .optim import OPTIMIZERS, Optimizer
 from .progress import TrainProgress
 from .runlock import RunLock, acquire
 from .schedule import SCHEDULES, Constant, Schedule
+from .outputs import check_output
 from .serialize import read_model_file
 from .threads import blas_limited
 from .train_config import TrainConfig
@@ -167,6 +168,7 @@ def prepare(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) ->
     The run directory is locked for this process first (RunLockedError if another process
     writes it); a directory that already holds a run is refused unless overwrite=True,
     which removes that run's files (and only those) first."""
+    check_output(cfg.out, [cfg.init_from], overwrite=overwrite, kind="run", option="--out")
     created = not os.path.exists(cfg.out)
     lock = acquire(cfg.out)
     try:
