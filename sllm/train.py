@@ -34,10 +34,10 @@ from .errors import ConfigError, FormatError
 from .fileio import atomic_write_text
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
+from .outputs import check_output
 from .progress import TrainProgress
 from .runlock import RunLock, acquire
 from .schedule import SCHEDULES, Constant, Schedule
-from .outputs import check_output
 from .serialize import read_model_file
 from .threads import blas_limited
 from .train_config import TrainConfig
