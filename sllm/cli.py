@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ConfigError, SLLMError
@@ -27,7 +28,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int,
                   file: Any = None, line: Any = None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
 
 
 def command(fn: Callable) -> Callable:
@@ -38,7 +39,8 @@ def command(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (SLLMError, ValueError, OSError) as e:
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            # escape: a message is text, and rich would take 'sllm[mpi]' for a style tag
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(1) from None
         except MemoryError as e:  # a last resort: the memory budget refuses before this
             err.print(f"[red]error:[/] out of memory ({e or 'no detail'}); try a smaller "
@@ -182,7 +184,7 @@ def _report(result: Any, trainer: Any) -> None:
     loss = f"train loss {result.train_loss:.4f}" if result.train_loss is not None else ""
     line = f"{result.status}: step {result.step}, {loss}{val}, {result.seconds:.1f}s"
     if result.status == "diverged":
-        err.print(f"[red]error:[/] {result.message}", highlight=False)
+        err.print(f"[red]error:[/] {escape(result.message)}", highlight=False)
         raise typer.Exit(1)
     term.print(line, highlight=False)
     term.print(result.message, highlight=False)

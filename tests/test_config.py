@@ -71,3 +71,32 @@ def test_closed_form_count_matches_the_layout(tie):
     cfg = ModelConfig(vocab_size=13, embedding_dim=12, num_layers=3, num_heads=4,
                       ffn_hidden_dim=20, max_seq_len=7, tie_embeddings=tie)
     assert cfg.num_parameters() == sllm.SLLM(cfg, backend="numpy", init=None).num_parameters()
+
+
+@pytest.mark.parametrize("changes,key", [
+    ({"architecture": "mamba"}, "architecture"),
+    ({"architecture": "llama", "num_kv_heads": 3}, "numKvHeads"),
+    ({"architecture": "llama", "num_kv_heads": 0}, "numKvHeads"),
+    ({"architecture": "llama", "embedding_dim": 12, "num_heads": 4}, "even head dim"),
+    ({"architecture": "llama", "rope_theta": 0}, "ropeTheta"),
+    ({"architecture": "llama", "rope_theta": float("inf")}, "ropeTheta"),
+    ({"architecture": "llama", "norm_eps": -1.0}, "normEps"),
+    ({"norm_eps": 1e-6}, "normEps"), ({"num_kv_heads": 2}, "numKvHeads"),
+    ({"rope_theta": 5.0}, "ropeTheta")])
+def test_invalid_llama_fields_name_the_key(changes, key):
+    with pytest.raises(ConfigError, match=key):
+        ModelConfig(**changes)
+
+
+def test_llama_fields_round_trip_and_gpt2_dicts_are_unchanged(tmp_path):
+    cfg = ModelConfig.from_json({"architecture": "llama", "numHeads": 4, "numKvHeads": 2,
+                                 "ropeTheta": 500000, "normEps": 1e-6, "embeddingDim": 16})
+    assert (cfg.kv_heads, cfg.rope_theta, cfg.norm_eps, cfg.qkv_width) == (2, 5e5, 1e-6, 32)
+    assert ModelConfig.from_json(json.loads(cfg.to_json())) == cfg
+    # a GPT-2 config's dict has exactly the keys it had before the llama family existed
+    assert set(ModelConfig().to_dict()) == {"vocabSize", "embeddingDim", "numLayers", "numHeads",
+                                            "ffnHiddenDim", "dropout", "maxSeqLen",
+                                            "activation", "tieEmbeddings"}
+    assert ModelConfig(num_kv_heads=4).to_dict() == ModelConfig().to_dict()  # Hkv = H
+    mqa = ModelConfig(architecture="llama", num_kv_heads=1)
+    assert mqa.to_dict()["numKvHeads"] == 1 and ModelConfig(architecture="llama").kv_heads == 4

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from sllm import backends
 from sllm.backends import conformance, reference
-from sllm.backends.base import KERNELS, OPTIONAL_KERNELS, Backend
+from sllm.backends.base import KERNELS, LLAMA_KERNELS, OPTIONAL_KERNELS, Backend
 from sllm.cli import app
 
 
@@ -48,8 +48,18 @@ class Sloppy(Backend):
 def test_reference_passes_everything():
     report = conformance.run("numpy")
     assert report.passed and len(report.checks) > 200
-    assert {c.kernel for c in report.checks} == set(KERNELS) | set(OPTIONAL_KERNELS) | {
-        "model", "generate"}
+    assert {c.kernel for c in report.checks} == set(KERNELS) | set(LLAMA_KERNELS) | set(
+        OPTIONAL_KERNELS) | {"model", "generate"}
+    assert not report.skipped
+
+
+def test_a_gpt2_only_backend_skips_the_llama_cases():
+    report = conformance.run(Sloppy(), ["attention_fwd", "rope_fwd", "residual_fwd"])
+    assert report.passed  # Sloppy's attention and residual are the reference's
+    assert {c.kernel for c in report.checks} == {"attention_fwd", "residual_fwd"}
+    assert any(s.startswith("rope_fwd") for s in report.skipped)
+    assert any("Hkv" in s for s in report.skipped)  # grouped-query attention shapes
+    assert "skipped" in conformance.render(report)
 
 
 def test_wrong_kernels_are_caught_by_name():

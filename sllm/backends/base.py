@@ -28,6 +28,12 @@ Adding a kernel to the contract: declare it below (signature and docstring), add
 to KERNELS, write the numpy version in reference.py, then implement it on each backend or
 list it in that backend's `reference_kernels`.
 
+The llama kernels (LLAMA_KERNELS: RMSNorm, rotary embeddings, SwiGLU) are required only
+to build a llama-family model: a backend without them still registers and runs GPT-2
+models, and building a llama model on it raises BackendError naming what it lacks
+(`missing_llama_kernels`). Grouped-query attention is no separate kernel: the four
+attention kernels take `n_kv_head` (None = n_head, the GPT-2 call).
+
 Optional kernels (OPTIONAL_KERNELS) are fusions of required ones. `Backend` gives each a
 working default built from the backend's own required kernels, so a backend (or plugin)
 that does not know them still runs and `missing_kernels` never names them; a backend
@@ -51,7 +57,8 @@ from .reference import (
     dropout_threshold,
 )
 
-__all__ = ["DECODE_BLOCK_PARAMS", "KERNELS", "LAYERNORM_EPS", "OPTIONAL_KERNELS", "Array",
+__all__ = ["DECODE_BLOCK_PARAMS", "KERNELS", "LAYERNORM_EPS", "LLAMA_KERNELS",
+           "OPTIONAL_KERNELS", "Array",
            "Backend", "decode_block_workspace", "dropout_keep_mask", "dropout_threshold"]
 
 Array = np.ndarray
@@ -67,6 +74,11 @@ KERNELS: tuple[str, ...] = (
     "dropout_fwd", "dropout_bwd",
     "softmax_xent",
     "sgd_update", "adam_update", "grad_norm_sq",
+)
+
+# Kernels only the llama family uses: required to build a llama model, not to register.
+LLAMA_KERNELS: tuple[str, ...] = (
+    "rmsnorm_fwd", "rmsnorm_bwd", "rope_fwd", "rope_bwd", "swiglu_fwd", "swiglu_bwd",
 )
 
 # Fused kernels a backend may provide; Backend's default composes the required ones.
@@ -98,7 +110,7 @@ class Backend:
         # Names this version does not know are ignored: a plugin written for a later
         # contract still loads, and a misspelt name shows up as a missing kernel.
         own = vars(cls)
-        for kernel in KERNELS + OPTIONAL_KERNELS:
+        for kernel in KERNELS + LLAMA_KERNELS + OPTIONAL_KERNELS:
             if kernel in own:  # a method of this class body
                 continue
             if kernel in cls.reference_kernels:
@@ -111,6 +123,11 @@ class Backend:
         """Kernels this backend neither implements nor leaves to the reference (never an
         optional kernel: those have working defaults)."""
         return [k for k in KERNELS if getattr(cls, k) is getattr(Backend, k)]
+
+    @classmethod
+    def missing_llama_kernels(cls) -> list[str]:
+        """The LLAMA_KERNELS this backend lacks ([] when it can build llama models)."""
+        return [k for k in LLAMA_KERNELS if getattr(cls, k) is getattr(Backend, k)]
 
     # ---- discovery -------------------------------------------------------------------
     @classmethod
@@ -227,42 +244,92 @@ class Backend:
         """
         raise _not_implemented(self, "matmul_q_fwd")
 
-    def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int) -> None:
+    def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int,
+                      n_kv_head: int | None = None) -> None:
         """Causal multi-head attention: per head softmax(Q K^T / sqrt(D) + mask) V.
 
-        out (B,T,C); qkv (B,T,3C) with columns [Q | K | V], head h at h*D:(h+1)*D of each;
-        saved has this backend's attention_saved_shape and keeps what backward needs
-        (the reference keeps the probabilities (B,H,T,T)).
+        out (B,T,H*D); qkv (B,T,(H+2*Hkv)*D) with columns [Q (H*D) | K (Hkv*D) | V (Hkv*D)],
+        head h at h*D:(h+1)*D of each block; Hkv = n_kv_head (None: n_head, GPT-2's
+        (B,T,3C)) divides H, and query head h attends with KV head h // (H/Hkv) (grouped-
+        query attention, Hugging Face's repeat_kv); scale 1/sqrt(D). saved has this
+        backend's attention_saved_shape and keeps what backward needs (the reference keeps
+        the probabilities (B,H,T,T); given a (B,H,T) array it keeps each row's logsumexp).
         """
         raise _not_implemented(self, "attention_fwd")
 
     def attention_bwd(self, dqkv: Array, dout: Array, qkv: Array, out: Array, saved: Array,
-                      n_head: int) -> None:
-        """Backward of attention_fwd: dqkv (B,T,3C), overwritten; dout, out (B,T,C)."""
+                      n_head: int, n_kv_head: int | None = None) -> None:
+        """Backward of attention_fwd: dqkv (B,T,(H+2*Hkv)*D), overwritten (dK and dV of a KV
+        head sum over the query heads it serves); dout, out (B,T,H*D)."""
         raise _not_implemented(self, "attention_bwd")
 
     def attention_decode(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
-                         pos: int, n_head: int) -> None:
+                         pos: int, n_head: int, n_kv_head: int | None = None) -> None:
         """Incremental attention with a KV cache (generation).
 
-        Stores the new keys and values of qkv (B,Tn,3C) at positions pos..pos+Tn-1 of
-        kcache, vcache (B,H,maxT,D), then attends causally over positions 0..pos+Tn-1;
-        out (B,Tn,C).
+        Stores the new keys and values of qkv (B,Tn,(H+2*Hkv)*D) at positions pos..pos+Tn-1
+        of kcache, vcache (B,Hkv,maxT,D) (the cache holds the KV heads only), then attends
+        causally over positions 0..pos+Tn-1; out (B,Tn,H*D). Hkv = n_kv_head (None: n_head).
         """
         raise _not_implemented(self, "attention_decode")
 
     def attention_decode_batch(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
-                               slots: Array, positions: Array, n_head: int) -> None:
+                               slots: Array, positions: Array, n_head: int,
+                               n_kv_head: int | None = None) -> None:
         """Continuous batching: one new position for each of B sequences (serving).
 
-        Row b of qkv (B,1,3C) belongs to the sequence in cache slot slots[b] of kcache,
-        vcache (S,H,maxT,D), where it is at position positions[b] (slots, positions: (B,)
+        Row b of qkv (B,1,(H+2*Hkv)*D) belongs to the sequence in cache slot slots[b] of
+        kcache, vcache (S,Hkv,maxT,D), where it is at position positions[b] (slots, positions: (B,)
         int32; slots distinct, each sequence its own length). Stores row b's key and value
         at that slot and position, then attends over the slot's positions
-        0..positions[b]; out (B,1,C). Row b's output equals attention_decode on slot
-        slots[b] alone (B = Tn = 1, pos = positions[b]).
+        0..positions[b]; out (B,1,H*D). Row b's output equals attention_decode on slot
+        slots[b] alone (B = Tn = 1, pos = positions[b]). Hkv = n_kv_head (None: n_head).
         """
         raise _not_implemented(self, "attention_decode_batch")
+
+    # ---- llama kernels (LLAMA_KERNELS): needed only to build llama-family models ---------
+    def rmsnorm_fwd(self, out: Array, rstd: Array, inp: Array, weight: Array,
+                    eps: float) -> None:
+        """RMSNorm over the last axis (llama): out = inp * rstd[:,None] * weight.
+
+        out (N,C); rstd (N,) = 1/sqrt(mean(inp**2) + eps), saved for backward (the sum of
+        squares accumulated in float32 or better); inp (N,C); weight (C,).
+        """
+        raise _not_implemented(self, "rmsnorm_fwd")
+
+    def rmsnorm_bwd(self, dinp: Array, dweight: Array, dout: Array, inp: Array,
+                    weight: Array, rstd: Array) -> None:
+        """Backward of rmsnorm_fwd; accumulates into dinp (N,C) (the residual stream's
+        gradient, as layernorm_bwd) and dweight (C,). dout, inp (N,C); rstd (N,) as saved."""
+        raise _not_implemented(self, "rmsnorm_bwd")
+
+    def rope_fwd(self, qkv: Array, positions: Array, n_head: int, n_kv_head: int,
+                 theta: float) -> None:
+        """Rotary position embedding, in place on the query and key heads of qkv.
+
+        qkv (N,(H+2*Hkv)*D): the H query heads (columns 0..H*D) and the Hkv key heads (the
+        next Hkv*D columns) are rotated, V (the last Hkv*D) untouched; row n is at position
+        positions[n] (int32 (N,), >= 0; a KV-cache step passes its offset positions). Hugging
+        Face LlamaForCausalLM's rotate-half convention, so its q_proj/k_proj weights map
+        without a permutation: for i < D/2, inv_freq_i = theta**(-2i/D), angle =
+        positions[n] * inv_freq_i (angles, cos and sin in float64, rounded to float32),
+        x[i], x[i+D/2] <- x[i]*cos - x[i+D/2]*sin, x[i+D/2]*cos + x[i]*sin. D must be even.
+        """
+        raise _not_implemented(self, "rope_fwd")
+
+    def rope_bwd(self, dqkv: Array, positions: Array, n_head: int, n_kv_head: int,
+                 theta: float) -> None:
+        """Backward of rope_fwd, in place on dqkv (N,(H+2*Hkv)*D): dQ and dK rotated by
+        -angle (the rotation's transpose); dV untouched."""
+        raise _not_implemented(self, "rope_bwd")
+
+    def swiglu_fwd(self, out: Array, gate: Array, up: Array) -> None:
+        """SwiGLU: out (N,F) = silu(gate) * up, silu(x) = x / (1 + exp(-x)); gate, up (N,F)."""
+        raise _not_implemented(self, "swiglu_fwd")
+
+    def swiglu_bwd(self, dgate: Array, dup: Array, dout: Array, gate: Array, up: Array) -> None:
+        """Backward of swiglu_fwd: dgate, dup (N,F), overwritten; dout, gate, up (N,F)."""
+        raise _not_implemented(self, "swiglu_bwd")
 
     def gelu_fwd(self, out: Array, inp: Array) -> None:
         """out = GELU(inp), GPT-2's tanh approximation, elementwise (any shape)."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..timing import timed
-from .base import KERNELS, OPTIONAL_KERNELS, Backend, decode_block_workspace
+from .base import KERNELS, LLAMA_KERNELS, OPTIONAL_KERNELS, Backend, decode_block_workspace
 
 RTOL, ATOL = 1e-4, 1e-5
 Args = list[Any]
@@ -86,6 +86,7 @@ class Report:
     backend: str
     checks: list[Check] = field(default_factory=list)
     timings: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # llama cases of a GPT-2-only backend
 
     @property
     def passed(self) -> bool:
@@ -251,8 +252,16 @@ def _matmul_q_fwd(rng: np.random.Generator, N: int, K: int, OC: int, qtype: str,
             _f(rng, OC) if bias else None, qtype]
 
 
-def _attention_fwd(rng: np.random.Generator, B: int, T: int, H: int, D: int) -> Args:
-    return [_f(rng, B, T, H * D), np.zeros(0, np.float32), _f(rng, B, T, 3 * H * D), H]
+def _kv(H: int, Hkv: int | None) -> tuple[int, list[int]]:
+    """Heads of q, k and v together (H + 2*Hkv), and the n_kv_head argument: none for a GPT-2
+    case (a backend that predates grouped-query attention still passes those)."""
+    return (H + 2 * (Hkv or H)), ([] if Hkv is None else [Hkv])
+
+
+def _attention_fwd(rng: np.random.Generator, B: int, T: int, H: int, D: int,
+                   Hkv: int | None = None) -> Args:
+    heads, kv = _kv(H, Hkv)
+    return [_f(rng, B, T, H * D), np.zeros(0, np.float32), _f(rng, B, T, heads * D), H, *kv]
 
 
 def _attention_saved(backend: Backend, args: Args) -> None:
@@ -261,34 +270,39 @@ def _attention_saved(backend: Backend, args: Args) -> None:
     args[1] = backend.zeros(backend.attention_saved_shape(B, T, args[3]))
 
 
-def _attention_bwd(rng: np.random.Generator, B: int, T: int, H: int, D: int) -> Args:
-    C = H * D
-    return [_f(rng, B, T, 3 * C), _f(rng, B, T, C), _f(rng, B, T, 3 * C), np.zeros(0, np.float32),
-            np.zeros(0, np.float32), H]
+def _attention_bwd(rng: np.random.Generator, B: int, T: int, H: int, D: int,
+                   Hkv: int | None = None) -> Args:
+    heads, kv = _kv(H, Hkv)
+    return [_f(rng, B, T, heads * D), _f(rng, B, T, H * D), _f(rng, B, T, heads * D),
+            np.zeros(0, np.float32), np.zeros(0, np.float32), H, *kv]
 
 
 def _attention_forward_state(backend: Backend, args: Args) -> None:
     """attention_bwd: `out` and `saved` from this backend's own attention_fwd."""
-    qkv, H = args[2], args[5]
-    B, T, C3 = qkv.shape
-    args[3] = backend.zeros((B, T, C3 // 3))
+    qkv, H, kv = args[2], args[5], args[6:]
+    B, T, W = qkv.shape
+    args[3] = backend.zeros((B, T, W // _kv(H, kv[0] if kv else None)[0] * H))
     args[4] = backend.zeros(backend.attention_saved_shape(B, T, H))
-    backend.attention_fwd(args[3], args[4], qkv, H)
+    backend.attention_fwd(args[3], args[4], qkv, H, *kv)
 
 
 def _attention_decode(rng: np.random.Generator, B: int, H: int, D: int, Tn: int, pos: int,
-                      maxT: int) -> Args:
+                      maxT: int, Hkv: int | None = None) -> Args:
     # The cache holds earlier keys/values before pos and stale data after: masking must hide it.
-    return [_f(rng, B, Tn, H * D), _f(rng, B, Tn, 3 * H * D), _f(rng, B, H, maxT, D),
-            _f(rng, B, H, maxT, D), pos, H]
+    heads, kv = _kv(H, Hkv)
+    return [_f(rng, B, Tn, H * D), _f(rng, B, Tn, heads * D), _f(rng, B, Hkv or H, maxT, D),
+            _f(rng, B, Hkv or H, maxT, D), pos, H, *kv]
 
 
 def _attention_decode_batch(rng: np.random.Generator, S: int, H: int, D: int, maxT: int,
-                            slots: tuple[int, ...], positions: tuple[int, ...]) -> Args:
+                            slots: tuple[int, ...], positions: tuple[int, ...],
+                            Hkv: int | None = None) -> Args:
     # Other slots and later positions hold stale data: only each row's own slot may be read.
     B = len(slots)
-    return [_f(rng, B, 1, H * D), _f(rng, B, 1, 3 * H * D), _f(rng, S, H, maxT, D),
-            _f(rng, S, H, maxT, D), np.array(slots, np.int32), np.array(positions, np.int32), H]
+    heads, kv = _kv(H, Hkv)
+    return [_f(rng, B, 1, H * D), _f(rng, B, 1, heads * D), _f(rng, S, Hkv or H, maxT, D),
+            _f(rng, S, Hkv or H, maxT, D), np.array(slots, np.int32),
+            np.array(positions, np.int32), H, *kv]
 
 
 def _decode_block(rng: np.random.Generator, B: int, Tn: int, H: int, D: int, F: int, pos: int,
@@ -307,6 +321,32 @@ def _decode_block(rng: np.random.Generator, B: int, Tn: int, H: int, D: int, F: 
     return [_f(rng, B, Tn, C), _f(rng, B, Tn, C), _f(rng, B, H, maxT, D), _f(rng, B, H, maxT, D),
             np.full(decode_block_workspace(B, Tn, C, F), np.nan, np.float32), params, pos, H,
             act, qtype]
+
+
+def _rmsnorm_fwd(rng: np.random.Generator, N: int, C: int, eps: float) -> Args:
+    return [_f(rng, N, C), _f(rng, N), _f(rng, N, C) * 3, 1 + _f(rng, C) / 4, eps]
+
+
+def _rmsnorm_bwd(rng: np.random.Generator, N: int, C: int, eps: float) -> Args:
+    x = _f(rng, N, C) * 3
+    rstd = (1.0 / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1) + eps)).astype(np.float32)
+    return [_f(rng, N, C), _f(rng, C), _f(rng, N, C), x, 1 + _f(rng, C) / 4, rstd]
+
+
+def _rope(rng: np.random.Generator, N: int, H: int, Hkv: int, D: int, pos0: int,
+          theta: float) -> Args:
+    # rows at scattered positions from pos0 (a KV-cache step's offset, up to near max_seq_len)
+    positions = (pos0 + rng.permutation(N)).astype(np.int32)
+    return [_f(rng, N, (H + 2 * Hkv) * D), positions, H, Hkv, theta]
+
+
+def _swiglu_fwd(rng: np.random.Generator, N: int, F: int) -> Args:
+    # gate spans +-40: exp(-gate) overflows float32 for the most negative ones
+    return [_f(rng, N, F), _f(rng, N, F) * 10, _f(rng, N, F)]
+
+
+def _swiglu_bwd(rng: np.random.Generator, N: int, F: int) -> Args:
+    return [_f(rng, N, F), _f(rng, N, F), _f(rng, N, F), _f(rng, N, F) * 10, _f(rng, N, F)]
 
 
 def _unary(rng: np.random.Generator, n: int) -> Args:
@@ -379,13 +419,23 @@ _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0, "packed": packed}
                                       (2, 256, 17)))
         for q in ("q8_0", "q4_0", "q4_1") for packed in (False, True)]
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
+# grouped-query: multi-query (Hkv 1), groups of 2 and 3, Hkv = H given explicitly; head dims
+# 2, 6 and 66, odd T
+_ATT += _shapes("B T H D Hkv", (1, 1, 2, 2, 1), (2, 7, 4, 6, 1), (2, 9, 6, 6, 2),
+                (1, 33, 6, 66, 3), (2, 5, 3, 2, 3))
 # Tn = 1, 2: rows read the cache in place (cpp); Tn = 3, 6: through the GEMM tiles
 _DEC = _shapes("B H D Tn pos maxT", (1, 1, 8, 1, 0, 12), (2, 3, 5, 6, 0, 12),
                (2, 3, 5, 1, 6, 12), (1, 2, 16, 1, 11, 12), (1, 4, 32, 1, 40, 64),
                (1, 2, 7, 2, 5, 12), (2, 1, 9, 3, 4, 12))
+# grouped-query: the cache holds Hkv heads; the last positions of the cache (pos + Tn = maxT)
+_DEC += _shapes("B H D Tn pos maxT Hkv", (1, 4, 6, 1, 63, 64, 1), (2, 4, 2, 3, 9, 12, 2),
+                (1, 6, 66, 1, 10, 11, 3), (2, 3, 6, 2, 0, 12, 3), (1, 4, 8, 6, 0, 6, 1))
 _DECB = _shapes("S H D maxT slots positions", (1, 1, 8, 4, (0,), (0,)),
                 (3, 1, 5, 12, (2, 0), (5, 0)), (5, 3, 5, 9, (4, 1, 3), (8, 0, 3)),
                 (4, 4, 32, 70, (3, 0, 2, 1), (69, 31, 32, 1)))
+_DECB += _shapes("S H D maxT slots positions Hkv", (2, 4, 6, 12, (1,), (11,), 1),
+                 (5, 6, 66, 9, (4, 1, 3), (8, 0, 3), 2), (4, 4, 2, 70, (3, 0, 2, 1),
+                                                          (69, 31, 32, 1), 4))
 # C not a multiple of 8 or 16, one and three heads, Tn = 1 and a prefill of several rows,
 # pos 0 and later, out aliasing x, each weight type; the last rows are small-model sized.
 _DBLK = _shapes("B Tn H D F pos maxT qtype act",
@@ -396,6 +446,15 @@ _DBLK = _shapes("B Tn H D F pos maxT qtype act",
 _DBLK += [{**_DBLK[0], "in_place": True}, {**_DBLK[4], "in_place": True},
           {**_DBLK[3], "packed": False}, {**_DBLK[5], "packed": False}]
 _N = _shapes("n", (1,), (15,), (1001,), (40003,))
+_RMS = _shapes("N C eps", (1, 5, 1e-5), (7, 17, 1e-6), (37, 33, 1e-5), (64, 128, 1e-5),
+               (300, 130, 1e-6))
+# head dims 2, 6, 66; multi-query, grouped and Hkv = H; positions from 0 and near a
+# max_seq_len of 2048 (float32 angles there lose digits: the table must be float64-made);
+# rope_theta of llama 2 and llama 3
+_ROPE = _shapes("N H Hkv D pos0 theta", (1, 1, 1, 2, 0, 10000.0), (5, 3, 1, 6, 0, 10000.0),
+                (7, 4, 4, 66, 3, 10000.0), (9, 6, 2, 8, 2040, 10000.0),
+                (33, 2, 1, 66, 1990, 500000.0), (3, 5, 5, 6, 255, 10000.0))
+_SWIGLU = _shapes("N F", (1, 1), (7, 15), (33, 1001), (20, 2051))
 _IN_PLACE = [{"n": 1001, "in_place": True}]
 _DROP = _shapes("n p seed", (1, 0.5, 0), (1000, 0.1, 7), (4099, 0.5, 2 ** 32 - 1))
 _XENT = [{**s, "with_grad": g} for s in _shapes("N V", (1, 3), (7, 5003), (33, 65))
@@ -459,6 +518,22 @@ def _dblk_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
                                                qtype=None, act=act))]
 
 
+def _rms_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    N, C, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{C}", dict(N=N, C=C, eps=getattr(cfg, "norm_eps", 1e-5)))]
+
+
+def _rope_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    H, Hkv = cfg.num_heads, getattr(cfg, "kv_heads", cfg.num_heads)
+    return [(f"{B * T} rows H{H} Hkv{Hkv}", dict(N=B * T, H=H, Hkv=Hkv, D=cfg.head_dim, pos0=0,
+                                                 theta=getattr(cfg, "rope_theta", 10000.0)))]
+
+
+def _swiglu_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
+    N, _, F, *_ = _sizes(cfg, B, T)
+    return [(f"{N}x{F}", dict(N=N, F=F))]
+
+
 def _ffn_m(cfg: Any, B: int, T: int) -> list[tuple[str, dict[str, Any]]]:
     N, _, F, *_ = _sizes(cfg, B, T)
     return [(f"{N}x{F}", dict(n=N * F))]
@@ -514,6 +589,12 @@ CASES: dict[str, KernelCases] = {
                                           model_shapes=_decb_m),
     "decode_block": KernelCases(_DBLK, _decode_block, (0, 2, 3), aliases=((1, 0),),
                                 model_shapes=_dblk_m),
+    "rmsnorm_fwd": KernelCases(_RMS, _rmsnorm_fwd, (0, 1), model_shapes=_rms_m),
+    "rmsnorm_bwd": KernelCases(_RMS, _rmsnorm_bwd, (0, 1), model_shapes=_rms_m),
+    "rope_fwd": KernelCases(_ROPE, _rope, (0,), rtol=1e-5, model_shapes=_rope_m),
+    "rope_bwd": KernelCases(_ROPE, _rope, (0,), rtol=1e-5, model_shapes=_rope_m),
+    "swiglu_fwd": KernelCases(_SWIGLU, _swiglu_fwd, (0,), model_shapes=_swiglu_m),
+    "swiglu_bwd": KernelCases(_SWIGLU, _swiglu_bwd, (0, 1), model_shapes=_swiglu_m),
     "gelu_fwd": KernelCases(_N, _unary, (0,), model_shapes=_ffn_m),
     "gelu_bwd": KernelCases(_N + _IN_PLACE, _unary_bwd, (0,), aliases=((1, 0),),
                           model_shapes=_ffn_m),
@@ -541,16 +622,22 @@ CASES: dict[str, KernelCases] = {
 
 
 # ---- the whole model and generation ----------------------------------------------------------
-MODEL_CASES: list[dict[str, Any]] = [{"tie": False, "act": "gelu"}, {"tie": True, "act": "relu"}]
+MODEL_CASES: list[dict[str, Any]] = [
+    {"tie": False, "act": "gelu"}, {"tie": True, "act": "relu"},
+    # llama: multi-query and tied; grouped (3 query heads per KV head) and untied
+    {"tie": True, "act": "gelu", "arch": "llama", "kv": 1},
+    {"tie": False, "act": "gelu", "arch": "llama", "kv": 2}]
 
 
-def _model_pair(backend: Backend, tie: bool, act: str) -> tuple[Any, Any]:
+def _model_pair(backend: Backend, tie: bool, act: str, arch: str = "gpt2",
+                kv: int | None = None) -> tuple[Any, Any]:
     """The same small model (dropout 0.1) on the numpy backend and on `backend`."""
     from ..config import ModelConfig
     from ..model import SLLM
-    cfg = ModelConfig(vocab_size=67, embedding_dim=24, num_layers=2, num_heads=3,
+    heads = 6 if arch == "llama" else 3  # llama: an even head dim (4) for the rotary pairs
+    cfg = ModelConfig(vocab_size=67, embedding_dim=24, num_layers=2, num_heads=heads,
                       ffn_hidden_dim=40, dropout=0.1, max_seq_len=16, activation=act,
-                      tie_embeddings=tie)
+                      tie_embeddings=tie, architecture=arch, num_kv_heads=kv)
     return SLLM(cfg, backend=_reference_backend(), seed=3), SLLM(cfg, backend=backend, seed=3)
 
 
@@ -614,6 +701,16 @@ class Case:
         shapes = CASES[self.section].shapes if self.section in CASES else MODEL_CASES
         return case_label(shapes[self.index])
 
+    @property
+    def needs_llama(self) -> bool:
+        """A llama kernel, a grouped-query attention shape or a llama model: checked only on
+        a backend that provides the llama kernels (a GPT-2-only backend skips it)."""
+        if self.section in LLAMA_KERNELS:
+            return True
+        shapes = CASES[self.section].shapes if self.section in CASES else MODEL_CASES
+        shape = shapes[self.index]
+        return shape.get("Hkv") is not None or shape.get("arch") == "llama"
+
     def run(self, backend: Backend) -> list[Check]:
         """Run this case on `backend`; an exception in the backend is a failed check."""
         try:
@@ -628,7 +725,7 @@ class Case:
 def sections() -> list[str]:
     """Every section of the suite: the kernels of the contract (required, then optional),
     then model and generate."""
-    return [*KERNELS, *OPTIONAL_KERNELS, *WHOLE_MODEL]
+    return [*KERNELS, *LLAMA_KERNELS, *OPTIONAL_KERNELS, *WHOLE_MODEL]
 
 
 def select(patterns: Iterable[str] | None = None) -> list[str]:
@@ -662,7 +759,11 @@ def run(backend: Backend | str, patterns: Iterable[str] | None = None, perf: boo
     from . import get
     be = get(backend) if isinstance(backend, str) else backend
     report = Report(be.name)
+    llama = not be.missing_llama_kernels()
     for case in cases(patterns):
+        if case.needs_llama and not llama:
+            report.skipped.append(f"{case.section} [{case.label}]")
+            continue
         report.checks.extend(case.run(be))
     if perf:
         report.timings = [time_kernel(be, k, repeats) for k in select(patterns) if k in CASES]
@@ -714,6 +815,9 @@ def render(report: Report, verbose: bool = False) -> str:
         lines += ["", f"{'kernel':<22} {'case':<44} {'numpy':>10} {report.backend:>10} {'speedup':>8}"]
         lines += [f"{t['kernel']:<22} {t['case']:<44} {_us(t['reference_s']):>10} "
                   f"{_us(t['backend_s']):>10} {t['speedup']:>7.2f}x" for t in report.timings]
+    if report.skipped:
+        lines += ["", f"skipped {len(report.skipped)} llama cases: the backend lacks the llama "
+                      f"kernels (it runs GPT-2 models only)"]
     failed = len(report.failures())
     lines.append("")
     lines.append(f"{len(report.checks) - failed} of {len(report.checks)} checks passed" +

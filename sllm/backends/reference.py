@@ -133,7 +133,7 @@ def matmul_bwd(dinp: Array | None, dweight: Array, dbias: Array | None, dout: Ar
         dbias += dy.sum(axis=0)
 
 
-# ---- attention ---------------------------------------------------------------------------
+# ---- attention ----------------------------------------------------------------------------
 def _split_heads(qkv: Array, n_head: int) -> tuple[Array, Array, Array]:
     """(B,T,3C) -> q, k, v each (B,H,T,D)."""
     B, T, C3 = qkv.shape
@@ -142,68 +142,118 @@ def _split_heads(qkv: Array, n_head: int) -> tuple[Array, Array, Array]:
     return parts[0], parts[1], parts[2]
 
 
+def _split_qkv(qkv: Array, n_head: int, n_kv_head: int | None) -> tuple[Array, Array, Array]:
+    """(B,T,(H+2Hkv)D) -> q (B,H,T,D), k and v (B,Hkv,T,D); GPT-2's split when Hkv = H."""
+    Hkv = n_kv_head or n_head
+    if Hkv == n_head:
+        return _split_heads(qkv, n_head)
+    B, T, W = qkv.shape
+    D = W // (n_head + 2 * Hkv)
+    heads = qkv.reshape(B, T, n_head + 2 * Hkv, D).transpose(0, 2, 1, 3)
+    return heads[:, :n_head], heads[:, n_head:n_head + Hkv], heads[:, n_head + Hkv:]
+
+
+def _repeat_kv(kv: Array, groups: int) -> Array:
+    """(..., Hkv, T, D) -> (..., Hkv*groups, T, D): KV head j serves query heads j*g..j*g+g-1."""
+    return kv if groups == 1 else np.repeat(kv, groups, axis=-3)
+
+
 def _merge_heads(y: Array) -> Array:
     """(B,H,T,D) -> (B,T,H*D)."""
     B, H, T, D = y.shape
     return y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
+def _causal_mask(Tq: int, Tk: int, q_pos0: int = 0) -> Array:
+    """True where key j lies after query i (at position q_pos0 + i)."""
+    return np.arange(Tk)[None, :] > (q_pos0 + np.arange(Tq))[:, None]
+
+
 def _causal_softmax(scores: Array, q_pos0: int = 0) -> Array:
     """Softmax over keys, masking key j > query position (q_pos0 + i)."""
     Tq, Tk = scores.shape[-2:]
-    mask = np.arange(Tk)[None, :] > (q_pos0 + np.arange(Tq))[:, None]
-    scores = np.where(mask, -np.inf, scores)
+    scores = np.where(_causal_mask(Tq, Tk, q_pos0), -np.inf, scores)
     scores = scores - scores.max(axis=-1, keepdims=True)
     e = np.exp(scores)
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def attention_fwd(out: Array, saved: Array, qkv: Array, n_head: int) -> None:
-    """Causal multi-head attention; saves the attention probabilities (B,H,T,T)."""
-    q, k, v = _split_heads(qkv, n_head)
+def _scores(q: Array, k: Array) -> Array:
+    """Causally masked Q K^T / sqrt(D), (B,H,T,T)."""
+    s = q @ k.transpose(0, 1, 3, 2) * (1.0 / math.sqrt(q.shape[-1]))
+    return np.where(_causal_mask(s.shape[-2], s.shape[-1]), -np.inf, s)
+
+
+def attention_fwd(out: Array, saved: Array, qkv: Array, n_head: int,
+                  n_kv_head: int | None = None) -> None:
+    """Causal (grouped-query) attention; saves the probabilities (B,H,T,T), or each score
+    row's logsumexp when saved is (B,H,T) (a flash-style backend's state, which a backend
+    falling back to this kernel hands over)."""
+    q, k, v = _split_qkv(qkv, n_head, n_kv_head)
+    groups = n_head // k.shape[1]
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
     scale = 1.0 / math.sqrt(q.shape[-1])
     att = _causal_softmax(q @ k.transpose(0, 1, 3, 2) * scale)
-    saved[...] = att
+    if saved.ndim == 3:
+        s = _scores(q, k)
+        m = s.max(axis=-1)
+        saved[...] = m + np.log(np.exp(s - m[..., None]).sum(axis=-1))
+    else:
+        saved[...] = att
     out[...] = _merge_heads(att @ v)
 
 
 def attention_bwd(dqkv: Array, dout: Array, qkv: Array, out: Array, saved: Array,
-                  n_head: int) -> None:
+                  n_head: int, n_kv_head: int | None = None) -> None:
     """Gradient of attention_fwd with respect to qkv (overwritten)."""
-    q, k, v = _split_heads(qkv, n_head)
+    q, k, v = _split_qkv(qkv, n_head, n_kv_head)
     B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    groups = H // Hkv
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
     scale = 1.0 / math.sqrt(D)
-    att = saved
+    att = np.exp(_scores(q, k) - saved[..., None]) if saved.ndim == 3 else saved
     dy = dout.reshape(B, T, H, D).transpose(0, 2, 1, 3)
     datt = dy @ v.transpose(0, 1, 3, 2)
     dv = att.transpose(0, 1, 3, 2) @ dy
     dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True)) * scale
     dq = dscores @ k
     dk = dscores.transpose(0, 1, 3, 2) @ q
-    grads = np.stack([dq, dk, dv])  # (3,B,H,T,D)
-    dqkv[...] = grads.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D)
+    if groups == 1:
+        grads = np.stack([dq, dk, dv])  # (3,B,H,T,D)
+        dqkv[...] = grads.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H * D)
+        return
+    # a KV head's gradient sums over the g query heads it served
+    dk = dk.reshape(B, Hkv, groups, T, D).sum(axis=2)
+    dv = dv.reshape(B, Hkv, groups, T, D).sum(axis=2)
+    dqkv[...] = np.concatenate([dq, dk, dv], axis=1).transpose(0, 2, 1, 3).reshape(dqkv.shape)
 
 
 def attention_decode(out: Array, qkv: Array, kcache: Array, vcache: Array, pos: int,
-                     n_head: int) -> None:
-    """Incremental attention with a KV cache: store new k, v at pos.., attend causally."""
-    q, k, v = _split_heads(qkv, n_head)
+                     n_head: int, n_kv_head: int | None = None) -> None:
+    """Incremental attention with a KV cache (B,Hkv,maxT,D): store new k, v at pos..,
+    attend causally."""
+    q, k, v = _split_qkv(qkv, n_head, n_kv_head)
     Tn = q.shape[2]
     kcache[:, :, pos:pos + Tn] = k
     vcache[:, :, pos:pos + Tn] = v
-    keys, values = kcache[:, :, :pos + Tn], vcache[:, :, :pos + Tn]
+    groups = n_head // kcache.shape[1]
+    keys = _repeat_kv(kcache[:, :, :pos + Tn], groups)
+    values = _repeat_kv(vcache[:, :, :pos + Tn], groups)
     scale = 1.0 / math.sqrt(q.shape[-1])
     att = _causal_softmax(q @ keys.transpose(0, 1, 3, 2) * scale, q_pos0=pos)
     out[...] = _merge_heads(att @ values)
 
 
 def attention_decode_batch(out: Array, qkv: Array, kcache: Array, vcache: Array,
-                           slots: Array, positions: Array, n_head: int) -> None:
+                           slots: Array, positions: Array, n_head: int,
+                           n_kv_head: int | None = None) -> None:
     """One new position per sequence, each in its own cache slot at its own position."""
-    B, C = qkv.shape[0], qkv.shape[-1] // 3
-    q, k, v = _split_heads(qkv.reshape(B, 1, 3 * C), n_head)  # (B,H,1,D) each
+    B, W = qkv.shape[0], qkv.shape[-1]
+    q, k, v = _split_qkv(qkv.reshape(B, 1, W), n_head, n_kv_head)  # (B,H|Hkv,1,D)
     scale = 1.0 / math.sqrt(q.shape[-1])
-    rows = out.reshape(B, C)
+    groups = n_head // k.shape[1]
+    rows = out.reshape(B, -1)
     sl, ps = np.asarray(slots).tolist(), np.asarray(positions).tolist()
     S, maxT = kcache.shape[0], kcache.shape[2]
     # checked here too: numpy would take slot -1 as the last one, a repeated slot twice
@@ -214,9 +264,85 @@ def attention_decode_batch(out: Array, qkv: Array, kcache: Array, vcache: Array,
     for b, (slot, pos) in enumerate(zip(sl, ps, strict=True)):
         kcache[slot, :, pos] = k[b, :, 0]
         vcache[slot, :, pos] = v[b, :, 0]
-        keys, values = kcache[slot, :, :pos + 1], vcache[slot, :, :pos + 1]  # (H,pos+1,D)
+        keys = _repeat_kv(kcache[slot, :, :pos + 1], groups)  # (H,pos+1,D)
+        values = _repeat_kv(vcache[slot, :, :pos + 1], groups)
         att = _causal_softmax(q[b] @ keys.transpose(0, 2, 1) * scale, q_pos0=pos)
-        rows[b] = (att @ values).reshape(C)
+        rows[b] = (att @ values).reshape(-1)
+
+
+# ---- llama: RMSNorm, rotary embeddings, SwiGLU ---------------------------------------------
+def rmsnorm_fwd(out: Array, rstd: Array, inp: Array, weight: Array, eps: float) -> None:
+    """RMSNorm over the last axis; saves 1/rms per row (mean of squares in float64)."""
+    x = _rows(inp)
+    ms = np.mean(np.square(x, dtype=np.float64), axis=1)
+    rs = (1.0 / np.sqrt(ms + eps)).astype(x.dtype)
+    _rows(out)[...] = x * rs[:, None] * weight
+    rstd.reshape(-1)[...] = rs
+
+
+def rmsnorm_bwd(dinp: Array, dweight: Array, dout: Array, inp: Array, weight: Array,
+                rstd: Array) -> None:
+    """Accumulates into dinp and dweight."""
+    dy, x = _rows(dout), _rows(inp)
+    rs = rstd.reshape(-1)[:, None]
+    norm = x * rs
+    dnorm = dy * weight
+    dweight += (dy * norm).sum(axis=0)
+    _rows(dinp)[...] += rs * (dnorm - norm * (dnorm * norm).mean(axis=1, keepdims=True))
+
+
+def rope_angles(positions: Array, D: int, theta: float, dtype: Any) -> tuple[Array, Array]:
+    """cos and sin (N, D/2) of positions[n] * theta**(-2i/D), computed in float64."""
+    inv_freq = float(theta) ** (-(2.0 * np.arange(D // 2, dtype=np.float64)) / D)
+    angles = np.asarray(positions, dtype=np.float64).reshape(-1, 1) * inv_freq
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def _rotate(qkv: Array, positions: Array, n_head: int, n_kv_head: int, theta: float,
+            sign: float) -> None:
+    """Rotate the q and k heads of qkv by sign * angle (rotate-half pairs i, i + D/2)."""
+    rows = _rows(qkv)
+    N, W = rows.shape
+    nh = n_head + n_kv_head  # the q and k heads; v follows them untouched
+    D = W // (n_head + 2 * n_kv_head)
+    if D % 2 or D * (n_head + 2 * n_kv_head) != W:
+        raise ValueError(f"rope: qkv width {W} is not (H + 2*Hkv) * even D for H={n_head}, "
+                         f"Hkv={n_kv_head}")
+    cos, sin = rope_angles(positions, D, theta, rows.dtype)
+    cos, sin = cos[:, None, :], sign * sin[:, None, :]
+    x = rows[:, :nh * D].reshape(N, nh, D)
+    x1, x2 = x[..., :D // 2].copy(), x[..., D // 2:].copy()
+    x[..., :D // 2] = x1 * cos - x2 * sin
+    x[..., D // 2:] = x2 * cos + x1 * sin
+
+
+def rope_fwd(qkv: Array, positions: Array, n_head: int, n_kv_head: int, theta: float) -> None:
+    """Rotary embedding of q and k in place (Hugging Face's rotate-half convention)."""
+    _rotate(qkv, positions, n_head, n_kv_head, theta, 1.0)
+
+
+def rope_bwd(dqkv: Array, positions: Array, n_head: int, n_kv_head: int, theta: float) -> None:
+    """The inverse rotation of dq and dk in place (a rotation's transpose is its inverse)."""
+    _rotate(dqkv, positions, n_head, n_kv_head, theta, -1.0)
+
+
+def _sigmoid(x: Array) -> Array:
+    with np.errstate(over="ignore"):  # exp(-x) = inf for very negative x gives 0, as it should
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def swiglu_fwd(out: Array, gate: Array, up: Array) -> None:
+    """out = silu(gate) * up."""
+    out[...] = gate * _sigmoid(gate) * up
+
+
+def swiglu_bwd(dgate: Array, dup: Array, dout: Array, gate: Array, up: Array) -> None:
+    """dgate = dout * up * silu'(gate), dup = dout * silu(gate); both overwritten."""
+    s = _sigmoid(gate)
+    silu = gate * s
+    dg = dout * up * (s * (1.0 + gate * (1.0 - s)))
+    dup[...] = dout * silu
+    dgate[...] = dg
 
 
 # ---- activations, residual, dropout --------------------------------------------------------

@@ -7,7 +7,8 @@ export, the cheapest call the runtime offers. Arrays that live elsewhere (a plai
 array a caller passes in) are staged through linear memory and copied back if written.
 
 `wasm` runs the scalar (MVP) module; `wasm-simd` runs the SIMD128 module, preferring the
-build with relaxed-SIMD fused multiply-add where the runtime accepts it. The runtime is
+build with relaxed-SIMD fused multiply-add where the runtime accepts it, and falling back
+to the build without extmul where the runtime refuses that (wasmer 1.x). The runtime is
 wasmtime unless SLLM_WASM_RUNTIME=wasmer selects wasmer (see wasm_runtime.py).
 
 JavaScript twin: sllm/web/kernels.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
@@ -22,7 +23,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import BackendError
-from .base import Array, Backend
+from . import reference
+from .base import LLAMA_KERNELS, Array, Backend
 from .reference import dropout_threshold
 from .wasm_memory import LinearMemory
 from .wasm_runtime import RUNTIMES, Runtime, RuntimeUnavailable, runtime_name
@@ -55,6 +57,9 @@ class _WasmBase(Backend):
     # (file name, needs relaxed SIMD, capability "simd" value), most preferred first
     modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = ()
     _probed: ClassVar[dict[str, Any]]
+    # the llama kernels run the numpy reference (on views of linear memory) until wasm/
+    # implements them
+    reference_kernels: ClassVar[frozenset[str]] = frozenset(LLAMA_KERNELS)
 
     def __init__(self, runtime: str | None = None, memory_limit: int | None = None) -> None:
         super().__init__()
@@ -240,23 +245,30 @@ class _WasmBase(Backend):
         self._call("matmul_q_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
                    self._ptr(wq, U8), self._ptr(bias), N, K, OC, _QTYPE_CODES[qtype], scratch)
 
-    def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int) -> None:
+    def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int,
+                      n_kv_head: int | None = None) -> None:
         """Causal multi-head attention; saves the probabilities (B,H,T,T)."""
+        if n_kv_head not in (None, n_head):  # grouped-query: the reference, for now
+            return reference.attention_fwd(out, saved, qkv, n_head, n_kv_head)
         B, T, C = _attention_dims(qkv, n_head)
         self._call("attention_fwd", "<IIIiiii", self._ptr(out, write=True),
                    self._ptr(saved, write=True), self._ptr(qkv), B, T, C, n_head)
 
     def attention_bwd(self, dqkv: Array, dout: Array, qkv: Array, out: Array, saved: Array,
-                      n_head: int) -> None:
+                      n_head: int, n_kv_head: int | None = None) -> None:
         """Gradient of attention_fwd with respect to qkv (overwritten)."""
+        if n_kv_head not in (None, n_head):
+            return reference.attention_bwd(dqkv, dout, qkv, out, saved, n_head, n_kv_head)
         B, T, C = _attention_dims(qkv, n_head)
         scratch = self._scratch(T)
         self._call("attention_bwd", "<IIIIiiiiI", self._ptr(dqkv, write=True), self._ptr(dout),
                    self._ptr(qkv), self._ptr(saved), B, T, C, n_head, scratch)
 
     def attention_decode(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
-                         pos: int, n_head: int) -> None:
+                         pos: int, n_head: int, n_kv_head: int | None = None) -> None:
         """Store new keys/values at pos.., then attend causally over the cache."""
+        if n_kv_head not in (None, n_head):
+            return reference.attention_decode(out, qkv, kcache, vcache, pos, n_head, n_kv_head)
         B, Tn, C = _attention_dims(qkv, n_head)
         max_t = kcache.shape[2]
         _check(pos + Tn <= max_t, f"KV cache holds {max_t} positions, need {pos + Tn}")
@@ -266,8 +278,12 @@ class _WasmBase(Backend):
                    B, Tn, C, n_head, max_t, pos, scratch)
 
     def attention_decode_batch(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
-                               slots: Array, positions: Array, n_head: int) -> None:
+                               slots: Array, positions: Array, n_head: int,
+                               n_kv_head: int | None = None) -> None:
         """One new position per sequence, row b in cache slot slots[b] at positions[b]."""
+        if n_kv_head not in (None, n_head):
+            return reference.attention_decode_batch(out, qkv, kcache, vcache, slots,
+                                                    positions, n_head, n_kv_head)
         B, Tn, C = _attention_dims(qkv, n_head)
         _check(Tn == 1, f"qkv must be (B, 1, 3C), got {np.shape(qkv)}")
         S, max_t = kcache.shape[0], kcache.shape[2]
@@ -412,6 +428,8 @@ class WasmSimdBackend(_WasmBase):
 
     name: ClassVar[str] = "wasm-simd"
     priority: ClassVar[int] = 20
+    # The compat build (no extmul) is the one wasmer 1.x accepts; wasmtime takes the first.
     modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = (
-        ("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
+        ("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"),
+        ("sllm_simd128_compat.wasm", False, "simd128"))
     _probed: ClassVar[dict[str, Any]] = {}
