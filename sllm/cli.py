@@ -26,6 +26,16 @@ term = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output (never the input, "
+                                                   "never a device).")
+
+
+def _output(path: Any, *inputs: Any, overwrite: bool, kind: str = "file") -> None:
+    """Refuse an output that would destroy an input or something not ours (sllm.outputs)."""
+    from .outputs import check_output
+    check_output(path, inputs, overwrite=overwrite, kind=kind)
+
+
 def _show_warning(message: Any, category: Any, filename: str, lineno: int,
                   file: Any = None, line: Any = None) -> None:
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
@@ -554,10 +564,11 @@ def quantize(model: str = typer.Argument(..., help="A float .sllm model file, or
              output: str = typer.Option(..., "--output", "-o", help="The quantized .sllm to write."),
              keep_embeddings: bool = typer.Option(False, "--keep-embeddings", help="Keep the token embedding wte in "
                                                                                    "float32 (larger file, no embedding "
-                                                                                   "rounding).")
-             ) -> None:
+                                                                                   "rounding)."),
+             overwrite: bool = OVERWRITE) -> None:
     """Quantize a model's matmul weights to ggml's q8_0, q4_0 or q4_1 blocks (inference only)."""
     import sllm
+    _output(output, model, overwrite=overwrite)
     src = _resolve_model(model)
     m = sllm.load(src, backend="numpy")
     m.quantize(qtype, embeddings=not keep_embeddings)
@@ -610,9 +621,11 @@ def _load_model_only(model_path: str, backend: str) -> Any:
 @command
 def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) or .json."),
             dest: str = typer.Argument(..., help="Output model: .sllm (binary) or .json."),
-            dtype: str = typer.Option("f32", help="Binary output precision: f32 or f16.")) -> None:
+            dtype: str = typer.Option("f32", help="Binary output precision: f32 or f16."),
+            overwrite: bool = OVERWRITE) -> None:
     """Convert a model between the binary format and the roadmap's JSON format."""
     import sllm
+    _output(dest, source, overwrite=overwrite)
     model = sllm.load_json(source, backend="numpy") if source.endswith(".json") \
         else sllm.load(_resolve_model(source), backend="numpy")
     if dest.endswith(".json"):
@@ -631,11 +644,12 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
                to: str = typer.Option(..., "--to", help="hf (a transformers directory) | gguf (llama.cpp)."),
                output: Path = typer.Option(..., "-o", "--output", help="Directory (hf) or .gguf file to write."),
                dtype: str = typer.Option("f32", help="hf: f32 | f16; gguf: f32 | f16 | q8_0 | q4_0."),
-               ) -> None:
+               overwrite: bool = OVERWRITE) -> None:
     """Export a model to Hugging Face (GPT2LMHeadModel, safetensors) or GGUF (llama.cpp)."""
     import sllm
 
     from .export import export_model
+    _output(output, model, overwrite=overwrite, kind="dir" if to == "hf" else "file")
     m = sllm.load(_resolve_model(model), backend="numpy")
     term.print(export_model(m, to, output, dtype), highlight=False)
 
@@ -646,9 +660,10 @@ def import_cmd(source: str = typer.Argument(..., help="A Hugging Face GPT-2 dire
                                                       "model.safetensors) or a .gguf file."),
                output: Path = typer.Option(..., "-o", "--output", help="The .sllm file to write."),
                dtype: str = typer.Option("f32", help="Precision of the .sllm file: f32 | f16."),
-               ) -> None:
+               overwrite: bool = OVERWRITE) -> None:
     """Import a GPT-2-shaped checkpoint as an sllm model (fine-tune it with train --init-from)."""
     from .export import import_model
+    _output(output, source, overwrite=overwrite)
     m = import_model(source)
     m.save(output, dtype=dtype)
     tok = (m.tokenizer or {}).get("type", "none")
@@ -663,9 +678,11 @@ def export_web(
     out: Path = typer.Option(..., "-o", "--out", help="Directory to write the site into."),
     dtype: str | None = typer.Option(None, help="Re-save the model: f32, f16, or q8_0/q4_0/q4_1 "
                                         "(quantized matmul weights, the rest f16)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Write a static site that chats with, and fine-tunes, the model in the browser."""
     from .export_web import export_site
+    _output(out, model, overwrite=overwrite, kind="dir")
     site = export_site(model, out, dtype=dtype)
     for name, size in site["files"].items():
         term.print(f"  {name:<20} {size:>10,} bytes", highlight=False)
