@@ -102,18 +102,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-# Cycles through imports inside functions that are known and tolerated, with the reason.
-# A new cycle fails the test; remove an entry once its cycle is gone.
-KNOWN = [
-    # the MPI launcher (distributed.main_worker) starts a Trainer; train uses the Group
-    ["sllm.distributed", "sllm.train"],
-    # export dispatches to gguf_export lazily; gguf_export takes ExportError and require
-    ["sllm.export", "sllm.gguf_export"],
-]
-
-
 def test_no_import_cycles():
-    assert [c for c in cycles(import_graph()) if c not in KNOWN] == []
+    assert cycles(import_graph()) == []
 
 
 @pytest.mark.parametrize("module,forbidden", [
