@@ -66,11 +66,46 @@ class Activations:
         self._decode_work = None
 
 
+class LlamaActivations(Activations):
+    """The llama block's buffers (sllm/llama.py): RMSNorm saves only 1/rms, the MLP keeps
+    gate, up and their SwiGLU product; positions (N,) feed the rotary kernels."""
+
+    def __init__(self, backend: Backend, cfg: ModelConfig, B: int, T: int, train: bool):
+        self.backend = backend
+        self.shape = (B, T)
+        C, F, V, H, W = (cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads,
+                         cfg.qkv_width)
+        self._owned, self._dims, self._decode_work = [], (C, F), None
+        new, N = self._new, B * T
+        self.tokens, self.targets = new((B, T), np.int32), new((B, T), np.int32)
+        self.positions = new((N,), np.int32)
+        self.x0 = new((B, T, C))
+        self.layers = []
+        for _ in range(cfg.num_layers):
+            qkv = new((B, T, W))
+            self.layers.append(SimpleNamespace(
+                ln1=new((B, T, C)), ln1_rstd=new((B, T)), qkv=qkv, qkv_rows=qkv.reshape(N, W),
+                att=new(backend.attention_saved_shape(B, T, H)), atty=new((B, T, C)),
+                attproj=new((B, T, C)), res2=new((B, T, C)), ln2=new((B, T, C)),
+                ln2_rstd=new((B, T)), gate=new((B, T, F)), up=new((B, T, F)),
+                hact=new((B, T, F)), down=new((B, T, C)), res3=new((B, T, C))))
+        self.lnf, self.lnf_rstd = new((B, T, C)), new((B, T))
+        self.logits, self.losses = new((B, T, V)), new((B, T))
+        if train:  # gradient scratch, shared by all layers
+            self.dres, self.dbranch, self.dln, self.dln2 = (new((B, T, C)) for _ in range(4))
+            self.datty, self.dqkv = new((B, T, C)), new((B, T, W))
+            self.dqkv_rows = self.dqkv.reshape(N, W)
+            self.dgate, self.dup, self.dh = new((B, T, F)), new((B, T, F)), new((B, T, F))
+        self.has_grads = train
+        self.dropout = 0.0
+
+
 class KVCache:
-    """Keys and values of past positions, per layer: (B, H, max_seq_len, D) each."""
+    """Keys and values of past positions, per layer: (B, Hkv, max_seq_len, D) each (Hkv =
+    cfg.kv_heads: num_heads for GPT-2, fewer under grouped-query attention)."""
 
     def __init__(self, backend: Backend, cfg: ModelConfig, B: int):
-        shape = (B, cfg.num_heads, cfg.max_seq_len, cfg.head_dim)
+        shape = (B, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim)
         self.backend = backend
         self.k = [backend.zeros(shape) for _ in range(cfg.num_layers)]
         self.v = [backend.zeros(shape) for _ in range(cfg.num_layers)]

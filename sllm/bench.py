@@ -190,7 +190,8 @@ def decode_weight_bytes(model: Any) -> int:
     is also the output projection (tied), which reads all of it."""
     sizes = {name: p.nbytes for name, p in model.parameters().items()}
     sizes.update({name: q.data.nbytes for name, q in model.quantized_weights().items()})
-    skip = {"wpe"} | (set() if model.config.tie_embeddings else {"wte"})
+    from .layout import embedding_name
+    skip = {"wpe"} | (set() if model.config.tie_embeddings else {embedding_name(model.config)})
     return sum(n for name, n in sizes.items() if name not in skip)
 
 

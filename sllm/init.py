@@ -8,6 +8,8 @@ import numpy as np
 from .config import ModelConfig
 
 INITS = ("gpt2", "xavier", "he")
+# matrices whose output is added to the residual stream: GPT-2 scales their init down
+_RESIDUAL_PROJECTIONS = ("c_proj.weight", "o_proj.weight", "down_proj.weight")
 
 
 def initialize(params: dict[str, np.ndarray], cfg: ModelConfig, scheme: str, seed: int) -> None:
@@ -17,7 +19,8 @@ def initialize(params: dict[str, np.ndarray], cfg: ModelConfig, scheme: str, see
     mlp.c_proj) scaled by 1/sqrt(2 * num_layers) as in GPT-2; xavier: uniform with
     bound sqrt(6 / (fan_in + fan_out)) for the linear layers; he: normal(0, sqrt(2 /
     fan_in)). In every scheme embeddings are normal(0, 0.02), biases zero, LayerNorm
-    weights one.
+    and RMSNorm weights one. The llama family's residual projections (o_proj, down_proj)
+    take the c_proj scaling.
     """
     if scheme not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {scheme!r}")
@@ -25,9 +28,9 @@ def initialize(params: dict[str, np.ndarray], cfg: ModelConfig, scheme: str, see
     for name, p in params.items():
         if name.endswith(".bias"):
             p[...] = 0.0
-        elif "ln_" in name:
+        elif "ln_" in name or name.endswith("norm.weight"):
             p[...] = 1.0
-        elif name in ("wte", "wpe"):
+        elif name in ("wte", "wpe", "model.embed_tokens.weight"):
             p[...] = rng.normal(0.0, 0.02, p.shape)
         else:
             p[...] = _linear(rng, p.shape, scheme, name, cfg.num_layers)
@@ -41,5 +44,5 @@ def _linear(rng: np.random.Generator, shape: tuple[int, ...], scheme: str, name:
         return rng.uniform(-bound, bound, shape)
     if scheme == "he":
         return rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
-    std = 0.02 / math.sqrt(2 * num_layers) if name.endswith("c_proj.weight") else 0.02
+    std = 0.02 / math.sqrt(2 * num_layers) if name.endswith(_RESIDUAL_PROJECTIONS) else 0.02
     return rng.normal(0.0, std, shape)

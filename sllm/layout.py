@@ -18,10 +18,24 @@ import numpy as np
 from .config import ModelConfig
 
 ALIGN = 16  # floats
+# Token embeddings are stored (V, C), as lookup rows; every other matrix is (in, out).
+EMBEDDINGS = frozenset({"wte", "model.embed_tokens.weight"})
+
+
+def embedding_name(cfg: ModelConfig) -> str:
+    """The token embedding's name: "wte" (gpt2) or "model.embed_tokens.weight" (llama)."""
+    return "model.embed_tokens.weight" if cfg.architecture == "llama" else "wte"
+
+
+def head_name(cfg: ModelConfig) -> str:
+    """The output projection's tensor: lm_head.weight, or the embedding when tied."""
+    return embedding_name(cfg) if cfg.tie_embeddings else "lm_head.weight"
 
 
 def parameter_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every parameter, in GPT-2 naming, matrices first."""
+    """(name, shape) of every parameter, matrices first (GPT-2 or llama naming)."""
+    if cfg.architecture == "llama":
+        return llama_parameter_shapes(cfg)
     V, C, F, L = cfg.vocab_size, cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.num_layers
     matrices: list[tuple[str, tuple[int, ...]]] = [("wte", (V, C)), ("wpe", (cfg.max_seq_len, C))]
     vectors: list[tuple[str, tuple[int, ...]]] = []
@@ -37,6 +51,29 @@ def parameter_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
         matrices.append(("lm_head.weight", (C, V)))
     vectors += [("ln_f.weight", (C,)), ("ln_f.bias", (C,))]
     return matrices + vectors
+
+
+def llama_parameter_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """A llama model's tensors under Hugging Face LlamaForCausalLM's names, with two
+    differences (the mapping is one to one; docs/llama.md): matrices are stored (in, out) as
+    GPT-2's are, i.e. transposed from torch's (out, in), except the embedding (V, C); and
+    q_proj, k_proj, v_proj are one fused self_attn.qkv_proj (C, (H + 2*Hkv)*D) with columns
+    [q | k | v], so one matmul fills the qkv buffer the rope and attention kernels read."""
+    V, C, F, L = cfg.vocab_size, cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.num_layers
+    E = "model.embed_tokens.weight"
+    matrices: list[tuple[str, tuple[int, ...]]] = [(E, (V, C))]
+    vectors: list[tuple[str, tuple[int, ...]]] = []
+    for i in range(L):
+        p = f"model.layers.{i}."
+        matrices += [(p + "self_attn.qkv_proj.weight", (C, cfg.qkv_width)),
+                     (p + "self_attn.o_proj.weight", (C, C)),
+                     (p + "mlp.gate_proj.weight", (C, F)), (p + "mlp.up_proj.weight", (C, F)),
+                     (p + "mlp.down_proj.weight", (F, C))]
+        vectors += [(p + "input_layernorm.weight", (C,)),
+                    (p + "post_attention_layernorm.weight", (C,))]
+    if not cfg.tie_embeddings:
+        matrices.append(("lm_head.weight", (C, V)))
+    return matrices + vectors + [("model.norm.weight", (C,))]
 
 
 @dataclass(frozen=True)

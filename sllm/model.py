@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from . import backends, budget
-from .activations import Activations, KVCache
+from . import backends, budget, llama
+from .activations import Activations, KVCache, LlamaActivations
 from .backends.base import DECODE_BLOCK_PARAMS, Backend
 from .config import ModelConfig, resolve_config
 from .errors import BackendError
 from .init import initialize
-from .layout import Layout
+from .layout import EMBEDDINGS, Layout, head_name
 from .quant import QTensor, bytes_per_row, dequantize
 from .validate import check_int
 
@@ -59,7 +59,11 @@ def _mix_seed(*parts: int) -> int:
 
 
 class SLLM:
-    """A GPT-style transformer language model running on a pluggable backend.
+    """A transformer language model of the GPT-2 or llama family on a pluggable backend.
+
+    This class is the family-independent machinery (buffers, caches, quantization, the
+    public surface) and GPT-2's line of kernel calls; the llama family's line is
+    sllm/llama.py (config.architecture picks it).
 
     `SLLM(config, backend="auto", seed=0, init="gpt2")`: config is a ModelConfig, a dict
     or a path to a JSON file; backend is a name (see sllm.backends.available()) or a
@@ -93,8 +97,8 @@ class SLLM:
             self.flat_grads = self.backend.zeros(self.layout.total)
             self._params = self.layout.views(self.flat_params)
             self._grads = self.layout.views(self.flat_grads)
-            self._p_layers = [_layer(self._params, i) for i in range(self.config.num_layers)]
-            self._g_layers = [_layer(self._grads, i) for i in range(self.config.num_layers)]
+            self._p_layers = self._layers(self._params)
+            self._g_layers = self._layers(self._grads)
             self._blocks = self._fused_blocks()
         self._last_seed = 0
         self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
@@ -160,7 +164,7 @@ class SLLM:
         qweights = {}
         for name, (qtype, data) in rows.items():
             slot = self.layout.slots[name]
-            shape = slot.shape if name == "wte" else slot.shape[::-1]
+            shape = slot.shape if name in EMBEDDINGS else slot.shape[::-1]
             if data.shape != (shape[0], bytes_per_row(qtype, shape[1])):
                 raise ValueError(f"{name}: {qtype} rows of shape {data.shape} do not hold "
                                  f"a {shape} matrix")
@@ -175,14 +179,34 @@ class SLLM:
         self._acts.clear()
         self.flat_params, self._params, self._qweights = flat, views, qweights
         self.flat_grads, self._grads, self._g_layers = self.backend.zeros(1), {}, []
-        self._p_layers = [_layer({**views, **qweights}, i) for i in range(self.config.num_layers)]
+        self._p_layers = self._layers({**views, **qweights})
         self._blocks = self._fused_blocks()
+
+    @property
+    def is_llama(self) -> bool:
+        """Whether this model is of the llama family (sllm/llama.py runs it)."""
+        return self.config.architecture == "llama"
+
+    def _layers(self, views: Mapping[str, Any]) -> list[SimpleNamespace]:
+        """Short names for each block's tensors in `views` (parameters or gradients)."""
+        make = llama.layer if self.is_llama else _layer
+        return [make(views, i) for i in range(self.config.num_layers)]
+
+    def _new_activations(self, B: int, T: int, grads: bool) -> Activations:
+        """The buffers of this family's forward (and backward) for one (B, T) shape."""
+        kind = LlamaActivations if self.is_llama else Activations
+        return kind(self.backend, self.config, B, T, grads)
+
+    def _dropout_seed(self, layer: int, site: int) -> int:
+        """The dropout mask seed of one site (0: attention, 1: MLP) of one layer, this step."""
+        return _mix_seed(self._last_seed, layer, site)
 
     def _fused_blocks(self) -> list[tuple[tuple[Any, ...], str | None] | None]:
         """Per layer, the arguments of the backend's own decode_block, or None where a decode
         step runs the layer kernel by kernel: the backend has only the contract's default
-        (the same kernels, behind one more Python call) or the layer mixes weight types."""
-        own = type(self.backend).decode_block is not Backend.decode_block
+        (the same kernels, behind one more Python call), the layer mixes weight types, or
+        the model is a llama (decode_block is GPT-2's block)."""
+        own = type(self.backend).decode_block is not Backend.decode_block and not self.is_llama
         return [_decode_block_args(L) if own else None for L in self._p_layers]
 
     def gradients(self) -> dict[str, np.ndarray]:
@@ -282,7 +306,7 @@ class SLLM:
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
             budget.check_activations(self.config, B, T, self.backend, grads)
-            acts = self._acts[key] = Activations(self.backend, self.config, B, T, grads)
+            acts = self._acts[key] = self._new_activations(B, T, grads)
         return acts
 
     def _load_targets(self, acts: Activations, targets: Any) -> int:
@@ -311,6 +335,8 @@ class SLLM:
     def _forward(self, a: Activations, dropout: float, cache: KVCache | None,
                  rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """rows = (slots, positions): a continuous-batching step (see decode_batch)."""
+        if self.is_llama:
+            return llama.forward(self, a, dropout, cache, rows)  # type: ignore[arg-type]
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
         mm = self._matmul
@@ -376,7 +402,7 @@ class SLLM:
     def _lm_head(self, *views: Mapping[str, Any]) -> Any:
         """The output projection's tensor in the first of `views` that has it (per decoded
         token: no merged dict of every tensor)."""
-        name = "wte" if self.config.tie_embeddings else "lm_head.weight"
+        name = head_name(self.config)
         return next(v[name] for v in views if name in v)
 
     def _act_fwd(self, out: np.ndarray, inp: np.ndarray) -> None:
@@ -389,6 +415,8 @@ class SLLM:
 
     # ---- backward: the forward line, reversed ------------------------------------------
     def _backward(self, a: Activations) -> None:
+        if self.is_llama:
+            return llama.backward(self, a)  # type: ignore[arg-type]
         k, cfg, P, G = self.backend, self.config, self._params, self._grads
         H, p = cfg.num_heads, a.dropout
         self.flat_grads.fill(0)
@@ -426,8 +454,8 @@ class SLLM:
     def new_cache(self, batch: int = 1) -> KVCache:
         """An empty KV cache for `batch` sequences."""
         cfg = self.config
-        budget.check_bytes(2 * cfg.num_layers * batch * cfg.max_seq_len * cfg.embedding_dim
-                           * 4, f"a KV cache for {batch} x {cfg.max_seq_len} positions",
+        budget.check_bytes(2 * cfg.num_layers * batch * cfg.max_seq_len * cfg.kv_heads
+                           * cfg.head_dim * 4, f"a KV cache for {batch} x {cfg.max_seq_len} positions",
                            self.backend)
         return KVCache(self.backend, self.config, batch)
 
@@ -460,7 +488,7 @@ class SLLM:
             raise ValueError(f"positions must be in [0, max_seq_len {limit}), got {ps.tolist()}")
         acts = self._batch_acts.get(B)
         if acts is None:
-            acts = self._batch_acts[B] = Activations(self.backend, self.config, B, 1, False)
+            acts = self._batch_acts[B] = self._new_activations(B, 1, False)
         acts.tokens[...] = t
         self._forward(acts, 0.0, cache, (sl, ps))
         return np.array(acts.logits[:, 0, :])

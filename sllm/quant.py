@@ -262,26 +262,38 @@ class QTensor:
         return dequantize(self.data, self.qtype, self.shape[1])
 
 
+_LAYER_MATMULS = {
+    "gpt2": ("h.{i}.attn.c_attn.weight", "h.{i}.attn.c_proj.weight", "h.{i}.mlp.c_fc.weight",
+             "h.{i}.mlp.c_proj.weight"),
+    "llama": ("model.layers.{i}.self_attn.qkv_proj.weight",
+              "model.layers.{i}.self_attn.o_proj.weight", "model.layers.{i}.mlp.gate_proj.weight",
+              "model.layers.{i}.mlp.up_proj.weight", "model.layers.{i}.mlp.down_proj.weight"),
+}
+
+
 def matmul_weight_names(cfg: Any) -> list[str]:
-    """The weights `SLLM.quantize` quantizes: four per layer and the output head (the
-    tied `wte` when embeddings are tied). Embeddings, LayerNorm and biases stay float32."""
-    names = [f"h.{i}.{w}" for i in range(cfg.num_layers)
-             for w in ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
-                       "mlp.c_proj.weight")]
-    return names + ["wte" if cfg.tie_embeddings else "lm_head.weight"]
+    """The weights `SLLM.quantize` quantizes: every linear layer's (four per GPT-2 layer,
+    five per llama layer) and the output head (the tied token embedding when embeddings
+    are tied). Embeddings, norms and biases stay float32."""
+    from .layout import head_name
+    names = [w.format(i=i) for i in range(cfg.num_layers)
+             for w in _LAYER_MATMULS[getattr(cfg, "architecture", "gpt2")]]
+    return names + [head_name(cfg)]
 
 
 def quantized_weight_names(cfg: Any, embeddings: bool = True) -> list[str]:
     """The weights `SLLM.quantize` quantizes: the matmul weights and, unless `embeddings`
-    is False, the token embedding `wte` (lookups dequantize the rows they need, as
-    ggml's get_rows). wpe, LayerNorm and biases always stay float32."""
-    names = matmul_weight_names(cfg)
-    return names + ["wte"] if embeddings and "wte" not in names else names
+    is False, the token embedding (lookups dequantize the rows they need, as ggml's
+    get_rows). wpe, norms and biases always stay float32."""
+    from .layout import embedding_name
+    names, embed = matmul_weight_names(cfg), embedding_name(cfg)
+    return names + [embed] if embeddings and embed not in names else names
 
 
 def quantize_weight(name: str, w: np.ndarray, qtype: str) -> np.ndarray:
     """Quantize parameter `name` to (rows along K) blocks; errors name the tensor."""
-    rows = w if name == "wte" else w.T
+    from .layout import EMBEDDINGS
+    rows = w if name in EMBEDDINGS else w.T
     try:
         return quantize(rows, qtype)
     except QuantizationError as e:

@@ -29,7 +29,7 @@ from ._version import __version__
 from .config import ModelConfig
 from .errors import ConfigError, FormatError
 from .fileio import atomic_write
-from .layout import Layout
+from .layout import EMBEDDINGS, Layout
 from .quant import BLOCKS, QK, quantized_weight_names
 
 MAGIC = b"SLLM"
@@ -422,10 +422,10 @@ def _check_shapes(tensors: dict[str, np.ndarray], entries: list[tuple[str, int, 
         shape, need = tensors[name].shape, slot.shape
         if name in quantized:
             shape = quantized[name][1]
-            need = slot.shape if name == "wte" else slot.shape[::-1]
+            need = slot.shape if name in EMBEDDINGS else slot.shape[::-1]
             if name not in matmuls:
                 raise FormatError(f"{path}: tensor {name!r} is {quantized[name][0]}, but only "
-                                  f"matmul weights and wte may be quantized")
+                                  f"matmul weights and the token embedding may be quantized")
         if shape != need:
             raise FormatError(f"{path}: tensor {name!r} has shape {shape}, the config needs "
                               f"{need}" + (" (quantized rows run along K)" if name in quantized

@@ -34,6 +34,7 @@ from .errors import ConfigError, FormatError
 from .fileio import atomic_write_text
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
+from .outputs import check_output
 from .progress import TrainProgress
 from .runlock import RunLock, acquire
 from .schedule import SCHEDULES, Constant, Schedule
@@ -167,6 +168,7 @@ def prepare(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) ->
     The run directory is locked for this process first (RunLockedError if another process
     writes it); a directory that already holds a run is refused unless overwrite=True,
     which removes that run's files (and only those) first."""
+    check_output(cfg.out, [cfg.init_from], overwrite=overwrite, kind="run", option="--out")
     created = not os.path.exists(cfg.out)
     lock = acquire(cfg.out)
     try:

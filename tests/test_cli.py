@@ -120,3 +120,10 @@ def test_help_shows_square_brackets():
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"})
     assert result.exit_code == 0
     assert "needs sllm[mpi])" in result.output
+
+
+def test_error_messages_keep_square_brackets(tmp_path):
+    """An error is printed as text, not markup: 'sllm[serve]' or a path with [x] intact."""
+    missing = tmp_path / "[abc]" / "m.sllm"
+    result = runner.invoke(app, ["info", str(missing)])
+    assert result.exit_code == 1 and f"{missing}: no such file" in result.output

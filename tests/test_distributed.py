@@ -139,6 +139,7 @@ def _assert_same_losses(a, b, rel=1e-5):
     ("cpp", {}),
     ("wasm-simd", {}),
     ("wasm", {"steps": 10}),
+    ("cpp", {"model": {**TINY, "architecture": "llama", "num_kv_heads": 1}}),  # MQA llama
 ])
 def test_two_ranks_match_one_process(tmp_path, backend, kw):
     if backend not in sllm.backends.available():

@@ -75,19 +75,21 @@ def test_every_backend_matches_the_reference_kernel(backend_name, qtype):
                 assert check.passed, check
 
 
-def test_wasm_simd128_module_without_relaxed_simd():
-    """The plain SIMD128 module (browsers without relaxed SIMD) runs the extmul path."""
+@pytest.mark.parametrize("module", ["sllm_simd128.wasm", "sllm_simd128_compat.wasm"])
+def test_wasm_simd128_modules_without_relaxed_simd(module):
+    """The plain SIMD128 module (browsers without relaxed SIMD) runs the extmul path; the
+    compat module (wasmer 1.x) widens with extend + mul instead: both run every case."""
     from sllm.backends import conformance
     from sllm.backends.wasm import WasmSimdBackend
     if "wasm-simd" not in sllm.backends.available():
         pytest.skip("wasm-simd is not available here")
 
     class Simd128Only(WasmSimdBackend):
-        modules = (("sllm_simd128.wasm", False, "simd128"),)
+        modules = ((module, False, "simd128"),)
         _probed = {}
 
     be = Simd128Only()
-    assert be.capabilities["module"] == "sllm_simd128.wasm"
+    assert be.capabilities["module"] == module
     for i in range(len(conformance.CASES["matmul_q_fwd"].shapes)):
         for check in conformance.check_kernel(be, "matmul_q_fwd", i):
             assert check.passed, check

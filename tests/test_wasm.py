@@ -15,7 +15,7 @@ from sllm.budget import BudgetError
 WASM: list[str] = [n for n in ("wasm", "wasm-simd") if n in backends.available()]
 pytestmark = pytest.mark.skipif(not WASM, reason="the wasm modules were not built or no runtime")
 CLASSES = {"wasm": WasmBackend, "wasm-simd": WasmSimdBackend}
-MODULES = ["sllm_scalar.wasm", "sllm_simd128.wasm", "sllm_relaxed.wasm"]
+MODULES = ["sllm_scalar.wasm", "sllm_simd128.wasm", "sllm_relaxed.wasm", "sllm_simd128_compat.wasm"]
 
 
 @pytest.fixture(params=WASM or ["none"])

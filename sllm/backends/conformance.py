@@ -622,16 +622,22 @@ CASES: dict[str, KernelCases] = {
 
 
 # ---- the whole model and generation ----------------------------------------------------------
-MODEL_CASES: list[dict[str, Any]] = [{"tie": False, "act": "gelu"}, {"tie": True, "act": "relu"}]
+MODEL_CASES: list[dict[str, Any]] = [
+    {"tie": False, "act": "gelu"}, {"tie": True, "act": "relu"},
+    # llama: multi-query and tied; grouped (3 query heads per KV head) and untied
+    {"tie": True, "act": "gelu", "arch": "llama", "kv": 1},
+    {"tie": False, "act": "gelu", "arch": "llama", "kv": 2}]
 
 
-def _model_pair(backend: Backend, tie: bool, act: str) -> tuple[Any, Any]:
+def _model_pair(backend: Backend, tie: bool, act: str, arch: str = "gpt2",
+                kv: int | None = None) -> tuple[Any, Any]:
     """The same small model (dropout 0.1) on the numpy backend and on `backend`."""
     from ..config import ModelConfig
     from ..model import SLLM
-    cfg = ModelConfig(vocab_size=67, embedding_dim=24, num_layers=2, num_heads=3,
+    heads = 6 if arch == "llama" else 3  # llama: an even head dim (4) for the rotary pairs
+    cfg = ModelConfig(vocab_size=67, embedding_dim=24, num_layers=2, num_heads=heads,
                       ffn_hidden_dim=40, dropout=0.1, max_seq_len=16, activation=act,
-                      tie_embeddings=tie)
+                      tie_embeddings=tie, architecture=arch, num_kv_heads=kv)
     return SLLM(cfg, backend=_reference_backend(), seed=3), SLLM(cfg, backend=backend, seed=3)
 
 

@@ -7,7 +7,8 @@ export, the cheapest call the runtime offers. Arrays that live elsewhere (a plai
 array a caller passes in) are staged through linear memory and copied back if written.
 
 `wasm` runs the scalar (MVP) module; `wasm-simd` runs the SIMD128 module, preferring the
-build with relaxed-SIMD fused multiply-add where the runtime accepts it. The runtime is
+build with relaxed-SIMD fused multiply-add where the runtime accepts it, and falling back
+to the build without extmul where the runtime refuses that (wasmer 1.x). The runtime is
 wasmtime unless SLLM_WASM_RUNTIME=wasmer selects wasmer (see wasm_runtime.py).
 
 JavaScript twin: sllm/web/kernels.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
@@ -427,6 +428,8 @@ class WasmSimdBackend(_WasmBase):
 
     name: ClassVar[str] = "wasm-simd"
     priority: ClassVar[int] = 20
+    # The compat build (no extmul) is the one wasmer 1.x accepts; wasmtime takes the first.
     modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = (
-        ("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
+        ("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"),
+        ("sllm_simd128_compat.wasm", False, "simd128"))
     _probed: ClassVar[dict[str, Any]] = {}

@@ -1,0 +1,130 @@
+"""The llama family's forward and backward: a straight line of kernel calls per layer.
+
+Per layer, in llama2.c's run.c order: RMSNorm, the fused q|k|v projection, rotary embedding
+of q and k, grouped-query attention, o_proj, residual; RMSNorm, gate and up projections,
+SwiGLU, down projection, residual. Then the final RMSNorm and the output head (tied to
+the embedding or not). No biases, no learned positions. Dropout (when the config asks for
+it) sits where GPT-2 has it: after o_proj and after down_proj.
+
+The backward pass is the same line reversed, by hand, as SLLM's GPT-2 line in model.py.
+Rotary convention: Hugging Face LlamaForCausalLM's rotate-half (pairs i, i + D/2), so its
+q_proj and k_proj weights map onto qkv_proj without a permutation (docs/llama.md).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .activations import KVCache, LlamaActivations
+from .quant import dequantize
+
+if TYPE_CHECKING:
+    from .model import SLLM
+
+EMBED, NORM = "model.embed_tokens.weight", "model.norm.weight"
+
+
+def layer(views: Mapping[str, Any], i: int) -> SimpleNamespace:
+    """Short names for the tensors of llama block i (parameters or gradients)."""
+    p = f"model.layers.{i}."
+    return SimpleNamespace(
+        ln1_w=views[p + "input_layernorm.weight"], qkv_w=views[p + "self_attn.qkv_proj.weight"],
+        o_w=views[p + "self_attn.o_proj.weight"],
+        ln2_w=views[p + "post_attention_layernorm.weight"],
+        gate_w=views[p + "mlp.gate_proj.weight"], up_w=views[p + "mlp.up_proj.weight"],
+        down_w=views[p + "mlp.down_proj.weight"])
+
+
+def _embed(m: SLLM, a: LlamaActivations) -> None:
+    """x0 = embed_tokens[tokens] (a numpy gather; quantized rows are dequantized)."""
+    tokens = a.tokens.reshape(-1)
+    q = m._qweights.get(EMBED)
+    rows = dequantize(q.data[tokens], q.qtype, m.config.embedding_dim) if q is not None \
+        else m._params[EMBED][tokens]
+    a.x0[...] = rows.reshape(a.x0.shape)
+
+
+def _positions(a: LlamaActivations, pos: int, rows: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Each row's position for the rotary kernels: pos.. per sequence, or a continuous-
+    batching step's own positions."""
+    B, T = a.shape
+    if rows is not None:
+        a.positions[...] = rows[1]
+    else:
+        a.positions.reshape(B, T)[...] = np.arange(pos, pos + T, dtype=np.int32)
+
+
+def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
+            rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """The llama forward over a.tokens into a.logits (see SLLM._forward for the arguments)."""
+    k, cfg, P, mm = m.backend, m.config, m._params, m._matmul
+    H, Hkv, theta, eps = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, cfg.norm_eps
+    pos = cache.pos if cache else 0
+    _embed(m, a)
+    _positions(a, pos, rows)
+    x = a.x0
+    for i, (L, la) in enumerate(zip(m._p_layers, a.layers, strict=True)):
+        k.rmsnorm_fwd(la.ln1, la.ln1_rstd, x, L.ln1_w, eps)
+        mm(la.qkv, la.ln1, L.qkv_w, None)
+        k.rope_fwd(la.qkv_rows, a.positions, H, Hkv, theta)
+        if cache is None:
+            k.attention_fwd(la.atty, la.att, la.qkv, H, Hkv)
+        elif rows is not None:
+            k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H, Hkv)
+        else:
+            k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H, Hkv)
+        mm(la.attproj, la.atty, L.o_w, None)
+        if dropout:
+            k.dropout_fwd(la.attproj, la.attproj, dropout, m._dropout_seed(i, 0))
+        k.residual_fwd(la.res2, x, la.attproj)
+        k.rmsnorm_fwd(la.ln2, la.ln2_rstd, la.res2, L.ln2_w, eps)
+        mm(la.gate, la.ln2, L.gate_w, None)
+        mm(la.up, la.ln2, L.up_w, None)
+        k.swiglu_fwd(la.hact, la.gate, la.up)
+        mm(la.down, la.hact, L.down_w, None)
+        if dropout:
+            k.dropout_fwd(la.down, la.down, dropout, m._dropout_seed(i, 1))
+        k.residual_fwd(la.res3, la.res2, la.down)
+        x = la.res3
+    k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], eps)
+    mm(a.logits, a.lnf, m._lm_head(m._qweights, P), None, cfg.tie_embeddings)
+    a.dropout = dropout
+
+
+def backward(m: SLLM, a: LlamaActivations) -> None:
+    """The forward line reversed: fills m's gradients from the dlogits in a.logits."""
+    k, cfg, P, G = m.backend, m.config, m._params, m._grads
+    H, Hkv, theta, p = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, a.dropout
+    m.flat_grads.fill(0)
+    k.matmul_bwd(a.dln, m._lm_head(G), None, a.logits, a.lnf, m._lm_head(P),
+                 cfg.tie_embeddings)
+    a.dres.fill(0)
+    k.rmsnorm_bwd(a.dres, G[NORM], a.dln, a.layers[-1].res3, P[NORM], a.lnf_rstd)
+    for i in reversed(range(cfg.num_layers)):
+        L, D, la = m._p_layers[i], m._g_layers[i], a.layers[i]
+        x_in = a.layers[i - 1].res3 if i > 0 else a.x0
+        dbranch = a.dres
+        if p:
+            k.dropout_bwd(a.dbranch, a.dres, p, m._dropout_seed(i, 1))
+            dbranch = a.dbranch
+        k.matmul_bwd(a.dh, D.down_w, None, dbranch, la.hact, L.down_w)
+        k.swiglu_bwd(a.dgate, a.dup, a.dh, la.gate, la.up)
+        k.matmul_bwd(a.dln, D.gate_w, None, a.dgate, la.ln2, L.gate_w)
+        k.matmul_bwd(a.dln2, D.up_w, None, a.dup, la.ln2, L.up_w)
+        k.residual_fwd(a.dln, a.dln, a.dln2)  # ln2 feeds both gate and up
+        k.rmsnorm_bwd(a.dres, D.ln2_w, a.dln, la.res2, L.ln2_w, la.ln2_rstd)
+        dbranch = a.dres
+        if p:
+            k.dropout_bwd(a.dbranch, a.dres, p, m._dropout_seed(i, 0))
+            dbranch = a.dbranch
+        k.matmul_bwd(a.datty, D.o_w, None, dbranch, la.atty, L.o_w)
+        k.attention_bwd(a.dqkv, a.datty, la.qkv, la.atty, la.att, H, Hkv)
+        k.rope_bwd(a.dqkv_rows, a.positions, H, Hkv, theta)
+        k.matmul_bwd(a.dln, D.qkv_w, None, a.dqkv, la.ln1, L.qkv_w)
+        k.rmsnorm_bwd(a.dres, D.ln1_w, a.dln, x_in, L.ln1_w, la.ln1_rstd)
+    # the embedding's gradient: dres summed per token id (a tied head already added its own)
+    np.add.at(G[EMBED], a.tokens.reshape(-1), a.dres.reshape(-1, cfg.embedding_dim))
+
