@@ -214,7 +214,7 @@ class GenerationEndpoints:
             tokens = prompt_tokens.get(i, []) + a.tokens
             lp = None if k is None else api.completion_logprobs(tokens, k)
             choices.append(api.completion_choice(i * call.n + j, head + a.text,
-                                                 _finish(a.end), lp))
+                                                 _finish(a.end), lp, _note(a.end)))
         return JSONResponse(api.completion(rid, self.model_id, choices,
                                            _usage(answers, ids)))
 
@@ -232,7 +232,7 @@ class GenerationEndpoints:
             if event.kind == "done":
                 a.end = event
                 yield api.completion(rid, self.model_id, [api.completion_choice(
-                    index, "", _finish(event))], None, chunk=True)
+                    index, "", _finish(event), note=event.note)], None, chunk=True)
                 continue
             text = event.text if event.kind == "text" else self._echo(prompts[i], ids[i])
             lp = None if k is None else api.completion_logprobs(list(event.tokens), k)
@@ -262,7 +262,8 @@ class GenerationEndpoints:
                             call)
         answers, _ = await self.collect(request, call)
         choices = [api.chat_choice(j, a.text if grammar else a.text.strip(), _finish(a.end),
-                                   None if k is None else api.chat_logprobs(a.tokens, k))
+                                   None if k is None else api.chat_logprobs(a.tokens, k),
+                                   _note(a.end))
                    for (_, j), a in sorted(answers.items())]
         return JSONResponse(api.chat_completion(rid, self.model_id, choices,
                                                 _usage(answers, [ids])))
@@ -312,6 +313,10 @@ def _finish(end: Event | None) -> str | None:
     return None if end is None else end.finish_reason
 
 
+def _note(end: Event | None) -> str | None:
+    return None if end is None else end.note
+
+
 def _usage(answers: dict[tuple[int, int], Answer], ids: list[list[int]]) -> dict[str, int]:
     """Each prompt counted once, every choice's tokens counted."""
     done = sum(a.end.completion_tokens for a in answers.values() if a.end is not None)
@@ -342,12 +347,12 @@ async def until_done(call: Call, stop: asyncio.Future[None] | None = None
         event = item[1]
         if event.kind == "error":
             raise RuntimeError(event.text)
-        _note(call, event)
+        _record(call, event)
         yield item
         left -= event.kind == "done"
 
 
-def _note(call: Call, event: Event) -> None:
+def _record(call: Call, event: Event) -> None:
     """Keep the call's Record (for the access log and /metrics) up to date."""
     rec = call.record
     if event.kind == "text" and rec.first_token is None:
