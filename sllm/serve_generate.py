@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,34 @@ from .serve_ops import Record
 
 class ClientGone(Exception):
     """The client disconnected before its (non-streamed) answer was ready."""
+
+
+class Mailbox:
+    """Hands the engine thread's events to the event loop, one wake-up for all the events
+    posted meanwhile (a decode step makes one per active request), not one per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: deque[tuple[asyncio.Queue, Any]] = deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, events: asyncio.Queue, event: Any) -> None:
+        """From any thread: deliver `event` to `events` on the loop."""
+        self.items.append((events, event))
+        with self.lock:
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self.deliver)
+
+    def deliver(self) -> None:
+        """On the loop: put everything posted so far into its queue."""
+        with self.lock:
+            self.scheduled = False
+        while self.items:
+            events, event = self.items.popleft()
+            events.put_nowait(event)
 
 
 @dataclass
@@ -66,7 +96,7 @@ class GenerationEndpoints:
     context: int
     vocab_size: int
     context_overflow: str
-    mailbox: Any
+    mailbox: Mailbox | None
 
     async def body(self, request: Request, fields: dict[str, Any], required: tuple[str, ...]
                    ) -> dict[str, Any]:
@@ -111,15 +141,15 @@ class GenerationEndpoints:
 
     def start(self, jobs: list[tuple[list[int], Sampling]]) -> Call:
         """Submit one engine request per prompt; their events share one asyncio queue."""
-        from .serve import Mailbox
         if self.mailbox is None:
             self.mailbox = Mailbox(asyncio.get_running_loop())
+        mailbox = self.mailbox
         events: asyncio.Queue = asyncio.Queue()
         call = Call([], events, jobs[0][1].n)
         call.record.prompt_tokens = sum(len(ids) for ids, _ in jobs)
         for i, (ids, sampling) in enumerate(jobs):
             def emit(event: Event, i: int = i) -> None:
-                self.mailbox.post(events, (i, event))
+                mailbox.post(events, (i, event))
             req = GenRequest(ids, sampling, emit)
             try:
                 self.engine.submit(req)
