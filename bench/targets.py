@@ -92,25 +92,29 @@ def engine_rows(cfg: ModelConfig, qtype: str, rounds: int, tokens: int) -> list[
     prompts = [rng.integers(0, tok.vocab_size, 16).tolist() for _ in range(16)]
 
     def wave(n: int) -> float:
-        done, count = threading.Semaphore(0), [0]
+        done, count, errors = threading.Semaphore(0), [0], []
 
         def emit(event: Any) -> None:
-            if event.kind == "done":
+            if event.kind in ("done", "error"):
                 count[0] += event.completion_tokens
+                if event.kind == "error":
+                    errors.append(event.text or event.note)
                 done.release()
         t0 = time.perf_counter()
         for i in range(n):
             engine.submit(Request(prompts[i], Sampling(max_tokens=tokens, temperature=0), emit))
         for _ in range(n):
             done.acquire()
+        if errors:
+            raise RuntimeError(f"the engine failed a request: {errors[0]}")
         return count[0] / (time.perf_counter() - t0)
 
     def first_token() -> float:
         got = threading.Event()
         t0 = time.perf_counter()
-        prompt = rng.integers(0, tok.vocab_size, 64).tolist()
+        prompt = rng.integers(0, tok.vocab_size, min(64, cfg.max_seq_len - 2)).tolist()
         engine.submit(Request(prompt, Sampling(max_tokens=1, temperature=0),
-                              lambda e: got.set() if e.kind in ("text", "done") else None))
+                              lambda e: got.set() if e.kind in ("text", "done", "error") else None))
         got.wait()
         return time.perf_counter() - t0
 
@@ -149,7 +153,7 @@ def main() -> None:
         if name in args.engine_configs.split(","):
             cfg = ModelConfig.from_json(ROOT / "configs" / f"{name}.json")
             for qtype in ("f32", "q8_0", "q4_0"):
-                lines += engine_rows(cfg, qtype, args.rounds, 64)
+                lines += engine_rows(cfg, qtype, args.rounds, min(64, cfg.max_seq_len - 17))
     lines.append(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     text = "\n".join(lines) + "\n"
     print(text)
