@@ -20,6 +20,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import ConfigError, DataError, FormatError, SLLMError
 from .fileio import atomic_write
+from .finite import check_f16_range, check_weights
 from .layout import Layout
 
 LN_EPS = 1e-5
@@ -229,6 +230,8 @@ FORMATS = ("hf", "gguf")
 def export_model(model: Any, to: str, path: str | os.PathLike[str],
                  dtype: str = "f32") -> str:
     """Write `model` as `to` ("hf": a directory, "gguf": a file); a one-line summary."""
+    if dtype == "f16":  # as `sllm convert`: a weight f16 cannot hold would become inf
+        check_f16_range(model.parameters())
     if to == "hf":
         files = export_hf(model, path, dtype)
         return f"wrote {', '.join(files)} to {path}"
@@ -246,9 +249,12 @@ def import_model(source: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     src = Path(source)
     if src.is_file() and src.suffix == ".gguf":
         from .gguf_export import import_gguf
-        return import_gguf(src, backend=backend)
-    if src.is_file() and src.name.endswith(".safetensors"):
-        src = src.parent
-    if not src.exists():
-        raise ExportError(f"{source}: no such file or directory")
-    return import_hf(src, backend=backend)
+        model = import_gguf(src, backend=backend)
+    else:
+        if src.is_file() and src.name.endswith(".safetensors"):
+            src = src.parent
+        if not src.exists():
+            raise ExportError(f"{source}: no such file or directory")
+        model = import_hf(src, backend=backend)
+    check_weights(model.parameters(), source)  # NaN/inf weights refused by name and index
+    return model
