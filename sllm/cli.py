@@ -118,20 +118,20 @@ def train(
                                                    "needs sllm\\[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
-    from . import distributed
+    from . import distributed, launch
     from . import train as training
     given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
                                                           "training", "config", "ranks",
-                                                          "distributed", "overwrite")}
+                                                          "distributed", "launch", "overwrite")}
     given["model"] = config
     if ranks is not None:
-        n = distributed.parse_ranks(ranks)
+        n = launch.parse_ranks(ranks)
         if n is not None and batch_size is not None and batch_size < n:
             # Refused before mpiexec starts: an error printed by a rank just before MPI Abort
             # can be lost with the job, and this one is known from the command line alone.
             raise distributed.DistributedError(distributed.batch_too_small(batch_size, n))
-        plan = functools.partial(distributed.plan_for, given, resume, train_config)
-        raise typer.Exit(distributed.launch_cli(ranks, sys.argv[1:], term, plan))
+        plan = functools.partial(launch.plan_for, given, resume, train_config)
+        raise typer.Exit(launch.launch_cli(ranks, sys.argv[1:], term, plan))
     if betas is not None:
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
@@ -153,7 +153,7 @@ def train(
             trainer = training.prepare(base.replace(**given), progress=not quiet,
                                        overwrite=overwrite)
             _describe_run(trainer)
-        trainer = distributed.replicate(trainer, group)
+        trainer = launch.replicate(trainer, group)
         return trainer.run(), trainer
 
     result, trainer = distributed.guarded(group, run)

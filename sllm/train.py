@@ -299,7 +299,7 @@ class Trainer:
         self._deadline: float | None = None
         self.on_step: Callable[[Trainer], None] | None = None  # test and example hook
         self.lock: RunLock | None = None  # this process's lock on cfg.out (see runlock)
-        self.dist = Group()  # the ranks of a data-parallel job (sllm.distributed.replicate)
+        self.dist = Group()  # the ranks of a data-parallel job (sllm.launch.replicate)
 
     # ---- state for checkpoints ------------------------------------------------------------
     def state(self) -> dict[str, Any]:

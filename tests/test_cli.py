@@ -77,6 +77,39 @@ def test_chat_with_piped_input(trained):
     assert lines[2] == "A: What do you like to eat?" and lines[3].startswith("B: ")
 
 
+def test_generate_with_a_grammar_and_sampling_controls(trained, tmp_path):
+    run_dir = trained[0] / "run"
+    code, out = run("generate", run_dir, "--prompt", "Once upon a time", "--max-tokens", 6,
+                    "--seed", 1, "--choice", "she sat down", "--choice", "he ran away")
+    assert code == 0, out
+    assert out.rstrip("\n") in ("Once upon a time she sat down", "Once upon a time he ran away")
+    code, out = run("generate", run_dir, "--prompt", "The", "--max-tokens", 5, "--seed", 2,
+                    "--frequency-penalty", 1.5, "--min-p", 0.1, "--logit-bias", "5=-100")
+    assert code == 0, out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "thing"}')
+    code, out = run("generate", run_dir, "--json-schema", bad, "--max-tokens", 5)
+    assert code != 0 and "type 'thing' is not one of" in out
+    code, out = run("generate", run_dir, "--logit-bias", "x", "--max-tokens", 5)
+    assert code != 0 and "--logit-bias takes TOKEN_ID=BIAS" in out
+    code, out = run("generate", run_dir, "--json-schema", tmp_path / "missing.json")
+    assert code != 0 and "--json-schema" in out
+
+
+def test_chat_context_overflow(trained):
+    long_line = "the cat sat on the mat " * 12  # more than the 32-token context alone
+    code, out = run("chat", trained[0] / "run", "--seed", 0, "--max-tokens", 4,
+                    input=f"{long_line}\nhello\n")
+    assert code == 0, out
+    assert "(not sent: this line alone takes" in out and out.count("B: ") == 1
+    turns = "".join(f"the cat sat on the mat {i}\n" for i in range(6))
+    code, out = run("chat", trained[0] / "run", "--seed", 0, "--max-tokens", 4,
+                    "--context-overflow", "error", input=turns)
+    assert code == 0 and "(not sent: the dialogue takes" in out
+    code, out = run("chat", trained[0] / "run", "--context-overflow", "drop", input="")
+    assert code != 0 and "--context-overflow must be trim or error" in out
+
+
 def test_vocab_build_and_encode(tmp_path, trained):
     corpus = trained[0] / "corpus.txt"
     code, out = run("vocab", "build", corpus, "--kind", "bpe", "--size", 300, "-o",

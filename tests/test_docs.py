@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,18 @@ def test_transcripts_split_into_commands_and_outputs():
     text = '$ sllm a \\\n    --b 1\nout 1\n$ sllm c "x\ny"\nout 2\nout 3'
     assert commands(text) == [("sllm a \\\n    --b 1", ["out 1"]),
                               ('sllm c "x\ny"', ["out 2", "out 3"])]
+
+
+def test_links_point_inside_the_repository():
+    """Every relative link of README.md and docs/*.md names a file of the repository (the
+    README once linked ../shared/CONTRACT.md, outside it)."""
+    link = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+    broken = []
+    for page in PAGES:
+        for target in link.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue  # http:, https:, mailto:
+            path = (page.parent / target).resolve()
+            if not path.exists() or ROOT not in path.parents:
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import base64
 import functools
-import os
 import unicodedata
 import zlib
 
 import numpy as np
 import pytest
-from node_js import run_node, why_no_node
+from node_js import run_node, skip_without_node
 from twins import JAPANESE, JS_TRAIN_STEPS, ODD_TEXT, corrupt_files, corrupt_quantized, python_train_steps
 
 import sllm
@@ -32,11 +31,7 @@ from sllm.serialize import read_model_file
 
 @pytest.fixture(scope="module", autouse=True)
 def _node():
-    reason = why_no_node()
-    if reason and os.environ.get("SLLM_REQUIRE_NODE") == "1":
-        pytest.fail(f"SLLM_REQUIRE_NODE=1 but {reason}")
-    if reason:
-        pytest.skip(reason)
+    skip_without_node()
 
 
 CFG = {"vocabSize": 300, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,

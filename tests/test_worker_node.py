@@ -5,11 +5,10 @@ holds the worker's output to it."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from node_js import run_node, why_no_node
+from node_js import run_node, skip_without_node
 
 import sllm
 from sllm.corpus import generate_corpus
@@ -18,11 +17,7 @@ from sllm.tokenizer import BPETokenizer
 
 @pytest.fixture(scope="module", autouse=True)
 def _node():
-    reason = why_no_node()
-    if reason and os.environ.get("SLLM_REQUIRE_NODE") == "1":
-        pytest.fail(f"SLLM_REQUIRE_NODE=1 but {reason}")
-    if reason:
-        pytest.skip(reason)
+    skip_without_node()
     if "wasm" not in sllm.backends.available():
         pytest.skip("the WebAssembly modules were not built")
 

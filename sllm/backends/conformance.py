@@ -258,6 +258,11 @@ def _kv(H: int, Hkv: int | None) -> tuple[int, list[int]]:
     return (H + 2 * (Hkv or H)), ([] if Hkv is None else [Hkv])
 
 
+def _embed_q_fwd(rng: np.random.Generator, B: int, T: int, V: int, C: int, qtype: str) -> Args:
+    from ..quant import quantize
+    return [_f(rng, B, T, C), _tokens(rng, V, B, T), quantize(_f(rng, V, C), qtype), qtype]
+
+
 def _attention_fwd(rng: np.random.Generator, B: int, T: int, H: int, D: int,
                    Hkv: int | None = None) -> Args:
     heads, kv = _kv(H, Hkv)
@@ -418,6 +423,9 @@ _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0, "packed": packed}
                                       (1, 384, 1152), (37, 1536, 70), (5, 64, 5003),
                                       (2, 256, 17)))
         for q in ("q8_0", "q4_0", "q4_1") for packed in (False, True)]
+# one row, a partial block (C 45), repeated tokens, a vocabulary of 5003
+_EMBQ = _shapes("B T V C qtype", (1, 1, 3, 32, "q8_0"), (2, 3, 7, 45, "q4_0"),
+                (3, 5, 5003, 96, "q4_1"), (1, 2, 9, 17, "q8_0"))
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
 # grouped-query: multi-query (Hkv 1), groups of 2 and 3, Hkv = H given explicitly; head dims
 # 2, 6 and 66, odd T
@@ -580,6 +588,7 @@ CASES: dict[str, KernelCases] = {
     "matmul_fwd": KernelCases(_MM, _matmul_fwd, (0,), model_shapes=_mm_m),
     "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2), model_shapes=_mm_m),
     "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,), model_shapes=_mmq_m),
+    "embed_q_fwd": KernelCases(_EMBQ, _embed_q_fwd, (0,)),
     "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved,
                                model_shapes=_att_m),
     "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state,

@@ -7,6 +7,8 @@
 //   const g = compileFor(tokenizer, { jsonSchema: {...} });   // or { regex }, { choices }, { jsonObject: true }
 //   const c = g.start();  c.allowedMask(remaining, eosId) -> Uint8Array(V);  c.advance(token)
 
+import { CHAR_BYTE } from "./tokenizers.js";
+
 const MAX_UNICODE = 0x10ffff, JSON_DEPTH = 3, MAX_NFA_STATES = 200000, DEAD = -1, INF = 2 ** 30;
 
 export class GrammarError extends Error {
@@ -411,17 +413,6 @@ class NFA {
 }
 
 // ---- vocabulary -------------------------------------------------------------------------
-const CHAR_BYTE = (() => {
-  const bs = [];
-  for (let b = 33; b <= 126; b++) bs.push(b);
-  for (let b = 161; b <= 172; b++) bs.push(b);
-  for (let b = 174; b <= 255; b++) bs.push(b);
-  const cs = bs.slice();
-  let n = 0;
-  for (let b = 0; b < 256; b++) if (!bs.includes(b)) { bs.push(b); cs.push(256 + n); n++; }
-  return new Map(bs.map((b, i) => [String.fromCodePoint(cs[i]), b]));
-})();
-
 /** The bytes each token contributes (empty for specials and [UNK], never allowed). */
 export function tokenBytes(tok) {
   const skip = new Set([tok.padId, tok.bosId, tok.eosId, tok.unkId].filter((x) => x !== null && x !== undefined));
