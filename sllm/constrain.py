@@ -475,7 +475,10 @@ def compile_for(tok: Any, json_schema: Any = None, regex: Any = None, choices: A
         if got is not None:
             table.grammars.move_to_end(key)
             return got
-    compiled = Grammar(grammar_node(json_schema, regex, choices, json_object), table)
+    try:
+        compiled = Grammar(grammar_node(json_schema, regex, choices, json_object), table)
+    except RecursionError:
+        raise G.GrammarError("the grammar is nested too deeply") from None
     with _TABLES_LOCK:
         table.grammars[key] = compiled
         while len(table.grammars) > CACHE_GRAMMARS:
