@@ -20,7 +20,7 @@ from sllm.serialize import read_model_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import StaticServer, chromium, run_js, why_no_browser
-from twins import JAPANESE, JS_TRAIN_STEPS, TWINS, corrupt_files, python_train_steps
+from twins import JAPANESE, JS_TRAIN_STEPS, PAGE_ONLY, TWINS, corrupt_files, python_train_steps
 
 WORD_CFG = {"vocabSize": 300, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,
             "ffnHiddenDim": 64, "dropout": 0.0, "maxSeqLen": 96}
@@ -133,6 +133,8 @@ def test_javascript_twins_and_their_python_sources_name_each_other():
     """Each JS module says which Python modules it re-implements, and each of those says
     so in its docstring, so a change on one side leads to the other."""
     root = Path(__file__).resolve().parent.parent
+    modules = {p.name for p in (root / "sllm" / "web").glob("*.js")}
+    assert modules - set(PAGE_ONLY) == set(TWINS), "a JS module of sllm/web missing from tests/twins.py"
     for js, sources in TWINS.items():
         header = (root / "sllm" / "web" / js).read_text(encoding="utf-8").split("\n\n")[0]
         for source in sources:

@@ -20,6 +20,7 @@ TWINS = {
     "sllm.js": ("sllm/generate.py", "sllm/sampler.py", "sllm/chat.py"),
     "constrain.js": ("sllm/grammar.py", "sllm/constrain.py"),
 }
+PAGE_ONLY = ("app.js", "worker.js")  # the page's own code, with no Python counterpart
 
 ODD_TEXT = ("Hello, world! Don't stop… it's 3.5 km (or 2,000 m)?\n\n  Tabs\tand\r\nCRLF\x1c"
             "\x85line ｶﾀｶﾅ ① ² ﬁ İstanbul ÉCOLE naïve 😀 under_score\u00a0nbsp\u3000")
