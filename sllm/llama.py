@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import KVCache, LlamaActivations
-from .quant import dequantize
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -39,12 +38,13 @@ def layer(views: Mapping[str, Any], i: int) -> SimpleNamespace:
 
 
 def _embed(m: SLLM, a: LlamaActivations) -> None:
-    """x0 = embed_tokens[tokens] (a numpy gather; quantized rows are dequantized)."""
-    tokens = a.tokens.reshape(-1)
+    """x0 = embed_tokens[tokens]: a numpy gather, or the backend's embed_q_fwd of the rows
+    when the embedding is quantized."""
     q = m._qweights.get(EMBED)
-    rows = dequantize(q.data[tokens], q.qtype, m.config.embedding_dim) if q is not None \
-        else m._params[EMBED][tokens]
-    a.x0[...] = rows.reshape(a.x0.shape)
+    if q is not None:
+        m.backend.embed_q_fwd(a.x0, a.tokens, q.data, q.qtype)
+    else:
+        a.x0[...] = m._params[EMBED][a.tokens]
 
 
 def _positions(a: LlamaActivations, pos: int, rows: tuple[np.ndarray, np.ndarray] | None) -> None:

@@ -128,6 +128,7 @@ def test_no_import_cycles():
     ("sllm.hookspecs", {"sllm.plugins", "sllm.backends"}),
     ("sllm.backends.builtin", {"sllm.plugins"}),
     ("sllm.backends.conformance", {"sllm.bench"}),  # both use sllm.timing
+    ("sllm.backends.cases", {"sllm.backends.conformance", "sllm.bench", "sllm.bench_shapes"}),
 ])
 def test_layers(module, forbidden):
     assert not import_graph()[module] & forbidden

@@ -104,8 +104,8 @@ def test_packed_weights_are_checked_where_they_enter():
 
 
 def test_decode_block_refuses_packed_and_unpacked_weights_mixed():
-    from sllm.backends import conformance
-    spec = conformance.CASES["decode_block"]
+    from sllm.backends import cases, conformance
+    spec = cases.CASES["decode_block"]
     index = next(i for i, s in enumerate(spec.shapes) if s["qtype"] == "q8_0")
     cpp = backends.get("cpp")
     args = conformance.on_backend(cpp, spec.args(np.random.default_rng(0), **spec.shapes[index]),

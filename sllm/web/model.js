@@ -176,10 +176,10 @@ export class Network {
       k.call("layernorm_fwd", la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b, N, C);
       this.matmul(la.qkv, la.ln1, L.attn_w, L.attn_b, N, C, 3 * C);
       if (cache === null) {
-        k.call("attention_fwd", la.atty, la.att, la.qkv, B, T, C, H);
+        k.call("attention_fwd", la.atty, la.att, la.qkv, B, T, C, H, H);
       } else {
         const maxT = c.max_seq_len;
-        k.call("attention_decode", la.atty, la.qkv, cache.k[i], cache.v[i], B, T, C, H, maxT, pos, k.scratch(maxT));
+        k.call("attention_decode", la.atty, la.qkv, cache.k[i], cache.v[i], B, T, C, H, maxT, pos, k.scratch(maxT), H);
       }
       this.matmul(la.attproj, la.atty, L.proj_w, L.proj_b, N, C, C);
       if (dropout) this.dropout(la.attproj, la.attproj, N * C, dropout, mixSeed(this.lastSeed, i, 0));
@@ -292,7 +292,7 @@ export class Network {
       dbranch = a.dres;
       if (p) { this.dropout(a.dbranch, a.dres, N * C, p, mixSeed(this.lastSeed, i, 0)); dbranch = a.dbranch; }
       this.matmulBwd(a.datty, D.proj_w, D.proj_b, dbranch, la.atty, L.proj_w, N, C, C);
-      k.call("attention_bwd", a.dqkv, a.datty, la.qkv, la.att, B, T, C, H, k.scratch(T));
+      k.call("attention_bwd", a.dqkv, a.datty, la.qkv, la.att, B, T, C, H, k.scratch(T), H);
       this.matmulBwd(a.dln, D.attn_w, D.attn_b, a.dqkv, la.ln1, L.attn_w, N, C, 3 * C);
       k.call("layernorm_bwd", a.dres, D.ln1_w, D.ln1_b, a.dln, xIn, L.ln1_w, la.ln1_mean, la.ln1_rstd, N, C);
     }
