@@ -19,7 +19,7 @@ from .serialize import DTYPE_CODES, read_model_file
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 WEB_FILES = ("index.html", "style.css", "app.js", "worker.js", "sllm.js", "model.js",
-             "kernels.js", "format.js", "tokenizers.js", "constrain.js")
+             "llama.js", "kernels.js", "format.js", "tokenizers.js", "constrain.js")
 WASM_FILES = ("sllm_relaxed.wasm", "sllm_simd128.wasm", "sllm_scalar.wasm")
 MODEL_NAME = "model.sllm"
 DTYPES = (*DTYPE_CODES, *QTYPES)  # what --dtype accepts
@@ -71,6 +71,9 @@ def export_site(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                         f"(train with sllm train, which stores it)")
     if dtype is not None and dtype not in DTYPES:
         raise SLLMError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if mf.config.architecture == "llama" and (dtype or mf.dtype) in QTYPES:
+        raise SLLMError(f"the browser runs float llama models only so far: export "
+                        f"{model_path.name} with --dtype f32 or f16")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, int] = {}
