@@ -160,3 +160,13 @@ def test_error_messages_keep_square_brackets(tmp_path):
     missing = tmp_path / "[abc]" / "m.sllm"
     result = runner.invoke(app, ["info", str(missing)])
     assert result.exit_code == 1 and f"{missing}: no such file" in result.output
+
+
+def test_docs_lists_and_prints_pages_without_test_markers():
+    listing = runner.invoke(app, ["docs"])
+    assert listing.exit_code == 0 and "api" in listing.output and "plugins" in listing.output
+    page = runner.invoke(app, ["docs", "quantization"])
+    assert page.exit_code == 0 and "quant.quantize(x, \"q4_0\")" in page.output
+    assert "doc-test" not in page.output  # tests/test_docs.py's markers are not for readers
+    missing = runner.invoke(app, ["docs", "nope"])
+    assert missing.exit_code == 1 and "no documentation page 'nope'" in missing.output
