@@ -67,6 +67,9 @@ def models(tmp_path_factory):
     files["llama-gqa"] = _save(make(6, **llama, numKvHeads=2), word, out / "llama-gqa.sllm")
     files["llama-mqa-tied-f16"] = _save(make(7, **llama, numKvHeads=1, tieEmbeddings=True), word,
                                         out / "llama-mqa.sllm", dtype="f16")
+    for qtype in ("q8_0", "q4_0", "q4_1"):
+        files[f"llama-{qtype}"] = _save(make(8, **llama, numKvHeads=2).quantize(qtype), word,
+                                        out / f"llama-{qtype}.sllm")
     return files
 
 
@@ -92,7 +95,8 @@ def _python_backend(variant):
 @pytest.mark.filterwarnings("ignore:context full")  # 40 new tokens pass max_seq_len: both slide
 @pytest.mark.parametrize("variant", ["relaxed", "simd128", "scalar"])
 @pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_0", "q4_1",
-                                  "llama-gqa", "llama-mqa-tied-f16"])
+                                  "llama-gqa", "llama-mqa-tied-f16", "llama-q8_0", "llama-q4_0",
+                                  "llama-q4_1"])
 def test_forward_and_greedy_tokens_equal_python(models, name, variant):
     """Node and Python run the same module, so the logits are equal bit for bit, and both
     are within float32 rounding of the numpy reference."""

@@ -426,7 +426,8 @@ export function tokenBytes(tok) {
       out.push(ok ? [...piece].map((c) => CHAR_BYTE.get(c)) : []);
       continue;
     }
-    out.push(Array.from(enc.encode(tok.decode([i]))));
+    const text = tok.decode([i]); // U+FFFD alone: a byte of a longer character, never allowed
+    out.push(text.includes("\ufffd") ? [] : Array.from(enc.encode(text)));
   }
   return out;
 }

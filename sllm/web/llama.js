@@ -38,8 +38,10 @@ export function llamaActivations(c, B, T, nw) {
   return Object.assign(a, { lnf: nw(N * C), lnf_rstd: nw(N), logits: nw(N * c.vocab_size), losses: nw(N) });
 }
 
-/** x0 = embed_tokens[tokens] (a float embedding: a quantized one is refused at load). */
+/** x0 = embed_tokens[tokens]: rows copied, or dequantized from a quantized embedding. */
 function embed(net, a, N, C) {
+  const q = net.quantized[EMBED];
+  if (q) return net.quantizedEmbedding(a, q, N, a.T, C, 0, false);
   const heap = net.k.heap, tokens = heap.i32(a.tokens, N), x0 = heap.f32(a.x0, N * C);
   const table = heap.f32(net.P[EMBED], net.config.vocab_size * C);
   for (let n = 0; n < N; n++) x0.set(table.subarray(tokens[n] * C, tokens[n] * C + C), n * C);
