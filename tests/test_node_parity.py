@@ -186,7 +186,8 @@ def _python_tensors(path):
     return model, out
 
 
-@pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_1"])
+@pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_1",
+                                  "llama-mqa-tied-f16", "llama-q4_0"])
 def test_reader_and_writer_agree_with_python(models, name, tmp_path):
     """format.js reads what Python wrote (config, tokenizer, every tensor's values), and
     Python reads what format.js writes (Model.save) back to the same model."""
