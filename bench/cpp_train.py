@@ -42,6 +42,11 @@ CONFIGS: dict[str, tuple[dict[str, Any], int, int]] = {  # name: (model config, 
                ffn_hidden_dim=1024), 16, 128),
     "seed": (dict(vocab_size=400, embedding_dim=32, num_layers=2, num_heads=1,
                   ffn_hidden_dim=128), 16, 64),
+    # the llama twins of B and C (configs/llama-small-model.json, llama-medium-model.json)
+    "llama-B": (dict(architecture="llama", vocab_size=5000, embedding_dim=128, num_layers=4,
+                     num_heads=4, ffn_hidden_dim=368), 16, 128),
+    "llama-C": (dict(architecture="llama", vocab_size=8000, embedding_dim=256, num_layers=6,
+                     num_heads=8, num_kv_heads=2, ffn_hidden_dim=832), 16, 128),
 }
 GEN_PROMPT, GEN_TOKENS = list(range(1, 17)), 100
 
@@ -149,7 +154,7 @@ def main() -> None:
     print("|---|" + "---|" * (len(BACKENDS) + 3))
     jobs = [("train", c) for c in args.configs.split(",")] + [("generate", "B")]
     for what, config in jobs:
-        per_round = 1 if config == "C" or what == "generate" else 3
+        per_round = 1 if config.endswith("C") or what == "generate" else 3
         r = compare(what, config, args.threads, args.rounds, per_round)
         best = {b: r[b][0] for b in BACKENDS}
         med = {b: r[b][1] for b in BACKENDS}

@@ -71,7 +71,7 @@ def _allreduce_alone(group: Any, grads: np.ndarray, repeats: int = 5) -> float:
 
 def run_candidate(args: argparse.Namespace, backend: str, ranks: int, threads: int) -> dict:
     """Launch one candidate's job and return its JSON line."""
-    from sllm.distributed import find_mpiexec
+    from sllm.launch import find_mpiexec
     env = dict(os.environ, SLLM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--backend", backend,

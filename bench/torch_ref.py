@@ -1,7 +1,9 @@
 """PyTorch reference of sllm's model and training step, for benchmarks only.
 
 Same architecture as sllm/model.py (GPT-2: learned positions, pre-LayerNorm blocks,
-tanh-GELU MLP, causal multi-head attention, untied lm_head without bias), trained with
+tanh-GELU MLP, causal multi-head attention, untied lm_head without bias) or, for a llama
+config, as sllm/llama.py (RMSNorm, rotate-half rotary embeddings, grouped-query attention,
+SwiGLU, no biases), trained with
 torch.optim.AdamW on the same number of threads; and sampling with a KV cache,
 for the generation comparison. torch is never a dependency of sllm: `pip install torch`
 into a benchmark environment to use this file.
@@ -67,14 +69,87 @@ class TorchGPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's rotate-half rotary embedding of x (B,H,T,D); cos, sin (T, D/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class LlamaBlock(nn.Module):
+    """x + o(attention(rope(q), rope(k), v)) of rmsnorm(x), then + down(silu(gate) * up)."""
+
+    def __init__(self, C: int, H: int, Hkv: int, Fh: int, eps: float):
+        super().__init__()
+        self.H, self.Hkv, self.D = H, Hkv, C // H
+        self.ln_1, self.ln_2 = nn.RMSNorm(C, eps=eps), nn.RMSNorm(C, eps=eps)
+        self.qkv = nn.Linear(C, (H + 2 * Hkv) * self.D, bias=False)
+        self.c_proj = nn.Linear(C, C, bias=False)
+        self.gate, self.up = nn.Linear(C, Fh, bias=False), nn.Linear(C, Fh, bias=False)
+        self.mlp_proj = nn.Linear(Fh, C, bias=False)
+
+    def attend(self, x: torch.Tensor, rope: tuple, cache: list | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split([self.H * self.D, self.Hkv * self.D, self.Hkv * self.D], 2)
+        q = _rotate(q.view(B, T, self.H, self.D).transpose(1, 2), *rope)
+        k = _rotate(k.view(B, T, self.Hkv, self.D).transpose(1, 2), *rope)
+        v = v.view(B, T, self.Hkv, self.D).transpose(1, 2)
+        if cache is not None:
+            if cache:
+                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+            cache[:] = [k, v]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1,
+                                           enable_gqa=self.Hkv != self.H)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    def forward(self, x: torch.Tensor, rope: tuple, cache: list | None = None) -> torch.Tensor:
+        x = x + self.attend(self.ln_1(x), rope, cache)
+        h = self.ln_2(x)
+        return x + self.mlp_proj(F.silu(self.gate(h)) * self.up(h))
+
+
+class TorchLlama(nn.Module):
+    """sllm's llama family in PyTorch (dropout 0), the same initialisation as sllm's."""
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        C, L, V = cfg.embedding_dim, cfg.num_layers, cfg.vocab_size
+        self.theta, self.D = cfg.rope_theta, cfg.head_dim
+        self.wte = nn.Embedding(V, C)
+        self.h = nn.ModuleList(LlamaBlock(C, cfg.num_heads, cfg.kv_heads, cfg.ffn_hidden_dim,
+                                          cfg.norm_eps) for _ in range(L))
+        self.ln_f, self.lm_head = nn.RMSNorm(C, eps=cfg.norm_eps), nn.Linear(C, V, bias=False)
+        for p in self.parameters():
+            if p.dim() >= 2:
+                nn.init.normal_(p, std=0.02)
+        for b in self.h:
+            assert isinstance(b, LlamaBlock)
+            for w in (b.c_proj.weight, b.mlp_proj.weight):
+                nn.init.normal_(w, std=0.02 / math.sqrt(2 * L))
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx: torch.Tensor, caches: list | None = None, pos: int = 0) -> torch.Tensor:
+        inv = self.theta ** (-torch.arange(0, self.D, 2, dtype=torch.float64) / self.D)
+        angles = torch.arange(pos, pos + idx.shape[1], dtype=torch.float64)[:, None] * inv
+        rope = (angles.cos().float(), angles.sin().float())
+        x = self.wte(idx)
+        for i, block in enumerate(self.h):
+            x = block(x, rope, caches[i] if caches is not None else None)
+        return self.lm_head(self.ln_f(x))
+
+
 def make(cfg: Any, threads: int, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-         weight_decay: float = 0.01) -> tuple[TorchGPT, torch.optim.Optimizer]:
+         weight_decay: float = 0.01) -> tuple[Any, torch.optim.Optimizer]:
     """A model and AdamW for an sllm ModelConfig, on `threads` threads; weight decay on
     the matrices only (as sllm and nanoGPT)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = TorchGPT(cfg.vocab_size, cfg.embedding_dim, cfg.num_layers, cfg.num_heads,
-                     cfg.ffn_hidden_dim, cfg.max_seq_len, cfg.tie_embeddings)
+    model: nn.Module
+    if getattr(cfg, "architecture", "gpt2") == "llama":
+        model = TorchLlama(cfg)
+    else:
+        model = TorchGPT(cfg.vocab_size, cfg.embedding_dim, cfg.num_layers, cfg.num_heads,
+                         cfg.ffn_hidden_dim, cfg.max_seq_len, cfg.tie_embeddings)
     params = list(model.parameters())  # tied weights appear once
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -91,7 +166,7 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
-def train_loop(model: TorchGPT, opt: torch.optim.Optimizer, train_ids: torch.Tensor,
+def train_loop(model: Any, opt: torch.optim.Optimizer, train_ids: torch.Tensor,
                val_ids: torch.Tensor, B: int, T: int, steps: int, eval_every: int,
                eval_batches: int, out: str, lr: float = 1e-3, min_lr: float = 1e-4,
                warmup: int = 100, clip: float = 1.0, seed: int = 0) -> dict:
@@ -133,7 +208,7 @@ def train_loop(model: TorchGPT, opt: torch.optim.Optimizer, train_ids: torch.Ten
     return losses
 
 
-def train_step(model: TorchGPT, opt: torch.optim.Optimizer, x: torch.Tensor,
+def train_step(model: Any, opt: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor) -> float:
     """The step sllm.bench.train_step times: forward, backward, the gradient norm clipped
     to 1.0, AdamW; returns the loss."""
@@ -147,7 +222,7 @@ def train_step(model: TorchGPT, opt: torch.optim.Optimizer, x: torch.Tensor,
 
 
 @torch.no_grad()
-def generate(model: TorchGPT, prompt: list[int], new_tokens: int, seed: int = 0) -> list[int]:
+def generate(model: Any, prompt: list[int], new_tokens: int, seed: int = 0) -> list[int]:
     """Sample new_tokens after prompt (batch 1) with a KV cache."""
     gen = torch.Generator().manual_seed(seed)
     caches: list[list] = [[] for _ in model.h]

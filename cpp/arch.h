@@ -72,6 +72,21 @@ struct Ops {
   double (*sum_squares)(const float* x, int64_t n);
   // sum[c] += src[r * ld + c] over rows r < rows in order, for c < n <= 64
   void (*column_sums)(float* sum, const float* src, int64_t rows, int64_t ld, int64_t n);
+
+  // the llama kernels' rows (layernorm_rows.inc, rope_rows.inc, activation_rows.inc)
+  // RMSNorm of one row into out; returns its rstd = 1/sqrt(mean(x^2) + eps)
+  float (*rmsnorm_fwd_row)(float* out, const float* x, const float* w, float eps, int64_t C);
+  void (*rmsnorm_bwd_row)(float* dinp, const float* dout, const float* x, const float* w,
+                          float rstd, int64_t C);
+  // dweight of columns c < n <= 64 over `rows` rows at stride ld, in row order
+  void (*rmsnorm_weight_grads)(float* dw, const float* dout, const float* x,
+                               const float* rstd, int64_t rows, int64_t ld, int64_t n);
+  // rotate `heads` heads of D floats by the angles with cosines cs[0..D/2), sines
+  // cs[D/2..D); sign -1 rotates back
+  void (*rope_row)(float* x, const float* cs, int64_t heads, int64_t D, float sign);
+  void (*swiglu_fwd)(float* out, const float* gate, const float* up, int64_t n);
+  void (*swiglu_bwd)(float* dgate, float* dup, const float* dout, const float* gate,
+                     const float* up, int64_t n);
 };
 
 extern const Ops ops_scalar;

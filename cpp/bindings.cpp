@@ -2,7 +2,10 @@
 // GIL. Every kernel works in place on the caller's numpy buffers: a wrong dtype is a
 // TypeError, a non-contiguous, read-only or mis-shaped buffer a ValueError; nothing is
 // copied. Argument names and defaults match sllm/backends/reference.py.
+#include <pybind11/stl.h>
+
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "arch.h"
@@ -119,71 +122,85 @@ void bind_matmul(py::module_& m) {
      arg("trans_w") = false);
 }
 
-// (B, T, 3C) qkv with n_head heads -> B, T, C
-void qkv_dims(const Check& k, const Arr& qkv, int64_t n_head, int64_t* B, int64_t* T,
-              int64_t* C) {
+// The shape of a (B, T, (H + 2*Hkv) * D) qkv with n_head = H query heads and n_kv_head =
+// Hkv key/value heads (None: H, GPT-2's (B, T, 3C)); C = H * D is the output width.
+struct QkvDims {
+  int64_t B, T, C, Hkv, D;
+};
+
+QkvDims qkv_dims(const Check& k, const Arr& qkv, int64_t n_head,
+                 std::optional<int64_t> n_kv_head) {
   k.dims(qkv, "qkv", 3);
-  k.expect(qkv.last % 3 == 0, "qkv's last axis must be 3C");
-  *B = qkv.shape[0]; *T = qkv.shape[1]; *C = qkv.last / 3;
-  k.expect(n_head > 0 && *C % n_head == 0, "n_head must divide C");
+  const int64_t Hkv = n_kv_head.value_or(n_head);
+  k.expect(n_head > 0, "n_head must be > 0");
+  k.expect(Hkv > 0 && n_head % Hkv == 0, "n_kv_head must be > 0 and divide n_head");
+  const int64_t heads = n_head + 2 * Hkv;
+  k.expect(qkv.last % heads == 0 && qkv.last > 0,
+           "qkv's last axis (" + std::to_string(qkv.last) +
+           ") must be (n_head + 2 * n_kv_head) * head dim");
+  const int64_t D = qkv.last / heads;
+  return {qkv.shape[0], qkv.shape[1], n_head * D, Hkv, D};
 }
 
 void bind_attention(py::module_& m) {
-  m.def("attention_fwd", [](py::handle out, py::handle saved, py::handle qkv, int64_t n_head) {
+  using Heads = std::optional<int64_t>;
+  m.def("attention_fwd", [](py::handle out, py::handle saved, py::handle qkv, int64_t n_head,
+                            Heads n_kv_head) {
     Check k("attention_fwd");
     Arr q = k.in(qkv, "qkv");
-    int64_t B, T, C;
-    qkv_dims(k, q, n_head, &B, &T, &C);
+    const QkvDims d = qkv_dims(k, q, n_head, n_kv_head);
     Arr o = k.out(out, "out");
-    k.expect(o.size == B * T * C, "out must be (B, T, C)");
+    k.expect(o.size == d.B * d.T * d.C, "out must be (B, T, n_head * head dim)");
     k.disjoint(o, "out", q, "qkv");
-    float* lse = k.sized(saved, "saved", B * n_head * T, true);
+    float* lse = k.sized(saved, "saved", d.B * n_head * d.T, true);
     Nogil nogil;
-    sllm::attention_fwd(o.f(), lse, q.f(), B, T, C, n_head);
-  }, arg("out"), arg("saved"), arg("qkv"), arg("n_head"));
+    sllm::attention_fwd(o.f(), lse, q.f(), d.B, d.T, d.C, n_head, d.Hkv);
+  }, arg("out"), arg("saved"), arg("qkv"), arg("n_head"), arg("n_kv_head") = py::none());
 
   m.def("attention_bwd", [](py::handle dqkv, py::handle dout, py::handle qkv, py::handle out,
-                            py::handle saved, int64_t n_head) {
+                            py::handle saved, int64_t n_head, Heads n_kv_head) {
     Check k("attention_bwd");
     Arr q = k.in(qkv, "qkv"), dq = k.out(dqkv, "dqkv");
-    int64_t B, T, C;
-    qkv_dims(k, q, n_head, &B, &T, &C);
+    const QkvDims d = qkv_dims(k, q, n_head, n_kv_head);
     k.expect(dq.size == q.size, "dqkv must have qkv's shape");
     Arr dy = k.in(dout, "dout"), o = k.in(out, "out");
-    k.expect(dy.size == B * T * C && o.size == B * T * C, "dout and out must be (B, T, C)");
+    const int64_t size = d.B * d.T * d.C;
+    k.expect(dy.size == size && o.size == size, "dout and out must be (B, T, n_head * head dim)");
     k.disjoint(dq, "dqkv", q, "qkv"); k.disjoint(dq, "dqkv", dy, "dout");
     k.disjoint(dq, "dqkv", o, "out");
-    const float* lse = k.sized(saved, "saved", B * n_head * T, false);
+    const float* lse = k.sized(saved, "saved", d.B * n_head * d.T, false);
     Nogil nogil;
-    sllm::attention_bwd(dq.f(), dy.f(), q.f(), o.f(), lse, B, T, C, n_head);
-  }, arg("dqkv"), arg("dout"), arg("qkv"), arg("out"), arg("saved"), arg("n_head"));
+    sllm::attention_bwd(dq.f(), dy.f(), q.f(), o.f(), lse, d.B, d.T, d.C, n_head, d.Hkv);
+  }, arg("dqkv"), arg("dout"), arg("qkv"), arg("out"), arg("saved"), arg("n_head"),
+     arg("n_kv_head") = py::none());
 
   m.def("attention_decode", [](py::handle out, py::handle qkv, py::handle kcache,
-                               py::handle vcache, int64_t pos, int64_t n_head) {
+                               py::handle vcache, int64_t pos, int64_t n_head, Heads n_kv_head) {
     Check k("attention_decode");
     Arr q = k.in(qkv, "qkv"), kc = k.out(kcache, "kcache"), vc = k.out(vcache, "vcache");
-    int64_t B, Tn, C;
-    qkv_dims(k, q, n_head, &B, &Tn, &C);
-    const int64_t maxT = k.kv_cache(kc, vc, B, n_head, C, pos, Tn);
+    const QkvDims d = qkv_dims(k, q, n_head, n_kv_head);
+    const int64_t maxT = k.kv_cache(kc, vc, d.B, d.Hkv, d.Hkv * d.D, pos, d.T);
     Arr o = k.out(out, "out");
-    k.expect(o.size == B * Tn * C, "out must be (B, Tn, C)");
+    k.expect(o.size == d.B * d.T * d.C, "out must be (B, Tn, n_head * head dim)");
     Nogil nogil;
-    sllm::attention_decode(o.f(), q.f(), kc.f(), vc.f(), pos, B, Tn, C, n_head, maxT);
-  }, arg("out"), arg("qkv"), arg("kcache"), arg("vcache"), arg("pos"), arg("n_head"));
+    sllm::attention_decode(o.f(), q.f(), kc.f(), vc.f(), pos, d.B, d.T, d.C, n_head, maxT,
+                           d.Hkv);
+  }, arg("out"), arg("qkv"), arg("kcache"), arg("vcache"), arg("pos"), arg("n_head"),
+     arg("n_kv_head") = py::none());
 
   m.def("attention_decode_batch", [](py::handle out, py::handle qkv, py::handle kcache,
                                      py::handle vcache, py::handle slots, py::handle positions,
-                                     int64_t n_head) {
+                                     int64_t n_head, Heads n_kv_head) {
     Check k("attention_decode_batch");
     Arr q = k.in(qkv, "qkv"), kc = k.out(kcache, "kcache"), vc = k.out(vcache, "vcache");
-    int64_t B, Tn, C;
-    qkv_dims(k, q, n_head, &B, &Tn, &C);
-    k.expect(Tn == 1, "qkv must be (B, 1, 3C): one new position per sequence");
+    const QkvDims d = qkv_dims(k, q, n_head, n_kv_head);
+    k.expect(d.T == 1, "qkv must be (B, 1, (n_head + 2 * n_kv_head) * head dim): one new "
+                       "position per sequence");
     k.dims(kc, "kcache", 4);
     k.expect(kc.shape == vc.shape, "kcache and vcache shapes differ");
-    k.expect(kc.shape[1] == n_head && kc.shape[3] == C / n_head,
-             "kcache must be (slots, n_head, max_T, C / n_head)");
-    const int64_t S = kc.shape[0], maxT = kc.shape[2];
+    k.expect(kc.shape[1] == d.Hkv && kc.shape[3] == d.D,
+             "kcache must be (slots, n_kv_head, max_T, head dim)");
+    const int64_t S = kc.shape[0], maxT = kc.shape[2], B = d.B;
     Arr sl = k.ints(slots, "slots"), ps = k.ints(positions, "positions");
     k.expect(sl.size == B && ps.size == B, "slots and positions must have B entries");
     std::vector<char> used(S, 0);
@@ -197,13 +214,13 @@ void bind_attention(py::module_& m) {
                                    std::to_string(maxT) + ")");
     }
     Arr o = k.out(out, "out");
-    k.expect(o.size == B * C, "out must be (B, 1, C)");
+    k.expect(o.size == B * d.C, "out must be (B, 1, n_head * head dim)");
     k.disjoint(o, "out", q, "qkv");
     Nogil nogil;
-    sllm::attention_decode_batch(o.f(), q.f(), kc.f(), vc.f(), sl.i(), ps.i(), B, C, n_head,
-                                 maxT);
+    sllm::attention_decode_batch(o.f(), q.f(), kc.f(), vc.f(), sl.i(), ps.i(), B, d.C, n_head,
+                                 maxT, d.Hkv);
   }, arg("out"), arg("qkv"), arg("kcache"), arg("vcache"), arg("slots"), arg("positions"),
-     arg("n_head"));
+     arg("n_head"), arg("n_kv_head") = py::none());
 }
 
 template <void (*Kernel)(float*, const float*, int64_t)>
@@ -305,6 +322,7 @@ void bind_loss_and_optim(py::module_& m) {
 namespace sllm {
 void bind_quant(py::module_& m);   // quant_bindings.cpp
 void bind_decode(py::module_& m);  // decode_bindings.cpp
+void bind_llama(py::module_& m);   // llama_bindings.cpp
 }
 
 PYBIND11_MODULE(_cpp, m) {
@@ -326,4 +344,5 @@ PYBIND11_MODULE(_cpp, m) {
   bind_loss_and_optim(m);
   sllm::bind_quant(m);
   sllm::bind_decode(m);
+  sllm::bind_llama(m);
 }

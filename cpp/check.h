@@ -78,7 +78,8 @@ class Check {
       fail(std::string(an) + " must not overlap " + bn);
   }
   // A layer's KV cache for B sequences: kcache and vcache (B, n_head, max_T, C / n_head)
-  // with room for Tn new positions at pos. Returns max_T.
+  // with room for Tn new positions at pos (grouped-query attention passes its KV heads as
+  // n_head and their width as C). Returns max_T.
   int64_t kv_cache(const Arr& kc, const Arr& vc, int64_t B, int64_t n_head, int64_t C,
                    int64_t pos, int64_t Tn) const {
     dims(kc, "kcache", 4);

@@ -1,4 +1,5 @@
-// Elementwise kernels: activations, residual add, and counter-based dropout.
+// Elementwise kernels: activations (GELU, ReLU, llama's SwiGLU), residual add, and
+// counter-based dropout.
 // Each element depends only on its own inputs, so any split over threads is exact; all
 // split from kParallelFloats (pool.h), GELU's and dropout's exp- and hash-heavy loops too.
 #include <cmath>
@@ -55,6 +56,21 @@ void dropout_fwd(float* out, const float* inp, double p, uint32_t seed, int64_t 
   const Ops& o = ops();
   parallel_floats(n, [&](int64_t i0, int64_t i1) {
     o.dropout_range(out + i0, inp + i0, i0, i1 - i0, seed, threshold, keep_scale);
+  });
+}
+
+void swiglu_fwd(float* out, const float* gate, const float* up, int64_t n) {
+  const Ops& o = ops();
+  parallel_floats(n, [&](int64_t i0, int64_t i1) {
+    o.swiglu_fwd(out + i0, gate + i0, up + i0, i1 - i0);
+  });
+}
+
+void swiglu_bwd(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                int64_t n) {
+  const Ops& o = ops();
+  parallel_floats(n, [&](int64_t i0, int64_t i1) {
+    o.swiglu_bwd(dgate + i0, dup + i0, dout + i0, gate + i0, up + i0, i1 - i0);
   });
 }
 

@@ -28,15 +28,34 @@ void matmul_fwd(float* out, const float* inp, const float* weight, const float* 
 void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                 const float* weight, bool trans_w, int64_t N, int64_t C, int64_t OC);
 
+// Causal attention over qkv rows [Q (H heads) | K (Hkv heads) | V (Hkv heads)] of head
+// dim D = C / H; out is (.., C). Hkv = 0 means H (GPT-2's multi-head attention); query
+// head h attends with KV head h / (H / Hkv). The caches are (B or slots, Hkv, maxT, D).
 void attention_fwd(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t C,
-                   int64_t H);
+                   int64_t H, int64_t Hkv = 0);
 void attention_bwd(float* dqkv, const float* dout, const float* qkv, const float* out,
-                   const float* lse, int64_t B, int64_t T, int64_t C, int64_t H);
+                   const float* lse, int64_t B, int64_t T, int64_t C, int64_t H,
+                   int64_t Hkv = 0);
 void attention_decode(float* out, const float* qkv, float* kcache, float* vcache, int64_t pos,
-                      int64_t B, int64_t Tn, int64_t C, int64_t H, int64_t maxT);
+                      int64_t B, int64_t Tn, int64_t C, int64_t H, int64_t maxT,
+                      int64_t Hkv = 0);
 void attention_decode_batch(float* out, const float* qkv, float* kcache, float* vcache,
                             const int32_t* slots, const int32_t* positions, int64_t B,
-                            int64_t C, int64_t H, int64_t maxT);
+                            int64_t C, int64_t H, int64_t maxT, int64_t Hkv = 0);
+
+// The llama kernels: RMSNorm, rotary embeddings on the q and k heads of (N, (H + 2*Hkv) * D)
+// rows (in place; bwd rotates back), SwiGLU.
+void rmsnorm_fwd(float* out, float* rstd, const float* inp, const float* weight, float eps,
+                 int64_t N, int64_t C);
+void rmsnorm_bwd(float* dinp, float* dweight, const float* dout, const float* inp,
+                 const float* weight, const float* rstd, int64_t N, int64_t C);
+void rope_fwd(float* qkv, const int32_t* positions, int64_t N, int64_t H, int64_t Hkv,
+              int64_t D, double theta);
+void rope_bwd(float* dqkv, const int32_t* positions, int64_t N, int64_t H, int64_t Hkv,
+              int64_t D, double theta);
+void swiglu_fwd(float* out, const float* gate, const float* up, int64_t n);
+void swiglu_bwd(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                int64_t n);
 
 void gelu_fwd(float* out, const float* inp, int64_t n);
 void gelu_bwd(float* dinp, const float* dout, const float* inp, int64_t n);

@@ -1,5 +1,6 @@
-// LayerNorm forward/backward. Rows run in parallel; the weight and bias gradients are
-// summed per column block over all rows in row order, so they do not depend on threads.
+// LayerNorm (GPT-2) and RMSNorm (llama) forward/backward. Rows run in parallel; the
+// parameter gradients are summed per column block over all rows in row order, so they
+// do not depend on threads.
 #include <algorithm>
 
 #include "arch.h"
@@ -7,6 +8,26 @@
 #include "runtime.h"
 
 namespace sllm {
+namespace {
+
+// A norm's backward as one fork/join: chunks of rows (dinp, row(r)) and blocks of 64
+// columns (the parameter gradients, cols(c0, n)) as tasks.
+template <class Row, class Cols>
+void norm_bwd_tasks(int64_t N, int64_t C, Row row, Cols cols) {
+  const int64_t blocks = (C + 63) / 64;
+  const int64_t grain = rows_per_task(C), row_tasks = (N + grain - 1) / grain;
+  parallel_for(row_tasks + blocks, [&](int64_t task, int) {
+    if (task < row_tasks) {
+      const int64_t r0 = task * grain, r1 = std::min(N, r0 + grain);
+      for (int64_t r = r0; r < r1; ++r) row(r);
+      return;
+    }
+    const int64_t c0 = (task - row_tasks) * 64;
+    cols(c0, std::min<int64_t>(64, C - c0));
+  }, N * C >= kParallelFloats ? 0 : 1);
+}
+
+}  // namespace
 
 void layernorm_fwd(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                    const float* bias, int64_t N, int64_t C) {
@@ -21,28 +42,37 @@ void layernorm_bwd(float* dinp, float* dweight, float* dbias, const float* dout,
                    const float* inp, const float* weight, const float* mean, const float* rstd,
                    int64_t N, int64_t C) {
   const Ops& o = ops();
-  const int64_t blocks = (C + 63) / 64;
-  // one fork/join: row chunks (dinp) and column blocks (dweight, dbias) as tasks
-  const int64_t grain = rows_per_task(C), row_tasks = (N + grain - 1) / grain;
-  parallel_for(row_tasks + blocks, [&](int64_t task, int) {
-    if (task < row_tasks) {
-      const int64_t r0 = task * grain, r1 = std::min(N, r0 + grain);
-      for (int64_t r = r0; r < r1; ++r)
-        o.layernorm_bwd_row(dinp + r * C, dout + r * C, inp + r * C, weight, mean[r], rstd[r],
-                            C);
-      return;
+  norm_bwd_tasks(N, C, [&](int64_t r) {
+    o.layernorm_bwd_row(dinp + r * C, dout + r * C, inp + r * C, weight, mean[r], rstd[r], C);
+  }, [&](int64_t c0, int64_t n) {
+    float db[64] = {0}, dw[64] = {0};
+    o.layernorm_param_grads(dw, db, dout + c0, inp + c0, mean, rstd, N, C, n);
+    for (int64_t c = 0; c < n; ++c) {
+      dbias[c0 + c] += db[c];
+      dweight[c0 + c] += dw[c];
     }
-    {
-      const int64_t blk = task - row_tasks;
-      const int64_t c0 = blk * 64, n = std::min<int64_t>(64, C - c0);
-      float db[64] = {0}, dw[64] = {0};
-      o.layernorm_param_grads(dw, db, dout + c0, inp + c0, mean, rstd, N, C, n);
-      for (int64_t c = 0; c < n; ++c) {
-        dbias[c0 + c] += db[c];
-        dweight[c0 + c] += dw[c];
-      }
-    }
-  }, N * C >= kParallelFloats ? 0 : 1);
+  });
+}
+
+void rmsnorm_fwd(float* out, float* rstd, const float* inp, const float* weight, float eps,
+                 int64_t N, int64_t C) {
+  const Ops& o = ops();
+  parallel_rows(N, C, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      rstd[r] = o.rmsnorm_fwd_row(out + r * C, inp + r * C, weight, eps, C);
+  });
+}
+
+void rmsnorm_bwd(float* dinp, float* dweight, const float* dout, const float* inp,
+                 const float* weight, const float* rstd, int64_t N, int64_t C) {
+  const Ops& o = ops();
+  norm_bwd_tasks(N, C, [&](int64_t r) {
+    o.rmsnorm_bwd_row(dinp + r * C, dout + r * C, inp + r * C, weight, rstd[r], C);
+  }, [&](int64_t c0, int64_t n) {
+    float dw[64] = {0};
+    o.rmsnorm_weight_grads(dw, dout + c0, inp + c0, rstd, N, C, n);
+    for (int64_t c = 0; c < n; ++c) dweight[c0 + c] += dw[c];
+  });
 }
 
 }  // namespace sllm

@@ -180,6 +180,12 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
   (packed ? gemm_packed : gemv_rows)(out, wq, bias, qtype, N, nb, OC, xs);
 }
 
+void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq, int qtype,
+                 int64_t C) {
+  const int64_t row_bytes = (C + QK - 1) / QK * kBlockBytes[qtype];
+  for (int64_t i = 0; i < n; ++i) dequantize_row(wq + tokens[i] * row_bytes, qtype, C, out + i * C);
+}
+
 double stream_read_gbps(double seconds, int64_t bytes) {
   const int threads = num_threads();
   const int64_t n = std::max<int64_t>(bytes / 8, 1 << 12);

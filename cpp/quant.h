@@ -83,6 +83,11 @@ void pack_q(uint8_t* dst, const uint8_t* src, int qtype, int64_t OC, int64_t nb)
 void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* bias,
                   int qtype, int64_t N, int64_t K, int64_t OC, bool packed = false);
 
+// out (n, C) = rows tokens[0..n) of wq (ggml's rows of C values), dequantized: the
+// token embedding of a quantized model (ggml's get_rows).
+void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq, int qtype,
+                 int64_t C);
+
 // GB/s of a streaming read of `bytes` bytes by every kernel thread, timed for >= seconds.
 double stream_read_gbps(double seconds, int64_t bytes);
 

@@ -30,6 +30,22 @@ void bind_quant(py::module_& m) {
     matmul_q_fwd(o.f(), x.f(), w.data, b, code, N, K, OC, w.packed);
   }, arg("out"), arg("inp"), arg("wq"), arg("bias"), arg("qtype"),
      "out (N,OC) = q8_0(inp) . W^T + bias for W held as quantized rows (sllm.quant).");
+  m.def("embed_q_fwd", [](py::handle out, py::handle tokens, py::handle wq,
+                          const std::string& qtype) {
+    Check k("embed_q_fwd");
+    const int code = qtype_code(k, qtype);
+    Arr t = k.ints(tokens, "tokens"), o = k.out(out, "out");
+    k.dims(t, "tokens", 2);
+    const int64_t C = o.last;
+    k.expect(C >= 1 && o.size == t.size * C, "out must be (B, T, C) for tokens (B, T)");
+    if (py::isinstance<PackedQ>(wq)) k.fail("wq must be ggml's rows, not packed (PackedQ)", true);
+    const int64_t V = weight_row_count(k, wq, "wq");
+    const QWeights w = weight_rows(k, wq, V, qrow_bytes(code, C), "wq", code);
+    k.ids(t, 0, V, "tokens");
+    py::gil_scoped_release nogil;
+    embed_q_fwd(o.f(), t.i(), t.size, w.data, code, C);
+  }, arg("out"), arg("tokens"), arg("wq"), arg("qtype"),
+     "out (B,T,C) = rows tokens of quantized rows wq, dequantized (base.Backend).");
   py::class_<PackedQ>(m, "PackedQ",
       "Quantized weights packed for this machine (pack_q); matmul_q_fwd and decode_block "
       "take it wherever they take ggml's rows.")

@@ -76,12 +76,14 @@ KERNEL_FLOPS: dict[str, Callable[..., float]] = {
 
 def kernel_suite(backend: Any, cfg: Any, B: int, T: int, repeats: int) -> list[dict[str, Any]]:
     """Every kernel of the contract on the shapes this model uses at batch B, length T
-    (from the conformance table's model_shapes: sllm/backends/conformance.py)."""
+    (sllm/bench_shapes.py), with the conformance cases' argument builders."""
     from .backends import KERNELS, conformance
+    from .backends.cases import CASES
+    from .bench_shapes import shapes_for
     rows = []
     for kernel in KERNELS:
-        spec = conformance.CASES[kernel]
-        for label, shape in spec.bench_shapes(cfg, B, T):
+        spec = CASES[kernel]
+        for label, shape in shapes_for(kernel, cfg, B, T):
             args = spec.args(np.random.default_rng(0), **shape)
             call = functools.partial(getattr(backend, kernel),
                                      *conformance.on_backend(backend, args, spec))

@@ -177,11 +177,13 @@ def activation_estimate(cfg: ModelConfig, B: int, T: int, backend: Any = None,
     temporaries of the backend's kernels (large for the numpy reference)."""
     C, F, V, H, L = (cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads,
                      cfg.num_layers)
-    N = B * T
-    per_layer = N * (10 * C + 2 * F + 4) + _attention_saved(backend, B, T, H)
+    N, W, llama = B * T, cfg.qkv_width, cfg.architecture == "llama"
+    # llama (activations.LlamaActivations): SwiGLU keeps gate, up and their product, and
+    # the backward adds an input gradient for up_proj; qkv is (H + 2*Hkv)*D wide (3C in GPT-2)
+    per_layer = N * (7 * C + W + (3 if llama else 2) * F + 4) + _attention_saved(backend, B, T, H)
     floats = N * (C + C + 2 + V + 1) + 2 * N + L * per_layer
     if train:
-        floats += N * (4 * C + 3 * C + F)
+        floats += N * ((5 if llama else 4) * C + W + (3 if llama else 1) * F)
     name = getattr(backend, "name", "numpy")
     if name == "numpy" or backend is None:
         work = 4 * B * H * T * T + 3 * N * V + 2 * N * max(3 * C, F)

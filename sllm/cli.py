@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ConfigError, SLLMError
@@ -25,9 +26,19 @@ term = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output (never the input, "
+                                                   "never a device).")
+
+
+def _output(path: Any, *inputs: Any, overwrite: bool, kind: str = "file") -> None:
+    """Refuse an output that would destroy an input or something not ours (sllm.outputs)."""
+    from .outputs import check_output
+    check_output(path, inputs, overwrite=overwrite, kind=kind)
+
+
 def _show_warning(message: Any, category: Any, filename: str, lineno: int,
                   file: Any = None, line: Any = None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
 
 
 def command(fn: Callable) -> Callable:
@@ -38,7 +49,8 @@ def command(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (SLLMError, ValueError, OSError) as e:
-            err.print(f"[red]error:[/] {e}", highlight=False)
+            # escape: a message is text, and rich would take 'sllm[mpi]' for a style tag
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(1) from None
         except MemoryError as e:  # a last resort: the memory budget refuses before this
             err.print(f"[red]error:[/] out of memory ({e or 'no detail'}); try a smaller "
@@ -109,20 +121,20 @@ def train(
                                                    "needs sllm\\[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
-    from . import distributed
+    from . import distributed, launch
     from . import train as training
     given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
                                                           "training", "config", "ranks",
-                                                          "distributed", "overwrite")}
+                                                          "distributed", "launch", "overwrite")}
     given["model"] = config
     if ranks is not None:
-        n = distributed.parse_ranks(ranks)
+        n = launch.parse_ranks(ranks)
         if n is not None and batch_size is not None and batch_size < n:
             # Refused before mpiexec starts: an error printed by a rank just before MPI Abort
             # can be lost with the job, and this one is known from the command line alone.
             raise distributed.DistributedError(distributed.batch_too_small(batch_size, n))
-        plan = functools.partial(distributed.plan_for, given, resume, train_config)
-        raise typer.Exit(distributed.launch_cli(ranks, sys.argv[1:], term, plan))
+        plan = functools.partial(launch.plan_for, given, resume, train_config)
+        raise typer.Exit(launch.launch_cli(ranks, sys.argv[1:], term, plan))
     if betas is not None:
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
@@ -144,7 +156,7 @@ def train(
             trainer = training.prepare(base.replace(**given), progress=not quiet,
                                        overwrite=overwrite)
             _describe_run(trainer)
-        trainer = distributed.replicate(trainer, group)
+        trainer = launch.replicate(trainer, group)
         return trainer.run(), trainer
 
     result, trainer = distributed.guarded(group, run)
@@ -185,7 +197,7 @@ def _report(result: Any, trainer: Any) -> None:
     loss = f"train loss {result.train_loss:.4f}" if result.train_loss is not None else ""
     line = f"{result.status}: step {result.step}, {loss}{val}, {result.seconds:.1f}s"
     if result.status == "diverged":
-        err.print(f"[red]error:[/] {result.message}", highlight=False)
+        err.print(f"[red]error:[/] {escape(result.message)}", highlight=False)
         raise typer.Exit(1)
     term.print(line, highlight=False)
     term.print(result.message, highlight=False)
@@ -558,10 +570,11 @@ def quantize(model: str = typer.Argument(..., help="A float .sllm model file, or
              output: str = typer.Option(..., "--output", "-o", help="The quantized .sllm to write."),
              keep_embeddings: bool = typer.Option(False, "--keep-embeddings", help="Keep the token embedding wte in "
                                                                                    "float32 (larger file, no embedding "
-                                                                                   "rounding).")
-             ) -> None:
+                                                                                   "rounding)."),
+             overwrite: bool = OVERWRITE) -> None:
     """Quantize a model's matmul weights to ggml's q8_0, q4_0 or q4_1 blocks (inference only)."""
     import sllm
+    _output(output, model, overwrite=overwrite)
     src = _resolve_model(model)
     m = sllm.load(src, backend="numpy")
     m.quantize(qtype, embeddings=not keep_embeddings)
@@ -619,9 +632,11 @@ def _load_model_only(model_path: str, backend: str) -> Any:
 @command
 def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) or .json."),
             dest: str = typer.Argument(..., help="Output model: .sllm (binary) or .json."),
-            dtype: str = typer.Option("f32", help="Binary output precision: f32 or f16.")) -> None:
+            dtype: str = typer.Option("f32", help="Binary output precision: f32 or f16."),
+            overwrite: bool = OVERWRITE) -> None:
     """Convert a model between the binary format and the roadmap's JSON format."""
     import sllm
+    _output(dest, source, overwrite=overwrite)
     model = sllm.load_json(source, backend="numpy") if source.endswith(".json") \
         else sllm.load(_resolve_model(source), backend="numpy")
     if dest.endswith(".json"):
@@ -640,11 +655,12 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
                to: str = typer.Option(..., "--to", help="hf (a transformers directory) | gguf (llama.cpp)."),
                output: Path = typer.Option(..., "-o", "--output", help="Directory (hf) or .gguf file to write."),
                dtype: str = typer.Option("f32", help="hf: f32 | f16; gguf: f32 | f16 | q8_0 | q4_0."),
-               ) -> None:
+               overwrite: bool = OVERWRITE) -> None:
     """Export a model to Hugging Face (GPT2LMHeadModel, safetensors) or GGUF (llama.cpp)."""
     import sllm
 
     from .export import export_model
+    _output(output, model, overwrite=overwrite, kind="dir" if to == "hf" else "file")
     m = sllm.load(_resolve_model(model), backend="numpy")
     term.print(export_model(m, to, output, dtype), highlight=False)
 
@@ -655,9 +671,10 @@ def import_cmd(source: str = typer.Argument(..., help="A Hugging Face GPT-2 dire
                                                       "model.safetensors) or a .gguf file."),
                output: Path = typer.Option(..., "-o", "--output", help="The .sllm file to write."),
                dtype: str = typer.Option("f32", help="Precision of the .sllm file: f32 | f16."),
-               ) -> None:
+               overwrite: bool = OVERWRITE) -> None:
     """Import a GPT-2-shaped checkpoint as an sllm model (fine-tune it with train --init-from)."""
     from .export import import_model
+    _output(output, source, overwrite=overwrite)
     m = import_model(source)
     m.save(output, dtype=dtype)
     tok = (m.tokenizer or {}).get("type", "none")
@@ -672,9 +689,11 @@ def export_web(
     out: Path = typer.Option(..., "-o", "--out", help="Directory to write the site into."),
     dtype: str | None = typer.Option(None, help="Re-save the model: f32, f16, or q8_0/q4_0/q4_1 "
                                         "(quantized matmul weights, the rest f16)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Write a static site that chats with, and fine-tunes, the model in the browser."""
     from .export_web import export_site
+    _output(out, model, overwrite=overwrite, kind="dir")
     site = export_site(model, out, dtype=dtype)
     for name, size in site["files"].items():
         term.print(f"  {name:<20} {size:>10,} bytes", highlight=False)

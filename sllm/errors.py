@@ -19,3 +19,11 @@ class BackendError(SLLMError, RuntimeError):
 
 class DataError(SLLMError, ValueError):
     """A corpus or tokenizer input cannot be used (empty, not UTF-8, too short)."""
+
+
+class ExportError(SLLMError, ValueError):
+    """A model cannot be written in, or read from, another format; says why."""
+
+
+class DependencyError(SLLMError, RuntimeError):
+    """An optional dependency is not installed; the message names the extra that brings it."""

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .outputs import regular_or_absent
+
 TMP_MARK = ".tmp-"
 
 
@@ -16,11 +18,13 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a binary file that appears at `path` only once fully written and fsynced.
 
     The data goes to a hidden temp file beside the destination (".NAME.tmp-PID"), which
-    is renamed over `path` at the end and removed on any error. A process killed outright
+    is renamed over `path` at the end and removed on any error. An existing `path` that
+    is not a regular file (a device, socket, pipe or directory) is refused. A process killed outright
     cannot clean up after itself, so each write first removes the temp files that dead
     processes left for the same destination.
     """
     dest = Path(path)
+    regular_or_absent(dest)  # never rename a file over a device node, socket or directory
     _remove_stale_temps(dest)
     tmp = dest.parent / f".{dest.name}{TMP_MARK}{os.getpid()}"
     try:

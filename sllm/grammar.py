@@ -14,6 +14,8 @@ and then to token masks:
   cannot count brackets; OpenAI's json_object mode promises valid JSON, not a shape).
 - `from_choices(strings)`: exactly one of the strings.
 
+sllm/web/constrain.js is the JavaScript twin of this module and of sllm/constrain.py.
+
 Nodes: ("set", ranges) one character from sorted code-point ranges; ("cat", nodes);
 ("alt", nodes); ("rep", node, min, max or None). Anything outside the subset raises
 GrammarError naming what is not supported.

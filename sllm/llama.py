@@ -9,6 +9,9 @@ it) sits where GPT-2 has it: after o_proj and after down_proj.
 The backward pass is the same line reversed, by hand, as SLLM's GPT-2 line in model.py.
 Rotary convention: Hugging Face LlamaForCausalLM's rotate-half (pairs i, i + D/2), so its
 q_proj and k_proj weights map onto qkv_proj without a permutation (docs/llama.md).
+
+JavaScript twin: sllm/web/llama.js (the browser's forward; tests/test_node_parity.py checks
+its logits and greedy tokens equal Python's on the same WebAssembly module).
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import KVCache, LlamaActivations
-from .quant import dequantize
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -39,12 +41,13 @@ def layer(views: Mapping[str, Any], i: int) -> SimpleNamespace:
 
 
 def _embed(m: SLLM, a: LlamaActivations) -> None:
-    """x0 = embed_tokens[tokens] (a numpy gather; quantized rows are dequantized)."""
-    tokens = a.tokens.reshape(-1)
+    """x0 = embed_tokens[tokens]: a numpy gather, or the backend's embed_q_fwd of the rows
+    when the embedding is quantized."""
     q = m._qweights.get(EMBED)
-    rows = dequantize(q.data[tokens], q.qtype, m.config.embedding_dim) if q is not None \
-        else m._params[EMBED][tokens]
-    a.x0[...] = rows.reshape(a.x0.shape)
+    if q is not None:
+        m.backend.embed_q_fwd(a.x0, a.tokens, q.data, q.qtype)
+    else:
+        a.x0[...] = m._params[EMBED][a.tokens]
 
 
 def _positions(a: LlamaActivations, pos: int, rows: tuple[np.ndarray, np.ndarray] | None) -> None:

@@ -19,7 +19,7 @@ from .config import ModelConfig, resolve_config
 from .errors import BackendError
 from .init import initialize
 from .layout import EMBEDDINGS, Layout, head_name
-from .quant import QTensor, bytes_per_row, dequantize
+from .quant import QTensor, bytes_per_row
 from .validate import check_int
 
 
@@ -389,15 +389,14 @@ class SLLM:
     def _embed_rows(self, a: Activations, pos: int, positions: np.ndarray | None) -> None:
         """x0 = wte[tokens] + wpe[positions] as a numpy gather, for a quantized tied wte
         (its rows dequantized) or a decode_batch step (each row at its own position)."""
-        tokens, C = a.tokens.reshape(-1), self.config.embedding_dim
         if "wte" in self._qweights:
             wte = self._qweights["wte"]
-            emb = dequantize(wte.data[tokens], wte.qtype, C)
+            self.backend.embed_q_fwd(a.x0, a.tokens, wte.data, wte.qtype)
         else:
-            emb = self._params["wte"][tokens]
+            a.x0[...] = self._params["wte"][a.tokens]
         where = positions[:, None] if positions is not None else \
             np.arange(pos, pos + a.tokens.shape[1])[None, :]
-        a.x0[...] = emb.reshape(a.x0.shape) + self._params["wpe"][where]
+        a.x0 += self._params["wpe"][where]
 
     def _lm_head(self, *views: Mapping[str, Any]) -> Any:
         """The output projection's tensor in the first of `views` that has it (per decoded

@@ -14,9 +14,7 @@ import asyncio
 import hmac
 import json
 import socket
-import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,41 +28,13 @@ from starlette.types import ASGIApp
 
 from . import serve_api as api
 from .batching import Engine
-from .serve_generate import ClientGone, GenerationEndpoints
+from .serve_generate import ClientGone, GenerationEndpoints, Mailbox
 from .serve_ops import Observe, Observer, Record
 
 MAX_BODY = 1 << 20  # bytes; a request body larger than this is refused
 RETRY_AFTER_S = 1
 ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings",
              "/health", "/metrics")
-
-
-class Mailbox:
-    """Hands the engine thread's events to the event loop, one wake-up for all the events
-    posted meanwhile (a decode step makes one per active request), not one per event."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.items: deque[tuple[asyncio.Queue, Any]] = deque()
-        self.lock = threading.Lock()
-        self.scheduled = False
-
-    def post(self, events: asyncio.Queue, event: Any) -> None:
-        """From any thread: deliver `event` to `events` on the loop."""
-        self.items.append((events, event))
-        with self.lock:
-            if self.scheduled:
-                return
-            self.scheduled = True
-        self.loop.call_soon_threadsafe(self.deliver)
-
-    def deliver(self) -> None:
-        """On the loop: put everything posted so far into its queue."""
-        with self.lock:
-            self.scheduled = False
-        while self.items:
-            events, event = self.items.popleft()
-            events.put_nowait(event)
 
 
 class Server(GenerationEndpoints):

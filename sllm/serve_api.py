@@ -438,9 +438,11 @@ def completion(rid: str, model: str, choices: list[dict[str, Any]],
 
 
 def completion_choice(index: int, text: str, finish: str | None,
-                      logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One choice of a text_completion."""
-    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
+                      logprobs: dict[str, Any] | None = None, note: str | None = None
+                      ) -> dict[str, Any]:
+    """One choice of a text_completion (`note`: why it stopped, when that needs saying)."""
+    out = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
+    return {**out, "note": note} if note else out
 
 
 def chat_completion(rid: str, model: str, choices: list[dict[str, Any]],
@@ -451,10 +453,12 @@ def chat_completion(rid: str, model: str, choices: list[dict[str, Any]],
 
 
 def chat_choice(index: int, text: str, finish: str | None,
-                logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One choice of a chat.completion."""
-    return {"index": index, "message": {"role": "assistant", "content": text},
-            "logprobs": logprobs, "finish_reason": finish}
+                logprobs: dict[str, Any] | None = None, note: str | None = None
+                ) -> dict[str, Any]:
+    """One choice of a chat.completion (`note`: why it stopped, when that needs saying)."""
+    out = {"index": index, "message": {"role": "assistant", "content": text},
+           "logprobs": logprobs, "finish_reason": finish}
+    return {**out, "note": note} if note else out
 
 
 def chat_chunk(rid: str, model: str, delta: dict[str, str], finish: str | None,

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,34 @@ from .serve_ops import Record
 
 class ClientGone(Exception):
     """The client disconnected before its (non-streamed) answer was ready."""
+
+
+class Mailbox:
+    """Hands the engine thread's events to the event loop, one wake-up for all the events
+    posted meanwhile (a decode step makes one per active request), not one per event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.items: deque[tuple[asyncio.Queue, Any]] = deque()
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def post(self, events: asyncio.Queue, event: Any) -> None:
+        """From any thread: deliver `event` to `events` on the loop."""
+        self.items.append((events, event))
+        with self.lock:
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self.deliver)
+
+    def deliver(self) -> None:
+        """On the loop: put everything posted so far into its queue."""
+        with self.lock:
+            self.scheduled = False
+        while self.items:
+            events, event = self.items.popleft()
+            events.put_nowait(event)
 
 
 @dataclass
@@ -66,7 +96,7 @@ class GenerationEndpoints:
     context: int
     vocab_size: int
     context_overflow: str
-    mailbox: Any
+    mailbox: Mailbox | None
 
     async def body(self, request: Request, fields: dict[str, Any], required: tuple[str, ...]
                    ) -> dict[str, Any]:
@@ -111,15 +141,15 @@ class GenerationEndpoints:
 
     def start(self, jobs: list[tuple[list[int], Sampling]]) -> Call:
         """Submit one engine request per prompt; their events share one asyncio queue."""
-        from .serve import Mailbox
         if self.mailbox is None:
             self.mailbox = Mailbox(asyncio.get_running_loop())
+        mailbox = self.mailbox
         events: asyncio.Queue = asyncio.Queue()
         call = Call([], events, jobs[0][1].n)
         call.record.prompt_tokens = sum(len(ids) for ids, _ in jobs)
         for i, (ids, sampling) in enumerate(jobs):
             def emit(event: Event, i: int = i) -> None:
-                self.mailbox.post(events, (i, event))
+                mailbox.post(events, (i, event))
             req = GenRequest(ids, sampling, emit)
             try:
                 self.engine.submit(req)
@@ -184,7 +214,7 @@ class GenerationEndpoints:
             tokens = prompt_tokens.get(i, []) + a.tokens
             lp = None if k is None else api.completion_logprobs(tokens, k)
             choices.append(api.completion_choice(i * call.n + j, head + a.text,
-                                                 _finish(a.end), lp))
+                                                 _finish(a.end), lp, _note(a.end)))
         return JSONResponse(api.completion(rid, self.model_id, choices,
                                            _usage(answers, ids)))
 
@@ -202,7 +232,7 @@ class GenerationEndpoints:
             if event.kind == "done":
                 a.end = event
                 yield api.completion(rid, self.model_id, [api.completion_choice(
-                    index, "", _finish(event))], None, chunk=True)
+                    index, "", _finish(event), note=event.note)], None, chunk=True)
                 continue
             text = event.text if event.kind == "text" else self._echo(prompts[i], ids[i])
             lp = None if k is None else api.completion_logprobs(list(event.tokens), k)
@@ -232,7 +262,8 @@ class GenerationEndpoints:
                             call)
         answers, _ = await self.collect(request, call)
         choices = [api.chat_choice(j, a.text if grammar else a.text.strip(), _finish(a.end),
-                                   None if k is None else api.chat_logprobs(a.tokens, k))
+                                   None if k is None else api.chat_logprobs(a.tokens, k),
+                                   _note(a.end))
                    for (_, j), a in sorted(answers.items())]
         return JSONResponse(api.chat_completion(rid, self.model_id, choices,
                                                 _usage(answers, [ids])))
@@ -282,6 +313,10 @@ def _finish(end: Event | None) -> str | None:
     return None if end is None else end.finish_reason
 
 
+def _note(end: Event | None) -> str | None:
+    return None if end is None else end.note
+
+
 def _usage(answers: dict[tuple[int, int], Answer], ids: list[list[int]]) -> dict[str, int]:
     """Each prompt counted once, every choice's tokens counted."""
     done = sum(a.end.completion_tokens for a in answers.values() if a.end is not None)
@@ -312,12 +347,12 @@ async def until_done(call: Call, stop: asyncio.Future[None] | None = None
         event = item[1]
         if event.kind == "error":
             raise RuntimeError(event.text)
-        _note(call, event)
+        _record(call, event)
         yield item
         left -= event.kind == "done"
 
 
-def _note(call: Call, event: Event) -> None:
+def _record(call: Call, event: Event) -> None:
     """Keep the call's Record (for the access log and /metrics) up to date."""
     rec = call.record
     if event.kind == "text" and rec.first_token is None:

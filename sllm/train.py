@@ -34,6 +34,7 @@ from .errors import ConfigError, FormatError
 from .fileio import atomic_write_text
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
+from .outputs import check_output
 from .progress import TrainProgress
 from .runlock import RunLock, acquire
 from .schedule import SCHEDULES, Constant, Schedule
@@ -167,6 +168,7 @@ def prepare(cfg: TrainConfig, progress: bool = True, overwrite: bool = False) ->
     The run directory is locked for this process first (RunLockedError if another process
     writes it); a directory that already holds a run is refused unless overwrite=True,
     which removes that run's files (and only those) first."""
+    check_output(cfg.out, [cfg.init_from], overwrite=overwrite, kind="run", option="--out")
     created = not os.path.exists(cfg.out)
     lock = acquire(cfg.out)
     try:
@@ -301,7 +303,7 @@ class Trainer:
         self._deadline: float | None = None
         self.on_step: Callable[[Trainer], None] | None = None  # test and example hook
         self.lock: RunLock | None = None  # this process's lock on cfg.out (see runlock)
-        self.dist = Group()  # the ranks of a data-parallel job (sllm.distributed.replicate)
+        self.dist = Group()  # the ranks of a data-parallel job (sllm.launch.replicate)
 
     # ---- state for checkpoints ------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 
-from sllm import distributed
+from sllm import distributed, launch
 from sllm import train as T
 
 TINY = dict(vocab_size=300, embedding_dim=16, num_layers=2, num_heads=2, ffn_hidden_dim=32,
@@ -32,7 +32,7 @@ def main() -> None:
                             batch_size=4, seq_len=16, eval_every=0, checkpoint_every=2,
                             warmup=5, out=out, backend="numpy")
         trainer = T.prepare(cfg, progress=False) if group.is_root else None
-        trainer = distributed.replicate(trainer, group)
+        trainer = launch.replicate(trainer, group)
         trainer.on_step = fail
         return trainer.run()
 

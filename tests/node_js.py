@@ -59,3 +59,14 @@ def run_node(body: str, *args: Any, timeout: float = 300) -> Any:
     if done.returncode != 0:
         raise AssertionError(f"node failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout)
+
+
+def skip_without_node() -> None:
+    """Skip the calling test module when Node cannot run the twins (fail instead when
+    SLLM_REQUIRE_NODE=1, as in .ci/run)."""
+    import pytest
+    reason = why_no_node()
+    if reason and os.environ.get("SLLM_REQUIRE_NODE") == "1":
+        pytest.fail(f"SLLM_REQUIRE_NODE=1 but {reason}")
+    if reason:
+        pytest.skip(reason)

@@ -125,3 +125,33 @@ def test_engine_stop_fails_what_is_left(model_and_tok):
     engine.submit(Request([1, 2], Sampling(max_tokens=3), events.append))
     engine.stop()
     assert events[-1].kind == "error" and "shutting down" in events[-1].text
+
+
+def test_a_grammar_that_allows_nothing_ends_with_stop_and_a_note(bpe):
+    """Never a hung request: a constraint whose mask is empty ends the sequence."""
+    class Nothing:
+        def allowed_mask(self, remaining, eos_id=None):
+            return np.zeros(bpe.vocab_size, bool)
+
+    class NothingGrammar:
+        def start(self):
+            return Nothing()
+
+    cfg = sllm.ModelConfig(vocab_size=bpe.vocab_size, embedding_dim=16, num_layers=1,
+                           num_heads=2, ffn_hidden_dim=32, max_seq_len=32)
+    engine = Engine(sllm.SLLM(cfg, backend="numpy", seed=1), bpe, max_batch=2)
+    engine.start()
+    try:
+        events = []
+        done = threading.Event()
+
+        def emit(e):
+            events.append(e)
+            if e.kind == "done":
+                done.set()
+        engine.submit(Request([2, 5, 6], Sampling(max_tokens=5, grammar=NothingGrammar()), emit))
+        assert done.wait(10)
+    finally:
+        engine.stop()
+    assert events[-1].finish_reason == "stop" and "grammar allows no token" in events[-1].note
+    assert events[-1].completion_tokens == 0

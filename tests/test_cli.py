@@ -78,6 +78,39 @@ def test_chat_with_piped_input(trained):
     assert lines[2] == "A: What do you like to eat?" and lines[3].startswith("B: ")
 
 
+def test_generate_with_a_grammar_and_sampling_controls(trained, tmp_path):
+    run_dir = trained[0] / "run"
+    code, out = run("generate", run_dir, "--prompt", "Once upon a time", "--max-tokens", 6,
+                    "--seed", 1, "--choice", "she sat down", "--choice", "he ran away")
+    assert code == 0, out
+    assert out.rstrip("\n") in ("Once upon a time she sat down", "Once upon a time he ran away")
+    code, out = run("generate", run_dir, "--prompt", "The", "--max-tokens", 5, "--seed", 2,
+                    "--frequency-penalty", 1.5, "--min-p", 0.1, "--logit-bias", "5=-100")
+    assert code == 0, out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "thing"}')
+    code, out = run("generate", run_dir, "--json-schema", bad, "--max-tokens", 5)
+    assert code != 0 and "type 'thing' is not one of" in out
+    code, out = run("generate", run_dir, "--logit-bias", "x", "--max-tokens", 5)
+    assert code != 0 and "--logit-bias takes TOKEN_ID=BIAS" in out
+    code, out = run("generate", run_dir, "--json-schema", tmp_path / "missing.json")
+    assert code != 0 and "--json-schema" in out
+
+
+def test_chat_context_overflow(trained):
+    long_line = "the cat sat on the mat " * 12  # more than the 32-token context alone
+    code, out = run("chat", trained[0] / "run", "--seed", 0, "--max-tokens", 4,
+                    input=f"{long_line}\nhello\n")
+    assert code == 0, out
+    assert "(not sent: this line alone takes" in out and out.count("B: ") == 1
+    turns = "".join(f"the cat sat on the mat {i}\n" for i in range(6))
+    code, out = run("chat", trained[0] / "run", "--seed", 0, "--max-tokens", 4,
+                    "--context-overflow", "error", input=turns)
+    assert code == 0 and "(not sent: the dialogue takes" in out
+    code, out = run("chat", trained[0] / "run", "--context-overflow", "drop", input="")
+    assert code != 0 and "--context-overflow must be trim or error" in out
+
+
 def test_vocab_build_and_encode(tmp_path, trained):
     corpus = trained[0] / "corpus.txt"
     code, out = run("vocab", "build", corpus, "--kind", "bpe", "--size", 300, "-o",
@@ -121,3 +154,20 @@ def test_help_shows_square_brackets():
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"})
     assert result.exit_code == 0
     assert "needs sllm[mpi])" in result.output
+
+
+def test_error_messages_keep_square_brackets(tmp_path):
+    """An error is printed as text, not markup: 'sllm[serve]' or a path with [x] intact."""
+    missing = tmp_path / "[abc]" / "m.sllm"
+    result = runner.invoke(app, ["info", str(missing)])
+    assert result.exit_code == 1 and f"{missing}: no such file" in result.output
+
+
+def test_docs_lists_and_prints_pages_without_test_markers():
+    listing = runner.invoke(app, ["docs"])
+    assert listing.exit_code == 0 and "api" in listing.output and "plugins" in listing.output
+    page = runner.invoke(app, ["docs", "quantization"])
+    assert page.exit_code == 0 and "quant.quantize(x, \"q4_0\")" in page.output
+    assert "doc-test" not in page.output  # tests/test_docs.py's markers are not for readers
+    missing = runner.invoke(app, ["docs", "nope"])
+    assert missing.exit_code == 1 and "no documentation page 'nope'" in missing.output

@@ -135,6 +135,7 @@ def test_a_grammar_the_vocabulary_cannot_write_is_refused():
     ({"choices": []}, "choices"),
     ({"choices": ["a", 3]}, "choices"),
     ({"regex": "a", "choices": ["a"]}, "exactly one"),
+    ({"regex": "(" * 5000 + ")" * 5000}, "nested too deeply"),
 ])
 def test_bad_grammars_name_the_problem(vocabularies, bad, match):
     with pytest.raises(G.GrammarError, match=match):

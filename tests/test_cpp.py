@@ -21,7 +21,7 @@ TIER_CHECK = textwrap.dedent("""
     import json, sys
     import numpy as np
     from sllm import backends
-    from sllm.backends import numpy_ref as R
+    from sllm.backends import reference as R
     rows = {r["name"]: r for r in backends.info()}
     if not rows["cpp"]["available"]:
         print(json.dumps({"reason": rows["cpp"]["reason"]})); sys.exit(0)
@@ -42,6 +42,15 @@ TIER_CHECK = textwrap.dedent("""
     out, lse = np.zeros_like(out_ref), np.zeros((2, 3, 19), np.float32)
     be.attention_fwd(out, lse, qkv, 3)
     errors["attention"] = float(np.abs(out - out_ref).max())
+    gqa, gout_ref = f(2, 37, (4 + 2 * 2) * 6), np.zeros((2, 37, 24), np.float32)  # 4 q, 2 kv heads
+    R.attention_fwd(gout_ref, np.zeros((2, 4, 37, 37), np.float32), gqa, 4, 2)
+    gout, glse = np.zeros_like(gout_ref), np.zeros((2, 4, 37), np.float32)
+    be.attention_fwd(gout, glse, gqa, 4, 2)
+    errors["gqa attention"] = float(np.abs(gout - gout_ref).max())
+    run("rmsnorm", "rmsnorm_bwd", [f(9, 70), f(70), f(9, 70), f(9, 70), f(70), f(9) ** 2], [0, 1])
+    run("rope", "rope_fwd", [f(5, (3 + 2) * 66), np.arange(2040, 2045, dtype=np.int32), 3, 1,
+                             10000.0], [0])
+    run("swiglu", "swiglu_bwd", [f(1001), f(1001), f(1001), f(1001) * 8, f(1001)], [0, 1])
     run("gelu", "gelu_bwd", [f(1001), f(1001), f(1001) * 3], [0])
     run("layernorm", "layernorm_fwd", [f(7, 37), f(7), f(7), f(7, 37), f(37), f(37)], [0, 1, 2])
     run("xent", "softmax_xent", [f(4), f(4, 5003), f(4, 5003) * 4,
@@ -90,9 +99,10 @@ def _train_step_grads(model, x, y):
     return loss, {k: g.copy() for k, g in model.gradients().items()}
 
 
-def test_results_do_not_depend_on_thread_count(rng):
-    cfg = sllm.ModelConfig(vocab_size=301, embedding_dim=64, num_layers=2, num_heads=2,
-                           ffn_hidden_dim=96, dropout=0.1, max_seq_len=48)
+@pytest.mark.parametrize("family", [{}, {"architecture": "llama", "num_heads": 4, "num_kv_heads": 2}])
+def test_results_do_not_depend_on_thread_count(rng, family):
+    cfg = sllm.ModelConfig(**{**dict(vocab_size=301, embedding_dim=64, num_layers=2, num_heads=2,
+                                     ffn_hidden_dim=96, dropout=0.1, max_seq_len=48), **family})
     model = sllm.SLLM(cfg, backend="cpp", seed=1)
     x, y = rng.integers(0, 301, (6, 48)), rng.integers(0, 301, (6, 48))
     be, before = model.backend, model.backend.capabilities["threads"]
@@ -227,6 +237,13 @@ def test_rejects_out_of_range_ids(cpp):
         cache = np.zeros((1, 1, 4, 2), np.float32)
         cpp.attention_decode(np.zeros((1, 1, 2), np.float32), np.zeros((1, 1, 6), np.float32),
                              cache, cache.copy(), 4, 1)
+
+
+def test_llama_kernels_are_native(cpp):
+    """No llama kernel falls back to the numpy reference on cpp."""
+    from sllm.backends import reference
+    from sllm.backends.base import LLAMA_KERNELS
+    assert not [k for k in LLAMA_KERNELS if getattr(type(cpp), k) is getattr(reference, k)]
 
 
 def test_saves_only_a_logsumexp_per_row(cpp):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import sllm
-from sllm import distributed
+from sllm import distributed, launch
 from sllm import train as T
 from sllm.checkpoint import load_checkpoint
 
@@ -30,7 +30,7 @@ TIMEOUT = 300  # seconds for any one job: generous, the machine is shared
 def _have_mpi() -> bool:
     try:
         distributed.import_mpi()
-        distributed.find_mpiexec()
+        launch.find_mpiexec()
         return True
     except distributed.DistributedError:
         return False
@@ -52,24 +52,24 @@ def test_split_rows_covers_the_batch_evenly(n, size):
 
 def test_strip_option_and_parse_ranks():
     argv = ["train", "--ranks", "2", "--steps", "5", "--ranks=auto", "-q"]
-    assert distributed.strip_option(argv, "--ranks") == ["train", "--steps", "5", "-q"]
-    assert distributed.parse_ranks("4") == 4 and distributed.parse_ranks("auto") is None
+    assert launch.strip_option(argv, "--ranks") == ["train", "--steps", "5", "-q"]
+    assert launch.parse_ranks("4") == 4 and launch.parse_ranks("auto") is None
     for bad in ("0", "-1", "two", ""):
         with pytest.raises(distributed.DistributedError, match="--ranks"):
-            distributed.parse_ranks(bad)
+            launch.parse_ranks(bad)
 
 
 def test_ranks_under_mpiexec_is_refused(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "2")
     with pytest.raises(distributed.DistributedError, match="leave it out"):
-        distributed.launch_cli("2", ["train"], None)
+        launch.launch_cli("2", ["train"], None)
 
 
 def test_single_process_group_is_the_identity(tmp_path):
     group = distributed.world()
     assert group.size == 1 and group.is_root and group.rows(5) == slice(0, 5)
     trainer = T.prepare(_cfg(tmp_path), progress=False)
-    assert distributed.replicate(trainer, group) is trainer
+    assert launch.replicate(trainer, group) is trainer
     assert distributed.guarded(group, lambda: 42) == 42
     assert not group.agree(False) and group.agree(True)
 
@@ -79,11 +79,11 @@ def test_missing_mpi4py_says_how_to_install(monkeypatch):
     with pytest.raises(distributed.DistributedError, match=r"sllm\[mpi\]"):
         distributed.import_mpi()
     with pytest.raises(distributed.DistributedError, match=r"sllm\[mpi\]"):
-        distributed.launch(2, ["train"])
+        launch.launch(2, ["train"])
 
 
 def test_auto_measures_each_split():
-    split = distributed.measure_split(sllm.ModelConfig(**TINY), "numpy", 4, 16, repeats=1,
+    split = launch.measure_split(sllm.ModelConfig(**TINY), "numpy", 4, 16, repeats=1,
                                       n_cores=2)
     assert set(split.seconds) == {(1, 2), (2, 1)}
     assert (split.ranks, split.threads) in split.seconds and split.ranks * split.threads == 2
@@ -139,6 +139,7 @@ def _assert_same_losses(a, b, rel=1e-5):
     ("cpp", {}),
     ("wasm-simd", {}),
     ("wasm", {"steps": 10}),
+    ("cpp", {"model": {**TINY, "architecture": "llama", "num_kv_heads": 1}}),  # MQA llama
 ])
 def test_two_ranks_match_one_process(tmp_path, backend, kw):
     if backend not in sllm.backends.available():
@@ -216,7 +217,7 @@ def test_resume_with_another_rank_count(tmp_path):
 @pytest.mark.parametrize("mode", ["raise", "kill"])
 def test_failing_rank_stops_the_job(tmp_path, mode):
     out = tmp_path / "run"
-    cmd = [distributed.find_mpiexec(), "-n", "2", sys.executable,
+    cmd = [launch.find_mpiexec(), "-n", "2", sys.executable,
            os.path.join(HERE, "mpi_worker.py"), mode, str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
     ended = time.time()

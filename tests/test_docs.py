@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +41,13 @@ def _skip_reason(block: Block) -> str | None:
     return None
 
 
-def _substitute(command: str, block: Block) -> str:
+def _substitute(text: str, block: Block) -> str:
+    """The block's commands with the marker's sub=OLD=>NEW rules applied."""
     for rule in block.options.get("sub", ()):
         old, _, new = rule.partition("=>")
-        assert old in command or not command, f"{block.where}: sub={rule!r} matches nothing"
-        command = command.replace(old, new)
-    return command
+        assert old in block.text, f"{block.where}: sub={rule!r} matches nothing in the block"
+        text = text.replace(old, new)
+    return text
 
 
 def _run(argv: list[str], cwd: Path) -> str:
@@ -154,7 +156,33 @@ def test_matching_refuses_changed_numbers_and_text():
     assert mismatch(["a", "b"], "a\n", Expectation()) is not None  # a missing line
 
 
+def test_a_page_runs_with_its_options(tmp_path):
+    """run_page on a made-up page: sub= shrinks a size, requires= skips, a wrong output fails."""
+    page = tmp_path / "page.md"
+    page.write_text("<!-- doc-test: run sub=1000=>3 -->\n```\n$ seq 1000 | wc -l\n3\n```\n\n"
+                    "<!-- doc-test: run requires=no_such_module -->\n```\n$ false\nx\n```\n\n"
+                    "<!-- doc-test: run -->\n```\n$ echo 41\n42\n```\n")
+    failures, skipped = run_page(page, tmp_path)
+    assert skipped == ["page.md:8: needs no_such_module"]
+    assert len(failures) == 1 and failures[0].startswith("page.md:14: $ echo 41")
+
+
 def test_transcripts_split_into_commands_and_outputs():
     text = '$ sllm a \\\n    --b 1\nout 1\n$ sllm c "x\ny"\nout 2\nout 3'
     assert commands(text) == [("sllm a \\\n    --b 1", ["out 1"]),
                               ('sllm c "x\ny"', ["out 2", "out 3"])]
+
+
+def test_links_point_inside_the_repository():
+    """Every relative link of README.md and docs/*.md names a file of the repository (the
+    README once linked ../shared/CONTRACT.md, outside it)."""
+    link = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+    broken = []
+    for page in PAGES:
+        for target in link.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue  # http:, https:, mailto:
+            path = (page.parent / target).resolve()
+            if not path.exists() or ROOT not in path.parents:
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken

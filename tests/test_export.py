@@ -13,13 +13,14 @@ import pytest
 import sllm
 from sllm import tokenizer as tokenizers
 from sllm.corpus import generate_corpus
-from sllm.errors import DataError, FormatError
-from sllm.export import ExportError, config_from_hf, export_hf, hf_config, import_hf, import_model
+from sllm.errors import DataError, ExportError, FormatError
+from sllm.export import import_model
+from sllm.hf import config_from_hf, export_hf, hf_config, import_hf
 from sllm.hf_tokenizer import from_tokenizer_json, read_hf_tokenizer, to_tokenizer_json
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 gguf = pytest.importorskip("gguf")
-from sllm.gguf_export import export_gguf, gguf_name, import_gguf  # noqa: E402 - after pytest.importorskip
+from sllm.gguf_file import export_gguf, gguf_name, import_gguf  # noqa: E402 - after pytest.importorskip
 
 # Text that stresses the pre-tokenizers: runs of spaces and tabs, CRLF, blank lines,
 # apostrophes (ASCII and U+2019), Japanese, literal special-token strings, a form feed.

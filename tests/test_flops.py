@@ -16,3 +16,12 @@ def test_flops_hand_count():
     assert train_flops_per_token(cfg, 3) == pytest.approx(3 * (matmuls + attention))
     # decoding with 3 cached positions: the new token attends to 4 keys
     assert decode_flops_per_token(cfg, 3) == pytest.approx(matmuls + 2 * (2 * 4 * 4 * 2))
+
+
+def test_llama_flops_hand_count():
+    cfg = sllm.ModelConfig(vocab_size=10, embedding_dim=4, num_layers=2, num_heads=2,
+                           ffn_hidden_dim=8, max_seq_len=3, architecture="llama", num_kv_heads=1)
+    # per layer: q|k|v 4x(2+2*1)*2 = 4x8, o 4x4, gate and up 4x8, down 8x4 = 32+16+96 = 144
+    matmuls = 2 * (2 * 144 + 40)
+    attention = 2 * (2 * 6 * 4 + 2 * 6 * 4) / 3  # as GPT-2's: as many scores per query head
+    assert forward_flops_per_token(cfg, 3) == pytest.approx(matmuls + attention)

@@ -1,6 +1,8 @@
 """The import graph of the package has no cycles: the file formats read and write plain
 data (the model side builds the SLLM), the reference kernels import nothing of the
-registry, hook specs live apart from the plugin manager. Imports inside functions count."""
+registry, hook specs live apart from the plugin manager. Imports inside functions count;
+imports under `if TYPE_CHECKING:` load nothing and do not (a family's forward annotating
+the model it is handed)."""
 import ast
 from pathlib import Path
 
@@ -57,13 +59,26 @@ def _targets(module: str, node: ast.Import | ast.ImportFrom, is_package: bool, m
     return found
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of the tree except what sits under `if TYPE_CHECKING:`."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
 def import_graph() -> dict[str, set[str]]:
-    """module -> the sllm modules it imports (at any depth of its code)."""
+    """module -> the sllm modules it imports when it runs (at any depth of its code)."""
     modules = _modules()
     graph = {}
     for name, path in modules.items():
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 deps |= _targets(name, node, path.name == "__init__.py", modules)
         graph[name] = deps - {name}
@@ -102,18 +117,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-# Cycles through imports inside functions that are known and tolerated, with the reason.
-# A new cycle fails the test; remove an entry once its cycle is gone.
-KNOWN = [
-    # the MPI launcher (distributed.main_worker) starts a Trainer; train uses the Group
-    ["sllm.distributed", "sllm.train"],
-    # export dispatches to gguf_export lazily; gguf_export takes ExportError and require
-    ["sllm.export", "sllm.gguf_export"],
-]
-
-
 def test_no_import_cycles():
-    assert [c for c in cycles(import_graph()) if c not in KNOWN] == []
+    assert cycles(import_graph()) == []
 
 
 @pytest.mark.parametrize("module,forbidden", [
@@ -123,6 +128,7 @@ def test_no_import_cycles():
     ("sllm.hookspecs", {"sllm.plugins", "sllm.backends"}),
     ("sllm.backends.builtin", {"sllm.plugins"}),
     ("sllm.backends.conformance", {"sllm.bench"}),  # both use sllm.timing
+    ("sllm.backends.cases", {"sllm.backends.conformance", "sllm.bench", "sllm.bench_shapes"}),
 ])
 def test_layers(module, forbidden):
     assert not import_graph()[module] & forbidden
@@ -130,6 +136,13 @@ def test_layers(module, forbidden):
 
 def test_the_checker_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_typing_only_imports_are_not_edges():
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\nelse:\n"
+                     "    import b\ndef f():\n    import c\n")
+    names = {a.name for n in _runtime_nodes(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert names == {"b", "c"}
 
 
 def test_files_are_written_through_fileio():

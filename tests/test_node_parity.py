@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import base64
 import functools
-import os
 import unicodedata
 import zlib
 
 import numpy as np
 import pytest
-from node_js import run_node, why_no_node
+from node_js import run_node, skip_without_node
 from twins import JAPANESE, JS_TRAIN_STEPS, ODD_TEXT, corrupt_files, corrupt_quantized, python_train_steps
 
 import sllm
@@ -32,11 +31,7 @@ from sllm.serialize import read_model_file
 
 @pytest.fixture(scope="module", autouse=True)
 def _node():
-    reason = why_no_node()
-    if reason and os.environ.get("SLLM_REQUIRE_NODE") == "1":
-        pytest.fail(f"SLLM_REQUIRE_NODE=1 but {reason}")
-    if reason:
-        pytest.skip(reason)
+    skip_without_node()
 
 
 CFG = {"vocabSize": 300, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,
@@ -68,6 +63,13 @@ def models(tmp_path_factory):
              "bpe": _save(make(4, vocabSize=bpe.vocab_size), bpe, out / "bpe.sllm")}
     for qtype in ("q8_0", "q4_0", "q4_1"):
         files[qtype] = _save(make(5).quantize(qtype), word, out / f"{qtype}.sllm")
+    llama = {"architecture": "llama", "numHeads": 4, "ropeTheta": 500000.0}
+    files["llama-gqa"] = _save(make(6, **llama, numKvHeads=2), word, out / "llama-gqa.sllm")
+    files["llama-mqa-tied-f16"] = _save(make(7, **llama, numKvHeads=1, tieEmbeddings=True), word,
+                                        out / "llama-mqa.sllm", dtype="f16")
+    for qtype in ("q8_0", "q4_0", "q4_1"):
+        files[f"llama-{qtype}"] = _save(make(8, **llama, numKvHeads=2).quantize(qtype), word,
+                                        out / f"llama-{qtype}.sllm")
     return files
 
 
@@ -92,7 +94,9 @@ def _python_backend(variant):
 
 @pytest.mark.filterwarnings("ignore:context full")  # 40 new tokens pass max_seq_len: both slide
 @pytest.mark.parametrize("variant", ["relaxed", "simd128", "scalar"])
-@pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_0", "q4_1",
+                                  "llama-gqa", "llama-mqa-tied-f16", "llama-q8_0", "llama-q4_0",
+                                  "llama-q4_1"])
 def test_forward_and_greedy_tokens_equal_python(models, name, variant):
     """Node and Python run the same module, so the logits are equal bit for bit, and both
     are within float32 rounding of the numpy reference."""

@@ -67,28 +67,30 @@ def test_reference_matmul_q_refuses_wrong_row_bytes():
 @pytest.mark.parametrize("qtype", quant.QTYPES)
 def test_every_backend_matches_the_reference_kernel(backend_name, qtype):
     """Awkward shapes (K % 32 != 0, one row, OC of 1) on each backend vs the reference."""
-    from sllm.backends import conformance
+    from sllm.backends import cases, conformance
     be = sllm.backends.get(backend_name)
-    for i, shape in enumerate(conformance.CASES["matmul_q_fwd"].shapes):
+    for i, shape in enumerate(cases.CASES["matmul_q_fwd"].shapes):
         if shape["qtype"] == qtype:
             for check in conformance.check_kernel(be, "matmul_q_fwd", i):
                 assert check.passed, check
 
 
-def test_wasm_simd128_module_without_relaxed_simd():
-    """The plain SIMD128 module (browsers without relaxed SIMD) runs the extmul path."""
-    from sllm.backends import conformance
+@pytest.mark.parametrize("module", ["sllm_simd128.wasm", "sllm_simd128_compat.wasm"])
+def test_wasm_simd128_modules_without_relaxed_simd(module):
+    """The plain SIMD128 module (browsers without relaxed SIMD) runs the extmul path; the
+    compat module (wasmer 1.x) widens with extend + mul instead: both run every case."""
+    from sllm.backends import cases, conformance
     from sllm.backends.wasm import WasmSimdBackend
     if "wasm-simd" not in sllm.backends.available():
         pytest.skip("wasm-simd is not available here")
 
     class Simd128Only(WasmSimdBackend):
-        modules = (("sllm_simd128.wasm", False, "simd128"),)
+        modules = ((module, False, "simd128"),)
         _probed = {}
 
     be = Simd128Only()
-    assert be.capabilities["module"] == "sllm_simd128.wasm"
-    for i in range(len(conformance.CASES["matmul_q_fwd"].shapes)):
+    assert be.capabilities["module"] == module
+    for i in range(len(cases.CASES["matmul_q_fwd"].shapes)):
         for check in conformance.check_kernel(be, "matmul_q_fwd", i):
             assert check.passed, check
 

@@ -104,8 +104,8 @@ def test_packed_weights_are_checked_where_they_enter():
 
 
 def test_decode_block_refuses_packed_and_unpacked_weights_mixed():
-    from sllm.backends import conformance
-    spec = conformance.CASES["decode_block"]
+    from sllm.backends import cases, conformance
+    spec = cases.CASES["decode_block"]
     index = next(i for i, s in enumerate(spec.shapes) if s["qtype"] == "q8_0")
     cpp = backends.get("cpp")
     args = conformance.on_backend(cpp, spec.args(np.random.default_rng(0), **spec.shapes[index]),
@@ -123,3 +123,21 @@ def test_decode_block_refuses_packed_and_unpacked_weights_mixed():
 def test_backends_without_packing_keep_ggml_rows():
     w = quant.quantize(np.ones((3, 32), np.float32), "q8_0")
     assert backends.get("numpy").pack_q(w, "q8_0") is w
+
+
+def test_embed_q_fwd_is_the_reference_lookup_and_checks_its_arguments():
+    from sllm.backends import reference
+    cpp = backends.get("cpp")
+    wq = quant.quantize(np.random.default_rng(2).standard_normal((9, 40)).astype(np.float32),
+                        "q4_1")
+    tokens = np.array([[8, 0, 8]], np.int32)
+    out, ref = np.zeros((1, 3, 40), np.float32), np.zeros((1, 3, 40), np.float32)
+    cpp.embed_q_fwd(out, tokens, wq, "q4_1")
+    reference.embed_q_fwd(ref, tokens, wq, "q4_1")
+    np.testing.assert_array_equal(out, ref)  # the same float16 and nibble arithmetic
+    with pytest.raises(ValueError, match="embed_q_fwd: tokens"):
+        cpp.embed_q_fwd(out, np.array([[9, 0, 1]], np.int32), wq, "q4_1")
+    packed = cpp.pack_q(wq, "q4_1")
+    if packed is not wq:
+        with pytest.raises(TypeError, match="embed_q_fwd: wq must be ggml's rows"):
+            cpp.embed_q_fwd(out, tokens, packed, "q4_1")

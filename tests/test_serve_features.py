@@ -291,3 +291,24 @@ def test_json_access_log_and_latency_histograms(tmp_path):
         assert f'{name}_count{{model="tiny"}} 2' in metrics
         assert f'{name}_bucket{{model="tiny",le="+Inf"}} 2' in metrics
     assert 'sllm_model_completion_tokens_total{model="tiny"} ' in metrics
+
+
+def test_streamed_choices_and_echo_equal_the_whole_answers(word_server):
+    c = word_server.client()
+    args = dict(model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=6,
+                seed=3, n=2)
+    whole = c.chat.completions.create(**args)
+    parts = {0: "", 1: ""}
+    finishes = {}
+    for chunk in c.chat.completions.create(stream=True, **args):
+        for ch in chunk.choices:
+            parts[ch.index] += ch.delta.content or ""
+            if ch.finish_reason:
+                finishes[ch.index] = ch.finish_reason
+    assert [parts[i].strip() for i in (0, 1)] == [ch.message.content for ch in whole.choices]
+    assert finishes == {ch.index: ch.finish_reason for ch in whole.choices}
+    comp = dict(model="tiny", prompt="the boat", max_tokens=5, temperature=0, echo=True)
+    text = c.completions.create(**comp).choices[0].text
+    streamed = "".join(ch.text for k in c.completions.create(stream=True, **comp)
+                       for ch in k.choices)
+    assert streamed == text and text.startswith("the boat")

@@ -28,10 +28,13 @@ def _metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_resume_equals_uninterrupted_run(tmp_path, optimizer):
-    straight = T.prepare(_cfg(tmp_path / "a", optimizer=optimizer), progress=False).run()
-    first = T.prepare(_cfg(tmp_path / "b", optimizer=optimizer), progress=False).run(stop_at=13)
+@pytest.mark.parametrize("optimizer,arch", [("adamw", "gpt2"), ("sgd", "gpt2"), ("adamw", "llama")])
+def test_resume_equals_uninterrupted_run(tmp_path, optimizer, arch):
+    model = {**TINY, "architecture": arch}
+    straight = T.prepare(_cfg(tmp_path / "a", optimizer=optimizer, model=model),
+                         progress=False).run()
+    first = T.prepare(_cfg(tmp_path / "b", optimizer=optimizer, model=model),
+                      progress=False).run(stop_at=13)
     assert first.step == 13 and not (tmp_path / "b" / "model.sllm").exists()
     resumed = T.resume(tmp_path / "b", progress=False)
     assert resumed.step == 13 and resumed.model.dropout_step > 0

@@ -15,7 +15,7 @@ from sllm.budget import BudgetError
 WASM: list[str] = [n for n in ("wasm", "wasm-simd") if n in backends.available()]
 pytestmark = pytest.mark.skipif(not WASM, reason="the wasm modules were not built or no runtime")
 CLASSES = {"wasm": WasmBackend, "wasm-simd": WasmSimdBackend}
-MODULES = ["sllm_scalar.wasm", "sllm_simd128.wasm", "sllm_relaxed.wasm"]
+MODULES = ["sllm_scalar.wasm", "sllm_simd128.wasm", "sllm_relaxed.wasm", "sllm_simd128_compat.wasm"]
 
 
 @pytest.fixture(params=WASM or ["none"])
@@ -158,6 +158,42 @@ def test_bad_input_gives_clear_errors(be, rng):
         be.matmul_fwd(be.zeros((2, 3)), be.zeros((2, 4)), be.zeros((5, 3)), None)
 
 
+def test_llama_kernels_are_native(be):
+    """No llama kernel falls back to the numpy reference on wasm."""
+    from sllm.backends import reference
+    from sllm.backends.base import LLAMA_KERNELS
+    assert not [k for k in LLAMA_KERNELS if getattr(type(be), k) is getattr(reference, k)]
+
+
+@pytest.mark.parametrize("positions", ["batch", "offset"])
+def test_rope_table_and_per_row_angles_match_reference(be, rng, positions):
+    """A training batch repeats positions (the module tabulates them first); a KV-cache step
+    far into the context computes its rows' angles one by one. Both equal the reference."""
+    from sllm.backends import reference
+    B, T, H, Hkv, D = 3, 11, 4, 2, 10
+    pos = np.tile(np.arange(T), B) if positions == "batch" else 3000 + np.arange(B * T)
+    pos = pos.astype(np.int32)
+    for kernel in ("rope_fwd", "rope_bwd"):
+        x = rng.standard_normal((B * T, (H + 2 * Hkv) * D)).astype(np.float32)
+        mine, ref = be.from_numpy(x), x.copy()
+        getattr(be, kernel)(mine, pos, H, Hkv, 500000.0)
+        getattr(reference, kernel)(ref, pos, H, Hkv, 500000.0)
+        np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(mine[:, (H + Hkv) * D:], x[:, (H + Hkv) * D:])  # v stays
+
+
+def test_llama_bad_input_gives_clear_errors(be):
+    with pytest.raises(ValueError, match="even head dim"):
+        be.rope_fwd(be.zeros((2, 3 * 5)), np.zeros(2, np.int32), 1, 1, 10000.0)
+    with pytest.raises(ValueError, match="positions must be"):
+        be.rope_fwd(be.zeros((2, 3 * 4)), np.array([0, -1], np.int32), 1, 1, 10000.0)
+    with pytest.raises(ValueError, match="must be > 0 and divide n_head"):
+        be.attention_fwd(be.zeros((1, 2, 12)), be.zeros((1, 4, 2, 2)), be.zeros((1, 2, 36)), 4, 3)
+    with pytest.raises(ValueError, match="kcache and vcache must be"):
+        be.attention_decode(be.zeros((1, 1, 8)), be.zeros((1, 1, 16)), be.zeros((1, 4, 5, 2)),
+                            be.zeros((1, 4, 5, 2)), 0, 4, 2)
+
+
 TRAP_SCRIPT = """
 import numpy as np, sys
 from sllm import BackendError
@@ -249,9 +285,11 @@ AWKWARD = sllm.ModelConfig(vocab_size=67, embedding_dim=12, num_layers=2, num_he
                            ffn_hidden_dim=21, dropout=0.1, max_seq_len=9)
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_whole_model_matches_reference(be, rng, tie):
-    cfg = AWKWARD.replace(tie_embeddings=tie)
+@pytest.mark.parametrize("tie,family", [(False, {}), (True, {}),
+                                        (False, {"architecture": "llama", "num_heads": 6,
+                                                 "num_kv_heads": 2, "embedding_dim": 24})])
+def test_whole_model_matches_reference(be, rng, tie, family):
+    cfg = AWKWARD.replace(tie_embeddings=tie, **family)
     mine, ref = sllm.SLLM(cfg, backend=be, seed=7), sllm.SLLM(cfg, backend="numpy", seed=7)
     x = rng.integers(0, cfg.vocab_size, (3, 9))
     y = np.roll(x, -1, axis=1)

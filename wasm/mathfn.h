@@ -53,6 +53,48 @@ static inline double log_approx(double x) {
     return 2.0 * sum + e * 0.693147180559945309;
 }
 
+/* Double precision, for the rotary embedding's angles (computed in float64 as the numpy
+ * reference does; the float32 results then round alike). exp_double: x = k ln2 + r,
+ * |r| <= ln2/2, e^r by its Taylor series to r^13 (last term < 5e-18), 2^k from the
+ * exponent bits; for |x| < 700. pow_double(b, e) = exp(e log b) for b > 0. */
+static inline double exp_double(double x) {
+    double k = __builtin_floor(x * 1.44269504088896338700 + 0.5);
+    double r = (x - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10;
+    double term = 1.0, sum = 1.0;
+    for (int i = 1; i < 14; i++) {
+        term *= r / i;
+        sum += term;
+    }
+    union { uint64_t u; double d; } scale = { (uint64_t)((int64_t)k + 1023) << 52 };
+    return sum * scale.d;
+}
+
+static inline double pow_double(double base, double e) { return exp_double(e * log_approx(base)); }
+
+/* sin and cos of x >= 0 (|x| < 2^20 * pi/2): fdlibm's reduction by pi/2 in three 33-bit
+ * parts (each n * part exact), then its __kernel_sin / __kernel_cos polynomials on
+ * |r| <= pi/4 (error under 1 ulp of double). */
+static inline void sincos_double(double x, double *s, double *c) {
+    double n = __builtin_floor(x * 6.36619772367581382433e-01 + 0.5);
+    double r = ((x - n * 1.57079632673412561417e+00) - n * 6.07710050630396597660e-11)
+               - n * 2.02226624871116645580e-21;
+    double z = r * r;
+    double sr = r + z * r * (-1.66666666666666324348e-01 + z * (8.33333333332248946124e-03
+                + z * (-1.98412698298579493134e-04 + z * (2.75573137070700676789e-06
+                + z * (-2.50507602534068634195e-08 + z * 1.58969099521155010221e-10)))));
+    double p = z * (4.16666666666666019037e-02 + z * (-1.38888888888741095749e-03
+               + z * (2.48015872894767294178e-05 + z * (-2.75573143513906633035e-07
+               + z * (2.08757232129817482790e-09 + z * -1.13596475577881948265e-11)))));
+    double hz = 0.5 * z, w = 1.0 - hz;
+    double cr = w + (((1.0 - w) - hz) + z * p);
+    switch ((int)((int64_t)n & 3)) {
+        case 0: *s = sr; *c = cr; break;
+        case 1: *s = cr; *c = -sr; break;
+        case 2: *s = -sr; *c = -cr; break;
+        default: *s = -cr; *c = sr; break;
+    }
+}
+
 #ifdef __wasm_simd128__
 static inline v128_t exp_approx4(v128_t x) {
     x = wasm_f32x4_pmin(wasm_f32x4_splat(EXP_HI), x);

@@ -99,6 +99,13 @@ static inline v128_t dot16(v128_t w, v128_t x, v128_t acc) {
     v128_t neg = wasm_i8x16_lt(w, wasm_i8x16_splat(0));
     v128_t sx = wasm_i8x16_sub(wasm_v128_xor(x, neg), neg); /* x * sign(w) */
     return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(sx, wasm_i8x16_abs(w), acc);
+#elif defined(SLLM_WASM_COMPAT)
+    /* wasmer 1.x (Cranelift) lacks extmul and extadd_pairwise: widen each half of w and x
+     * to int16, then i32x4.dot_i16x8_s sums the products in pairs (an intrinsic, so the
+     * compiler cannot fold the widening multiply back into extmul) */
+    v128_t lo = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w), wasm_i16x8_extend_low_i8x16(x));
+    v128_t hi = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w), wasm_i16x8_extend_high_i8x16(x));
+    return wasm_i32x4_add(acc, wasm_i32x4_add(lo, hi));
 #else
     v128_t p = wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(w, x), wasm_i16x8_extmul_high_i8x16(w, x));
     return wasm_i32x4_add(acc, wasm_i32x4_extadd_pairwise_i16x8(p));

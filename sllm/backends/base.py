@@ -82,7 +82,7 @@ LLAMA_KERNELS: tuple[str, ...] = (
 )
 
 # Fused kernels a backend may provide; Backend's default composes the required ones.
-OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block",)
+OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block", "embed_q_fwd")
 
 
 def _not_implemented(backend: Any, kernel: str) -> NotImplementedError:
@@ -399,6 +399,15 @@ class Backend:
         raise _not_implemented(self, "grad_norm_sq")
 
     # ---- optional kernels: fusions with a default made of the kernels above ----------------
+    def embed_q_fwd(self, out: Array, tokens: Array, wq: Array, qtype: str) -> None:
+        """Token embedding from quantized rows (optional): out (B,T,C) = rows tokens (B,T)
+        (int32 in [0, V)) of wq, ggml's rows (V, bytes_per_row) of qtype, dequantized.
+
+        A quantized model's lookup, as ggml's get_rows; the default is the numpy reference
+        (sllm.quant.dequantize of the rows), which every backend's arrays allow.
+        """
+        reference.embed_q_fwd(out, tokens, wq, qtype)
+
     def decode_block(self, out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
                      params: Sequence[Any], pos: int, n_head: int, activation: str,
                      qtype: str | None = None) -> None:

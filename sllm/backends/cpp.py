@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-from . import reference
-from .base import LLAMA_KERNELS, Array, Backend
+from .base import Backend
 
 
 def _import_extension() -> tuple[Any, str]:
@@ -54,8 +53,6 @@ class CppBackend(Backend):
     name: ClassVar[str] = "cpp"
     priority: ClassVar[int] = 100
     kernel_module: ClassVar[Any] = _cpp  # None when not built: probe() then says why
-    # the llama kernels run the numpy reference until cpp/ implements them
-    reference_kernels: ClassVar[frozenset[str]] = frozenset(LLAMA_KERNELS)
 
     def __init__(self) -> None:
         self.probe()
@@ -96,37 +93,3 @@ class CppBackend(Backend):
         """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""
         return (B, n_head, T)
 
-
-    # ---- grouped-query attention: the C++ kernels are multi-head only for now, so a call
-    # with n_kv_head != n_head runs the numpy reference (on these same arrays; its
-    # attention_fwd keeps the logsumexp in the (B,H,T) `saved` this backend allocates)
-    def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int,
-                      n_kv_head: int | None = None) -> None:
-        """Causal attention (see Backend.attention_fwd)."""
-        if n_kv_head in (None, n_head):
-            return _cpp.attention_fwd(out, saved, qkv, n_head)
-        return reference.attention_fwd(out, saved, qkv, n_head, n_kv_head)
-
-    def attention_bwd(self, dqkv: Array, dout: Array, qkv: Array, out: Array, saved: Array,
-                      n_head: int, n_kv_head: int | None = None) -> None:
-        """Backward of attention_fwd (see Backend.attention_bwd)."""
-        if n_kv_head in (None, n_head):
-            return _cpp.attention_bwd(dqkv, dout, qkv, out, saved, n_head)
-        return reference.attention_bwd(dqkv, dout, qkv, out, saved, n_head, n_kv_head)
-
-    def attention_decode(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
-                         pos: int, n_head: int, n_kv_head: int | None = None) -> None:
-        """KV-cache attention (see Backend.attention_decode)."""
-        if n_kv_head in (None, n_head):
-            return _cpp.attention_decode(out, qkv, kcache, vcache, pos, n_head)
-        return reference.attention_decode(out, qkv, kcache, vcache, pos, n_head, n_kv_head)
-
-    def attention_decode_batch(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
-                               slots: Array, positions: Array, n_head: int,
-                               n_kv_head: int | None = None) -> None:
-        """Continuous-batching attention (see Backend.attention_decode_batch)."""
-        if n_kv_head in (None, n_head):
-            return _cpp.attention_decode_batch(out, qkv, kcache, vcache, slots, positions,
-                                               n_head)
-        return reference.attention_decode_batch(out, qkv, kcache, vcache, slots, positions,
-                                                n_head, n_kv_head)

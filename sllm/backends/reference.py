@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sllm.quant import quantize_q8_0_activations, unpack_q  # block formats: numpy only
+from sllm.quant import dequantize, quantize_q8_0_activations, unpack_q  # block formats: numpy only
 
 Array = np.ndarray
 
@@ -100,6 +100,13 @@ def matmul_fwd(out: Array, inp: Array, weight: Array, bias: Array | None,
     np.matmul(_rows(inp), w, out=o)
     if bias is not None:
         o += bias
+
+
+def embed_q_fwd(out: Array, tokens: Array, wq: Array, qtype: str) -> None:
+    """out (B,T,C) = rows tokens (B,T) of quantized rows wq, dequantized (ggml's get_rows)."""
+    C = out.shape[-1]
+    rows = np.asarray(wq)[np.asarray(tokens).reshape(-1)]
+    out.reshape(-1, C)[...] = dequantize(rows, qtype, C)
 
 
 def matmul_q_fwd(out: Array, inp: Array, wq: Array, bias: Array | None, qtype: str) -> None:

@@ -7,7 +7,8 @@ export, the cheapest call the runtime offers. Arrays that live elsewhere (a plai
 array a caller passes in) are staged through linear memory and copied back if written.
 
 `wasm` runs the scalar (MVP) module; `wasm-simd` runs the SIMD128 module, preferring the
-build with relaxed-SIMD fused multiply-add where the runtime accepts it. The runtime is
+build with relaxed-SIMD fused multiply-add where the runtime accepts it, and falling back
+to the build without extmul where the runtime refuses that (wasmer 1.x). The runtime is
 wasmtime unless SLLM_WASM_RUNTIME=wasmer selects wasmer (see wasm_runtime.py).
 
 JavaScript twin: sllm/web/kernels.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
@@ -22,8 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import BackendError
-from . import reference
-from .base import LLAMA_KERNELS, Array, Backend
+from .base import Array, Backend
 from .reference import dropout_threshold
 from .wasm_memory import LinearMemory
 from .wasm_runtime import RUNTIMES, Runtime, RuntimeUnavailable, runtime_name
@@ -56,9 +56,6 @@ class _WasmBase(Backend):
     # (file name, needs relaxed SIMD, capability "simd" value), most preferred first
     modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = ()
     _probed: ClassVar[dict[str, Any]]
-    # the llama kernels run the numpy reference (on views of linear memory) until wasm/
-    # implements them
-    reference_kernels: ClassVar[frozenset[str]] = frozenset(LLAMA_KERNELS)
 
     def __init__(self, runtime: str | None = None, memory_limit: int | None = None) -> None:
         super().__init__()
@@ -246,49 +243,38 @@ class _WasmBase(Backend):
 
     def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int,
                       n_kv_head: int | None = None) -> None:
-        """Causal multi-head attention; saves the probabilities (B,H,T,T)."""
-        if n_kv_head not in (None, n_head):  # grouped-query: the reference, for now
-            return reference.attention_fwd(out, saved, qkv, n_head, n_kv_head)
-        B, T, C = _attention_dims(qkv, n_head)
-        self._call("attention_fwd", "<IIIiiii", self._ptr(out, write=True),
-                   self._ptr(saved, write=True), self._ptr(qkv), B, T, C, n_head)
+        """Causal (grouped-query) attention; saves the probabilities (B,H,T,T)."""
+        B, T, C, Hkv = _attention_dims(qkv, n_head, n_kv_head)
+        self._call("attention_fwd", "<IIIiiiii", self._ptr(out, write=True),
+                   self._ptr(saved, write=True), self._ptr(qkv), B, T, C, n_head, Hkv)
 
     def attention_bwd(self, dqkv: Array, dout: Array, qkv: Array, out: Array, saved: Array,
                       n_head: int, n_kv_head: int | None = None) -> None:
         """Gradient of attention_fwd with respect to qkv (overwritten)."""
-        if n_kv_head not in (None, n_head):
-            return reference.attention_bwd(dqkv, dout, qkv, out, saved, n_head, n_kv_head)
-        B, T, C = _attention_dims(qkv, n_head)
+        B, T, C, Hkv = _attention_dims(qkv, n_head, n_kv_head)
         scratch = self._scratch(T)
-        self._call("attention_bwd", "<IIIIiiiiI", self._ptr(dqkv, write=True), self._ptr(dout),
-                   self._ptr(qkv), self._ptr(saved), B, T, C, n_head, scratch)
+        self._call("attention_bwd", "<IIIIiiiiIi", self._ptr(dqkv, write=True), self._ptr(dout),
+                   self._ptr(qkv), self._ptr(saved), B, T, C, n_head, scratch, Hkv)
 
     def attention_decode(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
                          pos: int, n_head: int, n_kv_head: int | None = None) -> None:
         """Store new keys/values at pos.., then attend causally over the cache."""
-        if n_kv_head not in (None, n_head):
-            return reference.attention_decode(out, qkv, kcache, vcache, pos, n_head, n_kv_head)
-        B, Tn, C = _attention_dims(qkv, n_head)
-        max_t = kcache.shape[2]
-        _check(pos + Tn <= max_t, f"KV cache holds {max_t} positions, need {pos + Tn}")
+        B, Tn, C, Hkv = _attention_dims(qkv, n_head, n_kv_head)
+        max_t = _check_cache(kcache, vcache, B, Hkv, C // n_head)
+        _check(0 <= pos and pos + Tn <= max_t, f"KV cache holds {max_t} positions, need {pos + Tn}")
         scratch = self._scratch(max_t)
-        self._call("attention_decode", "<IIIIiiiiiiI", self._ptr(out, write=True),
+        self._call("attention_decode", "<IIIIiiiiiiIi", self._ptr(out, write=True),
                    self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
-                   B, Tn, C, n_head, max_t, pos, scratch)
+                   B, Tn, C, n_head, max_t, pos, scratch, Hkv)
 
     def attention_decode_batch(self, out: Array, qkv: Array, kcache: Array, vcache: Array,
                                slots: Array, positions: Array, n_head: int,
                                n_kv_head: int | None = None) -> None:
         """One new position per sequence, row b in cache slot slots[b] at positions[b]."""
-        if n_kv_head not in (None, n_head):
-            return reference.attention_decode_batch(out, qkv, kcache, vcache, slots,
-                                                    positions, n_head, n_kv_head)
-        B, Tn, C = _attention_dims(qkv, n_head)
-        _check(Tn == 1, f"qkv must be (B, 1, 3C), got {np.shape(qkv)}")
-        S, max_t = kcache.shape[0], kcache.shape[2]
-        _check(tuple(kcache.shape) == (S, n_head, max_t, C // n_head) == tuple(vcache.shape),
-               f"kcache and vcache must be (slots, {n_head}, max_T, {C // n_head}), "
-               f"got {kcache.shape} and {vcache.shape}")
+        B, Tn, C, Hkv = _attention_dims(qkv, n_head, n_kv_head)
+        _check(Tn == 1, f"qkv must be (B, 1, (n_head + 2 * n_kv_head) * D), got {np.shape(qkv)}")
+        S = kcache.shape[0]
+        max_t = _check_cache(kcache, vcache, S, Hkv, C // n_head)
         _check(np.size(out) == B * C, f"out must be (B, 1, C) = ({B}, 1, {C})")
         sl, ps = np.asarray(slots), np.asarray(positions)
         _check(sl.shape == ps.shape == (B,), f"slots and positions must have {B} entries")
@@ -297,9 +283,63 @@ class _WasmBase(Backend):
         _check(bool(np.all((ps >= 0) & (ps < max_t))),
                f"positions must be in [0, {max_t}), got {ps.tolist()}")
         scratch = self._scratch(max_t)
-        self._call("attention_decode_batch", "<IIIIIIiiiiI", self._ptr(out, write=True),
+        self._call("attention_decode_batch", "<IIIIIIiiiiIi", self._ptr(out, write=True),
                    self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
-                   self._ptr(sl, I32), self._ptr(ps, I32), B, C, n_head, max_t, scratch)
+                   self._ptr(sl, I32), self._ptr(ps, I32), B, C, n_head, max_t, scratch, Hkv)
+
+    def rmsnorm_fwd(self, out: Array, rstd: Array, inp: Array, weight: Array, eps: float) -> None:
+        """RMSNorm over the last axis; saves 1/rms per row."""
+        C = inp.shape[-1]
+        self._call("rmsnorm_fwd", "<IIIIiif", self._ptr(out, write=True),
+                   self._ptr(rstd, write=True), self._ptr(inp), self._ptr(weight),
+                   inp.size // C, C, eps)
+
+    def rmsnorm_bwd(self, dinp: Array, dweight: Array, dout: Array, inp: Array, weight: Array,
+                    rstd: Array) -> None:
+        """Accumulates into dinp and dweight."""
+        C = inp.shape[-1]
+        self._call("rmsnorm_bwd", "<IIIIIIii", self._ptr(dinp, write=True),
+                   self._ptr(dweight, write=True), self._ptr(dout), self._ptr(inp),
+                   self._ptr(weight), self._ptr(rstd), inp.size // C, C)
+
+    def rope_fwd(self, qkv: Array, positions: Array, n_head: int, n_kv_head: int,
+                 theta: float) -> None:
+        """Rotary embedding of the q and k heads in place (rotate-half pairs)."""
+        self._rope("rope_fwd", qkv, positions, n_head, n_kv_head, theta)
+
+    def rope_bwd(self, dqkv: Array, positions: Array, n_head: int, n_kv_head: int,
+                 theta: float) -> None:
+        """The inverse rotation of dq and dk in place."""
+        self._rope("rope_bwd", dqkv, positions, n_head, n_kv_head, theta)
+
+    def _rope(self, name: str, qkv: Array, positions: Array, n_head: int, n_kv_head: int,
+              theta: float) -> None:
+        W = qkv.shape[-1]
+        heads = n_head + 2 * n_kv_head
+        _check(n_kv_head > 0 and n_head % n_kv_head == 0 and W % heads == 0
+               and W // heads % 2 == 0, f"{name}: qkv width {W} is not (n_head + 2 * n_kv_head)"
+               f" * an even head dim for n_head={n_head}, n_kv_head={n_kv_head}")
+        _check(theta > 0, f"{name}: theta must be > 0, got {theta}")
+        N, D, pos = qkv.size // W, W // heads, np.asarray(positions)
+        _check(pos.size == N and (N == 0 or int(pos.min()) >= 0),
+               f"{name}: positions must be {N} integers >= 0")
+        # a table of every position's angles pays only when positions repeat (a batch)
+        rows = int(pos.max()) + 1 if N else 0
+        table_rows = rows if rows < N else 0
+        self._call(name, "<IIiiiidIi", self._ptr(qkv, write=True), self._ptr(pos, I32), N,
+                   n_head, n_kv_head, D, float(theta), self._scratch((table_rows + 2) * D),
+                   table_rows)
+
+    def swiglu_fwd(self, out: Array, gate: Array, up: Array) -> None:
+        """out = silu(gate) * up."""
+        self._call("swiglu_fwd", "<IIIi", self._ptr(out, write=True), self._ptr(gate),
+                   self._ptr(up), _size(out, gate))
+
+    def swiglu_bwd(self, dgate: Array, dup: Array, dout: Array, gate: Array, up: Array) -> None:
+        """dgate = dout * up * silu'(gate), dup = dout * silu(gate); both overwritten."""
+        self._call("swiglu_bwd", "<IIIIIi", self._ptr(dgate, write=True),
+                   self._ptr(dup, write=True), self._ptr(dout), self._ptr(gate), self._ptr(up),
+                   _size(dgate, gate))
 
     def gelu_fwd(self, out: Array, inp: Array) -> None:
         """GPT-2's tanh-approximated GELU."""
@@ -407,10 +447,25 @@ def _matmul_dims(inp: np.ndarray, weight: np.ndarray, trans_w: bool) -> tuple[in
     return C, OC
 
 
-def _attention_dims(qkv: np.ndarray, n_head: int) -> tuple[int, int, int]:
-    B, T, C3 = qkv.shape
-    _check(C3 % (3 * n_head) == 0, f"qkv width {C3} is not 3 * heads ({n_head}) * head size")
-    return B, T, C3 // 3
+def _attention_dims(qkv: np.ndarray, n_head: int,
+                    n_kv_head: int | None) -> tuple[int, int, int, int]:
+    """B, T, C = n_head * D (the output width) and Hkv of a (B, T, (H + 2*Hkv) * D) qkv."""
+    B, T, W = qkv.shape
+    Hkv = n_head if n_kv_head is None else n_kv_head
+    _check(n_head > 0 and Hkv > 0 and n_head % Hkv == 0,
+           f"n_kv_head ({Hkv}) must be > 0 and divide n_head ({n_head})")
+    heads = n_head + 2 * Hkv
+    _check(W % heads == 0, f"qkv width {W} is not (n_head + 2 * n_kv_head) ({heads}) * head size")
+    return B, T, W // heads * n_head, Hkv
+
+
+def _check_cache(kcache: np.ndarray, vcache: np.ndarray, B: int, Hkv: int, D: int) -> int:
+    """max_T of a KV cache (B or slots, Hkv, max_T, D), checked."""
+    _check(kcache.ndim == 4 and tuple(kcache.shape) == tuple(vcache.shape)
+           and kcache.shape[0] == B and kcache.shape[1] == Hkv and kcache.shape[3] == D,
+           f"kcache and vcache must be ({B}, {Hkv}, max_T, {D}), got {kcache.shape} and "
+           f"{vcache.shape}")
+    return int(kcache.shape[2])
 
 
 class WasmBackend(_WasmBase):
@@ -427,6 +482,8 @@ class WasmSimdBackend(_WasmBase):
 
     name: ClassVar[str] = "wasm-simd"
     priority: ClassVar[int] = 20
+    # The compat build (no extmul) is the one wasmer 1.x accepts; wasmtime takes the first.
     modules: ClassVar[tuple[tuple[str, bool, str | None], ...]] = (
-        ("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"))
+        ("sllm_relaxed.wasm", True, "simd128"), ("sllm_simd128.wasm", False, "simd128"),
+        ("sllm_simd128_compat.wasm", False, "simd128"))
     _probed: ClassVar[dict[str, Any]] = {}

@@ -67,11 +67,29 @@ export const ModelStorage = {
     });
   },
   get(key) { return this.run("readonly", (s) => s.get(key)); },
-  put(key, bytes) { return this.run("readwrite", (s) => s.put({ bytes, saved: Date.now() }, key)); },
+  put(key, bytes, extra = {}) { return this.run("readwrite", (s) => s.put({ bytes, saved: Date.now(), ...extra }, key)); },
   delete(key) { return this.run("readwrite", (s) => s.delete(key)); },
+  keys() { return this.run("readonly", (s) => s.getAllKeys()); },
 };
 
-const state = { worker: new ModelWorker(), info: null, busy: false, siteModel: "model.sllm", storageKey: null, name: "model" };
+/**
+ * A fine-tuned copy of the site's model is stored under the site model's path and checksum,
+ * so a site that ships a different model (re-exported, quantized) is never hidden by a copy
+ * fine-tuned from the old one.
+ */
+function siteKey(path, checksum) { return `site:${path}#${checksum}`; }
+
+/** FNV-1a (32 bits) and the length: a checksum of the model's bytes (crypto.subtle needs HTTPS). */
+function checksum(bytes) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i], 0x01000193);
+  return `${bytes.length.toString(16)}-${(h >>> 0).toString(16).padStart(8, "0")}`;
+}
+
+const state = {
+  worker: new ModelWorker(), info: null, busy: false, generating: false, siteModel: "model.sllm", storageKey: null,
+  name: "model", finetuned: false, olderCopy: null,
+};
 
 function showError(e) {
   const box = $("error");
@@ -84,11 +102,14 @@ function notice(text) {
   $("notice").textContent = text || "";
 }
 
-function setBusy(busy) {
+function setBusy(busy, generating = false) {
   state.busy = busy;
+  state.generating = generating;
   const ready = Boolean(state.info) && !busy;
-  for (const id of ["send", "chat-input", "tune", "download", "reset-model"]) $(id).disabled = !ready;
+  for (const id of ["send", "chat-input", "tune", "download", "reset-model", "mode"]) $(id).disabled = !ready;
   if (state.info && state.info.qtype) $("tune").disabled = true; // quantized: inference only
+  $("stop").hidden = !generating;
+  $("send").hidden = generating;
 }
 
 function describe(info, origin) {
@@ -99,7 +120,8 @@ function describe(info, origin) {
 
 const WASM_NAMES = { relaxed: "SIMD128 + relaxed SIMD", simd128: "SIMD128", scalar: "scalar (no SIMD)" };
 
-async function loadModel(source, origin = "") {
+async function loadModel(source, origin = "", { keepPrevious = false } = {}) {
+  const previous = { info: state.info, text: $("model-info").textContent };
   setBusy(true);
   showError(null);
   $("model-info").textContent = "loading…";
@@ -116,11 +138,13 @@ async function loadModel(source, origin = "") {
     document.body.dataset.wasm = info.wasm;
     $("tune-status").textContent = info.qtype
       ? `This model's weights are ${info.qtype} (quantized): it chats, but fine-tuning needs a float model (sllm export-web --dtype f32).` : "";
+    state.finetuned = origin.includes("fine-tuned");
     clearChat();
     return info;
   } catch (e) {
-    state.info = null;
-    $("model-info").textContent = "no model loaded";
+    // The worker keeps its model when a load fails, so the page can keep showing it.
+    state.info = keepPrevious ? previous.info : null;
+    $("model-info").textContent = state.info ? previous.text : "no model loaded";
     showError(e);
     throw e;
   } finally {
@@ -154,31 +178,56 @@ function sampling() {
   return { temperature: num("temperature"), topK: num("top-k") || null, maxTokens: num("max-tokens") };
 }
 
+function addText(prompt) {
+  const div = document.createElement("div");
+  div.className = "msg text";
+  const head = document.createElement("span");
+  head.className = "prompt";
+  head.textContent = prompt;
+  const body = document.createElement("span");
+  div.append(head, body);
+  $("messages").append(div);
+  return { div, body };
+}
+
+function showStats(result) {
+  const s = result.stats;
+  if (s && s.tokens) {
+    $("speed").textContent = `${s.tokens} token${s.tokens === 1 ? "" : "s"} · ${s.tokensPerSecond.toFixed(0)} tokens/s · first token ${s.firstTokenMs.toFixed(0)} ms${result.stopped ? " · stopped" : ""}`;
+  }
+  $("unknown").textContent = result.unknown.length
+    ? `not in the vocabulary, read as [UNK]: ${[...new Set(result.unknown)].join(", ")}` : "";
+}
+
 async function send(event) {
   event.preventDefault();
   const text = $("chat-input").value.trim();
   if (!text || state.busy) return;
+  const chat = $("mode").value === "chat";
   $("chat-input").value = "";
-  addMessage("A", text);
-  const { div, body } = addMessage("B", "");
+  let div, body;
+  if (chat) {
+    addMessage("A", text);
+    ({ div, body } = addMessage("B", ""));
+  } else {
+    ({ div, body } = addText(text));
+  }
   div.classList.add("typing");
-  setBusy(true);
+  setBusy(true, true);
   showError(null);
   let first = true;
   try {
     const { maxTokens, ...opts } = sampling();
-    const result = await state.worker.call("chat", { text, options: opts, maxTokens }, (m) => {
-      body.textContent += first ? m.text.trimStart() : m.text;
+    const onPiece = (m) => {
+      body.textContent += first && chat ? m.text.trimStart() : m.text;
       first = false;
       $("messages").scrollTop = $("messages").scrollHeight;
-    });
-    const s = result.stats;
-    if (s && s.tokens) {
-      $("speed").textContent = `${s.tokens} token${s.tokens === 1 ? "" : "s"} · ${s.tokensPerSecond.toFixed(0)} tokens/s · first token ${s.firstTokenMs.toFixed(0)} ms`;
-    }
-    $("unknown").textContent = result.unknown.length
-      ? `not in the vocabulary, read as [UNK]: ${[...new Set(result.unknown)].join(", ")}` : "";
-    if (!body.textContent) body.textContent = "…";
+    };
+    const result = chat
+      ? await state.worker.call("chat", { text, options: opts, maxTokens }, onPiece)
+      : await state.worker.call("generate", { prompt: text, options: { ...opts, maxTokens } }, onPiece);
+    showStats(result);
+    if (chat && !body.textContent) body.textContent = "…";
   } catch (e) {
     showError(e);
   } finally {
@@ -186,6 +235,14 @@ async function send(event) {
     setBusy(false);
     $("chat-input").focus();
   }
+}
+
+function stop() {
+  if (state.generating) state.worker.call("stop").catch(showError);
+}
+
+function setMode() {
+  $("chat-input").placeholder = $("mode").value === "chat" ? "Say something…" : "Text for the model to continue…";
 }
 
 // ---- fine-tuning -------------------------------------------------------------------------
@@ -240,7 +297,8 @@ async function finetune() {
       drawLoss(losses, steps);
     });
     const bytes = await state.worker.call("save");
-    await ModelStorage.put(state.storageKey, bytes);
+    await ModelStorage.put(state.storageKey, bytes, { model: state.name });
+    state.finetuned = true;
     $("tune-status").textContent = `done: ${steps} steps in ${result.seconds.toFixed(1)} s, loss ${result.losses[0].toFixed(3)} → ${result.losses[result.losses.length - 1].toFixed(3)} · saved in this browser`;
     $("model-info").textContent = describe(state.info, " (fine-tuned here)");
   } catch (e) {
@@ -258,7 +316,7 @@ async function download() {
     const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
     const a = document.createElement("a");
     a.href = url;
-    a.download = state.name.replace(/\.sllm$/, "") + "-browser.sllm";
+    a.download = downloadName();
     a.click();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   } catch (e) {
@@ -268,12 +326,27 @@ async function download() {
   }
 }
 
+/** model-TYPE[-finetuned]-YYYY-MM-DD.sllm: what the file is, at a glance. */
+function downloadName() {
+  const base = state.name.replace(/\.sllm$/, "").replace(/-(f32|f16|q8_0|q4_0|q4_1)(-finetuned)?(-\d{4}-\d\d-\d\d)?$/, "");
+  const type = state.info ? state.info.qtype || state.info.dtype : "f32";
+  const date = new Date().toISOString().slice(0, 10);
+  return `${base}-${type}${state.finetuned ? "-finetuned" : ""}-${date}.sllm`;
+}
+
 async function openFile(event) {
   const file = event.target.files[0];
   if (!file) return;
+  const before = { name: state.name, storageKey: state.storageKey, finetuned: state.finetuned };
+  const bytes = new Uint8Array(await file.arrayBuffer());
   state.name = file.name;
-  state.storageKey = `file:${file.name}`;
-  await loadModel(new Uint8Array(await file.arrayBuffer())).catch(() => {});
+  state.storageKey = `file:${file.name}#${checksum(bytes)}`;
+  try {
+    await loadModel(bytes, "", { keepPrevious: Boolean(state.info) });
+  } catch {
+    Object.assign(state, before); // a bad file leaves the model that was running
+    setBusy(false);
+  }
   event.target.value = "";
 }
 
@@ -282,18 +355,51 @@ async function resetModel() {
   await start(true);
 }
 
+/** A copy fine-tuned from another version of the site's model, if this browser has one. */
+async function olderCopy(path, key) {
+  const keys = await ModelStorage.keys().catch(() => []);
+  const other = keys.find((k) => k !== key && (k === `site:${path}` || String(k).startsWith(`site:${path}#`)));
+  return other ? { key: other, record: await ModelStorage.get(other).catch(() => null) } : null;
+}
+
+function offerOlderCopy(older) {
+  state.olderCopy = older;
+  $("stored-notice").hidden = !older;
+  if (!older) return;
+  const when = older.record && older.record.saved ? new Date(older.record.saved).toLocaleString() : "earlier";
+  $("stored-text").textContent = `This site now ships a different ${state.name} than the one your fine-tuned copy ` +
+    `(saved ${when}) was made from: showing the site's model.`;
+}
+
+async function useOlderCopy() {
+  const older = state.olderCopy;
+  if (!older || !older.record) return;
+  state.storageKey = older.key;
+  offerOlderCopy(null);
+  await loadModel(older.record.bytes, " (fine-tuned here, from the site's previous model)").catch(() => {});
+}
+
 async function start(forceSite = false) {
   try {
     const site = await fetch("site.json").then((r) => (r.ok ? r.json() : {})).catch(() => ({}));
     const params = new URLSearchParams(location.search);
     state.siteModel = params.get("model") || site.model || "model.sllm";
     state.name = state.siteModel.split("/").pop();
-    state.storageKey = `site:${new URL(state.siteModel, location.href).pathname}`;
+    const path = new URL(state.siteModel, location.href).pathname;
+    $("model-info").textContent = "loading…";
+    const response = await fetch(state.siteModel, { cache: "no-cache" }).catch(() => null);
+    const bytes = response && response.ok ? new Uint8Array(await response.arrayBuffer()) : null;
+    if (!bytes) {
+      await loadModel(state.siteModel); // shows the error the load gives
+      return;
+    }
+    state.storageKey = siteKey(path, checksum(bytes));
     const stored = forceSite ? null : await ModelStorage.get(state.storageKey).catch(() => null);
+    offerOlderCopy(forceSite ? null : await olderCopy(path, state.storageKey));
     if (stored && stored.bytes) {
       await loadModel(stored.bytes, " (fine-tuned here)");
     } else {
-      await loadModel(state.siteModel);
+      await loadModel(bytes);
     }
   } catch {
     // loadModel has shown the error on the page
@@ -306,6 +412,9 @@ $("tune").addEventListener("click", finetune);
 $("download").addEventListener("click", download);
 $("file-input").addEventListener("change", openFile);
 $("reset-model").addEventListener("click", resetModel);
+$("stop").addEventListener("click", stop);
+$("mode").addEventListener("change", setMode);
+$("use-stored").addEventListener("click", useOlderCopy);
 if (!features().simd) notice("This browser has no WebAssembly SIMD: the scalar module will be used.");
 drawLoss([], 1);
 start();

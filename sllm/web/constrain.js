@@ -7,6 +7,8 @@
 //   const g = compileFor(tokenizer, { jsonSchema: {...} });   // or { regex }, { choices }, { jsonObject: true }
 //   const c = g.start();  c.allowedMask(remaining, eosId) -> Uint8Array(V);  c.advance(token)
 
+import { CHAR_BYTE } from "./tokenizers.js";
+
 const MAX_UNICODE = 0x10ffff, JSON_DEPTH = 3, MAX_NFA_STATES = 200000, DEAD = -1, INF = 2 ** 30;
 
 export class GrammarError extends Error {
@@ -411,17 +413,6 @@ class NFA {
 }
 
 // ---- vocabulary -------------------------------------------------------------------------
-const CHAR_BYTE = (() => {
-  const bs = [];
-  for (let b = 33; b <= 126; b++) bs.push(b);
-  for (let b = 161; b <= 172; b++) bs.push(b);
-  for (let b = 174; b <= 255; b++) bs.push(b);
-  const cs = bs.slice();
-  let n = 0;
-  for (let b = 0; b < 256; b++) if (!bs.includes(b)) { bs.push(b); cs.push(256 + n); n++; }
-  return new Map(bs.map((b, i) => [String.fromCodePoint(cs[i]), b]));
-})();
-
 /** The bytes each token contributes (empty for specials and [UNK], never allowed). */
 export function tokenBytes(tok) {
   const skip = new Set([tok.padId, tok.bosId, tok.eosId, tok.unkId].filter((x) => x !== null && x !== undefined));
@@ -435,7 +426,8 @@ export function tokenBytes(tok) {
       out.push(ok ? [...piece].map((c) => CHAR_BYTE.get(c)) : []);
       continue;
     }
-    out.push(Array.from(enc.encode(tok.decode([i]))));
+    const text = tok.decode([i]); // U+FFFD alone: a byte of a longer character, never allowed
+    out.push(text.includes("\ufffd") ? [] : Array.from(enc.encode(text)));
   }
   return out;
 }
@@ -671,7 +663,12 @@ export function compileFor(tok, spec) {
   const key = JSON.stringify([spec.jsonSchema ?? null, spec.regex ?? null, spec.choices ?? null, Boolean(spec.jsonObject)]);
   let g = table.grammars.get(key);
   if (!g) {
-    g = new Grammar(grammarNode(spec), table);
+    try {
+      g = new Grammar(grammarNode(spec), table);
+    } catch (e) {
+      if (e instanceof RangeError) throw new GrammarError("the grammar is nested too deeply"); // the call stack ran out
+      throw e;
+    }
     table.grammars.set(key, g);
     if (table.grammars.size > 8) table.grammars.delete(table.grammars.keys().next().value);
   }

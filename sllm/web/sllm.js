@@ -304,11 +304,14 @@ export class ChatSession {
     this.turns.push(`${USER_PREFIX} ${userText.trim()}`);
     const pieces = [];
     const opts = { ...this.sampling, ...sampling, maxTokens: this.maxTokens, stopAtNewline: true };
-    for await (const piece of this.model.streamIds(this.prompt(), opts)) {
-      pieces.push(piece);
-      yield piece;
+    try {
+      for await (const piece of this.model.streamIds(this.prompt(), opts)) {
+        pieces.push(piece);
+        yield piece;
+      }
+    } finally { // also when the reader stops early (the page's Stop): the answer so far is a turn
+      this.turns.push(`${BOT_PREFIX} ${pieces.join("").trim()}`);
     }
-    this.turns.push(`${BOT_PREFIX} ${pieces.join("").trim()}`);
   }
 }
 

@@ -198,7 +198,8 @@ function byteChars() {
   return table;
 }
 const BYTE_CHAR = byteChars();
-const CHAR_BYTE = new Map(BYTE_CHAR.map((c, b) => [c, b]));
+/** GPT-2's printable character -> byte (decode; constrain.js reads token bytes with it). */
+export const CHAR_BYTE = new Map(BYTE_CHAR.map((c, b) => [c, b]));
 
 class BPETokenizer {
   constructor(d) {

@@ -5,11 +5,23 @@
 //   {id, type: "finetune", text, options}                -> progress per step, then done
 //   {id, type: "unknown", text}                          -> done with the unknown-token report or null
 //   {id, type: "save"}                                   -> done with the SLLM bytes
+//   {id, type: "stop"}                                   -> done; the running generation ends
+//                                                           after its current token
 // Every failure comes back as {id, type: "error", name, message}.
 import { load, features } from "./sllm.js";
 
 let model = null;
 let session = null;
+let stopRequested = false;
+
+/** A macrotask break (no timer clamping): lets a "stop" message in between two tokens. */
+function yieldToMessages() {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => { channel.port1.close(); resolve(); };
+    channel.port2.postMessage(null);
+  });
+}
 
 function info(m) {
   const c = m.config;
@@ -21,8 +33,13 @@ function info(m) {
 }
 
 async function streamOut(id, pieces, extra) {
-  for await (const piece of pieces) postMessage({ id, type: "piece", text: piece });
-  postMessage({ id, type: "done", result: { stats: model.stats, ...extra } });
+  stopRequested = false;
+  for await (const piece of pieces) {
+    postMessage({ id, type: "piece", text: piece });
+    await yieldToMessages();
+    if (stopRequested) break; // ends the generator: its KV cache is released
+  }
+  postMessage({ id, type: "done", result: { stats: model.stats, stopped: stopRequested, ...extra } });
 }
 
 const handlers = {
@@ -55,12 +72,16 @@ const handlers = {
   async save() {
     return model.save();
   },
+  async stop() {
+    stopRequested = true;
+    return {};
+  },
 };
 
 onmessage = async (event) => {
   const msg = event.data;
   try {
-    if (msg.type !== "load" && !model) throw new Error("no model is loaded");
+    if (msg.type !== "load" && msg.type !== "stop" && !model) throw new Error("no model is loaded");
     const result = await handlers[msg.type](msg);
     if (result !== undefined) {
       const transfer = result instanceof Uint8Array ? [result.buffer] : [];

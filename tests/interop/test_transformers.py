@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 import sllm  # noqa: E402 - after pytest.importorskip
 from sllm import tokenizer as tokenizers  # noqa: E402 - after pytest.importorskip
 from sllm.corpus import generate_corpus  # noqa: E402 - after pytest.importorskip
-from sllm.export import export_hf  # noqa: E402 - after pytest.importorskip
+from sllm.hf import export_hf  # noqa: E402 - after pytest.importorskip
 from sllm.optim import AdamW  # noqa: E402 - after pytest.importorskip
 
 TEXT = ("A: What is your favorite  subject?\r\nB: I don't know… maybe music!\n\n"

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
-from .export import ExportError, require
+from .errors import DataError, ExportError
+from .extras import require
 from .fileio import atomic_write
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")

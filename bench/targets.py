@@ -1,0 +1,167 @@
+"""The speed issue's table (issue 26), measured side by side in one run, as markdown.
+
+    python bench/targets.py [--configs seed-baseline,small-model,medium-model]
+                            [--repeats 3] [--threads 2] [--out targets.md]
+
+Rows, each a ratio of things measured in the same run (the 2-core machines are shared, so
+absolute figures move with the load; the load average is printed with the table):
+- training step (forward, backward, clip, AdamW) of each config on cpp, against numpy
+  and, where torch imports, against plain PyTorch (`sllm bench --suite train --vs torch`);
+- batch-1 decode on cpp, float32 and each quantized type: tokens/s, the share of the
+  measured streaming-read bandwidth, the ratio to float32 (`sllm bench --suite generate`);
+- the batching engine alone (no HTTP) with 16 sequences at once against one at a time,
+  in alternating rounds, and the time to the first token of a 64-token prompt.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import sllm
+from sllm.bench_report import run_bench
+from sllm.config import ModelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def row(*cells: str) -> str:
+    """A markdown table row of the five columns of HEADER."""
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ["| what | rate | MFU or share of bandwidth | ratio | compared with |",
+          "| --- | ---: | ---: | ---: | --- |"]
+
+
+def train_rows(config: dict[str, Any], repeats: int, threads: int) -> list[str]:
+    """cpp's training step: time, tokens/s, MFU, vs numpy and vs torch."""
+    report = run_bench(["cpp", "numpy"], ["train"], config, 16, 128, threads, repeats,
+                       vs_torch=report_torch())
+    cpp = next(r for res in report["results"] if res["backend"] == "cpp"
+               for r in res.get("rows", []) if r["suite"] == "train")
+    mfu = f"{cpp['mfu']:.0%}" if cpp.get("mfu") else ""
+    rate = f"{cpp['median_s'] * 1e3:.1f} ms, {cpp['tokens_per_s']:,.0f} tok/s"
+    rows = [row(f"train {cpp['name']}", rate, mfu, f"{cpp['vs_numpy']:.2f}x", "numpy")]
+    if cpp.get("vs_torch"):
+        rows.append(row(f"train {cpp['name']}", rate, mfu, f"{cpp['vs_torch']:.2f}x", "torch"))
+    return rows
+
+
+def report_torch() -> bool:
+    from sllm.bench import torch_reference
+    return torch_reference() is not None
+
+
+def decode_rows(config: dict[str, Any], repeats: int, threads: int) -> list[str]:
+    """Batch-1 decode per type: tokens/s, share of bandwidth, vs float32."""
+    report = run_bench(["cpp"], ["generate"], config, 1, 64, threads, repeats, vs_torch=False)
+    rows = report["results"][0].get("rows", [])
+    out = []
+    for r in rows:
+        qtype = r["name"].rsplit(", ", 1)[1] if "f32_row" in r else "f32"
+        bw = f"{r['bw']:.0%}" if r.get("bw") else ""
+        vs = f"{r['vs_f32']:.2f}x" if r.get("vs_f32") else "1.00x"
+        out.append(row(f"decode batch 1, {qtype}", f"{r['tokens_per_s']:,.0f} tok/s", bw, vs,
+                       "f32 decode"))
+    gbps = report.get("bandwidth_gbps")
+    if gbps:
+        out.append(row("streaming read (the bandwidth above)", f"{gbps:.1f} GB/s", "", "", ""))
+    return out
+
+
+def engine_rows(cfg: ModelConfig, qtype: str, rounds: int, tokens: int) -> list[str]:
+    """The batching engine alone: 16 requests at once vs one at a time (alternating
+    rounds), and the first token of a 64-token prompt."""
+    from sllm.batching import Engine, Request, Sampling
+    from sllm.tokenizer import CharTokenizer
+    model = sllm.SLLM(cfg, backend="cpp", seed=0).eval()
+    if qtype != "f32":
+        model.quantize(qtype)
+    # one character per id (CJK ideographs): any model's ids decode, as the engine needs
+    tok = CharTokenizer.train("".join(chr(0x4E00 + i) for i in range(cfg.vocab_size)),
+                              cfg.vocab_size)
+    engine = Engine(model, tok, max_batch=16, max_queue=32)
+    engine.start()
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, tok.vocab_size, 16).tolist() for _ in range(16)]
+
+    def wave(n: int) -> float:
+        done, count, errors = threading.Semaphore(0), [0], []
+
+        def emit(event: Any) -> None:
+            if event.kind in ("done", "error"):
+                count[0] += event.completion_tokens
+                if event.kind == "error":
+                    errors.append(event.text or event.note)
+                done.release()
+        t0 = time.perf_counter()
+        for i in range(n):
+            engine.submit(Request(prompts[i], Sampling(max_tokens=tokens, temperature=0), emit))
+        for _ in range(n):
+            done.acquire()
+        if errors:
+            raise RuntimeError(f"the engine failed a request: {errors[0]}")
+        return count[0] / (time.perf_counter() - t0)
+
+    def first_token() -> float:
+        got = threading.Event()
+        t0 = time.perf_counter()
+        prompt = rng.integers(0, tok.vocab_size, min(64, cfg.max_seq_len - 2)).tolist()
+        engine.submit(Request(prompt, Sampling(max_tokens=1, temperature=0),
+                              lambda e: got.set() if e.kind in ("text", "done", "error") else None))
+        got.wait()
+        return time.perf_counter() - t0
+
+    try:
+        wave(1), wave(16)  # warm-up: caches, activations, thread pool
+        one, many = [], []
+        for _ in range(rounds):
+            one.append(wave(1))
+            many.append(wave(16))
+        ttft = [first_token() for _ in range(5)]
+    finally:
+        engine.stop()
+    a, b = float(np.median(one)), float(np.median(many))
+    return [row(f"engine alone, {qtype}, 16 sequences at once", f"{b:,.0f} tok/s", "",
+                f"{b / a:.2f}x", f"one at a time: {a:,.0f} tok/s"),
+            row(f"engine alone, {qtype}, first token of a 64-token prompt",
+                f"{np.median(ttft) * 1e3:.1f} ms", "", "", "median of 5")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", default="seed-baseline,small-model,medium-model")
+    ap.add_argument("--engine-configs", default="small-model,medium-model")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.threads} "
+             f"kernel threads, load average {os.getloadavg()[0]:.1f} at the start."]
+    for name in args.configs.split(","):
+        config = ModelConfig.from_json(ROOT / "configs" / f"{name}.json").to_dict()
+        lines += ["", f"### {name}", "", *HEADER]
+        lines += train_rows(config, args.repeats, args.threads)
+        lines += decode_rows(config, args.repeats, args.threads)
+        if name in args.engine_configs.split(","):
+            cfg = ModelConfig.from_json(ROOT / "configs" / f"{name}.json")
+            for qtype in ("f32", "q8_0", "q4_0"):
+                lines += engine_rows(cfg, qtype, args.rounds, min(64, cfg.max_seq_len - 17))
+    lines.append(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+
+
+if __name__ == "__main__":
+    main()
