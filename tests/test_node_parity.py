@@ -126,10 +126,12 @@ return {wasm: m.wasm, ids, logits: Array.from(m.forward(ids)),
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_training_steps_equal_python(models, dropout, tmp_path):
-    """Model.trainStep (model.js: forward, backward, clip, AdamW) gives Python's losses on
-    the scalar module, dropout masks included, and the weights it saves load in Python."""
-    source = sllm.load(models["f32"], backend="numpy")
+@pytest.mark.parametrize("name", ["f32", "llama-gqa"])
+def test_training_steps_equal_python(models, name, dropout, tmp_path):
+    """Model.trainStep (model.js or llama.js: forward, backward, clip, AdamW) gives Python's
+    losses on the scalar module, dropout masks included, and the weights it saves load in
+    Python."""
+    source = sllm.load(models[name], backend="numpy")
     py = sllm.SLLM(source.config.replace(dropout=dropout), backend=_python_backend("scalar"))
     for name, value in source.parameters().items():
         py.parameters()[name][...] = value
