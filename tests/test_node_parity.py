@@ -277,8 +277,10 @@ def test_seed_mixer_equals_python():
 def _tokenizers():
     text = generate_corpus(30_000, seed=1) + "\n" + JAPANESE * 20
     return {"word": tokenizers.WordTokenizer.train(text, 400),
+            "word-unk": tokenizers.WordTokenizer.train(text, 400, byte_fallback=False),
             "word-lower": tokenizers.WordTokenizer.train(text, 400, lowercase=True),
             "char": tokenizers.CharTokenizer.train(text),
+            "char-unk": tokenizers.CharTokenizer.train(text, byte_fallback=False),
             "bpe": tokenizers.BPETokenizer.train(text, 420)}
 
 
@@ -299,7 +301,8 @@ return out;
             assert ids == tok.encode(sample), (name, sample)
             assert text == tok.decode(ids), (name, sample)
             assert unknown == tok.unknown_pieces(sample), (name, sample)
-    assert tokenizers.UNK_ID in got["word"][2][0]  # unknown words are [UNK], as in Python
+    assert tokenizers.UNK_ID in got["word-unk"][2][0]  # unknown words are [UNK], as in Python
+    assert got["word"][2][1] == samples[2]  # with byte fallback, exactly the text
 
 
 def _python_classes(limit):
