@@ -62,17 +62,20 @@ def llama_config_from_hf(hf: dict[str, Any], where: str) -> ModelConfig:
     if hf.get("rope_scaling"):
         raise ExportError(f"{where}: rope_scaling {hf['rope_scaling']!r}; sllm implements "
                           f"plain rotary embeddings")
-    C, H = hf.get("hidden_size"), hf.get("num_attention_heads")
+    size: dict[str, Any] = {k: hf.get(k) for k in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        "intermediate_size", "max_position_embeddings")}  # checked by ModelConfig
+    C, H = size["hidden_size"], size["num_attention_heads"]
     if hf.get("head_dim") not in (None, (C or 0) // (H or 1)):
         raise ExportError(f"{where}: head_dim {hf['head_dim']} is not hidden_size / "
                           f"num_attention_heads; sllm needs H * D = C")
     try:
         return ModelConfig(
-            architecture="llama", vocab_size=hf.get("vocab_size"), embedding_dim=C,
-            num_layers=hf.get("num_hidden_layers"), num_heads=H,
+            architecture="llama", vocab_size=size["vocab_size"], embedding_dim=C,
+            num_layers=size["num_hidden_layers"], num_heads=H,
             num_kv_heads=hf.get("num_key_value_heads") or H,
-            ffn_hidden_dim=hf.get("intermediate_size"),
-            max_seq_len=hf.get("max_position_embeddings"), dropout=0.0,
+            ffn_hidden_dim=size["intermediate_size"],
+            max_seq_len=size["max_position_embeddings"], dropout=0.0,
             rope_theta=float(hf.get("rope_theta", 10000.0)),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
