@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SLLMError
+from .finite import NonFiniteError, check_logits
 
 
 def windows(ids: np.ndarray, seq_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -48,12 +49,23 @@ def evaluate(model: Any, ids: np.ndarray, batch_size: int = 8,
         for row, (xi, yi) in enumerate(group):
             x[row, :len(xi)], y[row, :len(yi)] = xi, yi
         n = int(np.count_nonzero(y >= 0))
-        total += model.loss(x, y) * n
+        total += _finite_loss(model, x, y, i) * n
         count += n
     loss = total / count
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": count,
             "seconds": time.perf_counter() - t0, "backend": model.backend.name,
             "dtype": model.qtype or "f32"}
+
+
+def _finite_loss(model: Any, x: np.ndarray, y: np.ndarray, first: int) -> float:
+    """The batch's mean loss; NonFiniteError naming the first non-finite logit when it is
+    not finite (a `loss nan` is not a measurement)."""
+    loss = model.loss(x, y)
+    if not math.isfinite(loss):
+        where = f"eval windows {first}..{first + len(x) - 1}"
+        check_logits(model.forward(x), where)
+        raise NonFiniteError(f"{where}: the loss is {loss} although the logits are finite")
+    return loss
 
 
 def held_out_ids(run_dir: str | os.PathLike[str]) -> np.ndarray:

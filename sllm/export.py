@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ExportError
+from .finite import check_f16_range, check_weights
 
 # ---- one entry point per direction (what `sllm export` / `sllm import` call) ------------------
 FORMATS = ("hf", "gguf")
@@ -17,6 +18,8 @@ FORMATS = ("hf", "gguf")
 def export_model(model: Any, to: str, path: str | os.PathLike[str],
                  dtype: str = "f32") -> str:
     """Write `model` as `to` ("hf": a directory, "gguf": a file); a one-line summary."""
+    if dtype == "f16":  # as `sllm convert`: a weight f16 cannot hold would become inf
+        check_f16_range(model.parameters())
     if to == "hf":
         from .hf import export_hf
         files = export_hf(model, path, dtype)
@@ -35,10 +38,13 @@ def import_model(source: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     src = Path(source)
     if src.is_file() and src.suffix == ".gguf":
         from .gguf_file import import_gguf
-        return import_gguf(src, backend=backend)
-    if src.is_file() and src.name.endswith(".safetensors"):
-        src = src.parent
-    if not src.exists():
-        raise ExportError(f"{source}: no such file or directory")
-    from .hf import import_hf
-    return import_hf(src, backend=backend)
+        model = import_gguf(src, backend=backend)
+    else:
+        if src.is_file() and src.name.endswith(".safetensors"):
+            src = src.parent
+        if not src.exists():
+            raise ExportError(f"{source}: no such file or directory")
+        from .hf import import_hf
+        model = import_hf(src, backend=backend)
+    check_weights(model.parameters(), source)  # NaN/inf weights refused by name and index
+    return model

@@ -18,6 +18,7 @@ from . import budget
 from .config import ModelConfig
 from .errors import ConfigError, FormatError
 from .fileio import atomic_write
+from .finite import check_weights
 from .layout import Layout
 
 FORMAT = "sllm-json"
@@ -67,6 +68,7 @@ def read_json(path: str | os.PathLike[str]) -> JsonModel:
         raise FormatError(f"{path}: weights missing: {', '.join(missing[:5])}")
     arrays = {name: _tensor(weights[name], slot.shape, name, path)
               for name, slot in layout.slots.items()}
+    check_weights(arrays, path)
     return JsonModel(config, arrays, vocab, metadata)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import validate as V
+from .finite import check_logits
 
 MAX_LOGPROBS = 20
 MAX_BIAS = 100.0
@@ -77,11 +78,15 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float
     z = np.asarray(logits, dtype=np.float64)
     if temperature <= 0:
         return int(np.argmax(z))
-    z = z / temperature
+    with np.errstate(over="ignore"):
+        z = z / temperature
+    if not np.isfinite(z.max()):  # a tiny (even subnormal) temperature overflows the
+        return int(np.argmax(logits))  # scaled logits: its limit is the greedy choice
     if top_k is not None and 0 < top_k < z.size:
         kth = np.partition(z, -top_k)[-top_k]
         z = np.where(z < kth, -np.inf, z)
-    probs = np.exp(z - z.max())
+    with np.errstate(over="ignore"):  # a far-below-the-max logit may overflow to -inf: p 0
+        probs = np.exp(z - z.max())
     probs /= probs.sum()
     if top_p is not None and 0 < top_p < 1:
         order = np.argsort(-probs)
@@ -157,6 +162,7 @@ class Sampler:
         """Draw the next token (and its log-probabilities when asked); None: nothing is
         allowed (the constraint's grammar cannot continue with this vocabulary)."""
         p = self.p
+        check_logits(logits, "next-token logits")  # NaN would be drawn as some token
         z = self.adjusted(logits, remaining)
         if z is None:
             return None

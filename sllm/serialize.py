@@ -29,6 +29,7 @@ from ._version import __version__
 from .config import ModelConfig
 from .errors import ConfigError, FormatError
 from .fileio import atomic_write
+from .finite import check_f16_range, check_weights
 from .layout import EMBEDDINGS, Layout
 from .quant import BLOCKS, QK, quantized_weight_names
 
@@ -96,7 +97,7 @@ def save_model(model: Any, path: str | os.PathLike[str], dtype: str = "f32",
         raise ValueError(f"dtype must be one of {sorted(DTYPE_CODES)}, got {dtype!r}")
     np_dtype = DTYPES[DTYPE_CODES[dtype]][1]
     if dtype == "f16":
-        _check_f16_range(model.parameters())
+        check_f16_range(model.parameters())
     tensors = [(n, np.ascontiguousarray(p, np_dtype), DTYPE_CODES[dtype], p.shape)
                for n, p in model.parameters().items()]
     qweights: dict[str, Any] = getattr(model, "quantized_weights", dict)()
@@ -125,17 +126,6 @@ def save_model(model: Any, path: str | os.PathLike[str], dtype: str = "f32",
             _write_section(f, kind, zlib.crc32(payload), len(payload))
             f.write(payload)
         _write_data(f, tensors, spans)
-
-
-def _check_f16_range(params: dict[str, np.ndarray]) -> None:
-    """Refuse to store a weight f16 cannot hold (it would become inf and the model NaN)."""
-    limit = float(np.finfo(np.float16).max)
-    for name, p in params.items():
-        largest = float(np.max(np.abs(p))) if p.size else 0.0
-        if not largest <= limit:  # also catches NaN
-            raise ValueError(f"cannot save as f16: tensor {name!r} holds a value of magnitude "
-                             f"{largest:g}, beyond f16's largest finite value {limit:g}; "
-                             f"save as f32 (the default) instead")
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -240,6 +230,8 @@ def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
         raise FormatError(f"{path}: metadata section: expected a JSON object")
     _check_config_fits(config, len(payloads[Section.DATA]), path)
     tensors, dtype, quantized = _read_tensors(payloads, path, config)
+    if verify:  # as the checksums: every byte is read; NaN weights never reach a model
+        check_weights(tensors, path, quantized)
     return ModelFile(config, tokenizer, metadata, tensors, version, dtype, size, sections,
                      quantized)
 

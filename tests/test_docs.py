@@ -41,12 +41,13 @@ def _skip_reason(block: Block) -> str | None:
     return None
 
 
-def _substitute(command: str, block: Block) -> str:
+def _substitute(text: str, block: Block) -> str:
+    """The block's commands with the marker's sub=OLD=>NEW rules applied."""
     for rule in block.options.get("sub", ()):
         old, _, new = rule.partition("=>")
-        assert old in command or not command, f"{block.where}: sub={rule!r} matches nothing"
-        command = command.replace(old, new)
-    return command
+        assert old in block.text, f"{block.where}: sub={rule!r} matches nothing in the block"
+        text = text.replace(old, new)
+    return text
 
 
 def _run(argv: list[str], cwd: Path) -> str:
@@ -153,6 +154,17 @@ def test_matching_refuses_changed_numbers_and_text():
                                         "done: step 300, loss 1.8883, 1.6s\n", how)
     assert mismatch(["1.6s"], "9.9s", Expectation()) is not None  # timing is opt-in
     assert mismatch(["a", "b"], "a\n", Expectation()) is not None  # a missing line
+
+
+def test_a_page_runs_with_its_options(tmp_path):
+    """run_page on a made-up page: sub= shrinks a size, requires= skips, a wrong output fails."""
+    page = tmp_path / "page.md"
+    page.write_text("<!-- doc-test: run sub=1000=>3 -->\n```\n$ seq 1000 | wc -l\n3\n```\n\n"
+                    "<!-- doc-test: run requires=no_such_module -->\n```\n$ false\nx\n```\n\n"
+                    "<!-- doc-test: run -->\n```\n$ echo 41\n42\n```\n")
+    failures, skipped = run_page(page, tmp_path)
+    assert skipped == ["page.md:8: needs no_such_module"]
+    assert len(failures) == 1 and failures[0].startswith("page.md:14: $ echo 41")
 
 
 def test_transcripts_split_into_commands_and_outputs():
