@@ -9,9 +9,10 @@ import pytest
 import sllm
 from sllm.backends.numpy_ref import NumpyBackend
 from sllm.optim import AdamW
+from sllm.paths import CONFIG_DIR
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = CONFIG_DIR  # the shipped configs (sllm/configs/)
 TINY = dict(vocab_size=11, embedding_dim=16, num_layers=2, num_heads=4, ffn_hidden_dim=10,
             max_seq_len=8, dropout=0.0, architecture="llama")
 
