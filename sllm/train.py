@@ -30,11 +30,12 @@ from .checkpoint import RunError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, resolve_config
 from .data import TokenData
 from .distributed import Group
-from .errors import ConfigError, FormatError
+from .errors import ConfigError, FormatError, SLLMError
 from .fileio import atomic_write_text
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .outputs import check_output
+from .paths import model_file
 from .progress import TrainProgress
 from .runlock import RunLock, acquire
 from .schedule import SCHEDULES, Constant, Schedule
@@ -70,7 +71,7 @@ class TrainResult:
 def _tokenizer_for(cfg: TrainConfig, text: str) -> tokenizers.Tokenizer:
     if cfg.tokenizer in tokenizers.TOKENIZERS:
         size = cfg.vocab_size or (None if cfg.tokenizer == "char" else DEFAULT_VOCAB)
-        return tokenizers.train(cfg.tokenizer, text, size)
+        return tokenizers.train(cfg.tokenizer, text, size, byte_fallback=cfg.byte_fallback)
     return tokenizers.load(cfg.tokenizer)
 
 
@@ -109,9 +110,11 @@ def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
     assert cfg.init_from is not None  # _prepare calls this only for --init-from
     if cfg.model is not None:
         raise ConfigError("--init-from brings its own model config; drop --config")
-    if not os.path.isfile(os.fspath(cfg.init_from)):
-        raise RunError(f"--init-from {cfg.init_from}: no such model file")
-    model = load_model(cfg.init_from, backend=cfg.backend, mmap=False)
+    try:
+        source = model_file(cfg.init_from)  # a model file or a run directory
+    except SLLMError as e:
+        raise RunError(f"--init-from {e}") from None
+    model = load_model(source, backend=cfg.backend, mmap=False)
     if not model.tokenizer:
         raise RunError(f"--init-from {cfg.init_from}: the model has no tokenizer inside, "
                        f"so its token ids mean nothing to this corpus")
@@ -210,6 +213,10 @@ def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> Trainer:
     seq_len = cfg.seq_len or model.config.max_seq_len
     data = TokenData.from_text(text, tok, seq_len, cfg.batch_size, cfg.val_fraction,
                                cfg.seed, cfg.documents)
+    if cfg.init_from:  # an old model without byte fallback reads new words as [UNK]
+        unknown = tokenizers.unknown_report(tok, np.concatenate([data.train.ids, data.val.ids]))
+        if unknown:
+            warnings.warn(f"--init-from {cfg.init_from}: {unknown}", stacklevel=2)
     os.makedirs(out, exist_ok=True)
     data.save(os.path.join(out, "data"))
     tok.save(os.path.join(out, "vocab.json"))

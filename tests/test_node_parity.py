@@ -122,14 +122,20 @@ return {wasm: m.wasm, ids, logits: Array.from(m.forward(ids)),
     assert np.array_equal(logits, py.forward([ids]))
     assert got["tokens"] == py.generate(ids, 40, temperature=0)[len(ids):]
     reference = sllm.load(models[name], backend="numpy").forward([ids])
-    assert np.allclose(logits, reference, rtol=1e-4, atol=1e-4)
+    # A quantized llama model quantizes activations to q8_0 on the fly, after the module's
+    # rotary, exp and SwiGLU, whose float32 roundings differ from numpy's: one value moved
+    # across a rounding boundary changes its block by a quantization step (~1/127 of it).
+    tol = 3e-3 if name.startswith("llama-q") else 1e-4
+    assert np.allclose(logits, reference, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_training_steps_equal_python(models, dropout, tmp_path):
-    """Model.trainStep (model.js: forward, backward, clip, AdamW) gives Python's losses on
-    the scalar module, dropout masks included, and the weights it saves load in Python."""
-    source = sllm.load(models["f32"], backend="numpy")
+@pytest.mark.parametrize("name", ["f32", "llama-gqa"])
+def test_training_steps_equal_python(models, name, dropout, tmp_path):
+    """Model.trainStep (model.js or llama.js: forward, backward, clip, AdamW) gives Python's
+    losses on the scalar module, dropout masks included, and the weights it saves load in
+    Python."""
+    source = sllm.load(models[name], backend="numpy")
     py = sllm.SLLM(source.config.replace(dropout=dropout), backend=_python_backend("scalar"))
     for name, value in source.parameters().items():
         py.parameters()[name][...] = value
@@ -184,7 +190,8 @@ def _python_tensors(path):
     return model, out
 
 
-@pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_1"])
+@pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_1",
+                                  "llama-mqa-tied-f16", "llama-q4_0"])
 def test_reader_and_writer_agree_with_python(models, name, tmp_path):
     """format.js reads what Python wrote (config, tokenizer, every tensor's values), and
     Python reads what format.js writes (Model.save) back to the same model."""
@@ -274,8 +281,10 @@ def test_seed_mixer_equals_python():
 def _tokenizers():
     text = generate_corpus(30_000, seed=1) + "\n" + JAPANESE * 20
     return {"word": tokenizers.WordTokenizer.train(text, 400),
+            "word-unk": tokenizers.WordTokenizer.train(text, 400, byte_fallback=False),
             "word-lower": tokenizers.WordTokenizer.train(text, 400, lowercase=True),
             "char": tokenizers.CharTokenizer.train(text),
+            "char-unk": tokenizers.CharTokenizer.train(text, byte_fallback=False),
             "bpe": tokenizers.BPETokenizer.train(text, 420)}
 
 
@@ -296,7 +305,8 @@ return out;
             assert ids == tok.encode(sample), (name, sample)
             assert text == tok.decode(ids), (name, sample)
             assert unknown == tok.unknown_pieces(sample), (name, sample)
-    assert tokenizers.UNK_ID in got["word"][2][0]  # unknown words are [UNK], as in Python
+    assert tokenizers.UNK_ID in got["word-unk"][2][0]  # unknown words are [UNK], as in Python
+    assert got["word"][2][1] == samples[2]  # with byte fallback, exactly the text
 
 
 def _python_classes(limit):

@@ -6,7 +6,7 @@
 
 import { F } from "./kernels.js";
 import { layout, tensorToF32, f16ToF32, QK } from "./format.js";
-import { llamaActivations, llamaForward, llamaHead, llamaLayer } from "./llama.js";
+import { llamaActivations, llamaBackward, llamaForward, llamaHead, llamaLayer } from "./llama.js";
 
 const QTYPE_CODES = { q8_0: 0, q4_0: 1, q4_1: 2 }; // wasm/quant.c's qtype argument
 const FILE_CODES = { q8_0: 2, q4_0: 3, q4_1: 4 }; // dtype codes in the model file
@@ -115,7 +115,7 @@ export class Network {
     const c = this.config, C = c.embedding_dim, F3 = c.ffn_hidden_dim, V = c.vocab_size, H = c.num_heads;
     const owned = [], N = B * T;
     const nw = (n) => { const off = this.k.heap.alloc(4 * n); owned.push(off); return off; };
-    if (this.llama) return Object.assign(llamaActivations(c, B, T, nw), { owned });
+    if (this.llama) return Object.assign(llamaActivations(c, B, T, grads, nw), { owned });
     const a = { B, T, owned, tokens: nw(N), targets: nw(N), x0: nw(N * C), layers: [] };
     for (let i = 0; i < c.num_layers; i++) {
       a.layers.push({
@@ -272,9 +272,6 @@ export class Network {
   /** Mean cross-entropy over targets != -1; with grads, fills the gradient buffer. */
   lossAndGrads(tokens, targets, B, T, grads) {
     const c = this.config, V = c.vocab_size, N = B * T;
-    if (grads && this.llama) {
-      throw new Error("fine-tuning a llama model in the browser is not supported yet: fine-tune it with sllm train");
-    }
     if (grads && this.qtype) {
       throw new Error(`this model is quantized (${this.qtype}): it runs inference only; fine-tune a float model (sllm export-web --dtype f32)`);
     }
@@ -293,6 +290,7 @@ export class Network {
 
   // ---- backward: the forward line, reversed --------------------------------------------
   backward(a) {
+    if (this.llama) return llamaBackward(this, a);
     const k = this.k, c = this.config, P = this.P, G = this.G, heap = k.heap;
     const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Fh = c.ffn_hidden_dim;
     const V = c.vocab_size, p = a.dropout, tie = c.tie_embeddings ? 1 : 0;
