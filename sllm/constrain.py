@@ -172,7 +172,10 @@ def token_bytes(tok: Any) -> list[bytes]:
             ok = i not in skip and piece is not None and all(c in unbyte for c in piece)
             out.append(bytes(unbyte[c] for c in piece) if ok else b"")
         return out
-    return [b"" if i in skip else tok.decode([i]).encode() for i in range(tok.vocab_size)]
+    # A piece that decodes to U+FFFD alone is a byte of a longer character whose bytes this
+    # path cannot see: never allowed (a byte-fallback tokenizer says them with token_bytes).
+    texts = [tok.decode([i]) for i in range(tok.vocab_size)]
+    return [b"" if i in skip or "\ufffd" in t else t.encode() for i, t in enumerate(texts)]
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -475,7 +478,10 @@ def compile_for(tok: Any, json_schema: Any = None, regex: Any = None, choices: A
         if got is not None:
             table.grammars.move_to_end(key)
             return got
-    compiled = Grammar(grammar_node(json_schema, regex, choices, json_object), table)
+    try:
+        compiled = Grammar(grammar_node(json_schema, regex, choices, json_object), table)
+    except RecursionError:
+        raise G.GrammarError("the grammar is nested too deeply") from None
     with _TABLES_LOCK:
         table.grammars[key] = compiled
         while len(table.grammars) > CACHE_GRAMMARS:

@@ -2,6 +2,7 @@
 wheel as sllm/docs/ (CMakeLists.txt), so `sllm docs NAME` works from `pip install sllm`."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -26,9 +27,13 @@ def topics() -> dict[str, Path]:
     return found
 
 
+# The markers tests/test_docs.py reads before each example: for the test, not the reader.
+_TEST_MARKER = re.compile(r"^<!-- doc-test:.*-->\n", re.MULTILINE)
+
+
 def read(topic: str) -> str:
     """The text of one page; an unknown name raises SLLMError listing the pages."""
     pages = topics()
     if topic not in pages:
         raise SLLMError(f"no documentation page {topic!r}; pages: {', '.join(pages) or 'none'}")
-    return pages[topic].read_text(encoding="utf-8")
+    return _TEST_MARKER.sub("", pages[topic].read_text(encoding="utf-8"))

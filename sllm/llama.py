@@ -9,6 +9,9 @@ it) sits where GPT-2 has it: after o_proj and after down_proj.
 The backward pass is the same line reversed, by hand, as SLLM's GPT-2 line in model.py.
 Rotary convention: Hugging Face LlamaForCausalLM's rotate-half (pairs i, i + D/2), so its
 q_proj and k_proj weights map onto qkv_proj without a permutation (docs/llama.md).
+
+JavaScript twin: sllm/web/llama.js (the browser's forward; tests/test_node_parity.py checks
+its logits and greedy tokens equal Python's on the same WebAssembly module).
 """
 from __future__ import annotations
 

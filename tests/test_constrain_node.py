@@ -96,7 +96,8 @@ def test_the_same_tokens_are_allowed_along_a_path(tokenizers, kind):
 BAD = [{"json_schema": {"type": "thing"}}, {"json_schema": {"$ref": "#/x"}},
        {"json_schema": {"type": "array", "minItems": 3, "maxItems": 1}},
        {"json_schema": {"enum": []}}, {"regex": "(ab"}, {"regex": r"(a)\1"}, {"regex": "(?=a)"},
-       {"regex": "a{3,1}"}, {"choices": []}, {"regex": "a", "choices": ["a"]}, {"regex": "[]"}]
+       {"regex": "a{3,1}"}, {"choices": []}, {"regex": "a", "choices": ["a"]}, {"regex": "[]"},
+       {"regex": "(" * 20000 + ")" * 20000}]
 
 
 def test_bad_grammars_fail_alike(tokenizers):

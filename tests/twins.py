@@ -15,6 +15,7 @@ TWINS = {
     "format.js": ("sllm/serialize.py", "sllm/config.py", "sllm/layout.py"),
     "tokenizers.js": ("sllm/tokenizer.py",),
     "model.js": ("sllm/model.py", "sllm/optim.py"),
+    "llama.js": ("sllm/llama.py",),
     "kernels.js": ("sllm/backends/wasm.py", "sllm/backends/wasm_memory.py"),
     "sllm.js": ("sllm/generate.py", "sllm/sampler.py", "sllm/chat.py"),
     "constrain.js": ("sllm/grammar.py", "sllm/constrain.py"),

@@ -426,7 +426,8 @@ export function tokenBytes(tok) {
       out.push(ok ? [...piece].map((c) => CHAR_BYTE.get(c)) : []);
       continue;
     }
-    out.push(Array.from(enc.encode(tok.decode([i]))));
+    const text = tok.decode([i]); // U+FFFD alone: a byte of a longer character, never allowed
+    out.push(text.includes("\ufffd") ? [] : Array.from(enc.encode(text)));
   }
   return out;
 }
@@ -662,7 +663,12 @@ export function compileFor(tok, spec) {
   const key = JSON.stringify([spec.jsonSchema ?? null, spec.regex ?? null, spec.choices ?? null, Boolean(spec.jsonObject)]);
   let g = table.grammars.get(key);
   if (!g) {
-    g = new Grammar(grammarNode(spec), table);
+    try {
+      g = new Grammar(grammarNode(spec), table);
+    } catch (e) {
+      if (e instanceof RangeError) throw new GrammarError("the grammar is nested too deeply"); // the call stack ran out
+      throw e;
+    }
     table.grammars.set(key, g);
     if (table.grammars.size > 8) table.grammars.delete(table.grammars.keys().next().value);
   }

@@ -58,10 +58,14 @@ const CAMEL = {
   vocabSize: "vocab_size", embeddingDim: "embedding_dim", numLayers: "num_layers",
   numHeads: "num_heads", ffnHiddenDim: "ffn_hidden_dim", dropout: "dropout",
   maxSeqLen: "max_seq_len", activation: "activation", tieEmbeddings: "tie_embeddings",
+  architecture: "architecture", numKvHeads: "num_kv_heads", ropeTheta: "rope_theta", normEps: "norm_eps",
 };
+// the llama fields' defaults: a GPT-2 config leaves them so and its dict leaves them out
+const LLAMA_DEFAULTS = { num_kv_heads: null, rope_theta: 10000, norm_eps: 1e-5 };
 const DEFAULTS = {
   vocab_size: 5000, embedding_dim: 128, num_layers: 4, num_heads: 4, ffn_hidden_dim: 512,
-  dropout: 0.1, max_seq_len: 256, activation: "gelu", tie_embeddings: false,
+  dropout: 0.1, max_seq_len: 256, activation: "gelu", tie_embeddings: false, architecture: "gpt2",
+  ...LLAMA_DEFAULTS,
 };
 const SIZE_KEYS = ["vocab_size", "embedding_dim", "num_layers", "num_heads", "ffn_hidden_dim",
   "max_seq_len"];
@@ -100,27 +104,66 @@ export function configFromDict(data) {
     throw new ConfigError(`tie_embeddings must be true or false, got ${JSON.stringify(c.tie_embeddings)}`);
   }
   c.head_dim = c.embedding_dim / c.num_heads;
+  checkFamily(c);
+  c.kv_heads = c.num_kv_heads || c.num_heads;
+  c.qkv_width = (c.num_heads + 2 * c.kv_heads) * c.head_dim;
   return c;
+}
+
+/** ModelConfig._check_family: the architecture and the llama fields. */
+function checkFamily(c) {
+  if (c.architecture !== "gpt2" && c.architecture !== "llama") {
+    throw new ConfigError(`architecture must be one of ('gpt2', 'llama'), got ${JSON.stringify(c.architecture)}`);
+  }
+  const kv = c.num_kv_heads;
+  if (kv !== null) {
+    if (!Number.isInteger(kv) || kv <= 0) throw new ConfigError(`numKvHeads must be a positive integer, got ${JSON.stringify(kv)}`);
+    if (c.num_heads % kv !== 0) throw new ConfigError(`numKvHeads (${kv}) must divide numHeads (${c.num_heads})`);
+  }
+  for (const [key, name] of [["rope_theta", "ropeTheta"], ["norm_eps", "normEps"]]) {
+    if (typeof c[key] !== "number" || !Number.isFinite(c[key]) || c[key] <= 0) {
+      throw new ConfigError(`${name} must be a positive number, got ${JSON.stringify(c[key])}`);
+    }
+  }
+  if (c.architecture === "gpt2") {
+    for (const [key, value] of Object.entries(LLAMA_DEFAULTS)) {
+      if (c[key] !== value && !(key === "num_kv_heads" && c[key] === c.num_heads)) {
+        const camel = Object.keys(CAMEL).find((k) => CAMEL[k] === key);
+        throw new ConfigError(`${camel} (${c[key]}) applies to llama models only (architecture is gpt2: LayerNorm eps 1e-5, learned positions, one KV head per head)`);
+      }
+    }
+  } else if (c.head_dim % 2 !== 0) {
+    throw new ConfigError(`rotary embeddings need an even head dim: embeddingDim (${c.embedding_dim}) / numHeads (${c.num_heads}) = ${c.head_dim}`);
+  }
 }
 
 /** The config back in the roadmap's camelCase keys (as ModelConfig.to_dict()). */
 export function configToDict(c) {
   const out = {};
-  for (const [camel, snake] of Object.entries(CAMEL)) out[camel] = c[snake];
+  for (const [camel, snake] of Object.entries(CAMEL)) {
+    if (c.architecture !== "llama" && (snake === "architecture" || snake in LLAMA_DEFAULTS)) continue;
+    out[camel] = snake === "num_kv_heads" ? c.kv_heads : c[snake];
+  }
   return out;
 }
 
 /** Parameter count in closed form (ModelConfig.num_parameters). */
 export function numParameters(c) {
   const C = c.embedding_dim, F = c.ffn_hidden_dim, V = c.vocab_size;
+  if (c.architecture === "llama") { // qkv, o, gate, up, down; two RMSNorm weights
+    const llamaBlock = C * c.qkv_width + C * C + 3 * C * F + 2 * C;
+    return V * C + c.num_layers * llamaBlock + C + (c.tie_embeddings ? 0 : C * V);
+  }
   const block = 4 * C * C + 2 * C * F + 9 * C + F;
   return V * C + c.max_seq_len * C + c.num_layers * block + 2 * C + (c.tie_embeddings ? 0 : C * V);
 }
 
 // ---- the parameter layout (sllm/layout.py) -------------------------------------------
-/** (name, shape) of every parameter, GPT-2 names, matrices first. */
+/** (name, shape) of every parameter, matrices first: GPT-2 names, or llama's
+ * (layout.llama_parameter_shapes: Hugging Face's names, a fused qkv_proj, (in, out) matrices). */
 export function parameterShapes(c) {
   const V = c.vocab_size, C = c.embedding_dim, F = c.ffn_hidden_dim;
+  if (c.architecture === "llama") return llamaParameterShapes(c);
   const matrices = [["wte", [V, C]], ["wpe", [c.max_seq_len, C]]];
   const vectors = [];
   for (let i = 0; i < c.num_layers; i++) {
@@ -134,6 +177,19 @@ export function parameterShapes(c) {
   if (!c.tie_embeddings) matrices.push(["lm_head.weight", [C, V]]);
   vectors.push(["ln_f.weight", [C]], ["ln_f.bias", [C]]);
   return matrices.concat(vectors);
+}
+
+function llamaParameterShapes(c) {
+  const V = c.vocab_size, C = c.embedding_dim, F = c.ffn_hidden_dim;
+  const matrices = [["model.embed_tokens.weight", [V, C]]], vectors = [];
+  for (let i = 0; i < c.num_layers; i++) {
+    const p = `model.layers.${i}.`;
+    matrices.push([p + "self_attn.qkv_proj.weight", [C, c.qkv_width]], [p + "self_attn.o_proj.weight", [C, C]],
+      [p + "mlp.gate_proj.weight", [C, F]], [p + "mlp.up_proj.weight", [C, F]], [p + "mlp.down_proj.weight", [F, C]]);
+    vectors.push([p + "input_layernorm.weight", [C]], [p + "post_attention_layernorm.weight", [C]]);
+  }
+  if (!c.tie_embeddings) matrices.push(["lm_head.weight", [C, V]]);
+  return matrices.concat(vectors, [["model.norm.weight", [C]]]);
 }
 
 /** name -> {offset, shape, size} in floats (16-float aligned), total, decayCount. */
@@ -270,14 +326,15 @@ function readTensors(payloads, name, config) {
       bytes: data.subarray(e.offset, e.offset + e.nbytes) };
   }
   const lay = layout(config);
-  const quantizable = new Set([...matmulWeightNames(config), "wte"]); // sllm.quant.quantized_weight_names
+  const embedding = embeddingName(config);
+  const quantizable = new Set([...matmulWeightNames(config), embedding]); // sllm.quant.quantized_weight_names
   const codes = new Set();
   for (const [pname, slot] of Object.entries(lay.slots)) {
     const t = tensors[pname];
     if (!t) throw new FormatError(`${name}: tensor '${pname}' is missing`);
     let need = slot.shape;
     if (t.quantized) {
-      need = pname === "wte" ? slot.shape : slot.shape.slice().reverse();
+      need = pname === embedding ? slot.shape : slot.shape.slice().reverse();
       if (!quantizable.has(pname)) {
         throw new FormatError(`${name}: tensor '${pname}' is ${t.dtype}, but only matmul weights and wte may be quantized`);
       }
@@ -293,12 +350,22 @@ function readTensors(payloads, name, config) {
 }
 
 /** The weights a quantized model holds as quantized rows (sllm.quant.matmul_weight_names). */
+const LAYER_MATMULS = {
+  gpt2: ["h.{i}.attn.c_attn.weight", "h.{i}.attn.c_proj.weight", "h.{i}.mlp.c_fc.weight", "h.{i}.mlp.c_proj.weight"],
+  llama: ["self_attn.qkv_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
+    "mlp.up_proj.weight", "mlp.down_proj.weight"].map((w) => `model.layers.{i}.${w}`),
+};
+
+/** The token embedding's name (layout.embedding_name). */
+export function embeddingName(c) { return c.architecture === "llama" ? "model.embed_tokens.weight" : "wte"; }
+
+/** sllm.quant.matmul_weight_names: every linear layer's weight and the output head. */
 export function matmulWeightNames(c) {
   const names = [];
   for (let i = 0; i < c.num_layers; i++) {
-    for (const w of ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]) names.push(`h.${i}.${w}`);
+    for (const w of LAYER_MATMULS[c.architecture]) names.push(w.replace("{i}", i));
   }
-  names.push(c.tie_embeddings ? "wte" : "lm_head.weight");
+  names.push(c.tie_embeddings ? embeddingName(c) : "lm_head.weight");
   return names;
 }
 

@@ -100,6 +100,8 @@ function align(n) { return Math.ceil(n / ALIGN) * ALIGN; }
 
 /** A float argument slot (every other argument is an int or a byte offset). */
 export const F = (x) => ({ f: x });
+/** A float64 argument: two slots, its 8 little-endian bytes (docs/wasm-abi.md, kind d). */
+export const F64 = (x) => ({ f64: x });
 
 /** One instance of one module: heap, parameter block, and the kernels by name. */
 export class Kernels {
@@ -127,12 +129,13 @@ export class Kernels {
   }
   /** Write the parameter block (ints/offsets, or F(x) floats) and run kernel `name`. */
   call(name, ...slots) {
-    const buf = this.exports.memory.buffer;
-    const u = new Uint32Array(buf, this.args, slots.length), f = new Float32Array(buf, this.args, slots.length);
-    for (let i = 0; i < slots.length; i++) {
+    const buf = this.exports.memory.buffer, n = slots.length + 1; // room for one float64
+    const u = new Uint32Array(buf, this.args, n), f = new Float32Array(buf, this.args, n);
+    for (let i = 0, at = 0; i < slots.length; i++, at++) {
       const v = slots[i];
-      if (typeof v === "number") u[i] = v >>> 0;
-      else f[i] = v.f;
+      if (typeof v === "number") u[at] = v >>> 0;
+      else if (v.f64 !== undefined) new DataView(buf, this.args + 4 * at++, 8).setFloat64(0, v.f64, true);
+      else f[at] = v.f;
     }
     this.exports[name]();
   }

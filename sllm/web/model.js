@@ -6,6 +6,7 @@
 
 import { F } from "./kernels.js";
 import { layout, tensorToF32, f16ToF32, QK } from "./format.js";
+import { llamaActivations, llamaBackward, llamaForward, llamaHead, llamaLayer } from "./llama.js";
 
 const QTYPE_CODES = { q8_0: 0, q4_0: 1, q4_1: 2 }; // wasm/quant.c's qtype argument
 const FILE_CODES = { q8_0: 2, q4_0: 3, q4_1: 4 }; // dtype codes in the model file
@@ -59,6 +60,7 @@ export class Network {
       }
     }
     this.qtype = Object.values(this.quantized).map((q) => q.qtype)[0] || null;
+    this.llama = config.architecture === "llama";
     this.P = this.offsets(this.params);
     this.G = this.offsets(this.grads);
     this.acts = new Map();
@@ -74,11 +76,16 @@ export class Network {
     for (const [name, slot] of Object.entries(this.layout.slots)) out[name] = base + 4 * slot.offset;
     out.layers = [];
     for (let i = 0; i < this.config.num_layers; i++) {
+      if (this.config.architecture === "llama") {
+        out.layers.push(llamaLayer(out, i));
+        continue;
+      }
       const L = {};
       for (const [short, name] of Object.entries(LAYER_TENSORS)) L[short] = out[`h.${i}.${name}`];
       out.layers.push(L);
     }
-    out.lm_head = this.config.tie_embeddings ? out.wte : out["lm_head.weight"];
+    out.lm_head = this.config.architecture === "llama" ? llamaHead(out, this.config)
+      : this.config.tie_embeddings ? out.wte : out["lm_head.weight"];
     return out;
   }
 
@@ -108,6 +115,7 @@ export class Network {
     const c = this.config, C = c.embedding_dim, F3 = c.ffn_hidden_dim, V = c.vocab_size, H = c.num_heads;
     const owned = [], N = B * T;
     const nw = (n) => { const off = this.k.heap.alloc(4 * n); owned.push(off); return off; };
+    if (this.llama) return Object.assign(llamaActivations(c, B, T, grads, nw), { owned });
     const a = { B, T, owned, tokens: nw(N), targets: nw(N), x0: nw(N * C), layers: [] };
     for (let i = 0; i < c.num_layers; i++) {
       a.layers.push({
@@ -124,9 +132,9 @@ export class Network {
     return a;
   }
 
-  /** A KV cache: per layer keys and values (1, H, max_seq_len, D). */
+  /** A KV cache: per layer keys and values (1, Hkv, max_seq_len, D). */
   newCache() {
-    const c = this.config, n = c.num_heads * c.max_seq_len * c.head_dim, heap = this.k.heap;
+    const c = this.config, n = c.kv_heads * c.max_seq_len * c.head_dim, heap = this.k.heap;
     const cache = { k: [], v: [], pos: 0 };
     for (let i = 0; i < c.num_layers; i++) {
       for (const kind of ["k", "v"]) {
@@ -165,10 +173,11 @@ export class Network {
   }
 
   forward(a, dropout, cache) {
+    if (this.llama) return llamaForward(this, a, dropout, cache);
     const k = this.k, c = this.config, P = this.P;
     const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Fh = c.ffn_hidden_dim;
-    const V = c.vocab_size, pos = cache ? cache.pos : 0;
-    if (this.quantized.wte) this.quantizedEmbedding(a, N, T, C, pos);
+    const pos = cache ? cache.pos : 0;
+    if (this.quantized.wte) this.quantizedEmbedding(a, this.quantized.wte, N, T, C, pos, true);
     else k.call("encoder_fwd", a.x0, a.tokens, P.wte, P.wpe, N, T, C, pos);
     let x = a.x0;
     for (let i = 0; i < c.num_layers; i++) {
@@ -193,11 +202,19 @@ export class Network {
       x = la.res3;
     }
     k.call("layernorm_fwd", a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"], N, C);
-    const tie = c.tie_embeddings ? 1 : 0;
-    if (this.qByOffset.has(P.lm_head)) this.matmul(a.logits, a.lnf, P.lm_head, 0, N, C, V);
-    else k.call("matmul_fwd", a.logits, a.lnf, P.lm_head, 0, N, C, V, tie, tie ? k.scratch(C * V) : 0);
+    this.head(a, N, C);
     a.dropout = dropout;
   }
+
+  /** logits = lnf @ lm_head (the embedding, transposed, when tied). */
+  head(a, N, C) {
+    const k = this.k, P = this.P, V = this.config.vocab_size, tie = this.config.tie_embeddings ? 1 : 0;
+    if (this.qByOffset.has(P.lm_head)) this.matmul(a.logits, a.lnf, P.lm_head, 0, N, C, V);
+    else k.call("matmul_fwd", a.logits, a.lnf, P.lm_head, 0, N, C, V, tie, tie ? k.scratch(C * V) : 0);
+  }
+
+  /** The dropout seed of layer i's branch j (sllm.model's _dropout_seed). */
+  layerSeed(i, j) { return mixSeed(this.lastSeed, i, j); }
 
   /** out = inp @ W + bias; a quantized W runs the quantized matmul (rows along K). */
   matmul(out, inp, w, bias, N, C, OC) {
@@ -213,11 +230,13 @@ export class Network {
     this.k.call("matmul_q_fwd", out, inp, q.off, bias, N, C, OC, QTYPE_CODES[q.qtype], this.k.scratch(N * nb * 8 + 2 * N * nb));
   }
 
-  /** x0 = dequantized wte rows + wpe (a quantized embedding), as sllm/model.py does. */
-  quantizedEmbedding(a, N, T, C, pos) {
-    const heap = this.k.heap, q = this.quantized.wte, block = { q8_0: 34, q4_0: 18, q4_1: 20 }[q.qtype];
+  /** x0 = the dequantized embedding rows q of the tokens (embed_q_fwd), plus wpe (GPT-2's
+   * learned positions) when addPositions, as sllm/model.py and sllm/llama.py do. */
+  quantizedEmbedding(a, q, N, T, C, pos, addPositions) {
+    const heap = this.k.heap, block = { q8_0: 34, q4_0: 18, q4_1: 20 }[q.qtype];
     const rowBytes = Math.ceil(C / QK) * block, bytes = new Uint8Array(heap.memory.buffer);
-    const tokens = heap.i32(a.tokens, N), x0 = heap.f32(a.x0, N * C), wpe = heap.f32(this.P.wpe, this.config.max_seq_len * C);
+    const tokens = heap.i32(a.tokens, N), x0 = heap.f32(a.x0, N * C);
+    const wpe = addPositions ? heap.f32(this.P.wpe, this.config.max_seq_len * C) : null;
     const half = new Float32Array(2);
     for (let n = 0; n < N; n++) {
       const row = q.off + tokens[n] * rowBytes;
@@ -230,7 +249,7 @@ export class Network {
           const byte = bytes[b + (q.qtype === "q4_0" ? 2 : 4) + (i % 16)], nib = i < 16 ? byte & 15 : byte >> 4;
           v = q.qtype === "q4_0" ? Math.fround((nib - 8) * half[0]) : Math.fround(Math.fround(nib * half[0]) + half[1]);
         }
-        x0[n * C + j] = Math.fround(v + wpe[(pos + (n % T)) * C + j]);
+        x0[n * C + j] = wpe ? Math.fround(v + wpe[(pos + (n % T)) * C + j]) : v;
       }
     }
   }
@@ -271,6 +290,7 @@ export class Network {
 
   // ---- backward: the forward line, reversed --------------------------------------------
   backward(a) {
+    if (this.llama) return llamaBackward(this, a);
     const k = this.k, c = this.config, P = this.P, G = this.G, heap = k.heap;
     const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Fh = c.ffn_hidden_dim;
     const V = c.vocab_size, p = a.dropout, tie = c.tie_embeddings ? 1 : 0;
