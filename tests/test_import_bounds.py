@@ -26,7 +26,7 @@ ODD_VALUES = [[], {}, None, -1, 0, 2**31, 2**64, 1e308, -1e-9, "x", True, [1, 2]
 
 
 def _model(layers=2, tie=False):
-    tok = tokenizers.WordTokenizer.train(TEXT, 12)
+    tok = tokenizers.WordTokenizer.train(TEXT, 12, byte_fallback=False)
     cfg = sllm.ModelConfig(vocab_size=tok.vocab_size, embedding_dim=8, num_layers=layers,
                            num_heads=2, ffn_hidden_dim=16, dropout=0.0, max_seq_len=8,
                            tie_embeddings=tie)
