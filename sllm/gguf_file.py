@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, ExportError
+from .errors import ExportError
 from .extras import require
 from .fileio import atomic_write
 from .gguf_vocab import add_vocab
