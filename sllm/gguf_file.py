@@ -7,9 +7,9 @@ are transposed; wte and wpe keep their shape. A tied model has no `output.weight
 then reads token_embd). Types: f32; f16 for matrices; q8_0 / q4_0 blocks (ggml's exact
 bytes, from sllm.quant) for matrices whose rows are a multiple of 32, f16 otherwise; 1-D
 tensors and position_embd stay f32, as llama.cpp's converter keeps them.
-The tokenizer: a byte-level BPE as tokenizer.ggml.model "gpt2" (tokens, merges, types);
-word and char vocabularies have no llama.cpp equivalent and are written as "no_vocab"
-(with a warning: llama.cpp refuses such a file, gguf readers and `sllm import` read it).
+The tokenizer: sllm.gguf_vocab (byte-level BPE as "gpt2"; word and char vocabularies as
+SentencePiece "llama" vocabularies, with a warning saying how llama.cpp's own tokenizer
+differs).
 Every file also carries sllm's own tokenizer JSON under `sllm.tokenizer` and the config
 under `sllm.config`, which llama.cpp ignores.
 """
@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, ExportError
+from .errors import ExportError
 from .extras import require
 from .fileio import atomic_write
 from .foreign import check_fits, match_names
+from .gguf_vocab import add_vocab
 from .layout import Layout
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
@@ -137,43 +138,11 @@ def _add_metadata(writer: Any, model: Any, qtype: str, name: str) -> None:
     writer.add_string("sllm.config", json.dumps(cfg.to_dict()))
     if model.tokenizer:
         writer.add_string("sllm.tokenizer", json.dumps(model.tokenizer, ensure_ascii=False))
-        _add_tokenizer(writer, model.tokenizer, cfg.vocab_size)
+        note = add_vocab(writer, model.tokenizer, cfg.vocab_size)
+        if note:  # what llama.cpp's own tokenizer does differently: `sllm export` shows it
+            warnings.warn(note, stacklevel=3)
     else:
         writer.add_tokenizer_model("no_vocab")
-
-
-def _add_tokenizer(writer: Any, tok_dict: dict[str, Any], vocab_size: int) -> None:
-    from . import tokenizer as tokenizers
-    tok = tokenizers.from_dict(tok_dict)
-    if not isinstance(tok, tokenizers.BPETokenizer):
-        writer.add_tokenizer_model("no_vocab")  # llama.cpp has no word or char tokenizer
-        warnings.warn(f"llama.cpp has no {tok.kind} tokenizer: this GGUF file is written with "
-                      f"tokenizer 'no_vocab', which llama.cpp refuses to load (it then counts "
-                      f"0 tokens); gguf tools and `sllm import` read it. Train with --tokenizer "
-                      f"bpe for a model llama.cpp runs", stacklevel=3)
-        return
-    hf = json.loads(tok._hf.to_str())
-    vocab: dict[str, int] = hf["model"]["vocab"]
-    for added in hf.get("added_tokens") or []:
-        vocab[added["content"]] = added["id"]
-    if sorted(vocab.values()) != list(range(len(vocab))) or len(vocab) > vocab_size:
-        raise DataError(f"the BPE vocabulary's ids are not 0..{len(vocab) - 1} within the "
-                        f"model's {vocab_size}")
-    tokens = sorted(vocab, key=vocab.__getitem__)
-    tokens += [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]  # llama.cpp wants V
-    special = {a["id"] for a in hf.get("added_tokens") or [] if a.get("special")}
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if i in special else (5 if i >= len(vocab) else 1)
-                            for i in range(len(tokens))])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m)
-                             for m in hf["model"]["merges"]])
-    for key, value in (("bos", tok.bos_id), ("eos", tok.eos_id), ("unk", tok.unk_id),
-                       ("pad", tok.pad_id)):
-        if value is not None:
-            getattr(writer, f"add_{key}_token_id")(value)
-    writer.add_add_bos_token(tok.bos_id is not None)  # sllm's prompts start with [BOS]
 
 
 def read_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
