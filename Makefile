@@ -53,7 +53,16 @@ $(IVENV)/.installed: pyproject.toml
 		numpy pluggy typer rich wasmtime tokenizers safetensors gguf
 	touch $@
 
-test-interop: $(IVENV)/.installed
+# llama.cpp's Python binding, compiled from source without -march=native (GGML_NATIVE=OFF) so
+# that a CPU feature of the building machine cannot crash the tests on another; slow on 2
+# cores (10-20 minutes), so it has a stamp of its own and is built once per venv.
+LLAMA_CPP := llama-cpp-python==0.3.36
+$(IVENV)/.llama-cpp: | $(IVENV)/.installed
+	@echo "building $(LLAMA_CPP) from source into $(IVENV) (portable, GGML_NATIVE=OFF; 10-20 minutes)"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(IVENV)/bin/python -m pip install -q --no-binary llama-cpp-python $(LLAMA_CPP)
+	touch $@
+
+test-interop: $(IVENV)/.installed $(IVENV)/.llama-cpp
 	PYTHONPATH=$(CURDIR) $(IVENV)/bin/python -m pytest -p no:cacheprovider tests/interop
 
 demo: $(VENV)/.installed

@@ -162,7 +162,7 @@ def loop_setup(B: int, T: int, steps: int, vocab_size: int, out: str
     from .tokenizer import CharTokenizer
     from .train_config import TrainConfig
     text = generate_corpus(200_000, seed=0)
-    tok = CharTokenizer.train(text, min(vocab_size, len(set(text)) + 1))
+    tok = CharTokenizer.train(text, min(vocab_size, len(set(text)) + 1), byte_fallback=False)
     data = TokenData.from_text(text, tok, T, B, val_fraction=0.1)
     cfg = TrainConfig(out=out, steps=steps, batch_size=B, seq_len=T, eval_every=steps // 2,
                       eval_batches=2, grad_clip=1.0, warmup=2, checkpoint_every=0,

@@ -69,6 +69,9 @@ def train(
     tokenizer: str | None = typer.Option(None, help="word | char | bpe, or a vocab.json to reuse. (default: word)"),
     vocab_size: int | None = typer.Option(None, help="Vocabulary size to build (shrunk with a warning if the corpus "
                                                         "has fewer). (default: 4000; char: all characters)"),
+    byte_fallback: bool | None = typer.Option(None, "--byte-fallback/--no-byte-fallback",
+                                              help="A new word or char vocabulary writes what it lacks as UTF-8 "
+                                                   "bytes, never [UNK] (256 more ids). (default: on)"),
     backend: str | None = typer.Option(None, help="Compute backend (see `sllm backends`). (default: auto = "
                                                      "fastest)"),
     steps: int | None = typer.Option(None, help="Optimisation steps. (default: 1000)"),
@@ -406,10 +409,13 @@ def vocab_build(
     size: int = typer.Option(4000, help="Vocabulary size (including the special tokens)."),
     output: Path = typer.Option(Path("vocab.json"), "-o", "--output", help="Where to write it."),
     encoding_errors: str = typer.Option("strict", help="strict | replace | ignore."),
+    byte_fallback: bool = typer.Option(True, "--byte-fallback/--no-byte-fallback",
+                                       help="Word and char: write what the vocabulary lacks as UTF-8 bytes."),
 ) -> None:
     """Build a vocabulary from a corpus and write vocab.json."""
     from . import tokenizer as tokenizers
-    tok = tokenizers.train(kind, Path(corpus), size, encoding_errors=encoding_errors)
+    tok = tokenizers.train(kind, Path(corpus), size, encoding_errors=encoding_errors,
+                           byte_fallback=byte_fallback)
     tok.save(output)
     term.print(f"{kind} vocabulary of {tok.vocab_size} tokens written to {output}",
               highlight=False)
@@ -595,6 +601,7 @@ def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run di
 
     from .evaluate import corpus_ids, evaluate, held_out_ids
     from .fileio import atomic_write
+    from .tokenizer import unknown_report
     m, tok = _load(model, backend, tokenizer) if corpus else (_load_model_only(model, backend), None)
     if corpus:
         ids, source = corpus_ids(corpus, tok), corpus
@@ -607,6 +614,10 @@ def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run di
     r.update(model=_resolve_model(model), corpus=source)
     term.print(f"{r['model']} ({r['dtype']}, {r['backend']}) on {source}: loss {r['loss']:.4f}, "
                f"perplexity {r['ppl']:.3f} over {r['tokens']:,} tokens ({r['seconds']:.1f} s)")
+    unknown = unknown_report(tok, ids) if tok is not None else None
+    if unknown:  # a perplexity over [UNK]s flatters the model: say how much was unknown
+        r["unknown"] = unknown
+        err.print(f"[yellow]warning:[/] {unknown}", highlight=False)
     if json_out:
         with atomic_write(json_out) as f:
             f.write(json.dumps(r, indent=2).encode("utf-8"))

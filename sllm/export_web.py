@@ -71,9 +71,6 @@ def export_site(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                         f"(train with sllm train, which stores it)")
     if dtype is not None and dtype not in DTYPES:
         raise SLLMError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if mf.config.architecture == "llama" and (dtype or mf.dtype) in QTYPES:
-        raise SLLMError(f"the browser runs float llama models only so far: export "
-                        f"{model_path.name} with --dtype f32 or f16")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, int] = {}

@@ -4,7 +4,14 @@ Each sllm tokenizer becomes a `tokenizers` pipeline that gives the same ids:
 - word: WordLevel over sllm's vocabulary; the pre-tokenizer drops runs of non-newline
   whitespace, then isolates sllm's word pattern (a word with inner apostrophes, a
   newline, or one symbol); a Lowercase normalizer when the vocabulary is lowercased.
-- char: WordLevel with one pre-token per character; unknown characters are [UNK] (id 0).
+  The decoder is sllm's spacing rule (word_decoder). Where sllm's byte fallback writes
+  bytes -- an unknown word, whitespace other than the rule's, a word glued where the rule
+  puts a space -- WordLevel cannot follow (it has no byte fallback and drops whitespace):
+  there Hugging Face's ids are [UNK] or fewer; on text of known words with ordinary
+  spacing (the demo corpus, for the demo vocabulary) they are the same.
+- char: one pre-token per character; WordLevel (unknown characters are [UNK], id 0) or,
+  with byte fallback, a merge-less BPE model with `byte_fallback`, which writes an unknown
+  character as <0xXX> tokens exactly as sllm does. The decoder joins the pieces.
 - bpe: sllm's own byte-level BPE (it is a `tokenizers` pipeline already), with a first
   pre-tokenization step that ends a piece after each line break, because sllm encodes
   text line by line.
@@ -18,7 +25,7 @@ import os
 from typing import Any
 
 from .errors import DataError
-from .tokenizer import SPECIALS, BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer
+from .tokenizer import BYTE_TOKENS, SPECIALS, BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer
 
 # The same pattern as sllm.tokenizer._WORD_RE, in the regex dialect of `tokenizers`.
 WORD_PATTERN = "\\n|\\w+(?:['\u2019]\\w+)*|[^\\w\\s]"
@@ -35,17 +42,63 @@ def _split(pattern: str, behavior: str) -> dict[str, Any]:
 
 
 def _added(tokens: list[str]) -> list[dict[str, Any]]:
+    # [UNK] is not "special": decode(skip_special_tokens=True) then shows it, as sllm does
     return [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": False, "special": True} for i, t in enumerate(tokens)]
+             "normalized": False, "special": t != "[UNK]"} for i, t in enumerate(tokens)]
 
 
 def _word_level(vocab: list[str], normalizer: Any, pre_tokenizer: dict[str, Any],
-                specials: list[str]) -> dict[str, Any]:
+                specials: list[str], decoder: dict[str, Any]) -> dict[str, Any]:
     return {"version": "1.0", "truncation": None, "padding": None,
             "added_tokens": _added(specials), "normalizer": normalizer,
-            "pre_tokenizer": pre_tokenizer, "post_processor": None, "decoder": None,
+            "pre_tokenizer": pre_tokenizer, "post_processor": None, "decoder": decoder,
             "model": {"type": "WordLevel", "vocab": {t: i for i, t in enumerate(vocab)},
                       "unk_token": "[UNK]"}}
+
+
+def _replace(pattern: str, content: str, regex: bool = True) -> dict[str, Any]:
+    return {"type": "Replace", "pattern": {"Regex" if regex else "String": pattern},
+            "content": content}
+
+
+# Markers the word decoder puts on each piece and removes again: two noncharacters that
+# text does not hold (a vocabulary holding one is refused by word_decoder).
+_TAKES_SPACE, _GIVES_SPACE = "\ufdd0", "\ufdd1"
+_BYTE_PIECE = "<0x[0-9A-F]{2}>"
+
+
+def word_decoder(tok: WordTokenizer) -> dict[str, Any]:
+    """sllm.tokenizer._space_between as `tokenizers` decoders: each piece gets a mark
+    after it when a space may follow it (not "\n ( [ { $") and a mark before it when it
+    takes one (not "\n" nor a piece starting with .,!?;:)]}%'’…); byte pieces
+    get neither, as sllm's byte runs; the pieces are joined and each pair of marks becomes
+    one space."""
+    if any(_TAKES_SPACE in t or _GIVES_SPACE in t for t in tok.tokens):
+        raise DataError("the word vocabulary holds U+FDD0/U+FDD1, which its Hugging Face "
+                        "decoder uses as marks")
+    attach = "".join(sorted(".,!?;:)]}%'\u2019\u2026")).replace("]", "\\]")
+    gives = f"(?<!^[\\n(\\[{{$])(?<!^{_BYTE_PIECE})\\z"
+    takes = f"\\A(?!{_BYTE_PIECE}\\z)(?![{attach}]|\\n\\z)"
+    return {"type": "Sequence", "decoders": [
+        _replace(gives, _GIVES_SPACE), _replace(takes, _TAKES_SPACE),  # this order: see gives
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        _replace(_GIVES_SPACE + _TAKES_SPACE, " ", regex=False),
+        _replace(_TAKES_SPACE, "", regex=False), _replace(_GIVES_SPACE, "", regex=False)]}
+
+
+_JOIN = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]}
+
+
+def _char_doc(tok: CharTokenizer) -> dict[str, Any]:
+    pre = _split(CHAR_PATTERN, "Isolated")
+    if not tok.byte_fallback:
+        return _word_level(tok.chars, None, pre, ["[UNK]"], _JOIN)
+    doc = _word_level(tok.chars, None, pre, ["[UNK]"], _JOIN)
+    doc["model"] = {"type": "BPE", "dropout": None, "unk_token": "[UNK]",
+                    "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                    "fuse_unk": False, "byte_fallback": True, "ignore_merges": False,
+                    "vocab": {t: i for i, t in enumerate(tok.chars)}, "merges": []}
+    return doc
 
 
 def to_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
@@ -54,9 +107,9 @@ def to_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
         pre = {"type": "Sequence", "pretokenizers": [
             _split(SPACES_PATTERN, "Removed"), _split(WORD_PATTERN, "Isolated")]}
         norm = {"type": "Lowercase"} if tok.lowercase else None
-        doc = _word_level(tok.tokens, norm, pre, list(SPECIALS))
+        doc = _word_level(tok.tokens, norm, pre, list(SPECIALS), word_decoder(tok))
     elif isinstance(tok, CharTokenizer):
-        doc = _word_level(tok.chars, None, _split(CHAR_PATTERN, "Isolated"), ["[UNK]"])
+        doc = _char_doc(tok)
     elif isinstance(tok, BPETokenizer):
         doc = json.loads(tok._hf.to_str())
         doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
@@ -104,7 +157,8 @@ def from_tokenizer_json(doc: dict[str, Any], config: dict[str, Any] | None = Non
     if not isinstance(model, dict):
         raise DataError(f"{where}: no 'model' object; not a Hugging Face tokenizer")
     kind, pre = model.get("type"), doc.get("pre_tokenizer")
-    if kind == "WordLevel":
+    if kind == "WordLevel" or (kind == "BPE" and model.get("byte_fallback")
+                               and pre == _split(CHAR_PATTERN, "Isolated")):
         return _word_level_back(doc, model, pre, where)
     if kind == "BPE" and _byte_level(pre):
         return _bpe_back(doc, config or {}, where)
@@ -124,11 +178,11 @@ def _word_level_back(doc: dict[str, Any], model: dict[str, Any], pre: Any,
                      where: str) -> Tokenizer:
     tokens = _ordered(model.get("vocab") or {}, where)
     if pre == _split(CHAR_PATTERN, "Isolated"):
-        return CharTokenizer(tokens)
+        return CharTokenizer(tokens, model.get("type") == "BPE")
     steps = (pre or {}).get("pretokenizers")
     if steps == [_split(SPACES_PATTERN, "Removed"), _split(WORD_PATTERN, "Isolated")]:
         lowercase = (doc.get("normalizer") or {}).get("type") == "Lowercase"
-        return WordTokenizer(tokens, lowercase)
+        return WordTokenizer(tokens, lowercase, tuple(tokens[4:260]) == BYTE_TOKENS)
     raise DataError(f"{where}: a WordLevel tokenizer whose pre-tokenizer sllm did not write; "
                     f"sllm cannot reproduce its splitting")
 

@@ -5,11 +5,20 @@ Every tokenizer has `train(text_or_path, vocab_size)`, `encode`, `decode`, `voca
 `type` field. Word and BPE reserve [PAD]=0 [UNK]=1 [BOS]=2 [EOS]=3; the character
 tokenizer reserves only [UNK]=0 so its vocabulary matches the text's alphabet.
 
+Byte fallback (the default for new word and char tokenizers): 256 byte tokens "<0x00>" ..
+"<0xFF>" follow the specials (word: ids 4-259, char: ids 1-256, SentencePiece's names and
+place), and whatever the vocabulary lacks is written as its UTF-8 bytes, so
+decode(encode(text)) == text for any text and [UNK] is never produced. A run of byte tokens
+decodes as one UTF-8 string and takes no implied space on either side, which is how the
+word tokenizer also writes whitespace that its spacing rule would not put back (see
+WordTokenizer). Tokenizers without it (format version 1) behave exactly as before.
+
 JavaScript twin: sllm/web/tokenizers.js (the browser's copy; tests/test_node_parity.py checks them equal under Node).
 """
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import re
@@ -26,10 +35,13 @@ from .fileio import atomic_write_text
 
 SPECIALS = ("[PAD]", "[UNK]", "[BOS]", "[EOS]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: byte fallback; a tokenizer without it is still written as 1
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 
 # A word (letters/digits, with inner apostrophes: "don't"), a newline, or one symbol.
 _WORD_RE = re.compile(r"\n|\w+(?:['\u2019]\w+)*|[^\w\s]")
+# The same units plus the whitespace between them (everything but "\n" is a gap).
+_UNIT_RE = re.compile(r"\n|\w+(?:['\u2019]\w+)*|[^\w\s]|[^\S\n]+")
 # Punctuation that attaches to the token before it, and tokens after which no space goes.
 _ATTACH_LEFT = set(".,!?;:)]}%'\u2019\u2026")
 _NO_SPACE_AFTER = {"\n", "(", "[", "{", "$"}
@@ -97,9 +109,18 @@ class Tokenizer:
         """The parts of `text` that would encode to [UNK] (for a warning to the user)."""
         return []
 
+    def token_bytes(self, i: int) -> bytes:
+        """The bytes token `i` writes into decoded text: a byte token's one byte, a word's or
+        character's UTF-8; b"" for specials (and [UNK]). A word tokenizer's implied spaces
+        are not part of any token (see WordTokenizer)."""
+        raise NotImplementedError("token_bytes")
+
+    byte_fallback = False
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able description: {"type": ..., "version": 1, ...}."""
-        return {"type": self.kind, "version": FORMAT_VERSION, **self._payload()}
+        """A JSON-able description: {"type": ..., "version": 1 or 2 (byte fallback), ...}."""
+        version = 2 if self.byte_fallback else 1
+        return {"type": self.kind, "version": version, **self._payload()}
 
     def _payload(self) -> dict[str, Any]:
         raise NotImplementedError("_payload")
@@ -116,33 +137,77 @@ class Tokenizer:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
 
 
+def _utf8(text: str) -> bytes:
+    """UTF-8 of `text`; a lone surrogate (not Unicode text) becomes U+FFFD, as JavaScript's
+    TextEncoder writes it."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return re.sub("[\ud800-\udfff]", "\ufffd", text).encode("utf-8")
+
+
+def _check_byte_tokens(kind: str, tokens: list[str], first: int) -> None:
+    if tuple(tokens[first:first + 256]) != BYTE_TOKENS:
+        raise DataError(f"a byte-fallback {kind} vocabulary must hold the 256 byte tokens "
+                        f"<0x00>..<0xFF> at ids {first}-{first + 255}")
+
+
+def _space_between(prev: str, tok: str) -> bool:
+    """The word tokenizer's spacing rule: does decode() put a space between prev and tok?"""
+    return prev not in _NO_SPACE_AFTER and tok != "\n" and tok[0] not in _ATTACH_LEFT
+
+
 class WordTokenizer(Tokenizer):
-    """The most frequent words of a corpus; words and punctuation are separate tokens,
-    newlines are tokens, anything else is [UNK]. decode() re-attaches punctuation."""
+    """The most frequent words of a corpus; words and punctuation are separate tokens and
+    newlines are tokens. decode() joins them with a space where _space_between says so
+    (punctuation re-attached).
+
+    Without byte fallback an unknown word is [UNK] and whitespace the rule does not put
+    back is lost. With it, an unknown word is written as its UTF-8 bytes, and so is any
+    whitespace that differs from the rule's (two spaces, a tab, a space before "?"); a word
+    glued where the rule would put a space ("3.14": "14" after ".") is written as bytes
+    too. Byte runs take no implied space on either side, so the text comes back exactly."""
 
     kind = "word"
 
-    def __init__(self, tokens: list[str], lowercase: bool = False):
+    def __init__(self, tokens: list[str], lowercase: bool = False, byte_fallback: bool = False):
         if list(tokens[:4]) != list(SPECIALS):
             raise DataError(f"a word vocabulary must start with {SPECIALS}")
+        if byte_fallback:
+            _check_byte_tokens("word", tokens, len(SPECIALS))
+            if lowercase:
+                raise DataError("a lowercased word vocabulary cannot have byte fallback: "
+                                "lowercasing loses the text's case")
         self.tokens = list(tokens)
         self.lowercase = lowercase
-        self._ids = {t: i for i, t in enumerate(self.tokens)}
+        self.byte_fallback = byte_fallback
+        self._bytes_end = len(SPECIALS) + 256 if byte_fallback else len(SPECIALS)
+        self._ids = {t: i for i, t in enumerate(self.tokens)
+                     if not len(SPECIALS) <= i < self._bytes_end}
 
     @classmethod
     def train(cls, text_or_path: str | os.PathLike[str], vocab_size: int,
               min_frequency: int = 1, lowercase: bool = False,
-              encoding_errors: str = "strict") -> WordTokenizer:
-        """Keep the vocab_size - 4 most frequent words (ties: alphabetical)."""
+              encoding_errors: str = "strict", byte_fallback: bool | None = None
+              ) -> WordTokenizer:
+        """Keep the most frequent words (ties: alphabetical) beside the 4 specials and,
+        with byte_fallback (default: on unless lowercase), the 256 byte tokens."""
+        fallback = not lowercase if byte_fallback is None else byte_fallback
         text = read_text(text_or_path, encoding_errors)
         _require_text(text)
         counts = collections.Counter(_WORD_RE.findall(text.lower() if lowercase else text))
         ranked = sorted((w for w, c in counts.items() if c >= min_frequency),
                         key=lambda w: (-counts[w], w))
-        room = max(int(vocab_size) - len(SPECIALS), 1)
+        head = list(SPECIALS) + (list(BYTE_TOKENS) if fallback else [])
+        room = int(vocab_size) - len(head)
+        if fallback and room < 1:
+            raise DataError(f"word vocab_size {vocab_size} leaves no room for words beside "
+                            f"the 4 specials and 256 byte tokens: use at least {len(head) + 1} "
+                            f"(or byte_fallback=False)")
+        room = max(room, 1)
         if len(ranked) < room:
-            _shrink_warning("word", vocab_size, len(ranked) + len(SPECIALS))
-        return cls(list(SPECIALS) + ranked[:room], lowercase)
+            _shrink_warning("word", vocab_size, len(ranked) + len(head))
+        return cls(head + ranked[:room], lowercase, fallback)
 
     @property
     def vocab_size(self) -> int:
@@ -153,68 +218,133 @@ class WordTokenizer(Tokenizer):
         return _WORD_RE.findall(text.lower() if self.lowercase else text)
 
     def encode_array(self, text: str) -> np.ndarray:
-        """Token ids as a uint16/uint32 array; unknown words become [UNK]."""
+        """Token ids as a uint16/uint32 array; unknown words become [UNK] (or bytes)."""
+        if self.byte_fallback:
+            return np.asarray(self._encode_exact(text), dtype=self.dtype())
         get = self._ids.get
         return np.fromiter((get(w, UNK_ID) for w in self._words(text)), dtype=self.dtype())
 
+    def _byte_ids(self, text: str) -> list[int]:
+        return [len(SPECIALS) + b for b in _utf8(text)]
+
+    def _encode_exact(self, text: str) -> list[int]:
+        """Byte-fallback encoding: decode() gives `text` back (see the class docstring)."""
+        ids: list[int] = []
+        gap, prev = "", "\n"  # prev as decode() tracks it: "\n" after a byte run
+        for unit in _UNIT_RE.findall(text):
+            if unit != "\n" and unit[0].isspace():
+                gap += unit
+                continue
+            i = self._ids.get(unit)
+            implied = " " if _space_between(prev, unit) else ""
+            if i is not None and (gap == implied or gap):
+                ids += self._byte_ids(gap) if gap != implied else []
+                ids.append(i)
+                prev = unit
+            else:  # unknown, or glued where the rule would put a space
+                ids += self._byte_ids(gap + unit)
+                prev = "\n"
+            gap = ""
+        return ids + self._byte_ids(gap)
+
     def unknown_pieces(self, text: str) -> list[str]:
-        """Words of `text` that are not in the vocabulary."""
+        """Words of `text` that are not in the vocabulary ([] with byte fallback: none
+        becomes [UNK])."""
+        if self.byte_fallback:
+            return []
         return [w for w in self._words(text) if w not in self._ids]
 
+    def token_bytes(self, i: int) -> bytes:
+        """See Tokenizer.token_bytes."""
+        if len(SPECIALS) <= i < self._bytes_end:
+            return bytes([i - len(SPECIALS)])
+        return b"" if i < len(SPECIALS) else self.tokens[i].encode("utf-8")
+
     def decode(self, ids: Iterable[int]) -> str:
-        """Words joined by spaces, punctuation re-attached, specials other than [UNK] dropped."""
+        """Words joined by the spacing rule, byte runs as UTF-8 (invalid bytes as U+FFFD),
+        specials other than [UNK] dropped."""
         out: list[str] = []
+        run = bytearray()
         prev = "\n"
         for i in ids:
             i = int(i)
             if i in (PAD_ID, BOS_ID, EOS_ID):
                 continue
+            if len(SPECIALS) <= i < self._bytes_end:
+                run.append(i - len(SPECIALS))
+                continue
+            if run:
+                out.append(run.decode("utf-8", "replace"))
+                run.clear()
+                prev = "\n"
             tok = self.tokens[i] if 0 <= i < len(self.tokens) else SPECIALS[UNK_ID]
-            if out and prev not in _NO_SPACE_AFTER and tok != "\n" and tok[0] not in _ATTACH_LEFT:
+            if out and _space_between(prev, tok):
                 out.append(" ")
             out.append(tok)
             prev = tok
-        return "".join(out)
+        return "".join(out) + run.decode("utf-8", "replace")
 
     def _payload(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "lowercase": self.lowercase}
+        fallback = {"byte_fallback": True} if self.byte_fallback else {}
+        return {"tokens": self.tokens, "lowercase": self.lowercase, **fallback}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WordTokenizer:
         """Rebuild from to_dict()."""
-        return cls(list(d["tokens"]), bool(d.get("lowercase", False)))
+        return cls(list(d["tokens"]), bool(d.get("lowercase", False)),
+                   _fallback_flag(d))
+
+
+def _fallback_flag(d: dict[str, Any]) -> bool:
+    flag = d.get("byte_fallback", False)
+    if not isinstance(flag, bool):
+        raise DataError(f"byte_fallback must be true or false, got {flag!r}")
+    return flag
 
 
 class CharTokenizer(Tokenizer):
-    """One token per Unicode character of the training text; id 0 is [UNK]."""
+    """One token per Unicode character of the training text; id 0 is [UNK]. With byte
+    fallback ids 1-256 are the bytes and a character outside the vocabulary is written as
+    its UTF-8 bytes; without it, it becomes [UNK]."""
 
     kind = "char"
     bos_id = eos_id = pad_id = None
     unk_id = 0
 
-    def __init__(self, chars: list[str]):
+    def __init__(self, chars: list[str], byte_fallback: bool = False):
         if not chars or chars[0] != "[UNK]":
             raise DataError("a char vocabulary must start with [UNK]")
+        if byte_fallback:
+            _check_byte_tokens("char", chars, 1)
         self.chars = list(chars)
-        self._ids = {c: i for i, c in enumerate(self.chars)}
+        self.byte_fallback = byte_fallback
+        self._first = 257 if byte_fallback else 1  # the first character's id
+        self._ids = {c: i for i, c in enumerate(self.chars) if i >= self._first or i == 0}
         # Sorted code points let encode_array map a whole text with one searchsorted.
-        points = np.array([ord(c) for c in self.chars[1:]], dtype=np.uint32)
+        points = np.array([ord(c) for c in self.chars[self._first:]], dtype=np.uint32)
         self._order = np.argsort(points)
         self._points = points[self._order]
 
     @classmethod
     def train(cls, text_or_path: str | os.PathLike[str], vocab_size: int | None = None,
-              encoding_errors: str = "strict") -> CharTokenizer:
-        """Every distinct character (the vocab_size - 1 most frequent when it is smaller)."""
+              encoding_errors: str = "strict", byte_fallback: bool = True) -> CharTokenizer:
+        """Every distinct character (the most frequent ones when vocab_size is smaller),
+        after [UNK] and (byte_fallback, the default) the 256 byte tokens."""
         text = read_text(text_or_path, encoding_errors)
         _require_text(text)
         counts = collections.Counter(text)
         chars = sorted(counts)
-        if vocab_size is not None and vocab_size - 1 < len(chars):
-            chars = sorted(sorted(chars, key=lambda c: (-counts[c], c))[:max(vocab_size - 1, 1)])
-        elif vocab_size is not None and vocab_size - 1 > len(chars):
-            _shrink_warning("char", vocab_size, len(chars) + 1)
-        return cls(["[UNK]"] + chars)
+        head = ["[UNK]"] + (list(BYTE_TOKENS) if byte_fallback else [])
+        if byte_fallback and vocab_size is not None and vocab_size <= len(head):
+            raise DataError(f"char vocab_size {vocab_size} leaves no room for characters "
+                            f"beside [UNK] and 256 byte tokens: use at least {len(head) + 1} "
+                            f"(or byte_fallback=False)")
+        if vocab_size is not None and vocab_size - len(head) < len(chars):
+            keep = max(vocab_size - len(head), 1)
+            chars = sorted(sorted(chars, key=lambda c: (-counts[c], c))[:keep])
+        elif vocab_size is not None and vocab_size - len(head) > len(chars):
+            _shrink_warning("char", vocab_size, len(chars) + len(head))
+        return cls(head + chars, byte_fallback)
 
     @property
     def vocab_size(self) -> int:
@@ -222,30 +352,62 @@ class CharTokenizer(Tokenizer):
         return len(self.chars)
 
     def encode_array(self, text: str) -> np.ndarray:
-        """Token ids as an array; characters outside the vocabulary become [UNK] (0)."""
-        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        """Token ids as an array; characters outside the vocabulary become [UNK] (0), or
+        their UTF-8 bytes with byte fallback."""
+        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         pos = np.searchsorted(self._points, points)
-        pos_c = np.minimum(pos, len(self._points) - 1)
-        found = self._points[pos_c] == points
-        ids = np.where(found, self._order[pos_c] + 1, 0)
-        return ids.astype(self.dtype())
+        pos_c = np.minimum(pos, max(len(self._points) - 1, 0))
+        found = self._points[pos_c] == points if len(self._points) else np.zeros(len(points), bool)
+        ids: np.ndarray = np.where(found, self._order[pos_c] + self._first, 0).astype(self.dtype())
+        if not self.byte_fallback or found.all():
+            return ids
+        return self._expand_bytes(ids, points, np.flatnonzero(~found))
+
+    def _expand_bytes(self, ids: np.ndarray, points: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """Replace each missing character's [UNK] by its UTF-8 bytes' ids."""
+        pieces = [_utf8(chr(p)) for p in points[missing].tolist()]
+        counts = np.ones(len(ids), np.int64)
+        counts[missing] = [len(b) for b in pieces]
+        out = np.repeat(ids, counts)
+        starts = np.cumsum(counts) - counts
+        for k, b in zip(starts[missing].tolist(), pieces, strict=True):
+            out[k:k + len(b)] = np.frombuffer(b, np.uint8).astype(out.dtype) + 1
+        return out
 
     def unknown_pieces(self, text: str) -> list[str]:
-        """Characters of `text` that are not in the vocabulary."""
+        """Characters of `text` that are not in the vocabulary ([] with byte fallback)."""
+        if self.byte_fallback:
+            return []
         return [c for c in text if c not in self._ids]
 
+    def token_bytes(self, i: int) -> bytes:
+        """See Tokenizer.token_bytes."""
+        if 1 <= i < self._first:
+            return bytes([i - 1])
+        return b"" if i == 0 else self.chars[i].encode("utf-8")
+
     def decode(self, ids: Iterable[int]) -> str:
-        """The characters, with [UNK] written out."""
-        n = len(self.chars)
-        return "".join(self.chars[int(i)] if 0 <= int(i) < n else "[UNK]" for i in ids)
+        """The characters, byte runs as UTF-8 (invalid bytes as U+FFFD), [UNK] written out."""
+        n, out, run = len(self.chars), [], bytearray()
+        for i in ids:
+            i = int(i)
+            if 1 <= i < self._first:
+                run.append(i - 1)
+                continue
+            if run:
+                out.append(run.decode("utf-8", "replace"))
+                run.clear()
+            out.append(self.chars[i] if 0 <= i < n else "[UNK]")
+        return "".join(out) + run.decode("utf-8", "replace")
 
     def _payload(self) -> dict[str, Any]:
-        return {"chars": self.chars}
+        fallback = {"byte_fallback": True} if self.byte_fallback else {}
+        return {"chars": self.chars, **fallback}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
         """Rebuild from to_dict()."""
-        return cls(list(d["chars"]))
+        return cls(list(d["chars"]), _fallback_flag(d))
 
 
 class BPETokenizer(Tokenizer):
@@ -298,6 +460,16 @@ class BPETokenizer(Tokenizer):
                  for e in self._hf.encode_batch(lines, add_special_tokens=False)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype())
 
+    def token_bytes(self, i: int) -> bytes:
+        """See Tokenizer.token_bytes (a piece's bytes through GPT-2's byte alphabet)."""
+        piece = self._hf.id_to_token(int(i))
+        if piece is None or i in (self.pad_id, self.bos_id, self.eos_id, self.unk_id):
+            return b""
+        table = _gpt2_unbyte()
+        if not all(c in table for c in piece):
+            return piece.encode("utf-8")
+        return bytes(table[c] for c in piece)
+
     def decode(self, ids: Iterable[int]) -> str:
         """The text; [PAD]/[BOS]/[EOS] dropped."""
         drop = (self.pad_id, self.bos_id, self.eos_id)
@@ -317,6 +489,18 @@ class BPETokenizer(Tokenizer):
         except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception
             raise DataError(f"corrupt bpe tokenizer description: {e}") from None
         return cls(hf, d.get("specials"))
+
+
+@functools.cache
+def _gpt2_unbyte() -> dict[str, int]:
+    """GPT-2's printable character -> byte table (the ByteLevel pre-tokenizer's)."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs = list(bs)
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + len(cs) - 188)
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 def _check_specials(specials: Any, vocab_size: int) -> dict[str, int | None]:
@@ -348,13 +532,28 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {
 
 
 def train(kind: str, text_or_path: str | os.PathLike[str], vocab_size: int | None,
-          encoding_errors: str = "strict") -> Tokenizer:
+          encoding_errors: str = "strict", byte_fallback: bool = True) -> Tokenizer:
     """Train a tokenizer of `kind` ("word", "char" or "bpe"); vocab_size None (char only)
-    keeps every character."""
+    keeps every character. byte_fallback (word and char; BPE is byte-level anyway)."""
     if kind not in TOKENIZERS:
         raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {sorted(TOKENIZERS)}")
+    more = {"byte_fallback": byte_fallback} if kind != "bpe" else {}
     return TOKENIZERS[kind].train(text_or_path, vocab_size,  # type: ignore[attr-defined]  # each kind has its own signature
-                                  encoding_errors=encoding_errors)
+                                  encoding_errors=encoding_errors, **more)
+
+
+def unknown_report(tok: Tokenizer, ids: Any) -> str | None:
+    """"38 of 324 tokens are not in this model's vocabulary ..." when `ids` (the encoding
+    of some text) holds [UNK]; None when nothing was unknown (always so with byte
+    fallback or byte-level BPE)."""
+    ids = np.asarray(ids)
+    if tok.unk_id is None or tok.byte_fallback or tok.kind == "bpe" or not len(ids):
+        return None
+    unknown = int(np.count_nonzero(ids == tok.unk_id))
+    if not unknown:
+        return None
+    return (f"{unknown} of {len(ids)} tokens are not in this model's vocabulary and became "
+            f"[UNK] (the model has no byte fallback; a tokenizer trained by this sllm has)")
 
 
 def from_dict(d: Any) -> Tokenizer:

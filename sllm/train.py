@@ -70,7 +70,7 @@ class TrainResult:
 def _tokenizer_for(cfg: TrainConfig, text: str) -> tokenizers.Tokenizer:
     if cfg.tokenizer in tokenizers.TOKENIZERS:
         size = cfg.vocab_size or (None if cfg.tokenizer == "char" else DEFAULT_VOCAB)
-        return tokenizers.train(cfg.tokenizer, text, size)
+        return tokenizers.train(cfg.tokenizer, text, size, byte_fallback=cfg.byte_fallback)
     return tokenizers.load(cfg.tokenizer)
 
 
@@ -210,6 +210,10 @@ def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> Trainer:
     seq_len = cfg.seq_len or model.config.max_seq_len
     data = TokenData.from_text(text, tok, seq_len, cfg.batch_size, cfg.val_fraction,
                                cfg.seed, cfg.documents)
+    if cfg.init_from:  # an old model without byte fallback reads new words as [UNK]
+        unknown = tokenizers.unknown_report(tok, np.concatenate([data.train.ids, data.val.ids]))
+        if unknown:
+            warnings.warn(f"--init-from {cfg.init_from}: {unknown}", stacklevel=2)
     os.makedirs(out, exist_ok=True)
     data.save(os.path.join(out, "data"))
     tok.save(os.path.join(out, "vocab.json"))

@@ -24,6 +24,7 @@ class TrainConfig:
     path or dict (its vocab_size is replaced by the tokenizer's); steps or epochs: run
     length; seq_len: window length T (default: the model's max_seq_len); vocab_size: the
     tokenizer's size (default: 4000 for word and bpe, every character for char);
+    byte_fallback: a new word or char tokenizer writes what it lacks as bytes (no [UNK]);
     init_from: a model file whose weights, config and tokenizer the run starts from (then
     model, tokenizer and vocab_size are not used);
     max_memory: the memory budget ("8G", "512M"; default: what the machine has available).
@@ -35,6 +36,7 @@ class TrainConfig:
     demo_chars: int = 3_000_000
     tokenizer: str = "word"
     vocab_size: int | None = None
+    byte_fallback: bool = True
     encoding_errors: str = "strict"
     documents: bool = False
     backend: str = "auto"
@@ -157,6 +159,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "demo_chars": _int(1, 10**9),
     "tokenizer": lambda n, v: V.check_text(n, v),
     "vocab_size": _int(2, optional=True),
+    "byte_fallback": V.check_bool,
     "encoding_errors": _choice("strict", "replace", "ignore"),
     "documents": V.check_bool,
     "backend": lambda n, v: V.check_text(n, v),

@@ -19,12 +19,13 @@ def run(*args, input=None):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny model trained for 100 steps through the CLI, then resumed to 120."""
+    """A tiny model trained for 100 steps through the CLI, then resumed to 120 (without
+    byte fallback, so that unknown words meet the [UNK] warnings)."""
     d = tmp_path_factory.mktemp("cli")
     corpus = write_corpus(d / "corpus.txt", 60_000, seed=1)
     (d / "model.json").write_text(json.dumps(TINY))
     code, out = run("train", "--config", d / "model.json", "--corpus", corpus,
-                    "--vocab-size", 400, "--steps", 100, "--batch-size", 8, "--seq-len", 32,
+                    "--vocab-size", 400, "--no-byte-fallback", "--steps", 100, "--batch-size", 8, "--seq-len", 32,
                     "--lr", 3e-3, "--eval-every", 50, "--eval-batches", 4, "--log-every", 10,
                     "--checkpoint-every", 50, "--out", d / "run", "--backend", "numpy", "-q")
     assert code == 0, out

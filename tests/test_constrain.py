@@ -109,7 +109,7 @@ def test_regex_output_fullmatches(vocabularies, pattern):
 
 
 def test_choices_and_a_word_vocabulary():
-    tok = WordTokenizer.train(TEXT, 300)
+    tok = WordTokenizer.train(TEXT, 300, byte_fallback=False)
     model = _model(tok)
     options = ["the man", "a day", "he said", "zzz qqq"]  # the last is not in the words
     seen = {_new_text(tok, model, 10, seed, choices=options, temperature=3.0)
@@ -118,7 +118,7 @@ def test_choices_and_a_word_vocabulary():
 
 
 def test_a_grammar_the_vocabulary_cannot_write_is_refused():
-    tok = WordTokenizer.train(TEXT, 300)  # no "{" among its words
+    tok = WordTokenizer.train(TEXT, 300, byte_fallback=False)  # no "{" among its words
     with pytest.raises(constrain.ConstraintError, match="cannot write"):
         constrain.compile_for(tok, json_schema={"type": "object"})
 
@@ -156,7 +156,7 @@ def test_utf8_sequences_match_exactly_the_code_points(lo, size, probe):
 
 
 def test_masks_are_cached_per_grammar():
-    tok = CharTokenizer.train(TEXT + JSON_CHARS)
+    tok = CharTokenizer.train(TEXT + JSON_CHARS, byte_fallback=False)  # one way to write "a"
     g1 = constrain.compile_for(tok, regex="[ab]+")
     assert constrain.compile_for(tok, regex="[ab]+") is g1
     c = g1.start()

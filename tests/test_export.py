@@ -37,9 +37,11 @@ def corpus():
 def toks(corpus):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {"word": tokenizers.WordTokenizer.train(corpus, 300),
+        return {"word": tokenizers.WordTokenizer.train(corpus, 2000),  # covers the corpus
+                "word-unk": tokenizers.WordTokenizer.train(corpus, 300, byte_fallback=False),
                 "word-lower": tokenizers.WordTokenizer.train(corpus, 300, lowercase=True),
                 "char": tokenizers.CharTokenizer.train(corpus),
+                "char-unk": tokenizers.CharTokenizer.train(corpus[:3000], byte_fallback=False),
                 "bpe": tokenizers.BPETokenizer.train(corpus, 400)}
 
 
@@ -60,17 +62,33 @@ def assert_same_model(a, b):
 
 
 # ---- tokenizer.json ---------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["word", "word-lower", "char", "bpe"])
-def test_tokenizer_json_gives_sllm_ids(toks, corpus, kind):
+KINDS = ["word", "word-unk", "word-lower", "char", "char-unk", "bpe"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tokenizer_json_gives_sllm_ids_and_text(toks, corpus, kind):
+    """Same ids from encode, same text from decode (skip_special_tokens, the default), on
+    the corpus and on awkward text; the byte-fallback word tokenizer's ids differ where it
+    writes bytes (an unknown word, odd whitespace: see sllm.hf_tokenizer), so its other
+    texts are checked on decode only."""
     from tokenizers import Tokenizer as HFTokenizer
     tok = toks[kind]
     hf = HFTokenizer.from_str(json.dumps(to_tokenizer_json(tok)))
     hf.encode_special_tokens = True  # what split_special_tokens in tokenizer_config sets
-    for text in (AWKWARD, corpus[:5000]):
-        assert hf.encode(text, add_special_tokens=False).ids == tok.encode(text)
+    pet = "A: Do you have a pet?\nB: Yes, I have a dog (Rex); he's 3.\n"
+    known = corpus[:corpus.index("\n", 20_000) + 1]  # whole lines: every word known
+    for text in (known, AWKWARD, pet):
+        ids = tok.encode(text)
+        if kind != "word" or text is known:
+            assert hf.encode(text, add_special_tokens=False).ids == ids, text[:80]
+        assert hf.decode(ids) == tok.decode(ids), text[:80]
+        with_specials = [tok.bos_id or 0, *ids, tok.eos_id or 0]
+        assert hf.decode(with_specials) == tok.decode(with_specials)
+    if kind in ("word", "char", "bpe"):  # byte fallback (and byte-level BPE): exact text
+        assert hf.decode(tok.encode(pet)) == pet
 
 
-@pytest.mark.parametrize("kind", ["word", "word-lower", "char", "bpe"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_tokenizer_json_reads_back_exactly(toks, kind):
     doc = json.loads(json.dumps(to_tokenizer_json(toks[kind])))
     assert from_tokenizer_json(doc).to_dict() == toks[kind].to_dict()

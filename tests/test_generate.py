@@ -61,7 +61,7 @@ TEXT = "A: Hello! How are you?\nB: I am fine, thank you.\n\n" * 20
 
 
 def _word_model():
-    tok = T.WordTokenizer.train(TEXT, 50)
+    tok = T.WordTokenizer.train(TEXT, 50, byte_fallback=False)
     cfg = sllm.ModelConfig(vocab_size=tok.vocab_size, embedding_dim=16, num_layers=1,
                            num_heads=2, ffn_hidden_dim=16, dropout=0.0, max_seq_len=32)
     return sllm.SLLM(cfg, backend="numpy", seed=0).eval(), tok

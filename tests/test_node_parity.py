@@ -67,6 +67,9 @@ def models(tmp_path_factory):
     files["llama-gqa"] = _save(make(6, **llama, numKvHeads=2), word, out / "llama-gqa.sllm")
     files["llama-mqa-tied-f16"] = _save(make(7, **llama, numKvHeads=1, tieEmbeddings=True), word,
                                         out / "llama-mqa.sllm", dtype="f16")
+    for qtype in ("q8_0", "q4_0", "q4_1"):
+        files[f"llama-{qtype}"] = _save(make(8, **llama, numKvHeads=2).quantize(qtype), word,
+                                        out / f"llama-{qtype}.sllm")
     return files
 
 
@@ -92,7 +95,8 @@ def _python_backend(variant):
 @pytest.mark.filterwarnings("ignore:context full")  # 40 new tokens pass max_seq_len: both slide
 @pytest.mark.parametrize("variant", ["relaxed", "simd128", "scalar"])
 @pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_0", "q4_1",
-                                  "llama-gqa", "llama-mqa-tied-f16"])
+                                  "llama-gqa", "llama-mqa-tied-f16", "llama-q8_0", "llama-q4_0",
+                                  "llama-q4_1"])
 def test_forward_and_greedy_tokens_equal_python(models, name, variant):
     """Node and Python run the same module, so the logits are equal bit for bit, and both
     are within float32 rounding of the numpy reference."""
@@ -122,10 +126,12 @@ return {wasm: m.wasm, ids, logits: Array.from(m.forward(ids)),
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_training_steps_equal_python(models, dropout, tmp_path):
-    """Model.trainStep (model.js: forward, backward, clip, AdamW) gives Python's losses on
-    the scalar module, dropout masks included, and the weights it saves load in Python."""
-    source = sllm.load(models["f32"], backend="numpy")
+@pytest.mark.parametrize("name", ["f32", "llama-gqa"])
+def test_training_steps_equal_python(models, name, dropout, tmp_path):
+    """Model.trainStep (model.js or llama.js: forward, backward, clip, AdamW) gives Python's
+    losses on the scalar module, dropout masks included, and the weights it saves load in
+    Python."""
+    source = sllm.load(models[name], backend="numpy")
     py = sllm.SLLM(source.config.replace(dropout=dropout), backend=_python_backend("scalar"))
     for name, value in source.parameters().items():
         py.parameters()[name][...] = value
@@ -270,8 +276,10 @@ def test_seed_mixer_equals_python():
 def _tokenizers():
     text = generate_corpus(30_000, seed=1) + "\n" + JAPANESE * 20
     return {"word": tokenizers.WordTokenizer.train(text, 400),
+            "word-unk": tokenizers.WordTokenizer.train(text, 400, byte_fallback=False),
             "word-lower": tokenizers.WordTokenizer.train(text, 400, lowercase=True),
             "char": tokenizers.CharTokenizer.train(text),
+            "char-unk": tokenizers.CharTokenizer.train(text, byte_fallback=False),
             "bpe": tokenizers.BPETokenizer.train(text, 420)}
 
 
@@ -292,7 +300,8 @@ return out;
             assert ids == tok.encode(sample), (name, sample)
             assert text == tok.decode(ids), (name, sample)
             assert unknown == tok.unknown_pieces(sample), (name, sample)
-    assert tokenizers.UNK_ID in got["word"][2][0]  # unknown words are [UNK], as in Python
+    assert tokenizers.UNK_ID in got["word-unk"][2][0]  # unknown words are [UNK], as in Python
+    assert got["word"][2][1] == samples[2]  # with byte fallback, exactly the text
 
 
 def _python_classes(limit):

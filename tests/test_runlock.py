@@ -21,7 +21,7 @@ SLLM_BIN = str(Path(sys.executable).parent / "sllm")
 
 
 def _cfg(out, **kw):
-    base = dict(model=TINY, demo_chars=20_000, vocab_size=200, steps=6, batch_size=2,
+    base = dict(model=TINY, demo_chars=20_000, vocab_size=300, steps=6, batch_size=2,
                 seq_len=16, eval_every=3, eval_batches=1, log_every=1, checkpoint_every=3,
                 warmup=1, out=str(out), backend="numpy")
     base.update(kw)
@@ -85,7 +85,7 @@ def test_new_run_refused_on_a_directory_holding_a_run_unless_overwrite(tmp_path)
 
 def test_concurrent_trains_on_one_directory_one_refuses(tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--demo-chars", "20000", "--vocab-size", "200", "--batch-size", "2",
+    args = ["train", "--demo-chars", "20000", "--vocab-size", "300", "--batch-size", "2",
             "--seq-len", "16", "--backend", "numpy", "--eval-every", "0", "-q"]
     (tmp_path / "m.json").write_text(json.dumps(TINY))
     first = subprocess.Popen([SLLM_BIN, *args, "--config", str(tmp_path / "m.json"),

@@ -33,7 +33,7 @@ CONTEXT = 64
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     """A small random model with a word vocabulary inside, saved as tiny.sllm."""
-    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 300)
+    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 300, byte_fallback=False)
     cfg = sllm.ModelConfig(vocab_size=tok.vocab_size, embedding_dim=32, num_layers=2,
                            num_heads=2, ffn_hidden_dim=64, dropout=0.0, max_seq_len=CONTEXT)
     model = sllm.SLLM(cfg, backend="numpy", seed=1)

@@ -40,7 +40,7 @@ def _save(tok, path):
 
 @pytest.fixture(scope="module")
 def word_server(tmp_path_factory):
-    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 300)
+    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 300, byte_fallback=False)
     server = ThreadServer(_save(tok, tmp_path_factory.mktemp("w") / "tiny.sllm"), max_batch=8)
     yield server
     server.stop()
@@ -209,7 +209,7 @@ def test_a_chat_longer_than_the_context_is_trimmed(word_server):
 
 
 def test_context_overflow_error_refuses(tmp_path):
-    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 300)
+    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 300, byte_fallback=False)
     server = ThreadServer(_save(tok, tmp_path / "tiny.sllm"), context_overflow="error")
     try:
         with pytest.raises(openai.BadRequestError) as e:
@@ -266,7 +266,7 @@ def test_embeddings_are_pooled_normalised_and_batched(word_server):
 
 def test_json_access_log_and_latency_histograms(tmp_path):
     from sllm.serve_ops import Observer
-    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 300)
+    tok = WordTokenizer.train(generate_corpus(20_000, seed=1), 300, byte_fallback=False)
     lines: list[str] = []
     server = ThreadServer(_save(tok, tmp_path / "tiny.sllm"),
                           observer=Observer("tiny", "json", lines.append))

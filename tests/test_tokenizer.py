@@ -12,22 +12,22 @@ JAPANESE = "こんにちは、世界。今日はいい天気ですね！猫が�
 
 
 def test_word_round_trip_and_punctuation():
-    tok = T.WordTokenizer.train(ENGLISH, 40)
+    tok = T.WordTokenizer.train(ENGLISH, 40, byte_fallback=False)
     text = "Hello, world! It's a fine day (really).\nA: How are you?"
     assert tok.decode(tok.encode(text)) == text
     assert tok.encode("Hello,")[1] == tok.tokens.index(",")
 
 
 def test_word_specials_and_frequency_order():
-    tok = T.WordTokenizer.train("b b b a a c", 10)
+    tok = T.WordTokenizer.train("b b b a a c", 10, byte_fallback=False)
     assert tok.tokens[:4] == ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
     assert tok.tokens[4:] == ["b", "a", "c"]
-    small = T.WordTokenizer.train("b b b a a c", 6)
+    small = T.WordTokenizer.train("b b b a a c", 6, byte_fallback=False)
     assert small.vocab_size == 6 and small.encode("c") == [T.UNK_ID]
 
 
 def test_word_unknown_words_are_unk_and_visible():
-    tok = T.WordTokenizer.train(ENGLISH, 40)
+    tok = T.WordTokenizer.train(ENGLISH, 40, byte_fallback=False)
     ids = tok.encode("Hello zebra!")
     assert ids[1] == T.UNK_ID
     assert tok.decode(ids) == "Hello [UNK]!"
@@ -35,19 +35,19 @@ def test_word_unknown_words_are_unk_and_visible():
 
 
 def test_decode_drops_pad_bos_eos():
-    tok = T.WordTokenizer.train(ENGLISH, 40)
+    tok = T.WordTokenizer.train(ENGLISH, 40, byte_fallback=False)
     ids = [T.BOS_ID] + tok.encode("Hello, world!") + [T.EOS_ID, T.PAD_ID]
     assert tok.decode(ids) == "Hello, world!"
 
 
 def test_vocab_size_larger_than_corpus_warns_and_shrinks():
     with pytest.warns(UserWarning, match="more than this corpus supports; using 7"):
-        tok = T.WordTokenizer.train("one two three", 50)
+        tok = T.WordTokenizer.train("one two three", 50, byte_fallback=False)
     assert tok.vocab_size == 7
 
 
 def test_char_round_trip_and_unknown():
-    tok = T.CharTokenizer.train("hello world\n")
+    tok = T.CharTokenizer.train("hello world\n", byte_fallback=False)
     assert tok.decode(tok.encode("hello\nworld")) == "hello\nworld"
     assert tok.encode("hz") == [tok.chars.index("h"), 0]
     assert tok.decode(tok.encode("hz")) == "h[UNK]"
@@ -55,7 +55,7 @@ def test_char_round_trip_and_unknown():
 
 
 def test_char_vocab_size_keeps_most_frequent():
-    tok = T.CharTokenizer.train("aaaabbbc", 3)
+    tok = T.CharTokenizer.train("aaaabbbc", 3, byte_fallback=False)
     assert tok.chars == ["[UNK]", "a", "b"]
 
 
@@ -78,14 +78,17 @@ def test_bpe_specials_and_minimum_size():
         T.BPETokenizer.train(ENGLISH, 100)
 
 
-@pytest.mark.parametrize("kind,size", [("word", 30), ("char", None), ("bpe", 300)])
-def test_save_load_and_dict_round_trip(tmp_path, kind, size):
-    tok = T.train(kind, ENGLISH + JAPANESE, size or 30) if kind != "char" else \
-        T.CharTokenizer.train(ENGLISH + JAPANESE)
+@pytest.mark.parametrize("kind,size,fallback", [("word", 30, False), ("word", 300, True),
+                                               ("char", None, False), ("char", None, True),
+                                               ("bpe", 300, False)])
+def test_save_load_and_dict_round_trip(tmp_path, kind, size, fallback):
+    tok = T.train(kind, ENGLISH + JAPANESE, size, byte_fallback=fallback)
     path = tmp_path / "vocab.json"
     tok.save(path)
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["type"] == kind and data["version"] == 1
+    # a tokenizer without byte fallback is written exactly as before (version 1)
+    assert data["type"] == kind and data["version"] == (2 if fallback else 1)
+    assert data.get("byte_fallback", False) is fallback
     again = T.load(path)
     assert type(again) is type(tok) and again.vocab_size == tok.vocab_size
     text = "Hello, world! How are you?"
@@ -96,12 +99,12 @@ def test_save_load_and_dict_round_trip(tmp_path, kind, size):
 def test_train_from_path_and_bad_utf8(tmp_path):
     good = tmp_path / "good.txt"
     good.write_text(ENGLISH, encoding="utf-8")
-    assert T.WordTokenizer.train(good, 20).vocab_size == 20
+    assert T.WordTokenizer.train(good, 20, byte_fallback=False).vocab_size == 20
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"hello world \xff\xfe more text")
     with pytest.raises(sllm.DataError, match=r"bad.txt: not valid UTF-8 at byte offset 12"):
         T.WordTokenizer.train(bad, 50)
-    tok = T.WordTokenizer.train(bad, 9, encoding_errors="replace")
+    tok = T.WordTokenizer.train(bad, 9, encoding_errors="replace", byte_fallback=False)
     assert "\ufffd" in tok.tokens
 
 

@@ -134,8 +134,8 @@ def test_resume_bad_directories(tmp_path):
 
 def test_model_vocab_follows_tokenizer_with_warning(tmp_path):
     with pytest.warns(UserWarning, match="says vocab_size 99; using the tokenizer's"):
-        trainer = T.prepare(_cfg(tmp_path, vocab_size=150), progress=False)
-    assert trainer.model.config.vocab_size == trainer.tok.vocab_size == 150
+        trainer = T.prepare(_cfg(tmp_path, vocab_size=350), progress=False)
+    assert trainer.model.config.vocab_size == trainer.tok.vocab_size == 350
 
 
 def test_bad_training_settings(tmp_path):

@@ -109,17 +109,6 @@ def test_export_web_cli(word_model, tmp_path):
     assert "sllm.js" in result.output and (tmp_path / "c" / "index.html").is_file()
 
 
-def test_a_quantized_llama_export_is_refused(tmp_path):
-    """The page runs float llama models only: a quantized one is refused before writing."""
-    model = sllm.SLLM({**WORD_CFG, "architecture": "llama", "numKvHeads": 1}, backend="numpy")
-    model.tokenizer = {"type": "char", "vocab": ["a"]}
-    path = tmp_path / "llama.sllm"
-    model.save(path)
-    with pytest.raises(sllm.SLLMError, match="float llama models only"):
-        export_site(path, tmp_path / "site", dtype="q8_0")
-    assert not (tmp_path / "site").exists()
-
-
 def test_web_assets_are_package_data():
     """The site's files ship inside the package (and so the wheel)."""
     web = Path(sllm.__file__).parent / "web"

@@ -287,6 +287,9 @@ async function finetune() {
   $("progress-bar").style.width = "0";
   drawLoss(losses, steps);
   try {
+    // A model without byte fallback reads words it does not know as [UNK]: say how many.
+    const unknown = await state.worker.call("unknown", { text });
+    $("tune-warning").textContent = unknown ? `${unknown}.` : "";
     const result = await state.worker.call("finetune", { text, options: { steps, lr, batchSize } }, (p) => {
       losses.push(p.loss);
       $("progress-bar").style.width = `${(100 * p.step) / p.steps}%`;

@@ -326,14 +326,15 @@ function readTensors(payloads, name, config) {
       bytes: data.subarray(e.offset, e.offset + e.nbytes) };
   }
   const lay = layout(config);
-  const quantizable = new Set([...matmulWeightNames(config), "wte"]); // sllm.quant.quantized_weight_names
+  const embedding = embeddingName(config);
+  const quantizable = new Set([...matmulWeightNames(config), embedding]); // sllm.quant.quantized_weight_names
   const codes = new Set();
   for (const [pname, slot] of Object.entries(lay.slots)) {
     const t = tensors[pname];
     if (!t) throw new FormatError(`${name}: tensor '${pname}' is missing`);
     let need = slot.shape;
     if (t.quantized) {
-      need = pname === "wte" ? slot.shape : slot.shape.slice().reverse();
+      need = pname === embedding ? slot.shape : slot.shape.slice().reverse();
       if (!quantizable.has(pname)) {
         throw new FormatError(`${name}: tensor '${pname}' is ${t.dtype}, but only matmul weights and wte may be quantized`);
       }
@@ -349,12 +350,22 @@ function readTensors(payloads, name, config) {
 }
 
 /** The weights a quantized model holds as quantized rows (sllm.quant.matmul_weight_names). */
+const LAYER_MATMULS = {
+  gpt2: ["h.{i}.attn.c_attn.weight", "h.{i}.attn.c_proj.weight", "h.{i}.mlp.c_fc.weight", "h.{i}.mlp.c_proj.weight"],
+  llama: ["self_attn.qkv_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
+    "mlp.up_proj.weight", "mlp.down_proj.weight"].map((w) => `model.layers.{i}.${w}`),
+};
+
+/** The token embedding's name (layout.embedding_name). */
+export function embeddingName(c) { return c.architecture === "llama" ? "model.embed_tokens.weight" : "wte"; }
+
+/** sllm.quant.matmul_weight_names: every linear layer's weight and the output head. */
 export function matmulWeightNames(c) {
   const names = [];
   for (let i = 0; i < c.num_layers; i++) {
-    for (const w of ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]) names.push(`h.${i}.${w}`);
+    for (const w of LAYER_MATMULS[c.architecture]) names.push(w.replace("{i}", i));
   }
-  names.push(c.tie_embeddings ? "wte" : "lm_head.weight");
+  names.push(c.tie_embeddings ? embeddingName(c) : "lm_head.weight");
   return names;
 }
 

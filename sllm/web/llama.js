@@ -2,8 +2,9 @@
 // The llama family's forward as the same straight line of kernel calls per layer (run.c's
 // order): RMSNorm, the fused q|k|v projection, rotary embedding of q and k, grouped-query
 // attention, o_proj, residual; RMSNorm, gate and up projections, SwiGLU, down projection,
-// residual; then the final RMSNorm and the head. model.js's Network calls these for a
-// model whose config says architecture "llama". Offsets are bytes into linear memory.
+// residual; then the final RMSNorm and the head; the backward pass is the line reversed.
+// model.js's Network calls these for a model whose config says architecture "llama".
+// Offsets are bytes into linear memory.
 
 import { F, F64 } from "./kernels.js";
 
@@ -24,8 +25,9 @@ export function llamaLayer(out, i) {
 /** The head's weight: the embedding (used transposed) when tied. */
 export function llamaHead(out, config) { return config.tie_embeddings ? out[EMBED] : out["lm_head.weight"]; }
 
-/** Activations of one (B, T): LlamaActivations in sllm/activations.py. */
-export function llamaActivations(c, B, T, nw) {
+/** Activations of one (B, T): LlamaActivations in sllm/activations.py (with the backward
+ * pass's buffers when grads). */
+export function llamaActivations(c, B, T, grads, nw) {
   const N = B * T, C = c.embedding_dim, Fh = c.ffn_hidden_dim, W = c.qkv_width, H = c.num_heads;
   const a = { B, T, tokens: nw(N), targets: nw(N), positions: nw(N), x0: nw(N * C), layers: [] };
   for (let i = 0; i < c.num_layers; i++) {
@@ -35,11 +37,18 @@ export function llamaActivations(c, B, T, nw) {
       up: nw(N * Fh), hact: nw(N * Fh), down: nw(N * C), res3: nw(N * C),
     });
   }
-  return Object.assign(a, { lnf: nw(N * C), lnf_rstd: nw(N), logits: nw(N * c.vocab_size), losses: nw(N) });
+  Object.assign(a, { lnf: nw(N * C), lnf_rstd: nw(N), logits: nw(N * c.vocab_size), losses: nw(N) });
+  if (grads) {
+    Object.assign(a, { dres: nw(N * C), dbranch: nw(N * C), dln: nw(N * C), dln2: nw(N * C),
+      datty: nw(N * C), dqkv: nw(N * W), dh: nw(N * Fh), dgate: nw(N * Fh), dup: nw(N * Fh) });
+  }
+  return a;
 }
 
-/** x0 = embed_tokens[tokens] (a float embedding: a quantized one is refused at load). */
+/** x0 = embed_tokens[tokens]: rows copied, or dequantized from a quantized embedding. */
 function embed(net, a, N, C) {
+  const q = net.quantized[EMBED];
+  if (q) return net.quantizedEmbedding(a, q, N, a.T, C, 0, false);
   const heap = net.k.heap, tokens = heap.i32(a.tokens, N), x0 = heap.f32(a.x0, N * C);
   const table = heap.f32(net.P[EMBED], net.config.vocab_size * C);
   for (let n = 0; n < N; n++) x0.set(table.subarray(tokens[n] * C, tokens[n] * C + C), n * C);
@@ -90,4 +99,41 @@ export function llamaForward(net, a, dropout, cache) {
   k.call("rmsnorm_fwd", a.lnf, a.lnf_rstd, x, P[NORM], N, C, eps);
   net.head(a, N, C);
   a.dropout = dropout;
+}
+
+/** The forward line reversed (sllm/llama.py backward): fills net's gradients from the
+ * dlogits in a.logits. */
+export function llamaBackward(net, a) {
+  const k = net.k, c = net.config, P = net.P, G = net.G, heap = k.heap;
+  const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Hkv = c.kv_heads;
+  const Fh = c.ffn_hidden_dim, V = c.vocab_size, p = a.dropout, tie = c.tie_embeddings ? 1 : 0;
+  heap.f32(net.grads, net.layout.total).fill(0);
+  k.call("matmul_bwd", a.dln, G.lm_head, 0, a.logits, a.lnf, P.lm_head, N, C, V, tie, tie ? 0 : k.scratch(C * V));
+  heap.f32(a.dres, N * C).fill(0);
+  k.call("rmsnorm_bwd", a.dres, G[NORM], a.dln, a.layers[c.num_layers - 1].res3, P[NORM], a.lnf_rstd, N, C);
+  for (let i = c.num_layers - 1; i >= 0; i--) {
+    const L = P.layers[i], D = G.layers[i], la = a.layers[i];
+    const xIn = i > 0 ? a.layers[i - 1].res3 : a.x0;
+    let dbranch = a.dres;
+    if (p) { net.dropout(a.dbranch, a.dres, N * C, p, net.layerSeed(i, 1)); dbranch = a.dbranch; }
+    net.matmulBwd(a.dh, D.down_w, 0, dbranch, la.hact, L.down_w, N, Fh, C);
+    k.call("swiglu_bwd", a.dgate, a.dup, a.dh, la.gate, la.up, N * Fh);
+    net.matmulBwd(a.dln, D.gate_w, 0, a.dgate, la.ln2, L.gate_w, N, C, Fh);
+    net.matmulBwd(a.dln2, D.up_w, 0, a.dup, la.ln2, L.up_w, N, C, Fh);
+    k.call("residual_fwd", a.dln, a.dln, a.dln2, N * C); // ln2 feeds both gate and up
+    k.call("rmsnorm_bwd", a.dres, D.ln2_w, a.dln, la.res2, L.ln2_w, la.ln2_rstd, N, C);
+    dbranch = a.dres;
+    if (p) { net.dropout(a.dbranch, a.dres, N * C, p, net.layerSeed(i, 0)); dbranch = a.dbranch; }
+    net.matmulBwd(a.datty, D.o_w, 0, dbranch, la.atty, L.o_w, N, C, C);
+    k.call("attention_bwd", a.dqkv, a.datty, la.qkv, la.att, B, T, C, H, k.scratch(T), Hkv);
+    rope(net, "rope_bwd", a.dqkv, a.positions, N);
+    net.matmulBwd(a.dln, D.qkv_w, 0, a.dqkv, la.ln1, L.qkv_w, N, C, c.qkv_width);
+    k.call("rmsnorm_bwd", a.dres, D.ln1_w, a.dln, xIn, L.ln1_w, la.ln1_rstd, N, C);
+  }
+  // the embedding's gradient: dres summed per token id (a tied head already added its own)
+  const tokens = heap.i32(a.tokens, N), dres = heap.f32(a.dres, N * C), dembed = heap.f32(G[EMBED], V * C);
+  for (let n = 0; n < N; n++) {
+    const row = tokens[n] * C;
+    for (let j = 0; j < C; j++) dembed[row + j] = Math.fround(dembed[row + j] + dres[n * C + j]);
+  }
 }

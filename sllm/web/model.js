@@ -6,7 +6,7 @@
 
 import { F } from "./kernels.js";
 import { layout, tensorToF32, f16ToF32, QK } from "./format.js";
-import { llamaActivations, llamaForward, llamaHead, llamaLayer } from "./llama.js";
+import { llamaActivations, llamaBackward, llamaForward, llamaHead, llamaLayer } from "./llama.js";
 
 const QTYPE_CODES = { q8_0: 0, q4_0: 1, q4_1: 2 }; // wasm/quant.c's qtype argument
 const FILE_CODES = { q8_0: 2, q4_0: 3, q4_1: 4 }; // dtype codes in the model file
@@ -61,9 +61,6 @@ export class Network {
     }
     this.qtype = Object.values(this.quantized).map((q) => q.qtype)[0] || null;
     this.llama = config.architecture === "llama";
-    if (this.llama && this.qtype) {
-      throw new Error(`this llama model is quantized (${this.qtype}): the browser runs float llama models only so far; export it with --dtype f32 or f16`);
-    }
     this.P = this.offsets(this.params);
     this.G = this.offsets(this.grads);
     this.acts = new Map();
@@ -118,7 +115,7 @@ export class Network {
     const c = this.config, C = c.embedding_dim, F3 = c.ffn_hidden_dim, V = c.vocab_size, H = c.num_heads;
     const owned = [], N = B * T;
     const nw = (n) => { const off = this.k.heap.alloc(4 * n); owned.push(off); return off; };
-    if (this.llama) return Object.assign(llamaActivations(c, B, T, nw), { owned });
+    if (this.llama) return Object.assign(llamaActivations(c, B, T, grads, nw), { owned });
     const a = { B, T, owned, tokens: nw(N), targets: nw(N), x0: nw(N * C), layers: [] };
     for (let i = 0; i < c.num_layers; i++) {
       a.layers.push({
@@ -180,7 +177,7 @@ export class Network {
     const k = this.k, c = this.config, P = this.P;
     const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Fh = c.ffn_hidden_dim;
     const pos = cache ? cache.pos : 0;
-    if (this.quantized.wte) this.quantizedEmbedding(a, N, T, C, pos);
+    if (this.quantized.wte) this.quantizedEmbedding(a, this.quantized.wte, N, T, C, pos, true);
     else k.call("encoder_fwd", a.x0, a.tokens, P.wte, P.wpe, N, T, C, pos);
     let x = a.x0;
     for (let i = 0; i < c.num_layers; i++) {
@@ -233,11 +230,13 @@ export class Network {
     this.k.call("matmul_q_fwd", out, inp, q.off, bias, N, C, OC, QTYPE_CODES[q.qtype], this.k.scratch(N * nb * 8 + 2 * N * nb));
   }
 
-  /** x0 = dequantized wte rows + wpe (a quantized embedding), as sllm/model.py does. */
-  quantizedEmbedding(a, N, T, C, pos) {
-    const heap = this.k.heap, q = this.quantized.wte, block = { q8_0: 34, q4_0: 18, q4_1: 20 }[q.qtype];
+  /** x0 = the dequantized embedding rows q of the tokens (embed_q_fwd), plus wpe (GPT-2's
+   * learned positions) when addPositions, as sllm/model.py and sllm/llama.py do. */
+  quantizedEmbedding(a, q, N, T, C, pos, addPositions) {
+    const heap = this.k.heap, block = { q8_0: 34, q4_0: 18, q4_1: 20 }[q.qtype];
     const rowBytes = Math.ceil(C / QK) * block, bytes = new Uint8Array(heap.memory.buffer);
-    const tokens = heap.i32(a.tokens, N), x0 = heap.f32(a.x0, N * C), wpe = heap.f32(this.P.wpe, this.config.max_seq_len * C);
+    const tokens = heap.i32(a.tokens, N), x0 = heap.f32(a.x0, N * C);
+    const wpe = addPositions ? heap.f32(this.P.wpe, this.config.max_seq_len * C) : null;
     const half = new Float32Array(2);
     for (let n = 0; n < N; n++) {
       const row = q.off + tokens[n] * rowBytes;
@@ -250,7 +249,7 @@ export class Network {
           const byte = bytes[b + (q.qtype === "q4_0" ? 2 : 4) + (i % 16)], nib = i < 16 ? byte & 15 : byte >> 4;
           v = q.qtype === "q4_0" ? Math.fround((nib - 8) * half[0]) : Math.fround(Math.fround(nib * half[0]) + half[1]);
         }
-        x0[n * C + j] = Math.fround(v + wpe[(pos + (n % T)) * C + j]);
+        x0[n * C + j] = wpe ? Math.fround(v + wpe[(pos + (n % T)) * C + j]) : v;
       }
     }
   }
@@ -273,9 +272,6 @@ export class Network {
   /** Mean cross-entropy over targets != -1; with grads, fills the gradient buffer. */
   lossAndGrads(tokens, targets, B, T, grads) {
     const c = this.config, V = c.vocab_size, N = B * T;
-    if (grads && this.llama) {
-      throw new Error("fine-tuning a llama model in the browser is not supported yet: fine-tune it with sllm train");
-    }
     if (grads && this.qtype) {
       throw new Error(`this model is quantized (${this.qtype}): it runs inference only; fine-tune a float model (sllm export-web --dtype f32)`);
     }
@@ -294,6 +290,7 @@ export class Network {
 
   // ---- backward: the forward line, reversed --------------------------------------------
   backward(a) {
+    if (this.llama) return llamaBackward(this, a);
     const k = this.k, c = this.config, P = this.P, G = this.G, heap = k.heap;
     const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Fh = c.ffn_hidden_dim;
     const V = c.vocab_size, p = a.dropout, tie = c.tie_embeddings ? 1 : 0;

@@ -15,7 +15,7 @@
 // docs/browser.md and docs/wasm-abi.md); nothing here needs a build step.
 
 import { readModel, writeModel, configToDict, FormatError, ConfigError } from "./format.js";
-import { tokenizerFromDict, TokenizerError } from "./tokenizers.js";
+import { tokenizerFromDict, unknownReport, TokenizerError } from "./tokenizers.js";
 import { Kernels, features, MODULES } from "./kernels.js";
 import { Network } from "./model.js";
 import { compileFor, GrammarError, ConstraintError } from "./constrain.js";
@@ -82,6 +82,13 @@ export class Model {
 
   /** The words or characters of `text` that are not in the vocabulary. */
   unknownPieces(text) { return this.requireTokenizer().unknownPieces(text); }
+
+  /** "38 of 324 tokens are not in this model's vocabulary ..." for `text`, or null when
+   * nothing becomes [UNK] (always null with byte fallback or BPE). */
+  unknownReport(text) {
+    const tok = this.requireTokenizer();
+    return unknownReport(tok, tok.encode(text));
+  }
 
   /** [BOS] (when the tokenizer has one) + the prompt's ids (sllm.generate.encode_prompt). */
   encodePrompt(text) {

@@ -23,6 +23,36 @@ export class TokenizerError extends Error {
   }
 }
 
+// Byte fallback (format version 2): "<0x00>".."<0xFF>" after the specials (word: ids 4-259,
+// char: ids 1-256); a byte run decodes as one UTF-8 string and takes no implied space.
+export const BYTE_TOKENS = Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`);
+// sllm.tokenizer._UNIT_RE: the word units plus the whitespace gaps between them (group 1).
+const GAP = PY_S.replace("\\n", "");
+const UNIT_RE = new RegExp(`([${GAP}]+)|\\n|[${PY_W}]+(?:['\\u2019][${PY_W}]+)*|[^${PY_W}${PY_S}]`, "gu");
+const UTF8 = new TextEncoder();
+
+/** Bytes to text as Python's bytes.decode("utf-8", "replace") (a leading BOM is text). */
+function utf8Text(bytes) {
+  return new TextDecoder("utf-8", { ignoreBOM: true }).decode(new Uint8Array(bytes));
+}
+
+function checkByteTokens(kind, tokens, first) {
+  if (BYTE_TOKENS.some((t, b) => tokens[first + b] !== t)) {
+    throw new TokenizerError(`a byte-fallback ${kind} vocabulary must hold the 256 byte tokens <0x00>..<0xFF> at ids ${first}-${first + 255}`);
+  }
+}
+
+function fallbackFlag(d) {
+  const flag = d.byte_fallback ?? false;
+  if (typeof flag !== "boolean") throw new TokenizerError(`byte_fallback must be true or false, got ${JSON.stringify(flag)}`);
+  return flag;
+}
+
+// sllm.tokenizer._space_between: does decode() put a space between prev and tok?
+function spaceBetween(prev, tok) {
+  return !NO_SPACE_AFTER.has(prev) && tok !== "\n" && !ATTACH_LEFT.has(tok[0]);
+}
+
 class WordTokenizer {
   constructor(d) {
     if (!Array.isArray(d.tokens) || SPECIALS.some((s, i) => d.tokens[i] !== s)) {
@@ -31,24 +61,64 @@ class WordTokenizer {
     this.kind = "word";
     this.tokens = d.tokens;
     this.lowercase = Boolean(d.lowercase);
-    this.ids = new Map(this.tokens.map((t, i) => [t, i]));
+    this.byteFallback = fallbackFlag(d);
+    if (this.byteFallback) {
+      checkByteTokens("word", this.tokens, SPECIALS.length);
+      if (this.lowercase) throw new TokenizerError("a lowercased word vocabulary cannot have byte fallback: lowercasing loses the text's case");
+    }
+    this.bytesEnd = SPECIALS.length + (this.byteFallback ? 256 : 0);
+    this.ids = new Map();
+    this.tokens.forEach((t, i) => { if (i < SPECIALS.length || i >= this.bytesEnd) this.ids.set(t, i); });
     Object.assign(this, { bosId: BOS_ID, eosId: EOS_ID, padId: PAD_ID, unkId: UNK_ID });
   }
   get vocabSize() { return this.tokens.length; }
   words(text) { return (this.lowercase ? text.toLowerCase() : text).match(WORD_RE) || []; }
-  encode(text) { return this.words(text).map((w) => this.ids.get(w) ?? UNK_ID); }
-  unknownPieces(text) { return this.words(text).filter((w) => !this.ids.has(w)); }
+  encode(text) {
+    if (this.byteFallback) return this.encodeExact(text);
+    return this.words(text).map((w) => this.ids.get(w) ?? UNK_ID);
+  }
+  byteIds(text) { return Array.from(UTF8.encode(text), (b) => SPECIALS.length + b); }
+  // sllm.tokenizer.WordTokenizer._encode_exact: decode() gives the text back.
+  encodeExact(text) {
+    const ids = [];
+    let gap = "", prev = "\n";
+    for (const m of text.matchAll(UNIT_RE)) {
+      const unit = m[0];
+      if (m[1] !== undefined) { gap += unit; continue; }
+      const i = this.ids.get(unit);
+      const implied = spaceBetween(prev, unit) ? " " : "";
+      if (i !== undefined && (gap === implied || gap)) {
+        if (gap !== implied) ids.push(...this.byteIds(gap));
+        ids.push(i);
+        prev = unit;
+      } else {
+        ids.push(...this.byteIds(gap + unit));
+        prev = "\n";
+      }
+      gap = "";
+    }
+    ids.push(...this.byteIds(gap));
+    return ids;
+  }
+  unknownPieces(text) { return this.byteFallback ? [] : this.words(text).filter((w) => !this.ids.has(w)); }
+  tokenBytes(i) {
+    if (i >= SPECIALS.length && i < this.bytesEnd) return new Uint8Array([i - SPECIALS.length]);
+    return i < SPECIALS.length ? new Uint8Array(0) : UTF8.encode(this.tokens[i]);
+  }
   decode(ids) {
     const out = [];
+    let run = [];
     let prev = "\n";
     for (const i of ids) {
       if (i === PAD_ID || i === BOS_ID || i === EOS_ID) continue;
+      if (i >= SPECIALS.length && i < this.bytesEnd) { run.push(i - SPECIALS.length); continue; }
+      if (run.length) { out.push(utf8Text(run)); run = []; prev = "\n"; }
       const tok = i >= 0 && i < this.tokens.length ? this.tokens[i] : SPECIALS[UNK_ID];
-      if (out.length && !NO_SPACE_AFTER.has(prev) && tok !== "\n" && !ATTACH_LEFT.has(tok[0])) out.push(" ");
+      if (out.length && spaceBetween(prev, tok)) out.push(" ");
       out.push(tok);
       prev = tok;
     }
-    return out.join("");
+    return out.join("") + (run.length ? utf8Text(run) : "");
   }
 }
 
@@ -59,21 +129,49 @@ class CharTokenizer {
     }
     this.kind = "char";
     this.chars = d.chars;
-    this.ids = new Map(this.chars.map((c, i) => [c, i]));
+    this.byteFallback = fallbackFlag(d);
+    if (this.byteFallback) checkByteTokens("char", this.chars, 1);
+    this.first = this.byteFallback ? 257 : 1;  // the first character's id
+    this.ids = new Map();
+    this.chars.forEach((c, i) => { if (i === 0 || i >= this.first) this.ids.set(c, i); });
     Object.assign(this, { bosId: null, eosId: null, padId: null, unkId: 0 });
   }
   get vocabSize() { return this.chars.length; }
   // Python iterates a str by code point; so does for..of ("[UNK]" is never one character).
   encode(text) {
     const out = [];
-    for (const ch of text) out.push(this.ids.get(ch) ?? 0);
+    for (const ch of text) {
+      const id = this.ids.get(ch);
+      if (id !== undefined) out.push(id);
+      else if (this.byteFallback) for (const b of UTF8.encode(ch)) out.push(1 + b);
+      else out.push(0);
+    }
     return out;
   }
-  unknownPieces(text) { return [...text].filter((c) => !this.ids.has(c)); }
-  decode(ids) {
-    const n = this.chars.length;
-    return ids.map((i) => (i >= 0 && i < n ? this.chars[i] : "[UNK]")).join("");
+  unknownPieces(text) { return this.byteFallback ? [] : [...text].filter((c) => !this.ids.has(c)); }
+  tokenBytes(i) {
+    if (i >= 1 && i < this.first) return new Uint8Array([i - 1]);
+    return i === 0 ? new Uint8Array(0) : UTF8.encode(this.chars[i]);
   }
+  decode(ids) {
+    const n = this.chars.length, out = [];
+    let run = [];
+    for (const i of ids) {
+      if (i >= 1 && i < this.first) { run.push(i - 1); continue; }
+      if (run.length) { out.push(utf8Text(run)); run = []; }
+      out.push(i >= 0 && i < n ? this.chars[i] : "[UNK]");
+    }
+    return out.join("") + (run.length ? utf8Text(run) : "");
+  }
+}
+
+/** "38 of 324 tokens are not in this model's vocabulary ..." (sllm.tokenizer.unknown_report),
+ * or null when nothing became [UNK]. */
+export function unknownReport(tok, ids) {
+  if (tok.kind === "bpe" || tok.byteFallback || tok.unkId === null || !ids.length) return null;
+  const unknown = ids.filter((i) => i === tok.unkId).length;
+  if (!unknown) return null;
+  return `${unknown} of ${ids.length} tokens are not in this model's vocabulary and became [UNK] (the model has no byte fallback; a tokenizer trained by this sllm has)`;
 }
 
 // ---- byte-level BPE ----------------------------------------------------------------------
@@ -171,7 +269,7 @@ class BPETokenizer {
         else bytes.push(...new TextEncoder().encode(ch));
       }
     }
-    return new TextDecoder("utf-8").decode(new Uint8Array(bytes));
+    return utf8Text(bytes);
   }
 }
 
@@ -183,8 +281,8 @@ export function tokenizerFromDict(d) {
     const kind = d && typeof d === "object" ? d.type : typeof d;
     throw new TokenizerError(`not a tokenizer description (type ${JSON.stringify(kind)}); expected one of bpe, char, word`);
   }
-  if (Number(d.version ?? 1) > 1) {
-    throw new TokenizerError(`tokenizer format version ${d.version} is newer than this sllm supports (1)`);
+  if (Number(d.version ?? 1) > 2) {
+    throw new TokenizerError(`tokenizer format version ${d.version} is newer than this sllm supports (2)`);
   }
   return new KINDS[d.type](d);
 }

@@ -3,6 +3,7 @@
 //   {id, type: "generate", prompt, options}              -> pieces, then done
 //   {id, type: "chat", text, options} / {type: "reset"}  -> pieces, then done
 //   {id, type: "finetune", text, options}                -> progress per step, then done
+//   {id, type: "unknown", text}                          -> done with the unknown-token report or null
 //   {id, type: "save"}                                   -> done with the SLLM bytes
 //   {id, type: "stop"}                                   -> done; the running generation ends
 //                                                           after its current token
@@ -60,6 +61,9 @@ const handlers = {
   async reset() {
     session = model.chat();
     return {};
+  },
+  async unknown(msg) {
+    return model.unknownReport(msg.text);
   },
   async finetune(msg) {
     const onProgress = (p) => postMessage({ id: msg.id, type: "progress", ...p });
