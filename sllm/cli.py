@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ._version import __version__
 from .errors import ConfigError, SLLMError
+from .paths import shipped_configs
 
 app = typer.Typer(help="Train and run small GPT-style language models on CPUs.",
                   no_args_is_help=True, add_completion=False)
@@ -26,6 +28,8 @@ term = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+# --config takes a JSON file or the name of a config shipped with sllm, from any directory.
+CONFIG_HELP = f"Model config: a JSON file, or a shipped config by name ({', '.join(shipped_configs())})."
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output (never the input, "
                                                    "never a device).")
 
@@ -34,6 +38,18 @@ def _output(path: Any, *inputs: Any, overwrite: bool, kind: str = "file") -> Non
     """Refuse an output that would destroy an input or something not ours (sllm.outputs)."""
     from .outputs import check_output
     check_output(path, inputs, overwrite=overwrite, kind=kind)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        term.print(f"sllm {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print sllm's version and exit.")) -> None:
+    """Train and run small GPT-style language models on CPUs."""
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int,
@@ -63,8 +79,7 @@ def command(fn: Callable) -> Callable:
 @app.command()
 @command
 def train(
-    config: str | None = typer.Option(None, help="Model config JSON (e.g. configs/small-model.json); its vocabSize "
-                                                    "follows the tokenizer."),
+    config: str | None = typer.Option(None, help=f"{CONFIG_HELP} Its vocabSize follows the tokenizer."),
     corpus: str | None = typer.Option(None, help="UTF-8 text file to train on; default: the built-in demo corpus."),
     tokenizer: str | None = typer.Option(None, help="word | char | bpe, or a vocab.json to reuse. (default: word)"),
     vocab_size: int | None = typer.Option(None, help="Vocabulary size to build (shrunk with a warning if the corpus "
@@ -107,8 +122,9 @@ def train(
                                                         "3000000)"),
     out: str | None = typer.Option(None, help="Run directory to write. (default: runs/latest)"),
     resume: str | None = typer.Option(None, help="Continue the run in this directory from its checkpoint."),
-    init_from: str | None = typer.Option(None, help="Start from this model's weights, config and tokenizer (e.g. "
-                                                       "one made by `sllm import`)."),
+    init_from: str | None = typer.Option(None, help="Start from this model's weights, config and tokenizer: a "
+                                                       ".sllm file (e.g. one made by `sllm import`) or a run "
+                                                       "directory."),
     seed: int | None = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: str | None = typer.Option(None, help="Training-config JSON with any of these options (flags "
                                                           "override it)."),
@@ -221,12 +237,8 @@ def _load(model_path: str, backend: str, tokenizer: str | None) -> tuple[Any, An
 
 def _resolve_model(path: str) -> str:
     """A model file, or the best file in a run directory."""
-    if os.path.isdir(path):
-        for name in ("model.sllm", "best.sllm", "checkpoint.sllm"):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-        raise SLLMError(f"{path}: no model.sllm, best.sllm or checkpoint.sllm in this directory")
-    return path
+    from .paths import model_file
+    return os.fspath(model_file(path))
 
 
 def _sampling(temperature: float, top_k: int | None, top_p: float | None,
@@ -707,8 +719,7 @@ def export_web(
 def bench(
     backends: str = typer.Option("all", help="'all' or a comma list, e.g. numpy,cpp,wasm-simd."),
     suite: str = typer.Option("all", help="kernels | train | generate | all."),
-    config: str = typer.Option("configs/small-model.json",
-                               help="Model config JSON to benchmark (its shapes drive the GEMMs)."),
+    config: str = typer.Option("small-model", help=f"{CONFIG_HELP} Its shapes drive the GEMMs."),
     batch_size: int = typer.Option(16, help="Sequences per step (B)."),
     seq_len: int = typer.Option(128, help="Tokens per sequence (T)."),
     threads: int | None = typer.Option(None, help="Threads for the backends (default: all cores)."),

@@ -14,8 +14,9 @@ from typing import Any
 
 from .errors import ConfigError
 from .fileio import atomic_write_text
+from .paths import config_file
 
-# JSON files in configs/ use the roadmap's camelCase keys; Python uses snake_case.
+# JSON config files (sllm/configs/) use the roadmap's camelCase keys; Python uses snake_case.
 _CAMEL = {
     "vocabSize": "vocab_size",
     "embeddingDim": "embedding_dim",
@@ -159,11 +160,12 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, source: str | os.PathLike[str] | dict[str, Any]) -> ModelConfig:
-        """Load a config from a JSON file path or an already parsed dict."""
+        """Load a config from a JSON file path, a shipped config's name ("small-model"), or
+        an already parsed dict."""
         if isinstance(source, dict):
             return cls.from_dict(source)
         try:
-            with open(source, encoding="utf-8") as f:
+            with open(config_file(source), encoding="utf-8") as f:
                 data = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {source}") from None
@@ -208,7 +210,7 @@ class ModelConfig:
 
 
 def resolve_config(config: ModelConfig | dict[str, Any] | str | os.PathLike[str]) -> ModelConfig:
-    """Accept a ModelConfig, a dict, or a path to a JSON file."""
+    """Accept a ModelConfig, a dict, a path to a JSON file, or a shipped config's name."""
     if isinstance(config, ModelConfig):
         return config
     return ModelConfig.from_json(config)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import SLLMError
 from .fileio import atomic_write
+from .paths import model_file
 from .quant import QTYPES
 from .serialize import DTYPE_CODES, read_model_file
 
@@ -23,19 +24,6 @@ WEB_FILES = ("index.html", "style.css", "app.js", "worker.js", "sllm.js", "model
 WASM_FILES = ("sllm_relaxed.wasm", "sllm_simd128.wasm", "sllm_scalar.wasm")
 MODEL_NAME = "model.sllm"
 DTYPES = (*DTYPE_CODES, *QTYPES)  # what --dtype accepts
-
-
-def resolve_model(path: str | os.PathLike[str]) -> Path:
-    """A model file, or the best model file of a run directory."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("model.sllm", "best.sllm", "checkpoint.sllm"):
-            if (p / name).is_file():
-                return p / name
-        raise SLLMError(f"{p}: no model.sllm, best.sllm or checkpoint.sllm in this directory")
-    if not p.exists():
-        raise SLLMError(f"{p}: no such model file or run directory")
-    return p
 
 
 def wasm_modules() -> dict[str, Path]:
@@ -64,7 +52,7 @@ def export_site(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     smallest download; the page then runs inference only). None keeps the file as it is.
     Returns {"dir", "files": {name: bytes}, "total_bytes", "model"}.
     """
-    model_path = resolve_model(source)
+    model_path = model_file(source)
     mf = read_model_file(model_path)  # refuse a malformed model before writing anything
     if mf.tokenizer is None:
         raise SLLMError(f"{model_path} has no tokenizer inside; the page could not read text "

@@ -1,4 +1,5 @@
-"""Hugging Face interop: an sllm model as a GPT2LMHeadModel directory, and back.
+"""Hugging Face interop: an sllm model as a GPT2LMHeadModel (or, for the llama family,
+LlamaForCausalLM: sllm.hf_llama maps its tensors) directory, and back.
 
 sllm's parameters already follow GPT-2: the same names, weights stored (in, out) as
 transformers' Conv1D, the tanh GELU ("gelu_new"), LayerNorm eps 1e-5, Q|K|V columns
@@ -22,6 +23,7 @@ from .config import ModelConfig
 from .errors import ConfigError, DataError, ExportError, FormatError
 from .extras import require
 from .fileio import atomic_write
+from .hf_llama import llama_config_from_hf, llama_hf_config, llama_hf_tensors, llama_sllm_tensors
 from .layout import Layout
 
 LN_EPS = 1e-5
@@ -85,7 +87,8 @@ def export_hf(model: Any, directory: str | os.PathLike[str], dtype: str = "f32")
         raise ExportError(f"{d} exists and is not a directory")
     tok = tokenizers.from_dict(model.tokenizer) if model.tokenizer else None
     files: dict[str, bytes] = {}
-    config = hf_config(model.config)
+    llama = model.config.architecture == "llama"
+    config = llama_hf_config(model.config) if llama else hf_config(model.config)
     if tok is not None:
         config.update(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id)
         files["tokenizer.json"] = _json(to_tokenizer_json(tok))
@@ -97,7 +100,8 @@ def export_hf(model: Any, directory: str | os.PathLike[str], dtype: str = "f32")
     if dtype == "f16":
         config["torch_dtype"] = "float16"
     files["config.json"] = _json(config)
-    files["model.safetensors"] = save(hf_tensors(model, dtype), metadata={"format": "pt"})
+    tensors = llama_hf_tensors(model, HF_DTYPES[dtype]) if llama else hf_tensors(model, dtype)
+    files["model.safetensors"] = save(tensors, metadata={"format": "pt"})
     d.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         with atomic_write(d / name) as f:
@@ -111,12 +115,14 @@ def _json(obj: Any) -> bytes:
 
 # ---- import --------------------------------------------------------------------------------
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
-    """The sllm config of a GPT-2 config.json; ExportError names what GPT-2 option sllm
-    cannot run."""
+    """The sllm config of a GPT-2 (or llama) config.json; ExportError names what option
+    sllm cannot run."""
     arch = hf.get("model_type")
+    if arch == "llama":
+        return llama_config_from_hf(hf, where)
     if arch != "gpt2":
-        raise ExportError(f"{where}: model_type {arch!r}; sllm imports GPT-2-shaped models "
-                          f"(model_type 'gpt2') only")
+        raise ExportError(f"{where}: model_type {arch!r}; sllm imports GPT-2 and llama "
+                          f"models (model_type 'gpt2' or 'llama') only")
     act = hf.get("activation_function", "gelu_new")
     if act not in GELU_TANH and act != "relu":
         raise ExportError(f"{where}: activation_function {act!r}; sllm has the tanh GELU "
@@ -196,7 +202,8 @@ def import_hf(directory: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{d / 'config.json'}: not valid JSON ({e})") from None
     config = config_from_hf(hf, str(d / "config.json"))
-    tensors = _sllm_tensors(read_hf_weights(weights_path), config, str(weights_path))
+    read = llama_sllm_tensors if config.architecture == "llama" else _sllm_tensors
+    tensors = read(read_hf_weights(weights_path), config, str(weights_path))
     tok = read_hf_tokenizer(d)
     if tok is not None and tok.vocab_size > config.vocab_size:
         raise DataError(f"{d}: the tokenizer has {tok.vocab_size} ids, the model only "

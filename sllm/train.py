@@ -30,11 +30,12 @@ from .checkpoint import RunError, load_checkpoint, save_checkpoint
 from .config import ModelConfig, resolve_config
 from .data import TokenData
 from .distributed import Group
-from .errors import ConfigError, FormatError
+from .errors import ConfigError, FormatError, SLLMError
 from .fileio import atomic_write_text
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .outputs import check_output
+from .paths import model_file
 from .progress import TrainProgress
 from .runlock import RunLock, acquire
 from .schedule import SCHEDULES, Constant, Schedule
@@ -109,9 +110,11 @@ def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
     assert cfg.init_from is not None  # _prepare calls this only for --init-from
     if cfg.model is not None:
         raise ConfigError("--init-from brings its own model config; drop --config")
-    if not os.path.isfile(os.fspath(cfg.init_from)):
-        raise RunError(f"--init-from {cfg.init_from}: no such model file")
-    model = load_model(cfg.init_from, backend=cfg.backend, mmap=False)
+    try:
+        source = model_file(cfg.init_from)  # a model file or a run directory
+    except SLLMError as e:
+        raise RunError(f"--init-from {e}") from None
+    model = load_model(source, backend=cfg.backend, mmap=False)
     if not model.tokenizer:
         raise RunError(f"--init-from {cfg.init_from}: the model has no tokenizer inside, "
                        f"so its token ids mean nothing to this corpus")

@@ -160,7 +160,7 @@ def test_error_messages_keep_square_brackets(tmp_path):
     """An error is printed as text, not markup: 'sllm[serve]' or a path with [x] intact."""
     missing = tmp_path / "[abc]" / "m.sllm"
     result = runner.invoke(app, ["info", str(missing)])
-    assert result.exit_code == 1 and f"{missing}: no such file" in result.output
+    assert result.exit_code == 1 and f"{missing}: no such model file or run directory" in result.output
 
 
 def test_docs_lists_and_prints_pages_without_test_markers():

@@ -1,13 +1,13 @@
 """ModelConfig validation, JSON loading in both spellings, and the shipped configs."""
 import json
-from pathlib import Path
 
 import pytest
 
 import sllm
 from sllm import ConfigError, ModelConfig
+from sllm.paths import CONFIG_DIR
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = CONFIG_DIR  # the shipped configs (sllm/configs/)
 
 
 @pytest.mark.parametrize("changes,key", [

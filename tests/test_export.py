@@ -371,7 +371,7 @@ def test_cli_export_import_and_init_from(toks, tmp_path, corpus):
     bad = runner.invoke(app, ["export", str(tmp_path / "m.sllm"), "--to", "onnx", "-o", "x"])
     assert bad.exit_code == 1 and "--to must be one of hf, gguf" in bad.output
     clash = runner.invoke(app, ["train", "--init-from", str(tmp_path / "back.sllm"),
-                                "--config", "configs/small-model.json", "--out", str(tmp_path / "r2")])
+                                "--config", "small-model", "--out", str(tmp_path / "r2")])
     assert clash.exit_code == 1 and "drop --config" in clash.output
 
 
