@@ -71,9 +71,9 @@ class Server(GenerationEndpoints):
             raise api.ApiError(f"the request body has {len(raw)} bytes, more than {MAX_BODY}")
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise api.ApiError(f"We could not parse the JSON body of your request ({e}).") \
-                from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting: 400
+            raise api.ApiError(f"We could not parse the JSON body of your request "
+                               f"({e or 'nested too deeply'}).") from None
         checked = api.check_body(data, fields, required)
         if checked["model"] != self.model_id:
             raise api.ApiError(f"The model '{checked['model']}' does not exist; this server "

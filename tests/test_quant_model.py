@@ -28,7 +28,8 @@ REL_TOL = {"q8_0": 0.03, "q4_0": 0.3, "q4_1": 0.25}  # logits vs f32, relative L
 
 def _model(cfg=CFG, seed=3):
     m = sllm.SLLM(cfg, backend="numpy", seed=seed).eval()
-    m.tokenizer = {"type": "char", "vocab": [chr(97 + i) for i in range(cfg.vocab_size)]}
+    letters = "".join(chr(97 + i) for i in range(cfg.vocab_size))
+    m.tokenizer = sllm.tokenizer.CharTokenizer.train(letters).to_dict()
     return m
 
 
