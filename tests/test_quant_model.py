@@ -283,7 +283,7 @@ def test_fuzz_quantized_file_only_format_error(qbytes, data):
 def test_cli_quantize_info_eval(tmp_path):
     text = "abcdefghij" * 40
     m = _model()
-    m.tokenizer = sllm.tokenizer.CharTokenizer.train(text).to_dict()
+    m.tokenizer = sllm.tokenizer.CharTokenizer.train(text, byte_fallback=False).to_dict()
     m.save(tmp_path / "f.sllm")
     (tmp_path / "text.txt").write_text(text)
     run = CliRunner()
