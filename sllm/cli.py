@@ -392,9 +392,13 @@ def serve(
     except ImportError as e:
         raise SLLMError(f"sllm serve needs the serve extra: pip install 'sllm[serve]' ({e})") \
             from None
+    from . import validate as V
     from .batching import Engine
     from .serve_ops import LOG_FORMATS, Observer
     _check_overflow(context_overflow)
+    V.check_int("port", port, 0, 65535)  # 70000 used to raise OverflowError from bind()
+    if not host.strip() or any(c.isspace() for c in host):
+        raise ConfigError(f"--host must be an address or host name, got {host!r}")
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
     m, tok = _load(model, backend, tokenizer)

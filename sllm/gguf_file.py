@@ -7,9 +7,9 @@ are transposed; wte and wpe keep their shape. A tied model has no `output.weight
 then reads token_embd). Types: f32; f16 for matrices; q8_0 / q4_0 blocks (ggml's exact
 bytes, from sllm.quant) for matrices whose rows are a multiple of 32, f16 otherwise; 1-D
 tensors and position_embd stay f32, as llama.cpp's converter keeps them.
-The tokenizer: a byte-level BPE as tokenizer.ggml.model "gpt2" (tokens, merges, types);
-word and char vocabularies have no llama.cpp equivalent and are written as "no_vocab"
-(with a warning: llama.cpp refuses such a file, gguf readers and `sllm import` read it).
+The tokenizer: sllm.gguf_vocab (byte-level BPE as "gpt2"; word and char vocabularies as
+SentencePiece "llama" vocabularies, with a warning saying how llama.cpp's own tokenizer
+differs).
 Every file also carries sllm's own tokenizer JSON under `sllm.tokenizer` and the config
 under `sllm.config`, which llama.cpp ignores.
 """
@@ -22,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, ExportError
+from .errors import ExportError
 from .extras import require
 from .fileio import atomic_write
+from .foreign import check_fits, match_names
+from .gguf_vocab import add_vocab
+from .layout import Layout
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}  # gguf.LlamaFileType
@@ -135,59 +138,44 @@ def _add_metadata(writer: Any, model: Any, qtype: str, name: str) -> None:
     writer.add_string("sllm.config", json.dumps(cfg.to_dict()))
     if model.tokenizer:
         writer.add_string("sllm.tokenizer", json.dumps(model.tokenizer, ensure_ascii=False))
-        _add_tokenizer(writer, model.tokenizer, cfg.vocab_size)
+        note = add_vocab(writer, model.tokenizer, cfg.vocab_size)
+        if note:  # what llama.cpp's own tokenizer does differently: `sllm export` shows it
+            warnings.warn(note, stacklevel=3)
     else:
         writer.add_tokenizer_model("no_vocab")
-
-
-def _add_tokenizer(writer: Any, tok_dict: dict[str, Any], vocab_size: int) -> None:
-    from . import tokenizer as tokenizers
-    tok = tokenizers.from_dict(tok_dict)
-    if not isinstance(tok, tokenizers.BPETokenizer):
-        writer.add_tokenizer_model("no_vocab")  # llama.cpp has no word or char tokenizer
-        warnings.warn(f"llama.cpp has no {tok.kind} tokenizer: this GGUF file is written with "
-                      f"tokenizer 'no_vocab', which llama.cpp refuses to load (it then counts "
-                      f"0 tokens); gguf tools and `sllm import` read it. Train with --tokenizer "
-                      f"bpe for a model llama.cpp runs", stacklevel=3)
-        return
-    hf = json.loads(tok._hf.to_str())
-    vocab: dict[str, int] = hf["model"]["vocab"]
-    for added in hf.get("added_tokens") or []:
-        vocab[added["content"]] = added["id"]
-    if sorted(vocab.values()) != list(range(len(vocab))) or len(vocab) > vocab_size:
-        raise DataError(f"the BPE vocabulary's ids are not 0..{len(vocab) - 1} within the "
-                        f"model's {vocab_size}")
-    tokens = sorted(vocab, key=vocab.__getitem__)
-    tokens += [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]  # llama.cpp wants V
-    special = {a["id"] for a in hf.get("added_tokens") or [] if a.get("special")}
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if i in special else (5 if i >= len(vocab) else 1)
-                            for i in range(len(tokens))])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m)
-                             for m in hf["model"]["merges"]])
-    for key, value in (("bos", tok.bos_id), ("eos", tok.eos_id), ("unk", tok.unk_id),
-                       ("pad", tok.pad_id)):
-        if value is not None:
-            getattr(writer, f"add_{key}_token_id")(value)
-    writer.add_add_bos_token(tok.bos_id is not None)  # sllm's prompts start with [BOS]
 
 
 def read_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
     """{"tensors": {name: (type, data)}, "fields": {key: value}} of a GGUF file, for checks
     and `import`: data as GGUFReader gives it (floats, or uint8 blocks)."""
     gguf = require("gguf")
-    try:
+    size = os.path.getsize(path)
+    try:  # gguf's reader trusts the file: any exception of a mutated one means unreadable
         reader = gguf.GGUFReader(os.fspath(path))
-    except (ValueError, OSError, KeyError) as e:
-        raise ExportError(f"{path}: not a readable GGUF file: {e}") from None
-    tensors = {t.name: (t.tensor_type.name.lower(), np.asarray(t.data)) for t in reader.tensors}
-    fields = {}
-    for key, field in reader.fields.items():
-        if key.startswith(("sllm.", "general.", "gpt2.")) or key == "tokenizer.ggml.model":
-            fields[key] = field.contents()
+        tensors = {t.name: (t.tensor_type.name.lower(), _within(t, size, path))
+                   for t in reader.tensors}
+        fields = {key: field.contents() for key, field in reader.fields.items()
+                  if key.startswith(("sllm.", "general.", "gpt2."))
+                  or key == "tokenizer.ggml.model"}
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - IndexError, struct.error, OverflowError, ...
+        raise ExportError(f"{path}: not a readable GGUF file: {type(e).__name__}: {e}") from None
     return {"tensors": tensors, "fields": fields}
+
+
+def _within(t: Any, size: int, path: Any) -> np.ndarray:
+    """A tensor's data, once its span is known to lie inside the file."""
+    start, nbytes = int(t.data_offset), int(t.n_bytes)
+    relative = int(t.field.parts[-1][0])  # as stored: gguf adds it to the data start in uint64
+    if start < 0 or nbytes < 0 or relative + nbytes > size or start + nbytes > size:
+        raise ExportError(f"{path}: tensor {t.name!r} at offset {start} with {nbytes} bytes "
+                          f"runs past the end of the file ({size} bytes)")
+    data = np.asarray(t.data)
+    if data.nbytes != nbytes:
+        raise ExportError(f"{path}: tensor {t.name!r} holds {data.nbytes} bytes, its header "
+                          f"says {nbytes}")
+    return data
 
 
 def import_gguf(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
@@ -204,20 +192,35 @@ def import_gguf(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     try:
         config = ModelConfig.from_dict(json.loads(fields["sllm.config"])) \
             if "sllm.config" in fields else _config_from_fields(fields, tensors)
-    except (ConfigError, KeyError, ValueError) as e:
-        raise FormatError(f"{path}: cannot build a config from its metadata: {e}") from None
+    except (ConfigError, KeyError, ValueError, TypeError, AttributeError, IndexError,
+            RecursionError) as e:
+        raise FormatError(f"{path}: cannot build a config from its metadata: {e!r}") from None
+    check_fits(config, os.path.getsize(path), path)  # before the layout or the model exist
+    match_names(tensors, {gguf_name(n): None for n in Layout(config).slots}, path)
+    tok = _tokenizer_field(fields.get("sllm.tokenizer"), path)
     model = SLLM(config, backend=backend, init=None)
     for name, param in model.parameters().items():
         gname = gguf_name(name)
-        if gname not in tensors:
-            raise FormatError(f"{path}: tensor {gname!r} is missing")
         ttype, raw = tensors[gname]
         arr = _decode_tensor(raw, ttype, gguf_orientation(name, param).shape, gname, path)
         param[...] = gguf_orientation(name, arr)
-    tok = fields.get("sllm.tokenizer")
-    model.tokenizer = json.loads(tok) if tok else None
+    model.tokenizer = tok
     model.metadata = {"imported_from": os.fspath(path)}
     return model.eval()
+
+
+def _tokenizer_field(text: Any, path: Any) -> dict[str, Any] | None:
+    """sllm.tokenizer: JSON of a tokenizer sllm can build, or absent."""
+    from . import tokenizer as tokenizers
+    from .errors import FormatError
+    if not text:
+        return None
+    try:
+        doc = json.loads(text) if isinstance(text, str) else None
+        tokenizers.from_dict(doc)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as e:
+        raise FormatError(f"{path}: sllm.tokenizer is not a usable tokenizer ({e!r})") from None
+    return doc
 
 
 def _decode_tensor(raw: np.ndarray, ttype: str, shape: tuple[int, ...], name: str,

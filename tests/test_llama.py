@@ -146,3 +146,23 @@ def test_gpt2_is_bit_identical_to_before_llama(tmp_path):
         np.testing.assert_array_equal(model.flat_grads, want["grads"][step])
         opt.step()
     np.testing.assert_array_equal(model.flat_params, want["params"])
+
+
+def test_hf_export_import_round_trip_and_refusals(tmp_path):
+    import json
+
+    from sllm.errors import ExportError
+    from sllm.export import export_model, import_model
+    model = _perturbed({**TINY, "num_kv_heads": 2, "rope_theta": 500000.0})
+    export_model(model, "hf", tmp_path / "hf")
+    hf = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (hf["model_type"], hf["num_key_value_heads"], hf["rope_theta"]) == ("llama", 2, 5e5)
+    back = import_model(tmp_path / "hf")
+    assert back.config == model.config
+    for name, p in model.parameters().items():
+        np.testing.assert_array_equal(back.parameters()[name], p)
+    for key, value in (("attention_bias", True), ("hidden_act", "gelu"),
+                       ("rope_scaling", {"type": "linear", "factor": 2.0})):
+        (tmp_path / "hf" / "config.json").write_text(json.dumps({**hf, key: value}))
+        with pytest.raises(ExportError, match=key):
+            import_model(tmp_path / "hf")

@@ -122,7 +122,11 @@ return {wasm: m.wasm, ids, logits: Array.from(m.forward(ids)),
     assert np.array_equal(logits, py.forward([ids]))
     assert got["tokens"] == py.generate(ids, 40, temperature=0)[len(ids):]
     reference = sllm.load(models[name], backend="numpy").forward([ids])
-    assert np.allclose(logits, reference, rtol=1e-4, atol=1e-4)
+    # A quantized llama model quantizes activations to q8_0 on the fly, after the module's
+    # rotary, exp and SwiGLU, whose float32 roundings differ from numpy's: one value moved
+    # across a rounding boundary changes its block by a quantization step (~1/127 of it).
+    tol = 3e-3 if name.startswith("llama-q") else 1e-4
+    assert np.allclose(logits, reference, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
@@ -186,7 +190,8 @@ def _python_tensors(path):
     return model, out
 
 
-@pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_1"])
+@pytest.mark.parametrize("name", ["f32", "relu-tied", "f16", "bpe", "q8_0", "q4_1",
+                                  "llama-mqa-tied-f16", "llama-q4_0"])
 def test_reader_and_writer_agree_with_python(models, name, tmp_path):
     """format.js reads what Python wrote (config, tokenizer, every tensor's values), and
     Python reads what format.js writes (Model.save) back to the same model."""

@@ -36,7 +36,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 def world(tmp_path_factory):
     """A run directory with a model, its HF and GGUF exports, a corpus, and the targets."""
     root = tmp_path_factory.mktemp("outputs")
-    tok = tokenizers.WordTokenizer.train(TEXT, 12)
+    tok = tokenizers.WordTokenizer.train(TEXT, 12, byte_fallback=False)
     model = sllm.SLLM(sllm.ModelConfig(**{**CFG, "vocab_size": tok.vocab_size}), backend="numpy")
     model.tokenizer = tok.to_dict()
     (root / "run").mkdir()

@@ -28,7 +28,8 @@ REL_TOL = {"q8_0": 0.03, "q4_0": 0.3, "q4_1": 0.25}  # logits vs f32, relative L
 
 def _model(cfg=CFG, seed=3):
     m = sllm.SLLM(cfg, backend="numpy", seed=seed).eval()
-    m.tokenizer = {"type": "char", "vocab": [chr(97 + i) for i in range(cfg.vocab_size)]}
+    letters = "".join(chr(97 + i) for i in range(cfg.vocab_size))
+    m.tokenizer = sllm.tokenizer.CharTokenizer.train(letters).to_dict()
     return m
 
 
@@ -289,7 +290,7 @@ def _write(path, data):
 def test_cli_quantize_info_eval(tmp_path):
     text = "abcdefghij" * 40
     m = _model()
-    m.tokenizer = sllm.tokenizer.CharTokenizer.train(text).to_dict()
+    m.tokenizer = sllm.tokenizer.CharTokenizer.train(text, byte_fallback=False).to_dict()
     m.save(tmp_path / "f.sllm")
     (tmp_path / "text.txt").write_text(text)
     run = CliRunner()

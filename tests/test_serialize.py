@@ -29,7 +29,7 @@ X = np.array([[1, 2, 3, 36], [0, 5, 5, 9]])
 @pytest.fixture(scope="module")
 def model():
     m = sllm.SLLM(CFG, backend="numpy", seed=5).eval()
-    m.tokenizer = {"type": "char", "vocab": ["a", "b"]}
+    m.tokenizer = sllm.tokenizer.CharTokenizer.train("ab").to_dict()
     return m
 
 

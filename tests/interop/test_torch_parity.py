@@ -175,3 +175,19 @@ def test_three_adamw_steps_equal_torch(arch, H, Hkv, tie, backend):
     for name, p in hf.named_parameters():
         want = p.detach().numpy()
         assert np.abs(state[name] - want).max() <= 1e-4 * max(np.abs(want).max(), 1.0), name
+
+
+@pytest.mark.parametrize("H,Hkv,tie", [(4, 2, False), (4, 1, True)])
+def test_llama_export_loads_in_transformers_and_imports_back(tmp_path, H, Hkv, tie):
+    from sllm.export import export_model, import_model
+    model = sllm_model("llama", H, Hkv, tie, "numpy").eval()
+    export_model(model, "hf", tmp_path / "hf")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").float().eval()
+    x, _ = batch()
+    with torch.no_grad():
+        want = hf(torch.tensor(x)).logits.numpy()
+    assert np.abs(model.forward(x) - want).max() <= 1e-4 * np.abs(want).max()
+    back = import_model(tmp_path / "hf")
+    assert back.config == model.config.replace(dropout=0.0)
+    for name, p in model.parameters().items():
+        np.testing.assert_array_equal(back.parameters()[name], p)
