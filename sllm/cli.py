@@ -736,7 +736,7 @@ def bench(
     """Compare the backends side by side: kernels (GFLOP/s), a training step (tokens/s),
     generation with the KV cache (tokens/s), each with its ratio to numpy and MFU."""
     from . import backends as registry
-    from . import validate as V
+    from . import validate
     from .bench import SUITES
     from .bench_report import render, run_bench, write_json
     from .config import ModelConfig
@@ -749,8 +749,8 @@ def bench(
                         f"--vs takes 'torch'")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len),
                         ("repeats", repeats)):
-        V.check_int(name, value, 1)
-    V.check_int("threads", threads, 1, optional=True)
+        validate.check_int(name, value, 1)
+    validate.check_int("threads", threads, 1, optional=True)
     cfg = ModelConfig.from_json(config).to_dict()
     report = run_bench(names, suites, cfg, batch_size, seq_len, threads, repeats,
                        vs == "torch", console=err)
