@@ -197,7 +197,8 @@ def _spacing(tok: Any, pieces: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     before, after = np.zeros(V, bool), np.zeros(V, bool)
     if tok.kind != "word":
         return before, after
-    probe = next((t for t, p in enumerate(pieces) if p.isalpha()), None)
+    probe = next((t for t, p in enumerate(pieces)  # a word with a space on both sides
+                  if p.isalpha() and tok.decode([t, t]) == f"{p.decode()} {p.decode()}"), None)
     if probe is None:
         return before, after
     w = tok.decode([probe])

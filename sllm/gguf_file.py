@@ -25,7 +25,9 @@ import numpy as np
 from .errors import ExportError
 from .extras import require
 from .fileio import atomic_write
+from .foreign import check_fits, match_names
 from .gguf_vocab import add_vocab
+from .layout import Layout
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7}  # gguf.LlamaFileType
@@ -147,16 +149,33 @@ def read_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
     """{"tensors": {name: (type, data)}, "fields": {key: value}} of a GGUF file, for checks
     and `import`: data as GGUFReader gives it (floats, or uint8 blocks)."""
     gguf = require("gguf")
-    try:
+    size = os.path.getsize(path)
+    try:  # gguf's reader trusts the file: any exception of a mutated one means unreadable
         reader = gguf.GGUFReader(os.fspath(path))
-    except (ValueError, OSError, KeyError) as e:
-        raise ExportError(f"{path}: not a readable GGUF file: {e}") from None
-    tensors = {t.name: (t.tensor_type.name.lower(), np.asarray(t.data)) for t in reader.tensors}
-    fields = {}
-    for key, field in reader.fields.items():
-        if key.startswith(("sllm.", "general.", "gpt2.")) or key == "tokenizer.ggml.model":
-            fields[key] = field.contents()
+        tensors = {t.name: (t.tensor_type.name.lower(), _within(t, size, path))
+                   for t in reader.tensors}
+        fields = {key: field.contents() for key, field in reader.fields.items()
+                  if key.startswith(("sllm.", "general.", "gpt2."))
+                  or key == "tokenizer.ggml.model"}
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - IndexError, struct.error, OverflowError, ...
+        raise ExportError(f"{path}: not a readable GGUF file: {type(e).__name__}: {e}") from None
     return {"tensors": tensors, "fields": fields}
+
+
+def _within(t: Any, size: int, path: Any) -> np.ndarray:
+    """A tensor's data, once its span is known to lie inside the file."""
+    start, nbytes = int(t.data_offset), int(t.n_bytes)
+    relative = int(t.field.parts[-1][0])  # as stored: gguf adds it to the data start in uint64
+    if start < 0 or nbytes < 0 or relative + nbytes > size or start + nbytes > size:
+        raise ExportError(f"{path}: tensor {t.name!r} at offset {start} with {nbytes} bytes "
+                          f"runs past the end of the file ({size} bytes)")
+    data = np.asarray(t.data)
+    if data.nbytes != nbytes:
+        raise ExportError(f"{path}: tensor {t.name!r} holds {data.nbytes} bytes, its header "
+                          f"says {nbytes}")
+    return data
 
 
 def import_gguf(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
@@ -173,20 +192,35 @@ def import_gguf(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     try:
         config = ModelConfig.from_dict(json.loads(fields["sllm.config"])) \
             if "sllm.config" in fields else _config_from_fields(fields, tensors)
-    except (ConfigError, KeyError, ValueError) as e:
-        raise FormatError(f"{path}: cannot build a config from its metadata: {e}") from None
+    except (ConfigError, KeyError, ValueError, TypeError, AttributeError, IndexError,
+            RecursionError) as e:
+        raise FormatError(f"{path}: cannot build a config from its metadata: {e!r}") from None
+    check_fits(config, os.path.getsize(path), path)  # before the layout or the model exist
+    match_names(tensors, {gguf_name(n): None for n in Layout(config).slots}, path)
+    tok = _tokenizer_field(fields.get("sllm.tokenizer"), path)
     model = SLLM(config, backend=backend, init=None)
     for name, param in model.parameters().items():
         gname = gguf_name(name)
-        if gname not in tensors:
-            raise FormatError(f"{path}: tensor {gname!r} is missing")
         ttype, raw = tensors[gname]
         arr = _decode_tensor(raw, ttype, gguf_orientation(name, param).shape, gname, path)
         param[...] = gguf_orientation(name, arr)
-    tok = fields.get("sllm.tokenizer")
-    model.tokenizer = json.loads(tok) if tok else None
+    model.tokenizer = tok
     model.metadata = {"imported_from": os.fspath(path)}
     return model.eval()
+
+
+def _tokenizer_field(text: Any, path: Any) -> dict[str, Any] | None:
+    """sllm.tokenizer: JSON of a tokenizer sllm can build, or absent."""
+    from . import tokenizer as tokenizers
+    from .errors import FormatError
+    if not text:
+        return None
+    try:
+        doc = json.loads(text) if isinstance(text, str) else None
+        tokenizers.from_dict(doc)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as e:
+        raise FormatError(f"{path}: sllm.tokenizer is not a usable tokenizer ({e!r})") from None
+    return doc
 
 
 def _decode_tensor(raw: np.ndarray, ttype: str, shape: tuple[int, ...], name: str,

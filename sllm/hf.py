@@ -23,6 +23,7 @@ from .config import ModelConfig
 from .errors import ConfigError, DataError, ExportError, FormatError
 from .extras import require
 from .fileio import atomic_write
+from .foreign import check_fits, get_bool, get_float, get_int, match_tensors, read_json_object
 from .hf_llama import llama_config_from_hf, llama_hf_config, llama_hf_tensors, llama_sllm_tensors
 from .layout import Layout
 
@@ -31,7 +32,8 @@ ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu"}
 # transformers' names for the tanh GELU, all the same function as sllm's "gelu".
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 HF_DTYPES = {"f32": np.float32, "f16": np.float16}
-SKIPPED = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers, not weights
+SKIPPED = (".attn.bias", ".attn.masked_bias",  # GPT-2's causal-mask buffers, not weights
+           ".rotary_emb.inv_freq")  # older llama checkpoints: a buffer, recomputed
 
 
 # ---- names -------------------------------------------------------------------------------
@@ -116,7 +118,9 @@ def _json(obj: Any) -> bytes:
 # ---- import --------------------------------------------------------------------------------
 def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
     """The sllm config of a GPT-2 (or llama) config.json; ExportError names what option
-    sllm cannot run."""
+    sllm cannot run; FormatError names a value of the wrong type."""
+    if not isinstance(hf, dict):
+        raise FormatError(f"{where}: expected a JSON object, got {type(hf).__name__}")
     arch = hf.get("model_type")
     if arch == "llama":
         return llama_config_from_hf(hf, where)
@@ -127,7 +131,7 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     if act not in GELU_TANH and act != "relu":
         raise ExportError(f"{where}: activation_function {act!r}; sllm has the tanh GELU "
                           f"({', '.join(GELU_TANH)}) and relu")
-    eps = float(hf.get("layer_norm_epsilon", LN_EPS))
+    eps = get_float(hf, "layer_norm_epsilon", where, LN_EPS)
     if not math.isclose(eps, LN_EPS, rel_tol=1e-9):
         raise ExportError(f"{where}: layer_norm_epsilon {eps}; sllm's LayerNorm uses {LN_EPS}")
     refused = {"scale_attn_weights": (False, "sllm always scales attention by 1/sqrt(D)"),
@@ -136,16 +140,18 @@ def config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfi
     for key, (bad, why) in refused.items():
         if hf.get(key, not bad) == bad:
             raise ExportError(f"{where}: {key} = {bad}: {why}")
-    size: dict[str, Any] = {k: hf.get(k) for k in ("vocab_size", "n_embd", "n_layer", "n_head",
-                                                  "n_inner", "n_positions")}
+    size: dict[str, Any] = {k: get_int(hf, k, where) for k in (
+        "vocab_size", "n_embd", "n_layer", "n_head", "n_inner", "n_positions")}
+    dropout = get_float(hf, "resid_pdrop", where, 0.0)
+    tie = get_bool(hf, "tie_word_embeddings", where, True)
     try:
         return ModelConfig(
             vocab_size=size["vocab_size"], embedding_dim=size["n_embd"],
             num_layers=size["n_layer"], num_heads=size["n_head"],
             ffn_hidden_dim=size["n_inner"] or 4 * int(size["n_embd"] or 0),
-            max_seq_len=size["n_positions"], dropout=float(hf.get("resid_pdrop", 0.0)),
-            activation="relu" if act == "relu" else "gelu",
-            tie_embeddings=bool(hf.get("tie_word_embeddings", True)))
+            max_seq_len=size["n_positions"],
+            dropout=dropout, activation="relu" if act == "relu" else "gelu",
+            tie_embeddings=tie)
     except (ConfigError, TypeError, ValueError) as e:
         raise ExportError(f"{where}: {e}") from None
 
@@ -169,18 +175,16 @@ def read_hf_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 def _sllm_tensors(weights: dict[str, np.ndarray], config: ModelConfig,
                   where: str) -> dict[str, np.ndarray]:
-    out = {}
-    for name, slot in Layout(config).slots.items():
-        key = {"wte": "wte.weight", "wpe": "wpe.weight"}.get(name, name)
-        if key not in weights:
-            raise FormatError(f"{where}: tensor {key!r} is missing")
-        linear = name == "lm_head.weight"  # nn.Linear: stored (out, in)
-        want = slot.shape[::-1] if linear else slot.shape
-        if weights[key].shape != want:
-            raise FormatError(f"{where}: tensor {key!r} has shape {weights[key].shape}; "
-                              f"the config needs {want}")
-        out[name] = weights[key].T if linear else weights[key]
-    return out
+    keys = {name: {"wte": "wte.weight", "wpe": "wpe.weight"}.get(name, name)
+            for name in Layout(config).slots}
+    needed = {keys[name]: slot.shape[::-1] if name == "lm_head.weight" else slot.shape
+              for name, slot in Layout(config).slots.items()}  # nn.Linear: stored (out, in)
+    present = {k: v.shape for k, v in weights.items()}
+    if config.tie_embeddings:  # transformers may store the tied head anyway: it is wte
+        present.pop("lm_head.weight", None)
+    match_tensors(present, needed, where)
+    return {name: weights[key].T if name == "lm_head.weight" else weights[key]
+            for name, key in keys.items()}
 
 
 def import_hf(directory: str | os.PathLike[str], backend: Any = "numpy") -> Any:
@@ -197,11 +201,9 @@ def import_hf(directory: str | os.PathLike[str], backend: Any = "numpy") -> Any:
         raise ExportError(f"{d}: no model.safetensors" + (
             f" ({', '.join(pickled)} is a pickle, which sllm never loads: convert it with "
             f"transformers' save_pretrained(..., safe_serialization=True))" if pickled else ""))
-    try:
-        hf = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{d / 'config.json'}: not valid JSON ({e})") from None
+    hf = read_json_object(d / "config.json")
     config = config_from_hf(hf, str(d / "config.json"))
+    check_fits(config, weights_path.stat().st_size, weights_path)  # before any layout
     read = llama_sllm_tensors if config.architecture == "llama" else _sllm_tensors
     tensors = read(read_hf_weights(weights_path), config, str(weights_path))
     tok = read_hf_tokenizer(d)

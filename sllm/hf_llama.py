@@ -14,6 +14,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import ConfigError, ExportError, FormatError
+from .foreign import get_bool, get_float, get_int, match_names
 from .layout import Layout
 
 _LINEARS = ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -62,9 +63,12 @@ def llama_config_from_hf(hf: dict[str, Any], where: str) -> ModelConfig:
     if hf.get("rope_scaling"):
         raise ExportError(f"{where}: rope_scaling {hf['rope_scaling']!r}; sllm implements "
                           f"plain rotary embeddings")
-    size: dict[str, Any] = {k: hf.get(k) for k in (
+    size: dict[str, Any] = {k: get_int(hf, k, where) for k in (
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "max_position_embeddings")}  # checked by ModelConfig
+        "intermediate_size", "max_position_embeddings", "num_key_value_heads")}
+    theta = get_float(hf, "rope_theta", where, 10000.0)
+    eps = get_float(hf, "rms_norm_eps", where, 1e-6)
+    tie = get_bool(hf, "tie_word_embeddings", where, False)
     C, H = size["hidden_size"], size["num_attention_heads"]
     if hf.get("head_dim") not in (None, (C or 0) // (H or 1)):
         raise ExportError(f"{where}: head_dim {hf['head_dim']} is not hidden_size / "
@@ -73,12 +77,10 @@ def llama_config_from_hf(hf: dict[str, Any], where: str) -> ModelConfig:
         return ModelConfig(
             architecture="llama", vocab_size=size["vocab_size"], embedding_dim=C,
             num_layers=size["num_hidden_layers"], num_heads=H,
-            num_kv_heads=hf.get("num_key_value_heads") or H,
+            num_kv_heads=size["num_key_value_heads"] or H,
             ffn_hidden_dim=size["intermediate_size"],
             max_seq_len=size["max_position_embeddings"], dropout=0.0,
-            rope_theta=float(hf.get("rope_theta", 10000.0)),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+            rope_theta=theta, norm_eps=eps, tie_embeddings=tie)
     except (ConfigError, TypeError, ValueError) as e:
         raise ExportError(f"{where}: {e}") from None
 
@@ -86,7 +88,10 @@ def llama_config_from_hf(hf: dict[str, Any], where: str) -> ModelConfig:
 def llama_sllm_tensors(weights: dict[str, np.ndarray], config: ModelConfig,
                        where: str) -> dict[str, np.ndarray]:
     """LlamaForCausalLM tensors as sllm's parameters (shapes checked, names given)."""
+    used: dict[str, None] = {}
+
     def get(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        used[key] = None
         if key not in weights:
             raise FormatError(f"{where}: tensor {key!r} is missing")
         if weights[key].shape != shape:
@@ -106,4 +111,6 @@ def llama_sllm_tensors(weights: dict[str, np.ndarray], config: ModelConfig,
             out[name] = get(name, slot.shape[::-1]).T
         else:
             out[name] = get(name, slot.shape)
+    present = {k: None for k in weights if not (config.tie_embeddings and k == "lm_head.weight")}
+    match_names(present, used, where)  # no extra tensor (a layer the config drops)
     return out

@@ -227,9 +227,15 @@ def read_hf_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer | None:
     vocab.json + merges.txt; None when it has neither."""
     d = os.fspath(directory)
     config = _read_json(os.path.join(d, "tokenizer_config.json")) or {}
+    if not isinstance(config, dict):
+        raise DataError(f"{d}: tokenizer_config.json must hold a JSON object")
     doc = _read_json(os.path.join(d, "tokenizer.json"))
     if doc is not None:
-        return from_tokenizer_json(doc, config, os.path.join(d, "tokenizer.json"))
+        where = os.path.join(d, "tokenizer.json")
+        try:
+            return from_tokenizer_json(doc, config, where)
+        except (AttributeError, TypeError, KeyError, IndexError) as e:  # a value of the wrong type
+            raise DataError(f"{where}: not a tokenizer sllm can read ({e!r})") from None
     vocab, merges = os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt")
     if os.path.isfile(vocab) and os.path.isfile(merges):
         from tokenizers import Tokenizer as HFTokenizer

@@ -224,8 +224,8 @@ def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
         else None
     metadata = _read_json(payloads, Section.METADATA, path) \
         if Section.METADATA in payloads else {}
-    if tokenizer is not None and not isinstance(tokenizer, dict):
-        raise FormatError(f"{path}: tokenizer section: expected a JSON object")
+    if tokenizer is not None:
+        _check_tokenizer(tokenizer, path)
     if not isinstance(metadata, dict):
         raise FormatError(f"{path}: metadata section: expected a JSON object")
     _check_config_fits(config, len(payloads[Section.DATA]), path)
@@ -234,6 +234,18 @@ def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
         check_weights(tensors, path, quantized)
     return ModelFile(config, tokenizer, metadata, tensors, version, dtype, size, sections,
                      quantized)
+
+
+def _check_tokenizer(doc: Any, path: Any) -> None:
+    """Refuse a tokenizer section sllm cannot build (a wrong type inside it would pass
+    `info` and then fail every command that encodes text)."""
+    from . import tokenizer as tokenizers
+    if not isinstance(doc, dict):
+        raise FormatError(f"{path}: tokenizer section: expected a JSON object")
+    try:
+        tokenizers.from_dict(doc)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        raise FormatError(f"{path}: tokenizer section: {e}") from None
 
 
 def _read_sections(buf: memoryview, path: Any, count: int, verify: bool

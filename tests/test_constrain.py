@@ -30,8 +30,10 @@ def _model(tok, seed=1):
 
 @pytest.fixture(scope="module")
 def vocabularies():
-    """(tokenizer, model) for a char and a byte-level BPE vocabulary."""
-    toks = [CharTokenizer.train(TEXT + JSON_CHARS), BPETokenizer.train(TEXT, 400)]
+    """(tokenizer, model) for a char, a byte-level BPE and a word vocabulary with byte
+    fallback (words, their spacing rule and raw bytes in one text)."""
+    toks = [CharTokenizer.train(TEXT + JSON_CHARS), BPETokenizer.train(TEXT, 400),
+            WordTokenizer.train(TEXT, 600)]
     return [(tok, _model(tok)) for tok in toks]
 
 
@@ -68,7 +70,7 @@ SCHEMAS = _objects(st.recursive(SCALAR, lambda inner: _arrays(inner) | _objects(
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(schema=SCHEMAS, which=st.integers(0, 1), seed=st.integers(0, 2**16))
+@given(schema=SCHEMAS, which=st.integers(0, 2), seed=st.integers(0, 2**16))
 def test_random_schemas_on_random_models_always_validate(vocabularies, schema, which, seed):
     tok, model = vocabularies[which]
     text = _new_text(tok, model, 120, seed, json_schema=schema)
@@ -82,13 +84,13 @@ def test_output_still_validates_when_max_tokens_runs_short(vocabularies, seed, e
                                                "tags": {"type": "array",
                                                         "items": {"type": "string"}}},
               "required": ["name", "tags"]}
-    tok, model = vocabularies[seed % 2]
+    tok, model = vocabularies[seed % 3]
     budget = constrain.compile_for(tok, json_schema=schema).min_tokens() + extra
     text = _new_text(tok, model, budget, seed, json_schema=schema)
     jsonschema.validate(json.loads(text), schema)
 
 
-@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("which", [0, 1, 2])
 def test_any_json_object(vocabularies, which):
     tok, model = vocabularies[which]
     for seed in range(4):

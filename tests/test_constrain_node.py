@@ -36,7 +36,8 @@ STEPS = 40
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    return {"word": WordTokenizer.train(TEXT, 400), "char": CharTokenizer.train(TEXT),
+    return {"word": WordTokenizer.train(TEXT, 400, byte_fallback=False),
+            "word-bytes": WordTokenizer.train(TEXT, 600), "char": CharTokenizer.train(TEXT),
             "bpe": BPETokenizer.train(TEXT, 400)}
 
 
@@ -79,7 +80,7 @@ return out;
 """
 
 
-@pytest.mark.parametrize("kind", ["word", "char", "bpe"])
+@pytest.mark.parametrize("kind", ["word", "word-bytes", "char", "bpe"])
 def test_the_same_tokens_are_allowed_along_a_path(tokenizers, kind):
     tok = tokenizers[kind]
     cases, expected = [], []

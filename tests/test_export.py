@@ -215,9 +215,9 @@ def test_broken_directories_are_refused(toks, tmp_path):
     with pytest.raises(ExportError, match="pickle, which sllm never loads"):
         import_hf(d)
     safetensors_numpy.save_file({"other": np.zeros(3, np.float32)}, str(d / "model.safetensors"))
-    with pytest.raises(FormatError, match="tensor 'wte.weight' is missing"):
+    with pytest.raises(FormatError, match="more than a file of 84 bytes can hold"):
         import_hf(d)
-    (d / "model.safetensors").write_bytes(b"garbage")
+    (d / "model.safetensors").write_bytes(b"garbage" * 100_000)
     with pytest.raises(FormatError, match="not a readable safetensors"):
         import_hf(d)
     with pytest.raises(ExportError, match="no config.json"):

@@ -436,7 +436,11 @@ function spacing(tok, pieces) {
   const V = pieces.length, before = new Uint8Array(V), after = new Uint8Array(V);
   if (tok.kind !== "word") return [before, after];
   const dec = new TextDecoder();  // Python's bytes.isalpha(): ASCII letters only
-  const probe = pieces.findIndex((p) => p.length && p.every((b) => (b >= 65 && b <= 90) || (b >= 97 && b <= 122)));
+  const probe = pieces.findIndex((p, t) => { // a word with a space on both sides
+    if (!p.length || !p.every((b) => (b >= 65 && b <= 90) || (b >= 97 && b <= 122))) return false;
+    const s = dec.decode(new Uint8Array(p));
+    return tok.decode([t, t]) === `${s} ${s}`;
+  });
   if (probe < 0) return [before, after];
   const w = tok.decode([probe]);
   pieces.forEach((p, t) => {
