@@ -222,7 +222,11 @@ def check_train(cfg: ModelConfig, B: int, T: int, backend: Any = None,
         return est
     fixed = est.total - B * est.per_row
     where = _backend_name(backend)
-    if fixed > budget:
+    held = est.parts["validation batches"]
+    if held > budget // 2:  # not a batch-size problem: --batch-size 0 would not fit either
+        advice = (f"--eval-batches {eval_batches} alone keeps {fmt(held)} of validation "
+                  f"batches: ask for fewer")
+    elif fixed > budget:
         advice = (f"the model, its optimizer state and the corpus alone need {fmt(fixed)}: "
                   f"use a smaller config (fewer layers, a narrower embeddingDim, a shorter "
                   f"maxSeqLen or a smaller vocabulary)")

@@ -392,9 +392,13 @@ def serve(
     except ImportError as e:
         raise SLLMError(f"sllm serve needs the serve extra: pip install 'sllm[serve]' ({e})") \
             from None
+    from . import validate as V
     from .batching import Engine
     from .serve_ops import LOG_FORMATS, Observer
     _check_overflow(context_overflow)
+    V.check_int("port", port, 0, 65535)  # 70000 used to raise OverflowError from bind()
+    if not host.strip() or any(c.isspace() for c in host):
+        raise ConfigError(f"--host must be an address or host name, got {host!r}")
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
     m, tok = _load(model, backend, tokenizer)
@@ -734,7 +738,7 @@ def bench(
     """Compare the backends side by side: kernels (GFLOP/s), a training step (tokens/s),
     generation with the KV cache (tokens/s), each with its ratio to numpy and MFU."""
     from . import backends as registry
-    from . import validate as V
+    from . import validate
     from .bench import SUITES
     from .bench_report import render, run_bench, write_json
     from .config import ModelConfig
@@ -747,8 +751,8 @@ def bench(
                         f"--vs takes 'torch'")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len),
                         ("repeats", repeats)):
-        V.check_int(name, value, 1)
-    V.check_int("threads", threads, 1, optional=True)
+        validate.check_int(name, value, 1)
+    validate.check_int("threads", threads, 1, optional=True)
     cfg = ModelConfig.from_json(config).to_dict()
     report = run_bench(names, suites, cfg, batch_size, seq_len, threads, repeats,
                        vs == "torch", console=err)

@@ -35,6 +35,8 @@ def evaluate(model: Any, ids: np.ndarray, batch_size: int = 8,
     """Mean loss (nats/token) and perplexity of `model` on token ids (eval mode)."""
     if batch_size < 1:
         raise SLLMError(f"batch_size must be >= 1, got {batch_size}")
+    if max_tokens is not None and max_tokens < 1:  # -5 used to drop 5 tokens silently
+        raise SLLMError(f"--max-tokens must be >= 1, got {max_tokens}")
     ids = np.asarray(ids)
     if max_tokens is not None:
         ids = ids[:max_tokens + 1]

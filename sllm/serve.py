@@ -71,9 +71,9 @@ class Server(GenerationEndpoints):
             raise api.ApiError(f"the request body has {len(raw)} bytes, more than {MAX_BODY}")
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise api.ApiError(f"We could not parse the JSON body of your request ({e}).") \
-                from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting: 400
+            raise api.ApiError(f"We could not parse the JSON body of your request "
+                               f"({e or 'nested too deeply'}).") from None
         checked = api.check_body(data, fields, required)
         if checked["model"] != self.model_id:
             raise api.ApiError(f"The model '{checked['model']}' does not exist; this server "
@@ -119,7 +119,10 @@ class Server(GenerationEndpoints):
                                                sum(len(x) for x in ids)))
 
     async def health(self, request: Request) -> Response:
-        """GET /health: 200 while the engine runs."""
+        """GET /health: 200 while the engine runs, 503 once its thread has stopped."""
+        if not self.engine.alive():
+            return JSONResponse({"status": "engine stopped", "model": self.model_id,
+                                 "error": self.engine.died}, status_code=503)
         return JSONResponse({"status": "ok", "model": self.model_id,
                              "active": self.engine.busy_slots(),
                              "queued": self.engine.queue_depth()})

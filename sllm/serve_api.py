@@ -29,6 +29,7 @@ from .corpus import BOT_PREFIX, USER_PREFIX
 from .generate import encode_prompt
 
 MAX_STOP = 4
+MAX_STOP_CHARS = 256  # per stop string: 250,000 characters cost seconds of engine time
 MAX_N = 8
 MAX_LOGPROBS = 20
 MAX_PROMPTS = 64
@@ -122,6 +123,9 @@ def stop_strings(name: str, v: Any) -> tuple[str, ...]:
     if len(stops) > MAX_STOP or any(not s for s in stops):
         raise ApiError(f"'{name}' takes at most {MAX_STOP} non-empty strings, got {stops!r}",
                        name)
+    if any(len(s) > MAX_STOP_CHARS for s in stops):  # matching costs its length per token
+        raise ApiError(f"'{name}': each stop string is at most {MAX_STOP_CHARS} characters, "
+                       f"got one of {max(map(len, stops)):,}", name)
     return tuple(stops)
 
 

@@ -436,10 +436,14 @@ class BPETokenizer(Tokenizer):
                             f"(4 specials + 256 bytes), got {vocab_size}")
         text = read_text(text_or_path, encoding_errors)
         _require_text(text)
+        # Each merge consumes at least two bytes of the corpus, so more ids than this cannot
+        # be learned; asking the tokenizers library for 10^9 aborts the whole process.
+        reachable = cls.min_vocab + len(text.encode("utf-8", "surrogatepass"))
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         hf.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=int(vocab_size), min_frequency=min_frequency,
+        trainer = trainers.BpeTrainer(vocab_size=int(min(vocab_size, reachable)),
+                                      min_frequency=min_frequency,
                                       special_tokens=list(SPECIALS), show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         hf.train_from_iterator(_chunks(text), trainer=trainer, length=None)

@@ -277,6 +277,9 @@ def _resume(run_dir: str, progress: bool, backend: str | None,
     opt.load_state_dict(ckpt.optimizer_state)
     trainer = Trainer(ckpt.model, tok, data, cfg, opt, progress=progress)
     trainer.load_state(ckpt.trainer_state)
+    if {"steps", "epochs"} & set(overrides) and trainer.step >= trainer.total:  # else: exit 0
+        raise RunError(f"--resume {run_dir}: the checkpoint is at step {trainer.step}, so "
+                       f"--steps {trainer.total} leaves nothing to do; ask for more steps")
     cfg.save(os.path.join(run_dir, "train_config.json"))  # the plan now includes overrides
     return trainer
 
