@@ -159,3 +159,39 @@ def test_fuzzed_files_are_one_line_errors(tmp_path):
             assert str(path) in str(e) and "\n" not in str(e), str(e)
             errors += 1
     assert errors > FUZZ_RUNS // 2
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_gguf_export_has_llama_cpp_names_and_run_c_rows(tmp_path, shared):
+    """llama.cpp's llama architecture rotates interleaved pairs, as run.c: a llama2.c model
+    imported and exported to GGUF holds run.c's own wq/wk rows, under llama.cpp's names
+    and metadata keys (what gguf's reader sees; llama.cpp's runtime is not run here)."""
+    gguf = pytest.importorskip("gguf")
+    from sllm.export import export_model
+    header, w = _random_model(np.random.default_rng(3), shared=shared)
+    _write(tmp_path / "m.bin", header, w)
+    export_model(import_model(tmp_path / "m.bin"), "gguf", tmp_path / "m.gguf")
+    r = gguf.GGUFReader(tmp_path / "m.gguf")
+    fields = {k: f.contents() for k, f in r.fields.items()}
+    dim, hidden, layers, heads, kv_heads, vocab, seq = header
+    assert fields["general.architecture"] == "llama"
+    assert {k: fields[f"llama.{k}"] for k in (
+        "embedding_length", "feed_forward_length", "block_count", "context_length",
+        "attention.head_count", "attention.head_count_kv", "rope.dimension_count")} == {
+        "embedding_length": dim, "feed_forward_length": hidden, "block_count": layers,
+        "context_length": seq, "attention.head_count": heads,
+        "attention.head_count_kv": kv_heads, "rope.dimension_count": dim // heads}
+    assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
+    tensors = {t.name: np.asarray(t.data) for t in r.tensors}
+    per_layer = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
+                 "ffn_gate", "ffn_up", "ffn_down")
+    want = {"token_embd.weight", "output_norm.weight"} | ({"output.weight"} - ({"output.weight"}
+            if shared else set())) | {f"blk.{i}.{n}.weight" for i in range(layers) for n in per_layer}
+    assert set(tensors) == want
+    for i in range(layers):
+        for gname, cname in (("attn_q", "wq"), ("attn_k", "wk"), ("attn_v", "wv"),
+                             ("attn_output", "wo"), ("ffn_gate", "w1"), ("ffn_up", "w3"),
+                             ("ffn_down", "w2")):
+            np.testing.assert_array_equal(tensors[f"blk.{i}.{gname}.weight"], w[cname][i])
+    if not shared:
+        np.testing.assert_array_equal(tensors["output.weight"], w["wcls"])
