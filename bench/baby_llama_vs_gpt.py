@@ -27,7 +27,7 @@ def time_steps(steps: int, backend: str, threads: int) -> None:
     """Alternate training steps of the two models; print the best and median tokens/s."""
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 65, (12, 64)), rng.integers(0, 65, (12, 64))
-    runs = {}
+    runs: dict[str, tuple[sllm.SLLM, sllm.optim.AdamW, list[float]]] = {}
     for name in ("baby-gpt", "baby-llama"):
         model = sllm.SLLM(CONFIGS / f"{name}.json", backend=backend)
         model.backend.set_num_threads(threads)

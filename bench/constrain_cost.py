@@ -18,6 +18,7 @@ import argparse
 import json
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +43,10 @@ def setup(backend: str) -> tuple[sllm.SLLM, BPETokenizer]:
     return sllm.SLLM(cfg, backend=backend, seed=1).eval(), tok
 
 
-def per_token(model, tok, ids, grammar: bool, seed: int, repeats: int = 3) -> tuple[float, int]:
-    """Seconds per generated token over `repeats` generations of up to 120 tokens."""
-    kw = {"json_schema": SCHEMA, "tokenizer": tok} if grammar else {}
+def per_token(model: sllm.SLLM, tok: BPETokenizer, ids: list[int], grammar: bool, seed: int,
+              repeats: int = 3) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) per generated token over `repeats` generations of up to 120 tokens."""
+    kw: dict[str, Any] = {"json_schema": SCHEMA, "tokenizer": tok} if grammar else {}
     t0, c0, n = time.perf_counter(), time.process_time(), 0
     for r in range(repeats):
         out = generate(model, ids, 120, temperature=1.0, seed=seed * repeats + r,
@@ -53,7 +55,7 @@ def per_token(model, tok, ids, grammar: bool, seed: int, repeats: int = 3) -> tu
     return (time.perf_counter() - t0) / max(n, 1), (time.process_time() - c0) / max(n, 1)
 
 
-def engine_rate(engine: Engine, ids, grammar, n: int = 16) -> tuple[float, float, int]:
+def engine_rate(engine: Engine, ids: list[int], grammar: Any, n: int = 16) -> tuple[float, float, int]:
     """(tokens per second, tokens per CPU-second, tokens) for n requests at once."""
     done = threading.Semaphore(0)
     counts = [0] * n

@@ -125,7 +125,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
     from sllm import backends as registry
-    from sllm.distributed import cores
+    from sllm.threads import cores
     names = [b for b in args.backends.split(",") if b in registry.available()]
     todo = candidates(names, args.ranks, cores())
     load_before = os.getloadavg()

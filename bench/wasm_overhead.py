@@ -5,7 +5,7 @@ Measures, on a 4-element residual_fwd (so the kernel's own work is negligible):
             (wasmtime: wasmtime_func_call_unchecked; wasmer: its export call)
   public    the same export through wasmtime-py's public Func.__call__ (type-checked)
   backend   the full backend method: array offsets + parameter block + raw call
-  numpy     numpy_ref.residual_fwd on the same arrays, for scale
+  numpy     reference.residual_fwd on the same arrays, for scale
 
     python bench/wasm_overhead.py [--runtime wasmtime|wasmer] [--calls 20000]
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from sllm.backends import numpy_ref
+from sllm.backends import reference
 from sllm.backends.wasm import WasmSimdBackend
 
 
@@ -43,7 +43,7 @@ def main():
         func, store = be.runtime._exports["residual_fwd"], be.runtime._store
         rows["public"] = per_call_us(lambda: func(store), args.calls)
     rows["backend"] = per_call_us(lambda: be.residual_fwd(out, a, b), args.calls)
-    rows["numpy"] = per_call_us(lambda: numpy_ref.residual_fwd(out, a, b), args.calls)
+    rows["numpy"] = per_call_us(lambda: reference.residual_fwd(out, a, b), args.calls)
     print(f"runtime {args.runtime}: microseconds per call (best of 3 x {args.calls})")
     for label, us in rows.items():
         print(f"  {label:8s} {us:7.2f} us   {us / rows['raw']:5.1f}x raw")

@@ -163,10 +163,9 @@ class Pool {
   std::atomic<int64_t> next_{0};
 };
 
+// SLLM_NUM_THREADS is parsed on the Python side (sllm/threads.py), which sets the count
+// when sllm.backends.cpp is imported; until then, one thread per hardware thread.
 int initial_threads() {
-  const char* env = std::getenv("SLLM_NUM_THREADS");
-  const int n = env ? std::atoi(env) : 0;
-  if (n > 0) return n;
   const unsigned hw = std::thread::hardware_concurrency();
   return hw ? (int)hw : 1;
 }

@@ -27,7 +27,7 @@
 
 namespace sllm {
 
-int num_threads();        // threads parallel_for uses (SLLM_NUM_THREADS, set_num_threads)
+int num_threads();        // threads parallel_for uses (set_num_threads; sllm/threads.py sets it from SLLM_NUM_THREADS)
 void set_num_threads(int n);
 int thread_id();          // the `thread` of the task running on this thread (0 outside)
 

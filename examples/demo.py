@@ -33,7 +33,7 @@ def demo_model(smoke: bool) -> dict:
     """configs/small-model.json, with the context cut to the training window."""
     if smoke:
         return {"vocabSize": 1000, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,
-                "ffnHiddenDim": 64, "dropout": 0.0, "maxSeqLen": 32}
+                "ffnHiddenDim": 64, "dropout": 0.0, "maxSeqLen": 64}  # room for spelled-out words
     cfg = json.loads((ROOT / "configs" / "small-model.json").read_text())
     return {**cfg, "maxSeqLen": 128, "dropout": 0.0}
 
@@ -51,7 +51,7 @@ def seconds_per_step(model_cfg: dict, vocab: int, batch: int, seq: int, backend:
 
 def train(args: argparse.Namespace) -> sllm.SLLM:
     model_cfg = demo_model(args.smoke)
-    batch, seq = (4, 32) if args.smoke else (16, 128)
+    batch, seq = (4, 64) if args.smoke else (16, 128)
     backend = args.backend if args.backend != "auto" else backends.available()[0]
     if args.smoke:
         steps = 30

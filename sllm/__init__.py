@@ -1,7 +1,8 @@
 """sllm: small transformer language models, trained and run fast on ordinary CPUs.
 
 The public API: ModelConfig, SLLM, load, the error types, the plugin marker `hookimpl`,
-and the submodules backends, optim, schedule and tokenizer.
+and the submodules of LAZY_MODULES (`sllm.optim`, `sllm.quant`, ...), each imported on
+first use so that `import sllm` stays fast.
 """
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ def load_json(path: Any, backend: Any = "auto") -> SLLM:
     return _load_json(path, backend=backend)
 
 
+LAZY_MODULES = ("backends", "optim", "schedule", "tokenizer", "quant", "train", "data", "generate")
+
+
 def __getattr__(name: str) -> Any:
-    # Submodules load on first use so `import sllm` stays fast.
-    if name in ("optim", "schedule", "tokenizer", "backends", "train", "data", "generate"):
+    if name in LAZY_MODULES:
         import importlib
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'sllm' has no attribute {name!r}")

@@ -39,6 +39,10 @@ class QueueFull(Exception):
     """The engine's queue holds --max-queue requests already; try again later."""
 
 
+class EngineDown(QueueFull):
+    """The decoding thread has stopped (a kernel ended it): no request can be served."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How one request is decoded (OpenAI's names; top_k, min_p, repetition_penalty as
@@ -232,6 +236,7 @@ class Engine:
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
+        self.died: str | None = None  # why the decoding thread ended on its own, if it did
 
     # ---- the caller's side (any thread) ----------------------------------------------
     def start(self) -> None:
@@ -259,6 +264,8 @@ class Engine:
     def submit(self, request: Request) -> None:
         """Queue a request; raises QueueFull when max_queue requests wait for a slot,
         ValueError when it asks for more choices than there are slots."""
+        if self.died is not None:
+            raise EngineDown(f"the engine stopped ({self.died}); restart the server")
         if request.sampling.n > self.max_batch:
             raise ValueError(f"n = {request.sampling.n} choices need as many KV-cache slots; "
                              f"this engine has {self.max_batch}")
@@ -299,8 +306,24 @@ class Engine:
         """Slots holding a sequence."""
         return self.max_batch - len(self.free)
 
+    def alive(self) -> bool:
+        """Whether the decoding thread runs (GET /health answers 503 when it does not)."""
+        return self._running and self.died is None and self._thread is not None \
+            and self._thread.is_alive()
+
     # ---- the decoding thread ---------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # noqa: BLE001 - the thread's last word: fail, not hang
+            self.died = f"{type(e).__name__}: {e}"
+            with self._cond:
+                stranded = list(self.waiting) + [s.request for s in self.active]
+                self.waiting.clear()
+            for req in stranded:
+                req.emit(Event("error", f"generation failed: the engine stopped ({self.died})"))
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while self._running and not (self.waiting or self.active or self.jobs):
@@ -331,16 +354,20 @@ class Engine:
 
     def _guarded(self, requests: list[Request], work: Callable[[], None], slots: list[int]
                  ) -> None:
-        """Run prefill or a step; on an error fail those requests, keep the server alive."""
+        """Run prefill or a step; on an error fail those requests and keep the server alive
+        (a kernel calling sys.exit included). Anything else still fails these requests
+        before it ends the thread (then _run fails the rest and /health says 503)."""
         try:
             work()
-        except Exception as e:  # noqa: BLE001 - one bad step must not stop the engine
+        except BaseException as e:
             for seq in [s for s in self.active if s.slot in slots]:
                 self.active.remove(seq)
             with self._cond:
                 self.free.extend(s for s in slots if s not in self.free)
             for req in requests:
-                req.emit(Event("error", f"generation failed: {e}"))
+                req.emit(Event("error", f"generation failed: {type(e).__name__}: {e}"))
+            if not isinstance(e, (Exception, SystemExit)):
+                raise
 
     def _prefill(self, request: Request, slots: list[int]) -> None:
         p, ids = request.sampling, request.prompt_ids

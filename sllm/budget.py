@@ -223,13 +223,13 @@ def check_train(cfg: ModelConfig, B: int, T: int, backend: Any = None,
     fixed = est.total - B * est.per_row
     where = _backend_name(backend)
     held = est.parts["validation batches"]
-    if held > budget // 2:  # not a batch-size problem: --batch-size 0 would not fit either
-        advice = (f"--eval-batches {eval_batches} alone keeps {fmt(held)} of validation "
-                  f"batches: ask for fewer")
-    elif fixed > budget:
+    if fixed > budget:
         advice = (f"the model, its optimizer state and the corpus alone need {fmt(fixed)}: "
                   f"use a smaller config (fewer layers, a narrower embeddingDim, a shorter "
                   f"maxSeqLen or a smaller vocabulary)")
+    elif held > budget // 2:  # not a batch-size problem: --batch-size 1 would not fit either
+        advice = (f"--eval-batches {eval_batches} alone keeps {fmt(held)} of validation "
+                  f"batches: ask for fewer")
     else:
         largest = (budget - fixed) // max(est.per_row, 1)
         advice = f"the largest --batch-size that fits is {largest}"

@@ -683,19 +683,21 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
 
 @app.command("import")
 @command
-def import_cmd(source: str = typer.Argument(..., help="A Hugging Face GPT-2 directory (config.json + "
-                                                      "model.safetensors) or a .gguf file."),
+def import_cmd(source: str = typer.Argument(..., help="A Hugging Face directory (config.json + "
+                                                      "model.safetensors), a .gguf file or a "
+                                                      "llama2.c model .bin."),
                output: Path = typer.Option(..., "-o", "--output", help="The .sllm file to write."),
                dtype: str = typer.Option("f32", help="Precision of the .sllm file: f32 | f16."),
                overwrite: bool = OVERWRITE) -> None:
-    """Import a GPT-2-shaped checkpoint as an sllm model (fine-tune it with train --init-from)."""
+    """Import a GPT-2 or llama checkpoint as an sllm model (fine-tune it with train --init-from)."""
     from .export import import_model
     _output(output, source, overwrite=overwrite)
     m = import_model(source)
     m.save(output, dtype=dtype)
     tok = (m.tokenizer or {}).get("type", "none")
-    term.print(f"wrote {output}: {m.num_parameters():,} parameters, tokenizer {tok}",
-               highlight=False)
+    note = m.metadata.get("tokenizer_note")
+    term.print(f"wrote {output}: {m.num_parameters():,} parameters, tokenizer {tok}"
+               + (f" ({note})" if note else ""), highlight=False)
 
 
 @app.command("export-web")
@@ -736,7 +738,7 @@ def bench(
     """Compare the backends side by side: kernels (GFLOP/s), a training step (tokens/s),
     generation with the KV cache (tokens/s), each with its ratio to numpy and MFU."""
     from . import backends as registry
-    from . import validate as V
+    from . import validate
     from .bench import SUITES
     from .bench_report import render, run_bench, write_json
     from .config import ModelConfig
@@ -749,8 +751,8 @@ def bench(
                         f"--vs takes 'torch'")
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len),
                         ("repeats", repeats)):
-        V.check_int(name, value, 1)
-    V.check_int("threads", threads, 1, optional=True)
+        validate.check_int(name, value, 1)
+    validate.check_int("threads", threads, 1, optional=True)
     cfg = ModelConfig.from_json(config).to_dict()
     report = run_bench(names, suites, cfg, batch_size, seq_len, threads, repeats,
                        vs == "torch", console=err)

@@ -39,7 +39,7 @@ def encode_corpus(text: str, tok: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class Split:
+class TokenSplit:
     """The ids of one split and the start offset of each of its documents."""
 
     ids: np.ndarray
@@ -54,7 +54,7 @@ class Split:
 class TokenData:
     """Train and validation token ids, with seeded batch sampling."""
 
-    def __init__(self, train: Split, val: Split, seq_len: int, batch_size: int,
+    def __init__(self, train: TokenSplit, val: TokenSplit, seq_len: int, batch_size: int,
                  seed: int = 0, documents: bool = False):
         if seq_len < 1 or batch_size < 1:
             raise DataError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
@@ -65,7 +65,7 @@ class TokenData:
         if len(val.ids):
             self._check_length(val, "validation")
 
-    def _check_length(self, split: Split, name: str) -> None:
+    def _check_length(self, split: TokenSplit, name: str) -> None:
         need = 2 if self.documents else self.seq_len + 1
         if len(split.ids) < need:
             raise DataError(f"the {name} split has {len(split.ids)} tokens, fewer than "
@@ -121,7 +121,7 @@ class TokenData:
         chunk = np.asarray(ids[idx], dtype=np.int32)
         return chunk[:, :-1].copy(), chunk[:, 1:].copy()
 
-    def _document_rows(self, split: Split, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _document_rows(self, split: TokenSplit, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         T = self.seq_len
         x = np.full((len(picks), T), PAD_ID, dtype=np.int32)
         y = np.full((len(picks), T), -1, dtype=np.int32)
@@ -161,16 +161,16 @@ class TokenData:
                 arrays[name] = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as e:
                 raise DataError(f"{path}: missing or corrupt token cache ({e})") from None
-        return cls(Split(arrays["train_ids"], arrays["train_offsets"]),
-                   Split(arrays["val_ids"], arrays["val_offsets"]),
+        return cls(TokenSplit(arrays["train_ids"], arrays["train_offsets"]),
+                   TokenSplit(arrays["val_ids"], arrays["val_offsets"]),
                    seq_len, batch_size, seed, documents)
 
 
-def split_ids(ids: np.ndarray, offsets: np.ndarray, val_fraction: float) -> tuple[Split, Split]:
+def split_ids(ids: np.ndarray, offsets: np.ndarray, val_fraction: float) -> tuple[TokenSplit, TokenSplit]:
     """Cut at token (1 - val_fraction) * n; a document that straddles the cut is split."""
     cut = int(round(len(ids) * (1.0 - val_fraction)))
     train_offsets = offsets[offsets < cut]
     val_offsets = offsets[offsets >= cut] - cut
     if cut < len(ids) and (not len(val_offsets) or val_offsets[0] != 0):
         val_offsets = np.concatenate([[0], val_offsets]).astype(np.int64)
-    return Split(ids[:cut], train_offsets), Split(ids[cut:], val_offsets)
+    return TokenSplit(ids[:cut], train_offsets), TokenSplit(ids[cut:], val_offsets)

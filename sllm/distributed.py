@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SLLMError
+from .threads import ENV, cores, env_threads
 
 INSTALL_HINT = "pip install 'sllm[mpi]' (mpi4py and the mpich wheel)"
 # Environment variables through which MPI launchers announce the job size.
@@ -46,14 +47,6 @@ def split_rows(n: int, size: int, rank: int) -> slice:
     base, extra = divmod(n, size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))
-
-
-def cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class Group:
@@ -216,9 +209,8 @@ def world() -> Group:
 
 def default_threads(local_ranks: int) -> int:
     """Threads per rank so that ranks x threads = cores; honours SLLM_NUM_THREADS."""
-    env = os.environ.get("SLLM_NUM_THREADS", "").strip()
-    threads = int(env) if env.isdigit() and int(env) > 0 else max(1, cores() // local_ranks)
-    os.environ["SLLM_NUM_THREADS"] = str(threads)
+    threads = env_threads() or max(1, cores() // local_ranks)
+    os.environ[ENV] = str(threads)
     try:  # numpy's BLAS: one pool per rank, sized like ours
         from threadpoolctl import threadpool_limits
         threadpool_limits(threads)

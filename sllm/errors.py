@@ -1,8 +1,14 @@
-"""The exceptions sllm raises on bad input: each names what is wrong and what to do."""
+"""The exceptions sllm raises on bad input: each names what is wrong and what to do.
+
+Every error that sllm raises to its caller on purpose derives from SLLMError and from the
+built-in type it refines (ValueError for bad input, RuntimeError for a state that cannot
+work). Exceptions that never leave sllm are not here: the server's ApiError becomes an
+HTTP response, the wasm runtime's RuntimeUnavailable a backend's "unavailable" reason.
+"""
 
 
 class SLLMError(Exception):
-    """Base class of every error sllm raises on purpose."""
+    """Base class of every error sllm raises to its caller on purpose."""
 
 
 class ConfigError(SLLMError, ValueError):
@@ -19,6 +25,10 @@ class BackendError(SLLMError, RuntimeError):
 
 class DataError(SLLMError, ValueError):
     """A corpus or tokenizer input cannot be used (empty, not UTF-8, too short)."""
+
+
+class QuantizationError(SLLMError, ValueError):
+    """Input that cannot be quantized: an unknown type, NaN/inf, or a scale beyond float16."""
 
 
 class ExportError(SLLMError, ValueError):

@@ -33,12 +33,15 @@ def export_model(model: Any, to: str, path: str | os.PathLike[str],
 
 
 def import_model(source: str | os.PathLike[str], backend: Any = "numpy") -> Any:
-    """An SLLM from a Hugging Face GPT-2 directory (or its model.safetensors) or from a
-    GGUF file of architecture gpt2."""
+    """An SLLM from a Hugging Face directory (or its model.safetensors), a GGUF file of
+    architecture gpt2, or a llama2.c model file (.bin)."""
     src = Path(source)
     if src.is_file() and src.suffix == ".gguf":
         from .gguf_file import import_gguf
         model = import_gguf(src, backend=backend)
+    elif src.is_file() and src.suffix == ".bin":
+        from .llama2c import import_llama2c
+        model = import_llama2c(src, backend=backend)
     else:
         if src.is_file() and src.name.endswith(".safetensors"):
             src = src.parent

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import validate as V
+from . import validate
 from .sampler import Choice, Sampler, SamplingParams, sample_next
 
 __all__ = ["check_sampling", "sample_next", "stream", "stream_choices", "generate",
@@ -34,7 +34,7 @@ def sampling_params(temperature: Any = 1.0, top_k: Any = None, top_p: Any = None
 def check_sampling(max_new_tokens: Any = 0, temperature: Any = 1.0, top_k: Any = None,
                    top_p: Any = None, seed: Any = None, **more: Any) -> None:
     """Refuse sampling settings outside their range (ConfigError naming the option)."""
-    V.check_int("max_tokens", max_new_tokens, 0)
+    validate.check_int("max_tokens", max_new_tokens, 0)
     sampling_params(temperature, top_k, top_p, seed, **more)
 
 
@@ -56,7 +56,7 @@ def stream_choices(model: Any, prompt_ids: Any, max_new_tokens: int, temperature
                    constraint: Any = None, **more: Any) -> Iterator[Choice]:
     """stream(), yielding sllm.sampler.Choice (the token and, with logprobs=k, its
     log-probability and the k likeliest). Ends early when a constraint allows nothing."""
-    V.check_int("max_tokens", max_new_tokens, 0)
+    validate.check_int("max_tokens", max_new_tokens, 0)
     params = sampling_params(temperature, top_k, top_p, seed, vocab_size=model.config.vocab_size,
                              **more)
     ids = [int(t) for t in np.asarray(prompt_ids).reshape(-1)]

@@ -1,4 +1,5 @@
-"""An sllm model as a GGUF file for llama.cpp (architecture "gpt2"), with the `gguf` package.
+"""An sllm model as a GGUF file for llama.cpp (architecture "gpt2"; the llama family as
+"llama" through sllm.gguf_llama), with the `gguf` package.
 
 Tensor names and metadata follow llama.cpp's gpt2 loader (what its convert_hf_to_gguf.py
 writes for GPT2LMHeadModel): weights go in transformers' nn.Linear orientation
@@ -84,6 +85,15 @@ def gguf_tensors(model: Any, qtype: str = "f32") -> dict[str, tuple[np.ndarray, 
     go in as they are: sllm keeps them as rows along the reduction axis, GGUF's layout."""
     out = {}
     quantized: dict[str, Any] = getattr(model, "quantized_weights", dict)()
+    if model.config.architecture == "llama":
+        if quantized:
+            raise ExportError("a quantized llama model cannot be exported to GGUF yet; export "
+                              "the float model with --dtype q8_0 / q4_0 instead")
+        from .gguf_llama import llama_gguf_arrays
+        for gname, arr in llama_gguf_arrays(model).items():
+            ttype = tensor_type(gname, arr, qtype)
+            out[gname] = (encode_tensor(arr, ttype), ttype)
+        return out
     for name, q in quantized.items():
         out[gguf_name(name)] = (np.asarray(q.data), q.qtype)
     for name, p in model.parameters().items():  # a quantized model's floats stay f32
@@ -100,7 +110,8 @@ def export_gguf(model: Any, path: str | os.PathLike[str], qtype: str = "f32",
     if qtype not in GGUF_TYPES:
         raise ExportError(f"--dtype for gguf must be one of {', '.join(GGUF_TYPES)}, "
                           f"got {qtype!r}")
-    if model.config.activation != "gelu":
+    arch = "llama" if model.config.architecture == "llama" else "gpt2"
+    if arch == "gpt2" and model.config.activation != "gelu":
         raise ExportError(f"llama.cpp's gpt2 architecture uses GELU; this model's activation "
                           f"is {model.config.activation!r}, which it cannot express")
     model_qtype = getattr(model, "qtype", None)
@@ -110,7 +121,7 @@ def export_gguf(model: Any, path: str | os.PathLike[str], qtype: str = "f32",
     qtype = model_qtype or qtype
     tensors = gguf_tensors(model, qtype)
     with atomic_write(path) as f:
-        writer = gguf.GGUFWriter(f.name, "gpt2")
+        writer = gguf.GGUFWriter(f.name, arch)
         _add_metadata(writer, model, qtype, name)
         for tname, (data, ttype) in tensors.items():
             raw = gguf.GGMLQuantizationType[ttype.upper()]
@@ -128,12 +139,16 @@ def export_gguf(model: Any, path: str | os.PathLike[str], qtype: str = "f32",
 def _add_metadata(writer: Any, model: Any, qtype: str, name: str) -> None:
     cfg = model.config
     writer.add_name(name)
-    writer.add_context_length(cfg.max_seq_len)
-    writer.add_embedding_length(cfg.embedding_dim)
-    writer.add_feed_forward_length(cfg.ffn_hidden_dim)
-    writer.add_block_count(cfg.num_layers)
-    writer.add_head_count(cfg.num_heads)
-    writer.add_layer_norm_eps(1e-5)
+    if cfg.architecture == "llama":
+        from .gguf_llama import add_llama_metadata
+        add_llama_metadata(writer, cfg)
+    else:
+        writer.add_context_length(cfg.max_seq_len)
+        writer.add_embedding_length(cfg.embedding_dim)
+        writer.add_feed_forward_length(cfg.ffn_hidden_dim)
+        writer.add_block_count(cfg.num_layers)
+        writer.add_head_count(cfg.num_heads)
+        writer.add_layer_norm_eps(1e-5)
     writer.add_file_type(FILE_TYPES[qtype])
     writer.add_string("sllm.config", json.dumps(cfg.to_dict()))
     if model.tokenizer:

@@ -29,11 +29,11 @@ from .distributed import (
     Group,
     MPIGroup,
     batch_too_small,
-    cores,
     detect_size,
     import_mpi,
     split_rows,
 )
+from .threads import cores
 
 
 # ---- setting a trainer up on every rank ---------------------------------------------------
@@ -92,14 +92,14 @@ def _build(header: dict[str, Any], group: Group) -> Any:
     """A non-root rank's trainer, with empty arrays that replicate() then fills."""
     from . import tokenizer as tokenizers
     from .config import ModelConfig
-    from .data import Split, TokenData
+    from .data import TokenData, TokenSplit
     from .model import SLLM
     from .train import TrainConfig, Trainer, make_optimizer
     cfg = TrainConfig.from_dict(header["train_config"])
     d = header["data"]
     arrays = {k: np.empty(n, dtype=np.dtype(dt)) for k, (dt, n) in d["arrays"].items()}
-    data = TokenData(Split(arrays["train_ids"], arrays["train_offsets"]),
-                     Split(arrays["val_ids"], arrays["val_offsets"]),
+    data = TokenData(TokenSplit(arrays["train_ids"], arrays["train_offsets"]),
+                     TokenSplit(arrays["val_ids"], arrays["val_offsets"]),
                      d["seq_len"], d["batch_size"], d["seed"], d["documents"])
     model = SLLM(ModelConfig.from_json(header["model_config"]), backend=header["backend"],
                  seed=header["seed"], init=None)
@@ -114,8 +114,8 @@ def _build(header: dict[str, Any], group: Group) -> Any:
 
 def _rank_seed(seed: int, rank: int) -> int:
     """A dropout seed of its own for each rank (rank 0 keeps the run's seed)."""
-    from .model import _mix_seed
-    return _mix_seed(seed, rank, 0x5EED)
+    from .model import mix_seed
+    return mix_seed(seed, rank, 0x5EED)
 
 
 # ---- launching on this machine ----------------------------------------------------------------

@@ -47,8 +47,9 @@ def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None]
     return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
-def _mix_seed(*parts: int) -> int:
-    """A 32-bit seed from integers (splitmix64 steps), for per-call dropout masks."""
+def mix_seed(*parts: int) -> int:
+    """A 32-bit seed from integers (splitmix64 steps), for per-call dropout masks and each
+    rank's own dropout seed. JavaScript twin: mixSeed in sllm/web/model.js."""
     x = 0
     for part in parts:
         x = (x + (part & 0xFFFFFFFFFFFFFFFF) + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
@@ -199,7 +200,7 @@ class SLLM:
 
     def _dropout_seed(self, layer: int, site: int) -> int:
         """The dropout mask seed of one site (0: attention, 1: MLP) of one layer, this step."""
-        return _mix_seed(self._last_seed, layer, site)
+        return mix_seed(self._last_seed, layer, site)
 
     def _fused_blocks(self) -> list[tuple[tuple[Any, ...], str | None] | None]:
         """Per layer, the arguments of the backend's own decode_block, or None where a decode
@@ -328,7 +329,7 @@ class SLLM:
         dropout = self.config.dropout if self.training and cache is None else 0.0
         if dropout:
             self.dropout_step += 1
-            self._last_seed = _mix_seed(self.seed, self.dropout_step)
+            self._last_seed = mix_seed(self.seed, self.dropout_step)
         self._forward(acts, dropout, cache)
         return acts
 
@@ -363,14 +364,14 @@ class SLLM:
                 k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H)
             mm(la.attproj, la.atty, L.proj_w, L.proj_b)
             if dropout:
-                k.dropout_fwd(la.attproj, la.attproj, dropout, _mix_seed(self._last_seed, i, 0))
+                k.dropout_fwd(la.attproj, la.attproj, dropout, mix_seed(self._last_seed, i, 0))
             k.residual_fwd(la.res2, x, la.attproj)
             k.layernorm_fwd(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2, L.ln2_w, L.ln2_b)
             mm(la.fch, la.ln2, L.fc_w, L.fc_b)
             self._act_fwd(la.fch_act, la.fch)
             mm(la.fcproj, la.fch_act, L.fcproj_w, L.fcproj_b)
             if dropout:
-                k.dropout_fwd(la.fcproj, la.fcproj, dropout, _mix_seed(self._last_seed, i, 1))
+                k.dropout_fwd(la.fcproj, la.fcproj, dropout, mix_seed(self._last_seed, i, 1))
             k.residual_fwd(la.res3, la.res2, la.fcproj)
             x = la.res3
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
@@ -431,7 +432,7 @@ class SLLM:
             x_in = a.layers[i - 1].res3 if i > 0 else a.x0
             dbranch = a.dres
             if p:
-                k.dropout_bwd(a.dbranch, a.dres, p, _mix_seed(self._last_seed, i, 1))
+                k.dropout_bwd(a.dbranch, a.dres, p, mix_seed(self._last_seed, i, 1))
                 dbranch = a.dbranch
             k.matmul_bwd(a.dfch, D.fcproj_w, D.fcproj_b, dbranch, la.fch_act, L.fcproj_w)
             self._act_bwd(a.dfch, a.dfch, la.fch)
@@ -440,7 +441,7 @@ class SLLM:
                             la.ln2_mean, la.ln2_rstd)
             dbranch = a.dres
             if p:
-                k.dropout_bwd(a.dbranch, a.dres, p, _mix_seed(self._last_seed, i, 0))
+                k.dropout_bwd(a.dbranch, a.dres, p, mix_seed(self._last_seed, i, 0))
                 dbranch = a.dbranch
             k.matmul_bwd(a.datty, D.proj_w, D.proj_b, dbranch, la.atty, L.proj_w)
             k.attention_bwd(a.dqkv, a.datty, la.qkv, la.atty, la.att, H)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import validate as V
+from . import validate
 
 
 class Optimizer:
@@ -21,8 +21,8 @@ class Optimizer:
     state_buffers: tuple[str, ...] = ()
 
     def __init__(self, model: Any, lr: float, weight_decay: float):
-        lr = V.check_number("lr", lr, 0.0)
-        weight_decay = V.check_number("weight_decay", weight_decay, 0.0)
+        lr = validate.check_number("lr", lr, 0.0)
+        weight_decay = validate.check_number("weight_decay", weight_decay, 0.0)
         self.model, self.lr, self.weight_decay = model, float(lr), float(weight_decay)
         self.step_count = 0
         self.buffers = {name: model.backend.zeros(model.layout.total)
@@ -67,7 +67,7 @@ class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum and L2 weight decay."""
 
     def __init__(self, model: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-        momentum = V.check_number("momentum", momentum, 0.0, 1.0, hi_open=True)
+        momentum = validate.check_number("momentum", momentum, 0.0, 1.0, hi_open=True)
         self.state_buffers = ("momentum",) if momentum else ()
         super().__init__(model, lr, weight_decay)
         self.momentum = float(momentum)
@@ -86,8 +86,8 @@ class Adam(Optimizer):
 
     def __init__(self, model: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
-        self.betas = V.check_betas(betas)
-        self.eps = float(V.check_number("eps", eps, 0.0, lo_open=True))
+        self.betas = validate.check_betas(betas)
+        self.eps = float(validate.check_number("eps", eps, 0.0, lo_open=True))
         super().__init__(model, lr, weight_decay)
 
     def _update(self) -> None:

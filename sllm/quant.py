@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import QuantizationError
+
 QK = 32  # elements per block, as ggml's QK8_0 / QK4_0 / QK4_1
 
 BLOCK_Q8_0 = np.dtype([("d", "<f2"), ("qs", "i1", (QK,))])
@@ -41,10 +43,6 @@ assert BLOCK_Q4_1.itemsize == 4 + QK // 2, "block_q4_1 must be 20 bytes"
 BLOCKS: dict[str, np.dtype] = {"q8_0": BLOCK_Q8_0, "q4_0": BLOCK_Q4_0, "q4_1": BLOCK_Q4_1}
 QTYPES: tuple[str, ...] = tuple(BLOCKS)
 _F16_MAX = float(np.finfo(np.float16).max)
-
-
-class QuantizationError(ValueError):
-    """Input that cannot be quantized: an unknown type, NaN/inf, or a scale beyond float16."""
 
 
 def block_dtype(qtype: str) -> np.dtype:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import validate as V
+from . import validate
 from .finite import check_logits
 
 MAX_LOGPROBS = 20
@@ -45,19 +45,19 @@ class SamplingParams:
 
     def check(self, vocab_size: int | None = None) -> SamplingParams:
         """self, or ConfigError naming the first setting outside its range."""
-        V.check_number("temperature", self.temperature, 0.0, 1e6)
-        V.check_int("top_k", self.top_k, 1, optional=True)
-        V.check_number("top_p", self.top_p, 0.0, 1.0, lo_open=True, optional=True)
-        V.check_number("min_p", self.min_p, 0.0, 1.0, optional=True)
-        V.check_int("seed", self.seed, 0, 2**63 - 1, optional=True)
-        V.check_number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        V.check_number("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        V.check_number("repetition_penalty", self.repetition_penalty, 0.0, 10.0, lo_open=True)
-        V.check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS, optional=True)
+        validate.check_number("temperature", self.temperature, 0.0, 1e6)
+        validate.check_int("top_k", self.top_k, 1, optional=True)
+        validate.check_number("top_p", self.top_p, 0.0, 1.0, lo_open=True, optional=True)
+        validate.check_number("min_p", self.min_p, 0.0, 1.0, optional=True)
+        validate.check_int("seed", self.seed, 0, 2**63 - 1, optional=True)
+        validate.check_number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        validate.check_number("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        validate.check_number("repetition_penalty", self.repetition_penalty, 0.0, 10.0, lo_open=True)
+        validate.check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS, optional=True)
         hi = (vocab_size - 1) if vocab_size else 2**31 - 1
         for token, bias in self.logit_bias:
-            V.check_int("logit_bias token id", token, 0, hi)
-            V.check_number("logit_bias value", bias, -MAX_BIAS, MAX_BIAS)
+            validate.check_int("logit_bias token id", token, 0, hi)
+            validate.check_number("logit_bias value", bias, -MAX_BIAS, MAX_BIAS)
         return self
 
 

@@ -119,7 +119,10 @@ class Server(GenerationEndpoints):
                                                sum(len(x) for x in ids)))
 
     async def health(self, request: Request) -> Response:
-        """GET /health: 200 while the engine runs."""
+        """GET /health: 200 while the engine runs, 503 once its thread has stopped."""
+        if not self.engine.alive():
+            return JSONResponse({"status": "engine stopped", "model": self.model_id,
+                                 "error": self.engine.died}, status_code=503)
         return JSONResponse({"status": "ok", "model": self.model_id,
                              "active": self.engine.busy_slots(),
                              "queued": self.engine.queue_depth()})

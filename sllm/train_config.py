@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import validate as V
+from . import validate
 from .errors import ConfigError
 from .fileio import atomic_write_text
 
@@ -72,7 +72,7 @@ class TrainConfig:
         for name, check in _CHECKS.items():
             setattr(self, name, check(name, getattr(self, name)))
         if self.model is not None and not isinstance(self.model, (str, dict)):
-            self.model = V.check_text("model", self.model)  # a path-like, or an error
+            self.model = validate.check_text("model", self.model)  # a path-like, or an error
         if not isinstance(self.extra, dict):
             raise ConfigError(f"training config: extra must be an object, got {self.extra!r}")
         if self.steps is None and self.epochs is None:
@@ -132,17 +132,17 @@ def _read_json(path: str | os.PathLike[str]) -> Any:
         raise ConfigError(f"{os.fspath(path)}: not valid JSON ({e})") from None
 
 
-def _int(lo: int, hi: int = V.INT_MAX, optional: bool = False) -> Callable[[str, Any], Any]:
-    return lambda name, v: V.check_int(name, v, lo, hi, optional)
+def _int(lo: int, hi: int = validate.INT_MAX, optional: bool = False) -> Callable[[str, Any], Any]:
+    return lambda name, v: validate.check_int(name, v, lo, hi, optional)
 
 
 def _num(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False,
          optional: bool = False) -> Callable[[str, Any], Any]:
-    return lambda name, v: V.check_number(name, v, lo, hi, lo_open, hi_open, optional)
+    return lambda name, v: validate.check_number(name, v, lo, hi, lo_open, hi_open, optional)
 
 
 def _choice(*choices: str) -> Callable[[str, Any], Any]:
-    return lambda name, v: V.check_choice(name, v, choices)
+    return lambda name, v: validate.check_choice(name, v, choices)
 
 
 def _memory(name: str, value: Any) -> Any:
@@ -154,15 +154,15 @@ def _memory(name: str, value: Any) -> Any:
 
 # name -> check(name, value) returning the canonical value; messages give the range.
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "corpus": lambda n, v: V.check_text(n, v, optional=True),
-    "init_from": lambda n, v: V.check_text(n, v, optional=True),
+    "corpus": lambda n, v: validate.check_text(n, v, optional=True),
+    "init_from": lambda n, v: validate.check_text(n, v, optional=True),
     "demo_chars": _int(1, 10**9),
-    "tokenizer": lambda n, v: V.check_text(n, v),
+    "tokenizer": lambda n, v: validate.check_text(n, v),
     "vocab_size": _int(2, optional=True),
-    "byte_fallback": V.check_bool,
+    "byte_fallback": validate.check_bool,
     "encoding_errors": _choice("strict", "replace", "ignore"),
-    "documents": V.check_bool,
-    "backend": lambda n, v: V.check_text(n, v),
+    "documents": validate.check_bool,
+    "backend": lambda n, v: validate.check_text(n, v),
     "steps": _int(1, optional=True),
     "epochs": _num(0.0, 1e6, lo_open=True, optional=True),
     "batch_size": _int(1),
@@ -171,7 +171,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "optimizer": _choice("adam", "adamw", "sgd"),
     "lr": _num(0.0),
     "min_lr": _num(0.0),
-    "betas": lambda n, v: V.check_betas(v),
+    "betas": lambda n, v: validate.check_betas(v),
     "momentum": _num(0.0, 1.0, hi_open=True),
     "weight_decay": _num(0.0),
     "schedule": _choice("cosine", "linear", "constant"),
@@ -186,6 +186,6 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "max_minutes": _num(0.0, lo_open=True, optional=True),
     "max_memory": _memory,
     "log_every": _int(1),
-    "out": lambda n, v: V.check_text(n, v),
+    "out": lambda n, v: validate.check_text(n, v),
     "seed": _int(0, 2**63 - 1),
 }

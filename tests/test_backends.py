@@ -212,7 +212,7 @@ def test_backend_missing_kernels_is_refused_at_registration(tmp_path, monkeypatc
         backends.get("half")
 
 
-# ---- plugin guards (issue 17, item 5) -------------------------------------------------------
+# ---- plugin guards --------------------------------------------------------------------
 def test_plugin_sys_exit_at_import_is_reported(tmp_path, monkeypatch):
     _install_plugin(tmp_path, monkeypatch, "sllm_exit_import", "import sys\nsys.exit(3)\n")
     rows = {r["name"]: r for r in backends.info()}

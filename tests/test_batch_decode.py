@@ -6,7 +6,7 @@ import pytest
 
 import sllm
 from sllm import backends
-from sllm.backends import reference as numpy_ref
+from sllm.backends import reference
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -30,7 +30,7 @@ def test_kernel_matches_reference(backend_name, rng, S, H, D, maxT, rows):
     k_ref, v_ref, qkv = _f(rng, S, H, maxT, D), _f(rng, S, H, maxT, D), _f(rng, B, 1, 3 * C)
     out_ref = np.zeros((B, 1, C), np.float32)
     kc, vc = be.from_numpy(k_ref), be.from_numpy(v_ref)
-    numpy_ref.attention_decode_batch(out_ref, qkv, k_ref, v_ref, slots, positions, H)
+    reference.attention_decode_batch(out_ref, qkv, k_ref, v_ref, slots, positions, H)
     out = be.zeros((B, 1, C))
     be.attention_decode_batch(out, be.from_numpy(qkv), kc, vc, slots, positions, H)
     np.testing.assert_allclose(out, out_ref, rtol=RTOL, atol=ATOL)
@@ -45,12 +45,12 @@ def test_reference_row_is_single_sequence_decode(rng, S, H, D, maxT, rows):
     k0, v0, qkv = _f(rng, S, H, maxT, D), _f(rng, S, H, maxT, D), _f(rng, len(rows), 1, 3 * C)
     out = np.zeros((len(rows), 1, C), np.float32)
     kb, vb = k0.copy(), v0.copy()
-    numpy_ref.attention_decode_batch(out, qkv, kb, vb, np.array([r[0] for r in rows], np.int32),
+    reference.attention_decode_batch(out, qkv, kb, vb, np.array([r[0] for r in rows], np.int32),
                                      np.array([r[1] for r in rows], np.int32), H)
     for b, (slot, pos) in enumerate(rows):
         k1, v1 = k0[slot:slot + 1].copy(), v0[slot:slot + 1].copy()
         one = np.zeros((1, 1, C), np.float32)
-        numpy_ref.attention_decode(one, qkv[b:b + 1], k1, v1, pos, H)
+        reference.attention_decode(one, qkv[b:b + 1], k1, v1, pos, H)
         np.testing.assert_allclose(out[b], one[0], rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(kb[slot], k1[0])
 

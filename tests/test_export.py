@@ -196,7 +196,7 @@ def test_bpe_specials_are_validated_and_saved(toks):
 @pytest.mark.parametrize("change,message", [
     ({"activation_function": "gelu"}, "activation_function 'gelu'"),
     ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon 1e-06"),
-    ({"model_type": "llama"}, "model_type 'llama'"),
+    ({"model_type": "mistral"}, "model_type 'mistral'"),
     ({"scale_attn_by_inverse_layer_idx": True}, "does not scale by layer"),
     ({"n_head": 5}, "divisible by num_heads"),
 ])

@@ -7,6 +7,8 @@ What is asserted is the cause of a slow import: a heavy module pulled in at impo
 import subprocess
 import sys
 
+import pytest
+
 LAZY = ("typer", "rich", "tokenizers", "wasmtime", "mpi4py", "threadpoolctl", "safetensors",
         "gguf", "starlette", "uvicorn", "fastapi", "matplotlib", "selenium", "torch")
 
@@ -20,6 +22,17 @@ def test_heavy_modules_load_lazily():
 def test_public_names():
     import sllm
     for name in ("ModelConfig", "SLLM", "load", "load_json", "hookimpl", "ConfigError",
-                 "FormatError", "BackendError", "__version__"):
+                 "FormatError", "BackendError", "__version__", *sllm.__all__):
         assert hasattr(sllm, name), name
-    assert sllm.optim.AdamW and sllm.schedule.WarmupCosine and sllm.backends.available()
+    assert issubclass(sllm.ConfigError, (sllm.SLLMError, ValueError))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        sllm.nope  # noqa: B018 - the attribute access is the test
+
+
+def test_lazy_submodules_are_the_modules():
+    """`sllm.optim` and the others of LAZY_MODULES resolve to the submodule itself."""
+    import sllm
+    for name in sllm.LAZY_MODULES:
+        assert getattr(sllm, name) is sys.modules[f"sllm.{name}"], name
+    assert isinstance(sllm.optim.AdamW, type) and isinstance(sllm.schedule.WarmupCosine, type)
+    assert "numpy" in sllm.backends.available()

@@ -117,3 +117,28 @@ def test_eval_batches_beyond_memory_names_the_option(model_path, tmp_path):
         "--config", "seed-baseline", "--tokenizer", "char", "--out", str(tmp_path / "r"), "-q"])
     assert result.exit_code == 1 and "--eval-batches 1000000000" in result.output, result.output
     assert "largest --batch-size that fits is 0" not in result.output
+
+
+class _Abort(BaseException):
+    """What no step handler catches: it ends the engine's thread."""
+
+
+@pytest.mark.parametrize("exit_with", [SystemExit(0), _Abort("gone")])
+def test_a_kernel_that_exits_fails_requests_instead_of_hanging(model_path, exit_with):
+    server = ThreadServer(model_path)
+    try:
+        def boom(*args, **kw):
+            raise exit_with
+        server.model.decode_batch = boom
+        server.model.decode = boom
+        r = _post(server, {"model": "tiny", "prompt": "the", "max_tokens": 3})
+        assert r.status_code >= 500 and "failed" in r.text, r.text
+        health = httpx.get(server.url + "/health", timeout=10)
+        if isinstance(exit_with, SystemExit):  # handled per step: the engine lives on
+            assert health.status_code == 200
+        else:
+            assert health.status_code == 503 and "engine stopped" in health.text
+            again = _post(server, {"model": "tiny", "prompt": "the", "max_tokens": 3})
+            assert again.status_code == 503 and "engine stopped" in again.text
+    finally:
+        server.stop()

@@ -75,7 +75,7 @@ def test_dropout_keep_rate(p):
     keep = dropout_keep_mask(200_000, p, seed=99)
     assert abs(keep.mean() - (1 - p)) < 0.005
     out = np.zeros(200_000, np.float32)
-    sllm.backends.numpy_ref.dropout_fwd(out, np.ones(200_000, np.float32), p, 99)
+    sllm.backends.reference.dropout_fwd(out, np.ones(200_000, np.float32), p, 99)
     assert abs(out.mean() - 1.0) < 0.01  # inverted scaling keeps the expectation
 
 

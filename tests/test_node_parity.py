@@ -270,8 +270,7 @@ return args[0].map(([logits, u, t, k, p]) =>
 
 
 def test_seed_mixer_equals_python():
-    from sllm import model as model_module
-    mix = getattr(model_module, "mix_seed", None) or model_module._mix_seed
+    from sllm.model import mix_seed as mix
     parts = [[0], [1, 2], [2**53 - 1, 7, 0], [123456789, 2**40 + 3], [5, 6, 7, 8, 9]]  # JSON: < 2**53
     assert run_node("return args[0].map((p) => web.model.mixSeed(...p));", parts) == \
         [mix(*p) for p in parts]

@@ -1,4 +1,4 @@
-"""NaN is never an answer (issue 29, item 5 of "Why"): a q8_0 model with one NaN scale
+"""NaN is never an answer: a q8_0 model with one NaN scale
 made `info` say "checksums ok", `eval` print `loss nan` and exit 0, `generate` print only
 the prompt, and `train --init-from` report a divergence; `temperature: 5e-324` gave 500
 "Probabilities contain NaN"; `export --dtype f16` wrote inf for a weight of 70,000."""

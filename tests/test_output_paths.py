@@ -1,4 +1,4 @@
-"""One output-path policy for every writer (issue 29, item 1): each command that writes a
+"""One output-path policy for every writer: each command that writes a
 model, a site or a run directory goes through the same table of bad outputs, and for each
 one exits 1 with an error, without a traceback, leaving its input and the target as they
 were. `sllm quantize RUN -o RUN/model.sllm` used to exit 0 having replaced the float

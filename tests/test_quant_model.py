@@ -4,17 +4,17 @@ and the `sllm quantize` / `sllm info` / `sllm eval` commands."""
 import json
 import os
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
 from hypothesis import strategies as st
-from test_serialize import FUZZ, _sections, _table_with, read_model_file_bytes
+from test_serialize import _sections, _table_with, fuzz, read_model_file_bytes
 from typer.testing import CliRunner
 
 import sllm
 from sllm import FormatError, quant
-from sllm.backends import reference as numpy_ref
+from sllm.backends import reference
 from sllm.cli import app
 from sllm.quant import QuantizationError
 
@@ -48,7 +48,7 @@ def test_reference_matmul_q_matches_its_definition(qtype, N, K, OC):
     b = r.normal(size=OC).astype(np.float32)
     wq = quant.quantize(w, qtype)
     out = np.empty((N, OC), np.float32)
-    numpy_ref.matmul_q_fwd(out, x, wq, b, qtype)
+    reference.matmul_q_fwd(out, x, wq, b, qtype)
     qx, dx = quant.quantize_q8_0_activations(x)
     xd = (qx.astype(np.float64) * dx[..., None]).reshape(N, -1)[:, :K]
     wd = quant.dequantize(wq, qtype, K).astype(np.float64)
@@ -61,7 +61,7 @@ def test_reference_matmul_q_matches_its_definition(qtype, N, K, OC):
 def test_reference_matmul_q_refuses_wrong_row_bytes():
     wq = quant.quantize(np.ones((3, 64), np.float32), "q8_0")
     with pytest.raises(QuantizationError, match="take 34 bytes, got 68"):
-        numpy_ref.matmul_q_fwd(np.empty((1, 3), np.float32), np.ones((1, 32), np.float32),
+        reference.matmul_q_fwd(np.empty((1, 3), np.float32), np.ones((1, 32), np.float32),
                                wq, None, "q8_0")
 
 
@@ -248,19 +248,21 @@ def test_only_matmul_weights_may_be_quantized(qbytes, tmp_path):
         read_model_file_bytes(data)
 
 
-@FUZZ
-@given(st.data())
-def test_fuzz_quantized_file_only_format_error(qbytes, data):
-    blob = bytearray(qbytes)
+def test_fuzz_quantized_file_only_format_error(qbytes, tmp_path):
+    """Truncated, flipped and forged-table quantized files: each raises FormatError or loads
+    the original model."""
     boundaries = [p for s in _sections(qbytes) for p in (s["offset"], s["offset"] + 16)]
-    action = data.draw(st.sampled_from(["truncate", "flip", "table"]))
-    if action == "truncate":
-        blob = blob[:data.draw(st.sampled_from(boundaries) | st.integers(0, len(blob)))]
-    elif action == "flip":
-        for _ in range(data.draw(st.integers(1, 8))):
-            blob[data.draw(st.integers(0, len(blob) - 1))] ^= data.draw(st.integers(1, 255))
-    else:
-        def mutate(entries):
+
+    def mutate(blob: bytearray, data: Any) -> bytes | bytearray | None:
+        action = data.draw(st.sampled_from(["truncate", "flip", "table"]))
+        if action == "truncate":
+            return blob[:data.draw(st.sampled_from(boundaries) | st.integers(0, len(blob)))]
+        if action == "flip":
+            for _ in range(data.draw(st.integers(1, 8))):
+                blob[data.draw(st.integers(0, len(blob) - 1))] ^= data.draw(st.integers(1, 255))
+            return blob
+
+        def forge(entries):
             e = entries[data.draw(st.integers(0, len(entries) - 1))]
             key = data.draw(st.sampled_from(["dtype", "nbytes", "shape"]))
             if key == "shape":
@@ -270,20 +272,25 @@ def test_fuzz_quantized_file_only_format_error(qbytes, data):
             else:
                 e["nbytes"] = data.draw(st.integers(0, 1 << 20))
         try:
-            blob = bytearray(_table_with(qbytes, mutate))
+            return _table_with(bytes(blob), forge)
         except struct.error:
-            return
-    try:
-        read_model_file_bytes(bytes(blob))
-    except FormatError:
-        pass
+            return None  # the forged value does not fit its field
+
+    original = sllm.load(_write(tmp_path / "q.sllm", qbytes), backend="numpy")
+    outcomes = fuzz(qbytes, mutate, tmp_path / "m.sllm", original)
+    assert outcomes["format error"] > outcomes["loaded"] > 0, outcomes  # both paths ran
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
 
 
 # ---- CLI ------------------------------------------------------------------------------------
 def test_cli_quantize_info_eval(tmp_path):
     text = "abcdefghij" * 40
     m = _model()
-    m.tokenizer = sllm.tokenizer.CharTokenizer.train(text).to_dict()
+    m.tokenizer = sllm.tokenizer.CharTokenizer.train(text, byte_fallback=False).to_dict()
     m.save(tmp_path / "f.sllm")
     (tmp_path / "text.txt").write_text(text)
     run = CliRunner()

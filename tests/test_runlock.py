@@ -1,4 +1,4 @@
-"""One writer per run directory (issue 17 items 1, 2, 4): the lock, --overwrite, resume
+"""One writer per run directory: the lock, --overwrite, resume
 keeping its overrides, and a torn metrics line."""
 import json
 import os

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import textwrap
 import zlib
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,59 +268,87 @@ def test_json_errors(tmp_path, model):
         sllm.load_json(path)
 
 
-def _load_bytes_only_format_error(data: bytes) -> None:
-    try:
-        read_model_file_bytes(data)
-    except FormatError:
-        pass
-
-
 FUZZ = settings(max_examples=int(os.environ.get("SLLM_FUZZ_EXAMPLES", 1500)), deadline=None,
                 suppress_health_check=list(HealthCheck), derandomize=True)
 
 
-@FUZZ
-@given(st.data())
-def test_fuzz_only_format_error(good_bytes, data):
-    """Truncations at section boundaries, random byte flips, and forged header fields."""
-    blob = bytearray(good_bytes)
+def load_or_format_error(data: bytes, path: Path, original: Any) -> str:
+    """What loading `data` gives: "format error" (FormatError, the only exception allowed)
+    or "loaded", once the model passes its checks: the original's config and parameters,
+    bit for bit (a file that loads is the file that was written), and finite logits."""
+    path.write_bytes(data)
+    try:
+        loaded = sllm.load(path, backend="numpy", mmap=False)
+    except FormatError:
+        return "format error"
+    assert loaded.config == original.config
+    for name, param in original.parameters().items():
+        assert np.array_equal(loaded.parameters()[name], param), name
+    assert np.isfinite(loaded.forward([[0, 1, 2]])).all()
+    return "loaded"
+
+
+def fuzz(good_bytes: bytes, mutate: Any, path: Path, original: Any) -> Counter:
+    """Run `mutate(blob, data)` (hypothesis draws) on copies of good_bytes; count outcomes."""
+    outcomes: Counter = Counter()
+
+    @FUZZ
+    @given(st.data())
+    def one(data: Any) -> None:
+        blob = mutate(bytearray(good_bytes), data)
+        outcomes["skipped" if blob is None else load_or_format_error(bytes(blob), path, original)] += 1
+
+    one()
+    return outcomes
+
+
+
+def test_fuzz_only_format_error(good_bytes, model, tmp_path):
+    """Truncations at section boundaries, random byte flips, and forged header fields: each
+    file raises FormatError or loads the original model."""
     boundaries = [0, 4, 8, 16, 20, 24] + [p for s in _sections(good_bytes) for p in (
         s["offset"], s["offset"] + SECTION.size, s["offset"] + SECTION.size + s["length"])]
-    action = data.draw(st.sampled_from(["truncate", "flip", "forge", "section"]))
-    if action == "truncate":
-        cut = data.draw(st.sampled_from(boundaries) | st.integers(0, len(blob)))
-        cut += data.draw(st.integers(-2, 2))
-        blob = blob[:max(cut, 0)]
-    elif action == "flip":
-        for _ in range(data.draw(st.integers(1, 8))):
-            blob[data.draw(st.integers(0, len(blob) - 1))] ^= data.draw(st.integers(1, 255))
-    elif action == "forge":
-        field = data.draw(st.sampled_from([4, 8, 12, 16]))
-        struct.pack_into("<I", blob, field, data.draw(st.integers(0, 2 ** 32 - 1)))
-        blob = bytearray(_fix_header_crc(bytes(blob)))
-    else:  # forge a section header field, then fix nothing: lengths and checksums
-        sec = data.draw(st.sampled_from(_sections(good_bytes)))
-        off = sec["offset"] + data.draw(st.sampled_from([0, 4, 8]))
-        struct.pack_into("<I", blob, off, data.draw(st.integers(0, 2 ** 32 - 1)))
-    _load_bytes_only_format_error(bytes(blob))
+
+    def mutate(blob: bytearray, data: Any) -> bytearray:
+        action = data.draw(st.sampled_from(["truncate", "flip", "forge", "section"]))
+        if action == "truncate":
+            cut = data.draw(st.sampled_from(boundaries) | st.integers(0, len(blob)))
+            cut += data.draw(st.integers(-2, 2))
+            return blob[:max(cut, 0)]
+        if action == "flip":
+            for _ in range(data.draw(st.integers(1, 8))):
+                blob[data.draw(st.integers(0, len(blob) - 1))] ^= data.draw(st.integers(1, 255))
+        elif action == "forge":
+            field = data.draw(st.sampled_from([4, 8, 12, 16]))
+            struct.pack_into("<I", blob, field, data.draw(st.integers(0, 2 ** 32 - 1)))
+            blob = bytearray(_fix_header_crc(bytes(blob)))
+        else:  # forge a section header field, then fix nothing: lengths and checksums
+            sec = data.draw(st.sampled_from(_sections(good_bytes)))
+            off = sec["offset"] + data.draw(st.sampled_from([0, 4, 8]))
+            struct.pack_into("<I", blob, off, data.draw(st.integers(0, 2 ** 32 - 1)))
+        return blob
+
+    outcomes = fuzz(good_bytes, mutate, tmp_path / "m.sllm", model)
+    assert outcomes["format error"] > outcomes["loaded"] > 0, outcomes  # both paths ran
 
 
-@FUZZ
-@given(st.data())
-def test_fuzz_valid_checksums_bad_table(good_bytes, data):
-    """Forged tensor tables with recomputed checksums must still fail cleanly."""
-    def mutate(entries):
-        e = entries[data.draw(st.integers(0, len(entries) - 1))]
-        key = data.draw(st.sampled_from(["dtype", "offset", "nbytes", "shape"]))
-        if key == "shape":
-            e["shape"] = data.draw(st.lists(st.integers(0, 2 ** 32 - 1), min_size=0, max_size=6))
-        else:
-            e[key] = data.draw(st.integers(0, 255 if key == "dtype" else 2 ** 64 - 1))
-    try:
-        forged = _table_with(good_bytes, mutate)
-    except struct.error:
-        return  # the forged value does not fit its field; nothing to test
-    _load_bytes_only_format_error(forged)
+def test_fuzz_valid_checksums_bad_table(good_bytes, model, tmp_path):
+    """Forged tensor tables with recomputed checksums fail cleanly or load the original."""
+    def mutate(blob: bytearray, data: Any) -> bytes | None:
+        def forge(entries):
+            e = entries[data.draw(st.integers(0, len(entries) - 1))]
+            key = data.draw(st.sampled_from(["dtype", "offset", "nbytes", "shape"]))
+            if key == "shape":
+                e["shape"] = data.draw(st.lists(st.integers(0, 2 ** 32 - 1), min_size=0, max_size=6))
+            else:
+                e[key] = data.draw(st.integers(0, 255 if key == "dtype" else 2 ** 64 - 1))
+        try:
+            return _table_with(bytes(blob), forge)
+        except struct.error:
+            return None  # the forged value does not fit its field; nothing to test
+
+    outcomes = fuzz(good_bytes, mutate, tmp_path / "m.sllm", model)
+    assert outcomes["format error"] > 0, outcomes
 
 
 WRITER = """

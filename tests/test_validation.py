@@ -1,4 +1,4 @@
-"""Every bad value gets a clear error naming the option (issue 17 items 6, 7, 8, 9)."""
+"""Every bad value gets a clear error naming the option."""
 import json
 import math
 

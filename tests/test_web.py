@@ -192,7 +192,10 @@ return {a, b, joined: pieces.join(""), greedy, stats};
 """)
     assert got["a"] == got["b"] == got["joined"]  # seeded: reproducible, streaming == whole
     assert got["a"] != got["greedy"]
-    assert got["stats"]["tokens"] >= 1 and got["stats"]["tokensPerSecond"] >= 0
+    stats = got["stats"]  # of the stream: its tokens, over the seconds they took
+    assert 1 <= stats["tokens"] <= 30 and stats["seconds"] > 0
+    assert stats["tokensPerSecond"] == pytest.approx(stats["tokens"] / stats["seconds"])
+    assert 0 <= stats["firstTokenMs"] <= stats["seconds"] * 1000
 
 
 def _batch(tok, text, B, T, seed):

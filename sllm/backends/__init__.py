@@ -11,6 +11,7 @@ by that full name.
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -139,12 +140,41 @@ def _instance(entry: _Entry) -> Backend:
     if entry.instance is None:
         from ..plugins import describe_failure
         assert entry.cls is not None  # get() instantiates available entries only
+        from ..plugins import BUILTIN
         try:
             entry.instance = entry.cls()
         except (Exception, SystemExit) as e:  # it becomes unavailable
             entry.reason = describe_failure(e)
             raise BackendError(f"backend {entry.name!r} failed to start: {entry.reason}") from e
+        if entry.plugin != BUILTIN:
+            _guard_kernels(entry.instance, entry.plugin)
     return entry.instance
+
+
+def _guard_kernels(instance: Backend, plugin: str) -> None:
+    """Make a third-party backend's kernels raise BackendError naming the plugin and the
+    kernel for whatever they raise (SystemExit included), so that a broken plugin fails
+    the command that uses it with a message instead of ending the process."""
+    from .base import KERNELS, LLAMA_KERNELS, OPTIONAL_KERNELS
+    for kernel in KERNELS + LLAMA_KERNELS + OPTIONAL_KERNELS:
+        fn = getattr(instance, kernel, None)
+        if callable(fn):
+            setattr(instance, kernel, _guarded(fn, plugin, kernel))
+
+
+def _guarded(fn: Any, plugin: str, kernel: str) -> Any:
+    from ..plugins import describe_failure
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (BackendError, NotImplementedError):  # already sllm's own, or the contract's
+            raise
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - reported with its origin
+            raise BackendError(f"plugin {plugin!r}, kernel {kernel}: "
+                               f"{describe_failure(e)}") from None
+    return call
 
 
 def info() -> list[dict[str, Any]]:

@@ -24,9 +24,21 @@ A backend that leaves a kernel unprovided is refused when it is registered: list
 unavailable, with the missing kernels named. `sllm check-backend NAME` checks every kernel
 against the reference.
 
-Adding a kernel to the contract: declare it below (signature and docstring), add its name
-to KERNELS, write the numpy version in reference.py, then implement it on each backend or
-list it in that backend's `reference_kernels`.
+Adding a kernel to the contract, every step (tests/test_kernel_inventory.py fails when one
+is left out):
+  1. declare it below (signature and docstring) and add its name to KERNELS, LLAMA_KERNELS
+     or OPTIONAL_KERNELS;
+  2. the numpy version in reference.py, the oracle every backend is checked against;
+  3. conformance cases in cases.py (awkward shapes; fwd and bwd), and the shapes a model
+     hands it in sllm/bench_shapes.py, which `sllm bench` times;
+  4. cpp: the C++ function declared in cpp/kernels.h (or the header of its concern), bound
+     in cpp/bindings.cpp (or a *_bindings.cpp), its signature in sllm/_cpp.pyi;
+  5. wasm: the C kernel as EXPORT(name) in wasm/*.c, its wrapper method in wasm.py, and its
+     argument slots in docs/wasm-abi.md, the ABI both hosts follow;
+  6. the browser: when the in-browser model needs it, model.js calls it through the kernel
+     host of kernels.js (the JavaScript twin of wasm.py), with the same slots.
+A backend that does not implement it yet lists it in its `reference_kernels` instead of
+steps 4 or 5, and the numpy reference runs it there.
 
 The llama kernels (LLAMA_KERNELS: RMSNorm, rotary embeddings, SwiGLU) are required only
 to build a llama-family model: a backend without them still registers and runs GPT-2

@@ -7,14 +7,15 @@ dtypes, contiguity and shapes, works in place on the numpy buffers and releases 
 
 The extension picks its SIMD tier (avx512, avx2, scalar) from the CPU at import time;
 SLLM_CPP_SIMD forces one. Kernels use SLLM_NUM_THREADS threads (default: every core this
-process may run on); `set_num_threads` changes it. Results do not depend on the thread
+process may run on; parsed by sllm.threads); `set_num_threads` changes it. Results do not depend on the thread
 count beyond float rounding.
 """
 from __future__ import annotations
 
-import os
+import contextlib
 from typing import Any, ClassVar
 
+from ..threads import default_threads
 from .base import Backend
 
 
@@ -28,23 +29,9 @@ def _import_extension() -> tuple[Any, str]:
 
 
 _cpp, _IMPORT_ERROR = _import_extension()
-
-
-def _default_threads() -> int:
-    """SLLM_NUM_THREADS if set, else the cores this process may use."""
-    env = os.environ.get("SLLM_NUM_THREADS", "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            raise ValueError(f"SLLM_NUM_THREADS must be a positive integer, got {env!r}") from None
-        if n < 1:
-            raise ValueError(f"SLLM_NUM_THREADS must be a positive integer, got {env!r}")
-        return n
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+if _cpp is not None:  # the pool's size before any backend exists (`sllm backends` shows it)
+    with contextlib.suppress(ValueError):  # a bad SLLM_NUM_THREADS: refused by CppBackend()
+        _cpp.set_num_threads(default_threads())
 
 
 class CppBackend(Backend):
@@ -57,7 +44,7 @@ class CppBackend(Backend):
     def __init__(self) -> None:
         self.probe()
         super().__init__()
-        self.set_num_threads(_default_threads())
+        self.set_num_threads(default_threads())
 
     @classmethod
     def probe(cls) -> dict[str, Any]:
@@ -67,7 +54,7 @@ class CppBackend(Backend):
         if _cpp.simd_error():
             raise RuntimeError(_cpp.simd_error())
         return {"simd": _cpp.simd_level(), "threads": _cpp.get_num_threads(),
-                "thread_pool": getattr(_cpp, "thread_pool", "openmp"), "attention": "flash (saves logsumexp)",
+                "thread_pool": _cpp.thread_pool, "attention": "flash (saves logsumexp)",
                 "dtype": "float32"}
 
     def set_num_threads(self, n: int) -> None:

@@ -1,7 +1,7 @@
 """The `numpy` backend: every kernel is the plain numpy reference (sllm/backends/reference.py).
 
-The reference kernels are re-exported here for code written against the earlier layout
-(`from sllm.backends import numpy_ref; numpy_ref.gelu_fwd(...)`).
+Call a kernel directly as `sllm.backends.reference.gelu_fwd(...)`; this module is only the
+backend class that hands them to the model.
 """
 from __future__ import annotations
 
@@ -11,29 +11,6 @@ import numpy as np
 
 from . import reference
 from .base import Backend
-from .reference import (  # noqa: F401 - re-exported: the kernels under their old module
-    adam_update,
-    attention_bwd,
-    attention_decode,
-    attention_fwd,
-    dropout_bwd,
-    dropout_fwd,
-    encoder_bwd,
-    encoder_fwd,
-    gelu_bwd,
-    gelu_fwd,
-    grad_norm_sq,
-    layernorm_bwd,
-    layernorm_fwd,
-    matmul_bwd,
-    matmul_fwd,
-    matmul_q_fwd,
-    relu_bwd,
-    relu_fwd,
-    residual_fwd,
-    sgd_update,
-    softmax_xent,
-)
 
 
 class NumpyBackend(Backend):

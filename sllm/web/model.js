@@ -19,7 +19,7 @@ const LAYER_TENSORS = {
 
 const MASK64 = (1n << 64n) - 1n;
 
-/** sllm.model._mix_seed: a 32-bit seed from integers (splitmix64 steps). */
+/** sllm.model.mix_seed: a 32-bit seed from integers (splitmix64 steps). */
 export function mixSeed(...parts) {
   let x = 0n;
   for (const part of parts) {

@@ -1,0 +1,197 @@
+"""`sllm import` of llama2.c model files: a random model written in run.c's layout by the
+small writer below gives the logits of a numpy re-implementation of run.c's forward
+(interleaved rotary pairs, as run.c); damaged files are one-line errors naming the file."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from sllm.errors import SLLMError
+from sllm.export import import_model
+from sllm.llama2c import interleaved_to_half
+
+FUZZ_RUNS = 300
+
+
+def _random_model(rng, dim=16, hidden=24, layers=2, heads=4, kv_heads=2, vocab=11, seq=12,
+                  shared=True):
+    """run.c's TransformerWeights as a dict of float32 arrays ((out, in) matrices)."""
+    D = dim // heads
+
+    def r(*shape, scale=0.3):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    w = {"token_embedding_table": r(vocab, dim, scale=1.0),
+         "rms_att_weight": 1 + r(layers, dim, scale=0.1),
+         "wq": r(layers, heads * D, dim), "wk": r(layers, kv_heads * D, dim),
+         "wv": r(layers, kv_heads * D, dim), "wo": r(layers, dim, heads * D),
+         "rms_ffn_weight": 1 + r(layers, dim, scale=0.1),
+         "w1": r(layers, hidden, dim), "w2": r(layers, dim, hidden), "w3": r(layers, hidden, dim),
+         "rms_final_weight": 1 + r(dim, scale=0.1),
+         "freq_cis_real": r(seq * D // 2), "freq_cis_imag": r(seq * D // 2)}
+    if not shared:
+        w["wcls"] = r(vocab, dim)
+    header = (dim, hidden, layers, heads, kv_heads, vocab if shared else -vocab, seq)
+    return header, w
+
+
+def _write(path, header, w):
+    """The file run.c memory-maps: 7 int32, then every tensor in dict (= run.c's) order."""
+    path.write_bytes(struct.pack("<7i", *header)
+                     + b"".join(a.astype("<f4").tobytes() for a in w.values()))
+
+
+def _rmsnorm(x, g):
+    return x / np.sqrt(np.mean(x * x) + 1e-5) * g
+
+
+def _run_c_forward(header, w, tokens):
+    """run.c's forward(), one position at a time over a KV cache, in float64."""
+    dim, _, layers, heads, kv_heads, _, _ = header
+    D, kv_mul = dim // heads, heads // kv_heads
+    w = {k: v.astype(np.float64) for k, v in w.items()}
+    cls = w.get("wcls", w["token_embedding_table"])
+    kc = np.zeros((layers, len(tokens), kv_heads * D))
+    vc = np.zeros_like(kc)
+    out = []
+    for pos, tok in enumerate(tokens):
+        x = w["token_embedding_table"][tok].copy()
+        for layer in range(layers):
+            xb = _rmsnorm(x, w["rms_att_weight"][layer])
+            q, k, v = w["wq"][layer] @ xb, w["wk"][layer] @ xb, w["wv"][layer] @ xb
+            for vec in (q, k):  # run.c's RoPE: interleaved pairs (2i, 2i+1) of each head
+                for i in range(0, len(vec), 2):
+                    val = pos * 10000.0 ** (-(i % D) / D)
+                    c, s = np.cos(val), np.sin(val)
+                    vec[i], vec[i + 1] = vec[i] * c - vec[i + 1] * s, vec[i] * s + vec[i + 1] * c
+            kc[layer, pos], vc[layer, pos] = k, v
+            att_out = np.zeros(heads * D)
+            for h in range(heads):
+                kvh = h // kv_mul
+                keys = kc[layer, :pos + 1, kvh * D:(kvh + 1) * D]
+                scores = keys @ q[h * D:(h + 1) * D] / np.sqrt(D)
+                p = np.exp(scores - scores.max())
+                att_out[h * D:(h + 1) * D] = (p / p.sum()) @ vc[layer, :pos + 1, kvh * D:(kvh + 1) * D]
+            x = x + w["wo"][layer] @ att_out
+            xb = _rmsnorm(x, w["rms_ffn_weight"][layer])
+            h1, h3 = w["w1"][layer] @ xb, w["w3"][layer] @ xb
+            x = x + w["w2"][layer] @ (h1 / (1 + np.exp(-h1)) * h3)
+        out.append(cls @ _rmsnorm(x, w["rms_final_weight"]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("shared,kv_heads", [(True, 2), (False, 2), (False, 4), (True, 1)])
+def test_imported_logits_equal_run_c(tmp_path, shared, kv_heads):
+    header, w = _random_model(np.random.default_rng(kv_heads), kv_heads=kv_heads, shared=shared)
+    _write(tmp_path / "m.bin", header, w)
+    model = import_model(tmp_path / "m.bin")
+    assert model.config.tie_embeddings == shared and model.config.kv_heads == kv_heads
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    got = model.forward(np.array([tokens]))[0]
+    np.testing.assert_allclose(got, _run_c_forward(header, w, tokens), atol=1e-4, rtol=0)
+    model.save(tmp_path / "m.sllm")  # and it round-trips through the .sllm format
+    import sllm
+    again = sllm.load(tmp_path / "m.sllm", backend="numpy")
+    np.testing.assert_array_equal(again.forward(np.array([tokens]))[0], got)
+
+
+def test_the_permutation_is_needed():
+    """Without reordering wq/wk the rotate-half model would differ: the permutation moves
+    rows, so a head's rows (0..D) become (0, 2, .., 1, 3, ..)."""
+    w = np.arange(8, dtype=np.float32).reshape(8, 1)
+    assert interleaved_to_half(w, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+def test_cli_import_writes_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from sllm.cli import app
+    header, w = _random_model(np.random.default_rng(0))
+    _write(tmp_path / "m.bin", header, w)
+    res = CliRunner().invoke(app, ["import", str(tmp_path / "m.bin"), "-o", str(tmp_path / "o.sllm")])
+    assert res.exit_code == 0, res.output
+    assert "tokenizer.bin" in res.output and (tmp_path / "o.sllm").is_file()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda h: h[:5] + (0,) + h[6:], "vocab_size is 0"),
+    (lambda h: (15,) + h[1:], "multiple of n_heads"),
+    (lambda h: h[:4] + (3,) + h[5:], "multiple of n_kv_heads"),
+    (lambda h: h[:2] + (2**31 - 1,) + h[3:], "needs exactly"),
+])
+def test_bad_headers_are_refused_before_reading(tmp_path, change, message):
+    header, w = _random_model(np.random.default_rng(0))
+    _write(tmp_path / "m.bin", change(header), w)
+    with pytest.raises(SLLMError, match=message) as e:
+        import_model(tmp_path / "m.bin")
+    assert str(tmp_path / "m.bin") in str(e.value) and "\n" not in str(e.value)
+
+
+def _damage(data: bytes, rng: np.random.Generator) -> bytes:
+    raw = bytearray(data)
+    kind = rng.integers(4)
+    if kind == 0:  # a few bytes anywhere (header fields, or floats made NaN)
+        for _ in range(rng.integers(1, 9)):
+            raw[rng.integers(min(len(raw), 64) if rng.integers(2) else len(raw))] = rng.integers(256)
+    elif kind == 1:
+        raw = raw[:rng.integers(len(raw))]
+    elif kind == 2:  # an int32 header field set to an extreme
+        at = 4 * rng.integers(7)
+        raw[at:at + 4] = struct.pack("<i", [2**31 - 1, -2**31, 65536, -1, 0][rng.integers(5)])
+    else:
+        at = rng.integers(len(raw))
+        raw[at:at] = bytes(rng.integers(256, size=rng.integers(1, 16), dtype=np.uint8))
+    return bytes(raw)
+
+
+def test_fuzzed_files_are_one_line_errors(tmp_path):
+    header, w = _random_model(np.random.default_rng(5), shared=False)
+    _write(tmp_path / "good.bin", header, w)
+    good, path = (tmp_path / "good.bin").read_bytes(), tmp_path / "f.bin"
+    rng, errors = np.random.default_rng(0), 0
+    for _ in range(FUZZ_RUNS):
+        path.write_bytes(_damage(good, rng))
+        try:
+            import_model(path)
+        except SLLMError as e:
+            assert str(path) in str(e) and "\n" not in str(e), str(e)
+            errors += 1
+    assert errors > FUZZ_RUNS // 2
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_gguf_export_has_llama_cpp_names_and_run_c_rows(tmp_path, shared):
+    """llama.cpp's llama architecture rotates interleaved pairs, as run.c: a llama2.c model
+    imported and exported to GGUF holds run.c's own wq/wk rows, under llama.cpp's names
+    and metadata keys (what gguf's reader sees; llama.cpp's runtime is not run here)."""
+    gguf = pytest.importorskip("gguf")
+    from sllm.export import export_model
+    header, w = _random_model(np.random.default_rng(3), shared=shared)
+    _write(tmp_path / "m.bin", header, w)
+    export_model(import_model(tmp_path / "m.bin"), "gguf", tmp_path / "m.gguf")
+    r = gguf.GGUFReader(tmp_path / "m.gguf")
+    fields = {k: f.contents() for k, f in r.fields.items()}
+    dim, hidden, layers, heads, kv_heads, vocab, seq = header
+    assert fields["general.architecture"] == "llama"
+    assert {k: fields[f"llama.{k}"] for k in (
+        "embedding_length", "feed_forward_length", "block_count", "context_length",
+        "attention.head_count", "attention.head_count_kv", "rope.dimension_count")} == {
+        "embedding_length": dim, "feed_forward_length": hidden, "block_count": layers,
+        "context_length": seq, "attention.head_count": heads,
+        "attention.head_count_kv": kv_heads, "rope.dimension_count": dim // heads}
+    assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
+    tensors = {t.name: np.asarray(t.data) for t in r.tensors}
+    per_layer = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
+                 "ffn_gate", "ffn_up", "ffn_down")
+    want = {"token_embd.weight", "output_norm.weight"} | ({"output.weight"} - ({"output.weight"}
+            if shared else set())) | {f"blk.{i}.{n}.weight" for i in range(layers) for n in per_layer}
+    assert set(tensors) == want
+    for i in range(layers):
+        for gname, cname in (("attn_q", "wq"), ("attn_k", "wk"), ("attn_v", "wv"),
+                             ("attn_output", "wo"), ("ffn_gate", "w1"), ("ffn_up", "w3"),
+                             ("ffn_down", "w2")):
+            np.testing.assert_array_equal(tensors[f"blk.{i}.{gname}.weight"], w[cname][i])
+    if not shared:
+        np.testing.assert_array_equal(tensors["output.weight"], w["wcls"])
