@@ -15,7 +15,7 @@
     characters and bytes instead of sllm's words: feed it sllm's ids (`sllm vocab encode`,
     or llama-server's /completion with a list of ids). A word that takes a space before
     it (sllm's spacing rule) is written "\u2581word", so llama.cpp's detokenizer puts the
-    spaces back except after "(", "[", "{" and "$", where sllm puts none.
+    spaces back except after a newline, "(", "[", "{" and "$", where sllm puts none.
 """
 from __future__ import annotations
 
@@ -92,13 +92,14 @@ def vocab_note(tok: Any) -> str:
         return ("char vocabulary without byte fallback: llama.cpp tokenizes text as sllm "
                 "does while every character is in the vocabulary; one that is not makes "
                 "its tokenizer fail (retrain with byte fallback, the default)")
+    missing = "" if tok.byte_fallback else ("; without byte fallback, a character that is "
+                                            "not a word of the vocabulary makes its "
+                                            "tokenizer fail")
     return ("word vocabulary written as a SentencePiece ('llama') vocabulary: given sllm's "
             "token ids llama.cpp computes the same logits, but its own tokenizer spells text "
             "in characters and bytes, not sllm's words; pass it sllm's ids (e.g. from `sllm "
-            "vocab encode`). Its detokenizer writes a space before each word as sllm does, "
-            "except after ( [ { $" + ("" if tok.byte_fallback else
-                                      "; without byte fallback, a character that is not a "
-                                      "word of the vocabulary makes its tokenizer fail"))
+            "vocab encode`). Its detokenizer writes a space before each word as sllm does "
+            "between known words, but also after a newline and ( [ { $" + missing)
 
 
 def _add_bpe(writer: Any, tok: Any, vocab_size: int) -> None:
