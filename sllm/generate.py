@@ -119,8 +119,12 @@ def generate(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: floa
     if json_schema is not None or regex is not None or choices is not None:
         from . import constrain
         tok = tokenizer if tokenizer is not None else _model_tokenizer(model)
-        constraint = constrain.compile_for(tok, json_schema=json_schema, regex=regex,
-                                           choices=choices).start()
+        grammar = constrain.compile_for(tok, json_schema=json_schema, regex=regex,
+                                        choices=choices)
+        if 0 < max_new_tokens < grammar.min_tokens():  # output that cannot complete: refuse now
+            raise ValueError(f"max_new_tokens = {max_new_tokens} is too small for the requested "
+                             f"format: this vocabulary needs at least {grammar.min_tokens()} tokens")
+        constraint = grammar.start()
         eos_id = tok.eos_id if eos_id is None else eos_id
     for token in stream(model, out, max_new_tokens, temperature, top_k, top_p, seed, eos_id,
                         constraint, **more):

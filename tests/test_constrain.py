@@ -73,8 +73,19 @@ SCHEMAS = _objects(st.recursive(SCALAR, lambda inner: _arrays(inner) | _objects(
 @given(schema=SCHEMAS, which=st.integers(0, 2), seed=st.integers(0, 2**16))
 def test_random_schemas_on_random_models_always_validate(vocabularies, schema, which, seed):
     tok, model = vocabularies[which]
-    text = _new_text(tok, model, 120, seed, json_schema=schema)
+    # A schema whose shortest JSON is longer than 120 tokens gets the budget it needs: a
+    # smaller one is refused up front (test_too_small_a_budget_is_refused).
+    budget = max(120, constrain.compile_for(tok, json_schema=schema).min_tokens())
+    text = _new_text(tok, model, budget, seed, json_schema=schema)
     jsonschema.validate(json.loads(text), schema)
+
+
+def test_too_small_a_budget_is_refused(vocabularies):
+    tok, model = vocabularies[0]
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    need = constrain.compile_for(tok, json_schema=schema).min_tokens()
+    with pytest.raises(ValueError, match="max_new_tokens = .* too small"):
+        _new_text(tok, model, need - 1, 0, json_schema=schema)
 
 
 @settings(max_examples=15, deadline=None)
