@@ -21,7 +21,13 @@ def test_documents_are_bos_text_eos(tok):
     docs = np.split(ids, offsets[1:])
     assert [d[0] for d in docs] == [T.BOS_ID, T.BOS_ID]
     assert [d[-1] for d in docs] == [T.EOS_ID, T.EOS_ID]
-    assert [tok.decode(d) for d in docs] == ["[UNK] two", "three"]
+    assert [tok.decode(d) for d in docs] == ["zzz two", "three"]  # zzz: byte fallback
+
+
+def test_documents_without_byte_fallback_keep_unk():
+    tok = T.WordTokenizer.train(TEXT, 2000, byte_fallback=False)
+    ids, offsets = encode_corpus("zzz two\n\n\nthree\n", tok)
+    assert [tok.decode(d) for d in np.split(ids, offsets[1:])] == ["[UNK] two", "three"]
 
 
 def test_char_tokenizer_keeps_the_text():

@@ -79,7 +79,9 @@ def test_f16_within_tolerance(model, tmp_path, mmap):
     path = tmp_path / "m16.sllm"
     model.save(path, dtype="f16")
     model.save(tmp_path / "m32.sllm")
-    assert path.stat().st_size < 0.6 * (tmp_path / "m32.sllm").stat().st_size
+    # f16 saves 2 bytes a parameter (the tokenizer and header are the same in both files)
+    saved = (tmp_path / "m32.sllm").stat().st_size - path.stat().st_size
+    assert saved >= 1.9 * model.num_parameters()
     loaded = sllm.load(path, mmap=mmap)
     # f16 keeps ~3 decimal digits: logits of this small model move by well under 1e-3
     np.testing.assert_allclose(loaded.forward(X), model.forward(X), atol=2e-3)
