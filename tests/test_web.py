@@ -36,7 +36,8 @@ def _trained(tmp_path_factory, name, cfg, tokenizer="word", steps=60, corpus=Non
         (out / "corpus.txt").write_text(corpus, encoding="utf-8")
     tc = TrainConfig(model=cfg, demo_chars=40_000, tokenizer=tokenizer, vocab_size=cfg["vocabSize"],
                      corpus=str(out / "corpus.txt") if corpus is not None else None,
-                     byte_fallback=byte_fallback, backend="numpy", steps=steps, batch_size=8, seq_len=32, lr=3e-3, warmup=5,
+                     byte_fallback=byte_fallback, backend="numpy", steps=steps, batch_size=8,
+                     seq_len=32, lr=3e-3, warmup=5,
                      eval_every=10_000, checkpoint_every=10_000, out=str(out / "run"))
     prepare(tc, progress=False).run()
     return out / "run" / "model.sllm"
