@@ -171,6 +171,8 @@ def _guarded(fn: Any, plugin: str, kernel: str) -> Any:
             return fn(*args, **kwargs)
         except (BackendError, NotImplementedError):  # already sllm's own, or the contract's
             raise
+        except ValueError:  # the contract's refusal of bad arguments (slots, shapes): the caller's
+            raise
         except (Exception, SystemExit) as e:  # noqa: BLE001 - reported with its origin
             raise BackendError(f"plugin {plugin!r}, kernel {kernel}: "
                                f"{describe_failure(e)}") from None
