@@ -40,7 +40,7 @@ __all__ = ["LoraConfig", "Adapter", "Attached", "LoraWeight", "LoraError", "fing
 ADAPTER_FILE = "adapter.sllm"  # what `sllm finetune` writes into its run directory
 KIND = "lora-adapter"
 # The weight-name suffixes each --lora-targets group stands for, per family.
-TARGETS = {
+TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
     "gpt2": {"attn": ("attn.c_attn.weight", "attn.c_proj.weight"),
              "mlp": ("mlp.c_fc.weight", "mlp.c_proj.weight")},
     "llama": {"attn": ("self_attn.qkv_proj.weight", "self_attn.o_proj.weight"),
@@ -108,7 +108,7 @@ def fingerprint(model: SLLM) -> str:
                                **{n: q.data for n, q in model.quantized_weights().items()}}
     for name in sorted(tensors):
         h.update(name.encode())
-        h.update(memoryview(np.ascontiguousarray(tensors[name])).cast("B"))
+        h.update(np.ascontiguousarray(tensors[name]).data.cast("B"))
     return h.hexdigest()
 
 
@@ -217,8 +217,8 @@ def _from_file(path: Any, base_config: ModelConfig, meta: dict[str, Any],
         raise FormatError(f"{path}: adapter metadata needs 'base' with a 'fingerprint' and a "
                           f"non-empty list of 'targets'")
     try:
-        config = LoraConfig(meta.get("rank"), meta.get("alpha"), meta.get("target_option", "all"),
-                            meta.get("dropout", 0.0))
+        config = LoraConfig(meta.get("rank", 0), meta.get("alpha"),
+                            meta.get("target_option", "all"), meta.get("dropout", 0.0))
     except (ConfigError, TypeError) as e:
         raise FormatError(f"{path}: adapter metadata: {e}") from None
     expected = set()
@@ -295,7 +295,8 @@ class Attached:
         adapter.tensors = views  # training updates the adapter in place
         self.grads = grads
         self.scale, self.dropout = adapter.scale, 0.0  # dropout: this forward's (model sets it)
-        weights = {**model.parameters(), **model.quantized_weights()}
+        weights: dict[str, np.ndarray | QTensor] = {**model.parameters(),
+                                                    **model.quantized_weights()}
         self.weights = {n: LoraWeight(n, weights[n], views[n + ".lora_a"], views[n + ".lora_b"],
                                       grads[n + ".lora_a"], grads[n + ".lora_b"], i)
                         for i, n in enumerate(adapter.targets)}

@@ -48,11 +48,11 @@ def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None]
     return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
-class _Frozen(dict):  # type: ignore[type-arg]
+class _Frozen(dict[str, np.ndarray]):
     """Gradient views of a frozen base: only the norms' (their backward kernels write a
     weight gradient beside the input gradient); every other tensor has None."""
 
-    def __missing__(self, key: str) -> None:
+    def __missing__(self, key: str) -> Any:
         return None
 
 
@@ -469,6 +469,7 @@ class SLLM:
         quantized W), plus the adapter's part and its gradients at a LoRA target."""
         k = self.backend
         if dweight is not None:
+            assert isinstance(weight, np.ndarray)  # a trained weight is float
             k.matmul_bwd(dinp, dweight, dbias, dout, inp, weight, trans_w)
             return
         base = weight.base if isinstance(weight, LoraWeight) else weight

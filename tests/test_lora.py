@@ -217,3 +217,21 @@ def test_misuse_is_refused():
     model.quantize("q8_0")
     with pytest.raises(sllm.LoraError, match="quantized"):
         merge(model, adapter)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_an_adapter_trains_on_a_quantized_base(arch, backend_name):
+    model = sllm.SLLM(tiny(arch, embedding_dim=32, ffn_hidden_dim=40), backend=backend_name,
+                      seed=1).quantize("q8_0")
+    adapter = Adapter.create(model, LoraConfig(rank=4), seed=0)
+    rows = {n: np.array(q.data) for n, q in model.quantized_weights().items()}
+    model.attach_adapter(adapter)
+    opt = AdamW(model.trainable(), lr=2e-2)
+    x, y = batch()
+    first = model.forward_backward(x, y)
+    for _ in range(6):
+        model.forward_backward(x, y)
+        opt.step()
+    assert model.forward_backward(x, y) < first - 0.05
+    for name, q in model.quantized_weights().items():
+        assert np.array_equal(np.asarray(q.data), rows[name]), name
