@@ -16,8 +16,8 @@ ARCHS = ["gpt2", "llama"]
 
 
 def tiny(arch, **changes):
-    return dict(vocab_size=11, embedding_dim=16, num_layers=2, num_heads=4, ffn_hidden_dim=12,
-                max_seq_len=8, dropout=0.0, architecture=arch, **changes)
+    return {**dict(vocab_size=11, embedding_dim=16, num_layers=2, num_heads=4, ffn_hidden_dim=12,
+                   max_seq_len=8, dropout=0.0, architecture=arch), **changes}
 
 
 def model_and_adapter(arch, backend="numpy", rank=3, dropout=0.0, targets="all", seed=1):
