@@ -69,7 +69,7 @@ class TrainResult:
 
 # ---- setting a run up -------------------------------------------------------------------
 def _tokenizer_for(cfg: TrainConfig, text: str) -> tokenizers.Tokenizer:
-    if cfg.tokenizer in tokenizers.TOKENIZERS:
+    if cfg.tokenizer in tokenizers.TRAINABLE:
         size = cfg.vocab_size or (None if cfg.tokenizer == "char" else DEFAULT_VOCAB)
         return tokenizers.train(cfg.tokenizer, text, size, byte_fallback=cfg.byte_fallback)
     return tokenizers.load(cfg.tokenizer)
