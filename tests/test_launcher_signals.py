@@ -13,11 +13,10 @@ import sys
 import time
 
 import pytest
+from test_distributed import TIMEOUT, _args, _cfg, _metrics, needs_mpi
 
 from sllm import jobcontrol, runlock
 from sllm.checkpoint import load_checkpoint
-
-from test_distributed import TIMEOUT, _args, _cfg, _metrics, needs_mpi
 
 GONE_WITHIN_S = 30  # the watchdog's grace (10 s) plus a slow step on a shared machine
 
