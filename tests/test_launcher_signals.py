@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_distributed import TIMEOUT, _args, _cfg, _metrics, needs_mpi
@@ -50,7 +51,7 @@ def _wait_gone(launcher_pid: int, within: float) -> float:
     return time.monotonic() - t0
 
 
-def _start(run_dir, ranks: str) -> subprocess.Popen:
+def _start(run_dir: Path, ranks: str) -> subprocess.Popen:
     """A long run under the launcher, returned once it has logged a step."""
     cfg = _cfg(run_dir, steps=100_000, eval_every=0, checkpoint_every=0)
     launcher = subprocess.Popen([sys.executable, "-m", "sllm.cli", "train", *_args(cfg),
@@ -66,7 +67,7 @@ def _start(run_dir, ranks: str) -> subprocess.Popen:
     return launcher
 
 
-def _signal_then_resume(tmp_path, signum: int, ranks: str) -> None:
+def _signal_then_resume(tmp_path: Path, signum: int, ranks: str) -> None:
     run_dir = tmp_path / "run"
     launcher = _start(run_dir, ranks)
     os.kill(launcher.pid, signum)  # the launcher alone, as `kill` or a job scheduler does
