@@ -145,11 +145,12 @@ def train(
                                                    "needs sllm\\[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
-    from . import distributed, launch
+    from . import distributed, jobcontrol, launch
     from . import train as training
     given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
                                                           "training", "config", "ranks",
-                                                          "distributed", "launch", "overwrite")}
+                                                          "distributed", "launch", "overwrite",
+                                                          "jobcontrol")}
     given["model"] = config
     if ranks is not None:
         n = launch.parse_ranks(ranks)
@@ -163,6 +164,7 @@ def train(
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
     group = distributed.world()  # the single process, or this rank of an mpiexec job
+    jobcontrol.owned_by_launcher()  # started by `--ranks`: end when the launcher is gone
     if resume and overwrite:
         raise SLLMError("--overwrite starts a new run; it cannot be combined with --resume")
 

@@ -72,7 +72,7 @@ class TrainResult:
 
 # ---- setting a run up -------------------------------------------------------------------
 def _tokenizer_for(cfg: TrainConfig, text: str) -> tokenizers.Tokenizer:
-    if cfg.tokenizer in tokenizers.TOKENIZERS:
+    if cfg.tokenizer in tokenizers.TRAINABLE:
         size = cfg.vocab_size or (None if cfg.tokenizer == "char" else DEFAULT_VOCAB)
         return tokenizers.train(cfg.tokenizer, text, size, byte_fallback=cfg.byte_fallback)
     return tokenizers.load(cfg.tokenizer)
@@ -538,22 +538,26 @@ def _metrics_record(line: str) -> dict[str, Any] | None:
 
 
 class _interrupt_flag:
-    """While active, Ctrl-C asks the trainer to stop after the current step (a second
-    Ctrl-C interrupts at once)."""
+    """While active, Ctrl-C (SIGINT) or SIGTERM asks the trainer to stop after the current
+    step and checkpoint; a second Ctrl-C interrupts at once. SIGTERM never escalates: it
+    may come twice (the launcher's forwarding and its parent-death watchdog, see
+    sllm.jobcontrol), and SIGKILL is the way to stop at once."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
-        self.previous: Any = None  # the SIGINT handler to restore, as signal.signal gave it
+        self.previous: dict[int, Any] = {}  # the handlers to restore, as signal.signal gave them
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.trainer.stop_requested = True
-        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self.previous[signal.SIGINT] or signal.default_int_handler)
 
     def __enter__(self) -> _interrupt_flag:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+            self.previous = {s: signal.signal(s, self._handler)
+                             for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
