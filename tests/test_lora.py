@@ -113,7 +113,7 @@ def test_bad_settings_are_refused_by_name(kwargs, words):
 
 def test_rank_wider_than_a_layer_and_unknown_targets_are_refused():
     model = sllm.SLLM(tiny("llama"), backend="numpy", seed=1)
-    with pytest.raises(sllm.ConfigError, match=r"rank 13 .*between 1 and 12.*gate_proj"):
+    with pytest.raises(sllm.ConfigError, match=r"rank\) 13 must be between 1 and 12.*gate_proj"):
         Adapter.create(model, LoraConfig(rank=13, targets="mlp"))
     with pytest.raises(sllm.ConfigError, match=r"'c_fc'.*qkv_proj"):
         Adapter.create(model, LoraConfig(targets="attn,c_fc"))
