@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import KVCache, LlamaActivations
+from .layout import head_name
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -100,10 +101,10 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
 def backward(m: SLLM, a: LlamaActivations) -> None:
     """The forward line reversed: fills m's gradients from the dlogits in a.logits."""
     k, cfg, P, G = m.backend, m.config, m._params, m._grads
-    H, Hkv, theta, p = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, a.dropout
-    m.flat_grads.fill(0)
-    k.matmul_bwd(a.dln, m._lm_head(G), None, a.logits, a.lnf, m._lm_head(P),
-                 cfg.tie_embeddings)
+    H, Hkv, theta, p, mmb = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, a.dropout, m._matmul_bwd
+    m._zero_grads()
+    mmb(a.dln, G[head_name(cfg)], None, a.logits, a.lnf, m._lm_head(m._qweights, P),
+        cfg.tie_embeddings)
     a.dres.fill(0)
     k.rmsnorm_bwd(a.dres, G[NORM], a.dln, a.layers[-1].res3, P[NORM], a.lnf_rstd)
     for i in reversed(range(cfg.num_layers)):
@@ -113,21 +114,23 @@ def backward(m: SLLM, a: LlamaActivations) -> None:
         if p:
             k.dropout_bwd(a.dbranch, a.dres, p, m._dropout_seed(i, 1))
             dbranch = a.dbranch
-        k.matmul_bwd(a.dh, D.down_w, None, dbranch, la.hact, L.down_w)
+        mmb(a.dh, D.down_w, None, dbranch, la.hact, L.down_w)
         k.swiglu_bwd(a.dgate, a.dup, a.dh, la.gate, la.up)
-        k.matmul_bwd(a.dln, D.gate_w, None, a.dgate, la.ln2, L.gate_w)
-        k.matmul_bwd(a.dln2, D.up_w, None, a.dup, la.ln2, L.up_w)
+        mmb(a.dln, D.gate_w, None, a.dgate, la.ln2, L.gate_w)
+        mmb(a.dln2, D.up_w, None, a.dup, la.ln2, L.up_w)
         k.residual_fwd(a.dln, a.dln, a.dln2)  # ln2 feeds both gate and up
         k.rmsnorm_bwd(a.dres, D.ln2_w, a.dln, la.res2, L.ln2_w, la.ln2_rstd)
         dbranch = a.dres
         if p:
             k.dropout_bwd(a.dbranch, a.dres, p, m._dropout_seed(i, 0))
             dbranch = a.dbranch
-        k.matmul_bwd(a.datty, D.o_w, None, dbranch, la.atty, L.o_w)
+        mmb(a.datty, D.o_w, None, dbranch, la.atty, L.o_w)
         k.attention_bwd(a.dqkv, a.datty, la.qkv, la.atty, la.att, H, Hkv)
         k.rope_bwd(a.dqkv_rows, a.positions, H, Hkv, theta)
-        k.matmul_bwd(a.dln, D.qkv_w, None, a.dqkv, la.ln1, L.qkv_w)
+        mmb(a.dln, D.qkv_w, None, a.dqkv, la.ln1, L.qkv_w)
         k.rmsnorm_bwd(a.dres, D.ln1_w, a.dln, x_in, L.ln1_w, la.ln1_rstd)
-    # the embedding's gradient: dres summed per token id (a tied head already added its own)
-    np.add.at(G[EMBED], a.tokens.reshape(-1), a.dres.reshape(-1, cfg.embedding_dim))
+    # the embedding's gradient: dres summed per token id (a tied head already added its own);
+    # none for a frozen base (an adapter attached)
+    if m.adapter is None:
+        np.add.at(G[EMBED], a.tokens.reshape(-1), a.dres.reshape(-1, cfg.embedding_dim))
 
