@@ -138,6 +138,9 @@ def train(
                                                           "override it)."),
     max_memory: str | None = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are "
                                                         "refused. (default: the memory available now)"),
+    recompute: bool | None = typer.Option(None, "--recompute/--no-recompute", help="Activation checkpointing: keep "
+                                                 "one layer's activations, recompute the others in backward (the "
+                                                 "same steps, less memory, about a quarter more time)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed "
                                                               "first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
