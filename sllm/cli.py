@@ -467,9 +467,15 @@ def _env_removed(name: str) -> Iterator[None]:
 
 @app.command()
 @command
-def backends() -> None:
+def backends(reprobe: bool = typer.Option(False, "--reprobe", help="Forget the cached verdicts on "
+                                                                "plugin backends and probe them again.")
+             ) -> None:
     """List the compute backends, whether each is usable here, and why not."""
     from . import backends as registry
+    if reprobe:
+        from .backends.isolation import forget
+        forget()
+        registry.reset()
     env = os.environ.get("SLLM_BACKEND")
     with _env_removed("SLLM_BACKEND"):  # what auto alone picks, constructed
         auto, auto_error = registry.resolve("auto")
