@@ -88,8 +88,8 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
 const uint8_t* unpack_block(uint8_t* block, const uint8_t* packed, int qtype, int64_t nb,
                             int64_t row, int64_t b);
 
-// Floats of W that matmul_q_bwd dequantizes at once (1 MiB, sllm.quant.DEQUANT_CHUNK_FLOATS).
-constexpr int64_t kDequantChunkFloats = int64_t(1) << 18;
+// Floats of W that matmul_q_bwd dequantizes at once (4 MiB, sllm.quant.DEQUANT_CHUNK_FLOATS).
+constexpr int64_t kDequantChunkFloats = int64_t(1) << 20;
 
 // dinp (N, K) = dout (N, OC) @ W, overwritten, for W (OC, K) the dequantized rows of wq
 // (ggml's rows or, packed, as pack_q made them): matmul_q_fwd's backward to its input.

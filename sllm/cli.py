@@ -125,6 +125,14 @@ def train(
     init_from: str | None = typer.Option(None, help="Start from this model's weights, config and tokenizer: a "
                                                        ".sllm file (e.g. one made by `sllm import`) or a run "
                                                        "directory."),
+    lora_rank: int | None = typer.Option(None, help="Train a LoRA adapter of this rank on the --init-from model, "
+                                                       "its weights frozen; writes adapter.sllm (see `sllm "
+                                                       "finetune`)."),
+    lora_alpha: float | None = typer.Option(None, help="LoRA scale alpha (the delta is alpha/rank * x A B). (default: "
+                                                          "2 x rank)"),
+    lora_targets: str | None = typer.Option(None, help="Weights the adapter changes: attn | mlp | all, or a comma "
+                                                          "list of weight-name suffixes. (default: all)"),
+    lora_dropout: float | None = typer.Option(None, help="Dropout on the adapter's input, 0 <= p < 1. (default: 0)"),
     seed: int | None = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: str | None = typer.Option(None, help="Training-config JSON with any of these options (flags "
                                                           "override it)."),
@@ -222,12 +230,11 @@ def _report(result: Any, trainer: Any) -> None:
 
 
 # ---- generate / chat -----------------------------------------------------------------------
-def _load(model_path: str, backend: str, tokenizer: str | None) -> tuple[Any, Any]:
-    import sllm
-
+def _load(model_path: str, backend: str, tokenizer: str | None,
+          adapter: str | None = None) -> tuple[Any, Any]:
     from . import tokenizer as tokenizers
     path = _resolve_model(model_path)
-    model = sllm.load(path, backend=backend)
+    model = _load_model_only(model_path, backend, adapter)
     if tokenizer:
         tok = tokenizers.load(tokenizer)
     elif model.tokenizer:
@@ -300,6 +307,8 @@ def generate(
     choice: list[str] = typer.Option([], help="The output is one of these strings (repeatable)."),
     backend: str = typer.Option("auto", help="Compute backend."),
     tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
+    adapter: str | None = typer.Option(None, help="A LoRA adapter file (e.g. a finetune run's adapter.sllm) to "
+                                                     "apply to the model."),
 ) -> None:
     """Continue a prompt, printing tokens as they are generated (stops at [EOS])."""
     from .generate import check_sampling, encode_prompt, stream_text
@@ -308,7 +317,7 @@ def generate(
             "logit_bias": _logit_bias(logit_bias)}
     check_sampling(max_tokens, temperature, top_k, top_p, seed,
                    **{k: v for k, v in more.items() if v is not None})
-    m, tok = _load(model, backend, tokenizer)
+    m, tok = _load(model, backend, tokenizer, adapter)
     constraint = _constraint(tok, json_schema, regex, choice)
     ids = encode_prompt(tok, prompt)
     term.print(tok.decode(ids), end="", style="bold", highlight=False)
@@ -339,13 +348,15 @@ def chat(
     context_overflow: str = typer.Option("trim", help="trim: drop the oldest turns that do not fit; error: refuse."),
     backend: str = typer.Option("auto", help="Compute backend."),
     tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
+    adapter: str | None = typer.Option(None, help="A LoRA adapter file (e.g. a finetune run's adapter.sllm) to "
+                                                     "apply to the model."),
 ) -> None:
     """Talk to a model trained on dialogues (you are A:, the model is B:). Ctrl-D or /quit ends."""
     from .chat import ChatSession, ContextOverflow
     from .generate import check_sampling
     check_sampling(max_tokens, temperature, top_k, top_p, seed)
     _check_overflow(context_overflow)
-    m, tok = _load(model, backend, tokenizer)
+    m, tok = _load(model, backend, tokenizer, adapter)
     session = ChatSession(m, tok, max_tokens, context_overflow=context_overflow,
                           **_sampling(temperature, top_k, top_p, seed))
     interactive = sys.stdin.isatty()
@@ -619,14 +630,16 @@ def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run di
           batch_size: int = typer.Option(8, help="Windows per forward pass."),
           max_tokens: int | None = typer.Option(None, help="Evaluate only the first N tokens."),
           json_out: str | None = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
-          tokenizer: str | None = typer.Option(None, help="vocab.json, when the model has none inside.")) -> None:
+          tokenizer: str | None = typer.Option(None, help="vocab.json, when the model has none inside."),
+          adapter: str | None = typer.Option(None, help="A LoRA adapter file to apply to the model.")) -> None:
     """Mean loss and perplexity of a model on held-out text (to judge a quantized model)."""
     import json
 
     from .evaluate import corpus_ids, evaluate, held_out_ids
     from .fileio import atomic_write
     from .tokenizer import unknown_report
-    m, tok = _load(model, backend, tokenizer) if corpus else (_load_model_only(model, backend), None)
+    m, tok = _load(model, backend, tokenizer, adapter) if corpus else \
+        (_load_model_only(model, backend, adapter), None)
     if corpus:
         ids, source = corpus_ids(corpus, tok), corpus
     else:
@@ -647,9 +660,14 @@ def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run di
             f.write(json.dumps(r, indent=2).encode("utf-8"))
 
 
-def _load_model_only(model_path: str, backend: str) -> Any:
+def _load_model_only(model_path: str, backend: str, adapter: str | None = None) -> Any:
+    """The model (eval mode), with the LoRA adapter file `adapter` attached when given."""
     import sllm
-    return sllm.load(_resolve_model(model_path), backend=backend)
+    from sllm.lora import Adapter
+    model = sllm.load(_resolve_model(model_path), backend=backend)
+    if adapter is not None:
+        model.attach_adapter(Adapter.load(adapter, model))
+    return model
 
 
 @app.command()
@@ -778,3 +796,7 @@ def bench(
 
 if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
     app()
+
+
+# ---- commands that live in their own modules (each registers itself on `app`) --------------
+from . import cli_lora  # noqa: E402,F401  (finetune, merge)

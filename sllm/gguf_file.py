@@ -245,6 +245,9 @@ def _gguf_tokenizer(fields: dict[str, Any], vocab_size: int,
     if fields.get("sllm.tokenizer"):
         return _tokenizer_field(fields["sllm.tokenizer"], path), None
     model = fields.get("tokenizer.ggml.model")
+    if model == "llama":  # SentencePiece pieces and scores: sllm's spm tokenizer
+        from .gguf_vocab import spm_from_fields
+        return spm_from_fields(fields, vocab_size, path), None
     if model in (None, "no_vocab"):
         return None, "the file has no vocabulary; token ids are the file's"
     return None, (f"the file's {model!r} vocabulary is not converted; token ids are the "

@@ -84,6 +84,8 @@ def _arrays(trainer: Any) -> Iterator[tuple[str, np.ndarray]]:
     """Every array rank 0 broadcasts, in order: token ids, parameters, optimizer buffers."""
     yield from _data_arrays(trainer.data)
     yield "params", trainer.model.flat_params
+    if trainer.model.adapter is not None:  # a LoRA run
+        yield "adapter", trainer.model.adapter.flat_params
     yield from sorted(trainer.opt.buffers.items())
 
 
@@ -93,7 +95,7 @@ def _build(header: dict[str, Any], group: Group) -> Any:
     from .config import ModelConfig
     from .data import TokenData, TokenSplit
     from .model import SLLM
-    from .train import TrainConfig, Trainer, make_optimizer
+    from .train import TrainConfig, Trainer, attach_lora, make_optimizer
     cfg = TrainConfig.from_dict(header["train_config"])
     d = header["data"]
     arrays = {k: np.empty(n, dtype=np.dtype(dt)) for k, (dt, n) in d["arrays"].items()}
@@ -103,6 +105,7 @@ def _build(header: dict[str, Any], group: Group) -> Any:
     model = SLLM(ModelConfig.from_json(header["model_config"]), backend=header["backend"],
                  seed=header["seed"], init=None)
     model.dropout_step = header["dropout_step"]
+    attach_lora(cfg, model, check=False)
     opt = make_optimizer(cfg, model)
     opt.load_state_dict(dict(header["optimizer"], buffers=opt.buffers))
     trainer = Trainer(model, tokenizers.from_dict(header["tokenizer"]), data, cfg, opt,

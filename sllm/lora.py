@@ -59,16 +59,16 @@ class LoraConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        check_int("lora rank", self.rank, 1)
+        check_int("lora_rank", self.rank, 1)
         if self.alpha is None:
             object.__setattr__(self, "alpha", float(2 * self.rank))
-        object.__setattr__(self, "alpha", float(check_number("lora alpha", self.alpha, 0.0,
+        object.__setattr__(self, "alpha", float(check_number("lora_alpha", self.alpha, 0.0,
                                                               lo_open=True)))
         object.__setattr__(self, "dropout", float(check_number(
-            "lora dropout", self.dropout, 0.0, 1.0, hi_open=True)))
+            "lora_dropout", self.dropout, 0.0, 1.0, hi_open=True)))
         if not isinstance(self.targets, str) or not self.targets.strip():
-            raise ConfigError(f"lora targets must be attn, mlp, all or a comma list of weight "
-                              f"names, got {self.targets!r}")
+            raise ConfigError(f"lora_targets (--lora-targets) must be attn, mlp, all or a comma "
+                              f"list of weight names, got {self.targets!r}")
 
     @property
     def scale(self) -> float:
@@ -91,7 +91,7 @@ def target_names(config: ModelConfig, targets: str) -> list[str]:
         elif part in valid:
             suffixes.append(part)
         else:
-            raise ConfigError(f"lora target {part!r} matches no weight of this "
+            raise ConfigError(f"--lora-targets: {part!r} matches no weight of this "
                               f"{config.architecture} model; choose attn, mlp, all or "
                               f"some of {', '.join(valid)}")
     names = [n for n, _ in parameter_shapes(config) if any(n.endswith("." + s) for s in suffixes)]
@@ -137,6 +137,7 @@ class Adapter:
     base: dict[str, Any]
     base_config: ModelConfig
     metadata: dict[str, Any] = field(default_factory=dict)
+    extra_tensors: dict[str, np.ndarray] = field(default_factory=dict)  # a checkpoint's
 
     @classmethod
     def create(cls, model: SLLM, config: LoraConfig, seed: int = 0) -> Adapter:
@@ -150,7 +151,7 @@ class Adapter:
             assert shape is not None  # target_names gives matmul weights only
             n_in, n_out = shape
             if not 1 <= config.rank <= min(n_in, n_out):
-                raise ConfigError(f"lora rank {config.rank} must be between 1 and "
+                raise ConfigError(f"lora_rank (--lora-rank) {config.rank} must be between 1 and "
                                   f"{min(n_in, n_out)}, the width of {name} ({n_in} x {n_out})")
             bound = 1.0 / np.sqrt(n_in)
             tensors[name + ".lora_a"] = rng.uniform(-bound, bound, (n_in, config.rank)
@@ -177,18 +178,32 @@ class Adapter:
                             f"{mine[:12]}), not this one ({theirs[:12]}); load it onto the "
                             f"model it was trained on")
 
-    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-        """Write the adapter atomically in the SLLM container (sllm.serialize)."""
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False,
+             extra_tensors: dict[str, np.ndarray] | None = None,
+             metadata: dict[str, Any] | None = None, dtype: str = "f32") -> None:
+        """Write the adapter atomically in the SLLM container (sllm.serialize), its tensors
+        in `dtype` "f32" or "f16" (half the bytes; `sllm finetune` writes f16 adapters).
+
+        A training checkpoint (sllm.checkpoint) adds its optimizer buffers as extra tensors
+        named "optim.<buffer>" and its state under metadata["checkpoint"]."""
+        from .finite import check_f16_range
         from .outputs import check_output
-        from .serialize import DTYPE_CODES, Section, _json_bytes, write_container
+        from .serialize import DTYPE_CODES, DTYPES, Section, _json_bytes, write_container
+        if dtype not in DTYPE_CODES:
+            raise ValueError(f"adapter dtype must be f32 or f16, got {dtype!r}")
+        if dtype == "f16":
+            check_f16_range(self.tensors)
         check_output(path, overwrite=overwrite)
-        meta = {**self.metadata, "kind": KIND, "rank": self.config.rank,
+        meta = {**self.metadata, **(metadata or {}), "kind": KIND, "rank": self.config.rank,
                 "alpha": self.config.alpha, "dropout": self.config.dropout,
                 "targets": list(self.targets), "target_option": self.config.targets,
                 "base": dict(self.base)}
         cfg = self.base_config.to_dict()
-        tensors = [(n, np.ascontiguousarray(t, "<f4"), DTYPE_CODES["f32"], t.shape)
+        own = DTYPES[DTYPE_CODES[dtype]][1]
+        tensors = [(n, np.ascontiguousarray(t, own), DTYPE_CODES[dtype], t.shape)
                    for n, t in self.tensors.items()]
+        tensors += [(n, np.ascontiguousarray(t, "<f4"), DTYPE_CODES["f32"], t.shape)
+                    for n, t in (extra_tensors or {}).items()]
         write_container(path, self.base_config,
                         [(Section.CONFIG, _json_bytes(cfg)), (Section.METADATA, _json_bytes(meta))],
                         tensors)
@@ -234,12 +249,15 @@ def _from_file(path: Any, base_config: ModelConfig, meta: dict[str, Any],
                 raise FormatError(f"{path}: tensor {name + suffix!r} should have shape {need}, "
                                   f"found {None if t is None else t.shape}")
             expected.add(name + suffix)
-    if extra := sorted(set(tensors) - expected):
+    optim = {n: t for n, t in tensors.items() if n.startswith("optim.")} \
+        if isinstance(meta.get("checkpoint"), dict) else {}
+    if extra := sorted(set(tensors) - expected - set(optim)):
         raise FormatError(f"{path}: tensor {extra[0][:80]!r} is not one of the adapter's")
-    return Adapter(config, list(targets), tensors, dict(base), base_config,
+    own = {n: t for n, t in tensors.items() if n in expected}
+    return Adapter(config, list(targets), own, dict(base), base_config,
                    {k: v for k, v in meta.items() if k not in ("kind", "rank", "alpha", "dropout",
                                                                 "targets", "target_option",
-                                                                "base")})
+                                                                "base")}, optim)
 
 
 # ---- the adapter attached to a model ------------------------------------------------------

@@ -234,14 +234,16 @@ class SLLM:
         return self.adapter.gradients() if self.adapter else dict(self._grads)
 
     # ---- LoRA adapters (sllm/lora.py) ------------------------------------------------------
-    def attach_adapter(self, adapter: Adapter) -> Attached:
+    def attach_adapter(self, adapter: Adapter, check: bool = True) -> Attached:
         """Add `adapter`'s low-rank delta to its target weights in every forward, and freeze
         the base: forward_backward then fills only the adapter's gradients (the base's
         gradient buffer is freed), and trainable() is the adapter. LoraError when the
-        adapter was made for another base or one is attached already."""
+        adapter was made for another base (check=False skips that: a data-parallel rank
+        whose weights arrive later) or one is attached already."""
         if self.adapter is not None:
             raise LoraError("an adapter is attached already; detach_adapter() first")
-        adapter.check_base(self)
+        if check:
+            adapter.check_base(self)
         self.adapter = Attached(self, adapter)
         self._p_layers = self._layers({**self._params, **self._qweights, **self.adapter.weights})
         self._freeze_grads()

@@ -213,9 +213,11 @@ def dequantize(data: np.ndarray, qtype: str, K: int) -> np.ndarray:
     return x.reshape(len(x), -1)[:, :K]
 
 
-# Floats of a dequantized slice that matmul_q_bwd holds at once (1 MiB): the backward of a
-# quantized matmul never materialises the whole float matrix.
-DEQUANT_CHUNK_FLOATS = 1 << 18
+# Floats of a dequantized slice that matmul_q_bwd holds at once (4 MiB): the backward of a
+# quantized matmul never materialises the whole float matrix. (1 MiB made wasm-simd's
+# backward through medium-model's lm_head (512 x 256 x 8000) 1.7x slower: 32-column
+# slices, each repacking all of dout; cpp the same either way. Alternating, 2026-12-04.)
+DEQUANT_CHUNK_FLOATS = 1 << 20
 
 
 def chunk_columns(OC: int, K: int, budget: int = DEQUANT_CHUNK_FLOATS) -> int:

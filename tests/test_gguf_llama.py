@@ -53,7 +53,7 @@ _NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
           "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
 
 
-def _write_foreign(path, model, extra=None, drop=None, qtype=None):
+def _write_foreign(path, model, extra=None, drop=None, qtype=None, spm=False):
     """A GGUF llama file by gguf's writer alone, named and permuted as llama.cpp's
     converter does, with a SentencePiece-style vocabulary of its own (no sllm.* keys)."""
     cfg = model.config
@@ -66,8 +66,17 @@ def _write_foreign(path, model, extra=None, drop=None, qtype=None):
     for key, value in {**{f"llama.{k}": v for k, v in keys.items()}, **(extra or {})}.items():
         add = {int: w.add_uint32, float: w.add_float32, str: w.add_string}[type(value)]
         add(key, value)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
+    if spm:  # a SentencePiece vocabulary as llama.cpp's converter writes one
+        w.add_tokenizer_model("llama")
+        w.add_token_list(SPM_PIECES)
+        w.add_token_scores(SPM_SCORES)
+        w.add_token_types([2, 3, 3] + [1] * (len(SPM_PIECES) - 3))
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+    else:
+        w.add_tokenizer_model("gpt2")
+        w.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
     for name, arr in llama_hf_tensors(model, np.float32).items():
         if name in _TOP_NAMES:
             gname = _TOP_NAMES[name]
@@ -90,6 +99,21 @@ def _write_foreign(path, model, extra=None, drop=None, qtype=None):
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+SPM_PIECES = ["<unk>", "<s>", "</s>", "\u2581", "a", "b", "c", "\u2581a", "ab", "\u2581ab", "bc",
+              "abc", "\u2581abc", *[f"x{i}" for i in range(27)]]
+SPM_SCORES = [0.0, 0.0, 0.0] + [-float(i) for i in range(len(SPM_PIECES) - 3)]
+
+
+def test_a_foreign_sentencepiece_vocabulary_becomes_an_spm_tokenizer(tmp_path):
+    from sllm import tokenizer as tokenizers
+    back = import_model(_write_foreign(tmp_path / "v.gguf", _llama(), spm=True))
+    tok = tokenizers.from_dict(back.tokenizer)
+    want = tokenizers.SPMTokenizer([p.replace("\u2581", " ") for p in SPM_PIECES], SPM_SCORES)
+    assert tok.to_dict() == want.to_dict() and tok.bos_id == 1 and tok.unk_id == 0
+    assert tok.encode("abc cab") == [12, 3, 6, 8]  # " abc", " ", "c", "ab": by score
+    assert tok.decode([1, *tok.encode("abc cab")]) == "abc cab"
 
 
 _TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight",

@@ -40,7 +40,7 @@ def test_the_default_dequantizes_a_bounded_slice_at_a_time():
     dinp, ref = np.full((3, K), np.nan, np.float32), np.zeros((3, K), np.float32)
     backend.matmul_q_bwd(dinp, dout, wq, "q4_0")
     np.testing.assert_allclose(dinp, dout @ quant.dequantize(wq, "q4_0", K), rtol=1e-5, atol=1e-4)
-    assert sum(backend.widths) == K and len(backend.widths) == 5  # 256 columns (1 MiB) each
+    assert sum(backend.widths) == K and len(backend.widths) == 2  # 1024 columns (4 MiB), then 76
     assert max(backend.widths) * OC <= quant.DEQUANT_CHUNK_FLOATS
     reference.matmul_q_bwd(ref, dout, wq, "q4_0")
     np.testing.assert_allclose(dinp, ref, rtol=1e-5, atol=1e-4)

@@ -302,7 +302,7 @@ _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0, "packed": packed}
                                       (2, 256, 17)))
         for q in ("q8_0", "q4_0", "q4_1") for packed in (False, True)]
 # matmul_q_bwd: K % 32 != 0 (a partial last block), OC odd (a partial packed group), N 1 and
-# odd; OC 5003 sums many rows per element; (3, 1100, 1001) spans several column slices of
+# odd; OC 5003 sums many rows per element; (3, 1100, 1001) spans two column slices of
 # DEQUANT_CHUNK_FLOATS (the last one partial, ending mid-block); ggml's and packed rows.
 # Tolerance: matmul_fwd's (float32 accumulation of the exactly dequantized weights).
 _MMQB = [{**s, "qtype": q, "packed": packed}
