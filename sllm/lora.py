@@ -180,21 +180,30 @@ class Adapter:
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False,
              extra_tensors: dict[str, np.ndarray] | None = None,
-             metadata: dict[str, Any] | None = None) -> None:
-        """Write the adapter atomically in the SLLM container (sllm.serialize).
+             metadata: dict[str, Any] | None = None, dtype: str = "f32") -> None:
+        """Write the adapter atomically in the SLLM container (sllm.serialize), its tensors
+        in `dtype` "f32" or "f16" (half the bytes; `sllm finetune` writes f16 adapters).
 
         A training checkpoint (sllm.checkpoint) adds its optimizer buffers as extra tensors
         named "optim.<buffer>" and its state under metadata["checkpoint"]."""
+        from .finite import check_f16_range
         from .outputs import check_output
-        from .serialize import DTYPE_CODES, Section, _json_bytes, write_container
+        from .serialize import DTYPE_CODES, DTYPES, Section, _json_bytes, write_container
+        if dtype not in DTYPE_CODES:
+            raise ValueError(f"adapter dtype must be f32 or f16, got {dtype!r}")
+        if dtype == "f16":
+            check_f16_range(self.tensors)
         check_output(path, overwrite=overwrite)
         meta = {**self.metadata, **(metadata or {}), "kind": KIND, "rank": self.config.rank,
                 "alpha": self.config.alpha, "dropout": self.config.dropout,
                 "targets": list(self.targets), "target_option": self.config.targets,
                 "base": dict(self.base)}
         cfg = self.base_config.to_dict()
-        tensors = [(n, np.ascontiguousarray(t, "<f4"), DTYPE_CODES["f32"], t.shape)
-                   for n, t in {**self.tensors, **(extra_tensors or {})}.items()]
+        own = DTYPES[DTYPE_CODES[dtype]][1]
+        tensors = [(n, np.ascontiguousarray(t, own), DTYPE_CODES[dtype], t.shape)
+                   for n, t in self.tensors.items()]
+        tensors += [(n, np.ascontiguousarray(t, "<f4"), DTYPE_CODES["f32"], t.shape)
+                    for n, t in (extra_tensors or {}).items()]
         write_container(path, self.base_config,
                         [(Section.CONFIG, _json_bytes(cfg)), (Section.METADATA, _json_bytes(meta))],
                         tensors)

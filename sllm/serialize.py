@@ -402,8 +402,9 @@ def _table_entries(payloads: dict[int, memoryview], path: Any
 
 def read_float_tensors(path: str | os.PathLike[str]
                        ) -> tuple[ModelConfig, dict[str, Any], dict[str, np.ndarray]]:
-    """The config, metadata object and float32 tensors (copies) of a container that holds
-    no model weights, e.g. a LoRA adapter (sllm.lora). FormatError on any malformation."""
+    """The config, metadata object and float32 tensors (copies; f16 ones widened) of a
+    container that holds no model weights, e.g. a LoRA adapter (sllm.lora). FormatError on
+    any malformation."""
     buf = memoryview(_open(path, mmap=False))
     _, config, payloads, _ = parse_container(buf, path)
     metadata = _read_json(payloads, Section.METADATA, path) \
@@ -415,9 +416,11 @@ def read_float_tensors(path: str | os.PathLike[str]
     for name, dtype, shape, offset, nbytes in entries:
         if name in tensors:
             raise FormatError(f"{path}: tensor {name!r} appears twice in the tensor table")
-        if dtype != DTYPE_CODES["f32"]:
-            raise FormatError(f"{path}: tensor {name!r} is not float32")
-        tensors[name] = np.frombuffer(data, "<f4", nbytes // 4, offset).reshape(shape).copy()
+        if dtype not in DTYPES:
+            raise FormatError(f"{path}: tensor {name!r} is not float32 or float16")
+        kind = DTYPES[dtype][1]
+        tensors[name] = np.frombuffer(data, kind, nbytes // kind.itemsize, offset
+                                      ).reshape(shape).astype(np.float32)
     check_weights(tensors, path, {})
     return config, metadata, tensors
 

@@ -360,7 +360,8 @@ class Trainer:
         if self.model.adapter is not None:  # a LoRA run: the adapter, never the base
             self.model.adapter.adapter.save(self._path(LORA_NAMES[name]), overwrite=True,
                                             metadata={"step": self.step,
-                                                      "best_val_loss": self.best_val})
+                                                      "best_val_loss": self.best_val},
+                                            dtype="f16")  # the checkpoint keeps f32
             return
         self.model.save(self._path(name), tokenizer=self.tok.to_dict(),
                         metadata={"kind": "model", "step": self.step,

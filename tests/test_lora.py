@@ -235,3 +235,17 @@ def test_an_adapter_trains_on_a_quantized_base(arch, backend_name):
     assert model.forward_backward(x, y) < first - 0.05
     for name, q in model.quantized_weights().items():
         assert np.array_equal(np.asarray(q.data), rows[name]), name
+
+
+def test_an_f16_adapter_file_is_half_the_size_and_close(tmp_path):
+    model, adapter = model_and_adapter("gpt2")
+    adapter.save(tmp_path / "a32.sllm")
+    adapter.save(tmp_path / "a16.sllm", dtype="f16")
+    small, big = (tmp_path / "a16.sllm").stat().st_size, (tmp_path / "a32.sllm").stat().st_size
+    assert small < big  # (tiny tensors: the 64-byte alignment hides most of the halving)
+    back = Adapter.load(tmp_path / "a16.sllm", model)
+    for name, t in adapter.tensors.items():
+        assert back.tensors[name].dtype == np.float32
+        np.testing.assert_allclose(back.tensors[name], t, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="f32 or f16"):
+        adapter.save(tmp_path / "x.sllm", dtype="q8_0")
