@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,7 +187,7 @@ return {info, adapted, base: Array.from(m.forward([3, 1, 4, 1, 5]))};
     assert got["info"]["base"]["fingerprint"] == fingerprint(sllm.load(models[name], backend="numpy"))
 
 
-def _corrupt_adapters(good: Adapter, path) -> dict[str, bytes]:
+def _corrupt_adapters(good: Adapter, path: Path) -> dict[str, bytes]:
     """Adapter files Python refuses: the container's corruptions and an adapter's own."""
     good.save(path / "good.sllm")
     cases = corrupt_files((path / "good.sllm").read_bytes())
