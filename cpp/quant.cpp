@@ -41,31 +41,34 @@ const QuantOps* pick() {
 Scratch g_scratch;
 constexpr int64_t kGemmRows = 16;  // from this many input rows on, ggml's rows take the float GEMM
 
+// One block of ggml bytes as floats: its first n <= 32 values.
+void dequantize_block(const uint8_t* w, int qtype, int64_t n, float* out) {
+  uint16_t dh;
+  std::memcpy(&dh, w, 2);
+  const float d = half_to_float(dh);
+  float m = 0;
+  if (qtype == Q4_1) {
+    uint16_t mh;
+    std::memcpy(&mh, w + 2, 2);
+    m = half_to_float(mh);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    float v;
+    if (qtype == Q8_0) {
+      v = (float)reinterpret_cast<const int8_t*>(w + 2)[j] * d;
+    } else {
+      const uint8_t byte = w[(qtype == Q4_0 ? 2 : 4) + (j % 16)];
+      const int nib = j < 16 ? (byte & 0x0F) : (byte >> 4);
+      v = qtype == Q4_0 ? (float)(nib - 8) * d : (float)nib * d + m;
+    }
+    out[j] = v;
+  }
+}
+
 // One quantized weight row as floats (its first K values).
 void dequantize_row(const uint8_t* w, int qtype, int64_t K, float* out) {
-  const int64_t nb = (K + QK - 1) / QK;
-  for (int64_t b = 0; b < nb; ++b, w += kBlockBytes[qtype]) {
-    uint16_t dh;
-    std::memcpy(&dh, w, 2);
-    const float d = half_to_float(dh);
-    float m = 0;
-    if (qtype == Q4_1) {
-      uint16_t mh;
-      std::memcpy(&mh, w + 2, 2);
-      m = half_to_float(mh);
-    }
-    for (int64_t j = 0; j < QK && b * QK + j < K; ++j) {
-      float v;
-      if (qtype == Q8_0) {
-        v = (float)reinterpret_cast<const int8_t*>(w + 2)[j] * d;
-      } else {
-        const uint8_t byte = w[(qtype == Q4_0 ? 2 : 4) + (j % 16)];
-        const int nib = j < 16 ? (byte & 0x0F) : (byte >> 4);
-        v = qtype == Q4_0 ? (float)(nib - 8) * d : (float)nib * d + m;
-      }
-      out[b * QK + j] = v;
-    }
-  }
+  for (int64_t b = 0; b * QK < K; ++b, w += kBlockBytes[qtype])
+    dequantize_block(w, qtype, std::min(QK, K - b * QK), out + b * QK);
 }
 
 // Many input rows (prefill, evaluation) on ggml's rows: the same products as the integer
@@ -184,6 +187,35 @@ void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq
                  int64_t C) {
   const int64_t row_bytes = (C + QK - 1) / QK * kBlockBytes[qtype];
   for (int64_t i = 0; i < n; ++i) dequantize_row(wq + tokens[i] * row_bytes, qtype, C, out + i * C);
+}
+
+// The backward to the input, dinp = dout @ W: W's columns [k0, k1) dequantized for all OC
+// rows into a bounded float slice (kDequantChunkFloats, whole blocks), then the float
+// GEMM (N x slice width, depth OC) writes dinp's columns. The dequantization is O(OC*K)
+// against the GEMM's O(N*OC*K), so the tiered GEMM carries the speed; each element of
+// dinp is one GEMM sum over OC, as matmul_fwd on the dequantized matrix.
+void matmul_q_bwd(float* dinp, const float* dout, const uint8_t* wq, int qtype, int64_t N,
+                  int64_t K, int64_t OC, bool packed) {
+  const int64_t nb = (K + QK - 1) / QK, B = kBlockBytes[qtype];
+  const int64_t cols = std::min(std::max<int64_t>(1, kDequantChunkFloats / (OC * QK)), nb) * QK;
+  static Scratch floats;
+  auto lock = floats.lock();
+  float* w = floats.get((size_t)(OC * cols));
+  constexpr int64_t kRowsPerTask = 16;
+  for (int64_t k0 = 0; k0 < K; k0 += cols) {
+    const int64_t k1 = std::min(K, k0 + cols), width = k1 - k0, b0 = k0 / QK;
+    const int64_t b1 = (k1 + QK - 1) / QK;
+    parallel_grains(OC, kRowsPerTask, OC * width >= kParallelFloats, [&](int64_t o0, int64_t o1) {
+      uint8_t block[34];
+      for (int64_t o = o0; o < o1; ++o)
+        for (int64_t b = b0; b < b1; ++b) {
+          const uint8_t* src = wq + (o * nb + b) * B;
+          if (packed) src = unpack_block(block, wq, qtype, nb, o, b);
+          dequantize_block(src, qtype, std::min(QK, K - b * QK), w + o * width + (b - b0) * QK);
+        }
+    });
+    gemm(N, width, OC, dout, OC, false, w, width, false, dinp + k0, K, false, nullptr);
+  }
 }
 
 double stream_read_gbps(double seconds, int64_t bytes) {

@@ -83,6 +83,19 @@ void pack_q(uint8_t* dst, const uint8_t* src, int qtype, int64_t OC, int64_t nb)
 void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* bias,
                   int qtype, int64_t N, int64_t K, int64_t OC, bool packed = false);
 
+// Block b of ggml row `row`, read back from packed groups (pack_q's inverse) into `block`
+// (kBlockBytes[qtype] bytes); returns block.
+const uint8_t* unpack_block(uint8_t* block, const uint8_t* packed, int qtype, int64_t nb,
+                            int64_t row, int64_t b);
+
+// Floats of W that matmul_q_bwd dequantizes at once (4 MiB, sllm.quant.DEQUANT_CHUNK_FLOATS).
+constexpr int64_t kDequantChunkFloats = int64_t(1) << 20;
+
+// dinp (N, K) = dout (N, OC) @ W, overwritten, for W (OC, K) the dequantized rows of wq
+// (ggml's rows or, packed, as pack_q made them): matmul_q_fwd's backward to its input.
+void matmul_q_bwd(float* dinp, const float* dout, const uint8_t* wq, int qtype, int64_t N,
+                  int64_t K, int64_t OC, bool packed = false);
+
 // out (n, C) = rows tokens[0..n) of wq (ggml's rows of C values), dequantized: the
 // token embedding of a quantized model (ggml's get_rows).
 void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq, int qtype,

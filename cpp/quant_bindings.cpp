@@ -30,6 +30,19 @@ void bind_quant(py::module_& m) {
     matmul_q_fwd(o.f(), x.f(), w.data, b, code, N, K, OC, w.packed);
   }, arg("out"), arg("inp"), arg("wq"), arg("bias"), arg("qtype"),
      "out (N,OC) = q8_0(inp) . W^T + bias for W held as quantized rows (sllm.quant).");
+  m.def("matmul_q_bwd", [](py::handle dinp, py::handle dout, py::handle wq,
+                           const std::string& qtype) {
+    Check k("matmul_q_bwd");
+    const int code = qtype_code(k, qtype);
+    Arr dy = k.in(dout, "dout"), dx = k.out(dinp, "dinp");
+    const int64_t K = dx.last, OC = dy.last, N = dy.rows();
+    k.expect(K >= 1 && OC >= 1 && dx.size == N * K, "dinp must be (N, K) for dout (N, OC)");
+    const QWeights w = weight_rows(k, wq, OC, qrow_bytes(code, K), "wq", code);
+    k.disjoint(dx, "dinp", dy, "dout");
+    py::gil_scoped_release nogil;
+    matmul_q_bwd(dx.f(), dy.f(), w.data, code, N, K, OC, w.packed);
+  }, arg("dinp"), arg("dout"), arg("wq"), arg("qtype"),
+     "dinp (N,K) = dout (N,OC) @ W for W held as quantized rows (matmul_q_fwd's backward).");
   m.def("embed_q_fwd", [](py::handle out, py::handle tokens, py::handle wq,
                           const std::string& qtype) {
     Check k("embed_q_fwd");

@@ -46,4 +46,15 @@ void pack_q(uint8_t* dst, const uint8_t* src, int qtype, int64_t OC, int64_t nb)
   });
 }
 
+const uint8_t* unpack_block(uint8_t* block, const uint8_t* packed, int qtype, int64_t nb,
+                            int64_t row, int64_t b) {
+  const int R = qops().rows;
+  const uint8_t* group = packed + row / R * qgroup_bytes(qtype, nb, R);
+  const uint8_t flip = flip_of(qtype);
+  each_byte(qtype, R, nb, b, (int)(row % R), [&](int64_t at, int64_t from, bool code) {
+    block[from] = group[at] ^ (code ? flip : 0);
+  });
+  return block;
+}
+
 }  // namespace sllm

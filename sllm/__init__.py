@@ -10,12 +10,12 @@ from typing import Any
 
 from ._version import __version__
 from .config import ModelConfig
-from .errors import BackendError, ConfigError, DataError, FormatError, SLLMError
+from .errors import BackendError, ConfigError, DataError, FormatError, LoraError, SLLMError
 from .hookspecs import hookimpl
 from .model import SLLM
 
 __all__ = ["ModelConfig", "SLLM", "load", "load_json", "hookimpl", "BackendError",
-           "ConfigError", "DataError", "FormatError", "SLLMError", "__version__"]
+           "ConfigError", "DataError", "FormatError", "LoraError", "SLLMError", "__version__"]
 
 
 def load(path: Any, backend: Any = "auto", mmap: bool = True) -> SLLM:
@@ -30,7 +30,8 @@ def load_json(path: Any, backend: Any = "auto") -> SLLM:
     return _load_json(path, backend=backend)
 
 
-LAZY_MODULES = ("backends", "optim", "schedule", "tokenizer", "quant", "train", "data", "generate")
+LAZY_MODULES = ("backends", "optim", "schedule", "tokenizer", "quant", "train", "data", "generate",
+                "lora")
 
 
 def __getattr__(name: str) -> Any:

@@ -125,11 +125,22 @@ def train(
     init_from: str | None = typer.Option(None, help="Start from this model's weights, config and tokenizer: a "
                                                        ".sllm file (e.g. one made by `sllm import`) or a run "
                                                        "directory."),
+    lora_rank: int | None = typer.Option(None, help="Train a LoRA adapter of this rank on the --init-from model, "
+                                                       "its weights frozen; writes adapter.sllm (see `sllm "
+                                                       "finetune`)."),
+    lora_alpha: float | None = typer.Option(None, help="LoRA scale alpha (the delta is alpha/rank * x A B). (default: "
+                                                          "2 x rank)"),
+    lora_targets: str | None = typer.Option(None, help="Weights the adapter changes: attn | mlp | all, or a comma "
+                                                          "list of weight-name suffixes. (default: all)"),
+    lora_dropout: float | None = typer.Option(None, help="Dropout on the adapter's input, 0 <= p < 1. (default: 0)"),
     seed: int | None = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: str | None = typer.Option(None, help="Training-config JSON with any of these options (flags "
                                                           "override it)."),
     max_memory: str | None = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are "
                                                         "refused. (default: the memory available now)"),
+    recompute: bool | None = typer.Option(None, "--recompute/--no-recompute", help="Activation checkpointing: keep "
+                                                 "one layer's activations, recompute the others in backward (the "
+                                                 "same steps, less memory, about a quarter more time)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed "
                                                               "first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -137,11 +148,12 @@ def train(
                                                    "needs sllm\\[mpi]). Under mpiexec, leave it out."),
 ) -> None:
     """Train a model; writes metrics.jsonl, checkpoints and model.sllm to the run directory."""
-    from . import distributed, launch
+    from . import distributed, jobcontrol, launch
     from . import train as training
     given = {k: v for k, v in locals().items() if k not in ("train_config", "resume", "quiet",
                                                           "training", "config", "ranks",
-                                                          "distributed", "launch", "overwrite")}
+                                                          "distributed", "launch", "overwrite",
+                                                          "jobcontrol")}
     given["model"] = config
     if ranks is not None:
         n = launch.parse_ranks(ranks)
@@ -155,6 +167,7 @@ def train(
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
     group = distributed.world()  # the single process, or this rank of an mpiexec job
+    jobcontrol.owned_by_launcher()  # started by `--ranks`: end when the launcher is gone
     if resume and overwrite:
         raise SLLMError("--overwrite starts a new run; it cannot be combined with --resume")
 
@@ -191,7 +204,11 @@ def _parse_betas(text: str) -> tuple[float, float]:
 def _describe_run(trainer: Any) -> None:
     m, d = trainer.model, trainer.data
     ranks = _ranks_note()
-    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}{ranks}; "
+    lora = m.adapter
+    trains = "" if lora is None else (f" (LoRA rank {lora.adapter.config.rank} on "
+                                      f"{len(lora.adapter.targets)} weights trains "
+                                      f"{lora.num_parameters():,} of them)")
+    term.print(f"model: {m.num_parameters():,} parameters{trains}, backend {m.backend.name}{ranks}; "
               f"tokenizer {trainer.tok.kind} ({trainer.tok.vocab_size} ids); "
               f"{len(d.train.ids):,} train / {len(d.val.ids):,} val tokens; "
               f"{trainer.total} steps of {d.batch_size}x{d.seq_len} -> {trainer.cfg.out}",
@@ -220,12 +237,11 @@ def _report(result: Any, trainer: Any) -> None:
 
 
 # ---- generate / chat -----------------------------------------------------------------------
-def _load(model_path: str, backend: str, tokenizer: str | None) -> tuple[Any, Any]:
-    import sllm
-
+def _load(model_path: str, backend: str, tokenizer: str | None,
+          adapter: str | None = None) -> tuple[Any, Any]:
     from . import tokenizer as tokenizers
     path = _resolve_model(model_path)
-    model = sllm.load(path, backend=backend)
+    model = _load_model_only(model_path, backend, adapter)
     if tokenizer:
         tok = tokenizers.load(tokenizer)
     elif model.tokenizer:
@@ -298,6 +314,8 @@ def generate(
     choice: list[str] = typer.Option([], help="The output is one of these strings (repeatable)."),
     backend: str = typer.Option("auto", help="Compute backend."),
     tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
+    adapter: str | None = typer.Option(None, help="A LoRA adapter file (e.g. a finetune run's adapter.sllm) to "
+                                                     "apply to the model."),
 ) -> None:
     """Continue a prompt, printing tokens as they are generated (stops at [EOS])."""
     from .generate import check_sampling, encode_prompt, stream_text
@@ -306,7 +324,7 @@ def generate(
             "logit_bias": _logit_bias(logit_bias)}
     check_sampling(max_tokens, temperature, top_k, top_p, seed,
                    **{k: v for k, v in more.items() if v is not None})
-    m, tok = _load(model, backend, tokenizer)
+    m, tok = _load(model, backend, tokenizer, adapter)
     constraint = _constraint(tok, json_schema, regex, choice)
     ids = encode_prompt(tok, prompt)
     term.print(tok.decode(ids), end="", style="bold", highlight=False)
@@ -337,13 +355,15 @@ def chat(
     context_overflow: str = typer.Option("trim", help="trim: drop the oldest turns that do not fit; error: refuse."),
     backend: str = typer.Option("auto", help="Compute backend."),
     tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
+    adapter: str | None = typer.Option(None, help="A LoRA adapter file (e.g. a finetune run's adapter.sllm) to "
+                                                     "apply to the model."),
 ) -> None:
     """Talk to a model trained on dialogues (you are A:, the model is B:). Ctrl-D or /quit ends."""
     from .chat import ChatSession, ContextOverflow
     from .generate import check_sampling
     check_sampling(max_tokens, temperature, top_k, top_p, seed)
     _check_overflow(context_overflow)
-    m, tok = _load(model, backend, tokenizer)
+    m, tok = _load(model, backend, tokenizer, adapter)
     session = ChatSession(m, tok, max_tokens, context_overflow=context_overflow,
                           **_sampling(temperature, top_k, top_p, seed))
     interactive = sys.stdin.isatty()
@@ -465,9 +485,15 @@ def _env_removed(name: str) -> Iterator[None]:
 
 @app.command()
 @command
-def backends() -> None:
+def backends(reprobe: bool = typer.Option(False, "--reprobe", help="Forget the cached verdicts on "
+                                                                "plugin backends and probe them again.")
+             ) -> None:
     """List the compute backends, whether each is usable here, and why not."""
     from . import backends as registry
+    if reprobe:
+        from .backends.isolation import forget
+        forget()
+        registry.reset()
     env = os.environ.get("SLLM_BACKEND")
     with _env_removed("SLLM_BACKEND"):  # what auto alone picks, constructed
         auto, auto_error = registry.resolve("auto")
@@ -611,14 +637,16 @@ def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run di
           batch_size: int = typer.Option(8, help="Windows per forward pass."),
           max_tokens: int | None = typer.Option(None, help="Evaluate only the first N tokens."),
           json_out: str | None = typer.Option(None, "--json", help="Also write the result as JSON to this file."),
-          tokenizer: str | None = typer.Option(None, help="vocab.json, when the model has none inside.")) -> None:
+          tokenizer: str | None = typer.Option(None, help="vocab.json, when the model has none inside."),
+          adapter: str | None = typer.Option(None, help="A LoRA adapter file to apply to the model.")) -> None:
     """Mean loss and perplexity of a model on held-out text (to judge a quantized model)."""
     import json
 
     from .evaluate import corpus_ids, evaluate, held_out_ids
     from .fileio import atomic_write
     from .tokenizer import unknown_report
-    m, tok = _load(model, backend, tokenizer) if corpus else (_load_model_only(model, backend), None)
+    m, tok = _load(model, backend, tokenizer, adapter) if corpus else \
+        (_load_model_only(model, backend, adapter), None)
     if corpus:
         ids, source = corpus_ids(corpus, tok), corpus
     else:
@@ -627,7 +655,7 @@ def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run di
             raise SLLMError("pass --corpus FILE, or --run DIR for a run directory's held-out split")
         ids, source = held_out_ids(run_dir), f"{run_dir} (held-out split)"
     r = evaluate(m, ids, batch_size=batch_size, max_tokens=max_tokens)
-    r.update(model=_resolve_model(model), corpus=source)
+    r.update(model=_resolve_model(model) + (f" + {adapter}" if adapter else ""), corpus=source)
     term.print(f"{r['model']} ({r['dtype']}, {r['backend']}) on {source}: loss {r['loss']:.4f}, "
                f"perplexity {r['ppl']:.3f} over {r['tokens']:,} tokens ({r['seconds']:.1f} s)")
     unknown = unknown_report(tok, ids) if tok is not None else None
@@ -639,9 +667,14 @@ def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run di
             f.write(json.dumps(r, indent=2).encode("utf-8"))
 
 
-def _load_model_only(model_path: str, backend: str) -> Any:
+def _load_model_only(model_path: str, backend: str, adapter: str | None = None) -> Any:
+    """The model (eval mode), with the LoRA adapter file `adapter` attached when given."""
     import sllm
-    return sllm.load(_resolve_model(model_path), backend=backend)
+    from sllm.lora import Adapter
+    model = sllm.load(_resolve_model(model_path), backend=backend)
+    if adapter is not None:
+        model.attach_adapter(Adapter.load(adapter, model))
+    return model
 
 
 @app.command()
@@ -770,3 +803,7 @@ def bench(
 
 if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
     app()
+
+
+# ---- commands that live in their own modules (each registers itself on `app`) --------------
+from . import cli_lora  # noqa: E402,F401  (finetune, merge)

@@ -109,7 +109,7 @@ class MPIGroup(Group):
         total = int(np.count_nonzero(targets >= 0))
         mine = int(np.count_nonzero(targets[rows] >= 0))
         loss = model.forward_backward(tokens[rows], targets[rows])
-        grads = model.flat_grads
+        grads = model.trainable().flat_grads  # the adapter's when one is attached
         weight = mine / max(total, 1)
         if weight != 1.0:
             grads *= np.float32(weight)

@@ -37,3 +37,7 @@ class ExportError(SLLMError, ValueError):
 
 class DependencyError(SLLMError, RuntimeError):
     """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+class LoraError(ConfigError):
+    """A LoRA adapter does not fit the model: another base, a quantized merge, a clash."""

@@ -86,12 +86,10 @@ def gguf_tensors(model: Any, qtype: str = "f32") -> dict[str, tuple[np.ndarray, 
     out = {}
     quantized: dict[str, Any] = getattr(model, "quantized_weights", dict)()
     if model.config.architecture == "llama":
-        if quantized:
-            raise ExportError("a quantized llama model cannot be exported to GGUF yet; export "
-                              "the float model with --dtype q8_0 / q4_0 instead")
-        from .gguf_llama import llama_gguf_arrays
-        for gname, arr in llama_gguf_arrays(model).items():
-            ttype = tensor_type(gname, arr, qtype)
+        from .gguf_llama import llama_gguf_arrays, quantized_gguf_rows
+        out.update(quantized_gguf_rows(model) if quantized else {})
+        for gname, arr in llama_gguf_arrays(model).items():  # a quantized model's floats
+            ttype = tensor_type(gname, arr, "f32" if quantized else qtype)
             out[gname] = (encode_tensor(arr, ttype), ttype)
         return out
     for name, q in quantized.items():
@@ -170,8 +168,7 @@ def read_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
         tensors = {t.name: (t.tensor_type.name.lower(), _within(t, size, path))
                    for t in reader.tensors}
         fields = {key: field.contents() for key, field in reader.fields.items()
-                  if key.startswith(("sllm.", "general.", "gpt2."))
-                  or key == "tokenizer.ggml.model"}
+                  if key.startswith(("sllm.", "general.", "gpt2.", "llama.", "tokenizer.ggml."))}
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - IndexError, struct.error, OverflowError, ...
@@ -194,16 +191,36 @@ def _within(t: Any, size: int, path: Any) -> np.ndarray:
 
 
 def import_gguf(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
-    """An SLLM from a GGUF file of architecture gpt2 (f32 and f16 exactly; q8_0 / q4_0
-    dequantized), with the tokenizer sllm wrote into it."""
-    from .config import ModelConfig
-    from .errors import ConfigError, FormatError
+    """An SLLM from a GGUF file of architecture gpt2 or llama (f32 and f16 exactly; q8_0 /
+    q4_0 / q4_1 dequantized to float32, except a llama file's blocks of one type, which
+    make a quantized model: sllm.gguf_llama), with the tokenizer sllm wrote into it or, for a
+    foreign llama file, its SentencePiece vocabulary (sllm.gguf_llama)."""
     from .model import SLLM
     data = read_gguf(path)
     fields, tensors = data["fields"], data["tensors"]
-    if fields.get("general.architecture") != "gpt2":
-        raise ExportError(f"{path}: architecture {fields.get('general.architecture')!r}; sllm "
-                          f"imports gpt2 GGUF files only")
+    arch = fields.get("general.architecture")
+    quantized: dict[str, tuple[str, np.ndarray]] = {}
+    if arch == "llama":
+        from .gguf_llama import llama_from_gguf
+        config, params, quantized = llama_from_gguf(fields, tensors, os.path.getsize(path), path)
+    elif arch == "gpt2":
+        config, params = _gpt2_from_gguf(fields, tensors, path)
+    else:
+        raise ExportError(f"{path}: architecture {arch!r}; sllm imports gpt2 and llama GGUF "
+                          f"files only")
+    tok, note = _gguf_tokenizer(fields, config.vocab_size, path)
+    model = SLLM(config, backend=backend, init=None, quantized=quantized or None)
+    for name, param in model.parameters().items():
+        param[...] = params[name]
+    model.tokenizer = tok
+    model.metadata = {"imported_from": os.fspath(path), **({"tokenizer_note": note} if note else {})}
+    return model.eval()
+
+
+def _gpt2_from_gguf(fields: dict[str, Any], tensors: dict[str, Any],
+                    path: Any) -> tuple[Any, dict[str, np.ndarray]]:
+    from .config import ModelConfig
+    from .errors import ConfigError, FormatError
     try:
         config = ModelConfig.from_dict(json.loads(fields["sllm.config"])) \
             if "sllm.config" in fields else _config_from_fields(fields, tensors)
@@ -211,17 +228,30 @@ def import_gguf(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
             RecursionError) as e:
         raise FormatError(f"{path}: cannot build a config from its metadata: {e!r}") from None
     check_fits(config, os.path.getsize(path), path)  # before the layout or the model exist
-    match_names(tensors, {gguf_name(n): None for n in Layout(config).slots}, path)
-    tok = _tokenizer_field(fields.get("sllm.tokenizer"), path)
-    model = SLLM(config, backend=backend, init=None)
-    for name, param in model.parameters().items():
+    slots = Layout(config).slots
+    match_names(tensors, {gguf_name(n): None for n in slots}, path)
+    params = {}
+    for name, slot in slots.items():
         gname = gguf_name(name)
         ttype, raw = tensors[gname]
-        arr = _decode_tensor(raw, ttype, gguf_orientation(name, param).shape, gname, path)
-        param[...] = gguf_orientation(name, arr)
-    model.tokenizer = tok
-    model.metadata = {"imported_from": os.fspath(path)}
-    return model.eval()
+        shape = slot.shape if len(slot.shape) == 1 or name in ("wte", "wpe") else slot.shape[::-1]
+        params[name] = gguf_orientation(name, decode_tensor(raw, ttype, shape, gname, path))
+    return config, params
+
+
+def _gguf_tokenizer(fields: dict[str, Any], vocab_size: int,
+                    path: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(tokenizer dict, note): sllm's own when it wrote the file, else None and why."""
+    if fields.get("sllm.tokenizer"):
+        return _tokenizer_field(fields["sllm.tokenizer"], path), None
+    model = fields.get("tokenizer.ggml.model")
+    if model == "llama":  # SentencePiece pieces and scores: sllm's spm tokenizer
+        from .gguf_vocab import spm_from_fields
+        return spm_from_fields(fields, vocab_size, path), None
+    if model in (None, "no_vocab"):
+        return None, "the file has no vocabulary; token ids are the file's"
+    return None, (f"the file's {model!r} vocabulary is not converted; token ids are the "
+                  f"file's")
 
 
 def _tokenizer_field(text: Any, path: Any) -> dict[str, Any] | None:
@@ -238,14 +268,17 @@ def _tokenizer_field(text: Any, path: Any) -> dict[str, Any] | None:
     return doc
 
 
-def _decode_tensor(raw: np.ndarray, ttype: str, shape: tuple[int, ...], name: str,
+def decode_tensor(raw: np.ndarray, ttype: str, shape: tuple[int, ...], name: str,
                    path: Any) -> np.ndarray:
     from .errors import FormatError
     if ttype in ("f32", "f16"):
         arr = raw.astype(np.float32)
     elif ttype in ("q8_0", "q4_0", "q4_1"):
+        from .finite import check_weights
         from .quant import dequantize
-        arr = dequantize(raw.reshape(-1, raw.shape[-1]), ttype, shape[-1])
+        rows = raw.reshape(-1, raw.shape[-1])
+        check_weights({name: rows}, path, {name: (ttype, shape)})  # NaN scales, by name
+        arr = dequantize(rows, ttype, shape[-1])
     else:
         raise FormatError(f"{path}: tensor {name!r} has type {ttype}; sllm reads f32, f16, "
                           f"q8_0, q4_0 and q4_1")

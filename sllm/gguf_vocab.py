@@ -2,6 +2,9 @@
 
 - bpe: tokenizer.ggml.model "gpt2" (GPT-2's byte-level pieces and merges): llama.cpp
   tokenizes and detokenizes text exactly as sllm does.
+- spm (llama2.c's tokenizer.bin, a GGUF llama vocabulary imported): tokenizer.ggml.model
+  "llama" with its own scores, " " written as "\u2581"; llama.cpp's SentencePiece
+  tokenizer merges by score as run.c does. `spm_from_fields` reads such a vocabulary back.
 - char and word: tokenizer.ggml.model "llama" (SentencePiece): the pieces are sllm's, the
   256 byte tokens of a byte-fallback vocabulary are SentencePiece's own <0xXX> BYTE
   tokens, [UNK] is UNKNOWN and [PAD]/[BOS]/[EOS] are CONTROL. Given sllm's token ids,
@@ -38,6 +41,9 @@ def add_vocab(writer: Any, tok_dict: dict[str, Any], vocab_size: int) -> str | N
                         f"{vocab_size}")
     if isinstance(tok, tokenizers.BPETokenizer):
         _add_bpe(writer, tok, vocab_size)
+        return None
+    if isinstance(tok, tokenizers.SPMTokenizer):
+        _add_spm(writer, tok, vocab_size)
         return None
     pieces, types = spm_pieces(tok)
     pieces += [f"[PAD{i}]" for i in range(len(pieces), vocab_size)]  # llama.cpp wants V
@@ -125,3 +131,55 @@ def _add_bpe(writer: Any, tok: Any, vocab_size: int) -> None:
         if value is not None:
             getattr(writer, f"add_{key}_token_id")(value)
     writer.add_add_bos_token(tok.bos_id is not None)  # sllm's prompts start with [BOS]
+
+
+def _add_spm(writer: Any, tok: Any, vocab_size: int) -> None:
+    """An spm tokenizer as a SentencePiece vocabulary with its scores."""
+    from .tokenizer import BYTE_TOKENS
+    specials = {tok.bos_id, tok.eos_id, tok.pad_id} - {None}
+    types = [BYTE if p in BYTE_TOKENS else UNKNOWN if i == tok.unk_id
+             else CONTROL if i in specials else NORMAL for i, p in enumerate(tok.pieces)]
+    pieces = [p if t == BYTE else p.replace(" ", SPM_SPACE) for p, t in zip(tok.pieces, types,
+                                                                           strict=True)]
+    pad = vocab_size - len(pieces)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(pieces + [f"[PAD{i}]" for i in range(len(pieces), vocab_size)])
+    writer.add_token_types(types + [UNUSED] * pad)
+    writer.add_token_scores(tok.scores + [0.0] * pad)
+    writer.add_add_space_prefix(tok.add_dummy_prefix)
+    for key in ("bos", "eos", "unk", "pad"):
+        value = getattr(tok, f"{key}_id")
+        if value is not None:
+            getattr(writer, f"add_{key}_token_id")(value)
+    writer.add_add_bos_token(tok.bos_id is not None)
+    writer.add_add_eos_token(False)
+
+
+def spm_from_fields(fields: dict[str, Any], vocab_size: int, where: Any) -> dict[str, Any]:
+    """The spm tokenizer dict of a GGUF "llama" vocabulary (tokenizer.ggml.* keys); a
+    FormatError names what is wrong with it."""
+    from .errors import FormatError
+    from .foreign import get_bool, get_int
+    from .tokenizer import SPMTokenizer
+    pieces = fields.get("tokenizer.ggml.tokens")
+    if not isinstance(pieces, list) or len(pieces) != vocab_size:
+        size = len(pieces) if isinstance(pieces, list) else pieces
+        raise FormatError(f"{where}: tokenizer.ggml.tokens has {size!r} entries; the model has "
+                          f"{vocab_size} tokens")
+    scores = fields.get("tokenizer.ggml.scores", [0.0] * vocab_size)
+    types = fields.get("tokenizer.ggml.token_type", [NORMAL] * vocab_size)
+    if not isinstance(scores, list) or not isinstance(types, list) \
+            or len(scores) != vocab_size or len(types) != vocab_size:
+        raise FormatError(f"{where}: tokenizer.ggml.scores and token_type need one entry per "
+                          f"token ({vocab_size})")
+    ids = {k: get_int(fields, f"tokenizer.ggml.{k}_token_id", where) for k in ("bos", "eos",
+                                                                                "unknown", "padding")}
+    try:
+        tok = SPMTokenizer(
+            [p if t == BYTE or not isinstance(p, str) else p.replace(SPM_SPACE, " ")
+             for p, t in zip(pieces, types, strict=True)], scores,
+            bos=ids["bos"], eos=ids["eos"], unk=ids["unknown"], pad=ids["padding"],
+            add_dummy_prefix=get_bool(fields, "tokenizer.ggml.add_space_prefix", where, True))
+    except DataError as e:
+        raise FormatError(f"{where}: tokenizer.ggml.*: {e}") from None
+    return tok.to_dict()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +31,7 @@ from .distributed import (
     import_mpi,
     split_rows,
 )
+from .jobcontrol import run_owned
 from .threads import cores
 
 
@@ -85,6 +84,8 @@ def _arrays(trainer: Any) -> Iterator[tuple[str, np.ndarray]]:
     """Every array rank 0 broadcasts, in order: token ids, parameters, optimizer buffers."""
     yield from _data_arrays(trainer.data)
     yield "params", trainer.model.flat_params
+    if trainer.model.adapter is not None:  # a LoRA run
+        yield "adapter", trainer.model.adapter.flat_params
     yield from sorted(trainer.opt.buffers.items())
 
 
@@ -94,7 +95,7 @@ def _build(header: dict[str, Any], group: Group) -> Any:
     from .config import ModelConfig
     from .data import TokenData, TokenSplit
     from .model import SLLM
-    from .train import TrainConfig, Trainer, make_optimizer
+    from .train import TrainConfig, Trainer, attach_lora, make_optimizer
     cfg = TrainConfig.from_dict(header["train_config"])
     d = header["data"]
     arrays = {k: np.empty(n, dtype=np.dtype(dt)) for k, (dt, n) in d["arrays"].items()}
@@ -104,6 +105,7 @@ def _build(header: dict[str, Any], group: Group) -> Any:
     model = SLLM(ModelConfig.from_json(header["model_config"]), backend=header["backend"],
                  seed=header["seed"], init=None)
     model.dropout_step = header["dropout_step"]
+    attach_lora(cfg, model, check=False)
     opt = make_optimizer(cfg, model)
     opt.load_state_dict(dict(header["optimizer"], buffers=opt.buffers))
     trainer = Trainer(model, tokenizers.from_dict(header["tokenizer"]), data, cfg, opt,
@@ -133,9 +135,10 @@ def find_mpiexec() -> str:
 def launch(ranks: int, args: list[str], threads: int | None = None) -> int:
     """Run `sllm <args>` on `ranks` local ranks under mpiexec; returns its exit status.
 
-    Each rank gets `threads` threads (default cores // ranks). Ctrl-C reaches the ranks
-    through mpiexec, which forwards it: they agree to stop after the current step, and
-    rank 0 writes the checkpoint."""
+    Each rank gets `threads` threads (default cores // ranks). This process owns the job
+    (sllm.jobcontrol): Ctrl-C or SIGTERM to it reaches the ranks through mpiexec, which
+    forwards both: they agree to stop after the current step, and rank 0 writes the
+    checkpoint. If this process is killed, the ranks stop within seconds."""
     if ranks < 1:
         raise DistributedError(f"--ranks must be >= 1 or 'auto', got {ranks}")
     import_mpi()
@@ -145,12 +148,7 @@ def launch(ranks: int, args: list[str], threads: int | None = None) -> int:
         if threads is not None or var not in env:
             env[var] = str(per_rank)
     cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "sllm.cli", *args]
-    proc = subprocess.Popen(cmd, env=env)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # mpiexec handles Ctrl-C
-    try:
-        return proc.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return run_owned(cmd, env)
 
 
 def strip_option(argv: Sequence[str], option: str) -> list[str]:
@@ -195,7 +193,7 @@ def launch_cli(ranks: str, argv: Sequence[str], console: Any,
         env = dict(os.environ)
         if threads:
             env["SLLM_NUM_THREADS"] = str(threads)
-        return subprocess.call([sys.executable, "-m", "sllm.cli", *args], env=env)
+        return run_owned([sys.executable, "-m", "sllm.cli", *args], env)
     return launch(n, args, threads)
 
 

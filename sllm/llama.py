@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import KVCache, LlamaActivations
+from .layout import head_name
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -64,70 +65,83 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
             rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The llama forward over a.tokens into a.logits (see SLLM._forward for the arguments)."""
     k, cfg, P, mm = m.backend, m.config, m._params, m._matmul
-    H, Hkv, theta, eps = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, cfg.norm_eps
-    pos = cache.pos if cache else 0
     _embed(m, a)
-    _positions(a, pos, rows)
+    _positions(a, cache.pos if cache else 0, rows)
     x = a.x0
     for i, (L, la) in enumerate(zip(m._p_layers, a.layers, strict=True)):
-        k.rmsnorm_fwd(la.ln1, la.ln1_rstd, x, L.ln1_w, eps)
-        mm(la.qkv, la.ln1, L.qkv_w, None)
-        k.rope_fwd(la.qkv_rows, a.positions, H, Hkv, theta)
-        if cache is None:
-            k.attention_fwd(la.atty, la.att, la.qkv, H, Hkv)
-        elif rows is not None:
-            k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H, Hkv)
-        else:
-            k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H, Hkv)
-        mm(la.attproj, la.atty, L.o_w, None)
-        if dropout:
-            k.dropout_fwd(la.attproj, la.attproj, dropout, m._dropout_seed(i, 0))
-        k.residual_fwd(la.res2, x, la.attproj)
-        k.rmsnorm_fwd(la.ln2, la.ln2_rstd, la.res2, L.ln2_w, eps)
-        mm(la.gate, la.ln2, L.gate_w, None)
-        mm(la.up, la.ln2, L.up_w, None)
-        k.swiglu_fwd(la.hact, la.gate, la.up)
-        mm(la.down, la.hact, L.down_w, None)
-        if dropout:
-            k.dropout_fwd(la.down, la.down, dropout, m._dropout_seed(i, 1))
-        k.residual_fwd(la.res3, la.res2, la.down)
-        x = la.res3
-    k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], eps)
+        x = _block(m, a, i, L, la, x, dropout, cache, rows)
+    k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], cfg.norm_eps)
     mm(a.logits, a.lnf, m._lm_head(m._qweights, P), None, cfg.tie_embeddings)
     a.dropout = dropout
+
+
+def _block(m: SLLM, a: LlamaActivations, i: int, L: SimpleNamespace, la: SimpleNamespace,
+           x: np.ndarray, dropout: float, cache: KVCache | None,
+           rows: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Block i from its input x into la's buffers; returns its output la.res3. Backward
+    calls it again to recompute a layer (Activations.recompute)."""
+    k, cfg, mm = m.backend, m.config, m._matmul
+    H, Hkv, theta, eps = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, cfg.norm_eps
+    pos = cache.pos if cache else 0
+    k.rmsnorm_fwd(la.ln1, la.ln1_rstd, x, L.ln1_w, eps)
+    mm(la.qkv, la.ln1, L.qkv_w, None)
+    k.rope_fwd(la.qkv_rows, a.positions, H, Hkv, theta)
+    if cache is None:
+        k.attention_fwd(la.atty, la.att, la.qkv, H, Hkv)
+    elif rows is not None:
+        k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H, Hkv)
+    else:
+        k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H, Hkv)
+    mm(la.attproj, la.atty, L.o_w, None)
+    if dropout:
+        k.dropout_fwd(la.attproj, la.attproj, dropout, m._dropout_seed(i, 0))
+    k.residual_fwd(la.res2, x, la.attproj)
+    k.rmsnorm_fwd(la.ln2, la.ln2_rstd, la.res2, L.ln2_w, eps)
+    mm(la.gate, la.ln2, L.gate_w, None)
+    mm(la.up, la.ln2, L.up_w, None)
+    k.swiglu_fwd(la.hact, la.gate, la.up)
+    mm(la.down, la.hact, L.down_w, None)
+    if dropout:
+        k.dropout_fwd(la.down, la.down, dropout, m._dropout_seed(i, 1))
+    k.residual_fwd(la.res3, la.res2, la.down)
+    return la.res3
 
 
 def backward(m: SLLM, a: LlamaActivations) -> None:
     """The forward line reversed: fills m's gradients from the dlogits in a.logits."""
     k, cfg, P, G = m.backend, m.config, m._params, m._grads
-    H, Hkv, theta, p = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, a.dropout
-    m.flat_grads.fill(0)
-    k.matmul_bwd(a.dln, m._lm_head(G), None, a.logits, a.lnf, m._lm_head(P),
-                 cfg.tie_embeddings)
+    H, Hkv, theta, p, mmb = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, a.dropout, m._matmul_bwd
+    m._zero_grads()
+    mmb(a.dln, G[head_name(cfg)], None, a.logits, a.lnf, m._lm_head(m._qweights, P),
+        cfg.tie_embeddings)
     a.dres.fill(0)
     k.rmsnorm_bwd(a.dres, G[NORM], a.dln, a.layers[-1].res3, P[NORM], a.lnf_rstd)
     for i in reversed(range(cfg.num_layers)):
         L, D, la = m._p_layers[i], m._g_layers[i], a.layers[i]
         x_in = a.layers[i - 1].res3 if i > 0 else a.x0
+        if a.recompute and i < cfg.num_layers - 1:  # the shared buffers hold layer i + 1
+            _block(m, a, i, L, la, x_in, p, None, None)
         dbranch = a.dres
         if p:
             k.dropout_bwd(a.dbranch, a.dres, p, m._dropout_seed(i, 1))
             dbranch = a.dbranch
-        k.matmul_bwd(a.dh, D.down_w, None, dbranch, la.hact, L.down_w)
+        mmb(a.dh, D.down_w, None, dbranch, la.hact, L.down_w)
         k.swiglu_bwd(a.dgate, a.dup, a.dh, la.gate, la.up)
-        k.matmul_bwd(a.dln, D.gate_w, None, a.dgate, la.ln2, L.gate_w)
-        k.matmul_bwd(a.dln2, D.up_w, None, a.dup, la.ln2, L.up_w)
+        mmb(a.dln, D.gate_w, None, a.dgate, la.ln2, L.gate_w)
+        mmb(a.dln2, D.up_w, None, a.dup, la.ln2, L.up_w)
         k.residual_fwd(a.dln, a.dln, a.dln2)  # ln2 feeds both gate and up
         k.rmsnorm_bwd(a.dres, D.ln2_w, a.dln, la.res2, L.ln2_w, la.ln2_rstd)
         dbranch = a.dres
         if p:
             k.dropout_bwd(a.dbranch, a.dres, p, m._dropout_seed(i, 0))
             dbranch = a.dbranch
-        k.matmul_bwd(a.datty, D.o_w, None, dbranch, la.atty, L.o_w)
+        mmb(a.datty, D.o_w, None, dbranch, la.atty, L.o_w)
         k.attention_bwd(a.dqkv, a.datty, la.qkv, la.atty, la.att, H, Hkv)
         k.rope_bwd(a.dqkv_rows, a.positions, H, Hkv, theta)
-        k.matmul_bwd(a.dln, D.qkv_w, None, a.dqkv, la.ln1, L.qkv_w)
+        mmb(a.dln, D.qkv_w, None, a.dqkv, la.ln1, L.qkv_w)
         k.rmsnorm_bwd(a.dres, D.ln1_w, a.dln, x_in, L.ln1_w, la.ln1_rstd)
-    # the embedding's gradient: dres summed per token id (a tied head already added its own)
-    np.add.at(G[EMBED], a.tokens.reshape(-1), a.dres.reshape(-1, cfg.embedding_dim))
+    # the embedding's gradient: dres summed per token id (a tied head already added its own);
+    # none for a frozen base (an adapter attached)
+    if m.adapter is None:
+        np.add.at(G[EMBED], a.tokens.reshape(-1), a.dres.reshape(-1, cfg.embedding_dim))
 

@@ -21,6 +21,12 @@ convert_llama_weights_to_hf).
 
 The tensors then go through sllm.hf_llama's LlamaForCausalLM mapping, so the shape checks
 and the fused qkv layout are the HF importer's own.
+
+tokenizer.bin (run.c's build_tokenizer): int32 max_token_length, then per token of the
+model's vocab_size: float32 score, int32 length, that many bytes (UTF-8; spaces as " ",
+byte tokens as "<0xXX>"). It becomes sllm's SPMTokenizer (run.c's encode and decode;
+[UNK] 0, [BOS] 1, [EOS] 2). Every length is checked against max_token_length and the
+bytes left before it is read, and the file must end with the last token.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from .foreign import check_fits
 from .hf_llama import llama_sllm_tensors
 
 HEADER = struct.Struct("<7i")
+TOKEN_HEAD = struct.Struct("<fi")  # tokenizer.bin: score, length
 FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
 
 
@@ -125,10 +132,45 @@ def _hf_tensors(raw: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np
     return out
 
 
+def read_tokenizer_bin(path: Path, vocab_size: int) -> Any:
+    """The SPMTokenizer of a llama2.c tokenizer.bin for a model of `vocab_size` tokens."""
+    from .errors import DataError
+    from .tokenizer import SPMTokenizer
+    data = path.read_bytes() if path.stat().st_size <= 64 * (vocab_size + 1) + 4 else None
+    if data is None:  # a piece is at most a few dozen bytes: no vocabulary needs more
+        raise FormatError(f"{path}: {path.stat().st_size:,} bytes, too large for a tokenizer "
+                          f"of {vocab_size:,} tokens")
+    if len(data) < 4:
+        raise FormatError(f"{path}: {len(data)} bytes, shorter than tokenizer.bin's header")
+    (max_len,) = struct.unpack_from("<i", data)
+    pieces, scores, at = [], [], 4
+    for i in range(vocab_size):
+        if at + TOKEN_HEAD.size > len(data):
+            raise FormatError(f"{path}: ends at token {i}; the model has {vocab_size} tokens")
+        score, n = TOKEN_HEAD.unpack_from(data, at)
+        at += TOKEN_HEAD.size
+        if not 0 <= n <= max_len or at + n > len(data):
+            raise FormatError(f"{path}: token {i} has length {n} (max_token_length {max_len}, "
+                              f"{len(data) - at} bytes left)")
+        try:
+            pieces.append(data[at:at + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise FormatError(f"{path}: token {i} is not UTF-8 ({data[at:at + n]!r})") from None
+        scores.append(score)
+        at += n
+    if at != len(data):
+        raise FormatError(f"{path}: {len(data) - at} bytes after the last of {vocab_size} tokens "
+                          f"(a tokenizer for another vocabulary size?)")
+    try:
+        return SPMTokenizer(pieces, scores)
+    except DataError as e:
+        raise FormatError(f"{path}: {e}") from None
+
+
 def import_llama2c(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
-    """An SLLM (eval mode) from a llama2.c model file. Token ids are run.c's; a
-    tokenizer.bin beside the file is not converted (sllm has no tokenizer of its kind
-    yet), so the model has no tokenizer and its metadata says so."""
+    """An SLLM (eval mode) from a llama2.c model file, with the tokenizer.bin beside it
+    (read_tokenizer_bin) when there is one; without it the model has no tokenizer and its
+    metadata says so."""
     from .model import SLLM
     src = Path(path)
     try:
@@ -147,8 +189,13 @@ def import_llama2c(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     model = SLLM(config, backend=backend, init=None)
     for name, param in model.parameters().items():
         param[...] = tensors[name]
-    model.tokenizer = None
-    note = "token ids are llama2.c's; no tokenizer imported (tokenizer.bin is not supported yet)"
-    model.metadata = {"imported_from": str(src), "format": "llama2.c", "tokenizer_note": note}
+    model.metadata = {"imported_from": str(src), "format": "llama2.c"}
+    tok_path = src.parent / "tokenizer.bin"
+    if tok_path.is_file():
+        model.tokenizer = read_tokenizer_bin(tok_path, config.vocab_size).to_dict()
+        model.metadata["tokenizer_from"] = str(tok_path)
+    else:
+        model.tokenizer = None
+        model.metadata["tokenizer_note"] = ("token ids are llama2.c's; no tokenizer.bin beside "
+                                            "the model file")
     return model.eval()
-

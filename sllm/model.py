@@ -18,7 +18,8 @@ from .backends.base import DECODE_BLOCK_PARAMS, Backend
 from .config import ModelConfig, resolve_config
 from .errors import BackendError
 from .init import initialize
-from .layout import EMBEDDINGS, Layout, head_name
+from .layout import EMBEDDINGS, Layout, head_name, parameter_shapes
+from .lora import Adapter, Attached, LoraError, LoraWeight
 from .quant import QTensor, bytes_per_row
 from .validate import check_int
 
@@ -47,6 +48,20 @@ def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None]
     return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
+class _Frozen(dict[str, np.ndarray]):
+    """Gradient views of a frozen base: only the norms' (their backward kernels write a
+    weight gradient beside the input gradient); every other tensor has None."""
+
+    def __missing__(self, key: str) -> Any:
+        return None
+
+
+def _norm_names(cfg: ModelConfig) -> set[str]:
+    """The LayerNorm / RMSNorm weights (and GPT-2's LayerNorm biases) of a config."""
+    return {n for n, shape in parameter_shapes(cfg)
+            if len(shape) == 1 and ("ln_" in n or "norm" in n)}
+
+
 def mix_seed(*parts: int) -> int:
     """A 32-bit seed from integers (splitmix64 steps), for per-call dropout masks and each
     rank's own dropout seed. JavaScript twin: mixSeed in sllm/web/model.js."""
@@ -71,6 +86,13 @@ class SLLM:
     Backend instance. The model starts in train mode, as a PyTorch module does.
     `quantized` ({name: (qtype, uint8 rows)}, used by the loader) builds an inference-only
     model whose matmul weights are those quantized rows (see `quantize`).
+
+    `recompute` (default False): activation checkpointing for training. forward_backward
+    then keeps only each layer's output and recomputes a layer's forward in backward just
+    before going back through it: the same loss and gradients (bit for bit on a
+    deterministic backend), about one more forward of the blocks per step, and the
+    activations of one layer instead of every layer's (what a LoRA on a quantized base
+    holds most of).
     """
 
     def __init__(self, config: ModelConfig | dict[str, Any] | str | os.PathLike[str],
@@ -88,9 +110,11 @@ class SLLM:
         self.seed = seed
         self.training = True
         self.dropout_step = 0  # counts training forwards; part of each dropout seed
-        self._acts: dict[tuple[int, int, bool], Activations] = {}
+        self._acts: dict[tuple[int, int, bool, bool], Activations] = {}
         self._batch_acts: dict[int, Activations] = {}  # decode_batch, by batch size
         self._qweights: dict[str, QTensor] = {}
+        self.adapter: Attached | None = None  # see attach_adapter
+        self.recompute = False  # activation checkpointing (see the class docstring)
         if quantized:
             self._use_quantized(quantized, {})
         else:
@@ -143,6 +167,8 @@ class SLLM:
         inference-only (forward, loss, decode, generate).
         """
         from .quant import block_dtype, quantize_weight, quantized_weight_names
+        if self.adapter is not None:
+            raise LoraError("detach the adapter before quantizing (or merge it first)")
         if self._qweights:
             raise ValueError(f"this model is already quantized ({self.qtype}); quantize the "
                              f"float32 model instead")
@@ -193,10 +219,10 @@ class SLLM:
         make = llama.layer if self.is_llama else _layer
         return [make(views, i) for i in range(self.config.num_layers)]
 
-    def _new_activations(self, B: int, T: int, grads: bool) -> Activations:
+    def _new_activations(self, B: int, T: int, grads: bool, recompute: bool = False) -> Activations:
         """The buffers of this family's forward (and backward) for one (B, T) shape."""
         kind = LlamaActivations if self.is_llama else Activations
-        return kind(self.backend, self.config, B, T, grads)
+        return kind(self.backend, self.config, B, T, grads, recompute)
 
     def _dropout_seed(self, layer: int, site: int) -> int:
         """The dropout mask seed of one site (0: attention, 1: MLP) of one layer, this step."""
@@ -211,8 +237,57 @@ class SLLM:
         return [_decode_block_args(L) if own else None for L in self._p_layers]
 
     def gradients(self) -> dict[str, np.ndarray]:
-        """Views of the gradients filled by forward_backward, same names as parameters()."""
-        return dict(self._grads)
+        """Views of the gradients filled by forward_backward, same names as parameters();
+        with an adapter attached, the adapter's (its tensors' names: the base is frozen)."""
+        return self.adapter.gradients() if self.adapter else dict(self._grads)
+
+    # ---- LoRA adapters (sllm/lora.py) ------------------------------------------------------
+    def attach_adapter(self, adapter: Adapter, check: bool = True) -> Attached:
+        """Add `adapter`'s low-rank delta to its target weights in every forward, and freeze
+        the base: forward_backward then fills only the adapter's gradients (the base's
+        gradient buffer is freed), and trainable() is the adapter. LoraError when the
+        adapter was made for another base (check=False skips that: a data-parallel rank
+        whose weights arrive later) or one is attached already."""
+        if self.adapter is not None:
+            raise LoraError("an adapter is attached already; detach_adapter() first")
+        if check:
+            adapter.check_base(self)
+        self.adapter = Attached(self, adapter)
+        self._p_layers = self._layers({**self._params, **self._qweights, **self.adapter.weights})
+        self._freeze_grads()
+        self._blocks = [None] * self.config.num_layers  # the fused decode block has no delta
+        return self.adapter
+
+    def detach_adapter(self) -> Adapter | None:
+        """Remove the attached adapter (returned, its tensors copied back to numpy) and
+        restore the base's own gradients; None when none is attached."""
+        if self.adapter is None:
+            return None
+        attached, self.adapter = self.adapter, None
+        self._p_layers = self._layers({**self._params, **self._qweights})
+        self.backend.free(self.flat_grads)
+        if self._qweights:
+            self.flat_grads, self._grads, self._g_layers = self.backend.zeros(1), {}, []
+        else:
+            self.flat_grads = self.backend.zeros(self.layout.total)
+            self._grads = self.layout.views(self.flat_grads)
+            self._g_layers = self._layers(self._grads)
+        self._blocks = self._fused_blocks()
+        return attached.detach()
+
+    def _freeze_grads(self) -> None:
+        """Gradient buffers for the norms only (scratch for their backward kernels)."""
+        norms = Layout(self.config, exclude={n for n, _ in parameter_shapes(self.config)
+                                             if n not in _norm_names(self.config)})
+        self.backend.free(self.flat_grads)
+        self.flat_grads = self.backend.zeros(max(norms.total, 1))
+        self._grads = _Frozen(norms.views(self.flat_grads))
+        self._g_layers = self._layers(self._grads)
+
+    def trainable(self) -> Any:
+        """What an optimizer updates: the attached adapter, else the model itself (each has
+        backend, flat_params, flat_grads and layout.total / layout.decay_count)."""
+        return self.adapter if self.adapter is not None else self
 
     def train(self) -> SLLM:
         """Train mode: dropout active."""
@@ -248,7 +323,7 @@ class SLLM:
 
     def forward_backward(self, tokens: Any, targets: Any) -> float:
         """Mean cross-entropy over targets != -1; fills gradients() (overwriting them)."""
-        if self._qweights:
+        if self._qweights and self.adapter is None:
             raise RuntimeError(f"forward_backward: this model is quantized ({self.qtype}) and "
                                f"runs inference only; train the float32 model")
         acts = self._run_forward(tokens, grads=True)
@@ -300,14 +375,14 @@ class SLLM:
         return t
 
     def _activations(self, B: int, T: int, grads: bool) -> Activations:
-        key = (B, T, grads)
+        key = (B, T, grads, grads and self.recompute)
         acts = self._acts.get(key)
         if acts is None:
             if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
             budget.check_activations(self.config, B, T, self.backend, grads)
-            acts = self._acts[key] = self._new_activations(B, T, grads)
+            acts = self._acts[key] = self._new_activations(B, T, grads, key[3])
         return acts
 
     def _load_targets(self, acts: Activations, targets: Any) -> int:
@@ -327,9 +402,13 @@ class SLLM:
         acts = self._activations(t.shape[0], t.shape[1], grads)
         acts.tokens[...] = t
         dropout = self.config.dropout if self.training and cache is None else 0.0
-        if dropout:
+        lora_p = self.adapter.adapter.config.dropout if self.adapter is not None and \
+            self.training and cache is None else 0.0
+        if dropout or lora_p:
             self.dropout_step += 1
             self._last_seed = mix_seed(self.seed, self.dropout_step)
+        if self.adapter is not None:
+            self.adapter.dropout = lora_p  # this forward's (and its backward's)
         self._forward(acts, dropout, cache)
         return acts
 
@@ -354,38 +433,79 @@ class SLLM:
                                pos, H, cfg.activation, qtype)
                 x = la.res3
                 continue
-            k.layernorm_fwd(la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b)
-            mm(la.qkv, la.ln1, L.attn_w, L.attn_b)
-            if cache is None:
-                k.attention_fwd(la.atty, la.att, la.qkv, H)
-            elif rows is not None:
-                k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H)
-            else:
-                k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H)
-            mm(la.attproj, la.atty, L.proj_w, L.proj_b)
-            if dropout:
-                k.dropout_fwd(la.attproj, la.attproj, dropout, mix_seed(self._last_seed, i, 0))
-            k.residual_fwd(la.res2, x, la.attproj)
-            k.layernorm_fwd(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2, L.ln2_w, L.ln2_b)
-            mm(la.fch, la.ln2, L.fc_w, L.fc_b)
-            self._act_fwd(la.fch_act, la.fch)
-            mm(la.fcproj, la.fch_act, L.fcproj_w, L.fcproj_b)
-            if dropout:
-                k.dropout_fwd(la.fcproj, la.fcproj, dropout, mix_seed(self._last_seed, i, 1))
-            k.residual_fwd(la.res3, la.res2, la.fcproj)
-            x = la.res3
+            x = self._block_fwd(i, L, la, x, dropout, cache, rows)
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
         mm(a.logits, a.lnf, self._lm_head(self._qweights, P), None,
            cfg.tie_embeddings)
         a.dropout = dropout
 
+    def _block_fwd(self, i: int, L: SimpleNamespace, la: SimpleNamespace, x: np.ndarray,
+                   dropout: float, cache: KVCache | None,
+                   rows: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """GPT-2 block i from its input x into la's buffers; returns its output la.res3.
+        Backward calls it again to recompute a layer (Activations.recompute)."""
+        k, H, mm = self.backend, self.config.num_heads, self._matmul
+        pos = cache.pos if cache else 0
+        k.layernorm_fwd(la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b)
+        mm(la.qkv, la.ln1, L.attn_w, L.attn_b)
+        if cache is None:
+            k.attention_fwd(la.atty, la.att, la.qkv, H)
+        elif rows is not None:
+            k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H)
+        else:
+            k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H)
+        mm(la.attproj, la.atty, L.proj_w, L.proj_b)
+        if dropout:
+            k.dropout_fwd(la.attproj, la.attproj, dropout, mix_seed(self._last_seed, i, 0))
+        k.residual_fwd(la.res2, x, la.attproj)
+        k.layernorm_fwd(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2, L.ln2_w, L.ln2_b)
+        mm(la.fch, la.ln2, L.fc_w, L.fc_b)
+        self._act_fwd(la.fch_act, la.fch)
+        mm(la.fcproj, la.fch_act, L.fcproj_w, L.fcproj_b)
+        if dropout:
+            k.dropout_fwd(la.fcproj, la.fcproj, dropout, mix_seed(self._last_seed, i, 1))
+        k.residual_fwd(la.res3, la.res2, la.fcproj)
+        return la.res3
+
     def _matmul(self, out: np.ndarray, inp: np.ndarray, weight: np.ndarray | QTensor,
                 bias: np.ndarray | None, trans_w: bool = False) -> None:
-        """matmul_fwd, or matmul_q_fwd when the weight is quantized (rows along K)."""
-        if isinstance(weight, QTensor):
+        """matmul_fwd, or matmul_q_fwd when the weight is quantized (rows along K); plus the
+        LoRA delta when the weight is an attached adapter's target."""
+        if isinstance(weight, LoraWeight):
+            assert self.adapter is not None  # LoraWeights exist only while attached
+            self._matmul(out, inp, weight.base, bias, trans_w)
+            self.adapter.forward(out, inp, weight, mix_seed(self._last_seed, weight.index, 2))
+        elif isinstance(weight, QTensor):
             self.backend.matmul_q_fwd(out, inp, weight.kernel_rows, bias, weight.qtype)
         else:
             self.backend.matmul_fwd(out, inp, weight, bias, trans_w)
+
+    def _matmul_bwd(self, dinp: np.ndarray, dweight: np.ndarray | None,
+                    dbias: np.ndarray | None, dout: np.ndarray, inp: np.ndarray,
+                    weight: np.ndarray | QTensor | LoraWeight, trans_w: bool = False) -> None:
+        """matmul_bwd; for a frozen weight (dweight None: an adapter is attached) only the
+        input gradient dout @ W^T (matmul_fwd reading W transposed, or matmul_q_bwd for a
+        quantized W), plus the adapter's part and its gradients at a LoRA target."""
+        k = self.backend
+        if dweight is not None:
+            assert isinstance(weight, np.ndarray)  # a trained weight is float
+            k.matmul_bwd(dinp, dweight, dbias, dout, inp, weight, trans_w)
+            return
+        base = weight.base if isinstance(weight, LoraWeight) else weight
+        if isinstance(base, QTensor):
+            k.matmul_q_bwd(dinp, dout, base.data, base.qtype)
+        else:
+            k.matmul_fwd(dinp, dout, base, None, not trans_w)
+        if isinstance(weight, LoraWeight):
+            assert self.adapter is not None
+            self.adapter.backward(dinp, dout, inp, weight, mix_seed(self._last_seed,
+                                                                    weight.index, 2))
+
+    def _zero_grads(self) -> None:
+        """Zero the gradients a backward pass accumulates into (the adapter's too)."""
+        self.flat_grads.fill(0)
+        if self.adapter is not None:
+            self.adapter.flat_grads.fill(0)
 
     def _embed_rows(self, a: Activations, pos: int, positions: np.ndarray | None) -> None:
         """x0 = wte[tokens] + wpe[positions] as a numpy gather, for a quantized tied wte
@@ -418,37 +538,40 @@ class SLLM:
         if self.is_llama:
             return llama.backward(self, a)  # type: ignore[arg-type]
         k, cfg, P, G = self.backend, self.config, self._params, self._grads
-        H, p = cfg.num_heads, a.dropout
-        self.flat_grads.fill(0)
+        H, p, mmb = cfg.num_heads, a.dropout, self._matmul_bwd
+        self._zero_grads()
         dlogits = a.logits  # softmax_xent wrote the gradient over the logits
         x_last = a.layers[-1].res3
-        k.matmul_bwd(a.dln, self._lm_head(G), None, dlogits, a.lnf, self._lm_head(P),
-                     cfg.tie_embeddings)
+        mmb(a.dln, G[head_name(cfg)], None, dlogits, a.lnf, self._lm_head(self._qweights, P),
+            cfg.tie_embeddings)
         a.dres.fill(0)
         k.layernorm_bwd(a.dres, G["ln_f.weight"], G["ln_f.bias"], a.dln, x_last,
                         P["ln_f.weight"], a.lnf_mean, a.lnf_rstd)
         for i in reversed(range(cfg.num_layers)):
             L, D, la = self._p_layers[i], self._g_layers[i], a.layers[i]
             x_in = a.layers[i - 1].res3 if i > 0 else a.x0
+            if a.recompute and i < cfg.num_layers - 1:  # the shared buffers hold layer i + 1
+                self._block_fwd(i, L, la, x_in, p, None, None)
             dbranch = a.dres
             if p:
                 k.dropout_bwd(a.dbranch, a.dres, p, mix_seed(self._last_seed, i, 1))
                 dbranch = a.dbranch
-            k.matmul_bwd(a.dfch, D.fcproj_w, D.fcproj_b, dbranch, la.fch_act, L.fcproj_w)
+            mmb(a.dfch, D.fcproj_w, D.fcproj_b, dbranch, la.fch_act, L.fcproj_w)
             self._act_bwd(a.dfch, a.dfch, la.fch)
-            k.matmul_bwd(a.dln, D.fc_w, D.fc_b, a.dfch, la.ln2, L.fc_w)
+            mmb(a.dln, D.fc_w, D.fc_b, a.dfch, la.ln2, L.fc_w)
             k.layernorm_bwd(a.dres, D.ln2_w, D.ln2_b, a.dln, la.res2, L.ln2_w,
                             la.ln2_mean, la.ln2_rstd)
             dbranch = a.dres
             if p:
                 k.dropout_bwd(a.dbranch, a.dres, p, mix_seed(self._last_seed, i, 0))
                 dbranch = a.dbranch
-            k.matmul_bwd(a.datty, D.proj_w, D.proj_b, dbranch, la.atty, L.proj_w)
+            mmb(a.datty, D.proj_w, D.proj_b, dbranch, la.atty, L.proj_w)
             k.attention_bwd(a.dqkv, a.datty, la.qkv, la.atty, la.att, H)
-            k.matmul_bwd(a.dln, D.attn_w, D.attn_b, a.dqkv, la.ln1, L.attn_w)
+            mmb(a.dln, D.attn_w, D.attn_b, a.dqkv, la.ln1, L.attn_w)
             k.layernorm_bwd(a.dres, D.ln1_w, D.ln1_b, a.dln, x_in, L.ln1_w,
                             la.ln1_mean, la.ln1_rstd)
-        k.encoder_bwd(G["wte"], G["wpe"], a.dres, a.tokens, 0)
+        if self.adapter is None:  # a frozen base's embeddings get no gradient
+            k.encoder_bwd(G["wte"], G["wpe"], a.dres, a.tokens, 0)
 
     # ---- incremental decoding (used by sllm.generate) ------------------------------------
     def new_cache(self, batch: int = 1) -> KVCache:

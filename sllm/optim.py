@@ -21,6 +21,8 @@ class Optimizer:
     state_buffers: tuple[str, ...] = ()
 
     def __init__(self, model: Any, lr: float, weight_decay: float):
+        """`model`: what is updated, an SLLM or an attached LoRA adapter (SLLM.trainable():
+        backend, flat_params, flat_grads, layout.total and layout.decay_count)."""
         lr = validate.check_number("lr", lr, 0.0)
         weight_decay = validate.check_number("weight_decay", weight_decay, 0.0)
         self.model, self.lr, self.weight_decay = model, float(lr), float(weight_decay)

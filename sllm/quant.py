@@ -24,6 +24,7 @@ Choices for input ggml leaves undefined:
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,6 +211,34 @@ def dequantize(data: np.ndarray, qtype: str, K: int) -> np.ndarray:
     if m is not None:
         x += m[..., None]
     return x.reshape(len(x), -1)[:, :K]
+
+
+# Floats of a dequantized slice that matmul_q_bwd holds at once (4 MiB): the backward of a
+# quantized matmul never materialises the whole float matrix. (1 MiB made wasm-simd's
+# backward through medium-model's lm_head (512 x 256 x 8000) 1.7x slower: 32-column
+# slices, each repacking all of dout; cpp the same either way. Alternating, 2026-12-04.)
+DEQUANT_CHUNK_FLOATS = 1 << 20
+
+
+def chunk_columns(OC: int, K: int, budget: int = DEQUANT_CHUNK_FLOATS) -> int:
+    """Columns of an (OC, K) quantized matrix to dequantize at once: whole blocks (a
+    multiple of 32), at most `budget` floats when one block column fits, never past K's
+    padded width."""
+    blocks = max(1, budget // (max(OC, 1) * QK))
+    return min(blocks, blocks_per_row(K)) * QK
+
+
+def column_slices(data: np.ndarray, qtype: str, K: int,
+                  budget: int = DEQUANT_CHUNK_FLOATS) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(k0, k1, rows) for the column slices [k0, k1) of quantized rows `data` (OC, bytes):
+    `rows` holds the slice's blocks of every row (uint8 (OC, bytes of k1 - k0 values)),
+    for dequantize(rows, qtype, k1 - k0); slices of chunk_columns(OC, K, budget)."""
+    data = np.asarray(data)
+    size = block_dtype(qtype).itemsize
+    step = chunk_columns(len(data), K, budget)
+    for k0 in range(0, K, step):
+        k1 = min(K, k0 + step)
+        yield k0, k1, np.ascontiguousarray(data[:, k0 // QK * size:blocks_per_row(k1) * size])
 
 
 def quantize_q8_0_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,7 @@ from .checkpoint import RunError
 
 LOCK_NAME = "run.lock"
 _EMPTY_GRACE_S = 5.0  # an empty lock file younger than this is being written right now
+_HELD: weakref.WeakSet[RunLock] = weakref.WeakSet()  # this process's locks, for release_all
 
 
 class RunLockedError(RunError):
@@ -42,6 +43,7 @@ class RunLock:
     def __init__(self, run_dir: str, owner: dict[str, Any]):
         self.run_dir, self.path, self.owner = run_dir, os.path.join(run_dir, LOCK_NAME), owner
         self._finalizer = weakref.finalize(self, _remove_if_ours, self.path, owner["token"])
+        _HELD.add(self)
 
     @property
     def held(self) -> bool:
@@ -77,6 +79,13 @@ def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
             os.fsync(f.fileno())
         return RunLock(run_dir, owner)
     raise RunLockedError(f"{run_dir}: could not take {path} (it keeps reappearing)")
+
+
+def release_all() -> None:
+    """Release every lock this process holds (before an exit that skips finalizers, as
+    sllm.jobcontrol's watchdog makes when the launcher of a job is gone)."""
+    for lock in list(_HELD):
+        lock.release()
 
 
 @contextlib.contextmanager
@@ -115,11 +124,11 @@ def _me() -> dict[str, Any]:
     pid = os.getpid()
     return {"pid": pid, "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "proc_start": _proc_start(pid), "command": " ".join(["sllm", *sys.argv[1:]])[:200],
+            "proc_start": proc_start(pid), "command": " ".join(["sllm", *sys.argv[1:]])[:200],
             "token": f"{pid}-{time.time_ns()}"}
 
 
-def _proc_start(pid: int) -> int | None:
+def proc_start(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
@@ -140,7 +149,7 @@ def _alive(owner: dict[str, Any]) -> bool:
     except PermissionError:
         pass
     started = owner.get("proc_start")
-    now = _proc_start(pid)
+    now = proc_start(pid)
     return started is None or now is None or started == now  # else: the pid was reused
 
 

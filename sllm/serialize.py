@@ -116,10 +116,20 @@ def save_model(model: Any, path: str | os.PathLike[str], dtype: str = "f32",
     if tokenizer is not None:
         sections.append((Section.TOKENIZER, _json_bytes(tokenizer)))
     sections.append((Section.METADATA, _json_bytes(meta)))
+    write_container(path, model.config, sections, tensors)
+
+
+def write_container(path: str | os.PathLike[str], config: ModelConfig,
+                    sections: list[tuple[Section, bytes]],
+                    tensors: list[tuple[str, np.ndarray, int, tuple[int, ...]]]) -> None:
+    """Write the header, the JSON `sections`, the tensor table and the data, atomically.
+
+    tensors are (name, contiguous array, dtype code, shape); model files and LoRA adapter
+    files (sllm.lora) are both this container."""
     table, spans = _tensor_table(tensors)
-    sections.append((Section.TENSORS, table))
+    sections = [*sections, (Section.TENSORS, table)]
     with atomic_write(path) as f:
-        head = HEADER.pack(MAGIC, VERSION, model.config.vocab_size, model.config.embedding_dim,
+        head = HEADER.pack(MAGIC, VERSION, config.vocab_size, config.embedding_dim,
                            len(sections) + 1, 0)[:20]
         f.write(head + struct.pack("<I", zlib.crc32(head)))  # the header's own checksum
         for kind, payload in sections:
@@ -172,6 +182,11 @@ def _align(n: int) -> int:
 def read_model_file(path: str | os.PathLike[str], mmap: bool = True,
                     verify: bool = True) -> ModelFile:
     """Read and validate a model file. Any malformation raises FormatError."""
+    return _parse(memoryview(_open(path, mmap)), path, verify)
+
+
+def _open(path: str | os.PathLike[str], mmap: bool) -> Any:
+    """The file's bytes: a memory map, a read within the memory budget, or a stream's."""
     try:
         with open(path, "rb") as f:
             info = os.fstat(f.fileno())
@@ -186,7 +201,7 @@ def read_model_file(path: str | os.PathLike[str], mmap: bool = True,
         raise FormatError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise FormatError(f"{path}: is a directory, not a model file") from None
-    return _parse(memoryview(buf), path, verify)
+    return buf
 
 
 def _read_stream(f: Any, path: Any) -> bytes:
@@ -205,6 +220,27 @@ def _read_stream(f: Any, path: Any) -> bytes:
 
 
 def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
+    version, config, payloads, sections = parse_container(buf, path, verify)
+    tokenizer = _read_json(payloads, Section.TOKENIZER, path) if Section.TOKENIZER in payloads \
+        else None
+    metadata = _read_json(payloads, Section.METADATA, path) \
+        if Section.METADATA in payloads else {}
+    if tokenizer is not None:
+        _check_tokenizer(tokenizer, path)
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{path}: metadata section: expected a JSON object")
+    _check_config_fits(config, len(payloads[Section.DATA]), path)
+    tensors, dtype, quantized = _read_tensors(payloads, path, config)
+    if verify:  # as the checksums: every byte is read; NaN weights never reach a model
+        check_weights(tensors, path, quantized)
+    return ModelFile(config, tokenizer, metadata, tensors, version, dtype, len(buf), sections,
+                     quantized)
+
+
+def parse_container(buf: memoryview, path: Any, verify: bool = True
+                    ) -> tuple[int, ModelConfig, dict[int, memoryview], list[dict[str, Any]]]:
+    """The version, config, section payloads by kind and section list of an SLLM container,
+    its header, checksums and config validated (FormatError otherwise)."""
     size = len(buf)
     if size < HEADER.size:
         raise FormatError(f"{path}: truncated header: file has {size} bytes, "
@@ -219,21 +255,7 @@ def _parse(buf: memoryview, path: Any, verify: bool) -> ModelFile:
     if zlib.crc32(buf[:20]) != header_crc:
         raise FormatError(f"{path}: header checksum mismatch at offset 20")
     payloads, sections = _read_sections(buf, path, count, verify)
-    config = _read_config(payloads, path, vocab, emb)
-    tokenizer = _read_json(payloads, Section.TOKENIZER, path) if Section.TOKENIZER in payloads \
-        else None
-    metadata = _read_json(payloads, Section.METADATA, path) \
-        if Section.METADATA in payloads else {}
-    if tokenizer is not None:
-        _check_tokenizer(tokenizer, path)
-    if not isinstance(metadata, dict):
-        raise FormatError(f"{path}: metadata section: expected a JSON object")
-    _check_config_fits(config, len(payloads[Section.DATA]), path)
-    tensors, dtype, quantized = _read_tensors(payloads, path, config)
-    if verify:  # as the checksums: every byte is read; NaN weights never reach a model
-        check_weights(tensors, path, quantized)
-    return ModelFile(config, tokenizer, metadata, tensors, version, dtype, size, sections,
-                     quantized)
+    return version, _read_config(payloads, path, vocab, emb), payloads, sections
 
 
 def _check_tokenizer(doc: Any, path: Any) -> None:
@@ -345,14 +367,7 @@ class _Cursor:
 
 def _read_tensors(payloads: dict[int, memoryview], path: Any, config: ModelConfig
                   ) -> tuple[dict[str, np.ndarray], str, dict[str, tuple[str, tuple[int, ...]]]]:
-    table, data = _Cursor(payloads[Section.TENSORS], path), payloads[Section.DATA]
-    (count,) = table.take("<I")
-    min_entry = 2 + ENTRY_FIXED.size + ENTRY_SPAN.size
-    if count * min_entry > len(table.buf):
-        raise FormatError(f"{path}: tensor table declares {count} tensors but holds only "
-                          f"{len(table.buf)} bytes")
-    entries = [_read_entry(table, path, len(data)) for _ in range(count)]
-    _check_overlaps(entries, path)
+    entries, data = _table_entries(payloads, path)
     tensors: dict[str, np.ndarray] = {}
     quantized: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, dtype, shape, offset, nbytes in entries:
@@ -368,6 +383,46 @@ def _read_tensors(payloads: dict[int, memoryview], path: Any, config: ModelConfi
         tensors[name] = arr.reshape(shape)
     param_dtypes = _check_shapes(tensors, entries, config, path, quantized)
     return tensors, param_dtypes, quantized
+
+
+def _table_entries(payloads: dict[int, memoryview], path: Any
+                   ) -> tuple[list[tuple[str, int, tuple[int, ...], int, int]], memoryview]:
+    """The tensor table's entries (name, dtype code, shape, offset, bytes), each checked
+    against the data section, and the data section."""
+    table, data = _Cursor(payloads[Section.TENSORS], path), payloads[Section.DATA]
+    (count,) = table.take("<I")
+    min_entry = 2 + ENTRY_FIXED.size + ENTRY_SPAN.size
+    if count * min_entry > len(table.buf):
+        raise FormatError(f"{path}: tensor table declares {count} tensors but holds only "
+                          f"{len(table.buf)} bytes")
+    entries = [_read_entry(table, path, len(data)) for _ in range(count)]
+    _check_overlaps(entries, path)
+    return entries, data
+
+
+def read_float_tensors(path: str | os.PathLike[str]
+                       ) -> tuple[ModelConfig, dict[str, Any], dict[str, np.ndarray]]:
+    """The config, metadata object and float32 tensors (copies; f16 ones widened) of a
+    container that holds no model weights, e.g. a LoRA adapter (sllm.lora). FormatError on
+    any malformation."""
+    buf = memoryview(_open(path, mmap=False))
+    _, config, payloads, _ = parse_container(buf, path)
+    metadata = _read_json(payloads, Section.METADATA, path) \
+        if Section.METADATA in payloads else None
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{path}: metadata section: expected a JSON object")
+    entries, data = _table_entries(payloads, path)
+    tensors: dict[str, np.ndarray] = {}
+    for name, dtype, shape, offset, nbytes in entries:
+        if name in tensors:
+            raise FormatError(f"{path}: tensor {name!r} appears twice in the tensor table")
+        if dtype not in DTYPES:
+            raise FormatError(f"{path}: tensor {name!r} is not float32 or float16")
+        kind = DTYPES[dtype][1]
+        tensors[name] = np.frombuffer(data, kind, nbytes // kind.itemsize, offset
+                                      ).reshape(shape).astype(np.float32)
+    check_weights(tensors, path, {})
+    return config, metadata, tensors
 
 
 def _read_entry(table: _Cursor, path: Any, data_len: int) -> tuple[str, int, tuple[int, ...], int, int]:

@@ -1,4 +1,6 @@
-"""Tokenizers: words, characters, byte-level BPE. One vocab.json format for all three.
+"""Tokenizers: words, characters, byte-level BPE, and SentencePiece pieces with scores
+(`spm`, imported from llama2.c's tokenizer.bin or a GGUF "llama" vocabulary, never
+trained here). One vocab.json format for all four.
 
 Every tokenizer has `train(text_or_path, vocab_size)`, `encode`, `decode`, `vocab_size`,
 `save(path)` and `to_dict()`; `load(path)` and `from_dict(d)` rebuild any of them from the
@@ -495,6 +497,144 @@ class BPETokenizer(Tokenizer):
         return cls(hf, d.get("specials"))
 
 
+class SPMTokenizer(Tokenizer):
+    """SentencePiece pieces with scores, encoded as llama2.c's run.c `encode` does (the
+    tokenizer of llama2.c's `tokenizer.bin` and of GGUF "llama" vocabularies).
+
+    encode: a " " piece first (SentencePiece's dummy prefix, when add_dummy_prefix and the
+    text is not empty), then one piece per character, a character that is no piece as its
+    UTF-8 bytes' "<0xXX>" tokens ([UNK] when the vocabulary lacks them; run.c assumes ids
+    3-258); then, repeatedly, the adjacent pair whose concatenation is a piece with the
+    highest score (the leftmost on ties; scores at or below run.c's -1e10 never merge) is
+    merged, until no pair is a piece. run.c rescans every pair per merge; here a heap of
+    the current pairs finds the same merge in O(n log n). A piece that occurs twice is
+    looked up as its lowest id. decode: run.c's `decode` -- the leading space of a piece
+    right after [BOS] is stripped, a "<0xXX>" token is its raw byte (byte runs decode as
+    UTF-8, invalid bytes as U+FFFD); [BOS]/[EOS]/[PAD] are dropped, [UNK] stays visible.
+    Spaces are " " in the pieces (tokenizer.bin's form; GGUF's U+2581 is converted)."""
+
+    kind = "spm"
+    NEVER = -1e10  # run.c's initial best_score: a merge must score above it
+
+    def __init__(self, pieces: list[str], scores: list[float], bos: int | None = 1,
+                 eos: int | None = 2, unk: int | None = 0, pad: int | None = None,
+                 add_dummy_prefix: bool = True):
+        if len(pieces) != len(scores) or not pieces:
+            raise DataError(f"an spm vocabulary needs one score per piece, got {len(pieces)} "
+                            f"pieces and {len(scores)} scores")
+        if not all(isinstance(p, str) for p in pieces):
+            raise DataError("spm pieces must be strings")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+                   for x in scores):
+            raise DataError("spm scores must be finite numbers")
+        specials = _check_specials({"bos": bos, "eos": eos, "unk": unk, "pad": pad}, len(pieces), "spm")
+        self.bos_id, self.eos_id = specials["bos"], specials["eos"]
+        self.unk_id, self.pad_id = specials["unk"], specials["pad"]
+        if not isinstance(add_dummy_prefix, bool):
+            raise DataError(f"add_dummy_prefix must be true or false, got {add_dummy_prefix!r}")
+        self.pieces, self.scores = list(pieces), [float(x) for x in scores]
+        self.add_dummy_prefix = add_dummy_prefix
+        self._ids: dict[str, int] = {}
+        for i, p in enumerate(self.pieces):
+            self._ids.setdefault(p, i)
+        self._byte_of = {i: BYTE_TOKENS.index(p) for i, p in enumerate(self.pieces)
+                         if p in _BYTE_INDEX}
+        byte_ids = {b: self._ids[t] for t, b in _BYTE_INDEX.items() if t in self._ids}
+        self._byte_ids: list[int | None] = [byte_ids.get(b, self.unk_id) for b in range(256)]
+        self.byte_fallback = len(byte_ids) == 256
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids."""
+        return len(self.pieces)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Token ids as run.c's encode gives them (no [BOS]/[EOS])."""
+        return np.asarray(self._merge(self._initial(text)), dtype=self.dtype())
+
+    def _initial(self, text: str) -> list[int]:
+        """One id per character (the dummy prefix first), or its bytes' ids."""
+        ids: list[int | None] = []
+        for ch in (" " if text and self.add_dummy_prefix else "") + text:
+            i = self._ids.get(ch)
+            if i is not None:
+                ids.append(i)
+            else:
+                ids.extend(self._byte_ids[b] for b in _utf8(ch))
+        return [i for i in ids if i is not None]
+
+    def _merge(self, ids: list[int]) -> list[int]:
+        """run.c's merge loop: the best-scoring pair first, the leftmost among equals."""
+        import heapq
+        n = len(ids)
+        nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
+        heap: list[tuple[float, int, int, int, int]] = []
+
+        def push(i: int) -> None:
+            j = nxt[i]
+            if i >= 0 and j < n:
+                m = self._ids.get(self.pieces[ids[i]] + self.pieces[ids[j]])
+                if m is not None and self.scores[m] > self.NEVER:
+                    heapq.heappush(heap, (-self.scores[m], i, ids[i], ids[j], m))
+
+        for i in range(n - 1):
+            push(i)
+        alive = [True] * n
+        while heap:
+            _, i, a, b, m = heapq.heappop(heap)
+            j = nxt[i]
+            if not alive[i] or j >= n or ids[i] != a or ids[j] != b:
+                continue  # a pair that an earlier merge changed
+            ids[i], alive[j], nxt[i] = m, False, nxt[j]
+            if nxt[j] < n:
+                prv[nxt[j]] = i
+            push(prv[i])
+            push(i)
+        return [t for t, keep in zip(ids, alive, strict=True) if keep]
+
+    def token_bytes(self, i: int) -> bytes:
+        """See Tokenizer.token_bytes (a byte token's byte; specials write nothing)."""
+        if i in self._byte_of:
+            return bytes([self._byte_of[i]])
+        if i in (self.bos_id, self.eos_id, self.pad_id, self.unk_id):
+            return b""
+        return _utf8(self.pieces[i])
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """run.c's decode (see the class docstring)."""
+        out, prev, drop = bytearray(), None, {self.bos_id, self.eos_id, self.pad_id} - {None}
+        for i in ids:
+            i = int(i)
+            if i in self._byte_of:
+                out.append(self._byte_of[i])
+            elif i in drop:
+                pass
+            elif 0 <= i < len(self.pieces):
+                piece = self.pieces[i]
+                out += _utf8(piece[1:] if prev == self.bos_id and piece[:1] == " " else piece)
+            else:
+                out += b"<unk>"
+            prev = i
+        return out.decode("utf-8", "replace")
+
+    def _payload(self) -> dict[str, Any]:
+        return {"pieces": self.pieces, "scores": self.scores, "add_dummy_prefix":
+                self.add_dummy_prefix, "specials": {"bos": self.bos_id, "eos": self.eos_id,
+                                                    "unk": self.unk_id, "pad": self.pad_id}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SPMTokenizer:
+        """Rebuild from to_dict()."""
+        specials = d.get("specials", {})
+        if not isinstance(specials, dict) or set(specials) - {"bos", "eos", "unk", "pad"}:
+            raise DataError(f"spm specials must map bos/eos/unk/pad to ids, got {specials!r}")
+        return cls(list(d["pieces"]), list(d["scores"]),
+                   add_dummy_prefix=d.get("add_dummy_prefix", True), **specials)
+
+
+_BYTE_INDEX = {t: b for b, t in enumerate(BYTE_TOKENS)}
+
+
 @functools.cache
 def _gpt2_unbyte() -> dict[str, int]:
     """GPT-2's printable character -> byte table (the ByteLevel pre-tokenizer's)."""
@@ -507,16 +647,16 @@ def _gpt2_unbyte() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
-def _check_specials(specials: Any, vocab_size: int) -> dict[str, int | None]:
+def _check_specials(specials: Any, vocab_size: int, kind: str = "bpe") -> dict[str, int | None]:
     """{"bos", "eos", "pad", "unk"} -> an id in [0, vocab_size) or None, validated."""
     if not isinstance(specials, dict) or set(specials) - {"bos", "eos", "pad", "unk"}:
-        raise DataError(f"bpe specials must map bos/eos/pad/unk to ids, got {specials!r}")
+        raise DataError(f"{kind} specials must map bos/eos/pad/unk to ids, got {specials!r}")
     out: dict[str, int | None] = {}
     for key in ("bos", "eos", "pad", "unk"):
         i = specials.get(key)
         if i is not None and (isinstance(i, bool) or not isinstance(i, int)
                               or not 0 <= i < vocab_size):
-            raise DataError(f"bpe special {key} id {i!r} is not in [0, {vocab_size})")
+            raise DataError(f"{kind} special {key} id {i!r} is not in [0, {vocab_size})")
         out[key] = i
     return out
 
@@ -532,15 +672,16 @@ def _chunks(text: str, size: int = 1 << 16) -> Iterable[str]:
 
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {
-    "word": WordTokenizer, "char": CharTokenizer, "bpe": BPETokenizer}
+    "word": WordTokenizer, "char": CharTokenizer, "bpe": BPETokenizer, "spm": SPMTokenizer}
+TRAINABLE = ("word", "char", "bpe")  # spm vocabularies are imported (llama2.c, GGUF), not trained
 
 
 def train(kind: str, text_or_path: str | os.PathLike[str], vocab_size: int | None,
           encoding_errors: str = "strict", byte_fallback: bool = True) -> Tokenizer:
     """Train a tokenizer of `kind` ("word", "char" or "bpe"); vocab_size None (char only)
     keeps every character. byte_fallback (word and char; BPE is byte-level anyway)."""
-    if kind not in TOKENIZERS:
-        raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {sorted(TOKENIZERS)}")
+    if kind not in TRAINABLE:
+        raise DataError(f"unknown tokenizer kind {kind!r}; choose one of {sorted(TRAINABLE)}")
     more = {"byte_fallback": byte_fallback} if kind != "bpe" else {}
     return TOKENIZERS[kind].train(text_or_path, vocab_size,  # type: ignore[attr-defined]  # each kind has its own signature
                                   encoding_errors=encoding_errors, **more)

@@ -26,12 +26,13 @@ import numpy as np
 
 from . import backends, budget
 from . import tokenizer as tokenizers
-from .checkpoint import RunError, load_checkpoint, save_checkpoint
+from .checkpoint import RunError, checkpoint_config, load_checkpoint, save_checkpoint
 from .config import ModelConfig, resolve_config
 from .data import TokenData
 from .distributed import Group
 from .errors import ConfigError, FormatError, SLLMError
 from .fileio import atomic_write_text
+from .lora import ADAPTER_FILE, Adapter
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .outputs import check_output
@@ -39,7 +40,6 @@ from .paths import model_file
 from .progress import TrainProgress
 from .runlock import RunLock, acquire
 from .schedule import SCHEDULES, Constant, Schedule
-from .serialize import read_model_file
 from .threads import blas_limited
 from .train_config import TrainConfig
 
@@ -48,11 +48,14 @@ __all__ = ["TrainConfig", "Trainer", "TrainResult", "RunError", "prepare", "resu
 # Settings that shaped the data or the model; a resumed run keeps them.
 _FIXED_ON_RESUME = {"model", "corpus", "demo_chars", "tokenizer", "vocab_size", "encoding_errors",
                     "documents", "seq_len", "dropout", "optimizer", "val_fraction", "out",
-                    "init_from"}
+                    "init_from", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout"}
 DEFAULT_VOCAB = 4000
 CHECKPOINT, BEST, FINAL, METRICS = "checkpoint.sllm", "best.sllm", "model.sllm", "metrics.jsonl"
+# A LoRA run writes its adapter instead of the model (the base stays where it was).
+LORA_NAMES = {FINAL: ADAPTER_FILE, BEST: "best_adapter.sllm"}
 # What a run writes into its directory; --overwrite removes exactly these.
-RUN_FILES = (CHECKPOINT, BEST, FINAL, METRICS, "train_config.json", "vocab.json", "data")
+RUN_FILES = (CHECKPOINT, BEST, FINAL, *LORA_NAMES.values(), METRICS, "train_config.json",
+             "vocab.json", "data")
 
 
 @dataclass
@@ -69,7 +72,7 @@ class TrainResult:
 
 # ---- setting a run up -------------------------------------------------------------------
 def _tokenizer_for(cfg: TrainConfig, text: str) -> tokenizers.Tokenizer:
-    if cfg.tokenizer in tokenizers.TOKENIZERS:
+    if cfg.tokenizer in tokenizers.TRAINABLE:
         size = cfg.vocab_size or (None if cfg.tokenizer == "char" else DEFAULT_VOCAB)
         return tokenizers.train(cfg.tokenizer, text, size, byte_fallback=cfg.byte_fallback)
     return tokenizers.load(cfg.tokenizer)
@@ -127,6 +130,17 @@ def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
     return model.train(), tokenizers.from_dict(model.tokenizer)
 
 
+def attach_lora(cfg: TrainConfig, model: SLLM, check: bool = True) -> None:
+    """Attach a fresh adapter made from cfg's LoRA settings, when it has them (check=False:
+    a data-parallel rank whose base weights arrive from rank 0 after this)."""
+    lora = cfg.lora_config()
+    if lora is None:
+        return
+    adapter = Adapter.create(model, lora, cfg.seed)
+    adapter.base["name"] = os.path.basename(os.fspath(cfg.init_from or ""))
+    model.attach_adapter(adapter, check=check)
+
+
 def _corpus_text(cfg: TrainConfig) -> str:
     if cfg.corpus is None:
         from .corpus import generate_corpus
@@ -137,13 +151,15 @@ def _corpus_text(cfg: TrainConfig) -> str:
 
 
 def make_optimizer(cfg: TrainConfig, model: SLLM) -> Optimizer:
-    """The optimizer named by cfg.optimizer with cfg's hyper-parameters."""
+    """The optimizer named by cfg.optimizer with cfg's hyper-parameters, over what the model
+    trains (model.trainable(): the attached adapter in a LoRA run)."""
+    target = model.trainable()
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.optimizer == "sgd":
-        return OPTIMIZERS["sgd"](model, cfg.lr, momentum=cfg.momentum,
+        return OPTIMIZERS["sgd"](target, cfg.lr, momentum=cfg.momentum,
                                  weight_decay=cfg.weight_decay)
-    return OPTIMIZERS[cfg.optimizer](model, cfg.lr, betas=cfg.betas,
+    return OPTIMIZERS[cfg.optimizer](target, cfg.lr, betas=cfg.betas,
                                      weight_decay=cfg.weight_decay)
 
 
@@ -205,6 +221,7 @@ def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> Trainer:
     if cfg.init_from:
         model, tok = _init_from(cfg)
         check_memory(cfg, model.config)  # counts the loaded weights twice: errs on the safe side
+        attach_lora(cfg, model)
     else:
         tok = _tokenizer_for(cfg, text)
         mcfg = _model_config(cfg, tok.vocab_size)
@@ -254,7 +271,7 @@ def _resume(run_dir: str, progress: bool, backend: str | None,
                        f"resume; start a new run with --out")
     try:
         cfg = TrainConfig.from_json(os.path.join(run_dir, "train_config.json"))
-        header = read_model_file(path, mmap=True, verify=False)
+        config = checkpoint_config(path)
     except (ConfigError, FormatError) as e:
         raise RunError(f"--resume {run_dir}: the run directory is corrupt: {e}") from None
     fixed = sorted(k for k, v in overrides.items() if k in _FIXED_ON_RESUME and v is not None
@@ -262,12 +279,12 @@ def _resume(run_dir: str, progress: bool, backend: str | None,
     if fixed:
         raise RunError(f"--resume {run_dir}: {', '.join(fixed)} cannot change when resuming "
                        f"(the data and model are fixed); start a new run instead")
-    cfg = cfg.replace(out=run_dir, backend=backend, **overrides)
+    cfg = cfg.replace(**{**overrides, "out": run_dir, "backend": backend})
     with budget.limited(cfg.max_memory):
-        check_memory(cfg, header.config)
-        del header  # releases the file's memory map
+        check_memory(cfg, config)
+        base = _init_from(cfg)[0] if cfg.lora_config() else None  # a LoRA run's frozen base
         try:
-            ckpt = load_checkpoint(path, backend=cfg.backend)
+            ckpt = load_checkpoint(path, backend=cfg.backend, base=base)
         except FormatError as e:
             raise RunError(f"--resume {run_dir}: the run directory is corrupt: {e}") from None
     tok = tokenizers.from_dict(ckpt.model.tokenizer)
@@ -340,6 +357,12 @@ class Trainer:
     def _save_model(self, name: str) -> None:
         if not self.dist.is_root:
             return
+        if self.model.adapter is not None:  # a LoRA run: the adapter, never the base
+            self.model.adapter.adapter.save(self._path(LORA_NAMES[name]), overwrite=True,
+                                            metadata={"step": self.step,
+                                                      "best_val_loss": self.best_val},
+                                            dtype="f16")  # the checkpoint keeps f32
+            return
         self.model.save(self._path(name), tokenizer=self.tok.to_dict(),
                         metadata={"kind": "model", "step": self.step,
                                   "best_val_loss": self.best_val})
@@ -363,6 +386,7 @@ class Trainer:
         until = min(self.total, stop_at) if stop_at is not None else self.total
         self._trim_metrics()
         start, status, message = time.perf_counter(), "done", ""
+        self.model.recompute = self.cfg.recompute
         self.model.train()
         self._deadline = start + 60 * self.cfg.max_minutes if self.cfg.max_minutes else None
         with _interrupt_flag(self), blas_limited(self.model.backend), \
@@ -389,10 +413,15 @@ class Trainer:
                     f"--resume {self.cfg.out}")
         if status == "time_up":
             return (f"time budget of {self.cfg.max_minutes:g} min reached at step {self.step} "
-                    f"of {self.total}; model in {self._path(FINAL)}")
+                    f"of {self.total}; {self._final_note()}")
         if self.step < self.total:
             return f"stopped at step {self.step} of {self.total}; checkpoint saved"
-        return f"finished {self.step} steps; model in {self._path(FINAL)}"
+        return f"finished {self.step} steps; {self._final_note()}"
+
+    def _final_note(self) -> str:
+        if self.model.adapter is not None:
+            return f"adapter in {self._path(LORA_NAMES[FINAL])}"
+        return f"model in {self._path(FINAL)}"
 
     def _one_step(self) -> tuple[str, str]:
         s, t0 = self.step, time.perf_counter()
@@ -511,22 +540,26 @@ def _metrics_record(line: str) -> dict[str, Any] | None:
 
 
 class _interrupt_flag:
-    """While active, Ctrl-C asks the trainer to stop after the current step (a second
-    Ctrl-C interrupts at once)."""
+    """While active, Ctrl-C (SIGINT) or SIGTERM asks the trainer to stop after the current
+    step and checkpoint; a second Ctrl-C interrupts at once. SIGTERM never escalates: it
+    may come twice (the launcher's forwarding and its parent-death watchdog, see
+    sllm.jobcontrol), and SIGKILL is the way to stop at once."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
-        self.previous: Any = None  # the SIGINT handler to restore, as signal.signal gave it
+        self.previous: dict[int, Any] = {}  # the handlers to restore, as signal.signal gave them
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.trainer.stop_requested = True
-        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self.previous[signal.SIGINT] or signal.default_int_handler)
 
     def __enter__(self) -> _interrupt_flag:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+            self.previous = {s: signal.signal(s, self._handler)
+                             for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)

@@ -27,7 +27,11 @@ class TrainConfig:
     byte_fallback: a new word or char tokenizer writes what it lacks as bytes (no [UNK]);
     init_from: a model file whose weights, config and tokenizer the run starts from (then
     model, tokenizer and vocab_size are not used);
-    max_memory: the memory budget ("8G", "512M"; default: what the machine has available).
+    lora_rank: train a LoRA adapter of this rank on the init_from model, its weights frozen
+    (sllm.lora; lora_alpha default 2 * rank, lora_targets default "all", lora_dropout 0);
+    max_memory: the memory budget ("8G", "512M"; default: what the machine has available);
+    recompute: activation checkpointing (SLLM.recompute: the same steps in less memory, for
+    about one more forward per step).
     Every value is checked on construction (ConfigError names the key and its range).
     """
 
@@ -62,10 +66,15 @@ class TrainConfig:
     checkpoint_every: int = 500
     max_minutes: float | None = None
     max_memory: str | None = None
+    recompute: bool = False
     log_every: int = 10
     out: str = "runs/latest"
     seed: int = 0
     init_from: str | None = None
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_targets: str | None = None
+    lora_dropout: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +86,23 @@ class TrainConfig:
             raise ConfigError(f"training config: extra must be an object, got {self.extra!r}")
         if self.steps is None and self.epochs is None:
             raise ConfigError("training config: give steps or epochs")
+        self.lora_config()  # checks the LoRA settings
+
+    def lora_config(self) -> Any:
+        """The run's sllm.lora.LoraConfig, or None for a run that trains every weight."""
+        from .lora import LoraConfig
+        extras = {"lora_alpha": self.lora_alpha, "lora_targets": self.lora_targets,
+                  "lora_dropout": self.lora_dropout}
+        if self.lora_rank is None:
+            if given := [k for k, v in extras.items() if v is not None]:
+                raise ConfigError(f"{given[0]} needs lora_rank (--lora-rank): it sets up a "
+                                  f"LoRA adapter")
+            return None
+        if self.init_from is None:
+            raise ConfigError("lora_rank trains an adapter on a base model: give the base with "
+                              "init_from (sllm finetune MODEL, or --init-from MODEL)")
+        return LoraConfig(self.lora_rank, self.lora_alpha, self.lora_targets or "all",
+                          self.lora_dropout or 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field."""
@@ -185,6 +211,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "checkpoint_every": _int(0),
     "max_minutes": _num(0.0, lo_open=True, optional=True),
     "max_memory": _memory,
+    "recompute": validate.check_bool,
     "log_every": _int(1),
     "out": lambda n, v: validate.check_text(n, v),
     "seed": _int(0, 2**63 - 1),

@@ -98,7 +98,7 @@ def test_compare():
 
 
 def test_select():
-    assert conformance.select(["matmul"]) == ["matmul_fwd", "matmul_bwd", "matmul_q_fwd"]
+    assert conformance.select(["matmul"]) == ["matmul_fwd", "matmul_bwd", "matmul_q_fwd", "matmul_q_bwd"]
     assert conformance.select(None)[-2:] == ["model", "generate"]
     with pytest.raises(ValueError, match="no kernel matches 'nope'"):
         conformance.select(["nope"])

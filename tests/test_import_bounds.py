@@ -41,6 +41,12 @@ def exported(tmp_path_factory):
     m = _model()
     export_model(m, "hf", root / "hf")
     export_model(m, "gguf", root / "m.gguf")
+    llama = sllm.SLLM(sllm.ModelConfig(
+        architecture="llama", vocab_size=m.config.vocab_size, embedding_dim=32, num_layers=2,
+        num_heads=2, num_kv_heads=1, ffn_hidden_dim=64, max_seq_len=8, dropout=0.0),
+        backend="numpy", seed=3)
+    llama.tokenizer = m.tokenizer
+    export_model(llama, "gguf", root / "llama.gguf", dtype="q8_0")  # blocks and f32 norms
     return root
 
 
@@ -181,6 +187,14 @@ def test_fuzz_gguf_files(exported, tmp_path):
     counts = _fuzz(lambda rng: path.write_bytes(_flip(good, rng)), lambda: import_model(path),
                    np.random.default_rng(0))
     assert counts["error"] > 0 and sum(counts.values()) == FUZZ_RUNS
+
+
+def test_fuzz_llama_gguf_files(exported, tmp_path):
+    good = (exported / "llama.gguf").read_bytes()
+    path = tmp_path / "f.gguf"
+    counts = _fuzz(lambda rng: path.write_bytes(_flip(good, rng)), lambda: import_model(path),
+                   np.random.default_rng(3))
+    assert counts["error"] > 0 and counts.get("ok", 0) > 0
 
 
 def test_fuzz_safetensors_files(exported, tmp_path):

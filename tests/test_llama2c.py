@@ -1,18 +1,23 @@
 """`sllm import` of llama2.c model files: a random model written in run.c's layout by the
 small writer below gives the logits of a numpy re-implementation of run.c's forward
-(interleaved rotary pairs, as run.c); damaged files are one-line errors naming the file."""
+(interleaved rotary pairs, as run.c); damaged files are one-line errors naming the file.
+A tokenizer.bin written here in run.c's layout becomes sllm's spm tokenizer, whose encode
+and decode equal a straight port of run.c's encode/decode."""
 from __future__ import annotations
 
+import json
+import re
 import struct
 
 import numpy as np
 import pytest
 
+from sllm import tokenizer as tokenizers
 from sllm.errors import SLLMError
 from sllm.export import import_model
 from sllm.llama2c import interleaved_to_half
 
-FUZZ_RUNS = 300
+FUZZ_RUNS = 1000
 
 
 def _random_model(rng, dim=16, hidden=24, layers=2, heads=4, kv_heads=2, vocab=11, seq=12,
@@ -195,3 +200,140 @@ def test_gguf_export_has_llama_cpp_names_and_run_c_rows(tmp_path, shared):
             np.testing.assert_array_equal(tensors[f"blk.{i}.{gname}.weight"], w[cname][i])
     if not shared:
         np.testing.assert_array_equal(tensors["output.weight"], w["wcls"])
+
+
+# ---- tokenizer.bin ------------------------------------------------------------------------
+SAMPLE = "Once upon a time, there was a little dog. The dog saw a big tree and ran to it."
+ODD = ["", " ", "Once", "  two  spaces ", "zebra quiz\n\tTab", "caf\u00e9 na\u00efve \U0001f642 \u65e5\u672c",
+       "<0x41> <s> </s> <unk>", "a" * 40, SAMPLE, SAMPLE.upper()]
+
+
+def _vocab(rng, n_pieces=150):
+    """llama2.c's layout: <unk>, <s>, </s>, the 256 byte tokens, then pieces with scores.
+    Pieces are substrings of SAMPLE (so merges chain), scores random with some ties; 'z',
+    'q', '\u00e9' and the non-Latin characters are not pieces (byte fallback)."""
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256))]
+    scores = [0.0] * len(pieces)
+    singles = sorted(set(SAMPLE) | set("bcdfghjklmnprstvwxyABCDEFGHIJKLMNOPRSTUVWXY\n\t<>/0x"))
+    pieces += singles
+    scores += [-1000.0 - i for i in range(len(singles))]
+    seen = set(pieces)
+    while len(pieces) < len(singles) + 259 + n_pieces:
+        start = int(rng.integers(len(SAMPLE) - 2))
+        piece = SAMPLE[start:start + int(rng.integers(2, 7))]
+        if piece not in seen:
+            seen.add(piece)
+            pieces.append(piece)
+            scores.append(float(np.float32(-rng.integers(1, 40) / 4)))  # ties on purpose
+    pieces.append("</s>")  # a duplicate piece: looked up as its lowest id
+    scores.append(5.0)
+    return pieces, scores
+
+
+def _write_tokenizer(path, pieces, scores):
+    """run.c's build_tokenizer layout: int max_token_length, then (float, int, bytes) each."""
+    raw = [p.encode() for p in pieces]
+    path.write_bytes(struct.pack("<i", max(map(len, raw))) + b"".join(
+        struct.pack("<fi", s, len(b)) + b for s, b in zip(scores, raw, strict=True)))
+
+
+def _run_c_encode(pieces, scores, text):
+    """run.c's encode(text, bos=0, eos=0), as written there (str_lookup: the lowest id)."""
+    lookup = {}
+    for i, p in enumerate(pieces):
+        lookup.setdefault(p.encode(), i)
+    tokens = [lookup[b" "]] if text else []  # add_dummy_prefix
+    raw, at = text.encode(), 0
+    while at < len(raw):
+        end = at + 1
+        while end < len(raw) and (raw[end] & 0xC0) == 0x80 and end - at < 4:
+            end += 1
+        buf = raw[at:end]
+        tokens += [lookup[buf]] if buf in lookup else [b + 3 for b in buf]
+        at = end
+    while True:
+        best_score, best_id, best_idx = -1e10, -1, -1
+        for i in range(len(tokens) - 1):
+            key = (pieces[tokens[i]] + pieces[tokens[i + 1]]).encode()
+            if key in lookup and scores[lookup[key]] > best_score:
+                best_score, best_id, best_idx = scores[lookup[key]], lookup[key], i
+        if best_idx == -1:
+            return tokens
+        tokens[best_idx:best_idx + 2] = [best_id]
+
+
+def _run_c_decode(pieces, ids):
+    """run.c's decode(prev, token) over a sequence, bytes joined (BOS/EOS left out)."""
+    out, prev = b"", None
+    for t in ids:
+        piece = pieces[t]
+        if prev == 1 and piece.startswith(" "):
+            piece = piece[1:]
+        if t not in (1, 2):
+            m = re.fullmatch(r"<0x([0-9A-F]{2})>", piece)
+            out += bytes([int(m.group(1), 16)]) if m else piece.encode()
+        prev = t
+    return out.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tokenizer_bin_encodes_and_decodes_as_run_c(tmp_path, seed):
+    from sllm.llama2c import read_tokenizer_bin
+    pieces, scores = _vocab(np.random.default_rng(seed))
+    _write_tokenizer(tmp_path / "tokenizer.bin", pieces, scores)
+    tok = read_tokenizer_bin(tmp_path / "tokenizer.bin", len(pieces))
+    assert tok.kind == "spm" and tok.byte_fallback and tok.vocab_size == len(pieces)
+    for text in ODD:
+        want = _run_c_encode(pieces, scores, text)
+        assert tok.encode(text) == want, text
+        assert tok.decode([1, *want]) == _run_c_decode(pieces, [1, *want]) == text
+        assert tok.decode(want) == (" " if text else "") + text  # no BOS: the prefix stays
+    rng = np.random.default_rng(seed)
+    for _ in range(50):  # random ids, bytes that are not UTF-8 included
+        ids = rng.integers(len(pieces), size=12).tolist()
+        assert tok.decode(ids) == _run_c_decode(pieces, ids)
+    again = tokenizers.from_dict(json.loads(json.dumps(tok.to_dict())))
+    assert again.encode(SAMPLE) == tok.encode(SAMPLE)
+
+
+def _model_with_tokenizer(tmp_path):
+    """m.bin and tokenizer.bin beside it, of the same vocabulary size."""
+    pieces, scores = _vocab(np.random.default_rng(0))
+    header, w = _random_model(np.random.default_rng(0), vocab=len(pieces))
+    _write(tmp_path / "m.bin", header, w)
+    _write_tokenizer(tmp_path / "tokenizer.bin", pieces, scores)
+    return pieces, scores
+
+
+def test_import_picks_up_tokenizer_bin(tmp_path):
+    import sllm
+    pieces, scores = _model_with_tokenizer(tmp_path)
+    model = import_model(tmp_path / "m.bin")
+    assert model.tokenizer["type"] == "spm" and "tokenizer_note" not in model.metadata
+    model.save(tmp_path / "m.sllm")
+    back = sllm.load(tmp_path / "m.sllm", backend="numpy")
+    tok = tokenizers.from_dict(back.tokenizer)
+    assert tok.encode(SAMPLE) == _run_c_encode(pieces, scores, SAMPLE)
+    from sllm.generate import encode_prompt
+    assert encode_prompt(tok, "Once upon")[0] == 1  # prompts start with run.c's BOS
+    pytest.importorskip("gguf")
+    from sllm.export import export_model
+    export_model(back, "gguf", tmp_path / "m.gguf")  # a SentencePiece vocabulary with scores
+    assert import_model(tmp_path / "m.gguf").tokenizer == back.tokenizer
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda raw: raw[:-3], "ends at token|has length"),
+    (lambda raw: raw + b"x", "1 bytes after the last"),
+    (lambda raw: struct.pack("<i", 2) + raw[4:], "has length"),
+    (lambda raw: raw[:4] + struct.pack("<fi", 0.0, -5) + raw[12:], "token 0 has length -5"),
+    (lambda raw: raw[:4] + struct.pack("<f", float("nan")) + raw[8:], "finite"),
+    (lambda raw: raw[:12] + b"\xff" + raw[13:], "token 0 is not UTF-8"),
+])
+def test_bad_tokenizer_bin_is_refused(tmp_path, change, message):
+    _model_with_tokenizer(tmp_path)
+    raw = (tmp_path / "tokenizer.bin").read_bytes()
+    (tmp_path / "tokenizer.bin").write_bytes(change(raw))
+    with pytest.raises(SLLMError, match=message) as e:
+        import_model(tmp_path / "m.bin")
+    assert "tokenizer.bin" in str(e.value) and "\n" not in str(e.value)

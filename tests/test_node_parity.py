@@ -308,6 +308,41 @@ return out;
     assert got["word"][2][1] == samples[2]  # with byte fallback, exactly the text
 
 
+def _spm(text, seed=0):
+    """An spm vocabulary (run.c's layout: <unk> <s> </s>, the byte tokens, pieces): some of
+    the text's characters and substrings, random scores with ties, one duplicate piece."""
+    rng = np.random.default_rng(seed)
+    chars = sorted(set(text))[::2] + [" "]
+    pieces = ["<unk>", "<s>", "</s>", *tokenizers.BYTE_TOKENS, *dict.fromkeys(chars)]
+    for _ in range(600):
+        at = int(rng.integers(len(text) - 6))
+        pieces.append(text[at:at + int(rng.integers(2, 6))])
+    pieces = list(dict.fromkeys(pieces)) + ["</s>"]
+    scores = [0.0] * 259 + [-float(rng.integers(1, 60)) / 4 for _ in pieces[259:]]
+    return tokenizers.SPMTokenizer(pieces, scores)
+
+
+def test_spm_encodes_and_decodes_as_python():
+    text = generate_corpus(3000, seed=9)
+    tok = _spm(text + JAPANESE)
+    samples = [ODD_TEXT, JAPANESE, text, "", " ", "<0x41><s>", "  leading spaces\n\n"]
+    rng = np.random.default_rng(1)
+    random_ids = [rng.integers(tok.vocab_size, size=20).tolist() for _ in range(30)]
+    got = run_node("""
+const t = web.tokenizers.tokenizerFromDict(args[0]);
+const enc = args[1].map((s) => t.encode(s));
+return {enc, withBos: enc.map((ids) => t.decode([1, ...ids])),
+        random: args[2].map((ids) => t.decode(ids)),
+        bytes: Array.from({length: t.vocabSize}, (_, i) => Array.from(t.tokenBytes(i))),
+        fallback: t.byteFallback};
+""", tok.to_dict(), samples, random_ids)
+    assert got["enc"] == [tok.encode(x) for x in samples]
+    assert got["withBos"] == [tok.decode([1, *tok.encode(x)]) for x in samples] == samples
+    assert got["random"] == [tok.decode(ids) for ids in random_ids]
+    assert got["bytes"] == [list(tok.token_bytes(i)) for i in range(tok.vocab_size)]
+    assert got["fallback"] is tok.byte_fallback is True
+
+
 def _python_classes(limit):
     """Per code point: how sllm's word regex splits 'a' + c (1: joins the word, 2: a
     separate symbol, 0: dropped as space, 3: other)."""

@@ -79,7 +79,8 @@ def test_every_backend_matches_the_reference_kernel(backend_name, qtype):
 @pytest.mark.parametrize("module", ["sllm_simd128.wasm", "sllm_simd128_compat.wasm"])
 def test_wasm_simd128_modules_without_relaxed_simd(module):
     """The plain SIMD128 module (browsers without relaxed SIMD) runs the extmul path; the
-    compat module (wasmer 1.x) widens with extend + mul instead: both run every case."""
+    compat module (wasmer 1.x) widens with extend + mul instead: both run every case of the
+    quantized matmul and its backward."""
     from sllm.backends import cases, conformance
     from sllm.backends.wasm import WasmSimdBackend
     if "wasm-simd" not in sllm.backends.available():
@@ -91,9 +92,10 @@ def test_wasm_simd128_modules_without_relaxed_simd(module):
 
     be = Simd128Only()
     assert be.capabilities["module"] == module
-    for i in range(len(cases.CASES["matmul_q_fwd"].shapes)):
-        for check in conformance.check_kernel(be, "matmul_q_fwd", i):
-            assert check.passed, check
+    for kernel in ("matmul_q_fwd", "matmul_q_bwd"):
+        for i in range(len(cases.CASES[kernel].shapes)):
+            for check in conformance.check_kernel(be, kernel, i):
+                assert check.passed, check
 
 
 @pytest.mark.parametrize("qtype", quant.QTYPES)

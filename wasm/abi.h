@@ -38,4 +38,9 @@ extern arg_slot ARGS[ARGS_SLOTS];
 void zero_floats(float *dst, size_t n);
 void copy_floats(float *dst, const float *src, size_t n);
 
+/* c (M,N) = a (M,K) @ b (K,N), row-major with row strides lda, ldb, ldc, overwritten: the
+ * matmul kernels' GEMM (gemm.c), for kernels of other files (matmul_q_bwd). */
+void gemm_rows(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M,
+               int N, int K);
+
 #endif

@@ -143,6 +143,12 @@ static void gemm(const gemm_operands *g, int M, int N, int K, int accumulate) {
     }
 }
 
+void gemm_rows(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int M,
+               int N, int K) {
+    gemm_operands g = {c, a, b, 0, lda, 1, ldb, ldc};
+    gemm(&g, M, N, K, 0);
+}
+
 /* dst (cols, rows) = src (rows, cols)^T, in 8x8 blocks for cache locality. */
 static void transpose(float *dst, const float *src, int rows, int cols) {
     for (int i0 = 0; i0 < rows; i0 += 8) {

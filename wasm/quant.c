@@ -6,6 +6,11 @@
  * 3 bias (OC) f32 or 0, 4 N, 5 K, 6 OC, 7 qtype (0 q8_0, 1 q4_0, 2 q4_1), 8 scratch of at
  * least N*nb*8 + 2*N*nb floats (nb = ceil(K/32)): the q8_0 codes, scales and block sums.
  *
+ * export matmul_q_bwd, ARGS: 0 dinp (N,K) f32, 1 dout (N,OC) f32, 2 wq (OC, row bytes) u8,
+ * 3 N, 4 K, 5 OC, 6 qtype, 7 scratch of at least OC*cols floats, 8 cols (a multiple of 32):
+ * dinp = dout @ W, W's columns dequantized cols at a time into the scratch, each slice
+ * multiplied by the float GEMM (gemm.c).
+ *
  * Dot products: SIMD128 widens int8 products to int16 (extmul) and sums pairs to int32;
  * relaxed SIMD uses i32x4.relaxed_dot_i8x16_i7x16_add with |w| as the 7-bit operand and
  * x carrying w's sign (ggml's sign trick); the MVP module runs the scalar loops.
@@ -196,5 +201,69 @@ EXPORT(matmul_q_fwd) {
         if (qtype == 0) rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 0);
         else if (qtype == 1) rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 1);
         else rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 2);
+    }
+}
+
+#ifdef __wasm_simd128__
+/* 16 int8 codes q as floats q * d + m (multiply, then add: no fused rounding). */
+static inline void dequantize16(float *out, v128_t q, float d, float m) {
+    v128_t dv = wasm_f32x4_splat(d), mv = wasm_f32x4_splat(m);
+    v128_t halves[2] = {wasm_i16x8_extend_low_i8x16(q), wasm_i16x8_extend_high_i8x16(q)};
+    for (int h = 0; h < 2; h++) {
+        v128_t lo = wasm_f32x4_convert_i32x4(wasm_i32x4_extend_low_i16x8(halves[h]));
+        v128_t hi = wasm_f32x4_convert_i32x4(wasm_i32x4_extend_high_i16x8(halves[h]));
+        wasm_v128_store(out + 8 * h, wasm_f32x4_add(wasm_f32x4_mul(lo, dv), mv));
+        wasm_v128_store(out + 8 * h + 4, wasm_f32x4_add(wasm_f32x4_mul(hi, dv), mv));
+    }
+}
+#endif
+
+/* One block of ggml bytes as floats: its first n <= 32 values (sllm.quant.dequantize). */
+static void dequantize_block(const uint8_t *w, int qtype, int n, float *out) {
+    float d = load_half(w), m = qtype == 2 ? load_half(w + 2) : 0.0f;
+#ifdef __wasm_simd128__
+    if (n == QK) {
+        v128_t lo, hi;
+        if (qtype == 0) {
+            lo = wasm_v128_load(w + 2), hi = wasm_v128_load(w + 18);
+        } else {
+            v128_t packed = wasm_v128_load(w + (qtype == 1 ? 2 : 4));
+            lo = wasm_v128_and(packed, wasm_i8x16_splat(0x0F)), hi = wasm_u8x16_shr(packed, 4);
+            if (qtype == 1) lo = wasm_i8x16_sub(lo, wasm_i8x16_splat(8)), hi = wasm_i8x16_sub(hi, wasm_i8x16_splat(8));
+        }
+        dequantize16(out, lo, d, m);
+        dequantize16(out + 16, hi, d, m);
+        return;
+    }
+#endif
+    for (int j = 0; j < n; j++) {
+        int c;
+        if (qtype == 0) {
+            c = ((const int8_t *)(w + 2))[j];
+        } else {
+            uint8_t byte = w[(qtype == 1 ? 2 : 4) + j % 16];
+            c = (j < 16 ? byte & 0x0F : byte >> 4) - (qtype == 1 ? 8 : 0);
+        }
+        out[j] = (float)c * d + m;
+    }
+}
+
+EXPORT(matmul_q_bwd) {
+    float *dinp = ARG_F32P(0), *w = ARG_F32P(7);
+    const float *dout = ARG_F32P(1);
+    const uint8_t *wq = (const uint8_t *)(uintptr_t)ARGS[2].u;
+    int N = ARG_INT(3), K = ARG_INT(4), OC = ARG_INT(5), qtype = ARG_INT(6), cols = ARG_INT(8);
+    int nb = (K + QK - 1) / QK, bytes = BLOCK_BYTES[qtype];
+    if (!half_table_ready) fill_half_table();
+    for (int k0 = 0; k0 < K; k0 += cols) {
+        int k1 = k0 + cols < K ? k0 + cols : K, width = k1 - k0;
+        for (int o = 0; o < OC; o++) {
+            for (int b = k0 / QK; b * QK < k1; b++) {
+                int n = K - b * QK < QK ? K - b * QK : QK;
+                dequantize_block(wq + ((size_t)o * nb + b) * bytes, qtype, n,
+                                 w + (size_t)o * width + (b * QK - k0));
+            }
+        }
+        gemm_rows(dinp + k0, K, dout, OC, w, width, N, width, OC);
     }
 }

@@ -59,6 +59,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..quant import column_slices, dequantize
 from . import reference
 from .reference import (
     DECODE_BLOCK_PARAMS,
@@ -94,7 +95,7 @@ LLAMA_KERNELS: tuple[str, ...] = (
 )
 
 # Fused kernels a backend may provide; Backend's default composes the required ones.
-OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block", "embed_q_fwd")
+OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block", "embed_q_fwd", "matmul_q_bwd")
 
 
 def _not_implemented(backend: Any, kernel: str) -> NotImplementedError:
@@ -178,9 +179,9 @@ class Backend:
     def pack_q(self, wq: np.ndarray, qtype: str) -> Any:
         """Quantized rows `wq` as this backend's kernels read them fastest (optional).
 
-        matmul_q_fwd and decode_block accept what this returns wherever they accept ggml's
-        rows; a model packs its quantized weights once, when it is quantized or loaded.
-        The default keeps ggml's rows (wq itself); cpp interleaves rows for its SIMD tier.
+        matmul_q_fwd, matmul_q_bwd and decode_block accept what this returns wherever they
+        accept ggml's rows; a model packs its quantized weights once, when it is quantized
+        or loaded. The default keeps ggml's rows (wq itself); cpp interleaves rows for its SIMD tier.
         """
         return wq
 
@@ -419,6 +420,34 @@ class Backend:
         (sllm.quant.dequantize of the rows), which every backend's arrays allow.
         """
         reference.embed_q_fwd(out, tokens, wq, qtype)
+
+    def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Any, qtype: str) -> None:
+        """Backward of matmul_q_fwd to its input (optional): dinp (N,K) = dout (N,OC) @ W,
+        overwritten, W (OC,K) the dequantized rows wq (as matmul_q_fwd takes them: ggml's
+        rows of qtype, or what this backend's pack_q made of them).
+
+        What a frozen quantized base needs to pass the gradient through (QLoRA): no weight
+        gradient. The weights are dequantized exactly (sllm.quant.dequantize), the product
+        accumulated in float32: the tolerance is matmul_fwd's on the dequantized matrix.
+        This default dequantizes ggml's rows a slice of columns at a time
+        (sllm.quant.column_slices: at most DEQUANT_CHUNK_FLOATS floats) and multiplies each
+        slice with the backend's matmul_fwd; a backend whose pack_q changes the layout
+        provides its own.
+        """
+        if not isinstance(wq, np.ndarray):
+            raise TypeError(f"matmul_q_bwd: the default reads ggml's rows (a uint8 array), got "
+                            f"{type(wq).__name__}; backend {self.name!r} packs its weights and "
+                            f"must provide its own matmul_q_bwd")
+        dx, dy = dinp.reshape(-1, dinp.shape[-1]), dout.reshape(-1, dout.shape[-1])
+        for k0, k1, cols in column_slices(wq, qtype, dx.shape[1]):
+            w = self.from_numpy(dequantize(cols, qtype, k1 - k0))
+            whole = k1 - k0 == dx.shape[1]
+            part = dx if whole else self.empty((len(dx), k1 - k0))
+            self.matmul_fwd(part, dy, w, None)
+            if not whole:
+                dx[:, k0:k1] = part
+                self.free(part)
+            self.free(w)
 
     def decode_block(self, out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
                      params: Sequence[Any], pos: int, n_head: int, activation: str,

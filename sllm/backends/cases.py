@@ -125,6 +125,11 @@ def _matmul_q_fwd(rng: np.random.Generator, N: int, K: int, OC: int, qtype: str,
             _f(rng, OC) if bias else None, qtype]
 
 
+def _matmul_q_bwd(rng: np.random.Generator, N: int, K: int, OC: int, qtype: str,
+                  packed: bool) -> Args:
+    return [_f(rng, N, K), _f(rng, N, OC), _q_rows(_f(rng, OC, K), qtype, packed), qtype]
+
+
 def _kv(H: int, Hkv: int | None) -> tuple[int, list[int]]:
     """Heads of q, k and v together (H + 2*Hkv), and the n_kv_head argument: none for a GPT-2
     case (a backend that predates grouped-query attention still passes those)."""
@@ -296,6 +301,14 @@ _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0, "packed": packed}
                                       (1, 384, 1152), (37, 1536, 70), (5, 64, 5003),
                                       (2, 256, 17)))
         for q in ("q8_0", "q4_0", "q4_1") for packed in (False, True)]
+# matmul_q_bwd: K % 32 != 0 (a partial last block), OC odd (a partial packed group), N 1 and
+# odd; OC 5003 sums many rows per element; (3, 1100, 1001) spans two column slices of
+# DEQUANT_CHUNK_FLOATS (the last one partial, ending mid-block); ggml's and packed rows.
+# Tolerance: matmul_fwd's (float32 accumulation of the exactly dequantized weights).
+_MMQB = [{**s, "qtype": q, "packed": packed}
+         for s in _shapes("N K OC", (1, 32, 1), (1, 45, 7), (3, 96, 33), (7, 17, 19),
+                          (5, 64, 5003), (37, 200, 70), (33, 1100, 1001), (2, 256, 17))
+         for q in ("q8_0", "q4_0", "q4_1") for packed in (False, True)]
 # one row, a partial block (C 45), repeated tokens, a vocabulary of 5003
 _EMBQ = _shapes("B T V C qtype", (1, 1, 3, 32, "q8_0"), (2, 3, 7, 45, "q4_0"),
                 (3, 5, 5003, 96, "q4_1"), (1, 2, 9, 17, "q8_0"))
@@ -351,6 +364,7 @@ CASES: dict[str, KernelCases] = {
     "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2)),
     "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,)),
     "embed_q_fwd": KernelCases(_EMBQ, _embed_q_fwd, (0,)),
+    "matmul_q_bwd": KernelCases(_MMQB, _matmul_q_bwd, (0,)),
     "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved),
     "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state),
     "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3)),

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sllm.quant import dequantize, quantize_q8_0_activations, unpack_q  # block formats: numpy only
+from sllm.quant import column_slices, dequantize, quantize_q8_0_activations, unpack_q  # block formats: numpy only
 
 Array = np.ndarray
 
@@ -127,6 +127,14 @@ def matmul_q_fwd(out: Array, inp: Array, wq: Array, bias: Array | None, qtype: s
         o[start:start + chunk] = acc
     if bias is not None:
         o += bias
+
+
+def matmul_q_bwd(dinp: Array, dout: Array, wq: Array, qtype: str) -> None:
+    """dinp (N,K) = dout (N,OC) @ W, W (OC,K) the dequantized rows wq (overwritten); the
+    rows dequantized a slice of columns at a time (sllm.quant.column_slices)."""
+    dx, dy = _rows(dinp), _rows(dout)
+    for k0, k1, cols in column_slices(wq, qtype, dx.shape[1]):
+        dx[:, k0:k1] = dy @ dequantize(cols, qtype, k1 - k0)
 
 
 def matmul_bwd(dinp: Array | None, dweight: Array, dbias: Array | None, dout: Array,

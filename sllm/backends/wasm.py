@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import BackendError
+from ..quant import chunk_columns
 from .base import Array, Backend
 from .reference import dropout_threshold
 from .wasm_memory import LinearMemory
@@ -229,17 +230,24 @@ class _WasmBase(Backend):
                      qtype: str) -> None:
         """out = q8_0(inp) . W^T (+ bias) for W held as quantized rows wq (sllm.quant)."""
         K, OC = inp.shape[-1], out.shape[-1]
-        _check(qtype in _QTYPE_CODES, f"qtype must be one of {', '.join(_QTYPE_CODES)}, got {qtype!r}")
+        _check_q_rows(wq, qtype, OC, K)
         nb = -(-K // 32)
-        row_bytes = nb * _QBLOCK_BYTES[qtype]
-        _check(np.shape(wq) == (OC, row_bytes) and np.asarray(wq).dtype == U8,
-               f"wq must be uint8 ({OC}, {row_bytes}) for {qtype} rows of K={K}, "
-               f"got {np.asarray(wq).dtype} {np.shape(wq)}")
         N = inp.size // K
         _check(out.size == N * OC, f"out must be ({N}, {OC})")
         scratch = self._scratch(N * nb * 8 + 2 * N * nb)
         self._call("matmul_q_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
                    self._ptr(wq, U8), self._ptr(bias), N, K, OC, _QTYPE_CODES[qtype], scratch)
+
+    def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Array, qtype: str) -> None:
+        """dinp = dout @ W (overwritten) for W held as quantized rows wq (sllm.quant)."""
+        K, OC = dinp.shape[-1], dout.shape[-1]
+        _check_q_rows(wq, qtype, OC, K)
+        N = dout.size // OC
+        _check(dinp.size == N * K, f"dinp must be ({N}, {K}) for dout ({N}, {OC})")
+        cols = chunk_columns(OC, K)
+        self._call("matmul_q_bwd", "<IIIiiiiIi", self._ptr(dinp, write=True), self._ptr(dout),
+                   self._ptr(wq, U8), N, K, OC, _QTYPE_CODES[qtype], self._scratch(OC * cols),
+                   cols)
 
     def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int,
                       n_kv_head: int | None = None) -> None:
@@ -432,6 +440,15 @@ def _check_tokens(ids: Any, limit: int, allow_ignore: bool = False) -> None:
     low = -1 if allow_ignore else 0
     _check(ids.size == 0 or (ids.min() >= low and ids.max() < limit),
            f"ids must be in [{low}, {limit}), got [{ids.min()}, {ids.max()}]")
+
+
+def _check_q_rows(wq: Any, qtype: str, OC: int, K: int) -> None:
+    """wq must be uint8 (OC, row bytes): OC ggml rows of K values of qtype."""
+    _check(qtype in _QTYPE_CODES, f"qtype must be one of {', '.join(_QTYPE_CODES)}, got {qtype!r}")
+    row_bytes = -(-K // 32) * _QBLOCK_BYTES[qtype]
+    _check(np.shape(wq) == (OC, row_bytes) and np.asarray(wq).dtype == U8,
+           f"wq must be uint8 ({OC}, {row_bytes}) for {qtype} rows of K={K}, "
+           f"got {np.asarray(wq).dtype} {np.shape(wq)}")
 
 
 def _size(out: np.ndarray, inp: np.ndarray) -> int:

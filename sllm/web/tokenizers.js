@@ -1,8 +1,8 @@
 // JavaScript twin of sllm/tokenizer.py: tests/test_node_parity.py checks them equal under Node.
 // The tokenizers of sllm/tokenizer.py, rebuilt from the vocabulary stored in a model file,
 // encoding and decoding exactly as Python does: words (Python's `re` word classes), Unicode
-// characters, and byte-level BPE (the Hugging Face `tokenizers` GPT-2 pre-tokenizer and
-// merge order). Word and BPE reserve [PAD]=0 [UNK]=1 [BOS]=2 [EOS]=3; char reserves [UNK]=0.
+// characters, byte-level BPE (the Hugging Face `tokenizers` GPT-2 pre-tokenizer and
+// merge order), and SentencePiece pieces with scores (run.c's encode/decode). Word and BPE reserve [PAD]=0 [UNK]=1 [BOS]=2 [EOS]=3; char reserves [UNK]=0.
 
 export const SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"];
 export const PAD_ID = 0, UNK_ID = 1, BOS_ID = 2, EOS_ID = 3;
@@ -273,13 +273,138 @@ class BPETokenizer {
   }
 }
 
-const KINDS = { word: WordTokenizer, char: CharTokenizer, bpe: BPETokenizer };
+// ---- SentencePiece pieces with scores (llama2.c's tokenizer.bin, GGUF llama vocabularies)
+const BYTE_INDEX = new Map(BYTE_TOKENS.map((t, b) => [t, b]));
+const NEVER = -1e10;  // run.c's initial best_score: a merge must score above it
+
+/** A binary min-heap of [negated score, position, ...] entries (the leftmost on ties). */
+class PairHeap {
+  constructor() { this.items = []; }
+  get size() { return this.items.length; }
+  less(a, b) { return a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]); }
+  push(item) {
+    const h = this.items;
+    h.push(item);
+    for (let k = h.length - 1; k > 0;) {
+      const up = (k - 1) >> 1;
+      if (!this.less(h[k], h[up])) break;
+      [h[k], h[up]] = [h[up], h[k]];
+      k = up;
+    }
+  }
+  pop() {
+    const h = this.items, top = h[0], last = h.pop();
+    if (h.length) {
+      h[0] = last;
+      for (let k = 0; ;) {
+        const l = 2 * k + 1, r = l + 1;
+        let m = k;
+        if (l < h.length && this.less(h[l], h[m])) m = l;
+        if (r < h.length && this.less(h[r], h[m])) m = r;
+        if (m === k) break;
+        [h[k], h[m]] = [h[m], h[k]];
+        k = m;
+      }
+    }
+    return top;
+  }
+}
+
+function specialId(specials, key, n) {
+  const v = specials[key] ?? null;
+  if (v !== null && !(Number.isInteger(v) && v >= 0 && v < n)) {
+    throw new TokenizerError(`spm special ${key} id ${JSON.stringify(v)} is not in [0, ${n})`);
+  }
+  return v;
+}
+
+// sllm.tokenizer.SPMTokenizer: run.c's encode (dummy prefix, characters or their byte
+// tokens, then the best-scoring adjacent pair merged first, the leftmost on ties) and
+// decode (a piece's leading space dropped after [BOS], byte tokens as raw bytes).
+class SPMTokenizer {
+  constructor(d) {
+    const { pieces, scores } = d;
+    if (!Array.isArray(pieces) || !Array.isArray(scores) || !pieces.length || pieces.length !== scores.length) {
+      throw new TokenizerError("an spm vocabulary needs one score per piece");
+    }
+    if (!pieces.every((p) => typeof p === "string")) throw new TokenizerError("spm pieces must be strings");
+    if (!scores.every((x) => typeof x === "number" && Number.isFinite(x))) throw new TokenizerError("spm scores must be finite numbers");
+    const specials = d.specials ?? {};
+    const n = pieces.length;
+    this.kind = "spm";
+    this.pieces = pieces;
+    this.scores = scores;
+    this.addDummyPrefix = d.add_dummy_prefix ?? true;
+    if (typeof this.addDummyPrefix !== "boolean") throw new TokenizerError("add_dummy_prefix must be true or false");
+    Object.assign(this, { bosId: specialId(specials, "bos", n), eosId: specialId(specials, "eos", n),
+      unkId: specialId(specials, "unk", n), padId: specialId(specials, "pad", n) });
+    this.ids = new Map();
+    pieces.forEach((p, i) => { if (!this.ids.has(p)) this.ids.set(p, i); });
+    this.byteOf = new Map();
+    pieces.forEach((p, i) => { if (BYTE_INDEX.has(p)) this.byteOf.set(i, BYTE_INDEX.get(p)); });
+    this.byteIds = BYTE_TOKENS.map((t) => this.ids.get(t) ?? this.unkId);
+    this.byteFallback = BYTE_TOKENS.every((t) => this.ids.has(t));
+  }
+  get vocabSize() { return this.pieces.length; }
+  encode(text) {
+    const ids = [];
+    for (const ch of (text && this.addDummyPrefix ? " " : "") + text) {
+      const id = this.ids.get(ch);
+      if (id !== undefined) ids.push(id);
+      else for (const b of UTF8.encode(ch)) if (this.byteIds[b] !== null) ids.push(this.byteIds[b]);
+    }
+    return this.merge(ids);
+  }
+  merge(ids) {
+    const n = ids.length, heap = new PairHeap();
+    const next = ids.map((_, i) => i + 1), prev = ids.map((_, i) => i - 1), alive = ids.map(() => true);
+    const push = (i) => {
+      const j = next[i];
+      if (i < 0 || j >= n) return;
+      const m = this.ids.get(this.pieces[ids[i]] + this.pieces[ids[j]]);
+      if (m !== undefined && this.scores[m] > NEVER) heap.push([-this.scores[m], i, ids[i], ids[j], m]);
+    };
+    for (let i = 0; i + 1 < n; i++) push(i);
+    while (heap.size) {
+      const [, i, a, b, m] = heap.pop();
+      const j = next[i];
+      if (!alive[i] || j >= n || ids[i] !== a || ids[j] !== b) continue;  // changed by an earlier merge
+      ids[i] = m; alive[j] = false; next[i] = next[j];
+      if (next[j] < n) prev[next[j]] = i;
+      push(prev[i]);
+      push(i);
+    }
+    return ids.filter((_, i) => alive[i]);
+  }
+  unknownPieces() { return []; }
+  tokenBytes(i) {
+    if (this.byteOf.has(i)) return new Uint8Array([this.byteOf.get(i)]);
+    if ([this.bosId, this.eosId, this.padId, this.unkId].includes(i)) return new Uint8Array(0);
+    return UTF8.encode(this.pieces[i]);
+  }
+  decode(ids) {
+    const bytes = [], drop = [this.bosId, this.eosId, this.padId].filter((x) => x !== null);
+    let prev = null;
+    for (const i of ids) {
+      if (this.byteOf.has(i)) bytes.push(this.byteOf.get(i));
+      else if (drop.includes(i)) { /* [BOS], [EOS], [PAD] write nothing */ }
+      else if (i >= 0 && i < this.pieces.length) {
+        const piece = this.pieces[i];
+        bytes.push(...UTF8.encode(prev === this.bosId && piece.startsWith(" ") ? piece.slice(1) : piece));
+      } else bytes.push(...UTF8.encode("<unk>"));
+      prev = i;
+    }
+    return utf8Text(bytes);
+  }
+}
+
+const KINDS = { word: WordTokenizer, char: CharTokenizer, bpe: BPETokenizer, spm: SPMTokenizer };
 
 /** Rebuild a tokenizer from its to_dict() description (as stored in a model file). */
 export function tokenizerFromDict(d) {
   if (d === null || typeof d !== "object" || !(d.type in KINDS)) {
     const kind = d && typeof d === "object" ? d.type : typeof d;
-    throw new TokenizerError(`not a tokenizer description (type ${JSON.stringify(kind)}); expected one of bpe, char, word`);
+    throw new TokenizerError(`not a tokenizer description (type ${JSON.stringify(kind)}); expected one of bpe, char, spm, word`);
   }
   if (Number(d.version ?? 1) > 2) {
     throw new TokenizerError(`tokenizer format version ${d.version} is newer than this sllm supports (2)`);

@@ -1,0 +1,190 @@
+"""LoRA's targets (issue 25): adapter file size, fine-tuning peak RSS, and quality.
+
+    python bench/lora.py [--backend cpp] [--part size,rss,quality] [--out bench/results]
+
+- size: the rank-8 adapter on every attention and MLP weight of configs/small-model.json,
+  as a file (f16 as `sllm finetune` writes it, and f32), against the f32 model file
+  (target <= 2%).
+- rss: peak RSS (resource.getrusage maxrss) of fine-tuning configs/medium-model.json for a
+  few AdamW steps, LoRA (rank 8, all) vs every weight, each in its own fresh subprocess;
+  also each process's peak above an idle process that imported sllm and built the model's
+  config (what fine-tuning itself adds). Target: LoRA <= 0.45x full.
+- quality: a base trained on the built-in demo corpus, then fine-tuned for the same steps
+  on a held-out domain text (shared/corpora/tinyshakespeare.txt when present, else a text
+  this script writes) by LoRA rank 8 and by full fine-tuning. Reported: each run's held-out
+  perplexity on the domain text and the base's own validation perplexity after it (target:
+  LoRA within 10% of full on the domain; its damage to the base's own text at most half of
+  full's). Plot: bench/results/lora-quality.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAKESPEARE = ROOT.parent.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+RSS_STEPS, RSS_BATCH, RSS_SEQ = 3, 4, 128
+
+
+def adapter_size(backend: str) -> dict[str, float]:
+    """Bytes of the small model's f32 file and of its rank-8 all-target adapter."""
+    import sllm
+    from sllm.lora import Adapter, LoraConfig
+    from sllm.paths import CONFIG_DIR
+    model = sllm.SLLM(CONFIG_DIR / "small-model.json", backend=backend)
+    with tempfile.TemporaryDirectory() as d:
+        model.save(os.path.join(d, "model.sllm"))
+        adapter = Adapter.create(model, LoraConfig(rank=8, targets="all"), 0)
+        adapter.save(os.path.join(d, "a32.sllm"))
+        adapter.save(os.path.join(d, "a16.sllm"), dtype="f16")  # what sllm finetune writes
+        m, a32, a16 = (os.path.getsize(os.path.join(d, n))
+                       for n in ("model.sllm", "a32.sllm", "a16.sllm"))
+    return {"model_bytes": m, "adapter_f16_bytes": a16, "ratio_f16": a16 / m,
+            "adapter_f32_bytes": a32, "ratio_f32": a32 / m}
+
+
+def _rss_child(mode: str, backend: str) -> None:
+    """One process: idle (import + build), lora or full fine-tuning steps; prints maxrss KiB."""
+    import sllm
+    from sllm.lora import Adapter, LoraConfig
+    from sllm.optim import AdamW
+    from sllm.paths import CONFIG_DIR
+    model = sllm.SLLM(CONFIG_DIR / "medium-model.json", backend=backend)
+    if mode != "idle":
+        if mode == "lora":
+            model.attach_adapter(Adapter.create(model, LoraConfig(rank=8), 0))
+        opt = AdamW(model.trainable(), lr=1e-3)
+        rng = np.random.default_rng(0)
+        V = model.config.vocab_size
+        for _ in range(RSS_STEPS):
+            x = rng.integers(0, V, (RSS_BATCH, RSS_SEQ))
+            model.forward_backward(x, np.roll(x, -1, axis=1))
+            opt.step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def peak_rss(backend: str) -> dict[str, float]:
+    """Each mode in its own process (alternating, twice), the lower peak of each."""
+    peaks: dict[str, list[int]] = {"idle": [], "lora": [], "full": []}
+    for _ in range(2):
+        for mode in peaks:
+            out = subprocess.run([sys.executable, __file__, "--rss-child", mode, "--backend",
+                                  backend], capture_output=True, text=True, check=True)
+            peaks[mode].append(int(out.stdout.split()[-1]))
+    low = {m: min(v) / 1024 for m, v in peaks.items()}  # MiB
+    return {"idle_mib": low["idle"], "lora_mib": low["lora"], "full_mib": low["full"],
+            "ratio": low["lora"] / low["full"],
+            "ratio_above_idle": (low["lora"] - low["idle"]) / (low["full"] - low["idle"]),
+            "batch": RSS_BATCH, "seq_len": RSS_SEQ}
+
+
+def _domain_text(tmp: str) -> str:
+    """The held-out domain text: tinyshakespeare (first 200 KB) when present, else a written one."""
+    path = os.path.join(tmp, "domain.txt")
+    if SHAKESPEARE.is_file():
+        text = SHAKESPEARE.read_text(encoding="utf-8")[:200_000]
+    else:
+        rng = np.random.default_rng(0)
+        words = "thou art the king of ships and storms my lord shall sail at dawn".split()
+        text = " ".join(rng.choice(words, 40_000))
+    Path(path).write_text(text, encoding="utf-8")
+    return path
+
+
+def quality(backend: str, base_steps: int, ft_steps: int, out_dir: Path) -> dict[str, float]:
+    """Train a base on the demo corpus, fine-tune it both ways; perplexities before/after."""
+    from sllm.evaluate import evaluate, held_out_ids
+    from sllm.train import TrainConfig, prepare
+    tmp = tempfile.mkdtemp(prefix="lora-bench-")
+    common: dict[str, Any] = dict(backend=backend, batch_size=8, seq_len=64, eval_every=max(ft_steps // 5, 1),
+                  eval_batches=8, checkpoint_every=0, seed=0)
+    base_dir = os.path.join(tmp, "base")
+    prepare(TrainConfig(model=str(ROOT / "configs" / "baby-gpt.json"), demo_chars=400_000,
+                        steps=base_steps, lr=3e-3, warmup=20, out=base_dir, **common),
+            progress=False).run()
+    domain = _domain_text(tmp)
+    results: dict[str, float] = {}
+    curves = {}
+    runs: tuple[tuple[str, dict[str, Any]], ...] = (("lora", {"lora_rank": 8}), ("full", {}))
+    for name, lora in runs:
+        run = os.path.join(tmp, name)
+        t0 = time.perf_counter()
+        trainer = prepare(TrainConfig(init_from=base_dir, corpus=domain, steps=ft_steps,
+                                      lr=3e-3 if lora else 1e-3, warmup=10, out=run,
+                                      weight_decay=0.0, **common, **lora), progress=False)
+        trainer.run()
+        results[f"{name}_seconds"] = time.perf_counter() - t0
+        model = trainer.model.eval()
+        results[f"{name}_domain_ppl"] = math.exp(trainer.evaluate() or 0.0)
+        results[f"{name}_base_val_ppl"] = evaluate(model, held_out_ids(base_dir))["ppl"]
+        curves[name] = [json.loads(x) for x in Path(run, "metrics.jsonl").read_text().splitlines()]
+        if model.detach_adapter() is not None:  # the untouched base, on the same batches
+            results["base_domain_ppl"] = math.exp(trainer.evaluate() or 0.0)
+            results["base_val_ppl"] = evaluate(model, held_out_ids(base_dir))["ppl"]
+    results["domain_ratio"] = results["lora_domain_ppl"] / results["full_domain_ppl"]
+    results["damage_ratio"] = ((results["lora_base_val_ppl"] - results["base_val_ppl"])
+                               / max(results["full_base_val_ppl"] - results["base_val_ppl"], 1e-9))
+    _plot(curves, results, out_dir / "lora-quality.png")
+    return results
+
+
+def _plot(curves: dict[str, list[dict[str, Any]]], r: dict[str, float], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, rows in curves.items():
+        pts = [(x["step"], x["val_ppl"]) for x in rows if "val_ppl" in x]
+        ax1.plot(*zip(*pts, strict=True), marker="o", label=f"{name} fine-tuning")
+    ax1.axhline(r["base_domain_ppl"], color="gray", ls="--", label="base (no fine-tuning)")
+    ax1.set(xlabel="step", ylabel="held-out perplexity (domain text)", yscale="log",
+            title="Learning the new text")
+    ax1.legend()
+    names = ["base", "lora", "full"]
+    values = [r["base_val_ppl"], r["lora_base_val_ppl"], r["full_base_val_ppl"]]
+    ax2.bar(names, values, color=["gray", "C0", "C1"])
+    ax2.set(ylabel="validation perplexity (base's own text)", title="Forgetting the old text")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", default="cpp")
+    ap.add_argument("--part", default="size,rss,quality")
+    ap.add_argument("--base-steps", type=int, default=400)
+    ap.add_argument("--ft-steps", type=int, default=150)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        return _rss_child(args.rss_child, args.backend)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, object] = {"backend": args.backend}
+    parts = args.part.split(",")
+    if "size" in parts:
+        report["size"] = adapter_size(args.backend)
+        print("size", json.dumps(report["size"]), flush=True)
+    if "rss" in parts:
+        report["rss"] = peak_rss(args.backend)
+        print("rss", json.dumps(report["rss"]), flush=True)
+    if "quality" in parts:
+        report["quality"] = quality(args.backend, args.base_steps, args.ft_steps, out_dir)
+        print("quality", json.dumps(report["quality"]), flush=True)
+    (out_dir / "lora.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The launcher owns its job: `sllm train --ranks N` forwards the signals it gets to the
+job, and the job's processes end when the launcher is gone.
+
+Launcher side (`run_owned`): the child (mpiexec, or the one training process for
+`--ranks 1`) runs in a session of its own, so that a terminal's Ctrl-C reaches it once,
+through the launcher, not twice. SIGINT and SIGTERM to the launcher are passed on to it
+(mpiexec passes both on to every rank). On Linux the child also gets SIGTERM when the
+launcher dies (PR_SET_PDEATHSIG), and the launcher's pid travels in LAUNCHER_ENV.
+
+Rank side (`owned_by_launcher`): a rank's parent is mpiexec's proxy, not the launcher, so a
+parent-death signal alone cannot tell that the launcher died. Each rank therefore runs a
+watchdog thread that polls the launcher's pid (and its start time, against pid reuse).
+When the launcher is gone it sends its own process SIGTERM, which the trainer treats like
+Ctrl-C (finish the step, checkpoint, release run.lock, exit); if the process is still
+alive ORPHAN_GRACE_S later (stuck in a step or a collective) it releases the run locks it
+holds and exits at once. Each rank also asks for SIGTERM when its own parent dies.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import runlock
+
+LAUNCHER_ENV = "SLLM_LAUNCHER"  # "PID:START" of the launcher that owns this job
+POLL_S = 0.25  # how often a rank checks that its launcher is alive
+ORPHAN_GRACE_S = 10.0  # after the launcher died: time to checkpoint before a hard exit
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
+
+
+# ---- launcher side ---------------------------------------------------------------------------
+def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
+    """Run `cmd` as this launcher's job and return its exit status: SIGINT and SIGTERM sent
+    to this process are forwarded to it, and it gets SIGTERM if this process dies."""
+    me = os.getpid()
+    _prctl()  # found before the fork: the child must not run ldconfig between fork and exec
+    env = dict(env, **{LAUNCHER_ENV: f"{me}:{runlock.proc_start(me) or 0}"})
+    proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
+                            preexec_fn=lambda: _die_with_parent(me))
+
+    def forward(signum: int, frame: Any) -> None:
+        if proc.poll() is None:
+            os.kill(proc.pid, signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: SIGTERM when `parent` dies (and now, if it already has)."""
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent:  # the launcher died between fork and prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def set_parent_death_signal(signum: int) -> bool:
+    """Ask the kernel to send `signum` to this process when its parent dies (Linux
+    prctl PR_SET_PDEATHSIG); False where that is not available."""
+    prctl = _prctl()
+    return prctl is not None and int(prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)) == 0
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, or None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# ---- rank side -----------------------------------------------------------------------------
+def launcher_from_env() -> tuple[int, int | None] | None:
+    """The (pid, start time) of the launcher that owns this process, from LAUNCHER_ENV;
+    None when this process was not started by `sllm train --ranks`."""
+    value = os.environ.get(LAUNCHER_ENV, "")
+    pid, _, start = value.partition(":")
+    if not pid.isdigit() or int(pid) <= 0:
+        return None
+    return int(pid), (int(start) if start.isdigit() and int(start) > 0 else None)
+
+
+def alive(pid: int, start: int | None) -> bool:
+    """True while process `pid` runs and is the process that started at `start`."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = runlock.proc_start(pid)
+    return start is None or now is None or now == start
+
+
+def owned_by_launcher(grace: float = ORPHAN_GRACE_S) -> threading.Thread | None:
+    """In a process the launcher started: SIGTERM on the death of the parent, and a
+    watchdog that ends this process when the launcher is gone. Returns the watchdog
+    thread (None outside a launched job)."""
+    launcher = launcher_from_env()
+    if launcher is None:
+        return None
+    set_parent_death_signal(signal.SIGTERM)
+    return watch(*launcher, grace=grace)
+
+
+def watch(pid: int, start: int | None, grace: float = ORPHAN_GRACE_S,
+          on_gone: Callable[[], None] | None = None) -> threading.Thread:
+    """Start a daemon thread that polls process `pid`; once it is gone, call on_gone
+    (default: SIGTERM to this process, a graceful stop), then after `grace` seconds release
+    this process's run locks and exit with status 128 + SIGTERM."""
+    def run() -> None:
+        while alive(pid, start):
+            time.sleep(POLL_S)
+        print(f"sllm: the launcher (pid {pid}) is gone; stopping", file=sys.stderr, flush=True)
+        (on_gone or _stop_gracefully)()
+        time.sleep(grace)
+        print(f"sllm: still running {grace:g} s after the launcher died; exiting now",
+              file=sys.stderr, flush=True)
+        runlock.release_all()
+        os._exit(128 + signal.SIGTERM)
+
+    thread = threading.Thread(target=run, name="sllm-launcher-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def _stop_gracefully() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,166 @@
+"""The launcher owns its job (sllm/jobcontrol.py): SIGINT, SIGTERM and SIGKILL sent to
+`sllm train --ranks N` alone (not to its process group) end every process of the job
+within a bounded time, leave a checkpoint and no run.lock, and `--resume` continues.
+
+The 2-rank cases need the `mpi` extra (skipped without it unless SLLM_REQUIRE_MPI=1);
+`--ranks 1` and the watchdog's hard exit need no MPI.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_distributed import TIMEOUT, _args, _cfg, _metrics, needs_mpi
+
+from sllm import jobcontrol, runlock
+from sllm.checkpoint import load_checkpoint
+
+GONE_WITHIN_S = 30  # the watchdog's grace (10 s) plus a slow step on a shared machine
+
+
+def _job_pids(launcher_pid: int) -> list[int]:
+    """Every live process started by this launcher (they carry its pid in LAUNCHER_ENV)."""
+    tag = f"{jobcontrol.LAUNCHER_ENV}={launcher_pid}:".encode()
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if any(v.startswith(tag) for v in f.read().split(b"\0")):
+                    pids.append(int(name))
+        except OSError:
+            continue  # gone meanwhile, or a zombie
+    return pids
+
+
+def _wait_gone(launcher_pid: int, within: float) -> float:
+    """Seconds until no process of the job is left; fails after `within` (killing what
+    is left, so that a failure leaves nothing running)."""
+    t0 = time.monotonic()
+    while pids := _job_pids(launcher_pid):
+        if time.monotonic() - t0 > within:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"job processes {pids} outlived the launcher by {within} s")
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def _start(run_dir: Path, ranks: str) -> subprocess.Popen:
+    """A long run under the launcher, returned once it has logged a step."""
+    cfg = _cfg(run_dir, steps=100_000, eval_every=0, checkpoint_every=0)
+    launcher = subprocess.Popen([sys.executable, "-m", "sllm.cli", "train", *_args(cfg),
+                                 "--ranks", ranks], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT
+    while not (metrics.exists() and metrics.stat().st_size):
+        assert launcher.poll() is None, launcher.communicate()
+        assert time.monotonic() < deadline, "the run never logged a step"
+        time.sleep(0.05)
+    assert _job_pids(launcher.pid)
+    return launcher
+
+
+def _signal_then_resume(tmp_path: Path, signum: int, ranks: str) -> None:
+    run_dir = tmp_path / "run"
+    launcher = _start(run_dir, ranks)
+    os.kill(launcher.pid, signum)  # the launcher alone, as `kill` or a job scheduler does
+    if signum == signal.SIGKILL:
+        launcher.wait(timeout=TIMEOUT)
+    else:
+        out, errs = launcher.communicate(timeout=TIMEOUT)
+        assert launcher.returncode == 0, errs
+        assert "interrupted at step" in out and "checkpoint saved" in out
+    _wait_gone(launcher.pid, GONE_WITHIN_S)
+    launcher.communicate()
+    assert not (run_dir / runlock.LOCK_NAME).exists(), "run.lock outlived the run"
+    stopped = load_checkpoint(run_dir / "checkpoint.sllm").trainer_state["step"]
+    assert 0 < stopped < 100_000
+    proc = subprocess.run([sys.executable, "-m", "sllm.cli", "train", "--resume", str(run_dir),
+                           "--steps", str(stopped + 3), "-q", "--ranks", ranks],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming {run_dir} at step {stopped}" in proc.stdout
+    assert _metrics(run_dir)[-1]["step"] == stopped + 3
+
+
+@needs_mpi
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_signal_to_launcher_ends_the_ranks_and_resume_works(tmp_path, signum):
+    _signal_then_resume(tmp_path, signum, "2")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_one_rank_launch_is_owned_too(tmp_path, signum):
+    _signal_then_resume(tmp_path, signum, "1")
+
+
+def test_sigterm_stops_a_plain_run_with_a_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path / "run", steps=100_000, eval_every=0, checkpoint_every=0)
+    proc = subprocess.Popen([sys.executable, "-m", "sllm.cli", "train", *_args(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT
+    while not (metrics.exists() and metrics.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for _ in range(2):  # a second SIGTERM does not escalate: the checkpoint is still written
+        proc.send_signal(signal.SIGTERM)
+    out, errs = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, errs
+    assert "interrupted at step" in out and "checkpoint saved" in out
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.sllm").trainer_state["step"] > 0
+    assert not (tmp_path / "run" / runlock.LOCK_NAME).exists()
+
+
+_STUCK = """
+import sys, time
+from sllm import jobcontrol, runlock
+lock = runlock.acquire(sys.argv[1])
+jobcontrol.watch(int(sys.argv[2]), None, grace=0.5, on_gone=lambda: None)
+print("ready", flush=True)
+time.sleep(600)  # a process that cannot stop by itself (stuck in a step or a collective)
+"""
+
+
+def test_watchdog_exits_a_stuck_process_and_releases_its_lock(tmp_path):
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        stuck = subprocess.Popen([sys.executable, "-c", _STUCK, str(tmp_path), str(launcher.pid)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert stuck.stdout is not None and stuck.stdout.readline() == "ready\n"
+        assert json.loads((tmp_path / runlock.LOCK_NAME).read_text())["pid"] == stuck.pid
+    finally:
+        launcher.kill()
+        launcher.wait()
+    t0 = time.monotonic()
+    _, errs = stuck.communicate(timeout=TIMEOUT)
+    assert time.monotonic() - t0 < 0.5 + 10 * jobcontrol.POLL_S + 5
+    assert stuck.returncode == 128 + signal.SIGTERM
+    assert "the launcher (pid" in errs and "exiting now" in errs
+    assert not (tmp_path / runlock.LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("", None), ("abc", None), ("0:5", None), ("-3:1", None), ("12", (12, None)),
+    ("12:0", (12, None)), ("12:345", (12, 345)), ("12:x", (12, None))])
+def test_launcher_from_env_is_validated(monkeypatch, value, expected):
+    monkeypatch.setenv(jobcontrol.LAUNCHER_ENV, value)
+    assert jobcontrol.launcher_from_env() == expected
+
+
+def test_not_launched_means_no_watchdog(monkeypatch):
+    monkeypatch.delenv(jobcontrol.LAUNCHER_ENV, raising=False)
+    assert jobcontrol.owned_by_launcher() is None
+
+
+def test_alive_tells_a_reused_pid():
+    me = os.getpid()
+    assert jobcontrol.alive(me, runlock.proc_start(me))
+    assert not jobcontrol.alive(me, (runlock.proc_start(me) or 0) + 1)

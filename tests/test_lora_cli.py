@@ -1,0 +1,175 @@
+"""`sllm finetune` (LoRA and --full), resume, `sllm merge`, --adapter on generate/eval, the
+option errors, and a fuzz test over adapter files (mutated or truncated: FormatError only)."""
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import sllm
+from sllm.cli import app
+from sllm.corpus import write_corpus
+from sllm.errors import FormatError
+from sllm.lora import Adapter, LoraConfig
+from sllm.serialize import ALIGN, HEADER, SECTION
+
+runner = CliRunner()
+TINY = {"vocabSize": 300, "embeddingDim": 32, "numLayers": 2, "numHeads": 2,
+        "ffnHiddenDim": 64, "dropout": 0.0, "maxSeqLen": 32}
+FUZZ_RUNS = 1000
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny model trained for a few steps, and a second text to fine-tune it on."""
+    d = tmp_path_factory.mktemp("lora")
+    corpus = write_corpus(d / "corpus.txt", 30_000, seed=1)
+    (d / "model.json").write_text(json.dumps(TINY))
+    code, out = run("train", "--config", d / "model.json", "--corpus", corpus, "--steps", 20,
+                    "--batch-size", 4, "--out", d / "base", "--backend", "numpy", "-q")
+    assert code == 0, out
+    (d / "domain.txt").write_text("the pirate sails the sea and the parrot sings . " * 200)
+    return d
+
+
+def finetune(d, out, *more):
+    return run("finetune", d / "base", "--corpus", d / "domain.txt", "--out", d / out,
+               "--steps", 12, "--batch-size", 4, "--lr", 1e-2, "--eval-every", 6,
+               "--eval-batches", 2, "--warmup", 0, "--backend", "numpy", "-q", *more)
+
+
+def test_finetune_trains_an_adapter_and_leaves_the_base(base):
+    before = (base / "base" / "model.sllm").read_bytes()
+    code, out = finetune(base, "ft", "--lora-rank", 4, "--lora-targets", "attn")
+    assert code == 0, out
+    assert "adapter in" in out and "adapter.sllm" in out
+    metrics = [json.loads(x) for x in (base / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert (base / "base" / "model.sllm").read_bytes() == before
+    assert not (base / "ft" / "model.sllm").exists()
+    model = sllm.load(base / "base" / "model.sllm", backend="numpy")
+    adapter = Adapter.load(base / "ft" / "adapter.sllm", model)
+    assert adapter.config == LoraConfig(rank=4, targets="attn")
+    assert all(".attn." in t for t in adapter.targets)
+    assert (base / "ft" / "adapter.sllm").stat().st_size < 0.2 * len(before)
+
+
+def test_merge_and_adapter_option_agree(base):
+    if not (base / "ft" / "adapter.sllm").exists():
+        assert finetune(base, "ft", "--lora-rank", 4, "--lora-targets", "attn")[0] == 0
+    code, out = run("merge", base / "base", base / "ft" / "adapter.sllm", "-o", base / "m.sllm")
+    assert code == 0, out
+    code, merged = run("eval", base / "m.sllm", "--corpus", base / "domain.txt", "--backend",
+                       "numpy")
+    assert code == 0, merged
+    code, attached = run("eval", base / "base", "--corpus", base / "domain.txt", "--backend",
+                         "numpy", "--adapter", base / "ft" / "adapter.sllm")
+    assert code == 0, attached
+    ppl = [float(o.split("perplexity ")[1].split()[0]) for o in (merged, attached)]
+    assert ppl[0] == pytest.approx(ppl[1], rel=1e-4)
+    code, plain = run("eval", base / "base", "--corpus", base / "domain.txt", "--backend", "numpy")
+    assert float(plain.split("perplexity ")[1].split()[0]) > ppl[1]  # the adapter learned
+    code, text = run("generate", base / "base", "--adapter", base / "ft" / "adapter.sllm",
+                     "--prompt", "the", "--max-tokens", 5, "--temperature", 0, "--backend", "numpy")
+    assert code == 0 and text.startswith("the"), text
+    code, out = run("merge", base / "base", base / "ft" / "adapter.sllm", "-o", base / "m.sllm")
+    assert code == 1 and "--overwrite" in out
+
+
+def test_resumed_lora_run_equals_an_uninterrupted_one(base):
+    same = ("--lora-dropout", 0.1, "--schedule", "constant")  # the plan does not depend on steps
+    assert finetune(base, "whole", *same)[0] == 0
+    assert finetune(base, "part", *same, "--steps", 6)[0] == 0
+    code, out = run("train", "--resume", base / "part", "--steps", 12, "-q")
+    assert code == 0, out
+    whole = (base / "whole" / "metrics.jsonl").read_text().splitlines()
+    part = (base / "part" / "metrics.jsonl").read_text().splitlines()
+    losses = [[json.loads(x)["loss"] for x in lines] for lines in (whole, part)]
+    assert losses[0] == losses[1]
+
+
+def test_full_fine_tuning_writes_a_model(base):
+    code, out = finetune(base, "full", "--full")
+    assert code == 0, out
+    assert (base / "full" / "model.sllm").exists() and not (base / "full" / "adapter.sllm").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--lora-rank", 0), "lora_rank (--lora-rank) must be an integer in [1,"),
+    (("--lora-rank", 33), "lora_rank (--lora-rank) 33 must be between 1 and 32"),
+    (("--lora-alpha", 0), "lora_alpha (--lora-alpha) must be a finite number in (0,"),
+    (("--lora-dropout", 1), "lora_dropout (--lora-dropout) must be a finite number in [0, 1)"),
+    (("--lora-targets", "wte"), "--lora-targets: 'wte' matches no weight"),
+    (("--full", "--lora-rank", 4), "--full trains every weight; drop --lora-rank"),
+])
+def test_bad_options_are_one_line_errors(base, args, message):
+    code, out = finetune(base, "bad", *args)
+    assert code == 1 and message in out and len(out.strip().splitlines()) <= 2, out
+    assert not (base / "bad").exists()
+
+
+def test_lora_options_need_a_base(tmp_path):
+    code, out = run("train", "--lora-rank", 4, "--out", tmp_path / "r", "--steps", 1)
+    assert code == 1 and "init_from" in out
+
+
+def test_another_base_is_refused(base, tmp_path):
+    other = sllm.SLLM(sllm.ModelConfig.from_dict(TINY), backend="numpy", seed=9)
+    Adapter.create(other, LoraConfig(rank=2), 0).save(tmp_path / "a.sllm")
+    code, out = run("eval", base / "base", "--corpus", base / "domain.txt", "--adapter",
+                    tmp_path / "a.sllm")
+    assert code == 1 and "another base model" in out
+
+
+# ---- fuzz: a damaged adapter file is a FormatError, never another exception ----------------
+def _fix_checksums(buf):
+    """Recompute the header's and each section's CRC, so mutations reach the parser."""
+    struct.pack_into("<I", buf, 20, zlib.crc32(bytes(buf[:20])))
+    pos, count = HEADER.size, struct.unpack_from("<I", buf, 16)[0]
+    for _ in range(min(count, 16)):
+        start = (pos + SECTION.size + ALIGN - 1) // ALIGN * ALIGN - SECTION.size
+        if start + SECTION.size > len(buf):
+            return
+        _, _, length = SECTION.unpack_from(buf, start)
+        begin = start + SECTION.size
+        if length > len(buf) - begin:
+            return
+        struct.pack_into("<I", buf, start + 4, zlib.crc32(bytes(buf[begin:begin + length])))
+        pos = begin + length
+
+
+def test_fuzzed_adapter_files_raise_format_error_only(tmp_path):
+    model = sllm.SLLM(sllm.ModelConfig.from_dict({**TINY, "architecture": "llama"}),
+                      backend="numpy", seed=1)
+    good = tmp_path / "good.sllm"
+    Adapter.create(model, LoraConfig(rank=2, targets="attn"), 0).save(good)
+    data = good.read_bytes()
+    rng = np.random.default_rng(0)
+    bad, loaded = tmp_path / "bad.sllm", 0
+    for i in range(FUZZ_RUNS):
+        buf = bytearray(data)
+        if i % 4 == 0:
+            buf = buf[:int(rng.integers(0, len(buf)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                # mostly the header, section heads, JSON and tensor table (the first 1 KiB)
+                at = int(rng.integers(0, min(len(buf), 1024) if rng.random() < 0.8 else len(buf)))
+                buf[at] = int(rng.integers(0, 256))
+            if i % 2:
+                _fix_checksums(buf)
+        bad.write_bytes(bytes(buf))
+        try:
+            Adapter.load(bad, model)
+            loaded += 1
+        except FormatError:
+            pass
+        except sllm.LoraError:  # a mutated fingerprint: the right refusal for another base
+            pass
+    assert loaded < FUZZ_RUNS // 2
