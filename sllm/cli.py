@@ -138,6 +138,9 @@ def train(
                                                           "override it)."),
     max_memory: str | None = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are "
                                                         "refused. (default: the memory available now)"),
+    recompute: bool | None = typer.Option(None, "--recompute/--no-recompute", help="Activation checkpointing: keep "
+                                                 "one layer's activations, recompute the others in backward (the "
+                                                 "same steps, less memory, about a quarter more time)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed "
                                                               "first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -201,7 +204,11 @@ def _parse_betas(text: str) -> tuple[float, float]:
 def _describe_run(trainer: Any) -> None:
     m, d = trainer.model, trainer.data
     ranks = _ranks_note()
-    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}{ranks}; "
+    lora = m.adapter
+    trains = "" if lora is None else (f" (LoRA rank {lora.adapter.config.rank} on "
+                                      f"{len(lora.adapter.targets)} weights trains "
+                                      f"{lora.num_parameters():,} of them)")
+    term.print(f"model: {m.num_parameters():,} parameters{trains}, backend {m.backend.name}{ranks}; "
               f"tokenizer {trainer.tok.kind} ({trainer.tok.vocab_size} ids); "
               f"{len(d.train.ids):,} train / {len(d.val.ids):,} val tokens; "
               f"{trainer.total} steps of {d.batch_size}x{d.seq_len} -> {trainer.cfg.out}",
@@ -478,9 +485,15 @@ def _env_removed(name: str) -> Iterator[None]:
 
 @app.command()
 @command
-def backends() -> None:
+def backends(reprobe: bool = typer.Option(False, "--reprobe", help="Forget the cached verdicts on "
+                                                                "plugin backends and probe them again.")
+             ) -> None:
     """List the compute backends, whether each is usable here, and why not."""
     from . import backends as registry
+    if reprobe:
+        from .backends.isolation import forget
+        forget()
+        registry.reset()
     env = os.environ.get("SLLM_BACKEND")
     with _env_removed("SLLM_BACKEND"):  # what auto alone picks, constructed
         auto, auto_error = registry.resolve("auto")
@@ -642,7 +655,7 @@ def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run di
             raise SLLMError("pass --corpus FILE, or --run DIR for a run directory's held-out split")
         ids, source = held_out_ids(run_dir), f"{run_dir} (held-out split)"
     r = evaluate(m, ids, batch_size=batch_size, max_tokens=max_tokens)
-    r.update(model=_resolve_model(model), corpus=source)
+    r.update(model=_resolve_model(model) + (f" + {adapter}" if adapter else ""), corpus=source)
     term.print(f"{r['model']} ({r['dtype']}, {r['backend']}) on {source}: loss {r['loss']:.4f}, "
                f"perplexity {r['ppl']:.3f} over {r['tokens']:,} tokens ({r['seconds']:.1f} s)")
     unknown = unknown_report(tok, ids) if tok is not None else None
