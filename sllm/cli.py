@@ -138,6 +138,9 @@ def train(
                                                           "override it)."),
     max_memory: str | None = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are "
                                                         "refused. (default: the memory available now)"),
+    recompute: bool | None = typer.Option(None, "--recompute/--no-recompute", help="Activation checkpointing: keep "
+                                                 "one layer's activations, recompute the others in backward (the "
+                                                 "same steps, less memory, about a quarter more time)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed "
                                                               "first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -482,9 +485,15 @@ def _env_removed(name: str) -> Iterator[None]:
 
 @app.command()
 @command
-def backends() -> None:
+def backends(reprobe: bool = typer.Option(False, "--reprobe", help="Forget the cached verdicts on "
+                                                                "plugin backends and probe them again.")
+             ) -> None:
     """List the compute backends, whether each is usable here, and why not."""
     from . import backends as registry
+    if reprobe:
+        from .backends.isolation import forget
+        forget()
+        registry.reset()
     env = os.environ.get("SLLM_BACKEND")
     with _env_removed("SLLM_BACKEND"):  # what auto alone picks, constructed
         auto, auto_error = registry.resolve("auto")

@@ -3,6 +3,8 @@ its saved input, so the loss and every gradient are those of the plain step, bit
 (the kernels are deterministic and the dropout masks are counter-based), for full training
 and for a LoRA adapter on a quantized base, GPT-2 and llama, on every backend; the training
 buffers shrink to one layer's plus each layer's output."""
+import json
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,41 @@ def test_recompute_keeps_one_layer_of_training_buffers(arch):
         logits = model.forward(x)  # evaluation keeps its own buffers, unaffected
         assert np.isfinite(logits).all()
     assert sizes[True] < 0.6 * sizes[False]
+
+
+def test_finetune_recompute_writes_the_same_adapter(tmp_path, monkeypatch):
+    """`sllm finetune --recompute` (a training option, on `sllm train` too): the same run."""
+    from typer.testing import CliRunner
+
+    from sllm.activations import Activations
+    from sllm.cli import app
+    from sllm.corpus import write_corpus
+    made = []
+    init = Activations.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self.recompute)
+
+    monkeypatch.setattr(Activations, "__init__", recording)
+
+    def run(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+
+    corpus = write_corpus(tmp_path / "corpus.txt", 20_000, seed=1)
+    (tmp_path / "model.json").write_text('{"vocabSize": 200, "embeddingDim": 32, "numLayers": 3, '
+                                         '"numHeads": 2, "ffnHiddenDim": 48, "dropout": 0.1, '
+                                         '"maxSeqLen": 16}')
+    run("train", "--config", tmp_path / "model.json", "--corpus", corpus, "--steps", 3,
+        "--batch-size", 2, "--out", tmp_path / "base", "--backend", "numpy", "-q")
+    for out, more in (("plain", []), ("recompute", ["--recompute"])):
+        made.clear()
+        run("finetune", tmp_path / "base", "--corpus", corpus, "--out", tmp_path / out,
+            "--steps", 4, "--batch-size", 2, "--lora-rank", 2, "--lora-dropout", 0.1,
+            "--backend", "numpy", "-q", *more)
+        assert any(made) == bool(more)  # the training buffers were made for recompute
+    saved = json.loads((tmp_path / "recompute" / "train_config.json").read_text())
+    assert saved["recompute"] is True
+    assert (tmp_path / "plain" / "adapter.sllm").read_bytes() == \
+        (tmp_path / "recompute" / "adapter.sllm").read_bytes()
