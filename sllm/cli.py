@@ -808,9 +808,9 @@ def bench(
         raise SLLMError(f"benchmark failed for {', '.join(failed)} (see above)")
 
 
-if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
-    app()
-
-
 # ---- commands that live in their own modules (each registers itself on `app`) --------------
 from . import cli_lora  # noqa: E402,F401  (finetune, merge)
+
+if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
+    from sllm.cli import app as module_app  # the module's app, which cli_lora registered on,
+    module_app()                            # not this __main__ copy's
