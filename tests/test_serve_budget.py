@@ -27,7 +27,7 @@ from sllm.serve_api import MAX_STOP, MAX_STOP_CHARS
 from sllm.stops import StopMatcher
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving import ThreadServer  # noqa: E402
+from serving import ThreadServer
 
 TEXT = generate_corpus(8_000, seed=3)
 
