@@ -99,7 +99,7 @@ def model_path(tmp_path_factory):
     return path
 
 
-def _complete(url: str, **body) -> httpx.Response:
+def _complete(url: str, **body: object) -> httpx.Response:
     body = {"model": "tiny", "prompt": "the", "max_tokens": 60, "temperature": 0,
             "logit_bias": {"0": -100}, **body}  # no [EOS]: it would end the answer early
     return httpx.post(url + "/v1/completions", json=body, timeout=60)
