@@ -405,6 +405,9 @@ def serve(
     tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
     context_overflow: str = typer.Option("trim", help="Chats past the context: trim the oldest turns, or error."),
     log_format: str = typer.Option("text", help="Access and startup/shutdown lines on stderr: text or json."),
+    request_timeout: float = typer.Option(300.0, help="Seconds a request may take: one still waiting for a "
+                                                      "slot then gets 504, one generating ends with "
+                                                      "finish_reason 'length'."),
 ) -> None:
     """Serve the model over the OpenAI HTTP API (completions, chat, embeddings, streaming)."""
     try:
@@ -421,6 +424,9 @@ def serve(
         raise ConfigError(f"--host must be an address or host name, got {host!r}")
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
+    if not 0 < request_timeout <= server.MAX_REQUEST_TIMEOUT_S:  # NaN fails this too
+        raise ConfigError(f"--request-timeout must be in (0, {server.MAX_REQUEST_TIMEOUT_S:g}] "
+                          f"seconds, got {request_timeout!r}")
     m, tok = _load(model, backend, tokenizer)
     if threads is not None:
         m.backend.set_num_threads(threads)
@@ -433,7 +439,8 @@ def serve(
     observer.event("started", url=f"http://{where[0]}:{where[1]}/v1", model=model_id,
                    backend=m.backend.name, slots=max_batch, queue=max_queue,
                    context=m.config.max_seq_len)
-    server.run(server.build_app(engine, model_id, api_key, context_overflow, observer), sock)
+    server.run(server.build_app(engine, model_id, api_key, context_overflow, observer,
+                                request_timeout), sock)
 
 
 # ---- vocab -------------------------------------------------------------------------------
@@ -801,9 +808,9 @@ def bench(
         raise SLLMError(f"benchmark failed for {', '.join(failed)} (see above)")
 
 
-if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
-    app()
-
-
 # ---- commands that live in their own modules (each registers itself on `app`) --------------
 from . import cli_lora  # noqa: E402,F401  (finetune, merge)
+
+if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
+    from sllm.cli import app as module_app  # the module's app, which cli_lora registered on,
+    module_app()                            # not this __main__ copy's
