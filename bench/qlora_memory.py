@@ -1,7 +1,8 @@
 """Peak memory of fine-tuning a medium model: full fine-tuning (every weight, AdamW state for
 each) against a LoRA adapter on the float32 base and on q8_0 / q4_0 / q4_1 bases (QLoRA:
-the base frozen and quantized, the gradient passing through matmul_q_bwd). Issue 25's
-targets: LoRA <= 0.45x and a q4_0 base <= 0.25x of full fine-tuning's peak RSS.
+the base frozen and quantized, the gradient passing through matmul_q_bwd), some also with
+activation checkpointing (SLLM.recompute, "+recompute"). Issue 25's targets: LoRA <= 0.45x
+and a q4_0 base <= 0.25x of full fine-tuning's peak RSS.
 
     python bench/qlora_memory.py [--config medium-model] [--backend cpp] [--batch 16]
                                  [--seq 256] [--steps 3] [--rank 8]
@@ -10,10 +11,10 @@ Each mode runs in its own Python process (resource.getrusage's ru_maxrss is a pr
 high-water mark), loading the base from a file as a user would (a quantized file never
 exists as float32 in that process). The bases are written by another process: on Linux a
 child's ru_maxrss starts from its parent's resident set at the fork, so the parent that
-starts the workers stays small (it never imports numpy). Printed per mode: the peak RSS, the baseline (the
-same process after importing sllm and starting the backend, before loading the model),
-the peak above that baseline (what fine-tuning itself holds), and both as ratios to full
-fine-tuning.
+starts the workers stays small (it never imports numpy). Printed per mode: the peak RSS,
+the baseline (the same process after importing sllm and starting the backend, before
+loading the model), the peak above that baseline (what fine-tuning itself holds), and both
+as ratios to plain full fine-tuning.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-MODES = ("full", "lora", "qlora-q8_0", "qlora-q4_0", "qlora-q4_1")
+MODES = ("full", "lora", "qlora-q8_0", "qlora-q4_0", "qlora-q4_1", "full+recompute",
+         "lora+recompute", "qlora-q4_0+recompute")
 
 
 def peak_mb() -> float:
@@ -45,7 +47,8 @@ def worker(mode: str, path: str, backend: str, batch: int, seq: int, steps: int,
     sllm.backends.get(backend)
     baseline = peak_mb()
     model = sllm.load(path, backend=backend)
-    if mode != "full":
+    model.recompute = mode.endswith("+recompute")
+    if not mode.startswith("full"):
         model.attach_adapter(Adapter.create(model, LoraConfig(rank=rank), seed=0))
     optimizer = AdamW(model.trainable(), lr=1e-4)
     model.train()
@@ -63,7 +66,8 @@ def worker(mode: str, path: str, backend: str, batch: int, seq: int, steps: int,
 
 def run_mode(mode: str, files: dict[str, Path], args: argparse.Namespace) -> dict[str, Any]:
     """`mode` in a fresh Python process (this script with --worker)."""
-    path = files["f32" if mode in ("full", "lora") else mode.split("-")[1]]
+    base = mode.removesuffix("+recompute")
+    path = files["f32" if base in ("full", "lora") else base.split("-")[1]]
     cmd = [sys.executable, __file__, "--worker", mode, str(path), "--backend", args.backend,
            "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
            "--rank", str(args.rank)]

@@ -5,6 +5,7 @@ reuses them every step. Each buffer is an array owned by the backend.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,12 +13,24 @@ import numpy as np
 from .backends.base import Backend, decode_block_workspace
 from .config import ModelConfig
 
+# Rows of logits a recomputing step holds at once: 512 x a vocabulary of 8000 is 16 MiB.
+HEAD_ROWS = 512
+
 
 class Activations:
-    """Forward activations per layer (kept for backward) plus shared gradient scratch."""
+    """Forward activations per layer (kept for backward) plus shared gradient scratch.
 
-    def __init__(self, backend: Backend, cfg: ModelConfig, B: int, T: int, train: bool):
+    recompute (training only, activation checkpointing): every layer shares one set of
+    buffers except its output res3 (the next layer's input), and backward recomputes each
+    layer's forward from its input before going back through it: about one more forward of
+    the blocks per step for 1/num_layers of the per-layer memory. The logits are then made
+    HEAD_ROWS rows at a time by the loss (SLLM._head_loss), never all N x V.
+    """
+
+    def __init__(self, backend: Backend, cfg: ModelConfig, B: int, T: int, train: bool,
+                 recompute: bool = False):
         self.backend = backend
+        self.recompute = recompute and train
         self.shape = (B, T)
         C, F, V, H = cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads
         self._owned: list[np.ndarray] = []
@@ -27,16 +40,16 @@ class Activations:
         self.tokens = new((B, T), np.int32)
         self.targets = new((B, T), np.int32)
         self.x0 = new((B, T, C))
-        self.layers = [SimpleNamespace(
+        self.layers = self._per_layer(lambda: SimpleNamespace(
             ln1=new((B, T, C)), ln1_mean=new((B, T)), ln1_rstd=new((B, T)),
             qkv=new((B, T, 3 * C)), att=new(backend.attention_saved_shape(B, T, H)),
             atty=new((B, T, C)), attproj=new((B, T, C)), res2=new((B, T, C)),
             ln2=new((B, T, C)), ln2_mean=new((B, T)), ln2_rstd=new((B, T)),
             fch=new((B, T, F)), fch_act=new((B, T, F)), fcproj=new((B, T, C)),
             res3=new((B, T, C)),
-        ) for _ in range(cfg.num_layers)]
+        ), cfg.num_layers)
         self.lnf, self.lnf_mean, self.lnf_rstd = new((B, T, C)), new((B, T)), new((B, T))
-        self.logits = new((B, T, V))  # overwritten in place by dlogits in backward
+        self.logits = self._logits(B, T, V)
         self.losses = new((B, T))
         if train:  # gradient scratch, shared by all layers
             self.dres, self.dbranch, self.dln = new((B, T, C)), new((B, T, C)), new((B, T, C))
@@ -52,6 +65,20 @@ class Activations:
             self._decode_work = self._new(
                 (decode_block_workspace(B, T, self._dims[0], self._dims[1]),))
         return self._decode_work
+
+    def _logits(self, B: int, T: int, V: int) -> np.ndarray:
+        """(B, T, V) logits, overwritten in place by their gradient; with recompute a slice
+        of HEAD_ROWS rows (HEAD_ROWS, V), which the loss fills a slice at a time."""
+        return self._new((min(B * T, HEAD_ROWS), V) if self.recompute else (B, T, V))
+
+    def _per_layer(self, make: Callable[[], SimpleNamespace], n: int) -> list[SimpleNamespace]:
+        """n layers' buffers, each from make(); with recompute, the first layer's shared by
+        all, each of the others with only its own res3."""
+        if not self.recompute:
+            return [make() for _ in range(n)]
+        shared = make()
+        return [shared] + [SimpleNamespace(**{**vars(shared), "res3": self._new(shared.res3.shape)})
+                           for _ in range(n - 1)]
 
     def _new(self, shape: tuple[int, ...], dtype: type[np.generic] | None = None) -> np.ndarray:
         arr = self.backend.empty(shape, dtype)
@@ -70,8 +97,10 @@ class LlamaActivations(Activations):
     """The llama block's buffers (sllm/llama.py): RMSNorm saves only 1/rms, the MLP keeps
     gate, up and their SwiGLU product; positions (N,) feed the rotary kernels."""
 
-    def __init__(self, backend: Backend, cfg: ModelConfig, B: int, T: int, train: bool):
+    def __init__(self, backend: Backend, cfg: ModelConfig, B: int, T: int, train: bool,
+                 recompute: bool = False):
         self.backend = backend
+        self.recompute = recompute and train
         self.shape = (B, T)
         C, F, V, H, W = (cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads,
                          cfg.qkv_width)
@@ -80,17 +109,19 @@ class LlamaActivations(Activations):
         self.tokens, self.targets = new((B, T), np.int32), new((B, T), np.int32)
         self.positions = new((N,), np.int32)
         self.x0 = new((B, T, C))
-        self.layers = []
-        for _ in range(cfg.num_layers):
+
+        def make() -> SimpleNamespace:
             qkv = new((B, T, W))
-            self.layers.append(SimpleNamespace(
+            return SimpleNamespace(
                 ln1=new((B, T, C)), ln1_rstd=new((B, T)), qkv=qkv, qkv_rows=qkv.reshape(N, W),
                 att=new(backend.attention_saved_shape(B, T, H)), atty=new((B, T, C)),
                 attproj=new((B, T, C)), res2=new((B, T, C)), ln2=new((B, T, C)),
                 ln2_rstd=new((B, T)), gate=new((B, T, F)), up=new((B, T, F)),
-                hact=new((B, T, F)), down=new((B, T, C)), res3=new((B, T, C))))
+                hact=new((B, T, F)), down=new((B, T, C)), res3=new((B, T, C)))
+
+        self.layers = self._per_layer(make, cfg.num_layers)
         self.lnf, self.lnf_rstd = new((B, T, C)), new((B, T))
-        self.logits, self.losses = new((B, T, V)), new((B, T))
+        self.logits, self.losses = self._logits(B, T, V), new((B, T))
         if train:  # gradient scratch, shared by all layers
             self.dres, self.dbranch, self.dln, self.dln2 = (new((B, T, C)) for _ in range(4))
             self.datty, self.dqkv = new((B, T, C)), new((B, T, W))

@@ -138,6 +138,9 @@ def train(
                                                           "override it)."),
     max_memory: str | None = typer.Option(None, help="Memory budget, e.g. 8G or 512M: runs that need more are "
                                                         "refused. (default: the memory available now)"),
+    recompute: bool | None = typer.Option(None, "--recompute/--no-recompute", help="Activation checkpointing: keep "
+                                                 "one layer's activations, recompute the others in backward (the "
+                                                 "same steps, less memory, about a quarter more time)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in --out (its files are removed "
                                                               "first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -201,7 +204,11 @@ def _parse_betas(text: str) -> tuple[float, float]:
 def _describe_run(trainer: Any) -> None:
     m, d = trainer.model, trainer.data
     ranks = _ranks_note()
-    term.print(f"model: {m.num_parameters():,} parameters, backend {m.backend.name}{ranks}; "
+    lora = m.adapter
+    trains = "" if lora is None else (f" (LoRA rank {lora.adapter.config.rank} on "
+                                      f"{len(lora.adapter.targets)} weights trains "
+                                      f"{lora.num_parameters():,} of them)")
+    term.print(f"model: {m.num_parameters():,} parameters{trains}, backend {m.backend.name}{ranks}; "
               f"tokenizer {trainer.tok.kind} ({trainer.tok.vocab_size} ids); "
               f"{len(d.train.ids):,} train / {len(d.val.ids):,} val tokens; "
               f"{trainer.total} steps of {d.batch_size}x{d.seq_len} -> {trainer.cfg.out}",
@@ -398,6 +405,9 @@ def serve(
     tokenizer: str | None = typer.Option(None, help="vocab.json, when the model file has none."),
     context_overflow: str = typer.Option("trim", help="Chats past the context: trim the oldest turns, or error."),
     log_format: str = typer.Option("text", help="Access and startup/shutdown lines on stderr: text or json."),
+    request_timeout: float = typer.Option(300.0, help="Seconds a request may take: one still waiting for a "
+                                                      "slot then gets 504, one generating ends with "
+                                                      "finish_reason 'length'."),
 ) -> None:
     """Serve the model over the OpenAI HTTP API (completions, chat, embeddings, streaming)."""
     try:
@@ -414,6 +424,9 @@ def serve(
         raise ConfigError(f"--host must be an address or host name, got {host!r}")
     if log_format not in LOG_FORMATS:
         raise ConfigError(f"--log-format must be text or json, got {log_format!r}")
+    if not 0 < request_timeout <= server.MAX_REQUEST_TIMEOUT_S:  # NaN fails this too
+        raise ConfigError(f"--request-timeout must be in (0, {server.MAX_REQUEST_TIMEOUT_S:g}] "
+                          f"seconds, got {request_timeout!r}")
     m, tok = _load(model, backend, tokenizer)
     if threads is not None:
         m.backend.set_num_threads(threads)
@@ -426,7 +439,8 @@ def serve(
     observer.event("started", url=f"http://{where[0]}:{where[1]}/v1", model=model_id,
                    backend=m.backend.name, slots=max_batch, queue=max_queue,
                    context=m.config.max_seq_len)
-    server.run(server.build_app(engine, model_id, api_key, context_overflow, observer), sock)
+    server.run(server.build_app(engine, model_id, api_key, context_overflow, observer,
+                                request_timeout), sock)
 
 
 # ---- vocab -------------------------------------------------------------------------------
@@ -478,9 +492,15 @@ def _env_removed(name: str) -> Iterator[None]:
 
 @app.command()
 @command
-def backends() -> None:
+def backends(reprobe: bool = typer.Option(False, "--reprobe", help="Forget the cached verdicts on "
+                                                                "plugin backends and probe them again.")
+             ) -> None:
     """List the compute backends, whether each is usable here, and why not."""
     from . import backends as registry
+    if reprobe:
+        from .backends.isolation import forget
+        forget()
+        registry.reset()
     env = os.environ.get("SLLM_BACKEND")
     with _env_removed("SLLM_BACKEND"):  # what auto alone picks, constructed
         auto, auto_error = registry.resolve("auto")
@@ -642,7 +662,7 @@ def eval_(model: str = typer.Argument(..., help="A .sllm model file, or a run di
             raise SLLMError("pass --corpus FILE, or --run DIR for a run directory's held-out split")
         ids, source = held_out_ids(run_dir), f"{run_dir} (held-out split)"
     r = evaluate(m, ids, batch_size=batch_size, max_tokens=max_tokens)
-    r.update(model=_resolve_model(model), corpus=source)
+    r.update(model=_resolve_model(model) + (f" + {adapter}" if adapter else ""), corpus=source)
     term.print(f"{r['model']} ({r['dtype']}, {r['backend']}) on {source}: loss {r['loss']:.4f}, "
                f"perplexity {r['ppl']:.3f} over {r['tokens']:,} tokens ({r['seconds']:.1f} s)")
     unknown = unknown_report(tok, ids) if tok is not None else None
@@ -826,9 +846,9 @@ def bench(
         raise SLLMError(f"benchmark failed for {', '.join(failed)} (see above)")
 
 
-if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
-    app()
-
-
 # ---- commands that live in their own modules (each registers itself on `app`) --------------
 from . import cli_lora  # noqa: E402,F401  (finetune, merge)
+
+if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
+    from sllm.cli import app as module_app  # the module's app, which cli_lora registered on,
+    module_app()                            # not this __main__ copy's

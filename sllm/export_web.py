@@ -20,7 +20,8 @@ from .serialize import DTYPE_CODES, read_model_file
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 WEB_FILES = ("index.html", "style.css", "app.js", "worker.js", "sllm.js", "model.js",
-             "llama.js", "kernels.js", "format.js", "tokenizers.js", "constrain.js")
+             "llama.js", "kernels.js", "format.js", "tokenizers.js", "constrain.js",
+             "lora.js")
 WASM_FILES = ("sllm_relaxed.wasm", "sllm_simd128.wasm", "sllm_scalar.wasm")
 MODEL_NAME = "model.sllm"
 DTYPES = (*DTYPE_CODES, *QTYPES)  # what --dtype accepts

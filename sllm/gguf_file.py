@@ -86,12 +86,10 @@ def gguf_tensors(model: Any, qtype: str = "f32") -> dict[str, tuple[np.ndarray, 
     out = {}
     quantized: dict[str, Any] = getattr(model, "quantized_weights", dict)()
     if model.config.architecture == "llama":
-        if quantized:
-            raise ExportError("a quantized llama model cannot be exported to GGUF yet; export "
-                              "the float model with --dtype q8_0 / q4_0 instead")
-        from .gguf_llama import llama_gguf_arrays
-        for gname, arr in llama_gguf_arrays(model).items():
-            ttype = tensor_type(gname, arr, qtype)
+        from .gguf_llama import llama_gguf_arrays, quantized_gguf_rows
+        out.update(quantized_gguf_rows(model) if quantized else {})
+        for gname, arr in llama_gguf_arrays(model).items():  # a quantized model's floats
+            ttype = tensor_type(gname, arr, "f32" if quantized else qtype)
             out[gname] = (encode_tensor(arr, ttype), ttype)
         return out
     for name, q in quantized.items():
@@ -195,22 +193,24 @@ def _within(t: Any, size: int, path: Any) -> np.ndarray:
 
 def import_gguf(path: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     """An SLLM from a GGUF file of architecture gpt2 or llama (f32 and f16 exactly; q8_0 /
-    q4_0 / q4_1 dequantized to float32), with the tokenizer sllm wrote into it or, for a
+    q4_0 / q4_1 dequantized to float32, except a llama file's blocks of one type, which
+    make a quantized model: sllm.gguf_llama), with the tokenizer sllm wrote into it or, for a
     foreign llama file, its SentencePiece vocabulary (sllm.gguf_llama)."""
     from .model import SLLM
     data = read_gguf(path)
     fields, tensors = data["fields"], data["tensors"]
     arch = fields.get("general.architecture")
+    quantized: dict[str, tuple[str, np.ndarray]] = {}
     if arch == "llama":
         from .gguf_llama import llama_from_gguf
-        config, params = llama_from_gguf(fields, tensors, os.path.getsize(path), path)
+        config, params, quantized = llama_from_gguf(fields, tensors, os.path.getsize(path), path)
     elif arch == "gpt2":
         config, params = _gpt2_from_gguf(fields, tensors, path)
     else:
         raise ExportError(f"{path}: architecture {arch!r}; sllm imports gpt2 and llama GGUF "
                           f"files only")
     tok, note = _gguf_tokenizer(fields, config.vocab_size, path)
-    model = SLLM(config, backend=backend, init=None)
+    model = SLLM(config, backend=backend, init=None, quantized=quantized or None)
     for name, param in model.parameters().items():
         param[...] = params[name]
     model.tokenizer = tok

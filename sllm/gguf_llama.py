@@ -15,9 +15,13 @@ Import (`llama_from_gguf`) reads the same names back from any GGUF `llama` file:
 config from the llama.* keys (architecture variants sllm cannot run -- rope scaling,
 experts, a head size of their own -- refused by name), every tensor's shape matched to the
 config exactly before anything is allocated beyond the memory-mapped file, q and k rows
-turned back to rotate-half. f32 and f16 tensors load exactly; q8_0 / q4_0 / q4_1 blocks
-are dequantized to float32 (a GGUF mixes types per tensor, an sllm quantized model has one
-type for its matmul weights; `sllm quantize` quantizes the import again).
+turned back to rotate-half. f32 and f16 tensors load exactly. Quantized blocks: when every
+matmul weight (and the output head) is of one type q8_0 / q4_0 / q4_1 -- what
+`sllm export --dtype` and llama.cpp's quantize of a pure type write -- they become an sllm
+quantized model of that type block for block (ggml's rows are sllm's rows along the
+reduction axis; q, k and v rows stacked into qkv_proj; token_embd too when it has that
+type); in any other mix (sllm's quantized model has one type) they are dequantized to a
+float32 model. A quantized llama model exports the same way back.
 """
 from __future__ import annotations
 
@@ -170,11 +174,11 @@ def logical_shape(raw: np.ndarray, ttype: str, name: str, where: Any) -> tuple[i
 
 
 def llama_from_gguf(fields: dict[str, Any], tensors: dict[str, tuple[str, np.ndarray]],
-                    file_bytes: int, where: Any) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """(config, sllm parameters) of a GGUF `llama` file's metadata and tensors, each
-    checked before it is read (see the module docstring)."""
+                    file_bytes: int, where: Any) -> tuple[ModelConfig, dict[str, np.ndarray],
+                                                          dict[str, tuple[str, np.ndarray]]]:
+    """(config, float32 sllm parameters, quantized rows {sllm name: (qtype, uint8 rows)})
+    of a GGUF `llama` file, each tensor checked before it is read (module docstring)."""
     from .foreign import check_fits
-    from .gguf_file import decode_tensor
     if "token_embd.weight" not in tensors:
         raise FormatError(f"{where}: tensor 'token_embd.weight' is missing")
     ttype, raw = tensors["token_embd.weight"]
@@ -183,12 +187,92 @@ def llama_from_gguf(fields: dict[str, Any], tensors: dict[str, tuple[str, np.nda
     check_fits(config, file_bytes, where)  # before any tensor is decoded
     shapes = {n: logical_shape(raw, t, n, where) for n, (t, raw) in tensors.items()}
     match_tensors(shapes, needed_shapes(config), where)
-    hf = {}
+    qnames = _kept_quantized(tensors, config)
+    quantized = _quantized_rows({n: tensors[n] for n in qnames}, shapes, config, where)
+    floats = _float_tensors({n: t for n, t in tensors.items() if n not in qnames}, shapes,
+                            config, where)
+    if quantized:  # the floats left are norms and a float embedding: sllm's own names
+        return config, floats, quantized
+    return config, llama_sllm_tensors(floats, config, str(where)), {}
+
+
+def _sllm_name(hf_name: str) -> str:
+    return hf_name.replace(".q_proj.", ".qkv_proj.").replace(".k_proj.", ".qkv_proj.") \
+        .replace(".v_proj.", ".qkv_proj.")
+
+
+def _kept_quantized(tensors: dict[str, tuple[str, np.ndarray]], config: ModelConfig) -> set[str]:
+    """The GGUF names whose blocks an sllm quantized model can hold as they are: all
+    matmul weights of one block type (token_embd too when of that type), else none."""
+    from .quant import BLOCKS, matmul_weight_names
+    matmuls = set(matmul_weight_names(config))
+    names = {n for n in tensors if _sllm_name(hf_name_of(n)) in matmuls}
+    types = {tensors[n][0] for n in names}
+    if len(types) != 1 or not types <= set(BLOCKS):
+        return set()
+    if tensors["token_embd.weight"][0] in types:
+        names.add("token_embd.weight")
+    return names
+
+
+def _quantized_rows(tensors: dict[str, tuple[str, np.ndarray]], shapes: dict[str, Any],
+                    config: ModelConfig, where: Any) -> dict[str, tuple[str, np.ndarray]]:
+    """{sllm name: (qtype, rows)}: the file's block rows, q and k reordered to
+    rotate-half, q | k | v stacked into qkv_proj; NaN scales refused by name."""
+    from .finite import check_weights
+    rows: dict[str, list[np.ndarray]] = {}
+    qtype = ""
+    for name in sorted(tensors, key=_qkv_order):
+        qtype, raw = tensors[name]
+        data = np.ascontiguousarray(raw.reshape(shapes[name][0], -1))
+        check_weights({name: data}, where, {name: (qtype, shapes[name])})
+        if ".attn_q." in name:
+            data = interleaved_to_half(data, config.num_heads)
+        elif ".attn_k." in name:
+            data = interleaved_to_half(data, config.kv_heads)
+        rows.setdefault(_sllm_name(hf_name_of(name)), []).append(data)
+    return {n: (qtype, np.concatenate(parts) if len(parts) > 1 else parts[0])
+            for n, parts in rows.items()}
+
+
+def _qkv_order(name: str) -> tuple[str, int]:
+    """attn_q, attn_k, attn_v in that order within a layer (qkv_proj's row order)."""
+    for k, part in enumerate((".attn_q.", ".attn_k.", ".attn_v.")):
+        if part in name:
+            return name.replace(part, ".attn_qkv."), k
+    return name, 0
+
+
+def _float_tensors(tensors: dict[str, tuple[str, np.ndarray]], shapes: dict[str, Any],
+                   config: ModelConfig, where: Any) -> dict[str, np.ndarray]:
+    """{LlamaForCausalLM name: float32 (out, in)} of the tensors, q and k rotate-half."""
+    from .gguf_file import decode_tensor
+    out = {}
     for name, (ttype, raw) in tensors.items():
         arr = decode_tensor(raw, ttype, shapes[name], name, where)
         if ".attn_q." in name:
             arr = interleaved_to_half(arr, config.num_heads)
         elif ".attn_k." in name:
             arr = interleaved_to_half(arr, config.kv_heads)
-        hf[hf_name_of(name)] = arr
-    return config, llama_sllm_tensors(hf, config, str(where))
+        out[hf_name_of(name)] = arr
+    return out
+
+
+def quantized_gguf_rows(model: Any) -> dict[str, tuple[np.ndarray, str]]:
+    """{llama.cpp name: (uint8 rows, qtype)} of a quantized llama model's blocks: qkv_proj
+    split into q, k and v rows, q and k reordered to interleaved pairs."""
+    cfg = model.config
+    HD, KD = cfg.num_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    out = {}
+    for name, q in model.quantized_weights().items():
+        data = np.asarray(q.data)
+        if name.endswith("self_attn.qkv_proj.weight"):
+            base = name[:-len("qkv_proj.weight")]
+            parts = {"q": half_to_interleaved(data[:HD], cfg.num_heads),
+                     "k": half_to_interleaved(data[HD:HD + KD], cfg.kv_heads),
+                     "v": data[HD + KD:]}
+            for p, rows in parts.items():
+                out[llama_gguf_name(f"{base}{p}_proj.weight")] = (np.ascontiguousarray(rows), q.qtype)
+        else:
+            out[llama_gguf_name(name)] = (data, q.qtype)
+    return out

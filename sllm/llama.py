@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import KVCache, LlamaActivations
-from .layout import head_name
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -65,51 +64,61 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
             rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The llama forward over a.tokens into a.logits (see SLLM._forward for the arguments)."""
     k, cfg, P, mm = m.backend, m.config, m._params, m._matmul
-    H, Hkv, theta, eps = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, cfg.norm_eps
-    pos = cache.pos if cache else 0
     _embed(m, a)
-    _positions(a, pos, rows)
+    _positions(a, cache.pos if cache else 0, rows)
     x = a.x0
     for i, (L, la) in enumerate(zip(m._p_layers, a.layers, strict=True)):
-        k.rmsnorm_fwd(la.ln1, la.ln1_rstd, x, L.ln1_w, eps)
-        mm(la.qkv, la.ln1, L.qkv_w, None)
-        k.rope_fwd(la.qkv_rows, a.positions, H, Hkv, theta)
-        if cache is None:
-            k.attention_fwd(la.atty, la.att, la.qkv, H, Hkv)
-        elif rows is not None:
-            k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H, Hkv)
-        else:
-            k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H, Hkv)
-        mm(la.attproj, la.atty, L.o_w, None)
-        if dropout:
-            k.dropout_fwd(la.attproj, la.attproj, dropout, m._dropout_seed(i, 0))
-        k.residual_fwd(la.res2, x, la.attproj)
-        k.rmsnorm_fwd(la.ln2, la.ln2_rstd, la.res2, L.ln2_w, eps)
-        mm(la.gate, la.ln2, L.gate_w, None)
-        mm(la.up, la.ln2, L.up_w, None)
-        k.swiglu_fwd(la.hact, la.gate, la.up)
-        mm(la.down, la.hact, L.down_w, None)
-        if dropout:
-            k.dropout_fwd(la.down, la.down, dropout, m._dropout_seed(i, 1))
-        k.residual_fwd(la.res3, la.res2, la.down)
-        x = la.res3
-    k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], eps)
-    mm(a.logits, a.lnf, m._lm_head(m._qweights, P), None, cfg.tie_embeddings)
+        x = _block(m, a, i, L, la, x, dropout, cache, rows)
+    k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], cfg.norm_eps)
+    if not a.recompute:  # else the loss makes them a slice at a time (SLLM._head_loss)
+        mm(a.logits, a.lnf, m._lm_head(m._qweights, P), None, cfg.tie_embeddings)
     a.dropout = dropout
 
 
+def _block(m: SLLM, a: LlamaActivations, i: int, L: SimpleNamespace, la: SimpleNamespace,
+           x: np.ndarray, dropout: float, cache: KVCache | None,
+           rows: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Block i from its input x into la's buffers; returns its output la.res3. Backward
+    calls it again to recompute a layer (Activations.recompute)."""
+    k, cfg, mm = m.backend, m.config, m._matmul
+    H, Hkv, theta, eps = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, cfg.norm_eps
+    pos = cache.pos if cache else 0
+    k.rmsnorm_fwd(la.ln1, la.ln1_rstd, x, L.ln1_w, eps)
+    mm(la.qkv, la.ln1, L.qkv_w, None)
+    k.rope_fwd(la.qkv_rows, a.positions, H, Hkv, theta)
+    if cache is None:
+        k.attention_fwd(la.atty, la.att, la.qkv, H, Hkv)
+    elif rows is not None:
+        k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H, Hkv)
+    else:
+        k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H, Hkv)
+    mm(la.attproj, la.atty, L.o_w, None)
+    if dropout:
+        k.dropout_fwd(la.attproj, la.attproj, dropout, m._dropout_seed(i, 0))
+    k.residual_fwd(la.res2, x, la.attproj)
+    k.rmsnorm_fwd(la.ln2, la.ln2_rstd, la.res2, L.ln2_w, eps)
+    mm(la.gate, la.ln2, L.gate_w, None)
+    mm(la.up, la.ln2, L.up_w, None)
+    k.swiglu_fwd(la.hact, la.gate, la.up)
+    mm(la.down, la.hact, L.down_w, None)
+    if dropout:
+        k.dropout_fwd(la.down, la.down, dropout, m._dropout_seed(i, 1))
+    k.residual_fwd(la.res3, la.res2, la.down)
+    return la.res3
+
+
 def backward(m: SLLM, a: LlamaActivations) -> None:
-    """The forward line reversed: fills m's gradients from the dlogits in a.logits."""
+    """The forward line reversed, from the head's input gradient in a.dln (SLLM._head_loss
+    went back through the head): fills m's gradients."""
     k, cfg, P, G = m.backend, m.config, m._params, m._grads
     H, Hkv, theta, p, mmb = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, a.dropout, m._matmul_bwd
-    m._zero_grads()
-    mmb(a.dln, G[head_name(cfg)], None, a.logits, a.lnf, m._lm_head(m._qweights, P),
-        cfg.tie_embeddings)
     a.dres.fill(0)
     k.rmsnorm_bwd(a.dres, G[NORM], a.dln, a.layers[-1].res3, P[NORM], a.lnf_rstd)
     for i in reversed(range(cfg.num_layers)):
         L, D, la = m._p_layers[i], m._g_layers[i], a.layers[i]
         x_in = a.layers[i - 1].res3 if i > 0 else a.x0
+        if a.recompute and i < cfg.num_layers - 1:  # the shared buffers hold layer i + 1
+            _block(m, a, i, L, la, x_in, p, None, None)
         dbranch = a.dres
         if p:
             k.dropout_bwd(a.dbranch, a.dres, p, m._dropout_seed(i, 1))

@@ -13,6 +13,7 @@ call site (SLLM._matmul / _matmul_bwd) then adds the delta (`lora_delta`) and, i
 backward, fills the adapter's gradients while the base gets none (no base gradient
 buffer, no base optimizer state: the optimizer runs over the Attached adapter's own flat
 buffers). The shared contract is /work/wt/LORA-SPEC.md's, kept in docs/finetune.md.
+JavaScript twin (the browser's adapters, the same file and math): sllm/web/lora.js.
 """
 from __future__ import annotations
 

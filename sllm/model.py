@@ -86,6 +86,13 @@ class SLLM:
     Backend instance. The model starts in train mode, as a PyTorch module does.
     `quantized` ({name: (qtype, uint8 rows)}, used by the loader) builds an inference-only
     model whose matmul weights are those quantized rows (see `quantize`).
+
+    `recompute` (default False): activation checkpointing for training. forward_backward
+    then keeps only each layer's output and recomputes a layer's forward in backward just
+    before going back through it, and makes the logits a slice of rows at a time (never
+    N x V): the same loss and gradients (bit for bit while the logits fit one slice, else
+    within float32 rounding), one more forward of the blocks per step, and the activations
+    of one layer instead of every layer's (what a LoRA on a quantized base holds most of).
     """
 
     def __init__(self, config: ModelConfig | dict[str, Any] | str | os.PathLike[str],
@@ -103,10 +110,11 @@ class SLLM:
         self.seed = seed
         self.training = True
         self.dropout_step = 0  # counts training forwards; part of each dropout seed
-        self._acts: dict[tuple[int, int, bool], Activations] = {}
+        self._acts: dict[tuple[int, int, bool, bool], Activations] = {}
         self._batch_acts: dict[int, Activations] = {}  # decode_batch, by batch size
         self._qweights: dict[str, QTensor] = {}
         self.adapter: Attached | None = None  # see attach_adapter
+        self.recompute = False  # activation checkpointing (see the class docstring)
         if quantized:
             self._use_quantized(quantized, {})
         else:
@@ -211,10 +219,10 @@ class SLLM:
         make = llama.layer if self.is_llama else _layer
         return [make(views, i) for i in range(self.config.num_layers)]
 
-    def _new_activations(self, B: int, T: int, grads: bool) -> Activations:
+    def _new_activations(self, B: int, T: int, grads: bool, recompute: bool = False) -> Activations:
         """The buffers of this family's forward (and backward) for one (B, T) shape."""
         kind = LlamaActivations if self.is_llama else Activations
-        return kind(self.backend, self.config, B, T, grads)
+        return kind(self.backend, self.config, B, T, grads, recompute)
 
     def _dropout_seed(self, layer: int, site: int) -> int:
         """The dropout mask seed of one site (0: attention, 1: MLP) of one layer, this step."""
@@ -320,11 +328,29 @@ class SLLM:
                                f"runs inference only; train the float32 model")
         acts = self._run_forward(tokens, grads=True)
         count = self._load_targets(acts, targets)
-        self.backend.softmax_xent(acts.losses, acts.logits, acts.logits, acts.targets,
-                                  1.0 / max(count, 1))
+        self._zero_grads()
+        self._head_loss(acts, 1.0 / max(count, 1))
         loss = float(np.sum(acts.losses, dtype=np.float64) / max(count, 1))
         self._backward(acts)
         return loss
+
+    def _head_loss(self, a: Activations, dloss: float) -> None:
+        """The losses, and the output head's backward into a.dln (and its gradient): from
+        the logits forward made, or (recompute) made here HEAD_ROWS rows at a time in
+        a.logits, so that N x V logits never exist at once."""
+        head, tie = self._lm_head(self._qweights, self._params), self.config.tie_embeddings
+        dhead = self._grads[head_name(self.config)]
+        N = a.losses.size
+        lnf, dln = a.lnf.reshape(N, -1), a.dln.reshape(N, -1)
+        losses, targets = a.losses.reshape(N), a.targets.reshape(N)
+        logits = a.logits.reshape(-1, a.logits.shape[-1])
+        for r0 in range(0, N, len(logits)):
+            rows = slice(r0, min(N, r0 + len(logits)))
+            part = logits[:rows.stop - r0]
+            if a.recompute:
+                self._matmul(part, lnf[rows], head, None, tie)
+            self.backend.softmax_xent(losses[rows], part, part, targets[rows], dloss)
+            self._matmul_bwd(dln[rows], dhead, None, part, lnf[rows], head, tie)
 
     def generate(self, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
@@ -367,14 +393,14 @@ class SLLM:
         return t
 
     def _activations(self, B: int, T: int, grads: bool) -> Activations:
-        key = (B, T, grads)
+        key = (B, T, grads, grads and self.recompute)
         acts = self._acts.get(key)
         if acts is None:
             if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
             budget.check_activations(self.config, B, T, self.backend, grads)
-            acts = self._acts[key] = self._new_activations(B, T, grads)
+            acts = self._acts[key] = self._new_activations(B, T, grads, key[3])
         return acts
 
     def _load_targets(self, acts: Activations, targets: Any) -> int:
@@ -425,30 +451,39 @@ class SLLM:
                                pos, H, cfg.activation, qtype)
                 x = la.res3
                 continue
-            k.layernorm_fwd(la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b)
-            mm(la.qkv, la.ln1, L.attn_w, L.attn_b)
-            if cache is None:
-                k.attention_fwd(la.atty, la.att, la.qkv, H)
-            elif rows is not None:
-                k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H)
-            else:
-                k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H)
-            mm(la.attproj, la.atty, L.proj_w, L.proj_b)
-            if dropout:
-                k.dropout_fwd(la.attproj, la.attproj, dropout, mix_seed(self._last_seed, i, 0))
-            k.residual_fwd(la.res2, x, la.attproj)
-            k.layernorm_fwd(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2, L.ln2_w, L.ln2_b)
-            mm(la.fch, la.ln2, L.fc_w, L.fc_b)
-            self._act_fwd(la.fch_act, la.fch)
-            mm(la.fcproj, la.fch_act, L.fcproj_w, L.fcproj_b)
-            if dropout:
-                k.dropout_fwd(la.fcproj, la.fcproj, dropout, mix_seed(self._last_seed, i, 1))
-            k.residual_fwd(la.res3, la.res2, la.fcproj)
-            x = la.res3
+            x = self._block_fwd(i, L, la, x, dropout, cache, rows)
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
-        mm(a.logits, a.lnf, self._lm_head(self._qweights, P), None,
-           cfg.tie_embeddings)
+        if not a.recompute:  # else the loss makes them a slice at a time (_head_loss)
+            mm(a.logits, a.lnf, self._lm_head(self._qweights, P), None, cfg.tie_embeddings)
         a.dropout = dropout
+
+    def _block_fwd(self, i: int, L: SimpleNamespace, la: SimpleNamespace, x: np.ndarray,
+                   dropout: float, cache: KVCache | None,
+                   rows: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """GPT-2 block i from its input x into la's buffers; returns its output la.res3.
+        Backward calls it again to recompute a layer (Activations.recompute)."""
+        k, H, mm = self.backend, self.config.num_heads, self._matmul
+        pos = cache.pos if cache else 0
+        k.layernorm_fwd(la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b)
+        mm(la.qkv, la.ln1, L.attn_w, L.attn_b)
+        if cache is None:
+            k.attention_fwd(la.atty, la.att, la.qkv, H)
+        elif rows is not None:
+            k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H)
+        else:
+            k.attention_decode(la.atty, la.qkv, cache.k[i], cache.v[i], pos, H)
+        mm(la.attproj, la.atty, L.proj_w, L.proj_b)
+        if dropout:
+            k.dropout_fwd(la.attproj, la.attproj, dropout, mix_seed(self._last_seed, i, 0))
+        k.residual_fwd(la.res2, x, la.attproj)
+        k.layernorm_fwd(la.ln2, la.ln2_mean, la.ln2_rstd, la.res2, L.ln2_w, L.ln2_b)
+        mm(la.fch, la.ln2, L.fc_w, L.fc_b)
+        self._act_fwd(la.fch_act, la.fch)
+        mm(la.fcproj, la.fch_act, L.fcproj_w, L.fcproj_b)
+        if dropout:
+            k.dropout_fwd(la.fcproj, la.fcproj, dropout, mix_seed(self._last_seed, i, 1))
+        k.residual_fwd(la.res3, la.res2, la.fcproj)
+        return la.res3
 
     def _matmul(self, out: np.ndarray, inp: np.ndarray, weight: np.ndarray | QTensor,
                 bias: np.ndarray | None, trans_w: bool = False) -> None:
@@ -522,17 +557,15 @@ class SLLM:
             return llama.backward(self, a)  # type: ignore[arg-type]
         k, cfg, P, G = self.backend, self.config, self._params, self._grads
         H, p, mmb = cfg.num_heads, a.dropout, self._matmul_bwd
-        self._zero_grads()
-        dlogits = a.logits  # softmax_xent wrote the gradient over the logits
-        x_last = a.layers[-1].res3
-        mmb(a.dln, G[head_name(cfg)], None, dlogits, a.lnf, self._lm_head(self._qweights, P),
-            cfg.tie_embeddings)
+        x_last = a.layers[-1].res3  # a.dln holds the head's input gradient (_head_loss)
         a.dres.fill(0)
         k.layernorm_bwd(a.dres, G["ln_f.weight"], G["ln_f.bias"], a.dln, x_last,
                         P["ln_f.weight"], a.lnf_mean, a.lnf_rstd)
         for i in reversed(range(cfg.num_layers)):
             L, D, la = self._p_layers[i], self._g_layers[i], a.layers[i]
             x_in = a.layers[i - 1].res3 if i > 0 else a.x0
+            if a.recompute and i < cfg.num_layers - 1:  # the shared buffers hold layer i + 1
+                self._block_fwd(i, L, la, x_in, p, None, None)
             dbranch = a.dres
             if p:
                 k.dropout_bwd(a.dbranch, a.dres, p, mix_seed(self._last_seed, i, 1))

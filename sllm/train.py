@@ -386,6 +386,7 @@ class Trainer:
         until = min(self.total, stop_at) if stop_at is not None else self.total
         self._trim_metrics()
         start, status, message = time.perf_counter(), "done", ""
+        self.model.recompute = self.cfg.recompute
         self.model.train()
         self._deadline = start + 60 * self.cfg.max_minutes if self.cfg.max_minutes else None
         with _interrupt_flag(self), blas_limited(self.model.backend), \

@@ -29,7 +29,9 @@ class TrainConfig:
     model, tokenizer and vocab_size are not used);
     lora_rank: train a LoRA adapter of this rank on the init_from model, its weights frozen
     (sllm.lora; lora_alpha default 2 * rank, lora_targets default "all", lora_dropout 0);
-    max_memory: the memory budget ("8G", "512M"; default: what the machine has available).
+    max_memory: the memory budget ("8G", "512M"; default: what the machine has available);
+    recompute: activation checkpointing (SLLM.recompute: the same steps in less memory, for
+    about one more forward per step).
     Every value is checked on construction (ConfigError names the key and its range).
     """
 
@@ -64,6 +66,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     max_minutes: float | None = None
     max_memory: str | None = None
+    recompute: bool = False
     log_every: int = 10
     out: str = "runs/latest"
     seed: int = 0
@@ -208,6 +211,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "checkpoint_every": _int(0),
     "max_minutes": _num(0.0, lo_open=True, optional=True),
     "max_memory": _memory,
+    "recompute": validate.check_bool,
     "log_every": _int(1),
     "out": lambda n, v: validate.check_text(n, v),
     "seed": _int(0, 2**63 - 1),

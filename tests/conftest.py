@@ -1,4 +1,6 @@
 """Shared fixtures: the backends under test, small configs, and installing a fake plugin."""
+import os
+import tempfile
 import textwrap
 
 import numpy as np
@@ -6,6 +8,12 @@ import pytest
 
 import sllm
 from sllm import backends
+
+
+def pytest_configure(config):
+    """Plugin verdicts (sllm/backends/isolation.py) cached for this session only: the
+    tests' throwaway plugins never reach the user's cache."""
+    os.environ["SLLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="sllm-test-cache-")
 
 
 def _available():

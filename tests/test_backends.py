@@ -309,7 +309,10 @@ def test_sllm_backends_reports_what_auto_and_the_env_resolve_to(tmp_path, monkey
     out = CliRunner().invoke(app, ["backends"]).output
     best = [n for n in backends.available() if n != "flaky"][0]
     assert f"auto picks: {best}" in out and "auto picks: flaky" not in out  # ...but cannot start
-    assert "RuntimeError: device lost" in out
+    assert "device lost" in out and "smoke test" in out  # the table wraps the reason
+    note = {r["name"]: r.get("note") for r in backends.info()}["flaky"]
+    assert note == ("not used by auto: failed the conformance smoke test: failed to start: "
+                    "RuntimeError: device lost")
     monkeypatch.setenv("SLLM_BACKEND", "numpy")
     backends.reset()
     out = CliRunner().invoke(app, ["backends"]).output

@@ -39,6 +39,34 @@ def test_sllm_llama_gguf_imports_with_the_same_logits(tmp_path, qtype, tie, kv):
     if qtype == "f32":
         for name, p in model.parameters().items():
             np.testing.assert_array_equal(back.parameters()[name], p, err_msg=name)
+    if qtype.startswith("q"):  # the file's blocks, kept: sllm's own quantized model
+        own = model.quantize(qtype) or model
+        assert back.qtype == qtype
+        _assert_same_blocks(back, own)
+        np.testing.assert_array_equal(back.forward(IDS)[0], own.forward(IDS)[0])
+        export_model(own, "gguf", tmp_path / "q.gguf")  # and a quantized model exports
+        _assert_same_blocks(import_model(tmp_path / "q.gguf"), own)
+
+
+def _assert_same_blocks(a, b):
+    qa, qb = a.quantized_weights(), b.quantized_weights()
+    assert set(qa) == set(qb)
+    for name in qa:
+        np.testing.assert_array_equal(np.asarray(qa[name].data), np.asarray(qb[name].data), name)
+    for name, p in b.parameters().items():
+        np.testing.assert_array_equal(a.parameters()[name], p, err_msg=name)
+
+
+def test_a_mix_of_block_types_is_dequantized(tmp_path):
+    """ffn_down's rows (80 values) are not whole q8_0 blocks: f16 in the file, so the
+    types are mixed and the import is a float model."""
+    model = _llama()
+    cfg = model.config.to_dict()
+    odd = sllm.SLLM({**cfg, "ffnHiddenDim": 80}, backend="numpy", seed=1).eval()
+    export_model(odd, "gguf", tmp_path / "m.gguf", dtype="q8_0")
+    back = import_model(tmp_path / "m.gguf")
+    assert back.qtype is None
+    assert np.abs(back.forward(IDS)[0] - odd.forward(IDS)[0]).max() <= TOLERANCE["q8_0"]
 
 
 def _convert_hf_permute(w, n_head):

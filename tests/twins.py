@@ -19,6 +19,7 @@ TWINS = {
     "kernels.js": ("sllm/backends/wasm.py", "sllm/backends/wasm_memory.py"),
     "sllm.js": ("sllm/generate.py", "sllm/sampler.py", "sllm/chat.py"),
     "constrain.js": ("sllm/grammar.py", "sllm/constrain.py"),
+    "lora.js": ("sllm/lora.py",),
 }
 PAGE_ONLY = ("app.js", "worker.js")  # the page's own code, with no Python counterpart
 
@@ -33,9 +34,10 @@ JS_TRAIN_STEPS = "args[1].map(([x, y]) => m.trainStep(x.flat(), y.flat(), 4, 24,
 
 
 def python_train_steps(model: Any, batches: list[tuple[Any, Any]]) -> list[float]:
-    """Python's side of JS_TRAIN_STEPS: the same steps with sllm.optim, the losses."""
+    """Python's side of JS_TRAIN_STEPS: the same steps with sllm.optim (over the attached
+    adapter when there is one, as Model.trainStep), the losses."""
     from sllm.optim import AdamW
-    opt = AdamW(model, lr=2e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    opt = AdamW(model.trainable(), lr=2e-3, betas=(0.9, 0.99), weight_decay=0.1)
     model.train()
     losses = []
     for x, y in batches:

@@ -3,9 +3,13 @@
 Backends come from plugins (see sllm.plugins). Each is probed once, lazily; a backend
 whose import, registration, probe or construction fails (an exception or a sys.exit) is
 listed as unavailable with its reason and breaks nothing else, and so is a backend that
-leaves a kernel of the contract unprovided. `backend="auto"` (or `get()`) picks the
-available backend with the highest priority that starts; the environment variable
-SLLM_BACKEND overrides that choice. A plugin cannot take a name already registered (the
+leaves a kernel of the contract unprovided. A third-party backend is probed in a child
+process with a time limit, when first needed, and the verdict is cached
+(sllm/backends/isolation.py): a probe that crashes or hangs makes that backend
+unavailable, not the command. `backend="auto"` (or `get()`) picks the available backend
+with the highest priority that starts, and a plugin's backend only if it passed the
+conformance smoke test (else a warning names it); the environment variable SLLM_BACKEND
+overrides that choice. A plugin cannot take a name already registered (the
 built-ins' names above all): its backend is kept as "plugin:name", used only when selected
 by that full name.
 """
@@ -33,13 +37,29 @@ class _Entry:
     capabilities: dict[str, Any] = field(default_factory=dict)
     instance: Backend | None = None
     explicit_only: bool = False  # selectable by its full name only, never by auto
+    settled: bool = True  # False until a third-party backend's isolated probe has run
+    smoke: str | None = None  # why a plugin's backend failed the smoke test (auto skips it)
 
 
 _registry: dict[str, _Entry] | None = None
 
 
 def _discover() -> dict[str, _Entry]:
-    """Collect every plugin's backends (built-ins first), then probe each once."""
+    """Collect every plugin's backends (built-ins first); probe the built-ins here and
+    leave the others to _settle (in a child process, when first needed)."""
+    from ..plugins import BUILTIN
+    entries = registered()
+    for entry in entries.values():
+        if entry.cls is not None and entry.plugin == BUILTIN:
+            entry.reason, entry.capabilities = probe_in_process(entry.cls)
+        elif entry.cls is not None:
+            entry.settled = False
+    return entries
+
+
+def registered() -> dict[str, _Entry]:
+    """Every plugin's backends (built-ins first), unprobed; a plugin that fails to load or
+    register is an entry with the reason."""
     from ..plugins import BUILTIN, describe_failure, plugin_manager
     pm, load_errors = plugin_manager()
     entries: dict[str, _Entry] = {}
@@ -56,9 +76,6 @@ def _discover() -> dict[str, _Entry]:
             entries[impl.plugin_name] = _Entry(
                 impl.plugin_name, None, impl.plugin_name,
                 reason=f"plugin {impl.plugin_name!r} failed to register: {describe_failure(e)}")
-    for entry in entries.values():
-        if entry.cls is not None:
-            _probe(entry)
     return entries
 
 
@@ -80,19 +97,30 @@ def _add(entries: dict[str, _Entry], cls: type, plugin: str) -> None:
     entries[entry.name] = entry
 
 
-def _probe(entry: _Entry) -> None:
-    """Run the backend's probe, then refuse it if it leaves a kernel of the contract unprovided."""
+def probe_in_process(cls: type[Backend]) -> tuple[str | None, dict[str, Any]]:
+    """Run the backend's probe here: (None, capabilities), or (why unavailable, {}) when it
+    fails or leaves a kernel of the contract unprovided."""
     from ..plugins import describe_failure
-    assert entry.cls is not None  # _discover probes the registered classes only
     try:
-        entry.capabilities = dict(entry.cls.probe() or {})
+        capabilities = dict(cls.probe() or {})
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the reason is shown to the user
-        entry.reason = describe_failure(e)
-        return
-    missing = entry.cls.missing_kernels()
+        return describe_failure(e), {}
+    missing = cls.missing_kernels()
     if missing:
-        entry.reason = (f"does not provide kernels {', '.join(missing)} (implement them, or "
-                        f"list them in reference_kernels to use the numpy reference)")
+        return (f"does not provide kernels {', '.join(missing)} (implement them, or list "
+                f"them in reference_kernels to use the numpy reference)"), capabilities
+    return None, capabilities
+
+
+def _settle(entry: _Entry) -> _Entry:
+    """A third-party backend's verdict (probe and smoke test), from the cache or a child."""
+    if not entry.settled:
+        from .isolation import verdict
+        assert entry.cls is not None  # only registered classes wait for a verdict
+        found = verdict(entry.plugin, entry.name, entry.cls)
+        entry.reason, entry.capabilities, entry.smoke = found.reason, found.capabilities, found.smoke
+        entry.settled = True
+    return entry
 
 
 def _entries() -> dict[str, _Entry]:
@@ -110,7 +138,8 @@ def reset() -> None:
 
 def available() -> list[str]:
     """Names of the backends usable on this machine, best (highest priority) first."""
-    usable = [e for e in _entries().values() if e.reason is None and not e.explicit_only]
+    candidates = [e for e in _entries().values() if e.cls is not None and not e.explicit_only]
+    usable = [e for e in map(_settle, candidates) if e.reason is None]
     return [e.name for e in sorted(usable, key=lambda e: -e.priority)]
 
 
@@ -123,12 +152,19 @@ def get(name: str | Backend = "auto") -> Backend:
     entries = _entries()
     if name == "auto":
         for candidate in available():
+            if entries[candidate].smoke is not None:
+                warnings.warn(f"backend {candidate!r} of plugin {entries[candidate].plugin!r} "
+                              f"failed the conformance smoke test ({entries[candidate].smoke}); "
+                              f"auto does not use it", RuntimeWarning, stacklevel=2)
+                continue
             try:
                 return _instance(entries[candidate])
             except BackendError as e:
                 warnings.warn(f"backend {candidate!r} skipped: {e}", RuntimeWarning, stacklevel=2)
         raise BackendError("no backend is available")
     entry = entries.get(name)
+    if entry is not None:
+        _settle(entry)
     if entry is None or entry.reason is not None:
         why = "is not registered" if entry is None else f"is unavailable: {entry.reason}"
         raise BackendError(f"backend {name!r} {why}; available backends: "
@@ -147,11 +183,11 @@ def _instance(entry: _Entry) -> Backend:
             entry.reason = describe_failure(e)
             raise BackendError(f"backend {entry.name!r} failed to start: {entry.reason}") from e
         if entry.plugin != BUILTIN:
-            _guard_kernels(entry.instance, entry.plugin)
+            guard_kernels(entry.instance, entry.plugin)
     return entry.instance
 
 
-def _guard_kernels(instance: Backend, plugin: str) -> None:
+def guard_kernels(instance: Backend, plugin: str) -> None:
     """Make a third-party backend's kernels raise BackendError naming the plugin and the
     kernel for whatever they raise (SystemExit included), so that a broken plugin fails
     the command that uses it with a message instead of ending the process."""
@@ -183,7 +219,7 @@ def info() -> list[dict[str, Any]]:
     """For every registered backend: name, available, reason, capabilities, priority,
     plugin, and the kernels it leaves to the numpy reference."""
     rows = []
-    for e in sorted(_entries().values(), key=lambda e: -e.priority):
+    for e in sorted(map(_settle, _entries().values()), key=lambda e: -e.priority):
         ref = sorted(getattr(e.cls, "reference_kernels", ())) if e.cls else []
         rows.append({"name": e.name, "available": e.reason is None, "reason": e.reason,
                      "capabilities": e.capabilities, "priority": e.priority,
@@ -191,6 +227,8 @@ def info() -> list[dict[str, Any]]:
         if e.cls is not None and e.explicit_only and e.reason is None:
             rows[-1]["note"] = (f"not used by auto: the name {e.cls.name!r} belongs to plugin "
                                 f"{_entries()[e.cls.name].plugin!r}; select it as {e.name!r}")
+        elif e.smoke is not None and e.reason is None:
+            rows[-1]["note"] = f"not used by auto: failed the conformance smoke test: {e.smoke}"
     return rows
 
 

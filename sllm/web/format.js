@@ -212,6 +212,26 @@ export function layout(c) {
  * tensors: {name: {dtype, shape, bytes}}, version, dtype}. Throws FormatError.
  */
 export function readModel(input, name = "model") {
+  const { buf, version, config, configDict, payloads } = readContainer(input, name);
+  const tokenizer = payloads[SECTION.tokenizer] ? readJson(payloads, SECTION.tokenizer, name) : null;
+  const metadata = payloads[SECTION.metadata] ? readJson(payloads, SECTION.metadata, name) : {};
+  if (tokenizer !== null && !isObject(tokenizer)) throw new FormatError(`${name}: tokenizer section: expected a JSON object`);
+  if (!isObject(metadata)) throw new FormatError(`${name}: metadata section: expected a JSON object`);
+  const dataLen = payloads[SECTION.data].length;
+  const need = numParameters(config);
+  if (Math.floor((need * 9) / 16) > dataLen) { // the smallest element: q4_0's 18 bytes per 32
+    throw new FormatError(`${name}: the config needs ${need.toLocaleString("en")} parameters, but the data section holds only ${dataLen.toLocaleString("en")} bytes`);
+  }
+  const { tensors, dtype } = readTensors(payloads, name, config);
+  return { config, configDict, tokenizer, metadata, tensors, version, dtype, fileSize: buf.length };
+}
+
+/**
+ * The header, sections and config of an SLLM container (serialize.parse_container): model
+ * files and LoRA adapter files (lora.js) alike. Returns {buf, version, config, configDict,
+ * payloads: {section kind: bytes}}. Throws FormatError.
+ */
+export function readContainer(input, name) {
   const buf = toBytes(input);
   const size = buf.length;
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -243,17 +263,41 @@ export function readModel(input, name = "model") {
   if (config.vocab_size !== vocab || config.embedding_dim !== emb) {
     throw new FormatError(`${name}: header says vocab_size ${vocab}, embedding_dim ${emb}; the config section says ${config.vocab_size}, ${config.embedding_dim}`);
   }
-  const tokenizer = payloads[SECTION.tokenizer] ? readJson(payloads, SECTION.tokenizer, name) : null;
-  const metadata = payloads[SECTION.metadata] ? readJson(payloads, SECTION.metadata, name) : {};
-  if (tokenizer !== null && !isObject(tokenizer)) throw new FormatError(`${name}: tokenizer section: expected a JSON object`);
+  return { buf, version, config, configDict, payloads };
+}
+
+/**
+ * The config, metadata and float32 tensors ({name: {shape, data: Float32Array}}, f16
+ * widened) of a container that holds no model weights, e.g. a LoRA adapter
+ * (serialize.read_float_tensors). Throws FormatError.
+ */
+export function readFloatTensors(input, name) {
+  const { config, configDict, payloads } = readContainer(input, name);
+  const metadata = payloads[SECTION.metadata] ? readJson(payloads, SECTION.metadata, name) : null;
   if (!isObject(metadata)) throw new FormatError(`${name}: metadata section: expected a JSON object`);
-  const dataLen = payloads[SECTION.data].length;
-  const need = numParameters(config);
-  if (Math.floor((need * 9) / 16) > dataLen) { // the smallest element: q4_0's 18 bytes per 32
-    throw new FormatError(`${name}: the config needs ${need.toLocaleString("en")} parameters, but the data section holds only ${dataLen.toLocaleString("en")} bytes`);
+  const { entries, data } = tableEntries(payloads, name);
+  const tensors = {};
+  for (const e of entries) {
+    if (e.name in tensors) throw new FormatError(`${name}: tensor '${e.name}' appears twice in the tensor table`);
+    if (!(e.dtype in DTYPES)) throw new FormatError(`${name}: tensor '${e.name}' is not float32 or float16`);
+    const out = new Float32Array(e.shape.reduce((a, b) => a * b, 1));
+    tensorToF32({ dtype: DTYPES[e.dtype].name, bytes: data.subarray(e.offset, e.offset + e.nbytes) }, out);
+    tensors[e.name] = { shape: e.shape, data: out };
   }
-  const { tensors, dtype } = readTensors(payloads, name, config);
-  return { config, configDict, tokenizer, metadata, tensors, version, dtype, fileSize: size };
+  for (const [tname, t] of Object.entries(tensors)) { // finite.check_weights, after the table
+    const bad = t.data.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) {
+      const what = Number.isNaN(t.data[bad]) ? "NaN" : t.data[bad] > 0 ? "+inf" : "-inf";
+      throw new FormatError(`${name}: tensor '${tname}' holds ${what} at index [${unravel(bad, t.shape).join(", ")}]; a model with non-finite weights gives no answer (was it saved from a diverged run?)`);
+    }
+  }
+  return { config, configDict, metadata, tensors };
+}
+
+function unravel(index, shape) {
+  const out = [];
+  for (let d = shape.length - 1; d >= 0; d--) { out.unshift(index % shape[d]); index = Math.floor(index / shape[d]); }
+  return out;
 }
 
 function readSections(buf, view, name, count) {
@@ -307,7 +351,9 @@ function readJson(payloads, kind, name) {
   }
 }
 
-function readTensors(payloads, name, config) {
+/** The tensor table's entries, each checked against the data section, and the data section
+ * (serialize._table_entries). */
+function tableEntries(payloads, name) {
   const table = payloads[SECTION.tensors], data = payloads[SECTION.data];
   const cur = new Cursor(table, name);
   const count = cur.u32();
@@ -318,6 +364,11 @@ function readTensors(payloads, name, config) {
   const entries = [];
   for (let i = 0; i < count; i++) entries.push(readEntry(cur, name, data.length));
   checkOverlaps(entries, name);
+  return { entries, data };
+}
+
+function readTensors(payloads, name, config) {
+  const { entries, data } = tableEntries(payloads, name);
   const tensors = {};
   for (const e of entries) {
     if (e.name in tensors) throw new FormatError(`${name}: tensor '${e.name}' appears twice in the tensor table`);
@@ -557,7 +608,7 @@ function toBytes(input) {
 function alignTo(n, a) { return Math.ceil(n / a) * a; }
 function isObject(x) { return x !== null && typeof x === "object" && !Array.isArray(x); }
 function hex32(x) { return "0x" + x.toString(16).padStart(8, "0"); }
-function pyShape(shape) { return shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(", ")})`; }
+export function pyShape(shape) { return shape.length === 1 ? `(${shape[0]},)` : `(${shape.join(", ")})`; }
 function jsonType(x) { return x === null ? "null" : Array.isArray(x) ? "list" : typeof x; }
 
 function bytesRepr(bytes) {

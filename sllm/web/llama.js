@@ -107,8 +107,8 @@ export function llamaBackward(net, a) {
   const k = net.k, c = net.config, P = net.P, G = net.G, heap = k.heap;
   const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Hkv = c.kv_heads;
   const Fh = c.ffn_hidden_dim, V = c.vocab_size, p = a.dropout, tie = c.tie_embeddings ? 1 : 0;
-  heap.f32(net.grads, net.layout.total).fill(0);
-  k.call("matmul_bwd", a.dln, G.lm_head, 0, a.logits, a.lnf, P.lm_head, N, C, V, tie, tie ? 0 : k.scratch(C * V));
+  net.zeroGrads();
+  net.headBackward(a, N, C, V, tie);
   heap.f32(a.dres, N * C).fill(0);
   k.call("rmsnorm_bwd", a.dres, G[NORM], a.dln, a.layers[c.num_layers - 1].res3, P[NORM], a.lnf_rstd, N, C);
   for (let i = c.num_layers - 1; i >= 0; i--) {
@@ -130,7 +130,9 @@ export function llamaBackward(net, a) {
     net.matmulBwd(a.dln, D.qkv_w, 0, a.dqkv, la.ln1, L.qkv_w, N, C, c.qkv_width);
     k.call("rmsnorm_bwd", a.dres, D.ln1_w, a.dln, xIn, L.ln1_w, la.ln1_rstd, N, C);
   }
-  // the embedding's gradient: dres summed per token id (a tied head already added its own)
+  // the embedding's gradient: dres summed per token id (a tied head already added its own);
+  // none for a frozen base (an adapter attached)
+  if (net.lora) return;
   const tokens = heap.i32(a.tokens, N), dres = heap.f32(a.dres, N * C), dembed = heap.f32(G[EMBED], V * C);
   for (let n = 0; n < N; n++) {
     const row = tokens[n] * C;

@@ -2,13 +2,17 @@
 // The model as the same straight line of kernel calls as sllm/model.py, over the same
 // WebAssembly kernels: one flat parameter buffer (and gradients, AdamW m and v) in linear
 // memory, activations preallocated per (B, T) shape, a KV cache for decoding, and the
-// backward line reversed. Offsets are bytes into linear memory.
+// backward line reversed. With a LoRA adapter attached (lora.js) the base is frozen: its
+// gradient buffer shrinks to the norms' (scratch for their backward kernels) and the
+// optimizer runs over the adapter. Offsets are bytes into linear memory.
 
 import { F } from "./kernels.js";
 import { layout, tensorToF32, f16ToF32, QK } from "./format.js";
 import { llamaActivations, llamaBackward, llamaForward, llamaHead, llamaLayer } from "./llama.js";
+import { Attached, LoraError, dropoutThreshold } from "./lora.js";
 
 const QTYPE_CODES = { q8_0: 0, q4_0: 1, q4_1: 2 }; // wasm/quant.c's qtype argument
+const DEQUANT_CHUNK_FLOATS = 1 << 20; // sllm.quant: matmul_q_bwd dequantizes column slices of this many floats
 const FILE_CODES = { q8_0: 2, q4_0: 3, q4_1: 4 }; // dtype codes in the model file
 
 const LAYER_TENSORS = {
@@ -31,9 +35,6 @@ export function mixSeed(...parts) {
   return Number(x & 0xFFFFFFFFn);
 }
 
-/** sllm.backends.base.dropout_threshold: the uint32 below which an element is dropped. */
-function dropoutThreshold(p) { return Math.min(Math.round(p * 2 ** 32), 2 ** 32 - 1); }
-
 /** Parameters, gradients and optimizer state of one model in one kernel instance. */
 export class Network {
   constructor(kernels, config, tensors) {
@@ -42,9 +43,9 @@ export class Network {
     this.layout = layout(config);
     const heap = kernels.heap, total = this.layout.total;
     this.params = heap.alloc(4 * total);
-    this.grads = heap.alloc(4 * total);
     heap.f32(this.params, total).fill(0);
-    heap.f32(this.grads, total).fill(0);
+    this.grads = 0;
+    this.setGradients(false);
     this.quantized = {}; // name -> {off, qtype, rows, K, nbytes}: matmul weights as ggml blocks
     this.qByOffset = new Map();
     for (const [name, slot] of Object.entries(this.layout.slots)) {
@@ -62,18 +63,20 @@ export class Network {
     this.qtype = Object.values(this.quantized).map((q) => q.qtype)[0] || null;
     this.llama = config.architecture === "llama";
     this.P = this.offsets(this.params);
-    this.G = this.offsets(this.grads);
     this.acts = new Map();
     this.training = false;
     this.seed = 0;
     this.dropoutStep = 0;
     this.lastSeed = 0;
     this.adam = null;
+    this.lora = null; // the attached adapter (lora.js's Attached), or null
   }
 
-  offsets(base) {
+  /** name -> byte offset of each tensor in the buffer at `base`; `where(name, slot)` instead
+   * when given (the frozen base's norms-only gradients). */
+  offsets(base, where = null) {
     const out = {};
-    for (const [name, slot] of Object.entries(this.layout.slots)) out[name] = base + 4 * slot.offset;
+    for (const [name, slot] of Object.entries(this.layout.slots)) out[name] = where ? where(name, slot) : base + 4 * slot.offset;
     out.layers = [];
     for (let i = 0; i < this.config.num_layers; i++) {
       if (this.config.architecture === "llama") {
@@ -164,10 +167,12 @@ export class Network {
     const a = this.activations(B, T, grads);
     this.k.heap.i32(a.tokens, B * T).set(tokens);
     const dropout = this.training && cache === null ? c.dropout : 0;
-    if (dropout) {
+    const loraP = this.lora && this.training && cache === null ? this.lora.adapter.config.dropout : 0;
+    if (dropout || loraP) {
       this.dropoutStep += 1;
       this.lastSeed = mixSeed(this.seed, this.dropoutStep);
     }
+    if (this.lora) this.lora.dropout = loraP; // this forward's (and its backward's)
     this.forward(a, dropout, cache);
     return a;
   }
@@ -216,8 +221,18 @@ export class Network {
   /** The dropout seed of layer i's branch j (sllm.model's _dropout_seed). */
   layerSeed(i, j) { return mixSeed(this.lastSeed, i, j); }
 
-  /** out = inp @ W + bias; a quantized W runs the quantized matmul (rows along K). */
+  /** out = inp @ W + bias; a quantized W runs the quantized matmul (rows along K); plus the
+   * LoRA delta when W is a target of the attached adapter. */
   matmul(out, inp, w, bias, N, C, OC) {
+    this.baseMatmul(out, inp, w, bias, N, C, OC);
+    const lw = this.lora && this.lora.weights.get(w);
+    if (lw) this.lora.forward(out, inp, lw, N, this.loraSeed(lw));
+  }
+
+  /** The dropout seed of the adapter's input at target lw (sllm.model's mix_seed(last, index, 2)). */
+  loraSeed(lw) { return this.lora.dropout ? mixSeed(this.lastSeed, lw.index, 2) : 0; }
+
+  baseMatmul(out, inp, w, bias, N, C, OC) {
     const q = this.qByOffset.get(w);
     if (!q) {
       this.k.call("matmul_fwd", out, inp, w, bias, N, C, OC, 0, 0);
@@ -272,8 +287,11 @@ export class Network {
   /** Mean cross-entropy over targets != -1; with grads, fills the gradient buffer. */
   lossAndGrads(tokens, targets, B, T, grads) {
     const c = this.config, V = c.vocab_size, N = B * T;
-    if (grads && this.qtype) {
-      throw new Error(`this model is quantized (${this.qtype}): it runs inference only; fine-tune a float model (sllm export-web --dtype f32)`);
+    if (grads && this.qtype && !this.lora) {
+      throw new Error(`this model is quantized (${this.qtype}): only a LoRA adapter trains on it (its weights stay frozen); for a full fine-tune use a float model (sllm export-web --dtype f32)`);
+    }
+    if (grads && this.qtype && !this.k.exports.matmul_q_bwd) {
+      throw new Error(`this WebAssembly module has no matmul_q_bwd: a LoRA adapter cannot train on a ${this.qtype} model here`);
     }
     for (const t of targets) {
       if (!(Number.isInteger(t) && t >= -1 && t < V)) throw new Error(`targets must be in [-1, ${V}), got ${t}`);
@@ -294,9 +312,9 @@ export class Network {
     const k = this.k, c = this.config, P = this.P, G = this.G, heap = k.heap;
     const B = a.B, T = a.T, N = B * T, C = c.embedding_dim, H = c.num_heads, Fh = c.ffn_hidden_dim;
     const V = c.vocab_size, p = a.dropout, tie = c.tie_embeddings ? 1 : 0;
-    heap.f32(this.grads, this.layout.total).fill(0);
+    this.zeroGrads();
     const xLast = a.layers[c.num_layers - 1].res3;
-    k.call("matmul_bwd", a.dln, G.lm_head, 0, a.logits, a.lnf, P.lm_head, N, C, V, tie, tie ? 0 : k.scratch(C * V));
+    this.headBackward(a, N, C, V, tie);
     heap.f32(a.dres, N * C).fill(0);
     k.call("layernorm_bwd", a.dres, G["ln_f.weight"], G["ln_f.bias"], a.dln, xLast, P["ln_f.weight"],
       a.lnf_mean, a.lnf_rstd, N, C);
@@ -316,23 +334,94 @@ export class Network {
       this.matmulBwd(a.dln, D.attn_w, D.attn_b, a.dqkv, la.ln1, L.attn_w, N, C, 3 * C);
       k.call("layernorm_bwd", a.dres, D.ln1_w, D.ln1_b, a.dln, xIn, L.ln1_w, la.ln1_mean, la.ln1_rstd, N, C);
     }
-    k.call("encoder_bwd", G.wte, G.wpe, a.dres, a.tokens, N, T, C, 0);
+    if (!this.lora) k.call("encoder_bwd", G.wte, G.wpe, a.dres, a.tokens, N, T, C, 0); // a frozen base: none
   }
 
+  /** dln = dlogits @ head^T, and the head's gradient unless the base is frozen. */
+  headBackward(a, N, C, V, tie) {
+    const k = this.k, P = this.P;
+    if (this.lora) this.frozenInputGrad(a.dln, a.logits, P.lm_head, N, C, V, tie);
+    else k.call("matmul_bwd", a.dln, this.G.lm_head, 0, a.logits, a.lnf, P.lm_head, N, C, V, tie, tie ? 0 : k.scratch(C * V));
+  }
+
+  /** matmul_bwd; for a frozen base (an adapter attached) only the input gradient, plus the
+   * adapter's part and its gradients when W is one of its targets (SLLM._matmul_bwd). */
   matmulBwd(dinp, dw, db, dout, inp, w, N, C, OC) {
-    this.k.call("matmul_bwd", dinp, dw, db, dout, inp, w, N, C, OC, 0, this.k.scratch(C * OC));
+    if (!this.lora) {
+      this.k.call("matmul_bwd", dinp, dw, db, dout, inp, w, N, C, OC, 0, this.k.scratch(C * OC));
+      return;
+    }
+    this.frozenInputGrad(dinp, dout, w, N, C, OC, 0);
+    const lw = this.lora.weights.get(w);
+    if (lw) this.lora.backward(dinp, dout, inp, lw, N, this.loraSeed(lw));
+  }
+
+  /** dinp (N, C) = dout (N, OC) @ W^T for a frozen W (C, OC) (transW: W stored (OC, C)):
+   * matmul_fwd reading W transposed, or matmul_q_bwd for quantized rows. */
+  frozenInputGrad(dinp, dout, w, N, C, OC, transW) {
+    const k = this.k, q = this.qByOffset.get(w);
+    if (q) {
+      const cols = Math.min(Math.max(1, Math.floor(DEQUANT_CHUNK_FLOATS / (Math.max(OC, 1) * QK))), Math.ceil(C / QK)) * QK;
+      k.call("matmul_q_bwd", dinp, dout, q.off, N, C, OC, QTYPE_CODES[q.qtype], k.scratch(OC * cols), cols);
+      return;
+    }
+    k.call("matmul_fwd", dinp, dout, w, 0, N, OC, C, transW ? 0 : 1, transW ? 0 : k.scratch(C * OC));
+  }
+
+  /** Zero the gradients a backward pass accumulates into (the adapter's too). */
+  zeroGrads() {
+    const heap = this.k.heap;
+    heap.f32(this.grads, this.gradFloats).fill(0);
+    if (this.lora) heap.f32(this.lora.grads, this.lora.layout.total).fill(0);
+  }
+
+  // ---- LoRA adapters (lora.js) -----------------------------------------------------------
+  /** Add `adapter`'s delta at its targets in every forward and freeze the base: backward then
+   * fills only the adapter's gradients, and the optimizer updates only it (attach_adapter). */
+  attachAdapter(adapter) {
+    if (this.lora) throw new LoraError("an adapter is attached already; detach it first");
+    this.lora = new Attached(this, adapter);
+    this.setGradients(true);
+    return this.lora;
+  }
+
+  /** Remove the attached adapter (its tensors copied back) and restore the base's own
+   * gradients; returns the adapter, or null when none is attached. */
+  detachAdapter() {
+    if (!this.lora) return null;
+    const attached = this.lora;
+    this.lora = null;
+    this.setGradients(false);
+    return attached.detach();
+  }
+
+  /** What the optimizer updates: the attached adapter, else the model (SLLM.trainable). */
+  trainable() { return this.lora || this; }
+
+  /** The base's gradient buffer: every parameter's, or (frozen) the vectors' only, which the
+   * norms' backward kernels write beside their input gradients (SLLM._freeze_grads). */
+  setGradients(frozen) {
+    const heap = this.k.heap, { total, decayCount } = this.layout;
+    if (this.grads) heap.release(this.grads);
+    this.gradFloats = Math.max(frozen ? total - decayCount : total, 1);
+    this.grads = heap.alloc(4 * this.gradFloats);
+    heap.f32(this.grads, this.gradFloats).fill(0);
+    this.G = frozen ? this.offsets(0, (name, slot) => (slot.offset >= decayCount ? this.grads + 4 * (slot.offset - decayCount) : 0))
+      : this.offsets(this.grads);
   }
 
   // ---- optimizer: sllm.optim.AdamW + clip_grad_norm ------------------------------------
   /** Scale the gradients to a global L2 norm of at most maxNorm; returns the norm before. */
   clipGradNorm(maxNorm) {
-    const g = this.k.heap.f32(this.grads, this.layout.total);
+    const t = this.trainable();
     let sq = 0;
     if (this.k.exports.grad_norm_sq) { // the kernel Python's optimizer uses (float64 sums)
       const out = this.k.scratch(2);
-      this.k.call("grad_norm_sq", this.grads, this.layout.total, out);
+      this.k.call("grad_norm_sq", t.grads, t.layout.total, out);
       sq = new Float64Array(this.k.heap.memory.buffer, out, 1)[0];
-    } else {
+    }
+    const g = this.k.heap.f32(t.grads, t.layout.total); // after scratch(): a grown memory detaches views
+    if (!this.k.exports.grad_norm_sq) {
       for (let i = 0; i < g.length; i++) sq += g[i] * g[i];
     }
     const norm = Math.sqrt(sq);
@@ -345,14 +434,14 @@ export class Network {
 
   /** One AdamW step (decoupled weight decay on matrices only) from the gradient buffer. */
   adamwStep({ lr, betas = [0.9, 0.99], eps = 1e-8, weightDecay = 0.1 }) {
-    const heap = this.k.heap, total = this.layout.total;
-    if (!this.adam) {
-      this.adam = { m: heap.alloc(4 * total), v: heap.alloc(4 * total), step: 0 };
-      heap.f32(this.adam.m, total).fill(0);
-      heap.f32(this.adam.v, total).fill(0);
+    const heap = this.k.heap, t = this.trainable(), total = t.layout.total;
+    if (!t.adam) {
+      t.adam = { m: heap.alloc(4 * total), v: heap.alloc(4 * total), step: 0 };
+      heap.f32(t.adam.m, total).fill(0);
+      heap.f32(t.adam.v, total).fill(0);
     }
-    const s = ++this.adam.step, [b1, b2] = betas;
-    this.k.call("adam_update", this.params, this.grads, this.adam.m, this.adam.v, total, F(lr), F(b1), F(b2),
-      F(eps), F(weightDecay), this.layout.decayCount, 1, F(1 - b1 ** s), F(1 - b2 ** s));
+    const s = ++t.adam.step, [b1, b2] = betas;
+    this.k.call("adam_update", t.params, t.grads, t.adam.m, t.adam.v, total, F(lr), F(b1), F(b2),
+      F(eps), F(weightDecay), t.layout.decayCount, 1, F(1 - b1 ** s), F(1 - b2 ** s));
   }
 }

@@ -10,6 +10,10 @@
 //   for await (const piece of m.stream("One day", { maxTokens: 40 })) show(piece);
 //   await m.finetune(text, { steps: 20, lr: 1e-3, onProgress: ({ step, loss }) => ... });
 //   const bytes = await m.save();                 // SLLM bytes that Python's sllm.load reads
+//   await m.finetune(text, { lora: { rank: 8 }, steps: 30 });  // a LoRA adapter; the base stays as it was
+//   const adapter = m.saveAdapter();              // adapter bytes that sllm.lora.Adapter.load reads
+//   m.detachAdapter();                            // back to the base model
+//   await m.loadAdapter(adapter);                 // a URL or bytes (an adapter from `sllm finetune` too)
 //
 // The model runs the same WebAssembly kernels as Python's wasm backends (see
 // docs/browser.md and docs/wasm-abi.md); nothing here needs a build step.
@@ -19,8 +23,9 @@ import { tokenizerFromDict, unknownReport, TokenizerError } from "./tokenizers.j
 import { Kernels, features, MODULES } from "./kernels.js";
 import { Network } from "./model.js";
 import { compileFor, GrammarError, ConstraintError } from "./constrain.js";
+import { Adapter, LoraError, fingerprint, loraConfig } from "./lora.js";
 
-export { FormatError, ConfigError, TokenizerError, GrammarError, ConstraintError, features, readModel };
+export { FormatError, ConfigError, TokenizerError, GrammarError, ConstraintError, LoraError, features, readModel };
 export const VERSION = "0.1.0";
 const USER_PREFIX = "A:", BOT_PREFIX = "B:";
 
@@ -32,11 +37,12 @@ const USER_PREFIX = "A:", BOT_PREFIX = "B:";
  */
 export async function load(source, options = {}) {
   const bytes = await fetchBytes(source);
-  const file = readModel(bytes, typeof source === "string" || source instanceof URL ? String(source) : "model");
+  const name = typeof source === "string" || source instanceof URL ? String(source) : "model";
+  const file = readModel(bytes, name);
   const base = options.wasmBase ? new URL(options.wasmBase, location.href) : new URL(".", import.meta.url);
   const kernels = await Kernels.create((name) => fetchBytes(new URL(name, base)), options.wasm || "auto",
     options.features || null);
-  return new Model(kernels, file);
+  return new Model(kernels, file, options.name || name.split("/").pop());
 }
 
 async function fetchBytes(source) {
@@ -52,9 +58,11 @@ async function fetchBytes(source) {
 
 /** A loaded model with its tokenizer: generate, stream, chat, finetune, save. */
 export class Model {
-  constructor(kernels, file) {
+  constructor(kernels, file, name = "model") {
     this.kernels = kernels;
     this.file = file;
+    this.name = name;
+    this.baseFingerprint = null; // computed when an adapter first needs it
     this.config = file.config;
     this.tokenizer = file.tokenizer ? tokenizerFromDict(file.tokenizer) : null;
     this.net = new Network(kernels, file.config, file.tensors);
@@ -233,7 +241,11 @@ export class Model {
     const norm = clip > 0 ? this.net.clipGradNorm(clip) : NaN;
     this.net.adamwStep({ lr, betas, eps, weightDecay });
     this.net.training = false;
-    this.finetuned += 1;
+    if (this.net.lora) this.net.lora.steps = (this.net.lora.steps || 0) + 1;
+    else {
+      this.finetuned += 1;
+      this.baseFingerprint = null; // the base itself changed
+    }
     return { loss, norm };
   }
 
@@ -245,17 +257,21 @@ export class Model {
 
   /**
    * Fine-tune on `text`: `steps` AdamW steps on random windows of seqLen tokens.
+   * With `lora: {rank, alpha, targets, dropout}` (lora.js's defaults: rank 8, alpha 2 * rank,
+   * all targets) a fresh LoRA adapter is attached and trained, the base frozen; without it,
+   * an attached adapter trains on, else every weight of the model (a full fine-tune).
    * onProgress({step, steps, loss, tokensPerSecond}) is called after every step (it may
    * return a Promise, e.g. to let a worker post a message). Text shorter than one window
    * plus its next token is refused. Returns {losses, seconds}.
    */
-  async finetune(text, { steps = 20, lr = 1e-3, batchSize = 4, seqLen = null, seed = 0, onProgress = null, ...opt } = {}) {
+  async finetune(text, { steps = 20, lr = 1e-3, batchSize = 4, seqLen = null, seed = 0, lora = null, onProgress = null, ...opt } = {}) {
     const T = Math.min(seqLen || 64, this.config.max_seq_len), B = batchSize;
     const ids = this.encode(text);
     if (ids.length < T + 1) {
       throw new RangeError(`the fine-tuning text is too short: ${ids.length} tokens, need at least ${T + 1} (one sequence of ${T} tokens and the token after it)`);
     }
     if (!(steps >= 1)) throw new RangeError(`steps must be at least 1, got ${steps}`);
+    if (lora) this.createAdapter(lora, { seed });
     const random = rng(seed), losses = [], start = performance.now();
     for (let step = 1; step <= steps; step++) {
       const x = [], y = [];
@@ -271,7 +287,64 @@ export class Model {
     return { losses, seconds: (performance.now() - start) / 1000 };
   }
 
-  /** The model as SLLM bytes (f32; quantized weights stay quantized), with the tokenizer and updated metadata. */
+  // ---- LoRA adapters (lora.js) ----------------------------------------------------------
+  /** The base's fingerprint (sllm.lora.fingerprint), which adapter files name their base by. */
+  fingerprint() {
+    if (!this.baseFingerprint) this.baseFingerprint = fingerprint(this.net);
+    return this.baseFingerprint;
+  }
+
+  /**
+   * Attach a fresh adapter (replacing an attached one): options {rank = 8, alpha = 2 * rank,
+   * targets = "all" | "attn" | "mlp" | comma list of weight-name suffixes, dropout = 0};
+   * A uniform in +-1/sqrt(in) from `seed`, B zero, so the model is unchanged until it trains.
+   */
+  createAdapter(options = {}, { seed = 0 } = {}) {
+    const config = loraConfig(options === true ? {} : options);
+    const adapter = Adapter.create(this.net, config, rng((seed ^ 0x5bd1e995) >>> 0), { name: this.name, fp: this.fingerprint() });
+    this.detachAdapter();
+    this.net.attachAdapter(adapter);
+    return this.adapter;
+  }
+
+  /**
+   * Attach an adapter file (a URL or its bytes; an adapter from `sllm finetune` or
+   * saveAdapter), replacing an attached one. FormatError for a malformed file, LoraError
+   * for an adapter of another base. Returns the adapter's description (see `adapter`).
+   */
+  async loadAdapter(source, { name = null } = {}) {
+    const bytes = await fetchBytes(source);
+    const label = name || (typeof source === "string" || source instanceof URL ? String(source) : "adapter");
+    const adapter = Adapter.read(bytes, label);
+    adapter.checkBase(this.fingerprint());
+    this.detachAdapter();
+    this.net.attachAdapter(adapter);
+    return this.adapter;
+  }
+
+  /** The attached adapter as file bytes (Python's sllm.lora.Adapter.load reads them). */
+  saveAdapter() {
+    const lora = this.net.lora;
+    if (!lora) throw new LoraError("no adapter is attached: fine-tune with {lora: {...}} or loadAdapter() first");
+    const metadata = { created: new Date().toISOString().slice(0, 19) + "Z",
+      ...(lora.steps ? { trained_in_browser: { steps: lora.steps, wasm: this.wasm } } : {}) };
+    return lora.sync().write(metadata);
+  }
+
+  /** Back to the base model: detach the adapter (returned, a lora.js Adapter), or null. */
+  detachAdapter() { return this.net.detachAdapter(); }
+
+  /** The attached adapter: {rank, alpha, targets, dropout, parameters, base} or null. */
+  get adapter() {
+    const lora = this.net.lora;
+    if (!lora) return null;
+    const a = lora.adapter;
+    return { ...a.config, targets: a.targets.slice(), targetOption: a.config.targets, parameters: a.numParameters(),
+      base: { ...a.base }, steps: lora.steps || 0 };
+  }
+
+  /** The model as SLLM bytes (f32; quantized weights stay quantized), with the tokenizer and updated metadata.
+   * An attached adapter is not part of it: saveAdapter() writes that. */
   async save() {
     const net = this.net, tensors = net.savedTensors();
     const metadata = {

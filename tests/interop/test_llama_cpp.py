@@ -145,8 +145,8 @@ def test_llama_quantized_gguf_greedy_tokens_equal_sllm(tmp_path, char_tok, qtype
     model = _llama_model(char_tok, kv, tie)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_gguf(model, tmp_path / "m.gguf", qtype=qtype)  # the float model's blocks
-        model = model.quantize(qtype) or model  # sllm's own quantized model: the same blocks
+        model = model.quantize(qtype) or model  # sllm's own quantized model's blocks
+        export_gguf(model, tmp_path / "m.gguf", qtype=qtype)
     prompt = char_tok.encode("Once upon a time, there was a")
     want = model.generate(prompt, 24, temperature=0)
     llm = _llama(tmp_path / "m.gguf", 96)
@@ -183,3 +183,23 @@ def test_spm_vocabulary_tokenizes_in_llama_cpp_as_sllm(tmp_path, corpus):
         assert llm.detokenize([tok.bos_id, *ids]).decode() == tok.decode([tok.bos_id, *ids]) == text
     ids = tok.encode(corpus[:90])
     assert np.abs(_logits(llm, ids) - model.forward([ids])[0]).max() <= 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
+def test_sllm_imports_a_llama_gguf_with_llama_cpps_logits(tmp_path, corpus, char_tok, dtype):
+    """`sllm import` of a GGUF llama file: the imported model's logits are llama.cpp's on
+    the same file (q8_0: the imported quantized model's greedy tokens are llama.cpp's)."""
+    from sllm.export import import_model
+    model = _llama_model(char_tok, 2, False, seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_gguf(model, tmp_path / "m.gguf", qtype=dtype)
+    back = import_model(tmp_path / "m.gguf")
+    assert back.qtype == (None if dtype == "f32" else dtype)
+    ids = back.generate(char_tok.encode("Once upon a time"), 24, temperature=0)
+    llm = _llama(tmp_path / "m.gguf", 96)
+    theirs = _logits(llm, ids)
+    diff = np.abs(theirs - back.forward([ids])[0]).max()
+    print(f"import {dtype}: max |logits diff| vs llama.cpp {diff:.2e}")
+    assert (theirs.argmax(-1)[15:-1] == np.array(ids[16:])).all()
+    assert diff <= (1e-3 if dtype == "f32" else 5e-2)

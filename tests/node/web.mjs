@@ -11,6 +11,7 @@ export * as kernels from "../../sllm/web/kernels.js";
 export * as model from "../../sllm/web/model.js";
 export * as sllm from "../../sllm/web/sllm.js";
 export * as constrain from "../../sllm/web/constrain.js";
+export * as lora from "../../sllm/web/lora.js";
 import { Kernels } from "../../sllm/web/kernels.js";
 import { readModel } from "../../sllm/web/format.js";
 import { Model } from "../../sllm/web/sllm.js";
@@ -23,7 +24,7 @@ import { Model } from "../../sllm/web/sllm.js";
 export async function loadModel(path, wasm = "auto") {
   const dir = process.env.SLLM_WASM_DIR;
   const kernels = await Kernels.create((name) => readFile(join(dir, name)), wasm);
-  return new Model(kernels, readModel(new Uint8Array(await readFile(path)), path));
+  return new Model(kernels, readModel(new Uint8Array(await readFile(path)), path), path.split("/").pop());
 }
 
 /** The bytes of a file (a Uint8Array). */

@@ -1,0 +1,221 @@
+"""Third-party backends are probed in a child process, once, with a time limit.
+
+A plugin's `probe()` may crash the interpreter (a segfault in a driver), hang, or take
+20 s; run in this process it would take down or delay every command, also those that never
+use it. So the registry (sllm/backends/__init__.py) asks `verdict()`, which runs
+`python -m sllm.backends.isolation PLUGIN NAME` with a time limit: the child loads only that
+plugin, runs its probe and the kernel check, then a quick conformance smoke test (the
+whole-model case 0 and the generation case 0 of the conformance suite: logits, loss, every
+gradient and KV-cache decoding against numpy, which every kernel of the contract takes part
+in). A crash, an exit, a hang or a failure is a reason, shown by `sllm backends`.
+
+The verdict is cached in CACHE_NAME under the user's cache directory (SLLM_CACHE_DIR, else
+$XDG_CACHE_HOME/sllm, else ~/.cache/sllm), written atomically, keyed by plugin and backend
+and valid while the plugin's version, its module file (path, size, mtime), sllm's version
+and the Python executable are unchanged. `sllm backends --reprobe` forgets it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+from ..errors import ConfigError
+
+CACHE_NAME = "plugin-verdicts.json"
+TIMEOUT_ENV = "SLLM_PROBE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 20.0  # probe + smoke test: a child importing numpy on a loaded machine
+_MARK = "sllm-verdict "  # prefixes the child's result lines (a plugin may print too)
+
+
+@dataclass
+class Verdict:
+    """What the child found: `reason` (None when the backend is usable), its capabilities,
+    and `smoke` (None when the smoke test passed, else why not)."""
+
+    reason: str | None
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    smoke: str | None = None
+
+
+# ---- the parent: cache, then child ----------------------------------------------------------
+def cache_path() -> Path:
+    """The verdict cache file under the user's cache directory."""
+    root = os.environ.get("SLLM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "sllm")
+    return Path(root) / CACHE_NAME
+
+
+def timeout() -> float:
+    """The child's time limit in seconds (SLLM_PROBE_TIMEOUT, default DEFAULT_TIMEOUT_S)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 3600:
+        raise ConfigError(f"{TIMEOUT_ENV} must be a number of seconds in (0, 3600), got {text!r}")
+    return value
+
+
+def verdict(plugin: str, key: str, cls: type) -> Verdict:
+    """The cached verdict on backend `key` (its registry name) of `plugin`, or a fresh one
+    from a child process (then cached)."""
+    stamp = fingerprint(plugin, cls)
+    cache = _read_cache()
+    hit = cache.get(f"{plugin}/{key}")
+    if isinstance(hit, dict) and hit.get("fingerprint") == stamp:
+        try:
+            return Verdict(**hit["verdict"])
+        except (TypeError, KeyError):
+            pass  # a damaged entry: probe again
+    found = run_child(plugin, key)
+    cache = _read_cache()  # another process may have written meanwhile
+    cache[f"{plugin}/{key}"] = {"fingerprint": stamp, "verdict": asdict(found)}
+    _write_cache(cache)
+    return found
+
+
+def forget() -> None:
+    """Drop every cached verdict (the next use probes again)."""
+    path = cache_path()
+    if path.exists():
+        path.unlink()
+
+
+def fingerprint(plugin: str, cls: type) -> dict[str, Any]:
+    """What a verdict depends on: the plugin's version and module file, sllm, Python."""
+    module = sys.modules.get(cls.__module__)
+    source = getattr(module, "__file__", None)
+    stat = os.stat(source) if source and os.path.exists(source) else None
+    return {"version": _plugin_version(plugin), "module": source,
+            "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None,
+            "sllm": __version__, "python": sys.executable}
+
+
+def _plugin_version(plugin: str) -> str | None:
+    for ep in metadata.entry_points(group="sllm", name=plugin):
+        return ep.dist.version if ep.dist is not None else None
+    return None
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # missing or damaged: every verdict is made again
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(cache: dict[str, Any]) -> None:
+    from ..fileio import atomic_write_text
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True))
+    except OSError:
+        pass  # an unwritable cache only costs a probe per command
+
+
+def run_child(plugin: str, key: str) -> Verdict:
+    """Probe and smoke-test backend `key` of `plugin` in a child process."""
+    limit = timeout()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.Popen([sys.executable, "-m", "sllm.backends.isolation", plugin, key],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True, text=True,
+                            errors="replace")
+    try:
+        out, err = proc.communicate(timeout=limit)
+        ended = _how_it_ended(proc.returncode, err)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own children too
+        out, err = proc.communicate()
+        ended = f"took longer than {limit:g} s (the limit; {TIMEOUT_ENV} sets it)"
+    results = _results(out)
+    probe = results.get("probe")
+    if not isinstance(probe, dict):
+        return Verdict(f"the probe {ended}")
+    smoke = results.get("smoke")
+    return Verdict(probe.get("reason"), dict(probe.get("capabilities") or {}),
+                   smoke.get("reason") if isinstance(smoke, dict) else
+                   (None if probe.get("reason") else f"the smoke test {ended}"))
+
+
+def _how_it_ended(code: int, err: str) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"crashed ({name})"
+    last = [line for line in err.splitlines() if line.strip()][-1:]
+    return f"exited with status {code}" + (f": {last[0].strip()}" if last else "")
+
+
+def _results(out: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for line in out.splitlines():
+        if line.startswith(_MARK):
+            try:
+                found.update(json.loads(line[len(_MARK):]))
+            except ValueError:
+                continue
+    return found
+
+
+# ---- the child -------------------------------------------------------------------------------
+def _report(**result: Any) -> None:
+    sys.stdout.write(_MARK + json.dumps(result, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def child(plugin: str, key: str) -> None:
+    """Load only `plugin`, probe backend `key`, then smoke-test it; print the results."""
+    os.environ["SLLM_LOAD_PLUGINS"] = plugin
+    from . import probe_in_process, registered
+    entries = registered()
+    entry = entries.get(key) or entries.get(key.partition(":")[2])  # unshadowed in the child
+    if entry is None or entry.cls is None:
+        why = entry.reason if entry is not None else f"plugin {plugin!r} did not register {key!r}"
+        _report(probe={"reason": why})
+        return
+    reason, caps = probe_in_process(entry.cls)
+    _report(probe={"reason": reason, "capabilities": caps})
+    if reason is None:
+        _report(smoke={"reason": smoke_test(entry.cls, plugin)})
+
+
+def smoke_test(cls: type, plugin: str) -> str | None:
+    """None when the whole-model and generation cases 0 agree with numpy, else the first
+    failure."""
+    from ..plugins import describe_failure
+    from . import guard_kernels
+    from .conformance import Case
+    try:
+        backend = cls()
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - reported as the verdict
+        return f"failed to start: {describe_failure(e)}"
+    guard_kernels(backend, plugin)
+    for section in ("model", "generate"):
+        for check in Case(section, 0).run(backend):
+            if not check.passed and check.output.startswith("raised "):
+                return f"{check.kernel} [{check.case}] {check.output}"
+            if not check.passed:
+                return (f"{check.kernel} [{check.case}] {check.output}: error {check.error:.3g} "
+                        f"> allowed {check.allowed:.3g}")
+    return None
+
+
+if __name__ == "__main__":
+    child(sys.argv[1], sys.argv[2])
