@@ -15,7 +15,8 @@ Each sllm tokenizer becomes a `tokenizers` pipeline that gives the same ids:
 - bpe: sllm's own byte-level BPE (it is a `tokenizers` pipeline already), with a first
   pre-tokenization step that ends a piece after each line break, because sllm encodes
   text line by line.
-`from_tokenizer_json` reverses these and also accepts a GPT-2 byte-level BPE (with
+- spm: transformers' LlamaConverter pipeline (sllm.hf_spm), read back as spm too.
+`from_tokenizer_json` reverses word, char and bpe and also accepts a GPT-2 byte-level BPE (with
 `<|endoftext|>` as BOS and EOS).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 from typing import Any
 
 from .errors import DataError
-from .tokenizer import BYTE_TOKENS, SPECIALS, BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer
+from .tokenizer import BYTE_TOKENS, SPECIALS, BPETokenizer, CharTokenizer, SPMTokenizer, Tokenizer, WordTokenizer
 
 # The same pattern as sllm.tokenizer._WORD_RE, in the regex dialect of `tokenizers`.
 WORD_PATTERN = "\\n|\\w+(?:['\u2019]\\w+)*|[^\\w\\s]"
@@ -110,6 +111,9 @@ def to_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
         doc = _word_level(tok.tokens, norm, pre, list(SPECIALS), word_decoder(tok))
     elif isinstance(tok, CharTokenizer):
         doc = _char_doc(tok)
+    elif isinstance(tok, SPMTokenizer):
+        from .hf_spm import spm_tokenizer_json
+        doc = spm_tokenizer_json(tok)
     elif isinstance(tok, BPETokenizer):
         doc = json.loads(tok._hf.to_str())
         doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
@@ -140,6 +144,8 @@ def special_tokens(tok: Tokenizer) -> dict[str, str]:
 
 
 def _token_text(tok: Tokenizer, i: int) -> str:
+    if isinstance(tok, SPMTokenizer):
+        return tok.pieces[i]
     if isinstance(tok, WordTokenizer):
         return tok.tokens[i]
     if isinstance(tok, CharTokenizer):
@@ -162,9 +168,13 @@ def from_tokenizer_json(doc: dict[str, Any], config: dict[str, Any] | None = Non
         return _word_level_back(doc, model, pre, where)
     if kind == "BPE" and _byte_level(pre):
         return _bpe_back(doc, config or {}, where)
+    from .hf_spm import is_spm_pipeline, spm_from_tokenizer_json
+    if kind == "BPE" and is_spm_pipeline(doc):
+        return spm_from_tokenizer_json(doc, config or {}, where)
     raise DataError(f"{where}: a {kind} tokenizer with pre-tokenizer "
                     f"{(pre or {}).get('type')}; sllm represents byte-level BPE (GPT-2's "
-                    f"kind) and the word and char tokenizers it exports itself")
+                    f"kind), SentencePiece BPE with byte fallback (Llama's) and the word and "
+                    f"char tokenizers it exports itself")
 
 
 def _ordered(vocab: dict[str, int], where: str) -> list[str]:

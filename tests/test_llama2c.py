@@ -15,6 +15,7 @@ import pytest
 from sllm import tokenizer as tokenizers
 from sllm.errors import SLLMError
 from sllm.export import import_model
+from sllm.hf_tokenizer import from_tokenizer_json, to_tokenizer_json
 from sllm.llama2c import interleaved_to_half
 
 FUZZ_RUNS = 1000
@@ -337,3 +338,86 @@ def test_bad_tokenizer_bin_is_refused(tmp_path, change, message):
     with pytest.raises(SLLMError, match=message) as e:
         import_model(tmp_path / "m.bin")
     assert "tokenizer.bin" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spm_tokenizer_json_gives_sllms_ids(tmp_path, seed):
+    """`sllm export --to hf` writes an spm tokenizer as LlamaConverter would; the
+    `tokenizers` library then encodes as run.c and decodes as sllm after [BOS]."""
+    hf_tokenizers = pytest.importorskip("tokenizers")
+    pieces, scores = _vocab(np.random.default_rng(seed))
+    scores = [s - 1e-4 * i for i, s in enumerate(scores)]  # distinct: no order among equals
+    tok = tokenizers.SPMTokenizer(pieces, scores)
+    doc = to_tokenizer_json(tok)
+    hf = hf_tokenizers.Tokenizer.from_str(json.dumps(doc))
+    hf.encode_special_tokens = True  # tokenizer_config.json's split_special_tokens, as sllm
+    pieces, scores = pieces[:-1], scores[:-1]  # without the repeated piece: ids 0..n-1
+    back = from_tokenizer_json(to_tokenizer_json(tokenizers.SPMTokenizer(pieces, scores)))
+    for text in ODD[1:]:
+        ids = hf.encode(text, add_special_tokens=False).ids
+        assert ids == tok.encode(text) == back.encode(text), text
+        assert hf.decode(ids) == tok.decode([1, *ids]) == back.decode([1, *ids]), text
+
+
+def test_hf_export_of_an_imported_llama2c_model_reads_back(tmp_path):
+    pytest.importorskip("safetensors")
+    from sllm.export import export_model
+    pieces, scores = _vocab(np.random.default_rng(4))
+    pieces[-1] = "x-unique"  # the repeated piece would leave a hole in tokenizer.json's ids
+    header, w = _random_model(np.random.default_rng(4), vocab=len(pieces))
+    _write(tmp_path / "m.bin", header, w)
+    _write_tokenizer(tmp_path / "tokenizer.bin", pieces, scores)
+    model = import_model(tmp_path / "m.bin")
+    export_model(model, "hf", tmp_path / "hf")
+    back = import_model(tmp_path / "hf")
+    tok, again = (tokenizers.from_dict(m.tokenizer) for m in (model, back))
+    for text in ODD:
+        assert again.encode(text) == tok.encode(text), text
+    assert (again.bos_id, again.eos_id, again.unk_id) == (1, 2, 0)
+    np.testing.assert_array_equal(back.forward([[1, 5, 9]]), model.forward([[1, 5, 9]]))
+
+
+def _two_of_a_piece(merges):
+    return next(i for i in range(len(merges) - 1) if "".join(merges[i]) == "".join(merges[i + 1]))
+
+
+def _drop_one_of_two(merges):
+    """The merges without one of two that make the same piece (a piece no merge makes is
+    fine: neither tokenizer ever makes it)."""
+    i = _two_of_a_piece(merges)
+    return merges[:i] + merges[i + 1:]
+
+
+def _rank_apart(merges):
+    """The second of two merges that make the same piece moved to the front."""
+    i = _two_of_a_piece(merges)
+    return [merges[i + 1], *merges[:i + 1], *merges[i + 2:]]
+
+
+@pytest.mark.parametrize("change,message", [
+    (_drop_one_of_two, "are not all of its splits"),
+    (_rank_apart, "not ranked together"),
+    (lambda m: m + [["a", "zz"]], "makes no piece"),
+])
+def test_foreign_merges_sllm_cannot_follow_are_refused(change, message):
+    from sllm.errors import DataError
+    pieces, scores = _vocab(np.random.default_rng(0))
+    doc = to_tokenizer_json(tokenizers.SPMTokenizer(pieces[:-1], scores[:-1]))
+    doc["model"]["merges"] = change(doc["model"]["merges"])
+    with pytest.raises(DataError, match=message):
+        from_tokenizer_json(doc)
+
+
+def test_fuzzed_tokenizer_bin_is_a_one_line_error_or_loads(tmp_path):
+    _model_with_tokenizer(tmp_path)
+    path = tmp_path / "tokenizer.bin"
+    good, rng, outcomes = path.read_bytes(), np.random.default_rng(7), {"ok": 0, "error": 0}
+    for _ in range(FUZZ_RUNS):
+        path.write_bytes(_damage(good, rng))
+        try:
+            import_model(tmp_path / "m.bin")
+            outcomes["ok"] += 1
+        except SLLMError as e:
+            assert "tokenizer.bin" in str(e) and "\n" not in str(e), str(e)
+            outcomes["error"] += 1
+    assert outcomes["error"] > FUZZ_RUNS // 2 and outcomes["ok"] > 0

@@ -2,10 +2,13 @@
 option errors, and a fuzz test over adapter files (mutated or truncated: FormatError only)."""
 import json
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
 import pytest
+from test_distributed import needs_mpi
 from typer.testing import CliRunner
 
 import sllm
@@ -93,6 +96,25 @@ def test_resumed_lora_run_equals_an_uninterrupted_one(base):
     part = (base / "part" / "metrics.jsonl").read_text().splitlines()
     losses = [[json.loads(x)["loss"] for x in lines] for lines in (whole, part)]
     assert losses[0] == losses[1]
+
+
+@needs_mpi
+def test_two_ranks_fine_tune_as_one_process(base):
+    same = ("--schedule", "constant", "--lora-targets", "mlp")
+    assert finetune(base, "one", *same)[0] == 0
+    args = ["finetune", base / "base", "--corpus", base / "domain.txt", "--out", base / "two",
+            "--steps", 12, "--batch-size", 4, "--lr", 1e-2, "--eval-every", 6, "--eval-batches",
+            2, "--warmup", 0, "--backend", "numpy", "-q", *same, "--ranks", 2]
+    proc = subprocess.run([sys.executable, "-m", "sllm.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "LoRA rank 8" in proc.stdout and "2 ranks" in proc.stdout
+    losses = [[json.loads(x)["loss"] for x in (base / run / "metrics.jsonl").read_text().splitlines()]
+              for run in ("one", "two")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    a, b = (Adapter.load(base / run / "adapter.sllm").tensors for run in ("one", "two"))
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], atol=2e-3, err_msg=name)
 
 
 def test_full_fine_tuning_writes_a_model(base):
