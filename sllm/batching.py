@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .sampler import Choice, Sampler, SamplingParams, log_softmax, top_logprobs
+from .stops import StopMatcher
 
 
 class QueueFull(Exception):
@@ -90,7 +91,7 @@ class Event:
     when asked), the prompt's log-probabilities (echo), the end of one choice, or an
     error. `index` is the choice (0..n-1)."""
 
-    kind: str  # "text" | "prompt" | "done" | "error"
+    kind: str  # "text" | "prompt" | "done" | "error" | "timeout" (never admitted in time)
     text: str = ""
     finish_reason: str | None = None
     prompt_tokens: int = 0
@@ -111,6 +112,16 @@ class Request:
     id: int = field(default_factory=itertools.count().__next__)
     submitted: float = field(default_factory=time.monotonic)
     admitted: float | None = None  # when its prefill began (time.monotonic())
+    timeout: float | None = None  # seconds from submission to its deadline (see _expire)
+
+    def expired(self, now: float) -> bool:
+        """Whether the request is past its deadline."""
+        return self.timeout is not None and now > self.submitted + self.timeout
+
+    def deadline_note(self) -> str:
+        """Why an answer ended at the deadline."""
+        return (f"the request reached its deadline of {self.timeout:g} s (--request-timeout); "
+                f"the answer is cut here")
 
 
 class TextStream:
@@ -120,15 +131,17 @@ class TextStream:
 
     The growth is computed over the last CONTEXT ids already shown plus the new ones (the
     tokenizers' decode is local: spacing and byte sequences depend on a few neighbours),
-    so a token costs the same at position 10 and at position 1,000."""
+    so a token costs the same at position 10 and at position 1,000. Stop strings are found
+    by sllm.stops.StopMatcher, in time linear in the text, and only the text held back
+    (shorter than the longest stop string) is kept."""
 
     CONTEXT = 16
 
     def __init__(self, tok: Any, prompt_ids: list[int], stop: tuple[str, ...]):
-        self.tok, self.ids, self.stop = tok, list(prompt_ids), stop
-        self.shown = len(self.ids)  # ids whose text is in self.text (or the prompt)
-        self.text = ""  # the completion so far
-        self.sent = 0   # characters of self.text already handed out
+        self.tok, self.ids = tok, list(prompt_ids)
+        self.stops = StopMatcher(stop)
+        self.shown = len(self.ids)  # ids whose text has been decoded (or are the prompt)
+        self.held = ""  # decoded text not sent yet: it could begin a stop string
 
     def push(self, token: int) -> tuple[str, bool]:
         """Add a token; return (text that is safe to send now, whether a stop string hit)."""
@@ -138,23 +151,20 @@ class TextStream:
         after = self.tok.decode(context + self.ids[self.shown:])
         if after.endswith("\ufffd") or not after.startswith(before):
             return "", False
-        self.text += after[len(before):]
+        piece = after[len(before):]
         self.shown = len(self.ids)
-        hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
-        if hits:
-            return self._send(min(hits)), True
-        hold = max((k for s in self.stop for k in range(1, len(s))
-                    if self.text.endswith(s[:k])), default=0)
-        return self._send(len(self.text) - hold), False
+        hit, hold = self.stops.feed(piece)
+        pending, self.held = self.held + piece, ""
+        if hit is not None:  # the held text is where a match can begin, never earlier
+            return pending[:max(0, len(pending) - len(piece) + hit)], True
+        cut = len(pending) - min(hold, len(pending))
+        self.held = pending[cut:]
+        return pending[:cut], False
 
     def flush(self) -> str:
         """Whatever was held back (the sequence ended without a stop string)."""
-        return self._send(len(self.text))
-
-    def _send(self, upto: int) -> str:
-        piece = self.text[self.sent:max(upto, self.sent)]
-        self.sent = max(upto, self.sent)
-        return piece
+        rest, self.held = self.held, ""
+        return rest
 
 
 @dataclass(eq=False)
@@ -333,6 +343,7 @@ class Engine:
                 jobs = list(self.jobs)
                 self.jobs.clear()
                 self._drop_cancelled()
+                self._expire(time.monotonic())
                 admitted = []
                 while self.waiting and len(self.free) >= self.waiting[0].sampling.n:
                     request = self.waiting.popleft()
@@ -351,6 +362,18 @@ class Engine:
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.active if s.request.cancelled]:
             self._leave(seq, "cancelled")
+
+    def _expire(self, now: float) -> None:
+        """End what is past its deadline: a waiting request gets a "timeout" event (it never
+        started), an active sequence ends as if it reached max_tokens ("length", with a
+        note), keeping the text it has."""
+        for req in [r for r in self.waiting if r.expired(now)]:
+            self.waiting.remove(req)
+            waited = now - req.submitted
+            req.emit(Event("timeout", f"the request waited {waited:.1f} s for a free slot and "
+                                      f"reached its deadline (--request-timeout); retry later"))
+        for seq in [s for s in self.active if s.request.expired(now)]:
+            self._finish(seq, "length", note=seq.request.deadline_note())
 
     def _guarded(self, requests: list[Request], work: Callable[[], None], slots: list[int]
                  ) -> None:

@@ -28,10 +28,17 @@ from starlette.types import ASGIApp
 
 from . import serve_api as api
 from .batching import Engine
-from .serve_generate import ClientGone, GenerationEndpoints, Mailbox
+from .serve_generate import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    ClientGone,
+    GenerationEndpoints,
+    Mailbox,
+    TimedOut,
+)
 from .serve_ops import Observe, Observer, Record
 
 MAX_BODY = 1 << 20  # bytes; a request body larger than this is refused
+MAX_REQUEST_TIMEOUT_S = 86400.0  # --request-timeout: at most a day, never "forever"
 RETRY_AFTER_S = 1
 ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings",
              "/health", "/metrics")
@@ -41,9 +48,14 @@ class Server(GenerationEndpoints):
     """The app's state: the engine, the model's name, the API key, request counters."""
 
     def __init__(self, engine: Engine, model_id: str, api_key: str | None = None,
-                 context_overflow: str = "trim", observer: Observer | None = None):
+                 context_overflow: str = "trim", observer: Observer | None = None,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S):
         if context_overflow not in ("trim", "error"):
             raise ValueError(f"context_overflow must be trim or error, got {context_overflow!r}")
+        if not 0 < request_timeout <= MAX_REQUEST_TIMEOUT_S:
+            raise ValueError(f"request_timeout must be in (0, {MAX_REQUEST_TIMEOUT_S:g}] "
+                             f"seconds, got {request_timeout!r}")
+        self.request_timeout = float(request_timeout)
         self.engine, self.model_id, self.api_key = engine, model_id, api_key
         self.context_overflow = context_overflow
         self.context = engine.model.config.max_seq_len
@@ -108,9 +120,13 @@ class Server(GenerationEndpoints):
         b = await self.body(request, api.EMBEDDING_FIELDS, ("model", "input"))
         ids = [api.embedding_ids(self.engine.tok, x, self.vocab_size, self.context, i)
                for i, x in enumerate(b["input"])]
+        job = self.engine.run_job(lambda: embed(self.engine.model, ids))
         try:
-            vectors = await asyncio.wrap_future(self.engine.run_job(
-                lambda: embed(self.engine.model, ids)))
+            vectors = await asyncio.wait_for(asyncio.wrap_future(job), self.request_timeout)
+        except asyncio.TimeoutError:
+            job.cancel()
+            raise TimedOut(f"no embeddings within {self.request_timeout:g} s "
+                           f"(--request-timeout)") from None
         except RuntimeError as e:
             raise api.ApiError(str(e), status=503, kind="server_error") from None
         request.state.sllm = Record(prompt_tokens=sum(len(x) for x in ids))
@@ -174,6 +190,9 @@ def _guard(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
             return _error_response(e)
         except ClientGone:  # nobody reads the answer; nginx's code for it
             return Response(status_code=499)
+        except TimedOut as e:  # past --request-timeout before any answer: a gateway timeout
+            return _error_response(api.ApiError(str(e), status=504, code="request_timeout",
+                                                kind="server_error"))
         except Exception as e:  # noqa: BLE001 - report, keep serving
             return _error_response(api.ApiError(f"internal error: {e}", status=500,
                                                 kind="server_error"))
@@ -181,12 +200,13 @@ def _guard(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
 
 
 def build_app(engine: Engine, model_id: str, api_key: str | None = None,
-              context_overflow: str = "trim", observer: Observer | None = None) -> ASGIApp:
+              context_overflow: str = "trim", observer: Observer | None = None,
+              request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S) -> ASGIApp:
     """The ASGI app over a (not yet started) engine; the app's lifespan starts and stops it
     (and writes the shutdown line). context_overflow: "trim" drops a chat's oldest turns to
     fit the context, "error" refuses it. observer: where access lines go (default: text
-    lines on stderr)."""
-    server = Server(engine, model_id, api_key, context_overflow, observer)
+    lines on stderr). request_timeout: seconds a request may take (see docs/serving.md)."""
+    server = Server(engine, model_id, api_key, context_overflow, observer, request_timeout)
     routes = [Route("/v1/models", _guard(server.models), methods=["GET"]),
               Route("/v1/models/{model:path}", _guard(server.model), methods=["GET"]),
               Route("/v1/embeddings", _guard(server.embeddings), methods=["POST"]),

@@ -32,6 +32,15 @@ class ClientGone(Exception):
     """The client disconnected before its (non-streamed) answer was ready."""
 
 
+class TimedOut(RuntimeError):
+    """A request reached its deadline before its answer began (HTTP 504), or the engine
+    sent nothing for GRACE_S past the deadline (a step that hangs)."""
+
+
+DEFAULT_REQUEST_TIMEOUT_S = 300.0  # `sllm serve --request-timeout`
+GRACE_S = 10.0  # past the deadline, how long the HTTP side still waits for the engine
+
+
 class Mailbox:
     """Hands the engine thread's events to the event loop, one wake-up for all the events
     posted meanwhile (a decode step makes one per active request), not one per event."""
@@ -82,6 +91,7 @@ class Call:
     events: asyncio.Queue
     n: int
     record: Record = field(default_factory=Record)
+    deadline: float | None = None  # time.monotonic() after which waiting gives up
 
     @property
     def total(self) -> int:
@@ -97,6 +107,7 @@ class GenerationEndpoints:
     vocab_size: int
     context_overflow: str
     mailbox: Mailbox | None
+    request_timeout: float
 
     async def body(self, request: Request, fields: dict[str, Any], required: tuple[str, ...]
                    ) -> dict[str, Any]:
@@ -145,12 +156,13 @@ class GenerationEndpoints:
             self.mailbox = Mailbox(asyncio.get_running_loop())
         mailbox = self.mailbox
         events: asyncio.Queue = asyncio.Queue()
-        call = Call([], events, jobs[0][1].n)
+        call = Call([], events, jobs[0][1].n,
+                    deadline=time.monotonic() + self.request_timeout + GRACE_S)
         call.record.prompt_tokens = sum(len(ids) for ids, _ in jobs)
         for i, (ids, sampling) in enumerate(jobs):
             def emit(event: Event, i: int = i) -> None:
                 mailbox.post(events, (i, event))
-            req = GenRequest(ids, sampling, emit)
+            req = GenRequest(ids, sampling, emit, timeout=self.request_timeout)
             try:
                 self.engine.submit(req)
             except QueueFull as e:
@@ -181,6 +193,9 @@ class GenerationEndpoints:
                     a.tokens.extend(event.tokens)
                 else:
                     a.end = event
+        except TimedOut:
+            self.cancel(call)
+            raise
         finally:
             gone.cancel()
         if all(a.end is not None for a in answers.values()) and len(answers) == call.total:
@@ -332,24 +347,38 @@ async def _disconnected(request: Request) -> None:
 async def until_done(call: Call, stop: asyncio.Future[None] | None = None
                      ) -> AsyncIterator[tuple[int, Event]]:
     """The engine's (prompt index, event) pairs for one call up to the end of every choice
-    (or until `stop` is done); an error event raises RuntimeError."""
+    (or until `stop` is done); an error event raises RuntimeError, a request that timed
+    out in the queue or an engine silent past the call's deadline raises TimedOut."""
     left = call.total
     while left:
-        if stop is None:
-            item = await call.events.get()
-        else:
-            get = asyncio.ensure_future(call.events.get())
-            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not get.done():
-                get.cancel()
-                return
-            item = get.result()
+        item = await _next_event(call, stop)
+        if item is None:
+            return
         event = item[1]
+        if event.kind == "timeout":
+            raise TimedOut(event.text)
         if event.kind == "error":
             raise RuntimeError(event.text)
         _record(call, event)
         yield item
         left -= event.kind == "done"
+
+
+async def _next_event(call: Call, stop: asyncio.Future[None] | None
+                      ) -> tuple[int, Event] | None:
+    """The next event; None once `stop` is done; TimedOut past the call's deadline."""
+    get = asyncio.ensure_future(call.events.get())
+    wait = None if call.deadline is None else max(0.0, call.deadline - time.monotonic())
+    await asyncio.wait({get} if stop is None else {get, stop}, timeout=wait,
+                       return_when=asyncio.FIRST_COMPLETED)
+    if get.done():
+        return get.result()
+    get.cancel()
+    if stop is not None and stop.done():
+        return None
+    raise TimedOut(f"no answer from the engine {GRACE_S:g} s past the request's deadline "
+                   f"(--request-timeout): a decoding step is stuck or the server is "
+                   f"overloaded")
 
 
 def _record(call: Call, event: Event) -> None:
