@@ -62,7 +62,13 @@ $(IVENV)/.llama-cpp: | $(IVENV)/.installed
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(IVENV)/bin/python -m pip install -q --no-binary llama-cpp-python $(LLAMA_CPP)
 	touch $@
 
-test-interop: $(IVENV)/.installed $(IVENV)/.llama-cpp
+# PEFT, for the LoRA adapter export tests; a stamp of its own so that an existing venv gains it.
+PEFT := peft==0.21.2
+$(IVENV)/.peft: | $(IVENV)/.installed
+	$(IVENV)/bin/python -m pip install -q $(PEFT)
+	touch $@
+
+test-interop: $(IVENV)/.installed $(IVENV)/.llama-cpp $(IVENV)/.peft
 	PYTHONPATH=$(CURDIR) $(IVENV)/bin/python -m pytest -p no:cacheprovider tests/interop
 
 demo: $(VENV)/.installed

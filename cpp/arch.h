@@ -87,6 +87,18 @@ struct Ops {
   void (*swiglu_fwd)(float* out, const float* gate, const float* up, int64_t n);
   void (*swiglu_bwd)(float* dgate, float* dup, const float* dout, const float* gate,
                      const float* up, int64_t n);
+
+  // attention rows of decoding (attention_rows.inc): s[j] = q . K[j] (n keys of D floats
+  // at stride ldk); out = sum_j p[j] V[j]
+  void (*decode_scores)(float* s, const float* q, const float* K, int64_t ldk, int64_t D,
+                        int64_t n);
+  void (*decode_values)(float* out, const float* p, const float* V, int64_t ldv, int64_t D,
+                        int64_t n);
+  // c (M rows at stride ldc), columns [j0, j1) = [c +] A (M x K) @ B^T [+ bias], B's rows
+  // (stride ldb) read in place: a few rows' GEMM against a transposed weight
+  void (*gemm_dots)(float* c, int64_t ldc, const float* A, int64_t lda, const float* B,
+                    int64_t ldb, int64_t M, int64_t K, int64_t j0, int64_t j1, bool accumulate,
+                    const float* bias);
 };
 
 extern const Ops ops_scalar;

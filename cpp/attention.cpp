@@ -68,11 +68,10 @@ void head_fwd(const Head& h, float* lse, float* s, const float* kt, float* pack)
   if (h.nq <= kDecodeRows) {  // decoding: read the cached keys and values in place
     for (int64_t i = 0; i < h.nq; ++i) {
       const int64_t n = h.q_pos0 + i + 1;
-      o.gemm_row(s, h.q + i * h.ldq, h.k, h.ldkv, true, h.D, 0, n, false, nullptr);  // q.k_j
+      o.decode_scores(s, h.q + i * h.ldq, h.k, h.ldkv, h.D, n);  // q.k_j
       const float l = o.softmax_row(s, n, scale);
       if (lse) lse[i] = l;
-      float* out = h.out + i * h.ldo;  // sum_j p_j v_j
-      o.gemm_row(out, s, h.v, h.ldkv, false, n, 0, h.D, false, nullptr);
+      o.decode_values(h.out + i * h.ldo, s, h.v, h.ldkv, h.D, n);  // sum_j p_j v_j
     }
     return;
   }

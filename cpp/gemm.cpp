@@ -93,6 +93,8 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
   // keeping the faster gave 0.9x.
   const int64_t parts = std::min<int64_t>(num_threads(), std::max<int64_t>(1, M * N * K >> 18));
   parallel_ranges(N, (int)parts, 16, [&](int64_t j0, int64_t j1) {
+    if (trans_b && !trans_a)
+      return o.gemm_dots(C, ldc, A, lda, B, ldb, M, K, j0, j1, accumulate, bias);
     for (int64_t i = 0; i < M; ++i) {
       const float* a = trans_a ? arows + i * K : A + i * lda;
       o.gemm_row(C + i * ldc, a, B, ldb, trans_b, K, j0, j1, accumulate, bias);

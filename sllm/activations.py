@@ -13,6 +13,9 @@ import numpy as np
 from .backends.base import Backend, decode_block_workspace
 from .config import ModelConfig
 
+# Rows of logits a recomputing step holds at once: 512 x a vocabulary of 8000 is 16 MiB.
+HEAD_ROWS = 512
+
 
 class Activations:
     """Forward activations per layer (kept for backward) plus shared gradient scratch.
@@ -20,7 +23,8 @@ class Activations:
     recompute (training only, activation checkpointing): every layer shares one set of
     buffers except its output res3 (the next layer's input), and backward recomputes each
     layer's forward from its input before going back through it: about one more forward of
-    the blocks per step for 1/num_layers of the per-layer memory.
+    the blocks per step for 1/num_layers of the per-layer memory. The logits are then made
+    HEAD_ROWS rows at a time by the loss (SLLM._head_loss), never all N x V.
     """
 
     def __init__(self, backend: Backend, cfg: ModelConfig, B: int, T: int, train: bool,
@@ -45,7 +49,7 @@ class Activations:
             res3=new((B, T, C)),
         ), cfg.num_layers)
         self.lnf, self.lnf_mean, self.lnf_rstd = new((B, T, C)), new((B, T)), new((B, T))
-        self.logits = new((B, T, V))  # overwritten in place by dlogits in backward
+        self.logits = self._logits(B, T, V)
         self.losses = new((B, T))
         if train:  # gradient scratch, shared by all layers
             self.dres, self.dbranch, self.dln = new((B, T, C)), new((B, T, C)), new((B, T, C))
@@ -61,6 +65,11 @@ class Activations:
             self._decode_work = self._new(
                 (decode_block_workspace(B, T, self._dims[0], self._dims[1]),))
         return self._decode_work
+
+    def _logits(self, B: int, T: int, V: int) -> np.ndarray:
+        """(B, T, V) logits, overwritten in place by their gradient; with recompute a slice
+        of HEAD_ROWS rows (HEAD_ROWS, V), which the loss fills a slice at a time."""
+        return self._new((min(B * T, HEAD_ROWS), V) if self.recompute else (B, T, V))
 
     def _per_layer(self, make: Callable[[], SimpleNamespace], n: int) -> list[SimpleNamespace]:
         """n layers' buffers, each from make(); with recompute, the first layer's shared by
@@ -112,7 +121,7 @@ class LlamaActivations(Activations):
 
         self.layers = self._per_layer(make, cfg.num_layers)
         self.lnf, self.lnf_rstd = new((B, T, C)), new((B, T))
-        self.logits, self.losses = new((B, T, V)), new((B, T))
+        self.logits, self.losses = self._logits(B, T, V), new((B, T))
         if train:  # gradient scratch, shared by all layers
             self.dres, self.dbranch, self.dln, self.dln2 = (new((B, T, C)) for _ in range(4))
             self.datty, self.dqkv = new((B, T, C)), new((B, T, W))

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._version import __version__
-from .errors import ConfigError, SLLMError
+from .errors import ConfigError, ExportError, SLLMError
 from .paths import shipped_configs
 
 app = typer.Typer(help="Train and run small GPT-style language models on CPUs.",
@@ -708,18 +708,59 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
 
 @app.command("export")
 @command
-def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a run directory."),
-               to: str = typer.Option(..., "--to", help="hf (a transformers directory) | gguf (llama.cpp)."),
-               output: Path = typer.Option(..., "-o", "--output", help="Directory (hf) or .gguf file to write."),
-               dtype: str = typer.Option("f32", help="hf: f32 | f16; gguf: f32 | f16 | q8_0 | q4_0."),
+def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a run directory; with --base, a "
+                                                     "LoRA adapter file (or a finetune run directory)."),
+               to: str = typer.Option(..., "--to", help="Model: hf (a transformers directory) | gguf (llama.cpp). "
+                                                        "Adapter: peft (a PEFT directory) | gguf (llama.cpp LoRA)."),
+               output: Path = typer.Option(..., "-o", "--output", help="Directory (hf, peft) or .gguf file to write."),
+               dtype: str = typer.Option("f32", help="hf: f32 | f16; gguf: f32 | f16 | q8_0 | q4_0; "
+                                                     "an adapter: f32 | f16."),
+               base: str | None = typer.Option(None, help="Export the LoRA adapter MODEL for this base model "
+                                                          "(.sllm or run directory), the one it was trained on."),
                overwrite: bool = OVERWRITE) -> None:
-    """Export a model to Hugging Face (GPT2LMHeadModel, safetensors) or GGUF (llama.cpp)."""
+    """Export a model to Hugging Face (GPT2LMHeadModel, safetensors) or GGUF (llama.cpp), or a
+    LoRA adapter (--base) to PEFT or llama.cpp's LoRA GGUF."""
     import sllm
 
-    from .export import export_model
-    _output(output, model, overwrite=overwrite, kind="dir" if to == "hf" else "file")
-    m = sllm.load(_resolve_model(model), backend="numpy")
-    term.print(export_model(m, to, output, dtype), highlight=False)
+    from .export import export_adapter, export_model
+    adapter_path = _adapter_file(model)
+    if base is not None and not Path(model).exists():
+        raise ExportError(f"{model}: no such adapter file or run directory")
+    if adapter_path is None and base is not None:
+        raise ExportError(f"--base is for exporting a LoRA adapter; {model} is not one (export a "
+                          f"model without --base)")
+    if adapter_path is not None and base is None:
+        raise ExportError(f"{model} is a LoRA adapter: export it with --to peft or --to gguf and "
+                          f"--base BASE, the model it was trained on")
+    kind = "dir" if to in ("hf", "peft") else "file"
+    if adapter_path is None:
+        _output(output, model, overwrite=overwrite, kind=kind)
+        m = sllm.load(_resolve_model(model), backend="numpy")
+        term.print(export_model(m, to, output, dtype), highlight=False)
+        return
+    from .export_lora import check_adapter_format
+    from .lora import Adapter
+    check_adapter_format(to)  # before anything is read
+    _output(output, model, base, overwrite=overwrite, kind=kind)
+    base_path = _resolve_model(base or "")
+    adapter = Adapter.load(adapter_path, sllm.load(base_path, backend="numpy"))
+    term.print(export_adapter(adapter, to, output, dtype, Path(base_path).stem), highlight=False)
+
+
+def _adapter_file(source: str) -> Path | None:
+    """The LoRA adapter file `source` names (the file, or a LoRA finetune run directory's
+    adapter.sllm: one without a model.sllm or best.sllm; its checkpoint.sllm is the
+    adapter's), or None when it names a model."""
+    from .lora import ADAPTER_FILE, KIND
+    from .paths import RUN_MODELS
+    from .serialize import read_metadata
+    path = Path(source)
+    if path.is_dir():
+        has_model = any((path / name).is_file() for name in RUN_MODELS[:2])
+        return path / ADAPTER_FILE if (path / ADAPTER_FILE).is_file() and not has_model else None
+    if not path.is_file():
+        return None  # the model loader says what is missing
+    return path if read_metadata(path).get("kind") == KIND else None
 
 
 @app.command("import")

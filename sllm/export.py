@@ -32,6 +32,23 @@ def export_model(model: Any, to: str, path: str | os.PathLike[str],
     raise ExportError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
 
 
+def export_adapter(adapter: Any, to: str, path: str | os.PathLike[str], dtype: str = "f32",
+                   base_name: str = "") -> str:
+    """Write the LoRA `adapter` as `to` ("peft": a PEFT directory, "gguf": llama.cpp's LoRA
+    GGUF) for its base exported --to hf / --to gguf; a one-line summary. The caller has
+    checked the base (Adapter.load(path, base))."""
+    from .export_lora import check_adapter_format, export_lora_gguf, export_peft
+    check_adapter_format(to)
+    if dtype == "f16":
+        check_f16_range(adapter.tensors)
+    if to == "peft":
+        files = export_peft(adapter, path, dtype, base_name)
+        return f"wrote {', '.join(files)} to {path} (PEFT LoRA, rank {adapter.config.rank})"
+    count = export_lora_gguf(adapter, path, dtype, base_name)
+    return (f"wrote {path} ({os.path.getsize(path):,} bytes; llama.cpp LoRA adapter, "
+            f"{count} tensors, rank {adapter.config.rank})")
+
+
 def import_model(source: str | os.PathLike[str], backend: Any = "numpy") -> Any:
     """An SLLM from a Hugging Face directory (or its model.safetensors), a GGUF file of
     architecture gpt2, or a llama2.c model file (.bin)."""

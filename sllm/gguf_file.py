@@ -147,6 +147,7 @@ def _add_metadata(writer: Any, model: Any, qtype: str, name: str) -> None:
         writer.add_block_count(cfg.num_layers)
         writer.add_head_count(cfg.num_heads)
         writer.add_layer_norm_eps(1e-5)
+        writer.add_vocab_size(cfg.vocab_size)  # llama.cpp's only n_vocab without a vocabulary
     writer.add_file_type(FILE_TYPES[qtype])
     writer.add_string("sllm.config", json.dumps(cfg.to_dict()))
     if model.tokenizer:

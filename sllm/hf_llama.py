@@ -20,16 +20,22 @@ from .layout import Layout
 _LINEARS = ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
+def qkv_split(name: str, config: ModelConfig) -> list[tuple[str, slice]]:
+    """The q_proj, k_proj and v_proj weight names of sllm's fused `name` (a
+    "...self_attn.qkv_proj.weight") with the column slice of it each one is."""
+    HD, KD = config.num_heads * config.head_dim, config.kv_heads * config.head_dim
+    base = name[:-len("qkv_proj.weight")]
+    return [(f"{base}q_proj.weight", slice(0, HD)), (f"{base}k_proj.weight", slice(HD, HD + KD)),
+            (f"{base}v_proj.weight", slice(HD + KD, HD + 2 * KD))]
+
+
 def llama_hf_tensors(model: Any, dtype: Any) -> dict[str, np.ndarray]:
     """The model's parameters under LlamaForCausalLM's names and (out, in) layouts."""
-    cfg, P = model.config, model.parameters()
-    HD, KD = cfg.num_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     out: dict[str, np.ndarray] = {}
-    for name, p in P.items():
+    for name, p in model.parameters().items():
         if name.endswith("self_attn.qkv_proj.weight"):
-            base = name[:-len("qkv_proj.weight")]
-            for part, cols in (("q", p[:, :HD]), ("k", p[:, HD:HD + KD]), ("v", p[:, HD + KD:])):
-                out[f"{base}{part}_proj.weight"] = cols.T
+            for part, cols in qkv_split(name, model.config):
+                out[part] = p[:, cols].T
         elif p.ndim == 2 and name != "model.embed_tokens.weight":
             out[name] = p.T
         else:

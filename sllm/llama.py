@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import KVCache, LlamaActivations
-from .layout import head_name
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -71,7 +70,8 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
     for i, (L, la) in enumerate(zip(m._p_layers, a.layers, strict=True)):
         x = _block(m, a, i, L, la, x, dropout, cache, rows)
     k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], cfg.norm_eps)
-    mm(a.logits, a.lnf, m._lm_head(m._qweights, P), None, cfg.tie_embeddings)
+    if not a.recompute:  # else the loss makes them a slice at a time (SLLM._head_loss)
+        mm(a.logits, a.lnf, m._lm_head(m._qweights, P), None, cfg.tie_embeddings)
     a.dropout = dropout
 
 
@@ -108,12 +108,10 @@ def _block(m: SLLM, a: LlamaActivations, i: int, L: SimpleNamespace, la: SimpleN
 
 
 def backward(m: SLLM, a: LlamaActivations) -> None:
-    """The forward line reversed: fills m's gradients from the dlogits in a.logits."""
+    """The forward line reversed, from the head's input gradient in a.dln (SLLM._head_loss
+    went back through the head): fills m's gradients."""
     k, cfg, P, G = m.backend, m.config, m._params, m._grads
     H, Hkv, theta, p, mmb = cfg.num_heads, cfg.kv_heads, cfg.rope_theta, a.dropout, m._matmul_bwd
-    m._zero_grads()
-    mmb(a.dln, G[head_name(cfg)], None, a.logits, a.lnf, m._lm_head(m._qweights, P),
-        cfg.tie_embeddings)
     a.dres.fill(0)
     k.rmsnorm_bwd(a.dres, G[NORM], a.dln, a.layers[-1].res3, P[NORM], a.lnf_rstd)
     for i in reversed(range(cfg.num_layers)):

@@ -89,10 +89,10 @@ class SLLM:
 
     `recompute` (default False): activation checkpointing for training. forward_backward
     then keeps only each layer's output and recomputes a layer's forward in backward just
-    before going back through it: the same loss and gradients (bit for bit on a
-    deterministic backend), about one more forward of the blocks per step, and the
-    activations of one layer instead of every layer's (what a LoRA on a quantized base
-    holds most of).
+    before going back through it, and makes the logits a slice of rows at a time (never
+    N x V): the same loss and gradients (bit for bit while the logits fit one slice, else
+    within float32 rounding), one more forward of the blocks per step, and the activations
+    of one layer instead of every layer's (what a LoRA on a quantized base holds most of).
     """
 
     def __init__(self, config: ModelConfig | dict[str, Any] | str | os.PathLike[str],
@@ -328,11 +328,29 @@ class SLLM:
                                f"runs inference only; train the float32 model")
         acts = self._run_forward(tokens, grads=True)
         count = self._load_targets(acts, targets)
-        self.backend.softmax_xent(acts.losses, acts.logits, acts.logits, acts.targets,
-                                  1.0 / max(count, 1))
+        self._zero_grads()
+        self._head_loss(acts, 1.0 / max(count, 1))
         loss = float(np.sum(acts.losses, dtype=np.float64) / max(count, 1))
         self._backward(acts)
         return loss
+
+    def _head_loss(self, a: Activations, dloss: float) -> None:
+        """The losses, and the output head's backward into a.dln (and its gradient): from
+        the logits forward made, or (recompute) made here HEAD_ROWS rows at a time in
+        a.logits, so that N x V logits never exist at once."""
+        head, tie = self._lm_head(self._qweights, self._params), self.config.tie_embeddings
+        dhead = self._grads[head_name(self.config)]
+        N = a.losses.size
+        lnf, dln = a.lnf.reshape(N, -1), a.dln.reshape(N, -1)
+        losses, targets = a.losses.reshape(N), a.targets.reshape(N)
+        logits = a.logits.reshape(-1, a.logits.shape[-1])
+        for r0 in range(0, N, len(logits)):
+            rows = slice(r0, min(N, r0 + len(logits)))
+            part = logits[:rows.stop - r0]
+            if a.recompute:
+                self._matmul(part, lnf[rows], head, None, tie)
+            self.backend.softmax_xent(losses[rows], part, part, targets[rows], dloss)
+            self._matmul_bwd(dln[rows], dhead, None, part, lnf[rows], head, tie)
 
     def generate(self, prompt_ids: Any, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
@@ -435,8 +453,8 @@ class SLLM:
                 continue
             x = self._block_fwd(i, L, la, x, dropout, cache, rows)
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
-        mm(a.logits, a.lnf, self._lm_head(self._qweights, P), None,
-           cfg.tie_embeddings)
+        if not a.recompute:  # else the loss makes them a slice at a time (_head_loss)
+            mm(a.logits, a.lnf, self._lm_head(self._qweights, P), None, cfg.tie_embeddings)
         a.dropout = dropout
 
     def _block_fwd(self, i: int, L: SimpleNamespace, la: SimpleNamespace, x: np.ndarray,
@@ -539,11 +557,7 @@ class SLLM:
             return llama.backward(self, a)  # type: ignore[arg-type]
         k, cfg, P, G = self.backend, self.config, self._params, self._grads
         H, p, mmb = cfg.num_heads, a.dropout, self._matmul_bwd
-        self._zero_grads()
-        dlogits = a.logits  # softmax_xent wrote the gradient over the logits
-        x_last = a.layers[-1].res3
-        mmb(a.dln, G[head_name(cfg)], None, dlogits, a.lnf, self._lm_head(self._qweights, P),
-            cfg.tie_embeddings)
+        x_last = a.layers[-1].res3  # a.dln holds the head's input gradient (_head_loss)
         a.dres.fill(0)
         k.layernorm_bwd(a.dres, G["ln_f.weight"], G["ln_f.bias"], a.dln, x_last,
                         P["ln_f.weight"], a.lnf_mean, a.lnf_rstd)

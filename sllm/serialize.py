@@ -425,6 +425,15 @@ def read_float_tensors(path: str | os.PathLike[str]
     return config, metadata, tensors
 
 
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata object of an SLLM container ({} when it has none), its tensors left
+    unread (a memory map): what a command reads to tell an adapter from a model file."""
+    _, _, payloads, _ = parse_container(memoryview(_open(path, mmap=True)), path, verify=False)
+    metadata = _read_json(payloads, Section.METADATA, path) \
+        if Section.METADATA in payloads else {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def _read_entry(table: _Cursor, path: Any, data_len: int) -> tuple[str, int, tuple[int, ...], int, int]:
     name = table.name()
     dtype, ndim, reserved = table.take(ENTRY_FIXED.format)

@@ -222,6 +222,10 @@ def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> Trainer:
         model, tok = _init_from(cfg)
         check_memory(cfg, model.config)  # counts the loaded weights twice: errs on the safe side
         attach_lora(cfg, model)
+        if model.qtype and model.adapter is None:
+            raise RunError(f"--init-from {cfg.init_from} is quantized ({model.qtype}): only a "
+                           f"LoRA adapter trains on it (--lora-rank); full fine-tuning needs "
+                           f"the float32 model")
     else:
         tok = _tokenizer_for(cfg, text)
         mcfg = _model_config(cfg, tok.vocab_size)

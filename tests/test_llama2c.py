@@ -406,3 +406,18 @@ def test_foreign_merges_sllm_cannot_follow_are_refused(change, message):
     doc["model"]["merges"] = change(doc["model"]["merges"])
     with pytest.raises(DataError, match=message):
         from_tokenizer_json(doc)
+
+
+def test_fuzzed_tokenizer_bin_is_a_one_line_error_or_loads(tmp_path):
+    _model_with_tokenizer(tmp_path)
+    path = tmp_path / "tokenizer.bin"
+    good, rng, outcomes = path.read_bytes(), np.random.default_rng(7), {"ok": 0, "error": 0}
+    for _ in range(FUZZ_RUNS):
+        path.write_bytes(_damage(good, rng))
+        try:
+            import_model(tmp_path / "m.bin")
+            outcomes["ok"] += 1
+        except SLLMError as e:
+            assert "tokenizer.bin" in str(e) and "\n" not in str(e), str(e)
+            outcomes["error"] += 1
+    assert outcomes["error"] > FUZZ_RUNS // 2 and outcomes["ok"] > 0

@@ -243,6 +243,35 @@ return {losses, logits, probe, saved: btoa(s)};
     assert loaded.tokenizer == py.tokenizer and "finetuned_in_browser" in loaded.metadata
 
 
+def test_lora_steps_match_python_and_the_adapter_loads_there(browser, site, tmp_path):
+    """Three LoRA fine-tuning steps in the browser (lora.js: the delta, the frozen base's
+    backward, AdamW over the adapter) within 1e-4 of Python's losses from the same initial
+    adapter file; the trained adapter loads in Python with the browser's logits."""
+    from sllm.lora import Adapter
+    py = sllm.load(site / "model.sllm", backend="wasm-simd")
+    tok = tokenizers.from_dict(py.tokenizer)
+    batches = [_batch(tok, generate_corpus(20_000, seed=5), 4, 24, s) for s in range(3)]
+    got = run_js(browser, """
+const b64 = (bytes) => { let s = ""; for (const b of bytes) s += String.fromCharCode(b); return btoa(s); };
+const m = await sllm.load(args[0]);
+m.createAdapter({rank: 4}, {seed: 1});
+const initial = b64(m.saveAdapter());
+const losses = """ + JS_TRAIN_STEPS + """;
+const probe = m.encodePrompt("A: Do you have a pet?");
+return {initial, losses, probe, logits: Array.from(m.forward(probe)), trained: b64(m.saveAdapter())};
+""", "model.sllm", [[x.tolist(), y.tolist()] for x, y in batches])
+    (tmp_path / "initial.sllm").write_bytes(base64.b64decode(got["initial"]))
+    py.attach_adapter(Adapter.load(tmp_path / "initial.sllm", py))
+    expected = python_train_steps(py, batches)
+    assert np.allclose(got["losses"], expected, rtol=0, atol=1e-4), (got["losses"], expected)
+    assert expected[-1] < expected[0]
+    (tmp_path / "trained.sllm").write_bytes(base64.b64decode(got["trained"]))
+    py.detach_adapter()
+    py.attach_adapter(Adapter.load(tmp_path / "trained.sllm", py))
+    logits = np.array(got["logits"], dtype=np.float32).reshape(1, len(got["probe"]), -1)
+    assert np.allclose(py.forward([got["probe"]]), logits, rtol=1e-5, atol=1e-5)
+
+
 def test_finetune_api_and_short_text(browser):
     got = run_js(browser, """
 const m = await sllm.load("model.sllm");
@@ -287,6 +316,7 @@ def test_page_shows_a_clear_message_for_bad_files(browser, site, name, message):
 
 def test_page_chat_finetune_store_and_reload(browser, site, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
     _open(browser)
     browser.execute_script("indexedDB.deleteDatabase('sllm')")
     _open(browser)
@@ -305,6 +335,7 @@ def test_page_chat_finetune_store_and_reload(browser, site, tmp_path):
     assert "too short" in browser.find_element(By.ID, "error").text
     text.clear()
     browser.execute_script("arguments[0].value = arguments[1]", text, generate_corpus(4000, seed=2))
+    Select(browser.find_element(By.ID, "tune-mode")).select_by_value("full")  # every weight
     steps = browser.find_element(By.ID, "steps")
     steps.clear()
     steps.send_keys("8")
@@ -343,3 +374,78 @@ def test_page_opened_as_a_file_says_to_serve_it(browser, site):
         assert error.is_displayed() and "served over HTTP" in error.text
     finally:
         browser.get(browser.server_url + "index.html")  # later tests run on the served page
+
+
+def _stored_adapter(driver, name):
+    """The bytes of the adapter `name` the page stored in IndexedDB (for the model in use)."""
+    got = driver.execute_async_script("""
+const done = arguments[arguments.length - 1];
+const req = indexedDB.open("sllm", 1);
+req.onsuccess = () => {
+  const store = req.result.transaction("models").objectStore("models");
+  const keys = store.getAllKeys();
+  keys.onsuccess = () => {
+    const key = keys.result.find((k) => String(k).startsWith("adapter:") && String(k).endsWith(":" + arguments[0]));
+    if (!key) { done(null); return; }
+    const get = store.get(key);
+    get.onsuccess = () => { let s = ""; for (const b of get.result.bytes) s += String.fromCharCode(b); done(btoa(s)); };
+  };
+};
+""", name)
+    return None if got is None else base64.b64decode(got)
+
+
+def test_page_trains_switches_and_keeps_lora_adapters(browser, site, tmp_path):
+    """The fine-tune panel trains a LoRA adapter by default, warns about unknown words
+    before it starts, keeps the base, stores the adapter by name (kilobytes; Python loads
+    it), switches between base and adapter, comes back to it after a reload, refuses a name
+    in use, and deletes it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from sllm.lora import Adapter
+    _open(browser)
+    browser.execute_script("indexedDB.deleteDatabase('sllm'); localStorage.clear()")
+    _open(browser)
+    info = lambda d: d.find_element(By.ID, "model-info").text  # noqa: E731
+    assert Select(browser.find_element(By.ID, "tune-mode")).first_selected_option.get_attribute("value") == "lora"
+    text = browser.find_element(By.ID, "tune-text")
+    browser.execute_script("arguments[0].value = arguments[1]", text, generate_corpus(4000, seed=2) + " Zzyzx Qwoppity")
+    text.send_keys(" ")  # an input event: the page checks the words before training
+    _wait(browser, lambda d: "not in this model's vocabulary" in d.find_element(By.ID, "tune-warning").text)
+    for field, value in (("steps", "6"), ("rank", "4")):
+        browser.find_element(By.ID, field).clear()
+        browser.find_element(By.ID, field).send_keys(value)
+    browser.find_element(By.ID, "tune").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "tune-status").text.startswith("done"), 180)
+    assert "adapter “adapter-1”" in browser.find_element(By.ID, "tune-status").text
+    assert "+ adapter adapter-1" in info(browser)
+    assert browser.find_element(By.ID, "adapter-name").get_attribute("value") == "adapter-2"
+    shot = Path(__file__).parent / "artifacts"
+    shot.mkdir(exist_ok=True)
+    browser.save_screenshot(str(shot / "page-lora.png"))
+    data = _stored_adapter(browser, "adapter-1")
+    assert data is not None and len(data) < 0.1 * (site / "model.sllm").stat().st_size
+    (tmp_path / "a.sllm").write_bytes(data)
+    base = sllm.load(site / "model.sllm", backend="numpy")
+    adapter = Adapter.load(tmp_path / "a.sllm", base)  # made for this base: the fingerprint agrees
+    assert adapter.config.rank == 4 and adapter.metadata["trained_in_browser"]["steps"] == 6
+    select = Select(browser.find_element(By.ID, "adapter-select"))
+    select.select_by_value("")  # back to the base
+    _wait(browser, lambda d: "adapter" not in info(d) and not d.find_element(By.ID, "adapter-download").is_enabled())
+    select.select_by_value("adapter-1")
+    _wait(browser, lambda d: "+ adapter adapter-1" in info(d))
+    assert browser.find_element(By.ID, "adapter-download").is_enabled()
+    _open(browser)  # a reload comes back to the adapter in use
+    _wait(browser, lambda d: "+ adapter adapter-1" in info(d))
+    browser.find_element(By.ID, "adapter-name").clear()
+    browser.find_element(By.ID, "adapter-name").send_keys("adapter-1")
+    browser.execute_script("arguments[0].value = arguments[1]", browser.find_element(By.ID, "tune-text"),
+                           generate_corpus(4000, seed=3))
+    browser.find_element(By.ID, "tune").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert "an adapter named \"adapter-1\" exists already" in browser.find_element(By.ID, "error").text
+    browser.find_element(By.ID, "adapter-delete").click()
+    _wait(browser, lambda d: "adapter" not in info(d) and "parameters" in info(d))
+    assert [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "adapter-select")).options] == [""]
+    assert _stored_adapter(browser, "adapter-1") is None

@@ -1,5 +1,5 @@
-// The page: talks to the model in worker.js, keeps a fine-tuned model in IndexedDB
-// (ModelStorage), draws the loss curve. No framework, no build step.
+// The page: talks to the model in worker.js, keeps a fine-tuned model and LoRA adapters in
+// IndexedDB (ModelStorage), draws the loss curve. No framework, no build step.
 import { features } from "./sllm.js";
 
 const $ = (id) => document.getElementById(id);
@@ -86,9 +86,28 @@ function checksum(bytes) {
   return `${bytes.length.toString(16)}-${(h >>> 0).toString(16).padStart(8, "0")}`;
 }
 
+/**
+ * LoRA adapters are stored by the fingerprint of the base they were made for (what their
+ * file names too), so each model lists only the adapters that fit it.
+ */
+const Adapters = {
+  key(fp, name) { return `adapter:${fp}:${name}`; },
+  async list(fp) {
+    const keys = await ModelStorage.keys().catch(() => []);
+    const prefix = `adapter:${fp}:`;
+    return keys.filter((k) => String(k).startsWith(prefix)).map((k) => String(k).slice(prefix.length)).sort();
+  },
+  get(fp, name) { return ModelStorage.get(this.key(fp, name)); },
+  put(fp, name, bytes, about) { return ModelStorage.put(this.key(fp, name), bytes, { name, ...about }); },
+  delete(fp, name) { return ModelStorage.delete(this.key(fp, name)); },
+  // which adapter was in use for a base, so a reload comes back to it
+  active(fp) { try { return localStorage.getItem(`sllm-adapter:${fp}`) || ""; } catch { return ""; } },
+  setActive(fp, name) { try { localStorage.setItem(`sllm-adapter:${fp}`, name || ""); } catch { /* private mode */ } },
+};
+
 const state = {
   worker: new ModelWorker(), info: null, busy: false, generating: false, siteModel: "model.sllm", storageKey: null,
-  name: "model", finetuned: false, olderCopy: null,
+  name: "model", finetuned: false, olderCopy: null, adapter: "", origin: "",
 };
 
 function showError(e) {
@@ -106,8 +125,12 @@ function setBusy(busy, generating = false) {
   state.busy = busy;
   state.generating = generating;
   const ready = Boolean(state.info) && !busy;
-  for (const id of ["send", "chat-input", "tune", "download", "reset-model", "mode"]) $(id).disabled = !ready;
-  if (state.info && state.info.qtype) $("tune").disabled = true; // quantized: inference only
+  for (const id of ["send", "chat-input", "tune", "download", "reset-model", "mode", "adapter-select", "adapter-file",
+    "tune-mode", "rank", "adapter-name"]) $(id).disabled = !ready;
+  for (const id of ["adapter-download", "adapter-delete"]) $(id).disabled = !ready || !state.adapter;
+  if (state.info && state.info.qtype && (loraMode() ? !state.info.quantizedTraining : true)) {
+    $("tune").disabled = true; // quantized: a LoRA adapter trains on it, every weight does not
+  }
   $("stop").hidden = !generating;
   $("send").hidden = generating;
 }
@@ -115,7 +138,12 @@ function setBusy(busy, generating = false) {
 function describe(info, origin) {
   const c = info.config;
   const params = info.parameters >= 1e6 ? `${(info.parameters / 1e6).toFixed(2)}M` : `${(info.parameters / 1e3).toFixed(0)}k`;
-  return `${state.name}${origin} · ${params} parameters · ${c.num_layers} layers × ${c.embedding_dim} · ${info.tokenizer || "no"} tokenizer (${info.vocab}) · ${info.dtype}`;
+  const adapter = state.adapter ? ` + adapter ${state.adapter}` : "";
+  return `${state.name}${origin}${adapter} · ${params} parameters · ${c.num_layers} layers × ${c.embedding_dim} · ${info.tokenizer || "no"} tokenizer (${info.vocab}) · ${info.dtype}`;
+}
+
+function showInfo() {
+  if (state.info) $("model-info").textContent = describe(state.info, state.origin);
 }
 
 const WASM_NAMES = { relaxed: "SIMD128 + relaxed SIMD", simd128: "SIMD128", scalar: "scalar (no SIMD)" };
@@ -131,15 +159,18 @@ async function loadModel(source, origin = "", { keepPrevious = false } = {}) {
     const wasm = new URLSearchParams(location.search).get("wasm") || "auto";
     const info = await state.worker.call("load", { source, wasm, features: features() }, null, transfer);
     state.info = info;
+    state.origin = origin;
+    state.adapter = "";
     $("model-info").textContent = describe(info, origin);
     $("wasm-kind").textContent = WASM_NAMES[info.wasm];
     notice(info.wasm === "scalar"
       ? "This browser has no WebAssembly SIMD: running the scalar module, which is several times slower." : "");
     document.body.dataset.wasm = info.wasm;
     $("tune-status").textContent = info.qtype
-      ? `This model's weights are ${info.qtype} (quantized): it chats, but fine-tuning needs a float model (sllm export-web --dtype f32).` : "";
+      ? `This model's weights are ${info.qtype} (quantized): a LoRA adapter trains on it; a full fine-tune needs a float model (sllm export-web --dtype f32).` : "";
     state.finetuned = origin.includes("fine-tuned");
     clearChat();
+    await showAdapters(Adapters.active(info.fingerprint));
     return info;
   } catch (e) {
     // The worker keeps its model when a load fails, so the page can keep showing it.
@@ -278,29 +309,125 @@ function drawLoss(losses, steps) {
   g.stroke();
 }
 
-async function finetune() {
-  const text = $("tune-text").value;
-  const steps = Number($("steps").value), lr = Number($("lr").value), batchSize = Number($("batch").value);
-  const losses = [];
+function loraMode() { return $("tune-mode").value === "lora"; }
+
+function setTuneMode() {
+  const lora = loraMode();
+  $("tune-card").dataset.mode = lora ? "lora" : "full";
+  $("tune-help").textContent = lora
+    ? "Trains a small adapter (kilobytes) on top of the model: the model itself stays as it is, and you can switch back to it at any time."
+    : "Changes every weight of the model (no undo but Reset); adapters made for the model before no longer apply to it.";
+  if (!$("lr").dataset.edited) $("lr").value = lora ? "0.003" : "0.001";
+  setBusy(state.busy, state.generating);
+}
+
+/** The first free "adapter-N" among the stored adapters. */
+function freeName(names) {
+  let n = 1;
+  while (names.includes(`adapter-${n}`)) n++;
+  return `adapter-${n}`;
+}
+
+/** Fill the adapter selector with this model's stored adapters and attach `select` ("" = the base). */
+async function showAdapters(select = state.adapter) {
+  if (!state.info) return;
+  const names = await Adapters.list(state.info.fingerprint);
+  const box = $("adapter-select");
+  box.replaceChildren(new Option("none", ""), ...names.map((n) => new Option(n, n)));
+  const current = $("adapter-name").value.trim();
+  if (!current || names.includes(current)) $("adapter-name").value = freeName(names);
+  await useAdapter(names.includes(select) ? select : "");
+}
+
+/** Switch the worker's model to the base ("") or to the stored adapter `name`. */
+async function useAdapter(name) {
+  const fp = state.info.fingerprint;
+  if (name) {
+    const record = await Adapters.get(fp, name);
+    if (!record) throw new Error(`no adapter named ${JSON.stringify(name)} is stored in this browser`);
+    state.info = await state.worker.call("loadAdapter", { bytes: record.bytes, name });
+  } else if (state.info.adapter) {
+    state.info = await state.worker.call("detachAdapter");
+  }
+  state.adapter = name;
+  Adapters.setActive(fp, name);
+  $("adapter-select").value = name;
+  for (const m of [...document.querySelectorAll(".msg")]) m.remove(); // the worker started a new chat
+  showInfo();
+  setBusy(state.busy, state.generating);
+}
+
+async function switchAdapter() {
   setBusy(true);
   showError(null);
+  try {
+    await useAdapter($("adapter-select").value);
+  } catch (e) {
+    showError(e);
+    $("adapter-select").value = state.adapter;
+  } finally {
+    setBusy(false);
+  }
+}
+
+/** Check the text for words the model does not know, before training starts. */
+async function checkUnknown() {
+  if (!state.info || state.busy) return null;
+  const report = await state.worker.call("unknown", { text: $("tune-text").value }).catch(() => null);
+  $("tune-warning").textContent = report ? `${report}.` : "";
+  return report;
+}
+
+let unknownTimer = null;
+function textChanged() {
+  clearTimeout(unknownTimer);
+  unknownTimer = setTimeout(checkUnknown, 400);
+}
+
+async function finetune() {
+  const text = $("tune-text").value, lora = loraMode();
+  const steps = Number($("steps").value), lr = Number($("lr").value), batchSize = Number($("batch").value);
+  const name = $("adapter-name").value.trim(), rank = Number($("rank").value);
+  const losses = [];
+  showError(null);
+  if (lora) {
+    const problem = !name ? "give the adapter a name"
+      : (await Adapters.list(state.info.fingerprint)).includes(name)
+        ? `an adapter named ${JSON.stringify(name)} exists already: choose another name, or delete that one first` : null;
+    if (problem) { showError(new Error(problem)); return; }
+  }
+  // A model without byte fallback reads words it does not know as [UNK]: say how many first.
+  await checkUnknown();
+  setBusy(true);
   $("progress-bar").style.width = "0";
   drawLoss(losses, steps);
   try {
-    // A model without byte fallback reads words it does not know as [UNK]: say how many.
-    const unknown = await state.worker.call("unknown", { text });
-    $("tune-warning").textContent = unknown ? `${unknown}.` : "";
-    const result = await state.worker.call("finetune", { text, options: { steps, lr, batchSize } }, (p) => {
+    const options = lora ? { steps, lr, batchSize, lora: { rank } } : { steps, lr, batchSize, full: true };
+    const result = await state.worker.call("finetune", { text, options }, (p) => {
       losses.push(p.loss);
       $("progress-bar").style.width = `${(100 * p.step) / p.steps}%`;
       $("tune-status").textContent = `step ${p.step}/${p.steps} · loss ${p.loss.toFixed(3)} · ${p.tokensPerSecond.toFixed(0)} tokens/s`;
       drawLoss(losses, steps);
     });
-    const bytes = await state.worker.call("save");
-    await ModelStorage.put(state.storageKey, bytes, { model: state.name });
-    state.finetuned = true;
-    $("tune-status").textContent = `done: ${steps} steps in ${result.seconds.toFixed(1)} s, loss ${result.losses[0].toFixed(3)} → ${result.losses[result.losses.length - 1].toFixed(3)} · saved in this browser`;
-    $("model-info").textContent = describe(state.info, " (fine-tuned here)");
+    const summary = `${steps} steps in ${result.seconds.toFixed(1)} s, loss ${result.losses[0].toFixed(3)} → ${result.losses[result.losses.length - 1].toFixed(3)}`;
+    state.info = result.info;
+    if (lora) {
+      const bytes = await state.worker.call("saveAdapter");
+      const kb = (bytes.length / 1024).toFixed(0);
+      await Adapters.put(state.info.fingerprint, name, bytes, { steps, rank, saved: Date.now(), model: state.name });
+      state.adapter = name;
+      await showAdapters(name);
+      $("tune-status").textContent = `done: ${summary} · adapter “${name}” (${kb} KB) saved in this browser`;
+    } else {
+      const bytes = await state.worker.call("save");
+      await ModelStorage.put(state.storageKey, bytes, { model: state.name });
+      state.finetuned = true;
+      state.origin = " (fine-tuned here)";
+      state.adapter = "";
+      await showAdapters("");
+      $("tune-status").textContent = `done: ${summary} · saved in this browser`;
+    }
+    showInfo();
   } catch (e) {
     showError(e);
     $("tune-status").textContent = "";
@@ -309,16 +436,67 @@ async function finetune() {
   }
 }
 
+/** Save `bytes` as a file called `name`. */
+function saveFile(bytes, name) {
+  const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+async function downloadAdapter() {
+  try {
+    const record = await Adapters.get(state.info.fingerprint, state.adapter);
+    saveFile(record.bytes, `${state.name.replace(/\.sllm$/, "")}-${state.adapter}.adapter.sllm`);
+  } catch (e) {
+    showError(e);
+  }
+}
+
+async function deleteAdapter() {
+  const name = state.adapter;
+  if (!name) return;
+  setBusy(true);
+  try {
+    await useAdapter("");
+    await Adapters.delete(state.info.fingerprint, name);
+    await showAdapters("");
+    $("tune-status").textContent = `deleted the adapter “${name}”`;
+  } catch (e) {
+    showError(e);
+  } finally {
+    setBusy(false);
+  }
+}
+
+/** An adapter file from disk (from this page or `sllm finetune`): stored, then used. */
+async function openAdapterFile(event) {
+  const file = event.target.files[0];
+  if (!file) return;
+  event.target.value = "";
+  const name = file.name.replace(/\.sllm$/, "").replace(/\.adapter$/, "").slice(0, 40);
+  setBusy(true);
+  showError(null);
+  try {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    state.info = await state.worker.call("loadAdapter", { bytes: bytes.slice(), name: file.name }); // refused unless it fits
+    await Adapters.put(state.info.fingerprint, name, bytes, { saved: Date.now(), model: state.name });
+    state.adapter = "";
+    await showAdapters(name);
+  } catch (e) {
+    showError(e);
+    await useAdapter("").catch(() => {});
+  } finally {
+    setBusy(false);
+  }
+}
+
 async function download() {
   setBusy(true);
   try {
-    const bytes = await state.worker.call("save");
-    const url = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
-    const a = document.createElement("a");
-    a.href = url;
-    a.download = downloadName();
-    a.click();
-    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    saveFile(await state.worker.call("save"), downloadName());
   } catch (e) {
     showError(e);
   } finally {
@@ -415,6 +593,14 @@ $("reset-model").addEventListener("click", resetModel);
 $("stop").addEventListener("click", stop);
 $("mode").addEventListener("change", setMode);
 $("use-stored").addEventListener("click", useOlderCopy);
+$("tune-mode").addEventListener("change", setTuneMode);
+$("lr").addEventListener("input", () => { $("lr").dataset.edited = "1"; });
+$("tune-text").addEventListener("input", textChanged);
+$("adapter-select").addEventListener("change", switchAdapter);
+$("adapter-download").addEventListener("click", downloadAdapter);
+$("adapter-delete").addEventListener("click", deleteAdapter);
+$("adapter-file").addEventListener("change", openAdapterFile);
+setTuneMode();
 if (!features().simd) notice("This browser has no WebAssembly SIMD: the scalar module will be used.");
 drawLoss([], 1);
 start();

@@ -3,6 +3,11 @@
 //   {id, type: "generate", prompt, options}              -> pieces, then done
 //   {id, type: "chat", text, options} / {type: "reset"}  -> pieces, then done
 //   {id, type: "finetune", text, options}                -> progress per step, then done
+//        (options.lora: train a new LoRA adapter; options.full: detach any adapter and train
+//        every weight)
+//   {id, type: "loadAdapter", bytes, name}               -> done with the adapter's description
+//   {id, type: "saveAdapter"}                            -> done with the attached adapter's bytes
+//   {id, type: "detachAdapter"}                          -> done; the base model alone again
 //   {id, type: "unknown", text}                          -> done with the unknown-token report or null
 //   {id, type: "save"}                                   -> done with the SLLM bytes
 //   {id, type: "stop"}                                   -> done; the running generation ends
@@ -28,7 +33,8 @@ function info(m) {
   return {
     config: c, parameters: m.numParameters(), wasm: m.wasm, features: features(),
     tokenizer: m.tokenizer ? m.tokenizer.kind : null, vocab: c.vocab_size, dtype: m.file.dtype,
-    metadata: m.metadata, fileSize: m.file.fileSize, qtype: m.net.qtype,
+    metadata: m.metadata, fileSize: m.file.fileSize, qtype: m.net.qtype, fingerprint: m.fingerprint(),
+    quantizedTraining: Boolean(m.kernels.exports.matmul_q_bwd), adapter: m.adapter,
   };
 }
 
@@ -67,7 +73,23 @@ const handlers = {
   },
   async finetune(msg) {
     const onProgress = (p) => postMessage({ id: msg.id, type: "progress", ...p });
-    return model.finetune(msg.text, { ...(msg.options || {}), onProgress });
+    const { full = false, ...options } = msg.options || {};
+    if (full) model.detachAdapter();
+    const result = await model.finetune(msg.text, { ...options, onProgress });
+    return { ...result, info: info(model) };
+  },
+  async loadAdapter(msg) {
+    await model.loadAdapter(msg.bytes, { name: msg.name });
+    session = model.chat();
+    return info(model);
+  },
+  async saveAdapter() {
+    return model.saveAdapter();
+  },
+  async detachAdapter() {
+    model.detachAdapter();
+    session = model.chat();
+    return info(model);
   },
   async save() {
     return model.save();

@@ -79,3 +79,30 @@ def test_transformers_matches_sllm(tmp_path, corpus, kind, tie):
         got = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
                           eos_token_id=tok.eos_id, pad_token_id=tok.pad_id or 0)
     assert got[0].tolist() == want
+
+
+def test_spm_tokenizer_in_transformers(tmp_path, corpus):
+    """An spm vocabulary (llama2.c's tokenizer.bin kind) exported with a llama model:
+    transformers' AutoTokenizer gives sllm's ids and, after [BOS], sllm's text; the
+    directory imports back with the same tokenizer ids."""
+    from sllm.export import export_model, import_model
+    rng = np.random.default_rng(0)
+    pieces = ["<unk>", "<s>", "</s>", *tokenizers.BYTE_TOKENS, " "]
+    for _ in range(800):
+        at = int(rng.integers(len(corpus) - 6))
+        pieces.append(corpus[at:at + int(rng.integers(2, 6))])
+    pieces = list(dict.fromkeys(pieces))
+    scores = [0.0] * 259 + [-float(i) / 7 for i in range(len(pieces) - 259)]
+    tok = tokenizers.SPMTokenizer(pieces, scores)
+    cfg = sllm.ModelConfig(architecture="llama", vocab_size=tok.vocab_size, embedding_dim=32,
+                           num_layers=1, num_heads=2, ffn_hidden_dim=64, max_seq_len=64,
+                           dropout=0.0)
+    model = sllm.SLLM(cfg, backend="numpy", seed=1)
+    model.tokenizer = tok.to_dict()
+    export_model(model, "hf", tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    back = tokenizers.from_dict(import_model(tmp_path / "hf").tokenizer)
+    for text in (TEXT, corpus[:400], "  two  spaces", "<s> typed </s>"):
+        ids = tok.encode(text)
+        assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids == back.encode(text)
+        assert hf_tok.decode(ids) == tok.decode([tok.bos_id, *ids]) == text
