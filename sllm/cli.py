@@ -743,7 +743,7 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
     _output(output, model, base, overwrite=overwrite, kind=kind)
     base_path = _resolve_model(base or "")
     adapter = Adapter.load(adapter_path, sllm.load(base_path, backend="numpy"))
-    term.print(export_adapter(adapter, to, output, dtype, Path(base_path).stem), highlight=False)
+    term.print(export_adapter(adapter, to, output, dtype, Path(base or "").stem), highlight=False)
 
 
 def _adapter_file(source: str) -> Path | None:
