@@ -155,6 +155,7 @@ def train(
                                                           "distributed", "launch", "overwrite",
                                                           "jobcontrol")}
     given["model"] = config
+    jobcontrol.interrupt_on_sigterm()  # before training: SIGTERM unwinds like Ctrl-C
     if ranks is not None:
         n = launch.parse_ranks(ranks)
         if n is not None and batch_size is not None and batch_size < n:
