@@ -157,6 +157,7 @@ def train(
                                                           "distributed", "launch", "overwrite",
                                                           "jobcontrol")}
     given["model"] = config
+    jobcontrol.interrupt_on_sigterm()  # before training: SIGTERM unwinds like Ctrl-C
     if ranks is not None:
         n = launch.parse_ranks(ranks)
         if n is not None and batch_size is not None and batch_size < n:
@@ -792,6 +793,8 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
 
     from .export import export_adapter, export_model
     adapter_path = _adapter_file(model)
+    if base is not None and not Path(model).exists():
+        raise ExportError(f"{model}: no such adapter file or run directory")
     if adapter_path is None and base is not None:
         raise ExportError(f"--base is for exporting a LoRA adapter; {model} is not one (export a "
                           f"model without --base)")
@@ -810,18 +813,19 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
     _output(output, model, base, overwrite=overwrite, kind=kind)
     base_path = _resolve_model(base or "")
     adapter = Adapter.load(adapter_path, sllm.load(base_path, backend="numpy"))
-    term.print(export_adapter(adapter, to, output, dtype, Path(base_path).stem), highlight=False)
+    term.print(export_adapter(adapter, to, output, dtype, Path(base or "").stem), highlight=False)
 
 
 def _adapter_file(source: str) -> Path | None:
-    """The LoRA adapter file `source` names (the file, or a finetune run directory's
-    adapter.sllm when it holds no model), or None when it names a model."""
+    """The LoRA adapter file `source` names (the file, or a LoRA finetune run directory's
+    adapter.sllm: one without a model.sllm or best.sllm; its checkpoint.sllm is the
+    adapter's), or None when it names a model."""
     from .lora import ADAPTER_FILE, KIND
     from .paths import RUN_MODELS
     from .serialize import read_metadata
     path = Path(source)
     if path.is_dir():
-        has_model = any((path / name).is_file() for name in RUN_MODELS)
+        has_model = any((path / name).is_file() for name in RUN_MODELS[:2])
         return path / ADAPTER_FILE if (path / ADAPTER_FILE).is_file() and not has_model else None
     if not path.is_file():
         return None  # the model loader says what is missing
