@@ -50,10 +50,10 @@ def random_adapter(model, seed, targets="all", rank=4):
 class Collect:
     """A request's events, gathered; `done` is set at its end (or error)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.text, self.end, self.done = "", None, threading.Event()
 
-    def __call__(self, event: Event):
+    def __call__(self, event: Event) -> None:
         if event.kind == "text":
             self.text += event.text
         else:
@@ -79,7 +79,7 @@ def test_mixed_batch_equals_each_merged_model(arch, tok, backend_name):
         bank.add(name, adapter)
     groups = []
     route = bank.route
-    bank.route = lambda rows: (route(rows), groups.append(len(bank.groups)))  # type: ignore
+    bank.route = lambda rows: (route(rows), groups.append(len(bank.groups)))
     engine = Engine(model, tok, max_batch=8, adapters=bank)
     jobs = []
     for i, prompt in enumerate(PROMPTS):  # queued before the start: one batch from step 1
@@ -131,7 +131,7 @@ def test_removed_adapter_finishes_its_requests_then_is_freed(tok):
     served = bank.add("a", adapter)
     freed = []
     free = model.backend.free
-    model.backend.free = lambda a: (freed.append(a), free(a))  # type: ignore[method-assign]
+    model.backend.free = lambda a: (freed.append(a), free(a))
     engine = Engine(model, tok, max_batch=2, adapters=bank)
     got = Collect()
     engine.submit(Request(encode_prompt(tok, "the cat", warn=False),
