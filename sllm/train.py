@@ -393,20 +393,21 @@ class Trainer:
         self.model.recompute = self.cfg.recompute
         self.model.train()
         self._deadline = start + 60 * self.cfg.max_minutes if self.cfg.max_minutes else None
-        with _interrupt_flag(self), blas_limited(self.model.backend), \
-                TrainProgress(self.show_progress, self.step, self.total) as bar:
-            self._bar = bar
-            while self.step < until:
-                status, message = self._one_step()
-                if status != "running":
-                    break
-            else:
-                status = "done"
-        if status != "diverged":
-            self.save_checkpoint()
-            if status in ("early_stopped", "time_up") or (status == "done"
-                                                          and self.step >= self.total):
-                self._save_model(FINAL)
+        with _interrupt_flag(self):  # until the last file is written: SIGTERM stays graceful
+            with blas_limited(self.model.backend), \
+                    TrainProgress(self.show_progress, self.step, self.total) as bar:
+                self._bar = bar
+                while self.step < until:
+                    status, message = self._one_step()
+                    if status != "running":
+                        break
+                else:
+                    status = "done"
+            if status != "diverged":
+                self.save_checkpoint()
+                if status in ("early_stopped", "time_up") or (status == "done"
+                                                              and self.step >= self.total):
+                    self._save_model(FINAL)
         message = message or self._done_message(status)
         return TrainResult(status, self.step, self.last_loss, self.best_val, message,
                            time.perf_counter() - start)

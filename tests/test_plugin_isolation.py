@@ -250,6 +250,14 @@ def test_auto_picks_a_plugin_that_passes_and_caches_per_version(tmp_path, monkey
     isolation.cache_path().write_text("{not json")  # a damaged cache is made again
     backends.reset()
     assert backends.get("auto").name == "good" and len(runs) == 3
+    cache = json.loads(isolation.cache_path().read_text())
+    for bad in ({"reason": None, "capabilities": [], "smoke": None}, {"reason": 5},
+                "ok", {"reason": None, "capabilities": {}, "smoke": 1}):
+        cache["sllm_good/good"]["verdict"] = bad  # an entry of the wrong shape: probed again
+        isolation.cache_path().write_text(json.dumps(cache))
+        backends.reset()
+        assert backends.get("auto").name == "good"
+    assert len(runs) == 7
     assert "sllm_good/good" in json.loads(isolation.cache_path().read_text())
 
 

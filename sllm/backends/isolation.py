@@ -75,15 +75,25 @@ def verdict(plugin: str, key: str, cls: type) -> Verdict:
     cache = _read_cache()
     hit = cache.get(f"{plugin}/{key}")
     if isinstance(hit, dict) and hit.get("fingerprint") == stamp:
-        try:
-            return Verdict(**hit["verdict"])
-        except (TypeError, KeyError):
-            pass  # a damaged entry: probe again
+        cached = _valid(hit.get("verdict"))
+        if cached is not None:
+            return cached  # else a damaged entry: probe again
     found = run_child(plugin, key)
     cache = _read_cache()  # another process may have written meanwhile
     cache[f"{plugin}/{key}"] = {"fingerprint": stamp, "verdict": asdict(found)}
     _write_cache(cache)
     return found
+
+
+def _valid(data: Any) -> Verdict | None:
+    """A cached verdict, if it has the right fields of the right types."""
+    if not isinstance(data, dict) or set(data) != {"reason", "capabilities", "smoke"}:
+        return None
+    reason, caps, smoke = data["reason"], data["capabilities"], data["smoke"]
+    if not (isinstance(reason, (str, type(None))) and isinstance(smoke, (str, type(None)))
+            and isinstance(caps, dict)):
+        return None
+    return Verdict(reason, caps, smoke)
 
 
 def forget() -> None:
