@@ -51,7 +51,8 @@ class Collect:
     """A request's events, gathered; `done` is set at its end (or error)."""
 
     def __init__(self) -> None:
-        self.text, self.end, self.done = "", None, threading.Event()
+        self.text, self.done = "", threading.Event()
+        self.end: Event | None = None
 
     def __call__(self, event: Event) -> None:
         if event.kind == "text":
