@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,63 +16,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._version import __version__
+from .cli_base import (
+    CONFIG_HELP,
+    OVERWRITE,
+    _output,
+    _resolve_model,
+    _show_warning,
+    app,
+    command,
+    err,
+    term,
+    vocab_app,
+)
 from .errors import ConfigError, ExportError, SLLMError
-from .paths import shipped_configs
-
-app = typer.Typer(help="Train and run small GPT-style language models on CPUs.",
-                  no_args_is_help=True, add_completion=False)
-vocab_app = typer.Typer(help="Build and inspect vocabularies (tokenizers).", no_args_is_help=True)
-app.add_typer(vocab_app, name="vocab")
-term = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-# --config takes a JSON file or the name of a config shipped with sllm, from any directory.
-CONFIG_HELP = f"Model config: a JSON file, or a shipped config by name ({', '.join(shipped_configs())})."
-OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output (never the input, "
-                                                   "never a device).")
-
-
-def _output(path: Any, *inputs: Any, overwrite: bool, kind: str = "file") -> None:
-    """Refuse an output that would destroy an input or something not ours (sllm.outputs)."""
-    from .outputs import check_output
-    check_output(path, inputs, overwrite=overwrite, kind=kind)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        term.print(f"sllm {__version__}", highlight=False)
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                       help="Print sllm's version and exit.")) -> None:
-    """Train and run small GPT-style language models on CPUs."""
-
-
-def _show_warning(message: Any, category: Any, filename: str, lineno: int,
-                  file: Any = None, line: Any = None) -> None:
-    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
-
-
-def command(fn: Callable) -> Callable:
-    """Turn sllm's own errors into a one-line message and exit status 1."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        warnings.showwarning = _show_warning
-        try:
-            return fn(*args, **kwargs)
-        except (SLLMError, ValueError, OSError) as e:
-            # escape: a message is text, and rich would take 'sllm[mpi]' for a style tag
-            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
-            raise typer.Exit(1) from None
-        except MemoryError as e:  # a last resort: the memory budget refuses before this
-            err.print(f"[red]error:[/] out of memory ({e or 'no detail'}); try a smaller "
-                      f"model or batch, or set --max-memory", highlight=False)
-            raise typer.Exit(1) from None
-    return wrapper
 
 
 # ---- train ---------------------------------------------------------------------------------
@@ -250,12 +206,6 @@ def _load(model_path: str, backend: str, tokenizer: str | None,
     else:
         raise SLLMError(f"{path} has no tokenizer inside; pass --tokenizer vocab.json")
     return model, tok
-
-
-def _resolve_model(path: str) -> str:
-    """A model file, or the best file in a run directory."""
-    from .paths import model_file
-    return os.fspath(model_file(path))
 
 
 def _sampling(temperature: float, top_k: int | None, top_p: float | None,
@@ -850,9 +800,10 @@ def bench(
         raise SLLMError(f"benchmark failed for {', '.join(failed)} (see above)")
 
 
-# ---- commands that live in their own modules (each registers itself on `app`) --------------
-from . import cli_lora  # noqa: E402,F401  (finetune, merge)
+# ---- commands that live in their own modules -----------------------------------------------
+from . import cli_lora  # noqa: E402  (finetune: train's options; merge)
+
+cli_lora.register(train)
 
 if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
-    from sllm.cli import app as module_app  # the module's app, which cli_lora registered on,
-    module_app()                            # not this __main__ copy's
+    app()

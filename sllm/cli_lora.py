@@ -1,4 +1,5 @@
-"""`sllm finetune` and `sllm merge`: the LoRA commands (sllm/lora.py), registered on cli.app.
+"""`sllm finetune` and `sllm merge`: the LoRA commands (sllm/lora.py), registered on the app
+(sllm/cli_base.py; sllm/cli.py calls register() with its train command).
 
 finetune is `sllm train --init-from MODEL` with a LoRA adapter by default: its options are
 train's (the same typer parameters, so progress, eval, checkpoints, --resume, early
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from .cli import OVERWRITE, _output, _resolve_model, app, command, term, train
+from .cli_base import OVERWRITE, _output, _resolve_model, app, command, term
 from .errors import SLLMError
 
 DEFAULT_RANK = 8
@@ -22,7 +24,7 @@ NOT_FOR_FINETUNE = ("config", "tokenizer", "vocab_size", "byte_fallback", "demo_
 LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
 
 
-def finetune(model: str, full: bool, **options: Any) -> None:
+def finetune(train: Callable[..., None], model: str, full: bool, **options: Any) -> None:
     """Fine-tune MODEL (a .sllm file or a run directory) on --corpus. By default trains a LoRA
     adapter (rank 8, alpha 16, all attention and MLP weights; the base frozen) and writes
     --out/adapter.sllm; --full trains every weight and writes --out/model.sllm."""
@@ -37,7 +39,7 @@ def finetune(model: str, full: bool, **options: Any) -> None:
     train(**{**{name: None for name in NOT_FOR_FINETUNE}, **options, "init_from": model})
 
 
-def _signature() -> inspect.Signature:
+def _signature(train: Callable[..., None]) -> inspect.Signature:
     """finetune's parameters for typer: MODEL and --full, then train's options."""
     own = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
                              default=typer.Argument(..., help="The base: a .sllm model file or "
@@ -51,8 +53,13 @@ def _signature() -> inspect.Signature:
     return inspect.Signature(own + rest, return_annotation=None)
 
 
-finetune.__signature__ = _signature()  # type: ignore[attr-defined]
-app.command("finetune")(command(finetune))
+def register(train: Callable[..., None]) -> None:
+    """Add `sllm finetune` to the app: finetune with train's options, run through train."""
+    def finetune_command(model: str, full: bool, **options: Any) -> None:
+        finetune(train, model, full, **options)
+    finetune_command.__doc__ = finetune.__doc__
+    finetune_command.__signature__ = _signature(train)  # type: ignore[attr-defined]
+    app.command("finetune")(command(finetune_command))
 
 
 @app.command()
