@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import os
 import sys
+import typing
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +18,63 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .cli_base import (
-    CONFIG_HELP,
-    OVERWRITE,
-    _output,
-    _resolve_model,
-    _show_warning,
-    app,
-    command,
-    err,
-    term,
-    vocab_app,
-)
+from ._version import __version__
 from .errors import ConfigError, ExportError, SLLMError
+from .paths import shipped_configs
+
+app = typer.Typer(help="Train and run small GPT-style language models on CPUs.",
+                  no_args_is_help=True, add_completion=False)
+vocab_app = typer.Typer(help="Build and inspect vocabularies (tokenizers).", no_args_is_help=True)
+app.add_typer(vocab_app, name="vocab")
+term = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+# --config takes a JSON file or the name of a config shipped with sllm, from any directory.
+CONFIG_HELP = f"Model config: a JSON file, or a shipped config by name ({', '.join(shipped_configs())})."
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output (never the input, "
+                                                   "never a device).")
+
+
+def _output(path: Any, *inputs: Any, overwrite: bool, kind: str = "file") -> None:
+    """Refuse an output that would destroy an input or something not ours (sllm.outputs)."""
+    from .outputs import check_output
+    check_output(path, inputs, overwrite=overwrite, kind=kind)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        term.print(f"sllm {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print sllm's version and exit.")) -> None:
+    """Train and run small GPT-style language models on CPUs."""
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+
+def command(fn: Callable) -> Callable:
+    """Turn sllm's own errors into a one-line message and exit status 1."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        warnings.showwarning = _show_warning
+        try:
+            return fn(*args, **kwargs)
+        except (SLLMError, ValueError, OSError) as e:
+            # escape: a message is text, and rich would take 'sllm[mpi]' for a style tag
+            err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+            raise typer.Exit(1) from None
+        except MemoryError as e:  # a last resort: the memory budget refuses before this
+            err.print(f"[red]error:[/] out of memory ({e or 'no detail'}); try a smaller "
+                      f"model or batch, or set --max-memory", highlight=False)
+            raise typer.Exit(1) from None
+    return wrapper
 
 
 # ---- train ---------------------------------------------------------------------------------
@@ -193,6 +239,73 @@ def _report(result: Any, trainer: Any) -> None:
     term.print(result.message, highlight=False)
 
 
+# ---- finetune / merge: LoRA adapters (sllm/lora.py, docs/finetune.md) ----------------------
+# finetune is `train --init-from MODEL` with a LoRA adapter by default: its options are train's
+# (the same typer parameters, so progress, eval, checkpoints, --resume, early stopping and
+# --ranks behave alike), less those that build a new model or tokenizer.
+DEFAULT_RANK = 8  # finetune trains an adapter of this rank unless --full or --lora-rank
+# train's options that make a new model or vocabulary: a fine-tuning run has its base's.
+NOT_FOR_FINETUNE = ("config", "tokenizer", "vocab_size", "byte_fallback", "demo_chars",
+                    "init_from")
+LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
+
+
+def finetune(model: str, full: bool, **options: Any) -> None:
+    """Fine-tune MODEL (a .sllm file or a run directory) on --corpus. By default trains a LoRA
+    adapter (rank 8, alpha 16, all attention and MLP weights; the base frozen) and writes
+    --out/adapter.sllm; --full trains every weight and writes --out/model.sllm."""
+    lora = {k: options[k] for k in LORA_OPTIONS}
+    if full and any(v is not None for v in lora.values()):
+        given = next(k for k, v in lora.items() if v is not None)
+        raise SLLMError(f"--full trains every weight; drop --{given.replace('_', '-')}")
+    if options["corpus"] is None and options["resume"] is None:
+        raise SLLMError("finetune needs --corpus FILE, the text to fine-tune on")
+    if not full and lora["lora_rank"] is None:
+        options["lora_rank"] = DEFAULT_RANK
+    train(**{**{name: None for name in NOT_FOR_FINETUNE}, **options, "init_from": model})
+
+
+def _finetune_signature() -> inspect.Signature:
+    """finetune's parameters for typer: MODEL and --full, then train's options."""
+    own = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
+                             default=typer.Argument(..., help="The base: a .sllm model file or "
+                                                              "a run directory.")),
+           inspect.Parameter("full", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=bool,
+                             default=typer.Option(False, "--full", help="Train every weight "
+                                                  "(full fine-tuning) instead of an adapter."))]
+    hints = typing.get_type_hints(train)  # the annotations are strings (future import)
+    rest = [p.replace(annotation=hints[name]) for name, p in
+            inspect.signature(train).parameters.items() if name not in NOT_FOR_FINETUNE]
+    return inspect.Signature(own + rest, return_annotation=None)
+
+
+finetune.__signature__ = _finetune_signature()  # type: ignore[attr-defined]
+app.command("finetune")(command(finetune))
+
+
+@app.command()
+@command
+def merge(base: str = typer.Argument(..., help="The base model: a float .sllm file or a run directory."),
+          adapter: str = typer.Argument(..., help="A LoRA adapter file made for that base."),
+          output: str = typer.Option(..., "--output", "-o", help="The merged .sllm model to write."),
+          overwrite: bool = OVERWRITE) -> None:
+    """Fold a LoRA adapter into its base's weights (W += alpha/rank * A @ B): a plain model
+    that runs anywhere a model does, with the adapter's outputs."""
+    import sllm
+    from sllm.lora import Adapter
+    from sllm.lora import merge as merge_adapter
+    _output(output, base, adapter, overwrite=overwrite)
+    src = _resolve_model(base)
+    model = sllm.load(src, backend="numpy", mmap=False)
+    lora = Adapter.load(adapter, model)
+    merge_adapter(model, lora)
+    model.metadata = {**model.metadata, "merged_adapter": {
+        "rank": lora.config.rank, "alpha": lora.config.alpha, "targets": len(lora.targets)}}
+    model.save(output)
+    term.print(f"{src} + {adapter} (rank {lora.config.rank}, {len(lora.targets)} weights) -> "
+               f"{output}", highlight=False)
+
+
 # ---- generate / chat -----------------------------------------------------------------------
 def _load(model_path: str, backend: str, tokenizer: str | None,
           adapter: str | None = None) -> tuple[Any, Any]:
@@ -206,6 +319,12 @@ def _load(model_path: str, backend: str, tokenizer: str | None,
     else:
         raise SLLMError(f"{path} has no tokenizer inside; pass --tokenizer vocab.json")
     return model, tok
+
+
+def _resolve_model(path: str) -> str:
+    """A model file, or the best file in a run directory."""
+    from .paths import model_file
+    return os.fspath(model_file(path))
 
 
 def _sampling(temperature: float, top_k: int | None, top_p: float | None,
@@ -694,7 +813,7 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
     _output(output, model, base, overwrite=overwrite, kind=kind)
     base_path = _resolve_model(base or "")
     adapter = Adapter.load(adapter_path, sllm.load(base_path, backend="numpy"))
-    term.print(export_adapter(adapter, to, output, dtype, Path(base_path).stem), highlight=False)
+    term.print(export_adapter(adapter, to, output, dtype, Path(base or "").stem), highlight=False)
 
 
 def _adapter_file(source: str) -> Path | None:
@@ -799,11 +918,6 @@ def bench(
     if failed:  # with --backends all, a backend this machine lacks is not a failure
         raise SLLMError(f"benchmark failed for {', '.join(failed)} (see above)")
 
-
-# ---- commands that live in their own modules -----------------------------------------------
-from . import cli_lora  # noqa: E402  (finetune: train's options; merge)
-
-cli_lora.register(train)
 
 if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
     app()

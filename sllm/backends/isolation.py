@@ -7,7 +7,9 @@ use it. So the registry (sllm/backends/__init__.py) asks `verdict()`, which runs
 plugin, runs its probe and the kernel check, then a quick conformance smoke test (the
 whole-model case 0 and the generation case 0 of the conformance suite: logits, loss, every
 gradient and KV-cache decoding against numpy, which every kernel of the contract takes part
-in). A crash, an exit, a hang or a failure is a reason, shown by `sllm backends`.
+in). A probe that crashes, exits or hangs makes the backend unavailable, and so does a
+smoke test that does (the command would do the same); a smoke test that runs but finds
+wrong values only keeps `auto` from choosing it. `sllm backends` shows each reason.
 
 The verdict is cached in CACHE_NAME under the user's cache directory (SLLM_CACHE_DIR, else
 $XDG_CACHE_HOME/sllm, else ~/.cache/sllm), written atomically, keyed by plugin and backend
@@ -156,10 +158,15 @@ def run_child(plugin: str, key: str) -> Verdict:
     probe = results.get("probe")
     if not isinstance(probe, dict):
         return Verdict(f"the probe {ended}")
-    smoke = results.get("smoke")
-    return Verdict(probe.get("reason"), dict(probe.get("capabilities") or {}),
-                   smoke.get("reason") if isinstance(smoke, dict) else
-                   (None if probe.get("reason") else f"the smoke test {ended}"))
+    reason, caps, smoke = probe.get("reason"), dict(probe.get("capabilities") or {}), \
+        results.get("smoke")
+    if reason is not None or isinstance(smoke, dict):
+        return Verdict(reason, caps, smoke.get("reason") if isinstance(smoke, dict) else None)
+    # The smoke test itself crashed, exited or hung: a command using this backend would
+    # do the same, so it is unavailable, by name too (a larger SLLM_PROBE_TIMEOUT and
+    # `sllm backends --reprobe` give a slow backend another chance).
+    died = f"the smoke test {ended}"
+    return Verdict(died, caps, died)
 
 
 def _how_it_ended(code: int, err: str) -> str:
