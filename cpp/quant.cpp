@@ -41,28 +41,37 @@ const QuantOps* pick() {
 Scratch g_scratch;
 constexpr int64_t kGemmRows = 16;  // from this many input rows on, ggml's rows take the float GEMM
 
-// One block of ggml bytes as floats: its first n <= 32 values.
+inline float load_half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return half_to_float(h);
+}
+
+// One block of ggml bytes as floats: its first n <= 32 values. One branch-free loop per
+// type, which the compiler can vectorize (not a choice of type per value); a partial
+// block goes through a local buffer.
 void dequantize_block(const uint8_t* w, int qtype, int64_t n, float* out) {
-  uint16_t dh;
-  std::memcpy(&dh, w, 2);
-  const float d = half_to_float(dh);
-  float m = 0;
-  if (qtype == Q4_1) {
-    uint16_t mh;
-    std::memcpy(&mh, w + 2, 2);
-    m = half_to_float(mh);
-  }
-  for (int64_t j = 0; j < n; ++j) {
-    float v;
-    if (qtype == Q8_0) {
-      v = (float)reinterpret_cast<const int8_t*>(w + 2)[j] * d;
-    } else {
-      const uint8_t byte = w[(qtype == Q4_0 ? 2 : 4) + (j % 16)];
-      const int nib = j < 16 ? (byte & 0x0F) : (byte >> 4);
-      v = qtype == Q4_0 ? (float)(nib - 8) * d : (float)nib * d + m;
+  float part[QK];
+  float* y = n == QK ? out : part;
+  const float d = load_half(w);
+  if (qtype == Q8_0) {
+    const int8_t* q = reinterpret_cast<const int8_t*>(w + 2);
+    for (int j = 0; j < QK; ++j) y[j] = (float)q[j] * d;
+  } else if (qtype == Q4_0) {
+    const uint8_t* q = w + 2;
+    for (int j = 0; j < QK / 2; ++j) {
+      y[j] = (float)((q[j] & 0x0F) - 8) * d;
+      y[j + QK / 2] = (float)((q[j] >> 4) - 8) * d;
     }
-    out[j] = v;
+  } else {
+    const uint8_t* q = w + 4;
+    const float m = load_half(w + 2);
+    for (int j = 0; j < QK / 2; ++j) {
+      y[j] = (float)(q[j] & 0x0F) * d + m;
+      y[j + QK / 2] = (float)(q[j] >> 4) * d + m;
+    }
   }
+  if (y == part) std::memcpy(out, part, (size_t)n * sizeof(float));
 }
 
 // One quantized weight row as floats (its first K values).

@@ -55,12 +55,15 @@ void unpack_q(uint8_t* dst, const uint8_t* packed, int qtype, int64_t OC, int64_
 
 const uint8_t* unpack_block(uint8_t* block, const uint8_t* packed, int qtype, int64_t nb,
                             int64_t row, int64_t b) {
+  // each_byte's layout, a field at a time: the head's 2-byte fields, then 4-byte chunks
   const int R = qops().rows;
+  const int64_t r = row % R, h = head_bytes(qtype), codes = kBlockBytes[qtype] - h;
   const uint8_t* group = packed + row / R * qgroup_bytes(qtype, nb, R);
-  const uint8_t flip = flip_of(qtype);
-  each_byte(qtype, R, nb, b, (int)(row % R), [&](int64_t at, int64_t from, bool code) {
-    block[from] = group[at] ^ (code ? flip : 0);
-  });
+  for (int64_t i = 0; i < h; i += 2) std::memcpy(block + i, group + b * h * R + i * R + 2 * r, 2);
+  const uint8_t* chunks = group + nb * h * R + b * codes * R + 4 * r;
+  for (int64_t j = 0; j < codes; j += 4) std::memcpy(block + h + j, chunks + j * R, 4);
+  if (const uint8_t flip = flip_of(qtype))
+    for (int64_t j = 0; j < codes; ++j) block[h + j] ^= flip;
   return block;
 }
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import os
 import sys
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -155,6 +157,7 @@ def train(
                                                           "distributed", "launch", "overwrite",
                                                           "jobcontrol")}
     given["model"] = config
+    jobcontrol.interrupt_on_sigterm()  # before training: SIGTERM unwinds like Ctrl-C
     if ranks is not None:
         n = launch.parse_ranks(ranks)
         if n is not None and batch_size is not None and batch_size < n:
@@ -234,6 +237,73 @@ def _report(result: Any, trainer: Any) -> None:
         raise typer.Exit(1)
     term.print(line, highlight=False)
     term.print(result.message, highlight=False)
+
+
+# ---- finetune / merge: LoRA adapters (sllm/lora.py, docs/finetune.md) ----------------------
+# finetune is `train --init-from MODEL` with a LoRA adapter by default: its options are train's
+# (the same typer parameters, so progress, eval, checkpoints, --resume, early stopping and
+# --ranks behave alike), less those that build a new model or tokenizer.
+DEFAULT_RANK = 8  # finetune trains an adapter of this rank unless --full or --lora-rank
+# train's options that make a new model or vocabulary: a fine-tuning run has its base's.
+NOT_FOR_FINETUNE = ("config", "tokenizer", "vocab_size", "byte_fallback", "demo_chars",
+                    "init_from")
+LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
+
+
+def finetune(model: str, full: bool, **options: Any) -> None:
+    """Fine-tune MODEL (a .sllm file or a run directory) on --corpus. By default trains a LoRA
+    adapter (rank 8, alpha 16, all attention and MLP weights; the base frozen) and writes
+    --out/adapter.sllm; --full trains every weight and writes --out/model.sllm."""
+    lora = {k: options[k] for k in LORA_OPTIONS}
+    if full and any(v is not None for v in lora.values()):
+        given = next(k for k, v in lora.items() if v is not None)
+        raise SLLMError(f"--full trains every weight; drop --{given.replace('_', '-')}")
+    if options["corpus"] is None and options["resume"] is None:
+        raise SLLMError("finetune needs --corpus FILE, the text to fine-tune on")
+    if not full and lora["lora_rank"] is None:
+        options["lora_rank"] = DEFAULT_RANK
+    train(**{**{name: None for name in NOT_FOR_FINETUNE}, **options, "init_from": model})
+
+
+def _finetune_signature() -> inspect.Signature:
+    """finetune's parameters for typer: MODEL and --full, then train's options."""
+    own = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
+                             default=typer.Argument(..., help="The base: a .sllm model file or "
+                                                              "a run directory.")),
+           inspect.Parameter("full", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=bool,
+                             default=typer.Option(False, "--full", help="Train every weight "
+                                                  "(full fine-tuning) instead of an adapter."))]
+    hints = typing.get_type_hints(train)  # the annotations are strings (future import)
+    rest = [p.replace(annotation=hints[name]) for name, p in
+            inspect.signature(train).parameters.items() if name not in NOT_FOR_FINETUNE]
+    return inspect.Signature(own + rest, return_annotation=None)
+
+
+finetune.__signature__ = _finetune_signature()  # type: ignore[attr-defined]
+app.command("finetune")(command(finetune))
+
+
+@app.command()
+@command
+def merge(base: str = typer.Argument(..., help="The base model: a float .sllm file or a run directory."),
+          adapter: str = typer.Argument(..., help="A LoRA adapter file made for that base."),
+          output: str = typer.Option(..., "--output", "-o", help="The merged .sllm model to write."),
+          overwrite: bool = OVERWRITE) -> None:
+    """Fold a LoRA adapter into its base's weights (W += alpha/rank * A @ B): a plain model
+    that runs anywhere a model does, with the adapter's outputs."""
+    import sllm
+    from sllm.lora import Adapter
+    from sllm.lora import merge as merge_adapter
+    _output(output, base, adapter, overwrite=overwrite)
+    src = _resolve_model(base)
+    model = sllm.load(src, backend="numpy", mmap=False)
+    lora = Adapter.load(adapter, model)
+    merge_adapter(model, lora)
+    model.metadata = {**model.metadata, "merged_adapter": {
+        "rank": lora.config.rank, "alpha": lora.config.alpha, "targets": len(lora.targets)}}
+    model.save(output)
+    term.print(f"{src} + {adapter} (rank {lora.config.rank}, {len(lora.targets)} weights) -> "
+               f"{output}", highlight=False)
 
 
 # ---- generate / chat -----------------------------------------------------------------------
@@ -723,6 +793,8 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
 
     from .export import export_adapter, export_model
     adapter_path = _adapter_file(model)
+    if base is not None and not Path(model).exists():
+        raise ExportError(f"{model}: no such adapter file or run directory")
     if adapter_path is None and base is not None:
         raise ExportError(f"--base is for exporting a LoRA adapter; {model} is not one (export a "
                           f"model without --base)")
@@ -741,18 +813,19 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
     _output(output, model, base, overwrite=overwrite, kind=kind)
     base_path = _resolve_model(base or "")
     adapter = Adapter.load(adapter_path, sllm.load(base_path, backend="numpy"))
-    term.print(export_adapter(adapter, to, output, dtype, Path(base_path).stem), highlight=False)
+    term.print(export_adapter(adapter, to, output, dtype, Path(base or "").stem), highlight=False)
 
 
 def _adapter_file(source: str) -> Path | None:
-    """The LoRA adapter file `source` names (the file, or a finetune run directory's
-    adapter.sllm when it holds no model), or None when it names a model."""
+    """The LoRA adapter file `source` names (the file, or a LoRA finetune run directory's
+    adapter.sllm: one without a model.sllm or best.sllm; its checkpoint.sllm is the
+    adapter's), or None when it names a model."""
     from .lora import ADAPTER_FILE, KIND
     from .paths import RUN_MODELS
     from .serialize import read_metadata
     path = Path(source)
     if path.is_dir():
-        has_model = any((path / name).is_file() for name in RUN_MODELS)
+        has_model = any((path / name).is_file() for name in RUN_MODELS[:2])
         return path / ADAPTER_FILE if (path / ADAPTER_FILE).is_file() and not has_model else None
     if not path.is_file():
         return None  # the model loader says what is missing
@@ -846,9 +919,5 @@ def bench(
         raise SLLMError(f"benchmark failed for {', '.join(failed)} (see above)")
 
 
-# ---- commands that live in their own modules (each registers itself on `app`) --------------
-from . import cli_lora  # noqa: E402,F401  (finetune, merge)
-
 if __name__ == "__main__":  # `python -m sllm.cli`, as mpiexec runs each rank
-    from sllm.cli import app as module_app  # the module's app, which cli_lora registered on,
-    module_app()                            # not this __main__ copy's
+    app()

@@ -54,7 +54,8 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
-        return proc.wait()
+        code = proc.wait()
+        return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -83,6 +84,18 @@ def _prctl() -> Any:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
         return None
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, so that a run being set up (or
+    the launcher before its job starts) unwinds: run.lock released, temporary files
+    removed. While it trains, the trainer takes SIGTERM over (a graceful stop)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 # ---- rank side -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from .errors import BackendError
 from .init import initialize
 from .layout import EMBEDDINGS, Layout, head_name, parameter_shapes
 from .lora import Adapter, Attached, LoraError, LoraWeight
+from .lora_bank import RoutedWeight
 from .quant import QTensor, bytes_per_row
 from .validate import check_int
 
@@ -278,6 +279,15 @@ class SLLM:
         self._blocks = self._fused_blocks()
         return attached.detach()
 
+    def route_weights(self, routed: Mapping[str, Any] | None) -> None:
+        """Serve several adapters at once (sllm.lora_bank): the RoutedWeights in `routed`
+        ({weight name: RoutedWeight}) stand in for those weights, and the fused decode
+        block is off as with an attached adapter; None restores the base's own."""
+        if self.adapter is not None:
+            raise LoraError("detach the attached adapter before serving adapters by name")
+        self._p_layers = self._layers({**self._params, **self._qweights, **(routed or {})})
+        self._blocks = [None] * self.config.num_layers if routed else self._fused_blocks()
+
     def _freeze_grads(self) -> None:
         """Gradient buffers for the norms only (scratch for their backward kernels)."""
         norms = Layout(self.config, exclude={n for n, _ in parameter_shapes(self.config)
@@ -496,6 +506,9 @@ class SLLM:
             assert self.adapter is not None  # LoraWeights exist only while attached
             self._matmul(out, inp, weight.base, bias, trans_w)
             self.adapter.forward(out, inp, weight, mix_seed(self._last_seed, weight.index, 2))
+        elif isinstance(weight, RoutedWeight):  # served adapters: each on its own rows
+            self._matmul(out, inp, weight.base, bias, trans_w)
+            weight.bank.add_deltas(weight.name, out, inp)
         elif isinstance(weight, QTensor):
             self.backend.matmul_q_fwd(out, inp, weight.kernel_rows, bias, weight.qtype)
         else:

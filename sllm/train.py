@@ -222,6 +222,10 @@ def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> Trainer:
         model, tok = _init_from(cfg)
         check_memory(cfg, model.config)  # counts the loaded weights twice: errs on the safe side
         attach_lora(cfg, model)
+        if model.qtype and model.adapter is None:
+            raise RunError(f"--init-from {cfg.init_from} is quantized ({model.qtype}): only a "
+                           f"LoRA adapter trains on it (--lora-rank); full fine-tuning needs "
+                           f"the float32 model")
     else:
         tok = _tokenizer_for(cfg, text)
         mcfg = _model_config(cfg, tok.vocab_size)
@@ -389,20 +393,21 @@ class Trainer:
         self.model.recompute = self.cfg.recompute
         self.model.train()
         self._deadline = start + 60 * self.cfg.max_minutes if self.cfg.max_minutes else None
-        with _interrupt_flag(self), blas_limited(self.model.backend), \
-                TrainProgress(self.show_progress, self.step, self.total) as bar:
-            self._bar = bar
-            while self.step < until:
-                status, message = self._one_step()
-                if status != "running":
-                    break
-            else:
-                status = "done"
-        if status != "diverged":
-            self.save_checkpoint()
-            if status in ("early_stopped", "time_up") or (status == "done"
-                                                          and self.step >= self.total):
-                self._save_model(FINAL)
+        with _interrupt_flag(self):  # until the last file is written: SIGTERM stays graceful
+            with blas_limited(self.model.backend), \
+                    TrainProgress(self.show_progress, self.step, self.total) as bar:
+                self._bar = bar
+                while self.step < until:
+                    status, message = self._one_step()
+                    if status != "running":
+                        break
+                else:
+                    status = "done"
+            if status != "diverged":
+                self.save_checkpoint()
+                if status in ("early_stopped", "time_up") or (status == "done"
+                                                              and self.step >= self.total):
+                    self._save_model(FINAL)
         message = message or self._done_message(status)
         return TrainResult(status, self.step, self.last_loss, self.best_val, message,
                            time.perf_counter() - start)

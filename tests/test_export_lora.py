@@ -183,6 +183,7 @@ def files(tmp_path_factory):
     base_model("llama", seed=9).save(d / "other.sllm")
     (d / "run").mkdir()
     trained_adapter(model, "mlp").save(d / "run" / "adapter.sllm")
+    trained_adapter(model).save(d / "run" / "checkpoint.sllm")  # a LoRA run's: an adapter's
     return d
 
 
@@ -213,6 +214,7 @@ def test_cli_exports_an_adapter_to_peft_and_gguf(files, tmp_path):
     (("base.sllm", "--to", "peft", "--base", "other.sllm"), "--base is for exporting a LoRA "
                                                             "adapter; "),
     (("adapter.sllm", "--to", "gguf", "--base", "missing.sllm"), "no such model file"),
+    (("missing.sllm", "--to", "gguf", "--base", "base.sllm"), "no such adapter file"),
     (("adapter.sllm", "--to", "gguf", "--base", "base.sllm", "--dtype", "q4_0"),
      "--dtype for an adapter must be one of f32, f16"),
 ])

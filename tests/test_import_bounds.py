@@ -189,8 +189,14 @@ def test_fuzz_gguf_files(exported, tmp_path):
     assert counts["error"] > 0 and sum(counts.values()) == FUZZ_RUNS
 
 
-def test_fuzz_llama_gguf_files(exported, tmp_path):
-    good = (exported / "llama.gguf").read_bytes()
+@pytest.mark.parametrize("name", ["llama.gguf", "foreign.gguf"])
+def test_fuzz_llama_gguf_files(exported, tmp_path, name):
+    """sllm's q8_0 llama export (its blocks kept, sllm's tokenizer), and an f32 file from
+    gguf's writer with a SentencePiece vocabulary of its own (no sllm.* keys)."""
+    if name == "foreign.gguf":
+        from test_gguf_llama import _llama, _write_foreign
+        _write_foreign(exported / name, _llama(), spm=True)
+    good = (exported / name).read_bytes()
     path = tmp_path / "f.gguf"
     counts = _fuzz(lambda rng: path.write_bytes(_flip(good, rng)), lambda: import_model(path),
                    np.random.default_rng(3))

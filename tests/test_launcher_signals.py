@@ -164,3 +164,25 @@ def test_alive_tells_a_reused_pid():
     me = os.getpid()
     assert jobcontrol.alive(me, runlock.proc_start(me))
     assert not jobcontrol.alive(me, (runlock.proc_start(me) or 0) + 1)
+
+
+@pytest.mark.parametrize("ranks", [None, "1"])
+def test_sigterm_while_the_run_is_prepared_releases_the_lock(tmp_path, ranks):
+    # a corpus big enough that building the tokenizer and data takes a while
+    cfg = _cfg(tmp_path / "run", steps=100_000, demo_chars=3_000_000, vocab_size=2000)
+    extra = ["--ranks", ranks] if ranks else []
+    proc = subprocess.Popen([sys.executable, "-m", "sllm.cli", "train", *_args(cfg), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lock = tmp_path / "run" / runlock.LOCK_NAME
+    deadline = time.monotonic() + TIMEOUT
+    while not lock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, errs = proc.communicate(timeout=TIMEOUT)
+    if ranks:
+        _wait_gone(proc.pid, GONE_WITHIN_S)
+    assert "Traceback" not in out + errs, errs
+    assert not lock.exists(), "run.lock outlived the run"
+    assert not (tmp_path / "run" / "metrics.jsonl").exists(), "the signal came too late"

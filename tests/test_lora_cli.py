@@ -123,6 +123,24 @@ def test_full_fine_tuning_writes_a_model(base):
     assert (base / "full" / "model.sllm").exists() and not (base / "full" / "adapter.sllm").exists()
 
 
+def test_finetune_on_a_quantized_base(base):
+    code, out = run("quantize", base / "base", "--type", "q8_0", "-o", base / "q8.sllm")
+    assert code == 0, out
+    code, out = run("finetune", base / "q8.sllm", "--corpus", base / "domain.txt", "--out",
+                    base / "qlora", "--steps", 6, "--batch-size", 4, "--lr", 1e-2, "--warmup", 0,
+                    "--backend", "numpy", "-q")
+    assert code == 0 and "adapter in" in out, out
+    code, out = run("eval", base / "q8.sllm", "--corpus", base / "domain.txt", "--adapter",
+                    base / "qlora" / "adapter.sllm", "--backend", "numpy")
+    assert code == 0 and "(q8_0, numpy)" in out, out
+    code, out = run("finetune", base / "q8.sllm", "--corpus", base / "domain.txt", "--out",
+                    base / "qfull", "--full", "--steps", 2)
+    assert code == 1 and "only a LoRA adapter trains on it" in out, out
+    code, out = run("merge", base / "q8.sllm", base / "qlora" / "adapter.sllm", "-o",
+                    base / "qm.sllm")
+    assert code == 1 and "merge the adapter into the float32 base" in out, out
+
+
 @pytest.mark.parametrize("args,message", [
     (("--lora-rank", 0), "lora_rank (--lora-rank) must be an integer in [1,"),
     (("--lora-rank", 33), "lora_rank (--lora-rank) 33 must be between 1 and 32"),

@@ -125,11 +125,20 @@ class Exits(Backend):
         print("about to leave", file=sys.stderr)
         os._exit(3)
 
+class StartsForever(Backend):
+    """Probes fine; its constructor (run by the smoke test) never returns."""
+    name = "starts-forever"
+    priority = 9000
+    reference_kernels = frozenset(KERNELS)
+    def __init__(self):
+        time.sleep(600)
+
 @sllm.hookimpl
 def register_backends(register):
     register(Segfaults)
     register(Hangs)
     register(Exits)
+    register(StartsForever)
 '''
 
 
@@ -153,17 +162,21 @@ def test_crashing_hanging_and_exiting_probes_are_reported_not_fatal(tmp_path, mo
     t0 = time.monotonic()
     rows = {r["name"]: r for r in backends.info()}
     assert time.monotonic() - t0 < 60
-    assert sorted(runs) == ["exits", "hangs", "segfaults"]
+    assert sorted(runs) == ["exits", "hangs", "segfaults", "starts-forever"]
     assert rows["segfaults"]["reason"] == "the probe crashed (SIGSEGV)"
     assert rows["hangs"]["reason"].startswith("the probe took longer than 3 s")
     assert rows["exits"]["reason"] == "the probe exited with status 3: about to leave"
+    assert rows["starts-forever"]["reason"].startswith("the smoke test took longer than 3 s")
+    with pytest.raises(BackendError, match="unavailable: the smoke test took longer"):
+        backends.get("starts-forever")  # by name too: constructing it would hang the command
     assert backends.available()[0] not in ("segfaults", "hangs", "exits")
     backends.reset()  # a new command: the verdicts come from the cache, at once
     t0 = time.monotonic()
     assert {r["name"]: r["reason"] for r in backends.info()}["hangs"] == rows["hangs"]["reason"]
-    assert time.monotonic() - t0 < 2 and len(runs) == 3
+    assert time.monotonic() - t0 < 2 and len(runs) == 4
     cached = json.loads(isolation.cache_path().read_text())
-    assert set(cached) == {f"sllm_bad_probes/{n}" for n in ("exits", "hangs", "segfaults")}
+    assert set(cached) == {f"sllm_bad_probes/{n}"
+                           for n in ("exits", "hangs", "segfaults", "starts-forever")}
 
 
 def test_a_command_not_using_the_plugin_is_unaffected(tmp_path, monkeypatch):
@@ -250,6 +263,14 @@ def test_auto_picks_a_plugin_that_passes_and_caches_per_version(tmp_path, monkey
     isolation.cache_path().write_text("{not json")  # a damaged cache is made again
     backends.reset()
     assert backends.get("auto").name == "good" and len(runs) == 3
+    cache = json.loads(isolation.cache_path().read_text())
+    for bad in ({"reason": None, "capabilities": [], "smoke": None}, {"reason": 5},
+                "ok", {"reason": None, "capabilities": {}, "smoke": 1}):
+        cache["sllm_good/good"]["verdict"] = bad  # an entry of the wrong shape: probed again
+        isolation.cache_path().write_text(json.dumps(cache))
+        backends.reset()
+        assert backends.get("auto").name == "good"
+    assert len(runs) == 7
     assert "sllm_good/good" in json.loads(isolation.cache_path().read_text())
 
 

@@ -4,7 +4,10 @@ GPT-2 and llama. The gradient reaches the adapters of lower layers through the f
 quantized matmuls (matmul_q_bwd); the forward quantizes activations to q8_0 (matmul_q_fwd),
 which is the only difference, so the gradients agree to about that rounding (measured,
 as the norm of the difference over the norm of all adapter gradients: 0.2-1.4%), at least
-5x closer than to the gradients on the float base the blocks were made from (1-67% away)."""
+5x closer than to the gradients on the float base the blocks were made from (1-67% away).
+And from the command line: `sllm finetune` on a quantized model file."""
+import json
+
 import numpy as np
 import pytest
 
@@ -74,3 +77,36 @@ def test_adapter_gradients_on_a_quantized_base_equal_the_dequantized_base(arch, 
     away = distance(grads_q, grads_d)
     assert away <= TOLERANCE, f"{qtype}: {away:.2%} away from the dequantized base's gradients"
     assert 5 * away < distance(grads_q, grads_o)
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+def test_finetune_on_a_quantized_model_file(tmp_path, qtype):
+    """`sllm quantize`, then `sllm finetune` on the quantized file: the loss falls, the base
+    file is untouched, and the adapter applies to that base (eval --adapter)."""
+    from typer.testing import CliRunner
+
+    from sllm.cli import app
+    from sllm.corpus import write_corpus
+
+    def run(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    corpus = write_corpus(tmp_path / "corpus.txt", 20_000, seed=1)
+    (tmp_path / "model.json").write_text('{"vocabSize": 200, "embeddingDim": 40, "numLayers": 2, '
+                                         '"numHeads": 2, "ffnHiddenDim": 72, "dropout": 0.0, '
+                                         '"maxSeqLen": 16}')
+    run("train", "--config", tmp_path / "model.json", "--corpus", corpus, "--steps", 3,
+        "--batch-size", 2, "--out", tmp_path / "base", "--backend", "numpy", "-q")
+    base = tmp_path / f"{qtype}.sllm"
+    run("quantize", tmp_path / "base", "-t", qtype, "-o", base)
+    before = base.read_bytes()
+    run("finetune", base, "--corpus", corpus, "--out", tmp_path / "ft", "--steps", 12,
+        "--batch-size", 4, "--lr", 3e-2, "--warmup", 0, "--lora-rank", 4, "-q")
+    losses = [json.loads(line)["loss"] for line in
+              (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert losses[-1] < losses[0]
+    assert base.read_bytes() == before
+    assert "perplexity" in run("eval", base, "--adapter", tmp_path / "ft" / "adapter.sllm",
+                               "--corpus", corpus)

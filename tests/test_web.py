@@ -449,3 +449,29 @@ def test_page_trains_switches_and_keeps_lora_adapters(browser, site, tmp_path):
     _wait(browser, lambda d: "adapter" not in info(d) and "parameters" in info(d))
     assert [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "adapter-select")).options] == [""]
     assert _stored_adapter(browser, "adapter-1") is None
+
+
+def test_page_trains_a_lora_adapter_on_a_quantized_model(browser, site):
+    """A q8_0 model trains a LoRA adapter on the page (QLoRA: matmul_q_bwd in the module);
+    a full fine-tune of it is not offered."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    _open(browser, "?model=q8_0.sllm")
+    browser.execute_script("localStorage.clear()")
+    assert "q8_0" in browser.find_element(By.ID, "tune-status").text
+    mode = Select(browser.find_element(By.ID, "tune-mode"))
+    mode.select_by_value("full")
+    assert not browser.find_element(By.ID, "tune").is_enabled()
+    mode.select_by_value("lora")
+    browser.execute_script("arguments[0].value = arguments[1]", browser.find_element(By.ID, "tune-text"),
+                           generate_corpus(4000, seed=4))
+    steps = browser.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("3")
+    name = browser.find_element(By.ID, "adapter-name")
+    name.clear()
+    name.send_keys("on-q8")
+    browser.find_element(By.ID, "tune").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "tune-status").text.startswith("done"), 180)
+    assert "+ adapter on-q8" in browser.find_element(By.ID, "model-info").text
+    assert _stored_adapter(browser, "on-q8") is not None
