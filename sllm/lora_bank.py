@@ -53,6 +53,7 @@ class Served:
     adapter: Adapter
     tensors: dict[str, tuple[np.ndarray, np.ndarray]]
     scale: float
+    freed: bool = False  # its tensors are gone: no forward may use it
 
 
 @dataclass(eq=False)
@@ -124,6 +125,7 @@ class AdapterBank:
         if not done:
             return
         for served in done:
+            served.freed = True
             for a, b in served.tensors.values():
                 self.backend.free(a)
                 self.backend.free(b)
@@ -134,6 +136,8 @@ class AdapterBank:
         the bare base). A single entry (or all the same) covers every row: a prefill."""
         firsts: dict[Served, list[int]] = {}
         for row, served in enumerate(adapters):
+            if served is not None and served.freed:
+                raise LoraError(f"the adapter '{served.name}' has been removed")
             if served is not None:
                 firsts.setdefault(served, []).append(row)
         if len(firsts) == 1 and len(next(iter(firsts.values()))) == len(adapters):

@@ -197,8 +197,11 @@ class SLLM:
                 raise ValueError(f"{name}: {qtype} rows of shape {data.shape} do not hold "
                                  f"a {shape} matrix")
             rows_here = self.backend.from_numpy(data, np.uint8)
-            qweights[name] = QTensor(qtype, rows_here, (shape[0], shape[1]),
-                                     packed=self.backend.pack_q(rows_here, qtype))
+            packed = self.backend.pack_q(rows_here, qtype)
+            # a packed copy replaces ggml's rows (saving reads them back): one copy in memory
+            kept = rows_here if packed is rows_here else None
+            qweights[name] = QTensor(qtype, kept, (shape[0], shape[1]), packed,
+                                     self.backend.unpack_q)
         for old in (getattr(self, "flat_params", None), getattr(self, "flat_grads", None)):
             if old is not None:
                 self.backend.free(old)
@@ -524,7 +527,7 @@ class SLLM:
             return
         base = weight.base if isinstance(weight, LoraWeight) else weight
         if isinstance(base, QTensor):
-            k.matmul_q_bwd(dinp, dout, base.data, base.qtype)
+            k.matmul_q_bwd(dinp, dout, base.kernel_rows, base.qtype)
         else:
             k.matmul_fwd(dinp, dout, base, None, not trans_w)
         if isinstance(weight, LoraWeight):
@@ -543,7 +546,7 @@ class SLLM:
         (its rows dequantized) or a decode_batch step (each row at its own position)."""
         if "wte" in self._qweights:
             wte = self._qweights["wte"]
-            self.backend.embed_q_fwd(a.x0, a.tokens, wte.data, wte.qtype)
+            self.backend.embed_q_fwd(a.x0, a.tokens, wte.kernel_rows, wte.qtype)
         else:
             a.x0[...] = self._params["wte"][a.tokens]
         where = positions[:, None] if positions is not None else \

@@ -150,3 +150,114 @@ def test_removed_adapter_finishes_its_requests_then_is_freed(tok):
     assert bank.retiring == [] and any(a is served.tensors["h.0.attn.c_attn.weight"][0]
                                        for a in freed)
     assert all(not hasattr(L.attn_w, "bank") for L in model._p_layers)  # the base's own again
+
+
+# ---- over HTTP, through the official openai client -------------------------------------
+@pytest.fixture(scope="module")
+def files(tok, tmp_path_factory):
+    """A base model file and three adapter files for it."""
+    where = tmp_path_factory.mktemp("adapters")
+    model = base_model("gpt2", tok)
+    model.save(where / "tiny.sllm")
+    paths = {}
+    for i, name in enumerate(["a", "b", "c"]):
+        paths[name] = where / f"{name}.sllm"
+        random_adapter(model, i + 1, ["all", "attn", "mlp"][i]).save(paths[name])
+    return where / "tiny.sllm", paths
+
+
+@pytest.fixture(scope="module")
+def srv(files):
+    pytest.importorskip("openai")
+    from serving import ThreadServer
+    server = ThreadServer(files[0], max_batch=8, api_key="k")
+    yield server
+    server.stop()
+
+
+def test_http_adapters(srv, files, tok):
+    import httpx
+    import openai
+    client = srv.client(api_key="k")
+    for name in ["a", "b", "c"]:
+        card = client.post("/adapters", cast_to=dict, body={"name": name,
+                                                            "path": str(files[1][name])})
+        assert card["id"] == name and card["parent"] == "tiny"
+    assert [m.id for m in client.models.list().data] == ["tiny", "a", "b", "c"]
+    assert client.models.retrieve("b").id == "b"
+    with pytest.raises(openai.NotFoundError, match="'nope' does not exist"):
+        client.completions.create(model="nope", prompt="the cat", max_tokens=2)
+    # three adapters and the base at once: each its merged model's greedy text
+    base = sllm.load(files[0], backend="numpy")
+    results: dict = {}
+
+    def ask(name, prompt):
+        results[name, prompt] = client.completions.create(
+            model=name, prompt=prompt, max_tokens=10, temperature=0).choices[0].text
+    threads = [threading.Thread(target=ask, args=(name, p))
+               for p in PROMPTS[:2] for name in ["tiny", "a", "b", "c"]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for (name, prompt), text in results.items():
+        model = base if name == "tiny" else merge(sllm.load(files[0], backend="numpy"),
+                                                  Adapter.load(files[1][name]))
+        assert text == greedy(model, tok, prompt, 10), (name, prompt)
+    assert len(results) == 8
+    chat = client.chat.completions.create(model="a", messages=[{"role": "user", "content":
+                                                                "hello"}], max_tokens=3)
+    assert chat.model == "a"
+    # bad adds: the key, a clash, a bad name, a missing file, another base
+    with pytest.raises(openai.AuthenticationError):
+        srv.client(api_key="wrong").post("/adapters", cast_to=dict,
+                                         body={"name": "x", "path": str(files[1]["a"])})
+    with pytest.raises(openai.ConflictError, match="'a' is taken"):
+        client.post("/adapters", cast_to=dict, body={"name": "a", "path": str(files[1]["a"])})
+    with pytest.raises(openai.ConflictError, match="'tiny' is taken"):
+        client.post("/adapters", cast_to=dict, body={"name": "tiny", "path": str(files[1]["a"])})
+    with pytest.raises(openai.BadRequestError, match="adapter name"):
+        client.post("/adapters", cast_to=dict, body={"name": "a/b", "path": str(files[1]["a"])})
+    with pytest.raises(openai.BadRequestError, match="no such file"):
+        client.post("/adapters", cast_to=dict, body={"name": "x", "path": "/nonexistent.sllm"})
+    other = base_model("gpt2", tok)
+    other.parameters()["wte"][0, 0] += 1
+    random_adapter(other, 1).save(files[0].parent / "other.sllm")
+    with pytest.raises(openai.BadRequestError, match="another base"):
+        client.post("/adapters", cast_to=dict, body={"name": "x", "path":
+                                                     str(files[0].parent / "other.sllm")})
+    # removal: gone from the list, requests for it are 404; the base is not removable
+    gone = httpx.delete(srv.url + "/v1/adapters/b", headers={"Authorization": "Bearer k"})
+    assert gone.status_code == 200 and gone.json()["deleted"] is True
+    assert [m.id for m in client.models.list().data] == ["tiny", "a", "c"]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="b", prompt="the cat", max_tokens=2)
+    again = httpx.delete(srv.url + "/v1/adapters/b", headers={"Authorization": "Bearer k"})
+    assert again.status_code == 404
+    base_del = httpx.delete(srv.url + "/v1/adapters/tiny", headers={"Authorization": "Bearer k"})
+    assert base_del.status_code == 400
+    assert client.completions.create(model="c", prompt="the cat", max_tokens=3).model == "c"
+
+
+def test_managing_adapters_needs_an_api_key(files):
+    pytest.importorskip("openai")
+    import openai
+    from serving import ThreadServer
+    server = ThreadServer(files[0])
+    try:
+        with pytest.raises(openai.PermissionDeniedError, match="--api-key"):
+            server.client().post("/adapters", cast_to=dict,
+                                 body={"name": "a", "path": str(files[1]["a"])})
+    finally:
+        server.stop()
+
+
+def test_cli_adapter_specs(files):
+    from sllm.cli import _adapter_bank
+    model = sllm.load(files[0], backend="numpy")
+    bank = _adapter_bank(model, "tiny", [f"a={files[1]['a']}", f"c={files[1]['c']}"])
+    assert bank.names() == ["a", "c"]
+    with pytest.raises(ConfigError, match="NAME=PATH"):
+        _adapter_bank(sllm.load(files[0], backend="numpy"), "tiny", [str(files[1]["a"])])
+    with pytest.raises(ConfigError, match="'tiny' is taken"):
+        _adapter_bank(sllm.load(files[0], backend="numpy"), "tiny", [f"tiny={files[1]['a']}"])
