@@ -105,8 +105,9 @@ def main() -> None:
     plain_engine = Engine(base, tok, max_batch=args.streams)
     lora_engine = Engine(served, tok, max_batch=args.streams, adapters=bank)
     ids = [encode_prompt(tok, t, warn=False) for t in prompts(args.streams)]
-    spread = [names[i % len(names)] for i in range(args.streams)]
-    runs = {"base": (plain_engine, [None] * args.streams), "adapters": (lora_engine, spread)}
+    spread: list[Any] = [names[i % len(names)] for i in range(args.streams)]
+    runs: dict[str, tuple[Engine, list[Any]]] = {"base": (plain_engine, [None] * args.streams),
+                                                 "adapters": (lora_engine, spread)}
     rates: dict[str, list[float]] = {"base": [], "adapters": []}
     print(f"uptime before: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print(f"{args.streams} streams, {args.tokens} tokens each, {args.backend}; adapters: "
