@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import warnings
 from typing import Any
 
@@ -164,6 +165,7 @@ def read_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
     and `import`: data as GGUFReader gives it (floats, or uint8 blocks)."""
     gguf = require("gguf")
     size = os.path.getsize(path)
+    check_gguf_counts(path)  # before gguf's reader, which builds an object per array element
     try:  # gguf's reader trusts the file: any exception of a mutated one means unreadable
         reader = gguf.GGUFReader(os.fspath(path))
         tensors = {t.name: (t.tensor_type.name.lower(), _within(t, size, path))
@@ -175,6 +177,86 @@ def read_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - IndexError, struct.error, OverflowError, ...
         raise ExportError(f"{path}: not a readable GGUF file: {type(e).__name__}: {e}") from None
     return {"tensors": tensors, "fields": fields}
+
+
+# GGUF value types: fixed sizes in bytes (8: string, 9: array have their own rules).
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+
+
+def check_gguf_counts(path: str | os.PathLike[str]) -> None:
+    """Walk a GGUF file's header, key-value section and tensor infos, checking every count
+    and length against the bytes left, so no count in a mutated file makes a reader build
+    more objects than the file could hold (gguf's GGUFReader makes one per array element).
+    ExportError names the offset and the count."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    walk = _GGUFWalk(buf, path)
+    if buf[:4] != b"GGUF":
+        raise ExportError(f"{path}: not a GGUF file (no GGUF magic)")
+    walk.pos = 8  # magic, version
+    tensors, kvs = walk.count(24), walk.count(13)  # the least a tensor info / a KV takes
+    for _ in range(kvs):
+        walk.string()
+        walk.value(walk.u32())
+    for _ in range(tensors):
+        walk.string()
+        dims = walk.u32()
+        walk.skip(8 * dims + 12)  # dims, then type and offset
+
+
+class _GGUFWalk:
+    """A cursor over a GGUF file's bytes that refuses any length past the end."""
+
+    def __init__(self, buf: bytes, path: Any):
+        self.buf, self.path, self.pos = buf, path, 0
+
+    def need(self, n: int) -> None:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise ExportError(f"{self.path}: at offset {self.pos}, {n} more bytes are needed "
+                              f"than the file's {len(self.buf)} hold: not a readable GGUF file")
+
+    def u32(self) -> int:
+        self.need(4)
+        self.pos += 4
+        return int(_U32.unpack_from(self.buf, self.pos - 4)[0])
+
+    def u64(self) -> int:
+        self.need(8)
+        self.pos += 8
+        return int(_U64.unpack_from(self.buf, self.pos - 8)[0])
+
+    def count(self, least_bytes_each: int) -> int:
+        """A u64 count of items of at least least_bytes_each bytes, checked against the rest."""
+        n = self.u64()
+        self.need(n * least_bytes_each)
+        return n
+
+    def skip(self, n: int) -> None:
+        self.need(n)
+        self.pos += n
+
+    def string(self) -> None:
+        self.skip(self.count(1))
+
+    def value(self, vtype: int) -> None:
+        if vtype in _GGUF_SIZES:
+            self.skip(_GGUF_SIZES[vtype])
+        elif vtype == 8:
+            self.string()
+        elif vtype == 9:
+            etype = self.u32()
+            if etype in _GGUF_SIZES:
+                self.skip(_GGUF_SIZES[etype] * self.count(_GGUF_SIZES[etype]))
+            elif etype in (8, 9):  # strings, or arrays of arrays: walk each element
+                for _ in range(self.count(8 if etype == 8 else 12)):
+                    self.value(etype)
+            else:
+                raise ExportError(f"{self.path}: unknown GGUF array type {etype} at offset "
+                                  f"{self.pos - 4}")
+        else:
+            raise ExportError(f"{self.path}: unknown GGUF value type {vtype} at offset "
+                              f"{self.pos - 4}")
 
 
 def _within(t: Any, size: int, path: Any) -> np.ndarray:

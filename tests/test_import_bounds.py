@@ -17,8 +17,9 @@ import pytest
 
 import sllm
 from sllm import tokenizer as tokenizers
-from sllm.errors import FormatError, SLLMError
+from sllm.errors import ExportError, FormatError, SLLMError
 from sllm.export import export_model, import_model
+from sllm.gguf_file import check_gguf_counts
 
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 20
 FUZZ_RUNS = 1000
@@ -242,3 +243,18 @@ def test_fuzz_hf_json_files(exported, tmp_path, name):
     counts = _fuzz(lambda rng: (d / name).write_text(json.dumps(_mutate_json(good, rng))),
                    lambda: import_model(d), np.random.default_rng(2))
     assert counts.get("ok", 0) + counts.get("error", 0) == FUZZ_RUNS
+
+
+def test_a_gguf_array_count_beyond_the_file_is_refused_before_gguf_reads_it(exported, tmp_path):
+    """gguf's reader builds one object per array element: a vocabulary count of 2**40 in a
+    small file once grew a fuzzing run to 22 GB. The walk refuses it first, by offset."""
+    good = bytearray((exported / "m.gguf").read_bytes())
+    key = b"tokenizer.ggml.tokens"
+    at = good.index(key) + len(key) + 4 + 4  # the key, the array type, the element type
+    good[at:at + 8] = (2**40).to_bytes(8, "little")
+    path = tmp_path / "big.gguf"
+    path.write_bytes(bytes(good))
+    with pytest.raises(ExportError, match=r"more bytes are needed than the file's"):
+        check_gguf_counts(path)
+    with pytest.raises(ExportError):
+        import_model(path)
