@@ -4,11 +4,15 @@
 An AdapterBank holds named adapters of one base (their A and B on the model's backend).
 While it holds any, every weight one of them targets stands in the model as a
 RoutedWeight: the model's matmul call site (SLLM._matmul) runs the base GEMM once over
-all the rows of the batch, then for each adapter the rows that use it get its low-rank
-delta — gathered, `sllm.lora.lora_delta` (the training forward's helper), scattered back.
-Rows of the bare base get nothing more. Before each forward the engine says which rows
-use which adapter (`route`): a prefill is one sequence (all its rows one adapter), a
-decode step one row per sequence.
+all the rows of the batch, then adds each row's own adapter's low-rank delta with
+`sllm.lora.lora_delta` (the training forward's helper). A forward of one adapter (a
+prefill) uses that adapter's A and B. A mixed decode step uses, per weight, the A of every
+adapter that targets it side by side (in, sum of ranks) and their B one under the other,
+with a mask that keeps, in each row, its own adapter's columns times its scale (zero for
+the bare base): two GEMMs per weight whatever the number of adapters, not two per adapter
+plus a gather and a scatter (measured: bench/serve_adapters.py). Before each forward the
+engine says which rows use which adapter (`route`): a prefill is one sequence (all its
+rows one adapter), a decode step one row per sequence.
 
 Removing an adapter (`retire`) takes its name away at once, so no new request can ask for
 it; the sequences already using it finish with it, and its tensors are freed when the
@@ -78,6 +82,8 @@ class AdapterBank:
         self.served: dict[str, Served] = {}
         self.retiring: list[Served] = []  # removed; freed once no sequence uses them
         self.groups: list[tuple[Served, np.ndarray | None]] = []  # this forward's routing
+        self.stacks: dict[str, tuple[tuple[Served, ...], np.ndarray, np.ndarray]] = {}
+        self._masks: dict[tuple[Served, ...], np.ndarray] = {}  # this forward's, per stack
         self._lock = threading.Lock()
         self._scratch: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
         self._bases: dict[str, Any] = {**model.parameters(), **model.quantized_weights()}
@@ -144,29 +150,47 @@ class AdapterBank:
             self.groups = [(next(iter(firsts)), None)]
         else:
             self.groups = [(s, np.array(rows, np.int64)) for s, rows in firsts.items()]
+        self._masks = {}
 
     def add_deltas(self, weight: str, out: Any, inp: Any) -> None:
-        """out (N, out) += each routed adapter's delta on its rows of inp (N, in) (the base
-        GEMM has written out)."""
+        """out (N, out) += each row's routed adapter's delta on inp (N, in) (the base GEMM
+        has written out)."""
         o, x = out.reshape(-1, out.shape[-1]), inp.reshape(-1, inp.shape[-1])
+        if not self.groups:
+            return
         if len(self._scratch) > 256:  # prompt lengths and batch sizes come and go
             self._release_scratch()
-        for served, rows in self.groups:
-            ab = served.tensors.get(weight)
-            if ab is None:
-                continue
-            a, b = ab
-            if rows is None:  # every row: no gather
+        served, rows = self.groups[0]
+        if rows is None:  # one adapter on every row (a prefill): its own A and B
+            if weight in served.tensors:
+                a, b = served.tensors[weight]
                 lora_delta(self.backend, o, x, a, b, served.scale,
                            self._buf("t", (len(o), a.shape[1])), self._buf("d", o.shape))
-                continue
-            n = len(rows)
-            xg, og = self._buf("x", (n, x.shape[1])), self._buf("o", (n, o.shape[1]))
-            np.take(x, rows, axis=0, out=xg)
-            np.take(o, rows, axis=0, out=og)
-            lora_delta(self.backend, og, xg, a, b, served.scale,
-                       self._buf("t", (n, a.shape[1])), self._buf("d", og.shape))
-            o[rows] = og
+            return
+        stack = self.stacks.get(weight)
+        if stack is None:
+            return
+        members, a, b = stack
+        lora_delta(self.backend, o, x, a, b, 1.0, self._buf("t", (len(o), a.shape[1])),
+                   self._buf("d", o.shape), mask=self._mask(members, len(o)))
+
+    def _mask(self, members: tuple[Served, ...], n: int) -> np.ndarray:
+        """(n, sum of the members' ranks): row r holds its adapter's scale in that
+        adapter's columns of the stack, zeros elsewhere (this forward's routing)."""
+        mask = self._masks.get(members)
+        if mask is None:
+            rows = dict(self.groups)
+            mask = self._masks[members] = self._buf(f"mask{len(self._masks)}",
+                                                   (n, sum(s.adapter.config.rank
+                                                           for s in members)))
+            mask.fill(0)
+            col = 0
+            for s in members:
+                rank = s.adapter.config.rank
+                if s in rows:
+                    mask[rows[s], col:col + rank] = s.scale
+                col += rank
+        return mask
 
     def _install(self) -> None:
         """Stand a RoutedWeight in for every weight a held adapter targets (none: the
@@ -177,6 +201,15 @@ class AdapterBank:
         self.model.route_weights({t: RoutedWeight(t, self._bases[t], self)
                                   for t in sorted(targets)} or None)
         self._release_scratch()
+        for _, a, b in self.stacks.values():
+            self.backend.free(a)
+            self.backend.free(b)
+        self.stacks = {}
+        for t in sorted(targets):
+            members = tuple(s for s in held if t in s.tensors)
+            self.stacks[t] = (members, self.backend.from_numpy(np.concatenate(
+                [s.tensors[t][0] for s in members], axis=1)), self.backend.from_numpy(
+                np.concatenate([s.tensors[t][1] for s in members], axis=0)))
 
     def _buf(self, role: str, shape: tuple[int, ...]) -> np.ndarray:
         """A reusable work buffer on the backend per (role, shape)."""

@@ -412,7 +412,7 @@ class SLLM:
             if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
-            budget.check_activations(self.config, B, T, self.backend, grads)
+            budget.check_activations(self.config, B, T, self.backend, grads, key[3])
             acts = self._acts[key] = self._new_activations(B, T, grads, key[3])
         return acts
 
