@@ -10,12 +10,20 @@ absolute figures move with the load; the load average is printed with the table)
 - batch-1 decode on cpp, float32 and each quantized type: tokens/s, the share of the
   measured streaming-read bandwidth, the ratio to float32 (`sllm bench --suite generate`);
 - the batching engine alone (no HTTP) with 16 sequences at once against one at a time,
-  in alternating rounds, and the time to the first token of a 64-token prompt.
+  in alternating rounds, and the time to the first token of a 64-token prompt;
+- llama.cpp (llama-cpp-python) decoding the same model exported as GGUF, greedy, batch 1,
+  on as many threads, per type, against sllm's rate above (bench/llama_cpp_decode.py, run
+  by --llama-python: an interpreter that imports llama_cpp, e.g. a .venv-interop; the
+  rows are left out when there is none).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -58,20 +66,63 @@ def report_torch() -> bool:
     return torch_reference() is not None
 
 
-def decode_rows(config: dict[str, Any], repeats: int, threads: int) -> list[str]:
-    """Batch-1 decode per type: tokens/s, share of bandwidth, vs float32."""
+def decode_rates(config: dict[str, Any], repeats: int, threads: int) -> dict[str, dict[str, Any]]:
+    """Batch-1 decode per type (`sllm bench --suite generate`): its row by type."""
     report = run_bench(["cpp"], ["generate"], config, 1, 64, threads, repeats, vs_torch=False)
-    rows = report["results"][0].get("rows", [])
+    return {r["name"].rsplit(", ", 1)[1] if "f32_row" in r else "f32": r
+            for r in report["results"][0].get("rows", [])} | {"": report}
+
+
+def decode_rows(rates: dict[str, dict[str, Any]]) -> list[str]:
+    """Batch-1 decode per type: tokens/s, share of bandwidth, vs float32."""
     out = []
-    for r in rows:
-        qtype = r["name"].rsplit(", ", 1)[1] if "f32_row" in r else "f32"
+    for qtype, r in rates.items():
+        if not qtype:
+            continue
         bw = f"{r['bw']:.0%}" if r.get("bw") else ""
         vs = f"{r['vs_f32']:.2f}x" if r.get("vs_f32") else "1.00x"
         out.append(row(f"decode batch 1, {qtype}", f"{r['tokens_per_s']:,.0f} tok/s", bw, vs,
                        "f32 decode"))
+    report = rates[""]
     gbps = report.get("bandwidth_gbps")
     if gbps:
         out.append(row("streaming read (the bandwidth above)", f"{gbps:.1f} GB/s", "", "", ""))
+    return out
+
+
+def llama_python(given: str | None) -> str | None:
+    """The interpreter that runs llama.cpp: --llama-python, else this one when it imports
+    llama_cpp, else none."""
+    if given:
+        return given
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable
+
+
+def llama_cpp_rows(cfg: ModelConfig, rates: dict[str, dict[str, Any]], python: str,
+                   threads: int, repeats: int) -> list[str]:
+    """llama.cpp's greedy batch-1 decode of the same model (seed 0, as `sllm bench`
+    makes it) exported as GGUF, per type, against sllm's rate in `rates`."""
+    from sllm.gguf_file import export_gguf
+    from sllm.tokenizer import CharTokenizer
+    model = sllm.SLLM(cfg, backend="numpy", seed=0).eval()
+    model.tokenizer = CharTokenizer.train(  # any vocabulary of the model's size will do
+        "".join(chr(0x4E00 + i) for i in range(cfg.vocab_size)), cfg.vocab_size).to_dict()
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for qtype in [q for q in rates if q]:
+            path = Path(tmp) / f"{qtype}.gguf"
+            export_gguf(model, path, qtype=qtype)
+            run = subprocess.run([python, str(ROOT / "bench" / "llama_cpp_decode.py"), str(path),
+                                  "--threads", str(threads), "--repeats", str(repeats)],
+                                 capture_output=True, text=True, check=True)
+            theirs = json.loads(run.stdout)["tokens_per_s"]
+            ours = rates[qtype]["tokens_per_s"]
+            out.append(row(f"llama.cpp decode batch 1, {qtype}", f"{theirs:,.0f} tok/s", "",
+                           f"{ours / theirs:.2f}x", f"sllm {ours:,.0f} tok/s / llama.cpp"))
     return out
 
 
@@ -142,15 +193,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--llama-python", default=None,
+                    help="an interpreter that imports llama_cpp (default: this one if it does)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to leave out: "
+                    "train, engine, llama.cpp")
     args = ap.parse_args()
+    skip, python = set(args.skip.split(",")), llama_python(args.llama_python)
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.threads} "
              f"kernel threads, load average {os.getloadavg()[0]:.1f} at the start."]
     for name in args.configs.split(","):
         config = ModelConfig.from_json(ROOT / "configs" / f"{name}.json").to_dict()
         lines += ["", f"### {name}", "", *HEADER]
-        lines += train_rows(config, args.repeats, args.threads)
-        lines += decode_rows(config, args.repeats, args.threads)
-        if name in args.engine_configs.split(","):
+        if "train" not in skip:
+            lines += train_rows(config, args.repeats, args.threads)
+        rates = decode_rates(config, args.repeats, args.threads)
+        lines += decode_rows(rates)
+        if python is not None and "llama.cpp" not in skip:
+            lines += llama_cpp_rows(ModelConfig.from_dict(config), rates, python, args.threads,
+                                    args.repeats)
+        if name in args.engine_configs.split(",") and "engine" not in skip:
             cfg = ModelConfig.from_json(ROOT / "configs" / f"{name}.json")
             for qtype in ("f32", "q8_0", "q4_0"):
                 lines += engine_rows(cfg, qtype, args.rounds, min(64, cfg.max_seq_len - 17))

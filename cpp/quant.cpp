@@ -193,9 +193,17 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
 }
 
 void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq, int qtype,
-                 int64_t C) {
-  const int64_t row_bytes = (C + QK - 1) / QK * kBlockBytes[qtype];
-  for (int64_t i = 0; i < n; ++i) dequantize_row(wq + tokens[i] * row_bytes, qtype, C, out + i * C);
+                 int64_t C, bool packed) {
+  const int64_t nb = (C + QK - 1) / QK, B = kBlockBytes[qtype], row_bytes = nb * B;
+  std::vector<uint8_t> row(packed ? row_bytes : 0);  // a packed row, read back
+  for (int64_t i = 0; i < n; ++i) {
+    const uint8_t* src = wq + tokens[i] * row_bytes;
+    if (packed) {
+      for (int64_t b = 0; b < nb; ++b) unpack_block(row.data() + b * B, wq, qtype, nb, tokens[i], b);
+      src = row.data();
+    }
+    dequantize_row(src, qtype, C, out + i * C);
+  }
 }
 
 // The backward to the input, dinp = dout @ W: W's columns [k0, k1) dequantized for all OC

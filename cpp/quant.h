@@ -96,10 +96,14 @@ constexpr int64_t kDequantChunkFloats = int64_t(1) << 20;
 void matmul_q_bwd(float* dinp, const float* dout, const uint8_t* wq, int qtype, int64_t N,
                   int64_t K, int64_t OC, bool packed = false);
 
-// out (n, C) = rows tokens[0..n) of wq (ggml's rows of C values), dequantized: the
-// token embedding of a quantized model (ggml's get_rows).
+// dst (OC rows of nb blocks) = ggml's rows of a packed weight (pack_q's inverse): what a
+// model saves or exports, re-derived once it keeps only the packed copy.
+void unpack_q(uint8_t* dst, const uint8_t* packed, int qtype, int64_t OC, int64_t nb);
+
+// out (n, C) = rows tokens[0..n) of wq (ggml's rows of C values or, packed, as pack_q
+// made them), dequantized: the token embedding of a quantized model (ggml's get_rows).
 void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq, int qtype,
-                 int64_t C);
+                 int64_t C, bool packed = false);
 
 // GB/s of a streaming read of `bytes` bytes by every kernel thread, timed for >= seconds.
 double stream_read_gbps(double seconds, int64_t bytes);

@@ -51,12 +51,11 @@ void bind_quant(py::module_& m) {
     k.dims(t, "tokens", 2);
     const int64_t C = o.last;
     k.expect(C >= 1 && o.size == t.size * C, "out must be (B, T, C) for tokens (B, T)");
-    if (py::isinstance<PackedQ>(wq)) k.fail("wq must be ggml's rows, not packed (PackedQ)", true);
     const int64_t V = weight_row_count(k, wq, "wq");
     const QWeights w = weight_rows(k, wq, V, qrow_bytes(code, C), "wq", code);
     k.ids(t, 0, V, "tokens");
     py::gil_scoped_release nogil;
-    embed_q_fwd(o.f(), t.i(), t.size, w.data, code, C);
+    embed_q_fwd(o.f(), t.i(), t.size, w.data, code, C, w.packed);
   }, arg("out"), arg("tokens"), arg("wq"), arg("qtype"),
      "out (B,T,C) = rows tokens of quantized rows wq, dequantized (base.Backend).");
   py::class_<PackedQ>(m, "PackedQ",
@@ -68,7 +67,16 @@ void bind_quant(py::module_& m) {
       .def_property_readonly("shape", [](const PackedQ& p) {
         return py::make_tuple(p.rows, p.nb * kBlockBytes[p.qtype]);
       }, "(rows, bytes per row) of the ggml rows it was packed from")
-      .def_property_readonly("nbytes", &PackedQ::nbytes, "bytes held (padding rows included)");
+      .def_property_readonly("nbytes", &PackedQ::nbytes, "bytes held (padding rows included)")
+      .def("unpack", [](const PackedQ& p) {
+        py::array_t<uint8_t> rows({p.rows, p.nb * kBlockBytes[p.qtype]});
+        uint8_t* dst = rows.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          unpack_q(dst, p.data.get(), p.qtype, p.rows, p.nb);
+        }
+        return rows;
+      }, "ggml's rows it was packed from, read back (a new uint8 array, byte for byte)");
   m.def("pack_q", [](py::handle wq, const std::string& qtype) -> py::object {
     Check k("pack_q");
     const int code = qtype_code(k, qtype);

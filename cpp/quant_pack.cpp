@@ -46,6 +46,13 @@ void pack_q(uint8_t* dst, const uint8_t* src, int qtype, int64_t OC, int64_t nb)
   });
 }
 
+void unpack_q(uint8_t* dst, const uint8_t* packed, int qtype, int64_t OC, int64_t nb) {
+  const int64_t B = kBlockBytes[qtype];
+  parallel_for(OC, [&](int64_t r, int) {
+    for (int64_t b = 0; b < nb; ++b) unpack_block(dst + (r * nb + b) * B, packed, qtype, nb, r, b);
+  });
+}
+
 const uint8_t* unpack_block(uint8_t* block, const uint8_t* packed, int qtype, int64_t nb,
                             int64_t row, int64_t b) {
   // each_byte's layout, a field at a time: the head's 2-byte fields, then 4-byte chunks

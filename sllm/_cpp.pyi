@@ -15,6 +15,8 @@ class PackedQ:
     """Quantized weights packed for this machine (pack_q); matmul_q_fwd and decode_block take
     it wherever they take ggml's rows."""
 
+    def unpack(self) -> Array: ...
+
 
 def adam_update(params: Array, grads: Array, m: Array, v: Array, lr: float, beta1: float,
                 beta2: float, eps: float, weight_decay: float, step: int, decay_count: int,

@@ -11,10 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from .backends.base import Backend, decode_block_workspace
+from .budget import HEAD_ROWS
 from .config import ModelConfig
-
-# Rows of logits a recomputing step holds at once: 512 x a vocabulary of 8000 is 16 MiB.
-HEAD_ROWS = 512
 
 
 class Activations:

@@ -113,6 +113,7 @@ class Request:
     submitted: float = field(default_factory=time.monotonic)
     admitted: float | None = None  # when its prefill began (time.monotonic())
     timeout: float | None = None  # seconds from submission to its deadline (see _expire)
+    adapter: Any = None  # a sllm.lora_bank.Served: decoded with that adapter (None: the base)
 
     def expired(self, now: float) -> bool:
         """Whether the request is past its deadline."""
@@ -231,7 +232,8 @@ class Stats:
 class Engine:
     """Decodes every active request in one batched forward per step (continuous batching)."""
 
-    def __init__(self, model: Any, tok: Any, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, model: Any, tok: Any, max_batch: int = 8, max_queue: int = 64,
+                 adapters: Any = None):
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} "
                              f"and {max_queue}")
@@ -247,6 +249,7 @@ class Engine:
         self._running = False
         self._thread: threading.Thread | None = None
         self.died: str | None = None  # why the decoding thread ended on its own, if it did
+        self.adapters = adapters  # a sllm.lora_bank.AdapterBank over model, or None
 
     # ---- the caller's side (any thread) ----------------------------------------------
     def start(self) -> None:
@@ -343,6 +346,7 @@ class Engine:
                 jobs = list(self.jobs)
                 self.jobs.clear()
                 self._drop_cancelled()
+                self._sweep_adapters()
                 self._expire(time.monotonic())
                 admitted = []
                 while self.waiting and len(self.free) >= self.waiting[0].sampling.n:
@@ -358,6 +362,18 @@ class Engine:
                 seqs = list(self.active)
                 self._guarded(list({s.request: None for s in seqs}),
                               functools.partial(self._step, seqs), [s.slot for s in seqs])
+
+    def _route(self, adapters: list[Any]) -> None:
+        """Tell the adapter bank which rows of the next forward use which adapter."""
+        if self.adapters is not None:
+            self.adapters.route(adapters)
+
+    def _sweep_adapters(self) -> None:
+        """Free removed adapters once no sequence, active or waiting, uses them (the
+        caller holds the lock)."""
+        if self.adapters is not None and self.adapters.retiring:
+            self.adapters.sweep({s.request.adapter for s in self.active}
+                                | {r.adapter for r in self.waiting})
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self.active if s.request.cancelled]:
@@ -401,6 +417,7 @@ class Engine:
             return
         if p.echo:
             k = p.logprobs or 0
+            self._route([request.adapter])
             request.emit(Event("prompt", tokens=prompt_logprobs(self.model, self.tok, ids, k)))
         self.stats.prompt_tokens += len(ids)
         if p.max_tokens == 0:  # scoring the prompt only (echo)
@@ -410,6 +427,7 @@ class Engine:
                 request.emit(Event("done", finish_reason="length", prompt_tokens=len(ids),
                                    index=i))
             return
+        self._route([request.adapter])
         logits = self.model.decode(np.array([ids]), self.cache.slot(slots[0]))[0]
         for i, slot in enumerate(slots):
             if i:
@@ -428,6 +446,7 @@ class Engine:
                        constraint, self.tok.eos_id, np.random.default_rng(seed))
 
     def _step(self, seqs: list[Sequence]) -> None:
+        self._route([s.request.adapter for s in seqs])
         logits = self.model.decode_batch([s.last for s in seqs], self.cache,
                                          [s.slot for s in seqs], [s.pos for s in seqs])
         self.stats.steps += 1

@@ -191,7 +191,7 @@ def decode_weight_bytes(model: Any) -> int:
     stored) but the embedding tables, of which it reads a row, unless the token embedding
     is also the output projection (tied), which reads all of it."""
     sizes = {name: p.nbytes for name, p in model.parameters().items()}
-    sizes.update({name: q.data.nbytes for name, q in model.quantized_weights().items()})
+    sizes.update({name: q.nbytes for name, q in model.quantized_weights().items()})
     from .layout import embedding_name
     skip = {"wpe"} | (set() if model.config.tie_embeddings else {embedding_name(model.config)})
     return sum(n for name, n in sizes.items() if name not in skip)

@@ -171,17 +171,25 @@ def _attention_saved(backend: Any, B: int, T: int, H: int) -> int:
     return math.prod(int(s) for s in shape)
 
 
+# Rows of logits a recomputing training step holds at once (sllm.activations makes them,
+# the estimate counts them): 512 x a vocabulary of 8000 is 16 MiB.
+HEAD_ROWS = 512
+
+
 def activation_estimate(cfg: ModelConfig, B: int, T: int, backend: Any = None,
-                        train: bool = True) -> Estimate:
+                        train: bool = True, recompute: bool = False) -> Estimate:
     """The buffers sllm.activations.Activations holds for a (B, T) batch, plus the
-    temporaries of the backend's kernels (large for the numpy reference)."""
+    temporaries of the backend's kernels (large for the numpy reference). recompute
+    (training): one layer's buffers plus each layer's output, HEAD_ROWS rows of logits."""
     C, F, V, H, L = (cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads,
                      cfg.num_layers)
     N, W, llama = B * T, cfg.qkv_width, cfg.architecture == "llama"
     # llama (activations.LlamaActivations): SwiGLU keeps gate, up and their product, and
     # the backward adds an input gradient for up_proj; qkv is (H + 2*Hkv)*D wide (3C in GPT-2)
     per_layer = N * (7 * C + W + (3 if llama else 2) * F + 4) + _attention_saved(backend, B, T, H)
-    floats = N * (C + C + 2 + V + 1) + 2 * N + L * per_layer
+    kept, logit_rows = (1, min(N, HEAD_ROWS)) if recompute and train else (L, N)
+    floats = N * (C + C + 2 + 1) + logit_rows * V + 2 * N + kept * per_layer + \
+        (L - kept) * N * C
     if train:
         floats += N * ((5 if llama else 4) * C + W + (3 if llama else 1) * F)
     name = getattr(backend, "name", "numpy")
@@ -251,12 +259,12 @@ def check_model(cfg: ModelConfig, backend: Any = None) -> None:
 
 
 def check_activations(cfg: ModelConfig, B: int, T: int, backend: Any = None,
-                      train: bool = True) -> None:
+                      train: bool = True, recompute: bool = False) -> None:
     """Refuse activation buffers for a (B, T) batch that cannot fit."""
-    est = activation_estimate(cfg, B, T, backend, train)
+    est = activation_estimate(cfg, B, T, backend, train, recompute)
     budget, source = available(backend)
     if est.total > budget:
-        one = activation_estimate(cfg, 1, T, backend, train).total
+        one = activation_estimate(cfg, 1, T, backend, train, recompute).total
         largest = budget // max(one, 1)
         raise BudgetError(f"a batch of {B} x {T}{_backend_name(backend)} needs "
                           f"{fmt(est.total)} ({est.describe()}), but the budget is "

@@ -478,6 +478,10 @@ def serve(
     request_timeout: float = typer.Option(300.0, help="Seconds a request may take: one still waiting for a "
                                                       "slot then gets 504, one generating ends with "
                                                       "finish_reason 'length'."),
+    adapter: list[str] | None = typer.Option(None, help="NAME=PATH: serve the LoRA adapter file PATH as "
+                                                        "model NAME beside the base (repeatable; "
+                                                        "requests for different adapters share "
+                                                        "each batch step)."),
 ) -> None:
     """Serve the model over the OpenAI HTTP API (completions, chat, embeddings, streaming)."""
     try:
@@ -500,17 +504,33 @@ def serve(
     m, tok = _load(model, backend, tokenizer)
     if threads is not None:
         m.backend.set_num_threads(threads)
-    engine = Engine(m, tok, max_batch=max_batch, max_queue=max_queue)
     model_id = Path(_resolve_model(model)).stem if not os.path.isdir(model) \
         else Path(model).resolve().name
+    engine = Engine(m, tok, max_batch=max_batch, max_queue=max_queue,
+                    adapters=_adapter_bank(m, model_id, adapter or []))
     sock = server.bind(host, port)
     where = sock.getsockname()
     observer = Observer(model_id, log_format)
     observer.event("started", url=f"http://{where[0]}:{where[1]}/v1", model=model_id,
                    backend=m.backend.name, slots=max_batch, queue=max_queue,
-                   context=m.config.max_seq_len)
+                   context=m.config.max_seq_len,
+                   **({"adapters": ",".join(engine.adapters.names())} if adapter else {}))
     server.run(server.build_app(engine, model_id, api_key, context_overflow, observer,
                                 request_timeout), sock)
+
+
+def _adapter_bank(model: Any, model_id: str, specs: list[str]) -> Any:
+    """An AdapterBank serving each --adapter NAME=PATH (names and bases checked)."""
+    from .lora import Adapter
+    from .lora_bank import AdapterBank
+    bank = AdapterBank(model)
+    for spec in specs:
+        name, eq, path = spec.partition("=")
+        if not eq or not path:
+            raise ConfigError(f"--adapter takes NAME=PATH (a served name and an adapter "
+                              f"file), got {spec!r}")
+        bank.add(name, Adapter.load(path), taken=(model_id,))
+    return bank
 
 
 # ---- vocab -------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from . import budget
 from .errors import FormatError
 
@@ -97,3 +99,24 @@ def match_names(present: Mapping[str, Any], needed: Mapping[str, Any], where: An
     if extra:
         raise FormatError(f"{where}: tensor {extra[0]!r} is not part of the model the config "
                           f"describes ({len(extra)} such); the config and the weights disagree")
+
+
+def decode_tensor(raw: np.ndarray, ttype: str, shape: tuple[int, ...], name: str,
+                   path: Any) -> np.ndarray:
+    """A foreign file's tensor as float32 of `shape`: f32/f16 widened, ggml q8_0/q4_0/q4_1 rows
+    dequantized (their scales checked finite first); any other type refused by name."""
+    if ttype in ("f32", "f16"):
+        arr = raw.astype(np.float32)
+    elif ttype in ("q8_0", "q4_0", "q4_1"):
+        from .finite import check_weights
+        from .quant import dequantize
+        rows = raw.reshape(-1, raw.shape[-1])
+        check_weights({name: rows}, path, {name: (ttype, shape)})  # NaN scales, by name
+        arr = dequantize(rows, ttype, shape[-1])
+    else:
+        raise FormatError(f"{path}: tensor {name!r} has type {ttype}; sllm reads f32, f16, "
+                          f"q8_0, q4_0 and q4_1")
+    if arr.size != int(np.prod(shape)):
+        raise FormatError(f"{path}: tensor {name!r} has {arr.size} values, the config needs "
+                          f"shape {shape}")
+    return arr.reshape(shape)

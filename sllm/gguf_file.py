@@ -26,7 +26,7 @@ import numpy as np
 from .errors import ExportError
 from .extras import require
 from .fileio import atomic_write
-from .foreign import check_fits, match_names
+from .foreign import check_fits, decode_tensor, match_names
 from .gguf_vocab import add_vocab
 from .layout import Layout
 
@@ -267,26 +267,6 @@ def _tokenizer_field(text: Any, path: Any) -> dict[str, Any] | None:
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError) as e:
         raise FormatError(f"{path}: sllm.tokenizer is not a usable tokenizer ({e!r})") from None
     return doc
-
-
-def decode_tensor(raw: np.ndarray, ttype: str, shape: tuple[int, ...], name: str,
-                   path: Any) -> np.ndarray:
-    from .errors import FormatError
-    if ttype in ("f32", "f16"):
-        arr = raw.astype(np.float32)
-    elif ttype in ("q8_0", "q4_0", "q4_1"):
-        from .finite import check_weights
-        from .quant import dequantize
-        rows = raw.reshape(-1, raw.shape[-1])
-        check_weights({name: rows}, path, {name: (ttype, shape)})  # NaN scales, by name
-        arr = dequantize(rows, ttype, shape[-1])
-    else:
-        raise FormatError(f"{path}: tensor {name!r} has type {ttype}; sllm reads f32, f16, "
-                          f"q8_0, q4_0 and q4_1")
-    if arr.size != int(np.prod(shape)):
-        raise FormatError(f"{path}: tensor {name!r} has {arr.size} values, the config needs "
-                          f"shape {shape}")
-    return arr.reshape(shape)
 
 
 def _config_from_fields(fields: dict[str, Any], tensors: dict[str, Any]) -> Any:

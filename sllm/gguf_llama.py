@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import ConfigError, ExportError, FormatError
-from .foreign import get_float, get_int, match_tensors
+from .foreign import decode_tensor, get_float, get_int, match_tensors
 from .hf_llama import llama_hf_tensors, llama_sllm_tensors
 from .llama2c import interleaved_to_half
 
@@ -246,7 +246,6 @@ def _qkv_order(name: str) -> tuple[str, int]:
 def _float_tensors(tensors: dict[str, tuple[str, np.ndarray]], shapes: dict[str, Any],
                    config: ModelConfig, where: Any) -> dict[str, np.ndarray]:
     """{LlamaForCausalLM name: float32 (out, in)} of the tensors, q and k rotate-half."""
-    from .gguf_file import decode_tensor
     out = {}
     for name, (ttype, raw) in tensors.items():
         arr = decode_tensor(raw, ttype, shapes[name], name, where)

@@ -21,10 +21,22 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import DataError
-from .hf_tokenizer import _replace, _special_text
 from .tokenizer import BYTE_TOKENS, SPMTokenizer
 
 SPACE = "\u2581"
+
+
+def replace_step(pattern: str, content: str, regex: bool = True) -> dict[str, Any]:
+    """A tokenizer.json Replace step (normalizer or decoder) of pattern by content."""
+    return {"type": "Replace", "pattern": {"Regex" if regex else "String": pattern},
+            "content": content}
+
+
+def special_text(value: Any) -> str | None:
+    """A special token's text in tokenizer_config.json: a string or {"content": ...}."""
+    if isinstance(value, dict):  # {"content": "<|endoftext|>", ...}
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
 
 def spm_tokenizer_json(tok: SPMTokenizer) -> dict[str, Any]:
@@ -49,10 +61,10 @@ def spm_tokenizer_json(tok: SPMTokenizer) -> dict[str, Any]:
     prefix = [{"type": "Prepend", "prepend": SPACE}] if tok.add_dummy_prefix else []
     return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
             "normalizer": {"type": "Sequence", "normalizers": [
-                *prefix, _replace(" ", SPACE, regex=False)]},
+                *prefix, replace_step(" ", SPACE, regex=False)]},
             "pre_tokenizer": None, "post_processor": None,
             "decoder": {"type": "Sequence", "decoders": [
-                _replace(SPACE, " ", regex=False), {"type": "ByteFallback"}, {"type": "Fuse"},
+                replace_step(SPACE, " ", regex=False), {"type": "ByteFallback"}, {"type": "Fuse"},
                 {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
             "model": {"type": "BPE", "dropout": None,
                       "unk_token": names[tok.unk_id] if tok.unk_id is not None else None,
@@ -69,7 +81,7 @@ def is_spm_pipeline(doc: dict[str, Any]) -> bool:
 def _dummy_prefix(doc: dict[str, Any]) -> bool | None:
     """Whether the pipeline prepends U+2581 (None: not an spm pipeline)."""
     norm, pre = doc.get("normalizer"), doc.get("pre_tokenizer")
-    replace = _replace(" ", SPACE, regex=False)
+    replace = replace_step(" ", SPACE, regex=False)
     if pre is None and isinstance(norm, dict) and norm.get("type") == "Sequence":
         steps = norm.get("normalizers")
         if steps == [replace]:
@@ -98,7 +110,7 @@ def spm_from_tokenizer_json(doc: dict[str, Any], config: dict[str, Any], where: 
     scores = [-float(ranks[n][0]) - 1.0 if n in ranks else SPMTokenizer.NEVER for n in names]
     specials = {}
     for key, default in (("bos", "<s>"), ("eos", "</s>"), ("pad", None), ("unk", None)):
-        text = _special_text(config.get(f"{key}_token")) or (model.get("unk_token") if key == "unk"
+        text = special_text(config.get(f"{key}_token")) or (model.get("unk_token") if key == "unk"
                                                              else default)
         specials[key] = None if text is None else vocab.get(text)
     pieces = [n if n in BYTE_TOKENS else n.replace(SPACE, " ") for n in names]

@@ -26,6 +26,7 @@ import os
 from typing import Any
 
 from .errors import DataError
+from .hf_spm import is_spm_pipeline, replace_step, special_text, spm_from_tokenizer_json, spm_tokenizer_json
 from .tokenizer import BYTE_TOKENS, SPECIALS, BPETokenizer, CharTokenizer, SPMTokenizer, Tokenizer, WordTokenizer
 
 # The same pattern as sllm.tokenizer._WORD_RE, in the regex dialect of `tokenizers`.
@@ -57,11 +58,6 @@ def _word_level(vocab: list[str], normalizer: Any, pre_tokenizer: dict[str, Any]
                       "unk_token": "[UNK]"}}
 
 
-def _replace(pattern: str, content: str, regex: bool = True) -> dict[str, Any]:
-    return {"type": "Replace", "pattern": {"Regex" if regex else "String": pattern},
-            "content": content}
-
-
 # Markers the word decoder puts on each piece and removes again: two noncharacters that
 # text does not hold (a vocabulary holding one is refused by word_decoder).
 _TAKES_SPACE, _GIVES_SPACE = "\ufdd0", "\ufdd1"
@@ -81,10 +77,10 @@ def word_decoder(tok: WordTokenizer) -> dict[str, Any]:
     gives = f"(?<!^[\\n(\\[{{$])(?<!^{_BYTE_PIECE})\\z"
     takes = f"\\A(?!{_BYTE_PIECE}\\z)(?![{attach}]|\\n\\z)"
     return {"type": "Sequence", "decoders": [
-        _replace(gives, _GIVES_SPACE), _replace(takes, _TAKES_SPACE),  # this order: see gives
+        replace_step(gives, _GIVES_SPACE), replace_step(takes, _TAKES_SPACE),  # this order: see gives
         {"type": "ByteFallback"}, {"type": "Fuse"},
-        _replace(_GIVES_SPACE + _TAKES_SPACE, " ", regex=False),
-        _replace(_TAKES_SPACE, "", regex=False), _replace(_GIVES_SPACE, "", regex=False)]}
+        replace_step(_GIVES_SPACE + _TAKES_SPACE, " ", regex=False),
+        replace_step(_TAKES_SPACE, "", regex=False), replace_step(_GIVES_SPACE, "", regex=False)]}
 
 
 _JOIN = {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]}
@@ -112,7 +108,6 @@ def to_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
     elif isinstance(tok, CharTokenizer):
         doc = _char_doc(tok)
     elif isinstance(tok, SPMTokenizer):
-        from .hf_spm import spm_tokenizer_json
         doc = spm_tokenizer_json(tok)
     elif isinstance(tok, BPETokenizer):
         doc = json.loads(tok._hf.to_str())
@@ -168,7 +163,6 @@ def from_tokenizer_json(doc: dict[str, Any], config: dict[str, Any] | None = Non
         return _word_level_back(doc, model, pre, where)
     if kind == "BPE" and _byte_level(pre):
         return _bpe_back(doc, config or {}, where)
-    from .hf_spm import is_spm_pipeline, spm_from_tokenizer_json
     if kind == "BPE" and is_spm_pipeline(doc):
         return spm_from_tokenizer_json(doc, config or {}, where)
     raise DataError(f"{where}: a {kind} tokenizer with pre-tokenizer "
@@ -217,19 +211,13 @@ def _bpe_back(doc: dict[str, Any], config: dict[str, Any], where: str) -> BPETok
         return BPETokenizer(hf)
     specials = {}
     for key in ("bos", "eos", "pad", "unk"):
-        text = _special_text(config.get(f"{key}_token"))
+        text = special_text(config.get(f"{key}_token"))
         if text is None and key in ("bos", "eos") and GPT2_EOS in vocab:
             text = GPT2_EOS  # GPT-2 has no tokenizer_config.json entries by default
         if text is not None and text not in vocab:
             raise DataError(f"{where}: {key}_token {text!r} is not in the vocabulary")
         specials[key] = vocab[text] if text is not None else None
     return BPETokenizer(hf, specials)
-
-
-def _special_text(value: Any) -> str | None:
-    if isinstance(value, dict):  # {"content": "<|endoftext|>", ...}
-        value = value.get("content")
-    return value if isinstance(value, str) else None
 
 
 def read_hf_tokenizer(directory: str | os.PathLike[str]) -> Tokenizer | None:

@@ -45,7 +45,7 @@ def _embed(m: SLLM, a: LlamaActivations) -> None:
     when the embedding is quantized."""
     q = m._qweights.get(EMBED)
     if q is not None:
-        m.backend.embed_q_fwd(a.x0, a.tokens, q.data, q.qtype)
+        m.backend.embed_q_fwd(a.x0, a.tokens, q.kernel_rows, q.qtype)
     else:
         a.x0[...] = m._params[EMBED][a.tokens]
 

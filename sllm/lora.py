@@ -263,15 +263,20 @@ def _from_file(path: Any, base_config: ModelConfig, meta: dict[str, Any],
 
 # ---- the adapter attached to a model ------------------------------------------------------
 def lora_delta(backend: Backend, out_rows: Any, inp_rows: Any, A: Any, B: Any, scale: float,
-               t: Any = None, delta: Any = None) -> None:
+               t: Any = None, delta: Any = None, mask: Any = None) -> None:
     """out_rows (N, out) += scale * (inp_rows (N, in) @ A) @ B: two matmul_fwd and a residual
     add. t (N, R) and delta (N, out) are scratch (allocated when None); on return t holds
-    scale * inp_rows @ A, which the backward pass reads."""
+    scale * inp_rows @ A, which the backward pass reads. mask (N, R), when given, multiplies
+    t before B: sllm.lora_bank stacks several adapters' A side by side (and their B one
+    under the other), and each row keeps its own adapter's columns, times its scale."""
     N = out_rows.shape[0]
     t = backend.empty((N, A.shape[1])) if t is None else t
     delta = backend.empty(out_rows.shape) if delta is None else delta
     backend.matmul_fwd(t, inp_rows, A, None)
-    np.multiply(t, np.float32(scale), out=t)  # scale the (N, R) product, the small one
+    if scale != 1.0:
+        np.multiply(t, np.float32(scale), out=t)  # scale the (N, R) product, the small one
+    if mask is not None:
+        np.multiply(t, mask, out=t)
     backend.matmul_fwd(delta, t, B, None)
     backend.residual_fwd(out_rows, out_rows, delta)
 

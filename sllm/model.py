@@ -20,6 +20,7 @@ from .errors import BackendError
 from .init import initialize
 from .layout import EMBEDDINGS, Layout, head_name, parameter_shapes
 from .lora import Adapter, Attached, LoraError, LoraWeight
+from .lora_bank import RoutedWeight
 from .quant import QTensor, bytes_per_row
 from .validate import check_int
 
@@ -196,8 +197,11 @@ class SLLM:
                 raise ValueError(f"{name}: {qtype} rows of shape {data.shape} do not hold "
                                  f"a {shape} matrix")
             rows_here = self.backend.from_numpy(data, np.uint8)
-            qweights[name] = QTensor(qtype, rows_here, (shape[0], shape[1]),
-                                     packed=self.backend.pack_q(rows_here, qtype))
+            packed = self.backend.pack_q(rows_here, qtype)
+            # a packed copy replaces ggml's rows (saving reads them back): one copy in memory
+            kept = rows_here if packed is rows_here else None
+            qweights[name] = QTensor(qtype, kept, (shape[0], shape[1]), packed,
+                                     self.backend.unpack_q)
         for old in (getattr(self, "flat_params", None), getattr(self, "flat_grads", None)):
             if old is not None:
                 self.backend.free(old)
@@ -274,6 +278,15 @@ class SLLM:
             self._g_layers = self._layers(self._grads)
         self._blocks = self._fused_blocks()
         return attached.detach()
+
+    def route_weights(self, routed: Mapping[str, Any] | None) -> None:
+        """Serve several adapters at once (sllm.lora_bank): the RoutedWeights in `routed`
+        ({weight name: RoutedWeight}) stand in for those weights, and the fused decode
+        block is off as with an attached adapter; None restores the base's own."""
+        if self.adapter is not None:
+            raise LoraError("detach the attached adapter before serving adapters by name")
+        self._p_layers = self._layers({**self._params, **self._qweights, **(routed or {})})
+        self._blocks = [None] * self.config.num_layers if routed else self._fused_blocks()
 
     def _freeze_grads(self) -> None:
         """Gradient buffers for the norms only (scratch for their backward kernels)."""
@@ -399,7 +412,7 @@ class SLLM:
             if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
-            budget.check_activations(self.config, B, T, self.backend, grads)
+            budget.check_activations(self.config, B, T, self.backend, grads, key[3])
             acts = self._acts[key] = self._new_activations(B, T, grads, key[3])
         return acts
 
@@ -493,6 +506,9 @@ class SLLM:
             assert self.adapter is not None  # LoraWeights exist only while attached
             self._matmul(out, inp, weight.base, bias, trans_w)
             self.adapter.forward(out, inp, weight, mix_seed(self._last_seed, weight.index, 2))
+        elif isinstance(weight, RoutedWeight):  # served adapters: each on its own rows
+            self._matmul(out, inp, weight.base, bias, trans_w)
+            weight.bank.add_deltas(weight.name, out, inp)
         elif isinstance(weight, QTensor):
             self.backend.matmul_q_fwd(out, inp, weight.kernel_rows, bias, weight.qtype)
         else:
@@ -511,7 +527,7 @@ class SLLM:
             return
         base = weight.base if isinstance(weight, LoraWeight) else weight
         if isinstance(base, QTensor):
-            k.matmul_q_bwd(dinp, dout, base.data, base.qtype)
+            k.matmul_q_bwd(dinp, dout, base.kernel_rows, base.qtype)
         else:
             k.matmul_fwd(dinp, dout, base, None, not trans_w)
         if isinstance(weight, LoraWeight):
@@ -530,7 +546,7 @@ class SLLM:
         (its rows dequantized) or a decode_batch step (each row at its own position)."""
         if "wte" in self._qweights:
             wte = self._qweights["wte"]
-            self.backend.embed_q_fwd(a.x0, a.tokens, wte.data, wte.qtype)
+            self.backend.embed_q_fwd(a.x0, a.tokens, wte.kernel_rows, wte.qtype)
         else:
             a.x0[...] = self._params["wte"][a.tokens]
         where = positions[:, None] if positions is not None else \

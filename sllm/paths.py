@@ -12,6 +12,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 # A run directory's model files, best first: the final model, the best by validation loss,
 # the last checkpoint.
 RUN_MODELS = ("model.sllm", "best.sllm", "checkpoint.sllm")
+# A LoRA fine-tuning run's results (sllm finetune): adapters for its base, not models.
+RUN_ADAPTERS = ("adapter.sllm", "best_adapter.sllm")
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -38,6 +40,8 @@ def model_file(source: str | os.PathLike[str]) -> Path:
     (model.sllm, then best.sllm, then checkpoint.sllm)."""
     path = Path(source)
     if path.is_dir():
+        if not any((path / name).is_file() for name in RUN_MODELS[:2]):
+            _refuse_lora_run(path)
         for name in RUN_MODELS:
             if (path / name).is_file():
                 return path / name
@@ -46,3 +50,27 @@ def model_file(source: str | os.PathLike[str]) -> Path:
     if not path.exists():
         raise SLLMError(f"{path}: no such model file or run directory")
     return path
+
+
+def _refuse_lora_run(path: Path) -> None:
+    """A LoRA run directory holds an adapter (and an adapter checkpoint), not a model: say
+    how to use it instead of failing on its checkpoint."""
+    adapter = next((path / n for n in RUN_ADAPTERS if (path / n).is_file()), None)
+    if adapter is None:
+        return
+    base = _run_base(path)
+    raise SLLMError(f"{path} is a LoRA fine-tuning run: it holds the adapter {adapter}, not a "
+                    f"model; pass its base with --adapter {adapter} (e.g. sllm generate "
+                    f"{base} --adapter {adapter}), or make one model with sllm merge {base} "
+                    f"{adapter} -o merged.sllm")
+
+
+def _run_base(path: Path) -> str:
+    """The base model a run started from (train_config.json's init_from), or BASE."""
+    import json
+    try:
+        doc = json.loads((path / "train_config.json").read_text(encoding="utf-8"))
+        base = doc.get("init_from") if isinstance(doc, dict) else None
+    except (OSError, ValueError):
+        base = None
+    return base if isinstance(base, str) and base else "BASE"

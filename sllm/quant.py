@@ -24,7 +24,7 @@ Choices for input ggml leaves undefined:
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,19 +270,29 @@ class QTensor:
     """
 
     qtype: str
-    data: np.ndarray
+    rows: np.ndarray | None  # ggml's rows; None when `packed` alone holds them
     shape: tuple[int, int]  # (rows, K) of the float matrix the rows came from
     packed: Any = None  # the same rows as the backend's kernels read them (Backend.pack_q)
+    unpack: Callable[[Any, str], np.ndarray] | None = None  # packed -> ggml's rows
+
+    @property
+    def data(self) -> np.ndarray:
+        """ggml's rows (what files hold): kept, or read back from the packed copy (a model
+        keeps one copy of its quantized weights, not both)."""
+        if self.rows is not None:
+            return self.rows
+        assert self.unpack is not None, "packed rows without a way back"
+        return self.unpack(self.packed, self.qtype)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the quantized data."""
-        return int(self.data.nbytes)
+        """Bytes of the quantized data (ggml's rows)."""
+        return self.shape[0] * bytes_per_row(self.qtype, self.shape[1])
 
     @property
     def kernel_rows(self) -> Any:
         """What matmul_q_fwd and decode_block are given: the packed rows, else ggml's."""
-        return self.data if self.packed is None else self.packed
+        return self.rows if self.packed is None else self.packed
 
     def dequantize(self) -> np.ndarray:
         """The float32 (rows, K) matrix these blocks stand for."""

@@ -28,6 +28,9 @@ from starlette.types import ASGIApp
 
 from . import serve_api as api
 from .batching import Engine
+from .errors import LoraError
+from .lora_bank import AdapterBank
+from .serve_adapters import AdapterEndpoints
 from .serve_generate import (
     DEFAULT_REQUEST_TIMEOUT_S,
     ClientGone,
@@ -41,11 +44,12 @@ MAX_BODY = 1 << 20  # bytes; a request body larger than this is refused
 MAX_REQUEST_TIMEOUT_S = 86400.0  # --request-timeout: at most a day, never "forever"
 RETRY_AFTER_S = 1
 ENDPOINTS = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings",
-             "/health", "/metrics")
+             "/v1/adapters", "/health", "/metrics")
 
 
-class Server(GenerationEndpoints):
-    """The app's state: the engine, the model's name, the API key, request counters."""
+class Server(AdapterEndpoints, GenerationEndpoints):
+    """The app's state: the engine, the model's name, its adapters, the API key, request
+    counters."""
 
     def __init__(self, engine: Engine, model_id: str, api_key: str | None = None,
                  context_overflow: str = "trim", observer: Observer | None = None,
@@ -63,6 +67,9 @@ class Server(GenerationEndpoints):
         self.started = time.time()
         self.observer = observer or Observer(model_id)
         self.mailbox: Mailbox | None = None
+        if engine.adapters is None and engine.model.adapter is None:
+            engine.adapters = AdapterBank(engine.model)  # POST /v1/adapters may add some
+        self.adapters = engine.adapters
 
     # ---- plumbing ----------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -76,7 +83,13 @@ class Server(GenerationEndpoints):
 
     async def body(self, request: Request, fields: dict[str, Any], required: tuple[str, ...]
                    ) -> dict[str, Any]:
-        """The checked JSON body."""
+        """The checked JSON body of a request for a model (404 for an unknown one)."""
+        checked = api.check_body(await self.json_body(request), fields, required)
+        self.served_model(checked["model"])
+        return checked
+
+    async def json_body(self, request: Request) -> Any:
+        """The authorized request's JSON body, parsed (400 when it cannot be)."""
         self.authorize(request)
         raw = await request.body()
         if len(raw) > MAX_BODY:
@@ -86,33 +99,9 @@ class Server(GenerationEndpoints):
         except (ValueError, UnicodeDecodeError, RecursionError) as e:  # deep nesting: 400
             raise api.ApiError(f"We could not parse the JSON body of your request "
                                f"({e or 'nested too deeply'}).") from None
-        checked = api.check_body(data, fields, required)
-        if checked["model"] != self.model_id:
-            raise api.ApiError(f"The model '{checked['model']}' does not exist; this server "
-                               f"serves '{self.model_id}'", "model", status=404,
-                               code="model_not_found")
-        return checked
+        return data
 
     # ---- endpoints ---------------------------------------------------------------------
-    def model_card(self) -> dict[str, Any]:
-        """The served model as OpenAI's model object (max_model_len as vLLM adds it)."""
-        return {"id": self.model_id, "object": "model", "created": int(self.started),
-                "owned_by": "sllm", "max_model_len": self.context}
-
-    async def models(self, request: Request) -> Response:
-        """GET /v1/models."""
-        self.authorize(request)
-        return JSONResponse({"object": "list", "data": [self.model_card()]})
-
-    async def model(self, request: Request) -> Response:
-        """GET /v1/models/{id} (the client's models.retrieve)."""
-        self.authorize(request)
-        wanted = request.path_params["model"]
-        if wanted != self.model_id:
-            raise api.ApiError(f"The model '{wanted}' does not exist; this server serves "
-                               f"'{self.model_id}'", "model", status=404,
-                               code="model_not_found")
-        return JSONResponse(self.model_card())
 
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings: each input's final hidden states, mean-pooled over its
@@ -120,7 +109,8 @@ class Server(GenerationEndpoints):
         b = await self.body(request, api.EMBEDDING_FIELDS, ("model", "input"))
         ids = [api.embedding_ids(self.engine.tok, x, self.vocab_size, self.context, i)
                for i, x in enumerate(b["input"])]
-        job = self.engine.run_job(lambda: embed(self.engine.model, ids))
+        adapter = self.served_model(b["model"])
+        job = self.engine.run_job(lambda: embed(self.engine, ids, adapter))
         try:
             vectors = await asyncio.wait_for(asyncio.wrap_future(job), self.request_timeout)
         except asyncio.TimeoutError:
@@ -129,6 +119,8 @@ class Server(GenerationEndpoints):
                            f"(--request-timeout)") from None
         except RuntimeError as e:
             raise api.ApiError(str(e), status=503, kind="server_error") from None
+        except LoraError as e:  # removed while the job waited
+            raise api.ApiError(str(e), "model", status=404, code="model_not_found") from None
         request.state.sllm = Record(prompt_tokens=sum(len(x) for x in ids))
         return JSONResponse(api.embedding_list(self.model_id, vectors,
                                                b.get("encoding_format", "float"),
@@ -209,6 +201,9 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
     server = Server(engine, model_id, api_key, context_overflow, observer, request_timeout)
     routes = [Route("/v1/models", _guard(server.models), methods=["GET"]),
               Route("/v1/models/{model:path}", _guard(server.model), methods=["GET"]),
+              Route("/v1/adapters", _guard(server.add_adapter), methods=["POST"]),
+              Route("/v1/adapters/{name:path}", _guard(server.remove_adapter),
+                    methods=["DELETE"]),
               Route("/v1/embeddings", _guard(server.embeddings), methods=["POST"]),
               Route("/v1/completions", _guard(server.completions), methods=["POST"]),
               Route("/v1/chat/completions", _guard(server.chat), methods=["POST"]),
@@ -237,9 +232,13 @@ def build_app(engine: Engine, model_id: str, api_key: str | None = None,
     return Observe(app, server.observer, ENDPOINTS)
 
 
-def embed(model: Any, ids: list[list[int]]) -> np.ndarray:
-    """(len(ids), C) mean-pooled final hidden states, L2-normalised. One right-padded batch:
-    attention is causal, so padding after a sequence does not change its states."""
+def embed(engine: Engine, ids: list[list[int]], adapter: Any = None) -> np.ndarray:
+    """(len(ids), C) mean-pooled final hidden states of the engine's model (with `adapter`,
+    a sllm.lora_bank.Served, when given), L2-normalised. One right-padded batch: attention
+    is causal, so padding after a sequence does not change its states."""
+    model = engine.model
+    if engine.adapters is not None:
+        engine.adapters.route([adapter])
     width = max(len(x) for x in ids)
     tokens = np.zeros((len(ids), width), np.int64)
     for row, x in enumerate(ids):

@@ -90,6 +90,7 @@ class Call:
     requests: list[GenRequest]
     events: asyncio.Queue
     n: int
+    model: str  # what the request named: the base's model id or an adapter's name
     record: Record = field(default_factory=Record)
     deadline: float | None = None  # time.monotonic() after which waiting gives up
 
@@ -112,6 +113,9 @@ class GenerationEndpoints:
     async def body(self, request: Request, fields: dict[str, Any], required: tuple[str, ...]
                    ) -> dict[str, Any]:
         raise NotImplementedError("need body")
+
+    def served_model(self, name: str) -> Any:
+        raise NotImplementedError("need served_model")
 
     async def grammar(self, b: dict[str, Any]) -> constrain.Grammar | None:
         """The request's grammar, compiled in a worker thread (400 naming the field)."""
@@ -150,19 +154,24 @@ class GenerationEndpoints:
                         repetition_penalty=b.get("repetition_penalty", 1.0), logit_bias=bias,
                         logprobs=logprobs, n=n, echo=echo, grammar=grammar)
 
-    def start(self, jobs: list[tuple[list[int], Sampling]]) -> Call:
-        """Submit one engine request per prompt; their events share one asyncio queue."""
+    def start(self, jobs: list[tuple[list[int], Sampling]], model: str) -> Call:
+        """Submit one engine request per prompt, decoded with the adapter `model` names
+        (looked up here, with no await before the submission: an adapter removed
+        meanwhile is a 404, never a request without its adapter); their events share one
+        asyncio queue."""
+        adapter = self.served_model(model)
         if self.mailbox is None:
             self.mailbox = Mailbox(asyncio.get_running_loop())
         mailbox = self.mailbox
         events: asyncio.Queue = asyncio.Queue()
-        call = Call([], events, jobs[0][1].n,
+        call = Call([], events, jobs[0][1].n, model,
                     deadline=time.monotonic() + self.request_timeout + GRACE_S)
         call.record.prompt_tokens = sum(len(ids) for ids, _ in jobs)
         for i, (ids, sampling) in enumerate(jobs):
             def emit(event: Event, i: int = i) -> None:
                 mailbox.post(events, (i, event))
-            req = GenRequest(ids, sampling, emit, timeout=self.request_timeout)
+            req = GenRequest(ids, sampling, emit, timeout=self.request_timeout,
+                             adapter=adapter)
             try:
                 self.engine.submit(req)
             except QueueFull as e:
@@ -215,7 +224,7 @@ class GenerationEndpoints:
                                "max_tokens")
         call = self.start([(p, self.sampling(
             b, api.token_budget(len(p), b.get("max_tokens", 16), self.context, "max_tokens"),
-            grammar, "max_tokens", logprobs=k, echo=echo)) for p in ids])
+            grammar, "max_tokens", logprobs=k, echo=echo)) for p in ids], b["model"])
         request.state.sllm = call.record
         rid = api.new_id("cmpl")
         if b.get("stream"):
@@ -230,7 +239,7 @@ class GenerationEndpoints:
             lp = None if k is None else api.completion_logprobs(tokens, k)
             choices.append(api.completion_choice(i * call.n + j, head + a.text,
                                                  _finish(a.end), lp, _note(a.end)))
-        return JSONResponse(api.completion(rid, self.model_id, choices,
+        return JSONResponse(api.completion(rid, call.model, choices,
                                            _usage(answers, ids)))
 
     def _echo(self, prompt: str | list[int], ids: list[int]) -> str:
@@ -246,15 +255,15 @@ class GenerationEndpoints:
             index = i * call.n + event.index
             if event.kind == "done":
                 a.end = event
-                yield api.completion(rid, self.model_id, [api.completion_choice(
+                yield api.completion(rid, call.model, [api.completion_choice(
                     index, "", _finish(event), note=event.note)], None, chunk=True)
                 continue
             text = event.text if event.kind == "text" else self._echo(prompts[i], ids[i])
             lp = None if k is None else api.completion_logprobs(list(event.tokens), k)
-            yield api.completion(rid, self.model_id, [api.completion_choice(index, text, None, lp)],
+            yield api.completion(rid, call.model, [api.completion_choice(index, text, None, lp)],
                                  None, chunk=True)
         if include_usage:
-            yield api.completion(rid, self.model_id, [], _usage(answers, ids), chunk=True)
+            yield api.completion(rid, call.model, [], _usage(answers, ids), chunk=True)
 
     # ---- /v1/chat/completions --------------------------------------------------------
     async def chat(self, request: Request) -> Response:
@@ -268,7 +277,8 @@ class GenerationEndpoints:
         grammar = await self.grammar(b)
         k = b.get("top_logprobs", 0) if b.get("logprobs") else None
         call = self.start([(ids, self.sampling(b, budget, grammar, param,
-                                               () if grammar else ("\n",), logprobs=k))])
+                                               () if grammar else ("\n",), logprobs=k))],
+                          b["model"])
         request.state.sllm = call.record
         rid = api.new_id("chatcmpl")
         if b.get("stream"):
@@ -280,7 +290,7 @@ class GenerationEndpoints:
                                    None if k is None else api.chat_logprobs(a.tokens, k),
                                    _note(a.end))
                    for (_, j), a in sorted(answers.items())]
-        return JSONResponse(api.chat_completion(rid, self.model_id, choices,
+        return JSONResponse(api.chat_completion(rid, call.model, choices,
                                                 _usage(answers, [ids])))
 
     async def chat_chunks(self, rid: str, call: Call, k: int | None, include_usage: bool,
@@ -288,14 +298,14 @@ class GenerationEndpoints:
         """The stream of a chat answer: role, content deltas, each choice's finish, the
         usage."""
         for j in range(call.n):
-            yield api.chat_chunk(rid, self.model_id, {"role": "assistant", "content": ""},
+            yield api.chat_chunk(rid, call.model, {"role": "assistant", "content": ""},
                                  None, index=j)
         answers: dict[tuple[int, int], Answer] = {}
         async for i, event in until_done(call):
             a = answers.setdefault((i, event.index), Answer())
             if event.kind == "done":
                 a.end = event
-                yield api.chat_chunk(rid, self.model_id, {}, _finish(event), index=event.index)
+                yield api.chat_chunk(rid, call.model, {}, _finish(event), index=event.index)
                 continue
             started = bool(a.pieces)
             text = event.text if started or not strip else event.text.lstrip()
@@ -303,10 +313,10 @@ class GenerationEndpoints:
                 a.pieces.append(text)
             lp = None if k is None else api.chat_logprobs(list(event.tokens), k)
             if text or lp:
-                yield api.chat_chunk(rid, self.model_id, {"content": text}, None,
+                yield api.chat_chunk(rid, call.model, {"content": text}, None,
                                      index=event.index, logprobs=lp)
         if include_usage:
-            yield api.chat_chunk(rid, self.model_id, {}, None, _usage(answers, ids),
+            yield api.chat_chunk(rid, call.model, {}, None, _usage(answers, ids),
                                  choices=False)
 
     def sse(self, chunks: AsyncIterator[dict[str, Any]], call: Call) -> Response:

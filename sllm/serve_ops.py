@@ -152,6 +152,8 @@ class Observe:
         path = scope["path"]
         if path.startswith("/v1/models/"):
             path = "/v1/models/{id}"
+        elif path.startswith("/v1/adapters/"):
+            path = "/v1/adapters/{name}"
         elif path not in self.paths:
             path = "other"
         status, logged = [499], [False]  # 499: the client left before an answer began

@@ -26,6 +26,17 @@ def backend_name(request):
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def _llama_cases_need_the_llama_kernels(request):
+    """Skip a test's llama case (parameter arch="llama") on a backend without the llama
+    kernels (a GPT-2-only plugin), as `sllm check-backend` skips those cases."""
+    spec = getattr(request.node, "callspec", None)
+    params = spec.params if spec is not None else {}
+    if params.get("arch") == "llama" and "backend_name" in params:
+        if backends.get(params["backend_name"]).missing_llama_kernels():
+            pytest.skip(f"{params['backend_name']} lacks the llama kernels (it runs GPT-2 only)")
+
+
 @pytest.fixture
 def tiny_config():
     """The gradient-check config: 2 layers, 2 heads, C=8, V=11."""
@@ -40,7 +51,11 @@ def rng():
 
 
 def install_plugin(tmp_path, monkeypatch, name, source):
-    """Write module `name` and a dist-info whose entry point (group sllm) names it."""
+    """Write module `name` and a dist-info whose entry point (group sllm) names it. Only the
+    plugins a test installs load (SLLM_LOAD_PLUGINS), not those of the venv (the example
+    plugin .ci/run installs), so what the test sees does not depend on the machine."""
+    loaded = [n for n in os.environ.get("SLLM_LOAD_PLUGINS", "").split(",") if n]
+    monkeypatch.setenv("SLLM_LOAD_PLUGINS", ",".join([*loaded, name]))
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
     dist = tmp_path / f"{name}-0.1.dist-info"
     dist.mkdir()

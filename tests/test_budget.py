@@ -100,10 +100,11 @@ def test_estimate_covers_what_the_model_allocates():
     cfg = sllm.ModelConfig(**{"vocab_size": 50, "embedding_dim": 16, "num_layers": 2,
                               "num_heads": 2, "ffn_hidden_dim": 24, "max_seq_len": 8})
     backend = sllm.backends.get("numpy")
-    acts = Activations(backend, cfg, 3, 8, True)
-    held = sum(a.nbytes for a in acts._owned)
-    est = budget.activation_estimate(cfg, 3, 8, backend, True).parts["activations"]
-    assert held <= est <= held * 1.5
+    for recompute in (False, True):
+        acts = Activations(backend, cfg, 3, 8, True, recompute)
+        held = sum(a.nbytes for a in acts._owned)
+        est = budget.activation_estimate(cfg, 3, 8, backend, True, recompute).parts["activations"]
+        assert held <= est <= held * 1.5, recompute
     model = budget.model_estimate(cfg)
     assert model.parts["parameters"] == cfg.num_parameters() * 4
 

@@ -64,6 +64,16 @@ def test_finetune_trains_an_adapter_and_leaves_the_base(base):
     assert (base / "ft" / "adapter.sllm").stat().st_size < 0.2 * len(before)
 
 
+def test_a_lora_run_given_as_a_model_says_how_to_use_its_adapter(base):
+    if not (base / "ft" / "adapter.sllm").exists():
+        assert finetune(base, "ft", "--lora-rank", 4, "--lora-targets", "attn")[0] == 0
+    code, out = run("generate", base / "ft", "--prompt", "the", "--max-tokens", 2)
+    assert code == 1
+    text = " ".join(out.split())
+    assert "is a LoRA fine-tuning run" in text and "--adapter" in text
+    assert str(base / "base") in text  # the run's base, from its train_config.json
+
+
 def test_merge_and_adapter_option_agree(base):
     if not (base / "ft" / "adapter.sllm").exists():
         assert finetune(base, "ft", "--lora-rank", 4, "--lora-targets", "attn")[0] == 0

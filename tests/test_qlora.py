@@ -4,7 +4,8 @@ GPT-2 and llama. The gradient reaches the adapters of lower layers through the f
 quantized matmuls (matmul_q_bwd); the forward quantizes activations to q8_0 (matmul_q_fwd),
 which is the only difference, so the gradients agree to about that rounding (measured,
 as the norm of the difference over the norm of all adapter gradients: 0.2-1.4%), at least
-5x closer than to the gradients on the float base the blocks were made from (1-67% away)."""
+5x closer than to the gradients on the float base the blocks were made from (1-67% away).
+And from the command line: `sllm finetune` on a quantized model file."""
 import json
 
 import numpy as np

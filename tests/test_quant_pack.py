@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_repacking_leaves_greedy_decoding_unchanged(qtype):
     prompt = [5, 17, 250, 3, 99]
     packed_ids, packed_logits = model.generate(prompt, 40, temperature=0), model.forward([prompt])
     for w in weights.values():
-        w.packed = None  # kernels now read ggml's rows
+        w.rows, w.packed = w.data, None  # kernels now read ggml's rows (read back)
     model._blocks = model._fused_blocks()
     assert model.generate(prompt, 40, temperature=0) == packed_ids
     np.testing.assert_allclose(model.forward([prompt]), packed_logits, rtol=1e-4, atol=1e-5)
@@ -138,6 +139,46 @@ def test_embed_q_fwd_is_the_reference_lookup_and_checks_its_arguments():
     with pytest.raises(ValueError, match="embed_q_fwd: tokens"):
         cpp.embed_q_fwd(out, np.array([[9, 0, 1]], np.int32), wq, "q4_1")
     packed = cpp.pack_q(wq, "q4_1")
+    out[...] = 0
+    cpp.embed_q_fwd(out, tokens, packed, "q4_1")  # rows read back from the packed groups
+    np.testing.assert_array_equal(out, ref)
     if packed is not wq:
-        with pytest.raises(TypeError, match="embed_q_fwd: wq must be ggml's rows"):
-            cpp.embed_q_fwd(out, tokens, packed, "q4_1")
+        with pytest.raises(ValueError, match="embed_q_fwd: wq is packed from another qtype"):
+            cpp.embed_q_fwd(out, tokens, packed, "q4_0")
+
+
+@pytest.mark.parametrize("qtype", quant.QTYPES)
+def test_unpack_gives_ggml_rows_back_byte_for_byte(qtype):
+    cpp = backends.get("cpp")
+    for rows, K in ((1, 32), (17, 45), (37, 300)):  # partial groups, a partial last block
+        w = quant.quantize(np.random.default_rng(rows).standard_normal((rows, K))
+                           .astype(np.float32), qtype)
+        back = cpp.unpack_q(cpp.pack_q(w, qtype), qtype)
+        assert back.dtype == np.uint8 and back.shape == w.shape
+        np.testing.assert_array_equal(back, w)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_quantized_model_keeps_one_copy_and_saves_the_same_bytes(tmp_path, monkeypatch, tie):
+    """cpp keeps only the packed weights (not ggml's rows beside them); a saved file is
+    the numpy backend's byte for byte, and loading it back decodes the same tokens."""
+    from sllm import serialize
+    epoch = time.gmtime(0)
+    monkeypatch.setattr(serialize.time, "gmtime", lambda *_: epoch)  # the "created" field
+    cfg = sllm.ModelConfig(vocab_size=300, embedding_dim=64, num_layers=2, num_heads=2,
+                           ffn_hidden_dim=96, max_seq_len=32, dropout=0.0, tie_embeddings=tie)
+    paths, tokens = {}, {}
+    for name in ("numpy", "cpp"):
+        model = sllm.SLLM(cfg, backend=name, seed=3).quantize("q4_1").eval()
+        for w in model.quantized_weights().values():
+            if type(w.packed).__name__ == "PackedQ":  # cpp, unless on the scalar tier
+                assert w.rows is None  # the packed copy alone
+        paths[name] = tmp_path / f"{name}.sllm"
+        model.save(paths[name])
+        tokens[name] = model.generate([1, 2, 3], 12, temperature=0)
+    assert paths["cpp"].read_bytes() == paths["numpy"].read_bytes()
+    again = sllm.load(paths["cpp"], backend="cpp")
+    assert again.generate([1, 2, 3], 12, temperature=0) == tokens["cpp"]
+    resaved = tmp_path / "again.sllm"
+    again.save(resaved)
+    assert resaved.read_bytes() == paths["cpp"].read_bytes()

@@ -403,7 +403,7 @@ def test_page_trains_switches_and_keeps_lora_adapters(browser, site, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    from sllm.lora import Adapter
+    from sllm.lora import Adapter, LoraConfig
     _open(browser)
     browser.execute_script("indexedDB.deleteDatabase('sllm'); localStorage.clear()")
     _open(browser)
@@ -449,6 +449,18 @@ def test_page_trains_switches_and_keeps_lora_adapters(browser, site, tmp_path):
     _wait(browser, lambda d: "adapter" not in info(d) and "parameters" in info(d))
     assert [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "adapter-select")).options] == [""]
     assert _stored_adapter(browser, "adapter-1") is None
+    # an adapter file from Python (as `sllm finetune` writes it, f16) is added; one made for
+    # another model is refused with the reader's LoraError
+    made = Adapter.create(base, LoraConfig(rank=2, targets="attn"), seed=3)
+    made.save(tmp_path / "from-python.sllm", dtype="f16")
+    other = sllm.SLLM(base.config, backend="numpy", seed=9)
+    Adapter.create(other, LoraConfig(rank=2), seed=3).save(tmp_path / "other.sllm")
+    browser.find_element(By.ID, "adapter-file").send_keys(str(tmp_path / "other.sllm"))
+    _wait(browser, lambda d: "LoraError" in d.find_element(By.ID, "error").text)
+    assert "another base model" in browser.find_element(By.ID, "error").text and "adapter" not in info(browser)
+    browser.find_element(By.ID, "adapter-file").send_keys(str(tmp_path / "from-python.sllm"))
+    _wait(browser, lambda d: "+ adapter from-python" in info(d))
+    assert _stored_adapter(browser, "from-python") is not None
 
 
 def test_page_trains_a_lora_adapter_on_a_quantized_model(browser, site):

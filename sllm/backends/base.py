@@ -185,6 +185,12 @@ class Backend:
         """
         return wq
 
+    def unpack_q(self, packed: Any, qtype: str) -> np.ndarray:
+        """ggml's rows back from what pack_q returned, byte for byte (saving, exporting and
+        the default embed_q_fwd read them; a model keeps only the packed copy). The default
+        is pack_q's: the rows themselves."""
+        return packed
+
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """Shape of the state attention_fwd saves for backward (reference: the probabilities)."""
         return (B, n_head, T, T)
@@ -414,12 +420,13 @@ class Backend:
     # ---- optional kernels: fusions with a default made of the kernels above ----------------
     def embed_q_fwd(self, out: Array, tokens: Array, wq: Array, qtype: str) -> None:
         """Token embedding from quantized rows (optional): out (B,T,C) = rows tokens (B,T)
-        (int32 in [0, V)) of wq, ggml's rows (V, bytes_per_row) of qtype, dequantized.
+        (int32 in [0, V)) of wq, ggml's rows (V, bytes_per_row) of qtype or what pack_q
+        made of them, dequantized.
 
         A quantized model's lookup, as ggml's get_rows; the default is the numpy reference
         (sllm.quant.dequantize of the rows), which every backend's arrays allow.
         """
-        reference.embed_q_fwd(out, tokens, wq, qtype)
+        reference.embed_q_fwd(out, tokens, self.unpack_q(wq, qtype), qtype)
 
     def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Any, qtype: str) -> None:
         """Backward of matmul_q_fwd to its input (optional): dinp (N,K) = dout (N,OC) @ W,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ..threads import default_threads
 from .base import Backend
 
@@ -75,6 +77,10 @@ class CppBackend(Backend):
         """wq's rows interleaved for the quantized kernels' SIMD tier (an opaque
         sllm._cpp.PackedQ), made once per model; wq itself on the scalar tier."""
         return _cpp.pack_q(wq, qtype)
+
+    def unpack_q(self, packed: Any, qtype: str) -> np.ndarray:
+        """ggml's rows read back from a PackedQ (a new array); ggml's rows as they are."""
+        return packed.unpack() if isinstance(packed, _cpp.PackedQ) else packed
 
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""

@@ -3,7 +3,7 @@
 A plugin's `probe()` may crash the interpreter (a segfault in a driver), hang, or take
 20 s; run in this process it would take down or delay every command, also those that never
 use it. So the registry (sllm/backends/__init__.py) asks `verdict()`, which runs
-`python -m sllm.backends.isolation PLUGIN NAME` with a time limit: the child loads only that
+`python -m sllm.backends.probe_child PLUGIN NAME` with a time limit: the child loads only that
 plugin, runs its probe and the kernel check, then a quick conformance smoke test (the
 whole-model case 0 and the generation case 0 of the conformance suite: logits, loss, every
 gradient and KV-cache decoding against numpy, which every kernel of the contract takes part
@@ -34,7 +34,7 @@ from ..errors import ConfigError, SLLMError
 CACHE_NAME = "plugin-verdicts.json"
 TIMEOUT_ENV = "SLLM_PROBE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 20.0  # probe + smoke test: a child importing numpy on a loaded machine
-_MARK = "sllm-verdict "  # prefixes the child's result lines (a plugin may print too)
+MARK = "sllm-verdict "  # prefixes the child's result lines (a plugin may print too)
 
 
 @dataclass
@@ -143,7 +143,7 @@ def run_child(plugin: str, key: str) -> Verdict:
     """Probe and smoke-test backend `key` of `plugin` in a child process."""
     limit = timeout()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.Popen([sys.executable, "-m", "sllm.backends.isolation", plugin, key],
+    proc = subprocess.Popen([sys.executable, "-m", "sllm.backends.probe_child", plugin, key],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             stdin=subprocess.DEVNULL, start_new_session=True, text=True,
                             errors="replace")
@@ -183,56 +183,9 @@ def _how_it_ended(code: int, err: str) -> str:
 def _results(out: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for line in out.splitlines():
-        if line.startswith(_MARK):
+        if line.startswith(MARK):
             try:
-                found.update(json.loads(line[len(_MARK):]))
+                found.update(json.loads(line[len(MARK):]))
             except ValueError:
                 continue
     return found
-
-
-# ---- the child -------------------------------------------------------------------------------
-def _report(**result: Any) -> None:
-    sys.stdout.write(_MARK + json.dumps(result, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def child(plugin: str, key: str) -> None:
-    """Load only `plugin`, probe backend `key`, then smoke-test it; print the results."""
-    os.environ["SLLM_LOAD_PLUGINS"] = plugin
-    from . import probe_in_process, registered
-    entries = registered()
-    entry = entries.get(key) or entries.get(key.partition(":")[2])  # unshadowed in the child
-    if entry is None or entry.cls is None:
-        why = entry.reason if entry is not None else f"plugin {plugin!r} did not register {key!r}"
-        _report(probe={"reason": why})
-        return
-    reason, caps = probe_in_process(entry.cls)
-    _report(probe={"reason": reason, "capabilities": caps})
-    if reason is None:
-        _report(smoke={"reason": smoke_test(entry.cls, plugin)})
-
-
-def smoke_test(cls: type, plugin: str) -> str | None:
-    """None when the whole-model and generation cases 0 agree with numpy, else the first
-    failure."""
-    from ..plugins import describe_failure
-    from . import guard_kernels
-    from .conformance import Case
-    try:
-        backend = cls()
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - reported as the verdict
-        return f"failed to start: {describe_failure(e)}"
-    guard_kernels(backend, plugin)
-    for section in ("model", "generate"):
-        for check in Case(section, 0).run(backend):
-            if not check.passed and check.output.startswith("raised "):
-                return f"{check.kernel} [{check.case}] {check.output}"
-            if not check.passed:
-                return (f"{check.kernel} [{check.case}] {check.output}: error {check.error:.3g} "
-                        f"> allowed {check.allowed:.3g}")
-    return None
-
-
-if __name__ == "__main__":
-    child(sys.argv[1], sys.argv[2])

@@ -480,6 +480,9 @@ async function openAdapterFile(event) {
   setBusy(true);
   showError(null);
   try {
+    if ((await Adapters.list(state.info.fingerprint)).includes(name)) {
+      throw new Error(`an adapter named ${JSON.stringify(name)} exists already: delete that one first, or rename the file`);
+    }
     const bytes = new Uint8Array(await file.arrayBuffer());
     state.info = await state.worker.call("loadAdapter", { bytes: bytes.slice(), name: file.name }); // refused unless it fits
     await Adapters.put(state.info.fingerprint, name, bytes, { saved: Date.now(), model: state.name });
@@ -487,7 +490,7 @@ async function openAdapterFile(event) {
     await showAdapters(name);
   } catch (e) {
     showError(e);
-    await useAdapter("").catch(() => {});
+    await useAdapter(state.adapter).catch(() => {}); // what was in use before
   } finally {
     setBusy(false);
   }

@@ -334,7 +334,7 @@ function scaleInPlace(v, s) {
 }
 
 // ---- SHA-256 (FIPS 180-4): crypto.subtle is async and missing on plain-HTTP pages ----------
-const K256 = new Uint32Array([
+const K256 = new Int32Array([
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
   0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
   0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
@@ -351,7 +351,7 @@ export class Sha256 {
     this.block = new Uint8Array(64);
     this.fill = 0;
     this.length = 0;
-    this.w = new Uint32Array(64);
+    this.w = new Int32Array(64);
   }
   update(bytes) {
     let i = 0;
@@ -362,34 +362,42 @@ export class Sha256 {
       this.fill += take;
       i = take;
       if (this.fill < 64) return;
-      this.compress(this.block, 0);
+      this.compress(this.block, 0, 64);
       this.fill = 0;
     }
-    for (; i + 64 <= bytes.length; i += 64) this.compress(bytes, i);
-    this.block.set(bytes.subarray(i), 0);
-    this.fill = bytes.length - i;
+    const whole = i + ((bytes.length - i) & ~63);
+    if (whole > i) this.compress(bytes, i, whole);
+    this.block.set(bytes.subarray(whole), 0);
+    this.fill = bytes.length - whole;
   }
-  compress(b, at) {
+  /** The 64-byte blocks of b[at, end), the state in locals (int32 arithmetic throughout:
+   * K256 and w are Int32Arrays, so V8 never falls back to doubles). */
+  compress(b, at, end) {
     const w = this.w, h = this.h;
-    for (let t = 0; t < 16; t++) {
-      const j = at + 4 * t;
-      w[t] = (b[j] << 24) | (b[j + 1] << 16) | (b[j + 2] << 8) | b[j + 3];
+    let h0 = h[0], h1 = h[1], h2 = h[2], h3 = h[3], h4 = h[4], h5 = h[5], h6 = h[6], h7 = h[7];
+    for (; at < end; at += 64) {
+      for (let t = 0; t < 16; t++) {
+        const j = at + 4 * t;
+        w[t] = (b[j] << 24) | (b[j + 1] << 16) | (b[j + 2] << 8) | b[j + 3];
+      }
+      for (let t = 16; t < 64; t++) {
+        const x = w[t - 15], y = w[t - 2];
+        const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
+        const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
+        w[t] = (w[t - 16] + s0 + w[t - 7] + s1) | 0;
+      }
+      let a = h0, bb = h1, c = h2, d = h3, e = h4, f = h5, g = h6, hh = h7;
+      for (let t = 0; t < 64; t++) {
+        const S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
+        const t1 = (hh + S1 + ((e & f) ^ (~e & g)) + K256[t] + w[t]) | 0;
+        const S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
+        const t2 = (S0 + ((a & bb) ^ (a & c) ^ (bb & c))) | 0;
+        hh = g; g = f; f = e; e = (d + t1) | 0; d = c; c = bb; bb = a; a = (t1 + t2) | 0;
+      }
+      h0 = (h0 + a) | 0; h1 = (h1 + bb) | 0; h2 = (h2 + c) | 0; h3 = (h3 + d) | 0;
+      h4 = (h4 + e) | 0; h5 = (h5 + f) | 0; h6 = (h6 + g) | 0; h7 = (h7 + hh) | 0;
     }
-    for (let t = 16; t < 64; t++) {
-      const x = w[t - 15], y = w[t - 2];
-      const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
-      const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
-      w[t] = w[t - 16] + s0 + w[t - 7] + s1;
-    }
-    let [a, bb, c, d, e, f, g, hh] = h;
-    for (let t = 0; t < 64; t++) {
-      const S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
-      const t1 = (hh + S1 + ((e & f) ^ (~e & g)) + K256[t] + w[t]) | 0;
-      const S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
-      const t2 = (S0 + ((a & bb) ^ (a & c) ^ (bb & c))) | 0;
-      hh = g; g = f; f = e; e = (d + t1) | 0; d = c; c = bb; bb = a; a = (t1 + t2) | 0;
-    }
-    h[0] += a; h[1] += bb; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+    h[0] = h0; h[1] = h1; h[2] = h2; h[3] = h3; h[4] = h4; h[5] = h5; h[6] = h6; h[7] = h7;
   }
   hex() {
     const bits = this.length * 8, tail = new Uint8Array(((this.fill + 9 + 63) >> 6) * 64 - this.fill);
