@@ -272,6 +272,10 @@ def test_auto_picks_a_plugin_that_passes_and_caches_per_version(tmp_path, monkey
         assert backends.get("auto").name == "good"
     assert len(runs) == 7
     assert "sllm_good/good" in json.loads(isolation.cache_path().read_text())
+    isolation.cache_path().unlink()
+    isolation.cache_path().mkdir()  # a cache path that is not a file: probed, not fatal
+    backends.reset()
+    assert backends.get("auto").name == "good" and len(runs) == 8
 
 
 def test_reprobe_forgets_the_verdicts(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, SLLMError
 
 CACHE_NAME = "plugin-verdicts.json"
 TIMEOUT_ENV = "SLLM_PROBE_TIMEOUT"
@@ -135,7 +135,7 @@ def _write_cache(cache: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True))
-    except OSError:
+    except (OSError, SLLMError):  # unwritable, or not a file (a directory, a device)
         pass  # an unwritable cache only costs a probe per command
 
 
