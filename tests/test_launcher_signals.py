@@ -79,7 +79,14 @@ def _signal_then_resume(tmp_path: Path, signum: int, ranks: str) -> None:
         assert "interrupted at step" in out and "checkpoint saved" in out
     _wait_gone(launcher.pid, GONE_WITHIN_S)
     launcher.communicate()
-    assert not (run_dir / runlock.LOCK_NAME).exists(), "run.lock outlived the run"
+    owner = runlock.read_owner(run_dir)
+    if signum == signal.SIGKILL and owner is not None:
+        # mpiexec, told by the kernel that the launcher died, may SIGKILL a rank that is still
+        # checkpointing: then its lock stays, but no live process holds it, and the next run
+        # takes it over (checked by --resume below). Seen under load in 2 of 3 CI runs.
+        assert not runlock._alive(owner), f"a live process holds run.lock: {owner}"
+    else:
+        assert owner is None, "run.lock outlived the run"
     stopped = load_checkpoint(run_dir / "checkpoint.sllm").trainer_state["step"]
     assert 0 < stopped < 100_000
     proc = subprocess.run([sys.executable, "-m", "sllm.cli", "train", "--resume", str(run_dir),
