@@ -109,16 +109,7 @@ def launcher_from_env() -> tuple[int, int | None] | None:
     return int(pid), (int(start) if start.isdigit() and int(start) > 0 else None)
 
 
-def alive(pid: int, start: int | None) -> bool:
-    """True while process `pid` runs and is the process that started at `start`."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    now = runlock.proc_start(pid)
-    return start is None or now is None or now == start
+alive = runlock.process_alive  # the launcher is checked as a run lock's owner is
 
 
 def owned_by_launcher(grace: float = ORPHAN_GRACE_S) -> threading.Thread | None:

@@ -142,15 +142,20 @@ def _alive(owner: dict[str, Any]) -> bool:
     pid = owner.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
+    return process_alive(pid, owner.get("proc_start"))
+
+
+def process_alive(pid: int, start: int | None) -> bool:
+    """True while process `pid` runs and is the process that started at `start` (None:
+    unknown), so that a reused pid is not taken for its dead owner."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    started = owner.get("proc_start")
     now = proc_start(pid)
-    return started is None or now is None or started == now  # else: the pid was reused
+    return start is None or now is None or now == start
 
 
 def _take_over_if_stale(run_dir: str, path: str) -> None:
