@@ -51,15 +51,17 @@ def _wait_gone(launcher_pid: int, within: float) -> float:
     return time.monotonic() - t0
 
 
-def _start(run_dir: Path, ranks: str) -> subprocess.Popen:
-    """A long run under the launcher, returned once it has logged a step."""
-    cfg = _cfg(run_dir, steps=100_000, eval_every=0, checkpoint_every=0)
+def _start(run_dir: Path, ranks: str, checkpoint_every: int = 0) -> subprocess.Popen:
+    """A long run under the launcher, returned once it has logged a step (and written a
+    checkpoint, when it writes them)."""
+    cfg = _cfg(run_dir, steps=100_000, eval_every=0, checkpoint_every=checkpoint_every)
     launcher = subprocess.Popen([sys.executable, "-m", "sllm.cli", "train", *_args(cfg),
                                  "--ranks", ranks], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + TIMEOUT
-    while not (metrics.exists() and metrics.stat().st_size):
+    while not (metrics.exists() and metrics.stat().st_size) or \
+            (checkpoint_every and not (run_dir / "checkpoint.sllm").exists()):
         assert launcher.poll() is None, launcher.communicate()
         assert time.monotonic() < deadline, "the run never logged a step"
         time.sleep(0.05)
@@ -69,7 +71,9 @@ def _start(run_dir: Path, ranks: str) -> subprocess.Popen:
 
 def _signal_then_resume(tmp_path: Path, signum: int, ranks: str) -> None:
     run_dir = tmp_path / "run"
-    launcher = _start(run_dir, ranks)
+    # SIGKILL may reach a rank before it checkpoints (mpiexec can kill it): what resumes is
+    # then the last periodic checkpoint, as in any real run
+    launcher = _start(run_dir, ranks, checkpoint_every=5 if signum == signal.SIGKILL else 0)
     os.kill(launcher.pid, signum)  # the launcher alone, as `kill` or a job scheduler does
     if signum == signal.SIGKILL:
         launcher.wait(timeout=TIMEOUT)
