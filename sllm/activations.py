@@ -38,20 +38,31 @@ class Activations:
         self.tokens = new((B, T), np.int32)
         self.targets = new((B, T), np.int32)
         self.x0 = new((B, T, C))
-        self.layers = self._per_layer(lambda: SimpleNamespace(
-            ln1=new((B, T, C)), ln1_mean=new((B, T)), ln1_rstd=new((B, T)),
-            qkv=new((B, T, 3 * C)), att=new(backend.attention_saved_shape(B, T, H)),
-            atty=new((B, T, C)), attproj=new((B, T, C)), res2=new((B, T, C)),
-            ln2=new((B, T, C)), ln2_mean=new((B, T)), ln2_rstd=new((B, T)),
-            fch=new((B, T, F)), fch_act=new((B, T, F)), fcproj=new((B, T, C)),
-            res3=new((B, T, C)),
-        ), cfg.num_layers)
+
+        def make() -> SimpleNamespace:
+            # attproj and fcproj are read only by the residual add after each: the one set
+            # of buffers under recompute has one buffer for both
+            proj = new((B, T, C))
+            return SimpleNamespace(
+                ln1=new((B, T, C)), ln1_mean=new((B, T)), ln1_rstd=new((B, T)),
+                qkv=new((B, T, 3 * C)), att=new(backend.attention_saved_shape(B, T, H)),
+                atty=new((B, T, C)), attproj=proj, res2=new((B, T, C)),
+                ln2=new((B, T, C)), ln2_mean=new((B, T)), ln2_rstd=new((B, T)),
+                fch=new((B, T, F)), fch_act=new((B, T, F)),
+                fcproj=proj if self.recompute else new((B, T, C)), res3=new((B, T, C)))
+
+        self.layers = self._per_layer(make, cfg.num_layers)
         self.lnf, self.lnf_mean, self.lnf_rstd = new((B, T, C)), new((B, T)), new((B, T))
         self.logits = self._logits(B, T, V)
         self.losses = new((B, T))
         if train:  # gradient scratch, shared by all layers
             self.dres, self.dbranch, self.dln = new((B, T, C)), new((B, T, C)), new((B, T, C))
-            self.datty, self.dqkv, self.dfch = new((B, T, C)), new((B, T, 3 * C)), new((B, T, F))
+            # never live at once in a layer's backward (SLLM._backward): datty is written
+            # after dln's last read, dqkv after dfch's; so they share memory
+            self.datty = self.dln
+            wide = new((B * T * max(3 * C, F),))
+            self.dqkv = wide[:B * T * 3 * C].reshape(B, T, 3 * C)
+            self.dfch = wide[:B * T * F].reshape(B, T, F)
         self.has_grads = train
         self.dropout = 0.0  # the rate the last forward used; backward replays its masks
 

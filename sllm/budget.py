@@ -172,8 +172,8 @@ def _attention_saved(backend: Any, B: int, T: int, H: int) -> int:
 
 
 # Rows of logits a recomputing training step holds at once (sllm.activations makes them,
-# the estimate counts them): 512 x a vocabulary of 8000 is 16 MiB.
-HEAD_ROWS = 512
+# the estimate counts them): 256 x a vocabulary of 8000 is 8 MiB.
+HEAD_ROWS = 256
 
 
 def activation_estimate(cfg: ModelConfig, B: int, T: int, backend: Any = None,
@@ -191,7 +191,8 @@ def activation_estimate(cfg: ModelConfig, B: int, T: int, backend: Any = None,
     floats = N * (C + C + 2 + 1) + logit_rows * V + 2 * N + kept * per_layer + \
         (L - kept) * N * C
     if train:
-        floats += N * ((5 if llama else 4) * C + W + (3 if llama else 1) * F)
+        # GPT-2: dres, dbranch, dln (= datty) and one buffer for dqkv and dfch
+        floats += N * (5 * C + W + 3 * F) if llama else N * (3 * C + max(W, F))
     name = getattr(backend, "name", "numpy")
     if name == "numpy" or backend is None:
         work = 4 * B * H * T * T + 3 * N * V + 2 * N * max(3 * C, F)

@@ -90,7 +90,8 @@ def test_max_memory_sets_the_budget(tmp_path):
     largest = int(msg.split("the largest --batch-size that fits is ")[1].split(".")[0])
     assert 0 < largest < 4096
     est = budget.train_estimate(T._model_config(cfg, 4, warn=False), largest, 256,
-                                sllm.backends.get("numpy"), "adamw", cfg.demo_chars)
+                                sllm.backends.get("numpy"), "adamw", cfg.demo_chars,
+                                cfg.eval_batches)  # prepare() counts the validation batches
     assert est.total <= 1 << 30 < est.total + est.per_row  # it is the largest
 
 
