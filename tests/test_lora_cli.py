@@ -125,8 +125,9 @@ def test_two_ranks_fine_tune_as_one_process(base, qtype):
     one, two = base / f"one-{qtype}", base / f"two-{qtype}"
     code, out = run(*args, "--out", one)
     assert code == 0, out
-    proc = subprocess.run([sys.executable, "-m", "sllm.cli", *map(str, [*args, "--out", two,
-                                                                 "--ranks", 2])], capture_output=True, text=True, timeout=300)
+    two_ranks = [*args, "--out", two, "--ranks", 2]
+    proc = subprocess.run([sys.executable, "-m", "sllm.cli", *map(str, two_ranks)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "LoRA rank 8" in proc.stdout and "2 ranks" in proc.stdout
     losses = [[json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]
