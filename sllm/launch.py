@@ -92,7 +92,7 @@ def _arrays(trainer: Any) -> Iterator[tuple[str, np.ndarray]]:
     yield from sorted(trainer.opt.buffers.items())
 
 
-def _bcast_quantized(header: dict[str, Any], group: Group, trainer: Any
+def _bcast_quantized(header: dict[str, Any], group: MPIGroup, trainer: Any
                      ) -> dict[str, tuple[str, np.ndarray]]:
     """Rank 0's quantized weights (a LoRA run on a quantized base) on every rank, as ggml's
     rows {name: (qtype, rows)}: the other ranks build their model from them (the backend
@@ -107,7 +107,7 @@ def _bcast_quantized(header: dict[str, Any], group: Group, trainer: Any
     return rows
 
 
-def _build(header: dict[str, Any], group: Group,
+def _build(header: dict[str, Any], group: MPIGroup,
            quantized: dict[str, tuple[str, np.ndarray]]) -> Any:
     """A non-root rank's trainer, with empty arrays that replicate() then fills (but for
     the quantized weights, which come filled)."""
