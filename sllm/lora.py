@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -373,11 +374,13 @@ class Attached:
             lora_delta(k, o[r], x[r], w.a, w.b, self.scale, self.work("t", n, w.a.shape[1]),
                        self.work("wide", n, o.shape[1]))
 
-    def backward(self, dinp: Any, dout: Any, inp: Any, w: LoraWeight, seed: int) -> None:
-        """dinp += the adapter's part of the input gradient; dA, dB += theirs. dinp already
-        holds the frozen base's part (dout @ W^T). LORA_ROWS rows at a time, dA and dB
-        accumulating over the blocks (with adapter dropout all rows at once: the mask of
-        dropout_bwd spans the whole input)."""
+    def backward(self, dinp: Any, dout: Any, inp: Any, w: LoraWeight, seed: int,
+                 frozen: Callable[[Any, Any], None]) -> None:
+        """dinp = the frozen base's input gradient (frozen(dinp_rows, dout_rows) writes it)
+        + the adapter's; dA, dB += theirs. LORA_ROWS rows at a time, dA and dB accumulating
+        over the blocks (with adapter dropout all rows at once: the mask of dropout_bwd
+        spans the whole input). Each block's input rows are read before its dinp rows are
+        written, so dinp may be the input's own memory (sllm.activations under recompute)."""
         k, s = self.backend, np.float32(self.scale)
         x, dy, d = self._input(inp, seed), _rows(dout), _rows(dinp)
         R = w.a.shape[1]
@@ -391,6 +394,7 @@ class Attached:
             k.matmul_bwd(dx, w.da, None, dt, x[r], w.a)    # dx = dt A^T; dA += x^T dt
             if self.dropout:
                 k.dropout_bwd(dx, dx, self.dropout, seed)
+            frozen(d[r], dy[r])                            # the base's part, over x[r] if shared
             k.residual_fwd(d[r], d[r], dx)
 
     def _input(self, inp: Any, seed: int) -> Any:

@@ -111,7 +111,7 @@ class SLLM:
         self.seed = seed
         self.training = True
         self.dropout_step = 0  # counts training forwards; part of each dropout seed
-        self._acts: dict[tuple[int, int, bool, bool], Activations] = {}
+        self._acts: dict[tuple[int, int, bool, bool, bool], Activations] = {}
         self._batch_acts: dict[int, Activations] = {}  # decode_batch, by batch size
         self._qweights: dict[str, QTensor] = {}
         self.adapter: Attached | None = None  # see attach_adapter
@@ -223,10 +223,12 @@ class SLLM:
         make = llama.layer if self.is_llama else _layer
         return [make(views, i) for i in range(self.config.num_layers)]
 
-    def _new_activations(self, B: int, T: int, grads: bool, recompute: bool = False) -> Activations:
-        """The buffers of this family's forward (and backward) for one (B, T) shape."""
+    def _new_activations(self, B: int, T: int, grads: bool, recompute: bool = False,
+                         frozen: bool = False) -> Activations:
+        """The buffers of this family's forward (and backward) for one (B, T) shape (frozen:
+        for training an attached adapter, the base frozen)."""
         kind = LlamaActivations if self.is_llama else Activations
-        return kind(self.backend, self.config, B, T, grads, recompute)
+        return kind(self.backend, self.config, B, T, grads, recompute, frozen)
 
     def _dropout_seed(self, layer: int, site: int) -> int:
         """The dropout mask seed of one site (0: attention, 1: MLP) of one layer, this step."""
@@ -406,14 +408,14 @@ class SLLM:
         return t
 
     def _activations(self, B: int, T: int, grads: bool) -> Activations:
-        key = (B, T, grads, grads and self.recompute)
+        key = (B, T, grads, grads and self.recompute, grads and self.adapter is not None)
         acts = self._acts.get(key)
         if acts is None:
             if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
             budget.check_activations(self.config, B, T, self.backend, grads, key[3])
-            acts = self._acts[key] = self._new_activations(B, T, grads, key[3])
+            acts = self._acts[key] = self._new_activations(B, T, grads, key[3], key[4])
         return acts
 
     def _load_targets(self, acts: Activations, targets: Any) -> int:
@@ -525,15 +527,21 @@ class SLLM:
             assert isinstance(weight, np.ndarray)  # a trained weight is float
             k.matmul_bwd(dinp, dweight, dbias, dout, inp, weight, trans_w)
             return
-        base = weight.base if isinstance(weight, LoraWeight) else weight
-        if isinstance(base, QTensor):
-            k.matmul_q_bwd(dinp, dout, base.kernel_rows, base.qtype)
+        if not isinstance(weight, LoraWeight):
+            self._frozen_bwd(dinp, dout, weight, trans_w)
+            return
+        assert self.adapter is not None
+        base = weight.base
+        self.adapter.backward(dinp, dout, inp, weight, mix_seed(self._last_seed, weight.index, 2),
+                              lambda d, dy: self._frozen_bwd(d, dy, base, trans_w))
+
+    def _frozen_bwd(self, dinp: np.ndarray, dout: np.ndarray, weight: np.ndarray | QTensor,
+                    trans_w: bool) -> None:
+        """dinp = dout @ W^T for a frozen weight (overwritten; the input is not read)."""
+        if isinstance(weight, QTensor):
+            self.backend.matmul_q_bwd(dinp, dout, weight.kernel_rows, weight.qtype)
         else:
-            k.matmul_fwd(dinp, dout, base, None, not trans_w)
-        if isinstance(weight, LoraWeight):
-            assert self.adapter is not None
-            self.adapter.backward(dinp, dout, inp, weight, mix_seed(self._last_seed,
-                                                                    weight.index, 2))
+            self.backend.matmul_fwd(dinp, dout, weight, None, not trans_w)
 
     def _zero_grads(self) -> None:
         """Zero the gradients a backward pass accumulates into (the adapter's too)."""
