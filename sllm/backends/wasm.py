@@ -444,11 +444,13 @@ def _check_tokens(ids: Any, limit: int, allow_ignore: bool = False) -> None:
 
 def _check_q_rows(wq: Any, qtype: str, OC: int, K: int) -> None:
     """wq must be uint8 (OC, row bytes): OC ggml rows of K values of qtype."""
-    _check(qtype in _QTYPE_CODES, f"qtype must be one of {', '.join(_QTYPE_CODES)}, got {qtype!r}")
+    if qtype not in _QTYPE_CODES:
+        raise ValueError(f"qtype must be one of {', '.join(_QTYPE_CODES)}, got {qtype!r}")
     row_bytes = -(-K // 32) * _QBLOCK_BYTES[qtype]
-    _check(np.shape(wq) == (OC, row_bytes) and np.asarray(wq).dtype == U8,
-           f"wq must be uint8 ({OC}, {row_bytes}) for {qtype} rows of K={K}, "
-           f"got {np.asarray(wq).dtype} {np.shape(wq)}")
+    if np.shape(wq) != (OC, row_bytes) or np.asarray(wq).dtype != U8:
+        # the message is formatted only here: a dtype's str costs more than a small GEMV
+        raise ValueError(f"wq must be uint8 ({OC}, {row_bytes}) for {qtype} rows of K={K}, "
+                         f"got {np.asarray(wq).dtype} {np.shape(wq)}")
 
 
 def _size(out: np.ndarray, inp: np.ndarray) -> int:
