@@ -20,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .budget import LORA_ROWS, FrozenBase
 from .config import ModelConfig
 from .errors import ConfigError, FormatError, LoraError
 from .layout import ALIGN, parameter_shapes
@@ -36,11 +38,8 @@ if TYPE_CHECKING:
     from .model import SLLM
 
 __all__ = ["LoraConfig", "Adapter", "Attached", "LoraWeight", "LoraError", "fingerprint",
-           "lora_delta", "merge", "target_names", "ADAPTER_FILE", "TARGETS"]
+           "lora_delta", "merge", "target_names", "frozen_base", "ADAPTER_FILE", "TARGETS"]
 
-# Rows of one adapter matmul at a time: its scratch is (LORA_ROWS, width), not (N, width) per
-# target, a few MiB at any batch (medium-model at 16 x 256: 52 MiB less at the peak).
-LORA_ROWS = 512
 ADAPTER_FILE = "adapter.sllm"  # what `sllm finetune` writes into its run directory
 KIND = "lora-adapter"
 # The weight-name suffixes each --lora-targets group stands for, per family.
@@ -100,6 +99,17 @@ def target_names(config: ModelConfig, targets: str) -> list[str]:
                               f"some of {', '.join(valid)}")
     names = [n for n, _ in parameter_shapes(config) if any(n.endswith("." + s) for s in suffixes)]
     return names
+
+
+def frozen_base(model: SLLM, config: LoraConfig) -> FrozenBase:
+    """What training an adapter of `config` on `model` holds besides activations, for
+    sllm.budget: the base as the model stores it (quantized rows for QLoRA), the adapter's
+    scalars, its widest target and rank."""
+    shapes = [_weight_shape(model.config, n) for n in target_names(model.config, config.targets)]
+    sizes = [s for s in shapes if s is not None]
+    stored = model.flat_params.nbytes + sum(q.nbytes for q in model.quantized_weights().values())
+    return FrozenBase(stored, sum(config.rank * (i + o) for i, o in sizes),
+                      max((max(s) for s in sizes), default=0), config.rank)
 
 
 def fingerprint(model: SLLM) -> str:
@@ -373,11 +383,13 @@ class Attached:
             lora_delta(k, o[r], x[r], w.a, w.b, self.scale, self.work("t", n, w.a.shape[1]),
                        self.work("wide", n, o.shape[1]))
 
-    def backward(self, dinp: Any, dout: Any, inp: Any, w: LoraWeight, seed: int) -> None:
-        """dinp += the adapter's part of the input gradient; dA, dB += theirs. dinp already
-        holds the frozen base's part (dout @ W^T). LORA_ROWS rows at a time, dA and dB
-        accumulating over the blocks (with adapter dropout all rows at once: the mask of
-        dropout_bwd spans the whole input)."""
+    def backward(self, dinp: Any, dout: Any, inp: Any, w: LoraWeight, seed: int,
+                 frozen: Callable[[Any, Any], None]) -> None:
+        """dinp = the frozen base's input gradient (frozen(dinp_rows, dout_rows) writes it)
+        + the adapter's; dA, dB += theirs. LORA_ROWS rows at a time, dA and dB accumulating
+        over the blocks (with adapter dropout all rows at once: the mask of dropout_bwd
+        spans the whole input). Each block's input rows are read before its dinp rows are
+        written, so dinp may be the input's own memory (sllm.activations under recompute)."""
         k, s = self.backend, np.float32(self.scale)
         x, dy, d = self._input(inp, seed), _rows(dout), _rows(dinp)
         R = w.a.shape[1]
@@ -391,6 +403,7 @@ class Attached:
             k.matmul_bwd(dx, w.da, None, dt, x[r], w.a)    # dx = dt A^T; dA += x^T dt
             if self.dropout:
                 k.dropout_bwd(dx, dx, self.dropout, seed)
+            frozen(d[r], dy[r])                            # the base's part, over x[r] if shared
             k.residual_fwd(d[r], d[r], dx)
 
     def _input(self, inp: Any, seed: int) -> Any:
