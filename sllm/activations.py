@@ -18,6 +18,9 @@ from .config import ModelConfig
 class Activations:
     """Forward activations per layer (kept for backward) plus shared gradient scratch.
 
+    Without gradients (evaluation, generation) the layers share one set of buffers but
+    for each layer's output, as under recompute.
+
     recompute (training only, activation checkpointing): every layer shares one set of
     buffers except its output res3 (the next layer's input), and backward recomputes each
     layer's forward from its input before going back through it: about one more forward of
@@ -29,6 +32,7 @@ class Activations:
                  recompute: bool = False, frozen: bool = False):
         self.backend = backend
         self.recompute = recompute and train
+        self.has_grads = train
         self.shape = (B, T)
         C, F, V = cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size
         self._owned: list[np.ndarray] = []
@@ -50,7 +54,6 @@ class Activations:
         self.lnf, self.lnf_mean, self.lnf_rstd = new((B, T, C)), new((B, T)), new((B, T))
         self.logits = self._logits(B, T, V)
         self.losses = new((B, T))
-        self.has_grads = train
         self.dropout = 0.0  # the rate the last forward used; backward replays its masks
 
     def _layer(self, cfg: ModelConfig, frozen: bool) -> SimpleNamespace:
@@ -86,9 +89,10 @@ class Activations:
         return self._new((min(B * T, HEAD_ROWS), V) if self.recompute else (B, T, V))
 
     def _per_layer(self, make: Callable[[], SimpleNamespace], n: int) -> list[SimpleNamespace]:
-        """n layers' buffers, each from make(); with recompute, the first layer's shared by
+        """n layers' buffers, each from make(); with recompute, or without a backward (no
+        layer's buffers are read after the next layer ran), the first layer's shared by
         all, each of the others with only its own res3."""
-        if not self.recompute:
+        if self.has_grads and not self.recompute:
             return [make() for _ in range(n)]
         shared = make()
         return [shared] + [SimpleNamespace(**{**vars(shared), "res3": self._new(shared.res3.shape)})
@@ -115,6 +119,7 @@ class LlamaActivations(Activations):
                  recompute: bool = False, frozen: bool = False):
         self.backend = backend
         self.recompute = recompute and train
+        self.has_grads = train
         self.shape = (B, T)
         C, F, V, H, W = (cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads,
                          cfg.qkv_width)
@@ -141,7 +146,6 @@ class LlamaActivations(Activations):
             self.datty, self.dqkv = new((B, T, C)), new((B, T, W))
             self.dqkv_rows = self.dqkv.reshape(N, W)
             self.dgate, self.dup, self.dh = new((B, T, F)), new((B, T, F)), new((B, T, F))
-        self.has_grads = train
         self.dropout = 0.0
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .budget import LORA_ROWS, FrozenBase
 from .config import ModelConfig
 from .errors import ConfigError, FormatError, LoraError
 from .layout import ALIGN, parameter_shapes
@@ -37,11 +38,8 @@ if TYPE_CHECKING:
     from .model import SLLM
 
 __all__ = ["LoraConfig", "Adapter", "Attached", "LoraWeight", "LoraError", "fingerprint",
-           "lora_delta", "merge", "target_names", "ADAPTER_FILE", "TARGETS"]
+           "lora_delta", "merge", "target_names", "frozen_base", "ADAPTER_FILE", "TARGETS"]
 
-# Rows of one adapter matmul at a time: its scratch is (LORA_ROWS, width), not (N, width) per
-# target, a few MiB at any batch (medium-model at 16 x 256: 52 MiB less at the peak).
-LORA_ROWS = 512
 ADAPTER_FILE = "adapter.sllm"  # what `sllm finetune` writes into its run directory
 KIND = "lora-adapter"
 # The weight-name suffixes each --lora-targets group stands for, per family.
@@ -101,6 +99,17 @@ def target_names(config: ModelConfig, targets: str) -> list[str]:
                               f"some of {', '.join(valid)}")
     names = [n for n, _ in parameter_shapes(config) if any(n.endswith("." + s) for s in suffixes)]
     return names
+
+
+def frozen_base(model: SLLM, config: LoraConfig) -> FrozenBase:
+    """What training an adapter of `config` on `model` holds besides activations, for
+    sllm.budget: the base as the model stores it (quantized rows for QLoRA), the adapter's
+    scalars, its widest target and rank."""
+    shapes = [_weight_shape(model.config, n) for n in target_names(model.config, config.targets)]
+    sizes = [s for s in shapes if s is not None]
+    stored = model.flat_params.nbytes + sum(q.nbytes for q in model.quantized_weights().values())
+    return FrozenBase(stored, sum(config.rank * (i + o) for i, o in sizes),
+                      max((max(s) for s in sizes), default=0), config.rank)
 
 
 def fingerprint(model: SLLM) -> str:

@@ -330,10 +330,15 @@ class SLLM:
             self.training = was
 
     def loss(self, tokens: Any, targets: Any) -> float:
-        """Mean cross-entropy over targets != -1, without computing gradients."""
-        acts = self._run_forward(tokens, grads=False)
+        """Mean cross-entropy over targets != -1, without computing gradients. In a training
+        step's buffers when one of this shape exists (an evaluation during training holds
+        no second set; under recompute the logits come a slice of rows at a time)."""
+        acts = self._run_forward(tokens, grads=False, reuse=True)
         count = self._load_targets(acts, targets)
-        self.backend.softmax_xent(acts.losses, None, acts.logits, acts.targets, 1.0)
+        if acts.recompute:
+            self._head_loss(acts, None)
+        else:
+            self.backend.softmax_xent(acts.losses, None, acts.logits, acts.targets, 1.0)
         return float(np.sum(acts.losses, dtype=np.float64) / max(count, 1))
 
     def forward_backward(self, tokens: Any, targets: Any) -> float:
@@ -349,10 +354,10 @@ class SLLM:
         self._backward(acts)
         return loss
 
-    def _head_loss(self, a: Activations, dloss: float) -> None:
-        """The losses, and the output head's backward into a.dln (and its gradient): from
-        the logits forward made, or (recompute) made here HEAD_ROWS rows at a time in
-        a.logits, so that N x V logits never exist at once."""
+    def _head_loss(self, a: Activations, dloss: float | None) -> None:
+        """The losses, and (dloss given) the output head's backward into a.dln (and its
+        gradient): from the logits forward made, or (recompute) made here HEAD_ROWS rows at
+        a time in a.logits, so that N x V logits never exist at once."""
         head, tie = self._lm_head(self._qweights, self._params), self.config.tie_embeddings
         dhead = self._grads[head_name(self.config)]
         N = a.losses.size
@@ -364,6 +369,9 @@ class SLLM:
             part = logits[:rows.stop - r0]
             if a.recompute:
                 self._matmul(part, lnf[rows], head, None, tie)
+            if dloss is None:  # the loss alone (SLLM.loss)
+                self.backend.softmax_xent(losses[rows], None, part, targets[rows], 1.0)
+                continue
             self.backend.softmax_xent(losses[rows], part, part, targets[rows], dloss)
             self._matmul_bwd(dln[rows], dhead, None, part, lnf[rows], head, tie)
 
@@ -407,14 +415,20 @@ class SLLM:
                              f"got range [{lo}, {hi}]")
         return t
 
-    def _activations(self, B: int, T: int, grads: bool) -> Activations:
+    def _activations(self, B: int, T: int, grads: bool, reuse: bool = False) -> Activations:
+        """The buffers of a (B, T) forward (grads: and its backward), kept per shape; reuse:
+        a forward without backward may run in a training shape's buffers."""
+        if reuse:
+            train = next((a for k, a in self._acts.items() if k[:3] == (B, T, True)), None)
+            if train is not None:
+                return train
         key = (B, T, grads, grads and self.recompute, grads and self.adapter is not None)
         acts = self._acts.get(key)
         if acts is None:
             if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
-            budget.check_activations(self.config, B, T, self.backend, grads, key[3])
+            budget.check_activations(self.config, B, T, self.backend, grads, key[3], key[4])
             acts = self._acts[key] = self._new_activations(B, T, grads, key[3], key[4])
         return acts
 
@@ -429,10 +443,10 @@ class SLLM:
         acts.targets[...] = t
         return int(np.count_nonzero(t >= 0))
 
-    def _run_forward(self, tokens: Any, grads: bool, cache: KVCache | None = None
-                     ) -> Activations:
+    def _run_forward(self, tokens: Any, grads: bool, cache: KVCache | None = None,
+                     reuse: bool = False) -> Activations:
         t = self._check_tokens(tokens)
-        acts = self._activations(t.shape[0], t.shape[1], grads)
+        acts = self._activations(t.shape[0], t.shape[1], grads, reuse)
         acts.tokens[...] = t
         dropout = self.config.dropout if self.training and cache is None else 0.0
         lora_p = self.adapter.adapter.config.dropout if self.adapter is not None and \

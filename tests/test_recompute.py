@@ -156,3 +156,20 @@ def test_finetune_recompute_writes_the_same_adapter(tmp_path, monkeypatch):
     assert saved["recompute"] is True
     assert (tmp_path / "plain" / "adapter.sllm").read_bytes() == \
         (tmp_path / "recompute" / "adapter.sllm").read_bytes()
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_evaluation_runs_in_the_training_buffers(arch, recompute, backend_name, monkeypatch):
+    """SLLM.loss during training (the same batch shape) runs in the training step's buffers
+    (under recompute the logits a slice of rows at a time) and gives the loss of a model
+    that never trained: no second set of activations for evaluation."""
+    monkeypatch.setattr(sllm.activations, "HEAD_ROWS", 5)
+    (x, y), model = batches()[0], sllm.SLLM(tiny(arch), backend=backend_name, seed=1)
+    want = model.eval().loss(x, y)
+    model = sllm.SLLM(tiny(arch), backend=backend_name, seed=1)
+    model.recompute = recompute
+    model.train().forward_backward(x, y)  # gradients only: the weights stay
+    held = dict(model._acts)
+    assert model.eval().loss(x, y) == pytest.approx(want, rel=1e-6)
+    assert model._acts == held
