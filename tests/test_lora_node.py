@@ -232,7 +232,7 @@ return {bits: b64(new Uint8Array(bits.buffer)), refused};
 """, _b64(values.tobytes()))
     expected = values.astype(np.float16).view(np.uint16)
     assert np.array_equal(np.frombuffer(base64.b64decode(got["bits"]), "<u2"), expected)
-    for bad, message in zip([70000, -1e30, np.nan, 65520], got["refused"]):
+    for bad, message in zip([70000, -1e30, np.nan, 65520], got["refused"], strict=True):
         with pytest.raises(FormatError) as python:
             check_f16_range({"h.0.attn.c_attn.weight.lora_b": np.array([1, bad, 2], np.float32)})
         assert message.startswith("FormatError: " + str(python.value).split("; save as")[0] + ";")
