@@ -304,3 +304,42 @@ def test_whole_model_matches_reference(be, rng, tie, family):
         assert err <= 1e-4, f"{name}: relative error {err:.2e}"
     logits, logits_ref = mine.eval().forward(x), ref.eval().forward(x)
     assert np.abs(logits - logits_ref).max() <= 1e-4 * np.abs(logits_ref).max()
+
+
+@pytest.mark.parametrize("filename", MODULES)
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+def test_quantized_decode_matches_reference_in_every_module(filename, qtype):
+    """Each module's quantized kernels (four rows at a time, q4 nibbles unsigned, q8_0's
+    sign trick on x in the relaxed module; the scalar loops in the MVP one) decode the
+    numpy reference's greedy tokens, its embedding lookup included (tied wte)."""
+    cls = type(f"Only_{filename}", (WasmSimdBackend,),
+               {"modules": ((filename, False, "simd128"),), "_probed": {}})
+    if filename == "sllm_relaxed.wasm":
+        cls = WasmSimdBackend  # relaxed is wasm-simd's first choice where the runtime runs it
+    elif filename == "sllm_scalar.wasm":
+        cls = WasmBackend
+    try:
+        be = cls()
+    except RuntimeUnavailable as e:
+        pytest.skip(f"{filename}: {e}")
+    if filename == "sllm_relaxed.wasm" and be.capabilities["module"] != filename:
+        pytest.skip("this runtime does not run the relaxed-SIMD module")
+    cfg = AWKWARD.replace(tie_embeddings=True, vocab_size=70, embedding_dim=45, max_seq_len=40)
+    mine = sllm.SLLM(cfg, backend=be, seed=3).quantize(qtype).eval()
+    ref = sllm.SLLM(cfg, backend="numpy", seed=3).quantize(qtype).eval()
+    prompt = [5, 17, 60, 3]
+    assert mine.generate(prompt, 30, temperature=0) == ref.generate(prompt, 30, temperature=0)
+    logits, logits_ref = mine.forward([prompt]), ref.forward([prompt])
+    assert np.abs(logits - logits_ref).max() <= 1e-4 * np.abs(logits_ref).max()
+
+
+def test_embed_q_fwd_checks_its_tokens(be):
+    from sllm import quant
+    wq = quant.quantize(np.ones((9, 40), np.float32), "q4_1")
+    out = np.zeros((1, 2, 40), np.float32)
+    be.embed_q_fwd(out, np.array([[8, 0]], np.int32), wq, "q4_1")
+    np.testing.assert_allclose(out, 1.0, rtol=1e-3)
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 9\)"):
+        be.embed_q_fwd(out, np.array([[9, 0]], np.int32), wq, "q4_1")
+    with pytest.raises(ValueError, match="embed_q_fwd: out must be"):
+        be.embed_q_fwd(np.zeros((1, 3, 40), np.float32), np.array([[1, 0]], np.int32), wq, "q4_1")

@@ -238,6 +238,16 @@ class _WasmBase(Backend):
         self._call("matmul_q_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
                    self._ptr(wq, U8), self._ptr(bias), N, K, OC, _QTYPE_CODES[qtype], scratch)
 
+    def embed_q_fwd(self, out: Array, tokens: Array, wq: Array, qtype: str) -> None:
+        """out (B,T,C) = rows tokens (B,T) of quantized rows wq, dequantized."""
+        C = out.shape[-1]
+        _check_q_rows(wq, qtype, np.shape(wq)[0], C)
+        if out.size != np.size(tokens) * C:
+            raise ValueError(f"embed_q_fwd: out must be (B, T, {C}) for tokens {np.shape(tokens)}")
+        _check_tokens(tokens, np.shape(wq)[0])
+        self._call("embed_q_fwd", "<IIIiii", self._ptr(out, write=True), self._ptr(tokens, I32),
+                   self._ptr(wq, U8), np.size(tokens), C, _QTYPE_CODES[qtype])
+
     def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Array, qtype: str) -> None:
         """dinp = dout @ W (overwritten) for W held as quantized rows wq (sllm.quant)."""
         K, OC = dinp.shape[-1], dout.shape[-1]
