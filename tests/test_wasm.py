@@ -343,3 +343,27 @@ def test_embed_q_fwd_checks_its_tokens(be):
         be.embed_q_fwd(out, np.array([[9, 0]], np.int32), wq, "q4_1")
     with pytest.raises(ValueError, match="embed_q_fwd: out must be"):
         be.embed_q_fwd(np.zeros((1, 3, 40), np.float32), np.array([[1, 0]], np.int32), wq, "q4_1")
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_1"])
+def test_quantized_scales_of_every_float16_kind_convert_exactly(be, qtype):
+    """Float16 scales (and q4_1's offsets) of every kind, four rows' scales multiplied as
+    one vector: subnormal, zero, negative, largest, infinite and NaN scales give the
+    reference's floats bit for bit (one block: the same float operations)."""
+    from sllm import quant
+    from sllm.backends import reference
+    halves = [0x0001, 0x03FF, 0x0400, 0x8000, 0x0000, 0x7BFF, 0xFBFF, 0x7C00, 0xFC00, 0x7E00,
+              0x3C00, 0xB555]
+    rng = np.random.default_rng(1)
+    wq = quant.quantize(rng.standard_normal((len(halves), 32)).astype(np.float32), qtype)
+    wq[:, 0:2] = np.array(halves, np.uint16).view(np.uint8).reshape(-1, 2)
+    if qtype == "q4_1":
+        wq[:, 2:4] = np.array(halves[::-1], np.uint16).view(np.uint8).reshape(-1, 2)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    out, ref = np.zeros((2, len(halves)), np.float32), np.zeros((2, len(halves)), np.float32)
+    with np.errstate(all="ignore"):
+        be.matmul_q_fwd(out, x, wq, None, qtype)
+        reference.matmul_q_fwd(ref, x, wq, None, qtype)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    finite = ~np.isnan(ref)
+    assert np.array_equal(out[finite].view(np.uint32), ref[finite].view(np.uint32))
