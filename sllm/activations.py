@@ -51,7 +51,10 @@ class Activations:
             self.dqkv = wide[:B * T * 3 * C].reshape(B, T, 3 * C)
             self.dfch = wide[:B * T * F].reshape(B, T, F)
         self.layers = self._per_layer(lambda: self._layer(cfg, frozen), cfg.num_layers)
-        self.lnf, self.lnf_mean, self.lnf_rstd = new((B, T, C)), new((B, T)), new((B, T))
+        # lnf is read only by the head (forward, loss): under recompute it is dres, whose
+        # first write is the final norm's backward after the head's
+        self.lnf = self.dres if self.recompute else new((B, T, C))
+        self.lnf_mean, self.lnf_rstd = new((B, T)), new((B, T))
         self.logits = self._logits(B, T, V)
         self.losses = new((B, T))
         self.dropout = 0.0  # the rate the last forward used; backward replays its masks

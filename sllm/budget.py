@@ -198,10 +198,10 @@ def _attention_saved(backend: Any, B: int, T: int, H: int) -> int:
 
 # Rows of one adapter matmul at a time (sllm.lora.Attached): its scratch is (LORA_ROWS, width),
 # not (N, width) per target, a few MiB at any batch.
-LORA_ROWS = 512
+LORA_ROWS = 1024
 # Rows of logits a recomputing training step holds at once (sllm.activations makes them,
-# the estimate counts them): 256 x a vocabulary of 8000 is 8 MiB.
-HEAD_ROWS = 256
+# the estimate counts them): 128 x a vocabulary of 8000 is 4 MiB.
+HEAD_ROWS = 128
 
 
 def activation_estimate(cfg: ModelConfig, B: int, T: int, backend: Any = None,
