@@ -169,8 +169,8 @@ def train(
     if betas is not None:
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
-    group = distributed.world()  # the single process, or this rank of an mpiexec job
     jobcontrol.owned_by_launcher()  # started by `--ranks`: end when the launcher is gone
+    group = distributed.world()  # the single process, or this rank of an mpiexec job
     if resume and overwrite:
         raise SLLMError("--overwrite starts a new run; it cannot be combined with --resume")
 
