@@ -75,6 +75,29 @@ def test_mixed_batch_equals_each_merged_model(arch, tok, backend_name):
     references = {None: base_model(arch, tok, backend_name)}
     for name, adapter in adapters.items():
         references[name] = merge(base_model(arch, tok, backend_name), adapter)
+    check_mixed_batch(model, tok, adapters, references)
+
+
+@pytest.mark.parametrize("arch,qtype", [("gpt2", "q4_0"), ("llama", "q8_0")])
+def test_mixed_batch_on_a_quantized_base_equals_each_adapter_alone(arch, qtype, tok,
+                                                                   backend_name):
+    """No merged model on a quantized base: the reference is the adapter attached alone."""
+    def quantized():
+        return base_model(arch, tok, backend_name).quantize(qtype).eval()
+    model = quantized()
+    adapters = {"a": random_adapter(model, 1), "b": random_adapter(model, 2, "attn"),
+                "c": random_adapter(model, 3, "mlp", rank=2)}
+    references = {None: quantized()}
+    for name, adapter in adapters.items():
+        references[name] = quantized()
+        references[name].attach_adapter(adapter)
+        references[name].eval()
+    check_mixed_batch(model, tok, adapters, references)
+
+
+def check_mixed_batch(model, tok, adapters, references):
+    """PROMPTS for the base and each adapter in turn, queued before the engine starts (one
+    batch holds them all): each answer equals its reference model's greedy text."""
     bank = AdapterBank(model)
     for name, adapter in adapters.items():
         bank.add(name, adapter)

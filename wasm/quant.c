@@ -68,7 +68,12 @@ static void fill_half_table(void) {
     half_table_ready = 1;
 }
 
-static inline float load_half(const uint8_t *p) { return HALF_TABLE[p[0] | ((uint32_t)p[1] << 8)]; }
+/* One unaligned 16-bit load (memcpy): two byte loads and an or cost 1-11% of a GEMV. */
+static inline float load_half(const uint8_t *p) {
+    uint16_t h;
+    __builtin_memcpy(&h, p, 2);
+    return HALF_TABLE[h];
+}
 
 /* C's roundf: half away from zero (wasm's f32.nearest rounds half to even). */
 static float round_away(float v) {
@@ -114,52 +119,12 @@ typedef struct {
 } qrow;
 
 #ifdef __wasm_simd128__
-#ifndef __wasm_relaxed_simd__
-/* i32x4 partial sums of w (int8, |w| <= 127) times x (int8), 16 pairs. */
-static inline v128_t dot16(v128_t w, v128_t x, v128_t acc) {
-#if defined(SLLM_WASM_COMPAT)
-    /* wasmer 1.x (Cranelift) lacks extmul and extadd_pairwise: widen each half of w and x
-     * to int16, then i32x4.dot_i16x8_s sums the products in pairs (an intrinsic, so the
-     * compiler cannot fold the widening multiply back into extmul) */
-    v128_t lo = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w), wasm_i16x8_extend_low_i8x16(x));
-    v128_t hi = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w), wasm_i16x8_extend_high_i8x16(x));
-    return wasm_i32x4_add(acc, wasm_i32x4_add(lo, hi));
-#else
-    v128_t p = wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(w, x), wasm_i16x8_extmul_high_i8x16(w, x));
-    return wasm_i32x4_add(acc, wasm_i32x4_extadd_pairwise_i16x8(p));
-#endif
-}
-#endif
-
-/* The same for w in [0, 15] (q4 nibbles, no offset): relaxed SIMD takes w as the 7-bit
- * operand as it is; SIMD128 sums the four int16 products of each lane before widening
- * (|w * x| <= 15 * 128, four fit int16). 32 pairs: w lo/hi with x0/x1. */
-static inline v128_t udot32(v128_t lo, v128_t hi, v128_t x0, v128_t x1) {
-#ifdef __wasm_relaxed_simd__
-    return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(x1, hi,
-                                                  wasm_i32x4_relaxed_dot_i8x16_i7x16_add(x0, lo, wasm_i32x4_splat(0)));
-#elif defined(SLLM_WASM_COMPAT)
-    return dot16(hi, x1, dot16(lo, x0, wasm_i32x4_splat(0)));
-#else
-    v128_t p = wasm_i16x8_add(wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(lo, x0), wasm_i16x8_extmul_high_i8x16(lo, x0)),
-                              wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(hi, x1), wasm_i16x8_extmul_high_i8x16(hi, x1)));
-    return wasm_i32x4_extadd_pairwise_i16x8(p);
-#endif
-}
-
-/* Lane r: the sum of v_r's four lanes. */
-static inline v128_t reduce4(v128_t v0, v128_t v1, v128_t v2, v128_t v3) {
-    v128_t a = wasm_i32x4_add(wasm_i32x4_shuffle(v0, v1, 0, 1, 4, 5), wasm_i32x4_shuffle(v0, v1, 2, 3, 6, 7));
-    v128_t b = wasm_i32x4_add(wasm_i32x4_shuffle(v2, v3, 0, 1, 4, 5), wasm_i32x4_shuffle(v2, v3, 2, 3, 6, 7));
-    return wasm_i32x4_add(wasm_i32x4_shuffle(a, b, 0, 2, 4, 6), wasm_i32x4_shuffle(a, b, 1, 3, 5, 7));
-}
-
-/* One block of one row: its int32 partial sums against x's 32 codes (x0, x1). q4_0's
- * nibbles stay unsigned here: the caller subtracts 8 * sum(x) once for four rows. */
+/* A block of activation codes as every row's dot product reads it: loaded (and prepared)
+ * once for four weight rows. */
 typedef struct {
-    v128_t x0, x1; /* a block's 32 codes */
+    v128_t x0, x1; /* the block's 32 codes */
 #ifdef __wasm_relaxed_simd__
-    v128_t a0, a1, n0, n1; /* |x| and x < 0, shared by the four rows */
+    v128_t a0, a1, n0, n1; /* |x| and x < 0 */
 #endif
 } xblock;
 
@@ -173,22 +138,53 @@ static inline xblock load_xblock(const int8_t *x) {
     return v;
 }
 
-static inline v128_t block_isum(const uint8_t *w, const xblock *x, int qtype) {
-    if (qtype == 0) {
-        v128_t w0 = wasm_v128_load(w + 2), w1 = wasm_v128_load(w + 18);
+/* i32x4 partial sums of w0 . x0 + w1 . x1 (int8 weights, |w| <= 127; or q4 nibbles
+ * 0..15, which relaxed SIMD takes as its 7-bit operand as they are). */
+static inline v128_t dot32(v128_t w0, v128_t w1, const xblock *x, int nibbles) {
 #ifdef __wasm_relaxed_simd__
-        /* the sign trick the other way round: |x| (computed once for four rows) is the
-         * 7-bit operand and w carries x's sign (|w| <= 127: no overflow) */
-        v128_t s0 = wasm_i8x16_sub(wasm_v128_xor(w0, x->n0), x->n0);
-        v128_t s1 = wasm_i8x16_sub(wasm_v128_xor(w1, x->n1), x->n1);
-        return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(s1, x->a1,
-                                                      wasm_i32x4_relaxed_dot_i8x16_i7x16_add(s0, x->a0, wasm_i32x4_splat(0)));
-#else
-        return dot16(w1, x->x1, dot16(w0, x->x0, wasm_i32x4_splat(0)));
-#endif
+    if (!nibbles) {
+        /* the sign trick the other way round: |x| (shared by four rows) is the 7-bit
+         * operand and w carries x's sign (|w| <= 127: no overflow) */
+        w0 = wasm_i8x16_sub(wasm_v128_xor(w0, x->n0), x->n0);
+        w1 = wasm_i8x16_sub(wasm_v128_xor(w1, x->n1), x->n1);
+        return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(w1, x->a1,
+                                                      wasm_i32x4_relaxed_dot_i8x16_i7x16_add(w0, x->a0, wasm_i32x4_splat(0)));
     }
+    return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(x->x1, w1,
+                                                  wasm_i32x4_relaxed_dot_i8x16_i7x16_add(x->x0, w0, wasm_i32x4_splat(0)));
+#elif defined(SLLM_WASM_COMPAT)
+    /* wasmer 1.x (Cranelift) lacks extmul and extadd_pairwise: w and x widened to int16,
+     * i32x4.dot_i16x8_s summing the products in pairs (an intrinsic, so the compiler
+     * cannot fold the widening multiply back into extmul) */
+    (void)nibbles;
+    v128_t s0 = wasm_i32x4_add(wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w0), wasm_i16x8_extend_low_i8x16(x->x0)),
+                               wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w0), wasm_i16x8_extend_high_i8x16(x->x0)));
+    v128_t s1 = wasm_i32x4_add(wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w1), wasm_i16x8_extend_low_i8x16(x->x1)),
+                               wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w1), wasm_i16x8_extend_high_i8x16(x->x1)));
+    return wasm_i32x4_add(s0, s1);
+#else
+    /* extmul to int16; int8 products add in pairs before widening (2 * 127 * 128 fits),
+     * nibble products in fours (4 * 15 * 128 fits) */
+    v128_t p0 = wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(w0, x->x0), wasm_i16x8_extmul_high_i8x16(w0, x->x0));
+    v128_t p1 = wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(w1, x->x1), wasm_i16x8_extmul_high_i8x16(w1, x->x1));
+    if (nibbles) return wasm_i32x4_extadd_pairwise_i16x8(wasm_i16x8_add(p0, p1));
+    return wasm_i32x4_add(wasm_i32x4_extadd_pairwise_i16x8(p0), wasm_i32x4_extadd_pairwise_i16x8(p1));
+#endif
+}
+
+/* Lane r: the sum of v_r's four lanes. */
+static inline v128_t reduce4(v128_t v0, v128_t v1, v128_t v2, v128_t v3) {
+    v128_t a = wasm_i32x4_add(wasm_i32x4_shuffle(v0, v1, 0, 1, 4, 5), wasm_i32x4_shuffle(v0, v1, 2, 3, 6, 7));
+    v128_t b = wasm_i32x4_add(wasm_i32x4_shuffle(v2, v3, 0, 1, 4, 5), wasm_i32x4_shuffle(v2, v3, 2, 3, 6, 7));
+    return wasm_i32x4_add(wasm_i32x4_shuffle(a, b, 0, 2, 4, 6), wasm_i32x4_shuffle(a, b, 1, 3, 5, 7));
+}
+
+/* One block of one row: its int32 partial sums against the activation block. q4_0's
+ * nibbles stay unsigned here: the caller subtracts 8 * sum(x) once for four rows. */
+static inline v128_t block_isum(const uint8_t *w, const xblock *x, int qtype) {
+    if (qtype == 0) return dot32(wasm_v128_load(w + 2), wasm_v128_load(w + 18), x, 0);
     v128_t packed = wasm_v128_load(w + (qtype == 1 ? 2 : 4));
-    return udot32(wasm_v128_and(packed, wasm_i8x16_splat(0x0F)), wasm_u8x16_shr(packed, 4), x->x0, x->x1);
+    return dot32(wasm_v128_and(packed, wasm_i8x16_splat(0x0F)), wasm_u8x16_shr(packed, 4), x, 1);
 }
 
 static inline v128_t halves4(const uint8_t *const *w, size_t at) {

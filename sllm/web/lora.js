@@ -1,4 +1,4 @@
-// JavaScript twin of sllm/lora.py: tests/test_node_parity.py checks them equal under Node.
+// JavaScript twin of sllm/lora.py: tests/test_lora_node.py checks them equal under Node (and the file bytes: Python's f16 and f32 adapters).
 // LoRA adapters in the browser: for a target weight W, stored (in, out) as sllm stores
 // matmul weights, the adapted layer is y = x @ W (+ bias) + s * ((dropout(x) @ A) @ B),
 // s = alpha / rank, A (in, rank), B (rank, out) = 0 when fresh. An Adapter is plain data and
