@@ -38,6 +38,7 @@ class Activations:
         self._owned: list[np.ndarray] = []
         self._dims = (C, F)
         self._decode_work: np.ndarray | None = None
+        self._last_rows: tuple[np.ndarray, np.ndarray] | None = None
         new = self._new
         self.tokens = new((B, T), np.int32)
         self.targets = new((B, T), np.int32)
@@ -86,6 +87,14 @@ class Activations:
                 (decode_block_workspace(B, T, self._dims[0], self._dims[1]),))
         return self._decode_work
 
+    def last_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 1, C) and (B, 1, V) buffers for the head of the last position alone (a
+        prefill: SLLM.decode returns only that row), allocated on first use."""
+        if self._last_rows is None:
+            B, C, V = self.shape[0], self.lnf.shape[-1], self.logits.shape[-1]
+            self._last_rows = (self._new((B, 1, C)), self._new((B, 1, V)))
+        return self._last_rows
+
     def _logits(self, B: int, T: int, V: int) -> np.ndarray:
         """(B, T, V) logits, overwritten in place by their gradient; with recompute a slice
         of HEAD_ROWS rows (HEAD_ROWS, V), which the loss fills a slice at a time."""
@@ -112,6 +121,7 @@ class Activations:
             self.backend.free(arr)
         self._owned.clear()
         self._decode_work = None
+        self._last_rows = None
 
 
 class LlamaActivations(Activations):
@@ -127,6 +137,7 @@ class LlamaActivations(Activations):
         C, F, V, H, W = (cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads,
                          cfg.qkv_width)
         self._owned, self._dims, self._decode_work = [], (C, F), None
+        self._last_rows = None
         new, N = self._new, B * T
         self.tokens, self.targets = new((B, T), np.int32), new((B, T), np.int32)
         self.positions = new((N,), np.int32)

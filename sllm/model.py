@@ -466,7 +466,6 @@ class SLLM:
             return llama.forward(self, a, dropout, cache, rows)  # type: ignore[arg-type]
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
-        mm = self._matmul
         if "wte" in self._qweights or rows is not None:
             self._embed_rows(a, pos, None if rows is None else rows[1])
         else:
@@ -482,9 +481,23 @@ class SLLM:
                 continue
             x = self._block_fwd(i, L, la, x, dropout, cache, rows)
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
-        if not a.recompute:  # else the loss makes them a slice at a time (_head_loss)
-            mm(a.logits, a.lnf, self._lm_head(self._qweights, P), None, cfg.tie_embeddings)
+        self._head_fwd(a, cache)
         a.dropout = dropout
+
+    def _head_fwd(self, a: Activations, cache: KVCache | None) -> None:
+        """The logits from a.lnf. A prefill into a KV cache makes only the last position's
+        (all that decode returns): B rows through the output head instead of B x T. Under
+        recompute none: the loss makes them a slice at a time (_head_loss)."""
+        if a.recompute:
+            return
+        head, tie = self._lm_head(self._qweights, self._params), self.config.tie_embeddings
+        if cache is None or a.shape[1] == 1:
+            self._matmul(a.logits, a.lnf, head, None, tie)
+            return
+        lnf, logits = a.last_rows()
+        lnf[...] = a.lnf[:, -1:]
+        self._matmul(logits, lnf, head, None, tie)
+        a.logits[:, -1:] = logits
 
     def _block_fwd(self, i: int, L: SimpleNamespace, la: SimpleNamespace, x: np.ndarray,
                    dropout: float, cache: KVCache | None,
