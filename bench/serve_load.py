@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -285,13 +286,17 @@ def first_token_ms(eng: Any, prompt: list[int], busy: int, tokens: int, repeats:
         first = threading.Event()
         t0 = time.perf_counter()
         eng.submit(Request(prompt, Sampling(max_tokens=1, temperature=0),
-                           lambda e, first=first: first.set()))
+                           functools.partial(_set, first)))
         first.wait()
         times.append((time.perf_counter() - t0) * 1e3)
     stop.set()
     while eng.busy_slots() or eng.queue_depth():
         time.sleep(0.01)
     return times
+
+
+def _set(flag: threading.Event, event: Any) -> None:
+    flag.set()
 
 
 # ---- load test -------------------------------------------------------------------------
