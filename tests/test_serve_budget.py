@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serving import ThreadServer
 
 TEXT = generate_corpus(8_000, seed=3)
+TOK = tokenizers.WordTokenizer.train(TEXT, 100, byte_fallback=False)
 
 
 # ---- stop strings in linear time ---------------------------------------------------------
@@ -89,7 +90,7 @@ def test_text_stream_keeps_only_the_held_back_text():
 # ---- the per-request deadline ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    tok = tokenizers.WordTokenizer.train(TEXT, 100, byte_fallback=False)
+    tok = TOK
     cfg = sllm.ModelConfig(vocab_size=tok.vocab_size, embedding_dim=16, num_layers=1,
                            num_heads=2, ffn_hidden_dim=32, dropout=0.0, max_seq_len=64)
     m = sllm.SLLM(cfg, backend="numpy", seed=1)
@@ -99,9 +100,12 @@ def model_path(tmp_path_factory):
     return path
 
 
+EOS = TOK.eos_id
+
+
 def _complete(url: str, **body: object) -> httpx.Response:
     body = {"model": "tiny", "prompt": "the", "max_tokens": 60, "temperature": 0,
-            "logit_bias": {"0": -100}, **body}  # no [EOS]: it would end the answer early
+            "logit_bias": {str(EOS): -100}, **body}  # no [EOS]: it would end the answer early
     return httpx.post(url + "/v1/completions", json=body, timeout=60)
 
 
@@ -117,9 +121,7 @@ def test_a_generating_request_ends_at_its_deadline_with_length(model_path):
         assert "deadline of 0.6 s (--request-timeout)" in choice["note"]
         assert 0 < r.json()["usage"]["completion_tokens"] < 60  # cut, with what it had
         assert took < 0.6 + 5  # a step or two past the deadline, not the 3 s of 60 tokens
-        stream = httpx.post(srv.url + "/v1/completions", timeout=60, json={
-            "model": "tiny", "prompt": "the", "max_tokens": 60, "stream": True,
-            "logit_bias": {"0": -100}})
+        stream = _complete(srv.url, stream=True)
         assert '"finish_reason": "length"' in stream.text and "data: [DONE]" in stream.text
     finally:
         srv.stop()
