@@ -17,8 +17,28 @@ $(VENV)/.installed: $(BIN)/python $(SOURCES)
 	@echo "installing sllm into $(VENV): downloading its dependencies, then building the C++"
 	@echo "extension and the WebAssembly modules from source (about 2 minutes on 2 cores)..."
 	$(BIN)/python -m pip install -q -e '.[test,mpi]'
+	@$(BIN)/python -c "$$CHECK_CPP"
 	@echo "sllm installed; backends: $$($(BIN)/python -c 'import sllm.backends as b; print(", ".join(b.available()))')"
 	touch $@
+
+# pip installs sllm without its native parts when building them fails (pyproject.toml's
+# fallback, for a plain `pip install`), and says nothing under -q. Here a missing or unloadable
+# C++ extension stops make with the reason (and no .installed stamp, so the next make
+# retries), unless SLLM_ALLOW_NO_CPP=1: then a warning, and the numpy and wasm backends only.
+define CHECK_CPP
+import os, sys
+import sllm.backends as b
+cpp = next(r for r in b.info() if r["name"] == "cpp")
+why = f"the C++ extension did not build or does not load: {cpp['reason']}"
+if cpp["available"]:
+    pass
+elif os.environ.get("SLLM_ALLOW_NO_CPP") == "1":
+    print(f"warning: {why}; installing without it (SLLM_ALLOW_NO_CPP=1)", file=sys.stderr)
+else:
+    sys.exit(f"error: {why}.\nSee the compiler's messages with: $(BIN)/python -m pip install -v -e ."
+             f"\nor set SLLM_ALLOW_NO_CPP=1 to install without the cpp backend.")
+endef
+export CHECK_CPP
 
 # Static checks, zero findings expected: ruff and mypy (config in pyproject.toml), pinned so
 # that a new release's rules do not fail a build; mypy runs twice as tests/ and bench/ each

@@ -5,7 +5,11 @@ activation checkpointing (SLLM.recompute, "+recompute"). Issue 25's targets: LoR
 and a q4_0 base <= 0.25x of full fine-tuning's peak RSS.
 
     python bench/qlora_memory.py [--config medium-model] [--backend cpp] [--batch 16]
-                                 [--seq 256] [--steps 3] [--rank 8]
+                                 [--seq 256] [--steps 3] [--rank 8] [--modes full,...] [--eval]
+
+Issue 25's figure: `python bench/qlora_memory.py --batch 16 --seq 256 --steps 2` (sllm
+finetune's default batch), each mode against "full" (plain full fine-tuning of the float32
+model, no recompute).
 
 Each mode runs in its own Python process (resource.getrusage's ru_maxrss is a process's
 high-water mark), loading the base from a file as a user would (a quantized file never
@@ -37,8 +41,10 @@ def peak_mb() -> float:
 
 
 def worker(mode: str, path: str, backend: str, batch: int, seq: int, steps: int,
-           rank: int) -> dict[str, Any]:
-    """Fine-tune the model at `path` for `steps` AdamW steps in this process; the peaks."""
+           rank: int, evaluate: bool) -> dict[str, Any]:
+    """Fine-tune the model at `path` for `steps` AdamW steps in this process (evaluate: and
+    after each, the loss of a batch of the same shape in eval mode, as `sllm finetune`'s
+    evaluations); the peaks."""
     import numpy as np
 
     import sllm
@@ -59,6 +65,9 @@ def worker(mode: str, path: str, backend: str, batch: int, seq: int, steps: int,
         x, y = rng.integers(0, V, (batch, seq)), rng.integers(0, V, (batch, seq))
         losses.append(model.forward_backward(x, y))
         optimizer.step()
+        if evaluate:
+            model.eval().loss(x, y)
+            model.train()
     trained = model.trainable().flat_params.size
     return {"mode": mode, "peak_mb": peak_mb(), "baseline_mb": baseline,
             "trainable": int(trained), "loss": [float(v) for v in losses]}
@@ -70,7 +79,7 @@ def run_mode(mode: str, files: dict[str, Path], args: argparse.Namespace) -> dic
     path = files["f32" if base in ("full", "lora") else base.split("-")[1]]
     cmd = [sys.executable, __file__, "--worker", mode, str(path), "--backend", args.backend,
            "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
-           "--rank", str(args.rank)]
+           "--rank", str(args.rank), *(["--eval"] if args.eval else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{proc.stderr}")
@@ -111,6 +120,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--eval", action="store_true",
+                        help="after each step, a validation loss on a batch of the same shape")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--write-bases", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -120,7 +131,7 @@ def main() -> None:
     if args.worker:
         mode, path = args.worker
         print(json.dumps(worker(mode, path, args.backend, args.batch, args.seq, args.steps,
-                                args.rank)))
+                                args.rank, args.eval)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, __file__, "--write-bases", tmp, "--config", args.config],
@@ -128,8 +139,9 @@ def main() -> None:
         files = {name: Path(tmp) / f"{name}.sllm" for name in ("f32", "q8_0", "q4_0", "q4_1")}
         rows = [run_mode(mode, files, args) for mode in args.modes.split(",")]
     print(f"fine-tuning {args.config} on {args.backend}: batch {args.batch} x {args.seq} "
-          f"tokens, {args.steps} AdamW steps, LoRA rank {args.rank} on every target; baseline "
-          f"= the process after importing sllm, before loading the model\n")
+          f"tokens, {args.steps} AdamW steps{' each with an evaluation' if args.eval else ''}, "
+          f"LoRA rank {args.rank} on every target; baseline = the process after importing "
+          f"sllm, before loading the model\n")
     print(table(rows))
 
 

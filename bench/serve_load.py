@@ -2,7 +2,8 @@
 
     python bench/serve_load.py throughput [--clients 1,4,8,16] [--tokens 128]
     python bench/serve_load.py load [--requests 2000] [--concurrency 32]
-    python bench/serve_load.py engine [--clients 1,16]   (the batching engine, no HTTP)
+    python bench/serve_load.py engine [--clients 1,16]   (the batching engine, no HTTP;
+        then the first-token latency of a 64-token prompt, engine idle and with 15 decoding)
 
 The server is `python -m sllm serve MODEL` in a subprocess (cpp backend, --max-batch 16).
 MODEL defaults to configs/small-model.json with random weights and a 5,000-word vocabulary
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -253,10 +255,48 @@ def engine(args: argparse.Namespace, model_path: Path) -> None:
                 base = base or rate
                 print(f"| {r + 1} | {n} | {tokens} | {time.perf_counter() - t0:.1f} | "
                       f"{rate:.0f} | {rate / base:.1f}x |")
+        print("\n| first token of a 64-token prompt | median ms | p90 ms |")
+        print("| --- | ---: | ---: |")
+        long_ids = [t for i in ids for t in i][:64]
+        for busy in (0, 15):
+            times = first_token_ms(eng, long_ids, busy, args.tokens)
+            print(f"| {busy} other requests decoding | {np.median(times):.2f} | "
+                  f"{np.percentile(times, 90):.2f} |")
     finally:
         eng.stop()
     print(f"\n{model_path.name}, backend {args.backend} with {args.threads} kernel thread(s); "
           f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
+
+
+def first_token_ms(eng: Any, prompt: list[int], busy: int, tokens: int, repeats: int = 20
+                   ) -> list[float]:
+    """Milliseconds from submitting `prompt` (greedy, one token) to its first event, while
+    `busy` other greedy requests of `tokens` tokens decode (started first, kept running)."""
+    from sllm.batching import Request, Sampling
+    stop, times = threading.Event(), []
+
+    def background(event: Any) -> None:  # resubmit each finished one while measuring
+        if event.kind != "text" and not stop.is_set():
+            eng.submit(Request(prompt[:8], Sampling(max_tokens=tokens, temperature=0),
+                               background))
+    for _ in range(busy):
+        eng.submit(Request(prompt[:8], Sampling(max_tokens=tokens, temperature=0), background))
+    time.sleep(0.05 if busy else 0)
+    for _ in range(repeats):
+        first = threading.Event()
+        t0 = time.perf_counter()
+        eng.submit(Request(prompt, Sampling(max_tokens=1, temperature=0),
+                           functools.partial(_set, first)))
+        first.wait()
+        times.append((time.perf_counter() - t0) * 1e3)
+    stop.set()
+    while eng.busy_slots() or eng.queue_depth():
+        time.sleep(0.01)
+    return times
+
+
+def _set(flag: threading.Event, event: Any) -> None:
+    flag.set()
 
 
 # ---- load test -------------------------------------------------------------------------

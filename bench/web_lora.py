@@ -44,6 +44,7 @@ return (performance.now() - s) / 1000;
 AFTER = """
 const m = window.runs[args[0]];
 return {heap: m.kernels.heap.memory.buffer.byteLength, adapter: m.adapter ? m.saveAdapter().length : null,
+        adapter32: m.adapter ? m.saveAdapter({dtype: "f32"}).length : null,
         trainable: m.adapter ? m.adapter.parameters : m.numParameters()};
 """
 
@@ -96,9 +97,9 @@ def main() -> None:
         a = after[name]
         print(f"{name:<12}{modules[name]:<10}{a['trainable']:>11,}{t[0] * 1000:>11.1f} / "
               f"{t[len(t) // 2] * 1000:<8.1f}{a['heap'] / 2**20:>15.1f}")
-    adapter = after["LoRA f32"]["adapter"]
-    print(f"adapter file {adapter:,} bytes (f32) = {100 * adapter / model_bytes:.1f}% of the f32 "
-          f"model file ({model_bytes:,} bytes)")
+    adapter, adapter32 = after["LoRA f32"]["adapter"], after["LoRA f32"]["adapter32"]
+    print(f"adapter file {adapter:,} bytes (f16, as the page saves it; {adapter32:,} in f32) = "
+          f"{100 * adapter / model_bytes:.1f}% of the f32 model file ({model_bytes:,} bytes)")
     print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} on "
           f"{os.cpu_count()} cores")
 

@@ -18,6 +18,9 @@ from .config import ModelConfig
 class Activations:
     """Forward activations per layer (kept for backward) plus shared gradient scratch.
 
+    Without gradients (evaluation, generation) the layers share one set of buffers but
+    for each layer's output, as under recompute.
+
     recompute (training only, activation checkpointing): every layer shares one set of
     buffers except its output res3 (the next layer's input), and backward recomputes each
     layer's forward from its input before going back through it: about one more forward of
@@ -26,34 +29,54 @@ class Activations:
     """
 
     def __init__(self, backend: Backend, cfg: ModelConfig, B: int, T: int, train: bool,
-                 recompute: bool = False):
+                 recompute: bool = False, frozen: bool = False):
         self.backend = backend
         self.recompute = recompute and train
+        self.has_grads = train
         self.shape = (B, T)
-        C, F, V, H = cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads
+        C, F, V = cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size
         self._owned: list[np.ndarray] = []
         self._dims = (C, F)
         self._decode_work: np.ndarray | None = None
+        self._last_rows: tuple[np.ndarray, np.ndarray] | None = None
         new = self._new
         self.tokens = new((B, T), np.int32)
         self.targets = new((B, T), np.int32)
         self.x0 = new((B, T, C))
-        self.layers = self._per_layer(lambda: SimpleNamespace(
-            ln1=new((B, T, C)), ln1_mean=new((B, T)), ln1_rstd=new((B, T)),
-            qkv=new((B, T, 3 * C)), att=new(backend.attention_saved_shape(B, T, H)),
-            atty=new((B, T, C)), attproj=new((B, T, C)), res2=new((B, T, C)),
-            ln2=new((B, T, C)), ln2_mean=new((B, T)), ln2_rstd=new((B, T)),
-            fch=new((B, T, F)), fch_act=new((B, T, F)), fcproj=new((B, T, C)),
-            res3=new((B, T, C)),
-        ), cfg.num_layers)
-        self.lnf, self.lnf_mean, self.lnf_rstd = new((B, T, C)), new((B, T)), new((B, T))
-        self.logits = self._logits(B, T, V)
-        self.losses = new((B, T))
         if train:  # gradient scratch, shared by all layers
             self.dres, self.dbranch, self.dln = new((B, T, C)), new((B, T, C)), new((B, T, C))
-            self.datty, self.dqkv, self.dfch = new((B, T, C)), new((B, T, 3 * C)), new((B, T, F))
-        self.has_grads = train
+            # never live at once in a layer's backward (SLLM._backward): datty is written
+            # after dln's last read, dqkv after dfch's; so they share memory
+            self.datty = self.dln
+            wide = new((B * T * max(3 * C, F),))
+            self.dqkv = wide[:B * T * 3 * C].reshape(B, T, 3 * C)
+            self.dfch = wide[:B * T * F].reshape(B, T, F)
+        self.layers = self._per_layer(lambda: self._layer(cfg, frozen), cfg.num_layers)
+        # lnf is read only by the head (forward, loss): under recompute it is dres, whose
+        # first write is the final norm's backward after the head's
+        self.lnf = self.dres if self.recompute else new((B, T, C))
+        self.lnf_mean, self.lnf_rstd = new((B, T)), new((B, T))
+        self.logits = self._logits(B, T, V)
+        self.losses = new((B, T))
         self.dropout = 0.0  # the rate the last forward used; backward replays its masks
+
+    def _layer(self, cfg: ModelConfig, frozen: bool) -> SimpleNamespace:
+        """One GPT-2 layer's buffers. Under recompute (one set for every layer) some are the
+        gradient scratch, dead whenever a forward runs (the step's first, or backward's
+        recomputing one): the branch outputs attproj and fcproj (read only by the residual
+        add after each) are dbranch, and with a frozen base (an adapter attached) fch_act is
+        dfch: SLLM._matmul_bwd reads each block of rows of a frozen weight's input before it
+        writes the input gradient there."""
+        (B, T), C, F, new = self.shape, cfg.embedding_dim, cfg.ffn_hidden_dim, self._new
+        H, shared = cfg.num_heads, self.recompute
+        return SimpleNamespace(
+            ln1=new((B, T, C)), ln1_mean=new((B, T)), ln1_rstd=new((B, T)),
+            qkv=new((B, T, 3 * C)), att=new(self.backend.attention_saved_shape(B, T, H)),
+            atty=new((B, T, C)), attproj=self.dbranch if shared else new((B, T, C)),
+            res2=new((B, T, C)), ln2=new((B, T, C)), ln2_mean=new((B, T)),
+            ln2_rstd=new((B, T)), fch=new((B, T, F)),
+            fch_act=self.dfch if shared and frozen else new((B, T, F)),
+            fcproj=self.dbranch if shared else new((B, T, C)), res3=new((B, T, C)))
 
     def decode_work(self) -> np.ndarray:
         """The scratch of the fused decode_block kernel for this shape, allocated on first
@@ -64,15 +87,24 @@ class Activations:
                 (decode_block_workspace(B, T, self._dims[0], self._dims[1]),))
         return self._decode_work
 
+    def last_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 1, C) and (B, 1, V) buffers for the head of the last position alone (a
+        prefill: SLLM.decode returns only that row), allocated on first use."""
+        if self._last_rows is None:
+            B, C, V = self.shape[0], self.lnf.shape[-1], self.logits.shape[-1]
+            self._last_rows = (self._new((B, 1, C)), self._new((B, 1, V)))
+        return self._last_rows
+
     def _logits(self, B: int, T: int, V: int) -> np.ndarray:
         """(B, T, V) logits, overwritten in place by their gradient; with recompute a slice
         of HEAD_ROWS rows (HEAD_ROWS, V), which the loss fills a slice at a time."""
         return self._new((min(B * T, HEAD_ROWS), V) if self.recompute else (B, T, V))
 
     def _per_layer(self, make: Callable[[], SimpleNamespace], n: int) -> list[SimpleNamespace]:
-        """n layers' buffers, each from make(); with recompute, the first layer's shared by
+        """n layers' buffers, each from make(); with recompute, or without a backward (no
+        layer's buffers are read after the next layer ran), the first layer's shared by
         all, each of the others with only its own res3."""
-        if not self.recompute:
+        if self.has_grads and not self.recompute:
             return [make() for _ in range(n)]
         shared = make()
         return [shared] + [SimpleNamespace(**{**vars(shared), "res3": self._new(shared.res3.shape)})
@@ -89,6 +121,7 @@ class Activations:
             self.backend.free(arr)
         self._owned.clear()
         self._decode_work = None
+        self._last_rows = None
 
 
 class LlamaActivations(Activations):
@@ -96,13 +129,15 @@ class LlamaActivations(Activations):
     gate, up and their SwiGLU product; positions (N,) feed the rotary kernels."""
 
     def __init__(self, backend: Backend, cfg: ModelConfig, B: int, T: int, train: bool,
-                 recompute: bool = False):
+                 recompute: bool = False, frozen: bool = False):
         self.backend = backend
         self.recompute = recompute and train
+        self.has_grads = train
         self.shape = (B, T)
         C, F, V, H, W = (cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads,
                          cfg.qkv_width)
         self._owned, self._dims, self._decode_work = [], (C, F), None
+        self._last_rows = None
         new, N = self._new, B * T
         self.tokens, self.targets = new((B, T), np.int32), new((B, T), np.int32)
         self.positions = new((N,), np.int32)
@@ -125,7 +160,6 @@ class LlamaActivations(Activations):
             self.datty, self.dqkv = new((B, T, C)), new((B, T, W))
             self.dqkv_rows = self.dqkv.reshape(N, W)
             self.dgate, self.dup, self.dh = new((B, T, F)), new((B, T, F)), new((B, T, F))
-        self.has_grads = train
         self.dropout = 0.0
 
 

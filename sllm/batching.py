@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .finite import first_nonfinite
 from .sampler import Choice, Sampler, SamplingParams, log_softmax, top_logprobs
 from .stops import StopMatcher
 
@@ -130,9 +131,11 @@ class TextStream:
     new ids) (as `sllm generate` prints it), held back while it ends in an incomplete UTF-8
     sequence or could be the start of a stop string; text from a stop string on is cut.
 
-    The growth is computed over the last CONTEXT ids already shown plus the new ones (the
-    tokenizers' decode is local: spacing and byte sequences depend on a few neighbours),
-    so a token costs the same at position 10 and at position 1,000. Stop strings are found
+    The growth is computed over a window of the ids from `anchor` on, CONTEXT to 2 x CONTEXT
+    ids already shown plus the new ones (the tokenizers' decode is local: spacing and byte
+    sequences depend on a few neighbours), so a token costs the same at position 10 and at
+    position 1,000. One decode a token: the window's text before a token is the text after
+    the last one (kept), until the anchor moves up by CONTEXT ids. Stop strings are found
     by sllm.stops.StopMatcher, in time linear in the text, and only the text held back
     (shorter than the longest stop string) is kept."""
 
@@ -142,18 +145,24 @@ class TextStream:
         self.tok, self.ids = tok, list(prompt_ids)
         self.stops = StopMatcher(stop)
         self.shown = len(self.ids)  # ids whose text has been decoded (or are the prompt)
+        self.anchor = max(0, self.shown - self.CONTEXT)  # the window's first id
+        self.before: str | None = None  # decode(ids[anchor:shown]), None until needed
         self.held = ""  # decoded text not sent yet: it could begin a stop string
 
     def push(self, token: int) -> tuple[str, bool]:
         """Add a token; return (text that is safe to send now, whether a stop string hit)."""
         self.ids.append(token)
-        context = self.ids[max(0, self.shown - self.CONTEXT):self.shown]
-        before = self.tok.decode(context)
-        after = self.tok.decode(context + self.ids[self.shown:])
+        before = self.before
+        if before is None:
+            before = self.before = self.tok.decode(self.ids[self.anchor:self.shown])
+        after = self.tok.decode(self.ids[self.anchor:])
         if after.endswith("\ufffd") or not after.startswith(before):
             return "", False
         piece = after[len(before):]
         self.shown = len(self.ids)
+        self.before = after
+        if self.shown - self.anchor > 2 * self.CONTEXT:
+            self.anchor, self.before = self.shown - self.CONTEXT, None
         hit, hold = self.stops.feed(piece)
         pending, self.held = self.held + piece, ""
         if hit is not None:  # the held text is where a match can begin, never earlier
@@ -451,14 +460,16 @@ class Engine:
                                          [s.slot for s in seqs], [s.pos for s in seqs])
         self.stats.steps += 1
         self.stats.batched_rows += len(seqs)
+        finite = first_nonfinite(logits) is None  # once for all rows (else each row's own)
         for seq, row in zip(seqs, logits, strict=True):
             seq.pos += 1
-            self._advance(seq, row)
+            self._advance(seq, row, finite)
 
-    def _advance(self, seq: Sequence, logits: np.ndarray) -> None:
-        """Sample the sequence's next token, send its text, finish it when it is done."""
+    def _advance(self, seq: Sequence, logits: np.ndarray, checked: bool = False) -> None:
+        """Sample the sequence's next token, send its text, finish it when it is done
+        (checked: the logits are known to be finite)."""
         p = seq.request.sampling
-        choice = seq.sampler.next(logits, p.max_tokens - seq.generated)
+        choice = seq.sampler.next(logits, p.max_tokens - seq.generated, checked)
         if choice is None:
             self._finish(seq, "stop", note="the grammar allows no token of this vocabulary "
                                            "here; the output stops where it could not go on")

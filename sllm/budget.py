@@ -165,66 +165,112 @@ def model_estimate(cfg: ModelConfig) -> Estimate:
                      "initialization": 2 * largest * F32})
 
 
+@dataclass(frozen=True)
+class FrozenBase:
+    """A LoRA run's model as train_estimate counts it: the frozen base's bytes as it holds
+    them (float32, or quantized rows for QLoRA), the adapter's trainable scalars, and the
+    adapter's widest target and rank (its work buffers, sllm.lora.Attached.work)."""
+
+    base_bytes: int
+    adapter_parameters: int
+    widest: int = 0
+    rank: int = 0
+
+
+def lora_model_estimate(cfg: ModelConfig, frozen: FrozenBase, optimizer: str) -> Estimate:
+    """A LoRA run's model: the frozen base as stored, the adapter's tensors, gradients and
+    optimizer state, gradient scratch for the norms (the base has no other gradient), and
+    the adapter's work buffers (sllm.lora.LORA_ROWS rows)."""
+    n, L, C = frozen.adapter_parameters, cfg.num_layers, cfg.embedding_dim
+    norms = (2 * L + 1) * C * (1 if cfg.architecture == "llama" else 2)
+    return Estimate({"frozen base": frozen.base_bytes, "adapter": n * F32,
+                     "gradients": (n + norms) * F32,
+                     "optimizer state": OPTIMIZER_BUFFERS.get(optimizer, 2) * n * F32,
+                     "tensor objects": 2 * _num_tensors(cfg) * TENSOR_OVERHEAD,
+                     "adapter scratch": LORA_ROWS * (frozen.widest + 2 * frozen.rank) * F32})
+
+
 def _attention_saved(backend: Any, B: int, T: int, H: int) -> int:
     shape_of = getattr(backend, "attention_saved_shape", None)
     shape = shape_of(B, T, H) if shape_of is not None else (B, H, T, T)
     return math.prod(int(s) for s in shape)
 
 
+# Rows of one adapter matmul at a time (sllm.lora.Attached): its scratch is (LORA_ROWS, width),
+# not (N, width) per target, a few MiB at any batch.
+LORA_ROWS = 1024
 # Rows of logits a recomputing training step holds at once (sllm.activations makes them,
-# the estimate counts them): 512 x a vocabulary of 8000 is 16 MiB.
-HEAD_ROWS = 512
+# the estimate counts them): 128 x a vocabulary of 8000 is 4 MiB.
+HEAD_ROWS = 128
 
 
 def activation_estimate(cfg: ModelConfig, B: int, T: int, backend: Any = None,
-                        train: bool = True, recompute: bool = False) -> Estimate:
+                        train: bool = True, recompute: bool = False,
+                        frozen: bool = False) -> Estimate:
     """The buffers sllm.activations.Activations holds for a (B, T) batch, plus the
     temporaries of the backend's kernels (large for the numpy reference). recompute
-    (training): one layer's buffers plus each layer's output, HEAD_ROWS rows of logits."""
+    (training): one layer's buffers plus each layer's output, HEAD_ROWS rows of logits;
+    GPT-2's branch outputs (and with a frozen base, training an adapter, its MLP
+    activation) then live in the gradient scratch."""
     C, F, V, H, L = (cfg.embedding_dim, cfg.ffn_hidden_dim, cfg.vocab_size, cfg.num_heads,
                      cfg.num_layers)
     N, W, llama = B * T, cfg.qkv_width, cfg.architecture == "llama"
+    recompute = recompute and train
     # llama (activations.LlamaActivations): SwiGLU keeps gate, up and their product, and
     # the backward adds an input gradient for up_proj; qkv is (H + 2*Hkv)*D wide (3C in GPT-2)
-    per_layer = N * (7 * C + W + (3 if llama else 2) * F + 4) + _attention_saved(backend, B, T, H)
-    kept, logit_rows = (1, min(N, HEAD_ROWS)) if recompute and train else (L, N)
+    widths = 7 * C + W + (3 if llama else 2) * F
+    if recompute and not llama:
+        widths -= 2 * C + (F if frozen else 0)
+    per_layer = N * (widths + 4) + _attention_saved(backend, B, T, H)
+    kept = 1 if recompute or not train else L  # the layers' shared set (sllm.activations)
+    logit_rows = min(N, HEAD_ROWS) if recompute else N
     floats = N * (C + C + 2 + 1) + logit_rows * V + 2 * N + kept * per_layer + \
         (L - kept) * N * C
     if train:
-        floats += N * ((5 if llama else 4) * C + W + (3 if llama else 1) * F)
+        # GPT-2: dres, dbranch, dln (= datty) and one buffer for dqkv and dfch
+        floats += N * (5 * C + W + 3 * F) if llama else N * (3 * C + max(W, F))
     name = getattr(backend, "name", "numpy")
     if name == "numpy" or backend is None:
-        work = 4 * B * H * T * T + 3 * N * V + 2 * N * max(3 * C, F)
-    else:
-        work = N * max(3 * C, F, V)
+        work = 4 * B * H * T * T + 3 * logit_rows * V + 2 * N * max(3 * C, F)
+    else:  # the vocabulary-wide ones only over the rows of logits held at once
+        work = max(N * max(3 * C, F), logit_rows * V)
     buffers = (15 * L + 8) * BUFFER_OVERHEAD
     return Estimate({"activations": floats * F32 + buffers, "kernel temporaries": work * F32})
 
 
 def train_estimate(cfg: ModelConfig, B: int, T: int, backend: Any = None,
                    optimizer: str = "adamw", corpus_bytes: int = 0,
-                   eval_batches: int = 0) -> Estimate:
+                   eval_batches: int = 0, recompute: bool = False,
+                   frozen: FrozenBase | None = None) -> Estimate:
     """Everything a training run holds at its peak (eval_batches: the fixed validation
-    batches, kept as int32 inputs and targets)."""
-    est = model_estimate(cfg)
-    est.parts["optimizer state"] = OPTIMIZER_BUFFERS.get(optimizer, 2) * \
-        cfg.num_parameters() * F32
-    acts = activation_estimate(cfg, B, T, backend, train=True)
+    batches, kept as int32 inputs and targets; recompute: activation checkpointing;
+    frozen: a LoRA run, whose base has no gradient or optimizer state)."""
+    if frozen is None:
+        est = model_estimate(cfg)
+        est.parts["optimizer state"] = OPTIMIZER_BUFFERS.get(optimizer, 2) * \
+            cfg.num_parameters() * F32
+    else:
+        est = lora_model_estimate(cfg, frozen, optimizer)
+    lora = frozen is not None
+    acts = activation_estimate(cfg, B, T, backend, True, recompute, lora)
     est.parts.update(acts.parts)
     est.parts["corpus"] = corpus_bytes * CORPUS_FACTOR
     est.parts["validation batches"] = eval_batches * B * T * 2 * F32
     est.parts["runtime"] = BASELINE
-    est.per_row = activation_estimate(cfg, 1, T, backend, train=True).total - BUFFER_OVERHEAD \
-        * (15 * cfg.num_layers + 8) + eval_batches * T * 2 * F32
+    est.per_row = activation_estimate(cfg, 1, T, backend, True, recompute, lora).total - \
+        BUFFER_OVERHEAD * (15 * cfg.num_layers + 8) + eval_batches * T * 2 * F32
     return est
 
 
 # ---- the checks ------------------------------------------------------------------------
 def check_train(cfg: ModelConfig, B: int, T: int, backend: Any = None,
                 optimizer: str = "adamw", corpus_bytes: int = 0,
-                eval_batches: int = 0) -> Estimate:
-    """Refuse (BudgetError) a training run that cannot fit; returns the estimate."""
-    est = train_estimate(cfg, B, T, backend, optimizer, corpus_bytes, eval_batches)
+                eval_batches: int = 0, recompute: bool = False,
+                frozen: FrozenBase | None = None) -> Estimate:
+    """Refuse (BudgetError) a training run that cannot fit; returns the estimate (see
+    train_estimate)."""
+    est = train_estimate(cfg, B, T, backend, optimizer, corpus_bytes, eval_batches, recompute,
+                         frozen)
     budget, source = available(backend)
     if est.total <= budget:
         return est
@@ -259,12 +305,13 @@ def check_model(cfg: ModelConfig, backend: Any = None) -> None:
 
 
 def check_activations(cfg: ModelConfig, B: int, T: int, backend: Any = None,
-                      train: bool = True, recompute: bool = False) -> None:
+                      train: bool = True, recompute: bool = False,
+                      frozen: bool = False) -> None:
     """Refuse activation buffers for a (B, T) batch that cannot fit."""
-    est = activation_estimate(cfg, B, T, backend, train, recompute)
+    est = activation_estimate(cfg, B, T, backend, train, recompute, frozen)
     budget, source = available(backend)
     if est.total > budget:
-        one = activation_estimate(cfg, 1, T, backend, train, recompute).total
+        one = activation_estimate(cfg, 1, T, backend, train, recompute, frozen).total
         largest = budget // max(one, 1)
         raise BudgetError(f"a batch of {B} x {T}{_backend_name(backend)} needs "
                           f"{fmt(est.total)} ({est.describe()}), but the budget is "

@@ -14,6 +14,13 @@ When the launcher is gone it sends its own process SIGTERM, which the trainer tr
 Ctrl-C (finish the step, checkpoint, release run.lock, exit); if the process is still
 alive ORPHAN_GRACE_S later (stuck in a step or a collective) it releases the run locks it
 holds and exits at once. Each rank also asks for SIGTERM when its own parent dies.
+
+The watchdog is Python, so it needs the GIL, and a rank can hold it for good: MPI_Init
+(run while mpi4py is imported) waits forever, holding it, when another rank died before
+the job started. So each rank also starts a reaper, a tiny shell outside the interpreter
+that SIGKILLs the rank REAPER_MARGIN_S after the watchdog's own hard exit was due; it dies
+with the rank (PR_SET_PDEATHSIG). A run.lock left by a killed rank names a dead owner,
+which `--resume` takes over.
 """
 from __future__ import annotations
 
@@ -34,6 +41,11 @@ from . import runlock
 LAUNCHER_ENV = "SLLM_LAUNCHER"  # "PID:START" of the launcher that owns this job
 POLL_S = 0.25  # how often a rank checks that its launcher is alive
 ORPHAN_GRACE_S = 10.0  # after the launcher died: time to checkpoint before a hard exit
+REAPER_MARGIN_S = 5.0  # the reaper's SIGKILL comes this long after the watchdog's exit was due
+# $1 launcher pid, $2 rank pid, $3 seconds: wait for the launcher to go (or the rank to end),
+# give the rank $3 seconds, then SIGKILL it.
+REAPER_SH = ('while kill -0 "$1" 2>/dev/null; do kill -0 "$2" 2>/dev/null || exit 0; sleep 0.5; '
+             'done; sleep "$3"; kill -KILL "$2" 2>/dev/null; exit 0')
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,14 +60,21 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
     proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
                             preexec_fn=lambda: _die_with_parent(me))
 
+    forwarded: list[int] = []
+
     def forward(signum: int, frame: Any) -> None:
+        forwarded.append(signum)
         if proc.poll() is None:
             os.kill(proc.pid, signum)
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
         code = proc.wait()
-        return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
+        if code < 0 or (forwarded and code == forwarded[-1]):
+            # killed by signal N, or mpiexec's status N after passing signal N on to ranks
+            # that it stopped while they started: the shell's 128 + N
+            return 128 + abs(code)
+        return code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -120,7 +139,30 @@ def owned_by_launcher(grace: float = ORPHAN_GRACE_S) -> threading.Thread | None:
     if launcher is None:
         return None
     set_parent_death_signal(signal.SIGTERM)
+    start_reaper(launcher[0], grace + REAPER_MARGIN_S)
     return watch(*launcher, grace=grace)
+
+
+def start_reaper(launcher: int, after: float) -> subprocess.Popen[bytes] | None:
+    """Start the shell (REAPER_SH) that SIGKILLs this process `after` seconds once process
+    `launcher` is gone: the backstop for a rank whose watchdog thread cannot get the GIL.
+    None where there is no POSIX shell."""
+    me = os.getpid()
+    _prctl()  # found before the fork, as in run_owned
+    try:
+        return subprocess.Popen(["/bin/sh", "-c", REAPER_SH, "sllm-reaper", str(launcher),
+                                 str(me), f"{after:g}"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: _end_with(me))
+    except OSError:
+        return None
+
+
+def _end_with(parent: int) -> None:
+    """In the reaper before exec: SIGKILL when `parent` (the rank) dies, or now if it has."""
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def watch(pid: int, start: int | None, grace: float = ORPHAN_GRACE_S,

@@ -46,8 +46,9 @@ def replicate(trainer: Any, group: Group) -> Any:
     header = group.bcast_json(_header(trainer, group) if group.is_root else None)
     if "error" in header:
         raise DistributedError(header["error"])
+    quantized = _bcast_quantized(header, group, trainer)
     if not group.is_root:
-        trainer = _build(header, group)
+        trainer = _build(header, group, quantized)
     for _name, arr in _arrays(trainer):
         group.bcast_array(arr)
     if not group.is_root:
@@ -69,6 +70,8 @@ def _header(trainer: Any, group: Group) -> dict[str, Any]:
             "backend": trainer.model.backend.name, "seed": int(trainer.model.seed),
             "dropout_step": int(trainer.model.dropout_step),
             "optimizer": {k: v for k, v in opt.items() if k != "buffers"},
+            "quantized": {n: [q.qtype, list(q.data.shape)]
+                          for n, q in sorted(trainer.model.quantized_weights().items())},
             "trainer": trainer.state(),
             "data": {"seq_len": data.seq_len, "batch_size": B, "seed": data.seed,
                      "documents": data.documents,
@@ -89,8 +92,25 @@ def _arrays(trainer: Any) -> Iterator[tuple[str, np.ndarray]]:
     yield from sorted(trainer.opt.buffers.items())
 
 
-def _build(header: dict[str, Any], group: Group) -> Any:
-    """A non-root rank's trainer, with empty arrays that replicate() then fills."""
+def _bcast_quantized(header: dict[str, Any], group: MPIGroup, trainer: Any
+                     ) -> dict[str, tuple[str, np.ndarray]]:
+    """Rank 0's quantized weights (a LoRA run on a quantized base) on every rank, as ggml's
+    rows {name: (qtype, rows)}: the other ranks build their model from them (the backend
+    packs them its own way), before the float tensors and the adapter arrive."""
+    own = trainer.model.quantized_weights() if group.is_root else {}
+    rows = {}
+    for name, (qtype, shape) in header.get("quantized", {}).items():
+        arr = np.ascontiguousarray(own[name].data) if group.is_root else \
+            np.empty(tuple(shape), dtype=np.uint8)
+        group.bcast_array(arr)
+        rows[name] = (qtype, arr)
+    return rows
+
+
+def _build(header: dict[str, Any], group: MPIGroup,
+           quantized: dict[str, tuple[str, np.ndarray]]) -> Any:
+    """A non-root rank's trainer, with empty arrays that replicate() then fills (but for
+    the quantized weights, which come filled)."""
     from . import tokenizer as tokenizers
     from .config import ModelConfig
     from .data import TokenData, TokenSplit
@@ -103,7 +123,7 @@ def _build(header: dict[str, Any], group: Group) -> Any:
                      TokenSplit(arrays["val_ids"], arrays["val_offsets"]),
                      d["seq_len"], d["batch_size"], d["seed"], d["documents"])
     model = SLLM(ModelConfig.from_json(header["model_config"]), backend=header["backend"],
-                 seed=header["seed"], init=None)
+                 seed=header["seed"], init=None, quantized=quantized or None)
     model.dropout_step = header["dropout_step"]
     attach_lora(cfg, model, check=False)
     opt = make_optimizer(cfg, model)
@@ -147,7 +167,7 @@ def launch(ranks: int, args: list[str], threads: int | None = None) -> int:
     for var in ("SLLM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         if threads is not None or var not in env:
             env[var] = str(per_rank)
-    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "sllm.cli", *args]
+    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "sllm", *args]
     return run_owned(cmd, env)
 
 
@@ -193,7 +213,7 @@ def launch_cli(ranks: str, argv: Sequence[str], console: Any,
         env = dict(os.environ)
         if threads:
             env["SLLM_NUM_THREADS"] = str(threads)
-        return run_owned([sys.executable, "-m", "sllm.cli", *args], env)
+        return run_owned([sys.executable, "-m", "sllm", *args], env)
     return launch(n, args, threads)
 
 

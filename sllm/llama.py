@@ -63,15 +63,14 @@ def _positions(a: LlamaActivations, pos: int, rows: tuple[np.ndarray, np.ndarray
 def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
             rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """The llama forward over a.tokens into a.logits (see SLLM._forward for the arguments)."""
-    k, cfg, P, mm = m.backend, m.config, m._params, m._matmul
+    k, cfg, P = m.backend, m.config, m._params
     _embed(m, a)
     _positions(a, cache.pos if cache else 0, rows)
     x = a.x0
     for i, (L, la) in enumerate(zip(m._p_layers, a.layers, strict=True)):
         x = _block(m, a, i, L, la, x, dropout, cache, rows)
     k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], cfg.norm_eps)
-    if not a.recompute:  # else the loss makes them a slice at a time (SLLM._head_loss)
-        mm(a.logits, a.lnf, m._lm_head(m._qweights, P), None, cfg.tie_embeddings)
+    m._head_fwd(a, cache)
     a.dropout = dropout
 
 

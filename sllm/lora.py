@@ -20,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .budget import LORA_ROWS, FrozenBase
 from .config import ModelConfig
 from .errors import ConfigError, FormatError, LoraError
 from .layout import ALIGN, parameter_shapes
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from .model import SLLM
 
 __all__ = ["LoraConfig", "Adapter", "Attached", "LoraWeight", "LoraError", "fingerprint",
-           "lora_delta", "merge", "target_names", "ADAPTER_FILE", "TARGETS"]
+           "lora_delta", "merge", "target_names", "frozen_base", "ADAPTER_FILE", "TARGETS"]
 
 ADAPTER_FILE = "adapter.sllm"  # what `sllm finetune` writes into its run directory
 KIND = "lora-adapter"
@@ -97,6 +99,17 @@ def target_names(config: ModelConfig, targets: str) -> list[str]:
                               f"some of {', '.join(valid)}")
     names = [n for n, _ in parameter_shapes(config) if any(n.endswith("." + s) for s in suffixes)]
     return names
+
+
+def frozen_base(model: SLLM, config: LoraConfig) -> FrozenBase:
+    """What training an adapter of `config` on `model` holds besides activations, for
+    sllm.budget: the base as the model stores it (quantized rows for QLoRA), the adapter's
+    scalars, its widest target and rank."""
+    shapes = [_weight_shape(model.config, n) for n in target_names(model.config, config.targets)]
+    sizes = [s for s in shapes if s is not None]
+    stored = model.flat_params.nbytes + sum(q.nbytes for q in model.quantized_weights().values())
+    return FrozenBase(stored, sum(config.rank * (i + o) for i, o in sizes),
+                      max((max(s) for s in sizes), default=0), config.rank)
 
 
 def fingerprint(model: SLLM) -> str:
@@ -324,23 +337,24 @@ class Attached:
         self.weights = {n: LoraWeight(n, weights[n], views[n + ".lora_a"], views[n + ".lora_b"],
                                       grads[n + ".lora_a"], grads[n + ".lora_b"], i)
                         for i, n in enumerate(adapter.targets)}
-        self._scratch: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
+        self._work: dict[str, np.ndarray] = {}  # flat scratch per role, grown to the largest need
 
-    def scratch(self, role: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A reusable work buffer on the backend per (role, shape)."""
-        key = (role, shape)
-        buf = self._scratch.get(key)
-        if buf is None:
-            if len(self._scratch) > 64:  # shapes come and go (decode, eval, train)
-                self.release_scratch()
-            buf = self._scratch[key] = self.backend.empty(shape)
-        return buf
+    def work(self, role: str, rows: int, width: int) -> np.ndarray:
+        """A (rows, width) scratch view of the flat buffer of `role`. One buffer per role is
+        shared by every target and every batch shape (it grows to the largest request), so
+        the adapter's scratch is LORA_ROWS rows of the widest target, whatever the batch."""
+        buf = self._work.get(role)
+        if buf is None or buf.size < rows * width:
+            if buf is not None:
+                self.backend.free(buf)
+            buf = self._work[role] = self.backend.empty(rows * width)
+        return buf[:rows * width].reshape(rows, width)
 
     def release_scratch(self) -> None:
         """Free the work buffers."""
-        for buf in self._scratch.values():
+        for buf in self._work.values():
             self.backend.free(buf)
-        self._scratch.clear()
+        self._work.clear()
 
     def detach(self) -> Adapter:
         """Copy the tensors back to numpy, free the backend buffers; returns the adapter."""
@@ -360,38 +374,52 @@ class Attached:
 
     # ---- forward and backward at one matmul call site ----------------------------------
     def forward(self, out: Any, inp: Any, w: LoraWeight, seed: int) -> None:
-        """out += s * (dropout(inp) @ A) @ B (the base matmul already wrote out)."""
+        """out += s * (dropout(inp) @ A) @ B (the base matmul already wrote out), LORA_ROWS
+        rows at a time (each row's delta is its own: the same numbers as all rows at once)."""
         k = self.backend
-        x = _rows(inp)
-        if self.dropout:
-            xd = self.scratch("xd", x.shape)
-            k.dropout_fwd(xd, x, self.dropout, seed)
-            x = xd
-        o = _rows(out)
-        lora_delta(k, o, x, w.a, w.b, self.scale, self.scratch("t", (o.shape[0], w.a.shape[1])),
-                   self.scratch("delta", o.shape))
+        x, o = self._input(inp, seed), _rows(out)
+        for r in _row_blocks(len(o), LORA_ROWS):
+            n = r.stop - r.start
+            lora_delta(k, o[r], x[r], w.a, w.b, self.scale, self.work("t", n, w.a.shape[1]),
+                       self.work("wide", n, o.shape[1]))
 
-    def backward(self, dinp: Any, dout: Any, inp: Any, w: LoraWeight, seed: int) -> None:
-        """dinp += the adapter's part of the input gradient; dA, dB += theirs. dinp already
-        holds the frozen base's part (dout @ W^T)."""
+    def backward(self, dinp: Any, dout: Any, inp: Any, w: LoraWeight, seed: int,
+                 frozen: Callable[[Any, Any], None]) -> None:
+        """dinp = the frozen base's input gradient (frozen(dinp_rows, dout_rows) writes it)
+        + the adapter's; dA, dB += theirs. LORA_ROWS rows at a time, dA and dB accumulating
+        over the blocks (with adapter dropout all rows at once: the mask of dropout_bwd
+        spans the whole input). Each block's input rows are read before its dinp rows are
+        written, so dinp may be the input's own memory (sllm.activations under recompute)."""
         k, s = self.backend, np.float32(self.scale)
-        x, dy = _rows(inp), _rows(dout)
-        N, R = x.shape[0], w.a.shape[1]
-        if self.dropout:  # the same mask as forward: same seed
-            xd = self.scratch("xd", x.shape)
-            k.dropout_fwd(xd, x, self.dropout, seed)
-            x = xd
-        t, dt = self.scratch("t", (N, R)), self.scratch("dt", (N, R))
-        k.matmul_fwd(t, x, w.a, None)
-        np.multiply(t, s, out=t)                       # t = s * x A, forward's input to B
-        k.matmul_bwd(dt, w.db, None, dy, t, w.b)       # dt = dy B^T; dB += t^T dy
-        np.multiply(dt, s, out=dt)                     # through the scale
-        dx = self.scratch("dx", x.shape)
-        k.matmul_bwd(dx, w.da, None, dt, x, w.a)       # dx = dt A^T; dA += x^T dt
-        if self.dropout:
-            k.dropout_bwd(dx, dx, self.dropout, seed)
-        d = _rows(dinp)
-        k.residual_fwd(d, d, dx)
+        x, dy, d = self._input(inp, seed), _rows(dout), _rows(dinp)
+        R = w.a.shape[1]
+        for r in _row_blocks(len(x), len(x) if self.dropout else LORA_ROWS):
+            n = r.stop - r.start
+            t, dt, dx = self.work("t", n, R), self.work("dt", n, R), self.work("wide", n, x.shape[1])
+            k.matmul_fwd(t, x[r], w.a, None)
+            np.multiply(t, s, out=t)                       # t = s * x A, forward's input to B
+            k.matmul_bwd(dt, w.db, None, dy[r], t, w.b)    # dt = dy B^T; dB += t^T dy
+            np.multiply(dt, s, out=dt)                     # through the scale
+            k.matmul_bwd(dx, w.da, None, dt, x[r], w.a)    # dx = dt A^T; dA += x^T dt
+            if self.dropout:
+                k.dropout_bwd(dx, dx, self.dropout, seed)
+            frozen(d[r], dy[r])                            # the base's part, over x[r] if shared
+            k.residual_fwd(d[r], d[r], dx)
+
+    def _input(self, inp: Any, seed: int) -> Any:
+        """The adapter's input rows: inp, or (adapter dropout) its dropped-out copy, the same
+        mask in forward and backward (same seed)."""
+        x = _rows(inp)
+        if not self.dropout:
+            return x
+        xd = self.work("xd", *x.shape)
+        self.backend.dropout_fwd(xd, x, self.dropout, seed)
+        return xd
+
+
+def _row_blocks(n: int, rows: int) -> list[slice]:
+    """Consecutive slices of at most `rows` of range(n)."""
+    return [slice(r0, min(n, r0 + rows)) for r0 in range(0, n, rows)]
 
 
 @dataclass(frozen=True)

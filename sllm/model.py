@@ -111,7 +111,7 @@ class SLLM:
         self.seed = seed
         self.training = True
         self.dropout_step = 0  # counts training forwards; part of each dropout seed
-        self._acts: dict[tuple[int, int, bool, bool], Activations] = {}
+        self._acts: dict[tuple[int, int, bool, bool, bool], Activations] = {}
         self._batch_acts: dict[int, Activations] = {}  # decode_batch, by batch size
         self._qweights: dict[str, QTensor] = {}
         self.adapter: Attached | None = None  # see attach_adapter
@@ -223,10 +223,12 @@ class SLLM:
         make = llama.layer if self.is_llama else _layer
         return [make(views, i) for i in range(self.config.num_layers)]
 
-    def _new_activations(self, B: int, T: int, grads: bool, recompute: bool = False) -> Activations:
-        """The buffers of this family's forward (and backward) for one (B, T) shape."""
+    def _new_activations(self, B: int, T: int, grads: bool, recompute: bool = False,
+                         frozen: bool = False) -> Activations:
+        """The buffers of this family's forward (and backward) for one (B, T) shape (frozen:
+        for training an attached adapter, the base frozen)."""
         kind = LlamaActivations if self.is_llama else Activations
-        return kind(self.backend, self.config, B, T, grads, recompute)
+        return kind(self.backend, self.config, B, T, grads, recompute, frozen)
 
     def _dropout_seed(self, layer: int, site: int) -> int:
         """The dropout mask seed of one site (0: attention, 1: MLP) of one layer, this step."""
@@ -328,10 +330,15 @@ class SLLM:
             self.training = was
 
     def loss(self, tokens: Any, targets: Any) -> float:
-        """Mean cross-entropy over targets != -1, without computing gradients."""
-        acts = self._run_forward(tokens, grads=False)
+        """Mean cross-entropy over targets != -1, without computing gradients. In a training
+        step's buffers when one of this shape exists (an evaluation during training holds
+        no second set; under recompute the logits come a slice of rows at a time)."""
+        acts = self._run_forward(tokens, grads=False, reuse=True)
         count = self._load_targets(acts, targets)
-        self.backend.softmax_xent(acts.losses, None, acts.logits, acts.targets, 1.0)
+        if acts.recompute:
+            self._head_loss(acts, None)
+        else:
+            self.backend.softmax_xent(acts.losses, None, acts.logits, acts.targets, 1.0)
         return float(np.sum(acts.losses, dtype=np.float64) / max(count, 1))
 
     def forward_backward(self, tokens: Any, targets: Any) -> float:
@@ -347,10 +354,10 @@ class SLLM:
         self._backward(acts)
         return loss
 
-    def _head_loss(self, a: Activations, dloss: float) -> None:
-        """The losses, and the output head's backward into a.dln (and its gradient): from
-        the logits forward made, or (recompute) made here HEAD_ROWS rows at a time in
-        a.logits, so that N x V logits never exist at once."""
+    def _head_loss(self, a: Activations, dloss: float | None) -> None:
+        """The losses, and (dloss given) the output head's backward into a.dln (and its
+        gradient): from the logits forward made, or (recompute) made here HEAD_ROWS rows at
+        a time in a.logits, so that N x V logits never exist at once."""
         head, tie = self._lm_head(self._qweights, self._params), self.config.tie_embeddings
         dhead = self._grads[head_name(self.config)]
         N = a.losses.size
@@ -362,6 +369,9 @@ class SLLM:
             part = logits[:rows.stop - r0]
             if a.recompute:
                 self._matmul(part, lnf[rows], head, None, tie)
+            if dloss is None:  # the loss alone (SLLM.loss)
+                self.backend.softmax_xent(losses[rows], None, part, targets[rows], 1.0)
+                continue
             self.backend.softmax_xent(losses[rows], part, part, targets[rows], dloss)
             self._matmul_bwd(dln[rows], dhead, None, part, lnf[rows], head, tie)
 
@@ -405,15 +415,21 @@ class SLLM:
                              f"got range [{lo}, {hi}]")
         return t
 
-    def _activations(self, B: int, T: int, grads: bool) -> Activations:
-        key = (B, T, grads, grads and self.recompute)
+    def _activations(self, B: int, T: int, grads: bool, reuse: bool = False) -> Activations:
+        """The buffers of a (B, T) forward (grads: and its backward), kept per shape; reuse:
+        a forward without backward may run in a training shape's buffers."""
+        if reuse:
+            train = next((a for k, a in self._acts.items() if k[:3] == (B, T, True)), None)
+            if train is not None:
+                return train
+        key = (B, T, grads, grads and self.recompute, grads and self.adapter is not None)
         acts = self._acts.get(key)
         if acts is None:
             if len(self._acts) >= 3:  # keep a few shapes (train, eval, decode) alive
                 old = self._acts.pop(next(iter(self._acts)))
                 old.release()
-            budget.check_activations(self.config, B, T, self.backend, grads, key[3])
-            acts = self._acts[key] = self._new_activations(B, T, grads, key[3])
+            budget.check_activations(self.config, B, T, self.backend, grads, key[3], key[4])
+            acts = self._acts[key] = self._new_activations(B, T, grads, key[3], key[4])
         return acts
 
     def _load_targets(self, acts: Activations, targets: Any) -> int:
@@ -427,10 +443,10 @@ class SLLM:
         acts.targets[...] = t
         return int(np.count_nonzero(t >= 0))
 
-    def _run_forward(self, tokens: Any, grads: bool, cache: KVCache | None = None
-                     ) -> Activations:
+    def _run_forward(self, tokens: Any, grads: bool, cache: KVCache | None = None,
+                     reuse: bool = False) -> Activations:
         t = self._check_tokens(tokens)
-        acts = self._activations(t.shape[0], t.shape[1], grads)
+        acts = self._activations(t.shape[0], t.shape[1], grads, reuse)
         acts.tokens[...] = t
         dropout = self.config.dropout if self.training and cache is None else 0.0
         lora_p = self.adapter.adapter.config.dropout if self.adapter is not None and \
@@ -450,7 +466,6 @@ class SLLM:
             return llama.forward(self, a, dropout, cache, rows)  # type: ignore[arg-type]
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
-        mm = self._matmul
         if "wte" in self._qweights or rows is not None:
             self._embed_rows(a, pos, None if rows is None else rows[1])
         else:
@@ -466,9 +481,23 @@ class SLLM:
                 continue
             x = self._block_fwd(i, L, la, x, dropout, cache, rows)
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
-        if not a.recompute:  # else the loss makes them a slice at a time (_head_loss)
-            mm(a.logits, a.lnf, self._lm_head(self._qweights, P), None, cfg.tie_embeddings)
+        self._head_fwd(a, cache)
         a.dropout = dropout
+
+    def _head_fwd(self, a: Activations, cache: KVCache | None) -> None:
+        """The logits from a.lnf. A prefill into a KV cache makes only the last position's
+        (all that decode returns): B rows through the output head instead of B x T. Under
+        recompute none: the loss makes them a slice at a time (_head_loss)."""
+        if a.recompute:
+            return
+        head, tie = self._lm_head(self._qweights, self._params), self.config.tie_embeddings
+        if cache is None or a.shape[1] == 1:
+            self._matmul(a.logits, a.lnf, head, None, tie)
+            return
+        lnf, logits = a.last_rows()
+        lnf[...] = a.lnf[:, -1:]
+        self._matmul(logits, lnf, head, None, tie)
+        a.logits[:, -1:] = logits
 
     def _block_fwd(self, i: int, L: SimpleNamespace, la: SimpleNamespace, x: np.ndarray,
                    dropout: float, cache: KVCache | None,
@@ -525,15 +554,21 @@ class SLLM:
             assert isinstance(weight, np.ndarray)  # a trained weight is float
             k.matmul_bwd(dinp, dweight, dbias, dout, inp, weight, trans_w)
             return
-        base = weight.base if isinstance(weight, LoraWeight) else weight
-        if isinstance(base, QTensor):
-            k.matmul_q_bwd(dinp, dout, base.kernel_rows, base.qtype)
+        if not isinstance(weight, LoraWeight):
+            self._frozen_bwd(dinp, dout, weight, trans_w)
+            return
+        assert self.adapter is not None
+        base = weight.base
+        self.adapter.backward(dinp, dout, inp, weight, mix_seed(self._last_seed, weight.index, 2),
+                              lambda d, dy: self._frozen_bwd(d, dy, base, trans_w))
+
+    def _frozen_bwd(self, dinp: np.ndarray, dout: np.ndarray, weight: np.ndarray | QTensor,
+                    trans_w: bool) -> None:
+        """dinp = dout @ W^T for a frozen weight (overwritten; the input is not read)."""
+        if isinstance(weight, QTensor):
+            self.backend.matmul_q_bwd(dinp, dout, weight.kernel_rows, weight.qtype)
         else:
-            k.matmul_fwd(dinp, dout, base, None, not trans_w)
-        if isinstance(weight, LoraWeight):
-            assert self.adapter is not None
-            self.adapter.backward(dinp, dout, inp, weight, mix_seed(self._last_seed,
-                                                                    weight.index, 2))
+            self.backend.matmul_fwd(dinp, dout, weight, None, not trans_w)
 
     def _zero_grads(self) -> None:
         """Zero the gradients a backward pass accumulates into (the adapter's too)."""

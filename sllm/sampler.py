@@ -75,9 +75,9 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float
                 min_p: float | None = None) -> int:
     """One token id from a (V,) row of logits (-inf: not allowed). temperature 0 means
     greedy."""
+    if temperature <= 0:  # argmax of the row as it is: widening to float64 keeps the order
+        return int(np.argmax(logits))
     z = np.asarray(logits, dtype=np.float64)
-    if temperature <= 0:
-        return int(np.argmax(z))
     with np.errstate(over="ignore"):
         z = z / temperature
     if not np.isfinite(z.max()):  # a tiny (even subnormal) temperature overflows the
@@ -140,9 +140,14 @@ class Sampler:
                 self.bias[token] += b
 
     def adjusted(self, logits: np.ndarray, remaining: int) -> np.ndarray | None:
-        """The logits after bias, penalties and the constraint's mask (float64); None
-        when the constraint allows no token at all."""
-        p, z = self.p, np.array(logits, dtype=np.float64)
+        """The logits after bias, penalties and the constraint's mask (float64; `logits`
+        itself, uncopied, when there is none of them); None when the constraint allows no
+        token at all."""
+        p = self.p
+        if (self.bias is None and p.repetition_penalty == 1.0 and not p.frequency_penalty
+                and not p.presence_penalty and self.constraint is None):
+            return logits  # a plain decode: nothing to add, no copy
+        z = np.array(logits, dtype=np.float64)
         if self.bias is not None:
             z += self.bias
         if p.repetition_penalty != 1.0 and self.seen.any():
@@ -158,11 +163,14 @@ class Sampler:
             z = np.where(allow, z, -np.inf)
         return z
 
-    def next(self, logits: np.ndarray, remaining: int = 1 << 30) -> Choice | None:
+    def next(self, logits: np.ndarray, remaining: int = 1 << 30, checked: bool = False
+             ) -> Choice | None:
         """Draw the next token (and its log-probabilities when asked); None: nothing is
-        allowed (the constraint's grammar cannot continue with this vocabulary)."""
+        allowed (the constraint's grammar cannot continue with this vocabulary).
+        checked: the caller found every logit finite (one check over a batch's rows)."""
         p = self.p
-        check_logits(logits, "next-token logits")  # NaN would be drawn as some token
+        if not checked:
+            check_logits(logits, "next-token logits")  # NaN would be drawn as some token
         z = self.adjusted(logits, remaining)
         if z is None:
             return None

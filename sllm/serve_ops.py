@@ -137,8 +137,8 @@ class Observer:
 
 
 class Observe:
-    """ASGI middleware: times each HTTP request to its last byte, then hands it to the
-    Observer (handlers leave a Record in scope["state"]["sllm"])."""
+    """ASGI middleware: times each HTTP request to its last byte (handed to the server),
+    then hands it to the Observer (handlers leave a Record in scope["state"]["sllm"])."""
 
     def __init__(self, app: ASGIApp, observer: Observer, paths: tuple[str, ...]):
         self.app, self.observer, self.paths = app, observer, paths
@@ -167,9 +167,12 @@ class Observe:
         async def observed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
-            await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
+                # before the last bytes go out, not after: a client that has its answer
+                # finds it in /metrics and the log (after, a send that waits for the socket
+                # to drain would let the loop serve the client's next request first)
                 log()
+            await send(message)
         try:
             await self.app(scope, receive, observed_send)
         finally:

@@ -32,7 +32,7 @@ from .data import TokenData
 from .distributed import Group
 from .errors import ConfigError, FormatError, SLLMError
 from .fileio import atomic_write_text
-from .lora import ADAPTER_FILE, Adapter
+from .lora import ADAPTER_FILE, Adapter, frozen_base
 from .model import SLLM
 from .optim import OPTIMIZERS, Optimizer
 from .outputs import check_output
@@ -92,13 +92,18 @@ def _model_config(cfg: TrainConfig, vocab_size: int, warn: bool = True) -> Model
     return dataclasses.replace(base, **changes)
 
 
-def check_memory(cfg: TrainConfig, mcfg: ModelConfig, corpus_bytes: int = 0) -> None:
+def check_memory(cfg: TrainConfig, mcfg: ModelConfig, corpus_bytes: int = 0,
+                 base: SLLM | None = None) -> None:
     """Refuse (budget.BudgetError) a run whose model, optimizer state and activations
     cannot fit in the memory budget (cfg.max_memory, when set, is the budget: prepare,
-    resume and run apply it with budget.limited)."""
+    resume and run apply it with budget.limited). base: the loaded model a LoRA run
+    freezes, counted as it stores its weights, with the adapter's tensors, gradients and
+    optimizer state in place of the base's."""
+    lora = cfg.lora_config() if base is not None else None
     budget.check_train(mcfg, cfg.batch_size, cfg.seq_len or mcfg.max_seq_len,
                        backends.get(cfg.backend), cfg.optimizer, corpus_bytes,
-                       cfg.eval_batches if cfg.val_fraction > 0 else 0)
+                       cfg.eval_batches if cfg.val_fraction > 0 else 0, cfg.recompute,
+                       frozen_base(base, lora) if base is not None and lora else None)
 
 
 def _corpus_bytes(cfg: TrainConfig) -> int:
@@ -220,7 +225,7 @@ def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> Trainer:
     text = _corpus_text(cfg)
     if cfg.init_from:
         model, tok = _init_from(cfg)
-        check_memory(cfg, model.config)  # counts the loaded weights twice: errs on the safe side
+        check_memory(cfg, model.config, base=model)
         attach_lora(cfg, model)
         if model.qtype and model.adapter is None:
             raise RunError(f"--init-from {cfg.init_from} is quantized ({model.qtype}): only a "
@@ -285,8 +290,8 @@ def _resume(run_dir: str, progress: bool, backend: str | None,
                        f"(the data and model are fixed); start a new run instead")
     cfg = cfg.replace(**{**overrides, "out": run_dir, "backend": backend})
     with budget.limited(cfg.max_memory):
-        check_memory(cfg, config)
         base = _init_from(cfg)[0] if cfg.lora_config() else None  # a LoRA run's frozen base
+        check_memory(cfg, config, base=base)
         try:
             ckpt = load_checkpoint(path, backend=cfg.backend, base=base)
         except FormatError as e:

@@ -1,5 +1,6 @@
 """A `sllm serve` app in a thread for tests: uvicorn on a free loopback port, over an
-engine whose model can be slowed down so that slots stay busy while a test looks."""
+engine whose model can be slowed down so that slots stay busy while a test looks, with
+adapters given as `sllm serve --adapter NAME=PATH` takes them."""
 from __future__ import annotations
 
 import threading
@@ -11,6 +12,7 @@ import uvicorn
 import sllm
 from sllm import backends, serve
 from sllm.batching import Engine
+from sllm.cli import _adapter_bank
 from sllm.tokenizer import from_dict
 
 BACKEND = backends.available()[0]
@@ -20,7 +22,7 @@ class ThreadServer:
     """uvicorn serving the app in a thread, on a free loopback port."""
 
     def __init__(self, model_path, max_batch=4, max_queue=8, api_key=None, step_delay=0.0,
-                 **app_options):
+                 adapters=(), **app_options):
         self.model = sllm.load(model_path, backend=BACKEND)
         self.tok = from_dict(self.model.tokenizer)
         if step_delay:  # a slow model, so that slots stay busy while the test looks
@@ -30,7 +32,8 @@ class ThreadServer:
                 time.sleep(step_delay)
                 return decode_batch(*args)
             self.model.decode_batch = slow
-        self.engine = Engine(self.model, self.tok, max_batch=max_batch, max_queue=max_queue)
+        self.engine = Engine(self.model, self.tok, max_batch=max_batch, max_queue=max_queue,
+                             adapters=_adapter_bank(self.model, "tiny", list(adapters)))
         sock = serve.bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(

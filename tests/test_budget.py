@@ -90,7 +90,8 @@ def test_max_memory_sets_the_budget(tmp_path):
     largest = int(msg.split("the largest --batch-size that fits is ")[1].split(".")[0])
     assert 0 < largest < 4096
     est = budget.train_estimate(T._model_config(cfg, 4, warn=False), largest, 256,
-                                sllm.backends.get("numpy"), "adamw", cfg.demo_chars)
+                                sllm.backends.get("numpy"), "adamw", cfg.demo_chars,
+                                cfg.eval_batches)  # prepare() counts the validation batches
     assert est.total <= 1 << 30 < est.total + est.per_row  # it is the largest
 
 
@@ -142,3 +143,45 @@ def test_cli_refuses_an_oom_config_in_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stderr.startswith("error: training") and "needs about" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_lora_run_is_counted_as_it_allocates(tmp_path, backend_name):
+    """A LoRA run counts its frozen base as stored (q4_0 rows here), the adapter with its
+    gradients and AdamW state, and the activations of --recompute: a budget that refuses
+    full fine-tuning of the float32 model fits it, and the estimate is not below what
+    its buffers really hold after a step."""
+    from sllm.lora import LoraConfig, frozen_base
+    from sllm.tokenizer import train as train_tokenizer
+    text = "the pirate sails the sea and the parrot sings . " * 100
+    (tmp_path / "text.txt").write_text(text)
+    tok = train_tokenizer("char", text, None)
+    model = sllm.SLLM({"vocabSize": tok.vocab_size, "embeddingDim": 256, "numLayers": 4,
+                       "numHeads": 4, "ffnHiddenDim": 1024, "maxSeqLen": 32}, backend="numpy")
+    model.tokenizer = tok.to_dict()
+    model.save(tmp_path / "f32.sllm")
+    model.quantize("q4_0").save(tmp_path / "q4_0.sllm")
+    backend = sllm.backends.get(backend_name)
+    q4 = sllm.load(tmp_path / "q4_0.sllm", backend=backend_name)
+    frozen = frozen_base(q4, LoraConfig(rank=4))
+    assert frozen.adapter_parameters == 4 * 4 * (256 + 768 + 256 + 256 + 256 + 1024 + 1024 + 256)
+    lora = budget.train_estimate(model.config, 4, 32, backend, recompute=True, frozen=frozen)
+    full = budget.train_estimate(model.config, 4, 32, backend)
+    assert lora.parts["optimizer state"] == 2 * 4 * frozen.adapter_parameters
+    assert lora.parts["frozen base"] < model.num_parameters() * 4 / 6  # 4.5 bits a weight
+    middle = (lora.total + full.total) // 2 + 4 * len(text) * budget.CORPUS_FACTOR
+    same = dict(corpus=str(tmp_path / "text.txt"), steps=1, batch_size=4, seq_len=32,
+                backend=backend_name, max_memory=str(middle), eval_batches=1)
+    with pytest.raises(BudgetError, match="optimizer state"):
+        T.prepare(T.TrainConfig(init_from=str(tmp_path / "f32.sllm"), out=str(tmp_path / "full"),
+                                **same), progress=False)
+    trainer = T.prepare(T.TrainConfig(init_from=str(tmp_path / "q4_0.sllm"), lora_rank=4,
+                                      recompute=True, out=str(tmp_path / "lora"), **same),
+                        progress=False)
+    trainer.run()
+    m = trainer.model
+    assert len(m._acts) == 1  # evaluation ran in the training buffers
+    held = [m.flat_params, m.flat_grads, m.adapter.flat_params, m.adapter.flat_grads,
+            *m.adapter._work.values(), *trainer.opt.buffers.values(),
+            *(a for acts in m._acts.values() for a in acts._owned)]
+    stored = sum(q.nbytes for q in m.quantized_weights().values())
+    assert stored + sum(a.nbytes for a in held) <= lora.total - lora.parts["runtime"]

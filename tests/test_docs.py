@@ -3,7 +3,7 @@ in a fresh directory per page, and prints what the page shows. The marker syntax
 tests/doc_blocks.py (and docs/CONTRIBUTING.md); an unmarked command block fails."""
 from __future__ import annotations
 
-import importlib.util
+import functools
 import os
 import re
 import subprocess
@@ -32,8 +32,17 @@ def _expectation(block: Block) -> Expectation:
                        illustrative=tuple(block.options.get("illustrative", ())))
 
 
+@functools.cache
+def _importable(module: str) -> bool:
+    """Whether the page's commands can import `module`: asked of a fresh interpreter in their
+    environment, not of this process, where another test may have left it imported from a
+    path it has since removed (tests/test_plugin_example.py's example plugin)."""
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return subprocess.run([sys.executable, "-c", probe], env=_env(), timeout=TIMEOUT).returncode == 0
+
+
 def _skip_reason(block: Block) -> str | None:
-    missing = [m for m in block.option("requires").split(",") if m and not importlib.util.find_spec(m)]
+    missing = [m for m in block.option("requires").split(",") if m and not _importable(m)]
     if missing:
         return f"needs {', '.join(missing)}"
     if "slow" in block.options and os.environ.get("SLLM_DOCS_SLOW") != "1":

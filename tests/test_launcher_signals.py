@@ -158,6 +158,57 @@ def test_watchdog_exits_a_stuck_process_and_releases_its_lock(tmp_path):
     assert not (tmp_path / runlock.LOCK_NAME).exists()
 
 
+_HOLDS_THE_GIL = """
+import ctypes, os, sys
+from sllm import jobcontrol
+os.environ[jobcontrol.LAUNCHER_ENV] = sys.argv[1] + ":0"
+jobcontrol.owned_by_launcher(grace=0.5)
+print("ready", flush=True)
+ctypes.PyDLL(None).sleep(600)  # a C call that keeps the GIL (as MPI_Init hung on a dead rank)
+"""
+
+
+def test_reaper_kills_a_rank_whose_watchdog_cannot_run():
+    # Found stuck for 15 minutes: a rank in MPI_Init whose peer died holds the GIL, so
+    # neither its watchdog thread nor its SIGTERM handler ever runs.
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        rank = subprocess.Popen([sys.executable, "-c", _HOLDS_THE_GIL, str(launcher.pid)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert rank.stdout is not None and rank.stdout.readline() == "ready\n"
+        time.sleep(1)
+        assert rank.poll() is None  # the launcher lives: the rank is left alone
+    finally:
+        launcher.kill()
+        launcher.wait()
+    t0 = time.monotonic()
+    rank.communicate(timeout=TIMEOUT)
+    took = time.monotonic() - t0
+    assert rank.returncode == -signal.SIGKILL
+    assert 0.5 + jobcontrol.REAPER_MARGIN_S - 1 < took < 0.5 + jobcontrol.REAPER_MARGIN_S + 10
+
+
+def test_reaper_ends_with_its_rank():
+    # The launcher (this test) lives on; the rank ends: its reaper must not outlive it.
+    code = ("import os, sys; from sllm import jobcontrol; "
+            "print(jobcontrol.start_reaper(int(sys.argv[1]), 60.0).pid, flush=True)")
+    out = subprocess.run([sys.executable, "-c", code, str(os.getpid())], capture_output=True,
+                         text=True, timeout=TIMEOUT, check=True).stdout
+    reaper = int(out)
+    deadline = time.monotonic() + 10
+    while _running(reaper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(reaper)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; its new parent may not have reaped it yet
+
+
 @pytest.mark.parametrize("value,expected", [
     ("", None), ("abc", None), ("0:5", None), ("-3:1", None), ("12", (12, None)),
     ("12:0", (12, None)), ("12:345", (12, 345)), ("12:x", (12, None))])
@@ -195,5 +246,5 @@ def test_sigterm_while_the_run_is_prepared_releases_the_lock(tmp_path, ranks):
     if ranks:
         _wait_gone(proc.pid, GONE_WITHIN_S)
     assert "Traceback" not in out + errs, errs
-    assert not lock.exists(), "run.lock outlived the run"
+    assert not lock.exists(), ("run.lock outlived the run", out, errs, lock.read_text())
     assert not (tmp_path / "run" / "metrics.jsonl").exists(), "the signal came too late"

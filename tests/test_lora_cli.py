@@ -109,20 +109,31 @@ def test_resumed_lora_run_equals_an_uninterrupted_one(base):
 
 
 @needs_mpi
-def test_two_ranks_fine_tune_as_one_process(base):
+@pytest.mark.parametrize("qtype", [None, "q4_0"], ids=["f32", "q4_0"])
+def test_two_ranks_fine_tune_as_one_process(base, qtype):
+    """--ranks 2 (each rank half the batch, the gradients averaged) trains the adapter of one
+    process, on a float32 base and on a q4_0 one (QLoRA: each rank loads the quantized file)."""
+    model = base / "base"
+    if qtype:
+        model = base / f"{qtype}.sllm"
+        code, out = run("quantize", base / "base", "--type", qtype, "-o", model, "--overwrite")
+        assert code == 0, out
     same = ("--schedule", "constant", "--lora-targets", "mlp")
-    assert finetune(base, "one", *same)[0] == 0
-    args = ["finetune", base / "base", "--corpus", base / "domain.txt", "--out", base / "two",
-            "--steps", 12, "--batch-size", 4, "--lr", 1e-2, "--eval-every", 6, "--eval-batches",
-            2, "--warmup", 0, "--backend", "numpy", "-q", *same, "--ranks", 2]
-    proc = subprocess.run([sys.executable, "-m", "sllm.cli", *map(str, args)],
+    args = ["finetune", model, "--corpus", base / "domain.txt", "--steps", 12, "--batch-size",
+            4, "--lr", 1e-2, "--eval-every", 6, "--eval-batches", 2, "--warmup", 0, "--backend",
+            "numpy", "-q", *same]
+    one, two = base / f"one-{qtype}", base / f"two-{qtype}"
+    code, out = run(*args, "--out", one)
+    assert code == 0, out
+    two_ranks = [*args, "--out", two, "--ranks", 2]
+    proc = subprocess.run([sys.executable, "-m", "sllm.cli", *map(str, two_ranks)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "LoRA rank 8" in proc.stdout and "2 ranks" in proc.stdout
-    losses = [[json.loads(x)["loss"] for x in (base / run / "metrics.jsonl").read_text().splitlines()]
-              for run in ("one", "two")]
+    losses = [[json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]
+              for d in (one, two)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
-    a, b = (Adapter.load(base / run / "adapter.sllm").tensors for run in ("one", "two"))
+    a, b = (Adapter.load(d / "adapter.sllm").tensors for d in (one, two))
     for name in a:
         np.testing.assert_allclose(b[name], a[name], atol=2e-3, err_msg=name)
 

@@ -115,23 +115,25 @@ def _batches(vocab, seed=3):
 def test_lora_steps_equal_python_and_the_adapter_loads_there(models, name, lora, tmp_path):
     """Three LoRA fine-tuning steps in Node (forward delta, frozen-base backward, clipping,
     AdamW over the adapter) give Python's losses on the same module (bit for bit as measured)
-    and numpy's within 1e-4; the adapter Node saves
-    loads in Python (fingerprint checked) with Node's logits and Python's trained tensors;
-    the base is untouched."""
+    and numpy's within 1e-4; the adapter Node saves (f16, and f32 when asked) loads in
+    Python (fingerprint checked) with Node's logits and Python's trained tensors (rounded to
+    f16 as numpy rounds them); the base is untouched."""
     py = sllm.load(models[name], backend=_scalar())
     base_logits = py.forward([[2, 5, 7, 11]])
     batches = _batches(py.config.vocab_size)
     got = run_node(JS_HELPERS + """
 const m = await web.loadModel(args[0], "scalar");
 m.createAdapter(args[2], {seed: 5});
-const initial = b64(m.saveAdapter());
+const initial = b64(m.saveAdapter({dtype: "f32"}));  // both sides start from the same values
 const losses = """ + JS_TRAIN_STEPS + """;
 const probe = [2, 5, 7, 11];
-const adapted = Array.from(m.forward(probe));
-const saved = b64(m.saveAdapter());
+const saved32 = b64(m.saveAdapter({dtype: "f32"}));
+const saved = m.saveAdapter();  // f16, as the page saves adapters
 const info = m.adapter;
+await m.loadAdapter(saved);  // the adapter as the file holds it
+const adapted = Array.from(m.forward(probe));
 m.detachAdapter();
-return {initial, losses, adapted, saved, info, base: Array.from(m.forward(probe))};
+return {initial, losses, adapted, saved: b64(saved), saved32, info, base: Array.from(m.forward(probe))};
 """, str(models[name]), [[x.tolist(), y.tolist()] for x, y in batches], lora)
     (tmp_path / "initial.sllm").write_bytes(base64.b64decode(got["initial"]))
     initial = Adapter.load(tmp_path / "initial.sllm", py)
@@ -146,10 +148,15 @@ return {initial, losses, adapted, saved, info, base: Array.from(m.forward(probe)
     expected = python_train_steps(py, batches)
     assert np.allclose(got["losses"], expected, rtol=1e-5, atol=0), (got["losses"], expected)
     assert expected[-1] != expected[0]  # the adapter learned something
+    (tmp_path / "trained32.sllm").write_bytes(base64.b64decode(got["saved32"]))
     (tmp_path / "trained.sllm").write_bytes(base64.b64decode(got["saved"]))
+    trained32 = Adapter.load(tmp_path / "trained32.sllm", py)
     trained = Adapter.load(tmp_path / "trained.sllm", py)
     for tensor, value in py.adapter.adapter.tensors.items():
-        assert np.allclose(trained.tensors[tensor], value, rtol=1e-4, atol=1e-6), tensor
+        assert np.allclose(trained32.tensors[tensor], value, rtol=1e-4, atol=1e-6), tensor
+        assert np.array_equal(trained.tensors[tensor],  # the f16 file: f32 rounded, as numpy
+                              trained32.tensors[tensor].astype(np.float16).astype(np.float32))
+    assert (tmp_path / "trained.sllm").stat().st_size < (tmp_path / "trained32.sllm").stat().st_size
     py.detach_adapter()
     py.attach_adapter(trained)
     adapted = np.array(got["adapted"], np.float32).reshape(1, 4, -1)
@@ -185,6 +192,73 @@ return {info, adapted, base: Array.from(m.forward([3, 1, 4, 1, 5]))};
     assert np.array_equal(np.array(got["base"], np.float32).reshape(base.shape), base)
     assert got["info"]["rank"] == 4 and got["info"]["alpha"] == 8
     assert got["info"]["base"]["fingerprint"] == fingerprint(sllm.load(models[name], backend="numpy"))
+
+
+def _tricky_floats(n: int) -> np.ndarray:
+    """n float32 values that exercise f32 -> f16 rounding: every f16 value and the ties
+    half-way to its neighbours (even and odd, subnormal and normal, both signs), values a
+    hair off those ties, signed zeros, values below half the smallest subnormal, 65504, and
+    random bits within f16's range, in a shuffled order."""
+    halves = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    ties = (halves[:-1] + halves[1:]) / 2  # exact in f32: f16 needs 11 bits, a tie 12
+    ties32 = ties.astype(np.float32)
+    nudged = np.concatenate([np.nextafter(ties32, np.float32(0)), np.nextafter(ties32, np.float32(1e9))])
+    rng = np.random.default_rng(3)
+    randbits = rng.integers(0, 0x477FE000, 100_000, dtype=np.uint32).view(np.float32)  # < 65504
+    special = np.array([0.0, -0.0, 2.0 ** -26, -(2.0 ** -25), 2.0 ** -25 * 1.0000001, 65504.0,
+                        -65504.0], np.float32)
+    values = np.concatenate([halves.astype(np.float32), ties32, nudged, randbits, special])
+    values = np.concatenate([values, -values])
+    rng.shuffle(values)
+    return np.resize(values, n).astype(np.float32)
+
+
+def test_f16_encoding_equals_numpy():
+    """format.js's f32ToF16 gives numpy's astype(float16) bits for every f16 value, every
+    tie between two of them, their neighbours and random values; NaN and values beyond
+    65504 are refused as Python's check_f16_range refuses them."""
+    from sllm.errors import FormatError
+    from sllm.finite import check_f16_range
+    values = _tricky_floats(500_000)
+    got = run_node(JS_HELPERS + """
+const data = new Float32Array(unb64(args[0]).buffer);
+const bits = web.format.f32ToF16(data, "w");
+const refused = [];
+for (const bad of [70000, -1e30, NaN, 65520]) {
+  try { web.format.f32ToF16(new Float32Array([1, bad, 2]), "h.0.attn.c_attn.weight.lora_b"); refused.push("ok"); }
+  catch (e) { refused.push(`${e.name}: ${e.message}`); }
+}
+return {bits: b64(new Uint8Array(bits.buffer)), refused};
+""", _b64(values.tobytes()))
+    expected = values.astype(np.float16).view(np.uint16)
+    assert np.array_equal(np.frombuffer(base64.b64decode(got["bits"]), "<u2"), expected)
+    for bad, message in zip([70000, -1e30, np.nan, 65520], got["refused"], strict=True):
+        with pytest.raises(FormatError) as python:
+            check_f16_range({"h.0.attn.c_attn.weight.lora_b": np.array([1, bad, 2], np.float32)})
+        assert message.startswith("FormatError: " + str(python.value).split("; save as")[0] + ";")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "q8_0"])
+def test_browser_adapter_files_equal_pythons(models, name, tmp_path):
+    """The bytes the browser writes for an adapter are Python's Adapter.save bytes for the
+    same adapter: f16 (the browser's default, as `sllm finetune` writes) and f32; Node
+    reads Python's f32 file and writes it out again."""
+    py = sllm.load(models[name], backend="numpy")
+    adapter = Adapter.create(py, LoraConfig(rank=8, alpha=12, targets="all"), seed=7)
+    values = _tricky_floats(sum(t.size for t in adapter.tensors.values()))
+    at = 0
+    for tensor in adapter.tensors.values():
+        tensor[...] = values[at:at + tensor.size].reshape(tensor.shape)
+        at += tensor.size
+    adapter.metadata["note"] = "ünïcode ✓"
+    for dtype in ("f32", "f16"):
+        adapter.save(tmp_path / f"{dtype}.sllm", dtype=dtype)
+    got = run_node(JS_HELPERS + """
+const read = web.lora.Adapter.read(await web.bytes(args[0]), "f32.sllm");
+return {f16: b64(read.write()), f32: b64(read.write({}, {dtype: "f32"}))};
+""", str(tmp_path / "f32.sllm"))
+    for dtype in ("f32", "f16"):
+        assert base64.b64decode(got[dtype]) == (tmp_path / f"{dtype}.sllm").read_bytes(), dtype
 
 
 def _corrupt_adapters(good: Adapter, path: Path) -> dict[str, bytes]:

@@ -74,6 +74,13 @@ def test_repacking_leaves_greedy_decoding_unchanged(qtype):
                            ffn_hidden_dim=200, max_seq_len=64, dropout=0.0)
     model = sllm.SLLM(cfg, backend="cpp", seed=4).quantize(qtype).eval()
     weights = model.quantized_weights()
+    from sllm import _cpp
+    if _cpp.quant_pack_rows() == 0:  # the tier, asked of the extension: a tier that should
+        # pack but does not still fails below
+        assert all(w.packed is w.rows for w in weights.values())  # ggml's rows, as they are
+        pytest.skip(f"the {_cpp.quant_simd_level()} tier (SLLM_CPP_SIMD=scalar, or a CPU "
+                    f"without AVX2) never packs: its kernels read ggml's rows, so there is no "
+                    f"repacked model to compare")
     assert all(type(w.packed).__name__ == "PackedQ" for w in weights.values())
     prompt = [5, 17, 250, 3, 99]
     packed_ids, packed_logits = model.generate(prompt, 40, temperature=0), model.forward([prompt])

@@ -35,11 +35,12 @@ def batches():
     return [(rng.integers(0, 29, (2, 11)), rng.integers(0, 29, (2, 11))) for _ in range(2)]
 
 
-def run(arch, backend, recompute, qlora):
+def run(arch, backend, recompute, qlora, lora_dropout=0.1, targets="all"):
     model = sllm.SLLM(tiny(arch), backend=backend, seed=1)
     if qlora:
         model.quantize("q4_0")
-        adapter = Adapter.create(model, LoraConfig(rank=4, dropout=0.1), seed=0)
+        adapter = Adapter.create(model, LoraConfig(rank=4, dropout=lora_dropout, targets=targets),
+                                 seed=0)
         for t in adapter.tensors.values():
             t[...] = np.random.default_rng(3).standard_normal(t.shape) * 0.2
         model.attach_adapter(adapter)
@@ -76,6 +77,30 @@ def test_logits_in_slices_of_rows_give_the_same_step(arch, qlora, backend_name, 
         for name in grads:
             scale = float(np.abs(grads[name]).max())
             np.testing.assert_allclose(grads2[name], grads[name], rtol=0, atol=1e-5 * scale,
+                                       err_msg=name)
+
+
+@pytest.mark.parametrize("targets", ["all", "attn"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_adapter_in_blocks_of_rows_gives_the_same_step(arch, targets, backend_name, monkeypatch):
+    """The adapter's matmuls run LORA_ROWS rows at a time (a small scratch), and under
+    recompute a frozen base's MLP activation shares memory with its gradient (each block of
+    rows read before its gradient is written; an untargeted frozen weight never reads it):
+    recomputing steps stay bit for bit the plain ones, and both equal one block of all rows
+    within rounding (dA and dB are sums over the blocks)."""
+    whole = run(arch, backend_name, False, True, 0.0, targets)[0]
+    monkeypatch.setattr(sllm.lora, "LORA_ROWS", 5)  # 22 rows: blocks of 5, 5, 5, 5, 2
+    plain = run(arch, backend_name, False, True, 0.0, targets)[0]
+    again, model = run(arch, backend_name, True, True, 0.0, targets)
+    if arch == "gpt2":
+        acts = next(a for a in model._acts.values() if a.has_grads)
+        assert acts.layers[0].fch_act is acts.dfch
+    for (loss, grads), (loss2, grads2), (loss1, grads1) in zip(plain, again, whole, strict=True):
+        assert loss2 == loss == pytest.approx(loss1, rel=1e-6)
+        for name in grads:
+            np.testing.assert_array_equal(grads2[name], grads[name], err_msg=name)
+            scale = float(np.abs(grads1[name]).max())
+            np.testing.assert_allclose(grads[name], grads1[name], rtol=0, atol=1e-4 * scale,
                                        err_msg=name)
 
 
@@ -131,3 +156,20 @@ def test_finetune_recompute_writes_the_same_adapter(tmp_path, monkeypatch):
     assert saved["recompute"] is True
     assert (tmp_path / "plain" / "adapter.sllm").read_bytes() == \
         (tmp_path / "recompute" / "adapter.sllm").read_bytes()
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_evaluation_runs_in_the_training_buffers(arch, recompute, backend_name, monkeypatch):
+    """SLLM.loss during training (the same batch shape) runs in the training step's buffers
+    (under recompute the logits a slice of rows at a time) and gives the loss of a model
+    that never trained: no second set of activations for evaluation."""
+    monkeypatch.setattr(sllm.activations, "HEAD_ROWS", 5)
+    (x, y), model = batches()[0], sllm.SLLM(tiny(arch), backend=backend_name, seed=1)
+    want = model.eval().loss(x, y)
+    model = sllm.SLLM(tiny(arch), backend=backend_name, seed=1)
+    model.recompute = recompute
+    model.train().forward_backward(x, y)  # gradients only: the weights stay
+    held = dict(model._acts)
+    assert model.eval().loss(x, y) == pytest.approx(want, rel=1e-6)
+    assert model._acts == held

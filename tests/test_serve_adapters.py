@@ -75,6 +75,29 @@ def test_mixed_batch_equals_each_merged_model(arch, tok, backend_name):
     references = {None: base_model(arch, tok, backend_name)}
     for name, adapter in adapters.items():
         references[name] = merge(base_model(arch, tok, backend_name), adapter)
+    check_mixed_batch(model, tok, adapters, references)
+
+
+@pytest.mark.parametrize("arch,qtype", [("gpt2", "q4_0"), ("llama", "q8_0")])
+def test_mixed_batch_on_a_quantized_base_equals_each_adapter_alone(arch, qtype, tok,
+                                                                   backend_name):
+    """No merged model on a quantized base: the reference is the adapter attached alone."""
+    def quantized():
+        return base_model(arch, tok, backend_name).quantize(qtype).eval()
+    model = quantized()
+    adapters = {"a": random_adapter(model, 1), "b": random_adapter(model, 2, "attn"),
+                "c": random_adapter(model, 3, "mlp", rank=2)}
+    references = {None: quantized()}
+    for name, adapter in adapters.items():
+        references[name] = quantized()
+        references[name].attach_adapter(adapter)
+        references[name].eval()
+    check_mixed_batch(model, tok, adapters, references)
+
+
+def check_mixed_batch(model, tok, adapters, references):
+    """PROMPTS for the base and each adapter in turn, queued before the engine starts (one
+    batch holds them all): each answer equals its reference model's greedy text."""
     bank = AdapterBank(model)
     for name, adapter in adapters.items():
         bank.add(name, adapter)
@@ -261,3 +284,52 @@ def test_cli_adapter_specs(files):
         _adapter_bank(sllm.load(files[0], backend="numpy"), "tiny", [str(files[1]["a"])])
     with pytest.raises(ConfigError, match="'tiny' is taken"):
         _adapter_bank(sllm.load(files[0], backend="numpy"), "tiny", [f"tiny={files[1]['a']}"])
+
+
+@pytest.mark.parametrize("qtype", ["q4_0", "q8_0"])
+def test_adapters_served_on_a_quantized_base(qtype, tok, tmp_path):
+    """`sllm serve tiny_q4_0.sllm --adapter a=... --adapter b=...`: the adapters were
+    trained on the quantized base (its fingerprint is the quantized one), and a batch that
+    mixes them and the base gives, for each, the greedy text of that adapter attached
+    alone to the same quantized base."""
+    pytest.importorskip("openai")
+    from serving import BACKEND, ThreadServer
+    path = tmp_path / f"tiny_{qtype}.sllm"
+    base_model("gpt2", tok).quantize(qtype).save(path)
+    quantized = sllm.load(path, backend=BACKEND)
+    specs = []
+    for i, name in enumerate(["a", "b"]):
+        random_adapter(quantized, i + 1, ["all", "attn"][i]).save(tmp_path / f"{name}.sllm")
+        specs.append(f"{name}={tmp_path / f'{name}.sllm'}")
+    server = ThreadServer(path, max_batch=8, adapters=specs)
+    bank, groups = server.engine.adapters, []
+    route = bank.route
+    bank.route = lambda rows: (route(rows), groups.append(len(bank.groups)))
+    try:
+        assert server.model.qtype == qtype
+        client = server.client()
+        assert [m.id for m in client.models.list().data] == ["tiny", "a", "b"]
+        results: dict = {}
+
+        def ask(name, prompt):
+            results[name, prompt] = client.completions.create(
+                model=name, prompt=prompt, max_tokens=10, temperature=0).choices[0].text
+        threads = [threading.Thread(target=ask, args=(name, p))
+                   for p in PROMPTS[:3] for name in ["tiny", "a", "b"]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        server.stop()
+    assert len(results) == 9 and max(groups) == 2  # a step held rows of both adapters
+    alone = {"tiny": sllm.load(path, backend=BACKEND)}
+    for name in ["a", "b"]:
+        alone[name] = sllm.load(path, backend=BACKEND)
+        alone[name].attach_adapter(Adapter.load(tmp_path / f"{name}.sllm"))
+        alone[name].eval()
+    for (name, prompt), text in results.items():
+        assert text == greedy(alone[name], tok, prompt, 10), (name, prompt)
+    changed = [text != results["tiny", prompt] for (name, prompt), text in results.items()
+               if name != "tiny"]
+    assert sum(changed) >= 4  # the adapters change the answers

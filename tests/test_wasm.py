@@ -304,3 +304,66 @@ def test_whole_model_matches_reference(be, rng, tie, family):
         assert err <= 1e-4, f"{name}: relative error {err:.2e}"
     logits, logits_ref = mine.eval().forward(x), ref.eval().forward(x)
     assert np.abs(logits - logits_ref).max() <= 1e-4 * np.abs(logits_ref).max()
+
+
+@pytest.mark.parametrize("filename", MODULES)
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1"])
+def test_quantized_decode_matches_reference_in_every_module(filename, qtype):
+    """Each module's quantized kernels (four rows at a time, q4 nibbles unsigned, q8_0's
+    sign trick on x in the relaxed module; the scalar loops in the MVP one) decode the
+    numpy reference's greedy tokens, its embedding lookup included (tied wte)."""
+    cls = type(f"Only_{filename}", (WasmSimdBackend,),
+               {"modules": ((filename, False, "simd128"),), "_probed": {}})
+    if filename == "sllm_relaxed.wasm":
+        cls = WasmSimdBackend  # relaxed is wasm-simd's first choice where the runtime runs it
+    elif filename == "sllm_scalar.wasm":
+        cls = WasmBackend
+    try:
+        be = cls()
+    except RuntimeUnavailable as e:
+        pytest.skip(f"{filename}: {e}")
+    if filename == "sllm_relaxed.wasm" and be.capabilities["module"] != filename:
+        pytest.skip("this runtime does not run the relaxed-SIMD module")
+    cfg = AWKWARD.replace(tie_embeddings=True, vocab_size=70, embedding_dim=45, max_seq_len=40)
+    mine = sllm.SLLM(cfg, backend=be, seed=3).quantize(qtype).eval()
+    ref = sllm.SLLM(cfg, backend="numpy", seed=3).quantize(qtype).eval()
+    prompt = [5, 17, 60, 3]
+    assert mine.generate(prompt, 30, temperature=0) == ref.generate(prompt, 30, temperature=0)
+    logits, logits_ref = mine.forward([prompt]), ref.forward([prompt])
+    assert np.abs(logits - logits_ref).max() <= 1e-4 * np.abs(logits_ref).max()
+
+
+def test_embed_q_fwd_checks_its_tokens(be):
+    from sllm import quant
+    wq = quant.quantize(np.ones((9, 40), np.float32), "q4_1")
+    out = np.zeros((1, 2, 40), np.float32)
+    be.embed_q_fwd(out, np.array([[8, 0]], np.int32), wq, "q4_1")
+    np.testing.assert_allclose(out, 1.0, rtol=1e-3)
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 9\)"):
+        be.embed_q_fwd(out, np.array([[9, 0]], np.int32), wq, "q4_1")
+    with pytest.raises(ValueError, match="embed_q_fwd: out must be"):
+        be.embed_q_fwd(np.zeros((1, 3, 40), np.float32), np.array([[1, 0]], np.int32), wq, "q4_1")
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_1"])
+def test_quantized_scales_of_every_float16_kind_convert_exactly(be, qtype):
+    """Float16 scales (and q4_1's offsets) of every kind, four rows' scales multiplied as
+    one vector: subnormal, zero, negative, largest, infinite and NaN scales give the
+    reference's floats bit for bit (one block: the same float operations)."""
+    from sllm import quant
+    from sllm.backends import reference
+    halves = [0x0001, 0x03FF, 0x0400, 0x8000, 0x0000, 0x7BFF, 0xFBFF, 0x7C00, 0xFC00, 0x7E00,
+              0x3C00, 0xB555]
+    rng = np.random.default_rng(1)
+    wq = quant.quantize(rng.standard_normal((len(halves), 32)).astype(np.float32), qtype)
+    wq[:, 0:2] = np.array(halves, np.uint16).view(np.uint8).reshape(-1, 2)
+    if qtype == "q4_1":
+        wq[:, 2:4] = np.array(halves[::-1], np.uint16).view(np.uint8).reshape(-1, 2)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+    out, ref = np.zeros((2, len(halves)), np.float32), np.zeros((2, len(halves)), np.float32)
+    with np.errstate(all="ignore"):
+        be.matmul_q_fwd(out, x, wq, None, qtype)
+        reference.matmul_q_fwd(ref, x, wq, None, qtype)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    finite = ~np.isnan(ref)
+    assert np.array_equal(out[finite].view(np.uint32), ref[finite].view(np.uint32))

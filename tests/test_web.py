@@ -255,10 +255,12 @@ def test_lora_steps_match_python_and_the_adapter_loads_there(browser, site, tmp_
 const b64 = (bytes) => { let s = ""; for (const b of bytes) s += String.fromCharCode(b); return btoa(s); };
 const m = await sllm.load(args[0]);
 m.createAdapter({rank: 4}, {seed: 1});
-const initial = b64(m.saveAdapter());
+const initial = b64(m.saveAdapter({dtype: "f32"}));  // both sides start from the same values
 const losses = """ + JS_TRAIN_STEPS + """;
 const probe = m.encodePrompt("A: Do you have a pet?");
-return {initial, losses, probe, logits: Array.from(m.forward(probe)), trained: b64(m.saveAdapter())};
+const trained = m.saveAdapter();  // f16, as the page stores and downloads adapters
+await m.loadAdapter(trained);  // the adapter as the file holds it
+return {initial, losses, probe, logits: Array.from(m.forward(probe)), trained: b64(trained)};
 """, "model.sllm", [[x.tolist(), y.tolist()] for x, y in batches])
     (tmp_path / "initial.sllm").write_bytes(base64.b64decode(got["initial"]))
     py.attach_adapter(Adapter.load(tmp_path / "initial.sllm", py))

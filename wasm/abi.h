@@ -34,6 +34,15 @@ extern arg_slot ARGS[ARGS_SLOTS];
 #define ARG_INT(n) ((int)ARGS[n].i)
 #define ARG_FLT(n) (ARGS[n].f)
 
+/* Before a loop whose float64 conversions the compiler would vectorize into
+ * f64x2.convert_low_i32x4 / f64x2.promote_low_f32x4, which wasmer 1.x refuses: in the
+ * compat module (the one that must load there) the loop stays scalar; elsewhere nothing. */
+#ifdef SLLM_WASM_COMPAT
+#define COMPAT_SCALAR_LOOP _Pragma("clang loop vectorize(disable) interleave(disable)")
+#else
+#define COMPAT_SCALAR_LOOP
+#endif
+
 /* Freestanding helpers (no libc): used instead of memset/memcpy. */
 void zero_floats(float *dst, size_t n);
 void copy_floats(float *dst, const float *src, size_t n);

@@ -78,6 +78,7 @@ EXPORT(rmsnorm_bwd) {
 /* cs[0..D/2) = cos, cs[D/2..D) = sin of pos * inv_freq[i], in float64 rounded to float32. */
 static void rope_angles(float *cs, int pos, const double *inv_freq, int D) {
     int half = D / 2;
+    COMPAT_SCALAR_LOOP
     for (int i = 0; i < half; i++) {
         double s, c;
         sincos_double((double)pos * inv_freq[i], &s, &c);
@@ -125,7 +126,9 @@ static void rope(float sign) {
     double theta, *inv_freq = (double *)scratch;  /* D/2 doubles, then the table, then a row */
     __builtin_memcpy(&theta, &ARGS[6], sizeof theta);
     float *table = scratch + D, *own = table + (size_t)table_rows * D;
+    COMPAT_SCALAR_LOOP
     for (int i = 0; i < D / 2; i++) inv_freq[i] = pow_double(theta, -(2.0 * i) / D);
+    COMPAT_SCALAR_LOOP
     for (int p = 0; p < table_rows; p++) rope_angles(table + (size_t)p * D, p, inv_freq, D);
     for (int n = 0; n < N; n++) {
         const float *cs = table + (size_t)positions[n] * D;

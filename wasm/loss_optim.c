@@ -87,8 +87,10 @@ EXPORT(grad_norm_sq) {
     double *out = (double *)(uintptr_t)ARGS[2].u;
     double lane[4] = {0.0, 0.0, 0.0, 0.0};
     int i = 0;
+    COMPAT_SCALAR_LOOP
     for (; i + 4 <= n; i += 4)
         for (int j = 0; j < 4; j++) lane[j] += (double)g[i + j] * (double)g[i + j];
+    COMPAT_SCALAR_LOOP
     for (; i < n; i++) lane[0] += (double)g[i] * (double)g[i];
     *out = (lane[0] + lane[2]) + (lane[1] + lane[3]);
 }

@@ -6,14 +6,22 @@
  * 3 bias (OC) f32 or 0, 4 N, 5 K, 6 OC, 7 qtype (0 q8_0, 1 q4_0, 2 q4_1), 8 scratch of at
  * least N*nb*8 + 2*N*nb floats (nb = ceil(K/32)): the q8_0 codes, scales and block sums.
  *
+ * export embed_q_fwd, ARGS: 0 out (n,C) f32, 1 tokens (n) int32 (checked by the host),
+ * 2 wq (V, row bytes) u8, 3 n, 4 C, 5 qtype: out[i] = row tokens[i] of wq, dequantized
+ * (sllm.quant.dequantize; ggml's get_rows).
+ *
  * export matmul_q_bwd, ARGS: 0 dinp (N,K) f32, 1 dout (N,OC) f32, 2 wq (OC, row bytes) u8,
  * 3 N, 4 K, 5 OC, 6 qtype, 7 scratch of at least OC*cols floats, 8 cols (a multiple of 32):
  * dinp = dout @ W, W's columns dequantized cols at a time into the scratch, each slice
  * multiplied by the float GEMM (gemm.c).
  *
- * Dot products: SIMD128 widens int8 products to int16 (extmul) and sums pairs to int32;
- * relaxed SIMD uses i32x4.relaxed_dot_i8x16_i7x16_add with |w| as the 7-bit operand and
- * x carrying w's sign (ggml's sign trick); the MVP module runs the scalar loops.
+ * Dot products: four weight rows at a time (dot_rows4), so the activation block is loaded
+ * once for four and the block scales multiply as one vector. SIMD128 widens int8 products
+ * to int16 (extmul) and sums pairs to int32; relaxed SIMD uses
+ * i32x4.relaxed_dot_i8x16_i7x16_add: q4 nibbles (0..15) are its 7-bit operand as they are
+ * (q4_0's -8 comes off the block's integer sum), q8_0 passes |x| with w carrying x's sign
+ * (ggml's sign trick, turned round so |x| is shared by the rows); the MVP module runs the
+ * scalar loops.
  */
 #include "abi.h"
 
@@ -60,7 +68,12 @@ static void fill_half_table(void) {
     half_table_ready = 1;
 }
 
-static inline float load_half(const uint8_t *p) { return HALF_TABLE[p[0] | ((uint32_t)p[1] << 8)]; }
+/* One unaligned 16-bit load (memcpy): two byte loads and an or cost 1-11% of a GEMV. */
+static inline float load_half(const uint8_t *p) {
+    uint16_t h;
+    __builtin_memcpy(&h, p, 2);
+    return HALF_TABLE[h];
+}
 
 /* C's roundf: half away from zero (wasm's f32.nearest rounds half to even). */
 static float round_away(float v) {
@@ -69,8 +82,10 @@ static float round_away(float v) {
     return v < 0 ? -r : r;
 }
 
-/* ggml's quantize_row_q8_0_ref for one row, zero-padded to nb blocks, plus block sums. */
-static void quantize_row_q8_0(const float *x, int K, int8_t *q, float *d, float *s) {
+/* ggml's quantize_row_q8_0_ref for one row, zero-padded to nb blocks, plus block sums:
+ * sum * d (q4_1's offset term), or with int_sums the integer sum itself (q4_0's -8 offset,
+ * applied once per block to the integer dot; exact in a float: |sum| <= 32 * 127). */
+static void quantize_row_q8_0(const float *x, int K, int8_t *q, float *d, float *s, int int_sums) {
     int nb = (K + QK - 1) / QK;
     for (int b = 0; b < nb; b++) {
         int j0 = b * QK, n = K - j0 < QK ? K - j0 : QK;
@@ -88,9 +103,15 @@ static void quantize_row_q8_0(const float *x, int K, int8_t *q, float *d, float 
             sum += c;
         }
         d[b] = half_to_float(float_to_half(db));
-        s[b] = (float)sum * d[b];
+        s[b] = int_sums ? (float)sum : (float)sum * d[b];
     }
 }
+
+#ifdef __wasm_simd128__
+#define SIMD_INT_SUMS 1 /* the SIMD q4_0 dot takes its nibbles unsigned (dot_rows4) */
+#else
+#define SIMD_INT_SUMS 0
+#endif
 
 typedef struct {
     const int8_t *q;
@@ -98,55 +119,116 @@ typedef struct {
 } qrow;
 
 #ifdef __wasm_simd128__
-/* i32x4 partial sums of w (int8, |w| <= 127) times x (int8), 16 pairs. */
-static inline v128_t dot16(v128_t w, v128_t x, v128_t acc) {
+/* A block of activation codes as every row's dot product reads it: loaded (and prepared)
+ * once for four weight rows. */
+typedef struct {
+    v128_t x0, x1; /* the block's 32 codes */
 #ifdef __wasm_relaxed_simd__
-    v128_t neg = wasm_i8x16_lt(w, wasm_i8x16_splat(0));
-    v128_t sx = wasm_i8x16_sub(wasm_v128_xor(x, neg), neg); /* x * sign(w) */
-    return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(sx, wasm_i8x16_abs(w), acc);
+    v128_t a0, a1, n0, n1; /* |x| and x < 0 */
+#endif
+} xblock;
+
+static inline xblock load_xblock(const int8_t *x) {
+    xblock v;
+    v.x0 = wasm_v128_load(x), v.x1 = wasm_v128_load(x + 16);
+#ifdef __wasm_relaxed_simd__
+    v.a0 = wasm_i8x16_abs(v.x0), v.a1 = wasm_i8x16_abs(v.x1);
+    v.n0 = wasm_i8x16_lt(v.x0, wasm_i8x16_splat(0)), v.n1 = wasm_i8x16_lt(v.x1, wasm_i8x16_splat(0));
+#endif
+    return v;
+}
+
+/* i32x4 partial sums of w0 . x0 + w1 . x1 (int8 weights, |w| <= 127; or q4 nibbles
+ * 0..15, which relaxed SIMD takes as its 7-bit operand as they are). */
+static inline v128_t dot32(v128_t w0, v128_t w1, const xblock *x, int nibbles) {
+#ifdef __wasm_relaxed_simd__
+    if (!nibbles) {
+        /* the sign trick the other way round: |x| (shared by four rows) is the 7-bit
+         * operand and w carries x's sign (|w| <= 127: no overflow) */
+        w0 = wasm_i8x16_sub(wasm_v128_xor(w0, x->n0), x->n0);
+        w1 = wasm_i8x16_sub(wasm_v128_xor(w1, x->n1), x->n1);
+        return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(w1, x->a1,
+                                                      wasm_i32x4_relaxed_dot_i8x16_i7x16_add(w0, x->a0, wasm_i32x4_splat(0)));
+    }
+    return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(x->x1, w1,
+                                                  wasm_i32x4_relaxed_dot_i8x16_i7x16_add(x->x0, w0, wasm_i32x4_splat(0)));
 #elif defined(SLLM_WASM_COMPAT)
-    /* wasmer 1.x (Cranelift) lacks extmul and extadd_pairwise: widen each half of w and x
-     * to int16, then i32x4.dot_i16x8_s sums the products in pairs (an intrinsic, so the
-     * compiler cannot fold the widening multiply back into extmul) */
-    v128_t lo = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w), wasm_i16x8_extend_low_i8x16(x));
-    v128_t hi = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w), wasm_i16x8_extend_high_i8x16(x));
-    return wasm_i32x4_add(acc, wasm_i32x4_add(lo, hi));
+    /* wasmer 1.x (Cranelift) lacks extmul and extadd_pairwise: w and x widened to int16,
+     * i32x4.dot_i16x8_s summing the products in pairs (an intrinsic, so the compiler
+     * cannot fold the widening multiply back into extmul) */
+    (void)nibbles;
+    v128_t s0 = wasm_i32x4_add(wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w0), wasm_i16x8_extend_low_i8x16(x->x0)),
+                               wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w0), wasm_i16x8_extend_high_i8x16(x->x0)));
+    v128_t s1 = wasm_i32x4_add(wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w1), wasm_i16x8_extend_low_i8x16(x->x1)),
+                               wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w1), wasm_i16x8_extend_high_i8x16(x->x1)));
+    return wasm_i32x4_add(s0, s1);
 #else
-    v128_t p = wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(w, x), wasm_i16x8_extmul_high_i8x16(w, x));
-    return wasm_i32x4_add(acc, wasm_i32x4_extadd_pairwise_i16x8(p));
+    /* extmul to int16; int8 products add in pairs before widening (2 * 127 * 128 fits),
+     * nibble products in fours (4 * 15 * 128 fits) */
+    v128_t p0 = wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(w0, x->x0), wasm_i16x8_extmul_high_i8x16(w0, x->x0));
+    v128_t p1 = wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(w1, x->x1), wasm_i16x8_extmul_high_i8x16(w1, x->x1));
+    if (nibbles) return wasm_i32x4_extadd_pairwise_i16x8(wasm_i16x8_add(p0, p1));
+    return wasm_i32x4_add(wasm_i32x4_extadd_pairwise_i16x8(p0), wasm_i32x4_extadd_pairwise_i16x8(p1));
 #endif
 }
 
-static inline float hsum(v128_t v) {
-    return wasm_f32x4_extract_lane(v, 0) + wasm_f32x4_extract_lane(v, 1) +
-           wasm_f32x4_extract_lane(v, 2) + wasm_f32x4_extract_lane(v, 3);
+/* Lane r: the sum of v_r's four lanes. */
+static inline v128_t reduce4(v128_t v0, v128_t v1, v128_t v2, v128_t v3) {
+    v128_t a = wasm_i32x4_add(wasm_i32x4_shuffle(v0, v1, 0, 1, 4, 5), wasm_i32x4_shuffle(v0, v1, 2, 3, 6, 7));
+    v128_t b = wasm_i32x4_add(wasm_i32x4_shuffle(v2, v3, 0, 1, 4, 5), wasm_i32x4_shuffle(v2, v3, 2, 3, 6, 7));
+    return wasm_i32x4_add(wasm_i32x4_shuffle(a, b, 0, 2, 4, 6), wasm_i32x4_shuffle(a, b, 1, 3, 5, 7));
 }
 
-/* One block: the int32 dot of 32 weights (two v128 of int8) with 32 codes, scaled. */
-static inline v128_t block(v128_t w0, v128_t w1, const int8_t *x, float scale, v128_t acc) {
-    v128_t isum = dot16(w0, wasm_v128_load(x), wasm_i32x4_splat(0));
-    isum = dot16(w1, wasm_v128_load(x + 16), isum);
-    return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(isum), wasm_f32x4_splat(scale)));
+/* One block of one row: its int32 partial sums against the activation block. q4_0's
+ * nibbles stay unsigned here: the caller subtracts 8 * sum(x) once for four rows. */
+static inline v128_t block_isum(const uint8_t *w, const xblock *x, int qtype) {
+    if (qtype == 0) return dot32(wasm_v128_load(w + 2), wasm_v128_load(w + 18), x, 0);
+    v128_t packed = wasm_v128_load(w + (qtype == 1 ? 2 : 4));
+    return dot32(wasm_v128_and(packed, wasm_i8x16_splat(0x0F)), wasm_u8x16_shr(packed, 4), x, 1);
 }
 
-static inline __attribute__((always_inline)) float dot_row(const uint8_t *w, const qrow *x, int nb,
-                                                           int qtype) {
-    v128_t acc = wasm_f32x4_splat(0.0f), low = wasm_i8x16_splat(0x0F), eight = wasm_i8x16_splat(8);
-    float msum = 0.0f;
-    for (int b = 0; b < nb; b++, w += BLOCK_BYTES[qtype]) {
-        float scale = load_half(w) * x->d[b];
-        v128_t w0, w1;
-        if (qtype == 0) {
-            w0 = wasm_v128_load(w + 2), w1 = wasm_v128_load(w + 18);
-        } else {
-            v128_t packed = wasm_v128_load(w + (qtype == 1 ? 2 : 4));
-            w0 = wasm_v128_and(packed, low), w1 = wasm_u8x16_shr(packed, 4);
-            if (qtype == 1) w0 = wasm_i8x16_sub(w0, eight), w1 = wasm_i8x16_sub(w1, eight);
-            else msum += load_half(w + 2) * x->s[b];
-        }
-        acc = block(w0, w1, x->q + b * QK, scale, acc);
+static inline v128_t halves4(const uint8_t *const *w, size_t at) {
+    return wasm_f32x4_make(load_half(w[0] + at), load_half(w[1] + at), load_half(w[2] + at), load_half(w[3] + at));
+}
+
+/* Four rows at once (lane r: row w[r]): x's codes are loaded once for the four, the four
+ * int32 block sums reduce to one vector, and the block scales multiply as a vector. The
+ * integer dot of a block is exact; its float products add block by block, as in the
+ * reference's float32 sum over blocks. */
+static inline __attribute__((always_inline)) v128_t dot_rows4(const uint8_t *const *w, const qrow *x,
+                                                              int nb, int qtype) {
+    v128_t acc = wasm_f32x4_splat(0.0f), macc = acc;
+    size_t bytes = (size_t)BLOCK_BYTES[qtype];
+    for (int b = 0; b < nb; b++) {
+        size_t at = (size_t)b * bytes;
+        xblock xb = load_xblock(x->q + b * QK);
+        v128_t isum = reduce4(block_isum(w[0] + at, &xb, qtype), block_isum(w[1] + at, &xb, qtype),
+                              block_isum(w[2] + at, &xb, qtype), block_isum(w[3] + at, &xb, qtype));
+        if (qtype == 1) isum = wasm_i32x4_sub(isum, wasm_i32x4_splat(8 * (int)x->s[b]));
+        v128_t scale = wasm_f32x4_mul(halves4(w, at), wasm_f32x4_splat(x->d[b]));
+        acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(isum), scale));
+        if (qtype == 2) macc = wasm_f32x4_add(macc, wasm_f32x4_mul(halves4(w, at + 2), wasm_f32x4_splat(x->s[b])));
     }
-    return hsum(acc) + msum;
+    return qtype == 2 ? wasm_f32x4_add(acc, macc) : acc;
+}
+
+/* Output rows [o0, o1) for every input row; qtype is a constant after inlining. A last
+ * group of fewer than four rows repeats its last row in the spare lanes. */
+static inline __attribute__((always_inline)) void rows(float *out, const uint8_t *wq, const float *bias,
+                                                       const int8_t *q, const float *d, const float *s,
+                                                       int N, int nb, int OC, int o0, int o1, int qtype) {
+    size_t row_bytes = (size_t)nb * BLOCK_BYTES[qtype];
+    for (int n = 0; n < N; n++) {
+        qrow x = {q + (size_t)n * nb * QK, d + n * nb, s + n * nb};
+        float *y = out + (size_t)n * OC;
+        for (int o = o0; o < o1; o += 4) {
+            const uint8_t *w[4];
+            for (int r = 0; r < 4; r++) w[r] = wq + (size_t)(o + r < o1 ? o + r : o1 - 1) * row_bytes;
+            float lanes[4];
+            wasm_v128_store(lanes, dot_rows4(w, &x, nb, qtype));
+            for (int r = 0; r < 4 && o + r < o1; r++) y[o + r] = lanes[r] + (bias ? bias[o + r] : 0.0f);
+        }
+    }
 }
 #else
 static inline __attribute__((always_inline)) float dot_row(const uint8_t *w, const qrow *x, int nb,
@@ -169,7 +251,6 @@ static inline __attribute__((always_inline)) float dot_row(const uint8_t *w, con
     }
     return sum;
 }
-#endif
 
 /* Output rows [o0, o1) for every input row; qtype is a constant after inlining. */
 static inline __attribute__((always_inline)) void rows(float *out, const uint8_t *wq, const float *bias,
@@ -183,6 +264,7 @@ static inline __attribute__((always_inline)) void rows(float *out, const uint8_t
             y[o] = dot_row(wq + (size_t)o * row_bytes, &x, nb, qtype) + (bias ? bias[o] : 0.0f);
     }
 }
+#endif
 
 EXPORT(matmul_q_fwd) {
     float *out = ARG_F32P(0);
@@ -195,7 +277,8 @@ EXPORT(matmul_q_fwd) {
     int8_t *q = (int8_t *)scratch;
     float *d = scratch + (size_t)N * nb * (QK / 4), *s = d + (size_t)N * nb;
     for (int n = 0; n < N; n++)
-        quantize_row_q8_0(inp + (size_t)n * K, K, q + (size_t)n * nb * QK, d + n * nb, s + n * nb);
+        quantize_row_q8_0(inp + (size_t)n * K, K, q + (size_t)n * nb * QK, d + n * nb, s + n * nb,
+                          SIMD_INT_SUMS && qtype == 1);
     for (int o0 = 0; o0 < OC; o0 += 16) { /* 16 weight rows stay in cache across the inputs */
         int o1 = o0 + 16 < OC ? o0 + 16 : OC;
         if (qtype == 0) rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 0);
@@ -245,6 +328,21 @@ static void dequantize_block(const uint8_t *w, int qtype, int n, float *out) {
             c = (j < 16 ? byte & 0x0F : byte >> 4) - (qtype == 1 ? 8 : 0);
         }
         out[j] = (float)c * d + m;
+    }
+}
+
+EXPORT(embed_q_fwd) {
+    float *out = ARG_F32P(0);
+    const int32_t *tokens = ARG_I32P(1);
+    const uint8_t *wq = (const uint8_t *)(uintptr_t)ARGS[2].u;
+    int n = ARG_INT(3), C = ARG_INT(4), qtype = ARG_INT(5);
+    int nb = (C + QK - 1) / QK, bytes = BLOCK_BYTES[qtype];
+    if (!half_table_ready) fill_half_table();
+    for (int i = 0; i < n; i++) {
+        const uint8_t *row = wq + (size_t)tokens[i] * nb * bytes;
+        for (int b = 0; b < nb; b++)
+            dequantize_block(row + (size_t)b * bytes, qtype, C - b * QK < QK ? C - b * QK : QK,
+                             out + (size_t)i * C + b * QK);
     }
 }
 

@@ -238,6 +238,16 @@ class _WasmBase(Backend):
         self._call("matmul_q_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
                    self._ptr(wq, U8), self._ptr(bias), N, K, OC, _QTYPE_CODES[qtype], scratch)
 
+    def embed_q_fwd(self, out: Array, tokens: Array, wq: Array, qtype: str) -> None:
+        """out (B,T,C) = rows tokens (B,T) of quantized rows wq, dequantized."""
+        C = out.shape[-1]
+        _check_q_rows(wq, qtype, np.shape(wq)[0], C)
+        if out.size != np.size(tokens) * C:
+            raise ValueError(f"embed_q_fwd: out must be (B, T, {C}) for tokens {np.shape(tokens)}")
+        _check_tokens(tokens, np.shape(wq)[0])
+        self._call("embed_q_fwd", "<IIIiii", self._ptr(out, write=True), self._ptr(tokens, I32),
+                   self._ptr(wq, U8), np.size(tokens), C, _QTYPE_CODES[qtype])
+
     def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Array, qtype: str) -> None:
         """dinp = dout @ W (overwritten) for W held as quantized rows wq (sllm.quant)."""
         K, OC = dinp.shape[-1], dout.shape[-1]
@@ -444,11 +454,13 @@ def _check_tokens(ids: Any, limit: int, allow_ignore: bool = False) -> None:
 
 def _check_q_rows(wq: Any, qtype: str, OC: int, K: int) -> None:
     """wq must be uint8 (OC, row bytes): OC ggml rows of K values of qtype."""
-    _check(qtype in _QTYPE_CODES, f"qtype must be one of {', '.join(_QTYPE_CODES)}, got {qtype!r}")
+    if qtype not in _QTYPE_CODES:
+        raise ValueError(f"qtype must be one of {', '.join(_QTYPE_CODES)}, got {qtype!r}")
     row_bytes = -(-K // 32) * _QBLOCK_BYTES[qtype]
-    _check(np.shape(wq) == (OC, row_bytes) and np.asarray(wq).dtype == U8,
-           f"wq must be uint8 ({OC}, {row_bytes}) for {qtype} rows of K={K}, "
-           f"got {np.asarray(wq).dtype} {np.shape(wq)}")
+    if np.shape(wq) != (OC, row_bytes) or np.asarray(wq).dtype != U8:
+        # the message is formatted only here: a dtype's str costs more than a small GEMV
+        raise ValueError(f"wq must be uint8 ({OC}, {row_bytes}) for {qtype} rows of K={K}, "
+                         f"got {np.asarray(wq).dtype} {np.shape(wq)}")
 
 
 def _size(out: np.ndarray, inp: np.ndarray) -> int:

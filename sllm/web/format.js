@@ -497,7 +497,7 @@ class Cursor {
   }
 }
 
-// ---- f16 -> f32 ------------------------------------------------------------------------
+// ---- f16 <-> f32 ------------------------------------------------------------------------
 /** Decode little-endian IEEE half floats into `out` (a Float32Array). */
 export function f16ToF32(bytes, out) {
   const n = bytes.length >> 1;
@@ -508,6 +508,44 @@ export function f16ToF32(bytes, out) {
     else if (exp === 31) out[i] = frac ? NaN : sign * Infinity;
     else out[i] = sign * (1024 + frac) * 2 ** (exp - 25);
   }
+}
+
+/**
+ * Encode float32 values as IEEE half floats (a Uint16Array; little-endian once written), rounding
+ * to nearest, ties to even, as numpy's astype(float16): subnormals kept, the smallest halves round
+ * to a signed zero. `name` names the tensor in the FormatError for a value f16 cannot hold (NaN,
+ * or beyond 65504: it would become inf), as sllm/finite.py's check_f16_range refuses it.
+ */
+export function f32ToF16(data, name) {
+  const bits = new Uint32Array(data.buffer, data.byteOffset, data.length), out = new Uint16Array(data.length);
+  for (let i = 0; i < data.length; i++) {
+    if (!(Math.abs(data[i]) <= F16_MAX)) {
+      let largest = 0;
+      for (const x of data) largest = Math.max(largest, Number.isNaN(x) ? NaN : Math.abs(x));
+      throw new FormatError(`cannot save as f16: tensor '${name}' holds a value of magnitude ${pyG(largest)}, beyond f16's largest finite value 65504; save as f32 instead`);
+    }
+    const b = bits[i], sign = (b >>> 16) & 0x8000, e = (b >>> 23) & 0xff;
+    if (e < 102) { out[i] = sign; continue; } // below half the smallest subnormal 2^-24
+    // value = m * 2^(e - 150), m with its implicit bit; a half keeps m >> shift of it
+    const m = (b & 0x7fffff) | 0x800000, shift = e < 113 ? 126 - e : 13;
+    const rem = m & ((1 << shift) - 1), halfway = 1 << (shift - 1);
+    let h = (e < 113 ? 0 : (e - 112) << 10) + ((e < 113 ? m : m & 0x7fffff) >>> shift);
+    if (rem > halfway || (rem === halfway && (h & 1))) h += 1; // a carry moves into the exponent, as it should
+    out[i] = sign | h;
+  }
+  return out;
+}
+
+const F16_MAX = 65504;
+
+/** Python's f"{x:g}" for the magnitudes f32ToF16 reports (6 significant digits). */
+function pyG(x) {
+  if (Number.isNaN(x)) return "nan";
+  if (!Number.isFinite(x)) return "inf";
+  const [mant, exp] = x.toExponential(5).split("e"), e = Number(exp);
+  const trim = (s) => (s.includes(".") ? s.replace(/0+$/, "").replace(/\.$/, "") : s);
+  if (e < -4 || e >= 6) return `${trim(mant)}e${e < 0 ? "-" : "+"}${String(Math.abs(e)).padStart(2, "0")}`;
+  return trim(x.toFixed(Math.max(0, 5 - e)));
 }
 
 /** Copy a tensor of the file into `out` (a Float32Array of its size), converting to f32. */
@@ -523,14 +561,16 @@ export function tensorToF32(tensor, out) {
 
 // ---- writer ----------------------------------------------------------------------------
 /**
- * The bytes of a model file (f32 tensors), as sllm/serialize.py writes them.
- * tensors: [[name, Float32Array or Uint8Array, shape, dtype code (0 f32, 2..4 quantized)], ...].
+ * The bytes of a model file, as sllm/serialize.py writes them.
+ * tensors: [[name, Float32Array, Uint16Array (f16 bits) or Uint8Array, shape, dtype code (0 f32,
+ * 1 f16, 2..4 quantized)], ...]. `stringify` writes the config and metadata JSON (lora.js passes
+ * one that writes Python's floats, for byte-equal adapter files).
  */
-export function writeModel({ configDict, tokenizer, metadata, tensors }) {
+export function writeModel({ configDict, tokenizer, metadata, tensors, stringify = JSON.stringify }) {
   const enc = new TextEncoder();
-  const sections = [[SECTION.config, enc.encode(JSON.stringify(configDict))]];
+  const sections = [[SECTION.config, enc.encode(stringify(configDict))]];
   if (tokenizer) sections.push([SECTION.tokenizer, enc.encode(JSON.stringify(tokenizer))]);
-  sections.push([SECTION.metadata, enc.encode(JSON.stringify(metadata))]);
+  sections.push([SECTION.metadata, enc.encode(stringify(metadata))]);
   const { table, spans, dataLen } = tensorTable(tensors, enc);
   sections.push([SECTION.tensors, table]);
   // total size: header, then each section aligned so its payload starts at a multiple of 64

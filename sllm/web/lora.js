@@ -1,4 +1,4 @@
-// JavaScript twin of sllm/lora.py: tests/test_node_parity.py checks them equal under Node.
+// JavaScript twin of sllm/lora.py: tests/test_lora_node.py checks them equal under Node (and the file bytes: Python's f16 and f32 adapters).
 // LoRA adapters in the browser: for a target weight W, stored (in, out) as sllm stores
 // matmul weights, the adapted layer is y = x @ W (+ bias) + s * ((dropout(x) @ A) @ B),
 // s = alpha / rank, A (in, rank), B (rank, out) = 0 when fresh. An Adapter is plain data and
@@ -9,7 +9,7 @@
 // gradients (the same kernel calls as Python's). Offsets are bytes into linear memory.
 
 import { F } from "./kernels.js";
-import { ConfigError, FormatError, configToDict, parameterShapes, pyShape, readFloatTensors, writeModel } from "./format.js";
+import { ConfigError, FormatError, configToDict, f32ToF16, parameterShapes, pyShape, readFloatTensors, writeModel } from "./format.js";
 
 /** An adapter that does not fit this model (another base, a clash); sllm.LoraError. */
 export class LoraError extends ConfigError {
@@ -108,6 +108,20 @@ function pyJson(dict) {
   return `{${items.join(", ")}}`;
 }
 
+// The top-level fields of an adapter file's config and metadata that Python holds as floats
+// (ModelConfig.dropout, rope_theta, norm_eps; LoraConfig.alpha, dropout): json.dumps writes 2.0
+// where JSON.stringify writes 2.
+const PY_FLOAT_FIELDS = new Set(["dropout", "ropeTheta", "normEps", "alpha"]);
+
+/** sllm/serialize.py's _json_bytes (json.dumps, separators "," and ":", no ASCII escaping) of a
+ * config or metadata dict: Python's bytes for the same adapter. Nested values and other numbers
+ * as JSON.stringify writes them (a metadata float such as 3.0 read from a file comes back 3). */
+function pyCompactJson(dict) {
+  const items = Object.entries(dict).filter(([, v]) => v !== undefined).map(([k, v]) =>
+    `${JSON.stringify(k)}:${PY_FLOAT_FIELDS.has(k) && typeof v === "number" ? pyFloat(v) : JSON.stringify(v)}`);
+  return `{${items.join(",")}}`;
+}
+
 /** repr() of a Python float: the shortest round-trip digits, positional for exponents
  * -4..15, else d.ddde+XX. */
 export function pyFloat(x) {
@@ -168,13 +182,20 @@ export class Adapter {
     }
   }
 
-  /** The adapter file's bytes (float32 tensors), as Adapter.save writes it. */
-  write(metadata = {}) {
+  /**
+   * The adapter file's bytes, as Adapter.save(path, dtype=...) writes them: the tensors in
+   * `dtype` "f16" (the default, as `sllm finetune` writes adapters: half the bytes) or "f32".
+   * FormatError when a value does not fit in f16.
+   */
+  write(metadata = {}, { dtype = "f16" } = {}) {
+    if (dtype !== "f16" && dtype !== "f32") throw new ConfigError(`adapter dtype must be f32 or f16, got ${JSON.stringify(dtype)}`);
     const c = this.config;
     const meta = { ...this.metadata, ...metadata, kind: KIND, rank: c.rank, alpha: c.alpha, dropout: c.dropout,
       targets: this.targets.slice(), target_option: c.targets, base: { ...this.base } };
-    const tensors = Object.entries(this.tensors).map(([n, t]) => [n, t.data, t.shape, 0]);
-    return writeModel({ configDict: configToDict(this.baseConfig), tokenizer: null, metadata: meta, tensors });
+    const tensors = Object.entries(this.tensors).map(([n, t]) =>
+      (dtype === "f16" ? [n, f32ToF16(t.data, n), t.shape, 1] : [n, t.data, t.shape, 0]));
+    return writeModel({ configDict: configToDict(this.baseConfig), tokenizer: null, metadata: meta, tensors,
+      stringify: pyCompactJson });
   }
 
   /** Read and validate an adapter file (FormatError when it is not a valid adapter). */

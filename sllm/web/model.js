@@ -7,7 +7,7 @@
 // optimizer runs over the adapter. Offsets are bytes into linear memory.
 
 import { F } from "./kernels.js";
-import { layout, tensorToF32, f16ToF32, QK } from "./format.js";
+import { layout, tensorToF32, QK } from "./format.js";
 import { llamaActivations, llamaBackward, llamaForward, llamaHead, llamaLayer } from "./llama.js";
 import { Attached, LoraError, dropoutThreshold } from "./lora.js";
 
@@ -245,27 +245,19 @@ export class Network {
     this.k.call("matmul_q_fwd", out, inp, q.off, bias, N, C, OC, QTYPE_CODES[q.qtype], this.k.scratch(N * nb * 8 + 2 * N * nb));
   }
 
-  /** x0 = the dequantized embedding rows q of the tokens (embed_q_fwd), plus wpe (GPT-2's
-   * learned positions) when addPositions, as sllm/model.py and sllm/llama.py do. */
+  /** x0 = the dequantized embedding rows q of the tokens (the module's embed_q_fwd), plus
+   * wpe (GPT-2's learned positions) when addPositions, as sllm/model.py and sllm/llama.py do. */
   quantizedEmbedding(a, q, N, T, C, pos, addPositions) {
-    const heap = this.k.heap, block = { q8_0: 34, q4_0: 18, q4_1: 20 }[q.qtype];
-    const rowBytes = Math.ceil(C / QK) * block, bytes = new Uint8Array(heap.memory.buffer);
-    const tokens = heap.i32(a.tokens, N), x0 = heap.f32(a.x0, N * C);
-    const wpe = addPositions ? heap.f32(this.P.wpe, this.config.max_seq_len * C) : null;
-    const half = new Float32Array(2);
+    if (!this.k.exports.embed_q_fwd) {
+      throw new Error(`this model's embedding is ${q.qtype}, but the WebAssembly module has no quantized lookup (embed_q_fwd): rebuild the modules, or export the model with --dtype f32 or f16`);
+    }
+    this.k.call("embed_q_fwd", a.x0, a.tokens, q.off, N, C, QTYPE_CODES[q.qtype]);
+    if (!addPositions) return;
+    const heap = this.k.heap, x0 = heap.f32(a.x0, N * C);
+    const wpe = heap.f32(this.P.wpe, this.config.max_seq_len * C);
     for (let n = 0; n < N; n++) {
-      const row = q.off + tokens[n] * rowBytes;
-      for (let j = 0; j < C; j++) {
-        const b = row + Math.floor(j / QK) * block, i = j % QK;
-        f16ToF32(bytes.subarray(b, b + 4), half);
-        let v;
-        if (q.qtype === "q8_0") v = Math.fround(((bytes[b + 2 + i] << 24) >> 24) * half[0]);
-        else {
-          const byte = bytes[b + (q.qtype === "q4_0" ? 2 : 4) + (i % 16)], nib = i < 16 ? byte & 15 : byte >> 4;
-          v = q.qtype === "q4_0" ? Math.fround((nib - 8) * half[0]) : Math.fround(Math.fround(nib * half[0]) + half[1]);
-        }
-        x0[n * C + j] = wpe ? Math.fround(v + wpe[(pos + (n % T)) * C + j]) : v;
-      }
+      const at = n * C, from = (pos + (n % T)) * C;
+      for (let j = 0; j < C; j++) x0[at + j] = Math.fround(x0[at + j] + wpe[from + j]);
     }
   }
 

@@ -322,13 +322,17 @@ export class Model {
     return this.adapter;
   }
 
-  /** The attached adapter as file bytes (Python's sllm.lora.Adapter.load reads them). */
-  saveAdapter() {
+  /**
+   * The attached adapter as file bytes (Python's sllm.lora.Adapter.load reads them), its
+   * tensors f16 as `sllm finetune` writes them (the same bytes as Python's
+   * Adapter.save(path, dtype="f16") for the same adapter), or f32 with {dtype: "f32"}.
+   */
+  saveAdapter({ dtype = "f16" } = {}) {
     const lora = this.net.lora;
     if (!lora) throw new LoraError("no adapter is attached: fine-tune with {lora: {...}} or loadAdapter() first");
     const metadata = { created: new Date().toISOString().slice(0, 19) + "Z",
       ...(lora.steps ? { trained_in_browser: { steps: lora.steps, wasm: this.wasm } } : {}) };
-    return lora.sync().write(metadata);
+    return lora.sync().write(metadata, { dtype });
   }
 
   /** Back to the base model: detach the adapter (returned, a lora.js Adapter), or null. */
