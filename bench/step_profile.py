@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def time_steps(model: Any, opt: Any, x: np.ndarray, y: np.ndarray, steps: int) -
     return (time.perf_counter() - t0) / steps
 
 
-def instrument(backend: Any, spent: Counter[str], calls: Counter[str]) -> None:
+def instrument(backend: Any, spent: defaultdict[str, float], calls: Counter[str]) -> None:
     """Wrap every kernel of this backend instance with a timer adding into spent/calls."""
     for kernel in KERNELS + OPTIONAL_KERNELS:
         inner = getattr(backend, kernel)
@@ -71,7 +71,7 @@ def main() -> None:
     x, y = (rng.integers(0, cfg.vocab_size, (args.batch, args.seq)) for _ in range(2))
     load = os.getloadavg()[0]
     plain = time_steps(model, opt, x, y, args.steps)
-    spent: Counter[str] = Counter()
+    spent: defaultdict[str, float] = defaultdict(float)
     calls: Counter[str] = Counter()
     instrument(backend, spent, calls)
     timed = time_steps(model, opt, x, y, args.steps)
@@ -81,7 +81,7 @@ def main() -> None:
           f"per kernel), {model.flat_params.size:,} parameters\n")
     print("| kernel | ms a step | calls a step | us a call | share of the step |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for kernel, secs in spent.most_common():
+    for kernel, secs in sorted(spent.items(), key=lambda kv: -kv[1]):
         c = calls[kernel] // n
         print(f"| {kernel} | {secs / n * 1e3:.3f} | {c} | {secs / calls[kernel] * 1e6:.1f} | "
               f"{secs / n / plain:.1%} |")
