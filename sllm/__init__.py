@@ -1,18 +1,23 @@
 """sllm: small transformer language models, trained and run fast on ordinary CPUs.
 
 The public API: ModelConfig, SLLM, load, the error types, the plugin marker `hookimpl`,
-and the submodules of LAZY_MODULES (`sllm.optim`, `sllm.quant`, ...), each imported on
-first use so that `import sllm` stays fast.
+and the submodules of LAZY_MODULES (`sllm.optim`, `sllm.quant`, ...). Everything but the
+version and the error types is imported on first use (LAZY_NAMES), so that `import sllm`
+stays fast, and so that the `sllm` command (sllm/_entry.py) can set up its signal handling
+before numpy and the model load: `import sllm.X` runs this file first.
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .config import ModelConfig
 from .errors import BackendError, ConfigError, DataError, FormatError, LoraError, SLLMError
-from .hookspecs import hookimpl
-from .model import SLLM
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+    from .hookspecs import hookimpl
+    from .model import SLLM
 
 __all__ = ["ModelConfig", "SLLM", "load", "load_json", "hookimpl", "BackendError",
            "ConfigError", "DataError", "FormatError", "LoraError", "SLLMError", "__version__"]
@@ -32,10 +37,12 @@ def load_json(path: Any, backend: Any = "auto") -> SLLM:
 
 LAZY_MODULES = ("backends", "optim", "schedule", "tokenizer", "quant", "train", "data", "generate",
                 "lora")
+LAZY_NAMES = {"ModelConfig": "config", "SLLM": "model", "hookimpl": "hookspecs"}  # name: module
 
 
 def __getattr__(name: str) -> Any:
     if name in LAZY_MODULES:
-        import importlib
         return importlib.import_module(f".{name}", __name__)
+    if name in LAZY_NAMES:
+        return getattr(importlib.import_module(f".{LAZY_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'sllm' has no attribute {name!r}")

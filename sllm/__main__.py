@@ -1,4 +1,4 @@
-"""`python -m sllm` runs the command line, as the `sllm` script does."""
-from .cli import app
+"""`python -m sllm` runs the command line, as the `sllm` script does (sllm/_entry.py)."""
+from ._entry import main
 
-app(prog_name="sllm")
+main()

@@ -169,7 +169,9 @@ def train(
     if betas is not None:
         given["betas"] = _parse_betas(betas)
     given = {k: v for k, v in given.items() if v is not None}
-    jobcontrol.owned_by_launcher()  # started by `--ranks`: end when the launcher is gone
+    # Started by `--ranks`: end when the launcher is gone. Before MPI starts, whose init
+    # waits for every rank: one that a signal stopped while starting would leave it waiting.
+    jobcontrol.owned_by_launcher()
     group = distributed.world()  # the single process, or this rank of an mpiexec job
     if resume and overwrite:
         raise SLLMError("--overwrite starts a new run; it cannot be combined with --resume")

@@ -60,14 +60,21 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
     proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
                             preexec_fn=lambda: _die_with_parent(me))
 
+    forwarded: list[int] = []
+
     def forward(signum: int, frame: Any) -> None:
+        forwarded.append(signum)
         if proc.poll() is None:
             os.kill(proc.pid, signum)
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
         code = proc.wait()
-        return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
+        if code < 0 or (forwarded and code == forwarded[-1]):
+            # killed by signal N, or mpiexec's status N after passing signal N on to ranks
+            # that it stopped while they started: the shell's 128 + N
+            return 128 + abs(code)
+        return code
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

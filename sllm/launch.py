@@ -167,7 +167,7 @@ def launch(ranks: int, args: list[str], threads: int | None = None) -> int:
     for var in ("SLLM_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         if threads is not None or var not in env:
             env[var] = str(per_rank)
-    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "sllm.cli", *args]
+    cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "sllm", *args]
     return run_owned(cmd, env)
 
 
@@ -213,7 +213,7 @@ def launch_cli(ranks: str, argv: Sequence[str], console: Any,
         env = dict(os.environ)
         if threads:
             env["SLLM_NUM_THREADS"] = str(threads)
-        return run_owned([sys.executable, "-m", "sllm.cli", *args], env)
+        return run_owned([sys.executable, "-m", "sllm", *args], env)
     return launch(n, args, threads)
 
 
