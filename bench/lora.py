@@ -11,7 +11,8 @@
   process that imported sllm and opened the backend (the runtime both pay: what
   fine-tuning itself adds). Target: LoRA <= 0.45x full.
 - quality: a base (baby-gpt, characters) trained on the built-in demo corpus, then
-  fine-tuned for the same steps (LoRA at lr 1e-2, full at 1e-3: each one's usual rate)
+  fine-tuned for the same steps (LoRA at lr 1e-2, full at 1e-3: each one's default in
+  `sllm finetune`; --lora-lr / --full-lr give other points of the trade-off)
   on a held-out domain text (shared/corpora/tinyshakespeare.txt when present, else a text
   this script writes) by LoRA rank 8 and by full fine-tuning. Reported: each run's held-out
   perplexity on the domain text and the base's own validation perplexity after it (target:
@@ -116,7 +117,8 @@ def _domain_text(tmp: str) -> str:
     return path
 
 
-def quality(backend: str, base_steps: int, ft_steps: int, out_dir: Path) -> dict[str, float]:
+def quality(backend: str, base_steps: int, ft_steps: int, out_dir: Path,
+            lrs: dict[str, float]) -> dict[str, float]:
     """Train a base on the demo corpus, fine-tune it both ways; perplexities before/after."""
     from sllm.evaluate import evaluate, held_out_ids
     from sllm.train import TrainConfig, prepare
@@ -136,7 +138,7 @@ def quality(backend: str, base_steps: int, ft_steps: int, out_dir: Path) -> dict
         run = os.path.join(tmp, name)
         t0 = time.perf_counter()
         trainer = prepare(TrainConfig(init_from=base_dir, corpus=domain, steps=ft_steps,
-                                      lr=1e-2 if lora else 1e-3, warmup=10, out=run,
+                                      lr=lrs[name], warmup=10, out=run,
                                       weight_decay=0.0, **common, **lora), progress=False)
         trainer.run()
         results[f"{name}_seconds"] = time.perf_counter() - t0
@@ -180,6 +182,8 @@ def main() -> None:
     ap.add_argument("--part", default="size,rss,quality")
     ap.add_argument("--base-steps", type=int, default=400)
     ap.add_argument("--ft-steps", type=int, default=300)
+    ap.add_argument("--lora-lr", type=float, default=1e-2)
+    ap.add_argument("--full-lr", type=float, default=1e-3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -197,7 +201,8 @@ def main() -> None:
         report["size"] = adapter_size(args.backend)
         print("size", json.dumps(report["size"]), flush=True)
     if "quality" in parts:
-        report["quality"] = quality(args.backend, args.base_steps, args.ft_steps, out_dir)
+        report["quality"] = quality(args.backend, args.base_steps, args.ft_steps, out_dir,
+                                    {"lora": args.lora_lr, "full": args.full_lr})
         print("quality", json.dumps(report["quality"]), flush=True)
     (out_dir / "lora.json").write_text(json.dumps(report, indent=2) + "\n")
 

@@ -131,7 +131,8 @@ def test_every_benchmark_times_one_step_definition():
     """sllm bench and the scripts in bench/ time sllm.bench.train_step, nothing else."""
     from pathlib import Path
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
-    for script in ("cpp_train.py", "train_backends.py", "test_phases.py", "wasm_step.py"):
+    for script in ("cpp_train.py", "train_backends.py", "test_phases.py", "wasm_step.py",
+                   "step_profile.py"):
         text = (bench_dir / script).read_text()
         assert "train_step(model, opt" in text and "model.forward_backward" not in text, script
 

@@ -138,6 +138,16 @@ def test_two_ranks_fine_tune_as_one_process(base, qtype):
         np.testing.assert_allclose(b[name], a[name], atol=2e-3, err_msg=name)
 
 
+@pytest.mark.parametrize("args, lr", [((), 1e-2), (("--full",), 1e-3), (("--lr", 3e-3), 3e-3)])
+def test_finetune_default_rate_is_ten_times_higher_for_an_adapter(base, args, lr):
+    out = f"rate{len(args)}"
+    code, text = run("finetune", base / "base", "--corpus", base / "domain.txt", "--out", base / out,
+                     "--steps", 2, "--batch-size", 2, "--eval-every", 0, "--backend", "numpy",
+                     "-q", *args)
+    assert code == 0, text
+    assert json.loads((base / out / "train_config.json").read_text())["lr"] == lr
+
+
 def test_full_fine_tuning_writes_a_model(base):
     code, out = finetune(base, "full", "--full")
     assert code == 0, out
