@@ -4,8 +4,10 @@ The hook specification is sllm/hookspecs.py. The built-in backends (sllm/backend
 are registered directly, once, under the plugin name "builtin", and reach the registry
 through the same hook a third-party plugin implements. `SLLM_LOAD_PLUGINS` (a
 comma-separated list of entry-point names, empty for none) limits which third-party plugins
-load. Importing a plugin runs under a guard: an exception or a `sys.exit` is reported as that
-plugin's load error and is never fatal (KeyboardInterrupt still stops the program).
+load. A plugin's module is imported in this process only after a child process imported it
+cleanly (sllm/backends/isolation.py: a module that segfaults, exits or hangs on import is
+that plugin's load error), and then under a guard: an exception or a `sys.exit` is reported
+as that plugin's load error and is never fatal (KeyboardInterrupt still stops the program).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ def describe_failure(error: BaseException) -> str:
 def plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
     """A manager with the built-ins and the allowed entry points; also {plugin: load error}."""
     from .backends import builtin
+    from .backends.isolation import CHILD_ENV, import_verdict
     pm = pluggy.PluginManager("sllm")
     pm.add_hookspecs(hookspecs)
     pm.register(builtin, name=BUILTIN)
@@ -42,6 +45,10 @@ def plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
     allow = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if pm.get_plugin(ep.name) is not None or (allow is not None and ep.name not in allow):
+            continue
+        refused = None if os.environ.get(CHILD_ENV) else import_verdict(ep)
+        if refused is not None:
+            errors[ep.name] = f"plugin {ep.name!r} ({ep.value}) failed to load: {refused}"
             continue
         try:
             pm.register(ep.load(), name=ep.name)

@@ -248,10 +248,13 @@ def register_backends(register):
     assert "numpy" in backends.available() and "quits" not in backends.available()
 
 
-def test_keyboard_interrupt_in_a_plugin_still_stops(tmp_path, monkeypatch):
+def test_keyboard_interrupt_raised_by_a_plugin_import_is_its_load_error(tmp_path, monkeypatch):
+    """The import runs in a child process first (sllm/backends/isolation.py): a module
+    raising KeyboardInterrupt is a broken plugin there, not a Ctrl-C of this command."""
     _install_plugin(tmp_path, monkeypatch, "sllm_ctrl_c", "raise KeyboardInterrupt\n")
-    with pytest.raises(KeyboardInterrupt):
-        backends.available()
+    assert "numpy" in backends.available()
+    reason = {r["name"]: r["reason"] for r in backends.info()}["sllm_ctrl_c"]
+    assert reason.endswith("failed to load: importing it crashed (SIGINT)")
 
 
 SHADOW = '''

@@ -175,8 +175,8 @@ def test_crashing_hanging_and_exiting_probes_are_reported_not_fatal(tmp_path, mo
     assert {r["name"]: r["reason"] for r in backends.info()}["hangs"] == rows["hangs"]["reason"]
     assert time.monotonic() - t0 < 2 and len(runs) == 4
     cached = json.loads(isolation.cache_path().read_text())
-    assert set(cached) == {f"sllm_bad_probes/{n}"
-                           for n in ("exits", "hangs", "segfaults", "starts-forever")}
+    assert set(cached) == {f"sllm_bad_probes/{n}" for n in
+                           ("exits", "hangs", "segfaults", "starts-forever", "import")}
 
 
 def test_a_command_not_using_the_plugin_is_unaffected(tmp_path, monkeypatch):
@@ -190,6 +190,25 @@ def test_a_command_not_using_the_plugin_is_unaffected(tmp_path, monkeypatch):
                           text=True, timeout=300, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr
     assert "SIGSEGV" in proc.stdout and "auto picks: " in proc.stdout
+
+
+@pytest.mark.parametrize("body,why", [
+    ("import os\nos._exit(3)", "importing it exited with status 3"),
+    ("import time\ntime.sleep(600)", "importing it took longer than 3 s"),
+    ("import ctypes\nctypes.string_at(0)", "importing it crashed (SIGSEGV)"),
+    ("import sys\nsys.exit(0)", "importing it raised called sys.exit(0)")])
+def test_a_plugin_whose_import_ends_the_process_is_never_imported_here(tmp_path, monkeypatch,
+                                                                      body, why):
+    """Its module is imported in a child first: the command's process lives on."""
+    install_plugin(tmp_path, monkeypatch, "sllm_bad_import", body)
+    monkeypatch.setenv(isolation.TIMEOUT_ENV, "3" if "sleep" in body else "60")
+    assert backends.get("numpy").name == "numpy"
+    assert "sllm_bad_import" not in sys.modules
+    reason = {r["name"]: r["reason"] for r in backends.info()}["sllm_bad_import"]
+    assert reason.startswith("plugin 'sllm_bad_import' (sllm_bad_import) failed to load: " + why)
+    backends.reset()  # the next command: the verdict from the cache, no child
+    monkeypatch.setattr(isolation, "_child", None)
+    assert {r["name"]: r["reason"] for r in backends.info()}["sllm_bad_import"] == reason
 
 
 BAD_KERNELS = '''

@@ -11,6 +11,12 @@ in). A probe that crashes, exits or hangs makes the backend unavailable, and so 
 smoke test that does (the command would do the same); a smoke test that runs but finds
 wrong values only keeps `auto` from choosing it. `sllm backends` shows each reason.
 
+Importing a plugin's module is isolated the same way: before the command's process imports
+it (sllm/plugins.py), `import_verdict()` has a child import it once (the verdict cached per
+plugin version and module file, found without importing it), so a module that segfaults,
+calls os._exit or sys.exit, or hangs while it is imported is reported as that plugin's load
+error, never run in the command's process.
+
 The verdict is cached in CACHE_NAME under the user's cache directory (SLLM_CACHE_DIR, else
 $XDG_CACHE_HOME/sllm, else ~/.cache/sllm), written atomically, keyed by plugin and backend
 and valid while the plugin's version, its module file (path, size, mtime), sllm's version
@@ -35,6 +41,7 @@ CACHE_NAME = "plugin-verdicts.json"
 TIMEOUT_ENV = "SLLM_PROBE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 20.0  # probe + smoke test: a child importing numpy on a loaded machine
 MARK = "sllm-verdict "  # prefixes the child's result lines (a plugin may print too)
+CHILD_ENV = "SLLM_PLUGIN_CHILD"  # set in the children: they are the isolation, they import
 
 
 @dataclass
@@ -107,12 +114,9 @@ def forget() -> None:
 
 def fingerprint(plugin: str, cls: type) -> dict[str, Any]:
     """What a verdict depends on: the plugin's version and module file, sllm, Python."""
-    module = sys.modules.get(cls.__module__)
-    source = getattr(module, "__file__", None)
-    stat = os.stat(source) if source and os.path.exists(source) else None
-    return {"version": _plugin_version(plugin), "module": source,
-            "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None,
-            "sllm": __version__, "python": sys.executable}
+    source = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return {"version": _plugin_version(plugin), **_file_stamp(source), "sllm": __version__,
+            "python": sys.executable}
 
 
 def _plugin_version(plugin: str) -> str | None:
@@ -139,21 +143,69 @@ def _write_cache(cache: dict[str, Any]) -> None:
         pass  # an unwritable cache only costs a probe per command
 
 
-def run_child(plugin: str, key: str) -> Verdict:
-    """Probe and smoke-test backend `key` of `plugin` in a child process."""
+def import_verdict(ep: metadata.EntryPoint) -> str | None:
+    """None when entry point `ep`'s module imports cleanly in a child process (cached),
+    else how that import ended (crashed, exited, took too long, raised)."""
+    stamp = {"version": ep.dist.version if ep.dist is not None else None, "value": ep.value,
+             **_file_stamp(_module_file(ep.module)), "sllm": __version__,
+             "python": sys.executable}
+    key = f"{ep.name}/import"
+    hit = _read_cache().get(key)
+    if isinstance(hit, dict) and hit.get("fingerprint") == stamp and \
+            isinstance(hit.get("reason"), (str, type(None))):
+        return hit["reason"]
+    out, ended = _child(["--import", ep.name])
+    done = _results(out).get("import")
+    reason = (done.get("reason") if isinstance(done, dict) else None) if done is not None \
+        else f"importing it {ended}"
+    cache = _read_cache()
+    cache[key] = {"fingerprint": stamp, "reason": reason}
+    _write_cache(cache)
+    return reason if isinstance(reason, (str, type(None))) else str(reason)
+
+
+def _module_file(module: str) -> str | None:
+    """The file of `module` (dotted), found without running it or its packages."""
+    from importlib.machinery import PathFinder
+    parts, path, spec = module.split("."), None, None
+    for i in range(len(parts)):
+        spec = PathFinder.find_spec(".".join(parts[:i + 1]), path)
+        if spec is None:
+            return None
+        path = spec.submodule_search_locations
+    return spec.origin if spec is not None else None
+
+
+def _file_stamp(source: str | None) -> dict[str, Any]:
+    stat = os.stat(source) if source and os.path.exists(source) else None
+    return {"module": source, "size": stat.st_size if stat else None,
+            "mtime_ns": stat.st_mtime_ns if stat else None}
+
+
+def _child(args: list[str]) -> tuple[str, str]:
+    """Run probe_child with `args` under the time limit: (its stdout, how it ended)."""
     limit = timeout()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    proc = subprocess.Popen([sys.executable, "-m", "sllm.backends.probe_child", plugin, key],
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+               **{CHILD_ENV: "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "sllm.backends.probe_child", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             stdin=subprocess.DEVNULL, start_new_session=True, text=True,
                             errors="replace")
     try:
         out, err = proc.communicate(timeout=limit)
-        ended = _how_it_ended(proc.returncode, err)
+        return out, _how_it_ended(proc.returncode, err)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # its own children too
         out, err = proc.communicate()
-        ended = f"took longer than {limit:g} s (the limit; {TIMEOUT_ENV} sets it)"
+        return out, f"took longer than {limit:g} s (the limit; {TIMEOUT_ENV} sets it)"
+    except KeyboardInterrupt:  # Ctrl-C reaches this process only: the child goes with it
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def run_child(plugin: str, key: str) -> Verdict:
+    """Probe and smoke-test backend `key` of `plugin` in a child process."""
+    out, ended = _child([plugin, key])
     results = _results(out)
     probe = results.get("probe")
     if not isinstance(probe, dict):

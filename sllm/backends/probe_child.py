@@ -1,6 +1,7 @@
 """The child process of a plugin probe (sllm/backends/isolation.py runs
 `python -m sllm.backends.probe_child PLUGIN NAME`): load only that plugin, probe backend
-NAME, smoke-test it, and print each result on a line starting with isolation.MARK.
+NAME, smoke-test it, and print each result on a line starting with isolation.MARK; or, with
+`--import PLUGIN`, only import the plugin's module.
 
 A module of its own because it needs the registry and the conformance suite, which import
 the registry themselves: the parent side (isolation.py) only names this module.
@@ -57,5 +58,22 @@ def smoke_test(cls: type, plugin: str) -> str | None:
     return None
 
 
+def import_only(plugin: str) -> None:
+    """Import entry point `plugin`'s module; report None, or why it raised."""
+    from importlib import metadata
+
+    from ..plugins import ENTRY_POINT_GROUP, describe_failure
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=plugin):
+        try:
+            ep.load()
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - reported as the verdict
+            _report(**{"import": {"reason": f"importing it raised {describe_failure(e)}"}})
+            return
+    _report(**{"import": {"reason": None}})
+
+
 if __name__ == "__main__":
-    child(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--import":
+        import_only(sys.argv[2])
+    else:
+        child(sys.argv[1], sys.argv[2])
