@@ -12,7 +12,8 @@
   fine-tuning itself adds). Target: LoRA <= 0.45x full.
 - quality: a base (baby-gpt, characters) trained on the built-in demo corpus, then
   fine-tuned for the same steps (LoRA at lr 1e-2, full at 1e-3: each one's default in
-  `sllm finetune`; --lora-lr / --full-lr give other points of the trade-off)
+  `sllm finetune`; then 3e-3 / 3e-2 and 3e-4 / 3e-3: --lora-lr / --full-lr, the
+  trade-off between learning the new text and keeping the old, plotted as a third panel)
   on a held-out domain text (shared/corpora/tinyshakespeare.txt when present, else a text
   this script writes) by LoRA rank 8 and by full fine-tuning. Reported: each run's held-out
   perplexity on the domain text and the base's own validation perplexity after it (target:
@@ -118,8 +119,10 @@ def _domain_text(tmp: str) -> str:
 
 
 def quality(backend: str, base_steps: int, ft_steps: int, out_dir: Path,
-            lrs: dict[str, float]) -> dict[str, float]:
-    """Train a base on the demo corpus, fine-tune it both ways; perplexities before/after."""
+            lrs: dict[str, list[float]]) -> dict[str, Any]:
+    """Train a base on the demo corpus, fine-tune it both ways at each method's rates (the
+    first is the headline run); perplexities before/after, and every (rate, held-out ppl,
+    base's ppl) point of the sweep."""
     from sllm.evaluate import evaluate, held_out_ids
     from sllm.train import TrainConfig, prepare
     tmp = tempfile.mkdtemp(prefix="lora-bench-")
@@ -131,20 +134,24 @@ def quality(backend: str, base_steps: int, ft_steps: int, out_dir: Path,
                         steps=base_steps, lr=3e-3, warmup=20, out=base_dir, **common),
             progress=False).run()
     domain = _domain_text(tmp)
-    results: dict[str, float] = {}
+    results: dict[str, Any] = {"sweep": []}
     curves = {}
-    runs: tuple[tuple[str, dict[str, Any]], ...] = (("lora", {"lora_rank": 8}), ("full", {}))
-    for name, lora in runs:
-        run = os.path.join(tmp, name)
+    options: dict[str, dict[str, Any]] = {"lora": {"lora_rank": 8}, "full": {}}
+    for i, (name, lr) in enumerate((n, lr) for n in options for lr in lrs[n]):
+        run = os.path.join(tmp, f"{name}-{i}")
         t0 = time.perf_counter()
         trainer = prepare(TrainConfig(init_from=base_dir, corpus=domain, steps=ft_steps,
-                                      lr=lrs[name], warmup=10, out=run,
-                                      weight_decay=0.0, **common, **lora), progress=False)
+                                      lr=lr, warmup=10, out=run,
+                                      weight_decay=0.0, **common, **options[name]), progress=False)
         trainer.run()
-        results[f"{name}_seconds"] = time.perf_counter() - t0
         model = trainer.model.eval()
-        results[f"{name}_domain_ppl"] = math.exp(trainer.evaluate() or 0.0)
-        results[f"{name}_base_val_ppl"] = evaluate(model, held_out_ids(base_dir))["ppl"]
+        point = {"method": name, "lr": lr, "domain_ppl": math.exp(trainer.evaluate() or 0.0),
+                 "base_val_ppl": evaluate(model, held_out_ids(base_dir))["ppl"]}
+        results["sweep"].append(point)
+        if name in curves:
+            continue
+        results[f"{name}_seconds"] = time.perf_counter() - t0
+        results[f"{name}_domain_ppl"], results[f"{name}_base_val_ppl"] = point["domain_ppl"], point["base_val_ppl"]
         curves[name] = [json.loads(x) for x in Path(run, "metrics.jsonl").read_text().splitlines()]
         if model.detach_adapter() is not None:  # the untouched base, on the same batches
             results["base_domain_ppl"] = math.exp(trainer.evaluate() or 0.0)
@@ -156,11 +163,11 @@ def quality(backend: str, base_steps: int, ft_steps: int, out_dir: Path,
     return results
 
 
-def _plot(curves: dict[str, list[dict[str, Any]]], r: dict[str, float], path: Path) -> None:
+def _plot(curves: dict[str, list[dict[str, Any]]], r: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
     for name, rows in curves.items():
         pts = [(x["step"], x["val_ppl"]) for x in rows if "val_ppl" in x]
         ax1.plot(*zip(*pts, strict=True), marker="o", label=f"{name} fine-tuning")
@@ -172,6 +179,16 @@ def _plot(curves: dict[str, list[dict[str, Any]]], r: dict[str, float], path: Pa
     values = [r["base_val_ppl"], r["lora_base_val_ppl"], r["full_base_val_ppl"]]
     ax2.bar(names, values, color=["gray", "C0", "C1"])
     ax2.set(ylabel="validation perplexity (base's own text)", title="Forgetting the old text")
+    for name, color in (("lora", "C0"), ("full", "C1")):
+        trade: list[tuple[float, float, float]] = sorted(
+            (p["domain_ppl"], p["base_val_ppl"], p["lr"]) for p in r["sweep"] if p["method"] == name)
+        ax3.plot([p[0] for p in trade], [p[1] for p in trade], marker="o", color=color, label=name)
+        for x, y, lr in trade:
+            ax3.annotate(f"lr {lr:g}", (x, y), fontsize=8)
+    ax3.axhline(r["base_val_ppl"], color="gray", ls="--", label="base before")
+    ax3.set(xlabel="held-out perplexity (domain text)", ylabel="base's own perplexity after",
+            title="Trade-off over learning rates (lower-left is better)")
+    ax3.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -182,8 +199,10 @@ def main() -> None:
     ap.add_argument("--part", default="size,rss,quality")
     ap.add_argument("--base-steps", type=int, default=400)
     ap.add_argument("--ft-steps", type=int, default=300)
-    ap.add_argument("--lora-lr", type=float, default=1e-2)
-    ap.add_argument("--full-lr", type=float, default=1e-3)
+    ap.add_argument("--lora-lr", type=float, nargs="+", default=[1e-2, 3e-3, 3e-2],
+                    help="LoRA's rates; the first is the headline run (sllm finetune's default)")
+    ap.add_argument("--full-lr", type=float, nargs="+", default=[1e-3, 3e-4, 3e-3],
+                    help="full fine-tuning's rates; the first is the headline run")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
