@@ -5,7 +5,8 @@ Launcher side (`run_owned`): the child (mpiexec, or the one training process for
 `--ranks 1`) runs in a session of its own, so that a terminal's Ctrl-C reaches it once,
 through the launcher, not twice. SIGINT and SIGTERM to the launcher are passed on to it
 (mpiexec passes both on to every rank). On Linux the child also gets SIGTERM when the
-launcher dies (PR_SET_PDEATHSIG), and the launcher's pid travels in LAUNCHER_ENV.
+launcher dies (PR_SET_PDEATHSIG), and the launcher's pid travels in LAUNCHER_ENV. A job that
+has not stopped FORWARD_GRACE_S after a forwarded signal is SIGKILLed, process group and all.
 
 Rank side (`owned_by_launcher`): a rank's parent is mpiexec's proxy, not the launcher, so a
 parent-death signal alone cannot tell that the launcher died. Each rank therefore runs a
@@ -24,6 +25,7 @@ which `--resume` takes over.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -41,6 +43,7 @@ from . import runlock
 LAUNCHER_ENV = "SLLM_LAUNCHER"  # "PID:START" of the launcher that owns this job
 POLL_S = 0.25  # how often a rank checks that its launcher is alive
 ORPHAN_GRACE_S = 10.0  # after the launcher died: time to checkpoint before a hard exit
+FORWARD_GRACE_S = 60.0  # after a forwarded SIGINT/SIGTERM: time to stop before SIGKILL
 REAPER_MARGIN_S = 5.0  # the reaper's SIGKILL comes this long after the watchdog's exit was due
 # $1 launcher pid, $2 rank pid, $3 seconds: wait for the launcher to go (or the rank to end),
 # give the rank $3 seconds, then SIGKILL it.
@@ -69,7 +72,7 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
-        code = proc.wait()
+        code = _wait_or_kill(proc, forwarded)
         if code < 0 or (forwarded and code == forwarded[-1]):
             # killed by signal N, or mpiexec's status N after passing signal N on to ranks
             # that it stopped while they started: the shell's 128 + N
@@ -78,6 +81,28 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int]) -> int:
+    """Wait for the job; once a signal was forwarded, give it FORWARD_GRACE_S to stop (a
+    step and a checkpoint), then SIGKILL its whole process group: a rank still in MPI_Init
+    holds the GIL and never runs its handler, and mpiexec would wait for it forever."""
+    since: float | None = None
+    while True:
+        try:
+            return proc.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+        if forwarded and since is None:
+            since = time.monotonic()
+        if since is not None and time.monotonic() - since > FORWARD_GRACE_S:
+            name = signal.Signals(forwarded[0]).name
+            print(f"sllm: the job did not stop within {FORWARD_GRACE_S:g} s of {name}; "
+                  "killing it (a later --resume starts from its last checkpoint)",
+                  file=sys.stderr, flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
 
 
 def _die_with_parent(parent: int) -> None:

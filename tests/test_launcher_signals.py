@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -186,6 +187,23 @@ def test_reaper_kills_a_rank_whose_watchdog_cannot_run():
     took = time.monotonic() - t0
     assert rank.returncode == -signal.SIGKILL
     assert 0.5 + jobcontrol.REAPER_MARGIN_S - 1 < took < 0.5 + jobcontrol.REAPER_MARGIN_S + 10
+
+
+def test_a_job_that_ignores_the_forwarded_signal_is_killed(monkeypatch, capsys):
+    # As a rank stuck in MPI_Init does: the launcher must not wait for it forever.
+    monkeypatch.setattr(jobcontrol, "FORWARD_GRACE_S", 1.0)
+    deaf = ("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        code = jobcontrol.run_owned([sys.executable, "-c", deaf], dict(os.environ))
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGKILL
+    assert 2.0 <= time.monotonic() - t0 < 30
+    assert "did not stop within 1 s of SIGTERM; killing it" in capsys.readouterr().err
 
 
 def test_reaper_ends_with_its_rank():
