@@ -101,7 +101,9 @@ class TrainConfig:
         if self.init_from is None:
             raise ConfigError("lora_rank trains an adapter on a base model: give the base with "
                               "init_from (sllm finetune MODEL, or --init-from MODEL)")
-        return LoraConfig(self.lora_rank, self.lora_alpha, self.lora_targets or "all",
+        # None means "not given"; an empty --lora-targets "" is a mistake LoraConfig names
+        targets = "all" if self.lora_targets is None else self.lora_targets
+        return LoraConfig(self.lora_rank, self.lora_alpha, targets,
                           self.lora_dropout or 0.0)
 
     def to_dict(self) -> dict[str, Any]:

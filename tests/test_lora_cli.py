@@ -178,6 +178,7 @@ def test_finetune_on_a_quantized_base(base):
     (("--lora-alpha", 0), "lora_alpha (--lora-alpha) must be a finite number in (0,"),
     (("--lora-dropout", 1), "lora_dropout (--lora-dropout) must be a finite number in [0, 1)"),
     (("--lora-targets", "wte"), "--lora-targets: 'wte' matches no weight"),
+    (("--lora-targets", ""), "lora_targets (--lora-targets) must be attn, mlp, all"),  # was "all"
     (("--full", "--lora-rank", 4), "--full trains every weight; drop --lora-rank"),
 ])
 def test_bad_options_are_one_line_errors(base, args, message):
