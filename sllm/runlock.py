@@ -67,17 +67,28 @@ def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, LOCK_NAME)
     owner = _me()
-    for _ in range(10):  # each pass either succeeds, refuses, or removes a stale lock
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            _take_over_if_stale(run_dir, path)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(owner, f)
-            f.flush()
-            os.fsync(f.fileno())
-        return RunLock(run_dir, owner)
+    # The lock appears whole (os.link of a finished file): a lock created empty and then
+    # written could be left empty by a signal in between, with no owner to release it.
+    draft = os.path.join(run_dir, f".{LOCK_NAME}.{owner['token']}")
+    with open(draft, "w", encoding="utf-8") as f:
+        json.dump(owner, f)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        for _ in range(10):  # each pass either succeeds, refuses, or removes a stale lock
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                _take_over_if_stale(run_dir, path)
+                continue
+            try:
+                return RunLock(run_dir, owner)
+            except BaseException:
+                _remove_if_ours(path, owner["token"])
+                raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(draft)
     raise RunLockedError(f"{run_dir}: could not take {path} (it keeps reappearing)")
 
 

@@ -161,3 +161,30 @@ def test_resume_takes_overrides_from_a_train_config_file(tmp_path):
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "r"),
                                       "--train-config", str(tmp_path / "bad.json"), "-q"])
     assert result.exit_code == 1 and "seq_len cannot change when resuming" in result.output
+
+
+def test_an_interrupt_while_locking_leaves_no_lock(tmp_path, monkeypatch):
+    # A SIGTERM used to be able to land between creating run.lock and writing its owner,
+    # leaving an empty lock that nobody released (test_launcher_signals caught it).
+    def interrupted(self, run_dir, owner):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runlock.RunLock, "__init__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runlock.acquire(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither the lock nor its draft
+
+
+def test_a_lock_appears_with_its_owner_written(tmp_path, monkeypatch):
+    seen = []
+    real_link = os.link
+
+    def link(src, dst):
+        seen.append(json.loads(open(src, encoding="utf-8").read()))
+        real_link(src, dst)
+
+    monkeypatch.setattr(runlock.os, "link", link)
+    lock = runlock.acquire(tmp_path)
+    assert seen and seen[0]["pid"] == os.getpid() == runlock.read_owner(tmp_path)["pid"]
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
