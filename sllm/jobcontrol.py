@@ -73,10 +73,14 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
         code = _wait_or_kill(proc, forwarded)
-        if code < 0 or (forwarded and code == forwarded[-1]):
-            # killed by signal N, or mpiexec's status N after passing signal N on to ranks
-            # that it stopped while they started: the shell's 128 + N
-            return 128 + abs(code)
+        if code < 0:
+            return 128 - code  # killed by signal N: the shell's 128 + N
+        if forwarded and code != 0:
+            # The job ended on the signal it was passed, with whatever status mpiexec makes
+            # of ranks stopped while they started (N, 1, 11 were seen): say so, as 128 + N.
+            name = signal.Signals(forwarded[0]).name
+            print(f"sllm: the job ended on {name} (status {code})", file=sys.stderr, flush=True)
+            return 128 + forwarded[0]
         return code
     finally:
         for s, handler in previous.items():

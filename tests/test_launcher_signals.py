@@ -206,6 +206,21 @@ def test_a_job_that_ignores_the_forwarded_signal_is_killed(monkeypatch, capsys):
     assert "did not stop within 1 s of SIGTERM; killing it" in capsys.readouterr().err
 
 
+def test_a_job_that_fails_on_the_forwarded_signal_ends_as_that_signal(capsys):
+    # mpiexec's own status for ranks stopped while they started varied (1, 11, N), with
+    # no word on stderr: the launcher says what happened and exits as the shell would.
+    odd = ("import os, signal, time; "
+           "signal.signal(signal.SIGINT, lambda *a: os._exit(11)); time.sleep(600)")
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code = jobcontrol.run_owned([sys.executable, "-c", odd], dict(os.environ))
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGINT
+    assert "the job ended on SIGINT (status 11)" in capsys.readouterr().err
+
+
 def test_reaper_ends_with_its_rank():
     # The launcher (this test) lives on; the rank ends: its reaper must not outlive it.
     code = ("import os, sys; from sllm import jobcontrol; "
