@@ -8,13 +8,14 @@ before numpy and the model load: `import sllm.X` runs this file first.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
 from ._version import __version__
 from .errors import BackendError, ConfigError, DataError, FormatError, LoraError, SLLMError
 
+TYPE_CHECKING = False  # not typing's: importing typing costs the signal window 5 ms
+
 if TYPE_CHECKING:
+    from typing import Any
+
     from .config import ModelConfig
     from .hookspecs import hookimpl
     from .model import SLLM
@@ -42,7 +43,12 @@ LAZY_NAMES = {"ModelConfig": "config", "SLLM": "model", "hookimpl": "hookspecs"}
 
 def __getattr__(name: str) -> Any:
     if name in LAZY_MODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return _import(f".{name}")
     if name in LAZY_NAMES:
-        return getattr(importlib.import_module(f".{LAZY_NAMES[name]}", __name__), name)
+        return getattr(_import(f".{LAZY_NAMES[name]}"), name)
     raise AttributeError(f"module 'sllm' has no attribute {name!r}")
+
+
+def _import(relative: str) -> Any:
+    from importlib import import_module  # here, not at the top: see the module's docstring
+    return import_module(relative, __name__)

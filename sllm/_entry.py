@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: every import here widens the window signals hit
+if TYPE_CHECKING:
+    from typing import Any
 
 EARLY = (signal.SIGINT, signal.SIGTERM)
 
