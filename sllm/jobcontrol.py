@@ -109,11 +109,11 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int]) -> int:
             return proc.wait()
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the child before exec: SIGTERM when `parent` dies (and now, if it already has)."""
-    set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() != parent:  # the launcher died between fork and prctl
-        os.kill(os.getpid(), signal.SIGTERM)
+def _die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """In a child before exec: `signum` when `parent` dies (and now, if it already has)."""
+    set_parent_death_signal(signum)
+    if os.getppid() != parent:  # the parent died between fork and prctl
+        os.kill(os.getpid(), signum)
 
 
 def set_parent_death_signal(signum: int) -> bool:
@@ -182,16 +182,9 @@ def start_reaper(launcher: int, after: float) -> subprocess.Popen[bytes] | None:
         return subprocess.Popen(["/bin/sh", "-c", REAPER_SH, "sllm-reaper", str(launcher),
                                  str(me), f"{after:g}"], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                preexec_fn=lambda: _end_with(me))
+                                preexec_fn=lambda: _die_with_parent(me, signal.SIGKILL))
     except OSError:
         return None
-
-
-def _end_with(parent: int) -> None:
-    """In the reaper before exec: SIGKILL when `parent` (the rank) dies, or now if it has."""
-    set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def watch(pid: int, start: int | None, grace: float = ORPHAN_GRACE_S,
