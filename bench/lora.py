@@ -12,13 +12,17 @@
   fine-tuning itself adds). Target: LoRA <= 0.45x full.
 - quality: a base (baby-gpt, characters) trained on the built-in demo corpus, then
   fine-tuned for the same steps (LoRA at lr 1e-2, full at 1e-3: each one's default in
-  `sllm finetune`; then 3e-3 / 3e-2 and 3e-4 / 3e-3: --lora-lr / --full-lr, the
+  `sllm finetune`; then 3e-3, 3e-2 and 1e-4, 3e-4, 3e-3: --lora-lr / --full-lr, the
   trade-off between learning the new text and keeping the old, plotted as a third panel)
   on a held-out domain text (shared/corpora/tinyshakespeare.txt when present, else a text
   this script writes) by LoRA rank 8 and by full fine-tuning. Reported: each run's held-out
   perplexity on the domain text and the base's own validation perplexity after it (target:
   LoRA within 10% of full on the domain; its damage to the base's own text at most half of
-  full's). Plot: bench/results/lora-quality.png.
+  full's). Every run also sweeps: each method of VARIANTS (rsLoRA, a larger alpha = LoRA+,
+  rank 32, weight decay) at its own rates, each evaluation step recorded (what early
+  stopping could keep), and the LoRA points meeting both targets listed against two
+  references, full fine-tuning at its default rate and at its best held-out one. Plot
+  (--plot): docs/lora-quality.png, the third panel the frontier, held-out ppl vs the base's.
 """
 from __future__ import annotations
 
@@ -118,11 +122,51 @@ def _domain_text(tmp: str) -> str:
     return path
 
 
-def quality(backend: str, base_steps: int, ft_steps: int, out_dir: Path,
-            lrs: dict[str, list[float]]) -> dict[str, Any]:
-    """Train a base on the demo corpus, fine-tune it both ways at each method's rates (the
-    first is the headline run); perplexities before/after, and every (rate, held-out ppl,
-    base's ppl) point of the sweep."""
+# The quality sweep's methods: TrainConfig options and rates (the first rate is the headline
+# run of "lora" and "full", each one's `sllm finetune` default). LoRA+ (B's rate ratio x A's)
+# is not listed: under Adam it is the same update as alpha x ratio, because B starts at zero
+# and Adam's step does not depend on the gradient's scale (s * B moves ratio x faster, and A's
+# gradient sees the same s * B); "lora alpha 256" is LoRA+ at ratio 16's rates up to clipping.
+VARIANTS: dict[str, tuple[dict[str, Any], list[float]]] = {
+    "full": ({}, [1e-3, 1e-4, 3e-4, 3e-3]),
+    "lora": ({"lora_rank": 8}, [1e-2, 3e-3, 3e-2]),
+    "lora rsLoRA (alpha/sqrt r)": ({"lora_rank": 8, "lora_alpha": 16 * math.sqrt(8)},
+                                   [1e-3, 3e-3, 1e-2]),
+    "lora alpha 256 (= LoRA+ 16)": ({"lora_rank": 8, "lora_alpha": 256.0}, [3e-4, 1e-3, 3e-3]),
+    "lora rank 32": ({"lora_rank": 32}, [3e-3, 1e-2]),
+    "lora weight decay 1": ({"lora_rank": 8, "weight_decay": 1.0}, [1e-2, 3e-2]),
+}
+
+
+def _fine_tune(base_dir: str, domain: str, run: str, lr: float, options: dict[str, Any],
+               common: dict[str, Any], ft_steps: int) -> tuple[Any, list[tuple[int, float, float]]]:
+    """One fine-tuning run; its trainer and (step, held-out ppl, base's own ppl) at every
+    evaluation: the points early stopping could keep."""
+    from sllm.evaluate import evaluate, held_out_ids
+    from sllm.train import TrainConfig, prepare
+    base_ids = held_out_ids(base_dir)
+    cfg = {**common, "weight_decay": 0.0, **options}
+    trainer = prepare(TrainConfig(init_from=base_dir, corpus=domain, steps=ft_steps, lr=lr,
+                                  warmup=10, out=run, **cfg), progress=False)
+    path: list[tuple[int, float, float]] = []
+
+    def measure(t: Any) -> None:
+        if t.step % t.cfg.eval_every == 0 or t.step == ft_steps:
+            t.model.eval()
+            path.append((t.step, math.exp(t.evaluate() or 0.0), evaluate(t.model, base_ids)["ppl"]))
+            t.model.train()
+
+    trainer.on_step = measure
+    trainer.run()
+    trainer.model.eval()
+    return trainer, path
+
+
+def quality(backend: str, base_steps: int, ft_steps: int, plot: Path,
+            variants: dict[str, tuple[dict[str, Any], list[float]]]) -> dict[str, Any]:
+    """Train a base on the demo corpus, fine-tune it by every variant at each of its rates
+    ("lora" and "full" first rates: the headline runs); perplexities before/after, every
+    (rate, held-out ppl, base's ppl) point, and which LoRA points meet both targets."""
     from sllm.evaluate import evaluate, held_out_ids
     from sllm.train import TrainConfig, prepare
     tmp = tempfile.mkdtemp(prefix="lora-bench-")
@@ -136,38 +180,54 @@ def quality(backend: str, base_steps: int, ft_steps: int, out_dir: Path,
     domain = _domain_text(tmp)
     results: dict[str, Any] = {"sweep": []}
     curves = {}
-    options: dict[str, dict[str, Any]] = {"lora": {"lora_rank": 8}, "full": {}}
-    for i, (name, lr) in enumerate((n, lr) for n in options for lr in lrs[n]):
-        run = os.path.join(tmp, f"{name}-{i}")
+    runs = [(name, lr) for name in variants for lr in variants[name][1]]
+    for i, (name, lr) in enumerate(runs):
+        run = os.path.join(tmp, f"run-{i}")
         t0 = time.perf_counter()
-        trainer = prepare(TrainConfig(init_from=base_dir, corpus=domain, steps=ft_steps,
-                                      lr=lr, warmup=10, out=run,
-                                      weight_decay=0.0, **common, **options[name]), progress=False)
-        trainer.run()
-        model = trainer.model.eval()
-        point = {"method": name, "lr": lr, "domain_ppl": math.exp(trainer.evaluate() or 0.0),
-                 "base_val_ppl": evaluate(model, held_out_ids(base_dir))["ppl"]}
-        results["sweep"].append(point)
-        if name in curves:
+        trainer, path = _fine_tune(base_dir, domain, run, lr, variants[name][0], common, ft_steps)
+        _, domain_ppl, base_ppl = path[-1]
+        results["sweep"].append({"method": name, "lr": lr, "domain_ppl": domain_ppl,
+                                 "base_val_ppl": base_ppl, "path": path})
+        if name not in ("lora", "full") or name in curves:
             continue
         results[f"{name}_seconds"] = time.perf_counter() - t0
-        results[f"{name}_domain_ppl"], results[f"{name}_base_val_ppl"] = point["domain_ppl"], point["base_val_ppl"]
+        results[f"{name}_domain_ppl"], results[f"{name}_base_val_ppl"] = domain_ppl, base_ppl
         curves[name] = [json.loads(x) for x in Path(run, "metrics.jsonl").read_text().splitlines()]
-        if model.detach_adapter() is not None:  # the untouched base, on the same batches
+        if trainer.model.detach_adapter() is not None:  # the untouched base, on the same batches
             results["base_domain_ppl"] = math.exp(trainer.evaluate() or 0.0)
-            results["base_val_ppl"] = evaluate(model, held_out_ids(base_dir))["ppl"]
+            results["base_val_ppl"] = evaluate(trainer.model, held_out_ids(base_dir))["ppl"]
     results["domain_ratio"] = results["lora_domain_ppl"] / results["full_domain_ppl"]
     results["damage_ratio"] = ((results["lora_base_val_ppl"] - results["base_val_ppl"])
                                / max(results["full_base_val_ppl"] - results["base_val_ppl"], 1e-9))
-    _plot(curves, results, out_dir / "lora-quality.png")
+    results["targets"] = _targets(results)
+    _plot(curves, results, plot)
     return results
+
+
+def _targets(r: dict[str, Any]) -> dict[str, Any]:
+    """Each reference full run (the headline rate, and the best held-out one): the region a
+    LoRA point must reach (held-out <= 1.1x full's, base's own <= base + half full's damage)
+    and the LoRA points (any variant, rate or evaluation step) inside it."""
+    fulls = [p for p in r["sweep"] if p["method"] == "full"]
+    refs = {"full at its default rate": fulls[0],
+            "full at its best held-out rate": min(fulls, key=lambda p: p["domain_ppl"])}
+    out = {}
+    for label, ref in refs.items():
+        x_max = 1.1 * ref["domain_ppl"]
+        y_max = r["base_val_ppl"] + 0.5 * (ref["base_val_ppl"] - r["base_val_ppl"])
+        hits = [{"method": p["method"], "lr": p["lr"], "step": s, "domain_ppl": x, "base_val_ppl": y}
+                for p in r["sweep"] if p["method"] != "full"
+                for s, x, y in p["path"] if x <= x_max and y <= y_max]
+        out[label] = {"lr": ref["lr"], "domain_ppl_max": x_max, "base_val_ppl_max": y_max,
+                      "lora_points_meeting_both": hits}
+    return out
 
 
 def _plot(curves: dict[str, list[dict[str, Any]]], r: dict[str, Any], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 5), width_ratios=(1, 0.6, 1.6))
     for name, rows in curves.items():
         pts = [(x["step"], x["val_ppl"]) for x in rows if "val_ppl" in x]
         ax1.plot(*zip(*pts, strict=True), marker="o", label=f"{name} fine-tuning")
@@ -177,20 +237,40 @@ def _plot(curves: dict[str, list[dict[str, Any]]], r: dict[str, Any], path: Path
     ax1.legend()
     names = ["base", "lora", "full"]
     values = [r["base_val_ppl"], r["lora_base_val_ppl"], r["full_base_val_ppl"]]
-    ax2.bar(names, values, color=["gray", "C0", "C1"])
+    ax2.bar(names, values, color=["gray", "C1", "C0"])  # the frontier's colours
     ax2.set(ylabel="validation perplexity (base's own text)", title="Forgetting the old text")
-    for name, color in (("lora", "C0"), ("full", "C1")):
-        trade: list[tuple[float, float, float]] = sorted(
-            (p["domain_ppl"], p["base_val_ppl"], p["lr"]) for p in r["sweep"] if p["method"] == name)
-        ax3.plot([p[0] for p in trade], [p[1] for p in trade], marker="o", color=color, label=name)
-        for x, y, lr in trade:
-            ax3.annotate(f"lr {lr:g}", (x, y), fontsize=8)
-    ax3.axhline(r["base_val_ppl"], color="gray", ls="--", label="base before")
-    ax3.set(xlabel="held-out perplexity (domain text)", ylabel="base's own perplexity after",
-            title="Trade-off over learning rates (lower-left is better)")
-    ax3.legend()
+    _plot_frontier(ax3, r)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    draft = path.with_suffix(".draft.png")
+    fig.savefig(draft, dpi=100)
+    os.replace(draft, path)
+
+
+def _plot_frontier(ax: Any, r: dict[str, Any]) -> None:
+    """Held-out ppl vs the base's own after, each method's runs over its rates (faint: the
+    earlier evaluations, what early stopping could keep) and the targets' regions."""
+    from matplotlib.patches import Rectangle
+    for i, name in enumerate(dict.fromkeys(p["method"] for p in r["sweep"])):
+        runs = sorted((p for p in r["sweep"] if p["method"] == name), key=lambda p: p["domain_ppl"])
+        color, style = f"C{i}", "-" if name == "full" else "--"
+        ax.plot([p["domain_ppl"] for p in runs], [p["base_val_ppl"] for p in runs], style,
+                marker="o", color=color, label=name, lw=2.5 if name == "full" else 1.2)
+        for p in runs:
+            ax.annotate(f"{p['lr']:g}", (p["domain_ppl"], p["base_val_ppl"]), fontsize=7,
+                        color=color, xytext=(3, 3), textcoords="offset points")
+            ax.scatter([x for _, x, _ in p["path"][:-1]], [y for _, _, y in p["path"][:-1]],
+                       s=8, color=color, alpha=0.3)
+    for (label, t), ls in zip(r["targets"].items(), (":", "-."), strict=True):
+        ax.add_patch(Rectangle((0, 0), t["domain_ppl_max"], t["base_val_ppl_max"], fill=False,
+                               ls=ls, color="green", label=f"target vs {label} ({t['lr']:g})"))
+    ax.axhline(r["base_val_ppl"], color="gray", ls="--", label="base before")
+    xs = [x for p in r["sweep"] for _, x, _ in p["path"]]
+    ys = [y for p in r["sweep"] for _, _, y in p["path"]] + [r["base_val_ppl"]]
+    ax.set(xlim=(min(xs) * 0.97, min(max(xs), 2 * min(xs)) * 1.02),
+           ylim=(min(ys) * 0.97, max(ys) * 1.02),
+           xlabel="held-out perplexity (domain text)", ylabel="base's own perplexity after",
+           title="Frontier: each method over its rates, lr labelled (lower-left is better)")
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def main() -> None:
@@ -199,11 +279,14 @@ def main() -> None:
     ap.add_argument("--part", default="size,rss,quality")
     ap.add_argument("--base-steps", type=int, default=400)
     ap.add_argument("--ft-steps", type=int, default=300)
-    ap.add_argument("--lora-lr", type=float, nargs="+", default=[1e-2, 3e-3, 3e-2],
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="the quality sweep's methods (lora and full always run)")
+    ap.add_argument("--lora-lr", type=float, nargs="+", default=VARIANTS["lora"][1],
                     help="LoRA's rates; the first is the headline run (sllm finetune's default)")
-    ap.add_argument("--full-lr", type=float, nargs="+", default=[1e-3, 3e-4, 3e-3],
+    ap.add_argument("--full-lr", type=float, nargs="+", default=VARIANTS["full"][1],
                     help="full fine-tuning's rates; the first is the headline run")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "lora-quality.png"))
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -220,8 +303,11 @@ def main() -> None:
         report["size"] = adapter_size(args.backend)
         print("size", json.dumps(report["size"]), flush=True)
     if "quality" in parts:
-        report["quality"] = quality(args.backend, args.base_steps, args.ft_steps, out_dir,
-                                    {"lora": args.lora_lr, "full": args.full_lr})
+        variants = {n: VARIANTS[n] for n in args.variants}
+        variants["lora"] = (VARIANTS["lora"][0], args.lora_lr)
+        variants["full"] = (VARIANTS["full"][0], args.full_lr)
+        report["quality"] = quality(args.backend, args.base_steps, args.ft_steps, Path(args.plot),
+                                    variants)
         print("quality", json.dumps(report["quality"]), flush=True)
     (out_dir / "lora.json").write_text(json.dumps(report, indent=2) + "\n")
 
