@@ -12,7 +12,7 @@
   fine-tuning itself adds). Target: LoRA <= 0.45x full.
 - quality: a base (baby-gpt, characters) trained on the built-in demo corpus, then
   fine-tuned for the same steps (LoRA at lr 1e-2, full at 1e-3: each one's default in
-  `sllm finetune`; then 3e-3, 3e-2 and 1e-4, 3e-4, 3e-3: --lora-lr / --full-lr, the
+  `sllm finetune`; then 3e-3, 3e-2 and 3e-5 to 3e-3: --lora-lr / --full-lr, the
   trade-off between learning the new text and keeping the old, plotted as a third panel)
   on a held-out domain text (shared/corpora/tinyshakespeare.txt when present, else a text
   this script writes) by LoRA rank 8 and by full fine-tuning. Reported: each run's held-out
@@ -128,7 +128,7 @@ def _domain_text(tmp: str) -> str:
 # and Adam's step does not depend on the gradient's scale (s * B moves ratio x faster, and A's
 # gradient sees the same s * B); "lora alpha 256" is LoRA+ at ratio 16's rates up to clipping.
 VARIANTS: dict[str, tuple[dict[str, Any], list[float]]] = {
-    "full": ({}, [1e-3, 1e-4, 3e-4, 3e-3]),
+    "full": ({}, [1e-3, 3e-5, 1e-4, 3e-4, 3e-3]),
     "lora": ({"lora_rank": 8}, [1e-2, 3e-3, 3e-2]),
     "lora rsLoRA (alpha/sqrt r)": ({"lora_rank": 8, "lora_alpha": 16 * math.sqrt(8)},
                                    [1e-3, 3e-3, 1e-2]),
@@ -270,7 +270,7 @@ def _plot_frontier(ax: Any, r: dict[str, Any]) -> None:
            ylim=(min(ys) * 0.97, max(ys) * 1.02),
            xlabel="held-out perplexity (domain text)", ylabel="base's own perplexity after",
            title="Frontier: each method over its rates, lr labelled (lower-left is better)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def main() -> None:
@@ -309,7 +309,11 @@ def main() -> None:
         report["quality"] = quality(args.backend, args.base_steps, args.ft_steps, Path(args.plot),
                                     variants)
         print("quality", json.dumps(report["quality"]), flush=True)
-    (out_dir / "lora.json").write_text(json.dumps(report, indent=2) + "\n")
+    path = out_dir / "lora.json"  # the parts not run this time keep their last figures
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    draft = path.with_suffix(".draft")
+    draft.write_text(json.dumps({**kept, **report}, indent=2) + "\n")
+    os.replace(draft, path)
 
 
 if __name__ == "__main__":
