@@ -167,9 +167,22 @@ def quality(backend: str, base_steps: int, ft_steps: int, plot: Path,
     """Train a base on the demo corpus, fine-tune it by every variant at each of its rates
     ("lora" and "full" first rates: the headline runs); perplexities before/after, every
     (rate, held-out ppl, base's ppl) point, and which LoRA points meet both targets."""
+    with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:  # ~100 MB of run dirs
+        results, curves = _sweep(tmp, backend, base_steps, ft_steps, variants)
+    results["domain_ratio"] = results["lora_domain_ppl"] / results["full_domain_ppl"]
+    results["damage_ratio"] = ((results["lora_base_val_ppl"] - results["base_val_ppl"])
+                               / max(results["full_base_val_ppl"] - results["base_val_ppl"], 1e-9))
+    results["targets"] = _targets(results)
+    _plot(curves, results, plot)
+    return results
+
+
+def _sweep(tmp: str, backend: str, base_steps: int, ft_steps: int,
+           variants: dict[str, tuple[dict[str, Any], list[float]]]
+           ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The base, then every variant's runs in `tmp`: the results and the headline curves."""
     from sllm.evaluate import evaluate, held_out_ids
     from sllm.train import TrainConfig, prepare
-    tmp = tempfile.mkdtemp(prefix="lora-bench-")
     common: dict[str, Any] = dict(backend=backend, batch_size=8, seq_len=64, eval_every=max(ft_steps // 5, 1),
                   eval_batches=8, checkpoint_every=0, seed=0)
     base_dir = os.path.join(tmp, "base")
@@ -196,12 +209,7 @@ def quality(backend: str, base_steps: int, ft_steps: int, plot: Path,
         if trainer.model.detach_adapter() is not None:  # the untouched base, on the same batches
             results["base_domain_ppl"] = math.exp(trainer.evaluate() or 0.0)
             results["base_val_ppl"] = evaluate(trainer.model, held_out_ids(base_dir))["ppl"]
-    results["domain_ratio"] = results["lora_domain_ppl"] / results["full_domain_ppl"]
-    results["damage_ratio"] = ((results["lora_base_val_ppl"] - results["base_val_ppl"])
-                               / max(results["full_base_val_ppl"] - results["base_val_ppl"], 1e-9))
-    results["targets"] = _targets(results)
-    _plot(curves, results, plot)
-    return results
+    return results, curves
 
 
 def _targets(r: dict[str, Any]) -> dict[str, Any]:
