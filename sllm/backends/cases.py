@@ -295,11 +295,12 @@ _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (7, 17, 19),
        for o in _grid(bias=(True, False), trans_w=(False, True))]
 # K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
 # ggml's rows and the backend's packed rows (cpp: groups of 8 or 16 rows; OC of 1, 17 and
-# 5003 leave a partial group, 37 rows take the GEMM path through unpacked rows)
+# 5003 leave a partial group, 37 rows take the GEMM path through unpacked rows; 9, 16 and
+# 17 rows end the packed kernels' row tiles part way)
 _MMQ = [{**s, "qtype": q, "bias": i % 2 == 0, "packed": packed}
         for i, s in enumerate(_shapes("N K OC", (1, 32, 1), (1, 45, 7), (3, 96, 33), (7, 17, 19),
                                       (1, 384, 1152), (37, 1536, 70), (5, 64, 5003),
-                                      (2, 256, 17)))
+                                      (2, 256, 17), (9, 128, 16), (16, 64, 19), (17, 45, 33)))
         for q in ("q8_0", "q4_0", "q4_1") for packed in (False, True)]
 # matmul_q_bwd: K % 32 != 0 (a partial last block), OC odd (a partial packed group), N 1 and
 # odd; OC 5003 sums many rows per element; (3, 1100, 1001) spans two column slices of
