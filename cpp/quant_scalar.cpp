@@ -16,47 +16,55 @@ void quantize_row(const float* x, int64_t K, int8_t* q, float* d, float* s, int3
                         s + b, sum + b);
 }
 
+// A 4-bit block's 32 codes as bytes, minus `offset` (q4_0's 8): unpacked first, so the
+// dot product is q8_0's plain loop, which compilers vectorize (the mixed-nibble loop
+// measured 3.3x slower than q8_0's on this tier).
+inline void unpack_nibbles(const uint8_t* qs, int offset, int8_t* out) {
+  for (int j = 0; j < QK / 2; ++j) {
+    out[j] = (int8_t)((qs[j] & 0x0F) - offset);
+    out[j + QK / 2] = (int8_t)((qs[j] >> 4) - offset);
+  }
+}
+
+inline int32_t block_dot(const int8_t* a, const int8_t* b) {
+  int32_t isum = 0;
+  for (int j = 0; j < QK; ++j) isum += a[j] * b[j];
+  return isum;
+}
+
 float dot_q8_0(const uint8_t* w, const QRow& x, int64_t nb) {
   float sum = 0;
   for (int64_t b = 0; b < nb; ++b, w += kBlockBytes[Q8_0]) {
     uint16_t d;
     std::memcpy(&d, w, 2);
     const int8_t* qw = reinterpret_cast<const int8_t*>(w + 2);
-    const int8_t* qx = x.q + b * QK;
-    int32_t isum = 0;
-    for (int j = 0; j < QK; ++j) isum += qw[j] * qx[j];
-    sum += (float)isum * (half_to_float(d) * x.d[b]);
+    sum += (float)block_dot(qw, x.q + b * QK) * (half_to_float(d) * x.d[b]);
   }
   return sum;
 }
 
 float dot_q4_0(const uint8_t* w, const QRow& x, int64_t nb) {
   float sum = 0;
+  int8_t qw[QK];
   for (int64_t b = 0; b < nb; ++b, w += kBlockBytes[Q4_0]) {
     uint16_t d;
     std::memcpy(&d, w, 2);
-    const uint8_t* qs = w + 2;
-    const int8_t* qx = x.q + b * QK;
-    int32_t isum = 0;
-    for (int j = 0; j < QK / 2; ++j)
-      isum += ((qs[j] & 0x0F) - 8) * qx[j] + ((qs[j] >> 4) - 8) * qx[j + QK / 2];
-    sum += (float)isum * (half_to_float(d) * x.d[b]);
+    unpack_nibbles(w + 2, 8, qw);
+    sum += (float)block_dot(qw, x.q + b * QK) * (half_to_float(d) * x.d[b]);
   }
   return sum;
 }
 
 float dot_q4_1(const uint8_t* w, const QRow& x, int64_t nb) {
   float sum = 0;
+  int8_t qw[QK];
   for (int64_t b = 0; b < nb; ++b, w += kBlockBytes[Q4_1]) {
     uint16_t d, m;
     std::memcpy(&d, w, 2);
     std::memcpy(&m, w + 2, 2);
-    const uint8_t* qs = w + 4;
-    const int8_t* qx = x.q + b * QK;
-    int32_t isum = 0;
-    for (int j = 0; j < QK / 2; ++j)
-      isum += (qs[j] & 0x0F) * qx[j] + (qs[j] >> 4) * qx[j + QK / 2];
-    sum += (float)isum * (half_to_float(d) * x.d[b]) + half_to_float(m) * x.s[b];
+    unpack_nibbles(w + 4, 0, qw);
+    sum += (float)block_dot(qw, x.q + b * QK) * (half_to_float(d) * x.d[b]) +
+           half_to_float(m) * x.s[b];
   }
   return sum;
 }
