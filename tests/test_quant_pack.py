@@ -70,7 +70,7 @@ def test_packed_kernels_equal_the_scalar_tier_bit_for_bit(tier, flags):
     assert scalar["rows"] == 0 and packed["rows"] in (8, 16), (scalar["tier"], packed["tier"])
     for case in packed:
         if " N=" in case:  # N rows at once equal the scalar tier's rows one at a time (from
-            # 16 rows ggml's rows take the float GEMM: another summation order)
+            # 16 rows ggml's rows may take the float GEMM: another summation order)
             head, N = case.split(" N=")
             rows = sum((scalar[f"{head} row {n}"] for n in range(int(N))), [])
             assert packed[case] == rows, f"{packed['tier']} {case}"
