@@ -23,6 +23,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import ConfigError, LoraError
 from .layout import embedding_name
+from .quant import QTensor
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -135,5 +136,6 @@ class TokenHead:
     """The output head while token rows are attached: the base weight, and the rows that
     SLLM._matmul / _matmul_bwd add after the base matmul."""
 
-    def __init__(self, base: Any, rows: TokenRows):
-        self.base, self.rows = base, rows
+    def __init__(self, base: np.ndarray | QTensor, rows: TokenRows):
+        self.base: np.ndarray | QTensor = base
+        self.rows = rows

@@ -20,8 +20,8 @@ from .errors import BackendError
 from .init import initialize
 from .layout import EMBEDDINGS, Layout, head_name, parameter_shapes
 from .lora import Adapter, Attached, LoraError, LoraWeight
-from .lora_tokens import TokenHead
 from .lora_bank import RoutedWeight
+from .lora_tokens import TokenHead
 from .quant import QTensor, bytes_per_row
 from .validate import check_int
 

@@ -123,8 +123,7 @@ def test_training_moves_only_the_rows_and_the_base_stays_bit_unchanged(arch, tie
 
 
 def test_paths_that_cannot_apply_rows_refuse_them_in_one_line():
-    from sllm.errors import LoraError
-    from sllm.errors import ExportError
+    from sllm.errors import ExportError, LoraError
     from sllm.export_lora import gguf_lora_tensors, peft_tensors
     from sllm.lora_bank import AdapterBank
     model, adapter = model_and_adapter("llama", False)
