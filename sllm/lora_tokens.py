@@ -24,11 +24,13 @@ from .config import ModelConfig
 from .errors import ConfigError, LoraError
 from .layout import embedding_name
 from .quant import QTensor
+from .tokenizer import BYTE_TOKENS
 
 if TYPE_CHECKING:
     from .model import SLLM
 
-__all__ = ["TokenRows", "row_names", "check_ids", "base_rows", "parse_option"]
+__all__ = ["TokenRows", "TokenHead", "row_names", "row_owners", "check_ids", "base_rows",
+           "parse_option", "fallback_ids"]
 
 SUFFIX = ".token_rows"
 HEAD = "lm_head.weight"
@@ -41,7 +43,7 @@ def row_names(config: ModelConfig) -> list[str]:
     return names if config.tie_embeddings else names + [HEAD + SUFFIX]
 
 
-def check_ids(ids: Iterable[Any], vocab_size: int, what: str = "lora_tokens") -> list[int]:
+def check_ids(ids: Iterable[Any], vocab_size: int, what: str = "lora_tokens (--lora-tokens)") -> list[int]:
     """The ids as a list of ints, each in [0, vocab_size) and unique; ConfigError naming
     the first offending one."""
     out: list[int] = []
@@ -52,6 +54,23 @@ def check_ids(ids: Iterable[Any], vocab_size: int, what: str = "lora_tokens") ->
             raise ConfigError(f"{what}: token id {int(i)} is listed twice")
         out.append(int(i))
     return out
+
+
+def row_owners(config: ModelConfig) -> list[str]:
+    """The base tensors token rows replace rows of: the embedding, and an untied head."""
+    return [n.removesuffix(SUFFIX) for n in row_names(config)]
+
+
+def fallback_ids(tok: Any, ids: Any) -> list[int]:
+    """The byte-fallback pieces ("<0x41>") among `ids` (a corpus's encoding), sorted: the
+    characters the base's vocabulary lacks, spelled byte by byte, whose rows pre-training
+    never trained when its corpus had none. A byte-level BPE has no such pieces."""
+    names = getattr(tok, "tokens", None) or getattr(tok, "chars", None) or \
+        getattr(tok, "pieces", None)
+    if not getattr(tok, "byte_fallback", False) and getattr(tok, "kind", "") != "spm" or not names:
+        return []
+    byte_names = set(BYTE_TOKENS)
+    return [int(i) for i in np.unique(np.asarray(ids)) if names[int(i)] in byte_names]
 
 
 def parse_option(value: str) -> str | list[int]:
@@ -92,12 +111,24 @@ class TokenRows:
         cfg = model.config
         names = row_names(cfg)
         self.ids = np.asarray(ids, np.int64)
-        self.base = base_rows(model, ids)
+        base_rows(model, ids)  # refuses a quantized embedding or head
+        # the base's rows are read at each use, not copied: a data-parallel rank attaches
+        # before its base weights arrive
+        self.params, self.tied, self.emb = model.parameters(), cfg.tie_embeddings, embedding_name(cfg)
         self.embed, self.dembed = views[names[0]], grads[names[0]]
         self.head, self.dhead = views[names[-1]], grads[names[-1]]
-        self.base_embed, self.base_head = self.base[names[0]], self.base[names[-1]]
         self.lookup = np.full(cfg.vocab_size, -1, np.int64)  # token id -> its row, or -1
         self.lookup[self.ids] = np.arange(len(ids))
+
+    def _embed_delta(self, j: np.ndarray) -> np.ndarray:
+        """Rows j's difference from the base's embedding rows."""
+        return self.embed[j] - self.params[self.emb][self.ids[j]]
+
+    def _head_delta(self) -> np.ndarray:
+        """The head rows' difference from the base's (n, C)."""
+        base = self.params[self.emb][self.ids] if self.tied else \
+            self.params[HEAD][:, self.ids].T
+        return self.head - base
 
     def _where(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions holding one of the ids, their row index)."""
@@ -110,7 +141,7 @@ class TokenRows:
         at, j = self._where(tokens)
         if len(at):
             x = x0.reshape(-1, x0.shape[-1])
-            x[at] += self.embed[j] - self.base_embed[j]
+            x[at] += self._embed_delta(j)
 
     def embed_bwd(self, dx0: np.ndarray, tokens: np.ndarray) -> None:
         """The embedding rows' gradient: dx0 summed over the positions of each id."""
@@ -121,7 +152,7 @@ class TokenRows:
     def head_fwd(self, logits: np.ndarray, h: np.ndarray) -> None:
         """logits[:, ids] += h @ (head - base head)^T (logits (N, V) rows, h (N, C))."""
         rows = logits.reshape(-1, logits.shape[-1])
-        rows[:, self.ids] += h.reshape(len(rows), -1) @ (self.head - self.base_head).T
+        rows[:, self.ids] += h.reshape(len(rows), -1) @ self._head_delta().T
 
     def head_bwd(self, dh: np.ndarray, dlogits: np.ndarray, h: np.ndarray) -> None:
         """dhead += dlogits[:, ids]^T @ h; dh (the base's part already in it) += the
@@ -129,7 +160,7 @@ class TokenRows:
         dy = dlogits.reshape(-1, dlogits.shape[-1])[:, self.ids]
         x = h.reshape(len(dy), -1)
         self.dhead += dy.T @ x
-        dh.reshape(len(dy), -1)[...] += dy @ (self.head - self.base_head)
+        dh.reshape(len(dy), -1)[...] += dy @ self._head_delta()
 
 
 class TokenHead:
