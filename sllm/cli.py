@@ -36,10 +36,12 @@ OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output 
                                                    "never a device).")
 
 
-def _output(path: Any, *inputs: Any, overwrite: bool, kind: str = "file") -> None:
-    """Refuse an output that would destroy an input or something not ours (sllm.outputs)."""
+def _output(path: Any, *inputs: Any, overwrite: bool, kind: str = "file",
+            option: str = "-o") -> None:
+    """Refuse an output that would destroy an input or something not ours (sllm.outputs);
+    `option` names the output as the user typed it (an option or a positional argument)."""
     from .outputs import check_output
-    check_output(path, inputs, overwrite=overwrite, kind=kind)
+    check_output(path, inputs, overwrite=overwrite, kind=kind, option=option)
 
 
 def _print_version(value: bool) -> None:
@@ -790,7 +792,7 @@ def convert(source: str = typer.Argument(..., help="Input model: .sllm (binary) 
             overwrite: bool = OVERWRITE) -> None:
     """Convert a model between the binary format and the roadmap's JSON format."""
     import sllm
-    _output(dest, source, overwrite=overwrite)
+    _output(dest, source, overwrite=overwrite, option="DEST")
     model = sllm.load_json(source, backend="numpy") if source.endswith(".json") \
         else sllm.load(_resolve_model(source), backend="numpy")
     if dest.endswith(".json"):

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .outputs import regular_or_absent
+from .outputs import OutputError, regular_or_absent
 
 TMP_MARK = ".tmp-"
 
@@ -28,7 +28,13 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     _remove_stale_temps(dest)
     tmp = dest.parent / f".{dest.name}{TMP_MARK}{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        handle = open(tmp, "wb")
+    except OSError as e:  # e.g. /proc/self/mem: a "regular" file in a directory of none
+        raise OutputError(f"{dest}: cannot write there: sllm writes a new file beside it and "
+                          f"renames it over, and {dest.parent} refuses new files "
+                          f"({e.strerror})") from None
+    try:
+        with handle as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -120,9 +120,10 @@ def stop_strings(name: str, v: Any) -> tuple[str, ...]:
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
         raise ApiError(f"'{name}' must be a string or an array of strings, got "
                        f"{_type_name(v)}", name)
-    if len(stops) > MAX_STOP or any(not s for s in stops):
-        raise ApiError(f"'{name}' takes at most {MAX_STOP} non-empty strings, got {stops!r}",
-                       name)
+    if len(stops) > MAX_STOP:  # the count, not the list: it may be long
+        raise ApiError(f"'{name}' takes at most {MAX_STOP} strings, got {len(stops):,}", name)
+    if any(not s for s in stops):
+        raise ApiError(f"'{name}': a stop string cannot be empty", name)
     if any(len(s) > MAX_STOP_CHARS for s in stops):  # matching costs its length per token
         raise ApiError(f"'{name}': each stop string is at most {MAX_STOP_CHARS} characters, "
                        f"got one of {max(map(len, stops)):,}", name)

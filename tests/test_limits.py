@@ -55,6 +55,8 @@ def test_stop_strings_are_bounded(srv):
     for stop in (["x" * 250_000], ["a", "b", "c", "d", "e"]):
         r = _post(srv, {"model": "tiny", "prompt": "the", "max_tokens": 4, "stop": stop})
         assert r.status_code == 400 and r.json()["error"]["param"] == "stop"
+    r = _post(srv, {"model": "tiny", "prompt": "the", "max_tokens": 4, "stop": ["a"] * 100})
+    assert "got 100" in r.json()["error"]["message"] and "'a', 'a'" not in r.text  # the count
 
 
 def test_deeply_nested_json_is_400_and_the_server_lives(srv):

@@ -162,3 +162,17 @@ def test_atomic_write_never_replaces_a_device_or_a_socket(tmp_path):
         with pytest.raises(OutputError, match="never replaces"), atomic_write(dest) as f:
             f.write(b"x")
     assert sock.is_socket() and not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_an_output_where_no_file_can_be_made_is_one_line_naming_it(world):
+    """/proc/self/mem is a "regular" file: the atomic write's temp file beside it cannot exist."""
+    result = CliRunner().invoke(app, ["export", str(world / "run"), "--to", "gguf", "-o",
+                                      "/proc/self/mem", "--overwrite"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "/proc/self/mem: cannot write there" in result.output and "Errno" not in result.output
+
+
+def test_a_positional_output_is_named_as_typed(world):
+    src = str(world / "run" / "model.sllm")
+    result = CliRunner().invoke(app, ["convert", src, src])
+    assert result.exit_code == 1 and f"DEST {src} is the input" in result.output
