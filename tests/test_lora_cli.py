@@ -277,3 +277,21 @@ def test_lora_tokens_auto_trains_the_rows_of_characters_the_base_lacks(base):
     assert code == 0 and not Adapter.load(base / "notok" / "adapter.sllm").token_ids, out
     code, out = finetune(base, "badtok", "--lora-tokens", "3,99999")
     assert code == 1 and "--lora-tokens): token id 99999 is not an integer in [0, " in " ".join(out.split())
+
+
+def test_a_resumed_run_with_token_rows_equals_an_uninterrupted_one(base):
+    (base / "odd2.txt").write_text("the pirate; sails ~ the sea | and the parrot sings . " * 150)
+    same = ("--corpus", base / "odd2.txt", "--schedule", "constant", "--warmup", 0,
+            "--batch-size", 4, "--eval-every", 6, "--eval-batches", 2, "--backend", "numpy", "-q")
+    assert run("finetune", base / "base", "--out", base / "rw", "--steps", 12, *same)[0] == 0
+    assert run("finetune", base / "base", "--out", base / "rp", "--steps", 6, *same)[0] == 0
+    code, out = run("train", "--resume", base / "rp", "--steps", 12, "-q")
+    assert code == 0, out
+    cfg = json.loads((base / "rp" / "train_config.json").read_text())
+    assert cfg["lora_tokens"] != "none"  # auto, resolved and recorded
+    losses = [[json.loads(x)["loss"] for x in (base / d / "metrics.jsonl").read_text().splitlines()]
+              for d in ("rw", "rp")]
+    assert losses[0] == losses[1]
+    a, b = (Adapter.load(base / d / "adapter.sllm") for d in ("rw", "rp"))
+    assert a.token_ids == b.token_ids and np.array_equal(a.tensors["wte.token_rows"],
+                                                         b.tensors["wte.token_rows"])
