@@ -47,18 +47,48 @@ HEADER = ["| what | rate | MFU or share of bandwidth | ratio | compared with |",
           "| --- | ---: | ---: | ---: | --- |"]
 
 
-def train_rows(config: dict[str, Any], repeats: int, threads: int) -> list[str]:
-    """cpp's training step: time, tokens/s, MFU, vs numpy and vs torch."""
-    report = run_bench(["cpp", "numpy"], ["train"], config, 16, 128, threads, repeats,
-                       vs_torch=report_torch())
-    cpp = next(r for res in report["results"] if res["backend"] == "cpp"
-               for r in res.get("rows", []) if r["suite"] == "train")
+def train_rows(config: dict[str, Any], repeats: int, threads: int,
+               torch_python: str | None = None, rounds: int = 1) -> list[str]:
+    """cpp's training step: time, tokens/s, MFU, vs numpy and vs torch. With torch_python,
+    torch runs in that interpreter, alternating with sllm's runs for `rounds` rounds; the
+    torch ratio is the median of each round's side-by-side ratio."""
+    pairs: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    for _ in range(rounds if torch_python else 1):
+        report = run_bench(["cpp", "numpy"], ["train"], config, 16, 128, threads, repeats,
+                           vs_torch=torch_python is None and report_torch())
+        cpp = next(r for res in report["results"] if res["backend"] == "cpp"
+                   for r in res.get("rows", []) if r["suite"] == "train")
+        pairs.append((cpp, torch_train(torch_python, config, repeats, threads)
+                      if torch_python else None))
+    cpp = sorted((c for c, _ in pairs), key=lambda r: r["median_s"])[len(pairs) // 2]
     mfu = f"{cpp['mfu']:.0%}" if cpp.get("mfu") else ""
     rate = f"{cpp['median_s'] * 1e3:.1f} ms, {cpp['tokens_per_s']:,.0f} tok/s"
     rows = [row(f"train {cpp['name']}", rate, mfu, f"{cpp['vs_numpy']:.2f}x", "numpy")]
-    if cpp.get("vs_torch"):
+    if torch_python:
+        ratios = sorted(t["median_s"] / c["median_s"] for c, t in pairs if t)
+        rows.append(row(f"train {cpp['name']}", rate, mfu, f"{ratios[len(ratios) // 2]:.2f}x",
+                        f"torch ({len(ratios)} alternated rounds)"))
+    elif cpp.get("vs_torch"):
         rows.append(row(f"train {cpp['name']}", rate, mfu, f"{cpp['vs_torch']:.2f}x", "torch"))
     return rows
+
+
+def torch_train(python: str, config: dict[str, Any], repeats: int,
+                threads: int) -> dict[str, Any]:
+    """torch's train row from bench/torch_ref.py run by interpreter `python` (one with torch,
+    e.g. a separate venv), importing this checkout's sllm."""
+    from sllm.bench import Job
+    job = Job("torch", ["train"], config, 16, 128, threads, repeats)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run([python, "-m", "sllm.bench", json.dumps(job.__dict__)], env=env,
+                          capture_output=True, text=True, cwd=root)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SystemExit(f"--torch-python {python}: torch run failed: {tail[0]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return next(r for r in result["rows"] if r["suite"] == "train")
 
 
 def report_torch() -> bool:
@@ -193,6 +223,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--torch-python", default=None,
+                    help="an interpreter with torch (e.g. another venv's python): time torch's "
+                         "train step there, alternated with sllm's runs for --rounds rounds")
     ap.add_argument("--llama-python", default=None,
                     help="an interpreter that imports llama_cpp (default: this one if it does)")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out: "
@@ -205,7 +238,8 @@ def main() -> None:
         config = ModelConfig.from_json(ROOT / "configs" / f"{name}.json").to_dict()
         lines += ["", f"### {name}", "", *HEADER]
         if "train" not in skip:
-            lines += train_rows(config, args.repeats, args.threads)
+            lines += train_rows(config, args.repeats, args.threads, args.torch_python,
+                                args.rounds)
         rates = decode_rates(config, args.repeats, args.threads)
         lines += decode_rows(rates)
         if python is not None and "llama.cpp" not in skip:

@@ -137,6 +137,10 @@ def train(
     lora_targets: str | None = typer.Option(None, help="Weights the adapter changes: attn | mlp | all, or a comma "
                                                           "list of weight-name suffixes. (default: all)"),
     lora_dropout: float | None = typer.Option(None, help="Dropout on the adapter's input, 0 <= p < 1. (default: 0)"),
+    lora_tokens: str | None = typer.Option(None, help="Tokens whose embedding and output rows the adapter trains: "
+                                                         "auto (the corpus's byte-fallback pieces, which the base "
+                                                         "never trained) | none | a comma list of token ids. "
+                                                         "(default: auto)"),
     seed: int | None = typer.Option(None, help="Seed for weights, batches and dropout. (default: 0)"),
     train_config: str | None = typer.Option(None, help="Training-config JSON with any of these options (flags "
                                                           "override it)."),
@@ -254,7 +258,7 @@ DEFAULT_LORA_LR = 1e-2
 # train's options that make a new model or vocabulary: a fine-tuning run has its base's.
 NOT_FOR_FINETUNE = ("config", "tokenizer", "vocab_size", "byte_fallback", "demo_chars",
                     "init_from")
-LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
+LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "lora_tokens")
 
 
 def finetune(model: str, full: bool, **options: Any) -> None:

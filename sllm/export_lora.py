@@ -66,6 +66,10 @@ def adapted_weights(adapter: Adapter) -> Iterator[tuple[str, np.ndarray, np.ndar
     """(weight name, A (in, r), B (r, out)) per weight the adapter changes, under the name
     the weight has in the Hugging Face model: GPT-2's sllm names (sllm.hf adds
     "transformer."), llama's LlamaForCausalLM names, its fused qkv_proj split in three."""
+    if adapter.token_ids:
+        raise ExportError("this adapter has trainable token rows (token_ids), which this "
+                          "export does not write; merge it into its base (sllm merge) and "
+                          "export the merged model")
     cfg = adapter.base_config
     for name in adapter.targets:
         a, b = adapter.tensors[name + ".lora_a"], adapter.tensors[name + ".lora_b"]

@@ -48,6 +48,7 @@ def _embed(m: SLLM, a: LlamaActivations) -> None:
         m.backend.embed_q_fwd(a.x0, a.tokens, q.kernel_rows, q.qtype)
     else:
         a.x0[...] = m._params[EMBED][a.tokens]
+    m._token_rows_fwd(a)
 
 
 def _positions(a: LlamaActivations, pos: int, rows: tuple[np.ndarray, np.ndarray] | None) -> None:
@@ -141,4 +142,6 @@ def backward(m: SLLM, a: LlamaActivations) -> None:
     # none for a frozen base (an adapter attached)
     if m.adapter is None:
         np.add.at(G[EMBED], a.tokens.reshape(-1), a.dres.reshape(-1, cfg.embedding_dim))
+    elif m.adapter.tokens is not None:  # an adapter's token rows do
+        m.adapter.tokens.embed_bwd(a.dres, a.tokens)
 

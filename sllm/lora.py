@@ -20,16 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import lora_tokens
 from .budget import LORA_ROWS, FrozenBase
 from .config import ModelConfig
 from .errors import ConfigError, FormatError, LoraError
-from .layout import ALIGN, parameter_shapes
+from .layout import ALIGN, embedding_name, parameter_shapes
 from .quant import QTensor
 from .validate import check_int, check_number
 
@@ -152,11 +153,15 @@ class Adapter:
     base_config: ModelConfig
     metadata: dict[str, Any] = field(default_factory=dict)
     extra_tensors: dict[str, np.ndarray] = field(default_factory=dict)  # a checkpoint's
+    token_ids: list[int] = field(default_factory=list)  # trainable token rows (lora_tokens)
 
     @classmethod
-    def create(cls, model: SLLM, config: LoraConfig, seed: int = 0) -> Adapter:
-        """A fresh adapter for `model`: A ~ U(-1/sqrt(in), 1/sqrt(in)) from `seed`, B = 0."""
+    def create(cls, model: SLLM, config: LoraConfig, seed: int = 0,
+               token_ids: Iterable[int] = ()) -> Adapter:
+        """A fresh adapter for `model`: A ~ U(-1/sqrt(in), 1/sqrt(in)) from `seed`, B = 0;
+        and trainable rows for `token_ids` (sllm.lora_tokens), starting as the base's."""
         check_int("seed", seed, 0, 2**63 - 1)
+        ids = lora_tokens.check_ids(token_ids, model.config.vocab_size)
         names = target_names(model.config, config.targets)
         rng = np.random.default_rng(seed)
         tensors = {}
@@ -173,7 +178,9 @@ class Adapter:
             tensors[name + ".lora_b"] = np.zeros((config.rank, n_out), np.float32)
         base = {"fingerprint": fingerprint(model), "architecture": model.config.architecture,
                 "name": str(model.metadata.get("source", "")) if model.metadata else ""}
-        return cls(config, names, tensors, base, model.config)
+        if ids:
+            tensors.update(lora_tokens.base_rows(model, ids))
+        return cls(config, names, tensors, base, model.config, token_ids=ids)
 
     @property
     def scale(self) -> float:
@@ -212,9 +219,14 @@ class Adapter:
                 "alpha": self.config.alpha, "dropout": self.config.dropout,
                 "targets": list(self.targets), "target_option": self.config.targets,
                 "base": dict(self.base)}
+        if self.token_ids:
+            meta["token_ids"] = list(self.token_ids)
         cfg = self.base_config.to_dict()
         own = DTYPES[DTYPE_CODES[dtype]][1]
-        tensors = [(n, np.ascontiguousarray(t, own), DTYPE_CODES[dtype], t.shape)
+        # token rows stay f32: f16 rounding would move the rows of untrained ids off the base's
+        tensors = [(n, np.ascontiguousarray(t, "<f4"), DTYPE_CODES["f32"], t.shape)
+                   if n.endswith(lora_tokens.SUFFIX) else
+                   (n, np.ascontiguousarray(t, own), DTYPE_CODES[dtype], t.shape)
                    for n, t in self.tensors.items()]
         tensors += [(n, np.ascontiguousarray(t, "<f4"), DTYPE_CODES["f32"], t.shape)
                     for n, t in (extra_tensors or {}).items()]
@@ -263,6 +275,13 @@ def _from_file(path: Any, base_config: ModelConfig, meta: dict[str, Any],
                 raise FormatError(f"{path}: tensor {name + suffix!r} should have shape {need}, "
                                   f"found {None if t is None else t.shape}")
             expected.add(name + suffix)
+    ids = _token_ids(path, base_config, meta)
+    for name in lora_tokens.row_names(base_config) if ids else []:
+        t, need = tensors.get(name), (len(ids), base_config.embedding_dim)
+        if t is None or t.shape != need:
+            raise FormatError(f"{path}: tensor {name!r} should have shape {need}, found "
+                              f"{None if t is None else t.shape}")
+        expected.add(name)
     optim = {n: t for n, t in tensors.items() if n.startswith("optim.")} \
         if isinstance(meta.get("checkpoint"), dict) else {}
     if extra := sorted(set(tensors) - expected - set(optim)):
@@ -271,7 +290,20 @@ def _from_file(path: Any, base_config: ModelConfig, meta: dict[str, Any],
     return Adapter(config, list(targets), own, dict(base), base_config,
                    {k: v for k, v in meta.items() if k not in ("kind", "rank", "alpha", "dropout",
                                                                 "targets", "target_option",
-                                                                "base")}, optim)
+                                                                "base", "token_ids")},
+                   optim, ids)
+
+
+def _token_ids(path: Any, base_config: ModelConfig, meta: dict[str, Any]) -> list[int]:
+    """The adapter's "token_ids" (none when absent); FormatError unless a list of unique
+    ids of the base's vocabulary."""
+    ids = meta.get("token_ids", [])
+    if not isinstance(ids, list):
+        raise FormatError(f"{path}: adapter metadata 'token_ids' must be a list of token ids")
+    try:
+        return lora_tokens.check_ids(ids, base_config.vocab_size, "adapter metadata token_ids")
+    except ConfigError as e:
+        raise FormatError(f"{path}: {e}") from None
 
 
 # ---- the adapter attached to a model ------------------------------------------------------
@@ -338,6 +370,8 @@ class Attached:
                                       grads[n + ".lora_a"], grads[n + ".lora_b"], i)
                         for i, n in enumerate(adapter.targets)}
         self._work: dict[str, np.ndarray] = {}  # flat scratch per role, grown to the largest need
+        self.tokens = lora_tokens.TokenRows(model, adapter.token_ids, views, grads) \
+            if adapter.token_ids else None
 
     def work(self, role: str, rows: int, width: int) -> np.ndarray:
         """A (rows, width) scratch view of the flat buffer of `role`. One buffer per role is
@@ -441,7 +475,8 @@ def _rows(a: Any) -> Any:
 
 
 def merge(model: SLLM, adapter: Adapter) -> SLLM:
-    """W += s * A @ B for each target of `adapter`, in place on a float base; returns model.
+    """W += s * A @ B for each target of `adapter`, and its token rows written over the
+    embedding's (and an untied head's), in place on a float base; returns model.
 
     The merged model's logits equal the base with the adapter attached (float32 rounding).
     A quantized base is refused: merge on the float32 base, then quantize."""
@@ -456,4 +491,10 @@ def merge(model: SLLM, adapter: Adapter) -> SLLM:
         a = adapter.tensors[name + ".lora_a"].astype(np.float64)
         b = adapter.tensors[name + ".lora_b"].astype(np.float64)
         params[name][...] = params[name] + adapter.scale * (a @ b)
+    if ids := adapter.token_ids:
+        emb = embedding_name(model.config)
+        params[emb][ids] = adapter.tensors[emb + lora_tokens.SUFFIX]
+        if not model.config.tie_embeddings:
+            params[lora_tokens.HEAD][:, ids] = adapter.tensors[lora_tokens.HEAD
+                                                               + lora_tokens.SUFFIX].T
     return model

@@ -114,6 +114,10 @@ class AdapterBank:
         with self._lock:
             check_adapter_name(name, set(self.served) | set(taken))
         adapter.check_base(self.model)
+        if adapter.token_ids:
+            raise LoraError("this adapter has trainable token rows (token_ids), which served "
+                            "adapters do not apply; merge it into its base (sllm merge) and "
+                            "serve the merged model")
         k = self.backend
         tensors = {t: (k.from_numpy(adapter.tensors[t + ".lora_a"]),
                        k.from_numpy(adapter.tensors[t + ".lora_b"])) for t in adapter.targets}

@@ -21,6 +21,7 @@ from .init import initialize
 from .layout import EMBEDDINGS, Layout, head_name, parameter_shapes
 from .lora import Adapter, Attached, LoraError, LoraWeight
 from .lora_bank import RoutedWeight
+from .lora_tokens import TokenHead
 from .quant import QTensor, bytes_per_row
 from .validate import check_int
 
@@ -470,6 +471,7 @@ class SLLM:
             self._embed_rows(a, pos, None if rows is None else rows[1])
         else:
             k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
+        self._token_rows_fwd(a)
         x = a.x0
         for i, (L, la) in enumerate(zip(self._p_layers, a.layers, strict=True)):
             if cache is not None and rows is None and (block := self._blocks[i]) is not None:
@@ -531,7 +533,10 @@ class SLLM:
                 bias: np.ndarray | None, trans_w: bool = False) -> None:
         """matmul_fwd, or matmul_q_fwd when the weight is quantized (rows along K); plus the
         LoRA delta when the weight is an attached adapter's target."""
-        if isinstance(weight, LoraWeight):
+        if isinstance(weight, TokenHead):  # an adapter's trainable token rows
+            self._matmul(out, inp, weight.base, bias, trans_w)
+            weight.rows.head_fwd(out, inp)
+        elif isinstance(weight, LoraWeight):
             assert self.adapter is not None  # LoraWeights exist only while attached
             self._matmul(out, inp, weight.base, bias, trans_w)
             self.adapter.forward(out, inp, weight, mix_seed(self._last_seed, weight.index, 2))
@@ -553,6 +558,10 @@ class SLLM:
         if dweight is not None:
             assert isinstance(weight, np.ndarray)  # a trained weight is float
             k.matmul_bwd(dinp, dweight, dbias, dout, inp, weight, trans_w)
+            return
+        if isinstance(weight, TokenHead):
+            self._frozen_bwd(dinp, dout, weight.base, trans_w)
+            weight.rows.head_bwd(dinp, dout, inp)
             return
         if not isinstance(weight, LoraWeight):
             self._frozen_bwd(dinp, dout, weight, trans_w)
@@ -592,7 +601,14 @@ class SLLM:
         """The output projection's tensor in the first of `views` that has it (per decoded
         token: no merged dict of every tensor)."""
         name = head_name(self.config)
-        return next(v[name] for v in views if name in v)
+        head = next(v[name] for v in views if name in v)
+        rows = self.adapter.tokens if self.adapter is not None else None
+        return head if rows is None else TokenHead(head, rows)
+
+    def _token_rows_fwd(self, a: Any) -> None:
+        """An attached adapter's token rows into the embedded input a.x0."""
+        if self.adapter is not None and self.adapter.tokens is not None:
+            self.adapter.tokens.embed_fwd(a.x0, a.tokens)
 
     def _act_fwd(self, out: np.ndarray, inp: np.ndarray) -> None:
         kernel = self.backend.gelu_fwd if self.config.activation == "gelu" else self.backend.relu_fwd
@@ -637,6 +653,8 @@ class SLLM:
                             la.ln1_mean, la.ln1_rstd)
         if self.adapter is None:  # a frozen base's embeddings get no gradient
             k.encoder_bwd(G["wte"], G["wpe"], a.dres, a.tokens, 0)
+        elif self.adapter.tokens is not None:  # an adapter's token rows do
+            self.adapter.tokens.embed_bwd(a.dres, a.tokens)
 
     # ---- incremental decoding (used by sllm.generate) ------------------------------------
     def new_cache(self, batch: int = 1) -> KVCache:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backends, budget
+from . import backends, budget, lora_tokens
 from . import tokenizer as tokenizers
 from .checkpoint import RunError, checkpoint_config, load_checkpoint, save_checkpoint
 from .config import ModelConfig, resolve_config
@@ -48,7 +48,8 @@ __all__ = ["TrainConfig", "Trainer", "TrainResult", "RunError", "prepare", "resu
 # Settings that shaped the data or the model; a resumed run keeps them.
 _FIXED_ON_RESUME = {"model", "corpus", "demo_chars", "tokenizer", "vocab_size", "encoding_errors",
                     "documents", "seq_len", "dropout", "optimizer", "val_fraction", "out",
-                    "init_from", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout"}
+                    "init_from", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout",
+                    "lora_tokens"}
 DEFAULT_VOCAB = 4000
 CHECKPOINT, BEST, FINAL, METRICS = "checkpoint.sllm", "best.sllm", "model.sllm", "metrics.jsonl"
 # A LoRA run writes its adapter instead of the model (the base stays where it was).
@@ -137,13 +138,37 @@ def _init_from(cfg: TrainConfig) -> tuple[SLLM, tokenizers.Tokenizer]:
 
 def attach_lora(cfg: TrainConfig, model: SLLM, check: bool = True) -> None:
     """Attach a fresh adapter made from cfg's LoRA settings, when it has them (check=False:
-    a data-parallel rank whose base weights arrive from rank 0 after this)."""
+    a data-parallel rank whose base weights arrive from rank 0 after this); its token rows
+    are cfg.lora_tokens's ids (resolved from "auto" by _token_rows before)."""
     lora = cfg.lora_config()
     if lora is None:
         return
-    adapter = Adapter.create(model, lora, cfg.seed)
+    option = lora_tokens.parse_option(cfg.lora_tokens or "none")
+    ids = option if isinstance(option, list) else []
+    adapter = Adapter.create(model, lora, cfg.seed, token_ids=ids)
     adapter.base["name"] = os.path.basename(os.fspath(cfg.init_from or ""))
     model.attach_adapter(adapter, check=check)
+
+
+def _token_rows(cfg: TrainConfig, model: SLLM, tok: tokenizers.Tokenizer,
+                text: str) -> TrainConfig:
+    """cfg with lora_tokens resolved to the ids an adapter trains rows for ("none" when
+    there are none), recorded so that a resumed run and every rank make the same adapter.
+    "auto" (the default) picks the corpus's byte-fallback pieces; on a quantized embedding
+    (whose rows an adapter cannot hold) it picks none and says so."""
+    option = lora_tokens.parse_option(cfg.lora_tokens or "auto")
+    if cfg.lora_config() is None:
+        return cfg
+    if option == "auto":
+        option = lora_tokens.fallback_ids(tok, tok.encode_array(text))
+        if option and model.quantized_weights().keys() & set(lora_tokens.row_owners(model.config)):
+            warnings.warn(f"--lora-tokens auto: {len(option)} byte-fallback tokens of the corpus "
+                          f"keep the base's untrained rows: this base's embedding is quantized "
+                          f"(fine-tune the float32 base to train them)", stacklevel=2)
+            option = []
+    ids = lora_tokens.check_ids(option if isinstance(option, list) else [],
+                                model.config.vocab_size)
+    return cfg.replace(lora_tokens=",".join(map(str, ids)) or "none")
 
 
 def _corpus_text(cfg: TrainConfig) -> str:
@@ -226,6 +251,7 @@ def _prepare(cfg: TrainConfig, progress: bool, lock: RunLock) -> Trainer:
     if cfg.init_from:
         model, tok = _init_from(cfg)
         check_memory(cfg, model.config, base=model)
+        cfg = _token_rows(cfg, model, tok, text)
         attach_lora(cfg, model)
         if model.qtype and model.adapter is None:
             raise RunError(f"--init-from {cfg.init_from} is quantized ({model.qtype}): only a "

@@ -29,6 +29,9 @@ class TrainConfig:
     model, tokenizer and vocab_size are not used);
     lora_rank: train a LoRA adapter of this rank on the init_from model, its weights frozen
     (sllm.lora; lora_alpha default 2 * rank, lora_targets default "all", lora_dropout 0);
+    lora_tokens: "auto" (default: the byte-fallback tokens of the corpus, which the base's
+    vocabulary lacks), "none" or a comma list of token ids whose embedding (and head) rows
+    the adapter trains (sllm.lora_tokens);
     max_memory: the memory budget ("8G", "512M"; default: what the machine has available);
     recompute: activation checkpointing (SLLM.recompute: the same steps in less memory, for
     about one more forward per step).
@@ -75,6 +78,7 @@ class TrainConfig:
     lora_alpha: float | None = None
     lora_targets: str | None = None
     lora_dropout: float | None = None
+    lora_tokens: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,9 +94,10 @@ class TrainConfig:
 
     def lora_config(self) -> Any:
         """The run's sllm.lora.LoraConfig, or None for a run that trains every weight."""
+        from . import lora_tokens
         from .lora import LoraConfig
         extras = {"lora_alpha": self.lora_alpha, "lora_targets": self.lora_targets,
-                  "lora_dropout": self.lora_dropout}
+                  "lora_dropout": self.lora_dropout, "lora_tokens": self.lora_tokens}
         if self.lora_rank is None:
             if given := [k for k, v in extras.items() if v is not None]:
                 raise ConfigError(f"{given[0]} needs lora_rank (--lora-rank): it sets up a "
@@ -101,6 +106,8 @@ class TrainConfig:
         if self.init_from is None:
             raise ConfigError("lora_rank trains an adapter on a base model: give the base with "
                               "init_from (sllm finetune MODEL, or --init-from MODEL)")
+        if self.lora_tokens is not None:
+            lora_tokens.parse_option(self.lora_tokens)
         # None means "not given"; an empty --lora-targets "" is a mistake LoraConfig names
         targets = "all" if self.lora_targets is None else self.lora_targets
         return LoraConfig(self.lora_rank, self.lora_alpha, targets,

@@ -245,3 +245,53 @@ def test_fuzzed_adapter_files_raise_format_error_only(tmp_path):
         except sllm.LoraError:  # a mutated fingerprint: the right refusal for another base
             pass
     assert loaded < FUZZ_RUNS // 2
+
+
+def test_lora_tokens_auto_trains_the_rows_of_characters_the_base_lacks(base):
+    """The base's corpus has no ';' '~' '|': the fine-tune corpus spells them in byte-
+    fallback pieces, whose rows --lora-tokens auto (the default) trains; merge and
+    --adapter agree; none trains no rows; a bad list is a one-line error."""
+    (base / "odd.txt").write_text("the pirate; sails ~ the sea | and the parrot sings . " * 150)
+    code, out = run("finetune", base / "base", "--corpus", base / "odd.txt", "--out",
+                    base / "tok", "--steps", 12, "--batch-size", 4, "--warmup", 0,
+                    "--eval-every", 6, "--eval-batches", 2, "--backend", "numpy", "-q")
+    assert code == 0, out
+    model = sllm.load(base / "base" / "model.sllm", backend="numpy")
+    adapter = Adapter.load(base / "tok" / "adapter.sllm", model)
+    tok = sllm.tokenizer.from_dict(model.tokenizer)
+    spelled = [tok.token_bytes(i) for i in adapter.token_ids]  # byte pieces only
+    assert {b";", b"|", b"~"} <= set(spelled) and all(len(s) == 1 for s in spelled)
+    rows = adapter.tensors["wte.token_rows"]
+    assert np.abs(rows - model.parameters()["wte"][adapter.token_ids]).max() > 1e-3
+    code, merged = run("merge", base / "base", base / "tok" / "adapter.sllm", "-o",
+                       base / "tok.sllm")
+    assert code == 0, merged
+    ppl = []
+    attach = ("--adapter", base / "tok" / "adapter.sllm")
+    for m, more in ((base / "tok.sllm", ()), (base / "base", attach)):
+        code, out = run("eval", m, "--corpus", base / "odd.txt", "--backend", "numpy", *more)
+        assert code == 0, out
+        ppl.append(float(out.split("perplexity ")[1].split()[0]))
+    assert ppl[0] == pytest.approx(ppl[1], rel=1e-4)
+    code, out = finetune(base, "notok", "--lora-tokens", "none")
+    assert code == 0 and not Adapter.load(base / "notok" / "adapter.sllm").token_ids, out
+    code, out = finetune(base, "badtok", "--lora-tokens", "3,99999")
+    assert code == 1 and "--lora-tokens): token id 99999 is not an integer in [0, " in " ".join(out.split())
+
+
+def test_a_resumed_run_with_token_rows_equals_an_uninterrupted_one(base):
+    (base / "odd2.txt").write_text("the pirate; sails ~ the sea | and the parrot sings . " * 150)
+    same = ("--corpus", base / "odd2.txt", "--schedule", "constant", "--warmup", 0,
+            "--batch-size", 4, "--eval-every", 6, "--eval-batches", 2, "--backend", "numpy", "-q")
+    assert run("finetune", base / "base", "--out", base / "rw", "--steps", 12, *same)[0] == 0
+    assert run("finetune", base / "base", "--out", base / "rp", "--steps", 6, *same)[0] == 0
+    code, out = run("train", "--resume", base / "rp", "--steps", 12, "-q")
+    assert code == 0, out
+    cfg = json.loads((base / "rp" / "train_config.json").read_text())
+    assert cfg["lora_tokens"] != "none"  # auto, resolved and recorded
+    losses = [[json.loads(x)["loss"] for x in (base / d / "metrics.jsonl").read_text().splitlines()]
+              for d in ("rw", "rp")]
+    assert losses[0] == losses[1]
+    a, b = (Adapter.load(base / d / "adapter.sllm") for d in ("rw", "rp"))
+    assert a.token_ids == b.token_ids and np.array_equal(a.tensors["wte.token_rows"],
+                                                         b.tensors["wte.token_rows"])

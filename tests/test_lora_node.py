@@ -313,3 +313,19 @@ return out;
     assert got["other base"] == f"LoraError: {refused.value}"
     assert got["a model"].startswith("FormatError: f: not a LoRA adapter")
     assert got["attached"] is None  # a refused adapter leaves the base as it was
+
+
+def test_an_adapter_with_token_rows_is_refused_in_one_line(models, tmp_path):
+    """The browser does not apply trainable token rows (sllm/lora_tokens.py): it says so
+    and how to go on (merge first), and the base stays as it was."""
+    py = sllm.load(models["gpt2"], backend="numpy")
+    Adapter.create(py, LoraConfig(rank=2), seed=1, token_ids=[3, 7]).save(tmp_path / "t.sllm")
+    got = run_node("""
+const m = await web.loadModel(args[0], "scalar");
+try { await m.loadAdapter(await web.bytes(args[1]), {name: "t"}); return "ok"; }
+catch (e) { return [e.name + ": " + e.message, m.adapter]; }
+""", str(models["gpt2"]), str(tmp_path / "t.sllm"))
+    assert got[0] == ("FormatError: t: this adapter has trainable token rows (token_ids), which "
+                      "the browser does not apply; merge it into its base (sllm merge) and load "
+                      "the merged model")
+    assert got[1] is None

@@ -213,6 +213,9 @@ export class Adapter {
     } catch (e) {
       throw new FormatError(`${name}: adapter metadata: ${e.message}`);
     }
+    if (meta.token_ids !== undefined) {
+      throw new FormatError(`${name}: this adapter has trainable token rows (token_ids), which the browser does not apply; merge it into its base (sllm merge) and load the merged model`);
+    }
     const own = {};
     for (const target of targets) {
       const shape = weightShape(baseConfig, target);
