@@ -67,17 +67,23 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
                             preexec_fn=lambda: _start_job(me))
 
     forwarded: list[int] = []
+    signalled: set[int] = set()
+
+    def pass_on() -> None:
+        # Again at every poll: a rank that mpiexec starts after the signal gets it too.
+        for pid in [proc.pid, *descendants(proc.pid)]:  # mpiexec keeps them blocked
+            if forwarded and pid not in signalled and proc.poll() is None:
+                signalled.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, forwarded[0])
 
     def forward(signum: int, frame: Any) -> None:
         forwarded.append(signum)
-        if proc.poll() is None:
-            for pid in [proc.pid, *descendants(proc.pid)]:  # mpiexec keeps them blocked
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signum)
+        pass_on()
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
-        code = _wait_or_kill(proc, forwarded)
+        code = _wait_or_kill(proc, forwarded, pass_on)
         if code < 0:
             return 128 - code  # killed by signal N: the shell's 128 + N
         if forwarded and code != 0:
@@ -112,7 +118,8 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int]) -> int:
+def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int],
+                  pass_on: Callable[[], None] = lambda: None) -> int:
     """Wait for the job; once a signal was forwarded, give it FORWARD_GRACE_S to stop (a
     step and a checkpoint), then SIGKILL its whole process group: a rank still in MPI_Init
     holds the GIL and never runs its handler, and mpiexec would wait for it forever."""
@@ -122,6 +129,7 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int]) -> int:
             return proc.wait(timeout=POLL_S)
         except subprocess.TimeoutExpired:
             pass
+        pass_on()
         if forwarded and since is None:
             since = time.monotonic()
         if since is not None and time.monotonic() - since > FORWARD_GRACE_S:

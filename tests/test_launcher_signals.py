@@ -313,3 +313,23 @@ def test_descendants_are_found_through_the_process_tree():
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def test_a_process_the_job_starts_after_the_signal_gets_it_too(capsys):
+    # A signal at 0.5 s reached mpiexec before its ranks existed, and no rank ever got it
+    # (the job ran on until the test gave up): the launcher passes it on at every poll.
+    late = ("import os, signal, time; "
+            "signal.signal(signal.SIGINT, lambda *a: os._exit(11)); "
+            "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); time.sleep(600)")
+    starter = ("import subprocess, sys, time; time.sleep(1); "  # keeps the signals blocked
+               "sys.exit(subprocess.call([sys.executable, '-c', sys.argv[1]]))")
+    job = [sys.executable, "-c", starter, late]
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        code = jobcontrol.run_owned(job, dict(os.environ))
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGINT and time.monotonic() - t0 < 30
+    assert "the job ended on SIGINT (status 11)" in capsys.readouterr().err
