@@ -34,6 +34,7 @@ def main() -> None:
     for s, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(s, _exit_early)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, EARLY)  # a rank's launcher blocked them
     import typer
 
     from .cli import app

@@ -144,10 +144,13 @@ class MPIGroup(Group):
         self.comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
-        """MPI Abort: mpiexec ends every rank of the job."""
+        """MPI Abort: mpiexec ends every rank of the job. Never returns."""
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)
+        # MPI_Abort was seen to return under a signal to both ranks (SIGTERM at 1.2 s): the
+        # caller would go on with no result and print a TypeError traceback. End here.
+        os._exit(code)
 
     # ---- broadcasting from rank 0 ------------------------------------------------------
     def bcast_json(self, obj: Any) -> Any:

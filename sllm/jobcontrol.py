@@ -4,8 +4,9 @@ job, and the job's processes end when the launcher is gone.
 Launcher side (`run_owned`): the child (mpiexec, or the one training process for
 `--ranks 1`) runs in a session of its own, so that a terminal's Ctrl-C reaches it once,
 through the launcher, not twice. SIGINT and SIGTERM to the launcher are passed on to it
-(mpiexec passes both on to every rank). On Linux the child also gets SIGTERM when the
-launcher dies (PR_SET_PDEATHSIG), and the launcher's pid travels in LAUNCHER_ENV. A job that
+and every process below it, each rank included; the job starts with both blocked (mpiexec keeps them
+blocked, and a rank unblocks them once its handler is set). On Linux the child also gets
+SIGTERM when the launcher dies (PR_SET_PDEATHSIG), and the launcher's pid travels in LAUNCHER_ENV. A job that
 has not stopped FORWARD_GRACE_S after a forwarded signal is SIGKILLed, process group and all.
 
 Rank side (`owned_by_launcher`): a rank's parent is mpiexec's proxy, not the launcher, so a
@@ -47,7 +48,9 @@ FORWARD_GRACE_S = 60.0  # after a forwarded SIGINT/SIGTERM: time to stop before 
 REAPER_MARGIN_S = 5.0  # the reaper's SIGKILL comes this long after the watchdog's exit was due
 # $1 launcher pid, $2 rank pid, $3 seconds: wait for the launcher to go (or the rank to end),
 # give the rank $3 seconds, then SIGKILL it.
-REAPER_SH = ('while kill -0 "$1" 2>/dev/null; do kill -0 "$2" 2>/dev/null || exit 0; sleep 0.5; '
+# It ignores INT and TERM: it is in the job's process group, which the launcher signals.
+REAPER_SH = ("trap '' INT TERM; "
+             'while kill -0 "$1" 2>/dev/null; do kill -0 "$2" 2>/dev/null || exit 0; sleep 0.5; '
              'done; sleep "$3"; kill -KILL "$2" 2>/dev/null; exit 0')
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
@@ -61,14 +64,16 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
     _prctl()  # found before the fork: the child must not run ldconfig between fork and exec
     env = dict(env, **{LAUNCHER_ENV: f"{me}:{runlock.proc_start(me) or 0}"})
     proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
-                            preexec_fn=lambda: _die_with_parent(me))
+                            preexec_fn=lambda: _start_job(me))
 
     forwarded: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
         forwarded.append(signum)
         if proc.poll() is None:
-            os.kill(proc.pid, signum)
+            for pid in [proc.pid, *descendants(proc.pid)]:  # mpiexec keeps them blocked
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
@@ -85,6 +90,26 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def descendants(root: int) -> list[int]:
+    """The pids below `root` in the process tree (from /proc; none where there is none).
+    mpiexec's proxies run in sessions of their own, so the job's process group does not
+    hold the ranks: the tree does."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    with open(f"/proc/{entry.name}/stat") as f:
+                        ppid = int(f.read().rpartition(")")[2].split()[1])
+                    children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int]) -> int:
@@ -107,6 +132,16 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             return proc.wait()
+
+
+def _start_job(parent: int) -> None:
+    """In the job's first process, before exec: SIGINT and SIGTERM blocked, a mask that
+    mpiexec and its proxies keep and every rank inherits. A rank unblocks them once its
+    handler is set (sllm._entry), so a signal in its interpreter's start waits for the
+    handler instead of raising KeyboardInterrupt wherever it lands; the launcher signals
+    each process of the job itself, not through mpiexec, which never sees them."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    _die_with_parent(parent)
 
 
 def _die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:

@@ -156,8 +156,8 @@ def launch(ranks: int, args: list[str], threads: int | None = None) -> int:
     """Run `sllm <args>` on `ranks` local ranks under mpiexec; returns its exit status.
 
     Each rank gets `threads` threads (default cores // ranks). This process owns the job
-    (sllm.jobcontrol): Ctrl-C or SIGTERM to it reaches the ranks through mpiexec, which
-    forwards both: they agree to stop after the current step, and rank 0 writes the
+    (sllm.jobcontrol): Ctrl-C or SIGTERM to it reaches every rank (the launcher signals
+    each process of the job): they agree to stop after the current step, and rank 0 writes the
     checkpoint. If this process is killed, the ranks stop within seconds."""
     if ranks < 1:
         raise DistributedError(f"--ranks must be >= 1 or 'auto', got {ranks}")

@@ -210,7 +210,8 @@ def test_a_job_that_fails_on_the_forwarded_signal_ends_as_that_signal(capsys):
     # mpiexec's own status for ranks stopped while they started varied (1, 11, N), with
     # no word on stderr: the launcher says what happened and exits as the shell would.
     odd = ("import os, signal, time; "
-           "signal.signal(signal.SIGINT, lambda *a: os._exit(11)); time.sleep(600)")
+           "signal.signal(signal.SIGINT, lambda *a: os._exit(11)); "
+           "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); time.sleep(600)")
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -281,3 +282,34 @@ def test_sigterm_while_the_run_is_prepared_releases_the_lock(tmp_path, ranks):
     assert "Traceback" not in out + errs, errs
     assert not lock.exists(), ("run.lock outlived the run", out, errs, lock.read_text())
     assert not (tmp_path / "run" / "metrics.jsonl").exists(), "the signal came too late"
+
+
+def test_a_signal_while_the_job_starts_waits_for_its_handler(capsys):
+    # The job starts with SIGINT blocked (a rank's interpreter start, 1.5 s here): the
+    # signal waits until the job has set its handler and unblocked it, as sllm._entry
+    # does, instead of raising KeyboardInterrupt (status 1) wherever it lands.
+    slow = ("import time; time.sleep(1.5); import os, signal; "
+            "signal.signal(signal.SIGINT, lambda *a: os._exit(11)); "
+            "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); time.sleep(600)")
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code = jobcontrol.run_owned([sys.executable, "-c", slow], dict(os.environ))
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGINT
+    assert "the job ended on SIGINT (status 11)" in capsys.readouterr().err
+
+
+def test_descendants_are_found_through_the_process_tree():
+    child = subprocess.Popen(["/bin/sh", "-c", "sleep 30 & wait"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not jobcontrol.descendants(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kids = jobcontrol.descendants(child.pid)
+        assert len(kids) == 1 and child.pid not in kids
+        assert child.pid in jobcontrol.descendants(os.getpid())
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
