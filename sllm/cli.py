@@ -216,8 +216,10 @@ def _describe_run(trainer: Any) -> None:
     m, d = trainer.model, trainer.data
     ranks = _ranks_note()
     lora = m.adapter
+    rows = len(lora.adapter.token_ids) if lora is not None else 0
+    rows_note = f" and the rows of {rows} tokens (--lora-tokens)" if rows else ""
     trains = "" if lora is None else (f" (LoRA rank {lora.adapter.config.rank} on "
-                                      f"{len(lora.adapter.targets)} weights trains "
+                                      f"{len(lora.adapter.targets)} weights{rows_note} trains "
                                       f"{lora.num_parameters():,} of them)")
     term.print(f"model: {m.num_parameters():,} parameters{trains}, backend {m.backend.name}{ranks}; "
               f"tokenizer {trainer.tok.kind} ({trainer.tok.vocab_size} ids); "

@@ -254,8 +254,9 @@ def test_lora_tokens_auto_trains_the_rows_of_characters_the_base_lacks(base):
     (base / "odd.txt").write_text("the pirate; sails ~ the sea | and the parrot sings . " * 150)
     code, out = run("finetune", base / "base", "--corpus", base / "odd.txt", "--out",
                     base / "tok", "--steps", 12, "--batch-size", 4, "--warmup", 0,
-                    "--eval-every", 6, "--eval-batches", 2, "--backend", "numpy", "-q")
+                    "--eval-every", 6, "--eval-batches", 2, "--backend", "numpy")
     assert code == 0, out
+    assert "tokens (--lora-tokens) trains" in " ".join(out.split())
     model = sllm.load(base / "base" / "model.sllm", backend="numpy")
     adapter = Adapter.load(base / "tok" / "adapter.sllm", model)
     tok = sllm.tokenizer.from_dict(model.tokenizer)
