@@ -1,5 +1,6 @@
 """Shared fixtures: the backends under test, small configs, and installing a fake plugin."""
 import os
+import signal
 import tempfile
 import textwrap
 
@@ -8,6 +9,12 @@ import pytest
 
 import sllm
 from sllm import backends
+
+# A shell without job control starts background commands (`make test &`) with SIGINT ignored, and
+# an ignored signal stays ignored across exec: the tests that send SIGINT to a child would see it
+# ignored. A handled signal resets to the default on exec, so give this process a handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_configure(config):
