@@ -49,8 +49,12 @@ REAPER_MARGIN_S = 5.0  # the reaper's SIGKILL comes this long after the watchdog
 # $1 launcher pid, $2 rank pid, $3 seconds: wait for the launcher to go (or the rank to end),
 # give the rank $3 seconds, then SIGKILL it.
 # It ignores INT and TERM: it is in the job's process group, which the launcher signals.
+# A launcher that is a zombie (killed, not yet reaped) counts as gone: kill -0 still finds it.
 REAPER_SH = ("trap '' INT TERM; "
-             'while kill -0 "$1" 2>/dev/null; do kill -0 "$2" 2>/dev/null || exit 0; sleep 0.5; '
+             'gone() { kill -0 "$1" 2>/dev/null || return 0; '
+             's=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*") "}; '
+             'case $s in Z*|X*) return 0;; esac; return 1; }; '
+             'until gone "$1"; do kill -0 "$2" 2>/dev/null || exit 0; sleep 0.5; '
              'done; sleep "$3"; kill -KILL "$2" 2>/dev/null; exit 0')
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
@@ -121,7 +125,7 @@ def descendants(root: int) -> list[int]:
 def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int],
                   pass_on: Callable[[], None] = lambda: None) -> int:
     """Wait for the job; once a signal was forwarded, give it FORWARD_GRACE_S to stop (a
-    step and a checkpoint), then SIGKILL its whole process group: a rank still in MPI_Init
+    step and a checkpoint), then SIGKILL every process of it: a rank still in MPI_Init
     holds the GIL and never runs its handler, and mpiexec would wait for it forever."""
     since: float | None = None
     while True:
@@ -137,6 +141,11 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int],
             print(f"sllm: the job did not stop within {FORWARD_GRACE_S:g} s of {name}; "
                   "killing it (a later --resume starts from its last checkpoint)",
                   file=sys.stderr, flush=True)
+            # The ranks first, found while mpiexec still parents them: they are not in its
+            # process group (its proxies run in sessions of their own).
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             return proc.wait()

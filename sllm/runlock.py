@@ -141,11 +141,20 @@ def _me() -> dict[str, Any]:
 
 def proc_start(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first); None off Linux
+    or when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
 
 
@@ -158,13 +167,17 @@ def _alive(owner: dict[str, Any]) -> bool:
 
 def process_alive(pid: int, start: int | None) -> bool:
     """True while process `pid` runs and is the process that started at `start` (None:
-    unknown), so that a reused pid is not taken for its dead owner."""
+    unknown), so that a reused pid is not taken for its dead owner. A zombie is dead: a
+    supervisor that SIGKILLs `sllm train` and never waits for it leaves one for good."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # exited, not yet reaped by its parent: it holds nothing any more
     now = proc_start(pid)
     return start is None or now is None or now == start
 

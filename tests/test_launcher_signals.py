@@ -189,16 +189,62 @@ def test_reaper_kills_a_rank_whose_watchdog_cannot_run():
     assert 0.5 + jobcontrol.REAPER_MARGIN_S - 1 < took < 0.5 + jobcontrol.REAPER_MARGIN_S + 10
 
 
+def test_a_zombie_launcher_is_gone():
+    # Seen in the signal sweep: a supervisor SIGKILLed `sllm train --ranks 2` and then
+    # waited on its pipes, which the ranks held, so it never reaped the launcher. kill -0
+    # finds a zombie: the watchdog and the reaper waited for it for good.
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    start = runlock.proc_start(launcher.pid)
+    launcher.kill()
+    deadline = time.monotonic() + 10
+    while _running(launcher.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert Path(f"/proc/{launcher.pid}/stat").exists()  # not reaped: a zombie
+    assert not jobcontrol.alive(launcher.pid, start)
+    rank = subprocess.Popen([sys.executable, "-c", _HOLDS_THE_GIL, str(launcher.pid)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rank.communicate(timeout=0.5 + jobcontrol.REAPER_MARGIN_S + TIMEOUT)
+    finally:
+        launcher.wait()
+    assert rank.returncode == -signal.SIGKILL
+
+
+_IGNORE_SIGNALS = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                   "signal.signal(signal.SIGTERM, signal.SIG_IGN); ")
+_DEAF = _IGNORE_SIGNALS + "import time; time.sleep(600)"
+
+
+def test_the_grace_kill_reaches_ranks_outside_the_jobs_process_group(monkeypatch, capsys, tmp_path):
+    # mpiexec's proxies run in sessions of their own: killing mpiexec's process group after
+    # the grace left a rank stuck in MPI_Init running, with mpiexec waiting for it.
+    monkeypatch.setattr(jobcontrol, "FORWARD_GRACE_S", 1.0)
+    pidfile = tmp_path / "rank.pid"
+    job = (_IGNORE_SIGNALS + "import subprocess, sys; "
+           f"r = subprocess.Popen([sys.executable, '-c', {_DEAF!r}], start_new_session=True); "
+           f"open({str(pidfile)!r}, 'w').write(str(r.pid)); r.wait()")
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = jobcontrol.run_owned([sys.executable, "-c", job], dict(os.environ))
+    finally:
+        timer.cancel()
+    assert code == 128 + signal.SIGKILL
+    rank = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while _running(rank) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(rank)
+
+
 def test_a_job_that_ignores_the_forwarded_signal_is_killed(monkeypatch, capsys):
     # As a rank stuck in MPI_Init does: the launcher must not wait for it forever.
     monkeypatch.setattr(jobcontrol, "FORWARD_GRACE_S", 1.0)
-    deaf = ("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     t0 = time.monotonic()
     try:
-        code = jobcontrol.run_owned([sys.executable, "-c", deaf], dict(os.environ))
+        code = jobcontrol.run_owned([sys.executable, "-c", _DEAF], dict(os.environ))
     finally:
         timer.cancel()
     assert code == 128 + signal.SIGKILL
