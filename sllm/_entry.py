@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 TYPE_CHECKING = False  # not typing's: every import here widens the window signals hit
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ def main() -> None:
     for s, handler in previous.items():
         if handler is not signal.SIG_IGN:
             signal.signal(s, _exit_early)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, EARLY)  # a rank's launcher blocked them
+    if not _joins_a_job():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, EARLY)  # a rank's launcher blocked them
     import typer
 
     from .cli import app
@@ -43,3 +45,10 @@ def main() -> None:
         signal.signal(s, handler if handler is not None else signal.SIG_DFL)
     command(prog_name="sllm")  # click turns a KeyboardInterrupt into "Aborted!", status 1
 
+
+def _joins_a_job() -> bool:
+    """True in a process of `sllm train --ranks N`'s job (the launcher set SLLM_LAUNCHER,
+    see sllm.jobcontrol): there SIGINT and SIGTERM stay blocked, as the launcher started it,
+    until the rank has joined the job (`jobcontrol.accept_signals`). A rank that a signal
+    ended while starting left its peers waiting in MPI's init for good, holding the GIL."""
+    return bool(os.environ.get("SLLM_LAUNCHER")) and sys.argv[1:2] == ["train"]

@@ -183,6 +183,7 @@ def train(
         raise SLLMError("--overwrite starts a new run; it cannot be combined with --resume")
 
     def run() -> tuple[Any, Any]:
+        jobcontrol.accept_signals()  # a rank has joined its job: a signal now ends it whole
         trainer = None
         if group.is_root and resume:
             from_file = training.TrainConfig.read_overrides(train_config) if train_config else {}

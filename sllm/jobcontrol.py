@@ -5,7 +5,7 @@ Launcher side (`run_owned`): the child (mpiexec, or the one training process for
 `--ranks 1`) runs in a session of its own, so that a terminal's Ctrl-C reaches it once,
 through the launcher, not twice. SIGINT and SIGTERM to the launcher are passed on to it
 and every process below it, each rank included; the job starts with both blocked (mpiexec keeps them
-blocked, and a rank unblocks them once its handler is set). On Linux the child also gets
+blocked, and a rank unblocks them once it has joined the job: `accept_signals`). On Linux the child also gets
 SIGTERM when the launcher dies (PR_SET_PDEATHSIG), and the launcher's pid travels in LAUNCHER_ENV. A job that
 has not stopped FORWARD_GRACE_S after a forwarded signal is SIGKILLed, process group and all.
 
@@ -153,9 +153,9 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int],
 
 def _start_job(parent: int) -> None:
     """In the job's first process, before exec: SIGINT and SIGTERM blocked, a mask that
-    mpiexec and its proxies keep and every rank inherits. A rank unblocks them once its
-    handler is set (sllm._entry), so a signal in its interpreter's start waits for the
-    handler instead of raising KeyboardInterrupt wherever it lands; the launcher signals
+    mpiexec and its proxies keep and every rank inherits. A rank unblocks them once it has
+    joined the job (`accept_signals`, past MPI's init), so a signal in its start waits
+    instead of ending one rank while its peers wait for it in MPI's init; the launcher signals
     each process of the job itself, not through mpiexec, which never sees them."""
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     _die_with_parent(parent)
@@ -192,6 +192,14 @@ def interrupt_on_sigterm() -> None:
     removed. While it trains, the trainer takes SIGTERM over (a graceful stop)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def accept_signals() -> None:
+    """In a process of a launched job, once it has joined the job (under MPI: past MPI's
+    init, inside `distributed.guarded`): unblock SIGINT and SIGTERM, which the launcher
+    started it with blocked (sllm._entry keeps them so). A signal that came while it started
+    is delivered now, and ends the job through MPI Abort instead of leaving a peer stuck."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
