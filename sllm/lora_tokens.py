@@ -165,8 +165,9 @@ class TokenRows:
 
 class TokenHead:
     """The output head while token rows are attached: the base weight, and the rows that
-    SLLM._matmul / _matmul_bwd add after the base matmul."""
+    SLLM._matmul / _matmul_bwd add after the base matmul (a TokenRows, or a serving
+    AdapterBank adding each row's adapter's rows: forward only)."""
 
-    def __init__(self, base: np.ndarray | QTensor, rows: TokenRows):
+    def __init__(self, base: np.ndarray | QTensor, rows: Any):
         self.base: np.ndarray | QTensor = base
         self.rows = rows
