@@ -21,7 +21,7 @@ from .init import initialize
 from .layout import EMBEDDINGS, Layout, head_name, parameter_shapes
 from .lora import Adapter, Attached, LoraError, LoraWeight
 from .lora_bank import RoutedWeight
-from .lora_tokens import TokenHead
+from .lora_tokens import TokenHead, TokenRows
 from .quant import QTensor, bytes_per_row
 from .validate import check_int
 
@@ -566,6 +566,7 @@ class SLLM:
             return
         if isinstance(weight, TokenHead):
             self._frozen_bwd(dinp, dout, weight.base, trans_w)
+            assert isinstance(weight.rows, TokenRows)  # served rows are never trained
             weight.rows.head_bwd(dinp, dout, inp)
             return
         if not isinstance(weight, LoraWeight):
