@@ -8,6 +8,9 @@ s * (x @ A) @ B, s = alpha / r. Both targets use the same math with the factors 
 - PEFT: "base_model.model.<module>.lora_A.weight" = A^T (r, in) and ".lora_B.weight" =
   B^T (out, r), PEFT's nn.Linear layouts, for GPT-2's Conv1D modules (fan_in_fan_out) as
   for llama's nn.Linear; adapter_config.json carries r, lora_alpha and the target modules.
+  Trainable token rows go out as PEFT's trainable_token_indices: the full rows under
+  "<embedding module>.token_adapter.trainable_tokens_delta" (a tied GPT-2 head follows
+  its wte), and llama's untied lm_head's rows under "lm_head.token_adapter...".
 - llama.cpp (convert_lora_to_gguf.py's layout): "<GGUF base tensor>.lora_a" = A^T, ggml ne
   [in, r], and ".lora_b" = B^T, ne [r, out]; llama.cpp checks them against its base tensor
   (ne [in, out]) and scales by adapter.lora.alpha / r.
@@ -36,6 +39,7 @@ from .gguf_file import gguf_name
 from .gguf_llama import half_to_interleaved, llama_gguf_name
 from .hf import hf_name
 from .hf_llama import qkv_split
+from .lora_tokens import SUFFIX, row_owners
 
 if TYPE_CHECKING:
     from .lora import Adapter
@@ -66,10 +70,6 @@ def adapted_weights(adapter: Adapter) -> Iterator[tuple[str, np.ndarray, np.ndar
     """(weight name, A (in, r), B (r, out)) per weight the adapter changes, under the name
     the weight has in the Hugging Face model: GPT-2's sllm names (sllm.hf adds
     "transformer."), llama's LlamaForCausalLM names, its fused qkv_proj split in three."""
-    if adapter.token_ids:
-        raise ExportError("this adapter has trainable token rows (token_ids), which this "
-                          "export does not write; merge it into its base (sllm merge) and "
-                          "export the merged model")
     cfg = adapter.base_config
     for name in adapter.targets:
         a, b = adapter.tensors[name + ".lora_a"], adapter.tensors[name + ".lora_b"]
@@ -105,7 +105,16 @@ def peft_config(adapter: Adapter, base_name: str = "") -> dict[str, Any]:
             "fan_in_fan_out": cfg.architecture != "llama",  # GPT-2's Conv1D keeps (in, out)
             "bias": "none", "use_rslora": False, "use_dora": False, "init_lora_weights": True,
             "modules_to_save": None, "inference_mode": True,
-            "base_model_name_or_path": base_name}
+            "base_model_name_or_path": base_name,
+            **({"trainable_token_indices": _token_indices(adapter)} if adapter.token_ids else {})}
+
+
+def _token_indices(adapter: Adapter) -> dict[str, list[int]]:
+    """PEFT's trainable_token_indices per layer name: the input embedding's (wte or
+    embed_tokens; a tied head follows it) and an untied lm_head's. (A bare list would mean
+    embed_tokens to PEFT, which GPT-2 lacks.)"""
+    cfg, ids = adapter.base_config, list(adapter.token_ids)
+    return {_module(o, cfg.architecture).rsplit(".", 1)[-1]: ids for o in row_owners(cfg)}
 
 
 def peft_tensors(adapter: Adapter, dtype: str = "f32") -> dict[str, np.ndarray]:
@@ -118,6 +127,10 @@ def peft_tensors(adapter: Adapter, dtype: str = "f32") -> dict[str, np.ndarray]:
         key = f"base_model.model.{_module(name, arch)}"
         out[f"{key}.lora_A.weight"] = np.ascontiguousarray(a.T, dtype=kind)
         out[f"{key}.lora_B.weight"] = np.ascontiguousarray(b.T, dtype=kind)
+    if adapter.token_ids:  # the rows themselves, as PEFT's TrainableTokensLayer holds them
+        for owner in row_owners(adapter.base_config):
+            key = f"base_model.model.{_module(owner, arch)}.token_adapter.trainable_tokens_delta"
+            out[key] = np.ascontiguousarray(adapter.tensors[owner + SUFFIX], dtype=kind)
     return out
 
 
@@ -143,6 +156,10 @@ def export_peft(adapter: Adapter, directory: str | os.PathLike[str], dtype: str 
 def gguf_lora_tensors(adapter: Adapter, dtype: str = "f32") -> dict[str, np.ndarray]:
     """{"<GGUF base tensor>.lora_a": A^T (r, in), ".lora_b": B^T (out, r)}: numpy shapes,
     ggml's ne reversed. Llama's q and k lora_b rows permuted as the base's q and k rows."""
+    if adapter.token_ids:
+        raise ExportError("this adapter has trainable token rows (token_ids), which the "
+                          "llama.cpp LoRA GGUF export does not write; merge it into its base "
+                          "(sllm merge) and export the merged model")
     kind = _check_dtype(dtype)
     cfg = adapter.base_config
     llama = cfg.architecture == "llama"

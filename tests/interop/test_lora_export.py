@@ -40,20 +40,25 @@ def text():
     return generate_corpus(20_000, seed=7)
 
 
-def base_and_adapter(arch, kv, targets, text):
+def base_and_adapter(arch, kv, targets, text, tokens=0, tie=False):
+    """A random base, an adapter on it with random B (and `tokens` trainable token rows,
+    random, for ids the text holds), the text's ids."""
     tok = tokenizers.train("char", text, None)
     extra = {"architecture": "llama", "num_kv_heads": kv, "rope_theta": 5000.0} \
         if arch == "llama" else {}
     cfg = sllm.ModelConfig(vocab_size=tok.vocab_size, embedding_dim=64, num_layers=2,
-                           num_heads=4, ffn_hidden_dim=128, max_seq_len=96, dropout=0.0, **extra)
+                           num_heads=4, ffn_hidden_dim=128, max_seq_len=96, dropout=0.0,
+                           tie_embeddings=tie, **extra)
     model = sllm.SLLM(cfg, backend="numpy", seed=3)
     model.tokenizer = tok.to_dict()
-    adapter = Adapter.create(model, LoraConfig(rank=4, alpha=6.0, targets=targets), seed=2)
+    ids = tok.encode(text[:90])
+    adapter = Adapter.create(model, LoraConfig(rank=4, alpha=6.0, targets=targets), seed=2,
+                             token_ids=sorted(set(ids))[:tokens])
     rng = np.random.default_rng(5)
     for name, t in adapter.tensors.items():
-        if name.endswith(".lora_b"):
+        if name.endswith((".lora_b", ".token_rows")):
             t[...] = rng.normal(0.0, 0.3, t.shape)
-    return model.eval(), adapter, tok.encode(text[:90])
+    return model.eval(), adapter, ids
 
 
 def sllm_logits(model, adapter, ids):
@@ -65,9 +70,13 @@ def sllm_logits(model, adapter, ids):
     return base, adapted
 
 
-@pytest.mark.parametrize("arch,kv,targets", CASES)
-def test_peft_gives_sllm_adapter_logits(tmp_path, text, arch, kv, targets):
-    model, adapter, ids = base_and_adapter(arch, kv, targets, text)
+@pytest.mark.parametrize("arch,kv,targets,tokens,tie", [(*c, 0, False) for c in CASES]
+                         + [("gpt2", None, "attn", 5, True), ("gpt2", None, "mlp", 5, False),
+                            ("llama", 2, "mlp", 5, False)])
+def test_peft_gives_sllm_adapter_logits(tmp_path, text, arch, kv, targets, tokens, tie):
+    """With token rows too: PEFT's trainable_token_indices (a tied head following wte, an
+    untied lm_head's own rows)."""
+    model, adapter, ids = base_and_adapter(arch, kv, targets, text, tokens, tie)
     base, want = sllm_logits(model, adapter, ids)
     export_model(model, "hf", tmp_path / "base")
     export_adapter(adapter, "peft", tmp_path / "adapter", base_name="base")
@@ -78,7 +87,7 @@ def test_peft_gives_sllm_adapter_logits(tmp_path, text, arch, kv, targets):
     with torch.no_grad():
         got = peft_model(torch.tensor([ids])).logits[0].numpy()
     diff, moved = np.abs(got - want).max(), np.abs(want - base).max()
-    print(f"peft {arch} kv={kv} {targets}: max |logits diff| {diff:.2e} (adapter moved the "
+    print(f"peft {arch} kv={kv} {targets} rows={tokens} tied={tie}: max |logits diff| {diff:.2e} (adapter moved the "
           f"logits by {moved:.2f})")
     assert moved > 0.1
     assert diff <= 1e-4
