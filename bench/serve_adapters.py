@@ -3,6 +3,7 @@
 each adapter's rows their own delta) against 16 streams on the base alone.
 
     python bench/serve_adapters.py [--streams 16] [--adapters 4] [--tokens 96] [--rounds 6]
+                                   [--token-rows 0]
 
 The model is configs/small-model.json with random weights and a word vocabulary of
 tinyshakespeare (bench/serve_load.py's; speed does not depend on the weights' values); the
@@ -37,9 +38,10 @@ from sllm.lora_bank import AdapterBank
 from sllm.tokenizer import from_dict
 
 
-def random_adapter(model: Any, seed: int, rank: int) -> Adapter:
-    """Rank `rank` on every target, A and B random (B = 0 would skip nothing: same cost)."""
-    adapter = Adapter.create(model, LoraConfig(rank=rank), seed)
+def random_adapter(model: Any, seed: int, rank: int, token_ids: list[int]) -> Adapter:
+    """Rank `rank` on every target, A and B random (B = 0 would skip nothing: same cost),
+    and trainable token rows for `token_ids` (random too)."""
+    adapter = Adapter.create(model, LoraConfig(rank=rank), seed, token_ids=token_ids)
     rng = np.random.default_rng(seed)
     for t in adapter.tensors.values():
         t[...] = rng.standard_normal(t.shape).astype(np.float32) * 0.02
@@ -94,24 +96,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400, help="decode steps of the step-level A/B")
     ap.add_argument("--backend", default="cpp")
     ap.add_argument("--model", type=Path, help="a .sllm model (default: small-model, random)")
+    ap.add_argument("--token-rows", type=int, default=0,
+                    help="trainable token rows per adapter (the prompts' most frequent ids)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model or make_model(Path(tmp) / "small-model.sllm")
         base, served = (sllm.load(path, backend=args.backend) for _ in range(2))
     tok = from_dict(base.tokenizer)
+    ids = [encode_prompt(tok, t, warn=False) for t in prompts(args.streams)]
+    frequent = np.unique(np.concatenate(ids), return_counts=True)
+    rows = [int(i) for i in frequent[0][np.argsort(-frequent[1], kind="stable")][:args.token_rows]]
     bank = AdapterBank(served)
-    names = [bank.add(f"a{i}", random_adapter(served, i + 1, args.rank))
+    names = [bank.add(f"a{i}", random_adapter(served, i + 1, args.rank, rows))
              for i in range(args.adapters)]
     plain_engine = Engine(base, tok, max_batch=args.streams)
     lora_engine = Engine(served, tok, max_batch=args.streams, adapters=bank)
-    ids = [encode_prompt(tok, t, warn=False) for t in prompts(args.streams)]
     spread: list[Any] = [names[i % len(names)] for i in range(args.streams)]
     runs: dict[str, tuple[Engine, list[Any]]] = {"base": (plain_engine, [None] * args.streams),
                                                  "adapters": (lora_engine, spread)}
     rates: dict[str, list[float]] = {"base": [], "adapters": []}
     print(f"uptime before: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print(f"{args.streams} streams, {args.tokens} tokens each, {args.backend}; adapters: "
-          f"{args.adapters} x rank {args.rank} on {len(names[0].tensors)} weights\n")
+          f"{args.adapters} x rank {args.rank} on {len(names[0].tensors)} weights, "
+          f"{len(rows)} token rows each\n")
     print("| round | base tokens/s | 4 adapters tokens/s | ratio |")
     print("| ---: | ---: | ---: | ---: |")
     for engine in (plain_engine, lora_engine):

@@ -14,6 +14,12 @@ plus a gather and a scatter (measured: bench/serve_adapters.py). Before each for
 engine says which rows use which adapter (`route`): a prefill is one sequence (all its
 rows one adapter), a decode step one row per sequence.
 
+An adapter with trainable token rows (sllm/lora_tokens.py) keeps the shared base
+embedding and head too: the bank holds each such adapter's rows' difference from the base
+rows, adds it to the embedded input where a row's own adapter's ids occur
+(`embed_fwd`), and adds that row's hidden state times its adapter's head difference
+to the logit columns of its ids (`head_fwd`). Only those ids touch the rows.
+
 Removing an adapter (`retire`) takes its name away at once, so no new request can ask for
 it; the sequences already using it finish with it, and its tensors are freed when the
 last of them has left (`sweep`, on the engine thread).
@@ -29,6 +35,7 @@ import numpy as np
 
 from .errors import ConfigError, LoraError
 from .lora import Adapter, lora_delta
+from .lora_tokens import base_rows, row_names
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -57,7 +64,31 @@ class Served:
     adapter: Adapter
     tensors: dict[str, tuple[np.ndarray, np.ndarray]]
     scale: float
+    rows: ServedRows | None = None  # its trainable token rows, if it has any
     freed: bool = False  # its tensors are gone: no forward may use it
+
+
+@dataclass(eq=False)
+class ServedRows:
+    """A served adapter's token rows as differences from the base's rows: `embed` and
+    `head` (n, C) for the ids, `lookup` token id -> its row or -1."""
+
+    ids: np.ndarray
+    lookup: np.ndarray
+    embed: np.ndarray
+    head: np.ndarray
+
+    @classmethod
+    def of(cls, model: SLLM, adapter: Adapter) -> ServedRows:
+        """The rows of `adapter` against `model`'s (LoraError on a quantized embedding or
+        head: the base rows a merge would replace are not float)."""
+        ids = list(adapter.token_ids)
+        base = base_rows(model, ids)
+        names = row_names(model.config)
+        deltas = [np.asarray(adapter.tensors[n], np.float32) - base[n] for n in names]
+        lookup = np.full(model.config.vocab_size, -1, np.int64)
+        lookup[ids] = np.arange(len(ids))
+        return cls(np.asarray(ids, np.int64), lookup, deltas[0], deltas[-1])
 
 
 @dataclass(eq=False)
@@ -114,14 +145,11 @@ class AdapterBank:
         with self._lock:
             check_adapter_name(name, set(self.served) | set(taken))
         adapter.check_base(self.model)
-        if adapter.token_ids:
-            raise LoraError("this adapter has trainable token rows (token_ids), which served "
-                            "adapters do not apply; merge it into its base (sllm merge) and "
-                            "serve the merged model")
+        rows = ServedRows.of(self.model, adapter) if adapter.token_ids else None
         k = self.backend
         tensors = {t: (k.from_numpy(adapter.tensors[t + ".lora_a"]),
                        k.from_numpy(adapter.tensors[t + ".lora_b"])) for t in adapter.targets}
-        served = Served(name, adapter, tensors, adapter.scale)
+        served = Served(name, adapter, tensors, adapter.scale, rows)
         with self._lock:
             self.served[name] = served
         self._install()
@@ -178,6 +206,26 @@ class AdapterBank:
         lora_delta(self.backend, o, x, a, b, 1.0, self._buf("t", (len(o), a.shape[1])),
                    self._buf("d", o.shape), mask=self._mask(members, len(o)))
 
+    def _row_groups(self, n: int) -> list[tuple[ServedRows, np.ndarray]]:
+        """This forward's (token rows, batch rows using them) for the adapters with rows."""
+        return [(s.rows, np.arange(n) if rows is None else rows)
+                for s, rows in self.groups if s.rows is not None]
+
+    def embed_fwd(self, x0: np.ndarray, tokens: np.ndarray) -> None:
+        """x0 (B, T, C) += each batch row's adapter's row difference where its ids occur
+        in tokens (B, T)."""
+        for rows, batch in self._row_groups(len(tokens)):
+            j = rows.lookup[tokens[batch]]  # (b, T): the row of each position's id, or -1
+            b, t = np.nonzero(j >= 0)
+            if len(b):
+                x0[batch[b], t] += rows.embed[j[b, t]]
+
+    def head_fwd(self, logits: np.ndarray, h: np.ndarray) -> None:
+        """logits (B, T, V) columns of each batch row's adapter's ids += h (B, T, C) of
+        that row times its head rows' difference."""
+        for rows, batch in self._row_groups(len(logits)):
+            logits[np.ix_(batch, np.arange(logits.shape[1]), rows.ids)] += h[batch] @ rows.head.T
+
     def _mask(self, members: tuple[Served, ...], n: int) -> np.ndarray:
         """(n, sum of the members' ranks): row r holds its adapter's scale in that
         adapter's columns of the stack, zeros elsewhere (this forward's routing)."""
@@ -203,7 +251,8 @@ class AdapterBank:
             held = list(self.served.values()) + self.retiring
         targets = {t for s in held for t in s.tensors}
         self.model.route_weights({t: RoutedWeight(t, self._bases[t], self)
-                                  for t in sorted(targets)} or None)
+                                  for t in sorted(targets)} or None,
+                                 self if any(s.rows is not None for s in held) else None)
         self._release_scratch()
         for _, a, b in self.stacks.values():
             self.backend.free(a)

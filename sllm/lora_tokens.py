@@ -27,6 +27,7 @@ from .quant import QTensor
 from .tokenizer import BYTE_TOKENS
 
 if TYPE_CHECKING:
+    from .lora_bank import AdapterBank
     from .model import SLLM
 
 __all__ = ["TokenRows", "TokenHead", "row_names", "row_owners", "check_ids", "base_rows",
@@ -165,8 +166,9 @@ class TokenRows:
 
 class TokenHead:
     """The output head while token rows are attached: the base weight, and the rows that
-    SLLM._matmul / _matmul_bwd add after the base matmul."""
+    SLLM._matmul / _matmul_bwd add after the base matmul (a TokenRows, or a serving
+    AdapterBank adding each row's adapter's rows: forward only)."""
 
-    def __init__(self, base: np.ndarray | QTensor, rows: TokenRows):
+    def __init__(self, base: np.ndarray | QTensor, rows: TokenRows | AdapterBank):
         self.base: np.ndarray | QTensor = base
-        self.rows = rows
+        self.rows: TokenRows | AdapterBank = rows

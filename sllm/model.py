@@ -21,7 +21,7 @@ from .init import initialize
 from .layout import EMBEDDINGS, Layout, head_name, parameter_shapes
 from .lora import Adapter, Attached, LoraError, LoraWeight
 from .lora_bank import RoutedWeight
-from .lora_tokens import TokenHead
+from .lora_tokens import TokenHead, TokenRows
 from .quant import QTensor, bytes_per_row
 from .validate import check_int
 
@@ -127,6 +127,7 @@ class SLLM:
             self._p_layers = self._layers(self._params)
             self._g_layers = self._layers(self._grads)
             self._blocks = self._fused_blocks()
+        self._routed_rows: Any = None  # a serving AdapterBank whose adapters have token rows
         self._last_seed = 0
         self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
         self.metadata: dict[str, Any] = {}
@@ -282,14 +283,18 @@ class SLLM:
         self._blocks = self._fused_blocks()
         return attached.detach()
 
-    def route_weights(self, routed: Mapping[str, Any] | None) -> None:
+    def route_weights(self, routed: Mapping[str, Any] | None, rows: Any = None) -> None:
         """Serve several adapters at once (sllm.lora_bank): the RoutedWeights in `routed`
-        ({weight name: RoutedWeight}) stand in for those weights, and the fused decode
-        block is off as with an attached adapter; None restores the base's own."""
+        ({weight name: RoutedWeight}) stand in for those weights, `rows` (the bank, when an
+        adapter has token rows) adds each row's token rows as an attached adapter's
+        TokenRows would, and the fused decode block is off as with an attached adapter;
+        None restores the base's own."""
         if self.adapter is not None:
             raise LoraError("detach the attached adapter before serving adapters by name")
         self._p_layers = self._layers({**self._params, **self._qweights, **(routed or {})})
-        self._blocks = [None] * self.config.num_layers if routed else self._fused_blocks()
+        self._routed_rows = rows
+        self._blocks = [None] * self.config.num_layers if routed or rows else \
+            self._fused_blocks()
 
     def _freeze_grads(self) -> None:
         """Gradient buffers for the norms only (scratch for their backward kernels)."""
@@ -561,6 +566,7 @@ class SLLM:
             return
         if isinstance(weight, TokenHead):
             self._frozen_bwd(dinp, dout, weight.base, trans_w)
+            assert isinstance(weight.rows, TokenRows)  # served rows are never trained
             weight.rows.head_bwd(dinp, dout, inp)
             return
         if not isinstance(weight, LoraWeight):
@@ -602,13 +608,15 @@ class SLLM:
         token: no merged dict of every tensor)."""
         name = head_name(self.config)
         head = next(v[name] for v in views if name in v)
-        rows = self.adapter.tokens if self.adapter is not None else None
+        rows = self.adapter.tokens if self.adapter is not None else self._routed_rows
         return head if rows is None else TokenHead(head, rows)
 
     def _token_rows_fwd(self, a: Any) -> None:
-        """An attached adapter's token rows into the embedded input a.x0."""
-        if self.adapter is not None and self.adapter.tokens is not None:
-            self.adapter.tokens.embed_fwd(a.x0, a.tokens)
+        """An attached adapter's token rows (or served adapters', per row) into the
+        embedded input a.x0."""
+        rows = self.adapter.tokens if self.adapter is not None else self._routed_rows
+        if rows is not None:
+            rows.embed_fwd(a.x0, a.tokens)
 
     def _act_fwd(self, out: np.ndarray, inp: np.ndarray) -> None:
         kernel = self.backend.gelu_fwd if self.config.activation == "gelu" else self.backend.relu_fwd

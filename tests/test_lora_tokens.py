@@ -123,14 +123,13 @@ def test_training_moves_only_the_rows_and_the_base_stays_bit_unchanged(arch, tie
 
 
 def test_paths_that_cannot_apply_rows_refuse_them_in_one_line():
-    from sllm.errors import ExportError, LoraError
+    from sllm.errors import ExportError
     from sllm.export_lora import gguf_lora_tensors, peft_tensors
     from sllm.lora_bank import AdapterBank
     model, adapter = model_and_adapter("llama", False)
     for export in (peft_tensors, gguf_lora_tensors):
         with pytest.raises(ExportError, match="token rows.*merge it into its base"):
             export(adapter)
-    with pytest.raises(LoraError, match="token rows.*serve the merged model"):
-        AdapterBank(model).add("tok", adapter)
+    assert AdapterBank(model).add("tok", adapter).rows is not None  # served: test_serve_adapters
     with pytest.raises(ConfigError, match="float32 embedding"):
         Adapter.create(model.quantize("q8_0"), LoraConfig(rank=2), 0, token_ids=[1])

@@ -37,10 +37,11 @@ def base_model(arch, tok, backend="numpy"):
     return model.eval()
 
 
-def random_adapter(model, seed, targets="all", rank=4):
+def random_adapter(model, seed, targets="all", rank=4, token_ids=()):
     """An adapter whose B is not zero (a fresh one changes nothing), big enough to change
-    the greedy text."""
-    adapter = Adapter.create(model, LoraConfig(rank=rank, targets=targets), seed)
+    the greedy text (and its token rows, if it has any, the logits of their ids)."""
+    adapter = Adapter.create(model, LoraConfig(rank=rank, targets=targets), seed,
+                             token_ids=token_ids)
     rng = np.random.default_rng(seed)
     for t in adapter.tensors.values():
         t[...] = rng.standard_normal(t.shape) * 0.5
@@ -72,6 +73,21 @@ def test_mixed_batch_equals_each_merged_model(arch, tok, backend_name):
     model = base_model(arch, tok, backend_name)
     adapters = {"a": random_adapter(model, 1), "b": random_adapter(model, 2, "attn"),
                 "c": random_adapter(model, 3, "mlp", rank=2)}
+    references = {None: base_model(arch, tok, backend_name)}
+    for name, adapter in adapters.items():
+        references[name] = merge(base_model(arch, tok, backend_name), adapter)
+    check_mixed_batch(model, tok, adapters, references)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])  # a tied head, an untied lm_head
+def test_mixed_batch_with_token_rows_equals_each_merged_model(arch, tok, backend_name):
+    """Adapters with trainable token rows in the batch: each row's embedding and logits
+    use its own adapter's rows (the ids are the prompts' words and frequent answers)."""
+    model = base_model(arch, tok, backend_name)
+    ids = sorted({int(i) for p in PROMPTS for i in encode_prompt(tok, p, warn=False)})
+    adapters = {"a": random_adapter(model, 1, token_ids=ids[::2]),
+                "b": random_adapter(model, 2, "attn"),
+                "c": random_adapter(model, 3, "mlp", rank=2, token_ids=ids[1::3] + [5, 7])}
     references = {None: base_model(arch, tok, backend_name)}
     for name, adapter in adapters.items():
         references[name] = merge(base_model(arch, tok, backend_name), adapter)
