@@ -67,26 +67,34 @@ def run_owned(cmd: Sequence[str], env: dict[str, str]) -> int:
     me = os.getpid()
     _prctl()  # found before the fork: the child must not run ldconfig between fork and exec
     env = dict(env, **{LAUNCHER_ENV: f"{me}:{runlock.proc_start(me) or 0}"})
-    proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
-                            preexec_fn=lambda: _start_job(me))
-
     forwarded: list[int] = []
     signalled: set[int] = set()
+    job: list[subprocess.Popen[bytes]] = []
 
     def pass_on() -> None:
         # Again at every poll: a rank that mpiexec starts after the signal gets it too.
-        for pid in [proc.pid, *descendants(proc.pid)]:  # mpiexec keeps them blocked
-            if forwarded and pid not in signalled and proc.poll() is None:
-                signalled.add(pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, forwarded[0])
+        for proc in job:
+            for pid in [proc.pid, *descendants(proc.pid)]:  # mpiexec keeps them blocked
+                if forwarded and pid not in signalled and proc.poll() is None:
+                    signalled.add(pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, forwarded[0])
 
     def forward(signum: int, frame: Any) -> None:
         forwarded.append(signum)
         pass_on()
 
+    # Set before the job starts: a signal while it starts must reach it, not unwind this
+    # process (a SIGTERM there ended the launcher with status 130 and left the job to the
+    # ranks' watchdogs).
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
+        if forwarded:  # before any job: nothing to stop
+            return 128 + forwarded[0]
+        proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
+                                preexec_fn=lambda: _start_job(me))
+        job.append(proc)
+        pass_on()  # a signal that came while it started
         code = _wait_or_kill(proc, forwarded, pass_on)
         if code < 0:
             return 128 - code  # killed by signal N: the shell's 128 + N
