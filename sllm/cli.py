@@ -849,8 +849,10 @@ def export_cmd(model: str = typer.Argument(..., help="A .sllm model file or a ru
     check_adapter_format(to)  # before anything is read
     _output(output, model, base, overwrite=overwrite, kind=kind)
     base_path = _resolve_model(base or "")
-    adapter = Adapter.load(adapter_path, sllm.load(base_path, backend="numpy"))
-    term.print(export_adapter(adapter, to, output, dtype, Path(base or "").stem), highlight=False)
+    base_model = sllm.load(base_path, backend="numpy")
+    adapter = Adapter.load(adapter_path, base_model)
+    term.print(export_adapter(adapter, to, output, dtype, Path(base or "").stem, base_model),
+               highlight=False)
 
 
 def _adapter_file(source: str) -> Path | None:

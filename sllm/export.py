@@ -33,7 +33,7 @@ def export_model(model: Any, to: str, path: str | os.PathLike[str],
 
 
 def export_adapter(adapter: Any, to: str, path: str | os.PathLike[str], dtype: str = "f32",
-                   base_name: str = "") -> str:
+                   base_name: str = "", base: Any = None) -> str:
     """Write the LoRA `adapter` as `to` ("peft": a PEFT directory, "gguf": llama.cpp's LoRA
     GGUF) for its base exported --to hf / --to gguf; a one-line summary. The caller has
     checked the base (Adapter.load(path, base))."""
@@ -44,7 +44,7 @@ def export_adapter(adapter: Any, to: str, path: str | os.PathLike[str], dtype: s
     if to == "peft":
         files = export_peft(adapter, path, dtype, base_name)
         return f"wrote {', '.join(files)} to {path} (PEFT LoRA, rank {adapter.config.rank})"
-    count = export_lora_gguf(adapter, path, dtype, base_name)
+    count = export_lora_gguf(adapter, path, dtype, base_name, base)  # base: token rows' own
     return (f"wrote {path} ({os.path.getsize(path):,} bytes; llama.cpp LoRA adapter, "
             f"{count} tensors, rank {adapter.config.rank})")
 

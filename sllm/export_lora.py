@@ -39,10 +39,11 @@ from .gguf_file import gguf_name
 from .gguf_llama import half_to_interleaved, llama_gguf_name
 from .hf import hf_name
 from .hf_llama import qkv_split
-from .lora_tokens import SUFFIX, row_owners
+from .lora_tokens import SUFFIX, base_rows, row_owners
 
 if TYPE_CHECKING:
     from .lora import Adapter
+    from .model import SLLM
 
 ADAPTER_FORMATS = ("peft", "gguf")
 DTYPES = {"f32": np.float32, "f16": np.float16}
@@ -153,13 +154,16 @@ def export_peft(adapter: Adapter, directory: str | os.PathLike[str], dtype: str 
 
 
 # ---- llama.cpp's LoRA GGUF ---------------------------------------------------------------
-def gguf_lora_tensors(adapter: Adapter, dtype: str = "f32") -> dict[str, np.ndarray]:
+def gguf_lora_tensors(adapter: Adapter, dtype: str = "f32",
+                      base: SLLM | None = None) -> dict[str, np.ndarray]:
     """{"<GGUF base tensor>.lora_a": A^T (r, in), ".lora_b": B^T (out, r)}: numpy shapes,
-    ggml's ne reversed. Llama's q and k lora_b rows permuted as the base's q and k rows."""
-    if adapter.token_ids:
-        raise ExportError("this adapter has trainable token rows (token_ids), which the "
-                          "llama.cpp LoRA GGUF export does not write; merge it into its base "
-                          "(sllm merge) and export the merged model")
+    ggml's ne reversed. Llama's q and k lora_b rows permuted as the base's q and k rows.
+    Token rows need the `base` model (their difference from its rows)."""
+    if adapter.token_ids and adapter.base_config.tie_embeddings:
+        raise ExportError("this adapter has trainable token rows (token_ids) on a tied head, "
+                          "which llama.cpp's LoRA cannot encode (its token_embd LoRA layout "
+                          "does not fit the output matmul); merge it into its base (sllm "
+                          "merge) and export the merged model")
     kind = _check_dtype(dtype)
     cfg = adapter.base_config
     llama = cfg.architecture == "llama"
@@ -170,21 +174,46 @@ def gguf_lora_tensors(adapter: Adapter, dtype: str = "f32") -> dict[str, np.ndar
             bt = half_to_interleaved(bt, cfg.num_heads)
         elif llama and name.endswith("k_proj.weight"):
             bt = half_to_interleaved(bt, cfg.kv_heads)
-        base = llama_gguf_name(name) if llama else gguf_name(name)
-        out[base + ".lora_a"] = np.ascontiguousarray(a.T, dtype=kind)
-        out[base + ".lora_b"] = np.ascontiguousarray(bt, dtype=kind)
+        key = llama_gguf_name(name) if llama else gguf_name(name)
+        out[key + ".lora_a"] = np.ascontiguousarray(a.T, dtype=kind)
+        out[key + ".lora_b"] = np.ascontiguousarray(bt, dtype=kind)
+    if adapter.token_ids:
+        if base is None:
+            raise ExportError("an adapter with token rows exports to GGUF against its base "
+                              "model (sllm export ADAPTER --to gguf --base BASE)")
+        out.update({k: np.ascontiguousarray(v, dtype=kind)
+                    for k, v in _gguf_rows(adapter, base).items()})
     return out
 
 
+def _gguf_rows(adapter: Adapter, base: SLLM) -> dict[str, np.ndarray]:
+    """Untied token rows as exact rank-n LoRAs (n = len(ids)) of token_embd and output:
+    one factor selects the ids (one-hot), the other holds the rows' differences from the
+    base over llama.cpp's scale alpha / n. llama.cpp adds token_embd's as
+    b @ a[token] (a: ne [n, V], b: ne [n, C]: get_rows on a), output's as the usual
+    (x @ A) @ B."""
+    cfg, ids = adapter.base_config, np.asarray(adapter.token_ids)
+    n, (emb, head) = len(ids), row_owners(cfg)
+    rows = base_rows(base, list(adapter.token_ids))
+    scale = adapter.config.alpha / n if adapter.config.alpha else 1.0
+    name = llama_gguf_name if cfg.architecture == "llama" else gguf_name
+    onehot = np.zeros((cfg.vocab_size, n), np.float32)
+    onehot[ids, np.arange(n)] = 1.0
+    d_emb = (adapter.tensors[emb + SUFFIX] - rows[emb + SUFFIX]) / scale  # (n, C)
+    d_head = (adapter.tensors[head + SUFFIX] - rows[head + SUFFIX]) / scale
+    return {name(emb) + ".lora_a": onehot, name(emb) + ".lora_b": d_emb.T,
+            name(head) + ".lora_a": d_head, name(head) + ".lora_b": onehot}
+
+
 def export_lora_gguf(adapter: Adapter, path: str | os.PathLike[str], dtype: str = "f32",
-                     base_name: str = "") -> int:
+                     base_name: str = "", base: SLLM | None = None) -> int:
     """Write `adapter` as llama.cpp's LoRA GGUF (general.type adapter, adapter.type lora,
     adapter.lora.alpha) for the base's GGUF export (architecture gpt2 or llama), atomically;
     returns how many tensors it holds."""
     gguf = require("gguf")
     cfg = adapter.base_config
     arch = "llama" if cfg.architecture == "llama" else "gpt2"
-    tensors = gguf_lora_tensors(adapter, dtype)
+    tensors = gguf_lora_tensors(adapter, dtype, base)
     with atomic_write(path) as f:
         writer = gguf.GGUFWriter(f.name, arch)
         writer.add_type(gguf.GGUFType.ADAPTER)

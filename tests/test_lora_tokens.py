@@ -127,8 +127,14 @@ def test_paths_that_cannot_apply_rows_refuse_them_in_one_line():
     from sllm.export_lora import gguf_lora_tensors
     from sllm.lora_bank import AdapterBank
     model, adapter = model_and_adapter("llama", False)
-    with pytest.raises(ExportError, match="token rows.*merge it into its base"):
+    with pytest.raises(ExportError, match="token rows exports to GGUF against its base"):
         gguf_lora_tensors(adapter)
+    rows = gguf_lora_tensors(adapter, base=model)  # logits: tests/interop/test_lora_export.py
+    assert rows["token_embd.weight.lora_a"].shape == (model.config.vocab_size, len(IDS))
+    assert rows["output.weight.lora_b"].shape == (model.config.vocab_size, len(IDS))
+    tied_model, tied = model_and_adapter("gpt2", True)
+    with pytest.raises(ExportError, match="tied head.*merge it into its base"):
+        gguf_lora_tensors(tied, base=tied_model)
     assert AdapterBank(model).add("tok", adapter).rows is not None  # served: test_serve_adapters
     with pytest.raises(ConfigError, match="float32 embedding"):
         Adapter.create(model.quantize("q8_0"), LoraConfig(rank=2), 0, token_ids=[1])

@@ -56,8 +56,10 @@ def base_and_adapter(arch, kv, targets, text, tokens=0, tie=False):
                              token_ids=sorted(set(ids))[:tokens])
     rng = np.random.default_rng(5)
     for name, t in adapter.tensors.items():
-        if name.endswith((".lora_b", ".token_rows")):
+        if name.endswith(".lora_b"):
             t[...] = rng.normal(0.0, 0.3, t.shape)
+        elif name.endswith(".token_rows"):  # the base's rows' scale, as training moves them
+            t[...] += rng.normal(0.0, 0.05, t.shape)
     return model.eval(), adapter, ids
 
 
@@ -93,11 +95,12 @@ def test_peft_gives_sllm_adapter_logits(tmp_path, text, arch, kv, targets, token
     assert diff <= 1e-4
 
 
-@pytest.mark.parametrize("arch,kv,targets,dtype", [(*c, "f32") for c in CASES]
-                         + [("llama", 2, "all", "f16")])
-def test_llama_cpp_gives_sllm_adapter_logits(tmp_path, text, arch, kv, targets, dtype):
+@pytest.mark.parametrize("arch,kv,targets,dtype,tokens", [(*c, "f32", 0) for c in CASES]
+                         + [("llama", 2, "all", "f16", 0), ("llama", 2, "attn", "f32", 5)])
+def test_llama_cpp_gives_sllm_adapter_logits(tmp_path, text, arch, kv, targets, dtype, tokens):
+    """With untied token rows too: exact rank-n LoRAs of token_embd and output."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    model, adapter, ids = base_and_adapter(arch, kv, targets, text)
+    model, adapter, ids = base_and_adapter(arch, kv, targets, text, tokens)
     if dtype == "f16":  # sllm's reference: the adapter as the file rounds it
         for t in adapter.tensors.values():
             t[...] = t.astype(np.float16)
@@ -105,7 +108,7 @@ def test_llama_cpp_gives_sllm_adapter_logits(tmp_path, text, arch, kv, targets, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # how llama.cpp's tokenizer differs: not used here
         export_model(model, "gguf", tmp_path / "base.gguf")
-    export_adapter(adapter, "gguf", tmp_path / "adapter.gguf", dtype)
+    export_adapter(adapter, "gguf", tmp_path / "adapter.gguf", dtype, base=model)
 
     def logits(**lora):
         llm = llama_cpp.Llama(model_path=str(tmp_path / "base.gguf"), n_ctx=96, n_batch=96,
@@ -116,7 +119,7 @@ def test_llama_cpp_gives_sllm_adapter_logits(tmp_path, text, arch, kv, targets, 
 
     got = logits(lora_path=str(tmp_path / "adapter.gguf"))
     diff, moved = np.abs(got - want).max(), np.abs(want - base).max()
-    print(f"llama.cpp {arch} kv={kv} {targets} {dtype}: max |logits diff| {diff:.2e} (adapter moved "
+    print(f"llama.cpp {arch} kv={kv} {targets} {dtype} rows={tokens}: max |logits diff| {diff:.2e} (adapter moved "
           f"the logits by {moved:.2f}; the base alone: {np.abs(logits() - base).max():.2e})")
     assert moved > 0.1
     assert diff <= (1e-3 if dtype == "f32" else 1e-2)
