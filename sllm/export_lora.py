@@ -39,7 +39,7 @@ from .gguf_file import gguf_name
 from .gguf_llama import half_to_interleaved, llama_gguf_name
 from .hf import hf_name
 from .hf_llama import qkv_split
-from .lora_tokens import SUFFIX, base_rows, row_owners
+from .lora_tokens import SUFFIX, row_deltas, row_owners
 
 if TYPE_CHECKING:
     from .lora import Adapter
@@ -194,13 +194,13 @@ def _gguf_rows(adapter: Adapter, base: SLLM) -> dict[str, np.ndarray]:
     (x @ A) @ B."""
     cfg, ids = adapter.base_config, np.asarray(adapter.token_ids)
     n, (emb, head) = len(ids), row_owners(cfg)
-    rows = base_rows(base, list(adapter.token_ids))
+    deltas = row_deltas(base, adapter)
     scale = adapter.config.alpha / n if adapter.config.alpha else 1.0
     name = llama_gguf_name if cfg.architecture == "llama" else gguf_name
     onehot = np.zeros((cfg.vocab_size, n), np.float32)
     onehot[ids, np.arange(n)] = 1.0
-    d_emb = (adapter.tensors[emb + SUFFIX] - rows[emb + SUFFIX]) / scale  # (n, C)
-    d_head = (adapter.tensors[head + SUFFIX] - rows[head + SUFFIX]) / scale
+    d_emb = deltas[emb + SUFFIX] / scale  # (n, C)
+    d_head = deltas[head + SUFFIX] / scale
     return {name(emb) + ".lora_a": onehot, name(emb) + ".lora_b": d_emb.T,
             name(head) + ".lora_a": d_head, name(head) + ".lora_b": onehot}
 

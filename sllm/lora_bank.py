@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import ConfigError, LoraError
 from .lora import Adapter, lora_delta
-from .lora_tokens import base_rows, row_names
+from .lora_tokens import row_deltas
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -83,9 +83,7 @@ class ServedRows:
         """The rows of `adapter` against `model`'s (LoraError on a quantized embedding or
         head: the base rows a merge would replace are not float)."""
         ids = list(adapter.token_ids)
-        base = base_rows(model, ids)
-        names = row_names(model.config)
-        deltas = [np.asarray(adapter.tensors[n], np.float32) - base[n] for n in names]
+        deltas = list(row_deltas(model, adapter).values())  # the embedding's, then the head's
         lookup = np.full(model.config.vocab_size, -1, np.int64)
         lookup[ids] = np.arange(len(ids))
         return cls(np.asarray(ids, np.int64), lookup, deltas[0], deltas[-1])

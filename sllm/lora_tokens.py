@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .lora_bank import AdapterBank
     from .model import SLLM
 
-__all__ = ["TokenRows", "TokenHead", "row_names", "row_owners", "check_ids", "base_rows",
+__all__ = ["TokenRows", "TokenHead", "row_names", "row_owners", "check_ids", "base_rows", "row_deltas",
            "parse_option", "fallback_ids"]
 
 SUFFIX = ".token_rows"
@@ -101,6 +101,14 @@ def base_rows(model: SLLM, ids: list[int]) -> dict[str, np.ndarray]:
     if not cfg.tie_embeddings:
         rows[HEAD + SUFFIX] = np.array(params[HEAD][:, ids].T, np.float32)
     return rows
+
+
+def row_deltas(model: SLLM, adapter: Any) -> dict[str, np.ndarray]:
+    """`adapter`'s token rows minus `model`'s own rows (float32), under row_names: what
+    serving adds per row and what a LoRA export must encode."""
+    base = base_rows(model, list(adapter.token_ids))
+    return {n: np.asarray(adapter.tensors[n], np.float32) - base[n]
+            for n in row_names(model.config)}
 
 
 class TokenRows:

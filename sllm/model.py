@@ -608,15 +608,20 @@ class SLLM:
         token: no merged dict of every tensor)."""
         name = head_name(self.config)
         head = next(v[name] for v in views if name in v)
-        rows = self.adapter.tokens if self.adapter is not None else self._routed_rows
+        rows = self._token_rows()
         return head if rows is None else TokenHead(head, rows)
 
     def _token_rows_fwd(self, a: Any) -> None:
         """An attached adapter's token rows (or served adapters', per row) into the
         embedded input a.x0."""
-        rows = self.adapter.tokens if self.adapter is not None else self._routed_rows
+        rows = self._token_rows()
         if rows is not None:
             rows.embed_fwd(a.x0, a.tokens)
+
+    def _token_rows(self) -> Any:
+        """Whose token rows this forward adds: the attached adapter's, else the serving
+        bank's (route_weights), else None."""
+        return self.adapter.tokens if self.adapter is not None else self._routed_rows
 
     def _act_fwd(self, out: np.ndarray, inp: np.ndarray) -> None:
         kernel = self.backend.gelu_fwd if self.config.activation == "gelu" else self.backend.relu_fwd
