@@ -167,7 +167,9 @@ class TextStream:
             self.unsure = ""
         else:
             piece = self._window_piece()
-        return self._cut(piece) if piece else ("", False)
+        if not piece:
+            return "", False
+        return self._cut(piece) if self.stops.stops else (piece, False)
 
     def _window_piece(self) -> str:
         """The text the ids since `shown` add, by decoding the window ("" while it ends
@@ -244,16 +246,23 @@ class Stats:
 
     def __init__(self) -> None:
         self.prompt_tokens = self.completion_tokens = self.steps = self.batched_rows = 0
+        self.unmarked = 0  # tokens counted since the last mark()
         self.finished: dict[str, int] = {}
         self.recent: deque[tuple[float, int]] = deque()  # (time, tokens) of the last 10 s
 
     def tokens(self, n: int) -> None:
-        """Count n generated tokens now."""
+        """Count n generated tokens (timed at the next mark())."""
         self.completion_tokens += n
-        now = time.monotonic()
-        self.recent.append((now, n))
-        while self.recent and self.recent[0][0] < now - 10.0:
-            self.recent.popleft()
+        self.unmarked += n
+
+    def mark(self) -> None:
+        """Time the tokens counted since the last mark (once a step, not once a token)."""
+        if self.unmarked:
+            now = time.monotonic()
+            self.recent.append((now, self.unmarked))
+            self.unmarked = 0
+            while self.recent and self.recent[0][0] < now - 10.0:
+                self.recent.popleft()
 
     def tokens_per_s(self) -> float:
         """Generated tokens per second over the last 10 seconds."""
@@ -394,6 +403,7 @@ class Engine:
                 seqs = list(self.active)
                 self._guarded(list({s.request: None for s in seqs}),
                               functools.partial(self._step, seqs), [s.slot for s in seqs])
+            self.stats.mark()
 
     def _route(self, adapters: list[Any]) -> None:
         """Tell the adapter bank which rows of the next forward use which adapter."""
@@ -483,16 +493,19 @@ class Engine:
                                          [s.slot for s in seqs], [s.pos for s in seqs])
         self.stats.steps += 1
         self.stats.batched_rows += len(seqs)
-        finite = first_nonfinite(logits) is None  # once for all rows (else each row's own)
-        for seq, row in zip(seqs, logits, strict=True):
+        # once for all rows: the finite check (else each row's own) and the greedy picks
+        finite = first_nonfinite(logits) is None
+        picks = logits.argmax(axis=1).tolist() if finite else [None] * len(seqs)
+        for seq, row, pick in zip(seqs, logits, picks, strict=True):
             seq.pos += 1
-            self._advance(seq, row, finite)
+            self._advance(seq, row, finite, pick)
 
-    def _advance(self, seq: Sequence, logits: np.ndarray, checked: bool = False) -> None:
+    def _advance(self, seq: Sequence, logits: np.ndarray, checked: bool = False,
+                 argmax: int | None = None) -> None:
         """Sample the sequence's next token, send its text, finish it when it is done
-        (checked: the logits are known to be finite)."""
+        (checked: the logits are known to be finite; argmax: theirs)."""
         p = seq.request.sampling
-        choice = seq.sampler.next(logits, p.max_tokens - seq.generated, checked)
+        choice = seq.sampler.next(logits, p.max_tokens - seq.generated, checked, argmax)
         if choice is None:
             self._finish(seq, "stop", note="the grammar allows no token of this vocabulary "
                                            "here; the output stops where it could not go on")
