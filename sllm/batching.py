@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .finite import first_nonfinite
-from .sampler import Choice, Sampler, SamplingParams, log_softmax, top_logprobs
+from .sampler import Sampler, SamplingParams, log_softmax, top_logprobs
 from .stops import StopMatcher
 
 
@@ -86,11 +86,12 @@ class TokenLogprob:
     top: tuple[tuple[int, str, float], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     """What the engine tells a request: a text piece (with its tokens' log-probabilities
     when asked), the prompt's log-probabilities (echo), the end of one choice, or an
-    error. `index` is the choice (0..n-1)."""
+    error. `index` is the choice (0..n-1). Treat it as read-only (not frozen: one is made
+    per token, and a frozen dataclass costs three times as much to make)."""
 
     kind: str  # "text" | "prompt" | "done" | "error" | "timeout" (never admitted in time)
     text: str = ""
@@ -160,7 +161,7 @@ class TextStream:
         """Add a token; return (text that is safe to send now, whether a stop string hit)."""
         self.ids.append(token)
         if self.decoder is not None:
-            piece = self.unsure + self.decoder.feed((token,))
+            piece = self.unsure + self.decoder.push(token)
             if piece.endswith("\ufffd"):
                 self.unsure = piece
                 return "", False
@@ -513,7 +514,8 @@ class Engine:
         if choice.token == self.tok.eos_id:
             self._finish(seq, "stop")
             return
-        entry = self._entry(seq, choice)
+        entry = None if choice.logprob is None else logprob_entry(
+            self.tok, seq.text.ids, choice.token, choice.logprob, choice.top)
         seq.last, seq.generated = choice.token, seq.generated + 1
         self.stats.tokens(1)
         piece, stopped = seq.text.push(choice.token)
@@ -527,11 +529,6 @@ class Engine:
             self._finish(seq, "stop")
         elif seq.generated >= p.max_tokens:
             self._finish(seq, "length")
-
-    def _entry(self, seq: Sequence, choice: Choice) -> TokenLogprob | None:
-        if choice.logprob is None:
-            return None
-        return logprob_entry(self.tok, seq.text.ids, choice.token, choice.logprob, choice.top)
 
     def _finish(self, seq: Sequence, reason: str, flush: bool = True,
                 note: str | None = None) -> None:

@@ -31,6 +31,10 @@ class Decoder:
         """The text `ids` add after everything fed before."""
         raise NotImplementedError("feed")
 
+    def push(self, i: int) -> str:
+        """feed() of one id (a subclass may take a shorter way)."""
+        return self.feed((i,))
+
     def flush(self) -> str:
         """The text still held back: an incomplete UTF-8 sequence at the end, as U+FFFD."""
         return self._utf8.decode(b"", final=True)
@@ -63,6 +67,12 @@ class CharDecoder(Decoder):
             out.append(self._utf8.decode(bytes(run)))
         self.held = held or bool(run)
         return "".join(out)
+
+    def push(self, i: int) -> str:
+        """See Decoder.push: a character after a character is itself."""
+        if not self.held and self.first <= i < len(self.chars):
+            return self.chars[i]
+        return self.feed((i,))
 
 
 class WordDecoder(Decoder):

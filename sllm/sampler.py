@@ -138,14 +138,16 @@ class Sampler:
             self.bias = np.zeros(vocab_size)
             for token, b in params.logit_bias:
                 self.bias[token] += b
+        self.as_is = (self.bias is None and params.repetition_penalty == 1.0  # adjusted():
+                      and not params.frequency_penalty and not params.presence_penalty
+                      and constraint is None)  # the logits as they are
 
     def adjusted(self, logits: np.ndarray, remaining: int) -> np.ndarray | None:
         """The logits after bias, penalties and the constraint's mask (float64; `logits`
         itself, uncopied, when there is none of them); None when the constraint allows no
         token at all."""
         p = self.p
-        if (self.bias is None and p.repetition_penalty == 1.0 and not p.frequency_penalty
-                and not p.presence_penalty and self.constraint is None):
+        if self.as_is:
             return logits  # a plain decode: nothing to add, no copy
         z = np.array(logits, dtype=np.float64)
         if self.bias is not None:

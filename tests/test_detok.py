@@ -63,6 +63,8 @@ def test_feeding_in_any_parts_gives_decode(name, data):
     bounds = [0, *cuts, len(ids)]
     pieces = [d.feed(ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     assert "".join(pieces) + d.flush() == tok.decode(ids)
+    one = tok.decoder()
+    assert "".join(one.push(i) for i in ids) + one.flush() == tok.decode(ids)
 
 
 @pytest.mark.parametrize("name", list(TOKENIZERS))
@@ -129,6 +131,10 @@ def test_text_stream_costs_one_decode_step_a_token():
         def feed(self, ids):
             fed.append(len(ids))
             return self.inner.feed(ids)
+
+        def push(self, i):
+            fed.append(1)
+            return self.inner.push(i)
 
     class Tok:
         def decoder(self):
