@@ -19,6 +19,12 @@ namespace sllm {
 namespace {
 
 constexpr int64_t kSmallM = 4;  // at most this many rows: no packing (decode, GEMV)
+// Up to this many rows (a batched decode step, a short prompt) a non-transposed B is read
+// in place by the register tile: each packed B panel would be reused by at most
+// kDirectMaxRows / mr row tiles, too few to pay for copying the weight on every call. (Read
+// in place, M = 8..64 rows of small- and medium-model's weights took 0.55-0.95x the
+// packed path's time, 2 threads, both builds alternating, 2026-12-05.)
+constexpr int64_t kDirectMaxRows = 64;
 constexpr int64_t kMc = 96;     // rows of A swept per packed B block (stays in L2)
 constexpr int64_t kNc = 512;    // columns of B packed at once
 // Non-transposed GEMMs up to this depth, over at most this many column panels, skip
@@ -149,8 +155,9 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
                  bool accumulate, const float* bias, float* pack) {
   const Ops& o = ops();
   const int mr = o.mr, nr = o.nr;
-  if (!trans_a && !trans_b && K > 0 && K <= std::min<int64_t>(o.kc, kDirectMaxK) &&
-      N <= kDirectMaxPanels * nr)
+  // (gemm_direct copies a last, narrower column panel whole: K * nr floats of `pack`)
+  if (!trans_a && !trans_b && K > 0 && K * nr <= kNc * o.kc &&
+      (M <= kDirectMaxRows || (K <= std::min<int64_t>(o.kc, kDirectMaxK) && N <= kDirectMaxPanels * nr)))
     return gemm_direct(M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, pack);
   float* a_packed = pack;  // op(A) rows when A is transposed (kMc x kc)
   float* b_packed = pack + kMc * o.kc;
@@ -254,6 +261,17 @@ void run_chunk(const Gemm& g, const Plan& p, int64_t chunk, float* buf) {
   }
 }
 
+// Threads for a fork/join of `macs` multiply-adds. Few-row GEMMs (a batched decode step)
+// split from 256K multiply-adds, as gemm_small_m's parts do: their weights are read in
+// place, not packed per chunk, so a second thread pays sooner (small-model's 8- and
+// 16-row qkv and MLP GEMMs, 0.4-0.8M multiply-adds, took 0.55x the time on 2 threads,
+// quiet machine, 2026-12-05).
+int parallel_threads(const Gemm* jobs, int count, int64_t macs) {
+  bool few_rows = true;
+  for (int j = 0; j < count; ++j) few_rows = few_rows && jobs[j].M <= kDirectMaxRows;
+  return macs < (few_rows ? kParallelMacs >> 2 : kParallelMacs) ? 1 : num_threads();
+}
+
 // Up to kMaxJobs independent GEMMs (none writes what another reads) in one fork/join:
 // backward's dx and dW share it, which halves the thread wake-ups per matmul_bwd.
 constexpr int kMaxJobs = 2;
@@ -270,7 +288,7 @@ void gemm_many(const Gemm* jobs, int count) {
       macs += g.M * g.N * g.K;
   }
   if (macs == 0) return;
-  const int threads = macs < kParallelMacs ? 1 : num_threads();
+  const int threads = parallel_threads(jobs, count, macs);
   Plan plans[kMaxJobs];
   int64_t first[kMaxJobs + 1] = {0};  // chunk index where each job starts
   for (int j = 0; j < count; ++j) {

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .finite import first_nonfinite
-from .sampler import Choice, Sampler, SamplingParams, log_softmax, top_logprobs
+from .sampler import Sampler, SamplingParams, log_softmax, top_logprobs
 from .stops import StopMatcher
 
 
@@ -86,11 +86,12 @@ class TokenLogprob:
     top: tuple[tuple[int, str, float], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     """What the engine tells a request: a text piece (with its tokens' log-probabilities
     when asked), the prompt's log-probabilities (echo), the end of one choice, or an
-    error. `index` is the choice (0..n-1)."""
+    error. `index` is the choice (0..n-1). Treat it as read-only (not frozen: one is made
+    per token, and a frozen dataclass costs three times as much to make)."""
 
     kind: str  # "text" | "prompt" | "done" | "error" | "timeout" (never admitted in time)
     text: str = ""
@@ -128,41 +129,66 @@ class Request:
 
 class TextStream:
     """Turns new token ids into text pieces: each piece is the growth of decode(prompt +
-    new ids) (as `sllm generate` prints it), held back while it ends in an incomplete UTF-8
-    sequence or could be the start of a stop string; text from a stop string on is cut.
+    new ids) (as `sllm generate` prints it), held back while it ends in U+FFFD (an
+    incomplete UTF-8 sequence, which the next byte token may complete) or could be the
+    start of a stop string; text from a stop string on is cut, and a U+FFFD still held
+    when the sequence ends is dropped, as `sllm generate` drops it.
 
-    The growth is computed over a window of the ids from `anchor` on, CONTEXT to 2 x CONTEXT
-    ids already shown plus the new ones (the tokenizers' decode is local: spacing and byte
-    sequences depend on a few neighbours), so a token costs the same at position 10 and at
-    position 1,000. One decode a token: the window's text before a token is the text after
-    the last one (kept), until the anchor moves up by CONTEXT ids. Stop strings are found
-    by sllm.stops.StopMatcher, in time linear in the text, and only the text held back
-    (shorter than the longest stop string) is kept."""
+    A tokenizer with an incremental decoder (sllm.detok) decodes each id once: the prompt
+    is fed first, then one id a push. For one without (a BPE vocabulary whose decoder is
+    not byte-level), the growth is computed over a window of the ids from `anchor` on,
+    CONTEXT to 2 x CONTEXT ids already shown plus the new ones (decode is local: spacing
+    and byte sequences depend on a few neighbours), so a token costs the same at position
+    10 and at position 1,000. Stop strings are found by sllm.stops.StopMatcher, in time
+    linear in the text, and only the text held back (shorter than the longest stop
+    string) is kept."""
 
     CONTEXT = 16
 
     def __init__(self, tok: Any, prompt_ids: list[int], stop: tuple[str, ...]):
         self.tok, self.ids = tok, list(prompt_ids)
         self.stops = StopMatcher(stop)
-        self.shown = len(self.ids)  # ids whose text has been decoded (or are the prompt)
-        self.anchor = max(0, self.shown - self.CONTEXT)  # the window's first id
-        self.before: str | None = None  # decode(ids[anchor:shown]), None until needed
         self.held = ""  # decoded text not sent yet: it could begin a stop string
+        self.unsure = ""  # decoded text ending in U+FFFD: a byte token may complete it
+        self.decoder = tok.decoder()
+        if self.decoder is not None:
+            self.decoder.feed(self.ids)  # the prompt's own text is not sent
+        self.shown = len(self.ids)  # (window) ids whose text has been decoded
+        self.anchor = max(0, self.shown - self.CONTEXT)  # (window) the first id
+        self.before: str | None = None  # (window) decode(ids[anchor:shown]), None until needed
 
     def push(self, token: int) -> tuple[str, bool]:
         """Add a token; return (text that is safe to send now, whether a stop string hit)."""
         self.ids.append(token)
+        if self.decoder is not None:
+            piece = self.unsure + self.decoder.push(token)
+            if piece.endswith("\ufffd"):
+                self.unsure = piece
+                return "", False
+            self.unsure = ""
+        else:
+            piece = self._window_piece()
+        if not piece:
+            return "", False
+        return self._cut(piece) if self.stops.stops else (piece, False)
+
+    def _window_piece(self) -> str:
+        """The text the ids since `shown` add, by decoding the window ("" while it ends
+        in U+FFFD)."""
         before = self.before
         if before is None:
             before = self.before = self.tok.decode(self.ids[self.anchor:self.shown])
         after = self.tok.decode(self.ids[self.anchor:])
         if after.endswith("\ufffd") or not after.startswith(before):
-            return "", False
-        piece = after[len(before):]
+            return ""
         self.shown = len(self.ids)
         self.before = after
         if self.shown - self.anchor > 2 * self.CONTEXT:
             self.anchor, self.before = self.shown - self.CONTEXT, None
+        return after[len(before):]
+
+    def _cut(self, piece: str) -> tuple[str, bool]:
+        """Pass new text through the stop strings: (what is safe to send, whether one hit)."""
         hit, hold = self.stops.feed(piece)
         pending, self.held = self.held + piece, ""
         if hit is not None:  # the held text is where a match can begin, never earlier
@@ -221,16 +247,23 @@ class Stats:
 
     def __init__(self) -> None:
         self.prompt_tokens = self.completion_tokens = self.steps = self.batched_rows = 0
+        self.unmarked = 0  # tokens counted since the last mark()
         self.finished: dict[str, int] = {}
         self.recent: deque[tuple[float, int]] = deque()  # (time, tokens) of the last 10 s
 
     def tokens(self, n: int) -> None:
-        """Count n generated tokens now."""
+        """Count n generated tokens (timed at the next mark())."""
         self.completion_tokens += n
-        now = time.monotonic()
-        self.recent.append((now, n))
-        while self.recent and self.recent[0][0] < now - 10.0:
-            self.recent.popleft()
+        self.unmarked += n
+
+    def mark(self) -> None:
+        """Time the tokens counted since the last mark (once a step, not once a token)."""
+        if self.unmarked:
+            now = time.monotonic()
+            self.recent.append((now, self.unmarked))
+            self.unmarked = 0
+            while self.recent and self.recent[0][0] < now - 10.0:
+                self.recent.popleft()
 
     def tokens_per_s(self) -> float:
         """Generated tokens per second over the last 10 seconds."""
@@ -371,6 +404,7 @@ class Engine:
                 seqs = list(self.active)
                 self._guarded(list({s.request: None for s in seqs}),
                               functools.partial(self._step, seqs), [s.slot for s in seqs])
+            self.stats.mark()
 
     def _route(self, adapters: list[Any]) -> None:
         """Tell the adapter bank which rows of the next forward use which adapter."""
@@ -460,16 +494,19 @@ class Engine:
                                          [s.slot for s in seqs], [s.pos for s in seqs])
         self.stats.steps += 1
         self.stats.batched_rows += len(seqs)
-        finite = first_nonfinite(logits) is None  # once for all rows (else each row's own)
-        for seq, row in zip(seqs, logits, strict=True):
+        # once for all rows: the finite check (else each row's own) and the greedy picks
+        finite = first_nonfinite(logits) is None
+        picks = logits.argmax(axis=1).tolist() if finite else [None] * len(seqs)
+        for seq, row, pick in zip(seqs, logits, picks, strict=True):
             seq.pos += 1
-            self._advance(seq, row, finite)
+            self._advance(seq, row, finite, pick)
 
-    def _advance(self, seq: Sequence, logits: np.ndarray, checked: bool = False) -> None:
+    def _advance(self, seq: Sequence, logits: np.ndarray, checked: bool = False,
+                 argmax: int | None = None) -> None:
         """Sample the sequence's next token, send its text, finish it when it is done
-        (checked: the logits are known to be finite)."""
+        (checked: the logits are known to be finite; argmax: theirs)."""
         p = seq.request.sampling
-        choice = seq.sampler.next(logits, p.max_tokens - seq.generated, checked)
+        choice = seq.sampler.next(logits, p.max_tokens - seq.generated, checked, argmax)
         if choice is None:
             self._finish(seq, "stop", note="the grammar allows no token of this vocabulary "
                                            "here; the output stops where it could not go on")
@@ -477,7 +514,8 @@ class Engine:
         if choice.token == self.tok.eos_id:
             self._finish(seq, "stop")
             return
-        entry = self._entry(seq, choice)
+        entry = None if choice.logprob is None else logprob_entry(
+            self.tok, seq.text.ids, choice.token, choice.logprob, choice.top)
         seq.last, seq.generated = choice.token, seq.generated + 1
         self.stats.tokens(1)
         piece, stopped = seq.text.push(choice.token)
@@ -491,11 +529,6 @@ class Engine:
             self._finish(seq, "stop")
         elif seq.generated >= p.max_tokens:
             self._finish(seq, "length")
-
-    def _entry(self, seq: Sequence, choice: Choice) -> TokenLogprob | None:
-        if choice.logprob is None:
-            return None
-        return logprob_entry(self.tok, seq.text.ids, choice.token, choice.logprob, choice.top)
 
     def _finish(self, seq: Sequence, reason: str, flush: bool = True,
                 note: str | None = None) -> None:

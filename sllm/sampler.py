@@ -138,14 +138,16 @@ class Sampler:
             self.bias = np.zeros(vocab_size)
             for token, b in params.logit_bias:
                 self.bias[token] += b
+        self.as_is = (self.bias is None and params.repetition_penalty == 1.0  # adjusted():
+                      and not params.frequency_penalty and not params.presence_penalty
+                      and constraint is None)  # the logits as they are
 
     def adjusted(self, logits: np.ndarray, remaining: int) -> np.ndarray | None:
         """The logits after bias, penalties and the constraint's mask (float64; `logits`
         itself, uncopied, when there is none of them); None when the constraint allows no
         token at all."""
         p = self.p
-        if (self.bias is None and p.repetition_penalty == 1.0 and not p.frequency_penalty
-                and not p.presence_penalty and self.constraint is None):
+        if self.as_is:
             return logits  # a plain decode: nothing to add, no copy
         z = np.array(logits, dtype=np.float64)
         if self.bias is not None:
@@ -163,20 +165,26 @@ class Sampler:
             z = np.where(allow, z, -np.inf)
         return z
 
-    def next(self, logits: np.ndarray, remaining: int = 1 << 30, checked: bool = False
-             ) -> Choice | None:
+    def next(self, logits: np.ndarray, remaining: int = 1 << 30, checked: bool = False,
+             argmax: int | None = None) -> Choice | None:
         """Draw the next token (and its log-probabilities when asked); None: nothing is
         allowed (the constraint's grammar cannot continue with this vocabulary).
-        checked: the caller found every logit finite (one check over a batch's rows)."""
+        checked: the caller found every logit finite (one check over a batch's rows);
+        argmax: the caller's argmax of `logits` (one over a batch's rows), the token when
+        this draw is greedy over the logits as they are."""
         p = self.p
         if not checked:
             check_logits(logits, "next-token logits")  # NaN would be drawn as some token
         z = self.adjusted(logits, remaining)
         if z is None:
             return None
-        token = sample_next(z, self.rng, p.temperature, p.top_k, p.top_p, p.min_p)
-        self.output_counts[token] += 1
-        self.seen[token] = True
+        if argmax is not None and p.temperature <= 0 and z is logits:
+            token = argmax
+        else:
+            token = sample_next(z, self.rng, p.temperature, p.top_k, p.top_p, p.min_p)
+        if not self.as_is:  # only the penalties read the counts
+            self.output_counts[token] += 1
+            self.seen[token] = True
         if self.constraint is not None and token != self.eos_id:
             self.constraint.advance(token)
         if p.logprobs is None:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import budget
+from .detok import ByteDecoder, CharDecoder, Decoder, WordDecoder
 from .errors import DataError
 from .fileio import atomic_write_text
 
@@ -106,6 +107,11 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text for token ids; [PAD]/[BOS]/[EOS] are dropped, [UNK] stays visible."""
         raise NotImplementedError("decode")
+
+    def decoder(self) -> Decoder | None:
+        """A fresh sllm.detok.Decoder: decode() one id at a time, each id decoded once;
+        None where this tokenizer has none (decode whole lists then)."""
+        return None
 
     def unknown_pieces(self, text: str) -> list[str]:
         """The parts of `text` that would encode to [UNK] (for a warning to the user)."""
@@ -265,26 +271,13 @@ class WordTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         """Words joined by the spacing rule, byte runs as UTF-8 (invalid bytes as U+FFFD),
         specials other than [UNK] dropped."""
-        out: list[str] = []
-        run = bytearray()
-        prev = "\n"
-        for i in ids:
-            i = int(i)
-            if i in (PAD_ID, BOS_ID, EOS_ID):
-                continue
-            if len(SPECIALS) <= i < self._bytes_end:
-                run.append(i - len(SPECIALS))
-                continue
-            if run:
-                out.append(run.decode("utf-8", "replace"))
-                run.clear()
-                prev = "\n"
-            tok = self.tokens[i] if 0 <= i < len(self.tokens) else SPECIALS[UNK_ID]
-            if out and _space_between(prev, tok):
-                out.append(" ")
-            out.append(tok)
-            prev = tok
-        return "".join(out) + run.decode("utf-8", "replace")
+        d = self.decoder()
+        return d.feed(ids) + d.flush()
+
+    def decoder(self) -> WordDecoder:
+        """See Tokenizer.decoder."""
+        return WordDecoder(self.tokens, len(SPECIALS), self._bytes_end,
+                           (PAD_ID, BOS_ID, EOS_ID), _space_between, SPECIALS[UNK_ID])
 
     def _payload(self) -> dict[str, Any]:
         fallback = {"byte_fallback": True} if self.byte_fallback else {}
@@ -390,17 +383,12 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         """The characters, byte runs as UTF-8 (invalid bytes as U+FFFD), [UNK] written out."""
-        n, out, run = len(self.chars), [], bytearray()
-        for i in ids:
-            i = int(i)
-            if 1 <= i < self._first:
-                run.append(i - 1)
-                continue
-            if run:
-                out.append(run.decode("utf-8", "replace"))
-                run.clear()
-            out.append(self.chars[i] if 0 <= i < n else "[UNK]")
-        return "".join(out) + run.decode("utf-8", "replace")
+        d = self.decoder()
+        return d.feed(ids) + d.flush()
+
+    def decoder(self) -> CharDecoder:
+        """See Tokenizer.decoder."""
+        return CharDecoder(self.chars, self._first)
 
     def _payload(self) -> dict[str, Any]:
         fallback = {"byte_fallback": True} if self.byte_fallback else {}
@@ -421,6 +409,7 @@ class BPETokenizer(Tokenizer):
     def __init__(self, hf: Any, specials: dict[str, int | None] | None = None):
         hf.encode_special_tokens = True  # user text "[PAD]" stays text: exact round trips
         self._hf = hf
+        self._bytes_of: dict[int, bytes] = {}  # each id's bytes, as the decoder first needs them
         # An imported vocabulary (e.g. GPT-2's) has its specials elsewhere: {"bos": 50256, ...}
         self.specials = _check_specials(specials, self.vocab_size) if specials else None
         if self.specials:
@@ -481,6 +470,31 @@ class BPETokenizer(Tokenizer):
         drop = (self.pad_id, self.bos_id, self.eos_id)
         keep = [int(i) for i in ids if int(i) not in drop]
         return self._hf.decode(keep, skip_special_tokens=False)
+
+    def decoder(self) -> ByteDecoder | None:
+        """See Tokenizer.decoder: for a byte-level vocabulary (the Hugging Face ByteLevel
+        decoder: each piece's bytes through GPT-2's byte alphabet, joined, read as UTF-8);
+        None for any other decoder (an imported tokenizer.json may have its own)."""
+        if type(self._hf.decoder).__name__ != "ByteLevel":
+            return None
+        return ByteDecoder(self._piece_after)
+
+    def _piece_after(self, prev: int | None, i: int) -> bytes:
+        """The bytes id i writes (any prev): none for [PAD]/[BOS]/[EOS], else its piece
+        through the byte alphabet, or the piece's own UTF-8 where a character is outside it
+        (an added token), as the ByteLevel decoder does; [UNK] is written out."""
+        if i in (self.pad_id, self.bos_id, self.eos_id):
+            return b""
+        cache = self._bytes_of
+        got = cache.get(i)
+        if got is None:
+            piece = self._hf.id_to_token(i)
+            if piece is None:
+                return b""
+            table = _gpt2_unbyte()
+            got = cache[i] = (bytes(table[c] for c in piece) if all(c in table for c in piece)
+                              else piece.encode("utf-8"))
+        return got
 
     def _payload(self) -> dict[str, Any]:
         specials = {"specials": self.specials} if self.specials else {}
@@ -602,20 +616,24 @@ class SPMTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         """run.c's decode (see the class docstring)."""
-        out, prev, drop = bytearray(), None, {self.bos_id, self.eos_id, self.pad_id} - {None}
-        for i in ids:
-            i = int(i)
-            if i in self._byte_of:
-                out.append(self._byte_of[i])
-            elif i in drop:
-                pass
-            elif 0 <= i < len(self.pieces):
-                piece = self.pieces[i]
-                out += _utf8(piece[1:] if prev == self.bos_id and piece[:1] == " " else piece)
-            else:
-                out += b"<unk>"
-            prev = i
-        return out.decode("utf-8", "replace")
+        d = self.decoder()
+        return d.feed(ids) + d.flush()
+
+    def decoder(self) -> ByteDecoder:
+        """See Tokenizer.decoder."""
+        return ByteDecoder(self._piece_after)
+
+    def _piece_after(self, prev: int | None, i: int) -> bytes:
+        """The bytes id i writes after id prev: run.c strips a piece's leading space after
+        [BOS]; a byte token is its byte; [BOS]/[EOS]/[PAD] write nothing."""
+        if i in self._byte_of:
+            return bytes((self._byte_of[i],))
+        if i in (self.bos_id, self.eos_id, self.pad_id):
+            return b""
+        if not 0 <= i < len(self.pieces):
+            return b"<unk>"
+        piece = self.pieces[i]
+        return _utf8(piece[1:] if prev == self.bos_id and piece[:1] == " " else piece)
 
     def _payload(self) -> dict[str, Any]:
         return {"pieces": self.pieces, "scores": self.scores, "add_dummy_prefix":

@@ -9,6 +9,7 @@ import sllm
 from sllm.batching import Engine, QueueFull, Request, Sampling, TextStream
 from sllm.corpus import generate_corpus
 from sllm.generate import encode_prompt, stream_text
+from sllm.sampler import Sampler, SamplingParams
 from sllm.tokenizer import BPETokenizer, WordTokenizer
 
 JAPANESE = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 20
@@ -100,6 +101,44 @@ def test_engine_answers_equal_stream_text(model_and_tok):
         assert engine.stats.batched_rows > engine.stats.steps  # batches of more than one
     finally:
         engine.stop()
+
+
+def test_greedy_rows_beside_penalised_and_biased_ones_equal_stream_text(model_and_tok):
+    """One argmax over the batch's logits picks the plain greedy rows' tokens; a greedy row
+    whose logits are penalised, biased or asked for log-probabilities gets its own."""
+    model, tok = model_and_tok
+    engine = Engine(model, tok, max_batch=4, max_queue=4)
+    try:
+        kinds = [dict(temperature=0), dict(temperature=0, repetition_penalty=1.8),
+                 dict(temperature=0, logit_bias=((tok.encode("the")[0], 8.0),)),
+                 dict(temperature=0, frequency_penalty=1.5)]
+        ids = encode_prompt(tok, "the boat", warn=False)
+        jobs = [(kw, _collect(engine, ids, Sampling(max_tokens=16, logprobs=0 if i == 3
+                                                    else None, **kw)))
+                for i, kw in enumerate(kinds)]
+        expected = ["".join(stream_text(model, tok, ids, 16, **{
+            k: dict(v) if k == "logit_bias" else v for k, v in kw.items()})) for kw, _ in jobs]
+        engine.start()
+        answers = []
+        for _, (done, pieces, _) in jobs:
+            assert done.wait(30)
+            answers.append("".join(pieces))
+        assert answers == expected and len(set(answers)) > 1
+    finally:
+        engine.stop()
+
+
+def test_a_batch_argmax_is_taken_only_for_a_greedy_draw_over_the_raw_logits():
+    logits = np.array([0.0, 3.0, 1.0, 2.0], np.float32)
+    plain = Sampler(SamplingParams(temperature=0), 4)
+    assert plain.next(logits, argmax=1).token == 1
+    assert Sampler(SamplingParams(temperature=0), 4).next(logits).token == 1
+    biased = Sampler(SamplingParams(temperature=0, logit_bias=((3, 5.0),)), 4)
+    assert biased.next(logits, argmax=1).token == 3  # the bias moves the argmax
+    sampled = Sampler(SamplingParams(temperature=1.0, seed=0), 4)
+    alone = Sampler(SamplingParams(temperature=1.0, seed=0), 4)
+    draws = [sampled.next(logits, argmax=1).token for _ in range(20)]
+    assert draws == [alone.next(logits).token for _ in range(20)] and set(draws) != {1}
 
 
 def test_engine_queue_bound_and_cancel(model_and_tok):
