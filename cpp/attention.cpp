@@ -104,9 +104,8 @@ void head_bwd(const Head& h, float* dq, float* dk, float* dv, int64_t ldd, bool 
     scores(rows, cols, D, h.q + r0 * h.ldq, h.ldq, h.k, h.ldkv, kt, p + r0 * ld, ld, pack);
     scores(rows, cols, D, dout + r0 * h.ldo, h.ldo, h.v, h.ldkv, vt, ds + r0 * ld, ld, pack);
     for (int64_t i = r0; i < r0 + rows; ++i) {
-      float delta = 0.0f;  // rowsum(dO * O)
-      for (int64_t d = 0; d < D; ++d) delta += dout[i * h.ldo + d] * h.out[i * h.ldo + d];
-      o.attention_grad_row(p + i * ld, ds + i * ld, i + 1, scale, lse[i], delta);
+      o.attention_grad_row(p + i * ld, ds + i * ld, i + 1, scale, lse[i], dout + i * h.ldo,
+                           h.out + i * h.ldo, D);
       std::fill(p + i * ld + i + 1, p + i * ld + T, 0.0f);
       std::fill(ds + i * ld + i + 1, ds + i * ld + T, 0.0f);
     }

@@ -10,20 +10,23 @@
 namespace sllm {
 namespace {
 
-// A norm's backward as one fork/join: chunks of rows (dinp, row(r)) and blocks of 64
-// columns (the parameter gradients, cols(c0, n)) as tasks.
+// A norm's backward as one fork/join: blocks of 64 columns (the parameter gradients,
+// cols(c0, n)) and chunks of rows (dinp, row(r)) as tasks. The column blocks go first:
+// each reads all N rows, so it is the longest task (twice a chunk of rows at C = 32), and
+// taken last it left one thread working alone (seed model's 1024 x 32: layernorm_bwd 9%
+// faster, interleaved runs, 2026-12-05).
 template <class Row, class Cols>
 void norm_bwd_tasks(int64_t N, int64_t C, Row row, Cols cols) {
   const int64_t blocks = (C + 63) / 64;
   const int64_t grain = rows_per_task(C), row_tasks = (N + grain - 1) / grain;
-  parallel_for(row_tasks + blocks, [&](int64_t task, int) {
-    if (task < row_tasks) {
-      const int64_t r0 = task * grain, r1 = std::min(N, r0 + grain);
-      for (int64_t r = r0; r < r1; ++r) row(r);
+  parallel_for(blocks + row_tasks, [&](int64_t task, int) {
+    if (task < blocks) {
+      const int64_t c0 = task * 64;
+      cols(c0, std::min<int64_t>(64, C - c0));
       return;
     }
-    const int64_t c0 = (task - row_tasks) * 64;
-    cols(c0, std::min<int64_t>(64, C - c0));
+    const int64_t r0 = (task - blocks) * grain, r1 = std::min(N, r0 + grain);
+    for (int64_t r = r0; r < r1; ++r) row(r);
   }, N * C >= kParallelFloats ? 0 : 1);
 }
 

@@ -182,8 +182,9 @@ class Sampler:
             token = argmax
         else:
             token = sample_next(z, self.rng, p.temperature, p.top_k, p.top_p, p.min_p)
-        self.output_counts[token] += 1
-        self.seen[token] = True
+        if not self.as_is:  # only the penalties read the counts
+            self.output_counts[token] += 1
+            self.seen[token] = True
         if self.constraint is not None and token != self.eos_id:
             self.constraint.advance(token)
         if p.logprobs is None:
