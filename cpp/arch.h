@@ -99,6 +99,12 @@ struct Ops {
   void (*gemm_dots)(float* c, int64_t ldc, const float* A, int64_t lda, const float* B,
                     int64_t ldb, int64_t M, int64_t K, int64_t j0, int64_t j1, bool accumulate,
                     const float* bias);
+  // gemm_micro with tall_mr rows (same columns, same order of operations per element):
+  // few rows of A read in place take whichever height wastes fewer rows
+  int tall_mr;
+  void (*gemm_micro_tall)(int64_t K, const float* a, int64_t a_is, int64_t a_ks,
+                          const float* b, int64_t ldb, float* c, int64_t ldc, int m, int n,
+                          bool accumulate, const float* bias);
 };
 
 extern const Ops ops_scalar;

@@ -4,5 +4,6 @@
 #define SLLM_MR 4
 #define SLLM_NR 4
 #define SLLM_KC 256
+#define SLLM_TALL_MR 4
 namespace sllm { namespace { typedef float vec; } }
 #include "arch_body.inc"
