@@ -46,10 +46,11 @@ struct Ops {
   void (*dropout_range)(float* out, const float* inp, int64_t i0, int64_t n, uint32_t seed,
                         uint32_t threshold, float keep_scale);
 
-  void (*layernorm_fwd_row)(float* out, float* mean, float* rstd, const float* x,
-                            const float* w, const float* b, int64_t C);
-  void (*layernorm_bwd_row)(float* dinp, const float* dout, const float* x, const float* w,
-                            float mean, float rstd, int64_t C);
+  // `rows` rows of C floats (their mean and rstd, one each)
+  void (*layernorm_fwd_rows)(float* out, float* mean, float* rstd, const float* x,
+                             const float* w, const float* b, int64_t rows, int64_t C);
+  void (*layernorm_bwd_rows)(float* dinp, const float* dout, const float* x, const float* w,
+                             const float* mean, const float* rstd, int64_t rows, int64_t C);
   // dweight and dbias of columns c < n <= 64 over `rows` rows at stride ld, in row order
   void (*layernorm_param_grads)(float* dw, float* db, const float* dout, const float* x,
                                 const float* mean, const float* rstd, int64_t rows,
