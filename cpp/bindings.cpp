@@ -196,23 +196,8 @@ void bind_attention(py::module_& m) {
     const QkvDims d = qkv_dims(k, q, n_head, n_kv_head);
     k.expect(d.T == 1, "qkv must be (B, 1, (n_head + 2 * n_kv_head) * head dim): one new "
                        "position per sequence");
-    k.dims(kc, "kcache", 4);
-    k.expect(kc.shape == vc.shape, "kcache and vcache shapes differ");
-    k.expect(kc.shape[1] == d.Hkv && kc.shape[3] == d.D,
-             "kcache must be (slots, n_kv_head, max_T, head dim)");
-    const int64_t S = kc.shape[0], maxT = kc.shape[2], B = d.B;
     Arr sl = k.ints(slots, "slots"), ps = k.ints(positions, "positions");
-    k.expect(sl.size == B && ps.size == B, "slots and positions must have B entries");
-    std::vector<char> used(S, 0);
-    for (int64_t b = 0; b < B; ++b) {
-      const int32_t s = sl.i()[b], p = ps.i()[b];
-      k.expect(s >= 0 && s < S, "slot " + std::to_string(s) + " outside [0, " +
-                                std::to_string(S) + ")");
-      k.expect(!used[s], "slot " + std::to_string(s) + " appears twice");
-      used[s] = 1;
-      k.expect(p >= 0 && p < maxT, "position " + std::to_string(p) + " outside [0, " +
-                                   std::to_string(maxT) + ")");
-    }
+    const int64_t B = d.B, maxT = k.batch_rows(kc, vc, sl, ps, B, d.Hkv, d.D);
     Arr o = k.out(out, "out");
     k.expect(o.size == B * d.C, "out must be (B, 1, n_head * head dim)");
     k.disjoint(o, "out", q, "qkv");

@@ -89,6 +89,28 @@ class Check {
     expect(pos >= 0 && pos + Tn <= kc.shape[2], "pos + new positions exceed the cache length");
     return kc.shape[2];
   }
+  // A continuous-batching step's caches (S, Hkv, max_T, D) and its B rows' slots and
+  // positions (int32, distinct slots in [0, S), positions in [0, max_T)); returns max_T.
+  int64_t batch_rows(const Arr& kc, const Arr& vc, const Arr& sl, const Arr& ps, int64_t B,
+                     int64_t Hkv, int64_t D) const {
+    dims(kc, "kcache", 4);
+    expect(kc.shape == vc.shape, "kcache and vcache shapes differ");
+    expect(kc.shape[1] == Hkv && kc.shape[3] == D,
+           "kcache must be (slots, n_kv_head, max_T, head dim)");
+    const int64_t S = kc.shape[0], maxT = kc.shape[2];
+    expect(sl.size == B && ps.size == B, "slots and positions must have B entries");
+    std::vector<char> used(S, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      const int32_t s = sl.i()[b], p = ps.i()[b];
+      expect(s >= 0 && s < S, "slot " + std::to_string(s) + " outside [0, " +
+                              std::to_string(S) + ")");
+      expect(!used[s], "slot " + std::to_string(s) + " appears twice");
+      used[s] = 1;
+      expect(p >= 0 && p < maxT, "position " + std::to_string(p) + " outside [0, " +
+                                 std::to_string(maxT) + ")");
+    }
+    return maxT;
+  }
   void ids(const Arr& t, int64_t lo, int64_t hi, const char* name) const {
     for (int64_t i = 0; i < t.size; ++i)
       if (t.i()[i] < lo || t.i()[i] >= hi)

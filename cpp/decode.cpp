@@ -20,8 +20,8 @@ void matmul(float* out, const float* inp, const void* weight, const float* bias,
 }  // namespace
 
 void decode_block(float* out, const float* x, float* kcache, float* vcache, float* work,
-                  const BlockWeights& w, int qtype, bool gelu, int64_t pos, int64_t B,
-                  int64_t Tn, int64_t C, int64_t F, int64_t H, int64_t maxT) {
+                  const BlockWeights& w, int qtype, bool gelu, const DecodeRows& rows,
+                  int64_t B, int64_t Tn, int64_t C, int64_t F, int64_t H, int64_t maxT) {
   // the workspace, as sllm.backends.reference.decode_block_views cuts it
   const int64_t N = B * Tn;
   float* ln = work;              // (N, C): ln_1's output, then ln_2's
@@ -37,7 +37,10 @@ void decode_block(float* out, const float* x, float* kcache, float* vcache, floa
 
   layernorm_fwd(ln, mean, rstd, x, w.ln1_w, w.ln1_b, N, C);
   matmul(qkv, ln, w.attn_w, w.attn_b, qtype, w.packed, N, C, 3 * C);
-  attention_decode(atty, qkv, kcache, vcache, pos, B, Tn, C, H, maxT);
+  if (rows.slots)
+    attention_decode_batch(atty, qkv, kcache, vcache, rows.slots, rows.positions, B, C, H, maxT);
+  else
+    attention_decode(atty, qkv, kcache, vcache, rows.pos, B, Tn, C, H, maxT);
   matmul(attproj, atty, w.proj_w, w.proj_b, qtype, w.packed, N, C, C);
   residual_fwd(res2, x, attproj, N * C);
   layernorm_fwd(ln, mean, rstd, res2, w.ln2_w, w.ln2_b, N, C);

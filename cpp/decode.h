@@ -1,5 +1,5 @@
-// decode_block: one transformer block over the new rows of a KV-cache decode step, in one
-// call (the optional kernel of sllm/backends/base.py). Same layer kernels, same order, as
+// decode_block and decode_block_batch: one transformer block over the new rows of a KV-cache
+// decode step, in one call (the optional kernels of sllm/backends/base.py). Same layer kernels, same order, as
 // SLLM._forward makes one by one, so the result is bit-identical to the unfused sequence.
 #pragma once
 #include <cstdint>
@@ -28,10 +28,20 @@ inline int64_t decode_block_workspace(int64_t N, int64_t C, int64_t F) {
   return N * (8 * C + 2 * F + 2);
 }
 
-// out (B,Tn,C) = block(x (B,Tn,C)) at positions pos..pos+Tn-1 (out may alias x); the new
-// keys and values go to kcache, vcache (B,H,maxT,C/H); work holds the intermediates.
+// Where a step's rows sit in the KV cache: B sequences at positions pos..pos+Tn-1 of
+// caches (B,H,maxT,C/H) (decode_block), or, with slots given, a continuous-batching step
+// (decode_block_batch): Tn = 1, row b at slot slots[b], position positions[b] of caches
+// (S,H,maxT,C/H).
+struct DecodeRows {
+  int64_t pos;
+  const int32_t* slots;
+  const int32_t* positions;
+};
+
+// out (B,Tn,C) = block(x (B,Tn,C)) at `rows` (out may alias x); the new keys and values go
+// to kcache, vcache; work holds the intermediates.
 void decode_block(float* out, const float* x, float* kcache, float* vcache, float* work,
-                  const BlockWeights& w, int qtype, bool gelu, int64_t pos, int64_t B,
-                  int64_t Tn, int64_t C, int64_t F, int64_t H, int64_t maxT);
+                  const BlockWeights& w, int qtype, bool gelu, const DecodeRows& rows,
+                  int64_t B, int64_t Tn, int64_t C, int64_t F, int64_t H, int64_t maxT);
 
 }  // namespace sllm

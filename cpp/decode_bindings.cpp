@@ -62,45 +62,75 @@ BlockWeights block_weights(const Check& k, const py::sequence& p, int qtype, int
   return w;
 }
 
+// decode_block (slots None: the B sequences at pos..) or decode_block_batch (row b at slot
+// slots[b], position positions[b]): the arguments checked, then the block without the GIL.
+void run_block(const char* kernel, py::handle out, py::handle x, py::handle kcache,
+               py::handle vcache, py::handle work, const py::sequence& params, int64_t pos,
+               py::handle slots, py::handle positions, int64_t n_head,
+               const std::string& activation, const py::object& qtype) {
+  Check k(kernel);
+  k.expect(py::len(params) == 12, "params must hold the block's 12 tensors, got " +
+           std::to_string(py::len(params)));
+  k.expect(activation == "gelu" || activation == "relu",
+           "activation must be 'gelu' or 'relu', got '" + activation + "'");
+  const int code = qtype.is_none() ? -1 : qtype_code(k, py::cast<std::string>(qtype));
+  Arr xi = k.in(x, "x"), o = k.out(out, "out");
+  k.dims(xi, "x", 3);
+  const int64_t B = xi.shape[0], Tn = xi.shape[1], C = xi.last, N = B * Tn;
+  k.expect(N >= 1 && C >= 1, "x must be (B, Tn, C) with B, Tn, C >= 1");
+  k.expect(o.size == N * C, "out must be (B, Tn, C), x's shape");
+  k.expect(o.data == xi.data || o.end() <= (const char*)xi.data ||
+           xi.end() <= (const char*)o.data, "out must be x itself or not overlap it");
+  k.expect(n_head > 0 && C % n_head == 0, "n_head must divide C");
+  Arr kc = k.out(kcache, "kcache"), vc = k.out(vcache, "vcache");
+  DecodeRows rows{pos, nullptr, nullptr};
+  int64_t maxT;
+  if (slots.is_none()) {
+    maxT = k.kv_cache(kc, vc, B, n_head, C, pos, Tn);
+  } else {
+    k.expect(Tn == 1, "x must be (B, 1, C): one new position per sequence");
+    Arr sl = k.ints(slots, "slots"), ps = k.ints(positions, "positions");
+    maxT = k.batch_rows(kc, vc, sl, ps, B, n_head, C / n_head);
+    rows = {0, sl.i(), ps.i()};
+  }
+  k.disjoint(kc, "kcache", vc, "vcache");
+  const int64_t F = ffn_width(k, params[8], code);
+  k.expect(F >= 1, "fc_w must have at least one output");
+  const BlockWeights w = block_weights(k, params, code, C, F);
+  Arr ws = k.out(work, "work");
+  const int64_t need = decode_block_workspace(N, C, F);
+  k.expect(ws.size >= need, "work has " + std::to_string(ws.size) + " floats, needs " +
+           std::to_string(need) + " (decode_block_workspace)");
+  k.disjoint(ws, "work", o, "out"); k.disjoint(ws, "work", xi, "x");
+  k.disjoint(ws, "work", kc, "kcache"); k.disjoint(ws, "work", vc, "vcache");
+  k.disjoint(o, "out", kc, "kcache"); k.disjoint(o, "out", vc, "vcache");
+  py::gil_scoped_release nogil;
+  decode_block(o.f(), xi.f(), kc.f(), vc.f(), ws.f(), w, code, activation == "gelu", rows, B,
+               Tn, C, F, n_head, maxT);
+}
+
 }  // namespace
 
 void bind_decode(py::module_& m) {
   m.def("decode_block", [](py::handle out, py::handle x, py::handle kcache, py::handle vcache,
                            py::handle work, py::sequence params, int64_t pos, int64_t n_head,
                            const std::string& activation, py::object qtype) {
-    Check k("decode_block");
-    k.expect(py::len(params) == 12, "params must hold the block's 12 tensors, got " +
-             std::to_string(py::len(params)));
-    k.expect(activation == "gelu" || activation == "relu",
-             "activation must be 'gelu' or 'relu', got '" + activation + "'");
-    const int code = qtype.is_none() ? -1 : qtype_code(k, py::cast<std::string>(qtype));
-    Arr xi = k.in(x, "x"), o = k.out(out, "out");
-    k.dims(xi, "x", 3);
-    const int64_t B = xi.shape[0], Tn = xi.shape[1], C = xi.last, N = B * Tn;
-    k.expect(N >= 1 && C >= 1, "x must be (B, Tn, C) with B, Tn, C >= 1");
-    k.expect(o.size == N * C, "out must be (B, Tn, C), x's shape");
-    k.expect(o.data == xi.data || o.end() <= (const char*)xi.data ||
-             xi.end() <= (const char*)o.data, "out must be x itself or not overlap it");
-    k.expect(n_head > 0 && C % n_head == 0, "n_head must divide C");
-    Arr kc = k.out(kcache, "kcache"), vc = k.out(vcache, "vcache");
-    const int64_t maxT = k.kv_cache(kc, vc, B, n_head, C, pos, Tn);
-    k.disjoint(kc, "kcache", vc, "vcache");
-    const int64_t F = ffn_width(k, params[8], code);
-    k.expect(F >= 1, "fc_w must have at least one output");
-    const BlockWeights w = block_weights(k, params, code, C, F);
-    Arr ws = k.out(work, "work");
-    const int64_t need = decode_block_workspace(N, C, F);
-    k.expect(ws.size >= need, "work has " + std::to_string(ws.size) + " floats, needs " +
-             std::to_string(need) + " (decode_block_workspace)");
-    k.disjoint(ws, "work", o, "out"); k.disjoint(ws, "work", xi, "x");
-    k.disjoint(ws, "work", kc, "kcache"); k.disjoint(ws, "work", vc, "vcache");
-    k.disjoint(o, "out", kc, "kcache"); k.disjoint(o, "out", vc, "vcache");
-    py::gil_scoped_release nogil;
-    decode_block(o.f(), xi.f(), kc.f(), vc.f(), ws.f(), w, code, activation == "gelu", pos,
-                 B, Tn, C, F, n_head, maxT);
+    run_block("decode_block", out, x, kcache, vcache, work, params, pos, py::none(),
+              py::none(), n_head, activation, qtype);
   }, arg("out"), arg("x"), arg("kcache"), arg("vcache"), arg("work"), arg("params"),
      arg("pos"), arg("n_head"), arg("activation"), arg("qtype") = py::none(),
      "One transformer block over the new rows of a KV-cache decode step (base.Backend).");
+  m.def("decode_block_batch", [](py::handle out, py::handle x, py::handle kcache,
+                                 py::handle vcache, py::handle work, py::sequence params,
+                                 py::handle slots, py::handle positions, int64_t n_head,
+                                 const std::string& activation, py::object qtype) {
+    if (slots.is_none()) Check("decode_block_batch").fail("slots must be a numpy array", true);
+    run_block("decode_block_batch", out, x, kcache, vcache, work, params, 0, slots, positions,
+              n_head, activation, qtype);
+  }, arg("out"), arg("x"), arg("kcache"), arg("vcache"), arg("work"), arg("params"),
+     arg("slots"), arg("positions"), arg("n_head"), arg("activation"),
+     arg("qtype") = py::none(),
+     "One transformer block over a continuous-batching decode step (base.Backend).");
 }
 
 }  // namespace sllm

@@ -242,6 +242,10 @@ class SLLM:
         (the same kernels, behind one more Python call), the layer mixes weight types, or
         the model is a llama (decode_block is GPT-2's block)."""
         own = type(self.backend).decode_block is not Backend.decode_block and not self.is_llama
+        # (a continuous-batching step fuses its blocks only where decode_block_batch is the
+        # backend's own too)
+        self._fused_batch = own and \
+            type(self.backend).decode_block_batch is not Backend.decode_block_batch
         return [_decode_block_args(L) if own else None for L in self._p_layers]
 
     def gradients(self) -> dict[str, np.ndarray]:
@@ -479,11 +483,16 @@ class SLLM:
         self._token_rows_fwd(a)
         x = a.x0
         for i, (L, la) in enumerate(zip(self._p_layers, a.layers, strict=True)):
-            if cache is not None and rows is None and (block := self._blocks[i]) is not None:
+            if cache is not None and (block := self._blocks[i]) is not None and \
+                    (rows is None or self._fused_batch):
                 # a decode step: the whole block in one call (the lines below, fused)
                 params, qtype = block
-                k.decode_block(la.res3, x, cache.k[i], cache.v[i], a.decode_work(), params,
-                               pos, H, cfg.activation, qtype)
+                if rows is None:
+                    k.decode_block(la.res3, x, cache.k[i], cache.v[i], a.decode_work(), params,
+                                   pos, H, cfg.activation, qtype)
+                else:
+                    k.decode_block_batch(la.res3, x, cache.k[i], cache.v[i], a.decode_work(),
+                                         params, *rows, H, cfg.activation, qtype)
                 x = la.res3
                 continue
             x = self._block_fwd(i, L, la, x, dropout, cache, rows)

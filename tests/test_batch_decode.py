@@ -7,6 +7,7 @@ import pytest
 import sllm
 from sllm import backends
 from sllm.backends import reference
+from sllm.backends.base import decode_block_workspace
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -132,3 +133,44 @@ def test_decode_batch_refuses_bad_rows(slots, positions, match):
     cache = model.new_cache(3)
     with pytest.raises(ValueError, match=match):
         model.decode_batch([1, 2], cache, slots, positions)
+
+
+@pytest.mark.parametrize("qtype", [None, "q8_0", "q4_1"])
+def test_fused_step_equals_kernel_by_kernel(backend_name, qtype):
+    """decode_batch through decode_block_batch (one call per block, where the backend has
+    its own) gives exactly the logits and cache of the same step run kernel by kernel."""
+    out = []
+    for fused in (True, False):
+        model = _model(backend_name)
+        if qtype:
+            model.quantize(qtype)
+        if backend_name == "cpp":
+            assert model._fused_batch, "cpp has its own decode_block_batch"
+        model._fused_batch = fused and model._fused_batch
+        cache = model.new_cache(4)
+        for s, p in enumerate([[1, 2, 3], [4], [5, 6, 7, 8]]):
+            model.decode(np.array([p]), cache.slot(3 - s))
+        logits = model.decode_batch([11, 12, 13], cache, [3, 2, 1], [3, 1, 4])
+        out.append((logits, [np.array(k) for k in cache.k], [np.array(v) for v in cache.v]))
+        cache.release()
+    (a, ka, va), (b, kb, vb) = out
+    np.testing.assert_array_equal(a, b)
+    for x, y in zip(ka + va, kb + vb, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("slots,positions,match", [
+    ([0, 0], [1, 2], "slot 0 appears twice"), ([0, 4], [1, 2], "slot 4 outside"),
+    ([0, 1], [1, 12], "position 12 outside")])
+def test_fused_block_refuses_bad_rows(rng, slots, positions, match):
+    if "cpp" not in backends.available():
+        pytest.skip("the cpp backend is not built here")
+    be = backends.get("cpp")
+    C, F = 8, 16
+    params = [be.from_numpy(_f(rng, *shape)) for shape in
+              ((C,), (C,), (C, 3 * C), (3 * C,), (C, C), (C,), (C,), (C,), (C, F), (F,), (F, C), (C,))]
+    work = be.zeros((decode_block_workspace(2, 1, C, F),))
+    with pytest.raises(ValueError, match=f"decode_block_batch: {match}"):
+        be.decode_block_batch(be.zeros((2, 1, C)), be.from_numpy(_f(rng, 2, 1, C)),
+                              be.zeros((4, 2, 12, 4)), be.zeros((4, 2, 12, 4)), work, params,
+                              np.array(slots, np.int32), np.array(positions, np.int32), 2, "gelu")

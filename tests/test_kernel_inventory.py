@@ -19,8 +19,9 @@ from sllm.backends.wasm import WasmBackend, WasmSimdBackend, _WasmBase
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = (*KERNELS, *LLAMA_KERNELS, *OPTIONAL_KERNELS)
-# C++ functions that serve two kernels: dropout's backward is its forward with the same mask.
-CPP_SAME_AS = {"dropout_bwd": "dropout_fwd"}
+# C++ functions that serve two kernels: dropout's backward is its forward with the same mask;
+# decode_block takes a batching step's slots and positions (DecodeRows) too.
+CPP_SAME_AS = {"dropout_bwd": "dropout_fwd", "decode_block_batch": "decode_block"}
 
 
 def _text(pattern: str) -> str:

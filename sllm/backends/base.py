@@ -65,6 +65,7 @@ from .reference import (
     DECODE_BLOCK_PARAMS,
     LAYERNORM_EPS,
     compose_decode_block,
+    compose_decode_block_batch,
     decode_block_workspace,
     dropout_keep_mask,
     dropout_threshold,
@@ -95,7 +96,8 @@ LLAMA_KERNELS: tuple[str, ...] = (
 )
 
 # Fused kernels a backend may provide; Backend's default composes the required ones.
-OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block", "embed_q_fwd", "matmul_q_bwd")
+OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block", "decode_block_batch", "embed_q_fwd",
+                                      "matmul_q_bwd")
 
 
 def _not_implemented(backend: Any, kernel: str) -> NotImplementedError:
@@ -477,3 +479,18 @@ class Backend:
         """
         compose_decode_block(self, out, x, kcache, vcache, work, params, pos, n_head,
                              activation, qtype)
+
+    def decode_block_batch(self, out: Array, x: Array, kcache: Array, vcache: Array,
+                           work: Array, params: Sequence[Any], slots: Array, positions: Array,
+                           n_head: int, activation: str, qtype: str | None = None) -> None:
+        """One transformer block over a continuous-batching step (optional; serving).
+
+        decode_block for B sequences at their own positions: row b of x (B,1,C) belongs to
+        the sequence in cache slot slots[b] of kcache, vcache (S,H,maxT,D), at position
+        positions[b], as in attention_decode_batch (slots, positions: (B,) int32; slots
+        distinct). out, work, params, activation and qtype as in decode_block. The result
+        equals, exactly, decode_block's sequence with attention_decode_batch in place of
+        attention_decode, which is what this default runs on the backend's own kernels.
+        """
+        compose_decode_block_batch(self, out, x, kcache, vcache, work, params, slots,
+                                   positions, n_head, activation, qtype)

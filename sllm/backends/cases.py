@@ -206,6 +206,18 @@ def _decode_block(rng: np.random.Generator, B: int, Tn: int, H: int, D: int, F: 
             act, qtype]
 
 
+def _decode_block_batch(rng: np.random.Generator, S: int, H: int, D: int, F: int, maxT: int,
+                        slots: tuple[int, ...], positions: tuple[int, ...], qtype: str | None,
+                        act: str, packed: bool = True) -> Args:
+    # decode_block's tensors for B = len(slots) rows of one position each, over S cache
+    # slots holding stale data (only each row's own slot, up to its position, may be read)
+    B = len(slots)
+    out, x, _, _, work, params, _, *rest = _decode_block(rng, B, 1, H, D, F, 0, maxT, qtype,
+                                                          act, packed)
+    return [out, x, _f(rng, S, H, maxT, D), _f(rng, S, H, maxT, D), work, params,
+            np.array(slots, np.int32), np.array(positions, np.int32), *rest]
+
+
 def _rmsnorm_fwd(rng: np.random.Generator, N: int, C: int, eps: float) -> Args:
     return [_f(rng, N, C), _f(rng, N), _f(rng, N, C) * 3, 1 + _f(rng, C) / 4, eps]
 
@@ -343,6 +355,17 @@ _DBLK = _shapes("B Tn H D F pos maxT qtype act",
                 (1, 5, 3, 15, 40, 2, 9, "q4_1", "gelu"), (1, 1, 4, 32, 512, 40, 64, "q8_0", "relu"))
 _DBLK += [{**_DBLK[0], "in_place": True}, {**_DBLK[4], "in_place": True},
           {**_DBLK[3], "packed": False}, {**_DBLK[5], "packed": False}]
+# sequences at their own lengths in some of the cache's slots, C not a multiple of 8, each
+# weight type; the last row is a 16-sequence step of small-model's shape
+_DBB = _shapes("S H D F maxT slots positions qtype act",
+               (1, 1, 8, 16, 4, (0,), (0,), None, "gelu"),
+               (5, 3, 5, 23, 9, (4, 1, 3), (8, 0, 3), None, "relu"),
+               (3, 2, 16, 96, 7, (2, 0), (6, 1), "q8_0", "gelu"),
+               (4, 3, 15, 40, 9, (3, 0, 2), (2, 8, 0), "q4_0", "relu"),
+               (2, 1, 32, 64, 5, (1, 0), (4, 0), "q4_1", "gelu"),
+               (16, 4, 32, 512, 40, tuple(range(15, -1, -1)), tuple((7 * i) % 40 for i in range(16)),
+                None, "gelu"))
+_DBB += [{**_DBB[1], "in_place": True}, {**_DBB[3], "packed": False}]
 _N = _shapes("n", (1,), (15,), (1001,), (40003,))
 _RMS = _shapes("N C eps", (1, 5, 1e-5), (7, 17, 1e-6), (37, 33, 1e-5), (64, 128, 1e-5),
                (300, 130, 1e-6))
@@ -374,6 +397,7 @@ CASES: dict[str, KernelCases] = {
     "attention_decode": KernelCases(_DEC, _attention_decode, (0, 2, 3)),
     "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3)),
     "decode_block": KernelCases(_DBLK, _decode_block, (0, 2, 3), aliases=((1, 0),)),
+    "decode_block_batch": KernelCases(_DBB, _decode_block_batch, (0, 2, 3), aliases=((1, 0),)),
     "rmsnorm_fwd": KernelCases(_RMS, _rmsnorm_fwd, (0, 1)),
     "rmsnorm_bwd": KernelCases(_RMS, _rmsnorm_bwd, (0, 1)),
     "rope_fwd": KernelCases(_ROPE, _rope, (0,), rtol=1e-5),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -508,17 +508,36 @@ def compose_decode_block(k: Any, out: Array, x: Array, kcache: Array, vcache: Ar
                          activation: str, qtype: str | None = None) -> None:
     """decode_block as the sequence of layer kernels of `k` (a backend or this module), the
     same calls SLLM._forward makes for a decode step; every backend's default."""
+    _compose_block(k, out, x, work, params, activation, qtype, "decode_block",
+                   lambda atty, qkv: k.attention_decode(atty, qkv, kcache, vcache, pos, n_head))
+
+
+def compose_decode_block_batch(k: Any, out: Array, x: Array, kcache: Array, vcache: Array,
+                               work: Array, params: Sequence[Any], slots: Array,
+                               positions: Array, n_head: int, activation: str,
+                               qtype: str | None = None) -> None:
+    """decode_block_batch as the sequence of layer kernels of `k`: decode_block's, with
+    attention_decode_batch for the attention; every backend's default."""
+    _compose_block(k, out, x, work, params, activation, qtype, "decode_block_batch",
+                   lambda atty, qkv: k.attention_decode_batch(atty, qkv, kcache, vcache, slots,
+                                                              positions, n_head))
+
+
+def _compose_block(k: Any, out: Array, x: Array, work: Array, params: Sequence[Any],
+                   activation: str, qtype: str | None, kernel: str,
+                   attend: Callable[[Array, Array], None]) -> None:
+    """A GPT-2 block of decode rows on `k`'s kernels; attend(atty, qkv) is its attention."""
     ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b = params
     B, Tn, C = x.shape
     F = fc_w.shape[0] if qtype else fc_w.shape[1]  # quantized rows are (F, bytes)
     if activation not in ("gelu", "relu"):
-        raise ValueError(f"decode_block: activation must be 'gelu' or 'relu', got {activation!r}")
+        raise ValueError(f"{kernel}: activation must be 'gelu' or 'relu', got {activation!r}")
     w = decode_block_views(work, B, Tn, C, F)
     # matmul_fwd(out, inp, weight, bias, False), or matmul_q_fwd(..., qtype) on quantized rows
     mm, last = (k.matmul_q_fwd, qtype) if qtype else (k.matmul_fwd, False)
     k.layernorm_fwd(w.ln, w.mean, w.rstd, x, ln1_w, ln1_b)
     mm(w.qkv, w.ln, attn_w, attn_b, last)
-    k.attention_decode(w.atty, w.qkv, kcache, vcache, pos, n_head)
+    attend(w.atty, w.qkv)
     mm(w.attproj, w.atty, proj_w, proj_b, last)
     k.residual_fwd(w.res2, x, w.attproj)
     k.layernorm_fwd(w.ln, w.mean, w.rstd, w.res2, ln2_w, ln2_b)
@@ -534,3 +553,12 @@ def decode_block(out: Array, x: Array, kcache: Array, vcache: Array, work: Array
     """One transformer block over new decode rows (see base.Backend.decode_block)."""
     compose_decode_block(sys.modules[__name__], out, x, kcache, vcache, work, params, pos,
                          n_head, activation, qtype)
+
+
+def decode_block_batch(out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
+                       params: Sequence[Any], slots: Array, positions: Array, n_head: int,
+                       activation: str, qtype: str | None = None) -> None:
+    """One transformer block over a continuous-batching step (see
+    base.Backend.decode_block_batch)."""
+    compose_decode_block_batch(sys.modules[__name__], out, x, kcache, vcache, work, params,
+                               slots, positions, n_head, activation, qtype)
