@@ -66,8 +66,10 @@ struct Ops {
 
   // attention rows: see attention_rows.inc
   float (*softmax_row)(float* s, int64_t n, float scale);
-  void (*attention_grad_row)(float* p, float* dp, int64_t n, float scale, float lse,
-                             const float* dout, const float* out, int64_t D);
+  void (*softmax_rows)(float* s, int64_t ld, int64_t rows, int64_t n0, float scale, float* lse);
+  void (*attention_grad_rows)(float* p, float* dp, int64_t ld, int64_t rows, int64_t n0,
+                              float scale, const float* lse, const float* dout,
+                              const float* out, int64_t ldo, int64_t D);
 
   // sum of x[i]^2 over n floats, accumulated in float64 (grad_norm_sq)
   double (*sum_squares)(const float* x, int64_t n);
