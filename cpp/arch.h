@@ -46,10 +46,11 @@ struct Ops {
   void (*dropout_range)(float* out, const float* inp, int64_t i0, int64_t n, uint32_t seed,
                         uint32_t threshold, float keep_scale);
 
-  void (*layernorm_fwd_row)(float* out, float* mean, float* rstd, const float* x,
-                            const float* w, const float* b, int64_t C);
-  void (*layernorm_bwd_row)(float* dinp, const float* dout, const float* x, const float* w,
-                            float mean, float rstd, int64_t C);
+  // `rows` rows of C floats (their mean and rstd, one each)
+  void (*layernorm_fwd_rows)(float* out, float* mean, float* rstd, const float* x,
+                             const float* w, const float* b, int64_t rows, int64_t C);
+  void (*layernorm_bwd_rows)(float* dinp, const float* dout, const float* x, const float* w,
+                             const float* mean, const float* rstd, int64_t rows, int64_t C);
   // dweight and dbias of columns c < n <= 64 over `rows` rows at stride ld, in row order
   void (*layernorm_param_grads)(float* dw, float* db, const float* dout, const float* x,
                                 const float* mean, const float* rstd, int64_t rows,
@@ -65,8 +66,10 @@ struct Ops {
 
   // attention rows: see attention_rows.inc
   float (*softmax_row)(float* s, int64_t n, float scale);
-  void (*attention_grad_row)(float* p, float* dp, int64_t n, float scale, float lse,
-                             const float* dout, const float* out, int64_t D);
+  void (*softmax_rows)(float* s, int64_t ld, int64_t rows, int64_t n0, float scale, float* lse);
+  void (*attention_grad_rows)(float* p, float* dp, int64_t ld, int64_t rows, int64_t n0,
+                              float scale, const float* lse, const float* dout,
+                              const float* out, int64_t ldo, int64_t D);
 
   // sum of x[i]^2 over n floats, accumulated in float64 (grad_norm_sq)
   double (*sum_squares)(const float* x, int64_t n);

@@ -78,11 +78,10 @@ void head_fwd(const Head& h, float* lse, float* s, const float* kt, float* pack)
   for (int64_t r0 = 0; r0 < h.nq; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, h.nq - r0), cols = h.q_pos0 + r0 + rows;
     scores(rows, cols, h.D, h.q + r0 * h.ldq, h.ldq, h.k, h.ldkv, kt, s, ld, pack);
-    for (int64_t i = 0; i < rows; ++i) {
+    o.softmax_rows(s, ld, rows, h.q_pos0 + r0 + 1, scale, lse ? lse + r0 : nullptr);
+    for (int64_t i = 0; i < rows; ++i) {  // the causal mask
       const int64_t n = h.q_pos0 + r0 + i + 1;
-      const float l = o.softmax_row(s + i * ld, n, scale);
-      if (lse) lse[r0 + i] = l;
-      if (n < cols) std::fill(s + i * ld + n, s + i * ld + cols, 0.0f);  // the causal mask
+      if (n < cols) std::fill(s + i * ld + n, s + i * ld + cols, 0.0f);
     }
     gemm_serial(rows, h.D, cols, s, ld, false, h.v, h.ldkv, false, h.out + r0 * h.ldo, h.ldo,
                 false, nullptr, pack);
@@ -103,9 +102,9 @@ void head_bwd(const Head& h, float* dq, float* dk, float* dv, int64_t ldd, bool 
     const int64_t rows = std::min(kRowBlock, T - r0), cols = r0 + rows;
     scores(rows, cols, D, h.q + r0 * h.ldq, h.ldq, h.k, h.ldkv, kt, p + r0 * ld, ld, pack);
     scores(rows, cols, D, dout + r0 * h.ldo, h.ldo, h.v, h.ldkv, vt, ds + r0 * ld, ld, pack);
-    for (int64_t i = r0; i < r0 + rows; ++i) {
-      o.attention_grad_row(p + i * ld, ds + i * ld, i + 1, scale, lse[i], dout + i * h.ldo,
-                           h.out + i * h.ldo, D);
+    o.attention_grad_rows(p + r0 * ld, ds + r0 * ld, ld, rows, r0 + 1, scale, lse + r0,
+                          dout + r0 * h.ldo, h.out + r0 * h.ldo, h.ldo, D);
+    for (int64_t i = r0; i < r0 + rows; ++i) {  // the causal mask
       std::fill(p + i * ld + i + 1, p + i * ld + T, 0.0f);
       std::fill(ds + i * ld + i + 1, ds + i * ld + T, 0.0f);
     }
