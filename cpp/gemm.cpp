@@ -108,7 +108,8 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
   });
 }
 
-// Small K and few column panels, neither operand transposed: the register tile reads A
+// Few rows (kDirectMaxRows), or small K and few column panels, neither operand transposed:
+// the register tile reads A
 // and B in place. Only a last, narrower column panel is copied (zero-padded) so loads
 // stay in bounds.
 void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
@@ -132,9 +133,13 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
       b = pack;
       stride = nr;
     }
+    // depth in blocks of kc, each added to C as gemm_serial's packed loops add them, so
+    // every element is the same sum whichever path (and row count) computes it
     for (int64_t i = 0; i < M; i += mr)
-      micro(K, A + i * lda, lda, 1, b, stride, C + i * ldc + j, ldc,
-            (int)std::min<int64_t>(mr, M - i), n, accumulate, bias ? bias + j : nullptr);
+      for (int64_t k0 = 0; k0 < K; k0 += o.kc)
+        micro(std::min<int64_t>(o.kc, K - k0), A + i * lda + k0, lda, 1, b + k0 * stride,
+              stride, C + i * ldc + j, ldc, (int)std::min<int64_t>(mr, M - i), n,
+              accumulate || k0 > 0, k0 == 0 && bias ? bias + j : nullptr);
   }
 }
 
