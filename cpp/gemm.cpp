@@ -266,17 +266,6 @@ void run_chunk(const Gemm& g, const Plan& p, int64_t chunk, float* buf) {
   }
 }
 
-// Threads for a fork/join of `macs` multiply-adds. Few-row GEMMs (a batched decode step)
-// split from 256K multiply-adds, as gemm_small_m's parts do: their weights are read in
-// place, not packed per chunk, so a second thread pays sooner (small-model's 8- and
-// 16-row qkv and MLP GEMMs, 0.4-0.8M multiply-adds, took 0.55x the time on 2 threads,
-// quiet machine, 2026-12-05).
-int parallel_threads(const Gemm* jobs, int count, int64_t macs) {
-  bool few_rows = true;
-  for (int j = 0; j < count; ++j) few_rows = few_rows && jobs[j].M <= kDirectMaxRows;
-  return macs < (few_rows ? kParallelMacs >> 2 : kParallelMacs) ? 1 : num_threads();
-}
-
 // Up to kMaxJobs independent GEMMs (none writes what another reads) in one fork/join:
 // backward's dx and dW share it, which halves the thread wake-ups per matmul_bwd.
 constexpr int kMaxJobs = 2;
@@ -293,7 +282,7 @@ void gemm_many(const Gemm* jobs, int count) {
       macs += g.M * g.N * g.K;
   }
   if (macs == 0) return;
-  const int threads = parallel_threads(jobs, count, macs);
+  const int threads = macs < kParallelMacs ? 1 : num_threads();
   Plan plans[kMaxJobs];
   int64_t first[kMaxJobs + 1] = {0};  // chunk index where each job starts
   for (int j = 0; j < count; ++j) {

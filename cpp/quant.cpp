@@ -111,15 +111,8 @@ void matmul_q_gemm(float* out, const uint8_t* wq, const float* bias, int qtype, 
 // off its core (2 threads were 0.55x of 1 under load). ggml's rows split from 256K
 // multiply-adds; the packed kernels, 3-4x faster, from 4M (measured alternating 1 and 2
 // threads in one process, load 1.4: 2 threads 20-35% slower at 2M, 13-20% faster at 8M).
-// A batched decode step's calls (16 rows: 0.5-3M multiply-adds per layer on small- and
-// medium-model) split from 512K: their group kernels run many input rows per weight load,
-// so a call is long enough to share (16-row steps, 2 threads vs 1 from 4M, processes
-// alternating at load 3.2: small-model q4_0 333-353 vs 397-645 us, q8_0 347-374 vs
-// 386-663 us; medium-model q4_0 966-1,041 vs 1,076-1,141 us, 2026-12-05).
-constexpr int64_t kSplitEarlyRows = 8;
 int gemv_threads(int64_t N, int64_t K, int64_t OC, bool packed) {
-  const int64_t split = packed ? (N >= kSplitEarlyRows ? (1 << 19) : (1 << 22)) : (1 << 18);
-  return N * OC * K < split ? 1 : num_threads();
+  return (N * OC * K < (packed ? (1 << 22) : (1 << 18))) ? 1 : num_threads();
 }
 
 // Few input rows on ggml's rows: one dot product per (output row, input row); chunks of
