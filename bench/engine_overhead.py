@@ -4,12 +4,14 @@ stand-in model whose forward returns stored rows of logits (small-model's vocabu
 bench/targets.py's engine rows run them. Prints microseconds a step beside the forward's.
 
     python bench/engine_overhead.py [--rounds 7] [--against REV] [--model small-model]
+                                    [--logprobs K]
 
 --against REV alternates, wave by wave in this process, with REV's batching, tokenizer,
 sampler and detok modules (git show), and checks that both send the same text. --model
 NAME runs a shipped config's model (cpp backend, f32, random weights) instead of the
 stand-in, shared by both engines: the engine's time is then what is left of a step beside
-the model's decode_batch and prefill calls, and tokens/s are printed too.
+the model's decode_batch and prefill calls, and tokens/s are printed too. --logprobs K
+asks every request for its tokens' log-probabilities and the K likeliest alternatives.
 """
 from __future__ import annotations
 
@@ -118,8 +120,8 @@ class Timed:
 class Setup:
     """An engine (of the given modules) over a model, started."""
 
-    def __init__(self, batching: Any, tokenizers: Any, model: Any):
-        self.batching, self.model = batching, model
+    def __init__(self, batching: Any, tokenizers: Any, model: Any, logprobs: int | None):
+        self.batching, self.model, self.logprobs = batching, model, logprobs
         text = "".join(chr(0x4E00 + i) for i in range(V))  # one character per id
         tok = tokenizers.CharTokenizer.train(text, V)
         self.engine = batching.Engine(self.model, tok, max_batch=16, max_queue=32)
@@ -139,7 +141,8 @@ class Setup:
         steps, fwd = self.engine.stats.steps, self.model.seconds
         t0 = time.perf_counter()
         for i, ids in enumerate(prompts):
-            sampling = self.batching.Sampling(max_tokens=TOKENS, temperature=0)
+            sampling = self.batching.Sampling(max_tokens=TOKENS, temperature=0,
+                                              logprobs=self.logprobs)
             self.engine.submit(self.batching.Request(ids, sampling,
                                                      lambda e, i=i: emit(e, i)))
         for _ in prompts:
@@ -156,6 +159,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--against", default=None, help="a git revision to alternate with")
     ap.add_argument("--model", default=None, help="a shipped config's name (cpp backend)")
+    ap.add_argument("--logprobs", type=int, default=None, help="log-probabilities, K likeliest")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, V, PROMPT).tolist() for _ in range(16)]
@@ -165,9 +169,9 @@ def main() -> None:
         if model.config.vocab_size != V:
             raise SystemExit(f"--model needs a vocabulary of {V}, {args.model} has "
                              f"{model.config.vocab_size}")
-    setups = {"now": Setup(sllm.batching, sllm.tokenizer, model)}
+    setups = {"now": Setup(sllm.batching, sllm.tokenizer, model, args.logprobs)}
     if args.against:
-        setups[args.against] = Setup(*modules_at(args.against), model)
+        setups[args.against] = Setup(*modules_at(args.against), model, args.logprobs)
     times: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     digests: dict[int, set[str]] = {1: set(), 16: set()}
     try:

@@ -141,18 +141,23 @@ class Sequence:
     generated: int = 0
 
 
-def token_text(tok: Any, context: list[int], token: int) -> str:
-    """The text `token` adds after `context` (its last few ids), as decode() writes it."""
+def token_texts(tok: Any, context: list[int], tokens: list[int]) -> dict[int, str]:
+    """The text each of `tokens` adds after `context` (its last few ids), as decode()
+    writes it; the context is decoded once, each distinct token once more."""
     ctx = context[-TextStream.CONTEXT:]
-    before, after = tok.decode(ctx), tok.decode(ctx + [token])
-    return after[len(before):] if after.startswith(before) else tok.decode([token])
+    before, out = tok.decode(ctx), {}
+    for t in tokens:
+        if t not in out:
+            after = tok.decode(ctx + [t])
+            out[t] = after[len(before):] if after.startswith(before) else tok.decode([t])
+    return out
 
 
 def logprob_entry(tok: Any, context: list[int], token: int, logprob: float | None,
                   top: list[tuple[int, float]]) -> TokenLogprob:
     """A TokenLogprob with every text decoded in place after `context`."""
-    return TokenLogprob(token, token_text(tok, context, token), logprob,
-                        tuple((t, token_text(tok, context, t), lp) for t, lp in top))
+    text = token_texts(tok, context, [token] + [t for t, _ in top])
+    return TokenLogprob(token, text[token], logprob, tuple((t, text[t], lp) for t, lp in top))
 
 
 def prompt_logprobs(model: Any, tok: Any, ids: list[int], k: int) -> tuple[TokenLogprob, ...]:
@@ -162,7 +167,8 @@ def prompt_logprobs(model: Any, tok: Any, ids: list[int], k: int) -> tuple[Token
     out = [logprob_entry(tok, [], ids[0], None, [])]
     for i in range(1, len(ids)):
         row = logp[i - 1]
-        out.append(logprob_entry(tok, ids[:i], ids[i], float(row[ids[i]]), top_logprobs(row, k)))
+        context = ids[max(0, i - TextStream.CONTEXT):i]  # all token_texts reads
+        out.append(logprob_entry(tok, context, ids[i], float(row[ids[i]]), top_logprobs(row, k)))
     return tuple(out)
 
 

@@ -28,7 +28,15 @@ class Decoder:
     the ids write; subclasses turn ids into bytes or text in `feed`."""
 
     def __init__(self) -> None:
-        self._utf8 = _Utf8("replace")
+        # made at the first byte: most texts of a char or word vocabulary have none, and
+        # decode() of a few ids (a logprob's context) is a fresh decoder each time
+        self._utf8: codecs.IncrementalDecoder | None = None
+
+    def _text(self, data: bytes, final: bool = False) -> str:
+        """`data` read as UTF-8 after the bytes before it (invalid bytes as U+FFFD)."""
+        if self._utf8 is None:
+            self._utf8 = _Utf8("replace")
+        return self._utf8.decode(data, final)
 
     def feed(self, ids: Iterable[int]) -> str:
         """The text `ids` add after everything fed before."""
@@ -40,7 +48,7 @@ class Decoder:
 
     def flush(self) -> str:
         """The text still held back: an incomplete UTF-8 sequence at the end, as U+FFFD."""
-        return self._utf8.decode(b"", final=True)
+        return "" if self._utf8 is None else self._utf8.decode(b"", final=True)
 
 
 class CharDecoder(Decoder):
@@ -62,12 +70,12 @@ class CharDecoder(Decoder):
                 run.append(i - 1)
                 continue
             if run or held:  # the byte run ends here
-                out.append(self._utf8.decode(bytes(run), final=True))
+                out.append(self._text(bytes(run), final=True))
                 run.clear()
                 held = False
             out.append(chars[i] if 0 <= i < n else "[UNK]")
         if run:
-            out.append(self._utf8.decode(bytes(run)))
+            out.append(self._text(bytes(run)))
         self.held = held or bool(run)
         return "".join(out)
 
@@ -94,26 +102,31 @@ class WordDecoder(Decoder):
 
     def feed(self, ids: Iterable[int]) -> str:
         """See Decoder.feed."""
+        tokens, n, lo, hi = self.tokens, len(self.tokens), self.bytes_from, self.bytes_end
+        dropped, space_between = self.dropped, self.space_between
+        prev, started, in_run = self.prev, self.started, self.in_run  # (locals: a hot loop)
         out: list[str] = []
         run = bytearray()
         for i in ids:
             i = int(i)
-            if i in self.dropped:
+            if i in dropped:
                 continue
-            if self.bytes_from <= i < self.bytes_end:
-                run.append(i - self.bytes_from)
-                self.in_run = self.started = True
+            if lo <= i < hi:
+                run.append(i - lo)
+                in_run = started = True
                 continue
-            if self.in_run:
-                out.append(self._utf8.decode(bytes(run), final=True))
+            if in_run:
+                out.append(self._text(bytes(run), final=True))
                 run.clear()
-                self.in_run, self.prev = False, "\n"
-            tok = self.tokens[i] if 0 <= i < len(self.tokens) else self.unknown
-            if self.started and self.space_between(self.prev, tok):
+                in_run, prev = False, "\n"
+            tok = tokens[i] if 0 <= i < n else self.unknown
+            if started and space_between(prev, tok):
                 out.append(" ")
             out.append(tok)
-            self.prev, self.started = tok, True
-        out.append(self._utf8.decode(bytes(run)))
+            prev, started = tok, True
+        if run:
+            out.append(self._text(bytes(run)))
+        self.prev, self.started, self.in_run = prev, started, in_run
         return "".join(out)
 
 
@@ -135,7 +148,7 @@ class ByteDecoder(Decoder):
             out += piece(prev, i)
             prev = i
         self.prev = prev
-        return self._utf8.decode(bytes(out))
+        return self._text(bytes(out))
 
 
 class TextStream:

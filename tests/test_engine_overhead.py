@@ -11,9 +11,10 @@ import sllm
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("model", [[], ["--model", "small-model"]], ids=["stand-in", "real"])
+@pytest.mark.parametrize("model", [[], ["--logprobs", "2"], ["--model", "small-model"]],
+                         ids=["stand-in", "logprobs", "real"])
 def test_engine_overhead_bench_runs_and_both_revisions_agree(model):
-    if model and "cpp" not in sllm.backends.available():
+    if "--model" in model and "cpp" not in sllm.backends.available():
         pytest.skip("the real model runs on the cpp backend")
     out = subprocess.run([sys.executable, "bench/engine_overhead.py", "--rounds", "1",
                           "--against", "HEAD", *model], cwd=ROOT, capture_output=True,
