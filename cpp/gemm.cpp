@@ -109,9 +109,8 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
 }
 
 // Few rows (kDirectMaxRows), or small K and few column panels, neither operand transposed:
-// the register tile reads A
-// and B in place. Only a last, narrower column panel is copied (zero-padded) so loads
-// stay in bounds.
+// the register tile reads A and B in place. Only a last, narrower column panel is copied
+// (zero-padded) so loads stay in bounds.
 void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
                  int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias,
                  float* pack) {
