@@ -25,6 +25,12 @@ constexpr int64_t kSmallM = 4;  // at most this many rows: no packing (decode, G
 // in place, M = 8..64 rows of small- and medium-model's weights took 0.55-0.95x the
 // packed path's time, 2 threads, both builds alternating, 2026-12-05.)
 constexpr int64_t kDirectMaxRows = 64;
+// ... when the weight is at most this many floats (256 KB). A larger one comes from memory
+// on every step (medium-model's 1 MB layers), and streaming it in whole rows while packing
+// beats the register tile's strided reads of 128 bytes a row: in-process A/B of the 16-row
+// decode step, 10 rounds, load 6.6 (so ratios only): every weight in place 0.85x on
+// small-model but 1.24x on medium-model; up to 64K floats 0.92x and 1.01x.
+constexpr int64_t kDirectMaxFloats = 1 << 16;
 constexpr int64_t kMc = 96;     // rows of A swept per packed B block (stays in L2)
 constexpr int64_t kNc = 512;    // columns of B packed at once
 // Non-transposed GEMMs up to this depth, over at most this many column panels, skip
@@ -166,7 +172,7 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
   const int mr = o.mr, nr = o.nr;
   // (gemm_direct copies a last, narrower column panel whole: K * nr floats of `pack`)
   if (!trans_a && !trans_b && K > 0 && K * nr <= kNc * o.kc &&
-      (M <= kDirectMaxRows || (K <= std::min<int64_t>(o.kc, kDirectMaxK) && N <= kDirectMaxPanels * nr)))
+      ((M <= kDirectMaxRows && K * N <= kDirectMaxFloats) || (K <= std::min<int64_t>(o.kc, kDirectMaxK) && N <= kDirectMaxPanels * nr)))
     return gemm_direct(M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, pack);
   float* a_packed = pack;  // op(A) rows when A is transposed (kMc x kc)
   float* b_packed = pack + kMc * o.kc;
