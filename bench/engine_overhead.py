@@ -3,10 +3,15 @@ stand-in model whose forward returns stored rows of logits (small-model's vocabu
 5,000), 16 greedy requests at once (16-token prompts, 64 tokens each) and one alone, as
 bench/targets.py's engine rows run them. Prints microseconds a step beside the forward's.
 
-    python bench/engine_overhead.py [--rounds 7] [--against REV]
+    python bench/engine_overhead.py [--rounds 7] [--against REV] [--model small-model]
+                                    [--logprobs K]
 
 --against REV alternates, wave by wave in this process, with REV's batching, tokenizer,
-sampler and detok modules (git show), and checks that both send the same text.
+sampler and detok modules (git show), and checks that both send the same text. --model
+NAME runs a shipped config's model (cpp backend, f32, random weights) instead of the
+stand-in, shared by both engines: the engine's time is then what is left of a step beside
+the model's decode_batch and prefill calls, and tokens/s are printed too. --logprobs K
+asks every request for its tokens' log-probabilities and the K likeliest alternatives.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+import sllm
 import sllm.batching
 import sllm.tokenizer
 
@@ -86,18 +92,44 @@ def modules_at(rev: str) -> tuple[Any, Any]:
     return sys.modules["sllm._at_rev_batching"], sys.modules["sllm._at_rev_tokenizer"]
 
 
-class Setup:
-    """An engine (of the given modules) over its own stand-in model, started."""
+class Timed:
+    """A real model whose decode_batch and decode (prefill) calls are timed in `.seconds`."""
 
-    def __init__(self, batching: Any, tokenizers: Any):
-        self.batching, self.model = batching, StubModel()
+    def __init__(self, model: Any):
+        self.model, self.config, self.seconds = model, model.config, 0.0
+
+    def eval(self) -> Timed:
+        return self
+
+    def new_cache(self, batch: int) -> Any:
+        return self.model.new_cache(batch)
+
+    def decode(self, ids: Any, cache: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.model.decode(ids, cache)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def decode_batch(self, tokens: Any, cache: Any, slots: Any, positions: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.model.decode_batch(tokens, cache, slots, positions)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+class Setup:
+    """An engine (of the given modules) over a model, started."""
+
+    def __init__(self, batching: Any, tokenizers: Any, model: Any, logprobs: int | None):
+        self.batching, self.model, self.logprobs = batching, model, logprobs
         text = "".join(chr(0x4E00 + i) for i in range(V))  # one character per id
         tok = tokenizers.CharTokenizer.train(text, V)
         self.engine = batching.Engine(self.model, tok, max_batch=16, max_queue=32)
         self.engine.start()
 
-    def wave(self, prompts: list[list[int]]) -> tuple[float, float, str]:
-        """(engine microseconds a step, forward microseconds a step, hash of the text)."""
+    def wave(self, prompts: list[list[int]]) -> tuple[float, float, float, str]:
+        """(engine microseconds a step, the model's microseconds a step, tokens/s, hash of
+        the text)."""
         done = threading.Semaphore(0)
         texts: list[list[str]] = [[] for _ in prompts]
 
@@ -109,7 +141,8 @@ class Setup:
         steps, fwd = self.engine.stats.steps, self.model.seconds
         t0 = time.perf_counter()
         for i, ids in enumerate(prompts):
-            sampling = self.batching.Sampling(max_tokens=TOKENS, temperature=0)
+            sampling = self.batching.Sampling(max_tokens=TOKENS, temperature=0,
+                                              logprobs=self.logprobs)
             self.engine.submit(self.batching.Request(ids, sampling,
                                                      lambda e, i=i: emit(e, i)))
         for _ in prompts:
@@ -117,37 +150,47 @@ class Setup:
         took, fwd = time.perf_counter() - t0, self.model.seconds - fwd
         steps = self.engine.stats.steps - steps
         digest = hashlib.sha1(repr(texts).encode()).hexdigest()[:12]
-        return (took - fwd) / steps * 1e6, fwd / steps * 1e6, digest
+        return ((took - fwd) / steps * 1e6, fwd / steps * 1e6, len(prompts) * TOKENS / took,
+                digest)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--against", default=None, help="a git revision to alternate with")
+    ap.add_argument("--model", default=None, help="a shipped config's name (cpp backend)")
+    ap.add_argument("--logprobs", type=int, default=None, help="log-probabilities, K likeliest")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, V, PROMPT).tolist() for _ in range(16)]
-    setups = {"now": Setup(sllm.batching, sllm.tokenizer)}
+    model: Any = StubModel()
+    if args.model:
+        model = Timed(sllm.SLLM(args.model, backend="cpp", seed=0).eval())
+        if model.config.vocab_size != V:
+            raise SystemExit(f"--model needs a vocabulary of {V}, {args.model} has "
+                             f"{model.config.vocab_size}")
+    setups = {"now": Setup(sllm.batching, sllm.tokenizer, model, args.logprobs)}
     if args.against:
-        setups[args.against] = Setup(*modules_at(args.against))
-    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        setups[args.against] = Setup(*modules_at(args.against), model, args.logprobs)
+    times: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     digests: dict[int, set[str]] = {1: set(), 16: set()}
     try:
         for r in range(args.rounds + 1):  # round 0 warms up
             for name in (list(setups) if r % 2 else list(setups)[::-1]):
                 for n in (16, 1):
-                    us, fwd, digest = setups[name].wave(prompts[:n])
+                    us, fwd, rate, digest = setups[name].wave(prompts[:n])
                     digests[n].add(digest)
                     if r:
-                        times.setdefault((name, n), []).append((us, fwd))
+                        times.setdefault((name, n), []).append((us, fwd, rate))
     finally:
         for s in setups.values():
             s.engine.stop()
     print(f"load average {os.getloadavg()[0]:.2f}; medians of {args.rounds} waves")
-    for (name, n), got in times.items():
-        us, fwd = np.median(np.array(got), axis=0)
-        print(f"{name:>12} {n:>2} rows: engine {us:6.0f} us a step "
-              f"({us / n:5.1f} a row), stand-in forward {fwd:4.0f} us")
+    what = "model (decode_batch + prefill)" if args.model else "stand-in forward"
+    for (name, n), got in sorted(times.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        us, fwd, rate = np.median(np.array(got), axis=0)
+        print(f"{name:>12} {n:>2} rows: engine {us:6.0f} us a step ({us / n:5.1f} a row), "
+              f"{what} {fwd:5.0f} us, {rate:7,.0f} tok/s")
     print("same text:", all(len(d) == 1 for d in digests.values()))
 
 

@@ -25,6 +25,12 @@ constexpr int64_t kSmallM = 4;  // at most this many rows: no packing (decode, G
 // in place, M = 8..64 rows of small- and medium-model's weights took 0.55-0.95x the
 // packed path's time, 2 threads, both builds alternating, 2026-12-05.)
 constexpr int64_t kDirectMaxRows = 64;
+// ... when the weight is at most this many floats (256 KB). A larger one comes from memory
+// on every step (medium-model's 1 MB layers), and streaming it in whole rows while packing
+// beats the register tile's strided reads of 128 bytes a row: in-process A/B of the 16-row
+// decode step, 10 rounds, load 6.6 (so ratios only): every weight in place 0.85x on
+// small-model but 1.24x on medium-model; up to 64K floats 0.92x and 1.01x.
+constexpr int64_t kDirectMaxFloats = 1 << 16;
 constexpr int64_t kMc = 96;     // rows of A swept per packed B block (stays in L2)
 constexpr int64_t kNc = 512;    // columns of B packed at once
 // Non-transposed GEMMs up to this depth, over at most this many column panels, skip
@@ -108,9 +114,9 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
   });
 }
 
-// Small K and few column panels, neither operand transposed: the register tile reads A
-// and B in place. Only a last, narrower column panel is copied (zero-padded) so loads
-// stay in bounds.
+// Few rows (kDirectMaxRows), or small K and few column panels, neither operand transposed:
+// the register tile reads A and B in place. Only a last, narrower column panel is copied
+// (zero-padded) so loads stay in bounds.
 void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
                  int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias,
                  float* pack) {
@@ -132,9 +138,13 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
       b = pack;
       stride = nr;
     }
+    // depth in blocks of kc, each added to C as gemm_serial's packed loops add them, so
+    // every element is the same sum whichever path (and row count) computes it
     for (int64_t i = 0; i < M; i += mr)
-      micro(K, A + i * lda, lda, 1, b, stride, C + i * ldc + j, ldc,
-            (int)std::min<int64_t>(mr, M - i), n, accumulate, bias ? bias + j : nullptr);
+      for (int64_t k0 = 0; k0 < K; k0 += o.kc)
+        micro(std::min<int64_t>(o.kc, K - k0), A + i * lda + k0, lda, 1, b + k0 * stride,
+              stride, C + i * ldc + j, ldc, (int)std::min<int64_t>(mr, M - i), n,
+              accumulate || k0 > 0, k0 == 0 && bias ? bias + j : nullptr);
   }
 }
 
@@ -162,7 +172,7 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
   const int mr = o.mr, nr = o.nr;
   // (gemm_direct copies a last, narrower column panel whole: K * nr floats of `pack`)
   if (!trans_a && !trans_b && K > 0 && K * nr <= kNc * o.kc &&
-      (M <= kDirectMaxRows || (K <= std::min<int64_t>(o.kc, kDirectMaxK) && N <= kDirectMaxPanels * nr)))
+      ((M <= kDirectMaxRows && K * N <= kDirectMaxFloats) || (K <= std::min<int64_t>(o.kc, kDirectMaxK) && N <= kDirectMaxPanels * nr)))
     return gemm_direct(M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, pack);
   float* a_packed = pack;  // op(A) rows when A is transposed (kMc x kc)
   float* b_packed = pack + kMc * o.kc;
@@ -266,17 +276,6 @@ void run_chunk(const Gemm& g, const Plan& p, int64_t chunk, float* buf) {
   }
 }
 
-// Threads for a fork/join of `macs` multiply-adds. Few-row GEMMs (a batched decode step)
-// split from 256K multiply-adds, as gemm_small_m's parts do: their weights are read in
-// place, not packed per chunk, so a second thread pays sooner (small-model's 8- and
-// 16-row qkv and MLP GEMMs, 0.4-0.8M multiply-adds, took 0.55x the time on 2 threads,
-// quiet machine, 2026-12-05).
-int parallel_threads(const Gemm* jobs, int count, int64_t macs) {
-  bool few_rows = true;
-  for (int j = 0; j < count; ++j) few_rows = few_rows && jobs[j].M <= kDirectMaxRows;
-  return macs < (few_rows ? kParallelMacs >> 2 : kParallelMacs) ? 1 : num_threads();
-}
-
 // Up to kMaxJobs independent GEMMs (none writes what another reads) in one fork/join:
 // backward's dx and dW share it, which halves the thread wake-ups per matmul_bwd.
 constexpr int kMaxJobs = 2;
@@ -293,7 +292,7 @@ void gemm_many(const Gemm* jobs, int count) {
       macs += g.M * g.N * g.K;
   }
   if (macs == 0) return;
-  const int threads = parallel_threads(jobs, count, macs);
+  const int threads = macs < kParallelMacs ? 1 : num_threads();
   Plan plans[kMaxJobs];
   int64_t first[kMaxJobs + 1] = {0};  // chunk index where each job starts
   for (int j = 0; j < count; ++j) {

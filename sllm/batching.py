@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from .detok import TextStream
 from .finite import first_nonfinite
 from .sampler import Sampler, SamplingParams, log_softmax, top_logprobs
-from .stops import StopMatcher
 
 
 class QueueFull(Exception):
@@ -127,82 +127,6 @@ class Request:
                 f"the answer is cut here")
 
 
-class TextStream:
-    """Turns new token ids into text pieces: each piece is the growth of decode(prompt +
-    new ids) (as `sllm generate` prints it), held back while it ends in U+FFFD (an
-    incomplete UTF-8 sequence, which the next byte token may complete) or could be the
-    start of a stop string; text from a stop string on is cut, and a U+FFFD still held
-    when the sequence ends is dropped, as `sllm generate` drops it.
-
-    A tokenizer with an incremental decoder (sllm.detok) decodes each id once: the prompt
-    is fed first, then one id a push. For one without (a BPE vocabulary whose decoder is
-    not byte-level), the growth is computed over a window of the ids from `anchor` on,
-    CONTEXT to 2 x CONTEXT ids already shown plus the new ones (decode is local: spacing
-    and byte sequences depend on a few neighbours), so a token costs the same at position
-    10 and at position 1,000. Stop strings are found by sllm.stops.StopMatcher, in time
-    linear in the text, and only the text held back (shorter than the longest stop
-    string) is kept."""
-
-    CONTEXT = 16
-
-    def __init__(self, tok: Any, prompt_ids: list[int], stop: tuple[str, ...]):
-        self.tok, self.ids = tok, list(prompt_ids)
-        self.stops = StopMatcher(stop)
-        self.held = ""  # decoded text not sent yet: it could begin a stop string
-        self.unsure = ""  # decoded text ending in U+FFFD: a byte token may complete it
-        self.decoder = tok.decoder()
-        if self.decoder is not None:
-            self.decoder.feed(self.ids)  # the prompt's own text is not sent
-        self.shown = len(self.ids)  # (window) ids whose text has been decoded
-        self.anchor = max(0, self.shown - self.CONTEXT)  # (window) the first id
-        self.before: str | None = None  # (window) decode(ids[anchor:shown]), None until needed
-
-    def push(self, token: int) -> tuple[str, bool]:
-        """Add a token; return (text that is safe to send now, whether a stop string hit)."""
-        self.ids.append(token)
-        if self.decoder is not None:
-            piece = self.unsure + self.decoder.push(token)
-            if piece.endswith("\ufffd"):
-                self.unsure = piece
-                return "", False
-            self.unsure = ""
-        else:
-            piece = self._window_piece()
-        if not piece:
-            return "", False
-        return self._cut(piece) if self.stops.stops else (piece, False)
-
-    def _window_piece(self) -> str:
-        """The text the ids since `shown` add, by decoding the window ("" while it ends
-        in U+FFFD)."""
-        before = self.before
-        if before is None:
-            before = self.before = self.tok.decode(self.ids[self.anchor:self.shown])
-        after = self.tok.decode(self.ids[self.anchor:])
-        if after.endswith("\ufffd") or not after.startswith(before):
-            return ""
-        self.shown = len(self.ids)
-        self.before = after
-        if self.shown - self.anchor > 2 * self.CONTEXT:
-            self.anchor, self.before = self.shown - self.CONTEXT, None
-        return after[len(before):]
-
-    def _cut(self, piece: str) -> tuple[str, bool]:
-        """Pass new text through the stop strings: (what is safe to send, whether one hit)."""
-        hit, hold = self.stops.feed(piece)
-        pending, self.held = self.held + piece, ""
-        if hit is not None:  # the held text is where a match can begin, never earlier
-            return pending[:max(0, len(pending) - len(piece) + hit)], True
-        cut = len(pending) - min(hold, len(pending))
-        self.held = pending[cut:]
-        return pending[:cut], False
-
-    def flush(self) -> str:
-        """Whatever was held back (the sequence ended without a stop string)."""
-        rest, self.held = self.held, ""
-        return rest
-
-
 @dataclass(eq=False)
 class Sequence:
     """One choice of an admitted request: its cache slot, its length so far, its sampler."""
@@ -217,18 +141,23 @@ class Sequence:
     generated: int = 0
 
 
-def token_text(tok: Any, context: list[int], token: int) -> str:
-    """The text `token` adds after `context` (its last few ids), as decode() writes it."""
+def token_texts(tok: Any, context: list[int], tokens: list[int]) -> dict[int, str]:
+    """The text each of `tokens` adds after `context` (its last few ids), as decode()
+    writes it; the context is decoded once, each distinct token once more."""
     ctx = context[-TextStream.CONTEXT:]
-    before, after = tok.decode(ctx), tok.decode(ctx + [token])
-    return after[len(before):] if after.startswith(before) else tok.decode([token])
+    before, out = tok.decode(ctx), {}
+    for t in tokens:
+        if t not in out:
+            after = tok.decode(ctx + [t])
+            out[t] = after[len(before):] if after.startswith(before) else tok.decode([t])
+    return out
 
 
 def logprob_entry(tok: Any, context: list[int], token: int, logprob: float | None,
                   top: list[tuple[int, float]]) -> TokenLogprob:
     """A TokenLogprob with every text decoded in place after `context`."""
-    return TokenLogprob(token, token_text(tok, context, token), logprob,
-                        tuple((t, token_text(tok, context, t), lp) for t, lp in top))
+    text = token_texts(tok, context, [token] + [t for t, _ in top])
+    return TokenLogprob(token, text[token], logprob, tuple((t, text[t], lp) for t, lp in top))
 
 
 def prompt_logprobs(model: Any, tok: Any, ids: list[int], k: int) -> tuple[TokenLogprob, ...]:
@@ -238,7 +167,8 @@ def prompt_logprobs(model: Any, tok: Any, ids: list[int], k: int) -> tuple[Token
     out = [logprob_entry(tok, [], ids[0], None, [])]
     for i in range(1, len(ids)):
         row = logp[i - 1]
-        out.append(logprob_entry(tok, ids[:i], ids[i], float(row[ids[i]]), top_logprobs(row, k)))
+        context = ids[max(0, i - TextStream.CONTEXT):i]  # all token_texts reads
+        out.append(logprob_entry(tok, context, ids[i], float(row[ids[i]]), top_logprobs(row, k)))
     return tuple(out)
 
 

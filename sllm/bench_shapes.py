@@ -69,6 +69,14 @@ def _dblk_m(cfg: Any, B: int, T: int) -> Shapes:
                                                qtype=None, act=act))]
 
 
+def _dbb_m(cfg: Any, B: int, T: int) -> Shapes:
+    H, act, n = cfg.num_heads, cfg.activation, min(B, 16)
+    positions = tuple((T - 1 - 7 * i) % T for i in range(n))  # sequences at mixed lengths
+    return [(f"{n} sequences maxT{T} H{H} {act}",
+             dict(S=n, H=H, D=cfg.embedding_dim // H, F=cfg.ffn_hidden_dim, maxT=T,
+                  slots=tuple(range(n)), positions=positions, qtype=None, act=act))]
+
+
 def _rms_m(cfg: Any, B: int, T: int) -> Shapes:
     N, C, *_ = _sizes(cfg, B, T)
     return [(f"{N}x{C}", dict(N=N, C=C, eps=getattr(cfg, "norm_eps", 1e-5)))]
@@ -134,6 +142,7 @@ MODEL_SHAPES: dict[str, Callable[[Any, int, int], Shapes]] = {
     "attention_decode": _dec_m,
     "attention_decode_batch": _decb_m,
     "decode_block": _dblk_m,
+    "decode_block_batch": _dbb_m,
     "rmsnorm_fwd": _rms_m,
     "rmsnorm_bwd": _rms_m,
     "rope_fwd": _rope_m,

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .stops import StopMatcher
 
 _Utf8 = codecs.getincrementaldecoder("utf-8")
 
@@ -25,7 +28,15 @@ class Decoder:
     the ids write; subclasses turn ids into bytes or text in `feed`."""
 
     def __init__(self) -> None:
-        self._utf8 = _Utf8("replace")
+        # made at the first byte: most texts of a char or word vocabulary have none, and
+        # decode() of a few ids (a logprob's context) is a fresh decoder each time
+        self._utf8: codecs.IncrementalDecoder | None = None
+
+    def _text(self, data: bytes, final: bool = False) -> str:
+        """`data` read as UTF-8 after the bytes before it (invalid bytes as U+FFFD)."""
+        if self._utf8 is None:
+            self._utf8 = _Utf8("replace")
+        return self._utf8.decode(data, final)
 
     def feed(self, ids: Iterable[int]) -> str:
         """The text `ids` add after everything fed before."""
@@ -37,7 +48,7 @@ class Decoder:
 
     def flush(self) -> str:
         """The text still held back: an incomplete UTF-8 sequence at the end, as U+FFFD."""
-        return self._utf8.decode(b"", final=True)
+        return "" if self._utf8 is None else self._utf8.decode(b"", final=True)
 
 
 class CharDecoder(Decoder):
@@ -59,12 +70,12 @@ class CharDecoder(Decoder):
                 run.append(i - 1)
                 continue
             if run or held:  # the byte run ends here
-                out.append(self._utf8.decode(bytes(run), final=True))
+                out.append(self._text(bytes(run), final=True))
                 run.clear()
                 held = False
             out.append(chars[i] if 0 <= i < n else "[UNK]")
         if run:
-            out.append(self._utf8.decode(bytes(run)))
+            out.append(self._text(bytes(run)))
         self.held = held or bool(run)
         return "".join(out)
 
@@ -91,26 +102,31 @@ class WordDecoder(Decoder):
 
     def feed(self, ids: Iterable[int]) -> str:
         """See Decoder.feed."""
+        tokens, n, lo, hi = self.tokens, len(self.tokens), self.bytes_from, self.bytes_end
+        dropped, space_between = self.dropped, self.space_between
+        prev, started, in_run = self.prev, self.started, self.in_run  # (locals: a hot loop)
         out: list[str] = []
         run = bytearray()
         for i in ids:
             i = int(i)
-            if i in self.dropped:
+            if i in dropped:
                 continue
-            if self.bytes_from <= i < self.bytes_end:
-                run.append(i - self.bytes_from)
-                self.in_run = self.started = True
+            if lo <= i < hi:
+                run.append(i - lo)
+                in_run = started = True
                 continue
-            if self.in_run:
-                out.append(self._utf8.decode(bytes(run), final=True))
+            if in_run:
+                out.append(self._text(bytes(run), final=True))
                 run.clear()
-                self.in_run, self.prev = False, "\n"
-            tok = self.tokens[i] if 0 <= i < len(self.tokens) else self.unknown
-            if self.started and self.space_between(self.prev, tok):
+                in_run, prev = False, "\n"
+            tok = tokens[i] if 0 <= i < n else self.unknown
+            if started and space_between(prev, tok):
                 out.append(" ")
             out.append(tok)
-            self.prev, self.started = tok, True
-        out.append(self._utf8.decode(bytes(run)))
+            prev, started = tok, True
+        if run:
+            out.append(self._text(bytes(run)))
+        self.prev, self.started, self.in_run = prev, started, in_run
         return "".join(out)
 
 
@@ -132,4 +148,80 @@ class ByteDecoder(Decoder):
             out += piece(prev, i)
             prev = i
         self.prev = prev
-        return self._utf8.decode(bytes(out))
+        return self._text(bytes(out))
+
+
+class TextStream:
+    """Turns new token ids into text pieces: each piece is the growth of decode(prompt +
+    new ids) (as `sllm generate` prints it), held back while it ends in U+FFFD (an
+    incomplete UTF-8 sequence, which the next byte token may complete) or could be the
+    start of a stop string; text from a stop string on is cut, and a U+FFFD still held
+    when the sequence ends is dropped, as `sllm generate` drops it.
+
+    A tokenizer with an incremental decoder (sllm.detok) decodes each id once: the prompt
+    is fed first, then one id a push. For one without (a BPE vocabulary whose decoder is
+    not byte-level), the growth is computed over a window of the ids from `anchor` on,
+    CONTEXT to 2 x CONTEXT ids already shown plus the new ones (decode is local: spacing
+    and byte sequences depend on a few neighbours), so a token costs the same at position
+    10 and at position 1,000. Stop strings are found by sllm.stops.StopMatcher, in time
+    linear in the text, and only the text held back (shorter than the longest stop
+    string) is kept."""
+
+    CONTEXT = 16
+
+    def __init__(self, tok: Any, prompt_ids: list[int], stop: tuple[str, ...]):
+        self.tok, self.ids = tok, list(prompt_ids)
+        self.stops = StopMatcher(stop)
+        self.held = ""  # decoded text not sent yet: it could begin a stop string
+        self.unsure = ""  # decoded text ending in U+FFFD: a byte token may complete it
+        self.decoder = tok.decoder()
+        if self.decoder is not None:
+            self.decoder.feed(self.ids)  # the prompt's own text is not sent
+        self.shown = len(self.ids)  # (window) ids whose text has been decoded
+        self.anchor = max(0, self.shown - self.CONTEXT)  # (window) the first id
+        self.before: str | None = None  # (window) decode(ids[anchor:shown]), None until needed
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """Add a token; return (text that is safe to send now, whether a stop string hit)."""
+        self.ids.append(token)
+        if self.decoder is not None:
+            piece = self.unsure + self.decoder.push(token)
+            if piece.endswith("\ufffd"):
+                self.unsure = piece
+                return "", False
+            self.unsure = ""
+        else:
+            piece = self._window_piece()
+        if not piece:
+            return "", False
+        return self._cut(piece) if self.stops.stops else (piece, False)
+
+    def _window_piece(self) -> str:
+        """The text the ids since `shown` add, by decoding the window ("" while it ends
+        in U+FFFD)."""
+        before = self.before
+        if before is None:
+            before = self.before = self.tok.decode(self.ids[self.anchor:self.shown])
+        after = self.tok.decode(self.ids[self.anchor:])
+        if after.endswith("\ufffd") or not after.startswith(before):
+            return ""
+        self.shown = len(self.ids)
+        self.before = after
+        if self.shown - self.anchor > 2 * self.CONTEXT:
+            self.anchor, self.before = self.shown - self.CONTEXT, None
+        return after[len(before):]
+
+    def _cut(self, piece: str) -> tuple[str, bool]:
+        """Pass new text through the stop strings: (what is safe to send, whether one hit)."""
+        hit, hold = self.stops.feed(piece)
+        pending, self.held = self.held + piece, ""
+        if hit is not None:  # the held text is where a match can begin, never earlier
+            return pending[:max(0, len(pending) - len(piece) + hit)], True
+        cut = len(pending) - min(hold, len(pending))
+        self.held = pending[cut:]
+        return pending[:cut], False
+
+    def flush(self) -> str:
+        """Whatever was held back (the sequence ended without a stop string)."""
+        rest, self.held = self.held, ""
+        return rest

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import validate
+from .detok import TextStream
 from .sampler import Choice, Sampler, SamplingParams, sample_next
 
 __all__ = ["check_sampling", "sample_next", "stream", "stream_choices", "generate",
@@ -168,17 +169,14 @@ def stream_text(model: Any, tok: Any, prompt_ids: list[int], max_new_tokens: int
     max_new_tokens, or (stop_at_newline) at the end of the first generated line.
 
     Each piece is the growth of decode(prompt + new ids), held back while it ends in an
-    incomplete UTF-8 sequence (a byte-level token can split a character)."""
+    incomplete UTF-8 sequence (a byte-level token can split a character): sllm.detok's
+    TextStream, which decodes each id once."""
     ids = list(prompt_ids)
-    shown = tok.decode(ids)
+    text = TextStream(tok, ids, ())
     for token in stream(model, ids, max_new_tokens, eos_id=tok.eos_id, **sampling):
         if token == tok.eos_id:
             return
-        ids.append(token)
-        text = tok.decode(ids)
-        if text.endswith("\ufffd") or not text.startswith(shown):
-            continue
-        piece, shown = text[len(shown):], text
+        piece, _ = text.push(token)
         if stop_at_newline and "\n" in piece:
             yield piece[:piece.index("\n")]
             return

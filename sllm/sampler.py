@@ -113,10 +113,19 @@ def top_logprobs(logp: np.ndarray, k: int) -> list[tuple[int, float]]:
     """The k likeliest (token, logprob) of a (V,) row, likeliest first (ties: lower id)."""
     if k <= 0:
         return []
-    k = min(k, logp.size)
-    part = np.argpartition(-logp, k - 1)[:k]
-    order = part[np.lexsort((part, -logp[part]))]
-    return [(int(t), float(logp[t])) for t in order]
+    # k argmax passes (argmax takes the lowest id among equals) beat a partition of the
+    # row several times over for k <= MAX_LOGPROBS
+    rest = np.array(logp, dtype=np.float64)
+    out: list[tuple[int, float]] = []
+    for _ in range(min(k, logp.size)):
+        t = int(rest.argmax())
+        if rest[t] == -np.inf:  # only -inf is left: the lowest such ids not taken yet
+            taken = {i for i, _ in out}
+            return out + [(int(i), -np.inf) for i in np.flatnonzero(logp == -np.inf)
+                          if int(i) not in taken][:k - len(out)]
+        out.append((t, float(logp[t])))
+        rest[t] = -np.inf
+    return out
 
 
 class Sampler:

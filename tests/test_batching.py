@@ -4,12 +4,14 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sllm
 from sllm.batching import Engine, QueueFull, Request, Sampling, TextStream
 from sllm.corpus import generate_corpus
 from sllm.generate import encode_prompt, stream_text
-from sllm.sampler import Sampler, SamplingParams
+from sllm.sampler import Sampler, SamplingParams, top_logprobs
 from sllm.tokenizer import BPETokenizer, WordTokenizer
 
 JAPANESE = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。" * 20
@@ -194,3 +196,19 @@ def test_a_grammar_that_allows_nothing_ends_with_stop_and_a_note(bpe):
         engine.stop()
     assert events[-1].finish_reason == "stop" and "grammar allows no token" in events[-1].note
     assert events[-1].completion_tokens == 0
+
+
+def _top_by_sorting(logp, k):
+    """top_logprobs by a full sort: likeliest first, the lower id first among equals."""
+    order = sorted(range(logp.size), key=lambda t: (-logp[t], t))[:max(k, 0)]
+    return [(t, float(logp[t])) for t in order]
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.sampled_from([0.0, -1.0, -2.5, -np.inf, -0.5, -7.0]), min_size=1,
+                       max_size=40),
+       k=st.integers(0, 25))
+def test_top_logprobs_orders_like_a_full_sort(values, k):
+    """Ties and -inf included (a row of log-probabilities has ties; a masked one has -inf)."""
+    logp = np.array(values)
+    assert top_logprobs(logp, k) == _top_by_sorting(logp, k)

@@ -94,6 +94,21 @@ def test_thread_count_from_environment():
     assert _run_python(code, SLLM_NUM_THREADS="3")["threads"] == 3
 
 
+@pytest.mark.parametrize("K,N", [(128, 384), (300, 45), (512, 128), (1000, 70)])
+def test_few_rows_equal_the_same_rows_of_many(cpp, rng, K, N):
+    """A few rows (a batched decode step: the weight read in place) give, bit for bit, what
+    the same rows give inside a many-row GEMM (packed panels), also past one depth block
+    (K > 256): a batched prefill and per-request prefills agree exactly."""
+    w, bias = rng.standard_normal((K, N), dtype=np.float32), rng.standard_normal(N, dtype=np.float32)
+    x = rng.standard_normal((200, K), dtype=np.float32)
+    many = np.empty((200, N), np.float32)
+    cpp.matmul_fwd(many, x, w, bias)
+    for M in (5, 8, 16, 33, 64):
+        few = np.empty((M, N), np.float32)
+        cpp.matmul_fwd(few, np.ascontiguousarray(x[:M]), w, bias)
+        np.testing.assert_array_equal(few, many[:M], err_msg=f"{M} rows")
+
+
 def _train_step_grads(model, x, y):
     loss = model.forward_backward(x, y)
     return loss, {k: g.copy() for k, g in model.gradients().items()}

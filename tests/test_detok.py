@@ -144,3 +144,27 @@ def test_text_stream_costs_one_decode_step_a_token():
     ts = TextStream(Tok(), ids[:10], ())
     text = "".join(ts.push(t)[0] for t in ids[10:])
     assert text == tok.decode(ids[10:]) and fed == [10] + [1] * 490
+
+
+def test_stream_text_decodes_each_id_once():
+    """`sllm generate`'s pieces come from the decoder, not from decoding the whole answer
+    again per token (which grew with the answer's length)."""
+    import sllm
+    from sllm.generate import stream_text
+
+    class Counting(T.CharTokenizer):
+        calls = 0
+
+        def decode(self, ids):
+            Counting.calls += 1
+            return super().decode(ids)
+
+    tok = Counting(TOKENIZERS["char"].chars, byte_fallback=True)
+    cfg = sllm.ModelConfig(vocab_size=tok.vocab_size, embedding_dim=16, num_layers=1,
+                           num_heads=2, ffn_hidden_dim=32, dropout=0.0, max_seq_len=256)
+    model = sllm.SLLM(cfg, backend="numpy", seed=0)
+    prompt = tok.encode("the cat")
+    text = "".join(stream_text(model, tok, prompt, 200, temperature=0))
+    assert Counting.calls == 0
+    answer = list(sllm.generate.stream(model, prompt, 200, temperature=0))
+    assert text == tok.decode(prompt + answer)[len(tok.decode(prompt)):].rstrip("\ufffd")

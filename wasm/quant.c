@@ -20,8 +20,9 @@
  * to int16 (extmul) and sums pairs to int32; relaxed SIMD uses
  * i32x4.relaxed_dot_i8x16_i7x16_add: q4 nibbles (0..15) are its 7-bit operand as they are
  * (q4_0's -8 comes off the block's integer sum), q8_0 passes |x| with w carrying x's sign
- * (ggml's sign trick, turned round so |x| is shared by the rows); the MVP module runs the
- * scalar loops.
+ * (ggml's sign trick, turned round so |x| is shared by the rows); the compat module widens
+ * x to int16 once per block for the four rows and each row's codes once (q4 bytes widened
+ * before the nibbles split), then i32x4.dot_i16x8_s; the MVP module runs the scalar loops.
  */
 #include "abi.h"
 
@@ -125,6 +126,8 @@ typedef struct {
     v128_t x0, x1; /* the block's 32 codes */
 #ifdef __wasm_relaxed_simd__
     v128_t a0, a1, n0, n1; /* |x| and x < 0 */
+#elif defined(SLLM_WASM_COMPAT)
+    v128_t w[4]; /* the codes widened to int16, once for the four rows */
 #endif
 } xblock;
 
@@ -134,10 +137,14 @@ static inline xblock load_xblock(const int8_t *x) {
 #ifdef __wasm_relaxed_simd__
     v.a0 = wasm_i8x16_abs(v.x0), v.a1 = wasm_i8x16_abs(v.x1);
     v.n0 = wasm_i8x16_lt(v.x0, wasm_i8x16_splat(0)), v.n1 = wasm_i8x16_lt(v.x1, wasm_i8x16_splat(0));
+#elif defined(SLLM_WASM_COMPAT)
+    v.w[0] = wasm_i16x8_extend_low_i8x16(v.x0), v.w[1] = wasm_i16x8_extend_high_i8x16(v.x0);
+    v.w[2] = wasm_i16x8_extend_low_i8x16(v.x1), v.w[3] = wasm_i16x8_extend_high_i8x16(v.x1);
 #endif
     return v;
 }
 
+#ifndef SLLM_WASM_COMPAT
 /* i32x4 partial sums of w0 . x0 + w1 . x1 (int8 weights, |w| <= 127; or q4 nibbles
  * 0..15, which relaxed SIMD takes as its 7-bit operand as they are). */
 static inline v128_t dot32(v128_t w0, v128_t w1, const xblock *x, int nibbles) {
@@ -152,16 +159,6 @@ static inline v128_t dot32(v128_t w0, v128_t w1, const xblock *x, int nibbles) {
     }
     return wasm_i32x4_relaxed_dot_i8x16_i7x16_add(x->x1, w1,
                                                   wasm_i32x4_relaxed_dot_i8x16_i7x16_add(x->x0, w0, wasm_i32x4_splat(0)));
-#elif defined(SLLM_WASM_COMPAT)
-    /* wasmer 1.x (Cranelift) lacks extmul and extadd_pairwise: w and x widened to int16,
-     * i32x4.dot_i16x8_s summing the products in pairs (an intrinsic, so the compiler
-     * cannot fold the widening multiply back into extmul) */
-    (void)nibbles;
-    v128_t s0 = wasm_i32x4_add(wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w0), wasm_i16x8_extend_low_i8x16(x->x0)),
-                               wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w0), wasm_i16x8_extend_high_i8x16(x->x0)));
-    v128_t s1 = wasm_i32x4_add(wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w1), wasm_i16x8_extend_low_i8x16(x->x1)),
-                               wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w1), wasm_i16x8_extend_high_i8x16(x->x1)));
-    return wasm_i32x4_add(s0, s1);
 #else
     /* extmul to int16; int8 products add in pairs before widening (2 * 127 * 128 fits),
      * nibble products in fours (4 * 15 * 128 fits) */
@@ -171,6 +168,17 @@ static inline v128_t dot32(v128_t w0, v128_t w1, const xblock *x, int nibbles) {
     return wasm_i32x4_add(wasm_i32x4_extadd_pairwise_i16x8(p0), wasm_i32x4_extadd_pairwise_i16x8(p1));
 #endif
 }
+#endif
+
+#ifdef SLLM_WASM_COMPAT
+/* wasmer 1.x (Cranelift) lacks extmul and extadd_pairwise: int16 weights (codes 0..31 as
+ * four vectors of eight) against x widened once per block, i32x4.dot_i16x8_s summing the
+ * products in pairs (an intrinsic, so the compiler cannot fold it back into extmul) */
+static inline v128_t dot_widened(v128_t w0, v128_t w1, v128_t w2, v128_t w3, const xblock *x) {
+    return wasm_i32x4_add(wasm_i32x4_add(wasm_i32x4_dot_i16x8(w0, x->w[0]), wasm_i32x4_dot_i16x8(w1, x->w[1])),
+                          wasm_i32x4_add(wasm_i32x4_dot_i16x8(w2, x->w[2]), wasm_i32x4_dot_i16x8(w3, x->w[3])));
+}
+#endif
 
 /* Lane r: the sum of v_r's four lanes. */
 static inline v128_t reduce4(v128_t v0, v128_t v1, v128_t v2, v128_t v3) {
@@ -182,9 +190,21 @@ static inline v128_t reduce4(v128_t v0, v128_t v1, v128_t v2, v128_t v3) {
 /* One block of one row: its int32 partial sums against the activation block. q4_0's
  * nibbles stay unsigned here: the caller subtracts 8 * sum(x) once for four rows. */
 static inline v128_t block_isum(const uint8_t *w, const xblock *x, int qtype) {
+#ifdef SLLM_WASM_COMPAT
+    if (qtype == 0) {
+        v128_t w0 = wasm_v128_load(w + 2), w1 = wasm_v128_load(w + 18);
+        return dot_widened(wasm_i16x8_extend_low_i8x16(w0), wasm_i16x8_extend_high_i8x16(w0),
+                           wasm_i16x8_extend_low_i8x16(w1), wasm_i16x8_extend_high_i8x16(w1), x);
+    }
+    /* byte j holds codes j (low nibble) and j + 16 (high): widen the bytes, then split */
+    v128_t packed = wasm_v128_load(w + (qtype == 1 ? 2 : 4)), m = wasm_i16x8_splat(0x0F);
+    v128_t lo = wasm_u16x8_extend_low_u8x16(packed), hi = wasm_u16x8_extend_high_u8x16(packed);
+    return dot_widened(wasm_v128_and(lo, m), wasm_v128_and(hi, m), wasm_u16x8_shr(lo, 4), wasm_u16x8_shr(hi, 4), x);
+#else
     if (qtype == 0) return dot32(wasm_v128_load(w + 2), wasm_v128_load(w + 18), x, 0);
     v128_t packed = wasm_v128_load(w + (qtype == 1 ? 2 : 4));
     return dot32(wasm_v128_and(packed, wasm_i8x16_splat(0x0F)), wasm_u8x16_shr(packed, 4), x, 1);
+#endif
 }
 
 static inline v128_t halves4(const uint8_t *const *w, size_t at) {

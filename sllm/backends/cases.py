@@ -301,12 +301,12 @@ _LN = _shapes("N C", (1, 5), (7, 17), (37, 33), (64, 128), (300, 130))
 # (5, 3, 41): just past the few-row (GEMV) path, tiny K (the unpacked small-K tiles);
 # (300, 40, 70) and (300, 70, 40): dW's product over two depth blocks, computed in both
 # orientations (cpp packs the narrower of inp and dout and may add the product transposed)
-# (16, 1000, 70) and (16, 4500, 33): few rows, as a batched decode step (cpp reads the
-# weight in place), K past one packing block, a ragged last column panel; 4500 deep: past
-# what cpp's in-place path copies
+# (16, 1000, 60) and (16, 4500, 9): few rows, as a batched decode step (cpp reads a weight
+# of up to 64K floats in place), K past one packing block, a ragged last column panel;
+# 4500 deep: past what cpp's in-place path copies
 _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (7, 17, 19), (37, 33, 70),
                                    (130, 128, 384), (20, 64, 5003), (13, 300, 33),
-                                   (300, 40, 70), (300, 70, 40), (16, 1000, 70), (16, 4500, 33))
+                                   (300, 40, 70), (300, 70, 40), (16, 1000, 60), (16, 4500, 9))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
 # K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
 # ggml's rows and the backend's packed rows (cpp: groups of 8 or 16 rows; OC of 1, 17 and
