@@ -233,7 +233,8 @@ class _WasmBase(Backend):
         _check_q_rows(wq, qtype, OC, K)
         nb = -(-K // 32)
         N = inp.size // K
-        _check(out.size == N * OC, f"out must be ({N}, {OC})")
+        if out.size != N * OC:  # formatted only on failure: it costs a third of the wrapper
+            raise ValueError(f"out must be ({N}, {OC})")
         scratch = self._scratch(N * nb * 8 + 2 * N * nb)
         self._call("matmul_q_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
                    self._ptr(wq, U8), self._ptr(bias), N, K, OC, _QTYPE_CODES[qtype], scratch)
@@ -457,6 +458,9 @@ def _check_q_rows(wq: Any, qtype: str, OC: int, K: int) -> None:
     if qtype not in _QTYPE_CODES:
         raise ValueError(f"qtype must be one of {', '.join(_QTYPE_CODES)}, got {qtype!r}")
     row_bytes = -(-K // 32) * _QBLOCK_BYTES[qtype]
+    if isinstance(wq, np.ndarray):  # the model's case, read without np.shape / np.asarray
+        if wq.shape == (OC, row_bytes) and wq.dtype == U8:
+            return
     if np.shape(wq) != (OC, row_bytes) or np.asarray(wq).dtype != U8:
         # the message is formatted only here: a dtype's str costs more than a small GEMV
         raise ValueError(f"wq must be uint8 ({OC}, {row_bytes}) for {qtype} rows of K={K}, "
@@ -471,8 +475,9 @@ def _size(out: np.ndarray, inp: np.ndarray) -> int:
 def _matmul_dims(inp: np.ndarray, weight: np.ndarray, trans_w: bool) -> tuple[int, int]:
     C = inp.shape[-1]
     w_in, OC = (weight.shape[1], weight.shape[0]) if trans_w else weight.shape
-    _check(w_in == C, f"matmul: input width {C} does not match weight {weight.shape}"
-           f"{' (transposed)' if trans_w else ''}")
+    if w_in != C:  # the message is formatted only here (per call it costs ~0.3 us)
+        raise ValueError(f"matmul: input width {C} does not match weight {weight.shape}"
+                         f"{' (transposed)' if trans_w else ''}")
     return C, OC
 
 
