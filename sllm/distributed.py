@@ -147,6 +147,10 @@ class MPIGroup(Group):
         """MPI Abort: mpiexec ends every rank of the job. Never returns."""
         sys.stdout.flush()
         sys.stderr.flush()
+        # mpiexec relays a rank's output through its proxies and drops what is still in
+        # flight when an abort tears the job down: two CI runs lost a failing rank's
+        # traceback after its first line. A moment first lets the error reach the user.
+        time.sleep(0.3)
         self.comm.Abort(code)
         # MPI_Abort was seen to return under a signal to both ranks (SIGTERM at 1.2 s): the
         # caller would go on with no result and print a TypeError traceback. End here.
