@@ -277,7 +277,7 @@ class _WasmBase(Backend):
                    self._ptr(dout), self._ptr(inp), self._ptr(weight), inp.size // C, C, OC,
                    int(trans_w), scratch)
 
-    def matmul_q_fwd(self, out: Array, inp: Array, wq: Array, bias: Array | None,
+    def matmul_q_fwd(self, out: Array, inp: Array, wq: Array | PackedQ, bias: Array | None,
                      qtype: str) -> None:
         """out = q8_0(inp) . W^T (+ bias) for W held as quantized rows wq (sllm.quant)."""
         K, OC = inp.shape[-1], out.shape[-1]
@@ -290,7 +290,7 @@ class _WasmBase(Backend):
         self._call("matmul_q_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
                    self._ptr(rows, U8), self._ptr(bias), N, K, OC, code, scratch)
 
-    def embed_q_fwd(self, out: Array, tokens: Array, wq: Array, qtype: str) -> None:
+    def embed_q_fwd(self, out: Array, tokens: Array, wq: Array | PackedQ, qtype: str) -> None:
         """out (B,T,C) = rows tokens (B,T) of quantized rows wq, dequantized."""
         C = out.shape[-1]
         V = wq.rows if isinstance(wq, PackedQ) else np.shape(wq)[0]
@@ -301,7 +301,7 @@ class _WasmBase(Backend):
         self._call("embed_q_fwd", "<IIIiii", self._ptr(out, write=True), self._ptr(tokens, I32),
                    self._ptr(rows, U8), np.size(tokens), C, code)
 
-    def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Array, qtype: str) -> None:
+    def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Array | PackedQ, qtype: str) -> None:
         """dinp = dout @ W (overwritten) for W held as quantized rows wq (sllm.quant)."""
         K, OC = dinp.shape[-1], dout.shape[-1]
         rows, code = _q_operand(wq, qtype, OC, K)
