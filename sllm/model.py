@@ -224,6 +224,8 @@ class SLLM:
             packed = self.backend.pack_q(rows_here, qtype)
             # a packed copy replaces ggml's rows (saving reads them back): one copy in memory
             kept = rows_here if packed is rows_here else None
+            if kept is None:
+                self.backend.free(rows_here)
             qweights[name] = QTensor(qtype, kept, (shape[0], shape[1]), packed,
                                      self.backend.unpack_q)
         for old in (getattr(self, "flat_params", None), getattr(self, "flat_grads", None)):

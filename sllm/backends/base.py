@@ -183,7 +183,8 @@ class Backend:
 
         matmul_q_fwd, matmul_q_bwd and decode_block accept what this returns wherever they
         accept ggml's rows; a model packs its quantized weights once, when it is quantized
-        or loaded. The default keeps ggml's rows (wq itself); cpp interleaves rows for its SIMD tier.
+        or loaded. The default keeps ggml's rows (wq itself); cpp interleaves rows for its
+        SIMD tier, the wasm modules four rows with float32 scales (wasm.PackedQ).
         """
         return wq
 
