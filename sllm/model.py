@@ -269,10 +269,11 @@ class SLLM:
         call), the layer mixes weight types, or the model is a llama (decode_block is GPT-2's
         block)."""
         own = type(self.backend).decode_block is not Backend.decode_block and not self.is_llama
-        # (a continuous-batching step fuses its blocks only where decode_block_batch is the
-        # backend's own too)
-        self._fused_batch = own and \
-            type(self.backend).decode_block_batch is not Backend.decode_block_batch
+        if layers is None:
+            # (a continuous-batching step fuses its blocks only where decode_block_batch is
+            # the backend's own too)
+            self._fused_batch = own and \
+                type(self.backend).decode_block_batch is not Backend.decode_block_batch
         return [_decode_block_args(L) if own else None
                 for L in (self._p_layers if layers is None else layers)]
 
