@@ -131,11 +131,13 @@ static float round_away(float v) {
 /* ggml's quantize_row_q8_0_ref for one row, zero-padded to nb blocks, plus block sums:
  * sum * d (q4_1's offset term), or with int_sums the integer sum itself (q4_0's -8 offset,
  * applied once per block to the integer dot; exact in a float: |sum| <= 32 * 127). */
-#if defined(__wasm_simd128__) && !defined(SLLM_WASM_COMPAT)
-/* (Not in the compat module: wasmer 1.1 computed wrong codes with it, not yet traced.)
- * A whole block as quantize_row_q8_0's scalar loop does it, eight lanes of four: the same
+#ifdef __wasm_simd128__
+/* A whole block as quantize_row_q8_0's scalar loop does it, eight lanes of four: the same
  * amax (a > amax keeps amax for NaN), v = x * id, round half away from zero by truncating
- * |v| (|v| <= 127 here; anything else is non-finite and masked to 0), the code sum. */
+ * |v| (|v| <= 127 here; anything else is non-finite and masked to 0), the code sum. Sixteen
+ * codes at a time: with all eight code vectors live at once, wasmer 1.1 (Cranelift) gave
+ * a wrong third vector of each sixteen (lanes 8-11, its register spilled and reloaded
+ * wrongly, it seems); four live vectors compile right there. */
 static void quantize_block_simd(const float *x, int8_t *q, float *d, float *s, int int_sums) {
     v128_t amax = wasm_f32x4_splat(0.0f);
     for (int j = 0; j < QK; j += 4) {
@@ -148,18 +150,18 @@ static void quantize_block_simd(const float *x, int8_t *q, float *d, float *s, i
     float db = m / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
     v128_t idv = wasm_f32x4_splat(id), half = wasm_f32x4_splat(0.5f), one = wasm_f32x4_splat(1.0f);
     v128_t sign = wasm_i32x4_splat((int32_t)0x80000000u), zero = wasm_f32x4_splat(0.0f), sum = wasm_i32x4_splat(0);
-    v128_t c[8];
-    for (int k = 0; k < 8; k++) {
-        v128_t v = wasm_f32x4_mul(wasm_v128_load(x + 4 * k), idv), a = wasm_f32x4_abs(v);
-        v128_t t = wasm_f32x4_convert_i32x4(wasm_i32x4_trunc_sat_f32x4(a));
-        v128_t r = wasm_f32x4_add(t, wasm_v128_and(wasm_f32x4_ge(wasm_f32x4_sub(a, t), half), one));
-        r = wasm_v128_or(r, wasm_v128_and(v, sign));
-        r = wasm_v128_and(r, wasm_f32x4_eq(wasm_f32x4_sub(v, v), zero));
-        c[k] = wasm_i32x4_trunc_sat_f32x4(r);
-        sum = wasm_i32x4_add(sum, c[k]);
-    }
-    for (int h = 0; h < 2; h++) {
-        v128_t lo = wasm_i16x8_narrow_i32x4(c[4 * h], c[4 * h + 1]), hi = wasm_i16x8_narrow_i32x4(c[4 * h + 2], c[4 * h + 3]);
+    for (int h = 0; h < 2; h++) { /* 16 codes at a time (see above) */
+        v128_t c[4];
+        for (int k = 0; k < 4; k++) {
+            v128_t v = wasm_f32x4_mul(wasm_v128_load(x + 16 * h + 4 * k), idv), a = wasm_f32x4_abs(v);
+            v128_t t = wasm_f32x4_convert_i32x4(wasm_i32x4_trunc_sat_f32x4(a));
+            v128_t r = wasm_f32x4_add(t, wasm_v128_and(wasm_f32x4_ge(wasm_f32x4_sub(a, t), half), one));
+            r = wasm_v128_or(r, wasm_v128_and(v, sign));
+            r = wasm_v128_and(r, wasm_f32x4_eq(wasm_f32x4_sub(v, v), zero));
+            c[k] = wasm_i32x4_trunc_sat_f32x4(r);
+            sum = wasm_i32x4_add(sum, c[k]);
+        }
+        v128_t lo = wasm_i16x8_narrow_i32x4(c[0], c[1]), hi = wasm_i16x8_narrow_i32x4(c[2], c[3]);
         wasm_v128_store(q + 16 * h, wasm_i8x16_narrow_i16x8(lo, hi));
     }
     int total = (int)(wasm_i32x4_extract_lane(sum, 0) + wasm_i32x4_extract_lane(sum, 1) +
@@ -173,7 +175,7 @@ static void quantize_row_q8_0(const float *x, int K, int8_t *q, float *d, float 
     int nb = (K + QK - 1) / QK;
     for (int b = 0; b < nb; b++) {
         int j0 = b * QK, n = K - j0 < QK ? K - j0 : QK;
-#if defined(__wasm_simd128__) && !defined(SLLM_WASM_COMPAT)
+#ifdef __wasm_simd128__
         if (n == QK) {
             quantize_block_simd(x + j0, q + j0, d + b, s + b, int_sums);
             continue;
