@@ -10,6 +10,7 @@
 
 #include "arch.h"
 #include "check.h"
+#include "packed_check.h"
 #include "kernels.h"
 #include "runtime.h"
 
@@ -86,7 +87,9 @@ void bind_matmul(py::module_& m) {
   m.def("matmul_fwd", [](py::handle out, py::handle inp, py::handle weight, py::handle bias,
                          bool trans_w) {
     Check k("matmul_fwd");
-    Arr x = k.in(inp, "inp"), w = k.in(weight, "weight"), o = k.out(out, "out");
+    const sllm::PackedF32* packed = sllm::packed_f32(k, weight, "weight", trans_w);
+    Arr x = k.in(inp, "inp"), o = k.out(out, "out");
+    Arr w = k.in(packed ? py::handle(packed->source) : weight, "weight");
     k.dims(w, "weight", 2);
     const int64_t C = x.last, OC = trans_w ? w.shape[0] : w.shape[1];
     k.expect((trans_w ? w.shape[1] : w.shape[0]) == C, "weight does not match inp's width");
@@ -94,8 +97,42 @@ void bind_matmul(py::module_& m) {
     k.disjoint(o, "out", x, "inp"); k.disjoint(o, "out", w, "weight");
     const float* b = k.sized(bias, "bias", OC, false, true);
     Nogil nogil;
-    sllm::matmul_fwd(o.f(), x.f(), w.f(), b, trans_w, x.rows(), C, OC);
-  }, arg("out"), arg("inp"), arg("weight"), arg("bias"), arg("trans_w") = false);
+    if (packed)
+      sllm::matmul_fwd_packed(o.f(), x.f(), packed->view, b, x.rows());
+    else
+      sllm::matmul_fwd(o.f(), x.f(), w.f(), b, trans_w, x.rows(), C, OC);
+  }, arg("out"), arg("inp"), arg("weight"), arg("bias"), arg("trans_w") = false,
+     "out (N,OC) = inp (N,C) @ weight [+ bias]; weight (C,OC), (OC,C) with trans_w, or "
+     "what pack_weight made of it (base.Backend).");
+  m.def("pack_weight", [](py::handle weight, bool trans_w) {
+    Check k("pack_weight");
+    Arr w = k.in(weight, "weight");
+    k.dims(w, "weight", 2);
+    const int64_t K = trans_w ? w.shape[1] : w.shape[0], N = trans_w ? w.shape[0] : w.shape[1];
+    k.expect(K >= 1 && N >= 1, "weight must not be empty");
+    auto p = std::make_unique<sllm::PackedF32>();
+    p->source = py::reinterpret_borrow<py::array>(weight);
+    const size_t bytes = (size_t)(sllm::packed_weight_size(K, N) * 4 + 63) / 64 * 64;
+    p->panels.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    if (!p->panels) throw std::bad_alloc();
+    p->view = {p->panels.get(), w.f(), K, N, trans_w};
+    {
+      Nogil nogil;
+      sllm::pack_weight(p->panels.get(), w.f(), trans_w, K, N);
+    }
+    return p;
+  }, arg("weight"), arg("trans_w") = false,
+     "weight packed for products of a few rows (a PackedF32: matmul_fwd and decode_block "
+     "read it fastest where a batched decode step multiplies 5 or more rows).");
+  py::class_<sllm::PackedF32>(m, "PackedF32",
+      "A float weight packed once for few-row products (pack_weight); matmul_fwd, "
+      "decode_block and decode_block_batch take it wherever they take the weight.")
+      .def_property_readonly("weight", [](const sllm::PackedF32& p) { return p.source; },
+                             "the weight it was packed from (the same array, not a copy)")
+      .def_property_readonly("trans_w", [](const sllm::PackedF32& p) { return p.view.trans; })
+      .def_property_readonly("nbytes", [](const sllm::PackedF32& p) {
+        return sllm::packed_weight_size(p.view.K, p.view.N) * 4;
+      }, "bytes of the packed copy (the weight itself not counted)");
 
   m.def("matmul_bwd", [](py::handle dinp, py::handle dweight, py::handle dbias, py::handle dout,
                          py::handle inp, py::handle weight, bool trans_w) {

@@ -8,10 +8,13 @@
 namespace sllm {
 namespace {
 
-// matmul_fwd on float weights (C_in, C_out), matmul_q_fwd on quantized rows
+// matmul_fwd on float weights (C_in, C_out) or their packed panels, matmul_q_fwd on
+// quantized rows
 void matmul(float* out, const float* inp, const void* weight, const float* bias, int qtype,
             bool packed, int64_t N, int64_t K, int64_t OC) {
-  if (qtype < 0)
+  if (qtype < 0 && packed)
+    matmul_fwd_packed(out, inp, *static_cast<const PackedWeight*>(weight), bias, N);
+  else if (qtype < 0)
     matmul_fwd(out, inp, static_cast<const float*>(weight), bias, false, N, K, OC);
   else
     matmul_q_fwd(out, inp, static_cast<const uint8_t*>(weight), bias, qtype, N, K, OC, packed);

@@ -6,9 +6,9 @@
 
 namespace sllm {
 
-// The block's tensors. The four matmul weights are float (C_in, C_out) when qtype < 0,
-// else (C_out, bytes) rows of ggml blocks of that QType, or those rows packed (quant.h);
-// biases may be null.
+// The block's tensors. The four matmul weights are float (C_in, C_out) when qtype < 0, or
+// PackedWeights (kernels.h) when packed, else (C_out, bytes) rows of ggml blocks of that
+// QType, or those rows packed (quant.h); biases may be null.
 struct BlockWeights {
   const float *ln1_w, *ln1_b;
   const void* attn_w;
@@ -20,7 +20,7 @@ struct BlockWeights {
   const float* fc_b;
   const void* fcproj_w;
   const float* fcproj_b;
-  bool packed;  // quantized weights packed for the tier (pack_q), not ggml's rows
+  bool packed;  // packed: PackedWeights (float), or quantized rows for the tier (pack_q)
 };
 
 // Floats of decode_block's workspace for N = B*Tn rows: N * (8C + 2F + 2).

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "check.h"
+#include "packed_check.h"
 #include "decode.h"
 #include "quant_check.h"
 
@@ -18,7 +19,8 @@ namespace {
 const char* const kParams[12] = {"ln1_w", "ln1_b", "attn_w", "attn_b", "proj_w", "proj_b",
                                  "ln2_w", "ln2_b", "fc_w", "fc_b", "fcproj_w", "fcproj_b"};
 
-// A matmul weight taking K inputs to OC outputs: float (K, OC), or quantized (OC, bytes).
+// A matmul weight taking K inputs to OC outputs: float (K, OC) or its PackedF32, or
+// quantized (OC, bytes) rows or their PackedQ.
 const void* matmul_weight(const Check& k, py::handle h, const char* name, int qtype,
                           int64_t K, int64_t OC, bool* packed) {
   if (qtype >= 0) {
@@ -26,17 +28,21 @@ const void* matmul_weight(const Check& k, py::handle h, const char* name, int qt
     *packed = w.packed;
     return w.data;
   }
-  Arr w = k.in(h, name);
+  const PackedF32* p = packed_f32(k, h, name, false);
+  Arr w = k.in(p ? py::handle(p->source) : h, name);
   k.dims(w, name, 2);
   k.expect(w.shape[0] == K && w.shape[1] == OC, std::string(name) + " must be (" +
            std::to_string(K) + ", " + std::to_string(OC) + "), got (" +
            std::to_string(w.shape[0]) + ", " + std::to_string(w.shape[1]) + ")");
-  return w.data;
+  *packed = p != nullptr;
+  return p ? static_cast<const void*>(&p->view) : w.data;
 }
 
 // The FFN width from fc_w: (C, F) float, or F rows when quantized.
 int64_t ffn_width(const Check& k, py::handle fc_w, int qtype) {
   if (qtype >= 0) return weight_row_count(k, fc_w, "fc_w");
+  const PackedF32* p = packed_f32(k, fc_w, "fc_w", false);
+  if (p) return p->view.N;
   if (!py::isinstance<py::array>(fc_w)) k.fail("fc_w must be a numpy array", true);
   auto a = py::reinterpret_borrow<py::array>(fc_w);
   k.expect(a.ndim() == 2, "fc_w must have 2 dimensions");
@@ -58,7 +64,7 @@ BlockWeights block_weights(const Check& k, const py::sequence& p, int qtype, int
                  vec(6, C, false), vec(7, C, false), mat(8, C, F),
                  vec(9, F, true), mat(10, F, C), vec(11, C, true), packed[0]};
   k.expect(packed[1] == w.packed && packed[2] == w.packed && packed[3] == w.packed,
-           "the four matmul weights must be all packed (PackedQ) or all ggml rows");
+           "the four matmul weights must be all packed (PackedQ, PackedF32) or none");
   return w;
 }
 

@@ -380,4 +380,47 @@ void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, co
   }
 }
 
+namespace {
+
+// Few rows against a weight packed once (pack_weight): every panel's tiles read it at unit
+// stride, from memory straight into the tile, and nothing is copied per call. Same tiles, depth
+// blocks and order as gemm_direct and the packed loops, so the same results. Tasks of a few
+// panels each, taken dynamically (pool.h).
+void gemm_prepacked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                    const float* panels, float* C, int64_t ldc, const float* bias) {
+  const Ops& o = ops();
+  const auto rows_computed = [M](int h) { return (M + h - 1) / h * h; };
+  const bool tall = rows_computed(o.tall_mr) <= rows_computed(o.mr);
+  const int mr = tall ? o.tall_mr : o.mr, nr = o.nr;
+  const auto micro = tall ? o.gemm_micro_tall : o.gemm_micro;
+  const int64_t count = (N + nr - 1) / nr;
+  const int64_t per_task = std::clamp<int64_t>(count / 8, 1, 8);
+  parallel_grains(count, per_task, M * N * K >= kParallelMacs, [&](int64_t p0, int64_t p1) {
+    for (int64_t j = p0 * nr; j < p1 * nr; j += nr) {
+      const int n = (int)std::min<int64_t>(nr, N - j);
+      const float* panel = panels + j * K;
+      for (int64_t i = 0; i < M; i += mr)
+        for (int64_t k0 = 0; k0 < K; k0 += o.kc)
+          micro(std::min<int64_t>(o.kc, K - k0), A + i * lda + k0, lda, 1, panel + k0 * nr, nr,
+                C + i * ldc + j, ldc, (int)std::min<int64_t>(mr, M - i), n, k0 > 0,
+                k0 == 0 && bias ? bias + j : nullptr);
+    }
+  });
+}
+
+}  // namespace
+
+int64_t packed_weight_size(int64_t K, int64_t N) { return gemm_packed_b_size(N, K); }
+
+void pack_weight(float* panels, const float* weight, bool trans_w, int64_t K, int64_t N) {
+  gemm_pack_b(panels, weight, trans_w ? K : N, trans_w, N, K);
+}
+
+void matmul_fwd_packed(float* out, const float* inp, const PackedWeight& w, const float* bias,
+                       int64_t M) {
+  if (M <= kSmallM || w.K == 0)  // the GEMV path reads the weight as it is
+    return matmul_fwd(out, inp, w.source, bias, w.trans, M, w.K, w.N);
+  gemm_prepacked(M, w.N, w.K, inp, w.K, w.panels, out, w.N, bias);
+}
+
 }  // namespace sllm

@@ -100,4 +100,20 @@ void gemm_pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t 
 void gemm_rows_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                         const float* packed, float* C, int64_t ldc);
 
+// A float weight packed once for products of a few rows (a batched decode step reads it
+// on every step): op(W) (K x N) in gemm's nr-wide panels of depth K, zero-padded, which the
+// register tile reads at unit stride instead of packing W on every call. source is W itself
+// (K x N, or N x K when trans): M <= 4 rows (the GEMV path) read that.
+struct PackedWeight {
+  const float* panels;
+  const float* source;
+  int64_t K, N;
+  bool trans;
+};
+int64_t packed_weight_size(int64_t K, int64_t N);  // floats of `panels`
+void pack_weight(float* panels, const float* weight, bool trans_w, int64_t K, int64_t N);
+// matmul_fwd(out, inp, source, bias, trans, M, K, N), reading the panels: the same results
+void matmul_fwd_packed(float* out, const float* inp, const PackedWeight& w, const float* bias,
+                       int64_t M);
+
 }  // namespace sllm

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +48,22 @@ def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None]
         return None
     params = tuple(getattr(L, name) for name in DECODE_BLOCK_PARAMS)
     return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
+
+
+class _BatchWeights(NamedTuple):
+    """SLLM._weights_for_batch: a batched decode step's layers (float matmul weights packed
+    by the backend), their fused decode blocks, and the output head."""
+
+    layers: list[SimpleNamespace]
+    blocks: list[tuple[tuple[Any, ...], str | None] | None]
+    head: Any
+
+
+def _matmul_weight_names(cfg: ModelConfig) -> set[str]:
+    """The GPT-2 tensors a decode step multiplies rows by: each block's four matmul weights
+    and the output head."""
+    names = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    return {head_name(cfg)} | {f"h.{i}.{n}" for i in range(cfg.num_layers) for n in names}
 
 
 class _Frozen(dict[str, np.ndarray]):
@@ -128,6 +144,8 @@ class SLLM:
             self._g_layers = self._layers(self._grads)
             self._blocks = self._fused_blocks()
         self._routed_rows: Any = None  # a serving AdapterBank whose adapters have token rows
+        self._routed = False  # route_weights gave served adapters' weights
+        self._batch_weights: _BatchWeights | None = None  # see _weights_for_batch
         self._last_seed = 0
         self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
         self.metadata: dict[str, Any] = {}
@@ -148,7 +166,11 @@ class SLLM:
     def parameters(self) -> dict[str, np.ndarray]:
         """Live views of the weights by GPT-2 name; writing into them changes the model.
 
-        On a quantized model: the float32 tensors only (see quantized_weights())."""
+        On a quantized model: the float32 tensors only (see quantized_weights()). Calling
+        it drops decode_batch's packed copy of the weights (made again on its next step),
+        so write into the views this call returns, not into ones kept from before a
+        decode_batch step."""
+        self._batch_weights = None
         return dict(self._params)
 
     def quantized_weights(self) -> dict[str, QTensor]:
@@ -202,6 +224,8 @@ class SLLM:
             packed = self.backend.pack_q(rows_here, qtype)
             # a packed copy replaces ggml's rows (saving reads them back): one copy in memory
             kept = rows_here if packed is rows_here else None
+            if kept is None:
+                self.backend.free(rows_here)
             qweights[name] = QTensor(qtype, kept, (shape[0], shape[1]), packed,
                                      self.backend.unpack_q)
         for old in (getattr(self, "flat_params", None), getattr(self, "flat_grads", None)):
@@ -211,6 +235,7 @@ class SLLM:
             acts.release()
         self._acts.clear()
         self.flat_params, self._params, self._qweights = flat, views, qweights
+        self._batch_weights = None
         self.flat_grads, self._grads, self._g_layers = self.backend.zeros(1), {}, []
         self._p_layers = self._layers({**views, **qweights})
         self._blocks = self._fused_blocks()
@@ -236,17 +261,39 @@ class SLLM:
         """The dropout mask seed of one site (0: attention, 1: MLP) of one layer, this step."""
         return mix_seed(self._last_seed, layer, site)
 
-    def _fused_blocks(self) -> list[tuple[tuple[Any, ...], str | None] | None]:
-        """Per layer, the arguments of the backend's own decode_block, or None where a decode
-        step runs the layer kernel by kernel: the backend has only the contract's default
-        (the same kernels, behind one more Python call), the layer mixes weight types, or
-        the model is a llama (decode_block is GPT-2's block)."""
+    def _fused_blocks(self, layers: list[SimpleNamespace] | None = None
+                      ) -> list[tuple[tuple[Any, ...], str | None] | None]:
+        """Per layer (of `layers`, default the model's own), the arguments of the backend's
+        own decode_block, or None where a decode step runs the layer kernel by kernel: the
+        backend has only the contract's default (the same kernels, behind one more Python
+        call), the layer mixes weight types, or the model is a llama (decode_block is GPT-2's
+        block)."""
         own = type(self.backend).decode_block is not Backend.decode_block and not self.is_llama
-        # (a continuous-batching step fuses its blocks only where decode_block_batch is the
-        # backend's own too)
-        self._fused_batch = own and \
-            type(self.backend).decode_block_batch is not Backend.decode_block_batch
-        return [_decode_block_args(L) if own else None for L in self._p_layers]
+        if layers is None:
+            # (a continuous-batching step fuses its blocks only where decode_block_batch is
+            # the backend's own too)
+            self._fused_batch = own and \
+                type(self.backend).decode_block_batch is not Backend.decode_block_batch
+        return [_decode_block_args(L) if own else None
+                for L in (self._p_layers if layers is None else layers)]
+
+    def _weights_for_batch(self) -> _BatchWeights | None:
+        """A batched decode step's layers, fused blocks and output head, with every float
+        matmul weight as the backend multiplies a few rows by it fastest (pack_weight: cpp
+        reads its GEMM's panels instead of packing the weight on every step). Made on the
+        first step and dropped whenever the weights may change (train(), eval(),
+        forward_backward(), parameters(), quantize(), adapters). None where the step reads
+        the weights as they are: an adapter attached or served, or a llama."""
+        if self.adapter is not None or self._routed or self.is_llama:
+            return None
+        if self._batch_weights is None:
+            head = head_name(self.config)
+            packed = {name: self.backend.pack_weight(w, name == head and self.config.tie_embeddings)
+                      for name, w in self._params.items() if name in _matmul_weight_names(self.config)}
+            layers = self._layers({**self._params, **packed, **self._qweights})
+            self._batch_weights = _BatchWeights(layers, self._fused_blocks(layers),
+                                                self._lm_head(self._qweights, packed, self._params))
+        return self._batch_weights
 
     def gradients(self) -> dict[str, np.ndarray]:
         """Views of the gradients filled by forward_backward, same names as parameters();
@@ -265,6 +312,7 @@ class SLLM:
         if check:
             adapter.check_base(self)
         self.adapter = Attached(self, adapter)
+        self._batch_weights = None
         self._p_layers = self._layers({**self._params, **self._qweights, **self.adapter.weights})
         self._freeze_grads()
         self._blocks = [None] * self.config.num_layers  # the fused decode block has no delta
@@ -276,6 +324,7 @@ class SLLM:
         if self.adapter is None:
             return None
         attached, self.adapter = self.adapter, None
+        self._batch_weights = None
         self._p_layers = self._layers({**self._params, **self._qweights})
         self.backend.free(self.flat_grads)
         if self._qweights:
@@ -297,6 +346,7 @@ class SLLM:
             raise LoraError("detach the attached adapter before serving adapters by name")
         self._p_layers = self._layers({**self._params, **self._qweights, **(routed or {})})
         self._routed_rows = rows
+        self._routed = bool(routed or rows)
         self._blocks = [None] * self.config.num_layers if routed or rows else \
             self._fused_blocks()
 
@@ -317,11 +367,13 @@ class SLLM:
     def train(self) -> SLLM:
         """Train mode: dropout active."""
         self.training = True
+        self._batch_weights = None
         return self
 
     def eval(self) -> SLLM:
         """Eval mode: dropout off, forward is deterministic."""
         self.training = False
+        self._batch_weights = None
         return self
 
     def forward(self, tokens: Any) -> np.ndarray:
@@ -356,6 +408,7 @@ class SLLM:
         if self._qweights and self.adapter is None:
             raise RuntimeError(f"forward_backward: this model is quantized ({self.qtype}) and "
                                f"runs inference only; train the float32 model")
+        self._batch_weights = None  # the weights are about to change
         acts = self._run_forward(tokens, grads=True)
         count = self._load_targets(acts, targets)
         self._zero_grads()
@@ -476,14 +529,16 @@ class SLLM:
             return llama.forward(self, a, dropout, cache, rows)  # type: ignore[arg-type]
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
+        batch = self._weights_for_batch() if rows is not None else None
+        layers, blocks = (batch.layers, batch.blocks) if batch else (self._p_layers, self._blocks)
         if "wte" in self._qweights or rows is not None:
             self._embed_rows(a, pos, None if rows is None else rows[1])
         else:
             k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
         self._token_rows_fwd(a)
         x = a.x0
-        for i, (L, la) in enumerate(zip(self._p_layers, a.layers, strict=True)):
-            if cache is not None and (block := self._blocks[i]) is not None and \
+        for i, (L, la) in enumerate(zip(layers, a.layers, strict=True)):
+            if cache is not None and (block := blocks[i]) is not None and \
                     (rows is None or self._fused_batch):
                 # a decode step: the whole block in one call (the lines below, fused)
                 params, qtype = block
@@ -497,16 +552,19 @@ class SLLM:
                 continue
             x = self._block_fwd(i, L, la, x, dropout, cache, rows)
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
-        self._head_fwd(a, cache)
+        self._head_fwd(a, cache, batch.head if batch else None)
         a.dropout = dropout
 
-    def _head_fwd(self, a: Activations, cache: KVCache | None) -> None:
-        """The logits from a.lnf. A prefill into a KV cache makes only the last position's
-        (all that decode returns): B rows through the output head instead of B x T. Under
-        recompute none: the loss makes them a slice at a time (_head_loss)."""
+    def _head_fwd(self, a: Activations, cache: KVCache | None, head: Any = None) -> None:
+        """The logits from a.lnf (through `head`, default the model's own). A prefill into
+        a KV cache makes only the last position's (all that decode returns): B rows through
+        the output head instead of B x T. Under recompute none: the loss makes them a slice
+        at a time (_head_loss)."""
         if a.recompute:
             return
-        head, tie = self._lm_head(self._qweights, self._params), self.config.tie_embeddings
+        if head is None:
+            head = self._lm_head(self._qweights, self._params)
+        tie = self.config.tie_embeddings
         if cache is None or a.shape[1] == 1:
             self._matmul(a.logits, a.lnf, head, None, tie)
             return

@@ -65,30 +65,39 @@ def acquire(run_dir: str | os.PathLike[str]) -> RunLock:
     """Lock run_dir (created if missing) for this process, or raise RunLockedError."""
     run_dir = os.fspath(run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, LOCK_NAME)
     owner = _me()
     # The lock appears whole (os.link of a finished file): a lock created empty and then
     # written could be left empty by a signal in between, with no owner to release it.
     draft = os.path.join(run_dir, f".{LOCK_NAME}.{owner['token']}")
+    # Its release exists before the lock does: a SIGTERM (KeyboardInterrupt while a run is
+    # prepared) that landed as os.link returned left run.lock with no RunLock to remove it.
+    lock = RunLock(run_dir, owner)
+    try:
+        try:
+            _link_draft(run_dir, draft, owner)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(draft)
+        return lock
+    except BaseException:
+        lock.release()  # removes run.lock only where it is ours
+        raise
+
+
+def _link_draft(run_dir: str, draft: str, owner: dict[str, Any]) -> None:
+    """Write the owner to `draft`, then link it into place as run_dir's lock (taking over a
+    stale one), or raise RunLockedError."""
     with open(draft, "w", encoding="utf-8") as f:
         json.dump(owner, f)
         f.flush()
         os.fsync(f.fileno())
-    try:
-        for _ in range(10):  # each pass either succeeds, refuses, or removes a stale lock
-            try:
-                os.link(draft, path)
-            except FileExistsError:
-                _take_over_if_stale(run_dir, path)
-                continue
-            try:
-                return RunLock(run_dir, owner)
-            except BaseException:
-                _remove_if_ours(path, owner["token"])
-                raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(draft)
+    path = os.path.join(run_dir, LOCK_NAME)
+    for _ in range(10):  # each pass either succeeds, refuses, or removes a stale lock
+        try:
+            os.link(draft, path)
+            return
+        except FileExistsError:
+            _take_over_if_stale(run_dir, path)
     raise RunLockedError(f"{run_dir}: could not take {path} (it keeps reappearing)")
 
 

@@ -174,3 +174,47 @@ def test_fused_block_refuses_bad_rows(rng, slots, positions, match):
         be.decode_block_batch(be.zeros((2, 1, C)), be.from_numpy(_f(rng, 2, 1, C)),
                               be.zeros((4, 2, 12, 4)), be.zeros((4, 2, 12, 4)), work, params,
                               np.array(slots, np.int32), np.array(positions, np.int32), 2, "gelu")
+
+
+def _steps(model, rows=6):
+    """Two decode_batch steps of `rows` sequences (more than the GEMV's 4 rows: cpp reads
+    the packed weights' panels), scattered slots and positions; their logits."""
+    cache = model.new_cache(rows + 1)
+    slots = np.arange(rows)[::-1] + 1
+    out = [model.decode_batch(np.arange(rows) + s, cache, slots, np.arange(rows) * 2 + s)
+           for s in range(2)]
+    cache.release()
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_packed_weights_give_the_same_step(backend_name, tie):
+    """decode_batch reads the weights as Backend.pack_weight packs them (cpp: its GEMM's
+    panels, the tied head transposed); the logits equal, exactly, those of the weights read
+    as they are."""
+    model = _model(backend_name, tie)
+    packed = _steps(model)
+    assert model._batch_weights is not None
+    model._weights_for_batch = lambda: None  # the model's own arrays
+    np.testing.assert_array_equal(packed, _steps(model))
+
+
+def test_packed_weights_follow_the_weights(backend_name):
+    """The packed copy is dropped when the weights may change: a write through parameters(),
+    a training step, quantize()."""
+    model, fresh = _model(backend_name), _model(backend_name)
+    before = _steps(model)
+    for m in (model, fresh):
+        m.parameters()["h.0.mlp.c_fc.weight"][...] *= 2
+        m.parameters()["lm_head.weight"][...] += 0.5
+    after = _steps(model)
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, _steps(fresh))
+    model.train()
+    model.forward_backward(np.zeros((1, 4), np.int64), np.ones((1, 4), np.int64))
+    assert model._batch_weights is None
+    model.eval()
+    _steps(model)
+    model.quantize("q8_0")
+    assert model._batch_weights is None
+    _steps(model)

@@ -109,6 +109,39 @@ def test_few_rows_equal_the_same_rows_of_many(cpp, rng, K, N):
         np.testing.assert_array_equal(few, many[:M], err_msg=f"{M} rows")
 
 
+@pytest.mark.parametrize("K,N,trans_w", [(128, 384, False), (300, 45, True), (1000, 70, False),
+                                         (7, 3, True), (256, 1000, True)])
+def test_packed_weight_gives_the_weights_results(cpp, rng, K, N, trans_w):
+    """pack_weight's panels (a batched decode step's weights) give, bit for bit, what the
+    weight itself gives, for every row count: the GEMV's (<= 4 rows, which read the weight
+    itself), the few-row tiles and many rows; transposed (the tied head) too."""
+    w = rng.standard_normal((N, K) if trans_w else (K, N), dtype=np.float32)
+    bias = rng.standard_normal(N, dtype=np.float32)
+    packed = cpp.pack_weight(w, trans_w)
+    assert packed.weight is w and packed.trans_w == trans_w and packed.nbytes >= K * N * 4
+    for M in (1, 4, 5, 8, 16, 33, 64, 65, 130):
+        x = rng.standard_normal((M, K), dtype=np.float32)
+        want, got = np.empty((M, N), np.float32), np.full((M, N), np.nan, np.float32)
+        cpp.matmul_fwd(want, x, w, bias, trans_w)
+        cpp.matmul_fwd(got, x, packed, bias, trans_w)
+        np.testing.assert_array_equal(got, want, err_msg=f"{M} rows")
+
+
+def test_packed_weight_refuses_misuse(cpp, rng):
+    w = rng.standard_normal((8, 3), dtype=np.float32)
+    packed, x, out = cpp.pack_weight(w), np.zeros((6, 8), np.float32), np.zeros((6, 3), np.float32)
+    with pytest.raises(ValueError, match="matmul_fwd: weight was packed with trans_w=False"):
+        cpp.matmul_fwd(np.zeros((6, 8), np.float32), np.zeros((6, 3), np.float32), packed, None, True)
+    with pytest.raises(ValueError, match="matmul_fwd: inp's width|weight does not match"):
+        cpp.matmul_fwd(out, np.zeros((6, 5), np.float32), packed, None)
+    with pytest.raises(TypeError, match="matmul_bwd: weight must be a numpy array"):
+        cpp.matmul_bwd(None, np.zeros_like(w), None, out, x, packed)
+    with pytest.raises(TypeError, match="pack_weight: weight must be float32"):
+        cpp.pack_weight(w.astype(np.float64))
+    with pytest.raises(ValueError, match="pack_weight: weight must have 2 dimensions"):
+        cpp.pack_weight(np.zeros(5, np.float32))
+
+
 def _train_step_grads(model, x, y):
     loss = model.forward_backward(x, y)
     return loss, {k: g.copy() for k, g in model.gradients().items()}

@@ -175,6 +175,30 @@ def test_an_interrupt_while_locking_leaves_no_lock(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # neither the lock nor its draft
 
 
+def test_an_interrupt_as_the_lock_appears_leaves_no_lock(tmp_path, monkeypatch):
+    # SIGTERM to `sllm train --ranks 1` as run.lock appeared (KeyboardInterrupt at the
+    # return of os.link) left run.lock behind with its owner gone (CI, fresh clone).
+    real_link = os.link
+
+    def link(src, dst):
+        real_link(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runlock.os, "link", link)
+    with pytest.raises(KeyboardInterrupt):
+        runlock.acquire(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither the lock nor its draft
+
+
+def test_a_refused_lock_is_left_to_its_owner(tmp_path):
+    lock = runlock.acquire(tmp_path)
+    with pytest.raises(RunLockedError):
+        runlock.acquire(tmp_path)
+    assert runlock.read_owner(tmp_path)["token"] == lock.owner["token"]
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_lock_appears_with_its_owner_written(tmp_path, monkeypatch):
     seen = []
     real_link = os.link

@@ -2,18 +2,32 @@
  * quantized on the fly to q8_0 (sllm/quant.py; the numpy reference is
  * sllm.backends.reference.matmul_q_fwd, the C++ twin cpp/quant*.cpp).
  *
- * export matmul_q_fwd, ARGS: 0 out (N,OC) f32, 1 inp (N,K) f32, 2 wq (OC, row bytes) u8,
- * 3 bias (OC) f32 or 0, 4 N, 5 K, 6 OC, 7 qtype (0 q8_0, 1 q4_0, 2 q4_1), 8 scratch of at
- * least N*nb*8 + 2*N*nb floats (nb = ceil(K/32)): the q8_0 codes, scales and block sums.
+ * Every kernel's qtype is 0 q8_0, 1 q4_0, 2 q4_1, plus PACKED (4) when wq is in the layout
+ * pack_q makes; without it wq is ggml's rows (OC, row bytes), as the files hold them.
+ *
+ * export matmul_q_fwd, ARGS: 0 out (N,OC) f32, 1 inp (N,K) f32, 2 wq u8, 3 bias (OC) f32
+ * or 0, 4 N, 5 K, 6 OC, 7 qtype, 8 scratch of at least N*nb*8 + 2*N*nb floats
+ * (nb = ceil(K/32)): the q8_0 codes, scales and block sums.
  *
  * export embed_q_fwd, ARGS: 0 out (n,C) f32, 1 tokens (n) int32 (checked by the host),
- * 2 wq (V, row bytes) u8, 3 n, 4 C, 5 qtype: out[i] = row tokens[i] of wq, dequantized
+ * 2 wq u8 (V rows), 3 n, 4 C, 5 qtype: out[i] = row tokens[i] of wq, dequantized
  * (sllm.quant.dequantize; ggml's get_rows).
  *
- * export matmul_q_bwd, ARGS: 0 dinp (N,K) f32, 1 dout (N,OC) f32, 2 wq (OC, row bytes) u8,
- * 3 N, 4 K, 5 OC, 6 qtype, 7 scratch of at least OC*cols floats, 8 cols (a multiple of 32):
- * dinp = dout @ W, W's columns dequantized cols at a time into the scratch, each slice
- * multiplied by the float GEMM (gemm.c).
+ * export matmul_q_bwd, ARGS: 0 dinp (N,K) f32, 1 dout (N,OC) f32, 2 wq u8, 3 N, 4 K, 5 OC,
+ * 6 qtype, 7 scratch of at least OC*cols floats, 8 cols (a multiple of 32): dinp = dout @ W,
+ * W's columns dequantized cols at a time into the scratch, each slice multiplied by the
+ * float GEMM (gemm.c).
+ *
+ * export pack_q, ARGS: 0 dst (packed_bytes) u8, 1 src (OC, row bytes) u8 ggml's rows, 2 OC,
+ * 3 K, 4 qtype (without PACKED). export unpack_q, the same arguments the other way round
+ * (0 dst ggml's rows, 1 src packed): ggml's bytes back exactly, NaN payloads included.
+ *
+ * The packed layout: rows in groups of four (a last group's spare rows zero), a group's
+ * blocks one after another, each block the four rows' scales d as float32 (16 bytes),
+ * q4_1's offsets m likewise, then row 0's codes, row 1's, row 2's, row 3's (ggml's bytes:
+ * 32 int8, or 16 bytes of nibbles). A block of four rows is then one vector of scales,
+ * converted once at load rather than looked up per block and row, and four code vectors,
+ * 16-byte aligned when the group is (the host allocates 64-byte aligned).
  *
  * Dot products: four weight rows at a time (dot_rows4), so the activation block is loaded
  * once for four and the block scales multiply as one vector. SIMD128 widens int8 products
@@ -27,7 +41,16 @@
 #include "abi.h"
 
 #define QK 32
+#define PACKED 4
 static const int BLOCK_BYTES[3] = {34, 18, 20};
+
+/* Bytes before a ggml block's codes (d, and q4_1's m) and of its codes. */
+static inline size_t head_bytes(int qtype) { return qtype == 2 ? 4 : 2; }
+static inline size_t code_bytes(int qtype) { return qtype == 0 ? QK : QK / 2; }
+/* Bytes of one block of a packed group: float32 scales (and offsets) of four rows, codes. */
+static inline size_t packed_block_bytes(int qtype) {
+    return (qtype == 2 ? 32 : 16) + 4 * code_bytes(qtype);
+}
 
 /* ---- float16 <-> float32, round to nearest even (numpy's astype(float16)) ---------------- */
 static float bits_to_float(uint32_t b) { union { uint32_t u; float f; } v = {b}; return v.f; }
@@ -76,6 +99,40 @@ static inline float load_half(const uint8_t *p) {
     return HALF_TABLE[h];
 }
 
+/* One block of one row: its codes (ggml's bytes), scale d and q4_1's offset m (else 0). */
+typedef struct {
+    const uint8_t *codes;
+    float d, m;
+} qblock;
+
+/* The block at w: ggml's bytes of one block, or (packed) row r's of a block of four rows. */
+static inline qblock block_here(const uint8_t *w, int qtype, int packed, int r) {
+    qblock q;
+    if (packed) {
+        const float *scales = (const float *)w;
+        q.d = scales[r], q.m = qtype == 2 ? scales[4 + r] : 0.0f;
+        q.codes = w + (qtype == 2 ? 32 : 16) + r * code_bytes(qtype);
+    } else {
+        q.d = load_half(w), q.m = qtype == 2 ? load_half(w + 2) : 0.0f;
+        q.codes = w + head_bytes(qtype);
+    }
+    return q;
+}
+
+/* Bytes from one block of a row to its next, and where row o's first block lies. */
+static inline size_t block_stride(int qtype, int packed) {
+    return packed ? packed_block_bytes(qtype) : (size_t)BLOCK_BYTES[qtype];
+}
+static inline const uint8_t *row_start(const uint8_t *wq, int qtype, int packed, int nb, size_t o) {
+    return wq + (packed ? o / 4 : o) * nb * block_stride(qtype, packed);
+}
+
+/* Block b of row o of wq. */
+static inline qblock block_at(const uint8_t *wq, int qtype, int packed, int nb, size_t o, int b) {
+    return block_here(row_start(wq, qtype, packed, nb, o) + b * block_stride(qtype, packed), qtype, packed,
+                      (int)(o % 4));
+}
+
 /* C's roundf: half away from zero (wasm's f32.nearest rounds half to even). */
 static float round_away(float v) {
     float a = __builtin_fabsf(v), t = __builtin_truncf(a);
@@ -86,11 +143,13 @@ static float round_away(float v) {
 /* ggml's quantize_row_q8_0_ref for one row, zero-padded to nb blocks, plus block sums:
  * sum * d (q4_1's offset term), or with int_sums the integer sum itself (q4_0's -8 offset,
  * applied once per block to the integer dot; exact in a float: |sum| <= 32 * 127). */
-#if defined(__wasm_simd128__) && !defined(SLLM_WASM_COMPAT)
-/* (Not in the compat module: wasmer 1.1 computed wrong codes with it, not yet traced.)
- * A whole block as quantize_row_q8_0's scalar loop does it, eight lanes of four: the same
+#ifdef __wasm_simd128__
+/* A whole block as quantize_row_q8_0's scalar loop does it, eight lanes of four: the same
  * amax (a > amax keeps amax for NaN), v = x * id, round half away from zero by truncating
- * |v| (|v| <= 127 here; anything else is non-finite and masked to 0), the code sum. */
+ * |v| (|v| <= 127 here; anything else is non-finite and masked to 0), the code sum. Sixteen
+ * codes at a time: with all eight code vectors live at once, wasmer 1.1 (Cranelift) gave
+ * a wrong third vector of each sixteen (lanes 8-11, its register spilled and reloaded
+ * wrongly, it seems); four live vectors compile right there. */
 static void quantize_block_simd(const float *x, int8_t *q, float *d, float *s, int int_sums) {
     v128_t amax = wasm_f32x4_splat(0.0f);
     for (int j = 0; j < QK; j += 4) {
@@ -103,18 +162,18 @@ static void quantize_block_simd(const float *x, int8_t *q, float *d, float *s, i
     float db = m / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
     v128_t idv = wasm_f32x4_splat(id), half = wasm_f32x4_splat(0.5f), one = wasm_f32x4_splat(1.0f);
     v128_t sign = wasm_i32x4_splat((int32_t)0x80000000u), zero = wasm_f32x4_splat(0.0f), sum = wasm_i32x4_splat(0);
-    v128_t c[8];
-    for (int k = 0; k < 8; k++) {
-        v128_t v = wasm_f32x4_mul(wasm_v128_load(x + 4 * k), idv), a = wasm_f32x4_abs(v);
-        v128_t t = wasm_f32x4_convert_i32x4(wasm_i32x4_trunc_sat_f32x4(a));
-        v128_t r = wasm_f32x4_add(t, wasm_v128_and(wasm_f32x4_ge(wasm_f32x4_sub(a, t), half), one));
-        r = wasm_v128_or(r, wasm_v128_and(v, sign));
-        r = wasm_v128_and(r, wasm_f32x4_eq(wasm_f32x4_sub(v, v), zero));
-        c[k] = wasm_i32x4_trunc_sat_f32x4(r);
-        sum = wasm_i32x4_add(sum, c[k]);
-    }
-    for (int h = 0; h < 2; h++) {
-        v128_t lo = wasm_i16x8_narrow_i32x4(c[4 * h], c[4 * h + 1]), hi = wasm_i16x8_narrow_i32x4(c[4 * h + 2], c[4 * h + 3]);
+    for (int h = 0; h < 2; h++) { /* 16 codes at a time (see above) */
+        v128_t c[4];
+        for (int k = 0; k < 4; k++) {
+            v128_t v = wasm_f32x4_mul(wasm_v128_load(x + 16 * h + 4 * k), idv), a = wasm_f32x4_abs(v);
+            v128_t t = wasm_f32x4_convert_i32x4(wasm_i32x4_trunc_sat_f32x4(a));
+            v128_t r = wasm_f32x4_add(t, wasm_v128_and(wasm_f32x4_ge(wasm_f32x4_sub(a, t), half), one));
+            r = wasm_v128_or(r, wasm_v128_and(v, sign));
+            r = wasm_v128_and(r, wasm_f32x4_eq(wasm_f32x4_sub(v, v), zero));
+            c[k] = wasm_i32x4_trunc_sat_f32x4(r);
+            sum = wasm_i32x4_add(sum, c[k]);
+        }
+        v128_t lo = wasm_i16x8_narrow_i32x4(c[0], c[1]), hi = wasm_i16x8_narrow_i32x4(c[2], c[3]);
         wasm_v128_store(q + 16 * h, wasm_i8x16_narrow_i16x8(lo, hi));
     }
     int total = (int)(wasm_i32x4_extract_lane(sum, 0) + wasm_i32x4_extract_lane(sum, 1) +
@@ -128,7 +187,7 @@ static void quantize_row_q8_0(const float *x, int K, int8_t *q, float *d, float 
     int nb = (K + QK - 1) / QK;
     for (int b = 0; b < nb; b++) {
         int j0 = b * QK, n = K - j0 < QK ? K - j0 : QK;
-#if defined(__wasm_simd128__) && !defined(SLLM_WASM_COMPAT)
+#ifdef __wasm_simd128__
         if (n == QK) {
             quantize_block_simd(x + j0, q + j0, d + b, s + b, int_sums);
             continue;
@@ -231,22 +290,22 @@ static inline v128_t reduce4(v128_t v0, v128_t v1, v128_t v2, v128_t v3) {
     return wasm_i32x4_add(wasm_i32x4_shuffle(a, b, 0, 2, 4, 6), wasm_i32x4_shuffle(a, b, 1, 3, 5, 7));
 }
 
-/* One block of one row: its int32 partial sums against the activation block. q4_0's
+/* One block of one row (its codes): its int32 partial sums against the activation block. q4_0's
  * nibbles stay unsigned here: the caller subtracts 8 * sum(x) once for four rows. */
-static inline v128_t block_isum(const uint8_t *w, const xblock *x, int qtype) {
+static inline v128_t block_isum(const uint8_t *codes, const xblock *x, int qtype) {
 #ifdef SLLM_WASM_COMPAT
     if (qtype == 0) {
-        v128_t w0 = wasm_v128_load(w + 2), w1 = wasm_v128_load(w + 18);
+        v128_t w0 = wasm_v128_load(codes), w1 = wasm_v128_load(codes + 16);
         return dot_widened(wasm_i16x8_extend_low_i8x16(w0), wasm_i16x8_extend_high_i8x16(w0),
                            wasm_i16x8_extend_low_i8x16(w1), wasm_i16x8_extend_high_i8x16(w1), x);
     }
     /* byte j holds codes j (low nibble) and j + 16 (high): widen the bytes, then split */
-    v128_t packed = wasm_v128_load(w + (qtype == 1 ? 2 : 4)), m = wasm_i16x8_splat(0x0F);
+    v128_t packed = wasm_v128_load(codes), m = wasm_i16x8_splat(0x0F);
     v128_t lo = wasm_u16x8_extend_low_u8x16(packed), hi = wasm_u16x8_extend_high_u8x16(packed);
     return dot_widened(wasm_v128_and(lo, m), wasm_v128_and(hi, m), wasm_u16x8_shr(lo, 4), wasm_u16x8_shr(hi, 4), x);
 #else
-    if (qtype == 0) return dot32(wasm_v128_load(w + 2), wasm_v128_load(w + 18), x, 0);
-    v128_t packed = wasm_v128_load(w + (qtype == 1 ? 2 : 4));
+    if (qtype == 0) return dot32(wasm_v128_load(codes), wasm_v128_load(codes + 16), x, 0);
+    v128_t packed = wasm_v128_load(codes);
     return dot32(wasm_v128_and(packed, wasm_i8x16_splat(0x0F)), wasm_u8x16_shr(packed, 4), x, 1);
 #endif
 }
@@ -266,26 +325,43 @@ static inline void dm4(const uint8_t *const *w, size_t at, v128_t *d, v128_t *m)
 }
 #endif
 
-/* Four rows at once (lane r: row w[r]): x's codes are loaded once for the four, the four
+/* Block b of four rows: each row's codes, the four scales d and q4_1's offsets m as
+ * vectors. ggml's rows: w[r] is row r; packed: w[0] is the group, its scales one load. */
+static inline __attribute__((always_inline)) void blocks4(const uint8_t *const *w, int b, int qtype,
+                                                          int packed, const uint8_t **codes,
+                                                          v128_t *wd, v128_t *wm) {
+    if (packed) {
+        const uint8_t *blk = w[0] + (size_t)b * packed_block_bytes(qtype);
+        *wd = wasm_v128_load(blk), *wm = qtype == 2 ? wasm_v128_load(blk + 16) : *wd;
+        for (int r = 0; r < 4; r++) codes[r] = blk + (qtype == 2 ? 32 : 16) + r * code_bytes(qtype);
+        return;
+    }
+    size_t at = (size_t)b * BLOCK_BYTES[qtype];
+    for (int r = 0; r < 4; r++) codes[r] = w[r] + at + head_bytes(qtype);
+#ifdef SLLM_WASM_COMPAT
+    if (qtype == 2) {
+        dm4(w, at, wd, wm);
+        return;
+    }
+#endif
+    *wd = halves4(w, at), *wm = qtype == 2 ? halves4(w, at + 2) : *wd;
+}
+
+/* Four rows at once (lane r: row r): x's codes are loaded once for the four, the four
  * int32 block sums reduce to one vector, and the block scales multiply as a vector. The
  * integer dot of a block is exact; its float products add block by block, as in the
  * reference's float32 sum over blocks. */
 static inline __attribute__((always_inline)) v128_t dot_rows4(const uint8_t *const *w, const qrow *x,
-                                                              int nb, int qtype) {
+                                                              int nb, int qtype, int packed) {
     v128_t acc = wasm_f32x4_splat(0.0f), macc = acc;
-    size_t bytes = (size_t)BLOCK_BYTES[qtype];
     for (int b = 0; b < nb; b++) {
-        size_t at = (size_t)b * bytes;
-        xblock xb = load_xblock(x->q + b * QK);
-        v128_t isum = reduce4(block_isum(w[0] + at, &xb, qtype), block_isum(w[1] + at, &xb, qtype),
-                              block_isum(w[2] + at, &xb, qtype), block_isum(w[3] + at, &xb, qtype));
-        if (qtype == 1) isum = wasm_i32x4_sub(isum, wasm_i32x4_splat(8 * (int)x->s[b]));
+        const uint8_t *c[4];
         v128_t wd, wm;
-#ifdef SLLM_WASM_COMPAT
-        if (qtype == 2) dm4(w, at, &wd, &wm);
-        else
-#endif
-            wd = halves4(w, at), wm = qtype == 2 ? halves4(w, at + 2) : wd;
+        blocks4(w, b, qtype, packed, c, &wd, &wm);
+        xblock xb = load_xblock(x->q + b * QK);
+        v128_t isum = reduce4(block_isum(c[0], &xb, qtype), block_isum(c[1], &xb, qtype),
+                              block_isum(c[2], &xb, qtype), block_isum(c[3], &xb, qtype));
+        if (qtype == 1) isum = wasm_i32x4_sub(isum, wasm_i32x4_splat(8 * (int)x->s[b]));
         v128_t scale = wasm_f32x4_mul(wd, wasm_f32x4_splat(x->d[b]));
         acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(isum), scale));
         if (qtype == 2) macc = wasm_f32x4_add(macc, wasm_f32x4_mul(wm, wasm_f32x4_splat(x->s[b])));
@@ -293,56 +369,60 @@ static inline __attribute__((always_inline)) v128_t dot_rows4(const uint8_t *con
     return qtype == 2 ? wasm_f32x4_add(acc, macc) : acc;
 }
 
-/* Output rows [o0, o1) for every input row; qtype is a constant after inlining. A last
- * group of fewer than four rows repeats its last row in the spare lanes. */
+/* Output rows [o0, o1) for every input row (o0 a multiple of four); qtype and packed are
+ * constants after inlining. A last group of fewer than four rows: ggml's rows repeat the
+ * last row in the spare lanes, a packed group has zero rows there. */
 static inline __attribute__((always_inline)) void rows(float *out, const uint8_t *wq, const float *bias,
                                                        const int8_t *q, const float *d, const float *s,
-                                                       int N, int nb, int OC, int o0, int o1, int qtype) {
-    size_t row_bytes = (size_t)nb * BLOCK_BYTES[qtype];
+                                                       int N, int nb, int OC, int o0, int o1, int qtype,
+                                                       int packed) {
+    size_t row_bytes = (size_t)nb * BLOCK_BYTES[qtype], group_bytes = (size_t)nb * packed_block_bytes(qtype);
     for (int n = 0; n < N; n++) {
         qrow x = {q + (size_t)n * nb * QK, d + n * nb, s + n * nb};
         float *y = out + (size_t)n * OC;
         for (int o = o0; o < o1; o += 4) {
             const uint8_t *w[4];
-            for (int r = 0; r < 4; r++) w[r] = wq + (size_t)(o + r < o1 ? o + r : o1 - 1) * row_bytes;
+            if (packed) w[0] = wq + (size_t)(o / 4) * group_bytes;
+            else
+                for (int r = 0; r < 4; r++) w[r] = wq + (size_t)(o + r < o1 ? o + r : o1 - 1) * row_bytes;
             float lanes[4];
-            wasm_v128_store(lanes, dot_rows4(w, &x, nb, qtype));
+            wasm_v128_store(lanes, dot_rows4(w, &x, nb, qtype, packed));
             for (int r = 0; r < 4 && o + r < o1; r++) y[o + r] = lanes[r] + (bias ? bias[o + r] : 0.0f);
         }
     }
 }
 #else
-static inline __attribute__((always_inline)) float dot_row(const uint8_t *w, const qrow *x, int nb,
-                                                           int qtype) {
+static inline __attribute__((always_inline)) float dot_row(const uint8_t *wq, size_t o, const qrow *x,
+                                                           int nb, int qtype, int packed) {
     float sum = 0.0f;
-    for (int b = 0; b < nb; b++, w += BLOCK_BYTES[qtype]) {
+    const uint8_t *at = row_start(wq, qtype, packed, nb, o);
+    for (int b = 0; b < nb; b++, at += block_stride(qtype, packed)) {
+        qblock w = block_here(at, qtype, packed, (int)(o % 4));
         const int8_t *qx = x->q + b * QK;
         int isum = 0;
         if (qtype == 0) {
-            const int8_t *qw = (const int8_t *)(w + 2);
+            const int8_t *qw = (const int8_t *)w.codes;
             for (int j = 0; j < QK; j++) isum += qw[j] * qx[j];
         } else {
-            const uint8_t *qs = w + (qtype == 1 ? 2 : 4);
             int off = qtype == 1 ? 8 : 0;
             for (int j = 0; j < QK / 2; j++)
-                isum += ((qs[j] & 0x0F) - off) * qx[j] + ((qs[j] >> 4) - off) * qx[j + QK / 2];
+                isum += ((w.codes[j] & 0x0F) - off) * qx[j] + ((w.codes[j] >> 4) - off) * qx[j + QK / 2];
         }
-        sum += (float)isum * (load_half(w) * x->d[b]);
-        if (qtype == 2) sum += load_half(w + 2) * x->s[b];
+        sum += (float)isum * (w.d * x->d[b]);
+        if (qtype == 2) sum += w.m * x->s[b];
     }
     return sum;
 }
 
-/* Output rows [o0, o1) for every input row; qtype is a constant after inlining. */
+/* Output rows [o0, o1) for every input row; qtype and packed are constants after inlining. */
 static inline __attribute__((always_inline)) void rows(float *out, const uint8_t *wq, const float *bias,
                                                        const int8_t *q, const float *d, const float *s,
-                                                       int N, int nb, int OC, int o0, int o1, int qtype) {
-    int row_bytes = nb * BLOCK_BYTES[qtype];
+                                                       int N, int nb, int OC, int o0, int o1, int qtype,
+                                                       int packed) {
     for (int n = 0; n < N; n++) {
         qrow x = {q + (size_t)n * nb * QK, d + n * nb, s + n * nb};
         float *y = out + (size_t)n * OC;
-        for (int o = o0; o < o1; o++)
-            y[o] = dot_row(wq + (size_t)o * row_bytes, &x, nb, qtype) + (bias ? bias[o] : 0.0f);
+        for (int o = o0; o < o1; o++) y[o] = dot_row(wq, (size_t)o, &x, nb, qtype, packed) + (bias ? bias[o] : 0.0f);
     }
 }
 #endif
@@ -351,7 +431,8 @@ EXPORT(matmul_q_fwd) {
     float *out = ARG_F32P(0);
     const float *inp = ARG_F32P(1), *bias = ARG_F32P(3);
     const uint8_t *wq = (const uint8_t *)(uintptr_t)ARGS[2].u;
-    int N = ARG_INT(4), K = ARG_INT(5), OC = ARG_INT(6), qtype = ARG_INT(7);
+    int N = ARG_INT(4), K = ARG_INT(5), OC = ARG_INT(6), qtype = ARG_INT(7) & 3;
+    int packed = (ARG_INT(7) & PACKED) != 0;
     float *scratch = ARG_F32P(8);
     int nb = (K + QK - 1) / QK;
     if (!half_table_ready) fill_half_table();
@@ -362,9 +443,17 @@ EXPORT(matmul_q_fwd) {
                           SIMD_INT_SUMS && qtype == 1);
     for (int o0 = 0; o0 < OC; o0 += 16) { /* 16 weight rows stay in cache across the inputs */
         int o1 = o0 + 16 < OC ? o0 + 16 : OC;
-        if (qtype == 0) rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 0);
-        else if (qtype == 1) rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 1);
-        else rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, 2);
+#define ROWS(t, p) rows(out, wq, bias, q, d, s, N, nb, OC, o0, o1, t, p)
+        if (packed) {
+            if (qtype == 0) ROWS(0, 1);
+            else if (qtype == 1) ROWS(1, 1);
+            else ROWS(2, 1);
+        } else {
+            if (qtype == 0) ROWS(0, 0);
+            else if (qtype == 1) ROWS(1, 0);
+            else ROWS(2, 0);
+        }
+#undef ROWS
     }
 }
 
@@ -382,33 +471,32 @@ static inline void dequantize16(float *out, v128_t q, float d, float m) {
 }
 #endif
 
-/* One block of ggml bytes as floats: its first n <= 32 values (sllm.quant.dequantize). */
-static void dequantize_block(const uint8_t *w, int qtype, int n, float *out) {
-    float d = load_half(w), m = qtype == 2 ? load_half(w + 2) : 0.0f;
+/* One block as floats: its first n <= 32 values (sllm.quant.dequantize). */
+static void dequantize_block(qblock w, int qtype, int n, float *out) {
 #ifdef __wasm_simd128__
     if (n == QK) {
         v128_t lo, hi;
         if (qtype == 0) {
-            lo = wasm_v128_load(w + 2), hi = wasm_v128_load(w + 18);
+            lo = wasm_v128_load(w.codes), hi = wasm_v128_load(w.codes + 16);
         } else {
-            v128_t packed = wasm_v128_load(w + (qtype == 1 ? 2 : 4));
+            v128_t packed = wasm_v128_load(w.codes);
             lo = wasm_v128_and(packed, wasm_i8x16_splat(0x0F)), hi = wasm_u8x16_shr(packed, 4);
             if (qtype == 1) lo = wasm_i8x16_sub(lo, wasm_i8x16_splat(8)), hi = wasm_i8x16_sub(hi, wasm_i8x16_splat(8));
         }
-        dequantize16(out, lo, d, m);
-        dequantize16(out + 16, hi, d, m);
+        dequantize16(out, lo, w.d, w.m);
+        dequantize16(out + 16, hi, w.d, w.m);
         return;
     }
 #endif
     for (int j = 0; j < n; j++) {
         int c;
         if (qtype == 0) {
-            c = ((const int8_t *)(w + 2))[j];
+            c = ((const int8_t *)w.codes)[j];
         } else {
-            uint8_t byte = w[(qtype == 1 ? 2 : 4) + j % 16];
+            uint8_t byte = w.codes[j % 16];
             c = (j < 16 ? byte & 0x0F : byte >> 4) - (qtype == 1 ? 8 : 0);
         }
-        out[j] = (float)c * d + m;
+        out[j] = (float)c * w.d + w.m;
     }
 }
 
@@ -416,33 +504,77 @@ EXPORT(embed_q_fwd) {
     float *out = ARG_F32P(0);
     const int32_t *tokens = ARG_I32P(1);
     const uint8_t *wq = (const uint8_t *)(uintptr_t)ARGS[2].u;
-    int n = ARG_INT(3), C = ARG_INT(4), qtype = ARG_INT(5);
-    int nb = (C + QK - 1) / QK, bytes = BLOCK_BYTES[qtype];
+    int n = ARG_INT(3), C = ARG_INT(4), qtype = ARG_INT(5) & 3, packed = (ARG_INT(5) & PACKED) != 0;
+    int nb = (C + QK - 1) / QK;
     if (!half_table_ready) fill_half_table();
-    for (int i = 0; i < n; i++) {
-        const uint8_t *row = wq + (size_t)tokens[i] * nb * bytes;
+    for (int i = 0; i < n; i++)
         for (int b = 0; b < nb; b++)
-            dequantize_block(row + (size_t)b * bytes, qtype, C - b * QK < QK ? C - b * QK : QK,
-                             out + (size_t)i * C + b * QK);
-    }
+            dequantize_block(block_at(wq, qtype, packed, nb, (size_t)tokens[i], b), qtype,
+                             C - b * QK < QK ? C - b * QK : QK, out + (size_t)i * C + b * QK);
 }
 
 EXPORT(matmul_q_bwd) {
     float *dinp = ARG_F32P(0), *w = ARG_F32P(7);
     const float *dout = ARG_F32P(1);
     const uint8_t *wq = (const uint8_t *)(uintptr_t)ARGS[2].u;
-    int N = ARG_INT(3), K = ARG_INT(4), OC = ARG_INT(5), qtype = ARG_INT(6), cols = ARG_INT(8);
-    int nb = (K + QK - 1) / QK, bytes = BLOCK_BYTES[qtype];
+    int N = ARG_INT(3), K = ARG_INT(4), OC = ARG_INT(5), qtype = ARG_INT(6) & 3, cols = ARG_INT(8);
+    int packed = (ARG_INT(6) & PACKED) != 0, nb = (K + QK - 1) / QK;
     if (!half_table_ready) fill_half_table();
     for (int k0 = 0; k0 < K; k0 += cols) {
         int k1 = k0 + cols < K ? k0 + cols : K, width = k1 - k0;
         for (int o = 0; o < OC; o++) {
             for (int b = k0 / QK; b * QK < k1; b++) {
                 int n = K - b * QK < QK ? K - b * QK : QK;
-                dequantize_block(wq + ((size_t)o * nb + b) * bytes, qtype, n,
+                dequantize_block(block_at(wq, qtype, packed, nb, (size_t)o, b), qtype, n,
                                  w + (size_t)o * width + (b * QK - k0));
             }
         }
         gemm_rows(dinp + k0, K, dout, OC, w, width, N, width, OC);
     }
+}
+
+/* A float16 scale back from the float32 half_to_float made of it: exact for every half
+ * (float_to_half would round a NaN's payload to one quiet NaN). */
+static uint32_t scale_to_half(float f) {
+    uint32_t x = float_to_bits(f);
+    if ((x & 0x7F800000u) == 0x7F800000u) return ((x >> 16) & 0x8000) | 0x7C00 | ((x & 0x7FFFFF) >> 13);
+    return float_to_half(f);
+}
+
+/* Copies block b of ggml row o to or from its place in the packed layout (to_packed: ggml's
+ * bytes in, the packed ones out; else the way back). */
+static void move_block(uint8_t *ggml, uint8_t *packed_base, int qtype, int nb, size_t o, int b, int to_packed) {
+    uint8_t *blk = packed_base + ((o / 4) * nb + b) * packed_block_bytes(qtype);
+    float *scales = (float *)blk;
+    uint8_t *codes = blk + (qtype == 2 ? 32 : 16) + (o % 4) * code_bytes(qtype);
+    int r = (int)(o % 4), fields = qtype == 2 ? 2 : 1;
+    for (int f = 0; f < fields; f++) {
+        if (to_packed) {
+            scales[4 * f + r] = load_half(ggml + 2 * f);
+        } else {
+            uint16_t h = (uint16_t)scale_to_half(scales[4 * f + r]);
+            __builtin_memcpy(ggml + 2 * f, &h, 2);
+        }
+    }
+    uint8_t *from = to_packed ? ggml + head_bytes(qtype) : codes, *to = to_packed ? codes : ggml + head_bytes(qtype);
+    for (size_t j = 0; j < code_bytes(qtype); j++) to[j] = from[j];
+}
+
+EXPORT(pack_q) {
+    uint8_t *dst = (uint8_t *)(uintptr_t)ARGS[0].u, *src = (uint8_t *)(uintptr_t)ARGS[1].u;
+    int OC = ARG_INT(2), K = ARG_INT(3), qtype = ARG_INT(4), nb = (K + QK - 1) / QK;
+    size_t total = (size_t)(OC + 3) / 4 * nb * packed_block_bytes(qtype);
+    if (!half_table_ready) fill_half_table();
+    for (size_t i = 0; i < total; i++) dst[i] = 0; /* spare rows: d = 0, codes 0 */
+    for (int o = 0; o < OC; o++)
+        for (int b = 0; b < nb; b++)
+            move_block(src + ((size_t)o * nb + b) * BLOCK_BYTES[qtype], dst, qtype, nb, (size_t)o, b, 1);
+}
+
+EXPORT(unpack_q) {
+    uint8_t *dst = (uint8_t *)(uintptr_t)ARGS[0].u, *src = (uint8_t *)(uintptr_t)ARGS[1].u;
+    int OC = ARG_INT(2), K = ARG_INT(3), qtype = ARG_INT(4), nb = (K + QK - 1) / QK;
+    for (int o = 0; o < OC; o++)
+        for (int b = 0; b < nb; b++)
+            move_block(dst + ((size_t)o * nb + b) * BLOCK_BYTES[qtype], src, qtype, nb, (size_t)o, b, 0);
 }

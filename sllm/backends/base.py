@@ -183,7 +183,8 @@ class Backend:
 
         matmul_q_fwd, matmul_q_bwd and decode_block accept what this returns wherever they
         accept ggml's rows; a model packs its quantized weights once, when it is quantized
-        or loaded. The default keeps ggml's rows (wq itself); cpp interleaves rows for its SIMD tier.
+        or loaded. The default keeps ggml's rows (wq itself); cpp interleaves rows for its
+        SIMD tier, the wasm modules four rows with float32 scales (wasm.PackedQ).
         """
         return wq
 
@@ -192,6 +193,18 @@ class Backend:
         the default embed_q_fwd read them; a model keeps only the packed copy). The default
         is pack_q's: the rows themselves."""
         return packed
+
+    def pack_weight(self, weight: np.ndarray, trans_w: bool = False) -> Any:
+        """A float matmul weight as this backend multiplies a few rows by it fastest
+        (optional): a batched decode step multiplies the same weights every step.
+
+        matmul_fwd (with the same trans_w), decode_block and decode_block_batch accept what
+        this returns wherever they accept the weight, with the same results. The weight
+        itself must not change while the packed form is in use (SLLM.decode_batch packs a
+        model's weights once and drops them when the model trains). The default is the
+        weight itself; cpp copies it into its GEMM's column panels.
+        """
+        return weight
 
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """Shape of the state attention_fwd saves for backward (reference: the probabilities)."""
@@ -237,7 +250,8 @@ class Backend:
                    trans_w: bool = False) -> None:
         """out (N,OC) = inp (N,C) @ weight + bias.
 
-        weight is (C,OC), or (OC,C) used transposed when trans_w (the tied lm_head);
+        weight is (C,OC), or (OC,C) used transposed when trans_w (the tied lm_head), or
+        what this backend's pack_weight made of such a weight (with the same trans_w);
         bias (OC,) or None.
         """
         raise _not_implemented(self, "matmul_fwd")
@@ -470,8 +484,9 @@ class Backend:
         FFN width), scratch the caller owns; its contents afterwards are unspecified.
         params: the block's 12 tensors in DECODE_BLOCK_PARAMS order (ln1_w, ln1_b, attn_w,
         attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b); with qtype
-        None the four matmul weights are float (C_in, C_out) as matmul_fwd takes them,
-        with qtype "q8_0", "q4_0" or "q4_1" they are the uint8 rows matmul_q_fwd takes.
+        None the four matmul weights are float (C_in, C_out) as matmul_fwd takes them (or
+        what pack_weight made of them), with qtype "q8_0", "q4_0" or "q4_1" they are the
+        uint8 rows matmul_q_fwd takes (or what pack_q made of them).
         activation: "gelu" or "relu". The result equals, exactly, this sequence (no
         dropout): layernorm_fwd, matmul (qkv), attention_decode, matmul (proj),
         residual_fwd, layernorm_fwd, matmul (fc), gelu_fwd/relu_fwd, matmul (fc proj),

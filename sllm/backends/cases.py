@@ -59,6 +59,14 @@ class PackedRows:
     rows: np.ndarray
     qtype: str
 
+@dataclass(frozen=True)
+class PackedFloats:
+    """A float matmul weight a case gives each backend as its batched decode step holds it
+    (Backend.pack_weight of its own copy): the reference gets the array itself."""
+
+    weight: np.ndarray
+    trans_w: bool = False
+
 def case_label(shape: dict[str, Any]) -> str:
     """A short label for a shape: "N=7 C=17"."""
     return " ".join(f"{k}={v}" for k, v in shape.items())
@@ -101,8 +109,10 @@ def _weight(rng: np.random.Generator, C: int, OC: int, trans_w: bool) -> np.ndar
     return _f(rng, OC, C) if trans_w else _f(rng, C, OC)
 
 
-def _matmul_fwd(rng: np.random.Generator, N: int, C: int, OC: int, bias: bool, trans_w: bool) -> Args:
-    return [_f(rng, N, OC), _f(rng, N, C), _weight(rng, C, OC, trans_w),
+def _matmul_fwd(rng: np.random.Generator, N: int, C: int, OC: int, bias: bool, trans_w: bool,
+                packed: bool = False) -> Args:
+    w = _weight(rng, C, OC, trans_w)
+    return [_f(rng, N, OC), _f(rng, N, C), PackedFloats(w, trans_w) if packed else w,
             _f(rng, OC) if bias else None, trans_w]
 
 
@@ -194,9 +204,11 @@ def _decode_block(rng: np.random.Generator, B: int, Tn: int, H: int, D: int, F: 
     # O(1); the cache holds stale data past pos, which the block must not read.
     C = H * D
 
-    def weight(K: int, OC: int) -> np.ndarray | PackedRows:
+    def weight(K: int, OC: int) -> np.ndarray | PackedRows | PackedFloats:
         w = _f(rng, K, OC) / np.float32(math.sqrt(K))
-        return _q_rows(np.ascontiguousarray(w.T), qtype, packed) if qtype else w
+        if qtype:
+            return _q_rows(np.ascontiguousarray(w.T), qtype, packed)
+        return PackedFloats(w) if packed else w
 
     params = (1 + _f(rng, C) / 4, _f(rng, C) / 4, weight(C, 3 * C), _f(rng, 3 * C) / 4,
               weight(C, C), _f(rng, C) / 4, 1 + _f(rng, C) / 4, _f(rng, C) / 4,
@@ -308,6 +320,13 @@ _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (7, 17, 19),
                                    (130, 128, 384), (20, 64, 5003), (13, 300, 33),
                                    (300, 40, 70), (300, 70, 40), (16, 1000, 60), (16, 4500, 9))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
+# the same weights as Backend.pack_weight holds them: one row (the GEMV reads the weight
+# itself), 5..65 rows (cpp's panels: tiles of 6 and 8 rows, a ragged last panel, depth past
+# one block) and 130 rows
+_MMP = [{**s, "bias": True, "trans_w": t, "packed": True}
+        for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (16, 300, 70), (9, 1000, 60),
+                         (65, 17, 33), (130, 128, 384))
+        for t in (False, True)]
 # K not a multiple of 32 (zero-padded blocks), one row (GEMV), wide heads, many rows
 # ggml's rows and the backend's packed rows (cpp: groups of 8 or 16 rows; OC of 1, 17 and
 # 5003 leave a partial group, 37 rows take the GEMM path through unpacked rows; 9, 16 and
@@ -354,7 +373,8 @@ _DBLK = _shapes("B Tn H D F pos maxT qtype act",
                 (1, 1, 3, 15, 70, 6, 8, "q8_0", "gelu"), (2, 2, 2, 16, 96, 3, 7, "q4_0", "relu"),
                 (1, 5, 3, 15, 40, 2, 9, "q4_1", "gelu"), (1, 1, 4, 32, 512, 40, 64, "q8_0", "relu"))
 _DBLK += [{**_DBLK[0], "in_place": True}, {**_DBLK[4], "in_place": True},
-          {**_DBLK[3], "packed": False}, {**_DBLK[5], "packed": False}]
+          {**_DBLK[3], "packed": False}, {**_DBLK[5], "packed": False},
+          {**_DBLK[1], "packed": False}]
 # sequences at their own lengths in some of the cache's slots, C not a multiple of 8, each
 # weight type; the last row is a 16-sequence step of small-model's shape
 _DBB = _shapes("S H D F maxT slots positions qtype act",
@@ -365,7 +385,8 @@ _DBB = _shapes("S H D F maxT slots positions qtype act",
                (2, 1, 32, 64, 5, (1, 0), (4, 0), "q4_1", "gelu"),
                (16, 4, 32, 512, 40, tuple(range(15, -1, -1)), tuple((7 * i) % 40 for i in range(16)),
                 None, "gelu"))
-_DBB += [{**_DBB[1], "in_place": True}, {**_DBB[3], "packed": False}]
+_DBB += [{**_DBB[1], "in_place": True}, {**_DBB[3], "packed": False},
+         {**_DBB[1], "packed": False}, {**_DBB[5], "packed": False}]
 _N = _shapes("n", (1,), (15,), (1001,), (40003,))
 _RMS = _shapes("N C eps", (1, 5, 1e-5), (7, 17, 1e-6), (37, 33, 1e-5), (64, 128, 1e-5),
                (300, 130, 1e-6))
@@ -387,7 +408,7 @@ CASES: dict[str, KernelCases] = {
     "encoder_bwd": KernelCases(_ENC, _encoder_bwd, (0, 1)),
     "layernorm_fwd": KernelCases(_LN, _layernorm_fwd, (0, 1, 2)),
     "layernorm_bwd": KernelCases(_LN, _layernorm_bwd, (0, 1, 2)),
-    "matmul_fwd": KernelCases(_MM, _matmul_fwd, (0,)),
+    "matmul_fwd": KernelCases(_MM + _MMP, _matmul_fwd, (0,)),
     "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2)),
     "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,)),
     "embed_q_fwd": KernelCases(_EMBQ, _embed_q_fwd, (0,)),

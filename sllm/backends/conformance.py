@@ -24,7 +24,7 @@ import numpy as np
 
 from ..timing import timed
 from .base import KERNELS, LLAMA_KERNELS, OPTIONAL_KERNELS, Backend
-from .cases import ATOL, CASES, MODEL_CASES, RTOL, Args, KernelCases, PackedRows, case_label, case_rng
+from .cases import ATOL, CASES, MODEL_CASES, RTOL, Args, KernelCases, PackedFloats, PackedRows, case_label, case_rng
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,8 @@ def _own(backend: Backend, arg: Any) -> Any:
         return backend.from_numpy(arg, arg.dtype)
     if isinstance(arg, PackedRows):
         return backend.pack_q(backend.from_numpy(arg.rows, np.uint8), arg.qtype)
+    if isinstance(arg, PackedFloats):
+        return backend.pack_weight(backend.from_numpy(arg.weight, np.float32), arg.trans_w)
     if isinstance(arg, tuple):
         return tuple(_own(backend, a) for a in arg)
     return arg

@@ -82,6 +82,12 @@ class CppBackend(Backend):
         """ggml's rows read back from a PackedQ (a new array); ggml's rows as they are."""
         return packed.unpack() if isinstance(packed, _cpp.PackedQ) else packed
 
+    def pack_weight(self, weight: Any, trans_w: bool = False) -> Any:
+        """weight copied into the GEMM's column panels (an opaque sllm._cpp.PackedF32 that
+        keeps the weight too): 5 or more rows are multiplied from the panels without packing
+        the weight on every call, fewer from the weight itself; the same results."""
+        return _cpp.pack_weight(weight, trans_w)
+
     def attention_saved_shape(self, B: int, T: int, n_head: int) -> tuple[int, ...]:
         """attention_fwd saves one logsumexp per score row; backward recomputes the rest."""
         return (B, n_head, T)

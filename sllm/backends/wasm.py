@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +33,9 @@ from .wasm_runtime import RUNTIMES, Runtime, RuntimeUnavailable, runtime_name
 F32, I32, U8 = np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.uint8)
 _QTYPE_CODES = {"q8_0": 0, "q4_0": 1, "q4_1": 2}  # wasm/quant.c's qtype argument
 _QBLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
+_PACKED = 4  # added to the qtype code when wq is in pack_q's layout
+# bytes of one block of four packed rows: float32 scales (q4_1: and offsets), four rows' codes
+_QPACKED_BYTES = {"q8_0": 16 + 4 * 32, "q4_0": 16 + 4 * 16, "q4_1": 32 + 4 * 16}
 OFFSET_CACHE = 4096
 
 
@@ -49,6 +53,23 @@ def find_module(filename: str) -> Path:
             return folder / filename
     raise RuntimeUnavailable(f"{filename} was not built (no WebAssembly toolchain at install "
                              f"time? reinstall with the ziglang package available)")
+
+
+@dataclass(frozen=True)
+class PackedQ:
+    """Quantized rows in the modules' packed layout (wasm/quant.c, made by pack_q): four
+    rows' blocks interleaved, their float16 scales converted to float32 once. `data` lives
+    in the backend's linear memory: (groups of four rows, blocks, bytes of a block)."""
+
+    data: np.ndarray
+    qtype: str
+    rows: int  # OC: rows of the matrix (the last group may hold spare zero rows)
+    blocks: int  # blocks of 32 values a row: ceil(K / 32)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, row bytes) of ggml's rows these stand for, as a uint8 wq's shape."""
+        return self.rows, self.blocks * _QBLOCK_BYTES[self.qtype]
 
 
 class _WasmBase(Backend):
@@ -112,11 +133,41 @@ class _WasmBase(Backend):
         out.fill(0)
         return out
 
-    def free(self, array: np.ndarray) -> None:
-        """Give an array from empty/zeros/from_numpy back; arrays from elsewhere are ignored."""
+    def free(self, array: np.ndarray | PackedQ) -> None:
+        """Give an array from empty/zeros/from_numpy (or pack_q's rows) back; arrays from
+        elsewhere are ignored."""
+        if isinstance(array, PackedQ):
+            array = array.data
         offset = self.memory.offset_of(array)
         if offset >= 0:
             self.memory.free(offset)
+
+    def pack_q(self, wq: Any, qtype: str) -> PackedQ:
+        """wq's ggml rows (OC, row bytes) in the modules' packed layout (a new PackedQ in
+        linear memory; wq is left as it was): the quantized kernels read four rows' scales
+        with one load instead of converting eight float16s per block of four rows."""
+        _check(np.ndim(wq) == 2, f"pack_q: wq must be (rows, row bytes), got {np.shape(wq)}")
+        OC, nb = np.shape(wq)[0], np.shape(wq)[1] // _QBLOCK_BYTES.get(qtype, 1)
+        _check_q_rows(wq, qtype, OC, 32 * nb)
+        data = self.memory.array(((OC + 3) // 4, nb, _QPACKED_BYTES[qtype]), U8)
+        self._call("pack_q", "<IIiii", self._ptr(data, U8, write=True), self._ptr(wq, U8), OC,
+                   32 * nb, _QTYPE_CODES[qtype])
+        return PackedQ(data, qtype, OC, nb)
+
+    def unpack_q(self, packed: Any, qtype: str) -> np.ndarray:
+        """ggml's rows, byte for byte, read back from a PackedQ (a new numpy array); ggml's
+        rows as they are."""
+        if not isinstance(packed, PackedQ):
+            return packed
+        _check(packed.qtype == qtype, f"unpack_q: rows packed as {packed.qtype}, not {qtype}")
+        rows = self.memory.array(packed.shape, U8)
+        try:
+            self._call("unpack_q", "<IIiii", self._ptr(rows, U8, write=True),
+                       self._ptr(packed.data, U8), packed.rows, 32 * packed.blocks,
+                       _QTYPE_CODES[qtype])
+            return rows.copy()
+        finally:
+            self.free(rows)
 
     # ---- the call path ---------------------------------------------------------------
     def _ptr(self, array: Any, dtype: np.dtype = F32, write: bool = False) -> int:
@@ -226,39 +277,39 @@ class _WasmBase(Backend):
                    self._ptr(dout), self._ptr(inp), self._ptr(weight), inp.size // C, C, OC,
                    int(trans_w), scratch)
 
-    def matmul_q_fwd(self, out: Array, inp: Array, wq: Array, bias: Array | None,
+    def matmul_q_fwd(self, out: Array, inp: Array, wq: Array | PackedQ, bias: Array | None,
                      qtype: str) -> None:
         """out = q8_0(inp) . W^T (+ bias) for W held as quantized rows wq (sllm.quant)."""
         K, OC = inp.shape[-1], out.shape[-1]
-        _check_q_rows(wq, qtype, OC, K)
+        rows, code = _q_operand(wq, qtype, OC, K)
         nb = -(-K // 32)
         N = inp.size // K
         if out.size != N * OC:  # formatted only on failure: it costs a third of the wrapper
             raise ValueError(f"out must be ({N}, {OC})")
         scratch = self._scratch(N * nb * 8 + 2 * N * nb)
         self._call("matmul_q_fwd", "<IIIIiiiiI", self._ptr(out, write=True), self._ptr(inp),
-                   self._ptr(wq, U8), self._ptr(bias), N, K, OC, _QTYPE_CODES[qtype], scratch)
+                   self._ptr(rows, U8), self._ptr(bias), N, K, OC, code, scratch)
 
-    def embed_q_fwd(self, out: Array, tokens: Array, wq: Array, qtype: str) -> None:
+    def embed_q_fwd(self, out: Array, tokens: Array, wq: Array | PackedQ, qtype: str) -> None:
         """out (B,T,C) = rows tokens (B,T) of quantized rows wq, dequantized."""
         C = out.shape[-1]
-        _check_q_rows(wq, qtype, np.shape(wq)[0], C)
+        V = wq.rows if isinstance(wq, PackedQ) else np.shape(wq)[0]
+        rows, code = _q_operand(wq, qtype, V, C)
         if out.size != np.size(tokens) * C:
             raise ValueError(f"embed_q_fwd: out must be (B, T, {C}) for tokens {np.shape(tokens)}")
-        _check_tokens(tokens, np.shape(wq)[0])
+        _check_tokens(tokens, V)
         self._call("embed_q_fwd", "<IIIiii", self._ptr(out, write=True), self._ptr(tokens, I32),
-                   self._ptr(wq, U8), np.size(tokens), C, _QTYPE_CODES[qtype])
+                   self._ptr(rows, U8), np.size(tokens), C, code)
 
-    def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Array, qtype: str) -> None:
+    def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Array | PackedQ, qtype: str) -> None:
         """dinp = dout @ W (overwritten) for W held as quantized rows wq (sllm.quant)."""
         K, OC = dinp.shape[-1], dout.shape[-1]
-        _check_q_rows(wq, qtype, OC, K)
+        rows, code = _q_operand(wq, qtype, OC, K)
         N = dout.size // OC
         _check(dinp.size == N * K, f"dinp must be ({N}, {K}) for dout ({N}, {OC})")
         cols = chunk_columns(OC, K)
         self._call("matmul_q_bwd", "<IIIiiiiIi", self._ptr(dinp, write=True), self._ptr(dout),
-                   self._ptr(wq, U8), N, K, OC, _QTYPE_CODES[qtype], self._scratch(OC * cols),
-                   cols)
+                   self._ptr(rows, U8), N, K, OC, code, self._scratch(OC * cols), cols)
 
     def attention_fwd(self, out: Array, saved: Array, qkv: Array, n_head: int,
                       n_kv_head: int | None = None) -> None:
@@ -465,6 +516,18 @@ def _check_q_rows(wq: Any, qtype: str, OC: int, K: int) -> None:
         # the message is formatted only here: a dtype's str costs more than a small GEMV
         raise ValueError(f"wq must be uint8 ({OC}, {row_bytes}) for {qtype} rows of K={K}, "
                          f"got {np.asarray(wq).dtype} {np.shape(wq)}")
+
+
+def _q_operand(wq: Any, qtype: str, OC: int, K: int) -> tuple[np.ndarray, int]:
+    """The bytes a quantized kernel reads and its qtype argument: ggml's rows (checked as
+    _check_q_rows does) or a PackedQ of these OC rows of K values of qtype."""
+    if isinstance(wq, PackedQ):
+        if wq.qtype != qtype or wq.rows != OC or wq.blocks != -(-K // 32):
+            raise ValueError(f"wq: {wq.rows} rows of {wq.blocks} blocks packed as {wq.qtype}, "
+                             f"used as {OC} {qtype} rows of K={K}")
+        return wq.data, _QTYPE_CODES[qtype] + _PACKED
+    _check_q_rows(wq, qtype, OC, K)
+    return wq, _QTYPE_CODES[qtype]
 
 
 def _size(out: np.ndarray, inp: np.ndarray) -> int:

@@ -91,8 +91,7 @@ export function fingerprint(net) {
   for (const name of Object.keys(net.layout.slots).sort()) {
     h.update(enc.encode(name));
     const q = net.quantized[name], slot = net.layout.slots[name];
-    h.update(q ? new Uint8Array(heap.memory.buffer, q.off, q.nbytes)
-      : new Uint8Array(heap.memory.buffer, net.P[name], 4 * slot.size));
+    h.update(q ? net.quantizedBytes(q) : new Uint8Array(heap.memory.buffer, net.P[name], 4 * slot.size));
   }
   return h.hex();
 }

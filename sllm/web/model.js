@@ -12,6 +12,8 @@ import { llamaActivations, llamaBackward, llamaForward, llamaHead, llamaLayer } 
 import { Attached, LoraError, dropoutThreshold } from "./lora.js";
 
 const QTYPE_CODES = { q8_0: 0, q4_0: 1, q4_1: 2 }; // wasm/quant.c's qtype argument
+const PACKED = 4; // added to it for rows in pack_q's layout (docs/wasm-abi.md)
+const PACKED_BLOCK_BYTES = { q8_0: 16 + 4 * 32, q4_0: 16 + 4 * 16, q4_1: 32 + 4 * 16 }; // a block of four packed rows
 const DEQUANT_CHUNK_FLOATS = 1 << 20; // sllm.quant: matmul_q_bwd dequantizes column slices of this many floats
 const FILE_CODES = { q8_0: 2, q4_0: 3, q4_1: 4 }; // dtype codes in the model file
 
@@ -46,14 +48,12 @@ export class Network {
     heap.f32(this.params, total).fill(0);
     this.grads = 0;
     this.setGradients(false);
-    this.quantized = {}; // name -> {off, qtype, rows, K, nbytes}: matmul weights as ggml blocks
+    this.quantized = {}; // name -> {off, code, qtype, rows, K, nbytes}: quantized matmul weights
     this.qByOffset = new Map();
     for (const [name, slot] of Object.entries(this.layout.slots)) {
       const t = tensors[name];
       if (t.quantized) {
-        const off = heap.alloc(t.bytes.length);
-        new Uint8Array(heap.memory.buffer, off, t.bytes.length).set(t.bytes);
-        const q = { off, qtype: t.dtype, rows: t.shape[0], K: t.shape[1], nbytes: t.bytes.length };
+        const q = this.holdQuantized(t);
         this.quantized[name] = q;
         this.qByOffset.set(this.params + 4 * slot.offset, q);
       } else {
@@ -70,6 +70,34 @@ export class Network {
     this.lastSeed = 0;
     this.adam = null;
     this.lora = null; // the attached adapter (lora.js's Attached), or null
+  }
+
+  /** A quantized tensor's rows in linear memory as the module reads them fastest: packed
+   * (pack_q: four rows' blocks interleaved, float16 scales as float32, as sllm's wasm
+   * backends hold them) where the module exports pack_q, else ggml's rows as the file has
+   * them. `code` is the kernels' qtype argument for them. */
+  holdQuantized(t) {
+    const heap = this.k.heap, nbytes = t.bytes.length, rows = t.shape[0], K = t.shape[1];
+    const q = { off: heap.alloc(nbytes), code: QTYPE_CODES[t.dtype], qtype: t.dtype, rows, K, nbytes };
+    new Uint8Array(heap.memory.buffer, q.off, nbytes).set(t.bytes);
+    if (!this.k.exports.pack_q) return q;
+    const ggml = q.off;
+    q.off = heap.alloc(Math.ceil(rows / 4) * Math.ceil(K / QK) * PACKED_BLOCK_BYTES[q.qtype]);
+    this.k.call("pack_q", q.off, ggml, rows, K, q.code);
+    heap.release(ggml);
+    q.code += PACKED;
+    return q;
+  }
+
+  /** ggml's bytes of quantized rows q (a copy): what files and fingerprints hold. */
+  quantizedBytes(q) {
+    const heap = this.k.heap;
+    if (q.code < PACKED) return new Uint8Array(heap.memory.buffer, q.off, q.nbytes).slice();
+    const off = heap.alloc(q.nbytes);
+    this.k.call("unpack_q", off, q.off, q.rows, q.K, q.code - PACKED);
+    const bytes = new Uint8Array(heap.memory.buffer, off, q.nbytes).slice();
+    heap.release(off);
+    return bytes;
   }
 
   /** name -> byte offset of each tensor in the buffer at `base`; `where(name, slot)` instead
@@ -242,7 +270,7 @@ export class Network {
       throw new Error(`this model's weights are ${q.qtype}, but the WebAssembly module has no quantized matmul (matmul_q_fwd); export the model with --dtype f32 or f16`);
     }
     const nb = Math.ceil(C / QK);
-    this.k.call("matmul_q_fwd", out, inp, q.off, bias, N, C, OC, QTYPE_CODES[q.qtype], this.k.scratch(N * nb * 8 + 2 * N * nb));
+    this.k.call("matmul_q_fwd", out, inp, q.off, bias, N, C, OC, q.code, this.k.scratch(N * nb * 8 + 2 * N * nb));
   }
 
   /** x0 = the dequantized embedding rows q of the tokens (the module's embed_q_fwd), plus
@@ -251,7 +279,7 @@ export class Network {
     if (!this.k.exports.embed_q_fwd) {
       throw new Error(`this model's embedding is ${q.qtype}, but the WebAssembly module has no quantized lookup (embed_q_fwd): rebuild the modules, or export the model with --dtype f32 or f16`);
     }
-    this.k.call("embed_q_fwd", a.x0, a.tokens, q.off, N, C, QTYPE_CODES[q.qtype]);
+    this.k.call("embed_q_fwd", a.x0, a.tokens, q.off, N, C, q.code);
     if (!addPositions) return;
     const heap = this.k.heap, x0 = heap.f32(a.x0, N * C);
     const wpe = heap.f32(this.P.wpe, this.config.max_seq_len * C);
@@ -261,12 +289,12 @@ export class Network {
     }
   }
 
-  /** The tensors to save: [name, data, shape, file dtype code] (quantized rows kept as they are). */
+  /** The tensors to save: [name, data, shape, file dtype code] (quantized rows as ggml's bytes). */
   savedTensors() {
-    const heap = this.k.heap, out = [];
+    const out = [];
     for (const [name, slot] of Object.entries(this.layout.slots)) {
       const q = this.quantized[name];
-      if (q) out.push([name, new Uint8Array(heap.memory.buffer, q.off, q.nbytes).slice(), [q.rows, q.K], FILE_CODES[q.qtype]]);
+      if (q) out.push([name, this.quantizedBytes(q), [q.rows, q.K], FILE_CODES[q.qtype]]);
       else out.push([name, this.parameter(name), slot.shape, 0]);
     }
     return out;
@@ -354,7 +382,7 @@ export class Network {
     const k = this.k, q = this.qByOffset.get(w);
     if (q) {
       const cols = Math.min(Math.max(1, Math.floor(DEQUANT_CHUNK_FLOATS / (Math.max(OC, 1) * QK))), Math.ceil(C / QK)) * QK;
-      k.call("matmul_q_bwd", dinp, dout, q.off, N, C, OC, QTYPE_CODES[q.qtype], k.scratch(OC * cols), cols);
+      k.call("matmul_q_bwd", dinp, dout, q.off, N, C, OC, q.code, k.scratch(OC * cols), cols);
       return;
     }
     k.call("matmul_fwd", dinp, dout, w, 0, N, OC, C, transW ? 0 : 1, transW ? 0 : k.scratch(C * OC));
