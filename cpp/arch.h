@@ -23,17 +23,14 @@ struct Ops {
   int mr, nr, kc;    // GEMM micro-tile rows, columns, and depth of one packed block
 
   // the register tile, c (m<=mr, n<=nr, row stride ldc) = [c +] op(A) @ B [+ bias] over
-  // depth K: op(A)(i, k) = a[i * a_is + k * a_ks] (A in place, or a packed panel with
-  // a_is = 1, a_ks = mr), B rows at stride ldb with nr readable columns (packed: ldb = nr)
+  // depth K: op(A)(i, k) = a[i * a_is + k * a_ks] (A in place: a_is = lda, a_ks = 1, or
+  // transposed a_is = 1, a_ks = lda), B rows at stride ldb with nr readable columns (packed: ldb = nr)
   void (*gemm_micro)(int64_t K, const float* a, int64_t a_is, int64_t a_ks, const float* b,
                      int64_t ldb, float* c, int64_t ldc, int m, int n, bool accumulate,
                      const float* bias);
   // pack rows k0..k0+kc, columns j0..j0+n (n <= nr) of a row-major B into an nr-wide panel
   void (*pack_b_rows)(float* dst, const float* B, int64_t ldb, int64_t j0, int64_t k0,
                       int64_t kc, int n);
-  // pack the mc x kc block at (i0, k0) of op(A) = A^T into mr-tall panels (kc x mr each)
-  void (*pack_a_trans_block)(float* dst, const float* A, int64_t lda, int64_t i0, int64_t mc,
-                             int64_t k0, int64_t kc);
   // one output row over columns [j0, j1): c = [c +] a (K) @ op(B) [+ bias]
   void (*gemm_row)(float* c, const float* a, const float* B, int64_t ldb, bool trans_b,
                    int64_t K, int64_t j0, int64_t j1, bool accumulate, const float* bias);

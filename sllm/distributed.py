@@ -18,9 +18,13 @@ trainer live in sllm/launch.py.
 """
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
+import stat
 import sys
+import termios
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -35,6 +39,7 @@ INSTALL_HINT = "pip install 'sllm[mpi]' (mpi4py and the mpich wheel)"
 # Environment variables through which MPI launchers announce the job size.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 _CHUNK = 1 << 28  # elements per Bcast call, well inside MPI's int counts
+_DRAIN_TIMEOUT_S = 5.0  # the most a failing rank waits for mpiexec to read its output
 
 
 class DistributedError(SLLMError, RuntimeError):
@@ -145,12 +150,14 @@ class MPIGroup(Group):
 
     def abort(self, code: int = 1) -> None:
         """MPI Abort: mpiexec ends every rank of the job. Never returns."""
+        print(f"rank {self.rank}: MPI_Abort({code}) ends every rank of the job",
+              file=sys.stderr, flush=True)
         sys.stdout.flush()
-        sys.stderr.flush()
-        # mpiexec relays a rank's output through its proxies and drops what is still in
-        # flight when an abort tears the job down: two CI runs lost a failing rank's
-        # traceback after its first line. A moment first lets the error reach the user.
-        time.sleep(0.3)
+        # mpiexec (hydra) exits as soon as the abort reaches it, dropping what its proxy
+        # relays after it; the proxy serves the rank's PMI socket before its stderr pipe, so
+        # text still in the pipe was lost (CI: a traceback cut after its first line). MPICH's
+        # own "Abort(...)" line, written just before the abort, can still be lost: ours cannot.
+        wait_until_read((1, 2), _DRAIN_TIMEOUT_S)
         self.comm.Abort(code)
         # MPI_Abort was seen to return under a signal to both ranks (SIGTERM at 1.2 s): the
         # caller would go on with no result and print a TypeError traceback. End here.
@@ -174,6 +181,36 @@ class MPIGroup(Group):
             flat = np.array(flat)
         for start in range(0, flat.size, _CHUNK):
             self.comm.Bcast(flat[start:start + _CHUNK], root=0)
+
+
+def wait_until_read(fds: Sequence[int], timeout: float) -> bool:
+    """Wait until every pipe among `fds` is empty (its reader, mpiexec's proxy, has taken
+    all that was written); other kinds of file need no wait. False if `timeout` ran out."""
+    pipes = [fd for fd in fds if _is_pipe(fd)]
+    deadline = time.monotonic() + timeout
+    while any(_unread(fd) for fd in pipes):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to pipe `fd` that its reader has not read yet (FIONREAD works on either
+    end of a Linux pipe); 0 where that cannot be asked."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count)
+    except OSError:
+        return 0
+    return count[0]
 
 
 def detect_size() -> int:

@@ -224,8 +224,57 @@ def test_failing_rank_stops_the_job(tmp_path, mode):
     assert proc.returncode != 0
     failed_at = float((out / "failed_at").read_text())
     assert ended - failed_at < 30, "the job kept running after a rank failed"
-    if mode == "raise":
-        assert "rank 1: RuntimeError: injected failure on rank 1" in proc.stderr
-        assert "MPI_Abort" in proc.stderr
+    if mode == "raise":  # the whole traceback, then the abort (MPICH's own "Abort(1) ..." line
+        # comes after the rank's output is read, and mpiexec can drop it: hydra exits on the abort)
+        assert "rank 1: RuntimeError: injected failure on rank 1\n" in proc.stderr
+        assert "\nRuntimeError: injected failure on rank 1\nrank 1: MPI_Abort(1) ends every rank " \
+               "of the job\n" in proc.stderr
     ckpt = load_checkpoint(out / "checkpoint.sllm")  # the last checkpoint is intact
     assert ckpt.trainer_state["step"] == 4
+
+
+_ABORTS = """
+import sys, time
+from sllm import distributed
+class Comm:
+    def Abort(self, code):  # what MPI_Abort would find: is the rank's output read yet?
+        print(f"unread {distributed._unread(2)} at {time.monotonic()!r}", flush=True)
+group = distributed.MPIGroup.__new__(distributed.MPIGroup)
+group.comm, group.rank = Comm(), 1
+group.abort(3)
+"""
+
+
+def test_abort_waits_until_mpiexec_has_read_the_error():
+    # hydra's proxy serves a rank's PMI socket before its stderr pipe and mpiexec exits on the
+    # abort: a traceback still in the pipe was cut after its first line (2 CI runs). The
+    # reader here (mpiexec's proxy) takes the rank's stderr only 0.5 s after it was written.
+    proc = subprocess.Popen([sys.executable, "-c", _ABORTS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    assert proc.stderr is not None
+    reading = time.monotonic()  # the same clock in every process
+    err = proc.stderr.readline()
+    out, _ = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 3
+    assert err == "rank 1: MPI_Abort(3) ends every rank of the job\n"
+    unread, aborted = out.split()[1], float(out.split()[3])
+    assert unread == "0" and aborted > reading, (out, reading)
+
+
+def test_wait_until_read_gives_up_and_skips_what_is_no_pipe(tmp_path):
+    r, w = os.pipe()
+    try:
+        os.write(w, b"never read")
+        t0 = time.monotonic()
+        assert not distributed.wait_until_read([w], 0.2)
+        assert 0.2 <= time.monotonic() - t0 < 5
+        os.read(r, 100)
+        assert distributed.wait_until_read([w], 0.2)
+    finally:
+        os.close(r)
+        os.close(w)
+    with open(tmp_path / "log", "w") as f:  # a file (or a terminal) holds nothing back
+        f.write("x")
+        f.flush()
+        assert distributed.wait_until_read([f.fileno()], 0.0)
