@@ -60,10 +60,11 @@ class _BatchWeights(NamedTuple):
 
 
 def _matmul_weight_names(cfg: ModelConfig) -> set[str]:
-    """The GPT-2 tensors a decode step multiplies rows by: each block's four matmul weights
-    and the output head."""
-    names = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    return {head_name(cfg)} | {f"h.{i}.{n}" for i in range(cfg.num_layers) for n in names}
+    """The tensors a decode step multiplies rows by: every matrix but the token embedding
+    and GPT-2's position table (rows looked up, not multiplied), and the output head (the
+    token embedding itself when tied)."""
+    matrices = {name for name, shape in parameter_shapes(cfg) if len(shape) == 2}
+    return (matrices - EMBEDDINGS - {"wpe"}) | {head_name(cfg)}
 
 
 class _Frozen(dict[str, np.ndarray]):
@@ -283,8 +284,8 @@ class SLLM:
         reads its GEMM's panels instead of packing the weight on every step). Made on the
         first step and dropped whenever the weights may change (train(), eval(),
         forward_backward(), parameters(), quantize(), adapters). None where the step reads
-        the weights as they are: an adapter attached or served, or a llama."""
-        if self.adapter is not None or self._routed or self.is_llama:
+        the weights as they are: an adapter attached or served."""
+        if self.adapter is not None or self._routed:
             return None
         if self._batch_weights is None:
             head = head_name(self.config)
