@@ -112,6 +112,12 @@ class SLLM:
     N x V): the same loss and gradients (bit for bit while the logits fit one slice, else
     within float32 rounding), one more forward of the blocks per step, and the activations
     of one layer instead of every layer's (what a LoRA on a quantized base holds most of).
+
+    `pack_weights` (default True): KV-cache steps (prefill, decode, decode_batch) read each
+    float matmul weight as the backend packs it for few-row products (Backend.pack_weight:
+    cpp copies it into its GEMM's panels once, on the first step, instead of on every call
+    of 5 or more rows). The same results; a second copy of those weights in memory while
+    the model decodes. False decodes from the weights themselves (llama.cpp's --no-repack).
     """
 
     def __init__(self, config: ModelConfig | dict[str, Any] | str | os.PathLike[str],
@@ -147,6 +153,7 @@ class SLLM:
         self._routed_rows: Any = None  # a serving AdapterBank whose adapters have token rows
         self._routed = False  # route_weights gave served adapters' weights
         self._decode_packed: _DecodeWeights | None = None  # see _decode_weights
+        self._pack_weights = True
         self._last_seed = 0
         self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
         self.metadata: dict[str, Any] = {}
@@ -242,6 +249,16 @@ class SLLM:
         self._blocks = self._fused_blocks()
 
     @property
+    def pack_weights(self) -> bool:
+        """Whether KV-cache steps read the backend's packed copy of the float matmul
+        weights (see the class docstring); setting it drops the copy."""
+        return self._pack_weights
+
+    @pack_weights.setter
+    def pack_weights(self, value: bool) -> None:
+        self._pack_weights, self._decode_packed = bool(value), None
+
+    @property
     def is_llama(self) -> bool:
         """Whether this model is of the llama family (sllm/llama.py runs it)."""
         return self.config.architecture == "llama"
@@ -284,8 +301,9 @@ class SLLM:
         fastest (pack_weight: cpp reads its GEMM's panels instead of packing the weight on
         every step). Made on the first step and dropped whenever the weights may change
         (train(), eval(), forward_backward(), parameters(), quantize(), adapters). None
-        where the step reads the weights as they are: an adapter attached or served."""
-        if self.adapter is not None or self._routed:
+        where the step reads the weights as they are: pack_weights off, an adapter attached
+        or served."""
+        if not self._pack_weights or self.adapter is not None or self._routed:
             return None
         if self._decode_packed is None:
             head = head_name(self.config)

@@ -202,7 +202,8 @@ def test_packed_weights_give_the_same_step(backend_name, tie, llama):
         model = sllm.SLLM(cfg, backend=backend_name, seed=7).eval()
     packed = _steps(model)
     assert model._decode_packed is not None
-    model._decode_weights = lambda: None  # the model's own arrays
+    model.pack_weights = False  # the model's own arrays
+    assert model._decode_packed is None
     np.testing.assert_array_equal(packed, _steps(model))
 
 
