@@ -68,8 +68,8 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
     _embed(m, a)
     _positions(a, cache.pos if cache else 0, rows)
     x = a.x0
-    # a continuous-batching step reads the weights as the backend packs them
-    batch = m._weights_for_batch() if rows is not None else None
+    # a KV-cache step (prefill, decode) reads the weights as the backend packs them
+    batch = m._decode_weights() if cache is not None else None
     for i, (L, la) in enumerate(zip(batch.layers if batch else m._p_layers, a.layers,
                                     strict=True)):
         x = _block(m, a, i, L, la, x, dropout, cache, rows)

@@ -201,8 +201,9 @@ def test_packed_weights_give_the_same_step(backend_name, tie, llama):
                                tie_embeddings=tie, architecture="llama")
         model = sllm.SLLM(cfg, backend=backend_name, seed=7).eval()
     packed = _steps(model)
-    assert model._batch_weights is not None
-    model._weights_for_batch = lambda: None  # the model's own arrays
+    assert model._decode_packed is not None
+    model.pack_weights = False  # the model's own arrays
+    assert model._decode_packed is None
     np.testing.assert_array_equal(packed, _steps(model))
 
 
@@ -219,9 +220,9 @@ def test_packed_weights_follow_the_weights(backend_name):
     np.testing.assert_array_equal(after, _steps(fresh))
     model.train()
     model.forward_backward(np.zeros((1, 4), np.int64), np.ones((1, 4), np.int64))
-    assert model._batch_weights is None
+    assert model._decode_packed is None
     model.eval()
     _steps(model)
     model.quantize("q8_0")
-    assert model._batch_weights is None
+    assert model._decode_packed is None
     _steps(model)

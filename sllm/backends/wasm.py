@@ -6,6 +6,9 @@ into it, so kernels run with no copies in or out. A kernel call writes its argum
 export, the cheapest call the runtime offers. Arrays that live elsewhere (a plain numpy
 array a caller passes in) are staged through linear memory and copied back if written.
 
+Quantized weights are held packed (pack_q: PackedQ, four rows' blocks with float32 scales),
+made once when a model is quantized or loaded; the kernels take ggml's rows too.
+
 `wasm` runs the scalar (MVP) module; `wasm-simd` runs the SIMD128 module, preferring the
 build with relaxed-SIMD fused multiply-add where the runtime accepts it, and falling back
 to the build without extmul where the runtime refuses that (wasmer 1.x). The runtime is
