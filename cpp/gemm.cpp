@@ -164,13 +164,15 @@ void sweep(int64_t M, int64_t N, int64_t kc, const float* a, int64_t a_is, int64
 }
 
 // A row-major op(B) is read in place by the register tile, its whole nr-wide column panels,
-// when a packed panel would be reused by at most kMc / mr row tiles (matmul_bwd's dW: the
-// C x OC product over the N rows) and kc rows of B span few pages (a row under 4 KB).
-// Packing it cost more: the seed model's matmul_bwd 0.93-0.96x the time in place,
-// small-model's 0.96-0.97x; rows of 4 KB and more (medium-model's) 1.02-1.04x (one thread,
-// in-process A/B, 2026-12-05). Same results either way.
+// when its rows are exactly one panel wide (ldb = nr: B is laid out as its packed panel
+// already; matmul_bwd's dW against the seed model's 32-wide activations: 0.98-1.00x the
+// time), or when a packed panel would be reused by at most kMc / mr row tiles and kc rows
+// of B span few pages (a row under 4 KB). Packing those cost more: the seed model's
+// matmul_bwd 0.93-0.96x the time in place, small-model's 0.96-0.97x; rows of 4 KB and
+// more (medium-model's) 1.02-1.04x (one thread, in-process A/B, 2026-12-05). Same results
+// either way.
 bool reads_b_in_place(int64_t M, int64_t ldb, bool trans_b) {
-  return !trans_b && M <= kMc && ldb < 1024;
+  return !trans_b && (ldb == ops().nr || (M <= kMc && ldb < 1024));
 }
 
 }  // namespace
@@ -346,11 +348,15 @@ void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, co
                 const float* weight, bool trans_w, int64_t N, int64_t C, int64_t OC) {
   // dW = inp^T @ dout (C x OC), stored as (C,OC), or as (OC,C) for a transposed weight
   // (a tied lm_head). Both factors are read over the N rows, op(A) transposed in place:
-  // make op(A) the narrower of inp and dout, so that on the seed model (op(A) at most kMc
-  // rows) op(B) is read in place too and nothing is copied. When that orientation is not
-  // the stored one, the product goes to a scratch and is added transposed.
+  // make op(A) the wider of inp and dout, so that the side op(B) packs (or, on the seed
+  // model, reads in place) is the narrower, and the product's rows fill whole register
+  // tiles (32 rows take 6 six-row tiles, 36 rows of work; 96 rows 16). When that
+  // orientation is not the stored one, the product goes to a scratch and is added
+  // transposed. (The narrower
+  // side as op(A) took 1.03-1.08x the time on the seed model's matmul_bwd shapes, 1.00-1.07x
+  // on small-model's, 0.99-1.04x on medium-model's; one thread, in-process A/B, 2026-12-05.)
   const bool stored_c_rows = !trans_w;              // dW's rows run over C
-  const bool c_rows = C <= OC;                      // the product's rows run over C
+  const bool c_rows = C >= OC;                      // the product's rows run over C
   const int64_t rows = c_rows ? C : OC, cols = c_rows ? OC : C;
   Gemm jobs[kMaxJobs];
   int count = 0;

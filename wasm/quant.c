@@ -385,9 +385,14 @@ static inline __attribute__((always_inline)) void rows(float *out, const uint8_t
             if (packed) w[0] = wq + (size_t)(o / 4) * group_bytes;
             else
                 for (int r = 0; r < 4; r++) w[r] = wq + (size_t)(o + r < o1 ? o + r : o1 - 1) * row_bytes;
+            v128_t sums = dot_rows4(w, &x, nb, qtype, packed);
+            if (o + 4 <= o1) { /* four rows: one vector add and store */
+                wasm_v128_store(y + o, wasm_f32x4_add(sums, bias ? wasm_v128_load(bias + o) : wasm_f32x4_splat(0.0f)));
+                continue;
+            }
             float lanes[4];
-            wasm_v128_store(lanes, dot_rows4(w, &x, nb, qtype, packed));
-            for (int r = 0; r < 4 && o + r < o1; r++) y[o + r] = lanes[r] + (bias ? bias[o + r] : 0.0f);
+            wasm_v128_store(lanes, sums);
+            for (int r = 0; o + r < o1; r++) y[o + r] = lanes[r] + (bias ? bias[o + r] : 0.0f);
         }
     }
 }
