@@ -164,13 +164,15 @@ void sweep(int64_t M, int64_t N, int64_t kc, const float* a, int64_t a_is, int64
 }
 
 // A row-major op(B) is read in place by the register tile, its whole nr-wide column panels,
-// when a packed panel would be reused by at most kMc / mr row tiles (matmul_bwd's dW: the
-// C x OC product over the N rows) and kc rows of B span few pages (a row under 4 KB).
-// Packing it cost more: the seed model's matmul_bwd 0.93-0.96x the time in place,
-// small-model's 0.96-0.97x; rows of 4 KB and more (medium-model's) 1.02-1.04x (one thread,
-// in-process A/B, 2026-12-05). Same results either way.
+// when its rows are exactly one panel wide (ldb = nr: B is laid out as its packed panel
+// already; matmul_bwd's dW against the seed model's 32-wide activations: 0.98-1.00x the
+// time), or when a packed panel would be reused by at most kMc / mr row tiles and kc rows
+// of B span few pages (a row under 4 KB). Packing those cost more: the seed model's
+// matmul_bwd 0.93-0.96x the time in place, small-model's 0.96-0.97x; rows of 4 KB and
+// more (medium-model's) 1.02-1.04x (one thread, in-process A/B, 2026-12-05). Same results
+// either way.
 bool reads_b_in_place(int64_t M, int64_t ldb, bool trans_b) {
-  return !trans_b && M <= kMc && ldb < 1024;
+  return !trans_b && (ldb == ops().nr || (M <= kMc && ldb < 1024));
 }
 
 }  // namespace
