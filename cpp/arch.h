@@ -62,7 +62,8 @@ struct Ops {
                      const AdamStep& s, bool decay);
 
   // attention rows: see attention_rows.inc
-  float (*softmax_row)(float* s, int64_t n, float scale);
+  // decoding: `rows` <= 4 score rows of n keys (stride ld) to softmax, lse[r] when given
+  void (*softmax_row)(float* s, int64_t ld, int rows, int64_t n, float scale, float* lse);
   void (*softmax_rows)(float* s, int64_t ld, int64_t rows, int64_t n0, float scale, float* lse);
   void (*attention_grad_rows)(float* p, float* dp, int64_t ld, int64_t rows, int64_t n0,
                               float scale, const float* lse, const float* dout,
@@ -89,11 +90,11 @@ struct Ops {
                      const float* up, int64_t n);
 
   // attention rows of decoding (attention_rows.inc): s[j] = q . K[j] (n keys of D floats
-  // at stride ldk); out = sum_j p[j] V[j]
+  // at stride ldk); out[g] = sum_j p[g * ldp + j] V[g][j] for `heads` heads
   void (*decode_scores)(float* s, const float* q, const float* K, int64_t ldk, int64_t D,
                         int64_t n);
-  void (*decode_values)(float* out, const float* p, const float* V, int64_t ldv, int64_t D,
-                        int64_t n);
+  void (*decode_values)(float* const* out, const float* p, int64_t ldp, const float* const* V,
+                        int64_t ldv, int64_t D, int64_t n, int heads);
   // c (M rows at stride ldc), columns [j0, j1) = [c +] A (M x K) @ B^T [+ bias], B's rows
   // (stride ldb) read in place: a few rows' GEMM against a transposed weight
   void (*gemm_dots)(float* c, int64_t ldc, const float* A, int64_t lda, const float* B,
