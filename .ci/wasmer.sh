@@ -21,4 +21,5 @@ if ! "$VENV/bin/python" -m pip install -q -e '.[test]' wasmer==1.1.0 wasmer-comp
   echo "SKIPPED wasmer conformance tests: wasmer 1.1.0 could not be installed for $PY310"
   exit 0
 fi
-SLLM_WASM_RUNTIME=wasmer "$VENV/bin/python" -m pytest -p no:cacheprovider tests/test_wasm.py tests/test_kernels.py
+SLLM_WASM_RUNTIME=wasmer "$VENV/bin/python" -m pytest -p no:cacheprovider tests/test_wasm.py tests/test_kernels.py \
+  tests/test_wasm_pack.py tests/test_wasm_q8_activations.py

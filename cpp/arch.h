@@ -23,17 +23,14 @@ struct Ops {
   int mr, nr, kc;    // GEMM micro-tile rows, columns, and depth of one packed block
 
   // the register tile, c (m<=mr, n<=nr, row stride ldc) = [c +] op(A) @ B [+ bias] over
-  // depth K: op(A)(i, k) = a[i * a_is + k * a_ks] (A in place, or a packed panel with
-  // a_is = 1, a_ks = mr), B rows at stride ldb with nr readable columns (packed: ldb = nr)
+  // depth K: op(A)(i, k) = a[i * a_is + k * a_ks] (A in place: a_is = lda, a_ks = 1, or
+  // transposed a_is = 1, a_ks = lda), B rows at stride ldb with nr readable columns (packed: ldb = nr)
   void (*gemm_micro)(int64_t K, const float* a, int64_t a_is, int64_t a_ks, const float* b,
                      int64_t ldb, float* c, int64_t ldc, int m, int n, bool accumulate,
                      const float* bias);
   // pack rows k0..k0+kc, columns j0..j0+n (n <= nr) of a row-major B into an nr-wide panel
   void (*pack_b_rows)(float* dst, const float* B, int64_t ldb, int64_t j0, int64_t k0,
                       int64_t kc, int n);
-  // pack the mc x kc block at (i0, k0) of op(A) = A^T into mr-tall panels (kc x mr each)
-  void (*pack_a_trans_block)(float* dst, const float* A, int64_t lda, int64_t i0, int64_t mc,
-                             int64_t k0, int64_t kc);
   // one output row over columns [j0, j1): c = [c +] a (K) @ op(B) [+ bias]
   void (*gemm_row)(float* c, const float* a, const float* B, int64_t ldb, bool trans_b,
                    int64_t K, int64_t j0, int64_t j1, bool accumulate, const float* bias);
@@ -65,7 +62,8 @@ struct Ops {
                      const AdamStep& s, bool decay);
 
   // attention rows: see attention_rows.inc
-  float (*softmax_row)(float* s, int64_t n, float scale);
+  // decoding: `rows` <= 4 score rows of n keys (stride ld) to softmax, lse[r] when given
+  void (*softmax_row)(float* s, int64_t ld, int rows, int64_t n, float scale, float* lse);
   void (*softmax_rows)(float* s, int64_t ld, int64_t rows, int64_t n0, float scale, float* lse);
   void (*attention_grad_rows)(float* p, float* dp, int64_t ld, int64_t rows, int64_t n0,
                               float scale, const float* lse, const float* dout,
@@ -92,11 +90,11 @@ struct Ops {
                      const float* up, int64_t n);
 
   // attention rows of decoding (attention_rows.inc): s[j] = q . K[j] (n keys of D floats
-  // at stride ldk); out = sum_j p[j] V[j]
+  // at stride ldk); out[g] = sum_j p[g * ldp + j] V[g][j] for `heads` heads
   void (*decode_scores)(float* s, const float* q, const float* K, int64_t ldk, int64_t D,
                         int64_t n);
-  void (*decode_values)(float* out, const float* p, const float* V, int64_t ldv, int64_t D,
-                        int64_t n);
+  void (*decode_values)(float* const* out, const float* p, int64_t ldp, const float* const* V,
+                        int64_t ldv, int64_t D, int64_t n, int heads);
   // c (M rows at stride ldc), columns [j0, j1) = [c +] A (M x K) @ B^T [+ bias], B's rows
   // (stride ldb) read in place: a few rows' GEMM against a transposed weight
   void (*gemm_dots)(float* c, int64_t ldc, const float* A, int64_t lda, const float* B,

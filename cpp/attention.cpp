@@ -21,6 +21,8 @@ constexpr int64_t kRowBlock = 32;
 // cached keys and a weighted sum of the cached values, read where they are: no GEMM
 // panels to pack for a row or two.
 constexpr int64_t kDecodeRows = 2;
+// Query heads of one sequence decoded together (decode_heads), at most.
+constexpr int kDecodeHeads = 4;
 
 // Scratch rows are padded to a multiple of the widest vector (16 floats), so the row
 // kernels (attention_rows.inc) run over whole vectors.
@@ -59,22 +61,12 @@ void scores(int64_t rows, int64_t cols, int64_t D, const float* q, int64_t ldq, 
   gemm_serial(rows, cols, D, q, ldq, false, k, ldk, true, s, ld, false, nullptr, pack);
 }
 
-// Forward of one head into out (and lse when given); s: kRowBlock x padded(nk) scratch,
-// kt: the head's keys packed by pack_keys (or nullptr; unused when decoding).
+// Forward of one head (more than kDecodeRows query rows) into out (and lse when given);
+// s: kRowBlock x padded(nk) scratch, kt: the head's keys packed by pack_keys (or nullptr).
 void head_fwd(const Head& h, float* lse, float* s, const float* kt, float* pack) {
   const Ops& o = ops();
   const int64_t nk = h.q_pos0 + h.nq, ld = padded(nk);
   const float scale = 1.0f / sqrtf((float)h.D);
-  if (h.nq <= kDecodeRows) {  // decoding: read the cached keys and values in place
-    for (int64_t i = 0; i < h.nq; ++i) {
-      const int64_t n = h.q_pos0 + i + 1;
-      o.decode_scores(s, h.q + i * h.ldq, h.k, h.ldkv, h.D, n);  // q.k_j
-      const float l = o.softmax_row(s, n, scale);
-      if (lse) lse[i] = l;
-      o.decode_values(h.out + i * h.ldo, s, h.v, h.ldkv, h.D, n);  // sum_j p_j v_j
-    }
-    return;
-  }
   for (int64_t r0 = 0; r0 < h.nq; r0 += kRowBlock) {
     const int64_t rows = std::min(kRowBlock, h.nq - r0), cols = h.q_pos0 + r0 + rows;
     scores(rows, cols, h.D, h.q + r0 * h.ldq, h.ldq, h.k, h.ldkv, kt, s, ld, pack);
@@ -85,6 +77,31 @@ void head_fwd(const Head& h, float* lse, float* s, const float* kt, float* pack)
     }
     gemm_serial(rows, h.D, cols, s, ld, false, h.v, h.ldkv, false, h.out + r0 * h.ldo, h.ldo,
                 false, nullptr, pack);
+  }
+}
+
+// Decoding (up to kDecodeRows query rows): `heads` <= kDecodeHeads query heads of one
+// sequence, h[0..heads), read the cached keys and values in place, each phase over all of
+// them before the next (their dependent chains overlap: the softmax sums, the value sums).
+// lse: heads x nq (when given); s: kDecodeHeads x padded(nk) scratch.
+void decode_heads(const Head* h, int heads, float* lse, float* s) {
+  const Ops& o = ops();
+  const int64_t nq = h[0].nq, ld = padded(h[0].q_pos0 + nq), D = h[0].D;
+  const float scale = 1.0f / sqrtf((float)D);
+  float* out[kDecodeHeads];
+  const float* v[kDecodeHeads];
+  float l[kDecodeHeads];
+  for (int64_t i = 0; i < nq; ++i) {
+    const int64_t n = h[0].q_pos0 + i + 1;
+    for (int r = 0; r < heads; ++r) {
+      o.decode_scores(s + r * ld, h[r].q + i * h[r].ldq, h[r].k, h[r].ldkv, D, n);  // q.k_j
+      out[r] = h[r].out + i * h[r].ldo;
+      v[r] = h[r].v;
+    }
+    o.softmax_row(s, ld, heads, n, scale, lse ? l : nullptr);
+    if (lse)
+      for (int r = 0; r < heads; ++r) lse[r * nq + i] = l[r];
+    o.decode_values(out, s, ld, v, h[0].ldkv, D, n, heads);  // sum_j p_j v_j
   }
 }
 
@@ -149,14 +166,39 @@ struct Heads {
   }
 };
 
+// Decoding, nq <= kDecodeRows query rows: one task per sequence and group of up to
+// kDecodeHeads of its query heads (fewer while that leaves threads idle; max_threads: as
+// parallel_for's). A head's result does not depend on its group: each head's arithmetic is
+// the same in any.
+template <class HeadOf>
+void decode_all(const Heads& hs, int64_t B, int64_t nq, int64_t nk, float* lse, HeadOf head_of,
+                int max_threads) {
+  const int threads = max_threads > 0 ? std::min(max_threads, num_threads()) : num_threads();
+  int64_t per = kDecodeHeads;
+  while (per > 1 && threads > 1 && B * ((hs.H + per - 1) / per) < 2 * threads)
+    per = (per + 1) / 2;
+  const int64_t groups = (hs.H + per - 1) / per, ld = padded(nk);
+  int64_t per_thread;
+  float* scratch = thread_scratch(kDecodeHeads * ld, &per_thread);
+  parallel_for(B * groups, [&](int64_t task, int thread) {
+    const int64_t b = task / groups, h0 = task % groups * per;
+    const int heads = (int)std::min(per, hs.H - h0);
+    Head h[kDecodeHeads];
+    for (int r = 0; r < heads; ++r) h[r] = head_of(b, h0 + r);
+    decode_heads(h, heads, lse ? lse + (b * hs.H + h0) * nq : nullptr,
+                 scratch + thread * per_thread);
+  }, max_threads);
+}
+
 // The forward of every query head of B sequences, nq query rows each, over at most nk
 // keys: head_of(b, h) says where head h of sequence b reads and writes. One task per
 // KV head and chunk of its query heads (Heads::per_task); lse (B, H, nq) when given.
 template <class HeadOf>
 void forward_heads(const Heads& hs, int64_t B, int64_t nq, int64_t nk, float* lse,
                    HeadOf head_of, int max_threads) {
+  if (nq <= kDecodeRows) return decode_all(hs, B, nq, nk, lse, head_of, max_threads);
   const int64_t per = hs.per_task(B), chunks = (hs.g() + per - 1) / per;
-  const int64_t kt_size = nq > kDecodeRows ? packed_keys(nk, hs.D) : 0;
+  const int64_t kt_size = packed_keys(nk, hs.D);
   int64_t per_thread;
   float* scratch = thread_scratch(kRowBlock * padded(nk) + kt_size, &per_thread);
   parallel_for(B * hs.Hkv * chunks, [&](int64_t task, int thread) {

@@ -1,10 +1,10 @@
 // Cache-blocked GEMM (Goto/BLIS loop order) and the matmul kernels.
 //
 // Per block of kc x nc, op(B) is packed into nr-wide, zero-padded column panels (so the
-// register tile never branches and a panel sits in L1 at unit stride). A row-major op(A)
-// is read in place by the register tile (its mc x kc block stays in L2 without a copy;
-// copying it cost more than it saved at the model's sizes); a transposed one is copied
-// into mr-tall panels (see pack_a_trans).
+// register tile never branches and a panel sits in L1 at unit stride), unless few rows of
+// op(A) would reuse them (see reads_b_in_place). op(A) is read in place by the register
+// tile, row-major or transposed (its mc x kc block stays in L2 without a copy; copying it
+// cost more than it saved at the model's sizes).
 #include <algorithm>
 
 #if SLLM_X86
@@ -149,17 +149,30 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
 }
 
 // The register tile over an M x N block of C (M <= kMc, so op(A)'s rows stay in L2): row
-// i of op(A) starts at a + i * a_row, read with gemm_micro's strides a_is, a_ks; op(B) is
-// packed into nr-wide panels of depth kc; bias (when given) for the block's columns.
-void sweep(int64_t M, int64_t N, int64_t kc, const float* a, int64_t a_row, int64_t a_is,
-           int64_t a_ks, const float* panels, float* C, int64_t ldc, bool accumulate,
-           const float* bias) {
+// i of op(A) starts at a + i * a_is, read with gemm_micro's strides a_is, a_ks; column j
+// of op(B) starts at b + j * b_js, its kc rows ldb apart (nr-wide panels packed with depth
+// kc: b_js = kc, ldb = nr; B in place: b_js = 1); bias (when given) for the block's columns.
+void sweep(int64_t M, int64_t N, int64_t kc, const float* a, int64_t a_is, int64_t a_ks,
+           const float* b, int64_t b_js, int64_t ldb, float* C, int64_t ldc,
+           bool accumulate, const float* bias) {
   const Ops& o = ops();
   for (int64_t j = 0; j < N; j += o.nr)
     for (int64_t i = 0; i < M; i += o.mr)
-      o.gemm_micro(kc, a + i * a_row, a_is, a_ks, panels + j * kc, o.nr, C + i * ldc + j, ldc,
+      o.gemm_micro(kc, a + i * a_is, a_is, a_ks, b + j * b_js, ldb, C + i * ldc + j, ldc,
                    (int)std::min<int64_t>(o.mr, M - i), (int)std::min<int64_t>(o.nr, N - j),
                    accumulate, bias ? bias + j : nullptr);
+}
+
+// A row-major op(B) is read in place by the register tile, its whole nr-wide column panels,
+// when its rows are exactly one panel wide (ldb = nr: B is laid out as its packed panel
+// already; matmul_bwd's dW against the seed model's 32-wide activations: 0.98-1.00x the
+// time), or when a packed panel would be reused by at most kMc / mr row tiles and kc rows
+// of B span few pages (a row under 4 KB). Packing those cost more: the seed model's
+// matmul_bwd 0.93-0.96x the time in place, small-model's 0.96-0.97x; rows of 4 KB and
+// more (medium-model's) 1.02-1.04x (one thread, in-process A/B, 2026-12-05). Same results
+// either way.
+bool reads_b_in_place(int64_t M, int64_t ldb, bool trans_b) {
+  return !trans_b && (ldb == ops().nr || (M <= kMc && ldb < 1024));
 }
 
 }  // namespace
@@ -169,36 +182,42 @@ void gemm_serial(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, b
                  const float* B, int64_t ldb, bool trans_b, float* C, int64_t ldc,
                  bool accumulate, const float* bias, float* pack) {
   const Ops& o = ops();
-  const int mr = o.mr, nr = o.nr;
+  const int nr = o.nr;
   // (gemm_direct copies a last, narrower column panel whole: K * nr floats of `pack`)
   if (!trans_a && !trans_b && K > 0 && K * nr <= kNc * o.kc &&
       ((M <= kDirectMaxRows && K * N <= kDirectMaxFloats) || (K <= std::min<int64_t>(o.kc, kDirectMaxK) && N <= kDirectMaxPanels * nr)))
     return gemm_direct(M, N, K, A, lda, B, ldb, C, ldc, accumulate, bias, pack);
-  float* a_packed = pack;  // op(A) rows when A is transposed (kMc x kc)
-  float* b_packed = pack + kMc * o.kc;
+  const bool b_in_place = reads_b_in_place(M, ldb, trans_b);
   for (int64_t j0 = 0; j0 < N; j0 += kNc) {
     const int64_t nc = std::min(kNc, N - j0);
+    const int64_t whole = b_in_place ? nc / nr * nr : 0;  // columns read in place
     for (int64_t k0 = 0; k0 < std::max<int64_t>(K, 1); k0 += o.kc) {
       const int64_t kc = std::min<int64_t>(o.kc, K - k0);
       const bool acc = accumulate || k0 > 0;
       const float* bias_now = k0 == 0 && bias ? bias + j0 : nullptr;
-      for (int64_t jp = 0; jp * nr < nc; ++jp)
-        pack_b(b_packed + jp * nr * kc, B, ldb, trans_b, N, j0 + jp * nr, k0, kc, nr);
+      for (int64_t j = whole; j < nc; j += nr)
+        pack_b(pack + (j - whole) * kc, B, ldb, trans_b, N, j0 + j, k0, kc, nr);
       for (int64_t i0 = 0; i0 < M; i0 += kMc) {
         const int64_t mc = std::min(kMc, M - i0);
-        // A transposed: the mr values of one k are contiguous in A, but consecutive k lie
-        // a row of A apart, so reading them in place would touch kc cache lines per tile
-        if (trans_a) o.pack_a_trans_block(a_packed, A, lda, i0, mc, k0, kc);
-        // op(A)'s rows: packed panels (kc per row), or in place (lda per row)
-        sweep(mc, nc, kc, trans_a ? a_packed : A + i0 * lda + k0, trans_a ? kc : lda,
-              trans_a ? 1 : lda, trans_a ? mr : 1, b_packed, C + i0 * ldc + j0, ldc, acc,
-              bias_now);
+        // op(A)'s rows in place: lda apart, or (A transposed) one float apart, each row's
+        // depth lda apart. A transposed tile touches a line of A per k, kc lines that stay
+        // in L1 over the block's column panels: copying them into mr-tall panels cost more
+        // (matmul_bwd's dW on the seed model 0.84-0.99x the time without the copy, small-
+        // and medium-model 0.97-1.00x, one thread, in-process A/B, 2026-12-05).
+        const float* a = trans_a ? A + k0 * lda + i0 : A + i0 * lda + k0;
+        const int64_t a_is = trans_a ? 1 : lda, a_ks = trans_a ? lda : 1;
+        float* c = C + i0 * ldc + j0;
+        if (whole > 0)
+          sweep(mc, whole, kc, a, a_is, a_ks, B + k0 * ldb + j0, 1, ldb, c, ldc, acc, bias_now);
+        if (whole < nc)
+          sweep(mc, nc - whole, kc, a, a_is, a_ks, pack, kc, nr, c + whole, ldc, acc,
+                bias_now ? bias_now + whole : nullptr);
       }
     }
   }
 }
 
-int64_t gemm_pack_size() { return (kMc + kNc) * ops().kc + 64; }
+int64_t gemm_pack_size() { return kNc * ops().kc + 64; }
 
 int64_t gemm_packed_b_size(int64_t N, int64_t K) {
   const int nr = ops().nr;
@@ -213,8 +232,8 @@ void gemm_pack_b(float* dst, const float* B, int64_t ldb, bool trans_b, int64_t 
 void gemm_rows_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                         const float* packed, float* C, int64_t ldc) {
   for (int64_t i0 = 0; i0 < M; i0 += kMc)
-    sweep(std::min(kMc, M - i0), N, K, A + i0 * lda, lda, lda, 1, packed, C + i0 * ldc, ldc,
-          false, nullptr);
+    sweep(std::min(kMc, M - i0), N, K, A + i0 * lda, lda, 1, packed, K, ops().nr,
+          C + i0 * ldc, ldc, false, nullptr);
 }
 
 // One GEMM: C (M x N) = [C +] op(A) @ op(B) [+ bias].
@@ -328,13 +347,16 @@ void matmul_fwd(float* out, const float* inp, const float* weight, const float* 
 void matmul_bwd(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                 const float* weight, bool trans_w, int64_t N, int64_t C, int64_t OC) {
   // dW = inp^T @ dout (C x OC), stored as (C,OC), or as (OC,C) for a transposed weight
-  // (a tied lm_head). Both factors are transposed reads over the N rows, and the GEMM
-  // copies its op(A) into panels: make op(A) the narrower of inp and dout (the other side
-  // is packed in whole vectors). When that orientation is not the stored one, the product
-  // goes to a scratch and is added transposed: for the lm_head that spares copying the
-  // logits' gradient (N x vocabulary), for the MLP's down projection 4x less copying.
+  // (a tied lm_head). Both factors are read over the N rows, op(A) transposed in place:
+  // make op(A) the wider of inp and dout, so that the side op(B) packs (or, on the seed
+  // model, reads in place) is the narrower, and the product's rows fill whole register
+  // tiles (32 rows take 6 six-row tiles, 36 rows of work; 96 rows 16). When that
+  // orientation is not the stored one, the product goes to a scratch and is added
+  // transposed. (The narrower
+  // side as op(A) took 1.03-1.08x the time on the seed model's matmul_bwd shapes, 1.00-1.07x
+  // on small-model's, 0.99-1.04x on medium-model's; one thread, in-process A/B, 2026-12-05.)
   const bool stored_c_rows = !trans_w;              // dW's rows run over C
-  const bool c_rows = C <= OC;                      // the product's rows run over C
+  const bool c_rows = C >= OC;                      // the product's rows run over C
   const int64_t rows = c_rows ? C : OC, cols = c_rows ? OC : C;
   Gemm jobs[kMaxJobs];
   int count = 0;

@@ -68,10 +68,13 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
     _embed(m, a)
     _positions(a, cache.pos if cache else 0, rows)
     x = a.x0
-    for i, (L, la) in enumerate(zip(m._p_layers, a.layers, strict=True)):
+    # a KV-cache step (prefill, decode) reads the weights as the backend packs them
+    batch = m._decode_weights() if cache is not None else None
+    for i, (L, la) in enumerate(zip(batch.layers if batch else m._p_layers, a.layers,
+                                    strict=True)):
         x = _block(m, a, i, L, la, x, dropout, cache, rows)
     k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], cfg.norm_eps)
-    m._head_fwd(a, cache)
+    m._head_fwd(a, cache, batch.head if batch else None)
     a.dropout = dropout
 
 

@@ -50,9 +50,9 @@ def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None]
     return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
-class _BatchWeights(NamedTuple):
-    """SLLM._weights_for_batch: a batched decode step's layers (float matmul weights packed
-    by the backend), their fused decode blocks, and the output head."""
+class _DecodeWeights(NamedTuple):
+    """SLLM._decode_weights: a KV-cache step's layers (float matmul weights packed by the
+    backend), their fused decode blocks, and the output head."""
 
     layers: list[SimpleNamespace]
     blocks: list[tuple[tuple[Any, ...], str | None] | None]
@@ -60,10 +60,11 @@ class _BatchWeights(NamedTuple):
 
 
 def _matmul_weight_names(cfg: ModelConfig) -> set[str]:
-    """The GPT-2 tensors a decode step multiplies rows by: each block's four matmul weights
-    and the output head."""
-    names = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    return {head_name(cfg)} | {f"h.{i}.{n}" for i in range(cfg.num_layers) for n in names}
+    """The tensors a decode step multiplies rows by: every matrix but the token embedding
+    and GPT-2's position table (rows looked up, not multiplied), and the output head (the
+    token embedding itself when tied)."""
+    matrices = {name for name, shape in parameter_shapes(cfg) if len(shape) == 2}
+    return (matrices - EMBEDDINGS - {"wpe"}) | {head_name(cfg)}
 
 
 class _Frozen(dict[str, np.ndarray]):
@@ -111,6 +112,12 @@ class SLLM:
     N x V): the same loss and gradients (bit for bit while the logits fit one slice, else
     within float32 rounding), one more forward of the blocks per step, and the activations
     of one layer instead of every layer's (what a LoRA on a quantized base holds most of).
+
+    `pack_weights` (default True): KV-cache steps (prefill, decode, decode_batch) read each
+    float matmul weight as the backend packs it for few-row products (Backend.pack_weight:
+    cpp copies it into its GEMM's panels once, on the first step, instead of on every call
+    of 5 or more rows). The same results; a second copy of those weights in memory while
+    the model decodes. False decodes from the weights themselves (llama.cpp's --no-repack).
     """
 
     def __init__(self, config: ModelConfig | dict[str, Any] | str | os.PathLike[str],
@@ -145,7 +152,8 @@ class SLLM:
             self._blocks = self._fused_blocks()
         self._routed_rows: Any = None  # a serving AdapterBank whose adapters have token rows
         self._routed = False  # route_weights gave served adapters' weights
-        self._batch_weights: _BatchWeights | None = None  # see _weights_for_batch
+        self._decode_packed: _DecodeWeights | None = None  # see _decode_weights
+        self._pack_weights = True
         self._last_seed = 0
         self.tokenizer: dict[str, Any] | None = None  # the vocabulary, saved with the model
         self.metadata: dict[str, Any] = {}
@@ -167,10 +175,10 @@ class SLLM:
         """Live views of the weights by GPT-2 name; writing into them changes the model.
 
         On a quantized model: the float32 tensors only (see quantized_weights()). Calling
-        it drops decode_batch's packed copy of the weights (made again on its next step),
-        so write into the views this call returns, not into ones kept from before a
-        decode_batch step."""
-        self._batch_weights = None
+        it drops the decode steps' packed copy of the weights (Backend.pack_weight; made
+        again on the next decode), so write into the views this call returns, not into
+        ones kept from before a decode step."""
+        self._decode_packed = None
         return dict(self._params)
 
     def quantized_weights(self) -> dict[str, QTensor]:
@@ -235,10 +243,20 @@ class SLLM:
             acts.release()
         self._acts.clear()
         self.flat_params, self._params, self._qweights = flat, views, qweights
-        self._batch_weights = None
+        self._decode_packed = None
         self.flat_grads, self._grads, self._g_layers = self.backend.zeros(1), {}, []
         self._p_layers = self._layers({**views, **qweights})
         self._blocks = self._fused_blocks()
+
+    @property
+    def pack_weights(self) -> bool:
+        """Whether KV-cache steps read the backend's packed copy of the float matmul
+        weights (see the class docstring); setting it drops the copy."""
+        return self._pack_weights
+
+    @pack_weights.setter
+    def pack_weights(self, value: bool) -> None:
+        self._pack_weights, self._decode_packed = bool(value), None
 
     @property
     def is_llama(self) -> bool:
@@ -277,23 +295,24 @@ class SLLM:
         return [_decode_block_args(L) if own else None
                 for L in (self._p_layers if layers is None else layers)]
 
-    def _weights_for_batch(self) -> _BatchWeights | None:
-        """A batched decode step's layers, fused blocks and output head, with every float
-        matmul weight as the backend multiplies a few rows by it fastest (pack_weight: cpp
-        reads its GEMM's panels instead of packing the weight on every step). Made on the
-        first step and dropped whenever the weights may change (train(), eval(),
-        forward_backward(), parameters(), quantize(), adapters). None where the step reads
-        the weights as they are: an adapter attached or served, or a llama."""
-        if self.adapter is not None or self._routed or self.is_llama:
+    def _decode_weights(self) -> _DecodeWeights | None:
+        """A KV-cache step's (prefill, decode, decode_batch) layers, fused blocks and output
+        head, with every float matmul weight as the backend multiplies a few rows by it
+        fastest (pack_weight: cpp reads its GEMM's panels instead of packing the weight on
+        every step). Made on the first step and dropped whenever the weights may change
+        (train(), eval(), forward_backward(), parameters(), quantize(), adapters). None
+        where the step reads the weights as they are: pack_weights off, an adapter attached
+        or served."""
+        if not self._pack_weights or self.adapter is not None or self._routed:
             return None
-        if self._batch_weights is None:
+        if self._decode_packed is None:
             head = head_name(self.config)
             packed = {name: self.backend.pack_weight(w, name == head and self.config.tie_embeddings)
                       for name, w in self._params.items() if name in _matmul_weight_names(self.config)}
             layers = self._layers({**self._params, **packed, **self._qweights})
-            self._batch_weights = _BatchWeights(layers, self._fused_blocks(layers),
+            self._decode_packed = _DecodeWeights(layers, self._fused_blocks(layers),
                                                 self._lm_head(self._qweights, packed, self._params))
-        return self._batch_weights
+        return self._decode_packed
 
     def gradients(self) -> dict[str, np.ndarray]:
         """Views of the gradients filled by forward_backward, same names as parameters();
@@ -312,7 +331,7 @@ class SLLM:
         if check:
             adapter.check_base(self)
         self.adapter = Attached(self, adapter)
-        self._batch_weights = None
+        self._decode_packed = None
         self._p_layers = self._layers({**self._params, **self._qweights, **self.adapter.weights})
         self._freeze_grads()
         self._blocks = [None] * self.config.num_layers  # the fused decode block has no delta
@@ -324,7 +343,7 @@ class SLLM:
         if self.adapter is None:
             return None
         attached, self.adapter = self.adapter, None
-        self._batch_weights = None
+        self._decode_packed = None
         self._p_layers = self._layers({**self._params, **self._qweights})
         self.backend.free(self.flat_grads)
         if self._qweights:
@@ -367,13 +386,13 @@ class SLLM:
     def train(self) -> SLLM:
         """Train mode: dropout active."""
         self.training = True
-        self._batch_weights = None
+        self._decode_packed = None
         return self
 
     def eval(self) -> SLLM:
         """Eval mode: dropout off, forward is deterministic."""
         self.training = False
-        self._batch_weights = None
+        self._decode_packed = None
         return self
 
     def forward(self, tokens: Any) -> np.ndarray:
@@ -408,7 +427,7 @@ class SLLM:
         if self._qweights and self.adapter is None:
             raise RuntimeError(f"forward_backward: this model is quantized ({self.qtype}) and "
                                f"runs inference only; train the float32 model")
-        self._batch_weights = None  # the weights are about to change
+        self._decode_packed = None  # the weights are about to change
         acts = self._run_forward(tokens, grads=True)
         count = self._load_targets(acts, targets)
         self._zero_grads()
@@ -529,7 +548,7 @@ class SLLM:
             return llama.forward(self, a, dropout, cache, rows)  # type: ignore[arg-type]
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
-        batch = self._weights_for_batch() if rows is not None else None
+        batch = self._decode_weights() if cache is not None else None
         layers, blocks = (batch.layers, batch.blocks) if batch else (self._p_layers, self._blocks)
         if "wte" in self._qweights or rows is not None:
             self._embed_rows(a, pos, None if rows is None else rows[1])

@@ -187,15 +187,23 @@ def _steps(model, rows=6):
     return np.stack(out)
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_packed_weights_give_the_same_step(backend_name, tie):
+@pytest.mark.parametrize("tie,llama", [(False, False), (True, False), (True, True)])
+def test_packed_weights_give_the_same_step(backend_name, tie, llama):
     """decode_batch reads the weights as Backend.pack_weight packs them (cpp: its GEMM's
-    panels, the tied head transposed); the logits equal, exactly, those of the weights read
-    as they are."""
+    panels, the tied head transposed), in either family; the logits equal, exactly, those of
+    the weights read as they are."""
     model = _model(backend_name, tie)
+    if llama:
+        if backends.get(backend_name).missing_llama_kernels():
+            pytest.skip(f"{backend_name} runs GPT-2 models only")
+        cfg = sllm.ModelConfig(vocab_size=37, embedding_dim=24, num_layers=2, num_heads=4,
+                               num_kv_heads=2, ffn_hidden_dim=40, dropout=0.0, max_seq_len=24,
+                               tie_embeddings=tie, architecture="llama")
+        model = sllm.SLLM(cfg, backend=backend_name, seed=7).eval()
     packed = _steps(model)
-    assert model._batch_weights is not None
-    model._weights_for_batch = lambda: None  # the model's own arrays
+    assert model._decode_packed is not None
+    model.pack_weights = False  # the model's own arrays
+    assert model._decode_packed is None
     np.testing.assert_array_equal(packed, _steps(model))
 
 
@@ -212,9 +220,9 @@ def test_packed_weights_follow_the_weights(backend_name):
     np.testing.assert_array_equal(after, _steps(fresh))
     model.train()
     model.forward_backward(np.zeros((1, 4), np.int64), np.ones((1, 4), np.int64))
-    assert model._batch_weights is None
+    assert model._decode_packed is None
     model.eval()
     _steps(model)
     model.quantize("q8_0")
-    assert model._batch_weights is None
+    assert model._decode_packed is None
     _steps(model)

@@ -99,26 +99,38 @@ static inline float load_half(const uint8_t *p) {
     return HALF_TABLE[h];
 }
 
-/* Block b of row o of wq: its codes (ggml's bytes), scale d and q4_1's offset m (else 0). */
+/* One block of one row: its codes (ggml's bytes), scale d and q4_1's offset m (else 0). */
 typedef struct {
     const uint8_t *codes;
     float d, m;
 } qblock;
 
-static inline qblock block_at(const uint8_t *wq, int qtype, int packed, int nb, size_t o, int b) {
+/* The block at w: ggml's bytes of one block, or (packed) row r's of a block of four rows. */
+static inline qblock block_here(const uint8_t *w, int qtype, int packed, int r) {
     qblock q;
     if (packed) {
-        const uint8_t *blk = wq + ((o / 4) * nb + b) * packed_block_bytes(qtype);
-        const float *scales = (const float *)blk;
-        int r = (int)(o % 4);
+        const float *scales = (const float *)w;
         q.d = scales[r], q.m = qtype == 2 ? scales[4 + r] : 0.0f;
-        q.codes = blk + (qtype == 2 ? 32 : 16) + r * code_bytes(qtype);
+        q.codes = w + (qtype == 2 ? 32 : 16) + r * code_bytes(qtype);
     } else {
-        const uint8_t *w = wq + (o * nb + b) * BLOCK_BYTES[qtype];
         q.d = load_half(w), q.m = qtype == 2 ? load_half(w + 2) : 0.0f;
         q.codes = w + head_bytes(qtype);
     }
     return q;
+}
+
+/* Bytes from one block of a row to its next, and where row o's first block lies. */
+static inline size_t block_stride(int qtype, int packed) {
+    return packed ? packed_block_bytes(qtype) : (size_t)BLOCK_BYTES[qtype];
+}
+static inline const uint8_t *row_start(const uint8_t *wq, int qtype, int packed, int nb, size_t o) {
+    return wq + (packed ? o / 4 : o) * nb * block_stride(qtype, packed);
+}
+
+/* Block b of row o of wq. */
+static inline qblock block_at(const uint8_t *wq, int qtype, int packed, int nb, size_t o, int b) {
+    return block_here(row_start(wq, qtype, packed, nb, o) + b * block_stride(qtype, packed), qtype, packed,
+                      (int)(o % 4));
 }
 
 /* C's roundf: half away from zero (wasm's f32.nearest rounds half to even). */
@@ -373,9 +385,14 @@ static inline __attribute__((always_inline)) void rows(float *out, const uint8_t
             if (packed) w[0] = wq + (size_t)(o / 4) * group_bytes;
             else
                 for (int r = 0; r < 4; r++) w[r] = wq + (size_t)(o + r < o1 ? o + r : o1 - 1) * row_bytes;
+            v128_t sums = dot_rows4(w, &x, nb, qtype, packed);
+            if (o + 4 <= o1) { /* four rows: one vector add and store */
+                wasm_v128_store(y + o, wasm_f32x4_add(sums, bias ? wasm_v128_load(bias + o) : wasm_f32x4_splat(0.0f)));
+                continue;
+            }
             float lanes[4];
-            wasm_v128_store(lanes, dot_rows4(w, &x, nb, qtype, packed));
-            for (int r = 0; r < 4 && o + r < o1; r++) y[o + r] = lanes[r] + (bias ? bias[o + r] : 0.0f);
+            wasm_v128_store(lanes, sums);
+            for (int r = 0; o + r < o1; r++) y[o + r] = lanes[r] + (bias ? bias[o + r] : 0.0f);
         }
     }
 }
@@ -383,8 +400,9 @@ static inline __attribute__((always_inline)) void rows(float *out, const uint8_t
 static inline __attribute__((always_inline)) float dot_row(const uint8_t *wq, size_t o, const qrow *x,
                                                            int nb, int qtype, int packed) {
     float sum = 0.0f;
-    for (int b = 0; b < nb; b++) {
-        qblock w = block_at(wq, qtype, packed, nb, o, b);
+    const uint8_t *at = row_start(wq, qtype, packed, nb, o);
+    for (int b = 0; b < nb; b++, at += block_stride(qtype, packed)) {
+        qblock w = block_here(at, qtype, packed, (int)(o % 4));
         const int8_t *qx = x->q + b * QK;
         int isum = 0;
         if (qtype == 0) {

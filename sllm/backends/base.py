@@ -200,9 +200,10 @@ class Backend:
 
         matmul_fwd (with the same trans_w), decode_block and decode_block_batch accept what
         this returns wherever they accept the weight, with the same results. The weight
-        itself must not change while the packed form is in use (SLLM.decode_batch packs a
-        model's weights once and drops them when the model trains). The default is the
-        weight itself; cpp copies it into its GEMM's column panels.
+        itself must not change while the packed form is in use (a model packs its weights
+        on its first KV-cache step, prefill or decode, and drops them when the weights may
+        change). The default is the weight itself; cpp copies it into its GEMM's column
+        panels.
         """
         return weight
 

@@ -6,6 +6,9 @@ into it, so kernels run with no copies in or out. A kernel call writes its argum
 export, the cheapest call the runtime offers. Arrays that live elsewhere (a plain numpy
 array a caller passes in) are staged through linear memory and copied back if written.
 
+Quantized weights are held packed (pack_q: PackedQ, four rows' blocks with float32 scales),
+made once when a model is quantized or loaded; the kernels take ggml's rows too.
+
 `wasm` runs the scalar (MVP) module; `wasm-simd` runs the SIMD128 module, preferring the
 build with relaxed-SIMD fused multiply-add where the runtime accepts it, and falling back
 to the build without extmul where the runtime refuses that (wasmer 1.x). The runtime is
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -146,7 +150,7 @@ class _WasmBase(Backend):
         """wq's ggml rows (OC, row bytes) in the modules' packed layout (a new PackedQ in
         linear memory; wq is left as it was): the quantized kernels read four rows' scales
         with one load instead of converting eight float16s per block of four rows."""
-        _check(np.ndim(wq) == 2, f"pack_q: wq must be (rows, row bytes), got {np.shape(wq)}")
+        _check(np.ndim(wq) == 2, lambda: f"pack_q: wq must be (rows, row bytes), got {np.shape(wq)}")
         OC, nb = np.shape(wq)[0], np.shape(wq)[1] // _QBLOCK_BYTES.get(qtype, 1)
         _check_q_rows(wq, qtype, OC, 32 * nb)
         data = self.memory.array(((OC + 3) // 4, nb, _QPACKED_BYTES[qtype]), U8)
@@ -159,7 +163,7 @@ class _WasmBase(Backend):
         rows as they are."""
         if not isinstance(packed, PackedQ):
             return packed
-        _check(packed.qtype == qtype, f"unpack_q: rows packed as {packed.qtype}, not {qtype}")
+        _check(packed.qtype == qtype, lambda: f"unpack_q: rows packed as {packed.qtype}, not {qtype}")
         rows = self.memory.array(packed.shape, U8)
         try:
             self._call("unpack_q", "<IIiii", self._ptr(rows, U8, write=True),
@@ -228,7 +232,7 @@ class _WasmBase(Backend):
         """out (B,T,C) = wte[tokens] + wpe[pos:pos+T]."""
         B, T = np.shape(tokens)
         _check_tokens(tokens, wte.shape[0])
-        _check(pos + T <= wpe.shape[0], f"positions {pos}..{pos + T} exceed wpe rows {wpe.shape[0]}")
+        _check(pos + T <= wpe.shape[0], lambda: f"positions {pos}..{pos + T} exceed wpe rows {wpe.shape[0]}")
         self._call("encoder_fwd", "<IIIIiiii", self._ptr(out, write=True), self._ptr(tokens, I32),
                    self._ptr(wte), self._ptr(wpe), B * T, T, wte.shape[1], pos)
 
@@ -306,7 +310,7 @@ class _WasmBase(Backend):
         K, OC = dinp.shape[-1], dout.shape[-1]
         rows, code = _q_operand(wq, qtype, OC, K)
         N = dout.size // OC
-        _check(dinp.size == N * K, f"dinp must be ({N}, {K}) for dout ({N}, {OC})")
+        _check(dinp.size == N * K, lambda: f"dinp must be ({N}, {K}) for dout ({N}, {OC})")
         cols = chunk_columns(OC, K)
         self._call("matmul_q_bwd", "<IIIiiiiIi", self._ptr(dinp, write=True), self._ptr(dout),
                    self._ptr(rows, U8), N, K, OC, code, self._scratch(OC * cols), cols)
@@ -331,7 +335,7 @@ class _WasmBase(Backend):
         """Store new keys/values at pos.., then attend causally over the cache."""
         B, Tn, C, Hkv = _attention_dims(qkv, n_head, n_kv_head)
         max_t = _check_cache(kcache, vcache, B, Hkv, C // n_head)
-        _check(0 <= pos and pos + Tn <= max_t, f"KV cache holds {max_t} positions, need {pos + Tn}")
+        _check(0 <= pos and pos + Tn <= max_t, lambda: f"KV cache holds {max_t} positions, need {pos + Tn}")
         scratch = self._scratch(max_t)
         self._call("attention_decode", "<IIIIiiiiiiIi", self._ptr(out, write=True),
                    self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
@@ -342,16 +346,16 @@ class _WasmBase(Backend):
                                n_kv_head: int | None = None) -> None:
         """One new position per sequence, row b in cache slot slots[b] at positions[b]."""
         B, Tn, C, Hkv = _attention_dims(qkv, n_head, n_kv_head)
-        _check(Tn == 1, f"qkv must be (B, 1, (n_head + 2 * n_kv_head) * D), got {np.shape(qkv)}")
+        _check(Tn == 1, lambda: f"qkv must be (B, 1, (n_head + 2 * n_kv_head) * D), got {np.shape(qkv)}")
         S = kcache.shape[0]
         max_t = _check_cache(kcache, vcache, S, Hkv, C // n_head)
-        _check(np.size(out) == B * C, f"out must be (B, 1, C) = ({B}, 1, {C})")
+        _check(np.size(out) == B * C, lambda: f"out must be (B, 1, C) = ({B}, 1, {C})")
         sl, ps = np.asarray(slots), np.asarray(positions)
-        _check(sl.shape == ps.shape == (B,), f"slots and positions must have {B} entries")
+        _check(sl.shape == ps.shape == (B,), lambda: f"slots and positions must have {B} entries")
         _check(bool(np.all((sl >= 0) & (sl < S))) and len(set(sl.tolist())) == B,
-               f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
+               lambda: f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
         _check(bool(np.all((ps >= 0) & (ps < max_t))),
-               f"positions must be in [0, {max_t}), got {ps.tolist()}")
+               lambda: f"positions must be in [0, {max_t}), got {ps.tolist()}")
         scratch = self._scratch(max_t)
         self._call("attention_decode_batch", "<IIIIIIiiiiIi", self._ptr(out, write=True),
                    self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
@@ -387,12 +391,12 @@ class _WasmBase(Backend):
         W = qkv.shape[-1]
         heads = n_head + 2 * n_kv_head
         _check(n_kv_head > 0 and n_head % n_kv_head == 0 and W % heads == 0
-               and W // heads % 2 == 0, f"{name}: qkv width {W} is not (n_head + 2 * n_kv_head)"
+               and W // heads % 2 == 0, lambda: f"{name}: qkv width {W} is not (n_head + 2 * n_kv_head)"
                f" * an even head dim for n_head={n_head}, n_kv_head={n_kv_head}")
-        _check(theta > 0, f"{name}: theta must be > 0, got {theta}")
+        _check(theta > 0, lambda: f"{name}: theta must be > 0, got {theta}")
         N, D, pos = qkv.size // W, W // heads, np.asarray(positions)
         _check(pos.size == N and (N == 0 or int(pos.min()) >= 0),
-               f"{name}: positions must be {N} integers >= 0")
+               lambda: f"{name}: positions must be {N} integers >= 0")
         # a table of every position's angles pays only when positions repeat (a batch)
         rows = int(pos.max()) + 1 if N else 0
         table_rows = rows if rows < N else 0
@@ -492,16 +496,22 @@ def _capabilities(runtime: Runtime, module: tuple[str, bool, str | None]) -> dic
             "threads": 1, "simd_level": runtime.call_i32("simd_level")}
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, message: Callable[[], str]) -> None:
+    """ValueError(message()) unless ok: the message is formatted only on failure (formatting
+    it on every call cost a decode step's small kernels a third of their host time)."""
     if not ok:
-        raise ValueError(message)
+        raise ValueError(message())
 
 
 def _check_tokens(ids: Any, limit: int, allow_ignore: bool = False) -> None:
     ids = np.asarray(ids)
     low = -1 if allow_ignore else 0
-    _check(ids.size == 0 or (ids.min() >= low and ids.max() < limit),
-           f"ids must be in [{low}, {limit}), got [{ids.min()}, {ids.max()}]")
+    if ids.size <= 64:  # a decode step's few tokens: Python's min and max beat numpy's (5 us)
+        flat = ids.ravel().tolist()
+        lo, hi = (min(flat), max(flat)) if flat else (low, low)
+    else:
+        lo, hi = ids.min(), ids.max()
+    _check(lo >= low and hi < limit, lambda: f"ids must be in [{low}, {limit}), got [{lo}, {hi}]")
 
 
 def _check_q_rows(wq: Any, qtype: str, OC: int, K: int) -> None:
@@ -531,8 +541,10 @@ def _q_operand(wq: Any, qtype: str, OC: int, K: int) -> tuple[np.ndarray, int]:
 
 
 def _size(out: np.ndarray, inp: np.ndarray) -> int:
-    _check(np.size(out) == np.size(inp), f"size mismatch: {np.shape(out)} vs {np.shape(inp)}")
-    return int(np.size(inp))
+    n = inp.size if isinstance(inp, np.ndarray) else np.size(inp)  # .size: a sixth of np.size's time
+    _check((out.size if isinstance(out, np.ndarray) else np.size(out)) == n,
+           lambda: f"size mismatch: {np.shape(out)} vs {np.shape(inp)}")
+    return int(n)
 
 
 def _matmul_dims(inp: np.ndarray, weight: np.ndarray, trans_w: bool) -> tuple[int, int]:
@@ -550,9 +562,9 @@ def _attention_dims(qkv: np.ndarray, n_head: int,
     B, T, W = qkv.shape
     Hkv = n_head if n_kv_head is None else n_kv_head
     _check(n_head > 0 and Hkv > 0 and n_head % Hkv == 0,
-           f"n_kv_head ({Hkv}) must be > 0 and divide n_head ({n_head})")
+           lambda: f"n_kv_head ({Hkv}) must be > 0 and divide n_head ({n_head})")
     heads = n_head + 2 * Hkv
-    _check(W % heads == 0, f"qkv width {W} is not (n_head + 2 * n_kv_head) ({heads}) * head size")
+    _check(W % heads == 0, lambda: f"qkv width {W} is not (n_head + 2 * n_kv_head) ({heads}) * head size")
     return B, T, W // heads * n_head, Hkv
 
 
@@ -560,7 +572,7 @@ def _check_cache(kcache: np.ndarray, vcache: np.ndarray, B: int, Hkv: int, D: in
     """max_T of a KV cache (B or slots, Hkv, max_T, D), checked."""
     _check(kcache.ndim == 4 and tuple(kcache.shape) == tuple(vcache.shape)
            and kcache.shape[0] == B and kcache.shape[1] == Hkv and kcache.shape[3] == D,
-           f"kcache and vcache must be ({B}, {Hkv}, max_T, {D}), got {kcache.shape} and "
+           lambda: f"kcache and vcache must be ({B}, {Hkv}, max_T, {D}), got {kcache.shape} and "
            f"{vcache.shape}")
     return int(kcache.shape[2])
 
