@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import runlock
 from .errors import SLLMError
 from .threads import ENV, cores, env_threads
 
@@ -149,7 +150,10 @@ class MPIGroup(Group):
         self.comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
-        """MPI Abort: mpiexec ends every rank of the job. Never returns."""
+        """MPI Abort: mpiexec ends every rank of the job. Never returns. This process's run
+        locks are released first: the abort skips Python's exit handlers, and a SIGTERM to
+        rank 0 between preparing the run and training it left run.lock behind."""
+        runlock.release_all()
         print(f"rank {self.rank}: MPI_Abort({code}) ends every rank of the job",
               file=sys.stderr, flush=True)
         sys.stdout.flush()

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -52,7 +53,10 @@ class RunLock:
 
     def release(self) -> None:
         """Remove the lock file (only if it is still ours). Safe to call twice."""
-        self._finalizer()
+        # The finalizer forgets the lock before it removes the file: a Ctrl-C or SIGTERM
+        # in between (a second one, as after a graceful stop) would leave run.lock behind.
+        with _signals_held():
+            self._finalizer()
 
     def __enter__(self) -> RunLock:
         return self
@@ -137,6 +141,20 @@ def describe_owner(owner: dict[str, Any]) -> str:
     cmd = f" ({owner['command']})" if owner.get("command") else ""
     return (f"pid {owner.get('pid')} on host {owner.get('host')}, started "
             f"{owner.get('started')}{cmd}")
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (blocked in this thread) until the block ends, where they
+    are delivered; nothing is held where signal masks do not exist."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 # ---- internals -------------------------------------------------------------------------

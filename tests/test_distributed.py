@@ -235,7 +235,8 @@ def test_failing_rank_stops_the_job(tmp_path, mode):
 
 _ABORTS = """
 import sys, time
-from sllm import distributed
+from sllm import distributed, runlock
+lock = runlock.acquire(sys.argv[1])  # as rank 0 holds it from prepare on
 class Comm:
     def Abort(self, code):  # what MPI_Abort would find: is the rank's output read yet?
         print(f"unread {distributed._unread(2)} at {time.monotonic()!r}", flush=True)
@@ -245,12 +246,12 @@ group.abort(3)
 """
 
 
-def test_abort_waits_until_mpiexec_has_read_the_error():
+def test_abort_releases_the_run_lock_and_waits_until_mpiexec_has_read_the_error(tmp_path):
     # hydra's proxy serves a rank's PMI socket before its stderr pipe and mpiexec exits on the
     # abort: a traceback still in the pipe was cut after its first line (2 CI runs). The
     # reader here (mpiexec's proxy) takes the rank's stderr only 0.5 s after it was written.
-    proc = subprocess.Popen([sys.executable, "-c", _ABORTS], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _ABORTS, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     assert proc.stderr is not None
     reading = time.monotonic()  # the same clock in every process
@@ -260,6 +261,7 @@ def test_abort_waits_until_mpiexec_has_read_the_error():
     assert err == "rank 1: MPI_Abort(3) ends every rank of the job\n"
     unread, aborted = out.split()[1], float(out.split()[3])
     assert unread == "0" and aborted > reading, (out, reading)
+    assert list(tmp_path.iterdir()) == []  # MPI Abort skips the lock's finalizer
 
 
 def test_wait_until_read_gives_up_and_skips_what_is_no_pipe(tmp_path):

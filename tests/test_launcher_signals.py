@@ -362,7 +362,7 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-@pytest.mark.parametrize("ranks", [None, "1"])
+@pytest.mark.parametrize("ranks", [None, "1", pytest.param("2", marks=needs_mpi)])
 def test_sigterm_while_the_run_is_prepared_releases_the_lock(tmp_path, ranks):
     # a corpus big enough that building the tokenizer and data takes a while
     cfg = _cfg(tmp_path / "run", steps=100_000, demo_chars=3_000_000, vocab_size=2000)

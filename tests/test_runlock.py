@@ -190,6 +190,22 @@ def test_an_interrupt_as_the_lock_appears_leaves_no_lock(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # neither the lock nor its draft
 
 
+def test_an_interrupt_while_the_lock_is_released_still_removes_it(tmp_path, monkeypatch):
+    # The finalizer forgets the lock, then removes the file: a second Ctrl-C in between left
+    # run.lock behind. The signal now waits until the release is done.
+    real_remove = runlock._remove_if_ours
+
+    def remove(path, token):
+        os.kill(os.getpid(), signal.SIGINT)
+        real_remove(path, token)
+
+    monkeypatch.setattr(runlock, "_remove_if_ours", remove)
+    lock = runlock.acquire(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        lock.release()
+    assert list(tmp_path.iterdir()) == [] and not lock.held
+
+
 def test_a_refused_lock_is_left_to_its_owner(tmp_path):
     lock = runlock.acquire(tmp_path)
     with pytest.raises(RunLockedError):
