@@ -56,6 +56,49 @@ def test_reference_row_is_single_sequence_decode(rng, S, H, D, maxT, rows):
         np.testing.assert_array_equal(kb[slot], k1[0])
 
 
+# (query heads H, KV heads Hkv, head size D): decode takes a sequence's query heads in
+# groups (smaller ones where a call has few sequences and many threads), so odd H, groups
+# across KV heads, sizes past whole vectors, and one big enough for one sequence's call
+# to run on several threads
+GROUPED = [(1, 1, 32), (3, 3, 20), (5, 5, 16), (6, 2, 8), (8, 2, 32), (8, 8, 33), (8, 8, 64)]
+
+
+@pytest.mark.parametrize("H,Hkv,D", GROUPED)
+def test_kernel_row_is_bitwise_single_sequence_decode(backend_name, rng, H, Hkv, D):
+    """Row b of attention_decode_batch, bit for bit, == attention_decode on slot slots[b]
+    alone and == the same row in a batch of one, on 1-3 threads: a sequence's tokens
+    must not depend on what else is in the batch (the engine's contract)."""
+    be = backends.get(backend_name)
+    S, B, maxT, W = 17, 16, 160, (H + 2 * Hkv) * D
+    k0, v0, qkv = _f(rng, S, Hkv, maxT, D), _f(rng, S, Hkv, maxT, D), _f(rng, B, 1, W)
+    slots = rng.permutation(S)[:B].astype(np.int32)
+    positions = rng.integers(0, maxT, B).astype(np.int32)
+    positions[[0, 7]] = maxT - 1, 0
+
+    def batch(rows):
+        out = be.zeros((len(rows), 1, H * D))
+        be.attention_decode_batch(out, be.from_numpy(qkv[rows]), be.from_numpy(k0),
+                                  be.from_numpy(v0), slots[rows], positions[rows], H, Hkv)
+        return out
+    threads = [1, 2, 3] if hasattr(be, "set_num_threads") else [None]
+    before = be.capabilities.get("threads")
+    try:
+        for n in threads:
+            if n:
+                be.set_num_threads(n)
+            out = batch(np.arange(B))
+            for b in (0, 7, B - 1):
+                one = be.zeros((1, 1, H * D))
+                be.attention_decode(one, be.from_numpy(qkv[b:b + 1]),
+                                    be.from_numpy(k0[slots[b]][None]),
+                                    be.from_numpy(v0[slots[b]][None]), int(positions[b]), H, Hkv)
+                np.testing.assert_array_equal(out[b], one[0])
+                np.testing.assert_array_equal(batch(np.array([b]))[0], one[0])
+    finally:
+        if before:
+            be.set_num_threads(before)
+
+
 @pytest.mark.parametrize("slots,positions,match", [
     ([0, 0], [1, 2], "slot"), ([0, 5], [1, 2], "slot"), ([0, 1], [1, 12], "position"),
     ([0, -1], [1, 2], "slot")])
