@@ -64,7 +64,7 @@ BlockWeights block_weights(const Check& k, const py::sequence& p, int qtype, int
                  vec(6, C, false), vec(7, C, false), mat(8, C, F),
                  vec(9, F, true), mat(10, F, C), vec(11, C, true), packed[0]};
   k.expect(packed[1] == w.packed && packed[2] == w.packed && packed[3] == w.packed,
-           "the four matmul weights must be all packed (PackedQ, PackedF32) or none");
+           "the four matmul weights must be all packed (PackedQ, PackedF32) or all as they are (ggml rows, float arrays)");
   return w;
 }
 

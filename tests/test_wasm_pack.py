@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from wasm_modules import MODULES, module_backend
 
 import sllm
 from sllm import quant
 from sllm.backends.wasm import PackedQ, WasmSimdBackend
-from sllm.backends.wasm_runtime import RuntimeUnavailable
 
-MODULES = [("sllm_scalar.wasm", False), ("sllm_simd128.wasm", False), ("sllm_relaxed.wasm", True),
-           ("sllm_simd128_compat.wasm", False)]
 QTYPES = ["q8_0", "q4_0", "q4_1"]
 # float16 scales of every kind: subnormal, zero, negative, largest, infinite, NaN (quiet,
 # signalling, with a payload)
@@ -23,13 +21,7 @@ HALVES = [0x0001, 0x03FF, 0x0400, 0x8000, 0x0000, 0x7BFF, 0xFBFF, 0x7C00, 0xFC00
 @pytest.fixture(params=MODULES, ids=[m[0] for m in MODULES])
 def module_be(request):
     """A backend running one module (skipped where the runtime refuses it)."""
-    filename, relaxed = request.param
-    cls = type(f"Only_{filename}", (WasmSimdBackend,),
-               {"modules": ((filename, relaxed, "simd128"),), "_probed": {}})
-    try:
-        return cls()
-    except RuntimeUnavailable as e:
-        pytest.skip(f"{filename}: {e}")
+    return module_backend(*request.param)
 
 
 def _rows(rng: np.random.Generator, OC: int, K: int, qtype: str) -> np.ndarray:

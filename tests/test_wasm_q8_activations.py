@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from wasm_modules import MODULES, module_backend
 
 from sllm import quant
 from sllm.backends import reference
-from sllm.backends.wasm import WasmSimdBackend
-from sllm.backends.wasm_runtime import RuntimeUnavailable
-
-MODULES = [("sllm_scalar.wasm", False), ("sllm_simd128.wasm", False), ("sllm_relaxed.wasm", True),
-           ("sllm_simd128_compat.wasm", False)]
 
 
 def _awkward_rows(K: int) -> np.ndarray:
@@ -42,7 +38,7 @@ def test_activation_codes_equal_scalar_module_and_reference(module, relaxed, K, 
     out = {m: np.zeros((len(x), 6), np.float32) for m in (module, "scalar", "reference")}
     with np.errstate(all="ignore"):
         for name, filename, simd in ((module, module, relaxed), ("scalar", "sllm_scalar.wasm", False)):
-            be = _backend(filename, simd)
+            be = module_backend(filename, simd)
             be.matmul_q_fwd(out[name], x, be.pack_q(be.from_numpy(wq, np.uint8), qtype), None, qtype)
         reference.matmul_q_fwd(out["reference"], x, wq, None, qtype)
     assert np.array_equal(out[module].view(np.uint32), out["scalar"].view(np.uint32))
@@ -51,11 +47,3 @@ def test_activation_codes_equal_scalar_module_and_reference(module, relaxed, K, 
     finite = no_nan[:, None] & ~np.isnan(out["reference"])
     assert np.array_equal(out[module][finite].view(np.uint32), out["reference"][finite].view(np.uint32))
 
-
-def _backend(filename: str, relaxed: bool) -> WasmSimdBackend:
-    cls = type(f"Only_{filename}", (WasmSimdBackend,),
-               {"modules": ((filename, relaxed, "simd128"),), "_probed": {}})
-    try:
-        return cls()
-    except RuntimeUnavailable as e:
-        pytest.skip(f"{filename}: {e}")
