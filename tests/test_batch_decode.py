@@ -57,7 +57,9 @@ def test_reference_row_is_single_sequence_decode(rng, S, H, D, maxT, rows):
 
 
 # (query heads H, KV heads Hkv, head size D): decode takes a sequence's query heads in
-# groups, so odd H, groups across KV heads, and sizes past whole vectors
+# groups (smaller ones where a call has few sequences and more threads), so odd H, groups
+# across KV heads, sizes past whole vectors, and one where a single sequence's call at
+# position 159 runs on several threads
 GROUPED = [(1, 1, 32), (3, 3, 20), (5, 5, 16), (6, 2, 8), (8, 2, 32), (8, 8, 33), (8, 8, 64)]
 
 
