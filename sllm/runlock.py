@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -145,12 +146,29 @@ def describe_owner(owner: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait (blocked in this thread) until the block ends, where they
-    are delivered; nothing is held where signal masks do not exist."""
+    """SIGINT and SIGTERM wait until the block ends, where they are delivered as they would
+    have been. In the main thread, where Python runs signal handlers, the handlers are
+    swapped for one that notes the signal: the kernel delivers a process's signal to any
+    thread not blocking it (the kernel pool's, a test runner's), and Python then runs the
+    handler in the main thread all the same, so a mask on this thread alone did not hold
+    it (a CI run under pytest-xdist lost run.lock that way). Another thread blocks them in
+    its own mask; nothing is held where signal masks do not exist."""
+    held = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        noted: list[int] = []
+        previous = {s: signal.signal(s, lambda signum, frame: noted.append(signum)) for s in held}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+            for signum in noted:
+                signal.raise_signal(signum)
+        return
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield
     finally:
