@@ -42,6 +42,11 @@ constexpr int64_t kDirectMaxK = 256, kDirectMaxPanels = 4;
 // forward matmuls 13-19% and its step 4-5% faster, both settings alternating in one
 // training process, 4 runs, 2026-11-30.)
 constexpr int64_t kParallelMacs = 1 << 20;
+// ... and against packed panels (a decode step's 5-64 rows), where no thread packs: from
+// 256K, so small-model's 16-row qkv and attention projections split too. The 16-row step
+// took 0.92-0.93x the time of a 1M threshold (in-process A/B, 20 rounds, load 1.5) and
+// 0.93-1.04x with a busy loop on the other core (64K: 1.09-1.12x there).
+constexpr int64_t kPackedParallelMacs = 1 << 18;
 
 Scratch g_pack;
 Scratch g_dweight;  // matmul_bwd's dW product when it is computed transposed
@@ -401,7 +406,7 @@ void gemm_prepacked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda
   const auto micro = tall ? o.gemm_micro_tall : o.gemm_micro;
   const int64_t count = (N + nr - 1) / nr;
   const int64_t per_task = std::clamp<int64_t>(count / 8, 1, 8);
-  parallel_grains(count, per_task, M * N * K >= kParallelMacs, [&](int64_t p0, int64_t p1) {
+  parallel_grains(count, per_task, M * N * K >= kPackedParallelMacs, [&](int64_t p0, int64_t p1) {
     for (int64_t j = p0 * nr; j < p1 * nr; j += nr) {
       const int n = (int)std::min<int64_t>(nr, N - j);
       const float* panel = panels + j * K;
