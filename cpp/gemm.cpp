@@ -119,6 +119,23 @@ void gemm_small_m(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
   });
 }
 
+// The register tile for M rows: the height that computes fewer rows in all (16 rows:
+// 2 x 8, not 3 x 6; 8 rows on avx512 took 0.65-0.7x the time of 6 + 2, 16 rows 0.85-0.97x,
+// processes alternating; attention's 64-row blocks 8 x 8, not 11 x 6: the seed model's
+// step 0.96x, attention_fwd 0.95x, attention_bwd 0.94x, 2026-12-05). Every height adds the
+// same products in the same order, so the choice never changes a result.
+struct Tile {
+  int mr;
+  decltype(Ops::gemm_micro) micro;
+};
+
+Tile tile_for(int64_t M) {
+  const Ops& o = ops();
+  const auto rows_computed = [M](int h) { return (M + h - 1) / h * h; };
+  if (rows_computed(o.tall_mr) < rows_computed(o.mr)) return {o.tall_mr, o.gemm_micro_tall};
+  return {o.mr, o.gemm_micro};
+}
+
 // Few rows (kDirectMaxRows), or small K and few column panels, neither operand transposed:
 // the register tile reads A and B in place. Only a last, narrower column panel is copied
 // (zero-padded) so loads stay in bounds.
@@ -126,13 +143,9 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, c
                  int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* bias,
                  float* pack) {
   const Ops& o = ops();
-  // the tile height that computes fewer rows in all (16 rows: 2 x 8, not 3 x 6; 8 rows on
-  // avx512 took 0.65-0.7x the time of 6 + 2, 16 rows 0.85-0.97x, processes alternating,
-  // 2026-12-05)
-  const auto rows_computed = [M](int h) { return (M + h - 1) / h * h; };
-  const bool tall = rows_computed(o.tall_mr) < rows_computed(o.mr);
-  const int mr = tall ? o.tall_mr : o.mr, nr = o.nr;
-  const auto micro = tall ? o.gemm_micro_tall : o.gemm_micro;
+  const Tile t = tile_for(M);
+  const int mr = t.mr, nr = o.nr;
+  const auto micro = t.micro;
   for (int64_t j = 0; j < N; j += nr) {
     const int n = (int)std::min<int64_t>(nr, N - j);
     const float* b = B + j;
@@ -161,11 +174,12 @@ void sweep(int64_t M, int64_t N, int64_t kc, const float* a, int64_t a_is, int64
            const float* b, int64_t b_js, int64_t ldb, float* C, int64_t ldc,
            bool accumulate, const float* bias) {
   const Ops& o = ops();
+  const Tile t = tile_for(M);
   for (int64_t j = 0; j < N; j += o.nr)
-    for (int64_t i = 0; i < M; i += o.mr)
-      o.gemm_micro(kc, a + i * a_is, a_is, a_ks, b + j * b_js, ldb, C + i * ldc + j, ldc,
-                   (int)std::min<int64_t>(o.mr, M - i), (int)std::min<int64_t>(o.nr, N - j),
-                   accumulate, bias ? bias + j : nullptr);
+    for (int64_t i = 0; i < M; i += t.mr)
+      t.micro(kc, a + i * a_is, a_is, a_ks, b + j * b_js, ldb, C + i * ldc + j, ldc,
+              (int)std::min<int64_t>(t.mr, M - i), (int)std::min<int64_t>(o.nr, N - j),
+              accumulate, bias ? bias + j : nullptr);
 }
 
 // A row-major op(B) is read in place by the register tile, its whole nr-wide column panels,
@@ -400,10 +414,9 @@ namespace {
 void gemm_prepacked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                     const float* panels, float* C, int64_t ldc, const float* bias) {
   const Ops& o = ops();
-  const auto rows_computed = [M](int h) { return (M + h - 1) / h * h; };
-  const bool tall = rows_computed(o.tall_mr) <= rows_computed(o.mr);
-  const int mr = tall ? o.tall_mr : o.mr, nr = o.nr;
-  const auto micro = tall ? o.gemm_micro_tall : o.gemm_micro;
+  const Tile t = tile_for(M);
+  const int mr = t.mr, nr = o.nr;
+  const auto micro = t.micro;
   const int64_t count = (N + nr - 1) / nr;
   const int64_t per_task = std::clamp<int64_t>(count / 8, 1, 8);
   parallel_grains(count, per_task, M * N * K >= kPackedParallelMacs, [&](int64_t p0, int64_t p1) {
