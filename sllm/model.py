@@ -300,7 +300,7 @@ class SLLM:
         head, with every float matmul weight as the backend multiplies a few rows by it
         fastest (pack_weight: cpp reads its GEMM's panels instead of packing the weight on
         every step). Made on the first step and dropped whenever the weights may change
-        (train(), eval(), forward_backward(), parameters(), quantize(), adapters). None
+        (train(), forward_backward(), parameters(), quantize(), adapters). None
         where the step reads the weights as they are: pack_weights off, an adapter attached
         or served."""
         if not self._pack_weights or self.adapter is not None or self._routed:
@@ -390,9 +390,9 @@ class SLLM:
         return self
 
     def eval(self) -> SLLM:
-        """Eval mode: dropout off, forward is deterministic."""
+        """Eval mode: dropout off, forward is deterministic. (The decode steps' packed
+        weights stay: generate() calls eval() every time.)"""
         self.training = False
-        self._decode_packed = None
         return self
 
     def forward(self, tokens: Any) -> np.ndarray:

@@ -269,3 +269,14 @@ def test_packed_weights_follow_the_weights(backend_name):
     model.quantize("q8_0")
     assert model._decode_packed is None
     _steps(model)
+
+
+def test_generating_again_keeps_the_packed_weights(backend_name):
+    """generate() puts the model in eval mode every call; that must not repack the weights
+    (a second copy of every matmul weight each time)."""
+    model = _model(backend_name)
+    model.generate([1, 2, 3, 4, 5, 6], 2, temperature=0)
+    packed = model._decode_packed
+    assert packed is not None
+    model.generate([7, 8, 9], 2, temperature=0)
+    assert model._decode_packed is packed
