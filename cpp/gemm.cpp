@@ -442,7 +442,7 @@ void pack_weight(float* panels, const float* weight, bool trans_w, int64_t K, in
 
 void matmul_fwd_packed(float* out, const float* inp, const PackedWeight& w, const float* bias,
                        int64_t M) {
-  if (M <= kSmallM || w.K == 0)  // the GEMV path reads the weight as it is
+  if (M <= kSmallM)  // the GEMV path reads the weight as it is (pack_weight refuses K = 0)
     return matmul_fwd(out, inp, w.source, bias, w.trans, M, w.K, w.N);
   gemm_prepacked(M, w.N, w.K, inp, w.K, w.panels, out, w.N, bias);
 }

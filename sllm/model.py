@@ -306,9 +306,9 @@ class SLLM:
         if not self._pack_weights or self.adapter is not None or self._routed:
             return None
         if self._decode_packed is None:
-            head = head_name(self.config)
+            head, matrices = head_name(self.config), _matmul_weight_names(self.config)
             packed = {name: self.backend.pack_weight(w, name == head and self.config.tie_embeddings)
-                      for name, w in self._params.items() if name in _matmul_weight_names(self.config)}
+                      for name, w in self._params.items() if name in matrices}
             layers = self._layers({**self._params, **packed, **self._qweights})
             self._decode_packed = _DecodeWeights(layers, self._fused_blocks(layers),
                                                 self._lm_head(self._qweights, packed, self._params))
