@@ -16,7 +16,7 @@ from . import backends, budget, llama
 from .activations import Activations, KVCache, LlamaActivations, Prompts
 from .backends.base import DECODE_BLOCK_PARAMS, Backend
 from .config import ModelConfig, resolve_config
-from .errors import BackendError
+from .errors import BackendError, ConfigError
 from .init import initialize
 from .layout import EMBEDDINGS, Layout, head_name, parameter_shapes
 from .lora import Adapter, Attached, LoraError, LoraWeight
@@ -256,7 +256,10 @@ class SLLM:
 
     @pack_weights.setter
     def pack_weights(self, value: bool) -> None:
-        self._pack_weights, self._decode_packed = bool(value), None
+        if not isinstance(value, bool):  # bool("false") is True: refuse, don't guess
+            raise ConfigError(f"pack_weights must be True or False, got {type(value).__name__} "
+                            f"{value!r}")
+        self._pack_weights, self._decode_packed = value, None
 
     @property
     def is_llama(self) -> bool:

@@ -250,6 +250,16 @@ def test_packed_weights_give_the_same_step(backend_name, tie, llama):
     np.testing.assert_array_equal(packed, _steps(model))
 
 
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_pack_weights_takes_only_a_bool(value):
+    """bool("false") is True: the setter refuses anything but True or False, by name."""
+    model = sllm.SLLM(sllm.ModelConfig(vocab_size=11, embedding_dim=8, num_layers=1,
+                                       num_heads=2, max_seq_len=8), backend="numpy")
+    with pytest.raises(sllm.errors.ConfigError, match="pack_weights must be True or False"):
+        model.pack_weights = value
+    assert model.pack_weights is True
+
+
 def test_packed_weights_follow_the_weights(backend_name):
     """The packed copy is dropped when the weights may change: a write through parameters(),
     a training step, quantize()."""
