@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,10 +43,7 @@ def models(backend: str, config: str, ggml_rows: bool = False,
     for qtype in ("f32",) + QUANT_TYPES if unfused else ():
         model = sllm.SLLM(config, backend=backend, seed=0)
         model = model.quantize(qtype) if qtype != "f32" else model
-        no_blocks = [None] * model.config.num_layers
-        model._fused_blocks = lambda layers=None, none=no_blocks: none  # type: ignore[method-assign]
-        model._blocks = no_blocks
-        out[f"{qtype} unfused"] = model
+        out[f"{qtype} unfused"] = kernel_line(model)
     for qtype in QUANT_TYPES if ggml_rows else ():
         unpacked = type(get_backend(backend))()  # its own instance: pack_q skipped there only
         unpacked.pack_q = lambda wq, qtype: wq  # type: ignore[method-assign]
@@ -52,7 +51,19 @@ def models(backend: str, config: str, ggml_rows: bool = False,
     return out
 
 
-def seconds(model: sllm.SLLM, tokens: int, clock=time.perf_counter) -> float:
+def kernel_line(model: sllm.SLLM) -> sllm.SLLM:
+    """`model`, its decode steps running every layer kernel by kernel (no fused block)."""
+    no_blocks: list[Any] = [None] * model.config.num_layers
+
+    def none(layers: Any = None) -> list[Any]:
+        return no_blocks
+    model._fused_blocks = none  # type: ignore[method-assign]
+    model._blocks = no_blocks
+    return model
+
+
+def seconds(model: sllm.SLLM, tokens: int,
+            clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds (wall, or `clock`'s) of one greedy decode of `tokens` tokens after the prompt."""
     t0 = clock()
     model.generate(PROMPT, tokens, temperature=0)
