@@ -192,6 +192,27 @@ class KVCache:
         return KVCacheSlot(self, s)
 
 
+class Prompts:
+    """A batched prefill (SLLM.prefill_batch): row b of a (B, T) KV-cache forward is a
+    prompt of lengths[b] tokens (the rest of the row padding), whose keys and values go to
+    positions 0.. of cache slot slots[b]."""
+
+    def __init__(self, slots: list[int], lengths: list[int]):
+        self.slots, self.lengths = slots, lengths
+
+    def attend(self, k: Backend, la: SimpleNamespace, cache: KVCache, i: int,
+               *heads: int) -> None:
+        """Layer i's attention, la.qkv into la.atty: each prompt's rows attend over its own
+        slot alone, by the attention_decode call decode() makes for that prompt (so a row
+        is what a prefill of its prompt alone gives); padding rows get zeros."""
+        T = la.qkv.shape[1]
+        for b, (s, n) in enumerate(zip(self.slots, self.lengths, strict=True)):
+            k.attention_decode(la.atty[b:b + 1, :n], la.qkv[b:b + 1, :n], cache.k[i][s:s + 1],
+                               cache.v[i][s:s + 1], 0, *heads)
+            if n < T:
+                la.atty[b, n:] = 0
+
+
 class KVCacheSlot(KVCache):
     """A one-sequence view of a KVCache slot; releasing it frees nothing (the owner does)."""
 

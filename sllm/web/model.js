@@ -215,6 +215,15 @@ export class Network {
     let x = a.x0;
     for (let i = 0; i < c.num_layers; i++) {
       const L = P.layers[i], la = a.layers[i];
+      const fused = cache === null ? null : this.fusedBlock(L);
+      if (fused) { // a decode step: the whole block in one call (the lines below, fused)
+        const nb = Math.ceil(Math.max(C, Fh) / QK), maxT = c.max_seq_len;
+        k.call("decode_block", la.res3, x, cache.k[i], cache.v[i], this.decodeWork(a), ...fused.tensors,
+          B, T, C, Fh, H, maxT, c.activation === "gelu" ? 0 : 1, fused.code,
+          k.scratch(Math.max(maxT, N * nb * 8 + 2 * N * nb)), pos);
+        x = la.res3;
+        continue;
+      }
       k.call("layernorm_fwd", la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b, N, C);
       this.matmul(la.qkv, la.ln1, L.attn_w, L.attn_b, N, C, 3 * C);
       if (cache === null) {
@@ -237,6 +246,29 @@ export class Network {
     k.call("layernorm_fwd", a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"], N, C);
     this.head(a, N, C);
     a.dropout = dropout;
+  }
+
+  /** Layer L's tensors and quantized code for the module's fused decode_block (sllm.model's
+   * _decode_block_args), or null where a decode step runs the layer kernel by kernel: a
+   * module without it, an adapter attached, or matmul weights of mixed types. */
+  fusedBlock(L) {
+    if (!this.k.exports.decode_block || this.lora) return null;
+    const qs = [L.attn_w, L.proj_w, L.fc_w, L.fcproj_w].map((w) => this.qByOffset.get(w));
+    const code = qs[0] ? qs[0].code : -1;
+    if (qs.some((q) => (q ? q.code : -1) !== code)) return null;
+    const w = (i, off) => (qs[i] ? qs[i].off : off);
+    return { code, tensors: [L.ln1_w, L.ln1_b, w(0, L.attn_w), L.attn_b, w(1, L.proj_w), L.proj_b,
+      L.ln2_w, L.ln2_b, w(2, L.fc_w), L.fc_b, w(3, L.fcproj_w), L.fcproj_b] };
+  }
+
+  /** The fused block's workspace for these activations (reference.decode_block_workspace). */
+  decodeWork(a) {
+    if (!a.work) {
+      const c = this.config, n = a.B * a.T * (8 * c.embedding_dim + 2 * c.ffn_hidden_dim + 2);
+      a.work = this.k.heap.alloc(4 * n);
+      a.owned.push(a.work);
+    }
+    return a.work;
   }
 
   /** logits = lnf @ lm_head (the embedding, transposed, when tied). */
