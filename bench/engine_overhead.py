@@ -67,7 +67,8 @@ class StubModel:
     def decode(self, ids: Any, cache: Any) -> np.ndarray:
         return self.rows[[int(np.asarray(ids).reshape(-1)[-1]) % 97]]
 
-    def decode_batch(self, tokens: Any, cache: Any, slots: Any, positions: Any) -> np.ndarray:
+    def decode_batch(self, tokens: Any, cache: Any, slots: Any, positions: Any,
+                     copy: bool = True) -> np.ndarray:
         t0 = time.perf_counter()
         out = self.rows[np.asarray(tokens) % 97]
         self.seconds += time.perf_counter() - t0
@@ -115,9 +116,10 @@ class Timed:
         self.seconds += time.perf_counter() - t0
         return out
 
-    def decode_batch(self, tokens: Any, cache: Any, slots: Any, positions: Any) -> np.ndarray:
+    def decode_batch(self, tokens: Any, cache: Any, slots: Any, positions: Any,
+                     copy: bool = True) -> np.ndarray:
         t0 = time.perf_counter()
-        out = self.model.decode_batch(tokens, cache, slots, positions)
+        out = self.model.decode_batch(tokens, cache, slots, positions, copy)
         self.seconds += time.perf_counter() - t0
         return out
 

@@ -140,6 +140,8 @@ class Sequence:
     index: int = 0
     last: int = -1
     generated: int = 0
+    plain: bool = False  # greedy over the logits as they are, nothing else asked: a step's
+    # argmax over the batch is its token (Sampler.next would return just that)
 
 
 def token_texts(tok: Any, context: list[int], tokens: list[int]) -> dict[int, str]:
@@ -446,8 +448,10 @@ class Engine:
         for i, slot in enumerate(slots):
             if i:
                 self.cache.copy_slot(slots[0], slot, len(ids))
-            seq = Sequence(request, slot, len(ids), self._sampler(request, i),
-                           TextStream(self.tok, [] if p.grammar else ids, p.stop), index=i)
+            sampler = self._sampler(request, i)
+            seq = Sequence(request, slot, len(ids), sampler,
+                           TextStream(self.tok, [] if p.grammar else ids, p.stop), index=i,
+                           plain=sampler.as_is and p.temperature <= 0 and p.logprobs is None)
             self.active.append(seq)
             self._advance(seq, logits)
 
@@ -461,8 +465,9 @@ class Engine:
 
     def _step(self, seqs: list[Sequence]) -> None:
         self._route([s.request.adapter for s in seqs])
+        # the model's own logits buffer (no copy): read here, before the next step
         logits = self.model.decode_batch([s.last for s in seqs], self.cache,
-                                         [s.slot for s in seqs], [s.pos for s in seqs])
+                                         [s.slot for s in seqs], [s.pos for s in seqs], False)
         self.stats.steps += 1
         self.stats.batched_rows += len(seqs)
         # once for all rows: the finite check (else each row's own) and the greedy picks
@@ -470,30 +475,39 @@ class Engine:
         picks = logits.argmax(axis=1).tolist() if finite else [None] * len(seqs)
         for seq, row, pick in zip(seqs, logits, picks, strict=True):
             seq.pos += 1
-            self._advance(seq, row, finite, pick)
+            if seq.plain and pick is not None:
+                self._take(seq, pick)
+            else:
+                self._advance(seq, row, finite, pick)
 
     def _advance(self, seq: Sequence, logits: np.ndarray, checked: bool = False,
                  argmax: int | None = None) -> None:
-        """Sample the sequence's next token, send its text, finish it when it is done
-        (checked: the logits are known to be finite; argmax: theirs)."""
+        """Sample the sequence's next token, then _take it (checked: the logits are known
+        to be finite; argmax: theirs)."""
         p = seq.request.sampling
         choice = seq.sampler.next(logits, p.max_tokens - seq.generated, checked, argmax)
         if choice is None:
             self._finish(seq, "stop", note="the grammar allows no token of this vocabulary "
                                            "here; the output stops where it could not go on")
             return
-        if choice.token == self.tok.eos_id:
+        entry = None if choice.logprob is None or choice.token == self.tok.eos_id else \
+            logprob_entry(self.tok, seq.text.ids, choice.token, choice.logprob, choice.top)
+        self._take(seq, choice.token, entry)
+
+    def _take(self, seq: Sequence, token: int, entry: TokenLogprob | None = None) -> None:
+        """Send the sequence's new token's text (and log-probabilities), finish it when it
+        is done."""
+        if token == self.tok.eos_id:
             self._finish(seq, "stop")
             return
-        entry = None if choice.logprob is None else logprob_entry(
-            self.tok, seq.text.ids, choice.token, choice.logprob, choice.top)
-        seq.last, seq.generated = choice.token, seq.generated + 1
+        seq.last, seq.generated = token, seq.generated + 1
         self.stats.tokens(1)
-        piece, stopped = seq.text.push(choice.token)
+        piece, stopped = seq.text.push(token)
         if piece or entry:
             seq.request.emit(Event("text", piece, index=seq.index,
                                    tokens=(entry,) if entry else ()))
         constraint = seq.sampler.constraint
+        p = seq.request.sampling
         if stopped:
             self._finish(seq, "stop", flush=False)
         elif constraint is not None and constraint.finished():

@@ -791,11 +791,13 @@ class SLLM:
         cache.pos += acts.shape[1]
         return np.array(acts.logits[:, -1, :])
 
-    def decode_batch(self, tokens: Any, cache: KVCache, slots: Any, positions: Any
-                     ) -> np.ndarray:
+    def decode_batch(self, tokens: Any, cache: KVCache, slots: Any, positions: Any,
+                     copy: bool = True) -> np.ndarray:
         """One continuous-batching step: sequence b feeds tokens[b] at positions[b] of cache
         slot slots[b] (its own length; slots distinct). Returns the next-token logits (B, V).
-        Row b equals decode() of that sequence alone, whatever else is in the batch."""
+        Row b equals decode() of that sequence alone, whatever else is in the batch.
+        copy=False returns the model's own buffer instead of a copy (the engine reads it
+        before the next step, which overwrites it)."""
         t = self._check_tokens(np.asarray(tokens).reshape(-1, 1))
         B, S, limit = t.shape[0], len(cache.k[0]) if cache.k else 0, self.config.max_seq_len
         sl = np.ascontiguousarray(slots, dtype=np.int32).reshape(-1)
@@ -803,16 +805,19 @@ class SLLM:
         if sl.shape != (B,) or ps.shape != (B,):
             raise ValueError(f"need one slot and one position per token ({B}), "
                              f"got {sl.size} and {ps.size}")
-        if sl.min() < 0 or sl.max() >= S or len(set(sl.tolist())) != B:
-            raise ValueError(f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
-        if ps.min() < 0 or ps.max() >= limit:
-            raise ValueError(f"positions must be in [0, max_seq_len {limit}), got {ps.tolist()}")
+        # a step's few rows: Python's min/max of lists beat numpy's reductions
+        sll, psl = sl.tolist(), ps.tolist()
+        if min(sll) < 0 or max(sll) >= S or len(set(sll)) != B:
+            raise ValueError(f"slots must be distinct and in [0, {S}), got {sll}")
+        if min(psl) < 0 or max(psl) >= limit:
+            raise ValueError(f"positions must be in [0, max_seq_len {limit}), got {psl}")
         acts = self._batch_acts.get(B)
         if acts is None:
             acts = self._batch_acts[B] = self._new_activations(B, 1, False)
         acts.tokens[...] = t
         self._forward(acts, 0.0, cache, (sl, ps))
-        return np.array(acts.logits[:, 0, :])
+        logits = acts.logits[:, 0, :]
+        return np.array(logits) if copy else logits
 
     def prefill_batch(self, prompts: list[list[int]], cache: KVCache, slots: Any
                       ) -> np.ndarray:

@@ -157,6 +157,31 @@ def test_waiting_prompts_are_prefilled_together_and_an_error_reaches_its_own_req
             assert texts[i] == [expected[i], expected[i] if i == 1 else ""]
 
 
+@pytest.mark.parametrize("bad,name", [(np.nan, "NaN"), (np.inf, "+inf"), (-np.inf, "-inf")])
+def test_a_step_with_a_non_finite_logit_fails_instead_of_answering(model_and_tok, monkeypatch,
+                                                                    bad, name):
+    """The step's one check over the batch finds NaN and either infinity in a row (the
+    model's own logits buffer, not a copy, is what the step reads)."""
+    model, tok = model_and_tok
+    real = model.decode_batch
+
+    def poisoned(*args):
+        logits = real(*args)
+        logits[-1, 7] = bad
+        return logits
+    monkeypatch.setattr(model, "decode_batch", poisoned)
+    engine = Engine(model, tok, max_batch=2, max_queue=4)
+    ids = encode_prompt(tok, "the boat", warn=False)
+    jobs = [_collect(engine, ids, Sampling(max_tokens=5, temperature=0)) for _ in range(2)]
+    engine.start()
+    try:
+        for done, _, end in jobs:
+            assert done.wait(30)
+            assert end[0].kind == "error" and f"hold {name}" in end[0].text, end[0].text
+    finally:
+        engine.stop()
+
+
 def test_prefill_groups_keep_order_adapter_and_padding_bounds():
     def req(n, adapter=None):
         return (Request([1] * n, Sampling(max_tokens=1), lambda e: None, adapter=adapter), [0])

@@ -340,8 +340,8 @@ _MM = [{**s, **o} for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (7, 17, 19),
                                    (130, 128, 384), (20, 64, 5003), (13, 300, 33),
                                    (300, 40, 70), (300, 70, 40), (16, 1000, 60), (16, 4500, 9))
        for o in _grid(bias=(True, False), trans_w=(False, True))]
-# the same weights as Backend.pack_weight holds them: one row (the GEMV reads the weight
-# itself), 5..65 rows (cpp's panels: tiles of 6 and 8 rows, a ragged last panel, depth past
+# the same weights as Backend.pack_weight holds them: one row (cpp's GEMV reads the panels,
+# or a transposed weight itself), 5..65 rows (cpp's panels: tiles of 6 and 8 rows, a ragged last panel, depth past
 # one block) and 130 rows
 _MMP = [{**s, "bias": True, "trans_w": t, "packed": True}
         for s in _shapes("N C OC", (1, 5, 3), (5, 3, 41), (16, 300, 70), (9, 1000, 60),
