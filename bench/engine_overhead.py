@@ -10,8 +10,9 @@ bench/targets.py's engine rows run them. Prints microseconds a step beside the f
 sampler and detok modules (git show), and checks that both send the same text. --model
 NAME runs a shipped config's model (cpp backend, f32, random weights) instead of the
 stand-in, shared by both engines: the engine's time is then what is left of a step beside
-the model's decode_batch and prefill calls, and tokens/s are printed too. --logprobs K
-asks every request for its tokens' log-probabilities and the K likeliest alternatives.
+the model's decode_batch and prefill (decode, prefill_batch) calls, and tokens/s are
+printed too. --logprobs K asks every request for its tokens' log-probabilities and the K
+likeliest alternatives.
 """
 from __future__ import annotations
 
@@ -66,11 +67,15 @@ class StubModel:
     def decode(self, ids: Any, cache: Any) -> np.ndarray:
         return self.rows[[int(np.asarray(ids).reshape(-1)[-1]) % 97]]
 
-    def decode_batch(self, tokens: Any, cache: Any, slots: Any, positions: Any) -> np.ndarray:
+    def decode_batch(self, tokens: Any, cache: Any, slots: Any, positions: Any,
+                     copy: bool = True) -> np.ndarray:
         t0 = time.perf_counter()
         out = self.rows[np.asarray(tokens) % 97]
         self.seconds += time.perf_counter() - t0
         return out
+
+    def prefill_batch(self, prompts: list[list[int]], cache: Any, slots: Any) -> np.ndarray:
+        return self.rows[[p[-1] % 97 for p in prompts]]
 
 
 def modules_at(rev: str) -> tuple[Any, Any]:
@@ -93,7 +98,8 @@ def modules_at(rev: str) -> tuple[Any, Any]:
 
 
 class Timed:
-    """A real model whose decode_batch and decode (prefill) calls are timed in `.seconds`."""
+    """A real model whose decode_batch and prefill (decode, prefill_batch) calls are timed
+    in `.seconds`."""
 
     def __init__(self, model: Any):
         self.model, self.config, self.seconds = model, model.config, 0.0
@@ -110,9 +116,16 @@ class Timed:
         self.seconds += time.perf_counter() - t0
         return out
 
-    def decode_batch(self, tokens: Any, cache: Any, slots: Any, positions: Any) -> np.ndarray:
+    def decode_batch(self, tokens: Any, cache: Any, slots: Any, positions: Any,
+                     copy: bool = True) -> np.ndarray:
         t0 = time.perf_counter()
-        out = self.model.decode_batch(tokens, cache, slots, positions)
+        out = self.model.decode_batch(tokens, cache, slots, positions, copy)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def prefill_batch(self, prompts: list[list[int]], cache: Any, slots: Any) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.model.prefill_batch(prompts, cache, slots)
         self.seconds += time.perf_counter() - t0
         return out
 

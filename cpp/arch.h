@@ -106,6 +106,11 @@ struct Ops {
   void (*gemm_micro_tall)(int64_t K, const float* a, int64_t a_is, int64_t a_ks,
                           const float* b, int64_t ldb, float* c, int64_t ldc, int m, int n,
                           bool accumulate, const float* bias);
+  // c (M rows at stride ldc), the columns of packed panels [p0, p1) of an N-column weight
+  // (pack_weight's nr-wide panels of depth K) = A (M x K) @ W [+ bias], in gemm_row's order
+  void (*gemv_panels)(float* c, int64_t ldc, const float* A, int64_t lda, const float* panels,
+                      int64_t M, int64_t K, int64_t N, int64_t p0, int64_t p1,
+                      const float* bias);
 };
 
 extern const Ops ops_scalar;

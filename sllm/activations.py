@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .backends.base import Backend, decode_block_workspace
+from .backends.base import Backend, decode_block_workspace, llama_decode_block_workspace
 from .budget import HEAD_ROWS
 from .config import ModelConfig
 
@@ -162,6 +162,15 @@ class LlamaActivations(Activations):
             self.dgate, self.dup, self.dh = new((B, T, F)), new((B, T, F)), new((B, T, F))
         self.dropout = 0.0
 
+    def decode_work(self) -> np.ndarray:
+        """The scratch of the fused llama_decode_block kernel for this shape, allocated on
+        first use (decode steps only)."""
+        if self._decode_work is None:
+            B, T = self.shape
+            self._decode_work = self._new(
+                (llama_decode_block_workspace(B, T, self._dims[0], self._dims[1]),))
+        return self._decode_work
+
 
 class KVCache:
     """Keys and values of past positions, per layer: (B, Hkv, max_seq_len, D) each (Hkv =
@@ -190,6 +199,27 @@ class KVCache:
         """Sequence s of this cache alone (a view sharing its memory), empty (pos 0): the
         continuous-batching server prefills a new request's prompt into it with decode()."""
         return KVCacheSlot(self, s)
+
+
+class Prompts:
+    """A batched prefill (SLLM.prefill_batch): row b of a (B, T) KV-cache forward is a
+    prompt of lengths[b] tokens (the rest of the row padding), whose keys and values go to
+    positions 0.. of cache slot slots[b]."""
+
+    def __init__(self, slots: list[int], lengths: list[int]):
+        self.slots, self.lengths = slots, lengths
+
+    def attend(self, k: Backend, la: SimpleNamespace, cache: KVCache, i: int,
+               *heads: int) -> None:
+        """Layer i's attention, la.qkv into la.atty: each prompt's rows attend over its own
+        slot alone, by the attention_decode call decode() makes for that prompt (so a row
+        is what a prefill of its prompt alone gives); padding rows get zeros."""
+        T = la.qkv.shape[1]
+        for b, (s, n) in enumerate(zip(self.slots, self.lengths, strict=True)):
+            k.attention_decode(la.atty[b:b + 1, :n], la.qkv[b:b + 1, :n], cache.k[i][s:s + 1],
+                               cache.v[i][s:s + 1], 0, *heads)
+            if n < T:
+                la.atty[b, n:] = 0
 
 
 class KVCacheSlot(KVCache):

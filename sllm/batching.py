@@ -3,8 +3,9 @@
 The Engine owns a model and a KV cache of `max_batch` slots and runs in one background
 thread. `submit()` queues a request (a bounded queue: `QueueFull` when it is full).
 Between steps the engine drops cancelled sequences (their slots are free at once), admits
-waiting requests into free slots (one prefill forward of the prompt each, into the slot's
-view of the cache), then runs one `model.decode_batch` over every active sequence, each at
+waiting requests into free slots (the prompts admitted together in one prefill forward,
+`model.prefill_batch`, each into its own slot; see _admit), then runs one
+`model.decode_batch` over every active sequence, each at
 its own position in its own slot, and hands each its next token. A sequence that is
 finished leaves at once and its slot is reused by the next waiting request.
 
@@ -139,6 +140,8 @@ class Sequence:
     index: int = 0
     last: int = -1
     generated: int = 0
+    plain: bool = False  # greedy over the logits as they are, nothing else asked: a step's
+    # argmax over the batch is its token (Sampler.next would return just that)
 
 
 def token_texts(tok: Any, context: list[int], tokens: list[int]) -> dict[int, str]:
@@ -203,6 +206,8 @@ class Stats:
 
 class Engine:
     """Decodes every active request in one batched forward per step (continuous batching)."""
+
+    PREFILL_TOKENS = 1024  # the most (padded) prompt tokens one batched prefill forward takes
 
     def __init__(self, model: Any, tok: Any, max_batch: int = 8, max_queue: int = 64,
                  adapters: Any = None):
@@ -327,9 +332,8 @@ class Engine:
                                                range(request.sampling.n)]))
             for fn, future in jobs:
                 _run_job(fn, future)
-            for request, slots in admitted:
-                self._guarded([request], functools.partial(self._prefill, request, slots),
-                              slots)
+            if admitted:
+                self._admit(admitted)
             if self.active:
                 seqs = list(self.active)
                 self._guarded(list({s.request: None for s in seqs}),
@@ -364,13 +368,14 @@ class Engine:
         for seq in [s for s in self.active if s.request.expired(now)]:
             self._finish(seq, "length", note=seq.request.deadline_note())
 
-    def _guarded(self, requests: list[Request], work: Callable[[], None], slots: list[int]
-                 ) -> None:
-        """Run prefill or a step; on an error fail those requests and keep the server alive
-        (a kernel calling sys.exit included). Anything else still fails these requests
-        before it ends the thread (then _run fails the rest and /health says 503)."""
+    def _guarded(self, requests: list[Request], work: Callable[[], Any], slots: list[int]
+                 ) -> Any:
+        """Run prefill or a step and return what it returns; on an error fail those
+        requests, return None and keep the server alive (a kernel calling sys.exit
+        included). Anything else still fails these requests before it ends the thread
+        (then _run fails the rest and /health says 503)."""
         try:
-            work()
+            return work()
         except BaseException as e:
             for seq in [s for s in self.active if s.slot in slots]:
                 self.active.remove(seq)
@@ -381,13 +386,40 @@ class Engine:
             if not isinstance(e, (Exception, SystemExit)):
                 raise
 
-    def _prefill(self, request: Request, slots: list[int]) -> None:
+    def _admit(self, admitted: list[tuple[Request, list[int]]]) -> None:
+        """Prefill the admitted requests' prompts: those of one adapter together, in one
+        forward of at most PREFILL_TOKENS (padded) tokens (SLLM.prefill_batch), a request
+        alone or after a failed batch by itself (so an error reaches its own request)."""
+        ready = [(r, slots) for r, slots in admitted
+                 if self._guarded([r], functools.partial(self._prepare, r, slots), slots)]
+        for group in prefill_groups(ready, self.PREFILL_TOKENS):
+            if len(group) == 1 or not hasattr(self.model, "prefill_batch"):
+                for request, slots in group:
+                    self._guarded([request], functools.partial(self._prefill, request, slots),
+                                  slots)
+                continue
+            try:
+                self._route([group[0][0].adapter])
+                logits = self.model.prefill_batch([r.prompt_ids for r, _ in group], self.cache,
+                                                  [slots[0] for _, slots in group])
+            except (Exception, SystemExit):  # noqa: BLE001 - each alone: the error reaches its own
+                for request, slots in group:
+                    self._guarded([request], functools.partial(self._prefill, request, slots),
+                                  slots)
+                continue
+            for (request, slots), row in zip(group, logits, strict=True):
+                self._guarded([request], functools.partial(self._start, request, slots, row),
+                              slots)
+
+    def _prepare(self, request: Request, slots: list[int]) -> bool:
+        """A request's admission before its prefill (the prompt's log-probabilities with
+        echo); False when it needs no prefill (cancelled, or scoring the prompt only)."""
         p, ids = request.sampling, request.prompt_ids
         request.admitted = time.monotonic()
         if request.cancelled:
             with self._cond:
                 self.free.extend(slots)
-            return
+            return False
         if p.echo:
             k = p.logprobs or 0
             self._route([request.adapter])
@@ -399,14 +431,27 @@ class Engine:
             for i in range(p.n):
                 request.emit(Event("done", finish_reason="length", prompt_tokens=len(ids),
                                    index=i))
-            return
+            return False
+        return True
+
+    def _prefill(self, request: Request, slots: list[int]) -> None:
+        """One request's prompt alone (decode() into its first slot), then its start."""
         self._route([request.adapter])
-        logits = self.model.decode(np.array([ids]), self.cache.slot(slots[0]))[0]
+        logits = self.model.decode(np.array([request.prompt_ids]),
+                                   self.cache.slot(slots[0]))[0]
+        self._start(request, slots, logits)
+
+    def _start(self, request: Request, slots: list[int], logits: np.ndarray) -> None:
+        """The request's sequences, from its prompt's KV (in slots[0]) and next-token
+        logits: the n - 1 other choices copy the prompt's KV; each draws its first token."""
+        p, ids = request.sampling, request.prompt_ids
         for i, slot in enumerate(slots):
             if i:
                 self.cache.copy_slot(slots[0], slot, len(ids))
-            seq = Sequence(request, slot, len(ids), self._sampler(request, i),
-                           TextStream(self.tok, [] if p.grammar else ids, p.stop), index=i)
+            sampler = self._sampler(request, i)
+            seq = Sequence(request, slot, len(ids), sampler,
+                           TextStream(self.tok, [] if p.grammar else ids, p.stop), index=i,
+                           plain=sampler.as_is and p.temperature <= 0 and p.logprobs is None)
             self.active.append(seq)
             self._advance(seq, logits)
 
@@ -420,8 +465,9 @@ class Engine:
 
     def _step(self, seqs: list[Sequence]) -> None:
         self._route([s.request.adapter for s in seqs])
+        # the model's own logits buffer (no copy): read here, before the next step
         logits = self.model.decode_batch([s.last for s in seqs], self.cache,
-                                         [s.slot for s in seqs], [s.pos for s in seqs])
+                                         [s.slot for s in seqs], [s.pos for s in seqs], False)
         self.stats.steps += 1
         self.stats.batched_rows += len(seqs)
         # once for all rows: the finite check (else each row's own) and the greedy picks
@@ -429,30 +475,39 @@ class Engine:
         picks = logits.argmax(axis=1).tolist() if finite else [None] * len(seqs)
         for seq, row, pick in zip(seqs, logits, picks, strict=True):
             seq.pos += 1
-            self._advance(seq, row, finite, pick)
+            if seq.plain and pick is not None:
+                self._take(seq, pick)
+            else:
+                self._advance(seq, row, finite, pick)
 
     def _advance(self, seq: Sequence, logits: np.ndarray, checked: bool = False,
                  argmax: int | None = None) -> None:
-        """Sample the sequence's next token, send its text, finish it when it is done
-        (checked: the logits are known to be finite; argmax: theirs)."""
+        """Sample the sequence's next token, then _take it (checked: the logits are known
+        to be finite; argmax: theirs)."""
         p = seq.request.sampling
         choice = seq.sampler.next(logits, p.max_tokens - seq.generated, checked, argmax)
         if choice is None:
             self._finish(seq, "stop", note="the grammar allows no token of this vocabulary "
                                            "here; the output stops where it could not go on")
             return
-        if choice.token == self.tok.eos_id:
+        entry = None if choice.logprob is None or choice.token == self.tok.eos_id else \
+            logprob_entry(self.tok, seq.text.ids, choice.token, choice.logprob, choice.top)
+        self._take(seq, choice.token, entry)
+
+    def _take(self, seq: Sequence, token: int, entry: TokenLogprob | None = None) -> None:
+        """Send the sequence's new token's text (and log-probabilities), finish it when it
+        is done."""
+        if token == self.tok.eos_id:
             self._finish(seq, "stop")
             return
-        entry = None if choice.logprob is None else logprob_entry(
-            self.tok, seq.text.ids, choice.token, choice.logprob, choice.top)
-        seq.last, seq.generated = choice.token, seq.generated + 1
+        seq.last, seq.generated = token, seq.generated + 1
         self.stats.tokens(1)
-        piece, stopped = seq.text.push(choice.token)
+        piece, stopped = seq.text.push(token)
         if piece or entry:
             seq.request.emit(Event("text", piece, index=seq.index,
                                    tokens=(entry,) if entry else ()))
         constraint = seq.sampler.constraint
+        p = seq.request.sampling
         if stopped:
             self._finish(seq, "stop", flush=False)
         elif constraint is not None and constraint.finished():
@@ -476,6 +531,26 @@ class Engine:
         self.stats.finished[reason] = self.stats.finished.get(reason, 0) + 1
         with self._cond:
             self.free.append(seq.slot)
+
+
+def prefill_groups(ready: list[tuple[Request, list[int]]], limit: int
+                   ) -> list[list[tuple[Request, list[int]]]]:
+    """The admitted requests in prefill forwards, in order: consecutive requests of one
+    adapter share one while its padded tokens (count x the longest prompt) stay within
+    `limit` and at most twice the prompts' own."""
+    groups: list[list[tuple[Request, list[int]]]] = []
+    longest = real = 0
+    for item in ready:
+        n = len(item[0].prompt_ids)
+        if groups and item[0].adapter is groups[-1][0][0].adapter:
+            padded = (len(groups[-1]) + 1) * max(longest, n)
+            if padded <= limit and padded <= 2 * (real + n):
+                groups[-1].append(item)
+                longest, real = max(longest, n), real + n
+                continue
+        groups.append([item])
+        longest = real = n
+    return groups
 
 
 def _run_job(fn: Callable[[], Any], future: Future) -> None:

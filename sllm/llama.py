@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .activations import KVCache, LlamaActivations
+from .activations import KVCache, LlamaActivations, Prompts
 
 if TYPE_CHECKING:
     from .model import SLLM
@@ -62,7 +62,8 @@ def _positions(a: LlamaActivations, pos: int, rows: tuple[np.ndarray, np.ndarray
 
 
 def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
-            rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+            rows: tuple[np.ndarray, np.ndarray] | None = None,
+            prompts: Prompts | None = None) -> None:
     """The llama forward over a.tokens into a.logits (see SLLM._forward for the arguments)."""
     k, cfg, P = m.backend, m.config, m._params
     _embed(m, a)
@@ -70,17 +71,28 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
     x = a.x0
     # a KV-cache step (prefill, decode) reads the weights as the backend packs them
     batch = m._decode_weights() if cache is not None else None
+    blocks = batch.blocks if batch else m._blocks
     for i, (L, la) in enumerate(zip(batch.layers if batch else m._p_layers, a.layers,
                                     strict=True)):
-        x = _block(m, a, i, L, la, x, dropout, cache, rows)
+        if cache is not None and rows is None and prompts is None and \
+                (block := blocks[i]) is not None:
+            # a decode step: the whole block in one call (_block's lines, fused)
+            params, qtype = block
+            k.llama_decode_block(la.res3, x, cache.k[i], cache.v[i], a.decode_work(), params,
+                                 cache.pos, cfg.num_heads, cfg.kv_heads, cfg.ffn_hidden_dim,
+                                 cfg.rope_theta, cfg.norm_eps, qtype)
+            x = la.res3
+            continue
+        x = _block(m, a, i, L, la, x, dropout, cache, rows, prompts)
     k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], cfg.norm_eps)
-    m._head_fwd(a, cache, batch.head if batch else None)
+    m._head_fwd(a, cache, batch.head if batch else None, prompts)
     a.dropout = dropout
 
 
 def _block(m: SLLM, a: LlamaActivations, i: int, L: SimpleNamespace, la: SimpleNamespace,
            x: np.ndarray, dropout: float, cache: KVCache | None,
-           rows: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+           rows: tuple[np.ndarray, np.ndarray] | None, prompts: Prompts | None = None
+           ) -> np.ndarray:
     """Block i from its input x into la's buffers; returns its output la.res3. Backward
     calls it again to recompute a layer (Activations.recompute)."""
     k, cfg, mm = m.backend, m.config, m._matmul
@@ -91,6 +103,8 @@ def _block(m: SLLM, a: LlamaActivations, i: int, L: SimpleNamespace, la: SimpleN
     k.rope_fwd(la.qkv_rows, a.positions, H, Hkv, theta)
     if cache is None:
         k.attention_fwd(la.atty, la.att, la.qkv, H, Hkv)
+    elif prompts is not None:
+        prompts.attend(k, la, cache, i, H, Hkv)
     elif rows is not None:
         k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H, Hkv)
     else:

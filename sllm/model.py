@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import backends, budget, llama
-from .activations import Activations, KVCache, LlamaActivations
-from .backends.base import DECODE_BLOCK_PARAMS, Backend
+from .activations import Activations, KVCache, LlamaActivations, Prompts
+from .backends.base import DECODE_BLOCK_PARAMS, LLAMA_DECODE_BLOCK_PARAMS, Backend
 from .config import ModelConfig, resolve_config
-from .errors import BackendError
+from .errors import BackendError, ConfigError
 from .init import initialize
 from .layout import EMBEDDINGS, Layout, head_name, parameter_shapes
 from .lora import Adapter, Attached, LoraError, LoraWeight
@@ -38,15 +38,17 @@ def _layer(views: Mapping[str, np.ndarray | QTensor], i: int) -> SimpleNamespace
         fcproj_w=views[p + "mlp.c_proj.weight"], fcproj_b=views[p + "mlp.c_proj.bias"])
 
 
-def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None] | None:
-    """Block i's tensors in DECODE_BLOCK_PARAMS order and the qtype of its four matmul
-    weights (None: float32), for the fused decode_block kernel; None when the weights mix
-    types (a hand-built file)."""
-    weights = (L.attn_w, L.proj_w, L.fc_w, L.fcproj_w)
+def _decode_block_args(L: SimpleNamespace, llama_block: bool = False
+                       ) -> tuple[tuple[Any, ...], str | None] | None:
+    """Block i's tensors in DECODE_BLOCK_PARAMS order (llama_block: LLAMA_DECODE_BLOCK_PARAMS)
+    and the qtype of its matmul weights (None: float32), for the fused decode_block
+    (llama_decode_block) kernel; None when the weights mix types (a hand-built file)."""
+    names = LLAMA_DECODE_BLOCK_PARAMS if llama_block else DECODE_BLOCK_PARAMS
+    weights = [getattr(L, n) for n in names if n.endswith("_w") and not n.startswith("ln")]
     qtypes = {w.qtype if isinstance(w, QTensor) else None for w in weights}
     if len(qtypes) != 1:
         return None
-    params = tuple(getattr(L, name) for name in DECODE_BLOCK_PARAMS)
+    params = tuple(getattr(L, name) for name in names)
     return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
@@ -256,7 +258,10 @@ class SLLM:
 
     @pack_weights.setter
     def pack_weights(self, value: bool) -> None:
-        self._pack_weights, self._decode_packed = bool(value), None
+        if not isinstance(value, bool):  # bool("false") is True: refuse, don't guess
+            raise ConfigError(f"pack_weights must be True or False, got {type(value).__name__} "
+                            f"{value!r}")
+        self._pack_weights, self._decode_packed = value, None
 
     @property
     def is_llama(self) -> bool:
@@ -282,17 +287,17 @@ class SLLM:
     def _fused_blocks(self, layers: list[SimpleNamespace] | None = None
                       ) -> list[tuple[tuple[Any, ...], str | None] | None]:
         """Per layer (of `layers`, default the model's own), the arguments of the backend's
-        own decode_block, or None where a decode step runs the layer kernel by kernel: the
-        backend has only the contract's default (the same kernels, behind one more Python
-        call), the layer mixes weight types, or the model is a llama (decode_block is GPT-2's
-        block)."""
-        own = type(self.backend).decode_block is not Backend.decode_block and not self.is_llama
+        own decode_block (a llama's: llama_decode_block), or None where a decode step runs
+        the layer kernel by kernel: the backend has only the contract's default (the same
+        kernels, behind one more Python call), or the layer mixes weight types."""
+        kernel = "llama_decode_block" if self.is_llama else "decode_block"
+        own = getattr(type(self.backend), kernel) is not getattr(Backend, kernel)
         if layers is None:
             # (a continuous-batching step fuses its blocks only where decode_block_batch is
-            # the backend's own too)
-            self._fused_batch = own and \
+            # the backend's own too; a llama's never)
+            self._fused_batch = own and not self.is_llama and \
                 type(self.backend).decode_block_batch is not Backend.decode_block_batch
-        return [_decode_block_args(L) if own else None
+        return [_decode_block_args(L, self.is_llama) if own else None
                 for L in (self._p_layers if layers is None else layers)]
 
     def _decode_weights(self) -> _DecodeWeights | None:
@@ -542,10 +547,12 @@ class SLLM:
         return acts
 
     def _forward(self, a: Activations, dropout: float, cache: KVCache | None,
-                 rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """rows = (slots, positions): a continuous-batching step (see decode_batch)."""
+                 rows: tuple[np.ndarray, np.ndarray] | None = None,
+                 prompts: Prompts | None = None) -> None:
+        """rows = (slots, positions): a continuous-batching step (see decode_batch);
+        prompts: a batched prefill (see prefill_batch)."""
         if self.is_llama:
-            return llama.forward(self, a, dropout, cache, rows)  # type: ignore[arg-type]
+            return llama.forward(self, a, dropout, cache, rows, prompts)  # type: ignore[arg-type]
         k, cfg, P = self.backend, self.config, self._params
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
         batch = self._decode_weights() if cache is not None else None
@@ -557,8 +564,8 @@ class SLLM:
         self._token_rows_fwd(a)
         x = a.x0
         for i, (L, la) in enumerate(zip(layers, a.layers, strict=True)):
-            if cache is not None and (block := blocks[i]) is not None and \
-                    (rows is None or self._fused_batch):
+            if cache is not None and (block := blocks[i]) is not None and prompts is None \
+                    and (rows is None or self._fused_batch):
                 # a decode step: the whole block in one call (the lines below, fused)
                 params, qtype = block
                 if rows is None:
@@ -569,15 +576,17 @@ class SLLM:
                                          params, *rows, H, cfg.activation, qtype)
                 x = la.res3
                 continue
-            x = self._block_fwd(i, L, la, x, dropout, cache, rows)
+            x = self._block_fwd(i, L, la, x, dropout, cache, rows, prompts)
         k.layernorm_fwd(a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"])
-        self._head_fwd(a, cache, batch.head if batch else None)
+        self._head_fwd(a, cache, batch.head if batch else None, prompts)
         a.dropout = dropout
 
-    def _head_fwd(self, a: Activations, cache: KVCache | None, head: Any = None) -> None:
+    def _head_fwd(self, a: Activations, cache: KVCache | None, head: Any = None,
+                  prompts: Prompts | None = None) -> None:
         """The logits from a.lnf (through `head`, default the model's own). A prefill into
         a KV cache makes only the last position's (all that decode returns): B rows through
-        the output head instead of B x T. Under recompute none: the loss makes them a slice
+        the output head instead of B x T (a batched prefill: each prompt's own last
+        position, into a.logits[:, -1]). Under recompute none: the loss makes them a slice
         at a time (_head_loss)."""
         if a.recompute:
             return
@@ -588,13 +597,17 @@ class SLLM:
             self._matmul(a.logits, a.lnf, head, None, tie)
             return
         lnf, logits = a.last_rows()
-        lnf[...] = a.lnf[:, -1:]
+        if prompts is None:
+            lnf[...] = a.lnf[:, -1:]
+        else:
+            lnf[:, 0] = a.lnf[np.arange(a.shape[0]), np.asarray(prompts.lengths) - 1]
         self._matmul(logits, lnf, head, None, tie)
         a.logits[:, -1:] = logits
 
     def _block_fwd(self, i: int, L: SimpleNamespace, la: SimpleNamespace, x: np.ndarray,
                    dropout: float, cache: KVCache | None,
-                   rows: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+                   rows: tuple[np.ndarray, np.ndarray] | None,
+                   prompts: Prompts | None = None) -> np.ndarray:
         """GPT-2 block i from its input x into la's buffers; returns its output la.res3.
         Backward calls it again to recompute a layer (Activations.recompute)."""
         k, H, mm = self.backend, self.config.num_heads, self._matmul
@@ -603,6 +616,8 @@ class SLLM:
         mm(la.qkv, la.ln1, L.attn_w, L.attn_b)
         if cache is None:
             k.attention_fwd(la.atty, la.att, la.qkv, H)
+        elif prompts is not None:
+            prompts.attend(k, la, cache, i, H)
         elif rows is not None:
             k.attention_decode_batch(la.atty, la.qkv, cache.k[i], cache.v[i], *rows, H)
         else:
@@ -685,9 +700,10 @@ class SLLM:
             self.backend.embed_q_fwd(a.x0, a.tokens, wte.kernel_rows, wte.qtype)
         else:
             a.x0[...] = self._params["wte"][a.tokens]
-        where = positions[:, None] if positions is not None else \
-            np.arange(pos, pos + a.tokens.shape[1])[None, :]
-        a.x0 += self._params["wpe"][where]
+        if positions is None:  # a slice: a third of the time of the gather (a decode step)
+            a.x0 += self._params["wpe"][pos:pos + a.tokens.shape[1]]
+        else:
+            a.x0 += self._params["wpe"][positions[:, None]]
 
     def _lm_head(self, *views: Mapping[str, Any]) -> Any:
         """The output projection's tensor in the first of `views` that has it (per decoded
@@ -775,11 +791,13 @@ class SLLM:
         cache.pos += acts.shape[1]
         return np.array(acts.logits[:, -1, :])
 
-    def decode_batch(self, tokens: Any, cache: KVCache, slots: Any, positions: Any
-                     ) -> np.ndarray:
+    def decode_batch(self, tokens: Any, cache: KVCache, slots: Any, positions: Any,
+                     copy: bool = True) -> np.ndarray:
         """One continuous-batching step: sequence b feeds tokens[b] at positions[b] of cache
         slot slots[b] (its own length; slots distinct). Returns the next-token logits (B, V).
-        Row b equals decode() of that sequence alone, whatever else is in the batch."""
+        Row b equals decode() of that sequence alone, whatever else is in the batch.
+        copy=False returns the model's own buffer instead of a copy (the engine reads it
+        before the next step, which overwrites it)."""
         t = self._check_tokens(np.asarray(tokens).reshape(-1, 1))
         B, S, limit = t.shape[0], len(cache.k[0]) if cache.k else 0, self.config.max_seq_len
         sl = np.ascontiguousarray(slots, dtype=np.int32).reshape(-1)
@@ -787,16 +805,46 @@ class SLLM:
         if sl.shape != (B,) or ps.shape != (B,):
             raise ValueError(f"need one slot and one position per token ({B}), "
                              f"got {sl.size} and {ps.size}")
-        if sl.min() < 0 or sl.max() >= S or len(set(sl.tolist())) != B:
-            raise ValueError(f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
-        if ps.min() < 0 or ps.max() >= limit:
-            raise ValueError(f"positions must be in [0, max_seq_len {limit}), got {ps.tolist()}")
+        # a step's few rows: Python's min/max of lists beat numpy's reductions
+        sll, psl = sl.tolist(), ps.tolist()
+        if min(sll) < 0 or max(sll) >= S or len(set(sll)) != B:
+            raise ValueError(f"slots must be distinct and in [0, {S}), got {sll}")
+        if min(psl) < 0 or max(psl) >= limit:
+            raise ValueError(f"positions must be in [0, max_seq_len {limit}), got {psl}")
         acts = self._batch_acts.get(B)
         if acts is None:
             acts = self._batch_acts[B] = self._new_activations(B, 1, False)
         acts.tokens[...] = t
         self._forward(acts, 0.0, cache, (sl, ps))
-        return np.array(acts.logits[:, 0, :])
+        logits = acts.logits[:, 0, :]
+        return np.array(logits) if copy else logits
+
+    def prefill_batch(self, prompts: list[list[int]], cache: KVCache, slots: Any
+                      ) -> np.ndarray:
+        """Prefill several prompts in one forward: prompt b (its own length) goes to
+        positions 0.. of empty cache slot slots[b] (distinct), as decode() of it alone on
+        cache.slot(slots[b]) puts it. Returns each prompt's next-token logits (B, V); row b
+        and the slot's keys and values equal that decode()'s (the matmuls take every
+        prompt's rows at once, each prompt attends over its own slot alone)."""
+        lengths = [len(p) for p in prompts]
+        if not prompts or min(lengths) < 1:
+            raise ValueError(f"need at least one prompt, none empty, got lengths {lengths}")
+        T, S = max(lengths), len(cache.k[0]) if cache.k else 0
+        sl = [int(s) for s in slots]
+        if len(sl) != len(prompts) or len(set(sl)) != len(sl) or min(sl) < 0 or max(sl) >= S:
+            raise ValueError(f"need one distinct slot in [0, {S}) per prompt, got {sl}")
+        if cache.pos:
+            raise ValueError("prefill_batch writes slots from position 0: pass the whole "
+                             "cache, not one that has advanced")
+        padded = np.zeros((len(prompts), T), np.int64)
+        for b, p in enumerate(prompts):
+            padded[b, :len(p)] = p
+        t = self._check_tokens(padded)
+        acts = self._activations(t.shape[0], T, False)
+        acts.tokens[...] = t
+        self._forward(acts, 0.0, cache, None, Prompts(sl, lengths))
+        return np.array(acts.logits[:, -1, :])
+
 
 # ---- building a model from a file (the formats themselves read plain data) ----------------
 def load_model(path: str | os.PathLike[str], backend: Any = "auto", mmap: bool = True) -> SLLM:

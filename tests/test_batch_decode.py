@@ -250,6 +250,16 @@ def test_packed_weights_give_the_same_step(backend_name, tie, llama):
     np.testing.assert_array_equal(packed, _steps(model))
 
 
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_pack_weights_takes_only_a_bool(value):
+    """bool("false") is True: the setter refuses anything but True or False, by name."""
+    model = sllm.SLLM(sllm.ModelConfig(vocab_size=11, embedding_dim=8, num_layers=1,
+                                       num_heads=2, max_seq_len=8), backend="numpy")
+    with pytest.raises(sllm.errors.ConfigError, match="pack_weights must be True or False"):
+        model.pack_weights = value
+    assert model.pack_weights is True
+
+
 def test_packed_weights_follow_the_weights(backend_name):
     """The packed copy is dropped when the weights may change: a write through parameters(),
     a training step, quantize()."""
@@ -280,3 +290,56 @@ def test_generating_again_keeps_the_packed_weights(backend_name):
     assert packed is not None
     model.generate([7, 8, 9], 2, temperature=0)
     assert model._decode_packed is packed
+
+
+@pytest.mark.parametrize("llama", [False, True])
+@pytest.mark.parametrize("qtype,tie", [(None, False), (None, True), ("q8_0", False),
+                                       ("q4_0", True)])
+def test_prefill_batch_equals_prefills_one_at_a_time(backend_name, llama, qtype, tie):
+    """Prompts of different lengths prefilled in one forward (SLLM.prefill_batch, scattered
+    slots) give each slot the keys and values and each prompt the next-token logits that
+    decode() of the prompt alone gives: on cpp bit for bit (its matmul rows do not depend
+    on the row count, but for the transposed tied head's, whose one-row path differs, as
+    in decode_batch), elsewhere within the tolerance decode_batch has against decode
+    (numpy's BLAS adds in another order for another row count)."""
+    model = _model(backend_name, tie)
+    if llama:
+        if backends.get(backend_name).missing_llama_kernels():
+            pytest.skip(f"{backend_name} runs GPT-2 models only")
+        cfg = sllm.ModelConfig(vocab_size=37, embedding_dim=24, num_layers=2, num_heads=4,
+                               num_kv_heads=2, ffn_hidden_dim=40, dropout=0.0, max_seq_len=24,
+                               tie_embeddings=tie, architecture="llama")
+        model = sllm.SLLM(cfg, backend=backend_name, seed=7).eval()
+    if qtype:
+        model.quantize(qtype)
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, 37, n).tolist() for n in (1, 5, 9, 3, 13, 9)]
+    slots = [4, 0, 6, 2, 5, 1]
+    alone, together = model.new_cache(7), model.new_cache(7)
+    try:
+        want = np.stack([model.decode(np.array([p]), alone.slot(s))[0]
+                         for p, s in zip(prompts, slots, strict=True)])
+        got = model.prefill_batch(prompts, together, slots)
+        for a, b in zip(alone.k + alone.v, together.k + together.v, strict=True):
+            if backend_name == "cpp":
+                np.testing.assert_array_equal(a, b)
+            else:
+                np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    finally:
+        alone.release()
+        together.release()
+    if backend_name == "cpp" and (qtype or not tie):
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("prompts,slots,match", [
+    ([[1, 2], []], [0, 1], "none empty"), ([[1, 2], [3]], [0, 0], "distinct slot"),
+    ([[1, 2], [3]], [0, 3], "distinct slot"), ([[1, 2], [37]], [0, 1], "token ids"),
+    ([[1] * 25], [0], "max_seq_len")])
+def test_prefill_batch_refuses_bad_prompts(prompts, slots, match):
+    model = _model("numpy")
+    cache = model.new_cache(3)
+    with pytest.raises(ValueError, match=match):
+        model.prefill_batch(prompts, cache, slots)

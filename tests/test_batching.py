@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sllm
-from sllm.batching import Engine, QueueFull, Request, Sampling, TextStream
+from sllm.batching import Engine, QueueFull, Request, Sampling, TextStream, prefill_groups
 from sllm.corpus import generate_corpus
 from sllm.generate import encode_prompt, stream_text
 from sllm.sampler import Sampler, SamplingParams, top_logprobs
@@ -103,6 +103,95 @@ def test_engine_answers_equal_stream_text(model_and_tok):
         assert engine.stats.batched_rows > engine.stats.steps  # batches of more than one
     finally:
         engine.stop()
+
+
+def test_waiting_prompts_are_prefilled_together_and_an_error_reaches_its_own_request(
+        model_and_tok, monkeypatch):
+    """Requests admitted at once share one prefill forward (prompts of different lengths,
+    one of n = 2 choices) and answer as stream_text does; when that forward fails, each
+    prompt is prefilled alone, so the request with the bad prompt alone gets the error."""
+    model, tok = model_and_tok
+    groups = []
+    batched = model.prefill_batch
+
+    def spy(prompts, cache, slots):
+        groups.append(len(prompts))
+        return batched(prompts, cache, slots)
+    monkeypatch.setattr(model, "prefill_batch", spy)
+    for bad in (False, True):
+        engine = Engine(model, tok, max_batch=6, max_queue=10)
+        prompts = [encode_prompt(tok, p, warn=False) for p in
+                   ("the boat", "a girl said", "one day he", "in the morning")]
+        if bad:
+            prompts[2] = prompts[2] + [tok.vocab_size + 3]  # no such token
+        texts = [["", ""] for _ in prompts]
+        ends: list[list] = [[] for _ in prompts]
+        left = threading.Semaphore(0)
+
+        def emit(event, i, texts=texts, ends=ends, left=left):
+            if event.kind == "text":
+                texts[i][event.index] += event.text
+            else:
+                ends[i].append(event)
+                left.release()
+        try:
+            for i, ids in enumerate(prompts):
+                engine.submit(Request(ids, Sampling(max_tokens=12, temperature=0,
+                                                    n=2 if i == 1 else 1),
+                                      lambda e, i=i: emit(e, i)))
+            expected = ["" if bad and i == 2 else
+                        "".join(stream_text(model, tok, ids, 12, temperature=0))
+                        for i, ids in enumerate(prompts)]
+            groups.clear()
+            engine.start()
+            for _ in range(5 - bad):  # a done per choice, one error
+                assert left.acquire(timeout=30)
+        finally:
+            engine.stop()
+        assert groups == [4]  # one forward for all four prompts
+        for i in range(len(prompts)):
+            if bad and i == 2:
+                assert [e.kind for e in ends[i]] == ["error"] and "token ids" in ends[i][0].text
+                continue
+            assert [e.kind for e in ends[i]] == ["done"] * (2 if i == 1 else 1)
+            assert texts[i] == [expected[i], expected[i] if i == 1 else ""]
+
+
+@pytest.mark.parametrize("bad,name", [(np.nan, "NaN"), (np.inf, "+inf"), (-np.inf, "-inf")])
+def test_a_step_with_a_non_finite_logit_fails_instead_of_answering(model_and_tok, monkeypatch,
+                                                                    bad, name):
+    """The step's one check over the batch finds NaN and either infinity in a row (the
+    model's own logits buffer, not a copy, is what the step reads)."""
+    model, tok = model_and_tok
+    real = model.decode_batch
+
+    def poisoned(*args):
+        logits = real(*args)
+        logits[-1, 7] = bad
+        return logits
+    monkeypatch.setattr(model, "decode_batch", poisoned)
+    engine = Engine(model, tok, max_batch=2, max_queue=4)
+    ids = encode_prompt(tok, "the boat", warn=False)
+    jobs = [_collect(engine, ids, Sampling(max_tokens=5, temperature=0)) for _ in range(2)]
+    engine.start()
+    try:
+        for done, _, end in jobs:
+            assert done.wait(30)
+            assert end[0].kind == "error" and f"hold {name}" in end[0].text, end[0].text
+    finally:
+        engine.stop()
+
+
+def test_prefill_groups_keep_order_adapter_and_padding_bounds():
+    def req(n, adapter=None):
+        return (Request([1] * n, Sampling(max_tokens=1), lambda e: None, adapter=adapter), [0])
+    a, b = object(), object()
+    items = [req(16), req(16), req(12), req(3), req(16, a), req(16, a), req(16, b), req(16)]
+    sizes = [[len(r.prompt_ids) for r, _ in g] for g in prefill_groups(items, 1024)]
+    # 3 joins 16, 16, 12 only while the padded tokens stay within twice the real ones
+    assert sizes == [[16, 16, 12, 3], [16, 16], [16], [16]]
+    assert [len(g) for g in prefill_groups([req(64)] * 20, 1024)] == [16, 4]
+    assert [len(g) for g in prefill_groups([req(2), req(2), req(40)], 1024)] == [2, 1]
 
 
 def test_greedy_rows_beside_penalised_and_biased_ones_equal_stream_text(model_and_tok):

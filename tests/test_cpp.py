@@ -110,16 +110,18 @@ def test_few_rows_equal_the_same_rows_of_many(cpp, rng, K, N):
 
 
 @pytest.mark.parametrize("K,N,trans_w", [(128, 384, False), (300, 45, True), (1000, 70, False),
-                                         (7, 3, True), (256, 1000, True)])
+                                         (7, 3, True), (256, 1000, True), (256, 1024, False),
+                                         (37, 45, False)])
 def test_packed_weight_gives_the_weights_results(cpp, rng, K, N, trans_w):
-    """pack_weight's panels (a batched decode step's weights) give, bit for bit, what the
-    weight itself gives, for every row count: the GEMV's (<= 4 rows, which read the weight
-    itself), the few-row tiles and many rows; transposed (the tied head) too."""
+    """pack_weight's panels (a decode step's weights) give, bit for bit, what the weight
+    itself gives, for every row count: the GEMV's (<= 4 rows: the panels read in the
+    unpacked GEMV's order, the tied head's weight itself), the few-row tiles and many rows;
+    transposed (the tied head) too."""
     w = rng.standard_normal((N, K) if trans_w else (K, N), dtype=np.float32)
     bias = rng.standard_normal(N, dtype=np.float32)
     packed = cpp.pack_weight(w, trans_w)
     assert packed.weight is w and packed.trans_w == trans_w and packed.nbytes >= K * N * 4
-    for M in (1, 4, 5, 8, 16, 33, 64, 65, 130):
+    for M in (1, 2, 3, 4, 5, 8, 16, 33, 64, 65, 130):
         x = rng.standard_normal((M, K), dtype=np.float32)
         want, got = np.empty((M, N), np.float32), np.full((M, N), np.nan, np.float32)
         cpp.matmul_fwd(want, x, w, bias, trans_w)

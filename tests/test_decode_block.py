@@ -1,5 +1,6 @@
-"""The fused decode_block kernel: cpp's one-call block equals the kernel-by-kernel line bit
-for bit (f32 and every quantized type), backends without it still decode through the
+"""The fused decode_block kernel: cpp's and the wasm modules' one-call block equals the
+kernel-by-kernel line bit for bit (f32 and every quantized type; a continuous-batching step
+too), backends without it still decode through the
 contract's default, and the binding refuses bad arguments by name. Kernel-level agreement
 with the reference on awkward shapes is in the conformance suite (tests/test_kernels.py)."""
 import numpy as np
@@ -17,7 +18,11 @@ needs_cpp = pytest.mark.skipif("cpp" not in backends.available(), reason="cpp no
 
 
 def _model(backend, activation="gelu", qtype=None):
-    model = sllm.SLLM(sllm.ModelConfig(**CFG, activation=activation), backend=backend, seed=7)
+    if activation == "llama":  # grouped-query attention, head dim 8
+        cfg = sllm.ModelConfig(**CFG, architecture="llama", num_kv_heads=1)
+    else:
+        cfg = sllm.ModelConfig(**CFG, activation=activation)
+    model = sllm.SLLM(cfg, backend=backend, seed=7)
     return (model.quantize(qtype) if qtype else model).eval()
 
 
@@ -31,15 +36,29 @@ def _decode_run(model):
     return np.concatenate(rows), np.stack(cache.k + cache.v), ids
 
 
-@needs_cpp
+FUSED = [n for n in ("cpp", "wasm", "wasm-simd") if n in backends.available()]
+
+
 @pytest.mark.parametrize("qtype", [None, "q8_0", "q4_0", "q4_1"])
-@pytest.mark.parametrize("activation", ["gelu", "relu"])
-def test_cpp_fused_block_is_bit_identical_to_the_kernel_line(qtype, activation, monkeypatch):
-    model = _model("cpp", activation, qtype)
-    assert type(model.backend).decode_block is not Backend.decode_block  # the C++ kernel
+@pytest.mark.parametrize("activation", ["gelu", "relu", "llama"])
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_block_is_bit_identical_to_the_kernel_line(name, qtype, activation, monkeypatch):
+    kernel = "llama_decode_block" if activation == "llama" else "decode_block"
+    if getattr(type(backends.get(name)), kernel) is getattr(Backend, kernel):
+        pytest.skip(f"{name} runs {kernel} as the contract's composition")
+    model = _model(name, activation, qtype)
+    calls, own = [], getattr(model.backend, kernel)
+    monkeypatch.setattr(model.backend, kernel, lambda *a, **k: calls.append(1) or own(*a, **k))
     fused = _decode_run(model)
-    monkeypatch.setattr(model, "_blocks", [None] * CFG["num_layers"])  # the unfused line
+    assert calls, "the decode steps ran the fused block"
+    # the unfused line: no layer fused, in the decode step's packed weights too
+    no_blocks = [None] * CFG["num_layers"]
+    monkeypatch.setattr(model, "_fused_blocks", lambda layers=None: no_blocks)
+    monkeypatch.setattr(model, "_blocks", no_blocks)
+    model._decode_packed = None
+    calls.clear()
     unfused = _decode_run(model)
+    assert not calls
     np.testing.assert_array_equal(fused[0], unfused[0])
     np.testing.assert_array_equal(fused[1], unfused[1])
     assert fused[2] == unfused[2]
@@ -63,8 +82,7 @@ def test_the_contract_default_equals_the_kernel_line(backend_name):
         np.testing.assert_allclose(mine[i], args[i], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [n for n in ("numpy", "wasm", "wasm-simd")
-                                  if n in backends.available()] + ["contract-only"])
+@pytest.mark.parametrize("name", ["numpy", "contract-only"])
 def test_backends_without_the_fused_kernel_still_decode(name):
     be = ContractOnly() if name == "contract-only" else backends.get(name)
     assert type(be).missing_kernels() == []  # optional: never demanded

@@ -129,6 +129,33 @@ return {wasm: m.wasm, ids, logits: Array.from(m.forward(ids)),
     assert np.allclose(logits, reference, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("name", ["f32", "relu-tied", "q8_0", "q4_0", "q4_1", "llama-gqa",
+                                  "llama-mqa-tied-f16", "llama-q8_0", "llama-q4_0", "llama-q4_1"])
+def test_fused_decode_block_equals_the_kernel_line(models, name):
+    """The browser's decode steps run a block as one decode_block (llama_decode_block) call
+    where the module has it (as sllm's wasm backends do): the logits of a prefill and three
+    steps equal, bit for bit, those of the same steps run kernel by kernel."""
+    if "wasm" not in sllm.backends.available():
+        pytest.skip("the WebAssembly modules were not built")
+    got = run_node("""
+const m = await web.loadModel(args[0]);
+const ids = m.encodePrompt(args[1]), k = m.kernels, call = k.call.bind(k), calls = new Map();
+k.call = (name, ...slots) => { calls.set(name, (calls.get(name) || 0) + 1); return call(name, ...slots); };
+const steps = () => {
+  const cache = m.net.newCache(), rows = [Array.from(m.decodeStep(ids, cache))];
+  for (const t of [5, 9, 2]) rows.push(Array.from(m.decodeStep([t], cache)));
+  m.net.releaseCache(cache);
+  return rows;
+};
+const kernel = args[2], fused = steps(), blocks = calls.get(kernel) || 0;
+m.net.fusedWeights = () => null;
+calls.clear();
+return {fused, blocks, line: steps(), after: calls.get(kernel) || 0};
+""", str(models[name]), PROMPT, "llama_decode_block" if name.startswith("llama") else "decode_block")
+    assert got["blocks"] == 2 * 4 and got["after"] == 0  # two layers, four steps
+    assert np.array_equal(np.array(got["fused"], np.float32), np.array(got["line"], np.float32))
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("name", ["f32", "llama-gqa"])
 def test_training_steps_equal_python(models, name, dropout, tmp_path):

@@ -9,6 +9,10 @@ array a caller passes in) are staged through linear memory and copied back if wr
 Quantized weights are held packed (pack_q: PackedQ, four rows' blocks with float32 scales),
 made once when a model is quantized or loaded; the kernels take ggml's rows too.
 
+A decode step runs each block in one call (decode_block, llama_decode_block; wasm/decode.c:
+the module calls its own layer kernels), not ten or twelve: on the small seed configs a
+call's host overhead is most of a token.
+
 `wasm` runs the scalar (MVP) module; `wasm-simd` runs the SIMD128 module, preferring the
 build with relaxed-SIMD fused multiply-add where the runtime accepts it, and falling back
 to the build without extmul where the runtime refuses that (wasmer 1.x). The runtime is
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +45,8 @@ _PACKED = 4  # added to the qtype code when wq is in pack_q's layout
 # bytes of one block of four packed rows: float32 scales (q4_1: and offsets), four rows' codes
 _QPACKED_BYTES = {"q8_0": 16 + 4 * 32, "q4_0": 16 + 4 * 16, "q4_1": 32 + 4 * 16}
 OFFSET_CACHE = 4096
+# decode_block's F, the offsets of its 12 tensors, and its weights' qtype argument
+_BlockSlots = tuple[int, tuple[int, ...], int]
 
 
 def module_dirs() -> list[Path]:
@@ -93,6 +99,7 @@ class _WasmBase(Backend):
         self._staged: list[tuple[np.ndarray, Any]] = []
         self._offsets: dict[int, tuple[np.ndarray, int]] = {}
         self._scratch_offset, self._scratch_bytes = 0, 0
+        self._block_slots: dict[int, tuple[Any, tuple[Any, ...], _BlockSlots]] = {}
 
     @classmethod
     def _instantiate(cls, runtime: str) -> tuple[Runtime, tuple[str, bool, str | None]]:
@@ -350,16 +357,145 @@ class _WasmBase(Backend):
         S = kcache.shape[0]
         max_t = _check_cache(kcache, vcache, S, Hkv, C // n_head)
         _check(np.size(out) == B * C, lambda: f"out must be (B, 1, C) = ({B}, 1, {C})")
-        sl, ps = np.asarray(slots), np.asarray(positions)
-        _check(sl.shape == ps.shape == (B,), lambda: f"slots and positions must have {B} entries")
-        _check(bool(np.all((sl >= 0) & (sl < S))) and len(set(sl.tolist())) == B,
-               lambda: f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
-        _check(bool(np.all((ps >= 0) & (ps < max_t))),
-               lambda: f"positions must be in [0, {max_t}), got {ps.tolist()}")
+        sl, ps = _batch_rows(slots, positions, B, S, max_t)
         scratch = self._scratch(max_t)
         self._call("attention_decode_batch", "<IIIIIIiiiiIi", self._ptr(out, write=True),
                    self._ptr(qkv), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
                    self._ptr(sl, I32), self._ptr(ps, I32), B, C, n_head, max_t, scratch, Hkv)
+
+    def decode_block(self, out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
+                     params: Sequence[Any], pos: int, n_head: int, activation: str,
+                     qtype: str | None = None) -> None:
+        """One GPT-2 block over a decode step's new rows in one call: wasm/decode.c runs the
+        layer kernels inside the module, as the composed default runs them from the host."""
+        B, Tn, C = x.shape
+        max_t = _check_cache(kcache, vcache, B, n_head, C // n_head)
+        _check(0 <= pos and pos + Tn <= max_t, lambda: f"KV cache holds {max_t} positions, need {pos + Tn}")
+        self._block("decode_block", "Ii", out, x, kcache, vcache, work, params, n_head,
+                    activation, qtype, max_t, pos)
+
+    def decode_block_batch(self, out: Array, x: Array, kcache: Array, vcache: Array,
+                           work: Array, params: Sequence[Any], slots: Array, positions: Array,
+                           n_head: int, activation: str, qtype: str | None = None) -> None:
+        """decode_block for B sequences at their own cache slots and positions, in one call."""
+        B, Tn, C = x.shape
+        _check(Tn == 1, lambda: f"x must be (B, 1, C), got {x.shape}")
+        max_t = _check_cache(kcache, vcache, kcache.shape[0], n_head, C // n_head)
+        sl, ps = _batch_rows(slots, positions, B, kcache.shape[0], max_t)
+        self._block("decode_block_batch", "III", out, x, kcache, vcache, work, params, n_head,
+                    activation, qtype, max_t, self._ptr(sl, I32), self._ptr(ps, I32))
+
+    def llama_decode_block(self, out: Array, x: Array, kcache: Array, vcache: Array,
+                           work: Array, params: Sequence[Any], pos: int, n_head: int,
+                           n_kv_head: int, ffn_dim: int, theta: float, eps: float,
+                           qtype: str | None = None) -> None:
+        """One llama block over a decode step's new rows in one call (wasm/decode.c), as
+        decode_block is for GPT-2."""
+        B, Tn, C = x.shape
+        H, Hkv, F, N = n_head, n_kv_head, ffn_dim, B * Tn
+        _check(H > 0 and Hkv > 0 and H % Hkv == 0 and C % H == 0 and C // H % 2 == 0,
+               lambda: f"llama_decode_block: n_kv_head ({Hkv}) must divide n_head ({H}), "
+               f"which must divide C ({C}) into an even head dim")
+        _check(theta > 0, lambda: f"llama_decode_block: theta must be > 0, got {theta}")
+        D = C // H
+        max_t = _check_cache(kcache, vcache, B, Hkv, D)
+        _check(0 <= pos and pos + Tn <= max_t, lambda: f"KV cache holds {max_t} positions, need {pos + Tn}")
+        _check(out.size == N * C, lambda: f"llama_decode_block: out must be {x.shape}")
+        _check(work.size >= N * (8 * C + 3 * F + 2),
+               lambda: f"llama_decode_block: work needs {N * (8 * C + 3 * F + 2)} floats, has {work.size}")
+        tensors, code = self._llama_tensors(params, C, (H + 2 * Hkv) * D, F, qtype)
+        nb = -(-max(C, F) // 32)
+        scratch = self._scratch(max(max_t, 2 * D, N * nb * 8 + 2 * N * nb))
+        self._call("llama_decode_block", "<" + "I" * 12 + "i" * 9 + "Idf",
+                   self._ptr(out, write=True), self._ptr(x), self._ptr(kcache, write=True),
+                   self._ptr(vcache, write=True), self._ptr(work, write=True), *tensors, B, Tn,
+                   C, F, H, Hkv, max_t, pos, code, scratch, float(theta), eps)
+
+    def _llama_tensors(self, params: Sequence[Any], C: int, W: int, F: int,
+                       qtype: str | None) -> tuple[tuple[int, ...], int]:
+        """The offsets of the llama block's 7 tensors (matmul weights as their kernels take
+        them) and the quantized kernels' qtype argument (-1: float weights), checked; kept
+        per params tuple as _block_tensors keeps GPT-2's."""
+        known = self._block_slots.get(id(params))
+        if known is not None and known[0] is params and known[1] == (C, W, F, qtype):
+            return known[2][1], known[2][2]
+        ln1_w, qkv_w, o_w, ln2_w, gate_w, up_w, down_w = params
+        staged, code, weights = len(self._staged), -1, []
+        for w, K, OC in ((qkv_w, C, W), (o_w, C, C), (gate_w, C, F), (up_w, C, F), (down_w, F, C)):
+            if qtype is None:
+                if w.shape != (K, OC):
+                    raise ValueError(f"llama_decode_block: a weight is {w.shape}, not {(K, OC)}")
+                weights.append(self._ptr(w))
+            else:
+                rows_q, code = _q_operand(w, qtype, OC, K)
+                weights.append(self._ptr(rows_q, U8))
+        for v in (ln1_w, ln2_w):
+            if np.size(v) != C:
+                raise ValueError(f"llama_decode_block: a norm weight has {np.size(v)} values, not {C}")
+        tensors = (self._ptr(ln1_w), weights[0], weights[1], self._ptr(ln2_w), *weights[2:])
+        if len(self._staged) == staged:
+            if len(self._block_slots) >= OFFSET_CACHE:
+                self._block_slots.clear()
+            self._block_slots[id(params)] = (params, (C, W, F, qtype), (F, tensors, code))
+        return tensors, code
+
+    def _block(self, name: str, tail: str, out: Array, x: Array, kcache: Array, vcache: Array,
+               work: Array, params: Sequence[Any], n_head: int, activation: str,
+               qtype: str | None, max_t: int, *rows: int) -> None:
+        """The call decode_block and decode_block_batch share (wasm/decode.c's slots)."""
+        B, Tn, C = x.shape
+        N = B * Tn
+        _check(activation in ("gelu", "relu"),
+               lambda: f"{name}: activation must be 'gelu' or 'relu', got {activation!r}")
+        F, tensors, code = self._block_tensors(name, params, C, qtype)
+        _check(out.size == N * C, lambda: f"{name}: out must be {x.shape}")
+        _check(work.size >= N * (8 * C + 2 * F + 2),
+               lambda: f"{name}: work needs {N * (8 * C + 2 * F + 2)} floats, has {work.size}")
+        nb = -(-max(C, F) // 32)
+        scratch = self._scratch(max(max_t, N * nb * 8 + 2 * N * nb))
+        self._call(name, "<" + "I" * 17 + "i" * 8 + tail, self._ptr(out, write=True),
+                   self._ptr(x), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
+                   self._ptr(work, write=True), *tensors, B, Tn, C, F, n_head, max_t,
+                   int(activation == "relu"), code, scratch, *rows)
+
+    def _block_tensors(self, name: str, params: Sequence[Any], C: int,
+                       qtype: str | None) -> _BlockSlots:
+        """F, the offsets of the block's 12 tensors (matmul weights as their kernels take
+        them) and the quantized kernels' qtype argument (-1: float weights), checked. A decode step passes the
+        same params tuple every token: its answer is kept (while every tensor lives in
+        linear memory: staged copies last one call), as _ptr keeps arrays' offsets."""
+        known = self._block_slots.get(id(params))
+        if known is not None and known[0] is params and known[1] == (C, qtype):
+            return known[2]
+        ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b = params
+        shapes = ((attn_w, C, 3 * C), (proj_w, C, C), (fc_w, C, 0), (fcproj_w, 0, C))  # 0: F
+        staged, code = len(self._staged), -1
+        if qtype is None:
+            F = fc_w.shape[1]
+            weights = []
+            for w, K, OC in shapes:
+                want = (K or F, OC or F)
+                if w.shape != want:
+                    raise ValueError(f"{name}: a weight is {w.shape}, not {want}")
+                weights.append(self._ptr(w))
+        else:
+            F = fc_w.rows if isinstance(fc_w, PackedQ) else np.shape(fc_w)[0]
+            weights = []
+            for w, K, OC in shapes:
+                rows_q, code = _q_operand(w, qtype, OC or F, K or F)
+                weights.append(self._ptr(rows_q, U8))
+        for v, n in ((ln1_w, C), (ln1_b, C), (attn_b, 3 * C), (proj_b, C), (ln2_w, C), (ln2_b, C),
+                     (fc_b, F), (fcproj_b, C)):
+            if np.size(v) != n:
+                raise ValueError(f"{name}: a vector of the block has {np.size(v)} values, not {n}")
+        answer: _BlockSlots = (F, (self._ptr(ln1_w), self._ptr(ln1_b), weights[0], self._ptr(attn_b),
+                      weights[1], self._ptr(proj_b), self._ptr(ln2_w), self._ptr(ln2_b),
+                      weights[2], self._ptr(fc_b), weights[3], self._ptr(fcproj_b)), code)
+        if len(self._staged) == staged:
+            if len(self._block_slots) >= OFFSET_CACHE:
+                self._block_slots.clear()
+            self._block_slots[id(params)] = (params, (C, qtype), answer)
+        return answer
 
     def rmsnorm_fwd(self, out: Array, rstd: Array, inp: Array, weight: Array, eps: float) -> None:
         """RMSNorm over the last axis; saves 1/rms per row."""
@@ -538,6 +674,19 @@ def _q_operand(wq: Any, qtype: str, OC: int, K: int) -> tuple[np.ndarray, int]:
         return wq.data, _QTYPE_CODES[qtype] + _PACKED
     _check_q_rows(wq, qtype, OC, K)
     return wq, _QTYPE_CODES[qtype]
+
+
+def _batch_rows(slots: Array, positions: Array, B: int, S: int,
+                max_t: int) -> tuple[np.ndarray, np.ndarray]:
+    """A continuous-batching step's slots and positions (B,), checked: distinct slots in
+    [0, S), positions in [0, max_t)."""
+    sl, ps = np.asarray(slots), np.asarray(positions)
+    _check(sl.shape == ps.shape == (B,), lambda: f"slots and positions must have {B} entries")
+    _check(bool(np.all((sl >= 0) & (sl < S))) and len(set(sl.tolist())) == B,
+           lambda: f"slots must be distinct and in [0, {S}), got {sl.tolist()}")
+    _check(bool(np.all((ps >= 0) & (ps < max_t))),
+           lambda: f"positions must be in [0, {max_t}), got {ps.tolist()}")
+    return sl, ps
 
 
 def _size(out: np.ndarray, inp: np.ndarray) -> int:

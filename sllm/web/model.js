@@ -215,6 +215,15 @@ export class Network {
     let x = a.x0;
     for (let i = 0; i < c.num_layers; i++) {
       const L = P.layers[i], la = a.layers[i];
+      const fused = cache === null ? null : this.fusedBlock(L);
+      if (fused) { // a decode step: the whole block in one call (the lines below, fused)
+        const nb = Math.ceil(Math.max(C, Fh) / QK), maxT = c.max_seq_len;
+        k.call("decode_block", la.res3, x, cache.k[i], cache.v[i], this.decodeWork(a, N * (8 * C + 2 * Fh + 2)), ...fused.tensors,
+          B, T, C, Fh, H, maxT, c.activation === "gelu" ? 0 : 1, fused.code,
+          k.scratch(Math.max(maxT, N * nb * 8 + 2 * N * nb)), pos);
+        x = la.res3;
+        continue;
+      }
       k.call("layernorm_fwd", la.ln1, la.ln1_mean, la.ln1_rstd, x, L.ln1_w, L.ln1_b, N, C);
       this.matmul(la.qkv, la.ln1, L.attn_w, L.attn_b, N, C, 3 * C);
       if (cache === null) {
@@ -237,6 +246,36 @@ export class Network {
     k.call("layernorm_fwd", a.lnf, a.lnf_mean, a.lnf_rstd, x, P["ln_f.weight"], P["ln_f.bias"], N, C);
     this.head(a, N, C);
     a.dropout = dropout;
+  }
+
+  /** The matmul weights of a fused block kernel as it reads them (a quantized one's rows)
+   * and their quantized code (-1: float), or null where a decode step runs the layer kernel
+   * by kernel (sllm.model's _fused_blocks): a module without `kernel`, an adapter
+   * attached, or weights of mixed types. */
+  fusedWeights(kernel, weights) {
+    if (!this.k.exports[kernel] || this.lora) return null;
+    const qs = weights.map((w) => this.qByOffset.get(w)), code = qs[0] ? qs[0].code : -1;
+    if (qs.some((q) => (q ? q.code : -1) !== code)) return null;
+    return { code, offs: weights.map((w, i) => (qs[i] ? qs[i].off : w)) };
+  }
+
+  /** Layer L's tensors and code for the module's decode_block, or null (fusedWeights). */
+  fusedBlock(L) {
+    const f = this.fusedWeights("decode_block", [L.attn_w, L.proj_w, L.fc_w, L.fcproj_w]);
+    if (!f) return null;
+    const [attn, proj, fc, fcproj] = f.offs;
+    return { code: f.code, tensors: [L.ln1_w, L.ln1_b, attn, L.attn_b, proj, L.proj_b, L.ln2_w,
+      L.ln2_b, fc, L.fc_b, fcproj, L.fcproj_b] };
+  }
+
+  /** A fused block's workspace of n floats for these activations, made on first use
+   * (reference.decode_block_workspace, llama_decode_block_workspace). */
+  decodeWork(a, n) {
+    if (!a.work) {
+      a.work = this.k.heap.alloc(4 * n);
+      a.owned.push(a.work);
+    }
+    return a.work;
   }
 
   /** logits = lnf @ lm_head (the embedding, transposed, when tied). */
