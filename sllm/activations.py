@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .backends.base import Backend, decode_block_workspace
+from .backends.base import Backend, decode_block_workspace, llama_decode_block_workspace
 from .budget import HEAD_ROWS
 from .config import ModelConfig
 
@@ -161,6 +161,15 @@ class LlamaActivations(Activations):
             self.dqkv_rows = self.dqkv.reshape(N, W)
             self.dgate, self.dup, self.dh = new((B, T, F)), new((B, T, F)), new((B, T, F))
         self.dropout = 0.0
+
+    def decode_work(self) -> np.ndarray:
+        """The scratch of the fused llama_decode_block kernel for this shape, allocated on
+        first use (decode steps only)."""
+        if self._decode_work is None:
+            B, T = self.shape
+            self._decode_work = self._new(
+                (llama_decode_block_workspace(B, T, self._dims[0], self._dims[1]),))
+        return self._decode_work
 
 
 class KVCache:

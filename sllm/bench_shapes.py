@@ -77,6 +77,13 @@ def _dbb_m(cfg: Any, B: int, T: int) -> Shapes:
                   slots=tuple(range(n)), positions=positions, qtype=None, act=act))]
 
 
+def _ldb_m(cfg: Any, B: int, T: int) -> Shapes:
+    H, Hkv = cfg.num_heads, getattr(cfg, "kv_heads", cfg.num_heads)
+    return [(f"B1 pos{T - 1} H{H} Hkv{Hkv}",
+             dict(B=1, Tn=1, H=H, Hkv=Hkv, D=cfg.embedding_dim // H, F=cfg.ffn_hidden_dim,
+                  pos=T - 1, maxT=T, qtype=None))]
+
+
 def _rms_m(cfg: Any, B: int, T: int) -> Shapes:
     N, C, *_ = _sizes(cfg, B, T)
     return [(f"{N}x{C}", dict(N=N, C=C, eps=getattr(cfg, "norm_eps", 1e-5)))]
@@ -143,6 +150,7 @@ MODEL_SHAPES: dict[str, Callable[[Any, int, int], Shapes]] = {
     "attention_decode_batch": _decb_m,
     "decode_block": _dblk_m,
     "decode_block_batch": _dbb_m,
+    "llama_decode_block": _ldb_m,
     "rmsnorm_fwd": _rms_m,
     "rmsnorm_bwd": _rms_m,
     "rope_fwd": _rope_m,

@@ -71,8 +71,18 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
     x = a.x0
     # a KV-cache step (prefill, decode) reads the weights as the backend packs them
     batch = m._decode_weights() if cache is not None else None
+    blocks = batch.blocks if batch else m._blocks
     for i, (L, la) in enumerate(zip(batch.layers if batch else m._p_layers, a.layers,
                                     strict=True)):
+        if cache is not None and rows is None and prompts is None and \
+                (block := blocks[i]) is not None:
+            # a decode step: the whole block in one call (_block's lines, fused)
+            params, qtype = block
+            k.llama_decode_block(la.res3, x, cache.k[i], cache.v[i], a.decode_work(), params,
+                                 cache.pos, cfg.num_heads, cfg.kv_heads, cfg.ffn_hidden_dim,
+                                 cfg.rope_theta, cfg.norm_eps, qtype)
+            x = la.res3
+            continue
         x = _block(m, a, i, L, la, x, dropout, cache, rows, prompts)
     k.rmsnorm_fwd(a.lnf, a.lnf_rstd, x, P[NORM], cfg.norm_eps)
     m._head_fwd(a, cache, batch.head if batch else None, prompts)

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import backends, budget, llama
 from .activations import Activations, KVCache, LlamaActivations, Prompts
-from .backends.base import DECODE_BLOCK_PARAMS, Backend
+from .backends.base import DECODE_BLOCK_PARAMS, LLAMA_DECODE_BLOCK_PARAMS, Backend
 from .config import ModelConfig, resolve_config
 from .errors import BackendError, ConfigError
 from .init import initialize
@@ -38,15 +38,17 @@ def _layer(views: Mapping[str, np.ndarray | QTensor], i: int) -> SimpleNamespace
         fcproj_w=views[p + "mlp.c_proj.weight"], fcproj_b=views[p + "mlp.c_proj.bias"])
 
 
-def _decode_block_args(L: SimpleNamespace) -> tuple[tuple[Any, ...], str | None] | None:
-    """Block i's tensors in DECODE_BLOCK_PARAMS order and the qtype of its four matmul
-    weights (None: float32), for the fused decode_block kernel; None when the weights mix
-    types (a hand-built file)."""
-    weights = (L.attn_w, L.proj_w, L.fc_w, L.fcproj_w)
+def _decode_block_args(L: SimpleNamespace, llama_block: bool = False
+                       ) -> tuple[tuple[Any, ...], str | None] | None:
+    """Block i's tensors in DECODE_BLOCK_PARAMS order (llama_block: LLAMA_DECODE_BLOCK_PARAMS)
+    and the qtype of its matmul weights (None: float32), for the fused decode_block
+    (llama_decode_block) kernel; None when the weights mix types (a hand-built file)."""
+    names = LLAMA_DECODE_BLOCK_PARAMS if llama_block else DECODE_BLOCK_PARAMS
+    weights = [getattr(L, n) for n in names if n.endswith("_w") and not n.startswith("ln")]
     qtypes = {w.qtype if isinstance(w, QTensor) else None for w in weights}
     if len(qtypes) != 1:
         return None
-    params = tuple(getattr(L, name) for name in DECODE_BLOCK_PARAMS)
+    params = tuple(getattr(L, name) for name in names)
     return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
@@ -285,17 +287,17 @@ class SLLM:
     def _fused_blocks(self, layers: list[SimpleNamespace] | None = None
                       ) -> list[tuple[tuple[Any, ...], str | None] | None]:
         """Per layer (of `layers`, default the model's own), the arguments of the backend's
-        own decode_block, or None where a decode step runs the layer kernel by kernel: the
-        backend has only the contract's default (the same kernels, behind one more Python
-        call), the layer mixes weight types, or the model is a llama (decode_block is GPT-2's
-        block)."""
-        own = type(self.backend).decode_block is not Backend.decode_block and not self.is_llama
+        own decode_block (a llama's: llama_decode_block), or None where a decode step runs
+        the layer kernel by kernel: the backend has only the contract's default (the same
+        kernels, behind one more Python call), or the layer mixes weight types."""
+        kernel = "llama_decode_block" if self.is_llama else "decode_block"
+        own = getattr(type(self.backend), kernel) is not getattr(Backend, kernel)
         if layers is None:
             # (a continuous-batching step fuses its blocks only where decode_block_batch is
-            # the backend's own too)
-            self._fused_batch = own and \
+            # the backend's own too; a llama's never)
+            self._fused_batch = own and not self.is_llama and \
                 type(self.backend).decode_block_batch is not Backend.decode_block_batch
-        return [_decode_block_args(L) if own else None
+        return [_decode_block_args(L, self.is_llama) if own else None
                 for L in (self._p_layers if layers is None else layers)]
 
     def _decode_weights(self) -> _DecodeWeights | None:

@@ -129,11 +129,12 @@ return {wasm: m.wasm, ids, logits: Array.from(m.forward(ids)),
     assert np.allclose(logits, reference, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("name", ["f32", "relu-tied", "q8_0", "q4_0", "q4_1"])
+@pytest.mark.parametrize("name", ["f32", "relu-tied", "q8_0", "q4_0", "q4_1", "llama-gqa",
+                                  "llama-mqa-tied-f16", "llama-q8_0", "llama-q4_0", "llama-q4_1"])
 def test_fused_decode_block_equals_the_kernel_line(models, name):
-    """The browser's decode steps run a GPT-2 block as one decode_block call where the
-    module has it (as sllm's wasm backends do): the logits of a prefill and three steps
-    equal, bit for bit, those of the same steps run kernel by kernel."""
+    """The browser's decode steps run a block as one decode_block (llama_decode_block) call
+    where the module has it (as sllm's wasm backends do): the logits of a prefill and three
+    steps equal, bit for bit, those of the same steps run kernel by kernel."""
     if "wasm" not in sllm.backends.available():
         pytest.skip("the WebAssembly modules were not built")
     got = run_node("""
@@ -146,11 +147,11 @@ const steps = () => {
   m.net.releaseCache(cache);
   return rows;
 };
-const fused = steps(), blocks = calls.get("decode_block") || 0;
-m.net.fusedBlock = () => null;
+const kernel = args[2], fused = steps(), blocks = calls.get(kernel) || 0;
+m.net.fusedWeights = () => null;
 calls.clear();
-return {fused, blocks, line: steps(), after: calls.get("decode_block") || 0};
-""", str(models[name]), PROMPT)
+return {fused, blocks, line: steps(), after: calls.get(kernel) || 0};
+""", str(models[name]), PROMPT, "llama_decode_block" if name.startswith("llama") else "decode_block")
     assert got["blocks"] == 2 * 4 and got["after"] == 0  # two layers, four steps
     assert np.array_equal(np.array(got["fused"], np.float32), np.array(got["line"], np.float32))
 

@@ -50,7 +50,8 @@ Optional kernels (OPTIONAL_KERNELS) are fusions of required ones. `Backend` give
 working default built from the backend's own required kernels, so a backend (or plugin)
 that does not know them still runs and `missing_kernels` never names them; a backend
 overrides one in any of the three ways above to save the calls in between (cpp runs the
-whole decode block in one C++ call).
+whole GPT-2 decode block in one C++ call, the wasm modules a GPT-2 or llama block in
+one export call).
 """
 from __future__ import annotations
 
@@ -64,16 +65,20 @@ from . import reference
 from .reference import (
     DECODE_BLOCK_PARAMS,
     LAYERNORM_EPS,
+    LLAMA_DECODE_BLOCK_PARAMS,
     compose_decode_block,
     compose_decode_block_batch,
+    compose_llama_decode_block,
     decode_block_workspace,
     dropout_keep_mask,
     dropout_threshold,
+    llama_decode_block_workspace,
 )
 
-__all__ = ["DECODE_BLOCK_PARAMS", "KERNELS", "LAYERNORM_EPS", "LLAMA_KERNELS",
-           "OPTIONAL_KERNELS", "Array",
-           "Backend", "decode_block_workspace", "dropout_keep_mask", "dropout_threshold"]
+__all__ = ["DECODE_BLOCK_PARAMS", "KERNELS", "LAYERNORM_EPS", "LLAMA_DECODE_BLOCK_PARAMS",
+           "LLAMA_KERNELS", "OPTIONAL_KERNELS", "Array",
+           "Backend", "decode_block_workspace", "dropout_keep_mask", "dropout_threshold",
+           "llama_decode_block_workspace"]
 
 Array = np.ndarray
 
@@ -96,8 +101,8 @@ LLAMA_KERNELS: tuple[str, ...] = (
 )
 
 # Fused kernels a backend may provide; Backend's default composes the required ones.
-OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block", "decode_block_batch", "embed_q_fwd",
-                                      "matmul_q_bwd")
+OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block", "decode_block_batch", "llama_decode_block",
+                                      "embed_q_fwd", "matmul_q_bwd")
 
 
 def _not_implemented(backend: Any, kernel: str) -> NotImplementedError:
@@ -495,6 +500,30 @@ class Backend:
         """
         compose_decode_block(self, out, x, kcache, vcache, work, params, pos, n_head,
                              activation, qtype)
+
+    def llama_decode_block(self, out: Array, x: Array, kcache: Array, vcache: Array,
+                           work: Array, params: Sequence[Any], pos: int, n_head: int,
+                           n_kv_head: int, ffn_dim: int, theta: float, eps: float,
+                           qtype: str | None = None) -> None:
+        """One llama block over the new rows of a KV-cache decode step (optional).
+
+        out (B,Tn,C) = the block applied to x (B,Tn,C), the rows at positions
+        pos..pos+Tn-1 of every sequence; out may alias x. kcache, vcache (B,Hkv,maxT,D)
+        receive the new keys and values as in attention_decode. work: a float array of at
+        least llama_decode_block_workspace(B, Tn, C, F) elements (N*(8C + 3F + 2), N = B*Tn,
+        F = ffn_dim, the FFN width), scratch the caller owns; its contents afterwards are
+        unspecified. theta: rope_theta; eps: RMSNorm's.
+        params: the block's 7 tensors in LLAMA_DECODE_BLOCK_PARAMS order (ln1_w, qkv_w, o_w,
+        ln2_w, gate_w, up_w, down_w); with qtype None the five matmul weights are float
+        (C_in, C_out) as matmul_fwd takes them (or what pack_weight made of them), with
+        qtype "q8_0", "q4_0" or "q4_1" the uint8 rows matmul_q_fwd takes (or what pack_q
+        made of them). The result equals, exactly, this sequence (no bias, no dropout):
+        rmsnorm_fwd, matmul (qkv), rope_fwd (positions pos..), attention_decode, matmul
+        (o), residual_fwd, rmsnorm_fwd, matmul (gate), matmul (up), swiglu_fwd, matmul
+        (down), residual_fwd, which is what this default runs on the backend's own kernels.
+        """
+        compose_llama_decode_block(self, out, x, kcache, vcache, work, params, pos, n_head,
+                                   n_kv_head, ffn_dim, theta, eps, qtype)
 
     def decode_block_batch(self, out: Array, x: Array, kcache: Array, vcache: Array,
                            work: Array, params: Sequence[Any], slots: Array, positions: Array,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, decode_block_workspace
+from .base import Backend, decode_block_workspace, llama_decode_block_workspace
 
 RTOL, ATOL = 1e-4, 1e-5
 Args = list[Any]
@@ -230,6 +230,26 @@ def _decode_block_batch(rng: np.random.Generator, S: int, H: int, D: int, F: int
             np.array(slots, np.int32), np.array(positions, np.int32), *rest]
 
 
+def _llama_decode_block(rng: np.random.Generator, B: int, Tn: int, H: int, Hkv: int, D: int,
+                        F: int, pos: int, maxT: int, qtype: str | None,
+                        packed: bool = True) -> Args:
+    # as _decode_block: weights scaled by 1/sqrt(fan-in), stale cache data past pos
+    C, W = H * D, (H + 2 * Hkv) * D
+
+    def weight(K: int, OC: int) -> np.ndarray | PackedRows | PackedFloats:
+        w = _f(rng, K, OC) / np.float32(math.sqrt(K))
+        if qtype:
+            return _q_rows(np.ascontiguousarray(w.T), qtype, packed)
+        return PackedFloats(w) if packed else w
+
+    params = (1 + _f(rng, C) / 4, weight(C, W), weight(C, C), 1 + _f(rng, C) / 4,
+              weight(C, F), weight(C, F), weight(F, C))
+    return [_f(rng, B, Tn, C), _f(rng, B, Tn, C), _f(rng, B, Hkv, maxT, D),
+            _f(rng, B, Hkv, maxT, D),
+            np.full(llama_decode_block_workspace(B, Tn, C, F), np.nan, np.float32), params, pos,
+            H, Hkv, F, 10000.0 if pos < 50 else 500000.0, 1e-5, qtype]
+
+
 def _rmsnorm_fwd(rng: np.random.Generator, N: int, C: int, eps: float) -> Args:
     return [_f(rng, N, C), _f(rng, N), _f(rng, N, C) * 3, 1 + _f(rng, C) / 4, eps]
 
@@ -387,6 +407,16 @@ _DBB = _shapes("S H D F maxT slots positions qtype act",
                 None, "gelu"))
 _DBB += [{**_DBB[1], "in_place": True}, {**_DBB[3], "packed": False},
          {**_DBB[1], "packed": False}, {**_DBB[5], "packed": False}]
+# grouped, multi-query and Hkv = H; head dims odd and even; C and F not multiples of 32 or
+# 8; each weight type, packed and as ggml's rows; the last of the first row a seed model's
+_LDB = _shapes("B Tn H Hkv D F pos maxT qtype",
+               (1, 1, 4, 2, 6, 23, 4, 9, None), (2, 3, 3, 1, 10, 17, 0, 6, None),
+               (1, 1, 1, 1, 32, 104, 40, 64, None), (1, 1, 3, 3, 10, 70, 6, 8, "q8_0"),
+               (2, 2, 2, 1, 16, 96, 3, 7, "q4_0"), (1, 5, 6, 2, 8, 40, 2, 9, "q4_1"),
+               (1, 1, 1, 1, 32, 104, 60, 64, "q8_0"))
+_LDB += [{**_LDB[0], "in_place": True}, {**_LDB[4], "in_place": True},
+         {**_LDB[3], "packed": False}, {**_LDB[5], "packed": False},
+         {**_LDB[1], "packed": False}]
 _N = _shapes("n", (1,), (15,), (1001,), (40003,))
 _RMS = _shapes("N C eps", (1, 5, 1e-5), (7, 17, 1e-6), (37, 33, 1e-5), (64, 128, 1e-5),
                (300, 130, 1e-6))
@@ -419,6 +449,11 @@ CASES: dict[str, KernelCases] = {
     "attention_decode_batch": KernelCases(_DECB, _attention_decode_batch, (0, 2, 3)),
     "decode_block": KernelCases(_DBLK, _decode_block, (0, 2, 3), aliases=((1, 0),)),
     "decode_block_batch": KernelCases(_DBB, _decode_block_batch, (0, 2, 3), aliases=((1, 0),)),
+    # rope's angles are the backend's own (rope_fwd's rtol); a quantized block rounds its
+    # activations to q8_0 after them and after SwiGLU's exp, so a value that crosses a
+    # rounding boundary moves its block by a step (~1/127 of it), as in tests/test_node_parity
+    "llama_decode_block": KernelCases(_LDB, _llama_decode_block, (0, 2, 3), rtol=3e-3,
+                                      atol=3e-3, aliases=((1, 0),)),
     "rmsnorm_fwd": KernelCases(_RMS, _rmsnorm_fwd, (0, 1)),
     "rmsnorm_bwd": KernelCases(_RMS, _rmsnorm_bwd, (0, 1)),
     "rope_fwd": KernelCases(_ROPE, _rope, (0,), rtol=1e-5),

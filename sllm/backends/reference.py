@@ -547,6 +547,76 @@ def _compose_block(k: Any, out: Array, x: Array, work: Array, params: Sequence[A
     k.residual_fwd(out, w.res2, w.fcproj)
 
 
+# ---- the fused llama decode block (optional: composed of the llama layer kernels) ---------
+LLAMA_DECODE_BLOCK_PARAMS = ("ln1_w", "qkv_w", "o_w", "ln2_w", "gate_w", "up_w", "down_w")
+
+
+def llama_decode_block_workspace(B: int, Tn: int, C: int, F: int) -> int:
+    """Floats of the workspace llama_decode_block needs: N = B*Tn rows times (8C + 3F + 2)."""
+    return B * Tn * (8 * C + 3 * F + 2)
+
+
+def llama_decode_block_views(work: Array, B: int, Tn: int, C: int, F: int,
+                             W: int) -> SimpleNamespace:
+    """The workspace cut into the llama block's intermediates, in this order: ln (B,Tn,C) for
+    both RMSNorms, rstd (N,), positions (N,) int32, qkv (B,Tn,W) in a slot 3C wide, atty,
+    attproj, res2 (B,Tn,C), gate, up, hact (B,Tn,F), down (B,Tn,C) (wasm/decode.c cuts it
+    the same way)."""
+    N, flat = B * Tn, work.reshape(-1)
+    sizes = [("ln", C), ("rstd", 1), ("positions", 1), ("qkv", 3 * C), ("atty", C),
+             ("attproj", C), ("res2", C), ("gate", F), ("up", F), ("hact", F), ("down", C)]
+    views, start = {}, 0
+    for name, width in sizes:
+        part = flat[start:start + N * width]
+        if name == "qkv":
+            part = part[:N * W]
+        views[name] = part if width == 1 else part.reshape(B, Tn, W if name == "qkv" else width)
+        start += N * width
+    views["positions"] = views["positions"].view(np.int32)
+    views["qkv_rows"] = views["qkv"].reshape(N, W)
+    return SimpleNamespace(**views)
+
+
+def compose_llama_decode_block(k: Any, out: Array, x: Array, kcache: Array, vcache: Array,
+                               work: Array, params: Sequence[Any], pos: int, n_head: int,
+                               n_kv_head: int, ffn_dim: int, theta: float, eps: float,
+                               qtype: str | None = None) -> None:
+    """llama_decode_block as the sequence of llama layer kernels of `k` (a backend or this
+    module), the same calls sllm.llama makes for a decode step; every backend's default."""
+    ln1_w, qkv_w, o_w, ln2_w, gate_w, up_w, down_w = params
+    B, Tn, C = x.shape
+    F = ffn_dim
+    W = (n_head + 2 * n_kv_head) * (C // n_head)
+    w = llama_decode_block_views(work, B, Tn, C, F, W)
+    w.positions.reshape(B, Tn)[...] = np.arange(pos, pos + Tn, dtype=np.int32)
+
+    def mm(o: Array, inp: Array, weight: Any) -> None:
+        if qtype:
+            k.matmul_q_fwd(o, inp, weight, None, qtype)
+        else:
+            k.matmul_fwd(o, inp, weight, None, False)
+    k.rmsnorm_fwd(w.ln, w.rstd, x, ln1_w, eps)
+    mm(w.qkv, w.ln, qkv_w)
+    k.rope_fwd(w.qkv_rows, w.positions, n_head, n_kv_head, theta)
+    k.attention_decode(w.atty, w.qkv, kcache, vcache, pos, n_head, n_kv_head)
+    mm(w.attproj, w.atty, o_w)
+    k.residual_fwd(w.res2, x, w.attproj)
+    k.rmsnorm_fwd(w.ln, w.rstd, w.res2, ln2_w, eps)
+    mm(w.gate, w.ln, gate_w)
+    mm(w.up, w.ln, up_w)
+    k.swiglu_fwd(w.hact, w.gate, w.up)
+    mm(w.down, w.hact, down_w)
+    k.residual_fwd(out, w.res2, w.down)
+
+
+def llama_decode_block(out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
+                       params: Sequence[Any], pos: int, n_head: int, n_kv_head: int,
+                       ffn_dim: int, theta: float, eps: float, qtype: str | None = None) -> None:
+    """One llama block over new decode rows (see base.Backend.llama_decode_block)."""
+    compose_llama_decode_block(sys.modules[__name__], out, x, kcache, vcache, work, params,
+                               pos, n_head, n_kv_head, ffn_dim, theta, eps, qtype)
+
+
 def decode_block(out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
                  params: Sequence[Any], pos: int, n_head: int, activation: str,
                  qtype: str | None = None) -> None:

@@ -9,9 +9,9 @@ array a caller passes in) are staged through linear memory and copied back if wr
 Quantized weights are held packed (pack_q: PackedQ, four rows' blocks with float32 scales),
 made once when a model is quantized or loaded; the kernels take ggml's rows too.
 
-A GPT-2 decode step runs each block in one call (decode_block, wasm/decode.c: the module
-calls its own layer kernels), not ten: on the small seed configs a call's host overhead
-is most of a token.
+A decode step runs each block in one call (decode_block, llama_decode_block; wasm/decode.c:
+the module calls its own layer kernels), not ten or twelve: on the small seed configs a
+call's host overhead is most of a token.
 
 `wasm` runs the scalar (MVP) module; `wasm-simd` runs the SIMD128 module, preferring the
 build with relaxed-SIMD fused multiply-add where the runtime accepts it, and falling back
@@ -384,6 +384,60 @@ class _WasmBase(Backend):
         sl, ps = _batch_rows(slots, positions, B, kcache.shape[0], max_t)
         self._block("decode_block_batch", "III", out, x, kcache, vcache, work, params, n_head,
                     activation, qtype, max_t, self._ptr(sl, I32), self._ptr(ps, I32))
+
+    def llama_decode_block(self, out: Array, x: Array, kcache: Array, vcache: Array,
+                           work: Array, params: Sequence[Any], pos: int, n_head: int,
+                           n_kv_head: int, ffn_dim: int, theta: float, eps: float,
+                           qtype: str | None = None) -> None:
+        """One llama block over a decode step's new rows in one call (wasm/decode.c), as
+        decode_block is for GPT-2."""
+        B, Tn, C = x.shape
+        H, Hkv, F, N = n_head, n_kv_head, ffn_dim, B * Tn
+        _check(H > 0 and Hkv > 0 and H % Hkv == 0 and C % H == 0 and C // H % 2 == 0,
+               lambda: f"llama_decode_block: n_kv_head ({Hkv}) must divide n_head ({H}), "
+               f"which must divide C ({C}) into an even head dim")
+        _check(theta > 0, lambda: f"llama_decode_block: theta must be > 0, got {theta}")
+        D = C // H
+        max_t = _check_cache(kcache, vcache, B, Hkv, D)
+        _check(0 <= pos and pos + Tn <= max_t, lambda: f"KV cache holds {max_t} positions, need {pos + Tn}")
+        _check(out.size == N * C, lambda: f"llama_decode_block: out must be {x.shape}")
+        _check(work.size >= N * (8 * C + 3 * F + 2),
+               lambda: f"llama_decode_block: work needs {N * (8 * C + 3 * F + 2)} floats, has {work.size}")
+        tensors, code = self._llama_tensors(params, C, (H + 2 * Hkv) * D, F, qtype)
+        nb = -(-max(C, F) // 32)
+        scratch = self._scratch(max(max_t, 2 * D, N * nb * 8 + 2 * N * nb))
+        self._call("llama_decode_block", "<" + "I" * 12 + "i" * 9 + "Idf",
+                   self._ptr(out, write=True), self._ptr(x), self._ptr(kcache, write=True),
+                   self._ptr(vcache, write=True), self._ptr(work, write=True), *tensors, B, Tn,
+                   C, F, H, Hkv, max_t, pos, code, scratch, float(theta), eps)
+
+    def _llama_tensors(self, params: Sequence[Any], C: int, W: int, F: int,
+                       qtype: str | None) -> tuple[tuple[int, ...], int]:
+        """The offsets of the llama block's 7 tensors (matmul weights as their kernels take
+        them) and the quantized kernels' qtype argument (-1: float weights), checked; kept
+        per params tuple as _block_tensors keeps GPT-2's."""
+        known = self._block_slots.get(id(params))
+        if known is not None and known[0] is params and known[1] == (C, W, F, qtype):
+            return known[2][1], known[2][2]
+        ln1_w, qkv_w, o_w, ln2_w, gate_w, up_w, down_w = params
+        staged, code, weights = len(self._staged), -1, []
+        for w, K, OC in ((qkv_w, C, W), (o_w, C, C), (gate_w, C, F), (up_w, C, F), (down_w, F, C)):
+            if qtype is None:
+                if w.shape != (K, OC):
+                    raise ValueError(f"llama_decode_block: a weight is {w.shape}, not {(K, OC)}")
+                weights.append(self._ptr(w))
+            else:
+                rows_q, code = _q_operand(w, qtype, OC, K)
+                weights.append(self._ptr(rows_q, U8))
+        for v in (ln1_w, ln2_w):
+            if np.size(v) != C:
+                raise ValueError(f"llama_decode_block: a norm weight has {np.size(v)} values, not {C}")
+        tensors = (self._ptr(ln1_w), weights[0], weights[1], self._ptr(ln2_w), *weights[2:])
+        if len(self._staged) == staged:
+            if len(self._block_slots) >= OFFSET_CACHE:
+                self._block_slots.clear()
+            self._block_slots[id(params)] = (params, (C, W, F, qtype), (F, tensors, code))
+        return tensors, code
 
     def _block(self, name: str, tail: str, out: Array, x: Array, kcache: Array, vcache: Array,
                work: Array, params: Sequence[Any], n_head: int, activation: str,

@@ -7,6 +7,7 @@
 // Offsets are bytes into linear memory.
 
 import { F, F64 } from "./kernels.js";
+import { QK } from "./format.js";
 
 const EMBED = "model.embed_tokens.weight", NORM = "model.norm.weight";
 const LAYER_TENSORS = {
@@ -75,6 +76,17 @@ export function llamaForward(net, a, dropout, cache) {
   let x = a.x0;
   for (let i = 0; i < c.num_layers; i++) {
     const L = P.layers[i], la = a.layers[i];
+    const fused = cache === null ? null
+      : net.fusedWeights("llama_decode_block", [L.qkv_w, L.o_w, L.gate_w, L.up_w, L.down_w]);
+    if (fused) { // a decode step: the whole block in one call (the lines below, fused)
+      const [qkv, o, gate, up, down] = fused.offs, maxT = c.max_seq_len;
+      const nb = Math.ceil(Math.max(C, Fh) / QK), work = net.decodeWork(a, N * (8 * C + 3 * Fh + 2));
+      k.call("llama_decode_block", la.res3, x, cache.k[i], cache.v[i], work, L.ln1_w, qkv, o, L.ln2_w,
+        gate, up, down, B, T, C, Fh, H, Hkv, maxT, pos, fused.code,
+        k.scratch(Math.max(maxT, 2 * c.head_dim, N * nb * 8 + 2 * N * nb)), F64(c.rope_theta), eps);
+      x = la.res3;
+      continue;
+    }
     k.call("rmsnorm_fwd", la.ln1, la.ln1_rstd, x, L.ln1_w, N, C, eps);
     net.matmul(la.qkv, la.ln1, L.qkv_w, 0, N, C, c.qkv_width);
     rope(net, "rope_fwd", la.qkv, a.positions, N);

@@ -218,7 +218,7 @@ export class Network {
       const fused = cache === null ? null : this.fusedBlock(L);
       if (fused) { // a decode step: the whole block in one call (the lines below, fused)
         const nb = Math.ceil(Math.max(C, Fh) / QK), maxT = c.max_seq_len;
-        k.call("decode_block", la.res3, x, cache.k[i], cache.v[i], this.decodeWork(a), ...fused.tensors,
+        k.call("decode_block", la.res3, x, cache.k[i], cache.v[i], this.decodeWork(a, N * (8 * C + 2 * Fh + 2)), ...fused.tensors,
           B, T, C, Fh, H, maxT, c.activation === "gelu" ? 0 : 1, fused.code,
           k.scratch(Math.max(maxT, N * nb * 8 + 2 * N * nb)), pos);
         x = la.res3;
@@ -248,23 +248,30 @@ export class Network {
     a.dropout = dropout;
   }
 
-  /** Layer L's tensors and quantized code for the module's fused decode_block (sllm.model's
-   * _decode_block_args), or null where a decode step runs the layer kernel by kernel: a
-   * module without it, an adapter attached, or matmul weights of mixed types. */
-  fusedBlock(L) {
-    if (!this.k.exports.decode_block || this.lora) return null;
-    const qs = [L.attn_w, L.proj_w, L.fc_w, L.fcproj_w].map((w) => this.qByOffset.get(w));
-    const code = qs[0] ? qs[0].code : -1;
+  /** The matmul weights of a fused block kernel as it reads them (a quantized one's rows)
+   * and their quantized code (-1: float), or null where a decode step runs the layer kernel
+   * by kernel (sllm.model's _fused_blocks): a module without `kernel`, an adapter
+   * attached, or weights of mixed types. */
+  fusedWeights(kernel, weights) {
+    if (!this.k.exports[kernel] || this.lora) return null;
+    const qs = weights.map((w) => this.qByOffset.get(w)), code = qs[0] ? qs[0].code : -1;
     if (qs.some((q) => (q ? q.code : -1) !== code)) return null;
-    const w = (i, off) => (qs[i] ? qs[i].off : off);
-    return { code, tensors: [L.ln1_w, L.ln1_b, w(0, L.attn_w), L.attn_b, w(1, L.proj_w), L.proj_b,
-      L.ln2_w, L.ln2_b, w(2, L.fc_w), L.fc_b, w(3, L.fcproj_w), L.fcproj_b] };
+    return { code, offs: weights.map((w, i) => (qs[i] ? qs[i].off : w)) };
   }
 
-  /** The fused block's workspace for these activations (reference.decode_block_workspace). */
-  decodeWork(a) {
+  /** Layer L's tensors and code for the module's decode_block, or null (fusedWeights). */
+  fusedBlock(L) {
+    const f = this.fusedWeights("decode_block", [L.attn_w, L.proj_w, L.fc_w, L.fcproj_w]);
+    if (!f) return null;
+    const [attn, proj, fc, fcproj] = f.offs;
+    return { code: f.code, tensors: [L.ln1_w, L.ln1_b, attn, L.attn_b, proj, L.proj_b, L.ln2_w,
+      L.ln2_b, fc, L.fc_b, fcproj, L.fcproj_b] };
+  }
+
+  /** A fused block's workspace of n floats for these activations, made on first use
+   * (reference.decode_block_workspace, llama_decode_block_workspace). */
+  decodeWork(a, n) {
     if (!a.work) {
-      const c = this.config, n = a.B * a.T * (8 * c.embedding_dim + 2 * c.ffn_hidden_dim + 2);
       a.work = this.k.heap.alloc(4 * n);
       a.owned.push(a.work);
     }
