@@ -131,29 +131,48 @@ void gemv_rows(float* out, const uint8_t* wq, const float* bias, int qtype, int6
   }, threads);
 }
 
-// Input rows on packed weights: the tier's group kernel, R output rows by up to
-// kGroupRows input rows per call; tasks of whole groups, every input row passing while a
-// group's weights are in cache.
+// Input rows on packed weights: the tier's group kernel, R output rows by a panel of up to
+// group_rows input rows per call, which writes the output rows (bias added) in place;
+// tasks of whole groups, every panel passing while a group's weights are in cache. The
+// panels are made once per call (N * K bytes moved, against N * K * OC multiply-adds) in
+// codes (N * nb * 32), f (2 * N * nb floats) and nsum (N * nb).
 void gemm_packed(float* out, const uint8_t* wq, const float* bias, int qtype, int64_t N,
-                 int64_t nb, int64_t OC, const QRow* xs) {
+                 int64_t nb, int64_t OC, const QRow* xs, int8_t* codes, float* f, int32_t* nsum) {
   const QuantOps& t = qops();
-  const int R = t.rows;
+  const int R = t.rows, P = t.group_rows;
   const QGroup group = t.group[qtype];
+  const int32_t offset = qtype == Q4_0 ? 8 : (qtype == Q8_0 && t.offset ? 128 : 0);
+  const int64_t panels = (N + P - 1) / P;
+  auto panel_rows = [&](int64_t p) { return (int)std::min<int64_t>(P, N - p * P); };
+  QPanel few[4];  // (a decode step's rows; a prefill's take the vector)
+  std::vector<QPanel> many(panels > 4 ? panels : 0);
+  QPanel* x = panels > 4 ? many.data() : few;
+  for (int64_t p = 0, n0 = 0; p < panels; ++p, n0 += P)
+    x[p] = t.panel(xs + n0, panel_rows(p), nb, offset, codes + n0 * nb * QK, f + n0 * nb,
+                   f + (N + n0) * nb, nsum + n0 * nb);
   const int64_t groups = (OC + R - 1) / R, gbytes = qgroup_bytes(qtype, nb, R);
   const int threads = gemv_threads(N, nb * QK, OC, true);
   const int64_t per_task = std::max<int64_t>(1, std::min<int64_t>(4, groups / (4 * threads)));
   parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
-    float y[kGroupRows * 16];
+    float y[kGroupRows * 16], padded[16];
     const int64_t g1 = std::min(groups, (task + 1) * per_task);
     for (int64_t g = task * per_task; g < g1; ++g) {
       const int64_t o0 = g * R, n_out = std::min<int64_t>(R, OC - o0);
-      for (int64_t n0 = 0; n0 < N; n0 += kGroupRows) {
-        const int rows = (int)std::min<int64_t>(kGroupRows, N - n0);
-        group(y, R, wq + g * gbytes, xs + n0, rows, nb);
-        for (int m = 0; m < rows; ++m) {
-          float* row = out + (n0 + m) * OC + o0;
-          for (int64_t i = 0; i < n_out; ++i) row[i] = y[m * R + i] + (bias ? bias[o0 + i] : 0.0f);
+      const float* b = bias ? bias + o0 : nullptr;
+      if (n_out < R && bias) {  // the last group's bias, padded to R
+        std::fill(padded, padded + R, 0.0f);
+        std::copy(bias + o0, bias + o0 + n_out, padded);
+        b = padded;
+      }
+      for (int64_t p = 0, n0 = 0; p < panels; ++p, n0 += P) {
+        const int rows = panel_rows(p);
+        if (n_out == R) {
+          group(out + n0 * OC + o0, OC, wq + g * gbytes, x[p], rows, nb, b);
+          continue;
         }
+        group(y, R, wq + g * gbytes, x[p], rows, nb, b);  // the last group: its rows, copied
+        for (int m = 0; m < rows; ++m)
+          std::copy(y + m * R, y + m * R + n_out, out + (n0 + m) * OC + o0);
       }
     }
   }, threads);
@@ -172,11 +191,13 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
                   int qtype, int64_t N, int64_t K, int64_t OC, bool packed) {
   const int64_t nb = (K + QK - 1) / QK;
   // scratch: N rows of nb*32 int8 codes, then N*nb scales, float block sums and integer
-  // block sums, then N QRows
+  // block sums, then N QRows; packed weights also take the panels: N*nb*32 codes, then
+  // 2*N*nb floats and N*nb corrections (64-byte aligned, as the codes' blocks)
   const int64_t code_floats = (N * nb * QK + 3) / 4;
   const int64_t row_floats = (N * (int64_t)sizeof(QRow) + 3) / 4;
+  const int64_t panel_floats = packed ? code_floats + 3 * N * nb + 16 : 0;
   auto lock = g_scratch.lock();
-  float* scratch = g_scratch.get((size_t)(code_floats + 3 * N * nb + row_floats + 16));
+  float* scratch = g_scratch.get((size_t)(code_floats + 3 * N * nb + row_floats + 16 + panel_floats));
   int8_t* q = reinterpret_cast<int8_t*>(scratch);
   float* d = scratch + code_floats;
   float* s = d + N * nb;
@@ -189,12 +210,18 @@ void matmul_q_fwd(float* out, const float* inp, const uint8_t* wq, const float* 
     qops().quantize(inp + n * K, K, q + o * QK, d + o, s + o, sums + o);
     xs[n] = QRow{q + o * QK, d + o, s + o, sums + o};
   }
+  if (packed) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(xs + N);
+    int8_t* codes = reinterpret_cast<int8_t*>((p + 63) & ~uintptr_t(63));
+    float* f = reinterpret_cast<float*>(codes + N * nb * QK);
+    return gemm_packed(out, wq, bias, qtype, N, nb, OC, xs, codes, f,
+                       reinterpret_cast<int32_t*>(f + 2 * N * nb));
+  }
   // the float GEMM's win needs its SIMD tier: scalar GEMM took 1.6-1.75x the dot products'
   // time at 16-64 rows (interleaved in one process, one medium-model layer)
   const bool gemm_wins = std::strcmp(ops().name, "scalar") != 0;
-  if (!packed && N >= kGemmRows && gemm_wins)
-    return matmul_q_gemm(out, wq, bias, qtype, N, K, OC, q, d);
-  (packed ? gemm_packed : gemv_rows)(out, wq, bias, qtype, N, nb, OC, xs);
+  if (N >= kGemmRows && gemm_wins) return matmul_q_gemm(out, wq, bias, qtype, N, K, OC, q, d);
+  gemv_rows(out, wq, bias, qtype, N, nb, OC, xs);
 }
 
 void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq, int qtype,

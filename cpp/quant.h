@@ -38,13 +38,29 @@ typedef float (*QDot)(const uint8_t* w, const QRow& x, int64_t nb);
 // and with nb even the code chunks are 64-byte aligned. With `offset`, q8_0 codes are
 // stored + 128 as unsigned bytes (VNNI wants one unsigned operand; the kernel subtracts
 // 128 * sum(x codes)).
-// Group kernel: y[m * ystride + 0..R) = the R rows' dot products with activation row
-// xs[m], m < rows <= kGroupRows (each weight vector loaded once for all of them), in the
-// scalar tier's order (per block, (float)isum * (d_w * d_x) [+ m_w * s_x] added in
-// sequence), so packed results equal the scalar tier's bit for bit.
-constexpr int kGroupRows = 4;
-typedef void (*QGroup)(float* y, int64_t ystride, const uint8_t* group, const QRow* xs,
-                       int rows, int64_t nb);
+// Group kernel: y[m * ystride + 0..R) = the R rows' dot products with activation row m of
+// the panel x, m < rows <= the tier's group_rows (each weight vector loaded once for all
+// of them), plus bias[0..R) (0.0f when null), in the scalar tier's order (per block,
+// (float)isum * (d_w * d_x) [+ m_w * s_x] added in sequence, then the bias), so packed
+// results equal the scalar tier's (and its driver's bias add) bit for bit.
+// QPanel: `rows` quantized activation rows interleaved for the group kernels (the driver
+// makes it once per call from the QRows): codes as q[((b * 8 + k) * rows + m) * 4 + j] =
+// code 4k + j of block b of row m, so every row's 4 codes of one step are at fixed offsets
+// from one pointer; d, s and nsum as [b * rows + m], nsum being the integer correction
+// -offset * sum(codes) (q4_0's 8, the packed q8_0's 128, else 0), the block sums' start.
+struct QPanel {
+  const int8_t* q;
+  const float* d;
+  const float* s;
+  const int32_t* nsum;
+};
+constexpr int kGroupRows = 8;  // the most rows any tier's group kernel takes per call
+typedef void (*QGroup)(float* y, int64_t ystride, const uint8_t* group, const QPanel& x,
+                       int rows, int64_t nb, const float* bias);
+// The panel of activation rows xs[0 .. rows) in q (rows * nb * 32 codes) and d, s, nsum
+// (rows * nb each), offset being the correction's multiplier.
+typedef QPanel (*QPanelMake)(const QRow* xs, int rows, int64_t nb, int32_t offset, int8_t* q,
+                             float* d, float* s, int32_t* nsum);
 
 // One activation row to q8_0 (zero-padded to nb blocks) with its block sums: ggml's
 // quantize_row_q8_0_ref, exactly (sllm.quant.quantize_q8_0_activations), on every tier.
@@ -63,6 +79,8 @@ struct QuantOps {
   int rows;          // R of the packed layout; 0: the tier reads ggml's rows only
   bool offset;       // q8_0 codes packed + 128 (unsigned)
   QGroup group[3];   // by QType; null when rows == 0
+  int group_rows;    // the most activation rows a group call takes (<= kGroupRows)
+  QPanelMake panel;  // null when rows == 0
 };
 
 extern const QuantOps qops_scalar;

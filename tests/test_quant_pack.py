@@ -19,32 +19,33 @@ pytestmark = pytest.mark.skipif("cpp" not in backends.available(),
 
 # Rows that stress the activation quantizer as well: exact .5 ties after scaling (amax
 # 127 gives d = 1), an all-zero block, a block of subnormals (1/d overflows: codes 0), a
-# partial last block (K = 75), and ordinary values.
+# partial last block (K = 75, and K = 600: 19 blocks, past the 16 the AVX-512 quantizer
+# takes at once), and ordinary values; 1 to 17 rows cross the 8-row panels.
 TIER_RUN = textwrap.dedent("""
     import json
     import numpy as np
     from sllm import _cpp, quant
     rng = np.random.default_rng(5)
-    K = 75
-    x = rng.standard_normal((17, K)).astype(np.float32)
-    x[0, :32] = np.arange(32) - 15.5
-    x[0, 0] = 127.0
-    x[1, :32] = 0.0
-    x[2, 32:64] = np.float32(1e-41)
     out = {"tier": _cpp.quant_simd_level(), "rows": _cpp.quant_pack_rows()}
-    for qtype in quant.QTYPES:
-        for OC in (1, 19, 40):
-            w = quant.quantize(rng.standard_normal((OC, K)).astype(np.float32), qtype)
-            b = rng.standard_normal(OC).astype(np.float32)
-            packed = _cpp.pack_q(w, qtype)
-            for N in range(1, len(x) + 1):  # every tail of the group kernel's row tiles
-                y = np.zeros((N, OC), np.float32)
-                _cpp.matmul_q_fwd(y, x[:N], packed, b, qtype)
-                out[f"{qtype} OC={OC} N={N}"] = y.view(np.uint32).ravel().tolist()
-            for n in range(len(x)):  # one row per call: the scalar tier's dot products
-                y = np.zeros((1, OC), np.float32)
-                _cpp.matmul_q_fwd(y, x[n:n + 1], packed, b, qtype)
-                out[f"{qtype} OC={OC} row {n}"] = y.view(np.uint32).ravel().tolist()
+    for qtype, K, OC in [(qtype, K, OC) for qtype in quant.QTYPES for K in (75, 600)
+                         for OC in (1, 19, 40)]:
+        x = rng.standard_normal((17, K)).astype(np.float32)
+        x[0, :32] = np.arange(32) - 15.5
+        x[0, 0] = 127.0
+        x[1, :32] = 0.0
+        x[2, 32:64] = np.float32(1e-41)
+        x[3, K - 40:] = 0.0
+        w = quant.quantize(rng.standard_normal((OC, K)).astype(np.float32), qtype)
+        b = rng.standard_normal(OC).astype(np.float32) if OC > 1 else None  # (+0.0f)
+        packed = _cpp.pack_q(w, qtype)
+        for N in range(1, len(x) + 1):  # every tail of the group kernel's row tiles
+            y = np.zeros((N, OC), np.float32)
+            _cpp.matmul_q_fwd(y, x[:N], packed, b, qtype)
+            out[f"{qtype} K={K} OC={OC} N={N}"] = y.view(np.uint32).ravel().tolist()
+        for n in range(len(x)):  # one row per call: the scalar tier's dot products
+            y = np.zeros((1, OC), np.float32)
+            _cpp.matmul_q_fwd(y, x[n:n + 1], packed, b, qtype)
+            out[f"{qtype} K={K} OC={OC} row {n}"] = y.view(np.uint32).ravel().tolist()
     print(json.dumps(out))
 """)
 
