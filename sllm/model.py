@@ -842,6 +842,8 @@ class SLLM:
         t = self._check_tokens(padded)
         acts = self._activations(t.shape[0], T, False)
         acts.tokens[...] = t
+        if self.adapter is not None:  # as decode(): no dropout in a KV-cache step
+            self.adapter.dropout = 0.0
         self._forward(acts, 0.0, cache, None, Prompts(sl, lengths))
         return np.array(acts.logits[:, -1, :])
 
