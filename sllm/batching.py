@@ -387,9 +387,10 @@ class Engine:
                 raise
 
     def _admit(self, admitted: list[tuple[Request, list[int]]]) -> None:
-        """Prefill the admitted requests' prompts: those of one adapter together, in one
-        forward of at most PREFILL_TOKENS (padded) tokens (SLLM.prefill_batch), a request
-        alone or after a failed batch by itself (so an error reaches its own request)."""
+        """Prefill the admitted requests' prompts: those of one adapter together, in
+        forwards of at most PREFILL_TOKENS (padded) tokens (SLLM.prefill_batch, grouped by
+        prefill_groups), a request alone or after a failed batch by itself (so an error
+        reaches its own request)."""
         ready = [(r, slots) for r, slots in admitted
                  if self._guarded([r], functools.partial(self._prepare, r, slots), slots)]
         for group in prefill_groups(ready, self.PREFILL_TOKENS):
@@ -535,21 +536,25 @@ class Engine:
 
 def prefill_groups(ready: list[tuple[Request, list[int]]], limit: int
                    ) -> list[list[tuple[Request, list[int]]]]:
-    """The admitted requests in prefill forwards, in order: consecutive requests of one
-    adapter share one while its padded tokens (count x the longest prompt) stay within
-    `limit` and at most twice the prompts' own."""
-    groups: list[list[tuple[Request, list[int]]]] = []
-    longest = real = 0
+    """The admitted requests in prefill forwards: those of one adapter together, in order
+    of admission, a forward closed where its padded tokens (count x the longest prompt)
+    would pass `limit` or twice the prompts' own."""
+    by_adapter: dict[Any, list[tuple[Request, list[int]]]] = {}
     for item in ready:
-        n = len(item[0].prompt_ids)
-        if groups and item[0].adapter is groups[-1][0][0].adapter:
-            padded = (len(groups[-1]) + 1) * max(longest, n)
-            if padded <= limit and padded <= 2 * (real + n):
-                groups[-1].append(item)
-                longest, real = max(longest, n), real + n
-                continue
-        groups.append([item])
-        longest = real = n
+        by_adapter.setdefault(item[0].adapter, []).append(item)
+    groups: list[list[tuple[Request, list[int]]]] = []
+    for items in by_adapter.values():
+        group: list[tuple[Request, list[int]]] = []
+        longest = real = 0
+        for item in items:
+            n = len(item[0].prompt_ids)
+            padded = (len(group) + 1) * max(longest, n)
+            if group and (padded > limit or padded > 2 * (real + n)):
+                groups.append(group)
+                group, longest, real = [], 0, 0
+            group.append(item)
+            longest, real = max(longest, n), real + n
+        groups.append(group)
     return groups
 
 
