@@ -84,8 +84,9 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
                 k.llama_decode_block(la.res3, x, cache.k[i], cache.v[i], a.decode_work(),
                                      params, cache.pos, *dims)
             else:
+                slots, positions = rows
                 k.llama_decode_block_batch(la.res3, x, cache.k[i], cache.v[i], a.decode_work(),
-                                           params, *rows, *dims)
+                                           params, slots, positions, *dims)
             x = la.res3
             continue
         x = _block(m, a, i, L, la, x, dropout, cache, rows, prompts)
