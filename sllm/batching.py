@@ -215,6 +215,7 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} "
                              f"and {max_queue}")
         self.model, self.tok = model.eval(), tok
+        self.eos_id = tok.eos_id
         self.max_batch, self.max_queue = max_batch, max_queue
         self.cache = model.new_cache(max_batch)
         self.free = list(reversed(range(max_batch)))
@@ -474,12 +475,13 @@ class Engine:
         # once for all rows: the finite check (else each row's own) and the greedy picks
         finite = first_nonfinite(logits) is None
         picks = logits.argmax(axis=1).tolist() if finite else [None] * len(seqs)
-        for seq, row, pick in zip(seqs, logits, picks, strict=True):
+        take = self._take
+        for i, (seq, pick) in enumerate(zip(seqs, picks, strict=True)):
             seq.pos += 1
             if seq.plain and pick is not None:
-                self._take(seq, pick)
-            else:
-                self._advance(seq, row, finite, pick)
+                take(seq, pick)
+            else:  # (a row of the logits only where a sampler reads it)
+                self._advance(seq, logits[i], finite, pick)
 
     def _advance(self, seq: Sequence, logits: np.ndarray, checked: bool = False,
                  argmax: int | None = None) -> None:
@@ -498,15 +500,16 @@ class Engine:
     def _take(self, seq: Sequence, token: int, entry: TokenLogprob | None = None) -> None:
         """Send the sequence's new token's text (and log-probabilities), finish it when it
         is done."""
-        if token == self.tok.eos_id:
+        if token == self.eos_id:
             self._finish(seq, "stop")
             return
         seq.last, seq.generated = token, seq.generated + 1
         self.stats.tokens(1)
         piece, stopped = seq.text.push(token)
-        if piece or entry:
-            seq.request.emit(Event("text", piece, index=seq.index,
-                                   tokens=(entry,) if entry else ()))
+        if entry:
+            seq.request.emit(Event("text", piece, index=seq.index, tokens=(entry,)))
+        elif piece:
+            seq.request.emit(Event("text", piece, index=seq.index))
         constraint = seq.sampler.constraint
         p = seq.request.sampling
         if stopped:
