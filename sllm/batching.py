@@ -215,6 +215,7 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} "
                              f"and {max_queue}")
         self.model, self.tok = model.eval(), tok
+        self.eos_id = tok.eos_id
         self.max_batch, self.max_queue = max_batch, max_queue
         self.cache = model.new_cache(max_batch)
         self.free = list(reversed(range(max_batch)))
@@ -387,9 +388,10 @@ class Engine:
                 raise
 
     def _admit(self, admitted: list[tuple[Request, list[int]]]) -> None:
-        """Prefill the admitted requests' prompts: those of one adapter together, in one
-        forward of at most PREFILL_TOKENS (padded) tokens (SLLM.prefill_batch), a request
-        alone or after a failed batch by itself (so an error reaches its own request)."""
+        """Prefill the admitted requests' prompts: those of one adapter together, in
+        forwards of at most PREFILL_TOKENS (padded) tokens (SLLM.prefill_batch, grouped by
+        prefill_groups), a request alone or after a failed batch by itself (so an error
+        reaches its own request)."""
         ready = [(r, slots) for r, slots in admitted
                  if self._guarded([r], functools.partial(self._prepare, r, slots), slots)]
         for group in prefill_groups(ready, self.PREFILL_TOKENS):
@@ -473,12 +475,13 @@ class Engine:
         # once for all rows: the finite check (else each row's own) and the greedy picks
         finite = first_nonfinite(logits) is None
         picks = logits.argmax(axis=1).tolist() if finite else [None] * len(seqs)
-        for seq, row, pick in zip(seqs, logits, picks, strict=True):
+        take = self._take
+        for i, (seq, pick) in enumerate(zip(seqs, picks, strict=True)):
             seq.pos += 1
             if seq.plain and pick is not None:
-                self._take(seq, pick)
-            else:
-                self._advance(seq, row, finite, pick)
+                take(seq, pick)
+            else:  # (a row of the logits only where a sampler reads it)
+                self._advance(seq, logits[i], finite, pick)
 
     def _advance(self, seq: Sequence, logits: np.ndarray, checked: bool = False,
                  argmax: int | None = None) -> None:
@@ -497,15 +500,16 @@ class Engine:
     def _take(self, seq: Sequence, token: int, entry: TokenLogprob | None = None) -> None:
         """Send the sequence's new token's text (and log-probabilities), finish it when it
         is done."""
-        if token == self.tok.eos_id:
+        if token == self.eos_id:
             self._finish(seq, "stop")
             return
         seq.last, seq.generated = token, seq.generated + 1
         self.stats.tokens(1)
         piece, stopped = seq.text.push(token)
-        if piece or entry:
-            seq.request.emit(Event("text", piece, index=seq.index,
-                                   tokens=(entry,) if entry else ()))
+        if entry:
+            seq.request.emit(Event("text", piece, index=seq.index, tokens=(entry,)))
+        elif piece:
+            seq.request.emit(Event("text", piece, index=seq.index))
         constraint = seq.sampler.constraint
         p = seq.request.sampling
         if stopped:
@@ -535,21 +539,25 @@ class Engine:
 
 def prefill_groups(ready: list[tuple[Request, list[int]]], limit: int
                    ) -> list[list[tuple[Request, list[int]]]]:
-    """The admitted requests in prefill forwards, in order: consecutive requests of one
-    adapter share one while its padded tokens (count x the longest prompt) stay within
-    `limit` and at most twice the prompts' own."""
-    groups: list[list[tuple[Request, list[int]]]] = []
-    longest = real = 0
+    """The admitted requests in prefill forwards: those of one adapter together, in order
+    of admission, a forward closed where its padded tokens (count x the longest prompt)
+    would pass `limit` or twice the prompts' own."""
+    by_adapter: dict[Any, list[tuple[Request, list[int]]]] = {}
     for item in ready:
-        n = len(item[0].prompt_ids)
-        if groups and item[0].adapter is groups[-1][0][0].adapter:
-            padded = (len(groups[-1]) + 1) * max(longest, n)
-            if padded <= limit and padded <= 2 * (real + n):
-                groups[-1].append(item)
-                longest, real = max(longest, n), real + n
-                continue
-        groups.append([item])
-        longest = real = n
+        by_adapter.setdefault(item[0].adapter, []).append(item)
+    groups: list[list[tuple[Request, list[int]]]] = []
+    for items in by_adapter.values():
+        group: list[tuple[Request, list[int]]] = []
+        longest = real = 0
+        for item in items:
+            n = len(item[0].prompt_ids)
+            padded = (len(group) + 1) * max(longest, n)
+            if group and (padded > limit or padded > 2 * (real + n)):
+                groups.append(group)
+                group, longest, real = [], 0, 0
+            group.append(item)
+            longest, real = max(longest, n), real + n
+        groups.append(group)
     return groups
 
 

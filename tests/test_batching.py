@@ -186,12 +186,14 @@ def test_prefill_groups_keep_order_adapter_and_padding_bounds():
     def req(n, adapter=None):
         return (Request([1] * n, Sampling(max_tokens=1), lambda e: None, adapter=adapter), [0])
     a, b = object(), object()
-    items = [req(16), req(16), req(12), req(3), req(16, a), req(16, a), req(16, b), req(16)]
-    sizes = [[len(r.prompt_ids) for r, _ in g] for g in prefill_groups(items, 1024)]
-    # 3 joins 16, 16, 12 only while the padded tokens stay within twice the real ones
-    assert sizes == [[16, 16, 12, 3], [16, 16], [16], [16]]
+    items = [req(16), req(16, a), req(12), req(3), req(16, a), req(16, b), req(16)]
+    sizes = [[(len(r.prompt_ids), r.adapter) for r, _ in g] for g in prefill_groups(items, 1024)]
+    # each adapter's requests (the base's too) in one forward, in order of admission
+    assert sizes == [[(16, None), (12, None), (3, None), (16, None)], [(16, a), (16, a)],
+                     [(16, b)]]
     assert [len(g) for g in prefill_groups([req(64)] * 20, 1024)] == [16, 4]
-    assert [len(g) for g in prefill_groups([req(2), req(2), req(40)], 1024)] == [2, 1]
+    # a long prompt after short ones would more than double their tokens: a forward of its own
+    assert [len(g) for g in prefill_groups([req(2), req(2), req(40), req(30)], 1024)] == [2, 2]
 
 
 def test_greedy_rows_beside_penalised_and_biased_ones_equal_stream_text(model_and_tok):

@@ -120,6 +120,10 @@ def check_mixed_batch(model, tok, adapters, references):
     groups = []
     route = bank.route
     bank.route = lambda rows: (route(rows), groups.append(len(bank.groups)))
+    batched = []
+    prefill_batch = model.prefill_batch
+    model.prefill_batch = lambda prompts, *a: (batched.append(len(prompts)),
+                                               prefill_batch(prompts, *a))[1]
     engine = Engine(model, tok, max_batch=8, adapters=bank)
     jobs = []
     for i, prompt in enumerate(PROMPTS):  # queued before the start: one batch from step 1
@@ -136,6 +140,7 @@ def check_mixed_batch(model, tok, adapters, references):
     finally:
         engine.stop()
     assert max(groups) == 3  # a decode step held rows of all three adapters (and the base)
+    assert batched and max(batched) > 1  # an adapter's prompts were prefilled together
     for name, prompt, got in jobs:
         assert got.text == greedy(references[name], tok, prompt, 12), (name, prompt)
     # the adapters change the answers: a delta added to the wrong rows would show

@@ -47,6 +47,9 @@ _QPACKED_BYTES = {"q8_0": 16 + 4 * 32, "q4_0": 16 + 4 * 16, "q4_1": 32 + 4 * 16}
 OFFSET_CACHE = 4096
 # decode_block's F, the offsets of its 12 tensors, and its weights' qtype argument
 _BlockSlots = tuple[int, tuple[int, ...], int]
+# the fused blocks' parameter blocks (wasm/decode.c); decode_block adds its tail
+_BLOCK_SLOTS = "<" + "I" * 17 + "i" * 8
+_LLAMA_BLOCK_SLOTS = "<" + "I" * 12 + "i" * 9 + "Idf"
 
 
 def module_dirs() -> list[Path]:
@@ -306,11 +309,12 @@ class _WasmBase(Backend):
         C = out.shape[-1]
         V = wq.rows if isinstance(wq, PackedQ) else np.shape(wq)[0]
         rows, code = _q_operand(wq, qtype, V, C)
-        if out.size != np.size(tokens) * C:
+        n = tokens.size if isinstance(tokens, np.ndarray) else np.size(tokens)
+        if out.size != n * C:
             raise ValueError(f"embed_q_fwd: out must be (B, T, {C}) for tokens {np.shape(tokens)}")
         _check_tokens(tokens, V)
         self._call("embed_q_fwd", "<IIIiii", self._ptr(out, write=True), self._ptr(tokens, I32),
-                   self._ptr(rows, U8), np.size(tokens), C, code)
+                   self._ptr(rows, U8), n, C, code)
 
     def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Array | PackedQ, qtype: str) -> None:
         """dinp = dout @ W (overwritten) for W held as quantized rows wq (sllm.quant)."""
@@ -369,10 +373,9 @@ class _WasmBase(Backend):
         """One GPT-2 block over a decode step's new rows in one call: wasm/decode.c runs the
         layer kernels inside the module, as the composed default runs them from the host."""
         B, Tn, C = x.shape
-        max_t = _check_cache(kcache, vcache, B, n_head, C // n_head)
-        _check(0 <= pos and pos + Tn <= max_t, lambda: f"KV cache holds {max_t} positions, need {pos + Tn}")
-        self._block("decode_block", "Ii", out, x, kcache, vcache, work, params, n_head,
-                    activation, qtype, max_t, pos)
+        max_t = _cache_rows(kcache, vcache, B, n_head, C // n_head, pos, Tn)
+        self._block("decode_block", _BLOCK_SLOTS + "Ii", out, x, kcache, vcache, work, params,
+                    n_head, activation, qtype, max_t, pos)
 
     def decode_block_batch(self, out: Array, x: Array, kcache: Array, vcache: Array,
                            work: Array, params: Sequence[Any], slots: Array, positions: Array,
@@ -382,34 +385,34 @@ class _WasmBase(Backend):
         _check(Tn == 1, lambda: f"x must be (B, 1, C), got {x.shape}")
         max_t = _check_cache(kcache, vcache, kcache.shape[0], n_head, C // n_head)
         sl, ps = _batch_rows(slots, positions, B, kcache.shape[0], max_t)
-        self._block("decode_block_batch", "III", out, x, kcache, vcache, work, params, n_head,
-                    activation, qtype, max_t, self._ptr(sl, I32), self._ptr(ps, I32))
+        self._block("decode_block_batch", _BLOCK_SLOTS + "III", out, x, kcache, vcache, work,
+                    params, n_head, activation, qtype, max_t, self._ptr(sl, I32),
+                    self._ptr(ps, I32))
 
     def llama_decode_block(self, out: Array, x: Array, kcache: Array, vcache: Array,
                            work: Array, params: Sequence[Any], pos: int, n_head: int,
                            n_kv_head: int, ffn_dim: int, theta: float, eps: float,
                            qtype: str | None = None) -> None:
         """One llama block over a decode step's new rows in one call (wasm/decode.c), as
-        decode_block is for GPT-2."""
+        decode_block is for GPT-2. (Checks by plain ifs: per block call, lambdas and
+        tuple() cost a small model's token a few percent.)"""
         B, Tn, C = x.shape
         H, Hkv, F, N = n_head, n_kv_head, ffn_dim, B * Tn
-        _check(H > 0 and Hkv > 0 and H % Hkv == 0 and C % H == 0 and C // H % 2 == 0,
-               lambda: f"llama_decode_block: n_kv_head ({Hkv}) must divide n_head ({H}), "
-               f"which must divide C ({C}) into an even head dim")
-        _check(theta > 0, lambda: f"llama_decode_block: theta must be > 0, got {theta}")
+        if not (H > 0 and Hkv > 0 and H % Hkv == 0 and C % H == 0 and C // H % 2 == 0):
+            raise ValueError(f"llama_decode_block: n_kv_head ({Hkv}) must divide n_head ({H}), "
+                             f"which must divide C ({C}) into an even head dim")
+        if not theta > 0:
+            raise ValueError(f"llama_decode_block: theta must be > 0, got {theta}")
         D = C // H
-        max_t = _check_cache(kcache, vcache, B, Hkv, D)
-        _check(0 <= pos and pos + Tn <= max_t, lambda: f"KV cache holds {max_t} positions, need {pos + Tn}")
-        _check(out.size == N * C, lambda: f"llama_decode_block: out must be {x.shape}")
-        _check(work.size >= N * (8 * C + 3 * F + 2),
-               lambda: f"llama_decode_block: work needs {N * (8 * C + 3 * F + 2)} floats, has {work.size}")
+        max_t = _cache_rows(kcache, vcache, B, Hkv, D, pos, Tn)
+        _check_block_buffers("llama_decode_block", out, x, work, N * (8 * C + 3 * F + 2))
         tensors, code = self._llama_tensors(params, C, (H + 2 * Hkv) * D, F, qtype)
         nb = -(-max(C, F) // 32)
         scratch = self._scratch(max(max_t, 2 * D, N * nb * 8 + 2 * N * nb))
-        self._call("llama_decode_block", "<" + "I" * 12 + "i" * 9 + "Idf",
-                   self._ptr(out, write=True), self._ptr(x), self._ptr(kcache, write=True),
-                   self._ptr(vcache, write=True), self._ptr(work, write=True), *tensors, B, Tn,
-                   C, F, H, Hkv, max_t, pos, code, scratch, float(theta), eps)
+        self._call("llama_decode_block", _LLAMA_BLOCK_SLOTS, self._ptr(out, write=True),
+                   self._ptr(x), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
+                   self._ptr(work, write=True), *tensors, B, Tn, C, F, H, Hkv, max_t, pos, code,
+                   scratch, float(theta), eps)
 
     def _llama_tensors(self, params: Sequence[Any], C: int, W: int, F: int,
                        qtype: str | None) -> tuple[tuple[int, ...], int]:
@@ -439,21 +442,19 @@ class _WasmBase(Backend):
             self._block_slots[id(params)] = (params, (C, W, F, qtype), (F, tensors, code))
         return tensors, code
 
-    def _block(self, name: str, tail: str, out: Array, x: Array, kcache: Array, vcache: Array,
+    def _block(self, name: str, slots: str, out: Array, x: Array, kcache: Array, vcache: Array,
                work: Array, params: Sequence[Any], n_head: int, activation: str,
                qtype: str | None, max_t: int, *rows: int) -> None:
         """The call decode_block and decode_block_batch share (wasm/decode.c's slots)."""
         B, Tn, C = x.shape
         N = B * Tn
-        _check(activation in ("gelu", "relu"),
-               lambda: f"{name}: activation must be 'gelu' or 'relu', got {activation!r}")
+        if activation != "gelu" and activation != "relu":
+            raise ValueError(f"{name}: activation must be 'gelu' or 'relu', got {activation!r}")
         F, tensors, code = self._block_tensors(name, params, C, qtype)
-        _check(out.size == N * C, lambda: f"{name}: out must be {x.shape}")
-        _check(work.size >= N * (8 * C + 2 * F + 2),
-               lambda: f"{name}: work needs {N * (8 * C + 2 * F + 2)} floats, has {work.size}")
+        _check_block_buffers(name, out, x, work, N * (8 * C + 2 * F + 2))
         nb = -(-max(C, F) // 32)
         scratch = self._scratch(max(max_t, N * nb * 8 + 2 * N * nb))
-        self._call(name, "<" + "I" * 17 + "i" * 8 + tail, self._ptr(out, write=True),
+        self._call(name, slots, self._ptr(out, write=True),
                    self._ptr(x), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
                    self._ptr(work, write=True), *tensors, B, Tn, C, F, n_head, max_t,
                    int(activation == "relu"), code, scratch, *rows)
@@ -640,14 +641,18 @@ def _check(ok: bool, message: Callable[[], str]) -> None:
 
 
 def _check_tokens(ids: Any, limit: int, allow_ignore: bool = False) -> None:
-    ids = np.asarray(ids)
     low = -1 if allow_ignore else 0
-    if ids.size <= 64:  # a decode step's few tokens: Python's min and max beat numpy's (5 us)
-        flat = ids.ravel().tolist()
-        lo, hi = (min(flat), max(flat)) if flat else (low, low)
+    if isinstance(ids, np.ndarray) and ids.size == 1:  # a decode step's token: 0.16 us, not 0.68
+        lo = hi = ids.item()
     else:
-        lo, hi = ids.min(), ids.max()
-    _check(lo >= low and hi < limit, lambda: f"ids must be in [{low}, {limit}), got [{lo}, {hi}]")
+        ids = np.asarray(ids)
+        if ids.size <= 64:  # a few tokens: Python's min and max beat numpy's (5 us)
+            flat = ids.ravel().tolist()
+            lo, hi = (min(flat), max(flat)) if flat else (low, low)
+        else:
+            lo, hi = ids.min(), ids.max()
+    if not (lo >= low and hi < limit):
+        raise ValueError(f"ids must be in [{low}, {limit}), got [{lo}, {hi}]")
 
 
 def _check_q_rows(wq: Any, qtype: str, OC: int, K: int) -> None:
@@ -715,6 +720,27 @@ def _attention_dims(qkv: np.ndarray, n_head: int,
     heads = n_head + 2 * Hkv
     _check(W % heads == 0, lambda: f"qkv width {W} is not (n_head + 2 * n_kv_head) ({heads}) * head size")
     return B, T, W // heads * n_head, Hkv
+
+
+def _cache_rows(kcache: np.ndarray, vcache: np.ndarray, B: int, Hkv: int, D: int, pos: int,
+                Tn: int) -> int:
+    """_check_cache, and that positions pos..pos+Tn-1 fit: max_T (plain ifs, for the fused
+    blocks' once-a-layer calls)."""
+    shape = kcache.shape
+    if len(shape) != 4 or shape != vcache.shape or shape[0] != B or shape[1] != Hkv or shape[3] != D:
+        _check_cache(kcache, vcache, B, Hkv, D)  # raises, naming the shapes
+    if not (0 <= pos and pos + Tn <= shape[2]):
+        raise ValueError(f"KV cache holds {shape[2]} positions, need {pos + Tn}")
+    return int(shape[2])
+
+
+def _check_block_buffers(name: str, out: np.ndarray, x: np.ndarray, work: np.ndarray,
+                         need: int) -> None:
+    """A fused block's out is x's size and its work holds `need` floats."""
+    if out.size != x.size:
+        raise ValueError(f"{name}: out must be {x.shape}")
+    if work.size < need:
+        raise ValueError(f"{name}: work needs {need} floats, has {work.size}")
 
 
 def _check_cache(kcache: np.ndarray, vcache: np.ndarray, B: int, Hkv: int, D: int) -> int:
