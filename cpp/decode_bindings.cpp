@@ -70,18 +70,18 @@ BlockWeights block_weights(const Check& k, const py::sequence& p, int qtype, int
   return w;
 }
 
-// decode_block (slots None: the B sequences at pos..) or decode_block_batch (row b at slot
-// slots[b], position positions[b]): the arguments checked, then the block without the GIL.
-void run_block(const char* kernel, py::handle out, py::handle x, py::handle kcache,
-               py::handle vcache, py::handle work, const py::sequence& params, int64_t pos,
-               py::handle slots, py::handle positions, int64_t n_head,
-               const std::string& activation, const py::object& qtype) {
-  Check k(kernel);
-  k.expect(py::len(params) == 12, "params must hold the block's 12 tensors, got " +
-           std::to_string(py::len(params)));
-  k.expect(activation == "gelu" || activation == "relu",
-           "activation must be 'gelu' or 'relu', got '" + activation + "'");
-  const int code = qtype.is_none() ? -1 : qtype_code(k, py::cast<std::string>(qtype));
+// A fused block's rows, output and caches, checked: x (B, Tn, C) and out (x's shape, x itself
+// or apart from it), n_head dividing C, and caches of kv_heads heads of C / n_head: B
+// sequences at pos.. (slots None) or a batching step's slots and positions (Tn = 1).
+struct BlockRows {
+  Arr x, out, kc, vc;
+  int64_t B, Tn, C, N, maxT;
+  DecodeRows rows;
+};
+
+BlockRows block_rows(const Check& k, py::handle out, py::handle x, py::handle kcache,
+                     py::handle vcache, int64_t pos, py::handle slots, py::handle positions,
+                     int64_t n_head, int64_t kv_heads) {
   Arr xi = k.in(x, "x"), o = k.out(out, "out");
   k.dims(xi, "x", 3);
   const int64_t B = xi.shape[0], Tn = xi.shape[1], C = xi.last, N = B * Tn;
@@ -94,27 +94,52 @@ void run_block(const char* kernel, py::handle out, py::handle x, py::handle kcac
   DecodeRows rows{pos, nullptr, nullptr};
   int64_t maxT;
   if (slots.is_none()) {
-    maxT = k.kv_cache(kc, vc, B, n_head, C, pos, Tn);
+    maxT = k.kv_cache(kc, vc, B, kv_heads, kv_heads * (C / n_head), pos, Tn);
   } else {
     k.expect(Tn == 1, "x must be (B, 1, C): one new position per sequence");
     Arr sl = k.ints(slots, "slots"), ps = k.ints(positions, "positions");
-    maxT = k.batch_rows(kc, vc, sl, ps, B, n_head, C / n_head);
+    maxT = k.batch_rows(kc, vc, sl, ps, B, kv_heads, C / n_head);
     rows = {0, sl.i(), ps.i()};
   }
   k.disjoint(kc, "kcache", vc, "vcache");
+  return {xi, o, kc, vc, B, Tn, C, N, maxT, rows};
+}
+
+// The block's workspace: at least `need` floats (what `size_fn` names), apart from the rows'
+// arrays and the caches.
+float* block_work(const Check& k, py::handle work, int64_t need, const char* size_fn,
+                  const BlockRows& r) {
+  Arr ws = k.out(work, "work");
+  k.expect(ws.size >= need, "work has " + std::to_string(ws.size) + " floats, needs " +
+           std::to_string(need) + " (" + size_fn + ")");
+  k.disjoint(ws, "work", r.out, "out"); k.disjoint(ws, "work", r.x, "x");
+  k.disjoint(ws, "work", r.kc, "kcache"); k.disjoint(ws, "work", r.vc, "vcache");
+  k.disjoint(r.out, "out", r.kc, "kcache"); k.disjoint(r.out, "out", r.vc, "vcache");
+  return ws.f();
+}
+
+// decode_block (slots None: the B sequences at pos..) or decode_block_batch (row b at slot
+// slots[b], position positions[b]): the arguments checked, then the block without the GIL.
+void run_block(const char* kernel, py::handle out, py::handle x, py::handle kcache,
+               py::handle vcache, py::handle work, const py::sequence& params, int64_t pos,
+               py::handle slots, py::handle positions, int64_t n_head,
+               const std::string& activation, const py::object& qtype) {
+  Check k(kernel);
+  k.expect(py::len(params) == 12, "params must hold the block's 12 tensors, got " +
+           std::to_string(py::len(params)));
+  k.expect(activation == "gelu" || activation == "relu",
+           "activation must be 'gelu' or 'relu', got '" + activation + "'");
+  const int code = qtype.is_none() ? -1 : qtype_code(k, py::cast<std::string>(qtype));
+  const BlockRows r = block_rows(k, out, x, kcache, vcache, pos, slots, positions, n_head,
+                                 n_head);
   const int64_t F = ffn_width(k, params[8], code);
   k.expect(F >= 1, "fc_w must have at least one output");
-  const BlockWeights w = block_weights(k, params, code, C, F);
-  Arr ws = k.out(work, "work");
-  const int64_t need = decode_block_workspace(N, C, F);
-  k.expect(ws.size >= need, "work has " + std::to_string(ws.size) + " floats, needs " +
-           std::to_string(need) + " (decode_block_workspace)");
-  k.disjoint(ws, "work", o, "out"); k.disjoint(ws, "work", xi, "x");
-  k.disjoint(ws, "work", kc, "kcache"); k.disjoint(ws, "work", vc, "vcache");
-  k.disjoint(o, "out", kc, "kcache"); k.disjoint(o, "out", vc, "vcache");
+  const BlockWeights w = block_weights(k, params, code, r.C, F);
+  float* ws = block_work(k, work, decode_block_workspace(r.N, r.C, F), "decode_block_workspace",
+                         r);
   py::gil_scoped_release nogil;
-  decode_block(o.f(), xi.f(), kc.f(), vc.f(), ws.f(), w, code, activation == "gelu", rows, B,
-               Tn, C, F, n_head, maxT);
+  decode_block(r.out.f(), r.x.f(), r.kc.f(), r.vc.f(), ws, w, code, activation == "gelu",
+               r.rows, r.B, r.Tn, r.C, F, n_head, r.maxT);
 }
 
 const char* const kLlamaParams[7] = {"ln1_w", "qkv_w", "o_w", "ln2_w", "gate_w", "up_w",
@@ -136,8 +161,9 @@ LlamaBlockWeights llama_weights(const Check& k, const py::sequence& p, int qtype
   return w;
 }
 
-// llama_decode_block (slots None) or llama_decode_block_batch: decode_block's checks, the
-// grouped-query caches (B or S, Hkv, maxT, D) and the FFN width the weights must have.
+// llama_decode_block (slots None) or llama_decode_block_batch: decode_block's checks with
+// grouped-query caches (B or S, Hkv, maxT, D), the rotary and RMSNorm settings, and the FFN
+// width ffn_dim the weights must have.
 void run_llama_block(const char* kernel, py::handle out, py::handle x, py::handle kcache,
                      py::handle vcache, py::handle work, const py::sequence& params,
                      int64_t pos, py::handle slots, py::handle positions, int64_t n_head,
@@ -147,44 +173,21 @@ void run_llama_block(const char* kernel, py::handle out, py::handle x, py::handl
   k.expect(py::len(params) == 7, "params must hold the llama block's 7 tensors, got " +
            std::to_string(py::len(params)));
   const int code = qtype.is_none() ? -1 : qtype_code(k, py::cast<std::string>(qtype));
-  Arr xi = k.in(x, "x"), o = k.out(out, "out");
-  k.dims(xi, "x", 3);
-  const int64_t B = xi.shape[0], Tn = xi.shape[1], C = xi.last, N = B * Tn;
-  k.expect(N >= 1 && C >= 1, "x must be (B, Tn, C) with B, Tn, C >= 1");
-  k.expect(o.size == N * C, "out must be (B, Tn, C), x's shape");
-  k.expect(o.data == xi.data || o.end() <= (const char*)xi.data ||
-           xi.end() <= (const char*)o.data, "out must be x itself or not overlap it");
-  k.expect(n_head > 0 && C % n_head == 0, "n_head must divide C");
-  k.expect(n_kv_head > 0 && n_head % n_kv_head == 0, "n_kv_head must be > 0 and divide n_head");
-  const int64_t D = C / n_head, Ckv = n_kv_head * D;
-  k.expect(D % 2 == 0, "the head dim C / n_head must be even (rotary pairs)");
+  k.expect(n_kv_head > 0 && n_head > 0 && n_head % n_kv_head == 0,
+           "n_kv_head must be > 0 and divide n_head");
   k.expect(theta > 0.0 && std::isfinite(theta), "theta must be a finite number > 0");
   k.expect(eps >= 0.0 && std::isfinite(eps), "eps must be a finite number >= 0");
-  Arr kc = k.out(kcache, "kcache"), vc = k.out(vcache, "vcache");
-  DecodeRows rows{pos, nullptr, nullptr};
-  int64_t maxT;
-  if (slots.is_none()) {
-    maxT = k.kv_cache(kc, vc, B, n_kv_head, Ckv, pos, Tn);
-  } else {
-    k.expect(Tn == 1, "x must be (B, 1, C): one new position per sequence");
-    Arr sl = k.ints(slots, "slots"), ps = k.ints(positions, "positions");
-    maxT = k.batch_rows(kc, vc, sl, ps, B, n_kv_head, D);
-    rows = {0, sl.i(), ps.i()};
-  }
-  k.disjoint(kc, "kcache", vc, "vcache");
-  const int64_t F = ffn_dim;
-  k.expect(F >= 1, "ffn_dim must be >= 1");
-  const LlamaBlockWeights w = llama_weights(k, params, code, C, Ckv, F);
-  Arr ws = k.out(work, "work");
-  const int64_t need = llama_decode_block_workspace(N, C, F);
-  k.expect(ws.size >= need, "work has " + std::to_string(ws.size) + " floats, needs " +
-           std::to_string(need) + " (llama_decode_block_workspace)");
-  k.disjoint(ws, "work", o, "out"); k.disjoint(ws, "work", xi, "x");
-  k.disjoint(ws, "work", kc, "kcache"); k.disjoint(ws, "work", vc, "vcache");
-  k.disjoint(o, "out", kc, "kcache"); k.disjoint(o, "out", vc, "vcache");
+  k.expect(ffn_dim >= 1, "ffn_dim must be >= 1");
+  const BlockRows r = block_rows(k, out, x, kcache, vcache, pos, slots, positions, n_head,
+                                 n_kv_head);
+  const int64_t D = r.C / n_head;
+  k.expect(D % 2 == 0, "the head dim C / n_head must be even (rotary pairs)");
+  const LlamaBlockWeights w = llama_weights(k, params, code, r.C, n_kv_head * D, ffn_dim);
+  float* ws = block_work(k, work, llama_decode_block_workspace(r.N, r.C, ffn_dim),
+                         "llama_decode_block_workspace", r);
   py::gil_scoped_release nogil;
-  llama_decode_block(o.f(), xi.f(), kc.f(), vc.f(), ws.f(), w, code, rows, B, Tn, C, F, n_head,
-                     n_kv_head, theta, (float)eps, maxT);
+  llama_decode_block(r.out.f(), r.x.f(), r.kc.f(), r.vc.f(), ws, w, code, r.rows, r.B, r.Tn,
+                     r.C, ffn_dim, n_head, n_kv_head, theta, (float)eps, r.maxT);
 }
 
 }  // namespace

@@ -1,8 +1,9 @@
-"""The llama family's fused decode block (llama_decode_block, llama_decode_block_batch):
-cpp's one-call block equals sllm/llama.py's kernel-by-kernel line bit for bit (f32 and every
-quantized type, grouped-query attention, a continuous-batching step too), the contract's
-default is that line, and the binding refuses bad arguments by name. Agreement with the
-reference on awkward shapes is in the conformance suite (tests/test_kernels.py)."""
+"""The llama family's fused decode block on a continuous-batching step
+(llama_decode_block_batch): cpp's one-call block equals sllm/llama.py's kernel-by-kernel line
+bit for bit (f32 and every quantized type, grouped-query attention, tied and untied heads);
+the reference's block is that line; cpp's binding refuses bad arguments by name. A single
+sequence's steps are in tests/test_decode_block.py; agreement with the reference on awkward
+shapes in the conformance suite (tests/test_kernels.py)."""
 import numpy as np
 import pytest
 
@@ -21,46 +22,35 @@ def _model(backend, qtype=None, tie=False):
     return (model.quantize(qtype) if qtype else model).eval()
 
 
-def _decode_run(model):
-    """Logits of a 6-token prefill, 8 single-token steps and 3 continuous-batching steps of
-    two sequences; the caches; greedy ids."""
-    tokens = np.random.default_rng(1).integers(0, CFG["vocab_size"], (2, 16))
-    cache = model.new_cache(1)
-    rows = [model.decode(tokens[:1, :6], cache)]
-    rows += [model.decode(tokens[:1, t:t + 1], cache) for t in range(6, 14)]
-    batch = model.new_cache(3)
+def _batch_run(model):
+    """Logits and caches of three continuous-batching steps of two sequences, each at its own
+    position in its own cache slot."""
+    tokens = np.random.default_rng(1).integers(0, CFG["vocab_size"], (2, 12))
+    cache = model.new_cache(3)
     for b, slot in enumerate((2, 0)):
-        model.decode(tokens[b:b + 1, :5 + b], batch.slot(slot))
-    for t in range(3):  # slot 2 at position 5 + t, slot 0 at 6 + t
-        rows.append(model.decode_batch(tokens[:, 8 + t], batch, [2, 0], [5 + t, 6 + t]))
-    ids = model.generate([int(t) for t in tokens[0, :4]], 12, temperature=0)
-    return np.concatenate(rows), np.concatenate([c.ravel() for c in cache.k + cache.v + batch.k + batch.v]), ids
+        model.decode(tokens[b:b + 1, :5 + b], cache.slot(slot))
+    rows = [model.decode_batch(tokens[:, 8 + t], cache, [2, 0], [5 + t, 6 + t]) for t in range(3)]
+    return np.concatenate(rows), np.stack(cache.k + cache.v)
 
 
 @needs_cpp
 @pytest.mark.parametrize("tie", [False, True])
 @pytest.mark.parametrize("qtype", [None, "q8_0", "q4_0", "q4_1"])
-def test_fused_block_is_bit_identical_to_the_kernel_line(qtype, tie, monkeypatch):
+def test_fused_batch_step_is_bit_identical_to_the_kernel_line(qtype, tie, monkeypatch):
+    """(A single sequence's decode steps: tests/test_decode_block.py, with GPT-2's.)"""
     model = _model("cpp", qtype, tie)
-    assert type(model.backend).llama_decode_block is not Backend.llama_decode_block
-    calls = []
-    for name in ("llama_decode_block", "llama_decode_block_batch"):
-        own = getattr(model.backend, name)
-        monkeypatch.setattr(model.backend, name,
-                            lambda *a, _own=own, _n=name, **k: calls.append(_n) or _own(*a, **k))
-    fused = _decode_run(model)
-    assert {"llama_decode_block", "llama_decode_block_batch"} <= set(calls)
-    # the unfused line: no layer fused, in the decode step's packed weights too
-    no_blocks = [None] * CFG["num_layers"]
-    monkeypatch.setattr(model, "_fused_blocks", lambda layers=None: no_blocks)
-    monkeypatch.setattr(model, "_blocks", no_blocks)
-    model._decode_packed = None
+    assert model._fused_batch
+    calls, own = [], model.backend.llama_decode_block_batch
+    monkeypatch.setattr(model.backend, "llama_decode_block_batch",
+                        lambda *a, **k: calls.append(1) or own(*a, **k))
+    fused = _batch_run(model)
+    assert calls, "the batching steps ran the fused block"
+    monkeypatch.setattr(model, "_fused_batch", False)  # the kernel line for batch steps
     calls.clear()
-    unfused = _decode_run(model)
+    unfused = _batch_run(model)
     assert not calls
     np.testing.assert_array_equal(fused[0], unfused[0])
     np.testing.assert_array_equal(fused[1], unfused[1])
-    assert fused[2] == unfused[2]
 
 
 def test_the_reference_block_is_the_kernel_line():
