@@ -1,5 +1,6 @@
-// decode_block and decode_block_batch: one transformer block over the new rows of a KV-cache
-// decode step, in one call (the optional kernels of sllm/backends/base.py). Same layer kernels, same order, as
+// decode_block and decode_block_batch (GPT-2), llama_decode_block and llama_decode_block_batch:
+// one transformer block over the new rows of a KV-cache decode step, in one call (the
+// optional kernels of sllm/backends/base.py). Same layer kernels, same order, as
 // SLLM._forward makes one by one, so the result is bit-identical to the unfused sequence.
 #pragma once
 #include <cstdint>
@@ -43,5 +44,30 @@ struct DecodeRows {
 void decode_block(float* out, const float* x, float* kcache, float* vcache, float* work,
                   const BlockWeights& w, int qtype, bool gelu, const DecodeRows& rows,
                   int64_t B, int64_t Tn, int64_t C, int64_t F, int64_t H, int64_t maxT);
+
+// A llama block's tensors: the RMSNorm weights (C) and five matmul weights, each float
+// (C_in, C_out), PackedWeights, or quantized rows (packed or not) as in BlockWeights.
+struct LlamaBlockWeights {
+  const float* ln1_w;
+  const void *qkv_w, *o_w;
+  const float* ln2_w;
+  const void *gate_w, *up_w, *down_w;
+  bool packed;
+};
+
+// Floats of llama_decode_block's workspace for N rows: N * (8C + 3F + 2), as
+// sllm.backends.reference.llama_decode_block_workspace (and wasm/decode.c) count it.
+inline int64_t llama_decode_block_workspace(int64_t N, int64_t C, int64_t F) {
+  return N * (8 * C + 3 * F + 2);
+}
+
+// out (B,Tn,C) = llama block(x) at `rows` (out may alias x): sllm/llama.py's sequence of
+// kernels, H query heads and Hkv key/value heads of D = C / H. A decode step's rows are
+// rotated at pos + t (written to the workspace's positions), a batch step's at
+// rows.positions.
+void llama_decode_block(float* out, const float* x, float* kcache, float* vcache, float* work,
+                        const LlamaBlockWeights& w, int qtype, const DecodeRows& rows,
+                        int64_t B, int64_t Tn, int64_t C, int64_t F, int64_t H, int64_t Hkv,
+                        double theta, float eps, int64_t maxT);
 
 }  // namespace sllm

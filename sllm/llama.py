@@ -74,13 +74,19 @@ def forward(m: SLLM, a: LlamaActivations, dropout: float, cache: KVCache | None,
     blocks = batch.blocks if batch else m._blocks
     for i, (L, la) in enumerate(zip(batch.layers if batch else m._p_layers, a.layers,
                                     strict=True)):
-        if cache is not None and rows is None and prompts is None and \
-                (block := blocks[i]) is not None:
+        if cache is not None and prompts is None and (block := blocks[i]) is not None and \
+                (rows is None or m._fused_batch):
             # a decode step: the whole block in one call (_block's lines, fused)
             params, qtype = block
-            k.llama_decode_block(la.res3, x, cache.k[i], cache.v[i], a.decode_work(), params,
-                                 cache.pos, cfg.num_heads, cfg.kv_heads, cfg.ffn_hidden_dim,
-                                 cfg.rope_theta, cfg.norm_eps, qtype)
+            dims = (cfg.num_heads, cfg.kv_heads, cfg.ffn_hidden_dim, cfg.rope_theta,
+                     cfg.norm_eps, qtype)
+            if rows is None:
+                k.llama_decode_block(la.res3, x, cache.k[i], cache.v[i], a.decode_work(),
+                                     params, cache.pos, *dims)
+            else:
+                slots, positions = rows
+                k.llama_decode_block_batch(la.res3, x, cache.k[i], cache.v[i], a.decode_work(),
+                                           params, slots, positions, *dims)
             x = la.res3
             continue
         x = _block(m, a, i, L, la, x, dropout, cache, rows, prompts)

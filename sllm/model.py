@@ -291,13 +291,14 @@ class SLLM:
         the layer kernel by kernel: the backend has only the contract's default (the same
         kernels, behind one more Python call), or the layer mixes weight types."""
         kernel = "llama_decode_block" if self.is_llama else "decode_block"
-        own = getattr(type(self.backend), kernel) is not getattr(Backend, kernel)
+
+        def own(name: str) -> bool:
+            return getattr(type(self.backend), name) is not getattr(Backend, name)
         if layers is None:
-            # (a continuous-batching step fuses its blocks only where decode_block_batch is
-            # the backend's own too; a llama's never)
-            self._fused_batch = own and not self.is_llama and \
-                type(self.backend).decode_block_batch is not Backend.decode_block_batch
-        return [_decode_block_args(L, self.is_llama) if own else None
+            # (a continuous-batching step fuses its blocks only where the _batch kernel is
+            # the backend's own too)
+            self._fused_batch = own(kernel) and own(kernel + "_batch")
+        return [_decode_block_args(L, self.is_llama) if own(kernel) else None
                 for L in (self._p_layers if layers is None else layers)]
 
     def _decode_weights(self) -> _DecodeWeights | None:
@@ -842,6 +843,8 @@ class SLLM:
         t = self._check_tokens(padded)
         acts = self._activations(t.shape[0], T, False)
         acts.tokens[...] = t
+        if self.adapter is not None:  # as decode(): no dropout in a KV-cache step
+            self.adapter.dropout = 0.0
         self._forward(acts, 0.0, cache, None, Prompts(sl, lengths))
         return np.array(acts.logits[:, -1, :])
 

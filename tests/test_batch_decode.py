@@ -343,3 +343,26 @@ def test_prefill_batch_refuses_bad_prompts(prompts, slots, match):
     cache = model.new_cache(3)
     with pytest.raises(ValueError, match=match):
         model.prefill_batch(prompts, cache, slots)
+
+
+def test_prefill_batch_with_an_attached_adapter_after_training_has_no_dropout(backend_name):
+    """An adapter trained with dropout, then prefilled: no dropout mask in the batched
+    prefill either (the same logits as decode() of each prompt alone)."""
+    from sllm.lora import Adapter, LoraConfig
+    model = _model(backend_name)
+    adapter = Adapter.create(model, LoraConfig(rank=2, dropout=0.5), 3)
+    for t in adapter.tensors.values():
+        t[...] = np.random.default_rng(1).standard_normal(t.shape) * 0.5
+    model.attach_adapter(adapter)
+    model.train()
+    model.forward_backward(np.array([[1, 2, 3, 4]]), np.array([[2, 3, 4, 5]]))
+    model.eval()
+    prompts, slots = [[1, 2, 3], [4, 5, 6, 7, 8]], [1, 0]
+    alone, together = model.new_cache(2), model.new_cache(2)
+    want = np.stack([model.decode(np.array([p]), alone.slot(s))[0]
+                     for p, s in zip(prompts, slots, strict=True)])
+    model.train()
+    model.forward_backward(np.array([[1, 2, 3, 4]]), np.array([[2, 3, 4, 5]]))
+    model.eval()
+    got = model.prefill_batch(prompts, together, slots)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)

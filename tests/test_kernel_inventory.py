@@ -20,8 +20,10 @@ from sllm.backends.wasm import WasmBackend, WasmSimdBackend, _WasmBase
 ROOT = Path(__file__).resolve().parent.parent
 ALL = (*KERNELS, *LLAMA_KERNELS, *OPTIONAL_KERNELS)
 # C++ functions that serve two kernels: dropout's backward is its forward with the same mask;
-# decode_block takes a batching step's slots and positions (DecodeRows) too.
-CPP_SAME_AS = {"dropout_bwd": "dropout_fwd", "decode_block_batch": "decode_block"}
+# decode_block (llama_decode_block) takes a batching step's slots and positions (DecodeRows)
+# too.
+CPP_SAME_AS = {"dropout_bwd": "dropout_fwd", "decode_block_batch": "decode_block",
+               "llama_decode_block_batch": "llama_decode_block"}
 
 
 def _text(pattern: str) -> str:

@@ -69,6 +69,7 @@ from .reference import (
     compose_decode_block,
     compose_decode_block_batch,
     compose_llama_decode_block,
+    compose_llama_decode_block_batch,
     decode_block_workspace,
     dropout_keep_mask,
     dropout_threshold,
@@ -102,7 +103,7 @@ LLAMA_KERNELS: tuple[str, ...] = (
 
 # Fused kernels a backend may provide; Backend's default composes the required ones.
 OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block", "decode_block_batch", "llama_decode_block",
-                                      "embed_q_fwd", "matmul_q_bwd")
+                                      "llama_decode_block_batch", "embed_q_fwd", "matmul_q_bwd")
 
 
 def _not_implemented(backend: Any, kernel: str) -> NotImplementedError:
@@ -524,6 +525,24 @@ class Backend:
         """
         compose_llama_decode_block(self, out, x, kcache, vcache, work, params, pos, n_head,
                                    n_kv_head, ffn_dim, theta, eps, qtype)
+
+    def llama_decode_block_batch(self, out: Array, x: Array, kcache: Array, vcache: Array,
+                                 work: Array, params: Sequence[Any], slots: Array,
+                                 positions: Array, n_head: int, n_kv_head: int, ffn_dim: int,
+                                 theta: float, eps: float, qtype: str | None = None) -> None:
+        """One llama block over a continuous-batching step (optional; serving).
+
+        llama_decode_block for B sequences at their own positions: row b of x (B,1,C) is
+        rotated at positions[b] and belongs to cache slot slots[b] of kcache, vcache
+        (S,Hkv,maxT,D), as in attention_decode_batch (slots, positions: (B,) int32; slots
+        distinct). out, work, params and the rest as in llama_decode_block. The result
+        equals, exactly, llama_decode_block's sequence with rope_fwd at `positions` and
+        attention_decode_batch in place of attention_decode, which is what this default
+        runs on the backend's own kernels.
+        """
+        compose_llama_decode_block_batch(self, out, x, kcache, vcache, work, params, slots,
+                                         positions, n_head, n_kv_head, ffn_dim, theta, eps,
+                                         qtype)
 
     def decode_block_batch(self, out: Array, x: Array, kcache: Array, vcache: Array,
                            work: Array, params: Sequence[Any], slots: Array, positions: Array,

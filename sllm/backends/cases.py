@@ -250,6 +250,19 @@ def _llama_decode_block(rng: np.random.Generator, B: int, Tn: int, H: int, Hkv: 
             H, Hkv, F, 10000.0 if pos < 50 else 500000.0, 1e-5, qtype]
 
 
+def _llama_decode_block_batch(rng: np.random.Generator, S: int, H: int, Hkv: int, D: int,
+                              F: int, maxT: int, slots: tuple[int, ...],
+                              positions: tuple[int, ...], qtype: str | None,
+                              packed: bool = True) -> Args:
+    # llama_decode_block's tensors for B = len(slots) rows of one position each, over S
+    # grouped-query cache slots holding stale data
+    B = len(slots)
+    out, x, _, _, work, params, _, *rest = _llama_decode_block(rng, B, 1, H, Hkv, D, F, 0, maxT,
+                                                                qtype, packed)
+    return [out, x, _f(rng, S, Hkv, maxT, D), _f(rng, S, Hkv, maxT, D), work, params,
+            np.array(slots, np.int32), np.array(positions, np.int32), *rest]
+
+
 def _rmsnorm_fwd(rng: np.random.Generator, N: int, C: int, eps: float) -> Args:
     return [_f(rng, N, C), _f(rng, N), _f(rng, N, C) * 3, 1 + _f(rng, C) / 4, eps]
 
@@ -417,6 +430,18 @@ _LDB = _shapes("B Tn H Hkv D F pos maxT qtype",
 _LDB += [{**_LDB[0], "in_place": True}, {**_LDB[4], "in_place": True},
          {**_LDB[3], "packed": False}, {**_LDB[5], "packed": False},
          {**_LDB[1], "packed": False}]
+# sequences at their own lengths in some slots; multi-query, grouped and Hkv = H; each weight
+# type; the last row a 16-sequence step of llama-small-model's shape
+_LDBB = _shapes("S H Hkv D F maxT slots positions qtype",
+                (1, 1, 1, 8, 16, 4, (0,), (0,), None),
+                (5, 3, 1, 6, 23, 9, (4, 1, 3), (8, 0, 3), None),
+                (3, 4, 2, 16, 96, 7, (2, 0), (6, 1), "q8_0"),
+                (4, 6, 3, 16, 40, 9, (3, 0, 2), (2, 8, 0), "q4_0"),
+                (2, 2, 1, 32, 64, 5, (1, 0), (4, 0), "q4_1"),
+                (16, 4, 4, 32, 368, 40, tuple(range(15, -1, -1)),
+                 tuple((7 * i) % 40 for i in range(16)), None))
+_LDBB += [{**_LDBB[1], "in_place": True}, {**_LDBB[3], "packed": False},
+          {**_LDBB[1], "packed": False}]
 _N = _shapes("n", (1,), (15,), (1001,), (40003,))
 _RMS = _shapes("N C eps", (1, 5, 1e-5), (7, 17, 1e-6), (37, 33, 1e-5), (64, 128, 1e-5),
                (300, 130, 1e-6))
@@ -454,6 +479,8 @@ CASES: dict[str, KernelCases] = {
     # rounding boundary moves its block by a step (~1/127 of it), as in tests/test_node_parity
     "llama_decode_block": KernelCases(_LDB, _llama_decode_block, (0, 2, 3), rtol=3e-3,
                                       atol=3e-3, aliases=((1, 0),)),
+    "llama_decode_block_batch": KernelCases(_LDBB, _llama_decode_block_batch, (0, 2, 3),
+                                            rtol=3e-3, atol=3e-3, aliases=((1, 0),)),
     "rmsnorm_fwd": KernelCases(_RMS, _rmsnorm_fwd, (0, 1)),
     "rmsnorm_bwd": KernelCases(_RMS, _rmsnorm_bwd, (0, 1)),
     "rope_fwd": KernelCases(_ROPE, _rope, (0,), rtol=1e-5),

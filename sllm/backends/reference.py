@@ -583,12 +583,36 @@ def compose_llama_decode_block(k: Any, out: Array, x: Array, kcache: Array, vcac
                                qtype: str | None = None) -> None:
     """llama_decode_block as the sequence of llama layer kernels of `k` (a backend or this
     module), the same calls sllm.llama makes for a decode step; every backend's default."""
-    ln1_w, qkv_w, o_w, ln2_w, gate_w, up_w, down_w = params
     B, Tn, C = x.shape
-    F = ffn_dim
-    W = (n_head + 2 * n_kv_head) * (C // n_head)
-    w = llama_decode_block_views(work, B, Tn, C, F, W)
+    w = llama_decode_block_views(work, B, Tn, C, ffn_dim, (n_head + 2 * n_kv_head) * (C // n_head))
     w.positions.reshape(B, Tn)[...] = np.arange(pos, pos + Tn, dtype=np.int32)
+    _compose_llama_block(k, out, x, w, params, w.positions, n_head, n_kv_head, theta, eps,
+                         qtype, lambda: k.attention_decode(w.atty, w.qkv, kcache, vcache, pos,
+                                                           n_head, n_kv_head))
+
+
+def compose_llama_decode_block_batch(k: Any, out: Array, x: Array, kcache: Array,
+                                     vcache: Array, work: Array, params: Sequence[Any],
+                                     slots: Array, positions: Array, n_head: int,
+                                     n_kv_head: int, ffn_dim: int, theta: float, eps: float,
+                                     qtype: str | None = None) -> None:
+    """llama_decode_block_batch as the sequence of llama layer kernels of `k`:
+    llama_decode_block's, each row rotated at its own position, with attention_decode_batch;
+    every backend's default."""
+    B, _, C = x.shape
+    w = llama_decode_block_views(work, B, 1, C, ffn_dim, (n_head + 2 * n_kv_head) * (C // n_head))
+    _compose_llama_block(k, out, x, w, params, positions, n_head, n_kv_head, theta, eps, qtype,
+                         lambda: k.attention_decode_batch(w.atty, w.qkv, kcache, vcache, slots,
+                                                          positions, n_head, n_kv_head))
+
+
+def _compose_llama_block(k: Any, out: Array, x: Array, w: SimpleNamespace,
+                         params: Sequence[Any], positions: Array, n_head: int, n_kv_head: int,
+                         theta: float, eps: float, qtype: str | None,
+                         attend: Callable[[], None]) -> None:
+    """A llama block of decode rows on `k`'s kernels into the views `w`; attend() is its
+    attention (w.qkv into w.atty)."""
+    ln1_w, qkv_w, o_w, ln2_w, gate_w, up_w, down_w = params
 
     def mm(o: Array, inp: Array, weight: Any) -> None:
         if qtype:
@@ -597,8 +621,8 @@ def compose_llama_decode_block(k: Any, out: Array, x: Array, kcache: Array, vcac
             k.matmul_fwd(o, inp, weight, None, False)
     k.rmsnorm_fwd(w.ln, w.rstd, x, ln1_w, eps)
     mm(w.qkv, w.ln, qkv_w)
-    k.rope_fwd(w.qkv_rows, w.positions, n_head, n_kv_head, theta)
-    k.attention_decode(w.atty, w.qkv, kcache, vcache, pos, n_head, n_kv_head)
+    k.rope_fwd(w.qkv_rows, positions, n_head, n_kv_head, theta)
+    attend()
     mm(w.attproj, w.atty, o_w)
     k.residual_fwd(w.res2, x, w.attproj)
     k.rmsnorm_fwd(w.ln, w.rstd, w.res2, ln2_w, eps)
@@ -615,6 +639,17 @@ def llama_decode_block(out: Array, x: Array, kcache: Array, vcache: Array, work:
     """One llama block over new decode rows (see base.Backend.llama_decode_block)."""
     compose_llama_decode_block(sys.modules[__name__], out, x, kcache, vcache, work, params,
                                pos, n_head, n_kv_head, ffn_dim, theta, eps, qtype)
+
+
+def llama_decode_block_batch(out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
+                             params: Sequence[Any], slots: Array, positions: Array,
+                             n_head: int, n_kv_head: int, ffn_dim: int, theta: float,
+                             eps: float, qtype: str | None = None) -> None:
+    """One llama block over a continuous-batching step (see
+    base.Backend.llama_decode_block_batch)."""
+    compose_llama_decode_block_batch(sys.modules[__name__], out, x, kcache, vcache, work,
+                                     params, slots, positions, n_head, n_kv_head, ffn_dim,
+                                     theta, eps, qtype)
 
 
 def decode_block(out: Array, x: Array, kcache: Array, vcache: Array, work: Array,
