@@ -149,9 +149,12 @@ def _wait_or_kill(proc: subprocess.Popen[bytes], forwarded: list[int],
             print(f"sllm: the job did not stop within {FORWARD_GRACE_S:g} s of {name}; "
                   "killing it (a later --resume starts from its last checkpoint)",
                   file=sys.stderr, flush=True)
-            # The ranks first, found while mpiexec still parents them: they are not in its
-            # process group (its proxies run in sessions of their own).
-            for pid in [*descendants(proc.pid), proc.pid]:
+            # The ranks are found while mpiexec still parents them (they are not in its
+            # process group: its proxies run in sessions of their own), then the job's own
+            # process is killed first: killed after them, it could see its ranks end and exit
+            # 0 in between (a preemption between the two kills on a loaded machine did that).
+            ranks = descendants(proc.pid)
+            for pid in [proc.pid, *ranks]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
