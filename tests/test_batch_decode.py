@@ -178,17 +178,26 @@ def test_decode_batch_refuses_bad_rows(slots, positions, match):
         model.decode_batch([1, 2], cache, slots, positions)
 
 
+@pytest.mark.parametrize("llama", [False, True])
 @pytest.mark.parametrize("qtype", [None, "q8_0", "q4_1"])
-def test_fused_step_equals_kernel_by_kernel(backend_name, qtype):
-    """decode_batch through decode_block_batch (one call per block, where the backend has
-    its own) gives exactly the logits and cache of the same step run kernel by kernel."""
+def test_fused_step_equals_kernel_by_kernel(backend_name, qtype, llama):
+    """decode_batch through decode_block_batch (llama_decode_block_batch; one call per
+    block, where the backend has its own) gives exactly the logits and cache of the same
+    step run kernel by kernel."""
+    if llama and backends.get(backend_name).missing_llama_kernels():
+        pytest.skip(f"{backend_name} runs GPT-2 models only")
     out = []
     for fused in (True, False):
         model = _model(backend_name)
+        if llama:  # grouped-query attention, head dim 6
+            cfg = sllm.ModelConfig(vocab_size=37, embedding_dim=24, num_layers=2, num_heads=4,
+                                   num_kv_heads=2, ffn_hidden_dim=40, dropout=0.0,
+                                   max_seq_len=24, architecture="llama")
+            model = sllm.SLLM(cfg, backend=backend_name, seed=7).eval()
         if qtype:
             model.quantize(qtype)
-        if backend_name == "cpp":
-            assert model._fused_batch, "cpp has its own decode_block_batch"
+        if backend_name in ("cpp", "wasm", "wasm-simd"):
+            assert model._fused_batch, f"{backend_name} has its own fused batch block"
         model._fused_batch = fused and model._fused_batch
         cache = model.new_cache(4)
         for s, p in enumerate([[1, 2, 3], [4], [5, 6, 7, 8]]):

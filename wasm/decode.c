@@ -1,6 +1,6 @@
 /* The fused decode blocks: one GPT-2 or llama block over a KV-cache decode step's new rows
  * in one host call (the optional kernels decode_block / decode_block_batch and
- * llama_decode_block of sllm/backends/base.py).
+ * llama_decode_block / llama_decode_block_batch of sllm/backends/base.py).
  * It runs the very kernels a decode step calls one by one (layernorm_fwd, matmul_fwd or
  * matmul_q_fwd, attention_decode, residual_fwd, gelu_fwd / relu_fwd; the llama block's
  * rmsnorm_fwd, rope_fwd and swiglu_fwd), writing each one's
@@ -93,12 +93,14 @@ EXPORT(decode_block_batch) { block(1); }
 /* Slots: 0 out (B,Tn,C), 1 x (B,Tn,C), 2 kcache, 3 vcache, 4 work (N*(8C+3F+2)), 5-11 the
  * block's tensors (ln1_w, qkv_w, o_w, ln2_w, gate_w, up_w, down_w), 12 B, 13 Tn, 14 C, 15 F,
  * 16 H, 17 Hkv, 18 maxT, 19 pos, 20 qcode (-1: float weights), 21 scratch (max of maxT, 2D
- * and matmul_q_fwd's floats), 22-23 theta (float64), 24 eps (float32). The rows of every
- * sequence are at positions pos..pos+Tn-1; the work buffer is cut as
- * reference.llama_decode_block_views cuts it (the positions in it, as int32). */
-EXPORT(llama_decode_block) {
-    uint32_t a[25];
-    for (int i = 0; i < 25; i++) a[i] = ARGS[i].u;
+ * and matmul_q_fwd's floats), 22-23 theta (float64), 24 eps (float32); llama_decode_block:
+ * the rows of every sequence are at positions pos..pos+Tn-1; llama_decode_block_batch
+ * (Tn = 1, pos unused): 25 slots, 26 positions, row b in cache slot slots[b] at
+ * positions[b]. The work buffer is cut as reference.llama_decode_block_views cuts it (the
+ * rows' positions in it, as int32). */
+static void llama_block(int batch) {
+    uint32_t a[27];
+    for (int i = 0; i < 27; i++) a[i] = ARGS[i].u;
     const float *out = (const float *)(uintptr_t)a[0], *x = (const float *)(uintptr_t)a[1];
     const uint32_t *p = a + 5;
     int B = (int)a[12], Tn = (int)a[13], C = (int)a[14], F = (int)a[15], H = (int)a[16];
@@ -111,8 +113,9 @@ EXPORT(llama_decode_block) {
     float *qkv = (float *)(positions + N), *atty = qkv + N * 3 * C, *attproj = atty + N * C;
     float *res2 = attproj + N * C, *gate = res2 + N * C, *up = gate + N * F, *hact = up + N * F;
     float *down = hact + N * F;
+    const int32_t *given = (const int32_t *)(uintptr_t)a[26];
     for (int b = 0; b < B; b++)
-        for (int t = 0; t < Tn; t++) positions[b * Tn + t] = pos + t;
+        for (int t = 0; t < Tn; t++) positions[b * Tn + t] = batch ? given[b] : pos + t;
 
     uint32_t n1[] = {f32_at(ln), f32_at(rstd), f32_at(x), p[0], N, C, eps};
     run(rmsnorm_fwd, 7, n1);
@@ -121,8 +124,15 @@ EXPORT(llama_decode_block) {
     uint32_t ro[] = {f32_at(qkv), (uint32_t)(uintptr_t)positions, N, H, Hkv, D, a[22], a[23],
                      scratch, 0};
     run(rope_fwd, 10, ro);
-    uint32_t at[] = {f32_at(atty), f32_at(qkv), a[2], a[3], B, Tn, C, H, maxT, pos, scratch, Hkv};
-    run(attention_decode, 12, at);
+    if (batch) {
+        uint32_t at[] = {f32_at(atty), f32_at(qkv), a[2], a[3], a[25], a[26], B, C, H, maxT,
+                         scratch, Hkv};
+        run(attention_decode_batch, 12, at);
+    } else {
+        uint32_t at[] = {f32_at(atty), f32_at(qkv), a[2], a[3], B, Tn, C, H, maxT, pos, scratch,
+                         Hkv};
+        run(attention_decode, 12, at);
+    }
     matmul(attproj, atty, p[2], 0, N, C, C, qcode, scratch);
     uint32_t r1[] = {f32_at(res2), f32_at(x), f32_at(attproj), N * C};
     run(residual_fwd, 4, r1);
@@ -136,3 +146,7 @@ EXPORT(llama_decode_block) {
     uint32_t r2[] = {f32_at(out), f32_at(res2), f32_at(down), N * C};
     run(residual_fwd, 4, r2);
 }
+
+EXPORT(llama_decode_block) { llama_block(0); }
+
+EXPORT(llama_decode_block_batch) { llama_block(1); }

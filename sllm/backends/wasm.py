@@ -394,25 +394,50 @@ class _WasmBase(Backend):
                            n_kv_head: int, ffn_dim: int, theta: float, eps: float,
                            qtype: str | None = None) -> None:
         """One llama block over a decode step's new rows in one call (wasm/decode.c), as
-        decode_block is for GPT-2. (Checks by plain ifs: per block call, lambdas and
-        tuple() cost a small model's token a few percent.)"""
+        decode_block is for GPT-2."""
+        self._llama_block("llama_decode_block", out, x, kcache, vcache, work, params, n_head,
+                          n_kv_head, ffn_dim, theta, eps, qtype, x.shape[0], pos, None)
+
+    def llama_decode_block_batch(self, out: Array, x: Array, kcache: Array, vcache: Array,
+                                 work: Array, params: Sequence[Any], slots: Array,
+                                 positions: Array, n_head: int, n_kv_head: int, ffn_dim: int,
+                                 theta: float, eps: float, qtype: str | None = None) -> None:
+        """llama_decode_block for B sequences at their own cache slots and positions, in one
+        call."""
+        if x.ndim != 3 or x.shape[1] != 1:
+            raise ValueError(f"llama_decode_block_batch: x must be (B, 1, C), got {x.shape}")
+        self._llama_block("llama_decode_block_batch", out, x, kcache, vcache, work, params,
+                          n_head, n_kv_head, ffn_dim, theta, eps, qtype, kcache.shape[0], 0,
+                          (slots, positions))
+
+    def _llama_block(self, name: str, out: Array, x: Array, kcache: Array, vcache: Array,
+                     work: Array, params: Sequence[Any], n_head: int, n_kv_head: int,
+                     ffn_dim: int, theta: float, eps: float, qtype: str | None,
+                     cache_rows: int, pos: int, rows: tuple[Array, Array] | None) -> None:
+        """The call llama_decode_block and its batch form share (wasm/decode.c's slots),
+        checked by plain ifs (per block call, lambdas and tuple() cost a small model's
+        token a few percent)."""
         B, Tn, C = x.shape
         H, Hkv, F, N = n_head, n_kv_head, ffn_dim, B * Tn
         if not (H > 0 and Hkv > 0 and H % Hkv == 0 and C % H == 0 and C // H % 2 == 0):
-            raise ValueError(f"llama_decode_block: n_kv_head ({Hkv}) must divide n_head ({H}), "
+            raise ValueError(f"{name}: n_kv_head ({Hkv}) must divide n_head ({H}), "
                              f"which must divide C ({C}) into an even head dim")
         if not theta > 0:
-            raise ValueError(f"llama_decode_block: theta must be > 0, got {theta}")
+            raise ValueError(f"{name}: theta must be > 0, got {theta}")
         D = C // H
-        max_t = _cache_rows(kcache, vcache, B, Hkv, D, pos, Tn)
-        _check_block_buffers("llama_decode_block", out, x, work, N * (8 * C + 3 * F + 2))
+        max_t = _cache_rows(kcache, vcache, cache_rows, Hkv, D, pos, Tn)
+        tail: tuple[int, ...] = ()
+        if rows is not None:
+            sl, ps = _batch_rows(rows[0], rows[1], B, cache_rows, max_t)
+            tail = (self._ptr(sl, I32), self._ptr(ps, I32))
+        _check_block_buffers(name, out, x, work, N * (8 * C + 3 * F + 2))
         tensors, code = self._llama_tensors(params, C, (H + 2 * Hkv) * D, F, qtype)
         nb = -(-max(C, F) // 32)
         scratch = self._scratch(max(max_t, 2 * D, N * nb * 8 + 2 * N * nb))
-        self._call("llama_decode_block", _LLAMA_BLOCK_SLOTS, self._ptr(out, write=True),
+        self._call(name, _LLAMA_BLOCK_SLOTS + "I" * len(tail), self._ptr(out, write=True),
                    self._ptr(x), self._ptr(kcache, write=True), self._ptr(vcache, write=True),
                    self._ptr(work, write=True), *tensors, B, Tn, C, F, H, Hkv, max_t, pos, code,
-                   scratch, float(theta), eps)
+                   scratch, float(theta), eps, *tail)
 
     def _llama_tensors(self, params: Sequence[Any], C: int, W: int, F: int,
                        qtype: str | None) -> tuple[tuple[int, ...], int]:
@@ -427,14 +452,14 @@ class _WasmBase(Backend):
         for w, K, OC in ((qkv_w, C, W), (o_w, C, C), (gate_w, C, F), (up_w, C, F), (down_w, F, C)):
             if qtype is None:
                 if w.shape != (K, OC):
-                    raise ValueError(f"llama_decode_block: a weight is {w.shape}, not {(K, OC)}")
+                    raise ValueError(f"llama block: a weight is {w.shape}, not {(K, OC)}")
                 weights.append(self._ptr(w))
             else:
                 rows_q, code = _q_operand(w, qtype, OC, K)
                 weights.append(self._ptr(rows_q, U8))
         for v in (ln1_w, ln2_w):
             if np.size(v) != C:
-                raise ValueError(f"llama_decode_block: a norm weight has {np.size(v)} values, not {C}")
+                raise ValueError(f"llama block: a norm weight has {np.size(v)} values, not {C}")
         tensors = (self._ptr(ln1_w), weights[0], weights[1], self._ptr(ln2_w), *weights[2:])
         if len(self._staged) == staged:
             if len(self._block_slots) >= OFFSET_CACHE:
