@@ -5,6 +5,7 @@ names are checked; a removed adapter's requests in flight finish with it; and th
 official `openai` client: /v1/models lists the adapters, `model` picks one, an unknown one
 is a 404, POST/DELETE /v1/adapters behind the API key."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -323,9 +324,21 @@ def test_adapters_served_on_a_quantized_base(qtype, tok, tmp_path):
         random_adapter(quantized, i + 1, ["all", "attn"][i]).save(tmp_path / f"{name}.sllm")
         specs.append(f"{name}={tmp_path / f'{name}.sllm'}")
     server = ThreadServer(path, max_batch=8, adapters=specs)
-    bank, groups = server.engine.adapters, []
+    bank, groups, engine, held = server.engine.adapters, [], server.engine, []
     route = bank.route
-    bank.route = lambda rows: (route(rows), groups.append(len(bank.groups)))
+
+    def routed(rows):
+        # the first step waits until all 9 requests have come (queued or decoding), so the
+        # steps after it mix them whatever the threads' timing (a loaded machine once let
+        # one adapter's requests finish before the other's arrived)
+        deadline = time.monotonic() + 30
+        while not held and engine.queue_depth() + engine.busy_slots() < 9 and \
+                time.monotonic() < deadline:
+            time.sleep(0.005)
+        held.append(True)
+        route(rows)
+        groups.append(len(bank.groups))
+    bank.route = routed
     try:
         assert server.model.qtype == qtype
         client = server.client()
