@@ -47,6 +47,15 @@ constexpr int64_t kParallelMacs = 1 << 20;
 // took 0.92-0.93x the time of a 1M threshold (in-process A/B, 20 rounds, load 1.5) and
 // 0.93-1.04x with a busy loop on the other core (64K: 1.09-1.12x there).
 constexpr int64_t kPackedParallelMacs = 1 << 18;
+// ... and one sequence's GEMV on packed panels from 128K: medium-model's qkv, fc and
+// fc_proj split, its attention projection and every small-model layer stay on one thread.
+// On a quiet machine the 2-thread decode of medium-model took 0.70x the time of 512K
+// (2,285 vs 1,591 tok/s, 10 rounds interleaved in one process, load 1.3; splitting from 32K
+// as well, and small-model from 32K 1.12x the time), but with a busy loop on the other core
+// 1.18x (min 0.53x the rate) and at load 3 with other engineers' builds up to 1.5x: a
+// worker that loses its core mid-task stalls the layer (a guard that stopped splitting for
+// 50-500 ms after a late worker did not help).
+constexpr int64_t kGemvParallelMacs = 1 << 17;
 
 Scratch g_pack;
 Scratch g_dweight;  // matmul_bwd's dW product when it is computed transposed
@@ -434,17 +443,18 @@ void gemm_prepacked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda
 
 // A few rows (decoding one sequence) against a weight stored (K, N): its packed panels,
 // read panel after panel, are one contiguous stream, where the weight itself is read in
-// strips of every row (gemm_small_m's axpy over rows); same results. Threads split it as
-// gemm_small_m splits the columns, in tasks of whole panels. (Batch-1 decode, one thread,
-// tokens per thread-CPU-second: medium-model 1.53x, small-model 1.51x the weight read in
-// place (min 1.21x, 1.37x); in-process A/B, 12 rounds interleaved, load 3.6, 2026-12-05.)
+// strips of every row (gemm_small_m's axpy over rows); same results. From
+// kGemvParallelMacs the threads split it in tasks of whole panels, each a contiguous run.
+// (Batch-1 decode, one thread, tokens per thread-CPU-second: medium-model 1.53x,
+// small-model 1.51x the weight read in place (min 1.21x, 1.37x); in-process A/B, 12
+// rounds interleaved, load 3.6, 2026-12-05.)
 // A transposed weight (a tied head) keeps gemm_small_m's dot products over its rows,
 // already one contiguous stream.
 void gemv_prepacked(int64_t M, const float* A, const PackedWeight& w, float* C,
                     const float* bias) {
   const Ops& o = ops();
   const int64_t count = (w.N + o.nr - 1) / o.nr;
-  const bool split = (M * w.N * w.K >> 18) >= 2;  // gemm_small_m's threshold
+  const bool split = M * w.N * w.K >= kGemvParallelMacs;
   parallel_grains(count, std::max<int64_t>(1, count / 8), split, [&](int64_t p0, int64_t p1) {
     o.gemv_panels(C, w.N, A, w.K, w.panels, M, w.K, w.N, p0, p1, bias);
   });
