@@ -110,9 +110,14 @@ def test_kernel_refuses_bad_rows(backend_name, rng, slots, positions, match):
                                   np.array(slots, np.int32), np.array(positions, np.int32), 2)
 
 
-def _model(backend_name, tie=False):
-    cfg = sllm.ModelConfig(vocab_size=37, embedding_dim=24, num_layers=2, num_heads=3,
-                           ffn_hidden_dim=40, dropout=0.0, max_seq_len=24, tie_embeddings=tie)
+def _model(backend_name, tie=False, llama=False):
+    """A small GPT-2 model, or (llama) a grouped-query llama one; a backend without the llama
+    kernels skips the llama case."""
+    if llama and backends.get(backend_name).missing_llama_kernels():
+        pytest.skip(f"{backend_name} runs GPT-2 models only")
+    arch = dict(num_heads=4, num_kv_heads=2, architecture="llama") if llama else dict(num_heads=3)
+    cfg = sllm.ModelConfig(vocab_size=37, embedding_dim=24, num_layers=2, ffn_hidden_dim=40,
+                           dropout=0.0, max_seq_len=24, tie_embeddings=tie, **arch)
     return sllm.SLLM(cfg, backend=backend_name, seed=7).eval()
 
 
@@ -244,14 +249,7 @@ def test_packed_weights_give_the_same_step(backend_name, tie, llama):
     """decode_batch reads the weights as Backend.pack_weight packs them (cpp: its GEMM's
     panels, the tied head transposed), in either family; the logits equal, exactly, those of
     the weights read as they are."""
-    model = _model(backend_name, tie)
-    if llama:
-        if backends.get(backend_name).missing_llama_kernels():
-            pytest.skip(f"{backend_name} runs GPT-2 models only")
-        cfg = sllm.ModelConfig(vocab_size=37, embedding_dim=24, num_layers=2, num_heads=4,
-                               num_kv_heads=2, ffn_hidden_dim=40, dropout=0.0, max_seq_len=24,
-                               tie_embeddings=tie, architecture="llama")
-        model = sllm.SLLM(cfg, backend=backend_name, seed=7).eval()
+    model = _model(backend_name, tie, llama)
     packed = _steps(model)
     assert model._decode_packed is not None
     model.pack_weights = False  # the model's own arrays
@@ -311,14 +309,7 @@ def test_prefill_batch_equals_prefills_one_at_a_time(backend_name, llama, qtype,
     on the row count, but for the transposed tied head's, whose one-row path differs, as
     in decode_batch), elsewhere within the tolerance decode_batch has against decode
     (numpy's BLAS adds in another order for another row count)."""
-    model = _model(backend_name, tie)
-    if llama:
-        if backends.get(backend_name).missing_llama_kernels():
-            pytest.skip(f"{backend_name} runs GPT-2 models only")
-        cfg = sllm.ModelConfig(vocab_size=37, embedding_dim=24, num_layers=2, num_heads=4,
-                               num_kv_heads=2, ffn_hidden_dim=40, dropout=0.0, max_seq_len=24,
-                               tie_embeddings=tie, architecture="llama")
-        model = sllm.SLLM(cfg, backend=backend_name, seed=7).eval()
+    model = _model(backend_name, tie, llama)
     if qtype:
         model.quantize(qtype)
     rng = np.random.default_rng(5)
