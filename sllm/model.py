@@ -52,6 +52,9 @@ def _decode_block_args(L: SimpleNamespace, llama_block: bool = False
     return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
+_WRAPPED = (TokenHead, LoraWeight, RoutedWeight)  # weights _matmul adds a delta to
+
+
 class _DecodeWeights(NamedTuple):
     """SLLM._decode_weights: a KV-cache step's layers (float matmul weights packed by the
     backend), their fused decode blocks, and the output head."""
@@ -640,20 +643,21 @@ class SLLM:
                 bias: np.ndarray | None, trans_w: bool = False) -> None:
         """matmul_fwd, or matmul_q_fwd when the weight is quantized (rows along K); plus the
         LoRA delta when the weight is an attached adapter's target."""
-        if isinstance(weight, TokenHead):  # an adapter's trainable token rows
+        if not isinstance(weight, _WRAPPED):  # a plain weight (each decode step's head): one check
+            if isinstance(weight, QTensor):
+                self.backend.matmul_q_fwd(out, inp, weight.kernel_rows, bias, weight.qtype)
+            else:
+                self.backend.matmul_fwd(out, inp, weight, bias, trans_w)
+        elif isinstance(weight, TokenHead):  # an adapter's trainable token rows
             self._matmul(out, inp, weight.base, bias, trans_w)
             weight.rows.head_fwd(out, inp)
         elif isinstance(weight, LoraWeight):
             assert self.adapter is not None  # LoraWeights exist only while attached
             self._matmul(out, inp, weight.base, bias, trans_w)
             self.adapter.forward(out, inp, weight, mix_seed(self._last_seed, weight.index, 2))
-        elif isinstance(weight, RoutedWeight):  # served adapters: each on its own rows
+        else:  # served adapters (RoutedWeight): each on its own rows
             self._matmul(out, inp, weight.base, bias, trans_w)
             weight.bank.add_deltas(weight.name, out, inp)
-        elif isinstance(weight, QTensor):
-            self.backend.matmul_q_fwd(out, inp, weight.kernel_rows, bias, weight.qtype)
-        else:
-            self.backend.matmul_fwd(out, inp, weight, bias, trans_w)
 
     def _matmul_bwd(self, dinp: np.ndarray, dweight: np.ndarray | None,
                     dbias: np.ndarray | None, dout: np.ndarray, inp: np.ndarray,

@@ -42,6 +42,21 @@ def test_sampling_is_seeded(model):
     assert a == b and len(a) == 10
 
 
+def test_the_sampler_makes_its_generator_on_the_first_draw_that_needs_it():
+    """Greedy decoding never makes one (default_rng costs 20 us a sequence); a seeded
+    sampler's lazily made generator draws what default_rng(seed) made up front draws."""
+    from sllm.generate import sampling_params
+    from sllm.sampler import Sampler, sample_next
+    logits = np.random.default_rng(1).standard_normal((6, 41)).astype(np.float32)
+    greedy = Sampler(sampling_params(0, vocab_size=41), 41)
+    assert [greedy.next(row).token for row in logits] == [int(np.argmax(r)) for r in logits]
+    assert greedy._rng is None
+    sampler, rng = Sampler(sampling_params(1.0, top_k=5, seed=7, vocab_size=41), 41), \
+        np.random.default_rng(7)
+    assert [sampler.next(row).token for row in logits] == \
+        [sample_next(row, rng, 1.0, 5) for row in logits]
+
+
 def test_stops_at_eos(model):
     first = model.generate([1, 2], 1, temperature=0)[-1]
     out = list(stream(model, [1, 2], 10, temperature=0, eos_id=first))
