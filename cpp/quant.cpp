@@ -252,6 +252,16 @@ void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq
   }
 }
 
+void encoder_q_fwd(float* out, const int32_t* tokens, int64_t n, int64_t T, const uint8_t* wq,
+                   int qtype, const float* wpe, int64_t pos, int64_t C, bool packed) {
+  embed_q_fwd(out, tokens, n, wq, qtype, C, packed);
+  for (int64_t i = 0; i < n; ++i) {  // two passes: the float32 sums of the composed path
+    const float* p = wpe + (pos + i % T) * C;
+    float* o = out + i * C;
+    for (int64_t c = 0; c < C; ++c) o[c] += p[c];
+  }
+}
+
 // The backward to the input, dinp = dout @ W: W's columns [k0, k1) dequantized for all OC
 // rows into a bounded float slice (kDequantChunkFloats, whole blocks), then the float
 // GEMM (N x slice width, depth OC) writes dinp's columns. The dequantization is O(OC*K)

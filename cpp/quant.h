@@ -132,6 +132,11 @@ void unpack_q(uint8_t* dst, const uint8_t* packed, int qtype, int64_t OC, int64_
 void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq, int qtype,
                  int64_t C, bool packed = false);
 
+// out (n, C) = embed_q_fwd's rows + wpe[pos + i % T]: a quantized model's token and
+// position embedding (encoder_fwd with a quantized wte), the same sums as the two apart.
+void encoder_q_fwd(float* out, const int32_t* tokens, int64_t n, int64_t T, const uint8_t* wq,
+                   int qtype, const float* wpe, int64_t pos, int64_t C, bool packed = false);
+
 // GB/s of a streaming read of `bytes` bytes by every kernel thread, timed for >= seconds.
 double stream_read_gbps(double seconds, int64_t bytes);
 

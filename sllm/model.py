@@ -694,10 +694,15 @@ class SLLM:
             self.adapter.flat_grads.fill(0)
 
     def _embed_rows(self, a: Activations, pos: int, positions: np.ndarray | None) -> None:
-        """x0 = wte[tokens] + wpe[positions] as a numpy gather, for a quantized tied wte
-        (its rows dequantized) or a decode_batch step (each row at its own position)."""
-        if "wte" in self._qweights:
-            wte = self._qweights["wte"]
+        """x0 = wte[tokens] + wpe[positions], for a quantized tied wte (its rows dequantized:
+        encoder_q_fwd, one kernel call) or a decode_batch step (each row at its own
+        position: a numpy gather)."""
+        wte = self._qweights.get("wte")
+        if wte is not None and positions is None:  # one call: the rows and pos.. added
+            self.backend.encoder_q_fwd(a.x0, a.tokens, wte.kernel_rows, self._params["wpe"],
+                                       wte.qtype, pos)
+            return
+        if wte is not None:
             self.backend.embed_q_fwd(a.x0, a.tokens, wte.kernel_rows, wte.qtype)
         else:
             a.x0[...] = self._params["wte"][a.tokens]
