@@ -152,7 +152,11 @@ void gemm_packed(float* out, const uint8_t* wq, const float* bias, int qtype, in
                    f + (N + n0) * nb, nsum + n0 * nb);
   const int64_t groups = (OC + R - 1) / R, gbytes = qgroup_bytes(qtype, nb, R);
   const int threads = gemv_threads(N, nb * QK, OC, true);
-  const int64_t per_task = std::max<int64_t>(1, std::min<int64_t>(4, groups / (4 * threads)));
+  // one activation row: runs of 4 (or 2) whole groups to the tier's multi-group kernels,
+  // where it has them; on one thread, one task (the tasks only balance threads)
+  const QGroupRow quad = N == 1 ? t.quad[qtype] : nullptr, pair = N == 1 ? t.pair[qtype] : nullptr;
+  const int64_t per_task = threads == 1 ? groups
+                           : std::max<int64_t>(1, std::min<int64_t>(4, groups / (4 * threads)));
   parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
     float y[kGroupRows * 16], padded[16];
     const int64_t g1 = std::min(groups, (task + 1) * per_task);
@@ -163,6 +167,16 @@ void gemm_packed(float* out, const uint8_t* wq, const float* bias, int qtype, in
         std::fill(padded, padded + R, 0.0f);
         std::copy(bias + o0, bias + o0 + n_out, padded);
         b = padded;
+      }
+      if (quad && g + 4 <= g1 && o0 + 4 * R <= OC) {
+        quad(out + o0, wq + g * gbytes, gbytes, x[0], nb, b);
+        g += 3;
+        continue;
+      }
+      if (pair && g + 2 <= g1 && o0 + 2 * R <= OC) {
+        pair(out + o0, wq + g * gbytes, gbytes, x[0], nb, b);
+        ++g;
+        continue;
       }
       for (int64_t p = 0, n0 = 0; p < panels; ++p, n0 += P) {
         const int rows = panel_rows(p);

@@ -72,6 +72,13 @@ typedef void (*QRowQuantize)(const float* x, int64_t K, int8_t* q, float* d, flo
 void quantize_block_q8_0(const float* x, int64_t n, int8_t* q, float* d, float* s,
                          int32_t* sum);
 
+// Multi-group kernel (one activation row, a decode step's GEMV): y[0..G*R) = the dot
+// products of G consecutive packed groups (the first at g, the next at g + gbytes, ...) with
+// a one-row panel, plus bias[0..G*R) (0.0f when null): the group kernel's results for each,
+// bit for bit, in one pass that loads each activation broadcast once for the G groups.
+typedef void (*QGroupRow)(float* y, const uint8_t* g, int64_t gbytes, const QPanel& x,
+                          int64_t nb, const float* bias);
+
 struct QuantOps {
   const char* name;  // "scalar" | "avx2" | "avx512vnni"
   QRowQuantize quantize;
@@ -81,6 +88,8 @@ struct QuantOps {
   QGroup group[3];   // by QType; null when rows == 0
   int group_rows;    // the most activation rows a group call takes (<= kGroupRows)
   QPanelMake panel;  // null when rows == 0
+  QGroupRow pair[3];  // by QType: G = 2; null where it does not pay (one group at a time)
+  QGroupRow quad[3];  // by QType: G = 4; as pair
 };
 
 extern const QuantOps qops_scalar;
