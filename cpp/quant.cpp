@@ -152,7 +152,11 @@ void gemm_packed(float* out, const uint8_t* wq, const float* bias, int qtype, in
                    f + (N + n0) * nb, nsum + n0 * nb);
   const int64_t groups = (OC + R - 1) / R, gbytes = qgroup_bytes(qtype, nb, R);
   const int threads = gemv_threads(N, nb * QK, OC, true);
-  const int64_t per_task = std::max<int64_t>(1, std::min<int64_t>(4, groups / (4 * threads)));
+  // one activation row: runs of 4 (or 2) whole groups to the tier's multi-group kernels,
+  // where it has them; on one thread, one task (the tasks only balance threads)
+  const QGroupRow quad = N == 1 ? t.quad[qtype] : nullptr, pair = N == 1 ? t.pair[qtype] : nullptr;
+  const int64_t per_task = threads == 1 ? groups
+                           : std::max<int64_t>(1, std::min<int64_t>(4, groups / (4 * threads)));
   parallel_for((groups + per_task - 1) / per_task, [&](int64_t task, int) {
     float y[kGroupRows * 16], padded[16];
     const int64_t g1 = std::min(groups, (task + 1) * per_task);
@@ -163,6 +167,16 @@ void gemm_packed(float* out, const uint8_t* wq, const float* bias, int qtype, in
         std::fill(padded, padded + R, 0.0f);
         std::copy(bias + o0, bias + o0 + n_out, padded);
         b = padded;
+      }
+      if (quad && g + 4 <= g1 && o0 + 4 * R <= OC) {
+        quad(out + o0, wq + g * gbytes, gbytes, x[0], nb, b);
+        g += 3;
+        continue;
+      }
+      if (pair && g + 2 <= g1 && o0 + 2 * R <= OC) {
+        pair(out + o0, wq + g * gbytes, gbytes, x[0], nb, b);
+        ++g;
+        continue;
       }
       for (int64_t p = 0, n0 = 0; p < panels; ++p, n0 += P) {
         const int rows = panel_rows(p);
@@ -235,6 +249,16 @@ void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq
       src = row.data();
     }
     dequantize_row(src, qtype, C, out + i * C);
+  }
+}
+
+void encoder_q_fwd(float* out, const int32_t* tokens, int64_t n, int64_t T, const uint8_t* wq,
+                   int qtype, const float* wpe, int64_t pos, int64_t C, bool packed) {
+  embed_q_fwd(out, tokens, n, wq, qtype, C, packed);
+  for (int64_t i = 0; i < n; ++i) {  // two passes: the float32 sums of the composed path
+    const float* p = wpe + (pos + i % T) * C;
+    float* o = out + i * C;
+    for (int64_t c = 0; c < C; ++c) o[c] += p[c];
   }
 }
 

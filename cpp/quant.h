@@ -72,6 +72,13 @@ typedef void (*QRowQuantize)(const float* x, int64_t K, int8_t* q, float* d, flo
 void quantize_block_q8_0(const float* x, int64_t n, int8_t* q, float* d, float* s,
                          int32_t* sum);
 
+// Multi-group kernel (one activation row, a decode step's GEMV): y[0..G*R) = the dot
+// products of G consecutive packed groups (the first at g, the next at g + gbytes, ...) with
+// a one-row panel, plus bias[0..G*R) (0.0f when null): the group kernel's results for each,
+// bit for bit, in one pass that loads each activation broadcast once for the G groups.
+typedef void (*QGroupRow)(float* y, const uint8_t* g, int64_t gbytes, const QPanel& x,
+                          int64_t nb, const float* bias);
+
 struct QuantOps {
   const char* name;  // "scalar" | "avx2" | "avx512vnni"
   QRowQuantize quantize;
@@ -81,6 +88,8 @@ struct QuantOps {
   QGroup group[3];   // by QType; null when rows == 0
   int group_rows;    // the most activation rows a group call takes (<= kGroupRows)
   QPanelMake panel;  // null when rows == 0
+  QGroupRow pair[3];  // by QType: G = 2; null where it does not pay (one group at a time)
+  QGroupRow quad[3];  // by QType: G = 4; as pair
 };
 
 extern const QuantOps qops_scalar;
@@ -122,6 +131,11 @@ void unpack_q(uint8_t* dst, const uint8_t* packed, int qtype, int64_t OC, int64_
 // made them), dequantized: the token embedding of a quantized model (ggml's get_rows).
 void embed_q_fwd(float* out, const int32_t* tokens, int64_t n, const uint8_t* wq, int qtype,
                  int64_t C, bool packed = false);
+
+// out (n, C) = embed_q_fwd's rows + wpe[pos + i % T]: a quantized model's token and
+// position embedding (encoder_fwd with a quantized wte), the same sums as the two apart.
+void encoder_q_fwd(float* out, const int32_t* tokens, int64_t n, int64_t T, const uint8_t* wq,
+                   int qtype, const float* wpe, int64_t pos, int64_t C, bool packed = false);
 
 // GB/s of a streaming read of `bytes` bytes by every kernel thread, timed for >= seconds.
 double stream_read_gbps(double seconds, int64_t bytes);

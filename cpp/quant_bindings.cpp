@@ -58,6 +58,24 @@ void bind_quant(py::module_& m) {
     embed_q_fwd(o.f(), t.i(), t.size, w.data, code, C, w.packed);
   }, arg("out"), arg("tokens"), arg("wq"), arg("qtype"),
      "out (B,T,C) = rows tokens of quantized rows wq, dequantized (base.Backend).");
+  m.def("encoder_q_fwd", [](py::handle out, py::handle tokens, py::handle wq, py::handle wpe,
+                            const std::string& qtype, int64_t pos) {
+    Check k("encoder_q_fwd");
+    const int code = qtype_code(k, qtype);
+    Arr t = k.ints(tokens, "tokens"), o = k.out(out, "out"), p = k.in(wpe, "wpe");
+    k.dims(t, "tokens", 2); k.dims(p, "wpe", 2);
+    const int64_t C = o.last, T = t.shape[1];
+    k.expect(C >= 1 && o.size == t.size * C, "out must be (B, T, C) for tokens (B, T)");
+    k.expect(p.last == C, "wpe must be (maxT, C) for out (B, T, C)");
+    k.expect(pos >= 0 && pos + T <= p.shape[0], "positions exceed wpe rows");
+    const int64_t V = weight_row_count(k, wq, "wq");
+    const QWeights w = weight_rows(k, wq, V, qrow_bytes(code, C), "wq", code);
+    k.ids(t, 0, V, "tokens");
+    k.disjoint(o, "out", p, "wpe");
+    py::gil_scoped_release nogil;
+    encoder_q_fwd(o.f(), t.i(), t.size, T, w.data, code, p.f(), pos, C, w.packed);
+  }, arg("out"), arg("tokens"), arg("wq"), arg("wpe"), arg("qtype"), arg("pos") = 0,
+     "out (B,T,C) = rows tokens of quantized rows wq, dequantized, + wpe[pos:pos+T].");
   py::class_<PackedQ>(m, "PackedQ",
       "Quantized weights packed for this machine (pack_q); matmul_q_fwd and decode_block "
       "take it wherever they take ggml's rows.")

@@ -91,6 +91,7 @@ void quantize_block_q8_0(const float* x, int64_t n, int8_t* q, float* d, float* 
 }
 
 const QuantOps qops_scalar = {"scalar", quantize_row, {dot_q8_0, dot_q4_0, dot_q4_1}, 0, false,
-                               {nullptr, nullptr, nullptr}, 0, nullptr};
+                               {nullptr, nullptr, nullptr}, 0, nullptr,
+                               {nullptr, nullptr, nullptr}, {nullptr, nullptr, nullptr}};
 
 }  // namespace sllm

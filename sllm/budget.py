@@ -324,8 +324,16 @@ def check_read(path: Any, nbytes: int, factor: float = 1.0, what: str = "file") 
     check_bytes(int(nbytes * factor), f"{path}: reading this {fmt(nbytes)} {what}")
 
 
+SMALL = 1 << 20  # bytes: no machine refuses these (a small model's KV cache, per generate)
+
+
 def check_bytes(need: int, what: str, backend: Any = None) -> None:
-    """Refuse an allocation of `need` bytes described by `what` that cannot fit."""
+    """Refuse an allocation of `need` bytes described by `what` that cannot fit. Up to SMALL
+    bytes are checked against a set limit (--max-memory, SLLM_MAX_MEMORY, a wasm backend's
+    linear memory) only: reading the machine's free memory takes 60 us."""
+    if need <= SMALL and _limit is None and not os.environ.get("SLLM_MAX_MEMORY") \
+            and getattr(backend, "memory", None) is None:
+        return
     budget, source = available(backend)
     if need > budget:
         raise BudgetError(f"{what} needs about {fmt(need)}, but the budget is {fmt(budget)} "

@@ -76,6 +76,7 @@ def _stream(model: Any, ids: list[int], max_new_tokens: int, sampler: Sampler,
     was_training = model.training
     model.eval()
     cache = model.new_cache(1)
+    step = np.zeros((1, 1), np.int64)  # each new token's (B, T) = (1, 1), reused
     try:
         context = ids[-limit:]
         logits = model.decode(np.array([context]), cache)[0]
@@ -96,7 +97,8 @@ def _stream(model: Any, ids: list[int], max_new_tokens: int, sampler: Sampler,
                 cache.pos = 0
                 logits = model.decode(np.array([context]), cache)[0]
             else:
-                logits = model.decode(np.array([[token]]), cache)[0]
+                step[0, 0] = token
+                logits = model.decode(step, cache)[0]
     finally:  # also on [EOS] and when the caller stops early: backend memory is not GC'd
         cache.release()
         model.training = was_training
@@ -127,8 +129,9 @@ def generate(model: Any, prompt_ids: Any, max_new_tokens: int, temperature: floa
                              f"format: this vocabulary needs at least {grammar.min_tokens()} tokens")
         constraint = grammar.start()
         eos_id = tok.eos_id if eos_id is None else eos_id
-    for token in stream(model, out, max_new_tokens, temperature, top_k, top_p, seed, eos_id,
-                        constraint, **more):
+    for choice in stream_choices(model, out, max_new_tokens, temperature, top_k, top_p, seed,
+                                 eos_id, constraint, **more):  # (stream's generator, unwrapped)
+        token = choice.token
         out.append(token)
         if on_token is not None:
             on_token(token)

@@ -57,6 +57,8 @@ def _positions(a: LlamaActivations, pos: int, rows: tuple[np.ndarray, np.ndarray
     B, T = a.shape
     if rows is not None:
         a.positions[...] = rows[1]
+    elif T == 1:  # a decode step: no arange to make
+        a.positions[...] = pos
     else:
         a.positions.reshape(B, T)[...] = np.arange(pos, pos + T, dtype=np.int32)
 

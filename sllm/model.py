@@ -52,6 +52,9 @@ def _decode_block_args(L: SimpleNamespace, llama_block: bool = False
     return tuple(p.kernel_rows if isinstance(p, QTensor) else p for p in params), qtypes.pop()
 
 
+_WRAPPED = (TokenHead, LoraWeight, RoutedWeight)  # weights _matmul adds a delta to
+
+
 class _DecodeWeights(NamedTuple):
     """SLLM._decode_weights: a KV-cache step's layers (float matmul weights packed by the
     backend), their fused decode blocks, and the output head."""
@@ -640,20 +643,21 @@ class SLLM:
                 bias: np.ndarray | None, trans_w: bool = False) -> None:
         """matmul_fwd, or matmul_q_fwd when the weight is quantized (rows along K); plus the
         LoRA delta when the weight is an attached adapter's target."""
-        if isinstance(weight, TokenHead):  # an adapter's trainable token rows
+        if not isinstance(weight, _WRAPPED):  # a plain weight (each decode step's head): one check
+            if isinstance(weight, QTensor):
+                self.backend.matmul_q_fwd(out, inp, weight.kernel_rows, bias, weight.qtype)
+            else:
+                self.backend.matmul_fwd(out, inp, weight, bias, trans_w)
+        elif isinstance(weight, TokenHead):  # an adapter's trainable token rows
             self._matmul(out, inp, weight.base, bias, trans_w)
             weight.rows.head_fwd(out, inp)
         elif isinstance(weight, LoraWeight):
             assert self.adapter is not None  # LoraWeights exist only while attached
             self._matmul(out, inp, weight.base, bias, trans_w)
             self.adapter.forward(out, inp, weight, mix_seed(self._last_seed, weight.index, 2))
-        elif isinstance(weight, RoutedWeight):  # served adapters: each on its own rows
+        else:  # served adapters (RoutedWeight): each on its own rows
             self._matmul(out, inp, weight.base, bias, trans_w)
             weight.bank.add_deltas(weight.name, out, inp)
-        elif isinstance(weight, QTensor):
-            self.backend.matmul_q_fwd(out, inp, weight.kernel_rows, bias, weight.qtype)
-        else:
-            self.backend.matmul_fwd(out, inp, weight, bias, trans_w)
 
     def _matmul_bwd(self, dinp: np.ndarray, dweight: np.ndarray | None,
                     dbias: np.ndarray | None, dout: np.ndarray, inp: np.ndarray,
@@ -694,10 +698,15 @@ class SLLM:
             self.adapter.flat_grads.fill(0)
 
     def _embed_rows(self, a: Activations, pos: int, positions: np.ndarray | None) -> None:
-        """x0 = wte[tokens] + wpe[positions] as a numpy gather, for a quantized tied wte
-        (its rows dequantized) or a decode_batch step (each row at its own position)."""
-        if "wte" in self._qweights:
-            wte = self._qweights["wte"]
+        """x0 = wte[tokens] + wpe[positions], for a quantized tied wte (its rows dequantized:
+        encoder_q_fwd, one kernel call) or a decode_batch step (each row at its own
+        position: a numpy gather)."""
+        wte = self._qweights.get("wte")
+        if wte is not None and positions is None:  # one call: the rows and pos.. added
+            self.backend.encoder_q_fwd(a.x0, a.tokens, wte.kernel_rows, self._params["wpe"],
+                                       wte.qtype, pos)
+            return
+        if wte is not None:
             self.backend.embed_q_fwd(a.x0, a.tokens, wte.kernel_rows, wte.qtype)
         else:
             a.x0[...] = self._params["wte"][a.tokens]
@@ -784,13 +793,23 @@ class SLLM:
     def decode(self, tokens: Any, cache: KVCache) -> np.ndarray:
         """Run new tokens (B, Tn) at positions cache.pos.. through the model, appending their
         keys and values to the cache; returns the logits of the last position (B, V)."""
-        t = np.asarray(tokens)
-        if cache.pos + t.shape[-1] > self.config.max_seq_len:
-            raise ValueError(f"KV cache full: {cache.pos} + {t.shape[-1]} positions exceed "
-                             f"max_seq_len {self.config.max_seq_len}")
-        acts = self._run_forward(t, grads=False, cache=cache)
+        t, cfg = np.asarray(tokens), self.config
+        if t.shape == (1, 1) and t.dtype.kind in "iu" and cache.pos < cfg.max_seq_len and \
+                0 <= (token := int(t[0, 0])) < cfg.vocab_size:
+            # one token at batch 1 (each step of generate), its checks passed: _run_forward's
+            # lines for a KV-cache step (no dropout), without its checks of any shape (1.2 us)
+            acts = self._activations(1, 1, False)
+            acts.tokens[0, 0] = token
+            if self.adapter is not None:
+                self.adapter.dropout = 0.0
+            self._forward(acts, 0.0, cache)
+        else:
+            if cache.pos + t.shape[-1] > cfg.max_seq_len:
+                raise ValueError(f"KV cache full: {cache.pos} + {t.shape[-1]} positions exceed "
+                                 f"max_seq_len {cfg.max_seq_len}")
+            acts = self._run_forward(t, grads=False, cache=cache)
         cache.pos += acts.shape[1]
-        return np.array(acts.logits[:, -1, :])
+        return acts.logits[:, -1].copy()
 
     def decode_batch(self, tokens: Any, cache: KVCache, slots: Any, positions: Any,
                      copy: bool = True) -> np.ndarray:

@@ -185,3 +185,17 @@ def test_a_lora_run_is_counted_as_it_allocates(tmp_path, backend_name):
             *(a for acts in m._acts.values() for a in acts._owned)]
     stored = sum(q.nbytes for q in m.quantized_weights().values())
     assert stored + sum(a.nbytes for a in held) <= lora.total - lora.parts["runtime"]
+
+
+def test_a_small_allocation_skips_the_machines_memory_but_not_a_set_limit(monkeypatch):
+    """A decode's KV cache of a small model is made per generate call: it reads no
+    /proc/meminfo (60 us), but --max-memory still refuses it."""
+    budget.set_limit(None)
+    monkeypatch.delenv("SLLM_MAX_MEMORY", raising=False)
+    monkeypatch.setattr(budget, "_machine_available", lambda: (0, "no memory at all"))
+    budget.check_bytes(budget.SMALL, "a small cache")  # not refused: nothing read
+    with pytest.raises(BudgetError, match="no memory at all"):
+        budget.check_bytes(budget.SMALL + 1, "a larger cache")
+    budget.set_limit(1000)
+    with pytest.raises(BudgetError, match="--max-memory"):
+        budget.check_bytes(2000, "a small cache")

@@ -24,6 +24,22 @@ def test_kv_cache_logits_equal_full_forward(model):
     np.testing.assert_allclose(np.stack(rows), full[2:], rtol=0, atol=2e-5)
 
 
+def test_a_one_token_decode_step_checks_what_decode_checks(model):
+    """decode()'s path for one token at batch 1 (each step of generate) refuses what the
+    general path refuses, with its messages."""
+    cache = model.new_cache(1)
+    model.decode(np.array([[1, 2]]), cache)
+    for bad, match in ((np.array([[41]]), "token ids"), (np.array([[-1]]), "token ids"),
+                       (np.array([[1.0]]), "integers")):
+        with pytest.raises(ValueError, match=match):
+            model.decode(bad, cache)
+    assert cache.pos == 2
+    for t in range(2, 12):
+        model.decode(np.array([[t]], np.uint8), cache)
+    with pytest.raises(ValueError, match="KV cache full"):
+        model.decode(np.array([[3]]), cache)
+
+
 def _greedy_by_recomputation(model, prompt, n):
     ids = list(prompt)
     for _ in range(n):
@@ -40,6 +56,21 @@ def test_sampling_is_seeded(model):
     a = model.generate([1, 2], 8, temperature=1.0, top_k=5, seed=3)
     b = model.generate([1, 2], 8, temperature=1.0, top_k=5, seed=3)
     assert a == b and len(a) == 10
+
+
+def test_the_sampler_makes_its_generator_on_the_first_draw_that_needs_it():
+    """Greedy decoding never makes one (default_rng costs 20 us a sequence); a seeded
+    sampler's lazily made generator draws what default_rng(seed) made up front draws."""
+    from sllm.generate import sampling_params
+    from sllm.sampler import Sampler, sample_next
+    logits = np.random.default_rng(1).standard_normal((6, 41)).astype(np.float32)
+    greedy = Sampler(sampling_params(0, vocab_size=41), 41)
+    assert [greedy.next(row).token for row in logits] == [int(np.argmax(r)) for r in logits]
+    assert greedy._rng is None
+    sampler, rng = Sampler(sampling_params(1.0, top_k=5, seed=7, vocab_size=41), 41), \
+        np.random.default_rng(7)
+    assert [sampler.next(row).token for row in logits] == \
+        [sample_next(row, rng, 1.0, 5) for row in logits]
 
 
 def test_stops_at_eos(model):

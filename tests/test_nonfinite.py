@@ -134,3 +134,11 @@ def test_first_nonfinite_reads_in_chunks_and_finds_the_first():
     assert first_nonfinite(big) == (2, 7)
     assert first_nonfinite(np.zeros(4, np.int32)) is None
     check_weights({"a": np.ones(3, np.float16)}, "x")
+
+
+def test_first_nonfinite_finds_each_kind_in_a_row():
+    assert first_nonfinite(np.full(8, 3e38, np.float32)) is None  # large, finite
+    for bad in (np.nan, np.inf, -np.inf):
+        row = np.ones(400, np.float32)
+        row[123] = bad
+        assert first_nonfinite(row) == (123,)

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.skipif("cpp" not in backends.available(),
 # Rows that stress the activation quantizer as well: exact .5 ties after scaling (amax
 # 127 gives d = 1), an all-zero block, a block of subnormals (1/d overflows: codes 0), a
 # partial last block (K = 75, and K = 600: 19 blocks, past the 16 the AVX-512 quantizer
-# takes at once), and ordinary values; 1 to 17 rows cross the 8-row panels.
+# takes at once), and ordinary values; 1 to 17 rows cross the 8-row panels; OC = 300 (19
+# groups of 16 rows, 38 of 8) takes one row's multi-group kernels: runs of 4 and 2 groups
+# and a partial last group.
 TIER_RUN = textwrap.dedent("""
     import json
     import numpy as np
@@ -28,7 +30,7 @@ TIER_RUN = textwrap.dedent("""
     rng = np.random.default_rng(5)
     out = {"tier": _cpp.quant_simd_level(), "rows": _cpp.quant_pack_rows()}
     for qtype, K, OC in [(qtype, K, OC) for qtype in quant.QTYPES for K in (75, 600)
-                         for OC in (1, 19, 40)]:
+                         for OC in (1, 19, 40, 300)]:
         x = rng.standard_normal((17, K)).astype(np.float32)
         x[0, :32] = np.arange(32) - 15.5
         x[0, 0] = 127.0

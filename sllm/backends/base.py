@@ -103,7 +103,8 @@ LLAMA_KERNELS: tuple[str, ...] = (
 
 # Fused kernels a backend may provide; Backend's default composes the required ones.
 OPTIONAL_KERNELS: tuple[str, ...] = ("decode_block", "decode_block_batch", "llama_decode_block",
-                                      "llama_decode_block_batch", "embed_q_fwd", "matmul_q_bwd")
+                                      "llama_decode_block_batch", "embed_q_fwd", "encoder_q_fwd",
+                                      "matmul_q_bwd")
 
 
 def _not_implemented(backend: Any, kernel: str) -> NotImplementedError:
@@ -450,6 +451,18 @@ class Backend:
         (sllm.quant.dequantize of the rows), which every backend's arrays allow.
         """
         reference.embed_q_fwd(out, tokens, self.unpack_q(wq, qtype), qtype)
+
+    def encoder_q_fwd(self, out: Array, tokens: Array, wq: Array, wpe: Array, qtype: str,
+                      pos: int = 0) -> None:
+        """encoder_fwd for a quantized token embedding (optional): out (B,T,C) = rows
+        tokens (B,T) of wq (as embed_q_fwd takes them), dequantized, + wpe[pos:pos+T]
+        (wpe (maxT,C) float32).
+
+        A quantized GPT-2's embedding in one call; the default is embed_q_fwd, then the
+        position rows added in numpy (float32: the same sums, exactly).
+        """
+        self.embed_q_fwd(out, tokens, wq, qtype)
+        out += wpe[pos:pos + tokens.shape[1]]
 
     def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Any, qtype: str) -> None:
         """Backward of matmul_q_fwd to its input (optional): dinp (N,K) = dout (N,OC) @ W,

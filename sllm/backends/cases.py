@@ -151,6 +151,12 @@ def _embed_q_fwd(rng: np.random.Generator, B: int, T: int, V: int, C: int, qtype
     return [_f(rng, B, T, C), _tokens(rng, V, B, T), quantize(_f(rng, V, C), qtype), qtype]
 
 
+def _encoder_q_fwd(rng: np.random.Generator, B: int, T: int, V: int, C: int, pos: int,
+                   qtype: str, packed: bool) -> Args:
+    return [_f(rng, B, T, C), _tokens(rng, V, B, T), _q_rows(_f(rng, V, C), qtype, packed),
+            _f(rng, T + pos + 2, C), qtype, pos]
+
+
 def _attention_fwd(rng: np.random.Generator, B: int, T: int, H: int, D: int,
                    Hkv: int | None = None) -> Args:
     heads, kv = _kv(H, Hkv)
@@ -380,6 +386,12 @@ _MMQB = [{**s, "qtype": q, "packed": packed}
 # one row, a partial block (C 45), repeated tokens, a vocabulary of 5003
 _EMBQ = _shapes("B T V C qtype", (1, 1, 3, 32, "q8_0"), (2, 3, 7, 45, "q4_0"),
                 (3, 5, 5003, 96, "q4_1"), (1, 2, 9, 17, "q8_0"))
+# every type, ggml's rows and packed: one row at a late position (a decode step), a partial
+# block (C 45, 17), repeated tokens, a vocabulary of 5003
+_ENCQ = [{**s, "qtype": q, "packed": packed}
+         for s in _shapes("B T V C pos", (1, 1, 3, 32, 5), (2, 3, 7, 45, 0), (3, 5, 5003, 96, 2),
+                          (1, 2, 9, 17, 1))
+         for q in ("q8_0", "q4_0", "q4_1") for packed in (False, True)]
 _ATT = _shapes("B T H D", (1, 1, 1, 8), (2, 7, 3, 5), (2, 33, 2, 16), (1, 64, 4, 32))
 # grouped-query: multi-query (Hkv 1), groups of 2 and 3, Hkv = H given explicitly; head dims
 # 2, 6 and 66, odd T
@@ -467,6 +479,8 @@ CASES: dict[str, KernelCases] = {
     "matmul_bwd": KernelCases(_MM, _matmul_bwd, (0, 1, 2)),
     "matmul_q_fwd": KernelCases(_MMQ, _matmul_q_fwd, (0,)),
     "embed_q_fwd": KernelCases(_EMBQ, _embed_q_fwd, (0,)),
+    # a dequantization and a float32 add: exactly the composed path's sums
+    "encoder_q_fwd": KernelCases(_ENCQ, _encoder_q_fwd, (0,), rtol=0.0, atol=0.0),
     "matmul_q_bwd": KernelCases(_MMQB, _matmul_q_bwd, (0,)),
     "attention_fwd": KernelCases(_ATT, _attention_fwd, (0,), setup=_attention_saved),
     "attention_bwd": KernelCases(_ATT, _attention_bwd, (0,), setup=_attention_forward_state),

@@ -109,6 +109,13 @@ def embed_q_fwd(out: Array, tokens: Array, wq: Array, qtype: str) -> None:
     out.reshape(-1, C)[...] = dequantize(rows, qtype, C)
 
 
+def encoder_q_fwd(out: Array, tokens: Array, wq: Array, wpe: Array, qtype: str,
+                  pos: int = 0) -> None:
+    """out (B,T,C) = rows tokens of quantized rows wq, dequantized, + wpe[pos:pos+T]."""
+    embed_q_fwd(out, tokens, wq, qtype)
+    out += wpe[pos:pos + tokens.shape[1]]
+
+
 def matmul_q_fwd(out: Array, inp: Array, wq: Array, bias: Array | None, qtype: str) -> None:
     """out (N,OC) = q8_0(inp) . W^T (+ bias) for quantized rows wq, as ggml's vec_dot_*_q8_0."""
     x, o = _rows(inp), _rows(out)
