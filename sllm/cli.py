@@ -198,7 +198,9 @@ def train(
                                        overwrite=overwrite)
             _describe_run(trainer)
         trainer = launch.replicate(trainer, group)
-        return trainer.run(), trainer
+        with jobcontrol.graceful_to_the_end(functools.partial(setattr, trainer,
+                                                              "stop_requested", True)):
+            return trainer.run(), trainer
 
     result, trainer = distributed.guarded(group, run)
     if group.is_root:

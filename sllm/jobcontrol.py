@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from . import runlock
@@ -211,6 +211,30 @@ def accept_signals() -> None:
     started it with blocked (sllm._entry keeps them so). A signal that came while it started
     is delivered now, and ends the job through MPI Abort instead of leaving a peer stuck."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+
+
+@contextlib.contextmanager
+def graceful_to_the_end(stop: Callable[[], None]) -> Iterator[None]:
+    """Around the training of a process of a launched job: SIGINT and SIGTERM only call
+    `stop` (the trainer's graceful stop) in the block, where the trainer's own handler is
+    not yet or no longer set too, and are ignored once it ends, to the process's exit.
+
+    The launcher signals each process of the job itself, one after another, and the ranks
+    stop together on the first one's signal: a rank's own copy could come once its run had
+    ended, where it raised KeyboardInterrupt (MPI Abort, status 1) or, after Python's
+    finalization had put SIG_DFL back, killed the rank (mpiexec's status 15): the launcher
+    reported 143 for a job that had stopped with its checkpoint. Elsewhere (not launched,
+    or not the main thread) nothing changes."""
+    if launcher_from_env() is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    for s in FORWARDED:
+        signal.signal(s, lambda signum, frame: stop())
+    try:
+        yield
+    finally:
+        for s in FORWARDED:  # SIG_IGN, unlike a Python handler, outlives finalization
+            signal.signal(s, signal.SIG_IGN)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -793,13 +793,23 @@ class SLLM:
     def decode(self, tokens: Any, cache: KVCache) -> np.ndarray:
         """Run new tokens (B, Tn) at positions cache.pos.. through the model, appending their
         keys and values to the cache; returns the logits of the last position (B, V)."""
-        t = np.asarray(tokens)
-        if cache.pos + t.shape[-1] > self.config.max_seq_len:
-            raise ValueError(f"KV cache full: {cache.pos} + {t.shape[-1]} positions exceed "
-                             f"max_seq_len {self.config.max_seq_len}")
-        acts = self._run_forward(t, grads=False, cache=cache)
+        t, cfg = np.asarray(tokens), self.config
+        if t.shape == (1, 1) and t.dtype.kind in "iu" and cache.pos < cfg.max_seq_len and \
+                0 <= (token := int(t[0, 0])) < cfg.vocab_size:
+            # one token at batch 1 (each step of generate), its checks passed: _run_forward's
+            # lines for a KV-cache step (no dropout), without its checks of any shape (1.2 us)
+            acts = self._activations(1, 1, False)
+            acts.tokens[0, 0] = token
+            if self.adapter is not None:
+                self.adapter.dropout = 0.0
+            self._forward(acts, 0.0, cache)
+        else:
+            if cache.pos + t.shape[-1] > cfg.max_seq_len:
+                raise ValueError(f"KV cache full: {cache.pos} + {t.shape[-1]} positions exceed "
+                                 f"max_seq_len {cfg.max_seq_len}")
+            acts = self._run_forward(t, grads=False, cache=cache)
         cache.pos += acts.shape[1]
-        return np.array(acts.logits[:, -1, :])
+        return acts.logits[:, -1].copy()
 
     def decode_batch(self, tokens: Any, cache: KVCache, slots: Any, positions: Any,
                      copy: bool = True) -> np.ndarray:

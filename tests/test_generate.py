@@ -24,6 +24,22 @@ def test_kv_cache_logits_equal_full_forward(model):
     np.testing.assert_allclose(np.stack(rows), full[2:], rtol=0, atol=2e-5)
 
 
+def test_a_one_token_decode_step_checks_what_decode_checks(model):
+    """decode()'s path for one token at batch 1 (each step of generate) refuses what the
+    general path refuses, with its messages."""
+    cache = model.new_cache(1)
+    model.decode(np.array([[1, 2]]), cache)
+    for bad, match in ((np.array([[41]]), "token ids"), (np.array([[-1]]), "token ids"),
+                       (np.array([[1.0]]), "integers")):
+        with pytest.raises(ValueError, match=match):
+            model.decode(bad, cache)
+    assert cache.pos == 2
+    for t in range(2, 12):
+        model.decode(np.array([[t]], np.uint8), cache)
+    with pytest.raises(ValueError, match="KV cache full"):
+        model.decode(np.array([[3]]), cache)
+
+
 def _greedy_by_recomputation(model, prompt, n):
     ids = list(prompt)
     for _ in range(n):

@@ -5,6 +5,7 @@ within a bounded time, leave a checkpoint and no run.lock, and `--resume` contin
 The 2-rank cases need the `mpi` extra (skipped without it unless SLLM_REQUIRE_MPI=1);
 `--ranks 1` and the watchdog's hard exit need no MPI.
 """
+import contextlib
 import json
 import os
 import signal
@@ -107,6 +108,65 @@ def _signal_then_resume(tmp_path: Path, signum: int, ranks: str) -> None:
                          ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_signal_to_launcher_ends_the_ranks_and_resume_works(tmp_path, signum):
     _signal_then_resume(tmp_path, signum, "2")
+
+
+@needs_mpi
+@pytest.mark.parametrize("late", [0, 1], ids=["rank0-late", "rank1-late"])
+def test_a_ranks_late_copy_of_the_signal_leaves_the_stop_graceful(tmp_path, late):
+    # The launcher signals the ranks one after another and they stop together on the first
+    # one's signal: the other's copy, come once its run had ended, killed it (Python's
+    # finalization puts SIG_DFL back; mpiexec's status 15) or raised KeyboardInterrupt (MPI
+    # Abort), and the launcher returned 143 for a job stopped with its checkpoint (CI, 1 of 4
+    # runs at load 1). Here one rank gets SIGTERM, the other every 10 ms until it has ended.
+    run_dir = tmp_path / "run"
+    launcher = _start(run_dir, "2")
+    ranks = {_rank_of(pid): pid for pid in jobcontrol.descendants(launcher.pid)}
+    assert 0 in ranks and 1 in ranks, ranks
+    os.kill(ranks[1 - late], signal.SIGTERM)
+    deadline = time.monotonic() + TIMEOUT
+    while _running(ranks[late]) and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(ranks[late], signal.SIGTERM)
+        time.sleep(0.01)
+    out, errs = launcher.communicate(timeout=TIMEOUT)
+    assert launcher.returncode == 0, errs
+    assert "interrupted at step" in out and "checkpoint saved" in out
+    _wait_gone(launcher.pid, GONE_WITHIN_S)
+    assert runlock.read_owner(run_dir) is None, "run.lock outlived the run"
+
+
+_LATE = """
+import os, signal, sys
+from sllm import jobcontrol
+os.environ[jobcontrol.LAUNCHER_ENV] = sys.argv[1] + ":0"
+stops = []
+with jobcontrol.graceful_to_the_end(lambda: stops.append(1)):
+    for s in (signal.SIGTERM, signal.SIGINT):
+        os.kill(os.getpid(), s)
+print(len(stops), flush=True)
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):  # the run is over: nothing to stop
+    os.kill(os.getpid(), s)
+print("done", flush=True)
+"""
+
+
+def test_a_launched_process_only_stops_gracefully_once_it_trains():
+    proc = subprocess.run([sys.executable, "-c", _LATE, str(os.getpid())], capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "2\ndone\n", "")
+
+
+def _rank_of(pid: int) -> int | None:
+    """The MPI rank of process `pid` (PMI_RANK in its environment), None if it is not a rank
+    (its reaper and the reaper's children inherit the variable)."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if b"\0-m\0sllm\0train\0" not in _cmdline(pid):
+        return None
+    found = [v[len(b"PMI_RANK="):] for v in env if v.startswith(b"PMI_RANK=")]
+    return int(found[0]) if found else None
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
