@@ -25,6 +25,9 @@ class NonFiniteError(SLLMError, ArithmeticError):
 def first_nonfinite(arr: np.ndarray) -> tuple[int, ...] | None:
     """The index of the first NaN or infinity in `arr` (C order), or None when all are
     finite. Reads `arr` once, CHUNK elements at a time."""
+    if type(arr) is np.ndarray and arr.dtype.kind == "f" and arr.size <= CHUNK and \
+            np.count_nonzero(np.isfinite(arr)) == arr.size:
+        return None  # a row of logits (each decode step): one pass, no flat view or slices
     flat = np.asarray(arr).reshape(-1)
     if flat.dtype.kind != "f":
         return None

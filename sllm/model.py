@@ -561,8 +561,11 @@ class SLLM:
         H, pos = cfg.num_heads, (cache.pos if cache else 0)
         batch = self._decode_weights() if cache is not None else None
         layers, blocks = (batch.layers, batch.blocks) if batch else (self._p_layers, self._blocks)
-        if "wte" in self._qweights or rows is not None:
-            self._embed_rows(a, pos, None if rows is None else rows[1])
+        wte = self._qweights.get("wte")  # a quantized (tied) token embedding
+        if rows is not None:
+            self._embed_rows(a, rows[1])
+        elif wte is not None:
+            k.encoder_q_fwd(a.x0, a.tokens, wte.kernel_rows, P["wpe"], wte.qtype, pos)
         else:
             k.encoder_fwd(a.x0, a.tokens, P["wte"], P["wpe"], pos)
         self._token_rows_fwd(a)
@@ -697,23 +700,15 @@ class SLLM:
         if self.adapter is not None:
             self.adapter.flat_grads.fill(0)
 
-    def _embed_rows(self, a: Activations, pos: int, positions: np.ndarray | None) -> None:
-        """x0 = wte[tokens] + wpe[positions], for a quantized tied wte (its rows dequantized:
-        encoder_q_fwd, one kernel call) or a decode_batch step (each row at its own
-        position: a numpy gather)."""
+    def _embed_rows(self, a: Activations, positions: np.ndarray) -> None:
+        """x0 = wte[tokens] + wpe[positions] for a decode_batch step (each row at its own
+        position): the token rows (a quantized wte's dequantized), then a numpy gather."""
         wte = self._qweights.get("wte")
-        if wte is not None and positions is None:  # one call: the rows and pos.. added
-            self.backend.encoder_q_fwd(a.x0, a.tokens, wte.kernel_rows, self._params["wpe"],
-                                       wte.qtype, pos)
-            return
         if wte is not None:
             self.backend.embed_q_fwd(a.x0, a.tokens, wte.kernel_rows, wte.qtype)
         else:
             a.x0[...] = self._params["wte"][a.tokens]
-        if positions is None:  # a slice: a third of the time of the gather (a decode step)
-            a.x0 += self._params["wpe"][pos:pos + a.tokens.shape[1]]
-        else:
-            a.x0 += self._params["wpe"][positions[:, None]]
+        a.x0 += self._params["wpe"][positions[:, None]]
 
     def _lm_head(self, *views: Mapping[str, Any]) -> Any:
         """The output projection's tensor in the first of `views` that has it (per decoded
