@@ -81,8 +81,8 @@ def command(fn: Callable) -> Callable:
             # body of a module imported on first use in a RuntimeError ("Error calling
             # __set_name__"): it is still an interrupt, not a traceback (a run being prepared
             # printed one, 1 of ~30 SIGTERMs under load).
-            if isinstance(e.__cause__, KeyboardInterrupt):
-                raise e.__cause__ from None
+            from .plugins import reraise_interrupt
+            reraise_interrupt(e)
             raise
     return wrapper
 

@@ -26,6 +26,16 @@ ENTRY_POINT_GROUP = "sllm"
 BUILTIN = "builtin"  # the plugin name of the built-in backends
 
 
+def reraise_interrupt(error: BaseException) -> None:
+    """Raise the KeyboardInterrupt that `error` is, in disguise: Python 3.11 wraps what a
+    class body's __set_name__ raises in a RuntimeError, so a Ctrl-C or SIGTERM (see
+    sllm.jobcontrol) landing while a module is imported on first use reached the guards
+    below as an ordinary failure: a backend reported unavailable, and the signal lost (a run
+    being prepared went on training until the launcher killed it, leaving run.lock)."""
+    if isinstance(error, RuntimeError) and isinstance(error.__cause__, KeyboardInterrupt):
+        raise error.__cause__
+
+
 def describe_failure(error: BaseException) -> str:
     """`Type: message`, saying so when a plugin tried to exit the program."""
     if isinstance(error, SystemExit):
@@ -53,6 +63,7 @@ def plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
         try:
             pm.register(ep.load(), name=ep.name)
         except (Exception, SystemExit) as e:  # noqa: BLE001 - reported, never fatal
+            reraise_interrupt(e)
             errors[ep.name] = f"plugin {ep.name!r} ({ep.value}) failed to load: " \
                               f"{describe_failure(e)}"
     return pm, errors

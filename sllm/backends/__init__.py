@@ -60,7 +60,7 @@ def _discover() -> dict[str, _Entry]:
 def registered() -> dict[str, _Entry]:
     """Every plugin's backends (built-ins first), unprobed; a plugin that fails to load or
     register is an entry with the reason."""
-    from ..plugins import BUILTIN, describe_failure, plugin_manager
+    from ..plugins import BUILTIN, describe_failure, plugin_manager, reraise_interrupt
     pm, load_errors = plugin_manager()
     entries: dict[str, _Entry] = {}
     for plugin, error in load_errors.items():
@@ -73,6 +73,7 @@ def registered() -> dict[str, _Entry]:
         try:
             impl.function(register=register)
         except (Exception, SystemExit) as e:  # noqa: BLE001 - a broken plugin is reported
+            reraise_interrupt(e)
             entries[impl.plugin_name] = _Entry(
                 impl.plugin_name, None, impl.plugin_name,
                 reason=f"plugin {impl.plugin_name!r} failed to register: {describe_failure(e)}")
@@ -100,10 +101,11 @@ def _add(entries: dict[str, _Entry], cls: type, plugin: str) -> None:
 def probe_in_process(cls: type[Backend]) -> tuple[str | None, dict[str, Any]]:
     """Run the backend's probe here: (None, capabilities), or (why unavailable, {}) when it
     fails or leaves a kernel of the contract unprovided."""
-    from ..plugins import describe_failure
+    from ..plugins import describe_failure, reraise_interrupt
     try:
         capabilities = dict(cls.probe() or {})
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the reason is shown to the user
+        reraise_interrupt(e)
         return describe_failure(e), {}
     missing = cls.missing_kernels()
     if missing:
@@ -174,12 +176,13 @@ def get(name: str | Backend = "auto") -> Backend:
 
 def _instance(entry: _Entry) -> Backend:
     if entry.instance is None:
-        from ..plugins import describe_failure
+        from ..plugins import describe_failure, reraise_interrupt
         assert entry.cls is not None  # get() instantiates available entries only
         from ..plugins import BUILTIN
         try:
             entry.instance = entry.cls()
         except (Exception, SystemExit) as e:  # it becomes unavailable
+            reraise_interrupt(e)
             entry.reason = describe_failure(e)
             raise BackendError(f"backend {entry.name!r} failed to start: {entry.reason}") from e
         if entry.plugin != BUILTIN:
@@ -199,7 +202,7 @@ def guard_kernels(instance: Backend, plugin: str) -> None:
 
 
 def _guarded(fn: Any, plugin: str, kernel: str) -> Any:
-    from ..plugins import describe_failure
+    from ..plugins import describe_failure, reraise_interrupt
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -210,6 +213,7 @@ def _guarded(fn: Any, plugin: str, kernel: str) -> Any:
         except ValueError:  # the contract's refusal of bad arguments (slots, shapes): the caller's
             raise
         except (Exception, SystemExit) as e:  # noqa: BLE001 - reported with its origin
+            reraise_interrupt(e)
             raise BackendError(f"plugin {plugin!r}, kernel {kernel}: "
                                f"{describe_failure(e)}") from None
     return call
