@@ -76,6 +76,14 @@ def command(fn: Callable) -> Callable:
             err.print(f"[red]error:[/] out of memory ({e or 'no detail'}); try a smaller "
                       f"model or batch, or set --max-memory", highlight=False)
             raise typer.Exit(1) from None
+        except RuntimeError as e:
+            # Python 3.11 wraps a Ctrl-C (or SIGTERM, see jobcontrol) that lands in a class
+            # body of a module imported on first use in a RuntimeError ("Error calling
+            # __set_name__"): it is still an interrupt, not a traceback (a run being prepared
+            # printed one, 1 of ~30 SIGTERMs under load).
+            if isinstance(e.__cause__, KeyboardInterrupt):
+                raise e.__cause__ from None
+            raise
     return wrapper
 
 

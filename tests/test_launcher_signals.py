@@ -493,3 +493,17 @@ def test_a_process_the_job_starts_after_the_signal_gets_it_too(capsys):
         timer.cancel()
     assert code == 128 + signal.SIGINT and time.monotonic() - t0 < 30
     assert "the job ended on SIGINT (status 11)" in capsys.readouterr().err
+
+
+def test_an_interrupt_in_a_class_body_stays_an_interrupt():
+    # Python 3.11 wraps what a class body's __set_name__ raises in a RuntimeError: SIGTERM
+    # (KeyboardInterrupt while a run is prepared) in a module imported on first use printed a
+    # traceback (test_sigterm_while_the_run_is_prepared_releases_the_lock, 1 of ~30 under load).
+    from sllm import cli
+
+    class Interrupted:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt("signal SIGTERM")
+
+    with pytest.raises(KeyboardInterrupt):
+        cli.command(lambda: type("Late", (), {"field": Interrupted()}))()
