@@ -13,6 +13,10 @@
  * 2 wq u8 (V rows), 3 n, 4 C, 5 qtype: out[i] = row tokens[i] of wq, dequantized
  * (sllm.quant.dequantize; ggml's get_rows).
  *
+ * export encoder_q_fwd, ARGS: 0 out (n,C) f32, 1 tokens (n) int32 (checked by the host),
+ * 2 wq u8 (V rows), 3 wpe (maxT,C) f32, 4 n, 5 T, 6 C, 7 pos, 8 qtype: embed_q_fwd's rows,
+ * then + wpe[pos + i % T] (encoder_fwd with a quantized wte).
+ *
  * export matmul_q_bwd, ARGS: 0 dinp (N,K) f32, 1 dout (N,OC) f32, 2 wq u8, 3 N, 4 K, 5 OC,
  * 6 qtype, 7 scratch of at least OC*cols floats, 8 cols (a multiple of 32): dinp = dout @ W,
  * W's columns dequantized cols at a time into the scratch, each slice multiplied by the
@@ -505,17 +509,32 @@ static void dequantize_block(qblock w, int qtype, int n, float *out) {
     }
 }
 
-EXPORT(embed_q_fwd) {
-    float *out = ARG_F32P(0);
-    const int32_t *tokens = ARG_I32P(1);
-    const uint8_t *wq = (const uint8_t *)(uintptr_t)ARGS[2].u;
-    int n = ARG_INT(3), C = ARG_INT(4), qtype = ARG_INT(5) & 3, packed = (ARG_INT(5) & PACKED) != 0;
-    int nb = (C + QK - 1) / QK;
+/* out (n,C) = rows tokens of wq, dequantized; code = qtype (+ PACKED) */
+static void embed_rows(float *out, const int32_t *tokens, const uint8_t *wq, int n, int C,
+                       int code) {
+    int qtype = code & 3, packed = (code & PACKED) != 0, nb = (C + QK - 1) / QK;
     if (!half_table_ready) fill_half_table();
     for (int i = 0; i < n; i++)
         for (int b = 0; b < nb; b++)
             dequantize_block(block_at(wq, qtype, packed, nb, (size_t)tokens[i], b), qtype,
                              C - b * QK < QK ? C - b * QK : QK, out + (size_t)i * C + b * QK);
+}
+
+EXPORT(embed_q_fwd) {
+    embed_rows(ARG_F32P(0), ARG_I32P(1), (const uint8_t *)(uintptr_t)ARGS[2].u, ARG_INT(3),
+               ARG_INT(4), ARG_INT(5));
+}
+
+EXPORT(encoder_q_fwd) {
+    float *out = ARG_F32P(0);
+    const float *wpe = ARG_F32P(3);
+    int n = ARG_INT(4), T = ARG_INT(5), C = ARG_INT(6), pos = ARG_INT(7);
+    embed_rows(out, ARG_I32P(1), (const uint8_t *)(uintptr_t)ARGS[2].u, n, C, ARG_INT(8));
+    for (int i = 0; i < n; i++) {  /* then the position rows: the composed path's sums */
+        float *o = out + (size_t)i * C;
+        const float *p = wpe + (size_t)(pos + i % T) * C;
+        for (int c = 0; c < C; c++) o[c] += p[c];
+    }
 }
 
 EXPORT(matmul_q_bwd) {

@@ -316,6 +316,22 @@ class _WasmBase(Backend):
         self._call("embed_q_fwd", "<IIIiii", self._ptr(out, write=True), self._ptr(tokens, I32),
                    self._ptr(rows, U8), n, C, code)
 
+    def encoder_q_fwd(self, out: Array, tokens: Array, wq: Array | PackedQ, wpe: Array,
+                      qtype: str, pos: int = 0) -> None:
+        """out (B,T,C) = rows tokens (B,T) of quantized rows wq, dequantized, + wpe[pos:pos+T]."""
+        C = out.shape[-1]
+        V = wq.rows if isinstance(wq, PackedQ) else np.shape(wq)[0]
+        rows, code = _q_operand(wq, qtype, V, C)
+        B, T = np.shape(tokens)
+        if out.size != B * T * C or wpe.shape[1] != C:
+            raise ValueError(f"encoder_q_fwd: out must be (B, T, {C}) for tokens {np.shape(tokens)} "
+                             f"and wpe (maxT, {C}), got wpe {np.shape(wpe)}")
+        _check_tokens(tokens, V)
+        _check(pos + T <= wpe.shape[0], lambda: f"positions {pos}..{pos + T} exceed wpe rows {wpe.shape[0]}")
+        self._call("encoder_q_fwd", "<IIIIiiiii", self._ptr(out, write=True),
+                   self._ptr(tokens, I32), self._ptr(rows, U8), self._ptr(wpe), B * T, T, C, pos,
+                   code)
+
     def matmul_q_bwd(self, dinp: Array, dout: Array, wq: Array | PackedQ, qtype: str) -> None:
         """dinp = dout @ W (overwritten) for W held as quantized rows wq (sllm.quant)."""
         K, OC = dinp.shape[-1], dout.shape[-1]
