@@ -205,6 +205,13 @@ def train(
             trainer = training.prepare(base.replace(**given), progress=not quiet,
                                        overwrite=overwrite)
             _describe_run(trainer)
+        if trainer is not None:  # rank 0, its run.lock held
+            try:
+                jobcontrol.raise_if_lost()
+            except KeyboardInterrupt:
+                if trainer.lock is not None:
+                    trainer.lock.release()
+                raise
         trainer = launch.replicate(trainer, group)
         with jobcontrol.graceful_to_the_end(functools.partial(setattr, trainer,
                                                               "stop_requested", True)):
