@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from step_profile import instrument  # a sibling script: bench/ is sys.path[0] when run
 
 import sllm
 from sllm.backends.base import KERNELS, OPTIONAL_KERNELS
@@ -69,17 +70,7 @@ def timed_kernels(step: Step, backend: Any, waves: int) -> tuple[float, dict[str
     """The step with its blocks unfused, every kernel call timed: (step s, {kernel: s})."""
     spent: defaultdict[str, float] = defaultdict(float)
     calls: Counter[str] = Counter()
-    for kernel in KERNELS + OPTIONAL_KERNELS:
-        inner = getattr(backend, kernel)
-
-        def timed(*args: Any, _inner: Any = inner, _name: str = kernel, **kw: Any) -> Any:
-            t0 = clock()
-            try:
-                return _inner(*args, **kw)
-            finally:
-                spent[_name] += clock() - t0
-                calls[_name] += 1
-        setattr(backend, kernel, timed)
+    instrument(backend, spent, calls, clock)  # bench/step_profile.py's kernel timers
     step.wave()  # packs the weights (and sets the fused flag, cleared next)
     step.model._fused_batch = False
     total, parts = 0.0, defaultdict[str, float](float)
